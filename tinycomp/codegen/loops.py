@@ -1,0 +1,79 @@
+"""Loop helpers for the llvmlite IR builder, after numba's `cgutils.for_range`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from llvmlite import ir
+
+I64 = ir.IntType(64)
+I32 = ir.IntType(32)
+I1 = ir.IntType(1)
+F32 = ir.FloatType()
+PTR = ir.PointerType()
+
+
+def i64(v: int) -> ir.Constant:
+    return ir.Constant(I64, v)
+
+
+def as_i64(value: int | ir.Value) -> ir.Value:
+    return i64(value) if isinstance(value, int) else value
+
+
+@contextmanager
+def for_range(
+    builder: ir.IRBuilder,
+    start: int | ir.Value,
+    stop: int | ir.Value,
+    step: int = 1,
+    name: str = "i",
+) -> Iterator[ir.Value]:
+    """`for i in range(start, stop, step)` (step > 0); the body is emitted inside the `with`.
+
+    The loop is bottom-tested behind a guard so an empty range runs zero times. On exit the builder
+    sits in the block after the loop.
+    """
+    start, stop = as_i64(start), as_i64(stop)
+    pre = builder.block
+    body = builder.append_basic_block(f"{name}.body")
+    after = builder.append_basic_block(f"{name}.end")
+    builder.cbranch(builder.icmp_signed("<", start, stop), body, after)
+
+    builder.position_at_end(body)
+    index = builder.phi(I64, name=name)
+    index.add_incoming(start, pre)
+    yield index
+    nxt = builder.add(index, i64(step), name=f"{name}.next", flags=["nsw"])
+    index.add_incoming(nxt, builder.block)
+    builder.cbranch(builder.icmp_signed("<", nxt, stop), body, after)
+    builder.position_at_end(after)
+
+
+def element_ptr(builder: ir.IRBuilder, base: ir.Value, index: ir.Value | int) -> ir.Value:
+    """Address of float element `index` of the buffer at `base` (GEP, never int arithmetic)."""
+    return builder.gep(base, [as_i64(index)], source_etype=F32, inbounds=True)
+
+
+def vector_type(width: int) -> ir.VectorType:
+    return ir.VectorType(F32, width)
+
+
+def declare_vector_intrinsic(module: ir.Module, name: str, width: int, arity: int) -> ir.Function:
+    """Declare e.g. `llvm.fma.v16f32`; `Module.declare_intrinsic` cannot do vector types."""
+    full = f"llvm.{name}.v{width}f32"
+    if full in module.globals:
+        return module.globals[full]
+    vt = vector_type(width)
+    return ir.Function(module, ir.FunctionType(vt, [vt] * arity), full)
+
+
+def splat(value: float | ir.Value, width: int, builder: ir.IRBuilder | None = None) -> ir.Value:
+    """A vector of `width` copies: a constant for a Python float, else an insert+shuffle."""
+    vt = vector_type(width)
+    if not isinstance(value, ir.Value):
+        return ir.Constant(vt, [ir.Constant(F32, float(value))] * width)
+    assert builder is not None
+    one = builder.insert_element(ir.Constant(vt, ir.Undefined), value, ir.Constant(I32, 0))
+    return builder.shuffle_vector(one, ir.Constant(vt, ir.Undefined), ir.Constant(ir.VectorType(I32, width), [0] * width))

@@ -1,0 +1,1 @@
+"""Running generated code: JIT engines, validated native calls, buffers, threads. Arrays only."""
