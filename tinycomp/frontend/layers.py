@@ -1,0 +1,184 @@
+"""`Layer`, `Linear`, `Dropout`, `Sequential` (TinyTorch module 03 semantics)."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import math
+import numbers
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from ..ir.ops import dropout_mask
+from .tensor import Tensor, apply_op
+
+INIT_SCALE_FACTOR = 1.0  # LeCun init: weights ~ N(0, INIT_SCALE_FACTOR / in_features)
+_rng = np.random.default_rng()
+
+
+def manual_seed(seed: int) -> None:
+    """Reseed the generator behind weight init and dropout masks, for reproducible runs."""
+    global _rng
+    _rng = np.random.default_rng(seed)
+
+
+def rng() -> np.random.Generator:
+    return _rng
+
+
+def _children(obj: Any) -> Iterator[Any]:
+    """Values held by a layer's attributes, list/tuple items and dict values."""
+    values = obj.values() if isinstance(obj, dict) else obj if isinstance(obj, (list, tuple)) else vars(obj).values()
+    for v in values:
+        if isinstance(v, (Layer, list, tuple, dict)):
+            yield v
+
+
+def set_training_mode(model: Any, training: bool) -> None:
+    """Set `training` on every Layer reachable through attributes, lists and dicts (cycle-safe)."""
+    seen: set[int] = set()
+    stack = [model]
+    while stack:
+        obj = stack.pop()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, Layer):
+            obj.training = bool(training)
+        stack.extend(_children(obj))
+
+
+class Layer:
+    """Base class: `forward` computes, `__call__` calls it, `parameters()` lists trainable tensors."""
+
+    training = True
+
+    def forward(self, x: Any, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError(f"{type(self).__name__} must implement forward()")
+
+    def __call__(self, x: Any, *args: Any, **kwargs: Any) -> Any:
+        return self.forward(x, *args, **kwargs)
+
+    def parameters(self) -> list[Tensor]:
+        return []
+
+    def train(self, mode: bool = True) -> Layer:
+        set_training_mode(self, mode)
+        return self
+
+    def eval(self) -> Layer:
+        return self.train(False)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+def _positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
+        raise ValueError(f"Linear {name} must be a positive integer; got {value!r}")
+    return int(value)
+
+
+class Linear(Layer):
+    """`y = x @ W + b` with W of shape (in_features, out_features)."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True):
+        self.in_features = _positive_int("in_features", in_features)
+        self.out_features = _positive_int("out_features", out_features)
+        scale = math.sqrt(INIT_SCALE_FACTOR / self.in_features)
+        self.weight = Tensor(_rng.standard_normal((self.in_features, self.out_features)) * scale)
+        self.bias = Tensor(np.zeros(self.out_features)) if bias else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = x @ self.weight
+        return y + self.bias if self.bias is not None else y
+
+    def parameters(self) -> list[Tensor]:
+        return [self.weight] if self.bias is None else [self.weight, self.bias]
+
+    def __repr__(self) -> str:
+        return (f"Linear(in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None})")
+
+
+class Dropout(Layer):
+    """Inverted dropout: in training, zero each element with probability p and scale the rest."""
+
+    def __init__(self, p: float = 0.5):
+        if isinstance(p, bool) or not isinstance(p, numbers.Real):
+            raise TypeError(f"Dropout probability p must be a number; got {type(p).__name__}")
+        if not 0.0 <= float(p) <= 1.0:
+            raise ValueError(f"Dropout probability p must be in [0, 1]; got p={p}")
+        self.p = float(p)
+
+    def _should_apply_dropout(self, training: bool | None) -> bool:
+        training = self.training if training is None else training
+        return bool(training) and self.p > 0
+
+    def _generate_dropout_mask(self, shape: tuple[int, ...]) -> np.ndarray:
+        return dropout_mask(_rng, tuple(shape), self.p)
+
+    def forward(self, x: Tensor, training: bool | None = None) -> Tensor:
+        training = self.training if training is None else bool(training)
+        if x._tracer is not None:  # tracing records the node; passes decide what it becomes
+            return apply_op("dropout", x, p=self.p, training=training)
+        if not self._should_apply_dropout(training):
+            return x
+        return x * self._generate_dropout_mask(x.shape)
+
+    def __repr__(self) -> str:
+        return f"Dropout(p={self.p})"
+
+
+@functools.lru_cache(maxsize=256)
+def _accepts_training(forward_owner: type) -> bool:
+    try:
+        params = inspect.signature(forward_owner.forward).parameters
+    except (TypeError, ValueError):
+        return False
+    return "training" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+class Sequential(Layer):
+    """Layers applied in order; `training` is passed to the layers whose forward accepts it."""
+
+    def __init__(self, *layers: Any):
+        if len(layers) == 1 and isinstance(layers[0], (list, tuple)):
+            layers = tuple(layers[0])
+        for i, layer in enumerate(layers):
+            if not callable(layer):
+                raise TypeError(f"Sequential item {i} must be a Layer; got {type(layer).__name__}")
+        self.layers = list(layers)
+
+    def forward(self, x: Any, training: bool | None = None) -> Any:
+        for layer in self.layers:
+            if training is not None and _accepts_training(type(layer)):
+                x = layer(x, training=training)
+            else:
+                x = layer(x)
+        return x
+
+    def parameters(self) -> list[Tensor]:
+        seen: set[int] = set()
+        out = []
+        for layer in self.layers:
+            for p in layer.parameters() if hasattr(layer, "parameters") else []:
+                if id(p) not in seen:
+                    seen.add(id(p))
+                    out.append(p)
+        return out
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def __getitem__(self, i: int | slice) -> Any:
+        return Sequential(self.layers[i]) if isinstance(i, slice) else self.layers[i]
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.layers)
+
+    def __repr__(self) -> str:
+        inner = "".join(f"\n  ({i}): {layer!r}" for i, layer in enumerate(self.layers))
+        return f"Sequential({inner}\n)" if self.layers else "Sequential()"

@@ -1,0 +1,185 @@
+"""`Tensor`: a float32 NumPy array with TinyTorch's API. Every op goes through `apply_op`.
+
+`apply_op` either computes the op eagerly from the table in `ir/ops.py` or, when an operand is a
+symbolic tensor being traced, hands the call to that tensor's tracer. One dispatch point means eager
+execution and tracing can never disagree about what an op is.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+import numpy as np
+
+from ..ir.ops import matmul_shape, op_def
+
+Operand = Any  # Tensor | np.ndarray | Python/NumPy scalar
+
+
+def to_float32(data: Any) -> np.ndarray:
+    """A fresh float32 copy of `data`; TypeError for strings, objects and other non-numbers."""
+    if isinstance(data, Tensor):
+        return data.data.copy()
+    if isinstance(data, (str, bytes)):
+        raise TypeError(f"Tensor data must be numeric (a number, list or array); got {type(data).__name__}")
+    try:
+        arr = np.asarray(data)
+    except (ValueError, TypeError) as exc:  # ragged nested lists
+        raise TypeError(f"Tensor data must be a rectangular numeric array; got {type(data).__name__}: {exc}") from None
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(
+            f"Tensor data must be numeric (bool, int or float); got {type(data).__name__} "
+            f"with dtype {arr.dtype}"
+        )
+    return np.array(arr, dtype=np.float32, copy=True)
+
+
+def _operand_array(x: Operand) -> np.ndarray:
+    if isinstance(x, Tensor):
+        return x.data
+    if isinstance(x, np.ndarray):
+        return x.astype(np.float32, copy=False)
+    return np.float32(x)
+
+
+def _is_operand(x: Any) -> bool:
+    return isinstance(x, (Tensor, np.ndarray, numbers.Real))
+
+
+def apply_op(name: str, *operands: Operand, **attrs: Any) -> Tensor:
+    """Run op `name` on the operands: traced if any operand is symbolic, else eagerly in NumPy."""
+    for x in operands:
+        if isinstance(x, Tensor) and x._tracer is not None:
+            return x._tracer.record(name, operands, attrs)
+    op = op_def(name)
+    arrays = [_operand_array(x) for x in operands]
+    op.shape(*[a.shape for a in arrays], **attrs)  # the eager errors are the shape rule's errors
+    return Tensor._wrap(op.ref(*arrays, **attrs))
+
+
+class Tensor:
+    """A float32 array with `requires_grad` and `grad` slots (TinyTorch module 01)."""
+
+    __array_ufunc__ = None  # make `ndarray + Tensor` call Tensor.__radd__ instead of NumPy's add
+    _tracer: Any = None  # set on symbolic tensors only (see frontend/tracer.py)
+
+    def __init__(self, data: Any, requires_grad: bool = False):
+        self.data = to_float32(data)
+        self.requires_grad = bool(requires_grad)
+        self.grad: Tensor | None = None
+
+    @classmethod
+    def _wrap(cls, array: np.ndarray) -> Tensor:
+        """Adopt an op result without another copy (it is already a fresh array)."""
+        t = cls.__new__(cls)
+        arr = np.asarray(array)
+        t.data = arr if arr.dtype == np.float32 else arr.astype(np.float32)
+        t.requires_grad = False
+        t.grad = None
+        return t
+
+    # ------------------------------------------------------------ properties
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.data.shape
+
+    @property
+    def size(self) -> int:
+        return int(self.data.size)
+
+    @property
+    def ndim(self) -> int:
+        return self.data.ndim
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.data.dtype
+
+    def numpy(self) -> np.ndarray:
+        return self.data
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        return self.data if dtype is None else self.data.astype(dtype)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __repr__(self) -> str:
+        grad = ", requires_grad=True" if self.requires_grad else ""
+        body = np.array2string(self.data, precision=4, threshold=20, edgeitems=3, separator=", ")
+        return f"Tensor(data={body}, shape={self.shape}{grad})"
+
+    # ------------------------------------------------------------ arithmetic
+    def _binary(self, name: str, other: Operand, reflected: bool = False) -> Tensor:
+        if not _is_operand(other):
+            return NotImplemented
+        return apply_op(name, other, self) if reflected else apply_op(name, self, other)
+
+    def __add__(self, other: Operand) -> Tensor:
+        return self._binary("add", other)
+
+    def __radd__(self, other: Operand) -> Tensor:
+        return self._binary("add", other, reflected=True)
+
+    def __sub__(self, other: Operand) -> Tensor:
+        return self._binary("sub", other)
+
+    def __rsub__(self, other: Operand) -> Tensor:
+        return self._binary("sub", other, reflected=True)
+
+    def __mul__(self, other: Operand) -> Tensor:
+        return self._binary("mul", other)
+
+    def __rmul__(self, other: Operand) -> Tensor:
+        return self._binary("mul", other, reflected=True)
+
+    def __truediv__(self, other: Operand) -> Tensor:
+        return self._binary("div", other)
+
+    def __rtruediv__(self, other: Operand) -> Tensor:
+        return self._binary("div", other, reflected=True)
+
+    def __neg__(self) -> Tensor:
+        return apply_op("neg", self)
+
+    # ------------------------------------------------------------ matmul
+    def matmul(self, other: Tensor) -> Tensor:
+        if not isinstance(other, Tensor):
+            raise TypeError(f"matmul expects a Tensor operand; got {type(other).__name__}")
+        if self._tracer is None and other._tracer is None:
+            matmul_shape(self.shape, other.shape)  # the eager messages, before NumPy's own
+        return apply_op("matmul", self, other)
+
+    def __matmul__(self, other: Tensor) -> Tensor:
+        return self.matmul(other)
+
+    def __rmatmul__(self, other: Any) -> Tensor:
+        raise TypeError(f"matmul expects Tensor operands; got {type(other).__name__} @ Tensor")
+
+    # ------------------------------------------------------------ shape ops
+    def reshape(self, *shape: Any) -> Tensor:
+        if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+            shape = tuple(shape[0])
+        return apply_op("reshape", self, newshape=tuple(int(d) for d in shape))
+
+    def transpose(self, dim0: int | None = None, dim1: int | None = None) -> Tensor:
+        if dim0 is None and dim1 is None:
+            if self.ndim < 2:
+                return Tensor(self.data)
+            dim0, dim1 = -2, -1
+        elif dim0 is None or dim1 is None:
+            raise ValueError("transpose takes both dim0 and dim1, or neither (last two dims)")
+        return apply_op("transpose", self, dim0=dim0, dim1=dim1)
+
+    def sum(self, axis: int | None = None, keepdims: bool = False) -> Tensor:
+        return apply_op("sum", self, axis=axis, keepdims=keepdims)
+
+    def mean(self, axis: int | None = None, keepdims: bool = False) -> Tensor:
+        return apply_op("mean", self, axis=axis, keepdims=keepdims)
+
+    def max(self, axis: int | None = None, keepdims: bool = False) -> Tensor:
+        return apply_op("max", self, axis=axis, keepdims=keepdims)
+
+    def __getitem__(self, key: Any) -> Tensor:
+        return Tensor(self.data[key])

@@ -1,0 +1,1 @@
+"""The IR: the op table, the networkx-backed Graph, passes, printer and interpreter."""

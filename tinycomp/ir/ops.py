@@ -1,0 +1,247 @@
+"""The one op table: every op's shape rule and NumPy reference, defined once.
+
+Eager tensors (`frontend.tensor.apply_op`), the tracer and the IR interpreter all read this table,
+so an op means the same thing everywhere. Shapes may hold `None` for the dynamic batch dimension.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+Shape = tuple  # tuple[int | None, ...]; None marks the dynamic batch dimension
+F32 = np.float32
+
+
+@dataclass(frozen=True)
+class OpDef:
+    name: str
+    arity: int  # number of operands (-1: any)
+    shape: Callable[..., Shape]  # shape(*operand_shapes, **attrs) -> output shape; raises ValueError
+    ref: Callable[..., np.ndarray] | None  # ref(*operand_arrays, **attrs) -> float32 array
+    flops: int = 1  # FLOPs per output element (matmul/linear count their own)
+
+
+# ---------------------------------------------------------------- shape rules
+
+def fmt_shape(shape: Sequence) -> str:
+    return "(" + ", ".join("N" if d is None else str(d) for d in shape) + (",)" if len(shape) == 1 else ")")
+
+
+def broadcast_shapes(a: Shape, b: Shape) -> Shape:
+    out = []
+    for i in range(1, max(len(a), len(b)) + 1):
+        x = a[-i] if i <= len(a) else 1
+        y = b[-i] if i <= len(b) else 1
+        if x == y or y == 1:
+            out.append(x)
+        elif x == 1:
+            out.append(y)
+        else:
+            raise ValueError(
+                f"shape mismatch: cannot broadcast {fmt_shape(a)} with {fmt_shape(b)} "
+                f"(dimension {x if x is not None else 'N'} against {y if y is not None else 'N'})"
+            )
+    return tuple(reversed(out))
+
+
+def matmul_shape(a: Shape, b: Shape) -> Shape:
+    if len(a) == 0 or len(b) == 0:
+        raise ValueError(
+            f"matmul needs operands with at least 1 dimension; got shapes {fmt_shape(a)} and "
+            f"{fmt_shape(b)} (use * for scalar multiplication)"
+        )
+    a2 = (1, *a) if len(a) == 1 else tuple(a)
+    b2 = (*b, 1) if len(b) == 1 else tuple(b)
+    if a2[-1] != b2[-2]:
+        raise ValueError(
+            f"Cannot perform matrix multiplication: {fmt_shape(a)} @ {fmt_shape(b)}. "
+            f"Inner dimensions must match: {a2[-1]} ≠ {b2[-2]} (shape mismatch)"
+        )
+    batch = broadcast_shapes(a2[:-2], b2[:-2])
+    out = (*batch, a2[-2], b2[-1])
+    if len(a) == 1:
+        out = out[:-2] + out[-1:]
+    if len(b) == 1:
+        out = out[:-1]
+    return out
+
+
+def same_shape(x: Shape, **_: object) -> Shape:
+    return tuple(x)
+
+
+def reshape_shape(x: Shape, *, newshape: Sequence[int]) -> Shape:
+    newshape = tuple(int(d) for d in newshape)
+    if sum(d == -1 for d in newshape) > 1 or any(d < -1 for d in newshape):
+        raise ValueError(f"reshape takes at most one -1 and no other negative size; got {newshape}")
+    if x and x[0] is None:  # dynamic batch: it must stay the leading dimension
+        if not newshape or newshape[0] != -1 or -1 in newshape[1:]:
+            raise ValueError(
+                f"cannot reshape {fmt_shape(x)} to {newshape}: the batch dimension N must stay "
+                "first, written as -1 (e.g. x.reshape(-1, 784))"
+            )
+        rest = reshape_shape(tuple(x[1:]), newshape=(math.prod(x[1:]),))[0]
+        if math.prod(newshape[1:]) != rest:
+            raise ValueError(
+                f"cannot reshape {fmt_shape(x)} to {(-1, *newshape[1:])}: each row has {rest} "
+                f"elements, the new shape asks for {math.prod(newshape[1:])}"
+            )
+        return (None, *newshape[1:])
+    size = math.prod(x)
+    known = math.prod(d for d in newshape if d != -1)
+    if -1 in newshape:
+        if known == 0 or size % known:
+            raise ValueError(
+                f"cannot reshape tensor of shape {fmt_shape(x)} ({size} elements) to {newshape}"
+            )
+        newshape = tuple(size // known if d == -1 else d for d in newshape)
+    if math.prod(newshape) != size:
+        raise ValueError(
+            f"cannot reshape tensor of shape {fmt_shape(x)} ({size} elements) to "
+            f"{newshape} ({math.prod(newshape)} elements)"
+        )
+    return newshape
+
+
+def _axis(ndim: int, axis: int) -> int:
+    if not -ndim <= axis < ndim:
+        raise ValueError(f"axis {axis} is out of range for a tensor with {ndim} dimensions")
+    return axis % ndim
+
+
+def transpose_shape(x: Shape, *, dim0: int, dim1: int) -> Shape:
+    out = list(x)
+    i, j = _axis(len(x), dim0), _axis(len(x), dim1)
+    out[i], out[j] = out[j], out[i]
+    return tuple(out)
+
+
+def reduce_shape(x: Shape, *, axis: int | None, keepdims: bool) -> Shape:
+    if axis is None:
+        return (1,) * len(x) if keepdims else ()
+    a = _axis(len(x), axis)
+    return tuple((1 if keepdims else None) if i == a else d for i, d in enumerate(x) if i != a or keepdims)
+
+
+def softmax_shape(x: Shape, *, dim: int = -1) -> Shape:
+    _axis(len(x), dim)
+    return tuple(x)
+
+
+def linear_shape(x: Shape, w: Shape, b: Shape | None = None, **_: object) -> Shape:
+    out = matmul_shape(x, w)
+    return out if b is None else broadcast_shapes(out, b)
+
+
+def leaf_shape(*, shape: Shape, **_: object) -> Shape:
+    return tuple(shape)
+
+
+# ---------------------------------------------------------------- NumPy references
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    """Overflow-safe logistic: exp is only ever taken of a non-positive number."""
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(x.dtype, copy=False)
+
+
+def gelu(x: np.ndarray) -> np.ndarray:
+    return x * sigmoid(np.asarray(1.702, x.dtype) * x)
+
+
+def softmax(x: np.ndarray, dim: int = -1) -> np.ndarray:
+    """Row-max-subtracted softmax; a slice that is all -inf gives zeros (not NaN)."""
+    m = np.max(x, axis=dim, keepdims=True) if x.size else x
+    all_neg_inf = np.isneginf(m)
+    with np.errstate(invalid="ignore"):
+        e = np.exp(x - np.where(all_neg_inf, 0, m))
+        s = np.sum(e, axis=dim, keepdims=True)
+        out = e / np.where(all_neg_inf, 1, s)
+    return out.astype(x.dtype, copy=False)
+
+
+def dropout_mask(rng: np.random.Generator, shape: Shape, p: float) -> np.ndarray:
+    """Inverted dropout: 0 where dropped, 1/(1-p) where kept."""
+    if p >= 1:
+        return np.zeros(shape, F32)
+    return ((rng.random(shape) >= p) / F32(1 - p)).astype(F32)
+
+
+def dropout(x: np.ndarray, *, p: float, training: bool, rng: np.random.Generator | None = None):
+    if not training or p == 0:
+        return x
+    return x * dropout_mask(rng or np.random.default_rng(), x.shape, p)
+
+
+def linear(x, w, b=None, *, bias: bool = True, activation: str | None = None) -> np.ndarray:
+    y = np.matmul(x, w)
+    if b is not None:
+        y = y + b
+    return ACTIVATIONS[activation](y) if activation else y
+
+
+def relu(x: np.ndarray) -> np.ndarray:
+    return np.maximum(x, F32(0))
+
+
+def _with_dtype(fn: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
+    """Keep float32 in float32 (NumPy would promote a float32 array with a Python float scalar)."""
+    def ref(*args: np.ndarray, **attrs: object) -> np.ndarray:
+        out = fn(*args, **attrs)
+        return np.asarray(out, dtype=np.result_type(*args))
+    return ref
+
+
+ACTIVATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "relu": relu, "sigmoid": sigmoid, "tanh": np.tanh, "gelu": gelu,
+}
+
+UNARY = frozenset({"neg", "relu", "sigmoid", "tanh", "gelu"})
+BINARY = frozenset({"add", "sub", "mul", "div"})
+ELEMENTWISE = UNARY | BINARY
+FUSIBLE_ACTIVATIONS = frozenset(ACTIVATIONS)
+LEAVES = frozenset({"input", "param", "const"})
+
+
+def _op(name, arity, shape, ref, flops=1) -> OpDef:
+    return OpDef(name, arity, shape, ref, flops)
+
+
+OPS: dict[str, OpDef] = {
+    op.name: op
+    for op in [
+        _op("input", 0, leaf_shape, None, 0),
+        _op("param", 0, leaf_shape, None, 0),
+        _op("const", 0, leaf_shape, None, 0),
+        _op("matmul", 2, matmul_shape, np.matmul, 0),
+        _op("add", 2, broadcast_shapes, _with_dtype(np.add)),
+        _op("sub", 2, broadcast_shapes, _with_dtype(np.subtract)),
+        _op("mul", 2, broadcast_shapes, _with_dtype(np.multiply)),
+        _op("div", 2, broadcast_shapes, _with_dtype(np.divide)),
+        _op("neg", 1, same_shape, np.negative),
+        _op("relu", 1, same_shape, relu),
+        _op("sigmoid", 1, same_shape, sigmoid, 4),
+        _op("tanh", 1, same_shape, np.tanh, 4),
+        _op("gelu", 1, same_shape, gelu, 6),
+        _op("softmax", 1, softmax_shape, softmax, 5),
+        _op("dropout", 1, same_shape, dropout, 1),
+        _op("reshape", 1, reshape_shape, lambda x, *, newshape: x.reshape(reshape_shape(x.shape, newshape=newshape)), 0),
+        _op("transpose", 1, transpose_shape, lambda x, *, dim0, dim1: np.swapaxes(x, dim0, dim1), 0),
+        _op("sum", 1, reduce_shape, np.sum),
+        _op("mean", 1, reduce_shape, np.mean),
+        _op("max", 1, reduce_shape, np.max),
+        _op("linear", -1, linear_shape, linear, 0),
+        _op("output", 1, same_shape, lambda x: x, 0),
+    ]
+}
+
+
+def op_def(name: str) -> OpDef:
+    try:
+        return OPS[name]
+    except KeyError:
+        raise KeyError(f"unknown op {name!r}; the op table has {sorted(OPS)}") from None
