@@ -76,4 +76,5 @@ def splat(value: float | ir.Value, width: int, builder: ir.IRBuilder | None = No
         return ir.Constant(vt, [ir.Constant(F32, float(value))] * width)
     assert builder is not None
     one = builder.insert_element(ir.Constant(vt, ir.Undefined), value, ir.Constant(I32, 0))
-    return builder.shuffle_vector(one, ir.Constant(vt, ir.Undefined), ir.Constant(ir.VectorType(I32, width), [0] * width))
+    zeros = ir.Constant(ir.VectorType(I32, width), [0] * width)
+    return builder.shuffle_vector(one, ir.Constant(vt, ir.Undefined), zeros)
