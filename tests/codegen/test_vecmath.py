@@ -1,0 +1,164 @@
+"""vecmath kernels against float64 references: ulp bounds on a dense sweep, exact special values."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from jit_util import emit_map_kernel, jit, new_module, run_map
+from llvmlite import ir
+
+from tinycomp.codegen import vecmath
+
+WIDTHS = (16, 8, 1)
+FUNCS = ("exp", "sigmoid", "tanh", "gelu", "relu")
+
+
+def _apply(name):
+    if name == "exp":
+        return vecmath.emit_exp
+    return lambda b, m, x: vecmath.apply_activation(b, m, name, x)
+
+
+@pytest.fixture(scope="module")
+def kernels():
+    """One JIT engine holding every function at every width: {(name, width): address}."""
+    module = new_module("vecmath_test")
+    names = {}
+    for name in FUNCS:
+        for w in WIDTHS:
+            emit_map_kernel(module, f"{name}_{w}", w, _apply(name))
+            names[(name, w)] = f"{name}_{w}"
+    engine, addresses = jit(module, *names.values())
+    yield engine, {key: addresses[n] for key, n in names.items()}
+
+
+def run(kernels, name: str, x: np.ndarray, width: int) -> np.ndarray:
+    _, addresses = kernels
+    return run_map(addresses[(name, width)], np.ascontiguousarray(x, np.float32), width)
+
+
+# ---- float64 references: the eager NumPy formulas evaluated without float32 rounding ----------
+
+def _sigmoid64(x: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore", invalid="ignore"):
+        e = np.exp(-np.abs(x))
+        return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+
+def reference(name: str, x32: np.ndarray) -> np.ndarray:
+    x = x32.astype(np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        if name == "exp":
+            return np.exp(x)
+        if name == "sigmoid":
+            return _sigmoid64(x)
+        if name == "tanh":
+            return np.tanh(x)
+        if name == "gelu":
+            # NumPy rounds 1.702 * x to float32 before the sigmoid; the reference does the same.
+            y = (x32 * np.float32(vecmath.GELU_ALPHA)).astype(np.float64)
+            return x * _sigmoid64(y)
+        if name == "relu":
+            return np.maximum(x, 0.0)
+    raise AssertionError(name)
+
+
+def ulp_errors(got: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """|got - ref| in float32 ulps of ref; inf where a nan/inf result is not matched exactly."""
+    with np.errstate(over="ignore"):
+        ref32 = ref.astype(np.float32)
+    special = ~np.isfinite(ref32)
+    _, exponent = np.frexp(np.abs(ref))
+    ulp = np.maximum(np.ldexp(1.0, exponent - 24), 2.0**-149)
+    with np.errstate(invalid="ignore"):
+        err = np.abs(got.astype(np.float64) - ref) / ulp
+    same_special = (np.isnan(got) & np.isnan(ref32)) | (got == ref32)
+    err[special] = np.where(same_special[special], 0.0, np.inf)
+    err[~special & ~np.isfinite(got)] = np.inf
+    return err
+
+
+# ---- inputs ---------------------------------------------------------------------------------
+
+SWEEP_RANGE = {"exp": (-110, 90), "sigmoid": (-110, 110), "tanh": (-12, 12), "gelu": (-70, 70),
+               "relu": (-10, 10)}
+
+
+def sweep(name: str, n: int = 400_000) -> np.ndarray:
+    """Dense linspace over the interesting range, log-spaced magnitudes, random finite bits."""
+    rng = np.random.default_rng(1234)
+    lo, hi = SWEEP_RANGE[name]
+    mags = np.exp(rng.uniform(np.log(1e-30), np.log(max(-lo, hi)), n // 2))
+    bits = rng.integers(0, 2**32, n // 4, dtype=np.uint64).astype(np.uint32).view(np.float32)
+    parts = [np.linspace(lo, hi, n), mags, -mags, bits[np.isfinite(bits)]]
+    return np.concatenate([p.astype(np.float32) for p in parts])
+
+
+TINY = np.float32(2.0**-149)
+SPECIALS = np.array(
+    [0.0, -0.0, TINY, -TINY, 3 * TINY, 2.0**-126, -(2.0**-126), 1e-30, -1e-30, 88.7, -88.7,
+     88.72283, 88.72284, -103.9, -104.0, 1e4, -1e4, np.inf, -np.inf, np.nan, 1.0, -1.0],
+    dtype=np.float32,
+)
+
+
+# ---- tests ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("width", WIDTHS)
+@pytest.mark.parametrize("name", FUNCS)
+def test_max_ulp_error_within_documented_bound(kernels, name, width):
+    x = sweep(name) if width != 1 else sweep(name, 100_000)
+    got = run(kernels, name, x, width)
+    err = ulp_errors(got, reference(name, x))
+    if name == "gelu":
+        tail = x < vecmath.GELU_TAIL
+        abs_err = np.abs(got[tail].astype(np.float64) - reference(name, x[tail]))
+        assert np.nanmax(abs_err, initial=0.0) <= vecmath.GELU_TAIL_ABS
+        err = err[~tail]
+    worst = int(np.argmax(err))
+    assert err[worst] <= vecmath.MAX_ULP[name], (
+        f"{name} w={width}: {err[worst]:.2f} ulp at x={x[worst]!r} got={got[worst]!r}"
+    )
+
+
+@pytest.mark.parametrize("width", (16, 1))
+@pytest.mark.parametrize("name", FUNCS)
+def test_special_values(kernels, name, width):
+    """Within the ulp bound everywhere; exact (nan for nan, signed zeros) where the result is
+    a zero, a saturated +-1/0, an infinity or a nan, or the input is 0 or subnormal."""
+    got = run(kernels, name, SPECIALS, width)
+    ref = reference(name, SPECIALS)
+    assert ulp_errors(got, ref).max() <= vecmath.MAX_ULP[name]
+    with np.errstate(over="ignore"):
+        want = ref.astype(np.float32)
+    exact = ~np.isfinite(SPECIALS) | (np.abs(SPECIALS) < 2.0**-126) | (np.abs(SPECIALS) >= 1e4)
+    np.testing.assert_array_equal(got[exact], want[exact])  # nan matches nan
+    zero = exact & (want == 0)
+    np.testing.assert_array_equal(np.signbit(got[zero]), np.signbit(want[zero]))
+
+
+def test_named_special_cases(kernels):
+    x = np.array([-np.inf, np.inf, np.nan, 1e4, -1e4], np.float32)
+    exp, sig, tanh, gelu = (run(kernels, n, x, 16) for n in ("exp", "sigmoid", "tanh", "gelu"))
+    np.testing.assert_array_equal(exp, [0, np.inf, np.nan, np.inf, 0])
+    np.testing.assert_array_equal(sig, [0, 1, np.nan, 1, 0])
+    np.testing.assert_array_equal(tanh, [-1, 1, np.nan, 1, -1])
+    # -inf * sigmoid(-inf) = -inf * 0 = nan: the NumPy float32 formula, kept on purpose.
+    np.testing.assert_array_equal(gelu, [np.nan, np.inf, np.nan, 1e4, -0.0])
+    assert np.isnan(run(kernels, "relu", np.array([np.nan], np.float32), 1)[0])
+
+
+def test_tanh_keeps_tiny_inputs_and_signed_zero(kernels):
+    x = np.array([0.0, -0.0, 2.0**-149, -(2.0**-149), 1e-20, -1e-20, 2.0**-126], np.float32)
+    got = run(kernels, "tanh", x, 16)
+    np.testing.assert_array_equal(got, x)
+    np.testing.assert_array_equal(np.signbit(got), np.signbit(x))
+
+
+def test_unknown_activation_fails_loudly():
+    module = ir.Module()
+    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), []), "f")
+    builder = ir.IRBuilder(fn.append_basic_block())
+    x = ir.Constant(ir.VectorType(ir.FloatType(), 4), None)
+    with pytest.raises(NotImplementedError, match="softplus"):
+        vecmath.apply_activation(builder, module, "softplus", x)
