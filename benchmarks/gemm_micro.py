@@ -1,0 +1,95 @@
+"""Scratch benchmark: the tinycomp GEMM kernel vs np.matmul (BLAS pinned to one thread).
+
+    PYTHONPATH=. python benchmarks/gemm_micro.py [--quick]
+
+Prints median GFLOP/s per (K, N, M) and the cold compile time of the reference MLP's three layers.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import sys
+import time
+
+import numpy as np
+from llvmlite import ir
+from threadpoolctl import threadpool_limits
+
+from tinycomp.codegen.gemm import emit_linear, pack_floats
+from tinycomp.codegen.target import host
+from tinycomp.runtime.engine import JitEngine
+
+LINEAR_SIG = ctypes.CFUNCTYPE(None, ctypes.c_int64, *[ctypes.c_void_p] * 5)
+MLP = [(784, 256, "relu"), (256, 128, "relu"), (128, 10, None)]
+
+
+def build(layers, width):
+    mod = ir.Module(name="bench")
+    for i, (K, N, act) in enumerate(layers):
+        emit_linear(mod, f"lin{i}", K=K, N=N, bias=True, activation=act, width=width)
+    return str(mod)
+
+
+def compile_layers(layers, width):
+    t0 = time.perf_counter()
+    text = build(layers, width)
+    t1 = time.perf_counter()
+    eng = JitEngine(text)
+    t2 = time.perf_counter()
+    fns = [LINEAR_SIG(eng.address(f"lin{i}")) for i in range(len(layers))]
+    return eng, fns, (t1 - t0, t2 - t1, len(text))
+
+
+def median_time(f, min_time=0.05, reps=7):
+    f()
+    n, t = 1, 0.0
+    while True:
+        t0 = time.perf_counter()
+        for _ in range(n):
+            f()
+        t = time.perf_counter() - t0
+        if t > min_time / reps:
+            break
+        n *= 2
+    samples = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        for _ in range(n):
+            f()
+        samples.append((time.perf_counter() - t0) / n)
+    return float(np.median(samples))
+
+
+def bench_layer(fn, K, N, M, width, rng):
+    A = rng.standard_normal((M, K), dtype=np.float32)
+    W = rng.standard_normal((K, N), dtype=np.float32)
+    B = rng.standard_normal(N, dtype=np.float32)
+    C = np.empty((M, N), np.float32)
+    P = np.empty(pack_floats(K, N, width), np.float32)
+    ptrs = [a.ctypes.data for a in (A, W, B, C, P)]
+    ours = median_time(lambda: fn(M, *ptrs))
+    out = np.empty((M, N), np.float32)
+    theirs = median_time(lambda: np.matmul(A, W, out=out))
+    flops = 2.0 * M * K * N
+    return flops / ours / 1e9, flops / theirs / 1e9, ours * 1e6, theirs * 1e6
+
+
+def main() -> None:
+    quick = "--quick" in sys.argv
+    width = host().vector_width
+    _, _, (t_ir, t_jit, size) = compile_layers(MLP, width)
+    print(f"MLP 3 layers: IR build {t_ir * 1e3:.1f} ms, JIT {t_jit * 1e3:.1f} ms, {size} chars")
+    shapes = MLP + ([] if quick else [(1024, 1024, None), (128, 128, None)])
+    eng, fns, _ = compile_layers(shapes, width)  # keep eng alive: addresses die with it
+    rng = np.random.default_rng(0)
+    Ms = [1, 8, 32, 128] if quick else [1, 8, 32, 128, 512, 2048]
+    print(f"{'K':>5} {'N':>5} {'M':>5} {'ours GF/s':>10} {'numpy GF/s':>10} {'ours us':>9} {'numpy us':>9}")
+    with threadpool_limits(1):
+        for fn, (K, N, _) in zip(fns, shapes):
+            for M in Ms:
+                g, gn, t, tn = bench_layer(fn, K, N, M, width, rng)
+                print(f"{K:5d} {N:5d} {M:5d} {g:10.1f} {gn:10.1f} {t:9.1f} {tn:9.1f}")
+
+
+if __name__ == "__main__":
+    main()
