@@ -1,0 +1,193 @@
+"""Elementwise and softmax kernels against float64 NumPy references."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from jit_util import c_function, f32_ptr, jit, new_module
+
+from tinycomp.codegen.elementwise import BINARY, KINDS, UNARY, emit_elementwise, emit_softmax
+
+ROW_SIZES = (1, 3, 15, 16, 17, 100, 257, 1024)
+BATCHES = (0, 1, 7)
+GUARD = 5  # extra elements after `out` that a kernel must never write
+SENTINEL = np.float32(-12345.0)
+
+
+# ---- float64 references ---------------------------------------------------------------------
+
+def _sigmoid(x):
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1 / (1 + e), e / (1 + e))
+
+
+REF_UNARY = {
+    "neg": np.negative, "exp": np.exp, "relu": lambda x: np.maximum(x, 0.0), "tanh": np.tanh,
+    "sigmoid": _sigmoid, "gelu": lambda x: x * _sigmoid(1.702 * x),
+}
+REF_BINARY = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide}
+
+
+def reference(expr, operands):
+    op, args = expr[0], expr[1:]
+    if op == "in":
+        return operands[args[0]]
+    if op == "const":
+        return np.float64(np.float32(args[0]))
+    values = [reference(a, operands) for a in args]
+    return (REF_UNARY[op] if op in REF_UNARY else REF_BINARY[op])(*values)
+
+
+def broadcast(kind: str, a: np.ndarray, m: int, r: int) -> np.ndarray:
+    """The M x R float64 view of an operand of `kind`."""
+    shape = {"full": (m, r), "row": (1, r), "col": (m, 1), "scalar": (1, 1)}[kind]
+    return np.broadcast_to(a.reshape(shape).astype(np.float64), (m, r))
+
+
+def operand(kind: str, m: int, r: int, rng, positive: bool = False) -> np.ndarray:
+    size = {"full": m * r, "row": r, "col": m, "scalar": 1}[kind]
+    a = rng.uniform(0.5, 2.0, size) * (1 if positive else rng.choice([-1.0, 1.0], size))
+    return a.astype(np.float32)
+
+
+# ---- running kernels ------------------------------------------------------------------------
+
+def run(address: int, m: int, r: int, inputs: list[np.ndarray]) -> np.ndarray:
+    """Call a kernel on M x R output with guard elements; check the guard is untouched."""
+    out = np.full(m * r + GUARD, SENTINEL, np.float32)
+    args = [np.ascontiguousarray(a) if a.size else np.zeros(1, np.float32) for a in inputs]
+    c_function(address, 1 + len(args))(m, f32_ptr(out), *(f32_ptr(a) for a in args))
+    assert (out[m * r:] == SENTINEL).all(), "kernel wrote past the end of its output"
+    return out[: m * r].reshape(m, r)
+
+
+def build(kernels: dict[str, tuple]):
+    """JIT {name: (expr, kinds, R, width)} in one module; returns (engine, {name: address})."""
+    module = new_module()
+    for name, (expr, kinds, r, width) in kernels.items():
+        emit_elementwise(module, name, expr, kinds, r, width)
+    return jit(module, *kernels)
+
+
+def check(address, expr, kinds, m, r, rng, rtol=2e-6, atol=1e-30):
+    positive = expr[0] == "div"
+    inputs = [operand(k, m, r, rng, positive=positive and i == 1) for i, k in enumerate(kinds)]
+    got = run(address, m, r, inputs)
+    want = reference(expr, [broadcast(k, a, m, r) for k, a in zip(kinds, inputs, strict=True)])
+    np.testing.assert_allclose(got, want, rtol=rtol, atol=atol)
+
+
+# ---- elementwise tests ----------------------------------------------------------------------
+
+X, Y = ("in", 0), ("in", 1)
+CHAIN = ("gelu", ("sub", ("div", ("mul", X, Y), ("add", ("in", 2), ("const", 3.0))),
+                  ("tanh", ("neg", X))))
+
+
+@pytest.mark.parametrize("width", (16, 4, 1))
+def test_every_op_alone(width):
+    exprs = {f"u_{op}": ((op, X), ("full",)) for op in UNARY}
+    exprs |= {f"b_{op}": ((op, X, Y), ("full", "full")) for op in BINARY}
+    engine, addr = build({n: (e, k, 37, width) for n, (e, k) in exprs.items()})
+    rng = np.random.default_rng(0)
+    for name, (expr, kinds) in exprs.items():
+        check(addr[name], expr, kinds, 7, 37, rng)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_operand_kinds_broadcast(kind):
+    exprs = {"left": ("sub", X, Y), "right": ("sub", Y, X), "both": ("mul", X, X)}
+    kinds = {"left": (kind, "full"), "right": ("full", kind), "both": (kind, kind)}
+    engine, addr = build({n: (exprs[n], kinds[n], 19, 16) for n in exprs})
+    rng = np.random.default_rng(1)
+    for name in exprs:
+        for m in BATCHES:
+            check(addr[name], exprs[name], kinds[name], m, 19, rng)
+
+
+def test_fused_chain_every_row_size_and_batch():
+    kinds = ("full", "row", "col")
+    engine, addr = build({f"chain_{r}_{w}": (CHAIN, kinds, r, w) for r in ROW_SIZES for w in (16, 8)})
+    rng = np.random.default_rng(2)
+    for r in ROW_SIZES:
+        for w in (16, 8):
+            for m in BATCHES:
+                # atol: the sub before gelu can cancel to near 0, where float32 rounding is absolute
+                check(addr[f"chain_{r}_{w}"], CHAIN, kinds, m, r, rng, rtol=1e-5, atol=1e-6)
+
+
+def test_nan_and_inf_follow_numpy():
+    exprs = {op: ((op, X), ("full",)) for op in ("relu", "sigmoid", "tanh", "exp", "neg")}
+    exprs["div"] = (("div", X, Y), ("full", "full"))
+    engine, addr = build({n: (e, k, 6, 16) for n, (e, k) in exprs.items()})
+    x = np.array([np.nan, np.inf, -np.inf, 1e4, -1e4, 0.0], np.float32)
+    y = np.array([1.0, 2.0, 3.0, 0.0, 0.0, 0.0], np.float32)
+    with np.errstate(all="ignore"):
+        for name, (expr, kinds) in exprs.items():
+            got = run(addr[name], 1, 6, [x, y][: len(kinds)])
+            want = reference(expr, [x.astype(np.float64), y.astype(np.float64)]).astype(np.float32)
+            np.testing.assert_array_equal(got[0], want)
+
+
+def test_unknown_op_or_kind_fails_loudly():
+    module = new_module()
+    with pytest.raises(NotImplementedError, match="sqrt"):
+        emit_elementwise(module, "k1", ("sqrt", X), ("full",), 4, 16)
+    with pytest.raises(NotImplementedError, match="diag"):
+        emit_elementwise(module, "k2", ("neg", X), ("diag",), 4, 16)
+    with pytest.raises(ValueError):
+        emit_elementwise(module, "k3", ("add", X), ("full",), 4, 16)
+    assert "k1" not in module.globals and "k2" not in module.globals
+
+
+# ---- softmax --------------------------------------------------------------------------------
+
+def softmax_reference(x: np.ndarray) -> np.ndarray:
+    """ir/ops.py softmax in float64: shift by the row max, all -inf rows give zeros."""
+    x = x.astype(np.float64)
+    m = np.max(x, axis=-1, keepdims=True)
+    all_neg_inf = np.isneginf(m)
+    with np.errstate(invalid="ignore"):
+        e = np.exp(x - np.where(all_neg_inf, 0, m))
+        return e / np.where(all_neg_inf, 1, e.sum(axis=-1, keepdims=True))
+
+
+@pytest.fixture(scope="module")
+def softmax_kernels():
+    module = new_module()
+    for r in ROW_SIZES:
+        for w in (16, 1):
+            emit_softmax(module, f"softmax_{r}_{w}", r, w)
+    engine, addr = jit(module, *(f"softmax_{r}_{w}" for r in ROW_SIZES for w in (16, 1)))
+    yield engine, addr
+
+
+@pytest.mark.parametrize("width", (16, 1))
+@pytest.mark.parametrize("r", ROW_SIZES)
+def test_softmax_random_rows(softmax_kernels, r, width):
+    rng = np.random.default_rng(r)
+    for m in BATCHES:
+        x = (rng.standard_normal((m, r)) * 5).astype(np.float32)
+        got = run(softmax_kernels[1][f"softmax_{r}_{width}"], m, r, [x.ravel()])
+        np.testing.assert_allclose(got, softmax_reference(x), rtol=1e-5, atol=1e-30)
+        if m:
+            np.testing.assert_allclose(got.sum(axis=1), 1.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize("r", (3, 17, 100))
+def test_softmax_edge_rows(softmax_kernels, r):
+    rows = np.zeros((7, r), np.float32)
+    rows[0, 1] = np.nan                     # nan anywhere -> all nan
+    rows[1, 2] = np.inf                     # +inf -> inf - inf -> all nan
+    rows[2, :] = -np.inf                    # all -inf -> zeros
+    rows[3, :] = -np.inf
+    rows[3, -1] = 0.5                       # one finite value among -inf -> one-hot
+    rows[4, :] = np.linspace(-1e4, 1e4, r)  # huge logits stay finite
+    rows[5, :] = -np.inf
+    rows[5, 0] = np.nan                     # nan beats an otherwise all -inf row
+    rows[6, :] = 1e4                        # equal huge logits -> uniform
+    got = run(softmax_kernels[1][f"softmax_{r}_16"], 7, r, [rows.ravel()])
+    want = softmax_reference(rows)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-30)  # nan positions must match
+    assert np.isnan(got[[0, 1, 5]]).all()
+    assert (got[2] == 0).all() and got[3, -1] == 1.0

@@ -1,0 +1,299 @@
+"""Elementwise and softmax kernels over a batch of float32 rows (M runtime, row size R fixed).
+
+Kernel ABI (all buffers float32, row-major, contiguous, `noalias`: `out` must not alias an input):
+  emit_elementwise -> `void name(i64 M, ptr out, ptr op0, ptr op1, ...)`
+  emit_softmax     -> `void name(i64 M, ptr out, ptr x)`
+Each row runs a `width`-lane vector loop over the first R - R % width elements, then one masked
+vector step (`llvm.masked.load/store` with a constant mask) for the R % width tail, so every R >= 1
+works with the same code and no scalar remainder loop. M = 0 runs nothing.
+
+Expressions are tuples: `("in", i)`, `("const", value)`, `(op, child, ...)` with op in `UNARY` or
+`BINARY`. Lowering is table-driven (op -> emitter, operand kind -> loader); anything without a rule
+raises NotImplementedError naming it before any IR is emitted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from llvmlite import ir
+
+from . import vecmath
+from .loops import F32, I1, I32, I64, PTR, declare_vector_intrinsic, element_ptr, for_range, i64, splat, vector_type
+
+Emitter = Callable[[ir.IRBuilder, ir.Module, ir.Value], ir.Value]
+
+UNARY: dict[str, Emitter] = {
+    "neg": lambda b, m, x: b.fneg(x),
+    "exp": vecmath.emit_exp,
+    **vecmath.ACTIVATIONS,
+}
+BINARY: dict[str, Callable[[ir.IRBuilder, ir.Value, ir.Value], ir.Value]] = {
+    "add": lambda b, x, y: b.fadd(x, y),
+    "sub": lambda b, x, y: b.fsub(x, y),
+    "mul": lambda b, x, y: b.fmul(x, y),
+    "div": lambda b, x, y: b.fdiv(x, y),
+}
+KINDS = ("full", "row", "col", "scalar")  # M x R, R (per column), M (per row), 1
+ALIGN = 4  # buffers are only guaranteed float-aligned
+
+
+# ---------------------------------------------------------------- checks (fail before emitting)
+
+def check_expr(expr: tuple, n_operands: int) -> None:
+    """Raise NotImplementedError/ValueError for any node the lowering has no rule for."""
+    if not isinstance(expr, tuple) or not expr:
+        raise ValueError(f"elementwise expression must be a non-empty tuple, got {expr!r}")
+    op, args = expr[0], expr[1:]
+    if op == "in":
+        if len(args) != 1 or not 0 <= args[0] < n_operands:
+            raise ValueError(f"operand reference {expr!r} out of range for {n_operands} operands")
+    elif op == "const":
+        if len(args) != 1 or not isinstance(args[0], (int, float)):
+            raise ValueError(f"constant node needs one number, got {expr!r}")
+    elif op in UNARY or op in BINARY:
+        arity = 1 if op in UNARY else 2
+        if len(args) != arity:
+            raise ValueError(f"op {op!r} takes {arity} operand(s), got {len(args)}")
+        for child in args:
+            check_expr(child, n_operands)
+    else:
+        raise NotImplementedError(f"elementwise codegen has no rule for op {op!r}")
+
+
+def _check_kinds(operand_kinds: tuple[str, ...] | list[str]) -> None:
+    for kind in operand_kinds:
+        if kind not in KINDS:
+            raise NotImplementedError(f"elementwise codegen has no rule for operand kind {kind!r}")
+
+
+def _check_shape(row_size: int, width: int) -> None:
+    if row_size < 1:
+        raise ValueError(f"row_size must be >= 1, got {row_size}")
+    if width < 1 or width & (width - 1):
+        raise ValueError(f"vector width must be a power of two, got {width}")
+
+
+# ---------------------------------------------------------------- IR helpers
+
+def _declare_kernel(module: ir.Module, name: str, n_pointers: int) -> ir.Function:
+    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [I64] + [PTR] * n_pointers), name)
+    fn.args[0].name = "M"
+    for arg in fn.args[1:]:
+        arg.add_attribute("noalias")
+    return fn
+
+
+def _masked_intrinsic(module: ir.Module, op: str, width: int) -> ir.Function:
+    """`llvm.masked.load/store` in the (ptr, i32 align, mask, ...) form that LLVM auto-upgrades."""
+    name = f"llvm.masked.{op}.v{width}f32.p0"
+    if name in module.globals:
+        return module.globals[name]
+    vt, mt = vector_type(width), ir.VectorType(I1, width)
+    if op == "load":
+        fty = ir.FunctionType(vt, [PTR, I32, mt, vt])
+    else:
+        fty = ir.FunctionType(ir.VoidType(), [vt, PTR, I32, mt])
+    return ir.Function(module, fty, name)
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """`width` consecutive row elements starting at `col`; `mask` is None for a full vector."""
+
+    col: ir.Value
+    width: int
+    mask: ir.Constant | None = None
+
+
+def _tail_mask(width: int, valid: int) -> ir.Constant:
+    return ir.Constant(ir.VectorType(I1, width), [ir.Constant(I1, i < valid) for i in range(width)])
+
+
+def load_chunk(builder: ir.IRBuilder, ptr: ir.Value, chunk: Chunk, fill: float = 0.0) -> ir.Value:
+    """Load a chunk at `ptr`; masked-off lanes read `fill` and touch no memory."""
+    vt = vector_type(chunk.width)
+    if chunk.mask is None:
+        return builder.load(ptr, typ=vt, align=ALIGN)
+    fn = _masked_intrinsic(builder.module, "load", chunk.width)
+    return builder.call(fn, [ptr, ir.Constant(I32, ALIGN), chunk.mask, splat(fill, chunk.width)])
+
+
+def store_chunk(builder: ir.IRBuilder, value: ir.Value, ptr: ir.Value, chunk: Chunk) -> None:
+    if chunk.mask is None:
+        builder.store(value, ptr, align=ALIGN)
+    else:
+        fn = _masked_intrinsic(builder.module, "store", chunk.width)
+        builder.call(fn, [value, ptr, ir.Constant(I32, ALIGN), chunk.mask])
+
+
+def for_each_chunk(builder: ir.IRBuilder, row_size: int, width: int,
+                   body: Callable[[Chunk], None]) -> None:
+    """Call `body` for the full vectors of a row (a loop) and then the masked tail (once)."""
+    full = row_size - row_size % width
+    if full:
+        with for_range(builder, 0, full, step=width, name="col") as col:
+            body(Chunk(col, width))
+    if row_size % width:
+        body(Chunk(i64(full), width, _tail_mask(width, row_size % width)))
+
+
+def broadcast_load(builder: ir.IRBuilder, ptr: ir.Value, width: int) -> ir.Value:
+    return splat(builder.load(ptr, typ=F32, align=ALIGN), width, builder)
+
+
+# ---------------------------------------------------------------- elementwise
+
+def _load_operand(builder, kind: str, ptr: ir.Value, row: ir.Value, row_base: ir.Value,
+                  chunk: Chunk) -> ir.Value:
+    """Operand lanes for `chunk` of row `row`, by broadcast kind."""
+    if kind == "full":
+        return load_chunk(builder, element_ptr(builder, ptr, builder.add(row_base, chunk.col)), chunk)
+    if kind == "row":
+        return load_chunk(builder, element_ptr(builder, ptr, chunk.col), chunk)
+    if kind == "col":
+        return broadcast_load(builder, element_ptr(builder, ptr, row), chunk.width)
+    if kind == "scalar":
+        return broadcast_load(builder, ptr, chunk.width)
+    raise NotImplementedError(f"elementwise codegen has no rule for operand kind {kind!r}")
+
+
+def evaluate(builder: ir.IRBuilder, expr: tuple, leaf: Callable[[int], ir.Value],
+             width: int) -> ir.Value:
+    """Emit `expr` on `width`-lane vectors; `leaf(i)` yields operand i (loaded once per use)."""
+    op, args = expr[0], expr[1:]
+    if op == "in":
+        return leaf(args[0])
+    if op == "const":
+        return splat(float(args[0]), width)
+    values = [evaluate(builder, a, leaf, width) for a in args]
+    if op in UNARY:
+        return UNARY[op](builder, builder.module, values[0])
+    if op in BINARY:
+        return BINARY[op](builder, values[0], values[1])
+    raise NotImplementedError(f"elementwise codegen has no rule for op {op!r}")
+
+
+def emit_elementwise(module: ir.Module, name: str, expr: tuple, operand_kinds, row_size: int,
+                     width: int) -> ir.Function:
+    """Define `void name(i64 M, ptr out, ptr op0, ...)`: out[m, j] = expr(operands at m, j)."""
+    kinds = tuple(operand_kinds)
+    _check_kinds(kinds)
+    _check_shape(row_size, width)
+    check_expr(expr, len(kinds))
+
+    fn = _declare_kernel(module, name, 1 + len(kinds))
+    n_rows, out, operands = fn.args[0], fn.args[1], fn.args[2:]
+    builder = ir.IRBuilder(fn.append_basic_block("entry"))
+    with for_range(builder, 0, n_rows, name="row") as row:
+        row_base = builder.mul(row, i64(row_size), flags=["nsw"])
+        loaded: dict[int, ir.Value] = {}
+
+        def emit_chunk(chunk: Chunk) -> None:
+            loaded.clear()  # operand vectors are per chunk; a repeated ("in", i) reuses its load
+
+            def leaf(i: int) -> ir.Value:
+                if i not in loaded:
+                    loaded[i] = _load_operand(builder, kinds[i], operands[i], row, row_base, chunk)
+                return loaded[i]
+
+            value = evaluate(builder, expr, leaf, chunk.width)
+            dest = element_ptr(builder, out, builder.add(row_base, chunk.col))
+            store_chunk(builder, value, dest, chunk)
+
+        for_each_chunk(builder, row_size, width, emit_chunk)
+    builder.ret_void()
+    return fn
+
+
+# ---------------------------------------------------------------- softmax
+
+def _horizontal(builder: ir.IRBuilder, combine, v: ir.Value) -> ir.Value:
+    """Fold the lanes of `v` pairwise with `combine`; the result is lane 0 (a scalar float)."""
+    width = v.type.count
+    half = width // 2
+    while half:
+        idx = [(i + half) % width for i in range(width)]
+        upper = builder.shuffle_vector(v, ir.Constant(v.type, ir.Undefined),
+                                       ir.Constant(ir.VectorType(I32, width), idx))
+        v = combine(v, upper)
+        half //= 2
+    return builder.extract_element(v, ir.Constant(I32, 0))
+
+
+def emit_softmax(module: ir.Module, name: str, row_size: int, width: int) -> ir.Function:
+    """Define `void name(i64 M, ptr out, ptr x)`: softmax along each row of length `row_size`.
+
+    As the eager reference (ir/ops.py softmax): e = exp(x - rowmax), out = e / sum(e), computed
+    here as e * (1 / sum). NaN anywhere in a row -> all NaN (the max propagates NaN); +inf in a row
+    -> NaN (inf - inf); an all -inf row -> zeros (shift by 0 instead of -inf, divide by 1).
+    """
+    _check_shape(row_size, width)
+    fn = _declare_kernel(module, name, 2)
+    n_rows, out, x = fn.args
+    builder = ir.IRBuilder(fn.append_basic_block("entry"))
+    maximum = declare_vector_intrinsic(module, "maximum", width, 2)  # NaN-propagating
+    neg_inf = float("-inf")
+    with for_range(builder, 0, n_rows, name="row") as row:
+        base = builder.mul(row, i64(row_size), flags=["nsw"])
+
+        def x_at(c: Chunk) -> ir.Value:
+            return element_ptr(builder, x, builder.add(base, c.col))
+
+        def out_at(c: Chunk) -> ir.Value:
+            return element_ptr(builder, out, builder.add(base, c.col))
+
+        row_max = _reduce_row(builder, row_size, width, splat(neg_inf, width),
+                              lambda c, acc: builder.call(maximum, [acc, load_chunk(
+                                  builder, x_at(c), c, fill=neg_inf)]),
+                              lambda a, b: builder.call(maximum, [a, b]))
+        all_neg_inf = builder.fcmp_ordered("==", row_max, ir.Constant(F32, neg_inf))
+        shift = splat(builder.select(all_neg_inf, ir.Constant(F32, 0.0), row_max), width, builder)
+
+        def exp_and_sum(c: Chunk, acc: ir.Value) -> ir.Value:
+            e = vecmath.emit_exp(builder, module, builder.fsub(load_chunk(builder, x_at(c), c),
+                                                               shift))
+            store_chunk(builder, e, out_at(c), c)
+            if c.mask is not None:
+                e = builder.select(c.mask, e, splat(0.0, width))
+            return builder.fadd(acc, e)
+
+        total = _reduce_row(builder, row_size, width, splat(0.0, width), exp_and_sum,
+                            lambda a, b: builder.fadd(a, b))
+        divisor = builder.select(all_neg_inf, ir.Constant(F32, 1.0), total)
+        scale = splat(builder.fdiv(ir.Constant(F32, 1.0), divisor), width, builder)
+
+        def normalize(c: Chunk) -> None:
+            store_chunk(builder, builder.fmul(load_chunk(builder, out_at(c), c), scale),
+                        out_at(c), c)
+
+        for_each_chunk(builder, row_size, width, normalize)
+    builder.ret_void()
+    return fn
+
+
+def _reduce_row(builder: ir.IRBuilder, row_size: int, width: int, init: ir.Value,
+                step: Callable[[Chunk, ir.Value], ir.Value], combine) -> ir.Value:
+    """Vector accumulation over a row's chunks (a phi through the loop), then a horizontal fold."""
+    acc = init
+    full = row_size - row_size % width
+    if full:
+        pre = builder.block
+        body = builder.append_basic_block("acc.body")
+        after = builder.append_basic_block("acc.end")
+        builder.branch(body)
+        builder.position_at_end(body)
+        col = builder.phi(I64, name="col")
+        phi = builder.phi(init.type, name="acc")
+        col.add_incoming(i64(0), pre)
+        phi.add_incoming(init, pre)
+        acc = step(Chunk(col, width), phi)
+        nxt = builder.add(col, i64(width), flags=["nsw"])
+        col.add_incoming(nxt, builder.block)
+        phi.add_incoming(acc, builder.block)
+        builder.cbranch(builder.icmp_signed("<", nxt, i64(full)), body, after)
+        builder.position_at_end(after)
+    if row_size % width:
+        acc = step(Chunk(i64(full), width, _tail_mask(width, row_size % width)), acc)
+    return _horizontal(builder, combine, acc)
