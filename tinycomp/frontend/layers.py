@@ -117,8 +117,9 @@ class Dropout(Layer):
         training = self.training if training is None else training
         return bool(training) and self.p > 0
 
-    def _generate_dropout_mask(self, shape: tuple[int, ...]) -> np.ndarray:
-        return dropout_mask(_rng, tuple(shape), self.p)
+    def _generate_dropout_mask(self, shape: tuple[int, ...]) -> Tensor:
+        # A Tensor, as in TinyTorch: its tests read `mask.data` (on an ndarray that is a memoryview)
+        return Tensor._wrap(dropout_mask(_rng, tuple(shape), self.p))
 
     def forward(self, x: Tensor, training: bool | None = None) -> Tensor:
         training = self.training if training is None else bool(training)
@@ -126,6 +127,8 @@ class Dropout(Layer):
             return apply_op("dropout", x, p=self.p, training=training)
         if not self._should_apply_dropout(training):
             return x
+        if self.p >= 1:  # real zeros: x * 0 would turn inf and nan into nan
+            return Tensor._wrap(np.zeros(x.shape, np.float32))
         return x * self._generate_dropout_mask(x.shape)
 
     def __repr__(self) -> str:
@@ -134,9 +137,9 @@ class Dropout(Layer):
 
 @functools.lru_cache(maxsize=256)
 def _accepts_training(forward_owner: type) -> bool:
-    try:
+    try:  # plain callables (functions, lambdas) in a Sequential have no `forward`
         params = inspect.signature(forward_owner.forward).parameters
-    except (TypeError, ValueError):
+    except (AttributeError, TypeError, ValueError):
         return False
     return "training" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
 

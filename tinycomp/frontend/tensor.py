@@ -8,6 +8,7 @@ execution and tracing can never disagree about what an op is.
 from __future__ import annotations
 
 import numbers
+import operator
 from typing import Any
 
 import numpy as np
@@ -161,7 +162,11 @@ class Tensor:
     def reshape(self, *shape: Any) -> Tensor:
         if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
             shape = tuple(shape[0])
-        return apply_op("reshape", self, newshape=tuple(int(d) for d in shape))
+        try:  # operator.index, not int(): a size of 2.5 is an error, not a silent 2
+            newshape = tuple(operator.index(d) for d in shape)
+        except TypeError:
+            raise TypeError(f"reshape sizes must be integers; got {shape}") from None
+        return apply_op("reshape", self, newshape=newshape)
 
     def transpose(self, dim0: int | None = None, dim1: int | None = None) -> Tensor:
         if dim0 is None and dim1 is None:

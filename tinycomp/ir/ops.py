@@ -145,7 +145,8 @@ def leaf_shape(*, shape: Shape, **_: object) -> Shape:
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
     """Overflow-safe logistic: exp is only ever taken of a non-positive number."""
-    e = np.exp(-np.abs(x))
+    with np.errstate(under="ignore"):  # exp(-1000) -> 0 is the right answer, not an error
+        e = np.exp(-np.abs(x))
     return np.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(x.dtype, copy=False)
 
 
@@ -157,7 +158,7 @@ def softmax(x: np.ndarray, dim: int = -1) -> np.ndarray:
     """Row-max-subtracted softmax; a slice that is all -inf gives zeros (not NaN)."""
     m = np.max(x, axis=dim, keepdims=True) if x.size else x
     all_neg_inf = np.isneginf(m)
-    with np.errstate(invalid="ignore"):
+    with np.errstate(invalid="ignore", under="ignore"):
         e = np.exp(x - np.where(all_neg_inf, 0, m))
         s = np.sum(e, axis=dim, keepdims=True)
         out = e / np.where(all_neg_inf, 1, s)

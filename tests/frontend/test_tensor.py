@@ -1,0 +1,294 @@
+"""Tensor (DESIGN.md §1, issue 2): float32 copies, arithmetic, matmul and its errors, shape ops."""
+
+import numpy as np
+import pytest
+
+from tinycomp.nn import Tensor
+
+MISMATCH = (
+    "Cannot perform matrix multiplication: (32, 128) @ (256, 10). Inner dimensions must match: 128 ≠ 256"
+)
+
+
+def f64(t):
+    return np.asarray(t.data, dtype=np.float64)
+
+
+# ---------------------------------------------------------------- creation
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        [[1, 2, 3], [4, 5, 6]],
+        [[1.5, -2.25], [3.0, 4.125]],
+        np.array([[0.1, 0.2], [0.3, 0.4]], dtype=np.float64),
+        np.array([[1, -2], [3, 4]], dtype=np.int64),
+        np.array([[1, 2], [3, 4]], dtype=np.int32),
+        np.array([True, False, True]),
+        np.array([1.0, 2.0], dtype=np.float32),
+        7,
+        2.5,
+    ],
+)
+def test_creation_is_a_float32_copy(source):
+    t = Tensor(source)
+    expected = np.asarray(source, dtype=np.float64)
+    assert isinstance(t.data, np.ndarray)
+    assert t.data.dtype == np.float32
+    assert t.dtype == np.float32
+    assert t.shape == expected.shape
+    np.testing.assert_allclose(f64(t), expected, rtol=1e-7)
+    if isinstance(source, np.ndarray):
+        assert not np.shares_memory(t.data, source)
+
+
+def test_mutating_the_source_does_not_change_the_tensor():
+    src = np.array([[1.0, 2.0], [3.0, 4.0]], dtype=np.float32)
+    t = Tensor(src)
+    src[0, 0] = 100.0
+    assert t.data[0, 0] == 1.0
+
+    lst = [1, 2, 3]
+    t2 = Tensor(lst)
+    lst[0] = 99
+    assert t2.data[0] == 1.0
+
+    t3 = Tensor(t2)
+    t2.data[1] = -5.0
+    assert t3.data[1] == 2.0
+
+
+def test_float64_values_are_rounded_to_float32():
+    t = Tensor(np.array([0.1], dtype=np.float64))
+    assert t.data[0] == np.float32(0.1)
+
+
+def test_properties():
+    t = Tensor(np.zeros((2, 3, 4)))
+    assert t.shape == (2, 3, 4)
+    assert t.size == 24
+    assert t.ndim == 3
+    assert t.dtype == np.float32
+    assert t.requires_grad is False
+    assert t.grad is None
+    assert Tensor([1.0], requires_grad=True).requires_grad is True
+    assert t.numpy() is t.data
+
+
+def test_repr_is_readable():
+    r = repr(Tensor([[1.0, 2.0], [3.0, 4.0]]))
+    assert r.startswith("Tensor(")
+    assert "shape=(2, 2)" in r
+    for v in ("1.", "2.", "3.", "4."):
+        assert v in r
+    assert "requires_grad=True" in repr(Tensor([1.0], requires_grad=True))
+    big = repr(Tensor(np.arange(10_000.0)))
+    assert len(big) < 200 and "shape=(10000,)" in big
+
+
+# ---------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    "data, type_name",
+    [("hello", "str"), (b"bytes", "bytes"), (object(), "object"), ({"a": 1}, "dict"), (None, "NoneType")],
+)
+def test_non_numeric_data_raises_type_error_naming_the_type(data, type_name):
+    with pytest.raises(TypeError, match=type_name):
+        Tensor(data)
+
+
+def test_list_of_strings_raises_type_error():
+    with pytest.raises(TypeError, match="list"):
+        Tensor(["a", "b"])
+
+
+def test_ragged_list_raises_type_error():
+    with pytest.raises(TypeError):
+        Tensor([[1, 2], [3]])
+
+
+# ---------------------------------------------------------------- arithmetic
+
+A = np.array([[1.0, -2.0, 3.5], [0.25, 4.0, -6.0]])
+V = np.array([2.0, -0.5, 4.0])
+
+
+@pytest.mark.parametrize(
+    "op, ref",
+    [
+        (lambda a, b: a + b, lambda a, b: a + b),
+        (lambda a, b: a - b, lambda a, b: a - b),
+        (lambda a, b: a * b, lambda a, b: a * b),
+        (lambda a, b: a / b, lambda a, b: a / b),
+    ],
+    ids=["add", "sub", "mul", "div"],
+)
+def test_binary_ops_with_scalars_tensors_and_broadcasting(op, ref):
+    t, v = Tensor(A), Tensor(V)
+    cases = [
+        (op(t, 3.0), ref(A, 3.0)),
+        (op(3.0, t), ref(3.0, A)),
+        (op(t, 2), ref(A, 2)),
+        (op(2, t), ref(2, A)),
+        (op(t, t), ref(A, A)),
+        (op(t, v), ref(A, V)),  # (n,) broadcast over (m, n)
+        (op(v, t), ref(V, A)),
+        (op(A, t), ref(A, A)),  # ndarray on the left
+        (op(V, t), ref(V, A)),
+        (op(t, V), ref(A, V)),
+        (op(np.float64(1.5), t), ref(1.5, A)),
+    ]
+    for got, want in cases:
+        assert isinstance(got, Tensor)
+        assert got.dtype == np.float32
+        assert got.shape == want.shape
+        np.testing.assert_allclose(f64(got), want, rtol=1e-6)
+
+
+def test_neg():
+    np.testing.assert_array_equal(f64(-Tensor(A)), -A)
+
+
+def test_broadcast_mismatch_raises():
+    with pytest.raises(ValueError, match="shape mismatch"):
+        Tensor(np.zeros((2, 3))) + Tensor(np.zeros(4))
+
+
+def test_unsupported_operand_raises_type_error():
+    with pytest.raises(TypeError):
+        Tensor([1.0]) + "x"
+
+
+# ---------------------------------------------------------------- matmul
+
+rng = np.random.default_rng(0)
+
+
+@pytest.mark.parametrize(
+    "sa, sb",
+    [
+        ((3, 4), (4, 5)),  # 2-D
+        ((4,), (4, 5)),  # 1-D left
+        ((3, 4), (4,)),  # 1-D right
+        ((4,), (4,)),  # 1-D both: a scalar
+        ((2, 3, 4), (4, 5)),  # batched left
+        ((2, 3, 4), (2, 4, 5)),  # batched both
+        ((3, 4), (2, 4, 5)),  # batched right
+        ((2, 1, 3, 4), (5, 4, 2)),  # broadcast batch dims
+    ],
+)
+def test_matmul_matches_float64(sa, sb):
+    a = rng.standard_normal(sa)
+    b = rng.standard_normal(sb)
+    want = np.matmul(a.astype(np.float32).astype(np.float64), b.astype(np.float32).astype(np.float64))
+    for got in (Tensor(a).matmul(Tensor(b)), Tensor(a) @ Tensor(b)):
+        assert isinstance(got, Tensor)
+        assert got.dtype == np.float32
+        assert got.shape == want.shape
+        np.testing.assert_allclose(f64(got), want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("other", [np.ones((4, 5)), [[1.0]], 3.0])
+def test_matmul_non_tensor_operand_raises_type_error(other):
+    t = Tensor(np.ones((3, 4)))
+    with pytest.raises(TypeError):
+        t.matmul(other)
+    with pytest.raises(TypeError):
+        t @ other
+    with pytest.raises(TypeError):
+        other @ t
+
+
+def test_matmul_zero_d_operand_raises_value_error():
+    with pytest.raises(ValueError):
+        Tensor(2.0) @ Tensor(np.ones((2, 2)))
+    with pytest.raises(ValueError):
+        Tensor(np.ones((2, 2))).matmul(Tensor(3.0))
+
+
+def test_matmul_mismatch_message():
+    with pytest.raises(ValueError) as info:
+        Tensor(np.ones((32, 128))) @ Tensor(np.ones((256, 10)))
+    msg = str(info.value)
+    assert MISMATCH in msg
+    assert "shape mismatch" in msg
+
+
+def test_matmul_mismatch_1d():
+    with pytest.raises(ValueError, match="Inner dimensions must match: 3 ≠ 4"):
+        Tensor(np.ones(3)) @ Tensor(np.ones(4))
+
+
+# ---------------------------------------------------------------- shape ops
+
+X = np.arange(24, dtype=np.float64).reshape(2, 3, 4) - 11.5
+
+
+@pytest.mark.parametrize(
+    "args, shape",
+    [((6, 4), (6, 4)), ((-1, 4), (6, 4)), ((2, -1), (2, 12)), ((-1,), (24,)), (((4, -1),), (4, 6)),
+     (([3, 8],), (3, 8)), ((2, 3, 2, 2), (2, 3, 2, 2))],
+)
+def test_reshape(args, shape):
+    t = Tensor(X)
+    r = t.reshape(*args)
+    assert r.shape == shape
+    np.testing.assert_array_equal(f64(r), X.reshape(shape))
+
+
+@pytest.mark.parametrize("args", [(5, 5), (-1, 5), (-1, -1), (7,), (-2, 12)])
+def test_reshape_error(args):
+    with pytest.raises(ValueError):
+        Tensor(X).reshape(*args)
+
+
+def test_reshape_rejects_non_integer_sizes():
+    with pytest.raises(TypeError):
+        Tensor(X).reshape(2.5, -1)
+
+
+def test_transpose_default_swaps_last_two():
+    r = Tensor(X).transpose()
+    assert r.shape == (2, 4, 3)
+    np.testing.assert_array_equal(f64(r), np.swapaxes(X, -2, -1))
+    m = X[0]
+    np.testing.assert_array_equal(f64(Tensor(m).transpose()), m.T)
+
+
+def test_transpose_explicit():
+    r = Tensor(X).transpose(0, 2)
+    assert r.shape == (4, 3, 2)
+    np.testing.assert_array_equal(f64(r), np.swapaxes(X, 0, 2))
+    np.testing.assert_array_equal(f64(Tensor(X).transpose(0, 1)), np.swapaxes(X, 0, 1))
+
+
+@pytest.mark.parametrize("name", ["sum", "mean", "max"])
+@pytest.mark.parametrize("axis", [None, 0, 1, 2, -1])
+@pytest.mark.parametrize("keepdims", [False, True])
+def test_reductions(name, axis, keepdims):
+    got = getattr(Tensor(X), name)(axis=axis, keepdims=keepdims)
+    want = getattr(np, name)(X, axis=axis, keepdims=keepdims)
+    assert isinstance(got, Tensor)
+    assert got.dtype == np.float32
+    assert got.shape == np.shape(want)
+    np.testing.assert_allclose(f64(got), want, rtol=1e-6, atol=1e-6)
+
+
+def test_reduction_defaults():
+    t = Tensor(X)
+    assert t.sum().shape == ()
+    assert float(t.sum().data) == pytest.approx(X.sum())
+    assert float(t.mean().data) == pytest.approx(X.mean())
+    assert float(t.max().data) == X.max()
+
+
+def test_getitem():
+    t = Tensor(X)
+    for key in (0, (1, 2), (slice(None), 1), (Ellipsis, -1), (0, slice(1, 3), slice(None, None, 2))):
+        got = t[key]
+        assert isinstance(got, Tensor)
+        assert got.dtype == np.float32
+        np.testing.assert_array_equal(f64(got), X[key])
+    assert float(t[1, 2, 3].data) == X[1, 2, 3]
