@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from llvmlite import ir
 
 from . import vecmath
-from .loops import F32, I1, I32, I64, PTR, declare_vector_intrinsic, element_ptr, for_range, i64, splat, vector_type
+from .loops import F32, I1, I32, I64, PTR, element_ptr, for_range, i64, splat, vector_type
 
 Emitter = Callable[[ir.IRBuilder, ir.Module, ir.Value], ir.Value]
 
@@ -209,6 +209,10 @@ def emit_elementwise(module: ir.Module, name: str, expr: tuple, operand_kinds, r
 
 # ---------------------------------------------------------------- softmax
 
+REGISTER_CHUNKS = 4  # rows of up to 4 vectors stay in registers: no store/reload of exp(x - max)
+NEG_INF = float("-inf")
+
+
 def _horizontal(builder: ir.IRBuilder, combine, v: ir.Value) -> ir.Value:
     """Fold the lanes of `v` pairwise with `combine`; the result is lane 0 (a scalar float)."""
     width = v.type.count
@@ -222,21 +226,94 @@ def _horizontal(builder: ir.IRBuilder, combine, v: ir.Value) -> ir.Value:
     return builder.extract_element(v, ir.Constant(I32, 0))
 
 
+def _max_ignoring_nan(builder: ir.IRBuilder, acc: ir.Value, x: ir.Value) -> ir.Value:
+    """max that skips NaN lanes of x (a single vmaxps); NaN rows are caught by the sum instead."""
+    return builder.select(builder.fcmp_ordered(">", x, acc), x, acc)
+
+
+class _Row:
+    """Per-row softmax steps shared by the in-register and the three-pass variants.
+
+    The row max ignores NaN, so a NaN element instead makes exp(NaN - max) and the sum NaN, which
+    then spreads to the whole row. An all -inf row (max == -inf) is shifted by 0 instead of -inf,
+    making every exp 0 and the sum 0; dividing by sum + 1 then gives zeros, and still NaN when a
+    NaN hid behind the -inf max. Masked-off tail lanes load -inf, whose exp is exactly 0 for every
+    shift this leaves (finite, +inf or 0), so they never disturb the sum.
+    """
+
+    def __init__(self, builder: ir.IRBuilder, module: ir.Module, width: int):
+        self.builder, self.module, self.width = builder, module, width
+
+    def reduce_max(self, acc: ir.Value) -> None:
+        b = self.builder
+        row_max = _horizontal(b, lambda u, v: _max_ignoring_nan(b, u, v), acc)
+        self.all_neg_inf = b.fcmp_ordered("==", row_max, ir.Constant(F32, NEG_INF))
+        shift = b.select(self.all_neg_inf, ir.Constant(F32, 0.0), row_max)
+        self.shift = splat(shift, self.width, b)
+
+    def exp_shifted(self, x: ir.Value) -> ir.Value:
+        return vecmath.emit_exp(self.builder, self.module, self.builder.fsub(x, self.shift))
+
+    def reduce_sum(self, acc: ir.Value) -> ir.Value:
+        """The vector 1 / divisor from the vector of partial sums."""
+        b = self.builder
+        total = _horizontal(b, lambda u, v: b.fadd(u, v), acc)
+        divisor = b.select(self.all_neg_inf, b.fadd(total, ir.Constant(F32, 1.0)), total)
+        return splat(b.fdiv(ir.Constant(F32, 1.0), divisor), self.width, b)
+
+
+def _row_chunks(row_size: int, width: int) -> list[Chunk]:
+    full = row_size - row_size % width
+    chunks = [Chunk(i64(c), width) for c in range(0, full, width)]
+    if row_size % width:
+        chunks.append(Chunk(i64(full), width, _tail_mask(width, row_size % width)))
+    return chunks
+
+
+def _softmax_in_registers(b: ir.IRBuilder, row: _Row, chunks: list[Chunk], x_at, out_at) -> None:
+    xs = [load_chunk(b, x_at(c), c, fill=NEG_INF) for c in chunks]
+    acc = xs[0]
+    for v in xs[1:]:
+        acc = _max_ignoring_nan(b, acc, v)
+    row.reduce_max(acc)
+    es = [row.exp_shifted(v) for v in xs]
+    total = es[0]
+    for e in es[1:]:
+        total = b.fadd(total, e)
+    scale = row.reduce_sum(total)
+    for c, e in zip(chunks, es, strict=True):
+        store_chunk(b, b.fmul(e, scale), out_at(c), c)
+
+
+def _softmax_three_pass(b: ir.IRBuilder, row: _Row, row_size: int, x_at, out_at) -> None:
+    """max over x; exp(x - max) stored to out while summing; out *= 1 / sum."""
+    w = row.width
+    row.reduce_max(_accumulate_row(b, row_size, w, splat(NEG_INF, w), lambda c, acc: _max_ignoring_nan(
+        b, acc, load_chunk(b, x_at(c), c, fill=NEG_INF))))
+
+    def exp_and_sum(c: Chunk, acc: ir.Value) -> ir.Value:
+        e = row.exp_shifted(load_chunk(b, x_at(c), c, fill=NEG_INF))
+        store_chunk(b, e, out_at(c), c)
+        return b.fadd(acc, e)
+
+    scale = row.reduce_sum(_accumulate_row(b, row_size, w, splat(0.0, w), exp_and_sum))
+    for_each_chunk(b, row_size, w, lambda c: store_chunk(
+        b, b.fmul(load_chunk(b, out_at(c), c), scale), out_at(c), c))
+
+
 def emit_softmax(module: ir.Module, name: str, row_size: int, width: int) -> ir.Function:
     """Define `void name(i64 M, ptr out, ptr x)`: softmax along each row of length `row_size`.
 
     As the eager reference (ir/ops.py softmax): e = exp(x - rowmax), out = e / sum(e), computed
-    here as e * (1 / sum). NaN anywhere in a row -> all NaN (the max propagates NaN); +inf in a row
-    -> NaN (inf - inf); an all -inf row -> zeros (shift by 0 instead of -inf, divide by 1).
+    here as e * (1 / sum). NaN anywhere in a row -> all NaN; +inf in a row -> NaN (inf - inf);
+    an all -inf row -> zeros. See `_Row` for how each case comes out.
     """
     _check_shape(row_size, width)
     fn = _declare_kernel(module, name, 2)
     n_rows, out, x = fn.args
     builder = ir.IRBuilder(fn.append_basic_block("entry"))
-    maximum = declare_vector_intrinsic(module, "maximum", width, 2)  # NaN-propagating
-    neg_inf = float("-inf")
-    with for_range(builder, 0, n_rows, name="row") as row:
-        base = builder.mul(row, i64(row_size), flags=["nsw"])
+    with for_range(builder, 0, n_rows, name="row") as r:
+        base = builder.mul(r, i64(row_size), flags=["nsw"])
 
         def x_at(c: Chunk) -> ir.Value:
             return element_ptr(builder, x, builder.add(base, c.col))
@@ -244,38 +321,19 @@ def emit_softmax(module: ir.Module, name: str, row_size: int, width: int) -> ir.
         def out_at(c: Chunk) -> ir.Value:
             return element_ptr(builder, out, builder.add(base, c.col))
 
-        row_max = _reduce_row(builder, row_size, width, splat(neg_inf, width),
-                              lambda c, acc: builder.call(maximum, [acc, load_chunk(
-                                  builder, x_at(c), c, fill=neg_inf)]),
-                              lambda a, b: builder.call(maximum, [a, b]))
-        all_neg_inf = builder.fcmp_ordered("==", row_max, ir.Constant(F32, neg_inf))
-        shift = splat(builder.select(all_neg_inf, ir.Constant(F32, 0.0), row_max), width, builder)
-
-        def exp_and_sum(c: Chunk, acc: ir.Value) -> ir.Value:
-            e = vecmath.emit_exp(builder, module, builder.fsub(load_chunk(builder, x_at(c), c),
-                                                               shift))
-            store_chunk(builder, e, out_at(c), c)
-            if c.mask is not None:
-                e = builder.select(c.mask, e, splat(0.0, width))
-            return builder.fadd(acc, e)
-
-        total = _reduce_row(builder, row_size, width, splat(0.0, width), exp_and_sum,
-                            lambda a, b: builder.fadd(a, b))
-        divisor = builder.select(all_neg_inf, ir.Constant(F32, 1.0), total)
-        scale = splat(builder.fdiv(ir.Constant(F32, 1.0), divisor), width, builder)
-
-        def normalize(c: Chunk) -> None:
-            store_chunk(builder, builder.fmul(load_chunk(builder, out_at(c), c), scale),
-                        out_at(c), c)
-
-        for_each_chunk(builder, row_size, width, normalize)
+        row = _Row(builder, module, width)
+        chunks = _row_chunks(row_size, width)
+        if len(chunks) <= REGISTER_CHUNKS:
+            _softmax_in_registers(builder, row, chunks, x_at, out_at)
+        else:
+            _softmax_three_pass(builder, row, row_size, x_at, out_at)
     builder.ret_void()
     return fn
 
 
-def _reduce_row(builder: ir.IRBuilder, row_size: int, width: int, init: ir.Value,
-                step: Callable[[Chunk, ir.Value], ir.Value], combine) -> ir.Value:
-    """Vector accumulation over a row's chunks (a phi through the loop), then a horizontal fold."""
+def _accumulate_row(builder: ir.IRBuilder, row_size: int, width: int, init: ir.Value,
+                    step: Callable[[Chunk, ir.Value], ir.Value]) -> ir.Value:
+    """Fold `step` over a row's chunks into a vector accumulator (a phi through the loop)."""
     acc = init
     full = row_size - row_size % width
     if full:
@@ -296,4 +354,4 @@ def _reduce_row(builder: ir.IRBuilder, row_size: int, width: int, init: ir.Value
         builder.position_at_end(after)
     if row_size % width:
         acc = step(Chunk(i64(full), width, _tail_mask(width, row_size % width)), acc)
-    return _horizontal(builder, combine, acc)
+    return acc
