@@ -14,8 +14,9 @@ import networkx as nx
 from .ops import LEAVES, op_def
 
 CORE_KEYS = frozenset({"op", "shape", "dtype"})
-# Node data that is not an op attribute: bound values, the model path a node came from.
-META_KEYS = frozenset({"value", "path", "layer"})
+# Node data that is not an op attribute: bound values, the model path a node came from, and
+# what fuse_linear did (or why it did not) for `explain()`.
+META_KEYS = frozenset({"value", "path", "layer", "explain"})
 
 
 class LintError(AssertionError):

@@ -1,0 +1,283 @@
+"""Symbolic tracing in the style of torch.fx: run `forward()` on a `SymbolicTensor`, record a Graph.
+
+Every Tensor op goes through `apply_op`, which hands calls on symbolic tensors to `Tracer.record`, so
+the graph holds exactly the ops the eager model would run. Concrete Tensors owned by the model become
+`param` nodes bound to the live Tensor and named by attribute path (`block.fc1.bias`); other
+constants become `const` nodes. While tracing, each sub-layer's `forward` is wrapped (on the
+instance, restored afterwards) so nodes and errors can name the layer they came from.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import numbers
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from ..errors import CompileError
+from ..ir.graph import Graph
+from ..ir.ops import LEAVES, OPS
+from .layers import Layer, Sequential
+from .tensor import Tensor, apply_op
+
+# NumPy ufuncs that mean the same as a table op; `ndarray + symbolic` arrives here.
+_UFUNC_OPS = {np.add: "add", np.subtract: "sub", np.multiply: "mul", np.true_divide: "div", np.negative: "neg"}
+
+
+# ---------------------------------------------------------------- walking the model
+
+def _children(obj: Any) -> Iterator[tuple[str, Any]]:
+    """(path step, value) pairs of a layer's attributes, a list's items or a dict's values."""
+    if isinstance(obj, Sequential):  # Sequential children are named by index: `0.weight`
+        items: Any = enumerate(obj.layers)
+    elif isinstance(obj, dict):
+        items = obj.items()
+    elif isinstance(obj, (list, tuple)):
+        items = enumerate(obj)
+    else:
+        items = vars(obj).items()
+    for key, value in items:
+        if isinstance(value, (Tensor, Layer, list, tuple, dict)):
+            yield str(key), value
+
+
+def walk_model(model: Any) -> tuple[dict[int, str], list[tuple[Layer, str]]]:
+    """Map id(Tensor) -> first attribute path, and list every Layer with its path (cycle-safe)."""
+    tensors: dict[int, str] = {}
+    layers: list[tuple[Layer, str]] = []
+    seen: set[int] = set()
+
+    def visit(obj: Any, path: str) -> None:
+        if id(obj) in seen:
+            return
+        seen.add(id(obj))
+        if isinstance(obj, Tensor):
+            tensors[id(obj)] = path
+            return
+        if isinstance(obj, Layer):
+            layers.append((obj, path))
+        for step, value in _children(obj):
+            visit(value, f"{path}.{step}" if path else step)
+
+    visit(model, "")
+    return tensors, layers
+
+
+def resolve_path(model: Any, path: str) -> Any:
+    """The live object at an attribute path as `walk_model` names it (`0.weight`, `heads.1.bias`)."""
+    obj = model
+    for step in path.split(".") if path else []:
+        if isinstance(obj, Sequential) and step.isdigit():
+            obj = obj.layers[int(step)]
+        elif isinstance(obj, (list, tuple)):
+            obj = obj[int(step)]
+        elif isinstance(obj, dict):
+            obj = next(v for k, v in obj.items() if str(k) == step)
+        else:
+            obj = getattr(obj, step)
+    return obj
+
+
+# ---------------------------------------------------------------- the symbolic tensor
+
+class SymbolicTensor(Tensor):
+    """A Tensor that stands for a graph node; it has a shape but no data."""
+
+    def __init__(self, tracer: Tracer, node: str, shape: tuple):
+        self._tracer = tracer
+        self.node = node
+        self._shape = tuple(shape)
+        self.requires_grad = False
+        self.grad = None
+
+    def _refuse(self, what: str) -> CompileError:
+        return CompileError(
+            f"{self._tracer.where()} {what} of a traced tensor; a compiled forward() may only use "
+            "Tensor operations (its values are not known while tracing)"
+        )
+
+    @property
+    def data(self) -> np.ndarray:  # type: ignore[override]
+        raise self._refuse("reads .data")
+
+    @property
+    def shape(self) -> tuple:  # type: ignore[override]
+        return self._shape
+
+    @property
+    def ndim(self) -> int:
+        return len(self._shape)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(np.float32)
+
+    @property
+    def size(self) -> int:
+        if None in self._shape:
+            raise self._refuse("reads .size (it depends on the batch size)")
+        return math.prod(self._shape)
+
+    def numpy(self) -> np.ndarray:
+        raise self._refuse("calls .numpy()")
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        raise self._refuse("converts to a NumPy array")
+
+    def __array_ufunc__(self, ufunc: Any, method: str, *inputs: Any, **kwargs: Any) -> Any:
+        name = _UFUNC_OPS.get(ufunc)
+        if name is None or method != "__call__" or kwargs:
+            raise self._refuse(f"calls np.{ufunc.__name__}, an op the op table lacks, on")
+        return apply_op(name, *inputs)
+
+    def __array_function__(self, func: Any, types: Any, args: Any, kwargs: Any) -> Any:
+        raise self._refuse(f"calls np.{func.__name__}, an op the op table lacks, on")
+
+    def __bool__(self) -> bool:
+        raise self._refuse("converts to bool (e.g. `if tensor:`) the value")
+
+    def __float__(self) -> float:
+        raise self._refuse("converts to float the value")
+
+    def __int__(self) -> int:
+        raise self._refuse("converts to int the value")
+
+    def __index__(self) -> int:
+        raise self._refuse("uses as an index the value")
+
+    def __len__(self) -> int:
+        raise self._refuse("takes len()")
+
+    def __getitem__(self, key: Any) -> Tensor:
+        raise self._refuse(f"indexes [{key!r}] (indexing is not in the op table)")
+
+    def __iter__(self) -> Iterator[Tensor]:
+        raise self._refuse("iterates over the rows")
+
+    def transpose(self, dim0: int | None = None, dim1: int | None = None) -> Tensor:
+        if dim0 is None and dim1 is None and self.ndim < 2:
+            return self  # eager copies here; a symbolic value is immutable, so itself will do
+        return super().transpose(dim0, dim1)
+
+    def __repr__(self) -> str:
+        dims = ", ".join("N" if d is None else str(d) for d in self._shape)
+        return f"SymbolicTensor({self.node}, shape=({dims}))"
+
+
+# ---------------------------------------------------------------- the tracer
+
+def _describe(layer: Any, path: str) -> str:
+    name = type(layer).__name__
+    return f"{name} at '{path}'" if path else f"{name} (the top-level model)"
+
+
+class Tracer:
+    def __init__(self, model: Any, training: bool):
+        self.model = model
+        self.training = bool(training)
+        self.graph = Graph()
+        self.tensor_paths, self.layers = walk_model(model)
+        self.param_nodes: dict[int, str] = {}  # id(Tensor) -> node: a Tensor used twice is one node
+        self.stack: list[tuple[Any, str]] = [(model, "")]
+
+    def where(self) -> str:
+        return _describe(*self.stack[-1])
+
+    # ------------------------------------------------------------ recording
+    def record(self, name: str, operands: tuple, attrs: dict[str, Any]) -> SymbolicTensor:
+        if name not in OPS or name in LEAVES or name == "output":
+            raise CompileError(f"{self.where()} calls op {name!r}, which the op table lacks")
+        args = [self.operand(x, name) for x in operands]
+        try:
+            node = self.graph.add(name, args, layer=self.stack[-1][1], **attrs)
+        except ValueError as exc:  # the eager shape message, plus where in the model it happened
+            raise ValueError(f"{exc} (in {self.where()})") from None
+        return SymbolicTensor(self, node, self.graph.shape(node))
+
+    def operand(self, x: Any, op: str) -> str:
+        if isinstance(x, SymbolicTensor):
+            if x._tracer is not self:
+                raise CompileError(f"{self.where()} mixes a tensor from another trace into {op}")
+            return x.node
+        if isinstance(x, Tensor) and id(x) in self.tensor_paths:
+            return self.param(x)
+        if isinstance(x, (Tensor, np.ndarray)) or (isinstance(x, numbers.Real) and not isinstance(x, bool)):
+            value = np.array(x, dtype=np.float32)  # a snapshot: not owned by the model, so not live
+            return self.graph.add("const", shape=value.shape, value=value, layer=self.stack[-1][1])
+        raise CompileError(f"{self.where()} passes a {type(x).__name__} to op {op!r}; expected a Tensor or number")
+
+    def param(self, t: Tensor) -> str:
+        if id(t) not in self.param_nodes:
+            path = self.tensor_paths[id(t)]
+            name = path if path not in self.graph else f"param:{path}"  # e.g. a weight named `x`
+            self.param_nodes[id(t)] = self.graph.add(
+                "param", name=name, shape=t.shape, path=path, value=t, layer=self.stack[-1][1])
+        return self.param_nodes[id(t)]
+
+    # ------------------------------------------------------------ patching layers for the trace
+    def wrap_forward(self, layer: Layer, path: str) -> Any:
+        inner = layer.forward
+
+        def forward(*args: Any, **kwargs: Any) -> Any:
+            self.stack.append((layer, path))
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                self.stack.pop()
+        return forward
+
+    @contextlib.contextmanager
+    def patched(self) -> Iterator[None]:
+        """Layers see `training` and report their path; the user's model is restored afterwards."""
+        missing = object()
+        saved = [(layer, vars(layer).get("training", missing), vars(layer).get("forward", missing))
+                 for layer, _ in self.layers]
+        try:
+            for layer, path in self.layers:
+                layer.training = self.training
+                if path:  # the root's frame is the bottom of the stack already
+                    layer.forward = self.wrap_forward(layer, path)
+            yield
+        finally:
+            for layer, training, forward in saved:
+                for attr, old in (("training", training), ("forward", forward)):
+                    if old is missing:
+                        vars(layer).pop(attr, None)
+                    else:
+                        setattr(layer, attr, old)
+
+    def run(self, input_shape: tuple) -> Graph:
+        x = self.graph.add("input", name="x", shape=input_shape, layer="")
+        with self.patched():
+            out = self.model(SymbolicTensor(self, x, input_shape))
+        if not isinstance(out, SymbolicTensor) or out._tracer is not self:
+            got = "a Tensor that does not depend on the input" if isinstance(out, Tensor) else type(out).__name__
+            raise CompileError(f"{self.where()}: forward() must return a Tensor computed from its input; got {got}")
+        self.graph.add("output", [out.node], name="output", layer="")
+        self.graph.lint()
+        return self.graph
+
+
+def check_input_shape(input_shape: Any) -> tuple:
+    if not isinstance(input_shape, (tuple, list)) or not input_shape:
+        raise ValueError(f"input_shape must be a non-empty tuple like (None, 784); got {input_shape!r}")
+    for i, d in enumerate(input_shape):
+        ok = (d is None and i == 0) or (isinstance(d, numbers.Integral) and not isinstance(d, bool) and d >= 0)
+        if not ok:
+            raise ValueError(
+                f"input_shape {tuple(input_shape)!r}: dimension {i} must be a non-negative int"
+                + (" or None (the dynamic batch)" if i == 0 else ""))
+    return tuple(None if d is None else int(d) for d in input_shape)
+
+
+def trace(model: Any, input_shape: Any, *, training: bool = False) -> Graph:
+    """Record `model`'s forward pass as a Graph; `None` in `input_shape` is the dynamic batch size.
+
+    Layers see `training` (eval by default) during the trace only; the model's own flags are kept.
+    """
+    if not callable(model):
+        raise TypeError(f"trace() needs a Layer or callable model; got {type(model).__name__}")
+    return Tracer(model, training).run(check_input_shape(input_shape))

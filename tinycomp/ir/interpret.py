@@ -1,0 +1,57 @@
+"""The reference evaluator: run any Graph (traced or optimized) with the op table's NumPy refs."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from .graph import Graph
+from .ops import op_def
+
+
+def check_input(g: Graph, name: str, x: Any) -> np.ndarray:
+    arr = np.asarray(x, dtype=np.float32)  # a frontend Tensor converts through __array__
+    want = g.shape(name)
+    fits = arr.ndim == len(want) and all(w is None or w == d for w, d in zip(want, arr.shape))
+    if not fits:
+        dims = ", ".join("N" if d is None else str(d) for d in want)
+        raise ValueError(f"input {name!r} expects shape ({dims}); got {arr.shape}")
+    return arr
+
+
+def leaf_value(g: Graph, n: str, params: Mapping[str, Any]) -> np.ndarray:
+    if n in params:
+        return np.asarray(params[n], dtype=np.float32)
+    if "value" not in g[n]:
+        raise ValueError(f"{g.op(n)} node {n!r} has no bound value and none was given in params")
+    return np.asarray(g[n]["value"], dtype=np.float32)  # read now, so a live Tensor shows its update
+
+
+def interpret(g: Graph, *inputs: Any, params: Mapping[str, Any] | None = None,
+              rng: np.random.Generator | None = None) -> np.ndarray:
+    """Evaluate `g` on `inputs` (one per input node, in order); `params` overrides bound values by name.
+
+    `rng` feeds training-mode dropout masks (a fresh generator if not given).
+    """
+    names = g.inputs
+    if len(inputs) != len(names):
+        raise ValueError(f"the graph takes {len(names)} input(s) {names}; got {len(inputs)}")
+    env: dict[str, np.ndarray] = {n: check_input(g, n, x) for n, x in zip(names, inputs)}
+    params = params or {}
+    for n in g.nodes():
+        op = g.op(n)
+        if op == "input":
+            continue
+        if op in ("param", "const"):
+            env[n] = leaf_value(g, n, params)
+            continue
+        attrs = g.attrs(n)
+        if op == "dropout":
+            attrs["rng"] = rng
+        ref = op_def(op).ref
+        if ref is None:
+            raise ValueError(f"op {op!r} has no NumPy reference to interpret node {n!r}")
+        env[n] = np.asarray(ref(*[env[a] for a in g.args(n)], **attrs), dtype=np.float32)
+    return env[g.output]

@@ -1,0 +1,21 @@
+"""Remove dropout that is the identity: eval mode (`training=False`) or `p == 0`."""
+
+from __future__ import annotations
+
+from ..graph import Graph
+
+
+def is_identity_dropout(g: Graph, n: str) -> bool:
+    attrs = g.attrs(n)
+    return not attrs.get("training", False) or attrs.get("p", 0.0) == 0
+
+
+def fold_dropout(g: Graph) -> bool:
+    """Every use of an identity dropout reads its operand instead; training dropout stays."""
+    changed = False
+    for n in g.nodes("dropout"):
+        if is_identity_dropout(g, n):
+            g.replace_uses(n, g.args(n)[0])
+            g.remove(n)
+            changed = True
+    return changed

@@ -1,0 +1,71 @@
+"""Fuse `matmul(x, W)` [+ bias `add`] [+ activation] into one `linear` node.
+
+A fusion only goes through an intermediate with exactly one use, so no value is computed twice and no
+weight is copied: every `linear` reads the same param nodes the matmul did. Each candidate records in
+its `explain` metadata what was fused and why the chain stopped, for `explain()`.
+"""
+
+from __future__ import annotations
+
+from ..graph import Graph
+from ..ops import FUSIBLE_ACTIVATIONS
+
+WEIGHT_OPS = frozenset({"param", "const"})  # bound values: GEMM needs the weight known per call
+
+
+def sole_user(g: Graph, n: str, what: str) -> tuple[str | None, str | None]:
+    """The single reader of `n`, or None and why fusing through `n` would duplicate work."""
+    uses = g.use_count(n)
+    if uses != 1:
+        return None, f"{what} result has {uses} users"
+    return g.users(n)[0], None
+
+
+def match_bias(g: Graph, m: str) -> tuple[str | None, str | None, str]:
+    """(add node, bias node, note): a 1-D param/const as wide as the output, added to `m`."""
+    add, why = sole_user(g, m, "matmul")
+    if add is None or g.op(add) != "add":
+        return None, None, f"no bias: {why or f'matmul result feeds {g.op(add)}, not a bias add'}"
+    a, b = g.args(add)
+    bias = b if a == m else a
+    if bias == m or g.op(bias) not in WEIGHT_OPS or tuple(g.shape(bias)) != (g.shape(m)[-1],):
+        return None, None, "no bias: bias operand is not a 1-D vector of the output width"
+    return add, bias, f"bias add {add}"
+
+
+def match_activation(g: Graph, tail: str, what: str) -> tuple[str | None, str]:
+    user, why = sole_user(g, tail, what)
+    if user is None:
+        return None, f"no activation: {why}"
+    op = g.op(user)
+    if op in FUSIBLE_ACTIVATIONS:
+        return user, f"{op} {user}"
+    if op == "softmax":
+        return None, "no activation: activation softmax is not fusible"
+    return None, f"no activation: {what} result feeds {op}" + (", not an activation" if op != "output" else "")
+
+
+def fuse_matmul(g: Graph, m: str) -> bool:
+    x, w = g.args(m)
+    if g.op(w) not in WEIGHT_OPS or len(g.shape(w)) != 2:
+        g[m]["explain"] = f"not fused: right operand {w} is not a 2-D param or const"
+        return False
+    add, bias, bias_note = match_bias(g, m)
+    act, act_note = match_activation(g, add or m, "bias add" if add else "matmul")
+    chain = [n for n in (m, add, act) if n is not None]
+    fused = " + ".join([f"matmul {m}"] + [note for note, n in ((bias_note, add), (act_note, act)) if n])
+    missing = "; ".join(note for note, n in ((bias_note, add), (act_note, act)) if n is None)
+    new = g.add("linear", [x, w] + ([bias] if bias else []), bias=bias is not None,
+                activation=g.op(act) if act else None, layer=g[m].get("layer"),
+                explain=f"fused {fused}" + (f"; {missing}" if missing else ""))
+    g.replace_uses(chain[-1], new)
+    for n in reversed(chain):
+        g.remove(n)
+    return True
+
+
+def fuse_linear(g: Graph) -> bool:
+    changed = False
+    for m in g.nodes("matmul"):
+        changed |= fuse_matmul(g, m)
+    return changed
