@@ -105,8 +105,9 @@ def test_operand_kinds_broadcast(kind):
             check(addr[name], exprs[name], kinds[name], m, 19, rng)
 
 
-def test_fused_chain_every_row_size_and_batch():
-    kinds = ("full", "row", "col")
+@pytest.mark.parametrize("kinds", [("full", "row", "col"), ("full", "scalar", "full")],
+                         ids=["per-row", "flat"])
+def test_fused_chain_every_row_size_and_batch(kinds):
     engine, addr = build({f"chain_{r}_{w}": (CHAIN, kinds, r, w) for r in ROW_SIZES for w in (16, 8)})
     rng = np.random.default_rng(2)
     for r in ROW_SIZES:

@@ -104,7 +104,7 @@ class Chunk:
 
     col: ir.Value
     width: int
-    mask: ir.Constant | None = None
+    mask: ir.Value | None = None  # constant for row tails, computed for flat (runtime) tails
 
 
 def _tail_mask(width: int, valid: int) -> ir.Constant:
@@ -175,9 +175,33 @@ def evaluate(builder: ir.IRBuilder, expr: tuple, leaf: Callable[[int], ir.Value]
     raise NotImplementedError(f"elementwise codegen has no rule for op {op!r}")
 
 
+def _runtime_tail_mask(builder: ir.IRBuilder, remaining: ir.Value, width: int) -> ir.Value:
+    """Lanes i < remaining, for a tail whose length is only known at run time."""
+    lanes = ir.Constant(ir.VectorType(I64, width), [ir.Constant(I64, i) for i in range(width)])
+    limit = builder.insert_element(ir.Constant(lanes.type, ir.Undefined), remaining, ir.Constant(I32, 0))
+    limit = builder.shuffle_vector(limit, ir.Constant(lanes.type, ir.Undefined),
+                                   ir.Constant(ir.VectorType(I32, width), [0] * width))
+    return builder.icmp_unsigned("<", lanes, limit)
+
+
+def for_each_flat_chunk(builder: ir.IRBuilder, total: ir.Value, width: int,
+                        body: Callable[[Chunk], None]) -> None:
+    """Like `for_each_chunk` over `total` elements known only at run time (one flat row)."""
+    full = builder.and_(total, i64(-width))
+    with for_range(builder, 0, full, step=width, name="flat") as col:
+        body(Chunk(col, width))
+    remaining = builder.sub(total, full)
+    with builder.if_then(builder.icmp_signed(">", remaining, i64(0))):
+        body(Chunk(full, width, _runtime_tail_mask(builder, remaining, width)))
+
+
 def emit_elementwise(module: ir.Module, name: str, expr: tuple, operand_kinds, row_size: int,
                      width: int) -> ir.Function:
-    """Define `void name(i64 M, ptr out, ptr op0, ...)`: out[m, j] = expr(operands at m, j)."""
+    """Define `void name(i64 M, ptr out, ptr op0, ...)`: out[m, j] = expr(operands at m, j).
+
+    Without "row"/"col" operands the element position does not matter, so the M x R buffers are
+    walked as one flat run of M*R elements: small rows (R = 1, 3, ...) still get full vectors.
+    """
     kinds = tuple(operand_kinds)
     _check_kinds(kinds)
     _check_shape(row_size, width)
@@ -186,23 +210,25 @@ def emit_elementwise(module: ir.Module, name: str, expr: tuple, operand_kinds, r
     fn = _declare_kernel(module, name, 1 + len(kinds))
     n_rows, out, operands = fn.args[0], fn.args[1], fn.args[2:]
     builder = ir.IRBuilder(fn.append_basic_block("entry"))
-    with for_range(builder, 0, n_rows, name="row") as row:
-        row_base = builder.mul(row, i64(row_size), flags=["nsw"])
-        loaded: dict[int, ir.Value] = {}
 
-        def emit_chunk(chunk: Chunk) -> None:
-            loaded.clear()  # operand vectors are per chunk; a repeated ("in", i) reuses its load
+    def emit_chunk(row: ir.Value | None, row_base: ir.Value, chunk: Chunk) -> None:
+        loaded: dict[int, ir.Value] = {}  # a repeated ("in", i) reuses its load
 
-            def leaf(i: int) -> ir.Value:
-                if i not in loaded:
-                    loaded[i] = _load_operand(builder, kinds[i], operands[i], row, row_base, chunk)
-                return loaded[i]
+        def leaf(i: int) -> ir.Value:
+            if i not in loaded:
+                loaded[i] = _load_operand(builder, kinds[i], operands[i], row, row_base, chunk)
+            return loaded[i]
 
-            value = evaluate(builder, expr, leaf, chunk.width)
-            dest = element_ptr(builder, out, builder.add(row_base, chunk.col))
-            store_chunk(builder, value, dest, chunk)
+        value = evaluate(builder, expr, leaf, chunk.width)
+        store_chunk(builder, value, element_ptr(builder, out, builder.add(row_base, chunk.col)), chunk)
 
-        for_each_chunk(builder, row_size, width, emit_chunk)
+    if set(kinds) <= {"full", "scalar"}:
+        total = builder.mul(n_rows, i64(row_size), flags=["nsw"])
+        for_each_flat_chunk(builder, total, width, lambda c: emit_chunk(None, i64(0), c))
+    else:
+        with for_range(builder, 0, n_rows, name="row") as row:
+            row_base = builder.mul(row, i64(row_size), flags=["nsw"])
+            for_each_chunk(builder, row_size, width, lambda c: emit_chunk(row, row_base, c))
     builder.ret_void()
     return fn
 
