@@ -85,7 +85,7 @@ def main() -> None:
     Ms = [1, 8, 32, 128] if quick else [1, 8, 32, 128, 512, 2048]
     print(f"{'K':>5} {'N':>5} {'M':>5} {'ours GF/s':>10} {'numpy GF/s':>10} {'ours us':>9} {'numpy us':>9}")
     with threadpool_limits(1):
-        for fn, (K, N, _) in zip(fns, shapes):
+        for fn, (K, N, _) in zip(fns, shapes, strict=True):
             for M in Ms:
                 g, gn, t, tn = bench_layer(fn, K, N, M, width, rng)
                 print(f"{K:5d} {N:5d} {M:5d} {g:10.1f} {gn:10.1f} {t:9.1f} {tn:9.1f}")

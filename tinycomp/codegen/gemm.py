@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from llvmlite import ir
 
-from .gemm_kernels import MicrokernelEmitter, TileShape, fgep, load_vector
+from .gemm_kernels import TileShape, fgep, load_vector, tile_kernel
 from .loops import I64, PTR, for_range, i64
 
 # Packed W block budget: half of a 1 MiB L2, leaving room for the A row panels and C.
@@ -31,12 +31,31 @@ L2_BLOCK_BYTES = 512 * 1024
 
 @dataclass(frozen=True)
 class Block:
-    """A run of columns: `full` panels of the plan's full width, then an optional narrower tail
-    panel of `tail_nv` vectors whose last vector holds `tail_lanes` real columns."""
+    """A run of columns cut into panels: `full` panels of `nv` vectors, then an optional narrower
+    tail panel of `tail_nv` vectors whose last vector holds `tail_lanes` real columns."""
 
+    nv: int
+    width: int
     full: int
     tail_nv: int
     tail_lanes: int
+
+    @classmethod
+    def split(cls, cols: int, nv: int, width: int) -> Block:
+        full, rest = divmod(cols, nv * width)
+        tail_nv = -(-rest // width)
+        return cls(nv, width, full, tail_nv, rest - (tail_nv - 1) * width if rest else 0)
+
+    @property
+    def nr(self) -> int:
+        return self.nv * self.width
+
+    def shapes(self, mr: int) -> list[tuple[bool, TileShape]]:
+        """(is tail, tile shape) of the run of full panels and of the tail panel, if present."""
+        out = [(False, TileShape(mr, self.nv, self.width, self.width))] if self.full else []
+        if self.tail_nv:
+            out.append((True, TileShape(mr, self.tail_nv, self.width, self.tail_lanes)))
+        return out
 
 
 @dataclass(frozen=True)
@@ -45,20 +64,9 @@ class GemmPlan:
     N: int
     width: int
     mr: int  # rows per register tile
-    nv: int  # vectors per full panel
-    nc: int  # columns per packed block, a multiple of the panel width
-    direct_max_rows: int  # batches up to this size skip packing
-
-    @property
-    def nr(self) -> int:
-        return self.nv * self.width
-
-    def block(self, cols: int) -> Block:
-        full, rest = divmod(cols, self.nr)
-        if rest == 0:
-            return Block(full, 0, 0)
-        tail_nv = -(-rest // self.width)
-        return Block(full, tail_nv, rest - (tail_nv - 1) * self.width)
+    nv: int  # vectors per panel of the multi-row tiles
+    nv1: int  # vectors per panel of the single-row (weight-streaming) kernel
+    nc: int  # columns per packed block, a multiple of nv * width
 
 
 def _round_up(x: int, m: int) -> int:
@@ -66,20 +74,27 @@ def _round_up(x: int, m: int) -> int:
 
 
 def plan_gemm(K: int, N: int, width: int) -> GemmPlan:
+    vectors = -(-N // width)
     # 6 x 4 zmm accumulators + 4 B vectors + 1 broadcast fit the 32 AVX-512 registers; with 16
-    # registers (AVX2, SSE) 6 x 2 is the largest tile that does not spill.
-    nv = min(4 if width >= 16 else 2, -(-N // width))
-    mr = {4: 6, 3: 8, 2: 8, 1: 8}[nv] if width >= 16 else 6
+    # registers (AVX2, SSE) 6 x 2 is the largest tile that does not spill. Narrow layers get
+    # taller tiles so there are still enough independent FMA chains.
+    nv = min(4 if width >= 16 else 2, vectors)
+    mr = 6 if nv >= 4 or width < 16 else 8
+    # One row reads each weight once: a wide panel gives long unit-stride runs and many
+    # independent accumulators (batch 1 is bound by streaming W, not by FMAs).
+    nv1 = min(8 if width >= 16 else 4, vectors)
+    # Equal-sized blocks where possible: each distinct block width is another copy of the loops.
     nr = nv * width
-    nc = max(nr, (L2_BLOCK_BYTES // (4 * K)) // nr * nr)
-    nc = min(nc, _round_up(N, nr))
-    return GemmPlan(K, N, width, mr, nv, nc, direct_max_rows=mr)
+    panels = -(-N // nr)
+    per_block = max(1, L2_BLOCK_BYTES // (4 * max(K, 1) * nr))
+    n_blocks = -(-panels // per_block)
+    nc = -(-panels // n_blocks) * nr
+    return GemmPlan(K, N, width, mr, nv, nv1, nc)
 
 
 def pack_floats(K: int, N: int, width: int) -> int:
     """Size in floats of the `pack` scratch buffer `emit_linear` needs for this layer."""
-    plan = plan_gemm(K, N, width)
-    return K * min(plan.nc, _round_up(N, width))
+    return K * min(plan_gemm(K, N, width).nc, _round_up(N, width))
 
 
 def emit_linear(
@@ -89,111 +104,118 @@ def emit_linear(
     fnty = ir.FunctionType(ir.VoidType(), [I64, PTR, PTR, PTR, PTR, PTR])
     fn = ir.Function(module, fnty, name)
     fn.attributes.add("nounwind")
-    for arg, nm in zip(fn.args, ("M", "A", "W", "B", "C", "pack")):
+    for arg, nm in zip(fn.args, ("M", "A", "W", "B", "C", "pack"), strict=True):
         arg.name = nm
         if isinstance(arg.type, ir.PointerType):
             arg.add_attribute("noalias")
-    kernels = MicrokernelEmitter(module, name, K=K, N=N, bias=bias, activation=activation,
-                                 width=width)
     builder = ir.IRBuilder(fn.append_basic_block("entry"))
-    M, A, W, B, C, pack = fn.args
-    gen = _LinearEmitter(builder, plan, kernels, M, A, B if bias else None, C)
-    small = builder.icmp_signed("<=", M, i64(plan.direct_max_rows))
-    with builder.if_else(small) as (direct, packed):
-        with direct:
-            gen.sweep_rows(i64(0), W, plan.block(N), panel_step=plan.nr, ldb_full=N, ldb_tail=N)
-        with packed:
-            gen.packed_blocks(W, pack)
+    gen = _LinearEmitter(builder, plan, fn.args, bias=bias, activation=activation)
+    gen.column_blocks()
     builder.ret_void()
     return fn
 
 
 class _LinearEmitter:
-    """Emits the loops around the microkernels for one `emit_linear` function."""
+    """Emits the loops around the tile kernels for one `emit_linear` function."""
 
-    def __init__(self, builder, plan: GemmPlan, kernels: MicrokernelEmitter, M, A, B, C):
-        self.b, self.plan, self.kernels = builder, plan, kernels
-        self.M, self.A, self.B, self.C = M, A, B, C
+    def __init__(self, builder: ir.IRBuilder, plan: GemmPlan, args, *, bias: bool, activation: str | None):
+        self.b, self.plan = builder, plan
+        self.M, self.A, self.W, self.B, self.C, self.pack = args
+        self.bias, self.activation = bias, activation
+        # Up to mr rows make a single row tile: each weight is read once, so packing would only
+        # add a second pass over W. The choice is a runtime value so both paths share one copy
+        # of the loops (each copy costs compile time).
+        self.packed = builder.icmp_signed(">", self.M, i64(plan.mr), name="packed")
 
-    def packed_blocks(self, W, pack) -> None:
-        """For each L2-sized block of columns: pack it, then run every row tile over it."""
-        plan, b = self.plan, self.b
+    def column_blocks(self) -> None:
+        """For each L2-sized block of columns: pack it (large M), then run every row tile over it."""
+        b, plan = self.b, self.plan
         n_full, rest = divmod(plan.N, plan.nc)
-        full = plan.block(plan.nc)
         if n_full:
             with for_range(b, 0, n_full, name="jb") as jb:
-                self._packed_block(W, pack, b.mul(jb, i64(plan.nc)), full)
+                self._block(b.mul(jb, i64(plan.nc)), plan.nc)
         if rest:
-            self._packed_block(W, pack, i64(n_full * plan.nc), plan.block(rest))
+            self._block(i64(n_full * plan.nc), rest)
 
-    def _packed_block(self, W, pack, j0, block: Block) -> None:
-        plan = self.plan
-        self._pack(W, pack, j0, block)
-        tail_ld = block.tail_nv * plan.width
-        self.sweep_rows(j0, pack, block, panel_step=plan.K * plan.nr, ldb_full=plan.nr,
-                        ldb_tail=tail_ld, b_at_j0=False)
+    def _block(self, j0, cols: int) -> None:
+        with self.b.if_then(self.packed):
+            self._pack(j0, Block.split(cols, self.plan.nv, self.plan.width))
+        self.sweep_rows(j0, cols)
 
-    def _pack(self, W, pack, j0, block: Block) -> None:
+    def _pack(self, j0, block: Block) -> None:
         """Copy W[:, j0:j0+cols] into panels: panel p holds rows k = 0..K-1 of its columns
-        contiguously, so the microkernel streams it with unit stride and no 4K aliasing. The
+        contiguously, so the tile kernel streams it with unit stride and no 4K aliasing. The
         tail panel is zero-padded to whole vectors."""
         b, plan, w = self.b, self.plan, self.plan.width
         with for_range(b, 0, plan.K, name="pk") as k:
-            src = fgep(b, W, b.add(b.mul(k, i64(plan.N)), j0))
+            src = fgep(b, self.W, b.add(b.mul(k, i64(plan.N)), j0))
             if block.full:
                 with for_range(b, 0, block.full, name="pp") as p:
-                    s = fgep(b, src, b.mul(p, i64(plan.nr)))
-                    d = fgep(b, pack, b.add(b.mul(p, i64(plan.K * plan.nr)), b.mul(k, i64(plan.nr))))
-                    for v in range(plan.nv):
-                        vec = load_vector(b, fgep(b, s, v * w), w, w)
-                        b.store(vec, fgep(b, d, v * w), align=4)
+                    s = fgep(b, src, b.mul(p, i64(block.nr)))
+                    d = fgep(b, self.pack, b.add(b.mul(p, i64(plan.K * block.nr)), b.mul(k, i64(block.nr))))
+                    for v in range(block.nv):
+                        b.store(load_vector(b, fgep(b, s, v * w), w, w), fgep(b, d, v * w), align=4)
             if block.tail_nv:
                 tail_ld = block.tail_nv * w
-                s = fgep(b, src, block.full * plan.nr)
-                d = fgep(b, pack, b.add(i64(block.full * plan.K * plan.nr), b.mul(k, i64(tail_ld))))
+                s = fgep(b, src, block.full * block.nr)
+                d = fgep(b, self.pack, b.add(i64(block.full * plan.K * block.nr), b.mul(k, i64(tail_ld))))
                 for v in range(block.tail_nv):
                     lanes = block.tail_lanes if v == block.tail_nv - 1 else w
                     b.store(load_vector(b, fgep(b, s, v * w), w, lanes), fgep(b, d, v * w), align=4)
 
-    def sweep_rows(self, j0, b_base, block: Block, *, panel_step: int, ldb_full: int,
-                   ldb_tail: int, b_at_j0: bool = True) -> None:
-        """Every row tile of A against the panels of one block: full mr-row tiles in a loop, then
-        one switch-selected kernel family for the M % mr leftover rows."""
+    def sweep_rows(self, j0, cols: int) -> None:
+        """All rows of A against columns j0..j0+cols: full mr-row tiles in a loop, then the
+        leftover rows, a single row through the weight-streaming kernel, more through one
+        row-clamped tile."""
         b, plan = self.b, self.plan
-        if b_at_j0:
-            b_base = fgep(b, b_base, j0)
-        args = (j0, b_base, block, panel_step, ldb_full, ldb_tail)
-        m_full = b.mul(b.udiv(self.M, i64(plan.mr)), i64(plan.mr))
+        m_full = b.sub(self.M, b.urem(self.M, i64(plan.mr)))
         with for_range(b, 0, m_full, plan.mr, name="r") as r0:
-            self._panels(plan.mr, r0, *args)
-        if plan.mr == 1:
-            return
+            self._tile_panels(r0, i64(plan.mr), j0, cols)
         rem = b.sub(self.M, m_full)
-        after = b.append_basic_block("rows.end")
-        switch = b.switch(rem, after)
-        for mr in range(1, plan.mr):
-            case = b.append_basic_block(f"rows.{mr}")
-            switch.add_case(i64(mr), case)
-            b.position_at_end(case)
-            self._panels(mr, m_full, *args)
-            b.branch(after)
-        b.position_at_end(after)
+        with b.if_else(b.icmp_signed("==", rem, i64(1))) as (single, several):
+            with single:
+                self._row_panels(m_full, j0, cols)
+            with several:
+                with b.if_then(b.icmp_signed(">", rem, i64(1))):
+                    self._tile_panels(m_full, rem, j0, cols)
 
-    def _panels(self, mr, r0, j0, b_base, block: Block, panel_step, ldb_full, ldb_tail) -> None:
+    def _tile_panels(self, r0, rows, j0, cols: int) -> None:
+        """Packed: panel p at pack + p*K*nr, its rows nr (the tail: its padded width) apart.
+        Direct: panel p at W + j0 + p*nr, its rows N apart."""
+        b, plan = self.b, self.plan
+        block = Block.split(cols, plan.nv, plan.width)
+        w_j0 = fgep(b, self.W, j0)
+        b_base = b.select(self.packed, self.pack, w_j0)
+        step = b.select(self.packed, i64(plan.K * block.nr), i64(block.nr))
+        ldbs = [b.select(self.packed, i64(ld), i64(plan.N)) for ld in (block.nr, block.tail_nv * plan.width)]
+        self._run_panels(plan.mr, rows, r0, j0, block, b_base, step, ldbs)
+
+    def _row_panels(self, r0, j0, cols: int) -> None:
+        """One row straight from W (no packing: the row reads each weight once anyway)."""
+        plan = self.plan
+        block = Block.split(cols, plan.nv1, plan.width)
+        w_j0 = fgep(self.b, self.W, j0)
+        self._run_panels(1, i64(1), r0, j0, block, w_j0, i64(block.nr), (i64(plan.N), i64(plan.N)))
+
+    def _run_panels(self, mr, rows, r0, j0, block: Block, b_base, panel_step, ldbs) -> None:
+        """Call the tile kernel on every panel of `block` for rows r0..r0+rows."""
         b, plan = self.b, self.plan
         a = fgep(b, self.A, b.mul(r0, i64(plan.K)))
         c = fgep(b, self.C, b.add(b.mul(r0, i64(plan.N)), j0))
-        bias = fgep(b, self.B, j0) if self.B is not None else ir.Constant(PTR, None)
+        bias = fgep(b, self.B, j0) if self.bias else ir.Constant(PTR, None)
+        for is_tail, shape in block.shapes(mr):
+            kernel = tile_kernel(b.module, shape, bias=self.bias, activation=self.activation)
+            ldb = ldbs[is_tail]
 
-        def call(shape: TileShape, panel, ldb: int) -> None:
-            col = b.mul(panel, i64(plan.nr))
-            bias_p = fgep(b, bias, col) if self.B is not None else bias
-            b_p = fgep(b, b_base, b.mul(panel, i64(panel_step)))
-            b.call(self.kernels.get(shape), [a, b_p, i64(ldb), bias_p, fgep(b, c, col)])
+            def call(panel, kernel=kernel, ldb=ldb):
+                col = b.mul(panel, i64(block.nr))
+                bias_p = fgep(b, bias, col) if self.bias else bias
+                b_p = fgep(b, b_base, b.mul(panel, panel_step))
+                b.call(kernel, [rows, i64(plan.K), a, i64(plan.K), b_p, ldb, bias_p, fgep(b, c, col),
+                                i64(plan.N)])
 
-        if block.full:
-            with for_range(b, 0, block.full, name="jp") as p:
-                call(TileShape(mr, plan.nv, plan.width, plan.width), p, ldb_full)
-        if block.tail_nv:
-            shape = TileShape(mr, block.tail_nv, plan.width, block.tail_lanes)
-            call(shape, i64(block.full), ldb_tail)
+            if is_tail:
+                call(i64(block.full))
+            else:
+                with for_range(b, 0, block.full, name="jp") as p:
+                    call(p)

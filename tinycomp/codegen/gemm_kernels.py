@@ -19,9 +19,6 @@ from llvmlite import ir
 from . import vecmath
 from .loops import F32, I1, I32, I64, PTR, as_i64, declare_vector_intrinsic, i64, splat, vector_type
 
-# Unroll the k loop this many times: enough to hide the loop overhead without blowing up IR size.
-K_UNROLL = 4
-
 
 @dataclass(frozen=True)
 class TileShape:
@@ -40,6 +37,10 @@ class TileShape:
     @property
     def masked(self) -> bool:
         return self.last_lanes < self.width
+
+    def lanes(self, v: int) -> int:
+        """Real lanes in vector `v` of a tile row."""
+        return self.last_lanes if v == self.nv - 1 else self.width
 
     def suffix(self) -> str:
         tail = f"t{self.last_lanes}" if self.masked else ""
@@ -86,7 +87,7 @@ def fgep(builder: ir.IRBuilder, base: ir.Value, index: int | ir.Value) -> ir.Val
     return builder.gep(base, [as_i64(index)], source_etype=F32, inbounds=True)
 
 
-def activation_function(module: ir.Module, prefix: str, activation: str, width: int) -> ir.Function:
+def activation_function(module: ir.Module, activation: str, width: int) -> ir.Function:
     """`act(<W x float>)` as one internal function per kernel module.
 
     Expensive activations are emitted once and called from every tile store instead of being
@@ -94,7 +95,7 @@ def activation_function(module: ir.Module, prefix: str, activation: str, width: 
     flat. The call costs a few spills per tile, nothing next to the K-long FMA loop. ReLU is a
     single select, so it is always inlined.
     """
-    name = f"{prefix}.{activation}"
+    name = f"tinycomp.gemm.{activation}.v{width}"
     if name in module.globals:
         return module.globals[name]
     vt = vector_type(width)
@@ -110,97 +111,104 @@ def activation_function(module: ir.Module, prefix: str, activation: str, width: 
     return fn
 
 
-class MicrokernelEmitter:
-    """Emits (once each) the tile kernels one Linear layer needs; K and N are baked in."""
+def tile_kernel(module: ir.Module, shape: TileShape, *, bias: bool, activation: str | None) -> ir.Function:
+    """The kernel for one tile shape and epilogue, emitted once per module and shared by every
+    layer that needs it (K, lda, ldb and ldc are arguments): fewer functions, faster compiles.
 
-    def __init__(self, module: ir.Module, prefix: str, *, K: int, N: int, bias: bool,
-                 activation: str | None, width: int):
-        self.module, self.prefix = module, prefix
-        self.K, self.N, self.bias, self.width = K, N, bias, width
-        self.act = activation_function(module, prefix, activation, width) if activation else None
-        self.fma = declare_vector_intrinsic(module, "fma", width, 3)
-        self._kernels: dict[TileShape, ir.Function] = {}
+    `void tile(i64 rows, i64 K, ptr a, i64 lda, ptr b, i64 ldb, ptr bias, ptr c, i64 ldc)` with
+    a, bias and c at the tile origin. `rows` (1..mr) is how many rows are real: rows past it are
+    clamped to the last real row, so they recompute and re-store that row's bit-identical values
+    instead of touching memory outside the caller's range. One kernel thus serves every leftover
+    row count with no per-count variants and no branches in the epilogue.
+    """
+    name = f"tinycomp.gemm.tile{shape.suffix()}.{activation or 'id'}{'.bias' if bias else ''}"
+    if name in module.globals:
+        return module.globals[name]
+    fnty = ir.FunctionType(ir.VoidType(), [I64, I64, PTR, I64, PTR, I64, PTR, PTR, I64])
+    fn = ir.Function(module, fnty, name)
+    fn.linkage = "internal"
+    fn.attributes.add("nounwind")
+    names = ("rows", "K", "a", "lda", "b", "ldb", "bias", "c", "ldc")
+    for arg, nm in zip(fn.args, names, strict=True):
+        arg.name = nm
+        if isinstance(arg.type, ir.PointerType):
+            arg.add_attribute("noalias")
+    rows, K, a, lda, b, ldb, bias_ptr, c, ldc = fn.args
+    builder = ir.IRBuilder(fn.append_basic_block("entry"))
+    last = builder.sub(rows, i64(1))
+    row_index = [builder.select(builder.icmp_signed("<", i64(i), rows), i64(i), last) if i else i64(0)
+                 for i in range(shape.mr)]
+    a_rows = [fgep(builder, a, builder.mul(r, lda)) for r in row_index]
+    c_rows = [fgep(builder, c, builder.mul(r, ldc)) for r in row_index]
+    acc = _k_loop(builder, shape, K, a_rows, b, ldb)
+    act = activation_function(module, activation, shape.width) if activation else None
+    _store_tile(builder, shape, bias_ptr if bias else None, act, c_rows, acc)
+    builder.ret_void()
+    return fn
 
-    def get(self, shape: TileShape) -> ir.Function:
-        """`void kernel(ptr a, ptr b, i64 ldb, ptr bias, ptr c)`, a, bias and c at the tile origin."""
-        if shape not in self._kernels:
-            self._kernels[shape] = self._emit(shape)
-        return self._kernels[shape]
 
-    def _emit(self, shape: TileShape) -> ir.Function:
-        fnty = ir.FunctionType(ir.VoidType(), [PTR, PTR, I64, PTR, PTR])
-        fn = ir.Function(self.module, fnty, f"{self.prefix}.tile{shape.suffix()}")
-        fn.linkage = "internal"
-        fn.attributes.add("nounwind")
-        for arg, nm in zip(fn.args, ("a", "b", "ldb", "bias", "c")):
-            arg.name = nm
-            if isinstance(arg.type, ir.PointerType):
-                arg.add_attribute("noalias")
-        a, b, ldb, bias, c = fn.args
-        builder = ir.IRBuilder(fn.append_basic_block("entry"))
-        rows = [fgep(builder, a, i * self.K) for i in range(shape.mr)]
-        zero = ir.Constant(vector_type(self.width), None)
-        acc = [[zero] * shape.nv for _ in range(shape.mr)]
-        acc = self._k_loop(builder, shape, rows, b, ldb, acc)
-        self._store_tile(builder, shape, bias, c, acc)
-        builder.ret_void()
-        return fn
+def _rank1_update(builder, shape: TileShape, a_rows, b_row, k, acc):
+    """acc += A[:, k] (outer) B[k, :]: nv vector loads, mr broadcasts, mr * nv FMAs."""
+    fma = declare_vector_intrinsic(builder.module, "fma", shape.width, 3)
+    w = shape.width
+    bvec = [load_vector(builder, fgep(builder, b_row, v * w), w, shape.lanes(v)) for v in range(shape.nv)]
+    out = []
+    for i, row in enumerate(a_rows):
+        a_ik = splat(builder.load(fgep(builder, row, k), typ=F32), w, builder)
+        out.append([builder.call(fma, [a_ik, bvec[v], acc[i][v]]) for v in range(shape.nv)])
+    return out
 
-    def _rank1_update(self, builder, shape, rows, b, ldb, k, acc):
-        """acc += A[:, k] (outer) B[k, :]: nv vector loads, mr broadcasts, mr * nv FMAs."""
-        b_row = builder.gep(b, [builder.mul(k, ldb)], source_etype=F32, inbounds=True)
-        bvec = [
-            load_vector(builder, fgep(builder, b_row, v * self.width), self.width,
-                        shape.last_lanes if v == shape.nv - 1 else self.width)
-            for v in range(shape.nv)
-        ]
-        out = []
-        for i, row in enumerate(rows):
-            a_ik = splat(builder.load(fgep(builder, row, k), typ=F32), self.width, builder)
-            out.append([builder.call(self.fma, [a_ik, bvec[v], acc[i][v]]) for v in range(shape.nv)])
-        return out
 
-    def _k_loop(self, builder, shape, rows, b, ldb, acc):
-        """Run k over 0..K: an unrolled loop for the bulk, straight-line code for K % K_UNROLL."""
-        main = self.K - self.K % K_UNROLL
-        if main:
-            pre = builder.block
-            body = builder.append_basic_block("k.body")
-            after = builder.append_basic_block("k.end")
-            builder.branch(body)
-            builder.position_at_end(body)
-            k = builder.phi(I64, name="k")
-            k.add_incoming(i64(0), pre)
-            phis = [[builder.phi(acc[i][v].type) for v in range(shape.nv)] for i in range(shape.mr)]
-            for i in range(shape.mr):
-                for v in range(shape.nv):
-                    phis[i][v].add_incoming(acc[i][v], pre)
-            cur = phis
-            for u in range(K_UNROLL):
-                ku = builder.add(k, i64(u), flags=["nuw", "nsw"]) if u else k
-                cur = self._rank1_update(builder, shape, rows, b, ldb, ku, cur)
-            k_next = builder.add(k, i64(K_UNROLL), flags=["nuw", "nsw"])
-            k.add_incoming(k_next, builder.block)
-            for i in range(shape.mr):
-                for v in range(shape.nv):
-                    phis[i][v].add_incoming(cur[i][v], builder.block)
-            builder.cbranch(builder.icmp_signed("<", k_next, i64(main)), body, after)
-            builder.position_at_end(after)
-            acc = cur
-        for k in range(main, self.K):
-            acc = self._rank1_update(builder, shape, rows, b, ldb, i64(k), acc)
-        return acc
+def _k_loop(builder, shape: TileShape, K, a_rows, b, ldb):
+    """for k in 0..K: acc += rank-1 update, the tile carried in phis (K == 0 leaves it zero).
 
-    def _store_tile(self, builder, shape, bias, c, acc):
-        """The fused epilogue: + bias, activation in registers, then (masked) stores."""
+    The loop is not unrolled: measured as fast as 2x/4x unrolling and half the IR.
+    The B row pointer advances by `ldb` each step instead of being recomputed from k.
+    """
+    zero = ir.Constant(vector_type(shape.width), None)
+    init = [[zero] * shape.nv for _ in range(shape.mr)]
+    entry = builder.block
+    body = builder.append_basic_block("k.body")
+    after = builder.append_basic_block("k.end")
+    builder.cbranch(builder.icmp_signed(">", K, i64(0)), body, after)
+
+    builder.position_at_end(body)
+    k = builder.phi(I64, name="k")
+    b_row = builder.phi(PTR, name="b.row")
+    phis = [[builder.phi(zero.type) for _ in range(shape.nv)] for _ in range(shape.mr)]
+    acc = _rank1_update(builder, shape, a_rows, b_row, k, phis)
+    k_next = builder.add(k, i64(1), flags=["nuw", "nsw"])
+    b_next = builder.gep(b_row, [ldb], source_etype=F32, inbounds=True)
+    builder.cbranch(builder.icmp_signed("<", k_next, K), body, after)
+
+    builder.position_at_end(after)
+    k.add_incoming(i64(0), entry)
+    k.add_incoming(k_next, body)
+    b_row.add_incoming(b, entry)
+    b_row.add_incoming(b_next, body)
+    result = []
+    for i in range(shape.mr):
+        row = []
         for v in range(shape.nv):
-            lanes = shape.last_lanes if v == shape.nv - 1 else self.width
-            bvec = load_vector(builder, fgep(builder, bias, v * self.width), self.width, lanes) \
-                if self.bias else None
-            for i in range(shape.mr):
-                x = acc[i][v]
-                if bvec is not None:
-                    x = builder.fadd(x, bvec)
-                if self.act is not None:
-                    x = builder.call(self.act, [x])
-                store_vector(builder, x, fgep(builder, c, i * self.N + v * self.width), lanes)
+            phis[i][v].add_incoming(init[i][v], entry)
+            phis[i][v].add_incoming(acc[i][v], body)
+            out = builder.phi(zero.type)
+            out.add_incoming(init[i][v], entry)
+            out.add_incoming(acc[i][v], body)
+            row.append(out)
+        result.append(row)
+    return result
+
+
+def _store_tile(builder, shape: TileShape, bias, act, c_rows, acc) -> None:
+    """The fused epilogue: + bias, activation in registers, then (masked) stores."""
+    w = shape.width
+    for v in range(shape.nv):
+        bvec = load_vector(builder, fgep(builder, bias, v * w), w, shape.lanes(v)) if bias is not None else None
+        for i, c_row in enumerate(c_rows):
+            x = acc[i][v]
+            if bvec is not None:
+                x = builder.fadd(x, bvec)
+            if act is not None:
+                x = builder.call(act, [x])
+            store_vector(builder, x, fgep(builder, c_row, v * w), shape.lanes(v))
