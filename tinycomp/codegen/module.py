@@ -1,0 +1,244 @@
+"""Lower an optimized Graph to one LLVM module with a single entry function.
+
+The entry is `void tinycomp_forward(i64 M, ptr x, ptr param..., ptr const..., ptr out, ptr scratch)`.
+Every op we lower works row by row, so the runtime may split the batch into row ranges and run the
+entry on each range in parallel, each range with its own scratch buffer.
+
+Codegen is an interpreter over the graph that emits one kernel call per node (autodidax style): the
+`LOWERINGS` table maps each op to its emitter, and an op without a rule fails loudly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from llvmlite import ir
+
+from ..ir.graph import Graph
+from ..ir.ops import ELEMENTWISE, fmt_shape
+from . import elementwise, gemm
+from .loops import I64, PTR, element_ptr, i64
+from .scratch import BufferPlan, is_batched, plan_buffers, row_floats
+
+ENTRY = "tinycomp_forward"
+
+
+class LoweringError(NotImplementedError):
+    """The graph holds something the code generator has no rule for."""
+
+
+@dataclass
+class ModulePlan:
+    """Everything the runtime needs to call the generated code."""
+
+    llvm_ir: str
+    entry: str
+    params: list[str]  # param node names, in argument order
+    consts: list[np.ndarray]  # constant arrays passed by pointer, in argument order
+    out_shape: tuple  # None marks the batch dimension
+    scratch_per_row: int  # floats of scratch per batch row
+    scratch_fixed: int  # floats of scratch independent of the batch size
+    kernels: list[str]
+
+    def scratch_floats(self, rows: int) -> int:
+        return rows * self.scratch_per_row + self.scratch_fixed
+
+    @property
+    def ir_hash(self) -> str:
+        return hashlib.sha256(self.llvm_ir.encode()).hexdigest()
+
+
+def is_scalar_const(g: Graph, n: str) -> bool:
+    return g.op(n) == "const" and row_floats(g.shape(n)) == 1 and not is_batched(g.shape(n))
+
+
+class _Emitter:
+    """One lowering: the module, the entry's builder, and where every node's value lives."""
+
+    def __init__(self, g: Graph, width: int, buffers: BufferPlan):
+        self.g, self.width, self.buffers = g, width, buffers
+        self.module = ir.Module(name="tinycomp")
+        self.params = g.params
+        self.consts = [n for n in g.nodes("const") if not is_scalar_const(g, n)]
+        pointers = len(g.inputs) + len(self.params) + len(self.consts) + 2
+        self.fn = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [I64] + [PTR] * pointers), ENTRY)
+        for a in self.fn.args[1:]:
+            a.add_attribute("noalias")
+        self.b = ir.IRBuilder(self.fn.append_basic_block("entry"))
+        self.rows = self.fn.args[0]
+        args = iter(self.fn.args[1:])
+        self.ptr: dict[str, ir.Value] = {n: next(args) for n in g.inputs + self.params + self.consts}
+        self.out, self.scratch = next(args), next(args)
+        self._kernels: dict[tuple, ir.Function] = {}
+
+    def pointer(self, n: str) -> ir.Value:
+        """Where node n's value lives: an argument, `out`, or its slice of scratch."""
+        n = self.buffers.alias_root(n)
+        if n in self.ptr:
+            return self.ptr[n]
+        if n == self.buffers.output_root:
+            return self.out
+        offset, batched = self.buffers.offsets[n]
+        return self._scratch_at(offset, batched)
+
+    def _scratch_at(self, offset: int, batched: bool) -> ir.Value:
+        # Batched buffers sit at M*offset; fixed ones after all batched rows, at M*per_row + offset.
+        if batched:
+            index = self.b.mul(self.rows, i64(offset))
+        else:
+            index = self.b.add(self.b.mul(self.rows, i64(self.buffers.per_row)), i64(offset))
+        return element_ptr(self.b, self.scratch, index)
+
+    def pack_buffer(self) -> ir.Value:
+        return self._scratch_at(self.buffers.pack_offset, batched=False)
+
+    def row_count(self, n: str, row: int) -> ir.Value:
+        """Rows of width `row` in node n's value: M times the inner dimensions (1 if unbatched)."""
+        inner = row_floats(self.g.shape(n)) // row
+        base = self.rows if is_batched(self.g.shape(n)) else i64(1)
+        return base if inner == 1 else self.b.mul(base, i64(inner))
+
+    def kernel(self, key: tuple, make: Callable[[str], ir.Function]) -> ir.Function:
+        """One function per distinct kernel: layers of the same shape share their code."""
+        if key not in self._kernels:
+            self._kernels[key] = make(f"k{len(self._kernels)}_{key[0]}")
+        return self._kernels[key]
+
+    def call(self, fn: ir.Function, *args: ir.Value) -> None:
+        self.b.call(fn, list(args))
+
+
+# ------------------------------------------------------------------------- lowerings per op
+
+def lower_linear(e: _Emitter, n: str) -> None:
+    g = e.g
+    x, w, *b = g.args(n)
+    if len(g.shape(w)) != 2:
+        raise LoweringError(f"linear {n}: weight {w} must be 2-D, has shape {fmt_shape(g.shape(w))}")
+    k, nout = g.shape(w)
+    attrs = g.attrs(n)
+    key = ("linear", k, nout, bool(b), attrs.get("activation"), e.width)
+    fn = e.kernel(key, lambda name: gemm.emit_linear(
+        e.module, name, K=k, N=nout, bias=bool(b), activation=attrs.get("activation"), width=e.width))
+    bias_ptr = e.pointer(b[0]) if b else ir.Constant(PTR, None)
+    e.call(fn, e.row_count(x, k), e.pointer(x), e.pointer(w), bias_ptr, e.pointer(n), e.pack_buffer())
+
+
+def _operand_kind(g: Graph, operand: str, out: tuple, row: int) -> str | None:
+    """How an operand broadcasts over rows of width `row` of the output; None if it does not fit."""
+    shape = tuple(g.shape(operand))
+    if is_scalar_const(g, operand):
+        return "const"  # folded into the kernel as an immediate
+    if row_floats(shape) == row_floats(out) and is_batched(shape) == is_batched(out):
+        return "full"
+    if row_floats(shape) == 1:
+        return "scalar"
+    trailing = shape[next((i for i, d in enumerate(shape) if d != 1), len(shape)):]
+    if not is_batched(shape) and row_floats(trailing) == row and trailing == out[len(out) - len(trailing):]:
+        return "row"
+    if is_batched(shape) and row == row_floats(out) and all(d == 1 for d in shape[1:]):
+        return "col"
+    return None
+
+
+def _elementwise_layout(g: Graph, n: str) -> tuple[int, list[str]]:
+    """Pick the row width (a whole batch row, else the last dim) under which every operand fits."""
+    out = tuple(g.shape(n))
+    for row in dict.fromkeys([row_floats(out), int(out[-1]) if out else 1]):
+        kinds = [_operand_kind(g, a, out, row) for a in g.args(n)]
+        if None not in kinds:
+            return row, kinds  # type: ignore[return-value]
+    shapes = ", ".join(fmt_shape(g.shape(a)) for a in g.args(n))
+    raise LoweringError(f"{g.op(n)} {n}: operands {shapes} broadcast to {fmt_shape(out)} in a way "
+                        "the code generator does not handle")
+
+
+def lower_elementwise(e: _Emitter, n: str) -> None:
+    g = e.g
+    row, all_kinds = _elementwise_layout(g, n)
+    kinds, expr_args, ptrs = [], [], []
+    for a, kind in zip(g.args(n), all_kinds, strict=True):
+        if kind == "const":
+            expr_args.append(("const", float(np.asarray(g[a]["value"]).reshape(-1)[0])))
+            continue
+        expr_args.append(("in", len(kinds)))
+        kinds.append(kind)
+        ptrs.append(e.pointer(a))
+    expr = (g.op(n), *expr_args)
+    key = ("ew", expr, tuple(kinds), row, e.width)
+    fn = e.kernel(key, lambda name: elementwise.emit_elementwise(e.module, name, expr, kinds, row, e.width))
+    e.call(fn, e.row_count(n, row), e.pointer(n), *ptrs)
+
+
+def lower_softmax(e: _Emitter, n: str) -> None:
+    g = e.g
+    shape = g.shape(n)
+    if g.attrs(n).get("dim", -1) % len(shape) != len(shape) - 1:
+        raise LoweringError(f"softmax {n}: only the last axis is compiled; dim={g.attrs(n)['dim']}")
+    row = int(shape[-1])
+    fn = e.kernel(("softmax", row, e.width), lambda name: elementwise.emit_softmax(e.module, name, row, e.width))
+    (x,) = g.args(n)
+    e.call(fn, e.row_count(n, row), e.pointer(n), e.pointer(x))
+
+
+def lower_view(e: _Emitter, n: str) -> None:
+    """reshape is a view: its buffer is its operand's (see scratch.plan_buffers)."""
+
+
+def lower_dropout(e: _Emitter, n: str) -> None:
+    if e.g.attrs(n).get("training"):
+        raise LoweringError("training-mode dropout is not compiled yet; compile the model for inference")
+
+
+def copy_to_output(e: _Emitter, src: str) -> None:
+    """The output is a leaf (the input or a parameter itself): copy it into `out`."""
+    row = row_floats(e.g.shape(src))
+    expr = ("mul", ("in", 0), ("const", 1.0))  # x * 1 is exact, NaN and -0 included
+    fn = e.kernel(("ew", expr, ("full",), row, e.width),
+                  lambda name: elementwise.emit_elementwise(e.module, name, expr, ["full"], row, e.width))
+    e.call(fn, e.row_count(src, row), e.out, e.pointer(src))
+
+
+LOWERINGS: dict[str, Callable[[_Emitter, str], None]] = {
+    "linear": lower_linear,
+    "softmax": lower_softmax,
+    "reshape": lower_view,
+    "dropout": lower_dropout,
+    **{op: lower_elementwise for op in ELEMENTWISE},
+}
+LEAF_OPS = ("input", "param", "const", "output")
+
+
+def lower_graph(g: Graph, width: int) -> ModulePlan:
+    """Emit the module for graph g (one input, one output) for vectors of `width` lanes."""
+    if len(g.inputs) != 1:
+        raise LoweringError(f"the code generator takes graphs with one input; this one has {len(g.inputs)}")
+    for n in g.nodes():
+        if g.op(n) not in LOWERINGS and g.op(n) not in LEAF_OPS:
+            raise LoweringError(f"no native code rule for op {g.op(n)!r} (node {n}); compiled ops: {sorted(LOWERINGS)}")
+    buffers = plan_buffers(g, pack_floats=_max_pack_floats(g, width))
+    e = _Emitter(g, width, buffers)
+    for n in g.nodes():
+        if g.op(n) not in LEAF_OPS:
+            LOWERINGS[g.op(n)](e, n)
+    if buffers.output_root in e.ptr:
+        copy_to_output(e, buffers.output_root)
+    e.b.ret_void()
+    return ModulePlan(
+        llvm_ir=str(e.module),
+        entry=ENTRY,
+        params=e.params,
+        consts=[np.ascontiguousarray(np.asarray(g[c]["value"], dtype=np.float32)) for c in e.consts],
+        out_shape=tuple(g.shape(g.output)),
+        scratch_per_row=buffers.per_row,
+        scratch_fixed=buffers.fixed,
+        kernels=[f.name for f in e._kernels.values()],
+    )
+
+
+def _max_pack_floats(g: Graph, width: int) -> int:
+    sizes = [gemm.pack_floats(*g.shape(g.args(n)[1]), width) for n in g.nodes("linear")]
+    return max(sizes, default=0)

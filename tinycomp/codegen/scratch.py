@@ -1,0 +1,95 @@
+"""Scratch-buffer planning: where each intermediate value lives, reusing dead buffers.
+
+Batched values take `M * size` floats and sit in the first part of scratch at `M * offset`; values
+without a batch dimension and the GEMM packing buffer sit after them at a fixed offset. Offsets are
+rounded to 16 floats so every buffer starts on a 64-byte line when scratch does.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from ..ir.graph import Graph
+
+ALIGN = 16
+VIEW_OPS = frozenset({"reshape"})
+# An eval-mode dropout that survived the passes (e.g. passes switched off) is the identity too.
+PASS_THROUGH = VIEW_OPS | {"dropout"}
+
+
+def row_floats(shape: tuple) -> int:
+    """Floats per batch row, or in total for a value without a batch dimension."""
+    return math.prod(d for d in shape if d is not None)
+
+
+def is_batched(shape: tuple) -> bool:
+    return bool(shape) and shape[0] is None
+
+
+def _round_up(n: int) -> int:
+    return -(-max(n, 1) // ALIGN) * ALIGN
+
+
+class _Arena:
+    """First-fit allocation with reuse of freed blocks."""
+
+    def __init__(self) -> None:
+        self.size = 0
+        self.free: list[tuple[int, int]] = []  # (offset, size)
+
+    def take(self, size: int) -> int:
+        size = _round_up(size)
+        for i, (off, sz) in enumerate(self.free):
+            if sz >= size:
+                self.free[i : i + 1] = [(off + size, sz - size)] if sz > size else []
+                return off
+        off, self.size = self.size, self.size + size
+        return off
+
+    def give(self, off: int, size: int) -> None:
+        self.free.append((off, _round_up(size)))
+        self.free.sort()
+
+
+@dataclass
+class BufferPlan:
+    offsets: dict[str, tuple[int, bool]]  # node -> (offset in floats, batched?)
+    aliases: dict[str, str]  # view node -> the node whose buffer it shares
+    output_root: str  # the node that writes the model's output (straight into `out`)
+    per_row: int = 0
+    fixed: int = 0
+    pack_offset: int = 0
+    lifetimes: dict[str, int] = field(default_factory=dict)
+
+    def alias_root(self, n: str) -> str:
+        while n in self.aliases:
+            n = self.aliases[n]
+        return n
+
+
+def plan_buffers(g: Graph, pack_floats: int = 0) -> BufferPlan:
+    order = g.nodes()
+    aliases = {n: g.args(n)[0] for n in order if g.op(n) in PASS_THROUGH}
+    plan = BufferPlan({}, aliases, output_root="")
+    plan.output_root = plan.alias_root(g.args(g.output)[0])
+    last_use: dict[str, int] = {}
+    for i, n in enumerate(order):
+        for a in g.args(n):
+            last_use[plan.alias_root(a)] = i
+    batched, fixed = _Arena(), _Arena()
+    for i, n in enumerate(order):
+        if g.op(n) in ("input", "param", "const", "output") or n in aliases or n == plan.output_root:
+            pass
+        else:
+            shape = g.shape(n)
+            arena = batched if is_batched(shape) else fixed
+            plan.offsets[n] = (arena.take(row_floats(shape)), is_batched(shape))
+        for a in dict.fromkeys(plan.alias_root(a) for a in g.args(n)):
+            if last_use.get(a) == i and a in plan.offsets:
+                off, b = plan.offsets[a]
+                (batched if b else fixed).give(off, row_floats(g.shape(a)))
+    plan.pack_offset = fixed.take(pack_floats) if pack_floats else fixed.size
+    plan.per_row, plan.fixed = batched.size, fixed.size
+    plan.lifetimes = last_use
+    return plan

@@ -1,0 +1,59 @@
+"""The parity rule (DESIGN §4): how close compiled output must be to eager output.
+
+GEMM accumulation order differs from OpenBLAS, so compiled and eager float32 results are not
+bit-equal. Both are judged against a float64 reference: the compiled error may be at most twice
+the eager float32 error, plus a tiny absolute slack scaled to the output's magnitude. Non-finite
+values must match exactly (NaN where eager has NaN, the same infinities).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+ATOL = 1e-6  # times max(1, max |reference|)
+
+
+@dataclass(frozen=True)
+class ParityReport:
+    ok: bool
+    compiled_error: float  # max |compiled - reference| over finite reference values
+    eager_error: float
+    tolerance: float
+    worst_index: tuple[int, ...] | None
+    detail: str
+
+    def __str__(self) -> str:
+        return self.detail
+
+
+def check_parity(compiled: np.ndarray, eager: np.ndarray, reference: np.ndarray) -> ParityReport:
+    compiled, eager = np.asarray(compiled, np.float64), np.asarray(eager, np.float64)
+    reference = np.asarray(reference, np.float64)
+    if compiled.shape != eager.shape:
+        return ParityReport(False, np.inf, 0.0, 0.0, None,
+                            f"shape differs: compiled {compiled.shape}, eager {eager.shape}")
+    if compiled.size == 0:
+        return ParityReport(True, 0.0, 0.0, 0.0, None, "empty output")
+    finite = np.isfinite(eager)
+    same_special = np.array_equal(compiled[~finite], eager[~finite], equal_nan=True)
+    if not same_special or not np.isfinite(compiled[finite]).all():
+        bad = np.argwhere((~finite & ~((compiled == eager) | (np.isnan(compiled) & np.isnan(eager))))
+                          | (finite & ~np.isfinite(compiled)))
+        where = tuple(int(i) for i in bad[0]) if len(bad) else None
+        return ParityReport(False, np.inf, 0.0, 0.0, where,
+                            f"non-finite values differ at {where}: compiled {compiled[where]}, eager {eager[where]}")
+    if not finite.any():
+        return ParityReport(True, 0.0, 0.0, 0.0, None, "all values non-finite and equal")
+    ref = np.where(finite, reference, 0.0)
+    err_c = np.where(finite, np.abs(compiled - ref), 0.0)
+    err_e = np.where(finite, np.abs(eager - ref), 0.0)
+    scale = max(1.0, float(np.abs(ref).max()))
+    tol = 2 * float(err_e.max()) + ATOL * scale
+    worst = tuple(int(i) for i in np.unravel_index(int(np.argmax(err_c)), err_c.shape))
+    ok = float(err_c.max()) <= tol
+    detail = (f"max |compiled - float64 reference| = {err_c.max():.3g} at index {worst} "
+              f"(compiled {compiled[worst]!r}, eager {eager[worst]!r}, reference {ref[worst]!r}); "
+              f"eager float32 error {err_e.max():.3g}; allowed {tol:.3g}")
+    return ParityReport(ok, float(err_c.max()), float(err_e.max()), tol, worst, detail)
