@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tinycomp.frontend.tracer import walk_model
 from tinycomp.nn import (
     GELU,
     Dropout,
@@ -25,7 +26,6 @@ from tinycomp.nn import (
     Tensor,
     manual_seed,
 )
-from tinycomp.frontend.tracer import walk_model
 
 REFERENCE_MLP_IN = 784
 
@@ -159,7 +159,7 @@ def eager_eval(model: Layer, x: np.ndarray) -> np.ndarray:
             layer.training = False
         return model(Tensor(x)).data
     finally:
-        for layer, old in zip(layers, saved):
+        for layer, old in zip(layers, saved, strict=True):
             if old is None:
                 vars(layer).pop("training", None)
             else:

@@ -14,7 +14,7 @@ from .ops import op_def
 def check_input(g: Graph, name: str, x: Any) -> np.ndarray:
     arr = np.asarray(x, dtype=np.float32)  # a frontend Tensor converts through __array__
     want = g.shape(name)
-    fits = arr.ndim == len(want) and all(w is None or w == d for w, d in zip(want, arr.shape))
+    fits = arr.ndim == len(want) and all(w is None or w == d for w, d in zip(want, arr.shape, strict=False))
     if not fits:
         dims = ", ".join("N" if d is None else str(d) for d in want)
         raise ValueError(f"input {name!r} expects shape ({dims}); got {arr.shape}")
@@ -38,7 +38,7 @@ def interpret(g: Graph, *inputs: Any, params: Mapping[str, Any] | None = None,
     names = g.inputs
     if len(inputs) != len(names):
         raise ValueError(f"the graph takes {len(names)} input(s) {names}; got {len(inputs)}")
-    env: dict[str, np.ndarray] = {n: check_input(g, n, x) for n, x in zip(names, inputs)}
+    env: dict[str, np.ndarray] = {n: check_input(g, n, x) for n, x in zip(names, inputs, strict=True)}
     params = params or {}
     for n in g.nodes():
         op = g.op(n)

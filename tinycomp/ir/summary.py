@@ -62,7 +62,8 @@ class Summary:
         widths = [max(len(row[i]) for row in [head, *body, foot]) for i in range(len(head))]
 
         def line(row: tuple) -> str:  # text columns left, numbers right
-            return "  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+            cells = zip(row, widths, strict=True)
+            return "  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(cells))
         rule = "-" * len(line(head))
         batch = f" (batch {self.batch})" if self.batch is not None else ""
         return "\n".join([f"summary{batch}", line(head), rule, *map(line, body), rule, line(foot)])

@@ -1,0 +1,186 @@
+import numpy as np
+import pytest
+
+from tests.models import CATALOGUE, eager_eval, list_dict_layer, reference_mlp, residual_net, shared_linear
+from tinycomp.errors import CompileError
+from tinycomp.frontend.tensor import apply_op
+from tinycomp.frontend.tracer import SymbolicTensor, resolve_path, trace
+from tinycomp.ir.interpret import interpret
+from tinycomp.ir.passes import run_pipeline
+from tinycomp.nn import Dropout, Layer, Linear, ReLU, Sequential, Tensor, manual_seed
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    manual_seed(0)
+
+
+# ---------------------------------------------------------------- what a trace records
+
+def test_reference_mlp_graph():
+    model = reference_mlp()
+    g = trace(model, (None, 784))
+    counts = g.op_counts()
+    assert (counts["matmul"], counts["add"], counts["relu"], counts["dropout"]) == (3, 3, 2, 2)
+    assert g.inputs == ["x"] and g.shape("x") == (None, 784)
+    assert g.output == "output" and g.shape("output") == (None, 10)
+    assert g.params == ["0.weight", "0.bias", "3.weight", "3.bias", "6.weight", "6.bias"]
+    assert g["0.weight"]["value"] is model[0].weight  # bound by reference: live
+    assert all(g[p]["path"] == p for p in g.params)
+    assert [g[n]["layer"] for n in g.nodes("dropout")] == ["2", "5"]
+    assert all("layer" in g[n] for n in g.nodes())
+
+
+@pytest.mark.parametrize("case", CATALOGUE, ids=lambda c: c.name)
+def test_catalogue_traces_and_survives_the_passes(case):
+    model = case.build()
+    x = case.sample(5)
+    expected = eager_eval(model, x)
+    g = trace(model, (None, case.in_features))
+    np.testing.assert_allclose(interpret(g, x), expected, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(interpret(run_pipeline(g), x), expected, rtol=0, atol=1e-6)
+
+
+def test_paths_of_nested_lists_and_dicts():
+    net, layered = residual_net(), list_dict_layer()
+    assert trace(net, (None, 16)).params == [
+        "block.fc1.weight", "block.fc1.bias", "block.fc2.weight", "block.fc2.bias", "head.weight", "head.bias"]
+    g = trace(layered, (None, 10))
+    assert {"heads.0.weight", "heads.1.bias", "branches.left.weight", "branches.right.bias"} <= set(g.params)
+    for model, graph in ((net, trace(net, (None, 16))), (layered, g)):
+        for p in graph.params:
+            assert resolve_path(model, p) is graph[p]["value"]
+
+
+def test_resolve_path_sees_reassigned_weights():
+    model = reference_mlp()
+    model[3].weight = Tensor(np.zeros((256, 128)))
+    assert resolve_path(model, "3.weight") is model[3].weight
+
+
+def test_shared_tensor_is_one_param_node():
+    g = trace(shared_linear(), (None, 12))
+    assert g.params == ["fc.weight", "fc.bias"]
+    assert g.use_count("fc.weight") == 2
+
+
+def test_scalars_arrays_and_foreign_tensors_become_consts():
+    foreign = Tensor(np.full(3, 2.0))
+
+    class Consts(Layer):
+        def forward(self, x):
+            return (x * 0.5 + 1) * foreign - np.arange(3.0) + np.ones(3)  # ndarray + symbolic is reflected
+
+    g = trace(Consts(), (None, 3))
+    consts = [g[n]["value"] for n in g.nodes("const")]
+    assert [c.shape for c in consts] == [(), (), (3,), (3,), (3,)]
+    assert all(c.dtype == np.float32 for c in consts)
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    expected = (x * 0.5 + 1) * 2 - np.arange(3.0) + 1
+    np.testing.assert_allclose(interpret(g, x), expected, atol=1e-6)
+
+
+def test_concrete_batch_is_kept():
+    assert trace(reference_mlp(), (32, 784)).shape("output") == (32, 10)
+
+
+def test_symbolic_tensor_is_a_tensor():
+    seen = []
+
+    class Check(Layer):
+        def forward(self, x):
+            seen.append((isinstance(x, Tensor), type(x), x.shape, x.ndim))
+            return x
+
+    trace(Check(), (None, 4))
+    assert seen == [(True, SymbolicTensor, (None, 4), 2)]
+
+
+# ---------------------------------------------------------------- training flags
+
+def test_training_trace_keeps_dropout_and_the_models_flags():
+    model = reference_mlp().eval()
+    g = trace(model, (None, 784), training=True)
+    assert [g[n]["training"] for n in g.nodes("dropout")] == [True, True]
+    assert all(layer.training is False for layer in model)
+    model.train()
+    g = trace(model, (None, 784))
+    assert [g[n]["training"] for n in g.nodes("dropout")] == [False, False]
+    assert all(layer.training is True for layer in model)
+
+
+def test_trace_leaves_no_instance_attributes_behind():
+    model = reference_mlp()
+    before = [dict(vars(layer)) for layer in [model, *model]]
+    trace(model, (None, 784), training=True)
+    assert [dict(vars(layer)) for layer in [model, *model]] == before
+
+
+# ---------------------------------------------------------------- bad input
+
+def test_input_shape_not_fitting_first_layer():
+    model = reference_mlp()
+    with pytest.raises(ValueError, match="Cannot perform matrix multiplication") as info:
+        trace(model, (None, 100))
+    assert "shape mismatch" in str(info.value) and "Linear at '0'" in str(info.value)
+    assert "Inner dimensions must match: 100 ≠ 784" in str(info.value)
+    assert model[0].training is True and "forward" not in vars(model[0])  # restored after an error too
+
+
+@pytest.mark.parametrize("shape", [784, (), (784, None), (None, -1), (None, 2.5), "784"])
+def test_malformed_input_shape(shape):
+    with pytest.raises(ValueError, match="input_shape"):
+        trace(reference_mlp(), shape)
+
+
+class Misbehaves(Layer):
+    def __init__(self, action):
+        self.action = action
+
+    def forward(self, x):
+        return self.action(x)
+
+
+@pytest.mark.parametrize("action, operation", [
+    (lambda x: x.data, "reads .data"),
+    (lambda x: x if x else x, "converts to bool"),
+    (lambda x: float(x), "converts to float"),
+    (lambda x: int(x), "converts to int"),
+    (lambda x: np.asarray(x), "converts to a NumPy array"),
+    (lambda x: x.numpy(), "calls .numpy()"),
+    (lambda x: len(x), "takes len()"),
+    (lambda x: x[0], "indexes [0]"),
+    (lambda x: list(x), "iterates"),
+    (lambda x: np.exp(x), "np.exp, an op the op table lacks"),
+    (lambda x: np.concatenate([x, x]), "np.concatenate, an op the op table lacks"),
+    (lambda x: apply_op("frobnicate", x), "op 'frobnicate', which the op table lacks"),
+    (lambda x: x.size, "reads .size"),
+])
+def test_forward_misuse_names_layer_path_and_operation(action, operation):
+    model = Sequential(Linear(4, 4), Sequential(ReLU(), Misbehaves(action)))
+    with pytest.raises(CompileError) as info:
+        trace(model, (None, 4))
+    assert "Misbehaves at '1.1'" in str(info.value)
+    assert operation in str(info.value)
+
+
+def test_misuse_in_the_top_level_forward():
+    with pytest.raises(CompileError, match=r"Misbehaves \(the top-level model\) reads .data"):
+        trace(Misbehaves(lambda x: x.data), (None, 4))
+
+
+@pytest.mark.parametrize("result", [3.0, None, (1, 2), np.zeros(3), Tensor(np.zeros(3))])
+def test_forward_returning_non_tensor(result):
+    with pytest.raises(CompileError, match="must return a Tensor computed from its input"):
+        trace(Misbehaves(lambda x: result), (None, 4))
+
+
+def test_user_exceptions_pass_through_and_the_model_is_restored():
+    class Boom(Layer):
+        def forward(self, x):
+            raise KeyError("boom")
+
+    model = Sequential(Dropout(0.5), Boom())
+    with pytest.raises(KeyError, match="boom"):
+        trace(model, (None, 4))
+    assert all("forward" not in vars(layer) and "training" not in vars(layer) for layer in model)
