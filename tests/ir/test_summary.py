@@ -1,0 +1,45 @@
+import pytest
+
+from tests.models import reference_mlp
+from tinycomp.frontend.tracer import trace
+from tinycomp.ir.passes import run_pipeline
+from tinycomp.ir.summary import summarize
+from tinycomp.nn import manual_seed
+
+
+@pytest.fixture
+def graphs():
+    manual_seed(0)
+    g = trace(reference_mlp(), (None, 784))
+    return g, run_pipeline(g)
+
+
+def test_reference_mlp_totals(graphs):
+    for g in graphs:
+        s = summarize(g, 32)
+        assert (s.parameters, s.param_bytes, s.macs) == (235_146, 940_584, 7_512_064)
+        assert [r.macs for r in s.rows if r.macs] == [6_422_528, 1_048_576, 40_960]
+
+
+def test_flops_are_two_per_mac_plus_elementwise(graphs):
+    traced, optimized = (summarize(g, 32) for g in graphs)
+    bias_and_relu = 32 * (256 + 128 + 10) + 32 * (256 + 128)
+    assert optimized.flops == 2 * 7_512_064 + bias_and_relu
+    dropout = 32 * (256 + 128)  # eval dropout still costs a pass over memory until it is folded
+    assert traced.flops == optimized.flops + dropout
+
+
+def test_rows_and_text(graphs):
+    s = summarize(graphs[1], 32)
+    assert [r.op for r in s.rows][:1] == ["input"] and s.rows[-1].op == "output"
+    first = next(r for r in s.rows if r.op == "linear")
+    assert first.shape == (32, 256) and first.activation_bytes == 32 * 256 * 4
+    text = str(s)
+    assert "235,146" in text and "940,584" in text and "7,512,064" in text and "batch 32" in text
+    assert len(text.splitlines()) == len(s.rows) + 5
+
+
+def test_dynamic_batch_needs_a_batch(graphs):
+    with pytest.raises(ValueError, match="batch"):
+        summarize(graphs[0])
+    assert summarize(trace(reference_mlp(), (8, 784))).macs == 7_512_064 // 4
