@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from .codegen.module import LoweringError, ModulePlan, lower_graph
+from .codegen.module import LoweringError, ModulePlan, graph_fingerprint, lower_graph
 from .codegen.target import host
 from .errors import CompileError, ParityError
 from .frontend.layers import Layer
@@ -22,9 +22,11 @@ from .ir.graph import Graph
 from .ir.interpret import interpret
 from .ir.passes import run_pipeline
 from .ir.printer import format_graph
+from .logs import channel, log
 from .parity import check_parity
+from .runtime import cache
 from .runtime.buffers import ScratchPool, aligned_empty
-from .runtime.engine import JitEngine
+from .runtime.engine import JitEngine, assembly, optimized_ir
 from .runtime.kernel import NativeKernel
 from .runtime.threads import available_cores, shared_pool, split_rows
 
@@ -134,13 +136,14 @@ class CompiledModel:
         start = time.perf_counter()
         traced = trace(self.model, (None, *features))
         dumps: list[tuple[str, str]] = [("traced", format_graph(traced))]
-        optimized = run_pipeline(traced, self._passes,
-                                 on_pass=lambda name, g, changed: dumps.append((name, format_graph(g))))
-        try:
-            plan = lower_graph(optimized, host().vector_width)
-        except LoweringError as exc:
-            raise CompileError(str(exc)) from exc
-        engine = JitEngine(plan.llvm_ir, speed_level=self._speed_level)
+        log("graph", "traced graph of %s:\n%s", type(self.model).__name__, dumps[0][1])
+
+        def after_pass(name: str, g: Graph, changed: bool) -> None:
+            dumps.append((name, format_graph(g)))
+            log("passes", "after %s (%s):\n%s", name, "changed" if changed else "no change", dumps[-1][1])
+
+        optimized = run_pipeline(traced, self._passes, on_pass=after_pass)
+        plan, engine, key = self._codegen(optimized)
         shapes = [tuple(optimized.shape(p)) for p in plan.params]
         kernel = NativeKernel(engine, plan, features, shapes)
         artifact = _Artifact(
@@ -152,7 +155,36 @@ class CompiledModel:
         self._artifact = artifact
         self.stats.compiles += 1
         self.stats.compile_ms = (time.perf_counter() - start) * 1e3
+        log("compile", "compiled %s for input (N, %s) in %.1f ms (cache key %s, %s)", type(self.model).__name__,
+            ", ".join(map(str, features)), self.stats.compile_ms, key[:16],
+            "cache hit" if self.stats.cache_hits and not plan.llvm_ir else "built")
+        if channel("llvm"):
+            log("llvm", "LLVM IR:\n%s", self._llvm_ir(artifact))
+        if channel("asm"):
+            log("asm", "assembly:\n%s", assembly(self._llvm_ir(artifact), self._speed_level))
         return artifact
+
+    def _codegen(self, g: Graph) -> tuple[ModulePlan, JitEngine, str]:
+        """Lower and JIT-compile g, or load its object code from the on-disk cache."""
+        width = host().vector_width
+        key = cache.cache_key(graph_fingerprint(g, width), {"speed_level": self._speed_level})
+        hit = cache.load(key)
+        if hit is not None:
+            meta, object_code = hit
+            self.stats.cache_hits += 1
+            return ModulePlan.from_meta(meta, g), JitEngine(object_code=object_code), key
+        try:
+            plan = lower_graph(g, width)
+        except LoweringError as exc:
+            raise CompileError(str(exc)) from exc
+        engine = JitEngine(plan.llvm_ir, speed_level=self._speed_level)
+        cache.store(key, plan.to_meta(), engine.object_code)
+        return plan, engine, key
+
+    def _llvm_ir(self, art: _Artifact) -> str:
+        if not art.plan.llvm_ir:  # loaded from the cache: lower again to show the IR
+            art.plan.llvm_ir = lower_graph(art.optimized, host().vector_width).llvm_ir
+        return art.plan.llvm_ir
 
     def _ensure_compiled(self, features: tuple[int, ...]) -> _Artifact:
         art = self._artifact
@@ -226,8 +258,9 @@ class CompiledModel:
         with eval_mode(self.model):
             eager = np.asarray(self.model(Tensor(arr)).data)
         params64 = {p: np.asarray(v, np.float64) for p, v in zip(art.plan.params, self._read_params(art), strict=True)}
-        reference = interpret(art.optimized, arr.astype(np.float64), params=params64)
-        report = check_parity(compiled, eager, reference)
+        rows = arr.reshape(-1, *art.features).astype(np.float64)
+        reference = interpret(art.optimized, rows, params=params64).reshape(compiled.shape)
+        report = check_parity(compiled, eager.reshape(compiled.shape), reference)
         if not report.ok:
             raise ParityError(f"compiled output differs from the eager model: {report}")
 
@@ -251,11 +284,12 @@ class CompiledModel:
             return format_graph(art.traced)
         if stage == "optimized":
             return format_graph(art.optimized)
+        text = self._llvm_ir(art)
         if stage == "llvm":
-            return ("; ==== generated LLVM IR (before LLVM optimization) ====\n" + art.plan.llvm_ir
+            return ("; ==== generated LLVM IR (before LLVM optimization) ====\n" + text
                     + f"\n; ==== after LLVM optimization (speed_level={self._speed_level}) ====\n"
-                    + art.engine.optimized_llvm(art.plan.llvm_ir))
-        return art.engine.assembly()
+                    + optimized_ir(text, self._speed_level))
+        return assembly(text, self._speed_level)
 
     def pass_dumps(self) -> list[tuple[str, str]]:
         """(stage name, graph text) for the traced graph and after every pass, in order."""

@@ -37,7 +37,8 @@ class ModulePlan:
     llvm_ir: str
     entry: str
     params: list[str]  # param node names, in argument order
-    consts: list[np.ndarray]  # constant arrays passed by pointer, in argument order
+    const_nodes: list[str]  # const node names passed by pointer, in argument order
+    consts: list[np.ndarray]  # their values
     out_shape: tuple  # None marks the batch dimension
     scratch_per_row: int  # floats of scratch per batch row
     scratch_fixed: int  # floats of scratch independent of the batch size
@@ -46,9 +47,34 @@ class ModulePlan:
     def scratch_floats(self, rows: int) -> int:
         return rows * self.scratch_per_row + self.scratch_fixed
 
-    @property
-    def ir_hash(self) -> str:
-        return hashlib.sha256(self.llvm_ir.encode()).hexdigest()
+    def to_meta(self) -> dict:
+        """What a cache entry must remember to run its object code without lowering again."""
+        return {"entry": self.entry, "params": self.params, "const_nodes": self.const_nodes,
+                "out_shape": list(self.out_shape), "scratch_per_row": self.scratch_per_row,
+                "scratch_fixed": self.scratch_fixed, "kernels": self.kernels}
+
+    @classmethod
+    def from_meta(cls, meta: dict, g: Graph) -> ModulePlan:
+        """The plan of a cached module; `llvm_ir` stays empty until someone asks to see it."""
+        return cls(llvm_ir="", entry=meta["entry"], params=list(meta["params"]),
+                   const_nodes=list(meta["const_nodes"]), consts=_const_arrays(g, meta["const_nodes"]),
+                   out_shape=tuple(meta["out_shape"]), scratch_per_row=int(meta["scratch_per_row"]),
+                   scratch_fixed=int(meta["scratch_fixed"]), kernels=list(meta["kernels"]))
+
+
+def _const_arrays(g: Graph, names: list[str]) -> list[np.ndarray]:
+    return [np.ascontiguousarray(np.asarray(g[c]["value"], dtype=np.float32)) for c in names]
+
+
+def graph_fingerprint(g: Graph, width: int) -> str:
+    """A hash of everything in g that shapes the generated code (not parameter values)."""
+    h = hashlib.sha256(f"width={width}".encode())
+    for n in g.nodes():
+        attrs = sorted((k, repr(v)) for k, v in g.attrs(n).items())
+        h.update(repr((n, g.op(n), g.shape(n), attrs, g.args(n))).encode())
+        if g.op(n) == "const":
+            h.update(np.ascontiguousarray(np.asarray(g[n]["value"], dtype=np.float32)).tobytes())
+    return h.hexdigest()
 
 
 def is_scalar_const(g: Graph, n: str) -> bool:
@@ -231,7 +257,8 @@ def lower_graph(g: Graph, width: int) -> ModulePlan:
         llvm_ir=str(e.module),
         entry=ENTRY,
         params=e.params,
-        consts=[np.ascontiguousarray(np.asarray(g[c]["value"], dtype=np.float32)) for c in e.consts],
+        const_nodes=e.consts,
+        consts=_const_arrays(g, e.consts),
         out_shape=tuple(g.shape(g.output)),
         scratch_per_row=buffers.per_row,
         scratch_fixed=buffers.fixed,
