@@ -27,6 +27,7 @@ from .loops import I64, PTR, for_range, i64
 
 # Packed W block budget: half of a 1 MiB L2, leaving room for the A row panels and C.
 L2_BLOCK_BYTES = 512 * 1024
+DIRECT_MAX_ROWS = 32  # measured: reading W in place beats pack + sweep up to ~32 rows
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,7 @@ class GemmPlan:
     nv: int  # vectors per panel of the multi-row tiles
     nv1: int  # vectors per panel of the single-row (weight-streaming) kernel
     nc: int  # columns per packed block, a multiple of nv * width
+    direct_max_rows: int  # batches up to this size read W in place instead of packing it
 
 
 def _round_up(x: int, m: int) -> int:
@@ -89,7 +91,7 @@ def plan_gemm(K: int, N: int, width: int) -> GemmPlan:
     per_block = max(1, L2_BLOCK_BYTES // (4 * max(K, 1) * nr))
     n_blocks = -(-panels // per_block)
     nc = -(-panels // n_blocks) * nr
-    return GemmPlan(K, N, width, mr, nv, nv1, nc)
+    return GemmPlan(K, N, width, mr, nv, nv1, nc, direct_max_rows=DIRECT_MAX_ROWS)
 
 
 def pack_floats(K: int, N: int, width: int) -> int:
@@ -125,7 +127,7 @@ class _LinearEmitter:
         # Up to mr rows make a single row tile: each weight is read once, so packing would only
         # add a second pass over W. The choice is a runtime value so both paths share one copy
         # of the loops (each copy costs compile time).
-        self.packed = builder.icmp_signed(">", self.M, i64(plan.mr), name="packed")
+        self.packed = builder.icmp_signed(">", self.M, i64(plan.direct_max_rows), name="packed")
 
     def column_blocks(self) -> None:
         """For each L2-sized block of columns: pack it (large M), then run every row tile over it."""

@@ -1,0 +1,173 @@
+"""emit_linear: C = act(A @ W + B) against a float64 NumPy reference, on every path and tail."""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+
+import numpy as np
+import pytest
+from llvmlite import ir
+
+from tinycomp.codegen.gemm import emit_linear, pack_floats
+from tinycomp.runtime.engine import JitEngine
+
+WIDTH = 16
+SIG = ctypes.CFUNCTYPE(None, ctypes.c_int64, *[ctypes.c_void_p] * 5)
+GUARD = 64  # floats of sentinel after every output / scratch buffer, to catch overruns
+
+REFERENCE_ACT = {
+    None: lambda x: x,
+    "relu": lambda x: np.maximum(x, 0.0),
+    "sigmoid": lambda x: 1.0 / (1.0 + np.exp(-x)),
+    "tanh": np.tanh,
+    "gelu": lambda x: x / (1.0 + np.exp(-1.702 * x)),
+}
+
+# (K, N, bias, activation): the reference MLP, square and odd layers, and the odd widths.
+LAYERS = [
+    (784, 256, True, "relu"), (256, 128, True, "relu"), (128, 10, True, None),
+    (1024, 1024, False, None), (128, 128, True, "relu"), (100, 37, True, "relu"), (37, 10, False, "relu"),
+    *[(37, n, True, "relu") for n in (1, 3, 15, 16, 17, 100, 257, 1024)],
+    (64, 100, False, None), (3, 5, True, None),
+]
+MS = [0, 1, 2, 7, 8, 9, 31, 33, 100, 1000]
+
+
+def layer_name(K, N, bias, act):
+    return f"lin_{K}_{N}_{int(bias)}_{act or 'id'}"
+
+
+class Compiled:
+    """All test layers in one module: one JIT compile for the whole file."""
+
+    def __init__(self, layers, width=WIDTH):
+        mod = ir.Module(name="test_gemm")
+        for K, N, bias, act in layers:
+            emit_linear(mod, layer_name(K, N, bias, act), K=K, N=N, bias=bias, activation=act, width=width)
+        self.llvm_ir = str(mod)
+        self.engine = JitEngine(self.llvm_ir)
+        self.width = width
+        self.fns = {layer_name(*ly): SIG(self.engine.address(layer_name(*ly))) for ly in layers}
+
+    def run(self, layer, A, W, B, C=None, pack=None):
+        K, N, bias, act = layer
+        M = A.shape[0]
+        out = np.full(M * N + GUARD, 7.0, np.float32) if C is None else C
+        scratch = np.full(pack_floats(K, N, self.width) + GUARD, 7.0, np.float32) if pack is None else pack
+        b_ptr = B.ctypes.data if bias else None
+        self.fns[layer_name(*layer)](M, A.ctypes.data, W.ctypes.data, b_ptr, out.ctypes.data, scratch.ctypes.data)
+        assert np.all(out[M * N:] == 7.0), "kernel wrote past the end of C"
+        assert np.all(scratch[len(scratch) - GUARD:] == 7.0), "kernel wrote past pack_floats()"
+        return out[: M * N].reshape(M, N)
+
+
+@pytest.fixture(scope="module")
+def compiled():
+    return Compiled(LAYERS + [(64, 40, True, a) for a in ("sigmoid", "tanh", "gelu")])
+
+
+def make_inputs(rng, M, K, N):
+    A = rng.standard_normal((M, K), dtype=np.float32)
+    W = (rng.standard_normal((K, N)) / np.sqrt(K)).astype(np.float32)
+    B = rng.standard_normal(N, dtype=np.float32)
+    return A, W, B
+
+
+def check(out, A, W, B, bias, act):
+    """Compiled error within 2x NumPy float32's error against float64, plus a tiny atol."""
+    pre64 = A.astype(np.float64) @ W.astype(np.float64) + (B if bias else 0.0)
+    pre32 = (A @ W + (B if bias else np.float32(0))).astype(np.float64)
+    ref = REFERENCE_ACT[act](pre64)
+    np_err = np.abs(REFERENCE_ACT[act](pre32) - ref).max(initial=0.0)
+    scale = max(1.0, np.abs(ref).max(initial=0.0))
+    err = np.abs(out.astype(np.float64) - ref).max(initial=0.0)
+    assert err <= 2 * np_err + 1e-6 * scale, f"error {err:.3g} vs numpy float32 {np_err:.3g}"
+
+
+@pytest.mark.parametrize("layer", LAYERS, ids=lambda ly: layer_name(*ly))
+def test_matches_float64_reference(compiled, layer):
+    K, N, bias, act = layer
+    rng = np.random.default_rng(K * 1000 + N)
+    for M in MS:
+        if M * K * N > 2e8:  # keep the file fast: 1024 x 1024 only up to M = 100
+            continue
+        A, W, B = make_inputs(rng, M, K, N)
+        check(compiled.run(layer, A, W, B), A, W, B, bias, act)
+
+
+@pytest.mark.parametrize("act", ["sigmoid", "tanh", "gelu"])
+def test_other_activations(compiled, act):
+    layer = (64, 40, True, act)
+    rng = np.random.default_rng(1)
+    for M in (1, 7, 50):
+        A, W, B = make_inputs(rng, M, 64, 40)
+        check(compiled.run(layer, A, W, B), A, W, B, True, act)
+
+
+def test_batch_zero_writes_nothing(compiled):
+    layer = (784, 256, True, "relu")
+    A, W, B = make_inputs(np.random.default_rng(2), 0, 784, 256)
+    C = np.full(GUARD, 7.0, np.float32)
+    compiled.run(layer, A, W, B, C=C)
+    assert np.all(C == 7.0)
+
+
+@pytest.mark.parametrize("M", [1, 8, 100])  # streaming, direct and packed paths
+def test_new_weights_are_never_stale(compiled, M):
+    layer = (256, 128, True, "relu")
+    rng = np.random.default_rng(3)
+    A, W, B = make_inputs(rng, M, 256, 128)
+    pack = np.full(pack_floats(256, 128, WIDTH) + GUARD, 7.0, np.float32)
+    compiled.run(layer, A, W, B, pack=pack)
+    W[...] = rng.standard_normal(W.shape, dtype=np.float32)  # in place: same address
+    B[...] = rng.standard_normal(B.shape, dtype=np.float32)
+    check(compiled.run(layer, A, W, B, pack=pack), A, W, B, True, "relu")
+
+
+def test_nan_propagates_like_numpy(compiled):
+    layer = (128, 128, True, "relu")
+    A, W, B = make_inputs(np.random.default_rng(4), 40, 128, 128)
+    A[3, 5] = np.nan
+    out = compiled.run(layer, A, W, B)
+    assert np.isnan(out[3]).all() and not np.isnan(np.delete(out, 3, axis=0)).any()
+
+
+def test_concurrent_calls_on_disjoint_rows(compiled):
+    """The runtime splits the batch across threads, each with its own pack buffer."""
+    layer = (784, 256, True, "relu")
+    K, N = 784, 256
+    A, W, B = make_inputs(np.random.default_rng(5), 403, K, N)
+    C = np.zeros((403, N), np.float32)
+    fn = compiled.fns[layer_name(*layer)]
+    bounds = [0, 7, 150, 151, 403]
+
+    def work(lo, hi):
+        pack = np.empty(pack_floats(K, N, WIDTH), np.float32)
+        for _ in range(3):
+            fn(hi - lo, A[lo:].ctypes.data, W.ctypes.data, B.ctypes.data, C[lo:].ctypes.data, pack.ctypes.data)
+
+    threads = [threading.Thread(target=work, args=lh) for lh in zip(bounds, bounds[1:], strict=False)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    check(C, A, W, B, True, "relu")
+
+
+def test_ir_uses_explicit_zmm_vectors_and_fma(compiled):
+    assert "<16 x float>" in compiled.llvm_ir
+    assert "llvm.fma.v16f32" in compiled.llvm_ir
+    assert "fast" not in compiled.llvm_ir.split()  # no fast-math flags
+
+
+def test_avx2_width_is_correct_too():
+    layers = [(784, 256, True, "relu"), (37, 17, False, None)]
+    c8 = Compiled(layers, width=8)
+    assert "llvm.fma.v8f32" in c8.llvm_ir
+    rng = np.random.default_rng(6)
+    for layer in layers:
+        K, N, bias, act = layer
+        for M in (1, 5, 40):
+            A, W, B = make_inputs(rng, M, K, N)
+            check(c8.run(layer, A, W, B), A, W, B, bias, act)
