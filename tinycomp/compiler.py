@@ -28,12 +28,9 @@ from .runtime import cache
 from .runtime.buffers import ScratchPool, aligned_empty
 from .runtime.engine import JitEngine, assembly, optimized_ir
 from .runtime.kernel import NativeKernel
-from .runtime.threads import available_cores, shared_pool, split_rows
+from .runtime.threads import parallel_parts, shared_pool, split_rows
 
 STAGES = ("traced", "optimized", "llvm", "asm")
-# Below this much work per call, handing rows to another core costs more than it saves
-# (a queue hand-off is ~10-20 us here; see benchmarks/RESULTS.md).
-PARALLEL_MIN_FLOPS = 4_000_000
 
 
 @dataclass
@@ -236,7 +233,7 @@ class CompiledModel:
 
     def _run(self, art: _Artifact, x: np.ndarray, params: list[np.ndarray], out: np.ndarray) -> None:
         rows = x.shape[0]
-        parts = self._parallel_parts(rows, art.flops_per_row)
+        parts = parallel_parts(rows, art.flops_per_row, self.threads)
         if parts <= 1:
             art.kernel.run(x, params, out, self._scratch.get(art.plan.scratch_floats(rows)))
             return
@@ -245,14 +242,6 @@ class CompiledModel:
             art.kernel.run(x[lo:hi], params, out[lo:hi], self._scratch.get(art.plan.scratch_floats(hi - lo)))
 
         shared_pool().run([lambda lo=lo, hi=hi: chunk(lo, hi) for lo, hi in split_rows(rows, parts)])
-
-    def _parallel_parts(self, rows: int, flops_per_row: int) -> int:
-        cores = self.threads if self.threads is not None else available_cores()
-        if cores <= 1 or rows < 16:
-            return 1
-        if self.threads is None and rows * flops_per_row < PARALLEL_MIN_FLOPS:
-            return 1
-        return min(cores, rows // 8)
 
     def _check_parity(self, art: _Artifact, arr: np.ndarray, compiled: np.ndarray) -> None:
         with eval_mode(self.model):

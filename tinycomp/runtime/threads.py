@@ -75,6 +75,21 @@ def shared_pool() -> WorkerPool:
         return _pool
 
 
+# Below this much work per call, handing rows to another core costs more than it saves
+# (a queue hand-off is ~10-20 us here; see benchmarks/RESULTS.md).
+PARALLEL_MIN_FLOPS = 4_000_000
+
+
+def parallel_parts(rows: int, flops_per_row: int, threads: int | None) -> int:
+    """How many row chunks to run at once: `threads` if given, else all cores when it pays."""
+    cores = threads if threads is not None else available_cores()
+    if cores <= 1 or rows < 16:
+        return 1
+    if threads is None and rows * flops_per_row < PARALLEL_MIN_FLOPS:
+        return 1
+    return min(cores, rows // 8)
+
+
 def split_rows(rows: int, parts: int, multiple: int = 8) -> list[tuple[int, int]]:
     """Split range(rows) into at most `parts` contiguous chunks, sizes rounded to `multiple`."""
     step = -(-rows // parts)
