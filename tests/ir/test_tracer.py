@@ -181,6 +181,8 @@ def test_user_exceptions_pass_through_and_the_model_is_restored():
             raise KeyError("boom")
 
     model = Sequential(Dropout(0.5), Boom())
-    with pytest.raises(KeyError, match="boom"):
+    with pytest.raises(KeyError, match="boom") as info:
         trace(model, (None, 4))
+    if hasattr(info.value, "__notes__"):
+        assert info.value.__notes__ == ["while tracing Boom at '1'"]
     assert all("forward" not in vars(layer) and "training" not in vars(layer) for layer in model)

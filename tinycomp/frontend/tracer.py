@@ -194,7 +194,9 @@ class Tracer:
         try:
             node = self.graph.add(name, args, layer=self.stack[-1][1], **attrs)
         except ValueError as exc:  # the eager shape message, plus where in the model it happened
-            raise ValueError(f"{exc} (in {self.where()})") from None
+            error = ValueError(f"{exc} (in {self.where()})")
+            error._tinycomp_noted = True  # type: ignore[attr-defined]  # the message names the layer already
+            raise error from None
         return SymbolicTensor(self, node, self.graph.shape(node))
 
     def operand(self, x: Any, op: str) -> str:
@@ -225,9 +227,19 @@ class Tracer:
             self.stack.append((layer, path))
             try:
                 return inner(*args, **kwargs)
+            except Exception as exc:
+                self.note_layer(exc)
+                raise
             finally:
                 self.stack.pop()
         return forward
+
+    def note_layer(self, exc: Exception) -> None:
+        """Tell where a user's own exception came from, once (the innermost layer), keeping its type."""
+        if not isinstance(exc, CompileError) and not getattr(exc, "_tinycomp_noted", False) \
+                and hasattr(exc, "add_note"):  # add_note is Python 3.11+
+            exc.add_note(f"while tracing {self.where()}")
+            exc._tinycomp_noted = True  # type: ignore[attr-defined]
 
     @contextlib.contextmanager
     def patched(self) -> Iterator[None]:
