@@ -12,6 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .ir.graph import Graph
+from .ir.interpret import interpret
+
 ATOL = 1e-6  # times max(1, max |reference|)
 
 
@@ -42,8 +45,8 @@ def check_parity(compiled: np.ndarray, eager: np.ndarray, reference: np.ndarray)
         bad = np.argwhere((~finite & ~((compiled == eager) | (np.isnan(compiled) & np.isnan(eager))))
                           | (finite & ~np.isfinite(compiled)))
         where = tuple(int(i) for i in bad[0]) if len(bad) else None
-        return ParityReport(False, np.inf, 0.0, 0.0, where,
-                            f"non-finite values differ at {where}: compiled {compiled[where]}, eager {eager[where]}")
+        detail = f"non-finite values differ at {where}: compiled {compiled[where]:g}, eager {eager[where]:g}"
+        return ParityReport(False, np.inf, 0.0, 0.0, where, detail)
     if not finite.any():
         return ParityReport(True, 0.0, 0.0, 0.0, None, "all values non-finite and equal")
     ref = np.where(finite, reference, 0.0)
@@ -54,6 +57,11 @@ def check_parity(compiled: np.ndarray, eager: np.ndarray, reference: np.ndarray)
     worst = tuple(int(i) for i in np.unravel_index(int(np.argmax(err_c)), err_c.shape))
     ok = float(err_c.max()) <= tol
     detail = (f"max |compiled - float64 reference| = {err_c.max():.3g} at index {worst} "
-              f"(compiled {compiled[worst]!r}, eager {eager[worst]!r}, reference {ref[worst]!r}); "
+              f"(compiled {compiled[worst]:.9g}, eager {eager[worst]:.9g}, reference {ref[worst]:.9g}); "
               f"eager float32 error {err_e.max():.3g}; allowed {tol:.3g}")
     return ParityReport(ok, float(err_c.max()), float(err_e.max()), tol, worst, detail)
+
+
+def float64_reference(g: Graph, x: np.ndarray, params: dict[str, np.ndarray] | None = None) -> np.ndarray:
+    """Run graph g in float64 (inputs and parameters widened): the yardstick for both engines."""
+    return interpret(g, np.asarray(x, np.float64), params=params, dtype=np.float64)

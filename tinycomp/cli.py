@@ -1,0 +1,219 @@
+"""The `tinycomp` command: `demo`, `dump` and `bench` (also `python -m tinycomp`)."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import importlib.util
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import compile as compile_model
+from .frontend.layers import Layer
+from .ir.printer import GraphvizNotFound, render_dot, to_dot
+
+STAGE_CHOICES = ("traced", "optimized", "llvm", "asm", "all")
+
+
+class UsageError(Exception):
+    """A problem with what the user asked for: reported as one line, exit code 2."""
+
+
+# --------------------------------------------------------------------------- demo
+
+def reference_mlp() -> Layer:
+    from .nn import Dropout, Linear, ReLU, Sequential, manual_seed
+
+    manual_seed(0)
+    return Sequential(Linear(784, 256), ReLU(), Dropout(0.5), Linear(256, 128), ReLU(), Dropout(0.3),
+                      Linear(128, 10))
+
+
+def _median_us(fn: Any, budget_s: float = 0.3) -> float:
+    fn()
+    reps = []
+    deadline = time.perf_counter() + budget_s
+    while time.perf_counter() < deadline or len(reps) < 5:
+        t = time.perf_counter()
+        fn()
+        reps.append(time.perf_counter() - t)
+    return float(np.median(reps)) * 1e6
+
+
+def _pin_blas_threads(n: int) -> Any:
+    """Pin NumPy's BLAS to n threads (when threadpoolctl is installed) so timings are comparable."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        print("note: threadpoolctl is not installed; NumPy's BLAS uses its default thread count")
+        return contextlib.nullcontext()
+    return threadpool_limits(n)
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    with _pin_blas_threads(1):
+        return _demo(args)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .frontend.tensor import Tensor
+    from .parity import check_parity, float64_reference
+
+    model = reference_mlp()
+    params = model.parameters()
+    n_params = sum(p.size for p in params)
+    print(f"model: {model!r}\n")
+    print(f"parameters: {n_params:,} ({n_params * 4:,} bytes = {n_params * 4 / 1024:.0f} KB of float32)")
+    fast = compile_model(model, input_shape=(None, 784), threads=args.threads)
+    print(f"compiled in {fast.stats.compile_ms:.1f} ms"
+          f"{' (object code from the on-disk cache)' if fast.stats.cache_hits else ''}\n")
+    print("== traced graph ==\n" + fast.dump("traced") + "\n")
+    print("== optimized graph ==\n" + fast.dump("optimized") + "\n")
+    print("== fusion report ==\n" + fast.explain() + "\n")
+
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((64, 784)).astype(np.float32)
+    model.eval()
+    eager = model(Tensor(x)).data
+    compiled = fast(x).data
+    reference = float64_reference(fast.graph, x)
+    report = check_parity(compiled, eager, reference)
+    print(f"output shape: {fast(x).shape}")
+    print(f"parity vs eager (float64 reference): {'OK' if report.ok else 'FAILED'} — {report}\n")
+
+    threads = "all cores where it pays" if args.threads is None else args.threads
+    print(f"latency, median (BLAS pinned to 1 thread; compiled threads: {threads})")
+    print(f"{'batch':>6} {'eager us':>10} {'compiled us':>12} {'speed-up':>9}")
+    for batch in (1, 32, 512):
+        xb = rng.standard_normal((batch, 784)).astype(np.float32)
+        tb = Tensor(xb)
+        te = _median_us(lambda tb=tb: model(tb))
+        tcm = _median_us(lambda xb=xb: fast(xb))
+        print(f"{batch:>6} {te:>10.1f} {tcm:>12.1f} {te / tcm:>8.2f}x")
+    print("\n(`tinycomp bench` measures properly: pinned BLAS threads, medians, p90, NumPy/ONNX Runtime baselines)")
+    return 0 if report.ok else 1
+
+
+# --------------------------------------------------------------------------- dump
+
+def load_factory(spec: str) -> Any:
+    """`module:factory` or `path/to/file.py:factory` -> the factory callable."""
+    target, sep, attr = spec.rpartition(":")
+    if not sep or not target or not attr:
+        raise UsageError(f"MODEL must be 'module:factory' or 'path/to/file.py:factory'; got {spec!r}")
+    if target.endswith(".py") or "/" in target:
+        path = Path(target)
+        if not path.is_file():
+            raise UsageError(f"model file not found: {path}")
+        loader_spec = importlib.util.spec_from_file_location(path.stem, path)
+        assert loader_spec is not None and loader_spec.loader is not None
+        module = importlib.util.module_from_spec(loader_spec)
+        loader_spec.loader.exec_module(module)
+    else:
+        try:
+            module = importlib.import_module(target)
+        except ImportError as exc:
+            raise UsageError(f"cannot import module {target!r}: {exc}") from exc
+    factory = getattr(module, attr, None)
+    if factory is None:
+        raise UsageError(f"{target} has no attribute {attr!r}")
+    return factory
+
+
+def parse_input_shape(text: str) -> tuple:
+    try:
+        dims = [None if d.strip().upper() in ("N", "NONE", "?") else int(d) for d in text.split(",")]
+    except ValueError:
+        raise UsageError(f"--input-shape must be comma-separated sizes like N,784; got {text!r}") from None
+    if len(dims) < 2 or any(d is not None and d <= 0 for d in dims) or None in dims[1:]:
+        raise UsageError(f"--input-shape must be batch,features... with positive features (e.g. N,784); got {text!r}")
+    return tuple(dims)
+
+
+def build_model(spec: str) -> Layer:
+    factory = load_factory(spec)
+    model = factory() if callable(factory) and not isinstance(factory, Layer) else factory
+    if not isinstance(model, Layer):
+        raise UsageError(f"{spec} must return a tinycomp Layer; it returned {type(model).__name__}")
+    return model
+
+
+def run_dump(args: argparse.Namespace) -> int:
+    model = build_model(args.model)
+    shape = parse_input_shape(args.input_shape)
+    fast = compile_model(model, input_shape=(None, *shape[1:]))
+    stages = ("traced", "optimized", "llvm", "asm") if args.stage == "all" else (args.stage,)
+    if args.out is None:
+        for stage in stages:
+            print(f"==== {stage} ====\n{fast.dump(stage)}")
+        if args.dot:
+            print(to_dot(fast.graph))
+        return 0
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for i, (name, text) in enumerate(fast.pass_dumps(), start=1):
+        written.append(_write(out / f"{i:02d}-{name}.txt", text))
+    written.append(_write(out / "model.ll", fast.dump("llvm")))
+    written.append(_write(out / "model.s", fast.dump("asm")))
+    if args.dot or args.stage == "all":
+        written.append(_write(out / "traced.dot", to_dot(fast._require("dot").traced, name="traced")))
+        dot = to_dot(fast.graph, name="optimized")
+        written.append(_write(out / "graph.dot", dot))
+        try:
+            written.append(render_dot(dot, out / "graph.svg"))
+        except GraphvizNotFound:
+            print("note: Graphviz `dot` not found; wrote graph.dot only (apt-get install graphviz for SVG)",
+                  file=sys.stderr)
+    for path in written:
+        print(path)
+    return 0
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text if text.endswith("\n") else text + "\n")
+    return path
+
+
+# --------------------------------------------------------------------------- main
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tinycomp", description="Compile TinyTorch-style models to native code.")
+    parser.add_argument("--verbose", "-v", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser("demo", help="compile the reference MLP, show its IR, check parity, time it")
+    demo.add_argument("--threads", type=int, default=None, help="native threads (default: all cores where it pays)")
+    dump = sub.add_parser("dump", help="write the IR of every stage of a model")
+    dump.add_argument("model", help="module:factory or path/to/file.py:factory returning a Layer")
+    dump.add_argument("--input-shape", required=True, help="batch,features..., e.g. N,784")
+    dump.add_argument("--stage", choices=STAGE_CHOICES, default="optimized")
+    dump.add_argument("--out", help="folder for one file per stage and pass (01-traced.txt, model.ll, ...)")
+    dump.add_argument("--dot", action="store_true", help="also write Graphviz DOT (and SVG when `dot` exists)")
+    sub.add_parser("bench", help="benchmark eager vs compiled (see `tinycomp bench --help`)", add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    verbose = "--verbose" in argv or "-v" in argv
+    if argv[:1] == ["bench"] or (verbose and argv[1:2] == ["bench"]):
+        from .bench import bench_main
+
+        rest = argv[argv.index("bench") + 1 :]
+        return bench_main(rest)
+    args = make_parser().parse_args(argv)
+    try:
+        return {"demo": run_demo, "dump": run_dump}[args.command](args)
+    except Exception as exc:  # one clear line for users; the whole story with --verbose
+        if args.verbose:
+            traceback.print_exc()
+        else:
+            kind = "" if isinstance(exc, UsageError) else f"{type(exc).__name__}: "
+            print(f"tinycomp {args.command}: error: {kind}{exc}", file=sys.stderr)
+        return 2 if isinstance(exc, UsageError) else 1
