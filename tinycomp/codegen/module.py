@@ -91,6 +91,9 @@ class _Emitter:
         self.consts = [n for n in g.nodes("const") if not is_scalar_const(g, n)]
         pointers = len(g.inputs) + len(self.params) + len(self.consts) + 2
         self.fn = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [I64] + [PTR] * pointers), ENTRY)
+        names = ["M", "x", *[f"p.{n}" for n in self.params], *[f"c.{n}" for n in self.consts], "out", "scratch"]
+        for a, arg_name in zip(self.fn.args, names, strict=True):
+            a.name = arg_name.replace("%", "")  # readable `llvm` dumps: %"p.0.weight" not %".3"
         for a in self.fn.args[1:]:
             a.add_attribute("noalias")
         self.b = ir.IRBuilder(self.fn.append_basic_block("entry"))
