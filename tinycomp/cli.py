@@ -37,7 +37,7 @@ def reference_mlp() -> Layer:
 
 def _median_us(fn: Any, budget_s: float = 0.3) -> float:
     fn()
-    reps = []
+    reps: list[float] = []
     deadline = time.perf_counter() + budget_s
     while time.perf_counter() < deadline or len(reps) < 5:
         t = time.perf_counter()
@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     verbose = "--verbose" in argv or "-v" in argv
     if argv[:1] == ["bench"] or (verbose and argv[1:2] == ["bench"]):
-        from .bench import bench_main
+        from .bench import bench_main  # type: ignore[attr-defined]
 
         rest = argv[argv.index("bench") + 1 :]
         return bench_main(rest)

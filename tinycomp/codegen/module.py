@@ -188,7 +188,9 @@ def _elementwise_layout(g: Graph, n: str) -> tuple[int, list[str]]:
 def lower_elementwise(e: _Emitter, n: str) -> None:
     g = e.g
     row, all_kinds = _elementwise_layout(g, n)
-    kinds, expr_args, ptrs = [], [], []
+    kinds: list[str] = []
+    expr_args: list[tuple] = []
+    ptrs: list[ir.Value] = []
     for a, kind in zip(g.args(n), all_kinds, strict=True):
         if kind == "const":
             expr_args.append(("const", float(np.asarray(g[a]["value"]).reshape(-1)[0])))
@@ -270,5 +272,5 @@ def lower_graph(g: Graph, width: int) -> ModulePlan:
 
 
 def _max_pack_floats(g: Graph, width: int) -> int:
-    sizes = [gemm.pack_floats(*g.shape(g.args(n)[1]), width) for n in g.nodes("linear")]
+    sizes = [gemm.pack_floats(g.shape(g.args(n)[1])[0], g.shape(g.args(n)[1])[1], width) for n in g.nodes("linear")]
     return max(sizes, default=0)

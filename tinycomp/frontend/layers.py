@@ -111,7 +111,7 @@ class Dropout(Layer):
             raise TypeError(f"Dropout probability p must be a number; got {type(p).__name__}")
         if not 0.0 <= float(p) <= 1.0:
             raise ValueError(f"Dropout probability p must be in [0, 1]; got p={p}")
-        self.p = float(p)
+        self.p: float = float(p)
 
     def _should_apply_dropout(self, training: bool | None) -> bool:
         training = self.training if training is None else training
@@ -136,7 +136,7 @@ class Dropout(Layer):
 
 
 @functools.lru_cache(maxsize=256)
-def _accepts_training(forward_owner: type) -> bool:
+def _accepts_training(forward_owner: Any) -> bool:
     try:  # plain callables (functions, lambdas) in a Sequential have no `forward`
         params = inspect.signature(forward_owner.forward).parameters
     except (AttributeError, TypeError, ValueError):
