@@ -1,0 +1,274 @@
+"""The compile() API (DESIGN §1, issue 4): dynamic batch without recompiling, live parameters,
+the four dumps and explain(), and bad input rejected before any native code runs."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+import tinycomp as tc
+from tests.models import REFERENCE_MLP_IN, eager_eval, reference_mlp
+from tinycomp.codegen.target import host
+from tinycomp.nn import Dropout, Linear, ReLU, Sequential, Sigmoid, Tensor, manual_seed
+from tinycomp.parity import check_parity
+
+F64 = np.float64
+
+
+@pytest.fixture(autouse=True, scope="module")
+def private_cache_dir(tmp_path_factory):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TINYCOMP_CACHE_DIR", str(tmp_path_factory.mktemp("tinycomp-cache")))
+        yield
+
+
+@pytest.fixture
+def mlp():
+    manual_seed(0)
+    model = reference_mlp()
+    return model, tc.compile(model)
+
+
+def batch(rows: int, features: int = REFERENCE_MLP_IN, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((rows, features)).astype(np.float32)
+
+
+def mlp64(model, x: np.ndarray) -> np.ndarray:
+    """The reference MLP in float64 (dropout is the identity in eval mode)."""
+    h = np.asarray(x, F64)
+    for i, layer in enumerate(layer for layer in model.layers if isinstance(layer, Linear)):
+        h = h @ layer.weight.data.astype(F64) + layer.bias.data.astype(F64)
+        if i < 2:
+            h = np.maximum(h, 0.0)
+    return h
+
+
+def assert_matches_model(fast, model, x: np.ndarray) -> np.ndarray:
+    out = fast(x).data
+    report = check_parity(out, eager_eval(model, x), mlp64(model, x))
+    assert report.ok, str(report)
+    return out
+
+
+# ------------------------------------------------------------------ dynamic batch, no recompiles
+
+def test_batch_size_changes_never_recompile(mlp):
+    model, fast = mlp
+    assert fast.stats.compiles == 0  # compiles on the first call
+    for calls, rows in enumerate([1, 5, 100, 0, 33, 1], start=1):
+        out = assert_matches_model(fast, model, batch(rows, seed=rows))
+        assert out.shape == (rows, 10)
+        assert fast.stats.compiles == 1
+        assert fast.stats.calls == calls
+
+
+def test_input_shape_compiles_up_front():
+    manual_seed(0)
+    model = reference_mlp()
+    fast = tc.compile(model, input_shape=(None, REFERENCE_MLP_IN))
+    assert fast.stats.compiles == 1 and fast.stats.calls == 0
+    assert "linear" in fast.dump("optimized")  # inspectable before any call
+    for rows in (0, 7, 64):
+        assert_matches_model(fast, model, batch(rows))
+    assert fast.stats.compiles == 1
+
+
+# ------------------------------------------------------------------ parameters are read live
+
+def test_weight_edited_in_place_shows_in_next_call(mlp):
+    model, fast = mlp
+    x = batch(9)
+    before = assert_matches_model(fast, model, x)
+    model.layers[0].weight.data[:] *= -1.5
+    model.layers[6].bias.data += 3.0
+    after = assert_matches_model(fast, model, x)
+    assert not np.allclose(before, after)
+
+
+def test_new_array_assigned_to_data_shows_in_next_call(mlp):
+    model, fast = mlp
+    x = batch(9)
+    before = assert_matches_model(fast, model, x)
+    rng = np.random.default_rng(5)
+    model.layers[3].weight.data = rng.standard_normal((256, 128)).astype(np.float32) * 0.1
+    model.layers[6].bias.data = np.arange(10, dtype=np.float64)  # another dtype: cast like Tensor does
+    after = assert_matches_model(fast, model, x)
+    assert not np.allclose(before, after)
+    model.layers[3].weight.data = np.asfortranarray(model.layers[3].weight.data)  # not C-contiguous
+    assert_matches_model(fast, model, x)
+    assert fast.stats.compiles == 1
+
+
+def test_new_tensor_assigned_to_weight_shows_in_next_call(mlp):
+    model, fast = mlp
+    x = batch(9)
+    before = assert_matches_model(fast, model, x)
+    model.layers[0].weight = Tensor(np.random.default_rng(6).standard_normal((784, 256)) * 0.05)
+    model.layers[0].bias = Tensor(np.full(256, -0.25))
+    after = assert_matches_model(fast, model, x)
+    assert not np.allclose(before, after)
+    np.testing.assert_allclose(after, eager_eval(model, x), rtol=1e-4, atol=1e-5)
+
+
+def test_edits_between_calls_at_different_batch_sizes(mlp):
+    """Editing weights and changing the batch together: never a stale result, never a recompile."""
+    model, fast = mlp
+    for step, rows in enumerate([3, 40, 1, 200]):
+        model.layers[3].bias.data[:] = step
+        assert_matches_model(fast, model, batch(rows, seed=step))
+    assert fast.stats.compiles == 1
+
+
+# ------------------------------------------------------------------ dumps and explain
+
+def test_dump_llvm_holds_vector_fmas_for_the_host(mlp):
+    _, fast = mlp
+    fast(batch(2))
+    text = fast.dump("llvm")
+    lanes = 16 if host().vector_width == 16 else 8
+    assert f"<{lanes} x float>" in text
+    assert f"llvm.fma.v{lanes}f32" in text
+    assert "define void @tinycomp_forward" in text
+    assert "after LLVM optimization" in text  # both the generated and the optimized module
+    if lanes == 16:
+        assert "<8 x float>" not in text.split("after LLVM optimization")[0]
+
+
+def test_dump_asm_is_host_assembly(mlp):
+    _, fast = mlp
+    fast(batch(2))
+    asm = fast.dump("asm")
+    assert re.search(r"^_?tinycomp_forward:", asm, re.MULTILINE), "entry symbol label missing"
+    assert "define void" not in asm  # not LLVM IR
+    assert re.search(r"\bvfmadd\w*", asm), "no FMA instructions"
+    if host().vector_width == 16:
+        assert re.search(r"%zmm\d+", asm), "no zmm registers on an AVX-512 host"
+    else:
+        assert re.search(r"%ymm\d+", asm)
+
+
+def test_dump_traced_and_optimized(mlp):
+    _, fast = mlp
+    fast(batch(2))
+    traced, optimized = fast.dump("traced"), fast.dump("optimized")
+    assert traced.count("= dropout(") == 2 and traced.count("= matmul(") == 3
+    assert "linear" not in traced
+    assert optimized.count("= linear(") == 3
+    assert "dropout" not in optimized and "matmul" not in optimized
+    assert optimized.count("activation=relu") == 2
+    assert fast.dump() == optimized
+
+
+def test_explain_names_every_fusion(mlp):
+    _, fast = mlp
+    fast(batch(2))
+    text = fast.explain()
+    lines = [line for line in text.splitlines() if line.strip()]
+    assert len(lines) == 3, text
+    assert sum("relu" in line for line in lines) == 2
+    assert all("fused matmul" in line and "bias" in line for line in lines)
+
+
+def test_unknown_dump_stage_is_a_value_error(mlp):
+    _, fast = mlp
+    fast(batch(1))
+    with pytest.raises(ValueError, match="unknown dump stage 'ptx'.*traced.*optimized.*llvm.*asm"):
+        fast.dump("ptx")
+
+
+def test_dump_before_first_call_explains_itself(mlp):
+    _, fast = mlp
+    with pytest.raises(RuntimeError, match="first call|input_shape"):
+        fast.dump("llvm")
+
+
+# ------------------------------------------------------------------ bad input
+
+@pytest.mark.parametrize("shape", [(3, 100), (3, 785), (784, 3), (1, 0)])
+def test_wrong_feature_count_names_both_shapes(mlp, shape):
+    _, fast = mlp
+    fast(batch(1))
+    with pytest.raises(ValueError) as info:
+        fast(np.zeros(shape, np.float32))
+    message = str(info.value)
+    assert "784" in message and str(shape) in message, message
+    assert fast.stats.calls == 1  # rejected before the native call
+
+
+def test_wrong_feature_count_on_the_first_call_is_a_value_error(mlp):
+    _, fast = mlp
+    with pytest.raises(ValueError, match=r"784.*5|5.*784"):
+        fast(np.zeros((3, 5), np.float32))
+
+
+@pytest.mark.parametrize("value", [np.float32(2.0), 3.0, np.array(1.5), Tensor(2.0)], ids=repr)
+def test_zero_dimensional_input_is_a_value_error(mlp, value):
+    _, fast = mlp
+    fast(batch(1))
+    with pytest.raises(ValueError, match="0-D"):
+        fast(value)
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["abc", b"\x00" * 784, object(), None, {"x": 1}, np.array(["a"] * 784), np.zeros((2, 784), complex),
+     np.array([object()] * 784), [[1.0] * 784, [1.0] * 3]],
+    ids=["str", "bytes", "object", "None", "dict", "str-array", "complex", "object-array", "ragged"],
+)
+def test_non_numeric_input_is_a_type_error(mlp, value):
+    _, fast = mlp
+    fast(batch(1))
+    with pytest.raises(TypeError):
+        fast(value)
+    assert fast.stats.calls == 1
+
+
+def test_training_compile_is_not_implemented():
+    model = Sequential(Linear(4, 4), Dropout(0.5))
+    with pytest.raises(NotImplementedError, match="training-mode dropout"):
+        tc.compile(model, training=True)
+
+
+def test_one_sample_behaves_as_eager(mlp):
+    model, fast = mlp
+    x = batch(1)[0]
+    out = fast(x).data
+    eager = model.eval()(Tensor(x)).data
+    assert out.shape == eager.shape == (10,)
+    assert check_parity(out, eager, mlp64(model, x)).ok
+
+
+def test_several_leading_dimensions_behave_as_eager(mlp):
+    model, fast = mlp
+    fast(batch(1))
+    x = np.random.default_rng(3).standard_normal((2, 3, REFERENCE_MLP_IN)).astype(np.float32)
+    eager = model.eval()(Tensor(x)).data
+    out = fast(x).data
+    assert out.shape == eager.shape == (2, 3, 10)
+    assert check_parity(out, eager, mlp64(model, x)).ok
+
+
+@pytest.mark.parametrize("make", [
+    lambda x: x.astype(np.float64), lambda x: x.astype(np.int32), lambda x: x > 0, lambda x: x.tolist(),
+    lambda x: Tensor(x), lambda x: x[:, ::-1].copy()[:, ::-1], lambda x: np.asfortranarray(x),
+], ids=["float64", "int32", "bool", "list", "Tensor", "negative-strides", "fortran"])
+def test_any_numeric_input_is_cast_like_tensor(mlp, make):
+    model, fast = mlp
+    x = batch(4) * 3
+    given = make(x)
+    as_tensor = Tensor(given).data  # what eager sees
+    out = fast(given).data
+    assert check_parity(out, eager_eval(model, as_tensor), mlp64(model, as_tensor)).ok
+
+
+def test_nan_input_propagates_not_crashes():
+    manual_seed(1)
+    model = Sequential(Linear(5, 3), ReLU(), Linear(3, 2), Sigmoid())
+    x = np.ones((3, 5), np.float32)
+    x[1, 2] = np.nan
+    out = tc.compile(model)(x).data
+    eager = eager_eval(model, x)
+    np.testing.assert_array_equal(np.isnan(out), np.isnan(eager))
+    assert np.isnan(out[1]).all() and np.isfinite(out[[0, 2]]).all()
