@@ -1,0 +1,311 @@
+"""`tinycomp bench`: every engine in its own process, parity before timing, one table of ratios.
+
+Without --models/--batch it runs the issue-5 suite: the reference MLP at batch 1..8192 and the
+wide/odd/deep shapes at batch 256, every engine, plus compile times and the measured FMA peak.
+Rounds interleave the engine processes (numpy, eager, compiled, ... then again) so a burst of load
+on the shared host hits every engine alike; a row's samples are pooled over the rounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from . import report
+from .models import MODELS
+from .runner import ENGINES, PARITY_EXIT, unavailable_reason
+
+SUITE = [("mlp", [1, 8, 32, 128, 512, 2048, 8192]), ("wide", [256]), ("odd", [256]), ("deep", [256])]
+QUICK_SUITE = [("mlp", [1, 32, 512]), ("wide", [256]), ("odd", [256]), ("deep", [256])]
+DEFAULT_ENGINES = ["numpy", "eager", "compiled", "compiled-all", "onnxruntime", "torch", "torch.compile"]
+
+
+class BenchFailure(Exception):
+    """A runner failed (parity mismatch or crash): the message names engine, model and batch."""
+
+    def __init__(self, message: str, code: int = 1):
+        super().__init__(message)
+        self.code = code
+
+
+def make_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="tinycomp bench",
+        description="Benchmark tinycomp against NumPy, its own eager mode, ONNX Runtime and torch (when "
+                    "installed). Each engine runs in its own process with BLAS threads pinned; every "
+                    "result is parity-checked before it is timed. Without --models/--batch: the issue-5 suite.")
+    p.add_argument("--models", help=f"comma list of models ({', '.join(MODELS)}); default: the suite")
+    p.add_argument("--batch", help="comma list of batch sizes for every model (default: the suite's)")
+    p.add_argument("--engines", help=f"comma list of engines (default: {','.join(DEFAULT_ENGINES)}; also "
+                                     f"{','.join(e for e in ENGINES if e not in DEFAULT_ENGINES)})")
+    p.add_argument("--repeat", type=int, default=500, help="at most this many timed calls per point and round")
+    p.add_argument("--budget", type=float, default=0.5, help="seconds of timed calls per point and round")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds over the engine processes")
+    p.add_argument("--seed", type=int, default=0, help="weights and inputs seed (same in every process)")
+    p.add_argument("--json", metavar="FILE", help="write every row, the targets and the environment as JSON")
+    p.add_argument("--markdown", metavar="FILE", help="write the tables as Markdown (for benchmarks/RESULTS.md)")
+    p.add_argument("--plot", metavar="FILE.png", help="latency and speed-up vs batch size (needs matplotlib)")
+    p.add_argument("--quick", action="store_true",
+                   help="short run: fewer batch sizes, 1 round, small time budget, short peak and compile runs")
+    p.add_argument("--no-compile-times", action="store_true", help="skip the compile-time measurement")
+    p.add_argument("--peak", type=float, metavar="GFLOPS", help="use this per-core FMA peak instead of measuring")
+    return p
+
+
+def _ints(text: str, what: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise SystemExit(f"tinycomp bench: {what} must be a comma list of integers, got {text!r}") from None
+    if not values or any(v < 1 for v in values):
+        raise SystemExit(f"tinycomp bench: {what} must be positive integers, got {text!r}")
+    return values
+
+
+def _plan(args: argparse.Namespace) -> list[tuple[str, list[int]]]:
+    suite = QUICK_SUITE if args.quick else SUITE
+    if args.models is None and args.batch is None:
+        return suite
+    models = [m.strip() for m in (args.models or "mlp").split(",") if m.strip()]
+    for m in models:
+        if m not in MODELS:
+            raise SystemExit(f"tinycomp bench: unknown model {m!r}; models are {', '.join(MODELS)}")
+    if args.batch is None:
+        defaults = dict(suite)
+        return [(m, defaults.get(m, [1, 32, 256])) for m in models]
+    batches = _ints(args.batch, "--batch")
+    return [(m, batches) for m in models]
+
+
+def _engines(args: argparse.Namespace, notes: list[str]) -> list[str]:
+    chosen = [e.strip() for e in (args.engines or ",".join(DEFAULT_ENGINES)).split(",") if e.strip()]
+    for e in chosen:
+        if e not in ENGINES:
+            raise SystemExit(f"tinycomp bench: unknown engine {e!r}; engines are {', '.join(ENGINES)}")
+    if "numpy" not in chosen:
+        chosen.insert(0, "numpy")  # every ratio is against NumPy in the same run
+    ready = []
+    for e in chosen:
+        why = unavailable_reason(e)
+        if why:
+            notes.append(f"skipped engine {e}: {why}")
+        else:
+            ready.append(e)
+    return ready
+
+
+def _child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parents[2])  # the folder holding the tinycomp package
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env.update(extra or {})
+    return env
+
+
+def _run_child(spec: dict, env: dict[str, str] | None = None) -> Iterator[dict]:
+    """Start one runner process and yield its JSON lines as they arrive; raise BenchFailure on failure."""
+    cmd = [sys.executable, "-m", "tinycomp.bench.runner", json.dumps(spec)]
+    with tempfile.TemporaryFile("w+") as err, subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=err, text=True, env=_child_env(env)) as proc:
+        assert proc.stdout is not None
+        parity: dict | None = None
+        for line in proc.stdout:
+            msg = json.loads(line)
+            if msg.get("type") == "parity_error":
+                parity = msg
+            else:
+                yield msg
+        code = proc.wait()
+        err.seek(0)
+        stderr = err.read().strip()
+    if parity is not None:
+        raise BenchFailure(
+            f"PARITY FAILURE: engine {parity['engine']!r} on model {parity['model']!r} at batch {parity['batch']} "
+            f"differs from the eager model beyond the parity rule: {parity['detail']}", PARITY_EXIT)
+    if code != 0:
+        what = spec.get("engine") or spec.get("mode")
+        raise BenchFailure(f"benchmark runner for {what!r} failed with exit code {code}:\n{stderr[-3000:]}")
+
+
+class _Progress:
+    """A tqdm bar on stderr once the run passes a second; without tqdm, silence (and one hint)."""
+
+    def __init__(self, total: int):
+        try:
+            from tqdm import tqdm
+
+            self.bar: Any = tqdm(total=total, file=sys.stderr, delay=1.0, unit="pt", desc="tinycomp bench",
+                                 leave=False)
+        except ImportError:
+            self.bar = None
+
+    def update(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix_str(text, refresh=False)
+            self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def environment(peak: dict | None, blas: Any) -> dict:
+    import llvmlite
+    import llvmlite.binding as llvm
+    import numpy as np
+
+    from ..codegen.target import host
+    from ..runtime.threads import available_cores
+
+    cpu_model = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    versions = {"python": platform.python_version(), "numpy": np.__version__, "llvmlite": llvmlite.__version__,
+                "llvm": ".".join(map(str, llvm.llvm_version_info))}
+    for mod in ("onnxruntime", "onnx", "torch", "threadpoolctl"):
+        try:
+            versions[mod] = __import__(mod).__version__
+        except ImportError:
+            versions[mod] = "not installed"
+    return {"cpu": cpu_model, "llvm_cpu": host().cpu, "cores": available_cores(), "platform": platform.platform(),
+            "versions": versions, "blas": blas, "peak": peak}
+
+
+def _compile_times(plan: list[tuple[str, list[int]]], repeat: int) -> dict[str, dict]:
+    models = [m for m, _ in plan]
+    out: dict[str, dict] = {m: {} for m in models}
+    with tempfile.TemporaryDirectory(prefix="tinycomp-bench-cache-") as cache_dir:
+        phases = [("cold", {"TINYCOMP_CACHE": "0"}), ("fill", {"TINYCOMP_CACHE": "1", "TINYCOMP_CACHE_DIR": cache_dir}),
+                  ("warm", {"TINYCOMP_CACHE": "1", "TINYCOMP_CACHE_DIR": cache_dir})]
+        for phase, env in phases:
+            spec = {"mode": "compile", "phase": phase, "models": models, "repeat": 0 if phase == "fill" else repeat}
+            for msg in _run_child(spec, env):
+                if phase == "cold":
+                    out[msg["model"]].update(cold_ms=msg["median_ms"], cold_first_ms=msg["first_ms"])
+                elif phase == "warm":
+                    out[msg["model"]].update(warm_ms=msg["median_ms"], warm_first_ms=msg["first_ms"],
+                                             warm_cache_hits=msg["cache_hits"])
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    notes: list[str] = []
+    plan = _plan(args)
+    engines = _engines(args, notes)
+    rounds = 1 if args.quick else max(1, args.rounds)
+    budget = min(args.budget, 0.05) if args.quick else args.budget
+    repeat = min(args.repeat, 50) if args.quick else args.repeat
+    n_points = sum(len(b) for _, b in plan)
+    progress = _Progress(rounds * len(engines) * n_points)
+    started = time.perf_counter()
+    points: dict[tuple[str, str, int], dict] = {}
+    blas: dict[str, Any] = {}
+    extras: dict[tuple[str, str], dict] = {}
+    try:
+        peak = None
+        if args.peak:
+            peak = {"gflops": args.peak, "method": "given with --peak"}
+        else:
+            for msg in _run_child({"mode": "peak", "seconds": 0.1 if args.quick else 0.5}):
+                peak = msg
+        for _ in range(rounds):
+            for engine in engines:
+                spec = {"mode": "run", "engine": engine, "plan": [{"model": m, "batches": b} for m, b in plan],
+                        "repeat": repeat, "budget_s": budget, "seed": args.seed}
+                for msg in _run_child(spec):
+                    if msg["type"] == "engine":
+                        blas[engine] = {"threads": msg["threads"], "blas": msg["blas"]}
+                    elif msg["type"] == "point":
+                        key = (engine, msg["model"], msg["batch"])
+                        pt = points.setdefault(key, {"samples": [], "threads": msg["threads"]})
+                        pt["samples"] += msg["samples"]
+                        for k in ("compile_ms", "cache_hit", "version"):
+                            if k in msg:
+                                extras.setdefault((engine, msg["model"]), {})[k] = msg[k]
+                        progress.update(f"{engine} {msg['model']}@{msg['batch']}")
+        compile_times = {} if args.no_compile_times else _compile_times(plan, 2 if args.quick else 5)
+    except BenchFailure as exc:
+        progress.close()
+        print(f"tinycomp bench: {exc}", file=sys.stderr)
+        return exc.code
+    progress.close()
+    elapsed = time.perf_counter() - started
+    peak_gflops = peak["gflops"] if peak else None
+    rows = report.summarize(points, peak_gflops)
+    targets = report.check_targets(rows, compile_times)
+    env = environment(peak, blas)
+    _print_report(rows, targets, compile_times, env, notes, extras, elapsed)
+    if args.json:
+        Path(args.json).write_text(json.dumps({
+            "command": "tinycomp bench " + " ".join(args.argv), "environment": env, "notes": notes,
+            "rows": report.rows_as_dicts(rows), "targets": [t.__dict__ for t in targets],
+            "compile_times": compile_times,
+            "engine_info": {f"{e}/{m}": v for (e, m), v in extras.items()}, "seconds": elapsed}, indent=1))
+    if args.markdown:
+        Path(args.markdown).write_text(_markdown(rows, targets, compile_times, env, notes, args.argv))
+    if args.plot:
+        why_not = report.plot(rows, args.plot)
+        print(f"plot: {why_not}" if why_not else f"plot written to {args.plot}", file=sys.stderr if why_not else sys.stdout)
+    return 0
+
+
+def _print_report(rows, targets, compile_times, env, notes, extras, elapsed) -> None:
+    peak = env["peak"]
+    print(f"CPU: {env['cpu']} ({env['llvm_cpu']}, {env['cores']} cores); "
+          + ", ".join(f"{k} {v}" for k, v in env["versions"].items()))
+    if peak:
+        print(f"FMA peak: {peak['gflops']:.1f} GFLOP/s per core ({peak.get('method', '')}); "
+              "% peak is of (threads x this)")
+    print("Threads: 'thr' column; 1-thread rows pin BLAS to 1 thread with threadpoolctl; compiled-all is "
+          "threads=None (the default policy). GFLOP/s counts 2 x Linear multiply-adds. x NumPy = time / NumPy time.")
+    print()
+    print(report.format_table(report.HEADER, report.table_cells(rows)))
+    if compile_times:
+        print("\nCompile time (tinycomp.compile with input_shape, wall clock; cold = TINYCOMP_CACHE=0, "
+              "warm = loaded from a temporary TINYCOMP_CACHE_DIR):")
+        print(report.format_table(report.COMPILE_HEADER, report.compile_cells(compile_times)))
+    other = {k: v["compile_ms"] for k, v in extras.items() if "compile_ms" in v and not k[0].startswith("compiled")}
+    if other:
+        print("Other engines' set-up time: " + ", ".join(f"{e} {m}: {ms:.0f} ms" for (e, m), ms in other.items()))
+    if targets:
+        print("\nIssue 5 targets:")
+        print(report.format_table(report.TARGET_HEADER, report.target_cells(targets)))
+    for note in notes:
+        print(f"note: {note}")
+    print(f"({elapsed:.1f} s)")
+
+
+def _markdown(rows, targets, compile_times, env, notes, argv) -> str:
+    peak = env["peak"]
+    parts = [f"Command: `tinycomp bench {' '.join(argv)}`", "",
+             f"CPU: {env['cpu']} (LLVM cpu `{env['llvm_cpu']}`, {env['cores']} cores); "
+             + ", ".join(f"{k} {v}" for k, v in env["versions"].items()), ""]
+    if peak:
+        parts += [f"Measured FMA peak: {peak['gflops']:.1f} GFLOP/s per core ({peak.get('method', '')}).", ""]
+    parts += ["### Targets", "", report.markdown_table(report.TARGET_HEADER, report.target_cells(targets)), "",
+              "### Run time", "", report.markdown_table(report.HEADER, report.table_cells(rows)), ""]
+    if compile_times:
+        parts += ["### Compile time", "", report.markdown_table(report.COMPILE_HEADER, report.compile_cells(compile_times)), ""]
+    parts += [f"- {n}" for n in notes]
+    return "\n".join(parts) + "\n"
+
+
+def bench_main(argv: list[str]) -> int:
+    """Entry point for `tinycomp bench ARGS...`; returns the process exit code."""
+    args = make_parser().parse_args(argv)
+    args.argv = list(argv)
+    return run(args)

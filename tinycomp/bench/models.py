@@ -1,0 +1,188 @@
+"""Named benchmark models, built identically in every process from a seed.
+
+A model is a list of `Layer` specs `(in, out, activation)`; from it we build the tinycomp eager
+model, a plain NumPy function over the same weights, a float64 reference and (if `onnx` is
+installed) an ONNX graph. Weights come from `manual_seed(seed)` plus seeded non-zero biases, and the
+input from its own seeded generator, so every engine process sees the same numbers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..frontend.layers import Layer
+from ..nn import GELU, Dropout, Linear, ReLU, Sequential, Softmax, Tanh, manual_seed
+
+ACTIVATIONS = {"relu": ReLU, "gelu": GELU, "tanh": Tanh, "softmax": Softmax}
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    inputs: int
+    outputs: int
+    activation: str | None  # a key of ACTIVATIONS or None
+    dropout: float = 0.0  # eval-mode dropout after the activation (folded away by compile)
+
+
+@dataclass(frozen=True)
+class BenchModel:
+    name: str
+    description: str
+    layers: tuple[LayerSpec, ...]
+
+    @property
+    def in_features(self) -> int:
+        return self.layers[0].inputs
+
+    @property
+    def out_features(self) -> int:
+        return self.layers[-1].outputs
+
+    @property
+    def flops_per_sample(self) -> int:
+        """2 x multiply-adds of the Linear layers (bias and activations not counted)."""
+        return sum(2 * s.inputs * s.outputs for s in self.layers)
+
+    def build(self, seed: int = 0) -> Sequential:
+        """The tinycomp eager model in eval mode, with seeded weights and seeded non-zero biases."""
+        manual_seed(seed)
+        layers: list[Layer] = []
+        linears: list[Linear] = []
+        for spec in self.layers:
+            linears.append(Linear(spec.inputs, spec.outputs))
+            layers.append(linears[-1])
+            if spec.activation is not None:
+                layers.append(ACTIVATIONS[spec.activation]())
+            if spec.dropout:
+                layers.append(Dropout(spec.dropout))
+        rng = np.random.default_rng(seed + 1)
+        for lin in linears:
+            lin.bias.data[...] = (0.1 * rng.standard_normal(lin.bias.shape)).astype(np.float32)
+        model = Sequential(*layers)
+        model.eval()
+        return model
+
+    def weights(self, model: Sequential) -> list[tuple[np.ndarray, np.ndarray]]:
+        return [(layer.weight.data, layer.bias.data) for layer in model.layers if isinstance(layer, Linear)]
+
+    def sample(self, batch: int, seed: int = 0) -> np.ndarray:
+        rng = np.random.default_rng(10_000 + seed)
+        return rng.standard_normal((batch, self.in_features), dtype=np.float32)
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore"):
+        return 1 / (1 + np.exp(-x))
+
+
+def numpy_activation(name: str | None, h: np.ndarray) -> np.ndarray:
+    """The activations written as plain NumPy (they also run in float64 for the reference)."""
+    if name is None:
+        return h
+    if name == "relu":
+        return np.maximum(h, 0)
+    if name == "gelu":
+        return h * _sigmoid(h.dtype.type(1.702) * h)
+    if name == "tanh":
+        return np.tanh(h)
+    if name == "softmax":
+        e = np.exp(h - h.max(axis=-1, keepdims=True))
+        return e / e.sum(axis=-1, keepdims=True)
+    raise ValueError(f"no NumPy form for activation {name!r}")
+
+
+def numpy_function(bm: BenchModel, weights: list[tuple[np.ndarray, np.ndarray]],
+                   dtype: type = np.float32) -> Callable[[np.ndarray], np.ndarray]:
+    """`act(...act(x @ W1 + b1) @ W2 + b2 ...)` as plain NumPy over the given weights."""
+    ws = [(np.ascontiguousarray(w, dtype), np.ascontiguousarray(b, dtype)) for w, b in weights]
+    acts = [s.activation for s in bm.layers]
+    if dtype == np.float32 and acts[:3] == ["relu", "relu", None] and len(ws) == 3:
+        (w1, b1), (w2, b2), (w3, b3) = ws
+
+        def mlp(x: np.ndarray) -> np.ndarray:  # the issue's baseline, exactly as written there
+            return np.maximum(np.maximum(x @ w1 + b1, 0) @ w2 + b2, 0) @ w3 + b3
+
+        return mlp
+
+    def run(x: np.ndarray) -> np.ndarray:
+        h = x.astype(dtype, copy=False)
+        for (w, b), act in zip(ws, acts, strict=True):
+            h = numpy_activation(act, h @ w + b)
+        return h
+
+    return run
+
+
+def onnx_model_bytes(bm: BenchModel, weights: list[tuple[np.ndarray, np.ndarray]]) -> bytes:
+    """The model as an ONNX graph (MatMul + Add + activation per layer), batch dimension dynamic."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes, inits = [], []
+    h = "x"
+    for i, ((w, b), spec) in enumerate(zip(weights, bm.layers, strict=True)):
+        inits += [numpy_helper.from_array(np.asarray(w, np.float32), f"W{i}"),
+                  numpy_helper.from_array(np.asarray(b, np.float32), f"b{i}")]
+        nodes += [helper.make_node("MatMul", [h, f"W{i}"], [f"mm{i}"]),
+                  helper.make_node("Add", [f"mm{i}", f"b{i}"], [f"z{i}"])]
+        h = f"z{i}"
+        act = spec.activation
+        if act == "relu":
+            nodes.append(helper.make_node("Relu", [h], [f"a{i}"]))
+        elif act == "tanh":
+            nodes.append(helper.make_node("Tanh", [h], [f"a{i}"]))
+        elif act == "softmax":
+            nodes.append(helper.make_node("Softmax", [h], [f"a{i}"], axis=-1))
+        elif act == "gelu":  # x * sigmoid(1.702 x), the tinycomp definition
+            inits.append(numpy_helper.from_array(np.array(1.702, np.float32), f"k{i}"))
+            nodes += [helper.make_node("Mul", [h, f"k{i}"], [f"s{i}"]),
+                      helper.make_node("Sigmoid", [f"s{i}"], [f"g{i}"]),
+                      helper.make_node("Mul", [h, f"g{i}"], [f"a{i}"])]
+        elif act is not None:
+            raise ValueError(f"no ONNX form for activation {act!r}")
+        if act is not None:
+            h = f"a{i}"
+    nodes.append(helper.make_node("Identity", [h], ["y"]))
+    graph = helper.make_graph(
+        nodes, f"tinycomp_{bm.name}",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", bm.in_features])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", bm.out_features])],
+        initializer=inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="tinycomp.bench")
+    model.ir_version = min(model.ir_version, 9)  # readable by older onnxruntime releases too
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def _mlp() -> BenchModel:
+    return BenchModel("mlp", "reference MLP 784-256-128-10, ReLU, dropout (folded)",
+                      (LayerSpec(784, 256, "relu", 0.5), LayerSpec(256, 128, "relu", 0.3), LayerSpec(128, 10, None)))
+
+
+MODELS: dict[str, BenchModel] = {
+    "mlp": _mlp(),
+    "wide": BenchModel("wide", "1024-1024-1024-1024, GELU", tuple(
+        LayerSpec(1024, 1024, "gelu" if i < 2 else None) for i in range(3))),
+    "odd": BenchModel("odd", "100-37-10, Tanh, Softmax head",
+                      (LayerSpec(100, 37, "tanh"), LayerSpec(37, 10, "softmax"))),
+    "deep": BenchModel("deep", "16 x (Linear(128,128) + ReLU)", tuple(LayerSpec(128, 128, "relu") for _ in range(16))),
+    "tiny": BenchModel("tiny", "12-16-5, ReLU (for tests)", (LayerSpec(12, 16, "relu"), LayerSpec(16, 5, None))),
+}
+
+
+def get_model(name: str) -> BenchModel:
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise ValueError(f"unknown benchmark model {name!r}; models are {', '.join(MODELS)}") from None
+
+
+def flops(bm: BenchModel, batch: int) -> float:
+    return float(bm.flops_per_sample) * batch
+
+

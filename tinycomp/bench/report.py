@@ -1,0 +1,187 @@
+"""Turning raw timings into the table, the issue-5 target check, Markdown and a plot."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from .models import get_model
+
+BASELINE = "numpy"
+
+
+@dataclass
+class Row:
+    model: str
+    batch: int
+    engine: str
+    threads: int
+    samples: int
+    median_us: float
+    p90_us: float
+    samples_per_s: float
+    gflops: float
+    pct_peak: float | None
+    vs_numpy: float | None  # engine median / NumPy median, same run (< 1 is faster than NumPy)
+
+
+def summarize(points: dict[tuple[str, str, int], dict], peak_gflops: float | None) -> list[Row]:
+    """One row per (model, batch, engine) from the pooled per-call samples of every round."""
+    rows = []
+    for (engine, model, batch), p in points.items():
+        t = np.asarray(p["samples"], dtype=np.float64)
+        med, p90 = float(np.median(t)), float(np.percentile(t, 90))
+        gflops = get_model(model).flops_per_sample * batch / med / 1e9
+        peak = peak_gflops * p["threads"] if peak_gflops else None
+        rows.append(Row(model, batch, engine, p["threads"], len(t), med * 1e6, p90 * 1e6, batch / med,
+                        gflops, 100 * gflops / peak if peak else None, None))
+    base = {(r.model, r.batch): r.median_us for r in rows if r.engine == BASELINE}
+    for r in rows:
+        if (r.model, r.batch) in base:
+            r.vs_numpy = r.median_us / base[(r.model, r.batch)]
+    order = {m: i for i, m in enumerate(dict.fromkeys(r.model for r in rows))}
+    rows.sort(key=lambda r: (order[r.model], r.batch, r.threads, r.engine != BASELINE, r.engine))
+    return rows
+
+
+def _fmt(v: float | None, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+HEADER = ("model", "batch", "engine", "thr", "median us", "p90 us", "samples/s", "GFLOP/s", "% peak", "x NumPy")
+
+
+def table_cells(rows: list[Row]) -> list[tuple[str, ...]]:
+    return [(r.model, str(r.batch), r.engine, str(r.threads), _fmt(r.median_us, ".1f"), _fmt(r.p90_us, ".1f"),
+             _fmt(r.samples_per_s, ",.0f"), _fmt(r.gflops, ".1f"), _fmt(r.pct_peak, ".0f"), _fmt(r.vs_numpy, ".2f"))
+            for r in rows]
+
+
+def format_table(header: tuple[str, ...], cells: list[tuple[str, ...]]) -> str:
+    widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h) for i, h in enumerate(header)]
+    lines = ["  ".join(h.rjust(w) if i > 2 else h.ljust(w) for i, (h, w) in enumerate(zip(header, widths)))]
+    lines.append("  ".join("-" * w for w in widths))
+    for c in cells:
+        lines.append("  ".join(v.rjust(w) if i > 2 else v.ljust(w) for i, (v, w) in enumerate(zip(c, widths))))
+    return "\n".join(lines)
+
+
+def markdown_table(header: tuple[str, ...], cells: list[tuple[str, ...]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" if i < 3 else "---:" for i in range(len(header))) + "|"]
+    lines += ["| " + " | ".join(c) + " |" for c in cells]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- issue 5 targets
+@dataclass
+class Target:
+    target: str
+    required: str
+    measured: str
+    met: bool | None  # None: could not be judged in this run (engine or point missing)
+
+
+def check_targets(rows: list[Row], compile_times: dict[str, dict]) -> list[Target]:
+    by = {(r.model, r.batch, r.engine): r for r in rows}
+    out: list[Target] = []
+
+    def ratio_target(model: str, batch: int, limit: float, label: str) -> None:
+        r = by.get((model, batch, "compiled"))
+        if r is None or r.vs_numpy is None:
+            return
+        out.append(Target(label, f"compiled / NumPy <= {limit:.2f}", f"{r.vs_numpy:.2f}", r.vs_numpy <= limit))
+
+    for b in sorted({r.batch for r in rows if r.model == "mlp"}):
+        ratio_target("mlp", b, 0.50 if b == 1 else 0.85, f"mlp batch {b}, 1 thread")
+        c, o = by.get(("mlp", b, "compiled")), by.get(("mlp", b, "onnxruntime"))
+        if b > 1 and c and o:
+            out.append(Target(f"mlp batch {b}, 1 thread", "compiled <= ONNX Runtime (1 intra-op thread)",
+                              f"{c.median_us / o.median_us:.2f} x ORT", c.median_us <= o.median_us))
+        if b >= 32 and c:
+            out.append(Target(f"mlp batch {b}, 1 thread", ">= 100 GFLOP/s", f"{c.gflops:.1f} GFLOP/s", c.gflops >= 100))
+    for m in ("wide", "odd", "deep"):
+        ratio_target(m, 256, 0.90, f"{m} batch 256, 1 thread")
+    for (model, batch, engine), r in sorted(by.items()):
+        if engine != "compiled-all" or (model, batch, "compiled") not in by:
+            continue
+        one = by[(model, batch, "compiled")]
+        speedup = one.median_us / r.median_us
+        if batch >= 512:
+            out.append(Target(f"{model} batch {batch}, all cores", ">= 1.6 x one-thread compiled throughput",
+                              f"{speedup:.2f} x", speedup >= 1.6))
+        else:
+            # "never slower": within the run-to-run noise of a shared host (3 %)
+            out.append(Target(f"{model} batch {batch}, all cores", "not slower than one thread (>= 0.97 x)",
+                              f"{speedup:.2f} x", speedup >= 0.97))
+    ct = compile_times.get("mlp")
+    if ct:
+        if "cold_ms" in ct:
+            out.append(Target("mlp compile, cold (cache off)", "<= 100 ms",
+                              f"{ct['cold_ms']:.1f} ms (first in process {ct['cold_first_ms']:.1f} ms)",
+                              ct["cold_ms"] <= 100))
+        if "warm_ms" in ct:
+            out.append(Target("mlp compile, warm (on-disk cache)", "<= 10 ms",
+                              f"{ct['warm_ms']:.1f} ms (first in new process {ct['warm_first_ms']:.1f} ms)",
+                              ct["warm_ms"] <= 10))
+    return out
+
+
+TARGET_HEADER = ("target", "required", "measured", "met")
+
+
+def target_cells(targets: list[Target]) -> list[tuple[str, ...]]:
+    return [(t.target, t.required, t.measured, {True: "yes", False: "NO", None: "?"}[t.met]) for t in targets]
+
+
+COMPILE_HEADER = ("model", "cold ms", "cold, first in process ms", "warm (disk cache) ms", "warm, first in new process ms")
+
+
+def compile_cells(compile_times: dict[str, dict]) -> list[tuple[str, ...]]:
+    return [(m, _fmt(c.get("cold_ms"), ".1f"), _fmt(c.get("cold_first_ms"), ".1f"), _fmt(c.get("warm_ms"), ".1f"),
+             _fmt(c.get("warm_first_ms"), ".1f")) for m, c in compile_times.items()]
+
+
+def rows_as_dicts(rows: list[Row]) -> list[dict]:
+    return [asdict(r) for r in rows]
+
+
+# ---------------------------------------------------------------- plot
+PLOT_HINT = "pip install 'tinycomp[bench]' (or: pip install matplotlib)"
+
+
+def plot(rows: list[Row], path: str) -> str | None:
+    """Latency and speed-up vs NumPy against batch size, one line per engine, log axes; one row of panels
+    per model. Returns None on success, else why no picture was drawn."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return f"--plot needs matplotlib, which is not installed: {PLOT_HINT}"
+    models = list(dict.fromkeys(r.model for r in rows))
+    if not models:
+        return "nothing to plot"
+    fig, axes = plt.subplots(len(models), 2, figsize=(11, 3.8 * len(models)), squeeze=False)
+    for (ax_t, ax_s), model in zip(axes, models):
+        mrows = [r for r in rows if r.model == model]
+        for engine in dict.fromkeys(r.engine for r in mrows):
+            er = sorted((r for r in mrows if r.engine == engine), key=lambda r: r.batch)
+            label = f"{engine} ({er[0].threads} thr)"
+            ax_t.plot([r.batch for r in er], [r.median_us for r in er], marker="o", label=label)
+            sp = [(r.batch, 1 / r.vs_numpy) for r in er if r.vs_numpy]
+            if sp:
+                ax_s.plot(*zip(*sp), marker="o", label=label)
+        ax_t.set(xscale="log", yscale="log", xlabel="batch size", ylabel="median latency (us)",
+                 title=f"{model}: latency per call")
+        ax_s.set(xscale="log", yscale="log", xlabel="batch size", ylabel="speed-up vs NumPy (x)",
+                 title=f"{model}: speed-up vs NumPy (same run)")
+        ax_s.axhline(1.0, color="grey", lw=0.8, ls="--")
+        for ax in (ax_t, ax_s):
+            ax.grid(True, which="both", alpha=0.3)
+        ax_s.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return None

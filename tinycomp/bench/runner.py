@@ -1,0 +1,273 @@
+"""One benchmark worker: `python -m tinycomp.bench.runner '<json spec>'`, one engine per process.
+
+The spec (built by `tinycomp.bench.main`) names a mode (`run`, `compile` or `peak`). Results go to stdout as JSON lines (one per
+finished point, so the parent can show progress); anything else a library prints goes to stderr.
+Every engine's output is checked with `check_parity` against the eager model and a float64 NumPy
+reference before the engine is timed; a mismatch is reported as a `parity_error` line and the
+process exits with status 3.
+
+`TINYCOMP_BENCH_FAULT=engine[,engine]` makes those engines return a deliberately wrong result
+(one element off), so tests can see the parity check fail loudly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+
+from ..frontend.tensor import Tensor
+from ..parity import check_parity
+from ..runtime.threads import available_cores
+from .models import BenchModel, get_model, numpy_function, onnx_model_bytes
+
+PARITY_EXIT = 3
+Engine = Callable[[np.ndarray], np.ndarray]
+
+# name -> (what it is, threads: "1" = one thread everywhere, "all" = every core)
+ENGINES: dict[str, tuple[str, str]] = {
+    "numpy": ("NumPy functional, OpenBLAS sgemm", "1"),
+    "eager": ("tinycomp eager model(Tensor(x))", "1"),
+    "compiled": ("tinycomp.compile(threads=1)", "1"),
+    "compiled-all": ("tinycomp.compile(threads=None)", "all"),
+    "onnxruntime": ("ONNX Runtime CPU, 1 intra-op thread", "1"),
+    "torch": ("torch eager, no_grad", "1"),
+    "torch.compile": ("torch.compile(model)", "1"),
+    "numpy-all": ("NumPy functional, OpenBLAS on every core", "all"),
+    "onnxruntime-all": ("ONNX Runtime CPU, every core", "all"),
+}
+
+
+def _emit(obj: dict) -> None:
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+def engine_threads(name: str) -> int:
+    return 1 if ENGINES[name][1] == "1" else available_cores()
+
+
+def unavailable_reason(name: str) -> str | None:
+    """Why an engine cannot run here (a missing optional package), or None."""
+    import importlib.util
+
+    needs = {"onnxruntime": ["onnx", "onnxruntime"], "onnxruntime-all": ["onnx", "onnxruntime"],
+             "torch": ["torch"], "torch.compile": ["torch"]}.get(name, [])
+    missing = [m for m in needs if importlib.util.find_spec(m) is None]
+    if missing:
+        return f"not installed: {', '.join(missing)} (pip install {' '.join(missing)})"
+    return None
+
+
+# ---------------------------------------------------------------- engines
+def _torch_module(bm: BenchModel, weights: list[tuple[np.ndarray, np.ndarray]]) -> Any:
+    import torch
+
+    acts = {"relu": torch.nn.ReLU, "tanh": torch.nn.Tanh, "softmax": lambda: torch.nn.Softmax(dim=-1)}
+    layers: list[Any] = []
+    for (w, b), spec in zip(weights, bm.layers, strict=True):
+        lin = torch.nn.Linear(spec.inputs, spec.outputs)
+        with torch.no_grad():
+            lin.weight.copy_(torch.from_numpy(np.ascontiguousarray(w.T)))
+            lin.bias.copy_(torch.from_numpy(b))
+        layers.append(lin)
+        if spec.activation == "gelu":
+            class Gelu(torch.nn.Module):
+                def forward(self, x: Any) -> Any:
+                    return x * torch.sigmoid(1.702 * x)
+            layers.append(Gelu())
+        elif spec.activation is not None:
+            layers.append(acts[spec.activation]())
+    return torch.nn.Sequential(*layers).eval()
+
+
+def make_engine(name: str, bm: BenchModel, model: Any, weights: list[tuple[np.ndarray, np.ndarray]],
+                info: dict) -> Engine:
+    """A callable float32 array -> float32 array for one engine (compiling / exporting first)."""
+    if name in ("numpy", "numpy-all"):
+        return numpy_function(bm, weights)
+    if name == "eager":
+        return lambda x: model(Tensor(x)).data
+    if name in ("compiled", "compiled-all"):
+        import tinycomp
+
+        fast = tinycomp.compile(model, input_shape=(None, bm.in_features), threads=1 if name == "compiled" else None)
+        info["compile_ms"] = fast.stats.compile_ms
+        info["cache_hit"] = bool(fast.stats.cache_hits)
+        return lambda x: fast(x).data
+    if name in ("onnxruntime", "onnxruntime-all"):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = 1 if name == "onnxruntime" else available_cores()
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        t0 = time.perf_counter()
+        sess = ort.InferenceSession(onnx_model_bytes(bm, weights), opts, providers=["CPUExecutionProvider"])
+        info["compile_ms"] = (time.perf_counter() - t0) * 1e3
+        info["version"] = ort.__version__
+        run = sess.run
+        return lambda x: run(["y"], {"x": x})[0]
+    if name in ("torch", "torch.compile"):
+        import torch
+
+        torch.set_num_threads(1)
+        info["version"] = torch.__version__
+        mod = _torch_module(bm, weights)
+        if name == "torch.compile":
+            mod = torch.compile(mod)
+
+        def call(x: np.ndarray) -> np.ndarray:
+            with torch.inference_mode():
+                return mod(torch.from_numpy(x)).numpy()
+
+        if name == "torch.compile":
+            t0 = time.perf_counter()
+            call(bm.sample(2))
+            info["compile_ms"] = (time.perf_counter() - t0) * 1e3
+        return call
+    raise ValueError(f"unknown engine {name!r}; engines are {', '.join(ENGINES)}")
+
+
+def _faulty(engine: Engine) -> Engine:
+    def wrong(x: np.ndarray) -> np.ndarray:
+        y = np.array(engine(x), dtype=np.float32, copy=True)
+        if y.size:
+            y.flat[0] += 0.5 * (1.0 + abs(float(y.flat[0])))
+        return y
+    return wrong
+
+
+def fault_engines() -> set[str]:
+    return {e.strip() for e in os.environ.get("TINYCOMP_BENCH_FAULT", "").split(",") if e.strip()}
+
+
+# ---------------------------------------------------------------- timing
+@contextlib.contextmanager
+def blas_threads(n: int | None) -> Iterator[None]:
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        yield
+        return
+    if n is None:
+        yield
+        return
+    with threadpool_limits(limits=n):
+        yield
+
+
+def time_calls(fn: Engine, x: np.ndarray, repeat: int, budget_s: float) -> list[float]:
+    """Per-call wall times in seconds, after warming up; at most `repeat`, at least 5."""
+    t0 = time.perf_counter()
+    fn(x)
+    first = time.perf_counter() - t0
+    warm = max(2, min(50, int(0.05 / max(first, 1e-7))))
+    for _ in range(warm):
+        fn(x)
+    t0 = time.perf_counter()
+    fn(x)
+    est = time.perf_counter() - t0
+    n = max(5, min(repeat, int(budget_s / max(est, 1e-7))))
+    samples = []
+    gc_was = gc.isenabled()
+    gc.disable()
+    try:
+        for _ in range(n):
+            t0 = time.perf_counter()
+            fn(x)
+            samples.append(time.perf_counter() - t0)
+    finally:
+        if gc_was:
+            gc.enable()
+    return samples
+
+
+def run_points(spec: dict) -> int:
+    name = spec["engine"]
+    faults = fault_engines()
+    threads = engine_threads(name)
+    blas = 1 if ENGINES[name][1] == "1" else None
+    with blas_threads(blas):
+        try:
+            from threadpoolctl import threadpool_info
+            blas_info = [{"api": i.get("internal_api"), "threads": i.get("num_threads")} for i in threadpool_info()]
+        except ImportError:
+            blas_info = "threadpoolctl not installed: BLAS threads not pinned"
+        _emit({"type": "engine", "engine": name, "threads": threads, "blas": blas_info})
+        for item in spec["plan"]:
+            model_name = item["model"]
+            bm = get_model(model_name)
+            model = bm.build(spec.get("seed", 0))
+            weights = bm.weights(model)
+            reference = numpy_function(bm, weights, np.float64)
+            info: dict = {}
+            engine = make_engine(name, bm, model, weights, info)
+            if name in faults:
+                engine = _faulty(engine)
+            for batch in item["batches"]:
+                x = bm.sample(batch, spec.get("seed", 0))
+                out = np.asarray(engine(x))
+                eager = model(Tensor(x)).data
+                report = check_parity(out.reshape(eager.shape) if out.size == eager.size else out, eager,
+                                      reference(x.astype(np.float64)))
+                if not report.ok:
+                    _emit({"type": "parity_error", "engine": name, "model": model_name, "batch": batch,
+                           "detail": str(report)})
+                    return PARITY_EXIT
+                samples = time_calls(engine, x, spec.get("repeat", 200), spec.get("budget_s", 1.0))
+                _emit({"type": "point", "engine": name, "model": model_name, "batch": batch, "threads": threads,
+                       "samples": samples, "parity": str(report), **info})
+    return 0
+
+
+def run_compile_times(spec: dict) -> int:
+    """Compile each model: the first compile in this process, then the median of `repeat` more."""
+    import tinycomp
+
+    for model_name in spec["models"]:
+        bm = get_model(model_name)
+        model = bm.build(spec.get("seed", 0))
+        times = []
+        hits = []
+        for _ in range(1 + spec.get("repeat", 5)):
+            t0 = time.perf_counter()
+            fast = tinycomp.compile(model, input_shape=(None, bm.in_features))
+            times.append((time.perf_counter() - t0) * 1e3)
+            hits.append(bool(fast.stats.cache_hits))
+            del fast
+        _emit({"type": "compile", "model": model_name, "phase": spec["phase"], "first_ms": times[0],
+               "median_ms": float(np.median(times[1:])) if len(times) > 1 else times[0],
+               "cache_hits": hits})
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1:
+        print("usage: python -m tinycomp.bench.runner '<json spec>' (started by tinycomp bench)", file=sys.stderr)
+        return 2
+    spec = json.loads(argv[0])
+    mode = spec.get("mode", "run")
+    if mode == "run":
+        return run_points(spec)
+    if mode == "compile":
+        return run_compile_times(spec)
+    if mode == "peak":
+        from .peak import measure_fma_peak
+
+        _emit({"type": "peak", **measure_fma_peak(spec.get("seconds", 0.3))})
+        return 0
+    print(f"unknown runner mode {mode!r}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
