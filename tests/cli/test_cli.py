@@ -1,0 +1,121 @@
+"""The `tinycomp` command as a user runs it: exit codes, files written, one-line errors."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tinycomp.cli import main
+
+HERE = Path(__file__).parent
+TINY = f"{HERE / 'tiny_model.py'}:tiny"
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("TINYCOMP_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "tinycomp", *args], capture_output=True, text=True,
+                          env=full_env, timeout=300)
+
+
+def test_demo_compiles_checks_parity_and_times():
+    proc = run_cli("demo")
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "235,146" in out and "919 KB" in out
+    assert "linear(%x, %0.weight, %0.bias) activation=relu" in out
+    assert "dropout(" in out  # the traced graph is shown before the passes
+    assert "parity vs eager (float64 reference): OK" in out
+    assert "output shape: (64, 10)" in out
+    assert "speed-up" in out
+
+
+def test_dump_all_writes_a_file_per_stage_and_pass(tmp_path, capsys):
+    out = tmp_path / "dump"
+    assert main(["dump", TINY, "--input-shape", "N,12", "--stage", "all", "--out", str(out), "--dot"]) == 0
+    names = {p.name for p in out.iterdir()}
+    expected = {"01-traced.txt", "02-fold_dropout.txt", "03-fuse_linear.txt", "04-eliminate_dead_code.txt",
+                "model.ll", "model.s", "graph.dot", "traced.dot"}
+    assert expected <= names
+    assert "dropout" in (out / "01-traced.txt").read_text()
+    assert "dropout" not in (out / "02-fold_dropout.txt").read_text()
+    assert "linear(" in (out / "03-fuse_linear.txt").read_text()
+    assert "define void @\"tinycomp_forward\"" in (out / "model.ll").read_text()
+    assert "tinycomp_forward:" in (out / "model.s").read_text()
+    printed = capsys.readouterr().out.split()
+    assert str(out / "model.ll") in printed
+
+
+@pytest.mark.skipif(shutil.which("dot") is None, reason="needs Graphviz `dot` (.ci/run installs it)")
+def test_dot_output_is_valid_graphviz(tmp_path):
+    out = tmp_path / "dump"
+    assert main(["dump", TINY, "--input-shape", "N,12", "--out", str(out), "--dot"]) == 0
+    for name in ("graph.dot", "traced.dot"):
+        check = subprocess.run(["dot", "-Tsvg", str(out / name)], capture_output=True, text=True)
+        assert check.returncode == 0, check.stderr
+        assert "<svg" in check.stdout
+    assert (out / "graph.svg").read_text().lstrip().startswith(("<?xml", "<svg"))
+
+
+def test_dump_to_stdout_one_stage(capsys):
+    assert main(["dump", TINY, "--input-shape", "N,12", "--stage", "traced"]) == 0
+    text = capsys.readouterr().out
+    assert "==== traced ====" in text and "matmul(%x, %0.weight)" in text
+
+
+@pytest.mark.parametrize("args, message", [
+    (["dump", "no/such/file.py:tiny", "--input-shape", "N,12"], "model file not found"),
+    (["dump", f"{HERE / 'tiny_model.py'}:not_a_layer", "--input-shape", "N,12"], "must return a tinycomp Layer"),
+    (["dump", f"{HERE / 'tiny_model.py'}:missing", "--input-shape", "N,12"], "has no attribute 'missing'"),
+    (["dump", TINY, "--input-shape", "N,abc"], "--input-shape must be"),
+    (["dump", TINY, "--input-shape", "N,13"], "Inner dimensions must match"),
+    (["dump", "tinycomp_no_such_module:f", "--input-shape", "N,12"], "cannot import module"),
+])
+def test_dump_bad_input_is_one_clear_line(args, message):
+    proc = run_cli(*args)
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert message in lines[0]
+    assert "Traceback" not in proc.stderr
+
+
+def test_verbose_shows_the_traceback():
+    proc = run_cli("--verbose", "dump", f"{HERE / 'tiny_model.py'}:broken", "--input-shape", "N,12")
+    assert proc.returncode != 0
+    assert "Traceback" in proc.stderr and "factory exploded" in proc.stderr
+
+
+SNIPPET = """
+import numpy as np, tinycomp as tc
+from tinycomp.nn import Sequential, Linear, ReLU
+m = Sequential(Linear(6, 4), ReLU(), Linear(4, 3))
+tc.compile(m, input_shape=(None, 6))
+tc.compile(Sequential(Linear(6, 2)), input_shape=(None, 6))
+"""
+
+
+def test_logs_passes_print_each_pass_once_per_compile():
+    proc = subprocess.run([sys.executable, "-c", SNIPPET], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "TINYCOMP_LOGS": "passes,compile"})
+    assert proc.returncode == 0, proc.stderr
+    for name in ("fold_dropout", "fuse_linear", "eliminate_dead_code"):
+        assert proc.stderr.count(f"[tinycomp.passes] after {name}") == 2
+    assert proc.stderr.count("[tinycomp.compile] compiled Sequential") == 2
+    assert "cache key" in proc.stderr
+
+
+def test_logs_are_silent_when_unset():
+    env = {k: v for k, v in os.environ.items() if k != "TINYCOMP_LOGS"}
+    proc = subprocess.run([sys.executable, "-c", SNIPPET], capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0
+    assert proc.stderr == "" and proc.stdout == ""

@@ -1,0 +1,16 @@
+"""Factories the CLI tests load as `path/to/tiny_model.py:factory`."""
+
+from tinycomp.nn import Dropout, Linear, ReLU, Sequential, Softmax, manual_seed
+
+
+def tiny():
+    manual_seed(3)
+    return Sequential(Linear(12, 16), ReLU(), Dropout(0.2), Linear(16, 5), Softmax())
+
+
+def not_a_layer():
+    return "a string, not a Layer"
+
+
+def broken():
+    raise RuntimeError("factory exploded")
