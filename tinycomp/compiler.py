@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,13 +20,12 @@ from .frontend.layers import Layer
 from .frontend.tensor import Tensor, to_float32
 from .frontend.tracer import resolve_path, trace
 from .ir.graph import Graph
-from .ir.interpret import interpret
 from .ir.passes import run_pipeline
 from .ir.printer import format_graph
 from .logs import channel, log
-from .parity import check_parity
+from .parity import check_parity, float64_reference
 from .runtime import cache
-from .runtime.buffers import ScratchPool, aligned_empty
+from .runtime.buffers import ScratchPool, aligned_empty, as_native_float32, check_allocation
 from .runtime.engine import JitEngine, assembly, optimized_ir
 from .runtime.kernel import NativeKernel
 from .runtime.threads import parallel_parts, shared_pool, split_rows
@@ -55,7 +55,9 @@ class _Artifact:
     param_paths: list[str]
     param_shapes: list[tuple[int, ...]]
     flops_per_row: int
+    guard: _StructureGuard
     out_row: tuple[int, ...] = field(default=())
+    lead_shapes: dict = field(default_factory=dict)  # leading dims of the input -> eager output shape
 
 
 def _feature_shape(input_shape: Any) -> tuple[int, ...]:
@@ -69,16 +71,26 @@ def _feature_shape(input_shape: Any) -> tuple[int, ...]:
 
 
 def as_input_array(x: Any) -> np.ndarray:
-    """The float32 C-contiguous array a Tensor would hold, copying only when needed."""
+    """The input as an ndarray of a number dtype, not yet converted or copied (the caller checks sizes first)."""
     if isinstance(x, Tensor):
         arr = x.data
-    elif isinstance(x, np.ndarray) and x.dtype.kind in "biuf":
+        if not isinstance(arr, np.ndarray):  # someone assigned a list to .data
+            arr = to_float32(arr)
+    elif isinstance(x, np.ndarray):
         arr = x
     else:
-        arr = to_float32(x)  # raises TypeError for strings, objects, ragged lists
+        try:
+            arr = to_float32(x)  # raises TypeError for strings, objects, ragged lists
+        except TypeError as exc:
+            raise TypeError(f"compiled model input must be a Tensor, a NumPy array or a (nested) list of numbers; "
+                            f"{exc}") from None
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(f"compiled model input must hold numbers (bool, int or float, cast to float32 as Tensor "
+                        f"does); got an array of dtype {arr.dtype}")
     if arr.ndim == 0:
-        raise ValueError(f"compiled model input must have at least 1 dimension; got a 0-D value {arr!r}")
-    return np.ascontiguousarray(arr, dtype=np.float32)
+        raise ValueError(f"compiled model input must be a batch (batch, features...), or one sample; "
+                         f"got a 0-D value {arr!r}")
+    return arr
 
 
 @contextlib.contextmanager
@@ -110,8 +122,98 @@ def eval_mode(model: Layer) -> Iterator[None]:
 _UNSET = object()
 
 
+_TENSOR = "tensor"  # a structure signature records that a Tensor sits here, not which one
+
+
+class _StructureGuard:
+    """Notices, cheaply on every call, that the layer tree changed since it was traced.
+
+    The fast check reads the ids and lengths of every container the tracer could walk (each Layer's
+    attribute dict, lists, tuples, dicts) through live views, in one C-level pass: ~1 us for the
+    reference MLP. Any difference (a weight rebound, `model.train()`) falls through to the slow
+    check, which ignores which Tensor a slot holds (parameters are read live by path) and the
+    `training` flags, but sees a replaced or added sub-layer, a grown `Sequential`, a rebound
+    constant or attribute, and a change in which slots share one Tensor (tied weights).
+    """
+
+    def __init__(self, model: Any):
+        self.views: list[Iterable[Any]] = []
+        seen: set[int] = set()
+        stack = [model]
+        while stack:
+            obj = stack.pop()
+            if id(obj) in seen:
+                continue
+            seen.add(id(obj))
+            view = _container_view(obj)
+            if view is None:
+                continue
+            self.views.append(view)
+            stack.extend(v for v in reversed(list(view)) if isinstance(v, (Layer, list, tuple, dict)))
+        self.fast = self.fast_signature()
+        self.slow = self.slow_signature()
+
+    def fast_signature(self) -> tuple:
+        views = self.views
+        return tuple(map(len, views)), tuple(map(id, itertools.chain.from_iterable(views)))
+
+    def slow_signature(self) -> tuple:
+        tensors: dict[int, int] = {}
+        sig: list[Any] = []
+        for view in self.views:
+            items = view.mapping.items() if isinstance(view, type({}.values())) else enumerate(view)
+            entry = []
+            for key, value in items:
+                if key == "training" and isinstance(value, bool):
+                    continue
+                if isinstance(value, Tensor):
+                    entry.append((key, _TENSOR, tensors.setdefault(id(value), len(tensors))))
+                else:
+                    entry.append((key, id(value)))
+            sig.append(tuple(sorted(entry, key=lambda e: str(e[0]))))
+        return tuple(sig)
+
+    def unchanged(self) -> bool:
+        """True if the model still has the structure it was compiled with (refreshing the fast check)."""
+        if self.fast_signature() == self.fast:
+            return True
+        if self.slow_signature() != self.slow:
+            return False
+        self.fast = self.fast_signature()  # only weights or flags moved: make the next call fast again
+        return True
+
+
+def _container_view(obj: Any) -> Iterable[Any] | None:
+    """A live view of what obj holds: a Layer's attribute values, a dict's values, a list or tuple."""
+    if isinstance(obj, dict):
+        return obj.values()
+    if isinstance(obj, (list, tuple)):
+        return obj
+    if isinstance(obj, Layer):
+        return vars(obj).values()
+    return None
+
+
 class CompiledModel:
-    """A model compiled to native code for inference. Call it like the model."""
+    """A model compiled to native code for inference. Call it like the model: `fast(x)` -> Tensor.
+
+    - Always an inference model: dropout is folded away as in eval mode. `model.train()` (or
+      `.eval()`) after compiling changes nothing here; compile(training=True) is not supported.
+    - Parameters are read live by attribute path on every call: in-place edits and rebinding a
+      parameter to a Tensor or array of the same shape show in the next call.
+    - Structural changes (a parameter rebound to another shape, a layer appended to a `Sequential`,
+      a sub-layer or non-Tensor attribute replaced, tied weights untied) are noticed at the next call,
+      which recompiles (`stats.compiles` goes up). NumPy arrays that are not parameters are traced as
+      constants: rebinding one recompiles, editing one in place is not seen. Changing a layer's
+      class or its class's `forward` after compiling is not seen either: compile again.
+    - Input: a Tensor, array or list of numbers of shape (batch, *features) or one sample (*features);
+      any number dtype is cast to float32 as `Tensor` does; any strides, alignment or read-only flag.
+      Bad input raises TypeError/ValueError naming what was expected and what was given; a batch too
+      large for memory raises MemoryError before anything is allocated.
+    - Thread-safe: any number of threads may call one compiled model at once.
+    - Picklable: pickles the model and compile options (not machine code); unpickling recompiles,
+      from the on-disk cache when it holds the code.
+    """
 
     def __init__(self, model: Layer, *, input_shape: Any = None, threads: int | None = None,
                  check: bool = False, passes: list | None = None, speed_level: int = 0):
@@ -128,6 +230,17 @@ class CompiledModel:
         if input_shape is not None:
             self._compile(_feature_shape(input_shape))
 
+    # ---------------------------------------------------------------- pickling: model + options, no code
+    def __getstate__(self) -> dict:
+        art = self._artifact
+        return {"model": self.model, "threads": self.threads, "check": self.check, "passes": self._passes,
+                "speed_level": self._speed_level,
+                "input_shape": (None, *art.features) if art is not None else None}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["model"], input_shape=state["input_shape"], threads=state["threads"],  # type: ignore[misc]
+                      check=state["check"], passes=state["passes"], speed_level=state["speed_level"])
+
     # ---------------------------------------------------------------- compiling
     def _compile(self, features: tuple[int, ...]) -> _Artifact:
         start = time.perf_counter()
@@ -143,10 +256,11 @@ class CompiledModel:
         plan, engine, key = self._codegen(optimized)
         shapes = [tuple(optimized.shape(p)) for p in plan.params]
         kernel = NativeKernel(engine, plan, features, shapes)
+        guard = _StructureGuard(self.model)
         artifact = _Artifact(
             features=features, traced=traced, optimized=optimized, pass_dumps=dumps, plan=plan,
             engine=engine, kernel=kernel, param_paths=[optimized[p]["path"] for p in plan.params],
-            param_shapes=shapes, flops_per_row=_flops_per_row(optimized),
+            param_shapes=shapes, flops_per_row=_flops_per_row(optimized), guard=guard,
             out_row=tuple(plan.out_shape[1:]),
         )
         self._artifact = artifact
@@ -168,8 +282,14 @@ class CompiledModel:
         hit = cache.load(key)
         if hit is not None:
             meta, object_code = hit
-            self.stats.cache_hits += 1
-            return ModulePlan.from_meta(meta, g), JitEngine(object_code=object_code), key
+            try:
+                plan, engine = ModulePlan.from_meta(meta, g), JitEngine(object_code=object_code)
+                engine.address(plan.entry)
+            except Exception as exc:  # a verified entry that still does not load: rebuild, never trust it
+                log("compile", "cache entry %s unusable (%s); rebuilding", key[:16], exc)
+            else:
+                self.stats.cache_hits += 1
+                return plan, engine, key
         try:
             plan = lower_graph(g, width)
         except LoweringError as exc:
@@ -186,49 +306,104 @@ class CompiledModel:
     def _ensure_compiled(self, features: tuple[int, ...]) -> _Artifact:
         art = self._artifact
         if art is not None:
-            return art
+            return art if art.guard.unchanged() else self._recompile(art, "the structure of the model changed")
         with self._lock:  # two threads making the first call compile once
             return self._artifact or self._compile(features)
+
+    def _recompile(self, art: _Artifact, why: str) -> _Artifact:
+        with self._lock:  # several threads noticing one change recompile once
+            if self._artifact is not art:
+                return self._artifact  # type: ignore[return-value]
+            log("compile", "%s since %s was compiled: recompiling", why, type(self.model).__name__)
+            return self._compile(art.features)
 
     # ---------------------------------------------------------------- calling
     def __call__(self, x: Any) -> Tensor:
         arr = as_input_array(x)
         art = self._ensure_compiled(arr.shape[1:] if arr.ndim > 1 else arr.shape)
-        rows, lead = self._rows(arr, art.features)
+        rows, out_shape = self._rows(art, arr)
         params = self._read_params(art)
-        out = aligned_empty((rows, *art.out_row))
+        if params is None:  # a parameter was given another shape: the code must be generated again
+            art = self._recompile(art, "a parameter changed shape")
+            rows, out_shape = self._rows(art, arr)
+            params = self._read_params(art, strict=True)
+        plan = art.plan
+        out_floats = rows * math.prod(art.out_row)
+        copy_floats = 0 if arr.dtype == np.float32 and arr.flags.c_contiguous and arr.flags.aligned else arr.size
+        check_allocation(4 * (out_floats + plan.scratch_floats(rows) + copy_floats + 16),
+                         f"a batch of {rows:,} rows (output {(rows, *art.out_row)}, scratch and input copy)")
+        try:
+            x32 = as_native_float32(arr)
+            out = aligned_empty((rows, *art.out_row))
+        except MemoryError:
+            raise MemoryError(f"cannot allocate the output {(rows, *art.out_row)} float32 "
+                              f"({4 * out_floats:,} bytes) for a batch of {rows:,} rows; "
+                              "split the batch into smaller ones") from None
         if rows:
-            self._run(art, arr.reshape(rows, *art.features), params, out)
+            self._run(art, x32.reshape(rows, *art.features), params, out)
         self.stats.calls += 1
-        y = out.reshape(*lead, *art.out_row)
+        y = out.reshape(out_shape)
         if self.check:
-            self._check_parity(art, arr, y)
+            self._check_parity(art, x32, y)
         return Tensor._wrap(y)
 
-    @staticmethod
-    def _rows(arr: np.ndarray, features: tuple[int, ...]) -> tuple[int, tuple[int, ...]]:
+    def _rows(self, art: _Artifact, arr: np.ndarray) -> tuple[int, tuple[int, ...]]:
+        """(rows, output shape) of a (batch, *features) input, one sample, or several leading dimensions."""
+        features = art.features
         nf = len(features)
-        if arr.shape[arr.ndim - nf:] != features or arr.ndim < nf:
-            expected = "(batch, " + ", ".join(map(str, features)) + ")"
-            raise ValueError(
-                f"compiled model expects input of shape {expected} (or {tuple(features)} for one sample); "
-                f"got shape {arr.shape}"
-            )
-        lead = arr.shape[: arr.ndim - nf]
-        return math.prod(lead), lead
+        if arr.ndim == nf + 1 and arr.shape[1:] == features:
+            return arr.shape[0], (arr.shape[0], *art.out_row)
+        if arr.ndim >= nf and arr.shape[arr.ndim - nf:] == features:
+            lead = arr.shape[: arr.ndim - nf]
+            return math.prod(lead), self._eager_out_shape(art, lead)
+        expected = "(batch, " + ", ".join(map(str, features)) + ")"
+        what = "rank" if arr.ndim < nf else "feature shape"
+        raise ValueError(
+            f"compiled model expects input of shape {expected} (or {tuple(features)} for one sample); "
+            f"got shape {arr.shape} (wrong {what})"
+        )
 
-    def _read_params(self, art: _Artifact) -> list[np.ndarray]:
-        """Read every parameter live, so in-place edits and rebinding show in this very call."""
+    def _eager_out_shape(self, art: _Artifact, lead: tuple[int, ...]) -> tuple[int, ...]:
+        """The output shape eager gives an input of shape (*lead, *features), lead not one batch dimension.
+
+        Rows are computed the same either way; only the shape can differ (a reshape(-1, ...) in the
+        model flattens leading dimensions), so it is traced once per leading shape and remembered."""
+        known = art.lead_shapes.get(lead)
+        if known is not None:
+            return known
+        rows_out = math.prod(lead) * math.prod(art.out_row)
+        try:
+            g = trace(self.model, (*lead, *art.features))
+            shape = tuple(g.shape(g.args(g.nodes("output")[0])[0]))
+        except Exception as exc:
+            raise ValueError(f"this model cannot take an input of shape {(*lead, *art.features)} ({exc}); "
+                             f"pass a batch of shape (batch, {', '.join(map(str, art.features))})") from None
+        if math.prod(shape) != rows_out:
+            raise ValueError(f"for an input of shape {(*lead, *art.features)} this model returns shape {shape}, "
+                             f"not {math.prod(lead)} rows of {art.out_row}; "
+                             f"pass a batch of shape (batch, {', '.join(map(str, art.features))})")
+        if len(art.lead_shapes) < 64:  # bounded: a stream of odd shapes must not grow memory
+            art.lead_shapes[lead] = shape
+        return shape
+
+    def _read_params(self, art: _Artifact, strict: bool = False) -> list[np.ndarray] | None:
+        """Read every parameter live, so in-place edits and rebinding show in this very call.
+
+        None if one no longer has the shape compiled for (ValueError instead when `strict`)."""
         out = []
         for path, shape in zip(art.param_paths, art.param_shapes, strict=True):
             value = resolve_path(self.model, path)
             data = value.data if isinstance(value, Tensor) else np.asarray(value)
             if data.shape != shape:
+                if not strict:
+                    return None
                 raise ValueError(
                     f"parameter {path!r} now has shape {data.shape}, but the model was compiled with "
                     f"{shape}; compile the model again after changing layer sizes"
                 )
-            out.append(np.ascontiguousarray(data, dtype=np.float32))
+            if data.dtype.kind not in "biuf":
+                raise TypeError(f"parameter {path!r} must hold numbers; got dtype {data.dtype}")
+            out.append(as_native_float32(data))
         return out
 
     def _run(self, art: _Artifact, x: np.ndarray, params: list[np.ndarray], out: np.ndarray) -> None:
@@ -246,9 +421,10 @@ class CompiledModel:
     def _check_parity(self, art: _Artifact, arr: np.ndarray, compiled: np.ndarray) -> None:
         with eval_mode(self.model):
             eager = np.asarray(self.model(Tensor(arr)).data)
-        params64 = {p: np.asarray(v, np.float64) for p, v in zip(art.plan.params, self._read_params(art), strict=True)}
-        rows = arr.reshape(-1, *art.features).astype(np.float64)
-        reference = interpret(art.optimized, rows, params=params64).reshape(compiled.shape)
+        params64 = {p: np.asarray(v, np.float64)
+                    for p, v in zip(art.plan.params, self._read_params(art, strict=True) or [], strict=True)}
+        rows = arr.reshape(-1, *art.features)
+        reference = float64_reference(art.optimized, rows, params64).reshape(compiled.shape)
         report = check_parity(compiled, eager.reshape(compiled.shape), reference)
         if not report.ok:
             raise ParityError(f"compiled output differs from the eager model: {report}")
@@ -287,7 +463,7 @@ class CompiledModel:
     def explain(self) -> str:
         from .ir.passes import explain as explain_fusions
 
-        return "\n".join(explain_fusions(self._require("explain()").traced))
+        return "\n".join(explain_fusions(self._require("explain()").optimized))
 
     def __repr__(self) -> str:
         state = f"features={self._artifact.features}" if self._artifact else "not compiled yet"

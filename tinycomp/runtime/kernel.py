@@ -12,10 +12,10 @@ from .engine import JitEngine
 
 
 def _check(name: str, a: np.ndarray, shape: tuple[int, ...]) -> None:
-    if a.dtype != np.float32 or not a.flags.c_contiguous or a.shape != shape:
+    if a.dtype != np.float32 or not a.flags.c_contiguous or not a.flags.aligned or a.shape != shape:
         raise ValueError(
-            f"native call: {name} must be a C-contiguous float32 array of shape {shape}; "
-            f"got {a.dtype} {a.shape} (contiguous={a.flags.c_contiguous})"
+            f"native call: {name} must be an aligned C-contiguous float32 array of shape {shape}; "
+            f"got {a.dtype} {a.shape} (contiguous={a.flags.c_contiguous}, aligned={a.flags.aligned})"
         )
 
 
@@ -43,7 +43,8 @@ class NativeKernel:
             _check(f"parameter {name}", p, shape)
         _check("output", out, (rows, *self.out_row) if self.out_row is not None else self.plan.out_shape)
         need = self.plan.scratch_floats(rows)
-        if scratch.dtype != np.float32 or scratch.size < need or not scratch.flags.c_contiguous:
+        if scratch.dtype != np.float32 or scratch.size < need or not scratch.flags.c_contiguous \
+                or not scratch.flags.aligned:
             raise ValueError(f"native call: scratch needs {need} contiguous float32 values, got {scratch.size}")
         self._fn(rows, x.ctypes.data, *[p.ctypes.data for p in params], *self._const_ptrs,
                  out.ctypes.data, scratch.ctypes.data)
