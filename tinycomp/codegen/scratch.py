@@ -78,6 +78,9 @@ def plan_buffers(g: Graph, pack_floats: int = 0) -> BufferPlan:
         for a in g.args(n):
             last_use[plan.alias_root(a)] = i
     batched, fixed = _Arena(), _Arena()
+    # Every linear uses the pack buffer, so it is live for the whole call: reserve it before any
+    # value (taking it last could hand it a block freed late while that value was still live).
+    plan.pack_offset = fixed.take(pack_floats) if pack_floats else 0
     for i, n in enumerate(order):
         if g.op(n) in ("input", "param", "const", "output") or n in aliases or n == plan.output_root:
             pass
@@ -89,7 +92,6 @@ def plan_buffers(g: Graph, pack_floats: int = 0) -> BufferPlan:
             if last_use.get(a) == i and a in plan.offsets:
                 off, b = plan.offsets[a]
                 (batched if b else fixed).give(off, row_floats(g.shape(a)))
-    plan.pack_offset = fixed.take(pack_floats) if pack_floats else fixed.size
     plan.per_row, plan.fixed = batched.size, fixed.size
     plan.lifetimes = last_use
     return plan
