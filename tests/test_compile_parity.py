@@ -331,6 +331,29 @@ def test_row_broadcast_operands():
     assert_parity(model, sample(9, 19), ref)
 
 
+class GatedLinear(Layer):
+    """fc(x) * sigmoid(gate(x)) with a one-feature gate: a per-row (N, 1) factor."""
+
+    def __init__(self, width: int, out: int):
+        self.fc, self.gate, self.act = Linear(width, out), Linear(width, 1), Sigmoid()
+
+    def forward(self, x):
+        return self.fc(x) * self.act(self.gate(x)) + self.gate(x)
+
+
+@pytest.mark.parametrize("batch", [1, 7, 40])
+def test_per_row_gate(batch):
+    """Regression: an (N, 1) operand was lowered as one scalar for the whole batch."""
+    manual_seed(8)
+    model = GatedLinear(6, 5)
+
+    def ref(x):
+        gate = linear64(model.gate, x)
+        return linear64(model.fc, x) * sigmoid64(gate) + gate
+
+    assert_parity(model, sample(batch, 6, seed=batch), ref)
+
+
 @pytest.mark.parametrize("widths", [(9, 11, 3), (64, 1, 5), (5, 300, 17)])
 def test_bias_false(widths):
     manual_seed(6)

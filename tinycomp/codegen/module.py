@@ -10,9 +10,11 @@ Codegen is an interpreter over the graph that emits one kernel call per node (au
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from llvmlite import ir
@@ -66,9 +68,18 @@ def _const_arrays(g: Graph, names: list[str]) -> list[np.ndarray]:
     return [np.ascontiguousarray(np.asarray(g[c]["value"], dtype=np.float32)) for c in names]
 
 
+@functools.lru_cache(maxsize=1)
+def codegen_source_hash() -> str:
+    """A hash of the code generator's own source: a fixed codegen must not reuse old cached objects."""
+    h = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        h.update(path.name.encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()
+
+
 def graph_fingerprint(g: Graph, width: int) -> str:
     """A hash of everything in g that shapes the generated code (not parameter values)."""
-    h = hashlib.sha256(f"width={width}".encode())
+    h = hashlib.sha256(f"width={width};codegen={codegen_source_hash()}".encode())
     for n in g.nodes():
         attrs = sorted((k, repr(v)) for k, v in g.attrs(n).items())
         h.update(repr((n, g.op(n), g.shape(n), attrs, g.args(n))).encode())
@@ -163,8 +174,8 @@ def _operand_kind(g: Graph, operand: str, out: tuple, row: int) -> str | None:
         return "const"  # folded into the kernel as an immediate
     if row_floats(shape) == row_floats(out) and is_batched(shape) == is_batched(out):
         return "full"
-    if row_floats(shape) == 1:
-        return "scalar"
+    if row_floats(shape) == 1 and not is_batched(shape):
+        return "scalar"  # one value for the whole call; a batched (N, 1) value is a "col" below
     trailing = shape[next((i for i, d in enumerate(shape) if d != 1), len(shape)):]
     if not is_batched(shape) and row_floats(trailing) == row and trailing == out[len(out) - len(trailing):]:
         return "row"

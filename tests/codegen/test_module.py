@@ -1,0 +1,271 @@
+"""`lower_graph` on hand-built Graphs: loud failures for ops without a rule, kernels shared between
+identical layers, scratch reuse, and the generated entry run natively against the IR interpreter
+for every operand layout (full, row, per-row column, scalar, constants, views, copies)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tinycomp.codegen.module import ENTRY, LoweringError, ModulePlan, graph_fingerprint, lower_graph
+from tinycomp.codegen.target import host
+from tinycomp.ir.graph import Graph
+from tinycomp.ir.interpret import interpret
+from tinycomp.parity import check_parity
+from tinycomp.runtime.engine import JitEngine
+from tinycomp.runtime.kernel import NativeKernel
+
+WIDTH = host().vector_width
+RNG = np.random.default_rng(0)
+
+
+def values(*shape: int, scale: float = 1.0) -> np.ndarray:
+    return (RNG.standard_normal(shape) * scale).astype(np.float32)
+
+
+def param(g: Graph, name: str, value: np.ndarray) -> str:
+    return g.add("param", name=name, shape=value.shape, value=value)
+
+
+def run_native(g: Graph, x: np.ndarray, plan: ModulePlan | None = None) -> np.ndarray:
+    """Lower g, JIT it, call the entry on x with the params' bound values; output as a float32 array."""
+    g.lint()
+    plan = plan or lower_graph(g, WIDTH)
+    engine = JitEngine(plan.llvm_ir)
+    params = [np.ascontiguousarray(g[p]["value"], np.float32) for p in plan.params]
+    kernel = NativeKernel(engine, plan, x.shape[1:], [p.shape for p in params])
+    rows = x.shape[0]
+    out = np.full((rows, *plan.out_shape[1:]), np.nan, np.float32)
+    scratch = np.full(plan.scratch_floats(rows), np.nan, np.float32)  # garbage must not leak into results
+    kernel.run(np.ascontiguousarray(x), params, out, scratch)
+    return out
+
+
+def assert_runs_like_interpreter(g: Graph, x: np.ndarray) -> np.ndarray:
+    native = run_native(g, x)
+    eager = interpret(g, x)
+    reference = interpret(g, x.astype(np.float64), dtype=np.float64)
+    report = check_parity(native, eager, reference)
+    assert report.ok, str(report)
+    return native
+
+
+# ------------------------------------------------------------------ loud failures
+
+def graph_with(op: str, **attrs) -> Graph:
+    g = Graph()
+    x = g.add("input", name="x", shape=(None, 8))
+    w = param(g, "w", values(8, 4))
+    y = g.add(op, [x, w] if op == "matmul" else [x], name="culprit", **attrs)
+    g.add("output", [y], name="output")
+    return g
+
+
+@pytest.mark.parametrize("op, attrs", [
+    ("sum", {"axis": 1, "keepdims": True}), ("mean", {"axis": 1, "keepdims": False}),
+    ("max", {"axis": None, "keepdims": False}), ("transpose", {"dim0": 0, "dim1": 1}), ("matmul", {}),
+])
+def test_op_without_a_rule_raises_naming_it(op, attrs):
+    with pytest.raises(LoweringError, match=rf"no native code rule for op '{op}' \(node culprit\)"):
+        lower_graph(graph_with(op, **attrs), WIDTH)
+
+
+def test_lowering_error_is_a_not_implemented_error():
+    assert issubclass(LoweringError, NotImplementedError)
+
+
+def test_training_mode_dropout_is_not_lowered():
+    with pytest.raises(LoweringError, match="training-mode dropout"):
+        lower_graph(graph_with("dropout", p=0.5, training=True), WIDTH)
+
+
+def test_softmax_over_a_non_last_axis_is_refused():
+    g = Graph()
+    x = g.add("input", name="x", shape=(None, 3, 5))
+    y = g.add("softmax", [x], dim=1)
+    g.add("output", [y], name="output")
+    with pytest.raises(LoweringError, match="only the last axis"):
+        lower_graph(g, WIDTH)
+
+
+def test_two_inputs_are_refused():
+    g = Graph()
+    a = g.add("input", name="a", shape=(None, 4))
+    b = g.add("input", name="b", shape=(None, 4))
+    g.add("output", [g.add("add", [a, b])], name="output")
+    with pytest.raises(LoweringError, match="one input; this one has 2"):
+        lower_graph(g, WIDTH)
+
+
+def test_unsupported_broadcast_is_refused_not_miscompiled():
+    g = Graph()
+    x = g.add("input", name="x", shape=(None, 3, 4))
+    y = g.add("mul", [x, param(g, "half", values(3, 1))])  # (3, 1) on (N, 3, 4): neither a row nor a column
+    g.add("output", [y], name="output")
+    with pytest.raises(LoweringError, match=r"broadcast to \(N, 3, 4\)"):
+        lower_graph(g, WIDTH)
+
+
+# ------------------------------------------------------------------ kernels shared, scratch reused
+
+def mlp_graph(widths: list[int], activation: str | None = "relu") -> Graph:
+    g = Graph()
+    v = g.add("input", name="x", shape=(None, widths[0]))
+    for i, (k, n) in enumerate(zip(widths, widths[1:], strict=False)):
+        w, b = param(g, f"{i}.weight", values(k, n, scale=k ** -0.5)), param(g, f"{i}.bias", values(n))
+        v = g.add("linear", [v, w, b], bias=True, activation=activation)
+    g.add("output", [v], name="output")
+    return g
+
+
+def test_identical_layers_share_one_kernel():
+    g = mlp_graph([32, 32, 32, 32, 16])  # three 32x32 relu layers, one 32x16
+    plan = lower_graph(g, WIDTH)
+    linear_kernels = [k for k in plan.kernels if "linear" in k]
+    assert len(linear_kernels) == 2, plan.kernels
+    shared = linear_kernels[0]
+    assert plan.llvm_ir.count(f"define void @{shared}(") + plan.llvm_ir.count(f'define void @"{shared}"(') == 1
+    assert plan.llvm_ir.count(f"@{shared}(") + plan.llvm_ir.count(f'@"{shared}"(') == 4  # 1 define + 3 calls
+    assert_runs_like_interpreter(g, values(40, 32))
+
+
+def test_kernels_differ_where_the_code_must_differ():
+    for widths, act in [([32, 32, 32], None), ([32, 32, 32], "tanh")]:
+        assert len(lower_graph(mlp_graph(widths, act), WIDTH).kernels) == 1
+    g = mlp_graph([32, 32, 32])
+    first = g.args(g.args(g.output)[0])[0]
+    g.nx.nodes[first]["activation"] = "tanh"  # same shapes, another epilogue: another kernel
+    assert len(lower_graph(g, WIDTH).kernels) == 2
+    g2 = Graph()
+    x = g2.add("input", name="x", shape=(None, 16))
+    a = g2.add("mul", [x, g2.add("const", shape=(), value=np.float32(2.0))])
+    b = g2.add("mul", [a, g2.add("const", shape=(), value=np.float32(2.0))])
+    c = g2.add("mul", [b, g2.add("const", shape=(), value=np.float32(3.0))])
+    g2.add("output", [c], name="output")
+    plan = lower_graph(g2, WIDTH)
+    assert len(plan.kernels) == 2, plan.kernels  # x*2 shared by two nodes, x*3 its own
+    assert_runs_like_interpreter(g2, values(5, 16))
+
+
+def test_elementwise_chain_needs_scratch_for_two_buffers():
+    g = Graph()
+    v = g.add("input", name="x", shape=(None, 100))
+    ops = ["tanh", "relu", "sigmoid", "neg", "gelu"]
+    for i in range(40):
+        v = g.add(ops[i % len(ops)], [v])
+    g.add("output", [v], name="output")
+    plan = lower_graph(g, WIDTH)
+    assert plan.scratch_per_row <= 2 * 112 and plan.scratch_fixed == 0
+    assert len(plan.kernels) == len(ops)
+    assert_runs_like_interpreter(g, values(9, 100, scale=2.0))
+
+
+# ------------------------------------------------------------------ generated code runs right
+
+@pytest.mark.parametrize("rows", [0, 1, 7, 33, 100])
+def test_mlp_graph_runs(rows):
+    g = mlp_graph([20, 48, 17, 5])
+    assert_runs_like_interpreter(g, values(rows, 20))
+
+
+def test_operand_layouts_full_row_scalar_const():
+    g = Graph()
+    x = g.add("input", name="x", shape=(None, 19))
+    row = param(g, "row", values(19))
+    row2d = param(g, "row2d", values(1, 19))
+    scalar = param(g, "scalar", values(1))
+    vec = g.add("const", name="vec", shape=(19,), value=values(19))
+    three = g.add("const", name="three", shape=(), value=np.float32(3.0))
+    v = g.add("add", [x, row])
+    v = g.add("mul", [row2d, v])
+    v = g.add("sub", [v, scalar])
+    v = g.add("div", [v, three])
+    v = g.add("sub", [vec, v])
+    v = g.add("add", [v, x])
+    g.add("output", [v], name="output")
+    plan = lower_graph(g, WIDTH)
+    assert plan.const_nodes == ["vec"]  # the scalar const is an immediate, not an argument
+    assert_runs_like_interpreter(g, values(13, 19))
+
+
+def test_per_row_column_operand_is_not_treated_as_a_scalar():
+    """Regression: a batched (N, 1) value (a Linear to 1 feature, a gate) was lowered as a scalar,
+    so every row was scaled by row 0's value."""
+    g = Graph()
+    x = g.add("input", name="x", shape=(None, 6))
+    h = g.add("linear", [x, param(g, "w", values(6, 5))], bias=False, activation=None)
+    gate = g.add("linear", [x, param(g, "gw", values(6, 1))], bias=False, activation="sigmoid")
+    y = g.add("mul", [h, gate])
+    z = g.add("add", [gate, y])
+    g.add("output", [z], name="output")
+    out = assert_runs_like_interpreter(g, values(7, 6))
+    assert out.shape == (7, 5)
+
+
+def test_views_softmax_and_three_d_values():
+    g = Graph()
+    x = g.add("input", name="x", shape=(None, 3, 8))
+    h = g.add("linear", [x, param(g, "w", values(8, 8)), param(g, "b", values(8))], bias=True, activation="gelu")
+    s = g.add("softmax", [h], dim=-1)
+    d = g.add("dropout", [s], p=0.3, training=False)  # eval dropout left in: the identity, a view
+    r = g.add("reshape", [d], newshape=(-1, 24))
+    y = g.add("add", [r, g.add("reshape", [x], newshape=(-1, 24))])
+    g.add("output", [g.add("softmax", [y])], name="output")
+    assert_runs_like_interpreter(g, values(11, 3, 8, scale=3.0))
+
+
+@pytest.mark.parametrize("wrap", ["none", "reshape", "dropout"])
+def test_output_that_is_the_input_is_copied(wrap):
+    g = Graph()
+    x = g.add("input", name="x", shape=(None, 4, 5))
+    v = {"none": x, "reshape": None, "dropout": None}[wrap]
+    if wrap == "reshape":
+        v = g.add("reshape", [x], newshape=(-1, 20))
+    elif wrap == "dropout":
+        v = g.add("dropout", [x], p=0.5, training=False)
+    g.add("output", [v], name="output")
+    xs = values(6, 4, 5)
+    xs[0, 0, :3] = [np.nan, -0.0, np.inf]
+    out = run_native(g, xs)
+    np.testing.assert_array_equal(out.reshape(xs.shape), xs)
+    assert np.signbit(out.reshape(-1)[1])
+
+
+def test_pack_buffer_does_not_clobber_a_live_value():
+    """Regression (scratch planning): an unbatched value read after a packing GEMM (M > 32)."""
+    g = Graph()
+    x = g.add("input", name="x", shape=(None, 1))
+    s = g.add("mul", [param(g, "p", values(4000)), g.add("const", shape=(), value=np.float32(2.0))])
+    lin = g.add("linear", [x, param(g, "w", values(1, 4000))], bias=False, activation=None)
+    g.add("output", [g.add("mul", [lin, s])], name="output")
+    for rows in (8, 64):
+        assert_runs_like_interpreter(g, values(rows, 1))
+
+
+# ------------------------------------------------------------------ plan metadata and the cache key
+
+def test_plan_round_trips_through_cache_metadata():
+    g = mlp_graph([12, 9, 4])
+    plan = lower_graph(g, WIDTH)
+    again = ModulePlan.from_meta(plan.to_meta(), g)
+    assert again.llvm_ir == "" and again.entry == plan.entry == ENTRY
+    assert (again.params, again.out_shape, again.kernels) == (plan.params, plan.out_shape, plan.kernels)
+    assert again.scratch_floats(37) == plan.scratch_floats(37)
+
+
+def test_fingerprint_ignores_parameter_values_but_not_structure():
+    base = graph_fingerprint(mlp_graph([12, 9, 4]), WIDTH)
+    assert graph_fingerprint(mlp_graph([12, 9, 4]), WIDTH) == base  # other random weights, same code
+    assert graph_fingerprint(mlp_graph([12, 9, 5]), WIDTH) != base
+    assert graph_fingerprint(mlp_graph([12, 9, 4], "tanh"), WIDTH) != base
+    assert graph_fingerprint(mlp_graph([12, 9, 4]), 8 if WIDTH == 16 else 16) != base
+
+
+def test_fingerprint_sees_constant_values():
+    def graph(c: float) -> Graph:
+        g = Graph()
+        x = g.add("input", name="x", shape=(None, 4))
+        g.add("output", [g.add("mul", [x, g.add("const", name="c", shape=(), value=np.float32(c))])], name="output")
+        return g
+
+    assert graph_fingerprint(graph(2.0), WIDTH) != graph_fingerprint(graph(3.0), WIDTH)
