@@ -270,6 +270,10 @@ def _print_report(rows, targets, compile_times, env, notes, extras, elapsed) -> 
     if peak:
         print(f"FMA peak: {peak['gflops']:.1f} GFLOP/s per core ({peak.get('method', '')}); "
               "% peak is of (threads x this)")
+        if "parallel_efficiency" in peak:
+            print(f"Same loop on all {peak['cores']} cores at once: {peak['all_cores_gflops']:.1f} GFLOP/s, parallel "
+                  f"efficiency {peak['parallel_efficiency']:.2f} (well below 1: another process holds a core, "
+                  "so the all-cores rows understate what threads give)")
     print("Threads: 'thr' column; 1-thread rows pin BLAS to 1 thread with threadpoolctl; compiled-all is "
           "threads=None (the default policy). GFLOP/s counts 2 x Linear multiply-adds. x NumPy = time / NumPy time.")
     print()
@@ -296,6 +300,9 @@ def _markdown(rows, targets, compile_times, env, notes, argv) -> str:
              + ", ".join(f"{k} {v}" for k, v in env["versions"].items()), ""]
     if peak:
         parts += [f"Measured FMA peak: {peak['gflops']:.1f} GFLOP/s per core ({peak.get('method', '')}).", ""]
+        if "parallel_efficiency" in peak:
+            parts += [f"The same loop on all {peak['cores']} cores at once: {peak['all_cores_gflops']:.1f} GFLOP/s "
+                      f"(parallel efficiency {peak['parallel_efficiency']:.2f}).", ""]
     parts += ["### Targets", "", report.markdown_table(report.TARGET_HEADER, report.target_cells(targets)), "",
               "### Run time", "", report.markdown_table(report.HEADER, report.table_cells(rows)), ""]
     if compile_times:

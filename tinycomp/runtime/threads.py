@@ -7,6 +7,7 @@ releases the GIL, so the workers really run in parallel.
 
 from __future__ import annotations
 
+import itertools
 import os
 import queue
 import threading
@@ -22,44 +23,60 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-class _Job:
-    __slots__ = ("task", "done", "error")
+class _Batch:
+    """Tasks that the caller and any woken workers claim one at a time until none are left.
 
-    def __init__(self, task: Task):
-        self.task, self.done, self.error = task, threading.Event(), None
+    Claiming instead of assigning means a worker that is slow to wake (or whose core is busy with
+    another process) never holds the caller up: the caller simply runs the unclaimed tasks itself,
+    so a split call is never much slower than running every task on the calling thread.
+    """
 
-    def run(self) -> None:
-        try:
-            self.task()
-        except BaseException as exc:  # handed back to the caller, never lost in the worker
-            self.error = exc
-        finally:
-            self.done.set()
+    __slots__ = ("tasks", "_next", "_lock", "_left", "done", "error")
+
+    def __init__(self, tasks: list[Task]):
+        self.tasks = tasks
+        self._next = itertools.count()  # next() on a count is atomic under the GIL
+        self._lock = threading.Lock()
+        self._left = len(tasks)
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+
+    def work(self) -> None:
+        n = len(self.tasks)
+        while (i := next(self._next)) < n:
+            try:
+                self.tasks[i]()
+            except BaseException as exc:  # handed back to the caller, never lost in the worker
+                if self.error is None:
+                    self.error = exc
+            with self._lock:
+                self._left -= 1
+                if self._left == 0:
+                    self.done.set()
 
 
 class WorkerPool:
     def __init__(self, workers: int):
-        self._queue: queue.SimpleQueue[_Job] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[_Batch] = queue.SimpleQueue()
         self.workers = workers
         for i in range(workers):
             threading.Thread(target=self._work, name=f"tinycomp-worker-{i}", daemon=True).start()
 
     def _work(self) -> None:
         while True:
-            self._queue.get().run()
+            self._queue.get().work()
 
     def run(self, tasks: list[Task]) -> None:
-        """Run all tasks, the first on the calling thread; re-raise the first failure."""
-        jobs = [_Job(t) for t in tasks[1:]]
-        for job in jobs:
-            self._queue.put(job)
-        first = _Job(tasks[0])
-        first.run()
-        for job in jobs:
-            job.done.wait()
-        for job in [first, *jobs]:
-            if job.error is not None:
-                raise job.error
+        """Run all tasks on the calling thread and up to `workers` helpers; re-raise the first failure."""
+        if not tasks:
+            return
+        batch = _Batch(tasks)
+        for _ in range(min(self.workers, len(tasks) - 1)):
+            self._queue.put(batch)
+        batch.work()
+        batch.done.wait()
+        if batch.error is not None:
+            raise batch.error
 
 
 _pool: WorkerPool | None = None

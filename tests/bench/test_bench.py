@@ -1,0 +1,89 @@
+"""`tinycomp bench` on the tiny model: runs in seconds, writes JSON, and fails loudly on a wrong kernel."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from tinycomp.bench import bench_main
+from tinycomp.bench.models import MODELS, numpy_function
+from tinycomp.bench.report import check_targets, summarize
+from tinycomp.nn import Tensor
+from tinycomp.runtime.threads import parallel_parts, split_rows
+
+TINY = ["--models", "tiny", "--batch", "1,4", "--engines", "numpy,eager,compiled", "--quick",
+        "--no-compile-times", "--peak", "100"]
+
+
+def test_bench_runs_on_tiny_model_and_writes_json(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert bench_main([*TINY, "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    rows = {(r["engine"], r["batch"]) for r in data["rows"]}
+    assert rows == {(e, b) for e in ("numpy", "eager", "compiled") for b in (1, 4)}
+    for r in data["rows"]:
+        assert r["model"] == "tiny" and r["median_us"] > 0 and r["p90_us"] >= r["median_us"]
+        assert r["vs_numpy"] is not None
+    assert data["environment"]["peak"]["gflops"] == 100
+    text = capsys.readouterr().out
+    assert "x NumPy" in text and "compiled" in text
+
+
+def test_wrong_kernel_fails_parity_loudly(monkeypatch, capsys, tmp_path):
+    monkeypatch.setenv("TINYCOMP_BENCH_FAULT", "compiled")
+    out = tmp_path / "never.json"
+    code = bench_main([*TINY, "--json", str(out)])
+    err = capsys.readouterr().err
+    assert code != 0
+    assert "PARITY FAILURE" in err and "'compiled'" in err and "'tiny'" in err and "batch 1" in err
+    assert not out.exists()  # nothing is reported for a run whose results could be wrong
+
+
+def test_plot_or_hint(tmp_path, capsys):
+    png = tmp_path / "tiny.png"
+    assert bench_main([*TINY, "--engines", "numpy,compiled", "--plot", str(png)]) == 0
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert "pip install" in capsys.readouterr().err
+    else:
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_unknown_model_is_a_usage_error():
+    with pytest.raises(SystemExit):
+        bench_main(["--models", "nope"])
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_numpy_function_matches_eager_model(name):
+    bm = MODELS[name]
+    model = bm.build(0)
+    x = bm.sample(3)
+    eager = model(Tensor(x)).data
+    np.testing.assert_allclose(numpy_function(bm, bm.weights(model))(x), eager, rtol=1e-4, atol=1e-5)
+
+
+def test_same_seed_same_weights():
+    a, b = MODELS["mlp"].build(7), MODELS["mlp"].build(7)
+    for (wa, ba), (wb, bb) in zip(MODELS["mlp"].weights(a), MODELS["mlp"].weights(b), strict=True):
+        assert np.array_equal(wa, wb) and np.array_equal(ba, bb) and np.any(ba != 0)
+
+
+def test_targets_judge_ratios():
+    pts = {("numpy", "mlp", 1): {"samples": [10e-6] * 5, "threads": 1},
+           ("compiled", "mlp", 1): {"samples": [4e-6] * 5, "threads": 1}}
+    rows = summarize(pts, 100.0)
+    [t] = check_targets(rows, {})
+    assert t.met and t.measured == "0.40"
+
+
+def test_parallel_policy_small_work_stays_on_one_thread():
+    assert parallel_parts(1, 470_016, None) == 1
+    assert parallel_parts(8, 470_016, None) == 1
+    assert parallel_parts(100_000, 470_016, 1) == 1
+    chunks = split_rows(1000, 3)
+    assert chunks[0][0] == 0 and chunks[-1][1] == 1000
+    assert all(a[1] == b[0] for a, b in zip(chunks, chunks[1:]))
