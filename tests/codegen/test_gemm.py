@@ -31,7 +31,7 @@ LAYERS = [
     *[(37, n, True, "relu") for n in (1, 3, 15, 16, 17, 100, 257, 1024)],
     (64, 100, False, None), (3, 5, True, None),
 ]
-MS = [0, 1, 2, 7, 8, 9, 31, 33, 100, 1000]
+MS = [0, 1, 2, 3, 4, 5, 7, 8, 9, 11, 31, 33, 35, 100, 1000]  # every leftover 0..5, both paths
 
 
 def layer_name(K, N, bias, act):

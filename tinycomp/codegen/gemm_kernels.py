@@ -5,9 +5,15 @@ A microkernel computes, for one tile,
     C[0:mr, 0:cols] = act(A[0:mr, 0:K] @ B[0:K, 0:cols] + bias[0:cols])
 
 where B row k starts at `b + k * ldb`. The same kernel serves packed panels (`ldb` = panel width)
-and the weight matrix read in place (`ldb` = N), so the batch-1 path and the packed path share code.
-The accumulators are SSA values carried through phis: kernels are compiled at speed level 0, where
-no mem2reg or unrolling would rescue loads and stores of an alloca'd tile.
+and the weight matrix read in place (`ldb` = N), so the small-batch paths and the packed path share
+code. The accumulators are SSA values carried through phis: kernels are compiled at speed level 0,
+where no mem2reg or unrolling would rescue loads and stores of an alloca'd tile.
+
+Everything but the register tile itself is a run-time argument, so one kernel per (mr, nv) serves
+every layer of a module: `K`, the strides, `cols` (1..nv*width real columns; lane masks built from
+it keep loads and stores inside the row, and vectors wholly past it load nothing), `bias` (null for
+none) and `relu` (0/1, for the plain and ReLU epilogues). Only the costly activations (sigmoid,
+tanh, gelu) get kernels of their own. Fewer distinct kernels is the main lever on compile time.
 """
 
 from __future__ import annotations
@@ -22,29 +28,24 @@ from .loops import F32, I1, I32, I64, PTR, as_i64, declare_vector_intrinsic, i64
 
 @dataclass(frozen=True)
 class TileShape:
-    """`mr` rows by `nv` vectors of `width` lanes; only `last_lanes` lanes of the last vector are
-    real columns (the rest are past the end of N and must never be stored)."""
+    """`mr` rows by `nv` vectors of `width` lanes (`prefetch`: rows of B to prefetch ahead, 0 = off).
+
+    Unless `exact`, loads of B and stores of C are masked to the run-time `cols`: a masked load
+    cannot fold into the FMA, which costs the memory-bound one-row kernel ~8%, so that kernel is
+    `exact` where the layer allows it."""
 
     mr: int
     nv: int
     width: int
-    last_lanes: int
+    prefetch: int = 0
+    exact: bool = False  # every call has cols == nv * width: plain loads and stores, no masks
 
     @property
-    def cols(self) -> int:
-        return (self.nv - 1) * self.width + self.last_lanes
-
-    @property
-    def masked(self) -> bool:
-        return self.last_lanes < self.width
-
-    def lanes(self, v: int) -> int:
-        """Real lanes in vector `v` of a tile row."""
-        return self.last_lanes if v == self.nv - 1 else self.width
+    def nr(self) -> int:
+        return self.nv * self.width
 
     def suffix(self) -> str:
-        tail = f"t{self.last_lanes}" if self.masked else ""
-        return f"{self.mr}x{self.nv}{tail}"
+        return f"{self.mr}x{self.nv}" + (f"p{self.prefetch}" if self.prefetch else "") + ("x" if self.exact else "")
 
 
 def lane_mask(width: int, lanes: int) -> ir.Constant:
@@ -65,13 +66,30 @@ def _masked_intrinsic(module: ir.Module, op: str, width: int) -> ir.Function:
     return ir.Function(module, fnty, name)
 
 
+def _prefetch_intrinsic(module: ir.Module) -> ir.Function:
+    name = "llvm.prefetch.p0"
+    if name in module.globals:
+        return module.globals[name]
+    return ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR, I32, I32, I32]), name)
+
+
+def masked_load(builder: ir.IRBuilder, ptr: ir.Value, mask: ir.Value) -> ir.Value:
+    """Load the lanes of `mask` (zero elsewhere) without touching memory outside them."""
+    width = mask.type.count
+    fn = _masked_intrinsic(builder.module, "load", width)
+    return builder.call(fn, [ptr, ir.Constant(I32, 4), mask, ir.Constant(vector_type(width), None)])
+
+
+def masked_store(builder: ir.IRBuilder, value: ir.Value, ptr: ir.Value, mask: ir.Value) -> None:
+    fn = _masked_intrinsic(builder.module, "store", value.type.count)
+    builder.call(fn, [value, ptr, ir.Constant(I32, 4), mask])
+
+
 def load_vector(builder: ir.IRBuilder, ptr: ir.Value, width: int, lanes: int) -> ir.Value:
     """Load `lanes` floats (zero-filling the rest) without touching memory past them."""
     if lanes == width:
         return builder.load(ptr, typ=vector_type(width), align=4)
-    fn = _masked_intrinsic(builder.module, "load", width)
-    zero = ir.Constant(vector_type(width), None)
-    return builder.call(fn, [ptr, ir.Constant(I32, 4), lane_mask(width, lanes), zero])
+    return masked_load(builder, ptr, lane_mask(width, lanes))
 
 
 def store_vector(builder: ir.IRBuilder, value: ir.Value, ptr: ir.Value, lanes: int) -> None:
@@ -79,21 +97,33 @@ def store_vector(builder: ir.IRBuilder, value: ir.Value, ptr: ir.Value, lanes: i
     if lanes == width:
         builder.store(value, ptr, align=4)
         return
-    fn = _masked_intrinsic(builder.module, "store", width)
-    builder.call(fn, [value, ptr, ir.Constant(I32, 4), lane_mask(width, lanes)])
+    masked_store(builder, value, ptr, lane_mask(width, lanes))
 
 
 def fgep(builder: ir.IRBuilder, base: ir.Value, index: int | ir.Value) -> ir.Value:
     return builder.gep(base, [as_i64(index)], source_etype=F32, inbounds=True)
 
 
+def column_masks(builder: ir.IRBuilder, cols: ir.Value, nv: int, width: int) -> list[ir.Value]:
+    """Lane masks of the `nv` vectors of a row holding `cols` (a run-time i64) real columns."""
+    iv = ir.VectorType(I32, width)
+    lanes = splat_i32(builder, builder.trunc(cols, I32), width)
+    return [builder.icmp_signed("<", ir.Constant(iv, [v * width + i for i in range(width)]), lanes)
+            for v in range(nv)]
+
+
+def splat_i32(builder: ir.IRBuilder, value: ir.Value, width: int) -> ir.Value:
+    iv = ir.VectorType(I32, width)
+    one = builder.insert_element(ir.Constant(iv, ir.Undefined), value, ir.Constant(I32, 0))
+    return builder.shuffle_vector(one, ir.Constant(iv, ir.Undefined), ir.Constant(iv, [0] * width))
+
+
 def activation_function(module: ir.Module, activation: str, width: int) -> ir.Function:
-    """`act(<W x float>)` as one internal function per kernel module.
+    """`act(<W x float>)` as one internal noinline function per kernel module.
 
     Expensive activations are emitted once and called from every tile store instead of being
     inlined into each of the dozens of (tile row, vector) slots: that keeps IR size and compile time
-    flat. The call costs a few spills per tile, nothing next to the K-long FMA loop. ReLU is a
-    single select, so it is always inlined.
+    flat. The call costs a few spills per tile, nothing next to the K-long FMA loop.
     """
     name = f"tinycomp.gemm.{activation}.v{width}"
     if name in module.globals:
@@ -102,71 +132,94 @@ def activation_function(module: ir.Module, activation: str, width: int) -> ir.Fu
     fn = ir.Function(module, ir.FunctionType(vt, [vt]), name)
     fn.linkage = "internal"
     fn.attributes.add("nounwind")
-    if activation == "relu":
-        fn.attributes.add("alwaysinline")
-    else:
-        fn.attributes.add("noinline")
+    fn.attributes.add("noinline")
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     b.ret(vecmath.apply_activation(b, module, activation, fn.args[0]))
     return fn
 
 
-def tile_kernel(module: ir.Module, shape: TileShape, *, bias: bool, activation: str | None) -> ir.Function:
-    """The kernel for one tile shape and epilogue, emitted once per module and shared by every
-    layer that needs it (K, lda, ldb and ldc are arguments): fewer functions, faster compiles.
+def kernel_activation(activation: str | None) -> str:
+    """The kernel family of an activation: ReLU and none share the run-time-flag epilogue."""
+    return "lin" if activation in (None, "relu") else activation
 
-    `void tile(i64 rows, i64 K, ptr a, i64 lda, ptr b, i64 ldb, ptr bias, ptr c, i64 ldc)` with
-    a, bias and c at the tile origin. `rows` (1..mr) is how many rows are real: rows past it are
-    clamped to the last real row, so they recompute and re-store that row's bit-identical values
-    instead of touching memory outside the caller's range. One kernel thus serves every leftover
-    row count with no per-count variants and no branches in the epilogue.
+
+TILE_ARGS = ("K", "a", "lda", "b", "ldb", "bias", "c", "ldc", "cols", "relu")
+
+
+def tile_kernel(module: ir.Module, shape: TileShape, activation: str | None) -> ir.Function:
+    """The kernel for one tile shape and activation family, emitted once per module and shared by
+    every layer that needs it.
+
+    `void tile(i64 K, ptr a, i64 lda, ptr b, i64 ldb, ptr bias, ptr c, i64 ldc, i64 cols, i64 relu)`
+    with a, bias and c at the tile origin; all `mr` rows are real, `cols` in 1..nv*width.
     """
-    name = f"tinycomp.gemm.tile{shape.suffix()}.{activation or 'id'}{'.bias' if bias else ''}"
+    kind = kernel_activation(activation)
+    name = f"tinycomp.gemm.tile{shape.suffix()}.{kind}"
     if name in module.globals:
         return module.globals[name]
-    fnty = ir.FunctionType(ir.VoidType(), [I64, I64, PTR, I64, PTR, I64, PTR, PTR, I64])
+    fnty = ir.FunctionType(ir.VoidType(), [I64, PTR, I64, PTR, I64, PTR, PTR, I64, I64, I64])
     fn = ir.Function(module, fnty, name)
     fn.linkage = "internal"
     fn.attributes.add("nounwind")
-    names = ("rows", "K", "a", "lda", "b", "ldb", "bias", "c", "ldc")
-    for arg, nm in zip(fn.args, names, strict=True):
+    for arg, nm in zip(fn.args, TILE_ARGS, strict=True):
         arg.name = nm
         if isinstance(arg.type, ir.PointerType):
             arg.add_attribute("noalias")
-    rows, K, a, lda, b, ldb, bias_ptr, c, ldc = fn.args
+    K, a, lda, b, ldb, bias_ptr, c, ldc, cols, relu = fn.args
     builder = ir.IRBuilder(fn.append_basic_block("entry"))
-    last = builder.sub(rows, i64(1))
-    row_index = [builder.select(builder.icmp_signed("<", i64(i), rows), i64(i), last) if i else i64(0)
-                 for i in range(shape.mr)]
-    a_rows = [fgep(builder, a, builder.mul(r, lda)) for r in row_index]
-    c_rows = [fgep(builder, c, builder.mul(r, ldc)) for r in row_index]
-    acc = _k_loop(builder, shape, K, a_rows, b, ldb)
-    act = activation_function(module, activation, shape.width) if activation else None
-    _store_tile(builder, shape, bias_ptr if bias else None, act, c_rows, acc)
+    if shape.exact:
+        masks = [ir.Constant(ir.VectorType(I1, shape.width), [ir.Constant(I1, 1)] * shape.width)] * shape.nv
+    else:
+        masks = column_masks(builder, cols, shape.nv, shape.width)
+    a_rows = [fgep(builder, a, builder.mul(i64(i), lda)) if i else a for i in range(shape.mr)]
+    c_rows = [fgep(builder, c, builder.mul(i64(i), ldc)) if i else c for i in range(shape.mr)]
+    acc = _k_loop(builder, shape, K, a_rows, b, ldb, masks)
+    if kind == "lin":
+        # relu(x) = x if x > 0 or x is NaN else +0; with floor -inf instead of +0 the same select
+        # is the identity (-inf stays -inf, NaN stays NaN), so one epilogue serves both.
+        is_relu = builder.icmp_signed("!=", relu, i64(0))
+        floor = builder.select(is_relu, ir.Constant(F32, 0.0), ir.Constant(F32, float("-inf")))
+        floor_v = splat(floor, shape.width, builder)
+
+        def act(x):
+            return builder.select(builder.fcmp_unordered(">", x, floor_v), x, floor_v)
+    else:
+        fn_act = activation_function(module, activation, shape.width)
+
+        def act(x):
+            return builder.call(fn_act, [x])
+
+    has_bias = builder.icmp_unsigned("!=", bias_ptr, ir.Constant(PTR, None))
+    bias_on = builder.insert_element(ir.Constant(ir.VectorType(I1, shape.width), ir.Undefined), has_bias,
+                                     ir.Constant(I32, 0))
+    bias_on = builder.shuffle_vector(bias_on, ir.Constant(bias_on.type, ir.Undefined),
+                                     ir.Constant(ir.VectorType(I32, shape.width), [0] * shape.width))
+    w = shape.width
+    for v in range(shape.nv):
+        bvec = masked_load(builder, fgep(builder, bias_ptr, v * w), builder.and_(masks[v], bias_on))
+        for i, c_row in enumerate(c_rows):
+            x, dst = act(builder.fadd(acc[i][v], bvec)), fgep(builder, c_row, v * w)
+            if shape.exact:
+                builder.store(x, dst, align=4)
+            else:
+                masked_store(builder, x, dst, masks[v])
     builder.ret_void()
     return fn
 
 
-def _rank1_update(builder, shape: TileShape, a_rows, b_row, k, acc):
-    """acc += A[:, k] (outer) B[k, :]: nv vector loads, mr broadcasts, mr * nv FMAs."""
-    fma = declare_vector_intrinsic(builder.module, "fma", shape.width, 3)
-    w = shape.width
-    bvec = [load_vector(builder, fgep(builder, b_row, v * w), w, shape.lanes(v)) for v in range(shape.nv)]
-    out = []
-    for i, row in enumerate(a_rows):
-        a_ik = splat(builder.load(fgep(builder, row, k), typ=F32), w, builder)
-        out.append([builder.call(fma, [a_ik, bvec[v], acc[i][v]]) for v in range(shape.nv)])
-    return out
+def _k_loop(builder, shape: TileShape, K, a_rows, b, ldb, masks):
+    """for k in 0..K: acc += A[:, k] (outer) B[k, :], the tile carried in phis (K == 0 leaves it 0).
 
-
-def _k_loop(builder, shape: TileShape, K, a_rows, b, ldb):
-    """for k in 0..K: acc += rank-1 update, the tile carried in phis (K == 0 leaves it zero).
-
-    The loop is not unrolled: measured as fast as 2x/4x unrolling and half the IR.
-    The B row pointer advances by `ldb` each step instead of being recomputed from k.
+    The loop is not unrolled (measured as fast as 2x/4x unrolling, half the IR). The B row pointer
+    advances by `ldb` each step. With `shape.prefetch`, each step also prefetches the B row that
+    many rows ahead: when B is W read in place with rows a page apart, the hardware prefetchers
+    do not follow the stream.
     """
-    zero = ir.Constant(vector_type(shape.width), None)
-    init = [[zero] * shape.nv for _ in range(shape.mr)]
+    w = shape.width
+    vt = vector_type(w)
+    zero = ir.Constant(vt, None)
+    fma = declare_vector_intrinsic(builder.module, "fma", w, 3)
+    ahead = builder.mul(ldb, i64(shape.prefetch)) if shape.prefetch else None
     entry = builder.block
     body = builder.append_basic_block("k.body")
     after = builder.append_basic_block("k.end")
@@ -175,8 +228,21 @@ def _k_loop(builder, shape: TileShape, K, a_rows, b, ldb):
     builder.position_at_end(body)
     k = builder.phi(I64, name="k")
     b_row = builder.phi(PTR, name="b.row")
-    phis = [[builder.phi(zero.type) for _ in range(shape.nv)] for _ in range(shape.mr)]
-    acc = _rank1_update(builder, shape, a_rows, b_row, k, phis)
+    phis = [[builder.phi(vt) for _ in range(shape.nv)] for _ in range(shape.mr)]
+    if ahead is not None:
+        pf = _prefetch_intrinsic(builder.module)
+        far = builder.gep(b_row, [ahead], source_etype=F32)
+        for v in range(shape.nv):
+            builder.call(pf, [builder.gep(far, [i64(v * w)], source_etype=F32), ir.Constant(I32, 0),
+                              ir.Constant(I32, 3), ir.Constant(I32, 1)])
+    if shape.exact:
+        bvec = [builder.load(fgep(builder, b_row, v * w), typ=vt, align=4) for v in range(shape.nv)]
+    else:
+        bvec = [masked_load(builder, fgep(builder, b_row, v * w), masks[v]) for v in range(shape.nv)]
+    acc = []
+    for i, row in enumerate(a_rows):
+        a_ik = splat(builder.load(fgep(builder, row, k), typ=F32), w, builder)
+        acc.append([builder.call(fma, [a_ik, bvec[v], phis[i][v]]) for v in range(shape.nv)])
     k_next = builder.add(k, i64(1), flags=["nuw", "nsw"])
     b_next = builder.gep(b_row, [ldb], source_etype=F32, inbounds=True)
     builder.cbranch(builder.icmp_signed("<", k_next, K), body, after)
@@ -190,25 +256,11 @@ def _k_loop(builder, shape: TileShape, K, a_rows, b, ldb):
     for i in range(shape.mr):
         row = []
         for v in range(shape.nv):
-            phis[i][v].add_incoming(init[i][v], entry)
+            phis[i][v].add_incoming(zero, entry)
             phis[i][v].add_incoming(acc[i][v], body)
-            out = builder.phi(zero.type)
-            out.add_incoming(init[i][v], entry)
+            out = builder.phi(vt)
+            out.add_incoming(zero, entry)
             out.add_incoming(acc[i][v], body)
             row.append(out)
         result.append(row)
     return result
-
-
-def _store_tile(builder, shape: TileShape, bias, act, c_rows, acc) -> None:
-    """The fused epilogue: + bias, activation in registers, then (masked) stores."""
-    w = shape.width
-    for v in range(shape.nv):
-        bvec = load_vector(builder, fgep(builder, bias, v * w), w, shape.lanes(v)) if bias is not None else None
-        for i, c_row in enumerate(c_rows):
-            x = acc[i][v]
-            if bvec is not None:
-                x = builder.fadd(x, bvec)
-            if act is not None:
-                x = builder.call(act, [x])
-            store_vector(builder, x, fgep(builder, c_row, v * w), shape.lanes(v))
