@@ -92,19 +92,30 @@ def shared_pool() -> WorkerPool:
         return _pool
 
 
-# Below this much work per call, handing rows to another core costs more than it saves
-# (a queue hand-off is ~10-20 us here; see benchmarks/RESULTS.md).
-PARALLEL_MIN_FLOPS = 4_000_000
+# Below this much work per call (FLOPs, as the compiler counts them), splitting does not pay.
+# Measured here (benchmarks/RESULTS.md): a split costs ~35 us to wake a blocked worker (a VM vCPU
+# leaving idle), ~15 us of Python before its chunk reaches native code, and the same again for the
+# caller to notice the worker finished: ~100 us per call. With two cores the reference MLP broke even
+# at ~30-60 MFLOP (batch 64-128: 0.94x-1.31x on a quiet host) and gained 1.45x at 120 MFLOP
+# (batch 256); the deep model 0.82x at 34 MFLOP and 1.45x at 134 MFLOP. 64 MFLOP (~0.65 ms of
+# one-thread work at ~95 GFLOP/s) keeps every call that could lose on one thread.
+PARALLEL_MIN_FLOPS = 64_000_000
+# Rows per chunk never drop below this: smaller GEMM calls lose more to tails than a core gains.
+MIN_CHUNK_ROWS = 16
 
 
 def parallel_parts(rows: int, flops_per_row: int, threads: int | None) -> int:
-    """How many row chunks to run at once: `threads` if given, else all cores when it pays."""
+    """How many row chunks to run at once: `threads` if given, else all cores when it pays.
+
+    One chunk per core: with chunks claimed rather than assigned (see `_Batch`), a core that another
+    process is using simply takes fewer chunks; more, smaller chunks measured slower on a quiet host.
+    """
     cores = threads if threads is not None else available_cores()
-    if cores <= 1 or rows < 16:
+    if cores <= 1 or rows < 2 * MIN_CHUNK_ROWS:
         return 1
     if threads is None and rows * flops_per_row < PARALLEL_MIN_FLOPS:
         return 1
-    return min(cores, rows // 8)
+    return min(cores, rows // MIN_CHUNK_ROWS)
 
 
 def split_rows(rows: int, parts: int, multiple: int = 8) -> list[tuple[int, int]]:
