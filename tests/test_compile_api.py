@@ -272,3 +272,40 @@ def test_nan_input_propagates_not_crashes():
     eager = eager_eval(model, x)
     np.testing.assert_array_equal(np.isnan(out), np.isnan(eager))
     assert np.isnan(out[1]).all() and np.isfinite(out[[0, 2]]).all()
+
+
+# ------------------------------------------------------------------ check=True
+
+def test_check_true_accepts_a_correct_wide_model():
+    """The check's reference must be float64: against a float32 reference the eager error is ~0 and
+    a correct GEMM with another summation order was reported as a ParityError."""
+    manual_seed(3)
+    model = Sequential(Linear(1024, 1024), Linear(1024, 1024))
+    fast = tc.compile(model, check=True)
+    x = batch(64, 1024) * 3
+    assert fast(x).shape == (64, 1024)
+
+
+SCALE = [2.0]  # read by ImpureScale.forward: not part of the model, so tracing bakes it in
+
+
+class ImpureScale(Linear):
+    def forward(self, x):
+        return super().forward(x) * SCALE[0]
+
+
+@pytest.mark.xfail(strict=True, reason="known bug: check=True takes its float64 reference from the compiled "
+                   "graph and allows 2x the eager error, so a graph that differs from eager always passes")
+def test_check_true_raises_parity_error_when_outputs_differ():
+    manual_seed(4)
+    model = ImpureScale(6, 3)
+    fast = tc.compile(model, check=True)
+    x = batch(5, 6)
+    fast(x)
+    SCALE[0] = 2.5  # eager now computes something the compiled code (traced with 2.0) does not
+    try:
+        with pytest.raises(tc.ParityError, match="float64 reference"):
+            fast(x)
+        assert tc.compile(model)(x).shape == (5, 3)  # without check, no error (and no eager run)
+    finally:
+        SCALE[0] = 2.0
