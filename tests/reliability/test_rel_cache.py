@@ -1,0 +1,148 @@
+"""Issue 7: on-disk cache faults. Truncated, corrupted or foreign entries are ignored and rebuilt,
+never loaded; two processes filling the cache at once leave it valid."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import tinycomp as tc
+from tests.models import CASES
+from tests.reliability import rel_helpers
+from tinycomp.runtime import cache
+
+tmp_cache = rel_helpers.tmp_cache  # the fixture: a fresh TINYCOMP_CACHE_DIR per test
+
+
+def compile_one(case="residual_net"):
+    c = CASES[case]
+    fast = tc.compile(c.build(), input_shape=(None, c.in_features))
+    return fast, c.sample(5)
+
+
+def entries(folder):
+    return sorted(p for p in folder.glob("*.o"))
+
+
+def _truncate(blob):
+    return blob[: len(blob) // 2]
+
+
+def _flip_payload_byte(blob):
+    b = bytearray(blob)
+    b[-100] ^= 0xFF
+    return bytes(b)
+
+
+def _garbage_header(blob):
+    return cache.MAGIC + b"{not json\n" + blob[len(cache.MAGIC):]
+
+
+def _foreign_magic(blob):
+    return b"TINYCOMP-OBJ-1\n" + blob[len(cache.MAGIC):]
+
+
+def _foreign_version(blob):
+    """A well-formed entry whose header says another key (another llvmlite/LLVM/CPU produced it)."""
+    end = blob.index(b"\n", len(cache.MAGIC))
+    header = json.loads(blob[len(cache.MAGIC):end])
+    header["key"] = "0" * 64
+    return cache.MAGIC + json.dumps(header).encode() + blob[end:]
+
+
+def _wrong_size(blob):
+    end = blob.index(b"\n", len(cache.MAGIC))
+    header = json.loads(blob[len(cache.MAGIC):end])
+    header["size"] += 1
+    return cache.MAGIC + json.dumps(header).encode() + blob[end:]
+
+
+def _consistent_but_broken_object(blob):
+    """Checksum recomputed over junk: passes verification, so loading it must still fail safely."""
+    import hashlib
+
+    end = blob.index(b"\n", len(cache.MAGIC))
+    header = json.loads(blob[len(cache.MAGIC):end])
+    junk = b"\x7fELF" + b"\x00" * 200
+    header.update(size=len(junk), sha256=hashlib.sha256(junk).hexdigest())
+    return cache.MAGIC + json.dumps(header).encode() + b"\n" + junk
+
+
+FAULTS = [_truncate, _flip_payload_byte, _garbage_header, _foreign_magic, _foreign_version, _wrong_size,
+          _consistent_but_broken_object, lambda blob: b"", lambda blob: blob[:5]]
+
+
+@pytest.mark.parametrize("fault", FAULTS, ids=["truncated", "flipped-byte", "garbage-header", "foreign-magic",
+                                               "foreign-key", "wrong-size", "broken-object", "empty", "5-bytes"])
+def test_bad_entry_is_ignored_and_rebuilt(tmp_cache, fault):
+    fast, x = compile_one()
+    want = fast(x).data
+    [entry] = entries(tmp_cache)
+    good = entry.read_bytes()
+    entry.write_bytes(fault(good))
+    again, _ = compile_one()
+    assert again.stats.cache_hits == 0, "a damaged entry was loaded"
+    np.testing.assert_array_equal(again(x).data, want)
+    assert entry.read_bytes() == good  # rebuilt and written back whole
+    third, _ = compile_one()
+    assert third.stats.cache_hits == 1
+
+
+def test_foreign_llvm_version_is_a_different_key(monkeypatch):
+    key = cache.cache_key("graph", {"speed_level": 0})
+    monkeypatch.setattr(cache.llvmlite, "__version__", "0.0.1")
+    assert cache.cache_key("graph", {"speed_level": 0}) != key
+
+
+def test_unwritable_cache_dir_still_compiles(tmp_path, monkeypatch):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("TINYCOMP_CACHE_DIR", str(blocker / "cache"))
+    fast, x = compile_one("no_bias")
+    assert fast(x).shape == (5, 3)
+
+
+def test_cache_off(tmp_cache, monkeypatch):
+    monkeypatch.setenv("TINYCOMP_CACHE", "0")
+    compile_one()
+    assert not tmp_cache.exists()
+
+
+FILLER = """
+import sys, numpy as np, tinycomp as tc
+sys.path.insert(0, {root!r})
+from tests.models import CATALOGUE
+for rep in range(3):
+    for c in CATALOGUE:
+        fast = tc.compile(c.build(), input_shape=(None, c.in_features))
+        fast(c.sample(2))
+print("ok")
+"""
+
+
+def test_two_processes_filling_the_cache_leave_it_valid(tmp_cache):
+    import pathlib
+
+    root = str(pathlib.Path(__file__).resolve().parents[2])
+    code = FILLER.format(root=root)
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(2)]
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0 and "ok" in out, err
+    files = entries(tmp_cache)
+    assert len(files) >= 8
+    assert not list(tmp_cache.glob("*.tmp")) and not list(tmp_cache.glob(".*"))  # no temp files left
+    for f in files:
+        assert cache._decode(f.read_bytes(), f.stem) is not None, f"{f.name} is not a valid entry"
+    for c in CASES.values():  # and every entry loads and runs
+        fast = tc.compile(c.build(), input_shape=(None, c.in_features))
+        assert fast.stats.cache_hits == 1
+        x = c.sample(3)
+        from tests.models import eager_eval
+
+        np.testing.assert_allclose(fast(x).data, eager_eval(fast.model, x), rtol=1e-4, atol=1e-5)

@@ -1,0 +1,115 @@
+"""Issue 7: leaks. Dropped compiled models free their engine and code (no reference cycles);
+compiling many models and calling one many times keeps RSS flat."""
+
+from __future__ import annotations
+
+import gc
+import weakref
+
+import numpy as np
+import pytest
+
+import tinycomp as tc
+from tests.models import CASES
+from tests.reliability import rel_helpers
+from tests.reliability.rel_helpers import rss_bytes
+from tinycomp.nn import Linear, ReLU, Sequential, manual_seed
+
+MB = 1 << 20
+
+tmp_cache = rel_helpers.tmp_cache  # the fixture: a fresh TINYCOMP_CACHE_DIR per test
+
+
+def _model(i: int):
+    manual_seed(i)
+    return Sequential(Linear(32, 48), ReLU(), Linear(48, 10))
+
+
+def test_dropped_compiled_model_frees_engine_without_gc():
+    model = _model(0)
+    fast = tc.compile(model, input_shape=(None, 32))
+    fast(np.ones((3, 32), np.float32))
+    fast(np.ones((100, 32), np.float32))
+    refs = [weakref.ref(fast), weakref.ref(fast._artifact), weakref.ref(fast._artifact.engine),
+            weakref.ref(fast._artifact.kernel)]
+    engine_ref = weakref.ref(fast._artifact.engine._engine)  # llvmlite's ExecutionEngine
+    gc.disable()
+    try:
+        del fast
+        assert all(r() is None for r in refs), "a reference cycle keeps the compiled model alive"
+        assert engine_ref() is None
+    finally:
+        gc.enable()
+    assert model.layers[0].weight.shape == (32, 48)  # the user's model is untouched
+
+
+def test_recompiling_frees_the_old_engine():
+    model = _model(1)
+    fast = tc.compile(model)
+    fast(np.ones((2, 32), np.float32))
+    old = weakref.ref(fast._artifact.engine)
+    model.layers.append(ReLU())
+    fast(np.ones((2, 32), np.float32))
+    gc.collect()
+    assert old() is None and fast.stats.compiles == 2
+
+
+def _compile_and_drop(n: int, start: int = 0) -> None:
+    x = np.ones((4, 32), np.float32)
+    for i in range(start, start + n):
+        fast = tc.compile(_model(i))
+        fast(x)
+        del fast
+
+
+def _leak_compiles(n: int, bound_mb: float) -> float:
+    _compile_and_drop(20)  # warm up: allocator pools, llvmlite's own one-time state
+    gc.collect()
+    before = rss_bytes()
+    _compile_and_drop(n, start=1000)
+    gc.collect()
+    grown = (rss_bytes() - before) / MB
+    print(f"compile+drop {n} models: RSS grew {grown:.2f} MB")
+    assert grown <= bound_mb, f"compiling and dropping {n} models grew RSS by {grown:.1f} MB"
+    return grown
+
+
+def _leak_calls(n: int, bound_mb: float) -> float:
+    fast = tc.compile(CASES["reference_mlp"].build())
+    rng = np.random.default_rng(0)
+    inputs = [rng.standard_normal((b, 784)).astype(np.float32) for b in (1, 3, 32, 1, 64, 0)]
+    for x in inputs * 50:  # warm up: scratch sized for the largest batch
+        fast(x)
+    gc.collect()
+    before = rss_bytes()
+    for i in range(n):
+        fast(inputs[i % len(inputs)])
+    gc.collect()
+    grown = (rss_bytes() - before) / MB
+    print(f"{n} calls: RSS grew {grown:.2f} MB")
+    assert grown <= bound_mb, f"{n} calls grew RSS by {grown:.2f} MB"
+    return grown
+
+
+def test_compile_and_drop_100_models(tmp_cache):
+    _leak_compiles(100, bound_mb=10)
+
+
+def test_20000_calls(tmp_cache):
+    _leak_calls(20_000, bound_mb=1)
+
+
+@pytest.mark.slow
+def test_compile_and_drop_500_models(tmp_cache):
+    _leak_compiles(500, bound_mb=50)
+
+
+@pytest.mark.slow
+def test_compile_and_drop_500_models_without_cache(monkeypatch):
+    monkeypatch.setenv("TINYCOMP_CACHE", "0")
+    _leak_compiles(500, bound_mb=50)
+
+
+@pytest.mark.slow
+def test_100000_calls(tmp_cache):
+    _leak_calls(100_000, bound_mb=5)
