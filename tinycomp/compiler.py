@@ -25,7 +25,7 @@ from .ir.printer import format_graph
 from .logs import channel, log
 from .parity import check_parity, float64_reference
 from .runtime import cache
-from .runtime.buffers import ScratchPool, aligned_empty, as_native_float32, check_allocation
+from .runtime.buffers import CHECK_ABOVE, ScratchPool, aligned_empty, as_native_float32, check_allocation
 from .runtime.engine import JitEngine, assembly, optimized_ir
 from .runtime.kernel import NativeKernel
 from .runtime.threads import parallel_parts, shared_pool, split_rows
@@ -150,6 +150,10 @@ class _StructureGuard:
                 continue
             self.views.append(view)
             stack.extend(v for v in reversed(list(view)) if isinstance(v, (Layer, list, tuple, dict)))
+        # arrays held now are traced as constants (held here, so their ids stay theirs); an array
+        # bound later in place of a parameter Tensor is read live like one
+        self.const_arrays = [v for view in self.views for v in view if isinstance(v, np.ndarray)]
+        self.const_ids = {id(a) for a in self.const_arrays}
         self.fast = self.fast_signature()
         self.slow = self.slow_signature()
 
@@ -166,7 +170,7 @@ class _StructureGuard:
             for key, value in items:
                 if key == "training" and isinstance(value, bool):
                     continue
-                if isinstance(value, Tensor):
+                if isinstance(value, Tensor) or (isinstance(value, np.ndarray) and id(value) not in self.const_ids):
                     entry.append((key, _TENSOR, tensors.setdefault(id(value), len(tensors))))
                 else:
                     entry.append((key, id(value)))
@@ -330,8 +334,9 @@ class CompiledModel:
         plan = art.plan
         out_floats = rows * math.prod(art.out_row)
         copy_floats = 0 if arr.dtype == np.float32 and arr.flags.c_contiguous and arr.flags.aligned else arr.size
-        check_allocation(4 * (out_floats + plan.scratch_floats(rows) + copy_floats + 16),
-                         f"a batch of {rows:,} rows (output {(rows, *art.out_row)}, scratch and input copy)")
+        need = 4 * (out_floats + plan.scratch_floats(rows) + copy_floats + 16)
+        if need >= CHECK_ABOVE:  # the message and /proc/meminfo only for big batches: batch-1 latency matters
+            check_allocation(need, f"a batch of {rows:,} rows (output {(rows, *art.out_row)}, scratch and input copy)")
         try:
             x32 = as_native_float32(arr)
             out = aligned_empty((rows, *art.out_row))
