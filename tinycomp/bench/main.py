@@ -181,7 +181,7 @@ def environment(peak: dict | None, blas: Any) -> dict:
             versions[mod] = __import__(mod).__version__
         except ImportError:
             versions[mod] = "not installed"
-    return {"cpu": cpu_model, "llvm_cpu": host().cpu, "cores": available_cores(), "platform": platform.platform(),
+    return {"loadavg": os.getloadavg(), "cpu": cpu_model, "llvm_cpu": host().cpu, "cores": available_cores(), "platform": platform.platform(),
             "versions": versions, "blas": blas, "peak": peak}
 
 
@@ -232,12 +232,17 @@ def run(args: argparse.Namespace) -> int:
                     elif msg["type"] == "point":
                         key = (engine, msg["model"], msg["batch"])
                         pt = points.setdefault(key, {"samples": [], "threads": msg["threads"]})
+                        if "chunks" in msg:
+                            pt["chunks"] = msg["chunks"]
                         pt["samples"] += msg["samples"]
                         for k in ("compile_ms", "cache_hit", "version"):
                             if k in msg:
                                 extras.setdefault((engine, msg["model"]), {})[k] = msg[k]
                         progress.update(f"{engine} {msg['model']}@{msg['batch']}")
         compile_times = {} if args.no_compile_times else _compile_times(plan, 2 if args.quick else 5)
+        if peak and not args.peak:  # was a second core free at the end too?
+            for msg in _run_child({"mode": "peak", "seconds": 0.1}):
+                peak["parallel_efficiency_end"] = msg["parallel_efficiency"]
     except BenchFailure as exc:
         progress.close()
         print(f"tinycomp bench: {exc}", file=sys.stderr)
@@ -272,8 +277,9 @@ def _print_report(rows, targets, compile_times, env, notes, extras, elapsed) -> 
               "% peak is of (threads x this)")
         if "parallel_efficiency" in peak:
             print(f"Same loop on all {peak['cores']} cores at once: {peak['all_cores_gflops']:.1f} GFLOP/s, parallel "
-                  f"efficiency {peak['parallel_efficiency']:.2f} (well below 1: another process holds a core, "
-                  "so the all-cores rows understate what threads give)")
+                  f"efficiency {peak['parallel_efficiency']:.2f} at the start, "
+                  f"{peak.get('parallel_efficiency_end', float('nan')):.2f} at the end (well below 1: another "
+                  "process holds a core, so the all-cores rows understate what threads give)")
     print("Threads: 'thr' column; 1-thread rows pin BLAS to 1 thread with threadpoolctl; compiled-all is "
           "threads=None (the default policy). GFLOP/s counts 2 x Linear multiply-adds. x NumPy = time / NumPy time.")
     print()
@@ -302,7 +308,8 @@ def _markdown(rows, targets, compile_times, env, notes, argv) -> str:
         parts += [f"Measured FMA peak: {peak['gflops']:.1f} GFLOP/s per core ({peak.get('method', '')}).", ""]
         if "parallel_efficiency" in peak:
             parts += [f"The same loop on all {peak['cores']} cores at once: {peak['all_cores_gflops']:.1f} GFLOP/s "
-                      f"(parallel efficiency {peak['parallel_efficiency']:.2f}).", ""]
+                      f"(parallel efficiency {peak['parallel_efficiency']:.2f} at the start of the run, "
+                      f"{peak.get('parallel_efficiency_end', float('nan')):.2f} at the end).", ""]
     parts += ["### Targets", "", report.markdown_table(report.TARGET_HEADER, report.target_cells(targets)), "",
               "### Run time", "", report.markdown_table(report.HEADER, report.table_cells(rows)), ""]
     if compile_times:

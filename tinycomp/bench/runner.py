@@ -101,6 +101,9 @@ def make_engine(name: str, bm: BenchModel, model: Any, weights: list[tuple[np.nd
         fast = tinycomp.compile(model, input_shape=(None, bm.in_features), threads=1 if name == "compiled" else None)
         info["compile_ms"] = fast.stats.compile_ms
         info["cache_hit"] = bool(fast.stats.cache_hits)
+        from ..compiler import _flops_per_row  # the count the thread policy is given
+
+        info["flops_per_row"] = _flops_per_row(fast.graph)
         return lambda x: fast(x).data
     if name in ("onnxruntime", "onnxruntime-all"):
         import onnxruntime as ort
@@ -223,6 +226,10 @@ def run_points(spec: dict) -> int:
                     _emit({"type": "parity_error", "engine": name, "model": model_name, "batch": batch,
                            "detail": str(report)})
                     return PARITY_EXIT
+                if name.startswith("compiled"):
+                    from ..runtime.threads import parallel_parts
+
+                    info["chunks"] = parallel_parts(batch, info["flops_per_row"], 1 if name == "compiled" else None)
                 samples = time_calls(engine, x, spec.get("repeat", 200), spec.get("budget_s", 1.0))
                 _emit({"type": "point", "engine": name, "model": model_name, "batch": batch, "threads": threads,
                        "samples": samples, "parity": str(report), **info})
