@@ -31,6 +31,9 @@ from .runtime.kernel import NativeKernel
 from .runtime.threads import parallel_parts, shared_pool, split_rows
 
 STAGES = ("traced", "optimized", "llvm", "asm")
+# check=True: eager float32 must be this close (relative to the output scale) to the float64 run of the
+# compiled graph; float32 rounding is ~1e-6 here, a graph that diverged from the model is far beyond.
+CHECK_EAGER_SLACK = 1e-3
 
 
 @dataclass
@@ -430,7 +433,7 @@ class CompiledModel:
                     for p, v in zip(art.plan.params, self._read_params(art, strict=True) or [], strict=True)}
         rows = arr.reshape(-1, *art.features)
         reference = float64_reference(art.optimized, rows, params64).reshape(compiled.shape)
-        report = check_parity(compiled, eager.reshape(compiled.shape), reference)
+        report = check_parity(compiled, eager.reshape(compiled.shape), reference, max_eager_error=CHECK_EAGER_SLACK)
         if not report.ok:
             raise ParityError(f"compiled output differs from the eager model: {report}")
 

@@ -63,11 +63,25 @@ def graph_with(op: str, **attrs) -> Graph:
 
 @pytest.mark.parametrize("op, attrs", [
     ("sum", {"axis": 1, "keepdims": True}), ("mean", {"axis": 1, "keepdims": False}),
-    ("max", {"axis": None, "keepdims": False}), ("transpose", {"dim0": 0, "dim1": 1}), ("matmul", {}),
+    ("max", {"axis": None, "keepdims": False}), ("transpose", {"dim0": 0, "dim1": 1}),
 ])
 def test_op_without_a_rule_raises_naming_it(op, attrs):
     with pytest.raises(LoweringError, match=rf"no native code rule for op '{op}' \(node culprit\)"):
         lower_graph(graph_with(op, **attrs), WIDTH)
+
+
+def test_matmul_by_a_vector_raises_naming_it():
+    g = Graph()
+    x = g.add("input", name="x", shape=(None, 8))
+    y = g.add("matmul", [x, param(g, "v", values(8))], name="culprit")
+    g.add("output", [y], name="output")
+    with pytest.raises(LoweringError, match="culprit: the right operand v must be a 2-D matrix"):
+        lower_graph(g, WIDTH)
+
+
+def test_unfused_matmul_by_a_param_runs_as_a_linear_without_bias():
+    native = assert_runs_like_interpreter(graph_with("matmul"), values(13, 8))
+    assert native.shape == (13, 4)
 
 
 def test_lowering_error_is_a_not_implemented_error():

@@ -156,8 +156,9 @@ class _Emitter:
 def lower_linear(e: _Emitter, n: str) -> None:
     g = e.g
     x, w, *b = g.args(n)
-    if len(g.shape(w)) != 2:
-        raise LoweringError(f"linear {n}: weight {w} must be 2-D, has shape {fmt_shape(g.shape(w))}")
+    if len(g.shape(w)) != 2 or None in g.shape(w):
+        raise LoweringError(f"{g.op(n)} {n}: the right operand {w} must be a 2-D matrix without a batch "
+                            f"dimension; it has shape {fmt_shape(g.shape(w))}")
     k, nout = g.shape(w)
     attrs = g.attrs(n)
     key = ("linear", k, nout, bool(b), attrs.get("activation"), e.width)
@@ -246,6 +247,7 @@ def copy_to_output(e: _Emitter, src: str) -> None:
 
 LOWERINGS: dict[str, Callable[[_Emitter, str], None]] = {
     "linear": lower_linear,
+    "matmul": lower_linear,  # an unfused matmul (e.g. by a computed weight) is a linear without bias
     "softmax": lower_softmax,
     "reshape": lower_view,
     "dropout": lower_dropout,
@@ -283,5 +285,6 @@ def lower_graph(g: Graph, width: int) -> ModulePlan:
 
 
 def _max_pack_floats(g: Graph, width: int) -> int:
-    sizes = [gemm.pack_floats(g.shape(g.args(n)[1])[0], g.shape(g.args(n)[1])[1], width) for n in g.nodes("linear")]
+    weights = [g.shape(g.args(n)[1]) for n in g.nodes() if g.op(n) in ("linear", "matmul")]
+    sizes = [gemm.pack_floats(w[0], w[1], width) for w in weights if len(w) == 2 and None not in w]
     return max(sizes, default=0)

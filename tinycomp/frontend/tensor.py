@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numbers
 import operator
+import threading
 from typing import Any
 
 import numpy as np
@@ -16,6 +17,7 @@ import numpy as np
 from ..ir.ops import matmul_shape, op_def
 
 Operand = Any  # Tensor | np.ndarray | Python/NumPy scalar
+tracing = threading.local()  # `.tracer`: the Tracer running on this thread, if any (frontend/tracer.py)
 
 
 def to_float32(data: Any) -> np.ndarray:
@@ -53,6 +55,11 @@ def apply_op(name: str, *operands: Operand, **attrs: Any) -> Tensor:
     for x in operands:
         if isinstance(x, Tensor) and x._tracer is not None:
             return x._tracer.record(name, operands, attrs)
+    tracer = getattr(tracing, "tracer", None)
+    if tracer is not None and tracer.owns_any(operands):
+        # Arithmetic on the model's own tensors (e.g. `self.scale * 2`) is recorded, not run once:
+        # a value computed at trace time would go stale when the parameter changes.
+        return tracer.record(name, operands, attrs)
     op = op_def(name)
     arrays = [_operand_array(x) for x in operands]
     op.shape(*[a.shape for a in arrays], **attrs)  # the eager errors are the shape rule's errors

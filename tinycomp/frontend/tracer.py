@@ -20,6 +20,7 @@ import numpy as np
 from ..errors import CompileError
 from ..ir.graph import Graph
 from ..ir.ops import LEAVES, OPS
+from . import tensor as tensor_module
 from .layers import Layer, Sequential
 from .tensor import Tensor, apply_op
 
@@ -199,6 +200,9 @@ class Tracer:
             raise error from None
         return SymbolicTensor(self, node, self.graph.shape(node))
 
+    def owns_any(self, operands: tuple) -> bool:
+        return any(isinstance(x, Tensor) and id(x) in self.tensor_paths for x in operands)
+
     def operand(self, x: Any, op: str) -> str:
         if isinstance(x, SymbolicTensor):
             if x._tracer is not self:
@@ -247,6 +251,7 @@ class Tracer:
         missing = object()
         saved = [(layer, vars(layer).get("training", missing), vars(layer).get("forward", missing))
                  for layer, _ in self.layers]
+        outer, tensor_module.tracing.tracer = getattr(tensor_module.tracing, "tracer", None), self
         try:
             for layer, path in self.layers:
                 layer.training = self.training
@@ -254,6 +259,7 @@ class Tracer:
                     layer.forward = self.wrap_forward(layer, path)
             yield
         finally:
+            tensor_module.tracing.tracer = outer
             for layer, training, forward in saved:
                 for attr, old in (("training", training), ("forward", forward)):
                     if old is missing:

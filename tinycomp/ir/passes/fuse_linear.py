@@ -10,7 +10,15 @@ from __future__ import annotations
 from ..graph import Graph
 from ..ops import FUSIBLE_ACTIVATIONS
 
-WEIGHT_OPS = frozenset({"param", "const"})  # bound values: GEMM needs the weight known per call
+
+def batch_independent(g: Graph, n: str) -> bool:
+    """A value without the batch dimension: a param, a const, or computed from them in forward().
+
+    The GEMM reads weights and bias through pointers, so any such value can be one: it is computed
+    once per call, before the GEMM runs, and never goes stale.
+    """
+    return None not in g.shape(n)
+
 
 
 def sole_user(g: Graph, n: str, what: str) -> tuple[str | None, str | None]:
@@ -22,13 +30,13 @@ def sole_user(g: Graph, n: str, what: str) -> tuple[str | None, str | None]:
 
 
 def match_bias(g: Graph, m: str) -> tuple[str | None, str | None, str]:
-    """(add node, bias node, note): a 1-D param/const as wide as the output, added to `m`."""
+    """(add node, bias node, note): a batch-independent 1-D vector as wide as the output, added to `m`."""
     add, why = sole_user(g, m, "matmul")
     if add is None or g.op(add) != "add":
         return None, None, f"no bias: {why or f'matmul result feeds {g.op(add)}, not a bias add'}"
     a, b = g.args(add)
     bias = b if a == m else a
-    if bias == m or g.op(bias) not in WEIGHT_OPS or tuple(g.shape(bias)) != (g.shape(m)[-1],):
+    if bias == m or not batch_independent(g, bias) or tuple(g.shape(bias)) != (g.shape(m)[-1],):
         return None, None, "no bias: bias operand is not a 1-D vector of the output width"
     return add, bias, f"bias add {add}"
 
@@ -47,8 +55,8 @@ def match_activation(g: Graph, tail: str, what: str) -> tuple[str | None, str]:
 
 def fuse_matmul(g: Graph, m: str) -> bool:
     x, w = g.args(m)
-    if g.op(w) not in WEIGHT_OPS or len(g.shape(w)) != 2:
-        g[m]["explain"] = f"not fused: right operand {w} is not a 2-D param or const"
+    if not batch_independent(g, w) or len(g.shape(w)) != 2:
+        g[m]["explain"] = f"not fused: right operand {w} is not a 2-D matrix independent of the batch"
         return False
     add, bias, bias_note = match_bias(g, m)
     act, act_note = match_activation(g, add or m, "bias add" if add else "matmul")
