@@ -171,3 +171,18 @@ def test_avx2_width_is_correct_too():
         for M in (1, 5, 40):
             A, W, B = make_inputs(rng, M, K, N)
             check(c8.run(layer, A, W, B), A, W, B, bias, act)
+
+
+def test_zero_inner_dimension_gives_activation_of_bias():
+    """K == 0: no kernel runs (they need K >= 1); the epilogue alone writes act(0 + bias)."""
+    layers = [(0, 20, True, "relu"), (0, 20, False, None)]
+    c = Compiled(layers)
+    rng = np.random.default_rng(7)
+    B = rng.standard_normal(20, dtype=np.float32)
+    for layer in layers:
+        for M in (1, 8, 40):
+            A = np.zeros((M, 0), np.float32)
+            W = np.zeros((0, 20), np.float32)
+            out = c.run(layer, A, W, B)
+            want = np.maximum(B, 0) if layer[3] == "relu" else (B if layer[2] else np.zeros(20, np.float32))
+            np.testing.assert_array_equal(out, np.broadcast_to(want, (M, 20)))

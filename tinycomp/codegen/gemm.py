@@ -22,13 +22,14 @@ copy of the loops and every layer of a module shares the same few kernels (`gemm
 
 from __future__ import annotations
 
+import gc
 from dataclasses import dataclass
 
 from llvmlite import ir
 
-from .gemm_kernels import TileShape, fgep, kernel_activation, masked_load, masked_store, tile_kernel
+from .gemm_kernels import TileShape, epilogue_function, fgep, masked_load, masked_store, tile_kernel
 from .gemm_kernels import column_masks
-from .loops import I1, I64, PTR, for_range, i64, vector_type
+from .loops import F32, I1, I64, PTR, for_range, i64, vector_type
 
 # Packed W block budget: half of a 1 MiB L2, leaving room for the A row panels and C.
 L2_BLOCK_BYTES = 512 * 1024
@@ -94,6 +95,21 @@ def pack_floats(K: int, N: int, width: int) -> int:
 def emit_linear(
     module: ir.Module, name: str, *, K: int, N: int, bias: bool, activation: str | None, width: int
 ) -> ir.Function:
+    # llvmlite makes many small cyclic objects: the cyclic GC kicking in mid-build cost more than
+    # the build itself (measured 38 ms -> 8 ms for the reference MLP's first compile).
+    gc_was_on = gc.isenabled()
+    gc.disable()
+    try:
+        return _emit_linear(module, name, K=K, N=N, bias=bias, activation=activation, width=width)
+    finally:
+        if gc_was_on:
+            gc.enable()
+
+
+def _emit_linear(module: ir.Module, name: str, *, K: int, N: int, bias: bool, activation: str | None,
+                 width: int) -> ir.Function:
+    """The layer's function is one call to the module's shared driver with the plan's constants
+    and kernels: the loops exist once per module, not once per layer."""
     plan = plan_gemm(K, N, width)
     fnty = ir.FunctionType(ir.VoidType(), [I64, PTR, PTR, PTR, PTR, PTR])
     fn = ir.Function(module, fnty, name)
@@ -102,112 +118,179 @@ def emit_linear(
         arg.name = nm
         if isinstance(arg.type, ir.PointerType):
             arg.add_attribute("noalias")
+    M, A, W, B, C, pack = fn.args
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    mod = module
+    leftover = {s.mr: tile_kernel(mod, s) for s in plan.leftover}
+    nr = {s.mr: i64(s.nr) for s in plan.leftover}
+    # Narrow layers (one or two vectors of columns) are never packed: their W is a few KB.
+    pack_fn = pack_kernel(mod, plan.main) if plan.main.nv == (4 if width >= 16 else 2) else _null(PACK_TY)
+    args = [M, A, W, B if bias else ir.Constant(PTR, None), C, pack,
+            i64(K), i64(N), i64(int(activation == "relu")), i64(plan.nc), i64(plan.n_blocks),
+            i64(plan.direct_max_rows),
+            tile_kernel(mod, plan.main), i64(plan.main.nr), pack_fn,
+            leftover.get(4, _null(TILE_TY)), nr.get(4, i64(0)),
+            leftover.get(2, _null(TILE_TY)), nr.get(2, i64(0)),
+            leftover[1], nr[1],
+            epilogue_function(mod, activation, width)]
+    b.call(_driver(module, width), args)
+    b.ret_void()
+    return fn
+
+
+TILE_TY = ir.FunctionType(ir.VoidType(), [I64, PTR, I64, PTR, I64, PTR, I64, I64])
+PACK_TY = ir.FunctionType(ir.VoidType(), [I64, I64, PTR, I64, PTR])
+EPI_TY = ir.FunctionType(ir.VoidType(), [I64, PTR, I64, PTR, I64, I64])
+DRIVER_ARGS = (("M", I64), ("A", PTR), ("W", PTR), ("B", PTR), ("C", PTR), ("pack", PTR),
+               ("K", I64), ("N", I64), ("relu", I64), ("nc", I64), ("n_blocks", I64), ("direct_max", I64),
+               ("main", ir.PointerType(TILE_TY)), ("main_nr", I64), ("pack_fn", ir.PointerType(PACK_TY)),
+               ("k4", ir.PointerType(TILE_TY)), ("nr4", I64), ("k2", ir.PointerType(TILE_TY)), ("nr2", I64),
+               ("k1", ir.PointerType(TILE_TY)), ("nr1", I64), ("epi", ir.PointerType(EPI_TY)))
+MAIN_ROWS = 6
+
+
+def _null(fnty: ir.FunctionType) -> ir.Constant:
+    return ir.Constant(ir.PointerType(fnty), None)
+
+
+def _driver(module: ir.Module, width: int) -> ir.Function:
+    name = f"tinycomp.gemm.driver.v{width}"
+    if name in module.globals:
+        return module.globals[name]
+    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [t for _, t in DRIVER_ARGS]), name)
+    fn.linkage = "internal"
+    fn.attributes.add("nounwind")
+    # It only loops over tiles and calls kernels: `optnone` lets LLVM compile it with the fast
+    # instruction selector and skip the loop passes (measured: glue compiled like the kernels took
+    # a third of the module's compile time), while the kernels get the full code generator.
+    fn.attributes.add("noinline")
+    fn.attributes.add("optnone")
+    for arg, (nm, _) in zip(fn.args, DRIVER_ARGS, strict=True):
+        arg.name = nm
     builder = ir.IRBuilder(fn.append_basic_block("entry"))
-    _LinearEmitter(builder, plan, fn.args, bias=bias, activation=activation).emit()
+    _Driver(builder, dict(zip([n for n, _ in DRIVER_ARGS], fn.args, strict=True)), width).emit()
     builder.ret_void()
     return fn
 
 
-class _LinearEmitter:
-    """Emits the loops around the tile kernels for one `emit_linear` function."""
+class _Driver:
+    """Emits the loops around the tile kernels; every size and kernel is a run-time argument."""
 
-    def __init__(self, builder: ir.IRBuilder, plan: GemmPlan, args, *, bias: bool, activation: str | None):
-        self.b, self.plan = builder, plan
-        self.M, self.A, self.W, self.B, self.C, self.pack = args
-        self.bias = self.B if bias else ir.Constant(PTR, None)
-        self.relu = i64(int(activation == "relu"))
-        self.kernels = {s: tile_kernel(builder.module, s, activation) for s in (plan.main, *plan.leftover)}
-        assert kernel_activation(activation)
-        self.packed = builder.icmp_signed(">", self.M, i64(plan.direct_max_rows), name="packed")
+    def __init__(self, builder: ir.IRBuilder, args: dict, width: int):
+        self.b, self.a, self.width = builder, args, width
+        b = builder
+        has_pack = b.icmp_unsigned("!=", args["pack_fn"], _null(PACK_TY))
+        self.packed = b.and_(b.icmp_signed(">", args["M"], args["direct_max"]), has_pack, name="packed")
+        self.has_bias = b.icmp_unsigned("!=", args["B"], ir.Constant(PTR, None))
+        # Kernels need K >= 1; with K == 0 the epilogue alone writes act(bias).
+        self.has_k = b.icmp_signed(">", args["K"], i64(0))
+        self.epi_flags = b.or_(args["relu"], b.select(self.has_k, i64(0), i64(2)))
 
     def emit(self) -> None:
         """Full row tiles: packed, for each L2-sized block of columns, pack it and run every tile
         over it; direct, one block of all N columns read in place. Then the leftover rows, in
         place over all N (they read W once more; packed it was a large batch anyway)."""
-        b, plan = self.b, self.plan
-        n_blocks = b.select(self.packed, i64(plan.n_blocks), i64(1))
-        block_cols = b.select(self.packed, i64(plan.nc), i64(plan.N))
-        mr = plan.main.mr
-        m_full = b.sub(self.M, b.urem(self.M, i64(mr)))
+        b, a = self.b, self.a
+        N = a["N"]
+        n_blocks = b.select(self.packed, a["n_blocks"], i64(1))
+        block_cols = b.select(self.packed, a["nc"], N)
+        m_full = b.sub(a["M"], b.urem(a["M"], i64(MAIN_ROWS)))
         with b.if_then(b.icmp_signed(">", m_full, i64(0))):
             with for_range(b, 0, n_blocks, name="jb") as jb:
-                j0 = b.mul(jb, i64(plan.nc))
-                cols = b.sub(i64(plan.N), j0)
+                j0 = b.mul(jb, a["nc"])
+                cols = b.sub(N, j0)
                 cols = b.select(b.icmp_signed("<", cols, block_cols), cols, block_cols)
                 with b.if_then(self.packed):
-                    self._pack(j0, cols)
-                with for_range(b, 0, m_full, mr, name="r") as r0:
-                    self._panels(plan.main, r0, j0, cols, may_pack=True)
+                    b.call(a["pack_fn"], [a["K"], N, fgep(b, a["W"], j0), cols, a["pack"]])
+                with for_range(b, 0, m_full, MAIN_ROWS, name="r") as r0:
+                    self._panels(a["main"], MAIN_ROWS, a["main_nr"], r0, j0, cols, may_pack=True)
         self._leftover_rows(m_full)
-
-    def _pack(self, j0, cols) -> None:
-        """Copy W[:, j0:j0+cols] into panels of main.nr columns: panel p at pack + p*K*nr holds
-        rows k = 0..K-1 of its columns contiguously, so the tile kernel streams it with unit stride
-        and no 4K aliasing. The last panel is as wide as its columns rounded up to whole vectors,
-        zero-padded."""
-        b, plan = self.b, self.plan
-        nr, w, nv = plan.main.nr, plan.width, plan.main.nv
-        vt = vector_type(w)
-        full = b.udiv(cols, i64(nr))
-        tail = b.sub(cols, b.mul(full, i64(nr)))
-        tail_masks = column_masks(b, tail, nv, w)
-        i1v = ir.VectorType(I1, w)
-        tail_vec_on = [b.icmp_signed(">", tail, i64(v * w)) for v in range(nv)]
-        tail_store = [b.shuffle_vector(b.insert_element(ir.Constant(i1v, ir.Undefined), on, i64(0)),
-                                       ir.Constant(i1v, ir.Undefined), ir.Constant(ir.VectorType(ir.IntType(32), w), [0] * w))
-                      for on in tail_vec_on]
-        tail_ld = b.mul(b.udiv(b.add(tail, i64(w - 1)), i64(w)), i64(w))
-        tail_base = fgep(b, self.pack, b.mul(full, i64(plan.K * nr)))
-        with for_range(b, 0, plan.K, name="pk") as k:
-            src = fgep(b, self.W, b.add(b.mul(k, i64(plan.N)), j0))
-            with for_range(b, 0, full, name="pp") as p:
-                s = fgep(b, src, b.mul(p, i64(nr)))
-                d = fgep(b, self.pack, b.add(b.mul(p, i64(plan.K * nr)), b.mul(k, i64(nr))))
-                for v in range(nv):
-                    b.store(b.load(fgep(b, s, v * w), typ=vt, align=4), fgep(b, d, v * w), align=4)
-            with b.if_then(b.icmp_signed(">", tail, i64(0))):
-                s = fgep(b, src, b.mul(full, i64(nr)))
-                d = fgep(b, tail_base, b.mul(k, tail_ld))
-                for v in range(nv):
-                    masked_store(b, masked_load(b, fgep(b, s, v * w), tail_masks[v]), fgep(b, d, v * w),
-                                 tail_store[v])
 
     def _leftover_rows(self, r0) -> None:
         """Rows r0..M (fewer than a tile): 4 and 2 rows through their kernels where the plan has
         them, then the rest one at a time: no row is computed twice."""
-        b, plan = self.b, self.plan
-        rem = b.sub(self.M, r0)
-        j0, cols = i64(0), i64(plan.N)
-        for shape in plan.leftover[:-1]:
-            step = b.and_(rem, i64(shape.mr))
+        b, a = self.b, self.a
+        for rows, kern, nr in ((4, a["k4"], a["nr4"]), (2, a["k2"], a["nr2"])):
+            step = b.and_(b.sub(a["M"], r0), i64(rows))
+            step = b.select(b.icmp_unsigned("!=", kern, _null(TILE_TY)), step, i64(0))
             with b.if_then(b.icmp_signed("!=", step, i64(0))):
-                self._panels(shape, r0, j0, cols, may_pack=False)
+                self._panels(kern, rows, nr, r0, i64(0), a["N"], may_pack=False)
             r0 = b.add(r0, step)
-        with for_range(b, r0, self.M, name="r1") as r:
-            self._panels(plan.leftover[-1], r, j0, cols, may_pack=False)
+        with for_range(b, r0, a["M"], name="r1") as r:
+            self._panels(a["k1"], 1, a["nr1"], r, i64(0), a["N"], may_pack=False)
 
-    def _panels(self, shape: TileShape, r0, j0, cols, *, may_pack: bool) -> None:
-        """Call the kernel for `shape` on rows r0..r0+mr, every panel of shape.nr columns of the
-        block. Packed panel p sits at pack + p*K*nr, its rows nr apart (the last: its padded
-        width); in place, at W + j0 + p*nr with rows N apart."""
-        b, plan = self.b, self.plan
-        nr, w = shape.nr, plan.width
-        a = fgep(b, self.A, b.mul(r0, i64(plan.K)))
-        c = fgep(b, self.C, b.add(b.mul(r0, i64(plan.N)), j0))
-        bias = fgep(b, self.bias, j0) if isinstance(self.bias, ir.Argument) else self.bias
-        w_j0 = fgep(b, self.W, j0)
-        n_panels = b.udiv(b.add(cols, i64(nr - 1)), i64(nr))
+    def _panels(self, kern, rows: int, nr, r0, j0, cols, *, may_pack: bool) -> None:
+        """Call `kern` on rows r0..r0+rows, every panel of nr columns of the block, then the
+        epilogue on the tile. Packed panel p sits at pack + p*K*nr, its rows nr apart (the last:
+        its padded width); in place, at W + j0 + p*nr with rows N apart."""
+        b, a, w = self.b, self.a, self.width
+        K, N = a["K"], a["N"]
+        A = fgep(b, a["A"], b.mul(r0, K))
+        c = fgep(b, a["C"], b.add(b.mul(r0, N), j0))
+        w_j0 = fgep(b, a["W"], j0)
+        n_panels = b.udiv(b.add(cols, b.sub(nr, i64(1))), nr)
         with for_range(b, 0, n_panels, name="jp") as p:
-            col = b.mul(p, i64(nr))
+            col = b.mul(p, nr)
             left = b.sub(cols, col)
-            cols_p = b.select(b.icmp_signed("<", left, i64(nr)), left, i64(nr))
+            cols_p = b.select(b.icmp_signed("<", left, nr), left, nr)
             b_p = fgep(b, w_j0, col)
-            ldb = i64(plan.N)
+            ldb = N
             if may_pack:
-                packed_b = fgep(b, self.pack, b.mul(p, i64(plan.K * nr)))
+                packed_b = fgep(b, a["pack"], b.mul(p, b.mul(K, nr)))
                 b_p = b.select(self.packed, packed_b, b_p)
                 padded = b.mul(b.udiv(b.add(cols_p, i64(w - 1)), i64(w)), i64(w))
                 ldb = b.select(self.packed, padded, ldb)
-            bias_p = fgep(b, bias, col) if isinstance(self.bias, ir.Argument) else bias
-            b.call(self.kernels[shape], [i64(plan.K), a, i64(plan.K), b_p, ldb, bias_p, fgep(b, c, col),
-                                         i64(plan.N), cols_p, self.relu])
+            # No GEP on a null bias: the epilogue tells "no bias" by the null pointer.
+            bias_p = b.select(self.has_bias, b.gep(a["B"], [b.add(j0, col)], source_etype=F32),
+                              ir.Constant(PTR, None))
+            c_p = fgep(b, c, col)
+            with b.if_then(self.has_k):
+                b.call(kern, [K, A, K, b_p, ldb, c_p, N, cols_p])
+            b.call(a["epi"], [i64(rows), c_p, N, bias_p, cols_p, self.epi_flags])
+
+
+def pack_kernel(module: ir.Module, shape: TileShape) -> ir.Function:
+    """`void pack(i64 K, i64 ldw, ptr w, i64 cols, ptr pack)`: copy the K x cols block at `w`
+    (rows `ldw` apart) into panels of `shape.nr` columns: panel p at pack + p*K*nr holds rows
+    k = 0..K-1 of its columns contiguously, so the tile kernel streams it with unit stride and no
+    4K aliasing. The last panel is as wide as its columns rounded up to whole vectors,
+    zero-padded. One function per panel width, shared by every layer of the module."""
+    name = f"tinycomp.gemm.pack{shape.nv}x{shape.width}"
+    if name in module.globals:
+        return module.globals[name]
+    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [I64, I64, PTR, I64, PTR]), name)
+    fn.linkage = "internal"
+    fn.attributes.add("nounwind")
+    for arg, nm in zip(fn.args, ("K", "ldw", "w", "cols", "pack"), strict=True):
+        arg.name = nm
+        if isinstance(arg.type, ir.PointerType):
+            arg.add_attribute("noalias")
+    K, ldw, w_ptr, cols, pack = fn.args
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    nr, w, nv = shape.nr, shape.width, shape.nv
+    vt = vector_type(w)
+    full = b.udiv(cols, i64(nr))
+    tail = b.sub(cols, b.mul(full, i64(nr)))
+    tail_masks = column_masks(b, tail, nv, w)
+    i1v = ir.VectorType(I1, w)
+    zeros32 = ir.Constant(ir.VectorType(ir.IntType(32), w), [0] * w)
+    tail_store = [b.shuffle_vector(b.insert_element(ir.Constant(i1v, ir.Undefined),
+                                                    b.icmp_signed(">", tail, i64(v * w)), i64(0)),
+                                   ir.Constant(i1v, ir.Undefined), zeros32) for v in range(nv)]
+    tail_ld = b.mul(b.udiv(b.add(tail, i64(w - 1)), i64(w)), i64(w))
+    panel_size = b.mul(K, i64(nr))
+    tail_base = fgep(b, pack, b.mul(full, panel_size))
+    with for_range(b, 0, K, name="pk") as k:
+        src = fgep(b, w_ptr, b.mul(k, ldw))
+        with for_range(b, 0, full, name="pp") as p:
+            s = fgep(b, src, b.mul(p, i64(nr)))
+            d = fgep(b, pack, b.add(b.mul(p, panel_size), b.mul(k, i64(nr))))
+            for v in range(nv):
+                b.store(b.load(fgep(b, s, v * w), typ=vt, align=4), fgep(b, d, v * w), align=4)
+        with b.if_then(b.icmp_signed(">", tail, i64(0))):
+            s = fgep(b, src, b.mul(full, i64(nr)))
+            d = fgep(b, tail_base, b.mul(k, tail_ld))
+            for v in range(nv):
+                masked_store(b, masked_load(b, fgep(b, s, v * w), tail_masks[v]), fgep(b, d, v * w), tail_store[v])
+    b.ret_void()
+    return fn

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from llvmlite import ir
 
 from . import vecmath
-from .loops import F32, I1, I32, I64, PTR, as_i64, declare_vector_intrinsic, i64, splat, vector_type
+from .loops import F32, I1, I32, I64, PTR, as_i64, declare_vector_intrinsic, for_range, i64, vector_type
 
 
 @dataclass(frozen=True)
@@ -112,10 +112,20 @@ def column_masks(builder: ir.IRBuilder, cols: ir.Value, nv: int, width: int) -> 
             for v in range(nv)]
 
 
+def _splat(builder: ir.IRBuilder, value: ir.Value, vt: ir.VectorType) -> ir.Value:
+    """insertelement + shufflevector with zeroinitializer operands: the same code as an undef
+    splat, a fraction of the IR text (printing and parsing IR is a real share of compile time)."""
+    zero = ir.Constant(vt, None)
+    one = builder.insert_element(zero, value, ir.Constant(I32, 0))
+    return builder.shuffle_vector(one, zero, ir.Constant(ir.VectorType(I32, vt.count), None))
+
+
 def splat_i32(builder: ir.IRBuilder, value: ir.Value, width: int) -> ir.Value:
-    iv = ir.VectorType(I32, width)
-    one = builder.insert_element(ir.Constant(iv, ir.Undefined), value, ir.Constant(I32, 0))
-    return builder.shuffle_vector(one, ir.Constant(iv, ir.Undefined), ir.Constant(iv, [0] * width))
+    return _splat(builder, value, ir.VectorType(I32, width))
+
+
+def splat_f32(builder: ir.IRBuilder, value: ir.Value, width: int) -> ir.Value:
+    return _splat(builder, value, vector_type(width))
 
 
 def activation_function(module: ir.Module, activation: str, width: int) -> ir.Function:
@@ -139,25 +149,26 @@ def activation_function(module: ir.Module, activation: str, width: int) -> ir.Fu
 
 
 def kernel_activation(activation: str | None) -> str:
-    """The kernel family of an activation: ReLU and none share the run-time-flag epilogue."""
+    """The epilogue family of an activation: ReLU and none share the run-time-flag epilogue."""
     return "lin" if activation in (None, "relu") else activation
 
 
-TILE_ARGS = ("K", "a", "lda", "b", "ldb", "bias", "c", "ldc", "cols", "relu")
+TILE_ARGS = ("K", "a", "lda", "b", "ldb", "c", "ldc", "cols")
 
 
-def tile_kernel(module: ir.Module, shape: TileShape, activation: str | None) -> ir.Function:
-    """The kernel for one tile shape and activation family, emitted once per module and shared by
-    every layer that needs it.
+def tile_kernel(module: ir.Module, shape: TileShape) -> ir.Function:
+    """The kernel for one tile shape, emitted once per module and shared by every layer.
 
-    `void tile(i64 K, ptr a, i64 lda, ptr b, i64 ldb, ptr bias, ptr c, i64 ldc, i64 cols, i64 relu)`
-    with a, bias and c at the tile origin; all `mr` rows are real, `cols` in 1..nv*width.
+    `void tile(i64 K, ptr a, i64 lda, ptr b, i64 ldb, ptr c, i64 ldc, i64 cols)` with a and c at
+    the tile origin; all `mr` rows are real, `cols` in 1..nv*width. It stores the raw A @ B tile;
+    `epilogue_function` then adds the bias and applies the activation while the tile is in L1.
+    Keeping the epilogue out of the kernels keeps them small (they get the full code generator,
+    so their size is most of the compile time) and shared across activations.
     """
-    kind = kernel_activation(activation)
-    name = f"tinycomp.gemm.tile{shape.suffix()}.{kind}"
+    name = f"tinycomp.gemm.tile{shape.suffix()}"
     if name in module.globals:
         return module.globals[name]
-    fnty = ir.FunctionType(ir.VoidType(), [I64, PTR, I64, PTR, I64, PTR, PTR, I64, I64, I64])
+    fnty = ir.FunctionType(ir.VoidType(), [I64, PTR, I64, PTR, I64, PTR, I64, I64])
     fn = ir.Function(module, fnty, name)
     fn.linkage = "internal"
     fn.attributes.add("nounwind")
@@ -165,50 +176,88 @@ def tile_kernel(module: ir.Module, shape: TileShape, activation: str | None) -> 
         arg.name = nm
         if isinstance(arg.type, ir.PointerType):
             arg.add_attribute("noalias")
-    K, a, lda, b, ldb, bias_ptr, c, ldc, cols, relu = fn.args
+    K, a, lda, b, ldb, c, ldc, cols = fn.args
     builder = ir.IRBuilder(fn.append_basic_block("entry"))
     if shape.exact:
         masks = [ir.Constant(ir.VectorType(I1, shape.width), [ir.Constant(I1, 1)] * shape.width)] * shape.nv
     else:
         masks = column_masks(builder, cols, shape.nv, shape.width)
     a_rows = [fgep(builder, a, builder.mul(i64(i), lda)) if i else a for i in range(shape.mr)]
-    c_rows = [fgep(builder, c, builder.mul(i64(i), ldc)) if i else c for i in range(shape.mr)]
     acc = _k_loop(builder, shape, K, a_rows, b, ldb, masks)
-    if kind == "lin":
-        # relu(x) = x if x > 0 or x is NaN else +0; with floor -inf instead of +0 the same select
-        # is the identity (-inf stays -inf, NaN stays NaN), so one epilogue serves both.
-        is_relu = builder.icmp_signed("!=", relu, i64(0))
-        floor = builder.select(is_relu, ir.Constant(F32, 0.0), ir.Constant(F32, float("-inf")))
-        floor_v = splat(floor, shape.width, builder)
-
-        def act(x):
-            return builder.select(builder.fcmp_unordered(">", x, floor_v), x, floor_v)
-    else:
-        fn_act = activation_function(module, activation, shape.width)
-
-        def act(x):
-            return builder.call(fn_act, [x])
-
-    has_bias = builder.icmp_unsigned("!=", bias_ptr, ir.Constant(PTR, None))
-    bias_on = builder.insert_element(ir.Constant(ir.VectorType(I1, shape.width), ir.Undefined), has_bias,
-                                     ir.Constant(I32, 0))
-    bias_on = builder.shuffle_vector(bias_on, ir.Constant(bias_on.type, ir.Undefined),
-                                     ir.Constant(ir.VectorType(I32, shape.width), [0] * shape.width))
     w = shape.width
-    for v in range(shape.nv):
-        bvec = masked_load(builder, fgep(builder, bias_ptr, v * w), builder.and_(masks[v], bias_on))
-        for i, c_row in enumerate(c_rows):
-            x, dst = act(builder.fadd(acc[i][v], bvec)), fgep(builder, c_row, v * w)
+    for i in range(shape.mr):
+        c_row = fgep(builder, c, builder.mul(i64(i), ldc)) if i else c
+        for v in range(shape.nv):
+            dst = fgep(builder, c_row, v * w)
             if shape.exact:
-                builder.store(x, dst, align=4)
+                builder.store(acc[i][v], dst, align=4)
             else:
-                masked_store(builder, x, dst, masks[v])
+                masked_store(builder, acc[i][v], dst, masks[v])
     builder.ret_void()
     return fn
 
 
+EPILOGUE_ARGS = ("rows", "c", "ldc", "bias", "cols", "flags")
+
+
+def epilogue_function(module: ir.Module, activation: str | None, width: int) -> ir.Function:
+    """`void epi(i64 rows, ptr c, i64 ldc, ptr bias, i64 cols, i64 flags)`:
+    C[r, 0:cols] = act(C[r, 0:cols] + bias[0:cols]) for r < rows, in place. `bias` may be null
+    (no bias: -0.0 is added, which changes no value, -0 included). Flag bit 0 picks ReLU over the
+    identity in the shared plain epilogue; bit 1 reads C as zeros (K == 0: no kernel ran).
+    One per activation family and module."""
+    kind = kernel_activation(activation)
+    name = f"tinycomp.gemm.epi.{kind}.v{width}"
+    if name in module.globals:
+        return module.globals[name]
+    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [I64, PTR, I64, PTR, I64, I64]), name)
+    fn.linkage = "internal"
+    fn.attributes.add("nounwind")
+    for arg, nm in zip(fn.args, EPILOGUE_ARGS, strict=True):
+        arg.name = nm
+        if isinstance(arg.type, ir.PointerType):
+            arg.add_attribute("noalias")
+    rows, c, ldc, bias, cols, flags = fn.args
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    vt = vector_type(width)
+    if kind == "lin":
+        # relu(x) = x if x > 0 or x is NaN else +0; with floor -inf instead of +0 the same select
+        # is the identity (-inf stays -inf, NaN stays NaN), so one epilogue serves both.
+        is_relu = b.icmp_signed("!=", b.and_(flags, i64(1)), i64(0))
+        floor = b.select(is_relu, ir.Constant(F32, 0.0), ir.Constant(F32, float("-inf")))
+        floor_v = splat_f32(b, floor, width)
+
+        def act(x):
+            return b.select(b.fcmp_unordered(">", x, floor_v), x, floor_v)
+    else:
+        fn_act = activation_function(module, activation, width)
+
+        def act(x):
+            return b.call(fn_act, [x])
+
+    has_bias = b.icmp_unsigned("!=", bias, ir.Constant(PTR, None))
+    i1v = ir.VectorType(I1, width)
+    bias_on = b.shuffle_vector(b.insert_element(ir.Constant(i1v, ir.Undefined), has_bias, ir.Constant(I32, 0)),
+                               ir.Constant(i1v, ir.Undefined), ir.Constant(ir.VectorType(I32, width), [0] * width))
+    neg_zero = ir.Constant(vt, [ir.Constant(F32, -0.0)] * width)
+    iota = ir.Constant(ir.VectorType(I32, width), list(range(width)))
+    n_vec = b.udiv(b.add(cols, i64(width - 1)), i64(width))
+    load_fn = _masked_intrinsic(module, "load", width)
+    c_is_zero = b.icmp_signed("!=", b.and_(flags, i64(2)), i64(0))
+    with for_range(b, 0, n_vec, name="v") as v:
+        col = b.mul(v, i64(width))
+        mask = b.icmp_signed("<", iota, splat_i32(b, b.trunc(b.sub(cols, col), I32), width))
+        bvec = b.call(load_fn, [fgep(b, bias, col), ir.Constant(I32, 4), b.and_(mask, bias_on), neg_zero])
+        with for_range(b, 0, rows, name="r") as r:
+            p = fgep(b, c, b.add(b.mul(r, ldc), col))
+            x = b.select(c_is_zero, ir.Constant(vt, None), masked_load(b, p, mask))
+            masked_store(b, act(b.fadd(x, bvec)), p, mask)
+    b.ret_void()
+    return fn
+
+
 def _k_loop(builder, shape: TileShape, K, a_rows, b, ldb, masks):
-    """for k in 0..K: acc += A[:, k] (outer) B[k, :], the tile carried in phis (K == 0 leaves it 0).
+    """for k in 0..K (K >= 1): acc += A[:, k] (outer) B[k, :], the tile carried in phis.
 
     The loop is not unrolled (measured as fast as 2x/4x unrolling, half the IR). The B row pointer
     advances by `ldb` each step. With `shape.prefetch`, each step also prefetches the B row that
@@ -223,7 +272,7 @@ def _k_loop(builder, shape: TileShape, K, a_rows, b, ldb, masks):
     entry = builder.block
     body = builder.append_basic_block("k.body")
     after = builder.append_basic_block("k.end")
-    builder.cbranch(builder.icmp_signed(">", K, i64(0)), body, after)
+    builder.branch(body)  # K >= 1: the driver never calls a kernel with K == 0
 
     builder.position_at_end(body)
     k = builder.phi(I64, name="k")
@@ -241,7 +290,7 @@ def _k_loop(builder, shape: TileShape, K, a_rows, b, ldb, masks):
         bvec = [masked_load(builder, fgep(builder, b_row, v * w), masks[v]) for v in range(shape.nv)]
     acc = []
     for i, row in enumerate(a_rows):
-        a_ik = splat(builder.load(fgep(builder, row, k), typ=F32), w, builder)
+        a_ik = splat_f32(builder, builder.load(fgep(builder, row, k), typ=F32), w)
         acc.append([builder.call(fma, [a_ik, bvec[v], phis[i][v]]) for v in range(shape.nv)])
     k_next = builder.add(k, i64(1), flags=["nuw", "nsw"])
     b_next = builder.gep(b_row, [ldb], source_etype=F32, inbounds=True)
@@ -252,15 +301,8 @@ def _k_loop(builder, shape: TileShape, K, a_rows, b, ldb, masks):
     k.add_incoming(k_next, body)
     b_row.add_incoming(b, entry)
     b_row.add_incoming(b_next, body)
-    result = []
     for i in range(shape.mr):
-        row = []
         for v in range(shape.nv):
             phis[i][v].add_incoming(zero, entry)
             phis[i][v].add_incoming(acc[i][v], body)
-            out = builder.phi(vt)
-            out.add_incoming(zero, entry)
-            out.add_incoming(acc[i][v], body)
-            row.append(out)
-        result.append(row)
-    return result
+    return acc
