@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import inspect
 import math
 import numbers
@@ -135,13 +134,18 @@ class Dropout(Layer):
         return f"Dropout(p={self.p})"
 
 
-@functools.lru_cache(maxsize=256)
-def _accepts_training(forward_owner: Any) -> bool:
-    try:  # plain callables (functions, lambdas) in a Sequential have no `forward`
-        params = inspect.signature(forward_owner.forward).parameters
-    except (AttributeError, TypeError, ValueError):
-        return False
-    return "training" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+_ACCEPTS_TRAINING: dict[type, bool] = {}
+
+
+def _accepts_training(cls: type) -> bool:
+    """Does `cls.forward` take a `training` argument? Asked once per class."""
+    if cls not in _ACCEPTS_TRAINING:
+        try:  # plain callables (functions, lambdas) in a Sequential have no `forward`
+            params = inspect.signature(cls.forward).parameters  # type: ignore[attr-defined]
+            _ACCEPTS_TRAINING[cls] = "training" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+        except (AttributeError, TypeError, ValueError):
+            _ACCEPTS_TRAINING[cls] = False
+    return _ACCEPTS_TRAINING[cls]
 
 
 class Sequential(Layer):

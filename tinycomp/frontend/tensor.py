@@ -61,6 +61,8 @@ def apply_op(name: str, *operands: Operand, **attrs: Any) -> Tensor:
         # a value computed at trace time would go stale when the parameter changes.
         return tracer.record(name, operands, attrs)
     op = op_def(name)
+    if op.ref is None:
+        raise TypeError(f"op {name!r} is a graph leaf, not something to apply to tensors")
     arrays = [_operand_array(x) for x in operands]
     op.shape(*[a.shape for a in arrays], **attrs)  # the eager errors are the shape rule's errors
     return Tensor._wrap(op.ref(*arrays, **attrs))

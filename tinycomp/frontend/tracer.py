@@ -128,7 +128,7 @@ class SymbolicTensor(Tensor):
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         raise self._refuse("converts to a NumPy array")
 
-    def __array_ufunc__(self, ufunc: Any, method: str, *inputs: Any, **kwargs: Any) -> Any:
+    def __array_ufunc__(self, ufunc: Any, method: str, *inputs: Any, **kwargs: Any) -> Any:  # type: ignore[override]
         name = _UFUNC_OPS.get(ufunc)
         if name is None or method != "__call__" or kwargs:
             raise self._refuse(f"calls np.{ufunc.__name__}, an op the op table lacks, on")
@@ -256,7 +256,7 @@ class Tracer:
             for layer, path in self.layers:
                 layer.training = self.training
                 if path:  # the root's frame is the bottom of the stack already
-                    layer.forward = self.wrap_forward(layer, path)
+                    setattr(layer, "forward", self.wrap_forward(layer, path))  # noqa: B010 - per instance
             yield
         finally:
             tensor_module.tracing.tracer = outer
@@ -283,7 +283,7 @@ def check_input_shape(input_shape: Any) -> tuple:
     if not isinstance(input_shape, (tuple, list)) or not input_shape:
         raise ValueError(f"input_shape must be a non-empty tuple like (None, 784); got {input_shape!r}")
     for i, d in enumerate(input_shape):
-        ok = (d is None and i == 0) or (isinstance(d, numbers.Integral) and not isinstance(d, bool) and d >= 0)
+        ok = (d is None and i == 0) or (isinstance(d, numbers.Integral) and not isinstance(d, bool) and int(d) >= 0)
         if not ok:
             raise ValueError(
                 f"input_shape {tuple(input_shape)!r}: dimension {i} must be a non-negative int"

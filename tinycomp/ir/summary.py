@@ -72,7 +72,7 @@ class Summary:
 def concrete(shape: tuple, batch: int | None) -> tuple[int, ...]:
     if None in shape and batch is None:
         raise ValueError("the graph has a dynamic batch dimension; pass batch= to summarize it")
-    return tuple(batch if d is None else d for d in shape)
+    return tuple(int(d) if d is not None else int(batch or 0) for d in shape)
 
 
 def node_costs(g: Graph, n: str, shapes: dict[str, tuple]) -> tuple[int, int]:

@@ -32,8 +32,10 @@ def sole_user(g: Graph, n: str, what: str) -> tuple[str | None, str | None]:
 def match_bias(g: Graph, m: str) -> tuple[str | None, str | None, str]:
     """(add node, bias node, note): a batch-independent 1-D vector as wide as the output, added to `m`."""
     add, why = sole_user(g, m, "matmul")
-    if add is None or g.op(add) != "add":
-        return None, None, f"no bias: {why or f'matmul result feeds {g.op(add)}, not a bias add'}"
+    if add is None:
+        return None, None, f"no bias: {why}"
+    if g.op(add) != "add":
+        return None, None, f"no bias: matmul result feeds {g.op(add)}, not a bias add"
     a, b = g.args(add)
     bias = b if a == m else a
     if bias == m or not batch_independent(g, bias) or tuple(g.shape(bias)) != (g.shape(m)[-1],):
