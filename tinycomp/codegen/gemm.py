@@ -9,7 +9,7 @@ state between calls: W is re-packed on every call (weights may change; results a
 so several threads may run it at once on disjoint row ranges, each with its own `pack`.
 
 Two paths, chosen at run time from M:
-- small batches (M <= 32) read W in place as one block of all N columns (batch 1 is bound by
+- batches up to DIRECT_MAX_ROWS read W in place as one block of all N columns (batch 1 is bound by
   streaming the weights once; packing would read them twice);
 - larger batches copy W, one L2-sized block of columns at a time, into contiguous zero-padded
   panels, then sweep every row tile of A over those panels while they are hot in L2.
@@ -33,7 +33,7 @@ from .loops import F32, I1, I64, PTR, for_range, i64, vector_type
 
 # Packed W block budget: half of a 1 MiB L2, leaving room for the A row panels and C.
 L2_BLOCK_BYTES = 512 * 1024
-DIRECT_MAX_ROWS = 32  # measured: reading W in place beats pack + sweep up to ~32 rows
+DIRECT_MAX_ROWS = 128  # measured: reading W in place beats pack + sweep up to ~128 rows (784x256, 1024x1024)
 PREFETCH_ROWS = 4  # W rows the small-row kernels prefetch ahead (measured 4 ~ 8 > 0)
 
 
