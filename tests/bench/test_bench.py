@@ -86,4 +86,4 @@ def test_parallel_policy_small_work_stays_on_one_thread():
     assert parallel_parts(100_000, 470_016, 1) == 1
     chunks = split_rows(1000, 3)
     assert chunks[0][0] == 0 and chunks[-1][1] == 1000
-    assert all(a[1] == b[0] for a, b in zip(chunks, chunks[1:]))
+    assert all(a[1] == b[0] for a, b in zip(chunks, chunks[1:], strict=False))

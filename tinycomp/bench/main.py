@@ -181,7 +181,8 @@ def environment(peak: dict | None, blas: Any) -> dict:
             versions[mod] = __import__(mod).__version__
         except ImportError:
             versions[mod] = "not installed"
-    return {"loadavg": os.getloadavg(), "cpu": cpu_model, "llvm_cpu": host().cpu, "cores": available_cores(), "platform": platform.platform(),
+    return {"loadavg": os.getloadavg(), "cpu": cpu_model, "llvm_cpu": host().cpu, "cores": available_cores(),
+            "platform": platform.platform(),
             "versions": versions, "blas": blas, "peak": peak}
 
 
@@ -264,7 +265,10 @@ def run(args: argparse.Namespace) -> int:
         Path(args.markdown).write_text(_markdown(rows, targets, compile_times, env, notes, args.argv))
     if args.plot:
         why_not = report.plot(rows, args.plot)
-        print(f"plot: {why_not}" if why_not else f"plot written to {args.plot}", file=sys.stderr if why_not else sys.stdout)
+        if why_not:
+            print(f"plot: {why_not}", file=sys.stderr)
+        else:
+            print(f"plot written to {args.plot}")
     return 0
 
 
@@ -313,7 +317,8 @@ def _markdown(rows, targets, compile_times, env, notes, argv) -> str:
     parts += ["### Targets", "", report.markdown_table(report.TARGET_HEADER, report.target_cells(targets)), "",
               "### Run time", "", report.markdown_table(report.HEADER, report.table_cells(rows)), ""]
     if compile_times:
-        parts += ["### Compile time", "", report.markdown_table(report.COMPILE_HEADER, report.compile_cells(compile_times)), ""]
+        table = report.markdown_table(report.COMPILE_HEADER, report.compile_cells(compile_times))
+        parts += ["### Compile time", "", table, ""]
     parts += [f"- {n}" for n in notes]
     return "\n".join(parts) + "\n"
 

@@ -8,7 +8,6 @@ input from its own seeded generator, so every engine process sees the same numbe
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 

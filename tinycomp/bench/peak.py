@@ -80,5 +80,6 @@ def measure_fma_peak(seconds: float = 0.3) -> dict:
         w.join()
     all_cores = cores * iters * ACCUMULATORS * width * 2 / (time.perf_counter() - t0) / 1e9
     return {"gflops": best, "all_cores_gflops": all_cores, "cores": cores,
-            "parallel_efficiency": all_cores / (cores * best), "lanes": width, "accumulators": ACCUMULATORS, "cpu": host().cpu,
+            "parallel_efficiency": all_cores / (cores * best), "lanes": width, "accumulators": ACCUMULATORS,
+            "cpu": host().cpu,
             "method": f"llvmlite loop of {ACCUMULATORS} independent <{width} x float> FMAs, best run"}

@@ -61,15 +61,16 @@ def table_cells(rows: list[Row]) -> list[tuple[str, ...]]:
 
 def format_table(header: tuple[str, ...], cells: list[tuple[str, ...]]) -> str:
     widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h) for i, h in enumerate(header)]
-    lines = ["  ".join(h.rjust(w) if i > 2 else h.ljust(w) for i, (h, w) in enumerate(zip(header, widths)))]
-    lines.append("  ".join("-" * w for w in widths))
-    for c in cells:
-        lines.append("  ".join(v.rjust(w) if i > 2 else v.ljust(w) for i, (v, w) in enumerate(zip(c, widths))))
-    return "\n".join(lines)
+    def line(values: tuple[str, ...]) -> str:  # text columns left, numbers right
+        cols = zip(values, widths, strict=True)
+        return "  ".join(v.rjust(w) if i > 2 else v.ljust(w) for i, (v, w) in enumerate(cols))
+
+    return "\n".join([line(header), "  ".join("-" * w for w in widths), *(line(c) for c in cells)])
 
 
 def markdown_table(header: tuple[str, ...], cells: list[tuple[str, ...]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" if i < 3 else "---:" for i in range(len(header))) + "|"]
+    rule = "|".join("---" if i < 3 else "---:" for i in range(len(header)))
+    lines = ["| " + " | ".join(header) + " |", "|" + rule + "|"]
     lines += ["| " + " | ".join(c) + " |" for c in cells]
     return "\n".join(lines)
 
@@ -138,7 +139,8 @@ def target_cells(targets: list[Target]) -> list[tuple[str, ...]]:
     return [(t.target, t.required, t.measured, {True: "yes", False: "NO", None: "?"}[t.met]) for t in targets]
 
 
-COMPILE_HEADER = ("model", "cold ms", "cold, first in process ms", "warm (disk cache) ms", "warm, first in new process ms")
+COMPILE_HEADER = ("model", "cold ms", "cold, first in process ms", "warm (disk cache) ms",
+                  "warm, first in new process ms")
 
 
 def compile_cells(compile_times: dict[str, dict]) -> list[tuple[str, ...]]:
@@ -170,7 +172,7 @@ def plot(rows: list[Row], path: str) -> str | None:
     if not models:
         return "nothing to plot"
     fig, axes = plt.subplots(len(models), 2, figsize=(11, 3.8 * len(models)), squeeze=False)
-    for (ax_t, ax_s), model in zip(axes, models):
+    for (ax_t, ax_s), model in zip(axes, models, strict=False):
         mrows = [r for r in rows if r.model == model]
         for engine in dict.fromkeys(r.engine for r in mrows):
             er = sorted((r for r in mrows if r.engine == engine), key=lambda r: r.batch)
@@ -178,7 +180,7 @@ def plot(rows: list[Row], path: str) -> str | None:
             ax_t.plot([r.batch for r in er], [r.median_us for r in er], marker="o", label=label)
             sp = [(r.batch, 1 / r.vs_numpy) for r in er if r.vs_numpy]
             if sp:
-                ax_s.plot(*zip(*sp), marker="o", label=label)
+                ax_s.plot(*zip(*sp, strict=False), marker="o", label=label)
         ax_t.set(xscale="log", yscale="log", xlabel="batch size", ylabel="median latency (us)",
                  title=f"{model}: latency per call")
         ax_s.set(xscale="log", yscale="log", xlabel="batch size", ylabel="speed-up vs NumPy (x)",

@@ -1,7 +1,8 @@
 """One benchmark worker: `python -m tinycomp.bench.runner '<json spec>'`, one engine per process.
 
-The spec (built by `tinycomp.bench.main`) names a mode (`run`, `compile` or `peak`). Results go to stdout as JSON lines (one per
-finished point, so the parent can show progress); anything else a library prints goes to stderr.
+The spec (built by `tinycomp.bench.main`) names a mode (`run`, `compile` or `peak`). Results go to
+stdout as JSON lines (one per finished point, so the parent can show progress); anything else a
+library prints goes to stderr.
 Every engine's output is checked with `check_parity` against the eager model and a float64 NumPy
 reference before the engine is timed; a mismatch is reported as a `parity_error` line and the
 process exits with status 3.
