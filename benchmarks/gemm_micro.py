@@ -2,7 +2,9 @@
 
     PYTHONPATH=. python benchmarks/gemm_micro.py [--quick]
 
-Prints median GFLOP/s per (K, N, M) and the cold compile time of the reference MLP's three layers.
+Prints GFLOP/s per (K, N, M) and the compile time of the reference MLP's three layers. Ours and
+NumPy are timed interleaved, round-robin over all sizes of a layer (one W per layer, as in a model),
+and reported as min and median of the rounds: on a shared, noisy machine the two move together.
 """
 
 from __future__ import annotations
@@ -60,18 +62,53 @@ def median_time(f, min_time=0.05, reps=7):
     return float(np.median(samples))
 
 
-def bench_layer(fn, K, N, M, width, rng):
-    A = rng.standard_normal((M, K), dtype=np.float32)
+def compare(fns, rounds=15, target_s=2e-4):
+    """Time several callables interleaved; (min, median) seconds per call of each."""
+    counts = []
+    for f in fns:
+        n = 1
+        while True:
+            t0 = time.perf_counter()
+            for _ in range(n):
+                f()
+            if time.perf_counter() - t0 > target_s:
+                break
+            n *= 2
+        counts.append(n)
+    samples: list[list[float]] = [[] for _ in fns]
+    for _ in range(rounds):
+        for f, n, out in zip(fns, counts, samples, strict=True):
+            t0 = time.perf_counter()
+            for _ in range(n):
+                f()
+            out.append((time.perf_counter() - t0) / n)
+    return [(min(s), float(np.median(s))) for s in samples]
+
+
+def bench_layer(fn, K, N, Ms, width, rng):
+    """Rows of (M, ours GF/s, numpy GF/s, ours us, numpy us), medians, ours checked first."""
     W = rng.standard_normal((K, N), dtype=np.float32)
     B = rng.standard_normal(N, dtype=np.float32)
-    C = np.empty((M, N), np.float32)
     P = np.empty(pack_floats(K, N, width), np.float32)
-    ptrs = [a.ctypes.data for a in (A, W, B, C, P)]
-    ours = median_time(lambda: fn(M, *ptrs))
-    out = np.empty((M, N), np.float32)
-    theirs = median_time(lambda: np.matmul(A, W, out=out))
-    flops = 2.0 * M * K * N
-    return flops / ours / 1e9, flops / theirs / 1e9, ours * 1e6, theirs * 1e6
+    fns, keep = [], []
+    for M in Ms:
+        A = rng.standard_normal((M, K), dtype=np.float32)
+        C = np.empty((M, N), np.float32)
+        out = np.empty((M, N), np.float32)
+        keep += [A, C, out]
+        ptrs = [a.ctypes.data for a in (A, W, B, C, P)]
+        fn(M, *ptrs)
+        np.matmul(A, W, out=out)
+        assert np.allclose(C, out + B, atol=1e-3, rtol=1e-3) or np.allclose(C, np.maximum(out + B, 0), atol=1e-3,
+                                                                             rtol=1e-3), (K, N, M)
+        fns += [lambda M=M, ptrs=ptrs: fn(M, *ptrs), lambda A=A, out=out: np.matmul(A, W, out=out)]
+    res = compare(fns)
+    rows = []
+    for i, M in enumerate(Ms):
+        ours, theirs = res[2 * i][1], res[2 * i + 1][1]
+        flops = 2.0 * M * K * N
+        rows.append((M, flops / ours / 1e9, flops / theirs / 1e9, ours * 1e6, theirs * 1e6))
+    return rows
 
 
 def main() -> None:
@@ -82,12 +119,11 @@ def main() -> None:
     shapes = MLP + ([] if quick else [(1024, 1024, None), (128, 128, None)])
     eng, fns, _ = compile_layers(shapes, width)  # keep eng alive: addresses die with it
     rng = np.random.default_rng(0)
-    Ms = [1, 8, 32, 128] if quick else [1, 8, 32, 128, 512, 2048]
+    Ms = [1, 2, 4, 8, 32, 128] if quick else [1, 2, 3, 4, 5, 8, 32, 64, 128, 512, 2048]
     print(f"{'K':>5} {'N':>5} {'M':>5} {'ours GF/s':>10} {'numpy GF/s':>10} {'ours us':>9} {'numpy us':>9}")
     with threadpool_limits(1):
         for fn, (K, N, _) in zip(fns, shapes, strict=True):
-            for M in Ms:
-                g, gn, t, tn = bench_layer(fn, K, N, M, width, rng)
+            for M, g, gn, t, tn in bench_layer(fn, K, N, Ms, width, rng):
                 print(f"{K:5d} {N:5d} {M:5d} {g:10.1f} {gn:10.1f} {t:9.1f} {tn:9.1f}")
 
 
