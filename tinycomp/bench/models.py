@@ -60,13 +60,15 @@ class BenchModel:
                 layers.append(Dropout(spec.dropout))
         rng = np.random.default_rng(seed + 1)
         for lin in linears:
+            assert lin.bias is not None  # every benchmark Linear has a bias
             lin.bias.data[...] = (0.1 * rng.standard_normal(lin.bias.shape)).astype(np.float32)
         model = Sequential(*layers)
         model.eval()
         return model
 
     def weights(self, model: Sequential) -> list[tuple[np.ndarray, np.ndarray]]:
-        return [(layer.weight.data, layer.bias.data) for layer in model.layers if isinstance(layer, Linear)]
+        return [(layer.weight.data, layer.bias.data) for layer in model.layers
+                if isinstance(layer, Linear) and layer.bias is not None]
 
     def sample(self, batch: int, seed: int = 0) -> np.ndarray:
         rng = np.random.default_rng(10_000 + seed)
@@ -97,7 +99,8 @@ def numpy_activation(name: str | None, h: np.ndarray) -> np.ndarray:
 def numpy_function(bm: BenchModel, weights: list[tuple[np.ndarray, np.ndarray]],
                    dtype: type = np.float32) -> Callable[[np.ndarray], np.ndarray]:
     """`act(...act(x @ W1 + b1) @ W2 + b2 ...)` as plain NumPy over the given weights."""
-    ws = [(np.ascontiguousarray(w, dtype), np.ascontiguousarray(b, dtype)) for w, b in weights]
+    ws: list[tuple[np.ndarray, np.ndarray]] = [
+        (np.ascontiguousarray(w, dtype), np.ascontiguousarray(b, dtype)) for w, b in weights]
     acts = [s.activation for s in bm.layers]
     if dtype == np.float32 and acts[:3] == ["relu", "relu", None] and len(ws) == 3:
         (w1, b1), (w2, b2), (w3, b3) = ws
@@ -108,7 +111,7 @@ def numpy_function(bm: BenchModel, weights: list[tuple[np.ndarray, np.ndarray]],
         return mlp
 
     def run(x: np.ndarray) -> np.ndarray:
-        h = x.astype(dtype, copy=False)
+        h: np.ndarray = x.astype(dtype, copy=False)
         for (w, b), act in zip(ws, acts, strict=True):
             h = numpy_activation(act, h @ w + b)
         return h

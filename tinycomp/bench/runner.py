@@ -201,6 +201,7 @@ def run_points(spec: dict) -> int:
     threads = engine_threads(name)
     blas = 1 if ENGINES[name][1] == "1" else None
     with blas_threads(blas):
+        blas_info: Any
         try:
             from threadpoolctl import threadpool_info
             blas_info = [{"api": i.get("internal_api"), "threads": i.get("num_threads")} for i in threadpool_info()]
