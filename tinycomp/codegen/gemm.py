@@ -27,8 +27,7 @@ from dataclasses import dataclass
 
 from llvmlite import ir
 
-from .gemm_kernels import TileShape, epilogue_function, fgep, masked_load, masked_store, tile_kernel
-from .gemm_kernels import column_masks
+from .gemm_kernels import TileShape, column_masks, epilogue_function, fgep, masked_load, masked_store, tile_kernel
 from .loops import F32, I1, I64, PTR, for_range, i64, vector_type
 
 # Packed W block budget: half of a 1 MiB L2, leaving room for the A row panels and C.

@@ -230,7 +230,7 @@ def epilogue_function(module: ir.Module, activation: str | None, width: int) -> 
         def act(x):
             return b.select(b.fcmp_unordered(">", x, floor_v), x, floor_v)
     else:
-        fn_act = activation_function(module, activation, width)
+        fn_act = activation_function(module, kind, width)
 
         def act(x):
             return b.call(fn_act, [x])
