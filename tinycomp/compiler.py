@@ -16,7 +16,7 @@ import numpy as np
 from .codegen.module import LoweringError, ModulePlan, graph_fingerprint, lower_graph
 from .codegen.target import host
 from .errors import CompileError, ParityError
-from .frontend.layers import Layer
+from .frontend.layers import Layer, Sequential
 from .frontend.tensor import Tensor, to_float32
 from .frontend.tracer import resolve_path, trace
 from .ir.graph import Graph
@@ -25,7 +25,7 @@ from .ir.printer import format_graph
 from .logs import channel, log
 from .parity import check_parity, float64_reference
 from .runtime import cache
-from .runtime.buffers import CHECK_ABOVE, ScratchPool, aligned_empty, as_native_float32, check_allocation
+from .runtime.buffers import CHECK_ABOVE, ScratchPool, as_native_float32, check_allocation, data_pointer
 from .runtime.engine import JitEngine, assembly, optimized_ir
 from .runtime.kernel import NativeKernel
 from .runtime.threads import parallel_parts, shared_pool, split_rows
@@ -55,12 +55,16 @@ class _Artifact:
     plan: ModulePlan
     engine: JitEngine
     kernel: NativeKernel
-    param_paths: list[str]
-    param_shapes: list[tuple[int, ...]]
+    params: _LiveParams
     flops_per_row: int
     guard: _StructureGuard
     out_row: tuple[int, ...] = field(default=())
     lead_shapes: dict = field(default_factory=dict)  # leading dims of the input -> eager output shape
+
+    @property
+    def bytes_per_row(self) -> int:
+        """Memory a call needs per batch row: output, scratch, and a converted copy of the input."""
+        return 4 * (math.prod(self.out_row) + self.plan.scratch_per_row + math.prod(self.features))
 
 
 def _feature_shape(input_shape: Any) -> tuple[int, ...]:
@@ -201,6 +205,66 @@ def _container_view(obj: Any) -> Iterable[Any] | None:
     return None
 
 
+class _LiveParams:
+    """The model's parameters, read live on every call, each array validated once.
+
+    The structure guard makes sure the layers holding the parameters are the ones traced, so each
+    parameter is one attribute (or item) read off its owner. An array object seen before is reused
+    with its pointer; a new one (rebinding, a new Tensor) is checked and remembered. Arrays native
+    code cannot read directly (float64, strided) are converted on every call, never remembered, so
+    an in-place edit of them still shows.
+    """
+
+    def __init__(self, model: Any, paths: list[str], shapes: list[tuple[int, ...]]):
+        self.paths, self.shapes = paths, shapes
+        self.owners = []
+        for path in paths:
+            parent, _, step = path.rpartition(".")
+            self.owners.append((resolve_path(model, parent), step))
+        self._seen: list[tuple[Any, int]] = [(None, 0)] * len(paths)
+
+    def arrays(self, strict: bool = False) -> list[np.ndarray] | None:
+        """The current float32 arrays; None if one changed shape (ValueError instead when `strict`)."""
+        out = []
+        for (owner, step), path, shape in zip(self.owners, self.paths, self.shapes, strict=True):
+            value = resolve_path(owner, step)
+            data = value.data if isinstance(value, Tensor) else np.asarray(value)
+            if data.shape != shape:
+                if strict:
+                    raise ValueError(f"parameter {path!r} now has shape {data.shape}, but the model was compiled "
+                                     f"with {shape}; compile the model again after changing layer sizes")
+                return None
+            if data.dtype.kind not in "biuf":
+                raise TypeError(f"parameter {path!r} must hold numbers; got dtype {data.dtype}")
+            out.append(as_native_float32(data))
+        return out
+
+    def pointers(self) -> tuple[list[int], list[np.ndarray]] | None:
+        """(pointers, arrays that must stay alive during the call), or None if a shape changed."""
+        ptrs: list[int] = []
+        keep: list[np.ndarray] = []
+        seen = self._seen
+        for i, (owner, step) in enumerate(self.owners):
+            value = getattr(owner, step) if type(owner) not in _CONTAINERS else resolve_path(owner, step)
+            data = value.data if isinstance(value, Tensor) else value
+            known, ptr = seen[i]
+            if data is known and data.shape == self.shapes[i]:  # validated when first seen
+                ptrs.append(ptr)
+                continue
+            arrays = self.arrays()  # the slow path names any problem and converts what it must
+            if arrays is None:
+                return None
+            array = arrays[i]
+            if array is data:  # natively readable as it stands: remember it
+                seen[i] = (data, data_pointer(data))
+            ptrs.append(data_pointer(array))
+            keep.append(array)
+        return ptrs, keep
+
+
+_CONTAINERS = (list, tuple, dict, Sequential)
+
+
 class CompiledModel:
     """A model compiled to native code for inference. Call it like the model: `fast(x)` -> Tensor.
 
@@ -266,8 +330,9 @@ class CompiledModel:
         guard = _StructureGuard(self.model)
         artifact = _Artifact(
             features=features, traced=traced, optimized=optimized, pass_dumps=dumps, plan=plan,
-            engine=engine, kernel=kernel, param_paths=[optimized[p]["path"] for p in plan.params],
-            param_shapes=shapes, flops_per_row=_flops_per_row(optimized), guard=guard,
+            engine=engine, kernel=kernel,
+            params=_LiveParams(self.model, [optimized[p]["path"] for p in plan.params], shapes),
+            flops_per_row=_flops_per_row(optimized), guard=guard,
             out_row=tuple(plan.out_shape[1:]),
         )
         self._artifact = artifact
@@ -329,26 +394,26 @@ class CompiledModel:
         arr = as_input_array(x)
         art = self._ensure_compiled(arr.shape[1:] if arr.ndim > 1 else arr.shape)
         rows, out_shape = self._rows(art, arr)
-        params = self._read_params(art)
+        params = art.params.pointers()
         if params is None:  # a parameter was given another shape: the code must be generated again
             art = self._recompile(art, "a parameter changed shape")
             rows, out_shape = self._rows(art, arr)
-            params = self._read_params(art, strict=True)
-        plan = art.plan
-        out_floats = rows * math.prod(art.out_row)
-        copy_floats = 0 if arr.dtype == np.float32 and arr.flags.c_contiguous and arr.flags.aligned else arr.size
-        need = 4 * (out_floats + plan.scratch_floats(rows) + copy_floats + 16)
-        if need >= CHECK_ABOVE:  # the message and /proc/meminfo only for big batches: batch-1 latency matters
+            art.params.arrays(strict=True)  # names the parameter if it still does not fit
+            params = art.params.pointers()
+            assert params is not None
+        if rows * art.bytes_per_row >= CHECK_ABOVE:  # /proc/meminfo only for big batches: batch 1 is hot
+            need = rows * art.bytes_per_row + 4 * art.plan.scratch_fixed
             check_allocation(need, f"a batch of {rows:,} rows (output {(rows, *art.out_row)}, scratch and input copy)")
         try:
             x32 = as_native_float32(arr)
-            out = aligned_empty((rows, *art.out_row))
+            out = np.empty((rows, *art.out_row), np.float32)  # kernels need float, not line, alignment
         except MemoryError:
             raise MemoryError(f"cannot allocate the output {(rows, *art.out_row)} float32 "
-                              f"({4 * out_floats:,} bytes) for a batch of {rows:,} rows; "
+                              f"({4 * rows * math.prod(art.out_row):,} bytes) for a batch of {rows:,} rows; "
                               "split the batch into smaller ones") from None
         if rows:
-            self._run(art, x32.reshape(rows, *art.features), params, out)
+            self._run(art, x32 if x32.ndim == len(art.features) + 1 else x32.reshape(rows, *art.features),
+                      params[0], out)
         self.stats.calls += 1
         y = out.reshape(out_shape)
         if self.check:
@@ -394,35 +459,18 @@ class CompiledModel:
             art.lead_shapes[lead] = shape
         return shape
 
-    def _read_params(self, art: _Artifact, strict: bool = False) -> list[np.ndarray] | None:
-        """Read every parameter live, so in-place edits and rebinding show in this very call.
-
-        None if one no longer has the shape compiled for (ValueError instead when `strict`)."""
-        out = []
-        for path, shape in zip(art.param_paths, art.param_shapes, strict=True):
-            value = resolve_path(self.model, path)
-            data = value.data if isinstance(value, Tensor) else np.asarray(value)
-            if data.shape != shape:
-                if not strict:
-                    return None
-                raise ValueError(
-                    f"parameter {path!r} now has shape {data.shape}, but the model was compiled with "
-                    f"{shape}; compile the model again after changing layer sizes"
-                )
-            if data.dtype.kind not in "biuf":
-                raise TypeError(f"parameter {path!r} must hold numbers; got dtype {data.dtype}")
-            out.append(as_native_float32(data))
-        return out
-
-    def _run(self, art: _Artifact, x: np.ndarray, params: list[np.ndarray], out: np.ndarray) -> None:
-        rows = x.shape[0]
+    def _run(self, art: _Artifact, x: np.ndarray, param_ptrs: list[int], out: np.ndarray) -> None:
+        kernel, rows = art.kernel, x.shape[0]
+        kernel.check_io(x, out)
+        x_ptr, out_ptr = data_pointer(x), data_pointer(out)
         parts = parallel_parts(rows, art.flops_per_row, self.threads)
         if parts <= 1:
-            art.kernel.run(x, params, out, self._scratch.get(art.plan.scratch_floats(rows)))
+            kernel.call(rows, x_ptr, param_ptrs, out_ptr, self._scratch.pointer(art.plan.scratch_floats(rows)))
             return
 
-        def chunk(lo: int, hi: int) -> None:
-            art.kernel.run(x[lo:hi], params, out[lo:hi], self._scratch.get(art.plan.scratch_floats(hi - lo)))
+        def chunk(lo: int, hi: int) -> None:  # rows lo..hi, each thread with its own scratch
+            kernel.call(hi - lo, x_ptr + lo * kernel.in_bytes, param_ptrs, out_ptr + lo * kernel.out_bytes,
+                        self._scratch.pointer(art.plan.scratch_floats(hi - lo)))
 
         shared_pool().run([lambda lo=lo, hi=hi: chunk(lo, hi) for lo, hi in split_rows(rows, parts)])
 
@@ -430,7 +478,7 @@ class CompiledModel:
         with eval_mode(self.model):
             eager = np.asarray(self.model(Tensor(arr)).data)
         params64 = {p: np.asarray(v, np.float64)
-                    for p, v in zip(art.plan.params, self._read_params(art, strict=True) or [], strict=True)}
+                    for p, v in zip(art.plan.params, art.params.arrays(strict=True) or [], strict=True)}
         rows = arr.reshape(-1, *art.features)
         reference = float64_reference(art.optimized, rows, params64).reshape(compiled.shape)
         report = check_parity(compiled, eager.reshape(compiled.shape), reference, max_eager_error=CHECK_EAGER_SLACK)

@@ -1,4 +1,11 @@
-"""The validated native call: arrays in, arrays out, nothing unchecked reaches machine code."""
+"""The validated native call: arrays in, arrays out, nothing unchecked reaches machine code.
+
+Two doors into the same entry function:
+- `run(x, params, out, scratch)` checks every array (tests and one-off calls use it);
+- `call(rows, x_ptr, param_ptrs, out_ptr, scratch_ptr)` is the per-call hot path of a compiled
+  model, whose caller has already checked x and out (`check_io`) and whose parameter pointers come
+  from `LiveParams`, which validates each parameter array the first time it sees it.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +15,12 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..codegen.module import ModulePlan
+from .buffers import data_pointer, is_native_float32
 from .engine import JitEngine
 
 
 def _check(name: str, a: np.ndarray, shape: tuple[int, ...]) -> None:
-    if a.dtype != np.float32 or not a.flags.c_contiguous or not a.flags.aligned or a.shape != shape:
+    if not is_native_float32(a) or a.shape != shape:
         raise ValueError(
             f"native call: {name} must be an aligned C-contiguous float32 array of shape {shape}; "
             f"got {a.dtype} {a.shape} (contiguous={a.flags.c_contiguous}, aligned={a.flags.aligned})"
@@ -20,31 +28,39 @@ def _check(name: str, a: np.ndarray, shape: tuple[int, ...]) -> None:
 
 
 class NativeKernel:
-    """The entry function of one compiled module, callable on validated NumPy arrays."""
+    """The entry function of one compiled module."""
 
     def __init__(self, engine: JitEngine, plan: ModulePlan, in_row: tuple[int, ...],
                  param_shapes: Sequence[tuple[int, ...]]):
         self.engine, self.plan = engine, plan  # the engine owns the code: keep it alive with us
         self.in_row = tuple(in_row)
-        self.out_row = tuple(d for d in plan.out_shape[1:]) if plan.out_shape[:1] == (None,) else None
+        self.out_row = tuple(plan.out_shape[1:]) if plan.out_shape[:1] == (None,) else None
         self.param_shapes = [tuple(s) for s in param_shapes]
         n_ptrs = 1 + len(plan.params) + len(plan.consts) + 2
         proto = ctypes.CFUNCTYPE(None, ctypes.c_int64, *([ctypes.c_void_p] * n_ptrs))
-        self._fn = proto(engine.address(plan.entry))
-        self._const_ptrs = [c.ctypes.data for c in plan.consts]
+        self._fn = proto(engine.address(plan.entry))  # ctypes releases the GIL around the call
+        self._const_ptrs = [data_pointer(c) for c in plan.consts]
+        self.in_bytes = 4 * int(np.prod(self.in_row, dtype=np.int64))
+        self.out_bytes = 4 * int(np.prod(self.out_row or (), dtype=np.int64))
 
-    def run(self, x: np.ndarray, params: Sequence[np.ndarray], out: np.ndarray, scratch: np.ndarray) -> None:
-        """Run rows x[0:M] -> out[0:M]. Every pointer is checked against the plan first."""
+    def check_io(self, x: np.ndarray, out: np.ndarray) -> None:
         rows = x.shape[0]
         _check("input", x, (rows, *self.in_row))
+        _check("output", out, (rows, *self.out_row) if self.out_row is not None else self.plan.out_shape)
+
+    def run(self, x: np.ndarray, params: Sequence[np.ndarray], out: np.ndarray, scratch: np.ndarray) -> None:
+        """Run rows x[0:M] -> out[0:M], checking every array against the plan first."""
+        self.check_io(x, out)
         if len(params) != len(self.param_shapes):
             raise ValueError(f"native call: expected {len(self.param_shapes)} parameters, got {len(params)}")
         for name, p, shape in zip(self.plan.params, params, self.param_shapes, strict=True):
             _check(f"parameter {name}", p, shape)
-        _check("output", out, (rows, *self.out_row) if self.out_row is not None else self.plan.out_shape)
+        rows = x.shape[0]
         need = self.plan.scratch_floats(rows)
-        if scratch.dtype != np.float32 or scratch.size < need or not scratch.flags.c_contiguous \
-                or not scratch.flags.aligned:
+        if not is_native_float32(scratch) or scratch.ndim != 1 or scratch.size < need:
             raise ValueError(f"native call: scratch needs {need} contiguous float32 values, got {scratch.size}")
-        self._fn(rows, x.ctypes.data, *[p.ctypes.data for p in params], *self._const_ptrs,
-                 out.ctypes.data, scratch.ctypes.data)
+        self.call(rows, data_pointer(x), [data_pointer(p) for p in params], data_pointer(out), data_pointer(scratch))
+
+    def call(self, rows: int, x_ptr: int, param_ptrs: Sequence[int], out_ptr: int, scratch_ptr: int) -> None:
+        """The raw call. Callers guarantee: x/out hold `rows` rows, params match, scratch is big enough."""
+        self._fn(rows, x_ptr, *param_ptrs, *self._const_ptrs, out_ptr, scratch_ptr)
