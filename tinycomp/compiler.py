@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import math
 import threading
@@ -144,7 +145,7 @@ class _StructureGuard:
     """
 
     def __init__(self, model: Any):
-        self.views: list[Iterable[Any]] = []
+        self.views: list[Any] = []  # live views: dict values, lists, tuples
         seen: set[int] = set()
         stack = [model]
         while stack:
@@ -173,7 +174,7 @@ class _StructureGuard:
         sig: list[Any] = []
         for view in self.views:
             items = view.mapping.items() if isinstance(view, type({}.values())) else enumerate(view)
-            entry = []
+            entry: list[tuple] = []
             for key, value in items:
                 if key == "training" and isinstance(value, bool):
                     continue
@@ -472,7 +473,7 @@ class CompiledModel:
             kernel.call(hi - lo, x_ptr + lo * kernel.in_bytes, param_ptrs, out_ptr + lo * kernel.out_bytes,
                         self._scratch.pointer(art.plan.scratch_floats(hi - lo)))
 
-        shared_pool().run([lambda lo=lo, hi=hi: chunk(lo, hi) for lo, hi in split_rows(rows, parts)])
+        shared_pool().run([functools.partial(chunk, lo, hi) for lo, hi in split_rows(rows, parts)])
 
     def _check_parity(self, art: _Artifact, arr: np.ndarray, compiled: np.ndarray) -> None:
         with eval_mode(self.model):
