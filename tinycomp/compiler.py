@@ -17,7 +17,7 @@ import numpy as np
 from .codegen.module import LoweringError, ModulePlan, graph_fingerprint, lower_graph
 from .codegen.target import host
 from .errors import CompileError, ParityError
-from .frontend.layers import Layer, Sequential
+from .frontend.layers import Layer, Sequential, reachable
 from .frontend.tensor import Tensor, to_float32
 from .frontend.tracer import resolve_path, trace
 from .ir.graph import Graph
@@ -104,27 +104,18 @@ def as_input_array(x: Any) -> np.ndarray:
 @contextlib.contextmanager
 def eval_mode(model: Layer) -> Iterator[None]:
     """Run the eager model in eval mode, then restore every layer's own training flag."""
-    from .frontend.layers import _children  # the same walk set_training_mode uses
-
-    saved: dict[int, tuple[Any, Any]] = {}
-    stack: list[Any] = [model]
-    while stack:
-        obj = stack.pop()
-        if id(obj) in saved:
-            continue
-        saved[id(obj)] = (obj, obj.__dict__.get("training", _UNSET) if isinstance(obj, Layer) else _UNSET)
-        if isinstance(obj, Layer):
-            obj.training = False
-        stack.extend(_children(obj))
+    layers = [obj for obj in reachable(model) if isinstance(obj, Layer)]
+    saved = [(layer, vars(layer).get("training", _UNSET)) for layer in layers]
+    for layer in layers:
+        layer.training = False
     try:
         yield
     finally:
-        for obj, flag in saved.values():
-            if isinstance(obj, Layer):
-                if flag is _UNSET:
-                    obj.__dict__.pop("training", None)
-                else:
-                    obj.training = flag
+        for layer, flag in saved:
+            if flag is _UNSET:
+                vars(layer).pop("training", None)
+            else:
+                layer.training = flag
 
 
 _UNSET = object()
@@ -145,19 +136,8 @@ class _StructureGuard:
     """
 
     def __init__(self, model: Any):
-        self.views: list[Any] = []  # live views: dict values, lists, tuples
-        seen: set[int] = set()
-        stack = [model]
-        while stack:
-            obj = stack.pop()
-            if id(obj) in seen:
-                continue
-            seen.add(id(obj))
-            view = _container_view(obj)
-            if view is None:
-                continue
-            self.views.append(view)
-            stack.extend(v for v in reversed(list(view)) if isinstance(v, (Layer, list, tuple, dict)))
+        # live views (dict values, lists, tuples) of every container the tracer could walk
+        self.views: list[Any] = [v for v in map(_container_view, reachable(model)) if v is not None]
         # arrays held now are traced as constants (held here, so their ids stay theirs); an array
         # bound later in place of a parameter Tensor is read live like one
         self.const_arrays = [v for view in self.views for v in view if isinstance(v, np.ndarray)]

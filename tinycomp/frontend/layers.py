@@ -35,8 +35,8 @@ def _children(obj: Any) -> Iterator[Any]:
             yield v
 
 
-def set_training_mode(model: Any, training: bool) -> None:
-    """Set `training` on every Layer reachable through attributes, lists and dicts (cycle-safe)."""
+def reachable(model: Any) -> Iterator[Any]:
+    """`model` and every Layer, list, tuple and dict reachable from it, each once (cycle-safe)."""
     seen: set[int] = set()
     stack = [model]
     while stack:
@@ -44,9 +44,15 @@ def set_training_mode(model: Any, training: bool) -> None:
         if id(obj) in seen:
             continue
         seen.add(id(obj))
+        yield obj
+        stack.extend(_children(obj))
+
+
+def set_training_mode(model: Any, training: bool) -> None:
+    """Set `training` on every Layer reachable through attributes, lists and dicts (cycle-safe)."""
+    for obj in reachable(model):
         if isinstance(obj, Layer):
             obj.training = bool(training)
-        stack.extend(_children(obj))
 
 
 class Layer:
