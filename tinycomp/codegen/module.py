@@ -22,7 +22,7 @@ from llvmlite import ir
 from ..ir.graph import Graph
 from ..ir.ops import ELEMENTWISE, fmt_shape
 from . import elementwise, gemm
-from .loops import I64, PTR, element_ptr, i64
+from .loops import I64, PTR, element_ptr, i64, paused_gc
 from .scratch import BufferPlan, is_batched, plan_buffers, row_floats
 
 ENTRY = "tinycomp_forward"
@@ -258,6 +258,11 @@ LEAF_OPS = ("input", "param", "const", "output")
 
 def lower_graph(g: Graph, width: int) -> ModulePlan:
     """Emit the module for graph g (one input, one output) for vectors of `width` lanes."""
+    with paused_gc():
+        return _lower_graph(g, width)
+
+
+def _lower_graph(g: Graph, width: int) -> ModulePlan:
     if len(g.inputs) != 1:
         raise LoweringError(f"the code generator takes graphs with one input; this one has {len(g.inputs)}")
     for n in g.nodes():
