@@ -2,24 +2,22 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import itertools
 import math
 import threading
 import time
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from .binding import LiveParams, StructureGuard, eval_mode
 from .codegen.module import LoweringError, ModulePlan, graph_fingerprint, lower_graph
 from .codegen.target import host
 from .errors import CompileError, ParityError
-from .frontend.layers import Layer, Sequential, reachable
+from .frontend.layers import Layer
 from .frontend.tensor import Tensor, to_float32
-from .frontend.tracer import resolve_path, trace
+from .frontend.tracer import trace
 from .ir.graph import Graph
 from .ir.passes import run_pipeline
 from .ir.printer import format_graph
@@ -56,9 +54,9 @@ class _Artifact:
     plan: ModulePlan
     engine: JitEngine
     kernel: NativeKernel
-    params: _LiveParams
+    params: LiveParams
     flops_per_row: int
-    guard: _StructureGuard
+    guard: StructureGuard
     out_row: tuple[int, ...] = field(default=())
     lead_shapes: dict = field(default_factory=dict)  # leading dims of the input -> eager output shape
 
@@ -99,151 +97,6 @@ def as_input_array(x: Any) -> np.ndarray:
         raise ValueError(f"compiled model input must be a batch (batch, features...), or one sample; "
                          f"got a 0-D value {arr!r}")
     return arr
-
-
-@contextlib.contextmanager
-def eval_mode(model: Layer) -> Iterator[None]:
-    """Run the eager model in eval mode, then restore every layer's own training flag."""
-    layers = [obj for obj in reachable(model) if isinstance(obj, Layer)]
-    saved = [(layer, vars(layer).get("training", _UNSET)) for layer in layers]
-    for layer in layers:
-        layer.training = False
-    try:
-        yield
-    finally:
-        for layer, flag in saved:
-            if flag is _UNSET:
-                vars(layer).pop("training", None)
-            else:
-                layer.training = flag
-
-
-_UNSET = object()
-
-
-_TENSOR = "tensor"  # a structure signature records that a Tensor sits here, not which one
-
-
-class _StructureGuard:
-    """Notices, cheaply on every call, that the layer tree changed since it was traced.
-
-    The fast check reads the ids and lengths of every container the tracer could walk (each Layer's
-    attribute dict, lists, tuples, dicts) through live views, in one C-level pass: ~1 us for the
-    reference MLP. Any difference (a weight rebound, `model.train()`) falls through to the slow
-    check, which ignores which Tensor a slot holds (parameters are read live by path) and the
-    `training` flags, but sees a replaced or added sub-layer, a grown `Sequential`, a rebound
-    constant or attribute, and a change in which slots share one Tensor (tied weights).
-    """
-
-    def __init__(self, model: Any):
-        # live views (dict values, lists, tuples) of every container the tracer could walk
-        self.views: list[Any] = [v for v in map(_container_view, reachable(model)) if v is not None]
-        # arrays held now are traced as constants (held here, so their ids stay theirs); an array
-        # bound later in place of a parameter Tensor is read live like one
-        self.const_arrays = [v for view in self.views for v in view if isinstance(v, np.ndarray)]
-        self.const_ids = {id(a) for a in self.const_arrays}
-        self.fast = self.fast_signature()
-        self.slow = self.slow_signature()
-
-    def fast_signature(self) -> tuple:
-        views = self.views
-        return tuple(map(len, views)), tuple(map(id, itertools.chain.from_iterable(views)))
-
-    def slow_signature(self) -> tuple:
-        tensors: dict[int, int] = {}
-        sig: list[Any] = []
-        for view in self.views:
-            items = view.mapping.items() if isinstance(view, type({}.values())) else enumerate(view)
-            entry: list[tuple] = []
-            for key, value in items:
-                if key == "training" and isinstance(value, bool):
-                    continue
-                if isinstance(value, Tensor) or (isinstance(value, np.ndarray) and id(value) not in self.const_ids):
-                    entry.append((key, _TENSOR, tensors.setdefault(id(value), len(tensors))))
-                else:
-                    entry.append((key, id(value)))
-            sig.append(tuple(sorted(entry, key=lambda e: str(e[0]))))
-        return tuple(sig)
-
-    def unchanged(self) -> bool:
-        """True if the model still has the structure it was compiled with (refreshing the fast check)."""
-        if self.fast_signature() == self.fast:
-            return True
-        if self.slow_signature() != self.slow:
-            return False
-        self.fast = self.fast_signature()  # only weights or flags moved: make the next call fast again
-        return True
-
-
-def _container_view(obj: Any) -> Iterable[Any] | None:
-    """A live view of what obj holds: a Layer's attribute values, a dict's values, a list or tuple."""
-    if isinstance(obj, dict):
-        return obj.values()
-    if isinstance(obj, (list, tuple)):
-        return obj
-    if isinstance(obj, Layer):
-        return vars(obj).values()
-    return None
-
-
-class _LiveParams:
-    """The model's parameters, read live on every call, each array validated once.
-
-    The structure guard makes sure the layers holding the parameters are the ones traced, so each
-    parameter is one attribute (or item) read off its owner. An array object seen before is reused
-    with its pointer; a new one (rebinding, a new Tensor) is checked and remembered. Arrays native
-    code cannot read directly (float64, strided) are converted on every call, never remembered, so
-    an in-place edit of them still shows.
-    """
-
-    def __init__(self, model: Any, paths: list[str], shapes: list[tuple[int, ...]]):
-        self.paths, self.shapes = paths, shapes
-        self.owners = []
-        for path in paths:
-            parent, _, step = path.rpartition(".")
-            self.owners.append((resolve_path(model, parent), step))
-        self._seen: list[tuple[Any, int]] = [(None, 0)] * len(paths)
-
-    def arrays(self, strict: bool = False) -> list[np.ndarray] | None:
-        """The current float32 arrays; None if one changed shape (ValueError instead when `strict`)."""
-        out = []
-        for (owner, step), path, shape in zip(self.owners, self.paths, self.shapes, strict=True):
-            value = resolve_path(owner, step)
-            data = value.data if isinstance(value, Tensor) else np.asarray(value)
-            if data.shape != shape:
-                if strict:
-                    raise ValueError(f"parameter {path!r} now has shape {data.shape}, but the model was compiled "
-                                     f"with {shape}; compile the model again after changing layer sizes")
-                return None
-            if data.dtype.kind not in "biuf":
-                raise TypeError(f"parameter {path!r} must hold numbers; got dtype {data.dtype}")
-            out.append(as_native_float32(data))
-        return out
-
-    def pointers(self) -> tuple[list[int], list[np.ndarray]] | None:
-        """(pointers, arrays that must stay alive during the call), or None if a shape changed."""
-        ptrs: list[int] = []
-        keep: list[np.ndarray] = []
-        seen = self._seen
-        for i, (owner, step) in enumerate(self.owners):
-            value = getattr(owner, step) if type(owner) not in _CONTAINERS else resolve_path(owner, step)
-            data = value.data if isinstance(value, Tensor) else value
-            known, ptr = seen[i]
-            if data is known and data.shape == self.shapes[i]:  # validated when first seen
-                ptrs.append(ptr)
-                continue
-            arrays = self.arrays()  # the slow path names any problem and converts what it must
-            if arrays is None:
-                return None
-            array = arrays[i]
-            if array is data:  # natively readable as it stands: remember it
-                seen[i] = (data, data_pointer(data))
-            ptrs.append(data_pointer(array))
-            keep.append(array)
-        return ptrs, keep
-
-
-_CONTAINERS = (list, tuple, dict, Sequential)
 
 
 class CompiledModel:
@@ -308,11 +161,11 @@ class CompiledModel:
         plan, engine, key = self._codegen(optimized)
         shapes = [tuple(optimized.shape(p)) for p in plan.params]
         kernel = NativeKernel(engine, plan, features, shapes)
-        guard = _StructureGuard(self.model)
+        guard = StructureGuard(self.model)
         artifact = _Artifact(
             features=features, traced=traced, optimized=optimized, pass_dumps=dumps, plan=plan,
             engine=engine, kernel=kernel,
-            params=_LiveParams(self.model, [optimized[p]["path"] for p in plan.params], shapes),
+            params=LiveParams(self.model, [optimized[p]["path"] for p in plan.params], shapes),
             flops_per_row=_flops_per_row(optimized), guard=guard,
             out_row=tuple(plan.out_shape[1:]),
         )
