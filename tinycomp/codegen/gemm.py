@@ -27,7 +27,18 @@ from dataclasses import dataclass
 
 from llvmlite import ir
 
-from .gemm_kernels import TileShape, column_masks, epilogue_function, fgep, masked_load, masked_store, tile_kernel
+from .gemm_kernels import (
+    NarrowShape,
+    TileShape,
+    column_masks,
+    epilogue_function,
+    fgep,
+    masked_load,
+    masked_store,
+    narrow_kernel,
+    narrow_pack_kernel,
+    tile_kernel,
+)
 from .loops import F32, I1, I64, PTR, for_range, i64, vector_type
 
 # Packed W block budget: half of a 1 MiB L2, leaving room for the A row panels and C.
@@ -86,8 +97,27 @@ def plan_gemm(K: int, N: int, width: int) -> GemmPlan:
     return GemmPlan(K, N, width, main, leftover, nc, direct_max_rows=DIRECT_MAX_ROWS)
 
 
+def plan_narrow(N: int, width: int) -> NarrowShape | None:
+    """The dot-product plan for layers narrower than one vector, None for the others.
+
+    Accumulators: about 24 with 32 registers (AVX-512), 12 with 16, leaving room for the A and Wt
+    vectors. The main row block is as tall as fits (up to 4 rows, rows * N <= width), with 2
+    accumulators per output; the one-row block uses up to 4 per output."""
+    if not 1 <= N < width:
+        return None
+    budget = 24 if width >= 16 else 12
+    unroll = 2
+    rows = max([r for r in (4, 3, 2, 1) if r * N <= width and r * N * unroll <= budget], default=1)
+    if rows * N * unroll > budget:
+        unroll = 1
+    unroll1 = max(u for u in (4, 2, 1) if u == 1 or N * u <= budget)
+    return NarrowShape(N, width, rows, unroll, unroll1)
+
+
 def pack_floats(K: int, N: int, width: int) -> int:
     """Size in floats of the `pack` scratch buffer `emit_linear` needs for this layer."""
+    if plan_narrow(N, width) is not None:
+        return 0 if N == 1 else N * _round_up(K, width)  # Wt; one output column is W itself
     return K * min(plan_gemm(K, N, width).nc, _round_up(N, width))
 
 
@@ -109,7 +139,6 @@ def _emit_linear(module: ir.Module, name: str, *, K: int, N: int, bias: bool, ac
                  width: int) -> ir.Function:
     """The layer's function is one call to the module's shared driver with the plan's constants
     and kernels: the loops exist once per module, not once per layer."""
-    plan = plan_gemm(K, N, width)
     fnty = ir.FunctionType(ir.VoidType(), [I64, PTR, PTR, PTR, PTR, PTR])
     fn = ir.Function(module, fnty, name)
     fn.attributes.add("nounwind")
@@ -119,6 +148,11 @@ def _emit_linear(module: ir.Module, name: str, *, K: int, N: int, bias: bool, ac
             arg.add_attribute("noalias")
     M, A, W, B, C, pack = fn.args
     b = ir.IRBuilder(fn.append_basic_block("entry"))
+    narrow = plan_narrow(N, width)
+    if narrow is not None:
+        _emit_narrow(b, narrow, fn.args, K=K, bias=bias, activation=activation)
+        return fn
+    plan = plan_gemm(K, N, width)
     mod = module
     leftover = {s.mr: tile_kernel(mod, s) for s in plan.leftover}
     nr = {s.mr: i64(s.nr) for s in plan.leftover}
@@ -135,6 +169,21 @@ def _emit_linear(module: ir.Module, name: str, *, K: int, N: int, bias: bool, ac
     b.call(_driver(module, width), args)
     b.ret_void()
     return fn
+
+
+def _emit_narrow(b: ir.IRBuilder, shape: NarrowShape, args, *, K: int, bias: bool, activation: str | None) -> None:
+    """Narrow layers: W transposed into `pack` on every call (never stale; with one column W is
+    already its own transpose), then the dot-product kernel over all rows."""
+    M, A, W, B, C, pack = args
+    ldw = _round_up(K, shape.width)  # Wt rows start on vector boundaries
+    wt = W
+    if shape.N > 1:
+        with b.if_then(b.icmp_signed(">", M, i64(0))):
+            b.call(narrow_pack_kernel(b.module, shape.N), [i64(K), W, i64(ldw), pack])
+        wt = pack
+    b.call(narrow_kernel(b.module, shape, activation),
+           [M, i64(K), A, wt, i64(ldw), B if bias else ir.Constant(PTR, None), C, i64(int(activation == "relu"))])
+    b.ret_void()
 
 
 TILE_TY = ir.FunctionType(ir.VoidType(), [I64, PTR, I64, PTR, I64, PTR, I64, I64])

@@ -306,3 +306,243 @@ def _k_loop(builder, shape: TileShape, K, a_rows, b, ldb, masks):
             phis[i][v].add_incoming(zero, entry)
             phis[i][v].add_incoming(acc[i][v], body)
     return acc
+
+
+# ------------------------------------------------------------------ narrow layers: dot products
+
+@dataclass(frozen=True)
+class NarrowShape:
+    """A narrow layer (N < width outputs) computed as K-vectorized dot products.
+
+    Each output C[m, n] is the dot product of row m of A with row n of Wt (W transposed, packed per
+    call): `unroll` independent `<width x float>` accumulators per output over K, then a pairwise
+    tree over their lanes. The main loop takes `rows` rows at a time (rows * N <= width, so their
+    outputs, contiguous in C, leave the tree as one vector: one epilogue and one store per block);
+    the leftover rows go one at a time with `unroll1` accumulators per output."""
+
+    N: int
+    width: int
+    rows: int
+    unroll: int
+    unroll1: int
+
+    def suffix(self) -> str:
+        return f"{self.N}r{self.rows}u{self.unroll}u{self.unroll1}v{self.width}"
+
+
+def hsum_slots(builder: ir.IRBuilder, slots: list[ir.Value], width: int) -> ir.Value:
+    """A `<width x float>` whose lane j is the sum of the lanes of `slots[j]` (len(slots) <= width),
+    every sum a pairwise tree (lane t + lane t + width/2, ...), the other lanes +0.
+
+    The slots are reduced together, so the shuffles move many partial sums at once: two vectors with
+    groups of g lanes per slot become one with groups of g/2 (a two-source shuffle of the low halves
+    of every group, one of the high halves, one add); once a single vector is left its groups are
+    halved in place, narrowing the vector, down to one lane per slot."""
+    vt = vector_type(width)
+    zero = ir.Constant(vt, None)
+
+    def shuffle(x, y, idx):
+        return builder.shuffle_vector(x, y, ir.Constant(ir.VectorType(I32, len(idx)), idx))
+
+    items: list[tuple[ir.Value, list[int | None]]] = [(s, [j]) for j, s in enumerate(slots)]
+    g = width
+    while len(items) > 1:
+        h, nxt = g // 2, []
+        for i in range(0, len(items), 2):
+            x, gx = items[i]
+            y, gy = items[i + 1] if i + 1 < len(items) else (zero, [None] * len(gx))
+            lo: list[int] = []
+            hi: list[int] = []
+            groups: list[int | None] = []
+            for q in range(len(gx)):
+                for half, out in ((0, lo), (h, hi)):
+                    out += [q * g + half + t for t in range(h)] + [width + q * g + half + t for t in range(h)]
+                groups += [gx[q], gy[q]]
+            nxt.append((builder.fadd(shuffle(x, y, lo), shuffle(x, y, hi)), groups))
+        items, g = nxt, h
+    x, groups = items[0]
+    while g > 1:
+        h = g // 2
+        lo = [q * g + t for q in range(len(groups)) for t in range(h)]
+        hi = [q * g + h + t for q in range(len(groups)) for t in range(h)]
+        x = builder.fadd(shuffle(x, x, lo), shuffle(x, x, hi))
+        g = h
+    lanes = len(groups)
+    pad = ir.Constant(vector_type(lanes), None)
+    return shuffle(x, pad, [groups.index(j) if j < len(slots) else lanes for j in range(width)])
+
+
+def narrow_pack_kernel(module: ir.Module, N: int) -> ir.Function:
+    """`void pack(i64 K, ptr W, i64 ldw, ptr Wt)`: Wt[n * ldw + k] = W[k * N + n] (W transposed,
+    rows ldw apart). Only the K real columns are written: the dot kernel masks its K tail."""
+    name = f"tinycomp.gemm.narrowpack{N}"
+    if name in module.globals:
+        return module.globals[name]
+    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [I64, PTR, I64, PTR]), name)
+    fn.linkage = "internal"
+    fn.attributes.add("nounwind")
+    for arg, nm in zip(fn.args, ("K", "W", "ldw", "Wt"), strict=True):
+        arg.name = nm
+        if isinstance(arg.type, ir.PointerType):
+            arg.add_attribute("noalias")
+    K, W, ldw, Wt = fn.args
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    dst = [fgep(b, Wt, b.mul(ldw, i64(n))) for n in range(N)]
+    with for_range(b, 0, K, name="k") as k:
+        src = fgep(b, W, b.mul(k, i64(N)))
+        for n in range(N):
+            b.store(b.load(fgep(b, src, n), typ=F32), fgep(b, dst[n], k))
+    b.ret_void()
+    return fn
+
+
+NARROW_ARGS = ("M", "K", "A", "Wt", "ldw", "bias", "C", "flags")
+
+
+def narrow_kernel(module: ir.Module, shape: NarrowShape, activation: str | None) -> ir.Function:
+    """`void narrow(i64 M, i64 K, ptr A, ptr Wt, i64 ldw, ptr bias, ptr C, i64 flags)`:
+    C = act(A @ Wt^T + bias) for an N-column layer, Wt holding W transposed (row n at Wt + n*ldw,
+    K floats; nothing past K is read). `bias` may be null; flag bit 0 picks ReLU in the plain
+    epilogue. K and M are run-time values (either may be 0), so layers of the same width and
+    activation family share the kernel."""
+    kind = kernel_activation(activation)
+    name = f"tinycomp.gemm.narrow{shape.suffix()}.{kind}"
+    if name in module.globals:
+        return module.globals[name]
+    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [I64, I64, PTR, PTR, I64, PTR, PTR, I64]), name)
+    fn.linkage = "internal"
+    fn.attributes.add("nounwind")
+    for arg, nm in zip(fn.args, NARROW_ARGS, strict=True):
+        arg.name = nm
+        if isinstance(arg.type, ir.PointerType):
+            arg.add_attribute("noalias")
+    M, K, A, Wt, ldw, bias, C, flags = fn.args
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    N, w = shape.N, shape.width
+    vt = vector_type(w)
+    if kind == "lin":
+        is_relu = b.icmp_signed("!=", b.and_(flags, i64(1)), i64(0))
+        floor = splat_f32(b, b.select(is_relu, ir.Constant(F32, 0.0), ir.Constant(F32, float("-inf"))), w)
+
+        def act(x):
+            return b.select(b.fcmp_unordered(">", x, floor), x, floor)
+    else:
+        fn_act = activation_function(module, kind, w)
+
+        def act(x):
+            return b.call(fn_act, [x])
+
+    # The bias of one row (-0.0, which changes no value, where absent), repeated for a row block.
+    has_bias = b.icmp_unsigned("!=", bias, ir.Constant(PTR, None))
+    bias_mask = b.and_(column_masks(b, i64(N), 1, w)[0], _splat_i1(b, has_bias, w))
+    neg_zero = ir.Constant(vt, [ir.Constant(F32, -0.0)] * w)
+    bias1 = b.call(_masked_intrinsic(module, "load", w), [bias, ir.Constant(I32, 4), bias_mask, neg_zero])
+    wt_rows = [fgep(b, Wt, b.mul(ldw, i64(n))) if n else Wt for n in range(N)]
+
+    def block(r0, rows: int, unroll: int, bias_v) -> None:
+        a_rows = [fgep(b, A, b.mul(b.add(r0, i64(r)), K)) for r in range(rows)]
+        acc = _narrow_dot(b, shape, rows, unroll, K, a_rows, wt_rows)
+        out = act(b.fadd(hsum_slots(b, [acc[r][n] for r in range(rows) for n in range(N)], w), bias_v))
+        store_vector(b, out, fgep(b, C, b.mul(r0, i64(N))), rows * N)
+
+    R = shape.rows
+    m_full = b.sub(M, b.urem(M, i64(R))) if R > 1 else i64(0)
+    if R > 1:
+        bias_r = b.shuffle_vector(bias1, bias1, ir.Constant(
+            ir.VectorType(I32, w), [n for _ in range(R) for n in range(N)] + [N] * (w - R * N)))
+        with for_range(b, 0, m_full, R, name="rb") as r0:
+            block(r0, R, shape.unroll, bias_r)
+    with for_range(b, m_full, M, name="r1") as r0:
+        block(r0, 1, shape.unroll1, bias1)
+    b.ret_void()
+    return fn
+
+
+def _splat_i1(builder: ir.IRBuilder, value: ir.Value, width: int) -> ir.Value:
+    i1v = ir.VectorType(I1, width)
+    one = builder.insert_element(ir.Constant(i1v, ir.Undefined), value, ir.Constant(I32, 0))
+    return builder.shuffle_vector(one, ir.Constant(i1v, ir.Undefined), ir.Constant(ir.VectorType(I32, width), [0] * width))
+
+
+def _narrow_dot(b, shape: NarrowShape, rows: int, unroll: int, K, a_rows, wt_rows):
+    """acc[r][n] = A[r, 0:K] . Wt[n, 0:K] for a block of rows, each as `unroll` vector accumulators
+    over interleaved K chunks (chunk c into accumulator c % unroll), summed pairwise at the end.
+    Full steps of unroll*width columns run in a loop with plain loads; the last partial step once
+    with masked loads of A and Wt (masked-off lanes are 0 * 0), so no memory past K is touched."""
+    w, N = shape.width, shape.N
+    vt = vector_type(w)
+    zero = ir.Constant(vt, None)
+    fma = declare_vector_intrinsic(b.module, "fma", w, 3)
+    step = w * unroll
+    steps = b.udiv(K, i64(step))
+    k_tail = b.mul(steps, i64(step))
+    rem = b.sub(K, k_tail)
+
+    def body(k0, accs, masks):
+        out = [[[None] * N for _ in range(rows)] for _ in range(unroll)]
+        for u in range(unroll):
+            k = b.add(k0, i64(u * w))
+            if masks is None:
+                wv = [b.load(fgep(b, wt_rows[n], k), typ=vt, align=4) for n in range(N)]
+                av = [b.load(fgep(b, a_rows[r], k), typ=vt, align=4) for r in range(rows)]
+            else:
+                wv = [masked_load(b, fgep(b, wt_rows[n], k), masks[u]) for n in range(N)]
+                av = [masked_load(b, fgep(b, a_rows[r], k), masks[u]) for r in range(rows)]
+            for r in range(rows):
+                for n in range(N):
+                    out[u][r][n] = b.call(fma, [av[r], wv[n], accs[u][r][n]])
+        return out
+
+    def phis_from(pairs):
+        res = [[[None] * N for _ in range(rows)] for _ in range(unroll)]
+        for u in range(unroll):
+            for r in range(rows):
+                for n in range(N):
+                    p = b.phi(vt)
+                    for vals, blk in pairs:
+                        p.add_incoming(vals if vals is zero else vals[u][r][n], blk)
+                    res[u][r][n] = p
+        return res
+
+    pre = b.block
+    loop = b.append_basic_block("nd.loop")
+    tail_chk = b.append_basic_block("nd.tailchk")
+    tail = b.append_basic_block("nd.tail")
+    done = b.append_basic_block("nd.done")
+    b.cbranch(b.icmp_signed(">", steps, i64(0)), loop, tail_chk)
+
+    b.position_at_end(loop)
+    it = b.phi(I64, name="it")
+    acc_loop = [[[b.phi(vt) for _ in range(N)] for _ in range(rows)] for _ in range(unroll)]
+    acc_next = body(b.mul(it, i64(step)), acc_loop, None)
+    it_next = b.add(it, i64(1), flags=["nuw", "nsw"])
+    loop_end = b.block
+    b.cbranch(b.icmp_signed("<", it_next, steps), loop, tail_chk)
+    it.add_incoming(i64(0), pre)
+    it.add_incoming(it_next, loop_end)
+    for u in range(unroll):
+        for r in range(rows):
+            for n in range(N):
+                acc_loop[u][r][n].add_incoming(zero, pre)
+                acc_loop[u][r][n].add_incoming(acc_next[u][r][n], loop_end)
+
+    b.position_at_end(tail_chk)
+    acc_mid = phis_from([(zero, pre), (acc_next, loop_end)])
+    b.cbranch(b.icmp_signed(">", rem, i64(0)), tail, done)
+
+    b.position_at_end(tail)
+    acc_tail = body(k_tail, acc_mid, column_masks(b, rem, unroll, w))
+    tail_end = b.block
+    b.branch(done)
+
+    b.position_at_end(done)
+    acc = phis_from([(acc_mid, tail_chk), (acc_tail, tail_end)])
+    result = [[None] * N for _ in range(rows)]
+    for r in range(rows):
+        for n in range(N):
+            parts = [acc[u][r][n] for u in range(unroll)]
+            while len(parts) > 1:
+                parts = [b.fadd(parts[i], parts[i + 1]) if i + 1 < len(parts) else parts[i]
+                         for i in range(0, len(parts), 2)]
+            result[r][n] = parts[0]
+    return result
