@@ -37,6 +37,7 @@ from .gemm_kernels import (
     masked_store,
     narrow_kernel,
     narrow_pack_kernel,
+    narrow_small_kernel,
     tile_kernel,
 )
 from .loops import F32, I1, I64, PTR, for_range, i64, vector_type
@@ -100,18 +101,23 @@ def plan_gemm(K: int, N: int, width: int) -> GemmPlan:
 def plan_narrow(N: int, width: int) -> NarrowShape | None:
     """The dot-product plan for layers narrower than one vector, None for the others.
 
-    Accumulators: about 24 with 32 registers (AVX-512), 12 with 16, leaving room for the A and Wt
-    vectors. The main row block is as tall as fits (up to 4 rows, rows * N <= width), with 2
-    accumulators per output; the one-row block uses up to 4 per output."""
+    About 24 accumulators with 32 registers (AVX-512), 12 with 16, leaving room for the A and Wt
+    vectors: the main block takes as many rows as fit (up to 4: each Wt vector loaded once per
+    block; Wt may not fit in L1), with 2 accumulators per output where they fit; the one-row block
+    up to 4 per output."""
     if not 1 <= N < width:
         return None
     budget = 24 if width >= 16 else 12
-    unroll = 2
-    rows = max([r for r in (4, 3, 2, 1) if r * N <= width and r * N * unroll <= budget], default=1)
-    if rows * N * unroll > budget:
-        unroll = 1
+    rows, unroll = next(((r, u) for r in (4, 2, 1) for u in (2, 1) if r * N * u <= budget), (1, 1))
     unroll1 = max(u for u in (4, 2, 1) if u == 1 or N * u <= budget)
     return NarrowShape(N, width, rows, unroll, unroll1)
+
+
+def narrow_small_rows(N: int, width: int) -> int:
+    """Batches below this many rows take the in-place kernel: transposing W costs about a cycle per
+    weight, the dot products N/width of the in-place kernel's cost per row, so the transpose pays
+    off from about N / (1 - N/width) rows on (measured: ...)."""
+    return -(-N * width // (width - N)) if N > 1 else 0
 
 
 def pack_floats(K: int, N: int, width: int) -> int:
@@ -176,13 +182,18 @@ def _emit_narrow(b: ir.IRBuilder, shape: NarrowShape, args, *, K: int, bias: boo
     already its own transpose), then the dot-product kernel over all rows."""
     M, A, W, B, C, pack = args
     ldw = _round_up(K, shape.width)  # Wt rows start on vector boundaries
-    wt = W
-    if shape.N > 1:
-        with b.if_then(b.icmp_signed(">", M, i64(0))):
-            b.call(narrow_pack_kernel(b.module, shape.N), [i64(K), W, i64(ldw), pack])
-        wt = pack
-    b.call(narrow_kernel(b.module, shape, activation),
-           [M, i64(K), A, wt, i64(ldw), B if bias else ir.Constant(PTR, None), C, i64(int(activation == "relu"))])
+    B = B if bias else ir.Constant(PTR, None)
+    relu = i64(int(activation == "relu"))
+    small = narrow_small_rows(shape.N, shape.width)
+    if shape.N == 1:  # W is its own transpose
+        b.call(narrow_kernel(b.module, shape, activation), [M, i64(K), A, W, i64(ldw), B, C, relu])
+    else:
+        with b.if_else(b.icmp_signed("<", M, i64(small))) as (then, otherwise):
+            with then:
+                b.call(narrow_small_kernel(b.module, shape.N, shape.width, activation), [M, i64(K), A, W, B, C, relu])
+            with otherwise:
+                b.call(narrow_pack_kernel(b.module, shape.N), [i64(K), W, i64(ldw), pack])
+                b.call(narrow_kernel(b.module, shape, activation), [M, i64(K), A, pack, i64(ldw), B, C, relu])
     b.ret_void()
 
 

@@ -374,7 +374,8 @@ def hsum_slots(builder: ir.IRBuilder, slots: list[ir.Value], width: int) -> ir.V
 
 def narrow_pack_kernel(module: ir.Module, N: int) -> ir.Function:
     """`void pack(i64 K, ptr W, i64 ldw, ptr Wt)`: Wt[n * ldw + k] = W[k * N + n] (W transposed,
-    rows ldw apart). Only the K real columns are written: the dot kernel masks its K tail."""
+    rows ldw apart). Only the K real columns are written: the dot kernel masks its K tail.
+    Scalar copies, N per row of W (measured faster than masked gathers of W's columns on Zen 4)."""
     name = f"tinycomp.gemm.narrowpack{N}"
     if name in module.globals:
         return module.globals[name]
@@ -419,7 +420,37 @@ def narrow_kernel(module: ir.Module, shape: NarrowShape, activation: str | None)
     M, K, A, Wt, ldw, bias, C, flags = fn.args
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     N, w = shape.N, shape.width
-    vt = vector_type(w)
+    act, bias1 = _narrow_epilogue(b, kind, flags, bias, N, w)
+    wt_rows = [fgep(b, Wt, b.mul(ldw, i64(n))) if n else Wt for n in range(N)]
+
+    def block(r0, rows: int, unroll: int) -> None:
+        """Rows r0..r0+rows: their rows*N outputs are contiguous in C, so they leave the tree
+        `width` at a time as whole vectors, each with one bias add, activation and store."""
+        a_rows = [fgep(b, A, b.mul(b.add(r0, i64(r)), K)) for r in range(rows)]
+        acc = _narrow_dot(b, shape, rows, unroll, K, a_rows, wt_rows)
+        slots = [acc[r][n] for r in range(rows) for n in range(N)]
+        c = fgep(b, C, b.mul(r0, i64(N)))
+        for j0 in range(0, len(slots), w):
+            lanes = min(w, len(slots) - j0)
+            bias_v = bias1 if j0 == 0 and lanes <= N else b.shuffle_vector(bias1, bias1, ir.Constant(
+                ir.VectorType(I32, w), [(j0 + j) % N if j < lanes else N for j in range(w)]))
+            out = act(b.fadd(hsum_slots(b, slots[j0:j0 + lanes], w), bias_v))
+            store_vector(b, out, fgep(b, c, j0), lanes)
+
+    R = shape.rows
+    m_full = b.sub(M, b.urem(M, i64(R))) if R > 1 else i64(0)
+    if R > 1:
+        with for_range(b, 0, m_full, R, name="rb") as r0:
+            block(r0, R, shape.unroll)
+    with for_range(b, m_full, M, name="r1") as r0:
+        block(r0, 1, shape.unroll1)
+    b.ret_void()
+    return fn
+
+
+def _narrow_epilogue(b: ir.IRBuilder, kind: str, flags, bias, N: int, w: int):
+    """The activation as a function of a `<w x float>` and the bias of one row (-0.0, which changes
+    no value, where absent or past N)."""
     if kind == "lin":
         is_relu = b.icmp_signed("!=", b.and_(flags, i64(1)), i64(0))
         floor = splat_f32(b, b.select(is_relu, ir.Constant(F32, 0.0), ir.Constant(F32, float("-inf"))), w)
@@ -427,33 +458,98 @@ def narrow_kernel(module: ir.Module, shape: NarrowShape, activation: str | None)
         def act(x):
             return b.select(b.fcmp_unordered(">", x, floor), x, floor)
     else:
-        fn_act = activation_function(module, kind, w)
+        fn_act = activation_function(b.module, kind, w)
 
         def act(x):
             return b.call(fn_act, [x])
 
-    # The bias of one row (-0.0, which changes no value, where absent), repeated for a row block.
     has_bias = b.icmp_unsigned("!=", bias, ir.Constant(PTR, None))
     bias_mask = b.and_(column_masks(b, i64(N), 1, w)[0], _splat_i1(b, has_bias, w))
-    neg_zero = ir.Constant(vt, [ir.Constant(F32, -0.0)] * w)
-    bias1 = b.call(_masked_intrinsic(module, "load", w), [bias, ir.Constant(I32, 4), bias_mask, neg_zero])
-    wt_rows = [fgep(b, Wt, b.mul(ldw, i64(n))) if n else Wt for n in range(N)]
+    neg_zero = ir.Constant(vector_type(w), [ir.Constant(F32, -0.0)] * w)
+    bias1 = b.call(_masked_intrinsic(b.module, "load", w), [bias, ir.Constant(I32, 4), bias_mask, neg_zero])
+    return act, bias1
 
-    def block(r0, rows: int, unroll: int, bias_v) -> None:
-        a_rows = [fgep(b, A, b.mul(b.add(r0, i64(r)), K)) for r in range(rows)]
-        acc = _narrow_dot(b, shape, rows, unroll, K, a_rows, wt_rows)
-        out = act(b.fadd(hsum_slots(b, [acc[r][n] for r in range(rows) for n in range(N)], w), bias_v))
-        store_vector(b, out, fgep(b, C, b.mul(r0, i64(N))), rows * N)
 
-    R = shape.rows
-    m_full = b.sub(M, b.urem(M, i64(R))) if R > 1 else i64(0)
-    if R > 1:
-        bias_r = b.shuffle_vector(bias1, bias1, ir.Constant(
-            ir.VectorType(I32, w), [n for _ in range(R) for n in range(N)] + [N] * (w - R * N)))
-        with for_range(b, 0, m_full, R, name="rb") as r0:
-            block(r0, R, shape.unroll, bias_r)
-    with for_range(b, m_full, M, name="r1") as r0:
-        block(r0, 1, shape.unroll1, bias1)
+SMALL_UNROLL = 8  # accumulators over K (k mod 8) of the in-place small-batch narrow kernel
+
+
+def narrow_small_kernel(module: ir.Module, N: int, width: int, activation: str | None) -> ir.Function:
+    """`void small(i64 M, i64 K, ptr A, ptr W, ptr bias, ptr C, i64 flags)`: the narrow layer for
+    small batches, W read in place (no transpose: for a few rows copying W costs more than the
+    product). Row by row, C[m, :] = sum over k of A[m, k] * W[k, :] as one masked `<width x float>`
+    (N lanes), accumulated in SMALL_UNROLL independent partial sums over k mod SMALL_UNROLL (short
+    sequential sums and no FMA latency chain), summed pairwise at the end."""
+    kind = kernel_activation(activation)
+    name = f"tinycomp.gemm.narrowsmall{N}v{width}.{kind}"
+    if name in module.globals:
+        return module.globals[name]
+    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [I64, I64, PTR, PTR, PTR, PTR, I64]), name)
+    fn.linkage = "internal"
+    fn.attributes.add("nounwind")
+    for arg, nm in zip(fn.args, ("M", "K", "A", "W", "bias", "C", "flags"), strict=True):
+        arg.name = nm
+        if isinstance(arg.type, ir.PointerType):
+            arg.add_attribute("noalias")
+    M, K, A, W, bias, C, flags = fn.args
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    w, U = width, SMALL_UNROLL
+    vt = vector_type(w)
+    zero = ir.Constant(vt, None)
+    act, bias1 = _narrow_epilogue(b, kind, flags, bias, N, w)
+    mask = column_masks(b, i64(N), 1, w)[0]
+    fma = declare_vector_intrinsic(module, "fma", w, 3)
+    steps = b.udiv(K, i64(U))
+    k_tail = b.mul(steps, i64(U))
+
+    def term(a_row, k, acc):
+        a = splat_f32(b, b.load(fgep(b, a_row, k), typ=F32), w)
+        return b.call(fma, [a, masked_load(b, fgep(b, W, b.mul(k, i64(N))), mask), acc])
+
+    with for_range(b, 0, M, name="r") as r:
+        a_row = fgep(b, A, b.mul(r, K))
+        pre = b.block
+        loop, mid, tail, done = (b.append_basic_block(f"ns.{x}") for x in ("loop", "mid", "tail", "done"))
+        b.cbranch(b.icmp_signed(">", steps, i64(0)), loop, mid)
+        b.position_at_end(loop)
+        it = b.phi(I64)
+        phis = [b.phi(vt) for _ in range(U)]
+        k0 = b.mul(it, i64(U))
+        nxt = [term(a_row, b.add(k0, i64(u)), phis[u]) for u in range(U)]
+        it_next = b.add(it, i64(1), flags=["nuw", "nsw"])
+        b.cbranch(b.icmp_signed("<", it_next, steps), loop, mid)
+        it.add_incoming(i64(0), pre)
+        it.add_incoming(it_next, loop)
+        for p, v in zip(phis, nxt, strict=True):
+            p.add_incoming(zero, pre)
+            p.add_incoming(v, loop)
+        # The last K % U columns, one at a time into the first partial sum.
+        b.position_at_end(mid)
+        accs = []
+        for v in nxt:
+            p = b.phi(vt)
+            p.add_incoming(zero, pre)
+            p.add_incoming(v, loop)
+            accs.append(p)
+        b.cbranch(b.icmp_signed("<", k_tail, K), tail, done)
+        b.position_at_end(tail)
+        kt = b.phi(I64)
+        acc_t = b.phi(vt)
+        acc_t_next = term(a_row, kt, acc_t)
+        kt_next = b.add(kt, i64(1), flags=["nuw", "nsw"])
+        b.cbranch(b.icmp_signed("<", kt_next, K), tail, done)
+        kt.add_incoming(k_tail, mid)
+        kt.add_incoming(kt_next, tail)
+        acc_t.add_incoming(accs[0], mid)
+        acc_t.add_incoming(acc_t_next, tail)
+        b.position_at_end(done)
+        first = b.phi(vt)
+        first.add_incoming(accs[0], mid)
+        first.add_incoming(acc_t_next, tail)
+        parts = [first, *accs[1:]]
+        while len(parts) > 1:
+            parts = [b.fadd(parts[i], parts[i + 1]) for i in range(0, len(parts), 2)]
+        out = act(b.fadd(parts[0], bias1))
+        masked_store(b, out, fgep(b, C, b.mul(r, i64(N))), mask)
     b.ret_void()
     return fn
 
@@ -461,7 +557,8 @@ def narrow_kernel(module: ir.Module, shape: NarrowShape, activation: str | None)
 def _splat_i1(builder: ir.IRBuilder, value: ir.Value, width: int) -> ir.Value:
     i1v = ir.VectorType(I1, width)
     one = builder.insert_element(ir.Constant(i1v, ir.Undefined), value, ir.Constant(I32, 0))
-    return builder.shuffle_vector(one, ir.Constant(i1v, ir.Undefined), ir.Constant(ir.VectorType(I32, width), [0] * width))
+    zeros = ir.Constant(ir.VectorType(I32, width), [0] * width)
+    return builder.shuffle_vector(one, ir.Constant(i1v, ir.Undefined), zeros)
 
 
 def _narrow_dot(b, shape: NarrowShape, rows: int, unroll: int, K, a_rows, wt_rows):
