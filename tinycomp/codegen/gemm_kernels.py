@@ -336,8 +336,8 @@ def hsum_slots(builder: ir.IRBuilder, slots: list[ir.Value], width: int) -> ir.V
 
     The slots are reduced together, so the shuffles move many partial sums at once: two vectors with
     groups of g lanes per slot become one with groups of g/2 (a two-source shuffle of the low halves
-    of every group, one of the high halves, one add); once a single vector is left its groups are
-    halved in place, narrowing the vector, down to one lane per slot."""
+    of every group, one of the high halves, one add; an odd vector out pairs with zeros), down to
+    one lane per slot. Every value stays `<width x float>` (no narrower vector types in the IR)."""
     vt = vector_type(width)
     zero = ir.Constant(vt, None)
 
@@ -346,7 +346,7 @@ def hsum_slots(builder: ir.IRBuilder, slots: list[ir.Value], width: int) -> ir.V
 
     items: list[tuple[ir.Value, list[int | None]]] = [(s, [j]) for j, s in enumerate(slots)]
     g = width
-    while len(items) > 1:
+    while g > 1:
         h, nxt = g // 2, []
         for i in range(0, len(items), 2):
             x, gx = items[i]
@@ -361,15 +361,7 @@ def hsum_slots(builder: ir.IRBuilder, slots: list[ir.Value], width: int) -> ir.V
             nxt.append((builder.fadd(shuffle(x, y, lo), shuffle(x, y, hi)), groups))
         items, g = nxt, h
     x, groups = items[0]
-    while g > 1:
-        h = g // 2
-        lo = [q * g + t for q in range(len(groups)) for t in range(h)]
-        hi = [q * g + h + t for q in range(len(groups)) for t in range(h)]
-        x = builder.fadd(shuffle(x, x, lo), shuffle(x, x, hi))
-        g = h
-    lanes = len(groups)
-    pad = ir.Constant(vector_type(lanes), None)
-    return shuffle(x, pad, [groups.index(j) if j < len(slots) else lanes for j in range(width)])
+    return shuffle(x, zero, [groups.index(j) if j < len(slots) else width for j in range(width)])
 
 
 def narrow_pack_kernel(module: ir.Module, N: int) -> ir.Function:
