@@ -191,12 +191,13 @@ def test_zero_inner_dimension_gives_activation_of_bias():
 # ------------------------------------------------------------------ narrow layers (N < width)
 
 NARROW_LAYERS = [
-    (64, 1, False, "sigmoid"), (784, 1, True, "relu"), (17, 1, True, None), (1, 1, True, None),
+    (64, 1, False, "sigmoid"), (784, 1, True, "relu"), (17, 1, True, None), (16, 1, True, None),
     (64, 2, False, "sigmoid"), (784, 2, True, None), (33, 2, True, "relu"),
-    (64, 3, True, "relu"), (100, 3, False, None), (15, 3, True, "tanh"),
-    (128, 10, True, None), (784, 10, True, "relu"), (16, 10, False, None), (47, 10, True, "gelu"),
-    (31, 4, True, None), (65, 5, True, "relu"), (32, 6, False, None), (48, 7, True, None), (80, 8, True, "relu"),
-    (49, 12, True, None), (96, 15, True, "relu"), (1, 15, True, None),
+    (64, 3, True, "relu"), (100, 3, False, None), (47, 3, True, "tanh"),
+    (128, 10, True, None), (784, 10, True, "relu"), (32, 10, False, None), (47, 10, True, "gelu"),
+    (33, 4, True, None), (65, 5, True, "relu"), (32, 6, False, None), (48, 7, True, None), (80, 8, True, "relu"),
+    (49, 12, True, None), (96, 15, True, "relu"), (34, 15, True, None),
+    (9, 2, False, None), (1, 1, True, None), (31, 10, True, "relu"),  # short sums: the tiled path
 ]
 # Every leftover of the 4- and 2-row blocks, both sides of every small-batch threshold.
 NARROW_MS = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 17, 26, 27, 28, 33, 63, 64, 65, 100, 288]
@@ -208,13 +209,15 @@ def narrow():
 
 
 def test_narrow_plan_covers_exactly_the_layers_below_one_vector():
-    assert all(plan_narrow(n, 16) is not None for n in range(1, 16))
-    assert plan_narrow(16, 16) is None and plan_narrow(8, 8) is None and plan_narrow(7, 8) is not None
+    assert all(plan_narrow(32, n, 16) is not None for n in range(1, 16))
+    assert plan_narrow(64, 16, 16) is None and plan_narrow(64, 8, 8) is None and plan_narrow(64, 7, 8) is not None
+    # Short sums keep the tiled path (OpenBLAS's order there); one column from one full vector on.
+    assert plan_narrow(31, 2, 16) is None and plan_narrow(15, 1, 16) is None and plan_narrow(16, 1, 16) is not None
     for n in range(1, 16):
-        s = plan_narrow(n, 16)
+        s = plan_narrow(64, n, 16)
         assert s.rows * n * s.unroll <= 24 and n * s.unroll1 <= max(24, n)  # no spills
     assert pack_floats(784, 1, 16) == 0  # one column: W is read in place
-    assert pack_floats(784, 10, 16) == 10 * 784 and pack_floats(17, 3, 16) == 3 * 32
+    assert pack_floats(784, 10, 16) == 10 * 784 and pack_floats(33, 3, 16) == 3 * 48
 
 
 @pytest.mark.parametrize("layer", NARROW_LAYERS, ids=lambda ly: layer_name(*ly))
