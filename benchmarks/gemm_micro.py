@@ -23,6 +23,8 @@ from tinycomp.runtime.engine import JitEngine
 
 LINEAR_SIG = ctypes.CFUNCTYPE(None, ctypes.c_int64, *[ctypes.c_void_p] * 5)
 MLP = [(784, 256, "relu"), (256, 128, "relu"), (128, 10, None)]
+# Narrow heads (N < 16: the dot-product path), the sizes of the narrow-N accuracy fix.
+NARROW = [(K, N, "relu") for K in (64, 784) for N in (1, 2, 3)]
 
 
 def build(layers, width):
@@ -116,7 +118,7 @@ def main() -> None:
     width = host().vector_width
     _, _, (t_ir, t_jit, size) = compile_layers(MLP, width)
     print(f"MLP 3 layers: IR build {t_ir * 1e3:.1f} ms, JIT {t_jit * 1e3:.1f} ms, {size} chars")
-    shapes = MLP + ([] if quick else [(1024, 1024, None), (128, 128, None)])
+    shapes = MLP + ([] if quick else [(1024, 1024, None), (128, 128, None), *NARROW])
     eng, fns, _ = compile_layers(shapes, width)  # keep eng alive: addresses die with it
     rng = np.random.default_rng(0)
     Ms = [1, 2, 4, 8, 32, 128] if quick else [1, 2, 3, 4, 5, 8, 32, 64, 128, 512, 2048]
