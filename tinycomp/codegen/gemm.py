@@ -107,15 +107,13 @@ def plan_narrow(K: int, N: int, width: int) -> NarrowShape | None:
     result exactly keeps the parity rule robust on small outputs.
 
     About 24 accumulators with 32 registers (AVX-512), 12 with 16, leaving room for the A and Wt
-    vectors: the main block takes as many rows as fit (up to 4: each Wt vector loaded once per
-    block; Wt may not fit in L1), with 2 accumulators per output where they fit; the one-row block
-    up to 4 per output."""
+    vectors: a block takes as many rows as fit (up to 4: each Wt vector is loaded once per block,
+    and Wt may not fit in L1), with 2 accumulators per output where they fit."""
     if not 1 <= N < width or K < (width if N == 1 else 2 * width):
         return None
     budget = 24 if width >= 16 else 12
     rows, unroll = next(((r, u) for r in (4, 2, 1) for u in (2, 1) if r * N * u <= budget), (1, 1))
-    unroll1 = max(u for u in (4, 2, 1) if u == 1 or N * u <= budget)
-    return NarrowShape(N, width, rows, unroll, unroll1)
+    return NarrowShape(N, width, rows, unroll)
 
 
 def narrow_small_rows(N: int, width: int) -> int:

@@ -316,18 +316,17 @@ class NarrowShape:
 
     Each output C[m, n] is the dot product of row m of A with row n of Wt (W transposed, packed per
     call): `unroll` independent `<width x float>` accumulators per output over K, then a pairwise
-    tree over their lanes. The main loop takes `rows` rows at a time (rows * N <= width, so their
-    outputs, contiguous in C, leave the tree as one vector: one epilogue and one store per block);
-    the leftover rows go one at a time with `unroll1` accumulators per output."""
+    tree over their lanes. Rows go `rows` at a time (their outputs, contiguous in C, leave the tree
+    as whole vectors: one epilogue and one store per `width` outputs); the last block of a batch
+    recomputes its last row in place of the missing ones."""
 
     N: int
     width: int
     rows: int
     unroll: int
-    unroll1: int
 
     def suffix(self) -> str:
-        return f"{self.N}r{self.rows}u{self.unroll}u{self.unroll1}v{self.width}"
+        return f"{self.N}r{self.rows}u{self.unroll}v{self.width}"
 
 
 def hsum_slots(builder: ir.IRBuilder, slots: list[ir.Value], width: int) -> ir.Value:
@@ -415,27 +414,31 @@ def narrow_kernel(module: ir.Module, shape: NarrowShape, activation: str | None)
     act, bias1 = _narrow_epilogue(b, kind, flags, bias, N, w)
     wt_rows = [fgep(b, Wt, b.mul(ldw, i64(n))) if n else Wt for n in range(N)]
 
-    def block(r0, rows: int, unroll: int) -> None:
-        """Rows r0..r0+rows: their rows*N outputs are contiguous in C, so they leave the tree
-        `width` at a time as whole vectors, each with one bias add, activation and store."""
-        a_rows = [fgep(b, A, b.mul(b.add(r0, i64(r)), K)) for r in range(rows)]
-        acc = _narrow_dot(b, shape, rows, unroll, K, a_rows, wt_rows)
-        slots = [acc[r][n] for r in range(rows) for n in range(N)]
+    R = shape.rows
+    last = b.sub(M, i64(1))
+    with for_range(b, 0, M, R, name="rb") as r0:
+        # Rows r0..r0+R; past M (the last block of a batch that is not a multiple of R) the
+        # block recomputes row M-1 and stores nothing for it: one copy of the code for any M.
+        a_rows = [A]
+        for r in range(1, R):
+            row = b.add(r0, i64(r))
+            row = b.select(b.icmp_signed("<", row, M), row, last)
+            a_rows.append(fgep(b, A, b.mul(row, K)))
+        a_rows[0] = fgep(b, A, b.mul(r0, K))
+        acc = _narrow_dot(b, shape, R, shape.unroll, K, a_rows, wt_rows)
+        # The block's R*N outputs are contiguous in C: they leave the tree `width` at a time as
+        # whole vectors, each with one bias add, activation and (masked) store.
+        slots = [acc[r][n] for r in range(R) for n in range(N)]
         c = fgep(b, C, b.mul(r0, i64(N)))
+        valid = b.mul(b.sub(M, r0), i64(N))  # outputs left in C from this block's start
         for j0 in range(0, len(slots), w):
             lanes = min(w, len(slots) - j0)
             bias_v = bias1 if j0 == 0 and lanes <= N else b.shuffle_vector(bias1, bias1, ir.Constant(
                 ir.VectorType(I32, w), [(j0 + j) % N if j < lanes else N for j in range(w)]))
             out = act(b.fadd(hsum_slots(b, slots[j0:j0 + lanes], w), bias_v))
-            store_vector(b, out, fgep(b, c, j0), lanes)
-
-    R = shape.rows
-    m_full = b.sub(M, b.urem(M, i64(R))) if R > 1 else i64(0)
-    if R > 1:
-        with for_range(b, 0, m_full, R, name="rb") as r0:
-            block(r0, R, shape.unroll)
-    with for_range(b, m_full, M, name="r1") as r0:
-        block(r0, 1, shape.unroll1)
+            left = b.sub(valid, i64(j0))
+            left = b.select(b.icmp_signed("<", left, i64(lanes)), left, i64(lanes))
+            masked_store(b, out, fgep(b, c, j0), column_masks(b, left, 1, w)[0])
     b.ret_void()
     return fn
 
