@@ -20,7 +20,7 @@ import numpy as np
 from llvmlite import ir
 
 from ..ir.graph import Graph
-from ..ir.ops import ELEMENTWISE, fmt_shape
+from ..ir.ops import ELEMENTWISE, fmt_shape, map_leaves
 from . import elementwise, gemm
 from .loops import I64, PTR, element_ptr, i64, paused_gc
 from .scratch import BufferPlan, is_batched, plan_buffers, row_floats
@@ -198,19 +198,21 @@ def _elementwise_layout(g: Graph, n: str) -> tuple[int, list[str]]:
 
 
 def lower_elementwise(e: _Emitter, n: str) -> None:
+    """One vector loop for a single elementwise op or a fused chain (an `elementwise` node)."""
     g = e.g
     row, all_kinds = _elementwise_layout(g, n)
     kinds: list[str] = []
-    expr_args: list[tuple] = []
     ptrs: list[ir.Value] = []
+    leaves: list[tuple] = []  # per graph operand: an immediate, or the kernel's pointer operand
     for a, kind in zip(g.args(n), all_kinds, strict=True):
         if kind == "const":
-            expr_args.append(("const", float(np.asarray(g[a]["value"]).reshape(-1)[0])))
+            leaves.append(("const", float(np.asarray(g[a]["value"]).reshape(-1)[0])))
             continue
-        expr_args.append(("in", len(kinds)))
+        leaves.append(("in", len(kinds)))
         kinds.append(kind)
         ptrs.append(e.pointer(a))
-    expr = (g.op(n), *expr_args)
+    base = g.attrs(n)["expr"] if g.op(n) == "elementwise" else (g.op(n), *[("in", i) for i in range(len(leaves))])
+    expr = map_leaves(base, lambda leaf: leaves[leaf[1]] if leaf[0] == "in" else leaf)
     key = ("ew", expr, tuple(kinds), row, e.width)
     fn = e.kernel(key, lambda name: elementwise.emit_elementwise(e.module, name, expr, kinds, row, e.width))
     e.call(fn, e.row_count(n, row), e.pointer(n), *ptrs)
@@ -251,6 +253,7 @@ LOWERINGS: dict[str, Callable[[_Emitter, str], None]] = {
     "softmax": lower_softmax,
     "reshape": lower_view,
     "dropout": lower_dropout,
+    "elementwise": lower_elementwise,
     **{op: lower_elementwise for op in ELEMENTWISE},
 }
 LEAF_OPS = ("input", "param", "const", "output")

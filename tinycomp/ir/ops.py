@@ -208,6 +208,54 @@ FUSIBLE_ACTIVATIONS = frozenset(ACTIVATIONS)
 LEAVES = frozenset({"input", "param", "const"})
 
 
+# ---------------------------------------------------------------- fused elementwise expressions
+# A fused chain is one `elementwise` node whose `expr` attribute is a tuple tree: `("in", i)` is
+# operand i, `("const", v)` a number, `(op, child, ...)` an ELEMENTWISE op of the table.
+
+Expr = tuple
+
+
+def expr_shape(*shapes: Shape, expr: Expr) -> Shape:
+    out: Shape = ()
+    for s in shapes:
+        out = broadcast_shapes(out, s)
+    return out
+
+
+def eval_expr(*operands: np.ndarray, expr: Expr) -> np.ndarray:
+    """The NumPy reference of a fused expression: the table's own refs, op by op."""
+    head = expr[0]
+    if head == "in":
+        return operands[expr[1]]
+    if head == "const":
+        return np.asarray(expr[1], dtype=np.float32)  # 0-d: promotes like an array, float64 stays float64
+    ref = OPS[head].ref
+    assert ref is not None, f"{head} is not an elementwise op"
+    return np.asarray(ref(*[eval_expr(*operands, expr=c) for c in expr[1:]]))
+
+
+def map_leaves(expr: Expr, leaf: Callable[[Expr], Expr]) -> Expr:
+    """The expression with every `in`/`const` leaf replaced by `leaf(it)`."""
+    if expr[0] in ("in", "const"):
+        return leaf(expr)
+    return (expr[0], *[map_leaves(c, leaf) for c in expr[1:]])
+
+
+def expr_flops(expr: Expr) -> int:
+    if expr[0] in ("in", "const"):
+        return 0
+    return OPS[expr[0]].flops + sum(expr_flops(c) for c in expr[1:])
+
+
+def format_expr(expr: Expr) -> str:
+    """`relu(add($0, $1))`: $i is operand i."""
+    if expr[0] == "in":
+        return f"${expr[1]}"
+    if expr[0] == "const":
+        return f"{expr[1]:g}"
+    return f"{expr[0]}({', '.join(format_expr(c) for c in expr[1:])})"
+
+
 def _op(name, arity, shape, ref, flops=1) -> OpDef:
     return OpDef(name, arity, shape, ref, flops)
 
@@ -236,6 +284,7 @@ OPS: dict[str, OpDef] = {
         _op("mean", 1, reduce_shape, np.mean),
         _op("max", 1, reduce_shape, np.max),
         _op("linear", -1, linear_shape, linear, 0),
+        _op("elementwise", -1, expr_shape, eval_expr, 0),  # flops: see expr_flops
         _op("output", 1, same_shape, lambda x: x, 0),
     ]
 }

@@ -9,6 +9,7 @@ import subprocess
 import numpy as np
 
 from .graph import Graph
+from .ops import format_expr
 
 DTYPES = {"float32": "f32", "float64": "f64", "int32": "i32", "int64": "i64"}
 
@@ -27,6 +28,8 @@ def attr_str(g: Graph, n: str) -> str:
     attrs = g.attrs(n)
     if g.op(n) == "linear":
         attrs.pop("bias", None)
+    if g.op(n) == "elementwise":
+        attrs["expr"] = format_expr(attrs["expr"])
     return " ".join(f"{k}={v}" for k, v in attrs.items() if v is not None)
 
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .graph import Graph
-from .ops import ELEMENTWISE, op_def
+from .ops import ELEMENTWISE, expr_flops, op_def
 
 REDUCTIONS = frozenset({"sum", "mean", "max", "softmax"})  # cost scales with the input, not the output
 
@@ -91,6 +91,8 @@ def node_costs(g: Graph, n: str, shapes: dict[str, tuple]) -> tuple[int, int]:
         return 0, math.prod(shapes[g.args(n)[0]]) * op_def(op).flops
     if op in ELEMENTWISE or op == "dropout":
         return 0, out * op_def(op).flops
+    if op == "elementwise":
+        return 0, out * expr_flops(g[n]["expr"])
     return 0, 0
 
 

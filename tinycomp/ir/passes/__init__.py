@@ -7,10 +7,11 @@ from collections.abc import Callable, Sequence
 from ..graph import Graph, LintError
 from .dead_code import eliminate_dead_code
 from .fold_dropout import fold_dropout
+from .fuse_elementwise import fuse_elementwise
 from .fuse_linear import fuse_linear
 
 Pass = Callable[[Graph], bool]
-DEFAULT_PIPELINE: list[Pass] = [fold_dropout, fuse_linear, eliminate_dead_code]
+DEFAULT_PIPELINE: list[Pass] = [fold_dropout, fuse_linear, fuse_elementwise, eliminate_dead_code]
 
 
 def run_pipeline(g: Graph, passes: Sequence[Pass] | None = None, *,
@@ -50,4 +51,5 @@ def explain(g: Graph) -> list[str]:
     return lines
 
 
-__all__ = ["DEFAULT_PIPELINE", "eliminate_dead_code", "explain", "fold_dropout", "fuse_linear", "run_pipeline"]
+__all__ = ["DEFAULT_PIPELINE", "eliminate_dead_code", "explain", "fold_dropout", "fuse_elementwise", "fuse_linear",
+           "run_pipeline"]
