@@ -113,7 +113,7 @@ def plan_narrow(K: int, N: int, width: int) -> NarrowShape | None:
         return None
     budget = 24 if width >= 16 else 12
     rows, unroll = next(((r, u) for r in (4, 2, 1) for u in (2, 1) if r * N * u <= budget), (1, 1))
-    return NarrowShape(N, width, rows, unroll)
+    return NarrowShape(N, width, rows, unroll, tail=K % (width * unroll) != 0)
 
 
 def narrow_small_rows(N: int, width: int) -> int:

@@ -324,9 +324,10 @@ class NarrowShape:
     width: int
     rows: int
     unroll: int
+    tail: bool = True  # K may leave a partial step of unroll * width columns (else: no code for it)
 
     def suffix(self) -> str:
-        return f"{self.N}r{self.rows}u{self.unroll}v{self.width}"
+        return f"{self.N}r{self.rows}u{self.unroll}v{self.width}" + ("t" if self.tail else "")
 
 
 def hsum_slots(builder: ir.IRBuilder, slots: list[ir.Value], width: int) -> ir.Value:
@@ -599,7 +600,7 @@ def _narrow_dot(b, shape: NarrowShape, rows: int, unroll: int, K, a_rows, wt_row
     pre = b.block
     loop = b.append_basic_block("nd.loop")
     tail_chk = b.append_basic_block("nd.tailchk")
-    tail = b.append_basic_block("nd.tail")
+    tail = b.append_basic_block("nd.tail") if shape.tail else None
     done = b.append_basic_block("nd.done")
     b.cbranch(b.icmp_signed(">", steps, i64(0)), loop, tail_chk)
 
@@ -618,17 +619,23 @@ def _narrow_dot(b, shape: NarrowShape, rows: int, unroll: int, K, a_rows, wt_row
                 acc_loop[u][r][n].add_incoming(zero, pre)
                 acc_loop[u][r][n].add_incoming(acc_next[u][r][n], loop_end)
 
-    b.position_at_end(tail_chk)
-    acc_mid = phis_from([(zero, pre), (acc_next, loop_end)])
-    b.cbranch(b.icmp_signed(">", rem, i64(0)), tail, done)
+    if shape.tail:
+        b.position_at_end(tail_chk)
+        acc_mid = phis_from([(zero, pre), (acc_next, loop_end)])
+        b.cbranch(b.icmp_signed(">", rem, i64(0)), tail, done)
 
-    b.position_at_end(tail)
-    acc_tail = body(k_tail, acc_mid, column_masks(b, rem, unroll, w))
-    tail_end = b.block
-    b.branch(done)
+        b.position_at_end(tail)
+        acc_tail = body(k_tail, acc_mid, column_masks(b, rem, unroll, w))
+        tail_end = b.block
+        b.branch(done)
 
-    b.position_at_end(done)
-    acc = phis_from([(acc_mid, tail_chk), (acc_tail, tail_end)])
+        b.position_at_end(done)
+        acc = phis_from([(acc_mid, tail_chk), (acc_tail, tail_end)])
+    else:  # K is a multiple of the step: the loop is all
+        b.position_at_end(tail_chk)
+        acc = phis_from([(zero, pre), (acc_next, loop_end)])
+        b.branch(done)
+        b.position_at_end(done)
     result = [[None] * N for _ in range(rows)]
     for r in range(rows):
         for n in range(N):
