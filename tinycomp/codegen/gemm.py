@@ -119,7 +119,8 @@ def plan_narrow(K: int, N: int, width: int) -> NarrowShape | None:
 def narrow_small_rows(N: int, width: int) -> int:
     """Batches below this many rows take the in-place kernel: transposing W costs about a cycle per
     weight, the dot products N/width of the in-place kernel's cost per row, so the transpose pays
-    off from about N / (1 - N/width) rows on (measured: ...)."""
+    off from about N / (1 - N/width) rows on (measured at M = 1 through ctypes: 784 x 10, 3.1 us
+    transposed against 1.2 us in place; 128 x 10, 0.95 against 0.69 us)."""
     return -(-N * width // (width - N)) if N > 1 else 0
 
 
