@@ -117,11 +117,12 @@ def plan_narrow(K: int, N: int, width: int) -> NarrowShape | None:
 
 
 def narrow_small_rows(N: int, width: int) -> int:
-    """Batches below this many rows take the in-place kernel: transposing W costs about a cycle per
-    weight, the dot products N/width of the in-place kernel's cost per row, so the transpose pays
-    off from about N / (1 - N/width) rows on (measured at M = 1 through ctypes: 784 x 10, 3.1 us
-    transposed against 1.2 us in place; 128 x 10, 0.95 against 0.69 us)."""
-    return -(-N * width // (width - N)) if N > 1 else 0
+    """Batches below this many rows take the in-place kernel. Measured costs: transposing W about a
+    cycle per weight, the in-place kernel about 2 cycles per row and k, the dot products N/width
+    cycles per row and k; so the transpose pays off from N / (2 - N/width) rows on. Measured
+    crossovers (ctypes calls, both kernels timed): N = 10 at M = 8 (128 x 10: 1.20 vs 1.19 us;
+    784 x 10: 4.38 vs 4.01), N = 6 at 4, N = 2 and 3 at 2."""
+    return -(-N * width // (2 * width - N)) if N > 1 else 0
 
 
 def pack_floats(K: int, N: int, width: int) -> int:
