@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from llvmlite import ir
 
 from . import vecmath
-from .loops import F32, I1, I32, I64, PTR, element_ptr, for_range, i64, splat, vector_type
+from .loops import F32, I1, I32, I64, PTR, element_ptr, for_range, i64, masked_intrinsic, splat, vector_type
 
 Emitter = Callable[[ir.IRBuilder, ir.Module, ir.Value], ir.Value]
 
@@ -85,19 +85,6 @@ def _declare_kernel(module: ir.Module, name: str, n_pointers: int) -> ir.Functio
     return fn
 
 
-def _masked_intrinsic(module: ir.Module, op: str, width: int) -> ir.Function:
-    """`llvm.masked.load/store` in the (ptr, i32 align, mask, ...) form that LLVM auto-upgrades."""
-    name = f"llvm.masked.{op}.v{width}f32.p0"
-    if name in module.globals:
-        return module.globals[name]
-    vt, mt = vector_type(width), ir.VectorType(I1, width)
-    if op == "load":
-        fty = ir.FunctionType(vt, [PTR, I32, mt, vt])
-    else:
-        fty = ir.FunctionType(ir.VoidType(), [vt, PTR, I32, mt])
-    return ir.Function(module, fty, name)
-
-
 @dataclass(frozen=True)
 class Chunk:
     """`width` consecutive row elements starting at `col`; `mask` is None for a full vector."""
@@ -116,7 +103,7 @@ def load_chunk(builder: ir.IRBuilder, ptr: ir.Value, chunk: Chunk, fill: float =
     vt = vector_type(chunk.width)
     if chunk.mask is None:
         return builder.load(ptr, typ=vt, align=ALIGN)
-    fn = _masked_intrinsic(builder.module, "load", chunk.width)
+    fn = masked_intrinsic(builder.module, "load", chunk.width)
     return builder.call(fn, [ptr, ir.Constant(I32, ALIGN), chunk.mask, splat(fill, chunk.width)])
 
 
@@ -124,7 +111,7 @@ def store_chunk(builder: ir.IRBuilder, value: ir.Value, ptr: ir.Value, chunk: Ch
     if chunk.mask is None:
         builder.store(value, ptr, align=ALIGN)
     else:
-        fn = _masked_intrinsic(builder.module, "store", chunk.width)
+        fn = masked_intrinsic(builder.module, "store", chunk.width)
         builder.call(fn, [value, ptr, ir.Constant(I32, ALIGN), chunk.mask])
 
 

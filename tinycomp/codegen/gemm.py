@@ -22,25 +22,21 @@ copy of the loops and every layer of a module shares the same few kernels (`gemm
 
 from __future__ import annotations
 
-import gc
 from dataclasses import dataclass
 
 from llvmlite import ir
 
 from .gemm_kernels import (
-    NarrowShape,
     TileShape,
     column_masks,
     epilogue_function,
     fgep,
     masked_load,
     masked_store,
-    narrow_kernel,
-    narrow_pack_kernel,
-    narrow_small_kernel,
     tile_kernel,
 )
-from .loops import F32, I1, I64, PTR, for_range, i64, vector_type
+from .gemm_narrow import NarrowShape, narrow_kernel, narrow_pack_kernel, narrow_small_kernel
+from .loops import F32, I1, I64, PTR, for_range, i64, paused_gc, vector_type
 
 # Packed W block budget: half of a 1 MiB L2, leaving room for the A row panels and C.
 L2_BLOCK_BYTES = 512 * 1024
@@ -135,15 +131,8 @@ def pack_floats(K: int, N: int, width: int) -> int:
 def emit_linear(
     module: ir.Module, name: str, *, K: int, N: int, bias: bool, activation: str | None, width: int
 ) -> ir.Function:
-    # llvmlite makes many small cyclic objects: the cyclic GC kicking in mid-build cost more than
-    # the build itself (measured 38 ms -> 8 ms for the reference MLP's first compile).
-    gc_was_on = gc.isenabled()
-    gc.disable()
-    try:
+    with paused_gc():  # also paused around whole-module lowering; here for direct callers (tests)
         return _emit_linear(module, name, K=K, N=N, bias=bias, activation=activation, width=width)
-    finally:
-        if gc_was_on:
-            gc.enable()
 
 
 def _emit_linear(module: ir.Module, name: str, *, K: int, N: int, bias: bool, activation: str | None,

@@ -23,7 +23,19 @@ from dataclasses import dataclass
 from llvmlite import ir
 
 from . import vecmath
-from .loops import F32, I1, I32, I64, PTR, as_i64, declare_vector_intrinsic, for_range, i64, vector_type
+from .loops import (
+    F32,
+    I1,
+    I32,
+    I64,
+    PTR,
+    as_i64,
+    declare_vector_intrinsic,
+    for_range,
+    i64,
+    masked_intrinsic,
+    vector_type,
+)
 
 
 @dataclass(frozen=True)
@@ -52,20 +64,6 @@ def lane_mask(width: int, lanes: int) -> ir.Constant:
     return ir.Constant(ir.VectorType(I1, width), [ir.Constant(I1, int(i < lanes)) for i in range(width)])
 
 
-def _masked_intrinsic(module: ir.Module, op: str, width: int) -> ir.Function:
-    # The pre-LLVM-22 form (with an explicit i32 alignment) is still accepted and auto-upgraded,
-    # so the same IR works on older llvmlite releases too.
-    name = f"llvm.masked.{op}.v{width}f32.p0"
-    if name in module.globals:
-        return module.globals[name]
-    vt, mask = vector_type(width), ir.VectorType(I1, width)
-    if op == "load":
-        fnty = ir.FunctionType(vt, [PTR, I32, mask, vt])
-    else:
-        fnty = ir.FunctionType(ir.VoidType(), [vt, PTR, I32, mask])
-    return ir.Function(module, fnty, name)
-
-
 def _prefetch_intrinsic(module: ir.Module) -> ir.Function:
     name = "llvm.prefetch.p0"
     if name in module.globals:
@@ -76,12 +74,12 @@ def _prefetch_intrinsic(module: ir.Module) -> ir.Function:
 def masked_load(builder: ir.IRBuilder, ptr: ir.Value, mask: ir.Value) -> ir.Value:
     """Load the lanes of `mask` (zero elsewhere) without touching memory outside them."""
     width = mask.type.count
-    fn = _masked_intrinsic(builder.module, "load", width)
+    fn = masked_intrinsic(builder.module, "load", width)
     return builder.call(fn, [ptr, ir.Constant(I32, 4), mask, ir.Constant(vector_type(width), None)])
 
 
 def masked_store(builder: ir.IRBuilder, value: ir.Value, ptr: ir.Value, mask: ir.Value) -> None:
-    fn = _masked_intrinsic(builder.module, "store", value.type.count)
+    fn = masked_intrinsic(builder.module, "store", value.type.count)
     builder.call(fn, [value, ptr, ir.Constant(I32, 4), mask])
 
 
@@ -242,7 +240,7 @@ def epilogue_function(module: ir.Module, activation: str | None, width: int) -> 
     neg_zero = ir.Constant(vt, [ir.Constant(F32, -0.0)] * width)
     iota = ir.Constant(ir.VectorType(I32, width), list(range(width)))
     n_vec = b.udiv(b.add(cols, i64(width - 1)), i64(width))
-    load_fn = _masked_intrinsic(module, "load", width)
+    load_fn = masked_intrinsic(module, "load", width)
     c_is_zero = b.icmp_signed("!=", b.and_(flags, i64(2)), i64(0))
     with for_range(b, 0, n_vec, name="v") as v:
         col = b.mul(v, i64(width))
@@ -306,342 +304,3 @@ def _k_loop(builder, shape: TileShape, K, a_rows, b, ldb, masks):
             phis[i][v].add_incoming(zero, entry)
             phis[i][v].add_incoming(acc[i][v], body)
     return acc
-
-
-# ------------------------------------------------------------------ narrow layers: dot products
-
-@dataclass(frozen=True)
-class NarrowShape:
-    """A narrow layer (N < width outputs) computed as K-vectorized dot products.
-
-    Each output C[m, n] is the dot product of row m of A with row n of Wt (W transposed, packed per
-    call): `unroll` independent `<width x float>` accumulators per output over K, then a pairwise
-    tree over their lanes. Rows go `rows` at a time (their outputs, contiguous in C, leave the tree
-    as whole vectors: one epilogue and one store per `width` outputs); the last block of a batch
-    recomputes its last row in place of the missing ones."""
-
-    N: int
-    width: int
-    rows: int
-    unroll: int
-    tail: bool = True  # K may leave a partial step of unroll * width columns (else: no code for it)
-
-    def suffix(self) -> str:
-        return f"{self.N}r{self.rows}u{self.unroll}v{self.width}" + ("t" if self.tail else "")
-
-
-def hsum_slots(builder: ir.IRBuilder, slots: list[ir.Value], width: int) -> ir.Value:
-    """A `<width x float>` whose lane j is the sum of the lanes of `slots[j]` (len(slots) <= width),
-    every sum a pairwise tree (lane t + lane t + width/2, ...), the other lanes +0.
-
-    The slots are reduced together, so the shuffles move many partial sums at once: two vectors with
-    groups of g lanes per slot become one with groups of g/2 (a two-source shuffle of the low halves
-    of every group, one of the high halves, one add; an odd vector out pairs with zeros), down to
-    one lane per slot. Every value stays `<width x float>` (no narrower vector types in the IR)."""
-    vt = vector_type(width)
-    zero = ir.Constant(vt, None)
-
-    def shuffle(x, y, idx):
-        return builder.shuffle_vector(x, y, ir.Constant(ir.VectorType(I32, len(idx)), idx))
-
-    items: list[tuple[ir.Value, list[int | None]]] = [(s, [j]) for j, s in enumerate(slots)]
-    g = width
-    while g > 1:
-        h, nxt = g // 2, []
-        for i in range(0, len(items), 2):
-            x, gx = items[i]
-            y, gy = items[i + 1] if i + 1 < len(items) else (zero, [None] * len(gx))
-            lo: list[int] = []
-            hi: list[int] = []
-            groups: list[int | None] = []
-            for q in range(len(gx)):
-                for half, out in ((0, lo), (h, hi)):
-                    out += [q * g + half + t for t in range(h)] + [width + q * g + half + t for t in range(h)]
-                groups += [gx[q], gy[q]]
-            nxt.append((builder.fadd(shuffle(x, y, lo), shuffle(x, y, hi)), groups))
-        items, g = nxt, h
-    x, groups = items[0]
-    return shuffle(x, zero, [groups.index(j) if j < len(slots) else width for j in range(width)])
-
-
-def narrow_pack_kernel(module: ir.Module, N: int) -> ir.Function:
-    """`void pack(i64 K, ptr W, i64 ldw, ptr Wt)`: Wt[n * ldw + k] = W[k * N + n] (W transposed,
-    rows ldw apart). Only the K real columns are written: the dot kernel masks its K tail.
-    Scalar copies, N per row of W (measured faster than masked gathers of W's columns on Zen 4)."""
-    name = f"tinycomp.gemm.narrowpack{N}"
-    if name in module.globals:
-        return module.globals[name]
-    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [I64, PTR, I64, PTR]), name)
-    fn.linkage = "internal"
-    fn.attributes.add("nounwind")
-    for arg, nm in zip(fn.args, ("K", "W", "ldw", "Wt"), strict=True):
-        arg.name = nm
-        if isinstance(arg.type, ir.PointerType):
-            arg.add_attribute("noalias")
-    K, W, ldw, Wt = fn.args
-    b = ir.IRBuilder(fn.append_basic_block("entry"))
-    dst = [fgep(b, Wt, b.mul(ldw, i64(n))) for n in range(N)]
-    with for_range(b, 0, K, name="k") as k:
-        src = fgep(b, W, b.mul(k, i64(N)))
-        for n in range(N):
-            b.store(b.load(fgep(b, src, n), typ=F32), fgep(b, dst[n], k))
-    b.ret_void()
-    return fn
-
-
-NARROW_ARGS = ("M", "K", "A", "Wt", "ldw", "bias", "C", "flags")
-
-
-def narrow_kernel(module: ir.Module, shape: NarrowShape, activation: str | None) -> ir.Function:
-    """`void narrow(i64 M, i64 K, ptr A, ptr Wt, i64 ldw, ptr bias, ptr C, i64 flags)`:
-    C = act(A @ Wt^T + bias) for an N-column layer, Wt holding W transposed (row n at Wt + n*ldw,
-    K floats; nothing past K is read). `bias` may be null; flag bit 0 picks ReLU in the plain
-    epilogue. K and M are run-time values (either may be 0), so layers of the same width and
-    activation family share the kernel."""
-    kind = kernel_activation(activation)
-    name = f"tinycomp.gemm.narrow{shape.suffix()}.{kind}"
-    if name in module.globals:
-        return module.globals[name]
-    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [I64, I64, PTR, PTR, I64, PTR, PTR, I64]), name)
-    fn.linkage = "internal"
-    fn.attributes.add("nounwind")
-    for arg, nm in zip(fn.args, NARROW_ARGS, strict=True):
-        arg.name = nm
-        if isinstance(arg.type, ir.PointerType):
-            arg.add_attribute("noalias")
-    M, K, A, Wt, ldw, bias, C, flags = fn.args
-    b = ir.IRBuilder(fn.append_basic_block("entry"))
-    N, w = shape.N, shape.width
-    act, bias1 = _narrow_epilogue(b, kind, flags, bias, N, w)
-    wt_rows = [fgep(b, Wt, b.mul(ldw, i64(n))) if n else Wt for n in range(N)]
-
-    R = shape.rows
-    last = b.sub(M, i64(1))
-    with for_range(b, 0, M, R, name="rb") as r0:
-        # Rows r0..r0+R; past M (the last block of a batch that is not a multiple of R) the
-        # block recomputes row M-1 and stores nothing for it: one copy of the code for any M.
-        a_rows = [A]
-        for r in range(1, R):
-            row = b.add(r0, i64(r))
-            row = b.select(b.icmp_signed("<", row, M), row, last)
-            a_rows.append(fgep(b, A, b.mul(row, K)))
-        a_rows[0] = fgep(b, A, b.mul(r0, K))
-        acc = _narrow_dot(b, shape, R, shape.unroll, K, a_rows, wt_rows)
-        # The block's R*N outputs are contiguous in C: they leave the tree `width` at a time as
-        # whole vectors, each with one bias add, activation and (masked) store.
-        slots = [acc[r][n] for r in range(R) for n in range(N)]
-        c = fgep(b, C, b.mul(r0, i64(N)))
-        valid = b.mul(b.sub(M, r0), i64(N))  # outputs left in C from this block's start
-        for j0 in range(0, len(slots), w):
-            lanes = min(w, len(slots) - j0)
-            bias_v = bias1 if j0 == 0 and lanes <= N else b.shuffle_vector(bias1, bias1, ir.Constant(
-                ir.VectorType(I32, w), [(j0 + j) % N if j < lanes else N for j in range(w)]))
-            out = act(b.fadd(hsum_slots(b, slots[j0:j0 + lanes], w), bias_v))
-            left = b.sub(valid, i64(j0))
-            left = b.select(b.icmp_signed("<", left, i64(lanes)), left, i64(lanes))
-            masked_store(b, out, fgep(b, c, j0), column_masks(b, left, 1, w)[0])
-    b.ret_void()
-    return fn
-
-
-def _narrow_epilogue(b: ir.IRBuilder, kind: str, flags, bias, N: int, w: int):
-    """The activation as a function of a `<w x float>` and the bias of one row (-0.0, which changes
-    no value, where absent or past N)."""
-    if kind == "lin":
-        is_relu = b.icmp_signed("!=", b.and_(flags, i64(1)), i64(0))
-        floor = splat_f32(b, b.select(is_relu, ir.Constant(F32, 0.0), ir.Constant(F32, float("-inf"))), w)
-
-        def act(x):
-            return b.select(b.fcmp_unordered(">", x, floor), x, floor)
-    else:
-        fn_act = activation_function(b.module, kind, w)
-
-        def act(x):
-            return b.call(fn_act, [x])
-
-    has_bias = b.icmp_unsigned("!=", bias, ir.Constant(PTR, None))
-    bias_mask = b.and_(column_masks(b, i64(N), 1, w)[0], _splat_i1(b, has_bias, w))
-    neg_zero = ir.Constant(vector_type(w), [ir.Constant(F32, -0.0)] * w)
-    bias1 = b.call(_masked_intrinsic(b.module, "load", w), [bias, ir.Constant(I32, 4), bias_mask, neg_zero])
-    return act, bias1
-
-
-SMALL_UNROLL = 8  # accumulators over K (k mod 8) of the in-place small-batch narrow kernel
-
-
-def narrow_small_kernel(module: ir.Module, N: int, width: int, activation: str | None) -> ir.Function:
-    """`void small(i64 M, i64 K, ptr A, ptr W, ptr bias, ptr C, i64 flags)`: the narrow layer for
-    small batches, W read in place (no transpose: for a few rows copying W costs more than the
-    product). Row by row, C[m, :] = sum over k of A[m, k] * W[k, :] as one masked `<width x float>`
-    (N lanes), accumulated in SMALL_UNROLL independent partial sums over k mod SMALL_UNROLL (short
-    sequential sums and no FMA latency chain), summed pairwise at the end."""
-    kind = kernel_activation(activation)
-    name = f"tinycomp.gemm.narrowsmall{N}v{width}.{kind}"
-    if name in module.globals:
-        return module.globals[name]
-    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [I64, I64, PTR, PTR, PTR, PTR, I64]), name)
-    fn.linkage = "internal"
-    fn.attributes.add("nounwind")
-    for arg, nm in zip(fn.args, ("M", "K", "A", "W", "bias", "C", "flags"), strict=True):
-        arg.name = nm
-        if isinstance(arg.type, ir.PointerType):
-            arg.add_attribute("noalias")
-    M, K, A, W, bias, C, flags = fn.args
-    b = ir.IRBuilder(fn.append_basic_block("entry"))
-    w, U = width, SMALL_UNROLL
-    vt = vector_type(w)
-    zero = ir.Constant(vt, None)
-    act, bias1 = _narrow_epilogue(b, kind, flags, bias, N, w)
-    mask = column_masks(b, i64(N), 1, w)[0]
-    fma = declare_vector_intrinsic(module, "fma", w, 3)
-    steps = b.udiv(K, i64(U))
-    k_tail = b.mul(steps, i64(U))
-
-    def term(a_row, k, acc):
-        a = splat_f32(b, b.load(fgep(b, a_row, k), typ=F32), w)
-        return b.call(fma, [a, masked_load(b, fgep(b, W, b.mul(k, i64(N))), mask), acc])
-
-    with for_range(b, 0, M, name="r") as r:
-        a_row = fgep(b, A, b.mul(r, K))
-        pre = b.block
-        loop, mid, tail, done = (b.append_basic_block(f"ns.{x}") for x in ("loop", "mid", "tail", "done"))
-        b.cbranch(b.icmp_signed(">", steps, i64(0)), loop, mid)
-        b.position_at_end(loop)
-        it = b.phi(I64)
-        phis = [b.phi(vt) for _ in range(U)]
-        k0 = b.mul(it, i64(U))
-        nxt = [term(a_row, b.add(k0, i64(u)), phis[u]) for u in range(U)]
-        it_next = b.add(it, i64(1), flags=["nuw", "nsw"])
-        b.cbranch(b.icmp_signed("<", it_next, steps), loop, mid)
-        it.add_incoming(i64(0), pre)
-        it.add_incoming(it_next, loop)
-        for p, v in zip(phis, nxt, strict=True):
-            p.add_incoming(zero, pre)
-            p.add_incoming(v, loop)
-        # The last K % U columns, one at a time into the first partial sum.
-        b.position_at_end(mid)
-        accs = []
-        for v in nxt:
-            p = b.phi(vt)
-            p.add_incoming(zero, pre)
-            p.add_incoming(v, loop)
-            accs.append(p)
-        b.cbranch(b.icmp_signed("<", k_tail, K), tail, done)
-        b.position_at_end(tail)
-        kt = b.phi(I64)
-        acc_t = b.phi(vt)
-        acc_t_next = term(a_row, kt, acc_t)
-        kt_next = b.add(kt, i64(1), flags=["nuw", "nsw"])
-        b.cbranch(b.icmp_signed("<", kt_next, K), tail, done)
-        kt.add_incoming(k_tail, mid)
-        kt.add_incoming(kt_next, tail)
-        acc_t.add_incoming(accs[0], mid)
-        acc_t.add_incoming(acc_t_next, tail)
-        b.position_at_end(done)
-        first = b.phi(vt)
-        first.add_incoming(accs[0], mid)
-        first.add_incoming(acc_t_next, tail)
-        parts = [first, *accs[1:]]
-        while len(parts) > 1:
-            parts = [b.fadd(parts[i], parts[i + 1]) for i in range(0, len(parts), 2)]
-        out = act(b.fadd(parts[0], bias1))
-        masked_store(b, out, fgep(b, C, b.mul(r, i64(N))), mask)
-    b.ret_void()
-    return fn
-
-
-def _splat_i1(builder: ir.IRBuilder, value: ir.Value, width: int) -> ir.Value:
-    i1v = ir.VectorType(I1, width)
-    one = builder.insert_element(ir.Constant(i1v, ir.Undefined), value, ir.Constant(I32, 0))
-    zeros = ir.Constant(ir.VectorType(I32, width), [0] * width)
-    return builder.shuffle_vector(one, ir.Constant(i1v, ir.Undefined), zeros)
-
-
-def _narrow_dot(b, shape: NarrowShape, rows: int, unroll: int, K, a_rows, wt_rows):
-    """acc[r][n] = A[r, 0:K] . Wt[n, 0:K] for a block of rows, each as `unroll` vector accumulators
-    over interleaved K chunks (chunk c into accumulator c % unroll), summed pairwise at the end.
-    Full steps of unroll*width columns run in a loop with plain loads; the last partial step once
-    with masked loads of A and Wt (masked-off lanes are 0 * 0), so no memory past K is touched."""
-    w, N = shape.width, shape.N
-    vt = vector_type(w)
-    zero = ir.Constant(vt, None)
-    fma = declare_vector_intrinsic(b.module, "fma", w, 3)
-    step = w * unroll
-    steps = b.udiv(K, i64(step))
-    k_tail = b.mul(steps, i64(step))
-    rem = b.sub(K, k_tail)
-
-    def body(k0, accs, masks):
-        out = [[[None] * N for _ in range(rows)] for _ in range(unroll)]
-        for u in range(unroll):
-            k = b.add(k0, i64(u * w))
-            if masks is None:
-                wv = [b.load(fgep(b, wt_rows[n], k), typ=vt, align=4) for n in range(N)]
-                av = [b.load(fgep(b, a_rows[r], k), typ=vt, align=4) for r in range(rows)]
-            else:
-                wv = [masked_load(b, fgep(b, wt_rows[n], k), masks[u]) for n in range(N)]
-                av = [masked_load(b, fgep(b, a_rows[r], k), masks[u]) for r in range(rows)]
-            for r in range(rows):
-                for n in range(N):
-                    out[u][r][n] = b.call(fma, [av[r], wv[n], accs[u][r][n]])
-        return out
-
-    def phis_from(pairs):
-        res = [[[None] * N for _ in range(rows)] for _ in range(unroll)]
-        for u in range(unroll):
-            for r in range(rows):
-                for n in range(N):
-                    p = b.phi(vt)
-                    for vals, blk in pairs:
-                        p.add_incoming(vals if vals is zero else vals[u][r][n], blk)
-                    res[u][r][n] = p
-        return res
-
-    pre = b.block
-    loop = b.append_basic_block("nd.loop")
-    tail_chk = b.append_basic_block("nd.tailchk")
-    tail = b.append_basic_block("nd.tail") if shape.tail else None
-    done = b.append_basic_block("nd.done")
-    b.cbranch(b.icmp_signed(">", steps, i64(0)), loop, tail_chk)
-
-    b.position_at_end(loop)
-    it = b.phi(I64, name="it")
-    acc_loop = [[[b.phi(vt) for _ in range(N)] for _ in range(rows)] for _ in range(unroll)]
-    acc_next = body(b.mul(it, i64(step)), acc_loop, None)
-    it_next = b.add(it, i64(1), flags=["nuw", "nsw"])
-    loop_end = b.block
-    b.cbranch(b.icmp_signed("<", it_next, steps), loop, tail_chk)
-    it.add_incoming(i64(0), pre)
-    it.add_incoming(it_next, loop_end)
-    for u in range(unroll):
-        for r in range(rows):
-            for n in range(N):
-                acc_loop[u][r][n].add_incoming(zero, pre)
-                acc_loop[u][r][n].add_incoming(acc_next[u][r][n], loop_end)
-
-    if shape.tail:
-        b.position_at_end(tail_chk)
-        acc_mid = phis_from([(zero, pre), (acc_next, loop_end)])
-        b.cbranch(b.icmp_signed(">", rem, i64(0)), tail, done)
-
-        b.position_at_end(tail)
-        acc_tail = body(k_tail, acc_mid, column_masks(b, rem, unroll, w))
-        tail_end = b.block
-        b.branch(done)
-
-        b.position_at_end(done)
-        acc = phis_from([(acc_mid, tail_chk), (acc_tail, tail_end)])
-    else:  # K is a multiple of the step: the loop is all
-        b.position_at_end(tail_chk)
-        acc = phis_from([(zero, pre), (acc_next, loop_end)])
-        b.branch(done)
-        b.position_at_end(done)
-    result = [[None] * N for _ in range(rows)]
-    for r in range(rows):
-        for n in range(N):
-            parts = [acc[u][r][n] for u in range(unroll)]
-            while len(parts) > 1:
-                parts = [b.fadd(parts[i], parts[i + 1]) if i + 1 < len(parts) else parts[i]
-                         for i in range(0, len(parts), 2)]
-            result[r][n] = parts[0]
-    return result

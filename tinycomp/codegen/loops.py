@@ -92,3 +92,20 @@ def paused_gc() -> Iterator[None]:
     finally:
         if was_on:
             gc.enable()
+
+
+def masked_intrinsic(module: ir.Module, op: str, width: int) -> ir.Function:
+    """`llvm.masked.load/store` for <width x float>: masked-off lanes touch no memory.
+
+    Declared in the (ptr, i32 align, mask, ...) form, which LLVM 22 still accepts and upgrades, so
+    the same IR also works with older llvmlite releases.
+    """
+    name = f"llvm.masked.{op}.v{width}f32.p0"
+    if name in module.globals:
+        return module.globals[name]
+    vt, mask = vector_type(width), ir.VectorType(I1, width)
+    if op == "load":
+        fnty = ir.FunctionType(vt, [PTR, I32, mask, vt])
+    else:
+        fnty = ir.FunctionType(ir.VoidType(), [vt, PTR, I32, mask])
+    return ir.Function(module, fnty, name)
