@@ -61,8 +61,14 @@ class StructureGuard:
         # bound later in place of a parameter Tensor is read live like one
         self.const_arrays = [v for view in self.views for v in view if isinstance(v, np.ndarray)]
         self.const_ids = {id(a) for a in self.const_arrays}
+        # Signatures compare ids, and an id is reused once its object is freed (a sub-layer replaced
+        # by a new one could get the old one's id): hold every object whose id a signature records.
+        self._pinned_slow = self._pinned_fast = self._held()
         self.fast = self.fast_signature()
         self.slow = self.slow_signature()
+
+    def _held(self) -> tuple:
+        return tuple(itertools.chain.from_iterable(self.views))
 
     def fast_signature(self) -> tuple:
         views = self.views
@@ -90,7 +96,8 @@ class StructureGuard:
             return True
         if self.slow_signature() != self.slow:
             return False
-        self.fast = self.fast_signature()  # only weights or flags moved: make the next call fast again
+        self._pinned_fast = self._held()  # only weights or flags moved: make the next call fast again
+        self.fast = self.fast_signature()
         return True
 
 

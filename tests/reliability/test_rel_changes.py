@@ -3,7 +3,9 @@ noticed at the next call and recompiled; never stale numbers."""
 
 from __future__ import annotations
 
+import gc
 import timeit
+import weakref
 
 import numpy as np
 import pytest
@@ -11,6 +13,7 @@ import pytest
 import tinycomp as tc
 from tests.models import CASES, eager_eval
 from tests.reliability.rel_helpers import assert_matches_eager
+from tinycomp.binding import StructureGuard
 from tinycomp.nn import GELU, Dropout, Layer, Linear, ReLU, Sequential, Sigmoid, Tanh, Tensor, manual_seed
 
 
@@ -208,3 +211,15 @@ def test_structure_check_is_cheap():
     guard = fast._artifact.guard
     per_call = min(timeit.repeat(guard.unchanged, number=2000, repeat=7)) / 2000
     assert per_call < 20e-6, f"structure check takes {per_call * 1e6:.1f} us per call"
+
+
+def test_guard_pins_what_it_compares_so_a_freed_id_cannot_come_back():
+    """Signatures compare ids; if a replaced layer were freed, a new layer could reuse its id and
+    look unchanged. The guard holds every object whose id it recorded."""
+    model = Sequential(Linear(4, 4), ReLU())
+    guard = StructureGuard(model)
+    old = weakref.ref(model.layers[1])
+    model.layers[1] = Tanh()
+    gc.collect()
+    assert old() is not None
+    assert not guard.unchanged()
