@@ -1,0 +1,65 @@
+"""runtime/buffers.py: the pointers handed to native code, and per-thread scratch."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from tinycomp.runtime.buffers import (
+    LINE,
+    ScratchPool,
+    aligned_empty,
+    as_native_float32,
+    data_pointer,
+    is_native_float32,
+)
+
+base = np.arange(64, dtype=np.float32).reshape(8, 8)
+raw = np.zeros(64 * 4 + 4, np.uint8)
+
+
+@pytest.mark.parametrize("array", [
+    base, base[3:], base[:, 2:], base[::2], base.T, base[5, 1:],
+    raw[4:4 + 64 * 4].view(np.float32),  # unaligned: a float32 view at byte offset 4
+    np.float64(1.5) * np.ones(3), np.empty(0, np.float32),
+], ids=["whole", "rows", "cols", "strided", "transposed", "row-slice", "unaligned", "float64", "empty"])
+def test_data_pointer_is_the_address_of_the_first_element(array):
+    assert data_pointer(array) == array.__array_interface__["data"][0] == array.ctypes.data
+
+
+def test_native_float32_is_float32_c_contiguous_and_aligned():
+    assert is_native_float32(base)
+    assert not is_native_float32(base.T)
+    assert not is_native_float32(base.astype(np.float64))
+    assert not is_native_float32(base.astype(">f4"))  # byte-swapped: same kind, not readable
+    assert not is_native_float32(raw[1:1 + 16].view(np.float32))
+
+
+def test_as_native_copies_only_what_native_code_cannot_read():
+    assert as_native_float32(base) is base
+    for other in (base.T, base.astype(np.float64), base.astype(">f4"), raw[1:1 + 16].view(np.float32)):
+        converted = as_native_float32(other)
+        assert is_native_float32(converted)
+        np.testing.assert_array_equal(converted, other.astype(np.float32))
+
+
+@pytest.mark.parametrize("shape", [(1,), (7, 3), (1000,)])
+def test_aligned_empty_starts_on_a_cache_line(shape):
+    a = aligned_empty(shape)
+    assert a.shape == shape and a.dtype == np.float32 and a.flags.c_contiguous
+    assert data_pointer(a) % LINE == 0
+
+
+def test_scratch_is_per_thread_and_grows():
+    pool = ScratchPool()
+    first = pool.pointer(100)
+    assert pool.pointer(50) == first  # reused while big enough
+    assert pool.get(10_000).size >= 10_000
+    assert pool.pointer(10_000) % LINE == 0
+    seen = []
+    worker = threading.Thread(target=lambda: seen.append(pool.pointer(100)))
+    worker.start()
+    worker.join()
+    assert seen[0] != pool.pointer(100)  # another thread never shares this thread's scratch
