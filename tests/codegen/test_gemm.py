@@ -30,6 +30,7 @@ LAYERS = [
     (1024, 1024, False, None), (128, 128, True, "relu"), (100, 37, True, "relu"), (37, 10, False, "relu"),
     *[(37, n, True, "relu") for n in (1, 3, 15, 16, 17, 100, 257, 1024)],
     (64, 100, False, None), (3, 5, True, None),
+    (784, 200, True, "relu"),  # in-place W in blocks of 64 columns, the last block 8 columns
 ]
 MS = [0, 1, 2, 3, 4, 5, 7, 8, 9, 11, 31, 33, 35, 100, 137, 200, 1000]  # every leftover 0..5, both paths
 
@@ -297,3 +298,17 @@ def test_narrow_accuracy_under_cancellation_is_numpys(narrow, K, N):
         for fn_out in (lambda A, W: c.run(layer, A, W, zero_b), in_slices):
             ratios = [cancellation_ratio(fn_out, K, N, seed) for seed in range(7)]
             assert np.median(ratios) <= 1.5 and max(ratios) <= 2.0, ratios
+
+
+def test_direct_path_sweeps_l2_sized_column_blocks():
+    """Batches read W in place one block of columns at a time: a 784-row W in 64-column panels
+    (200 KB each), a 256-row W in one block of all its 128 columns."""
+    from tinycomp.codegen.gemm import DIRECT_BLOCK_BYTES, plan_gemm
+
+    assert plan_gemm(784, 256, WIDTH).direct_nc == 64
+    assert plan_gemm(784, 200, WIDTH).direct_nc == 64
+    assert plan_gemm(256, 128, WIDTH).direct_nc == 128
+    for K, N in ((784, 256), (256, 128), (1024, 1024), (37, 17)):
+        plan = plan_gemm(K, N, WIDTH)
+        assert plan.direct_nc % plan.main.nr == 0
+        assert 4 * K * plan.direct_nc <= DIRECT_BLOCK_BYTES or plan.direct_nc == plan.main.nr
