@@ -7,7 +7,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tinycomp.codegen.module import ENTRY, LoweringError, ModulePlan, graph_fingerprint, lower_graph
+from tinycomp.codegen.module import (
+    ENTRY,
+    ROW_BLOCK,
+    LoweringError,
+    ModulePlan,
+    graph_fingerprint,
+    lower_graph,
+    row_block,
+)
+from tinycomp.codegen.scratch import plan_buffers
 from tinycomp.codegen.target import host
 from tinycomp.ir.graph import Graph
 from tinycomp.ir.interpret import interpret
@@ -176,7 +185,7 @@ def test_elementwise_chain_needs_scratch_for_two_buffers():
 
 # ------------------------------------------------------------------ generated code runs right
 
-@pytest.mark.parametrize("rows", [0, 1, 7, 33, 100])
+@pytest.mark.parametrize("rows", [0, 1, 7, 33, 100, 128, 129, 300])  # one row block, several, a short last one
 def test_mlp_graph_runs(rows):
     g = mlp_graph([20, 48, 17, 5])
     assert_runs_like_interpreter(g, values(rows, 20))
@@ -225,7 +234,26 @@ def test_views_softmax_and_three_d_values():
     r = g.add("reshape", [d], newshape=(-1, 24))
     y = g.add("add", [r, g.add("reshape", [x], newshape=(-1, 24))])
     g.add("output", [g.add("softmax", [y])], name="output")
-    assert_runs_like_interpreter(g, values(11, 3, 8, scale=3.0))
+    assert row_block(g, plan_buffers(g)) == ROW_BLOCK
+    for rows in (11, 2 * ROW_BLOCK + 3):  # rows of a block are batch rows, each 3 x 8 here
+        assert_runs_like_interpreter(g, values(rows, 3, 8, scale=3.0))
+
+
+def test_row_blocks_only_where_they_pay():
+    """Whole-graph row blocks: multi-layer graphs of batched values whose every W fits L2."""
+    mlp = mlp_graph([784, 256, 128, 10])
+    assert row_block(mlp, plan_buffers(mlp)) == ROW_BLOCK
+    wide = mlp_graph([1024, 1024, 1024])  # 4 MB weights: each block would stream them again
+    assert row_block(wide, plan_buffers(wide)) == 0
+    one = mlp_graph([20, 48])  # a single kernel
+    assert row_block(one, plan_buffers(one)) == 0
+    g = Graph()  # an unbatched computed value would be recomputed per block
+    x = g.add("input", name="x", shape=(None, 4))
+    s = g.add("mul", [param(g, "p", values(4)), g.add("const", shape=(), value=np.float32(2.0))])
+    g.add("output", [g.add("mul", [g.add("relu", [x]), s])], name="output")
+    assert row_block(g, plan_buffers(g)) == 0
+    for rows in (3, ROW_BLOCK + 5):
+        assert_runs_like_interpreter(g, values(rows, 4))
 
 
 @pytest.mark.parametrize("wrap", ["none", "reshape", "dropout"])
