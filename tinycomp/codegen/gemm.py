@@ -37,7 +37,7 @@ from .gemm_kernels import (
     tile_kernel,
 )
 from .gemm_narrow import NarrowShape, narrow_kernel, narrow_pack_kernel, narrow_small_kernel
-from .loops import F32, I1, I64, PTR, for_range, i64, paused_gc, vector_type
+from .loops import F32, I1, I64, PTR, for_range, i64, internal_kernel, paused_gc, vector_type
 
 # Packed W block budget: half of a 1 MiB L2, leaving room for the A row panels and C.
 L2_BLOCK_BYTES = 512 * 1024
@@ -325,13 +325,7 @@ def pack_kernel(module: ir.Module, shape: TileShape) -> ir.Function:
     name = f"tinycomp.gemm.pack{shape.nv}x{shape.width}"
     if name in module.globals:
         return module.globals[name]
-    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [I64, I64, PTR, I64, PTR]), name)
-    fn.linkage = "internal"
-    fn.attributes.add("nounwind")
-    for arg, nm in zip(fn.args, ("K", "ldw", "w", "cols", "pack"), strict=True):
-        arg.name = nm
-        if isinstance(arg.type, ir.PointerType):
-            arg.add_attribute("noalias")
+    fn = internal_kernel(module, name, (("K", I64), ("ldw", I64), ("w", PTR), ("cols", I64), ("pack", PTR)))
     K, ldw, w_ptr, cols, pack = fn.args
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     nr, w, nv = shape.nr, shape.width, shape.nv

@@ -33,6 +33,7 @@ from .loops import (
     declare_vector_intrinsic,
     for_range,
     i64,
+    internal_kernel,
     masked_intrinsic,
     vector_type,
 )
@@ -151,7 +152,7 @@ def kernel_activation(activation: str | None) -> str:
     return "lin" if activation in (None, "relu") else activation
 
 
-TILE_ARGS = ("K", "a", "lda", "b", "ldb", "c", "ldc", "cols")
+TILE_ARGS = (("K", I64), ("a", PTR), ("lda", I64), ("b", PTR), ("ldb", I64), ("c", PTR), ("ldc", I64), ("cols", I64))
 
 
 def tile_kernel(module: ir.Module, shape: TileShape) -> ir.Function:
@@ -166,14 +167,7 @@ def tile_kernel(module: ir.Module, shape: TileShape) -> ir.Function:
     name = f"tinycomp.gemm.tile{shape.suffix()}"
     if name in module.globals:
         return module.globals[name]
-    fnty = ir.FunctionType(ir.VoidType(), [I64, PTR, I64, PTR, I64, PTR, I64, I64])
-    fn = ir.Function(module, fnty, name)
-    fn.linkage = "internal"
-    fn.attributes.add("nounwind")
-    for arg, nm in zip(fn.args, TILE_ARGS, strict=True):
-        arg.name = nm
-        if isinstance(arg.type, ir.PointerType):
-            arg.add_attribute("noalias")
+    fn = internal_kernel(module, name, TILE_ARGS)
     K, a, lda, b, ldb, c, ldc, cols = fn.args
     builder = ir.IRBuilder(fn.append_basic_block("entry"))
     if shape.exact:
@@ -195,7 +189,7 @@ def tile_kernel(module: ir.Module, shape: TileShape) -> ir.Function:
     return fn
 
 
-EPILOGUE_ARGS = ("rows", "c", "ldc", "bias", "cols", "flags")
+EPILOGUE_ARGS = (("rows", I64), ("c", PTR), ("ldc", I64), ("bias", PTR), ("cols", I64), ("flags", I64))
 
 
 def epilogue_function(module: ir.Module, activation: str | None, width: int) -> ir.Function:
@@ -208,13 +202,7 @@ def epilogue_function(module: ir.Module, activation: str | None, width: int) -> 
     name = f"tinycomp.gemm.epi.{kind}.v{width}"
     if name in module.globals:
         return module.globals[name]
-    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [I64, PTR, I64, PTR, I64, I64]), name)
-    fn.linkage = "internal"
-    fn.attributes.add("nounwind")
-    for arg, nm in zip(fn.args, EPILOGUE_ARGS, strict=True):
-        arg.name = nm
-        if isinstance(arg.type, ir.PointerType):
-            arg.add_attribute("noalias")
+    fn = internal_kernel(module, name, EPILOGUE_ARGS)
     rows, c, ldc, bias, cols, flags = fn.args
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     vt = vector_type(width)

@@ -20,7 +20,19 @@ from .gemm_kernels import (
     masked_store,
     splat_f32,
 )
-from .loops import F32, I1, I32, I64, PTR, declare_vector_intrinsic, for_range, i64, masked_intrinsic, vector_type
+from .loops import (
+    F32,
+    I1,
+    I32,
+    I64,
+    PTR,
+    declare_vector_intrinsic,
+    for_range,
+    i64,
+    internal_kernel,
+    masked_intrinsic,
+    vector_type,
+)
 
 
 @dataclass(frozen=True)
@@ -84,13 +96,7 @@ def narrow_pack_kernel(module: ir.Module, N: int) -> ir.Function:
     name = f"tinycomp.gemm.narrowpack{N}"
     if name in module.globals:
         return module.globals[name]
-    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [I64, PTR, I64, PTR]), name)
-    fn.linkage = "internal"
-    fn.attributes.add("nounwind")
-    for arg, nm in zip(fn.args, ("K", "W", "ldw", "Wt"), strict=True):
-        arg.name = nm
-        if isinstance(arg.type, ir.PointerType):
-            arg.add_attribute("noalias")
+    fn = internal_kernel(module, name, (("K", I64), ("W", PTR), ("ldw", I64), ("Wt", PTR)))
     K, W, ldw, Wt = fn.args
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     dst = [fgep(b, Wt, b.mul(ldw, i64(n))) for n in range(N)]
@@ -102,7 +108,8 @@ def narrow_pack_kernel(module: ir.Module, N: int) -> ir.Function:
     return fn
 
 
-NARROW_ARGS = ("M", "K", "A", "Wt", "ldw", "bias", "C", "flags")
+NARROW_ARGS = (("M", I64), ("K", I64), ("A", PTR), ("Wt", PTR), ("ldw", I64), ("bias", PTR), ("C", PTR),
+               ("flags", I64))
 
 
 def narrow_kernel(module: ir.Module, shape: NarrowShape, activation: str | None) -> ir.Function:
@@ -115,13 +122,7 @@ def narrow_kernel(module: ir.Module, shape: NarrowShape, activation: str | None)
     name = f"tinycomp.gemm.narrow{shape.suffix()}.{kind}"
     if name in module.globals:
         return module.globals[name]
-    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [I64, I64, PTR, PTR, I64, PTR, PTR, I64]), name)
-    fn.linkage = "internal"
-    fn.attributes.add("nounwind")
-    for arg, nm in zip(fn.args, NARROW_ARGS, strict=True):
-        arg.name = nm
-        if isinstance(arg.type, ir.PointerType):
-            arg.add_attribute("noalias")
+    fn = internal_kernel(module, name, NARROW_ARGS)
     M, K, A, Wt, ldw, bias, C, flags = fn.args
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     N, w = shape.N, shape.width
@@ -192,13 +193,8 @@ def narrow_small_kernel(module: ir.Module, N: int, width: int, activation: str |
     name = f"tinycomp.gemm.narrowsmall{N}v{width}.{kind}"
     if name in module.globals:
         return module.globals[name]
-    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [I64, I64, PTR, PTR, PTR, PTR, I64]), name)
-    fn.linkage = "internal"
-    fn.attributes.add("nounwind")
-    for arg, nm in zip(fn.args, ("M", "K", "A", "W", "bias", "C", "flags"), strict=True):
-        arg.name = nm
-        if isinstance(arg.type, ir.PointerType):
-            arg.add_attribute("noalias")
+    fn = internal_kernel(module, name, (("M", I64), ("K", I64), ("A", PTR), ("W", PTR), ("bias", PTR), ("C", PTR),
+                                        ("flags", I64)))
     M, K, A, W, bias, C, flags = fn.args
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     w, U = width, SMALL_UNROLL

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import gc
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 from llvmlite import ir
@@ -109,3 +109,15 @@ def masked_intrinsic(module: ir.Module, op: str, width: int) -> ir.Function:
     else:
         fnty = ir.FunctionType(ir.VoidType(), [vt, PTR, I32, mask])
     return ir.Function(module, fnty, name)
+
+
+def internal_kernel(module: ir.Module, name: str, args: Sequence[tuple[str, ir.Type]]) -> ir.Function:
+    """A module-private `void name(args...)`: named arguments, pointers `noalias`, `nounwind`."""
+    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [t for _, t in args]), name)
+    fn.linkage = "internal"
+    fn.attributes.add("nounwind")
+    for arg, (arg_name, _) in zip(fn.args, args, strict=True):
+        arg.name = arg_name
+        if isinstance(arg.type, ir.PointerType):
+            arg.add_attribute("noalias")
+    return fn
