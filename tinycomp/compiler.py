@@ -22,7 +22,7 @@ from .ir.graph import Graph
 from .ir.passes import run_pipeline
 from .ir.printer import format_graph
 from .logs import channel, log
-from .parity import check_parity, float64_reference
+from .parity import check_parity, reference_and_overflow
 from .runtime import cache
 from .runtime.buffers import CHECK_ABOVE, ScratchPool, as_native_float32, check_allocation, data_pointer
 from .runtime.engine import JitEngine, assembly, optimized_ir
@@ -309,13 +309,18 @@ class CompiledModel:
         shared_pool().run([functools.partial(chunk, lo, hi) for lo, hi in split_rows(rows, parts)])
 
     def _check_parity(self, art: _Artifact, arr: np.ndarray, compiled: np.ndarray) -> None:
+        if compiled.size == 0:
+            return
         with eval_mode(self.model):
             eager = np.asarray(self.model(Tensor(arr)).data)
         params64 = {p: np.asarray(v, np.float64)
                     for p, v in zip(art.plan.params, art.params.arrays(strict=True) or [], strict=True)}
         rows = arr.reshape(-1, *art.features)
-        reference = float64_reference(art.optimized, rows, params64).reshape(compiled.shape)
-        report = check_parity(compiled, eager.reshape(compiled.shape), reference, max_eager_error=CHECK_EAGER_SLACK)
+        # the traced graph, not the fused one: overflow inside a linear's pre-activation must show
+        reference, overflow = reference_and_overflow(art.traced, rows, params64)
+        report = check_parity(compiled.reshape(len(rows), -1), eager.reshape(len(rows), -1),
+                              reference.reshape(len(rows), -1), max_eager_error=CHECK_EAGER_SLACK,
+                              overflow_rows=overflow)
         if not report.ok:
             raise ParityError(f"compiled output differs from the eager model: {report}")
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -30,11 +30,13 @@ def leaf_value(g: Graph, n: str, params: Mapping[str, Any], dtype: Any = np.floa
 
 
 def interpret(g: Graph, *inputs: Any, params: Mapping[str, Any] | None = None,
-              rng: np.random.Generator | None = None, dtype: Any = np.float32) -> np.ndarray:
+              rng: np.random.Generator | None = None, dtype: Any = np.float32,
+              on_value: Callable[[str, np.ndarray], None] | None = None) -> np.ndarray:
     """Evaluate `g` on `inputs` (one per input node, in order); `params` overrides bound values by name.
 
     `rng` feeds training-mode dropout masks (a fresh generator if not given). `dtype=np.float64`
     gives the float64 reference that the parity rule judges compiled and eager float32 results by.
+    `on_value(node, value)` sees every value computed, e.g. to watch intermediates.
     """
     names = g.inputs
     if len(inputs) != len(names):
@@ -55,4 +57,6 @@ def interpret(g: Graph, *inputs: Any, params: Mapping[str, Any] | None = None,
         if ref is None:
             raise ValueError(f"op {op!r} has no NumPy reference to interpret node {n!r}")
         env[n] = np.asarray(ref(*[env[a] for a in g.args(n)], **attrs), dtype=dtype)
+        if on_value is not None:
+            on_value(n, env[n])
     return env[g.output]
