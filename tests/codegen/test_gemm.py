@@ -31,8 +31,13 @@ LAYERS = [
     *[(37, n, True, "relu") for n in (1, 3, 15, 16, 17, 100, 257, 1024)],
     (64, 100, False, None), (3, 5, True, None),
     (784, 200, True, "relu"),  # in-place W in blocks of 64 columns, the last block 8 columns
+    # 3 vectors: the 8 x 3 tile (one lane of the third vector, a full third vector); 5, 6, 7 and 17
+    # vectors: 6 x 4 panels then a 6 x 1 / 6 x 2 / 6 x 3 tail panel (whole, or one lane of it).
+    (64, 33, True, "relu"), (100, 48, False, None), (50, 80, True, "relu"), (130, 96, True, None),
+    (300, 97, True, "relu"), (40, 112, False, None), (30, 257, True, None),
 ]
-MS = [0, 1, 2, 3, 4, 5, 7, 8, 9, 11, 31, 33, 35, 100, 137, 200, 1000]  # every leftover 0..5, both paths
+# Every leftover of the 6- and 8-row tiles (0..7), both paths.
+MS = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 14, 31, 33, 35, 100, 137, 200, 1000]
 
 
 def layer_name(K, N, bias, act):
@@ -163,7 +168,7 @@ def test_ir_uses_explicit_zmm_vectors_and_fma(compiled):
 
 
 def test_avx2_width_is_correct_too():
-    layers = [(784, 256, True, "relu"), (37, 17, False, None)]
+    layers = [(784, 256, True, "relu"), (37, 17, False, None), (100, 37, True, "tanh"), (200, 40, True, None)]
     c8 = Compiled(layers, width=8)
     assert "llvm.fma.v8f32" in c8.llvm_ir
     rng = np.random.default_rng(6)
@@ -312,3 +317,50 @@ def test_direct_path_sweeps_l2_sized_column_blocks():
         plan = plan_gemm(K, N, WIDTH)
         assert plan.direct_nc % plan.main.nr == 0
         assert 4 * K * plan.direct_nc <= DIRECT_BLOCK_BYTES or plan.direct_nc == plan.main.nr
+
+
+def test_tiles_match_the_layer_width():
+    """A layer's full row tiles compute no whole masked-off vector: 3 vectors take one 8 x 3 panel;
+    wider layers whose vectors are not a multiple of 4 end in a 6-row tail panel exactly as wide as
+    their last vectors. Layers of a multiple of 4 vectors (the reference MLP) get no tail kernel,
+    so their module keeps the same few kernels (compile time)."""
+    from tinycomp.codegen.gemm import plan_gemm
+    from tinycomp.codegen.gemm_kernels import TileShape
+
+    def shapes(K, N, width=WIDTH):
+        p = plan_gemm(K, N, width)
+        return (p.main.mr, p.main.nv), (p.tail.mr, p.tail.nv) if p.tail else None
+
+    assert shapes(100, 37) == ((8, 3), None)
+    assert shapes(64, 48) == ((8, 3), None)
+    assert shapes(64, 32) == ((6, 2), None) and shapes(37, 17) == ((6, 2), None)
+    assert shapes(1024, 100) == ((6, 4), (6, 3))
+    assert shapes(784, 257) == ((6, 4), (6, 1))
+    assert shapes(784, 200) == ((6, 4), (6, 1))
+    assert shapes(50, 96) == ((6, 4), (6, 2))
+    for K, N in ((784, 256), (256, 128), (1024, 1024), (128, 128), (64, 64)):
+        assert shapes(K, N) == ((6, 4), None)
+    assert shapes(100, 37, 8) == ((6, 2), (6, 1)) and shapes(784, 256, 8) == ((6, 2), None)
+    # the packed blocks stay whole panels of the main tile; the tail panel is only ever the last
+    for K, N in ((1024, 100), (784, 257), (784, 200), (30, 257)):
+        plan = plan_gemm(K, N, WIDTH)
+        assert plan.nc % plan.main.nr == 0 and plan.direct_nc % plan.main.nr == 0
+        assert -(-(N % plan.main.nr) // WIDTH) == plan.tail.nv
+    mlp = Compiled([(784, 256, True, "relu"), (256, 128, True, "relu")])
+    assert "tile6x1" not in mlp.llvm_ir and "tile6x2" not in mlp.llvm_ir and "tile6x3" not in mlp.llvm_ir
+    assert TileShape(8, 3, WIDTH).nr == 48
+
+
+def test_tail_panel_with_new_weights_and_nan(compiled):
+    """The tail panel (packed and in place) reads the current W and keeps a NaN in its own row."""
+    layer = (300, 97, True, "relu")
+    rng = np.random.default_rng(8)
+    for M in (14, 200):
+        A, W, B = make_inputs(rng, M, 300, 97)
+        pack = np.full(pack_floats(300, 97, WIDTH) + GUARD, 7.0, np.float32)
+        compiled.run(layer, A, W, B, pack=pack)
+        W[:, 90:] = rng.standard_normal((300, 7), dtype=np.float32)
+        check(compiled.run(layer, A, W, B, pack=pack), A, W, B, True, "relu")
+        A[5, 7] = np.nan
+        out = compiled.run(layer, A, W, B, pack=pack)
+        assert np.isnan(out[5]).all() and not np.isnan(np.delete(out, 5, axis=0)).any()

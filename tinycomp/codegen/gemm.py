@@ -14,8 +14,11 @@ Two paths, chosen at run time from M:
   swept by every full row tile while it is hot in L2;
 - larger batches copy W, one L2-sized block of columns at a time, into contiguous zero-padded
   panels, then sweep every row tile of A over those panels while they are hot in L2.
-Rows go through 6-row tiles; the 0..5 leftover rows through a 4-, a 2- and a 1-row kernel as
-needed (5 = 4 + 1, ...), so no row is computed twice. The 1-row kernel is as wide as the layer (up
+Rows go through 6-row tiles of 4 vectors (8-row tiles for layers of exactly 3 vectors); the last
+panel of a layer whose vectors are not a multiple of the tile's goes through a 6-row tile of just
+its vectors (7 = 4 + 3, 17 = 4 x 4 + 1), so the full tiles never compute a wholly masked-off
+vector. The 0..7 leftover rows go through a 4-, a 2- and a 1-row kernel as needed (5 = 4 + 1, ...),
+so no row is computed twice. The 1-row kernel is as wide as the layer (up
 to 16 vectors: long unit-stride runs of W, many independent accumulators) and prefetches W rows
 ahead. Panel counts, column counts and the tail masks are run-time values, so both paths share one
 copy of the loops and every layer of a module shares the same few kernels (`gemm_kernels`).
@@ -47,6 +50,10 @@ DIRECT_MAX_ROWS = 128  # measured: reading W in place beats pack + sweep up to ~
 # weights and the activations share L2 (784x256 in a whole MLP at 32 / 64 / 128 rows: 148 / 284 /
 # 569 us with 64-column blocks against 158 / 306 / 615 us with all 256 columns, one block).
 DIRECT_BLOCK_BYTES = 256 * 1024
+# Layers of exactly 3 vectors (N in 33..48): an 8 x 3 tile (24 accumulators + 3 B + 1 broadcast of
+# the 32 registers; 100x37 at 256 rows: 8 x 3 ~2-3% faster than 6 x 3, both ~25% faster than the
+# 6 x 4 tile whose fourth vector was all masked-off lanes).
+MAIN3_ROWS = 8
 PREFETCH_ROWS = 4  # W rows the small-row kernels prefetch ahead (measured 4 ~ 8 > 0)
 
 
@@ -60,6 +67,7 @@ class GemmPlan:
     nc: int  # columns per packed block, a multiple of main.nr
     direct_max_rows: int  # batches up to this size read W in place instead of packing it
     direct_nc: int  # columns per block when W is read in place (a multiple of main.nr)
+    tail: TileShape | None = None  # the last, narrower panel of the full row tiles, if any
 
     @property
     def n_blocks(self) -> int:
@@ -84,11 +92,18 @@ def plan_gemm(K: int, N: int, width: int) -> GemmPlan:
     # keep about as many accumulators with fewer rows: 4 x nv, 2 x 2nv, 1 x 4nv (the one-row kernel
     # narrowed to the layer, in powers of two so layers share it: a 10-column head gets 1 x 1).
     nv = 4 if width >= 16 else 2
-    nv_main = min(nv, _pow2_at_least(vectors))
+    nv_main = min(nv, vectors)
     nv1 = min(4 * nv, _pow2_at_least(vectors))
-    main = TileShape(6, nv_main, width)
+    main = TileShape(MAIN3_ROWS if nv_main == 3 else 6, nv_main, width)
+    # The last panel of a layer whose vectors are not a multiple of the main tile's goes through a
+    # 6-row tile just as wide (7 vectors = 4 + 3, 17 = 4 x 4 + 1) instead of computing whole
+    # masked-off vectors; a layer of 3 vectors is one 8 x 3 panel. The tail's rows are the main
+    # tile's (one row loop); the driver picks it for a panel of at most tail.nr columns, which only
+    # the last panel of the last block can be. The leftover rows keep the power-of-two kernels.
+    rest = vectors % nv_main
+    tail = TileShape(main.mr, rest, width) if vectors > nv_main and rest else None
     one = TileShape(1, nv1, width, PREFETCH_ROWS, exact=N % (nv1 * width) == 0)
-    if nv_main < nv:  # narrow layers: the few leftover rows go one by one (1 x 1 or 1 x 2)
+    if _pow2_at_least(vectors) < nv:  # narrow layers: the few leftover rows go one by one (1 x 1 or 1 x 2)
         leftover: tuple[TileShape, ...] = (one,)
     else:
         leftover = (TileShape(4, nv, width), TileShape(2, 2 * nv, width, PREFETCH_ROWS), one)
@@ -97,7 +112,7 @@ def plan_gemm(K: int, N: int, width: int) -> GemmPlan:
     panels = -(-N // nr)
     nc = _block_cols(panels, nr, K, L2_BLOCK_BYTES)
     return GemmPlan(K, N, width, main, leftover, nc, direct_max_rows=DIRECT_MAX_ROWS,
-                    direct_nc=_block_cols(panels, nr, K, DIRECT_BLOCK_BYTES))
+                    direct_nc=_block_cols(panels, nr, K, DIRECT_BLOCK_BYTES), tail=tail)
 
 
 def _block_cols(panels: int, nr: int, K: int, budget: int) -> int:
@@ -170,12 +185,14 @@ def _emit_linear(module: ir.Module, name: str, *, K: int, N: int, bias: bool, ac
     mod = module
     leftover = {s.mr: tile_kernel(mod, s) for s in plan.leftover}
     nr = {s.mr: i64(s.nr) for s in plan.leftover}
-    # Narrow layers (one or two vectors of columns) are never packed: their W is a few KB.
+    # Layers of one to three vectors of columns are never packed: a block would be their whole W,
+    # read in place (100x37 at 256 / 2048 rows: packing into 3-vector panels measured no faster).
     pack_fn = pack_kernel(mod, plan.main) if plan.main.nv == (4 if width >= 16 else 2) else _null(PACK_TY)
     args = [M, A, W, B if bias else ir.Constant(PTR, None), C, pack,
             i64(K), i64(N), i64(int(activation == "relu")), i64(plan.nc), i64(plan.direct_nc),
             i64(plan.direct_max_rows),
-            tile_kernel(mod, plan.main), i64(plan.main.nr), pack_fn,
+            tile_kernel(mod, plan.main), i64(plan.main.mr), i64(plan.main.nr), pack_fn,
+            tile_kernel(mod, plan.tail) if plan.tail else _null(TILE_TY), i64(plan.tail.nr if plan.tail else 0),
             leftover.get(4, _null(TILE_TY)), nr.get(4, i64(0)),
             leftover.get(2, _null(TILE_TY)), nr.get(2, i64(0)),
             leftover[1], nr[1],
@@ -210,10 +227,10 @@ PACK_TY = ir.FunctionType(ir.VoidType(), [I64, I64, PTR, I64, PTR])
 EPI_TY = ir.FunctionType(ir.VoidType(), [I64, PTR, I64, PTR, I64, I64])
 DRIVER_ARGS = (("M", I64), ("A", PTR), ("W", PTR), ("B", PTR), ("C", PTR), ("pack", PTR),
                ("K", I64), ("N", I64), ("relu", I64), ("nc", I64), ("direct_nc", I64), ("direct_max", I64),
-               ("main", ir.PointerType(TILE_TY)), ("main_nr", I64), ("pack_fn", ir.PointerType(PACK_TY)),
+               ("main", ir.PointerType(TILE_TY)), ("main_rows", I64), ("main_nr", I64), ("pack_fn", ir.PointerType(PACK_TY)),
+               ("tail", ir.PointerType(TILE_TY)), ("tail_nr", I64),
                ("k4", ir.PointerType(TILE_TY)), ("nr4", I64), ("k2", ir.PointerType(TILE_TY)), ("nr2", I64),
                ("k1", ir.PointerType(TILE_TY)), ("nr1", I64), ("epi", ir.PointerType(EPI_TY)))
-MAIN_ROWS = 6
 
 
 def _null(fnty: ir.FunctionType) -> ir.Constant:
@@ -261,7 +278,9 @@ class _Driver:
         N = a["N"]
         block_cols = b.select(self.packed, a["nc"], a["direct_nc"])
         n_blocks = b.udiv(b.add(N, b.sub(block_cols, i64(1))), block_cols)
-        m_full = b.sub(a["M"], b.urem(a["M"], i64(MAIN_ROWS)))
+        main_rows = a["main_rows"]
+        n_tiles = b.udiv(a["M"], main_rows)
+        m_full = b.mul(n_tiles, main_rows)
         with b.if_then(b.icmp_signed(">", m_full, i64(0))):
             with for_range(b, 0, n_blocks, name="jb") as jb:
                 j0 = b.mul(jb, block_cols)
@@ -269,8 +288,8 @@ class _Driver:
                 cols = b.select(b.icmp_signed("<", cols, block_cols), cols, block_cols)
                 with b.if_then(self.packed):
                     b.call(a["pack_fn"], [a["K"], N, fgep(b, a["W"], j0), cols, a["pack"]])
-                with for_range(b, 0, m_full, MAIN_ROWS, name="r") as r0:
-                    self._panels(a["main"], MAIN_ROWS, a["main_nr"], r0, j0, cols, may_pack=True)
+                with for_range(b, 0, n_tiles, name="r") as t:
+                    self._panels(a["main"], main_rows, a["main_nr"], b.mul(t, main_rows), j0, cols, may_pack=True)
         self._leftover_rows(m_full)
 
     def _leftover_rows(self, r0) -> None:
@@ -281,15 +300,16 @@ class _Driver:
             step = b.and_(b.sub(a["M"], r0), i64(rows))
             step = b.select(b.icmp_unsigned("!=", kern, _null(TILE_TY)), step, i64(0))
             with b.if_then(b.icmp_signed("!=", step, i64(0))):
-                self._panels(kern, rows, nr, r0, i64(0), a["N"], may_pack=False)
+                self._panels(kern, i64(rows), nr, r0, i64(0), a["N"], may_pack=False)
             r0 = b.add(r0, step)
         with for_range(b, r0, a["M"], name="r1") as r:
-            self._panels(a["k1"], 1, a["nr1"], r, i64(0), a["N"], may_pack=False)
+            self._panels(a["k1"], i64(1), a["nr1"], r, i64(0), a["N"], may_pack=False)
 
-    def _panels(self, kern, rows: int, nr, r0, j0, cols, *, may_pack: bool) -> None:
-        """Call `kern` on rows r0..r0+rows, every panel of nr columns of the block, then the
-        epilogue on the tile. Packed panel p sits at pack + p*K*nr, its rows nr apart (the last:
-        its padded width); in place, at W + j0 + p*nr with rows N apart."""
+    def _panels(self, kern, rows, nr, r0, j0, cols, *, may_pack: bool) -> None:
+        """Call `kern` on rows r0..r0+rows (an i64 value), every panel of nr columns of the block,
+        then the epilogue on the tile; for the full row tiles, a panel of at most `tail_nr` columns
+        (the layer's last) goes to the tail kernel. Packed panel p sits at pack + p*K*nr, its rows
+        nr apart (the last: its padded width); in place, at W + j0 + p*nr with rows N apart."""
         b, a, w = self.b, self.a, self.width
         K, N = a["K"], a["N"]
         A = fgep(b, a["A"], b.mul(r0, K))
@@ -311,9 +331,13 @@ class _Driver:
             bias_p = b.select(self.has_bias, b.gep(a["B"], [b.add(j0, col)], source_etype=F32),
                               ir.Constant(PTR, None))
             c_p = fgep(b, c, col)
+            if may_pack:  # the full row tiles: the last panel may take the narrower tail kernel
+                use_tail = b.and_(b.icmp_unsigned("!=", a["tail"], _null(TILE_TY)),
+                                  b.icmp_signed("<=", cols_p, a["tail_nr"]))
+                kern = b.select(use_tail, a["tail"], kern)
             with b.if_then(self.has_k):
                 b.call(kern, [K, A, K, b_p, ldb, c_p, N, cols_p])
-            b.call(a["epi"], [i64(rows), c_p, N, bias_p, cols_p, self.epi_flags])
+            b.call(a["epi"], [rows, c_p, N, bias_p, cols_p, self.epi_flags])
 
 
 def pack_kernel(module: ir.Module, shape: TileShape) -> ir.Function:
