@@ -69,3 +69,13 @@ def test_compiled_model_on_an_overflowing_row_matches_eager_elsewhere():
         out = fast(x).data
         assert_matches_eager(out, model, x)
         assert_matches_eager(fast(x[1:]).data, model, x[1:])
+
+
+def test_an_overflowing_product_is_found_even_where_an_inf_input_hides_it():
+    """x holds +inf and F32_MAX: in float64 the node's value is just inf, but in float32 the finite
+    product overflows too, and inf - inf (NaN) or inf (FMA keeps the product exact) depends on the
+    kernel. The slow fuzz found this after the first overflow fix."""
+    model, x = overflowing_dot()
+    x[0, 16], x[1, 5] = np.inf, np.inf  # row 1: an inf and no overflow: propagation, still judged
+    _, overflow = reference_and_overflow(trace(model, (None, 100)), x)
+    assert overflow.tolist() == [True, False, False]

@@ -97,16 +97,21 @@ def reference_and_overflow(g: Graph, x: np.ndarray,
     the sums (OpenBLAS's, ours): `check_parity(..., overflow_rows=...)` leaves those rows unjudged.
     """
     rows = np.zeros(len(x), dtype=bool)
+    values: dict[str, np.ndarray] = {}
 
     def watch(n: str, value: np.ndarray) -> None:
-        with np.errstate(invalid="ignore"):
+        values[n] = value
+        with np.errstate(invalid="ignore", over="ignore"):
             big = np.isfinite(value) & (np.abs(value) > F32_MAX)
+            if g.op(n) in ("matmul", "linear"):  # a partial sum may overflow in float32 too
+                a, w = (np.abs(np.where(np.isfinite(v), v, 0.0)) for v in (values[m] for m in g.args(n)[:2]))
+                big = big | (np.matmul(a, w) > F32_MAX)
         if not big.any():
             return
-        if g.shape(n)[:1] == (None,) and value.shape[:1] == rows.shape:
+        if g.shape(n)[:1] == (None,) and big.shape[:1] == rows.shape:
             rows[:] |= big.reshape(len(rows), -1).any(axis=1)
         else:  # a batch-independent value (from parameters alone) feeds every row
             rows[:] = True
 
-    values = interpret(g, np.asarray(x, np.float64), params=params, dtype=np.float64, on_value=watch)
-    return values, rows
+    out = interpret(g, np.asarray(x, np.float64), params=params, dtype=np.float64, on_value=watch)
+    return out, rows

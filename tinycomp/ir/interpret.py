@@ -36,7 +36,8 @@ def interpret(g: Graph, *inputs: Any, params: Mapping[str, Any] | None = None,
 
     `rng` feeds training-mode dropout masks (a fresh generator if not given). `dtype=np.float64`
     gives the float64 reference that the parity rule judges compiled and eager float32 results by.
-    `on_value(node, value)` sees every value computed, e.g. to watch intermediates.
+    `on_value(node, value)` sees every node's value in order, leaves included, e.g. to watch
+    intermediates.
     """
     names = g.inputs
     if len(inputs) != len(names):
@@ -45,18 +46,22 @@ def interpret(g: Graph, *inputs: Any, params: Mapping[str, Any] | None = None,
     params = params or {}
     for n in g.nodes():
         op = g.op(n)
-        if op == "input":
-            continue
         if op in ("param", "const"):
             env[n] = leaf_value(g, n, params, dtype)
-            continue
-        attrs = g.attrs(n)
-        if op == "dropout":
-            attrs["rng"] = rng
-        ref = op_def(op).ref
-        if ref is None:
-            raise ValueError(f"op {op!r} has no NumPy reference to interpret node {n!r}")
-        env[n] = np.asarray(ref(*[env[a] for a in g.args(n)], **attrs), dtype=dtype)
+        elif op != "input":
+            env[n] = evaluate(g, n, [env[a] for a in g.args(n)], rng, dtype)
         if on_value is not None:
             on_value(n, env[n])
     return env[g.output]
+
+
+def evaluate(g: Graph, n: str, operands: list[np.ndarray], rng: np.random.Generator | None,
+             dtype: Any) -> np.ndarray:
+    """Node n's value from its operands' values, by the op table's NumPy reference."""
+    op, attrs = g.op(n), g.attrs(n)
+    if op == "dropout":
+        attrs["rng"] = rng
+    ref = op_def(op).ref
+    if ref is None:
+        raise ValueError(f"op {op!r} has no NumPy reference to interpret node {n!r}")
+    return np.asarray(ref(*operands, **attrs), dtype=dtype)
