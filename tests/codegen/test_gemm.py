@@ -70,7 +70,12 @@ class Compiled:
 
 @pytest.fixture(scope="module")
 def compiled():
-    return Compiled(LAYERS + [(64, 40, True, a) for a in ("sigmoid", "tanh", "gelu")])
+    return Compiled(LAYERS + [(64, 40, True, a) for a in ("sigmoid", "tanh", "gelu")] + OTHER_ACT_LAYERS)
+
+
+# Costly activations on tiles as wide as C (one contiguous run per tile) and on column panels.
+OTHER_ACT_LAYERS = [(100, 37, True, "tanh"), (64, 100, True, "tanh"), (37, 17, False, "sigmoid"),
+                    (50, 257, True, "gelu")]
 
 
 def make_inputs(rng, M, K, N):
@@ -109,6 +114,21 @@ def test_other_activations(compiled, act):
     for M in (1, 7, 50):
         A, W, B = make_inputs(rng, M, 64, 40)
         check(compiled.run(layer, A, W, B), A, W, B, True, act)
+
+
+@pytest.mark.parametrize("layer", OTHER_ACT_LAYERS, ids=lambda ly: layer_name(*ly))
+def test_costly_activation_epilogue_whole_rows_and_panels(compiled, layer):
+    """act over a whole-width tile as one run of rows * N floats (the masked lanes of each row's
+    last vector skipped) or row by row on a column panel: same values, nothing written past C, a
+    NaN stays in its row."""
+    K, N, bias, act = layer
+    rng = np.random.default_rng(K + N)
+    for M in (1, 2, 3, 6, 7, 8, 9, 15, 16, 50, 137, 200):
+        A, W, B = make_inputs(rng, M, K, N)
+        check(compiled.run(layer, A, W, B), A, W, B, bias, act)
+    A[4, 1] = np.nan
+    out = compiled.run(layer, A, W, B)
+    assert np.isnan(out[4]).all() and not np.isnan(np.delete(out, 4, axis=0)).any()
 
 
 def test_batch_zero_writes_nothing(compiled):
@@ -181,7 +201,7 @@ def test_avx2_width_is_correct_too():
 
 def test_zero_inner_dimension_gives_activation_of_bias():
     """K == 0: no kernel runs (they need K >= 1); the epilogue alone writes act(0 + bias)."""
-    layers = [(0, 20, True, "relu"), (0, 20, False, None)]
+    layers = [(0, 20, True, "relu"), (0, 20, False, None), (0, 20, True, "tanh"), (0, 20, False, "tanh")]
     c = Compiled(layers)
     rng = np.random.default_rng(7)
     B = rng.standard_normal(20, dtype=np.float32)
@@ -190,8 +210,12 @@ def test_zero_inner_dimension_gives_activation_of_bias():
             A = np.zeros((M, 0), np.float32)
             W = np.zeros((0, 20), np.float32)
             out = c.run(layer, A, W, B)
-            want = np.maximum(B, 0) if layer[3] == "relu" else (B if layer[2] else np.zeros(20, np.float32))
-            np.testing.assert_array_equal(out, np.broadcast_to(want, (M, 20)))
+            want = B if layer[2] else np.zeros(20, np.float32)
+            if layer[3] == "tanh":
+                np.testing.assert_allclose(out, np.broadcast_to(np.tanh(want), (M, 20)), rtol=1e-6, atol=0)
+            else:
+                want = np.maximum(want, 0) if layer[3] == "relu" else want
+                np.testing.assert_array_equal(out, np.broadcast_to(want, (M, 20)))
 
 
 # ------------------------------------------------------------------ narrow layers (N < width)
