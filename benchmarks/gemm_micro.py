@@ -25,6 +25,10 @@ LINEAR_SIG = ctypes.CFUNCTYPE(None, ctypes.c_int64, *[ctypes.c_void_p] * 5)
 MLP = [(784, 256, "relu"), (256, 128, "relu"), (128, 10, None)]
 # Narrow heads (N < 16: the dot-product path), the sizes of the narrow-N accuracy fix.
 NARROW = [(K, N, "relu") for K in (64, 784) for N in (1, 2, 3)]
+# Widths that are not a multiple of 4 vectors: the 8x3 tile (37: the `odd` model's first layer,
+# its tanh epilogue timed against NumPy's matmul + bias + tanh) and the 6-row tail panels (100 =
+# 4 + 3 vectors, 257 = 16 + 1).
+ODD = [(100, 37, "tanh"), (1024, 100, None), (784, 257, None)]
 
 
 def build(layers, width):
@@ -87,8 +91,9 @@ def compare(fns, rounds=15, target_s=2e-4):
     return [(min(s), float(np.median(s))) for s in samples]
 
 
-def bench_layer(fn, K, N, Ms, width, rng):
-    """Rows of (M, ours GF/s, numpy GF/s, ours us, numpy us), medians, ours checked first."""
+def bench_layer(fn, K, N, Ms, width, rng, act=None):
+    """Rows of (M, ours GF/s, numpy GF/s, ours us, numpy us), medians, ours checked first. NumPy
+    times the matmul alone, except for tanh: matmul + bias + tanh, in place."""
     W = rng.standard_normal((K, N), dtype=np.float32)
     B = rng.standard_normal(N, dtype=np.float32)
     P = np.empty(pack_floats(K, N, width), np.float32)
@@ -101,9 +106,20 @@ def bench_layer(fn, K, N, Ms, width, rng):
         ptrs = [a.ctypes.data for a in (A, W, B, C, P)]
         fn(M, *ptrs)
         np.matmul(A, W, out=out)
-        assert np.allclose(C, out + B, atol=1e-3, rtol=1e-3) or np.allclose(C, np.maximum(out + B, 0), atol=1e-3,
-                                                                             rtol=1e-3), (K, N, M)
-        fns += [lambda M=M, ptrs=ptrs: fn(M, *ptrs), lambda A=A, out=out: np.matmul(A, W, out=out)]
+        if act == "tanh":
+            assert np.allclose(C, np.tanh(out + B), atol=1e-3, rtol=1e-3), (K, N, M)
+
+            def theirs(A=A, out=out):
+                np.matmul(A, W, out=out)
+                np.add(out, B, out=out)
+                np.tanh(out, out=out)
+        else:
+            assert np.allclose(C, out + B, atol=1e-3, rtol=1e-3) or np.allclose(
+                C, np.maximum(out + B, 0), atol=1e-3, rtol=1e-3), (K, N, M)
+
+            def theirs(A=A, out=out):
+                np.matmul(A, W, out=out)
+        fns += [lambda M=M, ptrs=ptrs: fn(M, *ptrs), theirs]
     res = compare(fns)
     rows = []
     for i, M in enumerate(Ms):
@@ -118,14 +134,14 @@ def main() -> None:
     width = host().vector_width
     _, _, (t_ir, t_jit, size) = compile_layers(MLP, width)
     print(f"MLP 3 layers: IR build {t_ir * 1e3:.1f} ms, JIT {t_jit * 1e3:.1f} ms, {size} chars")
-    shapes = MLP + ([] if quick else [(1024, 1024, None), (128, 128, None), *NARROW])
+    shapes = MLP + ([] if quick else [(1024, 1024, None), (128, 128, None), *NARROW, *ODD])
     eng, fns, _ = compile_layers(shapes, width)  # keep eng alive: addresses die with it
     rng = np.random.default_rng(0)
     Ms = [1, 2, 4, 8, 32, 128] if quick else [1, 2, 3, 4, 5, 8, 32, 64, 128, 512, 2048]
     print(f"{'K':>5} {'N':>5} {'M':>5} {'ours GF/s':>10} {'numpy GF/s':>10} {'ours us':>9} {'numpy us':>9}")
     with threadpool_limits(1):
-        for fn, (K, N, _) in zip(fns, shapes, strict=True):
-            for M, g, gn, t, tn in bench_layer(fn, K, N, Ms, width, rng):
+        for fn, (K, N, act) in zip(fns, shapes, strict=True):
+            for M, g, gn, t, tn in bench_layer(fn, K, N, Ms, width, rng, act):
                 print(f"{K:5d} {N:5d} {M:5d} {g:10.1f} {gn:10.1f} {t:9.1f} {tn:9.1f}")
 
 

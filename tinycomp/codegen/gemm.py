@@ -227,8 +227,8 @@ PACK_TY = ir.FunctionType(ir.VoidType(), [I64, I64, PTR, I64, PTR])
 EPI_TY = ir.FunctionType(ir.VoidType(), [I64, PTR, I64, PTR, I64, I64])
 DRIVER_ARGS = (("M", I64), ("A", PTR), ("W", PTR), ("B", PTR), ("C", PTR), ("pack", PTR),
                ("K", I64), ("N", I64), ("relu", I64), ("nc", I64), ("direct_nc", I64), ("direct_max", I64),
-               ("main", ir.PointerType(TILE_TY)), ("main_rows", I64), ("main_nr", I64), ("pack_fn", ir.PointerType(PACK_TY)),
-               ("tail", ir.PointerType(TILE_TY)), ("tail_nr", I64),
+               ("main", ir.PointerType(TILE_TY)), ("main_rows", I64), ("main_nr", I64),
+               ("pack_fn", ir.PointerType(PACK_TY)), ("tail", ir.PointerType(TILE_TY)), ("tail_nr", I64),
                ("k4", ir.PointerType(TILE_TY)), ("nr4", I64), ("k2", ir.PointerType(TILE_TY)), ("nr2", I64),
                ("k1", ir.PointerType(TILE_TY)), ("nr1", I64), ("epi", ir.PointerType(EPI_TY)))
 
