@@ -43,14 +43,14 @@ def overflowing_dot(rows: int = 3):
 
 def test_rows_that_leave_float32_range_are_found():
     model, x = overflowing_dot()
-    reference, overflow = reference_and_overflow(trace(model, (None, 100)), x)
+    reference, overflow, _ = reference_and_overflow(trace(model, (None, 100)), x)
     assert overflow.tolist() == [True, False, False]
     assert np.isfinite(reference).all()  # float64 does not overflow: sigmoid of a huge finite sum
 
 
 def test_overflow_rows_are_not_judged_but_the_others_are():
     model, x = overflowing_dot()
-    _, overflow = reference_and_overflow(trace(model, (None, 100)), x)
+    overflow = reference_and_overflow(trace(model, (None, 100)), x).overflow_rows
     eager = np.array([[0.0], [0.25], [0.75]])
     reference = eager.astype(np.float64)
     nan_row0 = np.array([[np.nan], [0.25], [0.75]])
@@ -77,5 +77,25 @@ def test_an_overflowing_product_is_found_even_where_an_inf_input_hides_it():
     kernel. The slow fuzz found this after the first overflow fix."""
     model, x = overflowing_dot()
     x[0, 16], x[1, 5] = np.inf, np.inf  # row 1: an inf and no overflow: propagation, still judged
-    _, overflow = reference_and_overflow(trace(model, (None, 100)), x)
+    overflow = reference_and_overflow(trace(model, (None, 100)), x).overflow_rows
     assert overflow.tolist() == [True, False, False]
+
+
+def test_rounding_slack_is_per_element_and_scaled_by_cancelled_magnitude():
+    reference = np.array([[0.5, 0.5]])
+    eager = reference + np.array([[1e-8, 1e-8]])  # eager lucky on both
+    compiled = reference + np.array([[4e-6, 4e-6]])
+    rounding = np.array([[1e2, 0.0]])  # element 0 cancels terms of magnitude ~100, element 1 none
+    assert not check_parity(compiled, eager, reference).ok
+    report = check_parity(compiled, eager, reference, rounding=rounding)
+    assert not report.ok and report.worst_index == (0, 1)  # element 0 is excused, element 1 is not
+    assert check_parity(compiled * [[1, 0]] + reference * [[0, 1]], eager, reference, rounding=rounding).ok
+
+
+def test_rounding_magnitude_of_a_dot_product_is_sqrt_k_times_its_terms():
+    manual_seed(3)
+    model = Sequential(Linear(64, 2, bias=False))
+    x = np.random.default_rng(4).standard_normal((3, 64)).astype(np.float32)
+    ref = reference_and_overflow(trace(model, (None, 64)), x)
+    terms = np.abs(x.astype(np.float64)) @ np.abs(model.layers[0].weight.data.astype(np.float64))
+    np.testing.assert_allclose(ref.rounding, 8.0 * terms)

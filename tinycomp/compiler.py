@@ -317,10 +317,10 @@ class CompiledModel:
                     for p, v in zip(art.plan.params, art.params.arrays(strict=True) or [], strict=True)}
         rows = arr.reshape(-1, *art.features)
         # the traced graph, not the fused one: overflow inside a linear's pre-activation must show
-        reference, overflow = reference_and_overflow(art.traced, rows, params64)
+        ref = reference_and_overflow(art.traced, rows, params64)
         report = check_parity(compiled.reshape(len(rows), -1), eager.reshape(len(rows), -1),
-                              reference.reshape(len(rows), -1), max_eager_error=CHECK_EAGER_SLACK,
-                              overflow_rows=overflow)
+                              ref.values.reshape(len(rows), -1), max_eager_error=CHECK_EAGER_SLACK,
+                              overflow_rows=ref.overflow_rows, rounding=ref.rounding.reshape(len(rows), -1))
         if not report.ok:
             raise ParityError(f"compiled output differs from the eager model: {report}")
 

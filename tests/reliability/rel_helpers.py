@@ -9,7 +9,7 @@ import pytest
 
 from tests.models import eager_eval
 from tinycomp.frontend.tracer import trace
-from tinycomp.parity import check_parity, reference_and_overflow
+from tinycomp.parity import Reference, check_parity, reference_and_overflow
 
 
 @pytest.fixture
@@ -27,8 +27,8 @@ def rss_bytes() -> int:
         return int(f.read().split()[1]) * resource.getpagesize()
 
 
-def float64_reference(model, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The traced (eval-mode) model run in float64, and the rows on which it left float32's range."""
+def float64_reference(model, x: np.ndarray) -> Reference:
+    """The traced (eval-mode) model run in float64: values, overflow rows, rounding magnitudes."""
     return reference_and_overflow(trace(model, (None, *x.shape[1:])), np.asarray(x, np.float64))
 
 
@@ -39,14 +39,17 @@ def assert_matches_eager(compiled: np.ndarray, model, x) -> np.ndarray:
     x = np.asarray(x, np.float32)
     eager = eager_eval(model, x)
     assert compiled.shape == eager.shape
-    reference, overflow = float64_reference(model, x) if x.shape[0] else (eager, np.zeros(0, bool))
-    judged = ~overflow.reshape(-1, *([1] * (eager.ndim - 1))) if x.shape[0] else True
+    if not x.shape[0]:
+        np.testing.assert_array_equal(compiled, eager)
+        return eager
+    reference, overflow, rounding = float64_reference(model, x)
+    judged = ~overflow.reshape(-1, *([1] * (eager.ndim - 1)))
     np.testing.assert_array_equal(np.isnan(compiled) & judged, np.isnan(eager) & judged,
                                   err_msg="NaN positions differ")
     inf = np.isinf(eager) & judged
     np.testing.assert_array_equal(np.isinf(compiled) & judged, inf, err_msg="inf positions differ")
     np.testing.assert_array_equal(compiled[inf], eager[inf], err_msg="inf signs differ")
-    if x.shape[0]:
-        report = check_parity(compiled, eager, reference.reshape(eager.shape), overflow_rows=overflow)
-        assert report.ok, report.detail
+    report = check_parity(compiled, eager, reference.reshape(eager.shape), overflow_rows=overflow,
+                          rounding=rounding.reshape(eager.shape))
+    assert report.ok, report.detail
     return eager
