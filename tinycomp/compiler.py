@@ -60,7 +60,7 @@ class _Artifact:
     out_row: tuple[int, ...] = field(default=())
     lead_shapes: dict = field(default_factory=dict)  # leading dims of the input -> eager output shape
 
-    @property
+    @functools.cached_property  # read on every call: computed once
     def bytes_per_row(self) -> int:
         """Memory a call needs per batch row: output, scratch, and a converted copy of the input."""
         return 4 * (math.prod(self.out_row) + self.plan.scratch_per_row + math.prod(self.features))
