@@ -11,8 +11,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+from hypothesis import strategies as st
 
-from tinycomp.frontend.tracer import walk_model
+from tinycomp.binding import eval_mode
 from tinycomp.nn import (
     GELU,
     Dropout,
@@ -152,15 +153,39 @@ CASES = {c.name: c for c in CATALOGUE}
 
 def eager_eval(model: Layer, x: np.ndarray) -> np.ndarray:
     """The eager model's output in eval mode; the model's training flags are restored afterwards."""
-    layers = [layer for layer, _ in walk_model(model)[1]]
-    saved = [vars(layer).get("training") for layer in layers]
-    try:
-        for layer in layers:
-            layer.training = False
+    with eval_mode(model):
         return model(Tensor(x)).data
-    finally:
-        for layer, old in zip(layers, saved, strict=True):
-            if old is None:
-                vars(layer).pop("training", None)
-            else:
-                layer.training = old
+
+
+# ------------------------------------------------------------------ random Sequential models
+
+ACTIVATIONS = [ReLU, Sigmoid, Tanh, GELU, Softmax]
+_extras = st.lists(st.one_of(st.sampled_from(ACTIVATIONS), st.floats(0, 1)), max_size=2)
+
+
+@st.composite
+def sequential_specs(draw, softmax_head: bool = False):
+    """(layer spec, input width): 1-6 Linears of width 1-300 as (in, out, bias), activations
+    anywhere, floats for dropout p's; `softmax_head` makes a final Softmax frequent."""
+    depth = draw(st.integers(1, 6))
+    widths = draw(st.lists(st.integers(1, 300), min_size=depth + 1, max_size=depth + 1))
+    spec: list = []
+    for i in range(depth):
+        spec += draw(_extras)
+        spec.append((widths[i], widths[i + 1], draw(st.booleans())))
+    spec += draw(_extras)
+    if softmax_head and draw(st.booleans()):
+        spec.append(Softmax)
+    return spec, widths[0]
+
+
+def build_sequential(spec: list) -> Sequential:
+    layers = []
+    for item in spec:
+        if isinstance(item, tuple):
+            layers.append(Linear(item[0], item[1], bias=item[2]))
+        elif isinstance(item, float):
+            layers.append(Dropout(item))
+        else:
+            layers.append(item())
+    return Sequential(layers)

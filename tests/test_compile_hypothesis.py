@@ -12,10 +12,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import tinycomp as tc
+from tests.models import build_sequential, sequential_specs
 from tests.test_compile_parity import assert_parity, sample, sequential_reference
-from tinycomp.nn import GELU, Dropout, Linear, ReLU, Sequential, Sigmoid, Softmax, Tanh, manual_seed
-
-ACTIVATIONS = [ReLU, Sigmoid, Tanh, GELU, Softmax]
+from tinycomp.nn import Linear, manual_seed
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -25,42 +24,12 @@ def private_cache_dir(tmp_path_factory):
         yield
 
 
-extras = st.lists(st.one_of(st.sampled_from(ACTIVATIONS), st.floats(0, 1)), max_size=2)
-
-
-@st.composite
-def sequential_specs(draw):
-    """(layer spec, input width): Linear specs are (in, out, bias); floats are dropout p's."""
-    depth = draw(st.integers(1, 6))
-    widths = draw(st.lists(st.integers(1, 300), min_size=depth + 1, max_size=depth + 1))
-    spec: list = []
-    for i in range(depth):
-        spec += draw(extras)
-        spec.append((widths[i], widths[i + 1], draw(st.booleans())))
-    spec += draw(extras)
-    if draw(st.booleans()):
-        spec.append(Softmax)  # a softmax head is the common case: make it frequent
-    return spec, widths[0]
-
-
-def build(spec: list) -> Sequential:
-    layers = []
-    for item in spec:
-        if isinstance(item, tuple):
-            layers.append(Linear(*item[:2], bias=item[2]))
-        elif isinstance(item, float):
-            layers.append(Dropout(item))
-        else:
-            layers.append(item())
-    return Sequential(layers)
-
-
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(sequential_specs(), st.integers(0, 64), st.integers(0, 2**16), st.sampled_from([0.5, 1.0, 3.0]))
+@given(sequential_specs(softmax_head=True), st.integers(0, 64), st.integers(0, 2**16), st.sampled_from([0.5, 1.0, 3.0]))
 def test_random_sequential_matches_eager_and_float64(model_spec, batch, seed, scale):
     spec, width = model_spec
     manual_seed(seed)
-    model = build(spec)
+    model = build_sequential(spec)
     for layer in model.layers:  # nonzero biases, so a dropped bias add cannot go unnoticed
         if isinstance(layer, Linear) and layer.bias is not None:
             layer.bias.data[:] = np.random.default_rng(seed).uniform(-1, 1, layer.bias.shape)

@@ -34,13 +34,12 @@ from .gemm_kernels import (
     TileShape,
     column_masks,
     epilogue_function,
-    fgep,
     masked_load,
     masked_store,
     tile_kernel,
 )
 from .gemm_narrow import NarrowShape, narrow_kernel, narrow_pack_kernel, narrow_small_kernel
-from .loops import F32, I1, I64, PTR, for_range, i64, internal_kernel, paused_gc, vector_type
+from .loops import F32, I1, I64, PTR, element_ptr, for_range, i64, internal_kernel, paused_gc, vector_type
 
 # Packed W block budget: half of a 1 MiB L2, leaving room for the A row panels and C.
 L2_BLOCK_BYTES = 512 * 1024
@@ -287,7 +286,7 @@ class _Driver:
                 cols = b.sub(N, j0)
                 cols = b.select(b.icmp_signed("<", cols, block_cols), cols, block_cols)
                 with b.if_then(self.packed):
-                    b.call(a["pack_fn"], [a["K"], N, fgep(b, a["W"], j0), cols, a["pack"]])
+                    b.call(a["pack_fn"], [a["K"], N, element_ptr(b, a["W"], j0), cols, a["pack"]])
                 with for_range(b, 0, n_tiles, name="r") as t:
                     self._panels(a["main"], main_rows, a["main_nr"], b.mul(t, main_rows), j0, cols, may_pack=True)
         self._leftover_rows(m_full)
@@ -312,25 +311,25 @@ class _Driver:
         nr apart (the last: its padded width); in place, at W + j0 + p*nr with rows N apart."""
         b, a, w = self.b, self.a, self.width
         K, N = a["K"], a["N"]
-        A = fgep(b, a["A"], b.mul(r0, K))
-        c = fgep(b, a["C"], b.add(b.mul(r0, N), j0))
-        w_j0 = fgep(b, a["W"], j0)
+        A = element_ptr(b, a["A"], b.mul(r0, K))
+        c = element_ptr(b, a["C"], b.add(b.mul(r0, N), j0))
+        w_j0 = element_ptr(b, a["W"], j0)
         n_panels = b.udiv(b.add(cols, b.sub(nr, i64(1))), nr)
         with for_range(b, 0, n_panels, name="jp") as p:
             col = b.mul(p, nr)
             left = b.sub(cols, col)
             cols_p = b.select(b.icmp_signed("<", left, nr), left, nr)
-            b_p = fgep(b, w_j0, col)
+            b_p = element_ptr(b, w_j0, col)
             ldb = N
             if may_pack:
-                packed_b = fgep(b, a["pack"], b.mul(p, b.mul(K, nr)))
+                packed_b = element_ptr(b, a["pack"], b.mul(p, b.mul(K, nr)))
                 b_p = b.select(self.packed, packed_b, b_p)
                 padded = b.mul(b.udiv(b.add(cols_p, i64(w - 1)), i64(w)), i64(w))
                 ldb = b.select(self.packed, padded, ldb)
             # No GEP on a null bias: the epilogue tells "no bias" by the null pointer.
             bias_p = b.select(self.has_bias, b.gep(a["B"], [b.add(j0, col)], source_etype=F32),
                               ir.Constant(PTR, None))
-            c_p = fgep(b, c, col)
+            c_p = element_ptr(b, c, col)
             if may_pack:  # the full row tiles: the last panel may take the narrower tail kernel
                 use_tail = b.and_(b.icmp_unsigned("!=", a["tail"], _null(TILE_TY)),
                                   b.icmp_signed("<=", cols_p, a["tail_nr"]))
@@ -364,18 +363,19 @@ def pack_kernel(module: ir.Module, shape: TileShape) -> ir.Function:
                                    ir.Constant(i1v, ir.Undefined), zeros32) for v in range(nv)]
     tail_ld = b.mul(b.udiv(b.add(tail, i64(w - 1)), i64(w)), i64(w))
     panel_size = b.mul(K, i64(nr))
-    tail_base = fgep(b, pack, b.mul(full, panel_size))
+    tail_base = element_ptr(b, pack, b.mul(full, panel_size))
     with for_range(b, 0, K, name="pk") as k:
-        src = fgep(b, w_ptr, b.mul(k, ldw))
+        src = element_ptr(b, w_ptr, b.mul(k, ldw))
         with for_range(b, 0, full, name="pp") as p:
-            s = fgep(b, src, b.mul(p, i64(nr)))
-            d = fgep(b, pack, b.add(b.mul(p, panel_size), b.mul(k, i64(nr))))
+            s = element_ptr(b, src, b.mul(p, i64(nr)))
+            d = element_ptr(b, pack, b.add(b.mul(p, panel_size), b.mul(k, i64(nr))))
             for v in range(nv):
-                b.store(b.load(fgep(b, s, v * w), typ=vt, align=4), fgep(b, d, v * w), align=4)
+                b.store(b.load(element_ptr(b, s, v * w), typ=vt, align=4), element_ptr(b, d, v * w), align=4)
         with b.if_then(b.icmp_signed(">", tail, i64(0))):
-            s = fgep(b, src, b.mul(full, i64(nr)))
-            d = fgep(b, tail_base, b.mul(k, tail_ld))
+            s = element_ptr(b, src, b.mul(full, i64(nr)))
+            d = element_ptr(b, tail_base, b.mul(k, tail_ld))
             for v in range(nv):
-                masked_store(b, masked_load(b, fgep(b, s, v * w), tail_masks[v]), fgep(b, d, v * w), tail_store[v])
+                value = masked_load(b, element_ptr(b, s, v * w), tail_masks[v])
+                masked_store(b, value, element_ptr(b, d, v * w), tail_store[v])
     b.ret_void()
     return fn

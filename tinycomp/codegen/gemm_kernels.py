@@ -29,8 +29,8 @@ from .loops import (
     I32,
     I64,
     PTR,
-    as_i64,
     declare_vector_intrinsic,
+    element_ptr,
     for_range,
     i64,
     internal_kernel,
@@ -82,25 +82,6 @@ def masked_load(builder: ir.IRBuilder, ptr: ir.Value, mask: ir.Value) -> ir.Valu
 def masked_store(builder: ir.IRBuilder, value: ir.Value, ptr: ir.Value, mask: ir.Value) -> None:
     fn = masked_intrinsic(builder.module, "store", value.type.count)
     builder.call(fn, [value, ptr, ir.Constant(I32, 4), mask])
-
-
-def load_vector(builder: ir.IRBuilder, ptr: ir.Value, width: int, lanes: int) -> ir.Value:
-    """Load `lanes` floats (zero-filling the rest) without touching memory past them."""
-    if lanes == width:
-        return builder.load(ptr, typ=vector_type(width), align=4)
-    return masked_load(builder, ptr, lane_mask(width, lanes))
-
-
-def store_vector(builder: ir.IRBuilder, value: ir.Value, ptr: ir.Value, lanes: int) -> None:
-    width = value.type.count
-    if lanes == width:
-        builder.store(value, ptr, align=4)
-        return
-    masked_store(builder, value, ptr, lane_mask(width, lanes))
-
-
-def fgep(builder: ir.IRBuilder, base: ir.Value, index: int | ir.Value) -> ir.Value:
-    return builder.gep(base, [as_i64(index)], source_etype=F32, inbounds=True)
 
 
 def column_masks(builder: ir.IRBuilder, cols: ir.Value, nv: int, width: int) -> list[ir.Value]:
@@ -174,13 +155,13 @@ def tile_kernel(module: ir.Module, shape: TileShape) -> ir.Function:
         masks = [ir.Constant(ir.VectorType(I1, shape.width), [ir.Constant(I1, 1)] * shape.width)] * shape.nv
     else:
         masks = column_masks(builder, cols, shape.nv, shape.width)
-    a_rows = [fgep(builder, a, builder.mul(i64(i), lda)) if i else a for i in range(shape.mr)]
+    a_rows = [element_ptr(builder, a, builder.mul(i64(i), lda)) if i else a for i in range(shape.mr)]
     acc = _k_loop(builder, shape, K, a_rows, b, ldb, masks)
     w = shape.width
     for i in range(shape.mr):
-        c_row = fgep(builder, c, builder.mul(i64(i), ldc)) if i else c
+        c_row = element_ptr(builder, c, builder.mul(i64(i), ldc)) if i else c
         for v in range(shape.nv):
-            dst = fgep(builder, c_row, v * w)
+            dst = element_ptr(builder, c_row, v * w)
             if shape.exact:
                 builder.store(acc[i][v], dst, align=4)
             else:
@@ -235,9 +216,9 @@ def epilogue_function(module: ir.Module, activation: str | None, width: int) -> 
         with for_range(b, 0, n_vec, name="v") as v:
             col = b.mul(v, i64(width))
             mask = b.icmp_signed("<", iota, splat_i32(b, b.trunc(b.sub(cols, col), I32), width))
-            bvec = b.call(load_fn, [fgep(b, bias, col), ir.Constant(I32, 4), b.and_(mask, bias_on), neg_zero])
+            bvec = b.call(load_fn, [element_ptr(b, bias, col), ir.Constant(I32, 4), b.and_(mask, bias_on), neg_zero])
             with for_range(b, 0, rows, name="r") as r:
-                p = fgep(b, c, b.add(b.mul(r, ldc), col))
+                p = element_ptr(b, c, b.add(b.mul(r, ldc), col))
                 x = b.fadd(b.select(c_is_zero, ir.Constant(vt, None), masked_load(b, p, mask)), bvec)
                 masked_store(b, act(x) if apply_act else x, p, mask)
 
@@ -254,7 +235,7 @@ def epilogue_function(module: ir.Module, activation: str | None, width: int) -> 
                 with for_range(b, 0, b.udiv(b.add(total, i64(width - 1)), i64(width)), name="q") as q:
                     off = b.mul(q, i64(width))
                     mask = b.icmp_signed("<", iota, splat_i32(b, b.trunc(b.sub(total, off), I32), width))
-                    p = fgep(b, c, off)
+                    p = element_ptr(b, c, off)
                     masked_store(b, act(masked_load(b, p, mask)), p, mask)
             with part:
                 bias_pass(True)
@@ -291,12 +272,12 @@ def _k_loop(builder, shape: TileShape, K, a_rows, b, ldb, masks):
             builder.call(pf, [builder.gep(far, [i64(v * w)], source_etype=F32), ir.Constant(I32, 0),
                               ir.Constant(I32, 3), ir.Constant(I32, 1)])
     if shape.exact:
-        bvec = [builder.load(fgep(builder, b_row, v * w), typ=vt, align=4) for v in range(shape.nv)]
+        bvec = [builder.load(element_ptr(builder, b_row, v * w), typ=vt, align=4) for v in range(shape.nv)]
     else:
-        bvec = [masked_load(builder, fgep(builder, b_row, v * w), masks[v]) for v in range(shape.nv)]
+        bvec = [masked_load(builder, element_ptr(builder, b_row, v * w), masks[v]) for v in range(shape.nv)]
     acc = []
     for i, row in enumerate(a_rows):
-        a_ik = splat_f32(builder, builder.load(fgep(builder, row, k), typ=F32), w)
+        a_ik = splat_f32(builder, builder.load(element_ptr(builder, row, k), typ=F32), w)
         acc.append([builder.call(fma, [a_ik, bvec[v], phis[i][v]]) for v in range(shape.nv)])
     k_next = builder.add(k, i64(1), flags=["nuw", "nsw"])
     b_next = builder.gep(b_row, [ldb], source_etype=F32, inbounds=True)

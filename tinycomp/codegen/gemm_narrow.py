@@ -14,7 +14,6 @@ from llvmlite import ir
 from .gemm_kernels import (
     activation_function,
     column_masks,
-    fgep,
     kernel_activation,
     masked_load,
     masked_store,
@@ -27,6 +26,7 @@ from .loops import (
     I64,
     PTR,
     declare_vector_intrinsic,
+    element_ptr,
     for_range,
     i64,
     internal_kernel,
@@ -99,11 +99,11 @@ def narrow_pack_kernel(module: ir.Module, N: int) -> ir.Function:
     fn = internal_kernel(module, name, (("K", I64), ("W", PTR), ("ldw", I64), ("Wt", PTR)))
     K, W, ldw, Wt = fn.args
     b = ir.IRBuilder(fn.append_basic_block("entry"))
-    dst = [fgep(b, Wt, b.mul(ldw, i64(n))) for n in range(N)]
+    dst = [element_ptr(b, Wt, b.mul(ldw, i64(n))) for n in range(N)]
     with for_range(b, 0, K, name="k") as k:
-        src = fgep(b, W, b.mul(k, i64(N)))
+        src = element_ptr(b, W, b.mul(k, i64(N)))
         for n in range(N):
-            b.store(b.load(fgep(b, src, n), typ=F32), fgep(b, dst[n], k))
+            b.store(b.load(element_ptr(b, src, n), typ=F32), element_ptr(b, dst[n], k))
     b.ret_void()
     return fn
 
@@ -127,7 +127,7 @@ def narrow_kernel(module: ir.Module, shape: NarrowShape, activation: str | None)
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     N, w = shape.N, shape.width
     act, bias1 = _narrow_epilogue(b, kind, flags, bias, N, w)
-    wt_rows = [fgep(b, Wt, b.mul(ldw, i64(n))) if n else Wt for n in range(N)]
+    wt_rows = [element_ptr(b, Wt, b.mul(ldw, i64(n))) if n else Wt for n in range(N)]
 
     R = shape.rows
     last = b.sub(M, i64(1))
@@ -138,13 +138,13 @@ def narrow_kernel(module: ir.Module, shape: NarrowShape, activation: str | None)
         for r in range(1, R):
             row = b.add(r0, i64(r))
             row = b.select(b.icmp_signed("<", row, M), row, last)
-            a_rows.append(fgep(b, A, b.mul(row, K)))
-        a_rows[0] = fgep(b, A, b.mul(r0, K))
+            a_rows.append(element_ptr(b, A, b.mul(row, K)))
+        a_rows[0] = element_ptr(b, A, b.mul(r0, K))
         acc = _narrow_dot(b, shape, R, shape.unroll, K, a_rows, wt_rows)
         # The block's R*N outputs are contiguous in C: they leave the tree `width` at a time as
         # whole vectors, each with one bias add, activation and (masked) store.
         slots = [acc[r][n] for r in range(R) for n in range(N)]
-        c = fgep(b, C, b.mul(r0, i64(N)))
+        c = element_ptr(b, C, b.mul(r0, i64(N)))
         valid = b.mul(b.sub(M, r0), i64(N))  # outputs left in C from this block's start
         for j0 in range(0, len(slots), w):
             lanes = min(w, len(slots) - j0)
@@ -153,7 +153,7 @@ def narrow_kernel(module: ir.Module, shape: NarrowShape, activation: str | None)
             out = act(b.fadd(hsum_slots(b, slots[j0:j0 + lanes], w), bias_v))
             left = b.sub(valid, i64(j0))
             left = b.select(b.icmp_signed("<", left, i64(lanes)), left, i64(lanes))
-            masked_store(b, out, fgep(b, c, j0), column_masks(b, left, 1, w)[0])
+            masked_store(b, out, element_ptr(b, c, j0), column_masks(b, left, 1, w)[0])
     b.ret_void()
     return fn
 
@@ -207,11 +207,11 @@ def narrow_small_kernel(module: ir.Module, N: int, width: int, activation: str |
     k_tail = b.mul(steps, i64(U))
 
     def term(a_row, k, acc):
-        a = splat_f32(b, b.load(fgep(b, a_row, k), typ=F32), w)
-        return b.call(fma, [a, masked_load(b, fgep(b, W, b.mul(k, i64(N))), mask), acc])
+        a = splat_f32(b, b.load(element_ptr(b, a_row, k), typ=F32), w)
+        return b.call(fma, [a, masked_load(b, element_ptr(b, W, b.mul(k, i64(N))), mask), acc])
 
     with for_range(b, 0, M, name="r") as r:
-        a_row = fgep(b, A, b.mul(r, K))
+        a_row = element_ptr(b, A, b.mul(r, K))
         pre = b.block
         loop, mid, tail, done = (b.append_basic_block(f"ns.{x}") for x in ("loop", "mid", "tail", "done"))
         b.cbranch(b.icmp_signed(">", steps, i64(0)), loop, mid)
@@ -254,7 +254,7 @@ def narrow_small_kernel(module: ir.Module, N: int, width: int, activation: str |
         while len(parts) > 1:
             parts = [b.fadd(parts[i], parts[i + 1]) for i in range(0, len(parts), 2)]
         out = act(b.fadd(parts[0], bias1))
-        masked_store(b, out, fgep(b, C, b.mul(r, i64(N))), mask)
+        masked_store(b, out, element_ptr(b, C, b.mul(r, i64(N))), mask)
     b.ret_void()
     return fn
 
@@ -285,11 +285,11 @@ def _narrow_dot(b, shape: NarrowShape, rows: int, unroll: int, K, a_rows, wt_row
         for u in range(unroll):
             k = b.add(k0, i64(u * w))
             if masks is None:
-                wv = [b.load(fgep(b, wt_rows[n], k), typ=vt, align=4) for n in range(N)]
-                av = [b.load(fgep(b, a_rows[r], k), typ=vt, align=4) for r in range(rows)]
+                wv = [b.load(element_ptr(b, wt_rows[n], k), typ=vt, align=4) for n in range(N)]
+                av = [b.load(element_ptr(b, a_rows[r], k), typ=vt, align=4) for r in range(rows)]
             else:
-                wv = [masked_load(b, fgep(b, wt_rows[n], k), masks[u]) for n in range(N)]
-                av = [masked_load(b, fgep(b, a_rows[r], k), masks[u]) for r in range(rows)]
+                wv = [masked_load(b, element_ptr(b, wt_rows[n], k), masks[u]) for n in range(N)]
+                av = [masked_load(b, element_ptr(b, a_rows[r], k), masks[u]) for r in range(rows)]
             for r in range(rows):
                 for n in range(N):
                     out[u][r][n] = b.call(fma, [av[r], wv[n], accs[u][r][n]])
