@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import math
 import threading
@@ -27,9 +28,10 @@ from .runtime import cache
 from .runtime.buffers import CHECK_ABOVE, ScratchPool, as_native_float32, check_allocation, data_pointer
 from .runtime.engine import JitEngine, assembly, optimized_ir
 from .runtime.kernel import NativeKernel
-from .runtime.threads import parallel_parts, shared_pool, split_rows
+from .runtime.threads import one_part_rows, parallel_parts, shared_pool, split_rows
 
 STAGES = ("traced", "optimized", "llvm", "asm")
+_F32 = np.dtype(np.float32)
 # check=True: eager float32 must be this close (relative to the output scale) to the float64 run of the
 # compiled graph; float32 rounding is ~1e-6 here, a graph that diverged from the model is far beyond.
 CHECK_EAGER_SLACK = 1e-3
@@ -58,7 +60,12 @@ class _Artifact:
     flops_per_row: int
     guard: StructureGuard
     out_row: tuple[int, ...] = field(default=())
+    hot_rows: int = 0  # batches up to this size may take CompiledModel._hot_call (0: none)
     lead_shapes: dict = field(default_factory=dict)  # leading dims of the input -> eager output shape
+
+    @functools.cached_property
+    def ndim(self) -> int:
+        return 1 + len(self.features)
 
     @functools.cached_property  # read on every call: computed once
     def bytes_per_row(self) -> int:
@@ -165,10 +172,13 @@ class CompiledModel:
         artifact = _Artifact(
             features=features, traced=traced, optimized=optimized, pass_dumps=dumps, plan=plan,
             engine=engine, kernel=kernel,
-            params=LiveParams(self.model, [optimized[p]["path"] for p in plan.params], shapes),
+            params=LiveParams(self.model, [optimized[p]["path"] for p in plan.params], shapes, kernel.pack),
             flops_per_row=_flops_per_row(optimized), guard=guard,
             out_row=tuple(plan.out_shape[1:]),
         )
+        # the hot path runs on the calling thread and checks no memory: batches _call would too
+        artifact.hot_rows = one_part_rows(artifact.flops_per_row, self.threads,
+                                          (CHECK_ABOVE - 1) // artifact.bytes_per_row)
         self._artifact = artifact
         self.stats.compiles += 1
         self.stats.compile_ms = (time.perf_counter() - start) * 1e3
@@ -225,15 +235,49 @@ class CompiledModel:
 
     # ---------------------------------------------------------------- calling
     def __call__(self, x: Any) -> Tensor:
+        art = self._artifact
+        if art is not None and not self.check:  # check=True compares with eager: always _call
+            y = self._hot_call(art, x)
+            if y is not None:
+                return y
+        return self._call(x)
+
+    def _hot_call(self, art: _Artifact, x: Any) -> Tensor | None:
+        """The common call in ~3 us of Python: a float32 C-contiguous batch of the compiled feature
+        shape, small enough for one thread and no memory check, with the model's structure and
+        parameter arrays as last time. Anything else returns None and takes `_call`, which handles
+        (and names) every other case; both run the same native code on the same checks."""
+        arr = x.data if type(x) is Tensor else x
+        if type(arr) is not np.ndarray or arr.dtype is not _F32 or arr.shape[1:] != art.features:
+            return None
+        rows = arr.shape[0]
+        flags = arr.flags
+        if not (0 < rows <= art.hot_rows and arr.ndim == art.ndim and flags.c_contiguous and flags.aligned):
+            return None
+        guard = art.guard
+        if not guard.same():
+            return None
+        table = art.params.hot_table(guard.held)
+        if table is None:
+            return None
+        out = np.empty((rows, *art.out_row), _F32)
+        scratch = self._scratch.pointer(rows * art.plan.scratch_per_row + art.plan.scratch_fixed)
+        art.kernel.call(rows, data_pointer(arr), data_pointer(out), scratch, ctypes.addressof(table))
+        self.stats.calls += 1
+        return Tensor._adopt(out)
+
+    def _call(self, x: Any) -> Tensor:
         arr = as_input_array(x)
         art = self._ensure_compiled(arr.shape[1:] if arr.ndim > 1 else arr.shape)
+        held = art.guard.held  # as checked just now: the parameter table is offered to the hot path with it
         rows, out_shape = self._rows(art, arr)
-        params = art.params.pointers()
+        params = art.params.table()
         if params is None:  # a parameter was given another shape: the code must be generated again
             art = self._recompile(art, "a parameter changed shape")
+            held = art.guard.held
             rows, out_shape = self._rows(art, arr)
             art.params.arrays(strict=True)  # names the parameter if it still does not fit
-            params = art.params.pointers()
+            params = art.params.table()
             assert params is not None
         if rows * art.bytes_per_row >= CHECK_ABOVE:  # /proc/meminfo only for big batches: batch 1 is hot
             need = rows * art.bytes_per_row + 4 * art.plan.scratch_fixed
@@ -247,7 +291,8 @@ class CompiledModel:
                               "split the batch into smaller ones") from None
         if rows:
             self._run(art, x32 if x32.ndim == len(art.features) + 1 else x32.reshape(rows, *art.features),
-                      params[0], out)
+                      ctypes.addressof(params[0]), out)
+            art.params.remember(held, params[0])
         self.stats.calls += 1
         y = out.reshape(out_shape)
         if self.check:
@@ -293,18 +338,18 @@ class CompiledModel:
             art.lead_shapes[lead] = shape
         return shape
 
-    def _run(self, art: _Artifact, x: np.ndarray, param_ptrs: list[int], out: np.ndarray) -> None:
+    def _run(self, art: _Artifact, x: np.ndarray, table_ptr: int, out: np.ndarray) -> None:
         kernel, rows = art.kernel, x.shape[0]
         kernel.check_io(x, out)
         x_ptr, out_ptr = data_pointer(x), data_pointer(out)
         parts = parallel_parts(rows, art.flops_per_row, self.threads)
         if parts <= 1:
-            kernel.call(rows, x_ptr, param_ptrs, out_ptr, self._scratch.pointer(art.plan.scratch_floats(rows)))
+            kernel.call(rows, x_ptr, out_ptr, self._scratch.pointer(art.plan.scratch_floats(rows)), table_ptr)
             return
 
         def chunk(lo: int, hi: int) -> None:  # rows lo..hi, each thread with its own scratch
-            kernel.call(hi - lo, x_ptr + lo * kernel.in_bytes, param_ptrs, out_ptr + lo * kernel.out_bytes,
-                        self._scratch.pointer(art.plan.scratch_floats(hi - lo)))
+            kernel.call(hi - lo, x_ptr + lo * kernel.in_bytes, out_ptr + lo * kernel.out_bytes,
+                        self._scratch.pointer(art.plan.scratch_floats(hi - lo)), table_ptr)
 
         shared_pool().run([functools.partial(chunk, lo, hi) for lo, hi in split_rows(rows, parts)])
 

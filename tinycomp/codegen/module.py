@@ -1,6 +1,7 @@
 """Lower an optimized Graph to one LLVM module with a single entry function.
 
-The entry is `void tinycomp_forward(i64 M, ptr x, ptr param..., ptr const..., ptr out, ptr scratch)`.
+The entry is `void tinycomp_forward(i64 M, ptr x, ptr out, ptr scratch, ptr args)`, `args` an array of
+one pointer per parameter, then one per constant, in `ModulePlan.params` / `const_nodes` order.
 Every op we lower works row by row, so the runtime may split the batch into row ranges and run the
 entry on each range in parallel, each range with its own scratch buffer.
 
@@ -102,20 +103,23 @@ class _Emitter:
         self.module = ir.Module(name="tinycomp")
         self.params = g.params
         self.consts = [n for n in g.nodes("const") if not is_scalar_const(g, n)]
-        pointers = len(g.inputs) + len(self.params) + len(self.consts) + 2
-        self.fn = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [I64] + [PTR] * pointers), ENTRY)
-        names = ["M", "x", *[f"p.{n}" for n in self.params], *[f"c.{n}" for n in self.consts], "out", "scratch"]
-        for a, arg_name in zip(self.fn.args, names, strict=True):
-            a.name = arg_name.replace("%", "")  # readable `llvm` dumps: %"p.0.weight" not %".3"
-        for a in self.fn.args[1:]:
+        # Parameters and constants come in one array of pointers: a ctypes call costs ~0.1 us per
+        # argument, and that array only changes when a parameter is rebound, not on every call.
+        self.fn = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [I64, PTR, PTR, PTR, PTR]), ENTRY)
+        for a, arg_name in zip(self.fn.args, ("M", "x", "out", "scratch", "args"), strict=True):
+            a.name = arg_name
+        for a in self.fn.args[1:4]:
             a.add_attribute("noalias")
         self.b = ir.IRBuilder(self.fn.append_basic_block("entry"))
         self.rows = self.fn.args[0]  # rows of the current row block (all M without blocking)
         self.scratch_rows: ir.Value = self.rows  # batched scratch buffers hold this many rows
         self.r0: ir.Value | None = None  # first row of the current block (None: no blocking)
-        args = iter(self.fn.args[1:])
-        self.ptr: dict[str, ir.Value] = {n: next(args) for n in g.inputs + self.params + self.consts}
-        self.out, self.scratch = next(args), next(args)
+        x, self.out, self.scratch, table = self.fn.args[1:]
+        self.ptr: dict[str, ir.Value] = {g.inputs[0]: x}
+        for i, n in enumerate(self.params + self.consts):
+            tag = "p" if i < len(self.params) else "c"
+            slot = self.b.gep(table, [i64(i)], source_etype=PTR, inbounds=True)
+            self.ptr[n] = self.b.load(slot, typ=PTR, name=f"{tag}.{n}".replace("%", ""))
         self._kernels: dict[tuple, ir.Function] = {}
 
     def pointer(self, n: str) -> ir.Value:

@@ -82,9 +82,14 @@ class Tensor:
     @classmethod
     def _wrap(cls, array: np.ndarray) -> Tensor:
         """Adopt an op result without another copy (it is already a fresh array)."""
-        t = cls.__new__(cls)
         arr = np.asarray(array)
-        t.data = arr if arr.dtype == np.float32 else arr.astype(np.float32)
+        return cls._adopt(arr if arr.dtype == np.float32 else arr.astype(np.float32))
+
+    @classmethod
+    def _adopt(cls, array: np.ndarray) -> Tensor:
+        """Adopt a fresh float32 ndarray as it is (the caller guarantees both)."""
+        t = cls.__new__(cls)
+        t.data = array
         t.requires_grad = False
         t.grad = None
         return t

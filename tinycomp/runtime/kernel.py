@@ -2,9 +2,9 @@
 
 Two doors into the same entry function:
 - `run(x, params, out, scratch)` checks every array (tests and one-off calls use it);
-- `call(rows, x_ptr, param_ptrs, out_ptr, scratch_ptr)` is the per-call hot path of a compiled
-  model, whose caller has already checked x and out (`check_io`) and whose parameter pointers come
-  from `LiveParams`, which validates each parameter array the first time it sees it.
+- `call(rows, x_ptr, out_ptr, scratch_ptr, args)` is the per-call hot path of a compiled model,
+  whose caller has already checked x and out (`check_io`); `args` is the pointer table `pack` made
+  from parameter pointers that `LiveParams` validated (it checks each array the first time it sees it).
 """
 
 from __future__ import annotations
@@ -36,10 +36,10 @@ class NativeKernel:
         self.in_row = tuple(in_row)
         self.out_row = tuple(plan.out_shape[1:]) if plan.out_shape[:1] == (None,) else None
         self.param_shapes = [tuple(s) for s in param_shapes]
-        n_ptrs = 1 + len(plan.params) + len(plan.consts) + 2
-        proto = ctypes.CFUNCTYPE(None, ctypes.c_int64, *([ctypes.c_void_p] * n_ptrs))
+        proto = ctypes.CFUNCTYPE(None, ctypes.c_int64, *([ctypes.c_void_p] * 4))
         self._fn = proto(engine.address(plan.entry))  # ctypes releases the GIL around the call
         self._const_ptrs = [data_pointer(c) for c in plan.consts]
+        self._table = ctypes.c_void_p * (len(plan.params) + len(plan.consts))
         self.in_bytes = 4 * int(np.prod(self.in_row, dtype=np.int64))
         self.out_bytes = 4 * int(np.prod(self.out_row or (), dtype=np.int64))
 
@@ -59,8 +59,14 @@ class NativeKernel:
         need = self.plan.scratch_floats(rows)
         if not is_native_float32(scratch) or scratch.ndim != 1 or scratch.size < need:
             raise ValueError(f"native call: scratch needs {need} contiguous float32 values, got {scratch.size}")
-        self.call(rows, data_pointer(x), [data_pointer(p) for p in params], data_pointer(out), data_pointer(scratch))
+        table = self.pack([data_pointer(p) for p in params])
+        self.call(rows, data_pointer(x), data_pointer(out), data_pointer(scratch), ctypes.addressof(table))
 
-    def call(self, rows: int, x_ptr: int, param_ptrs: Sequence[int], out_ptr: int, scratch_ptr: int) -> None:
-        """The raw call. Callers guarantee: x/out hold `rows` rows, params match, scratch is big enough."""
-        self._fn(rows, x_ptr, *param_ptrs, *self._const_ptrs, out_ptr, scratch_ptr)
+    def pack(self, param_ptrs: Sequence[int]) -> ctypes.Array:
+        """The entry's pointer table: parameters, then our constants (keep it alive while calling)."""
+        return self._table(*param_ptrs, *self._const_ptrs)
+
+    def call(self, rows: int, x_ptr: int, out_ptr: int, scratch_ptr: int, table_ptr: int) -> None:
+        """The raw call. Callers guarantee: x/out hold `rows` rows, the table's parameters match,
+        scratch is big enough."""
+        self._fn(rows, x_ptr, out_ptr, scratch_ptr, table_ptr)

@@ -118,6 +118,17 @@ def parallel_parts(rows: int, flops_per_row: int, threads: int | None) -> int:
     return min(cores, rows // MIN_CHUNK_ROWS)
 
 
+def one_part_rows(flops_per_row: int, threads: int | None, limit: int) -> int:
+    """The largest batch (at most `limit`) that `parallel_parts` runs as one part on the caller."""
+    cores = threads if threads is not None else available_cores()
+    if cores <= 1:
+        return limit
+    rows = 2 * MIN_CHUNK_ROWS - 1
+    if threads is None:
+        rows = max(rows, (PARALLEL_MIN_FLOPS - 1) // max(flops_per_row, 1))
+    return min(rows, limit)
+
+
 def split_rows(rows: int, parts: int, multiple: int = 8) -> list[tuple[int, int]]:
     """Split range(rows) into at most `parts` contiguous chunks, sizes rounded to `multiple`."""
     step = -(-rows // parts)

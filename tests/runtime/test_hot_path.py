@@ -1,0 +1,173 @@
+"""The per-call hot path (`CompiledModel._hot_call`): taken for the common call, bit-identical to the
+full path, and never stale: every change the full path notices between two calls sends the next
+call back to it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.models import REFERENCE_MLP_IN, eager_eval, reference_mlp
+from tinycomp.compiler import CompiledModel
+from tinycomp.nn import Linear, ReLU, Sequential, Tensor, manual_seed
+
+
+@pytest.fixture(autouse=True)
+def no_disk_cache(monkeypatch):
+    monkeypatch.setenv("TINYCOMP_CACHE", "0")
+
+
+class CountingModel(CompiledModel):
+    """Counts the calls that took the full path."""
+
+    full_calls = 0
+
+    def _call(self, x):
+        self.full_calls += 1
+        return super()._call(x)
+
+
+def compiled(model, **options) -> CountingModel:
+    return CountingModel(model, input_shape=(None, REFERENCE_MLP_IN), **options)
+
+
+def batch(rows: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((rows, REFERENCE_MLP_IN)).astype(np.float32)
+
+
+def assert_eager(fast, model, x):
+    np.testing.assert_allclose(fast(x).data, eager_eval(model, x), rtol=2e-4, atol=2e-5)
+
+
+@pytest.fixture
+def mlp():
+    manual_seed(0)
+    return reference_mlp()
+
+
+def test_second_call_takes_the_hot_path_with_the_same_bits(mlp):
+    fast = compiled(mlp, threads=1)
+    x = batch(8)
+    first = fast(x).data  # the full path (it offers the parameter table to the hot path)
+    assert fast.full_calls == 1
+    for rows in (8, 1, 3, 200):
+        y = fast(x[:rows] if rows <= 8 else batch(rows)).data
+        assert y.dtype == np.float32 and y.shape == (rows, 10) and y.flags.owndata
+    assert fast.full_calls == 1
+    assert np.array_equal(fast(x).data, first)
+    assert fast.stats.calls == 6
+
+
+@pytest.mark.parametrize("make", [
+    lambda x: x.astype(np.float64),  # converted
+    lambda x: np.asfortranarray(np.repeat(x, 2, axis=0))[::2],  # strided
+    lambda x: x[0],  # one sample
+    lambda x: x.reshape(2, 4, REFERENCE_MLP_IN),  # leading dimensions
+    lambda x: x.tolist(),  # a list
+    lambda x: np.empty((0, REFERENCE_MLP_IN), np.float32),  # no rows
+], ids=["float64", "strided", "one-sample", "lead-dims", "list", "empty"])
+def test_other_inputs_take_the_full_path_and_agree_with_eager(mlp, make):
+    fast = compiled(mlp, threads=1)
+    x = batch(8)
+    fast(x)
+    fast(x)
+    before = fast.full_calls
+    value = make(x)
+    y = fast(value).data
+    assert fast.full_calls == before + 1
+    ref = eager_eval(mlp, np.asarray(value, np.float32))
+    np.testing.assert_allclose(y, ref, rtol=2e-4, atol=2e-5)
+
+
+def test_big_batches_that_split_across_threads_take_the_full_path(mlp):
+    fast = compiled(mlp, threads=2)
+    x = batch(64)  # threads=2: 64 rows split in two
+    fast(x)
+    fast(x)
+    assert fast.full_calls == 2
+    assert_eager(fast, mlp, x)
+
+
+def test_check_mode_always_takes_the_full_path(mlp):
+    fast = compiled(mlp, check=True)
+    x = batch(4)
+    for _ in range(3):
+        fast(x)
+    assert fast.full_calls == 3
+
+
+def _edit_in_place(m):
+    m.layers[0].weight.data[:5] *= -2.0
+
+
+def _rebind_data(m):
+    m.layers[3].weight.data = m.layers[3].weight.data * 0.5
+
+
+def _rebind_data_float64(m):
+    m.layers[3].bias.data = np.arange(128, dtype=np.float64)
+
+
+def _rebind_tensor(m):
+    m.layers[6].weight = Tensor(m.layers[6].weight.data[::-1].copy())
+
+
+def _rebind_through_dict(m):  # no __setattr__: only the identity check can see it
+    vars(m.layers[6])["bias"] = Tensor(np.full(10, 7.0))
+
+
+def _append_layer(m):
+    m.layers.append(ReLU())
+
+
+def _replace_layer(m):
+    m.layers[2] = Linear(256, 256)
+
+
+def _train_mode(m):
+    m.train()
+
+
+@pytest.mark.parametrize("change", [_edit_in_place, _rebind_data, _rebind_data_float64, _rebind_tensor,
+                                    _rebind_through_dict, _append_layer, _replace_layer, _train_mode])
+def test_every_change_between_hot_calls_is_seen(mlp, change):
+    fast = compiled(mlp, threads=1)
+    x = batch(5)
+    fast(x)
+    fast(x)
+    change(mlp)
+    assert_eager(fast, mlp, x)
+    assert_eager(fast, mlp, x)  # and the call after it, once the hot path has the new state
+
+
+def test_float64_parameter_is_converted_on_every_call_never_remembered(mlp):
+    fast = compiled(mlp, threads=1)
+    x = batch(3)
+    _rebind_data_float64(mlp)
+    fast(x)
+    mlp.layers[3].bias.data += 1.0  # in place, on the float64 array the model holds
+    assert_eager(fast, mlp, x)
+    assert fast.full_calls == 2
+
+
+def test_in_place_resize_of_a_remembered_parameter_is_caught(mlp):
+    fast = compiled(mlp, threads=1)
+    x = batch(2)
+    fast(x)
+    fast(x)
+    w = mlp.layers[6].bias.data
+    w.resize((12,), refcheck=False)  # our remembered pointer may now dangle: the shape check sees it
+    mlp.layers[6].bias.data = w[:10].copy()
+    assert_eager(fast, mlp, x)
+
+
+def test_shared_sub_model_in_two_compiled_models():
+    manual_seed(1)
+    inner = Sequential(Linear(REFERENCE_MLP_IN, 32), ReLU())
+    a, b = compiled(Sequential(inner, Linear(32, 3))), compiled(Sequential(inner, Linear(32, 5)))
+    x = batch(4)
+    for _ in range(2):
+        a(x), b(x)
+    inner.layers[0].bias.data[:] = 1.0
+    assert_eager(a, a.model, x)
+    assert_eager(b, b.model, x)
