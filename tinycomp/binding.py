@@ -53,8 +53,8 @@ class StructureGuard:
     hold by identity, in C-level passes: ~1 us for the reference MLP. Any difference (a weight
     rebound, `model.train()`) falls through to the slow check, which ignores which Tensor a slot
     holds (parameters are read live by path) and the `training` flags, but sees a replaced or added
-    sub-layer, a grown `Sequential`, a rebound
-    constant or attribute, and a change in which slots share one Tensor (tied weights).
+    sub-layer, a grown `Sequential`, a rebound constant or attribute, and a change in which slots
+    share one Tensor (tied weights).
     """
 
     def __init__(self, model: Any):
