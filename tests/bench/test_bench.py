@@ -91,3 +91,20 @@ def test_parallel_policy_small_work_stays_on_one_thread():
     chunks = split_rows(1000, 3)
     assert chunks[0][0] == 0 and chunks[-1][1] == 1000
     assert all(a[1] == b[0] for a, b in zip(chunks, chunks[1:], strict=False))
+
+
+def test_batch_one_target_quotes_the_weight_reading_floor():
+    pts = {("numpy", "mlp", 1): {"samples": [20e-6] * 5, "threads": 1},
+           ("compiled", "mlp", 1): {"samples": [15e-6] * 5, "threads": 1}}
+    [t] = check_targets(summarize(pts, 100.0), {}, floor_us=9.0)
+    assert not t.met and t.measured == "0.75 (reading the weights alone: 0.45)"
+
+
+def test_weight_stream_floor_is_measured_and_scales_with_size():
+    from tinycomp.bench.peak import measure_weight_stream
+
+    small, big = measure_weight_stream(64 << 10, 0.05), measure_weight_stream(1 << 20, 0.05)
+    assert small["bytes"] == 64 << 10 and big["bytes"] == 1 << 20
+    assert 0 < small["us"] < big["us"]  # 16x the bytes: more time (bandwidth, not call overhead)
+    assert big["gbps"] > 1
+    assert MODELS["mlp"].weight_bytes == 940_584  # 784x256 + 256x128 + 128x10 weights and their biases

@@ -46,6 +46,11 @@ class BenchModel:
         """2 x multiply-adds of the Linear layers (bias and activations not counted)."""
         return sum(2 * s.inputs * s.outputs for s in self.layers)
 
+    @property
+    def weight_bytes(self) -> int:
+        """Bytes of float32 weights and biases: what a batch-1 call must read at least once."""
+        return sum(4 * (s.inputs + 1) * s.outputs for s in self.layers)
+
     def build(self, seed: int = 0) -> Sequential:
         """The tinycomp eager model in eval mode, with seeded weights and seeded non-zero biases."""
         manual_seed(seed)

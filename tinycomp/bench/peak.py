@@ -1,10 +1,15 @@
-"""The measured single-core FMA peak: a tiny llvmlite loop of independent vector FMAs.
+"""The measured single-core FMA peak (a tiny llvmlite loop of independent vector FMAs), and the
+batch-1 floor: how long one core takes just to read a model's weights once.
 
 16 independent `<W x float>` accumulators (W = the host's float32 lanes) hide the FMA latency on
 both FMA pipes; each iteration does 16 x W x 2 FLOPs and nothing else. The best of a few timed runs
 is the peak this core can sustain right now (it drops when the shared host is busy). The same loop
 on every core at once gives the parallel efficiency: near 1.0 only when no other process holds a
 core, which is what the all-cores rows of a benchmark need to mean anything.
+
+At batch 1 every weight is read once per call and used for one multiply-add, so no engine can be
+faster than reading them: `measure_weight_stream` times a loop that only loads and adds a buffer of
+the weights' size, kept hot in cache by running it back to back.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import time
 from llvmlite import ir
 
 from ..codegen.target import host
+from ..runtime.buffers import aligned_empty, data_pointer
 from ..runtime.engine import JitEngine
 from ..runtime.threads import available_cores
 
@@ -83,3 +89,73 @@ def measure_fma_peak(seconds: float = 0.3) -> dict:
             "parallel_efficiency": all_cores / (cores * best), "lanes": width, "accumulators": ACCUMULATORS,
             "cpu": host().cpu,
             "method": f"llvmlite loop of {ACCUMULATORS} independent <{width} x float> FMAs, best run"}
+
+
+STREAM_ACCUMULATORS = 4
+
+
+def _stream_loop_ir(width: int) -> str:
+    """`stream(reps, n, buf)`: reps times, add up the n floats at buf (n a multiple of 4 x width)."""
+    f32 = ir.FloatType()
+    vec = ir.VectorType(f32, width)
+    i64 = ir.IntType(64)
+    mod = ir.Module(name="weight_stream")
+    fn = ir.Function(mod, ir.FunctionType(ir.VoidType(), [i64, i64, ir.PointerType()]), name="stream")
+    reps, n, buf = fn.args
+    blocks = [fn.append_basic_block(name) for name in ("entry", "rep", "loop", "rep_end", "done")]
+    entry, rep, loop, rep_end, done = blocks
+    b = ir.IRBuilder(entry)
+    zero = ir.Constant(vec, None)
+    b.branch(rep)
+    b.position_at_end(rep)
+    r = b.phi(i64)
+    carried = [b.phi(vec) for _ in range(STREAM_ACCUMULATORS)]
+    b.branch(loop)
+    b.position_at_end(loop)
+    i = b.phi(i64)
+    accs = [b.phi(vec) for _ in range(STREAM_ACCUMULATORS)]
+    new = []
+    for j, acc in enumerate(accs):
+        at = b.gep(buf, [b.add(i, ir.Constant(i64, j * width))], source_etype=f32)
+        new.append(b.fadd(acc, b.load(at, typ=vec, align=64)))
+    i_next = b.add(i, ir.Constant(i64, STREAM_ACCUMULATORS * width))
+    b.cbranch(b.icmp_signed("<", i_next, n), loop, rep_end)
+    b.position_at_end(rep_end)
+    r_next = b.add(r, ir.Constant(i64, 1))
+    b.cbranch(b.icmp_signed("<", r_next, reps), rep, done)
+    r.add_incoming(ir.Constant(i64, 0), entry)
+    r.add_incoming(r_next, rep_end)
+    i.add_incoming(ir.Constant(i64, 0), rep)
+    i.add_incoming(i_next, loop)
+    for c, acc, nxt in zip(carried, accs, new, strict=True):
+        c.add_incoming(zero, entry)
+        c.add_incoming(nxt, rep_end)
+        acc.add_incoming(c, rep)
+        acc.add_incoming(nxt, loop)
+    b.position_at_end(done)
+    total = new[0]
+    for v in new[1:]:
+        total = b.fadd(total, v)
+    b.store(total, buf, align=64)  # the sums are used: the loads cannot be dropped
+    b.ret_void()
+    return str(mod)
+
+
+def measure_weight_stream(nbytes: int, seconds: float = 0.2) -> dict:
+    """Microseconds one core needs to read `nbytes` once (best of runs of 200 back-to-back passes)."""
+    width = host().vector_width
+    engine = JitEngine(_stream_loop_ir(width), speed_level=0)
+    fn = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p)(engine.address("stream"))
+    step = STREAM_ACCUMULATORS * width
+    n = max(step, -(-nbytes // 4 // step) * step)
+    buf = aligned_empty((n,))
+    buf[:] = 1.0
+    reps, best = 200, float("inf")
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        t0 = time.perf_counter()
+        fn(reps, n, data_pointer(buf))
+        best = min(best, (time.perf_counter() - t0) / reps)
+    return {"bytes": 4 * n, "us": best * 1e6, "gbps": 4 * n / best / 1e9,
+            "method": f"llvmlite loop of {STREAM_ACCUMULATORS} <{width} x float> loads + adds over the buffer, "
+                      f"{reps} passes back to back, best run"}

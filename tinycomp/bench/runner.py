@@ -270,9 +270,11 @@ def main(argv: list[str]) -> int:
     if mode == "compile":
         return run_compile_times(spec)
     if mode == "peak":
-        from .peak import measure_fma_peak
+        from .models import MODELS
+        from .peak import measure_fma_peak, measure_weight_stream
 
-        _emit({"type": "peak", **measure_fma_peak(spec.get("seconds", 0.3))})
+        stream = measure_weight_stream(MODELS["mlp"].weight_bytes) if spec.get("stream") else None
+        _emit({"type": "peak", **measure_fma_peak(spec.get("seconds", 0.3)), "mlp_weight_stream": stream})
         return 0
     print(f"unknown runner mode {mode!r}", file=sys.stderr)
     return 2
