@@ -71,7 +71,7 @@ def unavailable_reason(name: str) -> str | None:
 def _torch_module(bm: BenchModel, weights: list[tuple[np.ndarray, np.ndarray]]) -> Any:
     import torch
 
-    acts = {"relu": torch.nn.ReLU, "tanh": torch.nn.Tanh, "softmax": lambda: torch.nn.Softmax(dim=-1)}
+    acts: dict[str, Any] = {"relu": torch.nn.ReLU, "tanh": torch.nn.Tanh, "softmax": lambda: torch.nn.Softmax(dim=-1)}
     layers: list[Any] = []
     for (w, b), spec in zip(weights, bm.layers, strict=True):
         lin = torch.nn.Linear(spec.inputs, spec.outputs)
