@@ -58,14 +58,27 @@ def test_second_call_takes_the_hot_path_with_the_same_bits(mlp):
     assert fast.stats.calls == 6
 
 
+@pytest.mark.parametrize("make", [lambda x: x.astype(np.float64), lambda x: (x > 0).astype(np.int32), Tensor],
+                         ids=["float64", "int32", "Tensor"])
+def test_other_number_types_and_tensors_take_the_hot_path_cast_like_tensor(mlp, make):
+    fast = compiled(mlp, threads=1)
+    x = batch(8)
+    fast(x)
+    value = make(x)
+    y = fast(value).data
+    assert fast.full_calls == 1
+    assert y.dtype == np.float32
+    np.testing.assert_allclose(y, eager_eval(mlp, np.asarray(getattr(value, "data", value), np.float32)),
+                               rtol=2e-4, atol=2e-5)
+
+
 @pytest.mark.parametrize("make", [
-    lambda x: x.astype(np.float64),  # converted
     lambda x: np.asfortranarray(np.repeat(x, 2, axis=0))[::2],  # strided
     lambda x: x[0],  # one sample
     lambda x: x.reshape(2, 4, REFERENCE_MLP_IN),  # leading dimensions
     lambda x: x.tolist(),  # a list
     lambda x: np.empty((0, REFERENCE_MLP_IN), np.float32),  # no rows
-], ids=["float64", "strided", "one-sample", "lead-dims", "list", "empty"])
+], ids=["strided", "one-sample", "lead-dims", "list", "empty"])
 def test_other_inputs_take_the_full_path_and_agree_with_eager(mlp, make):
     fast = compiled(mlp, threads=1)
     x = batch(8)
