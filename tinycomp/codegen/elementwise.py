@@ -20,7 +20,21 @@ from dataclasses import dataclass
 from llvmlite import ir
 
 from . import vecmath
-from .loops import F32, I1, I32, I64, PTR, element_ptr, for_range, i64, masked_intrinsic, splat, vector_type
+from .loops import (
+    F32,
+    I1,
+    I32,
+    I64,
+    PTR,
+    element_ptr,
+    for_range,
+    i64,
+    masked_intrinsic,
+    splat,
+    splat_value,
+    vector_constant,
+    vector_type,
+)
 
 Emitter = Callable[[ir.IRBuilder, ir.Module, ir.Value], ir.Value]
 
@@ -95,7 +109,7 @@ class Chunk:
 
 
 def _tail_mask(width: int, valid: int) -> ir.Constant:
-    return ir.Constant(ir.VectorType(I1, width), [ir.Constant(I1, i < valid) for i in range(width)])
+    return vector_constant(ir.VectorType(I1, width), [ir.Constant(I1, i < valid) for i in range(width)])
 
 
 def load_chunk(builder: ir.IRBuilder, ptr: ir.Value, chunk: Chunk, fill: float = 0.0) -> ir.Value:
@@ -164,11 +178,8 @@ def evaluate(builder: ir.IRBuilder, expr: tuple, leaf: Callable[[int], ir.Value]
 
 def _runtime_tail_mask(builder: ir.IRBuilder, remaining: ir.Value, width: int) -> ir.Value:
     """Lanes i < remaining, for a tail whose length is only known at run time."""
-    lanes = ir.Constant(ir.VectorType(I64, width), [ir.Constant(I64, i) for i in range(width)])
-    limit = builder.insert_element(ir.Constant(lanes.type, ir.Undefined), remaining, ir.Constant(I32, 0))
-    limit = builder.shuffle_vector(limit, ir.Constant(lanes.type, ir.Undefined),
-                                   ir.Constant(ir.VectorType(I32, width), [0] * width))
-    return builder.icmp_unsigned("<", lanes, limit)
+    lanes = vector_constant(ir.VectorType(I64, width), list(range(width)))
+    return builder.icmp_unsigned("<", lanes, splat_value(builder, remaining, lanes.type))
 
 
 def for_each_flat_chunk(builder: ir.IRBuilder, total: ir.Value, width: int,
@@ -232,8 +243,8 @@ def _horizontal(builder: ir.IRBuilder, combine, v: ir.Value) -> ir.Value:
     half = width // 2
     while half:
         idx = [(i + half) % width for i in range(width)]
-        upper = builder.shuffle_vector(v, ir.Constant(v.type, ir.Undefined),
-                                       ir.Constant(ir.VectorType(I32, width), idx))
+        upper = builder.shuffle_vector(v, vector_constant(v.type, ir.Undefined),
+                                       vector_constant(ir.VectorType(I32, width), idx))
         v = combine(v, upper)
         half //= 2
     return builder.extract_element(v, ir.Constant(I32, 0))

@@ -39,7 +39,7 @@ from .gemm_kernels import (
     tile_kernel,
 )
 from .gemm_narrow import NarrowShape, narrow_kernel, narrow_pack_kernel, narrow_small_kernel
-from .loops import F32, I1, I64, PTR, element_ptr, for_range, i64, internal_kernel, paused_gc, vector_type
+from .loops import F32, I1, I64, PTR, element_ptr, for_range, i64, internal_kernel, paused_gc, splat_value, vector_type
 
 # Packed W block budget: half of a 1 MiB L2, leaving room for the A row panels and C.
 L2_BLOCK_BYTES = 512 * 1024
@@ -357,10 +357,7 @@ def pack_kernel(module: ir.Module, shape: TileShape) -> ir.Function:
     tail = b.sub(cols, b.mul(full, i64(nr)))
     tail_masks = column_masks(b, tail, nv, w)
     i1v = ir.VectorType(I1, w)
-    zeros32 = ir.Constant(ir.VectorType(ir.IntType(32), w), [0] * w)
-    tail_store = [b.shuffle_vector(b.insert_element(ir.Constant(i1v, ir.Undefined),
-                                                    b.icmp_signed(">", tail, i64(v * w)), i64(0)),
-                                   ir.Constant(i1v, ir.Undefined), zeros32) for v in range(nv)]
+    tail_store = [splat_value(b, b.icmp_signed(">", tail, i64(v * w)), i1v) for v in range(nv)]
     tail_ld = b.mul(b.udiv(b.add(tail, i64(w - 1)), i64(w)), i64(w))
     panel_size = b.mul(K, i64(nr))
     tail_base = element_ptr(b, pack, b.mul(full, panel_size))

@@ -35,7 +35,10 @@ from .loops import (
     i64,
     internal_kernel,
     masked_intrinsic,
+    splat_value,
+    vector_constant,
     vector_type,
+    zeros,
 )
 
 
@@ -62,7 +65,7 @@ class TileShape:
 
 
 def lane_mask(width: int, lanes: int) -> ir.Constant:
-    return ir.Constant(ir.VectorType(I1, width), [ir.Constant(I1, int(i < lanes)) for i in range(width)])
+    return vector_constant(ir.VectorType(I1, width), [ir.Constant(I1, int(i < lanes)) for i in range(width)])
 
 
 def _prefetch_intrinsic(module: ir.Module) -> ir.Function:
@@ -76,7 +79,7 @@ def masked_load(builder: ir.IRBuilder, ptr: ir.Value, mask: ir.Value) -> ir.Valu
     """Load the lanes of `mask` (zero elsewhere) without touching memory outside them."""
     width = mask.type.count
     fn = masked_intrinsic(builder.module, "load", width)
-    return builder.call(fn, [ptr, ir.Constant(I32, 4), mask, ir.Constant(vector_type(width), None)])
+    return builder.call(fn, [ptr, ir.Constant(I32, 4), mask, zeros(vector_type(width))])
 
 
 def masked_store(builder: ir.IRBuilder, value: ir.Value, ptr: ir.Value, mask: ir.Value) -> None:
@@ -88,24 +91,16 @@ def column_masks(builder: ir.IRBuilder, cols: ir.Value, nv: int, width: int) -> 
     """Lane masks of the `nv` vectors of a row holding `cols` (a run-time i64) real columns."""
     iv = ir.VectorType(I32, width)
     lanes = splat_i32(builder, builder.trunc(cols, I32), width)
-    return [builder.icmp_signed("<", ir.Constant(iv, [v * width + i for i in range(width)]), lanes)
+    return [builder.icmp_signed("<", vector_constant(iv, [v * width + i for i in range(width)]), lanes)
             for v in range(nv)]
 
 
-def _splat(builder: ir.IRBuilder, value: ir.Value, vt: ir.VectorType) -> ir.Value:
-    """insertelement + shufflevector with zeroinitializer operands: the same code as an undef
-    splat, a fraction of the IR text (printing and parsing IR is a real share of compile time)."""
-    zero = ir.Constant(vt, None)
-    one = builder.insert_element(zero, value, ir.Constant(I32, 0))
-    return builder.shuffle_vector(one, zero, ir.Constant(ir.VectorType(I32, vt.count), None))
-
-
 def splat_i32(builder: ir.IRBuilder, value: ir.Value, width: int) -> ir.Value:
-    return _splat(builder, value, ir.VectorType(I32, width))
+    return splat_value(builder, value, ir.VectorType(I32, width))
 
 
 def splat_f32(builder: ir.IRBuilder, value: ir.Value, width: int) -> ir.Value:
-    return _splat(builder, value, vector_type(width))
+    return splat_value(builder, value, vector_type(width))
 
 
 def activation_function(module: ir.Module, activation: str, width: int) -> ir.Function:
@@ -152,7 +147,7 @@ def tile_kernel(module: ir.Module, shape: TileShape) -> ir.Function:
     K, a, lda, b, ldb, c, ldc, cols = fn.args
     builder = ir.IRBuilder(fn.append_basic_block("entry"))
     if shape.exact:
-        masks = [ir.Constant(ir.VectorType(I1, shape.width), [ir.Constant(I1, 1)] * shape.width)] * shape.nv
+        masks = [vector_constant(ir.VectorType(I1, shape.width), ir.Constant(I1, 1))] * shape.nv
     else:
         masks = column_masks(builder, cols, shape.nv, shape.width)
     a_rows = [element_ptr(builder, a, builder.mul(i64(i), lda)) if i else a for i in range(shape.mr)]
@@ -204,10 +199,9 @@ def epilogue_function(module: ir.Module, activation: str | None, width: int) -> 
 
     has_bias = b.icmp_unsigned("!=", bias, ir.Constant(PTR, None))
     i1v = ir.VectorType(I1, width)
-    bias_on = b.shuffle_vector(b.insert_element(ir.Constant(i1v, ir.Undefined), has_bias, ir.Constant(I32, 0)),
-                               ir.Constant(i1v, ir.Undefined), ir.Constant(ir.VectorType(I32, width), [0] * width))
-    neg_zero = ir.Constant(vt, [ir.Constant(F32, -0.0)] * width)
-    iota = ir.Constant(ir.VectorType(I32, width), list(range(width)))
+    bias_on = splat_value(b, has_bias, i1v)
+    neg_zero = vector_constant(vt, ir.Constant(F32, -0.0))
+    iota = vector_constant(ir.VectorType(I32, width), list(range(width)))
     n_vec = b.udiv(b.add(cols, i64(width - 1)), i64(width))
     load_fn = masked_intrinsic(module, "load", width)
     c_is_zero = b.icmp_signed("!=", b.and_(flags, i64(2)), i64(0))
@@ -219,7 +213,7 @@ def epilogue_function(module: ir.Module, activation: str | None, width: int) -> 
             bvec = b.call(load_fn, [element_ptr(b, bias, col), ir.Constant(I32, 4), b.and_(mask, bias_on), neg_zero])
             with for_range(b, 0, rows, name="r") as r:
                 p = element_ptr(b, c, b.add(b.mul(r, ldc), col))
-                x = b.fadd(b.select(c_is_zero, ir.Constant(vt, None), masked_load(b, p, mask)), bvec)
+                x = b.fadd(b.select(c_is_zero, zeros(vt), masked_load(b, p, mask)), bvec)
                 masked_store(b, act(x) if apply_act else x, p, mask)
 
     if kind == "lin":
@@ -253,7 +247,7 @@ def _k_loop(builder, shape: TileShape, K, a_rows, b, ldb, masks):
     """
     w = shape.width
     vt = vector_type(w)
-    zero = ir.Constant(vt, None)
+    zero = zeros(vt)
     fma = declare_vector_intrinsic(builder.module, "fma", w, 3)
     ahead = builder.mul(ldb, i64(shape.prefetch)) if shape.prefetch else None
     entry = builder.block

@@ -31,7 +31,10 @@ from .loops import (
     i64,
     internal_kernel,
     masked_intrinsic,
+    splat_value,
+    vector_constant,
     vector_type,
+    zeros,
 )
 
 
@@ -64,10 +67,10 @@ def hsum_slots(builder: ir.IRBuilder, slots: list[ir.Value], width: int) -> ir.V
     of every group, one of the high halves, one add; an odd vector out pairs with zeros), down to
     one lane per slot. Every value stays `<width x float>` (no narrower vector types in the IR)."""
     vt = vector_type(width)
-    zero = ir.Constant(vt, None)
+    zero = zeros(vt)
 
     def shuffle(x, y, idx):
-        return builder.shuffle_vector(x, y, ir.Constant(ir.VectorType(I32, len(idx)), idx))
+        return builder.shuffle_vector(x, y, vector_constant(ir.VectorType(I32, len(idx)), idx))
 
     items: list[tuple[ir.Value, list[int | None]]] = [(s, [j]) for j, s in enumerate(slots)]
     g = width
@@ -148,7 +151,7 @@ def narrow_kernel(module: ir.Module, shape: NarrowShape, activation: str | None)
         valid = b.mul(b.sub(M, r0), i64(N))  # outputs left in C from this block's start
         for j0 in range(0, len(slots), w):
             lanes = min(w, len(slots) - j0)
-            bias_v = bias1 if j0 == 0 and lanes <= N else b.shuffle_vector(bias1, bias1, ir.Constant(
+            bias_v = bias1 if j0 == 0 and lanes <= N else b.shuffle_vector(bias1, bias1, vector_constant(
                 ir.VectorType(I32, w), [(j0 + j) % N if j < lanes else N for j in range(w)]))
             out = act(b.fadd(hsum_slots(b, slots[j0:j0 + lanes], w), bias_v))
             left = b.sub(valid, i64(j0))
@@ -174,8 +177,8 @@ def _narrow_epilogue(b: ir.IRBuilder, kind: str, flags, bias, N: int, w: int):
             return b.call(fn_act, [x])
 
     has_bias = b.icmp_unsigned("!=", bias, ir.Constant(PTR, None))
-    bias_mask = b.and_(column_masks(b, i64(N), 1, w)[0], _splat_i1(b, has_bias, w))
-    neg_zero = ir.Constant(vector_type(w), [ir.Constant(F32, -0.0)] * w)
+    bias_mask = b.and_(column_masks(b, i64(N), 1, w)[0], splat_value(b, has_bias, ir.VectorType(I1, w)))
+    neg_zero = vector_constant(vector_type(w), ir.Constant(F32, -0.0))
     bias1 = b.call(masked_intrinsic(b.module, "load", w), [bias, ir.Constant(I32, 4), bias_mask, neg_zero])
     return act, bias1
 
@@ -199,7 +202,7 @@ def narrow_small_kernel(module: ir.Module, N: int, width: int, activation: str |
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     w, U = width, SMALL_UNROLL
     vt = vector_type(w)
-    zero = ir.Constant(vt, None)
+    zero = zeros(vt)
     act, bias1 = _narrow_epilogue(b, kind, flags, bias, N, w)
     mask = column_masks(b, i64(N), 1, w)[0]
     fma = declare_vector_intrinsic(module, "fma", w, 3)
@@ -259,13 +262,6 @@ def narrow_small_kernel(module: ir.Module, N: int, width: int, activation: str |
     return fn
 
 
-def _splat_i1(builder: ir.IRBuilder, value: ir.Value, width: int) -> ir.Value:
-    i1v = ir.VectorType(I1, width)
-    one = builder.insert_element(ir.Constant(i1v, ir.Undefined), value, ir.Constant(I32, 0))
-    zeros = ir.Constant(ir.VectorType(I32, width), [0] * width)
-    return builder.shuffle_vector(one, ir.Constant(i1v, ir.Undefined), zeros)
-
-
 def _narrow_dot(b, shape: NarrowShape, rows: int, unroll: int, K, a_rows, wt_rows):
     """acc[r][n] = A[r, 0:K] . Wt[n, 0:K] for a block of rows, each as `unroll` vector accumulators
     over interleaved K chunks (chunk c into accumulator c % unroll), summed pairwise at the end.
@@ -273,7 +269,7 @@ def _narrow_dot(b, shape: NarrowShape, rows: int, unroll: int, K, a_rows, wt_row
     with masked loads of A and Wt (masked-off lanes are 0 * 0), so no memory past K is touched."""
     w, N = shape.width, shape.N
     vt = vector_type(w)
-    zero = ir.Constant(vt, None)
+    zero = zeros(vt)
     fma = declare_vector_intrinsic(b.module, "fma", w, 3)
     step = w * unroll
     steps = b.udiv(K, i64(step))

@@ -70,15 +70,66 @@ def declare_vector_intrinsic(module: ir.Module, name: str, width: int, arity: in
     return ir.Function(module, ir.FunctionType(vt, [vt] * arity), full)
 
 
+_ZERO_REFS = frozenset({"0", "0x0", "0.0", "false", "null"})
+_vector_constants: dict[tuple[str, str], ir.Constant] = {}
+
+
+def vector_constant(vt: ir.VectorType, value: object) -> ir.Constant:
+    """The constant vector `ir.Constant(vt, value)` (`value`: one element for every lane, None for
+    zeros, `ir.Undefined`, or a list), printed as `zeroinitializer`, `undef` or `splat (T v)` when
+    it is one.
+
+    llvmlite spells every vector constant out lane by lane (`<float 0x0, ... 16 times>`), even a
+    null one; LLVM parses the short forms into the very same constant, and printing and parsing the
+    long ones was a real share of compile time. Constants are immutable, so each is built (and its
+    text formatted) once per process and shared by every module."""
+    key = (str(vt), repr(value))  # repr: -0.0 and 0.0 are different constants
+    const = _vector_constants.get(key)
+    if const is None:
+        if len(_vector_constants) > 1024:  # splats of user constants: keep the table bounded
+            _vector_constants.clear()
+        const = _vector_constants[key] = _short_form(ir.Constant(vt, value))
+    return const
+
+
+def _short_form(full: ir.Constant) -> ir.Constant:
+    refs = {c.get_reference() for c in full.constant}
+    if len(refs) != 1:
+        return full
+    ref = refs.pop().strip()  # llvmlite pads some float spellings with spaces
+    text = ref if ref == "undef" else "zeroinitializer" if ref in _ZERO_REFS else f"splat ({full.type.element} {ref})"
+    return _ShortVectorConstant(full.type, full.constant, text)
+
+
+class _ShortVectorConstant(ir.Constant):
+    """A splat vector constant that prints its short form (see `vector_constant`)."""
+
+    def __init__(self, typ: ir.VectorType, constant: object, text: str):
+        super().__init__(typ, constant)
+        self.text = text
+
+    def _get_reference(self) -> str:
+        return self.text
+
+
+def zeros(vt: ir.VectorType) -> ir.Constant:
+    return vector_constant(vt, None)
+
+
+def splat_value(builder: ir.IRBuilder, value: ir.Value, vt: ir.VectorType) -> ir.Value:
+    """`vt` with `value` in every lane: insertelement + shufflevector, one broadcast instruction."""
+    undef = vector_constant(vt, ir.Undefined)
+    one = builder.insert_element(undef, value, ir.Constant(I32, 0))
+    return builder.shuffle_vector(one, undef, zeros(ir.VectorType(I32, vt.count)))
+
+
 def splat(value: float | ir.Value, width: int, builder: ir.IRBuilder | None = None) -> ir.Value:
-    """A vector of `width` copies: a constant for a Python float, else an insert+shuffle."""
+    """A vector of `width` float copies: a constant for a Python float, else a broadcast."""
     vt = vector_type(width)
     if not isinstance(value, ir.Value):
-        return ir.Constant(vt, [ir.Constant(F32, float(value))] * width)
+        return vector_constant(vt, ir.Constant(F32, float(value)))
     assert builder is not None
-    one = builder.insert_element(ir.Constant(vt, ir.Undefined), value, ir.Constant(I32, 0))
-    zeros = ir.Constant(ir.VectorType(I32, width), [0] * width)
-    return builder.shuffle_vector(one, ir.Constant(vt, ir.Undefined), zeros)
+    return splat_value(builder, value, vt)
 
 
 @contextmanager

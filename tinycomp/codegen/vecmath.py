@@ -29,7 +29,7 @@ from collections.abc import Callable
 
 from llvmlite import ir
 
-from .loops import I32, declare_vector_intrinsic, splat
+from .loops import I32, declare_vector_intrinsic, splat, vector_constant
 
 # Measured on a 2.5M-point sweep (as in tests/codegen/test_vecmath.py): exp 1.00, sigmoid 2.15,
 # tanh 1.50, gelu 2.99 ulp; the bounds add a margin of about half to one ulp.
@@ -98,8 +98,8 @@ def _clamp(builder: ir.IRBuilder, x: ir.Value, lo: float, hi: float) -> ir.Value
 def _pow2(builder: ir.IRBuilder, n: ir.Value) -> ir.Value:
     """2.0**n for integer lanes n in the normal exponent range [-126, 127], built from bits."""
     vt = n.type
-    biased = builder.add(n, ir.Constant(vt, [ir.Constant(I32, 127)] * vt.count))
-    bits = builder.shl(biased, ir.Constant(vt, [ir.Constant(I32, 23)] * vt.count))
+    biased = builder.add(n, vector_constant(vt, ir.Constant(I32, 127)))
+    bits = builder.shl(biased, vector_constant(vt, ir.Constant(I32, 23)))
     return builder.bitcast(bits, ir.VectorType(ir.FloatType(), vt.count))
 
 
@@ -118,9 +118,8 @@ def emit_exp(builder: ir.IRBuilder, module: ir.Module, x: ir.Value) -> ir.Value:
 
     # Two half-scalings keep both factors normal, so overflow gives inf and deep underflow rounds
     # once into the subnormals (y * 2**n1 is exact; only the last multiply rounds).
-    ni = builder.sub(builder.bitcast(t, ivt), ir.Constant(ivt, [ir.Constant(I32, ROUND_MAGIC_BITS)]
-                                                           * ivt.count))
-    n1 = builder.ashr(ni, ir.Constant(ivt, [ir.Constant(I32, 1)] * ivt.count))
+    ni = builder.sub(builder.bitcast(t, ivt), vector_constant(ivt, ir.Constant(I32, ROUND_MAGIC_BITS)))
+    n1 = builder.ashr(ni, vector_constant(ivt, ir.Constant(I32, 1)))
     n2 = builder.sub(ni, n1)
     return builder.fmul(builder.fmul(y, _pow2(builder, n1)), _pow2(builder, n2))
 
