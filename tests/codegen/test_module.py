@@ -311,3 +311,16 @@ def test_fingerprint_sees_constant_values():
         return g
 
     assert graph_fingerprint(graph(2.0), WIDTH) != graph_fingerprint(graph(3.0), WIDTH)
+
+
+def test_only_glue_is_compiled_without_optimization():
+    """The entry, the per-layer wrappers and the GEMM driver only call kernels: `optnone` (cheap to
+    compile); every kernel that does the arithmetic keeps the full code generator."""
+    import re
+
+    text = lower_graph(mlp_graph((784, 256, 128, 10), "relu"), WIDTH).llvm_ir
+    attrs = {m.group(1): m.group(2) for m in re.finditer(r'^define [^@]*@"([^"]+)"\(.*\)([^(\n]*)$', text, re.M)}
+    glue = {name for name, a in attrs.items() if "optnone" in a}
+    assert glue == {"tinycomp_forward", "k0_linear", "k1_linear", "k2_linear", f"tinycomp.gemm.driver.v{WIDTH}"}
+    assert all("noinline" in attrs[name] for name in glue)  # optnone requires it
+    assert any(name.startswith("tinycomp.gemm.tile") for name in attrs.keys() - glue)

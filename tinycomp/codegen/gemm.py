@@ -39,7 +39,20 @@ from .gemm_kernels import (
     tile_kernel,
 )
 from .gemm_narrow import NarrowShape, narrow_kernel, narrow_pack_kernel, narrow_small_kernel
-from .loops import F32, I1, I64, PTR, element_ptr, for_range, i64, internal_kernel, paused_gc, splat_value, vector_type
+from .loops import (
+    F32,
+    I1,
+    I64,
+    PTR,
+    compile_as_glue,
+    element_ptr,
+    for_range,
+    i64,
+    internal_kernel,
+    paused_gc,
+    splat_value,
+    vector_type,
+)
 
 # Packed W block budget: half of a 1 MiB L2, leaving room for the A row panels and C.
 L2_BLOCK_BYTES = 512 * 1024
@@ -170,6 +183,7 @@ def _emit_linear(module: ir.Module, name: str, *, K: int, N: int, bias: bool, ac
     fnty = ir.FunctionType(ir.VoidType(), [I64, PTR, PTR, PTR, PTR, PTR])
     fn = ir.Function(module, fnty, name)
     fn.attributes.add("nounwind")
+    compile_as_glue(fn)  # one call to the driver, or to the narrow kernels
     for arg, nm in zip(fn.args, ("M", "A", "W", "B", "C", "pack"), strict=True):
         arg.name = nm
         if isinstance(arg.type, ir.PointerType):
@@ -243,11 +257,7 @@ def _driver(module: ir.Module, width: int) -> ir.Function:
     fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [t for _, t in DRIVER_ARGS]), name)
     fn.linkage = "internal"
     fn.attributes.add("nounwind")
-    # It only loops over tiles and calls kernels: `optnone` lets LLVM compile it with the fast
-    # instruction selector and skip the loop passes (measured: glue compiled like the kernels took
-    # a third of the module's compile time), while the kernels get the full code generator.
-    fn.attributes.add("noinline")
-    fn.attributes.add("optnone")
+    compile_as_glue(fn)  # it only loops over tiles and calls kernels
     for arg, (nm, _) in zip(fn.args, DRIVER_ARGS, strict=True):
         arg.name = nm
     builder = ir.IRBuilder(fn.append_basic_block("entry"))

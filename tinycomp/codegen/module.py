@@ -23,7 +23,7 @@ from llvmlite import ir
 from ..ir.graph import Graph
 from ..ir.ops import ELEMENTWISE, fmt_shape, map_leaves
 from . import elementwise, gemm
-from .loops import I64, PTR, element_ptr, for_range, i64, paused_gc
+from .loops import I64, PTR, compile_as_glue, element_ptr, for_range, i64, paused_gc
 from .scratch import BufferPlan, is_batched, plan_buffers, row_floats
 
 ENTRY = "tinycomp_forward"
@@ -283,6 +283,7 @@ def _lower_graph(g: Graph, width: int) -> ModulePlan:
             raise LoweringError(f"no native code rule for op {g.op(n)!r} (node {n}); compiled ops: {sorted(LOWERINGS)}")
     buffers = plan_buffers(g, pack_floats=_max_pack_floats(g, width))
     e = _Emitter(g, width, buffers)
+    compile_as_glue(e.fn)  # it only computes buffer addresses and calls the kernels
     block = row_block(g, buffers)
     if block:
         _row_blocks(e, block)
