@@ -42,6 +42,7 @@ from .gemm_narrow import NarrowShape, narrow_kernel, narrow_pack_kernel, narrow_
 from .loops import (
     F32,
     I1,
+    I32,
     I64,
     PTR,
     compile_as_glue,
@@ -201,16 +202,23 @@ def _emit_linear(module: ir.Module, name: str, *, K: int, N: int, bias: bool, ac
     # Layers of one to three vectors of columns are never packed: a block would be their whole W,
     # read in place (100x37 at 256 / 2048 rows: packing into 3-vector panels measured no faster).
     pack_fn = pack_kernel(mod, plan.main) if plan.main.nv == (4 if width >= 16 else 2) else _null(PACK_TY)
-    args = [M, A, W, B if bias else ir.Constant(PTR, None), C, pack,
-            i64(K), i64(N), i64(int(activation == "relu")), i64(plan.nc), i64(plan.direct_nc),
-            i64(plan.direct_max_rows),
-            tile_kernel(mod, plan.main), i64(plan.main.mr), i64(plan.main.nr), pack_fn,
-            tile_kernel(mod, plan.tail) if plan.tail else _null(TILE_TY), i64(plan.tail.nr if plan.tail else 0),
-            leftover.get(4, _null(TILE_TY)), nr.get(4, i64(0)),
-            leftover.get(2, _null(TILE_TY)), nr.get(2, i64(0)),
-            leftover[1], nr[1],
-            epilogue_function(mod, activation, width)]
-    b.call(_driver(module, width), args)
+    config = [i64(K), i64(N), i64(int(activation == "relu")), i64(plan.nc), i64(plan.direct_nc),
+              i64(plan.direct_max_rows),
+              tile_kernel(mod, plan.main), i64(plan.main.mr), i64(plan.main.nr), pack_fn,
+              tile_kernel(mod, plan.tail) if plan.tail else _null(TILE_TY), i64(plan.tail.nr if plan.tail else 0),
+              leftover.get(4, _null(TILE_TY)), nr.get(4, i64(0)),
+              leftover.get(2, _null(TILE_TY)), nr.get(2, i64(0)),
+              leftover[1], nr[1],
+              epilogue_function(mod, activation, width)]
+    cfg = ir.GlobalVariable(module, CONFIG_TY, f"{name}.config")
+    cfg.linkage, cfg.global_constant = "internal", True
+    cfg.initializer = ir.Constant(CONFIG_TY, config)
+    # The driver takes two pointers: LLVM's fast instruction selector, which compiles the glue,
+    # gives up on functions with more arguments than registers (and falls back to the slow one).
+    call = b.alloca(CALL_TY, name="call")
+    for i, value in enumerate((M, A, W, B if bias else ir.Constant(PTR, None), C, pack)):
+        b.store(value, b.gep(call, [ir.Constant(I32, 0), ir.Constant(I32, i)]))
+    b.call(_driver(module, width), [call, cfg])
     b.ret_void()
     return fn
 
@@ -238,12 +246,14 @@ def _emit_narrow(b: ir.IRBuilder, shape: NarrowShape, args, *, K: int, bias: boo
 TILE_TY = ir.FunctionType(ir.VoidType(), [I64, PTR, I64, PTR, I64, PTR, I64, I64])
 PACK_TY = ir.FunctionType(ir.VoidType(), [I64, I64, PTR, I64, PTR])
 EPI_TY = ir.FunctionType(ir.VoidType(), [I64, PTR, I64, PTR, I64, I64])
-DRIVER_ARGS = (("M", I64), ("A", PTR), ("W", PTR), ("B", PTR), ("C", PTR), ("pack", PTR),
-               ("K", I64), ("N", I64), ("relu", I64), ("nc", I64), ("direct_nc", I64), ("direct_max", I64),
+CALL_ARGS = (("M", I64), ("A", PTR), ("W", PTR), ("B", PTR), ("C", PTR), ("pack", PTR))
+CONFIG_ARGS = (("K", I64), ("N", I64), ("relu", I64), ("nc", I64), ("direct_nc", I64), ("direct_max", I64),
                ("main", ir.PointerType(TILE_TY)), ("main_rows", I64), ("main_nr", I64),
                ("pack_fn", ir.PointerType(PACK_TY)), ("tail", ir.PointerType(TILE_TY)), ("tail_nr", I64),
                ("k4", ir.PointerType(TILE_TY)), ("nr4", I64), ("k2", ir.PointerType(TILE_TY)), ("nr2", I64),
                ("k1", ir.PointerType(TILE_TY)), ("nr1", I64), ("epi", ir.PointerType(EPI_TY)))
+CALL_TY = ir.LiteralStructType([t for _, t in CALL_ARGS])
+CONFIG_TY = ir.LiteralStructType([t for _, t in CONFIG_ARGS])
 
 
 def _null(fnty: ir.FunctionType) -> ir.Constant:
@@ -254,14 +264,19 @@ def _driver(module: ir.Module, width: int) -> ir.Function:
     name = f"tinycomp.gemm.driver.v{width}"
     if name in module.globals:
         return module.globals[name]
-    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [t for _, t in DRIVER_ARGS]), name)
+    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR, PTR]), name)
     fn.linkage = "internal"
     fn.attributes.add("nounwind")
     compile_as_glue(fn)  # it only loops over tiles and calls kernels
-    for arg, (nm, _) in zip(fn.args, DRIVER_ARGS, strict=True):
-        arg.name = nm
+    call, cfg = fn.args
+    call.name, cfg.name = "call", "config"
     builder = ir.IRBuilder(fn.append_basic_block("entry"))
-    _Driver(builder, dict(zip([n for n, _ in DRIVER_ARGS], fn.args, strict=True)), width).emit()
+    args = {}
+    for struct, ty, fields in ((call, CALL_TY, CALL_ARGS), (cfg, CONFIG_TY, CONFIG_ARGS)):
+        for i, (nm, t) in enumerate(fields):
+            at = builder.gep(struct, [ir.Constant(I32, 0), ir.Constant(I32, i)], source_etype=ty)
+            args[nm] = builder.load(at, typ=t, name=nm)
+    _Driver(builder, args, width).emit()
     builder.ret_void()
     return fn
 
