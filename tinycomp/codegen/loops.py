@@ -164,11 +164,12 @@ def masked_intrinsic(module: ir.Module, op: str, width: int) -> ir.Function:
 
 def compile_as_glue(fn: ir.Function) -> None:
     """Mark a function that only computes a few addresses and calls kernels `optnone` (with the
-    `noinline` it requires): LLVM then compiles it with the fast instruction selector and skips
-    its optimizations. It runs once per call or per tile, next to kernels that run for
-    microseconds, while compiling it like a kernel costs real time (measured: the GEMM driver
-    took a third of a module's compile time; the entry and the per-layer wrappers of the
-    reference MLP ~5 ms of its ~60 ms emit)."""
+    `noinline` it requires): LLVM then skips its optimizations and selects instructions with the
+    fast selector where it can (not for functions with more arguments than registers, nor for
+    direct calls under the JIT's large code model: those blocks take the slower selector). It runs
+    once per call or per tile, next to kernels that run for microseconds, while compiling it like
+    a kernel costs real time (measured: the GEMM driver took a third of a module's compile time;
+    the entry and the per-layer wrappers of the reference MLP ~5 ms of its ~60 ms emit)."""
     fn.attributes.add("noinline")
     fn.attributes.add("optnone")
 
