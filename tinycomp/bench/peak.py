@@ -28,15 +28,30 @@ from ..runtime.threads import available_cores
 ACCUMULATORS = 16
 
 
+F32, I64 = ir.FloatType(), ir.IntType(64)
+
+
+def _loop_function(name: str, width: int, ints: int, blocks: tuple[str, ...]):
+    """A module holding `void name(i64 x ints, ptr buf)`: (module, function, its blocks, vector type)."""
+    mod = ir.Module(name=name)
+    fn = ir.Function(mod, ir.FunctionType(ir.VoidType(), [I64] * ints + [ir.PointerType()]), name=name)
+    return mod, fn, [fn.append_basic_block(block) for block in blocks], ir.VectorType(F32, width)
+
+
+def _store_total(b: ir.IRBuilder, parts: list, buf: ir.Value, align: int) -> None:
+    """Store the sum of the accumulators to buf (the loop's work is used: it cannot be dropped)."""
+    total = parts[0]
+    for v in parts[1:]:
+        total = b.fadd(total, v)
+    b.store(total, buf, align=align)
+    b.ret_void()
+
+
 def _fma_loop_ir(width: int) -> str:
-    f32 = ir.FloatType()
-    vec = ir.VectorType(f32, width)
-    i64 = ir.IntType(64)
-    mod = ir.Module(name="fma_peak")
+    mod, fn, (entry, loop, done), vec = _loop_function("fma_loop", width, 1, ("entry", "loop", "done"))
+    f32, i64 = F32, I64
     fma = ir.Function(mod, ir.FunctionType(vec, [vec, vec, vec]), name=f"llvm.fma.v{width}f32")
-    fn = ir.Function(mod, ir.FunctionType(ir.VoidType(), [i64, ir.PointerType()]), name="fma_loop")
     n, buf = fn.args
-    entry, loop, done = fn.append_basic_block("entry"), fn.append_basic_block("loop"), fn.append_basic_block("done")
     b = ir.IRBuilder(entry)
     a = b.load(buf, typ=vec, align=4)  # the ctypes buffer is only 4-byte aligned
     m = b.load(b.gep(buf, [ir.Constant(i64, width)], source_etype=f32), typ=vec, align=4)
@@ -53,11 +68,7 @@ def _fma_loop_ir(width: int) -> str:
         acc.add_incoming(a, entry)
         acc.add_incoming(nxt, loop)
     b.position_at_end(done)
-    total = new[0]
-    for v in new[1:]:
-        total = b.fadd(total, v)
-    b.store(total, buf, align=4)
-    b.ret_void()
+    _store_total(b, new, buf, align=4)
     return str(mod)
 
 
@@ -96,14 +107,10 @@ STREAM_ACCUMULATORS = 4
 
 def _stream_loop_ir(width: int) -> str:
     """`stream(reps, n, buf)`: reps times, add up the n floats at buf (n a multiple of 4 x width)."""
-    f32 = ir.FloatType()
-    vec = ir.VectorType(f32, width)
-    i64 = ir.IntType(64)
-    mod = ir.Module(name="weight_stream")
-    fn = ir.Function(mod, ir.FunctionType(ir.VoidType(), [i64, i64, ir.PointerType()]), name="stream")
+    blocks = ("entry", "rep", "loop", "rep_end", "done")
+    mod, fn, (entry, rep, loop, rep_end, done), vec = _loop_function("stream", width, 2, blocks)
+    f32, i64 = F32, I64
     reps, n, buf = fn.args
-    blocks = [fn.append_basic_block(name) for name in ("entry", "rep", "loop", "rep_end", "done")]
-    entry, rep, loop, rep_end, done = blocks
     b = ir.IRBuilder(entry)
     zero = ir.Constant(vec, None)
     b.branch(rep)
@@ -133,11 +140,7 @@ def _stream_loop_ir(width: int) -> str:
         acc.add_incoming(c, rep)
         acc.add_incoming(nxt, loop)
     b.position_at_end(done)
-    total = new[0]
-    for v in new[1:]:
-        total = b.fadd(total, v)
-    b.store(total, buf, align=64)  # the sums are used: the loads cannot be dropped
-    b.ret_void()
+    _store_total(b, new, buf, align=64)
     return str(mod)
 
 
