@@ -245,8 +245,8 @@ class CompiledModel:
     def _hot_call(self, art: _Artifact, x: Any) -> Tensor | None:
         """The common call in ~4 us of Python: a C-contiguous batch of numbers (cast to float32) of the
         compiled feature shape, small enough for one thread and no memory check, with the model's
-        structure and parameter arrays as last time. Anything else returns None and takes `_call`, which handles
-        (and names) every other case; both run the same native code on the same checks."""
+        structure and parameter arrays as last time. Anything else returns None and takes `_call`,
+        which handles (and names) every other case; both run the same native code on the same checks."""
         arr = x.data if type(x) is Tensor else x
         if type(arr) is not np.ndarray or arr.shape[1:] != art.features:
             return None

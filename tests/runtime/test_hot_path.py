@@ -10,6 +10,7 @@ import pytest
 from tests.models import REFERENCE_MLP_IN, eager_eval, reference_mlp
 from tinycomp.compiler import CompiledModel
 from tinycomp.nn import Linear, ReLU, Sequential, Tensor, manual_seed
+from tinycomp.runtime.threads import one_part_rows, parallel_parts
 
 
 @pytest.fixture(autouse=True)
@@ -184,3 +185,12 @@ def test_shared_sub_model_in_two_compiled_models():
     inner.layers[0].bias.data[:] = 1.0
     assert_eager(a, a.model, x)
     assert_eager(b, b.model, x)
+
+
+@pytest.mark.parametrize("threads", [None, 1, 2, 4])
+@pytest.mark.parametrize("flops_per_row", [1, 470_016, 10_000_000, 200_000_000])
+def test_hot_rows_are_exactly_the_batches_that_run_as_one_part(threads, flops_per_row):
+    limit = 5_000
+    hot = one_part_rows(flops_per_row, threads, limit)
+    for rows in range(1, limit + 1):
+        assert (parallel_parts(rows, flops_per_row, threads) == 1) == (rows <= hot), rows
