@@ -10,6 +10,7 @@ import pytest
 from tinycomp.codegen.module import (
     ENTRY,
     ROW_BLOCK,
+    STREAM_IN_MIN_BYTES,
     LoweringError,
     ModulePlan,
     graph_fingerprint,
@@ -324,3 +325,30 @@ def test_only_glue_is_compiled_without_optimization():
     assert glue == {"tinycomp_forward", "k0_linear", "k1_linear", "k2_linear", f"tinycomp.gemm.driver.v{WIDTH}"}
     assert all("noinline" in attrs[name] for name in glue)  # optnone requires it
     assert any(name.startswith("tinycomp.gemm.tile") for name in attrs.keys() - glue)
+
+
+def test_large_batches_read_each_block_in_first_and_still_run_right():
+    g = mlp_graph([2048, 16, 4])  # 8 KB input rows: the stream-in pass starts at 256 rows
+    assert "tinycomp.stream_in" in lower_graph(g, WIDTH).llvm_ir
+    threshold = STREAM_IN_MIN_BYTES // (4 * 2048)
+    for rows in (threshold - 1, threshold, threshold + 2 * ROW_BLOCK + 3):
+        assert_runs_like_interpreter(g, values(rows, 2048))
+
+
+@pytest.mark.parametrize("n", [1, 15, 16, 17, 1000])
+def test_stream_in_reads_one_word_per_line_within_the_buffer(n):
+    import ctypes
+
+    from llvmlite import ir
+
+    from tinycomp.codegen.loops import stream_in_kernel
+
+    module = ir.Module(name="t")
+    fn = stream_in_kernel(module)
+    fn.linkage = "external"
+    engine = JitEngine(str(module))
+    call = ctypes.CFUNCTYPE(ctypes.c_uint32, ctypes.c_void_p, ctypes.c_int64)(engine.address(fn.name))
+    words = np.random.default_rng(n).integers(0, 2**32, size=n, dtype=np.uint32)
+    expected = np.bitwise_or.reduce(words[::16])
+    assert call(words.ctypes.data, n) == expected
+    assert call(words.ctypes.data, 0) == 0

@@ -12,6 +12,7 @@ I64 = ir.IntType(64)
 I32 = ir.IntType(32)
 I1 = ir.IntType(1)
 F32 = ir.FloatType()
+LINE_FLOATS = 16  # floats per 64-byte cache line
 PTR = ir.PointerType()
 
 
@@ -183,4 +184,38 @@ def internal_kernel(module: ir.Module, name: str, args: Sequence[tuple[str, ir.T
         arg.name = arg_name
         if isinstance(arg.type, ir.PointerType):
             arg.add_attribute("noalias")
+    return fn
+
+
+def stream_in_kernel(module: ir.Module) -> ir.Function:
+    """`i32 stream_in(ptr a, i64 n)`: read the n floats at a, one 32-bit word per cache line, as one
+    sequential stream (the hardware prefetcher follows it at full speed), so the code that runs next
+    finds them in cache. The words are OR-ed into the result so the loads are not dead code; the
+    caller ignores it."""
+    name = "tinycomp.stream_in"
+    if name in module.globals:
+        return module.globals[name]
+    fn = ir.Function(module, ir.FunctionType(I32, [PTR, I64]), name)
+    fn.linkage = "internal"
+    fn.attributes.add("nounwind")
+    a, n = fn.args
+    a.name, n.name = "a", "n"
+    entry, loop, done = (fn.append_basic_block(x) for x in ("entry", "line", "done"))
+    b = ir.IRBuilder(entry)
+    b.cbranch(b.icmp_signed(">", n, i64(0)), loop, done)
+    b.position_at_end(loop)
+    i, acc = b.phi(I64, name="i"), b.phi(I32, name="acc")
+    word = b.load(b.gep(a, [i], source_etype=I32, inbounds=True), typ=I32)
+    acc_next = b.or_(acc, word)
+    i_next = b.add(i, i64(LINE_FLOATS), flags=["nuw", "nsw"])
+    b.cbranch(b.icmp_signed("<", i_next, n), loop, done)
+    i.add_incoming(i64(0), entry)
+    i.add_incoming(i_next, loop)
+    acc.add_incoming(ir.Constant(I32, 0), entry)
+    acc.add_incoming(acc_next, loop)
+    b.position_at_end(done)
+    result = b.phi(I32)
+    result.add_incoming(ir.Constant(I32, 0), entry)
+    result.add_incoming(acc_next, loop)
+    b.ret(result)
     return fn
