@@ -2,13 +2,16 @@
 
 Without --models/--batch it runs the issue-5 suite: the reference MLP at batch 1..8192 and the
 wide/odd/deep shapes at batch 256, every engine, plus compile times and the measured FMA peak.
-Rounds interleave the engine processes (numpy, eager, compiled, ... then again) so a burst of load
-on the shared host hits every engine alike; a row's samples are pooled over the rounds.
+One process per engine stays up for the whole run; each round asks every engine in turn for the
+same point (numpy, eager, compiled, ... at batch 1, then all at batch 8, ...; each round starts
+with another engine), so a burst of load on the shared host hits every engine alike. A row's
+samples are pooled over the rounds.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -48,8 +51,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--engines", help=f"comma list of engines (default: {','.join(DEFAULT_ENGINES)}; also "
                                      f"{','.join(e for e in ENGINES if e not in DEFAULT_ENGINES)})")
     p.add_argument("--repeat", type=int, default=500, help="at most this many timed calls per point and round")
-    p.add_argument("--budget", type=float, default=0.5, help="seconds of timed calls per point and round")
-    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds over the engine processes")
+    p.add_argument("--budget", type=float, default=0.25, help="seconds of timed calls per point and round")
+    p.add_argument("--rounds", type=int, default=5,
+                   help="rounds over the points; each round every engine times each point in turn")
     p.add_argument("--seed", type=int, default=0, help="weights and inputs seed (same in every process)")
     p.add_argument("--json", metavar="FILE", help="write every row, the targets and the environment as JSON")
     p.add_argument("--markdown", metavar="FILE", help="write the tables as Markdown (for benchmarks/RESULTS.md)")
@@ -111,11 +115,32 @@ def _child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+def _runner_cmd(spec: dict) -> list[str]:
+    return [sys.executable, "-m", "tinycomp.bench.runner", json.dumps(spec)]
+
+
+def _parity_failure(msg: dict) -> BenchFailure:
+    return BenchFailure(
+        f"PARITY FAILURE: engine {msg['engine']!r} on model {msg['model']!r} at batch {msg['batch']} "
+        f"differs from the eager model beyond the parity rule: {msg['detail']}", PARITY_EXIT)
+
+
+def _record(points: dict, extras: dict, msg: dict) -> None:
+    """Pool one timed slice of a point into `points`; engine facts (compile time...) into `extras`."""
+    key = (msg["engine"], msg["model"], msg["batch"])
+    pt = points.setdefault(key, {"samples": [], "threads": msg["threads"]})
+    if "chunks" in msg:
+        pt["chunks"] = msg["chunks"]
+    pt["samples"] += msg["samples"]
+    for k in ("compile_ms", "cache_hit", "version"):
+        if k in msg:
+            extras.setdefault((msg["engine"], msg["model"]), {})[k] = msg[k]
+
+
 def _run_child(spec: dict, env: dict[str, str] | None = None) -> Iterator[dict]:
     """Start one runner process and yield its JSON lines as they arrive; raise BenchFailure on failure."""
-    cmd = [sys.executable, "-m", "tinycomp.bench.runner", json.dumps(spec)]
     with tempfile.TemporaryFile("w+") as err, subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=err, text=True, env=_child_env(env)) as proc:
+            _runner_cmd(spec), stdout=subprocess.PIPE, stderr=err, text=True, env=_child_env(env)) as proc:
         assert proc.stdout is not None
         parity: dict | None = None
         for line in proc.stdout:
@@ -128,12 +153,56 @@ def _run_child(spec: dict, env: dict[str, str] | None = None) -> Iterator[dict]:
         err.seek(0)
         stderr = err.read().strip()
     if parity is not None:
-        raise BenchFailure(
-            f"PARITY FAILURE: engine {parity['engine']!r} on model {parity['model']!r} at batch {parity['batch']} "
-            f"differs from the eager model beyond the parity rule: {parity['detail']}", PARITY_EXIT)
+        raise _parity_failure(parity)
     if code != 0:
         what = spec.get("engine") or spec.get("mode")
         raise BenchFailure(f"benchmark runner for {what!r} failed with exit code {code}:\n{stderr[-3000:]}")
+
+
+class _EngineProcess:
+    """One engine's `serve` runner: set up (and parity-checked) once, then timed point by point."""
+
+    def __init__(self, spec: dict):
+        self.engine = spec["engine"]
+        self._err = tempfile.TemporaryFile("w+")
+        self._proc = subprocess.Popen(_runner_cmd(spec), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                      stderr=self._err, text=True, env=_child_env())
+        self.info: dict = {}
+        while (msg := self._read())["type"] != "ready":
+            if msg["type"] == "engine":
+                self.info = msg
+
+    def _read(self) -> dict:
+        assert self._proc.stdout is not None
+        line = self._proc.stdout.readline()
+        if not line:
+            code = self._proc.wait()
+            self._err.seek(0)
+            raise BenchFailure(f"benchmark runner for {self.engine!r} stopped (exit code {code}):\n"
+                               f"{self._err.read().strip()[-3000:]}")
+        msg = json.loads(line)
+        if msg["type"] == "parity_error":
+            self.close()
+            raise _parity_failure(msg)
+        return msg
+
+    def time(self, model: str, batch: int, repeat: int, budget_s: float) -> dict:
+        assert self._proc.stdin is not None
+        self._proc.stdin.write(json.dumps({"model": model, "batch": batch, "repeat": repeat,
+                                           "budget_s": budget_s}) + "\n")
+        self._proc.stdin.flush()
+        return self._read()
+
+    def close(self) -> None:
+        if self._proc.stdin is not None and not self._proc.stdin.closed:
+            with contextlib.suppress(BrokenPipeError):
+                self._proc.stdin.close()
+        try:
+            self._proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+        self._err.close()
 
 
 class _Progress:
@@ -223,23 +292,22 @@ def run(args: argparse.Namespace) -> int:
         else:
             for msg in _run_child({"mode": "peak", "seconds": 0.1 if args.quick else 0.5, "stream": True}):
                 peak = msg
-        for _ in range(rounds):
-            for engine in engines:
-                spec = {"mode": "run", "engine": engine, "plan": [{"model": m, "batches": b} for m, b in plan],
-                        "repeat": repeat, "budget_s": budget, "seed": args.seed}
-                for msg in _run_child(spec):
-                    if msg["type"] == "engine":
-                        blas[engine] = {"threads": msg["threads"], "blas": msg["blas"]}
-                    elif msg["type"] == "point":
-                        key = (engine, msg["model"], msg["batch"])
-                        pt = points.setdefault(key, {"samples": [], "threads": msg["threads"]})
-                        if "chunks" in msg:
-                            pt["chunks"] = msg["chunks"]
-                        pt["samples"] += msg["samples"]
-                        for k in ("compile_ms", "cache_hit", "version"):
-                            if k in msg:
-                                extras.setdefault((engine, msg["model"]), {})[k] = msg[k]
-                        progress.update(f"{engine} {msg['model']}@{msg['batch']}")
+        procs: list[_EngineProcess] = []
+        try:
+            for engine in engines:  # every engine is set up and parity-checked before any timing
+                procs.append(_EngineProcess({"mode": "serve", "engine": engine, "seed": args.seed,
+                                             "plan": [{"model": m, "batches": b} for m, b in plan]}))
+                blas[engine] = {"threads": procs[-1].info.get("threads"), "blas": procs[-1].info.get("blas")}
+            for r in range(rounds):
+                for model, batches in plan:
+                    for batch in batches:
+                        # each point from every engine back to back, starting with another engine each round
+                        for proc in procs[r % len(procs):] + procs[:r % len(procs)]:
+                            _record(points, extras, proc.time(model, batch, repeat, budget))
+                            progress.update(f"{proc.engine} {model}@{batch}")
+        finally:
+            for proc in procs:
+                proc.close()
         compile_times = {} if args.no_compile_times else _compile_times(plan, 2 if args.quick else 5)
         if peak and not args.peak:  # was a second core free at the end too?
             for msg in _run_child({"mode": "peak", "seconds": 0.1}):

@@ -1,8 +1,8 @@
 """One benchmark worker: `python -m tinycomp.bench.runner '<json spec>'`, one engine per process.
 
-The spec (built by `tinycomp.bench.main`) names a mode (`run`, `compile` or `peak`). Results go to
-stdout as JSON lines (one per finished point, so the parent can show progress); anything else a
-library prints goes to stderr.
+The spec (built by `tinycomp.bench.main`) names a mode (`serve`, `compile` or `peak`). Results go
+to stdout as JSON lines (one per finished point, so the parent can show progress); anything else a
+library prints goes to stderr. A `serve` process times the points the parent asks for on stdin.
 Every engine's output is checked with `check_parity` against the eager model and a float64 NumPy
 reference before the engine is timed; a mismatch is reported as a `parity_error` line and the
 process exits with status 3.
@@ -195,7 +195,14 @@ def time_calls(fn: Engine, x: np.ndarray, repeat: int, budget_s: float) -> list[
     return samples
 
 
-def run_points(spec: dict) -> int:
+def serve_points(spec: dict) -> int:
+    """Build the engine for every model of the plan and parity-check it at every batch, then time
+    points as the parent asks, one JSON command per stdin line, until stdin closes.
+
+    The parent keeps one such process per engine alive for the whole run and asks each in turn for
+    the same point, so all engines meet the shared host in the same state (its speed moves by up
+    to ~30 % within seconds here); timing one engine's whole sweep at a time let a slow phase land
+    on one engine's slot round after round."""
     name = spec["engine"]
     faults = fault_engines()
     threads = engine_threads(name)
@@ -208,6 +215,7 @@ def run_points(spec: dict) -> int:
         except ImportError:
             blas_info = "threadpoolctl not installed: BLAS threads not pinned"
         _emit({"type": "engine", "engine": name, "threads": threads, "blas": blas_info})
+        points: dict[tuple[str, int], tuple[Engine, np.ndarray, dict]] = {}
         for item in spec["plan"]:
             model_name = item["model"]
             bm = get_model(model_name)
@@ -228,13 +236,20 @@ def run_points(spec: dict) -> int:
                     _emit({"type": "parity_error", "engine": name, "model": model_name, "batch": batch,
                            "detail": str(report)})
                     return PARITY_EXIT
+                point_info = {**info, "parity": str(report)}
                 if name.startswith("compiled"):
                     from ..runtime.threads import parallel_parts
 
-                    info["chunks"] = parallel_parts(batch, info["flops_per_row"], 1 if name == "compiled" else None)
-                samples = time_calls(engine, x, spec.get("repeat", 200), spec.get("budget_s", 1.0))
-                _emit({"type": "point", "engine": name, "model": model_name, "batch": batch, "threads": threads,
-                       "samples": samples, "parity": str(report), **info})
+                    point_info["chunks"] = parallel_parts(batch, info["flops_per_row"],
+                                                          1 if name == "compiled" else None)
+                points[(model_name, batch)] = (engine, x, point_info)
+        _emit({"type": "ready", "engine": name})
+        for line in sys.stdin:
+            ask = json.loads(line)
+            engine, x, point_info = points[(ask["model"], ask["batch"])]
+            samples = time_calls(engine, x, ask.get("repeat", 200), ask.get("budget_s", 1.0))
+            _emit({"type": "point", "engine": name, "model": ask["model"], "batch": ask["batch"],
+                   "threads": threads, "samples": samples, **point_info})
     return 0
 
 
@@ -265,8 +280,8 @@ def main(argv: list[str]) -> int:
         return 2
     spec = json.loads(argv[0])
     mode = spec.get("mode", "run")
-    if mode == "run":
-        return run_points(spec)
+    if mode == "serve":
+        return serve_points(spec)
     if mode == "compile":
         return run_compile_times(spec)
     if mode == "peak":
