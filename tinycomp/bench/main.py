@@ -2,10 +2,10 @@
 
 Without --models/--batch it runs the issue-5 suite: the reference MLP at batch 1..8192 and the
 wide/odd/deep shapes at batch 256, every engine, plus compile times and the measured FMA peak.
-One process per engine stays up for the whole run; each round asks every engine in turn for the
-same point (numpy, eager, compiled, ... at batch 1, then all at batch 8, ...; each round starts
-with another engine), so a burst of load on the shared host hits every engine alike. A row's
-samples are pooled over the rounds.
+Each round starts a fresh process per engine and asks every engine in turn for the same point
+(numpy, eager, compiled, ... at batch 1, then all at batch 8, ...; each round starts with another
+engine), so a burst of load on the shared host hits every engine alike and no engine keeps one
+process's luck. A row's samples are pooled over the rounds.
 """
 
 from __future__ import annotations
@@ -135,6 +135,28 @@ def _record(points: dict, extras: dict, msg: dict) -> None:
     for k in ("compile_ms", "cache_hit", "version"):
         if k in msg:
             extras.setdefault((msg["engine"], msg["model"]), {})[k] = msg[k]
+
+
+def _run_round(engines: list[str], plan: list[tuple[str, list[int]]], seed: int, repeat: int, budget: float,
+               points: dict, extras: dict, blas: dict, progress: _Progress) -> None:
+    """One round: a fresh process per engine (set up and parity-checked before any timing), then
+    every point timed by every engine in turn. Fresh processes each round: where a process's memory
+    lands changes its speed (batch 1 moved between ~19 and ~26 us by process, for every engine);
+    point by point: the host's speed also moves within seconds, and so hits every engine alike."""
+    procs: list[_EngineProcess] = []
+    try:
+        for engine in engines:
+            procs.append(_EngineProcess({"mode": "serve", "engine": engine, "seed": seed,
+                                         "plan": [{"model": m, "batches": b} for m, b in plan]}))
+            blas[engine] = {"threads": procs[-1].info.get("threads"), "blas": procs[-1].info.get("blas")}
+        for model, batches in plan:
+            for batch in batches:
+                for proc in procs:
+                    _record(points, extras, proc.time(model, batch, repeat, budget))
+                    progress.update(f"{proc.engine} {model}@{batch}")
+    finally:
+        for proc in procs:
+            proc.close()
 
 
 def _run_child(spec: dict, env: dict[str, str] | None = None) -> Iterator[dict]:
@@ -292,22 +314,9 @@ def run(args: argparse.Namespace) -> int:
         else:
             for msg in _run_child({"mode": "peak", "seconds": 0.1 if args.quick else 0.5, "stream": True}):
                 peak = msg
-        procs: list[_EngineProcess] = []
-        try:
-            for engine in engines:  # every engine is set up and parity-checked before any timing
-                procs.append(_EngineProcess({"mode": "serve", "engine": engine, "seed": args.seed,
-                                             "plan": [{"model": m, "batches": b} for m, b in plan]}))
-                blas[engine] = {"threads": procs[-1].info.get("threads"), "blas": procs[-1].info.get("blas")}
-            for r in range(rounds):
-                for model, batches in plan:
-                    for batch in batches:
-                        # each point from every engine back to back, starting with another engine each round
-                        for proc in procs[r % len(procs):] + procs[:r % len(procs)]:
-                            _record(points, extras, proc.time(model, batch, repeat, budget))
-                            progress.update(f"{proc.engine} {model}@{batch}")
-        finally:
-            for proc in procs:
-                proc.close()
+        for r in range(rounds):
+            _run_round(engines[r % len(engines):] + engines[:r % len(engines)], plan, args.seed, repeat, budget,
+                       points, extras, blas, progress)
         compile_times = {} if args.no_compile_times else _compile_times(plan, 2 if args.quick else 5)
         if peak and not args.peak:  # was a second core free at the end too?
             for msg in _run_child({"mode": "peak", "seconds": 0.1}):

@@ -199,10 +199,10 @@ def serve_points(spec: dict) -> int:
     """Build the engine for every model of the plan and parity-check it at every batch, then time
     points as the parent asks, one JSON command per stdin line, until stdin closes.
 
-    The parent keeps one such process per engine alive for the whole run and asks each in turn for
-    the same point, so all engines meet the shared host in the same state (its speed moves by up
-    to ~30 % within seconds here); timing one engine's whole sweep at a time let a slow phase land
-    on one engine's slot round after round."""
+    Each round the parent starts one such process per engine and asks each in turn for the same
+    point, so all engines meet the shared host in the same state (its speed moves by up to ~30 %
+    within seconds here); timing one engine's whole sweep at a time let a slow phase land on one
+    engine's slot round after round."""
     name = spec["engine"]
     faults = fault_engines()
     threads = engine_threads(name)
