@@ -267,7 +267,7 @@ class CompiledModel:
         if table is None:
             return None
         out = np.empty((rows, *art.out_row), _F32)
-        scratch = self._scratch.pointer(rows * art.plan.scratch_per_row + art.plan.scratch_fixed)
+        scratch = self._scratch.pointer(art.plan.scratch_floats(rows))
         art.kernel.call(rows, data_pointer(arr), data_pointer(out), scratch, ctypes.addressof(table))
         self.stats.calls += 1
         return Tensor._adopt(out)
