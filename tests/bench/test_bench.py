@@ -108,3 +108,16 @@ def test_weight_stream_floor_is_measured_and_scales_with_size():
     assert 0 < small["us"] < big["us"]  # 16x the bytes: more time (bandwidth, not call overhead)
     assert big["gbps"] > 1
     assert MODELS["mlp"].weight_bytes == 940_584  # 784x256 + 256x128 + 128x10 weights and their biases
+
+
+def test_same_process_benchmark_runs():
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "same_process.py"
+    done = subprocess.run([sys.executable, str(script), "--batch", "1,3", "--rounds", "1"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    rows = [line.split() for line in done.stdout.splitlines() if line.split() and line.split()[0].isdigit()]
+    assert [r[0] for r in rows] == ["1", "3"]
+    assert all(float(v) > 0 for r in rows for v in r[1:] if v != "-")
