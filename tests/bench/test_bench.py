@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import numpy as np
@@ -114,9 +115,10 @@ def test_same_process_benchmark_runs():
     import subprocess
     from pathlib import Path
 
-    script = Path(__file__).resolve().parents[2] / "benchmarks" / "same_process.py"
-    done = subprocess.run([sys.executable, str(script), "--batch", "1,3", "--rounds", "1"],
-                          capture_output=True, text=True, timeout=300)
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run([sys.executable, str(root / "benchmarks" / "same_process.py"), "--batch", "1,3",
+                           "--rounds", "1"], capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr
     rows = [line.split() for line in done.stdout.splitlines() if line.split() and line.split()[0].isdigit()]
     assert [r[0] for r in rows] == ["1", "3"]
