@@ -345,14 +345,12 @@ def _row_blocks(e: _Emitter, block: int) -> None:
         left = b.sub(M, r0)
         e.rows = b.select(b.icmp_signed("<", left, i64(block)), left, i64(block))
         e.r0 = r0
-        in_row_bytes = 4 * row_floats(e.g.shape(e.g.inputs[0]))
-        with b.if_then(b.icmp_signed(">=", M, i64(max(block + 1, -(-STREAM_IN_MIN_BYTES // in_row_bytes))))):
-            _stream_in_block(e)
+        _stream_in_block(e, M, block)
         _emit_nodes(e)
     e.rows, e.r0 = M, None
 
 
-def _stream_in_block(e: _Emitter) -> None:
+def _stream_in_block(e: _Emitter, M: ir.Value, block: int) -> None:
     """Before each block of a batch whose input is much larger than L2, read the block's input rows
     in one sequential pass: such a batch streams in from L3 or memory, and the first layer's row
     tiles, each starting six short streams at once, would wait on it. Measured on the reference
@@ -360,7 +358,10 @@ def _stream_in_block(e: _Emitter) -> None:
     against 39,848 us; but batch 256 and 512, whose input stays cached between calls, lost 4-6 %,
     hence STREAM_IN_MIN_BYTES."""
     x = e.g.inputs[0]
-    e.b.call(stream_in_kernel(e.module), [e.pointer(x), e.b.mul(e.rows, i64(row_floats(e.g.shape(x))))])
+    row = row_floats(e.g.shape(x))
+    min_rows = max(block + 1, -(-STREAM_IN_MIN_BYTES // (4 * row)))  # several blocks, over the byte threshold
+    with e.b.if_then(e.b.icmp_signed(">=", M, i64(min_rows))):
+        e.b.call(stream_in_kernel(e.module), [e.pointer(x), e.b.mul(e.rows, i64(row))])
 
 
 def _max_pack_floats(g: Graph, width: int) -> int:
