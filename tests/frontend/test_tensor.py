@@ -41,6 +41,9 @@ def test_creation_is_a_float32_copy(source):
     np.testing.assert_allclose(f64(t), expected, rtol=1e-7)
     if isinstance(source, np.ndarray):
         assert not np.shares_memory(t.data, source)
+    # compiled code reads weights in place, a 64-byte vector per load: storage starts on a line
+    assert t.data.flags.c_contiguous and t.data.flags.writeable
+    assert t.data.ctypes.data % 64 == 0
 
 
 def test_mutating_the_source_does_not_change_the_tensor():
@@ -57,6 +60,16 @@ def test_mutating_the_source_does_not_change_the_tensor():
     t3 = Tensor(t2)
     t2.data[1] = -5.0
     assert t3.data[1] == 2.0
+    assert t3.data.ctypes.data % 64 == 0
+
+
+@pytest.mark.parametrize("shape", [(), (0,), (3, 0), (1,), (5, 7), (784, 256), (2, 3, 4)])
+def test_storage_starts_on_a_cache_line_for_any_shape(shape):
+    src = np.random.default_rng(0).standard_normal(shape)
+    t = Tensor(src)
+    assert t.shape == shape
+    assert t.data.size == 0 or t.data.ctypes.data % 64 == 0  # an empty array has no data to align
+    np.testing.assert_array_equal(t.data, src.astype(np.float32))
 
 
 def test_float64_values_are_rounded_to_float32():

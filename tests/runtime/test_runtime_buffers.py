@@ -7,10 +7,9 @@ import threading
 import numpy as np
 import pytest
 
+from tinycomp.aligned import LINE, aligned_empty
 from tinycomp.runtime.buffers import (
-    LINE,
     ScratchPool,
-    aligned_empty,
     as_native_float32,
     data_pointer,
     is_native_float32,

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from ..aligned import aligned_float32
 from ..ir.ops import matmul_shape, op_def
 
 Operand = Any  # Tensor | np.ndarray | Python/NumPy scalar
@@ -21,9 +22,10 @@ tracing = threading.local()  # `.tracer`: the Tracer running on this thread, if 
 
 
 def to_float32(data: Any) -> np.ndarray:
-    """A fresh float32 copy of `data`; TypeError for strings, objects and other non-numbers."""
+    """A fresh float32 copy of `data`, its first value on a cache line (compiled code reads weights
+    in place: `aligned.py`); TypeError for strings, objects and other non-numbers."""
     if isinstance(data, Tensor):
-        return data.data.copy()
+        return aligned_float32(data.data)
     if isinstance(data, (str, bytes)):
         raise TypeError(f"Tensor data must be numeric (a number, list or array); got {type(data).__name__}")
     try:
@@ -35,7 +37,7 @@ def to_float32(data: Any) -> np.ndarray:
             f"Tensor data must be numeric (bool, int or float); got {type(data).__name__} "
             f"with dtype {arr.dtype}"
         )
-    return np.array(arr, dtype=np.float32, copy=True)
+    return aligned_float32(arr)
 
 
 def _operand_array(x: Operand) -> np.ndarray:

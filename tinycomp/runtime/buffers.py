@@ -7,19 +7,10 @@ import threading
 
 import numpy as np
 
-LINE = 64  # bytes: a cache line and one zmm register
+from ..aligned import aligned_empty
+
 # Below this many bytes an allocation is not worth a look at /proc/meminfo (the look costs ~20 us).
 CHECK_ABOVE = 256 << 20
-
-
-def aligned_empty(shape: tuple[int, ...], dtype: type = np.float32) -> np.ndarray:
-    """An uninitialized C-contiguous array whose data starts on a 64-byte boundary."""
-    itemsize = np.dtype(dtype).itemsize
-    n = int(np.prod(shape, dtype=np.int64))
-    raw = np.empty(n * itemsize + LINE, dtype=np.uint8)
-    start = (-raw.ctypes.data) % LINE
-    return raw[start : start + n * itemsize].view(dtype).reshape(shape)
-
 
 _F32 = np.dtype(np.float32)
 
