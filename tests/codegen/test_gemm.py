@@ -36,8 +36,10 @@ LAYERS = [
     (64, 33, True, "relu"), (100, 48, False, None), (50, 80, True, "relu"), (130, 96, True, None),
     (300, 97, True, "relu"), (40, 112, False, None), (30, 257, True, None),
 ]
-# Every leftover of the 6- and 8-row tiles (0..7), both paths.
-MS = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 14, 31, 33, 35, 100, 137, 200, 1000]
+# Every leftover of the 6- and 8-row tiles (0..7), both paths, through the leftover kernels or one
+# overlapping full tile (gemm.OVERLAP_MIN_ROWS): the latter on the packed path (129, 131, 133, 137,
+# 200, 1000) and, for the 1024 x 1024 layer (W larger than L2), on the direct one (67 .. 100).
+MS = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 14, 31, 33, 35, 67, 70, 71, 75, 100, 129, 131, 133, 137, 200, 1000]
 
 
 def layer_name(K, N, bias, act):
@@ -105,6 +107,20 @@ def test_matches_float64_reference(compiled, layer):
             continue
         A, W, B = make_inputs(rng, M, K, N)
         check(compiled.run(layer, A, W, B), A, W, B, bias, act)
+
+
+@pytest.mark.parametrize("layer", [ly for ly in LAYERS if plan_narrow(ly[0], ly[1], WIDTH) is None],
+                         ids=lambda ly: layer_name(*ly))
+def test_a_row_does_not_depend_on_the_batch_around_it(compiled, layer):
+    """Every tiled kernel sums over k in the same order, so a row's result is bit-identical
+    whichever path, tile or leftover kernel computes it, and whether an overlapping last tile
+    computed it twice (its epilogue applied again to the recomputed raw sums)."""
+    K, N, bias, act = layer
+    rng = np.random.default_rng(7)
+    A, W, B = make_inputs(rng, 140, K, N)
+    alone = np.concatenate([compiled.run(layer, A[i:i + 1], W, B) for i in range(A.shape[0])])
+    for M in (5, 7, 62, 64, 67, 126, 128, 129, 131, 137, 140):
+        np.testing.assert_array_equal(compiled.run(layer, A[:M], W, B), alone[:M], err_msg=f"M={M}")
 
 
 @pytest.mark.parametrize("act", ["sigmoid", "tanh", "gelu"])
