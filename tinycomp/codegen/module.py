@@ -23,7 +23,7 @@ from llvmlite import ir
 from ..ir.graph import Graph
 from ..ir.ops import ELEMENTWISE, fmt_shape, map_leaves
 from . import elementwise, gemm
-from .loops import I64, PTR, compile_as_glue, element_ptr, for_range, i64, paused_gc, stream_in_kernel
+from .loops import I64, PTR, compile_as_glue, element_ptr, for_range, i64, paused_gc, release_module, stream_in_kernel
 from .scratch import BufferPlan, is_batched, plan_buffers, row_floats
 
 ENTRY = "tinycomp_forward"
@@ -291,8 +291,10 @@ def _lower_graph(g: Graph, width: int) -> ModulePlan:
     else:
         _emit_nodes(e)
     e.b.ret_void()
+    llvm_ir = str(e.module)
+    release_module(e.module)
     return ModulePlan(
-        llvm_ir=str(e.module),
+        llvm_ir=llvm_ir,
         entry=ENTRY,
         params=e.params,
         const_nodes=e.consts,
