@@ -56,7 +56,7 @@ from .loops import (
     vector_type,
 )
 
-L2_BYTES = 1 << 20  # per core, this machine's (AMD Zen 4 and recent Intel server cores alike)
+L2_BYTES = 1 << 20  # per core on this machine (AMD Zen 4); the plans below are tuned for it
 # Packed W block budget: half of L2, leaving room for the A row panels and C.
 L2_BLOCK_BYTES = L2_BYTES // 2
 DIRECT_MAX_ROWS = 128  # measured: reading W in place beats pack + sweep up to ~128 rows (784x256, 1024x1024)
