@@ -68,11 +68,12 @@ def lane_mask(width: int, lanes: int) -> ir.Constant:
     return vector_constant(ir.VectorType(I1, width), [ir.Constant(I1, int(i < lanes)) for i in range(width)])
 
 
-def _prefetch_intrinsic(module: ir.Module) -> ir.Function:
+def prefetch_for_read(builder: ir.IRBuilder, ptr: ir.Value) -> None:
+    """Prefetch the cache line at `ptr` for reading, into every cache level (`llvm.prefetch`, locality 3)."""
     name = "llvm.prefetch.p0"
-    if name in module.globals:
-        return module.globals[name]
-    return ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR, I32, I32, I32]), name)
+    fn = builder.module.globals.get(name) or ir.Function(
+        builder.module, ir.FunctionType(ir.VoidType(), [PTR, I32, I32, I32]), name)
+    builder.call(fn, [ptr, ir.Constant(I32, 0), ir.Constant(I32, 3), ir.Constant(I32, 1)])
 
 
 def masked_load(builder: ir.IRBuilder, ptr: ir.Value, mask: ir.Value) -> ir.Value:
@@ -260,11 +261,9 @@ def _k_loop(builder, shape: TileShape, K, a_rows, b, ldb, masks):
     b_row = builder.phi(PTR, name="b.row")
     phis = [[builder.phi(vt) for _ in range(shape.nv)] for _ in range(shape.mr)]
     if ahead is not None:
-        pf = _prefetch_intrinsic(builder.module)
         far = builder.gep(b_row, [ahead], source_etype=F32)
         for v in range(shape.nv):
-            builder.call(pf, [builder.gep(far, [i64(v * w)], source_etype=F32), ir.Constant(I32, 0),
-                              ir.Constant(I32, 3), ir.Constant(I32, 1)])
+            prefetch_for_read(builder, builder.gep(far, [i64(v * w)], source_etype=F32))
     if shape.exact:
         bvec = [builder.load(element_ptr(builder, b_row, v * w), typ=vt, align=4) for v in range(shape.nv)]
     else:
