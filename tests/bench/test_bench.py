@@ -112,14 +112,36 @@ def test_weight_stream_floor_is_measured_and_scales_with_size():
 
 
 def test_same_process_benchmark_runs():
+    done = _run_benchmark_script("same_process.py", "--batch", "1,3", "--rounds", "1")
+    assert done.returncode == 0, done.stderr
+    rows = [line.split() for line in done.stdout.splitlines() if line.split() and line.split()[0].isdigit()]
+    assert [r[0] for r in rows] == ["1", "3"]
+    assert all(float(v) > 0 for r in rows for v in r[1:] if v != "-")
+
+
+def _run_benchmark_script(name: str, *args: str):
     import subprocess
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[2]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
-    done = subprocess.run([sys.executable, str(root / "benchmarks" / "same_process.py"), "--batch", "1,3",
-                           "--rounds", "1"], capture_output=True, text=True, timeout=300, env=env)
+    return subprocess.run([sys.executable, str(root / "benchmarks" / name), *args],
+                          capture_output=True, text=True, timeout=300, env=env)
+
+
+def test_gemm_ab_times_every_value_of_a_constant_and_of_the_weight_offset():
+    done = _run_benchmark_script("gemm_ab.py", "PACK_PREFETCH_ROWS", "0,8", "--layer", "64x200:gelu",
+                                 "--rows", "3,140", "--rounds", "1")
     assert done.returncode == 0, done.stderr
-    rows = [line.split() for line in done.stdout.splitlines() if line.split() and line.split()[0].isdigit()]
-    assert [r[0] for r in rows] == ["1", "3"]
-    assert all(float(v) > 0 for r in rows for v in r[1:] if v != "-")
+    lines = done.stdout.splitlines()
+    assert [line.split()[1] for line in lines] == ["rows=3", "rows=140"]
+    assert all(" 0: " in line and " 8: " in line and "ratio to 0:" in line for line in lines)
+    done = _run_benchmark_script("gemm_ab.py", "WEIGHT_OFFSET", "0,16", "--model", "tiny", "--rows", "5",
+                                 "--rounds", "1")
+    assert done.returncode == 0, done.stderr
+    assert "tiny rows=5" in done.stdout and "ratio to 0:" in done.stdout
+
+
+def test_gemm_ab_names_an_unknown_constant():
+    done = _run_benchmark_script("gemm_ab.py", "NO_SUCH_KNOB", "1,2", "--layer", "8x8", "--rounds", "1")
+    assert done.returncode != 0 and "no constant NO_SUCH_KNOB" in done.stderr

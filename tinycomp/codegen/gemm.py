@@ -72,14 +72,16 @@ DIRECT_BLOCK_BYTES = 256 * 1024
 MAIN3_ROWS = 8
 PREFETCH_ROWS = 4  # W rows the small-row kernels prefetch ahead (measured 4 ~ 8 > 0)
 # Leftover rows through one overlapping full tile (_Driver.emit) on the packed path, and on the
-# direct path from this many rows when W does not fit L2. Measured, one layer, interleaved, without
-# / with: 1024x1024 at 64 / 128 / 256 rows -10 / -6 / -7 %, at 14 / 20 / 32 +1 / +4 / +5 %; 784x256
-# (W in L2) at 14 / 32 / 128 +16 / +8 / +2 %, at 256 -1 %, at 1000 -4 %.
+# direct path from this many rows when W does not fit L2. Measured with benchmarks/gemm_ab.py
+# (`OVERLAP_MIN_ROWS 100000,64 --layer 1024x1024`), min time with / without: 1024x1024 at 70 / 100 /
+# 128 / 256 / 512 rows 0.99 / 0.94 / 0.99 / 0.96 / 0.99, at 14 / 32 rows (threshold 12) 1.10 / 1.04;
+# W in L2 (`L2_BYTES 1048576,0`, which applies it there too): 784x256 at 64 / 128 rows 1.03 / 1.03,
+# the reference MLP's 128-row blocks at batch 128 / 512 1.04 / 1.02.
 OVERLAP_MIN_ROWS = 64
 # Rows of W the pack kernel prefetches ahead: W's rows are N floats apart (4 KB for 1024 columns), a
-# stride the hardware prefetchers do not follow. Measured, interleaved, without / with 4 / 8: one
-# 1024x1024 layer at 256 rows -1.7 / -1.9 %, at 512 -1.3 / -1.4 %; wide at batch 256 -2 % (8, two
-# runs); 784x256 (W in L2) no change.
+# stride the hardware prefetchers do not follow. Measured with benchmarks/gemm_ab.py
+# (`PACK_PREFETCH_ROWS 0,4,8`), min time against none: one 1024x1024 layer at 256 / 512 rows 1.00 /
+# 0.99 with 4, 0.995 / 0.99 with 8; the wide model at batch 256 0.98 with 8.
 PACK_PREFETCH_ROWS = 8
 
 
@@ -320,8 +322,8 @@ class _Driver:
         the last rows of the batch, while the block is hot: it recomputes up to five finished rows
         (the same kernel on the same data: bit-identical, and the epilogue applied again to the raw
         sums gives the same values). Below that, they go through the leftover kernels, in place
-        over all N, which read W once more (measured, one layer: 1024x1024 at 256 rows 5962 us
-        against 5538 at 258; 784x256 at 128 rows 547 against 529 at 132)."""
+        over all N, which read W once more: without the overlapping tile, a 1024x1024 layer took
+        5,147 us at 256 rows against 4,963 at 258 (benchmarks/gemm_ab.py)."""
         b, a = self.b, self.a
         N, M = a["N"], a["M"]
         block_cols = b.select(self.packed, a["nc"], a["direct_nc"])
@@ -419,9 +421,8 @@ def pack_kernel(module: ir.Module, shape: TileShape) -> ir.Function:
         with for_range(b, 0, full, name="pp") as p:
             s = element_ptr(b, src, b.mul(p, i64(nr)))
             d = element_ptr(b, pack, b.add(b.mul(p, panel_size), b.mul(k, i64(nr))))
-            far = element_ptr(b, s, b.mul(ldw, i64(PACK_PREFETCH_ROWS)))  # rows a page apart: see the constant
-            for v in range(nv):
-                prefetch_for_read(b, element_ptr(b, far, v * w))
+            # rows a page apart: see the constant; past W's last row this prefetches, harmlessly, beyond it
+            prefetch_for_read(b, b.gep(s, [b.mul(ldw, i64(PACK_PREFETCH_ROWS))], source_etype=F32), nv, w)
             for v in range(nv):
                 b.store(b.load(element_ptr(b, s, v * w), typ=vt, align=4), element_ptr(b, d, v * w), align=4)
         with b.if_then(b.icmp_signed(">", tail, i64(0))):

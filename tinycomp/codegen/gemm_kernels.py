@@ -68,12 +68,16 @@ def lane_mask(width: int, lanes: int) -> ir.Constant:
     return vector_constant(ir.VectorType(I1, width), [ir.Constant(I1, int(i < lanes)) for i in range(width)])
 
 
-def prefetch_for_read(builder: ir.IRBuilder, ptr: ir.Value) -> None:
-    """Prefetch the cache line at `ptr` for reading, into every cache level (`llvm.prefetch`, locality 3)."""
+def prefetch_for_read(builder: ir.IRBuilder, ptr: ir.Value, vectors: int, width: int) -> None:
+    """Prefetch the `vectors` vectors of `width` floats from `ptr` for reading, into every cache level
+    (`llvm.prefetch`, locality 3; one per vector, a cache line for 16 floats). The addresses may lie
+    past the buffer's end (prefetches never fault), so their GEPs are not `inbounds`."""
     name = "llvm.prefetch.p0"
     fn = builder.module.globals.get(name) or ir.Function(
         builder.module, ir.FunctionType(ir.VoidType(), [PTR, I32, I32, I32]), name)
-    builder.call(fn, [ptr, ir.Constant(I32, 0), ir.Constant(I32, 3), ir.Constant(I32, 1)])
+    for v in range(vectors):
+        at = builder.gep(ptr, [i64(v * width)], source_etype=F32)
+        builder.call(fn, [at, ir.Constant(I32, 0), ir.Constant(I32, 3), ir.Constant(I32, 1)])
 
 
 def masked_load(builder: ir.IRBuilder, ptr: ir.Value, mask: ir.Value) -> ir.Value:
@@ -124,10 +128,11 @@ def activation_function(module: ir.Module, activation: str, width: int) -> ir.Fu
     return fn
 
 
-# Vectors per call of a costly activation in the epilogue (`epilogue_function`). Measured, one
-# 1024x1024 + gelu layer at 256 rows, the activation's share of the time: 305 us with one vector per
-# call inside the bias pass (before), 243-272 / 288-291 / 117-180 / 280-367 us with 1 / 2 / 4 / 8
-# vectors per call after the bias pass (8: the chains no longer fit the registers).
+# Vectors per call of a costly activation in the epilogue (`epilogue_function`). Measured with
+# benchmarks/gemm_ab.py (`ACT_VECTORS 1,2,4,8 --layer 1024x1024:gelu --rows 256`): the layer took
+# 5,194 / 5,185 / 5,102 / 5,235 us (min), 303 / 295 / 212 / 345 us more than without an activation
+# (8: the chains no longer fit the registers); the odd model (tanh) at 256 / 2048 rows 0.98 / 0.96
+# with 4 against 1.
 ACT_VECTORS = 4
 
 
@@ -268,9 +273,7 @@ def _k_loop(builder, shape: TileShape, K, a_rows, b, ldb, masks):
     b_row = builder.phi(PTR, name="b.row")
     phis = [[builder.phi(vt) for _ in range(shape.nv)] for _ in range(shape.mr)]
     if ahead is not None:
-        far = builder.gep(b_row, [ahead], source_etype=F32)
-        for v in range(shape.nv):
-            prefetch_for_read(builder, builder.gep(far, [i64(v * w)], source_etype=F32))
+        prefetch_for_read(builder, builder.gep(b_row, [ahead], source_etype=F32), shape.nv, w)
     if shape.exact:
         bvec = [builder.load(element_ptr(builder, b_row, v * w), typ=vt, align=4) for v in range(shape.nv)]
     else:

@@ -1,0 +1,129 @@
+"""A/B of one code-generation choice: the same layer or model built once per value, timed interleaved.
+
+    PYTHONPATH=. python benchmarks/gemm_ab.py OVERLAP_MIN_ROWS 100000,64 --layer 1024x1024 --rows 64,128,256
+    PYTHONPATH=. python benchmarks/gemm_ab.py PACK_PREFETCH_ROWS 0,8 --model wide --rows 256
+    PYTHONPATH=. python benchmarks/gemm_ab.py ACT_VECTORS 1,4 --layer 1024x1024:gelu --rows 256
+    PYTHONPATH=. python benchmarks/gemm_ab.py WEIGHT_OFFSET 0,16 --model mlp --rows 8,32,128
+
+NAME is a constant of tinycomp.codegen.gemm, gemm_kernels or module, set before each build; or
+WEIGHT_OFFSET, which places the model's weights that many bytes past a cache line. A layer is timed
+through its kernel (`emit_linear`), a model through raw calls of its entry (no Python around them),
+one thread. Every value's callable runs in turn, round after round (`gemm_micro.compare`): on a
+shared host whose speed moves within seconds, the variants then meet it in the same state. Prints
+min / median µs per value and their ratios to the first value's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import os
+import sys
+
+os.environ["TINYCOMP_CACHE"] = "0"  # every value is compiled, never loaded from the disk cache
+
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from gemm_micro import compare, compile_layers  # noqa: E402
+
+import tinycomp  # noqa: E402
+from tinycomp.aligned import aligned_empty  # noqa: E402
+from tinycomp.bench.models import MODELS  # noqa: E402
+from tinycomp.codegen import gemm, gemm_kernels, module  # noqa: E402
+from tinycomp.codegen.target import host  # noqa: E402
+from tinycomp.nn import Linear, Tensor  # noqa: E402
+from tinycomp.runtime.buffers import data_pointer  # noqa: E402
+
+OWNERS = (gemm, gemm_kernels, module)
+
+
+def set_constant(name: str, value: int) -> None:
+    owner = next((m for m in OWNERS if hasattr(m, name)), None)
+    if owner is None:
+        raise SystemExit(f"no constant {name} in {', '.join(m.__name__ for m in OWNERS)}")
+    setattr(owner, name, type(getattr(owner, name))(value))
+
+
+def layer_calls(spec: str, rows: int, values: list[int], name: str, keep: list) -> list:
+    shape, _, act = spec.partition(":")
+    K, N = (int(v) for v in shape.split("x"))
+    width = host().vector_width
+    rng = np.random.default_rng(0)
+    A, W = rng.standard_normal((rows, K), dtype=np.float32), rng.standard_normal((K, N), dtype=np.float32)
+    B, C = np.zeros(N, np.float32), np.empty((rows, N), np.float32)
+    P = np.empty(max(1, gemm.pack_floats(K, N, width)), np.float32)
+    ptrs = [a.ctypes.data for a in (A, W, B, C, P)]
+    calls = []
+    for v in values:
+        set_constant(name, v)
+        engine, (fn,), _ = compile_layers([(K, N, act or None)], width)
+        keep += [engine, A, W, B, C, P]
+        calls.append(lambda fn=fn: fn(rows, *ptrs))
+    return calls
+
+
+def place_weights(model, offset: int) -> None:
+    """Give every Linear's weight and bias a copy starting `offset` bytes past a cache line."""
+    for layer in model.layers:
+        if isinstance(layer, Linear):
+            for attr in ("weight", "bias"):
+                data = getattr(layer, attr).data
+                moved = aligned_empty((data.size + offset // 4 + 1,))[offset // 4: offset // 4 + data.size]
+                moved = moved.reshape(data.shape)
+                moved[...] = data
+                setattr(layer, attr, Tensor._adopt(moved))
+
+
+def model_calls(model_name: str, rows: int, values: list[int], name: str, keep: list) -> list:
+    bm = MODELS[model_name]
+    x = bm.sample(rows, 0)
+    calls = []
+    for v in values:
+        model = bm.build(0)
+        if name == "WEIGHT_OFFSET":
+            place_weights(model, v)
+        else:
+            set_constant(name, v)
+        fast = tinycomp.compile(model, input_shape=(rows, bm.in_features), threads=1)
+        fast(x)
+        fast(x)  # the second call leaves the parameter pointer table for reuse
+        art = fast._artifact
+        table = art.params.hot_table(art.guard.held)
+        out = np.empty((rows, bm.out_features), np.float32)
+        scratch = aligned_empty((art.plan.scratch_floats(rows) + 16,))
+        args = (rows, data_pointer(x), data_pointer(out), data_pointer(scratch), ctypes.addressof(table))
+        keep += [model, fast, table, out, scratch, x]
+        calls.append(lambda k=art.kernel, args=args: k.call(*args))
+    return calls
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("name", help="constant to vary, or WEIGHT_OFFSET (--model only)")
+    p.add_argument("values", help="comma list of integer values; ratios are to the first")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--layer", help="KxN or KxN:activation, e.g. 1024x1024:gelu")
+    what.add_argument("--model", choices=sorted(MODELS))
+    p.add_argument("--rows", default="32,128", help="comma list of batch sizes")
+    p.add_argument("--rounds", type=int, default=21)
+    args = p.parse_args()
+    values = [int(v) for v in args.values.split(",")]
+    if args.name == "WEIGHT_OFFSET" and not args.model:
+        p.error("WEIGHT_OFFSET moves a model's weights: give --model")
+    keep: list = []
+    with threadpool_limits(1):
+        for rows in (int(r) for r in args.rows.split(",")):
+            calls = (model_calls(args.model, rows, values, args.name, keep) if args.model
+                     else layer_calls(args.layer, rows, values, args.name, keep))
+            res = compare(calls, rounds=args.rounds)
+            pairs = zip(values, res, strict=True)
+            times = "  ".join(f"{v}: {lo * 1e6:.1f} / {med * 1e6:.1f}" for v, (lo, med) in pairs)
+            ratios = "  ".join(f"{lo / res[0][0]:.3f} / {med / res[0][1]:.3f}" for lo, med in res[1:])
+            print(f"{args.layer or args.model} rows={rows}  {args.name} min / median us  {times}  "
+                  f"ratio to {values[0]}: {ratios}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
