@@ -255,6 +255,26 @@ def test_non_numeric_input_is_a_type_error(mlp, value):
     assert fast.stats.calls == 1
 
 
+def test_input_shape_takes_numpy_integers():
+    manual_seed(0)
+    model = reference_mlp()
+    fast = tc.compile(model, input_shape=(None, np.prod((28, 28))))  # np.int64(784)
+    assert fast.stats.compiles == 1
+    assert_matches_model(fast, model, batch(3))
+
+
+@pytest.mark.parametrize("shape", [(None, 0), (None, 7.0), (None, True), (784,), (None, "784")])
+def test_bad_input_shape_is_a_value_error_naming_it(shape):
+    with pytest.raises(ValueError, match=r"input_shape must be \(batch, features...\).*got"):
+        tc.compile(Sequential(Linear(4, 2)), input_shape=shape)
+
+
+@pytest.mark.parametrize("level", [99, -1, "fast", 1.0, True, None])
+def test_bad_speed_level_is_a_value_error_before_any_compile(level):
+    with pytest.raises(ValueError, match=f"speed_level must be one of 0, 1, 2, 3.*got {re.escape(repr(level))}"):
+        tc.compile(Sequential(Linear(4, 2)), speed_level=level)
+
+
 def test_training_compile_is_not_implemented():
     model = Sequential(Linear(4, 4), Dropout(0.5))
     with pytest.raises(NotImplementedError, match="training-mode dropout"):

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .frontend.layers import Layer, Sequential, reachable
+from .frontend.layers import MODEL_STATE_LOCK, Layer, Sequential, reachable
 from .frontend.tensor import Tensor
 from .frontend.tracer import resolve_path
 from .runtime.buffers import as_native_float32, data_pointer
@@ -24,19 +24,21 @@ from .runtime.buffers import as_native_float32, data_pointer
 
 @contextlib.contextmanager
 def eval_mode(model: Layer) -> Iterator[None]:
-    """Run the eager model in eval mode, then restore every layer's own training flag."""
-    layers = [obj for obj in reachable(model) if isinstance(obj, Layer)]
-    saved = [(layer, vars(layer).get("training", _UNSET)) for layer in layers]
-    for layer in layers:
-        layer.training = False
-    try:
-        yield
-    finally:
-        for layer, flag in saved:
-            if flag is _UNSET:
-                vars(layer).pop("training", None)
-            else:
-                layer.training = flag
+    """Run the eager model in eval mode, then restore every layer's own training flag (one thread
+    at a time: another would save this one's False and restore it last)."""
+    with MODEL_STATE_LOCK:
+        layers = [obj for obj in reachable(model) if isinstance(obj, Layer)]
+        saved = [(layer, vars(layer).get("training", _UNSET)) for layer in layers]
+        for layer in layers:
+            layer.training = False
+        try:
+            yield
+        finally:
+            for layer, flag in saved:
+                if flag is _UNSET:
+                    vars(layer).pop("training", None)
+                else:
+                    layer.training = flag
 
 
 _UNSET = object()
@@ -101,10 +103,11 @@ class StructureGuard:
         """True if the model still has the structure it was compiled with (refreshing the fast check)."""
         if self.same():
             return True
-        if self.slow_signature() != self.slow:
-            return False
-        self._refresh_fast()  # only weights or flags moved: make the next call fast again
-        return True
+        with MODEL_STATE_LOCK:  # not while another thread traces the model or checks a call
+            if self.slow_signature() != self.slow:
+                return False
+            self._refresh_fast()  # only weights or flags moved: make the next call fast again
+            return True
 
 
 def _container_view(obj: Any) -> Iterable[Any] | None:
@@ -116,6 +119,11 @@ def _container_view(obj: Any) -> Iterable[Any] | None:
     if isinstance(obj, Layer):
         return vars(obj).values()
     return None
+
+
+# (the guard's held tuple, the parameter slots, the array in each, their pointer table): see
+# LiveParams.hot_table
+HotTable = tuple[tuple, list[Any], list[np.ndarray], ctypes.Array]
 
 
 class LiveParams:
@@ -143,7 +151,7 @@ class LiveParams:
         self._plain = all(type(owner) not in _CONTAINERS for owner, _ in self.owners)
         self._objs, self._steps = [o for o, _ in self.owners], [s for _, s in self.owners]
         self._seen: list[tuple[Any, int]] = [(None, 0)] * len(paths)
-        self._hot: tuple[tuple, list[Any], list[np.ndarray], ctypes.Array] | None = None  # see hot_table
+        self._hot: HotTable | None = None  # see hot_table
 
     def current(self) -> list[Any]:
         """What each parameter slot holds right now."""
@@ -166,8 +174,10 @@ class LiveParams:
             out.append(as_native_float32(data))
         return out
 
-    def hot_table(self, held: tuple) -> ctypes.Array | None:
-        """The last call's pointer table, or None (the caller then takes `table`).
+    def hot_table(self, held: tuple) -> HotTable | None:
+        """The last call's pointer table with the arrays it points into, or None (the caller then
+        takes `table`). The caller holds the returned tuple until its native call returns: another
+        thread may rebind a parameter meanwhile, and the tuple keeps the arrays read alive.
 
         Valid while the structure guard has not refreshed since (`held` is the guard's tuple of held
         objects, the same object until it refreshes): its identity check then already found every
@@ -176,23 +186,25 @@ class LiveParams:
         hot = self._hot
         if hot is None or hot[0] is not held:
             return None
-        _, slots, datas, table = hot
-        now = list(map(_DATA, slots))
-        if not all(map(operator.is_, now, datas)) or list(map(_SHAPE, now)) != self.shapes:
+        now = list(map(_DATA, hot[1]))
+        if not all(map(operator.is_, now, hot[2])) or list(map(_SHAPE, now)) != self.shapes:
             return None
-        return table
+        return hot
 
-    def remember(self, held: tuple, table: ctypes.Array) -> None:
-        """Offer the table just used to `hot_table` (the caller checked the guard, then called `table`)."""
+    def remember(self, held: tuple, table: ctypes.Array, used: list[np.ndarray]) -> None:
+        """Offer a table just used to `hot_table` (the caller checked the guard, then called `table`),
+        if every slot still holds a Tensor whose array is the one the table points into: a thread
+        that rebound a parameter during the call has a newer table, and this one is stale."""
         slots = self.current()
-        if all(type(v) is Tensor for v in slots) and all(
-                data is known for data, (known, _) in zip(map(_DATA, slots), self._seen, strict=True)):
-            self._hot = (held, slots, list(map(_DATA, slots)), table)
+        if all(type(v) is Tensor for v in slots) and all(map(operator.is_, map(_DATA, slots), used)):
+            self._hot = (held, slots, used, table)
 
     def table(self) -> tuple[ctypes.Array, list[np.ndarray]] | None:
-        """(pointer table, arrays that must stay alive during the call), or None if a shape changed."""
+        """(pointer table, the array behind each pointer), or None if a shape changed. The caller
+        holds the arrays until its native call returns (some are converted copies made for this
+        call; the others the model could drop meanwhile)."""
         ptrs: list[int] = []
-        keep: list[np.ndarray] = []
+        used: list[np.ndarray] = []
         seen = self._seen
         now = self.current()
         for i, value in enumerate(now):
@@ -200,6 +212,7 @@ class LiveParams:
             known, ptr = seen[i]
             if data is known and data.shape == self.shapes[i]:  # validated when first seen
                 ptrs.append(ptr)
+                used.append(data)
                 continue
             arrays = self.arrays()  # the slow path names any problem and converts what it must
             if arrays is None:
@@ -207,10 +220,9 @@ class LiveParams:
             array = arrays[i]
             if array is data:  # natively readable as it stands: remember it
                 seen[i] = (data, data_pointer(data))
-            else:  # a converted copy, made for this call only
-                keep.append(array)
             ptrs.append(data_pointer(array))
-        return self.pack(ptrs), keep
+            used.append(array)
+        return self.pack(ptrs), used
 
 
 _DATA, _SHAPE = operator.attrgetter("data"), operator.attrgetter("shape")

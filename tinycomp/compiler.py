@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import math
+import numbers
 import threading
 import time
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from .binding import LiveParams, StructureGuard, eval_mode
 from .codegen.module import LoweringError, ModulePlan, graph_fingerprint, lower_graph
 from .codegen.target import host
 from .errors import CompileError, ParityError
-from .frontend.layers import Layer
+from .frontend.layers import MODEL_STATE_LOCK, Layer
 from .frontend.tensor import Tensor, to_float32
 from .frontend.tracer import trace
 from .ir.graph import Graph
@@ -31,6 +32,7 @@ from .runtime.kernel import NativeKernel
 from .runtime.threads import one_part_rows, parallel_parts, shared_pool, split_rows
 
 STAGES = ("traced", "optimized", "llvm", "asm")
+SPEED_LEVELS = (0, 1, 2, 3)  # LLVM's new-pass-manager levels (`codegen.target.optimize`)
 _F32 = np.dtype(np.float32)
 # check=True: eager float32 must be this close (relative to the output scale) to the float64 run of the
 # compiled graph; float32 rounding is ~1e-6 here, a graph that diverged from the model is far beyond.
@@ -75,12 +77,19 @@ class _Artifact:
 
 def _feature_shape(input_shape: Any) -> tuple[int, ...]:
     shape = tuple(input_shape)
-    if len(shape) < 2 or any(not isinstance(d, int) or d <= 0 for d in shape[1:]):
+    if len(shape) < 2 or any(not isinstance(d, numbers.Integral) or isinstance(d, bool) or d <= 0 for d in shape[1:]):
         raise ValueError(
             f"input_shape must be (batch, features...) with positive feature sizes, e.g. (None, 784); "
             f"got {input_shape!r}"
         )
-    return shape[1:]
+    return tuple(int(d) for d in shape[1:])
+
+
+def _checked_speed_level(level: Any) -> int:
+    if isinstance(level, numbers.Integral) and not isinstance(level, bool) and level in SPEED_LEVELS:
+        return int(level)
+    raise ValueError(f"speed_level must be one of {', '.join(map(str, SPEED_LEVELS))} (LLVM's pipeline levels); "
+                     f"got {level!r}")
 
 
 def as_input_array(x: Any) -> np.ndarray:
@@ -134,13 +143,15 @@ class CompiledModel:
         if threads is not None and (not isinstance(threads, int) or threads < 1):
             raise ValueError(f"threads must be None (all cores where it pays) or an int >= 1; got {threads!r}")
         self.model, self.threads, self.check = model, threads, check
-        self._passes, self._speed_level = passes, speed_level
+        self._passes, self._speed_level = passes, _checked_speed_level(speed_level)
         self.stats = CompileStats()
         self._artifact: _Artifact | None = None
         self._lock = threading.Lock()
         self._scratch = ScratchPool()
         if input_shape is not None:
-            self._compile(_feature_shape(input_shape))
+            features = _feature_shape(input_shape)
+            with MODEL_STATE_LOCK:  # compiling walks the model: as on every other path
+                self._compile(features)
 
     # ---------------------------------------------------------------- pickling: model + options, no code
     def __getstate__(self) -> dict:
@@ -223,11 +234,12 @@ class CompiledModel:
         art = self._artifact
         if art is not None:
             return art if art.guard.unchanged() else self._recompile(art, "the structure of the model changed")
-        with self._lock:  # two threads making the first call compile once
+        with MODEL_STATE_LOCK, self._lock:  # two threads making the first call compile once
             return self._artifact or self._compile(features)
 
     def _recompile(self, art: _Artifact, why: str) -> _Artifact:
-        with self._lock:  # several threads noticing one change recompile once
+        # the model's lock first, as tracing takes it: a model calling a compiled model cannot deadlock
+        with MODEL_STATE_LOCK, self._lock:  # several threads noticing one change recompile once
             if self._artifact is not art:
                 return self._artifact  # type: ignore[return-value]
             log("compile", "%s since %s was compiled: recompiling", why, type(self.model).__name__)
@@ -263,12 +275,12 @@ class CompiledModel:
         guard = art.guard
         if not guard.same():
             return None
-        table = art.params.hot_table(guard.held)
-        if table is None:
+        hot = art.params.hot_table(guard.held)  # held until the call returns: it keeps the weights alive
+        if hot is None:
             return None
         out = np.empty((rows, *art.out_row), _F32)
         scratch = self._scratch.pointer(art.plan.scratch_floats(rows))
-        art.kernel.call(rows, data_pointer(arr), data_pointer(out), scratch, ctypes.addressof(table))
+        art.kernel.call(rows, data_pointer(arr), data_pointer(out), scratch, ctypes.addressof(hot[3]))
         self.stats.calls += 1
         return Tensor._adopt(out)
 
@@ -296,9 +308,10 @@ class CompiledModel:
                               f"({4 * rows * math.prod(art.out_row):,} bytes) for a batch of {rows:,} rows; "
                               "split the batch into smaller ones") from None
         if rows:
+            table, used = params  # `used` keeps every array the table points into alive during the call
             self._run(art, x32 if x32.ndim == len(art.features) + 1 else x32.reshape(rows, *art.features),
-                      ctypes.addressof(params[0]), out)
-            art.params.remember(held, params[0])
+                      ctypes.addressof(table), out)
+            art.params.remember(held, table, used)
         self.stats.calls += 1
         y = out.reshape(out_shape)
         if self.check:

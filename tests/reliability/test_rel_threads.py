@@ -114,3 +114,108 @@ def test_calls_race_with_a_structural_change():
     assert fast(x).shape == (20, 3)
     with ThreadPoolExecutor(2) as pool:
         assert all(r.shape == (20, 3) for r in pool.map(fast, [x] * 10))
+
+
+class _Interfering:
+    """Stands in for a compiled model's native kernel: runs `meanwhile` once, just before the
+    native call, as another thread could while this call is in flight."""
+
+    def __init__(self, kernel, meanwhile):
+        self.kernel, self.meanwhile = kernel, meanwhile
+
+    def __getattr__(self, name):
+        return getattr(self.kernel, name)
+
+    def call(self, *args) -> None:
+        meanwhile, self.meanwhile = self.meanwhile, None
+        if meanwhile is not None:
+            meanwhile()
+        self.kernel.call(*args)
+
+
+@pytest.mark.parametrize("path", ["full", "hot"])
+@pytest.mark.parametrize("test_keeps_old", [False, True])
+def test_weights_rebound_during_a_call_stay_alive_and_never_leave_a_stale_table(path, test_keeps_old):
+    """A call is in native code when another thread rebinds a weight and calls. The call in flight
+    must keep the old array alive (native code is reading it: checked before it does, so a
+    regression fails here instead of crashing), and must not hand its table, which points into the
+    old array, to the hot path: every later call uses the new weight (checked with the old array
+    kept alive by the test, so that a stale table reads valid memory)."""
+    import gc
+    import weakref
+
+    from tests.models import eager_eval, reference_mlp
+    from tinycomp.nn import manual_seed
+
+    manual_seed(0)
+    model = reference_mlp()
+    fast = tc.compile(model, input_shape=(None, 784), threads=1)
+    x = np.random.default_rng(0).standard_normal((4, 784)).astype(np.float32)
+    fast(x), fast(x)  # the second call leaves its table to the hot path
+    weight = model.layers[0].weight
+    kept = [weight.data] if test_keeps_old else []
+    old = weakref.ref(weight.data)
+    new = (weight.data * -0.5).astype(np.float32)
+
+    def meanwhile() -> None:
+        weight.data = new  # unless the test keeps it, the call in flight holds the old array's last reference
+        np.testing.assert_allclose(fast(x).data, eager_eval(model, x), rtol=2e-4, atol=2e-5)
+        gc.collect()
+        assert old() is not None, "the call in flight let go of the array its native code reads"
+
+    art = fast._artifact
+    art.kernel = _Interfering(art.kernel, meanwhile)
+    try:
+        fast._call(x) if path == "full" else fast(x)
+    finally:
+        art.kernel = art.kernel.kernel
+    for _ in range(3):  # the hot path, with the new weight
+        np.testing.assert_allclose(fast(x).data, eager_eval(model, x), rtol=2e-4, atol=2e-5)
+    kept.clear()
+    gc.collect()
+    assert old() is None  # nothing holds the old array once the call returned
+
+
+def test_check_mode_from_threads_keeps_the_models_training_flags():
+    """check=True runs the eager model in eval mode on every call; from several threads at once
+    each check must still see eval mode, and the user's own flags (training, as built) survive."""
+    import sys
+
+    from tinycomp.nn import Dropout, Linear, ReLU, Sequential
+
+    model = Sequential(Linear(32, 64), ReLU(), Dropout(0.5), Linear(64, 8))  # training=True, as built
+    fast = tc.compile(model, check=True, input_shape=(None, 32))
+    x = np.random.default_rng(0).standard_normal((16, 32)).astype(np.float32)
+    old_interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)  # interleave the threads finely: the race needs a switch mid-check
+    try:
+        outs = run_threads(lambda i: [fast(x).data.copy() for _ in range(20)][-1], 4)
+    finally:
+        sys.setswitchinterval(old_interval)
+    for y in outs:
+        np.testing.assert_array_equal(y, outs[0])
+    assert model.training and all(layer.training for layer in model.layers)
+
+
+def test_tracing_from_threads_leaves_the_model_as_it_was():
+    """Inputs with new leading shapes are traced on the calling thread; tracing patches the layers
+    for the duration. Threads doing it at once must neither fail, nor recompile, nor leave a patch."""
+    import sys
+
+    from tinycomp.nn import Dropout, Linear, ReLU, Sequential
+
+    model = Sequential(Linear(16, 8), ReLU(), Dropout(0.5), Linear(8, 4))
+    fast = tc.compile(model, input_shape=(None, 16))
+    def state() -> list[dict]:
+        return [{k: id(v) for k, v in vars(layer).items()} for layer in model.layers]
+
+    before = state()
+    old_interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)
+    try:
+        run_threads(lambda k: [fast(np.ones((k + 1, i, 16), np.float32)) for i in range(1, 40)], 4)
+    finally:
+        sys.setswitchinterval(old_interval)
+    assert fast.stats.compiles == 1
+    assert state() == before
+    assert model.training

@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import math
 import numbers
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,6 +13,12 @@ import numpy as np
 
 from ..ir.ops import dropout_mask
 from .tensor import Tensor, apply_op
+
+# Held while tinycomp temporarily changes the instances of a user's model (tracing patches each
+# layer's `forward` and `training`; the parity check of `check=True` turns `training` off) and while
+# it reads a model's structure on the slow path, so that no thread sees another's temporary state,
+# or saves it and later "restores" it. Re-entrant: a model may call a compiled model.
+MODEL_STATE_LOCK = threading.RLock()
 
 INIT_SCALE_FACTOR = 1.0  # LeCun init: weights ~ N(0, INIT_SCALE_FACTOR / in_features)
 _rng = np.random.default_rng()

@@ -21,7 +21,7 @@ from ..errors import CompileError
 from ..ir.graph import Graph
 from ..ir.ops import LEAVES, OPS
 from . import tensor as tensor_module
-from .layers import Layer, Sequential
+from .layers import MODEL_STATE_LOCK, Layer, Sequential
 from .tensor import Tensor, apply_op
 
 # NumPy ufuncs that mean the same as a table op; `ndarray + symbolic` arrives here.
@@ -247,7 +247,8 @@ class Tracer:
 
     @contextlib.contextmanager
     def patched(self) -> Iterator[None]:
-        """Layers see `training` and report their path; the user's model is restored afterwards."""
+        """Layers see `training` and report their path; the user's model is restored afterwards
+    (`trace` holds MODEL_STATE_LOCK throughout)."""
         missing = object()
         saved = [(layer, vars(layer).get("training", missing), vars(layer).get("forward", missing))
                  for layer, _ in self.layers]
@@ -298,4 +299,6 @@ def trace(model: Any, input_shape: Any, *, training: bool = False) -> Graph:
     """
     if not callable(model):
         raise TypeError(f"trace() needs a Layer or callable model; got {type(model).__name__}")
-    return Tracer(model, training).run(check_input_shape(input_shape))
+    shape = check_input_shape(input_shape)
+    with MODEL_STATE_LOCK:  # the walk and the patched run see (and leave) no other thread's changes
+        return Tracer(model, training).run(shape)
