@@ -197,6 +197,44 @@ def test_kernels_differ_where_the_code_must_differ():
     assert_runs_like_interpreter(g2, values(5, 16))
 
 
+def test_constants_that_differ_only_in_the_sign_of_zero_get_their_own_kernels():
+    """x + 0.0 and x + -0.0 are equal as Python keys but not as code (for x = -0.0 the first gives
+    +0, the second -0; dividing by them tells the two apart)."""
+    g = Graph()
+    x = g.add("input", name="x", shape=(None, 16))
+    plus = g.add("add", [x, g.add("const", shape=(), value=np.float32(0.0))])
+    minus = g.add("add", [x, g.add("const", shape=(), value=np.float32(-0.0))])
+    one = g.add("const", shape=(), value=np.float32(1.0))
+    g.add("output", [g.add("add", [g.add("div", [one, plus]), g.add("div", [one, minus])])], name="output")
+    plan = lower_graph(g, WIDTH)
+    assert len(plan.kernels) == 4, plan.kernels  # x+0, x-0, 1/v shared by both divisions, the sum
+    xs = values(3, 16)
+    xs[:, :4] = [-0.0, 0.0, -1.0, np.inf]
+    with np.errstate(divide="ignore", invalid="ignore"):  # the interpreter divides by zero too
+        native = assert_runs_like_interpreter(g, xs)
+    assert np.isnan(native[:, 0]).all() and (native[:, 1] == np.inf).all()  # -inf + inf, inf + inf
+
+
+@pytest.mark.parametrize("case", ["bias", "weight"])
+def test_one_element_constants_read_by_a_gemm_are_passed_by_pointer(case):
+    """A one-element constant is an immediate for elementwise kernels, but a GEMM reads its bias and
+    weight from memory: a 1-wide bias or a 1x1 weight must still get a pointer."""
+    g = Graph()
+    if case == "bias":
+        x = g.add("input", name="x", shape=(None, 3))
+        w = param(g, "w", values(3, 1))
+        b = g.add("const", name="b", shape=(1,), value=np.array([0.25], np.float32))
+        y = g.add("linear", [x, w, b], bias=True, activation=None)
+        doubled = g.add("mul", [y, b])  # also read as an immediate
+    else:
+        x = g.add("input", name="x", shape=(None, 1))
+        b = g.add("const", name="b", shape=(1, 1), value=np.array([[2.0]], np.float32))
+        doubled = g.add("matmul", [x, b])
+    g.add("output", [doubled], name="output")
+    assert lower_graph(g, WIDTH).const_nodes == ["b"]
+    assert_runs_like_interpreter(g, values(5, g.shape(x)[1]))
+
+
 def test_elementwise_chain_needs_scratch_for_two_buffers():
     g = Graph()
     v = g.add("input", name="x", shape=(None, 100))

@@ -96,6 +96,18 @@ def is_scalar_const(g: Graph, n: str) -> bool:
     return g.op(n) == "const" and row_floats(g.shape(n)) == 1 and not is_batched(g.shape(n))
 
 
+def _folded_everywhere(g: Graph, n: str) -> bool:
+    """A one-element constant that every reader, all elementwise, folds in as an immediate: it needs
+    no pointer. A GEMM reading one (a 1-wide bias, a 1x1 weight) takes it by pointer."""
+    return is_scalar_const(g, n) and all(LOWERINGS.get(g.op(u)) is lower_elementwise for u in g.users(n))
+
+
+def _kernel_key(expr: tuple) -> tuple:
+    """An elementwise expression as a kernel-cache key, its constants spelled exactly: as keys
+    0.0 == -0.0, but x + 0.0 and x + -0.0 differ for x = -0.0, so they must not share a kernel."""
+    return map_leaves(expr, lambda leaf: ("const", float(leaf[1]).hex()) if leaf[0] == "const" else leaf)
+
+
 class _Emitter:
     """One lowering: the module, the entry's builder, and where every node's value lives."""
 
@@ -103,7 +115,7 @@ class _Emitter:
         self.g, self.width, self.buffers = g, width, buffers
         self.module = ir.Module(name="tinycomp")
         self.params = g.params
-        self.consts = [n for n in g.nodes("const") if not is_scalar_const(g, n)]
+        self.consts = [n for n in g.nodes("const") if not _folded_everywhere(g, n)]
         # Parameters and constants come in one array of pointers: a ctypes call costs ~0.1 us per
         # argument, and that array only changes when a parameter is rebound, not on every call.
         self.fn = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [I64, PTR, PTR, PTR, PTR]), ENTRY)
@@ -224,7 +236,7 @@ def lower_elementwise(e: _Emitter, n: str) -> None:
         ptrs.append(e.pointer(a))
     base = g.attrs(n)["expr"] if g.op(n) == "elementwise" else (g.op(n), *[("in", i) for i in range(len(leaves))])
     expr = map_leaves(base, lambda leaf: leaves[leaf[1]] if leaf[0] == "in" else leaf)
-    key = ("ew", expr, tuple(kinds), row, e.width)
+    key = ("ew", _kernel_key(expr), tuple(kinds), row, e.width)
     fn = e.kernel(key, lambda name: elementwise.emit_elementwise(e.module, name, expr, kinds, row, e.width))
     e.call(fn, e.row_count(n, row), e.pointer(n), *ptrs)
 
@@ -253,7 +265,7 @@ def copy_to_output(e: _Emitter, src: str) -> None:
     """The output is a leaf (the input or a parameter itself): copy it into `out`."""
     row = row_floats(e.g.shape(src))
     expr = ("mul", ("in", 0), ("const", 1.0))  # x * 1 is exact, NaN and -0 included
-    fn = e.kernel(("ew", expr, ("full",), row, e.width),
+    fn = e.kernel(("ew", _kernel_key(expr), ("full",), row, e.width),
                   lambda name: elementwise.emit_elementwise(e.module, name, expr, ["full"], row, e.width))
     e.call(fn, e.row_count(src, row), e.out, e.pointer(src))
 
