@@ -17,6 +17,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 import tinycomp as tc
+from tinycomp.bench.main import positive_ints, positive_number
 from tinycomp.bench.models import MODELS, numpy_function, onnx_model_bytes
 
 
@@ -32,8 +33,8 @@ def best_us(engines: dict, x: np.ndarray, rounds: int) -> dict[str, float]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--batch", default="1,8,32,128")
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--batch", type=positive_ints, default=[1, 8, 32, 128], help="comma list of batch sizes")
+    p.add_argument("--rounds", type=positive_number(int), default=3, help="turns per batch size")
     args = p.parse_args()
     threadpool_limits(1)
     bm = MODELS["mlp"]
@@ -52,7 +53,7 @@ def main() -> None:
     except ImportError:
         print("onnxruntime not installed: its column is left out")
     print("batch  " + "  ".join(f"{e:>12s} us" for e in engines) + "  tinycomp / NumPy  tinycomp / ORT")
-    for batch in (int(b) for b in args.batch.split(",")):
+    for batch in args.batch:
         x = bm.sample(batch)
         for fn in engines.values():
             fn(x)

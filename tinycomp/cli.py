@@ -112,9 +112,14 @@ def load_factory(spec: str) -> Any:
         if not path.is_file():
             raise UsageError(f"model file not found: {path}")
         loader_spec = importlib.util.spec_from_file_location(path.stem, path)
-        assert loader_spec is not None and loader_spec.loader is not None
+        if loader_spec is None or loader_spec.loader is None:
+            raise UsageError(f"cannot load {path} as Python source: a model file must end in .py")
         module = importlib.util.module_from_spec(loader_spec)
-        loader_spec.loader.exec_module(module)
+        sys.path.insert(0, str(path.resolve().parent))  # its sibling modules import, as under `python file.py`
+        try:
+            loader_spec.loader.exec_module(module)
+        finally:
+            sys.path.remove(str(path.resolve().parent))
     else:
         try:
             module = importlib.import_module(target)
@@ -148,7 +153,8 @@ def run_dump(args: argparse.Namespace) -> int:
     model = build_model(args.model)
     shape = parse_input_shape(args.input_shape)
     fast = compile_model(model, input_shape=(None, *shape[1:]))
-    stages = ("traced", "optimized", "llvm", "asm") if args.stage == "all" else (args.stage,)
+    stage = args.stage or ("all" if args.out else "optimized")
+    stages = ("traced", "optimized", "llvm", "asm") if stage == "all" else (stage,)
     if args.out is None:
         for stage in stages:
             print(f"==== {stage} ====\n{fast.dump(stage)}")
@@ -158,12 +164,17 @@ def run_dump(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    for i, (name, text) in enumerate(fast.pass_dumps(), start=1):
-        written.append(_write(out / f"{i:02d}-{name}.txt", text))
-    written.append(_write(out / "model.ll", fast.dump("llvm")))
-    written.append(_write(out / "model.s", fast.dump("asm")))
-    if args.dot or args.stage == "all":
+    for i, (name, text) in enumerate(fast.pass_dumps(), start=1):  # optimized: how each pass got there
+        if "optimized" in stages or (i == 1 and "traced" in stages):
+            written.append(_write(out / f"{i:02d}-{name}.txt", text))
+    if "llvm" in stages:
+        written.append(_write(out / "model.ll", fast.dump("llvm")))
+    if "asm" in stages:
+        written.append(_write(out / "model.s", fast.dump("asm")))
+    dots = args.dot or stage == "all"
+    if dots and "traced" in stages:
         written.append(_write(out / "traced.dot", to_dot(fast._require("dot").traced, name="traced")))
+    if dots and "optimized" in stages:
         dot = to_dot(fast.graph, name="optimized")
         written.append(_write(out / "graph.dot", dot))
         try:
@@ -183,16 +194,28 @@ def _write(path: Path, text: str) -> Path:
 
 # --------------------------------------------------------------------------- main
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1; got {text!r}")
+    return value
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tinycomp", description="Compile TinyTorch-style models to native code.")
     parser.add_argument("--verbose", "-v", action="store_true", help="show tracebacks on errors")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="compile the reference MLP, show its IR, check parity, time it")
-    demo.add_argument("--threads", type=int, default=None, help="native threads (default: all cores where it pays)")
+    demo.add_argument("--threads", type=_positive_int, default=None,
+                      help="native threads (default: all cores where it pays)")
     dump = sub.add_parser("dump", help="write the IR of every stage of a model")
     dump.add_argument("model", help="module:factory or path/to/file.py:factory returning a Layer")
     dump.add_argument("--input-shape", required=True, help="batch,features..., e.g. N,784")
-    dump.add_argument("--stage", choices=STAGE_CHOICES, default="optimized")
+    dump.add_argument("--stage", choices=STAGE_CHOICES, default=None,
+                      help="what to show (default: optimized; with --out: all)")
     dump.add_argument("--out", help="folder for one file per stage and pass (01-traced.txt, model.ll, ...)")
     dump.add_argument("--dot", action="store_true", help="also write Graphviz DOT (and SVG when `dot` exists)")
     sub.add_parser("bench", help="benchmark eager vs compiled (see `tinycomp bench --help`)", add_help=False)

@@ -57,6 +57,39 @@ def test_plot_without_matplotlib_says_how_to_get_it(tmp_path, capsys, monkeypatc
     assert not png.exists()
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--models", ""], "--models must name at least one"), (["--models", ","], "--models must name at least one"),
+    (["--engines", ""], "--engines must name at least one"), (["--models", "nope"], "unknown model 'nope'"),
+    (["--batch", "0"], "argument --batch"), (["--batch", "1,x"], "argument --batch"),
+    (["--repeat", "0"], "argument --repeat"), (["--rounds", "-2"], "argument --rounds"),
+    (["--budget", "nan"], "argument --budget"), (["--budget", "-1"], "argument --budget"),
+    (["--peak", "0"], "argument --peak"), (["--peak", "inf"], "argument --peak"),
+    (["--models", "tiny", "--json", "no/such/folder/out.json"], "--json no/such/folder/out.json: folder"),
+])
+def test_nonsense_arguments_are_refused_before_any_run(args, message, capsys):
+    with pytest.raises(SystemExit) as stop:
+        bench_main(args)
+    assert stop.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_batch_alone_runs_every_model_of_the_suite():
+    from tinycomp.bench.main import SUITE, _plan, make_parser
+
+    plan = _plan(make_parser().parse_args(["--batch", "64,3"]))
+    assert plan == [(m, [64, 3]) for m, _ in SUITE]
+
+
+def test_the_throughput_target_is_the_reference_mlps_other_models_must_not_be_slower():
+    pts = {(e, m, 1024): {"samples": [t] * 5, "threads": thr, "chunks": chunks}
+           for m in ("mlp", "odd") for e, t, thr, chunks in (("compiled", 1e-3, 1, None), ("compiled-all", 1e-3, 2, 1))}
+    targets = {t.target: t for t in check_targets(summarize(pts, 100.0), {})}
+    assert targets["mlp batch 1024, all cores"].required == ">= 1.6 x one-thread compiled throughput"
+    assert not targets["mlp batch 1024, all cores"].met  # the policy must split the MLP there
+    assert targets["odd batch 1024, all cores"].required == "not slower than one thread"
+    assert targets["odd batch 1024, all cores"].met
+
+
 def test_unknown_model_is_a_usage_error():
     with pytest.raises(SystemExit):
         bench_main(["--models", "nope"])

@@ -89,6 +89,40 @@ def test_dump_bad_input_is_one_clear_line(args, message):
     assert "Traceback" not in proc.stderr
 
 
+def test_dump_model_file_that_is_not_python_is_one_clear_line(tmp_path):
+    model = tmp_path / "model.txt"
+    model.write_text((HERE / "tiny_model.py").read_text())
+    proc = run_cli("dump", f"{model}:tiny", "--input-shape", "N,12")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"tinycomp dump: error: cannot load {model} as Python source: a model file must end in .py"]
+
+
+def test_dump_model_file_imports_its_sibling_modules(tmp_path, capsys):
+    (tmp_path / "helper_layers.py").write_text((HERE / "tiny_model.py").read_text())
+    (tmp_path / "model.py").write_text("from helper_layers import tiny\n")
+    assert main(["dump", f"{tmp_path / 'model.py'}:tiny", "--input-shape", "N,12", "--stage", "traced"]) == 0
+    assert "matmul(%x, %0.weight)" in capsys.readouterr().out
+    assert str(tmp_path) not in sys.path  # the model's folder was on the path only while it loaded
+
+
+@pytest.mark.parametrize("stage, files", [
+    ("traced", {"01-traced.txt"}), ("llvm", {"model.ll"}), ("asm", {"model.s"}),
+    ("optimized", {"01-traced.txt", "02-fold_dropout.txt", "03-fuse_linear.txt", "04-fuse_elementwise.txt",
+                   "05-eliminate_dead_code.txt"}),
+])
+def test_dump_out_writes_just_the_stage_asked_for(tmp_path, stage, files):
+    out = tmp_path / "dump"
+    assert main(["dump", TINY, "--input-shape", "N,12", "--stage", stage, "--out", str(out)]) == 0
+    assert {p.name for p in out.iterdir()} == files
+
+
+def test_demo_refuses_a_thread_count_below_one():
+    proc = run_cli("demo", "--threads", "0")
+    assert proc.returncode == 2 and "expected a whole number >= 1" in proc.stderr
+    assert proc.stdout == ""  # refused before anything ran
+
+
 def test_verbose_shows_the_traceback():
     proc = run_cli("--verbose", "dump", f"{HERE / 'tiny_model.py'}:broken", "--input-shape", "N,12")
     assert proc.returncode != 0

@@ -72,12 +72,21 @@ def _consistent_but_broken_object(blob):
     return cache.MAGIC + json.dumps(header).encode() + b"\n" + junk
 
 
+def _header(text: bytes):
+    """A header that is valid JSON but no object (or nested past the parser's recursion limit)."""
+    def fault(blob):
+        return cache.MAGIC + text + blob[blob.index(b"\n", len(cache.MAGIC)):]
+    return fault
+
+
 FAULTS = [_truncate, _flip_payload_byte, _garbage_header, _foreign_magic, _foreign_version, _wrong_size,
-          _consistent_but_broken_object, lambda blob: b"", lambda blob: blob[:5]]
+          _consistent_but_broken_object, lambda blob: b"", lambda blob: blob[:5],
+          _header(b"[]"), _header(b"null"), _header(b"42"), _header(b"[" * 100_000 + b"]" * 100_000)]
 
 
 @pytest.mark.parametrize("fault", FAULTS, ids=["truncated", "flipped-byte", "garbage-header", "foreign-magic",
-                                               "foreign-key", "wrong-size", "broken-object", "empty", "5-bytes"])
+                                               "foreign-key", "wrong-size", "broken-object", "empty", "5-bytes",
+                                               "list-header", "null-header", "number-header", "deep-header"])
 def test_bad_entry_is_ignored_and_rebuilt(tmp_cache, fault):
     fast, x = compile_one()
     want = fast(x).data
@@ -90,6 +99,32 @@ def test_bad_entry_is_ignored_and_rebuilt(tmp_cache, fault):
     assert entry.read_bytes() == good  # rebuilt and written back whole
     third, _ = compile_one()
     assert third.stats.cache_hits == 1
+
+
+def test_every_source_that_shapes_object_code_is_in_the_key():
+    """Editing the LLVM pipeline (runtime/engine.py), the target (codegen/target.py) or the op table
+    (ir/ops.py) changes the object code as much as editing a kernel: the key covers all of it."""
+    from pathlib import Path
+
+    import tinycomp.codegen.module as module
+
+    module.codegen_source_hash.cache_clear()
+    try:
+        before = module.codegen_source_hash()
+        for rel in ("runtime/engine.py", "codegen/target.py", "ir/ops.py", "codegen/gemm.py"):
+            path = Path(tc.__file__).parent / rel
+            text = path.read_bytes()
+            real_read = Path.read_bytes
+
+            def edited(self, path=path, text=text, real_read=real_read):
+                return text + b"\n# edited\n" if self == path else real_read(self)
+
+            with pytest.MonkeyPatch.context() as mp:
+                mp.setattr(Path, "read_bytes", edited)
+                module.codegen_source_hash.cache_clear()
+                assert module.codegen_source_hash() != before, rel
+    finally:
+        module.codegen_source_hash.cache_clear()
 
 
 def test_foreign_llvm_version_is_a_different_key(monkeypatch):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import platform
 import subprocess
@@ -21,7 +22,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from . import report
 from .models import MODELS
@@ -46,13 +47,16 @@ def make_parser() -> argparse.ArgumentParser:
         description="Benchmark tinycomp against NumPy, its own eager mode, ONNX Runtime and torch (when "
                     "installed). Each engine runs in its own process with BLAS threads pinned; every "
                     "result is parity-checked before it is timed. Without --models/--batch: the issue-5 suite.")
-    p.add_argument("--models", help=f"comma list of models ({', '.join(MODELS)}); default: the suite")
-    p.add_argument("--batch", help="comma list of batch sizes for every model (default: the suite's)")
+    p.add_argument("--models", help=f"comma list of models ({', '.join(MODELS)}); default: the suite's")
+    p.add_argument("--batch", type=positive_ints,
+                   help="comma list of batch sizes for every model (default: each model's in the suite)")
     p.add_argument("--engines", help=f"comma list of engines (default: {','.join(DEFAULT_ENGINES)}; also "
                                      f"{','.join(e for e in ENGINES if e not in DEFAULT_ENGINES)})")
-    p.add_argument("--repeat", type=int, default=500, help="at most this many timed calls per point and round")
-    p.add_argument("--budget", type=float, default=0.25, help="seconds of timed calls per point and round")
-    p.add_argument("--rounds", type=int, default=5,
+    p.add_argument("--repeat", type=positive_number(int), default=500,
+                   help="at most this many timed calls per point and round")
+    p.add_argument("--budget", type=positive_number(float), default=0.25,
+                   help="seconds of timed calls per point and round")
+    p.add_argument("--rounds", type=positive_number(int), default=5,
                    help="rounds over the points; each round every engine times each point in turn")
     p.add_argument("--seed", type=int, default=0, help="weights and inputs seed (same in every process)")
     p.add_argument("--json", metavar="FILE", help="write every row, the targets and the environment as JSON")
@@ -61,17 +65,59 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true",
                    help="short run: fewer batch sizes, 1 round, small time budget, short peak and compile runs")
     p.add_argument("--no-compile-times", action="store_true", help="skip the compile-time measurement")
-    p.add_argument("--peak", type=float, metavar="GFLOPS", help="use this per-core FMA peak instead of measuring")
+    p.add_argument("--peak", type=positive_number(float), metavar="GFLOPS",
+                   help="use this per-core FMA peak instead of measuring")
     return p
 
 
-def _ints(text: str, what: str) -> list[int]:
+def usage_error(message: str) -> NoReturn:
+    """A bad argument: one line on stderr, exit code 2 (as argparse's own)."""
+    print(f"tinycomp bench: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def positive_number(kind: type) -> Any:
+    """An argparse type: a finite number of `kind` above zero."""
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not math.isfinite(value) or value <= 0:
+            whole = "whole " if kind is int else ""
+            raise argparse.ArgumentTypeError(f"expected a {whole}number above 0; got {text!r}")
+        return value
+    return parse
+
+
+def _names(text: str, what: str, known: Any) -> list[str]:
+    """A comma list naming at least one of `known`."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        usage_error(f"{what} must name at least one of {', '.join(known)}; got {text!r}")
+    for n in names:
+        if n not in known:
+            usage_error(f"unknown {what.lstrip('-').rstrip('s')} {n!r}; "
+                             f"{what.lstrip('-')} are {', '.join(known)}")
+    return names
+
+
+def check_output_paths(args: argparse.Namespace) -> None:
+    """Refuse, before minutes of measuring, an output file whose folder does not exist."""
+    for flag in ("json", "markdown", "plot"):
+        path = getattr(args, flag)
+        if path is not None and not Path(path).resolve().parent.is_dir():
+            usage_error(f"--{flag} {path}: folder {Path(path).resolve().parent} does not exist")
+
+
+def positive_ints(text: str) -> list[int]:
+    """An argparse type: a comma list of whole numbers above 0 (batch sizes)."""
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise SystemExit(f"tinycomp bench: {what} must be a comma list of integers, got {text!r}") from None
+        values = []
     if not values or any(v < 1 for v in values):
-        raise SystemExit(f"tinycomp bench: {what} must be positive integers, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected a comma list of whole numbers above 0; got {text!r}")
     return values
 
 
@@ -79,22 +125,15 @@ def _plan(args: argparse.Namespace) -> list[tuple[str, list[int]]]:
     suite = QUICK_SUITE if args.quick else SUITE
     if args.models is None and args.batch is None:
         return suite
-    models = [m.strip() for m in (args.models or "mlp").split(",") if m.strip()]
-    for m in models:
-        if m not in MODELS:
-            raise SystemExit(f"tinycomp bench: unknown model {m!r}; models are {', '.join(MODELS)}")
+    models = [m for m, _ in suite] if args.models is None else _names(args.models, "--models", MODELS)
     if args.batch is None:
         defaults = dict(suite)
         return [(m, defaults.get(m, [1, 32, 256])) for m in models]
-    batches = _ints(args.batch, "--batch")
-    return [(m, batches) for m in models]
+    return [(m, args.batch) for m in models]
 
 
 def _engines(args: argparse.Namespace, notes: list[str]) -> list[str]:
-    chosen = [e.strip() for e in (args.engines or ",".join(DEFAULT_ENGINES)).split(",") if e.strip()]
-    for e in chosen:
-        if e not in ENGINES:
-            raise SystemExit(f"tinycomp bench: unknown engine {e!r}; engines are {', '.join(ENGINES)}")
+    chosen = list(DEFAULT_ENGINES) if args.engines is None else _names(args.engines, "--engines", ENGINES)
     if "numpy" not in chosen:
         chosen.insert(0, "numpy")  # every ratio is against NumPy in the same run
     ready = []
@@ -298,7 +337,8 @@ def run(args: argparse.Namespace) -> int:
     notes: list[str] = []
     plan = _plan(args)
     engines = _engines(args, notes)
-    rounds = 1 if args.quick else max(1, args.rounds)
+    check_output_paths(args)
+    rounds = 1 if args.quick else args.rounds
     budget = min(args.budget, 0.05) if args.quick else args.budget
     repeat = min(args.repeat, 50) if args.quick else args.repeat
     n_points = sum(len(b) for _, b in plan)
@@ -309,7 +349,7 @@ def run(args: argparse.Namespace) -> int:
     extras: dict[tuple[str, str], dict] = {}
     try:
         peak = None
-        if args.peak:
+        if args.peak is not None:
             peak = {"gflops": args.peak, "method": "given with --peak"}
         else:
             for msg in _run_child({"mode": "peak", "seconds": 0.1 if args.quick else 0.5, "stream": True}):
@@ -318,7 +358,7 @@ def run(args: argparse.Namespace) -> int:
             _run_round(engines[r % len(engines):] + engines[:r % len(engines)], plan, args.seed, repeat, budget,
                        points, extras, blas, progress)
         compile_times = {} if args.no_compile_times else _compile_times(plan, 2 if args.quick else 5)
-        if peak and not args.peak:  # was a second core free at the end too?
+        if peak and args.peak is None:  # was a second core free at the end too?
             for msg in _run_child({"mode": "peak", "seconds": 0.1}):
                 peak["parallel_efficiency_end"] = msg["parallel_efficiency"]
     except BenchFailure as exc:

@@ -74,10 +74,13 @@ def _const_arrays(g: Graph, names: list[str]) -> list[np.ndarray]:
 
 @functools.lru_cache(maxsize=1)
 def codegen_source_hash() -> str:
-    """A hash of the code generator's own source: a fixed codegen must not reuse old cached objects."""
+    """A hash of tinycomp's own source: a fixed compiler must not reuse old cached objects. All of
+    it, not just this package: the op table (`ir/ops.py`), the LLVM pipeline and target options
+    (`runtime/engine.py`, `codegen/target.py`) shape the object code too, and code moves."""
     h = hashlib.sha256()
-    for path in sorted(Path(__file__).parent.glob("*.py")):
-        h.update(path.name.encode() + b"\0" + path.read_bytes())
+    root = Path(__file__).resolve().parents[1]
+    for path in sorted(root.rglob("*.py")):
+        h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
     return h.hexdigest()
 
 

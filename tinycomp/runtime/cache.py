@@ -64,7 +64,7 @@ def _decode(blob: bytes, key: str) -> tuple[dict, bytes] | None:
         header_end = blob.index(b"\n", len(MAGIC))
         header = json.loads(blob[len(MAGIC) : header_end])
         payload = blob[header_end + 1 :]
-        if header.get("key") != key or header.get("size") != len(payload):
+        if not isinstance(header, dict) or header.get("key") != key or header.get("size") != len(payload):
             return None
         if hashlib.sha256(payload).hexdigest() != header.get("sha256"):
             return None
@@ -72,7 +72,7 @@ def _decode(blob: bytes, key: str) -> tuple[dict, bytes] | None:
         if not isinstance(meta, dict):
             return None
         return meta, payload
-    except (ValueError, KeyError, TypeError):  # json errors are ValueErrors
+    except (ValueError, KeyError, TypeError, RecursionError):  # json errors are ValueErrors; deep nesting recurses
         return None
 
 
