@@ -93,7 +93,34 @@ def test_symbolic_tensor_is_a_tensor():
             return x
 
     trace(Check(), (None, 4))
-    assert seen == [(True, SymbolicTensor, (None, 4), 2)]
+    [(is_tensor, kind, shape, ndim)] = seen
+    assert is_tensor and kind is SymbolicTensor and ndim == 2
+    assert shape[1:] == (4,) and repr(shape) == "(N, 4)"  # the batch size: a marker, not a number
+
+
+@pytest.mark.parametrize("use", [
+    lambda n: n == 1, lambda n: n != 8, lambda n: n > 1, lambda n: n is not None and bool(n), lambda n: int(n),
+    lambda n: n * 2, lambda n: range(n), lambda n: np.zeros((n, 3)),
+])
+def test_using_the_batch_size_while_tracing_is_a_compile_error(use):
+    """`if x.shape[0] == 1:` would take one branch at trace time for every batch: refused, naming it."""
+    class Branchy(Layer):
+        def forward(self, x):
+            use(x.shape[0])
+            return x
+
+    with pytest.raises(CompileError, match="the batch size N, which is not known while tracing"):
+        trace(Branchy(), (None, 4))
+
+
+def test_shapes_of_traced_values_compare_and_reshape_takes_minus_one():
+    class Shapes(Layer):
+        def forward(self, x):
+            y = x * 2
+            assert x.shape == y.shape and x.shape[1] == 4 and len(x.shape) == 2
+            return y.reshape(-1, 2, 2)
+
+    assert trace(Shapes(), (None, 4)).shape("output") == (None, 2, 2)
 
 
 # ---------------------------------------------------------------- training flags
@@ -186,3 +213,83 @@ def test_user_exceptions_pass_through_and_the_model_is_restored():
     if hasattr(info.value, "__notes__"):
         assert info.value.__notes__ == ["while tracing Boom at '1'"]
     assert all("forward" not in vars(layer) and "training" not in vars(layer) for layer in model)
+
+
+# ---------------------------------------------------------------- what would go stale is refused
+
+def test_indexing_a_parameter_is_a_compile_error_not_a_frozen_copy():
+    class Head(Layer):
+        def __init__(self):
+            self.fc = Linear(8, 8)
+
+        def forward(self, x):
+            return x @ self.fc.weight[:, :4]
+
+    with pytest.raises(CompileError, match=r"indexes the parameter 'fc.weight'"):
+        trace(Head(), (None, 8))
+
+
+def test_transposing_a_one_d_parameter_stays_live():
+    import tinycomp as tc
+
+    class Scale(Layer):
+        def __init__(self):
+            self.s = Tensor(np.ones(4))
+
+        def forward(self, x):
+            return x * self.s.transpose()
+
+    model = Scale()
+    fast = tc.compile(model)
+    x = np.ones((2, 4), np.float32)
+    fast(x)
+    model.s.data[:] = 5.0  # in place, after compiling
+    np.testing.assert_array_equal(fast(x).data, eager_eval(model, x))
+
+
+def test_a_sequential_subclass_s_own_attributes_are_live_parameters():
+    import tinycomp as tc
+
+    class WithHead(Sequential):
+        def __init__(self):
+            super().__init__(Linear(8, 16), ReLU())
+            self.head = Linear(16, 4)
+            self.scale = Tensor(np.ones(4))
+
+        def forward(self, x):
+            return self.head(super().forward(x)) * self.scale
+
+    manual_seed(0)
+    model = WithHead()
+    fast = tc.compile(model)
+    x = np.random.default_rng(0).standard_normal((3, 8)).astype(np.float32)
+    fast(x)
+    model.head.weight.data *= 2  # e.g. an optimizer step, in place
+    model.scale.data[:] = 3.0
+    np.testing.assert_allclose(fast(x).data, eager_eval(model, x), rtol=1e-5, atol=1e-6)
+    assert {"head.weight", "scale", "0.weight"} <= {fast.graph[p]["path"] for p in fast.graph.params}
+
+
+@pytest.mark.parametrize("keys", [(1, "1"), ("enc.0", "dec")])
+def test_dict_keys_that_cannot_name_a_path_are_a_compile_error(keys):
+    class Heads(Layer):
+        def __init__(self):
+            self.heads = {k: Linear(4, 4) for k in keys}
+
+        def forward(self, x):
+            return sum((head(x) for head in self.heads.values()), start=x)
+
+    with pytest.raises(CompileError, match="cannot name as a path step"):
+        trace(Heads(), (None, 4))
+
+
+def test_a_parameter_named_output_is_traced():
+    class Scaled(Layer):
+        def __init__(self):
+            self.output = Tensor(np.full(4, 2.0))
+
+        def forward(self, x):
+            return x * self.output
+
+    g = trace(Scaled(), (None, 4))
+    assert g.params == ["param:output"] and g[g.params[0]]["path"] == "output"

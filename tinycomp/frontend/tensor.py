@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..aligned import aligned_float32
+from ..errors import CompileError
 from ..ir.ops import matmul_shape, op_def
 
 Operand = Any  # Tensor | np.ndarray | Python/NumPy scalar
@@ -50,6 +51,12 @@ def _operand_array(x: Operand) -> np.ndarray:
 
 def _is_operand(x: Any) -> bool:
     return isinstance(x, (Tensor, np.ndarray, numbers.Real))
+
+
+def _traced_parameter(t: Tensor) -> bool:
+    """Is t a tensor of the model being traced on this thread (a `param` node, read live)?"""
+    tracer = getattr(tracing, "tracer", None)
+    return tracer is not None and tracer.owns_any((t,))
 
 
 def apply_op(name: str, *operands: Operand, **attrs: Any) -> Tensor:
@@ -186,8 +193,8 @@ class Tensor:
 
     def transpose(self, dim0: int | None = None, dim1: int | None = None) -> Tensor:
         if dim0 is None and dim1 is None:
-            if self.ndim < 2:
-                return Tensor(self.data)
+            if self.ndim < 2:  # a copy; while tracing, a parameter stays itself: live, not frozen
+                return self if _traced_parameter(self) else Tensor(self.data)
             dim0, dim1 = -2, -1
         elif dim0 is None or dim1 is None:
             raise ValueError("transpose takes both dim0 and dim1, or neither (last two dims)")
@@ -203,4 +210,9 @@ class Tensor:
         return apply_op("max", self, axis=axis, keepdims=keepdims)
 
     def __getitem__(self, key: Any) -> Tensor:
+        if _traced_parameter(self):  # a copy made now would not follow later changes to the parameter
+            tracer = tracing.tracer
+            raise CompileError(f"{tracer.where()} indexes the parameter '{tracer.tensor_paths[id(self)]}'; "
+                               "indexing is not in the op table, so it cannot be compiled (make the slice a "
+                               "parameter of its own, outside forward())")
         return Tensor(self.data[key])

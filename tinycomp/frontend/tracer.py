@@ -31,11 +31,20 @@ _UFUNC_OPS = {np.add: "add", np.subtract: "sub", np.multiply: "mul", np.true_div
 # ---------------------------------------------------------------- walking the model
 
 def _children(obj: Any) -> Iterator[tuple[str, Any]]:
-    """(path step, value) pairs of a layer's attributes, a list's items or a dict's values."""
-    if isinstance(obj, Sequential):  # Sequential children are named by index: `0.weight`
-        items: Any = enumerate(obj.layers)
+    """(path step, value) pairs of a layer's attributes, a list's items or a dict's values.
+
+    A Sequential's layers are named by index (`0.weight`), its other attributes (a subclass's
+    `head`, `scale`) by name. A path is dotted text, so a dict key must read back as one step: no
+    dots, and no two keys with the same text (1 and "1")."""
+    if isinstance(obj, Sequential):
+        items: Any = [*enumerate(obj.layers), *((k, v) for k, v in vars(obj).items() if k != "layers")]
     elif isinstance(obj, dict):
         items = obj.items()
+        steps = [str(k) for k in obj]
+        bad = next((k for k, step in zip(obj, steps, strict=True) if "." in step or steps.count(step) > 1), None)
+        if bad is not None:
+            raise CompileError(f"a dict in the model has the key {bad!r}, which tinycomp cannot name as a path "
+                               f"step (keys {steps}): use keys without dots whose str() differ")
     elif isinstance(obj, (list, tuple)):
         items = enumerate(obj)
     else:
@@ -84,6 +93,57 @@ def resolve_path(model: Any, path: str) -> Any:
 
 # ---------------------------------------------------------------- the symbolic tensor
 
+class BatchSize:
+    """The batch dimension in a traced tensor's `.shape`: `N`, unknown while tracing, because the
+    compiled code runs for every batch size. Using its value (comparing it, computing with it,
+    passing it as a size) raises a CompileError, instead of quietly baking in the branch a
+    placeholder would take (`if x.shape[0] == 1:` with None is always false)."""
+
+    def __init__(self, tracer: Tracer):
+        self._tracer = tracer
+
+    def _refuse(self, what: str) -> CompileError:
+        return CompileError(
+            f"{self._tracer.where()} {what} the batch size N, which is not known while tracing (compiled "
+            "code runs for every batch size): branch on feature sizes only, and write -1 for N in reshape")
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, BatchSize):
+            return True  # `x.shape == y.shape` of two traced values
+        raise self._refuse("compares")
+
+    def __ne__(self, other: object) -> bool:
+        return not self.__eq__(other)
+
+    __hash__ = object.__hash__
+
+    def _compare(self, other: object) -> bool:
+        raise self._refuse("compares")
+
+    __lt__ = __le__ = __gt__ = __ge__ = _compare
+
+    def __index__(self) -> int:
+        raise self._refuse("uses as a size")
+
+    def __int__(self) -> int:
+        raise self._refuse("converts to int")
+
+    def __float__(self) -> float:
+        raise self._refuse("converts to float")
+
+    def __bool__(self) -> bool:
+        raise self._refuse("tests the truth of")
+
+    def _arithmetic(self, other: object) -> Any:
+        raise self._refuse("computes with")
+
+    __add__ = __radd__ = __sub__ = __rsub__ = __mul__ = __rmul__ = _arithmetic
+    __truediv__ = __rtruediv__ = __floordiv__ = __rfloordiv__ = __mod__ = __rmod__ = _arithmetic
+
+    def __repr__(self) -> str:
+        return "N"
+
+
 class SymbolicTensor(Tensor):
     """A Tensor that stands for a graph node; it has a shape but no data."""
 
@@ -106,7 +166,8 @@ class SymbolicTensor(Tensor):
 
     @property
     def shape(self) -> tuple:  # type: ignore[override]
-        return self._shape
+        """The shape with `BatchSize` for the batch dimension (the graph's shapes hold None)."""
+        return tuple(self._tracer.batch if d is None else d for d in self._shape)
 
     @property
     def ndim(self) -> int:
@@ -183,6 +244,7 @@ class Tracer:
         self.tensor_paths, self.layers = walk_model(model)
         self.param_nodes: dict[int, str] = {}  # id(Tensor) -> node: a Tensor used twice is one node
         self.stack: list[tuple[Any, str]] = [(model, "")]
+        self.batch = BatchSize(self)
 
     def where(self) -> str:
         return _describe(*self.stack[-1])
@@ -218,7 +280,8 @@ class Tracer:
     def param(self, t: Tensor) -> str:
         if id(t) not in self.param_nodes:
             path = self.tensor_paths[id(t)]
-            name = path if path not in self.graph else f"param:{path}"  # e.g. a weight named `x`
+            # a weight named like the input or the output node (`x`, `output`) gets a prefix
+            name = path if path not in self.graph and path != "output" else f"param:{path}"
             self.param_nodes[id(t)] = self.graph.add(
                 "param", name=name, shape=t.shape, path=path, value=t, layer=self.stack[-1][1])
         return self.param_nodes[id(t)]
