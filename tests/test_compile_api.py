@@ -201,6 +201,16 @@ def test_explain_names_every_fusion(mlp):
     assert all("fused matmul" in line and "bias" in line for line in lines)
 
 
+def test_explain_tells_what_this_compile_did_without_fuse_linear():
+    from tinycomp.ir.passes import fold_dropout
+
+    manual_seed(0)
+    fast = tc.compile(reference_mlp(), input_shape=(None, REFERENCE_MLP_IN), passes=[fold_dropout])
+    lines = fast.explain().splitlines()
+    assert len(lines) == 3 and all("not fused (this compile's passes did not include fuse_linear)" in ln
+                                   for ln in lines), lines
+
+
 def test_unknown_dump_stage_is_a_value_error(mlp):
     _, fast = mlp
     fast(batch(1))

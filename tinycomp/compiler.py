@@ -422,7 +422,7 @@ class CompiledModel:
     def explain(self) -> str:
         from .ir.passes import explain as explain_fusions
 
-        return "\n".join(explain_fusions(self._require("explain()").optimized))
+        return "\n".join(explain_fusions(self._require("explain()").optimized, compiled=True))
 
     def __repr__(self) -> str:
         state = f"features={self._artifact.features}" if self._artifact else "not compiled yet"

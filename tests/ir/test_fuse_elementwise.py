@@ -83,3 +83,30 @@ def test_fused_chain_compiles_to_one_kernel_and_matches_eager():
         x = sample(batch=rows) * 3
         report = check_parity(fast(x).data, model(Tensor(x)).data, float64_reference(fast.graph, x))
         assert report.ok, str(report)
+
+
+class PosBias(Layer):
+    """x of shape (N, 3, 6) + a (3, 6) table + a (6,) bias: the two operands need rows of different
+    widths (a whole sample, one feature row), so one loop cannot run them both."""
+
+    def __init__(self):
+        rng = np.random.default_rng(0)
+        self.pos = Tensor(rng.standard_normal((3, 6)))
+        self.b = Tensor(rng.standard_normal(6))
+
+    def forward(self, x):
+        return ReLU()(x + self.pos + self.b)
+
+
+def test_no_fusion_that_the_code_generator_could_not_run_as_one_loop():
+    from tinycomp.ir.layout import elementwise_layout
+
+    g = run_pipeline(trace(PosBias(), (None, 3, 6)))
+    for n in g.nodes():
+        if g.op(n) == "elementwise":
+            assert elementwise_layout(g, tuple(g.shape(n)), g.args(n)) is not None, g
+    model = PosBias()
+    x = np.random.default_rng(1).standard_normal((4, 3, 6)).astype(np.float32)
+    report = check_parity(tc.compile(model)(x).data, model(Tensor(x)).data,
+                          float64_reference(trace(model, (None, 3, 6)), x))
+    assert report.ok, str(report)

@@ -1,3 +1,5 @@
+import re
+
 import numpy as np
 import pytest
 
@@ -293,3 +295,25 @@ def test_a_parameter_named_output_is_traced():
 
     g = trace(Scaled(), (None, 4))
     assert g.params == ["param:output"] and g[g.params[0]]["path"] == "output"
+
+
+@pytest.mark.parametrize("forward, shape", [
+    (lambda self, x: x + x.reshape(-1), "(N, N)"),
+    (lambda self, x: x + Tensor(np.ones((3, 1, 1))), "(3, N, 1)"),
+])
+def test_a_batch_dimension_that_is_not_the_leading_axis_is_a_compile_error(forward, shape):
+    model = type("Odd", (Layer,), {"forward": forward})()
+    with pytest.raises(CompileError, match=rf"add gives shape {re.escape(shape)}, where the batch dimension N"):
+        trace(model, (None, 1))
+
+
+def test_one_value_per_sample_compiles_and_softmax_across_the_batch_is_refused():
+    import tinycomp as tc
+    from tinycomp.nn import Softmax
+
+    flat = type("Flat", (Layer,), {"forward": lambda self, x: ReLU()(x.reshape(-1))})()
+    x = np.arange(-2, 2, dtype=np.float32).reshape(4, 1)
+    np.testing.assert_array_equal(tc.compile(flat)(x).data, eager_eval(flat, x))
+    across = type("Across", (Layer,), {"forward": lambda self, x: Softmax()(x.reshape(-1))})()
+    with pytest.raises(CompileError, match=r"would run across the batch"):
+        tc.compile(across)(x)

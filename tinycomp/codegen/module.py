@@ -21,6 +21,7 @@ import numpy as np
 from llvmlite import ir
 
 from ..ir.graph import Graph
+from ..ir.layout import elementwise_layout, is_scalar_const
 from ..ir.ops import ELEMENTWISE, fmt_shape, map_leaves
 from . import elementwise, gemm
 from .loops import I64, PTR, compile_as_glue, element_ptr, for_range, i64, paused_gc, release_module, stream_in_kernel
@@ -93,10 +94,6 @@ def graph_fingerprint(g: Graph, width: int) -> str:
         if g.op(n) == "const":
             h.update(np.ascontiguousarray(np.asarray(g[n]["value"], dtype=np.float32)).tobytes())
     return h.hexdigest()
-
-
-def is_scalar_const(g: Graph, n: str) -> bool:
-    return g.op(n) == "const" and row_floats(g.shape(n)) == 1 and not is_batched(g.shape(n))
 
 
 def _folded_everywhere(g: Graph, n: str) -> bool:
@@ -194,33 +191,14 @@ def lower_linear(e: _Emitter, n: str) -> None:
     e.call(fn, e.row_count(x, k), e.pointer(x), e.pointer(w), bias_ptr, e.pointer(n), e.pack_buffer())
 
 
-def _operand_kind(g: Graph, operand: str, out: tuple, row: int) -> str | None:
-    """How an operand broadcasts over rows of width `row` of the output; None if it does not fit."""
-    shape = tuple(g.shape(operand))
-    if is_scalar_const(g, operand):
-        return "const"  # folded into the kernel as an immediate
-    if row_floats(shape) == row_floats(out) and is_batched(shape) == is_batched(out):
-        return "full"
-    if row_floats(shape) == 1 and not is_batched(shape):
-        return "scalar"  # one value for the whole call; a batched (N, 1) value is a "col" below
-    trailing = shape[next((i for i, d in enumerate(shape) if d != 1), len(shape)):]
-    if not is_batched(shape) and row_floats(trailing) == row and trailing == out[len(out) - len(trailing):]:
-        return "row"
-    if is_batched(shape) and row == row_floats(out) and all(d == 1 for d in shape[1:]):
-        return "col"
-    return None
-
-
 def _elementwise_layout(g: Graph, n: str) -> tuple[int, list[str]]:
     """Pick the row width (a whole batch row, else the last dim) under which every operand fits."""
-    out = tuple(g.shape(n))
-    for row in dict.fromkeys([row_floats(out), int(out[-1]) if out else 1]):
-        kinds = [_operand_kind(g, a, out, row) for a in g.args(n)]
-        if None not in kinds:
-            return row, kinds  # type: ignore[return-value]
-    shapes = ", ".join(fmt_shape(g.shape(a)) for a in g.args(n))
-    raise LoweringError(f"{g.op(n)} {n}: operands {shapes} broadcast to {fmt_shape(out)} in a way "
-                        "the code generator does not handle")
+    layout = elementwise_layout(g, tuple(g.shape(n)), g.args(n))
+    if layout is None:
+        shapes = ", ".join(fmt_shape(g.shape(a)) for a in g.args(n))
+        raise LoweringError(f"{g.op(n)} {n}: operands {shapes} broadcast to {fmt_shape(g.shape(n))} in a way "
+                            "the code generator does not handle")
+    return layout
 
 
 def lower_elementwise(e: _Emitter, n: str) -> None:
@@ -249,6 +227,9 @@ def lower_softmax(e: _Emitter, n: str) -> None:
     shape = g.shape(n)
     if g.attrs(n).get("dim", -1) % len(shape) != len(shape) - 1:
         raise LoweringError(f"softmax {n}: only the last axis is compiled; dim={g.attrs(n)['dim']}")
+    if shape[-1] is None:
+        raise LoweringError(f"softmax {n} over a value of shape {fmt_shape(shape)} would run across the batch "
+                            "(its only axis is N); give each sample a feature axis, e.g. reshape(-1, 1)")
     row = int(shape[-1])
     fn = e.kernel(("softmax", row, e.width), lambda name: elementwise.emit_softmax(e.module, name, row, e.width))
     (x,) = g.args(n)

@@ -7,24 +7,15 @@ rounded to 16 floats so every buffer starts on a 64-byte line when scratch does.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 from ..ir.graph import Graph
+from ..ir.layout import is_batched, row_floats
 
 ALIGN = 16
 VIEW_OPS = frozenset({"reshape"})
 # An eval-mode dropout that survived the passes (e.g. passes switched off) is the identity too.
 PASS_THROUGH = VIEW_OPS | {"dropout"}
-
-
-def row_floats(shape: tuple) -> int:
-    """Floats per batch row, or in total for a value without a batch dimension."""
-    return math.prod(d for d in shape if d is not None)
-
-
-def is_batched(shape: tuple) -> bool:
-    return bool(shape) and shape[0] is None
 
 
 def _round_up(n: int) -> int:

@@ -19,7 +19,7 @@ import numpy as np
 
 from ..errors import CompileError
 from ..ir.graph import Graph
-from ..ir.ops import LEAVES, OPS
+from ..ir.ops import LEAVES, OPS, fmt_shape
 from . import tensor as tensor_module
 from .layers import MODEL_STATE_LOCK, Layer, Sequential
 from .tensor import Tensor, apply_op
@@ -260,7 +260,12 @@ class Tracer:
             error = ValueError(f"{exc} (in {self.where()})")
             error._tinycomp_noted = True  # type: ignore[attr-defined]  # the message names the layer already
             raise error from None
-        return SymbolicTensor(self, node, self.graph.shape(node))
+        shape = self.graph.shape(node)
+        if None in shape[1:]:  # e.g. (N, 1) + (N,) broadcasts to (N, N), (N, 1) + (3, 1, 1) to (3, N, 1)
+            raise CompileError(f"{self.where()}: {name} gives shape {fmt_shape(shape)}, where the batch "
+                               "dimension N is not the leading axis alone; compiled code runs each sample "
+                               "on its own (reshape operands so that N stays first)")
+        return SymbolicTensor(self, node, shape)
 
     def owns_any(self, operands: tuple) -> bool:
         return any(isinstance(x, Tensor) and id(x) in self.tensor_paths for x in operands)

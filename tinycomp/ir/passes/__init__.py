@@ -33,14 +33,18 @@ def run_pipeline(g: Graph, passes: Sequence[Pass] | None = None, *,
     return g
 
 
-def explain(g: Graph) -> list[str]:
+def explain(g: Graph, *, compiled: bool = False) -> list[str]:
     """One line per fusion candidate (every matmul): what fuse_linear fused and, where not, why.
 
     On an optimized graph this reads what fuse_linear recorded; on a graph it has not run on yet
-    (e.g. a traced one) it explains what the default pipeline would do.
+    (e.g. a traced one) it explains what the default pipeline would do, unless `compiled` says the
+    graph is what a compile ran (its passes left fuse_linear out): then that is what it says.
     """
     candidates = [n for n in g.nodes() if g.op(n) in ("matmul", "linear")]
     if any("explain" not in g[n] for n in candidates):
+        if compiled:
+            return [f"{g.op(n)} {n}: not fused (this compile's passes did not include fuse_linear)"
+                    for n in candidates]
         g = run_pipeline(g)
         candidates = [n for n in g.nodes() if g.op(n) in ("matmul", "linear")]
     lines = []

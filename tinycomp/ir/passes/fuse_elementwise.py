@@ -3,12 +3,15 @@
 `relu(x * 0.5 + h)` is three nodes, three passes over memory and two temporary buffers; fused it
 is one node whose `expr` attribute is the whole tree, `relu(add(mul($0, 0.5), $1))`, lowered to one
 vector loop. A producer folds into its user only when the user is its sole reader and both have the
-same shape, so nothing is computed twice and no value is recomputed per broadcast element.
+same shape, so nothing is computed twice and no value is recomputed per broadcast element, and
+only when the fused node's operands still share one row layout (`ir/layout.py`), so the code
+generator can run it as one loop.
 """
 
 from __future__ import annotations
 
 from ..graph import Graph
+from ..layout import elementwise_layout
 from ..ops import ELEMENTWISE, Expr, map_leaves
 
 FUSIBLE = ELEMENTWISE | {"elementwise"}
@@ -55,6 +58,9 @@ def fusible_user(g: Graph, n: str) -> str | None:
     (user,) = g.users(n)
     if g.op(user) not in FUSIBLE or g.shape(user) != g.shape(n) or reads(g, user, n) != 1:
         return None  # read twice, even by one expression: inlining would compute it twice
+    operands = list(dict.fromkeys([*g.args(n), *(a for a in g.args(user) if a != n)]))
+    if elementwise_layout(g, tuple(g.shape(user)), operands) is None:
+        return None  # the operands need different row widths: one loop could not run them both
     return user
 
 
