@@ -6,4 +6,5 @@ class CompileError(Exception):
 
 
 class ParityError(AssertionError):
-    """Compiled output differs from the eager model beyond the parity rule (DESIGN.md §4)."""
+    """Compiled output differs from the eager model beyond the parity rule (`tinycomp/parity.py`;
+    README, "Numerics and weights")."""

@@ -1,4 +1,4 @@
-"""The parity rule (DESIGN §4): how close compiled output must be to eager output.
+"""The parity rule (README, "Numerics and weights"): how close compiled output must be to eager output.
 
 GEMM accumulation order differs from OpenBLAS, so compiled and eager float32 results are not
 bit-equal. Both are judged against a float64 reference: the compiled error may be at most twice

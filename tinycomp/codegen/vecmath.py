@@ -2,7 +2,7 @@
 
 Everything here is our own straight-line vector code (range reduction + polynomial), so it can run
 on GEMM accumulators still in registers, for any width W >= 1 (16, 8, 4, and 1 for tails).
-No fast-math flags: NaN/Inf follow the eager NumPy definitions (DESIGN §4).
+No fast-math flags: NaN/Inf follow the eager NumPy definitions (README, "Numerics and weights").
 
 Special values (all equal to the NumPy float32 formulas):
   relu(x)    = np.maximum(x, 0): relu(nan) = nan, relu(-0) = +0 (NumPy returns the 0 operand).
