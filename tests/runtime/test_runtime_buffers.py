@@ -62,3 +62,22 @@ def test_scratch_is_per_thread_and_grows():
     worker.start()
     worker.join()
     assert seen[0] != pool.pointer(100)  # another thread never shares this thread's scratch
+
+
+@pytest.mark.parametrize("meminfo, expected", [
+    (b"MemTotal: 100 kB\nMemAvailable: 50 kB\nSwapFree: 10 kB\n", 60 * 1024),
+    (b"MemTotal: 100 kB\nMemAvailable: 50 kB\n", 50 * 1024),  # no swap line
+    (b"MemTotal: 100 kB\nMemFree: 40 kB\nSwapFree: 10 kB\n", None),  # no MemAvailable (kernels < 3.14)
+    (b"", None), (b"MemAvailable: lots\n", None), (b"MemAvailable:\n", None),
+])
+def test_available_memory_is_unknown_rather_than_zero_without_mem_available(monkeypatch, tmp_path, meminfo, expected):
+    import builtins
+
+    from tinycomp.runtime import buffers
+
+    fake = tmp_path / "meminfo"
+    fake.write_bytes(meminfo)
+    real_open = builtins.open
+    monkeypatch.setattr(builtins, "open", lambda path, *a, **k: real_open(fake if path == "/proc/meminfo" else path,
+                                                                           *a, **k))
+    assert buffers.available_bytes() == expected

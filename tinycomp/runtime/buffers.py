@@ -61,12 +61,15 @@ def as_native_float32(a: np.ndarray) -> np.ndarray:
 
 
 def available_bytes() -> int | None:
-    """Memory the process could still get (MemAvailable + SwapFree), or None if unknown."""
+    """Memory the process could still get (MemAvailable + SwapFree), or None if unknown (no file, or
+    no MemAvailable line: kernels before 3.14 and some sandboxes lack it, and 0 would refuse
+    every large batch)."""
     try:
         with open("/proc/meminfo", "rb") as f:
             fields = dict(line.split(b":", 1) for line in f.read().splitlines() if b":" in line)
-        return sum(int(fields[k].split()[0]) * 1024 for k in (b"MemAvailable", b"SwapFree") if k in fields)
-    except (OSError, ValueError, KeyError):
+        free = int(fields[b"MemAvailable"].split()[0]) * 1024
+        return free + (int(fields[b"SwapFree"].split()[0]) * 1024 if b"SwapFree" in fields else 0)
+    except (OSError, ValueError, KeyError, IndexError):
         return None
 
 

@@ -31,28 +31,49 @@ class _Batch:
     so a split call is never much slower than running every task on the calling thread.
     """
 
-    __slots__ = ("tasks", "_next", "_lock", "_left", "done", "error")
+    __slots__ = ("tasks", "_next", "_lock", "_left", "_running", "done", "idle", "cancelled", "error")
 
     def __init__(self, tasks: list[Task]):
         self.tasks = tasks
         self._next = itertools.count()  # next() on a count is atomic under the GIL
         self._lock = threading.Lock()
         self._left = len(tasks)
-        self.done = threading.Event()
+        self._running = 0
+        self.done = threading.Event()  # every task has run
+        self.idle = threading.Condition(self._lock)  # notified whenever a task ends
+        self.cancelled = False  # set when the caller is interrupted: start no more tasks
         self.error: BaseException | None = None
 
     def work(self) -> None:
         n = len(self.tasks)
-        while (i := next(self._next)) < n:
+        while not self.cancelled and (i := next(self._next)) < n:
+            with self._lock:
+                self._running += 1
             try:
                 self.tasks[i]()
             except BaseException as exc:  # handed back to the caller, never lost in the worker
                 if self.error is None:
                     self.error = exc
-            with self._lock:
-                self._left -= 1
-                if self._left == 0:
-                    self.done.set()
+            finally:
+                with self._lock:
+                    self._running -= 1
+                    self._left -= 1
+                    if self._left == 0:
+                        self.done.set()
+                    self.idle.notify_all()
+
+    def stop(self) -> None:
+        """Start no more tasks and return once none is running, whatever interrupts the wait: the
+        tasks read and write buffers that the caller frees as soon as `run` returns."""
+        self.cancelled = True
+        while True:
+            try:
+                with self._lock:
+                    while self._running:
+                        self.idle.wait()
+                return
+            except BaseException:  # another Ctrl-C: native code cannot be stopped, so keep waiting
+                continue
 
 
 class WorkerPool:
@@ -73,8 +94,12 @@ class WorkerPool:
         batch = _Batch(tasks)
         for _ in range(min(self.workers, len(tasks) - 1)):
             self._queue.put(batch)
-        batch.work()
-        batch.done.wait()
+        try:
+            batch.work()
+            batch.done.wait()
+        except BaseException:  # e.g. KeyboardInterrupt in the wait: not while a worker runs a task
+            batch.stop()
+            raise
         if batch.error is not None:
             raise batch.error
 

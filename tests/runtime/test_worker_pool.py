@@ -1,0 +1,61 @@
+"""The worker pool behind split calls (`runtime/threads.py`): every task's failure reaches the caller,
+and the caller never returns, not even on Ctrl-C, while a task still runs on a worker (tasks are
+native calls on buffers the caller frees once it returns)."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+
+import pytest
+
+from tinycomp.runtime.threads import WorkerPool
+
+
+def test_every_task_runs_once_across_caller_and_workers():
+    pool = WorkerPool(2)
+    ran: list[int] = []
+    pool.run([lambda i=i: ran.append(i) for i in range(50)])
+    assert sorted(ran) == list(range(50))
+
+
+def test_a_failing_task_is_raised_in_the_caller_and_the_pool_still_works():
+    pool = WorkerPool(1)
+
+    def boom() -> None:
+        raise RuntimeError("chunk failed")
+
+    with pytest.raises(RuntimeError, match="chunk failed"):
+        pool.run([boom, lambda: None, boom])
+    ran: list[int] = []
+    pool.run([lambda: ran.append(1), lambda: ran.append(2)])
+    assert sorted(ran) == [1, 2]
+
+
+@pytest.mark.skipif(threading.current_thread() is not threading.main_thread(), reason="signals go to the main thread")
+def test_ctrl_c_while_a_worker_runs_returns_only_after_its_task_ended():
+    pool = WorkerPool(1)
+    started, ended = threading.Event(), threading.Event()
+    caller = threading.get_ident()
+
+    def task() -> None:
+        if threading.get_ident() != caller:  # the worker's chunk: a long native call
+            started.set()
+            time.sleep(0.4)
+            ended.set()
+        else:  # the caller's chunk: done once the worker has taken the other one
+            assert started.wait(5)
+
+    def interrupt() -> None:
+        started.wait(5)
+        time.sleep(0.1)  # the caller has finished its own task and waits for the worker's
+        signal.pthread_kill(caller, signal.SIGINT)
+
+    threading.Thread(target=interrupt).start()
+    with pytest.raises(KeyboardInterrupt):
+        pool.run([task, task])  # the caller runs one task at once and then waits for the worker's
+    assert ended.is_set(), "run() returned while the worker's task was still running"
+    ran: list[int] = []
+    pool.run([lambda: ran.append(1), lambda: ran.append(2)])  # and the pool still works
+    assert sorted(ran) == [1, 2]
