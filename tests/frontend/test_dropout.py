@@ -37,6 +37,15 @@ def test_eval_returns_the_input_object_itself():
     assert Dropout(0.5).forward(x, training=False) is x
 
 
+def test_a_plain_array_works_as_in_the_other_layers():
+    x = np.ones((4, 5), np.float32)
+    assert Dropout(0.5).eval()(x) is x
+    manual_seed(0)
+    y = Dropout(0.5)(x)  # training: a Tensor, kept values scaled by 1 / (1 - p)
+    assert isinstance(y, Tensor) and set(np.unique(y.data)) <= {0.0, 2.0}
+    assert np.array_equal(Dropout(1.0)(x).data, np.zeros((4, 5), np.float32))
+
+
 def test_p_zero_is_identity_in_training():
     x = Tensor(np.arange(12.0).reshape(3, 4))
     d = Dropout(0.0)

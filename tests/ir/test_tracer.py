@@ -317,3 +317,11 @@ def test_one_value_per_sample_compiles_and_softmax_across_the_batch_is_refused()
     across = type("Across", (Layer,), {"forward": lambda self, x: Softmax()(x.reshape(-1))})()
     with pytest.raises(CompileError, match=r"would run across the batch"):
         tc.compile(across)(x)
+
+
+def test_the_graph_class_is_importable_where_design_names_it():
+    import tinycomp
+    from tinycomp.ir import Graph
+
+    g = tinycomp.trace(Linear(3, 2), (None, 3))
+    assert isinstance(g, Graph) and isinstance(g, tinycomp.ir.Graph) and g.nx is not None

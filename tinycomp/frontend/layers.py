@@ -135,7 +135,7 @@ class Dropout(Layer):
 
     def forward(self, x: Tensor, training: bool | None = None) -> Tensor:
         training = self.training if training is None else bool(training)
-        if x._tracer is not None:  # tracing records the node; passes decide what it becomes
+        if getattr(x, "_tracer", None) is not None:  # tracing records the node; passes decide what it becomes
             return apply_op("dropout", x, p=self.p, training=training)
         if not self._should_apply_dropout(training):
             return x
