@@ -126,10 +126,10 @@ def test_two_inputs_are_refused():
 
 def test_unsupported_broadcast_is_refused_not_miscompiled():
     g = Graph()
-    x = g.add("input", name="x", shape=(None, 3, 4))
-    y = g.add("mul", [x, param(g, "half", values(3, 1))])  # (3, 1) on (N, 3, 4): neither a row nor a column
+    x = g.add("input", name="x", shape=(None, 2, 3, 4))
+    y = g.add("mul", [x, param(g, "half", values(2, 1, 1))])  # on (N, 2, 3, 4): repeats every 3 rows, in runs
     g.add("output", [y], name="output")
-    with pytest.raises(LoweringError, match=r"broadcast to \(N, 3, 4\)"):
+    with pytest.raises(LoweringError, match=r"broadcast to \(N, 2, 3, 4\)"):
         lower_graph(g, WIDTH)
 
 
@@ -274,6 +274,43 @@ def test_operand_layouts_full_row_scalar_const():
     plan = lower_graph(g, WIDTH)
     assert plan.const_nodes == ["vec"]  # the scalar const is an immediate, not an argument
     assert_runs_like_interpreter(g, values(13, 19))
+
+
+@pytest.mark.parametrize("sample, table, kind", [
+    ((3, 6), (3, 6), "full"),   # a whole sample row: the table is one `row`
+    ((3, 6), (3, 1), "col%3"),  # one value per row of a sample
+    ((4, 3, 6), (3, 6), "row%3"),
+    ((4, 3, 6), (3, 1), "col%3"),
+    ((4, 3, 6), (1, 4, 3, 1), "col%12"),
+    ((2, 3, 5), (2, 3, 1), "col%6"),
+])
+def test_tables_that_repeat_inside_each_sample(sample, table, kind):
+    """x (N, *sample) + table + bias (last dim): the bias needs rows of the last dimension, so the
+    table is read per row of a sample, row i taking entry i % P. Batches above a row block check
+    that blocks start on a sample."""
+    from tinycomp.ir.layout import operand_kind
+
+    g = Graph()
+    x = g.add("input", name="x", shape=(None, *sample))
+    t = g.add("const", name="t", shape=table, value=values(*table))
+    b = param(g, "b", values(sample[-1]))
+    g.add("output", [g.add("add", [g.add("mul", [x, t]), b])], name="output")
+    out = (None, *sample)
+    if kind != "full":
+        assert operand_kind(g, t, out, sample[-1]) == kind
+    for rows in (1, 5, 131):
+        assert_runs_like_interpreter(g, values(rows, *sample))
+
+
+@pytest.mark.parametrize("table", [(4, 1, 6), (4, 1, 1)])
+def test_tables_that_broadcast_between_sample_dims_are_refused_by_name(table):
+    g = Graph()
+    x = g.add("input", name="x", shape=(None, 4, 3, 6))
+    t = g.add("const", name="t", shape=table, value=values(*table))
+    b = param(g, "b", values(6))
+    g.add("output", [g.add("add", [g.add("mul", [x, t], name="culprit"), b])], name="output")
+    with pytest.raises(LoweringError, match="culprit: operands"):
+        lower_graph(g, WIDTH)
 
 
 def test_per_row_column_operand_is_not_treated_as_a_scalar():

@@ -50,6 +50,14 @@ BINARY: dict[str, Callable[[ir.IRBuilder, ir.Value, ir.Value], ir.Value]] = {
     "div": lambda b, x, y: b.fdiv(x, y),
 }
 KINDS = ("full", "row", "col", "scalar")  # M x R, R (per column), M (per row), 1
+# ... and `row%P` (P x R: row m reads row m % P) and `col%P` (P: row m reads value m % P), for
+# values that repeat with a row's position inside a sample (ir/layout.periodic_kind).
+
+
+def kind_period(kind: str) -> tuple[str, int]:
+    """(base kind, period) of an operand kind: ("row", 3) for "row%3", ("full", 0) for "full"."""
+    base, _, period = kind.partition("%")
+    return base, int(period) if period.isdigit() else 0
 ALIGN = 4  # buffers are only guaranteed float-aligned
 
 
@@ -78,7 +86,8 @@ def check_expr(expr: tuple, n_operands: int) -> None:
 
 def _check_kinds(operand_kinds: tuple[str, ...] | list[str]) -> None:
     for kind in operand_kinds:
-        if kind not in KINDS:
+        base, period = kind_period(kind)
+        if kind not in KINDS and not (base in ("row", "col") and period > 1):
             raise NotImplementedError(f"elementwise codegen has no rule for operand kind {kind!r}")
 
 
@@ -147,8 +156,15 @@ def broadcast_load(builder: ir.IRBuilder, ptr: ir.Value, width: int) -> ir.Value
 # ---------------------------------------------------------------- elementwise
 
 def _load_operand(builder, kind: str, ptr: ir.Value, row: ir.Value, row_base: ir.Value,
-                  chunk: Chunk) -> ir.Value:
+                  chunk: Chunk, row_size: int) -> ir.Value:
     """Operand lanes for `chunk` of row `row`, by broadcast kind."""
+    base, period = kind_period(kind)
+    if period:  # row % period of a P x R table (row%P) or of P values (col%P)
+        at = builder.urem(row, i64(period))
+        if base == "row":
+            return load_chunk(builder, element_ptr(builder, ptr, builder.add(builder.mul(at, i64(row_size)),
+                                                                            chunk.col)), chunk)
+        return broadcast_load(builder, element_ptr(builder, ptr, at), chunk.width)
     if kind == "full":
         return load_chunk(builder, element_ptr(builder, ptr, builder.add(row_base, chunk.col)), chunk)
     if kind == "row":
@@ -197,7 +213,7 @@ def emit_elementwise(module: ir.Module, name: str, expr: tuple, operand_kinds, r
                      width: int) -> ir.Function:
     """Define `void name(i64 M, ptr out, ptr op0, ...)`: out[m, j] = expr(operands at m, j).
 
-    Without "row"/"col" operands the element position does not matter, so the M x R buffers are
+    Without "row"/"col" operands (periodic or not) the element position does not matter, so the M x R buffers are
     walked as one flat run of M*R elements: small rows (R = 1, 3, ...) still get full vectors.
     """
     kinds = tuple(operand_kinds)
@@ -214,7 +230,7 @@ def emit_elementwise(module: ir.Module, name: str, expr: tuple, operand_kinds, r
 
         def leaf(i: int) -> ir.Value:
             if i not in loaded:
-                loaded[i] = _load_operand(builder, kinds[i], operands[i], row, row_base, chunk)
+                loaded[i] = _load_operand(builder, kinds[i], operands[i], row, row_base, chunk, row_size)
             return loaded[i]
 
         value = evaluate(builder, expr, leaf, chunk.width)

@@ -2,8 +2,9 @@
 
 The code generator runs an elementwise node as one loop over rows of `row` floats: the whole batch
 row, or else the last dimension. Each operand is then read as a `full` row, one `row` shared by
-every batch row, a per-row `col` value, a `scalar`, or a one-element `const` folded in as an
-immediate. The fusion pass asks the same question before it merges two nodes, so it never builds
+every batch row, a per-row `col` value, a `scalar`, a one-element `const` folded in as an
+immediate, or a row or column that repeats with the row's position inside a sample (`row%P`,
+`col%P`). The fusion pass asks the same question before it merges two nodes, so it never builds
 a node that no loop can run.
 """
 
@@ -42,7 +43,30 @@ def operand_kind(g: Graph, operand: str, out: tuple, row: int) -> str | None:
         return "row"
     if is_batched(shape) and row == row_floats(out) and all(d == 1 for d in shape[1:]):
         return "col"
-    return None
+    return periodic_kind(shape, out, row)
+
+
+def periodic_kind(shape: tuple, out: tuple, row: int) -> str | None:
+    """`row%P` or `col%P` for a value without a batch dimension that varies with the position of a
+    row inside its sample, with period P: rows of the last dimension, `out` (N, ..., P.., row). A
+    (3, 6) table over (N, 3, 6) gives row i of each sample its row i % 3 (`row%3`); a (3, 1) column
+    gives it the one value i % 3 (`col%3`). The operand's leading dimensions must be exactly the
+    last ones of the sample's (no size-1 dimension broadcast between them), so that row i of the
+    kernel reads entry i % P."""
+    if is_batched(shape) or not is_batched(out) or len(out) < 3 or out[-1] != row:
+        return None
+    dims = tuple(shape)
+    while dims and dims[0] == 1:
+        dims = dims[1:]
+    if len(dims) < 2 or dims[-1] not in (1, row):
+        return None
+    lead, inner = dims[:-1], tuple(out[1:-1])
+    if len(lead) > len(inner) or lead != inner[len(inner) - len(lead):]:
+        return None
+    period = math.prod(lead)
+    if period == 1:
+        return None
+    return f"{'row' if dims[-1] == row and row > 1 else 'col'}%{period}"
 
 
 def elementwise_layout(g: Graph, out: tuple, operands: Sequence[str]) -> tuple[int, list[str]] | None:
