@@ -17,8 +17,8 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 import tinycomp as tc
-from tinycomp.bench.main import positive_ints, positive_number
 from tinycomp.bench.models import MODELS, numpy_function, onnx_model_bytes
+from tinycomp.checks import positive_ints, positive_number
 
 
 def best_us(engines: dict, x: np.ndarray, rounds: int) -> dict[str, float]:

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .frontend.layers import MODEL_STATE_LOCK, Layer, Sequential, reachable
+from .frontend.layers import Layer, Sequential, model_lock, reachable
 from .frontend.tensor import Tensor
 from .frontend.tracer import resolve_path
 from .runtime.buffers import as_native_float32, data_pointer
@@ -26,7 +26,7 @@ from .runtime.buffers import as_native_float32, data_pointer
 def eval_mode(model: Layer) -> Iterator[None]:
     """Run the eager model in eval mode, then restore every layer's own training flag (one thread
     at a time: another would save this one's False and restore it last)."""
-    with MODEL_STATE_LOCK:
+    with model_lock(model):
         layers = [obj for obj in reachable(model) if isinstance(obj, Layer)]
         saved = [(layer, vars(layer).get("training", _UNSET)) for layer in layers]
         for layer in layers:
@@ -60,6 +60,7 @@ class StructureGuard:
     """
 
     def __init__(self, model: Any):
+        self.model = model  # its lock guards the slow check: tracing and check=True change what it reads
         # live views (dict values, lists, tuples) of every container the tracer could walk
         self.views: list[Any] = [v for v in map(_container_view, reachable(model)) if v is not None]
         # arrays held now are traced as constants (held here, so their ids stay theirs); an array
@@ -103,7 +104,7 @@ class StructureGuard:
         """True if the model still has the structure it was compiled with (refreshing the fast check)."""
         if self.same():
             return True
-        with MODEL_STATE_LOCK:  # not while another thread traces the model or checks a call
+        with model_lock(self.model):  # not while another thread traces the model or checks a call
             if self.slow_signature() != self.slow:
                 return False
             self._refresh_fast()  # only weights or flags moved: make the next call fast again

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from . import compile as compile_model
+from .checks import positive_number
 from .frontend.layers import Layer
 from .ir.printer import GraphvizNotFound, render_dot, to_dot
 
@@ -115,11 +116,7 @@ def load_factory(spec: str) -> Any:
         if loader_spec is None or loader_spec.loader is None:
             raise UsageError(f"cannot load {path} as Python source: a model file must end in .py")
         module = importlib.util.module_from_spec(loader_spec)
-        sys.path.insert(0, str(path.resolve().parent))  # its sibling modules import, as under `python file.py`
-        try:
-            loader_spec.loader.exec_module(module)
-        finally:
-            sys.path.remove(str(path.resolve().parent))
+        loader_spec.loader.exec_module(module)
     else:
         try:
             module = importlib.import_module(target)
@@ -141,9 +138,26 @@ def parse_input_shape(text: str) -> tuple:
     return tuple(dims)
 
 
+@contextlib.contextmanager
+def _model_folder_on_path(spec: str) -> Any:
+    """While a model file loads and its factory runs, its folder is first on sys.path: it imports
+    its sibling modules as under `python file.py`, also lazily inside the factory."""
+    target = spec.rpartition(":")[0]
+    if not (target.endswith(".py") or "/" in target) or not Path(target).is_file():
+        yield
+        return
+    folder = str(Path(target).resolve().parent)
+    sys.path.insert(0, folder)
+    try:
+        yield
+    finally:
+        sys.path.remove(folder)
+
+
 def build_model(spec: str) -> Layer:
-    factory = load_factory(spec)
-    model = factory() if callable(factory) and not isinstance(factory, Layer) else factory
+    with _model_folder_on_path(spec):
+        factory = load_factory(spec)
+        model = factory() if callable(factory) and not isinstance(factory, Layer) else factory
     if not isinstance(model, Layer):
         raise UsageError(f"{spec} must return a tinycomp Layer; it returned {type(model).__name__}")
     return model
@@ -194,22 +208,12 @@ def _write(path: Path, text: str) -> Path:
 
 # --------------------------------------------------------------------------- main
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1; got {text!r}")
-    return value
-
-
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tinycomp", description="Compile TinyTorch-style models to native code.")
     parser.add_argument("--verbose", "-v", action="store_true", help="show tracebacks on errors")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="compile the reference MLP, show its IR, check parity, time it")
-    demo.add_argument("--threads", type=_positive_int, default=None,
+    demo.add_argument("--threads", type=positive_number(int), default=None,
                       help="native threads (default: all cores where it pays)")
     dump = sub.add_parser("dump", help="write the IR of every stage of a model")
     dump.add_argument("model", help="module:factory or path/to/file.py:factory returning a Layer")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import ctypes
 import functools
 import math
-import numbers
 import threading
 import time
 from dataclasses import dataclass, field
@@ -14,14 +13,16 @@ from typing import Any
 import numpy as np
 
 from .binding import LiveParams, StructureGuard, eval_mode
+from .checks import is_whole_number
 from .codegen.module import LoweringError, ModulePlan, graph_fingerprint, lower_graph
 from .codegen.target import host
 from .errors import CompileError, ParityError
-from .frontend.layers import MODEL_STATE_LOCK, Layer
+from .frontend.layers import Layer, model_lock
 from .frontend.tensor import Tensor, to_float32
 from .frontend.tracer import trace
 from .ir.graph import Graph
-from .ir.passes import run_pipeline
+from .ir.passes import DEFAULT_PIPELINE, fuse_linear, run_pipeline
+from .ir.passes import explain as explain_fusions
 from .ir.printer import format_graph
 from .logs import channel, log
 from .parity import check_parity, reference_and_overflow
@@ -77,7 +78,7 @@ class _Artifact:
 
 def _feature_shape(input_shape: Any) -> tuple[int, ...]:
     shape = tuple(input_shape)
-    if len(shape) < 2 or any(not isinstance(d, numbers.Integral) or isinstance(d, bool) or d <= 0 for d in shape[1:]):
+    if len(shape) < 2 or any(not is_whole_number(d) or d <= 0 for d in shape[1:]):
         raise ValueError(
             f"input_shape must be (batch, features...) with positive feature sizes, e.g. (None, 784); "
             f"got {input_shape!r}"
@@ -86,7 +87,7 @@ def _feature_shape(input_shape: Any) -> tuple[int, ...]:
 
 
 def _checked_speed_level(level: Any) -> int:
-    if isinstance(level, numbers.Integral) and not isinstance(level, bool) and level in SPEED_LEVELS:
+    if is_whole_number(level) and level in SPEED_LEVELS:
         return int(level)
     raise ValueError(f"speed_level must be one of {', '.join(map(str, SPEED_LEVELS))} (LLVM's pipeline levels); "
                      f"got {level!r}")
@@ -150,7 +151,7 @@ class CompiledModel:
         self._scratch = ScratchPool()
         if input_shape is not None:
             features = _feature_shape(input_shape)
-            with MODEL_STATE_LOCK:  # compiling walks the model: as on every other path
+            with model_lock(model):  # compiling walks the model: as on every other path
                 self._compile(features)
 
     # ---------------------------------------------------------------- pickling: model + options, no code
@@ -234,12 +235,12 @@ class CompiledModel:
         art = self._artifact
         if art is not None:
             return art if art.guard.unchanged() else self._recompile(art, "the structure of the model changed")
-        with MODEL_STATE_LOCK, self._lock:  # two threads making the first call compile once
+        with model_lock(self.model), self._lock:  # two threads making the first call compile once
             return self._artifact or self._compile(features)
 
     def _recompile(self, art: _Artifact, why: str) -> _Artifact:
-        # the model's lock first, as tracing takes it: a model calling a compiled model cannot deadlock
-        with MODEL_STATE_LOCK, self._lock:  # several threads noticing one change recompile once
+        # the model's lock first, as tracing takes it: one order everywhere, so no two threads wait on each other
+        with model_lock(self.model), self._lock:  # several threads noticing one change recompile once
             if self._artifact is not art:
                 return self._artifact  # type: ignore[return-value]
             log("compile", "%s since %s was compiled: recompiling", why, type(self.model).__name__)
@@ -420,9 +421,8 @@ class CompiledModel:
         return list(self._require("pass_dumps()").pass_dumps)
 
     def explain(self) -> str:
-        from .ir.passes import explain as explain_fusions
-
-        return "\n".join(explain_fusions(self._require("explain()").optimized, compiled=True))
+        fused = fuse_linear in (DEFAULT_PIPELINE if self._passes is None else self._passes)
+        return "\n".join(explain_fusions(self._require("explain()").optimized, compiled=not fused))
 
     def __repr__(self) -> str:
         state = f"features={self._artifact.features}" if self._artifact else "not compiled yet"

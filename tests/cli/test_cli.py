@@ -99,10 +99,15 @@ def test_dump_model_file_that_is_not_python_is_one_clear_line(tmp_path):
 
 
 def test_dump_model_file_imports_its_sibling_modules(tmp_path, capsys):
-    (tmp_path / "helper_layers.py").write_text((HERE / "tiny_model.py").read_text())
-    (tmp_path / "model.py").write_text("from helper_layers import tiny\n")
-    assert main(["dump", f"{tmp_path / 'model.py'}:tiny", "--input-shape", "N,12", "--stage", "traced"]) == 0
-    assert "matmul(%x, %0.weight)" in capsys.readouterr().out
+    for helper in ("helper_layers", "lazy_helper_layers"):
+        (tmp_path / f"{helper}.py").write_text((HERE / "tiny_model.py").read_text())
+    (tmp_path / "model.py").write_text("from helper_layers import tiny\n\n"
+                                       "def lazy():\n"
+                                       "    import lazy_helper_layers\n"
+                                       "    return lazy_helper_layers.tiny()\n")
+    for factory in ("tiny", "lazy"):  # imported when the file loads, or when its factory runs
+        assert main(["dump", f"{tmp_path / 'model.py'}:{factory}", "--input-shape", "N,12", "--stage", "traced"]) == 0
+        assert "matmul(%x, %0.weight)" in capsys.readouterr().out
     assert str(tmp_path) not in sys.path  # the model's folder was on the path only while it loaded
 
 
@@ -119,7 +124,7 @@ def test_dump_out_writes_just_the_stage_asked_for(tmp_path, stage, files):
 
 def test_demo_refuses_a_thread_count_below_one():
     proc = run_cli("demo", "--threads", "0")
-    assert proc.returncode == 2 and "expected a whole number >= 1" in proc.stderr
+    assert proc.returncode == 2 and "expected a whole number above 0" in proc.stderr
     assert proc.stdout == ""  # refused before anything ran
 
 

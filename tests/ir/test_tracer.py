@@ -325,3 +325,15 @@ def test_the_graph_class_is_importable_where_design_names_it():
 
     g = tinycomp.trace(Linear(3, 2), (None, 3))
     assert isinstance(g, Graph) and isinstance(g, tinycomp.ir.Graph) and g.nx is not None
+
+
+def test_dict_keys_of_values_the_walk_does_not_enter_are_fine():
+    class Config(Layer):
+        def __init__(self):
+            self.fc = Linear(4, 4)
+            self.cfg = {"model.dim": 4, 0.5: "half", 1: "a", "1": "b"}  # no tensors or layers inside
+
+        def forward(self, x):
+            return self.fc(x) * self.cfg["model.dim"]
+
+    assert trace(Config(), (None, 4)).params == ["fc.weight", "fc.bias"]

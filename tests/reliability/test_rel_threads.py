@@ -219,3 +219,59 @@ def test_tracing_from_threads_leaves_the_model_as_it_was():
     assert fast.stats.compiles == 1
     assert state() == before
     assert model.training
+
+
+def test_a_forward_that_waits_on_a_thread_calling_another_compiled_model_does_not_deadlock():
+    """Tracing holds the traced model's lock while forward() runs. A forward() that hands work to a
+    thread which calls another compiled model (its first call traces that model) must not wait on
+    a lock of the first: the locks are per model."""
+    from tinycomp.nn import Layer, Linear
+
+    inner = tc.compile(Linear(4, 4))  # compiles (and traces) on its first call
+    x = np.ones((2, 4), np.float32)
+    finished = []
+
+    class HandsOff(Layer):
+        def __init__(self):
+            self.fc = Linear(4, 4)
+
+        def forward(self, h):
+            worker = threading.Thread(target=lambda: finished.append(inner(x).data.shape))
+            worker.start()
+            worker.join(timeout=30)
+            return self.fc(h)
+
+    tc.compile(HandsOff(), input_shape=(None, 4))
+    assert finished == [(2, 4)]
+
+
+def test_a_child_forked_while_a_thread_holds_a_model_lock_can_compile():
+    import os
+
+    from tinycomp.frontend.layers import model_lock
+    from tinycomp.nn import Linear
+
+    model = Linear(4, 4)
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with model_lock(model):
+            held.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    held.wait(10)
+    pid = os.fork()
+    if pid == 0:  # the child: the holder thread is gone, its lock must not be
+        import signal
+        signal.alarm(60)
+        try:
+            tc.compile(model, input_shape=(None, 4))
+            os._exit(0)
+        except BaseException:
+            os._exit(1)
+    release.set()
+    holder.join()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import os
 import platform
 import subprocess
@@ -24,6 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
+from ..checks import positive_ints, positive_number
 from . import report
 from .models import MODELS
 from .runner import ENGINES, PARITY_EXIT, unavailable_reason
@@ -76,20 +76,6 @@ def usage_error(message: str) -> NoReturn:
     raise SystemExit(2)
 
 
-def positive_number(kind: type) -> Any:
-    """An argparse type: a finite number of `kind` above zero."""
-    def parse(text: str) -> Any:
-        try:
-            value = kind(text)
-        except ValueError:
-            value = None
-        if value is None or not math.isfinite(value) or value <= 0:
-            whole = "whole " if kind is int else ""
-            raise argparse.ArgumentTypeError(f"expected a {whole}number above 0; got {text!r}")
-        return value
-    return parse
-
-
 def _names(text: str, what: str, known: Any) -> list[str]:
     """A comma list naming at least one of `known`."""
     names = [n.strip() for n in text.split(",") if n.strip()]
@@ -108,17 +94,6 @@ def check_output_paths(args: argparse.Namespace) -> None:
         path = getattr(args, flag)
         if path is not None and not Path(path).resolve().parent.is_dir():
             usage_error(f"--{flag} {path}: folder {Path(path).resolve().parent} does not exist")
-
-
-def positive_ints(text: str) -> list[int]:
-    """An argparse type: a comma list of whole numbers above 0 (batch sizes)."""
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        values = []
-    if not values or any(v < 1 for v in values):
-        raise argparse.ArgumentTypeError(f"expected a comma list of whole numbers above 0; got {text!r}")
-    return values
 
 
 def _plan(args: argparse.Namespace) -> list[tuple[str, list[int]]]:

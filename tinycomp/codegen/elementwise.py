@@ -49,15 +49,10 @@ BINARY: dict[str, Callable[[ir.IRBuilder, ir.Value, ir.Value], ir.Value]] = {
     "mul": lambda b, x, y: b.fmul(x, y),
     "div": lambda b, x, y: b.fdiv(x, y),
 }
-KINDS = ("full", "row", "col", "scalar")  # M x R, R (per column), M (per row), 1
-# ... and `row%P` (P x R: row m reads row m % P) and `col%P` (P: row m reads value m % P), for
-# values that repeat with a row's position inside a sample (ir/layout.periodic_kind).
-
-
-def kind_period(kind: str) -> tuple[str, int]:
-    """(base kind, period) of an operand kind: ("row", 3) for "row%3", ("full", 0) for "full"."""
-    base, _, period = kind.partition("%")
-    return base, int(period) if period.isdigit() else 0
+# Operand kinds: M x R, R (per column), M (per row), 1; and `row%P` (P x R: row m reads row m % P)
+# and `col%P` (P values: row m reads value m % P), for values that repeat with a row's position
+# inside a sample (ir/layout.periodic_kind).
+KINDS = ("full", "row", "col", "scalar")
 ALIGN = 4  # buffers are only guaranteed float-aligned
 
 
@@ -82,6 +77,12 @@ def check_expr(expr: tuple, n_operands: int) -> None:
             check_expr(child, n_operands)
     else:
         raise NotImplementedError(f"elementwise codegen has no rule for op {op!r}")
+
+
+def kind_period(kind: str) -> tuple[str, int]:
+    """(base kind, period) of an operand kind: ("row", 3) for "row%3", ("full", 0) for "full"."""
+    base, _, period = kind.partition("%")
+    return base, int(period) if period.isdigit() else 0
 
 
 def _check_kinds(operand_kinds: tuple[str, ...] | list[str]) -> None:

@@ -21,11 +21,11 @@ import numpy as np
 from llvmlite import ir
 
 from ..ir.graph import Graph
-from ..ir.layout import elementwise_layout, is_scalar_const
+from ..ir.layout import elementwise_layout, is_batched, is_scalar_const, row_floats
 from ..ir.ops import ELEMENTWISE, fmt_shape, map_leaves
 from . import elementwise, gemm
 from .loops import I64, PTR, compile_as_glue, element_ptr, for_range, i64, paused_gc, release_module, stream_in_kernel
-from .scratch import BufferPlan, is_batched, plan_buffers, row_floats
+from .scratch import BufferPlan, plan_buffers
 
 ENTRY = "tinycomp_forward"
 ROW_BLOCK = 128  # rows per block of the whole graph (see row_block); 0 runs each node on all rows
@@ -75,12 +75,13 @@ def _const_arrays(g: Graph, names: list[str]) -> list[np.ndarray]:
 
 @functools.lru_cache(maxsize=1)
 def codegen_source_hash() -> str:
-    """A hash of tinycomp's own source: a fixed compiler must not reuse old cached objects. All of
-    it, not just this package: the op table (`ir/ops.py`), the LLVM pipeline and target options
-    (`runtime/engine.py`, `codegen/target.py`) shape the object code too, and code moves."""
+    """A hash of the source that shapes object code, so that a fixed compiler never reuses old
+    cached objects: the code generator, the IR it lowers (the op table, layouts, passes) and the
+    runtime that parses, optimizes and emits it (`runtime/engine.py`; target options in
+    `codegen/target.py`). The front end, the command line and the bench do not shape it."""
     h = hashlib.sha256()
     root = Path(__file__).resolve().parents[1]
-    for path in sorted(root.rglob("*.py")):
+    for path in sorted(p for folder in ("codegen", "ir", "runtime") for p in (root / folder).rglob("*.py")):
         h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
     return h.hexdigest()
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import inspect
 import math
 import numbers
+import os
 import threading
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,11 +16,35 @@ import numpy as np
 from ..ir.ops import dropout_mask
 from .tensor import Tensor, apply_op
 
-# Held while tinycomp temporarily changes the instances of a user's model (tracing patches each
-# layer's `forward` and `training`; the parity check of `check=True` turns `training` off) and while
-# it reads a model's structure on the slow path, so that no thread sees another's temporary state,
-# or saves it and later "restores" it. Re-entrant: a model may call a compiled model.
-MODEL_STATE_LOCK = threading.RLock()
+_model_locks: weakref.WeakKeyDictionary[Any, threading.RLock] = weakref.WeakKeyDictionary()
+_model_locks_guard = threading.Lock()
+_UNWEAKREFABLE_LOCK = threading.RLock()  # for the rare model object that takes no weak reference
+
+
+def model_lock(model: Any) -> threading.RLock:
+    """The lock of one model object, held while tinycomp temporarily changes its instances (tracing
+    patches each layer's `forward` and `training`; the parity check of `check=True` turns `training`
+    off) and while it reads the model's structure on the slow path, so that no thread sees another's
+    temporary state, or saves it and later "restores" it. One per model, not one for the process:
+    a forward() that hands work to a thread calling another compiled model must not wait on it.
+    Re-entrant on one thread."""
+    with _model_locks_guard:
+        try:
+            lock = _model_locks.get(model)
+            if lock is None:
+                lock = _model_locks[model] = threading.RLock()
+            return lock
+        except TypeError:
+            return _UNWEAKREFABLE_LOCK
+
+
+def _fresh_model_locks_after_fork() -> None:
+    # A lock held by a thread that did not survive the fork would block the child for ever.
+    global _model_locks, _model_locks_guard
+    _model_locks, _model_locks_guard = weakref.WeakKeyDictionary(), threading.Lock()
+
+
+os.register_at_fork(after_in_child=_fresh_model_locks_after_fork)
 
 INIT_SCALE_FACTOR = 1.0  # LeCun init: weights ~ N(0, INIT_SCALE_FACTOR / in_features)
 _rng = np.random.default_rng()

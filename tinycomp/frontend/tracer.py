@@ -17,11 +17,12 @@ from typing import Any
 
 import numpy as np
 
+from ..checks import is_whole_number
 from ..errors import CompileError
 from ..ir.graph import Graph
 from ..ir.ops import LEAVES, OPS, fmt_shape
 from . import tensor as tensor_module
-from .layers import MODEL_STATE_LOCK, Layer, Sequential
+from .layers import Layer, Sequential, model_lock
 from .tensor import Tensor, apply_op
 
 # NumPy ufuncs that mean the same as a table op; `ndarray + symbolic` arrives here.
@@ -41,7 +42,8 @@ def _children(obj: Any) -> Iterator[tuple[str, Any]]:
     elif isinstance(obj, dict):
         items = obj.items()
         steps = [str(k) for k in obj]
-        bad = next((k for k, step in zip(obj, steps, strict=True) if "." in step or steps.count(step) > 1), None)
+        walked = [k for k, v in obj.items() if isinstance(v, _WALKED)]  # keys of what paths must name
+        bad = next((k for k in walked if "." in str(k) or steps.count(str(k)) > 1), None)
         if bad is not None:
             raise CompileError(f"a dict in the model has the key {bad!r}, which tinycomp cannot name as a path "
                                f"step (keys {steps}): use keys without dots whose str() differ")
@@ -50,8 +52,11 @@ def _children(obj: Any) -> Iterator[tuple[str, Any]]:
     else:
         items = vars(obj).items()
     for key, value in items:
-        if isinstance(value, (Tensor, Layer, list, tuple, dict)):
+        if isinstance(value, _WALKED):
             yield str(key), value
+
+
+_WALKED = (Tensor, Layer, list, tuple, dict)  # what the walk enters (and so names by path)
 
 
 def walk_model(model: Any) -> tuple[dict[int, str], list[tuple[Layer, str]]]:
@@ -316,7 +321,7 @@ class Tracer:
     @contextlib.contextmanager
     def patched(self) -> Iterator[None]:
         """Layers see `training` and report their path; the user's model is restored afterwards
-    (`trace` holds MODEL_STATE_LOCK throughout)."""
+    (`trace` holds the model's lock throughout)."""
         missing = object()
         saved = [(layer, vars(layer).get("training", missing), vars(layer).get("forward", missing))
                  for layer, _ in self.layers]
@@ -352,7 +357,7 @@ def check_input_shape(input_shape: Any) -> tuple:
     if not isinstance(input_shape, (tuple, list)) or not input_shape:
         raise ValueError(f"input_shape must be a non-empty tuple like (None, 784); got {input_shape!r}")
     for i, d in enumerate(input_shape):
-        ok = (d is None and i == 0) or (isinstance(d, numbers.Integral) and not isinstance(d, bool) and int(d) >= 0)
+        ok = (d is None and i == 0) or (is_whole_number(d) and int(d) >= 0)
         if not ok:
             raise ValueError(
                 f"input_shape {tuple(input_shape)!r}: dimension {i} must be a non-negative int"
@@ -368,5 +373,5 @@ def trace(model: Any, input_shape: Any, *, training: bool = False) -> Graph:
     if not callable(model):
         raise TypeError(f"trace() needs a Layer or callable model; got {type(model).__name__}")
     shape = check_input_shape(input_shape)
-    with MODEL_STATE_LOCK:  # the walk and the patched run see (and leave) no other thread's changes
+    with model_lock(model):  # the walk and the patched run see (and leave) no other thread's changes
         return Tracer(model, training).run(shape)

@@ -44,11 +44,19 @@ class _Batch:
         self.cancelled = False  # set when the caller is interrupted: start no more tasks
         self.error: BaseException | None = None
 
-    def work(self) -> None:
+    def work(self, on_worker: bool = False) -> None:
+        """Claim and run tasks until none is left (or the batch is cancelled).
+
+        Claiming a task and counting it as running is one step under the lock, so `stop` never
+        sees "nothing running" between a worker's claim and its start. Only workers' tasks are
+        counted: the caller is the thread `stop` runs on, and a KeyboardInterrupt can only land
+        there, between any two steps of its bookkeeping."""
         n = len(self.tasks)
-        while not self.cancelled and (i := next(self._next)) < n:
+        while True:
             with self._lock:
-                self._running += 1
+                if self.cancelled or (i := next(self._next)) >= n:
+                    return
+                self._running += on_worker
             try:
                 self.tasks[i]()
             except BaseException as exc:  # handed back to the caller, never lost in the worker
@@ -56,19 +64,19 @@ class _Batch:
                     self.error = exc
             finally:
                 with self._lock:
-                    self._running -= 1
+                    self._running -= on_worker
                     self._left -= 1
                     if self._left == 0:
                         self.done.set()
                     self.idle.notify_all()
 
     def stop(self) -> None:
-        """Start no more tasks and return once none is running, whatever interrupts the wait: the
+        """Start no more tasks and return once no worker runs one, whatever interrupts the wait: the
         tasks read and write buffers that the caller frees as soon as `run` returns."""
-        self.cancelled = True
         while True:
             try:
                 with self._lock:
+                    self.cancelled = True
                     while self._running:
                         self.idle.wait()
                 return
@@ -85,7 +93,7 @@ class WorkerPool:
 
     def _work(self) -> None:
         while True:
-            self._queue.get().work()
+            self._queue.get().work(on_worker=True)
 
     def run(self, tasks: list[Task]) -> None:
         """Run all tasks on the calling thread and up to `workers` helpers; re-raise the first failure."""
