@@ -358,8 +358,11 @@ def test_row_blocks_only_where_they_pay():
         assert_runs_like_interpreter(g, values(rows, 4))
 
 
+@pytest.mark.parametrize("dead_code", [False, True])
 @pytest.mark.parametrize("wrap", ["none", "reshape", "dropout"])
-def test_output_that_is_the_input_is_copied(wrap):
+def test_output_that_is_the_input_is_copied(wrap, dead_code):
+    """With dead code left in (no eliminate_dead_code pass) the entry runs in row blocks, and each
+    block's rows must land in their own rows of the output."""
     g = Graph()
     x = g.add("input", name="x", shape=(None, 4, 5))
     v = {"none": x, "reshape": None, "dropout": None}[wrap]
@@ -367,8 +370,10 @@ def test_output_that_is_the_input_is_copied(wrap):
         v = g.add("reshape", [x], newshape=(-1, 20))
     elif wrap == "dropout":
         v = g.add("dropout", [x], p=0.5, training=False)
+    if dead_code:
+        g.add("mul", [g.add("relu", [x]), x])  # two computed values no output reads
     g.add("output", [v], name="output")
-    xs = values(6, 4, 5)
+    xs = values(ROW_BLOCK + 5 if dead_code else 6, 4, 5)
     xs[0, 0, :3] = [np.nan, -0.0, np.inf]
     out = run_native(g, xs)
     np.testing.assert_array_equal(out.reshape(xs.shape), xs)

@@ -140,13 +140,15 @@ class _Emitter:
         """Where node n's value lives: an argument, `out`, or its slice of scratch."""
         n = self.buffers.alias_root(n)
         if n in self.ptr or n == self.buffers.output_root:
-            base = self.ptr[n] if n in self.ptr else self.out
-            shape = self.g.shape(n)
-            if self.r0 is None or not is_batched(shape):
-                return base
-            return element_ptr(self.b, base, self.b.mul(self.r0, i64(row_floats(shape))))
+            return self.block_rows(self.ptr[n] if n in self.ptr else self.out, self.g.shape(n))
         offset, batched = self.buffers.offsets[n]
         return self._scratch_at(offset, batched)
+
+    def block_rows(self, base: ir.Value, shape: tuple) -> ir.Value:
+        """`base`, a value of `shape` in an argument or `out`, moved to the current row block."""
+        if self.r0 is None or not is_batched(shape):
+            return base
+        return element_ptr(self.b, base, self.b.mul(self.r0, i64(row_floats(shape))))
 
     def _scratch_at(self, offset: int, batched: bool) -> ir.Value:
         # Batched buffers sit at M*offset; fixed ones after all batched rows, at M*per_row + offset.
@@ -252,7 +254,7 @@ def copy_to_output(e: _Emitter, src: str) -> None:
     expr = ("mul", ("in", 0), ("const", 1.0))  # x * 1 is exact, NaN and -0 included
     fn = e.kernel(("ew", _kernel_key(expr), ("full",), row, e.width),
                   lambda name: elementwise.emit_elementwise(e.module, name, expr, ["full"], row, e.width))
-    e.call(fn, e.row_count(src, row), e.out, e.pointer(src))
+    e.call(fn, e.row_count(src, row), e.block_rows(e.out, e.g.shape(src)), e.pointer(src))
 
 
 LOWERINGS: dict[str, Callable[[_Emitter, str], None]] = {
