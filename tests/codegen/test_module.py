@@ -302,6 +302,21 @@ def test_tables_that_repeat_inside_each_sample(sample, table, kind):
         assert_runs_like_interpreter(g, values(rows, *sample))
 
 
+def test_a_batched_column_per_row_of_each_sample():
+    """(N, 3, 6) * (N, 3, 1), e.g. gating each position by a Linear(6, 1) of it, plus a bias that
+    needs rows of the last dim: the gate is one value per kernel row."""
+    from tinycomp.ir.layout import operand_kind
+
+    g = Graph()
+    x = g.add("input", name="x", shape=(None, 3, 6))
+    gate = g.add("sigmoid", [g.add("matmul", [x, param(g, "w", values(6, 1))])])
+    b = param(g, "b", values(6))
+    g.add("output", [g.add("add", [g.add("mul", [x, gate]), b])], name="output")
+    assert operand_kind(g, gate, (None, 3, 6), 6) == "col"
+    for rows in (1, 5, 131):
+        assert_runs_like_interpreter(g, values(rows, 3, 6))
+
+
 @pytest.mark.parametrize("table", [(4, 1, 6), (4, 1, 1)])
 def test_tables_that_broadcast_between_sample_dims_are_refused_by_name(table):
     g = Graph()

@@ -42,7 +42,10 @@ def operand_kind(g: Graph, operand: str, out: tuple, row: int) -> str | None:
     if not is_batched(shape) and row_floats(trailing) == row and trailing == out[len(out) - len(trailing):]:
         return "row"
     if is_batched(shape) and row == row_floats(out) and all(d == 1 for d in shape[1:]):
-        return "col"
+        return "col"  # one value per sample, rows of a whole sample
+    if is_batched(shape) and len(shape) == len(out) > 2 and shape[-1] == 1 and row == out[-1] \
+            and tuple(shape[:-1]) == tuple(out[:-1]):
+        return "col"  # one value per row of a sample ((N, 3, 1) gating (N, 3, 6)), rows of the last dim
     return periodic_kind(shape, out, row)
 
 
