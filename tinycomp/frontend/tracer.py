@@ -98,6 +98,13 @@ def resolve_path(model: Any, path: str) -> Any:
 
 # ---------------------------------------------------------------- the symbolic tensor
 
+def _refusing(what: str) -> Any:
+    """A special method that raises the owner's CompileError for `what` the traced code did."""
+    def refuse(self: Any, *_: Any) -> Any:
+        raise self._refuse(what)
+    return refuse
+
+
 class BatchSize:
     """The batch dimension in a traced tensor's `.shape`: `N`, unknown while tracing, because the
     compiled code runs for every batch size. Using its value (comparing it, computing with it,
@@ -122,28 +129,13 @@ class BatchSize:
 
     __hash__ = object.__hash__
 
-    def _compare(self, other: object) -> bool:
-        raise self._refuse("compares")
-
-    __lt__ = __le__ = __gt__ = __ge__ = _compare
-
-    def __index__(self) -> int:
-        raise self._refuse("uses as a size")
-
-    def __int__(self) -> int:
-        raise self._refuse("converts to int")
-
-    def __float__(self) -> float:
-        raise self._refuse("converts to float")
-
-    def __bool__(self) -> bool:
-        raise self._refuse("tests the truth of")
-
-    def _arithmetic(self, other: object) -> Any:
-        raise self._refuse("computes with")
-
-    __add__ = __radd__ = __sub__ = __rsub__ = __mul__ = __rmul__ = _arithmetic
-    __truediv__ = __rtruediv__ = __floordiv__ = __rfloordiv__ = __mod__ = __rmod__ = _arithmetic
+    __lt__ = __le__ = __gt__ = __ge__ = _refusing("compares")
+    __index__ = _refusing("uses as a size")
+    __int__ = _refusing("converts to int")
+    __float__ = _refusing("converts to float")
+    __bool__ = _refusing("tests the truth of")
+    __add__ = __radd__ = __sub__ = __rsub__ = __mul__ = __rmul__ = _refusing("computes with")
+    __truediv__ = __rtruediv__ = __floordiv__ = __rfloordiv__ = __mod__ = __rmod__ = __add__
 
     def __repr__(self) -> str:
         return "N"
@@ -203,20 +195,11 @@ class SymbolicTensor(Tensor):
     def __array_function__(self, func: Any, types: Any, args: Any, kwargs: Any) -> Any:
         raise self._refuse(f"calls np.{func.__name__}, an op the op table lacks, on")
 
-    def __bool__(self) -> bool:
-        raise self._refuse("converts to bool (e.g. `if tensor:`) the value")
-
-    def __float__(self) -> float:
-        raise self._refuse("converts to float the value")
-
-    def __int__(self) -> int:
-        raise self._refuse("converts to int the value")
-
-    def __index__(self) -> int:
-        raise self._refuse("uses as an index the value")
-
-    def __len__(self) -> int:
-        raise self._refuse("takes len()")
+    __bool__ = _refusing("converts to bool (e.g. `if tensor:`) the value")
+    __float__ = _refusing("converts to float the value")
+    __int__ = _refusing("converts to int the value")
+    __index__ = _refusing("uses as an index the value")
+    __len__ = _refusing("takes len()")
 
     def __getitem__(self, key: Any) -> Tensor:
         raise self._refuse(f"indexes [{key!r}] (indexing is not in the op table)")
