@@ -103,13 +103,18 @@ def _demo(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- dump
 
+def _model_file(target: str) -> Path | None:
+    """The file a MODEL's `path/to/file.py` part names, or None for a module name."""
+    return Path(target) if target.endswith(".py") or "/" in target else None
+
+
 def load_factory(spec: str) -> Any:
     """`module:factory` or `path/to/file.py:factory` -> the factory callable."""
     target, sep, attr = spec.rpartition(":")
     if not sep or not target or not attr:
         raise UsageError(f"MODEL must be 'module:factory' or 'path/to/file.py:factory'; got {spec!r}")
-    if target.endswith(".py") or "/" in target:
-        path = Path(target)
+    path = _model_file(target)
+    if path is not None:
         if not path.is_file():
             raise UsageError(f"model file not found: {path}")
         loader_spec = importlib.util.spec_from_file_location(path.stem, path)
@@ -142,11 +147,11 @@ def parse_input_shape(text: str) -> tuple:
 def _model_folder_on_path(spec: str) -> Any:
     """While a model file loads and its factory runs, its folder is first on sys.path: it imports
     its sibling modules as under `python file.py`, also lazily inside the factory."""
-    target = spec.rpartition(":")[0]
-    if not (target.endswith(".py") or "/" in target) or not Path(target).is_file():
+    path = _model_file(spec.rpartition(":")[0])
+    if path is None or not path.is_file():
         yield
         return
-    folder = str(Path(target).resolve().parent)
+    folder = str(path.resolve().parent)
     sys.path.insert(0, folder)
     try:
         yield

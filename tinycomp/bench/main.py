@@ -83,8 +83,7 @@ def _names(text: str, what: str, known: Any) -> list[str]:
         usage_error(f"{what} must name at least one of {', '.join(known)}; got {text!r}")
     for n in names:
         if n not in known:
-            usage_error(f"unknown {what.lstrip('-').rstrip('s')} {n!r}; "
-                             f"{what.lstrip('-')} are {', '.join(known)}")
+            usage_error(f"unknown {what.lstrip('-').rstrip('s')} {n!r}; {what.lstrip('-')} are {', '.join(known)}")
     return names
 
 

@@ -304,7 +304,7 @@ class Tracer:
     @contextlib.contextmanager
     def patched(self) -> Iterator[None]:
         """Layers see `training` and report their path; the user's model is restored afterwards
-    (`trace` holds the model's lock throughout)."""
+        (`trace` holds the model's lock throughout)."""
         missing = object()
         saved = [(layer, vars(layer).get("training", missing), vars(layer).get("forward", missing))
                  for layer, _ in self.layers]
