@@ -21,6 +21,7 @@ from tinycomp.nn import Linear, manual_seed
 def private_cache_dir(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TINYCOMP_CACHE_DIR", str(tmp_path_factory.mktemp("tinycomp-cache")))
+        mp.setenv("XDG_CONFIG_HOME", str(tmp_path_factory.mktemp("config")))  # and off the user's cache key
         yield
 
 

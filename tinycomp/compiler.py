@@ -211,9 +211,9 @@ class CompiledModel:
         if hit is not None:
             meta, object_code = hit
             try:
-                plan, engine = ModulePlan.from_meta(meta, g), JitEngine(object_code=object_code)
+                plan, engine = ModulePlan.from_meta(meta, g, width), JitEngine(object_code=object_code)
                 engine.address(plan.entry)
-            except Exception as exc:  # a verified entry that still does not load: rebuild, never trust it
+            except Exception as exc:  # an authentic entry that does not fit this graph: rebuild, never trust it
                 log("compile", "cache entry %s unusable (%s); rebuilding", key[:16], exc)
             else:
                 self.stats.cache_hits += 1

@@ -411,7 +411,7 @@ def test_pack_buffer_does_not_clobber_a_live_value():
 def test_plan_round_trips_through_cache_metadata():
     g = mlp_graph([12, 9, 4])
     plan = lower_graph(g, WIDTH)
-    again = ModulePlan.from_meta(plan.to_meta(), g)
+    again = ModulePlan.from_meta(plan.to_meta(), g, WIDTH)
     assert again.llvm_ir == "" and again.entry == plan.entry == ENTRY
     assert (again.params, again.out_shape, again.kernels) == (plan.params, plan.out_shape, plan.kernels)
     assert again.scratch_floats(37) == plan.scratch_floats(37)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +50,7 @@ class ModulePlan:
     scratch_per_row: int  # floats of scratch per batch row
     scratch_fixed: int  # floats of scratch independent of the batch size
     kernels: list[str]
+    buffers: BufferPlan | None = field(default=None, repr=False)  # where each value lives (lowering only)
 
     def scratch_floats(self, rows: int) -> int:
         return rows * self.scratch_per_row + self.scratch_fixed
@@ -61,12 +62,20 @@ class ModulePlan:
                 "scratch_fixed": self.scratch_fixed, "kernels": self.kernels}
 
     @classmethod
-    def from_meta(cls, meta: dict, g: Graph) -> ModulePlan:
-        """The plan of a cached module; `llvm_ir` stays empty until someone asks to see it."""
-        return cls(llvm_ir="", entry=meta["entry"], params=list(meta["params"]),
-                   const_nodes=list(meta["const_nodes"]), consts=_const_arrays(g, meta["const_nodes"]),
-                   out_shape=tuple(meta["out_shape"]), scratch_per_row=int(meta["scratch_per_row"]),
-                   scratch_fixed=int(meta["scratch_fixed"]), kernels=list(meta["kernels"]))
+    def from_meta(cls, meta: dict, g: Graph, width: int) -> ModulePlan:
+        """The plan of a cached module, recomputed from g (no LLVM work) and checked against the
+        entry's header: a header is never trusted for memory safety (output shape, scratch sizes,
+        the parameter table). ValueError if they differ. `llvm_ir` stays empty until someone asks
+        to see it; the kernel names (only ever printed) are the header's."""
+        plan = plan_frame(g, width)
+        kernels = meta.get("kernels") if isinstance(meta, dict) else None
+        if not isinstance(kernels, list) or not all(isinstance(k, str) for k in kernels):
+            raise ValueError("cache header has no list of kernel names")
+        for name, value in plan.to_meta().items():
+            if name != "kernels" and meta.get(name) != value:
+                raise ValueError(f"cache header says {name}={meta.get(name)!r}; the graph gives {value!r}")
+        plan.kernels = list(kernels)
+        return plan
 
 
 def _const_arrays(g: Graph, names: list[str]) -> list[np.ndarray]:
@@ -112,11 +121,11 @@ def _kernel_key(expr: tuple) -> tuple:
 class _Emitter:
     """One lowering: the module, the entry's builder, and where every node's value lives."""
 
-    def __init__(self, g: Graph, width: int, buffers: BufferPlan):
-        self.g, self.width, self.buffers = g, width, buffers
+    def __init__(self, g: Graph, width: int, plan: ModulePlan):
+        assert plan.buffers is not None
+        self.g, self.width, self.buffers = g, width, plan.buffers
         self.module = ir.Module(name="tinycomp")
-        self.params = g.params
-        self.consts = [n for n in g.nodes("const") if not _folded_everywhere(g, n)]
+        self.params, self.consts = plan.params, plan.const_nodes
         # Parameters and constants come in one array of pointers: a ctypes call costs ~0.1 us per
         # argument, and that array only changes when a parameter is rebound, not on every call.
         self.fn = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [I64, PTR, PTR, PTR, PTR]), ENTRY)
@@ -275,34 +284,36 @@ def lower_graph(g: Graph, width: int) -> ModulePlan:
         return _lower_graph(g, width)
 
 
-def _lower_graph(g: Graph, width: int) -> ModulePlan:
+def plan_frame(g: Graph, width: int) -> ModulePlan:
+    """Everything of g's plan but the code itself: the entry's parameter and constant tables, its
+    output shape and scratch sizes. Cheap (no LLVM work): a cached module's header is checked
+    against it (`from_meta`)."""
     if len(g.inputs) != 1:
         raise LoweringError(f"the code generator takes graphs with one input; this one has {len(g.inputs)}")
     for n in g.nodes():
         if g.op(n) not in LOWERINGS and g.op(n) not in LEAF_OPS:
             raise LoweringError(f"no native code rule for op {g.op(n)!r} (node {n}); compiled ops: {sorted(LOWERINGS)}")
     buffers = plan_buffers(g, pack_floats=_max_pack_floats(g, width))
-    e = _Emitter(g, width, buffers)
+    consts = [n for n in g.nodes("const") if not _folded_everywhere(g, n)]
+    return ModulePlan(llvm_ir="", entry=ENTRY, params=g.params, const_nodes=consts, consts=_const_arrays(g, consts),
+                      out_shape=tuple(g.shape(g.output)), scratch_per_row=buffers.per_row,
+                      scratch_fixed=buffers.fixed, kernels=[], buffers=buffers)
+
+
+def _lower_graph(g: Graph, width: int) -> ModulePlan:
+    plan = plan_frame(g, width)
+    e = _Emitter(g, width, plan)
     compile_as_glue(e.fn)  # it only computes buffer addresses and calls the kernels
-    block = row_block(g, buffers)
+    block = row_block(g, e.buffers)
     if block:
         _row_blocks(e, block)
     else:
         _emit_nodes(e)
     e.b.ret_void()
-    llvm_ir = str(e.module)
+    plan.llvm_ir = str(e.module)
     release_module(e.module)
-    return ModulePlan(
-        llvm_ir=llvm_ir,
-        entry=ENTRY,
-        params=e.params,
-        const_nodes=e.consts,
-        consts=_const_arrays(g, e.consts),
-        out_shape=tuple(g.shape(g.output)),
-        scratch_per_row=buffers.per_row,
-        scratch_fixed=buffers.fixed,
-        kernels=[f.name for f in e._kernels.values()],
-    )
+    plan.kernels = [f.name for f in e._kernels.values()]
+    return plan
 
 
 def _emit_nodes(e: _Emitter) -> None:

@@ -1,16 +1,30 @@
-"""On-disk cache of compiled object code.
+"""On-disk cache of compiled object code: private and authenticated, since we execute what it holds.
 
 An entry is keyed by everything that could change the machine code: the lowered graph, llvmlite
 and LLVM versions, the target triple, CPU name and features, and compile options. Entries are
-written atomically (temp file + rename) and verified on load (magic, key, checksum); a truncated,
-corrupted or foreign entry is ignored and rebuilt, never loaded.
+written atomically (temp file + rename).
+
+Treated like `~/.ssh`:
+- Folders tinycomp creates are 0700 and entries 0600, whatever the umask. A folder not owned by
+  the user, or writable by group or others (`TINYCOMP_CACHE_DIR` included), is refused: one
+  warning through `logging` names it and why, and models compile without the disk cache.
+- Each entry carries an HMAC-SHA256 over its header and object code, keyed by a per-user secret
+  kept outside the cache folder (`$XDG_CONFIG_HOME/tinycomp/cache.key`, by default
+  `~/.config/tinycomp/cache.key`, created 0600 in a 0700 folder). An entry whose tag does not
+  verify (planted, edited, truncated, copied from another user) is ignored and rebuilt, never
+  loaded: whoever can write into the cache folder still cannot get code run.
+- The header is not trusted for memory safety either: the caller recomputes output shape, scratch
+  sizes and the parameter table from the graph and compares (`ModulePlan.from_meta`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
+import logging
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -19,18 +33,35 @@ import llvmlite.binding as llvm
 
 from ..codegen.target import host
 
-MAGIC = b"TINYCOMP-OBJ-2\n"
-FORMAT = 2
+MAGIC = b"TINYCOMP-OBJ-3\n"
+FORMAT = 3
+TAG_CHARS = 64  # hex digits of an HMAC-SHA256 tag, on the line after MAGIC
+SECRET_BYTES = 32
+
+_log = logging.getLogger("tinycomp.cache")
+_warned: set[tuple[str, str]] = set()
+
+
+class Refused(Exception):
+    """A folder or key file that must not be used; the message says why."""
 
 
 def cache_dir() -> Path | None:
-    """The cache folder, or None when TINYCOMP_CACHE=0 turns the cache off."""
+    """The configured cache folder, or None when TINYCOMP_CACHE=0 turns the cache off."""
     if os.environ.get("TINYCOMP_CACHE", "1").strip().lower() in ("0", "false", "no", "off"):
         return None
     if os.environ.get("TINYCOMP_CACHE_DIR"):
         return Path(os.environ["TINYCOMP_CACHE_DIR"])
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "tinycomp"
+
+
+def key_path() -> Path:
+    """Where the per-user secret lives: the user's config folder, never the cache folder."""
+    base = os.environ.get("XDG_CONFIG_HOME", "")
+    if not os.path.isabs(base):  # the XDG spec: a relative (or empty) value is ignored
+        base = os.path.join(os.path.expanduser("~"), ".config")
+    return Path(base) / "tinycomp" / "cache.key"
 
 
 def cache_key(graph_key: str, options: dict) -> str:
@@ -45,50 +76,180 @@ def cache_key(graph_key: str, options: dict) -> str:
     return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def load(key: str) -> tuple[dict, bytes] | None:
-    """(metadata, object code) for `key`, or None if absent or not a valid entry for this key."""
+# ---------------------------------------------------------------- private folders and the secret
+
+def _warn_once(path: Path, reason: str) -> None:
+    if (str(path), reason) not in _warned:
+        _warned.add((str(path), reason))
+        _log.warning("tinycomp: not using the object cache %s: %s; compiling without the disk cache", path, reason)
+
+
+def _make_private_dirs(path: Path) -> None:
+    """Create `path` and its missing parents, each 0700 (mkdir's mode is masked by the umask: chmod)."""
+    missing = []
+    p = path
+    while not os.path.lexists(p) and p != p.parent:
+        missing.append(p)
+        p = p.parent
+    for d in reversed(missing):
+        try:
+            os.mkdir(d, 0o700)
+        except FileExistsError:  # another process made it meanwhile: checked like any folder
+            continue
+        os.chmod(d, 0o700)
+
+
+def _check_private(st: os.stat_result, what: str, others: int) -> None:
+    """Refuse what another user owns, or whose mode grants `others` bits to group or others."""
+    if os.name != "posix":
+        return
+    if st.st_uid != os.getuid():
+        raise Refused(f"{what} is owned by uid {st.st_uid}, not by this user (uid {os.getuid()})")
+    if st.st_mode & others:
+        who = " and ".join(w for w, bits in (("group", others & 0o070), ("others", others & 0o007))
+                           if st.st_mode & bits)
+        raise Refused(f"{what} has mode {stat.S_IMODE(st.st_mode):04o}, open to {who}")
+
+
+def private_dir(path: Path) -> Path:
+    """`path`, created 0700 if absent; Refused unless it is a folder of ours no one else may write."""
+    try:
+        _make_private_dirs(path)
+        st = os.stat(path)
+    except OSError as exc:
+        raise Refused(f"cannot create or read it ({exc.strerror or exc})") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise Refused("it is not a folder")
+    _check_private(st, "the folder", 0o022)
+    return path
+
+
+def _read_secret(path: Path) -> bytes | None:
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise Refused(f"cannot read the key {path} ({exc.strerror or exc})") from None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise Refused(f"the key {path} is not a regular file")
+        _check_private(st, f"the key {path}", 0o077)  # read by another, it could sign entries
+        secret = f.read(SECRET_BYTES + 1)
+    if len(secret) != SECRET_BYTES:
+        raise Refused(f"the key {path} holds {len(secret)} bytes, not {SECRET_BYTES}; delete it to make a new one")
+    return secret
+
+
+def _create_secret(path: Path) -> None:
+    """Write a new random key whole, under its final name only once complete (a racing process's
+    key wins: both then read the same one)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".cache.key.", suffix=".tmp")  # 0600
+    try:
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o600)
+            f.write(os.urandom(SECRET_BYTES))
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+    finally:
+        os.unlink(tmp)
+
+
+def secret() -> bytes:
+    """The per-user key entries are signed with, made on first use; Refused if it is not private."""
+    path = key_path()
+    private_dir(path.parent)
+    key = _read_secret(path)
+    if key is None:
+        try:
+            _create_secret(path)
+        except OSError as exc:
+            raise Refused(f"cannot create the key {path} ({exc.strerror or exc})") from None
+        key = _read_secret(path)
+        if key is None:
+            raise Refused(f"the key {path} vanished while being created")
+    return key
+
+
+def _usable() -> tuple[Path, bytes] | None:
+    """(cache folder, secret), or None: the cache is off, or refused (warned about once)."""
     folder = cache_dir()
     if folder is None:
         return None
+    try:
+        private_dir(folder)
+    except Refused as exc:
+        _warn_once(folder, str(exc))
+        return None
+    try:
+        return folder, secret()
+    except Refused as exc:
+        _warn_once(folder, str(exc))
+        return None
+
+
+# ---------------------------------------------------------------- entries
+
+def _tag(key: bytes, signed: bytes) -> bytes:
+    return hmac.new(key, signed, hashlib.sha256).hexdigest().encode()
+
+
+def encode(key: str, meta: dict, object_code: bytes, secret_key: bytes) -> bytes:
+    """An entry: MAGIC, the tag line, a JSON header line, then the object code."""
+    header = json.dumps({"key": key, "size": len(object_code), "meta": meta}, sort_keys=True).encode()
+    body = header + b"\n" + object_code
+    return MAGIC + _tag(secret_key, MAGIC + body) + b"\n" + body
+
+
+def decode(blob: bytes, key: str, secret_key: bytes) -> tuple[dict, bytes] | None:
+    """(metadata, object code) if `blob` is an entry we signed for `key`, else None. Nothing is
+    parsed before the tag verifies."""
+    start = len(MAGIC) + TAG_CHARS + 1
+    if not blob.startswith(MAGIC) or len(blob) < start or blob[start - 1:start] != b"\n":
+        return None
+    body = blob[start:]
+    if not hmac.compare_digest(blob[len(MAGIC):start - 1], _tag(secret_key, MAGIC + body)):
+        return None
+    try:
+        header_end = body.index(b"\n")
+        header = json.loads(body[:header_end])
+        payload = body[header_end + 1:]
+        if not isinstance(header, dict) or header.get("key") != key or header.get("size") != len(payload):
+            return None  # ours, but another model's entry (renamed): not this key's code
+        meta = header["meta"]
+        return (meta, payload) if isinstance(meta, dict) else None
+    except (ValueError, KeyError, TypeError, RecursionError):
+        return None
+
+
+def load(key: str) -> tuple[dict, bytes] | None:
+    """(metadata, object code) for `key`, or None if absent, refused or not an entry we signed for it."""
+    usable = _usable()
+    if usable is None:
+        return None
+    folder, secret_key = usable
     try:
         blob = (folder / f"{key}.o").read_bytes()
     except OSError:
         return None
-    return _decode(blob, key)
-
-
-def _decode(blob: bytes, key: str) -> tuple[dict, bytes] | None:
-    try:
-        if not blob.startswith(MAGIC):
-            return None
-        header_end = blob.index(b"\n", len(MAGIC))
-        header = json.loads(blob[len(MAGIC) : header_end])
-        payload = blob[header_end + 1 :]
-        if not isinstance(header, dict) or header.get("key") != key or header.get("size") != len(payload):
-            return None
-        if hashlib.sha256(payload).hexdigest() != header.get("sha256"):
-            return None
-        meta = header["meta"]
-        if not isinstance(meta, dict):
-            return None
-        return meta, payload
-    except (ValueError, KeyError, TypeError, RecursionError):  # json errors are ValueErrors; deep nesting recurses
-        return None
+    return decode(blob, key, secret_key)
 
 
 def store(key: str, meta: dict, object_code: bytes) -> None:
-    """Write an entry atomically; a cache that cannot be written is silently skipped."""
-    folder = cache_dir()
-    if folder is None:
+    """Write an entry atomically, 0600; a cache that is refused or cannot be written is skipped."""
+    usable = _usable()
+    if usable is None:
         return
-    header = {"key": key, "size": len(object_code), "sha256": hashlib.sha256(object_code).hexdigest(),
-              "meta": meta}
-    blob = MAGIC + json.dumps(header, sort_keys=True).encode() + b"\n" + object_code
+    folder, secret_key = usable
+    blob = encode(key, meta, object_code, secret_key)
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{key[:16]}.", suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{key[:16]}.", suffix=".tmp")  # 0600
         try:
             with os.fdopen(fd, "wb") as f:
+                os.fchmod(f.fileno(), 0o600)
                 f.write(blob)
             os.replace(tmp, folder / f"{key}.o")  # readers see the old entry or the whole new one
         except BaseException:
