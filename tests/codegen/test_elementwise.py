@@ -24,8 +24,9 @@ def _sigmoid(x):
 REF_UNARY = {
     "neg": np.negative, "exp": np.exp, "relu": lambda x: np.maximum(x, 0.0), "tanh": np.tanh,
     "sigmoid": _sigmoid, "gelu": lambda x: x * _sigmoid(1.702 * x),
+    "log": np.log, "sqrt": np.sqrt, "abs": np.abs,
 }
-REF_BINARY = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide}
+REF_BINARY = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide, "pow": np.power}
 
 
 def reference(expr, operands):
@@ -84,10 +85,12 @@ CHAIN = ("gelu", ("sub", ("div", ("mul", X, Y), ("add", ("in", 2), ("const", 3.0
                   ("tanh", ("neg", X))))
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the float64 reference of log/sqrt of negatives
 @pytest.mark.parametrize("width", (16, 4, 1))
 def test_every_op_alone(width):
     exprs = {f"u_{op}": ((op, X), ("full",)) for op in UNARY}
     exprs |= {f"b_{op}": ((op, X, Y), ("full", "full")) for op in BINARY}
+    exprs |= {f"pow_{i}": (("pow", X, ("const", c)), ("full",)) for i, c in enumerate((2.0, -1.5, 0.5, 3.0))}
     engine, addr = build({n: (e, k, 37, width) for n, (e, k) in exprs.items()})
     rng = np.random.default_rng(0)
     for name, (expr, kinds) in exprs.items():
@@ -132,8 +135,10 @@ def test_nan_and_inf_follow_numpy():
 
 def test_unknown_op_or_kind_fails_loudly():
     module = new_module()
-    with pytest.raises(NotImplementedError, match="sqrt"):
-        emit_elementwise(module, "k1", ("sqrt", X), ("full",), 4, 16)
+    with pytest.raises(NotImplementedError, match="softplus"):
+        emit_elementwise(module, "k1", ("softplus", X), ("full",), 4, 16)
+    with pytest.raises(NotImplementedError, match="constant number as the exponent"):
+        emit_elementwise(module, "k4", ("pow", X, ("in", 1)), ("full", "full"), 4, 16)
     with pytest.raises(NotImplementedError, match="diag"):
         emit_elementwise(module, "k2", ("neg", X), ("diag",), 4, 16)
     with pytest.raises(ValueError):

@@ -10,12 +10,13 @@ from llvmlite import ir
 from tinycomp.codegen import vecmath
 
 WIDTHS = (64, 16, 8, 1)  # 64: the GEMM epilogue's runs of ACT_VECTORS zmm vectors
-FUNCS = ("exp", "sigmoid", "tanh", "gelu", "relu")
+FUNCS = ("exp", "sigmoid", "tanh", "gelu", "relu", "log", "sqrt", "abs")
+PLAIN = {"exp": vecmath.emit_exp, "log": vecmath.emit_log, "sqrt": vecmath.emit_sqrt, "abs": vecmath.emit_abs}
 
 
 def _apply(name):
-    if name == "exp":
-        return vecmath.emit_exp
+    if name in PLAIN:
+        return PLAIN[name]
     return lambda b, m, x: vecmath.apply_activation(b, m, name, x)
 
 
@@ -47,9 +48,9 @@ def _sigmoid64(x: np.ndarray) -> np.ndarray:
 
 def reference(name: str, x32: np.ndarray) -> np.ndarray:
     x = x32.astype(np.float64)
-    with np.errstate(over="ignore", invalid="ignore"):
-        if name == "exp":
-            return np.exp(x)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        if name in ("exp", "log", "sqrt", "abs"):
+            return getattr(np, name)(x)
         if name == "sigmoid":
             return _sigmoid64(x)
         if name == "tanh":
@@ -81,14 +82,14 @@ def ulp_errors(got: np.ndarray, ref: np.ndarray) -> np.ndarray:
 # ---- inputs ---------------------------------------------------------------------------------
 
 SWEEP_RANGE = {"exp": (-110, 90), "sigmoid": (-110, 110), "tanh": (-12, 12), "gelu": (-70, 70),
-               "relu": (-10, 10)}
+               "relu": (-10, 10), "log": (0, 4), "sqrt": (0, 1e4), "abs": (-10, 10)}
 
 
 def sweep(name: str, n: int = 400_000) -> np.ndarray:
     """Dense linspace over the interesting range, log-spaced magnitudes, random finite bits."""
     rng = np.random.default_rng(1234)
     lo, hi = SWEEP_RANGE[name]
-    mags = np.exp(rng.uniform(np.log(1e-30), np.log(max(-lo, hi)), n // 2))
+    mags = np.exp(rng.uniform(np.log(1e-30), np.log(max(-lo, hi, 1e30 if name in ("log", "sqrt") else 0)), n // 2))
     bits = rng.integers(0, 2**32, n // 4, dtype=np.uint64).astype(np.uint32).view(np.float32)
     parts = [np.linspace(lo, hi, n), mags, -mags, bits[np.isfinite(bits)]]
     return np.concatenate([p.astype(np.float32) for p in parts])
@@ -146,6 +147,16 @@ def test_named_special_cases(kernels):
     # -inf * sigmoid(-inf) = -inf * 0 = nan: the NumPy float32 formula, kept on purpose.
     np.testing.assert_array_equal(gelu, [np.nan, np.inf, np.nan, 1e4, -0.0])
     assert np.isnan(run(kernels, "relu", np.array([np.nan], np.float32), 1)[0])
+
+
+def test_log_and_sqrt_special_values(kernels):
+    x = np.array([0.0, -0.0, -1.0, -np.inf, np.inf, np.nan, 1.0, 2.0**-149], np.float32)
+    np.testing.assert_array_equal(run(kernels, "log", x, 16)[:7], [-np.inf, -np.inf, np.nan, np.nan, np.inf, np.nan, 0])
+    assert run(kernels, "log", x, 1)[7] == np.float32(np.log(2.0**-149))
+    got = run(kernels, "sqrt", x, 16)
+    with np.errstate(invalid="ignore"):
+        np.testing.assert_array_equal(got, np.sqrt(x))
+    assert np.signbit(got[1])
 
 
 def test_tanh_keeps_tiny_inputs_and_signed_zero(kernels):

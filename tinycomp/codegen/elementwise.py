@@ -8,8 +8,8 @@ vector step (`llvm.masked.load/store` with a constant mask) for the R % width ta
 works with the same code and no scalar remainder loop. M = 0 runs nothing.
 
 Expressions are tuples: `("in", i)`, `("const", value)`, `(op, child, ...)` with op in `UNARY` or
-`BINARY`. Lowering is table-driven (op -> emitter, operand kind -> loader); anything without a rule
-raises NotImplementedError naming it before any IR is emitted.
+`BINARY`, or `("pow", child, ("const", c))`. Lowering is table-driven (op -> emitter, operand kind ->
+loader); anything without a rule raises NotImplementedError naming it before any IR is emitted.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from llvmlite import ir
 
-from . import vecmath
+from . import vecmath, vecpow
 from .loops import (
     F32,
     I1,
@@ -41,6 +41,9 @@ Emitter = Callable[[ir.IRBuilder, ir.Module, ir.Value], ir.Value]
 UNARY: dict[str, Emitter] = {
     "neg": lambda b, m, x: b.fneg(x),
     "exp": vecmath.emit_exp,
+    "log": vecmath.emit_log,
+    "sqrt": vecmath.emit_sqrt,
+    "abs": vecmath.emit_abs,
     **vecmath.ACTIVATIONS,
 }
 BINARY: dict[str, Callable[[ir.IRBuilder, ir.Value, ir.Value], ir.Value]] = {
@@ -69,6 +72,10 @@ def check_expr(expr: tuple, n_operands: int) -> None:
     elif op == "const":
         if len(args) != 1 or not isinstance(args[0], (int, float)):
             raise ValueError(f"constant node needs one number, got {expr!r}")
+    elif op == "pow":  # x ** c: the kernel is chosen by the number c (codegen/vecpow.py)
+        if len(args) != 2 or args[1][0] != "const":
+            raise NotImplementedError(f"pow is compiled for a constant number as the exponent; got {expr!r}")
+        check_expr(args[0], n_operands)
     elif op in UNARY or op in BINARY:
         arity = 1 if op in UNARY else 2
         if len(args) != arity:
@@ -185,6 +192,8 @@ def evaluate(builder: ir.IRBuilder, expr: tuple, leaf: Callable[[int], ir.Value]
         return leaf(args[0])
     if op == "const":
         return splat(float(args[0]), width)
+    if op == "pow":
+        return vecpow.emit_pow(builder, builder.module, evaluate(builder, args[0], leaf, width), float(args[1][1]))
     values = [evaluate(builder, a, leaf, width) for a in args]
     if op in UNARY:
         return UNARY[op](builder, builder.module, values[0])

@@ -230,7 +230,10 @@ def lower_elementwise(e: _Emitter, n: str) -> None:
     base = g.attrs(n)["expr"] if g.op(n) == "elementwise" else (g.op(n), *[("in", i) for i in range(len(leaves))])
     expr = map_leaves(base, lambda leaf: leaves[leaf[1]] if leaf[0] == "in" else leaf)
     key = ("ew", _kernel_key(expr), tuple(kinds), row, e.width)
-    fn = e.kernel(key, lambda name: elementwise.emit_elementwise(e.module, name, expr, kinds, row, e.width))
+    try:
+        fn = e.kernel(key, lambda name: elementwise.emit_elementwise(e.module, name, expr, kinds, row, e.width))
+    except NotImplementedError as exc:  # e.g. a pow whose exponent is not a constant number
+        raise LoweringError(f"{g.op(n)} {n}: {exc}") from None
     e.call(fn, e.row_count(n, row), e.pointer(n), *ptrs)
 
 

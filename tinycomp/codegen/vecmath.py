@@ -1,4 +1,4 @@
-"""Vectorized float32 math on `<W x float>` values: relu, exp, sigmoid, tanh, gelu.
+"""Vectorized float32 math on `<W x float>` values: relu, exp, log, sqrt, abs, sigmoid, tanh, gelu.
 
 Everything here is our own straight-line vector code (range reduction + polynomial), so it can run
 on GEMM accumulators still in registers, for any width W >= 1 (16, 8, 4, and 1 for tails).
@@ -6,6 +6,8 @@ No fast-math flags: NaN/Inf follow the eager NumPy definitions (README, "Numeric
 
 Special values (all equal to the NumPy float32 formulas):
   relu(x)    = np.maximum(x, 0): relu(nan) = nan, relu(-0) = +0 (NumPy returns the 0 operand).
+  log(x)     : log(+-0) = -inf, log(x < 0) = nan (-inf included), log(inf) = inf, nan -> nan.
+  sqrt(x)    : IEEE (llvm.sqrt): sqrt(-0) = -0, sqrt(x < 0) = nan.
   exp(x)     : exp(-inf) = 0, exp(+inf) = inf, exp(nan) = nan, x > 88.7228 -> inf, x < -103.98 -> 0
                (results in the subnormal range are produced with a single rounding).
   sigmoid(x) : the overflow-safe 1/(1+e^-x) for x >= 0, e^x/(1+e^x) for x < 0; sigmoid(+-inf) = 1/0,
@@ -32,8 +34,9 @@ from llvmlite import ir
 from .loops import I32, declare_vector_intrinsic, splat, vector_constant
 
 # Measured on a 2.5M-point sweep (as in tests/codegen/test_vecmath.py): exp 1.00, sigmoid 2.15,
-# tanh 1.50, gelu 2.99 ulp; the bounds add a margin of about half to one ulp.
-MAX_ULP = {"relu": 0.0, "exp": 1.5, "sigmoid": 3.0, "tanh": 2.5, "gelu": 4.0}
+# tanh 1.50, gelu 2.99, log 0.81 ulp (3M points: random bits and [0.5, 2]); the bounds add a margin of
+# about a fifth to one ulp. sqrt is the correctly rounded instruction.
+MAX_ULP = {"relu": 0.0, "exp": 1.5, "sigmoid": 3.0, "tanh": 2.5, "gelu": 4.0, "log": 1.0, "sqrt": 0.5, "abs": 0.0}
 GELU_TAIL = -51.0  # below this x, sigmoid(1.702x) is subnormal in float32
 GELU_TAIL_ABS = 2.0**-142  # absolute error bound of gelu for x < GELU_TAIL (measured 9.2e-44)
 
@@ -59,6 +62,12 @@ TANH_POLY = (-5.70498872745e-3, 2.06390887954e-2, -5.37397155531e-2, 1.333144220
              -3.33332819422e-1)
 
 GELU_ALPHA = 1.702
+
+# Cephes logf: log(1 + f) = f - f^2/2 + f^3 * P(f) on sqrt(1/2) - 1 <= f < sqrt(2) - 1, highest first.
+LOG_POLY = (7.0376836292e-2, -1.1514610310e-1, 1.1676998740e-1, -1.2420140846e-1, 1.4249322787e-1,
+            -1.6668057665e-1, 2.0000714765e-1, -2.4999993993e-1, 3.3333331174e-1)
+SQRT_HALF = 0.70710678118654752
+MIN_NORMAL = 2.0**-126
 
 assert math.isclose(LN2_HI + LN2_LO, math.log(2), rel_tol=1e-9)
 
@@ -122,6 +131,47 @@ def emit_exp(builder: ir.IRBuilder, module: ir.Module, x: ir.Value) -> ir.Value:
     n1 = builder.ashr(ni, vector_constant(ivt, ir.Constant(I32, 1)))
     n2 = builder.sub(ni, n1)
     return builder.fmul(builder.fmul(y, _pow2(builder, n1)), _pow2(builder, n2))
+
+
+def emit_log(builder: ir.IRBuilder, module: ir.Module, x: ir.Value) -> ir.Value:
+    """log(x) lane-wise: x = 2**e * m with m in [sqrt(1/2), sqrt(2)), log(m) = log(1 + f) by the
+    Cephes polynomial (f = m - 1 is exact), plus e * ln 2 in the Cody-Waite split. Subnormal x are
+    scaled by 2**23 first. log(+-0) = -inf, log(x < 0) = nan, log(inf) = inf, nan stays nan."""
+    ivt = ir.VectorType(I32, _width(x))
+    tiny = builder.fcmp_ordered("<", x, _const(x, MIN_NORMAL))
+    xs = builder.select(tiny, builder.fmul(x, _const(x, 2.0**23)), x)
+    bits = builder.bitcast(xs, ivt)
+    # frexp: xs = m * 2**e with m in [0.5, 1)
+    e = builder.sub(builder.lshr(bits, _ivec(ivt, 23)), _ivec(ivt, 126))
+    e = builder.sub(e, builder.select(tiny, _ivec(ivt, 23), _ivec(ivt, 0)))
+    m = builder.bitcast(builder.or_(builder.and_(bits, _ivec(ivt, 0x007FFFFF)), _ivec(ivt, 0x3F000000)),
+                        x.type)
+    low = builder.fcmp_ordered("<", m, _const(x, SQRT_HALF))
+    e = builder.sub(e, builder.select(low, _ivec(ivt, 1), _ivec(ivt, 0)))
+    f = builder.fsub(builder.select(low, builder.fadd(m, m), m), _const(x, 1.0))  # exact
+    fe = builder.sitofp(e, x.type)
+    z = builder.fmul(f, f)
+    y = builder.fmul(builder.fmul(_polynomial(builder, module, f, LOG_POLY), f), z)
+    y = fma(builder, module, fe, _const(x, LN2_LO), y)
+    y = fma(builder, module, z, _const(x, -0.5), y)
+    result = fma(builder, module, fe, _const(x, LN2_HI), builder.fadd(f, y))
+    result = builder.select(builder.fcmp_ordered("==", x, _const(x, math.inf)), x, result)
+    result = builder.select(builder.fcmp_ordered("<", x, _const(x, 0.0)), _const(x, math.nan), result)
+    result = builder.select(builder.fcmp_ordered("==", x, _const(x, 0.0)), _const(x, -math.inf), result)
+    return builder.select(builder.fcmp_unordered("uno", x, x), x, result)
+
+
+def _ivec(vt: ir.VectorType, value: int) -> ir.Constant:
+    return vector_constant(vt, ir.Constant(I32, value))
+
+
+def emit_sqrt(builder: ir.IRBuilder, module: ir.Module, x: ir.Value) -> ir.Value:
+    """IEEE square root (one correctly rounded vsqrtps): sqrt(-0) = -0, sqrt(x < 0) = nan."""
+    return _call(builder, module, "sqrt", x)
+
+
+def emit_abs(builder: ir.IRBuilder, module: ir.Module, x: ir.Value) -> ir.Value:
+    return _call(builder, module, "fabs", x)
 
 
 def emit_relu(builder: ir.IRBuilder, module: ir.Module, x: ir.Value) -> ir.Value:

@@ -49,6 +49,19 @@ def _operand_array(x: Operand) -> np.ndarray:
     return np.float32(x)
 
 
+Axis = Any  # None | int | tuple of ints
+
+
+def _axis_attr(axis: Axis) -> int | tuple[int, ...] | None:
+    """A reduction's `axis` as the op table takes it: None, an int, or a tuple of ints."""
+    if axis is None:
+        return None
+    try:
+        return operator.index(axis) if not isinstance(axis, (tuple, list)) else tuple(operator.index(a) for a in axis)
+    except TypeError:
+        raise TypeError(f"axis must be None, an int or a tuple of ints; got {axis!r}") from None
+
+
 def _is_operand(x: Any) -> bool:
     return isinstance(x, (Tensor, np.ndarray, numbers.Real))
 
@@ -167,19 +180,53 @@ class Tensor:
     def __neg__(self) -> Tensor:
         return apply_op("neg", self)
 
+    def __pow__(self, exponent: Any) -> Tensor:
+        if isinstance(exponent, bool) or not isinstance(exponent, numbers.Real):
+            raise TypeError(f"Tensor ** takes a number as the exponent (x ** 2, x ** 0.5); "
+                            f"got {type(exponent).__name__}")
+        return apply_op("pow", self, float(exponent))
+
+    # ------------------------------------------------------------ elementwise math
+    def exp(self) -> Tensor:
+        return apply_op("exp", self)
+
+    def log(self) -> Tensor:
+        return apply_op("log", self)
+
+    def sqrt(self) -> Tensor:
+        return apply_op("sqrt", self)
+
+    def abs(self) -> Tensor:
+        return apply_op("abs", self)
+
+    def __abs__(self) -> Tensor:
+        return self.abs()
+
     # ------------------------------------------------------------ matmul
-    def matmul(self, other: Tensor) -> Tensor:
-        if not isinstance(other, Tensor):
-            raise TypeError(f"matmul expects a Tensor operand; got {type(other).__name__}")
-        if self._tracer is None and other._tracer is None:
-            matmul_shape(self.shape, other.shape)  # the eager messages, before NumPy's own
+    def _validate_matmul_shapes(self, other: Any) -> None:
+        """TinyTorch's check before a matmul: TypeError for an operand that is not a Tensor (a NumPy
+        array counts as one: a layer's weight may be rebound to an array), ValueError for a 0-D
+        operand or inner dimensions that differ."""
+        if not isinstance(other, (Tensor, np.ndarray)):
+            raise TypeError(f"Matrix multiplication requires Tensor, got {type(other).__name__}: matmul expects a "
+                            f"Tensor operand; got {type(other).__name__} (wrap it: Tensor(data))")
+        if self._tracer is None and getattr(other, "_tracer", None) is None:  # traced: the graph's shape rule
+            matmul_shape(self.shape, other.shape)
+
+    def matmul(self, other: Tensor | np.ndarray) -> Tensor:
+        self._validate_matmul_shapes(other)
         return apply_op("matmul", self, other)
 
-    def __matmul__(self, other: Tensor) -> Tensor:
+    def __matmul__(self, other: Tensor | np.ndarray) -> Tensor:
         return self.matmul(other)
 
     def __rmatmul__(self, other: Any) -> Tensor:
-        raise TypeError(f"matmul expects Tensor operands; got {type(other).__name__} @ Tensor")
+        if not isinstance(other, np.ndarray):
+            raise TypeError(f"Matrix multiplication requires Tensor, got {type(other).__name__}: matmul expects "
+                            f"Tensor operands; got {type(other).__name__} @ Tensor")
+        if self._tracer is None:
+            matmul_shape(other.shape, self.shape)
+        return apply_op("matmul", other, self)
 
     # ------------------------------------------------------------ shape ops
     def reshape(self, *shape: Any) -> Tensor:
@@ -200,14 +247,14 @@ class Tensor:
             raise ValueError("transpose takes both dim0 and dim1, or neither (last two dims)")
         return apply_op("transpose", self, dim0=dim0, dim1=dim1)
 
-    def sum(self, axis: int | None = None, keepdims: bool = False) -> Tensor:
-        return apply_op("sum", self, axis=axis, keepdims=keepdims)
+    def sum(self, axis: Axis = None, keepdims: bool = False) -> Tensor:
+        return apply_op("sum", self, axis=_axis_attr(axis), keepdims=bool(keepdims))
 
-    def mean(self, axis: int | None = None, keepdims: bool = False) -> Tensor:
-        return apply_op("mean", self, axis=axis, keepdims=keepdims)
+    def mean(self, axis: Axis = None, keepdims: bool = False) -> Tensor:
+        return apply_op("mean", self, axis=_axis_attr(axis), keepdims=bool(keepdims))
 
-    def max(self, axis: int | None = None, keepdims: bool = False) -> Tensor:
-        return apply_op("max", self, axis=axis, keepdims=keepdims)
+    def max(self, axis: Axis = None, keepdims: bool = False) -> Tensor:
+        return apply_op("max", self, axis=_axis_attr(axis), keepdims=bool(keepdims))
 
     def __getitem__(self, key: Any) -> Tensor:
         if _traced_parameter(self):  # a copy made now would not follow later changes to the parameter

@@ -20,7 +20,7 @@ import numpy as np
 from ..checks import is_whole_number
 from ..errors import CompileError
 from ..ir.graph import Graph
-from ..ir.ops import LEAVES, OPS, fmt_shape
+from ..ir.ops import LEAVES, OPS, REDUCTIONS, combined_axes, fmt_shape
 from . import tensor as tensor_module
 from .layers import Layer, Sequential, model_lock
 from .tensor import Tensor, apply_op
@@ -207,6 +207,17 @@ class SymbolicTensor(Tensor):
     def __iter__(self) -> Iterator[Tensor]:
         raise self._refuse("iterates over the rows")
 
+    def reshape(self, *shape: Any) -> Tensor:
+        """`x.reshape(batch_size, seq, heads, d)` with `batch_size, seq, dim = x.shape`: the batch
+        size read off a traced shape keeps the batch dimension where it is, first (as -1 would)."""
+        if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+            shape = tuple(shape[0])
+        marks = [i for i, d in enumerate(shape) if isinstance(d, BatchSize)]
+        if marks and (marks != [0] or self._shape[:1] != (None,)):
+            where = "for an unbatched value" if self._shape[:1] != (None,) else f"at position {marks[-1]}"
+            raise self._tracer.batch._refuse(f"reshapes to {fmt_shape(shape)} with, {where},")
+        return super().reshape(*(-1 if i in marks else d for i, d in enumerate(shape)))
+
     def transpose(self, dim0: int | None = None, dim1: int | None = None) -> Tensor:
         if dim0 is None and dim1 is None and self.ndim < 2:
             return self  # eager copies here; a symbolic value is immutable, so itself will do
@@ -249,11 +260,23 @@ class Tracer:
             error._tinycomp_noted = True  # type: ignore[attr-defined]  # the message names the layer already
             raise error from None
         shape = self.graph.shape(node)
+        self.check_batch_stays_apart(name, args, attrs)
         if None in shape[1:]:  # e.g. (N, 1) + (N,) broadcasts to (N, N), (N, 1) + (3, 1, 1) to (3, N, 1)
             raise CompileError(f"{self.where()}: {name} gives shape {fmt_shape(shape)}, where the batch "
                                "dimension N is not the leading axis alone; compiled code runs each sample "
                                "on its own (reshape operands so that N stays first)")
         return SymbolicTensor(self, node, shape)
+
+    def check_batch_stays_apart(self, name: str, args: list[str], attrs: dict[str, Any]) -> None:
+        """Refuse an op that combines values along the batch dimension (a sum over axis 0, a softmax
+        over dim 0): each sample's result would depend on the others in its batch."""
+        shape = self.graph.shape(args[0]) if args else ()
+        if shape[:1] == (None,) and 0 in combined_axes(name, len(shape), attrs):
+            what = f"axis={attrs.get('axis')!r}" if name in REDUCTIONS else f"dim={attrs.get('dim', -1)!r}"
+            raise CompileError(
+                f"{self.where()}: {name}({what}) of a {fmt_shape(shape)} value runs over the batch dimension N "
+                "(axis 0), which would make each sample's result depend on the other samples of its batch; "
+                "compiled code runs every sample on its own: reduce over the feature axes (e.g. axis=-1)")
 
     def owns_any(self, operands: tuple) -> bool:
         return any(isinstance(x, Tensor) and id(x) in self.tensor_paths for x in operands)

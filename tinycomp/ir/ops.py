@@ -27,8 +27,12 @@ class OpDef:
 
 # ---------------------------------------------------------------- shape rules
 
+def dim_text(d: int | None) -> str:
+    return "N" if d is None else str(d)
+
+
 def fmt_shape(shape: Sequence) -> str:
-    return "(" + ", ".join("N" if d is None else str(d) for d in shape) + (",)" if len(shape) == 1 else ")")
+    return "(" + ", ".join(dim_text(d) for d in shape) + (",)" if len(shape) == 1 else ")")
 
 
 def broadcast_shapes(a: Shape, b: Shape) -> Shape:
@@ -49,17 +53,22 @@ def broadcast_shapes(a: Shape, b: Shape) -> Shape:
 
 
 def matmul_shape(a: Shape, b: Shape) -> Shape:
+    """NumPy's matmul shape rule (1-D operands promoted, leading dims broadcast). The messages carry
+    TinyTorch's wording (`at least 1D`, `Inner dimensions don't match: 2 vs 3`) and DESIGN §1's."""
     if len(a) == 0 or len(b) == 0:
         raise ValueError(
-            f"matmul needs operands with at least 1 dimension; got shapes {fmt_shape(a)} and "
-            f"{fmt_shape(b)} (use * for scalar multiplication)"
+            f"Matrix multiplication requires at least 1D tensors: got shapes {fmt_shape(a)} @ {fmt_shape(b)}; "
+            "matmul needs operands with at least 1 dimension (use * for scalar multiplication)"
         )
     a2 = (1, *a) if len(a) == 1 else tuple(a)
     b2 = (*b, 1) if len(b) == 1 else tuple(b)
     if a2[-1] != b2[-2]:
+        k, j = (dim_text(d) for d in (a2[-1], b2[-2]))
         raise ValueError(
             f"Cannot perform matrix multiplication: {fmt_shape(a)} @ {fmt_shape(b)}. "
-            f"Inner dimensions must match: {a2[-1]} ≠ {b2[-2]} (shape mismatch)"
+            f"Inner dimensions must match: {k} ≠ {j} (shape mismatch; Inner dimensions don't match: "
+            f"{k} vs {j}: the left operand's last dimension must equal the right operand's "
+            f"{'only' if len(b) == 1 else 'second-to-last'} dimension)"
         )
     batch = broadcast_shapes(a2[:-2], b2[:-2])
     out = (*batch, a2[-2], b2[-1])
@@ -87,8 +96,8 @@ def reshape_shape(x: Shape, *, newshape: Sequence[int]) -> Shape:
         rest = reshape_shape(tuple(x[1:]), newshape=(math.prod(x[1:]),))[0]
         if math.prod(newshape[1:]) != rest:
             raise ValueError(
-                f"cannot reshape {fmt_shape(x)} to {(-1, *newshape[1:])}: each row has {rest} "
-                f"elements, the new shape asks for {math.prod(newshape[1:])}"
+                f"cannot reshape {fmt_shape(x)} to {(-1, *newshape[1:])}: Element count mismatch: {rest} "
+                f"elements vs {math.prod(newshape[1:])} elements per sample (each row has {rest} elements)"
             )
         return (None, *newshape[1:])
     size = math.prod(x)
@@ -96,13 +105,14 @@ def reshape_shape(x: Shape, *, newshape: Sequence[int]) -> Shape:
     if -1 in newshape:
         if known == 0 or size % known:
             raise ValueError(
-                f"cannot reshape tensor of shape {fmt_shape(x)} ({size} elements) to {newshape}"
+                f"cannot reshape tensor of shape {fmt_shape(x)} ({size} elements) to {newshape}: "
+                f"Cannot infer -1 dimension: {size} elements is not divisible by the known sizes' product {known}"
             )
         newshape = tuple(size // known if d == -1 else d for d in newshape)
     if math.prod(newshape) != size:
         raise ValueError(
-            f"cannot reshape tensor of shape {fmt_shape(x)} ({size} elements) to "
-            f"{newshape} ({math.prod(newshape)} elements)"
+            f"cannot reshape tensor of shape {fmt_shape(x)} to {newshape}: Element count mismatch: "
+            f"{size} elements vs {math.prod(newshape)} elements (reshape keeps every element; -1 infers one size)"
         )
     return newshape
 
@@ -120,11 +130,30 @@ def transpose_shape(x: Shape, *, dim0: int, dim1: int) -> Shape:
     return tuple(out)
 
 
-def reduce_shape(x: Shape, *, axis: int | None, keepdims: bool) -> Shape:
+def reduced_axes(ndim: int, axis: int | Sequence[int] | None) -> tuple[int, ...]:
+    """The axes a reduction runs over, non-negative and sorted (`axis=None`: all of them)."""
     if axis is None:
-        return (1,) * len(x) if keepdims else ()
-    a = _axis(len(x), axis)
-    return tuple((1 if keepdims else None) if i == a else d for i, d in enumerate(x) if i != a or keepdims)
+        return tuple(range(ndim))
+    given = (axis,) if isinstance(axis, int) else tuple(axis)
+    axes = tuple(_axis(ndim, a) for a in given)
+    if len(set(axes)) != len(axes):
+        raise ValueError(f"duplicate value in axis={given} (axes {axes} of a {ndim}-D tensor)")
+    return tuple(sorted(axes))
+
+
+def reduce_shape(x: Shape, *, axis: int | Sequence[int] | None, keepdims: bool) -> Shape:
+    axes = reduced_axes(len(x), axis)
+    return tuple(1 if i in axes else d for i, d in enumerate(x) if keepdims or i not in axes)
+
+
+def combined_axes(op: str, ndim: int, attrs: dict) -> tuple[int, ...]:
+    """The axes along which op combines values of different positions (a reduction's axes, softmax's
+    dim); () for every other op."""
+    if op in REDUCTIONS:
+        return reduced_axes(ndim, attrs.get("axis"))
+    if op == "softmax":
+        return (_axis(ndim, attrs.get("dim", -1)),)
+    return ()
 
 
 def softmax_shape(x: Shape, *, dim: int = -1) -> Shape:
@@ -197,15 +226,25 @@ def _with_dtype(fn: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
     return ref
 
 
+def power(x: np.ndarray, exponent: np.ndarray) -> np.ndarray:
+    """x ** exponent as NumPy's float32 `power` computes it: C99 `pow`, except that a scalar exponent
+    of 0.5 is `sqrt` (so (-0) ** 0.5 = -0 and (-inf) ** 0.5 = nan). Spelled out here so that every
+    engine (eager, float64 reference, compiled) follows one rule, whatever NumPy version runs."""
+    if np.ndim(exponent) == 0 and float(exponent) == 0.5:
+        return np.sqrt(x)
+    return np.power(x, exponent)
+
+
 ACTIVATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "relu": relu, "sigmoid": sigmoid, "tanh": np.tanh, "gelu": gelu,
 }
 
-UNARY = frozenset({"neg", "relu", "sigmoid", "tanh", "gelu"})
-BINARY = frozenset({"add", "sub", "mul", "div"})
+UNARY = frozenset({"neg", "relu", "sigmoid", "tanh", "gelu", "exp", "log", "sqrt", "abs"})
+BINARY = frozenset({"add", "sub", "mul", "div", "pow"})
 ELEMENTWISE = UNARY | BINARY
 FUSIBLE_ACTIVATIONS = frozenset(ACTIVATIONS)
 LEAVES = frozenset({"input", "param", "const"})
+REDUCTIONS = frozenset({"sum", "mean", "max"})
 
 
 # ---------------------------------------------------------------- fused elementwise expressions
@@ -271,7 +310,12 @@ OPS: dict[str, OpDef] = {
         _op("sub", 2, broadcast_shapes, _with_dtype(np.subtract)),
         _op("mul", 2, broadcast_shapes, _with_dtype(np.multiply)),
         _op("div", 2, broadcast_shapes, _with_dtype(np.divide)),
+        _op("pow", 2, broadcast_shapes, _with_dtype(power), 4),
         _op("neg", 1, same_shape, np.negative),
+        _op("exp", 1, same_shape, np.exp, 4),
+        _op("log", 1, same_shape, np.log, 4),
+        _op("sqrt", 1, same_shape, np.sqrt),
+        _op("abs", 1, same_shape, np.abs),
         _op("relu", 1, same_shape, relu),
         _op("sigmoid", 1, same_shape, sigmoid, 4),
         _op("tanh", 1, same_shape, np.tanh, 4),

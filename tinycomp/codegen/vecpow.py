@@ -1,0 +1,153 @@
+"""`x ** c` for a float32 vector x and a compile-time number c, as NumPy's float32 `power` computes it
+(`ir/ops.power`: C99 `pow`, except that c = 0.5 is `sqrt`).
+
+The work is done in float64 lanes and rounded to float32 once at the end, so the result is the
+correctly rounded float32 of the float64 value in all but double-rounding ties (`MAX_ULP`):
+- an integer c by repeated squaring (at most 2 log2 |c| products, each off by at most 2**-53
+  relative), then one reciprocal for c < 0; zeros, infinities and NaN come out of the float64
+  arithmetic exactly as C99 `pow` has them;
+- any other finite c as exp(c * log|x|) with our own float64 log and exp (series accurate to about
+  1e-16 relative; the float64 argument of exp keeps the relative error of the result near
+  |c * log x| * 1e-16, far below a float32 ulp), with C99's special cases selected explicitly;
+- c = +-inf or nan: C99's table, by compares.
+No libm calls: the object code stays self-contained (cached objects, cross targets).
+"""
+
+from __future__ import annotations
+
+import math
+
+from llvmlite import ir
+
+from .loops import I64, vector_constant
+
+F64 = ir.DoubleType()
+MAX_ULP = 0.5 + 2.0**-20  # measured 0.5000 over the sweeps of tests/codegen/test_vecmath.py
+LN2 = math.log(2)
+LN2_HI = 0.6931471803691238  # 32 bits of mantissa: n * LN2_HI is exact for |n| < 2**21
+LN2_LO = LN2 - LN2_HI
+SQRT2 = math.sqrt(2)
+ROUND_MAGIC = 6755399441055744.0  # 1.5 * 2**52: adding it rounds a double to an integer in its low bits
+# log(m) = 2 atanh(s), s = (m - 1)/(m + 1), |s| <= 0.1716: 2 s (1 + s^2/3 + s^4/5 + ...), highest first
+ATANH_SERIES = tuple(1.0 / (2 * k + 1) for k in range(11, -1, -1))
+EXP_SERIES = tuple(1.0 / math.factorial(k) for k in range(14, -1, -1))  # exp(r), |r| <= ln2/2
+EXP_ARG_LO, EXP_ARG_HI = -200.0, 200.0  # beyond float32's range either way; keeps 2**n a normal double
+
+
+def _dvec(like: ir.Value, value: float) -> ir.Constant:
+    return vector_constant(ir.VectorType(F64, like.type.count), ir.Constant(F64, value))
+
+
+def _ivec(like: ir.Value, value: int) -> ir.Constant:
+    return vector_constant(ir.VectorType(I64, like.type.count), ir.Constant(I64, value))
+
+
+def _fvec(like: ir.Value, value: float) -> ir.Constant:
+    return vector_constant(ir.VectorType(ir.FloatType(), like.type.count), ir.Constant(ir.FloatType(), value))
+
+
+def _intrinsic(builder: ir.IRBuilder, name: str, *args: ir.Value) -> ir.Value:
+    vt = args[0].type
+    elem = "f64" if vt.element == F64 else "f32"
+    full = f"llvm.{name}.v{vt.count}{elem}"
+    module = builder.module
+    fn = module.globals.get(full) or ir.Function(module, ir.FunctionType(vt, [vt] * len(args)), full)
+    return builder.call(fn, list(args))
+
+
+def _horner(builder: ir.IRBuilder, x: ir.Value, coeffs: tuple[float, ...]) -> ir.Value:
+    acc = _dvec(x, coeffs[0])
+    for c in coeffs[1:]:
+        acc = _intrinsic(builder, "fma", acc, x, _dvec(x, c))
+    return acc
+
+
+def log_f64(builder: ir.IRBuilder, a: ir.Value) -> ir.Value:
+    """log(a) for positive, finite, normal float64 lanes (the caller selects 0, inf and nan away)."""
+    ivt = ir.VectorType(I64, a.type.count)
+    bits = builder.bitcast(a, ivt)
+    e = builder.sub(builder.lshr(bits, _ivec(a, 52)), _ivec(a, 1023))
+    mant = builder.or_(builder.and_(bits, _ivec(a, (1 << 52) - 1)), _ivec(a, 1023 << 52))
+    m = builder.bitcast(mant, a.type)  # in [1, 2)
+    high = builder.fcmp_ordered(">", m, _dvec(a, SQRT2))
+    m = builder.select(high, builder.fmul(m, _dvec(a, 0.5)), m)
+    e = builder.add(e, builder.select(high, _ivec(a, 1), _ivec(a, 0)))
+    s = builder.fdiv(builder.fsub(m, _dvec(a, 1.0)), builder.fadd(m, _dvec(a, 1.0)))
+    series = _horner(builder, builder.fmul(s, s), ATANH_SERIES)
+    log_m = builder.fmul(builder.fmul(s, _dvec(a, 2.0)), series)
+    fe = builder.sitofp(e, a.type)
+    return builder.fadd(_intrinsic(builder, "fma", fe, _dvec(a, LN2_HI), log_m), builder.fmul(fe, _dvec(a, LN2_LO)))
+
+
+def exp_f64(builder: ir.IRBuilder, y: ir.Value) -> ir.Value:
+    """exp(y) for float64 lanes, y clamped to [-200, 200] (NaN passes through the clamp)."""
+    hi, lo = _dvec(y, EXP_ARG_HI), _dvec(y, EXP_ARG_LO)
+    y = builder.select(builder.fcmp_ordered(">", y, hi), hi, y)
+    y = builder.select(builder.fcmp_ordered("<", y, lo), lo, y)
+    t = _intrinsic(builder, "fma", y, _dvec(y, 1 / LN2), _dvec(y, ROUND_MAGIC))
+    n = builder.fsub(t, _dvec(y, ROUND_MAGIC))
+    r = _intrinsic(builder, "fma", n, _dvec(y, -LN2_HI), y)
+    r = _intrinsic(builder, "fma", n, _dvec(y, -LN2_LO), r)
+    p = _horner(builder, r, EXP_SERIES)
+    ivt = ir.VectorType(I64, y.type.count)
+    ni = builder.sub(builder.bitcast(t, ivt), builder.bitcast(_dvec(y, ROUND_MAGIC), ivt))
+    scale = builder.bitcast(builder.shl(builder.add(ni, _ivec(y, 1023)), _ivec(y, 52)), y.type)
+    return builder.fmul(p, scale)
+
+
+def _integer_power(builder: ir.IRBuilder, d: ir.Value, exponent: int) -> ir.Value:
+    """d ** exponent in float64 by repeated squaring; 1 / d**|exponent| for a negative one."""
+    result, base, k = None, d, abs(exponent)
+    while k:
+        if k & 1:
+            result = base if result is None else builder.fmul(result, base)
+        k >>= 1
+        if k:
+            base = builder.fmul(base, base)
+    if result is None:
+        return _dvec(d, 1.0)
+    return builder.fdiv(_dvec(d, 1.0), result) if exponent < 0 else result
+
+
+def _general_power(builder: ir.IRBuilder, d: ir.Value, c: float) -> ir.Value:
+    """x ** c for finite non-integer c: exp(c log|x|), with C99 pow's special cases."""
+    a = _intrinsic(builder, "fabs", d)
+    safe = builder.select(builder.fcmp_ordered("<", a, _dvec(d, math.inf)), a, _dvec(d, 1.0))  # log of 0 is
+    safe = builder.select(builder.fcmp_ordered(">", safe, _dvec(d, 0.0)), safe, _dvec(d, 1.0))  # selected away
+    result = exp_f64(builder, builder.fmul(_dvec(d, c), log_f64(builder, safe)))
+    at_zero, at_inf = (0.0, math.inf) if c > 0 else (math.inf, 0.0)
+    result = builder.select(builder.fcmp_ordered("==", a, _dvec(d, 0.0)), _dvec(d, at_zero), result)
+    result = builder.select(builder.fcmp_ordered("==", a, _dvec(d, math.inf)), _dvec(d, at_inf), result)
+    negative = builder.and_(builder.fcmp_ordered("<", d, _dvec(d, 0.0)),
+                            builder.fcmp_ordered(">", d, _dvec(d, -math.inf)))
+    result = builder.select(negative, _dvec(d, math.nan), result)
+    return builder.select(builder.fcmp_unordered("uno", d, d), d, result)
+
+
+def _infinite_power(builder: ir.IRBuilder, x: ir.Value, c: float) -> ir.Value:
+    """x ** c for c = +-inf or nan (C99: 1 ** anything = 1, (-1) ** +-inf = 1)."""
+    one = _fvec(x, 1.0)
+    if math.isnan(c):
+        return builder.select(builder.fcmp_ordered("==", x, one), one, _fvec(x, math.nan))
+    a = _intrinsic(builder, "fabs", x)
+    small, big = (0.0, math.inf) if c > 0 else (math.inf, 0.0)
+    result = builder.select(builder.fcmp_ordered("<", a, one), _fvec(x, small), _fvec(x, big))
+    result = builder.select(builder.fcmp_ordered("==", a, one), one, result)
+    return builder.select(builder.fcmp_unordered("uno", x, x), x, result)
+
+
+def emit_pow(builder: ir.IRBuilder, module: ir.Module, x: ir.Value, exponent: float) -> ir.Value:
+    """x ** exponent lane-wise for a float32 vector x and a number known at compile time."""
+    c = float(exponent)
+    if not math.isfinite(c):
+        return _infinite_power(builder, x, c)
+    if c == 0.5:
+        return _intrinsic(builder, "sqrt", x)
+    if c == 1.0:
+        return x
+    d = builder.fpext(x, ir.VectorType(F64, x.type.count))
+    if c.is_integer():  # every float beyond 2**64 is an even integer, and |x| ** 2**64 is 0, 1 or inf already
+        result = _integer_power(builder, d, int(math.copysign(min(abs(c), 2.0**64), c)))
+    else:
+        result = _general_power(builder, d, c)
+    return builder.fptrunc(result, x.type)
