@@ -17,12 +17,6 @@ from tinycomp.parity import check_parity
 F64 = np.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def private_cache_dir(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TINYCOMP_CACHE_DIR", str(tmp_path_factory.mktemp("tinycomp-cache")))
-        yield
-
 
 @pytest.fixture
 def mlp():

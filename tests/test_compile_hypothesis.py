@@ -7,7 +7,6 @@ on or off; batch 0-64. Each example compiles a fresh model, so the cache points 
 from __future__ import annotations
 
 import numpy as np
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -15,14 +14,6 @@ import tinycomp as tc
 from tests.models import build_sequential, sequential_specs
 from tests.test_compile_parity import assert_parity, sample, sequential_reference
 from tinycomp.nn import Linear, manual_seed
-
-
-@pytest.fixture(autouse=True, scope="module")
-def private_cache_dir(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TINYCOMP_CACHE_DIR", str(tmp_path_factory.mktemp("tinycomp-cache")))
-        mp.setenv("XDG_CONFIG_HOME", str(tmp_path_factory.mktemp("config")))  # and off the user's cache key
-        yield
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -35,14 +35,6 @@ F64 = np.float64
 Reference = Callable[[np.ndarray], np.ndarray]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def private_cache_dir(tmp_path_factory):
-    """Keep compiled objects out of ~/.cache: the cache folder is read at every compile."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TINYCOMP_CACHE_DIR", str(tmp_path_factory.mktemp("tinycomp-cache")))
-        mp.setenv("XDG_CONFIG_HOME", str(tmp_path_factory.mktemp("config")))  # and off the user's cache key
-        yield
-
 
 # ------------------------------------------------------------------ float64 references
 

@@ -16,11 +16,6 @@ HERE = Path(__file__).parent
 TINY = f"{HERE / 'tiny_model.py'}:tiny"
 
 
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("TINYCOMP_CACHE_DIR", str(tmp_path / "cache"))
-
-
 def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, "-m", "tinycomp", *args], capture_output=True, text=True,

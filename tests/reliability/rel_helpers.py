@@ -5,22 +5,10 @@ from __future__ import annotations
 import resource
 
 import numpy as np
-import pytest
 
 from tests.models import eager_eval
 from tinycomp.frontend.tracer import trace
 from tinycomp.parity import Reference, check_parity, reference_and_overflow
-
-
-@pytest.fixture
-def tmp_cache(tmp_path, monkeypatch):
-    """Point the on-disk object cache, and the key that signs its entries, at fresh folders for one
-    test (never the user's own)."""
-    folder = tmp_path / "tinycomp-cache"
-    monkeypatch.setenv("TINYCOMP_CACHE_DIR", str(folder))
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
-    monkeypatch.delenv("TINYCOMP_CACHE", raising=False)
-    return folder
 
 
 def rss_bytes() -> int:

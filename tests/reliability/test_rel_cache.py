@@ -13,10 +13,7 @@ import pytest
 
 import tinycomp as tc
 from tests.models import CASES
-from tests.reliability import rel_helpers
 from tinycomp.runtime import cache
-
-tmp_cache = rel_helpers.tmp_cache  # the fixture: a fresh TINYCOMP_CACHE_DIR per test
 
 
 def compile_one(case="residual_net"):

@@ -11,14 +11,12 @@ import pytest
 
 import tinycomp as tc
 from tests.models import CASES, eager_eval
-from tests.reliability import rel_helpers
 from tests.reliability.rel_helpers import assert_matches_eager
 from tinycomp.nn import Tensor
 
 IN = 784
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
 
-tmp_cache = rel_helpers.tmp_cache  # the fixture: a fresh TINYCOMP_CACHE_DIR per test
 
 
 @pytest.fixture(scope="module")

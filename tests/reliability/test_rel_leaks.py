@@ -11,13 +11,11 @@ import pytest
 
 import tinycomp as tc
 from tests.models import CASES
-from tests.reliability import rel_helpers
 from tests.reliability.rel_helpers import rss_bytes
 from tinycomp.nn import Linear, ReLU, Sequential, manual_seed
 
 MB = 1 << 20
 
-tmp_cache = rel_helpers.tmp_cache  # the fixture: a fresh TINYCOMP_CACHE_DIR per test
 
 
 def _model(i: int):

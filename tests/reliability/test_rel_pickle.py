@@ -10,9 +10,6 @@ import numpy as np
 
 import tinycomp as tc
 from tests.models import CASES
-from tests.reliability import rel_helpers
-
-tmp_cache = rel_helpers.tmp_cache  # the fixture: a fresh TINYCOMP_CACHE_DIR per test
 
 
 def run_in_worker(blob: bytes, x: np.ndarray) -> tuple[np.ndarray, int, int]:

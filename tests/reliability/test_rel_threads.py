@@ -11,12 +11,10 @@ import pytest
 
 import tinycomp as tc
 from tests.models import CASES, CATALOGUE
-from tests.reliability import rel_helpers
 from tests.reliability.rel_helpers import assert_matches_eager
 
 BATCHES = [0, 1, 2, 3, 7, 8, 17, 33, 64, 100, 257]
 
-tmp_cache = rel_helpers.tmp_cache  # the fixture: a fresh TINYCOMP_CACHE_DIR per test
 
 
 def run_threads(fn, n: int) -> list:

@@ -11,7 +11,7 @@ from typing import Any
 
 import networkx as nx
 
-from .ops import LEAVES, op_def
+from .ops import LEAVES, check_expr, op_def
 
 CORE_KEYS = frozenset({"op", "shape", "dtype"})
 # Node data that is not an op attribute: bound values, the model path a node came from, and
@@ -143,7 +143,10 @@ class Graph:
         missing = CORE_KEYS - data.keys()
         if missing:
             raise LintError(f"node {n} lacks {sorted(missing)}")
-        opdef = op_def(data["op"])
+        try:
+            opdef = op_def(data["op"])
+        except KeyError as exc:
+            raise LintError(f"node {n}: {exc.args[0]}") from None
         positions = sorted(a for _, _, a in self.nx.in_edges(n, data="arg"))
         if positions != list(range(len(positions))):
             raise LintError(f"node {n} ({data['op']}) has operand positions {positions}")
@@ -151,9 +154,19 @@ class Graph:
             raise LintError(f"node {n} ({data['op']}) has {len(positions)} operands, needs {opdef.arity}")
         if data["op"] == "linear" and len(positions) != 2 + bool(data.get("bias")):
             raise LintError(f"linear node {n} has {len(positions)} operands but bias={data.get('bias')}")
+        if data["op"] == "elementwise":
+            try:
+                check_expr(data.get("expr"), len(positions))
+            except ValueError as exc:
+                raise LintError(f"elementwise node {n} has a bad expression: {exc}") from None
         if data["op"] in LEAVES:
             return
-        expected = opdef.shape(*[self.shape(a) for a in self.args(n)], **self.attrs(n))
+        if data["op"] == "output" and self.nx.out_degree(n):
+            raise LintError(f"output node {n} is read by {self.users(n)}; the output ends the graph")
+        try:
+            expected = opdef.shape(*[self.shape(a) for a in self.args(n)], **self.attrs(n))
+        except (ValueError, TypeError) as exc:
+            raise LintError(f"node {n} ({data['op']}): its operands break the shape rule: {exc}") from None
         if tuple(expected) != tuple(data["shape"]):
             raise LintError(f"node {n} ({data['op']}) has shape {data['shape']}, its rule gives {expected}")
 

@@ -7,6 +7,7 @@ so an op means the same thing everywhere. Shapes may hold `None` for the dynamic
 from __future__ import annotations
 
 import math
+import reprlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -252,6 +253,41 @@ REDUCTIONS = frozenset({"sum", "mean", "max"})
 # operand i, `("const", v)` a number, `(op, child, ...)` an ELEMENTWISE op of the table.
 
 Expr = tuple
+
+
+_BRIEF = reprlib.Repr()
+_BRIEF.maxlevel, _BRIEF.maxtuple = 3, 4
+
+
+def check_expr(expr: object, n_operands: int) -> None:
+    """Raise ValueError unless `expr` is a well-formed expression over `n_operands` operands: every
+    leaf `("in", i)` with 0 <= i < n_operands or `("const", number)`, every inner node an
+    elementwise op of the table with its number of children, and every operand read somewhere.
+    Walked with a stack, not recursion: a long fused chain is a deep tree."""
+    brief = _BRIEF.repr  # a message about one node of a deep tree stays short
+    read: set[int] = set()
+    stack = [expr]
+    while stack:
+        e = stack.pop()
+        if not isinstance(e, tuple) or not e or not isinstance(e[0], str):
+            raise ValueError(f"an expression node must be a tuple (op, ...); got {brief(e)}")
+        head, args = e[0], e[1:]
+        if head == "in":
+            if len(args) != 1 or type(args[0]) is not int or not 0 <= args[0] < n_operands:
+                raise ValueError(f"operand reference {brief(e)} is not one of $0..${n_operands - 1}")
+            read.add(args[0])
+        elif head == "const":
+            if len(args) != 1 or isinstance(args[0], bool) or not isinstance(args[0], (int, float)):
+                raise ValueError(f"a constant holds one number; got {brief(e)}")
+        elif head in ELEMENTWISE:
+            if len(args) != OPS[head].arity:
+                raise ValueError(f"{head} takes {OPS[head].arity} operand(s); {brief(e)} has {len(args)}")
+            stack.extend(args)
+        else:
+            raise ValueError(f"{head!r} in {brief(e)} is not an elementwise op of the table ({sorted(ELEMENTWISE)})")
+    unread = sorted(set(range(n_operands)) - read)
+    if unread:
+        raise ValueError(f"operand(s) {', '.join(f'${i}' for i in unread)} of the node are never read")
 
 
 def expr_shape(*shapes: Shape, expr: Expr) -> Shape:
