@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import tinycomp as tc
-from tests.test_compile_parity import assert_parity, private_cache_dir  # noqa: F401 - autouse: a private cache
+from tests.test_compile_parity import assert_parity
 from tinycomp.nn import Layer, Tensor
 
 BATCHES = (0, 1, 7, 129)
