@@ -95,7 +95,7 @@ def model_calls(model_name: str, rows: int, values: list[int], name: str, keep: 
         scratch = aligned_empty((art.plan.scratch_floats(rows) + 16,))
         args = (rows, data_pointer(x), data_pointer(out), data_pointer(scratch), ctypes.addressof(table))
         keep += [model, fast, table, out, scratch, x]
-        calls.append(lambda k=art.kernel, args=args: k.call(*args))
+        calls.append(lambda k=art.call.kernel, args=args: k.call(*args))
     return calls
 
 

@@ -31,3 +31,20 @@ def aligned_float32(values: np.ndarray) -> np.ndarray:
     out = aligned_empty(values.shape)
     np.copyto(out, values, casting="unsafe")
     return out
+
+
+def float32_copy(data: Any) -> np.ndarray:
+    """A fresh, line-aligned float32 copy of numeric `data` (a number, nested lists, an array);
+    TypeError for strings, objects, ragged lists and other non-numbers."""
+    if isinstance(data, (str, bytes)):
+        raise TypeError(f"Tensor data must be numeric (a number, list or array); got {type(data).__name__}")
+    try:
+        arr = np.asarray(data)
+    except (ValueError, TypeError) as exc:  # ragged nested lists
+        raise TypeError(f"Tensor data must be a rectangular numeric array; got {type(data).__name__}: {exc}") from None
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(
+            f"Tensor data must be numeric (bool, int or float); got {type(data).__name__} "
+            f"with dtype {arr.dtype}"
+        )
+    return aligned_float32(arr)

@@ -29,7 +29,7 @@ def test_dropped_compiled_model_frees_engine_without_gc():
     fast(np.ones((3, 32), np.float32))
     fast(np.ones((100, 32), np.float32))
     refs = [weakref.ref(fast), weakref.ref(fast._artifact), weakref.ref(fast._artifact.engine),
-            weakref.ref(fast._artifact.kernel)]
+            weakref.ref(fast._artifact.call.kernel)]
     engine_ref = weakref.ref(fast._artifact.engine._engine)  # llvmlite's ExecutionEngine
     gc.disable()
     try:

@@ -161,12 +161,12 @@ def test_weights_rebound_during_a_call_stay_alive_and_never_leave_a_stale_table(
         gc.collect()
         assert old() is not None, "the call in flight let go of the array its native code reads"
 
-    art = fast._artifact
-    art.kernel = _Interfering(art.kernel, meanwhile)
+    call = fast._artifact.call
+    call.kernel = _Interfering(call.kernel, meanwhile)
     try:
         fast._call(x) if path == "full" else fast(x)
     finally:
-        art.kernel = art.kernel.kernel
+        call.kernel = call.kernel.kernel
     for _ in range(3):  # the hot path, with the new weight
         np.testing.assert_allclose(fast(x).data, eager_eval(model, x), rtol=2e-4, atol=2e-5)
     kept.clear()

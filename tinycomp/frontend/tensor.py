@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ..aligned import aligned_float32
+from ..aligned import aligned_float32, float32_copy
 from ..errors import CompileError
 from ..ir.ops import matmul_shape, op_def
 
@@ -25,20 +25,7 @@ tracing = threading.local()  # `.tracer`: the Tracer running on this thread, if 
 def to_float32(data: Any) -> np.ndarray:
     """A fresh float32 copy of `data`, its first value on a cache line (compiled code reads weights
     in place: `aligned.py`); TypeError for strings, objects and other non-numbers."""
-    if isinstance(data, Tensor):
-        return aligned_float32(data.data)
-    if isinstance(data, (str, bytes)):
-        raise TypeError(f"Tensor data must be numeric (a number, list or array); got {type(data).__name__}")
-    try:
-        arr = np.asarray(data)
-    except (ValueError, TypeError) as exc:  # ragged nested lists
-        raise TypeError(f"Tensor data must be a rectangular numeric array; got {type(data).__name__}: {exc}") from None
-    if arr.dtype.kind not in "biuf":
-        raise TypeError(
-            f"Tensor data must be numeric (bool, int or float); got {type(data).__name__} "
-            f"with dtype {arr.dtype}"
-        )
-    return aligned_float32(arr)
+    return aligned_float32(data.data) if isinstance(data, Tensor) else float32_copy(data)
 
 
 def _operand_array(x: Operand) -> np.ndarray:

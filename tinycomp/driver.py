@@ -1,0 +1,218 @@
+"""The compile pipeline: trace -> passes -> lower -> JIT (or the object cache) -> a runnable artifact.
+
+`build` turns a model and its input features into an `Artifact`: the traced and optimized graphs
+with the text of every stage, the native entry behind a `runtime.call.CompiledCall`, and the
+binding to the live model (structure guard, live parameters). `CompiledModel` (compiler.py) is the
+front that decides when to build and calls the artifact; the dumps and the `check=True` comparison
+with the eager model live here too, beside what they read.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .binding import LiveParams, StructureGuard, eval_mode
+from .checks import is_whole_number
+from .codegen.module import LoweringError, ModulePlan, graph_fingerprint, lower_graph
+from .codegen.target import host
+from .errors import CompileError, ParityError
+from .frontend.tensor import Tensor
+from .frontend.tracer import trace
+from .ir.graph import Graph
+from .ir.passes import run_pipeline
+from .ir.printer import format_graph
+from .logs import channel, log
+from .parity import check_parity, reference_and_overflow
+from .runtime import cache
+from .runtime.buffers import ScratchPool
+from .runtime.call import CompiledCall
+from .runtime.engine import JitEngine, assembly, optimized_ir
+from .runtime.kernel import NativeKernel
+
+STAGES = ("traced", "optimized", "llvm", "asm")
+SPEED_LEVELS = (0, 1, 2, 3)  # LLVM's new-pass-manager levels (`codegen.target.optimize`)
+# check=True: eager float32 must be this close (relative to the output scale) to the float64 run of the
+# compiled graph; float32 rounding is ~1e-6 here, a graph that diverged from the model is far beyond.
+CHECK_EAGER_SLACK = 1e-3
+
+
+@dataclass
+class Artifact:
+    """One compilation: everything derived from the model's structure and input features."""
+
+    features: tuple[int, ...]
+    traced: Graph
+    optimized: Graph
+    pass_dumps: list[tuple[str, str]]
+    plan: ModulePlan
+    engine: JitEngine  # owns the machine code: it lives as long as the artifact
+    call: CompiledCall
+    params: LiveParams
+    guard: StructureGuard
+    speed_level: int
+    cache_hit: bool
+    compile_ms: float
+    lead_shapes: dict = field(default_factory=dict)  # leading dims of the input -> eager output shape
+
+    def hot_table(self) -> tuple | None:
+        """The last call's parameter table while the model's structure and parameter arrays are
+        unchanged (the hot path's two checks), else None."""
+        guard = self.guard
+        return self.params.hot_table(guard.held) if guard.same() else None
+
+
+def feature_shape(input_shape: Any) -> tuple[int, ...]:
+    shape = tuple(input_shape)
+    if len(shape) < 2 or any(not is_whole_number(d) or d <= 0 for d in shape[1:]):
+        raise ValueError(
+            f"input_shape must be (batch, features...) with positive feature sizes, e.g. (None, 784); "
+            f"got {input_shape!r}"
+        )
+    return tuple(int(d) for d in shape[1:])
+
+
+def checked_speed_level(level: Any) -> int:
+    if is_whole_number(level) and level in SPEED_LEVELS:
+        return int(level)
+    raise ValueError(f"speed_level must be one of {', '.join(map(str, SPEED_LEVELS))} (LLVM's pipeline levels); "
+                     f"got {level!r}")
+
+
+def build(model: Any, features: tuple[int, ...], *, passes: list | None, speed_level: int,
+          threads: int | None, scratch: ScratchPool) -> Artifact:
+    """Compile `model` for inputs (N, *features); the caller holds the model's lock."""
+    start = time.perf_counter()
+    traced = trace(model, (None, *features))
+    dumps: list[tuple[str, str]] = [("traced", format_graph(traced))]
+    log("graph", "traced graph of %s:\n%s", type(model).__name__, dumps[0][1])
+
+    def after_pass(name: str, g: Graph, changed: bool) -> None:
+        dumps.append((name, format_graph(g)))
+        log("passes", "after %s (%s):\n%s", name, "changed" if changed else "no change", dumps[-1][1])
+
+    optimized = run_pipeline(traced, passes, on_pass=after_pass)
+    plan, engine, key, hit = codegen(optimized, speed_level)
+    shapes = [tuple(optimized.shape(p)) for p in plan.params]
+    kernel = NativeKernel(engine, plan, features, shapes)
+    artifact = Artifact(
+        features=features, traced=traced, optimized=optimized, pass_dumps=dumps, plan=plan, engine=engine,
+        call=CompiledCall(kernel, features, flops_per_row(optimized), threads, scratch),
+        params=LiveParams(model, [optimized[p]["path"] for p in plan.params], shapes, kernel.pack),
+        guard=StructureGuard(model), speed_level=speed_level, cache_hit=hit,
+        compile_ms=(time.perf_counter() - start) * 1e3,
+    )
+    log("compile", "compiled %s for input (N, %s) in %.1f ms (cache key %s, %s)", type(model).__name__,
+        ", ".join(map(str, features)), artifact.compile_ms, key[:16], "cache hit" if hit else "built")
+    if channel("llvm"):
+        log("llvm", "LLVM IR:\n%s", llvm_ir(artifact))
+    if channel("asm"):
+        log("asm", "assembly:\n%s", assembly(llvm_ir(artifact), speed_level))
+    return artifact
+
+
+def codegen(g: Graph, speed_level: int) -> tuple[ModulePlan, JitEngine, str, bool]:
+    """Lower and JIT-compile g, or load its object code from the on-disk cache: (plan, engine, cache
+    key, whether the cache had it)."""
+    width = host().vector_width
+    key = cache.cache_key(graph_fingerprint(g, width), {"speed_level": speed_level})
+    hit = cache.load(key)
+    if hit is not None:
+        meta, object_code = hit
+        try:
+            plan, engine = ModulePlan.from_meta(meta, g, width), JitEngine(object_code=object_code)
+            engine.address(plan.entry)
+        except Exception as exc:  # an authentic entry that does not fit this graph: rebuild, never trust it
+            log("compile", "cache entry %s unusable (%s); rebuilding", key[:16], exc)
+        else:
+            return plan, engine, key, True
+    try:
+        plan = lower_graph(g, width)
+    except LoweringError as exc:
+        raise CompileError(str(exc)) from exc
+    engine = JitEngine(plan.llvm_ir, speed_level=speed_level)
+    cache.store(key, plan.to_meta(), engine.object_code)
+    return plan, engine, key, False
+
+
+def llvm_ir(art: Artifact) -> str:
+    if not art.plan.llvm_ir:  # loaded from the cache: lower again to show the IR
+        art.plan.llvm_ir = lower_graph(art.optimized, host().vector_width).llvm_ir
+    return art.plan.llvm_ir
+
+
+def stage_text(art: Artifact, stage: str) -> str:
+    """Text of one stage: 'traced', 'optimized', 'llvm' (before and after LLVM passes), 'asm'."""
+    if stage not in STAGES:
+        raise ValueError(f"unknown dump stage {stage!r}; stages are {', '.join(STAGES)}")
+    if stage == "traced":
+        return format_graph(art.traced)
+    if stage == "optimized":
+        return format_graph(art.optimized)
+    text = llvm_ir(art)
+    if stage == "llvm":
+        return ("; ==== generated LLVM IR (before LLVM optimization) ====\n" + text
+                + f"\n; ==== after LLVM optimization (speed_level={art.speed_level}) ====\n"
+                + optimized_ir(text, art.speed_level))
+    return assembly(text, art.speed_level)
+
+
+def eager_out_shape(model: Any, art: Artifact, lead: tuple[int, ...]) -> tuple[int, ...]:
+    """The output shape eager gives an input of shape (*lead, *features), lead not one batch dimension.
+
+    Rows are computed the same either way; only the shape can differ (a reshape(-1, ...) in the
+    model flattens leading dimensions), so it is traced once per leading shape and remembered."""
+    known = art.lead_shapes.get(lead)
+    if known is not None:
+        return known
+    out_row = art.call.out_row
+    rows_out = math.prod(lead) * math.prod(out_row)
+    try:
+        g = trace(model, (*lead, *art.features))
+        shape = tuple(g.shape(g.args(g.nodes("output")[0])[0]))
+    except Exception as exc:
+        raise ValueError(f"this model cannot take an input of shape {(*lead, *art.features)} ({exc}); "
+                         f"pass a batch of shape (batch, {', '.join(map(str, art.features))})") from None
+    if math.prod(shape) != rows_out:
+        raise ValueError(f"for an input of shape {(*lead, *art.features)} this model returns shape {shape}, "
+                         f"not {math.prod(lead)} rows of {out_row}; "
+                         f"pass a batch of shape (batch, {', '.join(map(str, art.features))})")
+    if len(art.lead_shapes) < 64:  # bounded: a stream of odd shapes must not grow memory
+        art.lead_shapes[lead] = shape
+    return shape
+
+
+def check_against_eager(model: Any, art: Artifact, arr: np.ndarray, compiled: np.ndarray) -> None:
+    """check=True: raise ParityError unless `compiled` (the output for input `arr`) passes the
+    parity rule against the eager model in eval mode, both judged by the traced graph in float64."""
+    if compiled.size == 0:
+        return
+    with eval_mode(model):
+        eager = np.asarray(model(Tensor(arr)).data)
+    params64 = {p: np.asarray(v, np.float64)
+                for p, v in zip(art.plan.params, art.params.arrays(strict=True) or [], strict=True)}
+    rows = arr.reshape(-1, *art.features)
+    # the traced graph, not the fused one: overflow inside a linear's pre-activation must show
+    ref = reference_and_overflow(art.traced, rows, params64)
+    report = check_parity(compiled.reshape(len(rows), -1), eager.reshape(len(rows), -1),
+                          ref.values.reshape(len(rows), -1), max_eager_error=CHECK_EAGER_SLACK,
+                          overflow_rows=ref.overflow_rows, rounding=ref.rounding.reshape(len(rows), -1))
+    if not report.ok:
+        raise ParityError(f"compiled output differs from the eager model: {report}")
+
+
+def flops_per_row(g: Graph) -> int:
+    total = 0
+    for n in g.nodes():
+        shape = g.shape(n)
+        if not shape or shape[0] is not None:
+            continue
+        if g.op(n) in ("linear", "matmul"):
+            total += 2 * g.shape(g.args(n)[1])[0] * math.prod(shape[1:])
+        else:
+            total += math.prod(shape[1:])
+    return total

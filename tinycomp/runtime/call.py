@@ -1,0 +1,145 @@
+"""The per-call path of a compiled model: input array in, output array out.
+
+`as_input_array` checks what the caller passed; `CompiledCall` turns an input of any leading shape
+into rows, sizes and allocates the output (refusing a batch the machine cannot hold before anything
+is allocated), converts the input once, and runs the native entry on the calling thread or split in
+row chunks across the worker pool. `CompiledCall.hot` is the same call in ~4 us of Python for the
+common case. Arrays and pointers only: the model, its Tensors and its parameters stay with the
+caller, which hands in the parameter pointer table (see `binding.LiveParams`).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import math
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import numpy as np
+
+from ..aligned import float32_copy
+from .buffers import CHECK_ABOVE, ScratchPool, as_native_float32, check_allocation, data_pointer
+from .kernel import NativeKernel
+from .threads import one_part_rows, parallel_parts, shared_pool, split_rows
+
+_F32 = np.dtype(np.float32)
+
+
+def as_input_array(x: Any) -> np.ndarray:
+    """The input (an ndarray or nested lists of numbers) as an ndarray of a number dtype, not yet
+    converted or copied: the caller checks sizes first."""
+    if isinstance(x, np.ndarray):
+        arr = x
+    else:
+        try:
+            arr = float32_copy(x)  # raises TypeError for strings, objects, ragged lists
+        except TypeError as exc:
+            raise TypeError(f"compiled model input must be a Tensor, a NumPy array or a (nested) list of numbers; "
+                            f"{exc}") from None
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(f"compiled model input must hold numbers (bool, int or float, cast to float32 as Tensor "
+                        f"does); got an array of dtype {arr.dtype}")
+    if arr.ndim == 0:
+        raise ValueError(f"compiled model input must be a batch (batch, features...), or one sample; "
+                         f"got a 0-D value {arr!r}")
+    return arr
+
+
+class HotTables(Protocol):
+    def hot_table(self) -> tuple | None:
+        """The last call's (..., pointer table) if the model and its parameters are unchanged, else None.
+        The caller holds the returned tuple until the native call returns (it keeps the weights alive)."""
+
+
+class CompiledCall:
+    """The native entry of one compilation with everything a call needs to run it safely."""
+
+    def __init__(self, kernel: NativeKernel, features: tuple[int, ...], flops_per_row: int,
+                 threads: int | None, scratch: ScratchPool):
+        self.kernel, self.plan, self.features = kernel, kernel.plan, tuple(features)
+        self.flops_per_row, self.threads, self.scratch = flops_per_row, threads, scratch
+        self.out_row = tuple(kernel.plan.out_shape[1:])
+        self.ndim = 1 + len(self.features)
+        # memory a call needs per batch row: output, scratch, and a converted copy of the input
+        self.bytes_per_row = 4 * (math.prod(self.out_row) + self.plan.scratch_per_row + math.prod(self.features))
+        # the hot path runs on the calling thread and checks no memory: batches `run` would too
+        self.hot_rows = one_part_rows(flops_per_row, threads, (CHECK_ABOVE - 1) // self.bytes_per_row)
+
+    def hot(self, arr: Any, tables: HotTables) -> np.ndarray | None:
+        """The common call: a C-contiguous batch of numbers (cast to float32) of the compiled feature
+        shape, small enough for one thread and no memory check, with the model's structure and
+        parameter arrays as last time. Anything else returns None and takes the full path, which
+        handles (and names) every other case; both run the same native code on the same checks."""
+        if type(arr) is not np.ndarray or arr.shape[1:] != self.features:
+            return None
+        rows = arr.shape[0]
+        if not (0 < rows <= self.hot_rows and arr.ndim == self.ndim):
+            return None
+        if arr.dtype is not _F32:  # e.g. float64 from np.random: cast as Tensor does (hot_rows allows the copy)
+            if arr.dtype.kind not in "biuf":
+                return None
+            arr = np.ascontiguousarray(arr, _F32)
+        flags = arr.flags
+        if not (flags.c_contiguous and flags.aligned):
+            return None
+        hot = tables.hot_table()  # held until the call returns: it keeps the weights alive
+        if hot is None:
+            return None
+        out = np.empty((rows, *self.out_row), _F32)
+        scratch = self.scratch.pointer(self.plan.scratch_floats(rows))
+        self.kernel.call(rows, data_pointer(arr), data_pointer(out), scratch, ctypes.addressof(hot[-1]))
+        return out
+
+    def rows(self, arr: np.ndarray, out_shape_for: Callable[[tuple[int, ...]], tuple[int, ...]]) -> tuple[int, tuple]:
+        """(rows, output shape) of a (batch, *features) input, one sample, or several leading
+        dimensions (whose output shape `out_shape_for(leading dims)` gives)."""
+        features = self.features
+        nf = len(features)
+        if arr.ndim == nf + 1 and arr.shape[1:] == features:
+            return arr.shape[0], (arr.shape[0], *self.out_row)
+        if arr.ndim >= nf and arr.shape[arr.ndim - nf:] == features:
+            lead = arr.shape[: arr.ndim - nf]
+            return math.prod(lead), out_shape_for(lead)
+        expected = "(batch, " + ", ".join(map(str, features)) + ")"
+        what = "rank" if arr.ndim < nf else "feature shape"
+        raise ValueError(
+            f"compiled model expects input of shape {expected} (or {tuple(features)} for one sample); "
+            f"got shape {arr.shape} (wrong {what})"
+        )
+
+    def buffers(self, arr: np.ndarray, rows: int) -> tuple[np.ndarray, np.ndarray]:
+        """(the input as native float32, an output of `rows` rows to fill): a batch too large for
+        memory is a MemoryError before either is allocated."""
+        if rows * self.bytes_per_row >= CHECK_ABOVE:  # /proc/meminfo only for big batches: batch 1 is hot
+            need = rows * self.bytes_per_row + 4 * self.plan.scratch_fixed
+            check_allocation(need, f"a batch of {rows:,} rows (output {(rows, *self.out_row)}, scratch and input copy)")
+        try:
+            x32 = as_native_float32(arr)
+            out = np.empty((rows, *self.out_row), np.float32)  # kernels need float, not line, alignment
+        except MemoryError:
+            raise MemoryError(f"cannot allocate the output {(rows, *self.out_row)} float32 "
+                              f"({4 * rows * math.prod(self.out_row):,} bytes) for a batch of {rows:,} rows; "
+                              "split the batch into smaller ones") from None
+        return x32, out
+
+    def run(self, x32: np.ndarray, table: ctypes.Array, out: np.ndarray) -> None:
+        """out = the model on the rows of x32 (from `buffers`), split across threads where it pays;
+        `table` is the entry's parameter pointer table, whose arrays the caller keeps alive until
+        this returns."""
+        x = x32 if x32.ndim == self.ndim else x32.reshape(-1, *self.features)
+        kernel, rows = self.kernel, x.shape[0]
+        if not rows:
+            return
+        kernel.check_io(x, out)
+        x_ptr, out_ptr, table_ptr = data_pointer(x), data_pointer(out), ctypes.addressof(table)
+        parts = parallel_parts(rows, self.flops_per_row, self.threads)
+        if parts <= 1:
+            kernel.call(rows, x_ptr, out_ptr, self.scratch.pointer(self.plan.scratch_floats(rows)), table_ptr)
+            return
+
+        def chunk(lo: int, hi: int) -> None:  # rows lo..hi, each thread with its own scratch
+            kernel.call(hi - lo, x_ptr + lo * kernel.in_bytes, out_ptr + lo * kernel.out_bytes,
+                        self.scratch.pointer(self.plan.scratch_floats(hi - lo)), table_ptr)
+
+        shared_pool().run([functools.partial(chunk, lo, hi) for lo, hi in split_rows(rows, parts)])
