@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from .frontend.layers import Layer, Sequential, model_lock, reachable
+from .frontend.live_reads import is_numeric_array
 from .frontend.tensor import Tensor
 from .frontend.tracer import resolve_path
 from .runtime.buffers import as_native_float32, data_pointer
@@ -63,10 +64,6 @@ class StructureGuard:
         self.model = model  # its lock guards the slow check: tracing and check=True change what it reads
         # live views (dict values, lists, tuples) of every container the tracer could walk
         self.views: list[Any] = [v for v in map(_container_view, reachable(model)) if v is not None]
-        # arrays held now are traced as constants (held here, so their ids stay theirs); an array
-        # bound later in place of a parameter Tensor is read live like one
-        self.const_arrays = [v for view in self.views for v in view if isinstance(v, np.ndarray)]
-        self.const_ids = {id(a) for a in self.const_arrays}
         self.lengths: tuple[int, ...] = ()
         self.held: tuple = ()
         self._refresh_fast()
@@ -93,7 +90,7 @@ class StructureGuard:
             for key, value in items:
                 if key == "training" and isinstance(value, bool):
                     continue
-                if isinstance(value, Tensor) or (isinstance(value, np.ndarray) and id(value) not in self.const_ids):
+                if isinstance(value, Tensor) or is_numeric_array(value):  # both read live, by path
                     entry.append((key, _TENSOR, tensors.setdefault(id(value), len(tensors))))
                 else:
                     entry.append((key, id(value)))
@@ -122,9 +119,9 @@ def _container_view(obj: Any) -> Iterable[Any] | None:
     return None
 
 
-# (the guard's held tuple, the parameter slots, the array in each, their pointer table): see
-# LiveParams.hot_table
-HotTable = tuple[tuple, list[Any], list[np.ndarray], ctypes.Array]
+# (the guard's held tuple, the parameter slots, the array in each, their pointer table, the arrays'
+# layouts then): see LiveParams.hot_table
+HotTable = tuple[tuple, list[Any], list[np.ndarray], ctypes.Array, list[tuple]]
 
 
 class LiveParams:
@@ -151,7 +148,7 @@ class LiveParams:
         # every owner a plain attribute holder: the slots are read with one map(getattr, ...)
         self._plain = all(type(owner) not in _CONTAINERS for owner, _ in self.owners)
         self._objs, self._steps = [o for o, _ in self.owners], [s for _, s in self.owners]
-        self._seen: list[tuple[Any, int]] = [(None, 0)] * len(paths)
+        self._seen: list[tuple[Any, int, tuple]] = [(None, 0, ())] * len(paths)  # (array, pointer, layout)
         self._hot: HotTable | None = None  # see hot_table
 
     def current(self) -> list[Any]:
@@ -182,23 +179,23 @@ class LiveParams:
 
         Valid while the structure guard has not refreshed since (`held` is the guard's tuple of held
         objects, the same object until it refreshes): its identity check then already found every
-        slot holding the same Tensor, so only each Tensor's array and shape are checked here.
+        slot holding the same Tensor or array, so only each array and its layout are checked here.
         """
         hot = self._hot
         if hot is None or hot[0] is not held:
             return None
         now = list(map(_DATA, hot[1]))
-        if not all(map(operator.is_, now, hot[2])) or list(map(_SHAPE, now)) != self.shapes:
-            return None
+        if not all(map(operator.is_, now, hot[2])) or list(map(_LAYOUT, now)) != hot[4]:
+            return None  # another array, or this one's dtype, shape or strides changed in place
         return hot
 
     def remember(self, held: tuple, table: ctypes.Array, used: list[np.ndarray]) -> None:
         """Offer a table just used to `hot_table` (the caller checked the guard, then called `table`),
         if every slot still holds a Tensor whose array is the one the table points into: a thread
         that rebound a parameter during the call has a newer table, and this one is stale."""
-        slots = self.current()
-        if all(type(v) is Tensor for v in slots) and all(map(operator.is_, map(_DATA, slots), used)):
-            self._hot = (held, slots, used, table)
+        slots = [v if type(v) is Tensor else _ArraySlot(v) for v in self.current()]
+        if all(map(operator.is_, map(_DATA, slots), used)):
+            self._hot = (held, slots, used, table, list(map(_LAYOUT, used)))
 
     def table(self) -> tuple[ctypes.Array, list[np.ndarray]] | None:
         """(pointer table, the array behind each pointer), or None if a shape changed. The caller
@@ -210,8 +207,8 @@ class LiveParams:
         now = self.current()
         for i, value in enumerate(now):
             data = value.data if isinstance(value, Tensor) else value
-            known, ptr = seen[i]
-            if data is known and data.shape == self.shapes[i]:  # validated when first seen
+            known, ptr, layout = seen[i]
+            if data is known and _LAYOUT(data) == layout:  # validated when first seen, not changed in place since
                 ptrs.append(ptr)
                 used.append(data)
                 continue
@@ -220,11 +217,23 @@ class LiveParams:
                 return None
             array = arrays[i]
             if array is data:  # natively readable as it stands: remember it
-                seen[i] = (data, data_pointer(data))
+                seen[i] = (data, data_pointer(data), _LAYOUT(data))
             ptrs.append(data_pointer(array))
             used.append(array)
         return self.pack(ptrs), used
 
 
-_DATA, _SHAPE = operator.attrgetter("data"), operator.attrgetter("shape")
+_DATA = operator.attrgetter("data")
+# What an array can change in place (`a.shape = `, `a.dtype = np.int32`, `a.strides = `) while
+# staying the same object: the native code must not read it as the float32 array it was.
+_LAYOUT = operator.attrgetter("shape", "dtype", "strides")
+
+
+class _ArraySlot:
+    """A parameter slot holding a NumPy array itself, read like a Tensor's `.data` by the hot path."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: Any):
+        self.data = data
 _CONTAINERS = (list, tuple, dict, Sequential)

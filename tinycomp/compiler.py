@@ -43,9 +43,9 @@ class CompiledModel:
       parameter to a Tensor or array of the same shape show in the next call.
     - Structural changes (a parameter rebound to another shape, a layer appended to a `Sequential`,
       a sub-layer or non-Tensor attribute replaced, tied weights untied) are noticed at the next call,
-      which recompiles (`stats.compiles` goes up). NumPy arrays that are not parameters are traced as
-      constants: rebinding one recompiles, editing one in place is not seen. Changing a layer's
-      class or its class's `forward` after compiling is not seen either: compile again.
+      which recompiles (`stats.compiles` goes up). A layer's plain NumPy arrays are read live like
+      parameters; what a trace could only freeze is refused (README: "What is read live").
+      Changing a layer's class or its class's `forward` after compiling is not seen: compile again.
     - Input: a Tensor, array or list of numbers of shape (batch, *features) or one sample (*features);
       any number dtype is cast to float32 as `Tensor` does; any strides, alignment or read-only flag.
       Bad input raises TypeError/ValueError naming what was expected and what was given; a batch too

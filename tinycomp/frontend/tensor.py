@@ -84,7 +84,10 @@ class Tensor:
     _tracer: Any = None  # set on symbolic tensors only (see frontend/tracer.py)
 
     def __init__(self, data: Any, requires_grad: bool = False):
-        self.data = to_float32(data)
+        tracer = getattr(tracing, "tracer", None)
+        # while tracing, `Tensor(p)` of a parameter is a copy that stands for p: read live, not frozen
+        if tracer is None or not tracer.live.adopt_copy(self, data):
+            self.data = to_float32(data)
         self.requires_grad = bool(requires_grad)
         self.grad: Tensor | None = None
 
@@ -124,6 +127,9 @@ class Tensor:
         return self.data
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        tracer = getattr(tracing, "tracer", None)
+        if tracer is not None:  # np.asarray(parameter) while tracing: a plain array the trace would freeze
+            tracer.live.check_conversion(self)
         return self.data if dtype is None else self.data.astype(dtype)
 
     def __len__(self) -> int:
@@ -131,7 +137,7 @@ class Tensor:
 
     def __repr__(self) -> str:
         grad = ", requires_grad=True" if self.requires_grad else ""
-        body = np.array2string(self.data, precision=4, threshold=20, edgeitems=3, separator=", ")
+        body = np.array2string(np.asarray(self.data), precision=4, threshold=20, edgeitems=3, separator=", ")
         return f"Tensor(data={body}, shape={self.shape}{grad})"
 
     # ------------------------------------------------------------ arithmetic
@@ -246,7 +252,7 @@ class Tensor:
     def __getitem__(self, key: Any) -> Tensor:
         if _traced_parameter(self):  # a copy made now would not follow later changes to the parameter
             tracer = tracing.tracer
-            raise CompileError(f"{tracer.where()} indexes the parameter '{tracer.tensor_paths[id(self)]}'; "
+            raise CompileError(f"{tracer.where()} indexes the parameter '{tracer.path_of(self)}'; "
                                "indexing is not in the op table, so it cannot be compiled (make the slice a "
                                "parameter of its own, outside forward())")
         return Tensor(self.data[key])

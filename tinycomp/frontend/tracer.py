@@ -23,6 +23,7 @@ from ..ir.graph import Graph
 from ..ir.ops import LEAVES, OPS, REDUCTIONS, combined_axes, fmt_shape
 from . import tensor as tensor_module
 from .layers import Layer, Sequential, model_lock
+from .live_reads import LiveReads, TracedArray, is_numeric_array
 from .tensor import Tensor, apply_op
 
 # NumPy ufuncs that mean the same as a table op; `ndarray + symbolic` arrives here.
@@ -42,7 +43,7 @@ def _children(obj: Any) -> Iterator[tuple[str, Any]]:
     elif isinstance(obj, dict):
         items = obj.items()
         steps = [str(k) for k in obj]
-        walked = [k for k, v in obj.items() if isinstance(v, _WALKED)]  # keys of what paths must name
+        walked = [k for k, v in obj.items() if _walked(v)]  # keys of what paths must name
         bad = next((k for k in walked if "." in str(k) or steps.count(str(k)) > 1), None)
         if bad is not None:
             raise CompileError(f"a dict in the model has the key {bad!r}, which tinycomp cannot name as a path "
@@ -52,15 +53,18 @@ def _children(obj: Any) -> Iterator[tuple[str, Any]]:
     else:
         items = vars(obj).items()
     for key, value in items:
-        if isinstance(value, _WALKED):
+        if _walked(value):
             yield str(key), value
 
 
-_WALKED = (Tensor, Layer, list, tuple, dict)  # what the walk enters (and so names by path)
+def _walked(value: Any) -> bool:
+    """What the walk enters, and so names by path: layers, containers, Tensors and numeric arrays."""
+    return isinstance(value, (Tensor, Layer, list, tuple, dict)) or is_numeric_array(value)
 
 
 def walk_model(model: Any) -> tuple[dict[int, str], list[tuple[Layer, str]]]:
-    """Map id(Tensor) -> first attribute path, and list every Layer with its path (cycle-safe)."""
+    """Map id(Tensor or numeric array) -> first attribute path, and list every Layer with its path
+    (cycle-safe)."""
     tensors: dict[int, str] = {}
     layers: list[tuple[Layer, str]] = []
     seen: set[int] = set()
@@ -69,7 +73,7 @@ def walk_model(model: Any) -> tuple[dict[int, str], list[tuple[Layer, str]]]:
         if id(obj) in seen:
             return
         seen.add(id(obj))
-        if isinstance(obj, Tensor):
+        if isinstance(obj, (Tensor, np.ndarray)):
             tensors[id(obj)] = path
             return
         if isinstance(obj, Layer):
@@ -241,7 +245,8 @@ class Tracer:
         self.training = bool(training)
         self.graph = Graph()
         self.tensor_paths, self.layers = walk_model(model)
-        self.param_nodes: dict[int, str] = {}  # id(Tensor) -> node: a Tensor used twice is one node
+        self.param_nodes: dict[int, str] = {}  # id(Tensor or array) -> node: one used twice is one node
+        self.live = LiveReads(self)  # the model's arrays as the traced forward() sees them
         self.stack: list[tuple[Any, str]] = [(model, "")]
         self.batch = BatchSize(self)
 
@@ -279,21 +284,45 @@ class Tracer:
                 "compiled code runs every sample on its own: reduce over the feature axes (e.g. axis=-1)")
 
     def owns_any(self, operands: tuple) -> bool:
-        return any(isinstance(x, Tensor) and id(x) in self.tensor_paths for x in operands)
+        """Is any operand the model's own Tensor or array (or a stand-in for one): read live?"""
+        return any(self.live.original(x) is not None for x in operands)
+
+    def owner_of(self, path: str) -> tuple[str, str]:
+        """(the layer holding the value at `path`, described; how that layer's code names it: `w`,
+        `arrays[1]`, `table['scale']`)."""
+        layer, at = max(((lay, p) for lay, p in self.layers if not p or path.startswith(p + ".")),
+                        key=lambda lp: len(lp[1]))
+        obj, name = layer, ""
+        for step in (path[len(at) + 1:] if at else path).split("."):
+            if isinstance(obj, dict):
+                key = next(k for k in obj if str(k) == step)
+                name, obj = f"{name}[{key!r}]", obj[key]
+            elif isinstance(obj, (list, tuple)) or (isinstance(obj, Sequential) and step.isdigit()):
+                name, obj = f"{name}[{step}]", resolve_path(obj, step)
+            else:
+                name, obj = f"{name}.{step}" if name else step, getattr(obj, step)
+        return _describe(layer, at), name
+
+    def path_of(self, x: Any) -> str:
+        return self.tensor_paths[id(self.live.original(x))]
 
     def operand(self, x: Any, op: str) -> str:
         if isinstance(x, SymbolicTensor):
             if x._tracer is not self:
                 raise CompileError(f"{self.where()} mixes a tensor from another trace into {op}")
             return x.node
-        if isinstance(x, Tensor) and id(x) in self.tensor_paths:
-            return self.param(x)
+        original = self.live.original(x)
+        if original is not None:
+            return self.param(original)
+        if isinstance(x, TracedArray) and x._reads is self.live:
+            raise self.live.stale_error(x, f"passes to {op}")  # a view or copy of a model array
         if isinstance(x, (Tensor, np.ndarray)) or (isinstance(x, numbers.Real) and not isinstance(x, bool)):
             value = np.array(x, dtype=np.float32)  # a snapshot: not owned by the model, so not live
             return self.graph.add("const", shape=value.shape, value=value, layer=self.stack[-1][1])
         raise CompileError(f"{self.where()} passes a {type(x).__name__} to op {op!r}; expected a Tensor or number")
 
-    def param(self, t: Tensor) -> str:
+    def param(self, t: Tensor | np.ndarray) -> str:
+        """The param node of one of the model's Tensors or arrays (its node `value`, read live)."""
         if id(t) not in self.param_nodes:
             path = self.tensor_paths[id(t)]
             # a weight named like the input or the output node (`x`, `output`) gets a prefix
@@ -329,16 +358,19 @@ class Tracer:
         """Layers see `training` and report their path; the user's model is restored afterwards
         (`trace` holds the model's lock throughout)."""
         missing = object()
+        stack = contextlib.ExitStack()
         saved = [(layer, vars(layer).get("training", missing), vars(layer).get("forward", missing))
                  for layer, _ in self.layers]
         outer, tensor_module.tracing.tracer = getattr(tensor_module.tracing, "tracer", None), self
         try:
+            stack.enter_context(self.live.swapped(self.model))
             for layer, path in self.layers:
                 layer.training = self.training
                 if path:  # the root's frame is the bottom of the stack already
                     setattr(layer, "forward", self.wrap_forward(layer, path))  # noqa: B010 - per instance
             yield
         finally:
+            stack.close()
             tensor_module.tracing.tracer = outer
             for layer, training, forward in saved:
                 for attr, old in (("training", training), ("forward", forward)):
