@@ -119,9 +119,9 @@ def _container_view(obj: Any) -> Iterable[Any] | None:
     return None
 
 
-# (the guard's held tuple, the parameter slots, the array in each, their pointer table, the arrays'
-# layouts then): see LiveParams.hot_table
-HotTable = tuple[tuple, list[Any], list[np.ndarray], ctypes.Array, list[tuple]]
+# (the guard's held tuple, the parameter slots, the array in each, the arrays' layouts then, their
+# pointer table: last, where callers take it): see LiveParams.hot_table
+HotTable = tuple[tuple, list[Any], list[np.ndarray], list[tuple], ctypes.Array]
 
 
 class LiveParams:
@@ -185,7 +185,7 @@ class LiveParams:
         if hot is None or hot[0] is not held:
             return None
         now = list(map(_DATA, hot[1]))
-        if not all(map(operator.is_, now, hot[2])) or list(map(_LAYOUT, now)) != hot[4]:
+        if not all(map(operator.is_, now, hot[2])) or list(map(_LAYOUT, now)) != hot[3]:
             return None  # another array, or this one's dtype, shape or strides changed in place
         return hot
 
@@ -195,7 +195,7 @@ class LiveParams:
         that rebound a parameter during the call has a newer table, and this one is stale."""
         slots = [v if type(v) is Tensor else _ArraySlot(v) for v in self.current()]
         if all(map(operator.is_, map(_DATA, slots), used)):
-            self._hot = (held, slots, used, table, list(map(_LAYOUT, used)))
+            self._hot = (held, slots, used, list(map(_LAYOUT, used)), table)
 
     def table(self) -> tuple[ctypes.Array, list[np.ndarray]] | None:
         """(pointer table, the array behind each pointer), or None if a shape changed. The caller
