@@ -1,0 +1,210 @@
+"""tinycomp.dask.predict on the local threaded scheduler (no distributed.Client): results, the
+snapshot of the weights, and the errors. The cluster tests are in test_dask_cluster.py."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import warnings
+
+import numpy as np
+import pytest
+
+da = pytest.importorskip("dask.array", reason="tinycomp.dask needs the dask extra: pip install 'tinycomp[dask]'")
+tcd = pytest.importorskip("tinycomp.dask", reason="tinycomp.dask needs the dask extra")
+
+import tinycomp as tc  # noqa: E402
+from tests.dask_scoring.dask_cases import all_rows, in_process, slow_array  # noqa: E402
+from tests.models import CASES  # noqa: E402
+from tests.reliability.rel_helpers import assert_matches_eager  # noqa: E402
+from tinycomp.nn import Layer, Linear, Sequential, Tanh, Tensor  # noqa: E402
+
+
+def local(y):
+    return y.compute(scheduler="threads")
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_every_chunk_equals_the_in_process_run_eager_and_float64(name):
+    c = CASES[name]
+    model = c.build(seed=3)
+    x = c.sample(203, seed=4)
+    y = tcd.predict(model, da.from_array(x, chunks=((50, 0, 1, 97, 55), (c.in_features,))))
+    assert isinstance(y, da.Array) and y.dtype == np.float32 and y.chunks[0] == (50, 0, 1, 97, 55)
+    got = local(y)
+    np.testing.assert_array_equal(got, in_process(model, x, y.chunks[0]))  # bit for bit: same calls, same threads
+    assert_matches_eager(got, model, x)  # and the eager model within the parity rule (float64 reference)
+
+
+class PerPosition(Layer):
+    """(N, 3, 6) -> (N, 3, 4): a Linear over the last axis of a 3-D sample."""
+
+    def __init__(self):
+        self.fc = Linear(6, 4)
+        self.act = Tanh()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.act(self.fc(x))
+
+
+def test_rows_of_several_axes_and_rechunking_along_features_warns():
+    model = PerPosition()
+    x = np.random.default_rng(0).standard_normal((40, 3, 6), dtype=np.float32)
+    with pytest.warns(da.PerformanceWarning, match=r"rechunked to one chunk .* x.rechunk"):
+        y = tcd.predict(model, da.from_array(x, chunks=(16, 2, 6)))
+    assert y.shape == (40, 3, 4) and y.chunks == ((16, 16, 8), (3,), (4,))
+    got = local(y)
+    np.testing.assert_array_equal(got, in_process(model, x))
+    assert_matches_eager(got, model, x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # chunked along rows only: no warning
+        tcd.predict(model, da.from_array(x, chunks=(16, 3, 6)))
+
+
+def test_batch_rows_scores_each_chunk_in_slices():
+    c = CASES["reference_mlp"]
+    model, x = c.build(seed=1), c.sample(300, seed=2)
+    sliced = local(tcd.predict(model, da.from_array(x, chunks=(150, 784)), batch_rows=64))
+    np.testing.assert_array_equal(sliced, in_process(model, x, (64, 64, 22) * 2))  # slices of 64 in each chunk
+    assert_matches_eager(sliced, model, x)
+
+
+def test_dataframe_columns_by_name_in_the_given_order_keeping_the_index():
+    dd = pytest.importorskip("dask.dataframe")
+    pd = pytest.importorskip("pandas")
+    c = CASES["softmax_head"]  # 20 features
+    model = c.build(seed=5)
+    x = c.sample(90, seed=6)
+    names = [f"f{i}" for i in range(20)]
+    pdf = pd.DataFrame(x[:, ::-1], columns=names[::-1], index=pd.RangeIndex(1000, 1090, name="row"))
+    pdf["label"] = "text"  # not a feature: never read
+    ddf = dd.from_pandas(pdf, npartitions=3)
+    out = tcd.predict(model, ddf, columns=names, output_columns=[f"p{k}" for k in range(7)])
+    assert list(out.columns) == [f"p{k}" for k in range(7)] and out.npartitions == 3
+    got = out.compute(scheduler="threads")
+    assert (got.index == pdf.index).all() and (got.dtypes == np.float32).all()
+    np.testing.assert_array_equal(got.to_numpy(), in_process(model, x))
+    default = tcd.predict(model, ddf, columns=names).compute(scheduler="threads")
+    assert list(default.columns) == [f"y{k}" for k in range(7)]
+
+
+def test_a_compiled_model_keeps_its_options_and_compiled_shape():
+    c = CASES["residual_net"]
+    model, x = c.build(seed=7), c.sample(64, seed=8)
+    fast = tc.compile(model, input_shape=(None, 16), speed_level=2, check=True)
+    got = local(tcd.predict(fast, da.from_array(x, chunks=20)))
+    np.testing.assert_array_equal(got, fast(x).data)
+    with pytest.raises(ValueError, match=r"compiled for rows of shape \(16,\); the data has rows of shape \(8,\)"):
+        tcd.predict(fast, da.zeros((10, 8), chunks=5))
+
+
+def test_model_edited_between_predict_and_compute_is_scored_with_the_edited_weights():
+    c = CASES["list_dict_layer"]  # parameters in a list and a dict
+    model, x = c.build(seed=9), c.sample(120, seed=10)
+    y = tcd.predict(model, da.from_array(x, chunks=40))
+    model.heads[0].weight.data *= -1.5  # in place
+    model.branches["right"].bias = Tensor(np.full(3, 0.25))  # rebound
+    edited = in_process(model, x)
+    got = local(y)
+    np.testing.assert_array_equal(got, edited)
+    model.heads[1].bias.data += 1  # after the computation started: this result keeps its weights
+    np.testing.assert_array_equal(local(y), edited)
+    np.testing.assert_array_equal(local(tcd.predict(model, da.from_array(x, chunks=40))), in_process(model, x))
+
+
+def test_edits_while_computing_never_mix_weights_within_one_result():
+    model = Sequential(Linear(12, 8), Tanh(), Linear(8, 3))
+    x_lazy = slow_array(seed=1, chunks=16, rows=25, features=12, delay=0.02)
+    x = all_rows(1, 16, 25, 12)
+    biases = [np.zeros(3, np.float32), np.full(3, 100.0, np.float32)]
+    expected = []
+    for b in biases:
+        model.layers[2].bias.data[:] = b
+        expected.append(in_process(model, x))
+    for _ in range(3):
+        stop = threading.Event()
+
+        def flip(stop=stop):
+            i = 0
+            while not stop.is_set():
+                model.layers[2].bias = Tensor(biases[i % 2])  # one atomic edit: every state is one of two
+                i += 1
+
+        y = tcd.predict(model, x_lazy)
+        editor = threading.Thread(target=flip)
+        editor.start()
+        try:
+            got = local(y)
+        finally:
+            stop.set()
+            editor.join()
+        assert any(np.array_equal(got, e) for e in expected), "rows were scored with different weights"
+
+
+def test_compiled_once_per_process_for_a_structure_whatever_the_weights():
+    model = Sequential(Linear(7, 5), Tanh(), Linear(5, 2))
+    x = np.random.default_rng(3).standard_normal((60, 7), dtype=np.float32)
+    for scale in (1.0, 2.0, -3.0):
+        model.layers[0].weight.data *= scale
+        np.testing.assert_array_equal(local(tcd.predict(model, da.from_array(x, chunks=10))), in_process(model, x))
+    mine = [m for m in tcd.worker_stats()["models"] if m["rows"] and m["structure"] == _structure(model, (7,))]
+    assert len(mine) == 1 and mine[0]["compiles"] == 1 and mine[0]["threads"] == 1
+    assert mine[0]["weight_loads"] == 3 and mine[0]["rows"] == 180 and mine[0]["calls"] == 18
+
+
+def _structure(model, features):
+    from tinycomp.dask.snapshot import Snapshot
+
+    return Snapshot.take(model, {}, features, {}).key
+
+
+def test_bad_arguments_are_named():
+    model = CASES["reference_mlp"].build()
+    x = da.zeros((10, 784), chunks=5)
+    with pytest.raises(TypeError, match=r"dask.array.Array .* got numpy.ndarray"):
+        tcd.predict(model, np.zeros((10, 784)))
+    with pytest.raises(TypeError, match="CompiledModel or a model"):
+        tcd.predict("model", x)
+    with pytest.raises(ValueError, match=r"cannot take rows of shape \(100,\)"):
+        tcd.predict(model, da.zeros((10, 100), chunks=5))
+    with pytest.raises(ValueError, match="at least 2 dimensions"):
+        tcd.predict(model, da.zeros(784, chunks=100))
+    with pytest.raises(TypeError, match="dtype <U1|dtype <U"):
+        tcd.predict(model, da.from_array(np.full((4, 784), "a")))
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="batch_rows must be None .* or an int >= 1"):
+            tcd.predict(model, x, batch_rows=bad)
+    with pytest.raises(TypeError, match="columns= and output_columns= are for a dask DataFrame"):
+        tcd.predict(model, x, columns=["a"])
+
+
+def test_bad_dataframe_arguments_are_named():
+    dd = pytest.importorskip("dask.dataframe")
+    pd = pytest.importorskip("pandas")
+    model = Sequential(Linear(3, 2))
+    ddf = dd.from_pandas(pd.DataFrame({"a": [1.0, 2], "b": [3.0, 4], "c": [5, 6], "s": ["x", "y"]}), npartitions=1)
+    with pytest.raises(TypeError, match="needs columns="):
+        tcd.predict(model, ddf)
+    with pytest.raises(ValueError, match=r"missing \['z'\]"):
+        tcd.predict(model, ddf, columns=["a", "b", "z"])
+    with pytest.raises(ValueError, match="distinct"):
+        tcd.predict(model, ddf, columns=["a", "a", "b"])
+    with pytest.raises(TypeError, match="column 's' has dtype object|column 's' has dtype"):
+        tcd.predict(model, ddf, columns=["a", "b", "s"])
+    with pytest.raises(ValueError, match=r"cannot take rows of shape \(2,\)"):
+        tcd.predict(model, ddf, columns=["a", "b"])
+    with pytest.raises(ValueError, match="output_columns must be 2 distinct names"):
+        tcd.predict(model, ddf, columns=["a", "b", "c"], output_columns=["only"])
+    got = tcd.predict(model, ddf, columns=["a", "b", "c"]).compute(scheduler="threads")  # int column: cast
+    np.testing.assert_array_equal(got.to_numpy(), in_process(model, np.array([[1, 3, 5], [2, 4, 6]], np.float32)))
+
+
+def test_importing_tinycomp_does_not_import_dask_and_a_missing_dask_names_the_extra():
+    code = "import sys, tinycomp, tinycomp.nn; print('dask' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() \
+        == "False"
+    code = "import sys; sys.modules['dask'] = None; import tinycomp.dask"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.returncode != 0
+    assert "ImportError: tinycomp.dask needs Dask" in run.stderr and "pip install 'tinycomp[dask]'" in run.stderr

@@ -1,0 +1,184 @@
+"""Score Dask arrays and dataframes with a compiled model: `tinycomp.dask.predict(model, data)`.
+
+    import tinycomp.dask
+    y = tinycomp.dask.predict(model, x)            # x: dask.array (rows x features) -> lazy dask.array
+    out = tinycomp.dask.predict(model, df, columns=feature_names)   # -> lazy DataFrame of outputs
+
+Each chunk runs the compiled model on whatever runs the graph: the local threaded scheduler, or the
+workers of a `distributed.Client` (a LocalCluster or a multi-node cluster). Each worker process
+receives the model once per computation and compiles it once per structure (`worker.py`); the
+weights are taken once, when the computation starts (`snapshot.py`).
+
+Needs the optional dependencies: pip install 'tinycomp[dask]'.
+"""
+
+from __future__ import annotations
+
+try:
+    import dask
+    import dask.array as da
+except ImportError as exc:  # the one place that names the extra
+    raise ImportError(f"tinycomp.dask needs Dask, which is not installed here ({exc}); install tinycomp's "
+                      "dask extra: pip install 'tinycomp[dask]' (dask[distributed,dataframe] and pyarrow)") from None
+
+import math
+import sys
+import uuid
+import warnings
+from collections import Counter
+from typing import Any
+
+import numpy as np
+
+from .. import CompiledModel, trace
+from .snapshot import ModelRef, take_snapshot
+from .worker import score_block, score_frame, worker_stats
+
+__all__ = ["predict", "worker_stats"]
+
+
+def predict(fast_or_model: Any, data: Any, *, batch_rows: int | None = None, columns: Any = None,
+            output_columns: list[str] | None = None) -> Any:
+    """The model's output for every row of `data`, lazily: a dask.array, or a dask DataFrame.
+
+    - `fast_or_model`: a `CompiledModel` (its compile options are kept: check, passes,
+      speed_level; `threads` is each worker's share of its cores instead) or a model to compile.
+    - `data`: a `dask.array.Array` of shape (rows, *features), chunked along rows only (other
+      chunking is rechunked, with a PerformanceWarning), giving a float32 array of shape
+      (rows, *output); or a `dask.dataframe.DataFrame` with `columns=[...]` naming the feature
+      columns in order, giving a DataFrame with the same index and one float32 column per output
+      value (`output_columns`, by default y0, y1, ...).
+    - `batch_rows`: score each chunk in slices of at most this many rows (default: whole chunks).
+
+    The weights are those the model has when the computation starts (compute(), persist(), or the
+    submission to a cluster), taken once for the whole result: edits made before that are scored,
+    edits made while it runs are not, and the result never mixes the two. Computing the same
+    result again scores the same weights; call predict() again to score the model as it is then.
+    """
+    model, options, compiled_features = _model_and_options(fast_or_model)
+    if batch_rows is not None and (not isinstance(batch_rows, int) or isinstance(batch_rows, bool)
+                                   or batch_rows < 1):
+        raise ValueError(f"batch_rows must be None (whole chunks) or an int >= 1; got {batch_rows!r}")
+    dd = sys.modules.get("dask.dataframe")  # imported by whoever made a dask DataFrame
+    if dd is not None and isinstance(data, dd.DataFrame):
+        return _predict_frame(model, options, compiled_features, data, columns, output_columns, batch_rows)
+    if not isinstance(data, da.Array):
+        raise TypeError(f"predict() expects a dask.array.Array (rows x features) or a dask.dataframe.DataFrame "
+                        f"with columns=[...]; got {type(data).__module__}.{type(data).__name__}")
+    if columns is not None or output_columns is not None:
+        raise TypeError("columns= and output_columns= are for a dask DataFrame; a dask array's features are its "
+                        "axes after the first")
+    return _predict_array(model, options, compiled_features, data, batch_rows)
+
+
+def _model_and_options(fast_or_model: Any) -> tuple[Any, dict, tuple[int, ...] | None]:
+    """(model, compile options, the feature shape it was compiled for if it was)."""
+    if isinstance(fast_or_model, CompiledModel):
+        state = fast_or_model.__getstate__()  # what pickling keeps: the model and its options
+        shape = state["input_shape"]
+        return (state["model"], {k: state[k] for k in ("check", "passes", "speed_level")},
+                tuple(shape[1:]) if shape is not None else None)
+    if not callable(fast_or_model):
+        raise TypeError(f"predict() expects a tinycomp CompiledModel or a model (a Layer); "
+                        f"got {type(fast_or_model).__name__}")
+    return fast_or_model, {}, None
+
+
+def _output_row(model: Any, features: tuple[int, ...], compiled: tuple[int, ...] | None,
+                given: str) -> tuple[int, ...]:
+    """The shape of one output row, checking first that the model takes rows of `features`."""
+    if compiled is not None and compiled != features:
+        raise ValueError(f"the model was compiled for rows of shape {compiled}; {given} has rows of shape {features}")
+    try:
+        graph = trace(model, (None, *features))
+    except ValueError as exc:
+        raise ValueError(f"the model cannot take rows of shape {features} ({given}): {exc}") from None
+    shape = tuple(graph.shape(graph.output))
+    if not shape or shape[0] is not None:
+        raise ValueError(f"predict() needs a model whose output has one row per input row; for rows of shape "
+                         f"{features} this model returns shape {shape}")
+    return shape[1:]
+
+
+def _snapshot_task(model: Any, options: dict, features: tuple[int, ...], token: str) -> Any:
+    """The graph's one snapshot key: every chunk depends on it, so every chunk scores its weights."""
+    ref = ModelRef(token, model, options, features, _host_threads())
+    return dask.delayed(take_snapshot, pure=False)(ref, dask_key_name=f"tinycomp-snapshot-{token}")
+
+
+def _predict_array(model: Any, options: dict, compiled: tuple[int, ...] | None, data: Any,
+                   batch_rows: int | None) -> Any:
+    if data.ndim < 2:
+        raise ValueError(f"predict() expects rows x features (at least 2 dimensions); got a dask array of "
+                         f"shape {data.shape}")
+    if any(math.isnan(d) for d in data.shape[1:]):
+        raise ValueError(f"the feature dimensions of the data must be known; got shape {data.shape}")
+    if data.dtype.kind not in "biuf":
+        raise TypeError(f"predict() scores numbers (cast to float32); got a dask array of dtype {data.dtype}")
+    features = tuple(int(d) for d in data.shape[1:])
+    out_row = _output_row(model, features, compiled, "the data")
+    if any(len(c) > 1 for c in data.chunks[1:]):
+        warnings.warn(f"predict() needs whole rows in each chunk; the data is chunked {data.chunks[1:]} along its "
+                      f"feature axes, so it is rechunked to one chunk there (rows stay as they are); chunk it "
+                      f"along rows only, e.g. x.rechunk({{1: -1}}), to avoid this", da.PerformanceWarning,
+                      stacklevel=3)
+        data = data.rechunk({axis: -1 for axis in range(1, data.ndim)})
+    token = uuid.uuid4().hex
+    out_ndim = 1 + len(out_row)
+    axes: dict[str, list[int]] = {}
+    if out_ndim < data.ndim:
+        axes["drop_axis"] = list(range(out_ndim, data.ndim))
+    elif out_ndim > data.ndim:
+        axes["new_axis"] = list(range(data.ndim, out_ndim))
+    return da.map_blocks(score_block, data, _snapshot_task(model, options, features, token), batch_rows,
+                         name=f"tinycomp-predict-{token}", dtype=np.float32,
+                         chunks=(data.chunks[0], *((d,) for d in out_row)),
+                         meta=np.empty((0,) * out_ndim, np.float32), **axes)
+
+
+def _predict_frame(model: Any, options: dict, compiled: tuple[int, ...] | None, data: Any, columns: Any,
+                   output_columns: list[str] | None, batch_rows: int | None) -> Any:
+    import pandas as pd
+
+    if columns is None or isinstance(columns, (str, bytes)):
+        raise TypeError(f"predict() on a DataFrame needs columns=[...], the feature columns in the order the model "
+                        f"reads them; got columns={columns!r}")
+    columns = list(columns)
+    meta = data._meta
+    missing = [c for c in columns if c not in meta.columns]
+    if not columns or missing or len(set(columns)) != len(columns):
+        shown = f"{list(meta.columns)[:8]}{' ...' if len(meta.columns) > 8 else ''}"
+        raise ValueError(f"columns= must name distinct columns of the DataFrame; missing {missing}, given "
+                         f"{len(columns)} names, {len(set(columns))} distinct; the DataFrame has {shown}")
+    bad = [(c, meta[c].dtype) for c in columns if meta[c].dtype.kind not in "biuf"]
+    if bad:
+        raise TypeError(f"predict() scores numeric feature columns; column {bad[0][0]!r} has dtype {bad[0][1]}")
+    features = (len(columns),)
+    out_row = _output_row(model, features, compiled, f"columns= ({len(columns)} columns)")
+    width = math.prod(out_row)
+    names = [f"y{i}" for i in range(width)] if output_columns is None else list(output_columns)
+    if len(names) != width or len(set(names)) != width:
+        raise ValueError(f"output_columns must be {width} distinct names, one per output value of the model "
+                         f"(output rows of shape {out_row}); got {output_columns!r}")
+    out_meta = pd.DataFrame({n: np.empty(0, np.float32) for n in names}, index=meta.index[:0])
+    snapshot = _snapshot_task(model, options, features, uuid.uuid4().hex)
+    return data.map_partitions(score_frame, snapshot, columns, names, batch_rows, meta=out_meta)
+
+
+def _host_threads() -> dict[str, int]:
+    """Worker address -> Dask threads on that worker's host, from the default client's scheduler
+    (empty without one: chunks then run on a local scheduler)."""
+    distributed = sys.modules.get("distributed")
+    if distributed is None:
+        return {}
+    try:
+        client = distributed.default_client()
+    except ValueError:
+        return {}
+    if client.asynchronous:  # its cached scheduler info lists no workers: each takes 1 thread
+        return {}
+    workers = client.scheduler_info(n_workers=-1)["workers"]
+    per_host = Counter[str]()
+    for info in workers.values():
+        per_host[info["host"]] += info["nthreads"]
+    return {address: per_host[info["host"]] for address, info in workers.items()}
