@@ -31,22 +31,13 @@ from tinycomp.nn import Linear, ReLU, Sequential, Sigmoid, Tanh, Tensor  # noqa:
 
 
 @pytest.fixture(scope="module")
-def client(tmp_path_factory):
-    # The workers inherit the environment when they start: a cache folder of this module's own,
-    # shared by this process and both workers as processes of one user share ~/.cache/tinycomp.
-    saved = {k: os.environ.get(k) for k in ("TINYCOMP_CACHE_DIR", "TINYCOMP_CACHE")}
-    os.environ["TINYCOMP_CACHE_DIR"] = str(tmp_path_factory.mktemp("tinycomp-cache"))
-    os.environ.pop("TINYCOMP_CACHE", None)
-    try:
-        with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
-                                      silence_logs=logging.CRITICAL) as cluster, distributed.Client(cluster) as c:
-            yield c
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+def client(private_object_cache):
+    # The worker processes inherit this process's environment when they start: the suite's
+    # private cache folder and signing key (tests/conftest.py), which they share with this process
+    # as processes of one user share ~/.cache/tinycomp.
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                                  silence_logs=logging.CRITICAL) as cluster, distributed.Client(cluster) as c:
+        yield c
 
 
 def stats_for(client, key):
