@@ -26,6 +26,7 @@ from .frontend.tracer import trace
 from .ir.graph import Graph
 from .ir.passes import run_pipeline
 from .ir.printer import format_graph
+from .ir.summary import flops_per_row
 from .logs import channel, log
 from .parity import check_parity, reference_and_overflow
 from .runtime import cache
@@ -203,16 +204,3 @@ def check_against_eager(model: Any, art: Artifact, arr: np.ndarray, compiled: np
                           overflow_rows=ref.overflow_rows, rounding=ref.rounding.reshape(len(rows), -1))
     if not report.ok:
         raise ParityError(f"compiled output differs from the eager model: {report}")
-
-
-def flops_per_row(g: Graph) -> int:
-    total = 0
-    for n in g.nodes():
-        shape = g.shape(n)
-        if not shape or shape[0] is not None:
-            continue
-        if g.op(n) in ("linear", "matmul"):
-            total += 2 * g.shape(g.args(n)[1])[0] * math.prod(shape[1:])
-        else:
-            total += math.prod(shape[1:])
-    return total

@@ -10,7 +10,6 @@ NaN depends on its order (OpenBLAS's FMA chain, our partial sums), so no engine 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -18,7 +17,7 @@ import numpy as np
 
 from .ir.graph import Graph
 from .ir.interpret import interpret
-from .ir.ops import REDUCTIONS, reduced_axes
+from .ir.ops import op_def
 
 ATOL = 1e-6  # times max(1, max |reference|)
 F32_MAX = float(np.finfo(np.float32).max)
@@ -145,68 +144,8 @@ def reference_and_overflow(g: Graph, x: np.ndarray, params: dict[str, np.ndarray
 
 def rounding_magnitude(op: str, v: np.ndarray, a: list[np.ndarray], m: list[np.ndarray],
                        attrs: dict) -> np.ndarray:
-    """A first-order estimate of a value's float32 rounding error, in units of float32 epsilon.
-
-    Leaves are exact (0). A dot product of length K adds sqrt(K) * (|a| @ |w|) -- the magnitude of
-    the terms it cancels, with the usual random-walk growth -- and carries its inputs' estimates
-    through |w|; elementwise ops carry theirs through |f'(v)| and add a few ulps of |v| for their
-    own rounding (our vector exp/tanh/sigmoid/gelu are within 4 ulp). Ops it has no rule for
-    contribute nothing, so the rule stays strict there.
-    """
-    if op in ("input", "param", "const"):
-        return np.zeros_like(v)
-    av = np.abs(v)
-    if op in ("add", "sub"):
-        return m[0] + m[1] + av
-    if op == "mul":
-        return m[0] * np.abs(a[1]) + np.abs(a[0]) * m[1] + av
-    if op == "div":
-        return m[0] / np.abs(a[1]) + np.abs(a[0]) * m[1] / (a[1] * a[1]) + av
-    if op == "matmul":
-        k = a[0].shape[-1]
-        return (np.sqrt(k) * np.matmul(np.abs(a[0]), np.abs(a[1])) + np.matmul(m[0], np.abs(a[1]))
-                + np.matmul(np.abs(a[0]), m[1]))
-    if op == "pow":  # |d(x^c)/dx| = |c v / x|; the kernel rounds once
-        return m[0] * np.abs(a[1] * v / a[0]) + av
-    if op in REDUCTIONS:
-        return _reduction_rounding(op, a[0], m[0], attrs)
-    if op in _DERIVATIVES:
-        return m[0] * _DERIVATIVES[op](v, a[0]) + 4 * av
-    if op == "softmax":
-        dim = attrs.get("dim", -1)
-        return v * (m[0] + np.sum(v * m[0], axis=dim, keepdims=True)) + 4 * av
-    if op in ("neg", "abs", "dropout", "output"):
-        return m[0]
-    if op == "reshape":
-        return np.reshape(m[0], v.shape)
-    if op == "transpose":
-        return np.swapaxes(m[0], attrs["dim0"], attrs["dim1"])
-    return np.zeros_like(v)
-
-
-def _reduction_rounding(op: str, x: np.ndarray, m: np.ndarray, attrs: dict) -> np.ndarray:
-    """A sum of K terms in any order: sqrt(K) * sum |x| of its own, plus its terms' estimates;
-    max carries the estimate of what it picks; mean is the sum's over K."""
-    axes = reduced_axes(x.ndim, attrs.get("axis"))
-    keep = bool(attrs.get("keepdims"))
-    if op == "max":
-        return np.max(m, axis=axes, keepdims=keep) if x.size else np.zeros(())
-    count = math.prod(x.shape[i] for i in axes)
-    total = np.sum(m, axis=axes, keepdims=keep) + math.sqrt(count) * np.sum(np.abs(x), axis=axes, keepdims=keep)
-    return total / max(count, 1) if op == "mean" else total
-
-
-def _gelu_slope(v: np.ndarray, x: np.ndarray) -> np.ndarray:
-    s = 1 / (1 + np.exp(-1.702 * x))
-    return np.abs(s + 1.702 * x * s * (1 - s))
-
-
-_DERIVATIVES = {  # |f'(x)| from the output v (and the input x where needed)
-    "exp": lambda v, x: np.abs(v),
-    "log": lambda v, x: 1 / np.abs(x),
-    "sqrt": lambda v, x: 0.5 / np.abs(v),
-    "relu": lambda v, x: (x > 0).astype(v.dtype),
-    "sigmoid": lambda v, x: v * (1 - v),
-    "tanh": lambda v, x: 1 - v * v,
-    "gelu": _gelu_slope,
-}
+    """A first-order estimate of a value's float32 rounding error, in units of float32 epsilon: the
+    op's rounding rule from the registry (`ir/rounding.py` says how each is estimated). Leaves are
+    exact; an op without a rule contributes nothing, so the parity rule stays strict there."""
+    rule = op_def(op).rounding
+    return rule(v, a, m, attrs) if rule is not None else np.zeros_like(v)

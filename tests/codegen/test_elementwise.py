@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 from jit_util import c_function, f32_ptr, jit, new_module
 
-from tinycomp.codegen.elementwise import BINARY, KINDS, UNARY, emit_elementwise, emit_softmax
+from tinycomp.codegen.elementwise import KINDS, emit_elementwise, emit_softmax
+from tinycomp.codegen.vector_ops import VECTOR_OPS
+from tinycomp.ir.ops import ELEMENTWISE, OPS
 
 ROW_SIZES = (1, 3, 15, 16, 17, 100, 257, 1024)
 BATCHES = (0, 1, 7)
@@ -14,20 +16,7 @@ GUARD = 5  # extra elements after `out` that a kernel must never write
 SENTINEL = np.float32(-12345.0)
 
 
-# ---- float64 references ---------------------------------------------------------------------
-
-def _sigmoid(x):
-    e = np.exp(-np.abs(x))
-    return np.where(x >= 0, 1 / (1 + e), e / (1 + e))
-
-
-REF_UNARY = {
-    "neg": np.negative, "exp": np.exp, "relu": lambda x: np.maximum(x, 0.0), "tanh": np.tanh,
-    "sigmoid": _sigmoid, "gelu": lambda x: x * _sigmoid(1.702 * x),
-    "log": np.log, "sqrt": np.sqrt, "abs": np.abs,
-}
-REF_BINARY = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide, "pow": np.power}
-
+# ---- float64 references: the registry's NumPy formulas, run in float64 -----------------------
 
 def reference(expr, operands):
     op, args = expr[0], expr[1:]
@@ -35,8 +24,20 @@ def reference(expr, operands):
         return operands[args[0]]
     if op == "const":
         return np.float64(np.float32(args[0]))
-    values = [reference(a, operands) for a in args]
-    return (REF_UNARY[op] if op in REF_UNARY else REF_BINARY[op])(*values)
+    return OPS[op].ref(*[reference(a, operands) for a in args])
+
+
+def every_op_alone() -> dict[str, tuple]:
+    """{name: (expr, kinds)}: each elementwise op of the registry on full operands; an operand its
+    emitter needs as a number (pow's exponent) is a constant, several of them for pow."""
+    exprs = {}
+    for op in sorted(ELEMENTWISE):
+        constants = VECTOR_OPS[op].constants or {}
+        for c in (2.0, -1.5, 0.5, 3.0) if constants else (None,):
+            args = [("const", c) if i in constants else ("in", i) for i in range(OPS[op].arity)]
+            kinds = tuple("full" for a in args if a[0] == "in")
+            exprs[f"{op}_{c}"] = ((op, *args), kinds)
+    return exprs
 
 
 def broadcast(kind: str, a: np.ndarray, m: int, r: int) -> np.ndarray:
@@ -88,9 +89,7 @@ CHAIN = ("gelu", ("sub", ("div", ("mul", X, Y), ("add", ("in", 2), ("const", 3.0
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the float64 reference of log/sqrt of negatives
 @pytest.mark.parametrize("width", (16, 4, 1))
 def test_every_op_alone(width):
-    exprs = {f"u_{op}": ((op, X), ("full",)) for op in UNARY}
-    exprs |= {f"b_{op}": ((op, X, Y), ("full", "full")) for op in BINARY}
-    exprs |= {f"pow_{i}": (("pow", X, ("const", c)), ("full",)) for i, c in enumerate((2.0, -1.5, 0.5, 3.0))}
+    exprs = every_op_alone()
     engine, addr = build({n: (e, k, 37, width) for n, (e, k) in exprs.items()})
     rng = np.random.default_rng(0)
     for name, (expr, kinds) in exprs.items():

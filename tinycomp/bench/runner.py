@@ -102,7 +102,7 @@ def make_engine(name: str, bm: BenchModel, model: Any, weights: list[tuple[np.nd
         fast = tinycomp.compile(model, input_shape=(None, bm.in_features), threads=1 if name == "compiled" else None)
         info["compile_ms"] = fast.stats.compile_ms
         info["cache_hit"] = bool(fast.stats.cache_hits)
-        from ..driver import flops_per_row  # the count the thread policy is given
+        from ..ir.summary import flops_per_row  # the count the thread policy is given
 
         info["flops_per_row"] = flops_per_row(fast.graph)
         return lambda x: fast(x).data

@@ -7,8 +7,9 @@ Each row runs a `width`-lane vector loop over the first R - R % width elements, 
 vector step (`llvm.masked.load/store` with a constant mask) for the R % width tail, so every R >= 1
 works with the same code and no scalar remainder loop. M = 0 runs nothing.
 
-Expressions are tuples: `("in", i)`, `("const", value)`, `(op, child, ...)` with op in `UNARY` or
-`BINARY`, or `("pow", child, ("const", c))`. Lowering is table-driven (op -> emitter, operand kind ->
+Expressions are tuples: `("in", i)`, `("const", value)`, `(op, child, ...)` with op an elementwise op
+of the registry; each op's vector emitter comes from `vector_ops.VECTOR_OPS` (pow: a constant
+exponent, `("pow", child, ("const", c))`). Lowering is table-driven (op -> emitter, operand kind ->
 loader); anything without a rule raises NotImplementedError naming it before any IR is emitted.
 """
 
@@ -19,7 +20,9 @@ from dataclasses import dataclass
 
 from llvmlite import ir
 
-from . import vecmath, vecpow
+from ..ir import ops
+from ..ir.ops import expr_nodes
+from . import vecmath
 from .loops import (
     F32,
     I1,
@@ -35,23 +38,8 @@ from .loops import (
     vector_constant,
     vector_type,
 )
+from .vector_ops import VECTOR_OPS, emit_op, vector_op
 
-Emitter = Callable[[ir.IRBuilder, ir.Module, ir.Value], ir.Value]
-
-UNARY: dict[str, Emitter] = {
-    "neg": lambda b, m, x: b.fneg(x),
-    "exp": vecmath.emit_exp,
-    "log": vecmath.emit_log,
-    "sqrt": vecmath.emit_sqrt,
-    "abs": vecmath.emit_abs,
-    **vecmath.ACTIVATIONS,
-}
-BINARY: dict[str, Callable[[ir.IRBuilder, ir.Value, ir.Value], ir.Value]] = {
-    "add": lambda b, x, y: b.fadd(x, y),
-    "sub": lambda b, x, y: b.fsub(x, y),
-    "mul": lambda b, x, y: b.fmul(x, y),
-    "div": lambda b, x, y: b.fdiv(x, y),
-}
 # Operand kinds: M x R, R (per column), M (per row), 1; and `row%P` (P x R: row m reads row m % P)
 # and `col%P` (P values: row m reads value m % P), for values that repeat with a row's position
 # inside a sample (ir/layout.periodic_kind).
@@ -62,28 +50,17 @@ ALIGN = 4  # buffers are only guaranteed float-aligned
 # ---------------------------------------------------------------- checks (fail before emitting)
 
 def check_expr(expr: tuple, n_operands: int) -> None:
-    """Raise NotImplementedError/ValueError for any node the lowering has no rule for."""
-    if not isinstance(expr, tuple) or not expr:
-        raise ValueError(f"elementwise expression must be a non-empty tuple, got {expr!r}")
-    op, args = expr[0], expr[1:]
-    if op == "in":
-        if len(args) != 1 or not 0 <= args[0] < n_operands:
-            raise ValueError(f"operand reference {expr!r} out of range for {n_operands} operands")
-    elif op == "const":
-        if len(args) != 1 or not isinstance(args[0], (int, float)):
-            raise ValueError(f"constant node needs one number, got {expr!r}")
-    elif op == "pow":  # x ** c: the kernel is chosen by the number c (codegen/vecpow.py)
-        if len(args) != 2 or args[1][0] != "const":
-            raise NotImplementedError(f"pow is compiled for a constant number as the exponent; got {expr!r}")
-        check_expr(args[0], n_operands)
-    elif op in UNARY or op in BINARY:
-        arity = 1 if op in UNARY else 2
-        if len(args) != arity:
-            raise ValueError(f"op {op!r} takes {arity} operand(s), got {len(args)}")
-        for child in args:
-            check_expr(child, n_operands)
-    else:
-        raise NotImplementedError(f"elementwise codegen has no rule for op {op!r}")
+    """Raise NotImplementedError for an op without a vector emitter (or a non-constant operand where
+    its emitter needs a number), ValueError for a malformed expression: before any IR is emitted."""
+    nodes = list(expr_nodes(expr))
+    missing = sorted({e[0] for e in nodes} - VECTOR_OPS.keys() - {"in", "const"})
+    if missing:
+        vector_op(missing[0])  # raises, naming the op
+    ops.check_expr(expr, n_operands, every_operand=False)
+    for e in nodes:
+        for i, what in (VECTOR_OPS[e[0]].constants or {}).items() if e[0] in VECTOR_OPS else ():
+            if e[1 + i][0] != "const":
+                raise NotImplementedError(f"{e[0]} is compiled for a constant number as {what}; got {e!r}")
 
 
 def kind_period(kind: str) -> tuple[str, int]:
@@ -192,14 +169,9 @@ def evaluate(builder: ir.IRBuilder, expr: tuple, leaf: Callable[[int], ir.Value]
         return leaf(args[0])
     if op == "const":
         return splat(float(args[0]), width)
-    if op == "pow":
-        return vecpow.emit_pow(builder, builder.module, evaluate(builder, args[0], leaf, width), float(args[1][1]))
-    values = [evaluate(builder, a, leaf, width) for a in args]
-    if op in UNARY:
-        return UNARY[op](builder, builder.module, values[0])
-    if op in BINARY:
-        return BINARY[op](builder, values[0], values[1])
-    raise NotImplementedError(f"elementwise codegen has no rule for op {op!r}")
+    constants = VECTOR_OPS[op].constants or {}
+    return emit_op(builder, op, *[float(a[1]) if i in constants else evaluate(builder, a, leaf, width)
+                                  for i, a in enumerate(args)])
 
 
 def _runtime_tail_mask(builder: ir.IRBuilder, remaining: ir.Value, width: int) -> ir.Value:

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 
 from llvmlite import ir
 
-from . import vecmath
 from .loops import (
     F32,
     I1,
@@ -40,6 +39,7 @@ from .loops import (
     vector_type,
     zeros,
 )
+from .vector_ops import emit_op
 
 
 @dataclass(frozen=True)
@@ -124,7 +124,7 @@ def activation_function(module: ir.Module, activation: str, width: int) -> ir.Fu
     fn.attributes.add("nounwind")
     fn.attributes.add("noinline")
     b = ir.IRBuilder(fn.append_basic_block("entry"))
-    b.ret(vecmath.apply_activation(b, module, activation, fn.args[0]))
+    b.ret(emit_op(b, activation, fn.args[0]))
     return fn
 
 

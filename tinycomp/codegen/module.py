@@ -22,7 +22,8 @@ from llvmlite import ir
 
 from ..ir.graph import Graph
 from ..ir.layout import elementwise_layout, is_batched, is_scalar_const, row_floats
-from ..ir.ops import ELEMENTWISE, fmt_shape, map_leaves
+from ..ir.ops import ELEMENTWISE, LEAVES, map_leaves
+from ..ir.shapes import fmt_shape
 from . import elementwise, gemm
 from .loops import I64, PTR, compile_as_glue, element_ptr, for_range, i64, paused_gc, release_module, stream_in_kernel
 from .scratch import BufferPlan, plan_buffers
@@ -278,7 +279,13 @@ LOWERINGS: dict[str, Callable[[_Emitter, str], None]] = {
     "elementwise": lower_elementwise,
     **{op: lower_elementwise for op in ELEMENTWISE},
 }
-LEAF_OPS = ("input", "param", "const", "output")
+LEAF_OPS = (*sorted(LEAVES), "output")  # no code of their own: arguments, and where the result goes
+# Ops of the registry with no native code yet, and why: compiling a graph that holds one is a
+# CompileError naming the reason (tests/ir/test_registry.py: every op is lowered or listed here).
+REFUSED: dict[str, str] = {
+    "transpose": "a transposed copy has no kernel yet",
+    **{op: "reductions have no kernel yet" for op in ("sum", "mean", "max")},
+}
 
 
 def lower_graph(g: Graph, width: int) -> ModulePlan:
@@ -295,7 +302,9 @@ def plan_frame(g: Graph, width: int) -> ModulePlan:
         raise LoweringError(f"the code generator takes graphs with one input; this one has {len(g.inputs)}")
     for n in g.nodes():
         if g.op(n) not in LOWERINGS and g.op(n) not in LEAF_OPS:
-            raise LoweringError(f"no native code rule for op {g.op(n)!r} (node {n}); compiled ops: {sorted(LOWERINGS)}")
+            why = REFUSED.get(g.op(n), "the code generator has no lowering registered for it")
+            raise LoweringError(f"no native code rule for op {g.op(n)!r} (node {n}): {why}; "
+                                f"compiled ops: {sorted(LOWERINGS)}")
     buffers = plan_buffers(g, pack_floats=_max_pack_floats(g, width))
     consts = [n for n in g.nodes("const") if not _folded_everywhere(g, n)]
     return ModulePlan(llvm_ir="", entry=ENTRY, params=g.params, const_nodes=consts, consts=_const_arrays(g, consts),

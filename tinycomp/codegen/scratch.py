@@ -11,11 +11,12 @@ from dataclasses import dataclass, field
 
 from ..ir.graph import Graph
 from ..ir.layout import is_batched, row_floats
+from ..ir.ops import ALIASING
 
 ALIGN = 16
-VIEW_OPS = frozenset({"reshape"})
-# An eval-mode dropout that survived the passes (e.g. passes switched off) is the identity too.
-PASS_THROUGH = VIEW_OPS | {"dropout"}
+# Values that are their operand's memory as it is (a reshape; an eval-mode dropout that survived the
+# passes, e.g. with passes switched off) share its buffer; the output node is handled on its own.
+PASS_THROUGH = ALIASING - {"output"}
 
 
 def _round_up(n: int) -> int:

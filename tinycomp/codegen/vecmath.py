@@ -16,7 +16,7 @@ Special values (all equal to the NumPy float32 formulas):
   gelu(x)    = x * sigmoid(fl32(1.702 * x)), exactly the NumPy float32 formula; so gelu(-inf) =
                -inf * 0 = nan (as NumPy gives), gelu(+inf) = inf, gelu(-1e4) = -0.
 
-Accuracy (`MAX_ULP`): max |got - ref| / ulp32(ref) over a dense sweep of float32 inputs, where ref
+Accuracy (`vector_ops.MAX_ULP`): max |got - ref| / ulp32(ref) over a dense sweep of float32 inputs, where ref
 is the float64 evaluation of the same formula and ulp32(ref) the float32 spacing at |ref|
 (2**-149 in the subnormal range). For gelu the reference keeps the float32 rounding of 1.702*x
 (the formula does that in NumPy too). One exception, documented in `GELU_TAIL`: for x < -51 the
@@ -27,16 +27,12 @@ relative precision; there the bound is absolute, |err| <= GELU_TAIL_ABS.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 from llvmlite import ir
 
 from .loops import I32, declare_vector_intrinsic, splat, vector_constant
 
-# Measured on a 2.5M-point sweep (as in tests/codegen/test_vecmath.py): exp 1.00, sigmoid 2.15,
-# tanh 1.50, gelu 2.99, log 0.81 ulp (3M points: random bits and [0.5, 2]); the bounds add a margin of
-# about a fifth to one ulp. sqrt is the correctly rounded instruction.
-MAX_ULP = {"relu": 0.0, "exp": 1.5, "sigmoid": 3.0, "tanh": 2.5, "gelu": 4.0, "log": 1.0, "sqrt": 0.5, "abs": 0.0}
+# Accuracy bounds per op: codegen/vector_ops.py (VECTOR_OPS, MAX_ULP).
 GELU_TAIL = -51.0  # below this x, sigmoid(1.702x) is subnormal in float32
 GELU_TAIL_ABS = 2.0**-142  # absolute error bound of gelu for x < GELU_TAIL (measured 9.2e-44)
 
@@ -211,22 +207,3 @@ def emit_tanh(builder: ir.IRBuilder, module: ir.Module, x: ir.Value) -> ir.Value
 def emit_gelu(builder: ir.IRBuilder, module: ir.Module, x: ir.Value) -> ir.Value:
     """x * sigmoid(1.702 x), the NumPy float32 formula step for step (so gelu(-inf) is nan)."""
     return builder.fmul(x, emit_sigmoid(builder, module, builder.fmul(x, _const(x, GELU_ALPHA))))
-
-
-Emitter = Callable[[ir.IRBuilder, ir.Module, ir.Value], ir.Value]
-
-ACTIVATIONS: dict[str, Emitter] = {
-    "relu": emit_relu,
-    "sigmoid": emit_sigmoid,
-    "tanh": emit_tanh,
-    "gelu": emit_gelu,
-}
-
-
-def apply_activation(builder: ir.IRBuilder, module: ir.Module, name: str, x: ir.Value) -> ir.Value:
-    """Apply activation `name` ('relu', 'sigmoid', 'tanh', 'gelu') lane-wise to vector `x`."""
-    try:
-        emit = ACTIVATIONS[name]
-    except KeyError:
-        raise NotImplementedError(f"vecmath has no rule for activation {name!r}") from None
-    return emit(builder, module, x)

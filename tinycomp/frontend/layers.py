@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ..ir.ops import dropout_mask
+from ..ir.refs import dropout_mask
 from .tensor import Tensor, apply_op
 
 _model_locks: weakref.WeakKeyDictionary[Any, threading.RLock] = weakref.WeakKeyDictionary()

@@ -16,7 +16,8 @@ import numpy as np
 
 from ..aligned import aligned_float32, float32_copy
 from ..errors import CompileError
-from ..ir.ops import matmul_shape, op_def
+from ..ir.ops import op_def
+from ..ir.shapes import matmul_shape
 
 Operand = Any  # Tensor | np.ndarray | Python/NumPy scalar
 tracing = threading.local()  # `.tracer`: the Tracer running on this thread, if any (frontend/tracer.py)

@@ -20,15 +20,12 @@ import numpy as np
 from ..checks import is_whole_number
 from ..errors import CompileError
 from ..ir.graph import Graph
-from ..ir.ops import LEAVES, OPS, REDUCTIONS, combined_axes, fmt_shape
+from ..ir.ops import OPS, REDUCTIONS, UFUNCS, combined_axes
+from ..ir.shapes import fmt_shape
 from . import tensor as tensor_module
 from .layers import Layer, Sequential, model_lock
 from .live_reads import LiveReads, TracedArray, is_numeric_array
 from .tensor import Tensor, apply_op
-
-# NumPy ufuncs that mean the same as a table op; `ndarray + symbolic` arrives here.
-_UFUNC_OPS = {np.add: "add", np.subtract: "sub", np.multiply: "mul", np.true_divide: "div", np.negative: "neg"}
-
 
 # ---------------------------------------------------------------- walking the model
 
@@ -191,7 +188,7 @@ class SymbolicTensor(Tensor):
         raise self._refuse("converts to a NumPy array")
 
     def __array_ufunc__(self, ufunc: Any, method: str, *inputs: Any, **kwargs: Any) -> Any:  # type: ignore[override]
-        name = _UFUNC_OPS.get(ufunc)
+        name = UFUNCS.get(ufunc)  # the registry's: `ndarray + symbolic` arrives here
         if name is None or method != "__call__" or kwargs:
             raise self._refuse(f"calls np.{ufunc.__name__}, an op the op table lacks, on")
         return apply_op(name, *inputs)
@@ -255,8 +252,10 @@ class Tracer:
 
     # ------------------------------------------------------------ recording
     def record(self, name: str, operands: tuple, attrs: dict[str, Any]) -> SymbolicTensor:
-        if name not in OPS or name in LEAVES or name == "output":
+        if name not in OPS:
             raise CompileError(f"{self.where()} calls op {name!r}, which the op table lacks")
+        if OPS[name].made_by is not None:
+            raise CompileError(f"{self.where()} calls op {name!r}, which only {OPS[name].made_by} makes")
         args = [self.operand(x, name) for x in operands]
         try:
             node = self.graph.add(name, args, layer=self.stack[-1][1], **attrs)

@@ -1,251 +1,101 @@
-"""The one op table: every op's shape rule and NumPy reference, defined once.
+"""The op registry: every op defined once, with one rule per concern.
 
-Eager tensors (`frontend.tensor.apply_op`), the tracer and the IR interpreter all read this table,
-so an op means the same thing everywhere. Shapes may hold `None` for the dynamic batch dimension.
+Each `OpDef` says what kind of op it is, its shape rule (`ir/shapes.py`), its NumPy reference
+(`ir/refs.py`), its FLOPs per element, its rounding rule for the parity check (`ir/rounding.py`),
+whether `fuse_linear` may fold it into a linear as the activation, and the NumPy ufunc that means
+the same. Every stage reads this table (autodidax's rule tables keyed by op, tinygrad's op groups):
+eager tensors (`frontend.tensor.apply_op`), the tracer, `Graph.add`/`lint`, the interpreter, the
+passes, `summary`, the parity rule and the code generator, which registers a lowering per op and a
+vector emitter per elementwise op (`codegen/module.py` LOWERINGS, `codegen/vector_ops.py`). The op
+groups below (UNARY, LEAVES, ...) are derived from it. tests/ir/test_registry.py walks it.
+
+Adding an elementwise op is one entry here, its `Tensor` method, and its vector emitter if new.
 """
 
 from __future__ import annotations
 
 import math
 import reprlib
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
-Shape = tuple  # tuple[int | None, ...]; None marks the dynamic batch dimension
-F32 = np.float32
+from . import refs, rounding
+from .refs import dropout_mask, gelu, keep_dtype, power, relu, sigmoid, softmax  # noqa: F401 - also re-exported
+from .rounding import RoundingRule, derivative
+from .shapes import (  # noqa: F401 - fmt_shape, dim_text: re-exported for the modules that print shapes
+    Shape,
+    broadcast_shapes,
+    dim_text,
+    fmt_shape,
+    leaf_shape,
+    linear_shape,
+    matmul_shape,
+    normalized_axis,
+    reduce_shape,
+    reduced_axes,
+    reshape_shape,
+    same_shape,
+    softmax_shape,
+    transpose_shape,
+)
+
+KINDS = {
+    "leaf": "a value from outside: the input, a parameter, a constant",
+    "elementwise": "each output element from the elements at its position (NumPy broadcasting)",
+    "view": "the operand's values passed on or rearranged, no arithmetic",
+    "reduction": "combines the elements along some axes into one",
+    "normalization": "each slice along one axis from the whole slice (softmax)",
+    "contraction": "a sum of products over a shared axis (matmul)",
+    "fused": "several ops made one by a pass",
+}
+
+
+@dataclass(frozen=True)
+class Example:
+    """Operands and attributes to run an op on (the registry test and docs): per operand a shape
+    (None: the batch dimension) or a number (a scalar operand, as in `x ** 2.0`)."""
+
+    operands: tuple
+    attrs: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class OpDef:
     name: str
+    kind: str  # a key of KINDS
     arity: int  # number of operands (-1: any)
     shape: Callable[..., Shape]  # shape(*operand_shapes, **attrs) -> output shape; raises ValueError
-    ref: Callable[..., np.ndarray] | None  # ref(*operand_arrays, **attrs) -> float32 array
-    flops: int = 1  # FLOPs per output element (matmul/linear count their own)
+    ref: Callable[..., np.ndarray] | None  # ref(*operand_arrays, **attrs) -> array of the operands' dtype
+    flops: int = 1  # per element of the output (reductions, normalizations: of the input;
+    # contractions: 2 per multiply-add, counted by `cost`)
+    rounding: RoundingRule | None = None  # float32 rounding estimate for the parity rule; None: exact/unknown
+    activation: bool = False  # fuse_linear may fold it into a linear as its `activation`
+    aliases: bool = False  # its value is its first operand's memory as it is (reshape, eval dropout, output)
+    # The NumPy ufunc that an operator with an ndarray on the left reaches (`array + x` calls np.add):
+    # the tracer records it as this op. Only ops whose Tensor operators eager code reflects.
+    ufunc: Any = None
+    made_by: str | None = None  # what creates its nodes (the tracer, a pass); user code never calls it
+    example: Example | None = None  # None: one (N, 5) operand per input, (5,) for a second
 
-
-# ---------------------------------------------------------------- shape rules
-
-def dim_text(d: int | None) -> str:
-    return "N" if d is None else str(d)
-
-
-def fmt_shape(shape: Sequence) -> str:
-    return "(" + ", ".join(dim_text(d) for d in shape) + (",)" if len(shape) == 1 else ")")
-
-
-def broadcast_shapes(a: Shape, b: Shape) -> Shape:
-    out = []
-    for i in range(1, max(len(a), len(b)) + 1):
-        x = a[-i] if i <= len(a) else 1
-        y = b[-i] if i <= len(b) else 1
-        if x == y or y == 1:
-            out.append(x)
-        elif x == 1:
-            out.append(y)
-        else:
-            raise ValueError(
-                f"shape mismatch: cannot broadcast {fmt_shape(a)} with {fmt_shape(b)} "
-                f"(dimension {x if x is not None else 'N'} against {y if y is not None else 'N'})"
-            )
-    return tuple(reversed(out))
-
-
-def matmul_shape(a: Shape, b: Shape) -> Shape:
-    """NumPy's matmul shape rule (1-D operands promoted, leading dims broadcast). The messages carry
-    TinyTorch's wording (`at least 1D`, `Inner dimensions don't match: 2 vs 3`) and DESIGN §1's."""
-    if len(a) == 0 or len(b) == 0:
-        raise ValueError(
-            f"Matrix multiplication requires at least 1D tensors: got shapes {fmt_shape(a)} @ {fmt_shape(b)}; "
-            "matmul needs operands with at least 1 dimension (use * for scalar multiplication)"
-        )
-    a2 = (1, *a) if len(a) == 1 else tuple(a)
-    b2 = (*b, 1) if len(b) == 1 else tuple(b)
-    if a2[-1] != b2[-2]:
-        k, j = (dim_text(d) for d in (a2[-1], b2[-2]))
-        raise ValueError(
-            f"Cannot perform matrix multiplication: {fmt_shape(a)} @ {fmt_shape(b)}. "
-            f"Inner dimensions must match: {k} ≠ {j} (shape mismatch; Inner dimensions don't match: "
-            f"{k} vs {j}: the left operand's last dimension must equal the right operand's "
-            f"{'only' if len(b) == 1 else 'second-to-last'} dimension)"
-        )
-    batch = broadcast_shapes(a2[:-2], b2[:-2])
-    out = (*batch, a2[-2], b2[-1])
-    if len(a) == 1:
-        out = out[:-2] + out[-1:]
-    if len(b) == 1:
-        out = out[:-1]
-    return out
-
-
-def same_shape(x: Shape, **_: object) -> Shape:
-    return tuple(x)
-
-
-def reshape_shape(x: Shape, *, newshape: Sequence[int]) -> Shape:
-    newshape = tuple(int(d) for d in newshape)
-    if sum(d == -1 for d in newshape) > 1 or any(d < -1 for d in newshape):
-        raise ValueError(f"reshape takes at most one -1 and no other negative size; got {newshape}")
-    if x and x[0] is None:  # dynamic batch: it must stay the leading dimension
-        if not newshape or newshape[0] != -1 or -1 in newshape[1:]:
-            raise ValueError(
-                f"cannot reshape {fmt_shape(x)} to {newshape}: the batch dimension N must stay "
-                "first, written as -1 (e.g. x.reshape(-1, 784))"
-            )
-        rest = reshape_shape(tuple(x[1:]), newshape=(math.prod(x[1:]),))[0]
-        if math.prod(newshape[1:]) != rest:
-            raise ValueError(
-                f"cannot reshape {fmt_shape(x)} to {(-1, *newshape[1:])}: Element count mismatch: {rest} "
-                f"elements vs {math.prod(newshape[1:])} elements per sample (each row has {rest} elements)"
-            )
-        return (None, *newshape[1:])
-    size = math.prod(x)
-    known = math.prod(d for d in newshape if d != -1)
-    if -1 in newshape:
-        if known == 0 or size % known:
-            raise ValueError(
-                f"cannot reshape tensor of shape {fmt_shape(x)} ({size} elements) to {newshape}: "
-                f"Cannot infer -1 dimension: {size} elements is not divisible by the known sizes' product {known}"
-            )
-        newshape = tuple(size // known if d == -1 else d for d in newshape)
-    if math.prod(newshape) != size:
-        raise ValueError(
-            f"cannot reshape tensor of shape {fmt_shape(x)} to {newshape}: Element count mismatch: "
-            f"{size} elements vs {math.prod(newshape)} elements (reshape keeps every element; -1 infers one size)"
-        )
-    return newshape
-
-
-def _axis(ndim: int, axis: int) -> int:
-    if not -ndim <= axis < ndim:
-        raise ValueError(f"axis {axis} is out of range for a tensor with {ndim} dimensions")
-    return axis % ndim
-
-
-def transpose_shape(x: Shape, *, dim0: int, dim1: int) -> Shape:
-    out = list(x)
-    i, j = _axis(len(x), dim0), _axis(len(x), dim1)
-    out[i], out[j] = out[j], out[i]
-    return tuple(out)
-
-
-def reduced_axes(ndim: int, axis: int | Sequence[int] | None) -> tuple[int, ...]:
-    """The axes a reduction runs over, non-negative and sorted (`axis=None`: all of them)."""
-    if axis is None:
-        return tuple(range(ndim))
-    given = (axis,) if isinstance(axis, int) else tuple(axis)
-    axes = tuple(_axis(ndim, a) for a in given)
-    if len(set(axes)) != len(axes):
-        raise ValueError(f"duplicate value in axis={given} (axes {axes} of a {ndim}-D tensor)")
-    return tuple(sorted(axes))
-
-
-def reduce_shape(x: Shape, *, axis: int | Sequence[int] | None, keepdims: bool) -> Shape:
-    axes = reduced_axes(len(x), axis)
-    return tuple(1 if i in axes else d for i, d in enumerate(x) if keepdims or i not in axes)
-
-
-def combined_axes(op: str, ndim: int, attrs: dict) -> tuple[int, ...]:
-    """The axes along which op combines values of different positions (a reduction's axes, softmax's
-    dim); () for every other op."""
-    if op in REDUCTIONS:
-        return reduced_axes(ndim, attrs.get("axis"))
-    if op == "softmax":
-        return (_axis(ndim, attrs.get("dim", -1)),)
-    return ()
-
-
-def softmax_shape(x: Shape, *, dim: int = -1) -> Shape:
-    _axis(len(x), dim)
-    return tuple(x)
-
-
-def linear_shape(x: Shape, w: Shape, b: Shape | None = None, **_: object) -> Shape:
-    out = matmul_shape(x, w)
-    return out if b is None else broadcast_shapes(out, b)
-
-
-def leaf_shape(*, shape: Shape, **_: object) -> Shape:
-    return tuple(shape)
-
-
-# ---------------------------------------------------------------- NumPy references
-
-def sigmoid(x: np.ndarray) -> np.ndarray:
-    """Overflow-safe logistic: exp is only ever taken of a non-positive number."""
-    with np.errstate(under="ignore"):  # exp(-1000) -> 0 is the right answer, not an error
-        e = np.exp(-np.abs(x))
-    return np.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(x.dtype, copy=False)
-
-
-def gelu(x: np.ndarray) -> np.ndarray:
-    return x * sigmoid(np.asarray(1.702, x.dtype) * x)
-
-
-def softmax(x: np.ndarray, dim: int = -1) -> np.ndarray:
-    """Row-max-subtracted softmax; a slice that is all -inf gives zeros (not NaN)."""
-    m = np.max(x, axis=dim, keepdims=True) if x.size else x
-    all_neg_inf = np.isneginf(m)
-    with np.errstate(invalid="ignore", under="ignore"):
-        e = np.exp(x - np.where(all_neg_inf, 0, m))
-        s = np.sum(e, axis=dim, keepdims=True)
-        out = e / np.where(all_neg_inf, 1, s)
-    return out.astype(x.dtype, copy=False)
-
-
-def dropout_mask(rng: np.random.Generator, shape: Shape, p: float) -> np.ndarray:
-    """Inverted dropout: 0 where dropped, 1/(1-p) where kept."""
-    if p >= 1:
-        return np.zeros(shape, F32)
-    return ((rng.random(shape) >= p) / F32(1 - p)).astype(F32)
-
-
-def dropout(x: np.ndarray, *, p: float, training: bool, rng: np.random.Generator | None = None):
-    if not training or p == 0:
-        return x
-    return x * dropout_mask(rng or np.random.default_rng(), x.shape, p)
-
-
-def linear(x, w, b=None, *, bias: bool = True, activation: str | None = None) -> np.ndarray:
-    y = np.matmul(x, w)
-    if b is not None:
-        y = y + b
-    return ACTIVATIONS[activation](y) if activation else y
-
-
-def relu(x: np.ndarray) -> np.ndarray:
-    return np.maximum(x, F32(0))
-
-
-def _with_dtype(fn: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
-    """Keep float32 in float32 (NumPy would promote a float32 array with a Python float scalar)."""
-    def ref(*args: np.ndarray, **attrs: object) -> np.ndarray:
-        out = fn(*args, **attrs)
-        return np.asarray(out, dtype=np.result_type(*args))
-    return ref
-
-
-def power(x: np.ndarray, exponent: np.ndarray) -> np.ndarray:
-    """x ** exponent as NumPy's float32 `power` computes it: C99 `pow`, except that a scalar exponent
-    of 0.5 is `sqrt` (so (-0) ** 0.5 = -0 and (-inf) ** 0.5 = nan). Spelled out here so that every
-    engine (eager, float64 reference, compiled) follows one rule, whatever NumPy version runs."""
-    if np.ndim(exponent) == 0 and float(exponent) == 0.5:
-        return np.sqrt(x)
-    return np.power(x, exponent)
-
-
-ACTIVATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-    "relu": relu, "sigmoid": sigmoid, "tanh": np.tanh, "gelu": gelu,
-}
-
-UNARY = frozenset({"neg", "relu", "sigmoid", "tanh", "gelu", "exp", "log", "sqrt", "abs"})
-BINARY = frozenset({"add", "sub", "mul", "div", "pow"})
-ELEMENTWISE = UNARY | BINARY
-FUSIBLE_ACTIVATIONS = frozenset(ACTIVATIONS)
-LEAVES = frozenset({"input", "param", "const"})
-REDUCTIONS = frozenset({"sum", "mean", "max"})
+    def cost(self, operands: list[Shape], out: Shape, attrs: dict) -> tuple[int, int]:
+        """(MACs, FLOPs) of one node on concrete shapes: the one FLOP count (`summary`, the thread
+        policy through `summary.flops_per_row`, the bench)."""
+        size = math.prod(out)
+        if self.kind == "contraction":
+            macs = size * (operands[0][-1] if operands[0] else 1)
+            flops = 2 * macs
+            if self.name == "linear":
+                act = attrs.get("activation")
+                flops += size * (int(bool(attrs.get("bias"))) + (op_def(act).flops if act else 0))
+            return macs, flops
+        if self.kind in ("reduction", "normalization"):
+            return 0, math.prod(operands[0]) * self.flops
+        if self.kind == "fused":
+            return 0, size * expr_flops(attrs["expr"])
+        return 0, size * self.flops
 
 
 # ---------------------------------------------------------------- fused elementwise expressions
@@ -254,16 +104,27 @@ REDUCTIONS = frozenset({"sum", "mean", "max"})
 
 Expr = tuple
 
-
 _BRIEF = reprlib.Repr()
 _BRIEF.maxlevel, _BRIEF.maxtuple = 3, 4
 
 
-def check_expr(expr: object, n_operands: int) -> None:
+def expr_nodes(expr: object):
+    """Every node of an expression tree that is a non-empty tuple, parents first (a stack, not
+    recursion: a long fused chain is a deep tree); malformed children are skipped, not checked."""
+    stack = [expr]
+    while stack:
+        e = stack.pop()
+        if isinstance(e, tuple) and e and isinstance(e[0], str):
+            yield e
+            if e[0] not in ("in", "const"):
+                stack.extend(reversed(e[1:]))
+
+
+def check_expr(expr: object, n_operands: int, *, every_operand: bool = True) -> None:
     """Raise ValueError unless `expr` is a well-formed expression over `n_operands` operands: every
     leaf `("in", i)` with 0 <= i < n_operands or `("const", number)`, every inner node an
-    elementwise op of the table with its number of children, and every operand read somewhere.
-    Walked with a stack, not recursion: a long fused chain is a deep tree."""
+    elementwise op of the table with its number of children, and (`every_operand`) every operand
+    read somewhere. Walked with a stack, not recursion: a long fused chain is a deep tree."""
     brief = _BRIEF.repr  # a message about one node of a deep tree stays short
     read: set[int] = set()
     stack = [expr]
@@ -286,7 +147,7 @@ def check_expr(expr: object, n_operands: int) -> None:
         else:
             raise ValueError(f"{head!r} in {brief(e)} is not an elementwise op of the table ({sorted(ELEMENTWISE)})")
     unread = sorted(set(range(n_operands)) - read)
-    if unread:
+    if unread and every_operand:
         raise ValueError(f"operand(s) {', '.join(f'${i}' for i in unread)} of the node are never read")
 
 
@@ -331,41 +192,63 @@ def format_expr(expr: Expr) -> str:
     return f"{expr[0]}({', '.join(format_expr(c) for c in expr[1:])})"
 
 
-def _op(name, arity, shape, ref, flops=1) -> OpDef:
-    return OpDef(name, arity, shape, ref, flops)
+def linear(x, w, b=None, *, bias: bool = True, activation: str | None = None) -> np.ndarray:
+    y = np.matmul(x, w)
+    if b is not None:
+        y = y + b
+    return ACTIVATIONS[activation](y) if activation else y
+
+
+def _elementwise(name, arity, ref, flops=1, rounding_rule=None, **more) -> OpDef:
+    shape = broadcast_shapes if arity == 2 else same_shape
+    return OpDef(name, "elementwise", arity, shape, ref, flops, rounding_rule, **more)
+
+
+def _reduction(name, ref) -> OpDef:
+    return OpDef(name, "reduction", 1, reduce_shape, ref, 1, rounding.reduction(name),
+                 example=Example(((None, 2, 5),), {"axis": -1, "keepdims": False}))
 
 
 OPS: dict[str, OpDef] = {
     op.name: op
     for op in [
-        _op("input", 0, leaf_shape, None, 0),
-        _op("param", 0, leaf_shape, None, 0),
-        _op("const", 0, leaf_shape, None, 0),
-        _op("matmul", 2, matmul_shape, np.matmul, 0),
-        _op("add", 2, broadcast_shapes, _with_dtype(np.add)),
-        _op("sub", 2, broadcast_shapes, _with_dtype(np.subtract)),
-        _op("mul", 2, broadcast_shapes, _with_dtype(np.multiply)),
-        _op("div", 2, broadcast_shapes, _with_dtype(np.divide)),
-        _op("pow", 2, broadcast_shapes, _with_dtype(power), 4),
-        _op("neg", 1, same_shape, np.negative),
-        _op("exp", 1, same_shape, np.exp, 4),
-        _op("log", 1, same_shape, np.log, 4),
-        _op("sqrt", 1, same_shape, np.sqrt),
-        _op("abs", 1, same_shape, np.abs),
-        _op("relu", 1, same_shape, relu),
-        _op("sigmoid", 1, same_shape, sigmoid, 4),
-        _op("tanh", 1, same_shape, np.tanh, 4),
-        _op("gelu", 1, same_shape, gelu, 6),
-        _op("softmax", 1, softmax_shape, softmax, 5),
-        _op("dropout", 1, same_shape, dropout, 1),
-        _op("reshape", 1, reshape_shape, lambda x, *, newshape: x.reshape(newshape), 0),
-        _op("transpose", 1, transpose_shape, lambda x, *, dim0, dim1: np.swapaxes(x, dim0, dim1), 0),
-        _op("sum", 1, reduce_shape, np.sum),
-        _op("mean", 1, reduce_shape, np.mean),
-        _op("max", 1, reduce_shape, np.max),
-        _op("linear", -1, linear_shape, linear, 0),
-        _op("elementwise", -1, expr_shape, eval_expr, 0),  # flops: see expr_flops
-        _op("output", 1, same_shape, lambda x: x, 0),
+        OpDef("input", "leaf", 0, leaf_shape, None, 0, made_by="tracer"),
+        OpDef("param", "leaf", 0, leaf_shape, None, 0, made_by="tracer"),
+        OpDef("const", "leaf", 0, leaf_shape, None, 0, made_by="tracer"),
+        OpDef("matmul", "contraction", 2, matmul_shape, np.matmul, 0, rounding.matmul, ufunc=np.matmul,
+              example=Example(((None, 5), (5, 3)))),
+        _elementwise("add", 2, keep_dtype(np.add), 1, rounding.add_sub, ufunc=np.add),
+        _elementwise("sub", 2, keep_dtype(np.subtract), 1, rounding.add_sub, ufunc=np.subtract),
+        _elementwise("mul", 2, keep_dtype(np.multiply), 1, rounding.mul, ufunc=np.multiply),
+        _elementwise("div", 2, keep_dtype(np.divide), 1, rounding.div, ufunc=np.true_divide),
+        _elementwise("pow", 2, keep_dtype(power), 4, rounding.power,
+                     example=Example(((None, 5), 3.0))),
+        _elementwise("neg", 1, np.negative, 1, rounding.passes_through, ufunc=np.negative),
+        _elementwise("exp", 1, np.exp, 4, derivative(lambda v, x: np.abs(v))),
+        _elementwise("log", 1, np.log, 4, derivative(lambda v, x: 1 / np.abs(x))),
+        _elementwise("sqrt", 1, np.sqrt, 1, derivative(lambda v, x: 0.5 / np.abs(v))),
+        _elementwise("abs", 1, np.abs, 1, rounding.passes_through),
+        _elementwise("relu", 1, relu, 1, derivative(lambda v, x: (x > 0).astype(v.dtype)), activation=True),
+        _elementwise("sigmoid", 1, sigmoid, 4, derivative(lambda v, x: v * (1 - v)), activation=True),
+        _elementwise("tanh", 1, np.tanh, 4, derivative(lambda v, x: 1 - v * v), activation=True),
+        _elementwise("gelu", 1, gelu, 6, derivative(rounding.gelu_slope), activation=True),
+        OpDef("softmax", "normalization", 1, softmax_shape, softmax, 5, rounding.softmax,
+              example=Example(((None, 5),), {"dim": -1})),
+        OpDef("dropout", "view", 1, same_shape, refs.dropout, 1, rounding.passes_through, aliases=True,
+              example=Example(((None, 5),), {"p": 0.5, "training": False})),
+        OpDef("reshape", "view", 1, reshape_shape, lambda x, *, newshape: x.reshape(newshape), 0, rounding.reshape,
+              aliases=True, example=Example(((None, 6),), {"newshape": (-1, 2, 3)})),
+        OpDef("transpose", "view", 1, transpose_shape, lambda x, *, dim0, dim1: np.swapaxes(x, dim0, dim1), 0,
+              rounding.transpose, example=Example(((None, 2, 3),), {"dim0": -2, "dim1": -1})),
+        _reduction("sum", np.sum),
+        _reduction("mean", np.mean),
+        _reduction("max", np.max),
+        OpDef("linear", "contraction", -1, linear_shape, linear, 0, made_by="fuse_linear",
+              example=Example(((None, 5), (5, 3), (3,)), {"bias": True, "activation": "relu"})),
+        OpDef("elementwise", "fused", -1, expr_shape, eval_expr, 0, made_by="fuse_elementwise",
+              example=Example(((None, 5), (5,)), {"expr": ("relu", ("add", ("in", 0), ("in", 1)))})),
+        OpDef("output", "view", 1, same_shape, lambda x: x, 0, rounding.passes_through, aliases=True,
+              made_by="tracer"),
     ]
 }
 
@@ -375,3 +258,39 @@ def op_def(name: str) -> OpDef:
         return OPS[name]
     except KeyError:
         raise KeyError(f"unknown op {name!r}; the op table has {sorted(OPS)}") from None
+
+
+def example(op: OpDef) -> Example:
+    """The op's example, or the default for its arity: one (N, 5) operand, a (5,) second one."""
+    return op.example or Example(((None, 5), (5,))[: max(op.arity, 1)])
+
+
+def _group(test: Callable[[OpDef], bool]) -> frozenset[str]:
+    return frozenset(name for name, op in OPS.items() if test(op))
+
+
+ELEMENTWISE = _group(lambda op: op.kind == "elementwise")
+UNARY = _group(lambda op: op.kind == "elementwise" and op.arity == 1)
+BINARY = _group(lambda op: op.kind == "elementwise" and op.arity == 2)
+LEAVES = _group(lambda op: op.kind == "leaf")
+VIEW_OPS = _group(lambda op: op.kind == "view")
+ALIASING = _group(lambda op: op.aliases)
+REDUCTIONS = _group(lambda op: op.kind == "reduction")
+CONTRACTIONS = _group(lambda op: op.kind == "contraction")
+FUSIBLE_ACTIVATIONS = _group(lambda op: op.activation)
+ACTIVATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    name: op.ref for name, op in OPS.items() if op.activation and op.ref is not None}
+UFUNCS: dict[Any, str] = {op.ufunc: name for name, op in OPS.items() if op.ufunc is not None}
+
+
+def combined_axes(op: str, ndim: int, attrs: dict) -> tuple[int, ...]:
+    """The axes along which op combines values of different positions (a reduction's axes, a
+    normalization's dim); () for every other op."""
+    kind = op_def(op).kind
+    if kind == "reduction":
+        return reduced_axes(ndim, attrs.get("axis"))
+    if kind == "normalization":
+        return (normalized_axis(ndim, attrs.get("dim", -1)),)
+    return ()
+
+

@@ -8,9 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .graph import Graph
-from .ops import ELEMENTWISE, expr_flops, op_def
-
-REDUCTIONS = frozenset({"sum", "mean", "max", "softmax"})  # cost scales with the input, not the output
+from .ops import op_def
 
 
 @dataclass(frozen=True)
@@ -76,24 +74,19 @@ def concrete(shape: tuple, batch: int | None) -> tuple[int, ...]:
 
 
 def node_costs(g: Graph, n: str, shapes: dict[str, tuple]) -> tuple[int, int]:
-    """(MACs, FLOPs): 2 FLOPs per MAC for matmul/linear plus the table's per-element FLOPs."""
-    op, out = g.op(n), math.prod(shapes[n])
-    if op in ("matmul", "linear"):
-        x, w = g.args(n)[:2]
-        w_shape = shapes[w]
-        macs = out * (w_shape[-2] if len(w_shape) > 1 else w_shape[0])
-        flops = 2 * macs
-        if op == "linear":
-            act = g[n].get("activation")
-            flops += out * (int(bool(g[n].get("bias"))) + (op_def(act).flops if act else 0))
-        return macs, flops
-    if op in REDUCTIONS:
-        return 0, math.prod(shapes[g.args(n)[0]]) * op_def(op).flops
-    if op in ELEMENTWISE or op == "dropout":
-        return 0, out * op_def(op).flops
-    if op == "elementwise":
-        return 0, out * expr_flops(g[n]["expr"])
-    return 0, 0
+    """(MACs, FLOPs) of node n on concrete `shapes`, by the op registry's rule (`OpDef.cost`)."""
+    return op_def(g.op(n)).cost([shapes[a] for a in g.args(n)], shapes[n], g.attrs(n))
+
+
+def flops_per_row(g: Graph) -> int:
+    """FLOPs per batch row of g's batched nodes (what a call costs per sample; the thread policy
+    splits a batch across cores by it). Unbatched nodes, computed once per call, do not count."""
+    total = 0
+    for n in g.nodes():
+        if g.shape(n)[:1] == (None,):
+            shapes = {m: concrete(g.shape(m), 1) for m in (n, *g.args(n))}
+            total += node_costs(g, n, shapes)[1]
+    return total
 
 
 def summarize(g: Graph, batch: int | None = None) -> Summary:

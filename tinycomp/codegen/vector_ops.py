@@ -1,0 +1,66 @@
+"""The vector emitter of every elementwise op of the registry (`ir/ops.py`), with its accuracy bound.
+
+`emit(builder, *operands)` computes the op lane-wise on `<W x float>` values, for any width W (the
+elementwise loops, the GEMM epilogue's activations, W = 1 for tails). An operand position listed in
+`constants` arrives as a Python float instead of a vector: pow's exponent picks its kernel
+(`vecpow.py`), so pow is compiled for a constant exponent only.
+
+`max_ulp` is the tested bound (tests/codegen/test_vecmath.py, test_vecpow.py, on dense sweeps)
+of |got - ref| / ulp32(ref) against a float64 evaluation of the op's NumPy formula: 0 for exact
+ops, 0.5 for correctly rounded ones (IEEE add, sub, mul, div, sqrt). Measured maxima: exp 1.00,
+sigmoid 2.15, tanh 1.50, gelu 2.99 (a 2.5M-point sweep), log 0.81 (3M points: random bits and
+[0.5, 2]); the bounds add a margin of about a fifth to one ulp. gelu below vecmath.GELU_TAIL is
+bounded absolutely instead (see vecmath).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from llvmlite import ir
+
+from . import vecmath, vecpow
+
+
+@dataclass(frozen=True)
+class VectorOp:
+    emit: Callable[..., ir.Value]  # emit(builder, *operands) -> the result vector
+    max_ulp: float
+    constants: dict[int, str] | None = None  # operand position -> what it is: must be a constant number
+
+
+def _unary(fn: Callable[[ir.IRBuilder, ir.Module, ir.Value], ir.Value]) -> Callable[[ir.IRBuilder, ir.Value], ir.Value]:
+    return lambda b, x: fn(b, b.module, x)
+
+
+VECTOR_OPS: dict[str, VectorOp] = {
+    "add": VectorOp(lambda b, x, y: b.fadd(x, y), 0.5),
+    "sub": VectorOp(lambda b, x, y: b.fsub(x, y), 0.5),
+    "mul": VectorOp(lambda b, x, y: b.fmul(x, y), 0.5),
+    "div": VectorOp(lambda b, x, y: b.fdiv(x, y), 0.5),
+    "pow": VectorOp(lambda b, x, c: vecpow.emit_pow(b, b.module, x, c), vecpow.MAX_ULP, {1: "the exponent"}),
+    "neg": VectorOp(lambda b, x: b.fneg(x), 0.0),
+    "exp": VectorOp(_unary(vecmath.emit_exp), 1.5),
+    "log": VectorOp(_unary(vecmath.emit_log), 1.0),
+    "sqrt": VectorOp(_unary(vecmath.emit_sqrt), 0.5),
+    "abs": VectorOp(_unary(vecmath.emit_abs), 0.0),
+    "relu": VectorOp(_unary(vecmath.emit_relu), 0.0),
+    "sigmoid": VectorOp(_unary(vecmath.emit_sigmoid), 3.0),
+    "tanh": VectorOp(_unary(vecmath.emit_tanh), 2.5),
+    "gelu": VectorOp(_unary(vecmath.emit_gelu), 4.0),
+}
+MAX_ULP = {name: op.max_ulp for name, op in VECTOR_OPS.items()}
+
+
+def vector_op(name: str) -> VectorOp:
+    try:
+        return VECTOR_OPS[name]
+    except KeyError:
+        raise NotImplementedError(f"elementwise codegen has no rule for op {name!r}; vector ops: "
+                                  f"{sorted(VECTOR_OPS)}") from None
+
+
+def emit_op(builder: ir.IRBuilder, name: str, *operands: ir.Value | float) -> ir.Value:
+    """Op `name` on `operands` (vectors, or Python floats at its `constants` positions)."""
+    return vector_op(name).emit(builder, *operands)

@@ -1,0 +1,71 @@
+"""NumPy references of the op table (`ir/ops.py`): what each op computes, in float32 as eager runs it.
+
+The interpreter runs them in float64 too (the parity rule's yardstick), so each keeps its operands'
+dtype rather than NumPy's promotion of a float32 array with a Python float.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from .shapes import Shape
+
+F32 = np.float32
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    """Overflow-safe logistic: exp is only ever taken of a non-positive number."""
+    with np.errstate(under="ignore"):  # exp(-1000) -> 0 is the right answer, not an error
+        e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(x.dtype, copy=False)
+
+
+def gelu(x: np.ndarray) -> np.ndarray:
+    return x * sigmoid(np.asarray(1.702, x.dtype) * x)
+
+
+def softmax(x: np.ndarray, dim: int = -1) -> np.ndarray:
+    """Row-max-subtracted softmax; a slice that is all -inf gives zeros (not NaN)."""
+    m = np.max(x, axis=dim, keepdims=True) if x.size else x
+    all_neg_inf = np.isneginf(m)
+    with np.errstate(invalid="ignore", under="ignore"):
+        e = np.exp(x - np.where(all_neg_inf, 0, m))
+        s = np.sum(e, axis=dim, keepdims=True)
+        out = e / np.where(all_neg_inf, 1, s)
+    return out.astype(x.dtype, copy=False)
+
+
+def dropout_mask(rng: np.random.Generator, shape: Shape, p: float) -> np.ndarray:
+    """Inverted dropout: 0 where dropped, 1/(1-p) where kept."""
+    if p >= 1:
+        return np.zeros(shape, F32)
+    return ((rng.random(shape) >= p) / F32(1 - p)).astype(F32)
+
+
+def dropout(x: np.ndarray, *, p: float, training: bool, rng: np.random.Generator | None = None):
+    if not training or p == 0:
+        return x
+    return x * dropout_mask(rng or np.random.default_rng(), x.shape, p)
+
+
+def relu(x: np.ndarray) -> np.ndarray:
+    return np.maximum(x, F32(0))
+
+
+def keep_dtype(fn: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
+    """Keep float32 in float32 (NumPy would promote a float32 array with a Python float scalar)."""
+    def ref(*args: np.ndarray, **attrs: object) -> np.ndarray:
+        out = fn(*args, **attrs)
+        return np.asarray(out, dtype=np.result_type(*args))
+    return ref
+
+
+def power(x: np.ndarray, exponent: np.ndarray) -> np.ndarray:
+    """x ** exponent as NumPy's float32 `power` computes it: C99 `pow`, except that a scalar exponent
+    of 0.5 is `sqrt` (so (-0) ** 0.5 = -0 and (-inf) ** 0.5 = nan). Spelled out here so that every
+    engine (eager, float64 reference, compiled) follows one rule, whatever NumPy version runs."""
+    if np.ndim(exponent) == 0 and float(exponent) == 0.5:
+        return np.sqrt(x)
+    return np.power(x, exponent)

@@ -1,0 +1,91 @@
+"""Rounding rules of the op table (`ir/ops.py`), for the parity rule (`tinycomp/parity.py`).
+
+A rule estimates, to first order, a value's float32 rounding error in units of float32 epsilon:
+`rule(v, a, m, attrs)` from the op's float64 output v, its operands' values a and their own
+estimates m. Leaves are exact (no rule: 0). A dot product of length K adds sqrt(K) * (|a| @ |w|)
+-- the magnitude of the terms it cancels, with the usual random-walk growth -- and carries its
+inputs' estimates through |w|; elementwise ops carry theirs through |f'(v)| and add a few ulps of
+|v| for their own rounding (our vector exp/tanh/sigmoid/gelu are within 4 ulp). An op without a
+rule contributes nothing, so the parity rule stays strict there.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from .shapes import reduced_axes
+
+Arrays = Sequence[np.ndarray]
+RoundingRule = Callable[[np.ndarray, Arrays, Arrays, dict], np.ndarray]
+OWN_ULPS = 4  # what one of our vector functions adds of its own, in ulps of its result
+
+
+def passes_through(v: np.ndarray, a: Arrays, m: Arrays, attrs: dict) -> np.ndarray:
+    """An exact op of one operand (neg, abs, eval dropout, output): the operand's error, unchanged."""
+    return m[0]
+
+
+def add_sub(v, a, m, attrs):
+    return m[0] + m[1] + np.abs(v)
+
+
+def mul(v, a, m, attrs):
+    return m[0] * np.abs(a[1]) + np.abs(a[0]) * m[1] + np.abs(v)
+
+
+def div(v, a, m, attrs):
+    return m[0] / np.abs(a[1]) + np.abs(a[0]) * m[1] / (a[1] * a[1]) + np.abs(v)
+
+
+def power(v, a, m, attrs):
+    """|d(x^c)/dx| = |c v / x|; the kernel rounds once."""
+    return m[0] * np.abs(a[1] * v / a[0]) + np.abs(v)
+
+
+def matmul(v, a, m, attrs):
+    k = a[0].shape[-1]
+    return (np.sqrt(k) * np.matmul(np.abs(a[0]), np.abs(a[1])) + np.matmul(m[0], np.abs(a[1]))
+            + np.matmul(np.abs(a[0]), m[1]))
+
+
+def derivative(slope: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> RoundingRule:
+    """The rule of a unary function whose |f'(x)| is `slope(v, x)` (from its output v and input x)."""
+    def rule(v, a, m, attrs):
+        return m[0] * slope(v, a[0]) + OWN_ULPS * np.abs(v)
+    return rule
+
+
+def gelu_slope(v: np.ndarray, x: np.ndarray) -> np.ndarray:
+    s = 1 / (1 + np.exp(-1.702 * x))
+    return np.abs(s + 1.702 * x * s * (1 - s))
+
+
+def softmax(v, a, m, attrs):
+    dim = attrs.get("dim", -1)
+    return v * (m[0] + np.sum(v * m[0], axis=dim, keepdims=True)) + OWN_ULPS * np.abs(v)
+
+
+def reduction(op: str) -> RoundingRule:
+    """A sum of K terms in any order: sqrt(K) * sum |x| of its own, plus its terms' estimates;
+    max carries the estimate of what it picks; mean is the sum's over K."""
+    def rule(v, a, m, attrs):
+        x, mx = a[0], m[0]
+        axes = reduced_axes(x.ndim, attrs.get("axis"))
+        keep = bool(attrs.get("keepdims"))
+        if op == "max":
+            return np.max(mx, axis=axes, keepdims=keep) if x.size else np.zeros(())
+        count = math.prod(x.shape[i] for i in axes)
+        total = np.sum(mx, axis=axes, keepdims=keep) + math.sqrt(count) * np.sum(np.abs(x), axis=axes, keepdims=keep)
+        return total / max(count, 1) if op == "mean" else total
+    return rule
+
+
+def reshape(v, a, m, attrs):
+    return np.reshape(m[0], v.shape)
+
+
+def transpose(v, a, m, attrs):
+    return np.swapaxes(m[0], attrs["dim0"], attrs["dim1"])

@@ -1,0 +1,146 @@
+"""Shape rules of the op table (`ir/ops.py`): shape(*operand_shapes, **attrs) -> the output's shape.
+
+Shapes are tuples that may hold `None` for the dynamic batch dimension. A rule raises ValueError,
+with the message eager code shows, when the operands do not fit; the tracer and `Graph.add` call
+the same rules, so eager and compiled code refuse the same things with the same words.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+Shape = tuple  # tuple[int | None, ...]; None marks the dynamic batch dimension
+
+
+def dim_text(d: int | None) -> str:
+    return "N" if d is None else str(d)
+
+
+def fmt_shape(shape: Sequence) -> str:
+    return "(" + ", ".join(dim_text(d) for d in shape) + (",)" if len(shape) == 1 else ")")
+
+
+def broadcast_shapes(a: Shape, b: Shape) -> Shape:
+    out = []
+    for i in range(1, max(len(a), len(b)) + 1):
+        x = a[-i] if i <= len(a) else 1
+        y = b[-i] if i <= len(b) else 1
+        if x == y or y == 1:
+            out.append(x)
+        elif x == 1:
+            out.append(y)
+        else:
+            raise ValueError(
+                f"shape mismatch: cannot broadcast {fmt_shape(a)} with {fmt_shape(b)} "
+                f"(dimension {x if x is not None else 'N'} against {y if y is not None else 'N'})"
+            )
+    return tuple(reversed(out))
+
+
+def matmul_shape(a: Shape, b: Shape) -> Shape:
+    """NumPy's matmul shape rule (1-D operands promoted, leading dims broadcast). The messages carry
+    TinyTorch's wording (`at least 1D`, `Inner dimensions don't match: 2 vs 3`) and DESIGN §1's."""
+    if len(a) == 0 or len(b) == 0:
+        raise ValueError(
+            f"Matrix multiplication requires at least 1D tensors: got shapes {fmt_shape(a)} @ {fmt_shape(b)}; "
+            "matmul needs operands with at least 1 dimension (use * for scalar multiplication)"
+        )
+    a2 = (1, *a) if len(a) == 1 else tuple(a)
+    b2 = (*b, 1) if len(b) == 1 else tuple(b)
+    if a2[-1] != b2[-2]:
+        k, j = (dim_text(d) for d in (a2[-1], b2[-2]))
+        raise ValueError(
+            f"Cannot perform matrix multiplication: {fmt_shape(a)} @ {fmt_shape(b)}. "
+            f"Inner dimensions must match: {k} ≠ {j} (shape mismatch; Inner dimensions don't match: "
+            f"{k} vs {j}: the left operand's last dimension must equal the right operand's "
+            f"{'only' if len(b) == 1 else 'second-to-last'} dimension)"
+        )
+    batch = broadcast_shapes(a2[:-2], b2[:-2])
+    out = (*batch, a2[-2], b2[-1])
+    if len(a) == 1:
+        out = out[:-2] + out[-1:]
+    if len(b) == 1:
+        out = out[:-1]
+    return out
+
+
+def same_shape(x: Shape, **_: object) -> Shape:
+    return tuple(x)
+
+
+def reshape_shape(x: Shape, *, newshape: Sequence[int]) -> Shape:
+    newshape = tuple(int(d) for d in newshape)
+    if sum(d == -1 for d in newshape) > 1 or any(d < -1 for d in newshape):
+        raise ValueError(f"reshape takes at most one -1 and no other negative size; got {newshape}")
+    if x and x[0] is None:  # dynamic batch: it must stay the leading dimension
+        if not newshape or newshape[0] != -1 or -1 in newshape[1:]:
+            raise ValueError(
+                f"cannot reshape {fmt_shape(x)} to {newshape}: the batch dimension N must stay "
+                "first, written as -1 (e.g. x.reshape(-1, 784))"
+            )
+        rest = reshape_shape(tuple(x[1:]), newshape=(math.prod(x[1:]),))[0]
+        if math.prod(newshape[1:]) != rest:
+            raise ValueError(
+                f"cannot reshape {fmt_shape(x)} to {(-1, *newshape[1:])}: Element count mismatch: {rest} "
+                f"elements vs {math.prod(newshape[1:])} elements per sample (each row has {rest} elements)"
+            )
+        return (None, *newshape[1:])
+    size = math.prod(x)
+    known = math.prod(d for d in newshape if d != -1)
+    if -1 in newshape:
+        if known == 0 or size % known:
+            raise ValueError(
+                f"cannot reshape tensor of shape {fmt_shape(x)} ({size} elements) to {newshape}: "
+                f"Cannot infer -1 dimension: {size} elements is not divisible by the known sizes' product {known}"
+            )
+        newshape = tuple(size // known if d == -1 else d for d in newshape)
+    if math.prod(newshape) != size:
+        raise ValueError(
+            f"cannot reshape tensor of shape {fmt_shape(x)} to {newshape}: Element count mismatch: "
+            f"{size} elements vs {math.prod(newshape)} elements (reshape keeps every element; -1 infers one size)"
+        )
+    return newshape
+
+
+def normalized_axis(ndim: int, axis: int) -> int:
+    if not -ndim <= axis < ndim:
+        raise ValueError(f"axis {axis} is out of range for a tensor with {ndim} dimensions")
+    return axis % ndim
+
+
+def transpose_shape(x: Shape, *, dim0: int, dim1: int) -> Shape:
+    out = list(x)
+    i, j = normalized_axis(len(x), dim0), normalized_axis(len(x), dim1)
+    out[i], out[j] = out[j], out[i]
+    return tuple(out)
+
+
+def reduced_axes(ndim: int, axis: int | Sequence[int] | None) -> tuple[int, ...]:
+    """The axes a reduction runs over, non-negative and sorted (`axis=None`: all of them)."""
+    if axis is None:
+        return tuple(range(ndim))
+    given = (axis,) if isinstance(axis, int) else tuple(axis)
+    axes = tuple(normalized_axis(ndim, a) for a in given)
+    if len(set(axes)) != len(axes):
+        raise ValueError(f"duplicate value in axis={given} (axes {axes} of a {ndim}-D tensor)")
+    return tuple(sorted(axes))
+
+
+def reduce_shape(x: Shape, *, axis: int | Sequence[int] | None, keepdims: bool) -> Shape:
+    axes = reduced_axes(len(x), axis)
+    return tuple(1 if i in axes else d for i, d in enumerate(x) if keepdims or i not in axes)
+
+
+def softmax_shape(x: Shape, *, dim: int = -1) -> Shape:
+    normalized_axis(len(x), dim)
+    return tuple(x)
+
+
+def linear_shape(x: Shape, w: Shape, b: Shape | None = None, **_: object) -> Shape:
+    out = matmul_shape(x, w)
+    return out if b is None else broadcast_shapes(out, b)
+
+
+def leaf_shape(*, shape: Shape, **_: object) -> Shape:
+    return tuple(shape)
