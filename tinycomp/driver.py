@@ -9,6 +9,7 @@ with the eager model live here too, beside what they read.
 
 from __future__ import annotations
 
+import ctypes
 import math
 import time
 from dataclasses import dataclass, field
@@ -60,11 +61,12 @@ class Artifact:
     compile_ms: float
     lead_shapes: dict = field(default_factory=dict)  # leading dims of the input -> eager output shape
 
-    def hot_table(self) -> tuple | None:
-        """The last call's parameter table while the model's structure and parameter arrays are
-        unchanged (the hot path's two checks), else None."""
+    def hot_table(self) -> tuple[Any, ctypes.Array] | None:
+        """(the binding's hot table, which keeps the weights alive; the pointer table it holds) while
+        the model's structure and parameter arrays are unchanged (the hot path's checks), else None."""
         guard = self.guard
-        return self.params.hot_table(guard.held) if guard.same() else None
+        hot = self.params.hot_table(guard.held) if guard.same() else None
+        return None if hot is None else (hot, hot[-1])  # the binding keeps its pointer table last
 
 
 def feature_shape(input_shape: Any) -> tuple[int, ...]:

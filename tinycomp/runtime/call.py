@@ -47,9 +47,9 @@ def as_input_array(x: Any) -> np.ndarray:
 
 
 class HotTables(Protocol):
-    def hot_table(self) -> tuple | None:
-        """The last call's (..., pointer table) if the model and its parameters are unchanged, else None.
-        The caller holds the returned tuple until the native call returns (it keeps the weights alive)."""
+    def hot_table(self) -> tuple[Any, ctypes.Array] | None:
+        """(what keeps the weights alive, the last call's pointer table) if the model and its
+        parameters are unchanged, else None. The caller holds the pair until the native call returns."""
 
 
 class CompiledCall:
@@ -88,7 +88,7 @@ class CompiledCall:
             return None
         out = np.empty((rows, *self.out_row), _F32)
         scratch = self.scratch.pointer(self.plan.scratch_floats(rows))
-        self.kernel.call(rows, data_pointer(arr), data_pointer(out), scratch, ctypes.addressof(hot[-1]))
+        self.kernel.call(rows, data_pointer(arr), data_pointer(out), scratch, ctypes.addressof(hot[1]))
         return out
 
     def rows(self, arr: np.ndarray, out_shape_for: Callable[[tuple[int, ...]], tuple[int, ...]]) -> tuple[int, tuple]:
