@@ -1,7 +1,10 @@
 """tinycomp: compile TinyTorch-style layer models to native code with llvmlite.
 
+    model.eval()                     # dropout off: what the compiled model computes
     fast = tinycomp.compile(model)   # trace -> passes -> LLVM -> machine code
     y = fast(x)                      # same result as model(x) in eval mode
+
+`help(tinycomp.compile)` documents every option; the layers are in `tinycomp.nn`.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from typing import Any
 
 from .compiler import CompiledModel, compile
 from .errors import CompileError, ParityError
+from .frontend.tensor import Tensor
 from .frontend.tracer import trace
 from .ir.graph import Graph
 from .ir.summary import Summary, summarize
@@ -20,7 +24,18 @@ __version__ = "0.1.0"
 def summary(model: Any, input_shape: Any = (1, 784)) -> Summary:
     """Per-node shapes, parameters, bytes, MACs and FLOPs of `model` (or a Graph) at a batch size.
 
-    `input_shape` is (batch, features...); the batch size only scales activations, MACs and FLOPs.
+    Args:
+        model: a `tinycomp.nn` model (traced in eval mode) or a `Graph` (e.g. `fast.graph`).
+        input_shape: (batch, features...); the batch size only scales activations, MACs and FLOPs.
+
+    Returns:
+        A `Summary`: `print()` it for a table, read totals from `.parameters`, `.param_bytes`,
+        `.activation_bytes`, `.macs`, `.flops`; a notebook shows it as an HTML table.
+
+    Example:
+        >>> s = summary(model, input_shape=(32, 784))   # the reference MLP  # doctest: +SKIP
+        >>> s.parameters, s.macs                                             # doctest: +SKIP
+        (235146, 7512064)
     """
     shape = tuple(input_shape)
     batch = shape[0] if shape and shape[0] is not None else 1
@@ -28,5 +43,5 @@ def summary(model: Any, input_shape: Any = (1, 784)) -> Summary:
     return summarize(graph, batch)
 
 
-__all__ = ["CompileError", "CompiledModel", "Graph", "ParityError", "Summary", "compile", "summary", "trace",
-           "__version__"]
+__all__ = ["CompileError", "CompiledModel", "Graph", "ParityError", "Summary", "Tensor", "compile", "summary",
+           "trace", "__version__"]

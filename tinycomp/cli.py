@@ -16,7 +16,7 @@ import numpy as np
 
 from . import compile as compile_model
 from .checks import positive_number
-from .frontend.layers import Layer
+from .frontend.layers import Layer, Linear, Sequential
 from .ir.printer import GraphvizNotFound, render_dot, to_dot
 
 STAGE_CHOICES = ("traced", "optimized", "llvm", "asm", "all")
@@ -28,7 +28,7 @@ class UsageError(Exception):
 
 # --------------------------------------------------------------------------- demo
 
-def reference_mlp() -> Layer:
+def reference_mlp() -> Sequential:
     from .nn import Dropout, Linear, ReLU, Sequential, manual_seed
 
     manual_seed(0)
@@ -63,10 +63,12 @@ def run_demo(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    from .bench.models import MODELS, numpy_function
     from .frontend.tensor import Tensor
     from .parity import check_parity, float64_reference
 
     model = reference_mlp()
+    model.eval()  # what the compiled model computes: dropout off (a new model is in training mode)
     params = model.parameters()
     n_params = sum(p.size for p in params)
     print(f"model: {model!r}\n")
@@ -80,7 +82,6 @@ def _demo(args: argparse.Namespace) -> int:
 
     rng = np.random.default_rng(1)
     x = rng.standard_normal((64, 784)).astype(np.float32)
-    model.eval()
     eager = model(Tensor(x)).data
     compiled = fast(x).data
     reference = float64_reference(fast.graph, x)
@@ -89,15 +90,19 @@ def _demo(args: argparse.Namespace) -> int:
     print(f"parity vs eager (float64 reference): {'OK' if report.ok else 'FAILED'} — {report}\n")
 
     threads = "all cores where it pays" if args.threads is None else args.threads
-    print(f"latency, median (BLAS pinned to 1 thread; compiled threads: {threads})")
-    print(f"{'batch':>6} {'eager us':>10} {'compiled us':>12} {'speed-up':>9}")
+    numpy_mlp = numpy_function(MODELS["mlp"], MODELS["mlp"].weights(model))  # README's baseline
+    print(f"latency, median (BLAS pinned to 1 thread; compiled threads: {threads}); NumPy is the same MLP "
+          "written as NumPy expressions, as in README's table; x NumPy = compiled time / NumPy time")
+    print(f"{'batch':>6} {'NumPy us':>10} {'eager us':>10} {'compiled us':>12} {'x NumPy':>8}")
     for batch in (1, 32, 512):
         xb = rng.standard_normal((batch, 784)).astype(np.float32)
         tb = Tensor(xb)
+        tn = _median_us(lambda xb=xb: numpy_mlp(xb))
         te = _median_us(lambda tb=tb: model(tb))
         tcm = _median_us(lambda xb=xb: fast(xb))
-        print(f"{batch:>6} {te:>10.1f} {tcm:>12.1f} {te / tcm:>8.2f}x")
-    print("\n(`tinycomp bench` measures properly: pinned BLAS threads, medians, p90, NumPy/ONNX Runtime baselines)")
+        print(f"{batch:>6} {tn:>10.1f} {te:>10.1f} {tcm:>12.1f} {tcm / tn:>8.2f}")
+    print("\n(`tinycomp bench` measures properly: each engine in its own process, medians, p90, ONNX Runtime "
+          "and torch baselines)")
     return 0 if report.ok else 1
 
 
@@ -168,9 +173,21 @@ def build_model(spec: str) -> Layer:
     return model
 
 
+def infer_input_shape(model: Layer) -> tuple:
+    """(None, width) for a model whose first layer is a Linear (also inside nested Sequentials)."""
+    first: Any = model
+    while isinstance(first, Sequential) and first.layers:
+        first = first.layers[0]
+    if isinstance(first, Linear):
+        return (None, int(np.shape(first.weight)[0]))
+    raise UsageError(f"cannot infer the input width of this {type(model).__name__}: its first layer is "
+                     f"{type(first).__name__}, not a Linear; pass --input-shape N,FEATURES (e.g. N,784)")
+
+
 def run_dump(args: argparse.Namespace) -> int:
     model = build_model(args.model)
-    shape = parse_input_shape(args.input_shape)
+    shape = parse_input_shape(args.input_shape) if args.input_shape else infer_input_shape(model)
+    model.eval()  # what an inference compile shows; a freshly built model is in training mode
     fast = compile_model(model, input_shape=(None, *shape[1:]))
     stage = args.stage or ("all" if args.out else "optimized")
     stages = ("traced", "optimized", "llvm", "asm") if stage == "all" else (stage,)
@@ -215,14 +232,16 @@ def _write(path: Path, text: str) -> Path:
 
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tinycomp", description="Compile TinyTorch-style models to native code.")
-    parser.add_argument("--verbose", "-v", action="store_true", help="show tracebacks on errors")
+    parser.add_argument("--verbose", "-v", action="store_true",
+                        help="show tracebacks on errors (before or after the subcommand)")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="compile the reference MLP, show its IR, check parity, time it")
     demo.add_argument("--threads", type=positive_number(int), default=None,
                       help="native threads (default: all cores where it pays)")
     dump = sub.add_parser("dump", help="write the IR of every stage of a model")
     dump.add_argument("model", help="module:factory or path/to/file.py:factory returning a Layer")
-    dump.add_argument("--input-shape", required=True, help="batch,features..., e.g. N,784")
+    dump.add_argument("--input-shape", help="batch,features..., e.g. N,784 (default: the in_features of a "
+                                            "Sequential's first Linear)")
     dump.add_argument("--stage", choices=STAGE_CHOICES, default=None,
                       help="what to show (default: optimized; with --out: all)")
     dump.add_argument("--out", help="folder for one file per stage and pass (01-traced.txt, model.ll, ...)")
@@ -231,15 +250,19 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
+VERBOSE_FLAGS = ("-v", "--verbose")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    verbose = "--verbose" in argv or "-v" in argv
-    if argv[:1] == ["bench"] or (verbose and argv[1:2] == ["bench"]):
+    verbose = any(a in VERBOSE_FLAGS for a in argv)
+    argv = [a for a in argv if a not in VERBOSE_FLAGS]  # -v means the same before or after the subcommand
+    if argv[:1] == ["bench"]:
         from .bench import bench_main  # type: ignore[attr-defined]
 
-        rest = argv[argv.index("bench") + 1 :]
-        return bench_main(rest)
+        return bench_main(argv[1:])
     args = make_parser().parse_args(argv)
+    args.verbose = verbose
     try:
         return {"demo": run_demo, "dump": run_dump}[args.command](args)
     except Exception as exc:  # one clear line for users; the whole story with --verbose

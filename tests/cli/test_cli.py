@@ -22,18 +22,6 @@ def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
                           env=full_env, timeout=300)
 
 
-def test_demo_compiles_checks_parity_and_times():
-    proc = run_cli("demo")
-    assert proc.returncode == 0, proc.stderr
-    out = proc.stdout
-    assert "235,146" in out and "919 KB" in out
-    assert "linear(%x, %0.weight, %0.bias) activation=relu" in out
-    assert "dropout(" in out  # the traced graph is shown before the passes
-    assert "parity vs eager (float64 reference): OK" in out
-    assert "output shape: (64, 10)" in out
-    assert "speed-up" in out
-
-
 def test_dump_all_writes_a_file_per_stage_and_pass(tmp_path, capsys):
     out = tmp_path / "dump"
     assert main(["dump", TINY, "--input-shape", "N,12", "--stage", "all", "--out", str(out), "--dot"]) == 0

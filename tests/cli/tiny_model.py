@@ -14,3 +14,12 @@ def not_a_layer():
 
 def broken():
     raise RuntimeError("factory exploded")
+
+
+def starts_with_relu():
+    return Sequential(ReLU(), Linear(12, 4))
+
+
+def nested():
+    manual_seed(4)
+    return Sequential(Sequential(Linear(9, 6), ReLU()), Linear(6, 2))

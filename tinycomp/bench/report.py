@@ -1,4 +1,4 @@
-"""Turning raw timings into the table, the issue-5 target check, Markdown and a plot."""
+"""Turning raw timings into the table, the check of the speed targets, Markdown and a plot."""
 
 from __future__ import annotations
 
@@ -75,7 +75,7 @@ def markdown_table(header: tuple[str, ...], cells: list[tuple[str, ...]]) -> str
     return "\n".join(lines)
 
 
-# ---------------------------------------------------------------- issue 5 targets
+# ---------------------------------------------------------------- speed targets
 @dataclass
 class Target:
     target: str
@@ -85,7 +85,7 @@ class Target:
 
 
 def check_targets(rows: list[Row], compile_times: dict[str, dict], floor_us: float | None = None) -> list[Target]:
-    """Every issue-5 target this run can judge, each ratio with the bound no code can pass: at batch
+    """Every speed target this run can judge, each ratio with the bound no code can pass: at batch
     1 `floor_us`, the measured time to read the MLP's weights once; above it the FMA peak (the ratio
     of a kernel running at the peak is NumPy's fraction of it, `Row.pct_peak`)."""
     by = {(r.model, r.batch, r.engine): r for r in rows}

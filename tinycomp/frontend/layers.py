@@ -89,24 +89,31 @@ def set_training_mode(model: Any, training: bool) -> None:
 
 
 class Layer:
-    """Base class: `forward` computes, `__call__` calls it, `parameters()` lists trainable tensors."""
+    """Base class of every layer and model: `forward` computes, `__call__` calls it, `parameters()`
+    lists trainable tensors. Subclass it and write `forward` with `Tensor` operations; the model then
+    runs eagerly (NumPy) and compiles with `tinycomp.compile`. A new layer is in training mode
+    (`training = True`): call `eval()` before comparing it with a compiled model."""
 
     training = True
 
     def forward(self, x: Any, *args: Any, **kwargs: Any) -> Any:
+        """The layer's computation on a Tensor; subclasses must implement it."""
         raise NotImplementedError(f"{type(self).__name__} must implement forward()")
 
     def __call__(self, x: Any, *args: Any, **kwargs: Any) -> Any:
         return self.forward(x, *args, **kwargs)
 
     def parameters(self) -> list[Tensor]:
+        """The layer's trainable tensors (none in the base class)."""
         return []
 
     def train(self, mode: bool = True) -> Layer:
+        """Set `training` on this layer and every layer it holds (dropout active when True); returns self."""
         set_training_mode(self, mode)
         return self
 
     def eval(self) -> Layer:
+        """Inference mode (`train(False)`): dropout is the identity, as in the compiled model; returns self."""
         return self.train(False)
 
     def __repr__(self) -> str:
@@ -120,7 +127,12 @@ def _positive_int(name: str, value: Any) -> int:
 
 
 class Linear(Layer):
-    """`y = x @ W + b` with W of shape (in_features, out_features)."""
+    """`y = x @ W + b` with W of shape (in_features, out_features).
+
+    `weight` is drawn as `standard_normal * sqrt(INIT_SCALE_FACTOR / in_features)` from the generator
+    `manual_seed` reseeds; `bias` starts at zeros (`bias=False`: no bias). Both may be edited in place
+    or rebound to a Tensor or NumPy array of the same shape; compiled models read them live.
+    """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True):
         self.in_features = _positive_int("in_features", in_features)
@@ -130,10 +142,12 @@ class Linear(Layer):
         self.bias = Tensor(np.zeros(self.out_features)) if bias else None
 
     def forward(self, x: Tensor) -> Tensor:
+        """`x @ weight + bias` for x of shape (..., in_features)."""
         y = x @ self.weight
         return y + self.bias if self.bias is not None else y
 
     def parameters(self) -> list[Tensor]:
+        """`[weight, bias]`, or `[weight]` without a bias."""
         return [self.weight] if self.bias is None else [self.weight, self.bias]
 
     def __repr__(self) -> str:
@@ -142,7 +156,11 @@ class Linear(Layer):
 
 
 class Dropout(Layer):
-    """Inverted dropout: in training, zero each element with probability p and scale the rest."""
+    """Inverted dropout: in training, zero each element with probability p and scale the rest by 1/(1-p).
+
+    In eval mode (`model.eval()`) it returns its input unchanged, and that is what a compiled model
+    computes: `tinycomp.compile` builds inference models and folds dropout away.
+    """
 
     def __init__(self, p: float = 0.5):
         if isinstance(p, bool) or not isinstance(p, numbers.Real):
@@ -160,6 +178,7 @@ class Dropout(Layer):
         return Tensor._wrap(dropout_mask(_rng, tuple(shape), self.p))
 
     def forward(self, x: Tensor, training: bool | None = None) -> Tensor:
+        """x with dropout applied when `training` (None: `self.training`) and 0 < p; x itself otherwise."""
         training = self.training if training is None else bool(training)
         if getattr(x, "_tracer", None) is not None:  # tracing records the node; passes decide what it becomes
             return apply_op("dropout", x, p=self.p, training=training)
@@ -188,7 +207,11 @@ def _accepts_training(cls: type) -> bool:
 
 
 class Sequential(Layer):
-    """Layers applied in order; `training` is passed to the layers whose forward accepts it."""
+    """Layers applied in order: `Sequential(Linear(784, 256), ReLU(), Linear(256, 10))` or from one list.
+
+    The layers live in the list `.layers` (indexing, `len` and iteration work on it; a slice is a new
+    Sequential); `training` is passed to the layers whose forward accepts it.
+    """
 
     def __init__(self, *layers: Any):
         if len(layers) == 1 and isinstance(layers[0], (list, tuple)):
@@ -199,6 +222,7 @@ class Sequential(Layer):
         self.layers = list(layers)
 
     def forward(self, x: Any, training: bool | None = None) -> Any:
+        """Each layer's output feeds the next; `training` (when given) goes to layers that take it."""
         for layer in self.layers:
             if training is not None and _accepts_training(type(layer)):
                 x = layer(x, training=training)
@@ -207,6 +231,7 @@ class Sequential(Layer):
         return x
 
     def parameters(self) -> list[Tensor]:
+        """Every layer's parameters in order, each shared tensor once."""
         seen: set[int] = set()
         out = []
         for layer in self.layers:

@@ -79,7 +79,13 @@ def apply_op(name: str, *operands: Operand, **attrs: Any) -> Tensor:
 
 
 class Tensor:
-    """A float32 array with `requires_grad` and `grad` slots (TinyTorch module 01)."""
+    """A float32 array with `requires_grad` and `grad` slots (TinyTorch module 01).
+
+    `Tensor(data)` copies `data` (a number, nested list or array; ints, bools and float64 become
+    float32) into `.data`. Arithmetic (`+ - * /`, `@`) takes Tensors, arrays and numbers with NumPy
+    broadcasting; `reshape`, `transpose`, `sum`/`mean`/`max` work as in NumPy. Inside a model's
+    `forward` these operations are what `tinycomp.compile` traces.
+    """
 
     __array_ufunc__ = None  # make `ndarray + Tensor` call Tensor.__radd__ instead of NumPy's add
     _tracer: Any = None  # set on symbolic tensors only (see frontend/tracer.py)
@@ -110,21 +116,26 @@ class Tensor:
     # ------------------------------------------------------------ properties
     @property
     def shape(self) -> tuple[int, ...]:
+        """The array's shape, as in NumPy."""
         return self.data.shape
 
     @property
     def size(self) -> int:
+        """The number of elements."""
         return int(self.data.size)
 
     @property
     def ndim(self) -> int:
+        """The number of dimensions."""
         return self.data.ndim
 
     @property
     def dtype(self) -> np.dtype:
+        """Always float32."""
         return self.data.dtype
 
     def numpy(self) -> np.ndarray:
+        """The underlying float32 array (not a copy)."""
         return self.data
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
@@ -208,6 +219,8 @@ class Tensor:
             matmul_shape(self.shape, other.shape)
 
     def matmul(self, other: Tensor | np.ndarray) -> Tensor:
+        """`self @ other` with NumPy's matmul rules; `other` a Tensor or an array (a weight rebound to an
+        array works eagerly as it does compiled). ValueError names both shapes when they do not fit."""
         self._validate_matmul_shapes(other)
         return apply_op("matmul", self, other)
 
@@ -224,6 +237,7 @@ class Tensor:
 
     # ------------------------------------------------------------ shape ops
     def reshape(self, *shape: Any) -> Tensor:
+        """The same elements in a new shape, given as sizes or one tuple; one size may be -1 (inferred)."""
         if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
             shape = tuple(shape[0])
         try:  # operator.index, not int(): a size of 2.5 is an error, not a silent 2
@@ -233,6 +247,7 @@ class Tensor:
         return apply_op("reshape", self, newshape=newshape)
 
     def transpose(self, dim0: int | None = None, dim1: int | None = None) -> Tensor:
+        """Swap axes dim0 and dim1 (default: the last two; a 0-D or 1-D tensor is returned as a copy)."""
         if dim0 is None and dim1 is None:
             if self.ndim < 2:  # a copy; while tracing, a parameter stays itself: live, not frozen
                 return self if _traced_parameter(self) else Tensor(self.data)
@@ -242,12 +257,15 @@ class Tensor:
         return apply_op("transpose", self, dim0=dim0, dim1=dim1)
 
     def sum(self, axis: Axis = None, keepdims: bool = False) -> Tensor:
+        """Sum over `axis` (None: all elements; an int or a tuple of ints), as `np.sum`."""
         return apply_op("sum", self, axis=_axis_attr(axis), keepdims=bool(keepdims))
 
     def mean(self, axis: Axis = None, keepdims: bool = False) -> Tensor:
+        """Mean over `axis` (None: all elements; an int or a tuple of ints), as `np.mean`."""
         return apply_op("mean", self, axis=_axis_attr(axis), keepdims=bool(keepdims))
 
     def max(self, axis: Axis = None, keepdims: bool = False) -> Tensor:
+        """Maximum over `axis` (None: all elements; an int or a tuple of ints), as `np.max`."""
         return apply_op("max", self, axis=_axis_attr(axis), keepdims=bool(keepdims))
 
     def __getitem__(self, key: Any) -> Tensor:

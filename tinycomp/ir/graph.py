@@ -24,6 +24,15 @@ class LintError(AssertionError):
 
 
 class Graph:
+    """The IR of one model: a dataflow DAG over named nodes, held in `self.nx` (a `networkx.MultiDiGraph`).
+
+    Every node has `op` (a name from the op table, `tinycomp.ir.ops.OPS`), `shape` (a tuple, `None`
+    for the batch dimension) and `dtype`, plus its op's attributes; every edge has `arg`, the operand
+    position. `tinycomp.trace(model, input_shape)` and `CompiledModel.graph` return one; print it with
+    `tinycomp.ir.printer.format_graph`, draw it with `to_dot`, evaluate it with `tinycomp.ir.interpret`.
+    Passes edit it in place through `add`, `replace_uses` and `remove`, then `lint()` checks it.
+    """
+
     def __init__(self) -> None:
         self.nx: nx.MultiDiGraph = nx.MultiDiGraph()
         self._counter = 0
@@ -55,6 +64,7 @@ class Graph:
         return f"%{self._counter - 1}"
 
     def remove(self, n: str) -> None:
+        """Delete node `n`; LintError if another node still reads it."""
         if self.users(n):
             raise LintError(f"cannot remove {n}: still used by {self.users(n)}")
         self.nx.remove_node(n)
@@ -66,6 +76,7 @@ class Graph:
             self.nx.add_edge(new, user, **data)
 
     def copy(self) -> Graph:
+        """An independent copy (node attribute dicts copied; bound values such as parameters shared)."""
         g = Graph()
         g.nx = self.nx.copy()  # node attribute dicts are new; bound values stay shared (live)
         g._counter = self._counter
@@ -82,9 +93,11 @@ class Graph:
         return self.nx.number_of_nodes()
 
     def op(self, n: str) -> str:
+        """The op name of node `n` (`"matmul"`, `"relu"`, ...)."""
         return self.nx.nodes[n]["op"]
 
     def shape(self, n: str) -> tuple:
+        """The output shape of node `n`; `None` stands for the dynamic batch dimension."""
         return self.nx.nodes[n]["shape"]
 
     def attrs(self, n: str) -> dict[str, Any]:
@@ -92,6 +105,7 @@ class Graph:
         return {k: v for k, v in self.nx.nodes[n].items() if k not in CORE_KEYS | META_KEYS}
 
     def args(self, n: str) -> list[str]:
+        """The operands of node `n`, in operand order (a node read twice appears twice)."""
         edges = sorted(self.nx.in_edges(n, data="arg"), key=lambda e: e[2])
         return [src for src, _, _ in edges]
 
@@ -100,6 +114,7 @@ class Graph:
         return list(dict.fromkeys(dst for _, dst in self.nx.out_edges(n)))
 
     def use_count(self, n: str) -> int:
+        """How many operand slots read `n` (`add(a, a)` counts twice)."""
         return self.nx.out_degree(n)
 
     def nodes(self, op: str | None = None) -> list[str]:
@@ -110,20 +125,24 @@ class Graph:
 
     @property
     def inputs(self) -> list[str]:
+        """The `input` nodes, in graph order (one per Tensor argument of `forward`)."""
         return self.nodes("input")
 
     @property
     def params(self) -> list[str]:
+        """The `param` nodes: the model's tensors, each bound to its attribute path and read live."""
         return self.nodes("param")
 
     @property
     def output(self) -> str:
+        """The one `output` node (LintError if there is not exactly one)."""
         outs = [n for n, op in self.nx.nodes(data="op") if op == "output"]
         if len(outs) != 1:
             raise LintError(f"a graph has exactly one output node; found {len(outs)}")
         return outs[0]
 
     def op_counts(self) -> dict[str, int]:
+        """How many nodes of each op the graph holds, e.g. `{"linear": 3, "input": 1, ...}`."""
         counts: dict[str, int] = {}
         for _, op in self.nx.nodes(data="op"):
             counts[op] = counts.get(op, 0) + 1

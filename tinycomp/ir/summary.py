@@ -25,30 +25,40 @@ class Row:
 
 @dataclass
 class Summary:
+    """What `tinycomp.summary(model, input_shape)` returns: one `Row` per graph node (name, op, shape,
+    parameters, parameter bytes, activation bytes, MACs, FLOPs) and their totals as properties.
+    `str(summary)` is a text table; in a notebook it shows as an HTML table."""
+
     batch: int | None
     rows: list[Row] = field(default_factory=list)
 
     def total(self, column: str) -> int:
+        """The sum of one `Row` field over all rows, e.g. `total("macs")`."""
         return sum(getattr(r, column) for r in self.rows)
 
     @property
     def parameters(self) -> int:
+        """Parameter count (each shared tensor once)."""
         return self.total("parameters")
 
     @property
     def param_bytes(self) -> int:
+        """Bytes of float32 parameters."""
         return self.total("param_bytes")
 
     @property
     def activation_bytes(self) -> int:
+        """Bytes of every node's float32 output at this batch size."""
         return self.total("activation_bytes")
 
     @property
     def macs(self) -> int:
+        """Multiply-accumulates of the matmuls at this batch size."""
         return self.total("macs")
 
     @property
     def flops(self) -> int:
+        """Floating-point operations at this batch size (2 per MAC, plus the elementwise work)."""
         return self.total("flops")
 
     def __str__(self) -> str:
