@@ -217,11 +217,18 @@ def test_eager_and_compiled_take_the_same_arrays(dtype):
     np.testing.assert_allclose(model(x).data, mlp64(model, x), rtol=1e-6, atol=1e-6)
 
 
-def test_matmul_still_refuses_what_is_not_a_tensor_or_array():
+def test_eager_linear_takes_a_list_as_the_compiled_model_does():
+    manual_seed(6)
+    model = Sequential(Linear(3, 2)).eval()
+    x = [[1.0, 2.0, 3.0], [0.5, -1.0, 2.0]]
+    np.testing.assert_allclose(model(x).data, tc.compile(model)(x).data, rtol=1e-6, atol=1e-6)
+    with pytest.raises(TypeError, match="numeric"):
+        model("not numbers")
+
+
+def test_tensor_matmul_takes_arrays_but_not_lists():
+    """Tensor.matmul takes Tensors and arrays (a rebound weight); a list stays a TypeError, as in TinyTorch."""
     w = Tensor(np.ones((3, 2)))
-    with pytest.raises(TypeError):
-        w.matmul([[1.0, 2.0]])  # type: ignore[arg-type]
+    np.testing.assert_array_equal((np.ones((4, 3)) @ w).data, np.full((4, 2), 3.0))
     with pytest.raises(TypeError):
         _ = [[1.0, 2.0, 3.0]] @ w
-    with pytest.raises(ValueError, match="Inner dimensions must match: 2 ≠ 3"):
-        _ = np.ones((4, 2)) @ w

@@ -142,7 +142,10 @@ class Linear(Layer):
         self.bias = Tensor(np.zeros(self.out_features)) if bias else None
 
     def forward(self, x: Tensor) -> Tensor:
-        """`x @ weight + bias` for x of shape (..., in_features)."""
+        """`x @ weight + bias` for x of shape (..., in_features): a Tensor, or an array or list as a
+        compiled model takes; the weight and bias may be rebound to arrays, as compiled models allow."""
+        if not isinstance(x, (Tensor, np.ndarray)):  # a list, as compiled models take
+            x = Tensor(x)
         y = x @ self.weight
         return y + self.bias if self.bias is not None else y
 
