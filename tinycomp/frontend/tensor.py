@@ -193,15 +193,19 @@ class Tensor:
 
     # ------------------------------------------------------------ elementwise math
     def exp(self) -> Tensor:
+        """e ** x elementwise, as `np.exp` (inf for x above ~88.7)."""
         return apply_op("exp", self)
 
     def log(self) -> Tensor:
+        """Natural logarithm elementwise, as `np.log` (-inf at 0, nan below)."""
         return apply_op("log", self)
 
     def sqrt(self) -> Tensor:
+        """Square root elementwise, as `np.sqrt` (nan below 0)."""
         return apply_op("sqrt", self)
 
     def abs(self) -> Tensor:
+        """|x| elementwise, as `np.abs`."""
         return apply_op("abs", self)
 
     def __abs__(self) -> Tensor:
