@@ -11,7 +11,7 @@ import pytest
 import tinycomp as tc
 from tests.models import REFERENCE_MLP_IN, eager_eval, reference_mlp
 from tinycomp.codegen.target import host
-from tinycomp.nn import Dropout, Linear, ReLU, Sequential, Sigmoid, Tensor, manual_seed
+from tinycomp.nn import Linear, ReLU, Sequential, Sigmoid, Tensor, manual_seed
 from tinycomp.parity import check_parity
 
 F64 = np.float64
@@ -277,12 +277,6 @@ def test_bad_input_shape_is_a_value_error_naming_it(shape):
 def test_bad_speed_level_is_a_value_error_before_any_compile(level):
     with pytest.raises(ValueError, match=f"speed_level must be one of 0, 1, 2, 3.*got {re.escape(repr(level))}"):
         tc.compile(Sequential(Linear(4, 2)), speed_level=level)
-
-
-def test_training_compile_is_not_implemented():
-    model = Sequential(Linear(4, 4), Dropout(0.5))
-    with pytest.raises(NotImplementedError, match="training-mode dropout"):
-        tc.compile(model, training=True)
 
 
 def test_one_sample_behaves_as_eager(mlp):

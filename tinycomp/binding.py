@@ -2,7 +2,9 @@
 
 `StructureGuard` notices (cheaply, on every call) that the layer tree changed, so the model is
 recompiled instead of running stale code; `LiveParams` reads the parameters live on every call;
-`eval_mode` runs the eager model for `check=True` without touching its own training flags.
+`DropoutDraws` draws a training-mode call's dropout masks from the model's own Dropout layers;
+`eval_mode` / `layers_in_mode` run the eager model for `check=True` without touching its own
+training flags.
 """
 
 from __future__ import annotations
@@ -16,22 +18,32 @@ from typing import Any
 
 import numpy as np
 
-from .frontend.layers import Layer, Sequential, model_lock, reachable
+from .errors import CompileError
+from .frontend import streams
+from .frontend.layers import Dropout, Layer, Sequential, model_lock, reachable
 from .frontend.live_reads import is_numeric_array
 from .frontend.tensor import Tensor
 from .frontend.tracer import resolve_path
+from .ir.graph import Graph
+from .ir.passes.fold_dropout import draws_mask
+from .ir.philox import MASK32, DropoutStream
 from .runtime.buffers import as_native_float32, data_pointer
 
 
+def eval_mode(model: Layer) -> contextlib.AbstractContextManager[None]:
+    """Run the eager model in eval mode, then restore every layer's own training flag."""
+    return layers_in_mode(model, training=False)
+
+
 @contextlib.contextmanager
-def eval_mode(model: Layer) -> Iterator[None]:
-    """Run the eager model in eval mode, then restore every layer's own training flag (one thread
-    at a time: another would save this one's False and restore it last)."""
+def layers_in_mode(model: Layer, training: bool) -> Iterator[None]:
+    """Run the eager model with every layer's `training` set, then restore each layer's own flag
+    (one thread at a time: another would save this one's value and restore it last)."""
     with model_lock(model):
         layers = [obj for obj in reachable(model) if isinstance(obj, Layer)]
         saved = [(layer, vars(layer).get("training", _UNSET)) for layer in layers]
         for layer in layers:
-            layer.training = False
+            layer.training = training
         try:
             yield
         finally:
@@ -237,3 +249,46 @@ class _ArraySlot:
     def __init__(self, data: Any):
         self.data = data
 _CONTAINERS = (list, tuple, dict, Sequential)
+
+
+class DropoutDraws:
+    """The dropout masks of a compiled training-mode call, drawn as the eager model would draw them.
+
+    Each training dropout node of the plan belongs to one Dropout layer of the model (the tracer
+    refuses any other) and is that layer's k-th call in forward() (a layer used twice has two
+    nodes). A call takes every layer's next calls at once, in the model's order, from the same
+    per-layer counters eager calls advance (`frontend/streams.py`), so eager and compiled calls,
+    in any mix, each get the masks of the layers' next calls. The layers are held here; the
+    structure guard recompiles when one is replaced.
+    """
+
+    def __init__(self, model: Any, traced: Graph, nodes: list[str]):
+        self.layers: list[Dropout] = []
+        self.slots: list[tuple[int, int]] = []  # per plan node: (index in self.layers, k-th call of it)
+        self.calls: list[int] = []  # per layer: its calls in one forward
+        where = {}
+        for n in [n for n in traced.nodes("dropout") if draws_mask(traced, n)]:  # the order eager draws in
+            layer = resolve_path(model, traced[n]["layer"])
+            if not isinstance(layer, Dropout):
+                raise CompileError(f"dropout node {n} does not come from a Dropout layer (it was recorded in "
+                                   f"{type(layer).__name__} at '{traced[n]['layer']}'); training-mode masks are "
+                                   "drawn per Dropout layer")
+            i = next((j for j, known in enumerate(self.layers) if known is layer), len(self.layers))
+            if i == len(self.layers):
+                self.layers.append(layer)
+                self.calls.append(0)
+            where[n] = (i, self.calls[i])
+            self.calls[i] += 1
+        self.slots = [where[n] for n in nodes]
+
+    def draw(self) -> tuple[list[DropoutStream], list[DropoutStream]]:
+        """(each plan node's stream, each layer's first stream), advancing every layer's call count."""
+        with streams.lock():
+            firsts = [streams.draw(layer, k) for layer, k in zip(self.layers, self.calls, strict=True)]
+        nodes = [firsts[i]._replace(call=(firsts[i].call + k) & MASK32) for i, k in self.slots]
+        return nodes, firsts
+
+    def rewind(self, firsts: list[DropoutStream]) -> None:
+        """Set every layer's call count back to before `draw` (to replay the call eagerly)."""
+        for layer, first in zip(self.layers, firsts, strict=True):
+            streams.rewind(layer, first.call)

@@ -7,6 +7,7 @@ it, `binding.LiveParams` supplies the live parameters. The stages behind it: dri
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import threading
 import warnings
@@ -16,6 +17,7 @@ from typing import Any
 from . import driver
 from .driver import Artifact
 from .errors import CompileError
+from .frontend import streams
 from .frontend.layers import Dropout, Layer, model_lock
 from .frontend.tensor import Tensor
 from .frontend.tracer import walk_model
@@ -38,10 +40,13 @@ class CompileStats:
 
 
 class CompiledModel:
-    """A model compiled to native code for inference. Call it like the model: `fast(x)` -> Tensor.
+    """A model compiled to native code. Call it like the model: `fast(x)` -> Tensor.
 
-    - Always an inference model: dropout is folded away as in eval mode. `model.train()` (or
-      `.eval()`) after compiling changes nothing here; compile(training=True) is not supported.
+    - An inference model by default: dropout is folded away as in eval mode. With `training=True`
+      every layer runs in training mode and each Dropout draws its masks from the generator of
+      `tinycomp.nn.manual_seed`, per layer and call, exactly as the eager layer does: after the same
+      seed and the same number of calls, eager and compiled outputs match (README, "Training-mode
+      dropout"). `model.train()` (or `.eval()`) after compiling changes nothing here.
     - Parameters are read live by attribute path on every call: in-place edits and rebinding a
       parameter to a Tensor or array of the same shape show in the next call.
     - Structural changes (a parameter rebound to another shape, a layer appended to a `Sequential`,
@@ -59,12 +64,14 @@ class CompiledModel:
     """
 
     def __init__(self, model: Layer, *, input_shape: Any = None, threads: int | None = None,
-                 check: bool = False, passes: list | None = None, speed_level: int = 0):
+                 check: bool = False, passes: list | None = None, speed_level: int = 0, training: bool = False):
         if not callable(model):
             raise TypeError(f"compile() expects a Layer (or callable model); got {type(model).__name__}")
         if threads is not None and (not isinstance(threads, int) or threads < 1):
             raise ValueError(f"threads must be None (all cores where it pays) or an int >= 1; got {threads!r}")
-        self.model, self.threads, self.check = model, threads, check
+        if not isinstance(training, bool):
+            raise TypeError(f"training must be True or False; got {training!r}")
+        self.model, self.threads, self.check, self.training = model, threads, check, training
         self._passes, self._speed_level = passes, driver.checked_speed_level(speed_level)
         self._pinned = input_shape is not None  # else a call of another input width recompiles for it
         self.stats = CompileStats()
@@ -80,18 +87,19 @@ class CompiledModel:
     def __getstate__(self) -> dict:
         art = self._artifact
         return {"model": self.model, "threads": self.threads, "check": self.check, "passes": self._passes,
-                "speed_level": self._speed_level, "pinned": self._pinned,
+                "speed_level": self._speed_level, "pinned": self._pinned, "training": self.training,
                 "input_shape": (None, *art.features) if art is not None else None}
 
     def __setstate__(self, state: dict) -> None:
         self.__init__(state["model"], input_shape=state["input_shape"], threads=state["threads"],  # type: ignore[misc]
-                      check=state["check"], passes=state["passes"], speed_level=state["speed_level"])
+                      check=state["check"], passes=state["passes"], speed_level=state["speed_level"],
+                      training=state.get("training", False))
         self._pinned = state.get("pinned", state["input_shape"] is not None)
 
     # ---------------------------------------------------------------- compiling
     def _compile(self, features: tuple[int, ...]) -> Artifact:
         art = driver.build(self.model, features, passes=self._passes, speed_level=self._speed_level,
-                           threads=self.threads, scratch=self._scratch)
+                           threads=self.threads, scratch=self._scratch, training=self.training)
         self._artifact = art
         self.stats.compiles += 1
         self.stats.cache_hits += art.cache_hit
@@ -151,7 +159,8 @@ class CompiledModel:
     # ---------------------------------------------------------------- calling
     def __call__(self, x: Any) -> Tensor:
         art = self._artifact
-        if art is not None and not self.check:  # check=True compares with eager: always _call
+        # check=True compares with eager; a training-mode call draws its masks: both always _call
+        if art is not None and not self.check and art.draws is None:
             out = art.call.hot(x.data if type(x) is Tensor else x, art)
             if out is not None:
                 self.stats.calls += 1
@@ -174,13 +183,17 @@ class CompiledModel:
             assert params is not None
         x32, out = art.call.buffers(arr, rows)
         table, used = params  # `used` keeps every array the table points into alive during the call
-        if rows:
-            art.call.run(x32, table, out)
-            art.params.remember(held, table, used)
-        self.stats.calls += 1
-        y = out.reshape(out_shape)
-        if self.check:
-            driver.check_against_eager(self.model, art, x32, y)
+        # check=True in training mode replays the call's draws eagerly: no other call may draw meanwhile
+        with streams.lock() if self.check and art.draws else contextlib.nullcontext():
+            # every call takes its layers' next masks, an empty batch too: as an eager call would
+            draws = art.draws.draw() if art.draws else None
+            if rows:
+                art.call.run(x32, table, out, draws[0] if draws else None)
+                art.params.remember(held, table, used)
+            self.stats.calls += 1
+            y = out.reshape(out_shape)
+            if self.check:
+                driver.check_against_eager(self.model, art, x32, y, draws)
         return Tensor._wrap(y)
 
     # ---------------------------------------------------------------- inspecting
@@ -228,7 +241,7 @@ def _fits(features: tuple[int, ...], shape: tuple[int, ...]) -> bool:
 
 def compile(model: Layer, *, input_shape: Any = None, training: bool = False, threads: int | None = None,
             check: bool = False, passes: list | None = None, speed_level: int = 0) -> CompiledModel:
-    """Compile `model` to native code for inference; call the result like the model.
+    """Compile `model` to native code (for inference unless `training=True`); call the result like the model.
 
     The model's `forward()` is traced into a graph (`tinycomp.trace`), the passes fold eval-mode dropout
     away and fuse each matmul + bias + activation into one `linear` node, and the graph is lowered to
@@ -243,9 +256,13 @@ def compile(model: Layer, *, input_shape: Any = None, training: bool = False, th
             the model compiles now and only takes inputs of these features (others raise ValueError
             naming both shapes). Left out, it compiles on the first call, from that input's shape,
             and compiles again when a later call brings inputs of another width.
-        training: must stay False: the compiled model is an inference model. A model whose Dropout
-            layers are in training mode (every new model is, until `model.eval()`) gets one
-            UserWarning, since `model(x)` then applies dropout and differs from the compiled result.
+        training: False (the default) compiles an inference model: dropout is left out, as in eval
+            mode, and a model whose Dropout layers are in training mode (every new model is, until
+            `model.eval()`) gets one UserWarning, since `model(x)` then applies dropout and differs
+            from the compiled result. True compiles every layer in training mode: each Dropout
+            draws its masks exactly as the eager layer does (per layer and call, from the generator
+            of `tinycomp.nn.manual_seed`), so after the same seed and number of calls both match
+            (README, "Training-mode dropout").
         threads: native threads for large batches. None (the default) splits a batch over all cores
             where that pays (about 1 MFLOP of work per thread); 1 keeps every call on the calling thread.
         check: also run the eager model on every call and raise `tinycomp.ParityError` when the two
@@ -277,14 +294,10 @@ def compile(model: Layer, *, input_shape: Any = None, training: bool = False, th
         >>> bool(np.allclose(fast(x).data, model(x).data, atol=1e-4))
         True
     """
-    if training:
-        raise NotImplementedError(
-            "training-mode dropout is not compiled yet: tinycomp.compile builds inference models "
-            "(eval-mode dropout is folded away); call compile(model) without training=True"
-        )
-    warn_if_dropout_active(model)
+    if not training:
+        warn_if_dropout_active(model)
     return CompiledModel(model, input_shape=input_shape, threads=threads, check=check, passes=passes,
-                         speed_level=speed_level)
+                         speed_level=speed_level, training=training)
 
 
 def warn_if_dropout_active(model: Any) -> None:

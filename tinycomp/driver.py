@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .binding import LiveParams, StructureGuard, eval_mode
+from .binding import DropoutDraws, LiveParams, StructureGuard, layers_in_mode
 from .checks import is_whole_number
 from .codegen.module import LoweringError, ModulePlan, graph_fingerprint, lower_graph
 from .codegen.target import host
@@ -26,6 +26,7 @@ from .frontend.tensor import Tensor
 from .frontend.tracer import trace
 from .ir.graph import Graph
 from .ir.passes import run_pipeline
+from .ir.philox import DropoutStream
 from .ir.printer import format_graph
 from .ir.summary import flops_per_row
 from .logs import channel, log
@@ -60,6 +61,7 @@ class Artifact:
     cache_hit: bool
     compile_ms: float
     lead_shapes: dict = field(default_factory=dict)  # leading dims of the input -> eager output shape
+    draws: DropoutDraws | None = None  # training mode: where each call's dropout masks come from
 
     def hot_table(self) -> tuple[Any, ctypes.Array] | None:
         """(the binding's hot table, which keeps the weights alive; the pointer table it holds) while
@@ -87,10 +89,11 @@ def checked_speed_level(level: Any) -> int:
 
 
 def build(model: Any, features: tuple[int, ...], *, passes: list | None, speed_level: int,
-          threads: int | None, scratch: ScratchPool) -> Artifact:
-    """Compile `model` for inputs (N, *features); the caller holds the model's lock."""
+          threads: int | None, scratch: ScratchPool, training: bool = False) -> Artifact:
+    """Compile `model` for inputs (N, *features), its layers in training mode if `training`; the
+    caller holds the model's lock."""
     start = time.perf_counter()
-    traced = trace(model, (None, *features))
+    traced = trace(model, (None, *features), training=training)
     dumps: list[tuple[str, str]] = [("traced", format_graph(traced))]
     log("graph", "traced graph of %s:\n%s", type(model).__name__, dumps[0][1])
 
@@ -108,6 +111,7 @@ def build(model: Any, features: tuple[int, ...], *, passes: list | None, speed_l
         params=LiveParams(model, [optimized[p]["path"] for p in plan.params], shapes, kernel.pack),
         guard=StructureGuard(model), speed_level=speed_level, cache_hit=hit,
         compile_ms=(time.perf_counter() - start) * 1e3,
+        draws=DropoutDraws(model, traced, plan.dropouts) if training else None,
     )
     log("compile", "compiled %s for input (N, %s) in %.1f ms (cache key %s, %s)", type(model).__name__,
         ", ".join(map(str, features)), artifact.compile_ms, key[:16], "cache hit" if hit else "built")
@@ -189,18 +193,24 @@ def eager_out_shape(model: Any, art: Artifact, lead: tuple[int, ...]) -> tuple[i
     return shape
 
 
-def check_against_eager(model: Any, art: Artifact, arr: np.ndarray, compiled: np.ndarray) -> None:
+def check_against_eager(model: Any, art: Artifact, arr: np.ndarray, compiled: np.ndarray,
+                        draws: tuple[list[DropoutStream], list[DropoutStream]] | None = None) -> None:
     """check=True: raise ParityError unless `compiled` (the output for input `arr`) passes the
-    parity rule against the eager model in eval mode, both judged by the traced graph in float64."""
+    parity rule against the eager model in eval mode, both judged by the traced graph in float64.
+    A training-mode call (`draws`: what `DropoutDraws.draw` gave it) is replayed in training mode
+    with the same masks; the caller holds the dropout streams' lock from the draw until now."""
     if compiled.size == 0:
         return
-    with eval_mode(model):
+    with layers_in_mode(model, art.draws is not None):
+        if art.draws is not None and draws is not None:
+            art.draws.rewind(draws[1])  # the eager run draws this call's masks again
         eager = np.asarray(model(Tensor(arr)).data)
     params64 = {p: np.asarray(v, np.float64)
                 for p, v in zip(art.plan.params, art.params.arrays(strict=True) or [], strict=True)}
     rows = arr.reshape(-1, *art.features)
     # the traced graph, not the fused one: overflow inside a linear's pre-activation must show
-    ref = reference_and_overflow(art.traced, rows, params64)
+    streams = dict(zip(art.plan.dropouts, draws[0], strict=True)) if draws else None
+    ref = reference_and_overflow(art.traced, rows, params64, streams=streams)
     report = check_parity(compiled.reshape(len(rows), -1), eager.reshape(len(rows), -1),
                           ref.values.reshape(len(rows), -1), max_eager_error=CHECK_EAGER_SLACK,
                           overflow_rows=ref.overflow_rows, rounding=ref.rounding.reshape(len(rows), -1))

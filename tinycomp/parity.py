@@ -18,6 +18,7 @@ import numpy as np
 from .ir.graph import Graph
 from .ir.interpret import interpret
 from .ir.ops import op_def
+from .ir.philox import DropoutStream
 
 ATOL = 1e-6  # times max(1, max |reference|)
 F32_MAX = float(np.finfo(np.float32).max)
@@ -110,8 +111,10 @@ def float64_reference(g: Graph, x: np.ndarray, params: dict[str, np.ndarray] | N
     return reference_and_overflow(g, x, params).values
 
 
-def reference_and_overflow(g: Graph, x: np.ndarray, params: dict[str, np.ndarray] | None = None) -> Reference:
+def reference_and_overflow(g: Graph, x: np.ndarray, params: dict[str, np.ndarray] | None = None, *,
+                           streams: dict[str, DropoutStream] | None = None) -> Reference:
     """Run g in float64 and watch every value: which rows overflow float32, and how large the sums are.
+    Training-mode dropout nodes draw the masks of `streams` (see `interpret`).
 
     A row on whose path some value or dot product leaves float32's range overflows in float32, and
     where and with which sign depends on the order of the sums (OpenBLAS's, ours):
@@ -138,7 +141,7 @@ def reference_and_overflow(g: Graph, x: np.ndarray, params: dict[str, np.ndarray
         else:  # a batch-independent value (from parameters alone) feeds every row
             rows[:] = True
 
-    out = interpret(g, np.asarray(x, np.float64), params=params, dtype=np.float64, on_value=watch)
+    out = interpret(g, np.asarray(x, np.float64), params=params, dtype=np.float64, on_value=watch, streams=streams)
     return Reference(out, rows, np.broadcast_to(rounding[g.output], out.shape))
 
 

@@ -101,11 +101,6 @@ def test_lowering_error_is_a_not_implemented_error():
     assert issubclass(LoweringError, NotImplementedError)
 
 
-def test_training_mode_dropout_is_not_lowered():
-    with pytest.raises(LoweringError, match="training-mode dropout"):
-        lower_graph(graph_with("dropout", p=0.5, training=True), WIDTH)
-
-
 def test_softmax_over_a_non_last_axis_is_refused():
     g = Graph()
     x = g.add("input", name="x", shape=(None, 3, 5))

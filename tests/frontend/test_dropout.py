@@ -139,3 +139,51 @@ def test_forward_training_argument_overrides_self_training():
     assert d.training is True
     assert d(x, training=False) is x
     assert d.forward(x, training=None) is not x  # None means self.training (True)
+
+
+# ---------------------------------------------------------------- the counter-based generator (issue 15)
+
+def test_each_mask_is_the_layers_next_call_and_a_reseed_starts_over():
+    d = Dropout(0.5)
+    manual_seed(11)
+    first = [d._generate_dropout_mask((40, 40)).data for _ in range(3)]
+    assert not np.array_equal(first[0], first[1]) and not np.array_equal(first[1], first[2])
+    manual_seed(11)  # no layer built between the seeds: d keeps its id, its call count restarts
+    again = [d(Tensor(np.ones((40, 40))), training=True).data for _ in range(3)]
+    for a, b in zip(first, again, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_two_layers_and_a_copy_draw_different_masks():
+    import copy
+
+    manual_seed(12)
+    a, b = Dropout(0.5), Dropout(0.5)
+    c = copy.deepcopy(a)  # a new layer: same p, an id of its own
+    masks = [layer._generate_dropout_mask((64, 64)).data for layer in (a, b, c)]
+    assert not np.array_equal(masks[0], masks[1]) and not np.array_equal(masks[0], masks[2])
+
+
+def test_draws_from_many_threads_take_each_call_once():
+    """Concurrent calls each take a distinct call number: the masks are those of a serial run."""
+    import threading
+
+    d = Dropout(0.5)
+    manual_seed(13)
+    got: list[bytes] = []
+    lock = threading.Lock()
+
+    def work():
+        for _ in range(25):
+            mask = d._generate_dropout_mask((16, 16)).data.tobytes()
+            with lock:
+                got.append(mask)
+
+    threads = [threading.Thread(target=work) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    manual_seed(13)
+    serial = {d._generate_dropout_mask((16, 16)).data.tobytes() for _ in range(150)}
+    assert len(serial) == 150 and set(got) == serial

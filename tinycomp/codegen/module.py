@@ -2,6 +2,9 @@
 
 The entry is `void tinycomp_forward(i64 M, ptr x, ptr out, ptr scratch, ptr args)`, `args` an array of
 one pointer per parameter, then one per constant, in `ModulePlan.params` / `const_nodes` order.
+A graph with training-mode dropout (`ModulePlan.dropouts`) takes one more argument, `ptr draws`: an
+i64 array [key0, key1, first row, then (layer id, call number) per dropout node], the Philox
+stream of each mask (ir/philox.py) and the batch row that row 0 of this call is.
 Every op we lower works row by row, so the runtime may split the batch into row ranges and run the
 entry on each range in parallel, each range with its own scratch buffer.
 
@@ -23,9 +26,21 @@ from llvmlite import ir
 from ..ir.graph import Graph
 from ..ir.layout import elementwise_layout, is_batched, is_scalar_const, row_floats
 from ..ir.ops import ELEMENTWISE, LEAVES, map_leaves
+from ..ir.passes.fold_dropout import draws_mask, is_identity_dropout
 from ..ir.shapes import fmt_shape
-from . import elementwise, gemm
-from .loops import I64, PTR, compile_as_glue, element_ptr, for_range, i64, paused_gc, release_module, stream_in_kernel
+from . import elementwise, gemm, philox
+from .loops import (
+    I32,
+    I64,
+    PTR,
+    compile_as_glue,
+    element_ptr,
+    for_range,
+    i64,
+    paused_gc,
+    release_module,
+    stream_in_kernel,
+)
 from .scratch import BufferPlan, plan_buffers
 
 ENTRY = "tinycomp_forward"
@@ -52,6 +67,7 @@ class ModulePlan:
     scratch_fixed: int  # floats of scratch independent of the batch size
     kernels: list[str]
     buffers: BufferPlan | None = field(default=None, repr=False)  # where each value lives (lowering only)
+    dropouts: list[str] = field(default_factory=list)  # training dropout nodes, in `draws` order
 
     def scratch_floats(self, rows: int) -> int:
         return rows * self.scratch_per_row + self.scratch_fixed
@@ -60,7 +76,7 @@ class ModulePlan:
         """What a cache entry must remember to run its object code without lowering again."""
         return {"entry": self.entry, "params": self.params, "const_nodes": self.const_nodes,
                 "out_shape": list(self.out_shape), "scratch_per_row": self.scratch_per_row,
-                "scratch_fixed": self.scratch_fixed, "kernels": self.kernels}
+                "scratch_fixed": self.scratch_fixed, "kernels": self.kernels, "dropouts": self.dropouts}
 
     @classmethod
     def from_meta(cls, meta: dict, g: Graph, width: int) -> ModulePlan:
@@ -126,11 +142,12 @@ class _Emitter:
         assert plan.buffers is not None
         self.g, self.width, self.buffers = g, width, plan.buffers
         self.module = ir.Module(name="tinycomp")
-        self.params, self.consts = plan.params, plan.const_nodes
+        self.params, self.consts, self.dropouts = plan.params, plan.const_nodes, plan.dropouts
         # Parameters and constants come in one array of pointers: a ctypes call costs ~0.1 us per
         # argument, and that array only changes when a parameter is rebound, not on every call.
-        self.fn = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [I64, PTR, PTR, PTR, PTR]), ENTRY)
-        for a, arg_name in zip(self.fn.args, ("M", "x", "out", "scratch", "args"), strict=True):
+        names = ("M", "x", "out", "scratch", "args") + (("draws",) if self.dropouts else ())
+        self.fn = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [I64] + [PTR] * (len(names) - 1)), ENTRY)
+        for a, arg_name in zip(self.fn.args, names, strict=True):
             a.name = arg_name
         for a in self.fn.args[1:4]:
             a.add_attribute("noalias")
@@ -138,7 +155,7 @@ class _Emitter:
         self.rows = self.fn.args[0]  # rows of the current row block (all M without blocking)
         self.scratch_rows: ir.Value = self.rows  # batched scratch buffers hold this many rows
         self.r0: ir.Value | None = None  # first row of the current block (None: no blocking)
-        x, self.out, self.scratch, table = self.fn.args[1:]
+        x, self.out, self.scratch, table = self.fn.args[1:5]
         self.ptr: dict[str, ir.Value] = {g.inputs[0]: x}
         for i, n in enumerate(self.params + self.consts):
             tag = "p" if i < len(self.params) else "c"
@@ -257,8 +274,33 @@ def lower_view(e: _Emitter, n: str) -> None:
 
 
 def lower_dropout(e: _Emitter, n: str) -> None:
-    if e.g.attrs(n).get("training"):
-        raise LoweringError("training-mode dropout is not compiled yet; compile the model for inference")
+    """Training mode: the Philox mask of this node's stream (codegen/philox.py); p = 1: zeros. An
+    eval-mode dropout is its operand's buffer (scratch.is_pass_through)."""
+    g = e.g
+    if is_identity_dropout(g, n):
+        return
+    row = row_floats(g.shape(n))
+    if not draws_mask(g, n):  # p = 1: real zeros, as eager (x * 0 would keep inf and nan as nan)
+        expr = ("const", 0.0)
+        fn = e.kernel(("ew", _kernel_key(expr), (), row, e.width),
+                      lambda name: elementwise.emit_elementwise(e.module, name, expr, [], row, e.width))
+        e.call(fn, e.row_count(n, row), e.pointer(n))
+        return
+    p = float(g.attrs(n)["p"])
+    fn = e.kernel(("dropout", p, e.width), lambda name: philox.emit_dropout(e.module, name, p, e.width))
+    b, draws = e.b, e.fn.args[5]
+
+    def word(i: int) -> ir.Value:
+        return b.load(b.gep(draws, [i64(i)], source_etype=I64, inbounds=True), typ=I64)
+
+    slot = 3 + 2 * e.dropouts.index(n)
+    key0, key1, layer, call = (b.trunc(word(i), I32) for i in (0, 1, slot, slot + 1))
+    if is_batched(g.shape(n)):  # element numbers count from row 0 of the whole batch
+        first_row = word(2) if e.r0 is None else b.add(word(2), e.r0)
+        count, first = b.mul(e.rows, i64(row)), b.mul(first_row, i64(row))
+    else:
+        count, first = i64(row), i64(0)
+    e.call(fn, count, e.pointer(n), e.pointer(g.args(n)[0]), first, key0, key1, layer, call)
 
 
 def copy_to_output(e: _Emitter, src: str) -> None:
@@ -309,7 +351,8 @@ def plan_frame(g: Graph, width: int) -> ModulePlan:
     consts = [n for n in g.nodes("const") if not _folded_everywhere(g, n)]
     return ModulePlan(llvm_ir="", entry=ENTRY, params=g.params, const_nodes=consts, consts=_const_arrays(g, consts),
                       out_shape=tuple(g.shape(g.output)), scratch_per_row=buffers.per_row,
-                      scratch_fixed=buffers.fixed, kernels=[], buffers=buffers)
+                      scratch_fixed=buffers.fixed, kernels=[], buffers=buffers,
+                      dropouts=[n for n in g.nodes("dropout") if draws_mask(g, n)])
 
 
 def _lower_graph(g: Graph, width: int) -> ModulePlan:

@@ -12,11 +12,17 @@ from dataclasses import dataclass, field
 from ..ir.graph import Graph
 from ..ir.layout import is_batched, row_floats
 from ..ir.ops import ALIASING
+from ..ir.passes.fold_dropout import is_identity_dropout
 
 ALIGN = 16
 # Values that are their operand's memory as it is (a reshape; an eval-mode dropout that survived the
 # passes, e.g. with passes switched off) share its buffer; the output node is handled on its own.
 PASS_THROUGH = ALIASING - {"output"}
+
+
+def is_pass_through(g: Graph, n: str) -> bool:
+    """Does n share its operand's buffer? A training-mode dropout computes a value of its own."""
+    return g.op(n) in PASS_THROUGH and not (g.op(n) == "dropout" and not is_identity_dropout(g, n))
 
 
 def _round_up(n: int) -> int:
@@ -62,7 +68,7 @@ class BufferPlan:
 
 def plan_buffers(g: Graph, pack_floats: int = 0) -> BufferPlan:
     order = g.nodes()
-    aliases = {n: g.args(n)[0] for n in order if g.op(n) in PASS_THROUGH}
+    aliases = {n: g.args(n)[0] for n in order if is_pass_through(g, n)}
     plan = BufferPlan({}, aliases, output_root="")
     plan.output_root = plan.alias_root(g.args(g.output)[0])
     last_use: dict[str, int] = {}

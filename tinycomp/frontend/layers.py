@@ -13,7 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from ..ir.refs import dropout_mask
+from ..errors import CompileError
+from ..ir.philox import dropout_mask
+from . import streams
 from .tensor import Tensor, apply_op
 
 _model_locks: weakref.WeakKeyDictionary[Any, threading.RLock] = weakref.WeakKeyDictionary()
@@ -51,9 +53,11 @@ _rng = np.random.default_rng()
 
 
 def manual_seed(seed: int) -> None:
-    """Reseed the generator behind weight init and dropout masks, for reproducible runs."""
+    """Reseed weight init and the dropout generator, for reproducible runs: after `manual_seed(s)`
+    the n-th call of a Dropout layer draws the same mask eagerly and compiled (frontend/streams.py)."""
     global _rng
     _rng = np.random.default_rng(seed)
+    streams.reseed(seed)
 
 
 def rng() -> np.random.Generator:
@@ -159,10 +163,12 @@ class Linear(Layer):
 
 
 class Dropout(Layer):
-    """Inverted dropout: in training, zero each element with probability p and scale the rest by 1/(1-p).
+    """Inverted dropout: in training, zero each element with probability p and scale the rest by
+    exactly float32(1/(1-p)). Each mask is drawn from the counter-based generator of `manual_seed`
+    for this layer's next call, so `tinycomp.compile(model, training=True)` draws the same ones.
 
-    In eval mode (`model.eval()`) it returns its input unchanged, and that is what a compiled model
-    computes: `tinycomp.compile` builds inference models and folds dropout away.
+    In eval mode (`model.eval()`) it returns its input unchanged, and that is what an inference
+    compile (`tinycomp.compile(model)`) computes: it folds dropout away.
     """
 
     def __init__(self, p: float = 0.5):
@@ -171,19 +177,27 @@ class Dropout(Layer):
         if not 0.0 <= float(p) <= 1.0:
             raise ValueError(f"Dropout probability p must be in [0, 1]; got p={p}")
         self.p: float = float(p)
+        streams.register(self)
 
     def _should_apply_dropout(self, training: bool | None) -> bool:
         training = self.training if training is None else training
         return bool(training) and self.p > 0
 
     def _generate_dropout_mask(self, shape: tuple[int, ...]) -> Tensor:
+        """The mask of this layer's next call (each call draws a new one)."""
         # A Tensor, as in TinyTorch: its tests read `mask.data` (on an ndarray that is a memoryview)
-        return Tensor._wrap(dropout_mask(_rng, tuple(shape), self.p))
+        return Tensor._wrap(dropout_mask(streams.draw(self), tuple(shape), self.p))
 
     def forward(self, x: Tensor, training: bool | None = None) -> Tensor:
         """x with dropout applied when `training` (None: `self.training`) and 0 < p; x itself otherwise."""
         training = self.training if training is None else bool(training)
-        if getattr(x, "_tracer", None) is not None:  # tracing records the node; passes decide what it becomes
+        tracer = getattr(x, "_tracer", None)
+        if tracer is not None:  # tracing records the node; passes decide what it becomes
+            if training and 0 < self.p < 1 and tracer.stack[-1][0] is not self:
+                raise CompileError(
+                    f"{tracer.where()} calls a Dropout in training mode that is not one of the model's layers "
+                    "(made inside forward()?); masks are drawn per layer and call, so keep the Dropout as an "
+                    "attribute of the model")
             return apply_op("dropout", x, p=self.p, training=training)
         if not self._should_apply_dropout(training):
             return x

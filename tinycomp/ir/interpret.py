@@ -9,6 +9,7 @@ import numpy as np
 
 from .graph import Graph
 from .ops import op_def
+from .philox import DropoutStream
 
 
 def check_input(g: Graph, name: str, x: Any, dtype: Any = np.float32) -> np.ndarray:
@@ -31,10 +32,13 @@ def leaf_value(g: Graph, n: str, params: Mapping[str, Any], dtype: Any = np.floa
 
 def interpret(g: Graph, *inputs: Any, params: Mapping[str, Any] | None = None,
               rng: np.random.Generator | None = None, dtype: Any = np.float32,
-              on_value: Callable[[str, np.ndarray], None] | None = None) -> np.ndarray:
+              on_value: Callable[[str, np.ndarray], None] | None = None,
+              streams: Mapping[str, DropoutStream] | None = None) -> np.ndarray:
     """Evaluate `g` on `inputs` (one per input node, in order); `params` overrides bound values by name.
 
-    `rng` feeds training-mode dropout masks (a fresh generator if not given). `dtype=np.float64`
+    A training-mode dropout node draws the mask of `streams[node]` (what a compiled call or the eager
+    layer drew); a node without one draws a random stream from `rng` (a fresh generator if not
+    given), so two runs with equally seeded generators draw the same masks. `dtype=np.float64`
     gives the float64 reference that the parity rule judges compiled and eager float32 results by.
     `on_value(node, value)` sees every node's value in order, leaves included, e.g. to watch
     intermediates.
@@ -44,23 +48,27 @@ def interpret(g: Graph, *inputs: Any, params: Mapping[str, Any] | None = None,
         raise ValueError(f"the graph takes {len(names)} input(s) {names}; got {len(inputs)}")
     env: dict[str, np.ndarray] = {n: check_input(g, n, x, dtype) for n, x in zip(names, inputs, strict=True)}
     params = params or {}
+    streams = dict(streams or {})
     for n in g.nodes():
         op = g.op(n)
         if op in ("param", "const"):
             env[n] = leaf_value(g, n, params, dtype)
         elif op != "input":
-            env[n] = evaluate(g, n, [env[a] for a in g.args(n)], rng, dtype)
+            env[n] = evaluate(g, n, [env[a] for a in g.args(n)], streams, rng, dtype)
         if on_value is not None:
             on_value(n, env[n])
     return env[g.output]
 
 
-def evaluate(g: Graph, n: str, operands: list[np.ndarray], rng: np.random.Generator | None,
-             dtype: Any) -> np.ndarray:
+def evaluate(g: Graph, n: str, operands: list[np.ndarray], streams: dict[str, DropoutStream],
+             rng: np.random.Generator | None, dtype: Any) -> np.ndarray:
     """Node n's value from its operands' values, by the op table's NumPy reference."""
     op, attrs = g.op(n), g.attrs(n)
-    if op == "dropout":
-        attrs["rng"] = rng
+    if op == "dropout" and attrs.get("training") and 0 < attrs.get("p", 0) < 1:
+        if n not in streams:
+            rng = rng if rng is not None else np.random.default_rng()
+            streams[n] = DropoutStream(*(int(w) for w in rng.integers(0, 2**32, 4)))
+        attrs["stream"] = streams[n]
     ref = op_def(op).ref
     if ref is None:
         raise ValueError(f"op {op!r} has no NumPy reference to interpret node {n!r}")

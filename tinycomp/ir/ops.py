@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from . import refs, rounding
-from .refs import dropout_mask, gelu, keep_dtype, power, relu, sigmoid, softmax  # noqa: F401 - also re-exported
+from .refs import gelu, keep_dtype, power, relu, sigmoid, softmax  # noqa: F401 - also re-exported
 from .rounding import RoundingRule, derivative
 from .shapes import (  # noqa: F401 - fmt_shape, dim_text: re-exported for the modules that print shapes
     Shape,
@@ -234,7 +234,7 @@ OPS: dict[str, OpDef] = {
         _elementwise("gelu", 1, gelu, 6, derivative(rounding.gelu_slope), activation=True),
         OpDef("softmax", "normalization", 1, softmax_shape, softmax, 5, rounding.softmax,
               example=Example(((None, 5),), {"dim": -1})),
-        OpDef("dropout", "view", 1, same_shape, refs.dropout, 1, rounding.passes_through, aliases=True,
+        OpDef("dropout", "view", 1, same_shape, refs.dropout, 1, rounding.dropout, aliases=True,
               example=Example(((None, 5),), {"p": 0.5, "training": False})),
         OpDef("reshape", "view", 1, reshape_shape, lambda x, *, newshape: x.reshape(newshape), 0, rounding.reshape,
               aliases=True, example=Example(((None, 6),), {"newshape": (-1, 2, 3)})),

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .shapes import Shape
+from .philox import DropoutStream, dropout_mask
 
 F32 = np.float32
 
@@ -37,17 +37,15 @@ def softmax(x: np.ndarray, dim: int = -1) -> np.ndarray:
     return out.astype(x.dtype, copy=False)
 
 
-def dropout_mask(rng: np.random.Generator, shape: Shape, p: float) -> np.ndarray:
-    """Inverted dropout: 0 where dropped, 1/(1-p) where kept."""
-    if p >= 1:
-        return np.zeros(shape, F32)
-    return ((rng.random(shape) >= p) / F32(1 - p)).astype(F32)
-
-
-def dropout(x: np.ndarray, *, p: float, training: bool, rng: np.random.Generator | None = None):
+def dropout(x: np.ndarray, *, p: float, training: bool, stream: DropoutStream | None = None) -> np.ndarray:
+    """Inverted dropout with the Philox mask of one call (`stream`: key, layer, call; ir/philox.py)."""
     if not training or p == 0:
         return x
-    return x * dropout_mask(rng or np.random.default_rng(), x.shape, p)
+    if p >= 1:  # real zeros, as eager: x * 0 would turn inf and nan into nan
+        return np.zeros_like(x)
+    if stream is None:
+        raise ValueError("a training-mode dropout needs the DropoutStream of its call (key, layer, call)")
+    return x * dropout_mask(stream, x.shape, p)
 
 
 def relu(x: np.ndarray) -> np.ndarray:

@@ -28,6 +28,14 @@ def passes_through(v: np.ndarray, a: Arrays, m: Arrays, attrs: dict) -> np.ndarr
     return m[0]
 
 
+def dropout(v, a, m, attrs):
+    """Eval mode (or p = 0) passes through; in training the kept values are scaled, one rounding more."""
+    p = attrs.get("p", 0)
+    if not attrs.get("training") or not 0 < p < 1:
+        return m[0]
+    return m[0] / (1 - p) + np.abs(v)
+
+
 def add_sub(v, a, m, attrs):
     return m[0] + m[1] + np.abs(v)
 

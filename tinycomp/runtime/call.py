@@ -13,12 +13,13 @@ from __future__ import annotations
 import ctypes
 import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import numpy as np
 
 from ..aligned import float32_copy
+from ..ir.philox import DropoutStream
 from .buffers import CHECK_ABOVE, ScratchPool, as_native_float32, check_allocation, data_pointer
 from .kernel import NativeKernel
 from .threads import one_part_rows, parallel_parts, shared_pool, split_rows
@@ -123,10 +124,12 @@ class CompiledCall:
                               "split the batch into smaller ones") from None
         return x32, out
 
-    def run(self, x32: np.ndarray, table: ctypes.Array, out: np.ndarray) -> None:
+    def run(self, x32: np.ndarray, table: ctypes.Array, out: np.ndarray,
+            draws: Sequence[DropoutStream] | None = None) -> None:
         """out = the model on the rows of x32 (from `buffers`), split across threads where it pays;
         `table` is the entry's parameter pointer table, whose arrays the caller keeps alive until
-        this returns."""
+        this returns. A module with training-mode dropout takes the stream of each dropout node's
+        mask in `draws`; every row chunk numbers its elements from its place in the whole batch."""
         x = x32 if x32.ndim == self.ndim else x32.reshape(-1, *self.features)
         kernel, rows = self.kernel, x.shape[0]
         if not rows:
@@ -135,11 +138,22 @@ class CompiledCall:
         x_ptr, out_ptr, table_ptr = data_pointer(x), data_pointer(out), ctypes.addressof(table)
         parts = parallel_parts(rows, self.flops_per_row, self.threads)
         if parts <= 1:
-            kernel.call(rows, x_ptr, out_ptr, self.scratch.pointer(self.plan.scratch_floats(rows)), table_ptr)
+            held = self._draws_table(draws, 0)  # held until the call returns
+            kernel.call(rows, x_ptr, out_ptr, self.scratch.pointer(self.plan.scratch_floats(rows)), table_ptr,
+                        0 if held is None else held.ctypes.data)
             return
 
         def chunk(lo: int, hi: int) -> None:  # rows lo..hi, each thread with its own scratch
+            held = self._draws_table(draws, lo)
             kernel.call(hi - lo, x_ptr + lo * kernel.in_bytes, out_ptr + lo * kernel.out_bytes,
-                        self.scratch.pointer(self.plan.scratch_floats(hi - lo)), table_ptr)
+                        self.scratch.pointer(self.plan.scratch_floats(hi - lo)), table_ptr,
+                        0 if held is None else held.ctypes.data)
 
         shared_pool().run([functools.partial(chunk, lo, hi) for lo, hi in split_rows(rows, parts)])
+
+    def _draws_table(self, draws: Sequence[DropoutStream] | None, first_row: int) -> np.ndarray | None:
+        if not self.kernel.draws:
+            return None
+        if not draws:
+            raise ValueError("this compiled module draws dropout masks: run() needs the stream of each dropout node")
+        return self.kernel.draws_table((draws[0].key0, draws[0].key1), first_row, [(s.layer, s.call) for s in draws])

@@ -5,6 +5,7 @@ Two doors into the same entry function:
 - `call(rows, x_ptr, out_ptr, scratch_ptr, args)` is the per-call hot path of a compiled model,
   whose caller has already checked x and out (`check_io`); `args` is the pointer table `pack` made
   from parameter pointers that `LiveParams` validated (it checks each array the first time it sees it).
+A module with training-mode dropout takes one more pointer, `draws` (see `draws_table`).
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ class NativeKernel:
         self.in_row = tuple(in_row)
         self.out_row = tuple(plan.out_shape[1:]) if plan.out_shape[:1] == (None,) else None
         self.param_shapes = [tuple(s) for s in param_shapes]
-        proto = ctypes.CFUNCTYPE(None, ctypes.c_int64, *([ctypes.c_void_p] * 4))
+        self.draws = len(plan.dropouts)  # training-mode dropout nodes: the entry takes a `draws` table
+        proto = ctypes.CFUNCTYPE(None, ctypes.c_int64, *([ctypes.c_void_p] * (5 if self.draws else 4)))
         self._fn = proto(engine.address(plan.entry))  # ctypes releases the GIL around the call
         self._const_ptrs = [data_pointer(c) for c in plan.consts]
         self._table = ctypes.c_void_p * (len(plan.params) + len(plan.consts))
@@ -48,7 +50,16 @@ class NativeKernel:
         _check("input", x, (rows, *self.in_row))
         _check("output", out, (rows, *self.out_row) if self.out_row is not None else self.plan.out_shape)
 
-    def run(self, x: np.ndarray, params: Sequence[np.ndarray], out: np.ndarray, scratch: np.ndarray) -> None:
+    def draws_table(self, key: tuple[int, int], first_row: int, streams: Sequence[tuple[int, int]]) -> np.ndarray:
+        """The `draws` argument: the generator key, the batch row of this call's row 0, and (layer id,
+        call number) per dropout node of the plan (keep it alive while calling)."""
+        if len(streams) != self.draws:
+            raise ValueError(f"native call: expected {self.draws} dropout streams, got {len(streams)}")
+        flat = [int(key[0]), int(key[1]), int(first_row), *(int(w) for s in streams for w in s)]
+        return np.array(flat, np.int64)
+
+    def run(self, x: np.ndarray, params: Sequence[np.ndarray], out: np.ndarray, scratch: np.ndarray,
+            draws: np.ndarray | None = None) -> None:
         """Run rows x[0:M] -> out[0:M], checking every array against the plan first."""
         self.check_io(x, out)
         if len(params) != len(self.param_shapes):
@@ -59,14 +70,23 @@ class NativeKernel:
         need = self.plan.scratch_floats(rows)
         if not is_native_float32(scratch) or scratch.ndim != 1 or scratch.size < need:
             raise ValueError(f"native call: scratch needs {need} contiguous float32 values, got {scratch.size}")
+        if self.draws and (draws is None or draws.dtype != np.int64 or draws.shape != (3 + 2 * self.draws,)):
+            raise ValueError(f"native call: this module draws dropout masks and needs its `draws` table "
+                             f"(int64, {3 + 2 * self.draws} values; see draws_table)")
         table = self.pack([data_pointer(p) for p in params])
-        self.call(rows, data_pointer(x), data_pointer(out), data_pointer(scratch), ctypes.addressof(table))
+        self.call(rows, data_pointer(x), data_pointer(out), data_pointer(scratch), ctypes.addressof(table),
+                  draws.ctypes.data if self.draws and draws is not None else 0)
 
     def pack(self, param_ptrs: Sequence[int]) -> ctypes.Array:
         """The entry's pointer table: parameters, then our constants (keep it alive while calling)."""
         return self._table(*param_ptrs, *self._const_ptrs)
 
-    def call(self, rows: int, x_ptr: int, out_ptr: int, scratch_ptr: int, table_ptr: int) -> None:
+    def call(self, rows: int, x_ptr: int, out_ptr: int, scratch_ptr: int, table_ptr: int, draws_ptr: int = 0) -> None:
         """The raw call. Callers guarantee: x/out hold `rows` rows, the table's parameters match,
-        scratch is big enough."""
-        self._fn(rows, x_ptr, out_ptr, scratch_ptr, table_ptr)
+        scratch is big enough, and a module with dropout nodes gets its `draws` table."""
+        if self.draws:
+            if not draws_ptr:
+                raise ValueError("native call: this module draws dropout masks and needs its `draws` table")
+            self._fn(rows, x_ptr, out_ptr, scratch_ptr, table_ptr, draws_ptr)
+        else:
+            self._fn(rows, x_ptr, out_ptr, scratch_ptr, table_ptr)

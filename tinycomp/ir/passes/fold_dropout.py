@@ -10,6 +10,12 @@ def is_identity_dropout(g: Graph, n: str) -> bool:
     return not attrs.get("training", False) or attrs.get("p", 0.0) == 0
 
 
+def draws_mask(g: Graph, n: str) -> bool:
+    """A training-mode dropout that draws a random mask (0 < p < 1; p = 1 gives zeros)."""
+    attrs = g.attrs(n)
+    return g.op(n) == "dropout" and bool(attrs.get("training")) and 0 < attrs.get("p", 0.0) < 1
+
+
 def fold_dropout(g: Graph) -> bool:
     """Every use of an identity dropout reads its operand instead; training dropout stays."""
     changed = False
