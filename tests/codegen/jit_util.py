@@ -8,7 +8,7 @@ from collections.abc import Callable
 import numpy as np
 from llvmlite import ir
 
-from tinycomp.codegen.loops import F32, I64, PTR, element_ptr, for_range, vector_type
+from tinycomp.codegen.cgutils import F32, I64, PTR, element_ptr, for_range, vector_type
 from tinycomp.runtime.engine import JitEngine
 
 
@@ -42,7 +42,8 @@ def emit_map_kernel(module: ir.Module, name: str, width: int, apply) -> ir.Funct
     n, out, x = fn.args
     builder = ir.IRBuilder(fn.append_basic_block("entry"))
     vt = vector_type(width)
-    with for_range(builder, 0, n, step=width) as i:
+    with for_range(builder, 0, n, step=width) as loop:
+        i = loop.index
         v = builder.load(element_ptr(builder, x, i), typ=vt, align=4)
         builder.store(apply(builder, module, v), element_ptr(builder, out, i), align=4)
     builder.ret_void()

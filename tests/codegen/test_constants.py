@@ -6,7 +6,7 @@ import llvmlite.binding as llvm
 import pytest
 from llvmlite import ir
 
-from tinycomp.codegen.loops import F32, I1, I32, vector_constant, vector_type, zeros
+from tinycomp.codegen.cgutils import F32, I1, I32, vector_constant, vector_type, zeros
 
 VT = vector_type(16)
 CASES = [

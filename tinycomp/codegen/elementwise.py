@@ -16,27 +16,22 @@ loader); anything without a rule raises NotImplementedError naming it before any
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from llvmlite import ir
 
 from ..ir import ops
 from ..ir.ops import expr_nodes
 from . import vecmath
+from .cgutils import F32, I32, I64, PTR, element_ptr, for_range, i64, splat, vector_constant
 from .loops import (
-    F32,
-    I1,
-    I32,
-    I64,
-    PTR,
-    element_ptr,
-    for_range,
-    i64,
-    masked_intrinsic,
-    splat,
-    splat_value,
-    vector_constant,
-    vector_type,
+    Chunk,
+    accumulate_row,
+    broadcast_load,
+    for_each_chunk,
+    for_each_flat_chunk,
+    load_chunk,
+    row_chunks,
+    store_chunk,
 )
 from .vector_ops import VECTOR_OPS, emit_op, vector_op
 
@@ -44,7 +39,6 @@ from .vector_ops import VECTOR_OPS, emit_op, vector_op
 # and `col%P` (P values: row m reads value m % P), for values that repeat with a row's position
 # inside a sample (ir/layout.periodic_kind).
 KINDS = ("full", "row", "col", "scalar")
-ALIGN = 4  # buffers are only guaranteed float-aligned
 
 
 # ---------------------------------------------------------------- checks (fail before emitting)
@@ -93,51 +87,6 @@ def _declare_kernel(module: ir.Module, name: str, n_pointers: int) -> ir.Functio
     return fn
 
 
-@dataclass(frozen=True)
-class Chunk:
-    """`width` consecutive row elements starting at `col`; `mask` is None for a full vector."""
-
-    col: ir.Value
-    width: int
-    mask: ir.Value | None = None  # constant for row tails, computed for flat (runtime) tails
-
-
-def _tail_mask(width: int, valid: int) -> ir.Constant:
-    return vector_constant(ir.VectorType(I1, width), [ir.Constant(I1, i < valid) for i in range(width)])
-
-
-def load_chunk(builder: ir.IRBuilder, ptr: ir.Value, chunk: Chunk, fill: float = 0.0) -> ir.Value:
-    """Load a chunk at `ptr`; masked-off lanes read `fill` and touch no memory."""
-    vt = vector_type(chunk.width)
-    if chunk.mask is None:
-        return builder.load(ptr, typ=vt, align=ALIGN)
-    fn = masked_intrinsic(builder.module, "load", chunk.width)
-    return builder.call(fn, [ptr, ir.Constant(I32, ALIGN), chunk.mask, splat(fill, chunk.width)])
-
-
-def store_chunk(builder: ir.IRBuilder, value: ir.Value, ptr: ir.Value, chunk: Chunk) -> None:
-    if chunk.mask is None:
-        builder.store(value, ptr, align=ALIGN)
-    else:
-        fn = masked_intrinsic(builder.module, "store", chunk.width)
-        builder.call(fn, [value, ptr, ir.Constant(I32, ALIGN), chunk.mask])
-
-
-def for_each_chunk(builder: ir.IRBuilder, row_size: int, width: int,
-                   body: Callable[[Chunk], None]) -> None:
-    """Call `body` for the full vectors of a row (a loop) and then the masked tail (once)."""
-    full = row_size - row_size % width
-    if full:
-        with for_range(builder, 0, full, step=width, name="col") as col:
-            body(Chunk(col, width))
-    if row_size % width:
-        body(Chunk(i64(full), width, _tail_mask(width, row_size % width)))
-
-
-def broadcast_load(builder: ir.IRBuilder, ptr: ir.Value, width: int) -> ir.Value:
-    return splat(builder.load(ptr, typ=F32, align=ALIGN), width, builder)
-
-
 # ---------------------------------------------------------------- elementwise
 
 def _load_operand(builder, kind: str, ptr: ir.Value, row: ir.Value, row_base: ir.Value,
@@ -174,23 +123,6 @@ def evaluate(builder: ir.IRBuilder, expr: tuple, leaf: Callable[[int], ir.Value]
                                   for i, a in enumerate(args)])
 
 
-def _runtime_tail_mask(builder: ir.IRBuilder, remaining: ir.Value, width: int) -> ir.Value:
-    """Lanes i < remaining, for a tail whose length is only known at run time."""
-    lanes = vector_constant(ir.VectorType(I64, width), list(range(width)))
-    return builder.icmp_unsigned("<", lanes, splat_value(builder, remaining, lanes.type))
-
-
-def for_each_flat_chunk(builder: ir.IRBuilder, total: ir.Value, width: int,
-                        body: Callable[[Chunk], None]) -> None:
-    """Like `for_each_chunk` over `total` elements known only at run time (one flat row)."""
-    full = builder.and_(total, i64(-width))
-    with for_range(builder, 0, full, step=width, name="flat") as col:
-        body(Chunk(col, width))
-    remaining = builder.sub(total, full)
-    with builder.if_then(builder.icmp_signed(">", remaining, i64(0))):
-        body(Chunk(full, width, _runtime_tail_mask(builder, remaining, width)))
-
-
 def emit_elementwise(module: ir.Module, name: str, expr: tuple, operand_kinds, row_size: int,
                      width: int) -> ir.Function:
     """Define `void name(i64 M, ptr out, ptr op0, ...)`: out[m, j] = expr(operands at m, j).
@@ -222,7 +154,8 @@ def emit_elementwise(module: ir.Module, name: str, expr: tuple, operand_kinds, r
         total = builder.mul(n_rows, i64(row_size), flags=["nsw"])
         for_each_flat_chunk(builder, total, width, lambda c: emit_chunk(None, i64(0), c))
     else:
-        with for_range(builder, 0, n_rows, name="row") as row:
+        with for_range(builder, 0, n_rows, name="row") as loop:
+            row = loop.index
             row_base = builder.mul(row, i64(row_size), flags=["nsw"])
             for_each_chunk(builder, row_size, width, lambda c: emit_chunk(row, row_base, c))
     builder.ret_void()
@@ -284,14 +217,6 @@ class _Row:
         return splat(b.fdiv(ir.Constant(F32, 1.0), divisor), self.width, b)
 
 
-def _row_chunks(row_size: int, width: int) -> list[Chunk]:
-    full = row_size - row_size % width
-    chunks = [Chunk(i64(c), width) for c in range(0, full, width)]
-    if row_size % width:
-        chunks.append(Chunk(i64(full), width, _tail_mask(width, row_size % width)))
-    return chunks
-
-
 def _softmax_in_registers(b: ir.IRBuilder, row: _Row, chunks: list[Chunk], x_at, out_at) -> None:
     xs = [load_chunk(b, x_at(c), c, fill=NEG_INF) for c in chunks]
     acc = xs[0]
@@ -310,15 +235,17 @@ def _softmax_in_registers(b: ir.IRBuilder, row: _Row, chunks: list[Chunk], x_at,
 def _softmax_three_pass(b: ir.IRBuilder, row: _Row, row_size: int, x_at, out_at) -> None:
     """max over x; exp(x - max) stored to out while summing; out *= 1 / sum."""
     w = row.width
-    row.reduce_max(_accumulate_row(b, row_size, w, splat(NEG_INF, w), lambda c, acc: _max_ignoring_nan(
-        b, acc, load_chunk(b, x_at(c), c, fill=NEG_INF))))
+    [row_max] = accumulate_row(b, row_size, w, [splat(NEG_INF, w)], lambda c, acc: [_max_ignoring_nan(
+        b, acc, load_chunk(b, x_at(c), c, fill=NEG_INF))])
+    row.reduce_max(row_max)
 
-    def exp_and_sum(c: Chunk, acc: ir.Value) -> ir.Value:
+    def exp_and_sum(c: Chunk, acc: ir.Value) -> list[ir.Value]:
         e = row.exp_shifted(load_chunk(b, x_at(c), c, fill=NEG_INF))
         store_chunk(b, e, out_at(c), c)
-        return b.fadd(acc, e)
+        return [b.fadd(acc, e)]
 
-    scale = row.reduce_sum(_accumulate_row(b, row_size, w, splat(0.0, w), exp_and_sum))
+    [total] = accumulate_row(b, row_size, w, [splat(0.0, w)], exp_and_sum)
+    scale = row.reduce_sum(total)
     for_each_chunk(b, row_size, w, lambda c: store_chunk(
         b, b.fmul(load_chunk(b, out_at(c), c), scale), out_at(c), c))
 
@@ -334,7 +261,8 @@ def emit_softmax(module: ir.Module, name: str, row_size: int, width: int) -> ir.
     fn = _declare_kernel(module, name, 2)
     n_rows, out, x = fn.args
     builder = ir.IRBuilder(fn.append_basic_block("entry"))
-    with for_range(builder, 0, n_rows, name="row") as r:
+    with for_range(builder, 0, n_rows, name="row") as loop:
+        r = loop.index
         base = builder.mul(r, i64(row_size), flags=["nsw"])
 
         def x_at(c: Chunk) -> ir.Value:
@@ -344,36 +272,10 @@ def emit_softmax(module: ir.Module, name: str, row_size: int, width: int) -> ir.
             return element_ptr(builder, out, builder.add(base, c.col))
 
         row = _Row(builder, module, width)
-        chunks = _row_chunks(row_size, width)
+        chunks = row_chunks(row_size, width)
         if len(chunks) <= REGISTER_CHUNKS:
             _softmax_in_registers(builder, row, chunks, x_at, out_at)
         else:
             _softmax_three_pass(builder, row, row_size, x_at, out_at)
     builder.ret_void()
     return fn
-
-
-def _accumulate_row(builder: ir.IRBuilder, row_size: int, width: int, init: ir.Value,
-                    step: Callable[[Chunk, ir.Value], ir.Value]) -> ir.Value:
-    """Fold `step` over a row's chunks into a vector accumulator (a phi through the loop)."""
-    acc = init
-    full = row_size - row_size % width
-    if full:
-        pre = builder.block
-        body = builder.append_basic_block("acc.body")
-        after = builder.append_basic_block("acc.end")
-        builder.branch(body)
-        builder.position_at_end(body)
-        col = builder.phi(I64, name="col")
-        phi = builder.phi(init.type, name="acc")
-        col.add_incoming(i64(0), pre)
-        phi.add_incoming(init, pre)
-        acc = step(Chunk(col, width), phi)
-        nxt = builder.add(col, i64(width), flags=["nsw"])
-        col.add_incoming(nxt, builder.block)
-        phi.add_incoming(acc, builder.block)
-        builder.cbranch(builder.icmp_signed("<", nxt, i64(full)), body, after)
-        builder.position_at_end(after)
-    if row_size % width:
-        acc = step(Chunk(i64(full), width, _tail_mask(width, row_size % width)), acc)
-    return acc

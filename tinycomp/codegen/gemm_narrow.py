@@ -11,31 +11,26 @@ from dataclasses import dataclass
 
 from llvmlite import ir
 
-from .gemm_kernels import (
-    activation_function,
-    column_masks,
-    kernel_activation,
-    masked_load,
-    masked_store,
-    splat_f32,
-)
-from .loops import (
+from .cgutils import (
     F32,
-    I1,
     I32,
     I64,
     PTR,
     declare_vector_intrinsic,
+    define_once,
     element_ptr,
     for_range,
     i64,
+    if_then,
     internal_kernel,
-    masked_intrinsic,
-    splat_value,
+    masked_load,
+    masked_store,
     vector_constant,
     vector_type,
     zeros,
 )
+from .gemm_epilogue import activation_step, bias_lanes, kernel_activation, load_bias
+from .gemm_kernels import column_masks, splat_f32
 
 
 @dataclass(frozen=True)
@@ -96,14 +91,16 @@ def narrow_pack_kernel(module: ir.Module, N: int) -> ir.Function:
     """`void pack(i64 K, ptr W, i64 ldw, ptr Wt)`: Wt[n * ldw + k] = W[k * N + n] (W transposed,
     rows ldw apart). Only the K real columns are written: the dot kernel masks its K tail.
     Scalar copies, N per row of W (measured faster than masked gathers of W's columns on Zen 4)."""
-    name = f"tinycomp.gemm.narrowpack{N}"
-    if name in module.globals:
-        return module.globals[name]
+    return define_once(module, f"tinycomp.gemm.narrowpack{N}", lambda name: _emit_narrow_pack(module, name, N))
+
+
+def _emit_narrow_pack(module: ir.Module, name: str, N: int) -> ir.Function:
     fn = internal_kernel(module, name, (("K", I64), ("W", PTR), ("ldw", I64), ("Wt", PTR)))
     K, W, ldw, Wt = fn.args
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     dst = [element_ptr(b, Wt, b.mul(ldw, i64(n))) for n in range(N)]
-    with for_range(b, 0, K, name="k") as k:
+    with for_range(b, 0, K, name="k") as loop:
+        k = loop.index
         src = element_ptr(b, W, b.mul(k, i64(N)))
         for n in range(N):
             b.store(b.load(element_ptr(b, src, n), typ=F32), element_ptr(b, dst[n], k))
@@ -122,9 +119,11 @@ def narrow_kernel(module: ir.Module, shape: NarrowShape, activation: str | None)
     epilogue. K and M are run-time values (either may be 0), so layers of the same width and
     activation family share the kernel."""
     kind = kernel_activation(activation)
-    name = f"tinycomp.gemm.narrow{shape.suffix()}.{kind}"
-    if name in module.globals:
-        return module.globals[name]
+    return define_once(module, f"tinycomp.gemm.narrow{shape.suffix()}.{kind}",
+                       lambda name: _emit_narrow(module, name, shape, kind))
+
+
+def _emit_narrow(module: ir.Module, name: str, shape: NarrowShape, kind: str) -> ir.Function:
     fn = internal_kernel(module, name, NARROW_ARGS)
     M, K, A, Wt, ldw, bias, C, flags = fn.args
     b = ir.IRBuilder(fn.append_basic_block("entry"))
@@ -134,7 +133,8 @@ def narrow_kernel(module: ir.Module, shape: NarrowShape, activation: str | None)
 
     R = shape.rows
     last = b.sub(M, i64(1))
-    with for_range(b, 0, M, R, name="rb") as r0:
+    with for_range(b, 0, M, R, name="rb") as block:
+        r0 = block.index
         # Rows r0..r0+R; past M (the last block of a batch that is not a multiple of R) the
         # block recomputes row M-1 and stores nothing for it: one copy of the code for any M.
         a_rows = [A]
@@ -163,24 +163,10 @@ def narrow_kernel(module: ir.Module, shape: NarrowShape, activation: str | None)
 
 def _narrow_epilogue(b: ir.IRBuilder, kind: str, flags, bias, N: int, w: int):
     """The activation as a function of a `<w x float>` and the bias of one row (-0.0, which changes
-    no value, where absent or past N)."""
-    if kind == "lin":
-        is_relu = b.icmp_signed("!=", b.and_(flags, i64(1)), i64(0))
-        floor = splat_f32(b, b.select(is_relu, ir.Constant(F32, 0.0), ir.Constant(F32, float("-inf"))), w)
-
-        def act(x):
-            return b.select(b.fcmp_unordered(">", x, floor), x, floor)
-    else:
-        fn_act = activation_function(b.module, kind, w)
-
-        def act(x):
-            return b.call(fn_act, [x])
-
-    has_bias = b.icmp_unsigned("!=", bias, ir.Constant(PTR, None))
-    bias_mask = b.and_(column_masks(b, i64(N), 1, w)[0], splat_value(b, has_bias, ir.VectorType(I1, w)))
-    neg_zero = vector_constant(vector_type(w), ir.Constant(F32, -0.0))
-    bias1 = b.call(masked_intrinsic(b.module, "load", w), [bias, ir.Constant(I32, 4), bias_mask, neg_zero])
-    return act, bias1
+    no value, where absent or past N): the shared GEMM epilogue's two parts."""
+    [row_mask] = column_masks(b, i64(N), 1, w)
+    bias1 = load_bias(b, bias, row_mask, bias_lanes(b, bias, w))
+    return activation_step(b, kind, flags, w), bias1
 
 
 SMALL_UNROLL = 8  # accumulators over K (k mod 8) of the in-place small-batch narrow kernel
@@ -193,18 +179,18 @@ def narrow_small_kernel(module: ir.Module, N: int, width: int, activation: str |
     (N lanes), accumulated in SMALL_UNROLL independent partial sums over k mod SMALL_UNROLL (short
     sequential sums and no FMA latency chain), summed pairwise at the end."""
     kind = kernel_activation(activation)
-    name = f"tinycomp.gemm.narrowsmall{N}v{width}.{kind}"
-    if name in module.globals:
-        return module.globals[name]
+    return define_once(module, f"tinycomp.gemm.narrowsmall{N}v{width}.{kind}",
+                       lambda name: _emit_narrow_small(module, name, N, width, kind))
+
+
+def _emit_narrow_small(module: ir.Module, name: str, N: int, width: int, kind: str) -> ir.Function:
     fn = internal_kernel(module, name, (("M", I64), ("K", I64), ("A", PTR), ("W", PTR), ("bias", PTR), ("C", PTR),
                                         ("flags", I64)))
     M, K, A, W, bias, C, flags = fn.args
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     w, U = width, SMALL_UNROLL
-    vt = vector_type(w)
-    zero = zeros(vt)
     act, bias1 = _narrow_epilogue(b, kind, flags, bias, N, w)
-    mask = column_masks(b, i64(N), 1, w)[0]
+    [mask] = column_masks(b, i64(N), 1, w)
     fma = declare_vector_intrinsic(module, "fma", w, 3)
     steps = b.udiv(K, i64(U))
     k_tail = b.mul(steps, i64(U))
@@ -213,51 +199,19 @@ def narrow_small_kernel(module: ir.Module, N: int, width: int, activation: str |
         a = splat_f32(b, b.load(element_ptr(b, a_row, k), typ=F32), w)
         return b.call(fma, [a, masked_load(b, element_ptr(b, W, b.mul(k, i64(N))), mask), acc])
 
-    with for_range(b, 0, M, name="r") as r:
-        a_row = element_ptr(b, A, b.mul(r, K))
-        pre = b.block
-        loop, mid, tail, done = (b.append_basic_block(f"ns.{x}") for x in ("loop", "mid", "tail", "done"))
-        b.cbranch(b.icmp_signed(">", steps, i64(0)), loop, mid)
-        b.position_at_end(loop)
-        it = b.phi(I64)
-        phis = [b.phi(vt) for _ in range(U)]
-        k0 = b.mul(it, i64(U))
-        nxt = [term(a_row, b.add(k0, i64(u)), phis[u]) for u in range(U)]
-        it_next = b.add(it, i64(1), flags=["nuw", "nsw"])
-        b.cbranch(b.icmp_signed("<", it_next, steps), loop, mid)
-        it.add_incoming(i64(0), pre)
-        it.add_incoming(it_next, loop)
-        for p, v in zip(phis, nxt, strict=True):
-            p.add_incoming(zero, pre)
-            p.add_incoming(v, loop)
+    with for_range(b, 0, M, name="r") as rows:
+        a_row = element_ptr(b, A, b.mul(rows.index, K))
+        with for_range(b, 0, steps, name="ns", carry=[zeros(vector_type(w))] * U) as loop:
+            k0 = b.mul(loop.index, i64(U))
+            loop.carry(*[term(a_row, b.add(k0, i64(u)), loop.carried[u]) for u in range(U)])
         # The last K % U columns, one at a time into the first partial sum.
-        b.position_at_end(mid)
-        accs = []
-        for v in nxt:
-            p = b.phi(vt)
-            p.add_incoming(zero, pre)
-            p.add_incoming(v, loop)
-            accs.append(p)
-        b.cbranch(b.icmp_signed("<", k_tail, K), tail, done)
-        b.position_at_end(tail)
-        kt = b.phi(I64)
-        acc_t = b.phi(vt)
-        acc_t_next = term(a_row, kt, acc_t)
-        kt_next = b.add(kt, i64(1), flags=["nuw", "nsw"])
-        b.cbranch(b.icmp_signed("<", kt_next, K), tail, done)
-        kt.add_incoming(k_tail, mid)
-        kt.add_incoming(kt_next, tail)
-        acc_t.add_incoming(accs[0], mid)
-        acc_t.add_incoming(acc_t_next, tail)
-        b.position_at_end(done)
-        first = b.phi(vt)
-        first.add_incoming(accs[0], mid)
-        first.add_incoming(acc_t_next, tail)
-        parts = [first, *accs[1:]]
+        with for_range(b, k_tail, K, name="nt", carry=loop.results[:1]) as tail:
+            tail.carry(term(a_row, tail.index, tail.carried[0]))
+        parts = [*tail.results, *loop.results[1:]]
         while len(parts) > 1:
             parts = [b.fadd(parts[i], parts[i + 1]) for i in range(0, len(parts), 2)]
         out = act(b.fadd(parts[0], bias1))
-        masked_store(b, out, element_ptr(b, C, b.mul(r, i64(N))), mask)
+        masked_store(b, out, element_ptr(b, C, b.mul(rows.index, i64(N))), mask)
     b.ret_void()
     return fn
 
@@ -268,83 +222,39 @@ def _narrow_dot(b, shape: NarrowShape, rows: int, unroll: int, K, a_rows, wt_row
     Full steps of unroll*width columns run in a loop with plain loads; the last partial step once
     with masked loads of A and Wt (masked-off lanes are 0 * 0), so no memory past K is touched."""
     w, N = shape.width, shape.N
-    vt = vector_type(w)
-    zero = zeros(vt)
     fma = declare_vector_intrinsic(b.module, "fma", w, 3)
     step = w * unroll
     steps = b.udiv(K, i64(step))
     k_tail = b.mul(steps, i64(step))
     rem = b.sub(K, k_tail)
+    # the accumulators, carried as one list: slot[u, r, n] is the position of (u, r, n) in it
+    slot = {key: i for i, key in enumerate((u, r, n) for u in range(unroll) for r in range(rows) for n in range(N))}
 
     def body(k0, accs, masks):
-        out = [[[None] * N for _ in range(rows)] for _ in range(unroll)]
+        """The accumulators after one step of unroll*width columns from k0."""
+        out = list(accs)
         for u in range(unroll):
             k = b.add(k0, i64(u * w))
-            if masks is None:
-                wv = [b.load(element_ptr(b, wt_rows[n], k), typ=vt, align=4) for n in range(N)]
-                av = [b.load(element_ptr(b, a_rows[r], k), typ=vt, align=4) for r in range(rows)]
-            else:
-                wv = [masked_load(b, element_ptr(b, wt_rows[n], k), masks[u]) for n in range(N)]
-                av = [masked_load(b, element_ptr(b, a_rows[r], k), masks[u]) for r in range(rows)]
+            mask = masks[u] if masks else None
+            wv = [masked_load(b, element_ptr(b, wt_rows[n], k), mask, width=w) for n in range(N)]
+            av = [masked_load(b, element_ptr(b, a_rows[r], k), mask, width=w) for r in range(rows)]
             for r in range(rows):
                 for n in range(N):
-                    out[u][r][n] = b.call(fma, [av[r], wv[n], accs[u][r][n]])
+                    i = slot[u, r, n]
+                    out[i] = b.call(fma, [av[r], wv[n], accs[i]])
         return out
 
-    def phis_from(pairs):
-        res = [[[None] * N for _ in range(rows)] for _ in range(unroll)]
-        for u in range(unroll):
-            for r in range(rows):
-                for n in range(N):
-                    p = b.phi(vt)
-                    for vals, blk in pairs:
-                        p.add_incoming(vals if vals is zero else vals[u][r][n], blk)
-                    res[u][r][n] = p
-        return res
-
-    pre = b.block
-    loop = b.append_basic_block("nd.loop")
-    tail_chk = b.append_basic_block("nd.tailchk")
-    tail = b.append_basic_block("nd.tail") if shape.tail else None
-    done = b.append_basic_block("nd.done")
-    b.cbranch(b.icmp_signed(">", steps, i64(0)), loop, tail_chk)
-
-    b.position_at_end(loop)
-    it = b.phi(I64, name="it")
-    acc_loop = [[[b.phi(vt) for _ in range(N)] for _ in range(rows)] for _ in range(unroll)]
-    acc_next = body(b.mul(it, i64(step)), acc_loop, None)
-    it_next = b.add(it, i64(1), flags=["nuw", "nsw"])
-    loop_end = b.block
-    b.cbranch(b.icmp_signed("<", it_next, steps), loop, tail_chk)
-    it.add_incoming(i64(0), pre)
-    it.add_incoming(it_next, loop_end)
-    for u in range(unroll):
-        for r in range(rows):
-            for n in range(N):
-                acc_loop[u][r][n].add_incoming(zero, pre)
-                acc_loop[u][r][n].add_incoming(acc_next[u][r][n], loop_end)
-
-    if shape.tail:
-        b.position_at_end(tail_chk)
-        acc_mid = phis_from([(zero, pre), (acc_next, loop_end)])
-        b.cbranch(b.icmp_signed(">", rem, i64(0)), tail, done)
-
-        b.position_at_end(tail)
-        acc_tail = body(k_tail, acc_mid, column_masks(b, rem, unroll, w))
-        tail_end = b.block
-        b.branch(done)
-
-        b.position_at_end(done)
-        acc = phis_from([(acc_mid, tail_chk), (acc_tail, tail_end)])
-    else:  # K is a multiple of the step: the loop is all
-        b.position_at_end(tail_chk)
-        acc = phis_from([(zero, pre), (acc_next, loop_end)])
-        b.branch(done)
-        b.position_at_end(done)
+    with for_range(b, 0, steps, name="nd", carry=[zeros(vector_type(w))] * len(slot)) as loop:
+        loop.carry(*body(b.mul(loop.index, i64(step)), loop.carried, None))
+    acc = loop.results
+    if shape.tail:  # else K is a multiple of the step: the loop is all
+        with if_then(b, b.icmp_signed(">", rem, i64(0)), carry=acc, name="nd.tail") as tail:
+            tail.carry(*body(k_tail, acc, column_masks(b, rem, unroll, w)))
+        acc = tail.results
     result = [[None] * N for _ in range(rows)]
     for r in range(rows):
         for n in range(N):
-            parts = [acc[u][r][n] for u in range(unroll)]
+            parts = [acc[slot[u, r, n]] for u in range(unroll)]
             while len(parts) > 1:
                 parts = [b.fadd(parts[i], parts[i + 1]) if i + 1 < len(parts) else parts[i]
                          for i in range(0, len(parts), 2)]

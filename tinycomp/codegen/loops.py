@@ -1,210 +1,110 @@
-"""Loop helpers for the llvmlite IR builder, after numba's `cgutils.for_range`."""
+"""Loops over rows of float32 values, a vector of `width` lanes at a time.
+
+A row of R values is R // width full vectors (a loop) and, when R % width > 0, one masked vector for
+the tail (`llvm.masked.load/store` with a constant mask), so every R >= 1 runs the same code with no
+scalar remainder loop. A run whose length is only known at run time (`for_each_flat_chunk`) ends in
+a mask computed from what is left. Also the sequential read that brings a batch into cache.
+"""
 
 from __future__ import annotations
 
-import gc
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from llvmlite import ir
 
-I64 = ir.IntType(64)
-I32 = ir.IntType(32)
-I1 = ir.IntType(1)
-F32 = ir.FloatType()
+from .cgutils import (
+    ALIGN,
+    F32,
+    I32,
+    I64,
+    PTR,
+    define_once,
+    for_range,
+    i64,
+    internal_kernel,
+    lanes_below,
+    masked_load,
+    masked_store,
+    splat,
+    splat_value,
+    vector_constant,
+)
+
 LINE_FLOATS = 16  # floats per 64-byte cache line
-PTR = ir.PointerType()
 
 
-def i64(v: int) -> ir.Constant:
-    return ir.Constant(I64, v)
+@dataclass(frozen=True)
+class Chunk:
+    """`width` consecutive row elements starting at `col`; `mask` is None for a full vector."""
+
+    col: ir.Value
+    width: int
+    mask: ir.Value | None = None  # constant for row tails, computed for flat (runtime) tails
 
 
-def as_i64(value: int | ir.Value) -> ir.Value:
-    return i64(value) if isinstance(value, int) else value
+def load_chunk(builder: ir.IRBuilder, ptr: ir.Value, chunk: Chunk, fill: float = 0.0) -> ir.Value:
+    """Load a chunk at `ptr`; masked-off lanes read `fill` and touch no memory."""
+    return masked_load(builder, ptr, chunk.mask, width=chunk.width, fill=fill)
 
 
-@contextmanager
-def for_range(
-    builder: ir.IRBuilder,
-    start: int | ir.Value,
-    stop: int | ir.Value,
-    step: int = 1,
-    name: str = "i",
-) -> Iterator[ir.Value]:
-    """`for i in range(start, stop, step)` (step > 0); the body is emitted inside the `with`.
-
-    The loop is bottom-tested behind a guard so an empty range runs zero times. On exit the builder
-    sits in the block after the loop.
-    """
-    start, stop = as_i64(start), as_i64(stop)
-    pre = builder.block
-    body = builder.append_basic_block(f"{name}.body")
-    after = builder.append_basic_block(f"{name}.end")
-    builder.cbranch(builder.icmp_signed("<", start, stop), body, after)
-
-    builder.position_at_end(body)
-    index = builder.phi(I64, name=name)
-    index.add_incoming(start, pre)
-    yield index
-    nxt = builder.add(index, i64(step), name=f"{name}.next", flags=["nsw"])
-    index.add_incoming(nxt, builder.block)
-    builder.cbranch(builder.icmp_signed("<", nxt, stop), body, after)
-    builder.position_at_end(after)
+def store_chunk(builder: ir.IRBuilder, value: ir.Value, ptr: ir.Value, chunk: Chunk) -> None:
+    masked_store(builder, value, ptr, chunk.mask)
 
 
-def element_ptr(builder: ir.IRBuilder, base: ir.Value, index: ir.Value | int) -> ir.Value:
-    """Address of float element `index` of the buffer at `base` (GEP, never int arithmetic)."""
-    return builder.gep(base, [as_i64(index)], source_etype=F32, inbounds=True)
+def broadcast_load(builder: ir.IRBuilder, ptr: ir.Value, width: int) -> ir.Value:
+    return splat(builder.load(ptr, typ=F32, align=ALIGN), width, builder)
 
 
-def vector_type(width: int) -> ir.VectorType:
-    return ir.VectorType(F32, width)
+def row_chunks(row_size: int, width: int) -> list[Chunk]:
+    """The chunks of a row, each at a constant column (for rows short enough to unroll)."""
+    full = row_size - row_size % width
+    chunks = [Chunk(i64(c), width) for c in range(0, full, width)]
+    if row_size % width:
+        chunks.append(Chunk(i64(full), width, lanes_below(width, row_size % width)))
+    return chunks
 
 
-def declare_vector_intrinsic(module: ir.Module, name: str, width: int, arity: int) -> ir.Function:
-    """Declare e.g. `llvm.fma.v16f32`; `Module.declare_intrinsic` cannot do vector types."""
-    full = f"llvm.{name}.v{width}f32"
-    if full in module.globals:
-        return module.globals[full]
-    vt = vector_type(width)
-    return ir.Function(module, ir.FunctionType(vt, [vt] * arity), full)
+def for_each_chunk(builder: ir.IRBuilder, row_size: int, width: int, body: Callable[[Chunk], None]) -> None:
+    """Call `body` for the full vectors of a row (a loop) and then the masked tail (once)."""
+    def step(chunk: Chunk) -> list[ir.Value]:
+        body(chunk)
+        return []
+
+    accumulate_row(builder, row_size, width, [], step)
 
 
-_ZERO_REFS = frozenset({"0", "0x0", "0.0", "false", "null"})
-_vector_constants: dict[tuple[str, str], ir.Constant] = {}
+def accumulate_row(builder: ir.IRBuilder, row_size: int, width: int, init: list[ir.Value],
+                   step: Callable[..., list[ir.Value]]) -> list[ir.Value]:
+    """Fold `step(chunk, *values) -> new values` over a row's chunks, the values carried through the
+    loop over its full vectors (an accumulator stays in registers), then through the tail."""
+    values = list(init)
+    full = row_size - row_size % width
+    if full:
+        with for_range(builder, 0, full, step=width, name="col", carry=values, nonempty=True) as loop:
+            new = step(Chunk(loop.index, width), *loop.carried)
+            if values:
+                loop.carry(*new)
+        values = loop.results
+    if row_size % width:
+        values = step(Chunk(i64(full), width, lanes_below(width, row_size % width)), *values)
+    return values
 
 
-def vector_constant(vt: ir.VectorType, value: object) -> ir.Constant:
-    """The constant vector `ir.Constant(vt, value)` (`value`: one element for every lane, None for
-    zeros, `ir.Undefined`, or a list), printed as `zeroinitializer`, `undef` or `splat (T v)` when
-    it is one.
-
-    llvmlite spells every vector constant out lane by lane (`<float 0x0, ... 16 times>`), even a
-    null one; LLVM parses the short forms into the very same constant, and printing and parsing the
-    long ones was a real share of compile time. Constants are immutable, so each is built (and its
-    text formatted) once per process and shared by every module."""
-    key = (str(vt), repr(value))  # repr: -0.0 and 0.0 are different constants
-    const = _vector_constants.get(key)
-    if const is None:
-        if len(_vector_constants) > 1024:  # splats of user constants: keep the table bounded
-            _vector_constants.clear()
-        const = _vector_constants[key] = _short_form(ir.Constant(vt, value))
-    return const
+def _lanes_left(builder: ir.IRBuilder, remaining: ir.Value, width: int) -> ir.Value:
+    """Lanes i < remaining, for a tail whose length is only known at run time."""
+    lanes = vector_constant(ir.VectorType(I64, width), list(range(width)))
+    return builder.icmp_unsigned("<", lanes, splat_value(builder, remaining, lanes.type))
 
 
-def _short_form(full: ir.Constant) -> ir.Constant:
-    refs = {c.get_reference() for c in full.constant}
-    if len(refs) != 1:
-        return full
-    ref = refs.pop().strip()  # llvmlite pads some float spellings with spaces
-    text = ref if ref == "undef" else "zeroinitializer" if ref in _ZERO_REFS else f"splat ({full.type.element} {ref})"
-    return _ShortVectorConstant(full.type, full.constant, text)
-
-
-class _ShortVectorConstant(ir.Constant):
-    """A splat vector constant that prints its short form (see `vector_constant`)."""
-
-    def __init__(self, typ: ir.VectorType, constant: object, text: str):
-        super().__init__(typ, constant)
-        self.text = text
-
-    def _get_reference(self) -> str:
-        return self.text
-
-
-def zeros(vt: ir.VectorType) -> ir.Constant:
-    return vector_constant(vt, None)
-
-
-def splat_value(builder: ir.IRBuilder, value: ir.Value, vt: ir.VectorType) -> ir.Value:
-    """`vt` with `value` in every lane: insertelement + shufflevector, one broadcast instruction."""
-    undef = vector_constant(vt, ir.Undefined)
-    one = builder.insert_element(undef, value, ir.Constant(I32, 0))
-    return builder.shuffle_vector(one, undef, zeros(ir.VectorType(I32, vt.count)))
-
-
-def splat(value: float | ir.Value, width: int, builder: ir.IRBuilder | None = None) -> ir.Value:
-    """A vector of `width` float copies: a constant for a Python float, else a broadcast."""
-    vt = vector_type(width)
-    if not isinstance(value, ir.Value):
-        return vector_constant(vt, ir.Constant(F32, float(value)))
-    assert builder is not None
-    return splat_value(builder, value, vt)
-
-
-@contextmanager
-def paused_gc() -> Iterator[None]:
-    """Building IR allocates many small objects and no cycles: collections only cost time there
-    (measured: the first reference-MLP IR build took 38 ms with the collector on, 7 ms off).
-    Release the module (`release_module`) before the pause ends, or the first collection after it
-    walks every IR object."""
-    was_on = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_on:
-            gc.enable()
-
-
-def release_module(module: ir.Module) -> None:
-    """Break the reference cycles of an llvmlite module once its text is out, so reference counting
-    frees it at once. Blocks, functions and arguments point at their parents, and phis at values
-    defined after them; left to the cyclic collector, the reference MLP's module made the
-    collections during 10 compiles cost 40-67 ms, against 0.6 ms released. Instructions keep their
-    parent: nothing in a block points back at them any more. The module is unusable afterwards."""
-    for value in list(module.globals.values()):
-        if isinstance(value, ir.Function):
-            for block in value.blocks:
-                for instr in block.instructions:  # phis lead a block
-                    if not isinstance(instr, ir.PhiInstr):
-                        break
-                    instr.incomings = []
-                block.instructions, block.terminator = [], None
-            value.blocks, value.args, value.return_value = [], (), None
-    module.globals.clear()
-
-
-def masked_intrinsic(module: ir.Module, op: str, width: int) -> ir.Function:
-    """`llvm.masked.load/store` for <width x float>: masked-off lanes touch no memory.
-
-    Declared in the (ptr, i32 align, mask, ...) form, which LLVM 22 still accepts and upgrades, so
-    the same IR also works with older llvmlite releases.
-    """
-    name = f"llvm.masked.{op}.v{width}f32.p0"
-    if name in module.globals:
-        return module.globals[name]
-    vt, mask = vector_type(width), ir.VectorType(I1, width)
-    if op == "load":
-        fnty = ir.FunctionType(vt, [PTR, I32, mask, vt])
-    else:
-        fnty = ir.FunctionType(ir.VoidType(), [vt, PTR, I32, mask])
-    return ir.Function(module, fnty, name)
-
-
-def compile_as_glue(fn: ir.Function) -> None:
-    """Mark a function that only computes a few addresses and calls kernels `optnone` (with the
-    `noinline` it requires): LLVM then skips its optimizations and selects instructions with the
-    fast selector where it can (not for functions with more arguments than registers, nor for
-    direct calls under the JIT's large code model: those blocks take the slower selector). It runs
-    once per call or per tile, next to kernels that run for microseconds, while compiling it like
-    a kernel costs real time (measured: the GEMM driver took a third of a module's compile time;
-    the entry and the per-layer wrappers of the reference MLP ~5 ms of its ~60 ms emit)."""
-    fn.attributes.add("noinline")
-    fn.attributes.add("optnone")
-
-
-def internal_kernel(module: ir.Module, name: str, args: Sequence[tuple[str, ir.Type]]) -> ir.Function:
-    """A module-private `void name(args...)`: named arguments, pointers `noalias`, `nounwind`."""
-    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [t for _, t in args]), name)
-    fn.linkage = "internal"
-    fn.attributes.add("nounwind")
-    for arg, (arg_name, _) in zip(fn.args, args, strict=True):
-        arg.name = arg_name
-        if isinstance(arg.type, ir.PointerType):
-            arg.add_attribute("noalias")
-    return fn
+def for_each_flat_chunk(builder: ir.IRBuilder, total: ir.Value, width: int, body: Callable[[Chunk], None]) -> None:
+    """Like `for_each_chunk` over `total` elements known only at run time (one flat row)."""
+    full = builder.and_(total, i64(-width))
+    with for_range(builder, 0, full, step=width, name="flat") as loop:
+        body(Chunk(loop.index, width))
+    remaining = builder.sub(total, full)
+    with builder.if_then(builder.icmp_signed(">", remaining, i64(0))):
+        body(Chunk(full, width, _lanes_left(builder, remaining, width)))
 
 
 def stream_in_kernel(module: ir.Module) -> ir.Function:
@@ -212,30 +112,15 @@ def stream_in_kernel(module: ir.Module) -> ir.Function:
     sequential stream (the hardware prefetcher follows it at full speed), so the code that runs next
     finds them in cache. The words are OR-ed into the result so the loads are not dead code; the
     caller ignores it."""
-    name = "tinycomp.stream_in"
-    if name in module.globals:
-        return module.globals[name]
-    fn = ir.Function(module, ir.FunctionType(I32, [PTR, I64]), name)
-    fn.linkage = "internal"
-    fn.attributes.add("nounwind")
+    return define_once(module, "tinycomp.stream_in", lambda name: _emit_stream_in(module, name))
+
+
+def _emit_stream_in(module: ir.Module, name: str) -> ir.Function:
+    fn = internal_kernel(module, name, (("a", PTR), ("n", I64)), returns=I32)
     a, n = fn.args
-    a.name, n.name = "a", "n"
-    entry, loop, done = (fn.append_basic_block(x) for x in ("entry", "line", "done"))
-    b = ir.IRBuilder(entry)
-    b.cbranch(b.icmp_signed(">", n, i64(0)), loop, done)
-    b.position_at_end(loop)
-    i, acc = b.phi(I64, name="i"), b.phi(I32, name="acc")
-    word = b.load(b.gep(a, [i], source_etype=I32, inbounds=True), typ=I32)
-    acc_next = b.or_(acc, word)
-    i_next = b.add(i, i64(LINE_FLOATS), flags=["nuw", "nsw"])
-    b.cbranch(b.icmp_signed("<", i_next, n), loop, done)
-    i.add_incoming(i64(0), entry)
-    i.add_incoming(i_next, loop)
-    acc.add_incoming(ir.Constant(I32, 0), entry)
-    acc.add_incoming(acc_next, loop)
-    b.position_at_end(done)
-    result = b.phi(I32)
-    result.add_incoming(ir.Constant(I32, 0), entry)
-    result.add_incoming(acc_next, loop)
-    b.ret(result)
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    with for_range(b, 0, n, step=LINE_FLOATS, name="line", carry=[ir.Constant(I32, 0)]) as loop:
+        word = b.load(b.gep(a, [loop.index], source_etype=I32, inbounds=True), typ=I32)
+        loop.carry(b.or_(loop.carried[0], word))
+    b.ret(loop.results[0])
     return fn

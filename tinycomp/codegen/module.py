@@ -29,18 +29,8 @@ from ..ir.ops import ELEMENTWISE, LEAVES, map_leaves
 from ..ir.passes.fold_dropout import draws_mask, is_identity_dropout
 from ..ir.shapes import fmt_shape
 from . import elementwise, gemm, philox
-from .loops import (
-    I32,
-    I64,
-    PTR,
-    compile_as_glue,
-    element_ptr,
-    for_range,
-    i64,
-    paused_gc,
-    release_module,
-    stream_in_kernel,
-)
+from .cgutils import I32, I64, PTR, compile_as_glue, element_ptr, for_range, i64, paused_gc, release_module
+from .loops import stream_in_kernel
 from .scratch import BufferPlan, plan_buffers
 
 ENTRY = "tinycomp_forward"
@@ -408,7 +398,8 @@ def _row_blocks(e: _Emitter, block: int) -> None:
     """for r0 in range(0, M, block): run every node on rows r0..min(r0 + block, M)."""
     b, M = e.b, e.rows
     e.scratch_rows = b.select(b.icmp_signed("<", M, i64(block)), M, i64(block))
-    with for_range(b, 0, M, block, name="rb") as r0:
+    with for_range(b, 0, M, block, name="rb") as blocks:
+        r0 = blocks.index
         left = b.sub(M, r0)
         e.rows = b.select(b.icmp_signed("<", left, i64(block)), left, i64(block))
         e.r0 = r0

@@ -18,8 +18,7 @@ from __future__ import annotations
 from llvmlite import ir
 
 from ..ir.philox import PHILOX_M0, PHILOX_M1, PHILOX_W0, PHILOX_W1, ROUNDS, keep_scale, keep_threshold
-from .elementwise import ALIGN
-from .loops import (
+from .cgutils import (
     F32,
     I32,
     I64,
@@ -27,7 +26,8 @@ from .loops import (
     for_range,
     i64,
     internal_kernel,
-    masked_intrinsic,
+    masked_load,
+    masked_store,
     splat_value,
     vector_constant,
     vector_type,
@@ -95,12 +95,12 @@ def emit_dropout(module: ir.Module, name: str, p: float, width: int) -> ir.Funct
     threshold = vector_constant(v32, _i32(keep_threshold(p)))
     scale = vector_constant(vector_type(width), ir.Constant(F32, float(keep_scale(p))))
     zero = vector_constant(vector_type(width), ir.Constant(F32, 0.0))
-    load, store = masked_intrinsic(module, "load", width), masked_intrinsic(module, "store", width)
     count_v = splat_value(b, count, v64)
 
     block0 = b.ashr(first, i64(2))
     block_end = b.ashr(b.add(b.add(first, count), i64(3)), i64(2))
-    with for_range(b, block0, block_end, step=width, name="blk") as blk:
+    with for_range(b, block0, block_end, step=width, name="blk") as loop:
+        blk = loop.index
         blocks = b.add(splat_value(b, blk, v64), lanes)
         counter = [b.trunc(blocks, v32), b.trunc(b.lshr(blocks, vector_constant(v64, ir.Constant(I64, 32))), v32),
                    layer_v, call_v]
@@ -113,8 +113,8 @@ def emit_dropout(module: ir.Module, name: str, p: float, width: int) -> ir.Funct
                            b.icmp_signed("<", where, count_v))
             src = b.gep(x, [at], source_etype=F32)  # not inbounds: lanes before element 0 stay masked off
             dst = b.gep(out, [at], source_etype=F32)
-            xv = b.call(load, [src, ir.Constant(I32, ALIGN), valid, zero])
+            xv = masked_load(b, src, valid)
             keep = b.icmp_unsigned(">=", w, threshold)
-            b.call(store, [b.fmul(xv, b.select(keep, scale, zero)), dst, ir.Constant(I32, ALIGN), valid])
+            masked_store(b, b.fmul(xv, b.select(keep, scale, zero)), dst, valid)
     b.ret_void()
     return fn

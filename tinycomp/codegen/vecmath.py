@@ -30,7 +30,7 @@ import math
 
 from llvmlite import ir
 
-from .loops import I32, declare_vector_intrinsic, splat, vector_constant
+from .cgutils import I32, declare_vector_intrinsic, splat, vector_constant
 
 # Accuracy bounds per op: codegen/vector_ops.py (VECTOR_OPS, MAX_ULP).
 GELU_TAIL = -51.0  # below this x, sigmoid(1.702x) is subnormal in float32

@@ -19,7 +19,7 @@ import math
 
 from llvmlite import ir
 
-from .loops import I64, vector_constant
+from .cgutils import I64, vector_constant
 
 F64 = ir.DoubleType()
 MAX_ULP = 0.5 + 2.0**-20  # measured 0.5000 over the sweeps of tests/codegen/test_vecmath.py

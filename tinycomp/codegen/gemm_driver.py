@@ -1,0 +1,221 @@
+"""The loops around the GEMM tile kernels, once per module, and the kernel that packs W.
+
+Every layer's function (`gemm.emit_linear`) is one call to `driver_function` with two structs: the
+call's pointers (M, A, W, B, C, pack) and the layer's plan (sizes, block widths and the tile,
+leftover, pack and epilogue functions to call). Panel counts, column counts and the tail masks are
+run-time values, so the packed and the direct path share one copy of the loops, and every layer of
+a module shares it: fewer functions is the main lever on compile time.
+"""
+
+from __future__ import annotations
+
+from llvmlite import ir
+
+from .cgutils import (
+    F32,
+    I1,
+    I32,
+    I64,
+    PTR,
+    compile_as_glue,
+    define_once,
+    element_ptr,
+    for_range,
+    i64,
+    internal_kernel,
+    masked_load,
+    masked_store,
+    splat_value,
+    vector_type,
+)
+from .gemm_kernels import TileShape, column_masks, prefetch_for_read
+
+# Rows of W the pack kernel prefetches ahead: W's rows are N floats apart (4 KB for 1024 columns), a
+# stride the hardware prefetchers do not follow. Measured with benchmarks/gemm_ab.py
+# (`PACK_PREFETCH_ROWS 0,4,8`), min time against none: one 1024x1024 layer at 256 / 512 rows 1.00 /
+# 0.99 with 4, 0.995 / 0.99 with 8; the wide model at batch 256 0.98 with 8.
+PACK_PREFETCH_ROWS = 8
+
+
+TILE_TY = ir.FunctionType(ir.VoidType(), [I64, PTR, I64, PTR, I64, PTR, I64, I64])
+PACK_TY = ir.FunctionType(ir.VoidType(), [I64, I64, PTR, I64, PTR])
+EPI_TY = ir.FunctionType(ir.VoidType(), [I64, PTR, I64, PTR, I64, I64])
+CALL_ARGS = (("M", I64), ("A", PTR), ("W", PTR), ("B", PTR), ("C", PTR), ("pack", PTR))
+CONFIG_ARGS = (("K", I64), ("N", I64), ("relu", I64), ("nc", I64), ("direct_nc", I64), ("direct_max", I64),
+               ("overlap_min", I64),
+               ("main", ir.PointerType(TILE_TY)), ("main_rows", I64), ("main_nr", I64),
+               ("pack_fn", ir.PointerType(PACK_TY)), ("tail", ir.PointerType(TILE_TY)), ("tail_nr", I64),
+               ("k4", ir.PointerType(TILE_TY)), ("nr4", I64), ("k2", ir.PointerType(TILE_TY)), ("nr2", I64),
+               ("k1", ir.PointerType(TILE_TY)), ("nr1", I64), ("epi", ir.PointerType(EPI_TY)))
+CALL_TY = ir.LiteralStructType([t for _, t in CALL_ARGS])
+CONFIG_TY = ir.LiteralStructType([t for _, t in CONFIG_ARGS])
+
+
+def null_fn(fnty: ir.FunctionType) -> ir.Constant:
+    return ir.Constant(ir.PointerType(fnty), None)
+
+
+def driver_function(module: ir.Module, width: int) -> ir.Function:
+    """`void driver(ptr call, ptr config)`: the loops of every layer of the module (`_Driver`),
+    reading the call's pointers and the layer's plan from two structs."""
+    return define_once(module, f"tinycomp.gemm.driver.v{width}", lambda name: _emit_driver(module, name, width))
+
+
+def _emit_driver(module: ir.Module, name: str, width: int) -> ir.Function:
+    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR, PTR]), name)
+    fn.linkage = "internal"
+    fn.attributes.add("nounwind")
+    compile_as_glue(fn)  # it only loops over tiles and calls kernels
+    call, cfg = fn.args
+    call.name, cfg.name = "call", "config"
+    builder = ir.IRBuilder(fn.append_basic_block("entry"))
+    args = {}
+    for struct, ty, fields in ((call, CALL_TY, CALL_ARGS), (cfg, CONFIG_TY, CONFIG_ARGS)):
+        for i, (nm, t) in enumerate(fields):
+            at = builder.gep(struct, [ir.Constant(I32, 0), ir.Constant(I32, i)], source_etype=ty)
+            args[nm] = builder.load(at, typ=t, name=nm)
+    _Driver(builder, args, width).emit()
+    builder.ret_void()
+    return fn
+
+
+class _Driver:
+    """Emits the loops around the tile kernels; every size and kernel is a run-time argument."""
+
+    def __init__(self, builder: ir.IRBuilder, args: dict, width: int):
+        self.b, self.a, self.width = builder, args, width
+        b = builder
+        has_pack = b.icmp_unsigned("!=", args["pack_fn"], null_fn(PACK_TY))
+        self.packed = b.and_(b.icmp_signed(">", args["M"], args["direct_max"]), has_pack, name="packed")
+        self.has_bias = b.icmp_unsigned("!=", args["B"], ir.Constant(PTR, None))
+        # Kernels need K >= 1; with K == 0 the epilogue alone writes act(bias).
+        self.has_k = b.icmp_signed(">", args["K"], i64(0))
+        self.epi_flags = b.or_(args["relu"], b.select(self.has_k, i64(0), i64(2)))
+
+    def emit(self) -> None:
+        """Full row tiles: for each L2-sized block of columns, pack it (packed path) or read it in
+        place (direct path), and run every tile over it. Then the leftover rows (fewer than a tile).
+
+        From `overlap_min` rows on, the leftover rows go through one more full tile per block, over
+        the last rows of the batch, while the block is hot: it recomputes up to five finished rows
+        (the same kernel on the same data: bit-identical, and the epilogue applied again to the raw
+        sums gives the same values). Below that, they go through the leftover kernels, in place
+        over all N, which read W once more: without the overlapping tile, a 1024x1024 layer took
+        5,147 us at 256 rows against 4,963 at 258 (benchmarks/gemm_ab.py)."""
+        b, a = self.b, self.a
+        N, M = a["N"], a["M"]
+        block_cols = b.select(self.packed, a["nc"], a["direct_nc"])
+        n_blocks = b.udiv(b.add(N, b.sub(block_cols, i64(1))), block_cols)
+        main_rows = a["main_rows"]
+        n_tiles = b.udiv(M, main_rows)
+        m_full = b.mul(n_tiles, main_rows)
+        overlap = b.and_(b.icmp_signed(">", M, m_full), b.icmp_signed(">=", M, a["overlap_min"]), name="overlap")
+        with b.if_then(b.icmp_signed(">", m_full, i64(0))):
+            with for_range(b, 0, n_blocks, name="jb") as blocks:
+                jb = blocks.index
+                j0 = b.mul(jb, block_cols)
+                cols = b.sub(N, j0)
+                cols = b.select(b.icmp_signed("<", cols, block_cols), cols, block_cols)
+                with b.if_then(self.packed):
+                    b.call(a["pack_fn"], [a["K"], N, element_ptr(b, a["W"], j0), cols, a["pack"]])
+                last = b.select(overlap, b.add(n_tiles, i64(1)), n_tiles)
+                with for_range(b, 0, last, name="r") as tiles:
+                    t = tiles.index
+                    r0 = b.select(b.icmp_signed("<", t, n_tiles), b.mul(t, main_rows), b.sub(M, main_rows))
+                    self._panels(a["main"], main_rows, a["main_nr"], r0, j0, cols, may_pack=True)
+        self._leftover_rows(b.select(overlap, M, m_full))
+
+    def _leftover_rows(self, r0) -> None:
+        """Rows r0..M (fewer than a tile): 4 and 2 rows through their kernels where the plan has
+        them, then the rest one at a time."""
+        b, a = self.b, self.a
+        for rows, kern, nr in ((4, a["k4"], a["nr4"]), (2, a["k2"], a["nr2"])):
+            step = b.and_(b.sub(a["M"], r0), i64(rows))
+            step = b.select(b.icmp_unsigned("!=", kern, null_fn(TILE_TY)), step, i64(0))
+            with b.if_then(b.icmp_signed("!=", step, i64(0))):
+                self._panels(kern, i64(rows), nr, r0, i64(0), a["N"], may_pack=False)
+            r0 = b.add(r0, step)
+        with for_range(b, r0, a["M"], name="r1") as one:
+            r = one.index
+            self._panels(a["k1"], i64(1), a["nr1"], r, i64(0), a["N"], may_pack=False)
+
+    def _panels(self, kern, rows, nr, r0, j0, cols, *, may_pack: bool) -> None:
+        """Call `kern` on rows r0..r0+rows (an i64 value), every panel of nr columns of the block,
+        then the epilogue on the tile; for the full row tiles, a panel of at most `tail_nr` columns
+        (the layer's last) goes to the tail kernel. Packed panel p sits at pack + p*K*nr, its rows
+        nr apart (the last: its padded width); in place, at W + j0 + p*nr with rows N apart."""
+        b, a, w = self.b, self.a, self.width
+        K, N = a["K"], a["N"]
+        A = element_ptr(b, a["A"], b.mul(r0, K))
+        c = element_ptr(b, a["C"], b.add(b.mul(r0, N), j0))
+        w_j0 = element_ptr(b, a["W"], j0)
+        n_panels = b.udiv(b.add(cols, b.sub(nr, i64(1))), nr)
+        with for_range(b, 0, n_panels, name="jp") as panels:
+            p = panels.index
+            col = b.mul(p, nr)
+            left = b.sub(cols, col)
+            cols_p = b.select(b.icmp_signed("<", left, nr), left, nr)
+            b_p = element_ptr(b, w_j0, col)
+            ldb = N
+            if may_pack:
+                packed_b = element_ptr(b, a["pack"], b.mul(p, b.mul(K, nr)))
+                b_p = b.select(self.packed, packed_b, b_p)
+                padded = b.mul(b.udiv(b.add(cols_p, i64(w - 1)), i64(w)), i64(w))
+                ldb = b.select(self.packed, padded, ldb)
+            # No GEP on a null bias: the epilogue tells "no bias" by the null pointer.
+            bias_p = b.select(self.has_bias, b.gep(a["B"], [b.add(j0, col)], source_etype=F32),
+                              ir.Constant(PTR, None))
+            c_p = element_ptr(b, c, col)
+            if may_pack:  # the full row tiles: the last panel may take the narrower tail kernel
+                use_tail = b.and_(b.icmp_unsigned("!=", a["tail"], null_fn(TILE_TY)),
+                                  b.icmp_signed("<=", cols_p, a["tail_nr"]))
+                kern = b.select(use_tail, a["tail"], kern)
+            with b.if_then(self.has_k):
+                b.call(kern, [K, A, K, b_p, ldb, c_p, N, cols_p])
+            b.call(a["epi"], [rows, c_p, N, bias_p, cols_p, self.epi_flags])
+
+
+def pack_kernel(module: ir.Module, shape: TileShape) -> ir.Function:
+    """`void pack(i64 K, i64 ldw, ptr w, i64 cols, ptr pack)`: copy the K x cols block at `w`
+    (rows `ldw` apart) into panels of `shape.nr` columns: panel p at pack + p*K*nr holds rows
+    k = 0..K-1 of its columns contiguously, so the tile kernel streams it with unit stride and no
+    4K aliasing. The last panel is as wide as its columns rounded up to whole vectors,
+    zero-padded. It prefetches PACK_PREFETCH_ROWS rows of W ahead. One function per panel width,
+    shared by every layer of the module."""
+    return define_once(module, f"tinycomp.gemm.pack{shape.nv}x{shape.width}",
+                       lambda name: _emit_pack(module, name, shape))
+
+
+def _emit_pack(module: ir.Module, name: str, shape: TileShape) -> ir.Function:
+    fn = internal_kernel(module, name, (("K", I64), ("ldw", I64), ("w", PTR), ("cols", I64), ("pack", PTR)))
+    K, ldw, w_ptr, cols, pack = fn.args
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    nr, w, nv = shape.nr, shape.width, shape.nv
+    vt = vector_type(w)
+    full = b.udiv(cols, i64(nr))
+    tail = b.sub(cols, b.mul(full, i64(nr)))
+    tail_masks = column_masks(b, tail, nv, w)
+    i1v = ir.VectorType(I1, w)
+    tail_store = [splat_value(b, b.icmp_signed(">", tail, i64(v * w)), i1v) for v in range(nv)]
+    tail_ld = b.mul(b.udiv(b.add(tail, i64(w - 1)), i64(w)), i64(w))
+    panel_size = b.mul(K, i64(nr))
+    tail_base = element_ptr(b, pack, b.mul(full, panel_size))
+    with for_range(b, 0, K, name="pk") as kloop:
+        k = kloop.index
+        src = element_ptr(b, w_ptr, b.mul(k, ldw))
+        with for_range(b, 0, full, name="pp") as ploop:
+            p = ploop.index
+            s = element_ptr(b, src, b.mul(p, i64(nr)))
+            d = element_ptr(b, pack, b.add(b.mul(p, panel_size), b.mul(k, i64(nr))))
+            # rows a page apart: see the constant; past W's last row this prefetches, harmlessly, beyond it
+            prefetch_for_read(b, b.gep(s, [b.mul(ldw, i64(PACK_PREFETCH_ROWS))], source_etype=F32), nv, w)
+            for v in range(nv):
+                b.store(b.load(element_ptr(b, s, v * w), typ=vt, align=4), element_ptr(b, d, v * w), align=4)
+        with b.if_then(b.icmp_signed(">", tail, i64(0))):
+            s = element_ptr(b, src, b.mul(full, i64(nr)))
+            d = element_ptr(b, tail_base, b.mul(k, tail_ld))
+            for v in range(nv):
+                value = masked_load(b, element_ptr(b, s, v * w), tail_masks[v])
+                masked_store(b, value, element_ptr(b, d, v * w), tail_store[v])
+    b.ret_void()
+    return fn

@@ -1,0 +1,156 @@
+"""The GEMM epilogue, shared by the tiled kernels and the narrow ones: + bias, then the activation.
+
+Two parts every GEMM path uses the same way:
+- `load_bias`: the bias lanes of a mask, -0.0 in the others and everywhere when the bias pointer is
+  null (adding -0.0 changes no value, -0 included), without touching memory outside the lanes;
+- `activation_step`: ReLU and "no activation" share one run-time-flag select (flag bit 0), so
+  layers with either share their kernels; a costly activation (sigmoid, tanh, gelu) is one internal
+  function per module (`activation_function`).
+`epilogue_function` applies both to a tile of C in place, after the tile kernel stored A @ W.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from llvmlite import ir
+
+from .cgutils import (
+    F32,
+    I1,
+    I64,
+    PTR,
+    define_once,
+    element_ptr,
+    for_range,
+    i64,
+    internal_kernel,
+    masked_load,
+    masked_store,
+    splat_value,
+    vector_type,
+    zeros,
+)
+from .gemm_kernels import column_masks
+from .vector_ops import emit_op
+
+# Vectors per call of a costly activation in the epilogue (`epilogue_function`). Measured with
+# benchmarks/gemm_ab.py (`ACT_VECTORS 1,2,4,8 --layer 1024x1024:gelu --rows 256`): the layer took
+# 5,194 / 5,185 / 5,102 / 5,235 us (min), 303 / 295 / 212 / 345 us more than without an activation
+# (8: the chains no longer fit the registers); the odd model (tanh) at 256 / 2048 rows 0.98 / 0.96
+# with 4 against 1.
+ACT_VECTORS = 4
+
+
+def kernel_activation(activation: str | None) -> str:
+    """The epilogue family of an activation: ReLU and none share the run-time-flag epilogue."""
+    return "lin" if activation in (None, "relu") else activation
+
+
+def activation_function(module: ir.Module, activation: str, width: int) -> ir.Function:
+    """`act(<W x float>)` as one internal noinline function per kernel module.
+
+    Expensive activations are emitted once, for runs of ACT_VECTORS vectors, and called from the
+    epilogue's loop instead of being inlined into it: that keeps IR size and compile time flat.
+    LLVM splits the wide vector into ACT_VECTORS registers whose dependency chains then overlap.
+    """
+    def build(name: str) -> ir.Function:
+        vt = vector_type(width)
+        fn = ir.Function(module, ir.FunctionType(vt, [vt]), name)
+        fn.linkage = "internal"
+        fn.attributes.add("nounwind")
+        fn.attributes.add("noinline")
+        b = ir.IRBuilder(fn.append_basic_block("entry"))
+        b.ret(emit_op(b, activation, fn.args[0]))
+        return fn
+    return define_once(module, f"tinycomp.gemm.{activation}.v{width}", build)
+
+
+def activation_step(b: ir.IRBuilder, kind: str, flags: ir.Value, width: int) -> Callable[[ir.Value], ir.Value]:
+    """The activation of epilogue family `kind` on a `<width x float>`.
+
+    "lin": relu(x) = x if x > 0 or x is NaN else +0; with floor -inf instead of +0 the same select
+    is the identity (-inf stays -inf, NaN stays NaN), so flag bit 0 picks ReLU at run time."""
+    if kind == "lin":
+        is_relu = b.icmp_signed("!=", b.and_(flags, i64(1)), i64(0))
+        floor = b.select(is_relu, ir.Constant(F32, 0.0), ir.Constant(F32, float("-inf")))
+        floor_v = splat_value(b, floor, vector_type(width))
+        return lambda x: b.select(b.fcmp_unordered(">", x, floor_v), x, floor_v)
+    fn_act = activation_function(b.module, kind, width)
+    return lambda x: b.call(fn_act, [x])
+
+
+def bias_lanes(b: ir.IRBuilder, bias: ir.Value, width: int) -> ir.Value:
+    """All lanes when `bias` is not null, none when it is (see `load_bias`)."""
+    has_bias = b.icmp_unsigned("!=", bias, ir.Constant(PTR, None))
+    return splat_value(b, has_bias, ir.VectorType(I1, width))
+
+
+def load_bias(b: ir.IRBuilder, ptr: ir.Value, mask: ir.Value, on: ir.Value) -> ir.Value:
+    """The bias vector at `ptr` for the lanes of `mask`, -0.0 elsewhere or when `on` (from
+    `bias_lanes`) says there is no bias: nothing outside the lanes, and nothing at all from a
+    null pointer, is read."""
+    return masked_load(b, ptr, b.and_(mask, on), fill=-0.0)
+
+
+EPILOGUE_ARGS = (("rows", I64), ("c", PTR), ("ldc", I64), ("bias", PTR), ("cols", I64), ("flags", I64))
+
+
+def epilogue_function(module: ir.Module, activation: str | None, width: int) -> ir.Function:
+    """`void epi(i64 rows, ptr c, i64 ldc, ptr bias, i64 cols, i64 flags)`:
+    C[r, 0:cols] = act(C[r, 0:cols] + bias[0:cols]) for r < rows, in place. `bias` may be null
+    (no bias: -0.0 is added, which changes no value, -0 included). Flag bit 0 picks ReLU over the
+    identity in the shared plain epilogue; bit 1 reads C as zeros (K == 0: no kernel ran).
+    One per activation family and module."""
+    kind = kernel_activation(activation)
+    return define_once(module, f"tinycomp.gemm.epi.{kind}.v{width}",
+                       lambda name: _emit_epilogue(module, name, kind, width))
+
+
+def _emit_epilogue(module: ir.Module, name: str, kind: str, width: int) -> ir.Function:
+    fn = internal_kernel(module, name, EPILOGUE_ARGS)
+    rows, c, ldc, bias, cols, flags = fn.args
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    vt = vector_type(width)
+    bias_on = bias_lanes(b, bias, width)
+    n_vec = b.udiv(b.add(cols, i64(width - 1)), i64(width))
+    c_is_zero = b.icmp_signed("!=", b.and_(flags, i64(2)), i64(0))
+
+    def bias_pass(act=None) -> None:
+        with for_range(b, 0, n_vec, name="v") as vloop:
+            col = b.mul(vloop.index, i64(width))
+            [mask] = column_masks(b, b.sub(cols, col), 1, width)
+            bvec = load_bias(b, element_ptr(b, bias, col), mask, bias_on)
+            with for_range(b, 0, rows, name="r") as rloop:
+                p = element_ptr(b, c, b.add(b.mul(rloop.index, ldc), col))
+                x = b.fadd(b.select(c_is_zero, zeros(vt), masked_load(b, p, mask)), bvec)
+                masked_store(b, act(x) if act else x, p, mask)
+
+    if kind == "lin":
+        bias_pass(activation_step(b, kind, flags, width))
+        b.ret_void()
+        return fn
+    # Costly activations: add the bias, then apply act to runs of ACT_VECTORS vectors at once, so
+    # their long dependency chains (exp, a division) overlap instead of one call per vector. A tile
+    # as wide as C (cols == ldc) is one contiguous run of rows * cols floats, so the masked-off
+    # lanes of each row's last vector are not computed (100x37 tanh); a column panel is one run per row.
+    bias_pass()
+    wide = width * ACT_VECTORS
+    act = activation_step(b, kind, flags, wide)
+
+    def act_run(start, n) -> None:
+        """act over the n floats at start (a run of one row or of whole rows)."""
+        with for_range(b, 0, b.udiv(b.add(n, i64(wide - 1)), i64(wide)), name="q") as q:
+            off = b.mul(q.index, i64(wide))
+            [mask] = column_masks(b, b.sub(n, off), 1, wide)
+            p = element_ptr(b, start, off)
+            masked_store(b, act(masked_load(b, p, mask)), p, mask)
+
+    with b.if_else(b.icmp_signed("==", cols, ldc)) as (whole, part):
+        with whole:
+            act_run(c, b.mul(rows, cols))
+        with part:
+            with for_range(b, 0, rows, name="r") as r:
+                act_run(element_ptr(b, c, b.mul(r.index, ldc)), cols)
+    b.ret_void()
+    return fn
