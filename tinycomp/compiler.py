@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import html
 import threading
 import warnings
 from dataclasses import dataclass
@@ -22,8 +23,10 @@ from .frontend.layers import Dropout, Layer, model_lock
 from .frontend.tensor import Tensor
 from .frontend.tracer import walk_model
 from .ir.graph import Graph
+from .ir.ops import format_expr
 from .ir.passes import DEFAULT_PIPELINE, fuse_linear
 from .ir.passes import explain as explain_fusions
+from .ir.printer import html_table
 from .logs import log
 from .runtime.buffers import ScratchPool
 from .runtime.call import as_input_array
@@ -223,6 +226,26 @@ class CompiledModel:
         something was not, why."""
         fused = fuse_linear in (DEFAULT_PIPELINE if self._passes is None else self._passes)
         return "\n".join(explain_fusions(self._require("explain()").optimized, compiled=not fused))
+
+    def _repr_html_(self) -> str:
+        """A notebook's view: input and output shapes, compile time, what fused, each optimized node."""
+        name = html.escape(type(self.model).__name__)
+        art = self._artifact
+        if art is None:
+            return (f"<p><b>CompiledModel</b> of {name}: not compiled yet (it compiles on its first call, "
+                    "or give compile() input_shape=(None, features))</p>")
+        g = art.optimized
+        shape = lambda n: "(" + ", ".join("N" if d is None else str(d) for d in g.shape(n)) + ")"  # noqa: E731
+        source = "object code from the on-disk cache" if art.cache_hit else "built"
+        head = (f"<p><b>CompiledModel</b> of {name}: input {shape(g.inputs[0])} &rarr; output {shape(g.output)}; "
+                f"compiled in {art.compile_ms:.1f} ms ({source}, speed_level={art.speed_level}); "
+                f"{self.stats.calls:,} calls, {self.stats.compiles} compiles</p>")
+        fused = "".join(f"<li>{html.escape(line)}</li>" for line in self.explain().splitlines())
+        rows = [(n, g.op(n), ", ".join(f"{k}={v}" for k, v in g.attrs(n).items() if k != "expr")
+                 or (format_expr(g[n]["expr"]) if g.op(n) == "elementwise" else ""), shape(n))
+                for n in g.nodes() if g.op(n) not in ("param", "const")]
+        table = html_table(("node", "op", "attributes", "shape"), rows, caption="optimized graph")
+        return f"<div>{head}<p>What fused:</p><ul>{fused}</ul>{table}</div>"
 
     def __repr__(self) -> str:
         state = f"features={self._artifact.features}" if self._artifact else "not compiled yet"

@@ -10,11 +10,12 @@ from .frontend.layers import (
     manual_seed,
     set_training_mode,
 )
+from .frontend.structural import Flatten, Identity, Reshape
 from .frontend.tensor import Tensor
 from .frontend.transformer import MLP, LayerNorm, MultiHeadAttention, TransformerBlock, scaled_dot_product_attention
 
 __all__ = [
-    "GELU", "INIT_SCALE_FACTOR", "MLP", "Dropout", "Layer", "LayerNorm", "Linear", "MultiHeadAttention", "ReLU",
-    "Sequential", "Sigmoid", "Softmax", "Tanh", "Tensor", "TransformerBlock", "manual_seed",
-    "scaled_dot_product_attention", "set_training_mode",
+    "GELU", "INIT_SCALE_FACTOR", "MLP", "Dropout", "Flatten", "Identity", "Layer", "LayerNorm", "Linear",
+    "MultiHeadAttention", "ReLU", "Reshape", "Sequential", "Sigmoid", "Softmax", "Tanh", "Tensor", "TransformerBlock",
+    "manual_seed", "scaled_dot_product_attention", "set_training_mode",
 ]

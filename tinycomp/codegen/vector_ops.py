@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from llvmlite import ir
 
-from . import vecmath, vecpow
+from . import vecerf, vecmath, vecpow
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,7 @@ VECTOR_OPS: dict[str, VectorOp] = {
     "sigmoid": VectorOp(_unary(vecmath.emit_sigmoid), 3.0),
     "tanh": VectorOp(_unary(vecmath.emit_tanh), 2.5),
     "gelu": VectorOp(_unary(vecmath.emit_gelu), 4.0),
+    "gelu_erf": VectorOp(_unary(vecerf.emit_gelu_erf), vecerf.GELU_ERF_MAX_ULP),
 }
 MAX_ULP = {name: op.max_ulp for name, op in VECTOR_OPS.items()}
 

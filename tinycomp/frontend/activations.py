@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from .layers import Layer
 from .tensor import Tensor, apply_op
 
@@ -30,14 +32,45 @@ class Tanh(_Activation):
 
 
 class GELU(_Activation):
-    """GELU in TinyTorch's sigmoid approximation, x * sigmoid(1.702 x), elementwise. No parameters."""
-    op = "gelu"
+    """GELU elementwise, in one of three forms (no parameters):
+
+    - `approximate="sigmoid"` (the default, TinyTorch's): x * sigmoid(1.702 x);
+    - `approximate="none"`: the exact x * (1 + erf(x / sqrt 2)) / 2, as torch's `GELU()` and ONNX's
+      `Gelu`; compiled with tinycomp's own erf kernel (README, "Numerics and weights");
+    - `approximate="tanh"`: x * (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) / 2, as torch's
+      `GELU(approximate="tanh")`.
+    """
+
+    FORMS = ("sigmoid", "none", "tanh")
+
+    def __init__(self, approximate: str = "sigmoid"):
+        if approximate not in self.FORMS:
+            raise ValueError(f"GELU approximate must be one of {', '.join(map(repr, self.FORMS))}; got {approximate!r}")
+        self.approximate = approximate
+        self.op = {"sigmoid": "gelu", "none": "gelu_erf", "tanh": ""}[approximate]
+
+    def forward(self, x: Tensor) -> Tensor:
+        """GELU of every element of x, in this layer's form."""
+        if self.approximate != "tanh":
+            return apply_op(self.op, x)
+        inner = (x + x * x * x * 0.044715) * math.sqrt(2 / math.pi)
+        return x * 0.5 * (apply_op("tanh", inner) + 1.0)
+
+    def __repr__(self) -> str:
+        return "GELU()" if self.approximate == "sigmoid" else f"GELU(approximate={self.approximate!r})"
 
 
 class Softmax(Layer):
-    """exp(x - max) / sum along `dim` (`forward(x, dim=-1)`), with the max subtracted first so that
-    large inputs do not overflow; a slice that is all -inf gives zeros. No parameters."""
+    """exp(x - max) / sum along `dim` (`Softmax(dim=-1)`, or `forward(x, dim=...)`), with the max
+    subtracted first so that large inputs do not overflow; a slice that is all -inf gives zeros.
+    No parameters."""
 
-    def forward(self, x: Tensor, dim: int = -1) -> Tensor:
-        """Softmax of x along `dim` (the last axis by default); each slice sums to 1."""
-        return apply_op("softmax", x, dim=dim)
+    def __init__(self, dim: int = -1):
+        self.dim = dim
+
+    def forward(self, x: Tensor, dim: int | None = None) -> Tensor:
+        """Softmax of x along `dim` (None: the layer's own, the last axis by default); slices sum to 1."""
+        return apply_op("softmax", x, dim=self.dim if dim is None else dim)
+
+    def __repr__(self) -> str:
+        return "Softmax()" if self.dim == -1 else f"Softmax(dim={self.dim})"

@@ -192,3 +192,8 @@ class Graph:
     def __repr__(self) -> str:
         from .printer import format_graph  # the printer lives beside the graph; import on demand
         return format_graph(self)
+
+    def _repr_svg_(self) -> str | None:
+        """A notebook shows the graph as a picture when Graphviz's `dot` is installed, else as text."""
+        from .printer import svg_or_none, to_dot
+        return svg_or_none(to_dot(self))

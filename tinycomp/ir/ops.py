@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from . import refs, rounding
-from .refs import gelu, keep_dtype, power, relu, sigmoid, softmax  # noqa: F401 - also re-exported
+from .refs import gelu, gelu_erf, keep_dtype, power, relu, sigmoid, softmax  # noqa: F401 - also re-exported
 from .rounding import RoundingRule, derivative
 from .shapes import (  # noqa: F401 - fmt_shape, dim_text: re-exported for the modules that print shapes
     Shape,
@@ -232,6 +232,7 @@ OPS: dict[str, OpDef] = {
         _elementwise("sigmoid", 1, sigmoid, 4, derivative(lambda v, x: v * (1 - v)), activation=True),
         _elementwise("tanh", 1, np.tanh, 4, derivative(lambda v, x: 1 - v * v), activation=True),
         _elementwise("gelu", 1, gelu, 6, derivative(rounding.gelu_slope), activation=True),
+        _elementwise("gelu_erf", 1, gelu_erf, 30, rounding.gelu_erf, activation=True),
         OpDef("softmax", "normalization", 1, softmax_shape, softmax, 5, rounding.softmax,
               example=Example(((None, 5),), {"dim": -1})),
         OpDef("dropout", "view", 1, same_shape, refs.dropout, 1, rounding.dropout, aliases=True,

@@ -1,10 +1,12 @@
-"""Readable dumps of a Graph: one line per node in text, and Graphviz DOT."""
+"""Readable dumps of a Graph: one line per node in text, Graphviz DOT (and SVG), HTML tables."""
 
 from __future__ import annotations
 
+import html
 import pathlib
 import shutil
 import subprocess
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -116,3 +118,27 @@ def render_dot(dot: str, path: str | pathlib.Path, *, timeout: float = 60) -> pa
     if done.returncode != 0:
         raise RuntimeError(f"Graphviz dot failed rendering {path} ({fmt}): {done.stderr.strip()}")
     return path
+
+
+def svg_or_none(dot: str, *, timeout: float = 30) -> str | None:
+    """DOT text rendered to SVG text by Graphviz, or None when `dot` is not installed or fails (a
+    notebook then shows the graph's text instead)."""
+    exe = shutil.which("dot")
+    if exe is None:
+        return None
+    try:
+        done = subprocess.run([exe, "-Tsvg"], input=dot, text=True, capture_output=True, timeout=timeout, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout if done.returncode == 0 and "<svg" in done.stdout else None
+
+
+def html_table(header: Sequence[str], rows: Sequence[Sequence[object]], *, numeric_from: int = 0,
+               caption: str = "") -> str:
+    """An HTML table (cells escaped); columns from `numeric_from` on are right-aligned numbers."""
+    def row(cells: Sequence[object], tag: str) -> str:
+        return "<tr>" + "".join(
+            f'<{tag} style="text-align:{"right" if numeric_from and i >= numeric_from else "left"}">'
+            f"{html.escape(str(c))}</{tag}>" for i, c in enumerate(cells)) + "</tr>"
+    cap = f"<caption>{html.escape(caption)}</caption>" if caption else ""
+    return f"<table>{cap}<thead>{row(header, 'th')}</thead><tbody>{''.join(row(r, 'td') for r in rows)}</tbody></table>"

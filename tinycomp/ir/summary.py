@@ -61,12 +61,17 @@ class Summary:
         """Floating-point operations at this batch size (2 per MAC, plus the elementwise work)."""
         return self.total("flops")
 
-    def __str__(self) -> str:
+    def _cells(self) -> tuple[tuple[str, ...], list[tuple[str, ...]], tuple[str, ...]]:
+        """(header, one row of text cells per node, the totals row): what both the text and HTML show."""
         head = ("node", "op", "shape", "params", "param bytes", "act bytes", "MACs", "FLOPs")
         body = [(r.name, r.op, "(" + ", ".join(map(str, r.shape)) + ")", *(f"{v:,}" for v in (
             r.parameters, r.param_bytes, r.activation_bytes, r.macs, r.flops))) for r in self.rows]
         foot = ("total", "", "", *(f"{getattr(self, c):,}" for c in (
             "parameters", "param_bytes", "activation_bytes", "macs", "flops")))
+        return head, body, foot
+
+    def __str__(self) -> str:
+        head, body, foot = self._cells()
         widths = [max(len(row[i]) for row in [head, *body, foot]) for i in range(len(head))]
 
         def line(row: tuple) -> str:  # text columns left, numbers right
@@ -75,6 +80,13 @@ class Summary:
         rule = "-" * len(line(head))
         batch = f" (batch {self.batch})" if self.batch is not None else ""
         return "\n".join([f"summary{batch}", line(head), rule, *map(line, body), rule, line(foot)])
+
+    def _repr_html_(self) -> str:
+        """The same table in a notebook, as HTML."""
+        from .printer import html_table
+        head, body, foot = self._cells()
+        caption = f"summary (batch {self.batch})" if self.batch is not None else "summary"
+        return html_table(head, [*body, foot], numeric_from=3, caption=caption)
 
 
 def concrete(shape: tuple, batch: int | None) -> tuple[int, ...]:

@@ -1,0 +1,139 @@
+"""from_onnx against real ONNX Runtime: graphs built with onnx.helper, random weights, batch 0/1/7/129."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx", reason="onnx is not installed (pip install 'tinycomp[onnx]')")
+ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install 'tinycomp[onnx]')")
+from interop_helpers import check_imported  # noqa: E402
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+import tinycomp as tc  # noqa: E402
+from tinycomp.interop import GraphModel, from_onnx  # noqa: E402
+from tinycomp.nn import Sequential  # noqa: E402
+
+
+class Builder:
+    """A graph under construction: random float32 initializers, nodes, one input x and one output."""
+
+    def __init__(self, width: int, seed: int = 0):
+        self.width, self.rng = width, np.random.default_rng(seed)
+        self.nodes, self.inits, self.count = [], [], 0
+
+    def const(self, shape, value=None) -> str:
+        self.count += 1
+        name = f"c{self.count}"
+        data = self.rng.standard_normal(shape).astype(np.float32) * 0.5 if value is None else np.asarray(value)
+        self.inits.append(numpy_helper.from_array(data, name))
+        return name
+
+    def node(self, op: str, inputs: list[str], **attrs) -> str:
+        self.count += 1
+        out = f"v{self.count}"
+        self.nodes.append(helper.make_node(op, inputs, [out], name=f"{op.lower()}_{self.count}", **attrs))
+        return out
+
+    def model(self, out: str, out_width: int, opset: int = 20) -> bytes:
+        self.nodes.append(helper.make_node("Identity", [out], ["y"]))
+        graph = helper.make_graph(self.nodes, "test", [helper.make_tensor_value_info(
+            "x", TensorProto.FLOAT, ["N", self.width])], [helper.make_tensor_value_info(
+                "y", TensorProto.FLOAT, ["N", out_width])], initializer=self.inits)
+        proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+        proto.ir_version = min(proto.ir_version, 9)
+        onnx.checker.check_model(proto)
+        return proto.SerializeToString()
+
+
+def runtime(blob: bytes):
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(blob, options, providers=["CPUExecutionProvider"])
+    return lambda x: session.run(None, {"x": x})[0]
+
+
+def gemm_mlp() -> tuple[bytes, int]:
+    b = Builder(20, seed=1)
+    h = b.node("Gemm", ["x", b.const((20, 32)), b.const((32,))])
+    h = b.node("Relu", [h])
+    h = b.node("Dropout", [h])
+    h = b.node("Gemm", [h, b.const((16, 32)), b.const((16,))], transB=1, alpha=0.5, beta=2.0)
+    h = b.node("Sigmoid", [h])
+    h = b.node("MatMul", [h, b.const((16, 8))])
+    h = b.node("Add", [b.const((8,)), h])
+    return b.model(b.node("Softmax", [h], axis=-1), 8), 20
+
+
+def gelu_tanh_reshape(form: str) -> tuple[bytes, int]:
+    b = Builder(12, seed=2)
+    h = b.node("MatMul", ["x", b.const((12, 24))])
+    h = b.node("Add", [h, b.const((24,))])
+    h = b.node("Gelu", [h], approximate=form)
+    h = b.node("Reshape", [h, b.const(None, np.array([-1, 4, 6], np.int64))])
+    h = b.node("Flatten", [h], axis=1)
+    h = b.node("Tanh", [b.node("Gemm", [h, b.const((24, 5))])])
+    return b.model(b.node("Identity", [h]), 5), 12
+
+
+def residual() -> tuple[bytes, int]:
+    b = Builder(16, seed=3)
+    h = b.node("Relu", [b.node("Gemm", ["x", b.const((16, 16)), b.const((16,))])])
+    r = b.node("Gemm", [h, b.const((16, 16)), b.const((16,))])
+    h = b.node("Add", [h, r])
+    return b.model(b.node("Gemm", [h, b.const((16, 4))]), 4), 16
+
+
+@pytest.mark.parametrize("make", [gemm_mlp, lambda: gelu_tanh_reshape("none"), lambda: gelu_tanh_reshape("tanh"),
+                                  residual], ids=["gemm-mlp", "gelu-exact", "gelu-tanh", "residual"])
+def test_models_match_onnxruntime(make):
+    blob, width = make()
+    model = from_onnx(blob)
+    check_imported(model, runtime(blob), width, scale=2.0)
+
+
+def test_chain_is_sequential_and_residual_a_graph_model(tmp_path):
+    blob, _ = gemm_mlp()
+    path = tmp_path / "mlp.onnx"
+    path.write_bytes(blob)
+    assert isinstance(from_onnx(path), Sequential)  # a path, bytes or a ModelProto
+    assert isinstance(from_onnx(str(path)), Sequential)
+    assert isinstance(from_onnx(onnx.load_from_string(residual()[0])), GraphModel)
+
+
+def test_exact_gelu_compiles_with_the_erf_kernel():
+    blob, width = gelu_tanh_reshape("none")
+    fast = tc.compile(from_onnx(blob), input_shape=(None, width))
+    assert "activation=gelu_erf" in fast.dump("optimized")
+
+
+def unsupported_graph(op: str, **attrs) -> bytes:
+    b = Builder(4)
+    h = b.node("Gemm", ["x", b.const((4, 4))])
+    return b.model(b.node(op, [h], **attrs), 4)
+
+
+@pytest.mark.parametrize("blob, op, detail", [
+    (unsupported_graph("LeakyRelu"), "LeakyRelu", ""),
+    (unsupported_graph("Flatten", axis=0), "Flatten", "axis=0"),
+    (unsupported_graph("Softmax", axis=1) , None, None),
+], ids=["leakyrelu", "flatten-axis0", "softmax-ok"])
+def test_unsupported_node_is_a_compile_error_naming_it(blob, op, detail):
+    if op is None:
+        assert isinstance(from_onnx(blob), Sequential)
+        return
+    with pytest.raises(tc.CompileError, match=rf"node '{op.lower()}_\d+' of type {op}.*{detail}"):
+        from_onnx(blob)
+
+
+def test_matmul_of_two_computed_values_is_refused():
+    b = Builder(4)
+    h = b.node("Relu", ["x"])
+    blob = b.model(b.node("MatMul", ["x", h]), 4)
+    with pytest.raises(tc.CompileError, match="of type MatMul.*must be a constant"):
+        from_onnx(blob)
+
+
+def test_not_a_model_is_a_type_error():
+    with pytest.raises(TypeError, match="path, bytes or onnx.ModelProto"):
+        from_onnx(42)

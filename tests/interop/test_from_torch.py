@@ -1,0 +1,160 @@
+"""from_torch against real PyTorch: random weights, batch 0/1/7/129, eager and compiled."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="PyTorch is not installed (pip install 'tinycomp[torch]')")
+nn = torch.nn
+
+from interop_helpers import check_imported  # noqa: E402
+
+import tinycomp as tc  # noqa: E402
+from tinycomp.interop import GraphModel, from_torch  # noqa: E402
+from tinycomp.nn import GELU, Dropout, Flatten, Linear, Sequential, Softmax  # noqa: E402
+
+
+def run_torch(module):
+    def run(x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return module(torch.from_numpy(x)).numpy()
+    return run
+
+
+def seeded(seed: int, make):
+    torch.manual_seed(seed)
+    return make().eval()
+
+
+@pytest.mark.parametrize("make, width", [
+    (lambda: nn.Sequential(nn.Linear(20, 32), nn.ReLU(), nn.Dropout(0.3), nn.Linear(32, 10)), 20),
+    (lambda: nn.Sequential(nn.Linear(12, 16), nn.Sigmoid(), nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 5),
+                           nn.Softmax(dim=-1)), 12),
+    (lambda: nn.Sequential(nn.Linear(9, 24), nn.GELU(), nn.Linear(24, 3, bias=False)), 9),
+    (lambda: nn.Sequential(nn.Linear(9, 24), nn.GELU(approximate="tanh"), nn.Linear(24, 3)), 9),
+    (lambda: nn.Sequential(nn.Flatten(), nn.Linear(8, 4), nn.Identity(), nn.Softmax(dim=1)), 8),
+    (lambda: nn.Sequential(nn.Sequential(nn.Linear(6, 6), nn.ReLU()), nn.Linear(6, 2)), 6),
+], ids=["mlp-dropout", "sigmoid-tanh-softmax", "gelu-exact", "gelu-tanh", "flatten-identity", "nested"])
+def test_sequential_models_match_torch(make, width):
+    module = seeded(1, make)
+    model = from_torch(module)
+    assert isinstance(model, Sequential)
+    check_imported(model, run_torch(module), width, scale=2.0)
+
+
+def test_exact_and_tanh_gelu_are_told_apart_and_exact_gelu_is_compiled_with_erf():
+    exact = from_torch(seeded(2, lambda: nn.Sequential(nn.Linear(4, 4), nn.GELU())))
+    approx = from_torch(seeded(2, lambda: nn.Sequential(nn.Linear(4, 4), nn.GELU(approximate="tanh"))))
+    assert exact[1].approximate == "none" and approx[1].approximate == "tanh"
+    fast = tc.compile(exact, input_shape=(None, 4))
+    assert "activation=gelu_erf" in fast.dump("optimized")
+    assert "gelu_erf" in fast.dump("llvm")
+    x = np.linspace(-6, 6, 48, dtype=np.float32).reshape(12, 4)
+    with torch.no_grad():  # the two forms differ by ~1e-4 here; each matches its own torch form
+        t_exact = nn.functional.gelu(torch.from_numpy(x)).numpy()
+        t_tanh = nn.functional.gelu(torch.from_numpy(x), approximate="tanh").numpy()
+    assert np.abs(t_exact - t_tanh).max() > 1e-4
+    np.testing.assert_allclose(GELU("none")(x).data, t_exact, atol=2e-6)
+    np.testing.assert_allclose(GELU("tanh")(x).data, t_tanh, atol=2e-6)
+
+
+class Residual(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(16, 16)
+        self.fc2 = nn.Linear(16, 16)
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, x):
+        h = torch.relu(self.fc1(x))
+        h = h + self.fc2(h)
+        return torch.softmax(self.head(nn.functional.gelu(h)), dim=-1)
+
+
+class Chain(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.inner = nn.Linear(10, 8)
+        self.out = nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.out(torch.tanh(self.inner(x)))
+
+
+def test_module_with_residual_add_is_a_graph_model():
+    module = seeded(3, Residual)
+    model = from_torch(module)
+    assert isinstance(model, GraphModel)
+    assert {"fc1", "fc2", "head"} <= set(model.layers)
+    check_imported(model, run_torch(module), 16)
+
+
+def test_module_whose_forward_is_a_chain_is_a_sequential():
+    module = seeded(4, Chain)
+    model = from_torch(module)
+    assert isinstance(model, Sequential) and isinstance(model[0], Linear)
+    check_imported(model, run_torch(module), 10)
+
+
+def test_training_flag_follows_the_module():
+    module = seeded(5, lambda: nn.Sequential(nn.Linear(3, 3), nn.Dropout(0.5)))
+    assert from_torch(module)[1].training is False
+    assert from_torch(module.train())[1].training is True
+    assert isinstance(from_torch(module)[1], Dropout)
+
+
+def test_float64_module_weights_become_float32():
+    module = seeded(6, lambda: nn.Sequential(nn.Linear(5, 3))).double()
+    model = from_torch(module)
+    assert model[0].weight.dtype == np.float32
+    x = np.random.default_rng(0).standard_normal((4, 5))
+    with torch.no_grad():
+        want = module(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(model(x).data, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("module, name, kind", [
+    (nn.Sequential(nn.Linear(4, 4), nn.Conv1d(1, 1, 3)), "1", "Conv1d"),
+    (nn.Sequential(nn.Sequential(nn.LeakyReLU())), "0.0", "LeakyReLU"),
+    (nn.Softmax(), "(the top module)", "Softmax"),
+])
+def test_unsupported_module_is_a_compile_error_naming_it(module, name, kind):
+    with pytest.raises(tc.CompileError, match=rf"module '{__import__('re').escape(name)}' of type {kind}"):
+        from_torch(module)
+
+
+class Branchy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x):
+        return torch.cat([self.fc(x), x], dim=1)
+
+
+def test_unsupported_function_names_the_node():
+    with pytest.raises(tc.CompileError, match=r"node '\(the top module\): node cat' of type call_function cat"):
+        from_torch(Branchy())
+
+
+def test_flatten_keeps_the_batch_first():
+    with pytest.raises(ValueError, match="start_dim"):
+        Flatten(0)
+    module = nn.Sequential(nn.Flatten(), nn.Linear(12, 2)).eval()
+    model = from_torch(module)
+    x = np.random.default_rng(1).standard_normal((5, 3, 4)).astype(np.float32)
+    with torch.no_grad():
+        want = module(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(model(x).data, want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(tc.compile(model)(x).data, want, rtol=1e-5, atol=1e-6)
+
+
+def test_softmax_keeps_its_dim():
+    assert from_torch(nn.Sequential(nn.Softmax(dim=1)))[0].dim == 1
+    assert repr(Softmax(dim=1)) == "Softmax(dim=1)"
+
+
+def test_not_a_module_is_a_type_error():
+    with pytest.raises(TypeError, match="torch.nn.Module"):
+        from_torch("a string")

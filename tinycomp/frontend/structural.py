@@ -1,0 +1,67 @@
+"""Layers that only move data: `Flatten`, `Reshape`, `Identity` (what imported models are made of
+besides Linear and the activations). Written with Tensor ops, so they trace and compile."""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any
+
+from .layers import Layer
+from .tensor import Tensor
+
+
+def _as_tensor(x: Any) -> Tensor:
+    return x if isinstance(x, Tensor) else Tensor(x)
+
+
+class Flatten(Layer):
+    """Merge dimensions start_dim..end_dim into one, as `torch.nn.Flatten(start_dim=1, end_dim=-1)`:
+    (N, 3, 4, 5) -> (N, 60). The batch dimension (0) is never merged: start_dim must be 1 or more."""
+
+    def __init__(self, start_dim: int = 1, end_dim: int = -1):
+        if isinstance(start_dim, bool) or not isinstance(start_dim, numbers.Integral) or start_dim < 1:
+            raise ValueError(f"Flatten start_dim must be an int >= 1 (dimension 0 is the batch); got {start_dim!r}")
+        self.start_dim: int = int(start_dim)
+        self.end_dim: int = int(end_dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x with dimensions start_dim..end_dim merged; the batch dimension stays first."""
+        x = _as_tensor(x)
+        shape: tuple[Any, ...] = tuple(x.shape)
+        end = self.end_dim % len(shape) if len(shape) else 0
+        if not self.start_dim <= end < len(shape):
+            if self.start_dim == end + 1 or len(shape) <= self.start_dim:  # nothing to merge, as torch
+                return x
+            raise ValueError(f"Flatten(start_dim={self.start_dim}, end_dim={self.end_dim}) does not fit an input of "
+                             f"{len(shape)} dimensions")
+        merged = math.prod(int(d) for d in shape[self.start_dim:end + 1])
+        return x.reshape(-1, *shape[1:self.start_dim], merged, *shape[end + 1:])
+
+    def __repr__(self) -> str:
+        return "Flatten()" if (self.start_dim, self.end_dim) == (1, -1) else \
+            f"Flatten(start_dim={self.start_dim}, end_dim={self.end_dim})"
+
+
+class Reshape(Layer):
+    """Give each sample the shape `sample_shape` (one size may be -1): x.reshape(-1, *sample_shape)."""
+
+    def __init__(self, *sample_shape: int):
+        if len(sample_shape) == 1 and isinstance(sample_shape[0], (tuple, list)):
+            sample_shape = tuple(sample_shape[0])
+        self.sample_shape = tuple(int(d) for d in sample_shape)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x reshaped to (batch, *sample_shape)."""
+        return _as_tensor(x).reshape(-1, *self.sample_shape)
+
+    def __repr__(self) -> str:
+        return f"Reshape{self.sample_shape}"
+
+
+class Identity(Layer):
+    """Returns its input unchanged (ONNX `Identity`, torch `nn.Identity`)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x itself."""
+        return x

@@ -1,0 +1,129 @@
+"""What every importer shares: the lazy import of its framework, weights made into tinycomp layers,
+and `GraphModel` for imported graphs whose values branch and join (residual adds)."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from ..errors import CompileError
+from ..frontend.layers import Layer, Linear, Sequential
+from ..frontend.tensor import Tensor
+
+
+def require(module: str, importer: str, extra: str, what: str) -> ModuleType:
+    """Import an optional framework, or raise ImportError naming the pip extra that installs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise ImportError(f"{importer} needs {what} (`import {module}` failed: {exc}); install it with "
+                          f"pip install 'tinycomp[{extra}]'") from exc
+
+
+def unsupported(kind: str, name: str, type_name: str, known: Sequence[str], detail: str = "") -> CompileError:
+    """The error for a node or module an importer has no rule for: which one, its type, what is known."""
+    more = f" ({detail})" if detail else ""
+    return CompileError(f"cannot import {kind} {name!r} of type {type_name}{more}; supported: {', '.join(known)}")
+
+
+def linear_from(weight_in_out: np.ndarray, bias: np.ndarray | None) -> Linear:
+    """A Linear holding a float32 copy of `weight_in_out` (shape (in, out), tinycomp's layout) and bias."""
+    w = np.asarray(weight_in_out, np.float32)
+    if w.ndim != 2:
+        raise CompileError(f"a Linear weight must be 2-D (in, out); got shape {w.shape}")
+    layer = Linear(w.shape[0], w.shape[1], bias=bias is not None)
+    layer.weight = Tensor(w)
+    if bias is not None:
+        b = np.asarray(bias, np.float32).reshape(-1)
+        if b.shape != (w.shape[1],):
+            raise CompileError(f"a Linear bias must have {w.shape[1]} values (out); got shape {b.shape}")
+        layer.bias = Tensor(b)
+    return layer
+
+
+class AddConstant(Layer):
+    """x + value, `value` a parameter (an ONNX `Add` of an initializer, e.g. a bias after `MatMul`)."""
+
+    def __init__(self, value: Any):
+        self.value = Tensor(value)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x plus the constant, broadcast as NumPy does."""
+        return x + self.value
+
+    def parameters(self) -> list[Tensor]:
+        """`[value]`."""
+        return [self.value]
+
+    def __repr__(self) -> str:
+        return f"AddConstant(shape={self.value.shape})"
+
+
+@dataclass(frozen=True)
+class Step:
+    """One value of an imported graph: `layer` applied to `inputs`, or `op` ("add") of two values."""
+
+    output: str
+    inputs: tuple[str, ...]
+    layer: str | None = None  # a key of GraphModel.layers
+    op: str | None = None
+
+
+BINARY_OPS = {"add": lambda a, b: a + b}
+
+
+class GraphModel(Layer):
+    """An imported model whose values branch and join: named layers run in a fixed dataflow order.
+
+    `layers` maps a name to each layer (parameters are named `layers.<name>.weight` in the traced
+    graph); `steps` say which layer (or binary op) makes which value from which; `output` names the
+    value returned. Single-path models are imported as a `Sequential` instead."""
+
+    def __init__(self, layers: dict[str, Layer], steps: Sequence[Step], input_name: str, output: str):
+        self.layers = dict(layers)
+        self.steps = tuple(steps)
+        self.input_name, self.output = input_name, output
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Run every step in order on the input; return the output value."""
+        values: dict[str, Any] = {self.input_name: x}
+        for step in self.steps:
+            args = [values[name] for name in step.inputs]
+            if step.layer is not None:
+                values[step.output] = self.layers[step.layer](*args)
+            else:
+                values[step.output] = BINARY_OPS[step.op or ""](*args)
+        return values[self.output]
+
+    def __repr__(self) -> str:
+        lines = [f"  {s.output} = {s.layer or s.op}({', '.join(s.inputs)})"
+                 + (f"  # {self.layers[s.layer]!r}" if s.layer else "") for s in self.steps]
+        return "GraphModel(\n" + "\n".join(lines) + f"\n  return {self.output}\n)"
+
+
+def chain_or_graph(layers: dict[str, Layer], steps: list[Step], input_name: str, output: str) -> Layer:
+    """A Sequential when each step feeds only the next (the common case), else a GraphModel."""
+    current = input_name
+    chain: list[Layer] = []
+    for step in steps:
+        if step.layer is None or step.inputs != (current,):
+            return GraphModel(layers, steps, input_name, output)
+        chain.append(layers[step.layer])
+        current = step.output
+    if current != output:
+        return GraphModel(layers, steps, input_name, output)
+    return Sequential(*chain)
+
+
+def layer_key(name: str, taken: dict[str, Layer]) -> str:
+    """A key for GraphModel.layers from a framework's node or module name: no dots (paths use them)."""
+    base = (name or "layer").replace(".", "_").replace("/", "_") or "layer"
+    key, i = base, 1
+    while key in taken:
+        key, i = f"{base}_{i}", i + 1
+    return key
