@@ -72,7 +72,7 @@ def test_active_dropout_gives_one_warning_saying_what_and_how():
     assert len(record) == 1
     message = str(record[0].message)
     assert "2 of its Dropout layers" in message and "'2' Dropout(p=0.5)" in message
-    assert "model.eval()" in message and "inference" in message
+    assert "model.eval()" in message and "inference" in message and "compile(model, training=True)" in message
     assert record[0].filename == __file__  # points at the user's compile() call
     model.eval()
     np.testing.assert_allclose(fast(x).data, model(x).data, rtol=1e-5, atol=1e-6)
@@ -260,3 +260,17 @@ def test_tensor_matmul_takes_arrays_but_not_lists():
     np.testing.assert_array_equal((np.ones((4, 3)) @ w).data, np.full((4, 2), 3.0))
     with pytest.raises(TypeError):
         _ = [[1.0, 2.0, 3.0]] @ w
+
+
+def test_the_warnings_second_way_to_compare_works():
+    """compile(model, training=True), as the warning says: no warning, and the same dropout as eager."""
+    manual_seed(8)
+    model = Sequential(Linear(6, 16), ReLU(), Dropout(0.5), Linear(16, 3))
+    x = np.random.default_rng(9).standard_normal((7, 6)).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fast = tc.compile(model, training=True)
+    manual_seed(10)
+    eager = model(x).data
+    manual_seed(10)
+    np.testing.assert_allclose(fast(x).data, eager, rtol=1e-5, atol=1e-6)

@@ -341,5 +341,6 @@ def warn_if_dropout_active(model: Any) -> None:
         f"compiling {type(model).__name__} for inference while {len(active)} of its Dropout layers "
         f"({names}{more}) are in training mode: the compiled model leaves dropout out (as eval mode "
         f"does), while calling the model itself drops activations at random, so the two differ. To "
-        f"compare them, call model.eval() first.",
+        f"compare them, call model.eval() first, or compile(model, training=True) to keep dropout (its masks "
+        f"then match the eager model's after the same tinycomp.nn.manual_seed and number of calls).",
         UserWarning, stacklevel=3)

@@ -8,9 +8,10 @@ import pytest
 torch = pytest.importorskip("torch", reason="PyTorch is not installed (pip install 'tinycomp[torch]')")
 nn = torch.nn
 
-from interop_helpers import check_imported  # noqa: E402
+from interop_helpers import BATCHES, assert_close_to_framework, check_imported  # noqa: E402
 
 import tinycomp as tc  # noqa: E402
+import tinycomp.nn as tnn  # noqa: E402
 from tinycomp.interop import GraphModel, from_torch  # noqa: E402
 from tinycomp.nn import GELU, Dropout, Flatten, Linear, Sequential, Softmax  # noqa: E402
 
@@ -158,3 +159,25 @@ def test_softmax_keeps_its_dim():
 def test_not_a_module_is_a_type_error():
     with pytest.raises(TypeError, match="torch.nn.Module"):
         from_torch("a string")
+
+
+@pytest.mark.parametrize("affine", [True, False])
+def test_layer_norm_matches_torch_eagerly(affine):
+    module = seeded(7, lambda: nn.Sequential(nn.Linear(16, 32), nn.LayerNorm(32, eps=1e-3, elementwise_affine=affine),
+                                             nn.GELU(), nn.Linear(32, 4)))
+    if affine:  # not the ones and zeros torch starts from
+        with torch.no_grad():
+            module[1].weight.normal_()
+            module[1].bias.normal_()
+    model = from_torch(module)
+    assert isinstance(model[1], tnn.LayerNorm) and model[1].eps == pytest.approx(1e-3)
+    run = run_torch(module)
+    for rows in BATCHES:
+        x = np.random.default_rng(rows).standard_normal((rows, 16)).astype(np.float32) * 3
+        assert_close_to_framework(model(x).data, run(x), f"eager, batch {rows}")
+
+
+@pytest.mark.xfail(raises=tc.CompileError, strict=False, reason="LayerNorm's mean compiles once reductions do")
+def test_layer_norm_compiles():
+    module = seeded(8, lambda: nn.Sequential(nn.Linear(16, 32), nn.LayerNorm(32), nn.Linear(32, 4)))
+    check_imported(from_torch(module), run_torch(module), 16)
