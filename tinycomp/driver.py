@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +25,7 @@ from .codegen.target import host
 from .errors import CompileError, ParityError
 from .frontend.tensor import Tensor
 from .frontend.tracer import trace
-from .ir.graph import Graph
+from .ir.graph import Graph, paused_gc
 from .ir.passes import run_pipeline
 from .ir.philox import DropoutStream
 from .ir.printer import format_graph
@@ -44,6 +45,35 @@ SPEED_LEVELS = (0, 1, 2, 3)  # LLVM's new-pass-manager levels (`codegen.target.o
 CHECK_EAGER_SLACK = 1e-3
 
 
+class PassDumps(Sequence):
+    """(stage, graph text) for the traced graph and after each pass, formatted when first read (a
+    10,000-op chain traces to 20,000 nodes no one may ever print). The traced graph is kept anyway;
+    a pass that changed the graph leaves a copy (passes keep changing it: cheaper than its text);
+    one that changed nothing repeats the text before it."""
+
+    def __init__(self, traced: Graph):
+        self._items: list[tuple[str, Graph | str | None]] = [("traced", traced)]
+
+    def after_pass(self, name: str, g: Graph, changed: bool) -> None:
+        self._items.append((name, g.copy() if changed else None))
+        if channel("passes"):
+            log("passes", "after %s (%s):\n%s", name, "changed" if changed else "no change", self[-1][1])
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return [self[j] for j in range(len(self))[i]]
+        i = range(len(self))[i]
+        at = next(j for j in range(i, -1, -1) if self._items[j][1] is not None)
+        stage, held = self._items[at]
+        if isinstance(held, Graph):  # formatted once, then only the text is kept
+            held = format_graph(held)
+            self._items[at] = (stage, held)
+        return self._items[i][0], held
+
+
 @dataclass
 class Artifact:
     """One compilation: everything derived from the model's structure and input features."""
@@ -51,7 +81,7 @@ class Artifact:
     features: tuple[int, ...]
     traced: Graph
     optimized: Graph
-    pass_dumps: list[tuple[str, str]]
+    pass_dumps: PassDumps
     plan: ModulePlan
     engine: JitEngine  # owns the machine code: it lives as long as the artifact
     call: CompiledCall
@@ -93,15 +123,12 @@ def build(model: Any, features: tuple[int, ...], *, passes: list | None, speed_l
     """Compile `model` for inputs (N, *features), its layers in training mode if `training`; the
     caller holds the model's lock."""
     start = time.perf_counter()
-    traced = trace(model, (None, *features), training=training)
-    dumps: list[tuple[str, str]] = [("traced", format_graph(traced))]
-    log("graph", "traced graph of %s:\n%s", type(model).__name__, dumps[0][1])
-
-    def after_pass(name: str, g: Graph, changed: bool) -> None:
-        dumps.append((name, format_graph(g)))
-        log("passes", "after %s (%s):\n%s", name, "changed" if changed else "no change", dumps[-1][1])
-
-    optimized = run_pipeline(traced, passes, on_pass=after_pass)
+    with paused_gc():  # the passes too: graphs are many small objects and no cycles
+        traced = trace(model, (None, *features), training=training)
+        dumps = PassDumps(traced)
+        if channel("graph"):
+            log("graph", "traced graph of %s:\n%s", type(model).__name__, dumps[0][1])
+        optimized = run_pipeline(traced, passes, on_pass=dumps.after_pass)
     plan, engine, key, hit = codegen(optimized, speed_level)
     shapes = [tuple(optimized.shape(p)) for p in plan.params]
     kernel = NativeKernel(engine, plan, features, shapes)

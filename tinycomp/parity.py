@@ -123,6 +123,7 @@ def reference_and_overflow(g: Graph, x: np.ndarray, params: dict[str, np.ndarray
     rows = np.zeros(len(x), dtype=bool)
     values: dict[str, np.ndarray] = {}
     rounding: dict[str, np.ndarray] = {}
+    unread = {n: len(g.users(n)) for n in g.nx}  # dropped after their last reader: long chains stay small
 
     def watch(n: str, value: np.ndarray) -> None:
         values[n] = value
@@ -134,6 +135,10 @@ def reference_and_overflow(g: Graph, x: np.ndarray, params: dict[str, np.ndarray
             if g.op(n) in ("matmul", "linear"):  # a partial sum may overflow in float32 too
                 a, w = (np.abs(np.where(np.isfinite(values[m]), values[m], 0.0)) for m in args[:2])
                 big = big | (np.matmul(a, w) > F32_MAX)
+        for arg in dict.fromkeys(args):
+            unread[arg] -= 1
+            if not unread[arg]:
+                del values[arg], rounding[arg]
         if not big.any():
             return
         if g.shape(n)[:1] == (None,) and big.shape[:1] == rows.shape:

@@ -9,11 +9,12 @@ value kept in an alloca: carried values are how a loop keeps an accumulator in r
 
 from __future__ import annotations
 
-import gc
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 from llvmlite import ir
+
+from ..ir.graph import paused_gc as paused_gc  # re-exported: lowering pauses as graph building does
 
 I64 = ir.IntType(64)
 I32 = ir.IntType(32)
@@ -288,19 +289,7 @@ def masked_store(builder: ir.IRBuilder, value: ir.Value, ptr: ir.Value, mask: ir
 
 # ---------------------------------------------------------------- building many modules
 
-@contextmanager
-def paused_gc() -> Iterator[None]:
-    """Building IR allocates many small objects and no cycles: collections only cost time there
-    (measured: the first reference-MLP IR build took 38 ms with the collector on, 7 ms off).
-    Release the module (`release_module`) before the pause ends, or the first collection after it
-    walks every IR object."""
-    was_on = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_on:
-            gc.enable()
+# `paused_gc` (imported above) pauses the collector around lowering as around graph building.
 
 
 def release_module(module: ir.Module) -> None:

@@ -19,7 +19,7 @@ import numpy as np
 
 from ..checks import is_whole_number
 from ..errors import CompileError
-from ..ir.graph import Graph
+from ..ir.graph import Graph, paused_gc
 from ..ir.ops import OPS, REDUCTIONS, UFUNCS, combined_axes
 from ..ir.shapes import fmt_shape
 from . import tensor as tensor_module
@@ -243,6 +243,7 @@ class Tracer:
         self.graph = Graph()
         self.tensor_paths, self.layers = walk_model(model)
         self.param_nodes: dict[int, str] = {}  # id(Tensor or array) -> node: one used twice is one node
+        self.scalar_nodes: dict[bytes, str] = {}  # float32 bits of a Python/NumPy number -> its const node
         self.live = LiveReads(self)  # the model's arrays as the traced forward() sees them
         self.stack: list[tuple[Any, str]] = [(model, "")]
         self.batch = BatchSize(self)
@@ -315,7 +316,13 @@ class Tracer:
             return self.param(original)
         if isinstance(x, TracedArray) and x._reads is self.live:
             raise self.live.stale_error(x, f"passes to {op}")  # a view or copy of a model array
-        if isinstance(x, (Tensor, np.ndarray)) or (isinstance(x, numbers.Real) and not isinstance(x, bool)):
+        if isinstance(x, numbers.Real) and not isinstance(x, bool):
+            value = np.array(x, dtype=np.float32)
+            key = value.tobytes()  # the float32 bits: 0.0 and -0.0 stay two constants
+            if key not in self.scalar_nodes:  # one node per number: `x * 0.999` in a loop adds no node per step
+                self.scalar_nodes[key] = self.graph.add("const", shape=(), value=value, layer=self.stack[-1][1])
+            return self.scalar_nodes[key]
+        if isinstance(x, (Tensor, np.ndarray)):
             value = np.array(x, dtype=np.float32)  # a snapshot: not owned by the model, so not live
             return self.graph.add("const", shape=value.shape, value=value, layer=self.stack[-1][1])
         raise CompileError(f"{self.where()} passes a {type(x).__name__} to op {op!r}; expected a Tensor or number")
@@ -410,5 +417,5 @@ def trace(model: Any, input_shape: Any, *, training: bool = False) -> Graph:
     if not callable(model):
         raise TypeError(f"trace() needs a Layer or callable model; got {type(model).__name__}")
     shape = check_input_shape(input_shape)
-    with model_lock(model):  # the walk and the patched run see (and leave) no other thread's changes
+    with model_lock(model), paused_gc():  # the walk and the patched run see (and leave) no other thread's changes
         return Tracer(model, training).run(shape)

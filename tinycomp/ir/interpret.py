@@ -49,15 +49,22 @@ def interpret(g: Graph, *inputs: Any, params: Mapping[str, Any] | None = None,
     env: dict[str, np.ndarray] = {n: check_input(g, n, x, dtype) for n, x in zip(names, inputs, strict=True)}
     params = params or {}
     streams = dict(streams or {})
+    out = g.output
+    unread = {n: len(g.users(n)) for n in g.nx}  # a value is dropped once its last reader ran
     for n in g.nodes():
         op = g.op(n)
+        args = g.args(n)
         if op in ("param", "const"):
             env[n] = leaf_value(g, n, params, dtype)
         elif op != "input":
-            env[n] = evaluate(g, n, [env[a] for a in g.args(n)], streams, rng, dtype)
+            env[n] = evaluate(g, n, [env[a] for a in args], streams, rng, dtype)
         if on_value is not None:
             on_value(n, env[n])
-    return env[g.output]
+        for a in dict.fromkeys(args):  # a long chain holds one value at a time, not all of them
+            unread[a] -= 1
+            if not unread[a] and a != out:
+                del env[a]
+    return env[out]
 
 
 def evaluate(g: Graph, n: str, operands: list[np.ndarray], streams: dict[str, DropoutStream],

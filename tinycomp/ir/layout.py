@@ -72,11 +72,16 @@ def periodic_kind(shape: tuple, out: tuple, row: int) -> str | None:
     return f"{'row' if dims[-1] == row and row > 1 else 'col'}%{period}"
 
 
+def row_candidates(out: tuple) -> list[int]:
+    """The row widths a loop over `out` may take, preferred first: a whole batch row, else the last dim."""
+    last = out[-1] if out and out[-1] is not None else 1  # (N,): one float per batch row
+    return list(dict.fromkeys([row_floats(out), int(last)]))
+
+
 def elementwise_layout(g: Graph, out: tuple, operands: Sequence[str]) -> tuple[int, list[str]] | None:
     """The row width (a whole batch row, else the last dim) under which every operand fits, with
     each operand's kind; None if there is none."""
-    last = out[-1] if out and out[-1] is not None else 1  # (N,): one float per batch row
-    for row in dict.fromkeys([row_floats(out), int(last)]):
+    for row in row_candidates(out):
         kinds = [operand_kind(g, a, out, row) for a in operands]
         if None not in kinds:
             return row, kinds  # type: ignore[return-value]

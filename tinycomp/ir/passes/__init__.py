@@ -25,7 +25,8 @@ def run_pipeline(g: Graph, passes: Sequence[Pass] | None = None, *,
     for p in DEFAULT_PIPELINE if passes is None else passes:
         changed = p(g)
         try:
-            g.lint()
+            if changed:  # a pass that changed nothing left a linted graph as it was
+                g.lint()
         except LintError as exc:  # name the culprit: a lint failure is a bug in that pass
             raise LintError(f"after pass {p.__name__}: {exc}") from exc
         if on_pass is not None:
