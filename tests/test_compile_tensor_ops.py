@@ -11,7 +11,7 @@ import pytest
 
 import tinycomp as tc
 from tests.test_compile_parity import assert_parity
-from tinycomp.nn import Layer, Tensor
+from tinycomp.nn import Layer, Softmax, Tensor
 
 BATCHES = (0, 1, 7, 129)
 F64 = np.float64
@@ -72,3 +72,78 @@ def test_elementwise_math_special_values_match_eager():
     got = tc.compile(model)(x).data
     want = model(Tensor(x)).data
     np.testing.assert_array_equal(got, want)
+
+
+# ---------------------------------------------------------------- reductions
+
+def softmax64(x: np.ndarray, axis: int) -> np.ndarray:
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+REDUCTION_CASES = {
+    "sum-last": (lambda x: x.sum(axis=-1), lambda x: x.sum(axis=-1), (5, 37)),
+    "mean-last-keep": (lambda x: x - x.mean(axis=-1, keepdims=True), lambda x: x - x.mean(-1, keepdims=True), (3, 17)),
+    "max-middle": (lambda x: x.max(axis=1), lambda x: x.max(axis=1), (9, 5, 3)),
+    "sum-two-axes": (lambda x: x.sum(axis=(1, 2)), lambda x: x.sum(axis=(1, 2)), (3, 5, 7)),
+    "mean-apart-keep": (lambda x: x.mean(axis=(1, 3), keepdims=True), lambda x: x.mean((1, 3), keepdims=True),
+                        (3, 5, 7, 2)),
+    "max-every-feature": (lambda x: x.max(axis=(1, 2, 3)), lambda x: x.max(axis=(1, 2, 3)), (2, 1, 3)),
+    "sum-size-one": (lambda x: x.sum(axis=1) * 3, lambda x: x.sum(axis=1) * 3, (1, 11)),
+    "max-size-one-last": (lambda x: x.max(axis=2) - x.mean(axis=(1, 3), keepdims=True).sum(axis=-1),
+                          lambda x: x.max(axis=2) - x.mean((1, 3), keepdims=True).sum(-1), (3, 1, 1)),
+    "sum-long-run": (lambda x: x.sum(axis=-1), lambda x: x.sum(axis=-1), (4001,)),
+    "sum-long-column": (lambda x: x.sum(axis=1), lambda x: x.sum(axis=1), (700, 5)),
+    "layer-norm": (lambda x: (x - x.mean(axis=-1, keepdims=True))
+                   / ((x - x.mean(axis=-1, keepdims=True)) ** 2 + 1e-5).mean(axis=-1, keepdims=True).sqrt(),
+                   lambda x: (x - x.mean(-1, keepdims=True))
+                   / np.sqrt(((x - x.mean(-1, keepdims=True)) ** 2 + np.float32(1e-5)).mean(-1, keepdims=True)),
+                   (4, 33)),
+    "softmax-dim1": (lambda x: Softmax()(x, dim=1), lambda x: softmax64(x, 1), (6, 19)),
+    "softmax-dim2": (lambda x: Softmax()(x, dim=2), lambda x: softmax64(x, 2), (3, 9, 5)),
+    "softmax-last": (lambda x: Softmax()(x, dim=-1), lambda x: softmax64(x, -1), (3, 9, 5)),
+}
+
+
+@pytest.mark.parametrize("name", REDUCTION_CASES)
+def test_reduction_and_softmax_parity(name):
+    fn, ref, features = REDUCTION_CASES[name]
+    check_every_batch(Fn(fn), features, ref, seed=len(name))
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_reductions_keep_special_values_as_eager():
+    model = Fn(lambda x: x.max(axis=1) + x.sum(axis=1) * 0 + Softmax()(x, dim=1).sum(axis=1))
+    x = np.float32(np.random.default_rng(5).standard_normal((6, 4, 3)))
+    x[0, :, 0] = -np.inf  # a slice that is all -inf: softmax gives zeros, max -inf
+    x[1, 2, 1], x[2, 0, 2], x[3, 1, 0], x[3, 2, 0] = np.nan, np.inf, np.inf, -np.inf
+    got, want = tc.compile(model)(x).data, model(Tensor(x)).data
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("forward", [lambda x: x.sum(axis=0), lambda x: x.mean(), lambda x: x.max(axis=(0, 1)),
+                                     lambda x: Softmax()(x, dim=0)])
+def test_a_reduction_over_the_batch_axis_is_refused(forward):
+    with pytest.raises(tc.CompileError, match="runs over the batch dimension N"):
+        tc.compile(Fn(forward))(np.ones((3, 4), np.float32))
+
+
+# ---------------------------------------------------------------- broadcasting between sample dims, transpose
+
+TABLE = np.float32(np.random.default_rng(9).standard_normal((4, 1, 5)))
+LAYOUT_CASES = {
+    "two-batched-broadcasts": (lambda x: x.sum(axis=2, keepdims=True) * x.max(axis=1, keepdims=True),
+                               lambda x: x.sum(2, keepdims=True) * x.max(1, keepdims=True), (4, 3, 5)),
+    "table-between-dims": (lambda x, t: x * t + 1, lambda x: x * F64(TABLE) + 1, (4, 3, 5), TABLE),
+    "transpose-middle": (lambda x: x.transpose(1, 2) * 2, lambda x: np.swapaxes(x, 1, 2) * 2, (4, 5, 6)),
+    "transpose-last-two": (lambda x: x.transpose(-1, -2) + x.transpose(), lambda x: 2 * np.swapaxes(x, -1, -2),
+                           (3, 7)),
+    "transpose-apart": (lambda x: x.transpose(1, 3) - 1, lambda x: np.swapaxes(x, 1, 3) - 1, (4, 5, 3, 2)),
+}
+
+
+@pytest.mark.parametrize("name", LAYOUT_CASES)
+def test_broadcast_and_transpose_parity(name):
+    fn, ref, features, *table = LAYOUT_CASES[name]
+    check_every_batch(Fn(fn, *table), features, ref)

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from llvmlite import ir
 
 from ..ir import ops
-from ..ir.ops import expr_nodes
+from ..ir.ops import expr_nodes, map_leaves
 from . import vecmath
 from .cgutils import F32, I32, I64, PTR, element_ptr, for_range, i64, splat, vector_constant
 from .loops import (
@@ -57,6 +57,12 @@ def check_expr(expr: tuple, n_operands: int) -> None:
                 raise NotImplementedError(f"{e[0]} is compiled for a constant number as {what}; got {e!r}")
 
 
+def kernel_key(expr: tuple) -> tuple:
+    """An expression as a kernel-cache key, its constants spelled exactly: as keys 0.0 == -0.0, but
+    x + 0.0 and x + -0.0 differ for x = -0.0, so they must not share a kernel."""
+    return map_leaves(expr, lambda leaf: ("const", float(leaf[1]).hex()) if leaf[0] == "const" else leaf)
+
+
 def kind_period(kind: str) -> tuple[str, int]:
     """(base kind, period) of an operand kind: ("row", 3) for "row%3", ("full", 0) for "full"."""
     base, _, period = kind.partition("%")
@@ -79,7 +85,7 @@ def _check_shape(row_size: int, width: int) -> None:
 
 # ---------------------------------------------------------------- IR helpers
 
-def _declare_kernel(module: ir.Module, name: str, n_pointers: int) -> ir.Function:
+def declare_kernel(module: ir.Module, name: str, n_pointers: int) -> ir.Function:
     fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [I64] + [PTR] * n_pointers), name)
     fn.args[0].name = "M"
     for arg in fn.args[1:]:
@@ -135,7 +141,7 @@ def emit_elementwise(module: ir.Module, name: str, expr: tuple, operand_kinds, r
     _check_shape(row_size, width)
     check_expr(expr, len(kinds))
 
-    fn = _declare_kernel(module, name, 1 + len(kinds))
+    fn = declare_kernel(module, name, 1 + len(kinds))
     n_rows, out, operands = fn.args[0], fn.args[1], fn.args[2:]
     builder = ir.IRBuilder(fn.append_basic_block("entry"))
 
@@ -168,7 +174,7 @@ REGISTER_CHUNKS = 4  # rows of up to 4 vectors stay in registers: no store/reloa
 NEG_INF = float("-inf")
 
 
-def _horizontal(builder: ir.IRBuilder, combine, v: ir.Value) -> ir.Value:
+def horizontal(builder: ir.IRBuilder, combine, v: ir.Value) -> ir.Value:
     """Fold the lanes of `v` pairwise with `combine`; the result is lane 0 (a scalar float)."""
     width = v.type.count
     half = width // 2
@@ -181,7 +187,7 @@ def _horizontal(builder: ir.IRBuilder, combine, v: ir.Value) -> ir.Value:
     return builder.extract_element(v, ir.Constant(I32, 0))
 
 
-def _max_ignoring_nan(builder: ir.IRBuilder, acc: ir.Value, x: ir.Value) -> ir.Value:
+def max_ignoring_nan(builder: ir.IRBuilder, acc: ir.Value, x: ir.Value) -> ir.Value:
     """max that skips NaN lanes of x (a single vmaxps); NaN rows are caught by the sum instead."""
     return builder.select(builder.fcmp_ordered(">", x, acc), x, acc)
 
@@ -201,7 +207,7 @@ class _Row:
 
     def reduce_max(self, acc: ir.Value) -> None:
         b = self.builder
-        row_max = _horizontal(b, lambda u, v: _max_ignoring_nan(b, u, v), acc)
+        row_max = horizontal(b, lambda u, v: max_ignoring_nan(b, u, v), acc)
         self.all_neg_inf = b.fcmp_ordered("==", row_max, ir.Constant(F32, NEG_INF))
         shift = b.select(self.all_neg_inf, ir.Constant(F32, 0.0), row_max)
         self.shift = splat(shift, self.width, b)
@@ -212,7 +218,7 @@ class _Row:
     def reduce_sum(self, acc: ir.Value) -> ir.Value:
         """The vector 1 / divisor from the vector of partial sums."""
         b = self.builder
-        total = _horizontal(b, lambda u, v: b.fadd(u, v), acc)
+        total = horizontal(b, lambda u, v: b.fadd(u, v), acc)
         divisor = b.select(self.all_neg_inf, b.fadd(total, ir.Constant(F32, 1.0)), total)
         return splat(b.fdiv(ir.Constant(F32, 1.0), divisor), self.width, b)
 
@@ -221,7 +227,7 @@ def _softmax_in_registers(b: ir.IRBuilder, row: _Row, chunks: list[Chunk], x_at,
     xs = [load_chunk(b, x_at(c), c, fill=NEG_INF) for c in chunks]
     acc = xs[0]
     for v in xs[1:]:
-        acc = _max_ignoring_nan(b, acc, v)
+        acc = max_ignoring_nan(b, acc, v)
     row.reduce_max(acc)
     es = [row.exp_shifted(v) for v in xs]
     total = es[0]
@@ -235,7 +241,7 @@ def _softmax_in_registers(b: ir.IRBuilder, row: _Row, chunks: list[Chunk], x_at,
 def _softmax_three_pass(b: ir.IRBuilder, row: _Row, row_size: int, x_at, out_at) -> None:
     """max over x; exp(x - max) stored to out while summing; out *= 1 / sum."""
     w = row.width
-    [row_max] = accumulate_row(b, row_size, w, [splat(NEG_INF, w)], lambda c, acc: [_max_ignoring_nan(
+    [row_max] = accumulate_row(b, row_size, w, [splat(NEG_INF, w)], lambda c, acc: [max_ignoring_nan(
         b, acc, load_chunk(b, x_at(c), c, fill=NEG_INF))])
     row.reduce_max(row_max)
 
@@ -258,7 +264,7 @@ def emit_softmax(module: ir.Module, name: str, row_size: int, width: int) -> ir.
     an all -inf row -> zeros. See `_Row` for how each case comes out.
     """
     _check_shape(row_size, width)
-    fn = _declare_kernel(module, name, 2)
+    fn = declare_kernel(module, name, 2)
     n_rows, out, x = fn.args
     builder = ir.IRBuilder(fn.append_basic_block("entry"))
     with for_range(builder, 0, n_rows, name="row") as loop:

@@ -28,8 +28,10 @@ from ..ir.layout import elementwise_layout, is_batched, is_scalar_const, row_flo
 from ..ir.ops import ELEMENTWISE, LEAVES, map_leaves
 from ..ir.passes.fold_dropout import draws_mask, is_identity_dropout
 from ..ir.shapes import fmt_shape
-from . import elementwise, gemm, philox
+from . import elementwise, gemm, lower_tensor, philox
 from .cgutils import I32, I64, PTR, compile_as_glue, element_ptr, for_range, i64, paused_gc, release_module
+from .elementwise import kernel_key
+from .errors import LoweringError
 from .loops import stream_in_kernel
 from .scratch import BufferPlan, plan_buffers
 
@@ -37,10 +39,6 @@ ENTRY = "tinycomp_forward"
 ROW_BLOCK = 128  # rows per block of the whole graph (see row_block); 0 runs each node on all rows
 ROW_BLOCK_MAX_WEIGHT = 1 << 20  # bytes: row blocks only when every layer's W fits L2 (1 MiB)
 STREAM_IN_MIN_BYTES = 2 << 20  # batches with more input than this read each block in first (_stream_in_block)
-
-
-class LoweringError(NotImplementedError):
-    """The graph holds something the code generator has no rule for."""
 
 
 @dataclass
@@ -117,12 +115,6 @@ def _folded_everywhere(g: Graph, n: str) -> bool:
     """A one-element constant that every reader, all elementwise, folds in as an immediate: it needs
     no pointer. A GEMM reading one (a 1-wide bias, a 1x1 weight) takes it by pointer."""
     return is_scalar_const(g, n) and all(LOWERINGS.get(g.op(u)) is lower_elementwise for u in g.users(n))
-
-
-def _kernel_key(expr: tuple) -> tuple:
-    """An elementwise expression as a kernel-cache key, its constants spelled exactly: as keys
-    0.0 == -0.0, but x + 0.0 and x + -0.0 differ for x = -0.0, so they must not share a kernel."""
-    return map_leaves(expr, lambda leaf: ("const", float(leaf[1]).hex()) if leaf[0] == "const" else leaf)
 
 
 class _Emitter:
@@ -211,20 +203,16 @@ def lower_linear(e: _Emitter, n: str) -> None:
     e.call(fn, e.row_count(x, k), e.pointer(x), e.pointer(w), bias_ptr, e.pointer(n), e.pack_buffer())
 
 
-def _elementwise_layout(g: Graph, n: str) -> tuple[int, list[str]]:
-    """Pick the row width (a whole batch row, else the last dim) under which every operand fits."""
+def lower_elementwise(e: _Emitter, n: str) -> None:
+    """One vector loop for a single elementwise op or a fused chain (an `elementwise` node); operands
+    that broadcast between sample dimensions go through the strided kernel instead."""
+    g = e.g
+    base = g.attrs(n)["expr"] if g.op(n) == "elementwise" else (g.op(n), *[("in", i) for i in range(len(g.args(n)))])
     layout = elementwise_layout(g, tuple(g.shape(n)), g.args(n))
     if layout is None:
-        shapes = ", ".join(fmt_shape(g.shape(a)) for a in g.args(n))
-        raise LoweringError(f"{g.op(n)} {n}: operands {shapes} broadcast to {fmt_shape(g.shape(n))} in a way "
-                            "the code generator does not handle")
-    return layout
-
-
-def lower_elementwise(e: _Emitter, n: str) -> None:
-    """One vector loop for a single elementwise op or a fused chain (an `elementwise` node)."""
-    g = e.g
-    row, all_kinds = _elementwise_layout(g, n)
+        lower_tensor.lower_broadcast(e, n, base)
+        return
+    row, all_kinds = layout
     kinds: list[str] = []
     ptrs: list[ir.Value] = []
     leaves: list[tuple] = []  # per graph operand: an immediate, or the kernel's pointer operand
@@ -235,28 +223,13 @@ def lower_elementwise(e: _Emitter, n: str) -> None:
         leaves.append(("in", len(kinds)))
         kinds.append(kind)
         ptrs.append(e.pointer(a))
-    base = g.attrs(n)["expr"] if g.op(n) == "elementwise" else (g.op(n), *[("in", i) for i in range(len(leaves))])
     expr = map_leaves(base, lambda leaf: leaves[leaf[1]] if leaf[0] == "in" else leaf)
-    key = ("ew", _kernel_key(expr), tuple(kinds), row, e.width)
+    key = ("ew", kernel_key(expr), tuple(kinds), row, e.width)
     try:
         fn = e.kernel(key, lambda name: elementwise.emit_elementwise(e.module, name, expr, kinds, row, e.width))
     except NotImplementedError as exc:  # e.g. a pow whose exponent is not a constant number
         raise LoweringError(f"{g.op(n)} {n}: {exc}") from None
     e.call(fn, e.row_count(n, row), e.pointer(n), *ptrs)
-
-
-def lower_softmax(e: _Emitter, n: str) -> None:
-    g = e.g
-    shape = g.shape(n)
-    if g.attrs(n).get("dim", -1) % len(shape) != len(shape) - 1:
-        raise LoweringError(f"softmax {n}: only the last axis is compiled; dim={g.attrs(n)['dim']}")
-    if shape[-1] is None:
-        raise LoweringError(f"softmax {n} over a value of shape {fmt_shape(shape)} would run across the batch "
-                            "(its only axis is N); give each sample a feature axis, e.g. reshape(-1, 1)")
-    row = int(shape[-1])
-    fn = e.kernel(("softmax", row, e.width), lambda name: elementwise.emit_softmax(e.module, name, row, e.width))
-    (x,) = g.args(n)
-    e.call(fn, e.row_count(n, row), e.pointer(n), e.pointer(x))
 
 
 def lower_view(e: _Emitter, n: str) -> None:
@@ -272,7 +245,7 @@ def lower_dropout(e: _Emitter, n: str) -> None:
     row = row_floats(g.shape(n))
     if not draws_mask(g, n):  # p = 1: real zeros, as eager (x * 0 would keep inf and nan as nan)
         expr = ("const", 0.0)
-        fn = e.kernel(("ew", _kernel_key(expr), (), row, e.width),
+        fn = e.kernel(("ew", kernel_key(expr), (), row, e.width),
                       lambda name: elementwise.emit_elementwise(e.module, name, expr, [], row, e.width))
         e.call(fn, e.row_count(n, row), e.pointer(n))
         return
@@ -297,7 +270,7 @@ def copy_to_output(e: _Emitter, src: str) -> None:
     """The output is a leaf (the input or a parameter itself): copy it into `out`."""
     row = row_floats(e.g.shape(src))
     expr = ("mul", ("in", 0), ("const", 1.0))  # x * 1 is exact, NaN and -0 included
-    fn = e.kernel(("ew", _kernel_key(expr), ("full",), row, e.width),
+    fn = e.kernel(("ew", kernel_key(expr), ("full",), row, e.width),
                   lambda name: elementwise.emit_elementwise(e.module, name, expr, ["full"], row, e.width))
     e.call(fn, e.row_count(src, row), e.block_rows(e.out, e.g.shape(src)), e.pointer(src))
 
@@ -305,7 +278,11 @@ def copy_to_output(e: _Emitter, src: str) -> None:
 LOWERINGS: dict[str, Callable[[_Emitter, str], None]] = {
     "linear": lower_linear,
     "matmul": lower_linear,  # an unfused matmul (e.g. by a computed weight) is a linear without bias
-    "softmax": lower_softmax,
+    "softmax": lower_tensor.lower_softmax,
+    "sum": lower_tensor.lower_reduce,
+    "mean": lower_tensor.lower_reduce,
+    "max": lower_tensor.lower_reduce,
+    "transpose": lower_tensor.lower_transpose,
     "reshape": lower_view,
     "dropout": lower_dropout,
     "elementwise": lower_elementwise,
@@ -314,10 +291,7 @@ LOWERINGS: dict[str, Callable[[_Emitter, str], None]] = {
 LEAF_OPS = (*sorted(LEAVES), "output")  # no code of their own: arguments, and where the result goes
 # Ops of the registry with no native code yet, and why: compiling a graph that holds one is a
 # CompileError naming the reason (tests/ir/test_registry.py: every op is lowered or listed here).
-REFUSED: dict[str, str] = {
-    "transpose": "a transposed copy has no kernel yet",
-    **{op: "reductions have no kernel yet" for op in ("sum", "mean", "max")},
-}
+REFUSED: dict[str, str] = {}
 
 
 def lower_graph(g: Graph, width: int) -> ModulePlan:

@@ -1,0 +1,137 @@
+"""Lowerings of the tensor ops beyond rows of a batch: reductions over sample axes, softmax along any
+sample axis, transposes, and elementwise ops whose operands broadcast between sample dimensions.
+
+Each runs every sample on its own, as `module.py` requires of every kernel (the runtime splits the
+batch across cores and row blocks): an op that would combine samples (a reduction over the batch
+axis) has no rule and is refused by name. The tracer refuses it first, with the layer's name; these
+checks catch graphs built by hand.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import numpy as np
+from llvmlite import ir
+
+from ..ir.layout import is_batched, is_scalar_const
+from ..ir.ops import combined_axes, fmt_shape, map_leaves, reduced_axes
+from . import elementwise, reduce
+from .cgutils import i64
+from .elementwise import kernel_key
+from .errors import LoweringError
+from .strided import Strides, broadcast_strides, coalesce, contiguous_strides, emit_strided, sample_dims
+
+if TYPE_CHECKING:
+    from .module import _Emitter
+
+
+def samples(e: _Emitter, n: str) -> ir.Value:
+    """How many samples the kernel of node n runs: the block's rows, or 1 for a batch-free value."""
+    return e.rows if is_batched(e.g.shape(n)) else i64(1)
+
+
+def check_samples_apart(e: _Emitter, n: str) -> None:
+    g = e.g
+    shape = g.shape(g.args(n)[0])
+    if is_batched(shape) and 0 in combined_axes(g.op(n), len(shape), g.attrs(n)):
+        raise LoweringError(f"{g.op(n)} {n} runs over the batch axis of {fmt_shape(shape)}: each sample's result "
+                            "would depend on the others, and compiled code runs every sample on its own")
+
+
+def lower_strided(e: _Emitter, n: str, expr: tuple, args: list[str], strides: list[Strides]) -> None:
+    """`expr` over graph operands `args` read with `strides`; one-element constants become immediates."""
+    leaves: list[tuple] = []
+    kept: list[tuple[str, Strides]] = []
+    for a, s in zip(args, strides, strict=True):
+        if is_scalar_const(e.g, a):
+            leaves.append(("const", float(np.asarray(e.g[a]["value"]).reshape(-1)[0])))
+        else:
+            leaves.append(("in", len(kept)))
+            kept.append((a, s))
+    expr = map_leaves(expr, lambda leaf: leaves[leaf[1]] if leaf[0] == "in" else leaf)
+    dims, walked = coalesce(sample_dims(e.g.shape(n)), [s for _, s in kept])
+    key = ("strided", kernel_key(expr), dims, tuple(walked), e.width)
+    try:
+        fn = e.kernel(key, lambda name: emit_strided(e.module, name, expr, dims, walked, e.width))
+    except NotImplementedError as exc:
+        raise LoweringError(f"{e.g.op(n)} {n}: {exc}") from None
+    e.call(fn, samples(e, n), e.pointer(n), *(e.pointer(a) for a, _ in kept))
+
+
+def lower_broadcast(e: _Emitter, n: str, expr: tuple) -> None:
+    """An elementwise node whose operands broadcast between sample dimensions ((N, 4, 1, 8) with
+    (N, 1, 5, 8)): no row layout fits them all, so every operand is read through its strides."""
+    g = e.g
+    out = tuple(g.shape(n))
+    lower_strided(e, n, expr, g.args(n), [broadcast_strides(tuple(g.shape(a)), out) for a in g.args(n)])
+
+
+def lower_transpose(e: _Emitter, n: str) -> None:
+    """A copy that reads the operand with two of its strides swapped."""
+    g = e.g
+    (x,) = g.args(n)
+    shape = tuple(g.shape(x))
+    ndim = len(shape)
+    i, j = (int(g.attrs(n)[k]) % ndim for k in ("dim0", "dim1"))
+    if is_batched(shape) and 0 in (i, j) and i != j:
+        raise LoweringError(f"transpose {n} moves the batch axis of {fmt_shape(shape)}")
+    lead = int(is_batched(shape))
+    perm = list(range(ndim - lead))
+    perm[i - lead], perm[j - lead] = perm[j - lead], perm[i - lead]
+    own = contiguous_strides(sample_dims(shape))
+    strides = Strides(math.prod(sample_dims(shape)) if lead else 0, tuple(own[p] for p in perm))
+    lower_strided(e, n, ("in", 0), [x], [strides])
+
+
+def reduce_groups(dims: tuple[int, ...], axes: set[int]) -> list[tuple[int, bool]]:
+    """The sample's dimensions as (size, reduced?) groups: size-1 dimensions dropped, neighbours with
+    the same role merged (they are one contiguous run of the other)."""
+    groups: list[tuple[int, bool]] = []
+    for k, d in enumerate(dims):
+        if d == 1:
+            continue
+        if groups and groups[-1][1] == (k in axes):
+            groups[-1] = (groups[-1][0] * d, k in axes)
+        else:
+            groups.append((d, k in axes))
+    return groups
+
+
+def sample_operand(e: _Emitter, n: str) -> tuple[str, tuple, int]:
+    """The one operand of a reduction or softmax n, its shape, and 1 if it is batched (else 0)."""
+    check_samples_apart(e, n)
+    (x,) = e.g.args(n)
+    shape = tuple(e.g.shape(x))
+    return x, shape, int(is_batched(shape))
+
+
+def lower_reduce(e: _Emitter, n: str) -> None:
+    g = e.g
+    x, shape, lead = sample_operand(e, n)
+    axes = {a - lead for a in reduced_axes(len(shape), g.attrs(n).get("axis"))}
+    groups = reduce_groups(sample_dims(shape), axes)
+    if not any(r for _, r in groups):  # only size-1 axes: sum, mean and max of one element are that element
+        out = sample_dims(g.shape(n))  # the same values in the same order
+        lower_strided(e, n, ("in", 0), [x], [Strides(math.prod(out) if lead else 0, contiguous_strides(out))])
+        return
+    key = ("reduce", g.op(n), tuple(groups), e.width)
+    fn = e.kernel(key, lambda name: reduce.emit_reduce(e.module, name, g.op(n), groups, e.width))
+    e.call(fn, samples(e, n), e.pointer(n), e.pointer(x))
+
+
+def lower_softmax(e: _Emitter, n: str) -> None:
+    """Along the last axis: rows (`elementwise.emit_softmax`); along another: lane-wise down the axis."""
+    x, shape, lead = sample_operand(e, n)
+    axis = int(e.g.attrs(n).get("dim", -1)) % len(shape) - lead
+    dims = sample_dims(shape)
+    outer, size, inner = math.prod(dims[:axis]), dims[axis], math.prod(dims[axis + 1:])
+    if inner == 1:
+        fn = e.kernel(("softmax", size, e.width), lambda name: elementwise.emit_softmax(e.module, name, size, e.width))
+        rows = samples(e, n) if outer == 1 else e.b.mul(samples(e, n), i64(outer))
+    else:
+        fn = e.kernel(("softmax_axis", outer, size, inner, e.width),
+                      lambda name: reduce.emit_softmax_axis(e.module, name, outer, size, inner, e.width))
+        rows = samples(e, n)
+    e.call(fn, rows, e.pointer(n), e.pointer(x))
