@@ -155,7 +155,6 @@ def test_layer_normalization_matches_onnxruntime_eagerly():
         assert_close_to_framework(model(x).data, run(x), f"eager, batch {rows}")
 
 
-@pytest.mark.xfail(raises=tc.CompileError, strict=False, reason="LayerNorm's mean compiles once reductions do")
 def test_layer_normalization_compiles():
     blob, width = layer_norm_graph()
     check_imported(from_onnx(blob), runtime(blob), width)

@@ -177,7 +177,6 @@ def test_layer_norm_matches_torch_eagerly(affine):
         assert_close_to_framework(model(x).data, run(x), f"eager, batch {rows}")
 
 
-@pytest.mark.xfail(raises=tc.CompileError, strict=False, reason="LayerNorm's mean compiles once reductions do")
 def test_layer_norm_compiles():
     module = seeded(8, lambda: nn.Sequential(nn.Linear(16, 32), nn.LayerNorm(32), nn.Linear(32, 4)))
     check_imported(from_torch(module), run_torch(module), 16)
