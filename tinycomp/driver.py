@@ -20,7 +20,8 @@ import numpy as np
 
 from .binding import DropoutDraws, LiveParams, StructureGuard, layers_in_mode
 from .checks import is_whole_number
-from .codegen.module import LoweringError, ModulePlan, graph_fingerprint, lower_graph
+from .codegen.fingerprint import graph_fingerprint
+from .codegen.module import LoweringError, ModulePlan, lower_graph
 from .codegen.target import host
 from .errors import CompileError, ParityError
 from .frontend.tensor import Tensor

@@ -36,13 +36,14 @@ def test_a_failing_task_is_raised_in_the_caller_and_the_pool_still_works():
 @pytest.mark.skipif(threading.current_thread() is not threading.main_thread(), reason="signals go to the main thread")
 def test_ctrl_c_while_a_worker_runs_returns_only_after_its_task_ended():
     pool = WorkerPool(1)
-    started, ended = threading.Event(), threading.Event()
+    started, sent, ended = threading.Event(), threading.Event(), threading.Event()
     caller = threading.get_ident()
 
     def task() -> None:
         if threading.get_ident() != caller:  # the worker's chunk: a long native call
             started.set()
-            time.sleep(0.4)
+            sent.wait(5)  # still running when Ctrl-C arrives, however late a loaded machine delivers it
+            time.sleep(0.3)
             ended.set()
         else:  # the caller's chunk: done once the worker has taken the other one
             assert started.wait(5)
@@ -51,6 +52,7 @@ def test_ctrl_c_while_a_worker_runs_returns_only_after_its_task_ended():
         started.wait(5)
         time.sleep(0.1)  # the caller has finished its own task and waits for the worker's
         signal.pthread_kill(caller, signal.SIGINT)
+        sent.set()
 
     threading.Thread(target=interrupt).start()
     with pytest.raises(KeyboardInterrupt):

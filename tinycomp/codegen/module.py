@@ -14,11 +14,8 @@ Codegen is an interpreter over the graph that emits one kernel call per node (au
 
 from __future__ import annotations
 
-import functools
-import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 from llvmlite import ir
@@ -32,12 +29,11 @@ from . import elementwise, gemm, lower_tensor, philox
 from .cgutils import I32, I64, PTR, compile_as_glue, element_ptr, for_range, i64, paused_gc, release_module
 from .elementwise import kernel_key
 from .errors import LoweringError
+from .fingerprint import codegen_source_hash, graph_fingerprint  # noqa: F401 - part of this module's API
 from .loops import stream_in_kernel
-from .scratch import BufferPlan, plan_buffers
+from .scratch import ROW_BLOCK, BufferPlan, plan_buffers, row_block  # noqa: F401 - ROW_BLOCK: API
 
 ENTRY = "tinycomp_forward"
-ROW_BLOCK = 128  # rows per block of the whole graph (see row_block); 0 runs each node on all rows
-ROW_BLOCK_MAX_WEIGHT = 1 << 20  # bytes: row blocks only when every layer's W fits L2 (1 MiB)
 STREAM_IN_MIN_BYTES = 2 << 20  # batches with more input than this read each block in first (_stream_in_block)
 
 
@@ -85,30 +81,6 @@ class ModulePlan:
 
 def _const_arrays(g: Graph, names: list[str]) -> list[np.ndarray]:
     return [np.ascontiguousarray(np.asarray(g[c]["value"], dtype=np.float32)) for c in names]
-
-
-@functools.lru_cache(maxsize=1)
-def codegen_source_hash() -> str:
-    """A hash of the source that shapes object code, so that a fixed compiler never reuses old
-    cached objects: the code generator, the IR it lowers (the op table, layouts, passes) and the
-    runtime that parses, optimizes and emits it (`runtime/engine.py`; target options in
-    `codegen/target.py`). The front end, the command line and the bench do not shape it."""
-    h = hashlib.sha256()
-    root = Path(__file__).resolve().parents[1]
-    for path in sorted(p for folder in ("codegen", "ir", "runtime") for p in (root / folder).rglob("*.py")):
-        h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
-    return h.hexdigest()
-
-
-def graph_fingerprint(g: Graph, width: int) -> str:
-    """A hash of everything in g that shapes the generated code (not parameter values)."""
-    h = hashlib.sha256(f"width={width};codegen={codegen_source_hash()}".encode())
-    for n in g.nodes():
-        attrs = sorted((k, repr(v)) for k, v in g.attrs(n).items())
-        h.update(repr((n, g.op(n), g.shape(n), attrs, g.args(n))).encode())
-        if g.op(n) == "const":
-            h.update(np.ascontiguousarray(np.asarray(g[n]["value"], dtype=np.float32)).tobytes())
-    return h.hexdigest()
 
 
 def _folded_everywhere(g: Graph, n: str) -> bool:
@@ -341,31 +313,6 @@ def _emit_nodes(e: _Emitter) -> None:
             LOWERINGS[e.g.op(n)](e, n)
     if e.buffers.output_root in e.ptr:
         copy_to_output(e, e.buffers.output_root)
-
-
-def row_block(g: Graph, buffers: BufferPlan) -> int:
-    """Rows per block when the entry runs the whole graph block by block, 0 for one pass.
-
-    Every op works row by row, so the entry may run all of them on ROW_BLOCK rows before moving
-    on: the intermediates of a block stay in L2 instead of streaming the whole batch through L3
-    between layers. Only graphs whose every computed value and output has a batch dimension
-    (an unbatched value would be recomputed per block), and only multi-layer graphs: one kernel
-    gains nothing.
-
-    Each block reads every weight matrix again, so only models whose every W fits L2
-    (ROW_BLOCK_MAX_WEIGHT): a block of ROW_BLOCK rows takes the GEMM's in-place path, which wants W
-    hot in L2 (measured, 1 thread, rows 128 at a time against all rows at once: reference MLP at
-    batch 512 / 2048 2131 / 8950 us against 2254 / 9570; 16 x 128x128 at 256 / 1024 1246 / 5047
-    against 1299 / 5251; but 1024x1024 x 3 at 256 / 1024 22985 / 85623 against 18020 / 65273)."""
-    computed = [n for n in g.nodes() if g.op(n) not in LEAF_OPS]
-    if not ROW_BLOCK or not is_batched(g.shape(g.output)) or not buffers.per_row:
-        return 0
-    if any(not is_batched(g.shape(n)) for n in computed):
-        return 0
-    weights = [g.shape(g.args(n)[1]) for n in computed if g.op(n) in ("linear", "matmul")]
-    if len(computed) < 2 or any(4 * row_floats(w) > ROW_BLOCK_MAX_WEIGHT for w in weights):
-        return 0
-    return ROW_BLOCK
 
 
 def _row_blocks(e: _Emitter, block: int) -> None:
