@@ -194,3 +194,16 @@ def test_inference_compile_still_folds_dropout():
     assert "dropout" not in fast.graph.op_counts()
     x = inputs(5)
     np.testing.assert_array_equal(fast(x).data, fast(x).data)
+
+
+def test_a_training_module_from_the_object_cache_draws_the_same_masks():
+    manual_seed(0)
+    model = odd_mlp()
+    x = inputs(20)
+    first = tc.compile(model, training=True, input_shape=(None, 13))
+    again = tc.compile(model, training=True, input_shape=(None, 13))
+    assert again.stats.cache_hits == 1 and not again._artifact.plan.llvm_ir  # loaded, not lowered
+    manual_seed(4)
+    a = first(x).data
+    manual_seed(4)
+    np.testing.assert_array_equal(again(x).data, a)
