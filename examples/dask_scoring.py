@@ -8,7 +8,8 @@
    seeded per file) in Parquet files of --rows-per-file rows.
 2. Parquet -> score -> Parquet, timed end to end: `tinycomp.dask.predict(model, df, columns=...)`
    with the reference MLP, then the same pipeline with the MLP written in NumPy
-   (`np.maximum(x @ W1 + b1, 0) ...`, BLAS on one thread per worker thread), same cluster, same data.
+   (`np.maximum(x @ W1 + b1, 0) ...`), same cluster, same data; BLAS runs on the threads
+   tinycomp.dask pinned it to in each worker process (the worker's share of its host's cores).
 3. Scoring alone: --memory-rows rows held in the workers' memory, scored by both (median of --repeat).
 4. Checks the two engines' predictions against a float64 reference (tinycomp's parity rule).
 Prints rows/s for each; --json FILE writes the figures.
@@ -83,8 +84,9 @@ def write_dataset(path: str, rows: int, rows_per_file: int, seed: int) -> int:
 
     sizes = [min(rows_per_file, rows - start) for start in range(0, rows, rows_per_file)]
     meta = make_part(0, [0], seed)
-    dd.from_map(make_part, range(len(sizes)), sizes=sizes, seed=seed, meta=meta,
-                enforce_metadata=False).to_parquet(path, compression=None, write_index=False)
+    # random floats neither compress nor dictionary-encode: plain pages are the smallest and fastest to read
+    dd.from_map(make_part, range(len(sizes)), sizes=sizes, seed=seed, meta=meta, enforce_metadata=False).to_parquet(
+        path, compression=None, write_index=False, use_dictionary=False, write_statistics=False)
     return len(sizes)
 
 
@@ -159,11 +161,19 @@ def run(args: argparse.Namespace) -> dict:
             print(f"cluster: {result['workers']} workers, {result['threads']} threads in all "
                   f"({'scheduler ' + args.scheduler if args.scheduler else 'LocalCluster, worker processes'}); "
                   f"this host has {os.cpu_count()} cores")
-            start = time.perf_counter()
-            files = write_dataset(data, args.rows, args.rows_per_file, args.seed)
-            result["write_s"] = time.perf_counter() - start
-            print(f"data: {args.rows:,} rows x 784 float32 ({args.rows * 784 * 4 / 1e9:.2f} GB) in {files} Parquet "
-                  f"files, written in {result['write_s']:.1f} s")
+            size = f"{args.rows:,} rows x 784 float32 ({args.rows * 784 * 4 / 1e9:.2f} GB)"
+            if args.reuse and os.path.isdir(data):
+                import pyarrow.dataset
+
+                found = pyarrow.dataset.dataset(data, format="parquet").count_rows()
+                if found != args.rows:
+                    raise SystemExit(f"--reuse: {data} holds {found:,} rows, not --rows {args.rows:,}")
+                print(f"data: {size} reused from {data}")
+            else:
+                start = time.perf_counter()
+                files = write_dataset(data, args.rows, args.rows_per_file, args.seed)
+                result["write_s"] = time.perf_counter() - start
+                print(f"data: {size} in {files} Parquet files, written in {result['write_s']:.1f} s")
             mem_rows = min(args.memory_rows, args.rows)
             chunk = min(args.rows_per_file, mem_rows)
             x = da.map_blocks(memory_block, da.empty((mem_rows, 784), chunks=(chunk, 784), dtype=np.float32),
@@ -191,7 +201,13 @@ def run(args: argparse.Namespace) -> dict:
                     print(f"compiled / NumPy, {where}: {ratio:.2f} x the rows/s")
             result["check"] = check_outputs(args, weights, data, outs)
             print(f"check: {result['check']}")
-            result["worker_stats"] = list(client.run(tcd.worker_stats).values())
+            result["worker_stats"] = stats = list(client.run(tcd.worker_stats).values())
+            models = [m for w in stats for m in w["models"]]
+            rows, seconds = sum(m["rows"] for m in models), sum(m["seconds"] for m in models)
+            print(f"compiled model on the workers: {sum(m['compiles'] for m in models)} compile(s) in "
+                  f"{len(stats)} worker processes ({sum(m['cache_hits'] for m in models)} from the disk cache), "
+                  f"threads per chunk {sorted({m['threads'] for m in models})}, BLAS threads (NumPy ran with these) "
+                  f"{sorted({w['blas_threads'] for w in stats}, key=str)}; {rows:,} rows in {seconds:.2f} s of calls")
     finally:
         if not args.keep and not args.data_dir:
             shutil.rmtree(root, ignore_errors=True)
@@ -208,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scheduler", help="address of a running cluster's scheduler (then no LocalCluster)")
     p.add_argument("--data-dir", help="folder for the data and predictions, readable by every worker (kept)")
     p.add_argument("--keep", action="store_true", help="keep the temporary data folder")
+    p.add_argument("--reuse", action="store_true", help="use the data set already in --data-dir instead of writing it")
     p.add_argument("--engines", default="compiled,numpy", help="comma-separated: compiled, numpy")
     p.add_argument("--repeat", type=int, default=3, help="scoring-only runs per engine (median)")
     p.add_argument("--seed", type=int, default=0)

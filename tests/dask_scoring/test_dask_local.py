@@ -18,7 +18,7 @@ import tinycomp as tc  # noqa: E402
 from tests.dask_scoring.dask_cases import all_rows, in_process, slow_array  # noqa: E402
 from tests.models import CASES  # noqa: E402
 from tests.reliability.rel_helpers import assert_matches_eager  # noqa: E402
-from tinycomp.nn import Layer, Linear, Sequential, Tanh, Tensor  # noqa: E402
+from tinycomp.nn import Layer, Linear, Sequential, Sigmoid, Tanh, Tensor  # noqa: E402
 
 
 def local(y):
@@ -111,6 +111,18 @@ def test_model_edited_between_predict_and_compute_is_scored_with_the_edited_weig
     model.heads[1].bias.data += 1  # after the computation started: this result keeps its weights
     np.testing.assert_array_equal(local(y), edited)
     np.testing.assert_array_equal(local(tcd.predict(model, da.from_array(x, chunks=40))), in_process(model, x))
+
+
+def test_layers_changed_between_predict_and_compute():
+    model = Sequential(Linear(6, 4), Tanh(), Linear(4, 3))
+    x = np.random.default_rng(4).standard_normal((30, 6), dtype=np.float32)
+    y = tcd.predict(model, da.from_array(x, chunks=10))
+    model.layers[1] = Sigmoid()  # same output shape: a new structure, scored as it is at compute()
+    np.testing.assert_array_equal(local(y), in_process(model, x, y.chunks[0]))
+    y = tcd.predict(model, da.from_array(x, chunks=10))
+    model.layers.append(Linear(3, 2))  # the result was laid out for rows of 3: refused, not mis-shaped
+    with pytest.raises(ValueError, match=r"output rows changed from \(3,\) to \(2,\) .* call predict\(\) again"):
+        local(y)
 
 
 def test_edits_while_computing_never_mix_weights_within_one_result():

@@ -100,9 +100,9 @@ def _output_row(model: Any, features: tuple[int, ...], compiled: tuple[int, ...]
     return shape[1:]
 
 
-def _snapshot_task(model: Any, options: dict, features: tuple[int, ...], token: str) -> Any:
+def _snapshot_task(model: Any, options: dict, features: tuple[int, ...], out_row: tuple[int, ...], token: str) -> Any:
     """The graph's one snapshot key: every chunk depends on it, so every chunk scores its weights."""
-    ref = ModelRef(token, model, options, features, _host_threads())
+    ref = ModelRef(token, model, options, features, _host_threads(), out_row)
     return dask.delayed(take_snapshot, pure=False)(ref, dask_key_name=f"tinycomp-snapshot-{token}")
 
 
@@ -130,7 +130,7 @@ def _predict_array(model: Any, options: dict, compiled: tuple[int, ...] | None, 
         axes["drop_axis"] = list(range(out_ndim, data.ndim))
     elif out_ndim > data.ndim:
         axes["new_axis"] = list(range(data.ndim, out_ndim))
-    return da.map_blocks(score_block, data, _snapshot_task(model, options, features, token), batch_rows,
+    return da.map_blocks(score_block, data, _snapshot_task(model, options, features, out_row, token), batch_rows,
                          name=f"tinycomp-predict-{token}", dtype=np.float32,
                          chunks=(data.chunks[0], *((d,) for d in out_row)),
                          meta=np.empty((0,) * out_ndim, np.float32), **axes)
@@ -161,7 +161,7 @@ def _predict_frame(model: Any, options: dict, compiled: tuple[int, ...] | None, 
         raise ValueError(f"output_columns must be {width} distinct names, one per output value of the model "
                          f"(output rows of shape {out_row}); got {output_columns!r}")
     out_meta = pd.DataFrame({n: np.empty(0, np.float32) for n in names}, index=meta.index[:0])
-    snapshot = _snapshot_task(model, options, features, uuid.uuid4().hex)
+    snapshot = _snapshot_task(model, options, features, out_row, uuid.uuid4().hex)
     return data.map_partitions(score_frame, snapshot, columns, names, batch_rows, meta=out_meta)
 
 

@@ -44,9 +44,15 @@ class Snapshot:
         self.token = digest.hexdigest()  # structure and weights: equal tokens need no copy on a worker
 
     @classmethod
-    def take(cls, model: Any, options: dict, features: tuple[int, ...], shares: dict[str, int]) -> Snapshot:
+    def take(cls, model: Any, options: dict, features: tuple[int, ...], shares: dict[str, int],
+             out_row: tuple[int, ...] | None = None) -> Snapshot:
+        """Copy the model now; `out_row`: the output row shape the result's chunks were laid out for."""
         # The parameters are what the compiled code reads: the tensors the tracer binds to `param` nodes.
         graph = trace(model, (None, *features))
+        now = tuple(graph.shape(graph.output))
+        if out_row is not None and now[1:] != out_row:
+            raise ValueError(f"the model's output rows changed from {out_row} to {now[1:]} between predict() and "
+                             f"the computation; call predict() again after changing the model's layers")
         params = {id(a): a for a in map(_array_of, (graph[p]["value"] for p in graph.params))
                   if isinstance(a, np.ndarray)}
         buf = io.BytesIO()
@@ -107,9 +113,10 @@ class _StructureUnpickler(pickle.Unpickler):
 class ModelRef:
     """The live model of one `predict()` result until its computation starts; then its Snapshot."""
 
-    def __init__(self, name: str, model: Any, options: dict, features: tuple[int, ...], shares: dict[str, int]):
+    def __init__(self, name: str, model: Any, options: dict, features: tuple[int, ...], shares: dict[str, int],
+                 out_row: tuple[int, ...]):
         self.name = name
-        self._live: tuple | None = (model, options, features, shares)
+        self._live: tuple | None = (model, options, features, shares, out_row)
         self._frozen: Snapshot | None = None
         self._lock = threading.Lock()
 
