@@ -95,8 +95,13 @@ def test_a_compiled_model_keeps_its_options_and_compiled_shape():
     fast = tc.compile(model, input_shape=(None, 16), speed_level=2, check=True)
     got = local(tcd.predict(fast, da.from_array(x, chunks=20)))
     np.testing.assert_array_equal(got, fast(x).data)
-    with pytest.raises(ValueError, match=r"compiled for rows of shape \(16,\); the data has rows of shape \(8,\)"):
+    with pytest.raises(ValueError, match=r"compiled with input_shape for rows of shape \(16,\); the data has rows "
+                                         r"of shape \(8,\)"):
         tcd.predict(fast, da.zeros((10, 8), chunks=5))
+    lazy = tc.compile(CASES["softmax_head"].build(), speed_level=1)  # not pinned: compiles for any width
+    lazy(np.zeros((2, 20), np.float32))
+    with pytest.raises(ValueError, match=r"cannot take rows of shape \(8,\)"):  # the model's own limit, not 20
+        tcd.predict(lazy, da.zeros((10, 8), chunks=5))
 
 
 def test_model_edited_between_predict_and_compute_is_scored_with_the_edited_weights():
@@ -111,6 +116,22 @@ def test_model_edited_between_predict_and_compute_is_scored_with_the_edited_weig
     model.heads[1].bias.data += 1  # after the computation started: this result keeps its weights
     np.testing.assert_array_equal(local(y), edited)
     np.testing.assert_array_equal(local(tcd.predict(model, da.from_array(x, chunks=40))), in_process(model, x))
+    scaled = Scaled()  # a plain array attribute: read live like a parameter, so snapshotted like one
+    y = tcd.predict(scaled, da.from_array(x[:, :5], chunks=(40, 5)))
+    before = in_process(scaled, x[:, :5], y.chunks[0])
+    scaled.scale[:] = 10
+    got = local(y)
+    np.testing.assert_array_equal(got, in_process(scaled, x[:, :5], y.chunks[0]))
+    assert not np.array_equal(got, before)
+
+
+class Scaled(Layer):
+    def __init__(self):
+        self.fc = Linear(5, 3)
+        self.scale = np.full(3, 2.0, np.float32)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(x) * self.scale
 
 
 def test_layers_changed_between_predict_and_compute():

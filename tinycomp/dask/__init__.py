@@ -42,7 +42,7 @@ def predict(fast_or_model: Any, data: Any, *, batch_rows: int | None = None, col
     """The model's output for every row of `data`, lazily: a dask.array, or a dask DataFrame.
 
     - `fast_or_model`: a `CompiledModel` (its compile options are kept: check, passes,
-      speed_level; `threads` is each worker's share of its cores instead) or a model to compile.
+      speed_level, training; `threads` is each worker's share of its cores instead) or a model.
     - `data`: a `dask.array.Array` of shape (rows, *features), chunked along rows only (other
       chunking is rechunked, with a PerformanceWarning), giving a float32 array of shape
       (rows, *output); or a `dask.dataframe.DataFrame` with `columns=[...]` naming the feature
@@ -72,12 +72,13 @@ def predict(fast_or_model: Any, data: Any, *, batch_rows: int | None = None, col
 
 
 def _model_and_options(fast_or_model: Any) -> tuple[Any, dict, tuple[int, ...] | None]:
-    """(model, compile options, the feature shape it was compiled for if it was)."""
+    """(model, compile options, the feature shape it is pinned to: compiled with input_shape=)."""
     if isinstance(fast_or_model, CompiledModel):
         state = fast_or_model.__getstate__()  # what pickling keeps: the model and its options
         shape = state["input_shape"]
-        return (state["model"], {k: state[k] for k in ("check", "passes", "speed_level")},
-                tuple(shape[1:]) if shape is not None else None)
+        pinned = tuple(shape[1:]) if shape is not None and state.get("pinned", True) else None
+        options = {k: state[k] for k in ("check", "passes", "speed_level", "training") if k in state}
+        return state["model"], options, pinned
     if not callable(fast_or_model):
         raise TypeError(f"predict() expects a tinycomp CompiledModel or a model (a Layer); "
                         f"got {type(fast_or_model).__name__}")
@@ -88,7 +89,8 @@ def _output_row(model: Any, features: tuple[int, ...], compiled: tuple[int, ...]
                 given: str) -> tuple[int, ...]:
     """The shape of one output row, checking first that the model takes rows of `features`."""
     if compiled is not None and compiled != features:
-        raise ValueError(f"the model was compiled for rows of shape {compiled}; {given} has rows of shape {features}")
+        raise ValueError(f"the model was compiled with input_shape for rows of shape {compiled}; {given} has rows "
+                         f"of shape {features}")
     try:
         graph = trace(model, (None, *features))
     except ValueError as exc:
