@@ -3,6 +3,7 @@ snapshot of the weights, and the errors. The cluster tests are in test_dask_clus
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
@@ -241,3 +242,16 @@ def test_importing_tinycomp_does_not_import_dask_and_a_missing_dask_names_the_ex
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert run.returncode != 0
     assert "ImportError: tinycomp.dask needs Dask" in run.stderr and "pip install 'tinycomp[dask]'" in run.stderr
+
+
+def test_a_cluster_of_threads_in_this_process_scores_without_pinning_this_process_blas():
+    distributed = pytest.importorskip("distributed")
+    c = CASES["no_bias"]
+    model, x = c.build(seed=19), c.sample(120, seed=20)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cl, \
+            distributed.Client(cl) as client:
+        y = tcd.predict(model, da.from_array(x, chunks=(30, 9)))
+        np.testing.assert_array_equal(y.compute(), in_process(model, x, y.chunks[0]))
+        stats = client.run(tcd.worker_stats)
+    assert len(stats) == 2 and all(s["pid"] == os.getpid() for s in stats.values())  # workers are threads here
+    assert all(s["blas_threads"] is None for s in stats.values())  # the caller's own process: BLAS left alone
