@@ -40,7 +40,7 @@ class Snapshot:
         digest.update(repr(features).encode())
         self.key = digest.hexdigest()  # what the compiled code depends on: workers compile once per key
         for w in weights:
-            digest.update(w.tobytes())
+            digest.update(w.data)  # C-contiguous copies (persistent_id): hashed in place
         self.token = digest.hexdigest()  # structure and weights: equal tokens need no copy on a worker
 
     @classmethod
