@@ -147,3 +147,61 @@ LAYOUT_CASES = {
 def test_broadcast_and_transpose_parity(name):
     fn, ref, features, *table = LAYOUT_CASES[name]
     check_every_batch(Fn(fn, *table), features, ref)
+
+
+# ---------------------------------------------------------------- matmul with leading dimensions
+
+MATS = {shape: np.float32(np.random.default_rng(len(shape)).standard_normal(shape) / 2)
+        for shape in [(7,), (3, 5), (3, 7, 2), (1, 7, 2), (5,)]}
+MATMUL_CASES = {
+    "by-a-vector": (lambda x, w: x @ w, lambda x: x @ F64(MATS[(7,)]), (5, 7), MATS[(7,)]),
+    "shared-left-matrix": (lambda x, w: w @ x, lambda x: F64(MATS[(3, 5)]) @ x, (4, 5, 6), MATS[(3, 5)]),
+    "vector-on-the-left": (lambda x, w: w @ x, lambda x: F64(MATS[(5,)]) @ x, (2, 5, 6), MATS[(5,)]),
+    "leading-dims-broadcast": (lambda x, w: x @ w, lambda x: x @ F64(MATS[(3, 7, 2)]), (3, 5, 7), MATS[(3, 7, 2)]),
+    "size-one-leading-dim": (lambda x, w: x @ w, lambda x: x @ F64(MATS[(1, 7, 2)]), (3, 5, 7), MATS[(1, 7, 2)]),
+    "gram": (lambda x: x @ x.transpose(-2, -1), lambda x: x @ np.swapaxes(x, -1, -2), (5, 7)),
+    "heads": (lambda x: x.transpose(1, 2) @ x.transpose(1, 2).transpose(-2, -1),
+              lambda x: np.swapaxes(x, 1, 2) @ np.swapaxes(np.swapaxes(x, 1, 2), -1, -2), (9, 3, 5)),
+}
+
+
+@pytest.mark.parametrize("name", MATMUL_CASES)
+def test_matmul_parity(name):
+    fn, ref, features, *table = MATMUL_CASES[name]
+    check_every_batch(Fn(fn, *table), features, ref)
+
+
+class Attention(Layer):
+    """Multi-head self-attention written the way TinyTorch's module 12 writes it."""
+
+    def __init__(self, dim: int, heads: int):
+        rng = np.random.default_rng(12)
+        self.heads = heads
+        self.wq, self.wk, self.wv = (Tensor(rng.standard_normal((dim, dim)) / np.sqrt(dim)) for _ in range(3))
+
+    def forward(self, x: Tensor) -> Tensor:
+        batch_size, seq, dim = x.shape
+        d = dim // self.heads
+
+        def split(t: Tensor) -> Tensor:
+            return t.reshape(batch_size, seq, self.heads, d).transpose(1, 2)
+
+        q, k, v = split(x @ self.wq), split(x @ self.wk), split(x @ self.wv)
+        weights = Softmax()(q @ k.transpose(-2, -1) / d ** 0.5, dim=-1)
+        return (weights @ v).transpose(1, 2).reshape(batch_size, seq, dim)
+
+
+def attention64(m: Attention) -> Callable:
+    def ref(x: np.ndarray) -> np.ndarray:
+        n, s, dim = x.shape
+        d = dim // m.heads
+        q, k, v = (np.swapaxes((x @ F64(w.data)).reshape(n, s, m.heads, d), 1, 2) for w in (m.wq, m.wk, m.wv))
+        return np.swapaxes(softmax64(q @ np.swapaxes(k, -1, -2) / np.sqrt(d), -1) @ v, 1, 2).reshape(n, s, dim)
+    return ref
+
+
+def test_attention_compiles_with_the_batch_marker_reshape():
+    model = Attention(12, 3)
+    fast = check_every_batch(model, (7, 12), attention64(model))
+    ops = fast.graph.op_counts()
+    assert ops["matmul"] == 2 and ops["transpose"] >= 4 and "reshape" in ops

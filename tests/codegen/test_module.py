@@ -91,13 +91,23 @@ def test_ops_across_the_batch_axis_are_refused_naming_them(op, attrs):
         lower_graph(graph_with(op, **attrs), WIDTH)
 
 
-def test_matmul_by_a_vector_raises_naming_it():
+def test_matmul_by_a_vector_runs_as_a_one_column_gemm():
     g = Graph()
     x = g.add("input", name="x", shape=(None, 8))
     y = g.add("matmul", [x, param(g, "v", values(8))], name="culprit")
     g.add("output", [y], name="output")
-    with pytest.raises(LoweringError, match="culprit: the right operand v must be a 2-D matrix"):
-        lower_graph(g, WIDTH)
+    for rows in (0, 1, 9):
+        assert assert_runs_like_interpreter(g, values(rows, 8)).shape == (rows,)
+
+
+def test_matmul_of_two_batched_operands_runs_a_gemm_per_slice():
+    g = Graph()
+    x = g.add("input", name="x", shape=(None, 2, 3, 5))
+    kt = g.add("transpose", [x], dim0=-2, dim1=-1)
+    g.add("output", [g.add("matmul", [x, kt])], name="output")
+    assert any(k.endswith("_bmm") for k in lower_graph(g, WIDTH).kernels)
+    for rows in (0, 1, 7):
+        assert_runs_like_interpreter(g, values(rows, 2, 3, 5))
 
 
 def test_unfused_matmul_by_a_param_runs_as_a_linear_without_bias():

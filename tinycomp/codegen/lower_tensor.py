@@ -1,5 +1,6 @@
 """Lowerings of the tensor ops beyond rows of a batch: reductions over sample axes, softmax along any
-sample axis, transposes, and elementwise ops whose operands broadcast between sample dimensions.
+sample axis, transposes, elementwise ops whose operands broadcast between sample dimensions, and
+matmul with leading dimensions on both sides (batched matmul).
 
 Each runs every sample on its own, as `module.py` requires of every kernel (the runtime splits the
 batch across cores and row blocks): an op that would combine samples (a reduction over the batch
@@ -16,12 +17,12 @@ import numpy as np
 from llvmlite import ir
 
 from ..ir.layout import is_batched, is_scalar_const
-from ..ir.ops import combined_axes, fmt_shape, map_leaves, reduced_axes
-from . import elementwise, reduce
-from .cgutils import i64
+from ..ir.ops import broadcast_shapes, combined_axes, fmt_shape, map_leaves, reduced_axes
+from . import elementwise, gemm, reduce
+from .cgutils import I64, PTR, compile_as_glue, element_ptr, for_range, i64, internal_kernel
 from .elementwise import kernel_key
 from .errors import LoweringError
-from .strided import Strides, broadcast_strides, coalesce, contiguous_strides, emit_strided, sample_dims
+from .strided import Strides, broadcast_strides, coalesce, contiguous_strides, emit_strided, nest_loops, sample_dims
 
 if TYPE_CHECKING:
     from .module import _Emitter
@@ -135,3 +136,63 @@ def lower_softmax(e: _Emitter, n: str) -> None:
                       lambda name: reduce.emit_softmax_axis(e.module, name, outer, size, inner, e.width))
         rows = samples(e, n)
     e.call(fn, rows, e.pointer(n), e.pointer(x))
+
+
+# ---------------------------------------------------------------- matmul
+
+def matmul_dims(a: tuple, b: tuple) -> tuple[tuple, int, int, int]:
+    """(leading dims of the output, I, K, J) of a @ b: the product of I x K and K x J matrices for every
+    index of the (broadcast) leading dims; 1-D operands are promoted as NumPy does."""
+    a2 = (1, *a) if len(a) == 1 else tuple(a)
+    b2 = (*b, 1) if len(b) == 1 else tuple(b)
+    lead = broadcast_shapes(a2[:-2], b2[:-2])
+    return lead, int(a2[-2]) if a2[-2] is not None else -1, int(b2[-2]), int(b2[-1])
+
+
+def lower_matmul(e: _Emitter, n: str) -> None:
+    """x @ W with W a matrix or vector without the batch: one GEMM over all rows. Otherwise (q @ k^T,
+    weights @ v, a shared matrix times batched ones): one GEMM of I x K by K x J per index of the
+    leading dims, each slice read where it lies (a broadcast operand's slice is reused)."""
+    g = e.g
+    x, w = g.args(n)
+    a, b = tuple(g.shape(x)), tuple(g.shape(w))
+    lead, rows, k, j = matmul_dims(a, b)
+    gemm_fn = e.kernel(("linear", k, j, False, None, e.width), lambda name: gemm.emit_linear(
+        e.module, name, K=k, N=j, bias=False, activation=None, width=e.width))
+    null = ir.Constant(PTR, None)
+    if len(b) <= 2 and not is_batched(b):
+        e.call(gemm_fn, e.row_count(x, k), e.pointer(x), e.pointer(w), null, e.pointer(n), e.pack_buffer())
+        return
+    if rows < 0:
+        raise LoweringError(f"matmul {n}: {fmt_shape(a)} @ {fmt_shape(b)} multiplies along the batch axis")
+    a2, b2 = ((1, *a) if len(a) == 1 else a), ((*b, 1) if len(b) == 1 else b)
+    dims = sample_dims(lead)
+    sa = broadcast_strides((*a2[:-2], 1), (*lead, 1))  # one stride unit per leading index, then scaled
+    sb = broadcast_strides((*b2[:-2], 1), (*lead, 1))
+    slices = [Strides(s.batch * rows * k, tuple(d * rows * k for d in s.dims[:-1])) if i == 0 else
+              Strides(s.batch * k * j, tuple(d * k * j for d in s.dims[:-1])) for i, s in enumerate((sa, sb))]
+    walked = [Strides(math.prod(dims) * rows * j, tuple(c * rows * j for c in contiguous_strides(dims))), *slices]
+    dims, walked = coalesce(dims, walked)
+    key = ("bmm", dims, tuple(walked), rows, k, j, e.width)
+    fn = e.kernel(key, lambda name: emit_batched_matmul(e.module, name, gemm_fn, dims, walked, rows))
+    e.call(fn, samples(e, n), e.pointer(n), e.pointer(x), e.pointer(w), e.pack_buffer())
+
+
+def emit_batched_matmul(module: ir.Module, name: str, gemm_fn: ir.Function, dims: tuple[int, ...],
+                        walked: list[Strides], rows: int) -> ir.Function:
+    """`void name(i64 M, ptr out, ptr a, ptr b, ptr pack)`: for every sample and leading index, the
+    GEMM `gemm_fn` on the slices at the strides `walked` (output, a, b)."""
+    fn = internal_kernel(module, name, [("M", I64), ("out", PTR), ("a", PTR), ("b", PTR), ("pack", PTR)])
+    compile_as_glue(fn)  # loops of addresses around the GEMM calls
+    n_rows, out, a, b, pack = fn.args
+    builder = ir.IRBuilder(fn.append_basic_block("entry"))
+
+    def call(at: list[ir.Value]) -> None:
+        c, x, w = (element_ptr(builder, p, off) for p, off in zip((out, a, b), at, strict=True))
+        builder.call(gemm_fn, [i64(rows), x, w, ir.Constant(PTR, None), c, pack])
+
+    with for_range(builder, 0, n_rows, name="m") as loop:
+        at = [builder.mul(loop.index, i64(s.batch), flags=["nsw"]) for s in walked]
+        nest_loops(builder, dims, [s.dims for s in walked], at, call)
+    builder.ret_void()
+    return fn

@@ -249,7 +249,7 @@ def copy_to_output(e: _Emitter, src: str) -> None:
 
 LOWERINGS: dict[str, Callable[[_Emitter, str], None]] = {
     "linear": lower_linear,
-    "matmul": lower_linear,  # an unfused matmul (e.g. by a computed weight) is a linear without bias
+    "matmul": lower_tensor.lower_matmul,  # by a matrix without the batch: a linear without bias
     "softmax": lower_tensor.lower_softmax,
     "sum": lower_tensor.lower_reduce,
     "mean": lower_tensor.lower_reduce,
@@ -344,6 +344,6 @@ def _stream_in_block(e: _Emitter, M: ir.Value, block: int) -> None:
 
 
 def _max_pack_floats(g: Graph, width: int) -> int:
-    weights = [g.shape(g.args(n)[1]) for n in g.nodes() if g.op(n) in ("linear", "matmul")]
-    sizes = [gemm.pack_floats(w[0], w[1], width) for w in weights if len(w) == 2 and None not in w]
-    return max(sizes, default=0)
+    gemms = [lower_tensor.matmul_dims(*(tuple(g.shape(a)) for a in g.args(n)[:2]))[2:]
+             for n in g.nodes() if g.op(n) in ("linear", "matmul")]
+    return max((gemm.pack_floats(k, j, width) for k, j in gemms), default=0)
