@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 import tinycomp as tc
+import tinycomp.interop as interop
 import tinycomp.nn as nn
 from tinycomp.nn import Dropout, Linear, ReLU, Sequential, Sigmoid, Tensor, manual_seed
 
@@ -96,7 +97,7 @@ def _public_members(cls: type) -> list[tuple[str, object]]:
             if not name.startswith("_") and (callable(value) or isinstance(value, property))]
 
 
-@pytest.mark.parametrize("module", [tc, nn], ids=lambda m: m.__name__)
+@pytest.mark.parametrize("module", [tc, nn, interop], ids=lambda m: m.__name__)
 def test_every_public_name_has_a_docstring(module):
     missing = []
     for name in module.__all__:
@@ -160,7 +161,7 @@ def test_no_internal_words_in_any_message():
     assert not found, "\n".join(found)
 
 
-@pytest.mark.parametrize("module", [tc, nn], ids=lambda m: m.__name__)
+@pytest.mark.parametrize("module", [tc, nn, interop], ids=lambda m: m.__name__)
 def test_no_internal_words_in_public_docstrings(module):
     found = []
     for name in module.__all__:
