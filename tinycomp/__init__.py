@@ -13,6 +13,7 @@ from typing import Any
 
 from .compiler import CompiledModel, compile
 from .errors import CompileError, ParityError
+from .export import ExportResult, export
 from .frontend.tensor import Tensor
 from .frontend.tracer import trace
 from .ir.graph import Graph
@@ -43,5 +44,5 @@ def summary(model: Any, input_shape: Any = (1, 784)) -> Summary:
     return summarize(graph, batch)
 
 
-__all__ = ["CompileError", "CompiledModel", "Graph", "ParityError", "Summary", "Tensor", "compile", "summary",
-           "trace", "__version__"]
+__all__ = ["CompileError", "CompiledModel", "ExportResult", "Graph", "ParityError", "Summary", "Tensor", "compile",
+           "export", "summary", "trace", "__version__"]

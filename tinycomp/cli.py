@@ -1,4 +1,4 @@
-"""The `tinycomp` command: `demo`, `dump` and `bench` (also `python -m tinycomp`)."""
+"""The `tinycomp` command: `demo`, `dump`, `export` and `bench` (also `python -m tinycomp`)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,9 @@ import numpy as np
 
 from . import compile as compile_model
 from .checks import positive_number
+from .codegen.target import TARGET_NAMES
+from .export import WEIGHTS
+from .export import export as export_model
 from .frontend.layers import Layer, Linear, Sequential
 from .ir.printer import GraphvizNotFound, render_dot, to_dot
 
@@ -228,6 +231,22 @@ def _write(path: Path, text: str) -> Path:
     return path
 
 
+# --------------------------------------------------------------------------- export
+
+def run_export(args: argparse.Namespace) -> int:
+    model = build_model(args.model)
+    shape = parse_input_shape(args.input_shape)
+    result = export_model(model, args.out, input_shape=(None, *shape[1:]), target=args.target, name=args.name,
+                          weights=args.weights)
+    for path in result.files.values():
+        print(path)
+    where = "in the object" if args.weights == "embedded" else f"in {result.files['weights'].name}"
+    print(f"{args.target}: object {result.object_bytes:,} bytes, weights {result.weights_bytes:,} bytes ({where}), "
+          f"scratch {result.scratch_bytes(1):,} bytes at batch 1 ({result.scratch_bytes_per_row:,} per row "
+          f"+ {result.scratch_bytes_fixed:,})")
+    return 0
+
+
 # --------------------------------------------------------------------------- main
 
 def make_parser() -> argparse.ArgumentParser:
@@ -246,6 +265,14 @@ def make_parser() -> argparse.ArgumentParser:
                       help="what to show (default: optimized; with --out: all)")
     dump.add_argument("--out", help="folder for one file per stage and pass (01-traced.txt, model.ll, ...)")
     dump.add_argument("--dot", action="store_true", help="also write Graphviz DOT (and SVG when `dot` exists)")
+    export = sub.add_parser("export", help="compile a model ahead of time into a C library (.o, .h) for a target")
+    export.add_argument("model", help="module:factory or path/to/file.py:factory returning a Layer")
+    export.add_argument("--input-shape", required=True, help="batch,features..., e.g. N,784")
+    export.add_argument("--target", choices=TARGET_NAMES, default="host", help="what the code runs on (default: host)")
+    export.add_argument("--out", required=True, help="folder for <name>.o, <name>.h and the rest")
+    export.add_argument("--name", default="model", help="prefix of the C symbols and file names (default: model)")
+    export.add_argument("--weights", choices=WEIGHTS, default="embedded",
+                        help="embedded in the object (default) or external, in <name>.bin")
     sub.add_parser("bench", help="benchmark eager vs compiled (see `tinycomp bench --help`)", add_help=False)
     return parser
 
@@ -264,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     args.verbose = verbose
     try:
-        return {"demo": run_demo, "dump": run_dump}[args.command](args)
+        return {"demo": run_demo, "dump": run_dump, "export": run_export}[args.command](args)
     except Exception as exc:  # one clear line for users; the whole story with --verbose
         if args.verbose:
             traceback.print_exc()

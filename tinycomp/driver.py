@@ -22,7 +22,7 @@ from .binding import DropoutDraws, LiveParams, StructureGuard, layers_in_mode
 from .checks import is_whole_number
 from .codegen.fingerprint import graph_fingerprint
 from .codegen.module import LoweringError, ModulePlan, lower_graph
-from .codegen.target import host
+from .codegen.target import Target, host
 from .errors import CompileError, ParityError
 from .frontend.tensor import Tensor
 from .frontend.tracer import trace
@@ -124,12 +124,7 @@ def build(model: Any, features: tuple[int, ...], *, passes: list | None, speed_l
     """Compile `model` for inputs (N, *features), its layers in training mode if `training`; the
     caller holds the model's lock."""
     start = time.perf_counter()
-    with paused_gc():  # the passes too: graphs are many small objects and no cycles
-        traced = trace(model, (None, *features), training=training)
-        dumps = PassDumps(traced)
-        if channel("graph"):
-            log("graph", "traced graph of %s:\n%s", type(model).__name__, dumps[0][1])
-        optimized = run_pipeline(traced, passes, on_pass=dumps.after_pass)
+    traced, optimized, dumps = optimized_graph(model, features, passes=passes, training=training)
     plan, engine, key, hit = codegen(optimized, speed_level)
     shapes = [tuple(optimized.shape(p)) for p in plan.params]
     kernel = NativeKernel(engine, plan, features, shapes)
@@ -150,6 +145,26 @@ def build(model: Any, features: tuple[int, ...], *, passes: list | None, speed_l
     return artifact
 
 
+def optimized_graph(model: Any, features: tuple[int, ...], *, passes: list | None, training: bool = False,
+                    ) -> tuple[Graph, Graph, PassDumps]:
+    """(traced graph, graph after the passes, the text of every stage) for inputs (N, *features):
+    what `build` compiles and `tinycomp.export` exports. The caller holds the model's lock."""
+    with paused_gc():  # the passes too: graphs are many small objects and no cycles
+        traced = trace(model, (None, *features), training=training)
+        dumps = PassDumps(traced)
+        if channel("graph"):
+            log("graph", "traced graph of %s:\n%s", type(model).__name__, dumps[0][1])
+        return traced, run_pipeline(traced, passes, on_pass=dumps.after_pass), dumps
+
+
+def lower(g: Graph, target: Target | int) -> ModulePlan:
+    """The module for g (`codegen.module.lower_graph`); what it cannot compile is a CompileError."""
+    try:
+        return lower_graph(g, target)
+    except LoweringError as exc:
+        raise CompileError(str(exc)) from exc
+
+
 def codegen(g: Graph, speed_level: int) -> tuple[ModulePlan, JitEngine, str, bool]:
     """Lower and JIT-compile g, or load its object code from the on-disk cache: (plan, engine, cache
     key, whether the cache had it)."""
@@ -165,10 +180,7 @@ def codegen(g: Graph, speed_level: int) -> tuple[ModulePlan, JitEngine, str, boo
             log("compile", "cache entry %s unusable (%s); rebuilding", key[:16], exc)
         else:
             return plan, engine, key, True
-    try:
-        plan = lower_graph(g, width)
-    except LoweringError as exc:
-        raise CompileError(str(exc)) from exc
+    plan = lower(g, width)
     engine = JitEngine(plan.llvm_ir, speed_level=speed_level)
     cache.store(key, plan.to_meta(), engine.object_code)
     return plan, engine, key, False

@@ -487,3 +487,46 @@ def test_stream_in_reads_one_word_per_line_within_the_buffer(n):
     expected = np.bitwise_or.reduce(words[::16])
     assert call(words.ctypes.data, n) == expected
     assert call(words.ctypes.data, 0) == 0
+
+
+def _run_with_guard(g: Graph, plan: ModulePlan, x: np.ndarray) -> np.ndarray:
+    """Run the entry with exactly `plan.scratch_floats(rows)` floats of scratch and a NaN guard after
+    them; the guard must come back untouched."""
+    engine = JitEngine(plan.llvm_ir)
+    params = [np.ascontiguousarray(g[p]["value"], np.float32) for p in plan.params]
+    kernel = NativeKernel(engine, plan, x.shape[1:], [p.shape for p in params])
+    out = np.full((x.shape[0], *plan.out_shape[1:]), np.nan, np.float32)
+    need = plan.scratch_floats(x.shape[0])
+    scratch = np.full(need + 64, np.nan, np.float32)
+    kernel.run(x, params, out, scratch)
+    assert np.isnan(scratch[need:]).all()  # nothing written past the planned scratch
+    report = check_parity(out, interpret(g, x), interpret(g, x.astype(np.float64), dtype=np.float64))
+    assert report.ok, str(report)
+    return out
+
+
+@pytest.mark.parametrize("rows", [1, ROW_BLOCK, 3 * ROW_BLOCK + 5])
+def test_row_blocks_use_one_block_of_scratch(rows):
+    """Run in row blocks, the entry's batched buffers hold one block and no GEMM takes its packed path:
+    a call needs scratch for min(rows, block) rows and no packing buffer, and writes nothing past it."""
+    g = mlp_graph([96, 80, 48, 10])  # 48 -> 10: a narrow layer, whose transposed W stays in scratch
+    plan = lower_graph(g, WIDTH)
+    assert plan.row_block == ROW_BLOCK
+    narrow_wt = 10 * 48 if WIDTH > 10 else 0
+    assert plan.scratch_fixed <= narrow_wt + 16
+    assert plan.scratch_floats(rows) == min(rows, ROW_BLOCK) * plan.scratch_per_row + plan.scratch_fixed
+    _run_with_guard(g, plan, values(rows, 96))
+
+
+def test_row_blocks_keep_the_pack_buffer_of_gemms_on_more_rows():
+    """A Linear over (N, 3, 40) multiplies 3 rows per sample: a block of 128 samples is 384 GEMM rows,
+    past the in-place path, so that GEMM packs W and its buffer stays in scratch."""
+    g = Graph()
+    v = g.add("input", name="x", shape=(None, 3, 40))
+    for i, (k, n) in enumerate([(40, 64), (64, 8)]):
+        w, b = param(g, f"{i}.weight", values(k, n, scale=k ** -0.5)), param(g, f"{i}.bias", values(n))
+        v = g.add("linear", [v, w, b], bias=True, activation="relu")
+    g.add("output", [v], name="output")
+    plan = lower_graph(g, WIDTH)
+    assert plan.row_block == ROW_BLOCK and plan.scratch_fixed >= 40 * 16
+    _run_with_guard(g, plan, values(3 * ROW_BLOCK + 5, 3, 40))

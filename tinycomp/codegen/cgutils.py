@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from llvmlite import ir
 
 from ..ir.graph import paused_gc as paused_gc  # re-exported: lowering pauses as graph building does
+from .target import for_triple
 
 I64 = ir.IntType(64)
 I32 = ir.IntType(32)
@@ -35,6 +36,24 @@ def as_i64(value: int | ir.Value) -> ir.Value:
 def element_ptr(builder: ir.IRBuilder, base: ir.Value, index: ir.Value | int) -> ir.Value:
     """Address of float element `index` of the buffer at `base` (GEP, never int arithmetic)."""
     return builder.gep(base, [as_i64(index)], source_etype=F32, inbounds=True)
+
+
+def fma_name(module: ir.Module) -> str:
+    """The multiply-add intrinsic for the module's target: `fma` (one rounding, in hardware or
+    libm), or `fmuladd` where `llvm.fma` would call a libm the target does not have (WebAssembly)."""
+    return "fma" if for_triple(module.triple).fused_multiply_add else "fmuladd"
+
+
+def index_udiv(builder: ir.IRBuilder, x: ir.Value, y: ir.Value) -> ir.Value:
+    """x // y of two non-negative i64 sizes or counts with a divisor known only at run time.
+
+    On a 32-bit target a 64-bit division is a call into the compiler's runtime library
+    (`__udivdi3`), which exported objects must not need; there every size fits 32 bits (the
+    exported entry refuses batches whose buffers would not fit the address space), so the
+    quotient is taken in 32 bits."""
+    if for_triple(builder.module.triple).pointer_bits == 64:
+        return builder.udiv(x, y)
+    return builder.zext(builder.udiv(builder.trunc(x, I32), builder.trunc(y, I32)), I64)
 
 
 def vector_type(width: int) -> ir.VectorType:
@@ -164,7 +183,11 @@ def internal_kernel(module: ir.Module, name: str, args: Sequence[tuple[str, ir.T
 
 
 def declare_vector_intrinsic(module: ir.Module, name: str, width: int, arity: int) -> ir.Function:
-    """Declare e.g. `llvm.fma.v16f32`; `Module.declare_intrinsic` cannot do vector types."""
+    """Declare e.g. `llvm.fma.v16f32`; `Module.declare_intrinsic` cannot do vector types.
+
+    In a module lowered for a target without fused multiply-add and without libm (WebAssembly:
+    `module.triple` names it), `fma` is `llvm.fmuladd`, the same operation rounded twice."""
+    name = fma_name(module) if name == "fma" else name
     vt = vector_type(width)
     return define_once(module, f"llvm.{name}.v{width}f32",
                        lambda full: ir.Function(module, ir.FunctionType(vt, [vt] * arity), full))

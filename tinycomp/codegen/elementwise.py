@@ -88,6 +88,7 @@ def _check_shape(row_size: int, width: int) -> None:
 def declare_kernel(module: ir.Module, name: str, n_pointers: int) -> ir.Function:
     fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [I64] + [PTR] * n_pointers), name)
     fn.args[0].name = "M"
+    fn.attributes.add("nounwind")  # no unwind tables (on ARM they would need the EHABI runtime)
     for arg in fn.args[1:]:
         arg.add_attribute("noalias")
     return fn

@@ -36,6 +36,7 @@ from .gemm_driver import CALL_TY, CONFIG_TY, PACK_TY, TILE_TY, driver_function, 
 from .gemm_epilogue import epilogue_function
 from .gemm_kernels import TileShape, tile_kernel
 from .gemm_narrow import NarrowShape, narrow_kernel, narrow_pack_kernel, narrow_small_kernel
+from .target import default_registers
 
 L2_BYTES = 1 << 20  # per core on this machine (AMD Zen 4); the plans below are tuned for it
 # Packed W block budget: half of L2, leaving room for the A row panels and C.
@@ -90,13 +91,20 @@ def _pow2_at_least(x: int) -> int:
     return p
 
 
-def plan_gemm(K: int, N: int, width: int) -> GemmPlan:
+def tile_vectors(width: int, registers: int | None = None) -> int:
+    """Vectors per row of the main tile: 6 x 4 accumulators + 4 B vectors + 1 broadcast fit 32
+    registers (AVX-512, NEON, the Cortex-M FPU's 32 singles); with 16 (AVX2, SSE, WebAssembly on
+    x86-64) 6 x 2 is the largest tile that does not spill. `registers` None: an x86 host's budget
+    for `width` (`target.default_registers`)."""
+    return 4 if (registers or default_registers(width)) >= 32 else 2
+
+
+def plan_gemm(K: int, N: int, width: int, registers: int | None = None) -> GemmPlan:
     vectors = -(-N // width)
-    # 6 x 4 zmm accumulators + 4 B vectors + 1 broadcast fit the 32 AVX-512 registers; with 16
-    # registers (AVX2, SSE) 6 x 2 is the largest tile that does not spill. The leftover kernels
-    # keep about as many accumulators with fewer rows: 4 x nv, 2 x 2nv, 1 x 4nv (the one-row kernel
-    # narrowed to the layer, in powers of two so layers share it: a 10-column head gets 1 x 1).
-    nv = 4 if width >= 16 else 2
+    # The leftover kernels keep about as many accumulators as the main tile with fewer rows:
+    # 4 x nv, 2 x 2nv, 1 x 4nv (the one-row kernel narrowed to the layer, in powers of two so
+    # layers share it: a 10-column head gets 1 x 1).
+    nv = tile_vectors(width, registers)
     nv_main = min(nv, vectors)
     nv1 = min(4 * nv, _pow2_at_least(vectors))
     main = TileShape(MAIN3_ROWS if nv_main == 3 else 6, nv_main, width)
@@ -130,7 +138,7 @@ def _block_cols(panels: int, nr: int, K: int, budget: int) -> int:
     return -(-panels // n_blocks) * nr
 
 
-def plan_narrow(K: int, N: int, width: int) -> NarrowShape | None:
+def plan_narrow(K: int, N: int, width: int, registers: int | None = None) -> NarrowShape | None:
     """The dot-product plan for layers narrower than one vector, None for the others.
 
     Short sums (K < 2 * width; one output column: K < width) keep the tiled path: its sequential
@@ -143,7 +151,7 @@ def plan_narrow(K: int, N: int, width: int) -> NarrowShape | None:
     and Wt may not fit in L1), with 2 accumulators per output where they fit."""
     if not 1 <= N < width or K < (width if N == 1 else 2 * width):
         return None
-    budget = 24 if width >= 16 else 12
+    budget = 24 if (registers or default_registers(width)) >= 32 else 12
     rows, unroll = next(((r, u) for r in (4, 2, 1) for u in (2, 1) if r * N * u <= budget), (1, 1))
     return NarrowShape(N, width, rows, unroll, tail=K % (width * unroll) != 0)
 
@@ -157,22 +165,27 @@ def narrow_small_rows(N: int, width: int) -> int:
     return -(-N * width // (2 * width - N)) if N > 1 else 0
 
 
-def pack_floats(K: int, N: int, width: int) -> int:
-    """Size in floats of the `pack` scratch buffer `emit_linear` needs for this layer."""
-    if plan_narrow(K, N, width) is not None:
+def pack_floats(K: int, N: int, width: int, registers: int | None = None, tiled: bool = True) -> int:
+    """Size in floats of the `pack` scratch buffer `emit_linear` needs for this layer (`tiled`
+    False: on at most DIRECT_MAX_ROWS rows, where the tiled path reads W in place)."""
+    if plan_narrow(K, N, width, registers) is not None:
         return 0 if N == 1 else N * _round_up(K, width)  # Wt; one output column is W itself
-    return K * min(plan_gemm(K, N, width).nc, _round_up(N, width))
+    if not tiled:
+        return 0
+    return K * min(plan_gemm(K, N, width, registers).nc, _round_up(N, width))
 
 
 def emit_linear(
-    module: ir.Module, name: str, *, K: int, N: int, bias: bool, activation: str | None, width: int
+    module: ir.Module, name: str, *, K: int, N: int, bias: bool, activation: str | None, width: int,
+    registers: int | None = None,
 ) -> ir.Function:
     with paused_gc():  # also paused around whole-module lowering; here for direct callers (tests)
-        return _emit_linear(module, name, K=K, N=N, bias=bias, activation=activation, width=width)
+        return _emit_linear(module, name, K=K, N=N, bias=bias, activation=activation, width=width,
+                            registers=registers)
 
 
 def _emit_linear(module: ir.Module, name: str, *, K: int, N: int, bias: bool, activation: str | None,
-                 width: int) -> ir.Function:
+                 width: int, registers: int | None) -> ir.Function:
     """The layer's function is one call to the module's shared driver with the plan's constants
     and kernels: the loops exist once per module, not once per layer."""
     fnty = ir.FunctionType(ir.VoidType(), [I64, PTR, PTR, PTR, PTR, PTR])
@@ -185,17 +198,17 @@ def _emit_linear(module: ir.Module, name: str, *, K: int, N: int, bias: bool, ac
             arg.add_attribute("noalias")
     M, A, W, B, C, pack = fn.args
     b = ir.IRBuilder(fn.append_basic_block("entry"))
-    narrow = plan_narrow(K, N, width)
+    narrow = plan_narrow(K, N, width, registers)
     if narrow is not None:
         _emit_narrow(b, narrow, fn.args, K=K, bias=bias, activation=activation)
         return fn
-    plan = plan_gemm(K, N, width)
+    plan = plan_gemm(K, N, width, registers)
     mod = module
     leftover = {s.mr: tile_kernel(mod, s) for s in plan.leftover}
     nr = {s.mr: i64(s.nr) for s in plan.leftover}
     # Layers of one to three vectors of columns are never packed: a block would be their whole W,
     # read in place (100x37 at 256 / 2048 rows: packing into 3-vector panels measured no faster).
-    pack_fn = pack_kernel(mod, plan.main) if plan.main.nv == (4 if width >= 16 else 2) else null_fn(PACK_TY)
+    pack_fn = pack_kernel(mod, plan.main) if plan.main.nv == tile_vectors(width, registers) else null_fn(PACK_TY)
     config = [i64(K), i64(N), i64(int(activation == "relu")), i64(plan.nc), i64(plan.direct_nc),
               i64(plan.direct_max_rows), i64(plan.overlap_min_rows),
               tile_kernel(mod, plan.main), i64(plan.main.mr), i64(plan.main.nr), pack_fn,

@@ -22,6 +22,7 @@ from .cgutils import (
     element_ptr,
     for_range,
     i64,
+    index_udiv,
     internal_kernel,
     masked_load,
     masked_store,
@@ -105,9 +106,9 @@ class _Driver:
         b, a = self.b, self.a
         N, M = a["N"], a["M"]
         block_cols = b.select(self.packed, a["nc"], a["direct_nc"])
-        n_blocks = b.udiv(b.add(N, b.sub(block_cols, i64(1))), block_cols)
+        n_blocks = index_udiv(b, b.add(N, b.sub(block_cols, i64(1))), block_cols)
         main_rows = a["main_rows"]
-        n_tiles = b.udiv(M, main_rows)
+        n_tiles = index_udiv(b, M, main_rows)
         m_full = b.mul(n_tiles, main_rows)
         overlap = b.and_(b.icmp_signed(">", M, m_full), b.icmp_signed(">=", M, a["overlap_min"]), name="overlap")
         with b.if_then(b.icmp_signed(">", m_full, i64(0))):
@@ -149,7 +150,7 @@ class _Driver:
         A = element_ptr(b, a["A"], b.mul(r0, K))
         c = element_ptr(b, a["C"], b.add(b.mul(r0, N), j0))
         w_j0 = element_ptr(b, a["W"], j0)
-        n_panels = b.udiv(b.add(cols, b.sub(nr, i64(1))), nr)
+        n_panels = index_udiv(b, b.add(cols, b.sub(nr, i64(1))), nr)
         with for_range(b, 0, n_panels, name="jp") as panels:
             p = panels.index
             col = b.mul(p, nr)

@@ -32,6 +32,7 @@ from .errors import LoweringError
 from .fingerprint import codegen_source_hash, graph_fingerprint  # noqa: F401 - part of this module's API
 from .loops import stream_in_kernel
 from .scratch import ROW_BLOCK, BufferPlan, plan_buffers, row_block  # noqa: F401 - ROW_BLOCK: API
+from .target import Target, with_width
 
 ENTRY = "tinycomp_forward"
 STREAM_IN_MIN_BYTES = 2 << 20  # batches with more input than this read each block in first (_stream_in_block)
@@ -52,15 +53,19 @@ class ModulePlan:
     kernels: list[str]
     buffers: BufferPlan | None = field(default=None, repr=False)  # where each value lives (lowering only)
     dropouts: list[str] = field(default_factory=list)  # training dropout nodes, in `draws` order
+    row_block: int = 0  # rows the entry runs at a time (`row_block`), 0: all at once
 
     def scratch_floats(self, rows: int) -> int:
-        return rows * self.scratch_per_row + self.scratch_fixed
+        """Scratch a call on `rows` rows needs: batched buffers hold one row block at most."""
+        held = min(rows, self.row_block) if self.row_block else rows
+        return held * self.scratch_per_row + self.scratch_fixed
 
     def to_meta(self) -> dict:
         """What a cache entry must remember to run its object code without lowering again."""
         return {"entry": self.entry, "params": self.params, "const_nodes": self.const_nodes,
                 "out_shape": list(self.out_shape), "scratch_per_row": self.scratch_per_row,
-                "scratch_fixed": self.scratch_fixed, "kernels": self.kernels, "dropouts": self.dropouts}
+                "scratch_fixed": self.scratch_fixed, "kernels": self.kernels, "dropouts": self.dropouts,
+                "row_block": self.row_block}
 
     @classmethod
     def from_meta(cls, meta: dict, g: Graph, width: int) -> ModulePlan:
@@ -92,10 +97,12 @@ def _folded_everywhere(g: Graph, n: str) -> bool:
 class _Emitter:
     """One lowering: the module, the entry's builder, and where every node's value lives."""
 
-    def __init__(self, g: Graph, width: int, plan: ModulePlan):
+    def __init__(self, g: Graph, target: Target, plan: ModulePlan):
         assert plan.buffers is not None
-        self.g, self.width, self.buffers = g, width, plan.buffers
+        self.g, self.width, self.buffers = g, target.vector_width, plan.buffers
+        self.registers = target.vector_registers
         self.module = ir.Module(name="tinycomp")
+        self.module.triple = target.triple  # kernels that differ by target read it (`target.for_triple`)
         self.params, self.consts, self.dropouts = plan.params, plan.const_nodes, plan.dropouts
         # Parameters and constants come in one array of pointers: a ctypes call costs ~0.1 us per
         # argument, and that array only changes when a parameter is rebound, not on every call.
@@ -105,6 +112,7 @@ class _Emitter:
             a.name = arg_name
         for a in self.fn.args[1:4]:
             a.add_attribute("noalias")
+        self.fn.attributes.add("nounwind")  # no unwind tables (on ARM they would need the EHABI runtime)
         self.b = ir.IRBuilder(self.fn.append_basic_block("entry"))
         self.rows = self.fn.args[0]  # rows of the current row block (all M without blocking)
         self.scratch_rows: ir.Value = self.rows  # batched scratch buffers hold this many rows
@@ -168,9 +176,10 @@ def lower_linear(e: _Emitter, n: str) -> None:
                             f"dimension; it has shape {fmt_shape(g.shape(w))}")
     k, nout = g.shape(w)
     attrs = g.attrs(n)
-    key = ("linear", k, nout, bool(b), attrs.get("activation"), e.width)
+    key = ("linear", k, nout, bool(b), attrs.get("activation"), e.width, e.registers)
     fn = e.kernel(key, lambda name: gemm.emit_linear(
-        e.module, name, K=k, N=nout, bias=bool(b), activation=attrs.get("activation"), width=e.width))
+        e.module, name, K=k, N=nout, bias=bool(b), activation=attrs.get("activation"), width=e.width,
+        registers=e.registers))
     bias_ptr = e.pointer(b[0]) if b else ir.Constant(PTR, None)
     e.call(fn, e.row_count(x, k), e.pointer(x), e.pointer(w), bias_ptr, e.pointer(n), e.pack_buffer())
 
@@ -266,16 +275,22 @@ LEAF_OPS = (*sorted(LEAVES), "output")  # no code of their own: arguments, and w
 REFUSED: dict[str, str] = {}
 
 
-def lower_graph(g: Graph, width: int) -> ModulePlan:
-    """Emit the module for graph g (one input, one output) for vectors of `width` lanes."""
+def _as_target(target: Target | int) -> Target:
+    return with_width(target) if isinstance(target, int) else target
+
+
+def lower_graph(g: Graph, target: Target | int) -> ModulePlan:
+    """Emit the module for graph g (one input, one output) for `target` (an int: the host with
+    vectors of that many lanes)."""
     with paused_gc():
-        return _lower_graph(g, width)
+        return _lower_graph(g, _as_target(target))
 
 
-def plan_frame(g: Graph, width: int) -> ModulePlan:
+def plan_frame(g: Graph, target: Target | int) -> ModulePlan:
     """Everything of g's plan but the code itself: the entry's parameter and constant tables, its
     output shape and scratch sizes. Cheap (no LLVM work): a cached module's header is checked
     against it (`from_meta`)."""
+    target = _as_target(target)
     if len(g.inputs) != 1:
         raise LoweringError(f"the code generator takes graphs with one input; this one has {len(g.inputs)}")
     for n in g.nodes():
@@ -283,21 +298,23 @@ def plan_frame(g: Graph, width: int) -> ModulePlan:
             why = REFUSED.get(g.op(n), "the code generator has no lowering registered for it")
             raise LoweringError(f"no native code rule for op {g.op(n)!r} (node {n}): {why}; "
                                 f"compiled ops: {sorted(LOWERINGS)}")
-    buffers = plan_buffers(g, pack_floats=_max_pack_floats(g, width))
+    buffers = plan_buffers(g, pack_floats=_max_pack_floats(g, target))
+    block = row_block(g, buffers)
+    if block:  # GEMMs on one block's rows may never pack W (the reference MLP's scratch: 1.5 KB, not 400 KB)
+        buffers = plan_buffers(g, pack_floats=_max_pack_floats(g, target, block))
     consts = [n for n in g.nodes("const") if not _folded_everywhere(g, n)]
     return ModulePlan(llvm_ir="", entry=ENTRY, params=g.params, const_nodes=consts, consts=_const_arrays(g, consts),
                       out_shape=tuple(g.shape(g.output)), scratch_per_row=buffers.per_row,
                       scratch_fixed=buffers.fixed, kernels=[], buffers=buffers,
-                      dropouts=[n for n in g.nodes("dropout") if draws_mask(g, n)])
+                      dropouts=[n for n in g.nodes("dropout") if draws_mask(g, n)], row_block=block)
 
 
-def _lower_graph(g: Graph, width: int) -> ModulePlan:
-    plan = plan_frame(g, width)
-    e = _Emitter(g, width, plan)
+def _lower_graph(g: Graph, target: Target) -> ModulePlan:
+    plan = plan_frame(g, target)
+    e = _Emitter(g, target, plan)
     compile_as_glue(e.fn)  # it only computes buffer addresses and calls the kernels
-    block = row_block(g, e.buffers)
-    if block:
-        _row_blocks(e, block)
+    if plan.row_block:
+        _row_blocks(e, plan.row_block)
     else:
         _emit_nodes(e)
     e.b.ret_void()
@@ -343,7 +360,21 @@ def _stream_in_block(e: _Emitter, M: ir.Value, block: int) -> None:
         e.b.call(stream_in_kernel(e.module), [e.pointer(x), e.b.mul(e.rows, i64(row))])
 
 
-def _max_pack_floats(g: Graph, width: int) -> int:
-    gemms = [lower_tensor.matmul_dims(*(tuple(g.shape(a)) for a in g.args(n)[:2]))[2:]
-             for n in g.nodes() if g.op(n) in ("linear", "matmul")]
-    return max((gemm.pack_floats(k, j, width) for k, j in gemms), default=0)
+def _max_pack_floats(g: Graph, target: Target, block: int = 0) -> int:
+    """The largest `pack` buffer a GEMM of g needs. When the entry runs in row blocks of `block` rows,
+    a GEMM none of whose calls exceeds DIRECT_MAX_ROWS rows reads W in place and never packs it:
+    only its narrow form needs the buffer (W transposed)."""
+    sizes = []
+    for n in g.nodes():
+        if g.op(n) not in ("linear", "matmul"):
+            continue
+        a, b = (tuple(g.shape(v)) for v in g.args(n)[:2])
+        _, rows, k, j = lower_tensor.matmul_dims(a, b)
+        if len(b) <= 2 and not is_batched(b):  # one GEMM over every row of a (`lower_linear`)
+            per_sample = row_floats(a) // max(k, 1)
+            call_rows = (block * per_sample if block else None) if is_batched(a) else per_sample
+        else:  # one GEMM of rows x k by k x j per slice (`lower_tensor.lower_matmul`)
+            call_rows = rows
+        tiled = call_rows is None or call_rows > gemm.DIRECT_MAX_ROWS
+        sizes.append(gemm.pack_floats(k, j, target.vector_width, target.vector_registers, tiled=tiled))
+    return max(sizes, default=0)

@@ -1,4 +1,10 @@
-"""The host target: CPU name, features, vector width and the LLVM optimization pipeline.
+"""Targets: the host (JIT and export) and the cross targets `tc.export` writes objects for.
+
+A `Target` is everything the code generator needs to know about a CPU: triple, CPU name, features,
+vector width (float32 lanes per register), the vector register budget the GEMM tiles are sized for,
+whether multiply-add is fused in hardware and the pointer width. The kernels are generic LLVM IR
+over `<width x float>`; LLVM's backends lower it for each target (NEON on aarch64, scalar FPv4 on
+Cortex-M, SIMD128 on WebAssembly).
 
 Every JIT engine takes ownership of its target machine (llvmlite's `create_mcjit_compiler`), so
 `host_target_machine()` builds a fresh one on each call instead of handing out a shared instance.
@@ -6,6 +12,7 @@ Every JIT engine takes ownership of its target machine (llvmlite's `create_mcjit
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass
 
@@ -17,17 +24,32 @@ llvm.initialize_native_asmprinter()
 
 
 @dataclass(frozen=True)
-class HostTarget:
+class Target:
     """What the code generator needs to know about the CPU it emits code for."""
 
+    name: str  # "host" or a key of CROSS_TARGETS
     triple: str
     cpu: str
     features: str
-    vector_width: int  # float32 lanes per vector register: 16 (AVX-512), 8 (AVX2) or 4
+    vector_width: int  # float32 lanes per vector register: 16 (AVX-512), 8 (AVX2), 4 (SSE, NEON, SIMD128), 1
+    vector_registers: int  # registers the GEMM's accumulator tiles may fill (32 or 16)
+    # multiply-adds as `llvm.fma` (one rounding: in hardware, or libm's fmaf on an x86 host without
+    # FMA); False: as `llvm.fmuladd`, which a target without fused multiply-add splits into mul + add
+    fused_multiply_add: bool = True
+    pointer_bits: int = 64
+    reloc: str = "pic"  # relocation model of exported objects
 
     @property
     def cache_fields(self) -> tuple[str, ...]:
-        return (self.triple, self.cpu, self.features, str(self.vector_width))
+        return (self.triple, self.cpu, self.features, str(self.vector_width), str(self.vector_registers))
+
+
+HostTarget = Target  # the host's description is a Target like any other
+
+
+def default_registers(width: int) -> int:
+    """The register budget of an x86 host with this vector width: 32 zmm with AVX-512, else 16."""
+    return 32 if width >= 16 else 16
 
 
 def _read_features() -> str:
@@ -47,19 +69,65 @@ def _lanes(features: str) -> int:
 
 
 @functools.lru_cache(maxsize=1)
-def host() -> HostTarget:
+def host() -> Target:
     features = _read_features()
     width = _lanes(features)
     if width == 16:
         # LLVM prefers 256-bit vectors on AVX-512 parts unless told otherwise; our kernels are
         # written for 512-bit registers and measured faster with them.
         features += ",-prefer-256-bit"
-    return HostTarget(
-        triple=llvm.get_process_triple(),
+    triple = llvm.get_process_triple()
+    arm64 = triple.startswith(("aarch64", "arm64"))  # 32 NEON registers
+    return Target(
+        name="host",
+        triple=triple,
         cpu=llvm.get_host_cpu_name(),
         features=features,
         vector_width=width,
+        vector_registers=32 if arm64 else default_registers(width),
+        pointer_bits=64 if "64" in triple.split("-")[0] else 32,
     )
+
+
+# The export targets besides the host. Register budgets: AArch64 has 32 128-bit NEON registers;
+# Cortex-M4F/M7 have no float SIMD but 32 single-precision FPU registers (s0-s31), so its "vector"
+# is one float; WebAssembly engines map SIMD128 values to the host's registers, 16 on x86-64.
+# WebAssembly has no fused multiply-add (outside relaxed SIMD): `llvm.fma` there would become calls
+# to libm's fmaf, so its kernels multiply and add separately (`llvm.fmuladd`, two roundings).
+CROSS_TARGETS: dict[str, Target] = {
+    "aarch64-linux-gnu": Target("aarch64-linux-gnu", "aarch64-unknown-linux-gnu", "generic", "+neon",
+                                vector_width=4, vector_registers=32),
+    "thumbv7em-none-eabihf": Target("thumbv7em-none-eabihf", "thumbv7em-unknown-none-eabihf", "cortex-m4", "",
+                                    vector_width=1, vector_registers=32, pointer_bits=32, reloc="static"),
+    "wasm32": Target("wasm32", "wasm32-unknown-unknown", "generic", "+simd128,+bulk-memory",
+                     vector_width=4, vector_registers=16, fused_multiply_add=False, pointer_bits=32, reloc="static"),
+}
+TARGET_NAMES = ("host", *CROSS_TARGETS)
+
+
+def target_named(name: str) -> Target:
+    if name == "host":
+        return host()
+    try:
+        return CROSS_TARGETS[name]
+    except KeyError:
+        raise ValueError(f"unknown target {name!r}; targets are {', '.join(TARGET_NAMES)}") from None
+
+
+def with_width(width: int) -> Target:
+    """The host target with another vector width (tests and benchmarks lower for several widths)."""
+    h = host()
+    if width == h.vector_width:
+        return h
+    return dataclasses.replace(h, vector_width=width, vector_registers=default_registers(width))
+
+
+def for_triple(triple: str) -> Target:
+    """The target a module was lowered for, by its triple (an empty triple: the host)."""
+    for t in CROSS_TARGETS.values():
+        if t.triple == triple:
+            return t
+    return host()
 
 
 # LLVM's backend optimization level for our object code. Measured on the reference MLP: level 2 emits
@@ -75,6 +143,20 @@ def host_target_machine(opt: int = CODEGEN_OPT) -> llvm.TargetMachine:
     return target.create_target_machine(
         cpu=h.cpu, features=h.features, opt=opt, reloc="default", codemodel="jitdefault", jit=True
     )
+
+
+def object_target_machine(t: Target, opt: int = CODEGEN_OPT) -> llvm.TargetMachine:
+    """A target machine that writes relocatable objects for `t` (exported code, not the JIT)."""
+    if t.name != "host":
+        _initialize_cross_targets()
+    return llvm.Target.from_triple(t.triple).create_target_machine(
+        cpu=t.cpu, features=t.features, opt=opt, reloc=t.reloc, codemodel="default")
+
+
+@functools.lru_cache(maxsize=1)
+def _initialize_cross_targets() -> None:
+    llvm.initialize_all_targets()
+    llvm.initialize_all_asmprinters()
 
 
 def parse_module(llvm_ir: str, tm: llvm.TargetMachine) -> llvm.ModuleRef:

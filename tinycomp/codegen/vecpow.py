@@ -19,7 +19,7 @@ import math
 
 from llvmlite import ir
 
-from .cgutils import I64, vector_constant
+from .cgutils import I64, fma_name, vector_constant
 
 F64 = ir.DoubleType()
 MAX_ULP = 0.5 + 2.0**-20  # measured 0.5000 over the sweeps of tests/codegen/test_vecmath.py
@@ -47,6 +47,7 @@ def _fvec(like: ir.Value, value: float) -> ir.Constant:
 
 
 def _intrinsic(builder: ir.IRBuilder, name: str, *args: ir.Value) -> ir.Value:
+    name = fma_name(builder.module) if name == "fma" else name  # no libm's fma on WebAssembly
     vt = args[0].type
     elem = "f64" if vt.element == F64 else "f32"
     full = f"llvm.{name}.v{vt.count}{elem}"

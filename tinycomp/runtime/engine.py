@@ -17,7 +17,7 @@ from ..codegen.target import host_target_machine, optimize, parse_module
 
 # llvmlite takes a global lock per binding call anyway; this keeps our multi-step sequences
 # (parse -> optimize -> emit) from interleaving between threads compiling different models.
-_LLVM_LOCK = threading.RLock()
+LLVM_LOCK = _LLVM_LOCK = threading.RLock()  # public: exports (tinycomp.export) take it too
 
 
 def _optimized_module(llvm_ir: str, speed_level: int) -> tuple[llvm.ModuleRef, llvm.TargetMachine]:

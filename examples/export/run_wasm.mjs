@@ -1,0 +1,65 @@
+// Runs a model exported by `tinycomp export --target wasm32` (name "model") in Node and prints what
+// harness.c prints:   node run_wasm.mjs DIR/model.wasm INPUT.f32 [-w WEIGHTS.bin] [-r REPEAT] BATCH...
+// Row sizes and scratch come from DIR/model.h. Input, output, scratch and weights live in the
+// module's own memory from __heap_base up (grown as needed); the module imports nothing.
+import { readFileSync } from "node:fs";
+
+const args = process.argv.slice(2);
+const opts = { w: null, r: 0 };
+const positional = [];
+for (let i = 0; i < args.length; i++) {
+  if (args[i] === "-w" || args[i] === "-r") opts[args[i].slice(1)] = args[++i];
+  else positional.push(args[i]);
+}
+const [wasmPath, inputPath, ...batchArgs] = positional;
+if (!wasmPath || !inputPath || !batchArgs.length) {
+  console.error("usage: node run_wasm.mjs DIR/model.wasm INPUT.f32 [-w WEIGHTS.bin] [-r REPEAT] BATCH...");
+  process.exit(2);
+}
+const header = readFileSync(wasmPath.replace(/\.wasm$/, ".h"), "utf8");
+const macro = (name) => {
+  const m = header.match(new RegExp(`#define MODEL_${name} (\\d+)`));
+  return m ? Number(m[1]) : 0;
+};
+const inRow = macro("INPUT_ROW_FLOATS"), outRow = macro("OUTPUT_ROW_FLOATS");
+const block = macro("ROW_BLOCK");
+const scratchBytes = (batch) =>
+  (block ? Math.min(batch, block) : batch) * macro("SCRATCH_BYTES_PER_ROW") + macro("SCRATCH_BYTES_FIXED");
+
+const { instance } = await WebAssembly.instantiate(readFileSync(wasmPath), {});
+const { memory, __heap_base, model_forward, model_bind_weights } = instance.exports;
+let top = (Number(__heap_base.value) + 63) & ~63;
+function alloc(bytes) {  // a bump allocator in the module's memory, 64-byte aligned
+  const at = top;
+  top = (top + bytes + 63) & ~63;
+  const need = top - memory.buffer.byteLength;
+  if (need > 0) memory.grow(Math.ceil(need / 65536));
+  return at;
+}
+function place(bytes) {
+  const at = alloc(bytes.length);
+  new Uint8Array(memory.buffer, at, bytes.length).set(bytes);
+  return at;
+}
+
+const input = readFileSync(inputPath);
+const rows = Math.floor(input.length / (4 * inRow));
+const x = place(input);
+if (opts.w) {
+  const rc = model_bind_weights(place(readFileSync(opts.w)));
+  if (rc !== 0) { console.error(`model_bind_weights refused ${opts.w}: ${rc}`); process.exit(3); }
+}
+for (const batch of batchArgs.map(Number)) {
+  if (batch > rows) { console.error(`batch ${batch}: ${inputPath} holds ${rows} rows`); process.exit(2); }
+  const y = alloc(4 * batch * outRow), scratch = alloc(scratchBytes(batch));
+  const rc = model_forward(x, y, BigInt(batch), scratch);
+  if (rc !== 0) { console.log(`error ${rc} at batch ${batch}`); process.exit(1); }
+  const bits = new Uint32Array(memory.buffer, y, batch * outRow);
+  console.log(`out ${batch} ` + Array.from(bits, (b) => b.toString(16).padStart(8, "0")).join(" "));
+  if (Number(opts.r) > 0 && batch === 1) {
+    const n = Number(opts.r), start = process.hrtime.bigint();
+    for (let i = 0; i < n; i++) model_forward(x, y, 1n, scratch);
+    console.log(`us_per_call ${(Number(process.hrtime.bigint() - start) / 1e3 / n).toFixed(3)}`);
+  }
+}
+console.log("done");

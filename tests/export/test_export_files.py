@@ -1,0 +1,221 @@
+"""What an export writes: a header that compiles strictly, objects that need nothing but the allowed
+symbols, a shared library whose entry checks its arguments, weights files that bind only to their
+model, and clear errors for what cannot be exported."""
+
+from __future__ import annotations
+
+import ctypes
+import shutil
+import subprocess
+import textwrap
+
+import numpy as np
+import pytest
+
+import tinycomp as tc
+from tests.export.runners import M4_FLAGS, TARGETS, WASM_LD
+from tinycomp.export import entry
+from tinycomp.export.toolchain import ToolMissing
+from tinycomp.nn import GELU, Layer, Linear, ReLU, Sequential, Softmax, Tensor, manual_seed
+
+
+def small_model() -> Sequential:
+    manual_seed(5)
+    return Sequential(Linear(6, 9), GELU(), Linear(9, 3), Softmax())
+
+
+# Undefined symbols an object may have: nothing from libc but memcpy/memset; a wasm object also
+# names the linker-provided stack pointer and function table (the GEMM calls its kernels through it).
+ALLOWED_UNDEFINED = {"memcpy", "memset"}
+ALLOWED_UNDEFINED_WASM = ALLOWED_UNDEFINED | {"__stack_pointer", "__indirect_function_table"}
+
+
+NM = {"host": ("nm",), "aarch64-linux-gnu": ("aarch64-linux-gnu-nm",), "thumbv7em-none-eabihf": ("arm-none-eabi-nm",),
+      "wasm32": ()}  # GNU nm reads the ELF of its toolchain; the LLVM nm reads every format, wasm too
+LLVM_NM = ("llvm-nm", *(f"llvm-nm-{v}" for v in range(22, 13, -1)))
+
+
+def _nm(path, target: str) -> list[tuple[str, str]]:
+    """(type letter, name) of every symbol in the object."""
+    nm = next((shutil.which(n) for n in (*NM[target], *LLVM_NM) if shutil.which(n)), None)
+    if nm is None:
+        pytest.skip(f"no nm for {target} objects ({', '.join(NM[target] or LLVM_NM[:1])}; apt-get install llvm-19)")
+    out = subprocess.run([nm, str(path)], capture_output=True, text=True, check=True).stdout
+    return [(parts[-2], parts[-1]) for parts in (line.split() for line in out.splitlines()) if len(parts) >= 2]
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("weights", ["embedded", "external"])
+def test_object_symbols(tmp_path, target, weights):
+    """Undefined: only the allowed ones. Global definitions: exactly the exported entry points."""
+    if target == "host" and not shutil.which("cc"):
+        pytest.skip("no C compiler (cc) for the host's shared library")
+    if target == "wasm32" and not any(shutil.which(n) for n in WASM_LD):
+        pytest.skip("wasm-ld is not installed (apt-get install lld-19)")
+    result = tc.export(small_model(), tmp_path, input_shape=(None, 6), target=target, name="net", weights=weights)
+    symbols = _nm(result.files["object"], target)
+    undefined = {name for kind, name in symbols if kind == "U"}
+    allowed = ALLOWED_UNDEFINED_WASM if target == "wasm32" else ALLOWED_UNDEFINED
+    assert undefined <= allowed, f"unexpected undefined symbols {sorted(undefined - allowed)}"
+    exported = {name for kind, name in symbols if kind in "TDRB"}  # upper case: global
+    expected = {"net_forward"} | ({"net_bind_weights"} if weights == "external" else set())
+    assert exported == expected
+    assert result.files["object"].stat().st_size == result.object_bytes
+    if weights == "embedded":
+        assert result.object_bytes > result.weights_bytes  # the weights are inside
+    else:
+        assert result.files["weights"].stat().st_size == entry.HEADER_BYTES + result.weights_bytes
+
+
+@pytest.mark.parametrize("weights", ["embedded", "external"])
+def test_header_compiles_strictly(tmp_path, weights):
+    """The header alone, and a translation unit using every macro, under -std=c99 -Wall -Werror."""
+    cc = shutil.which("cc") or pytest.skip("no C compiler (cc)")
+    tc.export(small_model(), tmp_path, input_shape=(None, 6), target="thumbv7em-none-eabihf", weights=weights)
+    use = tmp_path / "use.c"
+    use.write_text(textwrap.dedent("""\
+        #include "model.h"
+        #include "model.h" /* the include guard holds */
+        int use(const float *x, float *y, void *scratch);
+        int use(const float *x, float *y, void *scratch) {
+            int64_t need = MODEL_SCRATCH_BYTES(7) + MODEL_INPUT_DIM1 + MODEL_OUTPUT_DIM1 + MODEL_PARAMETERS;
+            if (need > MODEL_MAX_BATCH || MODEL_INPUT_RANK != 2 || MODEL_WEIGHTS_BYTES <= 0) return MODEL_ERR_ARGS;
+        #ifdef MODEL_WEIGHTS_EXTERNAL
+            if (model_bind_weights(x) != MODEL_OK) return MODEL_ERR_WEIGHTS;
+        #endif
+            return model_forward(x, y, MODEL_INPUT_ROW_FLOATS / MODEL_OUTPUT_ROW_FLOATS, scratch);
+        }
+        """))
+    for flags in (["-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic"], ["-std=c11", "-Wall", "-Werror"]):
+        subprocess.run([cc, *flags, "-c", str(use), "-o", str(tmp_path / "use.o")], check=True)
+    header = (tmp_path / "model.h").read_text()
+    assert f"tinycomp {tc.__version__}" in header and "thumbv7em-none-eabihf" in header
+    assert "Linear(in_features=6, out_features=9, bias=True)" in header and "Parameters: 93 float32" in header
+
+
+def test_header_compiles_for_cortex_m(tmp_path):
+    gcc = shutil.which("arm-none-eabi-gcc") or pytest.skip("arm-none-eabi-gcc is not installed")
+    tc.export(small_model(), tmp_path, input_shape=(None, 6), target="thumbv7em-none-eabihf")
+    (tmp_path / "use.c").write_text('#include "model.h"\nint model_rows(void) { return MODEL_OUTPUT_ROW_FLOATS; }\n')
+    subprocess.run([gcc, *M4_FLAGS, "-std=c99", "-Wall", "-Werror", "-c", str(tmp_path / "use.c"),
+                    "-o", str(tmp_path / "use.o")], check=True)
+
+
+def _load(result, name: str = "model") -> ctypes.CDLL:
+    lib = ctypes.CDLL(str(result.files["shared_library"]))
+    fn = getattr(lib, f"{name}_forward")
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p]
+    fn.restype = ctypes.c_int
+    return lib
+
+
+def _ptr(a: np.ndarray, byte_offset: int = 0) -> int:
+    return a.ctypes.data + byte_offset
+
+
+def test_shared_library_checks_arguments(tmp_path):
+    """lib<name>.so through ctypes: results equal the object's, and bad arguments are refused
+    (ERR_ARGS) without writing the output."""
+    if not shutil.which("cc"):
+        pytest.skip("no C compiler (cc) for the host's shared library")
+    model = small_model()
+    result = tc.export(model, tmp_path, input_shape=(None, 6))
+    forward = _load(result).model_forward
+    x = np.random.default_rng(0).standard_normal((5, 6)).astype(np.float32)
+    y = np.full((5, 3), 7.0, np.float32)
+    scratch = np.zeros(result.scratch_bytes(5) // 4 + 1, np.float32)
+    assert forward(_ptr(x), _ptr(y), 5, _ptr(scratch)) == entry.OK
+    model.eval()
+    np.testing.assert_allclose(y, model(Tensor(x)).data, rtol=1e-5, atol=1e-6)
+    y[:] = 7.0
+    raw = np.zeros(64, np.uint8)
+    for args in [(_ptr(x), _ptr(y), -1, _ptr(scratch)), (None, _ptr(y), 5, _ptr(scratch)),
+                 (_ptr(x), None, 5, _ptr(scratch)), (_ptr(x), _ptr(y), 5, None),
+                 (_ptr(raw, 2), _ptr(y), 1, _ptr(scratch)), (_ptr(x), _ptr(y), result.max_batch + 1, _ptr(scratch))]:
+        assert forward(*args) == entry.ERR_ARGS
+    assert (y == 7.0).all()
+    assert forward(None, None, 0, None) == entry.OK  # an empty batch needs no buffers
+
+
+def test_external_weights_bind_only_their_layout(tmp_path):
+    if not shutil.which("cc"):
+        pytest.skip("no C compiler (cc) for the host's shared library")
+    model = small_model()
+    result = tc.export(model, tmp_path, input_shape=(None, 6), weights="external")
+    lib = _load(result)
+    lib.model_bind_weights.argtypes = [ctypes.c_void_p]
+    x = np.ones((2, 6), np.float32)
+    y = np.zeros((2, 3), np.float32)
+    scratch = np.zeros(result.scratch_bytes(2) // 4 + 1, np.float32)
+    assert lib.model_forward(_ptr(x), _ptr(y), 2, _ptr(scratch)) == entry.ERR_WEIGHTS  # nothing bound yet
+    blob = np.frombuffer(result.files["weights"].read_bytes(), np.uint8).copy()
+    other = tc.export(Sequential(Linear(6, 4), ReLU(), Linear(4, 3)), tmp_path / "other", input_shape=(None, 6),
+                      weights="external")
+    wrong = np.frombuffer(other.files["weights"].read_bytes(), np.uint8).copy()
+    assert lib.model_bind_weights(_ptr(wrong)) == entry.ERR_WEIGHTS
+    assert lib.model_bind_weights(None) == entry.ERR_WEIGHTS
+    assert lib.model_bind_weights(_ptr(blob[1:].copy()) + 1) == entry.ERR_WEIGHTS  # misaligned
+    assert lib.model_forward(_ptr(x), _ptr(y), 2, _ptr(scratch)) == entry.ERR_WEIGHTS
+    assert lib.model_bind_weights(_ptr(blob)) == entry.OK
+    assert lib.model_forward(_ptr(x), _ptr(y), 2, _ptr(scratch)) == entry.OK
+    model.eval()
+    np.testing.assert_allclose(y, model(Tensor(x)).data, rtol=1e-5, atol=1e-6)
+
+
+def test_two_exports_link_into_one_program(tmp_path):
+    """Everything but the entry points is internal: two models share a program without clashes."""
+    cc = shutil.which("cc") or pytest.skip("no C compiler (cc)")
+    tc.export(small_model(), tmp_path, input_shape=(None, 6), name="first")
+    tc.export(Sequential(Linear(4, 2)), tmp_path, input_shape=(None, 4), name="second")
+    (tmp_path / "main.c").write_text(textwrap.dedent("""\
+        #include <stdio.h>
+        #include "first.h"
+        #include "second.h"
+        int main(void) {
+            float x[6] = {1, 2, 3, 4, 5, 6}, y[3], z[2];
+            static float s1[1 << 12], s2[1 << 12];
+            if (FIRST_SCRATCH_BYTES(1) > (int64_t)sizeof s1 || SECOND_SCRATCH_BYTES(1) > (int64_t)sizeof s2) return 9;
+            int rc = first_forward(x, y, 1, s1) | second_forward(x, z, 1, s2);
+            printf("%d %.6f\\n", rc, y[0] + y[1] + y[2]);
+            return 0;
+        }
+        """))
+    exe = tmp_path / "main"
+    subprocess.run([cc, "-std=c99", "-Wall", "-Werror", f"-I{tmp_path}", str(tmp_path / "main.c"),
+                    str(tmp_path / "first.o"), str(tmp_path / "second.o"), "-o", str(exe)], check=True)
+    rc, total = subprocess.run([str(exe)], capture_output=True, text=True, check=True).stdout.split()
+    assert rc == "0" and abs(float(total) - 1.0) < 1e-5  # a softmax row sums to one
+
+
+class BatchSum(Layer):
+    def forward(self, x):
+        return x.sum(axis=0)
+
+
+@pytest.mark.parametrize("kwargs, error, words", [
+    ({"target": "riscv"}, ValueError, "unknown target 'riscv'"),
+    ({"name": "3model"}, ValueError, "C identifier"),
+    ({"name": "int"}, ValueError, "C identifier"),
+    ({"weights": "sideways"}, ValueError, "weights must be one of embedded, external"),
+    ({"training": True}, NotImplementedError, "training-mode dropout"),
+    ({"input_shape": (None,)}, ValueError, "input_shape must be (batch, features...)"),
+])
+def test_bad_arguments_are_refused_before_writing(tmp_path, kwargs, error, words):
+    args = {"input_shape": (None, 6), **kwargs}
+    with pytest.raises(error) as info:
+        tc.export(small_model(), tmp_path / "out", **args)
+    assert words in str(info.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_what_cannot_be_compiled_is_refused_before_writing(tmp_path):
+    with pytest.raises(tc.CompileError, match=r"runs over the batch dimension N"):
+        tc.export(BatchSum(), tmp_path / "out", input_shape=(None, 3))
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_linker_is_named(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no tools at all
+    with pytest.raises(ToolMissing, match="wasm-ld.*lld-19"):
+        tc.export(small_model(), tmp_path / "out", input_shape=(None, 6), target="wasm32")
+    assert not (tmp_path / "out").exists()

@@ -1,0 +1,138 @@
+"""Exports run on their targets (host, aarch64 under qemu-aarch64, Cortex-M4 under qemu-system-arm,
+wasm32 in Node) and compute what the eager model does, judged by the parity rule against float64."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import tinycomp as tc
+from tests.export.runners import TARGETS, run_export, skip_unless_runnable
+from tests.test_compile_parity import sequential_reference
+from tinycomp.nn import (
+    GELU,
+    Dropout,
+    Layer,
+    LayerNorm,
+    Linear,
+    ReLU,
+    Sequential,
+    Sigmoid,
+    Softmax,
+    Tanh,
+    Tensor,
+    manual_seed,
+)
+from tinycomp.parity import check_parity
+
+
+def mlp() -> Sequential:
+    return Sequential(Linear(20, 32), ReLU(), Dropout(0.5), Linear(32, 16), ReLU(), Linear(16, 10))
+
+
+def odd_gelu() -> Sequential:  # widths 17 -> 3 -> 1 -> 17, GELU head
+    return Sequential(Linear(17, 3), Tanh(), Linear(3, 1), ReLU(), Linear(1, 17), GELU())
+
+
+def odd_tanh() -> Sequential:  # widths 1 -> 17 -> 3, Tanh head
+    return Sequential(Linear(1, 17), Sigmoid(), Linear(17, 3), Tanh())
+
+
+def odd_softmax() -> Sequential:  # widths 3 -> 33 -> 17, Softmax head
+    return Sequential(Linear(3, 33), GELU(), Linear(33, 17), Softmax())
+
+
+def layer_norm() -> Sequential:  # reductions over the features (mean, variance) on every target
+    model = Sequential(Linear(8, 17), LayerNorm(17), GELU(), Linear(17, 5), Softmax())
+    model.layers[1].gamma.data[:] = np.linspace(0.5, 1.5, 17)
+    model.layers[1].beta.data[:] = np.linspace(-0.2, 0.2, 17)
+    return model
+
+
+def reference64(model: Sequential, x: np.ndarray) -> np.ndarray:
+    """The model in float64: `sequential_reference`, with LayerNorm's formula where it appears."""
+    for layer in model.layers:
+        if isinstance(layer, LayerNorm):
+            diff = x - x.mean(axis=-1, keepdims=True)
+            x = diff / np.sqrt((diff * diff).mean(axis=-1, keepdims=True) + layer.eps) * layer.gamma.data \
+                + layer.beta.data
+        else:
+            x = sequential_reference(layer)(x)
+    return x
+
+
+MODELS = {"mlp": mlp, "odd_gelu": odd_gelu, "odd_tanh": odd_tanh, "odd_softmax": odd_softmax,
+          "layer_norm": layer_norm}
+BATCHES = [1, 7]
+
+
+def check_against_eager(model: Sequential, x: np.ndarray, got: dict) -> None:
+    model.eval()
+    for batch in BATCHES:
+        rows = x[:batch]
+        eager = model(Tensor(rows)).data
+        report = check_parity(got[batch], eager, reference64(model, rows.astype(np.float64)))
+        assert report.ok, f"batch {batch}: {report}"
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("name", MODELS)
+def test_export_matches_eager(tmp_path, target, name):
+    skip_unless_runnable(target)
+    manual_seed(sum(map(ord, name)))
+    model = MODELS[name]()
+    width = model.layers[0].weight.shape[0]
+    x = (2.0 * np.random.default_rng(7).standard_normal((max(BATCHES), width))).astype(np.float32)
+    tc.export(model, tmp_path, input_shape=(None, width), target=target)
+    got = run_export(target, tmp_path, x, BATCHES)
+    check_against_eager(model, x, got)
+
+
+class ElementwiseOps(Layer):
+    """exp, abs, sqrt, log (and with `power`, x ** 1.7 and x ** 3) after a Linear."""
+
+    def __init__(self, power: bool):
+        self.fc, self.power = Linear(9, 5), power
+
+    def forward(self, x):
+        h = self.fc(x)
+        y = (0.5 * h).exp() + h.abs().sqrt() - (h.abs() + 1.0).log()
+        return y + h.abs() ** 1.7 - h ** 3 if self.power else y
+
+    def reference(self, x: np.ndarray) -> np.ndarray:
+        h = x @ self.fc.weight.data.astype(np.float64) + self.fc.bias.data
+        y = np.exp(0.5 * h) + np.sqrt(np.abs(h)) - np.log(np.abs(h) + 1.0)
+        return y + np.abs(h) ** 1.7 - h ** 3 if self.power else y
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("power", [False, True])
+def test_elementwise_ops_match_eager(tmp_path, target, power):
+    """Our vector exp/log/sqrt/abs, and pow (computed in float64), on every target's vectors."""
+    skip_unless_runnable(target)
+    manual_seed(21)
+    model = ElementwiseOps(power)
+    x = np.random.default_rng(5).standard_normal((max(BATCHES), 9)).astype(np.float32)
+    if power and target == "thumbv7em-none-eabihf":  # no float64 hardware: refused, nothing written
+        with pytest.raises(tc.CompileError, match=r"__aeabi_dmul.*float64 arithmetic.*pow"):
+            tc.export(model, tmp_path / "out", input_shape=(None, 9), target=target)
+        assert not (tmp_path / "out").exists()
+        return
+    tc.export(model, tmp_path, input_shape=(None, 9), target=target)
+    got = run_export(target, tmp_path, x, BATCHES)
+    for batch in BATCHES:
+        report = check_parity(got[batch], model(Tensor(x[:batch])).data, model.reference(x[:batch].astype(np.float64)))
+        assert report.ok, f"batch {batch}: {report}"
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_external_weights_run(tmp_path, target):
+    """weights="external": the object holds no weights; the harness binds the .bin it reads."""
+    skip_unless_runnable(target)
+    manual_seed(11)
+    model = odd_softmax()
+    x = np.random.default_rng(3).standard_normal((max(BATCHES), 3)).astype(np.float32)
+    result = tc.export(model, tmp_path, input_shape=(None, 3), target=target, weights="external")
+    assert result.object_bytes < result.weights_bytes + 64 * 1024
+    got = run_export(target, tmp_path, x, BATCHES, weights=result.files["weights"])
+    check_against_eager(model, x, got)

@@ -1,0 +1,148 @@
+"""Ahead-of-time export: a model as a C library for the host, 64-bit ARM, a Cortex-M or WebAssembly.
+
+    tc.export(model, "build", input_shape=(None, 784), target="aarch64-linux-gnu")
+
+writes `build/model.o` and `build/model.h` (plus `libmodel.so` for the host, `model.wasm` for
+wasm32, `model.bin` with `weights="external"`). The code is the JIT's: the same trace, passes and
+lowering, for the target's triple, CPU, vector width and register budget (`codegen.target`).
+"""
+
+from __future__ import annotations
+
+import keyword
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..codegen.target import TARGET_NAMES, Target, target_named
+from ..driver import feature_shape, lower, optimized_graph
+from ..errors import CompileError
+from ..frontend.layers import model_lock
+from ..ir.graph import Graph
+from ..ir.printer import format_graph
+from . import entry, toolchain
+from .header import HeaderInfo, header_text
+
+WEIGHTS = ("embedded", "external")
+C_KEYWORDS = frozenset(
+    "auto break case char const continue default do double else enum extern float for goto if inline int long "
+    "register restrict return short signed sizeof static struct switch typedef union unsigned void volatile while "
+    "_Bool _Complex _Imaginary".split())
+
+
+@dataclass
+class ExportResult:
+    """What `export` wrote, and the sizes a deployment plans memory with."""
+
+    target: Target
+    files: dict[str, Path]  # "object", "header", and "shared_library", "wasm", "weights" where written
+    object_bytes: int
+    weights_bytes: int  # float32 data (params and constants), in the object or the .bin
+    scratch_bytes_per_row: int
+    scratch_bytes_fixed: int
+    row_block: int
+    max_batch: int  # larger batches are refused (ERR_ARGS): their byte offsets would not fit a pointer
+    in_row: tuple[int, ...]
+    out_row: tuple[int, ...]
+    parameters: int
+    exported_symbols: list[str] = field(default_factory=list)
+
+    def scratch_bytes(self, batch: int) -> int:
+        """Bytes of scratch a call on `batch` rows needs (`<NAME>_SCRATCH_BYTES(batch)` in the header)."""
+        rows = min(batch, self.row_block) if self.row_block else batch
+        return rows * self.scratch_bytes_per_row + self.scratch_bytes_fixed
+
+
+def export(model: Any, path: Any, *, input_shape: Any, target: str = "host", name: str = "model",
+           training: bool = False, weights: str = "embedded") -> ExportResult:
+    """Compile `model` ahead of time for `target` and write a C library for it into folder `path`.
+
+    Targets: "host", "aarch64-linux-gnu", "thumbv7em-none-eabihf" (Cortex-M4F/M7), "wasm32".
+    `weights="external"` writes them to `<name>.bin` (bound at run time with `<name>_bind_weights`)
+    instead of embedding them. The weights are those of `model` now: export again after training.
+    """
+    if training:
+        raise NotImplementedError("training-mode dropout is not compiled: export builds inference code "
+                                  "(eval-mode dropout is folded away); call export() without training=True")
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,62}", name) or name in C_KEYWORDS \
+            or keyword.iskeyword(name):
+        raise ValueError(f"name must be a C identifier (letters, digits, _; not a keyword), used as the "
+                         f"prefix of the exported symbols; got {name!r}")
+    if weights not in WEIGHTS:
+        raise ValueError(f"weights must be one of {', '.join(WEIGHTS)}; got {weights!r}")
+    if not isinstance(target, str) or target not in TARGET_NAMES:
+        raise ValueError(f"unknown target {target!r}; targets are {', '.join(TARGET_NAMES)}")
+    if not callable(model):
+        raise TypeError(f"export() expects a Layer (or callable model); got {type(model).__name__}")
+    features = feature_shape(input_shape)
+    t = target_named(target)
+    # the tools first: nothing is written for an export that cannot be finished
+    if t.name == "host":
+        toolchain.find_tool(toolchain.HOST_CC, "the host shared library", "apt-get install gcc")
+    elif t.name == "wasm32":
+        toolchain.find_tool(toolchain.WASM_LD, "a wasm32 export", "apt-get install lld-19")
+
+    with model_lock(model):  # tracing walks the model, as compile does
+        graph = optimized_graph(model, features, passes=None)[1]
+    plan = lower(graph, t)  # the tracer refuses outputs without a leading batch dimension
+    out_row = tuple(plan.out_shape[1:])
+    params = [np.asarray(graph[p]["value"].data, dtype=np.float32) for p in plan.params]
+    layout = entry.WeightsLayout.of([a.shape for a in params] + [c.shape for c in plan.consts])
+    blob = layout.blob(params + plan.consts)
+    exported = [f"{name}_forward"] + ([f"{name}_bind_weights"] if weights == "external" else [])
+    limit = entry.max_batch(t, max(math.prod(features), math.prod(out_row), plan.scratch_per_row),
+                            plan.scratch_fixed)
+    wrapper = entry.entry_module(t, plan.entry, layout, name=name, blob=blob if weights == "embedded" else None,
+                                 batch_limit=limit, needs_scratch=plan.scratch_floats(1) > 0)
+    obj = toolchain.emit_object(t, [plan.llvm_ir, wrapper], exported)
+    _check_self_contained(obj, t)
+
+    folder = Path(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {"object": folder / f"{name}.o", "header": folder / f"{name}.h"}
+    files["object"].write_bytes(obj)
+    if weights == "external":
+        files["weights"] = folder / f"{name}.bin"
+        files["weights"].write_bytes(layout.header() + blob)
+    result = ExportResult(
+        target=t, files=files, object_bytes=len(obj), weights_bytes=len(blob),
+        scratch_bytes_per_row=4 * plan.scratch_per_row, scratch_bytes_fixed=4 * plan.scratch_fixed,
+        row_block=plan.row_block, max_batch=limit, in_row=features, out_row=out_row,
+        parameters=sum(a.size for a in params), exported_symbols=exported)
+    files["header"].write_text(header_text(_header_info(result, model, graph, name, weights)))
+    if t.name == "host":
+        files["shared_library"] = folder / f"lib{name}.so"
+        toolchain.link_shared_library(files["object"], files["shared_library"])
+    elif t.name == "wasm32":
+        files["wasm"] = folder / f"{name}.wasm"
+        toolchain.link_wasm(files["object"], files["wasm"], exported)
+    return result
+
+
+def _check_self_contained(obj: bytes, t: Target) -> None:
+    """Refuse an object that would need a runtime library besides memcpy/memset (the Cortex-M4F has
+    no float64 hardware: code computing in float64 would call libgcc's soft-float routines)."""
+    missing = sorted((toolchain.undefined_symbols(obj) or set()) - toolchain.ALLOWED_UNDEFINED)
+    if missing:
+        why = (" (float64 arithmetic, which this target has no hardware for: the pow op computes in float64)"
+               if any(s.startswith(("__aeabi_d", "__aeabi_f2d")) for s in missing) else "")
+        raise CompileError(f"this model's code for {t.name} would call {', '.join(missing)} from a runtime "
+                           f"library{why}; an export links nothing but memcpy/memset: leave that op out")
+
+
+def _header_info(result: ExportResult, model: Any, graph: Graph, name: str, weights: str) -> HeaderInfo:
+    from .. import __version__  # here: the package imports this module before it defines its version
+
+    t = result.target
+    layers = [line for line in format_graph(graph).splitlines() if line.strip()]
+    return HeaderInfo(
+        name=name, version=__version__, target=f"{t.name} ({t.triple}, cpu {t.cpu})", model=repr(model),
+        layers=layers, parameters=result.parameters, in_row=result.in_row, out_row=result.out_row,
+        scratch_per_row=result.scratch_bytes_per_row, scratch_fixed=result.scratch_bytes_fixed,
+        row_block=result.row_block, max_batch=result.max_batch,
+        weights_bytes=result.weights_bytes + (entry.HEADER_BYTES if weights == "external" else 0),
+        weights_file=f"{name}.bin" if weights == "external" else None)

@@ -1,0 +1,165 @@
+"""The exported entry points, as LLVM IR linked next to the lowered model.
+
+    int <name>_forward(const float *x, float *y, int64_t batch, void *scratch)
+    int <name>_bind_weights(const void *weights)          (weights="external" only)
+
+`<name>_forward` checks its arguments, builds the pointer table the lowered entry
+(`codegen.module.ENTRY`) takes, one pointer per parameter and constant, from the weights (a
+read-only global in the object, or the bound `.bin` image), and calls it. Nothing else is exported:
+no heap, no threads, no Python, no libc.
+
+The weights are one little-endian float32 blob, every array starting on a 64-byte boundary in
+the pointer table's order. External weights are a `.bin` file: a 64-byte header (`HEADER`), then
+the blob. `<name>_bind_weights` checks the header (magic, format, float count and the layout
+fingerprint, so a file written for another model or layout is refused) before using it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from llvmlite import ir
+
+from ..codegen.cgutils import I32, I64, PTR, compile_as_glue, i64
+from ..codegen.target import Target
+
+ALIGN_FLOATS = 16  # every array on a 64-byte line
+MAGIC = b"TCWEIGHT"
+FORMAT = 1
+HEADER_BYTES = 64  # magic, format (u32), header size (u32), float count (u64), fingerprint (u64), zeros
+OK, ERR_ARGS, ERR_WEIGHTS = 0, -1, -2
+I8 = ir.IntType(8)
+
+
+@dataclass(frozen=True)
+class WeightsLayout:
+    """Where each array of the entry's pointer table sits in the weights blob."""
+
+    shapes: tuple[tuple[int, ...], ...]
+    offsets: tuple[int, ...]  # in floats
+    floats: int
+
+    @classmethod
+    def of(cls, shapes: Sequence[tuple[int, ...]]) -> WeightsLayout:
+        offsets, end = [], 0
+        for shape in shapes:
+            offsets.append(end)
+            size = int(np.prod(shape, dtype=np.int64))
+            end += -(-size // ALIGN_FLOATS) * ALIGN_FLOATS
+        return cls(tuple(tuple(s) for s in shapes), tuple(offsets), end)
+
+    @property
+    def fingerprint(self) -> int:
+        """64 bits naming the layout (not the values): a `.bin` binds only to an object of its layout."""
+        digest = hashlib.sha256(repr((FORMAT, self.shapes, self.offsets)).encode()).digest()
+        return int.from_bytes(digest[:8], "little")
+
+    def blob(self, arrays: Sequence[np.ndarray]) -> bytes:
+        out = np.zeros(self.floats, dtype="<f4")
+        for array, offset, shape in zip(arrays, self.offsets, self.shapes, strict=True):
+            flat = np.asarray(array, dtype="<f4").reshape(-1)
+            if flat.size != int(np.prod(shape, dtype=np.int64)):
+                raise ValueError(f"weights of shape {np.shape(array)} do not fit the layout's {shape}")
+            out[offset:offset + flat.size] = flat
+        return out.tobytes()
+
+    def header(self) -> bytes:
+        head = MAGIC + struct.pack("<IIQQ", FORMAT, HEADER_BYTES, self.floats, self.fingerprint)
+        return head + bytes(HEADER_BYTES - len(head))
+
+
+def max_batch(target: Target, row_floats: int, fixed_floats: int) -> int:
+    """The largest batch whose buffers (`row_floats` per row at most, plus fixed scratch) have byte
+    offsets that fit a signed pointer-sized integer: the lowered code indexes them so, and on a
+    32-bit target the GEMM divides row counts in 32 bits (`codegen.loops.index_udiv`)."""
+    limit = (1 << (target.pointer_bits - 1)) - 1 - 4 * fixed_floats
+    return max(0, limit // (4 * max(row_floats, 1)))
+
+
+def entry_module(target: Target, entry: str, layout: WeightsLayout, *, name: str, blob: bytes | None,
+                 batch_limit: int, needs_scratch: bool) -> str:
+    """IR of `<name>_forward` (and `<name>_bind_weights` when `blob` is None: external weights)."""
+    module = ir.Module(name=f"{name}.export")
+    module.triple = target.triple
+    lowered = ir.Function(module, ir.FunctionType(ir.VoidType(), [I64, PTR, PTR, PTR, PTR]), entry)
+    weights = ir.GlobalVariable(module, ir.ArrayType(I8, len(blob)) if blob is not None else PTR, f"{name}.weights")
+    weights.linkage, weights.align = "internal", 64
+    if blob is not None:
+        weights.global_constant = True  # read-only data: flash on a microcontroller
+        weights.initializer = ir.Constant(ir.ArrayType(I8, len(blob)), bytearray(blob))
+    else:
+        weights.initializer = ir.Constant(PTR, None)
+        _bind_weights(module, weights, layout, name)
+    _forward(module, lowered, weights, layout, name=name, embedded=blob is not None, batch_limit=batch_limit,
+             needs_scratch=needs_scratch)
+    return str(module)
+
+
+def _exported(module: ir.Module, name: str, args: list[ir.Type], arg_names: tuple[str, ...]) -> ir.Function:
+    fn = ir.Function(module, ir.FunctionType(I32, args), name)
+    fn.attributes.add("nounwind")
+    compile_as_glue(fn)  # a few checks and one call
+    for arg, arg_name in zip(fn.args, arg_names, strict=True):
+        arg.name = arg_name
+    return fn
+
+
+def _misaligned(b: ir.IRBuilder, *ptrs: ir.Value) -> ir.Value:
+    """Any of the pointers not 4-byte aligned (Cortex-M faults on unaligned float loads)."""
+    bits = [b.ptrtoint(p, I64) for p in ptrs]
+    low = bits[0]
+    for other in bits[1:]:
+        low = b.or_(low, other)
+    return b.icmp_unsigned("!=", b.and_(low, i64(3)), i64(0))
+
+
+def _return_if(b: ir.IRBuilder, cond: ir.Value, code: int) -> None:
+    with b.if_then(cond, likely=False):
+        b.ret(ir.Constant(I32, code))
+
+
+def _forward(module: ir.Module, lowered: ir.Function, weights: ir.GlobalVariable, layout: WeightsLayout, *,
+             name: str, embedded: bool, batch_limit: int, needs_scratch: bool) -> None:
+    fn = _exported(module, f"{name}_forward", [PTR, PTR, I64, PTR], ("x", "y", "batch", "scratch"))
+    x, y, batch, scratch = fn.args
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    _return_if(b, b.icmp_unsigned(">", batch, i64(batch_limit)), ERR_ARGS)  # negative batches too
+    with b.if_then(b.icmp_signed("==", batch, i64(0))):
+        b.ret(ir.Constant(I32, OK))
+    null = ir.Constant(PTR, None)
+    bad = b.or_(b.icmp_unsigned("==", x, null), b.icmp_unsigned("==", y, null))
+    if needs_scratch:
+        bad = b.or_(bad, b.icmp_unsigned("==", scratch, null))
+    _return_if(b, b.or_(bad, _misaligned(b, x, y, scratch)), ERR_ARGS)
+    base: ir.Value = weights
+    if not embedded:
+        base = b.load(weights, typ=PTR, name="bound")
+        _return_if(b, b.icmp_unsigned("==", base, null), ERR_WEIGHTS)
+    table: ir.Value = null
+    if layout.offsets:
+        table = b.alloca(ir.ArrayType(PTR, len(layout.offsets)), name="table")
+        for i, offset in enumerate(layout.offsets):
+            slot = b.gep(table, [ir.Constant(I32, 0), ir.Constant(I32, i)], inbounds=True)
+            b.store(b.gep(base, [i64(4 * offset)], source_etype=I8, inbounds=True), slot)
+    b.call(lowered, [batch, x, y, scratch, table])
+    b.ret(ir.Constant(I32, OK))
+
+
+def _bind_weights(module: ir.Module, bound: ir.GlobalVariable, layout: WeightsLayout, name: str) -> None:
+    """`int <name>_bind_weights(const void *w)`: 0 and w's floats bound if w holds this layout's
+    header, else ERR_WEIGHTS with the binding unchanged."""
+    fn = _exported(module, f"{name}_bind_weights", [PTR], ("w",))
+    (w,) = fn.args
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    _return_if(b, b.icmp_unsigned("==", w, ir.Constant(PTR, None)), ERR_WEIGHTS)
+    _return_if(b, _misaligned(b, w), ERR_WEIGHTS)
+    expected = struct.unpack("<4q", layout.header()[:32])  # signed: i64 constants
+    for i, word in enumerate(expected):
+        value = b.load(b.gep(w, [i64(8 * i)], source_etype=I8, inbounds=True), typ=I64, align=4)
+        _return_if(b, b.icmp_unsigned("!=", value, i64(word)), ERR_WEIGHTS)
+    b.store(b.gep(w, [i64(HEADER_BYTES)], source_etype=I8, inbounds=True), bound)
+    b.ret(ir.Constant(I32, OK))

@@ -1,0 +1,98 @@
+"""The C header of an export: one entry point, its sizes and shapes as macros, what the model is."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from . import entry
+
+
+@dataclass(frozen=True)
+class HeaderInfo:
+    name: str
+    version: str  # tinycomp's
+    target: str  # e.g. "aarch64-linux-gnu (aarch64-unknown-linux-gnu, generic)"
+    model: str  # the model's repr
+    layers: list[str]  # one line per node of the optimized graph
+    parameters: int
+    in_row: tuple[int, ...]
+    out_row: tuple[int, ...]
+    scratch_per_row: int  # bytes
+    scratch_fixed: int  # bytes
+    row_block: int  # rows the entry runs at a time (scratch holds at most this many rows); 0: all
+    max_batch: int
+    weights_bytes: int
+    weights_file: str | None  # the .bin file of external weights, None when embedded
+
+
+def _comment(text: str) -> str:
+    """Text safe inside a C block comment (no `*/`), one ` * ` line per line."""
+    return "\n".join(f" * {line}".rstrip() for line in text.replace("*/", "* /").splitlines())
+
+
+def _shape_macros(prefix: str, what: str, row: tuple[int, ...]) -> list[str]:
+    lines = [f"#define {prefix}_{what}_RANK {len(row) + 1}  /* (batch, {', '.join(map(str, row))}) */"]
+    lines += [f"#define {prefix}_{what}_DIM{i} {d}" for i, d in enumerate(row, start=1)]
+    floats = 1
+    for d in row:
+        floats *= d
+    lines.append(f"#define {prefix}_{what}_ROW_FLOATS {floats}")
+    return lines
+
+
+def header_text(info: HeaderInfo) -> str:
+    p, n = info.name.upper(), info.name
+    guard = f"TINYCOMP_{p}_H"
+    weights = (f"external: {info.weights_file} ({info.weights_bytes:,} bytes), bound with {n}_bind_weights()"
+               if info.weights_file else f"embedded in {n}.o as read-only data ({info.weights_bytes:,} bytes)")
+    about = "\n".join([
+        f"{n}.h: a model exported by tinycomp {info.version} for {info.target}.",
+        "",
+        f"Parameters: {info.parameters:,} float32; weights {weights}.",
+        f"Input: float32 rows of shape (batch, {', '.join(map(str, info.in_row))}), row-major; "
+        f"output: (batch, {', '.join(map(str, info.out_row))}).",
+        "",
+        "Model:",
+        *[f"  {line}" for line in info.model.splitlines()],
+        "Compiled layers (the optimized graph):",
+        *[f"  {line}" for line in info.layers],
+        "",
+        f"{n}_forward(x, y, batch, scratch) computes y from x for `batch` rows; scratch is caller-owned",
+        f"memory of {p}_SCRATCH_BYTES(batch) bytes (any alignment a float has). No heap, no threads,",
+        "nothing kept between calls: calls on different scratch buffers may run concurrently.",
+        f"Returns {p}_OK, or {p}_ERR_ARGS (batch < 0 or > {p}_MAX_BATCH, a NULL or misaligned",
+        f"pointer) or {p}_ERR_WEIGHTS (no weights bound) without touching y.",
+    ])
+    block = info.row_block
+    rows = f"((batch) < {block} ? (batch) : {block})" if block else "(batch)"
+    scratch = f"((int64_t){rows} * {p}_SCRATCH_BYTES_PER_ROW + {p}_SCRATCH_BYTES_FIXED)"
+    lines = [
+        "/*", _comment(about), " */", f"#ifndef {guard}", f"#define {guard}", "", "#include <stdint.h>", "",
+        "#ifdef __cplusplus", 'extern "C" {', "#endif", "",
+        *_shape_macros(p, "INPUT", info.in_row),
+        *_shape_macros(p, "OUTPUT", info.out_row),
+        f"#define {p}_PARAMETERS {info.parameters}",
+        f"#define {p}_SCRATCH_BYTES_PER_ROW {info.scratch_per_row}",
+        f"#define {p}_SCRATCH_BYTES_FIXED {info.scratch_fixed}",
+    ]
+    if block:
+        lines.append(f"#define {p}_ROW_BLOCK {block}  /* rows per block: scratch never holds more */")
+    lines += [
+        f"#define {p}_SCRATCH_BYTES(batch) {scratch}",
+        f"#define {p}_MAX_BATCH INT64_C({info.max_batch})",
+        f"#define {p}_WEIGHTS_BYTES {info.weights_bytes}",
+        f"#define {p}_OK {entry.OK}",
+        f"#define {p}_ERR_ARGS ({entry.ERR_ARGS})",
+        f"#define {p}_ERR_WEIGHTS ({entry.ERR_WEIGHTS})",
+        "",
+        f"int {n}_forward(const float *x, float *y, int64_t batch, void *scratch);",
+    ]
+    if info.weights_file:
+        lines += [
+            f"#define {p}_WEIGHTS_EXTERNAL 1",
+            f"/* weights: the whole contents of {info.weights_file} ({p}_WEIGHTS_BYTES bytes, 4-byte aligned),",
+            f"   kept alive while {n}_forward runs; {p}_OK, or {p}_ERR_WEIGHTS if they are not that file's. */",
+            f"int {n}_bind_weights(const void *weights);",
+        ]
+    lines += ["", "#ifdef __cplusplus", "}", "#endif", f"#endif /* {guard} */", ""]
+    return "\n".join(lines)
