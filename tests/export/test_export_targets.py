@@ -21,9 +21,10 @@ from tinycomp.nn import (
     Softmax,
     Tanh,
     Tensor,
+    TransformerBlock,
     manual_seed,
 )
-from tinycomp.parity import check_parity
+from tinycomp.parity import check_parity, float64_reference
 
 
 def mlp() -> Sequential:
@@ -122,6 +123,32 @@ def test_elementwise_ops_match_eager(tmp_path, target, power):
     got = run_export(target, tmp_path, x, BATCHES)
     for batch in BATCHES:
         report = check_parity(got[batch], model(Tensor(x[:batch])).data, model.reference(x[:batch].astype(np.float64)))
+        assert report.ok, f"batch {batch}: {report}"
+
+
+class TinyTransformer(Layer):
+    """Rows of 4 tokens x 8 features through a TransformerBlock (attention: batched matmuls, softmax,
+    LayerNorm, GELU MLP), mean-pooled into a 3-way head."""
+
+    def __init__(self):
+        self.block, self.head = TransformerBlock(8, 2), Linear(8, 3)
+
+    def forward(self, x):
+        return self.head(self.block(x.reshape(-1, 4, 8)).mean(axis=1))
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_transformer_block_matches_eager(tmp_path, target):
+    skip_unless_runnable(target)
+    manual_seed(2)
+    model = TinyTransformer()
+    model.eval()
+    x = np.random.default_rng(9).standard_normal((max(BATCHES), 32)).astype(np.float32)
+    tc.export(model, tmp_path, input_shape=(None, 32), target=target)
+    got = run_export(target, tmp_path, x, BATCHES)
+    graph = tc.trace(model, (None, 32))  # the float64 reference: the IR interpreter on NumPy's float64
+    for batch in BATCHES:
+        report = check_parity(got[batch], model(Tensor(x[:batch])).data, float64_reference(graph, x[:batch]))
         assert report.ok, f"batch {batch}: {report}"
 
 
