@@ -36,27 +36,37 @@ def test_a_failing_task_is_raised_in_the_caller_and_the_pool_still_works():
 @pytest.mark.skipif(threading.current_thread() is not threading.main_thread(), reason="signals go to the main thread")
 def test_ctrl_c_while_a_worker_runs_returns_only_after_its_task_ended():
     pool = WorkerPool(1)
-    started, sent, ended = threading.Event(), threading.Event(), threading.Event()
+    started, interrupted, ended = threading.Event(), threading.Event(), threading.Event()
     caller = threading.get_ident()
+
+    def on_sigint(signum, frame):  # Python runs this on the caller once it gets the GIL back, maybe much later
+        interrupted.set()
+        raise KeyboardInterrupt
 
     def task() -> None:
         if threading.get_ident() != caller:  # the worker's chunk: a long native call
             started.set()
-            sent.wait(5)  # still running when Ctrl-C arrives, however late a loaded machine delivers it
+            # Still running when the caller sees Ctrl-C, however late a loaded machine lets it run
+            # the handler: ending a fixed time after the signal was sent let run() return normally.
+            interrupted.wait(30)
             time.sleep(0.3)
             ended.set()
         else:  # the caller's chunk: done once the worker has taken the other one
-            assert started.wait(5)
+            assert started.wait(30)
 
     def interrupt() -> None:
-        started.wait(5)
+        started.wait(30)
         time.sleep(0.1)  # the caller has finished its own task and waits for the worker's
         signal.pthread_kill(caller, signal.SIGINT)
-        sent.set()
 
-    threading.Thread(target=interrupt).start()
-    with pytest.raises(KeyboardInterrupt):
-        pool.run([task, task])  # the caller runs one task at once and then waits for the worker's
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        threading.Thread(target=interrupt).start()
+        with pytest.raises(KeyboardInterrupt):
+            pool.run([task, task])  # the caller runs one task at once and then waits for the worker's
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert interrupted.is_set()
     assert ended.is_set(), "run() returned while the worker's task was still running"
     ran: list[int] = []
     pool.run([lambda: ran.append(1), lambda: ran.append(2)])  # and the pool still works
