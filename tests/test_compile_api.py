@@ -267,10 +267,16 @@ def test_input_shape_takes_numpy_integers():
     assert_matches_model(fast, model, batch(3))
 
 
-@pytest.mark.parametrize("shape", [(None, 0), (None, 7.0), (None, True), (784,), (None, "784")])
+@pytest.mark.parametrize("shape", [(None, 0), (None, 7.0), (None, True), (784,), (None, "784"), 784, None.__class__])
 def test_bad_input_shape_is_a_value_error_naming_it(shape):
     with pytest.raises(ValueError, match=r"input_shape must be \(batch, features...\).*got"):
         tc.compile(Sequential(Linear(4, 2)), input_shape=shape)
+
+
+@pytest.mark.parametrize("passes", ["fuse_linear", ["fuse_linear"], [None], 3])
+def test_bad_passes_are_a_type_error_naming_them(passes):
+    with pytest.raises(TypeError, match=r"passes must be a list of graph passes.*got"):
+        tc.compile(Sequential(Linear(4, 2)), passes=passes)
 
 
 @pytest.mark.parametrize("level", [99, -1, "fast", 1.0, True, None])

@@ -75,7 +75,7 @@ class CompiledModel:
         if not isinstance(training, bool):
             raise TypeError(f"training must be True or False; got {training!r}")
         self.model, self.threads, self.check, self.training = model, threads, check, training
-        self._passes, self._speed_level = passes, driver.checked_speed_level(speed_level)
+        self._passes, self._speed_level = driver.checked_passes(passes), driver.checked_speed_level(speed_level)
         self._pinned = input_shape is not None  # else a call of another input width recompiles for it
         self.stats = CompileStats()
         self._artifact: Artifact | None = None

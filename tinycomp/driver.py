@@ -103,13 +103,21 @@ class Artifact:
 
 
 def feature_shape(input_shape: Any) -> tuple[int, ...]:
-    shape = tuple(input_shape)
+    shape = tuple(input_shape) if isinstance(input_shape, (tuple, list)) else ()
     if len(shape) < 2 or any(not is_whole_number(d) or d <= 0 for d in shape[1:]):
         raise ValueError(
             f"input_shape must be (batch, features...) with positive feature sizes, e.g. (None, 784); "
             f"got {input_shape!r}"
         )
     return tuple(int(d) for d in shape[1:])
+
+
+def checked_passes(passes: Any) -> list | None:
+    """`passes` as compile() takes it: None (the default pipeline) or a list of `Graph -> bool` passes."""
+    if passes is None or (isinstance(passes, (list, tuple)) and all(callable(p) for p in passes)):
+        return passes if passes is None else list(passes)
+    raise TypeError("passes must be a list of graph passes (functions `def name(g: Graph) -> bool`, e.g. "
+                    f"tinycomp.ir.passes.fuse_linear), or None for the default pipeline; got {passes!r}")
 
 
 def checked_speed_level(level: Any) -> int:
