@@ -125,6 +125,17 @@ def test_shapes_of_traced_values_compare_and_reshape_takes_minus_one():
     assert trace(Shapes(), (None, 4)).shape("output") == (None, 2, 2)
 
 
+def test_reshape_that_flattens_the_batch_says_to_keep_it_first():
+    """Eager `x.reshape(-1)` merges the samples of a batch: the message says so and how to flatten
+    each sample instead (it said "20 elements vs 1 elements per sample")."""
+    class Flatten(Layer):
+        def forward(self, x):
+            return x.reshape(-1)
+
+    with pytest.raises(ValueError, match=r"the batch dimension N must stay first.*x\.reshape\(-1, 20\)"):
+        trace(Flatten(), (None, 4, 5))
+
+
 # ---------------------------------------------------------------- training flags
 
 def test_training_trace_keeps_dropout_and_the_models_flags():

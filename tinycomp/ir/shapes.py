@@ -80,6 +80,11 @@ def reshape_shape(x: Shape, *, newshape: Sequence[int]) -> Shape:
                 "first, written as -1 (e.g. x.reshape(-1, 784))"
             )
         rest = reshape_shape(tuple(x[1:]), newshape=(math.prod(x[1:]),))[0]
+        if len(newshape) == 1 and rest != 1:  # eager x.reshape(-1) merges the batch's samples into one axis
+            raise ValueError(
+                f"cannot reshape {fmt_shape(x)} to {newshape}: the batch dimension N must stay first, written "
+                f"as -1, with each sample's {rest} elements after it (e.g. x.reshape(-1, {rest}))"
+            )
         if math.prod(newshape[1:]) != rest:
             raise ValueError(
                 f"cannot reshape {fmt_shape(x)} to {(-1, *newshape[1:])}: Element count mismatch: {rest} "
