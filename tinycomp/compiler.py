@@ -116,7 +116,10 @@ class CompiledModel:
         art = self._artifact
         if art is None:
             with model_lock(self.model), self._lock:  # two threads making the first call compile once
-                return self._artifact or self._compile(features)
+                art = self._artifact
+                if art is None:
+                    return self._compile(features)
+            # another thread's first call compiled meanwhile, maybe for another width: checked below
         follow = not _fits(art.features, arr.shape) and not self._pinned  # unpinned: follow the input's width
         if not art.guard.unchanged():
             return self._recompile(art, "the structure of the model changed", features if follow else art.features,

@@ -71,6 +71,52 @@ def test_first_call_from_many_threads_compiles_once():
         np.testing.assert_array_equal(y, outs[0])
 
 
+def test_first_calls_of_two_input_widths_at_once_each_get_their_width(monkeypatch):
+    """A first call that waited while another thread's first call compiled for another width used to
+    take that artifact and fail: 'compiled model expects input of shape (batch, 3, 16) ...; got shape
+    (4, 5, 16)'. Without input_shape, a call of another width compiles for it."""
+    from tinycomp import driver
+    from tinycomp.nn import Layer, Linear
+
+    class SumOverSeq(Layer):
+        def __init__(self):
+            self.fc = Linear(16, 4)
+
+        def forward(self, x):
+            return self.fc(x).sum(axis=1)
+
+    model = SumOverSeq()
+    fast = tc.compile(model)
+    build, building = driver.build, threading.Event()
+
+    def slow_first_build(*args, **kwargs):
+        if not building.is_set():
+            building.set()
+            threading.Event().wait(0.5)  # the other thread's first call now waits for this compile
+        return build(*args, **kwargs)
+
+    monkeypatch.setattr(driver, "build", slow_first_build)
+    xs = {3: np.ones((4, 3, 16), np.float32), 5: np.ones((4, 5, 16), np.float32)}
+    results: dict = {}
+
+    def call(width: int) -> None:
+        try:
+            results[width] = fast(xs[width]).data
+        except Exception as exc:  # reported below
+            results[width] = exc
+
+    first = threading.Thread(target=call, args=(3,))
+    first.start()
+    assert building.wait(30)
+    second = threading.Thread(target=call, args=(5,))
+    second.start()
+    first.join()
+    second.join()
+    for width, x in xs.items():
+        assert isinstance(results[width], np.ndarray), results[width]
+        np.testing.assert_allclose(results[width], model(x).data, rtol=1e-5, atol=1e-5)
+
+
 def test_threads_compiling_different_models_at_once(tmp_cache):
     def worker(i: int) -> None:
         c = CATALOGUE[i % len(CATALOGUE)]
