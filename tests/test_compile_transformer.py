@@ -1,7 +1,7 @@
 """The transformer layers compiled (issue 15): LayerNorm, MLP, MultiHeadAttention and TransformerBlock
 through `tc.compile`, with and without a causal mask (a second input, `fast(x, mask)`), against the
 eager layers and float64 NumPy references written from the formulas (tests/transformer_ref.py), at
-batch 0, 1, 7 and 129 and odd sizes; `explain()` says what fused."""
+batch 0, 1, 7 and 129 and odd sizes (the masked cases join once several inputs compile); `explain()` says what fused."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 import tinycomp as tc
-from tests.transformer_ref import layer_norm64, mlp64
-from tinycomp.nn import MLP, LayerNorm, Tensor, manual_seed
+from tests.transformer_ref import attention64, block64, layer_norm64, mlp64
+from tinycomp.nn import MLP, LayerNorm, MultiHeadAttention, Tensor, TransformerBlock, manual_seed
 from tinycomp.parity import check_parity
 
 BATCHES = [0, 1, 7, 129]
@@ -58,3 +58,57 @@ def test_mlp(batch):
     assert_parity(fast(x), mlp(Tensor(x)), mlp64(mlp, x.astype(np.float64)))
     explained = fast.explain()
     assert "'linear1'" in explained and "gelu" in explained and "'linear2'" in explained
+
+
+@pytest.fixture(scope="module")
+def attention():
+    manual_seed(2)
+    return MultiHeadAttention(12, 3)
+
+
+@pytest.mark.parametrize("batch", BATCHES)
+def test_attention_without_mask(attention, batch):
+    fast = tc.compile(attention)
+    x = x_of(batch, 7, 12)
+    assert_parity(fast(x), attention(Tensor(x)), attention64(attention, x.astype(np.float64)))
+
+
+def test_attention_explain_names_the_fused_projections(attention):
+    fast = tc.compile(attention)
+    fast(x_of(2, 7, 12))
+    lines = fast.explain().splitlines()
+    for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):
+        assert any(f"in layer '{proj}': fused matmul" in line and "+ bias add" in line for line in lines), lines
+    batched = [line for line in lines if line.startswith("matmul") and "not fused" in line]
+    assert len(batched) == 2, lines  # scores and weights @ values: their right operand carries the batch
+    assert all("not a 2-D matrix independent of the batch" in line for line in batched)
+
+
+@pytest.fixture(scope="module")
+def block():
+    manual_seed(3)
+    b = TransformerBlock(12, 4, ff_dim=20)
+    varied_norms(b.ln1, b.ln2)
+    return b
+
+
+@pytest.mark.parametrize("batch", BATCHES)
+def test_transformer_block(block, batch):
+    fast = tc.compile(block)
+    x = x_of(batch, 9, 12)
+    assert_parity(fast(x), block(Tensor(x)), block64(block, x.astype(np.float64)))
+
+
+def test_transformer_block_explain_and_live_weights(block):
+    fast = tc.compile(block)
+    x = x_of(3, 9, 12)
+    fast(x)
+    explained = fast.explain()
+    assert "in layer 'mlp.linear1': fused matmul" in explained and "+ gelu" in explained, explained
+    assert explained.count("fused matmul") == 6, explained  # 4 projections, 2 MLP layers
+    old = block.ln2.gamma.data.copy()
+    try:
+        block.ln2.gamma.data *= 2  # parameters are read live, the norm's included
+        assert_parity(fast(x), block(Tensor(x)), block64(block, x.astype(np.float64)))
+    finally:
+        block.ln2.gamma.data[:] = old

@@ -30,6 +30,7 @@ from .runner import ENGINES, PARITY_EXIT, unavailable_reason
 
 SUITE = [("mlp", [1, 8, 32, 128, 512, 2048, 8192]), ("wide", [256]), ("odd", [256]), ("deep", [256])]
 QUICK_SUITE = [("mlp", [1, 32, 512]), ("wide", [256]), ("odd", [256]), ("deep", [256])]
+OTHER_BATCHES = {"block": [1, 8, 32]}  # models outside the suite: their default batch sizes
 DEFAULT_ENGINES = ["numpy", "eager", "compiled", "compiled-all", "onnxruntime", "torch", "torch.compile"]
 
 
@@ -103,7 +104,7 @@ def _plan(args: argparse.Namespace) -> list[tuple[str, list[int]]]:
     models = [m for m, _ in suite] if args.models is None else _names(args.models, "--models", MODELS)
     if args.batch is None:
         defaults = dict(suite)
-        return [(m, defaults.get(m, [1, 32, 256])) for m in models]
+        return [(m, defaults.get(m, OTHER_BATCHES.get(m, [1, 32, 256]))) for m in models]
     return [(m, args.batch) for m in models]
 
 

@@ -3,18 +3,21 @@
 A model is a list of `Layer` specs `(in, out, activation)`; from it we build the tinycomp eager
 model, a plain NumPy function over the same weights, a float64 reference and (if `onnx` is
 installed) an ONNX graph. Weights come from `manual_seed(seed)` plus seeded non-zero biases, and the
-input from its own seeded generator, so every engine process sees the same numbers.
+input from its own seeded generator, so every engine process sees the same numbers. The transformer
+block models (`block.py`) take (batch, seq, embed) inputs and offer the same parts.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from ..frontend.layers import Layer
 from ..nn import GELU, Dropout, Linear, ReLU, Sequential, Softmax, Tanh, manual_seed
+from .block import BlockModel, numpy_block, onnx_block_bytes, torch_block
 
 ACTIVATIONS = {"relu": ReLU, "gelu": GELU, "tanh": Tanh, "softmax": Softmax}
 
@@ -36,6 +39,11 @@ class BenchModel:
     @property
     def in_features(self) -> int:
         return self.layers[0].inputs
+
+    @property
+    def in_shape(self) -> tuple[int, ...]:
+        """The features of one sample (what follows the batch dimension)."""
+        return (self.in_features,)
 
     @property
     def out_features(self) -> int:
@@ -71,7 +79,7 @@ class BenchModel:
         model.eval()
         return model
 
-    def weights(self, model: Sequential) -> list[tuple[np.ndarray, np.ndarray]]:
+    def weights(self, model: Any) -> list[tuple[np.ndarray, np.ndarray]]:
         return [(layer.weight.data, layer.bias.data) for layer in model.layers
                 if isinstance(layer, Linear) and layer.bias is not None]
 
@@ -101,9 +109,11 @@ def numpy_activation(name: str | None, h: np.ndarray) -> np.ndarray:
     raise ValueError(f"no NumPy form for activation {name!r}")
 
 
-def numpy_function(bm: BenchModel, weights: list[tuple[np.ndarray, np.ndarray]],
+def numpy_function(bm: BenchModel | BlockModel, weights: Any,
                    dtype: type = np.float32) -> Callable[[np.ndarray], np.ndarray]:
-    """`act(...act(x @ W1 + b1) @ W2 + b2 ...)` as plain NumPy over the given weights."""
+    """`act(...act(x @ W1 + b1) @ W2 + b2 ...)` as plain NumPy over the given weights (a block: block.py)."""
+    if isinstance(bm, BlockModel):
+        return numpy_block(bm, weights, dtype)
     ws: list[tuple[np.ndarray, np.ndarray]] = [
         (np.ascontiguousarray(w, dtype), np.ascontiguousarray(b, dtype)) for w, b in weights]
     acts = [s.activation for s in bm.layers]
@@ -124,8 +134,10 @@ def numpy_function(bm: BenchModel, weights: list[tuple[np.ndarray, np.ndarray]],
     return run
 
 
-def onnx_model_bytes(bm: BenchModel, weights: list[tuple[np.ndarray, np.ndarray]]) -> bytes:
+def onnx_model_bytes(bm: BenchModel | BlockModel, weights: Any) -> bytes:
     """The model as an ONNX graph (MatMul + Add + activation per layer), batch dimension dynamic."""
+    if isinstance(bm, BlockModel):
+        return onnx_block_bytes(bm, weights)
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -171,7 +183,31 @@ def _mlp() -> BenchModel:
                       (LayerSpec(784, 256, "relu", 0.5), LayerSpec(256, 128, "relu", 0.3), LayerSpec(128, 10, None)))
 
 
-MODELS: dict[str, BenchModel] = {
+def torch_module(bm: BenchModel | BlockModel, weights: Any) -> Any:
+    """The model as a torch module over the given weights (eval mode)."""
+    if isinstance(bm, BlockModel):
+        return torch_block(bm, weights)
+    import torch
+
+    acts: dict[str, Any] = {"relu": torch.nn.ReLU, "tanh": torch.nn.Tanh, "softmax": lambda: torch.nn.Softmax(dim=-1)}
+    layers: list[Any] = []
+    for (w, b), spec in zip(weights, bm.layers, strict=True):
+        lin = torch.nn.Linear(spec.inputs, spec.outputs)
+        with torch.no_grad():
+            lin.weight.copy_(torch.from_numpy(np.ascontiguousarray(w.T)))
+            lin.bias.copy_(torch.from_numpy(b))
+        layers.append(lin)
+        if spec.activation == "gelu":
+            class Gelu(torch.nn.Module):
+                def forward(self, x: Any) -> Any:
+                    return x * torch.sigmoid(1.702 * x)
+            layers.append(Gelu())
+        elif spec.activation is not None:
+            layers.append(acts[spec.activation]())
+    return torch.nn.Sequential(*layers).eval()
+
+
+MODELS: dict[str, BenchModel | BlockModel] = {
     "mlp": _mlp(),
     "wide": BenchModel("wide", "1024-1024-1024-1024, GELU", tuple(
         LayerSpec(1024, 1024, "gelu" if i < 2 else None) for i in range(3))),
@@ -179,10 +215,12 @@ MODELS: dict[str, BenchModel] = {
                       (LayerSpec(100, 37, "tanh"), LayerSpec(37, 10, "softmax"))),
     "deep": BenchModel("deep", "16 x (Linear(128,128) + ReLU)", tuple(LayerSpec(128, 128, "relu") for _ in range(16))),
     "tiny": BenchModel("tiny", "12-16-5, ReLU (for tests)", (LayerSpec(12, 16, "relu"), LayerSpec(16, 5, None))),
+    "block": BlockModel("block", "TransformerBlock: embed 128, 4 heads, seq 64, MLP 512", 128, 4, 64),
+    "block-tiny": BlockModel("block-tiny", "TransformerBlock: embed 12, 3 heads, seq 5 (for tests)", 12, 3, 5),
 }
 
 
-def get_model(name: str) -> BenchModel:
+def get_model(name: str) -> BenchModel | BlockModel:
     try:
         return MODELS[name]
     except KeyError:

@@ -27,7 +27,7 @@ import numpy as np
 from ..frontend.tensor import Tensor
 from ..parity import check_parity
 from ..runtime.threads import available_cores
-from .models import BenchModel, get_model, numpy_function, onnx_model_bytes
+from .models import BenchModel, BlockModel, get_model, numpy_function, onnx_model_bytes, torch_module
 
 PARITY_EXIT = 3
 Engine = Callable[[np.ndarray], np.ndarray]
@@ -68,29 +68,7 @@ def unavailable_reason(name: str) -> str | None:
 
 
 # ---------------------------------------------------------------- engines
-def _torch_module(bm: BenchModel, weights: list[tuple[np.ndarray, np.ndarray]]) -> Any:
-    import torch
-
-    acts: dict[str, Any] = {"relu": torch.nn.ReLU, "tanh": torch.nn.Tanh, "softmax": lambda: torch.nn.Softmax(dim=-1)}
-    layers: list[Any] = []
-    for (w, b), spec in zip(weights, bm.layers, strict=True):
-        lin = torch.nn.Linear(spec.inputs, spec.outputs)
-        with torch.no_grad():
-            lin.weight.copy_(torch.from_numpy(np.ascontiguousarray(w.T)))
-            lin.bias.copy_(torch.from_numpy(b))
-        layers.append(lin)
-        if spec.activation == "gelu":
-            class Gelu(torch.nn.Module):
-                def forward(self, x: Any) -> Any:
-                    return x * torch.sigmoid(1.702 * x)
-            layers.append(Gelu())
-        elif spec.activation is not None:
-            layers.append(acts[spec.activation]())
-    return torch.nn.Sequential(*layers).eval()
-
-
-def make_engine(name: str, bm: BenchModel, model: Any, weights: list[tuple[np.ndarray, np.ndarray]],
-                info: dict) -> Engine:
+def make_engine(name: str, bm: BenchModel | BlockModel, model: Any, weights: Any, info: dict) -> Engine:
     """A callable float32 array -> float32 array for one engine (compiling / exporting first)."""
     if name in ("numpy", "numpy-all"):
         return numpy_function(bm, weights)
@@ -99,7 +77,7 @@ def make_engine(name: str, bm: BenchModel, model: Any, weights: list[tuple[np.nd
     if name in ("compiled", "compiled-all"):
         import tinycomp
 
-        fast = tinycomp.compile(model, input_shape=(None, bm.in_features), threads=1 if name == "compiled" else None)
+        fast = tinycomp.compile(model, input_shape=(None, *bm.in_shape), threads=1 if name == "compiled" else None)
         info["compile_ms"] = fast.stats.compile_ms
         info["cache_hit"] = bool(fast.stats.cache_hits)
         from ..ir.summary import flops_per_row  # the count the thread policy is given
@@ -125,7 +103,7 @@ def make_engine(name: str, bm: BenchModel, model: Any, weights: list[tuple[np.nd
 
         torch.set_num_threads(1)
         info["version"] = torch.__version__
-        mod = _torch_module(bm, weights)
+        mod = torch_module(bm, weights)
         if name == "torch.compile":
             mod = torch.compile(mod)
 
@@ -264,7 +242,7 @@ def run_compile_times(spec: dict) -> int:
         hits = []
         for _ in range(1 + spec.get("repeat", 5)):
             t0 = time.perf_counter()
-            fast = tinycomp.compile(model, input_shape=(None, bm.in_features))
+            fast = tinycomp.compile(model, input_shape=(None, *bm.in_shape))
             times.append((time.perf_counter() - t0) * 1e3)
             hits.append(bool(fast.stats.cache_hits))
             del fast

@@ -1,0 +1,68 @@
+"""`tinycomp bench --models block`: the transformer block in every engine, each in its own process,
+parity-checked before timing (tiny sizes here: `block-tiny`, embed 12, 3 heads, seq 5)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+
+from tinycomp.bench import bench_main
+from tinycomp.bench.models import MODELS, get_model, numpy_function, onnx_model_bytes, torch_module
+from tinycomp.nn import Tensor
+from tinycomp.parity import check_parity
+
+OPTIONAL = [e for e, mod in (("onnxruntime", "onnxruntime"), ("torch", "torch"))
+            if importlib.util.find_spec(mod) is not None]
+
+
+def test_bench_runs_the_block_in_every_installed_engine(tmp_path, capsys):
+    out = tmp_path / "block.json"
+    engines = ["numpy", "eager", "compiled", *OPTIONAL]
+    args = ["--models", "block-tiny", "--batch", "1,3", "--engines", ",".join(engines), "--quick",
+            "--no-compile-times", "--peak", "100", "--json", str(out)]
+    assert bench_main(args) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert {(r["engine"], r["batch"]) for r in rows} == {(e, b) for e in engines for b in (1, 3)}
+    for r in rows:
+        assert r["model"] == "block-tiny" and r["median_us"] > 0
+    assert "block-tiny" in capsys.readouterr().out
+
+
+def test_the_full_size_block_is_the_issues_shape():
+    bm = get_model("block")
+    assert (bm.embed, bm.heads, bm.seq, bm.hidden) == (128, 4, 64, 512) and bm.in_shape == (64, 128)
+    model = bm.build(0)
+    assert sum(p.data.nbytes for p in model.parameters()) == bm.weight_bytes
+    assert bm.sample(2).shape == (2, 64, 128)
+
+
+@pytest.mark.parametrize("batch", [0, 1, 3])
+def test_every_engines_block_matches_eager_and_float64(batch):
+    """The NumPy, ONNX and torch forms are written apart from the tinycomp layers: all three must
+    agree with the eager block within the parity rule, judged by the float64 NumPy form."""
+    bm = MODELS["block-tiny"]
+    model = bm.build(3)
+    weights = bm.weights(model)
+    x = bm.sample(batch, 3)
+    eager = model(Tensor(x)).data
+    reference = numpy_function(bm, weights, np.float64)(x.astype(np.float64))
+    assert check_parity(eager, eager, reference, max_eager_error=1e-5).ok  # the float64 form is the block
+    outs = {"numpy": numpy_function(bm, weights)(x)}
+    if "onnxruntime" in OPTIONAL:
+        import onnxruntime as ort
+
+        sess = ort.InferenceSession(onnx_model_bytes(bm, weights), providers=["CPUExecutionProvider"])
+        outs["onnxruntime"] = sess.run(["y"], {"x": x})[0]
+    if "torch" in OPTIONAL:
+        import torch
+
+        with torch.inference_mode():
+            outs["torch"] = torch_module(bm, weights)(torch.from_numpy(x)).numpy()
+    for name, out in outs.items():
+        report = check_parity(out, eager, reference)
+        assert report.ok, f"{name}: {report}"
+    if batch:  # the reference is a real block: not the input passed through
+        assert np.abs(reference - x).max() > 0.1
