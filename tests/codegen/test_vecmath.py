@@ -1,4 +1,6 @@
-"""vecmath kernels against float64 references: ulp bounds on a dense sweep, exact special values."""
+"""vecmath kernels against float64 references: ulp bounds on a dense sweep, exact special values.
+
+benchmarks/vecmath_ulp.py runs the same kernels and references over every float32 input."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ WIDTHS = (64, 16, 8, 1)  # 64: the GEMM epilogue's runs of ACT_VECTORS zmm vecto
 FUNCS = sorted(UNARY)  # every one-operand elementwise op of the registry, by its vector emitter
 
 
-def _apply(name):
+def emitter(name):
     return lambda b, m, x: emit_op(b, name, x)
 
 
@@ -26,7 +28,7 @@ def kernels():
     names = {}
     for name in FUNCS:
         for w in WIDTHS:
-            emit_map_kernel(module, f"{name}_{w}", w, _apply(name))
+            emit_map_kernel(module, f"{name}_{w}", w, emitter(name))
             names[(name, w)] = f"{name}_{w}"
     engine, addresses = jit(module, *names.values())
     yield engine, {key: addresses[n] for key, n in names.items()}
@@ -66,18 +68,32 @@ def ulp_errors(got: np.ndarray, ref: np.ndarray) -> np.ndarray:
 
 # ---- inputs ---------------------------------------------------------------------------------
 
-# where each function changes behaviour; (-10, 10) for the others
+# the interesting range of each function; (-10, 10) for the others
 SWEEP_RANGE = {"exp": (-110, 90), "sigmoid": (-110, 110), "tanh": (-12, 12), "gelu": (-70, 70),
                "log": (0, 4), "sqrt": (0, 1e4)}
 
 
-def sweep(name: str, n: int = 400_000) -> np.ndarray:
-    """Dense linspace over the interesting range, log-spaced magnitudes, random finite bits."""
+# Thresholds: exp's overflow, subnormal and zero ones, sigmoid's saturation at 1, tanh's branch
+# point and saturation, gelu's subnormal sigmoid factor and result, log's subnormal inputs.
+CRITICAL = {"exp": (88.72284, -87.33655, -103.97208), "sigmoid": (16.635532, -87.33655, -103.97208),
+            "tanh": (0.625, -0.625, 9.010913), "gelu": (-51.3, -57.5, -9.77), "relu": (0.0,),
+            "log": (2.0**-126, 1.0)}
+
+
+def sweep(name: str, n: int = 600_000) -> np.ndarray:
+    """Dense linspace over the interesting range, log-spaced magnitudes down to 1e-30 of both
+    signs, random finite bit patterns, and the 20,000 float32 neighbours on each side of every
+    `CRITICAL` point: for n = 600k about 1.1 million points (the issue asks for 10**6)."""
     rng = np.random.default_rng(1234)
     lo, hi = SWEEP_RANGE.get(name, (-10, 10))
     mags = np.exp(rng.uniform(np.log(1e-30), np.log(max(-lo, hi, 1e30 if name in ("log", "sqrt") else 0)), n // 2))
     bits = rng.integers(0, 2**32, n // 4, dtype=np.uint64).astype(np.uint32).view(np.float32)
-    parts = [np.linspace(lo, hi, n), mags, -mags, bits[np.isfinite(bits)]]
+    near = [np.nextafter(np.float32(c), np.float32(np.inf)) if c == 0 else np.float32(c)
+            for c in CRITICAL.get(name, ())]
+    steps = np.arange(-20_000, 20_000, dtype=np.int64)
+    neighbours = [(np.int64(np.abs(c).view(np.int32)) + steps).astype(np.int32).view(np.float32) * np.sign(c)
+                  for c in near]
+    parts = [np.linspace(lo, hi, n), mags, -mags, bits[np.isfinite(bits)], *neighbours]
     return np.concatenate([p.astype(np.float32) for p in parts])
 
 
@@ -94,18 +110,22 @@ SPECIALS = np.array(
 @pytest.mark.parametrize("width", WIDTHS)
 @pytest.mark.parametrize("name", FUNCS)
 def test_max_ulp_error_within_documented_bound(kernels, name, width):
+    """Within MAX_ULP (at most 2 ulp) everywhere, gelu's far tail included: for x < -51 its
+    sigmoid factor is subnormal, yet gelu is a normal float32 down to about -57.5 and must stay
+    accurate there (ulp_errors counts subnormal results in units of 2**-149)."""
     x = sweep(name) if width != 1 else sweep(name, 100_000)
     got = run(kernels, name, x, width)
     err = ulp_errors(got, reference(name, x))
-    if name == "gelu":
-        tail = x < vecmath.GELU_TAIL
-        abs_err = np.abs(got[tail].astype(np.float64) - reference(name, x[tail]))
-        assert np.nanmax(abs_err, initial=0.0) <= vecmath.GELU_TAIL_ABS
-        err = err[~tail]
     worst = int(np.argmax(err))
     assert err[worst] <= MAX_ULP[name], (
         f"{name} w={width}: {err[worst]:.2f} ulp at x={x[worst]!r} got={got[worst]!r}"
     )
+
+
+def test_issue_16_bounds():
+    """exp, sigmoid, tanh and gelu within 2 ulp (checked over every float32 input by
+    benchmarks/vecmath_ulp.py, sampled by the sweep above)."""
+    assert all(MAX_ULP[name] <= 2.0 for name in ("exp", "sigmoid", "tanh", "gelu"))
 
 
 @pytest.mark.parametrize("width", (64, 16, 1))
@@ -143,6 +163,16 @@ def test_log_and_sqrt_special_values(kernels):
     with np.errstate(invalid="ignore"):
         np.testing.assert_array_equal(got, np.sqrt(x))
     assert np.signbit(got[1])
+
+
+@pytest.mark.parametrize("name", FUNCS)
+def test_nan_payloads_stay_nan(kernels, name):
+    """Any NaN, quiet or signalling, of either sign and any payload, gives NaN: the kernels build
+    powers of two from integer bits, which must never turn a NaN's bits into a number."""
+    bits = np.array([0x7FC00000, 0x7FC00001, 0x7FC001FF, 0x7F800001, 0x7FBFFFFF, 0xFFC00000, 0xFFC12345,
+                     0xFF8001FF, 0x7FFFFFFF, 0xFFFFFFFF], np.uint32)
+    got = run(kernels, name, bits.view(np.float32), 16)
+    assert np.isnan(got).all(), f"{name}: {got}"
 
 
 def test_tanh_keeps_tiny_inputs_and_signed_zero(kernels):

@@ -16,12 +16,14 @@ Special values (all equal to the NumPy float32 formulas):
   gelu(x)    = x * sigmoid(fl32(1.702 * x)), exactly the NumPy float32 formula; so gelu(-inf) =
                -inf * 0 = nan (as NumPy gives), gelu(+inf) = inf, gelu(-1e4) = -0.
 
-Accuracy (`vector_ops.MAX_ULP`): max |got - ref| / ulp32(ref) over a dense sweep of float32 inputs, where ref
-is the float64 evaluation of the same formula and ulp32(ref) the float32 spacing at |ref|
-(2**-149 in the subnormal range). For gelu the reference keeps the float32 rounding of 1.702*x
-(the formula does that in NumPy too). One exception, documented in `GELU_TAIL`: for x < -51 the
-factor sigmoid(1.702x) is itself a subnormal float32, so any float32 evaluation of the formula loses
-relative precision; there the bound is absolute, |err| <= GELU_TAIL_ABS.
+Accuracy (`vector_ops.MAX_ULP`): max |got - ref| / ulp32(ref), where ref is the float64 evaluation of the same
+formula and ulp32(ref) the float32 spacing at |ref| (2**-149 in the subnormal range). For gelu the
+reference keeps the float32 rounding of 1.702*x (the formula does that in NumPy too), but not the
+float32 rounding of the sigmoid factor: below x = -51 that factor is subnormal and a plain float32
+evaluation loses relative precision, while the kernel here carries it scaled and stays within the
+bound wherever gelu itself is a normal float32. The bounds hold for every float32 input: measured
+over all 2**32 of them by benchmarks/vecmath_ulp.py (see `vector_ops.MAX_ULP`), and sampled in
+the tests.
 """
 
 from __future__ import annotations
@@ -33,24 +35,33 @@ from llvmlite import ir
 from .cgutils import I32, declare_vector_intrinsic, splat, vector_constant
 
 # Accuracy bounds per op: codegen/vector_ops.py (VECTOR_OPS, MAX_ULP).
-GELU_TAIL = -51.0  # below this x, sigmoid(1.702x) is subnormal in float32
-GELU_TAIL_ABS = 2.0**-142  # absolute error bound of gelu for x < GELU_TAIL (measured 9.2e-44)
 
 # exp: clamping keeps n within [-159, 128] so 2**n splits into two normal powers of two, while the
 # clamped results still round to 0 / overflow to inf exactly as exp of the original x does.
 EXP_HI = 89.0
 EXP_LO = -110.0
+# sigmoid and gelu carry e = exp(-|x|) scaled by 2**SIGMOID_SCALE, a normal float wherever it
+# matters: down to n = -158 (e = 2**-158 y, x = -109.5), past where sigmoid(x) and gelu(x) (x times
+# e, for x down to about -64) round to 0. Clamping at EXP_NONPOS_LO gives n = -159, whose scaled
+# power of two 2**(n + 32) has exponent bits 0: exactly +0, so every lane below the clamp carries
+# e = 0 and gets sigmoid 0 and gelu -0, as the formulas do, instead of the value at the clamp.
+SIGMOID_SCALE = 32
+EXP_NONPOS_LO = -110.25
+# tanh's large branch needs exp(-2a) only while it still changes 1 - e: below 2**-25 (a > 8.7)
+# tanh is exactly 1. Clamping -2a at -86 keeps n >= -124, so 2**n is a normal number built from bits.
+TANH_EXP_LO = -86.0
 LOG2E = 1.4426950408889634
 # 1.5 * 2**23: adding it rounds to an integer held in the low mantissa bits (no fptosi, whose
-# result would be poison for NaN).
+# result would be poison for NaN). Adding a bias b on top leaves n + b in the low bits.
 ROUND_MAGIC = 12582912.0
 ROUND_MAGIC_BITS = 0x4B400000
 # Cody-Waite split of ln 2: LN2_HI has few mantissa bits so n * LN2_HI is exact.
 LN2_HI = 0.693359375
 LN2_LO = -2.12194440e-4
-# Cephes expf: exp(r) = 1 + r + r^2 * P(r) on |r| <= ln2/2, highest degree first.
-EXP_POLY = (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2,
-            1.6666665459e-1, 5.0000001201e-1)
+# exp(r) = 1 + r + r^2 * P(r) on |r| <= ln2/2, highest degree first: P of degree 4 fitted for the
+# least maximum relative error of the whole (Lawson's iteration in float64, coefficients then
+# rounded to float32): 3.8e-9 = 0.032 ulp of 1, against Cephes' degree-5 P at 0.009 ulp; an FMA less.
+EXP_POLY = (1.3814613e-3, 8.36871e-3, 4.166839e-2, 1.6666521e-1, 4.9999994e-1)
 
 # Cephes tanhf: tanh(a) = a + a^3 * P(a^2) for a < 0.625, highest degree first.
 TANH_SMALL = 0.625
@@ -58,6 +69,9 @@ TANH_POLY = (-5.70498872745e-3, 2.06390887954e-2, -5.37397155531e-2, 1.333144220
              -3.33332819422e-1)
 
 GELU_ALPHA = 1.702
+# 1 / d for a positive normal float d as the bits RECIPROCAL_MAGIC - bits(d), within 12 % relative:
+# enough for a factor that only scales a correction already 2**-24 smaller than the result.
+RECIPROCAL_MAGIC = 0x7EF311C3
 
 # Cephes logf: log(1 + f) = f - f^2/2 + f^3 * P(f) on sqrt(1/2) - 1 <= f < sqrt(2) - 1, highest first.
 LOG_POLY = (7.0376836292e-2, -1.1514610310e-1, 1.1676998740e-1, -1.2420140846e-1, 1.4249322787e-1,
@@ -74,6 +88,14 @@ def _width(x: ir.Value) -> int:
 
 def _const(x: ir.Value, value: float) -> ir.Constant:
     return splat(value, _width(x))
+
+
+def _int_vector(x: ir.Value) -> ir.VectorType:
+    return ir.VectorType(I32, _width(x))
+
+
+def _int_const(x: ir.Value, value: int) -> ir.Constant:
+    return vector_constant(_int_vector(x), ir.Constant(I32, value))
 
 
 def _call(builder: ir.IRBuilder, module: ir.Module, name: str, *args: ir.Value) -> ir.Value:
@@ -94,56 +116,71 @@ def _polynomial(builder, module, x: ir.Value, coeffs: tuple[float, ...]) -> ir.V
     return acc
 
 
-def _clamp(builder: ir.IRBuilder, x: ir.Value, lo: float, hi: float) -> ir.Value:
+def _clamp(builder: ir.IRBuilder, x: ir.Value, lo: float, hi: float | None) -> ir.Value:
     """min(max(x, lo), hi) that lets NaN through: ordered compares are false for NaN."""
-    x = builder.select(builder.fcmp_ordered(">", x, _const(x, hi)), _const(x, hi), x)
+    if hi is not None:
+        x = builder.select(builder.fcmp_ordered(">", x, _const(x, hi)), _const(x, hi), x)
     return builder.select(builder.fcmp_ordered("<", x, _const(x, lo)), _const(x, lo), x)
 
 
-def _pow2(builder: ir.IRBuilder, n: ir.Value) -> ir.Value:
-    """2.0**n for integer lanes n in the normal exponent range [-126, 127], built from bits."""
-    vt = n.type
-    biased = builder.add(n, vector_constant(vt, ir.Constant(I32, 127)))
-    bits = builder.shl(biased, vector_constant(vt, ir.Constant(I32, 23)))
-    return builder.bitcast(bits, ir.VectorType(ir.FloatType(), vt.count))
+def _pow2_bits(builder: ir.IRBuilder, biased: ir.Value) -> ir.Value:
+    """The float 2**(k - 127) for integer lanes k = biased exponent in [1, 254] (k = 0 gives +0),
+    built from bits. The shift drops all but the low 9 bits of `biased`, so a biased exponent read
+    straight from a ROUND_MAGIC sum needs no masking."""
+    bits = builder.shl(biased, _int_const(biased, 23))
+    return builder.bitcast(bits, ir.VectorType(ir.FloatType(), _width(biased)))
+
+
+def _exp_reduced(builder: ir.IRBuilder, module: ir.Module, x: ir.Value, lo: float, hi: float | None,
+                 bias: int) -> tuple[ir.Value, ir.Value]:
+    """exp(x) = 2**n * y with n = round(x / ln2) and y = exp(r), r = x - n ln2 in [-ln2/2, ln2/2].
+
+    Returns (t, y): t = ROUND_MAGIC + bias + n, whose low mantissa bits hold n + bias, and y rounded
+    once (Horner from the top: y = 1 + r (1 + r (c2 + ...)), so 1 + s is never rounded twice).
+    x is clamped to [lo, hi] first; `hi=None` skips the upper clamp for x that is never positive.
+    """
+    magic = _const(x, ROUND_MAGIC + bias)
+    xc = _clamp(builder, x, lo, hi)
+    t = fma(builder, module, xc, _const(x, LOG2E), magic)
+    n = builder.fsub(t, magic)
+    r = fma(builder, module, n, _const(x, -LN2_HI), xc)
+    r = fma(builder, module, n, _const(x, -LN2_LO), r)
+    return t, _polynomial(builder, module, r, EXP_POLY + (1.0, 1.0))
+
+
+def _biased_exponent(builder: ir.IRBuilder, t: ir.Value) -> ir.Value:
+    return builder.bitcast(t, _int_vector(t))
 
 
 def emit_exp(builder: ir.IRBuilder, module: ir.Module, x: ir.Value) -> ir.Value:
-    """exp(x) lane-wise: x = n ln2 + r, exp(r) by polynomial, scaled by 2**n in two steps."""
-    ivt = ir.VectorType(I32, _width(x))
-    xc = _clamp(builder, x, EXP_LO, EXP_HI)
-    t = fma(builder, module, xc, _const(x, LOG2E), _const(x, ROUND_MAGIC))
-    n = builder.fsub(t, _const(x, ROUND_MAGIC))
-    r = fma(builder, module, n, _const(x, -LN2_HI), xc)
-    r = fma(builder, module, n, _const(x, -LN2_LO), r)
+    """exp(x) lane-wise: x = n ln2 + r, exp(r) by polynomial, scaled by 2**n in two steps.
 
-    p = _polynomial(builder, module, r, EXP_POLY)
-    r2 = builder.fmul(r, r)
-    y = builder.fadd(fma(builder, module, p, r2, r), _const(x, 1.0))
-
-    # Two half-scalings keep both factors normal, so overflow gives inf and deep underflow rounds
-    # once into the subnormals (y * 2**n1 is exact; only the last multiply rounds).
-    ni = builder.sub(builder.bitcast(t, ivt), vector_constant(ivt, ir.Constant(I32, ROUND_MAGIC_BITS)))
-    n1 = builder.ashr(ni, vector_constant(ivt, ir.Constant(I32, 1)))
-    n2 = builder.sub(ni, n1)
-    return builder.fmul(builder.fmul(y, _pow2(builder, n1)), _pow2(builder, n2))
+    n spans [-159, 128]: two normal powers of two 2**n1 * 2**n2 = 2**n keep y * 2**n1 exact, so
+    overflow gives inf and deep underflow rounds once into the subnormals. (Float multiplies, not
+    integer adds into y's exponent: those would turn a NaN into a number.)"""
+    t, y = _exp_reduced(builder, module, x, EXP_LO, EXP_HI, 0)
+    n = builder.sub(_biased_exponent(builder, t), _int_const(x, ROUND_MAGIC_BITS))
+    n1 = builder.ashr(n, _int_const(x, 1))
+    p1 = _pow2_bits(builder, builder.add(n1, _int_const(x, 127)))
+    p2 = _pow2_bits(builder, builder.add(builder.sub(n, n1), _int_const(x, 127)))
+    return builder.fmul(builder.fmul(y, p1), p2)
 
 
 def emit_log(builder: ir.IRBuilder, module: ir.Module, x: ir.Value) -> ir.Value:
     """log(x) lane-wise: x = 2**e * m with m in [sqrt(1/2), sqrt(2)), log(m) = log(1 + f) by the
     Cephes polynomial (f = m - 1 is exact), plus e * ln 2 in the Cody-Waite split. Subnormal x are
     scaled by 2**23 first. log(+-0) = -inf, log(x < 0) = nan, log(inf) = inf, nan stays nan."""
-    ivt = ir.VectorType(I32, _width(x))
+    ivt = _int_vector(x)
     tiny = builder.fcmp_ordered("<", x, _const(x, MIN_NORMAL))
     xs = builder.select(tiny, builder.fmul(x, _const(x, 2.0**23)), x)
     bits = builder.bitcast(xs, ivt)
     # frexp: xs = m * 2**e with m in [0.5, 1)
-    e = builder.sub(builder.lshr(bits, _ivec(ivt, 23)), _ivec(ivt, 126))
-    e = builder.sub(e, builder.select(tiny, _ivec(ivt, 23), _ivec(ivt, 0)))
-    m = builder.bitcast(builder.or_(builder.and_(bits, _ivec(ivt, 0x007FFFFF)), _ivec(ivt, 0x3F000000)),
+    e = builder.sub(builder.lshr(bits, _int_const(x, 23)), _int_const(x, 126))
+    e = builder.sub(e, builder.select(tiny, _int_const(x, 23), _int_const(x, 0)))
+    m = builder.bitcast(builder.or_(builder.and_(bits, _int_const(x, 0x007FFFFF)), _int_const(x, 0x3F000000)),
                         x.type)
     low = builder.fcmp_ordered("<", m, _const(x, SQRT_HALF))
-    e = builder.sub(e, builder.select(low, _ivec(ivt, 1), _ivec(ivt, 0)))
+    e = builder.sub(e, builder.select(low, _int_const(x, 1), _int_const(x, 0)))
     f = builder.fsub(builder.select(low, builder.fadd(m, m), m), _const(x, 1.0))  # exact
     fe = builder.sitofp(e, x.type)
     z = builder.fmul(f, f)
@@ -155,10 +192,6 @@ def emit_log(builder: ir.IRBuilder, module: ir.Module, x: ir.Value) -> ir.Value:
     result = builder.select(builder.fcmp_ordered("<", x, _const(x, 0.0)), _const(x, math.nan), result)
     result = builder.select(builder.fcmp_ordered("==", x, _const(x, 0.0)), _const(x, -math.inf), result)
     return builder.select(builder.fcmp_unordered("uno", x, x), x, result)
-
-
-def _ivec(vt: ir.VectorType, value: int) -> ir.Constant:
-    return vector_constant(vt, ir.Constant(I32, value))
 
 
 def emit_sqrt(builder: ir.IRBuilder, module: ir.Module, x: ir.Value) -> ir.Value:
@@ -176,12 +209,38 @@ def emit_relu(builder: ir.IRBuilder, module: ir.Module, x: ir.Value) -> ir.Value
     return builder.select(builder.fcmp_unordered(">", x, zero), x, zero)
 
 
+def _sigmoid_quotient(builder: ir.IRBuilder, module: ir.Module, x: ir.Value):
+    """sigmoid(x) = q0 + residual / den, all but the last rounding done exactly.
+
+    With e = exp(-|x|) <= 1, sigmoid is 1 / (1 + e) for x >= 0 and e / (1 + e) for x < 0. Rounded
+    plainly in float32 (e, 1 + e, the quotient) that is up to 2.5 ulp. Here 1 + e is split exactly
+    into den + den_err (Fast2Sum, e <= 1) and the quotient q0's residual num - q0 (den + den_err)
+    comes from FMAs, so q0 + residual / den is off only by e's own error (< 1 ulp of e, damped by
+    1 / (1 + e)). Everything is scaled by S = 2**SIGMOID_SCALE (num = e S or S, den = S + e S), so
+    e S is a normal float even where sigmoid(x) is subnormal: the division rounds into the
+    subnormals once, and 1 / den = 2**-32 / (1 + e).
+    Returns (q0, residual, den, neg) with neg = x < 0.
+    """
+    scale = _const(x, 2.0**SIGMOID_SCALE)
+    t, y = _exp_reduced(builder, module, builder.fneg(_call(builder, module, "fabs", x)),
+                        EXP_NONPOS_LO, None, 127 + SIGMOID_SCALE)
+    e = builder.fmul(y, _pow2_bits(builder, _biased_exponent(builder, t)))  # exp(-|x|) * S, exact
+    den = builder.fadd(scale, e)
+    den_err = builder.fsub(e, builder.fsub(den, scale))
+    neg = builder.fcmp_ordered("<", x, _const(x, 0.0))
+    num = builder.select(neg, e, scale)
+    q0 = builder.fdiv(num, den)
+    neg_q0 = builder.fneg(q0)
+    residual = fma(builder, module, neg_q0, den_err, fma(builder, module, neg_q0, den, num))
+    return q0, residual, den, neg
+
+
 def emit_sigmoid(builder: ir.IRBuilder, module: ir.Module, x: ir.Value) -> ir.Value:
-    """Overflow-safe sigmoid with one division: e = exp(-|x|) <= 1 never overflows."""
-    e = emit_exp(builder, module, builder.fneg(_call(builder, module, "fabs", x)))
-    denom = builder.fadd(_const(x, 1.0), e)
-    numer = builder.select(builder.fcmp_ordered("<", x, _const(x, 0.0)), e, _const(x, 1.0))
-    return builder.fdiv(numer, denom)
+    """Overflow-safe sigmoid rounded once at the end (see `_sigmoid_quotient`). The residual's
+    weight 1 / den comes from a straight line in den, independent of the division's result."""
+    q0, residual, den, _ = _sigmoid_quotient(builder, module, x)
+    inv_bits = builder.sub(_int_const(x, RECIPROCAL_MAGIC), builder.bitcast(den, _int_vector(x)))
+    return fma(builder, module, residual, builder.bitcast(inv_bits, x.type), q0)
 
 
 def emit_tanh(builder: ir.IRBuilder, module: ir.Module, x: ir.Value) -> ir.Value:
@@ -196,7 +255,8 @@ def emit_tanh(builder: ir.IRBuilder, module: ir.Module, x: ir.Value) -> ir.Value
     q = builder.fmul(_polynomial(builder, module, z, TANH_POLY), z)
     small = fma(builder, module, q, a, a)
 
-    e = emit_exp(builder, module, builder.fmul(a, _const(x, -2.0)))
+    t, y = _exp_reduced(builder, module, builder.fmul(a, _const(x, -2.0)), TANH_EXP_LO, None, 127)
+    e = builder.fmul(y, _pow2_bits(builder, _biased_exponent(builder, t)))
     one = _const(x, 1.0)
     large = builder.fdiv(builder.fsub(one, e), builder.fadd(one, e))
 
@@ -205,5 +265,17 @@ def emit_tanh(builder: ir.IRBuilder, module: ir.Module, x: ir.Value) -> ir.Value
 
 
 def emit_gelu(builder: ir.IRBuilder, module: ir.Module, x: ir.Value) -> ir.Value:
-    """x * sigmoid(1.702 x), the NumPy float32 formula step for step (so gelu(-inf) is nan)."""
-    return builder.fmul(x, emit_sigmoid(builder, module, builder.fmul(x, _const(x, GELU_ALPHA))))
+    """x * sigmoid(fl32(1.702 x)), the NumPy float32 formula (so gelu(-inf) is nan), with the
+    sigmoid's correction folded into one FMA: x * q0 + x * residual / den rounds once.
+
+    1 / den here is 1 - q0 (x < 0) or q0 (x >= 0), times 2**-32 by an exponent subtraction: exact
+    to a rounding, since below x = -51 the quotient q0 is subnormal and the correction carries
+    most of the result."""
+    q0, residual, _, neg = _sigmoid_quotient(builder, module, builder.fmul(x, _const(x, GELU_ALPHA)))
+    inv = builder.select(neg, builder.fsub(_const(x, 1.0), q0), q0)  # in [1/2, 1]: normal
+    inv_bits = builder.sub(builder.bitcast(inv, _int_vector(x)), _int_const(x, SIGMOID_SCALE << 23))
+    inv_den = builder.bitcast(inv_bits, x.type)
+    # x * residual is 0 * inf = nan at x = +inf, where the residual is 0: use 0 there (at -inf,
+    # q0 = 0 makes the result nan anyway, as the formula does).
+    finite_x = builder.select(builder.fcmp_ordered("<", x, _const(x, math.inf)), x, _const(x, 0.0))
+    return fma(builder, module, x, q0, builder.fmul(residual, builder.fmul(finite_x, inv_den)))
