@@ -20,7 +20,16 @@ from ..ir.ops import op_def
 from ..ir.shapes import matmul_shape
 
 Operand = Any  # Tensor | np.ndarray | Python/NumPy scalar
-tracing = threading.local()  # `.tracer`: the Tracer running on this thread, if any (frontend/tracer.py)
+_FLOAT32 = np.dtype(np.float32)
+class _Tracing(threading.local):
+    """`.tracer`: the Tracer running on this thread, if any (frontend/tracer.py). A class attribute
+    default makes `tracing.tracer` a plain read on every eager op (getattr with a default on a
+    thread-local costs 7x more)."""
+
+    tracer: Any = None
+
+
+tracing = _Tracing()
 
 
 def to_float32(data: Any) -> np.ndarray:
@@ -56,8 +65,29 @@ def _is_operand(x: Any) -> bool:
 
 def _traced_parameter(t: Tensor) -> bool:
     """Is t a tensor of the model being traced on this thread (a `param` node, read live)?"""
-    tracer = getattr(tracing, "tracer", None)
+    tracer = tracing.tracer
     return tracer is not None and tracer.owns_any((t,))
+
+
+# (op name, operand shapes, attrs) that passed the op's shape rule: eager calls repeat the same few
+# signatures, and the rule (Python over tuples) cost as much as the NumPy work at batch 1.
+_valid_signatures: set[tuple] = set()
+
+
+def _check_shapes(op: Any, arrays: list[np.ndarray], attrs: dict[str, Any]) -> None:
+    """Run op's shape rule (the eager errors are the shape rule's errors), once per signature."""
+    shapes = tuple(a.shape for a in arrays)
+    try:
+        key = (op.name, shapes, tuple(attrs.items())) if attrs else (op.name, shapes)
+        if key in _valid_signatures:
+            return
+    except TypeError:  # an unhashable attribute: check every time
+        op.shape(*shapes, **attrs)
+        return
+    op.shape(*shapes, **attrs)
+    if len(_valid_signatures) > 4096:  # shapes that vary without end: keep the set bounded
+        _valid_signatures.clear()
+    _valid_signatures.add(key)
 
 
 def apply_op(name: str, *operands: Operand, **attrs: Any) -> Tensor:
@@ -65,7 +95,7 @@ def apply_op(name: str, *operands: Operand, **attrs: Any) -> Tensor:
     for x in operands:
         if isinstance(x, Tensor) and x._tracer is not None:
             return x._tracer.record(name, operands, attrs)
-    tracer = getattr(tracing, "tracer", None)
+    tracer = tracing.tracer
     if tracer is not None and tracer.owns_any(operands):
         # Arithmetic on the model's own tensors (e.g. `self.scale * 2`) is recorded, not run once:
         # a value computed at trace time would go stale when the parameter changes.
@@ -73,8 +103,8 @@ def apply_op(name: str, *operands: Operand, **attrs: Any) -> Tensor:
     op = op_def(name)
     if op.ref is None:
         raise TypeError(f"op {name!r} is a graph leaf, not something to apply to tensors")
-    arrays = [_operand_array(x) for x in operands]
-    op.shape(*[a.shape for a in arrays], **attrs)  # the eager errors are the shape rule's errors
+    arrays = [x.data if type(x) is Tensor else _operand_array(x) for x in operands]
+    _check_shapes(op, arrays, attrs)
     return Tensor._wrap(op.ref(*arrays, **attrs))
 
 
@@ -91,9 +121,11 @@ class Tensor:
     _tracer: Any = None  # set on symbolic tensors only (see frontend/tracer.py)
 
     def __init__(self, data: Any, requires_grad: bool = False):
-        tracer = getattr(tracing, "tracer", None)
+        tracer = tracing.tracer
+        if tracer is None and type(data) is np.ndarray and data.dtype.kind in "biuf":
+            self.data = aligned_float32(data)  # the common case, without to_float32's checks
         # while tracing, `Tensor(p)` of a parameter is a copy that stands for p: read live, not frozen
-        if tracer is None or not tracer.live.adopt_copy(self, data):
+        elif tracer is None or not tracer.live.adopt_copy(self, data):
             self.data = to_float32(data)
         self.requires_grad = bool(requires_grad)
         self.grad: Tensor | None = None
@@ -101,8 +133,13 @@ class Tensor:
     @classmethod
     def _wrap(cls, array: np.ndarray) -> Tensor:
         """Adopt an op result without another copy (it is already a fresh array)."""
-        arr = np.asarray(array)
-        return cls._adopt(arr if arr.dtype == np.float32 else arr.astype(np.float32))
+        if type(array) is not np.ndarray or array.dtype is not _FLOAT32:
+            array = np.asarray(array, np.float32)
+        t = cls.__new__(cls)  # `_adopt` inlined: this runs once per eager op
+        t.data = array
+        t.requires_grad = False
+        t.grad = None
+        return t
 
     @classmethod
     def _adopt(cls, array: np.ndarray) -> Tensor:
@@ -139,7 +176,7 @@ class Tensor:
         return self.data
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
-        tracer = getattr(tracing, "tracer", None)
+        tracer = tracing.tracer
         if tracer is not None:  # np.asarray(parameter) while tracing: a plain array the trace would freeze
             tracer.live.check_conversion(self)
         return self.data if dtype is None else self.data.astype(dtype)

@@ -61,14 +61,20 @@ def dropout(x: np.ndarray, *, p: float, training: bool, stream: DropoutStream | 
     return x * dropout_mask(stream, x.shape, p)
 
 
+_ZERO = F32(0)  # made once: eager relu is hot (a float64 x still gives a float64 result)
+
+
 def relu(x: np.ndarray) -> np.ndarray:
-    return np.maximum(x, F32(0))
+    return np.maximum(x, _ZERO)
 
 
 def keep_dtype(fn: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
     """Keep float32 in float32 (NumPy would promote a float32 array with a Python float scalar)."""
     def ref(*args: np.ndarray, **attrs: object) -> np.ndarray:
         out = fn(*args, **attrs)
+        dtype = out.dtype
+        if all(getattr(a, "dtype", None) == dtype for a in args):  # common: skip result_type
+            return out
         return np.asarray(out, dtype=np.result_type(*args))
     return ref
 
