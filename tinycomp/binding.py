@@ -27,6 +27,7 @@ from .frontend.tracer import resolve_path
 from .ir.graph import Graph
 from .ir.passes.fold_dropout import draws_mask
 from .ir.philox import MASK32, DropoutStream
+from .runtime import native_guard
 from .runtime.buffers import as_native_float32, data_pointer
 
 
@@ -74,8 +75,12 @@ class StructureGuard:
 
     def __init__(self, model: Any):
         self.model = model  # its lock guards the slow check: tracing and check=True change what it reads
+        objs = list(reachable(model))
         # live views (dict values, lists, tuples) of every container the tracer could walk
-        self.views: list[Any] = [v for v in map(_container_view, reachable(model)) if v is not None]
+        self.views: list[Any] = [v for v in map(_container_view, objs) if v is not None]
+        # the mutable ones themselves (attribute dicts, dicts, lists), for the native hot call's watch
+        self.containers: list[Any] = [vars(o) if isinstance(o, Layer) else o for o in objs
+                                      if isinstance(o, (Layer, dict, list))]
         self.lengths: tuple[int, ...] = ()
         self.held: tuple = ()
         self._refresh_fast()
@@ -118,6 +123,23 @@ class StructureGuard:
                 return False
             self._refresh_fast()  # only weights or flags moved: make the next call fast again
             return True
+
+
+def native_watch(guard: StructureGuard, hot: HotTable) -> tuple[list[int], tuple]:
+    """What the native hot call must find unchanged to reuse `hot` (LiveParams.hot_table's tuple,
+    just checked together with `guard`): every container the guard watches, and each parameter
+    slot's Tensor attributes and array layout. Returns (the words' addresses, what keeps the
+    objects they lie in alive)."""
+    words: list[int] = []
+    for c in guard.containers:
+        words += native_guard.dict_words(c) if isinstance(c, dict) else native_guard.list_words(c)
+    tensor_dicts = []
+    for slot, array in zip(hot[1], hot[2], strict=True):
+        if type(slot) is Tensor:  # `t.data = ...` rebinds the array: the Tensor's own dict changes
+            tensor_dicts.append(vars(slot))
+            words += native_guard.dict_words(tensor_dicts[-1])
+        words += native_guard.array_words(array)
+    return words, (guard.containers, guard.held, hot, tensor_dicts)
 
 
 def _container_view(obj: Any) -> Iterable[Any] | None:

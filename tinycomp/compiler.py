@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import driver
+from .binding import native_watch
 from .driver import Artifact
 from .errors import CompileError
 from .frontend import streams
@@ -28,8 +29,10 @@ from .ir.passes import DEFAULT_PIPELINE, fuse_linear
 from .ir.passes import explain as explain_fusions
 from .ir.printer import html_table
 from .logs import log
+from .runtime import native_guard
 from .runtime.buffers import ScratchPool
 from .runtime.call import as_input_array
+from .runtime.native_guard import NativeHotCall
 
 STAGES = driver.STAGES
 
@@ -79,6 +82,7 @@ class CompiledModel:
         self._pinned = input_shape is not None  # else a call of another input width recompiles for it
         self.stats = CompileStats()
         self._artifact: Artifact | None = None
+        self._native: NativeHotCall | None = None  # the one-step batch-1 call, once a call armed it
         self._lock = threading.Lock()
         self._scratch = ScratchPool()
         if input_shape is not None:
@@ -104,6 +108,7 @@ class CompiledModel:
         art = driver.build(self.model, features, passes=self._passes, speed_level=self._speed_level,
                            threads=self.threads, scratch=self._scratch, training=self.training)
         self._artifact = art
+        self._native = None  # armed again by the first call that runs the new code
         self.stats.compiles += 1
         self.stats.cache_hits += art.cache_hit
         self.stats.compile_ms = art.compile_ms
@@ -164,14 +169,38 @@ class CompiledModel:
 
     # ---------------------------------------------------------------- calling
     def __call__(self, x: Any) -> Tensor:
+        native = self._native  # armed for inference code only (`_arm`)
+        if native is not None and not self.check:  # check=True compares with eager on every call
+            out = native(x.data if type(x) is Tensor else x)
+            if out is not None:
+                self.stats.calls += 1
+                return Tensor._adopt(out)
         art = self._artifact
         # check=True compares with eager; a training-mode call draws its masks: both always _call
         if art is not None and not self.check and art.draws is None:
             out = art.call.hot(x.data if type(x) is Tensor else x, art)
             if out is not None:
                 self.stats.calls += 1
+                self._arm(art)
                 return Tensor._adopt(out)
         return self._call(x)
+
+    def _arm(self, art: Artifact) -> None:
+        """Offer the native hot call (runtime/native_guard.py) for what the last call found: the
+        model as compiled and its parameter arrays unchanged. Re-armed after anything it watches
+        moved, once a call on the Python paths has checked the model again."""
+        native = self._native
+        if self.check or art.draws is not None or art.call.kernel.draws or not native_guard.AVAILABLE or (
+                native is not None and native.armed_for is art and not native.stale):
+            return  # check=True and training-mode calls (they draw masks) always take _call
+        hot = art.params.hot_table(art.guard.held) if art.guard.same() else None
+        if hot is None:
+            return
+        words, keep = native_watch(art.guard, hot)
+        call = art.call
+        self._native = NativeHotCall(
+            art.engine.address(art.plan.entry), hot[-1], call.features, call.out_row, call.hot_rows, call.scratch,
+            art.plan.scratch_per_row, art.plan.scratch_fixed, words, keep, armed_for=art)
 
     def _call(self, x: Any) -> Tensor:
         """Every call the hot path does not take: any input shape or type, first calls, recompiles."""
@@ -196,6 +225,7 @@ class CompiledModel:
             if rows:
                 art.call.run(x32, table, out, draws[0] if draws else None)
                 art.params.remember(held, table, used)
+                self._arm(art)
             self.stats.calls += 1
             y = out.reshape(out_shape)
             if self.check:

@@ -171,15 +171,21 @@ class _Interfering:
         return getattr(self.kernel, name)
 
     def call(self, *args) -> None:
-        meanwhile, self.meanwhile = self.meanwhile, None
-        if meanwhile is not None:
-            meanwhile()
-        self.kernel.call(*args)
+        self.around(self.kernel.call)(*args)
+
+    def around(self, fn):
+        """fn, running `meanwhile` once just before it."""
+        def call(*args):
+            meanwhile, self.meanwhile = self.meanwhile, None
+            if meanwhile is not None:
+                meanwhile()
+            return fn(*args)
+        return call
 
 
-@pytest.mark.parametrize("path", ["full", "hot"])
+@pytest.mark.parametrize("path", ["full", "hot", "native"])
 @pytest.mark.parametrize("test_keeps_old", [False, True])
-def test_weights_rebound_during_a_call_stay_alive_and_never_leave_a_stale_table(path, test_keeps_old):
+def test_weights_rebound_during_a_call_stay_alive_and_never_leave_a_stale_table(path, test_keeps_old, monkeypatch):
     """A call is in native code when another thread rebinds a weight and calls. The call in flight
     must keep the old array alive (native code is reading it: checked before it does, so a
     regression fails here instead of crashing), and must not hand its table, which points into the
@@ -190,7 +196,12 @@ def test_weights_rebound_during_a_call_stay_alive_and_never_leave_a_stale_table(
 
     from tests.models import eager_eval, reference_mlp
     from tinycomp.nn import manual_seed
+    from tinycomp.runtime import native_guard
 
+    if path == "hot":  # the Python hot path: keep the native one (runtime/native_guard.py) out of it
+        monkeypatch.setattr(native_guard, "AVAILABLE", False)
+    elif path == "native" and not native_guard.AVAILABLE:
+        pytest.skip("no native hot call on this interpreter or NumPy")
     manual_seed(0)
     model = reference_mlp()
     fast = tc.compile(model, input_shape=(None, 784), threads=1)
@@ -207,12 +218,19 @@ def test_weights_rebound_during_a_call_stay_alive_and_never_leave_a_stale_table(
         gc.collect()
         assert old() is not None, "the call in flight let go of the array its native code reads"
 
-    call = fast._artifact.call
-    call.kernel = _Interfering(call.kernel, meanwhile)
-    try:
-        fast._call(x) if path == "full" else fast(x)
-    finally:
-        call.kernel = call.kernel.kernel
+    if path == "native":  # `meanwhile` runs inside the native call's ctypes step, before the helper reads
+        native = fast._native
+        helper = native._fn
+        native._fn = _Interfering(None, meanwhile).around(helper)
+        fast(x)
+        del native, helper
+    else:
+        call = fast._artifact.call
+        call.kernel = _Interfering(call.kernel, meanwhile)
+        try:
+            fast._call(x) if path == "full" else fast(x)
+        finally:
+            call.kernel = call.kernel.kernel
     for _ in range(3):  # the hot path, with the new weight
         np.testing.assert_allclose(fast(x).data, eager_eval(model, x), rtol=2e-4, atol=2e-5)
     kept.clear()

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.models import REFERENCE_MLP_IN, eager_eval, reference_mlp
+from tests.models import REFERENCE_MLP_IN, eager_eval
 from tinycomp.compiler import CompiledModel
 from tinycomp.nn import Linear, ReLU, Sequential, Tensor, manual_seed
 from tinycomp.runtime.threads import one_part_rows, parallel_parts
@@ -38,12 +38,6 @@ def batch(rows: int, seed: int = 0) -> np.ndarray:
 
 def assert_eager(fast, model, x):
     np.testing.assert_allclose(fast(x).data, eager_eval(model, x), rtol=2e-4, atol=2e-5)
-
-
-@pytest.fixture
-def mlp():
-    manual_seed(0)
-    return reference_mlp()
 
 
 def test_second_call_takes_the_hot_path_with_the_same_bits(mlp):

@@ -147,6 +147,8 @@ def _record(points: dict, extras: dict, msg: dict) -> None:
     if "chunks" in msg:
         pt["chunks"] = msg["chunks"]
     pt["samples"] += msg["samples"]
+    if "bare_samples" in msg:
+        pt.setdefault("bare_samples", []).extend(msg["bare_samples"])
     for k in ("compile_ms", "cache_hit", "version"):
         if k in msg:
             extras.setdefault((msg["engine"], msg["model"]), {})[k] = msg[k]

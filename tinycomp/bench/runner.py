@@ -14,6 +14,7 @@ process exits with status 3.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import gc
 import json
 import os
@@ -83,7 +84,12 @@ def make_engine(name: str, bm: BenchModel | BlockModel, model: Any, weights: Any
         from ..ir.summary import flops_per_row  # the count the thread policy is given
 
         info["flops_per_row"] = flops_per_row(fast.graph)
-        return lambda x: fast(x).data
+
+        def call(x: np.ndarray) -> np.ndarray:
+            return fast(x).data
+
+        call.compiled = fast  # type: ignore[attr-defined]  # for `bare_native_call`
+        return call
     if name in ("onnxruntime", "onnxruntime-all"):
         import onnxruntime as ort
 
@@ -147,30 +153,66 @@ def blas_threads(n: int | None) -> Iterator[None]:
         yield
 
 
-def time_calls(fn: Engine, x: np.ndarray, repeat: int, budget_s: float) -> list[float]:
-    """Per-call wall times in seconds, after warming up; at most `repeat`, at least 5."""
+def time_calls(fn: Engine, x: np.ndarray, repeat: int, budget_s: float,
+               partner: Callable[[], None] | None = None) -> tuple[list[float], list[float]]:
+    """Per-call wall times in seconds, after warming up; at most `repeat`, at least 5. With a
+    `partner` (the bare native call), it runs right after each call of fn, timed too, so the two
+    meet the host in the same state: (fn's times, the partner's)."""
+    def step() -> None:
+        fn(x)
+        if partner is not None:
+            partner()
+
     t0 = time.perf_counter()
-    fn(x)
+    step()
     first = time.perf_counter() - t0
     warm = max(2, min(50, int(0.05 / max(first, 1e-7))))
     for _ in range(warm):
-        fn(x)
+        step()
     t0 = time.perf_counter()
-    fn(x)
+    step()
     est = time.perf_counter() - t0
     n = max(5, min(repeat, int(budget_s / max(est, 1e-7))))
-    samples = []
+    samples: list[float] = []
+    partner_samples: list[float] = []
     gc_was = gc.isenabled()
     gc.disable()
     try:
         for _ in range(n):
             t0 = time.perf_counter()
             fn(x)
-            samples.append(time.perf_counter() - t0)
+            t1 = time.perf_counter()
+            samples.append(t1 - t0)
+            if partner is not None:
+                partner()
+                partner_samples.append(time.perf_counter() - t1)
     finally:
         if gc_was:
             gc.enable()
-    return samples
+    return samples, partner_samples
+
+
+def bare_native_call(fast: Any, x: np.ndarray) -> Callable[[], None] | None:
+    """The compiled model's native entry on `x` with every pointer prepared once: what a call costs
+    without any Python around it. None if the last call left no reusable parameter table."""
+    from ..aligned import aligned_empty
+    from ..runtime.buffers import data_pointer
+
+    art = fast._artifact
+    hot = art.hot_table() if art is not None else None
+    if hot is None or x.ndim != 2:
+        return None
+    rows = x.shape[0]
+    out = np.empty((rows, *art.call.out_row), np.float32)
+    scratch = aligned_empty((art.plan.scratch_floats(rows) + 16,))
+    args = (rows, data_pointer(x), data_pointer(out), data_pointer(scratch), ctypes.addressof(hot[1]))
+    kernel_call = art.call.kernel.call
+
+    def bare() -> None:
+        kernel_call(*args)
+
+    bare.keep = (hot, out, scratch, x)  # type: ignore[attr-defined]  # the pointers' arrays stay alive
+    return bare
 
 
 def serve_points(spec: dict) -> int:
@@ -193,7 +235,7 @@ def serve_points(spec: dict) -> int:
         except ImportError:
             blas_info = "threadpoolctl not installed: BLAS threads not pinned"
         _emit({"type": "engine", "engine": name, "threads": threads, "blas": blas_info})
-        points: dict[tuple[str, int], tuple[Engine, np.ndarray, dict]] = {}
+        points: dict[tuple[str, int], tuple[Engine, np.ndarray, dict, Callable[[], None] | None]] = {}
         for item in spec["plan"]:
             model_name = item["model"]
             bm = get_model(model_name)
@@ -215,19 +257,23 @@ def serve_points(spec: dict) -> int:
                            "detail": str(report)})
                     return PARITY_EXIT
                 point_info = {**info, "parity": str(report)}
+                bare = None
                 if name.startswith("compiled"):
                     from ..runtime.threads import parallel_parts
 
                     point_info["chunks"] = parallel_parts(batch, info["flops_per_row"],
                                                           1 if name == "compiled" else None)
-                points[(model_name, batch)] = (engine, x, point_info)
+                    if name == "compiled" and batch == 1:  # Python per call: this call minus the bare one
+                        bare = bare_native_call(engine.compiled, x)  # type: ignore[attr-defined]
+                points[(model_name, batch)] = (engine, x, point_info, bare)
         _emit({"type": "ready", "engine": name})
         for line in sys.stdin:
             ask = json.loads(line)
-            engine, x, point_info = points[(ask["model"], ask["batch"])]
-            samples = time_calls(engine, x, ask.get("repeat", 200), ask.get("budget_s", 1.0))
+            engine, x, point_info, bare = points[(ask["model"], ask["batch"])]
+            samples, bare_samples = time_calls(engine, x, ask.get("repeat", 200), ask.get("budget_s", 1.0), bare)
+            extra = {"bare_samples": bare_samples} if bare_samples else {}
             _emit({"type": "point", "engine": name, "model": ask["model"], "batch": ask["batch"],
-                   "threads": threads, "samples": samples, **point_info})
+                   "threads": threads, "samples": samples, **extra, **point_info})
     return 0
 
 

@@ -1,0 +1,199 @@
+"""The native hot call (runtime/native_guard.py): armed after a call, it runs the common batch-1
+call in one native step, gives the same bits as the other paths, and steps aside for every input it
+cannot take and after every change of what the compiled code depends on, however it is made."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+
+import numpy as np
+import pytest
+
+from tests.models import REFERENCE_MLP_IN, eager_eval
+from tests.runtime.test_hot_path import assert_eager, batch, no_disk_cache  # noqa: F401  # an autouse fixture
+from tinycomp.compiler import CompiledModel
+from tinycomp.nn import Linear, ReLU, Sequential, Tensor
+from tinycomp.runtime import native_guard
+
+pytestmark = pytest.mark.skipif(not native_guard.AVAILABLE,
+                                reason="this interpreter or NumPy lays objects out otherwise: no native hot call")
+
+
+class Counting(CompiledModel):
+    """Counts calls the native hot call did not finish (they reach the Python paths)."""
+
+    python_calls = 0
+
+    def __call__(self, x):
+        native = self._native
+        out = native(x.data if type(x) is Tensor else x) if native is not None else None
+        if out is not None:
+            self.stats.calls += 1
+            return Tensor._adopt(out)
+        self.python_calls += 1
+        return super().__call__(x)
+
+
+@pytest.fixture
+def fast(mlp):
+    f = Counting(mlp, input_shape=(None, REFERENCE_MLP_IN), threads=1)
+    f(batch(1))  # the first call (Python) arms the native hot call
+    assert f._native is not None
+    return f
+
+
+def test_armed_call_runs_natively_with_the_same_bits(fast, mlp):
+    x = batch(4)
+    python = CompiledModel(mlp, input_shape=(None, REFERENCE_MLP_IN), threads=1, check=True)(x).data  # never native
+    fast(x)  # check=True ran the eager model in eval mode, setting and restoring flags: re-arm
+    calls = fast.python_calls
+    for rows in (1, 4, 2):
+        assert np.array_equal(fast(x[:rows]).data, python[:rows])
+    assert fast.python_calls == calls  # all three natively
+    assert fast(Tensor(x)).data.tobytes() == python.tobytes()
+
+
+@pytest.mark.parametrize("make", [
+    lambda x: x.astype(np.float64),                               # converted on the Python hot path
+    lambda x: np.asfortranarray(np.repeat(x, 2, axis=0))[::2],   # strided
+    lambda x: x.astype(">f4"),                                    # byte-swapped float32
+    lambda x: np.frombuffer(b"\0" + x.tobytes(), np.float32, offset=1).reshape(x.shape),  # unaligned
+    lambda x: x[0],                                               # one sample, 1-D
+    lambda x: x.reshape(2, 2, REFERENCE_MLP_IN),                  # leading dimensions
+    lambda x: x.tolist(),
+])
+def test_inputs_it_cannot_take_go_to_the_python_paths_and_agree_with_eager(fast, mlp, make):
+    x = batch(4, seed=3)
+    calls = fast.python_calls
+    got = fast(make(x)).data
+    assert fast.python_calls == calls + 1
+    want = eager_eval(mlp, np.asarray(make(x), np.float32).reshape(-1, REFERENCE_MLP_IN))
+    np.testing.assert_allclose(got.reshape(want.shape), want, rtol=2e-4, atol=2e-5)
+
+
+def test_wrong_feature_size_and_zero_rows_are_refused_as_before(fast):
+    with pytest.raises(ValueError, match="expects input of shape"):
+        fast(np.zeros((1, REFERENCE_MLP_IN + 1), np.float32))
+    assert fast(np.zeros((0, REFERENCE_MLP_IN), np.float32)).shape == (0, 10)
+    with pytest.raises(ValueError, match="0-D"):
+        fast(np.float32(1.0))
+
+
+def _setattr_same_shape(m):
+    m.layers[6].weight = Tensor(m.layers[6].weight.data * 2)
+
+
+def _object_setattr(m):
+    object.__setattr__(m.layers[6], "bias", Tensor(np.full(10, 3.0)))
+
+
+def _vars_of_tensor(m):  # rebinding a Tensor's array without its __setattr__
+    vars(m.layers[3].bias)["data"] = np.full(128, 0.5, np.float32)
+
+
+def _array_shape_in_place(m):
+    w = m.layers[6].weight
+    w.data = w.data.copy()
+    w.data.shape = (64, 20)  # same array object, another shape: not the compiled (128, 10)
+
+
+def _array_dtype_in_place(m):
+    b = m.layers[6].bias
+    b.data = np.zeros(20, np.float16)
+    b.data.dtype = np.float32  # the same bytes read as 10 float32 zeros
+
+
+def _array_strides_in_place(m):
+    w = m.layers[6].weight
+    w.data = w.data.copy()
+    with pytest.warns(DeprecationWarning) if np.lib.NumpyVersion(np.__version__) >= "2.4.0" else _nothing():
+        w.data.strides = (4, 4 * 10)  # the same buffer read with columns and rows swapped (still (128, 10))
+
+
+def _nothing():
+    return contextlib.nullcontext()
+
+
+def _list_item_same_length(m):
+    m.layers[1] = Sequential(ReLU())  # same list length, another object
+
+
+def _list_replaced(m):
+    m.layers = list(m.layers)  # same items, another list
+
+
+def _train_flags(m):
+    m.train()
+
+
+@pytest.mark.parametrize("change", [_setattr_same_shape, _object_setattr, _vars_of_tensor, _array_shape_in_place,
+                                    _array_dtype_in_place, _array_strides_in_place, _list_item_same_length,
+                                    _list_replaced, _train_flags])
+def test_every_change_sends_the_next_call_to_python_and_the_one_after_is_native_again(fast, mlp, change):
+    x = batch(3, seed=5)
+    change(mlp)
+    if change is _array_shape_in_place:  # refused by the full path, never run natively
+        with pytest.raises(ValueError, match="shape"):
+            fast(x)
+        return
+    want = eager_eval(mlp, x)  # eval_mode sets and restores flags: itself a change the guard sees
+    calls = fast.python_calls
+    # the full path checks the model again and re-arms; a strided parameter is converted on every
+    # call instead, never remembered, so it keeps to the Python paths
+    rearms = change is not _array_strides_in_place
+    for second in (False, True):
+        np.testing.assert_allclose(fast(x).data, want, rtol=2e-4, atol=2e-5)
+        assert fast.python_calls == calls + 1 + (second and not rearms), second
+
+
+def test_in_place_edits_are_read_live_natively(fast, mlp):
+    x = batch(2)
+    mlp.layers[0].weight.data[:3] *= -1
+    mlp.layers[6].bias.data += 1
+    want = eager_eval(mlp, x)
+    fast(x)  # re-armed after eval_mode's flags
+    calls = fast.python_calls
+    mlp.layers[0].weight.data[3:6] *= -1
+    mlp.layers[6].bias.data += 1
+    got = fast(x).data
+    assert fast.python_calls == calls
+    assert not np.allclose(got, want)
+    np.testing.assert_allclose(got, eager_eval(mlp, x), rtol=2e-4, atol=2e-5)
+
+
+def test_threads_share_one_armed_call(fast, mlp):
+    xs = [batch(1 + i % 3, seed=i) for i in range(8)]
+    want = [eager_eval(mlp, x) for x in xs]
+    errors = []
+
+    def work(i):
+        for _ in range(50):
+            got = fast(xs[i]).data
+            if not np.allclose(got, want[i], rtol=2e-4, atol=2e-5):
+                errors.append(i)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+
+
+def test_unavailable_layouts_leave_the_python_paths(monkeypatch, mlp):
+    monkeypatch.setattr(native_guard, "AVAILABLE", False)
+    f = CompiledModel(mlp, input_shape=(None, REFERENCE_MLP_IN), threads=1)
+    x = batch(2)
+    f(x)
+    assert f._native is None
+    assert_eager(f, mlp, x)
+
+
+def test_a_recompile_disarms_until_the_new_code_ran(mlp):
+    f = CompiledModel(mlp, threads=1)  # follows the input width
+    f(batch(1))
+    assert f._native is not None
+    mlp.layers.append(Linear(10, 4))
+    assert f(batch(1)).shape == (1, 4)
+    assert f._native is not None and f._native.armed_for is f._artifact

@@ -1,0 +1,264 @@
+"""The batch-1 call in one native step: check the input, check that nothing the compiled code depends
+on changed, then run the entry, all in one ctypes call.
+
+A compiled model's guarantee is that results are never stale: every call must notice a rebound
+parameter, a replaced layer, a list that grew, an array reshaped in place. Checking that in Python
+(identity of every object the model holds, layout of every parameter array) cost ~3 us a call, and
+the call around it as much again. Here the same facts are watched as machine words instead:
+
+- a dict (a layer's attributes, a dict of layers): CPython's per-dict version tag (PEP 509), which
+  takes a new, never reused value on every change, however it is made (`setattr`, `vars(obj)[k] =`,
+  `del`, `object.__setattr__`);
+- a list: its length, its item array and every item pointer;
+- a NumPy array: its data pointer, rank, dimensions and strides (through their arrays), dtype
+  descriptor and flags: what `a.shape = ...`, `a.resize`, `a.dtype = ...` change in place.
+
+Watching a word means reading it at an address recorded when the hot call was armed and comparing
+it with the value then; the objects watched are held alive by the `NativeHotCall`, so the addresses
+stay valid. A word at an address derived from another (an item of a list, a dimension of an array) is
+listed after the word it derives from, and the scan stops at the first difference, so it never reads
+through a pointer that moved. Any difference returns "changed": the caller then takes the full path
+(which re-checks everything in Python, recompiles if it must, and arms a new hot call).
+
+The helper (`tinycomp.hot_call`, compiled once per process) is called with the GIL held (ctypes
+PYFUNCTYPE), so no other thread can change what it reads while it reads; it releases the GIL itself
+around the entry, as the plain ctypes call does, so compiled code still runs in parallel threads.
+The struct offsets and the version-tag behaviour are probed at import on this interpreter and NumPy;
+if anything differs the native hot call is simply not offered (`AVAILABLE` is False).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import sys
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+from llvmlite import ir
+
+from ..codegen.loops import I32, I64, PTR
+from .engine import JitEngine
+
+# CPython 3.x object layout: PyObject_HEAD is two words; a dict's version tag follows `ma_used`;
+# a list's `ob_size` (PyVarObject) then `ob_item`. NumPy's PyArrayObject_fields: data, nd,
+# dimensions, strides, base, descr, flags after the head.
+DICT_VERSION, LIST_SIZE, LIST_ITEMS = 24, 16, 24
+ARRAY_DATA, ARRAY_ND, ARRAY_DIMS, ARRAY_STRIDES, ARRAY_DESCR, ARRAY_FLAGS = 16, 24, 32, 40, 56, 64
+C_CONTIGUOUS_ALIGNED = 0x0001 | 0x0100  # NPY_ARRAY_C_CONTIGUOUS | NPY_ARRAY_ALIGNED
+
+CHANGED, INPUT_NOT_NATIVE = 1, 2  # statuses besides 0 = ran
+_F32 = np.dtype(np.float32)
+
+
+def _word(address: int) -> int:
+    return ctypes.c_uint64.from_address(address).value
+
+
+def _int32(address: int) -> int:
+    return ctypes.c_int32.from_address(address).value
+
+
+def _probe() -> bool:
+    """Do this interpreter's dicts, lists and NumPy's arrays look and behave as assumed above?"""
+    if sys.implementation.name != "cpython" or ctypes.sizeof(ctypes.c_void_p) != 8:
+        return False
+
+    class Probe:
+        a: int
+        b: int
+
+    obj = Probe()
+    obj.a = 1
+    d = vars(obj)
+    tags = [_word(id(d) + DICT_VERSION)]
+    for change in (lambda: setattr(obj, "a", 2), lambda: d.__setitem__("a", 3), lambda: setattr(obj, "b", 1),
+                   lambda: delattr(obj, "b"), lambda: object.__setattr__(obj, "a", 4)):
+        change()
+        tags.append(_word(id(d) + DICT_VERSION))
+    _ = obj.a, d["a"]  # reads change nothing
+    if len(set(tags)) != len(tags) or _word(id(d) + DICT_VERSION) != tags[-1]:
+        return False
+    items = ["x", "y", "z"]
+    if _word(id(items) + LIST_SIZE) != 3 or _word(_word(id(items) + LIST_ITEMS) + 8) != id(items[1]):
+        return False
+    a = np.zeros((3, 5), np.float32)[:, 1:]
+    dims, strides = _word(id(a) + ARRAY_DIMS), _word(id(a) + ARRAY_STRIDES)
+    return (_word(id(a) + ARRAY_DATA) == a.__array_interface__["data"][0] and _int32(id(a) + ARRAY_ND) == 2
+            and [_word(dims + 8 * i) for i in range(2)] == [3, 4]
+            and [_word(strides + 8 * i) for i in range(2)] == [20, 4]
+            and _word(id(a) + ARRAY_DESCR) == id(np.dtype(np.float32))
+            and (_int32(id(a) + ARRAY_FLAGS) & C_CONTIGUOUS_ALIGNED) == 0x0100)  # aligned, not contiguous
+
+
+AVAILABLE = _probe()
+
+
+# ---------------------------------------------------------------- what to watch
+
+def dict_words(d: dict) -> list[int]:
+    return [id(d) + DICT_VERSION]
+
+
+def list_words(items: list) -> list[int]:
+    """Length and item array first: the item words are read only while those still match."""
+    base = _word(id(items) + LIST_ITEMS)
+    return [id(items) + LIST_SIZE, id(items) + LIST_ITEMS, *(base + 8 * i for i in range(len(items)))]
+
+
+def array_words(a: np.ndarray) -> list[int]:
+    """Everything of `a` that can change in place while it stays the same object."""
+    dims, strides = _word(id(a) + ARRAY_DIMS), _word(id(a) + ARRAY_STRIDES)
+    return [id(a) + ARRAY_DATA, id(a) + ARRAY_ND, id(a) + ARRAY_DESCR, id(a) + ARRAY_FLAGS,
+            id(a) + ARRAY_DIMS, *(dims + 8 * i for i in range(a.ndim)),
+            id(a) + ARRAY_STRIDES, *(strides + 8 * i for i in range(a.ndim))]
+
+
+# ---------------------------------------------------------------- the helper
+
+# ctx words: entry, parameter table, watched addresses, their values, how many, PyEval_SaveThread,
+# PyEval_RestoreThread, the float32 descriptor, the input's rank, then its dimensions after the first
+CTX_FIXED = 9
+
+
+def _emit_helper() -> str:
+    """`i32 tinycomp.hot_call(ptr ctx, ptr x, ptr out, i64 rows, ptr scratch)`: x and out are
+    PyArrayObject pointers (the arrays' `id`)."""
+    mod = ir.Module(name="tinycomp_hot_call")
+    fn = ir.Function(mod, ir.FunctionType(I32, [PTR, PTR, PTR, I64, PTR]), "tinycomp.hot_call")
+    ctx, x, out, rows, scratch = fn.args
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    changed, not_native = (fn.append_basic_block(n) for n in ("changed", "not_native"))
+
+    def at(base: ir.Value, offset: int, typ: ir.Type) -> ir.Value:
+        return b.load(b.gep(base, [ir.Constant(I64, offset)], source_etype=ir.IntType(8)), typ=typ)
+
+    def ctx_word(i: int, typ: ir.Type = I64) -> ir.Value:
+        """Word i of ctx; a function pointer is loaded as a typed pointer, which the builder can call."""
+        return b.load(b.gep(ctx, [ir.Constant(I64, i)], source_etype=I64), typ=typ)
+
+    def check(cond: ir.Value, fail: ir.Block) -> None:
+        ok = fn.append_basic_block("ok")
+        b.cbranch(cond, ok, fail)
+        b.position_at_end(ok)
+
+    # the input: float32, the compiled rank and feature dimensions, `rows` rows, C-contiguous, aligned
+    check(b.icmp_unsigned("==", at(x, ARRAY_DESCR, I64), ctx_word(7)), not_native)
+    ndim = ctx_word(8)
+    check(b.icmp_signed("==", b.sext(at(x, ARRAY_ND, I32), I64), ndim), not_native)
+    flags = b.and_(at(x, ARRAY_FLAGS, I32), ir.Constant(I32, C_CONTIGUOUS_ALIGNED))
+    check(b.icmp_unsigned("==", flags, ir.Constant(I32, C_CONTIGUOUS_ALIGNED)), not_native)
+    dims = at(x, ARRAY_DIMS, PTR)
+    check(b.icmp_signed("==", b.load(dims, typ=I64), rows), not_native)
+    _loop(b, fn, ir.Constant(I64, 1), ndim, lambda i: b.icmp_signed(
+        "==", b.load(b.gep(dims, [i], source_etype=I64), typ=I64),
+        b.load(b.gep(ctx, [b.add(i, ir.Constant(I64, CTX_FIXED - 1))], source_etype=I64), typ=I64)), not_native)
+
+    # every watched word as it was
+    words, expect = ctx_word(2, PTR), ctx_word(3, PTR)
+    _loop(b, fn, ir.Constant(I64, 0), ctx_word(4), lambda i: b.icmp_unsigned(
+        "==", b.load(b.load(b.gep(words, [i], source_etype=PTR), typ=PTR), typ=I64),
+        b.load(b.gep(expect, [i], source_etype=I64), typ=I64)), changed)
+
+    # run the entry without the GIL, as a plain ctypes call would
+    save_ty = ir.FunctionType(PTR, [])
+    restore_ty = ir.FunctionType(ir.VoidType(), [PTR])
+    entry_ty = ir.FunctionType(ir.VoidType(), [I64, PTR, PTR, PTR, PTR])
+    state = b.call(ctx_word(5, ir.PointerType(save_ty)), [])
+    b.call(ctx_word(0, ir.PointerType(entry_ty)),
+           [rows, at(x, ARRAY_DATA, PTR), at(out, ARRAY_DATA, PTR), scratch, ctx_word(1, PTR)])
+    b.call(ctx_word(6, ir.PointerType(restore_ty)), [state])
+    b.ret(ir.Constant(I32, 0))
+
+    for block, status in ((changed, CHANGED), (not_native, INPUT_NOT_NATIVE)):
+        b.position_at_end(block)
+        b.ret(ir.Constant(I32, status))
+    return str(mod)
+
+
+def _loop(b: ir.IRBuilder, fn: ir.Function, start: ir.Value, stop: ir.Value, ok: Any, fail: ir.Block) -> None:
+    """`for i in range(start, stop): if not ok(i): goto fail`; the builder ends after the loop."""
+    pre, head, body, done = b.block, *(fn.append_basic_block(n) for n in ("head", "body", "done"))
+    b.branch(head)
+    b.position_at_end(head)
+    i = b.phi(I64)
+    i.add_incoming(start, pre)
+    b.cbranch(b.icmp_signed("<", i, stop), body, done)
+    b.position_at_end(body)
+    nxt = fn.append_basic_block("next")
+    b.cbranch(ok(i), nxt, fail)
+    b.position_at_end(nxt)
+    i.add_incoming(b.add(i, ir.Constant(I64, 1)), nxt)
+    b.branch(head)
+    b.position_at_end(done)
+
+
+HOT_CALL = ctypes.PYFUNCTYPE(ctypes.c_int32, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
+                             ctypes.c_void_p)
+
+
+@functools.lru_cache(maxsize=1)
+def helper() -> tuple[JitEngine, Any]:
+    """The process's hot-call helper (its engine, kept alive here, and a ctypes callable that keeps
+    the GIL: the helper releases it itself around the entry)."""
+    engine = JitEngine(_emit_helper())
+    return engine, HOT_CALL(engine.address("tinycomp.hot_call"))
+
+
+def _c_address(fn: Any) -> int:
+    return ctypes.cast(fn, ctypes.c_void_p).value or 0
+
+
+class NativeHotCall:
+    """One armed hot call: the entry, its parameter table, and the words that must not have moved.
+
+    `keep` holds every object whose words are watched and the arrays the table points into: while
+    this object lives, each recorded address stays valid. Built after a full call found the model
+    and its parameters as compiled; any later change makes `__call__` return None (the caller then
+    takes the full path, which arms a new one).
+    """
+
+    def __init__(self, entry: int, table: ctypes.Array, features: Sequence[int], out_row: Sequence[int],
+                 hot_rows: int, scratch: Any, scratch_per_row: int, scratch_fixed: int,
+                 watched: Iterable[int], keep: Any, armed_for: Any = None):
+        self._keep = (keep, table)
+        self.armed_for, self.stale = armed_for, False  # stale: a watched word moved since arming
+        self._engine, self._fn = helper()
+        words = list(watched)
+        self._words = (ctypes.c_void_p * max(1, len(words)))(*words)
+        self._expect = (ctypes.c_uint64 * max(1, len(words)))(*(_word(w) for w in words))
+        self.features, self.out_shape_tail = tuple(features), tuple(out_row)
+        self._one_row, self._one_row_scratch = (1, *self.out_shape_tail), scratch_per_row + scratch_fixed
+        self.hot_rows, self.scratch = hot_rows, scratch
+        self.scratch_per_row, self.scratch_fixed = scratch_per_row, scratch_fixed
+        ctx = [entry, ctypes.addressof(table), ctypes.addressof(self._words), ctypes.addressof(self._expect),
+               len(words), _c_address(ctypes.pythonapi.PyEval_SaveThread),
+               _c_address(ctypes.pythonapi.PyEval_RestoreThread), id(np.dtype(np.float32)),
+               1 + len(self.features), *self.features]
+        self._ctx = (ctypes.c_uint64 * len(ctx))(*ctx)
+        self._ctx_address = ctypes.addressof(self._ctx)
+
+    def __call__(self, a: Any) -> np.ndarray | None:
+        """The model on batch `a` (float32, C-contiguous, (rows, *features), 0 < rows <= hot_rows),
+        or None: another input, or something the compiled code depends on changed. The helper
+        checks the input's dtype, layout and feature dimensions; only what allocating the output
+        needs is looked at here."""
+        if type(a) is not np.ndarray:  # the helper reads `a` as a NumPy array struct
+            return None
+        try:
+            rows = len(a)  # the rank and every dimension are the helper's to check
+        except TypeError:  # 0-D
+            return None
+        if not 0 < rows <= self.hot_rows:
+            return None
+        if rows == 1:
+            out, floats = np.empty(self._one_row, _F32), self._one_row_scratch
+        else:
+            out, floats = np.empty((rows, *self.out_shape_tail), _F32), rows * self.scratch_per_row + self.scratch_fixed
+        status = self._fn(self._ctx_address, id(a), id(out), rows, self.scratch.pointer(floats))
+        if status == 0:
+            return out
+        if status == CHANGED:
+            self.stale = True
+        return None
