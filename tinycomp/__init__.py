@@ -28,6 +28,7 @@ def summary(model: Any, input_shape: Any = (1, 784)) -> Summary:
     Args:
         model: a `tinycomp.nn` model (traced in eval mode) or a `Graph` (e.g. `fast.graph`).
         input_shape: (batch, features...); the batch size only scales activations, MACs and FLOPs.
+            A forward() of several inputs takes one such shape per input, in a list.
 
     Returns:
         A `Summary`: `print()` it for a table, read totals from `.parameters`, `.param_bytes`,
@@ -38,9 +39,12 @@ def summary(model: Any, input_shape: Any = (1, 784)) -> Summary:
         >>> s.parameters, s.macs                                             # doctest: +SKIP
         (235146, 7512064)
     """
-    shape = tuple(input_shape)
+    shapes = [tuple(s) for s in input_shape] if input_shape and isinstance(input_shape[0], (tuple, list)) else \
+        [tuple(input_shape)]  # a forward() of several inputs: one (batch, features...) per input
+    shape = shapes[0]
     batch = shape[0] if shape and shape[0] is not None else 1
-    graph = model if isinstance(model, Graph) else trace(model, (None, *shape[1:]))
+    traced = [(None, *s[1:]) for s in shapes]
+    graph = model if isinstance(model, Graph) else trace(model, traced if len(traced) > 1 else traced[0])
     return summarize(graph, batch)
 
 

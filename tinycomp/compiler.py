@@ -12,6 +12,7 @@ import functools
 import html
 import threading
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +31,7 @@ from .ir.passes import explain as explain_fusions
 from .ir.printer import html_table
 from .logs import log
 from .runtime import native_guard
-from .runtime.buffers import ScratchPool
+from .runtime.buffers import ScratchPool, as_native_float32
 from .runtime.call import as_input_array
 from .runtime.native_guard import NativeHotCall
 
@@ -86,16 +87,16 @@ class CompiledModel:
         self._lock = threading.Lock()
         self._scratch = ScratchPool()
         if input_shape is not None:
-            features = driver.feature_shape(input_shape)
+            features, more = driver.input_spec(input_shape)
             with model_lock(model):  # compiling walks the model: as on every other path
-                self._compile(features)
+                self._compile(features, more)
 
     # ---------------------------------------------------------------- pickling: model + options, no code
     def __getstate__(self) -> dict:
         art = self._artifact
         return {"model": self.model, "threads": self.threads, "check": self.check, "passes": self._passes,
                 "speed_level": self._speed_level, "pinned": self._pinned, "training": self.training,
-                "input_shape": (None, *art.features) if art is not None else None}
+                "input_shape": _input_shape(art) if art is not None else None}
 
     def __setstate__(self, state: dict) -> None:
         self.__init__(state["model"], input_shape=state["input_shape"], threads=state["threads"],  # type: ignore[misc]
@@ -104,9 +105,9 @@ class CompiledModel:
         self._pinned = state.get("pinned", state["input_shape"] is not None)
 
     # ---------------------------------------------------------------- compiling
-    def _compile(self, features: tuple[int, ...]) -> Artifact:
+    def _compile(self, features: tuple[int, ...], more: tuple[tuple, ...] = ()) -> Artifact:
         art = driver.build(self.model, features, passes=self._passes, speed_level=self._speed_level,
-                           threads=self.threads, scratch=self._scratch, training=self.training)
+                           threads=self.threads, scratch=self._scratch, training=self.training, more_inputs=more)
         self._artifact = art
         self._native = None  # armed again by the first call that runs the new code
         self.stats.compiles += 1
@@ -114,42 +115,57 @@ class CompiledModel:
         self.stats.compile_ms = art.compile_ms
         return art
 
-    def _ensure_compiled(self, arr: Any) -> Artifact:
-        """The artifact to run `arr` with: compiled on the first call, again after the model's structure
-        changed, and, unless compile() was given input_shape, for a new input width."""
+    def _ensure_compiled(self, arr: Any, others: Sequence[Any] = ()) -> Artifact:
+        """The artifact to run `arr` (and the `others` of a forward of several inputs) with: compiled on
+        the first call, again after the model's structure changed, and, unless compile() was given
+        input_shape, for a new input width (every other input then carries the batch too)."""
         features = arr.shape[1:] if arr.ndim > 1 else arr.shape
+        more = tuple((None, *a.shape[1:]) for a in others)
         art = self._artifact
         if art is None:
             with model_lock(self.model), self._lock:  # two threads making the first call compile once
                 art = self._artifact
                 if art is None:
-                    return self._compile(features)
+                    return self._compile(features, more)
             # another thread's first call compiled meanwhile, maybe for another width: checked below
-        follow = not _fits(art.features, arr.shape) and not self._pinned  # unpinned: follow the input's width
+        if len(others) != len(art.more_inputs):
+            names = art.plan.inputs
+            raise TypeError(f"this compiled model takes {len(names)} input(s) ({', '.join(names)}), as its forward() "
+                            f"was compiled for; got {1 + len(others)}")
+        follow = not self._pinned and (not _fits(art.features, arr.shape) or more != art.more_inputs)
         if not art.guard.unchanged():
             return self._recompile(art, "the structure of the model changed", features if follow else art.features,
-                                   arr.shape)
+                                   arr.shape, more if follow else art.more_inputs)
         if follow:
-            return self._recompile(art, f"the input shape changed from (N, {_dims(art.features)}) to "
-                                        f"{tuple(arr.shape)}", features, arr.shape)
+            return self._recompile(art, f"the input shape changed from {_input_shape(art)} to "
+                                        f"{tuple(arr.shape)}" + "".join(f", {a.shape}" for a in others),
+                                   features, arr.shape, more)
         return art
 
-    def _recompile(self, art: Artifact, why: str, features: tuple[int, ...], given: tuple = ()) -> Artifact:
+    def _recompile(self, art: Artifact, why: str, features: tuple[int, ...], given: tuple = (),
+                   more: tuple[tuple, ...] | None = None) -> Artifact:
+        more = art.more_inputs if more is None else more
         # the model's lock first, as tracing takes it: one order everywhere, so no two threads wait on each other
         with model_lock(self.model), self._lock:  # several threads noticing one change recompile once
             current = self._artifact
-            if current is not art and current is not None and current.features == features:
+            if current is not art and current is not None and (current.features, current.more_inputs) == (features,
+                                                                                                            more):
                 return current
             log("compile", "%s since %s was compiled: recompiling", why, type(self.model).__name__)
             try:
-                return self._compile(features)
+                return self._compile(features, more)
             except CompileError as exc:
-                raise CompileError(self._no_longer_fits(art, features, given, exc)) from exc
+                raise CompileError(self._no_longer_fits(art, features, more, given, exc)) from exc
             except ValueError as exc:
-                raise ValueError(self._no_longer_fits(art, features, given, exc)) from exc
+                raise ValueError(self._no_longer_fits(art, features, more, given, exc)) from exc
 
-    def _no_longer_fits(self, art: Artifact, features: tuple[int, ...], given: tuple, exc: Exception) -> str:
+    def _no_longer_fits(self, art: Artifact, features: tuple[int, ...], more: tuple[tuple, ...], given: tuple,
+                        exc: Exception) -> str:
         """Why recompiling failed, naming the width compiled for and the input's."""
+        if art.more_inputs and more != art.more_inputs:
+            return (f"compiled model expects inputs of shapes {_input_shape(art)} (None: the batch) as compiled "
+                    f"before; the inputs have shapes {[tuple(given), *more]} (batch as None), and the model cannot "
+                    f"take those either: {exc}")
         if features == art.features:
             pinned = ", which was given to compile()" if self._pinned else ""
             return (f"the model changed since it was compiled and no longer takes input_shape=(None, "
@@ -158,41 +174,45 @@ class CompiledModel:
         return (f"compiled model expects input of shape (batch, {_dims(art.features)}) as compiled before; the input "
                 f"has shape {tuple(given)}, and the model cannot take that either: {exc}")
 
-    def _rows(self, art: Artifact, arr: Any) -> tuple[int, tuple]:
+    def _rows(self, art: Artifact, arr: Any, others: Sequence[Any]) -> tuple[int, tuple]:
         try:
+            if art.more_inputs or others:  # several inputs: each (batch, *its features), one batch size
+                rows = art.call.several_rows([arr, *others])
+                return rows, (rows, *art.call.out_row)
             return art.call.rows(arr, functools.partial(driver.eager_out_shape, self.model, art))
         except ValueError as exc:
             if not self._pinned:
                 raise
-            raise ValueError(f"{exc}; compile() was given input_shape=(None, {_dims(art.features)}): compile "
+            raise ValueError(f"{exc}; compile() was given input_shape={_input_shape(art)}: compile "
                              "without it to follow the input's shape") from None
 
     # ---------------------------------------------------------------- calling
-    def __call__(self, x: Any) -> Tensor:
-        native = self._native  # armed for inference code only (`_arm`)
-        if native is not None and not self.check:  # check=True compares with eager on every call
+    def __call__(self, x: Any, *more: Any) -> Tensor:
+        """`fast(x)`, or `fast(x, mask)` for a forward() of several Tensor inputs."""
+        native = self._native  # armed for inference code of one input only (`_arm`)
+        if native is not None and not self.check and not more:  # check=True compares with eager on every call
             out = native(x.data if type(x) is Tensor else x)
             if out is not None:
                 self.stats.calls += 1
                 return Tensor._adopt(out)
         art = self._artifact
         # check=True compares with eager; a training-mode call draws its masks: both always _call
-        if art is not None and not self.check and art.draws is None:
+        if art is not None and not self.check and art.draws is None and not more and not art.more_inputs:
             out = art.call.hot(x.data if type(x) is Tensor else x, art)
             if out is not None:
                 self.stats.calls += 1
                 self._arm(art)
                 return Tensor._adopt(out)
-        return self._call(x)
+        return self._call(x, *more)
 
     def _arm(self, art: Artifact) -> None:
         """Offer the native hot call (runtime/native_guard.py) for what the last call found: the
         model as compiled and its parameter arrays unchanged. Re-armed after anything it watches
         moved, once a call on the Python paths has checked the model again."""
         native = self._native
-        if self.check or art.draws is not None or art.call.kernel.draws or not native_guard.AVAILABLE or (
-                native is not None and native.armed_for is art and not native.stale):
-            return  # check=True and training-mode calls (they draw masks) always take _call
+        if self.check or art.draws is not None or art.call.kernel.draws or art.more_inputs or \
+                not native_guard.AVAILABLE or (native is not None and native.armed_for is art and not native.stale):
+            return  # check=True, training-mode calls (they draw masks) and several inputs always take _call
         hot = art.params.hot_table(art.guard.held) if art.guard.same() else None
         if hot is None:
             return
@@ -202,34 +222,37 @@ class CompiledModel:
             art.engine.address(art.plan.entry), hot[-1], call.features, call.out_row, call.hot_rows, call.scratch,
             art.plan.scratch_per_row, art.plan.scratch_fixed, words, keep, armed_for=art)
 
-    def _call(self, x: Any) -> Tensor:
-        """Every call the hot path does not take: any input shape or type, first calls, recompiles."""
+    def _call(self, x: Any, *more: Any) -> Tensor:
+        """Every call the hot path does not take: any input shape or type, first calls, recompiles,
+        several inputs."""
         arr = as_input_array(x.data if isinstance(x, Tensor) else x)
-        art = self._ensure_compiled(arr)
+        others = [as_input_array(m.data if isinstance(m, Tensor) else m) for m in more]
+        art = self._ensure_compiled(arr, others)
         held = art.guard.held  # as checked just now: the parameter table is offered to the hot path with it
-        rows, out_shape = self._rows(art, arr)
+        rows, out_shape = self._rows(art, arr, others)
         params = art.params.table()
         if params is None:  # a parameter was given another shape: the code must be generated again
             art = self._recompile(art, "a parameter changed shape", art.features, arr.shape)
             held = art.guard.held
-            rows, out_shape = self._rows(art, arr)
+            rows, out_shape = self._rows(art, arr, others)
             art.params.arrays(strict=True)  # names the parameter if it still does not fit
             params = art.params.table()
             assert params is not None
         x32, out = art.call.buffers(arr, rows)
+        more32 = [as_native_float32(a) for a in others]
         table, used = params  # `used` keeps every array the table points into alive during the call
         # check=True in training mode replays the call's draws eagerly: no other call may draw meanwhile
         with streams.lock() if self.check and art.draws else contextlib.nullcontext():
             # every call takes its layers' next masks, an empty batch too: as an eager call would
             draws = art.draws.draw() if art.draws else None
             if rows:
-                art.call.run(x32, table, out, draws[0] if draws else None)
+                art.call.run(x32, table, out, draws[0] if draws else None, more32)
                 art.params.remember(held, table, used)
                 self._arm(art)
             self.stats.calls += 1
             y = out.reshape(out_shape)
             if self.check:
-                driver.check_against_eager(self.model, art, x32, y, draws)
+                driver.check_against_eager(self.model, art, x32, y, draws, more32)
         return Tensor._wrap(y)
 
     # ---------------------------------------------------------------- inspecting
@@ -283,6 +306,12 @@ class CompiledModel:
     def __repr__(self) -> str:
         state = f"features={self._artifact.features}" if self._artifact else "not compiled yet"
         return f"CompiledModel({type(self.model).__name__}, {state}, calls={self.stats.calls})"
+
+
+def _input_shape(art: Artifact) -> Any:
+    """The input_shape the artifact was compiled for, as compile() takes it."""
+    first = (None, *art.features)
+    return [first, *art.more_inputs] if art.more_inputs else first
 
 
 def _dims(features: tuple[int, ...]) -> str:

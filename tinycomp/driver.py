@@ -93,6 +93,7 @@ class Artifact:
     compile_ms: float
     lead_shapes: dict = field(default_factory=dict)  # leading dims of the input -> eager output shape
     draws: DropoutDraws | None = None  # training mode: where each call's dropout masks come from
+    more_inputs: tuple[tuple, ...] = ()  # forward(x, mask, ...): the shapes of the inputs after x (None: batch)
 
     def hot_table(self) -> tuple[Any, ctypes.Array] | None:
         """(the binding's hot table, which keeps the weights alive; the pointer table it holds) while
@@ -100,6 +101,24 @@ class Artifact:
         guard = self.guard
         hot = self.params.hot_table(guard.held) if guard.same() else None
         return None if hot is None else (hot, hot[-1])  # the binding keeps its pointer table last
+
+
+def input_spec(input_shape: Any) -> tuple[tuple[int, ...], tuple[tuple, ...]]:
+    """(features of the first input, shapes of the others) of compile()'s `input_shape`: one shape
+    `(None, 784)`, or one per input of forward(), `[(None, 64, 128), (None, 64, 64)]`; an input after
+    the first given without the leading None is the same for every sample (a shared mask)."""
+    shapes = list(input_shape) if isinstance(input_shape, (tuple, list)) else []
+    if len(shapes) > 1 and all(isinstance(s, (tuple, list)) for s in shapes):
+        more = []
+        for i, s in enumerate(shapes[1:], 1):
+            s = tuple(s)
+            dims = s[1:] if s[:1] == (None,) else s
+            if not s or any(not is_whole_number(d) or d <= 0 for d in dims):
+                raise ValueError(f"input_shape[{i}] must be (None, features...) for an input with the batch, or "
+                                 f"(features...) for one shared by every sample, with positive sizes; got {s!r}")
+            more.append((*s[:1 if s[:1] == (None,) else 0], *(int(d) for d in dims)))
+        return feature_shape(shapes[0]), tuple(more)
+    return feature_shape(input_shape), ()
 
 
 def feature_shape(input_shape: Any) -> tuple[int, ...]:
@@ -128,21 +147,24 @@ def checked_speed_level(level: Any) -> int:
 
 
 def build(model: Any, features: tuple[int, ...], *, passes: list | None, speed_level: int,
-          threads: int | None, scratch: ScratchPool, training: bool = False) -> Artifact:
+          threads: int | None, scratch: ScratchPool, training: bool = False,
+          more_inputs: tuple[tuple, ...] = ()) -> Artifact:
     """Compile `model` for inputs (N, *features), its layers in training mode if `training`; the
-    caller holds the model's lock."""
+    caller holds the model's lock. A forward() of several inputs takes the shapes of the others in
+    `more_inputs`."""
     start = time.perf_counter()
-    traced, optimized, dumps = optimized_graph(model, features, passes=passes, training=training)
+    traced, optimized, dumps = optimized_graph(model, features, passes=passes, training=training,
+                                               more_inputs=more_inputs)
     plan, engine, key, hit = codegen(optimized, speed_level)
     shapes = [tuple(optimized.shape(p)) for p in plan.params]
-    kernel = NativeKernel(engine, plan, features, shapes)
+    kernel = NativeKernel(engine, plan, features, shapes, more_inputs)
     artifact = Artifact(
         features=features, traced=traced, optimized=optimized, pass_dumps=dumps, plan=plan, engine=engine,
         call=CompiledCall(kernel, features, flops_per_row(optimized), threads, scratch),
         params=LiveParams(model, [optimized[p]["path"] for p in plan.params], shapes, kernel.pack),
         guard=StructureGuard(model), speed_level=speed_level, cache_hit=hit,
         compile_ms=(time.perf_counter() - start) * 1e3,
-        draws=DropoutDraws(model, traced, plan.dropouts) if training else None,
+        draws=DropoutDraws(model, traced, plan.dropouts) if training else None, more_inputs=more_inputs,
     )
     log("compile", "compiled %s for input (N, %s) in %.1f ms (cache key %s, %s)", type(model).__name__,
         ", ".join(map(str, features)), artifact.compile_ms, key[:16], "cache hit" if hit else "built")
@@ -154,11 +176,13 @@ def build(model: Any, features: tuple[int, ...], *, passes: list | None, speed_l
 
 
 def optimized_graph(model: Any, features: tuple[int, ...], *, passes: list | None, training: bool = False,
-                    ) -> tuple[Graph, Graph, PassDumps]:
-    """(traced graph, graph after the passes, the text of every stage) for inputs (N, *features):
-    what `build` compiles and `tinycomp.export` exports. The caller holds the model's lock."""
+                    more_inputs: tuple[tuple, ...] = ()) -> tuple[Graph, Graph, PassDumps]:
+    """(traced graph, graph after the passes, the text of every stage) for inputs (N, *features)
+    (and `more_inputs`, the shapes of a forward's other inputs): what `build` compiles and
+    `tinycomp.export` exports. The caller holds the model's lock."""
     with paused_gc():  # the passes too: graphs are many small objects and no cycles
-        traced = trace(model, (None, *features), training=training)
+        traced = trace(model, [(None, *features), *more_inputs] if more_inputs else (None, *features),
+                       training=training)
         dumps = PassDumps(traced)
         if channel("graph"):
             log("graph", "traced graph of %s:\n%s", type(model).__name__, dumps[0][1])
@@ -242,7 +266,8 @@ def eager_out_shape(model: Any, art: Artifact, lead: tuple[int, ...]) -> tuple[i
 
 
 def check_against_eager(model: Any, art: Artifact, arr: np.ndarray, compiled: np.ndarray,
-                        draws: tuple[list[DropoutStream], list[DropoutStream]] | None = None) -> None:
+                        draws: tuple[list[DropoutStream], list[DropoutStream]] | None = None,
+                        more: Sequence[np.ndarray] = ()) -> None:
     """check=True: raise ParityError unless `compiled` (the output for input `arr`) passes the
     parity rule against the eager model in eval mode, both judged by the traced graph in float64.
     A training-mode call (`draws`: what `DropoutDraws.draw` gave it) is replayed in training mode
@@ -252,13 +277,13 @@ def check_against_eager(model: Any, art: Artifact, arr: np.ndarray, compiled: np
     with layers_in_mode(model, art.draws is not None):
         if art.draws is not None and draws is not None:
             art.draws.rewind(draws[1])  # the eager run draws this call's masks again
-        eager = np.asarray(model(Tensor(arr)).data)
+        eager = np.asarray(model(Tensor(arr), *map(Tensor, more)).data)
     params64 = {p: np.asarray(v, np.float64)
                 for p, v in zip(art.plan.params, art.params.arrays(strict=True) or [], strict=True)}
     rows = arr.reshape(-1, *art.features)
     # the traced graph, not the fused one: overflow inside a linear's pre-activation must show
     streams = dict(zip(art.plan.dropouts, draws[0], strict=True)) if draws else None
-    ref = reference_and_overflow(art.traced, rows, params64, streams=streams)
+    ref = reference_and_overflow(art.traced, [rows, *more] if more else rows, params64, streams=streams)
     report = check_parity(compiled.reshape(len(rows), -1), eager.reshape(len(rows), -1),
                           ref.values.reshape(len(rows), -1), max_eager_error=CHECK_EAGER_SLACK,
                           overflow_rows=ref.overflow_rows, rounding=ref.rounding.reshape(len(rows), -1))

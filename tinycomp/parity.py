@@ -10,6 +10,7 @@ NaN depends on its order (OpenBLAS's FMA chain, our partial sums), so no engine 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -111,16 +112,18 @@ def float64_reference(g: Graph, x: np.ndarray, params: dict[str, np.ndarray] | N
     return reference_and_overflow(g, x, params).values
 
 
-def reference_and_overflow(g: Graph, x: np.ndarray, params: dict[str, np.ndarray] | None = None, *,
-                           streams: dict[str, DropoutStream] | None = None) -> Reference:
+def reference_and_overflow(g: Graph, x: np.ndarray | Sequence[np.ndarray], params: dict[str, np.ndarray] | None = None,
+                           *, streams: dict[str, DropoutStream] | None = None) -> Reference:
     """Run g in float64 and watch every value: which rows overflow float32, and how large the sums are.
-    Training-mode dropout nodes draw the masks of `streams` (see `interpret`).
+    Training-mode dropout nodes draw the masks of `streams` (see `interpret`). `x` is the input, or a
+    list of one array per input node of a graph with several (the first carries the batch).
 
     A row on whose path some value or dot product leaves float32's range overflows in float32, and
     where and with which sign depends on the order of the sums (OpenBLAS's, ours):
     `check_parity(..., overflow_rows=...)` leaves those rows unjudged.
     """
-    rows = np.zeros(len(x), dtype=bool)
+    inputs = [np.asarray(a, np.float64) for a in x] if isinstance(x, (list, tuple)) else [np.asarray(x, np.float64)]
+    rows = np.zeros(len(inputs[0]), dtype=bool)
     values: dict[str, np.ndarray] = {}
     rounding: dict[str, np.ndarray] = {}
     unread = {n: len(g.users(n)) for n in g.nx}  # dropped after their last reader: long chains stay small
@@ -146,7 +149,7 @@ def reference_and_overflow(g: Graph, x: np.ndarray, params: dict[str, np.ndarray
         else:  # a batch-independent value (from parameters alone) feeds every row
             rows[:] = True
 
-    out = interpret(g, np.asarray(x, np.float64), params=params, dtype=np.float64, on_value=watch, streams=streams)
+    out = interpret(g, *inputs, params=params, dtype=np.float64, on_value=watch, streams=streams)
     return Reference(out, rows, np.broadcast_to(rounding[g.output], out.shape))
 
 

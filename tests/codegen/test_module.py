@@ -128,13 +128,23 @@ def test_softmax_over_a_non_last_axis_runs_down_the_axis():
         assert_runs_like_interpreter(g, values(rows, 3, 5))
 
 
-def test_two_inputs_are_refused():
+def test_several_inputs_come_in_a_table_batched_or_shared():
     g = Graph()
-    a = g.add("input", name="a", shape=(None, 4))
-    b = g.add("input", name="b", shape=(None, 4))
-    g.add("output", [g.add("add", [a, b])], name="output")
-    with pytest.raises(LoweringError, match="one input; this one has 2"):
-        lower_graph(g, WIDTH)
+    a = g.add("input", name="a", shape=(None, 3, 4))
+    b = g.add("input", name="b", shape=(None, 1, 4))
+    c = g.add("input", name="c", shape=(3, 1))  # the same for every sample
+    g.add("output", [g.add("mul", [g.add("add", [a, b]), c])], name="output")
+    plan = lower_graph(g, WIDTH)
+    assert plan.inputs == ["a", "b", "c"] and "ptr %\"inputs\"" in plan.llvm_ir
+    kernel = NativeKernel(JitEngine(plan.llvm_ir), plan, (3, 4), [], [(None, 1, 4), (3, 1)])
+    shared = values(3, 1)
+    for rows in (1, 7, 130):  # 130: two row blocks, the batched inputs moved to each block's rows
+        xa, xb = values(rows, 3, 4), values(rows, 1, 4)
+        out = np.full((rows, 3, 4), np.nan, np.float32)
+        kernel.run(xa, [], out, np.full(plan.scratch_floats(rows), np.nan, np.float32), more_inputs=[xb, shared])
+        np.testing.assert_array_equal(out, interpret(g, xa, xb, shared))
+    with pytest.raises(ValueError, match="input 1 must be"):
+        kernel.run(xa, [], out, np.zeros(plan.scratch_floats(rows), np.float32), more_inputs=[xb[:1], shared])
 
 
 def test_broadcast_in_runs_goes_through_the_strided_kernel():

@@ -4,7 +4,9 @@ The entry is `void tinycomp_forward(i64 M, ptr x, ptr out, ptr scratch, ptr args
 one pointer per parameter, then one per constant, in `ModulePlan.params` / `const_nodes` order.
 A graph with training-mode dropout (`ModulePlan.dropouts`) takes one more argument, `ptr draws`: an
 i64 array [key0, key1, first row, then (layer id, call number) per dropout node], the Philox
-stream of each mask (ir/philox.py) and the batch row that row 0 of this call is.
+stream of each mask (ir/philox.py) and the batch row that row 0 of this call is. A graph with
+several inputs (`ModulePlan.inputs`) takes one more, last, `ptr inputs`: a pointer per input after
+the first (`x`), a batched one at the call's row 0, one without the batch dimension as it is.
 Every op we lower works row by row, so the runtime may split the batch into row ranges and run the
 entry on each range in parallel, each range with its own scratch buffer.
 
@@ -54,6 +56,7 @@ class ModulePlan:
     buffers: BufferPlan | None = field(default=None, repr=False)  # where each value lives (lowering only)
     dropouts: list[str] = field(default_factory=list)  # training dropout nodes, in `draws` order
     row_block: int = 0  # rows the entry runs at a time (`row_block`), 0: all at once
+    inputs: list[str] = field(default_factory=list)  # input nodes: the first is `x`, the others in `inputs`
 
     def scratch_floats(self, rows: int) -> int:
         """Scratch a call on `rows` rows needs: batched buffers hold one row block at most."""
@@ -65,7 +68,7 @@ class ModulePlan:
         return {"entry": self.entry, "params": self.params, "const_nodes": self.const_nodes,
                 "out_shape": list(self.out_shape), "scratch_per_row": self.scratch_per_row,
                 "scratch_fixed": self.scratch_fixed, "kernels": self.kernels, "dropouts": self.dropouts,
-                "row_block": self.row_block}
+                "row_block": self.row_block, "inputs": self.inputs}
 
     @classmethod
     def from_meta(cls, meta: dict, g: Graph, width: int) -> ModulePlan:
@@ -106,7 +109,8 @@ class _Emitter:
         self.params, self.consts, self.dropouts = plan.params, plan.const_nodes, plan.dropouts
         # Parameters and constants come in one array of pointers: a ctypes call costs ~0.1 us per
         # argument, and that array only changes when a parameter is rebound, not on every call.
-        names = ("M", "x", "out", "scratch", "args") + (("draws",) if self.dropouts else ())
+        names = ("M", "x", "out", "scratch", "args") + (("draws",) if self.dropouts else ()) \
+            + (("inputs",) if len(plan.inputs) > 1 else ())
         self.fn = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [I64] + [PTR] * (len(names) - 1)), ENTRY)
         for a, arg_name in zip(self.fn.args, names, strict=True):
             a.name = arg_name
@@ -118,7 +122,10 @@ class _Emitter:
         self.scratch_rows: ir.Value = self.rows  # batched scratch buffers hold this many rows
         self.r0: ir.Value | None = None  # first row of the current block (None: no blocking)
         x, self.out, self.scratch, table = self.fn.args[1:5]
-        self.ptr: dict[str, ir.Value] = {g.inputs[0]: x}
+        self.ptr: dict[str, ir.Value] = {plan.inputs[0]: x}
+        for i, n in enumerate(plan.inputs[1:]):  # several inputs: the others come in a table of pointers
+            slot = self.b.gep(self.fn.args[-1], [i64(i)], source_etype=PTR, inbounds=True)
+            self.ptr[n] = self.b.load(slot, typ=PTR, name=f"in.{n}")
         for i, n in enumerate(self.params + self.consts):
             tag = "p" if i < len(self.params) else "c"
             slot = self.b.gep(table, [i64(i)], source_etype=PTR, inbounds=True)
@@ -291,8 +298,8 @@ def plan_frame(g: Graph, target: Target | int) -> ModulePlan:
     output shape and scratch sizes. Cheap (no LLVM work): a cached module's header is checked
     against it (`from_meta`)."""
     target = _as_target(target)
-    if len(g.inputs) != 1:
-        raise LoweringError(f"the code generator takes graphs with one input; this one has {len(g.inputs)}")
+    if not g.inputs:
+        raise LoweringError("the graph has no input node")
     for n in g.nodes():
         if g.op(n) not in LOWERINGS and g.op(n) not in LEAF_OPS:
             why = REFUSED.get(g.op(n), "the code generator has no lowering registered for it")
@@ -306,7 +313,8 @@ def plan_frame(g: Graph, target: Target | int) -> ModulePlan:
     return ModulePlan(llvm_ir="", entry=ENTRY, params=g.params, const_nodes=consts, consts=_const_arrays(g, consts),
                       out_shape=tuple(g.shape(g.output)), scratch_per_row=buffers.per_row,
                       scratch_fixed=buffers.fixed, kernels=[], buffers=buffers,
-                      dropouts=[n for n in g.nodes("dropout") if draws_mask(g, n)], row_block=block)
+                      dropouts=[n for n in g.nodes("dropout") if draws_mask(g, n)], row_block=block,
+                      inputs=g.inputs)
 
 
 def _lower_graph(g: Graph, target: Target) -> ModulePlan:

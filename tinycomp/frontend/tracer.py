@@ -17,12 +17,12 @@ from typing import Any
 
 import numpy as np
 
-from ..checks import is_whole_number
 from ..errors import CompileError
 from ..ir.graph import Graph, paused_gc
 from ..ir.ops import OPS, REDUCTIONS, UFUNCS, combined_axes
 from ..ir.shapes import fmt_shape
 from . import tensor as tensor_module
+from .inputs import input_names, input_shapes
 from .layers import Layer, Sequential, model_lock
 from .live_reads import LiveReads, TracedArray, is_numeric_array
 from .tensor import Tensor, apply_op
@@ -385,10 +385,13 @@ class Tracer:
                     else:
                         setattr(layer, attr, old)
 
-    def run(self, input_shape: tuple) -> Graph:
-        x = self.graph.add("input", name="x", shape=input_shape, layer="")
+    def run(self, input_shapes: list[tuple]) -> Graph:
+        """Trace forward() on one symbolic tensor per input shape (one `input` node each)."""
+        names = input_names(self.model, len(input_shapes))
+        xs = [SymbolicTensor(self, self.graph.add("input", name=name, shape=shape, layer=""), shape)
+              for name, shape in zip(names, input_shapes, strict=True)]
         with self.patched():
-            out = self.model(SymbolicTensor(self, x, input_shape))
+            out = self.model(*xs)
         if not isinstance(out, SymbolicTensor) or out._tracer is not self:
             got = "a Tensor that does not depend on the input" if isinstance(out, Tensor) else type(out).__name__
             raise CompileError(f"{self.where()}: forward() must return a Tensor computed from its input; got {got}")
@@ -397,25 +400,14 @@ class Tracer:
         return self.graph
 
 
-def check_input_shape(input_shape: Any) -> tuple:
-    if not isinstance(input_shape, (tuple, list)) or not input_shape:
-        raise ValueError(f"input_shape must be a non-empty tuple like (None, 784); got {input_shape!r}")
-    for i, d in enumerate(input_shape):
-        ok = (d is None and i == 0) or (is_whole_number(d) and int(d) >= 0)
-        if not ok:
-            raise ValueError(
-                f"input_shape {tuple(input_shape)!r}: dimension {i} must be a non-negative int"
-                + (" or None (the dynamic batch)" if i == 0 else ""))
-    return tuple(None if d is None else int(d) for d in input_shape)
-
-
 def trace(model: Any, input_shape: Any, *, training: bool = False) -> Graph:
     """Record `model`'s forward pass as a Graph; `None` in `input_shape` is the dynamic batch size.
+    A forward() of several Tensor inputs takes a list of shapes, one per input (one `input` node each).
 
     Layers see `training` (eval by default) during the trace only; the model's own flags are kept.
     """
     if not callable(model):
         raise TypeError(f"trace() needs a Layer or callable model; got {type(model).__name__}")
-    shape = check_input_shape(input_shape)
+    shapes = input_shapes(input_shape)
     with model_lock(model), paused_gc():  # the walk and the patched run see (and leave) no other thread's changes
-        return Tracer(model, training).run(shape)
+        return Tracer(model, training).run(shapes)

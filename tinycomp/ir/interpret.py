@@ -47,6 +47,9 @@ def interpret(g: Graph, *inputs: Any, params: Mapping[str, Any] | None = None,
     if len(inputs) != len(names):
         raise ValueError(f"the graph takes {len(names)} input(s) {names}; got {len(inputs)}")
     env: dict[str, np.ndarray] = {n: check_input(g, n, x, dtype) for n, x in zip(names, inputs, strict=True)}
+    batches = {len(env[n]) for n in names if g.shape(n)[:1] == (None,)}
+    if len(batches) > 1:
+        raise ValueError(f"the inputs {names} of the graph have different batch sizes {sorted(batches)}")
     params = params or {}
     streams = dict(streams or {})
     out = g.output

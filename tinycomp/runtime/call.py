@@ -63,7 +63,8 @@ class CompiledCall:
         self.out_row = tuple(kernel.plan.out_shape[1:])
         self.ndim = 1 + len(self.features)
         # memory a call needs per batch row: output, scratch, and a converted copy of the input
-        self.bytes_per_row = 4 * (math.prod(self.out_row) + self.plan.scratch_per_row + math.prod(self.features))
+        more = sum(math.prod(s[1:]) for s in kernel.more_inputs if s[:1] == (None,))  # other inputs' copies
+        self.bytes_per_row = 4 * (math.prod(self.out_row) + self.plan.scratch_per_row + math.prod(self.features) + more)
         # the hot path runs on the calling thread and checks no memory: batches `run` would too
         self.hot_rows = one_part_rows(flops_per_row, threads, (CHECK_ABOVE - 1) // self.bytes_per_row)
 
@@ -109,6 +110,28 @@ class CompiledCall:
             f"got shape {arr.shape} (wrong {what})"
         )
 
+    def several_rows(self, arrays: Sequence[np.ndarray]) -> int:
+        """The batch size of a call with several inputs, every one checked like the first: a batched
+        input is (batch, *its features) with the batch of the others, an input compiled without the
+        batch dimension has exactly its shape."""
+        names, shapes = self.plan.inputs, [(None, *self.features), *self.kernel.more_inputs]
+        if len(arrays) != len(shapes):
+            raise TypeError(f"this compiled model takes {len(shapes)} inputs ({', '.join(names)}); got {len(arrays)}")
+        rows = None
+        for name, a, shape in zip(names, arrays, shapes, strict=True):
+            want = str(tuple("batch" if d is None else d for d in shape)).replace("'", "")
+            fits = a.ndim == len(shape) and all(d is None or d == g for d, g in zip(shape, a.shape, strict=True))
+            if not fits:
+                raise ValueError(f"compiled model input {name!r} must have shape {want}; got shape {a.shape}")
+            if shape[:1] == (None,):
+                if rows is not None and a.shape[0] != rows:
+                    raise ValueError(f"compiled model inputs must have the same batch size: input {name!r} has "
+                                     f"{a.shape[0]} rows, input {names[0]!r} {rows} (every input {want} carries "
+                                     "the batch first; compile with input_shape to give an input without it)")
+                rows = a.shape[0] if rows is None else rows
+        assert rows is not None  # the first input always carries the batch
+        return rows
+
     def buffers(self, arr: np.ndarray, rows: int) -> tuple[np.ndarray, np.ndarray]:
         """(the input as native float32, an output of `rows` rows to fill): a batch too large for
         memory is a MemoryError before either is allocated."""
@@ -125,29 +148,32 @@ class CompiledCall:
         return x32, out
 
     def run(self, x32: np.ndarray, table: ctypes.Array, out: np.ndarray,
-            draws: Sequence[DropoutStream] | None = None) -> None:
+            draws: Sequence[DropoutStream] | None = None, more: Sequence[np.ndarray] = ()) -> None:
         """out = the model on the rows of x32 (from `buffers`), split across threads where it pays;
         `table` is the entry's parameter pointer table, whose arrays the caller keeps alive until
         this returns. A module with training-mode dropout takes the stream of each dropout node's
-        mask in `draws`; every row chunk numbers its elements from its place in the whole batch."""
+        mask in `draws`; every row chunk numbers its elements from its place in the whole batch. A
+        module with several inputs takes the others, native float32 (`several_rows` checked them), in
+        `more`."""
         x = x32 if x32.ndim == self.ndim else x32.reshape(-1, *self.features)
         kernel, rows = self.kernel, x.shape[0]
         if not rows:
             return
         kernel.check_io(x, out)
+        kernel.check_more_inputs(more, rows)
         x_ptr, out_ptr, table_ptr = data_pointer(x), data_pointer(out), ctypes.addressof(table)
         parts = parallel_parts(rows, self.flops_per_row, self.threads)
         if parts <= 1:
-            held = self._draws_table(draws, 0)  # held until the call returns
+            held, inputs = self._draws_table(draws, 0), kernel.inputs_table(more, 0)  # held until the call returns
             kernel.call(rows, x_ptr, out_ptr, self.scratch.pointer(self.plan.scratch_floats(rows)), table_ptr,
-                        0 if held is None else held.ctypes.data)
+                        0 if held is None else held.ctypes.data, 0 if inputs is None else ctypes.addressof(inputs))
             return
 
         def chunk(lo: int, hi: int) -> None:  # rows lo..hi, each thread with its own scratch
-            held = self._draws_table(draws, lo)
+            held, inputs = self._draws_table(draws, lo), kernel.inputs_table(more, lo)
             kernel.call(hi - lo, x_ptr + lo * kernel.in_bytes, out_ptr + lo * kernel.out_bytes,
                         self.scratch.pointer(self.plan.scratch_floats(hi - lo)), table_ptr,
-                        0 if held is None else held.ctypes.data)
+                        0 if held is None else held.ctypes.data, 0 if inputs is None else ctypes.addressof(inputs))
 
         shared_pool().run([functools.partial(chunk, lo, hi) for lo, hi in split_rows(rows, parts)])
 

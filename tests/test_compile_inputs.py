@@ -1,0 +1,157 @@
+"""Issue 15: a forward() of several Tensor inputs compiles to one `input` node per argument;
+`fast(x, mask)` runs it, every input checked like x (shape, dtype, batch agreement), against the eager
+model and float64 formulas written here, at batch 0, 1, 7 and 129 and split across threads."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+
+import tinycomp as tc
+from tinycomp.nn import Layer, Linear, Softmax, Tensor, manual_seed
+from tinycomp.parity import check_parity
+
+F64 = np.float64
+RNG = np.random.default_rng(21)
+
+
+class Gated(Layer):
+    """forward(x, mask): a Linear gated by a per-sample mask, plus a reduction mixing both."""
+
+    def __init__(self):
+        manual_seed(3)
+        self.fc = Linear(5, 3)
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        return self.fc(x) * mask + (x.sum(axis=-1, keepdims=True) - mask).mean(axis=-1, keepdims=True)
+
+
+def gated64(m: Gated, x: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    y = x @ F64(m.fc.weight.data) + F64(m.fc.bias.data)
+    return y * mask + (x.sum(-1, keepdims=True) - mask).mean(-1, keepdims=True)
+
+
+class SquaredError(Layer):
+    """forward(logits, targets) -> one loss per sample."""
+
+    def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
+        return ((logits - targets) ** 2).mean(axis=-1)
+
+
+class MaskedAttention(Layer):
+    """Single-head attention whose blocked scores (mask 0) get -1e9, as TinyTorch's module 12 does."""
+
+    def __init__(self, dim: int):
+        rng = np.random.default_rng(4)
+        self.wq, self.wk = (Tensor(rng.standard_normal((dim, dim)) / np.sqrt(dim)) for _ in range(2))
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        scores = (x @ self.wq) @ (x @ self.wk).transpose(-2, -1) + (1 - mask) * -1e9
+        return Softmax()(scores, dim=-1) @ x
+
+
+def masked_attention64(m: MaskedAttention, x: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    s = (x @ F64(m.wq.data)) @ np.swapaxes(x @ F64(m.wk.data), -1, -2) + (1 - mask) * F64(np.float32(-1e9))
+    e = np.exp(s - s.max(-1, keepdims=True))
+    return (e / e.sum(-1, keepdims=True)) @ x
+
+
+def assert_matches(fast, model, reference, *inputs):
+    out = fast(*inputs)
+    eager = model(*map(Tensor, inputs)).data
+    ref = reference(model, *(np.asarray(a, F64) for a in inputs))
+    assert out.shape == eager.shape == ref.shape
+    report = check_parity(out.data, eager, ref)
+    assert report.ok, str(report)
+    return out.data
+
+
+@pytest.mark.parametrize("batch", [0, 1, 7, 129])
+def test_forward_of_x_and_mask(batch):
+    model = Gated()
+    fast = tc.compile(model)
+    x, mask = np.float32(RNG.standard_normal((batch, 5))), np.float32(RNG.integers(0, 2, (batch, 3)))
+    assert_matches(fast, model, gated64, x, mask)
+    assert fast.graph.inputs == ["x", "mask"]
+
+
+def test_one_kernel_serves_every_batch_of_several_inputs():
+    model = Gated()
+    fast = tc.compile(model, check=True)  # check=True runs the eager model on both inputs too
+    for batch in (0, 1, 7, 129, 5000):
+        x, mask = np.float32(RNG.standard_normal((batch, 5))), np.float32(RNG.standard_normal((batch, 3)))
+        assert_matches(fast, model, gated64, x, mask)
+    assert fast.stats.compiles == 1
+
+
+@pytest.mark.parametrize("batch", [0, 1, 7, 129])
+def test_forward_of_logits_and_targets(batch):
+    model = SquaredError()
+    logits, targets = np.float32(RNG.standard_normal((batch, 4, 9))), np.float32(RNG.standard_normal((batch, 4, 9)))
+    out = assert_matches(tc.compile(model), model, lambda m, a, b: ((a - b) ** 2).mean(-1), logits, targets)
+    assert out.shape == (batch, 4)
+
+
+@pytest.mark.parametrize("batch", [1, 7, 129])
+def test_a_mask_shared_by_every_sample_is_given_without_the_batch(batch):
+    model = MaskedAttention(8)
+    causal = np.tril(np.ones((6, 6), np.float32))
+    fast = tc.compile(model, input_shape=[(None, 6, 8), (6, 6)])
+    assert_matches(fast, model, masked_attention64, np.float32(RNG.standard_normal((batch, 6, 8))), causal)
+    assert fast.graph.shape("mask") == (6, 6)
+
+
+def test_threads_split_every_batched_input_at_the_same_rows():
+    model = Gated()
+    x, mask = np.float32(RNG.standard_normal((4099, 5))), np.float32(RNG.standard_normal((4099, 3)))
+    one, two = tc.compile(model, threads=1), tc.compile(model, threads=2)
+    np.testing.assert_array_equal(one(x, mask).data, two(x, mask).data)
+    np.testing.assert_array_equal(two(x[5:38], mask[5:38]).data, one(x, mask).data[5:38])
+
+
+def test_inputs_are_cast_like_tensors():
+    model = Gated()
+    fast = tc.compile(model)
+    x = RNG.standard_normal((4, 5))
+    got = fast(x.tolist(), np.ones((4, 3), np.int64)).data  # a list and int64: cast to float32 as Tensor does
+    np.testing.assert_array_equal(got, fast(np.float32(x), np.ones((4, 3), np.float32)).data)
+
+
+@pytest.mark.parametrize("inputs, error, match", [
+    (lambda: (np.ones((3, 5)),), TypeError, r"takes 2 input\(s\) \(x, mask\).*; got 1"),
+    (lambda: (np.ones((3, 5)), np.ones((3, 3)), np.ones(3)), TypeError, "got 3"),
+    (lambda: (np.ones((3, 5)), np.ones((4, 3))), ValueError, "input 'mask' has 4 rows, input 'x' 3"),
+    (lambda: (np.ones((3, 5)), "mask"), TypeError, "str"),
+    (lambda: (np.ones((3, 5)), np.array([["a"] * 3] * 3, object)), TypeError, "dtype object"),
+])
+def test_every_input_is_checked_like_x(inputs, error, match):
+    fast = tc.compile(Gated())
+    fast(np.ones((2, 5)), np.ones((2, 3)))
+    with pytest.raises(error, match=match):
+        fast(*inputs())
+
+
+def test_an_input_of_the_wrong_width_names_the_shapes():
+    fast = tc.compile(Gated(), input_shape=[(None, 5), (None, 3)])
+    with pytest.raises(ValueError, match=r"input 'mask' must have shape \(batch, 3\); got shape \(2, 4\)"):
+        fast(np.ones((2, 5)), np.ones((2, 4)))
+    shared = tc.compile(MaskedAttention(8), input_shape=[(None, 6, 8), (6, 6)])
+    with pytest.raises(ValueError, match=r"input 'mask' must have shape \(6, 6\); got shape \(2, 6, 6\)"):
+        shared(np.ones((2, 6, 8)), np.ones((2, 6, 6)))
+
+
+def test_trace_takes_one_shape_per_input_and_checks_the_count():
+    g = tc.trace(Gated(), [(None, 5), (None, 3)])
+    assert g.inputs == ["x", "mask"] and [g.shape(n) for n in g.inputs] == [(None, 5), (None, 3)]
+    with pytest.raises(TypeError, match="does not take 3 positional inputs"):
+        tc.trace(Gated(), [(None, 5), (None, 3), (None, 1)])
+
+
+def test_a_compiled_model_of_several_inputs_pickles():
+    model = Gated()
+    fast = tc.compile(model, input_shape=[(None, 5), (None, 3)])
+    again = pickle.loads(pickle.dumps(fast))
+    x, mask = np.float32(RNG.standard_normal((3, 5))), np.float32(RNG.standard_normal((3, 3)))
+    np.testing.assert_array_equal(again(x, mask).data, fast(x, mask).data)
