@@ -52,6 +52,13 @@ def test_armed_call_runs_natively_with_the_same_bits(fast, mlp):
         assert np.array_equal(fast(x[:rows]).data, python[:rows])
     assert fast.python_calls == calls  # all three natively
     assert fast(Tensor(x)).data.tobytes() == python.tobytes()
+    # batches past the helper's stack scratch (native_guard.STACK_SCRATCH) take the thread's pool
+    big = batch(native_guard.STACK_SCRATCH // 1000, seed=7)
+    assert len(big) > fast._native._stack_rows
+    want = CompiledModel(mlp, input_shape=(None, REFERENCE_MLP_IN), threads=1, check=True)(big).data
+    fast(big)  # re-arm after check=True's eval mode
+    calls = fast.python_calls
+    assert np.array_equal(fast(big).data, want) and fast.python_calls == calls
 
 
 @pytest.mark.parametrize("make", [

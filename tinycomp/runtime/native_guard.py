@@ -120,6 +120,9 @@ def array_words(a: np.ndarray) -> list[int]:
 # ctx words: entry, parameter table, watched addresses, their values, how many, PyEval_SaveThread,
 # PyEval_RestoreThread, the float32 descriptor, the input's rank, then its dimensions after the first
 CTX_FIXED = 9
+# A null scratch pointer asks for this much of the helper's own stack instead (64-byte aligned):
+# batch-1 calls then skip the per-thread scratch lookup. Small enough for any thread's stack.
+STACK_SCRATCH = 32 << 10
 
 
 def _emit_helper() -> str:
@@ -129,6 +132,8 @@ def _emit_helper() -> str:
     fn = ir.Function(mod, ir.FunctionType(I32, [PTR, PTR, PTR, I64, PTR]), "tinycomp.hot_call")
     ctx, x, out, rows, scratch = fn.args
     b = ir.IRBuilder(fn.append_basic_block("entry"))
+    stack = b.alloca(ir.ArrayType(ir.IntType(8), STACK_SCRATCH))  # in the entry block: a fixed frame slot
+    stack.align = 64
     changed, not_native = (fn.append_basic_block(n) for n in ("changed", "not_native"))
 
     def at(base: ir.Value, offset: int, typ: ir.Type) -> ir.Value:
@@ -167,7 +172,8 @@ def _emit_helper() -> str:
     entry_ty = ir.FunctionType(ir.VoidType(), [I64, PTR, PTR, PTR, PTR])
     state = b.call(ctx_word(5, ir.PointerType(save_ty)), [])
     b.call(ctx_word(0, ir.PointerType(entry_ty)),
-           [rows, at(x, ARRAY_DATA, PTR), at(out, ARRAY_DATA, PTR), scratch, ctx_word(1, PTR)])
+           [rows, at(x, ARRAY_DATA, PTR), at(out, ARRAY_DATA, PTR),
+            b.select(b.icmp_unsigned("==", scratch, ir.Constant(PTR, None)), stack, scratch), ctx_word(1, PTR)])
     b.call(ctx_word(6, ir.PointerType(restore_ty)), [state])
     b.ret(ir.Constant(I32, 0))
 
@@ -229,7 +235,9 @@ class NativeHotCall:
         self._words = (ctypes.c_void_p * max(1, len(words)))(*words)
         self._expect = (ctypes.c_uint64 * max(1, len(words)))(*(_word(w) for w in words))
         self.features, self.out_shape_tail = tuple(features), tuple(out_row)
-        self._one_row, self._one_row_scratch = (1, *self.out_shape_tail), scratch_per_row + scratch_fixed
+        self._one_row = (1, *self.out_shape_tail)
+        # batches whose scratch fits the helper's stack buffer pass a null scratch pointer
+        self._stack_rows = (STACK_SCRATCH // 4 - scratch_fixed) // max(1, scratch_per_row)
         self.hot_rows, self.scratch = hot_rows, scratch
         self.scratch_per_row, self.scratch_fixed = scratch_per_row, scratch_fixed
         ctx = [entry, ctypes.addressof(table), ctypes.addressof(self._words), ctypes.addressof(self._expect),
@@ -252,11 +260,10 @@ class NativeHotCall:
             return None
         if not 0 < rows <= self.hot_rows:
             return None
-        if rows == 1:
-            out, floats = np.empty(self._one_row, _F32), self._one_row_scratch
-        else:
-            out, floats = np.empty((rows, *self.out_shape_tail), _F32), rows * self.scratch_per_row + self.scratch_fixed
-        status = self._fn(self._ctx_address, id(a), id(out), rows, self.scratch.pointer(floats))
+        out = np.empty(self._one_row if rows == 1 else (rows, *self.out_shape_tail), _F32)
+        scratch = 0 if rows <= self._stack_rows else self.scratch.pointer(
+            rows * self.scratch_per_row + self.scratch_fixed)
+        status = self._fn(self._ctx_address, id(a), id(out), rows, scratch)
         if status == 0:
             return out
         if status == CHANGED:
