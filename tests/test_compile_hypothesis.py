@@ -7,11 +7,13 @@ on or off; batch 0-64. Each example compiles a fresh model, so the cache points 
 from __future__ import annotations
 
 import numpy as np
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 import tinycomp as tc
 from tests.models import build_sequential, sequential_specs
+from tests.program_fuzz import ProgramModel, programs
+from tests.reliability.rel_helpers import assert_program_matches_eager
 from tests.test_compile_parity import assert_parity, sample, sequential_reference
 from tinycomp.nn import Linear, manual_seed
 
@@ -34,3 +36,13 @@ def test_random_sequential_matches_eager_and_float64(model_spec, batch, seed, sc
 def spec_out(spec: list, width: int) -> int:
     linears = [item for item in spec if isinstance(item, tuple)]
     return linears[-1][1] if linears else width
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck))
+@given(programs(), st.sampled_from([0, 1, 7, 129]), st.integers(0, 2**16))
+def test_random_programs_over_the_whole_op_set(program, batch, seed):
+    """Random forward() programs of every Tensor op (tests/program_fuzz.py): refused exactly when an
+    op runs across the batch axis, else compiled equals eager and float64 at batch 0, 1, 7 or 129."""
+    rng = np.random.default_rng(seed)
+    xs = [np.float32(rng.standard_normal((batch, *shape))) for shape in program.inputs]
+    event(assert_program_matches_eager(ProgramModel(program), program, xs))

@@ -43,3 +43,35 @@ def assert_matches_eager(compiled: np.ndarray, model, x) -> np.ndarray:
                           rounding=rounding.reshape(eager.shape))
     assert report.ok, report.detail
     return eager
+
+
+def assert_program_matches_eager(model, program, xs: list[np.ndarray]) -> str:
+    """Compile a random program (tests/program_fuzz.py) and run it on `xs`: refused with a CompileError
+    exactly when it combines values across the batch axis, else compiled equals eager within the
+    parity rule (NaN positions and infinities exactly, off overflowing rows) against the float64 run
+    of its traced graph. Returns what happened, for hypothesis' statistics."""
+    import tinycomp as tc
+    from tinycomp.nn import Tensor
+
+    try:
+        out = tc.compile(model)(*xs).data
+    except tc.CompileError as exc:
+        assert program.crosses_batch, f"refused a program that keeps samples apart: {exc}\n{program}"
+        assert "batch" in str(exc), str(exc)
+        return "refused: an op across the batch axis"
+    assert not program.crosses_batch, f"compiled an op across the batch axis\n{program}"
+    with np.errstate(all="ignore"):
+        eager = model(*map(Tensor, xs)).data
+        g = trace(model, [(None, *x.shape[1:]) for x in xs] if len(xs) > 1 else (None, *xs[0].shape[1:]))
+        reference, overflow, rounding = reference_and_overflow(g, [np.float64(x) for x in xs])
+    assert out.shape == eager.shape, (out.shape, eager.shape, program)
+    if not out.size:
+        return "compiled (empty batch)"
+    judged = ~overflow.reshape(-1, *([1] * (eager.ndim - 1)))
+    np.testing.assert_array_equal(np.isnan(out) & judged, np.isnan(eager) & judged, err_msg=f"NaN positions {program}")
+    inf = np.isinf(eager) & judged
+    np.testing.assert_array_equal(out[inf], eager[inf], err_msg=f"infinities {program}")
+    report = check_parity(out, eager, reference.reshape(eager.shape), overflow_rows=overflow,
+                          rounding=rounding.reshape(eager.shape))
+    assert report.ok, f"{report.detail}\n{program}"
+    return "compiled"

@@ -1,16 +1,18 @@
 """Issue 7: fuzzing. Random models and inputs (extreme magnitudes, NaN, inf, tiny and odd widths,
 batch sizes 0-5000): compiled equals eager within the parity rule, and nothing crashes.
-200 examples in CI; 2,000 under the `slow` marker."""
+200 examples in CI; 2,000 under the `slow` marker. Issue 15: random programs over the whole op set
+(tests/program_fuzz.py), refused only where an op runs across the batch axis: 80 in CI, 2,000 slow."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 import tinycomp as tc
-from tests.reliability.rel_helpers import assert_matches_eager
+from tests.program_fuzz import ProgramModel, programs
+from tests.reliability.rel_helpers import assert_matches_eager, assert_program_matches_eager
 from tinycomp.nn import GELU, Dropout, Linear, ReLU, Sequential, Sigmoid, Softmax, Tanh, manual_seed
 
 ACTIVATIONS = [ReLU, Sigmoid, Tanh, GELU, Softmax]
@@ -68,3 +70,36 @@ def test_fuzz_compiled_equals_eager(model_x):
 @given(model_and_input(max_batch=5000))
 def test_fuzz_compiled_equals_eager_long(model_x):
     _check(model_x)
+
+
+@st.composite
+def program_and_inputs(draw, max_batch: int):
+    """A random program over the whole op set (tests/program_fuzz.py) with inputs of extreme
+    magnitudes and special values, as above."""
+    program = draw(programs(max_steps=10))
+    rng = np.random.default_rng(draw(st.integers(0, 2**16)))
+    batch = draw(st.one_of(st.integers(0, 9), st.integers(0, max_batch)))
+    magnitude = draw(st.sampled_from([1e-30, 1e-3, 1.0, 30.0, 1e4, 1e18]))
+    xs = [np.float32(rng.standard_normal((batch, *shape)) * magnitude) for shape in program.inputs]
+    for x in xs:
+        if x.size and draw(st.booleans()):
+            n = draw(st.integers(1, 6))
+            x.flat[rng.integers(0, x.size, n)] = rng.choice(SPECIALS, n)
+    return program, xs
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@settings(max_examples=80, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@given(program_and_inputs(max_batch=300))
+def test_fuzz_programs_over_the_whole_op_set(program_xs):
+    program, xs = program_xs
+    event(assert_program_matches_eager(ProgramModel(program), program, xs))
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@settings(max_examples=2000, deadline=None, suppress_health_check=list(HealthCheck))
+@given(program_and_inputs(max_batch=3000))
+def test_fuzz_programs_over_the_whole_op_set_long(program_xs):
+    program, xs = program_xs
+    event(assert_program_matches_eager(ProgramModel(program), program, xs))

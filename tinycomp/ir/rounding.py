@@ -96,7 +96,7 @@ def reduction(op: str) -> RoundingRule:
         axes = reduced_axes(x.ndim, attrs.get("axis"))
         keep = bool(attrs.get("keepdims"))
         if op == "max":
-            return np.max(mx, axis=axes, keepdims=keep) if x.size else np.zeros(())
+            return np.max(mx, axis=axes, keepdims=keep) if x.size else np.zeros_like(v)  # max of nothing: no value
         count = math.prod(x.shape[i] for i in axes)
         total = np.sum(mx, axis=axes, keepdims=keep) + math.sqrt(count) * np.sum(np.abs(x), axis=axes, keepdims=keep)
         return total / max(count, 1) if op == "mean" else total
