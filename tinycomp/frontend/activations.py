@@ -7,7 +7,7 @@ from typing import Any
 
 from ..ir.ops import op_def
 from .layers import Layer
-from .tensor import Tensor, apply_op, tracing
+from .tensor import Tensor, apply_op, tracing, wrap_result
 
 
 class _Activation(Layer):
@@ -23,7 +23,7 @@ class _Activation(Layer):
     def forward(self, x: Tensor) -> Tensor:
         """The activation applied to every element of x."""
         if type(x) is Tensor and tracing.tracer is None:
-            return Tensor._wrap(self._ref(x.data))  # apply_op's eager result, minus its dispatch
+            return wrap_result(self._ref(x.data))  # apply_op's eager result, minus its dispatch
         return apply_op(self.op, x)
 
 

@@ -16,7 +16,7 @@ import numpy as np
 from ..errors import CompileError
 from ..ir.philox import dropout_mask
 from . import streams
-from .tensor import Tensor, apply_op, tracing
+from .tensor import Tensor, apply_op, tracing, wrap_result
 
 _model_locks: weakref.WeakKeyDictionary[Any, threading.RLock] = weakref.WeakKeyDictionary()
 _model_locks_guard = threading.Lock()
@@ -163,7 +163,7 @@ class Linear(Layer):
                 if y.dtype == np.float32:
                     if b is not None:
                         y += b.data
-                    return Tensor._wrap(y)
+                    return wrap_result(y)
             except (ValueError, TypeError):
                 pass
         if not isinstance(x, (Tensor, np.ndarray)):  # a list, as compiled models take

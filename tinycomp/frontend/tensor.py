@@ -105,7 +105,19 @@ def apply_op(name: str, *operands: Operand, **attrs: Any) -> Tensor:
         raise TypeError(f"op {name!r} is a graph leaf, not something to apply to tensors")
     arrays = [x.data if type(x) is Tensor else _operand_array(x) for x in operands]
     _check_shapes(op, arrays, attrs)
-    return Tensor._wrap(op.ref(*arrays, **attrs))
+    return wrap_result(op.ref(*arrays, **attrs))
+
+
+def wrap_result(array: Any) -> Tensor:
+    """A Tensor adopting an op result without another copy (a fresh array; float32 if it is not):
+    a plain function, as every eager op ends here."""
+    if type(array) is not np.ndarray or array.dtype is not _FLOAT32:
+        array = np.asarray(array, np.float32)
+    t = _new(Tensor)
+    t.data = array
+    t.requires_grad = False
+    t.grad = None
+    return t
 
 
 class Tensor:
@@ -130,16 +142,7 @@ class Tensor:
         self.requires_grad = bool(requires_grad)
         self.grad: Tensor | None = None
 
-    @classmethod
-    def _wrap(cls, array: np.ndarray) -> Tensor:
-        """Adopt an op result without another copy (it is already a fresh array)."""
-        if type(array) is not np.ndarray or array.dtype is not _FLOAT32:
-            array = np.asarray(array, np.float32)
-        t = cls.__new__(cls)  # `_adopt` inlined: this runs once per eager op
-        t.data = array
-        t.requires_grad = False
-        t.grad = None
-        return t
+    _wrap = staticmethod(wrap_result)  # the op-result constructor, as a method too
 
     @classmethod
     def _adopt(cls, array: np.ndarray) -> Tensor:
@@ -316,3 +319,6 @@ class Tensor:
                                "indexing is not in the op table, so it cannot be compiled (make the slice a "
                                "parameter of its own, outside forward())")
         return Tensor(self.data[key])
+
+
+_new = Tensor.__new__
