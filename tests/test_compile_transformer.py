@@ -1,7 +1,8 @@
 """The transformer layers compiled (issue 15): LayerNorm, MLP, MultiHeadAttention and TransformerBlock
 through `tc.compile`, with and without a causal mask (a second input, `fast(x, mask)`), against the
 eager layers and float64 NumPy references written from the formulas (tests/transformer_ref.py), at
-batch 0, 1, 7 and 129 and odd sizes (the masked cases join once several inputs compile); `explain()` says what fused."""
+batch 0, 1, 7 and 129 and odd sizes; `explain()` says what fused; in training mode a dropout after
+the block draws the eager masks."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ import numpy as np
 import pytest
 
 import tinycomp as tc
-from tests.transformer_ref import attention64, block64, layer_norm64, mlp64
-from tinycomp.nn import MLP, LayerNorm, MultiHeadAttention, Tensor, TransformerBlock, manual_seed
+from tests.transformer_ref import attention64, block64, causal_mask, layer_norm64, mlp64
+from tinycomp.nn import MLP, Dropout, Layer, LayerNorm, MultiHeadAttention, Tensor, TransformerBlock, manual_seed
 from tinycomp.parity import check_parity
 
 BATCHES = [0, 1, 7, 129]
@@ -73,6 +74,16 @@ def test_attention_without_mask(attention, batch):
     assert_parity(fast(x), attention(Tensor(x)), attention64(attention, x.astype(np.float64)))
 
 
+@pytest.mark.parametrize("batch", BATCHES)
+def test_attention_with_a_causal_mask_as_second_input(attention, batch):
+    fast = tc.compile(attention)
+    x, mask = x_of(batch, 7, 12), causal_mask(batch, 7)
+    if batch > 1:
+        mask[1, 3, :3] = 0  # each sample its own mask: a per-sample input, not a constant
+    assert_parity(fast(x, mask), attention(Tensor(x), Tensor(mask)),
+                  attention64(attention, x.astype(np.float64), mask))
+
+
 def test_attention_explain_names_the_fused_projections(attention):
     fast = tc.compile(attention)
     fast(x_of(2, 7, 12))
@@ -93,10 +104,16 @@ def block():
 
 
 @pytest.mark.parametrize("batch", BATCHES)
-def test_transformer_block(block, batch):
+@pytest.mark.parametrize("masked", [False, True])
+def test_transformer_block(block, batch, masked):
     fast = tc.compile(block)
     x = x_of(batch, 9, 12)
-    assert_parity(fast(x), block(Tensor(x)), block64(block, x.astype(np.float64)))
+    if masked:
+        mask = causal_mask(batch, 9)
+        got, eager = fast(x, mask), block(Tensor(x), Tensor(mask))
+    else:
+        mask, got, eager = None, fast(x), block(Tensor(x))
+    assert_parity(got, eager, block64(block, x.astype(np.float64), mask))
 
 
 def test_transformer_block_explain_and_live_weights(block):
@@ -112,3 +129,31 @@ def test_transformer_block_explain_and_live_weights(block):
         assert_parity(fast(x), block(Tensor(x)), block64(block, x.astype(np.float64)))
     finally:
         block.ln2.gamma.data[:] = old
+
+
+class DroppedBlock(Layer):
+    """A block with dropout after it, taking the mask as a second input."""
+
+    def __init__(self):
+        self.block, self.drop = TransformerBlock(12, 3, ff_dim=20), Dropout(0.4)
+
+    def forward(self, x, mask=None):
+        return self.drop(self.block(x, mask))
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_training_mode_block_with_a_mask_input_draws_the_eager_masks(threads):
+    manual_seed(4)
+    model = DroppedBlock()
+    fast = tc.compile(model, training=True, threads=threads)
+    x = x_of(129, 5, 12)
+    mask = causal_mask(129, 5)
+    manual_seed(5)
+    eager = model(Tensor(x), Tensor(mask))
+    manual_seed(5)
+    got = fast(x, mask)
+    dropped = eager.data == 0
+    np.testing.assert_array_equal(got.data == 0, dropped)  # the same elements dropped
+    assert 0.35 < dropped.mean() < 0.45
+    ref = np.where(dropped, 0.0, block64(model.block, x.astype(np.float64), mask) / 0.6)
+    assert_parity(got, eager, ref)
