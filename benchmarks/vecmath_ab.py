@@ -45,6 +45,8 @@ def baseline_vecmath(revision: str):
     """vecmath.py as of `revision`, imported as a sibling module so its relative imports resolve."""
     source = subprocess.run(["git", "-C", HERE, "show", f"{revision}:tinycomp/codegen/vecmath.py"],
                             check=True, capture_output=True, text=True).stdout
+    # the builder helpers it imports moved from loops.py to cgutils.py after that revision
+    source = source.replace("from .loops import", "from .cgutils import")
     with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
         f.write(source)
     try:
