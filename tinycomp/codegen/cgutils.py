@@ -182,14 +182,17 @@ def internal_kernel(module: ir.Module, name: str, args: Sequence[tuple[str, ir.T
     return fn
 
 
-def declare_vector_intrinsic(module: ir.Module, name: str, width: int, arity: int) -> ir.Function:
-    """Declare e.g. `llvm.fma.v16f32`; `Module.declare_intrinsic` cannot do vector types.
+def declare_vector_intrinsic(module: ir.Module, name: str, width: int, arity: int,
+                             element: ir.Type = F32) -> ir.Function:
+    """Declare e.g. `llvm.fma.v16f32` (`element` F64: `llvm.fma.v16f64`); `Module.declare_intrinsic`
+    cannot do vector types.
 
     In a module lowered for a target without fused multiply-add and without libm (WebAssembly:
     `module.triple` names it), `fma` is `llvm.fmuladd`, the same operation rounded twice."""
     name = fma_name(module) if name == "fma" else name
-    vt = vector_type(width)
-    return define_once(module, f"llvm.{name}.v{width}f32",
+    vt = ir.VectorType(element, width)
+    suffix = "f64" if isinstance(element, ir.DoubleType) else "f32"
+    return define_once(module, f"llvm.{name}.v{width}{suffix}",
                        lambda full: ir.Function(module, ir.FunctionType(vt, [vt] * arity), full))
 
 

@@ -32,7 +32,7 @@ import math
 
 from llvmlite import ir
 
-from .cgutils import I32, declare_vector_intrinsic, splat, vector_constant
+from .cgutils import I32, declare_vector_intrinsic, vector_constant
 
 # Accuracy bounds per op: codegen/vector_ops.py (VECTOR_OPS, MAX_ULP).
 
@@ -87,7 +87,8 @@ def _width(x: ir.Value) -> int:
 
 
 def _const(x: ir.Value, value: float) -> ir.Constant:
-    return splat(value, _width(x))
+    """`value` in every lane of a vector of x's type (float32 or float64 lanes)."""
+    return vector_constant(x.type, ir.Constant(x.type.element, float(value)))
 
 
 def _int_vector(x: ir.Value) -> ir.VectorType:
@@ -99,7 +100,7 @@ def _int_const(x: ir.Value, value: int) -> ir.Constant:
 
 
 def _call(builder: ir.IRBuilder, module: ir.Module, name: str, *args: ir.Value) -> ir.Value:
-    fn = declare_vector_intrinsic(module, name, _width(args[0]), len(args))
+    fn = declare_vector_intrinsic(module, name, _width(args[0]), len(args), args[0].type.element)
     return builder.call(fn, list(args))
 
 

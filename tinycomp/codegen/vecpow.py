@@ -19,7 +19,8 @@ import math
 
 from llvmlite import ir
 
-from .cgutils import I64, fma_name, vector_constant
+from .cgutils import I64, vector_constant
+from .vecmath import _call, _clamp, _const, _polynomial, fma
 
 F64 = ir.DoubleType()
 MAX_ULP = 0.5 + 2.0**-20  # measured 0.5000 over the sweeps of tests/codegen/test_vecmath.py
@@ -34,33 +35,8 @@ EXP_SERIES = tuple(1.0 / math.factorial(k) for k in range(14, -1, -1))  # exp(r)
 EXP_ARG_LO, EXP_ARG_HI = -200.0, 200.0  # beyond float32's range either way; keeps 2**n a normal double
 
 
-def _dvec(like: ir.Value, value: float) -> ir.Constant:
-    return vector_constant(ir.VectorType(F64, like.type.count), ir.Constant(F64, value))
-
-
 def _ivec(like: ir.Value, value: int) -> ir.Constant:
     return vector_constant(ir.VectorType(I64, like.type.count), ir.Constant(I64, value))
-
-
-def _fvec(like: ir.Value, value: float) -> ir.Constant:
-    return vector_constant(ir.VectorType(ir.FloatType(), like.type.count), ir.Constant(ir.FloatType(), value))
-
-
-def _intrinsic(builder: ir.IRBuilder, name: str, *args: ir.Value) -> ir.Value:
-    name = fma_name(builder.module) if name == "fma" else name  # no libm's fma on WebAssembly
-    vt = args[0].type
-    elem = "f64" if vt.element == F64 else "f32"
-    full = f"llvm.{name}.v{vt.count}{elem}"
-    module = builder.module
-    fn = module.globals.get(full) or ir.Function(module, ir.FunctionType(vt, [vt] * len(args)), full)
-    return builder.call(fn, list(args))
-
-
-def _horner(builder: ir.IRBuilder, x: ir.Value, coeffs: tuple[float, ...]) -> ir.Value:
-    acc = _dvec(x, coeffs[0])
-    for c in coeffs[1:]:
-        acc = _intrinsic(builder, "fma", acc, x, _dvec(x, c))
-    return acc
 
 
 def log_f64(builder: ir.IRBuilder, a: ir.Value) -> ir.Value:
@@ -70,28 +46,26 @@ def log_f64(builder: ir.IRBuilder, a: ir.Value) -> ir.Value:
     e = builder.sub(builder.lshr(bits, _ivec(a, 52)), _ivec(a, 1023))
     mant = builder.or_(builder.and_(bits, _ivec(a, (1 << 52) - 1)), _ivec(a, 1023 << 52))
     m = builder.bitcast(mant, a.type)  # in [1, 2)
-    high = builder.fcmp_ordered(">", m, _dvec(a, SQRT2))
-    m = builder.select(high, builder.fmul(m, _dvec(a, 0.5)), m)
+    high = builder.fcmp_ordered(">", m, _const(a, SQRT2))
+    m = builder.select(high, builder.fmul(m, _const(a, 0.5)), m)
     e = builder.add(e, builder.select(high, _ivec(a, 1), _ivec(a, 0)))
-    s = builder.fdiv(builder.fsub(m, _dvec(a, 1.0)), builder.fadd(m, _dvec(a, 1.0)))
-    series = _horner(builder, builder.fmul(s, s), ATANH_SERIES)
-    log_m = builder.fmul(builder.fmul(s, _dvec(a, 2.0)), series)
+    s = builder.fdiv(builder.fsub(m, _const(a, 1.0)), builder.fadd(m, _const(a, 1.0)))
+    series = _polynomial(builder, builder.module, builder.fmul(s, s), ATANH_SERIES)
+    log_m = builder.fmul(builder.fmul(s, _const(a, 2.0)), series)
     fe = builder.sitofp(e, a.type)
-    return builder.fadd(_intrinsic(builder, "fma", fe, _dvec(a, LN2_HI), log_m), builder.fmul(fe, _dvec(a, LN2_LO)))
+    return builder.fadd(fma(builder, builder.module, fe, _const(a, LN2_HI), log_m), builder.fmul(fe, _const(a, LN2_LO)))
 
 
 def exp_f64(builder: ir.IRBuilder, y: ir.Value) -> ir.Value:
     """exp(y) for float64 lanes, y clamped to [-200, 200] (NaN passes through the clamp)."""
-    hi, lo = _dvec(y, EXP_ARG_HI), _dvec(y, EXP_ARG_LO)
-    y = builder.select(builder.fcmp_ordered(">", y, hi), hi, y)
-    y = builder.select(builder.fcmp_ordered("<", y, lo), lo, y)
-    t = _intrinsic(builder, "fma", y, _dvec(y, 1 / LN2), _dvec(y, ROUND_MAGIC))
-    n = builder.fsub(t, _dvec(y, ROUND_MAGIC))
-    r = _intrinsic(builder, "fma", n, _dvec(y, -LN2_HI), y)
-    r = _intrinsic(builder, "fma", n, _dvec(y, -LN2_LO), r)
-    p = _horner(builder, r, EXP_SERIES)
+    y = _clamp(builder, y, EXP_ARG_LO, EXP_ARG_HI)
+    t = fma(builder, builder.module, y, _const(y, 1 / LN2), _const(y, ROUND_MAGIC))
+    n = builder.fsub(t, _const(y, ROUND_MAGIC))
+    r = fma(builder, builder.module, n, _const(y, -LN2_HI), y)
+    r = fma(builder, builder.module, n, _const(y, -LN2_LO), r)
+    p = _polynomial(builder, builder.module, r, EXP_SERIES)
     ivt = ir.VectorType(I64, y.type.count)
-    ni = builder.sub(builder.bitcast(t, ivt), builder.bitcast(_dvec(y, ROUND_MAGIC), ivt))
+    ni = builder.sub(builder.bitcast(t, ivt), builder.bitcast(_const(y, ROUND_MAGIC), ivt))
     scale = builder.bitcast(builder.shl(builder.add(ni, _ivec(y, 1023)), _ivec(y, 52)), y.type)
     return builder.fmul(p, scale)
 
@@ -106,33 +80,33 @@ def _integer_power(builder: ir.IRBuilder, d: ir.Value, exponent: int) -> ir.Valu
         if k:
             base = builder.fmul(base, base)
     if result is None:
-        return _dvec(d, 1.0)
-    return builder.fdiv(_dvec(d, 1.0), result) if exponent < 0 else result
+        return _const(d, 1.0)
+    return builder.fdiv(_const(d, 1.0), result) if exponent < 0 else result
 
 
 def _general_power(builder: ir.IRBuilder, d: ir.Value, c: float) -> ir.Value:
     """x ** c for finite non-integer c: exp(c log|x|), with C99 pow's special cases."""
-    a = _intrinsic(builder, "fabs", d)
-    safe = builder.select(builder.fcmp_ordered("<", a, _dvec(d, math.inf)), a, _dvec(d, 1.0))  # log of 0 is
-    safe = builder.select(builder.fcmp_ordered(">", safe, _dvec(d, 0.0)), safe, _dvec(d, 1.0))  # selected away
-    result = exp_f64(builder, builder.fmul(_dvec(d, c), log_f64(builder, safe)))
+    a = _call(builder, builder.module, "fabs", d)
+    safe = builder.select(builder.fcmp_ordered("<", a, _const(d, math.inf)), a, _const(d, 1.0))  # log of 0 is
+    safe = builder.select(builder.fcmp_ordered(">", safe, _const(d, 0.0)), safe, _const(d, 1.0))  # selected away
+    result = exp_f64(builder, builder.fmul(_const(d, c), log_f64(builder, safe)))
     at_zero, at_inf = (0.0, math.inf) if c > 0 else (math.inf, 0.0)
-    result = builder.select(builder.fcmp_ordered("==", a, _dvec(d, 0.0)), _dvec(d, at_zero), result)
-    result = builder.select(builder.fcmp_ordered("==", a, _dvec(d, math.inf)), _dvec(d, at_inf), result)
-    negative = builder.and_(builder.fcmp_ordered("<", d, _dvec(d, 0.0)),
-                            builder.fcmp_ordered(">", d, _dvec(d, -math.inf)))
-    result = builder.select(negative, _dvec(d, math.nan), result)
+    result = builder.select(builder.fcmp_ordered("==", a, _const(d, 0.0)), _const(d, at_zero), result)
+    result = builder.select(builder.fcmp_ordered("==", a, _const(d, math.inf)), _const(d, at_inf), result)
+    negative = builder.and_(builder.fcmp_ordered("<", d, _const(d, 0.0)),
+                            builder.fcmp_ordered(">", d, _const(d, -math.inf)))
+    result = builder.select(negative, _const(d, math.nan), result)
     return builder.select(builder.fcmp_unordered("uno", d, d), d, result)
 
 
 def _infinite_power(builder: ir.IRBuilder, x: ir.Value, c: float) -> ir.Value:
     """x ** c for c = +-inf or nan (C99: 1 ** anything = 1, (-1) ** +-inf = 1)."""
-    one = _fvec(x, 1.0)
+    one = _const(x, 1.0)
     if math.isnan(c):
-        return builder.select(builder.fcmp_ordered("==", x, one), one, _fvec(x, math.nan))
-    a = _intrinsic(builder, "fabs", x)
+        return builder.select(builder.fcmp_ordered("==", x, one), one, _const(x, math.nan))
+    a = _call(builder, builder.module, "fabs", x)
     small, big = (0.0, math.inf) if c > 0 else (math.inf, 0.0)
-    result = builder.select(builder.fcmp_ordered("<", a, one), _fvec(x, small), _fvec(x, big))
+    result = builder.select(builder.fcmp_ordered("<", a, one), _const(x, small), _const(x, big))
     result = builder.select(builder.fcmp_ordered("==", a, one), one, result)
     return builder.select(builder.fcmp_unordered("uno", x, x), x, result)
 
@@ -143,7 +117,7 @@ def emit_pow(builder: ir.IRBuilder, module: ir.Module, x: ir.Value, exponent: fl
     if not math.isfinite(c):
         return _infinite_power(builder, x, c)
     if c == 0.5:
-        return _intrinsic(builder, "sqrt", x)
+        return _call(builder, builder.module, "sqrt", x)
     if c == 1.0:
         return x
     d = builder.fpext(x, ir.VectorType(F64, x.type.count))
