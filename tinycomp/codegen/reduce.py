@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from llvmlite import ir
 
 from . import vecmath
-from .cgutils import F32, element_ptr, for_range, i64, lanes_below, splat
+from .cgutils import F32, as_i64, element_ptr, for_range, i64, lanes_below, splat
 from .elementwise import NEG_INF, declare_kernel, horizontal, max_ignoring_nan
 from .loops import Chunk, for_each_chunk, load_chunk, store_chunk
 from .strided import contiguous_strides, nest_loops
@@ -49,7 +49,7 @@ def blocked_fold(b: ir.IRBuilder, count: int, identity: ir.Value, term: Callable
     """combine(...combine(identity, term(0))..., term(count - 1)) in blocks of about sqrt(count),
     each block folded from `identity` on its own and then combined into the total."""
     def run(start: ir.Value | int, n: int, tag: str) -> ir.Value:
-        return fold(b, n, identity, lambda i, acc: combine(acc, term(b.add(i, _i(start), flags=["nsw"]))), tag)
+        return fold(b, n, identity, lambda i, acc: combine(acc, term(b.add(i, as_i64(start), flags=["nsw"]))), tag)
 
     if count <= BLOCK_MIN:
         return run(0, count, name)
@@ -58,10 +58,6 @@ def blocked_fold(b: ir.IRBuilder, count: int, identity: ir.Value, term: Callable
     total = fold(b, blocks, identity, lambda j, acc: combine(acc, run(b.mul(j, i64(size)), size, f"{name}.in")),
                  f"{name}.blk")
     return combine(total, run(blocks * size, rest, f"{name}.rest")) if rest else total
-
-
-def _i(v: ir.Value | int) -> ir.Value:
-    return i64(v) if isinstance(v, int) else v
 
 
 def max_keeping_nan(b: ir.IRBuilder, acc: ir.Value, x: ir.Value) -> ir.Value:
