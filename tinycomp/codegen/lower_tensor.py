@@ -140,11 +140,15 @@ def lower_softmax(e: _Emitter, n: str) -> None:
 
 # ---------------------------------------------------------------- matmul
 
+def _as_matrices(a: tuple, b: tuple) -> tuple[tuple, tuple]:
+    """The shapes of a @ b with 1-D operands promoted as NumPy does: a to a row, b to a column."""
+    return (1, *a) if len(a) == 1 else tuple(a), (*b, 1) if len(b) == 1 else tuple(b)
+
+
 def matmul_dims(a: tuple, b: tuple) -> tuple[tuple, int, int, int]:
     """(leading dims of the output, I, K, J) of a @ b: the product of I x K and K x J matrices for every
-    index of the (broadcast) leading dims; 1-D operands are promoted as NumPy does."""
-    a2 = (1, *a) if len(a) == 1 else tuple(a)
-    b2 = (*b, 1) if len(b) == 1 else tuple(b)
+    index of the (broadcast) leading dims (`_as_matrices`)."""
+    a2, b2 = _as_matrices(a, b)
     lead = broadcast_shapes(a2[:-2], b2[:-2])
     return lead, int(a2[-2]) if a2[-2] is not None else -1, int(b2[-2]), int(b2[-1])
 
@@ -165,7 +169,7 @@ def lower_matmul(e: _Emitter, n: str) -> None:
         return
     if rows < 0:
         raise LoweringError(f"matmul {n}: {fmt_shape(a)} @ {fmt_shape(b)} multiplies along the batch axis")
-    a2, b2 = ((1, *a) if len(a) == 1 else a), ((*b, 1) if len(b) == 1 else b)
+    a2, b2 = _as_matrices(a, b)
     dims = sample_dims(lead)
     sa = broadcast_strides((*a2[:-2], 1), (*lead, 1))  # one stride unit per leading index, then scaled
     sb = broadcast_strides((*b2[:-2], 1), (*lead, 1))
