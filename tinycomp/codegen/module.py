@@ -24,7 +24,7 @@ from llvmlite import ir
 
 from ..ir.graph import Graph
 from ..ir.layout import elementwise_layout, is_batched, is_scalar_const, row_floats
-from ..ir.ops import ELEMENTWISE, LEAVES, map_leaves
+from ..ir.ops import ELEMENTWISE, map_leaves
 from ..ir.passes.fold_dropout import draws_mask, is_identity_dropout
 from ..ir.shapes import fmt_shape
 from . import elementwise, gemm, lower_tensor, philox
@@ -33,7 +33,7 @@ from .elementwise import kernel_key
 from .errors import LoweringError
 from .fingerprint import codegen_source_hash, graph_fingerprint  # noqa: F401 - part of this module's API
 from .loops import stream_in_kernel
-from .scratch import ROW_BLOCK, BufferPlan, plan_buffers, row_block  # noqa: F401 - ROW_BLOCK: API
+from .scratch import NO_CODE, ROW_BLOCK, BufferPlan, plan_buffers, row_block  # noqa: F401 - ROW_BLOCK: API
 from .target import Target, with_width
 
 ENTRY = "tinycomp_forward"
@@ -276,7 +276,7 @@ LOWERINGS: dict[str, Callable[[_Emitter, str], None]] = {
     "elementwise": lower_elementwise,
     **{op: lower_elementwise for op in ELEMENTWISE},
 }
-LEAF_OPS = (*sorted(LEAVES), "output")  # no code of their own: arguments, and where the result goes
+LEAF_OPS = NO_CODE  # no code of their own: arguments, and where the result goes (scratch.NO_CODE)
 # Ops of the registry with no native code yet, and why: compiling a graph that holds one is a
 # CompileError naming the reason (tests/ir/test_registry.py: every op is lowered or listed here).
 REFUSED: dict[str, str] = {}

@@ -12,13 +12,13 @@ from dataclasses import dataclass, field
 
 from ..ir.graph import Graph
 from ..ir.layout import is_batched, row_floats
-from ..ir.ops import ALIASING
+from ..ir.ops import ALIASING, LEAVES
 from ..ir.passes.fold_dropout import is_identity_dropout
 
 ALIGN = 16
 ROW_BLOCK = 128  # rows per block of the whole graph (see row_block); 0 runs each node on all rows
 ROW_BLOCK_MAX_WEIGHT = 1 << 20  # bytes: row blocks only when every layer's W fits L2 (1 MiB)
-NO_CODE = ("input", "param", "const", "output")  # values that are arguments, or the result's place
+NO_CODE = (*sorted(LEAVES), "output")  # values that are arguments, or the result's place
 # Values that are their operand's memory as it is (a reshape; an eval-mode dropout that survived the
 # passes, e.g. with passes switched off) share its buffer; the output node is handled on its own.
 PASS_THROUGH = ALIASING - {"output"}
