@@ -91,12 +91,17 @@ def _pow2_at_least(x: int) -> int:
     return p
 
 
+def _has_32_registers(width: int, registers: int | None) -> bool:
+    """Does the register budget (None: an x86 host's for `width`, `target.default_registers`) hold
+    32 vectors? The GEMM plans size their accumulators for 32 or for 16."""
+    return (registers or default_registers(width)) >= 32
+
+
 def tile_vectors(width: int, registers: int | None = None) -> int:
     """Vectors per row of the main tile: 6 x 4 accumulators + 4 B vectors + 1 broadcast fit 32
     registers (AVX-512, NEON, the Cortex-M FPU's 32 singles); with 16 (AVX2, SSE, WebAssembly on
-    x86-64) 6 x 2 is the largest tile that does not spill. `registers` None: an x86 host's budget
-    for `width` (`target.default_registers`)."""
-    return 4 if (registers or default_registers(width)) >= 32 else 2
+    x86-64) 6 x 2 is the largest tile that does not spill."""
+    return 4 if _has_32_registers(width, registers) else 2
 
 
 def plan_gemm(K: int, N: int, width: int, registers: int | None = None) -> GemmPlan:
@@ -151,7 +156,7 @@ def plan_narrow(K: int, N: int, width: int, registers: int | None = None) -> Nar
     and Wt may not fit in L1), with 2 accumulators per output where they fit."""
     if not 1 <= N < width or K < (width if N == 1 else 2 * width):
         return None
-    budget = 24 if (registers or default_registers(width)) >= 32 else 12
+    budget = 24 if _has_32_registers(width, registers) else 12
     rows, unroll = next(((r, u) for r in (4, 2, 1) for u in (2, 1) if r * N * u <= budget), (1, 1))
     return NarrowShape(N, width, rows, unroll, tail=K % (width * unroll) != 0)
 
