@@ -106,12 +106,13 @@ TARGET_NAMES = ("host", *CROSS_TARGETS)
 
 
 def target_named(name: str) -> Target:
-    if name == "host":
-        return host()
-    try:
-        return CROSS_TARGETS[name]
-    except KeyError:
-        raise ValueError(f"unknown target {name!r}; targets are {', '.join(TARGET_NAMES)}") from None
+    """The target called `name` (one of TARGET_NAMES); ValueError naming them for anything else."""
+    if isinstance(name, str):
+        if name == "host":
+            return host()
+        if name in CROSS_TARGETS:
+            return CROSS_TARGETS[name]
+    raise ValueError(f"unknown target {name!r}; targets are {', '.join(TARGET_NAMES)}")
 
 
 def with_width(width: int) -> Target:

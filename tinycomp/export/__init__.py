@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ..codegen.target import TARGET_NAMES, Target, target_named
+from ..codegen.target import Target, target_named
 from ..driver import feature_shape, lower, optimized_graph
 from ..errors import CompileError
 from ..frontend.layers import model_lock
@@ -74,12 +74,10 @@ def export(model: Any, path: Any, *, input_shape: Any, target: str = "host", nam
                          f"prefix of the exported symbols; got {name!r}")
     if weights not in WEIGHTS:
         raise ValueError(f"weights must be one of {', '.join(WEIGHTS)}; got {weights!r}")
-    if not isinstance(target, str) or target not in TARGET_NAMES:
-        raise ValueError(f"unknown target {target!r}; targets are {', '.join(TARGET_NAMES)}")
+    t = target_named(target)  # ValueError naming the targets for an unknown one
     if not callable(model):
         raise TypeError(f"export() expects a Layer (or callable model); got {type(model).__name__}")
     features = feature_shape(input_shape)
-    t = target_named(target)
     # the tools first: nothing is written for an export that cannot be finished
     if t.name == "host":
         toolchain.find_tool(toolchain.HOST_CC, "the host shared library", "apt-get install gcc")
