@@ -75,7 +75,7 @@ class WeightsLayout:
 def max_batch(target: Target, row_floats: int, fixed_floats: int) -> int:
     """The largest batch whose buffers (`row_floats` per row at most, plus fixed scratch) have byte
     offsets that fit a signed pointer-sized integer: the lowered code indexes them so, and on a
-    32-bit target the GEMM divides row counts in 32 bits (`codegen.loops.index_udiv`)."""
+    32-bit target the GEMM divides row counts in 32 bits (`codegen.cgutils.index_udiv`)."""
     limit = (1 << (target.pointer_bits - 1)) - 1 - 4 * fixed_floats
     return max(0, limit // (4 * max(row_floats, 1)))
 
