@@ -14,6 +14,13 @@ def is_whole_number(value: Any) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
+def positive_int(owner: str, name: str, value: Any) -> int:
+    """`value` as an int, or ValueError naming the layer and argument (`Linear in_features ...`)."""
+    if not is_whole_number(value) or value <= 0:
+        raise ValueError(f"{owner} {name} must be a positive integer; got {value!r}")
+    return int(value)
+
+
 def positive_number(kind: type) -> Callable[[str], Any]:
     """An argparse type: a finite number of `kind` (int or float) above zero."""
     def parse(text: str) -> Any:

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from ..checks import positive_int
 from ..errors import CompileError
 from ..ir.philox import dropout_mask
 from . import streams
@@ -126,12 +127,6 @@ class Layer:
         return f"{type(self).__name__}()"
 
 
-def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
-        raise ValueError(f"Linear {name} must be a positive integer; got {value!r}")
-    return int(value)
-
-
 class Linear(Layer):
     """`y = x @ W + b` with W of shape (in_features, out_features).
 
@@ -141,8 +136,8 @@ class Linear(Layer):
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True):
-        self.in_features = _positive_int("in_features", in_features)
-        self.out_features = _positive_int("out_features", out_features)
+        self.in_features = positive_int("Linear", "in_features", in_features)
+        self.out_features = positive_int("Linear", "out_features", out_features)
         scale = math.sqrt(INIT_SCALE_FACTOR / self.in_features)
         self.weight = Tensor(_rng.standard_normal((self.in_features, self.out_features)) * scale)
         self.bias = Tensor(np.zeros(self.out_features)) if bias else None

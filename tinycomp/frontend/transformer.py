@@ -13,17 +13,12 @@ from typing import Any
 
 import numpy as np
 
+from ..checks import positive_int
 from .activations import GELU
 from .layers import Layer, Linear
 from .tensor import Tensor, apply_op
 
 MASK_VALUE = -1e9  # added to the scores of blocked positions (TinyTorch's MASK_VALUE)
-
-
-def _positive_int(owner: str, name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
-        raise ValueError(f"{owner} {name} must be a positive integer; got {value!r}")
-    return int(value)
 
 
 def _as_tensor(x: Any) -> Tensor:
@@ -35,7 +30,7 @@ class LayerNorm(Layer):
 
     def __init__(self, normalized_shape: int | tuple[int, ...], eps: float = 1e-5):
         dims = tuple(normalized_shape) if isinstance(normalized_shape, (tuple, list)) else (normalized_shape,)
-        shape = tuple(_positive_int("LayerNorm", "normalized_shape", d) for d in dims)
+        shape = tuple(positive_int("LayerNorm", "normalized_shape", d) for d in dims)
         if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not eps >= 0:
             raise ValueError(f"LayerNorm eps must be a non-negative number; got {eps!r}")
         self.normalized_shape: int | tuple[int, ...] = normalized_shape
@@ -61,8 +56,8 @@ class MLP(Layer):
     """The transformer feed-forward network: linear1 -> GELU -> linear2 (hidden_dim: 4 x embed_dim)."""
 
     def __init__(self, embed_dim: int, hidden_dim: int | None = None):
-        self.embed_dim = _positive_int("MLP", "embed_dim", embed_dim)
-        self.hidden_dim = 4 * self.embed_dim if hidden_dim is None else _positive_int("MLP", "hidden_dim", hidden_dim)
+        self.embed_dim = positive_int("MLP", "embed_dim", embed_dim)
+        self.hidden_dim = 4 * self.embed_dim if hidden_dim is None else positive_int("MLP", "hidden_dim", hidden_dim)
         self.linear1 = Linear(self.embed_dim, self.hidden_dim)
         self.gelu = GELU()
         self.linear2 = Linear(self.hidden_dim, self.embed_dim)
@@ -95,8 +90,8 @@ class MultiHeadAttention(Layer):
     (batch, heads, seq, seq)."""
 
     def __init__(self, embed_dim: int, num_heads: int):
-        embed_dim = _positive_int("MultiHeadAttention", "embed_dim", embed_dim)
-        num_heads = _positive_int("MultiHeadAttention", "num_heads", num_heads)
+        embed_dim = positive_int("MultiHeadAttention", "embed_dim", embed_dim)
+        num_heads = positive_int("MultiHeadAttention", "num_heads", num_heads)
         if embed_dim % num_heads:
             raise ValueError(f"embed_dim ({embed_dim}) must be divisible by num_heads ({num_heads}): each of the "
                              f"heads takes embed_dim // num_heads features")
@@ -147,7 +142,7 @@ class TransformerBlock(Layer):
     is `ff_dim`, or int(embed_dim * mlp_ratio)."""
 
     def __init__(self, embed_dim: int, num_heads: int, mlp_ratio: float = 4, ff_dim: int | None = None):
-        self.embed_dim = _positive_int("TransformerBlock", "embed_dim", embed_dim)
+        self.embed_dim = positive_int("TransformerBlock", "embed_dim", embed_dim)
         self.num_heads = num_heads
         self.attention = MultiHeadAttention(embed_dim, num_heads)
         self.ln1 = LayerNorm(embed_dim)
