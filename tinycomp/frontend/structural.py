@@ -8,11 +8,7 @@ import numbers
 from typing import Any
 
 from .layers import Layer
-from .tensor import Tensor
-
-
-def _as_tensor(x: Any) -> Tensor:
-    return x if isinstance(x, Tensor) else Tensor(x)
+from .tensor import Tensor, as_tensor
 
 
 class Flatten(Layer):
@@ -27,7 +23,7 @@ class Flatten(Layer):
 
     def forward(self, x: Tensor) -> Tensor:
         """x with dimensions start_dim..end_dim merged; the batch dimension stays first."""
-        x = _as_tensor(x)
+        x = as_tensor(x)
         shape: tuple[Any, ...] = tuple(x.shape)
         end = self.end_dim % len(shape) if len(shape) else 0
         if not self.start_dim <= end < len(shape):
@@ -53,7 +49,7 @@ class Reshape(Layer):
 
     def forward(self, x: Tensor) -> Tensor:
         """x reshaped to (batch, *sample_shape)."""
-        return _as_tensor(x).reshape(-1, *self.sample_shape)
+        return as_tensor(x).reshape(-1, *self.sample_shape)
 
     def __repr__(self) -> str:
         return f"Reshape{self.sample_shape}"

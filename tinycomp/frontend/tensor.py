@@ -322,3 +322,8 @@ class Tensor:
 
 
 _new = Tensor.__new__
+
+
+def as_tensor(x: Any) -> Tensor:
+    """x itself if it is a Tensor, else `Tensor(x)` (a layer's forward taking an array or list)."""
+    return x if isinstance(x, Tensor) else Tensor(x)

@@ -16,13 +16,9 @@ import numpy as np
 from ..checks import positive_int
 from .activations import GELU
 from .layers import Layer, Linear
-from .tensor import Tensor, apply_op
+from .tensor import Tensor, apply_op, as_tensor
 
 MASK_VALUE = -1e9  # added to the scores of blocked positions (TinyTorch's MASK_VALUE)
-
-
-def _as_tensor(x: Any) -> Tensor:
-    return x if isinstance(x, Tensor) else Tensor(x)
 
 
 class LayerNorm(Layer):
@@ -39,7 +35,7 @@ class LayerNorm(Layer):
         self.beta: Tensor = Tensor(np.zeros(shape), requires_grad=True)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = _as_tensor(x)
+        x = as_tensor(x)
         mean = x.mean(axis=-1, keepdims=True)
         diff = x - mean
         variance = (diff * diff).mean(axis=-1, keepdims=True)
@@ -106,7 +102,7 @@ class MultiHeadAttention(Layer):
         return t.reshape(batch_size, seq_len, self.num_heads, self.head_dim).transpose(1, 2)
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
-        x = _as_tensor(x)
+        x = as_tensor(x)
         if x.ndim != 3 or x.shape[-1] != self.embed_dim:
             raise ValueError(f"MultiHeadAttention expects input of shape (batch, seq, {self.embed_dim}); "
                              f"got shape {tuple(x.shape)} (Input dimension mismatch)")
@@ -122,7 +118,7 @@ class MultiHeadAttention(Layer):
         """The mask broadcast against scores of shape (batch, heads, seq, seq)."""
         if mask is None:
             return None
-        mask = _as_tensor(mask)
+        mask = as_tensor(mask)
         if not 2 <= mask.ndim <= 4 or tuple(mask.shape[-2:]) != (seq_len, seq_len):
             raise ValueError(f"attention mask must have shape ({seq_len}, {seq_len}), (batch, {seq_len}, {seq_len}) "
                              f"or (batch, heads, {seq_len}, {seq_len}); got {tuple(mask.shape)}")
@@ -155,7 +151,7 @@ class TransformerBlock(Layer):
         self.mlp = MLP(embed_dim, ff_dim)
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
-        x = _as_tensor(x)
+        x = as_tensor(x)
         h = x + self.attention(self.ln1(x), mask)
         return h + self.mlp(self.ln2(h))
 
