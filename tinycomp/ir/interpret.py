@@ -9,6 +9,7 @@ import numpy as np
 
 from .graph import Graph
 from .ops import op_def
+from .passes.fold_dropout import draws_mask
 from .philox import DropoutStream
 
 
@@ -74,7 +75,7 @@ def evaluate(g: Graph, n: str, operands: list[np.ndarray], streams: dict[str, Dr
              rng: np.random.Generator | None, dtype: Any) -> np.ndarray:
     """Node n's value from its operands' values, by the op table's NumPy reference."""
     op, attrs = g.op(n), g.attrs(n)
-    if op == "dropout" and attrs.get("training") and 0 < attrs.get("p", 0) < 1:
+    if draws_mask(g, n):
         if n not in streams:
             rng = rng if rng is not None else np.random.default_rng()
             streams[n] = DropoutStream(*(int(w) for w in rng.integers(0, 2**32, 4)))

@@ -12,8 +12,10 @@ def is_identity_dropout(g: Graph, n: str) -> bool:
 
 def draws_mask(g: Graph, n: str) -> bool:
     """A training-mode dropout that draws a random mask (0 < p < 1; p = 1 gives zeros)."""
+    if g.op(n) != "dropout":  # asked of every node by the interpreter: no attrs() dict for the rest
+        return False
     attrs = g.attrs(n)
-    return g.op(n) == "dropout" and bool(attrs.get("training")) and 0 < attrs.get("p", 0.0) < 1
+    return bool(attrs.get("training")) and 0 < attrs.get("p", 0.0) < 1
 
 
 def fold_dropout(g: Graph) -> bool:
