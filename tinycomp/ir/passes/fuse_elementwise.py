@@ -19,7 +19,7 @@ import numpy as np
 
 from ..graph import Graph
 from ..layout import is_scalar_const, operand_kind, row_candidates
-from ..ops import ELEMENTWISE, Expr, map_leaves
+from ..ops import ELEMENTWISE, Expr, expr_nodes, map_leaves
 
 FUSIBLE = ELEMENTWISE | {"elementwise"}
 # Ops in one fused expression. Bounds a kernel's size (and the depth of every walk over its
@@ -37,25 +37,13 @@ def as_expr(g: Graph, n: str) -> Expr:
 def op_count(g: Graph, n: str) -> int:
     if g.op(n) != "elementwise":
         return 1
-    count, stack = 0, [g[n]["expr"]]
-    while stack:
-        e = stack.pop()
-        if e[0] not in ("in", "const"):
-            count += 1
-            stack.extend(e[1:])
-    return count
+    return sum(e[0] not in ("in", "const") for e in expr_nodes(g[n]["expr"]))
 
 
 def reads(g: Graph, user: str, n: str) -> int:
     """How many leaves of user's expression read node n."""
-    args, count = g.args(user), [0]
-
-    def leaf(e: Expr) -> Expr:
-        count[0] += e[0] == "in" and args[e[1]] == n
-        return e
-
-    map_leaves(as_expr(g, user), leaf)
-    return count[0]
+    args = g.args(user)
+    return sum(e[0] == "in" and args[e[1]] == n for e in expr_nodes(as_expr(g, user)))
 
 
 def sole_fusible_user(g: Graph, n: str) -> str | None:
