@@ -148,8 +148,6 @@ class _Importer:
         self.layer(node, tnn.GELU(approximate="tanh" if form == "tanh" else "none"), ins[0])
 
     def _layernormalization(self, node: Any, ins: list[str], a: dict) -> None:
-        if not hasattr(tnn, "LayerNorm"):
-            raise self.refuse(node, "tinycomp.nn has no LayerNorm in this version")
         if int(a.get("axis", -1)) != -1:
             raise self.refuse(node, f"axis={a['axis']}: only the last axis")
         gamma = self.const(node, ins[1])

@@ -80,8 +80,6 @@ def _leaf(torch: Any, m: Any, path: str) -> Layer | None:
 
 
 def _layer_norm(m: Any, path: str) -> Layer:
-    if not hasattr(tnn, "LayerNorm"):
-        raise unsupported("module", path or TOP, "LayerNorm", MODULES, "tinycomp.nn has no LayerNorm in this version")
     shape = tuple(m.normalized_shape)
     if len(shape) != 1:
         raise unsupported("module", path or TOP, "LayerNorm", MODULES, f"normalized_shape {shape}: only the last axis")
