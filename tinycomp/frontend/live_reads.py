@@ -107,7 +107,7 @@ class LiveReads:
         self._pinned: list[Any] = []  # keeps those ids unique while the trace runs
 
     def active(self) -> bool:
-        return getattr(tensor_module.tracing, "tracer", None) is self.tracer
+        return tensor_module.tracing.tracer is self.tracer
 
     def original(self, x: Any) -> Any:
         """The model's Tensor or array that x is (or stands for), or None."""

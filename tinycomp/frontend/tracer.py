@@ -367,7 +367,7 @@ class Tracer:
         stack = contextlib.ExitStack()
         saved = [(layer, vars(layer).get("training", missing), vars(layer).get("forward", missing))
                  for layer, _ in self.layers]
-        outer, tensor_module.tracing.tracer = getattr(tensor_module.tracing, "tracer", None), self
+        outer, tensor_module.tracing.tracer = tensor_module.tracing.tracer, self
         try:
             stack.enter_context(self.live.swapped(self.model))
             for layer, path in self.layers:
