@@ -144,8 +144,9 @@ def test_weight_stream_floor_is_measured_and_scales_with_size():
     assert MODELS["mlp"].weight_bytes == 940_584  # 784x256 + 256x128 + 128x10 weights and their biases
 
 
-def test_same_process_benchmark_runs():
-    done = _run_benchmark_script("same_process.py", "--batch", "1,3", "--rounds", "1")
+@pytest.mark.parametrize("script", ["same_process.py", "check_cost.py"])
+def test_same_process_benchmarks_run(script):
+    done = _run_benchmark_script(script, "--batch", "1,3", "--rounds", "1")
     assert done.returncode == 0, done.stderr
     rows = [line.split() for line in done.stdout.splitlines() if line.split() and line.split()[0].isdigit()]
     assert [r[0] for r in rows] == ["1", "3"]
