@@ -56,7 +56,7 @@ def test_a_10000_step_chain_compiles_in_under_2_s_and_matches_eager():
     assert len(traced) == 20_000 + 4  # every op printed, with the input, the output and the two constants:
     assert sum(" = const " in line for line in traced) == 2  # one node per number, however often it is used
     assert len(fast.dump("optimized").splitlines()) == len(fused) + 2
-    assert [name for name, _ in fast.pass_dumps()] == ["traced", "fold_dropout", "fuse_linear",
+    assert [name for name, _ in fast.pass_dumps()] == ["traced", "fold_dropout", "fuse_linear", "fuse_attention",
                                                        "fuse_elementwise", "eliminate_dead_code"]
 
 

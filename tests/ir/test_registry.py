@@ -136,8 +136,9 @@ class CallsOp(Layer):
 
 
 class MakesAll(Layer):
-    """tanh(relu(x @ w + b) * 2 + 1): its traced graph holds input, param, const and output; the
-    default passes make a linear and a fused elementwise node of it."""
+    """y = tanh(relu(x @ w + b) * 2 + 1), then one-head self-attention over y's 3 values: its traced
+    graph holds input, param, const and output; the default passes make a linear, a fused
+    elementwise and an attention node of it."""
 
     def __init__(self):
         rng = np.random.default_rng(2)
@@ -145,7 +146,9 @@ class MakesAll(Layer):
 
     def forward(self, x):
         y = apply_op("relu", x @ self.w + self.b)
-        return apply_op("tanh", y * 2.0 + 1.0)
+        t = apply_op("tanh", y * 2.0 + 1.0).reshape(-1, 3, 1)
+        weights = apply_op("softmax", t.matmul(t.transpose(-2, -1)) * 0.5, dim=-1)
+        return weights.matmul(t).reshape(-1, 3)
 
 
 @pytest.mark.parametrize("name", MADE)

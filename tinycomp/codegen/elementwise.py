@@ -278,11 +278,19 @@ def emit_softmax(module: ir.Module, name: str, row_size: int, width: int) -> ir.
         def out_at(c: Chunk) -> ir.Value:
             return element_ptr(builder, out, builder.add(base, c.col))
 
-        row = _Row(builder, module, width)
-        chunks = row_chunks(row_size, width)
-        if len(chunks) <= REGISTER_CHUNKS:
-            _softmax_in_registers(builder, row, chunks, x_at, out_at)
-        else:
-            _softmax_three_pass(builder, row, row_size, x_at, out_at)
+        softmax_row(builder, module, row_size, width, x_at, out_at)
     builder.ret_void()
     return fn
+
+
+def softmax_row(builder: ir.IRBuilder, module: ir.Module, row_size: int, width: int,
+                x_at: Callable[[Chunk], ir.Value], out_at: Callable[[Chunk], ir.Value]) -> None:
+    """Softmax of one row of `row_size` floats, chunk c read at `x_at(c)` and written at `out_at(c)`
+    (the same place works: each chunk is read before it is written). Rows of up to REGISTER_CHUNKS
+    vectors stay in registers; longer ones take three passes. `_Row` says how NaN and -inf come out."""
+    row = _Row(builder, module, width)
+    chunks = row_chunks(row_size, width)
+    if len(chunks) <= REGISTER_CHUNKS:
+        _softmax_in_registers(builder, row, chunks, x_at, out_at)
+    else:
+        _softmax_three_pass(builder, row, row_size, x_at, out_at)

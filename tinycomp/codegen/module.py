@@ -27,7 +27,7 @@ from ..ir.layout import elementwise_layout, is_batched, is_scalar_const, row_flo
 from ..ir.ops import ELEMENTWISE, map_leaves
 from ..ir.passes.fold_dropout import draws_mask, is_identity_dropout
 from ..ir.shapes import fmt_shape
-from . import elementwise, gemm, lower_tensor, philox
+from . import attention, elementwise, gemm, lower_tensor, philox
 from .cgutils import I32, I64, PTR, compile_as_glue, element_ptr, for_range, i64, paused_gc, release_module
 from .elementwise import kernel_key
 from .errors import LoweringError
@@ -265,6 +265,7 @@ def copy_to_output(e: _Emitter, src: str) -> None:
 
 LOWERINGS: dict[str, Callable[[_Emitter, str], None]] = {
     "linear": lower_linear,
+    "attention": attention.lower_attention,
     "matmul": lower_tensor.lower_matmul,  # by a matrix without the batch: a linear without bias
     "softmax": lower_tensor.lower_softmax,
     "sum": lower_tensor.lower_reduce,
@@ -369,11 +370,13 @@ def _stream_in_block(e: _Emitter, M: ir.Value, block: int) -> None:
 
 
 def _max_pack_floats(g: Graph, target: Target, block: int = 0) -> int:
-    """The largest `pack` buffer a GEMM of g needs. When the entry runs in row blocks of `block` rows,
-    a GEMM none of whose calls exceeds DIRECT_MAX_ROWS rows reads W in place and never packs it:
+    """The largest `pack` buffer a GEMM or attention kernel of g needs. When the entry runs in row
+    blocks of `block` rows, a GEMM none of whose calls exceeds DIRECT_MAX_ROWS rows reads W in place and never packs it:
     only its narrow form needs the buffer (W transposed)."""
     sizes = []
     for n in g.nodes():
+        if g.op(n) == "attention":  # its transposed keys and score rows (attention.py)
+            sizes.append(attention.attention_spec(g, n, target.vector_width).work_floats)
         if g.op(n) not in ("linear", "matmul"):
             continue
         a, b = (tuple(g.shape(v)) for v in g.args(n)[:2])

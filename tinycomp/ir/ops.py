@@ -27,6 +27,8 @@ from .refs import gelu, gelu_erf, keep_dtype, power, relu, sigmoid, softmax  # n
 from .rounding import RoundingRule, derivative
 from .shapes import (  # noqa: F401 - fmt_shape, dim_text: re-exported for the modules that print shapes
     Shape,
+    attention_dims,
+    attention_shape,
     broadcast_shapes,
     dim_text,
     fmt_shape,
@@ -84,6 +86,8 @@ class OpDef:
         """(MACs, FLOPs) of one node on concrete shapes: the one FLOP count (`summary`, the thread
         policy through `summary.flops_per_row`, the bench)."""
         size = math.prod(out)
+        if self.name == "attention":
+            return attention_cost(operands, attrs)
         if self.kind == "contraction":
             macs = size * (operands[0][-1] if operands[0] else 1)
             flops = 2 * macs
@@ -199,6 +203,16 @@ def linear(x, w, b=None, *, bias: bool = True, activation: str | None = None) ->
     return ACTIVATIONS[activation](y) if activation else y
 
 
+def attention_cost(operands: list[Shape], attrs: dict) -> tuple[int, int]:
+    """(MACs, FLOPs) of an attention node: q k^T and the weights times v (2 per multiply-add), then
+    per score the scale, the mask term (1 op added as is, 3 from a 0/1 mask) and the softmax."""
+    lead, sq, sk, d, dv, h = attention_dims(operands[0], operands[1], operands[2], attrs["heads"])
+    scores = math.prod(lead) * h * sq * sk
+    macs = scores * (d + dv)
+    mask_ops = 0 if len(operands) < 4 else 1 if attrs.get("mask_value") is None else 3
+    return macs, 2 * macs + scores * (1 + mask_ops + OPS["softmax"].flops)
+
+
 def _elementwise(name, arity, ref, flops=1, rounding_rule=None, **more) -> OpDef:
     shape = broadcast_shapes if arity == 2 else same_shape
     return OpDef(name, "elementwise", arity, shape, ref, flops, rounding_rule, **more)
@@ -248,6 +262,9 @@ OPS: dict[str, OpDef] = {
               example=Example(((None, 5), (5, 3), (3,)), {"bias": True, "activation": "relu"})),
         OpDef("elementwise", "fused", -1, expr_shape, eval_expr, 0, made_by="fuse_elementwise",
               example=Example(((None, 5), (5,)), {"expr": ("relu", ("add", ("in", 0), ("in", 1)))})),
+        OpDef("attention", "fused", -1, attention_shape, refs.attention, 0, rounding.attention,
+              made_by="fuse_attention",
+              example=Example(((None, 3, 8), (5, 8), (5, 6)), {"heads": 2, "scale": 0.5})),
         OpDef("output", "view", 1, same_shape, lambda x: x, 0, rounding.passes_through, aliases=True,
               made_by="tracer"),
     ]

@@ -86,3 +86,40 @@ def power(x: np.ndarray, exponent: np.ndarray) -> np.ndarray:
     if np.ndim(exponent) == 0 and float(exponent) == 0.5:
         return np.sqrt(x)
     return np.power(x, exponent)
+
+
+def split_heads(t: np.ndarray, heads: int) -> np.ndarray:
+    """(..., S, heads * D) -> (..., heads, S, D)."""
+    return np.swapaxes(t.reshape(*t.shape[:-1], heads, t.shape[-1] // heads), -2, -3)
+
+
+def merge_heads(t: np.ndarray) -> np.ndarray:
+    """(..., heads, S, D) -> (..., S, heads * D)."""
+    t = np.swapaxes(t, -2, -3)
+    return t.reshape(*t.shape[:-2], t.shape[-2] * t.shape[-1])
+
+
+def attention_scores(q: np.ndarray, k: np.ndarray, mask: np.ndarray | None, *, heads: int, scale: float,
+                     divide: bool, mask_value: float | None) -> list[np.ndarray]:
+    """The steps before the softmax, as eager runs them: [q k^T, scaled, (1 - mask), the mask term, sum]
+    (the mask steps only with a mask; (1 - mask) only with a mask_value)."""
+    s = np.matmul(split_heads(q, heads), np.swapaxes(split_heads(k, heads), -1, -2))
+    c = np.asarray(scale, s.dtype)
+    steps = [s, s / c if divide else s * c]
+    if mask is not None:
+        if mask_value is not None:
+            one_minus = np.asarray(1, mask.dtype) - mask
+            steps += [one_minus, one_minus * np.asarray(mask_value, mask.dtype)]
+        else:
+            steps.append(mask)
+        steps.append((steps[1] + steps[-1]).astype(s.dtype, copy=False))
+    return steps
+
+
+def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray | None = None, *, heads: int,
+              scale: float = 1.0, divide: bool = False, mask_value: float | None = None) -> np.ndarray:
+    """softmax(q k^T * scale (or / scale) [+ (1 - mask) * mask_value, or + mask]) v per head, q, k, v
+    read as (..., S, heads * D) and the result written the same way: what `MultiHeadAttention`
+    computes between its projections, op by op as eager runs it."""
+    scores = attention_scores(q, k, mask, heads=heads, scale=scale, divide=divide, mask_value=mask_value)[-1]
+    return merge_heads(np.matmul(softmax(scores, -1), split_heads(v, heads)))

@@ -16,6 +16,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from .refs import attention_scores, merge_heads, split_heads
+from .refs import softmax as softmax_ref
 from .shapes import reduced_axes
 
 Arrays = Sequence[np.ndarray]
@@ -109,3 +111,28 @@ def reshape(v, a, m, attrs):
 
 def transpose(v, a, m, attrs):
     return np.swapaxes(m[0], attrs["dim0"], attrs["dim1"])
+
+
+def attention(v, a, m, attrs):
+    """The rules of the ops the node fuses, step by step on the per-head values: the scores' dot
+    products, the scale, the mask term and its sum, the softmax, the product with V."""
+    heads, divide, mask_value = attrs["heads"], attrs.get("divide", False), attrs.get("mask_value")
+    q, k, vv = (split_heads(x, heads) for x in a[:3])
+    mq, mk, mv = (split_heads(x, heads) for x in m[:3])
+    kt, mkt = np.swapaxes(k, -1, -2), np.swapaxes(mk, -1, -2)
+    steps = attention_scores(a[0], a[1], a[3] if len(a) > 3 else None, heads=heads, scale=attrs.get("scale", 1.0),
+                             divide=divide, mask_value=mask_value)
+    est = matmul(steps[0], [q, kt], [mq, mkt], {})
+    scale = np.asarray(attrs.get("scale", 1.0), steps[0].dtype)
+    zero = np.zeros(())
+    est = (div if divide else mul)(steps[1], [steps[0], scale], [est, zero], {})
+    if len(a) > 3:
+        term_est = m[3]
+        if mask_value is not None:
+            one_minus, term = steps[2], steps[3]
+            term_est = mul(term, [one_minus, np.asarray(mask_value)], [add_sub(one_minus, [], [zero, m[3]], {}), zero],
+                           {})
+        est = add_sub(steps[-1], [], [est, term_est], {})
+    p = softmax_ref(steps[-1], -1)
+    est = softmax(p, [steps[-1]], [est], {"dim": -1})
+    return merge_heads(matmul(np.matmul(p, vv), [p, vv], [est, mv], {}))

@@ -149,3 +149,35 @@ def linear_shape(x: Shape, w: Shape, b: Shape | None = None, **_: object) -> Sha
 
 def leaf_shape(*, shape: Shape, **_: object) -> Shape:
     return tuple(shape)
+
+
+def attention_dims(q: Shape, k: Shape, v: Shape, heads: int) -> tuple[Shape, int, int, int, int, int]:
+    """(leading batch dims, Sq, Sk, head dim D, value head dim Dv, heads) of an `attention` node's
+    operands: each (B, S, width) or (S, width) shared by every sample, widths split into `heads`."""
+    if isinstance(heads, bool) or not isinstance(heads, int) or heads < 1:
+        raise ValueError(f"attention heads must be a positive int; got {heads!r}")
+    for name, s in (("q", q), ("k", k), ("v", v)):
+        if len(s) not in (2, 3) or None in s[-2:]:
+            raise ValueError(f"attention {name} must have shape (N, seq, width) or (seq, width); got {fmt_shape(s)}")
+        if s[-1] % heads:
+            raise ValueError(f"attention {name} width {s[-1]} does not split into {heads} heads")
+    leads = {tuple(s[:-2]) for s in (q, k, v) if len(s) == 3}
+    if len(leads) > 1:
+        raise ValueError(f"attention q, k, v have different batch dimensions: {fmt_shape(q)}, {fmt_shape(k)}, "
+                         f"{fmt_shape(v)}")
+    if q[-1] != k[-1] or k[-2] != v[-2]:
+        raise ValueError(f"attention needs q and k of one width and k and v of one length; got q {fmt_shape(q)}, "
+                         f"k {fmt_shape(k)}, v {fmt_shape(v)}")
+    lead = leads.pop() if leads else ()
+    return lead, q[-2], k[-2], q[-1] // heads, v[-1] // heads, heads
+
+
+def attention_shape(q: Shape, k: Shape, v: Shape, mask: Shape | None = None, *, heads: int, **_: object) -> Shape:
+    """softmax(q k^T scaled [+ mask term]) v per head: (B, Sq, heads * Dv). The mask broadcasts to the
+    scores, (B, heads, Sq, Sk), without changing their shape."""
+    lead, sq, sk, _d, dv, h = attention_dims(q, k, v, heads)
+    if mask is not None:
+        scores = (*lead, h, sq, sk)
+        if len(mask) > 4 or broadcast_shapes(mask, scores) != scores:
+            raise ValueError(f"attention mask {fmt_shape(mask)} does not broadcast to the scores {fmt_shape(scores)}")
+    return (*lead, sq, h * dv)

@@ -7,11 +7,12 @@ from collections.abc import Callable, Sequence
 from ..graph import Graph, LintError
 from .dead_code import eliminate_dead_code
 from .fold_dropout import fold_dropout
+from .fuse_attention import fuse_attention
 from .fuse_elementwise import fuse_elementwise
 from .fuse_linear import fuse_linear
 
 Pass = Callable[[Graph], bool]
-DEFAULT_PIPELINE: list[Pass] = [fold_dropout, fuse_linear, fuse_elementwise, eliminate_dead_code]
+DEFAULT_PIPELINE: list[Pass] = [fold_dropout, fuse_linear, fuse_attention, fuse_elementwise, eliminate_dead_code]
 
 
 def run_pipeline(g: Graph, passes: Sequence[Pass] | None = None, *,
@@ -34,20 +35,24 @@ def run_pipeline(g: Graph, passes: Sequence[Pass] | None = None, *,
     return g
 
 
+EXPLAINED = ("matmul", "linear", "attention")  # the nodes explain() has a line for
+
+
 def explain(g: Graph, *, compiled: bool = False) -> list[str]:
-    """One line per fusion candidate (every matmul): what fuse_linear fused and, where not, why.
+    """One line per fusion candidate (every matmul): what fuse_linear fused and, where not, why;
+    and per attention node what fuse_attention fused into it.
 
     On an optimized graph this reads what fuse_linear recorded; on a graph it has not run on yet
     (e.g. a traced one) it explains what the default pipeline would do, unless `compiled` says the
     graph is what a compile ran (its passes left fuse_linear out): then that is what it says.
     """
-    candidates = [n for n in g.nodes() if g.op(n) in ("matmul", "linear")]
+    candidates = [n for n in g.nodes() if g.op(n) in EXPLAINED]
     if any("explain" not in g[n] for n in candidates):
         if compiled:
             return [f"{g.op(n)} {n}: not fused (this compile's passes did not include fuse_linear)"
                     for n in candidates]
         g = run_pipeline(g)
-        candidates = [n for n in g.nodes() if g.op(n) in ("matmul", "linear")]
+        candidates = [n for n in g.nodes() if g.op(n) in EXPLAINED]
     lines = []
     for n in candidates:
         layer = g[n].get("layer")
@@ -56,5 +61,5 @@ def explain(g: Graph, *, compiled: bool = False) -> list[str]:
     return lines
 
 
-__all__ = ["DEFAULT_PIPELINE", "eliminate_dead_code", "explain", "fold_dropout", "fuse_elementwise", "fuse_linear",
-           "run_pipeline"]
+__all__ = ["DEFAULT_PIPELINE", "eliminate_dead_code", "explain", "fold_dropout", "fuse_attention", "fuse_elementwise",
+           "fuse_linear", "run_pipeline"]

@@ -1,0 +1,193 @@
+"""The fused attention kernel (codegen/attention.py) through `tc.compile`: compiled against the eager
+model and a float64 NumPy reference written from the formulas, at odd sizes (seq 1, 7, 65 -- one
+vector of keys, a tail, more than a register tile; heads 1 and 3; head dims 1, 5, 32), batch 0, 1
+and 7, with per-sample, causal and per-head masks, rows with every key blocked, an additive bias,
+and NaN and infinity in the inputs: non-finite values must come out where eager has them."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import tinycomp as tc
+from tests.transformer_ref import attention64, causal_mask
+from tinycomp.frontend.tensor import apply_op
+from tinycomp.nn import Layer, MultiHeadAttention, Tensor, manual_seed
+from tinycomp.parity import check_parity
+
+BATCHES = (7, 1, 0)
+
+
+def sdpa64(q, k, v, heads, *, scale, divide=False, bias=None):
+    """softmax(q_h k_h^T * scale (or / scale) [+ bias]) v_h per head, in float64."""
+    def split(t):
+        n, s, w = t.shape
+        return np.asarray(t, np.float64).reshape(n, s, heads, w // heads).transpose(0, 2, 1, 3)
+
+    q, k, v = split(q), split(k), split(v)
+    s = np.einsum("nhqd,nhkd->nhqk", q, k)
+    s = s / scale if divide else s * scale
+    if bias is not None:
+        s = s + bias
+    p = np.exp(s - s.max(axis=-1, keepdims=True))
+    p = p / p.sum(axis=-1, keepdims=True)
+    out = np.einsum("nhqk,nhkd->nqhd", p, v)
+    return out.reshape(*out.shape[:2], out.shape[2] * out.shape[3])
+
+
+def assert_parity(got: Tensor, eager: Tensor, ref: np.ndarray) -> None:
+    assert got.shape == eager.shape == ref.shape
+    report = check_parity(got.data, eager.data, ref)
+    assert report.ok, str(report)
+
+
+def inputs(batch, seq, width, seed=0):
+    return np.random.default_rng(seed).standard_normal((batch, seq, width)).astype(np.float32)
+
+
+def compiled_mha(heads, head_dim, seq, mask_shape=None):
+    manual_seed(heads * 100 + head_dim)
+    mha = MultiHeadAttention(heads * head_dim, heads)
+    shapes = [(None, seq, heads * head_dim)] + ([mask_shape] if mask_shape else [])
+    fast = tc.compile(mha, input_shape=shapes if mask_shape else shapes[0])
+    assert fast.graph.op_counts().get("attention") == 1, fast.dump("optimized")
+    return mha, fast
+
+
+SIZES = [(1, 1), (3, 5), (2, 32)]  # (heads, head dim)
+
+
+@pytest.mark.parametrize("seq", [1, 7, 65])
+@pytest.mark.parametrize("heads, head_dim", SIZES)
+def test_multi_head_attention_without_a_mask(heads, head_dim, seq):
+    mha, fast = compiled_mha(heads, head_dim, seq)
+    for batch in BATCHES:
+        x = inputs(batch, seq, heads * head_dim, seed=batch)
+        assert_parity(fast(x), mha(Tensor(x)), attention64(mha, x.astype(np.float64)))
+
+
+@pytest.mark.parametrize("seq", [1, 7, 65])
+@pytest.mark.parametrize("heads, head_dim", SIZES)
+def test_per_sample_masks_with_blocked_rows(heads, head_dim, seq):
+    mha, fast = compiled_mha(heads, head_dim, seq, (None, seq, seq))
+    for batch in BATCHES:
+        x = inputs(batch, seq, heads * head_dim, seed=batch)
+        mask = causal_mask(batch, seq)
+        if batch > 1:
+            mask[1, seq // 2, :] = 0  # every key blocked: eager's float32 gives the mean of the values
+            mask[2] = np.random.default_rng(batch).random((seq, seq)) < 0.5
+        got, eager = fast(x, mask), mha(Tensor(x), Tensor(mask))
+        assert_parity(got, eager, attention64(mha, x.astype(np.float64), mask))
+        if batch > 1:  # -1e9 swamps the scores in float32: the blocked row matches eager, not float64
+            np.testing.assert_allclose(got.data[1, seq // 2], eager.data[1, seq // 2], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("mask_shape", ["causal", "per head"])
+def test_shared_and_per_head_masks(mask_shape):
+    seq, heads = 7, 3
+    shape = (seq, seq) if mask_shape == "causal" else (None, heads, seq, seq)
+    mha, fast = compiled_mha(heads, 5, seq, shape)
+    for batch in BATCHES:
+        x = inputs(batch, seq, 15)
+        if mask_shape == "causal":
+            mask = causal_mask(1, seq)[0]
+        else:
+            mask = (np.random.default_rng(1).random((batch, heads, seq, seq)) < 0.6).astype(np.float32)
+        assert_parity(fast(x, mask), mha(Tensor(x), Tensor(mask)), attention64(mha, x.astype(np.float64), mask))
+
+
+class Bare(Layer):
+    """Attention straight on the inputs: q from x, keys and values from `memory` (another length),
+    `/ scale` or `* scale`, an optional additive bias."""
+
+    def __init__(self, heads, divide, bias_shape=None):
+        self.heads, self.divide = heads, divide
+        rng = np.random.default_rng(5)
+        self.bias = Tensor(rng.standard_normal(bias_shape) * 3) if bias_shape else None
+
+    def split(self, t, seq):
+        return t.reshape(-1, seq, self.heads, t.shape[-1] // self.heads).transpose(1, 2)
+
+    def forward(self, x, memory):
+        sq, sk = x.shape[1], memory.shape[1]
+        q, k, v = self.split(x, sq), self.split(memory, sk), self.split(memory, sk)
+        scores = q.matmul(k.transpose(-2, -1))
+        scores = scores / 3.0 if self.divide else scores * 0.25
+        if self.bias is not None:
+            scores = scores + self.bias
+        out = apply_op("softmax", scores, dim=-1).matmul(v)
+        return out.transpose(1, 2).reshape(-1, sq, x.shape[-1])
+
+
+@pytest.mark.parametrize("divide", [False, True])
+def test_cross_attention_with_a_bias_and_either_scale(divide):
+    heads, sq, sk, width = 3, 6, 17, 15
+    model = Bare(heads, divide, bias_shape=(heads, sq, sk))
+    fast = tc.compile(model, input_shape=[(None, sq, width), (None, sk, width)])
+    assert fast.graph.op_counts().get("attention") == 1
+    for batch in BATCHES:
+        x, mem = inputs(batch, sq, width), inputs(batch, sk, width, seed=9)
+        ref = sdpa64(x, mem, mem, heads, scale=3.0 if divide else 0.25, divide=divide,
+                     bias=model.bias.data.astype(np.float64))
+        assert_parity(fast(x, mem), model(Tensor(x), Tensor(mem)), ref)
+
+
+def test_nan_and_infinity_come_out_where_eager_has_them():
+    heads, seq, width = 3, 7, 15
+    model = Bare(heads, divide=False)
+    fast = tc.compile(model, input_shape=[(None, seq, width), (None, seq, width)])
+    assert fast.graph.op_counts().get("attention") == 1
+    x, mem = inputs(5, seq, width), inputs(5, seq, width, seed=2)
+    x[0, 2, 0] = np.nan  # one query row of head 0 is NaN
+    mem[1, 3, 6] = np.nan  # a key of head 1: all of that head's rows of sample 1
+    mem[2, 4, 11] = np.inf  # a key of head 2 in sample 2: +inf scores
+    x[3, :, 5:10] = -np.inf  # head 1 of sample 3: scores of both signs of infinity
+    mem[3, :, 5:10] = 1
+    x[4, 1] = 1e30  # huge but finite: scores overflow to inf
+    with np.errstate(all="ignore"):
+        eager = model(Tensor(x), Tensor(mem)).data
+    got = fast(x, mem).data
+    assert np.isnan(eager).any() and np.isfinite(eager).any()
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(eager))
+    finite = np.isfinite(eager)
+    np.testing.assert_array_equal(got[~finite & ~np.isnan(eager)], eager[~finite & ~np.isnan(eager)])
+    np.testing.assert_allclose(got[finite], eager[finite], rtol=2e-5, atol=1e-5)
+
+
+def test_all_minus_infinity_rows_give_zeros_as_eager():
+    """A bias of -inf on every key of a row: the softmax of eager gives zeros, so the row is 0."""
+    heads, seq, width = 1, 5, 4
+    model = Bare(heads, divide=False, bias_shape=(seq, seq))
+    model.bias.data[2, :] = -np.inf
+    fast = tc.compile(model, input_shape=[(None, seq, width), (None, seq, width)])
+    assert fast.graph.op_counts().get("attention") == 1
+    x, mem = inputs(3, seq, width), inputs(3, seq, width, seed=4)
+    got, eager = fast(x, mem).data, model(Tensor(x), Tensor(mem)).data
+    assert (eager[:, 2] == 0).all()
+    np.testing.assert_array_equal(got[:, 2], eager[:, 2])
+    np.testing.assert_allclose(got, eager, rtol=2e-5, atol=1e-6)
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(heads=st.integers(1, 3), head_dim=st.integers(1, 20), seq=st.integers(1, 40), batch=st.integers(0, 5),
+       masked=st.booleans(), seed=st.integers(0, 2**16))
+def test_random_sizes_match_eager_and_float64(heads, head_dim, seq, batch, masked, seed):
+    mha, fast = compiled_mha(heads, head_dim, seq, (None, seq, seq) if masked else None)
+    x = inputs(batch, seq, heads * head_dim, seed=seed)
+    if masked:
+        mask = (np.random.default_rng(seed).random((batch, seq, seq)) < 0.7).astype(np.float32)
+        got, eager = fast(x, mask), mha(Tensor(x), Tensor(mask))
+    else:
+        mask, got, eager = None, fast(x), mha(Tensor(x))
+    assert_parity(got, eager, attention64(mha, x.astype(np.float64), mask))
+
+
+def test_scale_matches_the_formula():
+    """The node's scale is the float32 1/sqrt(D) eager multiplies by, not a rounded print of it."""
+    _, fast = compiled_mha(2, 32, 3)
+    [node] = fast.graph.nodes("attention")
+    assert fast.graph.attrs(node)["scale"] == float(np.float32(1 / math.sqrt(32)))

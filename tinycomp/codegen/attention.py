@@ -1,0 +1,260 @@
+"""The fused attention kernel: per sample, head and block of query rows, scores, softmax and P @ V.
+
+    void name(i64 M, ptr out, ptr q, ptr k, ptr v, ptr mask, ptr work)
+
+q, k and v are read where the projections wrote them, rows of `*_row` floats (head h in columns
+h*D..h*D+D), samples `*_batch` floats apart (0: shared by every sample); `out` is written
+(M, Sq, H*Dv). Per sample and head the kernel first copies K's head transposed into `work`
+(D rows of Sk keys, so a score row block is a register-blocked outer product, as in the GEMM
+microkernels), then per block of ROWS query rows:
+
+1. scores: ROWS x (up to KEY_VECTORS vectors of keys) accumulated over D with vector FMAs, then
+   scaled (times or divided by `scale`) and, with a mask, the term added exactly as eager rounds
+   it: fl(fl(1 - m) * mask_value), or m itself; stored to a ROWS x Sk scratch block in `work`;
+2. softmax along each row in place (`elementwise.softmax_row`: the same code, NaN and -inf
+   handling as the softmax kernel);
+3. out rows = P @ V_h, ROWS x (up to KEY_VECTORS vectors of Dv) accumulated over the keys.
+
+So the whole (N, H, Sq, Sk) score tensor never exists: one row block of it lives in L1. Every
+sample runs on its own, so the runtime splits the batch across threads as for any kernel.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from llvmlite import ir
+
+from ..ir.graph import Graph
+from ..ir.shapes import attention_dims
+from .cgutils import (
+    F32,
+    I64,
+    PTR,
+    declare_vector_intrinsic,
+    element_ptr,
+    for_range,
+    i64,
+    internal_kernel,
+    lanes_below,
+    masked_load,
+    masked_store,
+    splat,
+    zeros,
+)
+from .elementwise import softmax_row
+from .loops import Chunk, broadcast_load
+from .lower_tensor import samples
+from .strided import broadcast_strides
+
+if TYPE_CHECKING:
+    from .module import _Emitter
+
+ROWS = 6  # query rows per block: ROWS x KEY_VECTORS accumulators plus the loaded vectors fit 32 registers
+KEY_VECTORS = 4  # vectors of keys (or of value columns) per register tile
+
+
+@dataclass(frozen=True)
+class AttentionSpec:
+    """Everything static about one attention node's kernel (also its kernel-cache key)."""
+
+    heads: int
+    sq: int
+    sk: int
+    d: int
+    dv: int
+    q_row: int
+    k_row: int
+    v_row: int
+    q_batch: int
+    k_batch: int
+    v_batch: int
+    mask: tuple[int, int, int, int] | None  # floats between samples, heads, query rows, keys (0: broadcast)
+    scale: float
+    divide: bool
+    mask_value: float | None
+    width: int
+
+    @property
+    def padded_sk(self) -> int:
+        """Floats per row of the transposed K and of the score block: Sk rounded up to whole vectors."""
+        return -(-self.sk // self.width) * self.width
+
+    @property
+    def work_floats(self) -> int:
+        return (self.d + ROWS) * self.padded_sk
+
+
+def emit_attention(module: ir.Module, name: str, spec: AttentionSpec) -> ir.Function:
+    fn = internal_kernel(module, name, [("M", I64), ("out", PTR), ("q", PTR), ("k", PTR), ("v", PTR),
+                                        ("mask", PTR), ("work", PTR)])
+    n_rows, out, q, k, v, mask, work = fn.args
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    kt = work
+    scores = element_ptr(b, work, spec.d * spec.padded_sk)
+    out_row = spec.heads * spec.dv
+    with for_range(b, 0, n_rows, name="n") as sample:
+        n = sample.index
+
+        def at(base: ir.Value, batch: int) -> ir.Value:
+            return element_ptr(b, base, b.mul(n, i64(batch))) if batch else base
+
+        qn, kn, vn = at(q, spec.q_batch), at(k, spec.k_batch), at(v, spec.v_batch)
+        on = at(out, spec.sq * out_row)
+        mn = at(mask, spec.mask[0]) if spec.mask else mask
+        with for_range(b, 0, spec.heads, name="h") as head:
+            h = head.index
+            qh = element_ptr(b, qn, b.mul(h, i64(spec.d)))
+            kh = element_ptr(b, kn, b.mul(h, i64(spec.d)))
+            vh = element_ptr(b, vn, b.mul(h, i64(spec.dv)))
+            oh = element_ptr(b, on, b.mul(h, i64(spec.dv)))
+            mh = element_ptr(b, mn, b.mul(h, i64(spec.mask[1]))) if spec.mask else mn
+            _transpose_keys(b, spec, kh, kt)
+            block = _Block(b, module, spec, qh, kt, vh, oh, mh, scores)
+            full = spec.sq - spec.sq % ROWS
+            if full:
+                with for_range(b, 0, full, ROWS, name="r0", nonempty=True) as rows:
+                    block.emit(rows.index, ROWS)
+            if spec.sq % ROWS:
+                block.emit(i64(full), spec.sq % ROWS)
+    b.ret_void()
+    return fn
+
+
+def _transpose_keys(b: ir.IRBuilder, spec: AttentionSpec, kh: ir.Value, kt: ir.Value) -> None:
+    """kt[d, key] = K_h[key, d]: the head's keys as D rows of padded_sk floats."""
+    if not spec.d:
+        return
+    with for_range(b, 0, spec.sk, name="key") as key:
+        src = element_ptr(b, kh, b.mul(key.index, i64(spec.k_row)))
+        with for_range(b, 0, spec.d, name="kd", nonempty=True) as dim:
+            value = b.load(element_ptr(b, src, dim.index), typ=F32)
+            b.store(value, element_ptr(b, kt, b.add(b.mul(dim.index, i64(spec.padded_sk)), key.index)))
+
+
+def _groups(size: int, width: int) -> list[tuple[int, int, int]]:
+    """(first column, vectors, lanes of the last vector) of the register tiles across `size` columns."""
+    step = KEY_VECTORS * width
+    out = []
+    for c0 in range(0, size, step):
+        cols = min(step, size - c0)
+        vectors = -(-cols // width)
+        out.append((c0, vectors, cols - (vectors - 1) * width))
+    return out
+
+
+class _Block:
+    """The code of one block of `rows` query rows (rows static: full blocks, then the remainder)."""
+
+    def __init__(self, b: ir.IRBuilder, module: ir.Module, spec: AttentionSpec, qh: ir.Value, kt: ir.Value,
+                 vh: ir.Value, oh: ir.Value, mh: ir.Value, scores: ir.Value):
+        self.b, self.module, self.spec = b, module, spec
+        self.qh, self.kt, self.vh, self.oh, self.mh, self.scores = qh, kt, vh, oh, mh, scores
+        self.fma = declare_vector_intrinsic(module, "fma", spec.width, 3)
+
+    def mask_of(self, lanes: int) -> ir.Value | None:
+        return None if lanes == self.spec.width else lanes_below(self.spec.width, lanes)
+
+    def emit(self, r0: ir.Value, rows: int) -> None:
+        for c0, vectors, lanes in _groups(self.spec.sk, self.spec.width):
+            self.score_tile(r0, rows, c0, vectors, lanes)
+        b, w, spec = self.b, self.spec.width, self.spec
+        for r in range(rows if spec.sk else 0):  # no keys: no scores, and P @ V is zeros
+            row = element_ptr(b, self.scores, r * spec.padded_sk)
+
+            def in_row(c: Chunk, row: ir.Value = row) -> ir.Value:
+                return element_ptr(b, row, c.col)
+
+            softmax_row(b, self.module, spec.sk, w, in_row, in_row)  # in place
+        for c0, vectors, lanes in _groups(spec.dv, w):
+            self.value_tile(r0, rows, c0, vectors, lanes)
+
+    def tile(self, count: int, scalars: list[ir.Value], vectors_at: ir.Value, stride: int, vectors: int,
+             last: ir.Value | None) -> list[list[ir.Value]]:
+        """acc[r][j] = sum over i < count of scalars[r][i] * (vector j of the row at vectors_at + i*stride):
+        the accumulators and the row pointer carried through the loop, as in the GEMM microkernels."""
+        b, w = self.b, self.spec.width
+        init = [zeros(ir.VectorType(F32, w))] * (len(scalars) * vectors)
+        if count == 0:
+            return [init[r * vectors:(r + 1) * vectors] for r in range(len(scalars))]
+        with for_range(b, 0, count, name="t", carry=[vectors_at, *init], nonempty=True) as loop:
+            at, *acc = loop.carried
+            loaded = [masked_load(b, element_ptr(b, at, j * w), last if j == vectors - 1 else None, width=w)
+                      for j in range(vectors)]
+            new = []
+            for r, row in enumerate(scalars):
+                s = broadcast_load(b, element_ptr(b, row, loop.index), w)
+                new += [b.call(self.fma, [s, loaded[j], acc[r * vectors + j]]) for j in range(vectors)]
+            loop.carry(element_ptr(b, at, stride), *new)
+        acc = loop.results[1:]
+        return [acc[r * vectors:(r + 1) * vectors] for r in range(len(scalars))]
+
+    def score_tile(self, r0: ir.Value, rows: int, c0: int, vectors: int, lanes: int) -> None:
+        b, spec, w = self.b, self.spec, self.spec.width
+        last = self.mask_of(lanes)
+        queries = [element_ptr(b, self.qh, b.mul(b.add(r0, i64(r)), i64(spec.q_row))) for r in range(rows)]
+        acc = self.tile(spec.d, queries, element_ptr(b, self.kt, c0), spec.padded_sk, vectors, last)
+        scale = splat(spec.scale, w)
+        for r in range(rows):
+            for j in range(vectors):
+                s = b.fdiv(acc[r][j], scale) if spec.divide else b.fmul(acc[r][j], scale)
+                if spec.mask:
+                    s = b.fadd(s, self.mask_term(b.add(r0, i64(r)), c0 + j * w))
+                masked_store(b, s, element_ptr(b, self.scores, r * spec.padded_sk + c0 + j * w),
+                             last if j == vectors - 1 else None)
+
+    def mask_term(self, row: ir.Value, col: int) -> ir.Value:
+        """What eager adds to the scores at (row, col..col+width): fl(fl(1 - m) * mask_value), or m."""
+        b, spec, w = self.b, self.spec, self.spec.width
+        _, _, row_stride, key_stride = spec.mask  # type: ignore[misc]
+        at = element_ptr(b, self.mh, b.add(b.mul(row, i64(row_stride)), i64(col * key_stride)))
+        if key_stride:  # lanes past Sk read nothing: their scores are never stored
+            m = masked_load(b, at, self.mask_of(min(w, spec.sk - col)), width=w)
+        else:
+            m = broadcast_load(b, at, w)
+        if spec.mask_value is None:
+            return m
+        return b.fmul(b.fsub(splat(1.0, w), m), splat(spec.mask_value, w))
+
+    def value_tile(self, r0: ir.Value, rows: int, c0: int, vectors: int, lanes: int) -> None:
+        b, spec, w = self.b, self.spec, self.spec.width
+        last = self.mask_of(lanes)
+        weights = [element_ptr(b, self.scores, r * spec.padded_sk) for r in range(rows)]
+        acc = self.tile(spec.sk, weights, element_ptr(b, self.vh, c0), spec.v_row, vectors, last)
+        out_row = spec.heads * spec.dv
+        for r in range(rows):
+            at = element_ptr(b, self.oh, b.add(b.mul(b.add(r0, i64(r)), i64(out_row)), i64(c0)))
+            for j in range(vectors):
+                masked_store(b, acc[r][j], element_ptr(b, at, j * w), last if j == vectors - 1 else None)
+
+
+# ---------------------------------------------------------------- lowering an `attention` node
+
+def attention_spec(g: Graph, n: str, width: int) -> AttentionSpec:
+    """The kernel's static layout for node n: operand strides from their shapes, the mask's broadcast."""
+    q, k, v, *mask = g.args(n)
+    attrs = g.attrs(n)
+    lead, sq, sk, d, dv, heads = attention_dims(g.shape(q), g.shape(k), g.shape(v), attrs["heads"])
+
+    def rows_and_batch(x: str) -> tuple[int, int]:
+        shape = g.shape(x)
+        return shape[-1], (shape[-2] * shape[-1] if len(shape) == 3 else 0)
+
+    (q_row, q_batch), (k_row, k_batch), (v_row, v_batch) = map(rows_and_batch, (q, k, v))
+    mask_strides = None
+    if mask:
+        st = broadcast_strides(tuple(g.shape(mask[0])), (*lead, heads, sq, sk))
+        mask_strides = (st.batch, st.dims[0], st.dims[1], st.dims[2])
+    mv = attrs.get("mask_value")
+    return AttentionSpec(heads, sq, sk, d, dv, q_row, k_row, v_row, q_batch, k_batch, v_batch,
+                         mask_strides, float(attrs.get("scale", 1.0)), bool(attrs.get("divide", False)),
+                         None if mv is None else float(mv), width)
+
+
+def lower_attention(e: _Emitter, n: str) -> None:
+    spec = attention_spec(e.g, n, e.width)
+    fn = e.kernel(("attention", spec), lambda name: emit_attention(e.module, name, spec))
+    q, k, v, *mask = e.g.args(n)
+    mask_ptr = e.pointer(mask[0]) if mask else ir.Constant(PTR, None)
+    e.call(fn, samples(e, n), e.pointer(n), e.pointer(q), e.pointer(k), e.pointer(v), mask_ptr, e.pack_buffer())

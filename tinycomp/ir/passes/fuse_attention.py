@@ -1,0 +1,226 @@
+"""Fuse scaled dot-product attention into one `attention` node.
+
+`MultiHeadAttention` traces to: per projection reshape (N, S, H, D) -> transpose to (N, H, S, D);
+K transposed once more; `matmul(q, k^T)`; `mul` by the 1/sqrt(D) constant; with a mask,
+`add` of `mul(sub(1, mask), MASK_VALUE)`; `softmax` over the last axis; `matmul` with V; transpose
+and reshape back to (N, S, H*Dv). Run as traced, every transpose copies and the whole
+(N, H, S, S) score tensor lives in memory. The `attention` node reads q, k and v as (N, S, H*D),
+head h in columns h*D..h*D+D, where the projections wrote them, and writes (N, S, H*Dv) for the
+output projection: no transpose is ever copied (codegen/attention.py runs it per row block).
+
+The rewrite only goes through when the result is the same computation, op for op:
+- the score chain is matmul -> [mul or div by a one-element constant] -> [add a term that
+  broadcasts to the scores] -> softmax over the last axis -> matmul with v, each value read once;
+- each of q, k^T, v is a chain of reshapes and transposes of a value laid out (N, S, H*D), and the
+  output's chain of reshapes and transposes lays it out as (N, S, H*Dv): both checked by running
+  the chains on index arrays (N = 2), so any spelling of the same rearrangement matches;
+- a mask term `(1 - m) * c` (c a one-element constant) is folded in as `mask_value`, so the kernel
+  reads m itself and rounds as eager does; any other term is added as it is.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..graph import Graph
+from ..layout import is_scalar_const
+from ..ops import op_def
+from ..shapes import normalized_axis
+
+VIEWS = ("reshape", "transpose")
+SAMPLES = 2  # the batch size the index check runs at: two samples, so a view that mixes them shows
+
+
+def sole_user(g: Graph, n: str, op: str | tuple[str, ...]) -> str | None:
+    """n's only reader if n is read once, by an op of `op`."""
+    if g.use_count(n) != 1:
+        return None
+    (user,) = g.users(n)
+    return user if g.op(user) in ((op,) if isinstance(op, str) else op) else None
+
+
+def number(g: Graph, n: str, like: str) -> float | None:
+    """The value of a one-element constant that leaves the shape of `like` as it is."""
+    if not is_scalar_const(g, n) or len(g.shape(n)) > len(g.shape(like)):
+        return None
+    return float(np.asarray(g[n]["value"]).reshape(-1)[0])
+
+
+def concrete(shape: tuple) -> tuple[int, ...]:
+    return tuple(SAMPLES if d is None else d for d in shape)
+
+
+def run_views(g: Graph, chain: list[str], start: np.ndarray) -> np.ndarray:
+    """`start` through the view nodes of `chain` (first to last), by their NumPy references."""
+    for n in chain:
+        ref = op_def(g.op(n)).ref
+        assert ref is not None  # reshape and transpose have one
+        start = np.asarray(ref(start, **g.attrs(n)))
+    return start
+
+
+def heads_layout(shape: tuple, heads: int, order: tuple[int, ...]) -> np.ndarray:
+    """Element numbers of an (N, S, heads*D) buffer viewed per head: axes (N, S, heads, D) put in `order`."""
+    n, s, w = concrete(shape)
+    return np.arange(n * s * w).reshape(n, s, heads, w // heads).transpose(order)
+
+
+Source = tuple[str, tuple | None]  # a node, and the shape to view it as (None: as it is)
+
+
+def source_of(g: Graph, n: str, heads: int, length: int, order: tuple[int, ...]) -> Source | None:
+    """The highest value above n through reshapes and transposes that n reads as the per-head view
+    `order` of an (N, length, heads*D) layout, and the reshape to that layout it needs; None if
+    there is none."""
+    if g.shape(n)[:1] != (None,):
+        return None
+    chain = [n]
+    while g.op(chain[-1]) in VIEWS:
+        chain.append(g.args(chain[-1])[0])
+    want_shape = concrete(g.shape(n))
+    if len(want_shape) == 3:  # one head: (N, S, D) is (N, 1, S, D) without its head axis
+        want_shape = (want_shape[0], 1, *want_shape[1:])
+    layout = (None, length, heads * want_shape[3 if order[-1] == 3 else 2])
+    want = heads_layout(layout, heads, order)
+    for i in range(len(chain) - 1, -1, -1):
+        base = g.shape(chain[i])
+        if base[:1] != (None,) or int(np.prod(concrete(base))) != want.size or want.shape != want_shape:
+            continue
+        got = run_views(g, chain[i - 1::-1] if i else [], np.arange(want.size).reshape(concrete(base)))
+        if np.array_equal(got.reshape(want.shape), want):
+            return chain[i], (None if tuple(base) == layout else (-1, *layout[1:]))
+    return None
+
+
+def merged_output(g: Graph, m: str) -> str | None:
+    """The furthest value below matmul m, through sole-user reshapes and transposes, that holds m's
+    (N, H, Sq, Dv) result laid out as (N, Sq, H*Dv); None if there is none."""
+    shape = concrete(g.shape(m))
+    logical = shape if len(shape) == 4 else (shape[0], 1, *shape[1:])
+    start = np.arange(int(np.prod(shape))).reshape(shape)
+    merged = start.reshape(logical).transpose(0, 2, 1, 3).reshape(-1)
+    found, n = None, m
+    chain: list[str] = []
+    while True:
+        if g.shape(n)[:1] == (None,) and np.array_equal(run_views(g, chain, start).reshape(-1), merged):
+            found = n
+        user = sole_user(g, n, VIEWS)
+        if user is None:
+            return found
+        chain.append(user)
+        n = user
+
+
+Scores = tuple[str, dict, str | None, list[str]]
+
+
+def match_scores(g: Graph, soft: str) -> Scores | None:
+    """(the q @ k^T matmul, the node's scale and mask attributes, the mask operand, the nodes folded)
+    of the chain into softmax `soft`, or None if it is not one the node computes exactly."""
+    x = g.args(soft)[0]
+    if g.op(x) != "add" or g.use_count(x) != 1:
+        return match_scale(g, x, {}, None, [])
+    a, b = g.args(x)
+    for scores, term in ((a, b), (b, a)):
+        if g.shape(scores) != g.shape(x):
+            continue
+        mask, mask_value, term_nodes = mask_term(g, term)
+        attrs = {} if mask_value is None else {"mask_value": mask_value}
+        found = match_scale(g, scores, attrs, mask, [x, *term_nodes])
+        if found is not None:
+            return found
+    return None
+
+
+def match_scale(g: Graph, x: str, attrs: dict, mask: str | None, folded: list[str]) -> Scores | None:
+    """The rest of `match_scores` from x: [mul or div by a one-element constant] of the matmul."""
+    attrs = {"scale": 1.0, **attrs}
+    if g.op(x) in ("mul", "div") and g.use_count(x) == 1:
+        a, b = g.args(x)
+        for scores, c in ((a, b),) if g.op(x) == "div" else ((a, b), (b, a)):
+            value = number(g, c, x)
+            if g.op(scores) == "matmul" and value is not None and g.shape(scores) == g.shape(x):
+                attrs["scale"] = value
+                if g.op(x) == "div":
+                    attrs["divide"] = True
+                folded, x = [*folded, x], scores
+                break
+    if g.op(x) != "matmul" or g.use_count(x) != 1:
+        return None
+    return x, attrs, mask, [*folded, x]
+
+
+def mask_term(g: Graph, term: str) -> tuple[str, float | None, list[str]]:
+    """(mask operand, mask_value, nodes folded): `(1 - m) * c` folds to m and c; anything else is
+    the term itself, added as it is."""
+    if g.op(term) != "mul" or g.use_count(term) != 1:
+        return term, None, []
+    a, b = g.args(term)
+    for one_minus, c in ((a, b), (b, a)):
+        value = number(g, c, term)
+        if value is None or g.op(one_minus) != "sub" or g.use_count(one_minus) != 1:
+            continue
+        one, m = g.args(one_minus)
+        if number(g, one, one_minus) == 1.0 and g.shape(m) == g.shape(one_minus) == g.shape(term):
+            return m, value, [term, one_minus]
+    return term, None, []
+
+
+def viewed(g: Graph, source: Source) -> str:
+    node, newshape = source
+    return node if newshape is None else g.add("reshape", [node], newshape=newshape)
+
+
+def fuse_one(g: Graph, soft: str) -> bool:
+    shape = g.shape(soft)
+    if shape[:1] != (None,) or len(shape) not in (3, 4) or \
+            normalized_axis(len(shape), g[soft].get("dim", -1)) != len(shape) - 1:
+        return False
+    out_mm = sole_user(g, soft, "matmul")
+    matched = match_scores(g, soft)
+    if out_mm is None or g.args(out_mm) != [soft, g.args(out_mm)[1]] or matched is None:
+        return False
+    scores_mm, attrs, mask, chain = matched
+    heads, sq, sk = (shape[1] if len(shape) == 4 else 1), shape[-2], shape[-1]
+    end = merged_output(g, out_mm)
+    q_in, kt_in = g.args(scores_mm)
+    sources = [source_of(g, q_in, heads, sq, (0, 2, 1, 3)), source_of(g, kt_in, heads, sk, (0, 2, 3, 1)),
+               source_of(g, g.args(out_mm)[1], heads, sk, (0, 2, 1, 3))]
+    if end is None or None in sources or soft == g.args(out_mm)[1]:
+        return False
+    made: dict[Source, str] = {}  # q, k and v often read one value: view it once
+    for s in sources:
+        if s is not None and s not in made:
+            made[s] = viewed(g, s)
+    operands = [made[s] for s in sources if s is not None]
+    if mask is not None:  # one head written without a head axis: the mask gets one
+        operands.append(viewed(g, (mask, (-1, 1, *g.shape(mask)[1:]) if len(shape) == 3 and
+                                   g.shape(mask)[:1] == (None,) else None)))
+    fused = " + ".join(f"{g.op(n)} {n}" for n in [*reversed(chain), soft, out_mm])
+    transposes = len(g.nodes("transpose"))
+    node = g.add("attention", operands, heads=heads, **attrs, layer=g[scores_mm].get("layer"))
+    if g.shape(end) != g.shape(node):
+        node = g.add("reshape", [node], newshape=(-1, *g.shape(end)[1:]))
+    g.replace_uses(end, node)
+    remove_unused(g, [end])
+    g[g.args(node)[0] if g.op(node) == "reshape" else node]["explain"] = \
+        f"fused {fused}; {transposes - len(g.nodes('transpose'))} transposes not copied"
+    return True
+
+
+def remove_unused(g: Graph, todo: list[str]) -> None:
+    """Remove the nodes of `todo` nobody reads, then their operands that became unused (inputs stay)."""
+    while todo:
+        n = todo.pop()
+        if n in g and not g.users(n) and g.op(n) not in ("input", "output"):
+            args = g.args(n)
+            g.remove(n)
+            todo += args
+
+
+def fuse_attention(g: Graph) -> bool:
+    changed = False
+    for soft in g.nodes("softmax"):
+        if soft in g:
+            changed |= fuse_one(g, soft)
+    return changed
