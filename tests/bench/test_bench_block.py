@@ -39,11 +39,12 @@ def test_the_full_size_block_is_the_issues_shape():
     assert bm.sample(2).shape == (2, 64, 128)
 
 
+@pytest.mark.parametrize("name", ["block-tiny", "block-tiny-causal"])
 @pytest.mark.parametrize("batch", [0, 1, 3])
-def test_every_engines_block_matches_eager_and_float64(batch):
+def test_every_engines_block_matches_eager_and_float64(batch, name):
     """The NumPy, ONNX and torch forms are written apart from the tinycomp layers: all three must
     agree with the eager block within the parity rule, judged by the float64 NumPy form."""
-    bm = MODELS["block-tiny"]
+    bm = MODELS[name]
     model = bm.build(3)
     weights = bm.weights(model)
     x = bm.sample(batch, 3)
@@ -66,3 +67,19 @@ def test_every_engines_block_matches_eager_and_float64(batch):
         assert report.ok, f"{name}: {report}"
     if batch:  # the reference is a real block: not the input passed through
         assert np.abs(reference - x).max() > 0.1
+    if batch and bm.causal:  # and the mask matters: without it the block gives another result
+        plain = numpy_function(MODELS["block-tiny"], weights, np.float64)(x.astype(np.float64))
+        assert np.abs(reference - plain)[:, :-1].max() > 1e-3 and np.abs(reference - plain)[:, -1].max() < 1e-9
+
+
+def test_the_causal_block_compiles_its_mask_into_the_attention_node():
+    import tinycomp as tc
+
+    bm = MODELS["block-tiny-causal"]
+    fast = tc.compile(bm.build(0))
+    x = bm.sample(3)
+    assert_parity = check_parity(fast(x).data, bm.build(0)(Tensor(x)).data,
+                                 numpy_function(bm, bm.weights(bm.build(0)), np.float64)(x.astype(np.float64)))
+    assert assert_parity.ok, str(assert_parity)
+    [node] = fast.graph.nodes("attention")
+    assert fast.graph.args(node)[3] == "mask" and fast.graph.attrs(node)["mask_value"] == float(np.float32(-1e9))

@@ -58,7 +58,7 @@ def compiled_mha(heads, head_dim, seq, mask_shape=None):
     return mha, fast
 
 
-SIZES = [(1, 1), (3, 5), (2, 32)]  # (heads, head dim)
+SIZES = [(1, 1), (3, 5), (2, 32), (1, 20)]  # (heads, head dim); 20: whole 16 x 16 squares of K and leftovers
 
 
 @pytest.mark.parametrize("seq", [1, 7, 65])
@@ -73,6 +73,7 @@ def test_multi_head_attention_without_a_mask(heads, head_dim, seq):
 @pytest.mark.parametrize("seq", [1, 7, 65])
 @pytest.mark.parametrize("heads, head_dim", SIZES)
 def test_per_sample_masks_with_blocked_rows(heads, head_dim, seq):
+    """Also the row blocks: 6 rows each, the last one overlapping the one before (seq 7, 65)."""
     mha, fast = compiled_mha(heads, head_dim, seq, (None, seq, seq))
     for batch in BATCHES:
         x = inputs(batch, seq, heads * head_dim, seed=batch)

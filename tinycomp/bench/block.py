@@ -3,7 +3,9 @@
 Like `models.BenchModel`, built identically in every process from a seed, with the same model in
 every engine's own terms: the tinycomp eager model, plain NumPy (float32 and the float64
 reference), an ONNX graph of standard ops (MatMul, Add, LayerNormalization, Reshape, Transpose,
-Softmax, Sigmoid) built with `onnx.helper`, and a torch module.
+Softmax, Sigmoid) built with `onnx.helper`, and a torch module. A `causal` block attends to earlier
+positions only: its model holds the (seq, seq) 0/1 mask as a tensor and passes it to the block, and
+every other engine adds the same term, (1 - mask) * -1e9, to the scores.
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from ..frontend.layers import Linear
-from ..frontend.transformer import TransformerBlock
+from ..frontend.layers import Layer, Linear
+from ..frontend.tensor import Tensor
+from ..frontend.transformer import MASK_VALUE, TransformerBlock
 from ..nn import manual_seed
 
 Weights = dict[str, np.ndarray]
@@ -30,6 +33,14 @@ class BlockModel:
     seq: int
     mlp_ratio: int = 4
     eps: float = 1e-5  # LayerNorm's default, which TransformerBlock's norms take
+    causal: bool = False  # every position attends to itself and the earlier ones only
+
+    def mask_term(self, dtype: type = np.float32) -> np.ndarray | None:
+        """What a causal block adds to its scores, (1 - mask) * MASK_VALUE as eager rounds it; None if
+        not causal."""
+        if not self.causal:
+            return None
+        return ((1 - causal_mask(self.seq).astype(dtype)) * dtype(MASK_VALUE)).astype(dtype)
 
     @property
     def hidden(self) -> int:
@@ -50,8 +61,9 @@ class BlockModel:
         e, h = self.embed, self.hidden
         return 4 * (4 * (e * e + e) + (e * h + h) + (h * e + e) + 4 * e)
 
-    def build(self, seed: int = 0) -> TransformerBlock:
-        """The eager block in eval mode: seeded weights, seeded non-zero biases, gamma and beta."""
+    def build(self, seed: int = 0) -> TransformerBlock | CausalBlock:
+        """The eager block in eval mode: seeded weights, seeded non-zero biases, gamma and beta (a
+        causal one wrapped with its mask)."""
         manual_seed(seed)
         block = TransformerBlock(self.embed, self.heads, mlp_ratio=self.mlp_ratio)
         assert block.ln1.eps == block.ln2.eps == self.eps
@@ -63,11 +75,12 @@ class BlockModel:
             ln.gamma.data[...] = rng.uniform(0.5, 1.5, ln.gamma.shape).astype(np.float32)
             ln.beta.data[...] = (0.1 * rng.standard_normal(ln.beta.shape)).astype(np.float32)
         block.eval()
-        return block
+        return CausalBlock(block, causal_mask(self.seq)) if self.causal else block
 
     def weights(self, model: Any) -> Weights:
         """The block's parameter arrays by name (`model`: a block `build` made)."""
         out: Weights = {}
+        model = model.block if isinstance(model, CausalBlock) else model
         for key, lin in _linears(model).items():
             assert lin.bias is not None
             out[f"{key}.w"], out[f"{key}.b"] = lin.weight.data, lin.bias.data
@@ -78,6 +91,24 @@ class BlockModel:
     def sample(self, batch: int, seed: int = 0) -> np.ndarray:
         rng = np.random.default_rng(10_000 + seed)
         return rng.standard_normal((batch, self.seq, self.embed), dtype=np.float32)
+
+
+def causal_mask(seq: int) -> np.ndarray:
+    """(seq, seq) float32: 1 where query i may attend to key j <= i, else 0."""
+    return np.tril(np.ones((seq, seq), np.float32))
+
+
+class CausalBlock(Layer):
+    """A TransformerBlock that passes its own causal mask on: forward(x) = block(x, mask)."""
+
+    def __init__(self, block: TransformerBlock, mask: np.ndarray):
+        self.block, self.mask = block, Tensor(mask)
+
+    def forward(self, x: Any) -> Any:
+        return self.block(x, self.mask)
+
+    def parameters(self) -> list[Tensor]:
+        return self.block.parameters()
 
 
 def _linears(block: TransformerBlock) -> dict[str, Linear]:
@@ -91,6 +122,7 @@ def numpy_block(bm: BlockModel, weights: Weights, dtype: type = np.float32) -> C
     w: Weights = {k: np.ascontiguousarray(v, dtype) for k, v in weights.items()}
     eps = bm.eps
     heads, d = bm.heads, bm.embed // bm.heads
+    term = bm.mask_term(dtype)
 
     def norm(x: np.ndarray, key: str) -> np.ndarray:
         mu = x.mean(axis=-1, keepdims=True)
@@ -101,6 +133,8 @@ def numpy_block(bm: BlockModel, weights: Weights, dtype: type = np.float32) -> C
         n, s, e = x.shape
         q, k, v = ((x @ w[f"{p}.w"] + w[f"{p}.b"]).reshape(n, s, heads, d).transpose(0, 2, 1, 3) for p in "qkv")
         scores = q @ k.transpose(0, 1, 3, 2) * dtype(1 / np.sqrt(d))
+        if term is not None:
+            scores = scores + term
         if scores.size:
             scores = scores - scores.max(axis=-1, keepdims=True)
         p = np.exp(scores)
@@ -145,6 +179,10 @@ def onnx_block_bytes(bm: BlockModel, weights: Weights) -> bytes:
     q, k, v = (node("Transpose", [node("Reshape", [linear(n1, p, p), "split"], f"{p}.heads")], f"{p}.t",
                     perm=[0, 2, 3, 1] if p == "k" else [0, 2, 1, 3]) for p in "qkv")
     scores = node("Mul", [node("MatMul", [q, k], "qk"), "scale"], "scores")
+    term = bm.mask_term()
+    if term is not None:
+        inits.append(numpy_helper.from_array(term, "mask_term"))
+        scores = node("Add", [scores, "mask_term"], "masked")
     attended = node("MatMul", [node("Softmax", [scores], "probs", axis=-1), v], "attended")
     merged = node("Reshape", [node("Transpose", [attended], "attended.t", perm=[0, 2, 1, 3]), "merge"], "merged")
     h = node("Add", ["x", linear(merged, "out", "attn")], "h")
@@ -166,6 +204,8 @@ def torch_block(bm: BlockModel, weights: Weights) -> Any:
     import torch
 
     tensors = {k: torch.from_numpy(np.ascontiguousarray(v, np.float32)) for k, v in weights.items()}
+    mask_term = bm.mask_term()
+    term = None if mask_term is None else torch.from_numpy(mask_term)
     eps = bm.eps
     heads, d = bm.heads, bm.embed // bm.heads
 
@@ -175,7 +215,8 @@ def torch_block(bm: BlockModel, weights: Weights) -> Any:
             n, s, e = x.shape
             a = torch.nn.functional.layer_norm(x, (e,), t["ln1.g"], t["ln1.b"], eps)
             q, k, v = ((a @ t[f"{p}.w"] + t[f"{p}.b"]).view(n, s, heads, d).transpose(1, 2) for p in "qkv")
-            probs = torch.softmax(q @ k.transpose(-2, -1) * (1 / d ** 0.5), dim=-1)
+            scores = q @ k.transpose(-2, -1) * (1 / d ** 0.5)
+            probs = torch.softmax(scores if term is None else scores + term, dim=-1)
             merged = (probs @ v).transpose(1, 2).reshape(n, s, e)
             h = x + merged @ t["out.w"] + t["out.b"]
             z = torch.nn.functional.layer_norm(h, (e,), t["ln2.g"], t["ln2.b"], eps) @ t["fc1.w"] + t["fc1.b"]

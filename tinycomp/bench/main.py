@@ -30,7 +30,7 @@ from .runner import ENGINES, PARITY_EXIT, unavailable_reason
 
 SUITE = [("mlp", [1, 8, 32, 128, 512, 2048, 8192]), ("wide", [256]), ("odd", [256]), ("deep", [256])]
 QUICK_SUITE = [("mlp", [1, 32, 512]), ("wide", [256]), ("odd", [256]), ("deep", [256])]
-OTHER_BATCHES = {"block": [1, 8, 32]}  # models outside the suite: their default batch sizes
+OTHER_BATCHES = {"block": [1, 8, 32], "block-causal": [1, 8, 32]}  # models outside the suite: their default batches
 DEFAULT_ENGINES = ["numpy", "eager", "compiled", "compiled-all", "onnxruntime", "torch", "torch.compile"]
 
 

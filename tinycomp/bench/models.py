@@ -217,6 +217,10 @@ MODELS: dict[str, BenchModel | BlockModel] = {
     "tiny": BenchModel("tiny", "12-16-5, ReLU (for tests)", (LayerSpec(12, 16, "relu"), LayerSpec(16, 5, None))),
     "block": BlockModel("block", "TransformerBlock: embed 128, 4 heads, seq 64, MLP 512", 128, 4, 64),
     "block-tiny": BlockModel("block-tiny", "TransformerBlock: embed 12, 3 heads, seq 5 (for tests)", 12, 3, 5),
+    "block-causal": BlockModel("block-causal", "TransformerBlock as `block`, with a causal mask", 128, 4, 64,
+                               causal=True),
+    "block-tiny-causal": BlockModel("block-tiny-causal", "block-tiny with a causal mask (for tests)", 12, 3, 5,
+                                    causal=True),
 }
 
 

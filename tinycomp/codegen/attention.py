@@ -6,7 +6,7 @@ q, k and v are read where the projections wrote them, rows of `*_row` floats (he
 h*D..h*D+D), samples `*_batch` floats apart (0: shared by every sample); `out` is written
 (M, Sq, H*Dv). Per sample and head the kernel first copies K's head transposed into `work`
 (D rows of Sk keys, so a score row block is a register-blocked outer product, as in the GEMM
-microkernels), then per block of ROWS query rows:
+microkernels), then per block of ROWS query rows (the last block overlapping the one before):
 
 1. scores: ROWS x (up to KEY_VECTORS vectors of keys) accumulated over D with vector FMAs, then
    scaled (times or divided by `scale`) and, with a mask, the term added exactly as eager rounds
@@ -41,6 +41,7 @@ from .cgutils import (
     masked_load,
     masked_store,
     splat,
+    vector_constant,
     zeros,
 )
 from .elementwise import softmax_row
@@ -112,25 +113,54 @@ def emit_attention(module: ir.Module, name: str, spec: AttentionSpec) -> ir.Func
             mh = element_ptr(b, mn, b.mul(h, i64(spec.mask[1]))) if spec.mask else mn
             _transpose_keys(b, spec, kh, kt)
             block = _Block(b, module, spec, qh, kt, vh, oh, mh, scores)
-            full = spec.sq - spec.sq % ROWS
-            if full:
-                with for_range(b, 0, full, ROWS, name="r0", nonempty=True) as rows:
-                    block.emit(rows.index, ROWS)
-            if spec.sq % ROWS:
-                block.emit(i64(full), spec.sq % ROWS)
+            # One block shape only (each is a lot of code to compile): the last block overlaps the one
+            # before it, recomputing a few rows bit for bit, instead of a second, shorter variant.
+            rows = min(ROWS, spec.sq)
+            with for_range(b, 0, spec.sq, ROWS, name="r0") as blocks:
+                last = i64(spec.sq - rows)
+                block.emit(b.select(b.icmp_signed(">", blocks.index, last), last, blocks.index), rows)
     b.ret_void()
     return fn
 
 
 def _transpose_keys(b: ir.IRBuilder, spec: AttentionSpec, kh: ir.Value, kt: ir.Value) -> None:
-    """kt[d, key] = K_h[key, d]: the head's keys as D rows of padded_sk floats."""
-    if not spec.d:
-        return
-    with for_range(b, 0, spec.sk, name="key") as key:
-        src = element_ptr(b, kh, b.mul(key.index, i64(spec.k_row)))
-        with for_range(b, 0, spec.d, name="kd", nonempty=True) as dim:
-            value = b.load(element_ptr(b, src, dim.index), typ=F32)
-            b.store(value, element_ptr(b, kt, b.add(b.mul(dim.index, i64(spec.padded_sk)), key.index)))
+    """kt[d, key] = K_h[key, d]: the head's keys as D rows of padded_sk floats. Whole width x width
+    squares go through registers (`transpose_square`: loads, shuffles, stores); the keys and dims
+    left over one element at a time."""
+    w = spec.width
+    keys, dims = spec.sk - spec.sk % w, spec.d - spec.d % w
+    if keys and dims:
+        with for_range(b, 0, keys, w, name="kblk", nonempty=True) as kb, \
+                for_range(b, 0, dims, w, name="dblk", nonempty=True) as db:
+            src = element_ptr(b, kh, b.add(b.mul(kb.index, i64(spec.k_row)), db.index))
+            rows = [masked_load(b, element_ptr(b, src, i * spec.k_row), None, width=w) for i in range(w)]
+            dst = element_ptr(b, kt, b.add(b.mul(db.index, i64(spec.padded_sk)), kb.index))
+            for j, column in enumerate(transpose_square(b, rows)):
+                masked_store(b, column, element_ptr(b, dst, j * spec.padded_sk), None)
+    for key_range, dim_range in (((0, keys), (dims, spec.d)), ((keys, spec.sk), (0, spec.d))):
+        if key_range[0] < key_range[1] and dim_range[0] < dim_range[1]:
+            with for_range(b, *key_range, name="key", nonempty=True) as key, \
+                    for_range(b, *dim_range, name="kd", nonempty=True) as dim:
+                value = b.load(element_ptr(b, kh, b.add(b.mul(key.index, i64(spec.k_row)), dim.index)), typ=F32)
+                b.store(value, element_ptr(b, kt, b.add(b.mul(dim.index, i64(spec.padded_sk)), key.index)))
+
+
+def transpose_square(b: ir.IRBuilder, rows: list[ir.Value]) -> list[ir.Value]:
+    """The columns of the square whose rows are `rows` (width vectors of width lanes): log2(width)
+    stages, each swapping the off-diagonal s x s blocks of rows i and i + s with two shuffles."""
+    w = len(rows)
+    rows = list(rows)
+    mask_type = ir.VectorType(ir.IntType(32), w)
+    s = w // 2
+    while s:
+        low = vector_constant(mask_type, [j if not j & s else w + j - s for j in range(w)])
+        high = vector_constant(mask_type, [j + s if not j & s else w + j for j in range(w)])
+        for i in range(w):
+            if not i & s:
+                a, c = rows[i], rows[i + s]
+                rows[i], rows[i + s] = b.shuffle_vector(a, c, low), b.shuffle_vector(a, c, high)
+        s //= 2
+    return rows
 
 
 def _groups(size: int, width: int) -> list[tuple[int, int, int]]:
@@ -160,13 +190,14 @@ class _Block:
         for c0, vectors, lanes in _groups(self.spec.sk, self.spec.width):
             self.score_tile(r0, rows, c0, vectors, lanes)
         b, w, spec = self.b, self.spec.width, self.spec
-        for r in range(rows if spec.sk else 0):  # no keys: no scores, and P @ V is zeros
-            row = element_ptr(b, self.scores, r * spec.padded_sk)
+        if spec.sk:  # no keys: no scores, and P @ V is zeros
+            with for_range(b, 0, rows, name="row", nonempty=True) as r:
+                row = element_ptr(b, self.scores, b.mul(r.index, i64(spec.padded_sk)))
 
-            def in_row(c: Chunk, row: ir.Value = row) -> ir.Value:
-                return element_ptr(b, row, c.col)
+                def in_row(c: Chunk) -> ir.Value:
+                    return element_ptr(b, row, c.col)
 
-            softmax_row(b, self.module, spec.sk, w, in_row, in_row)  # in place
+                softmax_row(b, self.module, spec.sk, w, in_row, in_row)  # in place
         for c0, vectors, lanes in _groups(spec.dv, w):
             self.value_tile(r0, rows, c0, vectors, lanes)
 
