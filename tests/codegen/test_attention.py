@@ -15,9 +15,16 @@ from hypothesis import strategies as st
 
 import tinycomp as tc
 from tests.transformer_ref import attention64, causal_mask
+from tinycomp.codegen.module import lower_graph
+from tinycomp.codegen.target import CROSS_TARGETS, target_named
+from tinycomp.export.toolchain import emit_object
 from tinycomp.frontend.tensor import apply_op
+from tinycomp.frontend.tracer import trace
+from tinycomp.ir.passes import run_pipeline
 from tinycomp.nn import Layer, MultiHeadAttention, Tensor, manual_seed
 from tinycomp.parity import check_parity
+from tinycomp.runtime.engine import JitEngine
+from tinycomp.runtime.kernel import NativeKernel
 
 BATCHES = (7, 1, 0)
 
@@ -192,3 +199,26 @@ def test_scale_matches_the_formula():
     _, fast = compiled_mha(2, 32, 3)
     [node] = fast.graph.nodes("attention")
     assert fast.graph.attrs(node)["scale"] == float(np.float32(1 / math.sqrt(32)))
+
+
+@pytest.mark.parametrize("width", [4, 8])
+def test_narrower_vectors_on_the_host(width):
+    """Width 8 (16 registers: 6 x 2 tiles, 8 x 8 squares of K) and 4, run on this host."""
+    mha, _ = compiled_mha(3, 5, 7)
+    g = run_pipeline(trace(mha, (None, 7, 15)))
+    plan = lower_graph(g, width)
+    engine = JitEngine(plan.llvm_ir)
+    params = [np.asarray(g[p]["value"], np.float32) for p in plan.params]
+    kernel = NativeKernel(engine, plan, (7, 15), [p.shape for p in params])
+    x = inputs(5, 7, 15)
+    out = np.empty((5, 7, 15), np.float32)
+    kernel.run(x, params, out, np.empty(plan.scratch_floats(5) + 1, np.float32))
+    assert_parity(Tensor(out), mha(Tensor(x)), attention64(mha, x.astype(np.float64)))
+
+
+@pytest.mark.parametrize("name", list(CROSS_TARGETS))
+def test_every_cross_target_compiles_the_kernel(name):
+    mha, _ = compiled_mha(2, 32, 19)
+    g = run_pipeline(trace(mha, [(None, 19, 64), (19, 19)]))
+    plan = lower_graph(g, target_named(name))
+    assert emit_object(CROSS_TARGETS[name], [plan.llvm_ir], [plan.entry])

@@ -8,12 +8,13 @@ h*D..h*D+D), samples `*_batch` floats apart (0: shared by every sample); `out` i
 (D rows of Sk keys, so a score row block is a register-blocked outer product, as in the GEMM
 microkernels), then per block of ROWS query rows (the last block overlapping the one before):
 
-1. scores: ROWS x (up to KEY_VECTORS vectors of keys) accumulated over D with vector FMAs, then
-   scaled (times or divided by `scale`) and, with a mask, the term added exactly as eager rounds
-   it: fl(fl(1 - m) * mask_value), or m itself; stored to a ROWS x Sk scratch block in `work`;
+1. scores: ROWS x (up to `vectors` vectors of keys: the GEMM's tile, 4 with 32 registers, 2 with
+   16) accumulated over D with vector FMAs, then scaled (times or divided by `scale`) and, with a
+   mask, the term added exactly as eager rounds it:
+   fl(fl(1 - m) * mask_value), or m itself; stored to a ROWS x Sk scratch block in `work`;
 2. softmax along each row in place (`elementwise.softmax_row`: the same code, NaN and -inf
    handling as the softmax kernel);
-3. out rows = P @ V_h, ROWS x (up to KEY_VECTORS vectors of Dv) accumulated over the keys.
+3. out rows = P @ V_h, ROWS x (up to `vectors` vectors of Dv) accumulated over the keys.
 
 So the whole (N, H, Sq, Sk) score tensor never exists: one row block of it lives in L1. Every
 sample runs on its own, so the runtime splits the batch across threads as for any kernel.
@@ -45,6 +46,7 @@ from .cgutils import (
     zeros,
 )
 from .elementwise import softmax_row
+from .gemm import tile_vectors
 from .loops import Chunk, broadcast_load
 from .lower_tensor import samples
 from .strided import broadcast_strides
@@ -52,8 +54,7 @@ from .strided import broadcast_strides
 if TYPE_CHECKING:
     from .module import _Emitter
 
-ROWS = 6  # query rows per block: ROWS x KEY_VECTORS accumulators plus the loaded vectors fit 32 registers
-KEY_VECTORS = 4  # vectors of keys (or of value columns) per register tile
+ROWS = 6  # query rows per block: with `gemm.tile_vectors` vectors per row, the GEMM's register tile
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,7 @@ class AttentionSpec:
     divide: bool
     mask_value: float | None
     width: int
+    vectors: int  # vectors of keys (or of value columns) per row of a register tile
 
     @property
     def padded_sk(self) -> int:
@@ -163,9 +165,10 @@ def transpose_square(b: ir.IRBuilder, rows: list[ir.Value]) -> list[ir.Value]:
     return rows
 
 
-def _groups(size: int, width: int) -> list[tuple[int, int, int]]:
-    """(first column, vectors, lanes of the last vector) of the register tiles across `size` columns."""
-    step = KEY_VECTORS * width
+def _groups(size: int, width: int, per_tile: int) -> list[tuple[int, int, int]]:
+    """(first column, vectors, lanes of the last vector) of the register tiles across `size` columns,
+    `per_tile` vectors each."""
+    step = per_tile * width
     out = []
     for c0 in range(0, size, step):
         cols = min(step, size - c0)
@@ -187,7 +190,7 @@ class _Block:
         return None if lanes == self.spec.width else lanes_below(self.spec.width, lanes)
 
     def emit(self, r0: ir.Value, rows: int) -> None:
-        for c0, vectors, lanes in _groups(self.spec.sk, self.spec.width):
+        for c0, vectors, lanes in _groups(self.spec.sk, self.spec.width, self.spec.vectors):
             self.score_tile(r0, rows, c0, vectors, lanes)
         b, w, spec = self.b, self.spec.width, self.spec
         if spec.sk:  # no keys: no scores, and P @ V is zeros
@@ -198,7 +201,7 @@ class _Block:
                     return element_ptr(b, row, c.col)
 
                 softmax_row(b, self.module, spec.sk, w, in_row, in_row)  # in place
-        for c0, vectors, lanes in _groups(spec.dv, w):
+        for c0, vectors, lanes in _groups(spec.dv, w, spec.vectors):
             self.value_tile(r0, rows, c0, vectors, lanes)
 
     def tile(self, count: int, scalars: list[ir.Value], vectors_at: ir.Value, stride: int, vectors: int,
@@ -262,7 +265,7 @@ class _Block:
 
 # ---------------------------------------------------------------- lowering an `attention` node
 
-def attention_spec(g: Graph, n: str, width: int) -> AttentionSpec:
+def attention_spec(g: Graph, n: str, width: int, registers: int) -> AttentionSpec:
     """The kernel's static layout for node n: operand strides from their shapes, the mask's broadcast."""
     q, k, v, *mask = g.args(n)
     attrs = g.attrs(n)
@@ -280,11 +283,11 @@ def attention_spec(g: Graph, n: str, width: int) -> AttentionSpec:
     mv = attrs.get("mask_value")
     return AttentionSpec(heads, sq, sk, d, dv, q_row, k_row, v_row, q_batch, k_batch, v_batch,
                          mask_strides, float(attrs.get("scale", 1.0)), bool(attrs.get("divide", False)),
-                         None if mv is None else float(mv), width)
+                         None if mv is None else float(mv), width, tile_vectors(width, registers))
 
 
 def lower_attention(e: _Emitter, n: str) -> None:
-    spec = attention_spec(e.g, n, e.width)
+    spec = attention_spec(e.g, n, e.width, e.registers)
     fn = e.kernel(("attention", spec), lambda name: emit_attention(e.module, name, spec))
     q, k, v, *mask = e.g.args(n)
     mask_ptr = e.pointer(mask[0]) if mask else ir.Constant(PTR, None)

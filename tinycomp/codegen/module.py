@@ -376,7 +376,7 @@ def _max_pack_floats(g: Graph, target: Target, block: int = 0) -> int:
     sizes = []
     for n in g.nodes():
         if g.op(n) == "attention":  # its transposed keys and score rows (attention.py)
-            sizes.append(attention.attention_spec(g, n, target.vector_width).work_floats)
+            sizes.append(attention.attention_spec(g, n, target.vector_width, target.vector_registers).work_floats)
         if g.op(n) not in ("linear", "matmul"):
             continue
         a, b = (tuple(g.shape(v)) for v in g.args(n)[:2])
