@@ -4,8 +4,9 @@
     PYTHONPATH=. python benchmarks/gemm_ab.py PACK_PREFETCH_ROWS 0,8 --model wide --rows 256
     PYTHONPATH=. python benchmarks/gemm_ab.py ACT_VECTORS 1,4 --layer 1024x1024:gelu --rows 256
     PYTHONPATH=. python benchmarks/gemm_ab.py WEIGHT_OFFSET 0,16 --model mlp --rows 8,32,128
+    PYTHONPATH=. python benchmarks/gemm_ab.py HOST_LSR 1,0 --model mlp --rows 1,8,128
 
-NAME is a constant of tinycomp.codegen.gemm, gemm_kernels or module, set before each build; or
+NAME is a constant of tinycomp.codegen.gemm, gemm_kernels, module or target, set before each build; or
 WEIGHT_OFFSET, which places the model's weights that many bytes past a cache line. A layer is timed
 through its kernel (`emit_linear`), a model through raw calls of its entry (no Python around them),
 one thread. Every value's callable runs in turn, round after round (`gemm_micro.compare`): on a
@@ -31,12 +32,12 @@ from gemm_micro import compare, compile_layers  # noqa: E402
 import tinycomp  # noqa: E402
 from tinycomp.aligned import aligned_empty  # noqa: E402
 from tinycomp.bench.models import MODELS  # noqa: E402
-from tinycomp.codegen import gemm, gemm_driver, gemm_epilogue, gemm_kernels, module, scratch  # noqa: E402
+from tinycomp.codegen import gemm, gemm_driver, gemm_epilogue, gemm_kernels, module, scratch, target  # noqa: E402
 from tinycomp.codegen.target import host  # noqa: E402
 from tinycomp.nn import Linear, Tensor  # noqa: E402
 from tinycomp.runtime.buffers import data_pointer  # noqa: E402
 
-OWNERS = (gemm, gemm_driver, gemm_epilogue, gemm_kernels, module, scratch)
+OWNERS = (gemm, gemm_driver, gemm_epilogue, gemm_kernels, module, scratch, target)
 
 
 def set_constant(name: str, value: int) -> None:
@@ -86,12 +87,12 @@ def model_calls(model_name: str, rows: int, values: list[int], name: str, keep: 
             place_weights(model, v)
         else:
             set_constant(name, v)
-        fast = tinycomp.compile(model, input_shape=(rows, bm.in_features), threads=1)
+        fast = tinycomp.compile(model, input_shape=(rows, *bm.in_shape), threads=1)
         fast(x)
-        fast(x)  # the second call leaves the parameter pointer table for reuse
+        y = fast(x)  # the second call leaves the parameter pointer table for reuse
         art = fast._artifact
         table = art.params.hot_table(art.guard.held)[-1]  # the pointer table comes last
-        out = np.empty((rows, bm.out_features), np.float32)
+        out = np.empty(np.shape(y.numpy()), np.float32)
         scratch = aligned_empty((art.plan.scratch_floats(rows) + 16,))
         args = (rows, data_pointer(x), data_pointer(out), data_pointer(scratch), ctypes.addressof(table))
         keep += [model, fast, table, out, scratch, x]

@@ -201,22 +201,23 @@ def _emit_pack(module: ir.Module, name: str, shape: TileShape) -> ir.Function:
     tail_ld = b.mul(b.udiv(b.add(tail, i64(w - 1)), i64(w)), i64(w))
     panel_size = b.mul(K, i64(nr))
     tail_base = element_ptr(b, pack, b.mul(full, panel_size))
-    with for_range(b, 0, K, name="pk") as kloop:
-        k = kloop.index
-        src = element_ptr(b, w_ptr, b.mul(k, ldw))
-        with for_range(b, 0, full, name="pp") as ploop:
-            p = ploop.index
-            s = element_ptr(b, src, b.mul(p, i64(nr)))
-            d = element_ptr(b, pack, b.add(b.mul(p, panel_size), b.mul(k, i64(nr))))
+    ahead = b.mul(ldw, i64(PACK_PREFETCH_ROWS))
+    # Every loop carries its source and destination pointers (the backend runs without loop
+    # strength reduction, `target.HOST_LSR`: indices would cost multiplies per panel).
+    with for_range(b, 0, K, name="pk", carry=[w_ptr, pack, tail_base]) as kloop:
+        src, d_row, d_tail = kloop.carried
+        with for_range(b, 0, full, name="pp", carry=[src, d_row]) as ploop:
+            s, d = ploop.carried
             # rows a page apart: see the constant; past W's last row this prefetches, harmlessly, beyond it
-            prefetch_for_read(b, b.gep(s, [b.mul(ldw, i64(PACK_PREFETCH_ROWS))], source_etype=F32), nv, w)
+            prefetch_for_read(b, b.gep(s, [ahead], source_etype=F32), nv, w)
             for v in range(nv):
                 b.store(b.load(element_ptr(b, s, v * w), typ=vt, align=4), element_ptr(b, d, v * w), align=4)
+            ploop.carry(element_ptr(b, s, nr), element_ptr(b, d, panel_size))
         with b.if_then(b.icmp_signed(">", tail, i64(0))):
             s = element_ptr(b, src, b.mul(full, i64(nr)))
-            d = element_ptr(b, tail_base, b.mul(k, tail_ld))
             for v in range(nv):
                 value = masked_load(b, element_ptr(b, s, v * w), tail_masks[v])
-                masked_store(b, value, element_ptr(b, d, v * w), tail_store[v])
+                masked_store(b, value, element_ptr(b, d_tail, v * w), tail_store[v])
+        kloop.carry(element_ptr(b, src, ldw), element_ptr(b, d_row, nr), element_ptr(b, d_tail, tail_ld))
     b.ret_void()
     return fn

@@ -121,10 +121,13 @@ def _emit_epilogue(module: ir.Module, name: str, kind: str, width: int) -> ir.Fu
             col = b.mul(vloop.index, i64(width))
             [mask] = column_masks(b, b.sub(cols, col), 1, width)
             bvec = load_bias(b, element_ptr(b, bias, col), mask, bias_on)
-            with for_range(b, 0, rows, name="r") as rloop:
-                p = element_ptr(b, c, b.add(b.mul(rloop.index, ldc), col))
+            # the row pointer is carried, not recomputed: the backend runs without loop strength
+            # reduction (`target.HOST_LSR`)
+            with for_range(b, 0, rows, name="r", carry=[element_ptr(b, c, col)]) as rloop:
+                [p] = rloop.carried
                 x = b.fadd(b.select(c_is_zero, zeros(vt), masked_load(b, p, mask)), bvec)
                 masked_store(b, act(x) if act else x, p, mask)
+                rloop.carry(element_ptr(b, p, ldc))
 
     if kind == "lin":
         bias_pass(activation_step(b, kind, flags, width))

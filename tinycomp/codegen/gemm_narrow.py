@@ -195,19 +195,25 @@ def _emit_narrow_small(module: ir.Module, name: str, N: int, width: int, kind: s
     steps = b.udiv(K, i64(U))
     k_tail = b.mul(steps, i64(U))
 
-    def term(a_row, k, acc):
-        a = splat_f32(b, b.load(element_ptr(b, a_row, k), typ=F32), w)
-        return b.call(fma, [a, masked_load(b, element_ptr(b, W, b.mul(k, i64(N))), mask), acc])
+    def term(a_at, w_at, u, acc):
+        """acc + A[k + u] * W[k + u, :], a_at and w_at pointing at A[k] and W[k, :]."""
+        a = splat_f32(b, b.load(element_ptr(b, a_at, u), typ=F32), w)
+        return b.call(fma, [a, masked_load(b, element_ptr(b, w_at, u * N), mask), acc])
 
+    # The loops carry their A and W pointers from one step to the next (the code generator runs
+    # without loop strength reduction, `target.HOST_LSR`: an index would cost a multiply per load).
     with for_range(b, 0, M, name="r") as rows:
         a_row = element_ptr(b, A, b.mul(rows.index, K))
-        with for_range(b, 0, steps, name="ns", carry=[zeros(vector_type(w))] * U) as loop:
-            k0 = b.mul(loop.index, i64(U))
-            loop.carry(*[term(a_row, b.add(k0, i64(u)), loop.carried[u]) for u in range(U)])
+        with for_range(b, 0, steps, name="ns", carry=[a_row, W, *[zeros(vector_type(w))] * U]) as loop:
+            a_at, w_at, *accs = loop.carried
+            loop.carry(element_ptr(b, a_at, U), element_ptr(b, w_at, U * N),
+                       *[term(a_at, w_at, u, accs[u]) for u in range(U)])
         # The last K % U columns, one at a time into the first partial sum.
-        with for_range(b, k_tail, K, name="nt", carry=loop.results[:1]) as tail:
-            tail.carry(term(a_row, tail.index, tail.carried[0]))
-        parts = [*tail.results, *loop.results[1:]]
+        start = [element_ptr(b, a_row, k_tail), element_ptr(b, W, b.mul(k_tail, i64(N)))]
+        with for_range(b, k_tail, K, name="nt", carry=[*start, loop.results[2]]) as tail:
+            a_at, w_at, acc = tail.carried
+            tail.carry(element_ptr(b, a_at, 1), element_ptr(b, w_at, N), term(a_at, w_at, 0, acc))
+        parts = [tail.results[2], *loop.results[3:]]
         while len(parts) > 1:
             parts = [b.fadd(parts[i], parts[i + 1]) for i in range(0, len(parts), 2)]
         out = act(b.fadd(parts[0], bias1))

@@ -12,8 +12,10 @@ Every JIT engine takes ownership of its target machine (llvmlite's `create_mcjit
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import llvmlite.binding as llvm
@@ -135,6 +137,28 @@ def for_triple(triple: str) -> Target:
 # in 40 ms against 52 ms at level 3 with the same run time at batch 1, 32 and 512 (the IR is
 # vectorized by hand); level 1 is no faster to emit and runs the GEMM 20% slower.
 CODEGEN_OPT = 2
+
+
+# LLVM's loop strength reduction (LSR) in the host backend. Off: it cost ~11 of the reference MLP's
+# ~49 ms of code generation (with its induction-variable analysis), and the kernels already step
+# their loops the way it would (pointers carried from one iteration to the next where an index
+# would need a multiply); with it off they run as fast as with it on (README, "Compile time").
+HOST_LSR = False
+
+
+@contextlib.contextmanager
+def host_backend_options() -> Iterator[None]:
+    """LLVM's command-line options for one host code generation (callers hold the LLVM lock). They
+    are process-wide, so they are set around each emit and put back to LLVM's defaults after:
+    other llvmlite users in the process (numba) and the cross targets of `tc.export` keep them."""
+    if HOST_LSR:
+        yield
+        return
+    llvm.set_option("", "-disable-lsr=true")
+    try:
+        yield
+    finally:
+        llvm.set_option("", "-disable-lsr=false")
 
 
 def host_target_machine(opt: int = CODEGEN_OPT) -> llvm.TargetMachine:

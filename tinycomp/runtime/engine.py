@@ -13,7 +13,7 @@ import threading
 
 import llvmlite.binding as llvm
 
-from ..codegen.target import host_target_machine, optimize, parse_module
+from ..codegen.target import host_backend_options, host_target_machine, optimize, parse_module
 
 # llvmlite takes a global lock per binding call anyway; this keeps our multi-step sequences
 # (parse -> optimize -> emit) from interleaving between threads compiling different models.
@@ -31,7 +31,8 @@ def emit_object(llvm_ir: str, speed_level: int = 0) -> bytes:
     """Optimize textual IR and emit host object code."""
     with _LLVM_LOCK:
         mod, tm = _optimized_module(llvm_ir, speed_level)
-        return tm.emit_object(mod)
+        with host_backend_options():
+            return tm.emit_object(mod)
 
 
 def optimized_ir(llvm_ir: str, speed_level: int = 0) -> str:
@@ -42,7 +43,8 @@ def optimized_ir(llvm_ir: str, speed_level: int = 0) -> str:
 def assembly(llvm_ir: str, speed_level: int = 0) -> str:
     with _LLVM_LOCK:
         mod, tm = _optimized_module(llvm_ir, speed_level)
-        return tm.emit_assembly(mod)
+        with host_backend_options():
+            return tm.emit_assembly(mod)
 
 
 _ELF_MACHINES = {"x86_64": 62, "amd64": 62, "aarch64": 183, "arm64": 183}
