@@ -5,6 +5,7 @@ for every operand layout (full, row, per-row column, scalar, constants, views, c
 from __future__ import annotations
 
 import gc
+import re
 
 import numpy as np
 import pytest
@@ -175,7 +176,8 @@ def test_identical_layers_share_one_kernel():
     linear_kernels = [k for k in plan.kernels if "linear" in k]
     assert len(linear_kernels) == 2, plan.kernels
     shared = linear_kernels[0]
-    assert plan.llvm_ir.count(f"define void @{shared}(") + plan.llvm_ir.count(f'define void @"{shared}"(') == 1
+    defines = re.findall(rf'define (?:internal )?void @"?{re.escape(shared)}"?\(', plan.llvm_ir)
+    assert len(defines) == 1  # internal: inlined into its callers (`cgutils.inline_glue`)
     assert plan.llvm_ir.count(f"@{shared}(") + plan.llvm_ir.count(f'@"{shared}"(') == 4  # 1 define + 3 calls
     assert_runs_like_interpreter(g, values(40, 32))
 
@@ -460,15 +462,17 @@ def test_fingerprint_sees_constant_values():
 
 
 def test_only_glue_is_compiled_without_optimization():
-    """The entry, the per-layer wrappers and the GEMM driver only call kernels: `optnone` (cheap to
-    compile); every kernel that does the arithmetic keeps the full code generator."""
-    import re
-
+    """The entry and the GEMM driver only call kernels: `optnone` (cheap to compile); the per-layer
+    wrappers, glue too, are inlined into the entry (`cgutils.inline_glue`); every kernel that does
+    the arithmetic keeps the full code generator."""
     text = lower_graph(mlp_graph((784, 256, 128, 10), "relu"), WIDTH).llvm_ir
     attrs = {m.group(1): m.group(2) for m in re.finditer(r'^define [^@]*@"([^"]+)"\(.*\)([^(\n]*)$', text, re.M)}
     glue = {name for name, a in attrs.items() if "optnone" in a}
-    assert glue == {"tinycomp_forward", "k0_linear", "k1_linear", "k2_linear", f"tinycomp.gemm.driver.v{WIDTH}"}
+    assert glue == {"tinycomp_forward", f"tinycomp.gemm.driver.v{WIDTH}"}
     assert all("noinline" in attrs[name] for name in glue)  # optnone requires it
+    inlined = {name for name, a in attrs.items() if "alwaysinline" in a}
+    assert inlined == {"k0_linear", "k1_linear", "k2_linear"}
+    assert all(f'define internal void @"{name}"' in text for name in inlined)
     assert any(name.startswith("tinycomp.gemm.tile") for name in attrs.keys() - glue)
 
 

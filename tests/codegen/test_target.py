@@ -8,10 +8,19 @@ import pytest
 
 from tinycomp.codegen.gemm import plan_gemm, plan_narrow, tile_vectors
 from tinycomp.codegen.module import lower_graph
-from tinycomp.codegen.target import CROSS_TARGETS, TARGET_NAMES, host, target_named, with_width
+from tinycomp.codegen.target import (
+    CROSS_TARGETS,
+    TARGET_NAMES,
+    host,
+    host_target_machine,
+    parse_module,
+    target_named,
+    with_width,
+)
 from tinycomp.frontend.tracer import trace
 from tinycomp.ir.passes import run_pipeline
 from tinycomp.nn import GELU, Linear, ReLU, Sequential, Softmax, Tanh, manual_seed
+from tinycomp.runtime.engine import assembly, emit_object
 
 
 def model_ir(target_name: str) -> str:
@@ -64,3 +73,49 @@ def test_target_names():
     assert with_width(8).vector_registers == 16 and with_width(16).vector_registers == 32
     with pytest.raises(ValueError, match="unknown target 'x86'; targets are host, aarch64-linux-gnu"):
         target_named("x86")
+
+
+# A loop whose address is an index times a stride: LLVM's loop strength reduction turns the
+# multiply into a pointer carried by the loop.
+STRIDED_SUM = """
+define float @strided_sum(ptr %a, i64 %n) {
+entry:
+  br label %loop
+loop:
+  %i = phi i64 [0, %entry], [%i.next, %loop]
+  %s = phi float [0.0, %entry], [%s.next, %loop]
+  %k = mul i64 %i, 10
+  %p = getelementptr inbounds float, ptr %a, i64 %k
+  %x = load float, ptr %p
+  %s.next = fadd float %s, %x
+  %i.next = add nsw i64 %i, 1
+  %c = icmp slt i64 %i.next, %n
+  br i1 %c, label %loop, label %exit
+exit:
+  ret float %s.next
+}
+"""
+
+
+def _plain_llvmlite_assembly(text: str) -> str:
+    """What another llvmlite user of the process (numba, say) gets: LLVM's own settings."""
+    tm = host_target_machine()
+    return tm.emit_assembly(parse_module(text, tm))
+
+
+def test_host_backend_options_apply_to_our_emits_only():
+    """Our host emits run without loop strength reduction (`target.HOST_LSR`); the option is
+    process-wide in LLVM, so it must be back to LLVM's default for everyone else afterwards."""
+    before = _plain_llvmlite_assembly(STRIDED_SUM)
+    ours = assembly(STRIDED_SUM)
+    emit_object(STRIDED_SUM)
+    after = _plain_llvmlite_assembly(STRIDED_SUM)
+    assert after == before
+    assert ours != before  # the option took effect in our emit
+
+    def loop_body(asm: str) -> str:
+        return asm.split(".LBB0_", 1)[1].split("jl", 1)[0]  # first loop label to its back edge
+
+    # with LSR the loop steps a pointer by 40 bytes; without, the index is scaled in the loop
+    assert "$40" in loop_body(before)
+    assert "$40" not in loop_body(ours)

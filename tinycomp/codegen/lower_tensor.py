@@ -19,7 +19,7 @@ from llvmlite import ir
 from ..ir.layout import is_batched, is_scalar_const
 from ..ir.ops import broadcast_shapes, combined_axes, fmt_shape, map_leaves, reduced_axes
 from . import elementwise, gemm, reduce
-from .cgutils import I64, PTR, compile_as_glue, element_ptr, for_range, i64, internal_kernel
+from .cgutils import I64, PTR, compile_as_glue, element_ptr, for_range, i64, inline_glue, internal_kernel
 from .elementwise import kernel_key
 from .errors import LoweringError
 from .strided import Strides, broadcast_strides, coalesce, contiguous_strides, emit_strided, nest_loops, sample_dims
@@ -161,8 +161,8 @@ def lower_matmul(e: _Emitter, n: str) -> None:
     x, w = g.args(n)
     a, b = tuple(g.shape(x)), tuple(g.shape(w))
     lead, rows, k, j = matmul_dims(a, b)
-    gemm_fn = e.kernel(("linear", k, j, False, None, e.width, e.registers), lambda name: gemm.emit_linear(
-        e.module, name, K=k, N=j, bias=False, activation=None, width=e.width, registers=e.registers))
+    gemm_fn = e.kernel(("linear", k, j, False, None, e.width, e.registers), lambda name: inline_glue(gemm.emit_linear(
+        e.module, name, K=k, N=j, bias=False, activation=None, width=e.width, registers=e.registers)))
     null = ir.Constant(PTR, None)
     if len(b) <= 2 and not is_batched(b):
         e.call(gemm_fn, e.row_count(x, k), e.pointer(x), e.pointer(w), null, e.pointer(n), e.pack_buffer())

@@ -28,7 +28,7 @@ from ..ir.ops import ELEMENTWISE, map_leaves
 from ..ir.passes.fold_dropout import draws_mask, is_identity_dropout
 from ..ir.shapes import fmt_shape
 from . import attention, elementwise, gemm, lower_tensor, philox
-from .cgutils import I32, I64, PTR, compile_as_glue, element_ptr, for_range, i64, paused_gc, release_module
+from .cgutils import I32, I64, PTR, compile_as_glue, element_ptr, for_range, i64, inline_glue, paused_gc, release_module
 from .elementwise import kernel_key
 from .errors import LoweringError
 from .fingerprint import codegen_source_hash, graph_fingerprint  # noqa: F401 - part of this module's API
@@ -184,9 +184,9 @@ def lower_linear(e: _Emitter, n: str) -> None:
     k, nout = g.shape(w)
     attrs = g.attrs(n)
     key = ("linear", k, nout, bool(b), attrs.get("activation"), e.width, e.registers)
-    fn = e.kernel(key, lambda name: gemm.emit_linear(
+    fn = e.kernel(key, lambda name: inline_glue(gemm.emit_linear(
         e.module, name, K=k, N=nout, bias=bool(b), activation=attrs.get("activation"), width=e.width,
-        registers=e.registers))
+        registers=e.registers)))
     bias_ptr = e.pointer(b[0]) if b else ir.Constant(PTR, None)
     e.call(fn, e.row_count(x, k), e.pointer(x), e.pointer(w), bias_ptr, e.pointer(n), e.pack_buffer())
 
