@@ -155,6 +155,19 @@ def test_named_special_cases(kernels):
     assert np.isnan(run(kernels, "relu", np.array([np.nan], np.float32), 1)[0])
 
 
+def test_gelu_at_the_largest_finite_floats(kernels):
+    """Finite x whose 1.702 x overflows: the NumPy float32 formula gives x * 1 and -x * 0 = -0 (the
+    kernel keeps x * residual finite there by clamping x to the largest float, not by a test for inf)."""
+    big = np.finfo(np.float32).max
+    x = np.array([big, -big, np.nextafter(big, np.float32(0)), -np.nextafter(big, np.float32(0))], np.float32)
+    with np.errstate(over="ignore"):
+        want = x * (np.float32(1) / (np.float32(1) + np.exp(np.float32(-1.702) * x)))
+    for width in (64, 16, 1):
+        got = run(kernels, "gelu", x, width)
+        np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(np.signbit(got), np.signbit(want))
+
+
 def test_log_and_sqrt_special_values(kernels):
     x = np.array([0.0, -0.0, -1.0, -np.inf, np.inf, np.nan, 1.0, 2.0**-149], np.float32)
     np.testing.assert_array_equal(run(kernels, "log", x, 16)[:7], [-np.inf, -np.inf, np.nan, np.nan, np.inf, np.nan, 0])

@@ -78,6 +78,7 @@ LOG_POLY = (7.0376836292e-2, -1.1514610310e-1, 1.1676998740e-1, -1.2420140846e-1
             -1.6668057665e-1, 2.0000714765e-1, -2.4999993993e-1, 3.3333331174e-1)
 SQRT_HALF = 0.70710678118654752
 MIN_NORMAL = 2.0**-126
+FLOAT32_MAX = float.fromhex("0x1.fffffep127")
 
 assert math.isclose(LN2_HI + LN2_LO, math.log(2), rel_tol=1e-9)
 
@@ -214,12 +215,15 @@ def _sigmoid_quotient(builder: ir.IRBuilder, module: ir.Module, x: ir.Value):
     """sigmoid(x) = q0 + residual / den, all but the last rounding done exactly.
 
     With e = exp(-|x|) <= 1, sigmoid is 1 / (1 + e) for x >= 0 and e / (1 + e) for x < 0. Rounded
-    plainly in float32 (e, 1 + e, the quotient) that is up to 2.5 ulp. Here 1 + e is split exactly
-    into den + den_err (Fast2Sum, e <= 1) and the quotient q0's residual num - q0 (den + den_err)
-    comes from FMAs, so q0 + residual / den is off only by e's own error (< 1 ulp of e, damped by
-    1 / (1 + e)). Everything is scaled by S = 2**SIGMOID_SCALE (num = e S or S, den = S + e S), so
-    e S is a normal float even where sigmoid(x) is subnormal: the division rounds into the
-    subnormals once, and 1 / den = 2**-32 / (1 + e).
+    plainly in float32 (e, 1 + e, the quotient) that is up to 2.5 ulp. Here the quotient q0's
+    residual against the exact 1 + e, num - q0 S - q0 e, comes from two FMAs: the first is exact
+    (S (1 - q0) for x >= 0, S (e - q0) for x < 0, differences of floats within a factor 2 of each
+    other as q0 lies in [1/2, 1] resp. [e/2, e]), the second rounds once. So q0 + residual / den is
+    off only by e's own error (< 1 ulp of e, damped by 1 / (1 + e)); the rounding error of den = 1 + e
+    never enters (no Fast2Sum: two additions fewer than splitting den exactly). Everything is
+    scaled by S = 2**SIGMOID_SCALE (num = e S or S, den = S + e S), so e S is a normal float even
+    where sigmoid(x) is subnormal: the division rounds into the subnormals once, and
+    1 / den = 2**-32 / (1 + e).
     Returns (q0, residual, den, neg) with neg = x < 0.
     """
     scale = _const(x, 2.0**SIGMOID_SCALE)
@@ -227,12 +231,11 @@ def _sigmoid_quotient(builder: ir.IRBuilder, module: ir.Module, x: ir.Value):
                         EXP_NONPOS_LO, None, 127 + SIGMOID_SCALE)
     e = builder.fmul(y, _pow2_bits(builder, _biased_exponent(builder, t)))  # exp(-|x|) * S, exact
     den = builder.fadd(scale, e)
-    den_err = builder.fsub(e, builder.fsub(den, scale))
     neg = builder.fcmp_ordered("<", x, _const(x, 0.0))
     num = builder.select(neg, e, scale)
     q0 = builder.fdiv(num, den)
     neg_q0 = builder.fneg(q0)
-    residual = fma(builder, module, neg_q0, den_err, fma(builder, module, neg_q0, den, num))
+    residual = fma(builder, module, neg_q0, e, fma(builder, module, neg_q0, scale, num))
     return q0, residual, den, neg
 
 
@@ -276,7 +279,9 @@ def emit_gelu(builder: ir.IRBuilder, module: ir.Module, x: ir.Value) -> ir.Value
     inv = builder.select(neg, builder.fsub(_const(x, 1.0), q0), q0)  # in [1/2, 1]: normal
     inv_bits = builder.sub(builder.bitcast(inv, _int_vector(x)), _int_const(x, SIGMOID_SCALE << 23))
     inv_den = builder.bitcast(inv_bits, x.type)
-    # x * residual is 0 * inf = nan at x = +inf, where the residual is 0: use 0 there (at -inf,
-    # q0 = 0 makes the result nan anyway, as the formula does).
-    finite_x = builder.select(builder.fcmp_ordered("<", x, _const(x, math.inf)), x, _const(x, 0.0))
+    # x * residual is 0 * inf = nan at x = +inf, where the residual is 0: use the largest float
+    # there, one vminps (at -inf, q0 = 0 makes the result nan anyway, as the formula does; a nan x
+    # gives nan through x * q0 whatever the correction is).
+    big = _const(x, FLOAT32_MAX)
+    finite_x = builder.select(builder.fcmp_ordered("<", x, big), x, big)
     return fma(builder, module, x, q0, builder.fmul(residual, builder.fmul(finite_x, inv_den)))
