@@ -358,8 +358,8 @@ def compile(model: Layer, *, input_shape: Any = None, training: bool = False, th
             of the graph per call: on the reference MLP 3.2 ms at batch 1 (about 250x the compiled
             call), 45x at batch 32 and 19x at batch 512 (`python benchmarks/check_cost.py`).
         passes: the graph passes to run, in order (default `tinycomp.ir.passes.DEFAULT_PIPELINE`:
-            fold_dropout, fuse_linear, fuse_attention, fuse_elementwise, eliminate_dead_code); each is
-            `def name(g: Graph) -> bool`. `passes=[]` compiles the traced graph as it is.
+            fold_dropout, fuse_linear, fuse_attention, fuse_layer_norm, fuse_elementwise, eliminate_dead_code);
+            each is `def name(g: Graph) -> bool`. `passes=[]` compiles the traced graph as it is.
         speed_level: LLVM's optimization pipeline level, 0-3. The kernels are vectorized by hand,
             so 0 (the default) runs as fast as 3 and compiles about 4x faster.
 

@@ -28,8 +28,8 @@ def test_dump_all_writes_a_file_per_stage_and_pass(tmp_path, capsys):
     assert main(["dump", TINY, "--input-shape", "N,12", "--stage", "all", "--out", str(out), "--dot"]) == 0
     names = {p.name for p in out.iterdir()}
     expected = {"01-traced.txt", "02-fold_dropout.txt", "03-fuse_linear.txt", "04-fuse_attention.txt",
-                "05-fuse_elementwise.txt", "06-eliminate_dead_code.txt", "model.ll", "model.s", "graph.dot",
-                "traced.dot"}
+                "05-fuse_layer_norm.txt", "06-fuse_elementwise.txt", "07-eliminate_dead_code.txt", "model.ll",
+                "model.s", "graph.dot", "traced.dot"}
     assert expected <= names
     assert "dropout" in (out / "01-traced.txt").read_text()
     assert "dropout" not in (out / "02-fold_dropout.txt").read_text()
@@ -107,7 +107,7 @@ def test_dump_model_file_imports_its_sibling_modules(tmp_path, capsys):
 @pytest.mark.parametrize("stage, files", [
     ("traced", {"01-traced.txt"}), ("llvm", {"model.ll"}), ("asm", {"model.s"}),
     ("optimized", {"01-traced.txt", "02-fold_dropout.txt", "03-fuse_linear.txt", "04-fuse_attention.txt",
-                   "05-fuse_elementwise.txt", "06-eliminate_dead_code.txt"}),
+                   "05-fuse_layer_norm.txt", "06-fuse_elementwise.txt", "07-eliminate_dead_code.txt"}),
 ])
 def test_dump_out_writes_just_the_stage_asked_for(tmp_path, stage, files):
     out = tmp_path / "dump"
@@ -140,7 +140,8 @@ def test_logs_passes_print_each_pass_once_per_compile():
     proc = subprocess.run([sys.executable, "-c", SNIPPET], capture_output=True, text=True, timeout=120,
                           env={**os.environ, "TINYCOMP_LOGS": "passes,compile"})
     assert proc.returncode == 0, proc.stderr
-    for name in ("fold_dropout", "fuse_linear", "fuse_attention", "fuse_elementwise", "eliminate_dead_code"):
+    for name in ("fold_dropout", "fuse_linear", "fuse_attention", "fuse_layer_norm", "fuse_elementwise",
+                 "eliminate_dead_code"):
         assert proc.stderr.count(f"[tinycomp.passes] after {name}") == 2
     assert proc.stderr.count("[tinycomp.compile] compiled Sequential") == 2
     assert "cache key" in proc.stderr

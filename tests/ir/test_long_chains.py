@@ -57,7 +57,7 @@ def test_a_10000_step_chain_compiles_in_under_2_s_and_matches_eager():
     assert sum(" = const " in line for line in traced) == 2  # one node per number, however often it is used
     assert len(fast.dump("optimized").splitlines()) == len(fused) + 2
     assert [name for name, _ in fast.pass_dumps()] == ["traced", "fold_dropout", "fuse_linear", "fuse_attention",
-                                                       "fuse_elementwise", "eliminate_dead_code"]
+                                                       "fuse_layer_norm", "fuse_elementwise", "eliminate_dead_code"]
 
 
 def test_every_pass_printer_and_lint_handle_the_unfused_chain():

@@ -71,7 +71,8 @@ def test_per_pass_dumps():
     dumps = []
     run_pipeline(g, on_pass=lambda name, h, changed: dumps.append((name, changed, format_graph(h))))
     assert [(name, changed) for name, changed, _ in dumps] == [
-        ("fold_dropout", True), ("fuse_linear", True), ("fuse_attention", False), ("fuse_elementwise", False),
+        ("fold_dropout", True), ("fuse_linear", True), ("fuse_attention", False), ("fuse_layer_norm", False),
+        ("fuse_elementwise", False),
         ("eliminate_dead_code", False)]
     assert "dropout" not in dumps[0][2] and "linear" in dumps[1][2]
 

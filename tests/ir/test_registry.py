@@ -25,7 +25,7 @@ from tinycomp.ir.interpret import interpret
 from tinycomp.ir.ops import ACTIVATIONS, ELEMENTWISE, KINDS, OPS, UFUNCS, example
 from tinycomp.ir.passes import DEFAULT_PIPELINE, run_pipeline
 from tinycomp.ir.printer import format_graph, to_dot
-from tinycomp.nn import Layer
+from tinycomp.nn import Layer, LayerNorm
 from tinycomp.parity import check_parity
 from tinycomp.runtime.kernel import NativeKernel
 
@@ -136,19 +136,20 @@ class CallsOp(Layer):
 
 
 class MakesAll(Layer):
-    """y = tanh(relu(x @ w + b) * 2 + 1), then one-head self-attention over y's 3 values: its traced
-    graph holds input, param, const and output; the default passes make a linear, a fused
-    elementwise and an attention node of it."""
+    """y = tanh(relu(x @ w + b) * 2 + 1), then one-head self-attention over y's 3 values, then a
+    LayerNorm: its traced graph holds input, param, const and output; the default passes make a
+    linear, a fused elementwise, an attention and a layer_norm node of it."""
 
     def __init__(self):
         rng = np.random.default_rng(2)
         self.w, self.b = Tensor(values((5, 3), rng)), Tensor(values((3,), rng))
+        self.norm = LayerNorm(3)
 
     def forward(self, x):
         y = apply_op("relu", x @ self.w + self.b)
         t = apply_op("tanh", y * 2.0 + 1.0).reshape(-1, 3, 1)
         weights = apply_op("softmax", t.matmul(t.transpose(-2, -1)) * 0.5, dim=-1)
-        return weights.matmul(t).reshape(-1, 3)
+        return self.norm(weights.matmul(t).reshape(-1, 3))
 
 
 @pytest.mark.parametrize("name", MADE)

@@ -27,7 +27,7 @@ from ..ir.layout import elementwise_layout, is_batched, is_scalar_const, row_flo
 from ..ir.ops import ELEMENTWISE, map_leaves
 from ..ir.passes.fold_dropout import draws_mask, is_identity_dropout
 from ..ir.shapes import fmt_shape
-from . import attention, elementwise, gemm, lower_tensor, philox
+from . import attention, elementwise, gemm, layer_norm, lower_tensor, philox
 from .cgutils import I32, I64, PTR, compile_as_glue, element_ptr, for_range, i64, inline_glue, paused_gc, release_module
 from .elementwise import kernel_key
 from .errors import LoweringError
@@ -266,6 +266,7 @@ def copy_to_output(e: _Emitter, src: str) -> None:
 LOWERINGS: dict[str, Callable[[_Emitter, str], None]] = {
     "linear": lower_linear,
     "attention": attention.lower_attention,
+    "layer_norm": layer_norm.lower_layer_norm,
     "matmul": lower_tensor.lower_matmul,  # by a matrix without the batch: a linear without bias
     "softmax": lower_tensor.lower_softmax,
     "sum": lower_tensor.lower_reduce,

@@ -60,6 +60,19 @@ def blocked_fold(b: ir.IRBuilder, count: int, identity: ir.Value, term: Callable
     return combine(total, run(blocks * size, rest, f"{name}.rest")) if rest else total
 
 
+def fold_run(b: ir.IRBuilder, run: int, width: int, identity: ir.Value, term: Callable[[Chunk], ir.Value],
+             combine: Callable[[ir.Value, ir.Value], ir.Value]) -> ir.Value:
+    """Fold the vectors `term(chunk)` of a contiguous run of `run` floats into one vector: the full
+    ones blocked (`blocked_fold`), then the masked tail, whose masked-off lanes `term` must give as
+    the identity."""
+    full = run // width
+    acc = blocked_fold(b, full, identity, lambda i: term(Chunk(b.mul(i, i64(width), flags=["nsw"]), width)),
+                       combine, "run") if full else identity
+    if run % width:
+        acc = combine(acc, term(Chunk(i64(full * width), width, lanes_below(width, run % width))))
+    return acc
+
+
 def max_keeping_nan(b: ir.IRBuilder, acc: ir.Value, x: ir.Value) -> ir.Value:
     """np.max's rule: NaN if either is NaN, else the larger."""
     larger = b.select(b.fcmp_unordered(">", x, acc), x, acc)  # x when x > acc or x is NaN
@@ -123,14 +136,8 @@ def emit_reduce(module: ir.Module, name: str, op: str, groups: Sequence[tuple[in
         run = reduced[-1][0]
 
         def contiguous(off: ir.Value) -> ir.Value:
-            def chunk_at(c: Chunk) -> ir.Value:
-                return load_chunk(b, element_ptr(b, x, b.add(off, c.col)), c, red.fill)
-            full = run // width
-            acc = blocked_fold(b, full, red.identity(width), lambda i: chunk_at(Chunk(
-                b.mul(i, i64(width), flags=["nsw"]), width)), red.combine, "run") if full else red.identity(width)
-            if run % width:
-                acc = red.combine(acc, chunk_at(Chunk(i64(full * width), width, lanes_below(width, run % width))))
-            return acc
+            return fold_run(b, run, width, red.identity(width), lambda c: load_chunk(
+                b, element_ptr(b, x, b.add(off, c.col)), c, red.fill), red.combine)
 
         total = horizontal(b, red.combine, over(reduced[:-1], at[0], contiguous, width))
         b.store(red.finish(total), element_ptr(b, out, at[1]))

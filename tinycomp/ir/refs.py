@@ -123,3 +123,24 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray | No
     computes between its projections, op by op as eager runs it."""
     scores = attention_scores(q, k, mask, heads=heads, scale=scale, divide=divide, mask_value=mask_value)[-1]
     return merge_heads(np.matmul(softmax(scores, -1), split_heads(v, heads)))
+
+
+def layer_norm_steps(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, *, eps: float) -> list[np.ndarray]:
+    """`LayerNorm.forward`'s steps over the last axis, as eager runs them: [mean, x - mean, its square,
+    variance, variance + eps, sqrt of that, (x - mean) / sqrt, times gamma, plus beta]."""
+    mean = np.mean(x, axis=-1, keepdims=True)
+    diff = x - mean
+    square = diff * diff
+    variance = np.mean(square, axis=-1, keepdims=True)
+    shifted = variance + np.asarray(eps, variance.dtype)
+    root = np.sqrt(shifted)
+    scaled = diff / root
+    times = keep_dtype(np.multiply)(scaled, gamma)
+    return [mean, diff, square, variance, shifted, root, scaled, times, keep_dtype(np.add)(times, beta)]
+
+
+def layer_norm(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, *, eps: float) -> np.ndarray:
+    """(x - mean) / sqrt(var + eps) * gamma + beta over the last axis, var the mean of (x - mean)^2:
+    what `LayerNorm` computes, op by op as eager runs it (the `layer_norm` node's reference)."""
+    with np.errstate(divide="ignore", invalid="ignore"):  # a NaN/inf row or eps = 0 on a constant row
+        return layer_norm_steps(x, gamma, beta, eps=eps)[-1]

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from .refs import attention_scores, merge_heads, split_heads
+from .refs import attention_scores, layer_norm_steps, merge_heads, split_heads
 from .refs import softmax as softmax_ref
 from .shapes import reduced_axes
 
@@ -136,3 +136,22 @@ def attention(v, a, m, attrs):
     p = softmax_ref(steps[-1], -1)
     est = softmax(p, [steps[-1]], [est], {"dim": -1})
     return merge_heads(matmul(np.matmul(p, vv), [p, vv], [est, mv], {}))
+
+
+def layer_norm(v, a, m, attrs):
+    """The rules of the ops the node fuses, step by step: mean, subtract, square, mean, add eps,
+    sqrt, divide, times gamma, plus beta."""
+    x, gamma, beta = a
+    zero = np.zeros(())
+    mean_rule, sqrt_rule = reduction("mean"), derivative(lambda r, s: 0.5 / np.abs(r))
+    last = {"axis": -1, "keepdims": True}
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        mean, diff, square, variance, shifted, root, scaled, times, out = \
+            layer_norm_steps(x, gamma, beta, eps=attrs["eps"])
+        est = mean_rule(mean, [x], [m[0]], last)
+        e_diff = add_sub(diff, [], [m[0], est], {})
+        est = mean_rule(variance, [square], [mul(square, [diff, diff], [e_diff, e_diff], {})], last)
+        est = sqrt_rule(root, [shifted], [add_sub(shifted, [], [est, zero], {})], {})
+        est = div(scaled, [diff, root], [e_diff, est], {})
+        est = mul(times, [scaled, gamma], [est, m[1]], {})
+        return add_sub(out, [], [est, m[2]], {})

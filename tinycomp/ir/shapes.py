@@ -181,3 +181,16 @@ def attention_shape(q: Shape, k: Shape, v: Shape, mask: Shape | None = None, *, 
         if len(mask) > 4 or broadcast_shapes(mask, scores) != scores:
             raise ValueError(f"attention mask {fmt_shape(mask)} does not broadcast to the scores {fmt_shape(scores)}")
     return (*lead, sq, h * dv)
+
+
+def layer_norm_shape(x: Shape, gamma: Shape, beta: Shape, *, eps: float) -> Shape:
+    """Normalized over the last axis of x; gamma and beta hold one value per position of that axis."""
+    if not x or x[-1] is None:
+        raise ValueError(f"layer_norm needs an input whose last axis has a fixed size; got {fmt_shape(x)}")
+    for name, s in (("gamma", gamma), ("beta", beta)):
+        if tuple(s) != (x[-1],):
+            raise ValueError(f"layer_norm {name} must have shape ({x[-1]},) for input {fmt_shape(x)}; "
+                             f"got {fmt_shape(s)}")
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps >= 0:
+        raise ValueError(f"layer_norm eps must be a non-negative number; got {eps!r}")
+    return tuple(x)

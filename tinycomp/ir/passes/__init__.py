@@ -9,10 +9,12 @@ from .dead_code import eliminate_dead_code
 from .fold_dropout import fold_dropout
 from .fuse_attention import fuse_attention
 from .fuse_elementwise import fuse_elementwise
+from .fuse_layer_norm import fuse_layer_norm
 from .fuse_linear import fuse_linear
 
 Pass = Callable[[Graph], bool]
-DEFAULT_PIPELINE: list[Pass] = [fold_dropout, fuse_linear, fuse_attention, fuse_elementwise, eliminate_dead_code]
+DEFAULT_PIPELINE: list[Pass] = [fold_dropout, fuse_linear, fuse_attention, fuse_layer_norm, fuse_elementwise,
+                                 eliminate_dead_code]
 
 
 def run_pipeline(g: Graph, passes: Sequence[Pass] | None = None, *,
@@ -62,4 +64,4 @@ def explain(g: Graph, *, compiled: bool = False) -> list[str]:
 
 
 __all__ = ["DEFAULT_PIPELINE", "eliminate_dead_code", "explain", "fold_dropout", "fuse_attention", "fuse_elementwise",
-           "fuse_linear", "run_pipeline"]
+           "fuse_layer_norm", "fuse_linear", "run_pipeline"]

@@ -1,0 +1,122 @@
+"""The `layer_norm` kernel (codegen/layer_norm.py) through `tc.compile`: compiled against the eager
+LayerNorm and a float64 NumPy reference written from the formula, at widths 1, 3, 17 (a masked
+tail), 128, 512 and 1000 (blocked sums), batch 0, 1 and 7, with NaN and infinity rows, constant rows
+(variance 0, also with eps = 0), vectors of 4 and 8 lanes, and every cross target."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import tinycomp as tc
+from tinycomp.codegen.module import lower_graph
+from tinycomp.codegen.target import CROSS_TARGETS, target_named
+from tinycomp.export.toolchain import emit_object
+from tinycomp.frontend.tracer import trace
+from tinycomp.ir.passes import run_pipeline
+from tinycomp.nn import LayerNorm, Tensor
+from tinycomp.parity import check_parity
+from tinycomp.runtime.engine import JitEngine
+from tinycomp.runtime.kernel import NativeKernel
+
+
+def norm(width: int, eps: float = 1e-5, seed: int = 0) -> LayerNorm:
+    rng = np.random.default_rng(seed)
+    model = LayerNorm(width, eps=eps)
+    model.gamma.data[:] = rng.uniform(0.5, 2.0, width) * rng.choice([-1.0, 1.0], width)
+    model.beta.data[:] = rng.standard_normal(width)
+    return model
+
+
+def layer_norm64(model: LayerNorm, x: np.ndarray) -> np.ndarray:
+    """The formula in float64: (x - mean) / sqrt(mean((x - mean)^2) + eps) * gamma + beta, last axis."""
+    x = np.asarray(x, np.float64)
+    centred = x - x.mean(axis=-1, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        scaled = centred / np.sqrt((centred ** 2).mean(axis=-1, keepdims=True) + np.float32(model.eps))
+    return scaled * model.gamma.data.astype(np.float64) + model.beta.data.astype(np.float64)
+
+
+def rows(batch: int, width: int, seed: int = 1) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal((batch, width)) * 3 + rng.uniform(-2, 2, (batch, 1))).astype(np.float32)
+
+
+def assert_matches(got: np.ndarray, model: LayerNorm, x: np.ndarray) -> None:
+    eager = model(Tensor(x)).data
+    assert got.shape == eager.shape and got.dtype == np.float32
+    if not got.size:
+        return
+    want = layer_norm64(model, x)
+    report = check_parity(got, eager, want)
+    assert report.ok, report
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(eager))
+    finite = np.isfinite(want)
+    scale = np.abs(model.gamma.data).max() + np.abs(model.beta.data).max()
+    np.testing.assert_allclose(got[finite], want[finite], rtol=0, atol=4e-6 * scale)
+
+
+@pytest.mark.parametrize("width", [1, 3, 17, 128, 512, 1000])
+def test_compiled_layer_norm_matches_eager_and_float64(width):
+    model = norm(width)
+    fast = tc.compile(model, input_shape=(None, width))
+    assert fast.graph.op_counts().get("layer_norm") == 1
+    x = rows(7, width)
+    for batch in (7, 1, 0):
+        assert_matches(fast(x[:batch]).data, model, x[:batch])
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # eager's own inf - inf and 0 / 0
+@pytest.mark.parametrize("width", [3, 17, 512])
+def test_nan_inf_and_constant_rows_come_out_as_eager(width):
+    model = norm(width)
+    fast = tc.compile(model, input_shape=(None, width))
+    x = rows(8, width)
+    x[0, width // 2] = np.nan
+    x[1, -1] = np.inf
+    x[2, 0] = -np.inf
+    x[3] = 2.5  # variance 0: the output is beta
+    x[4] = 0.0
+    x[5, :] = np.inf
+    got = fast(x).data
+    eager = model(Tensor(x)).data
+    assert np.isnan(got[[0, 1, 2, 5]]).all() and np.isnan(eager[[0, 1, 2, 5]]).all()
+    np.testing.assert_array_equal(got[3:5], np.broadcast_to(model.beta.data, (2, width)))
+    assert_matches(got[6:], model, x[6:])
+
+
+def test_constant_rows_with_eps_zero_are_nan_as_eager():
+    model = norm(5, eps=0.0)
+    x = np.array([[1.0] * 5, [1, 2, 3, 4, 5]], np.float32)
+    got = tc.compile(model, input_shape=(None, 5))(x).data
+    with np.errstate(invalid="ignore", divide="ignore"):
+        eager = model(Tensor(x)).data
+    assert np.isnan(got[0]).all() and np.isnan(eager[0]).all()
+    assert_matches(got[1:], model, x[1:])
+
+
+def test_rows_of_a_3d_input_and_two_threads():
+    model = norm(33)
+    fast = tc.compile(model, input_shape=(None, 4, 33), threads=2)
+    x = rows(300 * 4, 33).reshape(300, 4, 33)
+    assert_matches(fast(x).data, model, x)
+
+
+@pytest.mark.parametrize("width", [4, 8])
+def test_narrower_vectors_on_the_host(width):
+    model = norm(21)
+    g = run_pipeline(trace(model, (None, 21)))
+    plan = lower_graph(g, width)
+    params = [np.asarray(g[p]["value"], np.float32) for p in plan.params]
+    kernel = NativeKernel(JitEngine(plan.llvm_ir), plan, (21,), [p.shape for p in params])
+    x = rows(5, 21)
+    out = np.empty((5, 21), np.float32)
+    kernel.run(x, params, out, np.empty(plan.scratch_floats(5) + 1, np.float32))
+    assert_matches(out, model, x)
+
+
+@pytest.mark.parametrize("name", list(CROSS_TARGETS))
+def test_every_cross_target_compiles_the_kernel(name):
+    g = run_pipeline(trace(norm(19), (None, 19)))
+    plan = lower_graph(g, target_named(name))
+    assert emit_object(CROSS_TARGETS[name], [plan.llvm_ir], [plan.entry])
