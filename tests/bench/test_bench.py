@@ -90,6 +90,21 @@ def test_the_throughput_target_is_the_reference_mlps_other_models_must_not_be_sl
     assert targets["odd batch 1024, all cores"].met
 
 
+def test_the_block_is_held_to_the_throughput_target_from_batch_64():
+    pts = {(e, "block", b): {"samples": [t] * 5, "threads": thr, "chunks": chunks}
+           for b in (32, 64) for e, t, thr, chunks in (("compiled", 2e-3, 1, None), ("compiled-all", 1e-3, 2, 2))}
+    targets = {t.target: t for t in check_targets(summarize(pts, 100.0), {})}
+    assert targets["block batch 64, all cores"].required == ">= 1.6 x one-thread compiled throughput"
+    assert targets["block batch 64, all cores"].met and targets["block batch 64, all cores"].measured == "2.00 x"
+    assert targets["block batch 32, all cores"].required == "not slower than one thread (>= 0.97 x)"
+
+
+def test_the_lnmlp_target_is_judged_at_batch_256():
+    pts = {(e, "lnmlp", 256): {"samples": [t] * 5, "threads": 1} for e, t in (("numpy", 10e-3), ("compiled", 7.5e-3))}
+    [t] = check_targets(summarize(pts, 100.0), {})
+    assert t.required == "compiled / NumPy <= 0.72" and not t.met and t.measured.startswith("0.75")
+
+
 def test_unknown_model_is_a_usage_error():
     with pytest.raises(SystemExit):
         bench_main(["--models", "nope"])

@@ -4,7 +4,8 @@ A model is a list of `Layer` specs `(in, out, activation)`; from it we build the
 model, a plain NumPy function over the same weights, a float64 reference and (if `onnx` is
 installed) an ONNX graph. Weights come from `manual_seed(seed)` plus seeded non-zero biases, and the
 input from its own seeded generator, so every engine process sees the same numbers. The transformer
-block models (`block.py`) take (batch, seq, embed) inputs and offer the same parts.
+block models (`block.py`) take (batch, seq, embed) inputs and offer the same parts, as does the
+LayerNorm MLP (`lnmlp.py`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 from ..frontend.layers import Layer
 from ..nn import GELU, Dropout, Linear, ReLU, Sequential, Softmax, Tanh, manual_seed
 from .block import BlockModel, numpy_block, onnx_block_bytes, torch_block
+from .lnmlp import NormMLPModel, numpy_lnmlp, onnx_lnmlp_bytes, torch_lnmlp
 
 ACTIVATIONS = {"relu": ReLU, "gelu": GELU, "tanh": Tanh, "softmax": Softmax}
 
@@ -88,6 +90,9 @@ class BenchModel:
         return rng.standard_normal((batch, self.in_features), dtype=np.float32)
 
 
+AnyModel = BenchModel | BlockModel | NormMLPModel
+
+
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     with np.errstate(over="ignore"):
         return 1 / (1 + np.exp(-x))
@@ -109,11 +114,13 @@ def numpy_activation(name: str | None, h: np.ndarray) -> np.ndarray:
     raise ValueError(f"no NumPy form for activation {name!r}")
 
 
-def numpy_function(bm: BenchModel | BlockModel, weights: Any,
-                   dtype: type = np.float32) -> Callable[[np.ndarray], np.ndarray]:
-    """`act(...act(x @ W1 + b1) @ W2 + b2 ...)` as plain NumPy over the given weights (a block: block.py)."""
+def numpy_function(bm: AnyModel, weights: Any, dtype: type = np.float32) -> Callable[[np.ndarray], np.ndarray]:
+    """`act(...act(x @ W1 + b1) @ W2 + b2 ...)` as plain NumPy over the given weights (a block: block.py;
+    the LayerNorm MLP: lnmlp.py)."""
     if isinstance(bm, BlockModel):
         return numpy_block(bm, weights, dtype)
+    if isinstance(bm, NormMLPModel):
+        return numpy_lnmlp(bm, weights, dtype)
     ws: list[tuple[np.ndarray, np.ndarray]] = [
         (np.ascontiguousarray(w, dtype), np.ascontiguousarray(b, dtype)) for w, b in weights]
     acts = [s.activation for s in bm.layers]
@@ -134,10 +141,12 @@ def numpy_function(bm: BenchModel | BlockModel, weights: Any,
     return run
 
 
-def onnx_model_bytes(bm: BenchModel | BlockModel, weights: Any) -> bytes:
+def onnx_model_bytes(bm: AnyModel, weights: Any) -> bytes:
     """The model as an ONNX graph (MatMul + Add + activation per layer), batch dimension dynamic."""
     if isinstance(bm, BlockModel):
         return onnx_block_bytes(bm, weights)
+    if isinstance(bm, NormMLPModel):
+        return onnx_lnmlp_bytes(bm, weights)
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -183,10 +192,12 @@ def _mlp() -> BenchModel:
                       (LayerSpec(784, 256, "relu", 0.5), LayerSpec(256, 128, "relu", 0.3), LayerSpec(128, 10, None)))
 
 
-def torch_module(bm: BenchModel | BlockModel, weights: Any) -> Any:
+def torch_module(bm: AnyModel, weights: Any) -> Any:
     """The model as a torch module over the given weights (eval mode)."""
     if isinstance(bm, BlockModel):
         return torch_block(bm, weights)
+    if isinstance(bm, NormMLPModel):
+        return torch_lnmlp(bm, weights)
     import torch
 
     acts: dict[str, Any] = {"relu": torch.nn.ReLU, "tanh": torch.nn.Tanh, "softmax": lambda: torch.nn.Softmax(dim=-1)}
@@ -207,7 +218,7 @@ def torch_module(bm: BenchModel | BlockModel, weights: Any) -> Any:
     return torch.nn.Sequential(*layers).eval()
 
 
-MODELS: dict[str, BenchModel | BlockModel] = {
+MODELS: dict[str, AnyModel] = {
     "mlp": _mlp(),
     "wide": BenchModel("wide", "1024-1024-1024-1024, GELU", tuple(
         LayerSpec(1024, 1024, "gelu" if i < 2 else None) for i in range(3))),
@@ -219,12 +230,14 @@ MODELS: dict[str, BenchModel | BlockModel] = {
     "block-tiny": BlockModel("block-tiny", "TransformerBlock: embed 12, 3 heads, seq 5 (for tests)", 12, 3, 5),
     "block-causal": BlockModel("block-causal", "TransformerBlock as `block`, with a causal mask", 128, 4, 64,
                                causal=True),
+    "lnmlp": NormMLPModel("lnmlp", "4 x [LayerNorm(512) -> Linear(512, 512) -> GELU]", 512, 4),
+    "lnmlp-tiny": NormMLPModel("lnmlp-tiny", "2 x [LayerNorm(17) -> Linear(17, 17) -> GELU] (for tests)", 17, 2),
     "block-tiny-causal": BlockModel("block-tiny-causal", "block-tiny with a causal mask (for tests)", 12, 3, 5,
                                     causal=True),
 }
 
 
-def get_model(name: str) -> BenchModel | BlockModel:
+def get_model(name: str) -> AnyModel:
     try:
         return MODELS[name]
     except KeyError:

@@ -28,7 +28,7 @@ import numpy as np
 from ..frontend.tensor import Tensor
 from ..parity import check_parity
 from ..runtime.threads import available_cores
-from .models import BenchModel, BlockModel, get_model, numpy_function, onnx_model_bytes, torch_module
+from .models import AnyModel, get_model, numpy_function, onnx_model_bytes, torch_module
 
 PARITY_EXIT = 3
 Engine = Callable[[np.ndarray], np.ndarray]
@@ -69,7 +69,7 @@ def unavailable_reason(name: str) -> str | None:
 
 
 # ---------------------------------------------------------------- engines
-def make_engine(name: str, bm: BenchModel | BlockModel, model: Any, weights: Any, info: dict) -> Engine:
+def make_engine(name: str, bm: AnyModel, model: Any, weights: Any, info: dict) -> Engine:
     """A callable float32 array -> float32 array for one engine (compiling / exporting first)."""
     if name in ("numpy", "numpy-all"):
         return numpy_function(bm, weights)

@@ -1,0 +1,74 @@
+"""`tinycomp bench --models lnmlp`: the LayerNorm MLP in every engine, each in its own process,
+parity-checked before timing (tiny sizes here: `lnmlp-tiny`, width 17, depth 2)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+
+import tinycomp as tc
+from tinycomp.bench import bench_main
+from tinycomp.bench.models import MODELS, numpy_function, onnx_model_bytes, torch_module
+from tinycomp.nn import Tensor
+from tinycomp.parity import check_parity
+
+OPTIONAL = [e for e, mod in (("onnxruntime", "onnxruntime"), ("torch", "torch"))
+            if importlib.util.find_spec(mod) is not None]
+
+
+def test_bench_runs_the_lnmlp_in_every_installed_engine(tmp_path, capsys):
+    out = tmp_path / "lnmlp.json"
+    engines = ["numpy", "eager", "compiled", *OPTIONAL]
+    args = ["--models", "lnmlp-tiny", "--batch", "1,3", "--engines", ",".join(engines), "--quick",
+            "--no-compile-times", "--peak", "100", "--json", str(out)]
+    assert bench_main(args) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert {(r["engine"], r["batch"]) for r in rows} == {(e, b) for e in engines for b in (1, 3)}
+    assert all(r["model"] == "lnmlp-tiny" and r["median_us"] > 0 for r in rows)
+    assert "lnmlp-tiny" in capsys.readouterr().out
+
+
+def test_the_full_size_lnmlp_is_the_issues_shape_and_compiles_to_four_norms():
+    bm = MODELS["lnmlp"]
+    model = bm.build(0)
+    assert sum(p.data.nbytes for p in model.parameters()) == bm.weight_bytes
+    assert bm.flops_per_sample * 256 == 536_870_912  # the issue's 537 MFLOP at batch 256
+    fast = tc.compile(model, input_shape=(None, 512))
+    assert fast.graph.op_counts()["layer_norm"] == 4 and fast.graph.op_counts()["linear"] == 4
+    x = bm.sample(3)
+    report = check_parity(fast(x).data, model(Tensor(x)).data,
+                          numpy_function(bm, bm.weights(model), np.float64)(x.astype(np.float64)))
+    assert report.ok, report
+
+
+@pytest.mark.parametrize("batch", [0, 1, 3])
+def test_every_engines_lnmlp_matches_eager_and_float64(batch):
+    """The NumPy, ONNX and torch forms are written apart from the tinycomp layers: all must agree
+    with the eager model within the parity rule, judged by the float64 NumPy form."""
+    bm = MODELS["lnmlp-tiny"]
+    model = bm.build(3)
+    weights = bm.weights(model)
+    x = bm.sample(batch, 3)
+    eager = model(Tensor(x)).data
+    reference = numpy_function(bm, weights, np.float64)(x.astype(np.float64))
+    assert check_parity(eager, eager, reference, max_eager_error=1e-5).ok  # the float64 form is the model
+    outs = {"numpy": numpy_function(bm, weights)(x), "compiled": tc.compile(model, input_shape=(None, 17))(x).data}
+    if "onnxruntime" in OPTIONAL:
+        import onnxruntime as ort
+
+        sess = ort.InferenceSession(onnx_model_bytes(bm, weights), providers=["CPUExecutionProvider"])
+        outs["onnxruntime"] = sess.run(["y"], {"x": x})[0]
+    if "torch" in OPTIONAL:
+        import torch
+
+        with torch.inference_mode():
+            outs["torch"] = torch_module(bm, weights)(torch.from_numpy(x)).numpy()
+    for name, out in outs.items():
+        report = check_parity(out, eager, reference)
+        assert report.ok, f"{name}: {report}"
+    if batch:  # the reference normalizes: each stage's input scaled by 10 changes nothing but eps's share
+        scaled = numpy_function(bm, weights, np.float64)(10 * x.astype(np.float64))
+        assert np.abs(reference).max() > 0.1 and np.abs(scaled - reference).max() < 1e-3
