@@ -50,6 +50,8 @@ class Norm(Layer):
             root = (variance + 1e-5) ** 0.5
         elif self.how == "eps param":
             root = (variance + self.eps).sqrt()
+        elif self.how == "NaN eps":
+            root = (variance + float("nan")).sqrt()
         else:
             root = (variance + 1e-5).sqrt()
         y = diff / root
@@ -87,6 +89,7 @@ def test_gamma_and_beta_on_either_side_are_fused():
     ("E[x^2] - E[x]^2", (W,), -1),  # another formula: other roundings
     ("pow", (W,), -1),  # ** 0.5 is not the sqrt op
     ("eps param", (W,), -1),  # eps is not a constant
+    ("NaN eps", (W,), -1),  # layer_norm refuses a NaN eps; the unfused ops compute it
     ("diff read again", (W,), -1),  # x - mean is needed outside
     ("as LayerNorm", (4, W), -1),  # gamma, beta vary along another axis
     ("as LayerNorm", (W,), 1),  # normalized over the middle axis

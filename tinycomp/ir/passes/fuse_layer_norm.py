@@ -59,7 +59,7 @@ def match(g: Graph, mean: str) -> tuple[str, str, str, float, str, list[str]] | 
     eps_node = other_operand(g, shifted, variance)
     eps = None if eps_node is None else number(g, eps_node, shifted)
     root = sole_user(g, shifted, "sqrt")
-    if eps is None or eps < 0 or root is None or sole_user(g, root, "div") != quotient or \
+    if eps is None or not eps >= 0 or root is None or sole_user(g, root, "div") != quotient or \
             g.args(quotient) != [diff, root]:
         return None
     times = sole_user(g, quotient, "mul")
