@@ -72,6 +72,8 @@ GELU_ALPHA = 1.702
 # 1 / d for a positive normal float d as the bits RECIPROCAL_MAGIC - bits(d), within 12 % relative:
 # enough for a factor that only scales a correction already 2**-24 smaller than the result.
 RECIPROCAL_MAGIC = 0x7EF311C3
+# The same with the bits 254 << 23: exact for powers of two, within 12.5 % in between.
+RECIPROCAL_EXACT_POW2 = 254 << 23
 
 # Cephes logf: log(1 + f) = f - f^2/2 + f^3 * P(f) on sqrt(1/2) - 1 <= f < sqrt(2) - 1, highest first.
 LOG_POLY = (7.0376836292e-2, -1.1514610310e-1, 1.1676998740e-1, -1.2420140846e-1, 1.4249322787e-1,
@@ -272,12 +274,11 @@ def emit_gelu(builder: ir.IRBuilder, module: ir.Module, x: ir.Value) -> ir.Value
     """x * sigmoid(fl32(1.702 x)), the NumPy float32 formula (so gelu(-inf) is nan), with the
     sigmoid's correction folded into one FMA: x * q0 + x * residual / den rounds once.
 
-    1 / den here is 1 - q0 (x < 0) or q0 (x >= 0), times 2**-32 by an exponent subtraction: exact
-    to a rounding, since below x = -51 the quotient q0 is subnormal and the correction carries
-    most of the result."""
-    q0, residual, _, neg = _sigmoid_quotient(builder, module, builder.fmul(x, _const(x, GELU_ALPHA)))
-    inv = builder.select(neg, builder.fsub(_const(x, 1.0), q0), q0)  # in [1/2, 1]: normal
-    inv_bits = builder.sub(builder.bitcast(inv, _int_vector(x)), _int_const(x, SIGMOID_SCALE << 23))
+    1 / den comes from den's bits (RECIPROCAL_EXACT_POW2): within 12.5 % where the correction is
+    2**-24 of the result, and exact where it matters most, below x = -51: there the quotient q0 is
+    subnormal, the correction carries its lost bits, and den = 2**32 (1 + e) rounds to 2**32."""
+    q0, residual, den, _ = _sigmoid_quotient(builder, module, builder.fmul(x, _const(x, GELU_ALPHA)))
+    inv_bits = builder.sub(_int_const(x, RECIPROCAL_EXACT_POW2), builder.bitcast(den, _int_vector(x)))
     inv_den = builder.bitcast(inv_bits, x.type)
     # x * residual is 0 * inf = nan at x = +inf, where the residual is 0: use the largest float
     # there, one vminps (at -inf, q0 = 0 makes the result nan anyway, as the formula does; a nan x
