@@ -137,6 +137,16 @@ def test_parallel_policy_small_work_stays_on_one_thread():
     assert parallel_parts(1, 470_016, None) == 1
     assert parallel_parts(8, 470_016, None) == 1
     assert parallel_parts(100_000, 470_016, 1) == 1
+
+
+def test_parallel_policy_counts_a_samples_gemm_rows():
+    """A transformer block's sample of 64 positions is 64 GEMM rows and 27 MFLOP: 4 samples split in
+    two (it once took 32 samples), 2 samples (55 MFLOP) do not pay, one-row samples keep 16 a chunk."""
+    assert parallel_parts(4, 27_000_000, None, rows_per_sample=64) == 2
+    assert parallel_parts(2, 27_000_000, None, rows_per_sample=64) == 1
+    assert parallel_parts(2, 27_000_000, 2, rows_per_sample=64) == 2
+    assert parallel_parts(31, 27_000_000, None) == 1 and parallel_parts(32, 27_000_000, None) == 2
+    assert parallel_parts(31, 27_000_000, None, rows_per_sample=5) == 2  # 4 samples hold 16 rows
     chunks = split_rows(1000, 3)
     assert chunks[0][0] == 0 and chunks[-1][1] == 1000
     assert all(a[1] == b[0] for a, b in zip(chunks, chunks[1:], strict=False))

@@ -186,8 +186,9 @@ def test_shared_sub_model_in_two_compiled_models():
 
 @pytest.mark.parametrize("threads", [None, 1, 2, 4])
 @pytest.mark.parametrize("flops_per_row", [1, 470_016, 10_000_000, 200_000_000])
-def test_hot_rows_are_exactly_the_batches_that_run_as_one_part(threads, flops_per_row):
+@pytest.mark.parametrize("rows_per_sample", [1, 5, 64])
+def test_hot_rows_are_exactly_the_batches_that_run_as_one_part(threads, flops_per_row, rows_per_sample):
     limit = 5_000
-    hot = one_part_rows(flops_per_row, threads, limit)
+    hot = one_part_rows(flops_per_row, threads, limit, rows_per_sample)
     for rows in range(1, limit + 1):
-        assert (parallel_parts(rows, flops_per_row, threads) == 1) == (rows <= hot), rows
+        assert (parallel_parts(rows, flops_per_row, threads, rows_per_sample) == 1) == (rows <= hot), rows

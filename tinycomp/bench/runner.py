@@ -17,6 +17,7 @@ import contextlib
 import ctypes
 import gc
 import json
+import math
 import os
 import sys
 import time
@@ -262,7 +263,8 @@ def serve_points(spec: dict) -> int:
                     from ..runtime.threads import parallel_parts
 
                     point_info["chunks"] = parallel_parts(batch, info["flops_per_row"],
-                                                          1 if name == "compiled" else None)
+                                                          1 if name == "compiled" else None,
+                                                          math.prod(bm.in_shape[:-1]))
                     if name == "compiled" and batch == 1:  # Python per call: this call minus the bare one
                         bare = bare_native_call(engine.compiled, x)  # type: ignore[attr-defined]
                 points[(model_name, batch)] = (engine, x, point_info, bare)

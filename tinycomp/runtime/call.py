@@ -22,7 +22,7 @@ from ..aligned import float32_copy
 from ..ir.philox import DropoutStream
 from .buffers import CHECK_ABOVE, ScratchPool, as_native_float32, check_allocation, data_pointer
 from .kernel import NativeKernel
-from .threads import one_part_rows, parallel_parts, shared_pool, split_rows
+from .threads import ROW_MULTIPLE, one_part_rows, parallel_parts, samples_for_rows, shared_pool, split_rows
 
 _F32 = np.dtype(np.float32)
 
@@ -66,7 +66,10 @@ class CompiledCall:
         more = sum(math.prod(s[1:]) for s in kernel.more_inputs if s[:1] == (None,))  # other inputs' copies
         self.bytes_per_row = 4 * (math.prod(self.out_row) + self.plan.scratch_per_row + math.prod(self.features) + more)
         # the hot path runs on the calling thread and checks no memory: batches `run` would too
-        self.hot_rows = one_part_rows(flops_per_row, threads, (CHECK_ABOVE - 1) // self.bytes_per_row)
+        # GEMM rows per sample: a (S, E) sample is S rows of its kernels, which the thread policy counts
+        self.rows_per_sample = math.prod(self.features[:-1])
+        self.hot_rows = one_part_rows(flops_per_row, threads, (CHECK_ABOVE - 1) // self.bytes_per_row,
+                                      self.rows_per_sample)
 
     def hot(self, arr: Any, tables: HotTables) -> np.ndarray | None:
         """The common call: a C-contiguous batch of numbers (cast to float32) of the compiled feature
@@ -162,7 +165,7 @@ class CompiledCall:
         kernel.check_io(x, out)
         kernel.check_more_inputs(more, rows)
         x_ptr, out_ptr, table_ptr = data_pointer(x), data_pointer(out), ctypes.addressof(table)
-        parts = parallel_parts(rows, self.flops_per_row, self.threads)
+        parts = parallel_parts(rows, self.flops_per_row, self.threads, self.rows_per_sample)
         if parts <= 1:
             held, inputs = self._draws_table(draws, 0), kernel.inputs_table(more, 0)  # held until the call returns
             kernel.call(rows, x_ptr, out_ptr, self.scratch.pointer(self.plan.scratch_floats(rows)), table_ptr,
@@ -175,7 +178,8 @@ class CompiledCall:
                         self.scratch.pointer(self.plan.scratch_floats(hi - lo)), table_ptr,
                         0 if held is None else held.ctypes.data, 0 if inputs is None else ctypes.addressof(inputs))
 
-        shared_pool().run([functools.partial(chunk, lo, hi) for lo, hi in split_rows(rows, parts)])
+        multiple = samples_for_rows(ROW_MULTIPLE, self.rows_per_sample)
+        shared_pool().run([functools.partial(chunk, lo, hi) for lo, hi in split_rows(rows, parts, multiple)])
 
     def _draws_table(self, draws: Sequence[DropoutStream] | None, first_row: int) -> np.ndarray | None:
         if not self.kernel.draws:

@@ -135,34 +135,43 @@ def shared_pool() -> WorkerPool:
 PARALLEL_MIN_FLOPS = 64_000_000
 # Rows per chunk never drop below this: smaller GEMM calls lose more to tails than a core gains.
 MIN_CHUNK_ROWS = 16
+ROW_MULTIPLE = 8  # chunks start at a multiple of this many GEMM rows
 
 
-def parallel_parts(rows: int, flops_per_row: int, threads: int | None) -> int:
-    """How many row chunks to run at once: `threads` if given, else all cores when it pays.
+def samples_for_rows(gemm_rows: int, rows_per_sample: int) -> int:
+    """Samples that hold at least `gemm_rows` rows of the kernels' GEMMs: a sample of shape (S, E)
+    is S of them (a transformer block's sample of 64 positions is 64 rows, not one)."""
+    return max(1, -(-gemm_rows // max(rows_per_sample, 1)))
+
+
+def parallel_parts(rows: int, flops_per_row: int, threads: int | None, rows_per_sample: int = 1) -> int:
+    """How many chunks of the `rows` samples to run at once: `threads` if given, else all cores when
+    it pays.
 
     One chunk per core: with chunks claimed rather than assigned (see `_Batch`), a core that another
     process is using simply takes fewer chunks; more, smaller chunks measured slower on a quiet host.
     """
     cores = threads if threads is not None else available_cores()
-    if cores <= 1 or rows < 2 * MIN_CHUNK_ROWS:
+    least = samples_for_rows(MIN_CHUNK_ROWS, rows_per_sample)
+    if cores <= 1 or rows < 2 * least:
         return 1
     if threads is None and rows * flops_per_row < PARALLEL_MIN_FLOPS:
         return 1
-    return min(cores, rows // MIN_CHUNK_ROWS)
+    return min(cores, rows // least)
 
 
-def one_part_rows(flops_per_row: int, threads: int | None, limit: int) -> int:
+def one_part_rows(flops_per_row: int, threads: int | None, limit: int, rows_per_sample: int = 1) -> int:
     """The largest batch (at most `limit`) that `parallel_parts` runs as one part on the caller."""
     cores = threads if threads is not None else available_cores()
     if cores <= 1:
         return limit
-    rows = 2 * MIN_CHUNK_ROWS - 1
+    rows = 2 * samples_for_rows(MIN_CHUNK_ROWS, rows_per_sample) - 1
     if threads is None:
         rows = max(rows, (PARALLEL_MIN_FLOPS - 1) // max(flops_per_row, 1))
     return min(rows, limit)
 
 
-def split_rows(rows: int, parts: int, multiple: int = 8) -> list[tuple[int, int]]:
+def split_rows(rows: int, parts: int, multiple: int = ROW_MULTIPLE) -> list[tuple[int, int]]:
     """Split range(rows) into at most `parts` contiguous chunks, sizes rounded to `multiple`."""
     step = -(-rows // parts)
     step = -(-step // multiple) * multiple
