@@ -100,3 +100,13 @@ def test_other_computations_are_left_alone(how, shape, axis):
         shape = (4, W) if len(shape) == 2 else (4, 1)
     g = trace(Norm(how, shape, axis), in_shape)
     check_pass(fuse_layer_norm, g, x_of(3, *in_shape[1:]), pre=untouched, post=untouched, changes=False)
+
+
+def test_explain_has_a_line_per_norm_naming_its_layer():
+    import tinycomp as tc
+
+    manual_seed(0)
+    lines = tc.compile(TransformerBlock(12, 3), input_shape=(None, 5, 12)).explain().splitlines()
+    norms = [line for line in lines if line.startswith("layer_norm")]
+    assert [("'ln1'" in n, "'ln2'" in n) for n in norms] == [(True, False), (False, True)], lines
+    assert all("fused mean" in n and "+ sqrt" in n for n in norms), norms

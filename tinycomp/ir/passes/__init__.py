@@ -37,12 +37,12 @@ def run_pipeline(g: Graph, passes: Sequence[Pass] | None = None, *,
     return g
 
 
-EXPLAINED = ("matmul", "linear", "attention")  # the nodes explain() has a line for
+EXPLAINED = ("matmul", "linear", "attention", "layer_norm")  # the nodes explain() has a line for
 
 
 def explain(g: Graph, *, compiled: bool = False) -> list[str]:
     """One line per fusion candidate (every matmul): what fuse_linear fused and, where not, why;
-    and per attention node what fuse_attention fused into it.
+    and per attention or layer_norm node what fuse_attention or fuse_layer_norm fused into it.
 
     On an optimized graph this reads what fuse_linear recorded; on a graph it has not run on yet
     (e.g. a traced one) it explains what the default pipeline would do, unless `compiled` says the
