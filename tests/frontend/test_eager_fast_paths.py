@@ -123,3 +123,34 @@ def test_tensor_from_arrays_copies_aligned_float32():
         assert not np.shares_memory(t.data, source)
     with pytest.raises(TypeError, match="numeric"):
         Tensor(np.array(["a"]))
+
+
+def test_grad_slots_default_per_tensor_and_stay_per_tensor():
+    # op results and plain Tensors read the class defaults; setting them touches that tensor only
+    a, b = Tensor([1.0, 2.0]), Tensor([3.0, 4.0], requires_grad=True)
+    c = a + b
+    assert (a.requires_grad, a.grad, b.requires_grad, b.grad, c.requires_grad, c.grad) == (False, None, True, None,
+                                                                                           False, None)
+    c.grad = Tensor([1.0, 1.0])
+    c.requires_grad = True
+    assert a.grad is None and not a.requires_grad and (a * 2).grad is None and not Tensor([0.0]).requires_grad
+
+
+@pytest.mark.parametrize("left, right, words", [
+    ((32, 128), (256, 10), "Cannot perform matrix multiplication: (32, 128) @ (256, 10). Inner dimensions must "
+                           "match: 128 ≠ 256"),
+    ((), (2, 2), "at least 1D"),
+    ((2, 3), (), "at least 1D"),
+])
+def test_matmul_errors_come_from_the_one_shape_rule(left, right, words):
+    # `matmul` checks the operand type, the op table's shape rule the shapes: each way of writing it
+    # (Tensor @ Tensor, Tensor @ array, array @ Tensor) gives the rule's message, before and after a
+    # successful call of the same signature has been remembered
+    a, b = np.ones(left, np.float32), np.ones(right, np.float32)
+    for op in (lambda: Tensor(a) @ Tensor(b), lambda: Tensor(a).matmul(b), lambda: a @ Tensor(b)):
+        for _ in range(2):
+            with pytest.raises(ValueError) as info:
+                op()
+            assert words in str(info.value)
+    with pytest.raises(TypeError, match="requires Tensor, got list"):
+        Tensor(a) @ [[1.0]]

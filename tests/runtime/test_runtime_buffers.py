@@ -44,7 +44,7 @@ def test_as_native_copies_only_what_native_code_cannot_read():
         np.testing.assert_array_equal(converted, other.astype(np.float32))
 
 
-@pytest.mark.parametrize("shape", [(1,), (7, 3), (1000,)])
+@pytest.mark.parametrize("shape", [(), (0,), (2, 0, 3), (1,), (7, 3), (1000,), (1, 784)])
 def test_aligned_empty_starts_on_a_cache_line(shape):
     a = aligned_empty(shape)
     assert a.shape == shape and a.dtype == np.float32 and a.flags.c_contiguous

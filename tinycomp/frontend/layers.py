@@ -51,6 +51,7 @@ os.register_at_fork(after_in_child=_fresh_model_locks_after_fork)
 
 INIT_SCALE_FACTOR = 1.0  # LeCun init: weights ~ N(0, INIT_SCALE_FACTOR / in_features)
 _rng = np.random.default_rng()
+_FLOAT32 = np.dtype(np.float32)
 
 
 def manual_seed(seed: int) -> None:
@@ -155,7 +156,7 @@ class Linear(Layer):
             # the general path.
             try:
                 y = x.data @ w.data
-                if y.dtype == np.float32:
+                if y.dtype is _FLOAT32:
                     if b is not None:
                         y += b.data
                     return wrap_result(y)
@@ -203,6 +204,8 @@ class Dropout(Layer):
 
     def forward(self, x: Tensor, training: bool | None = None) -> Tensor:
         """x with dropout applied when `training` (None: `self.training`) and 0 < p; x itself otherwise."""
+        if training is None and not self.training and type(x) is Tensor and x._tracer is None:
+            return x  # the eval-mode call of every inference run, without the general path's steps
         training = self.training if training is None else bool(training)
         tracer = getattr(x, "_tracer", None)
         if tracer is not None:  # tracing records the node; passes decide what it becomes

@@ -114,9 +114,7 @@ def wrap_result(array: Any) -> Tensor:
     if type(array) is not np.ndarray or array.dtype is not _FLOAT32:
         array = np.asarray(array, np.float32)
     t = _new(Tensor)
-    t.data = array
-    t.requires_grad = False
-    t.grad = None
+    t.data = array  # requires_grad and grad: the class defaults (False, None) until set
     return t
 
 
@@ -131,6 +129,9 @@ class Tensor:
 
     __array_ufunc__ = None  # make `ndarray + Tensor` call Tensor.__radd__ instead of NumPy's add
     _tracer: Any = None  # set on symbolic tensors only (see frontend/tracer.py)
+    # Defaults for op results, which set only `.data` (two attribute stores were a third of a wrap)
+    requires_grad: bool = False
+    grad: Tensor | None = None
 
     def __init__(self, data: Any, requires_grad: bool = False):
         tracer = tracing.tracer
@@ -139,8 +140,8 @@ class Tensor:
         # while tracing, `Tensor(p)` of a parameter is a copy that stands for p: read live, not frozen
         elif tracer is None or not tracer.live.adopt_copy(self, data):
             self.data = to_float32(data)
-        self.requires_grad = bool(requires_grad)
-        self.grad: Tensor | None = None
+        if requires_grad:  # otherwise the class defaults: requires_grad False, grad None
+            self.requires_grad = True
 
     _wrap = staticmethod(wrap_result)  # the op-result constructor, as a method too
 
@@ -149,8 +150,6 @@ class Tensor:
         """Adopt a fresh float32 ndarray as it is (the caller guarantees both)."""
         t = cls.__new__(cls)
         t.data = array
-        t.requires_grad = False
-        t.grad = None
         return t
 
     # ------------------------------------------------------------ properties
@@ -255,17 +254,16 @@ class Tensor:
     def _validate_matmul_shapes(self, other: Any) -> None:
         """TinyTorch's check before a matmul: TypeError for an operand that is not a Tensor (a NumPy
         array counts as one: a layer's weight may be rebound to an array), ValueError for a 0-D
-        operand or inner dimensions that differ."""
-        if not isinstance(other, (Tensor, np.ndarray)):
-            raise TypeError(f"Matrix multiplication requires Tensor, got {type(other).__name__}: matmul expects a "
-                            f"Tensor operand; got {type(other).__name__} (wrap it: Tensor(data))")
+        operand or inner dimensions that differ. `matmul` itself checks the type only and leaves
+        the shapes to `apply_op`'s shape rule (the same `matmul_shape`, so the same errors)."""
+        _check_matmul_operand(other)
         if self._tracer is None and getattr(other, "_tracer", None) is None:  # traced: the graph's shape rule
             matmul_shape(self.shape, other.shape)
 
     def matmul(self, other: Tensor | np.ndarray) -> Tensor:
         """`self @ other` with NumPy's matmul rules; `other` a Tensor or an array (a weight rebound to an
         array works eagerly as it does compiled). ValueError names both shapes when they do not fit."""
-        self._validate_matmul_shapes(other)
+        _check_matmul_operand(other)
         return apply_op("matmul", self, other)
 
     def __matmul__(self, other: Tensor | np.ndarray) -> Tensor:
@@ -275,9 +273,7 @@ class Tensor:
         if not isinstance(other, np.ndarray):
             raise TypeError(f"Matrix multiplication requires Tensor, got {type(other).__name__}: matmul expects "
                             f"Tensor operands; got {type(other).__name__} @ Tensor")
-        if self._tracer is None:
-            matmul_shape(other.shape, self.shape)
-        return apply_op("matmul", other, self)
+        return apply_op("matmul", other, self)  # its shape rule is the matmul check
 
     # ------------------------------------------------------------ shape ops
     def reshape(self, *shape: Any) -> Tensor:
@@ -322,6 +318,13 @@ class Tensor:
 
 
 _new = Tensor.__new__
+
+
+def _check_matmul_operand(other: Any) -> None:
+    """TypeError unless `other` is a Tensor or a NumPy array (TinyTorch's wording, and what to do)."""
+    if not isinstance(other, (Tensor, np.ndarray)):
+        raise TypeError(f"Matrix multiplication requires Tensor, got {type(other).__name__}: matmul expects a "
+                        f"Tensor operand; got {type(other).__name__} (wrap it: Tensor(data))")
 
 
 def as_tensor(x: Any) -> Tensor:
