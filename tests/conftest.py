@@ -6,17 +6,31 @@ XDG_CONFIG_HOME at temporary folders before the first test runs keeps every comp
 in this process and in the subprocesses tests start, which inherit the environment -- out of
 `~/.cache/tinycomp` and `~/.config/tinycomp`. One pair of folders serves the whole session (models
 compiled by several tests are built once); `tmp_cache` gives a test empty ones of its own.
+
+Hypothesis runs derandomized by default (the profile "ci"): every run of the suite, in CI and here,
+tries the same examples, so a red run is reproducible and a green one does not depend on luck. The
+profile "explore" (`TINYCOMP_HYPOTHESIS_PROFILE=explore`, README "Testing") draws fresh examples each
+run to look for new failures.
 """
 
 from __future__ import annotations
 
+import os
+
 import pytest
+from hypothesis import settings
 
 from tinycomp.runtime import cache
 
 # Where compiled objects and the key would go without this file: the environment the suite started with.
 USER_CACHE_DIR = cache.cache_dir()
 USER_KEY_PATH = cache.key_path()
+
+HYPOTHESIS_PROFILE_VAR = "TINYCOMP_HYPOTHESIS_PROFILE"
+# no example database in "ci": a failure found on one machine must not change what another runs
+settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
+settings.register_profile("explore", derandomize=False, print_blob=True)
+settings.load_profile(os.environ.get(HYPOTHESIS_PROFILE_VAR) or "ci")
 
 
 @pytest.fixture(autouse=True, scope="session")
