@@ -155,3 +155,26 @@ def test_a_compiled_model_of_several_inputs_pickles():
     again = pickle.loads(pickle.dumps(fast))
     x, mask = np.float32(RNG.standard_normal((3, 5))), np.float32(RNG.standard_normal((3, 3)))
     np.testing.assert_array_equal(again(x, mask).data, fast(x, mask).data)
+
+
+@pytest.mark.parametrize("input_shape", [(None, 5), [None, 5], [(None, 5)], ((None, 5),)])
+def test_trace_and_compile_read_input_shape_alike(input_shape):
+    # one reader of input_shape (frontend/inputs.py) serves both: one shape, or a list of one per input
+    manual_seed(4)
+    model = Linear(5, 3)
+    g = tc.trace(model, input_shape=input_shape)
+    assert [d["shape"] for _, d in g.nx.nodes(data=True) if d["op"] == "input"] == [(None, 5)]
+    fast = tc.compile(model, input_shape=input_shape)
+    x = RNG.standard_normal((4, 5)).astype(np.float32)
+    assert_matches(fast, model, lambda m, x64: x64 @ F64(m.weight.data) + F64(m.bias.data), x)
+    assert fast.stats.compiles == 1
+
+
+@pytest.mark.parametrize("input_shape, words", [
+    ([(None, 5), (None, 0)], r"input_shape\[1\] must be \(None, features...\)"),
+    ([(None, 5), ()], r"input_shape\[1\] must be"),
+    ([(None,), (None, 5)], r"input_shape must be \(batch, features...\).*got \(None,\)"),
+])
+def test_compile_refuses_what_it_cannot_run_naming_the_shape(input_shape, words):
+    with pytest.raises(ValueError, match=words):
+        tc.compile(Gated(), input_shape=input_shape)

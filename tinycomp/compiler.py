@@ -21,6 +21,7 @@ from .binding import native_watch
 from .driver import Artifact
 from .errors import CompileError
 from .frontend import streams
+from .frontend.inputs import compile_input_spec
 from .frontend.layers import Dropout, Layer, model_lock
 from .frontend.tensor import Tensor
 from .frontend.tracer import walk_model
@@ -88,7 +89,7 @@ class CompiledModel:
         self._lock = threading.Lock()
         self._scratch = ScratchPool()
         if input_shape is not None:
-            features, more = driver.input_spec(input_shape)
+            features, more = compile_input_spec(input_shape)
             with model_lock(model):  # compiling walks the model: as on every other path
                 self._compile(features, more)
 

@@ -24,6 +24,7 @@ from .codegen.fingerprint import graph_fingerprint
 from .codegen.module import LoweringError, ModulePlan, lower_graph
 from .codegen.target import Target, host
 from .errors import CompileError, ParityError
+from .frontend.inputs import feature_shape  # noqa: F401 - export reads the compiled input shape here
 from .frontend.tensor import Tensor
 from .frontend.tracer import trace
 from .ir.graph import Graph, paused_gc
@@ -101,34 +102,6 @@ class Artifact:
         guard = self.guard
         hot = self.params.hot_table(guard.held) if guard.same() else None
         return None if hot is None else (hot, hot[-1])  # the binding keeps its pointer table last
-
-
-def input_spec(input_shape: Any) -> tuple[tuple[int, ...], tuple[tuple, ...]]:
-    """(features of the first input, shapes of the others) of compile()'s `input_shape`: one shape
-    `(None, 784)`, or one per input of forward(), `[(None, 64, 128), (None, 64, 64)]`; an input after
-    the first given without the leading None is the same for every sample (a shared mask)."""
-    shapes = list(input_shape) if isinstance(input_shape, (tuple, list)) else []
-    if len(shapes) > 1 and all(isinstance(s, (tuple, list)) for s in shapes):
-        more = []
-        for i, s in enumerate(shapes[1:], 1):
-            s = tuple(s)
-            dims = s[1:] if s[:1] == (None,) else s
-            if not s or any(not is_whole_number(d) or d <= 0 for d in dims):
-                raise ValueError(f"input_shape[{i}] must be (None, features...) for an input with the batch, or "
-                                 f"(features...) for one shared by every sample, with positive sizes; got {s!r}")
-            more.append((*s[:1 if s[:1] == (None,) else 0], *(int(d) for d in dims)))
-        return feature_shape(shapes[0]), tuple(more)
-    return feature_shape(input_shape), ()
-
-
-def feature_shape(input_shape: Any) -> tuple[int, ...]:
-    shape = tuple(input_shape) if isinstance(input_shape, (tuple, list)) else ()
-    if len(shape) < 2 or any(not is_whole_number(d) or d <= 0 for d in shape[1:]):
-        raise ValueError(
-            f"input_shape must be (batch, features...) with positive feature sizes, e.g. (None, 784); "
-            f"got {input_shape!r}"
-        )
-    return tuple(int(d) for d in shape[1:])
 
 
 def checked_passes(passes: Any) -> list | None:

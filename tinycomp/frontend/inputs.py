@@ -34,10 +34,45 @@ def input_names(model: Any, count: int) -> list[str]:
 
 
 def input_shapes(input_shape: Any) -> list[tuple]:
-    """One input shape, `(None, 784)`, or one per input of forward(): `[(None, 64, 128), (None, 64, 64)]`."""
+    """One input shape, `(None, 784)`, or one per input of forward(): `[(None, 64, 128), (None, 64, 64)]`,
+    as `trace` takes them: sizes >= 0, None (the dynamic batch) first only."""
+    return [check_input_shape(s) for s in split_input_shape(input_shape)]
+
+
+def compile_input_spec(input_shape: Any) -> tuple[tuple[int, ...], tuple[tuple, ...]]:
+    """(features of the first input, shapes of the others) of compile()'s `input_shape`, read as
+    `input_shapes` reads it, with compile()'s rules: the first shape (batch, features...) with
+    positive feature sizes; an input after the first given without the leading None is the same for
+    every sample (a shared mask)."""
+    first, *others = split_input_shape(input_shape)
+    more = []
+    for i, s in enumerate(others, 1):
+        s = tuple(s)
+        dims = s[1:] if s[:1] == (None,) else s
+        if not s or any(not is_whole_number(d) or d <= 0 for d in dims):
+            raise ValueError(f"input_shape[{i}] must be (None, features...) for an input with the batch, or "
+                             f"(features...) for one shared by every sample, with positive sizes; got {s!r}")
+        more.append((*s[:1 if s[:1] == (None,) else 0], *(int(d) for d in dims)))
+    return feature_shape(first), tuple(more)
+
+
+def split_input_shape(input_shape: Any) -> list[Any]:
+    """The shapes `input_shape` holds, unchecked: itself for one shape, its items when every item is a
+    shape (one per input of forward())."""
     several = isinstance(input_shape, (tuple, list)) and bool(input_shape) and \
         all(isinstance(s, (tuple, list)) for s in input_shape)
-    return [check_input_shape(s) for s in input_shape] if several else [check_input_shape(input_shape)]
+    return list(input_shape) if several else [input_shape]
+
+
+def feature_shape(input_shape: Any) -> tuple[int, ...]:
+    """The feature sizes of one compiled input shape `(batch, features...)`, each positive."""
+    shape = tuple(input_shape) if isinstance(input_shape, (tuple, list)) else ()
+    if len(shape) < 2 or any(not is_whole_number(d) or d <= 0 for d in shape[1:]):
+        raise ValueError(
+            f"input_shape must be (batch, features...) with positive feature sizes, e.g. (None, 784); "
+            f"got {input_shape!r}"
+        )
+    return tuple(int(d) for d in shape[1:])
 
 
 def check_input_shape(input_shape: Any) -> tuple:
