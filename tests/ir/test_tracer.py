@@ -3,6 +3,7 @@ import re
 import numpy as np
 import pytest
 
+import tinycomp as tc
 from tests.models import CATALOGUE, eager_eval, list_dict_layer, reference_mlp, residual_net, shared_linear
 from tinycomp.errors import CompileError
 from tinycomp.frontend.tensor import apply_op
@@ -132,8 +133,63 @@ def test_reshape_that_flattens_the_batch_says_to_keep_it_first():
         def forward(self, x):
             return x.reshape(-1)
 
-    with pytest.raises(ValueError, match=r"the batch dimension N must stay first.*x\.reshape\(-1, 20\)"):
+    with pytest.raises(CompileError, match=r"the batch dimension N must stay first.*x\.reshape\(-1, 20\)"):
         trace(Flatten(), (None, 4, 5))
+
+
+@pytest.mark.parametrize("newshape, words", [
+    ((3, -1), r"cannot reshape \(N, 4\) to \(3, -1\): the batch dimension N must stay first.*in R"),
+    ((-1,), r"the batch dimension N must stay first, written as -1, with each sample's 4 elements"),
+])
+def test_reshape_that_runs_eagerly_but_cannot_compile_is_a_compile_error(newshape, words):
+    # eagerly these reshapes work at some batch sizes (batch 3 for (3, -1), any for (-1,)), so they are
+    # not shape errors of the model but what a kernel serving every batch size cannot do
+    class R(Layer):
+        def forward(self, x):
+            return x.reshape(*newshape)
+
+    np.testing.assert_array_equal(R()(Tensor(np.arange(12.0).reshape(3, 4))).data,
+                                  np.arange(12.0, dtype=np.float32).reshape(newshape))
+    for build in (lambda: trace(R(), (None, 4)), lambda: tc.compile(R(), input_shape=(None, 4))):
+        with pytest.raises(CompileError, match=words):
+            build()
+
+
+def test_a_reshape_wrong_at_every_batch_size_stays_the_eager_value_error():
+    class R(Layer):
+        def forward(self, x):
+            return x.reshape(-1, 3, 3)
+
+    with pytest.raises(ValueError, match="Element count mismatch: 4 elements vs 9"):
+        trace(R(), (None, 4))
+
+
+def test_messages_name_a_traced_value_a_tensor():
+    class Pow(Layer):
+        def forward(self, x):
+            return x ** x
+
+    class MatmulList(Layer):
+        def forward(self, x):
+            return x @ [[1.0]]
+
+    for model, words in ((Pow(), r"exponent \(x \*\* 2, x \*\* 0\.5\); got Tensor \(for a tensor exponent"),
+                         (MatmulList(), r"requires Tensor, got list")):
+        with pytest.raises(TypeError, match=words) as info:
+            trace(model, (None, 4))
+        assert "Symbolic" not in str(info.value)
+    with pytest.raises(TypeError, match=r"got Tensor \(for a tensor exponent"):  # eagerly the same words
+        Pow()(Tensor([[1.0, 2.0]]))
+
+    seen = []
+
+    class Printed(Layer):
+        def forward(self, x):
+            seen.append(repr(x))
+            return x * 2
+
+    trace(Printed(), (None, 4))
+    assert seen == ["Tensor(traced: node 'x', shape=(N, 4))"]
 
 
 # ---------------------------------------------------------------- training flags

@@ -59,6 +59,12 @@ def _axis_attr(axis: Axis) -> int | tuple[int, ...] | None:
         raise TypeError(f"axis must be None, an int or a tuple of ints; got {axis!r}") from None
 
 
+def kind_of(x: Any) -> str:
+    """What an error message calls x: its type's name, but `Tensor` for a traced tensor, whose class
+    (`SymbolicTensor`) is tinycomp's own and not something the user made."""
+    return "Tensor" if getattr(x, "_tracer", None) is not None else type(x).__name__
+
+
 def _is_operand(x: Any) -> bool:
     return isinstance(x, (Tensor, np.ndarray, numbers.Real))
 
@@ -226,8 +232,9 @@ class Tensor:
 
     def __pow__(self, exponent: Any) -> Tensor:
         if isinstance(exponent, bool) or not isinstance(exponent, numbers.Real):
+            hint = " (for a tensor exponent write (y * x.log()).exp(), x > 0)" if isinstance(exponent, Tensor) else ""
             raise TypeError(f"Tensor ** takes a number as the exponent (x ** 2, x ** 0.5); "
-                            f"got {type(exponent).__name__}")
+                            f"got {kind_of(exponent)}{hint}")
         return apply_op("pow", self, float(exponent))
 
     # ------------------------------------------------------------ elementwise math
@@ -271,8 +278,8 @@ class Tensor:
 
     def __rmatmul__(self, other: Any) -> Tensor:
         if not isinstance(other, np.ndarray):
-            raise TypeError(f"Matrix multiplication requires Tensor, got {type(other).__name__}: matmul expects "
-                            f"Tensor operands; got {type(other).__name__} @ Tensor")
+            raise TypeError(f"Matrix multiplication requires Tensor, got {kind_of(other)}: matmul expects "
+                            f"Tensor operands; got {kind_of(other)} @ Tensor")
         return apply_op("matmul", other, self)  # its shape rule is the matmul check
 
     # ------------------------------------------------------------ shape ops
@@ -323,8 +330,8 @@ _new = Tensor.__new__
 def _check_matmul_operand(other: Any) -> None:
     """TypeError unless `other` is a Tensor or a NumPy array (TinyTorch's wording, and what to do)."""
     if not isinstance(other, (Tensor, np.ndarray)):
-        raise TypeError(f"Matrix multiplication requires Tensor, got {type(other).__name__}: matmul expects a "
-                        f"Tensor operand; got {type(other).__name__} (wrap it: Tensor(data))")
+        raise TypeError(f"Matrix multiplication requires Tensor, got {kind_of(other)}: matmul expects a "
+                        f"Tensor operand; got {kind_of(other)} (wrap it: Tensor(data))")
 
 
 def as_tensor(x: Any) -> Tensor:

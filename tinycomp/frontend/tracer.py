@@ -20,7 +20,7 @@ import numpy as np
 from ..errors import CompileError
 from ..ir.graph import Graph, paused_gc
 from ..ir.ops import OPS, REDUCTIONS, UFUNCS, combined_axes
-from ..ir.shapes import fmt_shape
+from ..ir.shapes import BatchLayoutError, fmt_shape
 from . import tensor as tensor_module
 from .inputs import input_names, input_shapes
 from .layers import Layer, Sequential, model_lock
@@ -226,7 +226,7 @@ class SymbolicTensor(Tensor):
 
     def __repr__(self) -> str:
         dims = ", ".join("N" if d is None else str(d) for d in self._shape)
-        return f"SymbolicTensor({self.node}, shape=({dims}))"
+        return f"Tensor(traced: node {self.node!r}, shape=({dims}))"  # what the user has: a Tensor
 
 
 # ---------------------------------------------------------------- the tracer
@@ -260,6 +260,8 @@ class Tracer:
         args = [self.operand(x, name) for x in operands]
         try:
             node = self.graph.add(name, args, layer=self.stack[-1][1], **attrs)
+        except BatchLayoutError as exc:  # runs eagerly at some batch sizes, but cannot be compiled
+            raise CompileError(f"{exc} (in {self.where()}); compiled code serves every batch size") from None
         except ValueError as exc:  # the eager shape message, plus where in the model it happened
             error = ValueError(f"{exc} (in {self.where()})")
             error._tinycomp_noted = True  # type: ignore[attr-defined]  # the message names the layer already

@@ -69,19 +69,24 @@ def same_shape(x: Shape, **_: object) -> Shape:
     return tuple(x)
 
 
+class BatchLayoutError(ValueError):
+    """A shape that eager code may run at some batch sizes but a compiled kernel, which serves every
+    batch size, cannot: the tracer raises it as a CompileError (its shape rules stay ValueErrors)."""
+
+
 def reshape_shape(x: Shape, *, newshape: Sequence[int]) -> Shape:
     newshape = tuple(int(d) for d in newshape)
     if sum(d == -1 for d in newshape) > 1 or any(d < -1 for d in newshape):
         raise ValueError(f"reshape takes at most one -1 and no other negative size; got {newshape}")
     if x and x[0] is None:  # dynamic batch: it must stay the leading dimension
         if not newshape or newshape[0] != -1 or -1 in newshape[1:]:
-            raise ValueError(
+            raise BatchLayoutError(
                 f"cannot reshape {fmt_shape(x)} to {newshape}: the batch dimension N must stay "
                 "first, written as -1 (e.g. x.reshape(-1, 784))"
             )
         rest = reshape_shape(tuple(x[1:]), newshape=(math.prod(x[1:]),))[0]
         if len(newshape) == 1 and rest != 1:  # eager x.reshape(-1) merges the batch's samples into one axis
-            raise ValueError(
+            raise BatchLayoutError(
                 f"cannot reshape {fmt_shape(x)} to {newshape}: the batch dimension N must stay first, written "
                 f"as -1, with each sample's {rest} elements after it (e.g. x.reshape(-1, {rest}))"
             )
