@@ -23,7 +23,7 @@ from .frontend import streams
 from .frontend.layers import Dropout, Layer, Sequential, model_lock, reachable
 from .frontend.live_reads import is_numeric_array
 from .frontend.tensor import Tensor
-from .frontend.tracer import resolve_path
+from .frontend.walk import resolve_path
 from .ir.graph import Graph
 from .ir.passes.fold_dropout import draws_mask
 from .ir.philox import MASK32, DropoutStream

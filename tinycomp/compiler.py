@@ -24,7 +24,7 @@ from .frontend import streams
 from .frontend.inputs import compile_input_spec
 from .frontend.layers import Dropout, Layer, model_lock
 from .frontend.tensor import Tensor
-from .frontend.tracer import walk_model
+from .frontend.walk import walk_model
 from .ir.graph import Graph
 from .ir.ops import format_expr
 from .ir.passes import DEFAULT_PIPELINE, fuse_linear

@@ -24,78 +24,9 @@ from ..ir.shapes import BatchLayoutError, fmt_shape
 from . import tensor as tensor_module
 from .inputs import input_names, input_shapes
 from .layers import Layer, Sequential, model_lock
-from .live_reads import LiveReads, TracedArray, is_numeric_array
+from .live_reads import LiveReads, TracedArray
 from .tensor import Tensor, apply_op
-
-# ---------------------------------------------------------------- walking the model
-
-def _children(obj: Any) -> Iterator[tuple[str, Any]]:
-    """(path step, value) pairs of a layer's attributes, a list's items or a dict's values.
-
-    A Sequential's layers are named by index (`0.weight`), its other attributes (a subclass's
-    `head`, `scale`) by name. A path is dotted text, so a dict key must read back as one step: no
-    dots, and no two keys with the same text (1 and "1")."""
-    if isinstance(obj, Sequential):
-        items: Any = [*enumerate(obj.layers), *((k, v) for k, v in vars(obj).items() if k != "layers")]
-    elif isinstance(obj, dict):
-        items = obj.items()
-        steps = [str(k) for k in obj]
-        walked = [k for k, v in obj.items() if _walked(v)]  # keys of what paths must name
-        bad = next((k for k in walked if "." in str(k) or steps.count(str(k)) > 1), None)
-        if bad is not None:
-            raise CompileError(f"a dict in the model has the key {bad!r}, which tinycomp cannot name as a path "
-                               f"step (keys {steps}): use keys without dots whose str() differ")
-    elif isinstance(obj, (list, tuple)):
-        items = enumerate(obj)
-    else:
-        items = vars(obj).items()
-    for key, value in items:
-        if _walked(value):
-            yield str(key), value
-
-
-def _walked(value: Any) -> bool:
-    """What the walk enters, and so names by path: layers, containers, Tensors and numeric arrays."""
-    return isinstance(value, (Tensor, Layer, list, tuple, dict)) or is_numeric_array(value)
-
-
-def walk_model(model: Any) -> tuple[dict[int, str], list[tuple[Layer, str]]]:
-    """Map id(Tensor or numeric array) -> first attribute path, and list every Layer with its path
-    (cycle-safe)."""
-    tensors: dict[int, str] = {}
-    layers: list[tuple[Layer, str]] = []
-    seen: set[int] = set()
-
-    def visit(obj: Any, path: str) -> None:
-        if id(obj) in seen:
-            return
-        seen.add(id(obj))
-        if isinstance(obj, (Tensor, np.ndarray)):
-            tensors[id(obj)] = path
-            return
-        if isinstance(obj, Layer):
-            layers.append((obj, path))
-        for step, value in _children(obj):
-            visit(value, f"{path}.{step}" if path else step)
-
-    visit(model, "")
-    return tensors, layers
-
-
-def resolve_path(model: Any, path: str) -> Any:
-    """The live object at an attribute path as `walk_model` names it (`0.weight`, `heads.1.bias`)."""
-    obj = model
-    for step in path.split(".") if path else []:
-        if isinstance(obj, Sequential) and step.isdigit():
-            obj = obj.layers[int(step)]
-        elif isinstance(obj, (list, tuple)):
-            obj = obj[int(step)]
-        elif isinstance(obj, dict):
-            obj = next(v for k, v in obj.items() if str(k) == step)
-        else:
-            obj = getattr(obj, step)
-    return obj
-
+from .walk import resolve_path, walk_model
 
 # ---------------------------------------------------------------- the symbolic tensor
 

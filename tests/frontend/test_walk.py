@@ -1,0 +1,46 @@
+"""frontend/walk.py: every Layer and Tensor of a model named by its first attribute path, at any depth."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+
+from tinycomp.frontend.walk import resolve_path, walk_model
+from tinycomp.nn import Layer, Linear, ReLU, Sequential, manual_seed
+
+
+class Shared(Layer):
+    """One Linear reachable by two paths, and a list and a dict of layers."""
+
+    def __init__(self):
+        self.first = Linear(3, 4)
+        self.again = [ReLU(), self.first]
+        self.table = {"head": Linear(4, 2)}
+
+    def forward(self, x):
+        return self.table["head"](self.again[0](self.first(x)))
+
+
+def test_paths_are_first_in_attribute_order_and_read_back():
+    manual_seed(0)
+    model = Sequential(Shared(), Linear(2, 2))
+    tensors, layers = walk_model(model)
+    inner = model.layers[0]
+    assert [p for _, p in layers] == ["", "0", "0.first", "0.again.0", "0.table.head", "1"]
+    assert tensors[id(inner.first.weight)] == "0.first.weight"  # not 0.again.1.weight, met later
+    assert tensors[id(inner.table["head"].bias)] == "0.table.head.bias"
+    for obj_id, path in tensors.items():
+        assert id(resolve_path(model, path)) == obj_id
+
+
+def test_a_model_nested_deeper_than_the_recursion_limit_is_walked():
+    depth = sys.getrecursionlimit() + 500
+    model = Linear(2, 2)
+    for _ in range(depth):
+        model = Sequential(model)
+    tensors, layers = walk_model(model)
+    assert len(layers) == depth + 1
+    deepest = ".".join(["0"] * depth)
+    assert layers[-1][1] == deepest and tensors[id(resolve_path(model, deepest).weight)] == deepest + ".weight"
+    assert isinstance(resolve_path(model, deepest + ".weight").data, np.ndarray)

@@ -1,0 +1,83 @@
+"""Walking a model's attributes: every Layer, Tensor and numeric array it holds, named by attribute
+path (`block.fc1.bias`, `0.weight`, `heads.1.bias`), and the live object back from a path. The
+tracer names `param` nodes by these paths; the binding and compile()'s checks read them back."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from ..errors import CompileError
+from .layers import Layer, Sequential
+from .live_reads import is_numeric_array
+from .tensor import Tensor
+
+
+def _children(obj: Any) -> Iterator[tuple[str, Any]]:
+    """(path step, value) pairs of a layer's attributes, a list's items or a dict's values.
+
+    A Sequential's layers are named by index (`0.weight`), its other attributes (a subclass's
+    `head`, `scale`) by name. A path is dotted text, so a dict key must read back as one step: no
+    dots, and no two keys with the same text (1 and "1")."""
+    if isinstance(obj, Sequential):
+        items: Any = [*enumerate(obj.layers), *((k, v) for k, v in vars(obj).items() if k != "layers")]
+    elif isinstance(obj, dict):
+        items = obj.items()
+        steps = [str(k) for k in obj]
+        walked = [k for k, v in obj.items() if _walked(v)]  # keys of what paths must name
+        bad = next((k for k in walked if "." in str(k) or steps.count(str(k)) > 1), None)
+        if bad is not None:
+            raise CompileError(f"a dict in the model has the key {bad!r}, which tinycomp cannot name as a path "
+                               f"step (keys {steps}): use keys without dots whose str() differ")
+    elif isinstance(obj, (list, tuple)):
+        items = enumerate(obj)
+    else:
+        items = vars(obj).items()
+    for key, value in items:
+        if _walked(value):
+            yield str(key), value
+
+
+def _walked(value: Any) -> bool:
+    """What the walk enters, and so names by path: layers, containers, Tensors and numeric arrays."""
+    return isinstance(value, (Tensor, Layer, list, tuple, dict)) or is_numeric_array(value)
+
+
+def walk_model(model: Any) -> tuple[dict[int, str], list[tuple[Layer, str]]]:
+    """Map id(Tensor or numeric array) -> first attribute path, and list every Layer with its path
+    (cycle-safe). Depth-first in attribute order, as a recursive walk would go, but on an explicit
+    stack: a model nested thousands of layers deep must not exhaust Python's recursion limit."""
+    tensors: dict[int, str] = {}
+    layers: list[tuple[Layer, str]] = []
+    seen: set[int] = set()
+    stack: list[tuple[Any, str]] = [(model, "")]
+    while stack:
+        obj, path = stack.pop()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, (Tensor, np.ndarray)):
+            tensors[id(obj)] = path
+            continue
+        if isinstance(obj, Layer):
+            layers.append((obj, path))
+        steps = [(value, f"{path}.{step}" if path else step) for step, value in _children(obj)]
+        stack.extend(reversed(steps))  # the first child on top: visited (and so named) first
+    return tensors, layers
+
+
+def resolve_path(model: Any, path: str) -> Any:
+    """The live object at an attribute path as `walk_model` names it (`0.weight`, `heads.1.bias`)."""
+    obj = model
+    for step in path.split(".") if path else []:
+        if isinstance(obj, Sequential) and step.isdigit():
+            obj = obj.layers[int(step)]
+        elif isinstance(obj, (list, tuple)):
+            obj = obj[int(step)]
+        elif isinstance(obj, dict):
+            obj = next(v for k, v in obj.items() if str(k) == step)
+        else:
+            obj = getattr(obj, step)
+    return obj
