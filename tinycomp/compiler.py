@@ -11,7 +11,6 @@ import contextlib
 import functools
 import html
 import threading
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -22,9 +21,9 @@ from .driver import Artifact
 from .errors import CompileError
 from .frontend import streams
 from .frontend.inputs import compile_input_spec
-from .frontend.layers import Dropout, Layer, model_lock
+from .frontend.layers import Layer, model_lock
 from .frontend.tensor import Tensor
-from .frontend.walk import walk_model
+from .frontend.walk import warn_if_dropout_active
 from .ir.graph import Graph
 from .ir.ops import format_expr
 from .ir.passes import DEFAULT_PIPELINE, fuse_linear
@@ -387,26 +386,3 @@ def compile(model: Layer, *, input_shape: Any = None, training: bool = False, th
         warn_if_dropout_active(model)
     return CompiledModel(model, input_shape=input_shape, threads=threads, check=check, passes=passes,
                          speed_level=speed_level, training=training)
-
-
-def warn_if_dropout_active(model: Any) -> None:
-    """One UserWarning when an inference compile meets Dropout layers in training mode: the eager
-    model then drops activations on every call and the two results differ, which looks like a
-    compiler bug to whoever compares them."""
-    try:
-        layers = walk_model(model)[1]
-    except CompileError:  # a model tracing will refuse, with its own message: nothing to add here
-        return
-    active = [(layer, path) for layer, path in layers
-              if isinstance(layer, Dropout) and layer._should_apply_dropout(None)]
-    if not active:
-        return
-    names = ", ".join(f"'{path}' {layer!r}" if path else repr(layer) for layer, path in active[:3])
-    more = f" and {len(active) - 3} more" if len(active) > 3 else ""
-    warnings.warn(
-        f"compiling {type(model).__name__} for inference while {len(active)} of its Dropout layers "
-        f"({names}{more}) are in training mode: the compiled model leaves dropout out (as eval mode "
-        f"does), while calling the model itself drops activations at random, so the two differ. To "
-        f"compare them, call model.eval() first, or compile(model, training=True) to keep dropout (its masks "
-        f"then match the eager model's after the same tinycomp.nn.manual_seed and number of calls).",
-        UserWarning, stacklevel=3)

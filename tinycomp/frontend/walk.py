@@ -1,16 +1,18 @@
 """Walking a model's attributes: every Layer, Tensor and numeric array it holds, named by attribute
 path (`block.fc1.bias`, `0.weight`, `heads.1.bias`), and the live object back from a path. The
-tracer names `param` nodes by these paths; the binding and compile()'s checks read them back."""
+tracer names `param` nodes by these paths; the binding reads them back; compile() walks the model
+to warn about Dropout layers left in training mode."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
 from ..errors import CompileError
-from .layers import Layer, Sequential
+from .layers import Dropout, Layer, Sequential
 from .live_reads import is_numeric_array
 from .tensor import Tensor
 
@@ -81,3 +83,26 @@ def resolve_path(model: Any, path: str) -> Any:
         else:
             obj = getattr(obj, step)
     return obj
+
+
+def warn_if_dropout_active(model: Any) -> None:
+    """One UserWarning when an inference compile meets Dropout layers in training mode: the eager
+    model then drops activations on every call and the two results differ, which looks like a
+    compiler bug to whoever compares them."""
+    try:
+        layers = walk_model(model)[1]
+    except CompileError:  # a model tracing will refuse, with its own message: nothing to add here
+        return
+    active = [(layer, path) for layer, path in layers
+              if isinstance(layer, Dropout) and layer._should_apply_dropout(None)]
+    if not active:
+        return
+    names = ", ".join(f"'{path}' {layer!r}" if path else repr(layer) for layer, path in active[:3])
+    more = f" and {len(active) - 3} more" if len(active) > 3 else ""
+    warnings.warn(
+        f"compiling {type(model).__name__} for inference while {len(active)} of its Dropout layers "
+        f"({names}{more}) are in training mode: the compiled model leaves dropout out (as eval mode "
+        f"does), while calling the model itself drops activations at random, so the two differ. To "
+        f"compare them, call model.eval() first, or compile(model, training=True) to keep dropout (its masks "
+        f"then match the eager model's after the same tinycomp.nn.manual_seed and number of calls).",
+        UserWarning, stacklevel=3)
