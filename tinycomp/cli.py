@@ -151,6 +151,20 @@ def parse_input_shape(text: str) -> tuple:
     return tuple(dims)
 
 
+def parse_other_input_shape(text: str, index: int) -> tuple:
+    """An input after the first: `N,64` with the batch, or `64,64` (no N) for one shared by every row."""
+    try:
+        dims = [None if d.strip().upper() in ("N", "NONE", "?") else int(d) for d in text.split(",")]
+    except ValueError:
+        raise UsageError(f"--input-shape #{index + 1} must be comma-separated sizes like N,64 or 64,64; "
+                         f"got {text!r}") from None
+    body = dims[1:] if dims[:1] == [None] else dims
+    if not body or any(d is None or d <= 0 for d in body):
+        raise UsageError(f"--input-shape #{index + 1} must be N,features... (batched) or features... (shared by "
+                         f"every row) with positive sizes, e.g. N,64 or 64,64; got {text!r}")
+    return tuple(dims)
+
+
 @contextlib.contextmanager
 def _model_folder_on_path(spec: str) -> Any:
     """While a model file loads and its factory runs, its folder is first on sys.path: it imports
@@ -235,8 +249,11 @@ def _write(path: Path, text: str) -> Path:
 
 def run_export(args: argparse.Namespace) -> int:
     model = build_model(args.model)
-    shape = parse_input_shape(args.input_shape)
-    result = export_model(model, args.out, input_shape=(None, *shape[1:]), target=args.target, name=args.name,
+    first, *others = args.input_shape  # repeated: one per input of forward(), in its order
+    shape = parse_input_shape(first)
+    more = [parse_other_input_shape(text, i) for i, text in enumerate(others, start=1)]
+    result = export_model(model, args.out, input_shape=[(None, *shape[1:]), *more] if more else (None, *shape[1:]),
+                          target=args.target, name=args.name,
                           weights=args.weights)
     for path in result.files.values():
         print(path)
@@ -267,7 +284,10 @@ def make_parser() -> argparse.ArgumentParser:
     dump.add_argument("--dot", action="store_true", help="also write Graphviz DOT (and SVG when `dot` exists)")
     export = sub.add_parser("export", help="compile a model ahead of time into a C library (.o, .h) for a target")
     export.add_argument("model", help="module:factory or path/to/file.py:factory returning a Layer")
-    export.add_argument("--input-shape", required=True, help="batch,features..., e.g. N,784")
+    export.add_argument("--input-shape", required=True, action="append",
+                        help="batch,features..., e.g. N,784; repeat it once per input of a forward() of several, "
+                             "in its order (--input-shape N,16 --input-shape N,4), an input after the first "
+                             "without N being one array shared by every row (e.g. 8,8)")
     export.add_argument("--target", choices=TARGET_NAMES, default="host", help="what the code runs on (default: host)")
     export.add_argument("--out", required=True, help="folder for <name>.o, <name>.h and the rest")
     export.add_argument("--name", default="model", help="prefix of the C symbols and file names (default: model)")

@@ -1,11 +1,14 @@
 /* Runs a model exported by `tinycomp export` (name "model") and prints what it computes.
  *
- *   harness INPUT.f32 [-w WEIGHTS.bin] [-r REPEAT] BATCH...
+ *   harness INPUT.f32 [-i INPUT1.f32]... [-w WEIGHTS.bin] [-r REPEAT] BATCH...
  *
- * INPUT.f32 holds rows of MODEL_INPUT_ROW_FLOATS little-endian float32 values. For each BATCH, the
- * first BATCH rows go through model_forward and one line is printed: "out BATCH" followed by the
- * bit pattern of every output float in hex (exact, and the same text on every target). With -r,
- * batch 1 is then run REPEAT more times and "us_per_call T" printed (clock(): a sanity figure).
+ * INPUT.f32 holds rows of MODEL_INPUT_ROW_FLOATS little-endian float32 values. A model of several
+ * inputs (MODEL_INPUTS, up to 4) takes one -i file per input after the first, in forward()'s order:
+ * at least MODEL_INPUT<i>_FLOATS(batch) floats (rows for a batched input, the whole array for a shared
+ * one). For each BATCH, the first BATCH rows go through model_forward and one line is printed:
+ * "out BATCH" followed by the bit pattern of every output float in hex (exact, and the same text
+ * on every target). With -r, batch 1 is then run REPEAT more times and "us_per_call T" printed
+ * (clock(): a sanity figure).
  * -w binds the weights of an export made with weights="external".
  * The same source builds for Linux (host, aarch64 under qemu-aarch64) and, with the startup code
  * in cortex_m/, for a bare-metal Cortex-M4 whose files and console are semihosted.
@@ -17,6 +20,41 @@
 #include <time.h>
 
 #include "model.h"
+
+#ifndef MODEL_INPUTS
+#define MODEL_INPUTS 1
+#endif
+#if MODEL_INPUTS > 4
+#error "harness.c runs models of at most 4 inputs"
+#endif
+/* the floats each input after the first holds at `batch` rows */
+static int64_t more_floats(int k, int64_t batch) {
+    (void)batch;
+    switch (k) {
+#if MODEL_INPUTS > 1
+    case 0: return MODEL_INPUT1_FLOATS(batch);
+#endif
+#if MODEL_INPUTS > 2
+    case 1: return MODEL_INPUT2_FLOATS(batch);
+#endif
+#if MODEL_INPUTS > 3
+    case 2: return MODEL_INPUT3_FLOATS(batch);
+#endif
+    default: return 0;
+    }
+}
+
+static int forward(float *const *in, float *y, int64_t batch, void *scratch) {
+#if MODEL_INPUTS == 1
+    return model_forward(in[0], y, batch, scratch);
+#elif MODEL_INPUTS == 2
+    return model_forward(in[0], in[1], y, batch, scratch);
+#elif MODEL_INPUTS == 3
+    return model_forward(in[0], in[1], in[2], y, batch, scratch);
+#else
+    return model_forward(in[0], in[1], in[2], in[3], y, batch, scratch);
+#endif
+}
 
 static void *read_file(const char *path, long *size) {
     FILE *f = fopen(path, "rb");
@@ -54,13 +92,16 @@ static void print_output(int64_t batch, const float *y) {
 }
 
 int main(int argc, char **argv) {
-    const char *input = NULL, *weights = NULL;
+    const char *input = NULL, *weights = NULL, *more[4] = {NULL, NULL, NULL, NULL};
+    int n_more = 0;
     long repeat = 0;
     int64_t batches[16];
     int n_batches = 0;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "-w") == 0 && i + 1 < argc) {
             weights = argv[++i];
+        } else if (strcmp(argv[i], "-i") == 0 && i + 1 < argc && n_more < MODEL_INPUTS - 1) {
+            more[n_more++] = argv[++i];
         } else if (strcmp(argv[i], "-r") == 0 && i + 1 < argc) {
             repeat = atol(argv[++i]);
         } else if (!input) {
@@ -69,13 +110,18 @@ int main(int argc, char **argv) {
             batches[n_batches++] = atol(argv[i]);
         }
     }
-    if (!input || n_batches == 0) {
-        fprintf(stderr, "usage: %s INPUT.f32 [-w WEIGHTS.bin] [-r REPEAT] BATCH...\n", argv[0]);
+    if (!input || n_batches == 0 || n_more != MODEL_INPUTS - 1) {
+        fprintf(stderr, "usage: %s INPUT.f32 [-i INPUT1.f32]... [-w WEIGHTS.bin] [-r REPEAT] BATCH... "
+                "(this model takes %d -i files)\n", argv[0], MODEL_INPUTS - 1);
         return 2;
     }
     long in_bytes;
-    float *x = read_file(input, &in_bytes);
+    float *in[4];
+    in[0] = read_file(input, &in_bytes);
     int64_t rows = in_bytes / (long)(sizeof(float) * MODEL_INPUT_ROW_FLOATS);
+    long more_bytes[4];
+    for (int k = 0; k < n_more; k++)
+        in[k + 1] = read_file(more[k], &more_bytes[k]);
 #ifdef MODEL_WEIGHTS_EXTERNAL
     long w_bytes = 0;
     void *w = weights ? read_file(weights, &w_bytes) : NULL;
@@ -92,9 +138,16 @@ int main(int argc, char **argv) {
             fprintf(stderr, "batch %ld: %s holds %ld rows\n", (long)batch, input, (long)rows);
             return 2;
         }
+        for (int k = 0; k < n_more; k++) {
+            if (more_bytes[k] / (long)sizeof(float) < more_floats(k, batch)) {
+                fprintf(stderr, "batch %ld: %s holds %ld floats, input %d needs %ld\n", (long)batch, more[k],
+                        more_bytes[k] / (long)sizeof(float), k + 1, (long)more_floats(k, batch));
+                return 2;
+            }
+        }
         float *y = malloc(sizeof(float) * (size_t)(batch * MODEL_OUTPUT_ROW_FLOATS + 1));
         void *scratch = malloc((size_t)MODEL_SCRATCH_BYTES(batch) + 1);
-        int rc = model_forward(x, y, batch, scratch);
+        int rc = forward(in, y, batch, scratch);
         if (rc != MODEL_OK) {
             printf("error %d at batch %ld\n", rc, (long)batch);
             return 1;
@@ -103,7 +156,7 @@ int main(int argc, char **argv) {
         if (repeat > 0 && batch == 1) {
             clock_t start = clock();
             for (long r = 0; r < repeat; r++)
-                model_forward(x, y, 1, scratch);
+                forward(in, y, 1, scratch);
             double us = 1e6 * (double)(clock() - start) / CLOCKS_PER_SEC / (double)repeat;
             printf("us_per_call %.3f\n", us);
         }

@@ -1,14 +1,16 @@
 // Runs a model exported by `tinycomp export --target wasm32` (name "model") in Node and prints what
-// harness.c prints:   node run_wasm.mjs DIR/model.wasm INPUT.f32 [-w WEIGHTS.bin] [-r REPEAT] BATCH...
+// harness.c prints:   node run_wasm.mjs DIR/model.wasm INPUT.f32 [-i INPUT1.f32]... [-w WEIGHTS.bin] [-r REPEAT] BATCH...
+// (one -i file per input after the first of a model of several inputs, in forward()'s order).
 // Row sizes and scratch come from DIR/model.h. Input, output, scratch and weights live in the
 // module's own memory from __heap_base up (grown as needed); the module imports nothing.
 import { readFileSync } from "node:fs";
 
 const args = process.argv.slice(2);
 const opts = { w: null, r: 0 };
-const positional = [];
+const positional = [], more = [];
 for (let i = 0; i < args.length; i++) {
-  if (args[i] === "-w" || args[i] === "-r") opts[args[i].slice(1)] = args[++i];
+  if (args[i] === "-i") more.push(args[++i]);
+  else if (args[i] === "-w" || args[i] === "-r") opts[args[i].slice(1)] = args[++i];
   else positional.push(args[i]);
 }
 const [wasmPath, inputPath, ...batchArgs] = positional;
@@ -23,6 +25,18 @@ const macro = (name) => {
 };
 const inRow = macro("INPUT_ROW_FLOATS"), outRow = macro("OUTPUT_ROW_FLOATS");
 const block = macro("ROW_BLOCK");
+const inputs = macro("INPUTS") || 1;
+if (more.length !== inputs - 1) {
+  console.error(`this model takes ${inputs - 1} -i files; got ${more.length}`);
+  process.exit(2);
+}
+// floats of each input after the first at `batch` rows: batched ones per row, shared ones whole
+const moreFloats = more.map((_, k) => {
+  const i = k + 1;
+  if (macro(`INPUT${i}_BATCHED`)) return (batch) => batch * macro(`INPUT${i}_ROW_FLOATS`);
+  const whole = [...Array(macro(`INPUT${i}_RANK`)).keys()].reduce((n, d) => n * macro(`INPUT${i}_DIM${d}`), 1);
+  return () => whole;
+});
 const scratchBytes = (batch) =>
   (block ? Math.min(batch, block) : batch) * macro("SCRATCH_BYTES_PER_ROW") + macro("SCRATCH_BYTES_FIXED");
 
@@ -45,20 +59,28 @@ function place(bytes) {
 const input = readFileSync(inputPath);
 const rows = Math.floor(input.length / (4 * inRow));
 const x = place(input);
+const moreData = more.map((path) => readFileSync(path));
+const morePtrs = moreData.map((bytes) => place(bytes));
 if (opts.w) {
   const rc = model_bind_weights(place(readFileSync(opts.w)));
   if (rc !== 0) { console.error(`model_bind_weights refused ${opts.w}: ${rc}`); process.exit(3); }
 }
 for (const batch of batchArgs.map(Number)) {
   if (batch > rows) { console.error(`batch ${batch}: ${inputPath} holds ${rows} rows`); process.exit(2); }
+  for (let k = 0; k < more.length; k++) {
+    if (moreData[k].length / 4 < moreFloats[k](batch)) {
+      console.error(`batch ${batch}: ${more[k]} holds ${moreData[k].length / 4} floats, input ${k + 1} needs ${moreFloats[k](batch)}`);
+      process.exit(2);
+    }
+  }
   const y = alloc(4 * batch * outRow), scratch = alloc(scratchBytes(batch));
-  const rc = model_forward(x, y, BigInt(batch), scratch);
+  const rc = model_forward(x, ...morePtrs, y, BigInt(batch), scratch);
   if (rc !== 0) { console.log(`error ${rc} at batch ${batch}`); process.exit(1); }
   const bits = new Uint32Array(memory.buffer, y, batch * outRow);
   console.log(`out ${batch} ` + Array.from(bits, (b) => b.toString(16).padStart(8, "0")).join(" "));
   if (Number(opts.r) > 0 && batch === 1) {
     const n = Number(opts.r), start = process.hrtime.bigint();
-    for (let i = 0; i < n; i++) model_forward(x, y, 1n, scratch);
+    for (let i = 0; i < n; i++) model_forward(x, ...morePtrs, y, 1n, scratch);
     console.log(`us_per_call ${(Number(process.hrtime.bigint() - start) / 1e3 / n).toFixed(3)}`);
   }
 }

@@ -45,3 +45,15 @@ def test_export_errors_are_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
         main(["export", TINY, "--input-shape", "N,12", "--out", str(tmp_path), "--target", "riscv"])
     assert info.value.code == 2
+
+
+def test_export_of_several_inputs(tmp_path, capsys):
+    """--input-shape once per input of forward(): the entry takes one pointer each, in its order."""
+    spec = f"{Path(__file__).parents[1] / 'export' / 'test_export_inputs.py'}:Gated"
+    assert main(["export", spec, "--input-shape", "N,5", "--input-shape", "N,3", "--input-shape", "7",
+                 "--out", str(tmp_path)]) == 0
+    header = (tmp_path / "model.h").read_text()
+    assert "int model_forward(const float *x, const float *mask, const float *shift, float *y," in header
+    assert "#define MODEL_INPUT2_BATCHED 0" in header
+    assert main(["export", spec, "--input-shape", "N,5", "--input-shape", "N,x", "--out", str(tmp_path)]) == 2
+    assert "--input-shape #2 must be" in capsys.readouterr().err

@@ -9,6 +9,7 @@ is absent; `.ci/run` installs all of them.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -82,12 +83,12 @@ def build(target: str, folder: Path) -> list[str]:
     raise ValueError(target)
 
 
-def run(target: str, command: list[str], args: list[str]) -> dict:
-    """Run the built harness; {batch: output array (batch, out floats)} and "us_per_call" if timed."""
+def run(target: str, command: list[str], args: list[str], cwd: Path | None = None) -> dict:
+    """Run the built harness in `cwd`; {batch: output array (batch, out floats)} and "us_per_call" if timed."""
     if command[-1] == "-append":
-        out = _run([*command, " ".join(args)])
+        out = _run([*command, " ".join(args)], cwd=cwd)
     else:
-        out = _run([*command, *args])
+        out = _run([*command, *args], cwd=cwd)
     assert out.rstrip().endswith("done"), f"the {target} harness did not finish:\n{out}"
     results: dict = {}
     for line in out.splitlines():
@@ -101,10 +102,16 @@ def run(target: str, command: list[str], args: list[str]) -> dict:
 
 
 def run_export(target: str, folder: Path, x: np.ndarray, batches: list[int], *, weights: Path | None = None,
-               repeat: int = 0) -> dict:
-    """Write x as the input file, build the harness for `target` and run it on the first rows of x."""
-    inp = folder / "input.f32"
-    np.ascontiguousarray(x, dtype="<f4").tofile(inp)
-    args = [str(inp), *(["-w", str(weights)] if weights else []), *(["-r", str(repeat)] if repeat else []),
-            *map(str, batches)]
-    return run(target, build(target, folder), args)
+               repeat: int = 0, more: tuple[np.ndarray, ...] = (), command: list[str] | None = None) -> dict:
+    """Write x (and `more`, the inputs after x of a model of several) as input files, build the
+    harness for `target` (unless `command`, one `build` made) and run it in `folder` on the first
+    rows of x. Files are named relative to `folder`: newlib's semihosted Cortex-M start-up code
+    keeps only a short command line."""
+    np.ascontiguousarray(x, dtype="<f4").tofile(folder / "input.f32")
+    files = []
+    for i, array in enumerate(more, start=1):
+        files += ["-i", f"input{i}.f32"]
+        np.ascontiguousarray(array, dtype="<f4").tofile(folder / files[-1])
+    args = ["input.f32", *files, *(["-w", os.path.relpath(weights, folder)] if weights else []),
+            *(["-r", str(repeat)] if repeat else []), *map(str, batches)]
+    return run(target, command or build(target, folder), args, cwd=folder)

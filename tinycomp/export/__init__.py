@@ -19,8 +19,9 @@ from typing import Any
 import numpy as np
 
 from ..codegen.target import Target, target_named
-from ..driver import feature_shape, lower, optimized_graph
+from ..driver import lower, optimized_graph
 from ..errors import CompileError
+from ..frontend.inputs import compile_input_spec
 from ..frontend.layers import model_lock
 from ..ir.graph import Graph
 from ..ir.printer import format_graph
@@ -49,6 +50,9 @@ class ExportResult:
     in_row: tuple[int, ...]
     out_row: tuple[int, ...]
     parameters: int
+    # forward(x, mask, ...): the shapes of the inputs after x, (None, features...) for one with the
+    # batch dimension, (features...) for one shared by every row; the C entry takes them after x
+    more_inputs: tuple[tuple, ...] = ()
     exported_symbols: list[str] = field(default_factory=list)
 
     def scratch_bytes(self, batch: int) -> int:
@@ -62,6 +66,9 @@ def export(model: Any, path: Any, *, input_shape: Any, target: str = "host", nam
     """Compile `model` ahead of time for `target` and write a C library for it into folder `path`.
 
     Targets: "host", "aarch64-linux-gnu", "thumbv7em-none-eabihf" (Cortex-M4F/M7), "wasm32".
+    `input_shape` is compile()'s: `(None, 784)`, or for a forward() of several inputs one shape per
+    input in its parameter order, `[(None, 16), (None, 16)]` (an input after the first given without
+    the leading None is shared by every row); the C entry then takes one `const float *` per input.
     `weights="external"` writes them to `<name>.bin` (bound at run time with `<name>_bind_weights`)
     instead of embedding them. The weights are those of `model` now: export again after training.
     """
@@ -77,7 +84,7 @@ def export(model: Any, path: Any, *, input_shape: Any, target: str = "host", nam
     t = target_named(target)  # ValueError naming the targets for an unknown one
     if not callable(model):
         raise TypeError(f"export() expects a Layer (or callable model); got {type(model).__name__}")
-    features = feature_shape(input_shape)
+    features, more = compile_input_spec(input_shape)
     # the tools first: nothing is written for an export that cannot be finished
     if t.name == "host":
         toolchain.find_tool(toolchain.HOST_CC, "the host shared library", "apt-get install gcc")
@@ -85,17 +92,18 @@ def export(model: Any, path: Any, *, input_shape: Any, target: str = "host", nam
         toolchain.find_tool(toolchain.WASM_LD, "a wasm32 export", "apt-get install lld-19")
 
     with model_lock(model):  # tracing walks the model, as compile does
-        graph = optimized_graph(model, features, passes=None)[1]
+        graph = optimized_graph(model, features, passes=None, more_inputs=more)[1]
     plan = lower(graph, t)  # the tracer refuses outputs without a leading batch dimension
     out_row = tuple(plan.out_shape[1:])
     params = [np.asarray(graph[p]["value"].data, dtype=np.float32) for p in plan.params]
     layout = entry.WeightsLayout.of([a.shape for a in params] + [c.shape for c in plan.consts])
     blob = layout.blob(params + plan.consts)
     exported = [f"{name}_forward"] + ([f"{name}_bind_weights"] if weights == "external" else [])
-    limit = entry.max_batch(t, max(math.prod(features), math.prod(out_row), plan.scratch_per_row),
-                            plan.scratch_fixed)
+    batched = [math.prod(features)] + [math.prod(s[1:]) for s in more if s[:1] == (None,)]
+    limit = entry.max_batch(t, max(*batched, math.prod(out_row), plan.scratch_per_row), plan.scratch_fixed)
     wrapper = entry.entry_module(t, plan.entry, layout, name=name, blob=blob if weights == "embedded" else None,
-                                 batch_limit=limit, needs_scratch=plan.scratch_floats(1) > 0)
+                                 batch_limit=limit, needs_scratch=plan.scratch_floats(1) > 0,
+                                 more_inputs=len(more))
     obj = toolchain.emit_object(t, [plan.llvm_ir, wrapper], exported)
     _check_self_contained(obj, t)
 
@@ -110,8 +118,8 @@ def export(model: Any, path: Any, *, input_shape: Any, target: str = "host", nam
         target=t, files=files, object_bytes=len(obj), weights_bytes=len(blob),
         scratch_bytes_per_row=4 * plan.scratch_per_row, scratch_bytes_fixed=4 * plan.scratch_fixed,
         row_block=plan.row_block, max_batch=limit, in_row=features, out_row=out_row,
-        parameters=sum(a.size for a in params), exported_symbols=exported)
-    files["header"].write_text(header_text(_header_info(result, model, graph, name, weights)))
+        parameters=sum(a.size for a in params), exported_symbols=exported, more_inputs=more)
+    files["header"].write_text(header_text(_header_info(result, model, graph, name, weights, plan.inputs)))
     if t.name == "host":
         files["shared_library"] = folder / f"lib{name}.so"
         toolchain.link_shared_library(files["object"], files["shared_library"])
@@ -132,7 +140,17 @@ def _check_self_contained(obj: bytes, t: Target) -> None:
                            f"library{why}; an export links nothing but memcpy/memset: leave that op out")
 
 
-def _header_info(result: ExportResult, model: Any, graph: Graph, name: str, weights: str) -> HeaderInfo:
+def c_input_names(nodes: list[str]) -> list[str]:
+    """C parameter names of the entry's inputs: the input nodes' (forward()'s own names) where they
+    are C identifiers clashing with nothing else the entry takes, else x1, x2... by position."""
+    taken = {"y", "batch", "scratch", "seed", "offset"}
+    names = [n if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,30}", n) and n not in C_KEYWORDS and n not in taken
+             else ("x" if i == 0 else f"x{i}") for i, n in enumerate(nodes)]
+    return names if len(set(names)) == len(names) else ["x"] + [f"x{i}" for i in range(1, len(names))]
+
+
+def _header_info(result: ExportResult, model: Any, graph: Graph, name: str, weights: str,
+                 input_nodes: list[str]) -> HeaderInfo:
     from .. import __version__  # here: the package imports this module before it defines its version
 
     t = result.target
@@ -140,6 +158,7 @@ def _header_info(result: ExportResult, model: Any, graph: Graph, name: str, weig
     return HeaderInfo(
         name=name, version=__version__, target=f"{t.name} ({t.triple}, cpu {t.cpu})", model=repr(model),
         layers=layers, parameters=result.parameters, in_row=result.in_row, out_row=result.out_row,
+        more_inputs=result.more_inputs, input_names=c_input_names(input_nodes),
         scratch_per_row=result.scratch_bytes_per_row, scratch_fixed=result.scratch_bytes_fixed,
         row_block=result.row_block, max_batch=result.max_batch,
         weights_bytes=result.weights_bytes + (entry.HEADER_BYTES if weights == "external" else 0),

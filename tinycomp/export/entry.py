@@ -1,6 +1,8 @@
 """The exported entry points, as LLVM IR linked next to the lowered model.
 
     int <name>_forward(const float *x, float *y, int64_t batch, void *scratch)
+    int <name>_forward(const float *x, const float *x1, ..., float *y, int64_t batch, void *scratch)
+                                                          (a forward() of several inputs: one pointer each)
     int <name>_bind_weights(const void *weights)          (weights="external" only)
 
 `<name>_forward` checks its arguments, builds the pointer table the lowered entry
@@ -81,11 +83,13 @@ def max_batch(target: Target, row_floats: int, fixed_floats: int) -> int:
 
 
 def entry_module(target: Target, entry: str, layout: WeightsLayout, *, name: str, blob: bytes | None,
-                 batch_limit: int, needs_scratch: bool) -> str:
-    """IR of `<name>_forward` (and `<name>_bind_weights` when `blob` is None: external weights)."""
+                 batch_limit: int, needs_scratch: bool, more_inputs: int = 0) -> str:
+    """IR of `<name>_forward` (and `<name>_bind_weights` when `blob` is None: external weights);
+    `more_inputs`: how many inputs the model takes after x (the lowered entry's `inputs` table)."""
     module = ir.Module(name=f"{name}.export")
     module.triple = target.triple
-    lowered = ir.Function(module, ir.FunctionType(ir.VoidType(), [I64, PTR, PTR, PTR, PTR]), entry)
+    lowered_args = [I64, PTR, PTR, PTR, PTR] + ([PTR] if more_inputs else [])
+    lowered = ir.Function(module, ir.FunctionType(ir.VoidType(), lowered_args), entry)
     weights = ir.GlobalVariable(module, ir.ArrayType(I8, len(blob)) if blob is not None else PTR, f"{name}.weights")
     weights.linkage, weights.align = "internal", 64
     if blob is not None:
@@ -95,7 +99,7 @@ def entry_module(target: Target, entry: str, layout: WeightsLayout, *, name: str
         weights.initializer = ir.Constant(PTR, None)
         _bind_weights(module, weights, layout, name)
     _forward(module, lowered, weights, layout, name=name, embedded=blob is not None, batch_limit=batch_limit,
-             needs_scratch=needs_scratch)
+             needs_scratch=needs_scratch, more_inputs=more_inputs)
     return str(module)
 
 
@@ -123,18 +127,21 @@ def _return_if(b: ir.IRBuilder, cond: ir.Value, code: int) -> None:
 
 
 def _forward(module: ir.Module, lowered: ir.Function, weights: ir.GlobalVariable, layout: WeightsLayout, *,
-             name: str, embedded: bool, batch_limit: int, needs_scratch: bool) -> None:
-    fn = _exported(module, f"{name}_forward", [PTR, PTR, I64, PTR], ("x", "y", "batch", "scratch"))
-    x, y, batch, scratch = fn.args
+             name: str, embedded: bool, batch_limit: int, needs_scratch: bool, more_inputs: int) -> None:
+    names = ("x", *(f"x{i}" for i in range(1, 1 + more_inputs)), "y", "batch", "scratch")
+    fn = _exported(module, f"{name}_forward", [PTR] * (1 + more_inputs) + [PTR, I64, PTR], names)
+    x, *others, y, batch, scratch = fn.args
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     _return_if(b, b.icmp_unsigned(">", batch, i64(batch_limit)), ERR_ARGS)  # negative batches too
     with b.if_then(b.icmp_signed("==", batch, i64(0))):
         b.ret(ir.Constant(I32, OK))
     null = ir.Constant(PTR, None)
-    bad = b.or_(b.icmp_unsigned("==", x, null), b.icmp_unsigned("==", y, null))
+    bad = b.icmp_unsigned("==", y, null)
+    for ptr in (x, *others):
+        bad = b.or_(bad, b.icmp_unsigned("==", ptr, null))
     if needs_scratch:
         bad = b.or_(bad, b.icmp_unsigned("==", scratch, null))
-    _return_if(b, b.or_(bad, _misaligned(b, x, y, scratch)), ERR_ARGS)
+    _return_if(b, b.or_(bad, _misaligned(b, x, *others, y, scratch)), ERR_ARGS)
     base: ir.Value = weights
     if not embedded:
         base = b.load(weights, typ=PTR, name="bound")
@@ -145,7 +152,13 @@ def _forward(module: ir.Module, lowered: ir.Function, weights: ir.GlobalVariable
         for i, offset in enumerate(layout.offsets):
             slot = b.gep(table, [ir.Constant(I32, 0), ir.Constant(I32, i)], inbounds=True)
             b.store(b.gep(base, [i64(4 * offset)], source_etype=I8, inbounds=True), slot)
-    b.call(lowered, [batch, x, y, scratch, table])
+    extra: list[ir.Value] = []
+    if others:  # the lowered entry takes the inputs after x in a table of pointers
+        inputs = b.alloca(ir.ArrayType(PTR, len(others)), name="inputs")
+        for i, ptr in enumerate(others):
+            b.store(ptr, b.gep(inputs, [ir.Constant(I32, 0), ir.Constant(I32, i)], inbounds=True))
+        extra.append(inputs)
+    b.call(lowered, [batch, x, y, scratch, table, *extra])
     b.ret(ir.Constant(I32, OK))
 
 

@@ -23,6 +23,9 @@ class HeaderInfo:
     max_batch: int
     weights_bytes: int
     weights_file: str | None  # the .bin file of external weights, None when embedded
+    # a forward() of several inputs: the shapes of those after x ((None, ...) batched, else shared)
+    more_inputs: tuple[tuple, ...] = ()
+    input_names: list[str] | None = None  # the entry's input parameters (default x, x1, ...)
 
 
 def _comment(text: str) -> str:
@@ -40,8 +43,38 @@ def _shape_macros(prefix: str, what: str, row: tuple[int, ...]) -> list[str]:
     return lines
 
 
+def _more_input_macros(prefix: str, shapes: tuple[tuple, ...], names: list[str]) -> list[str]:
+    """INPUT<i>_... for the inputs after x: a batched one as x's macros; a shared one (the same for
+    every row) with its whole shape, no batch dimension, and BATCHED 0; for both FLOATS(batch), the
+    floats the array holds at `batch` rows."""
+    lines = [f"#define {prefix}_INPUTS {1 + len(shapes)}  /* {', '.join(names)} */"]
+    for i, shape in enumerate(shapes, start=1):
+        what = f"INPUT{i}"
+        if shape[:1] == (None,):
+            lines += [f"#define {prefix}_{what}_BATCHED 1  /* {names[i]} */", *_shape_macros(prefix, what, shape[1:]),
+                      f"#define {prefix}_{what}_FLOATS(batch) ((int64_t)(batch) * {prefix}_{what}_ROW_FLOATS)"]
+            continue
+        floats = 1
+        for d in shape:
+            floats *= d
+        lines += [f"#define {prefix}_{what}_BATCHED 0  /* {names[i]}: one array for every row */",
+                  f"#define {prefix}_{what}_RANK {len(shape)}  /* ({', '.join(map(str, shape))}) */",
+                  *[f"#define {prefix}_{what}_DIM{j} {d}" for j, d in enumerate(shape)],
+                  f"#define {prefix}_{what}_FLOATS(batch) ((void)(batch), (int64_t){floats})"]
+    return lines
+
+
+def _shape_text(shape: tuple) -> str:
+    return "(" + ", ".join("batch" if d is None else str(d) for d in shape) + ")"
+
+
 def header_text(info: HeaderInfo) -> str:
     p, n = info.name.upper(), info.name
+    names = info.input_names or ["x"] + [f"x{i}" for i in range(1, 1 + len(info.more_inputs))]
+    params = ", ".join(f"const float *{m}" for m in names)
+    call = ", ".join(names)
+    more_text = [f"Input {m}: float32 {_shape_text(s)}, row-major" + ("" if s[:1] == (None,) else
+                 ", the same for every row") + "." for m, s in zip(names[1:], info.more_inputs, strict=True)]
     guard = f"TINYCOMP_{p}_H"
     weights = (f"external: {info.weights_file} ({info.weights_bytes:,} bytes), bound with {n}_bind_weights()"
                if info.weights_file else f"embedded in {n}.o as read-only data ({info.weights_bytes:,} bytes)")
@@ -49,15 +82,17 @@ def header_text(info: HeaderInfo) -> str:
         f"{n}.h: a model exported by tinycomp {info.version} for {info.target}.",
         "",
         f"Parameters: {info.parameters:,} float32; weights {weights}.",
-        f"Input: float32 rows of shape (batch, {', '.join(map(str, info.in_row))}), row-major; "
+        f"Input{' ' + names[0] if info.more_inputs else ''}: float32 rows of shape "
+        f"(batch, {', '.join(map(str, info.in_row))}), row-major; "
         f"output: (batch, {', '.join(map(str, info.out_row))}).",
+        *more_text,
         "",
         "Model:",
         *[f"  {line}" for line in info.model.splitlines()],
         "Compiled layers (the optimized graph):",
         *[f"  {line}" for line in info.layers],
         "",
-        f"{n}_forward(x, y, batch, scratch) computes y from x for `batch` rows; scratch is caller-owned",
+        f"{n}_forward({call}, y, batch, scratch) computes y for `batch` rows; scratch is caller-owned",
         f"memory of {p}_SCRATCH_BYTES(batch) bytes (any alignment a float has). No heap, no threads,",
         "nothing kept between calls: calls on different scratch buffers may run concurrently.",
         f"Returns {p}_OK, or {p}_ERR_ARGS (batch < 0 or > {p}_MAX_BATCH, a NULL or misaligned",
@@ -71,6 +106,7 @@ def header_text(info: HeaderInfo) -> str:
         "#ifdef __cplusplus", 'extern "C" {', "#endif", "",
         *_shape_macros(p, "INPUT", info.in_row),
         *_shape_macros(p, "OUTPUT", info.out_row),
+        *(_more_input_macros(p, info.more_inputs, names) if info.more_inputs else []),
         f"#define {p}_PARAMETERS {info.parameters}",
         f"#define {p}_SCRATCH_BYTES_PER_ROW {info.scratch_per_row}",
         f"#define {p}_SCRATCH_BYTES_FIXED {info.scratch_fixed}",
@@ -85,7 +121,7 @@ def header_text(info: HeaderInfo) -> str:
         f"#define {p}_ERR_ARGS ({entry.ERR_ARGS})",
         f"#define {p}_ERR_WEIGHTS ({entry.ERR_WEIGHTS})",
         "",
-        f"int {n}_forward(const float *x, float *y, int64_t batch, void *scratch);",
+        f"int {n}_forward({params}, float *y, int64_t batch, void *scratch);",
     ]
     if info.weights_file:
         lines += [
