@@ -10,6 +10,7 @@ from .frontend.layers import (
     manual_seed,
     set_training_mode,
 )
+from .frontend.streams import dropout_key
 from .frontend.structural import Flatten, Identity, Reshape
 from .frontend.tensor import Tensor
 from .frontend.transformer import MLP, LayerNorm, MultiHeadAttention, TransformerBlock, scaled_dot_product_attention
@@ -17,5 +18,5 @@ from .frontend.transformer import MLP, LayerNorm, MultiHeadAttention, Transforme
 __all__ = [
     "GELU", "INIT_SCALE_FACTOR", "MLP", "Dropout", "Flatten", "Identity", "Layer", "LayerNorm", "Linear",
     "MultiHeadAttention", "ReLU", "Reshape", "Sequential", "Sigmoid", "Softmax", "Tanh", "Tensor", "TransformerBlock",
-    "manual_seed", "scaled_dot_product_attention", "set_training_mode",
+    "dropout_key", "manual_seed", "scaled_dot_product_attention", "set_training_mode",
 ]

@@ -1,6 +1,6 @@
 /* Runs a model exported by `tinycomp export` (name "model") and prints what it computes.
  *
- *   harness INPUT.f32 [-i INPUT1.f32]... [-w WEIGHTS.bin] [-r REPEAT] BATCH...
+ *   harness INPUT.f32 [-i INPUT1.f32]... [-w WEIGHTS.bin] [-r REPEAT] [-s SEED -o OFFSET] BATCH...
  *
  * INPUT.f32 holds rows of MODEL_INPUT_ROW_FLOATS little-endian float32 values. A model of several
  * inputs (MODEL_INPUTS, up to 4) takes one -i file per input after the first, in forward()'s order:
@@ -9,7 +9,9 @@
  * "out BATCH" followed by the bit pattern of every output float in hex (exact, and the same text
  * on every target). With -r, batch 1 is then run REPEAT more times and "us_per_call T" printed
  * (clock(): a sanity figure).
- * -w binds the weights of an export made with weights="external".
+ * -w binds the weights of an export made with weights="external". An export made with
+ * training=True (MODEL_TRAINING) takes -s SEED -o OFFSET, its dropout stream (default 0 0), as
+ * decimal numbers.
  * The same source builds for Linux (host, aarch64 under qemu-aarch64) and, with the startup code
  * in cortex_m/, for a bare-metal Cortex-M4 whose files and console are semihosted.
  */
@@ -44,15 +46,22 @@ static int64_t more_floats(int k, int64_t batch) {
     }
 }
 
+#ifdef MODEL_TRAINING
+#define HARNESS_STREAM , seed, offset
+#else
+#define HARNESS_STREAM
+#endif
+static uint64_t seed, offset; /* -s, -o: the dropout stream of a training export */
+
 static int forward(float *const *in, float *y, int64_t batch, void *scratch) {
 #if MODEL_INPUTS == 1
-    return model_forward(in[0], y, batch, scratch);
+    return model_forward(in[0], y, batch, scratch HARNESS_STREAM);
 #elif MODEL_INPUTS == 2
-    return model_forward(in[0], in[1], y, batch, scratch);
+    return model_forward(in[0], in[1], y, batch, scratch HARNESS_STREAM);
 #elif MODEL_INPUTS == 3
-    return model_forward(in[0], in[1], in[2], y, batch, scratch);
+    return model_forward(in[0], in[1], in[2], y, batch, scratch HARNESS_STREAM);
 #else
-    return model_forward(in[0], in[1], in[2], in[3], y, batch, scratch);
+    return model_forward(in[0], in[1], in[2], in[3], y, batch, scratch HARNESS_STREAM);
 #endif
 }
 
@@ -102,6 +111,10 @@ int main(int argc, char **argv) {
             weights = argv[++i];
         } else if (strcmp(argv[i], "-i") == 0 && i + 1 < argc && n_more < MODEL_INPUTS - 1) {
             more[n_more++] = argv[++i];
+        } else if (strcmp(argv[i], "-s") == 0 && i + 1 < argc) {
+            seed = (uint64_t)strtoull(argv[++i], NULL, 10);
+        } else if (strcmp(argv[i], "-o") == 0 && i + 1 < argc) {
+            offset = (uint64_t)strtoull(argv[++i], NULL, 10);
         } else if (strcmp(argv[i], "-r") == 0 && i + 1 < argc) {
             repeat = atol(argv[++i]);
         } else if (!input) {
@@ -111,7 +124,7 @@ int main(int argc, char **argv) {
         }
     }
     if (!input || n_batches == 0 || n_more != MODEL_INPUTS - 1) {
-        fprintf(stderr, "usage: %s INPUT.f32 [-i INPUT1.f32]... [-w WEIGHTS.bin] [-r REPEAT] BATCH... "
+        fprintf(stderr, "usage: %s INPUT.f32 [-i INPUT1.f32]... [-w WEIGHTS.bin] [-r REPEAT] [-s SEED -o OFFSET] BATCH... "
                 "(this model takes %d -i files)\n", argv[0], MODEL_INPUTS - 1);
         return 2;
     }

@@ -1,16 +1,16 @@
 // Runs a model exported by `tinycomp export --target wasm32` (name "model") in Node and prints what
-// harness.c prints:   node run_wasm.mjs DIR/model.wasm INPUT.f32 [-i INPUT1.f32]... [-w WEIGHTS.bin] [-r REPEAT] BATCH...
+// harness.c prints:   node run_wasm.mjs DIR/model.wasm INPUT.f32 [-i INPUT1.f32]... [-w WEIGHTS.bin] [-r REPEAT] [-s SEED -o OFFSET] BATCH...
 // (one -i file per input after the first of a model of several inputs, in forward()'s order).
 // Row sizes and scratch come from DIR/model.h. Input, output, scratch and weights live in the
 // module's own memory from __heap_base up (grown as needed); the module imports nothing.
 import { readFileSync } from "node:fs";
 
 const args = process.argv.slice(2);
-const opts = { w: null, r: 0 };
+const opts = { w: null, r: 0, s: "0", o: "0" };
 const positional = [], more = [];
 for (let i = 0; i < args.length; i++) {
   if (args[i] === "-i") more.push(args[++i]);
-  else if (args[i] === "-w" || args[i] === "-r") opts[args[i].slice(1)] = args[++i];
+  else if (["-w", "-r", "-s", "-o"].includes(args[i])) opts[args[i].slice(1)] = args[++i];
   else positional.push(args[i]);
 }
 const [wasmPath, inputPath, ...batchArgs] = positional;
@@ -37,6 +37,8 @@ const moreFloats = more.map((_, k) => {
   const whole = [...Array(macro(`INPUT${i}_RANK`)).keys()].reduce((n, d) => n * macro(`INPUT${i}_DIM${d}`), 1);
   return () => whole;
 });
+// a training export (MODEL_TRAINING) takes its dropout stream last: seed and offset, as uint64
+const stream = macro("TRAINING") ? [BigInt.asUintN(64, BigInt(opts.s)), BigInt.asUintN(64, BigInt(opts.o))] : [];
 const scratchBytes = (batch) =>
   (block ? Math.min(batch, block) : batch) * macro("SCRATCH_BYTES_PER_ROW") + macro("SCRATCH_BYTES_FIXED");
 
@@ -74,13 +76,13 @@ for (const batch of batchArgs.map(Number)) {
     }
   }
   const y = alloc(4 * batch * outRow), scratch = alloc(scratchBytes(batch));
-  const rc = model_forward(x, ...morePtrs, y, BigInt(batch), scratch);
+  const rc = model_forward(x, ...morePtrs, y, BigInt(batch), scratch, ...stream);
   if (rc !== 0) { console.log(`error ${rc} at batch ${batch}`); process.exit(1); }
   const bits = new Uint32Array(memory.buffer, y, batch * outRow);
   console.log(`out ${batch} ` + Array.from(bits, (b) => b.toString(16).padStart(8, "0")).join(" "));
   if (Number(opts.r) > 0 && batch === 1) {
     const n = Number(opts.r), start = process.hrtime.bigint();
-    for (let i = 0; i < n; i++) model_forward(x, ...morePtrs, y, 1n, scratch);
+    for (let i = 0; i < n; i++) model_forward(x, ...morePtrs, y, 1n, scratch, ...stream);
     console.log(`us_per_call ${(Number(process.hrtime.bigint() - start) / 1e3 / n).toFixed(3)}`);
   }
 }

@@ -102,16 +102,18 @@ def run(target: str, command: list[str], args: list[str], cwd: Path | None = Non
 
 
 def run_export(target: str, folder: Path, x: np.ndarray, batches: list[int], *, weights: Path | None = None,
-               repeat: int = 0, more: tuple[np.ndarray, ...] = (), command: list[str] | None = None) -> dict:
+               repeat: int = 0, more: tuple[np.ndarray, ...] = (), command: list[str] | None = None,
+               stream: tuple[int, int] | None = None) -> dict:
     """Write x (and `more`, the inputs after x of a model of several) as input files, build the
     harness for `target` (unless `command`, one `build` made) and run it in `folder` on the first
-    rows of x. Files are named relative to `folder`: newlib's semihosted Cortex-M start-up code
-    keeps only a short command line."""
+    rows of x, with the dropout `stream` (seed, offset) of a training export. Files are named
+    relative to `folder`: newlib's semihosted Cortex-M start-up code keeps only a short command line."""
     np.ascontiguousarray(x, dtype="<f4").tofile(folder / "input.f32")
     files = []
     for i, array in enumerate(more, start=1):
         files += ["-i", f"input{i}.f32"]
         np.ascontiguousarray(array, dtype="<f4").tofile(folder / files[-1])
     args = ["input.f32", *files, *(["-w", os.path.relpath(weights, folder)] if weights else []),
-            *(["-r", str(repeat)] if repeat else []), *map(str, batches)]
+            *(["-r", str(repeat)] if repeat else []), *(["-s", str(stream[0]), "-o", str(stream[1])] if stream else []),
+            *map(str, batches)]
     return run(target, command or build(target, folder), args, cwd=folder)

@@ -16,7 +16,7 @@ import tinycomp as tc
 from tests.export.runners import M4_FLAGS, TARGETS, WASM_LD
 from tinycomp.export import entry
 from tinycomp.export.toolchain import ToolMissing
-from tinycomp.nn import GELU, Layer, Linear, ReLU, Sequential, Softmax, Tensor, manual_seed
+from tinycomp.nn import GELU, Dropout, Layer, Linear, ReLU, Sequential, Softmax, Tensor, manual_seed
 
 
 def small_model() -> Sequential:
@@ -44,15 +44,32 @@ def _nm(path, target: str) -> list[tuple[str, str]]:
     return [(parts[-2], parts[-1]) for parts in (line.split() for line in out.splitlines()) if len(parts) >= 2]
 
 
+class MaskedDropout(Layer):
+    """Two inputs and a Dropout: the entry's input table and, with training=True, its draws table."""
+
+    def __init__(self):
+        self.fc, self.drop = Linear(6, 4), Dropout(0.5)
+
+    def forward(self, x, mask):
+        return self.drop(self.fc(x)) * mask
+
+
+VARIANTS = {"one input": lambda: (small_model(), (None, 6), False),
+            "two inputs, training": lambda: (MaskedDropout(), [(None, 6), (None, 4)], True)}
+
+
 @pytest.mark.parametrize("target", TARGETS)
 @pytest.mark.parametrize("weights", ["embedded", "external"])
-def test_object_symbols(tmp_path, target, weights):
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_object_symbols(tmp_path, target, weights, variant):
     """Undefined: only the allowed ones. Global definitions: exactly the exported entry points."""
     if target == "host" and not shutil.which("cc"):
         pytest.skip("no C compiler (cc) for the host's shared library")
     if target == "wasm32" and not any(shutil.which(n) for n in WASM_LD):
         pytest.skip("wasm-ld is not installed (apt-get install lld-19)")
-    result = tc.export(small_model(), tmp_path, input_shape=(None, 6), target=target, name="net", weights=weights)
+    model, shape, training = VARIANTS[variant]()
+    result = tc.export(model, tmp_path, input_shape=shape, target=target, name="net", weights=weights,
+                       training=training)
     symbols = _nm(result.files["object"], target)
     undefined = {name for kind, name in symbols if kind == "U"}
     allowed = ALLOWED_UNDEFINED_WASM if target == "wasm32" else ALLOWED_UNDEFINED
@@ -197,7 +214,7 @@ class BatchSum(Layer):
     ({"name": "3model"}, ValueError, "C identifier"),
     ({"name": "int"}, ValueError, "C identifier"),
     ({"weights": "sideways"}, ValueError, "weights must be one of embedded, external"),
-    ({"training": True}, NotImplementedError, "training-mode dropout"),
+    ({"training": "yes"}, TypeError, "training must be True or False"),
     ({"input_shape": (None,)}, ValueError, "input_shape must be (batch, features...)"),
 ])
 def test_bad_arguments_are_refused_before_writing(tmp_path, kwargs, error, words):

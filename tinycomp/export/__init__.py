@@ -18,9 +18,11 @@ from typing import Any
 
 import numpy as np
 
+from ..binding import DropoutDraws
 from ..codegen.target import Target, target_named
 from ..driver import lower, optimized_graph
 from ..errors import CompileError
+from ..frontend import streams
 from ..frontend.inputs import compile_input_spec
 from ..frontend.layers import model_lock
 from ..ir.graph import Graph
@@ -53,6 +55,7 @@ class ExportResult:
     # forward(x, mask, ...): the shapes of the inputs after x, (None, features...) for one with the
     # batch dimension, (features...) for one shared by every row; the C entry takes them after x
     more_inputs: tuple[tuple, ...] = ()
+    dropout_layers: int = 0  # training=True: the Dropout layers whose masks the entry draws (seed, offset)
     exported_symbols: list[str] = field(default_factory=list)
 
     def scratch_bytes(self, batch: int) -> int:
@@ -70,15 +73,18 @@ def export(model: Any, path: Any, *, input_shape: Any, target: str = "host", nam
     input in its parameter order, `[(None, 16), (None, 16)]` (an input after the first given without
     the leading None is shared by every row); the C entry then takes one `const float *` per input.
     `weights="external"` writes them to `<name>.bin` (bound at run time with `<name>_bind_weights`)
-    instead of embedding them. The weights are those of `model` now: export again after training.
+    instead of embedding them. `training=True` keeps dropout active: the entry then takes
+    `uint64_t seed, uint64_t offset` last, the Philox key (`tinycomp.nn.dropout_key(s)` is the key
+    `manual_seed(s)` sets) and the forward call number, and draws the masks eager and compiled
+    training draw on that call of every Dropout layer (layer ids as numbered when exporting).
+    The weights are those of `model` now: export again after training.
     """
-    if training:
-        raise NotImplementedError("training-mode dropout is not compiled: export builds inference code "
-                                  "(eval-mode dropout is folded away); call export() without training=True")
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,62}", name) or name in C_KEYWORDS \
             or keyword.iskeyword(name):
         raise ValueError(f"name must be a C identifier (letters, digits, _; not a keyword), used as the "
                          f"prefix of the exported symbols; got {name!r}")
+    if not isinstance(training, bool):
+        raise TypeError(f"training must be True or False; got {training!r}")
     if weights not in WEIGHTS:
         raise ValueError(f"weights must be one of {', '.join(WEIGHTS)}; got {weights!r}")
     t = target_named(target)  # ValueError naming the targets for an unknown one
@@ -92,8 +98,9 @@ def export(model: Any, path: Any, *, input_shape: Any, target: str = "host", nam
         toolchain.find_tool(toolchain.WASM_LD, "a wasm32 export", "apt-get install lld-19")
 
     with model_lock(model):  # tracing walks the model, as compile does
-        graph = optimized_graph(model, features, passes=None, more_inputs=more)[1]
-    plan = lower(graph, t)  # the tracer refuses outputs without a leading batch dimension
+        traced, graph, _ = optimized_graph(model, features, passes=None, training=training, more_inputs=more)
+        plan = lower(graph, t)  # the tracer refuses outputs without a leading batch dimension
+        dropouts = dropout_streams(model, traced, plan.dropouts) if plan.dropouts else []
     out_row = tuple(plan.out_shape[1:])
     params = [np.asarray(graph[p]["value"].data, dtype=np.float32) for p in plan.params]
     layout = entry.WeightsLayout.of([a.shape for a in params] + [c.shape for c in plan.consts])
@@ -103,7 +110,7 @@ def export(model: Any, path: Any, *, input_shape: Any, target: str = "host", nam
     limit = entry.max_batch(t, max(*batched, math.prod(out_row), plan.scratch_per_row), plan.scratch_fixed)
     wrapper = entry.entry_module(t, plan.entry, layout, name=name, blob=blob if weights == "embedded" else None,
                                  batch_limit=limit, needs_scratch=plan.scratch_floats(1) > 0,
-                                 more_inputs=len(more))
+                                 more_inputs=len(more), dropouts=dropouts)
     obj = toolchain.emit_object(t, [plan.llvm_ir, wrapper], exported)
     _check_self_contained(obj, t)
 
@@ -118,8 +125,10 @@ def export(model: Any, path: Any, *, input_shape: Any, target: str = "host", nam
         target=t, files=files, object_bytes=len(obj), weights_bytes=len(blob),
         scratch_bytes_per_row=4 * plan.scratch_per_row, scratch_bytes_fixed=4 * plan.scratch_fixed,
         row_block=plan.row_block, max_batch=limit, in_row=features, out_row=out_row,
-        parameters=sum(a.size for a in params), exported_symbols=exported, more_inputs=more)
-    files["header"].write_text(header_text(_header_info(result, model, graph, name, weights, plan.inputs)))
+        parameters=sum(a.size for a in params), exported_symbols=exported, more_inputs=more,
+        dropout_layers=len({layer for layer, _, _ in dropouts}))
+    files["header"].write_text(header_text(_header_info(result, model, graph, name, weights, plan.inputs,
+                                                                       bool(dropouts))))
     if t.name == "host":
         files["shared_library"] = folder / f"lib{name}.so"
         toolchain.link_shared_library(files["object"], files["shared_library"])
@@ -140,6 +149,14 @@ def _check_self_contained(obj: bytes, t: Target) -> None:
                            f"library{why}; an export links nothing but memcpy/memset: leave that op out")
 
 
+def dropout_streams(model: Any, traced: Graph, nodes: list[str]) -> list[tuple[int, int, int]]:
+    """Per training dropout node of the plan: (its layer's stream id, the layer's calls per forward,
+    which of them the node is), so that forward call number `offset` of the C entry draws what the
+    layer's call `offset * calls + k` draws in eager and compiled training (`binding.DropoutDraws`)."""
+    draws = DropoutDraws(model, traced, nodes)
+    return [(streams.layer_id(draws.layers[i]), draws.calls[i], k) for i, k in draws.slots]
+
+
 def c_input_names(nodes: list[str]) -> list[str]:
     """C parameter names of the entry's inputs: the input nodes' (forward()'s own names) where they
     are C identifiers clashing with nothing else the entry takes, else x1, x2... by position."""
@@ -150,7 +167,7 @@ def c_input_names(nodes: list[str]) -> list[str]:
 
 
 def _header_info(result: ExportResult, model: Any, graph: Graph, name: str, weights: str,
-                 input_nodes: list[str]) -> HeaderInfo:
+                 input_nodes: list[str], training: bool) -> HeaderInfo:
     from .. import __version__  # here: the package imports this module before it defines its version
 
     t = result.target
@@ -159,6 +176,7 @@ def _header_info(result: ExportResult, model: Any, graph: Graph, name: str, weig
         name=name, version=__version__, target=f"{t.name} ({t.triple}, cpu {t.cpu})", model=repr(model),
         layers=layers, parameters=result.parameters, in_row=result.in_row, out_row=result.out_row,
         more_inputs=result.more_inputs, input_names=c_input_names(input_nodes),
+        dropout_layers=result.dropout_layers, training=training,
         scratch_per_row=result.scratch_bytes_per_row, scratch_fixed=result.scratch_bytes_fixed,
         row_block=result.row_block, max_batch=result.max_batch,
         weights_bytes=result.weights_bytes + (entry.HEADER_BYTES if weights == "external" else 0),

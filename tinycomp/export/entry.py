@@ -3,6 +3,7 @@
     int <name>_forward(const float *x, float *y, int64_t batch, void *scratch)
     int <name>_forward(const float *x, const float *x1, ..., float *y, int64_t batch, void *scratch)
                                                           (a forward() of several inputs: one pointer each)
+    int <name>_forward(..., void *scratch, uint64_t seed, uint64_t offset)   (training=True: dropout draws)
     int <name>_bind_weights(const void *weights)          (weights="external" only)
 
 `<name>_forward` checks its arguments, builds the pointer table the lowered entry
@@ -83,12 +84,14 @@ def max_batch(target: Target, row_floats: int, fixed_floats: int) -> int:
 
 
 def entry_module(target: Target, entry: str, layout: WeightsLayout, *, name: str, blob: bytes | None,
-                 batch_limit: int, needs_scratch: bool, more_inputs: int = 0) -> str:
+                 batch_limit: int, needs_scratch: bool, more_inputs: int = 0,
+                 dropouts: Sequence[tuple[int, int, int]] = ()) -> str:
     """IR of `<name>_forward` (and `<name>_bind_weights` when `blob` is None: external weights);
-    `more_inputs`: how many inputs the model takes after x (the lowered entry's `inputs` table)."""
+    `more_inputs`: how many inputs the model takes after x (the lowered entry's `inputs` table);
+    `dropouts`: per training dropout node (layer id, the layer's calls per forward, which call)."""
     module = ir.Module(name=f"{name}.export")
     module.triple = target.triple
-    lowered_args = [I64, PTR, PTR, PTR, PTR] + ([PTR] if more_inputs else [])
+    lowered_args = [I64, PTR, PTR, PTR, PTR] + ([PTR] if dropouts else []) + ([PTR] if more_inputs else [])
     lowered = ir.Function(module, ir.FunctionType(ir.VoidType(), lowered_args), entry)
     weights = ir.GlobalVariable(module, ir.ArrayType(I8, len(blob)) if blob is not None else PTR, f"{name}.weights")
     weights.linkage, weights.align = "internal", 64
@@ -99,7 +102,7 @@ def entry_module(target: Target, entry: str, layout: WeightsLayout, *, name: str
         weights.initializer = ir.Constant(PTR, None)
         _bind_weights(module, weights, layout, name)
     _forward(module, lowered, weights, layout, name=name, embedded=blob is not None, batch_limit=batch_limit,
-             needs_scratch=needs_scratch, more_inputs=more_inputs)
+             needs_scratch=needs_scratch, more_inputs=more_inputs, dropouts=dropouts)
     return str(module)
 
 
@@ -127,10 +130,13 @@ def _return_if(b: ir.IRBuilder, cond: ir.Value, code: int) -> None:
 
 
 def _forward(module: ir.Module, lowered: ir.Function, weights: ir.GlobalVariable, layout: WeightsLayout, *,
-             name: str, embedded: bool, batch_limit: int, needs_scratch: bool, more_inputs: int) -> None:
+             name: str, embedded: bool, batch_limit: int, needs_scratch: bool, more_inputs: int,
+             dropouts: Sequence[tuple[int, int, int]]) -> None:
     names = ("x", *(f"x{i}" for i in range(1, 1 + more_inputs)), "y", "batch", "scratch")
-    fn = _exported(module, f"{name}_forward", [PTR] * (1 + more_inputs) + [PTR, I64, PTR], names)
-    x, *others, y, batch, scratch = fn.args
+    stream = ("seed", "offset") if dropouts else ()
+    fn = _exported(module, f"{name}_forward", [PTR] * (1 + more_inputs) + [PTR, I64, PTR] + [I64] * len(stream),
+                   names + stream)
+    x, *others, y, batch, scratch = fn.args[:len(names)]
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     _return_if(b, b.icmp_unsigned(">", batch, i64(batch_limit)), ERR_ARGS)  # negative batches too
     with b.if_then(b.icmp_signed("==", batch, i64(0))):
@@ -153,6 +159,8 @@ def _forward(module: ir.Module, lowered: ir.Function, weights: ir.GlobalVariable
             slot = b.gep(table, [ir.Constant(I32, 0), ir.Constant(I32, i)], inbounds=True)
             b.store(b.gep(base, [i64(4 * offset)], source_etype=I8, inbounds=True), slot)
     extra: list[ir.Value] = []
+    if dropouts:
+        extra.append(_draws_table(b, dropouts, *fn.args[len(names):]))
     if others:  # the lowered entry takes the inputs after x in a table of pointers
         inputs = b.alloca(ir.ArrayType(PTR, len(others)), name="inputs")
         for i, ptr in enumerate(others):
@@ -160,6 +168,20 @@ def _forward(module: ir.Module, lowered: ir.Function, weights: ir.GlobalVariable
         extra.append(inputs)
     b.call(lowered, [batch, x, y, scratch, table, *extra])
     b.ret(ir.Constant(I32, OK))
+
+
+def _draws_table(b: ir.IRBuilder, dropouts: Sequence[tuple[int, int, int]], seed: ir.Value,
+                 offset: ir.Value) -> ir.Value:
+    """The lowered entry's `draws` table (`codegen.module`): the key's two words from `seed`, first row
+    0, then per node its layer id and call number `offset * calls + k`, in 32 bits as Philox takes them."""
+    table = b.alloca(ir.ArrayType(I64, 3 + 2 * len(dropouts)), name="draws")
+    low = i64(0xFFFFFFFF)
+    words = [b.and_(seed, low), b.lshr(seed, i64(32)), i64(0)]
+    for layer, calls, k in dropouts:
+        words += [i64(layer), b.and_(b.add(b.mul(offset, i64(calls)), i64(k)), low)]
+    for i, word in enumerate(words):
+        b.store(word, b.gep(table, [ir.Constant(I32, 0), ir.Constant(I32, i)], inbounds=True))
+    return table
 
 
 def _bind_weights(module: ir.Module, bound: ir.GlobalVariable, layout: WeightsLayout, name: str) -> None:

@@ -26,6 +26,8 @@ class HeaderInfo:
     # a forward() of several inputs: the shapes of those after x ((None, ...) batched, else shared)
     more_inputs: tuple[tuple, ...] = ()
     input_names: list[str] | None = None  # the entry's input parameters (default x, x1, ...)
+    training: bool = False  # dropout active: the entry takes the stream position (seed, offset)
+    dropout_layers: int = 0
 
 
 def _comment(text: str) -> str:
@@ -73,6 +75,14 @@ def header_text(info: HeaderInfo) -> str:
     names = info.input_names or ["x"] + [f"x{i}" for i in range(1, 1 + len(info.more_inputs))]
     params = ", ".join(f"const float *{m}" for m in names)
     call = ", ".join(names)
+    stream_params = ", uint64_t seed, uint64_t offset" if info.training else ""
+    training = [
+        "",
+        f"Training mode: dropout is active in {info.dropout_layers} Dropout layer(s). seed is the 64-bit",
+        "Philox key (tinycomp.nn.dropout_key(s) is the key tinycomp.nn.manual_seed(s) sets) and offset the",
+        "forward call number: the masks are those eager and compiled training draw on that call of each",
+        "layer (call `offset` of a layer used once per forward), with the layer ids numbered at export.",
+    ] if info.training else []
     more_text = [f"Input {m}: float32 {_shape_text(s)}, row-major" + ("" if s[:1] == (None,) else
                  ", the same for every row") + "." for m, s in zip(names[1:], info.more_inputs, strict=True)]
     guard = f"TINYCOMP_{p}_H"
@@ -92,11 +102,13 @@ def header_text(info: HeaderInfo) -> str:
         "Compiled layers (the optimized graph):",
         *[f"  {line}" for line in info.layers],
         "",
-        f"{n}_forward({call}, y, batch, scratch) computes y for `batch` rows; scratch is caller-owned",
+        f"{n}_forward({call}, y, batch, scratch{', seed, offset' if info.training else ''}) computes y for "
+        "`batch` rows; scratch is caller-owned",
         f"memory of {p}_SCRATCH_BYTES(batch) bytes (any alignment a float has). No heap, no threads,",
         "nothing kept between calls: calls on different scratch buffers may run concurrently.",
         f"Returns {p}_OK, or {p}_ERR_ARGS (batch < 0 or > {p}_MAX_BATCH, a NULL or misaligned",
         f"pointer) or {p}_ERR_WEIGHTS (no weights bound) without touching y.",
+        *training,
     ])
     block = info.row_block
     rows = f"((batch) < {block} ? (batch) : {block})" if block else "(batch)"
@@ -121,7 +133,9 @@ def header_text(info: HeaderInfo) -> str:
         f"#define {p}_ERR_ARGS ({entry.ERR_ARGS})",
         f"#define {p}_ERR_WEIGHTS ({entry.ERR_WEIGHTS})",
         "",
-        f"int {n}_forward({params}, float *y, int64_t batch, void *scratch);",
+        *([f"#define {p}_TRAINING 1  /* dropout active: the entry takes seed and offset */"] if info.training
+          else []),
+        f"int {n}_forward({params}, float *y, int64_t batch, void *scratch{stream_params});",
     ]
     if info.weights_file:
         lines += [

@@ -39,10 +39,28 @@ _key = tuple(int(w) for w in np.random.SeedSequence().generate_state(2, np.uint3
 def reseed(seed: Any) -> None:
     """Key the generator by `seed` and restart every layer's numbering and call count."""
     global _key, _epoch, _base
-    key = tuple(int(w) for w in np.random.SeedSequence(seed).generate_state(2, np.uint32))
+    key = key_words(seed)
     with _lock:
         _key, _epoch = key, _epoch + 1
         _base = _built
+
+
+def key_words(seed: Any) -> tuple[int, int]:
+    """The generator key `manual_seed(seed)` sets: two 32-bit words from NumPy's SeedSequence."""
+    return tuple(int(w) for w in np.random.SeedSequence(seed).generate_state(2, np.uint32))  # type: ignore[return-value]
+
+
+def dropout_key(seed: Any) -> int:
+    """The key of `manual_seed(seed)` as one 64-bit number, key0 | key1 << 32: the `seed` argument of
+    a training-mode export's C entry (`tinycomp.export(..., training=True)`)."""
+    k0, k1 = key_words(seed)
+    return k0 | k1 << 32
+
+
+def layer_id(layer: Any) -> int:
+    """`layer`'s id in the streams it draws (as `draw` gives it), without drawing."""
+    with _lock:
+        return (_state(layer)[0] - _base) & MASK32
 
 
 def register(layer: Any) -> None:

@@ -1,0 +1,55 @@
+"""`tc.export(..., training=True)`: dropout stays active, its masks drawn from the same Philox streams
+eager and compiled training use. The C entry takes (seed, offset): the key `manual_seed(s)` sets
+(`dropout_key(s)`) and the forward call number. Run on every target, against eager, compiled and a
+float64 NumPy forward whose masks come from the documented numbering (tests/test_compile_training.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import tinycomp as tc
+from tests.export.runners import TARGETS, build, run_export, skip_unless_runnable
+from tests.test_compile_training import forward64, inputs, key_of, odd_mlp
+from tinycomp.ir.philox import MASK32, DropoutStream
+from tinycomp.nn import Tensor, dropout_key, manual_seed
+from tinycomp.parity import check_parity
+
+SEED, OTHER_SEED, CALLS = 5, 6, 3
+
+
+def test_dropout_key_is_the_key_manual_seed_sets():
+    k0, k1 = key_of(SEED)
+    assert dropout_key(SEED) == k0 | k1 << 32
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_training_export_draws_the_masks_of_eager_and_compiled(tmp_path, target):
+    skip_unless_runnable(target)
+    manual_seed(0)
+    model = odd_mlp()
+    x = inputs(7)
+    manual_seed(SEED)  # no layer built since: the Dropouts are layers -2 and -1 of this seed's streams
+    result = tc.export(model, tmp_path, input_shape=(None, 13), target=target, training=True)
+    assert result.dropout_layers == 2
+    header = (tmp_path / "model.h").read_text()
+    assert "int model_forward(const float *x, float *y, int64_t batch, void *scratch, uint64_t seed, " \
+           "uint64_t offset);" in header
+    fast = tc.compile(model, training=True)
+    manual_seed(SEED)
+    compiled = [fast(x).data.copy() for _ in range(CALLS)]
+    manual_seed(SEED)
+    eager = [model(Tensor(x)).data.copy() for _ in range(CALLS)]
+    command = build(target, tmp_path)
+    key = key_of(SEED)
+    for call in range(CALLS):
+        got = run_export(target, tmp_path, x, [1, 7], command=command, stream=(dropout_key(SEED), call))
+        ref = forward64(model, x, [DropoutStream(*key, layer=-2 & MASK32, call=call),
+                                   DropoutStream(*key, layer=-1 & MASK32, call=call)])
+        for engine, out in (("eager", eager[call]), ("compiled", compiled[call])):
+            report = check_parity(got[7], out, ref)
+            assert report.ok, f"call {call} vs {engine}: {report}"
+        np.testing.assert_array_equal(got[1], got[7][:1])  # row 0 draws the same mask at any batch
+    other = run_export(target, tmp_path, x, [7], command=command, stream=(dropout_key(OTHER_SEED), 0))[7]
+    first = run_export(target, tmp_path, x, [7], command=command, stream=(dropout_key(SEED), 0))[7]
+    assert not np.allclose(other, first) and not np.allclose(first, eager[1])  # other seeds, other calls
