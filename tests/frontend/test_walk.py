@@ -44,3 +44,21 @@ def test_a_model_nested_deeper_than_the_recursion_limit_is_walked():
     deepest = ".".join(["0"] * depth)
     assert layers[-1][1] == deepest and tensors[id(resolve_path(model, deepest).weight)] == deepest + ".weight"
     assert isinstance(resolve_path(model, deepest + ".weight").data, np.ndarray)
+
+
+def test_a_model_nested_250_deep_compiles_and_matches_eager():
+    """Swapping in the trace's guarded arrays (live_reads) took four Python frames per level; it now
+    runs on an explicit stack, so the trace's own frames (two per level) are the limit."""
+    import tinycomp as tc
+    from tinycomp.nn import Tensor
+
+    manual_seed(0)
+    model = Linear(3, 2)
+    for _ in range(250):
+        model = Sequential(model)
+    x = np.random.default_rng(0).standard_normal((4, 3)).astype(np.float32)
+    eager = model(Tensor(x)).data
+    inner = resolve_path(model, ".".join(["0"] * 250))
+    reference = x.astype(np.float64) @ inner.weight.data.astype(np.float64) + inner.bias.data
+    np.testing.assert_allclose(tc.compile(model)(x).data, eager, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(eager, reference, rtol=1e-5, atol=1e-6)

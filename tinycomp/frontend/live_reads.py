@@ -18,7 +18,7 @@ NumPy results from the views.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from typing import Any
 
 import numpy as np
@@ -72,6 +72,26 @@ class TracedArray(np.ndarray):
 
 
 _METADATA_FUNCTIONS = frozenset({np.shape, np.ndim, np.size})
+
+
+Nested = Generator[Any, Any, Any]
+
+
+def run_nested(call: Nested) -> Any:
+    """Run a recursive walk written as generators without Python recursion: a generator yields the
+    generator of a nested call and is sent that call's return value. A model nested hundreds of
+    layers deep takes several frames per level, which would otherwise exhaust the recursion limit."""
+    stack, value = [call], None
+    while stack:
+        try:
+            nested = stack[-1].send(value)
+        except StopIteration as done:
+            stack.pop()
+            value = done.value
+        else:
+            stack.append(nested)
+            value = None
+    return value
 
 
 def _plain(x: Any) -> Any:
@@ -171,7 +191,7 @@ class LiveReads:
         """Hold TracedArray views in place of the model's arrays (and Tensors' data) for the trace."""
         undo: list[tuple[Any, Any, Any, Any]] = []  # (holder, key, original value, what we put there)
         try:
-            self._swap_in(model, undo, {}, set())
+            run_nested(self._swap_in(model, undo, {}, set()))
             yield
         finally:
             for holder, key, old, new in reversed(undo):
@@ -179,15 +199,18 @@ class LiveReads:
                 if slots[key] is new:  # unless forward() itself rebound it meanwhile
                     slots[key] = old
 
-    def _swap_in(self, obj: Any, undo: list, rebuilt: dict[int, tuple], seen: set[int]) -> tuple | None:
-        """Swap the arrays held by obj; for a tuple (immutable) return the tuple to hold instead."""
+    def _swap_in(self, obj: Any, undo: list, rebuilt: dict[int, tuple], seen: set[int]) -> Nested:
+        """Swap the arrays held by obj; for a tuple (immutable) return the tuple to hold instead.
+        A generator run by `run_nested`: each `yield` is a nested call (see there)."""
         if isinstance(obj, tuple):
             if id(obj) in seen:
                 return rebuilt.get(id(obj))
             seen.add(id(obj))
             items = list(obj)
-            changed = [self._swap_slot(items, i, v, undo, rebuilt, seen, record=False) for i, v in enumerate(obj)]
-            if any(changed):
+            changed = False
+            for i, v in enumerate(obj):
+                changed |= yield self._swap_slot(items, i, v, undo, rebuilt, seen, record=False)
+            if changed:
                 rebuilt[id(obj)] = tuple(items)
             return rebuilt.get(id(obj))
         if id(obj) in seen:
@@ -201,15 +224,15 @@ class LiveReads:
         slots = obj if isinstance(obj, (dict, list)) else getattr(obj, "__dict__", {})  # as the tracer's walk
         keys = list(slots) if isinstance(slots, dict) else range(len(slots))
         for key in keys:
-            self._swap_slot(slots, key, slots[key], undo, rebuilt, seen, record=True, holder=obj)
+            yield self._swap_slot(slots, key, slots[key], undo, rebuilt, seen, record=True, holder=obj)
         return None
 
     def _swap_slot(self, slots: Any, key: Any, value: Any, undo: list, rebuilt: dict, seen: set[int], *,
-                   record: bool, holder: Any = None) -> bool:
+                   record: bool, holder: Any = None) -> Nested:
         if is_numeric_array(value) and id(value) in self.tracer.tensor_paths:
             new: Any = self._view(value, value)
         elif isinstance(value, (Layer, Tensor, list, tuple, dict)):
-            new = self._swap_in(value, undo, rebuilt, seen)
+            new = yield self._swap_in(value, undo, rebuilt, seen)
             if new is None:
                 return False
         else:
