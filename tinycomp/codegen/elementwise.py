@@ -193,6 +193,25 @@ def max_ignoring_nan(builder: ir.IRBuilder, acc: ir.Value, x: ir.Value) -> ir.Va
     return builder.select(builder.fcmp_ordered(">", x, acc), x, acc)
 
 
+def scalar_f32(value: float) -> ir.Constant:
+    return ir.Constant(F32, value)
+
+
+def softmax_shift(b: ir.IRBuilder, row_max: ir.Value, const: Callable[[float], ir.Value]) -> tuple[ir.Value, ir.Value]:
+    """(all -inf?, what to subtract before exp) for softmax over rows whose max is `row_max` (a scalar or
+    one row per lane; `const` makes a constant of that type). An all -inf row is shifted by 0 instead
+    of -inf, so every exp is 0 and the sum 0 (see `softmax_divisor`) rather than NaN from -inf - -inf."""
+    all_neg_inf = b.fcmp_ordered("==", row_max, const(NEG_INF))
+    return all_neg_inf, b.select(all_neg_inf, const(0.0), row_max)
+
+
+def softmax_divisor(b: ir.IRBuilder, all_neg_inf: ir.Value, total: ir.Value,
+                    const: Callable[[float], ir.Value]) -> ir.Value:
+    """The sum of exps to divide by: sum + 1 for an all -inf row, which gives zeros (still NaN where a
+    NaN hid behind the -inf max)."""
+    return b.select(all_neg_inf, b.fadd(total, const(1.0)), total)
+
+
 class _Row:
     """Per-row softmax steps shared by the in-register and the three-pass variants.
 
@@ -209,8 +228,7 @@ class _Row:
     def reduce_max(self, acc: ir.Value) -> None:
         b = self.builder
         row_max = horizontal(b, lambda u, v: max_ignoring_nan(b, u, v), acc)
-        self.all_neg_inf = b.fcmp_ordered("==", row_max, ir.Constant(F32, NEG_INF))
-        shift = b.select(self.all_neg_inf, ir.Constant(F32, 0.0), row_max)
+        self.all_neg_inf, shift = softmax_shift(b, row_max, scalar_f32)
         self.shift = splat(shift, self.width, b)
 
     def exp_shifted(self, x: ir.Value) -> ir.Value:
@@ -220,7 +238,7 @@ class _Row:
         """The vector 1 / divisor from the vector of partial sums."""
         b = self.builder
         total = horizontal(b, lambda u, v: b.fadd(u, v), acc)
-        divisor = b.select(self.all_neg_inf, b.fadd(total, ir.Constant(F32, 1.0)), total)
+        divisor = softmax_divisor(b, self.all_neg_inf, total, scalar_f32)
         return splat(b.fdiv(ir.Constant(F32, 1.0), divisor), self.width, b)
 
 

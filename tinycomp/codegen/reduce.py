@@ -27,7 +27,7 @@ from llvmlite import ir
 
 from . import vecmath
 from .cgutils import F32, as_i64, element_ptr, for_range, i64, lanes_below, splat
-from .elementwise import NEG_INF, declare_kernel, horizontal, max_ignoring_nan
+from .elementwise import NEG_INF, declare_kernel, horizontal, max_ignoring_nan, softmax_divisor, softmax_shift
 from .loops import Chunk, for_each_chunk, load_chunk, store_chunk
 from .strided import contiguous_strides, nest_loops
 
@@ -171,8 +171,9 @@ def emit_softmax_axis(module: ir.Module, name: str, outer: int, axis: int, inner
             w = c.width
             mx = fold(b, axis, splat(NEG_INF, w), lambda k, acc: max_ignoring_nan(
                 b, acc, load_chunk(b, ptr(x, k), c, NEG_INF)), "max")
-            all_neg_inf = b.fcmp_ordered("==", mx, splat(NEG_INF, w))
-            shift = b.select(all_neg_inf, splat(0.0, w), mx)
+            def lanes(value: float) -> ir.Value:
+                return splat(value, w)
+            all_neg_inf, shift = softmax_shift(b, mx, lanes)
 
             def exp_term(k: ir.Value) -> ir.Value:
                 e = vecmath.emit_exp(b, module, b.fsub(load_chunk(b, ptr(x, k), c, NEG_INF), shift))
@@ -180,7 +181,7 @@ def emit_softmax_axis(module: ir.Module, name: str, outer: int, axis: int, inner
                 return e
 
             total = blocked_fold(b, axis, splat(-0.0, w), exp_term, lambda acc, e: b.fadd(acc, e), "sum")
-            divisor = b.select(all_neg_inf, b.fadd(total, splat(1.0, w)), total)
+            divisor = softmax_divisor(b, all_neg_inf, total, lanes)
             scale = b.fdiv(splat(1.0, w), divisor)
             with for_range(b, 0, axis, name="scale") as loop:
                 k = loop.index
