@@ -20,6 +20,7 @@ from ..frontend.layers import Layer, Linear
 from ..frontend.tensor import Tensor
 from ..frontend.transformer import MASK_VALUE, TransformerBlock
 from ..nn import manual_seed
+from .onnx_graph import serialized_model
 
 Weights = dict[str, np.ndarray]
 
@@ -155,8 +156,7 @@ def numpy_block(bm: BlockModel, weights: Weights, dtype: type = np.float32) -> C
 
 def onnx_block_bytes(bm: BlockModel, weights: Weights) -> bytes:
     """The block as an ONNX graph of standard ops (opset 17), batch dimension dynamic."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper, numpy_helper
 
     e, s, heads, d = bm.embed, bm.seq, bm.heads, bm.embed // bm.heads
     consts: Weights = {"split": np.array([0, s, heads, d], np.int64), "merge": np.array([0, s, e], np.int64),
@@ -189,14 +189,7 @@ def onnx_block_bytes(bm: BlockModel, weights: Weights) -> bytes:
     z = linear(layer_norm(h, "ln2"), "fc1", "fc1")
     gelu = node("Mul", [z, node("Sigmoid", [node("Mul", [z, "k1702"], "z1702")], "sig")], "gelu")
     node("Add", [h, linear(gelu, "fc2", "fc2")], "y")
-    graph = helper.make_graph(nodes, f"tinycomp_{bm.name}",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", s, e])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", s, e])],
-                              initializer=inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="tinycomp.bench")
-    model.ir_version = min(model.ir_version, 9)  # readable by older onnxruntime releases too
-    onnx.checker.check_model(model)
-    return model.SerializeToString()
+    return serialized_model(bm.name, nodes, inits, [s, e], [s, e])
 
 
 def torch_block(bm: BlockModel, weights: Weights) -> Any:

@@ -17,6 +17,7 @@ import numpy as np
 from ..frontend.layers import Layer, Linear
 from ..frontend.transformer import LayerNorm
 from ..nn import GELU, Sequential, manual_seed
+from .onnx_graph import serialized_model
 
 Weights = dict[str, np.ndarray]
 GELU_K = 1.702
@@ -98,8 +99,7 @@ def numpy_lnmlp(bm: NormMLPModel, weights: Weights, dtype: type = np.float32) ->
 
 def onnx_lnmlp_bytes(bm: NormMLPModel, weights: Weights) -> bytes:
     """The model as an ONNX graph of standard ops (opset 17), batch dimension dynamic."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper, numpy_helper
 
     inits = [numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in weights.items()]
     inits.append(numpy_helper.from_array(np.array(GELU_K, np.float32), "k"))
@@ -115,14 +115,7 @@ def onnx_lnmlp_bytes(bm: NormMLPModel, weights: Weights) -> bytes:
         z = node("Add", [node("MatMul", [n, f"{i}.w"], f"mm{i}"), f"{i}.bias"], f"z{i}")
         sig = node("Sigmoid", [node("Mul", [z, "k"], f"zk{i}")], f"s{i}")
         h = node("Mul", [z, sig], "y" if i == bm.depth - 1 else f"h{i}")
-    graph = helper.make_graph(nodes, f"tinycomp_{bm.name}",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", bm.width])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", bm.width])],
-                              initializer=inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="tinycomp.bench")
-    model.ir_version = min(model.ir_version, 9)  # readable by older onnxruntime releases too
-    onnx.checker.check_model(model)
-    return model.SerializeToString()
+    return serialized_model(bm.name, nodes, inits, [bm.width], [bm.width])
 
 
 def torch_lnmlp(bm: NormMLPModel, weights: Weights) -> Any:

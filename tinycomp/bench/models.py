@@ -20,6 +20,7 @@ from ..frontend.layers import Layer
 from ..nn import GELU, Dropout, Linear, ReLU, Sequential, Softmax, Tanh, manual_seed
 from .block import BlockModel, numpy_block, onnx_block_bytes, torch_block
 from .lnmlp import NormMLPModel, numpy_lnmlp, onnx_lnmlp_bytes, torch_lnmlp
+from .onnx_graph import serialized_model
 
 ACTIVATIONS = {"relu": ReLU, "gelu": GELU, "tanh": Tanh, "softmax": Softmax}
 
@@ -147,8 +148,7 @@ def onnx_model_bytes(bm: AnyModel, weights: Any) -> bytes:
         return onnx_block_bytes(bm, weights)
     if isinstance(bm, NormMLPModel):
         return onnx_lnmlp_bytes(bm, weights)
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper, numpy_helper
 
     nodes, inits = [], []
     h = "x"
@@ -175,16 +175,7 @@ def onnx_model_bytes(bm: AnyModel, weights: Any) -> bytes:
         if act is not None:
             h = f"a{i}"
     nodes.append(helper.make_node("Identity", [h], ["y"]))
-    graph = helper.make_graph(
-        nodes, f"tinycomp_{bm.name}",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", bm.in_features])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", bm.out_features])],
-        initializer=inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="tinycomp.bench")
-    model.ir_version = min(model.ir_version, 9)  # readable by older onnxruntime releases too
-    onnx.checker.check_model(model)
-    return model.SerializeToString()
+    return serialized_model(bm.name, nodes, inits, [bm.in_features], [bm.out_features])
 
 
 def _mlp() -> BenchModel:
