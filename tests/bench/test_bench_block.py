@@ -3,19 +3,16 @@ parity-checked before timing (tiny sizes here: `block-tiny`, embed 12, 3 heads, 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import numpy as np
 import pytest
 
+from tests.bench.engine_forms import OPTIONAL, optional_engine_outputs
 from tinycomp.bench import bench_main
-from tinycomp.bench.models import MODELS, get_model, numpy_function, onnx_model_bytes, torch_module
+from tinycomp.bench.models import MODELS, get_model, numpy_function
 from tinycomp.nn import Tensor
 from tinycomp.parity import check_parity
-
-OPTIONAL = [e for e, mod in (("onnxruntime", "onnxruntime"), ("torch", "torch"))
-            if importlib.util.find_spec(mod) is not None]
 
 
 def test_bench_runs_the_block_in_every_installed_engine(tmp_path, capsys):
@@ -52,16 +49,7 @@ def test_every_engines_block_matches_eager_and_float64(batch, name):
     reference = numpy_function(bm, weights, np.float64)(x.astype(np.float64))
     assert check_parity(eager, eager, reference, max_eager_error=1e-5).ok  # the float64 form is the block
     outs = {"numpy": numpy_function(bm, weights)(x)}
-    if "onnxruntime" in OPTIONAL:
-        import onnxruntime as ort
-
-        sess = ort.InferenceSession(onnx_model_bytes(bm, weights), providers=["CPUExecutionProvider"])
-        outs["onnxruntime"] = sess.run(["y"], {"x": x})[0]
-    if "torch" in OPTIONAL:
-        import torch
-
-        with torch.inference_mode():
-            outs["torch"] = torch_module(bm, weights)(torch.from_numpy(x)).numpy()
+    outs.update(optional_engine_outputs(bm, weights, x))
     for name, out in outs.items():
         report = check_parity(out, eager, reference)
         assert report.ok, f"{name}: {report}"
