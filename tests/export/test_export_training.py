@@ -5,11 +5,14 @@ float64 NumPy forward whose masks come from the documented numbering (tests/test
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+
 import numpy as np
 import pytest
 
 import tinycomp as tc
-from tests.export.runners import TARGETS, build, run_export, skip_unless_runnable
+from tests.export.runners import C_FLAGS, TARGETS, build, run_export, skip_unless_runnable
 from tests.test_compile_training import forward64, inputs, key_of, odd_mlp
 from tinycomp.ir.philox import MASK32, DropoutStream
 from tinycomp.nn import Tensor, dropout_key, manual_seed
@@ -53,3 +56,19 @@ def test_training_export_draws_the_masks_of_eager_and_compiled(tmp_path, target)
     other = run_export(target, tmp_path, x, [7], command=command, stream=(dropout_key(OTHER_SEED), 0))[7]
     first = run_export(target, tmp_path, x, [7], command=command, stream=(dropout_key(SEED), 0))[7]
     assert not np.allclose(other, first) and not np.allclose(first, eager[1])  # other seeds, other calls
+
+
+def test_training_header_compiles_pedantically_and_checks_arguments(tmp_path):
+    """The seed/offset entry under -std=c99 -pedantic; a NULL input is ERR_ARGS, a good call OK."""
+    cc = shutil.which("cc") or pytest.skip("no C compiler (cc)")
+    manual_seed(0)
+    result = tc.export(odd_mlp(), tmp_path, input_shape=(None, 13), training=True)
+    src = tmp_path / "check.c"
+    src.write_text('#include "model.h"\nint main(void) {\n  float x[13] = {0}, y[5];\n'
+                   '  static char scratch[MODEL_SCRATCH_BYTES(1)];\n  uint64_t seed = UINT64_C(0xFFFFFFFFFFFFFFFF);\n'
+                   '  if (model_forward(0, y, 1, scratch, seed, 3) != MODEL_ERR_ARGS) return 1;\n'
+                   '  return MODEL_TRAINING == 1 && model_forward(x, y, 1, scratch, seed, 3) == MODEL_OK ? 0 : 2;\n}\n')
+    exe = tmp_path / "check"
+    subprocess.run([cc, *C_FLAGS, "-pedantic", f"-I{tmp_path}", str(src), str(result.files["object"]), "-o",
+                    str(exe)], check=True, capture_output=True, text=True)
+    assert subprocess.run([str(exe)], check=False).returncode == 0
