@@ -54,7 +54,19 @@ class MaskedDropout(Layer):
         return self.drop(self.fc(x)) * mask
 
 
+class Powers(Layer):
+    """x ** c: on the Cortex-M4F in float32 (codegen/vecpow32.py), else in float64 lanes."""
+
+    def __init__(self):
+        self.fc = Linear(6, 4)
+
+    def forward(self, x):
+        h = self.fc(x)
+        return h.abs() ** 1.7 - h ** 3 + h ** -2.0
+
+
 VARIANTS = {"one input": lambda: (small_model(), (None, 6), False),
+            "pow": lambda: (Powers(), (None, 6), False),
             "two inputs, training": lambda: (MaskedDropout(), [(None, 6), (None, 4)], True)}
 
 

@@ -39,6 +39,7 @@ class Target:
     # FMA); False: as `llvm.fmuladd`, which a target without fused multiply-add splits into mul + add
     fused_multiply_add: bool = True
     pointer_bits: int = 64
+    float64_hardware: bool = True  # False: pow computes in float32 (codegen/vecpow32.py), no soft-float calls
     reloc: str = "pic"  # relocation model of exported objects
 
     @property
@@ -100,7 +101,8 @@ CROSS_TARGETS: dict[str, Target] = {
     "aarch64-linux-gnu": Target("aarch64-linux-gnu", "aarch64-unknown-linux-gnu", "generic", "+neon",
                                 vector_width=4, vector_registers=32),
     "thumbv7em-none-eabihf": Target("thumbv7em-none-eabihf", "thumbv7em-unknown-none-eabihf", "cortex-m4", "",
-                                    vector_width=1, vector_registers=32, pointer_bits=32, reloc="static"),
+                                    vector_width=1, vector_registers=32, pointer_bits=32, reloc="static",
+                                    float64_hardware=False),
     "wasm32": Target("wasm32", "wasm32-unknown-unknown", "generic", "+simd128,+bulk-memory",
                      vector_width=4, vector_registers=16, fused_multiply_add=False, pointer_bits=32, reloc="static"),
 }

@@ -19,7 +19,9 @@ import math
 
 from llvmlite import ir
 
+from . import vecpow32
 from .cgutils import I64, vector_constant
+from .target import for_triple
 from .vecmath import _call, _clamp, _const, _polynomial, fma
 
 F64 = ir.DoubleType()
@@ -111,8 +113,10 @@ def _infinite_power(builder: ir.IRBuilder, x: ir.Value, c: float) -> ir.Value:
     return builder.select(builder.fcmp_unordered("uno", x, x), x, result)
 
 
-def emit_pow(builder: ir.IRBuilder, module: ir.Module, x: ir.Value, exponent: float) -> ir.Value:
-    """x ** exponent lane-wise for a float32 vector x and a number known at compile time."""
+def emit_pow(builder: ir.IRBuilder, module: ir.Module, x: ir.Value, exponent: float,
+             float64: bool | None = None) -> ir.Value:
+    """x ** exponent lane-wise for a float32 vector x and a number known at compile time; in float64
+    lanes where the module's target has float64 hardware (or `float64` says so), else in float32."""
     c = float(exponent)
     if not math.isfinite(c):
         return _infinite_power(builder, x, c)
@@ -120,6 +124,8 @@ def emit_pow(builder: ir.IRBuilder, module: ir.Module, x: ir.Value, exponent: fl
         return _call(builder, builder.module, "sqrt", x)
     if c == 1.0:
         return x
+    if not (for_triple(module.triple).float64_hardware if float64 is None else float64):  # e.g. Cortex-M4F
+        return _const(x, 1.0) if c == 0 else vecpow32.emit_pow32(builder, x, c)
     d = builder.fpext(x, ir.VectorType(F64, x.type.count))
     if c.is_integer():  # every float beyond 2**64 is an even integer, and |x| ** 2**64 is 0, 1 or inf already
         result = _integer_power(builder, d, int(math.copysign(min(abs(c), 2.0**64), c)))

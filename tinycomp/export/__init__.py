@@ -143,7 +143,7 @@ def _check_self_contained(obj: bytes, t: Target) -> None:
     no float64 hardware: code computing in float64 would call libgcc's soft-float routines)."""
     missing = sorted((toolchain.undefined_symbols(obj) or set()) - toolchain.ALLOWED_UNDEFINED)
     if missing:
-        why = (" (float64 arithmetic, which this target has no hardware for: the pow op computes in float64)"
+        why = (" (float64 arithmetic, which this target has no hardware for)"
                if any(s.startswith(("__aeabi_d", "__aeabi_f2d")) for s in missing) else "")
         raise CompileError(f"this model's code for {t.name} would call {', '.join(missing)} from a runtime "
                            f"library{why}; an export links nothing but memcpy/memset: leave that op out")

@@ -1,0 +1,65 @@
+"""The float32-only `x ** c` (codegen/vecpow32.py, for targets without float64 hardware) against the
+float64 power of the same float32 input and exponent: within vecpow32.MAX_ULP on the dense sweeps of
+test_vecpow.py, and every special value exactly as the eager rule `ir.ops.power` gives it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from jit_util import emit_map_kernel, jit, new_module, run_map
+from test_vecmath import ulp_errors
+from test_vecpow import EXPONENTS, SPECIALS, sweep
+
+from tinycomp.codegen import vecpow, vecpow32
+from tinycomp.ir.refs import power
+
+WIDTHS = (4, 1)
+
+
+@pytest.fixture(scope="module")
+def kernels():
+    module = new_module("vecpow32_test")
+    names = {}
+    for i, c in enumerate(EXPONENTS):
+        for w in WIDTHS:
+            names[(i, w)] = f"pow32_{i}_{w}"
+            emit_map_kernel(module, names[(i, w)], w,
+                            lambda b, m, x, c=c: vecpow.emit_pow(b, m, x, c, float64=False))
+    engine, addresses = jit(module, *names.values())
+    yield engine, {key: addresses[n] for key, n in names.items()}
+
+
+def run(kernels, i: int, x: np.ndarray, width: int) -> np.ndarray:
+    return run_map(kernels[1][(i, width)], np.ascontiguousarray(x, np.float32), width)
+
+
+def reference(x: np.ndarray, c: float) -> np.ndarray:
+    """float64 power of x and of c as the float32 NumPy's float32 power takes it."""
+    with np.errstate(all="ignore"):
+        return power(x.astype(np.float64), np.float64(np.float32(c)))
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+@pytest.mark.parametrize("i", range(len(EXPONENTS)))
+def test_pow32_within_its_ulp_bound_on_a_sweep(kernels, i, width):
+    x = sweep(100_000 if width == 4 else 20_000)
+    got = run(kernels, i, x, width)
+    err = ulp_errors(got, reference(x, EXPONENTS[i]))
+    worst = int(np.argmax(err))
+    assert err[worst] <= vecpow32.MAX_ULP, \
+        f"x ** {EXPONENTS[i]}: {err[worst]:.3f} ulp at x={x[worst]!r}: {got[worst]!r}"
+
+
+@pytest.mark.parametrize("i", range(len(EXPONENTS)))
+def test_pow32_special_values_follow_the_eager_rule(kernels, i):
+    """Zeros, infinities and NaN exactly as eager's float32 power (C99 pow), signs included; the
+    rest of the specials (subnormals, 3.4e38, 1 +- ulp) within the bound."""
+    got = run(kernels, i, SPECIALS, 1)
+    with np.errstate(all="ignore"):
+        want = power(SPECIALS, np.float32(EXPONENTS[i]))
+    exact = ~np.isfinite(want) | (want == 0) | ~np.isfinite(SPECIALS) | (SPECIALS == 0)
+    np.testing.assert_array_equal(got[exact], want[exact])  # nan matches nan
+    zero = exact & (want == 0)
+    np.testing.assert_array_equal(np.signbit(got[zero]), np.signbit(want[zero]))
+    err = ulp_errors(got, reference(SPECIALS, EXPONENTS[i]))
+    assert err.max() <= vecpow32.MAX_ULP, f"x ** {EXPONENTS[i]}: {dict(zip(SPECIALS, got, strict=True))}"
