@@ -63,3 +63,17 @@ def test_pow32_special_values_follow_the_eager_rule(kernels, i):
     np.testing.assert_array_equal(np.signbit(got[zero]), np.signbit(want[zero]))
     err = ulp_errors(got, reference(SPECIALS, EXPONENTS[i]))
     assert err.max() <= vecpow32.MAX_ULP, f"x ** {EXPONENTS[i]}: {dict(zip(SPECIALS, got, strict=True))}"
+
+
+@pytest.mark.parametrize("c", [1e-50, 1e39, -1e39, 3.0000000001])
+def test_an_exponent_counts_as_the_float32_it_rounds_to(c):
+    """NumPy's float32 power takes a Python exponent as float32: 1e-50 is 0 (x ** 0 = 1, NaN too),
+    1e39 is inf, 3.0000000001 is the odd integer 3. The kernel picks its special cases on that value."""
+    module = new_module("vecpow_rounded_exponent")
+    emit_map_kernel(module, "k", 1, lambda b, m, x: vecpow.emit_pow(b, m, x, c, float64=False))
+    engine, addresses = jit(module, "k")
+    x = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, 1.0, -1.0, 2.0, -2.0, 0.5, 3.0], np.float32)
+    got = run_map(addresses["k"], x, 1)
+    with np.errstate(all="ignore"):
+        want = power(x, np.float32(c))
+    np.testing.assert_array_equal(got, want)

@@ -65,7 +65,9 @@ def test_several_inputs_header_and_argument_checks(tmp_path):
     header = (tmp_path / "model.h").read_text()
     assert "#define MODEL_INPUTS 3" in header and "#define MODEL_INPUT2_BATCHED 0" in header
     src = tmp_path / "check.c"
-    src.write_text('#include "model.h"\nint main(void) {\n  float x[5] = {0}, m[3] = {0}, s[7] = {0}, y[7];\n'
+    src.write_text('#include "model.h"\n'
+                   'static float s[MODEL_INPUT2_FLOATS(1)];  /* a constant expression: static buffers work */\n'
+                   'int main(void) {\n  float x[5] = {0}, m[3] = {0}, y[7];\n'
                    '  char scratch[MODEL_SCRATCH_BYTES(1) + 1];\n'
                    '  if (model_forward(x, 0, s, y, 1, scratch) != MODEL_ERR_ARGS) return 1;\n'
                    '  if (MODEL_INPUT1_FLOATS(4) != 12 || MODEL_INPUT2_FLOATS(4) != 7) return 2;\n'

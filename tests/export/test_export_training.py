@@ -15,7 +15,7 @@ import tinycomp as tc
 from tests.export.runners import C_FLAGS, TARGETS, build, run_export, skip_unless_runnable
 from tests.test_compile_training import forward64, inputs, key_of, odd_mlp
 from tinycomp.ir.philox import MASK32, DropoutStream
-from tinycomp.nn import Tensor, dropout_key, manual_seed
+from tinycomp.nn import Dropout, Linear, Sequential, Tensor, dropout_key, manual_seed
 from tinycomp.parity import check_parity
 
 SEED, OTHER_SEED, CALLS = 5, 6, 3
@@ -72,3 +72,31 @@ def test_training_header_compiles_pedantically_and_checks_arguments(tmp_path):
     subprocess.run([cc, *C_FLAGS, "-pedantic", f"-I{tmp_path}", str(src), str(result.files["object"]), "-o",
                     str(exe)], check=True, capture_output=True, text=True)
     assert subprocess.run([str(exe)], check=False).returncode == 0
+
+
+def test_training_export_without_drawing_dropout_keeps_the_documented_signature(tmp_path):
+    """training=True gives the entry seed and offset even where no Dropout draws a mask (p = 0 here):
+    callers write one call for every training export; the output is the eager model's."""
+    import ctypes
+
+    shutil.which("cc") or pytest.skip("no C compiler (cc)")
+    manual_seed(0)
+    model = Sequential(Linear(4, 3), Dropout(0.0))
+    model.train()
+    result = tc.export(model, tmp_path, input_shape=(None, 4), training=True)
+    header = (tmp_path / "model.h").read_text()
+    assert "int model_forward(const float *x, float *y, int64_t batch, void *scratch, uint64_t seed, " \
+           "uint64_t offset);" in header and "#define MODEL_TRAINING 1" in header
+    assert "no Dropout layer draws a mask" in header
+    lib = ctypes.CDLL(str(result.files["shared_library"]))
+    x = np.random.default_rng(0).standard_normal((5, 4)).astype(np.float32)
+    y = np.empty((5, 3), np.float32)
+    scratch = np.zeros(max(1, result.scratch_bytes_per_row * 5 + result.scratch_bytes_fixed) + 64, np.uint8)
+    lib.model_forward.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p,
+                                  ctypes.c_uint64, ctypes.c_uint64]
+    status = lib.model_forward(x.ctypes.data, y.ctypes.data, 5, (scratch.ctypes.data + 63) // 64 * 64, 7, 2)
+    assert status == 0
+    linear = model.layers[0]
+    reference = x.astype(np.float64) @ linear.weight.data.astype(np.float64) + linear.bias.data
+    report = check_parity(y, model(Tensor(x)).data, reference)
+    assert report.ok, report

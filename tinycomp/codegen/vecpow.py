@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 from llvmlite import ir
 
 from . import vecpow32
@@ -116,15 +117,19 @@ def _infinite_power(builder: ir.IRBuilder, x: ir.Value, c: float) -> ir.Value:
 def emit_pow(builder: ir.IRBuilder, module: ir.Module, x: ir.Value, exponent: float,
              float64: bool | None = None) -> ir.Value:
     """x ** exponent lane-wise for a float32 vector x and a number known at compile time; in float64
-    lanes where the module's target has float64 hardware (or `float64` says so), else in float32."""
-    c = float(exponent)
+    lanes where the module's target has float64 hardware (or `float64` says so), else in float32.
+    The float32 path computes with the exponent as the float32 it rounds to (as NumPy's float32 power
+    takes a Python number), so its special cases (0, 0.5, 1, odd integers, infinities) are chosen on
+    that value; compile() hands either path an exponent that is a float32 already."""
+    use_float64 = for_triple(module.triple).float64_hardware if float64 is None else float64
+    c = float(exponent) if use_float64 else float(np.float32(exponent))
     if not math.isfinite(c):
         return _infinite_power(builder, x, c)
     if c == 0.5:
         return _call(builder, builder.module, "sqrt", x)
     if c == 1.0:
         return x
-    if not (for_triple(module.triple).float64_hardware if float64 is None else float64):  # e.g. Cortex-M4F
+    if not use_float64:  # e.g. Cortex-M4F
         return _const(x, 1.0) if c == 0 else vecpow32.emit_pow32(builder, x, c)
     d = builder.fpext(x, ir.VectorType(F64, x.type.count))
     if c.is_integer():  # every float beyond 2**64 is an even integer, and |x| ** 2**64 is 0, 1 or inf already

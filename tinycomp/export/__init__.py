@@ -110,7 +110,8 @@ def export(model: Any, path: Any, *, input_shape: Any, target: str = "host", nam
     limit = entry.max_batch(t, max(*batched, math.prod(out_row), plan.scratch_per_row), plan.scratch_fixed)
     wrapper = entry.entry_module(t, plan.entry, layout, name=name, blob=blob if weights == "embedded" else None,
                                  batch_limit=limit, needs_scratch=plan.scratch_floats(1) > 0,
-                                 more_inputs=len(more), dropouts=dropouts)
+                                 more_inputs=len(more), dropouts=dropouts,
+                                 training=training)
     obj = toolchain.emit_object(t, [plan.llvm_ir, wrapper], exported)
     _check_self_contained(obj, t)
 
@@ -128,7 +129,7 @@ def export(model: Any, path: Any, *, input_shape: Any, target: str = "host", nam
         parameters=sum(a.size for a in params), exported_symbols=exported, more_inputs=more,
         dropout_layers=len({layer for layer, _, _ in dropouts}))
     files["header"].write_text(header_text(_header_info(result, model, graph, name, weights, plan.inputs,
-                                                                       bool(dropouts))))
+                                                                       training)))
     if t.name == "host":
         files["shared_library"] = folder / f"lib{name}.so"
         toolchain.link_shared_library(files["object"], files["shared_library"])

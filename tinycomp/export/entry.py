@@ -85,10 +85,11 @@ def max_batch(target: Target, row_floats: int, fixed_floats: int) -> int:
 
 def entry_module(target: Target, entry: str, layout: WeightsLayout, *, name: str, blob: bytes | None,
                  batch_limit: int, needs_scratch: bool, more_inputs: int = 0,
-                 dropouts: Sequence[tuple[int, int, int]] = ()) -> str:
+                 dropouts: Sequence[tuple[int, int, int]] = (), training: bool = False) -> str:
     """IR of `<name>_forward` (and `<name>_bind_weights` when `blob` is None: external weights);
     `more_inputs`: how many inputs the model takes after x (the lowered entry's `inputs` table);
-    `dropouts`: per training dropout node (layer id, the layer's calls per forward, which call)."""
+    `dropouts`: per training dropout node (layer id, the layer's calls per forward, which call);
+    `training`: the entry takes the stream position (seed, offset), even where no dropout draws."""
     module = ir.Module(name=f"{name}.export")
     module.triple = target.triple
     lowered_args = [I64, PTR, PTR, PTR, PTR] + ([PTR] if dropouts else []) + ([PTR] if more_inputs else [])
@@ -102,7 +103,7 @@ def entry_module(target: Target, entry: str, layout: WeightsLayout, *, name: str
         weights.initializer = ir.Constant(PTR, None)
         _bind_weights(module, weights, layout, name)
     _forward(module, lowered, weights, layout, name=name, embedded=blob is not None, batch_limit=batch_limit,
-             needs_scratch=needs_scratch, more_inputs=more_inputs, dropouts=dropouts)
+             needs_scratch=needs_scratch, more_inputs=more_inputs, dropouts=dropouts, training=training)
     return str(module)
 
 
@@ -131,9 +132,9 @@ def _return_if(b: ir.IRBuilder, cond: ir.Value, code: int) -> None:
 
 def _forward(module: ir.Module, lowered: ir.Function, weights: ir.GlobalVariable, layout: WeightsLayout, *,
              name: str, embedded: bool, batch_limit: int, needs_scratch: bool, more_inputs: int,
-             dropouts: Sequence[tuple[int, int, int]]) -> None:
+             dropouts: Sequence[tuple[int, int, int]], training: bool) -> None:
     names = ("x", *(f"x{i}" for i in range(1, 1 + more_inputs)), "y", "batch", "scratch")
-    stream = ("seed", "offset") if dropouts else ()
+    stream = ("seed", "offset") if training else ()  # the documented signature, masks drawn or not
     fn = _exported(module, f"{name}_forward", [PTR] * (1 + more_inputs) + [PTR, I64, PTR] + [I64] * len(stream),
                    names + stream)
     x, *others, y, batch, scratch = fn.args[:len(names)]

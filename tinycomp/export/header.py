@@ -62,7 +62,7 @@ def _more_input_macros(prefix: str, shapes: tuple[tuple, ...], names: list[str])
         lines += [f"#define {prefix}_{what}_BATCHED 0  /* {names[i]}: one array for every row */",
                   f"#define {prefix}_{what}_RANK {len(shape)}  /* ({', '.join(map(str, shape))}) */",
                   *[f"#define {prefix}_{what}_DIM{j} {d}" for j, d in enumerate(shape)],
-                  f"#define {prefix}_{what}_FLOATS(batch) ((void)(batch), (int64_t){floats})"]
+                  f"#define {prefix}_{what}_FLOATS(batch) ((int64_t){floats})  /* any batch: a constant */"]
     return lines
 
 
@@ -78,7 +78,9 @@ def header_text(info: HeaderInfo) -> str:
     stream_params = ", uint64_t seed, uint64_t offset" if info.training else ""
     training = [
         "",
-        f"Training mode: dropout is active in {info.dropout_layers} Dropout layer(s). seed is the 64-bit",
+        (f"Training mode: dropout is active in {info.dropout_layers} Dropout layer(s). seed is the 64-bit"
+         if info.dropout_layers else "Training mode, but no Dropout layer draws a mask (none, or p = 0 or 1):"
+         " seed and offset are taken and unused. seed is the 64-bit"),
         "Philox key (tinycomp.nn.dropout_key(s) is the key tinycomp.nn.manual_seed(s) sets) and offset the",
         "forward call number: the masks are those eager and compiled training draw on that call of each",
         "layer (call `offset` of a layer used once per forward), with the layer ids numbered at export.",
