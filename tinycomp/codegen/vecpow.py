@@ -122,7 +122,8 @@ def emit_pow(builder: ir.IRBuilder, module: ir.Module, x: ir.Value, exponent: fl
     takes a Python number), so its special cases (0, 0.5, 1, odd integers, infinities) are chosen on
     that value; compile() hands either path an exponent that is a float32 already."""
     use_float64 = for_triple(module.triple).float64_hardware if float64 is None else float64
-    c = float(exponent) if use_float64 else float(np.float32(exponent))
+    with np.errstate(over="ignore"):  # beyond float32's range the exponent is +-inf, as NumPy takes it
+        c = float(exponent) if use_float64 else float(np.float32(exponent))
     if not math.isfinite(c):
         return _infinite_power(builder, x, c)
     if c == 0.5:
