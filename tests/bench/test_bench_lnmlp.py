@@ -3,29 +3,18 @@ parity-checked before timing (tiny sizes here: `lnmlp-tiny`, width 17, depth 2).
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 
 import tinycomp as tc
-from tests.bench.engine_forms import OPTIONAL, optional_engine_outputs
-from tinycomp.bench import bench_main
+from tests.bench.engine_forms import assert_bench_runs_in_every_installed_engine, optional_engine_outputs
 from tinycomp.bench.models import MODELS, numpy_function
 from tinycomp.nn import Tensor
 from tinycomp.parity import check_parity
 
 
 def test_bench_runs_the_lnmlp_in_every_installed_engine(tmp_path, capsys):
-    out = tmp_path / "lnmlp.json"
-    engines = ["numpy", "eager", "compiled", *OPTIONAL]
-    args = ["--models", "lnmlp-tiny", "--batch", "1,3", "--engines", ",".join(engines), "--quick",
-            "--no-compile-times", "--peak", "100", "--json", str(out)]
-    assert bench_main(args) == 0
-    rows = json.loads(out.read_text())["rows"]
-    assert {(r["engine"], r["batch"]) for r in rows} == {(e, b) for e in engines for b in (1, 3)}
-    assert all(r["model"] == "lnmlp-tiny" and r["median_us"] > 0 for r in rows)
-    assert "lnmlp-tiny" in capsys.readouterr().out
+    assert_bench_runs_in_every_installed_engine("lnmlp-tiny", tmp_path, capsys)
 
 
 def test_the_full_size_lnmlp_is_the_issues_shape_and_compiles_to_four_norms():

@@ -19,16 +19,22 @@ SPECIALS = np.array([0.0, -0.0, 1.0, -1.0, 2.0, -2.0, 0.5, -0.5, np.inf, -np.inf
                      3.4e38, -3.4e38, 1e-38, 0.99999994, 1.0000001], np.float32)
 
 
-@pytest.fixture(scope="module")
-def kernels():
-    module = new_module("vecpow_test")
+def pow_kernels(name: str, widths: tuple[int, ...], float64: bool | None = None):
+    """(engine, {(exponent index, width): address}): a map kernel of x ** c per exponent and width."""
+    module = new_module(name)
     names = {}
     for i, c in enumerate(EXPONENTS):
-        for w in WIDTHS:
-            names[(i, w)] = f"pow{i}_{w}"
-            emit_map_kernel(module, names[(i, w)], w, lambda b, m, x, c=c: vecpow.emit_pow(b, m, x, c))
+        for w in widths:
+            names[(i, w)] = f"{name}_{i}_{w}"
+            emit_map_kernel(module, names[(i, w)], w,
+                            lambda b, m, x, c=c: vecpow.emit_pow(b, m, x, c, float64=float64))
     engine, addresses = jit(module, *names.values())
-    yield engine, {key: addresses[n] for key, n in names.items()}
+    return engine, {key: addresses[n] for key, n in names.items()}
+
+
+@pytest.fixture(scope="module")
+def kernels():
+    yield pow_kernels("pow", WIDTHS)
 
 
 def run(kernels, i: int, x: np.ndarray, width: int) -> np.ndarray:

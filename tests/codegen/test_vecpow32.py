@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from jit_util import emit_map_kernel, jit, new_module, run_map
 from test_vecmath import ulp_errors
-from test_vecpow import EXPONENTS, SPECIALS, sweep
+from test_vecpow import EXPONENTS, SPECIALS, pow_kernels, sweep
 
 from tinycomp.codegen import vecpow, vecpow32
 from tinycomp.ir.refs import power
@@ -18,15 +18,7 @@ WIDTHS = (4, 1)
 
 @pytest.fixture(scope="module")
 def kernels():
-    module = new_module("vecpow32_test")
-    names = {}
-    for i, c in enumerate(EXPONENTS):
-        for w in WIDTHS:
-            names[(i, w)] = f"pow32_{i}_{w}"
-            emit_map_kernel(module, names[(i, w)], w,
-                            lambda b, m, x, c=c: vecpow.emit_pow(b, m, x, c, float64=False))
-    engine, addresses = jit(module, *names.values())
-    yield engine, {key: addresses[n] for key, n in names.items()}
+    yield pow_kernels("pow32", WIDTHS, float64=False)
 
 
 def run(kernels, i: int, x: np.ndarray, width: int) -> np.ndarray:
