@@ -68,6 +68,7 @@ class CompiledCall:
         # the hot path runs on the calling thread and checks no memory: batches `run` would too
         # GEMM rows per sample: a (S, E) sample is S rows of its kernels, which the thread policy counts
         self.rows_per_sample = math.prod(self.features[:-1])
+        self.chunk_multiple = samples_for_rows(ROW_MULTIPLE, self.rows_per_sample)  # samples per chunk step
         self.hot_rows = one_part_rows(flops_per_row, threads, (CHECK_ABOVE - 1) // self.bytes_per_row,
                                       self.rows_per_sample)
 
@@ -178,8 +179,8 @@ class CompiledCall:
                         self.scratch.pointer(self.plan.scratch_floats(hi - lo)), table_ptr,
                         0 if held is None else held.ctypes.data, 0 if inputs is None else ctypes.addressof(inputs))
 
-        multiple = samples_for_rows(ROW_MULTIPLE, self.rows_per_sample)
-        shared_pool().run([functools.partial(chunk, lo, hi) for lo, hi in split_rows(rows, parts, multiple)])
+        chunks = split_rows(rows, parts, self.chunk_multiple)
+        shared_pool().run([functools.partial(chunk, lo, hi) for lo, hi in chunks])
 
     def _draws_table(self, draws: Sequence[DropoutStream] | None, first_row: int) -> np.ndarray | None:
         if not self.kernel.draws:
