@@ -8,13 +8,14 @@ where B row k starts at `b + k * ldb`. The same kernel serves packed panels (`ld
 and the weight matrix read in place (`ldb` = N), so the small-batch paths and the packed path share
 code. The accumulators are values carried through the k-loop (`cgutils.for_range`): kernels are
 compiled at speed level 0, where no mem2reg or unrolling would rescue loads and stores of an
-alloca'd tile. The bias and activation are added by the shared epilogue (`gemm_epilogue.py`).
+alloca'd tile. The bias and activation are added in registers by the shared epilogue
+(`gemm_epilogue.store_tile`) before the tile is stored.
 
 Everything but the register tile itself is a run-time argument, so one kernel per (mr, nv) serves
 every layer of a module: `K`, the strides, `cols` (1..nv*width real columns; lane masks built from
 it keep loads and stores inside the row, and vectors wholly past it load nothing), `bias` (null for
-none) and `relu` (0/1, for the plain and ReLU epilogues). Only the costly activations (sigmoid,
-tanh, gelu) get kernels of their own. Fewer distinct kernels is the main lever on compile time.
+none), `flags` (bit 0: ReLU, for the plain and ReLU epilogues) and `act` (the costly activation's
+function, or null). Fewer distinct kernels is the main lever on compile time.
 """
 
 from __future__ import annotations
@@ -35,12 +36,12 @@ from .cgutils import (
     i64,
     internal_kernel,
     masked_load,
-    masked_store,
     splat_value,
     vector_constant,
     vector_type,
     zeros,
 )
+from .gemm_epilogue import act_function_type, store_tile
 
 
 @dataclass(frozen=True)
@@ -93,39 +94,44 @@ def splat_f32(builder: ir.IRBuilder, value: ir.Value, width: int) -> ir.Value:
     return splat_value(builder, value, vector_type(width))
 
 
-TILE_ARGS = (("K", I64), ("a", PTR), ("lda", I64), ("b", PTR), ("ldb", I64), ("c", PTR), ("ldc", I64), ("cols", I64))
+def tile_args(width: int) -> tuple[tuple[str, ir.Type], ...]:
+    """The tile kernels' arguments: where A, B and C are, the columns, and the epilogue's bias,
+    ReLU flag and activation function (`gemm_epilogue.store_tile`)."""
+    return (("K", I64), ("a", PTR), ("lda", I64), ("b", PTR), ("ldb", I64), ("c", PTR), ("ldc", I64), ("cols", I64),
+            ("bias", PTR), ("flags", I64), ("act", ir.PointerType(act_function_type(width))))
+
+
+def tile_type(width: int) -> ir.FunctionType:
+    return ir.FunctionType(ir.VoidType(), [t for _, t in tile_args(width)])
 
 
 def tile_kernel(module: ir.Module, shape: TileShape) -> ir.Function:
     """The kernel for one tile shape, emitted once per module and shared by every layer.
 
-    `void tile(i64 K, ptr a, i64 lda, ptr b, i64 ldb, ptr c, i64 ldc, i64 cols)` with a and c at
-    the tile origin; all `mr` rows are real, `cols` in 1..nv*width. It stores the raw A @ B tile;
-    `gemm_epilogue.epilogue_function` then adds the bias and applies the activation while the tile
-    is in L1. Keeping the epilogue out of the kernels keeps them small (they get the full code
-    generator, so their size is most of the compile time) and shared across activations.
+    `void tile(i64 K, ptr a, i64 lda, ptr b, ldb, ptr c, i64 ldc, i64 cols, ptr bias, i64 flags,
+    ptr act)` with a and c at the tile origin; all `mr` rows are real, `cols` in 1..nv*width, K >= 0
+    (K == 0 stores act(bias)). It stores act(A @ B + bias) from registers (`store_tile`): the
+    activation is a run-time pointer, so one kernel per tile shape serves layers of every
+    activation (the kernels get the full code generator: their count is most of the compile time).
     """
     return define_once(module, f"tinycomp.gemm.tile{shape.suffix()}", lambda name: _emit_tile(module, name, shape))
 
 
 def _emit_tile(module: ir.Module, name: str, shape: TileShape) -> ir.Function:
-    fn = internal_kernel(module, name, TILE_ARGS)
-    K, a, lda, b, ldb, c, ldc, cols = fn.args
+    fn = internal_kernel(module, name, tile_args(shape.width))
+    K, a, lda, b, ldb, c, ldc, cols, bias, flags, act = fn.args
     builder = ir.IRBuilder(fn.append_basic_block("entry"))
     masks = None if shape.exact else column_masks(builder, cols, shape.nv, shape.width)
     a_rows = [element_ptr(builder, a, builder.mul(i64(i), lda)) if i else a for i in range(shape.mr)]
     acc = _k_loop(builder, shape, K, a_rows, b, ldb, masks)
-    w = shape.width
-    for i in range(shape.mr):
-        c_row = element_ptr(builder, c, builder.mul(i64(i), ldc)) if i else c
-        for v in range(shape.nv):
-            masked_store(builder, acc[i][v], element_ptr(builder, c_row, v * w), masks[v] if masks else None)
+    c_rows = [element_ptr(builder, c, builder.mul(i64(i), ldc)) if i else c for i in range(shape.mr)]
+    store_tile(builder, acc, c_rows, masks, bias, flags, act, shape.width)
     builder.ret_void()
     return fn
 
 
 def _k_loop(builder, shape: TileShape, K, a_rows, b, ldb, masks):
-    """for k in 0..K (K >= 1): acc += A[:, k] (outer) B[k, :], the B row pointer and the tile
+    """for k in 0..K (K >= 0): acc += A[:, k] (outer) B[k, :], the B row pointer and the tile
     carried through the loop. Returns the tile as mr lists of nv vectors.
 
     The loop is not unrolled (measured as fast as 2x/4x unrolling, half the IR). The B row pointer
@@ -137,8 +143,7 @@ def _k_loop(builder, shape: TileShape, K, a_rows, b, ldb, masks):
     fma = declare_vector_intrinsic(builder.module, "fma", w, 3)
     ahead = builder.mul(ldb, i64(shape.prefetch)) if shape.prefetch else None
     tile = [zeros(vector_type(w))] * (shape.mr * nv)
-    # K >= 1: the driver never calls a kernel with K == 0
-    with for_range(builder, 0, K, name="k", carry=[b, *tile], nonempty=True) as loop:
+    with for_range(builder, 0, K, name="k", carry=[b, *tile]) as loop:
         b_row, *acc = loop.carried
         if ahead is not None:
             prefetch_for_read(builder, builder.gep(b_row, [ahead], source_etype=F32), nv, w)
