@@ -32,9 +32,9 @@ from dataclasses import dataclass
 from llvmlite import ir
 
 from .cgutils import I32, I64, PTR, compile_as_glue, i64, paused_gc
-from .gemm_driver import CALL_TY, PACK_TY, config_type, driver_function, null_fn, pack_kernel
-from .gemm_epilogue import ACT_VECTORS, act_function_type, activation_function, kernel_activation
-from .gemm_kernels import TileShape, tile_kernel, tile_type
+from .gemm_driver import CALL_TY, CONFIG_TY, PACK_TY, TILE_TY, driver_function, null_fn, pack_kernel
+from .gemm_epilogue import kernel_activation
+from .gemm_kernels import TileShape, tile_kernel
 from .gemm_narrow import NarrowShape, narrow_kernel, narrow_pack_kernel, narrow_small_kernel
 from .target import default_registers
 
@@ -209,25 +209,23 @@ def _emit_linear(module: ir.Module, name: str, *, K: int, N: int, bias: bool, ac
         return fn
     plan = plan_gemm(K, N, width, registers)
     mod = module
-    leftover = {s.mr: tile_kernel(mod, s) for s in plan.leftover}
+    kind = kernel_activation(activation)
+    leftover = {s.mr: tile_kernel(mod, s, kind) for s in plan.leftover}
     nr = {s.mr: i64(s.nr) for s in plan.leftover}
     # Layers of one to three vectors of columns are never packed: a block would be their whole W,
     # read in place (100x37 at 256 / 2048 rows: packing into 3-vector panels measured no faster).
     pack_fn = pack_kernel(mod, plan.main) if plan.main.nv == tile_vectors(width, registers) else null_fn(PACK_TY)
-    no_tile = null_fn(tile_type(width))
-    kind = kernel_activation(activation)
-    act = null_fn(act_function_type(width)) if kind == "lin" else activation_function(mod, kind, width * ACT_VECTORS)
+    no_tile = null_fn(TILE_TY)
     config = [i64(K), i64(N), i64(int(activation == "relu")), i64(plan.nc), i64(plan.direct_nc),
               i64(plan.direct_max_rows), i64(plan.overlap_min_rows),
-              tile_kernel(mod, plan.main), i64(plan.main.mr), i64(plan.main.nr), pack_fn,
-              tile_kernel(mod, plan.tail) if plan.tail else no_tile, i64(plan.tail.nr if plan.tail else 0),
+              tile_kernel(mod, plan.main, kind), i64(plan.main.mr), i64(plan.main.nr), pack_fn,
+              tile_kernel(mod, plan.tail, kind) if plan.tail else no_tile, i64(plan.tail.nr if plan.tail else 0),
               leftover.get(4, no_tile), nr.get(4, i64(0)),
               leftover.get(2, no_tile), nr.get(2, i64(0)),
-              leftover[1], nr[1], act]
-    config_ty = config_type(width)
-    cfg = ir.GlobalVariable(module, config_ty, f"{name}.config")
+              leftover[1], nr[1]]
+    cfg = ir.GlobalVariable(module, CONFIG_TY, f"{name}.config")
     cfg.linkage, cfg.global_constant = "internal", True
-    cfg.initializer = ir.Constant(config_ty, config)
+    cfg.initializer = ir.Constant(CONFIG_TY, config)
     # The driver takes two pointers: LLVM's fast instruction selector, which compiles the glue,
     # gives up on functions with more arguments than registers (and falls back to the slow one).
     call = b.alloca(CALL_TY, name="call")

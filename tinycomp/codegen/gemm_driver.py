@@ -2,7 +2,7 @@
 
 Every layer's function (`gemm.emit_linear`) is one call to `driver_function` with two structs: the
 call's pointers (M, A, W, B, C, pack) and the layer's plan (sizes, block widths and the tile,
-leftover and pack kernels to call, the activation function). Panel counts, column counts and the tail masks are
+leftover and pack kernels to call). Panel counts, column counts and the tail masks are
 run-time values, so the packed and the direct path share one copy of the loops, and every layer of
 a module shares it: fewer functions is the main lever on compile time.
 """
@@ -29,8 +29,7 @@ from .cgutils import (
     splat_value,
     vector_type,
 )
-from .gemm_epilogue import act_function_type
-from .gemm_kernels import TileShape, column_masks, prefetch_for_read, tile_type
+from .gemm_kernels import TILE_ARGS, TileShape, column_masks, prefetch_for_read
 
 # Rows of W the pack kernel prefetches ahead: W's rows are N floats apart (4 KB for 1024 columns), a
 # stride the hardware prefetchers do not follow. Measured with benchmarks/gemm_ab.py
@@ -44,19 +43,14 @@ CALL_ARGS = (("M", I64), ("A", PTR), ("W", PTR), ("B", PTR), ("C", PTR), ("pack"
 CALL_TY = ir.LiteralStructType([t for _, t in CALL_ARGS])
 
 
-def config_args(width: int) -> tuple[tuple[str, ir.Type], ...]:
-    """The fields of a layer's plan (`gemm.emit_linear`): sizes, block widths, kernels, activation."""
-    tile = ir.PointerType(tile_type(width))
-    return (("K", I64), ("N", I64), ("relu", I64), ("nc", I64), ("direct_nc", I64), ("direct_max", I64),
+TILE_TY = ir.FunctionType(ir.VoidType(), [t for _, t in TILE_ARGS])
+_TILE = ir.PointerType(TILE_TY)
+CONFIG_ARGS = (("K", I64), ("N", I64), ("relu", I64), ("nc", I64), ("direct_nc", I64), ("direct_max", I64),
             ("overlap_min", I64),
-            ("main", tile), ("main_rows", I64), ("main_nr", I64),
-            ("pack_fn", ir.PointerType(PACK_TY)), ("tail", tile), ("tail_nr", I64),
-            ("k4", tile), ("nr4", I64), ("k2", tile), ("nr2", I64),
-            ("k1", tile), ("nr1", I64), ("act", ir.PointerType(act_function_type(width))))
-
-
-def config_type(width: int) -> ir.LiteralStructType:
-    return ir.LiteralStructType([t for _, t in config_args(width)])
+               ("main", _TILE), ("main_rows", I64), ("main_nr", I64),
+               ("pack_fn", ir.PointerType(PACK_TY)), ("tail", _TILE), ("tail_nr", I64),
+               ("k4", _TILE), ("nr4", I64), ("k2", _TILE), ("nr2", I64), ("k1", _TILE), ("nr1", I64))
+CONFIG_TY = ir.LiteralStructType([t for _, t in CONFIG_ARGS])
 
 
 def null_fn(fnty: ir.FunctionType) -> ir.Constant:
@@ -78,7 +72,7 @@ def _emit_driver(module: ir.Module, name: str, width: int) -> ir.Function:
     call.name, cfg.name = "call", "config"
     builder = ir.IRBuilder(fn.append_basic_block("entry"))
     args = {}
-    for struct, ty, fields in ((call, CALL_TY, CALL_ARGS), (cfg, config_type(width), config_args(width))):
+    for struct, ty, fields in ((call, CALL_TY, CALL_ARGS), (cfg, CONFIG_TY, CONFIG_ARGS)):
         for i, (nm, t) in enumerate(fields):
             at = builder.gep(struct, [ir.Constant(I32, 0), ir.Constant(I32, i)], source_etype=ty)
             args[nm] = builder.load(at, typ=t, name=nm)
@@ -96,7 +90,6 @@ class _Driver:
         has_pack = b.icmp_unsigned("!=", args["pack_fn"], null_fn(PACK_TY))
         self.packed = b.and_(b.icmp_signed(">", args["M"], args["direct_max"]), has_pack, name="packed")
         self.has_bias = b.icmp_unsigned("!=", args["B"], ir.Constant(PTR, None))
-        self.null_tile = null_fn(tile_type(width))
 
     def emit(self) -> None:
         """Full row tiles: for each L2-sized block of columns, pack it (packed path) or read it in
@@ -136,7 +129,7 @@ class _Driver:
         b, a = self.b, self.a
         for rows, kern, nr in ((4, a["k4"], a["nr4"]), (2, a["k2"], a["nr2"])):
             step = b.and_(b.sub(a["M"], r0), i64(rows))
-            step = b.select(b.icmp_unsigned("!=", kern, self.null_tile), step, i64(0))
+            step = b.select(b.icmp_unsigned("!=", kern, null_fn(TILE_TY)), step, i64(0))
             with b.if_then(b.icmp_signed("!=", step, i64(0))):
                 self._panels(kern, nr, r0, i64(0), a["N"], may_pack=False)
             r0 = b.add(r0, step)
@@ -146,7 +139,7 @@ class _Driver:
 
     def _panels(self, kern, nr, r0, j0, cols, *, may_pack: bool) -> None:
         """Call `kern` (its rows from r0) on every panel of nr columns of the block, with the
-        layer's bias and activation; for the full row tiles, a panel of at most `tail_nr` columns
+        layer's bias and ReLU flag; for the full row tiles, a panel of at most `tail_nr` columns
         (the layer's last) goes to the tail kernel. Packed panel p sits at pack + p*K*nr, its rows
         nr apart (the last: its padded width); in place, at W + j0 + p*nr with rows N apart."""
         b, a, w = self.b, self.a, self.width
@@ -172,10 +165,10 @@ class _Driver:
                               ir.Constant(PTR, None))
             c_p = element_ptr(b, c, col)
             if may_pack:  # the full row tiles: the last panel may take the narrower tail kernel
-                use_tail = b.and_(b.icmp_unsigned("!=", a["tail"], self.null_tile),
+                use_tail = b.and_(b.icmp_unsigned("!=", a["tail"], null_fn(TILE_TY)),
                                   b.icmp_signed("<=", cols_p, a["tail_nr"]))
                 kern = b.select(use_tail, a["tail"], kern)
-            b.call(kern, [K, A, K, b_p, ldb, c_p, N, cols_p, bias_p, a["relu"], a["act"]])
+            b.call(kern, [K, A, K, b_p, ldb, c_p, N, cols_p, bias_p, a["relu"]])
 
 
 def pack_kernel(module: ir.Module, shape: TileShape) -> ir.Function:

@@ -93,46 +93,37 @@ def load_bias(b: ir.IRBuilder, ptr: ir.Value, mask: ir.Value, on: ir.Value) -> i
     return masked_load(b, ptr, b.and_(mask, on), fill=-0.0)
 
 
-def act_function_type(width: int) -> ir.FunctionType:
-    """The type of `activation_function(module, kind, width)`: a run of ACT_VECTORS vectors."""
-    vt = vector_type(width * ACT_VECTORS)
-    return ir.FunctionType(vt, [vt])
-
-
 def store_tile(b: ir.IRBuilder, tile: list[list[ir.Value]], c_rows: list[ir.Value], masks: list[ir.Value] | None,
-               bias: ir.Value, flags: ir.Value, act: ir.Value, width: int) -> None:
+               bias: ir.Value, flags: ir.Value, kind: str, width: int) -> None:
     """C = act(tile + bias), stored row by row from registers: `tile` is the kernel's accumulators
     (rows of vectors of `width` lanes), row i stored at `c_rows[i]` under `masks` (None: whole
-    vectors). `bias` may be null (-0.0 is added: no value changes, -0 included). `act` is null
-    for the plain epilogue, whose ReLU flag bit 0 of `flags` picks at run time; otherwise it points
-    at `activation_function(module, kind, width)`, called on each row in runs of ACT_VECTORS
-    vectors (a shorter last run padded with zeros, whose results are not stored).
+    vectors). `bias` may be null (-0.0 is added: no value changes, -0 included). `kind` is the
+    epilogue family (`kernel_activation`): "lin" selects ReLU or the identity by flag bit 0 at
+    run time; a costly activation is applied to each row in runs of ACT_VECTORS vectors (a
+    shorter last run padded with zeros, whose results are not stored).
 
-    In registers, right after the k-loop: a separate pass over a stored tile made every tile of a
-    layer whose C does not fit L2 wait for its lines (the transformer block spent 7 % of its time
-    in that pass; 9.4-9.6 ms without the pass against 8.7, its bias and GELU left out)."""
+    In registers, right after the k-loop: a separate pass over the stored tile made every tile of
+    a layer whose C does not fit L2 wait for its lines."""
     nv = len(tile[0])
     on = bias_lanes(b, bias, width)
     bias_v = [masked_load(b, b.gep(bias, [i64(v * width)], source_etype=F32), b.and_(masks[v], on) if masks else on,
                           fill=-0.0) for v in range(nv)]
-    rows = [[b.fadd(x, bv) for x, bv in zip(row, bias_v, strict=True)] for row in tile]
+    act = activation_step(b, kind, flags, width * (1 if kind == "lin" else ACT_VECTORS))
     lanes = list(range(width * ACT_VECTORS))
-    with b.if_else(b.icmp_unsigned("==", act, ir.Constant(act.type, None))) as (plain, costly):
-        with plain:
-            relu = activation_step(b, "lin", flags, width)
-            for row, c in zip(rows, c_rows, strict=True):
-                for v, x in enumerate(row):
-                    masked_store(b, relu(x), element_ptr(b, c, v * width), masks[v] if masks else None)
-        with costly:
-            for row, c in zip(rows, c_rows, strict=True):
-                for v0 in range(0, nv, ACT_VECTORS):
-                    run = row[v0:v0 + ACT_VECTORS]
-                    run += [zeros(vector_type(width))] * (ACT_VECTORS - len(run))
-                    y = b.call(act, [concat_vectors(b, run)])
-                    for v in range(v0, min(nv, v0 + ACT_VECTORS)):
-                        part = b.shuffle_vector(y, y, vector_constant(ir.VectorType(I32, width),
-                                                                      lanes[(v - v0) * width:(v - v0 + 1) * width]))
-                        masked_store(b, part, element_ptr(b, c, v * width), masks[v] if masks else None)
+    for row, c in zip(tile, c_rows, strict=True):
+        row = [b.fadd(x, bv) for x, bv in zip(row, bias_v, strict=True)]
+        if kind == "lin":
+            out = [act(x) for x in row]
+        else:
+            out = []
+            for v0 in range(0, nv, ACT_VECTORS):
+                run = row[v0:v0 + ACT_VECTORS]
+                y = act(concat_vectors(b, run + [zeros(vector_type(width))] * (ACT_VECTORS - len(run))))
+                part = [vector_constant(ir.VectorType(I32, width), lanes[i * width:(i + 1) * width])
+                        for i in range(len(run))]
+                out += [b.shuffle_vector(y, y, p) for p in part]
+        for v, x in enumerate(out):
+            masked_store(b, x, element_ptr(b, c, v * width), masks[v] if masks else None)
 
 
 def concat_vectors(b: ir.IRBuilder, vectors: list[ir.Value]) -> ir.Value:

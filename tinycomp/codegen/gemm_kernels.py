@@ -14,8 +14,9 @@ alloca'd tile. The bias and activation are added in registers by the shared epil
 Everything but the register tile itself is a run-time argument, so one kernel per (mr, nv) serves
 every layer of a module: `K`, the strides, `cols` (1..nv*width real columns; lane masks built from
 it keep loads and stores inside the row, and vectors wholly past it load nothing), `bias` (null for
-none), `flags` (bit 0: ReLU, for the plain and ReLU epilogues) and `act` (the costly activation's
-function, or null). Fewer distinct kernels is the main lever on compile time.
+none) and `flags` (bit 0: ReLU, for the plain and ReLU epilogues). Only the costly activations
+(sigmoid, tanh, gelu) get kernels of their own. Fewer distinct kernels is the main lever on compile
+time.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from .cgutils import (
     vector_type,
     zeros,
 )
-from .gemm_epilogue import act_function_type, store_tile
+from .gemm_epilogue import store_tile
 
 
 @dataclass(frozen=True)
@@ -94,38 +95,34 @@ def splat_f32(builder: ir.IRBuilder, value: ir.Value, width: int) -> ir.Value:
     return splat_value(builder, value, vector_type(width))
 
 
-def tile_args(width: int) -> tuple[tuple[str, ir.Type], ...]:
-    """The tile kernels' arguments: where A, B and C are, the columns, and the epilogue's bias,
-    ReLU flag and activation function (`gemm_epilogue.store_tile`)."""
-    return (("K", I64), ("a", PTR), ("lda", I64), ("b", PTR), ("ldb", I64), ("c", PTR), ("ldc", I64), ("cols", I64),
-            ("bias", PTR), ("flags", I64), ("act", ir.PointerType(act_function_type(width))))
+# The tile kernels' arguments: where A, B and C are, the columns, and the epilogue's bias and flags.
+TILE_ARGS = (("K", I64), ("a", PTR), ("lda", I64), ("b", PTR), ("ldb", I64), ("c", PTR), ("ldc", I64), ("cols", I64),
+             ("bias", PTR), ("flags", I64))
 
 
-def tile_type(width: int) -> ir.FunctionType:
-    return ir.FunctionType(ir.VoidType(), [t for _, t in tile_args(width)])
+def tile_kernel(module: ir.Module, shape: TileShape, kind: str = "lin") -> ir.Function:
+    """The kernel for one tile shape and epilogue family, emitted once per module and shared by
+    every layer.
 
-
-def tile_kernel(module: ir.Module, shape: TileShape) -> ir.Function:
-    """The kernel for one tile shape, emitted once per module and shared by every layer.
-
-    `void tile(i64 K, ptr a, i64 lda, ptr b, ldb, ptr c, i64 ldc, i64 cols, ptr bias, i64 flags,
-    ptr act)` with a and c at the tile origin; all `mr` rows are real, `cols` in 1..nv*width, K >= 0
-    (K == 0 stores act(bias)). It stores act(A @ B + bias) from registers (`store_tile`): the
-    activation is a run-time pointer, so one kernel per tile shape serves layers of every
-    activation (the kernels get the full code generator: their count is most of the compile time).
+    `void tile(i64 K, ptr a, i64 lda, ptr b, ldb, ptr c, i64 ldc, i64 cols, ptr bias, i64 flags)`
+    with a and c at the tile origin; all `mr` rows are real, `cols` in 1..nv*width, K >= 0 (K == 0
+    stores act(bias)). It stores act(A @ B + bias) from registers (`gemm_epilogue.store_tile`).
+    The plain and ReLU layers ("lin", flag bit 0) share their kernels; each costly activation
+    (`gemm_epilogue.kernel_activation`) has its own, the kernels being most of the compile time.
     """
-    return define_once(module, f"tinycomp.gemm.tile{shape.suffix()}", lambda name: _emit_tile(module, name, shape))
+    suffix = shape.suffix() + ("" if kind == "lin" else f".{kind}")
+    return define_once(module, f"tinycomp.gemm.tile{suffix}", lambda name: _emit_tile(module, name, shape, kind))
 
 
-def _emit_tile(module: ir.Module, name: str, shape: TileShape) -> ir.Function:
-    fn = internal_kernel(module, name, tile_args(shape.width))
-    K, a, lda, b, ldb, c, ldc, cols, bias, flags, act = fn.args
+def _emit_tile(module: ir.Module, name: str, shape: TileShape, kind: str) -> ir.Function:
+    fn = internal_kernel(module, name, TILE_ARGS)
+    K, a, lda, b, ldb, c, ldc, cols, bias, flags = fn.args
     builder = ir.IRBuilder(fn.append_basic_block("entry"))
     masks = None if shape.exact else column_masks(builder, cols, shape.nv, shape.width)
     a_rows = [element_ptr(builder, a, builder.mul(i64(i), lda)) if i else a for i in range(shape.mr)]
     acc = _k_loop(builder, shape, K, a_rows, b, ldb, masks)
     c_rows = [element_ptr(builder, c, builder.mul(i64(i), ldc)) if i else c for i in range(shape.mr)]
-    store_tile(builder, acc, c_rows, masks, bias, flags, act, shape.width)
+    store_tile(builder, acc, c_rows, masks, bias, flags, kind, shape.width)
     builder.ret_void()
     return fn
 
