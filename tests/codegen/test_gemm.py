@@ -197,6 +197,22 @@ def test_concurrent_calls_on_disjoint_rows(compiled):
     check(C, A, W, B, True, "relu")
 
 
+@pytest.mark.parametrize("layer", [ly for ly in LAYERS if ly[1] >= WIDTH] + OTHER_ACT_LAYERS + [(64, 40, True, "gelu")],
+                         ids=lambda ly: layer_name(*ly))
+def test_a_row_gives_the_same_bits_in_every_kernel(compiled, layer):
+    """The main row tiles add the bias and apply the activation in registers, the leftover rows'
+    kernels leave it to the epilogue pass: one sample's output must not depend on where it falls
+    in the batch. Every row of A is the same row, so every row of C must be bit-identical, on both
+    paths (13 rows: two tiles and one leftover, read in place; 200: packed, one overlapping tile)."""
+    K, N, bias, act = layer
+    rng = np.random.default_rng(11)
+    row, W, B = make_inputs(rng, 1, K, N)
+    for M in (13, 200):
+        out = compiled.run(layer, np.repeat(row, M, axis=0), W, B)
+        np.testing.assert_array_equal(out, np.broadcast_to(out[-1], out.shape))
+        check(out[:1], row, W, B, bias, act)
+
+
 def test_ir_uses_explicit_zmm_vectors_and_fma(compiled):
     assert "<16 x float>" in compiled.llvm_ir
     assert "llvm.fma.v16f32" in compiled.llvm_ir

@@ -281,6 +281,14 @@ def splat_value(builder: ir.IRBuilder, value: ir.Value, vt: ir.VectorType) -> ir
     return builder.shuffle_vector(one, undef, zeros(ir.VectorType(I32, vt.count)))
 
 
+def column_masks(builder: ir.IRBuilder, cols: ir.Value, nv: int, width: int) -> list[ir.Value]:
+    """Lane masks of the `nv` vectors of a row holding `cols` (a run-time i64) real columns."""
+    iv = ir.VectorType(I32, width)
+    lanes = splat_value(builder, builder.trunc(cols, I32), iv)
+    return [builder.icmp_signed("<", vector_constant(iv, [v * width + i for i in range(width)]), lanes)
+            for v in range(nv)]
+
+
 def splat(value: float | ir.Value, width: int, builder: ir.IRBuilder | None = None) -> ir.Value:
     """A vector of `width` float copies: a constant for a Python float, else a broadcast."""
     vt = vector_type(width)

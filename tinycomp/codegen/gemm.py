@@ -33,7 +33,7 @@ from llvmlite import ir
 
 from .cgutils import I32, I64, PTR, compile_as_glue, i64, paused_gc
 from .gemm_driver import CALL_TY, CONFIG_TY, PACK_TY, TILE_TY, driver_function, null_fn, pack_kernel
-from .gemm_epilogue import kernel_activation
+from .gemm_epilogue import epilogue_function, kernel_activation
 from .gemm_kernels import TileShape, tile_kernel
 from .gemm_narrow import NarrowShape, narrow_kernel, narrow_pack_kernel, narrow_small_kernel
 from .target import default_registers
@@ -210,7 +210,7 @@ def _emit_linear(module: ir.Module, name: str, *, K: int, N: int, bias: bool, ac
     plan = plan_gemm(K, N, width, registers)
     mod = module
     kind = kernel_activation(activation)
-    leftover = {s.mr: tile_kernel(mod, s, kind) for s in plan.leftover}
+    leftover = {s.mr: tile_kernel(mod, s) for s in plan.leftover}
     nr = {s.mr: i64(s.nr) for s in plan.leftover}
     # Layers of one to three vectors of columns are never packed: a block would be their whole W,
     # read in place (100x37 at 256 / 2048 rows: packing into 3-vector panels measured no faster).
@@ -222,7 +222,7 @@ def _emit_linear(module: ir.Module, name: str, *, K: int, N: int, bias: bool, ac
               tile_kernel(mod, plan.tail, kind) if plan.tail else no_tile, i64(plan.tail.nr if plan.tail else 0),
               leftover.get(4, no_tile), nr.get(4, i64(0)),
               leftover.get(2, no_tile), nr.get(2, i64(0)),
-              leftover[1], nr[1]]
+              leftover[1], nr[1], epilogue_function(mod, activation, width)]
     cfg = ir.GlobalVariable(module, CONFIG_TY, f"{name}.config")
     cfg.linkage, cfg.global_constant = "internal", True
     cfg.initializer = ir.Constant(CONFIG_TY, config)

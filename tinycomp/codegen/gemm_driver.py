@@ -2,7 +2,7 @@
 
 Every layer's function (`gemm.emit_linear`) is one call to `driver_function` with two structs: the
 call's pointers (M, A, W, B, C, pack) and the layer's plan (sizes, block widths and the tile,
-leftover and pack kernels to call). Panel counts, column counts and the tail masks are
+leftover, pack and epilogue functions to call). Panel counts, column counts and the tail masks are
 run-time values, so the packed and the direct path share one copy of the loops, and every layer of
 a module shares it: fewer functions is the main lever on compile time.
 """
@@ -17,6 +17,7 @@ from .cgutils import (
     I32,
     I64,
     PTR,
+    column_masks,
     compile_as_glue,
     define_once,
     element_ptr,
@@ -29,7 +30,7 @@ from .cgutils import (
     splat_value,
     vector_type,
 )
-from .gemm_kernels import TILE_ARGS, TileShape, column_masks, prefetch_for_read
+from .gemm_kernels import TILE_ARGS, TileShape, prefetch_for_read
 
 # Rows of W the pack kernel prefetches ahead: W's rows are N floats apart (4 KB for 1024 columns), a
 # stride the hardware prefetchers do not follow. Measured with benchmarks/gemm_ab.py
@@ -38,18 +39,17 @@ from .gemm_kernels import TILE_ARGS, TileShape, column_masks, prefetch_for_read
 PACK_PREFETCH_ROWS = 8
 
 
-PACK_TY = ir.FunctionType(ir.VoidType(), [I64, I64, PTR, I64, PTR])
-CALL_ARGS = (("M", I64), ("A", PTR), ("W", PTR), ("B", PTR), ("C", PTR), ("pack", PTR))
-CALL_TY = ir.LiteralStructType([t for _, t in CALL_ARGS])
-
-
 TILE_TY = ir.FunctionType(ir.VoidType(), [t for _, t in TILE_ARGS])
-_TILE = ir.PointerType(TILE_TY)
+PACK_TY = ir.FunctionType(ir.VoidType(), [I64, I64, PTR, I64, PTR])
+EPI_TY = ir.FunctionType(ir.VoidType(), [I64, PTR, I64, PTR, I64, I64])
+CALL_ARGS = (("M", I64), ("A", PTR), ("W", PTR), ("B", PTR), ("C", PTR), ("pack", PTR))
 CONFIG_ARGS = (("K", I64), ("N", I64), ("relu", I64), ("nc", I64), ("direct_nc", I64), ("direct_max", I64),
-            ("overlap_min", I64),
-               ("main", _TILE), ("main_rows", I64), ("main_nr", I64),
-               ("pack_fn", ir.PointerType(PACK_TY)), ("tail", _TILE), ("tail_nr", I64),
-               ("k4", _TILE), ("nr4", I64), ("k2", _TILE), ("nr2", I64), ("k1", _TILE), ("nr1", I64))
+               ("overlap_min", I64),
+               ("main", ir.PointerType(TILE_TY)), ("main_rows", I64), ("main_nr", I64),
+               ("pack_fn", ir.PointerType(PACK_TY)), ("tail", ir.PointerType(TILE_TY)), ("tail_nr", I64),
+               ("k4", ir.PointerType(TILE_TY)), ("nr4", I64), ("k2", ir.PointerType(TILE_TY)), ("nr2", I64),
+               ("k1", ir.PointerType(TILE_TY)), ("nr1", I64), ("epi", ir.PointerType(EPI_TY)))
+CALL_TY = ir.LiteralStructType([t for _, t in CALL_ARGS])
 CONFIG_TY = ir.LiteralStructType([t for _, t in CONFIG_ARGS])
 
 
@@ -90,6 +90,9 @@ class _Driver:
         has_pack = b.icmp_unsigned("!=", args["pack_fn"], null_fn(PACK_TY))
         self.packed = b.and_(b.icmp_signed(">", args["M"], args["direct_max"]), has_pack, name="packed")
         self.has_bias = b.icmp_unsigned("!=", args["B"], ir.Constant(PTR, None))
+        # Kernels need K >= 1; with K == 0 the epilogue alone writes act(bias).
+        self.has_k = b.icmp_signed(">", args["K"], i64(0))
+        self.epi_flags = b.or_(args["relu"], b.select(self.has_k, i64(0), i64(2)))
 
     def emit(self) -> None:
         """Full row tiles: for each L2-sized block of columns, pack it (packed path) or read it in
@@ -97,7 +100,8 @@ class _Driver:
 
         From `overlap_min` rows on, the leftover rows go through one more full tile per block, over
         the last rows of the batch, while the block is hot: it recomputes up to five finished rows
-        (the same kernel on the same data: bit-identical). Below that, they go through the leftover kernels, in place
+        (the same kernel on the same data: bit-identical, and the epilogue applied again to the raw
+        sums gives the same values). Below that, they go through the leftover kernels, in place
         over all N, which read W once more: without the overlapping tile, a 1024x1024 layer took
         5,147 us at 256 rows against 4,963 at 258 (benchmarks/gemm_ab.py)."""
         b, a = self.b, self.a
@@ -120,7 +124,7 @@ class _Driver:
                 with for_range(b, 0, last, name="r") as tiles:
                     t = tiles.index
                     r0 = b.select(b.icmp_signed("<", t, n_tiles), b.mul(t, main_rows), b.sub(M, main_rows))
-                    self._panels(a["main"], a["main_nr"], r0, j0, cols, may_pack=True)
+                    self._panels(a["main"], main_rows, a["main_nr"], r0, j0, cols, may_pack=True)
         self._leftover_rows(b.select(overlap, M, m_full))
 
     def _leftover_rows(self, r0) -> None:
@@ -131,16 +135,18 @@ class _Driver:
             step = b.and_(b.sub(a["M"], r0), i64(rows))
             step = b.select(b.icmp_unsigned("!=", kern, null_fn(TILE_TY)), step, i64(0))
             with b.if_then(b.icmp_signed("!=", step, i64(0))):
-                self._panels(kern, nr, r0, i64(0), a["N"], may_pack=False)
+                self._panels(kern, i64(rows), nr, r0, i64(0), a["N"], may_pack=False)
             r0 = b.add(r0, step)
         with for_range(b, r0, a["M"], name="r1") as one:
             r = one.index
-            self._panels(a["k1"], a["nr1"], r, i64(0), a["N"], may_pack=False)
+            self._panels(a["k1"], i64(1), a["nr1"], r, i64(0), a["N"], may_pack=False)
 
-    def _panels(self, kern, nr, r0, j0, cols, *, may_pack: bool) -> None:
-        """Call `kern` (its rows from r0) on every panel of nr columns of the block, with the
-        layer's bias and ReLU flag; for the full row tiles, a panel of at most `tail_nr` columns
-        (the layer's last) goes to the tail kernel. Packed panel p sits at pack + p*K*nr, its rows
+    def _panels(self, kern, rows, nr, r0, j0, cols, *, may_pack: bool) -> None:
+        """Call `kern` on rows r0..r0+rows (an i64 value), every panel of nr columns of the block.
+        The full row tiles (`may_pack`) have kernels that add the bias and apply the activation
+        themselves, and a panel of at most `tail_nr` columns (the layer's last) goes to the tail
+        kernel; the leftover rows' kernels store the raw tile, and the epilogue finishes it (as it
+        does every tile when K == 0, where no kernel runs). Packed panel p sits at pack + p*K*nr, its rows
         nr apart (the last: its padded width); in place, at W + j0 + p*nr with rows N apart."""
         b, a, w = self.b, self.a, self.width
         K, N = a["K"], a["N"]
@@ -168,7 +174,17 @@ class _Driver:
                 use_tail = b.and_(b.icmp_unsigned("!=", a["tail"], null_fn(TILE_TY)),
                                   b.icmp_signed("<=", cols_p, a["tail_nr"]))
                 kern = b.select(use_tail, a["tail"], kern)
-            b.call(kern, [K, A, K, b_p, ldb, c_p, N, cols_p, bias_p, a["relu"]])
+            epilogue = [rows, c_p, N, bias_p, cols_p, self.epi_flags]
+            if may_pack:
+                with b.if_else(self.has_k) as (kernel, no_k):
+                    with kernel:
+                        b.call(kern, [K, A, K, b_p, ldb, c_p, N, cols_p, bias_p, a["relu"]])
+                    with no_k:
+                        b.call(a["epi"], epilogue)
+            else:
+                with b.if_then(self.has_k):
+                    b.call(kern, [K, A, K, b_p, ldb, c_p, N, cols_p, ir.Constant(PTR, None), i64(0)])
+                b.call(a["epi"], epilogue)
 
 
 def pack_kernel(module: ir.Module, shape: TileShape) -> ir.Function:

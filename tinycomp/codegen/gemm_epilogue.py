@@ -6,9 +6,8 @@ Two parts every GEMM path uses the same way:
 - `activation_step`: ReLU and "no activation" share one run-time-flag select (flag bit 0), so
   layers with either share their kernels; a costly activation (sigmoid, tanh, gelu) is one internal
   function per module (`activation_function`).
-`store_tile` applies both to a tile kernel's accumulators and stores them: every tile kernel ends
-in it, with the activation a run-time function pointer, so layers of every activation share the
-kernels.
+The main row tiles apply both to their accumulators before storing them (`store_tile`); the
+kernels of the few leftover rows store the raw tile, which `epilogue_function` then finishes in place.
 """
 
 from __future__ import annotations
@@ -21,10 +20,14 @@ from .cgutils import (
     F32,
     I1,
     I32,
+    I64,
     PTR,
+    column_masks,
     define_once,
     element_ptr,
+    for_range,
     i64,
+    internal_kernel,
     masked_load,
     masked_store,
     splat_value,
@@ -34,7 +37,7 @@ from .cgutils import (
 )
 from .vector_ops import emit_op
 
-# Vectors per call of a costly activation in the epilogue (`store_tile`). Measured with
+# Vectors per call of a costly activation in the epilogues. Measured with
 # benchmarks/gemm_ab.py (`ACT_VECTORS 1,2,4,8 --layer 1024x1024:gelu --rows 256`): the layer took
 # 5,194 / 5,185 / 5,102 / 5,235 us (min), 303 / 295 / 212 / 345 us more than without an activation
 # (8: the chains no longer fit the registers); the odd model (tanh) at 256 / 2048 rows 0.98 / 0.96
@@ -93,18 +96,93 @@ def load_bias(b: ir.IRBuilder, ptr: ir.Value, mask: ir.Value, on: ir.Value) -> i
     return masked_load(b, ptr, b.and_(mask, on), fill=-0.0)
 
 
-def store_tile(b: ir.IRBuilder, tile: list[list[ir.Value]], c_rows: list[ir.Value], masks: list[ir.Value] | None,
-               bias: ir.Value, flags: ir.Value, kind: str, width: int) -> None:
-    """C = act(tile + bias), stored row by row from registers: `tile` is the kernel's accumulators
-    (rows of vectors of `width` lanes), row i stored at `c_rows[i]` under `masks` (None: whole
-    vectors). `bias` may be null (-0.0 is added: no value changes, -0 included). `kind` is the
-    epilogue family (`kernel_activation`): "lin" selects ReLU or the identity by flag bit 0 at
-    run time; a costly activation is applied to each row in runs of ACT_VECTORS vectors (a
-    shorter last run padded with zeros, whose results are not stored).
+EPILOGUE_ARGS = (("rows", I64), ("c", PTR), ("ldc", I64), ("bias", PTR), ("cols", I64), ("flags", I64))
 
-    In registers, right after the k-loop: a separate pass over the stored tile made every tile of
-    a layer whose C does not fit L2 wait for its lines."""
+
+def epilogue_function(module: ir.Module, activation: str | None, width: int) -> ir.Function:
+    """`void epi(i64 rows, ptr c, i64 ldc, ptr bias, i64 cols, i64 flags)`:
+    C[r, 0:cols] = act(C[r, 0:cols] + bias[0:cols]) for r < rows, in place. `bias` may be null
+    (no bias: -0.0 is added, which changes no value, -0 included). Flag bit 0 picks ReLU over the
+    identity in the shared plain epilogue; bit 1 reads C as zeros (K == 0: no kernel ran).
+    One per activation family and module."""
+    kind = kernel_activation(activation)
+    return define_once(module, f"tinycomp.gemm.epi.{kind}.v{width}",
+                       lambda name: _emit_epilogue(module, name, kind, width))
+
+
+def _emit_epilogue(module: ir.Module, name: str, kind: str, width: int) -> ir.Function:
+    fn = internal_kernel(module, name, EPILOGUE_ARGS)
+    rows, c, ldc, bias, cols, flags = fn.args
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    vt = vector_type(width)
+    bias_on = bias_lanes(b, bias, width)
+    n_vec = b.udiv(b.add(cols, i64(width - 1)), i64(width))
+    c_is_zero = b.icmp_signed("!=", b.and_(flags, i64(2)), i64(0))
+
+    def bias_pass(act=None) -> None:
+        with for_range(b, 0, n_vec, name="v") as vloop:
+            col = b.mul(vloop.index, i64(width))
+            [mask] = column_masks(b, b.sub(cols, col), 1, width)
+            bvec = load_bias(b, element_ptr(b, bias, col), mask, bias_on)
+            # the row pointer is carried, not recomputed: the backend runs without loop strength
+            # reduction (`target.HOST_LSR`)
+            with for_range(b, 0, rows, name="r", carry=[element_ptr(b, c, col)]) as rloop:
+                [p] = rloop.carried
+                x = b.fadd(b.select(c_is_zero, zeros(vt), masked_load(b, p, mask)), bvec)
+                masked_store(b, act(x) if act else x, p, mask)
+                rloop.carry(element_ptr(b, p, ldc))
+
+    if kind == "lin":
+        bias_pass(activation_step(b, kind, flags, width))
+        b.ret_void()
+        return fn
+    # Costly activations: add the bias, then apply act to runs of ACT_VECTORS vectors at once, so
+    # their long dependency chains (exp, a division) overlap instead of one call per vector. A tile
+    # as wide as C (cols == ldc) is one contiguous run of rows * cols floats, so the masked-off
+    # lanes of each row's last vector are not computed (100x37 tanh); a column panel is one run per row.
+    bias_pass()
+    wide = width * ACT_VECTORS
+    act = activation_step(b, kind, flags, wide)
+
+    def act_run(start, n) -> None:
+        """act over the n floats at start (a run of one row or of whole rows)."""
+        with for_range(b, 0, b.udiv(b.add(n, i64(wide - 1)), i64(wide)), name="q") as q:
+            off = b.mul(q.index, i64(wide))
+            [mask] = column_masks(b, b.sub(n, off), 1, wide)
+            p = element_ptr(b, start, off)
+            masked_store(b, act(masked_load(b, p, mask)), p, mask)
+
+    with b.if_else(b.icmp_signed("==", cols, ldc)) as (whole, part):
+        with whole:
+            act_run(c, b.mul(rows, cols))
+        with part:
+            with for_range(b, 0, rows, name="r") as r:
+                act_run(element_ptr(b, c, b.mul(r.index, ldc)), cols)
+    b.ret_void()
+    return fn
+
+
+def store_tile(b: ir.IRBuilder, tile: list[list[ir.Value]], c_rows: list[ir.Value], masks: list[ir.Value] | None,
+               bias: ir.Value, flags: ir.Value, kind: str | None, width: int) -> None:
+    """Store a tile kernel's accumulators: `tile` holds rows of vectors of `width` lanes, row i
+    stored at `c_rows[i]` under `masks` (None: whole vectors). With `kind` None, the raw sums (for
+    `epilogue_function` to finish); with an epilogue family (`kernel_activation`), act(tile + bias)
+    straight from the registers. `bias` may be null (-0.0 is added: no value changes, -0 included);
+    "lin" selects ReLU or the identity by flag bit 0 at run time; a costly activation is applied to
+    each row in runs of ACT_VECTORS vectors (a shorter last run padded with zeros, whose results
+    are not stored).
+
+    The main row tiles finish in registers (`tile_kernel`): the separate pass over a stored tile
+    made each tile of a layer whose C does not fit L2 wait for its lines. The transformer block at
+    batch 32 took 8.75-8.78 ms finished in registers against 9.19-9.40 ms with the pass (one
+    thread, in-process medians, processes alternated; the mlp at 2048 rows 0.98x); one more finishing
+    kernel per activation family costs the reference MLP ~3 ms of compile time."""
     nv = len(tile[0])
+    if kind is None:
+        for row, c in zip(tile, c_rows, strict=True):
+            for v, x in enumerate(row):
+                masked_store(b, x, element_ptr(b, c, v * width), masks[v] if masks else None)
+        return
     on = bias_lanes(b, bias, width)
     bias_v = [masked_load(b, b.gep(bias, [i64(v * width)], source_etype=F32), b.and_(masks[v], on) if masks else on,
                           fill=-0.0) for v in range(nv)]

@@ -8,15 +8,15 @@ where B row k starts at `b + k * ldb`. The same kernel serves packed panels (`ld
 and the weight matrix read in place (`ldb` = N), so the small-batch paths and the packed path share
 code. The accumulators are values carried through the k-loop (`cgutils.for_range`): kernels are
 compiled at speed level 0, where no mem2reg or unrolling would rescue loads and stores of an
-alloca'd tile. The bias and activation are added in registers by the shared epilogue
-(`gemm_epilogue.store_tile`) before the tile is stored.
+alloca'd tile. The bias and activation are added by the shared epilogue (`gemm_epilogue.py`),
+in registers before the tile is stored or in place after it.
 
 Everything but the register tile itself is a run-time argument, so one kernel per (mr, nv) serves
 every layer of a module: `K`, the strides, `cols` (1..nv*width real columns; lane masks built from
 it keep loads and stores inside the row, and vectors wholly past it load nothing), `bias` (null for
 none) and `flags` (bit 0: ReLU, for the plain and ReLU epilogues). Only the costly activations
-(sigmoid, tanh, gelu) get kernels of their own. Fewer distinct kernels is the main lever on compile
-time.
+(sigmoid, tanh, gelu) get finishing kernels of their own. Fewer distinct kernels is the main lever
+on compile time.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from .cgutils import (
     I32,
     I64,
     PTR,
+    column_masks,
     declare_vector_intrinsic,
     define_once,
     element_ptr,
@@ -38,7 +39,6 @@ from .cgutils import (
     internal_kernel,
     masked_load,
     splat_value,
-    vector_constant,
     vector_type,
     zeros,
 )
@@ -79,18 +79,6 @@ def prefetch_for_read(builder: ir.IRBuilder, ptr: ir.Value, vectors: int, width:
         builder.call(fn, [at, ir.Constant(I32, 0), ir.Constant(I32, 3), ir.Constant(I32, 1)])
 
 
-def column_masks(builder: ir.IRBuilder, cols: ir.Value, nv: int, width: int) -> list[ir.Value]:
-    """Lane masks of the `nv` vectors of a row holding `cols` (a run-time i64) real columns."""
-    iv = ir.VectorType(I32, width)
-    lanes = splat_i32(builder, builder.trunc(cols, I32), width)
-    return [builder.icmp_signed("<", vector_constant(iv, [v * width + i for i in range(width)]), lanes)
-            for v in range(nv)]
-
-
-def splat_i32(builder: ir.IRBuilder, value: ir.Value, width: int) -> ir.Value:
-    return splat_value(builder, value, ir.VectorType(I32, width))
-
-
 def splat_f32(builder: ir.IRBuilder, value: ir.Value, width: int) -> ir.Value:
     return splat_value(builder, value, vector_type(width))
 
@@ -100,21 +88,23 @@ TILE_ARGS = (("K", I64), ("a", PTR), ("lda", I64), ("b", PTR), ("ldb", I64), ("c
              ("bias", PTR), ("flags", I64))
 
 
-def tile_kernel(module: ir.Module, shape: TileShape, kind: str = "lin") -> ir.Function:
-    """The kernel for one tile shape and epilogue family, emitted once per module and shared by
-    every layer.
+def tile_kernel(module: ir.Module, shape: TileShape, kind: str | None = None) -> ir.Function:
+    """The kernel for one tile shape and epilogue, emitted once per module and shared by every layer.
 
     `void tile(i64 K, ptr a, i64 lda, ptr b, ldb, ptr c, i64 ldc, i64 cols, ptr bias, i64 flags)`
-    with a and c at the tile origin; all `mr` rows are real, `cols` in 1..nv*width, K >= 0 (K == 0
-    stores act(bias)). It stores act(A @ B + bias) from registers (`gemm_epilogue.store_tile`).
-    The plain and ReLU layers ("lin", flag bit 0) share their kernels; each costly activation
-    (`gemm_epilogue.kernel_activation`) has its own, the kernels being most of the compile time.
+    with a and c at the tile origin; all `mr` rows are real, `cols` in 1..nv*width, K >= 1. With
+    `kind` None it stores the raw A @ B tile (`bias` and `flags` unused), for
+    `gemm_epilogue.epilogue_function` to finish; with an epilogue family (`kernel_activation`), it
+    stores act(A @ B + bias) from registers (`gemm_epilogue.store_tile`). The driver gives the
+    main row tiles, which do nearly all the work, the finishing kernels and the leftover rows the
+    raw ones: each finishing kernel costs compile time (the kernels get the full code generator),
+    so only the few that pay have one.
     """
-    suffix = shape.suffix() + ("" if kind == "lin" else f".{kind}")
+    suffix = shape.suffix() + (f".{kind}" if kind else "")
     return define_once(module, f"tinycomp.gemm.tile{suffix}", lambda name: _emit_tile(module, name, shape, kind))
 
 
-def _emit_tile(module: ir.Module, name: str, shape: TileShape, kind: str) -> ir.Function:
+def _emit_tile(module: ir.Module, name: str, shape: TileShape, kind: str | None) -> ir.Function:
     fn = internal_kernel(module, name, TILE_ARGS)
     K, a, lda, b, ldb, c, ldc, cols, bias, flags = fn.args
     builder = ir.IRBuilder(fn.append_basic_block("entry"))
@@ -128,7 +118,7 @@ def _emit_tile(module: ir.Module, name: str, shape: TileShape, kind: str) -> ir.
 
 
 def _k_loop(builder, shape: TileShape, K, a_rows, b, ldb, masks):
-    """for k in 0..K (K >= 0): acc += A[:, k] (outer) B[k, :], the B row pointer and the tile
+    """for k in 0..K (K >= 1): acc += A[:, k] (outer) B[k, :], the B row pointer and the tile
     carried through the loop. Returns the tile as mr lists of nv vectors.
 
     The loop is not unrolled (measured as fast as 2x/4x unrolling, half the IR). The B row pointer
@@ -140,7 +130,8 @@ def _k_loop(builder, shape: TileShape, K, a_rows, b, ldb, masks):
     fma = declare_vector_intrinsic(builder.module, "fma", w, 3)
     ahead = builder.mul(ldb, i64(shape.prefetch)) if shape.prefetch else None
     tile = [zeros(vector_type(w))] * (shape.mr * nv)
-    with for_range(builder, 0, K, name="k", carry=[b, *tile]) as loop:
+    # K >= 1: the driver never calls a kernel with K == 0
+    with for_range(builder, 0, K, name="k", carry=[b, *tile], nonempty=True) as loop:
         b_row, *acc = loop.carried
         if ahead is not None:
             prefetch_for_read(builder, builder.gep(b_row, [ahead], source_etype=F32), nv, w)

@@ -16,6 +16,7 @@ from .cgutils import (
     I32,
     I64,
     PTR,
+    column_masks,
     declare_vector_intrinsic,
     define_once,
     element_ptr,
@@ -30,7 +31,7 @@ from .cgutils import (
     zeros,
 )
 from .gemm_epilogue import activation_step, bias_lanes, kernel_activation, load_bias
-from .gemm_kernels import column_masks, splat_f32
+from .gemm_kernels import splat_f32
 
 
 @dataclass(frozen=True)
