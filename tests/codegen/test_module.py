@@ -22,7 +22,7 @@ from tinycomp.codegen.module import (
     lower_graph,
     row_block,
 )
-from tinycomp.codegen.scratch import plan_buffers
+from tinycomp.codegen.scratch import ROW_BLOCK_SCRATCH_BYTES, plan_buffers
 from tinycomp.codegen.target import host
 from tinycomp.ir.graph import Graph
 from tinycomp.ir.interpret import interpret
@@ -390,6 +390,13 @@ def test_row_blocks_only_where_they_pay():
     assert row_block(wide, plan_buffers(wide)) == 0
     one = mlp_graph([20, 48])  # a single kernel
     assert row_block(one, plan_buffers(one)) == 0
+    # 8 KB of intermediates a row: a block holds 32 rows, within ROW_BLOCK_SCRATCH_BYTES
+    large = mlp_graph([16, 2048, 16])
+    plan = plan_buffers(large)
+    rows = row_block(large, plan)
+    assert 1 <= rows < ROW_BLOCK and rows * 4 * plan.per_row <= ROW_BLOCK_SCRATCH_BYTES < (rows + 1) * 4 * plan.per_row
+    for batch in (1, rows + 1, 3 * rows + 2):
+        assert_runs_like_interpreter(large, values(batch, 16))
     g = Graph()  # an unbatched computed value would be recomputed per block
     x = g.add("input", name="x", shape=(None, 4))
     s = g.add("mul", [param(g, "p", values(4)), g.add("const", shape=(), value=np.float32(2.0))])

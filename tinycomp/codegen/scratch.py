@@ -16,8 +16,11 @@ from ..ir.ops import ALIASING, LEAVES
 from ..ir.passes.fold_dropout import is_identity_dropout
 
 ALIGN = 16
-ROW_BLOCK = 128  # rows per block of the whole graph (see row_block); 0 runs each node on all rows
+ROW_BLOCK = 128  # rows per block of the whole graph at most (see row_block); 0 runs each node on all rows
 ROW_BLOCK_MAX_WEIGHT = 1 << 20  # bytes: row blocks only when every layer's W fits L2 (1 MiB)
+# bytes: a block holds at most this much of the intermediates (a quarter of L2), fewer rows where a
+# row's are large (the transformer block's 256 KB a sample: 1 sample a block; see row_block)
+ROW_BLOCK_SCRATCH_BYTES = 256 * 1024
 NO_CODE = (*sorted(LEAVES), "output")  # values that are arguments, or the result's place
 # Values that are their operand's memory as it is (a reshape; an eval-mode dropout that survived the
 # passes, e.g. with passes switched off) share its buffer; the output node is handled on its own.
@@ -112,7 +115,13 @@ def row_block(g: Graph, buffers: BufferPlan) -> int:
     (ROW_BLOCK_MAX_WEIGHT): a block of ROW_BLOCK rows takes the GEMM's in-place path, which wants W
     hot in L2 (measured, 1 thread, rows 128 at a time against all rows at once: reference MLP at
     batch 512 / 2048 2131 / 8950 us against 2254 / 9570; 16 x 128x128 at 256 / 1024 1246 / 5047
-    against 1299 / 5251; but 1024x1024 x 3 at 256 / 1024 22985 / 85623 against 18020 / 65273)."""
+    against 1299 / 5251; but 1024x1024 x 3 at 256 / 1024 22985 / 85623 against 18020 / 65273).
+
+    A block holds at most ROW_BLOCK_SCRATCH_BYTES of intermediates, so they stay in L2 beside the
+    weights (one thread, in-process medians, one-off script: the transformer block, 256 KB of
+    intermediates a sample, at batch 32 8.72 / 8.77 ms with 1 / 2 samples a block against 9.24 ms
+    with all 32 at once; lnmlp, 4 KB a row, at batch 256 5.09-5.11 ms with 64 rows against 5.25-5.28
+    with 128, and 5.14-5.28 with 48; the reference MLP, 1.5 KB a row, keeps 128)."""
     computed = [n for n in g.nodes() if g.op(n) not in NO_CODE]
     if not ROW_BLOCK or not is_batched(g.shape(g.output)) or not buffers.per_row:
         return 0
@@ -121,4 +130,4 @@ def row_block(g: Graph, buffers: BufferPlan) -> int:
     weights = [g.shape(g.args(n)[1]) for n in computed if g.op(n) in ("linear", "matmul")]
     if len(computed) < 2 or any(4 * row_floats(w) > ROW_BLOCK_MAX_WEIGHT for w in weights):
         return 0
-    return ROW_BLOCK
+    return max(1, min(ROW_BLOCK, ROW_BLOCK_SCRATCH_BYTES // (4 * buffers.per_row)))
