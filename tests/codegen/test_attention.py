@@ -14,7 +14,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import tinycomp as tc
+from tests.codegen.jit_util import c_function, f32_ptr, jit, new_module
 from tests.transformer_ref import attention64, causal_mask
+from tinycomp.codegen.attention import AttentionSpec, emit_attention
 from tinycomp.codegen.module import lower_graph
 from tinycomp.codegen.target import CROSS_TARGETS, target_named
 from tinycomp.export.toolchain import emit_object
@@ -222,3 +224,51 @@ def test_every_cross_target_compiles_the_kernel(name):
     g = run_pipeline(trace(mha, [(None, 19, 64), (19, 19)]))
     plan = lower_graph(g, target_named(name))
     assert emit_object(CROSS_TARGETS[name], [plan.llvm_ir], [plan.entry])
+
+
+def run_kernel(spec: AttentionSpec, q, k, v, mask) -> np.ndarray:
+    """The attention kernel of `spec` alone, JIT-compiled and called on (N, S, H*D) q, k, v."""
+    module = new_module()
+    emit_attention(module, "attention", spec)
+    engine, addresses = jit(module, "attention")
+    out = np.zeros((len(q), spec.sq, spec.heads * spec.dv), np.float32)
+    work = np.zeros(spec.work_floats, np.float32)
+    c_function(addresses["attention"], 6)(len(q), *map(f32_ptr, (out, q, k, v, mask, work)))
+    del engine  # (kept alive until the call returned)
+    return out
+
+
+@pytest.mark.parametrize("sk", [17, 40, 64])
+@pytest.mark.parametrize("mask_value", [-1e9, None])
+def test_scores_softmaxed_in_registers_match_the_scratch_block_bit_for_bit(sk, mask_value):
+    """Keys that fit one register tile (4 vectors of 16) are softmaxed while the scores are still in
+    registers, six rows together; with one vector per tile (`vectors=1`) the same scores take the
+    scratch block and `softmax_row`. Both must give the same bits: tail lanes past Sk, masked keys,
+    rows with every key blocked (-1e9) or -inf (an additive mask), NaN and infinite inputs. And the
+    finite results must match float64."""
+    heads, d, sq, n = 2, 8, 9, 4
+    rng = np.random.default_rng(sk)
+    q = rng.standard_normal((n, sq, heads * d)).astype(np.float32)
+    k = rng.standard_normal((n, sk, heads * d)).astype(np.float32)
+    v = rng.standard_normal((n, sk, heads * d)).astype(np.float32)
+    k[1, 3, 2] = np.nan  # head 0 of sample 1: every row NaN
+    q[2, 5, d + 1] = np.inf  # one row of head 1 in sample 2: +-inf scores
+    blocked = (rng.random((n, sq, sk)) < 0.7).astype(np.float32)
+    blocked[3, 4] = 0  # every key of a row blocked
+    mask = blocked if mask_value is not None else np.where(blocked > 0, 0, -np.inf).astype(np.float32)
+    common = dict(heads=heads, sq=sq, sk=sk, d=d, dv=d, q_row=heads * d, k_row=heads * d, v_row=heads * d,
+                  q_batch=sq * heads * d, k_batch=sk * heads * d, v_batch=sk * heads * d,
+                  mask=(sq * sk, 0, sk, 1), scale=0.35, divide=False, mask_value=mask_value, width=16)
+    in_registers = run_kernel(AttentionSpec(**common, vectors=4), q, k, v, mask)
+    scratch = run_kernel(AttentionSpec(**common, vectors=1), q, k, v, mask)
+    np.testing.assert_array_equal(in_registers.view(np.uint32), scratch.view(np.uint32))
+    bias = (1 - blocked.astype(np.float64)) * mask_value if mask_value is not None else mask
+    with np.errstate(all="ignore"):
+        ref = sdpa64(q, k, v, heads, scale=0.35, bias=bias[:, None])
+    # the blocked row as eager rounds it: -1e9 swamps float32 scores (all equal: the mean of the
+    # values); an all -inf row gives zeros
+    ref[3, 4] = v[3].astype(np.float64).mean(axis=0) if mask_value is not None else 0.0
+    finite = np.isfinite(ref)
+    assert np.isnan(in_registers[1, :, :d]).all() and finite.sum() > ref.size // 2
+    np.testing.assert_array_equal(np.isnan(in_registers), ~finite)
+    np.testing.assert_allclose(in_registers[finite], ref[finite], rtol=1e-4, atol=1e-5)

@@ -12,8 +12,11 @@ microkernels), then per block of ROWS query rows (the last block overlapping the
    16) accumulated over D with vector FMAs, then scaled (times or divided by `scale`) and, with a
    mask, the term added exactly as eager rounds it:
    fl(fl(1 - m) * mask_value), or m itself; stored to a ROWS x Sk scratch block in `work`;
-2. softmax along each row in place (`elementwise.softmax_row`: the same code, NaN and -inf
-   handling as the softmax kernel);
+2. softmax along each row (the same operations, NaN and -inf handling as the softmax kernel): when
+   every key fits one register tile (Sk <= 64 with 16 lanes) right on the tile before it is stored,
+   the block's rows stage by stage together (`elementwise.softmax_rows_in_registers`) so their long
+   dependency chains overlap; otherwise row by row in place on the stored block
+   (`elementwise.softmax_row`);
 3. out rows = P @ V_h, ROWS x (up to `vectors` vectors of Dv) accumulated over the keys.
 
 So the whole (N, H, Sq, Sk) score tensor never exists: one row block of it lives in L1. Every
@@ -45,7 +48,7 @@ from .cgutils import (
     vector_constant,
     zeros,
 )
-from .elementwise import softmax_row
+from .elementwise import NEG_INF, softmax_row, softmax_rows_in_registers
 from .gemm import tile_vectors
 from .loops import Chunk, broadcast_load
 from .lower_tensor import samples
@@ -190,10 +193,13 @@ class _Block:
         return None if lanes == self.spec.width else lanes_below(self.spec.width, lanes)
 
     def emit(self, r0: ir.Value, rows: int) -> None:
-        for c0, vectors, lanes in _groups(self.spec.sk, self.spec.width, self.spec.vectors):
-            self.score_tile(r0, rows, c0, vectors, lanes)
         b, w, spec = self.b, self.spec.width, self.spec
-        if spec.sk:  # no keys: no scores, and P @ V is zeros
+        groups = _groups(spec.sk, w, spec.vectors)
+        if len(groups) == 1:  # every key in one register tile: softmax the scores right there
+            self.score_tile(r0, rows, *groups[0], softmax=True)
+        elif groups:  # (no keys: no scores, and P @ V is zeros)
+            for c0, vectors, lanes in groups:
+                self.score_tile(r0, rows, c0, vectors, lanes)
             with for_range(b, 0, rows, name="row", nonempty=True) as r:
                 row = element_ptr(b, self.scores, b.mul(r.index, i64(spec.padded_sk)))
 
@@ -224,17 +230,30 @@ class _Block:
         acc = loop.results[1:]
         return [acc[r * vectors:(r + 1) * vectors] for r in range(len(scalars))]
 
-    def score_tile(self, r0: ir.Value, rows: int, c0: int, vectors: int, lanes: int) -> None:
+    def score_tile(self, r0: ir.Value, rows: int, c0: int, vectors: int, lanes: int, softmax: bool = False) -> None:
+        """Scores of `rows` rows x `vectors` vectors of keys from c0, scaled and masked, stored to the
+        scratch block; with `softmax` (the tile holds every key) their softmax instead, taken in
+        registers: the rows in flight together, no store and reload of the scores in between."""
         b, spec, w = self.b, self.spec, self.spec.width
         last = self.mask_of(lanes)
         queries = [element_ptr(b, self.qh, b.mul(b.add(r0, i64(r)), i64(spec.q_row))) for r in range(rows)]
         acc = self.tile(spec.d, queries, element_ptr(b, self.kt, c0), spec.padded_sk, vectors, last)
         scale = splat(spec.scale, w)
+        tile: list[list[ir.Value]] = []
         for r in range(rows):
+            tile.append([])
             for j in range(vectors):
                 s = b.fdiv(acc[r][j], scale) if spec.divide else b.fmul(acc[r][j], scale)
                 if spec.mask:
                     s = b.fadd(s, self.mask_term(b.add(r0, i64(r)), c0 + j * w))
+                tile[-1].append(s)
+        if softmax:
+            if last is not None:  # keys past Sk: -inf, as softmax_row loads them
+                for row in tile:
+                    row[-1] = b.select(last, row[-1], splat(NEG_INF, w))
+            tile = softmax_rows_in_registers(b, self.module, w, tile)
+        for r, row in enumerate(tile):
+            for j, s in enumerate(row):
                 masked_store(b, s, element_ptr(b, self.scores, r * spec.padded_sk + c0 + j * w),
                              last if j == vectors - 1 else None)
 

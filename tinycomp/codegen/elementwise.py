@@ -244,17 +244,35 @@ class _Row:
 
 def _softmax_in_registers(b: ir.IRBuilder, row: _Row, chunks: list[Chunk], x_at, out_at) -> None:
     xs = [load_chunk(b, x_at(c), c, fill=NEG_INF) for c in chunks]
-    acc = xs[0]
-    for v in xs[1:]:
-        acc = max_ignoring_nan(b, acc, v)
-    row.reduce_max(acc)
-    es = [row.exp_shifted(v) for v in xs]
-    total = es[0]
-    for e in es[1:]:
-        total = b.fadd(total, e)
-    scale = row.reduce_sum(total)
-    for c, e in zip(chunks, es, strict=True):
-        store_chunk(b, b.fmul(e, scale), out_at(c), c)
+    [ps] = softmax_rows_in_registers(b, row.module, row.width, [xs])
+    for c, p in zip(chunks, ps, strict=True):
+        store_chunk(b, p, out_at(c), c)
+
+
+def softmax_rows_in_registers(b: ir.IRBuilder, module: ir.Module, width: int,
+                              rows: list[list[ir.Value]]) -> list[list[ir.Value]]:
+    """The softmax of each row of vectors in `rows` (lanes past a row's end must hold -inf), the
+    same operations in the same order per row as one row alone; emitted stage by stage across the
+    rows (every max, then every exp, ...) so that the rows' long dependency chains (horizontal max,
+    exp, horizontal sum, divide) are independent neighbours the CPU overlaps."""
+    states = [_Row(b, module, width) for _ in rows]
+    maxima = []
+    for xs in rows:
+        acc = xs[0]
+        for v in xs[1:]:
+            acc = max_ignoring_nan(b, acc, v)
+        maxima.append(acc)
+    for row, acc in zip(states, maxima, strict=True):
+        row.reduce_max(acc)
+    exps = [[row.exp_shifted(v) for v in xs] for row, xs in zip(states, rows, strict=True)]
+    totals = []
+    for es in exps:
+        total = es[0]
+        for e in es[1:]:
+            total = b.fadd(total, e)
+        totals.append(total)
+    scales = [row.reduce_sum(total) for row, total in zip(states, totals, strict=True)]
+    return [[b.fmul(e, scale) for e in es] for es, scale in zip(exps, scales, strict=True)]
 
 
 def _softmax_three_pass(b: ir.IRBuilder, row: _Row, row_size: int, x_at, out_at) -> None:
