@@ -361,3 +361,32 @@ def test_check_true_raises_parity_error_when_outputs_differ():
         assert tc.compile(model)(x).shape == (5, 3)  # without check, no error (and no eager run)
     finally:
         SCALE[0] = 2.0
+
+
+class SkipBlock(tc.nn.Layer):
+    """y = x + act(x @ W + b): a residual connection around one layer of `width` features."""
+
+    def __init__(self, width: int, act: tc.nn.Layer):
+        self.fc, self.act = Linear(width, width), act
+
+    def forward(self, x):
+        return x + self.act(self.fc(x))
+
+
+@pytest.mark.parametrize("width", [5, 16, 70])  # narrow (in place and transposed), one vector, tiled with a tail
+def test_residual_connections_compile_into_the_gemm(width):
+    manual_seed(3)
+    model = Sequential(SkipBlock(width, ReLU()), SkipBlock(width, Sigmoid()), Linear(width, 3))
+    fast = tc.compile(model, input_shape=(None, width))
+    assert fast.explain().count("+ residual add") == 2, fast.explain()
+    layers = [(F64(s.fc.weight.data), F64(s.fc.bias.data), f) for s, f in
+              zip(model.layers[:2], (lambda v: np.maximum(v, 0), lambda v: 1 / (1 + np.exp(-v))), strict=True)]
+    rng = np.random.default_rng(width)
+    for batch in (1, 3, 13, 40, 300):
+        x = rng.standard_normal((batch, width)).astype(np.float32)
+        ref = F64(x)
+        for w, b, f in layers:
+            ref = ref + f(ref @ w + b)
+        ref = ref @ F64(model.layers[2].weight.data) + F64(model.layers[2].bias.data)
+        report = check_parity(fast(x).data, eager_eval(model, x), ref)
+        assert report.ok, str(report)

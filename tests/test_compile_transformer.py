@@ -124,6 +124,9 @@ def test_transformer_block_explain_and_live_weights(block):
     assert "in layer 'mlp.linear1': fused matmul" in explained and "+ gelu" in explained, explained
     linears = [line for line in explained.splitlines() if line.startswith("linear") and "fused matmul" in line]
     assert len(linears) == 6, explained  # 4 projections, 2 MLP layers
+    # x + attention(...) and x + mlp(...): the GEMMs before them add the residual themselves
+    residual = [line.split("'")[1] for line in linears if "+ residual add" in line]
+    assert residual == ["attention.out_proj", "mlp.linear2"], explained
     assert "attention" in explained and "softmax" in explained, explained
     old = block.ln2.gamma.data.copy()
     try:

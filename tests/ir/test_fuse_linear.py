@@ -111,3 +111,40 @@ def test_explain_on_traced_graph_runs_the_pipeline():
     assert len(lines) == 3 and g.op_counts()["matmul"] == 3  # the traced graph itself is not changed
     assert "fused matmul %0 + bias add %1 + relu %2" in lines[0]
     assert lines == explain(run_pipeline(g))
+
+
+def square(body):
+    """A Custom layer with a 5 x 5 weight: its output can be added to its input."""
+    return Custom(body, w_shape=(5, 5), b_shape=(5,))
+
+
+def residuals(g):
+    return [g[n]["residual"] for n in g.nodes("linear")]
+
+
+def test_residual_add_fuses_after_the_activation():
+    g = traced(square(lambda x, w, b: x + ReLU()(x @ w + b)), 5)
+    h = check_pass(fuse_linear, g, sample(5), pre=lambda g: g.op_counts()["add"] == 2,
+                   post=lambda g: set(g.op_counts()) == {"input", "param", "linear", "output"})
+    (lin,) = h.nodes("linear")
+    assert residuals(h) == [True] and activations(h) == ["relu"] and h.args(lin)[-1] == "x"
+    assert " + relu %" in explain(h)[0] and "+ residual add %" in explain(h)[0]
+
+
+def test_residual_add_without_bias_or_activation():
+    g = traced(square(lambda x, w, b: x @ w + x), 5)
+    h = check_pass(fuse_linear, g, sample(5), pre=lambda g: True,
+                   post=lambda g: residuals(g) == [True] and [g[n]["bias"] for n in g.nodes("linear")] == [False])
+    assert "fused matmul %0 + residual add %1; no bias" in explain(h)[0]
+
+
+@pytest.mark.parametrize("body", [
+    lambda x, w, b: x @ w + b + b.reshape(1, 5),  # broadcasts: not a tensor of the output's shape
+    lambda x, w, b: (lambda y: y + y)(x @ w + b),  # the output added to itself
+    lambda x, w, b: (lambda y: (y + x) * y)(x @ w + b),  # the output has a second user
+])
+def test_adds_that_are_not_residuals_stay(body):
+    g = traced(square(body), 5)
+    h = check_pass(fuse_linear, g, sample(5), pre=lambda g: True,
+                   post=lambda g: residuals(g) == [False] and "add" in g.op_counts())
+    assert "residual" not in explain(h)[0]

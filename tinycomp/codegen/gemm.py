@@ -182,30 +182,32 @@ def pack_floats(K: int, N: int, width: int, registers: int | None = None, tiled:
 
 def emit_linear(
     module: ir.Module, name: str, *, K: int, N: int, bias: bool, activation: str | None, width: int,
-    registers: int | None = None,
+    registers: int | None = None, residual: bool = False,
 ) -> ir.Function:
     with paused_gc():  # also paused around whole-module lowering; here for direct callers (tests)
         return _emit_linear(module, name, K=K, N=N, bias=bias, activation=activation, width=width,
-                            registers=registers)
+                            registers=registers, residual=residual)
 
 
 def _emit_linear(module: ir.Module, name: str, *, K: int, N: int, bias: bool, activation: str | None,
-                 width: int, registers: int | None) -> ir.Function:
+                 width: int, registers: int | None, residual: bool) -> ir.Function:
     """The layer's function is one call to the module's shared driver with the plan's constants
-    and kernels: the loops exist once per module, not once per layer."""
-    fnty = ir.FunctionType(ir.VoidType(), [I64, PTR, PTR, PTR, PTR, PTR])
-    fn = ir.Function(module, fnty, name)
+    and kernels: the loops exist once per module, not once per layer. With `residual` it takes
+    one more pointer, R (M x N, not C's memory), and stores act(A @ W + B) + R."""
+    names = ("M", "A", "W", "B", "C", "pack") + (("R",) if residual else ())
+    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [I64] + [PTR] * (len(names) - 1)), name)
     fn.attributes.add("nounwind")
     compile_as_glue(fn)  # one call to the driver, or to the narrow kernels
-    for arg, nm in zip(fn.args, ("M", "A", "W", "B", "C", "pack"), strict=True):
+    for arg, nm in zip(fn.args, names, strict=True):
         arg.name = nm
         if isinstance(arg.type, ir.PointerType):
             arg.add_attribute("noalias")
-    M, A, W, B, C, pack = fn.args
+    M, A, W, B, C, pack = fn.args[:6]
+    R = fn.args[6] if residual else ir.Constant(PTR, None)
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     narrow = plan_narrow(K, N, width, registers)
     if narrow is not None:
-        _emit_narrow(b, narrow, fn.args, K=K, bias=bias, activation=activation)
+        _emit_narrow(b, narrow, (M, A, W, B, C, pack, R), K=K, bias=bias, activation=activation, residual=residual)
         return fn
     plan = plan_gemm(K, N, width, registers)
     mod = module
@@ -218,39 +220,43 @@ def _emit_linear(module: ir.Module, name: str, *, K: int, N: int, bias: bool, ac
     no_tile = null_fn(TILE_TY)
     config = [i64(K), i64(N), i64(int(activation == "relu")), i64(plan.nc), i64(plan.direct_nc),
               i64(plan.direct_max_rows), i64(plan.overlap_min_rows),
-              tile_kernel(mod, plan.main, kind), i64(plan.main.mr), i64(plan.main.nr), pack_fn,
-              tile_kernel(mod, plan.tail, kind) if plan.tail else no_tile, i64(plan.tail.nr if plan.tail else 0),
+              tile_kernel(mod, plan.main, kind, residual), i64(plan.main.mr), i64(plan.main.nr), pack_fn,
+              tile_kernel(mod, plan.tail, kind, residual) if plan.tail else no_tile,
+              i64(plan.tail.nr if plan.tail else 0),
               leftover.get(4, no_tile), nr.get(4, i64(0)),
               leftover.get(2, no_tile), nr.get(2, i64(0)),
-              leftover[1], nr[1], epilogue_function(mod, activation, width)]
+              leftover[1], nr[1], epilogue_function(mod, activation, width, residual)]
     cfg = ir.GlobalVariable(module, CONFIG_TY, f"{name}.config")
     cfg.linkage, cfg.global_constant = "internal", True
     cfg.initializer = ir.Constant(CONFIG_TY, config)
     # The driver takes two pointers: LLVM's fast instruction selector, which compiles the glue,
     # gives up on functions with more arguments than registers (and falls back to the slow one).
     call = b.alloca(CALL_TY, name="call")
-    for i, value in enumerate((M, A, W, B if bias else ir.Constant(PTR, None), C, pack)):
+    for i, value in enumerate((M, A, W, B if bias else ir.Constant(PTR, None), C, pack, R)):
         b.store(value, b.gep(call, [ir.Constant(I32, 0), ir.Constant(I32, i)]))
     b.call(driver_function(module, width), [call, cfg])
     b.ret_void()
     return fn
 
 
-def _emit_narrow(b: ir.IRBuilder, shape: NarrowShape, args, *, K: int, bias: bool, activation: str | None) -> None:
+def _emit_narrow(b: ir.IRBuilder, shape: NarrowShape, args, *, K: int, bias: bool, activation: str | None,
+                 residual: bool) -> None:
     """Narrow layers: W transposed into `pack` on every call (never stale; with one column W is
     already its own transpose), then the dot-product kernel over all rows."""
-    M, A, W, B, C, pack = args
+    M, A, W, B, C, pack, R = args
     ldw = _round_up(K, shape.width)  # Wt rows start on vector boundaries
     B = B if bias else ir.Constant(PTR, None)
     relu = i64(int(activation == "relu"))
     small = narrow_small_rows(shape.N, shape.width)
     if shape.N == 1:  # W is its own transpose
-        b.call(narrow_kernel(b.module, shape, activation), [M, i64(K), A, W, i64(ldw), B, C, relu])
+        b.call(narrow_kernel(b.module, shape, activation, residual), [M, i64(K), A, W, i64(ldw), B, C, relu, R])
     else:
         with b.if_else(b.icmp_signed("<", M, i64(small))) as (then, otherwise):
             with then:
-                b.call(narrow_small_kernel(b.module, shape.N, shape.width, activation), [M, i64(K), A, W, B, C, relu])
+                b.call(narrow_small_kernel(b.module, shape.N, shape.width, activation, residual),
+                       [M, i64(K), A, W, B, C, relu, R])
             with otherwise:
                 b.call(narrow_pack_kernel(b.module, shape.N), [i64(K), W, i64(ldw), pack])
-                b.call(narrow_kernel(b.module, shape, activation), [M, i64(K), A, pack, i64(ldw), B, C, relu])
+                b.call(narrow_kernel(b.module, shape, activation, residual),
+                       [M, i64(K), A, pack, i64(ldw), B, C, relu, R])
     b.ret_void()

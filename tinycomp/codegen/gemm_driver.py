@@ -41,8 +41,8 @@ PACK_PREFETCH_ROWS = 8
 
 TILE_TY = ir.FunctionType(ir.VoidType(), [t for _, t in TILE_ARGS])
 PACK_TY = ir.FunctionType(ir.VoidType(), [I64, I64, PTR, I64, PTR])
-EPI_TY = ir.FunctionType(ir.VoidType(), [I64, PTR, I64, PTR, I64, I64])
-CALL_ARGS = (("M", I64), ("A", PTR), ("W", PTR), ("B", PTR), ("C", PTR), ("pack", PTR))
+EPI_TY = ir.FunctionType(ir.VoidType(), [I64, PTR, I64, PTR, I64, I64, PTR])
+CALL_ARGS = (("M", I64), ("A", PTR), ("W", PTR), ("B", PTR), ("C", PTR), ("pack", PTR), ("R", PTR))
 CONFIG_ARGS = (("K", I64), ("N", I64), ("relu", I64), ("nc", I64), ("direct_nc", I64), ("direct_max", I64),
                ("overlap_min", I64),
                ("main", ir.PointerType(TILE_TY)), ("main_rows", I64), ("main_nr", I64),
@@ -151,7 +151,10 @@ class _Driver:
         b, a, w = self.b, self.a, self.width
         K, N = a["K"], a["N"]
         A = element_ptr(b, a["A"], b.mul(r0, K))
-        c = element_ptr(b, a["C"], b.add(b.mul(r0, N), j0))
+        at_tile = b.add(b.mul(r0, N), j0)
+        c = element_ptr(b, a["C"], at_tile)
+        # R (the residual, laid out as C) is null for a layer without one: not `inbounds`
+        res = b.gep(a["R"], [at_tile], source_etype=F32)
         w_j0 = element_ptr(b, a["W"], j0)
         n_panels = index_udiv(b, b.add(cols, b.sub(nr, i64(1))), nr)
         with for_range(b, 0, n_panels, name="jp") as panels:
@@ -170,20 +173,21 @@ class _Driver:
             bias_p = b.select(self.has_bias, b.gep(a["B"], [b.add(j0, col)], source_etype=F32),
                               ir.Constant(PTR, None))
             c_p = element_ptr(b, c, col)
+            res_p = b.gep(res, [col], source_etype=F32)
             if may_pack:  # the full row tiles: the last panel may take the narrower tail kernel
                 use_tail = b.and_(b.icmp_unsigned("!=", a["tail"], null_fn(TILE_TY)),
                                   b.icmp_signed("<=", cols_p, a["tail_nr"]))
                 kern = b.select(use_tail, a["tail"], kern)
-            epilogue = [rows, c_p, N, bias_p, cols_p, self.epi_flags]
+            epilogue = [rows, c_p, N, bias_p, cols_p, self.epi_flags, res_p]
             if may_pack:
                 with b.if_else(self.has_k) as (kernel, no_k):
                     with kernel:
-                        b.call(kern, [K, A, K, b_p, ldb, c_p, N, cols_p, bias_p, a["relu"]])
+                        b.call(kern, [K, A, K, b_p, ldb, c_p, N, cols_p, bias_p, a["relu"], res_p])
                     with no_k:
                         b.call(a["epi"], epilogue)
             else:
                 with b.if_then(self.has_k):
-                    b.call(kern, [K, A, K, b_p, ldb, c_p, N, cols_p, ir.Constant(PTR, None), i64(0)])
+                    b.call(kern, [K, A, K, b_p, ldb, c_p, N, cols_p, ir.Constant(PTR, None), i64(0), res_p])
                 b.call(a["epi"], epilogue)
 
 

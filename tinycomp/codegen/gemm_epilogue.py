@@ -96,51 +96,65 @@ def load_bias(b: ir.IRBuilder, ptr: ir.Value, mask: ir.Value, on: ir.Value) -> i
     return masked_load(b, ptr, b.and_(mask, on), fill=-0.0)
 
 
-EPILOGUE_ARGS = (("rows", I64), ("c", PTR), ("ldc", I64), ("bias", PTR), ("cols", I64), ("flags", I64))
+EPILOGUE_ARGS = (("rows", I64), ("c", PTR), ("ldc", I64), ("bias", PTR), ("cols", I64), ("flags", I64),
+                 ("res", PTR))
 
 
-def epilogue_function(module: ir.Module, activation: str | None, width: int) -> ir.Function:
-    """`void epi(i64 rows, ptr c, i64 ldc, ptr bias, i64 cols, i64 flags)`:
-    C[r, 0:cols] = act(C[r, 0:cols] + bias[0:cols]) for r < rows, in place. `bias` may be null
-    (no bias: -0.0 is added, which changes no value, -0 included). Flag bit 0 picks ReLU over the
-    identity in the shared plain epilogue; bit 1 reads C as zeros (K == 0: no kernel ran).
-    One per activation family and module."""
+def family_suffix(kind: str, residual: bool) -> str:
+    """A kernel name's epilogue part: the family (`kernel_activation`) and the residual add."""
+    return kind + (".res" if residual else "")
+
+
+def epilogue_function(module: ir.Module, activation: str | None, width: int, residual: bool = False) -> ir.Function:
+    """`void epi(i64 rows, ptr c, i64 ldc, ptr bias, i64 cols, i64 flags, ptr res)`:
+    C[r, 0:cols] = act(C[r, 0:cols] + bias[0:cols]) (+ R[r, 0:cols] with `residual`, R laid out
+    as C at `res`; unread without) for r < rows, in place. `bias` may be null (no bias: -0.0 is
+    added, which changes no value, -0 included). Flag bit 0 picks ReLU over the identity in the
+    shared plain epilogue; bit 1 reads C as zeros (K == 0: no kernel ran). One per activation
+    family, residual or not, and module."""
     kind = kernel_activation(activation)
-    return define_once(module, f"tinycomp.gemm.epi.{kind}.v{width}",
-                       lambda name: _emit_epilogue(module, name, kind, width))
+    return define_once(module, f"tinycomp.gemm.epi.{family_suffix(kind, residual)}.v{width}",
+                       lambda name: _emit_epilogue(module, name, kind, width, residual))
 
 
-def _emit_epilogue(module: ir.Module, name: str, kind: str, width: int) -> ir.Function:
+def _emit_epilogue(module: ir.Module, name: str, kind: str, width: int, residual: bool) -> ir.Function:
     fn = internal_kernel(module, name, EPILOGUE_ARGS)
-    rows, c, ldc, bias, cols, flags = fn.args
+    rows, c, ldc, bias, cols, flags, res = fn.args
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     vt = vector_type(width)
     bias_on = bias_lanes(b, bias, width)
     n_vec = b.udiv(b.add(cols, i64(width - 1)), i64(width))
     c_is_zero = b.icmp_signed("!=", b.and_(flags, i64(2)), i64(0))
 
-    def bias_pass(act=None) -> None:
+    def tile_pass(*, with_bias: bool, act=None, add_residual: bool = False) -> None:
+        """Each vector of the tile, column by column: [+ bias] [act] [+ residual]."""
         with for_range(b, 0, n_vec, name="v") as vloop:
             col = b.mul(vloop.index, i64(width))
             [mask] = column_masks(b, b.sub(cols, col), 1, width)
-            bvec = load_bias(b, element_ptr(b, bias, col), mask, bias_on)
-            # the row pointer is carried, not recomputed: the backend runs without loop strength
+            bvec = load_bias(b, element_ptr(b, bias, col), mask, bias_on) if with_bias else None
+            # the row pointers are carried, not recomputed: the backend runs without loop strength
             # reduction (`target.HOST_LSR`)
-            with for_range(b, 0, rows, name="r", carry=[element_ptr(b, c, col)]) as rloop:
-                [p] = rloop.carried
-                x = b.fadd(b.select(c_is_zero, zeros(vt), masked_load(b, p, mask)), bvec)
-                masked_store(b, act(x) if act else x, p, mask)
-                rloop.carry(element_ptr(b, p, ldc))
+            start = [element_ptr(b, c, col)] + ([element_ptr(b, res, col)] if add_residual else [])
+            with for_range(b, 0, rows, name="r", carry=start) as rloop:
+                p, *q = rloop.carried
+                x = masked_load(b, p, mask)
+                if bvec is not None:
+                    x = b.fadd(b.select(c_is_zero, zeros(vt), x), bvec)
+                x = act(x) if act else x
+                if add_residual:
+                    x = b.fadd(x, masked_load(b, q[0], mask))
+                masked_store(b, x, p, mask)
+                rloop.carry(*[element_ptr(b, ptr, ldc) for ptr in (p, *q)])
 
     if kind == "lin":
-        bias_pass(activation_step(b, kind, flags, width))
+        tile_pass(with_bias=True, act=activation_step(b, kind, flags, width), add_residual=residual)
         b.ret_void()
         return fn
     # Costly activations: add the bias, then apply act to runs of ACT_VECTORS vectors at once, so
     # their long dependency chains (exp, a division) overlap instead of one call per vector. A tile
     # as wide as C (cols == ldc) is one contiguous run of rows * cols floats, so the masked-off
     # lanes of each row's last vector are not computed (100x37 tanh); a column panel is one run per row.
-    bias_pass()
+    tile_pass(with_bias=True)
     wide = width * ACT_VECTORS
     act = activation_step(b, kind, flags, wide)
 
@@ -158,19 +172,22 @@ def _emit_epilogue(module: ir.Module, name: str, kind: str, width: int) -> ir.Fu
         with part:
             with for_range(b, 0, rows, name="r") as r:
                 act_run(element_ptr(b, c, b.mul(r.index, ldc)), cols)
+    if residual:
+        tile_pass(with_bias=False, add_residual=True)
     b.ret_void()
     return fn
 
 
 def store_tile(b: ir.IRBuilder, tile: list[list[ir.Value]], c_rows: list[ir.Value], masks: list[ir.Value] | None,
-               bias: ir.Value, flags: ir.Value, kind: str | None, width: int) -> None:
+               bias: ir.Value, flags: ir.Value, kind: str | None, width: int,
+               res_rows: list[ir.Value] | None = None) -> None:
     """Store a tile kernel's accumulators: `tile` holds rows of vectors of `width` lanes, row i
     stored at `c_rows[i]` under `masks` (None: whole vectors). With `kind` None, the raw sums (for
     `epilogue_function` to finish); with an epilogue family (`kernel_activation`), act(tile + bias)
     straight from the registers. `bias` may be null (-0.0 is added: no value changes, -0 included);
     "lin" selects ReLU or the identity by flag bit 0 at run time; a costly activation is applied to
     each row in runs of ACT_VECTORS vectors (a shorter last run padded with zeros, whose results
-    are not stored).
+    are not stored). With `res_rows` (row i of the residual, laid out as C) it is added last.
 
     The main row tiles finish in registers (`tile_kernel`): the separate pass over a stored tile
     made each tile of a layer whose C does not fit L2 wait for its lines. The transformer block at
@@ -188,7 +205,7 @@ def store_tile(b: ir.IRBuilder, tile: list[list[ir.Value]], c_rows: list[ir.Valu
                           fill=-0.0) for v in range(nv)]
     act = activation_step(b, kind, flags, width * (1 if kind == "lin" else ACT_VECTORS))
     lanes = list(range(width * ACT_VECTORS))
-    for row, c in zip(tile, c_rows, strict=True):
+    for i, (row, c) in enumerate(zip(tile, c_rows, strict=True)):
         row = [b.fadd(x, bv) for x, bv in zip(row, bias_v, strict=True)]
         if kind == "lin":
             out = [act(x) for x in row]
@@ -201,7 +218,10 @@ def store_tile(b: ir.IRBuilder, tile: list[list[ir.Value]], c_rows: list[ir.Valu
                         for i in range(len(run))]
                 out += [b.shuffle_vector(y, y, p) for p in part]
         for v, x in enumerate(out):
-            masked_store(b, x, element_ptr(b, c, v * width), masks[v] if masks else None)
+            mask = masks[v] if masks else None
+            if res_rows is not None:
+                x = b.fadd(x, masked_load(b, element_ptr(b, res_rows[i], v * width), mask, width=width))
+            masked_store(b, x, element_ptr(b, c, v * width), mask)
 
 
 def concat_vectors(b: ir.IRBuilder, vectors: list[ir.Value]) -> ir.Value:

@@ -42,7 +42,7 @@ from .cgutils import (
     vector_type,
     zeros,
 )
-from .gemm_epilogue import store_tile
+from .gemm_epilogue import family_suffix, store_tile
 
 
 @dataclass(frozen=True)
@@ -85,34 +85,38 @@ def splat_f32(builder: ir.IRBuilder, value: ir.Value, width: int) -> ir.Value:
 
 # The tile kernels' arguments: where A, B and C are, the columns, and the epilogue's bias and flags.
 TILE_ARGS = (("K", I64), ("a", PTR), ("lda", I64), ("b", PTR), ("ldb", I64), ("c", PTR), ("ldc", I64), ("cols", I64),
-             ("bias", PTR), ("flags", I64))
+             ("bias", PTR), ("flags", I64), ("res", PTR))
 
 
-def tile_kernel(module: ir.Module, shape: TileShape, kind: str | None = None) -> ir.Function:
+def tile_kernel(module: ir.Module, shape: TileShape, kind: str | None = None, residual: bool = False) -> ir.Function:
     """The kernel for one tile shape and epilogue, emitted once per module and shared by every layer.
 
-    `void tile(i64 K, ptr a, i64 lda, ptr b, ldb, ptr c, i64 ldc, i64 cols, ptr bias, i64 flags)`
-    with a and c at the tile origin; all `mr` rows are real, `cols` in 1..nv*width, K >= 1. With
-    `kind` None it stores the raw A @ B tile (`bias` and `flags` unused), for
-    `gemm_epilogue.epilogue_function` to finish; with an epilogue family (`kernel_activation`), it
-    stores act(A @ B + bias) from registers (`gemm_epilogue.store_tile`). The driver gives the
+    `void tile(i64 K, ptr a, i64 lda, ptr b, ldb, ptr c, i64 ldc, i64 cols, ptr bias, i64 flags,
+    ptr res)` with a, c and res at the tile origin; all `mr` rows are real, `cols` in
+    1..nv*width, K >= 1. With `kind` None it stores the raw A @ B tile (`bias`, `flags` and `res`
+    unused), for `gemm_epilogue.epilogue_function` to finish; with an epilogue family
+    (`kernel_activation`), it stores act(A @ B + bias), + R where `residual` (R laid out as C at
+    `res`), from registers (`gemm_epilogue.store_tile`). The driver gives the
     main row tiles, which do nearly all the work, the finishing kernels and the leftover rows the
     raw ones: each finishing kernel costs compile time (the kernels get the full code generator),
     so only the few that pay have one.
     """
-    suffix = shape.suffix() + (f".{kind}" if kind else "")
-    return define_once(module, f"tinycomp.gemm.tile{suffix}", lambda name: _emit_tile(module, name, shape, kind))
+    suffix = shape.suffix() + (f".{family_suffix(kind, residual)}" if kind else "")
+    return define_once(module, f"tinycomp.gemm.tile{suffix}",
+                       lambda name: _emit_tile(module, name, shape, kind, residual and kind is not None))
 
 
-def _emit_tile(module: ir.Module, name: str, shape: TileShape, kind: str | None) -> ir.Function:
+def _emit_tile(module: ir.Module, name: str, shape: TileShape, kind: str | None, residual: bool) -> ir.Function:
     fn = internal_kernel(module, name, TILE_ARGS)
-    K, a, lda, b, ldb, c, ldc, cols, bias, flags = fn.args
+    K, a, lda, b, ldb, c, ldc, cols, bias, flags, res = fn.args
     builder = ir.IRBuilder(fn.append_basic_block("entry"))
     masks = None if shape.exact else column_masks(builder, cols, shape.nv, shape.width)
     a_rows = [element_ptr(builder, a, builder.mul(i64(i), lda)) if i else a for i in range(shape.mr)]
     acc = _k_loop(builder, shape, K, a_rows, b, ldb, masks)
-    c_rows = [element_ptr(builder, c, builder.mul(i64(i), ldc)) if i else c for i in range(shape.mr)]
-    store_tile(builder, acc, c_rows, masks, bias, flags, kind, shape.width)
+    def rows_of(base: ir.Value) -> list[ir.Value]:
+        return [element_ptr(builder, base, builder.mul(i64(i), ldc)) if i else base for i in range(shape.mr)]
+
+    store_tile(builder, acc, rows_of(c), masks, bias, flags, kind, shape.width, rows_of(res) if residual else None)
     builder.ret_void()
     return fn
 

@@ -30,7 +30,7 @@ from .cgutils import (
     vector_type,
     zeros,
 )
-from .gemm_epilogue import activation_step, bias_lanes, kernel_activation, load_bias
+from .gemm_epilogue import activation_step, bias_lanes, family_suffix, kernel_activation, load_bias
 from .gemm_kernels import splat_f32
 
 
@@ -110,23 +110,23 @@ def _emit_narrow_pack(module: ir.Module, name: str, N: int) -> ir.Function:
 
 
 NARROW_ARGS = (("M", I64), ("K", I64), ("A", PTR), ("Wt", PTR), ("ldw", I64), ("bias", PTR), ("C", PTR),
-               ("flags", I64))
+               ("flags", I64), ("R", PTR))
 
 
-def narrow_kernel(module: ir.Module, shape: NarrowShape, activation: str | None) -> ir.Function:
-    """`void narrow(i64 M, i64 K, ptr A, ptr Wt, i64 ldw, ptr bias, ptr C, i64 flags)`:
-    C = act(A @ Wt^T + bias) for an N-column layer, Wt holding W transposed (row n at Wt + n*ldw,
-    K floats; nothing past K is read). `bias` may be null; flag bit 0 picks ReLU in the plain
-    epilogue. K and M are run-time values (either may be 0), so layers of the same width and
-    activation family share the kernel."""
+def narrow_kernel(module: ir.Module, shape: NarrowShape, activation: str | None, residual: bool = False) -> ir.Function:
+    """`void narrow(i64 M, i64 K, ptr A, ptr Wt, i64 ldw, ptr bias, ptr C, i64 flags, ptr R)`:
+    C = act(A @ Wt^T + bias) (+ R, laid out as C, with `residual`; R unread without) for an
+    N-column layer, Wt holding W transposed (row n at Wt + n*ldw, K floats; nothing past K is
+    read). `bias` may be null; flag bit 0 picks ReLU in the plain epilogue. K and M are run-time
+    values (either may be 0), so layers of the same width and activation family share the kernel."""
     kind = kernel_activation(activation)
-    return define_once(module, f"tinycomp.gemm.narrow{shape.suffix()}.{kind}",
-                       lambda name: _emit_narrow(module, name, shape, kind))
+    return define_once(module, f"tinycomp.gemm.narrow{shape.suffix()}.{family_suffix(kind, residual)}",
+                       lambda name: _emit_narrow(module, name, shape, kind, residual))
 
 
-def _emit_narrow(module: ir.Module, name: str, shape: NarrowShape, kind: str) -> ir.Function:
+def _emit_narrow(module: ir.Module, name: str, shape: NarrowShape, kind: str, residual: bool) -> ir.Function:
     fn = internal_kernel(module, name, NARROW_ARGS)
-    M, K, A, Wt, ldw, bias, C, flags = fn.args
+    M, K, A, Wt, ldw, bias, C, flags, res = fn.args
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     N, w = shape.N, shape.width
     act, bias1 = _narrow_epilogue(b, kind, flags, bias, N, w)
@@ -157,7 +157,10 @@ def _emit_narrow(module: ir.Module, name: str, shape: NarrowShape, kind: str) ->
             out = act(b.fadd(hsum_slots(b, slots[j0:j0 + lanes], w), bias_v))
             left = b.sub(valid, i64(j0))
             left = b.select(b.icmp_signed("<", left, i64(lanes)), left, i64(lanes))
-            masked_store(b, out, element_ptr(b, c, j0), column_masks(b, left, 1, w)[0])
+            [mask] = column_masks(b, left, 1, w)
+            if residual:
+                out = b.fadd(out, masked_load(b, element_ptr(b, res, b.add(b.mul(r0, i64(N)), i64(j0))), mask))
+            masked_store(b, out, element_ptr(b, c, j0), mask)
     b.ret_void()
     return fn
 
@@ -173,21 +176,23 @@ def _narrow_epilogue(b: ir.IRBuilder, kind: str, flags, bias, N: int, w: int):
 SMALL_UNROLL = 8  # accumulators over K (k mod 8) of the in-place small-batch narrow kernel
 
 
-def narrow_small_kernel(module: ir.Module, N: int, width: int, activation: str | None) -> ir.Function:
-    """`void small(i64 M, i64 K, ptr A, ptr W, ptr bias, ptr C, i64 flags)`: the narrow layer for
-    small batches, W read in place (no transpose: for a few rows copying W costs more than the
-    product). Row by row, C[m, :] = sum over k of A[m, k] * W[k, :] as one masked `<width x float>`
-    (N lanes), accumulated in SMALL_UNROLL independent partial sums over k mod SMALL_UNROLL (short
-    sequential sums and no FMA latency chain), summed pairwise at the end."""
+def narrow_small_kernel(module: ir.Module, N: int, width: int, activation: str | None,
+                        residual: bool = False) -> ir.Function:
+    """`void small(i64 M, i64 K, ptr A, ptr W, ptr bias, ptr C, i64 flags, ptr R)`: the narrow layer
+    for small batches (+ R, laid out as C, with `residual`), W read in place (no transpose: for a
+    few rows copying W costs more than the product). Row by row, C[m, :] = sum over k of
+    A[m, k] * W[k, :] as one masked `<width x float>` (N lanes), accumulated in SMALL_UNROLL
+    independent partial sums over k mod SMALL_UNROLL (short sequential sums and no FMA latency
+    chain), summed pairwise at the end."""
     kind = kernel_activation(activation)
-    return define_once(module, f"tinycomp.gemm.narrowsmall{N}v{width}.{kind}",
-                       lambda name: _emit_narrow_small(module, name, N, width, kind))
+    return define_once(module, f"tinycomp.gemm.narrowsmall{N}v{width}.{family_suffix(kind, residual)}",
+                       lambda name: _emit_narrow_small(module, name, N, width, kind, residual))
 
 
-def _emit_narrow_small(module: ir.Module, name: str, N: int, width: int, kind: str) -> ir.Function:
+def _emit_narrow_small(module: ir.Module, name: str, N: int, width: int, kind: str, residual: bool) -> ir.Function:
     fn = internal_kernel(module, name, (("M", I64), ("K", I64), ("A", PTR), ("W", PTR), ("bias", PTR), ("C", PTR),
-                                        ("flags", I64)))
-    M, K, A, W, bias, C, flags = fn.args
+                                        ("flags", I64), ("R", PTR)))
+    M, K, A, W, bias, C, flags, R = fn.args
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     w, U = width, SMALL_UNROLL
     act, bias1 = _narrow_epilogue(b, kind, flags, bias, N, w)
@@ -218,7 +223,10 @@ def _emit_narrow_small(module: ir.Module, name: str, N: int, width: int, kind: s
         while len(parts) > 1:
             parts = [b.fadd(parts[i], parts[i + 1]) for i in range(0, len(parts), 2)]
         out = act(b.fadd(parts[0], bias1))
-        masked_store(b, out, element_ptr(b, C, b.mul(rows.index, i64(N))), mask)
+        at_row = b.mul(rows.index, i64(N))
+        if residual:
+            out = b.fadd(out, masked_load(b, element_ptr(b, R, at_row), mask))
+        masked_store(b, out, element_ptr(b, C, at_row), mask)
     b.ret_void()
     return fn
 

@@ -177,18 +177,21 @@ class _Emitter:
 
 def lower_linear(e: _Emitter, n: str) -> None:
     g = e.g
-    x, w, *b = g.args(n)
+    attrs = g.attrs(n)
+    x, w, *rest = g.args(n)
+    b = rest[:1] if attrs.get("bias") else []
+    r = rest[-1:] if attrs.get("residual") else []
     if len(g.shape(w)) != 2 or None in g.shape(w):
         raise LoweringError(f"{g.op(n)} {n}: the right operand {w} must be a 2-D matrix without a batch "
                             f"dimension; it has shape {fmt_shape(g.shape(w))}")
     k, nout = g.shape(w)
-    attrs = g.attrs(n)
-    key = ("linear", k, nout, bool(b), attrs.get("activation"), e.width, e.registers)
+    key = ("linear", k, nout, bool(b), attrs.get("activation"), bool(r), e.width, e.registers)
     fn = e.kernel(key, lambda name: inline_glue(gemm.emit_linear(
         e.module, name, K=k, N=nout, bias=bool(b), activation=attrs.get("activation"), width=e.width,
-        registers=e.registers)))
+        registers=e.registers, residual=bool(r))))
     bias_ptr = e.pointer(b[0]) if b else ir.Constant(PTR, None)
-    e.call(fn, e.row_count(x, k), e.pointer(x), e.pointer(w), bias_ptr, e.pointer(n), e.pack_buffer())
+    e.call(fn, e.row_count(x, k), e.pointer(x), e.pointer(w), bias_ptr, e.pointer(n), e.pack_buffer(),
+           *[e.pointer(v) for v in r])
 
 
 def lower_elementwise(e: _Emitter, n: str) -> None:

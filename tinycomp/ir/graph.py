@@ -241,8 +241,9 @@ class Graph:
             raise LintError(f"node {n} ({data['op']}) has operand positions {positions}")
         if opdef.arity >= 0 and len(positions) != opdef.arity:
             raise LintError(f"node {n} ({data['op']}) has {len(positions)} operands, needs {opdef.arity}")
-        if data["op"] == "linear" and len(positions) != 2 + bool(data.get("bias")):
-            raise LintError(f"linear node {n} has {len(positions)} operands but bias={data.get('bias')}")
+        if data["op"] == "linear" and len(positions) != 2 + bool(data.get("bias")) + bool(data.get("residual")):
+            raise LintError(f"linear node {n} has {len(positions)} operands but bias={data.get('bias')}, "
+                            f"residual={bool(data.get('residual'))}")
         if data["op"] == "elementwise":
             try:
                 check_expr(data.get("expr"), len(positions))

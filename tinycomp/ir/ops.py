@@ -94,7 +94,8 @@ class OpDef:
             flops = 2 * macs
             if self.name == "linear":
                 act = attrs.get("activation")
-                flops += size * (int(bool(attrs.get("bias"))) + (op_def(act).flops if act else 0))
+                flops += size * (int(bool(attrs.get("bias"))) + int(bool(attrs.get("residual")))
+                                 + (op_def(act).flops if act else 0))
             return macs, flops
         if self.kind in ("reduction", "normalization"):
             return 0, math.prod(operands[0]) * self.flops
@@ -197,11 +198,14 @@ def format_expr(expr: Expr) -> str:
     return f"{expr[0]}({', '.join(format_expr(c) for c in expr[1:])})"
 
 
-def linear(x, w, b=None, *, bias: bool = True, activation: str | None = None) -> np.ndarray:
+def linear(x, w, *rest, bias: bool = True, activation: str | None = None, residual: bool = False) -> np.ndarray:
+    """act(x @ w + b) + r: `rest` holds the bias b (where `bias`) and then the residual r (where
+    `residual`), the operands fuse_linear found."""
     y = np.matmul(x, w)
-    if b is not None:
-        y = y + b
-    return ACTIVATIONS[activation](y) if activation else y
+    if bias and rest:
+        y = y + rest[0]
+    y = ACTIVATIONS[activation](y) if activation else y
+    return y + rest[-1] if residual else y
 
 
 def attention_cost(operands: list[Shape], attrs: dict) -> tuple[int, int]:

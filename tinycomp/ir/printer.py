@@ -26,10 +26,13 @@ def type_str(g: Graph, n: str) -> str:
 
 
 def attr_str(g: Graph, n: str) -> str:
-    """Op attributes as `k=v`; linear's `bias` is omitted (its operand list shows it) and so is None."""
+    """Op attributes as `k=v`; linear's `bias` is omitted (its operand list shows it) and so is None;
+    its `residual` shows only where there is one (the last operand)."""
     attrs = g.attrs(n)
     if g.op(n) == "linear":
         attrs.pop("bias", None)
+        if not attrs.get("residual"):
+            attrs.pop("residual", None)
     if g.op(n) == "elementwise":
         attrs["expr"] = format_expr(attrs["expr"])
     return " ".join(f"{k}={v}" for k, v in attrs.items() if v is not None)

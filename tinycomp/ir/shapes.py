@@ -147,9 +147,12 @@ def softmax_shape(x: Shape, *, dim: int = -1) -> Shape:
     return tuple(x)
 
 
-def linear_shape(x: Shape, w: Shape, b: Shape | None = None, **_: object) -> Shape:
+def linear_shape(x: Shape, w: Shape, *rest: Shape, **_: object) -> Shape:
+    """x @ w, broadcast with the bias and the residual (`linear`'s optional operands)."""
     out = matmul_shape(x, w)
-    return out if b is None else broadcast_shapes(out, b)
+    for extra in rest:
+        out = broadcast_shapes(out, extra)
+    return out
 
 
 def leaf_shape(*, shape: Shape, **_: object) -> Shape:

@@ -1,4 +1,7 @@
-"""Fuse `matmul(x, W)` [+ bias `add`] [+ activation] into one `linear` node.
+"""Fuse `matmul(x, W)` [+ bias `add`] [+ activation] [+ residual `add`] into one `linear` node.
+
+The residual is a tensor of the output's own shape added last (a transformer block's `x + f(x)`):
+the GEMM adds it while the tile is in registers instead of a separate pass over memory.
 
 A fusion only goes through an intermediate with exactly one use, so no value is computed twice and no
 weight is copied: every `linear` reads the same param nodes the matmul did. Each candidate records in
@@ -55,6 +58,20 @@ def match_activation(g: Graph, tail: str, what: str) -> tuple[str | None, str]:
     return None, f"no activation: {what} result feeds {op}" + (", not an activation" if op != "output" else "")
 
 
+def match_residual(g: Graph, tail: str, what: str) -> tuple[str | None, str | None, str]:
+    """(add node, residual node, note): a tensor of exactly the output's shape added to `tail`."""
+    add, why = sole_user(g, tail, what)
+    if add is None:
+        return None, None, f"no residual add: {why}"
+    if g.op(add) != "add":
+        return None, None, f"no residual add: {what} result feeds {g.op(add)}"
+    a, b = g.args(add)
+    other = b if a == tail else a
+    if other == tail or tuple(g.shape(other)) != tuple(g.shape(tail)):
+        return None, None, "no residual add: the other operand is not a tensor of the output's shape"
+    return add, other, f"residual add {add}"
+
+
 def fuse_matmul(g: Graph, m: str) -> bool:
     x, w = g.args(m)
     if not batch_independent(g, w) or len(g.shape(w)) != 2:
@@ -62,12 +79,16 @@ def fuse_matmul(g: Graph, m: str) -> bool:
         return False
     add, bias, bias_note = match_bias(g, m)
     act, act_note = match_activation(g, add or m, "bias add" if add else "matmul")
-    chain = [n for n in (m, add, act) if n is not None]
-    fused = " + ".join([f"matmul {m}"] + [note for note, n in ((bias_note, add), (act_note, act)) if n])
+    tail = act or add or m
+    res_add, residual, res_note = match_residual(g, tail, g.op(tail) if act else "bias add" if add else "matmul")
+    chain = [n for n in (m, add, act, res_add) if n is not None]
+    fused = " + ".join([f"matmul {m}"] + [note for note, n in ((bias_note, add), (act_note, act), (res_note, res_add))
+                                          if n])
+    # what a layer is expected to have and lacks: a residual add is an extra, not missed where absent
     missing = "; ".join(note for note, n in ((bias_note, add), (act_note, act)) if n is None)
-    new = g.add("linear", [x, w] + ([bias] if bias else []), bias=bias is not None,
-                activation=g.op(act) if act else None, layer=g[m].get("layer"),
-                explain=f"fused {fused}" + (f"; {missing}" if missing else ""))
+    new = g.add("linear", [x, w] + ([bias] if bias else []) + ([residual] if residual else []),
+                bias=bias is not None, activation=g.op(act) if act else None, residual=residual is not None,
+                layer=g[m].get("layer"), explain=f"fused {fused}" + (f"; {missing}" if missing else ""))
     g.replace_uses(chain[-1], new)
     for n in reversed(chain):
         g.remove(n)
