@@ -1,0 +1,70 @@
+"""What each function of a compiled model costs LLVM's code generator (the bulk of a cold compile).
+
+    python benchmarks/codegen_cost.py [model]      # a `tinycomp bench` model, default mlp
+
+Compiles the model with the cache off, then emits its module's object code once whole and once per
+function: that function's body with every other function declared only. A function's cost is its
+module's time minus the time of the module with no bodies at all (best of 3 each, one thread).
+The per-function figures do not add up to the whole exactly (LLVM's per-module work is counted
+once per function there), but they rank where the time goes.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import time
+
+os.environ["TINYCOMP_CACHE"] = "0"
+
+import tinycomp as tc  # noqa: E402 - the cache switch above must come first
+from tinycomp.bench.models import MODELS  # noqa: E402
+from tinycomp.runtime.engine import emit_object  # noqa: E402
+
+
+def best_ms(llvm_ir: str, repeat: int = 3) -> float:
+    emit_object(llvm_ir)  # warm
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        emit_object(llvm_ir)
+        times.append(time.perf_counter() - start)
+    return min(times) * 1e3
+
+
+def declaration(definition: str) -> str:
+    signature = definition.split("{", 1)[0].replace("define ", "declare ", 1)
+    return re.sub(r"declare (internal |private )", "declare ", signature) + "\n"
+
+
+def split_functions(llvm_ir: str) -> tuple[str, list[str], str]:
+    """(globals and declarations, one text per function definition, attribute groups after them)."""
+    head, *functions = re.split(r"(?m)^(?=define )", llvm_ir)
+    end = functions[-1].find("\n}\n") + 3
+    functions[-1], tail = functions[-1][:end], functions[-1][end:]
+    return head, functions, tail
+
+
+def main(model: str = "mlp") -> None:
+    bm = MODELS[model]
+    compiled = tc.compile(bm.build(), threads=1, input_shape=(None, *bm.in_shape))
+    llvm_ir = compiled.dump("llvm").split("; ==== after LLVM optimization")[0]  # the IR we generated
+    head, functions, tail = split_functions(llvm_ir)
+    names = [re.search(r'@"?([\w.]+)"?\(', f).group(1) for f in functions]
+    print(f"{model}: whole module {best_ms(llvm_ir):.1f} ms")
+    empty = best_ms(head + "".join(map(declaration, functions)) + tail)
+    costs = []
+    for i, body in enumerate(functions):
+        others = "".join(declaration(f) for j, f in enumerate(functions) if j != i)
+        try:  # a layer's wrapper refers to its own config global by name: it needs the layer function
+            costs.append((best_ms(head + others + body.replace("define internal", "define", 1) + tail) - empty,
+                          names[i]))
+        except RuntimeError:
+            continue
+    for ms, name in sorted(costs, reverse=True):
+        print(f"{ms:6.1f} ms  {name}")
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
