@@ -162,3 +162,12 @@ def test_training_mode_block_with_a_mask_input_draws_the_eager_masks(threads):
     assert 0.35 < dropped.mean() < 0.45
     ref = np.where(dropped, 0.0, block64(model.block, x.astype(np.float64), mask) / 0.6)
     assert_parity(got, eager, ref)
+
+
+def test_an_input_with_an_empty_axis_is_refused_by_name(block):
+    """compile(input_shape=...) refuses zero feature sizes; the first call of a lazily compiled model
+    says the same instead of failing deep inside the compiler."""
+    fast = tc.compile(block)
+    with pytest.raises(ValueError, match=r"positive sizes after the batch dimension.*\(2, 0, 12\)"):
+        fast(np.zeros((2, 0, 12), np.float32))
+    assert fast(x_of(2, 9, 12)).shape == (2, 9, 12)  # nothing was left half-compiled

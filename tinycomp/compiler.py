@@ -124,6 +124,7 @@ class CompiledModel:
         more = tuple((None, *a.shape[1:]) for a in others)
         art = self._artifact
         if art is None:
+            _check_compilable(arr, others)
             with model_lock(self.model), self._lock:  # two threads making the first call compile once
                 art = self._artifact
                 if art is None:
@@ -138,6 +139,7 @@ class CompiledModel:
             return self._recompile(art, "the structure of the model changed", features if follow else art.features,
                                    arr.shape, more if follow else art.more_inputs)
         if follow:
+            _check_compilable(arr, others, f"it runs inputs of {_input_shape(art)}; ")
             return self._recompile(art, f"the input shape changed from {_input_shape(art)} to "
                                         f"{tuple(arr.shape)}" + "".join(f", {a.shape}" for a in others),
                                    features, arr.shape, more)
@@ -325,6 +327,15 @@ def _fits(features: tuple[int, ...], shape: tuple[int, ...]) -> bool:
     """Does an input of `shape` run on code compiled for `features` (a batch, one sample, or leading dims)?"""
     nf = len(features)
     return len(shape) >= nf and tuple(shape[len(shape) - nf:]) == features
+
+
+def _check_compilable(arr: Any, others: Sequence[Any], now: str = "") -> None:
+    """Inputs a model may compile for: as compile(input_shape=...), positive sizes after the batch
+    (`now`: what the model runs at present, for the message)."""
+    for a in (arr, *others):
+        if 0 in (a.shape[1:] if a.ndim > 1 else a.shape):
+            raise ValueError(f"a compiled model's inputs need positive sizes after the batch dimension, "
+                             f"(batch, features...); {now}got an input of shape {tuple(a.shape)}")
 
 
 def compile(model: Layer, *, input_shape: Any = None, training: bool = False, threads: int | None = None,

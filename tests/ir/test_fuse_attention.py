@@ -152,6 +152,15 @@ def test_what_the_node_does_not_compute_is_left_alone(change):
     check_pass(fuse_attention, g, x_of(), pre=untouched, post=untouched, changes=False)
 
 
+def test_an_empty_sequence_is_left_alone(mha):
+    """Zero queries and keys: nothing to fuse (the pass's view checks number the elements, and
+    there are none); before, NumPy's reshape error escaped from the pass. (No outputs to compare:
+    a reshape to (-1, 0, ...) has no batch size NumPy could infer, so the graph cannot run.)"""
+    g = linear_graph(mha, (None, 0, EMBED))
+    assert untouched(g) and fuse_attention(g) is False and untouched(g)
+    g.lint()
+
+
 def test_a_mask_computed_before_the_term_stays_a_node_the_kernel_reads():
     class Doubled(Layer):
         def forward(self, x, mask):

@@ -181,6 +181,8 @@ def fuse_one(g: Graph, soft: str) -> bool:
     if out_mm is None or g.args(out_mm) != [soft, g.args(out_mm)[1]] or matched is None:
         return False
     scores_mm, attrs, mask, chain = matched
+    if any(0 in concrete(g.shape(n)) for n in (soft, out_mm, *g.args(scores_mm), *g.args(out_mm))):
+        return False  # an empty sequence or head: nothing to compute, and the view checks number elements
     heads, sq, sk = (shape[1] if len(shape) == 4 else 1), shape[-2], shape[-1]
     end = merged_output(g, out_mm)
     q_in, kt_in = g.args(scores_mm)
