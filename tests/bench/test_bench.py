@@ -105,6 +105,18 @@ def test_the_lnmlp_target_is_judged_at_batch_256():
     assert t.required == "compiled / NumPy <= 0.72" and not t.met and t.measured.startswith("0.75")
 
 
+def test_the_block_is_judged_against_numpy_onnx_runtime_and_torch_at_batch_32():
+    times = {"numpy": 20e-3, "compiled": 8.4e-3, "onnxruntime": 10e-3, "torch": 9e-3}
+    pts = {(e, "block", 32): {"samples": [t] * 5, "threads": 1} for e, t in times.items()}
+    targets = {t.required: t for t in check_targets(summarize(pts, 100.0), {"block": {"cold_ms": 251.0,
+                                                                                        "cold_first_ms": 300.0}})}
+    assert not targets["compiled / NumPy <= 0.35"].met and targets["compiled / NumPy <= 0.35"].measured[:4] == "0.42"
+    assert targets["compiled <= 0.85 x ONNX Runtime (1 thread)"].met  # 0.84
+    assert targets["compiled <= 0.85 x ONNX Runtime (1 thread)"].measured.startswith("0.84 x (at the FMA peak: ")
+    assert not targets["compiled <= 0.85 x torch eager (1 thread)"].met  # 0.93
+    assert not targets["<= 250 ms"].met and targets["<= 250 ms"].target == "block compile, cold (cache off)"
+
+
 def test_unknown_model_is_a_usage_error():
     with pytest.raises(SystemExit):
         bench_main(["--models", "nope"])
