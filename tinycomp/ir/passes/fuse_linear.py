@@ -10,6 +10,8 @@ its `explain` metadata what was fused and why the chain stopped, for `explain()`
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from ..graph import Graph
 from ..ops import FUSIBLE_ACTIVATIONS
 
@@ -32,18 +34,27 @@ def sole_user(g: Graph, n: str, what: str) -> tuple[str | None, str | None]:
     return g.users(n)[0], None
 
 
-def match_bias(g: Graph, m: str) -> tuple[str | None, str | None, str]:
-    """(add node, bias node, note): a batch-independent 1-D vector as wide as the output, added to `m`."""
-    add, why = sole_user(g, m, "matmul")
+def match_add(g: Graph, tail: str, what: str, label: str, fits: Callable[[str], bool],
+              unfit: str) -> tuple[str | None, str | None, str]:
+    """(add node, other operand, note): the sole reader of `tail` when it adds an operand that
+    `fits` (a predicate on it) — a bias or a residual (`label`); `unfit` says why another is not."""
+    add, why = sole_user(g, tail, what)
     if add is None:
-        return None, None, f"no bias: {why}"
+        return None, None, f"no {label}: {why}"
     if g.op(add) != "add":
-        return None, None, f"no bias: matmul result feeds {g.op(add)}, not a bias add"
+        return None, None, f"no {label}: {what} result feeds {g.op(add)}, not a {label} add"
     a, b = g.args(add)
-    bias = b if a == m else a
-    if bias == m or not batch_independent(g, bias) or tuple(g.shape(bias)) != (g.shape(m)[-1],):
-        return None, None, "no bias: bias operand is not a 1-D vector of the output width"
-    return add, bias, f"bias add {add}"
+    other = b if a == tail else a
+    if other == tail or not fits(other):
+        return None, None, f"no {label}: {unfit}"
+    return add, other, f"{label} add {add}"
+
+
+def match_bias(g: Graph, m: str) -> tuple[str | None, str | None, str]:
+    """A batch-independent 1-D vector as wide as the output, added to matmul `m`."""
+    return match_add(g, m, "matmul", "bias",
+                     lambda b: batch_independent(g, b) and tuple(g.shape(b)) == (g.shape(m)[-1],),
+                     "bias operand is not a 1-D vector of the output width")
 
 
 def match_activation(g: Graph, tail: str, what: str) -> tuple[str | None, str]:
@@ -59,17 +70,9 @@ def match_activation(g: Graph, tail: str, what: str) -> tuple[str | None, str]:
 
 
 def match_residual(g: Graph, tail: str, what: str) -> tuple[str | None, str | None, str]:
-    """(add node, residual node, note): a tensor of exactly the output's shape added to `tail`."""
-    add, why = sole_user(g, tail, what)
-    if add is None:
-        return None, None, f"no residual add: {why}"
-    if g.op(add) != "add":
-        return None, None, f"no residual add: {what} result feeds {g.op(add)}"
-    a, b = g.args(add)
-    other = b if a == tail else a
-    if other == tail or tuple(g.shape(other)) != tuple(g.shape(tail)):
-        return None, None, "no residual add: the other operand is not a tensor of the output's shape"
-    return add, other, f"residual add {add}"
+    """A tensor of exactly the output's shape added to `tail`, the end of the fused chain."""
+    return match_add(g, tail, what, "residual", lambda r: tuple(g.shape(r)) == tuple(g.shape(tail)),
+                     "the other operand is not a tensor of the output's shape")
 
 
 def fuse_matmul(g: Graph, m: str) -> bool:
