@@ -390,3 +390,30 @@ def test_residual_connections_compile_into_the_gemm(width):
         ref = ref @ F64(model.layers[2].weight.data) + F64(model.layers[2].bias.data)
         report = check_parity(fast(x).data, eager_eval(model, x), ref)
         assert report.ok, str(report)
+
+
+class ResidualOf(tc.nn.Layer):
+    """fc(x) + `other(x)`: the residual a transposed view, an eval-mode dropout of x, or (not a
+    residual) a one-column layer that broadcasts."""
+
+    def __init__(self, width: int, other: str):
+        self.fc, self.other = Linear(width, width), other
+        self.drop, self.col = tc.nn.Dropout(0.3), Linear(width, 1)
+
+    def forward(self, x):
+        if self.other == "transpose":
+            return self.fc(x) + x.transpose(1, 2)
+        return self.fc(x) + (self.drop(x) if self.other == "dropout" else self.col(x))
+
+
+@pytest.mark.parametrize("other, fused", [("transpose", True), ("dropout", True), ("broadcast", False)])
+def test_residual_adds_of_views_fuse_and_broadcasts_do_not(other, fused):
+    manual_seed(5)
+    model = ResidualOf(17, other)
+    model.eval()
+    fast = tc.compile(model, check=True)  # every call is checked against eager and float64 as well
+    rng = np.random.default_rng(1)
+    for batch in (1, 7, 130):
+        x = rng.standard_normal((batch, 17, 17) if other == "transpose" else (batch, 17)).astype(np.float32)
+        np.testing.assert_allclose(fast(x).data, eager_eval(model, x), rtol=1e-5, atol=1e-5)
+    assert ("+ residual add" in fast.explain()) is fused, fast.explain()
