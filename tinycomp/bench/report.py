@@ -106,13 +106,31 @@ def check_targets(rows: list[Row], compile_times: dict[str, dict], floor_us: flo
             measured += f" (at the FMA peak: {numpy_row.pct_peak / 100:.2f})"
         out.append(Target(label, f"compiled / NumPy <= {limit:.2f}", measured, r.vs_numpy <= limit))
 
+    def engine_target(model: str, batch: int, engine: str, limit: float, with_bound: bool) -> None:
+        """compiled <= limit x another engine's time, one thread (`with_bound`: beside the ratio a
+        kernel at the FMA peak would reach against it)."""
+        c, o = by.get((model, batch, "compiled")), by.get((model, batch, engine))
+        if not (c and o):
+            return
+        name, short = ENGINE_NAMES[engine]
+        if not with_bound:
+            tail = f" {short}"
+        else:
+            tail = f" (at the FMA peak: {o.pct_peak / 100:.2f})" if o.pct_peak else ""
+        out.append(Target(f"{model} batch {batch}, 1 thread", f"compiled <= {limit:.2f} x {name} (1 thread)",
+                          f"{c.median_us / o.median_us:.2f} x{tail}", c.median_us <= limit * o.median_us))
+
+    def cold_compile_target(model: str, limit_ms: float) -> None:
+        ct = compile_times.get(model, {})
+        if "cold_ms" in ct:
+            out.append(Target(f"{model} compile, cold (cache off)", f"<= {limit_ms:g} ms",
+                              f"{ct['cold_ms']:.1f} ms (first in process {ct['cold_first_ms']:.1f} ms)",
+                              ct["cold_ms"] <= limit_ms))
+
     for b in sorted({r.batch for r in rows if r.model == "mlp"}):  # issue 16's targets
         ratio_target("mlp", b, 0.75 if b == 1 else 0.85, f"mlp batch {b}, 1 thread")
-        c, o = by.get(("mlp", b, "compiled")), by.get(("mlp", b, "onnxruntime"))
-        if c and o:
-            limit = 0.85 if b == 1 else 1.0
-            out.append(Target(f"mlp batch {b}, 1 thread", f"compiled <= {limit:.2f} x ONNX Runtime (1 thread)",
-                              f"{c.median_us / o.median_us:.2f} x ORT", c.median_us <= limit * o.median_us))
+        engine_target("mlp", b, "onnxruntime", 0.85 if b == 1 else 1.0, with_bound=False)
+        c = by.get(("mlp", b, "compiled"))
         if b == 1 and c and c.python_us is not None:
             out.append(Target("mlp batch 1, 1 thread", "Python per call <= 1.5 us (call minus bare native call)",
                               f"{c.python_us:.2f} us (bare native call {c.median_us - c.python_us:.1f} us)",
@@ -129,12 +147,8 @@ def check_targets(rows: list[Row], compile_times: dict[str, dict], floor_us: flo
     ratio_target("lnmlp", 256, 0.72, "lnmlp batch 256, 1 thread")
     for m in ("block", "block-causal"):  # the transformer block at batch 32 against every baseline
         ratio_target(m, 32, 0.35, f"{m} batch 32, 1 thread")
-        for engine, name in (("onnxruntime", "ONNX Runtime"), ("torch", "torch eager")):
-            c, o = by.get((m, 32, "compiled")), by.get((m, 32, engine))
-            if c and o:
-                bound = f" (at the FMA peak: {o.pct_peak / 100:.2f})" if o.pct_peak else ""
-                out.append(Target(f"{m} batch 32, 1 thread", f"compiled <= 0.85 x {name} (1 thread)",
-                                  f"{c.median_us / o.median_us:.2f} x{bound}", c.median_us <= 0.85 * o.median_us))
+        for engine in ("onnxruntime", "torch"):
+            engine_target(m, 32, engine, 0.85, with_bound=True)
     for (model, batch, engine), r in sorted(by.items()):
         if engine != "compiled-all" or (model, batch, "compiled") not in by:
             continue
@@ -151,25 +165,18 @@ def check_targets(rows: list[Row], compile_times: dict[str, dict], floor_us: flo
             # "never slower": within the run-to-run noise of a shared host (3 %)
             out.append(Target(f"{model} batch {batch}, all cores", "not slower than one thread (>= 0.97 x)",
                               f"{speedup:.2f} x ({r.chunks} chunks)", speedup >= 0.97))
-    ct = compile_times.get("mlp")
-    if ct:
-        if "cold_ms" in ct:
-            out.append(Target("mlp compile, cold (cache off)", "<= 60 ms",
-                              f"{ct['cold_ms']:.1f} ms (first in process {ct['cold_first_ms']:.1f} ms)",
-                              ct["cold_ms"] <= 60))
-        if "warm_ms" in ct:
-            out.append(Target("mlp compile from the disk cache, first in a new process", "<= 10 ms",
-                              f"{ct['warm_first_ms']:.1f} ms (later in that process {ct['warm_ms']:.1f} ms)",
-                              ct["warm_first_ms"] <= 10))
+    cold_compile_target("mlp", 60)
+    ct = compile_times.get("mlp", {})
+    if "warm_ms" in ct:
+        out.append(Target("mlp compile from the disk cache, first in a new process", "<= 10 ms",
+                          f"{ct['warm_first_ms']:.1f} ms (later in that process {ct['warm_ms']:.1f} ms)",
+                          ct["warm_first_ms"] <= 10))
     for m in ("block", "block-causal"):
-        ct = compile_times.get(m, {})
-        if "cold_ms" in ct:
-            out.append(Target(f"{m} compile, cold (cache off)", "<= 250 ms",
-                              f"{ct['cold_ms']:.1f} ms (first in process {ct['cold_first_ms']:.1f} ms)",
-                              ct["cold_ms"] <= 250))
+        cold_compile_target(m, 250)
     return out
 
 
+ENGINE_NAMES = {"onnxruntime": ("ONNX Runtime", "ORT"), "torch": ("torch eager", "torch")}  # (in targets, short)
 TARGET_HEADER = ("target", "required", "measured", "met")
 
 

@@ -142,7 +142,7 @@ def _emit_epilogue(module: ir.Module, name: str, kind: str, width: int, residual
                     x = b.fadd(b.select(c_is_zero, zeros(vt), x), bvec)
                 x = act(x) if act else x
                 if add_residual:
-                    x = b.fadd(x, masked_load(b, q[0], mask))
+                    x = plus_residual(b, x, q[0], mask)
                 masked_store(b, x, p, mask)
                 rloop.carry(*[element_ptr(b, ptr, ldc) for ptr in (p, *q)])
 
@@ -192,36 +192,44 @@ def store_tile(b: ir.IRBuilder, tile: list[list[ir.Value]], c_rows: list[ir.Valu
     The main row tiles finish in registers (`tile_kernel`): the separate pass over a stored tile
     made each tile of a layer whose C does not fit L2 wait for its lines. The transformer block at
     batch 32 took 8.75-8.78 ms finished in registers against 9.19-9.40 ms with the pass (one
-    thread, in-process medians, processes alternated; the mlp at 2048 rows 0.98x); one more finishing
-    kernel per activation family costs the reference MLP ~3 ms of compile time."""
+    thread, in-process medians, processes alternated, a one-off script not in the repo; the mlp at
+    2048 rows 0.98x); the bigger tile body costs the reference MLP ~2 ms of code generation."""
     nv = len(tile[0])
-    if kind is None:
-        for row, c in zip(tile, c_rows, strict=True):
-            for v, x in enumerate(row):
-                masked_store(b, x, element_ptr(b, c, v * width), masks[v] if masks else None)
-        return
-    on = bias_lanes(b, bias, width)
-    bias_v = [masked_load(b, b.gep(bias, [i64(v * width)], source_etype=F32), b.and_(masks[v], on) if masks else on,
-                          fill=-0.0) for v in range(nv)]
-    act = activation_step(b, kind, flags, width * (1 if kind == "lin" else ACT_VECTORS))
-    lanes = list(range(width * ACT_VECTORS))
-    for i, (row, c) in enumerate(zip(tile, c_rows, strict=True)):
-        row = [b.fadd(x, bv) for x, bv in zip(row, bias_v, strict=True)]
-        if kind == "lin":
-            out = [act(x) for x in row]
-        else:
-            out = []
-            for v0 in range(0, nv, ACT_VECTORS):
-                run = row[v0:v0 + ACT_VECTORS]
-                y = act(concat_vectors(b, run + [zeros(vector_type(width))] * (ACT_VECTORS - len(run))))
-                part = [vector_constant(ir.VectorType(I32, width), lanes[i * width:(i + 1) * width])
-                        for i in range(len(run))]
-                out += [b.shuffle_vector(y, y, p) for p in part]
-        for v, x in enumerate(out):
+    out_rows = tile
+    if kind is not None:
+        on = bias_lanes(b, bias, width)
+        bias_v = [load_bias(b, b.gep(bias, [i64(v * width)], source_etype=F32), masks[v] if masks else on, on)
+                  for v in range(nv)]
+        act = activation_step(b, kind, flags, width * (1 if kind == "lin" else ACT_VECTORS))
+        out_rows = [_finish_row(b, [b.fadd(x, bv) for x, bv in zip(row, bias_v, strict=True)], act, kind, width)
+                    for row in tile]
+    for i, (row, c) in enumerate(zip(out_rows, c_rows, strict=True)):
+        for v, x in enumerate(row):
             mask = masks[v] if masks else None
             if res_rows is not None:
-                x = b.fadd(x, masked_load(b, element_ptr(b, res_rows[i], v * width), mask, width=width))
+                x = plus_residual(b, x, element_ptr(b, res_rows[i], v * width), mask)
             masked_store(b, x, element_ptr(b, c, v * width), mask)
+
+
+def _finish_row(b: ir.IRBuilder, row: list[ir.Value], act, kind: str, width: int) -> list[ir.Value]:
+    """act over one row of vectors: per vector for "lin", else in runs of ACT_VECTORS vectors (a
+    shorter last run padded with zeros, whose lanes are dropped)."""
+    if kind == "lin":
+        return [act(x) for x in row]
+    lanes = list(range(width * ACT_VECTORS))
+    out = []
+    for v0 in range(0, len(row), ACT_VECTORS):
+        run = row[v0:v0 + ACT_VECTORS]
+        y = act(concat_vectors(b, run + [zeros(vector_type(width))] * (ACT_VECTORS - len(run))))
+        out += [b.shuffle_vector(y, y, vector_constant(ir.VectorType(I32, width), lanes[k * width:(k + 1) * width]))
+                for k in range(len(run))]
+    return out
+
+
+def plus_residual(b: ir.IRBuilder, x: ir.Value, at: ir.Value, mask: ir.Value | None) -> ir.Value:
+    """x + the residual's lanes of `mask` at `at` (all lanes when `mask` is None): every GEMM path
+    adds R last, after the activation, as eager's `act(x @ W + b) + r` does."""
+    return b.fadd(x, masked_load(b, at, mask, width=x.type.count))
 
 
 def concat_vectors(b: ir.IRBuilder, vectors: list[ir.Value]) -> ir.Value:

@@ -111,12 +111,14 @@ def _emit_tile(module: ir.Module, name: str, shape: TileShape, kind: str | None,
     K, a, lda, b, ldb, c, ldc, cols, bias, flags, res = fn.args
     builder = ir.IRBuilder(fn.append_basic_block("entry"))
     masks = None if shape.exact else column_masks(builder, cols, shape.nv, shape.width)
-    a_rows = [element_ptr(builder, a, builder.mul(i64(i), lda)) if i else a for i in range(shape.mr)]
-    acc = _k_loop(builder, shape, K, a_rows, b, ldb, masks)
-    def rows_of(base: ir.Value) -> list[ir.Value]:
-        return [element_ptr(builder, base, builder.mul(i64(i), ldc)) if i else base for i in range(shape.mr)]
 
-    store_tile(builder, acc, rows_of(c), masks, bias, flags, kind, shape.width, rows_of(res) if residual else None)
+    def rows_of(base: ir.Value, ld: ir.Value) -> list[ir.Value]:
+        """Where each of the tile's rows starts in a matrix at `base` with rows `ld` floats apart."""
+        return [element_ptr(builder, base, builder.mul(i64(i), ld)) if i else base for i in range(shape.mr)]
+
+    acc = _k_loop(builder, shape, K, rows_of(a, lda), b, ldb, masks)
+    store_tile(builder, acc, rows_of(c, ldc), masks, bias, flags, kind, shape.width,
+               rows_of(res, ldc) if residual else None)
     builder.ret_void()
     return fn
 

@@ -30,7 +30,7 @@ from .cgutils import (
     vector_type,
     zeros,
 )
-from .gemm_epilogue import activation_step, bias_lanes, family_suffix, kernel_activation, load_bias
+from .gemm_epilogue import activation_step, bias_lanes, family_suffix, kernel_activation, load_bias, plus_residual
 from .gemm_kernels import splat_f32
 
 
@@ -159,7 +159,7 @@ def _emit_narrow(module: ir.Module, name: str, shape: NarrowShape, kind: str, re
             left = b.select(b.icmp_signed("<", left, i64(lanes)), left, i64(lanes))
             [mask] = column_masks(b, left, 1, w)
             if residual:
-                out = b.fadd(out, masked_load(b, element_ptr(b, res, b.add(b.mul(r0, i64(N)), i64(j0))), mask))
+                out = plus_residual(b, out, element_ptr(b, res, b.add(b.mul(r0, i64(N)), i64(j0))), mask)
             masked_store(b, out, element_ptr(b, c, j0), mask)
     b.ret_void()
     return fn
@@ -225,7 +225,7 @@ def _emit_narrow_small(module: ir.Module, name: str, N: int, width: int, kind: s
         out = act(b.fadd(parts[0], bias1))
         at_row = b.mul(rows.index, i64(N))
         if residual:
-            out = b.fadd(out, masked_load(b, element_ptr(b, R, at_row), mask))
+            out = plus_residual(b, out, element_ptr(b, R, at_row), mask)
         masked_store(b, out, element_ptr(b, C, at_row), mask)
     b.ret_void()
     return fn

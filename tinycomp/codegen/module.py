@@ -24,7 +24,7 @@ from llvmlite import ir
 
 from ..ir.graph import Graph
 from ..ir.layout import elementwise_layout, is_batched, is_scalar_const, row_floats
-from ..ir.ops import ELEMENTWISE, map_leaves
+from ..ir.ops import ELEMENTWISE, linear_extras, map_leaves
 from ..ir.passes.fold_dropout import draws_mask, is_identity_dropout
 from ..ir.shapes import fmt_shape
 from . import attention, elementwise, gemm, layer_norm, lower_tensor, philox
@@ -179,19 +179,18 @@ def lower_linear(e: _Emitter, n: str) -> None:
     g = e.g
     attrs = g.attrs(n)
     x, w, *rest = g.args(n)
-    b = rest[:1] if attrs.get("bias") else []
-    r = rest[-1:] if attrs.get("residual") else []
+    b, r = linear_extras(rest, bias=bool(attrs.get("bias")), residual=bool(attrs.get("residual")))
     if len(g.shape(w)) != 2 or None in g.shape(w):
         raise LoweringError(f"{g.op(n)} {n}: the right operand {w} must be a 2-D matrix without a batch "
                             f"dimension; it has shape {fmt_shape(g.shape(w))}")
     k, nout = g.shape(w)
-    key = ("linear", k, nout, bool(b), attrs.get("activation"), bool(r), e.width, e.registers)
+    key = ("linear", k, nout, b is not None, attrs.get("activation"), r is not None, e.width, e.registers)
     fn = e.kernel(key, lambda name: inline_glue(gemm.emit_linear(
-        e.module, name, K=k, N=nout, bias=bool(b), activation=attrs.get("activation"), width=e.width,
-        registers=e.registers, residual=bool(r))))
-    bias_ptr = e.pointer(b[0]) if b else ir.Constant(PTR, None)
+        e.module, name, K=k, N=nout, bias=b is not None, activation=attrs.get("activation"), width=e.width,
+        registers=e.registers, residual=r is not None)))
+    bias_ptr = ir.Constant(PTR, None) if b is None else e.pointer(b)
     e.call(fn, e.row_count(x, k), e.pointer(x), e.pointer(w), bias_ptr, e.pointer(n), e.pack_buffer(),
-           *[e.pointer(v) for v in r])
+           *([] if r is None else [e.pointer(r)]))
 
 
 def lower_elementwise(e: _Emitter, n: str) -> None:

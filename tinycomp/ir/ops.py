@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import reprlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -198,14 +198,20 @@ def format_expr(expr: Expr) -> str:
     return f"{expr[0]}({', '.join(format_expr(c) for c in expr[1:])})"
 
 
+def linear_extras(rest: Sequence[Any], *, bias: bool, residual: bool) -> tuple[Any, Any]:
+    """(bias, residual) of a `linear` node's operands after x and W, each None where absent: the
+    bias comes first (where `bias`), the residual last (where `residual`)."""
+    return (rest[0] if bias and rest else None), (rest[-1] if residual else None)
+
+
 def linear(x, w, *rest, bias: bool = True, activation: str | None = None, residual: bool = False) -> np.ndarray:
-    """act(x @ w + b) + r: `rest` holds the bias b (where `bias`) and then the residual r (where
-    `residual`), the operands fuse_linear found."""
+    """act(x @ w + b) + r, b and r the operands fuse_linear found (`linear_extras`)."""
+    b, r = linear_extras(rest, bias=bias, residual=residual)
     y = np.matmul(x, w)
-    if bias and rest:
-        y = y + rest[0]
+    if b is not None:
+        y = y + b
     y = ACTIVATIONS[activation](y) if activation else y
-    return y + rest[-1] if residual else y
+    return y if r is None else y + r
 
 
 def attention_cost(operands: list[Shape], attrs: dict) -> tuple[int, int]:
