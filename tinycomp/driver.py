@@ -177,9 +177,9 @@ def codegen(g: Graph, speed_level: int) -> tuple[ModulePlan, JitEngine, str, boo
     key = cache.cache_key(graph_fingerprint(g, width), {"speed_level": speed_level})
     hit = cache.load(key)
     if hit is not None:
-        meta, object_code = hit
+        meta, objects = hit
         try:
-            plan, engine = ModulePlan.from_meta(meta, g, width), JitEngine(object_code=object_code)
+            plan, engine = ModulePlan.from_meta(meta, g, width), JitEngine(objects=objects)
             engine.address(plan.entry)
         except Exception as exc:  # an authentic entry that does not fit this graph: rebuild, never trust it
             log("compile", "cache entry %s unusable (%s); rebuilding", key[:16], exc)
@@ -187,7 +187,7 @@ def codegen(g: Graph, speed_level: int) -> tuple[ModulePlan, JitEngine, str, boo
             return plan, engine, key, True
     plan = lower(g, width)
     engine = JitEngine(plan.llvm_ir, speed_level=speed_level)
-    cache.store(key, plan.to_meta(), engine.object_code)
+    cache.store(key, plan.to_meta(), engine.objects)
     return plan, engine, key, False
 
 

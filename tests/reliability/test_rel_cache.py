@@ -66,7 +66,7 @@ def _foreign_version(blob):
 
 def _wrong_size(blob):
     tag, header, code = _split(blob)
-    header["size"] += 1
+    header["sizes"][-1] += 1
     return _join(tag, header, code)
 
 
@@ -75,7 +75,7 @@ def _consistent_but_broken_object(blob):
     authentication, so loading it must still fail safely."""
     _, header, _ = _split(blob)
     junk = b"\x7fELF" + b"\x00" * 200
-    return cache.encode(header["key"], header["meta"], junk, cache.secret())
+    return cache.encode(header["key"], header["meta"], [junk], cache.secret())
 
 
 def _header(text: bytes):

@@ -112,7 +112,7 @@ def replace_code(blob: bytes, code: bytes) -> bytes:
     parts = blob.split(b"\n", i + 1)
 
     def fix(header):
-        header["size"] = len(code)
+        header["sizes"] = [len(code)]
         if "sha256" in header:
             header["sha256"] = hashlib.sha256(code).hexdigest()
     return edit_header(b"\n".join(parts[: i + 1]) + b"\n" + code, fix)
@@ -138,7 +138,7 @@ def plant_with_own_key(tmp_path, monkeypatch, key, meta, code):
     """The attacker runs tinycomp's own store() with their own key to write a well-formed entry."""
     victim = os.environ["XDG_CONFIG_HOME"]
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "attacker-config"))
-    cache.store(key, meta, code)
+    cache.store(key, meta, [code])
     monkeypatch.setenv("XDG_CONFIG_HOME", victim)
 
 

@@ -186,9 +186,10 @@ def _initialize_cross_targets() -> None:
     llvm.initialize_all_asmprinters()
 
 
-def parse_module(llvm_ir: str, tm: llvm.TargetMachine) -> llvm.ModuleRef:
-    """Parse and verify textual IR, stamped with the target's triple and data layout."""
-    mod = llvm.parse_assembly(llvm_ir)
+def parse_module(llvm_ir: str, tm: llvm.TargetMachine, context: llvm.ContextRef | None = None) -> llvm.ModuleRef:
+    """Parse and verify textual IR, stamped with the target's triple and data layout (in `context`,
+    by default LLVM's global one)."""
+    mod = llvm.parse_assembly(llvm_ir, context)
     mod.triple = tm.triple
     mod.data_layout = str(tm.target_data)
     mod.verify()

@@ -33,8 +33,8 @@ import llvmlite.binding as llvm
 
 from ..codegen.target import host
 
-MAGIC = b"TINYCOMP-OBJ-3\n"
-FORMAT = 3
+MAGIC = b"TINYCOMP-OBJ-4\n"
+FORMAT = 4
 TAG_CHARS = 64  # hex digits of an HMAC-SHA256 tag, on the line after MAGIC
 SECRET_BYTES = 32
 
@@ -197,15 +197,16 @@ def _tag(key: bytes, signed: bytes) -> bytes:
     return hmac.new(key, signed, hashlib.sha256).hexdigest().encode()
 
 
-def encode(key: str, meta: dict, object_code: bytes, secret_key: bytes) -> bytes:
-    """An entry: MAGIC, the tag line, a JSON header line, then the object code."""
-    header = json.dumps({"key": key, "size": len(object_code), "meta": meta}, sort_keys=True).encode()
-    body = header + b"\n" + object_code
+def encode(key: str, meta: dict, objects: list[bytes], secret_key: bytes) -> bytes:
+    """An entry: MAGIC, the tag line, a JSON header line, then the object files one after another
+    (the header gives their sizes: a large module is several, `engine.emit_objects`)."""
+    header = json.dumps({"key": key, "sizes": [len(o) for o in objects], "meta": meta}, sort_keys=True).encode()
+    body = header + b"\n" + b"".join(objects)
     return MAGIC + _tag(secret_key, MAGIC + body) + b"\n" + body
 
 
-def decode(blob: bytes, key: str, secret_key: bytes) -> tuple[dict, bytes] | None:
-    """(metadata, object code) if `blob` is an entry we signed for `key`, else None. Nothing is
+def decode(blob: bytes, key: str, secret_key: bytes) -> tuple[dict, list[bytes]] | None:
+    """(metadata, object files) if `blob` is an entry we signed for `key`, else None. Nothing is
     parsed before the tag verifies."""
     start = len(MAGIC) + TAG_CHARS + 1
     if not blob.startswith(MAGIC) or len(blob) < start or blob[start - 1:start] != b"\n":
@@ -217,16 +218,20 @@ def decode(blob: bytes, key: str, secret_key: bytes) -> tuple[dict, bytes] | Non
         header_end = body.index(b"\n")
         header = json.loads(body[:header_end])
         payload = body[header_end + 1:]
-        if not isinstance(header, dict) or header.get("key") != key or header.get("size") != len(payload):
+        if not isinstance(header, dict) or header.get("key") != key:
             return None  # ours, but another model's entry (renamed): not this key's code
-        meta = header["meta"]
-        return (meta, payload) if isinstance(meta, dict) else None
+        sizes, meta = header["sizes"], header["meta"]
+        if (not isinstance(meta, dict) or not isinstance(sizes, list) or not sizes
+                or not all(type(n) is int and n > 0 for n in sizes) or sum(sizes) != len(payload)):
+            return None
+        ends = [sum(sizes[:i + 1]) for i in range(len(sizes))]
+        return meta, [payload[end - n:end] for n, end in zip(sizes, ends, strict=True)]
     except (ValueError, KeyError, TypeError, RecursionError):
         return None
 
 
-def load(key: str) -> tuple[dict, bytes] | None:
-    """(metadata, object code) for `key`, or None if absent, refused or not an entry we signed for it."""
+def load(key: str) -> tuple[dict, list[bytes]] | None:
+    """(metadata, object files) for `key`, or None if absent, refused or not an entry we signed for it."""
     usable = _usable()
     if usable is None:
         return None
@@ -238,13 +243,13 @@ def load(key: str) -> tuple[dict, bytes] | None:
     return decode(blob, key, secret_key)
 
 
-def store(key: str, meta: dict, object_code: bytes) -> None:
+def store(key: str, meta: dict, objects: list[bytes]) -> None:
     """Write an entry atomically, 0600; a cache that is refused or cannot be written is skipped."""
     usable = _usable()
     if usable is None:
         return
     folder, secret_key = usable
-    blob = encode(key, meta, object_code, secret_key)
+    blob = encode(key, meta, objects, secret_key)
     try:
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{key[:16]}.", suffix=".tmp")  # 0600
         try:

@@ -1,0 +1,180 @@
+"""Splitting a module for parallel code generation (codegen/split.py, runtime.engine.emit_objects):
+every part parses on its own, the parts define each function once (inline helpers in each part that
+calls them), and a model emitted in parts computes exactly what it computes emitted whole."""
+
+from __future__ import annotations
+
+import ctypes
+import re
+
+import numpy as np
+import pytest
+from llvmlite import ir
+
+import tinycomp as tc
+from tests.models import REFERENCE_MLP_IN, reference_mlp
+from tests.reliability.rel_helpers import assert_matches_eager
+from tinycomp.codegen import split
+from tinycomp.codegen.cgutils import F32, I64, PTR, element_ptr, for_range
+from tinycomp.codegen.module import lower_graph
+from tinycomp.codegen.split import split_module
+from tinycomp.codegen.target import host, host_target_machine, parse_module
+from tinycomp.frontend.tracer import trace
+from tinycomp.ir.passes import run_pipeline
+from tinycomp.runtime import engine as engine_module
+from tinycomp.runtime.engine import JitEngine, codegen_jobs, emit_objects
+
+DEFINED = re.compile(r'(?m)^define (internal )?[^@]*@"([^"]+)"')
+
+
+def definitions(text: str) -> dict[str, bool]:
+    """{function name: whether it is internal} of a module's text."""
+    return {m.group(2): m.group(1) is not None for m in DEFINED.finditer(text)}
+
+
+def reference_mlp_ir() -> str:
+    g = run_pipeline(trace(reference_mlp(), (None, REFERENCE_MLP_IN)))
+    return lower_graph(g, host().vector_width).llvm_ir
+
+
+def test_reference_mlp_splits_into_parts_that_each_parse_and_define_each_function_once():
+    text = reference_mlp_ir()
+    parts = split_module(text, 2)
+    assert len(parts) == 2
+    tm = host_target_machine()
+    for part in parts:
+        parse_module(part, tm)  # verifies: every symbol a part names is defined or declared in it
+    whole = definitions(text)
+    defined = [definitions(p) for p in parts]
+    assert set().union(*defined) == set(whole)
+    for name in whole:
+        owners = [i for i, d in enumerate(defined) if name in d]
+        assert len(owners) == 1, f"{name} defined in parts {owners}"  # the MLP's glue is inlined into the entry
+    assert "tinycomp_forward" in defined[0]
+    lines = [p.count("\n") for p in parts]
+    assert max(lines) < 0.7 * sum(lines), f"unbalanced parts: {lines} lines"
+    for name, internal in defined[1].items():  # what part 0 calls in part 1 is exported, the rest stays internal
+        assert internal == (f'@"{name}"' not in parts[0]), name
+
+
+def test_small_modules_and_one_job_stay_whole():
+    text = reference_mlp_ir()
+    assert split_module(text, 1) == [text]
+    small = lower_graph(run_pipeline(trace(tc.nn.Linear(4, 3), (None, 4))), host().vector_width).llvm_ir
+    assert split_module(small, 8) == [small]
+
+
+def test_a_module_with_metadata_stays_whole():
+    text = reference_mlp_ir() + '\n!0 = !{ i32 1 }\n'
+    assert split_module(text, 2) == [text]
+
+
+@pytest.mark.parametrize("jobs", ["2", "3"])
+def test_a_model_emitted_in_parts_equals_the_model_emitted_whole(monkeypatch, jobs):
+    monkeypatch.setenv("TINYCOMP_CACHE", "0")
+    model, x = reference_mlp(), np.random.default_rng(5).standard_normal((37, REFERENCE_MLP_IN)).astype(np.float32)
+    monkeypatch.setenv("TINYCOMP_CODEGEN_JOBS", "1")
+    whole = tc.compile(model, threads=1, input_shape=(None, REFERENCE_MLP_IN))
+    monkeypatch.setenv("TINYCOMP_CODEGEN_JOBS", jobs)
+    parts = tc.compile(model, threads=1, input_shape=(None, REFERENCE_MLP_IN))
+    assert len(whole._artifact.engine.objects) == 1
+    assert len(parts._artifact.engine.objects) == len(split_module(reference_mlp_ir(), int(jobs))) > 1
+    got = parts(x).data
+    np.testing.assert_array_equal(got, whole(x).data)  # the same instructions, only in other objects
+    assert_matches_eager(got, model, x)
+
+
+def test_a_model_in_parts_round_trips_through_the_disk_cache(tmp_cache, monkeypatch):
+    monkeypatch.setenv("TINYCOMP_CODEGEN_JOBS", "2")
+    model, x = reference_mlp(), np.random.default_rng(6).standard_normal((9, REFERENCE_MLP_IN)).astype(np.float32)
+    first = tc.compile(model, threads=1, input_shape=(None, REFERENCE_MLP_IN))
+    again = tc.compile(model, threads=1, input_shape=(None, REFERENCE_MLP_IN))
+    assert again.stats.cache_hits == 1
+    assert len(again._artifact.engine.objects) == 2
+    np.testing.assert_array_equal(again(x).data, first(x).data)
+    assert_matches_eager(again(x).data, model, x)
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "two", "1.5"])
+def test_codegen_jobs_must_be_a_whole_number(monkeypatch, value):
+    monkeypatch.setenv("TINYCOMP_CODEGEN_JOBS", value)
+    with pytest.raises(ValueError, match=re.escape(repr(value))):
+        codegen_jobs()
+
+
+# ---------------------------------------------------------------- a module made for the split
+
+def _kernel(module: ir.Module, name: str, helper: ir.Function, offset) -> ir.Function:
+    """void name(i64 n, ptr x, ptr out): out[i] = helper(x[i]) + offset(builder)."""
+    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [I64, PTR, PTR]), name)
+    fn.linkage = "internal"
+    fn.attributes.add("noinline")
+    n, x, out = fn.args
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    add = offset(b)
+    with for_range(b, 0, n) as loop:
+        v = b.call(helper, [b.load(element_ptr(b, x, loop.index), typ=F32)])
+        b.store(b.fadd(v, add), element_ptr(b, out, loop.index))
+    b.ret_void()
+    return fn
+
+
+def _split_test_module(with_table: bool) -> str:
+    """`entry(n, x, a, b)`: a = 2x + 1 + 10 by kernel `ka`, b = 2x + 1 + 20 by `kb`, both through the
+    alwaysinline `helper`; with_table: ka reads its 10 from a global constant."""
+    module = ir.Module(name="split")
+    helper = ir.Function(module, ir.FunctionType(F32, [F32]), "helper")
+    helper.linkage = "internal"
+    helper.attributes.add("alwaysinline")
+    hb = ir.IRBuilder(helper.append_basic_block("entry"))
+    hb.ret(hb.fadd(hb.fmul(helper.args[0], ir.Constant(F32, 2.0)), ir.Constant(F32, 1.0)))
+    ten = lambda b: ir.Constant(F32, 10.0)  # noqa: E731
+    if with_table:
+        table = ir.GlobalVariable(module, F32, "table")
+        table.linkage, table.global_constant, table.initializer = "internal", True, ir.Constant(F32, 10.0)
+        ten = lambda b: b.load(table, typ=F32)  # noqa: E731
+    ka = _kernel(module, "ka", helper, ten)
+    kb = _kernel(module, "kb", helper, lambda b: ir.Constant(F32, 20.0))
+    entry = ir.Function(module, ir.FunctionType(ir.VoidType(), [I64, PTR, PTR, PTR]), "entry")
+    b = ir.IRBuilder(entry.append_basic_block("entry"))
+    n, x, a, out_b = entry.args
+    b.call(ka, [n, x, a])
+    b.call(kb, [n, x, out_b])
+    b.ret_void()
+    return str(module)
+
+
+def _run(objects: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
+    engine = JitEngine(objects=objects)
+    x = np.arange(7, dtype=np.float32)
+    a, b = np.zeros_like(x), np.zeros_like(x)
+    proto = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p)
+    proto(engine.address("entry"))(len(x), x.ctypes.data, a.ctypes.data, b.ctypes.data)
+    np.testing.assert_array_equal(a, 2 * x + 1 + 10)
+    np.testing.assert_array_equal(b, 2 * x + 1 + 20)
+    return a, b
+
+
+def test_inline_helpers_are_copied_into_each_part_and_called_kernels_exported(monkeypatch):
+    monkeypatch.setattr(split, "MIN_PART_LINES", 1)
+    text = _split_test_module(with_table=False)
+    parts = split_module(text, 2)
+    defined = [definitions(p) for p in parts]
+    assert "entry" in defined[0] and sum("ka" in d for d in defined) == sum("kb" in d for d in defined) == 1
+    assert all(d.get("helper") is True for d in defined if "ka" in d or "kb" in d)  # a private copy each
+    moved = [k for k in ("ka", "kb") if k in defined[1]]
+    assert moved and all(defined[1][k] is False for k in moved)  # part 0 calls them: no longer internal
+    assert all(f'declare void @"{k}"' in parts[0] for k in moved)
+    monkeypatch.setattr(engine_module, "split_module", lambda ir_text, jobs: split_module(ir_text, 2))
+    objects = emit_objects(text)
+    assert len(objects) == 2
+    _run(objects)
+
+
+def test_a_global_variable_keeps_the_functions_that_name_it_with_it(monkeypatch):
+    monkeypatch.setattr(split, "MIN_PART_LINES", 1)
+    parts = split_module(_split_test_module(with_table=True), 2)
+    assert len(parts) == 2
+    assert "ka" in definitions(parts[0]) and '@"table" =' in parts[0] and '@"table"' not in parts[1]
+    assert "kb" in definitions(parts[1])
+    _run([engine_module.emit_object(p) for p in parts])
