@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import re
 
-_TOP_LEVEL = re.compile(r"(?m)^(?=define |declare |@)")
+_TOP_LEVEL = re.compile(r"\n(?=define |declare |@)")  # a newline first: scanning for it is fast
 _SYMBOL = re.compile(r'@"([^"]+)"')
 _DEFINE = re.compile(r'define (internal )?[^@]*@"([^"]+)"')
 
@@ -31,7 +31,7 @@ class _Function:
     name: str
     text: str
     internal: bool
-    inline: bool  # alwaysinline: copied into each part that calls it
+    inline: bool  # internal and alwaysinline: copied into each part that calls it
     calls: set[str]  # the symbols its body names
 
     @property
@@ -50,8 +50,9 @@ def split_module(llvm_ir: str, parts: int) -> list[str]:
     """llvm_ir as at most `parts` modules that together define what it defines (one: unchanged)."""
     if parts < 2:
         return [llvm_ir]
-    head, *pieces = _TOP_LEVEL.split(llvm_ir)
-    pieces = [p if p.endswith("\n") else p + "\n" for p in pieces]
+    starts = [m.start() + 1 for m in _TOP_LEVEL.finditer(llvm_ir)]
+    head = llvm_ir[:starts[0]] if starts else llvm_ir
+    pieces = [llvm_ir[a:b].rstrip("\n") + "\n" for a, b in zip(starts, [*starts[1:], len(llvm_ir)], strict=True)]
     if not pieces or re.search(r"(?m)^(!|attributes |\$)", pieces[-1]) or "!" in head:
         return [llvm_ir]
     declares = [p for p in pieces if p.startswith("declare ")]
@@ -76,9 +77,10 @@ def _read_function(text: str) -> _Function | None:
     prototype = text.split("\n", 1)[0]
     if m is None or (m.group(1) is None and re.match(r"define (private|linkonce|weak|available)", prototype)):
         return None
-    name = m.group(2)
+    name, internal = m.group(2), m.group(1) is not None
     calls = set(_SYMBOL.findall(text)) - {name}
-    return _Function(name, text, internal=m.group(1) is not None, inline=" alwaysinline" in prototype, calls=calls)
+    # Only an internal helper may be copied: two exported definitions of one name would not link.
+    return _Function(name, text, internal, inline=internal and " alwaysinline" in prototype, calls=calls)
 
 
 def _inlined_closure(names: set[str], functions: dict[str, _Function]) -> set[str]:
@@ -97,21 +99,18 @@ def _balance(functions: dict[str, _Function], variables: dict[str, str], parts: 
     """Which functions (not counting copied inline helpers) each part defines, or None when the module
     should stay whole. The first part takes the exported functions and every function that names a
     global variable (the variables live there); the rest go, largest first, to the lightest part."""
-    def cost(name: str) -> int:
-        return sum(functions[n].lines for n in {name} | _inlined_closure(functions[name].calls, functions))
-
     units = [n for n, f in functions.items() if not f.inline]
+    cost = {n: sum(functions[m].lines for m in {n} | _inlined_closure(functions[n].calls, functions)) for n in units}
     pinned = {n for n in units if not functions[n].internal or functions[n].calls & variables.keys()}
-    total = sum(cost(n) for n in units)
-    parts = min(parts, total // MIN_PART_LINES, len(units) - len(pinned) + (1 if pinned else 0))
+    parts = min(parts, sum(cost.values()) // MIN_PART_LINES, len(units) - len(pinned) + (1 if pinned else 0))
     if parts < 2:
         return None
     assignment: list[set[str]] = [set(pinned)] + [set() for _ in range(parts - 1)]
-    loads = [sum(cost(n) for n in pinned)] + [0] * (parts - 1)
-    for n in sorted(set(units) - pinned, key=lambda n: (-cost(n), n)):
+    loads = [sum(cost[n] for n in pinned)] + [0] * (parts - 1)
+    for n in sorted(set(units) - pinned, key=lambda n: (-cost[n], n)):
         i = loads.index(min(loads))
         assignment[i].add(n)
-        loads[i] += cost(n)
+        loads[i] += cost[n]
     if any(not a for a in assignment):
         return None
     return assignment
