@@ -2,7 +2,8 @@
 
     python benchmarks/codegen_cost.py [model]      # a `tinycomp bench` model, default mlp
 
-Compiles the model with the cache off, then emits its module's object code once whole and once per
+Compiles the model with the cache off, then emits its module's object code once whole, once in the
+parts a compile emits at once (`codegen.split`, one per core) and once per
 function: that function's body with every other function declared only. A function's cost is its
 module's time minus the time of the module with no bodies at all (best of 3 each, one thread).
 The per-function figures do not add up to the whole exactly (LLVM's per-module work is counted
@@ -20,15 +21,16 @@ os.environ["TINYCOMP_CACHE"] = "0"
 
 import tinycomp as tc  # noqa: E402 - the cache switch above must come first
 from tinycomp.bench.models import MODELS  # noqa: E402
-from tinycomp.runtime.engine import emit_object  # noqa: E402
+from tinycomp.codegen.split import split_module  # noqa: E402
+from tinycomp.runtime.engine import codegen_jobs, emit_object, emit_objects  # noqa: E402
 
 
-def best_ms(llvm_ir: str, repeat: int = 3) -> float:
-    emit_object(llvm_ir)  # warm
+def best_ms(llvm_ir: str, repeat: int = 3, emit=emit_object) -> float:
+    emit(llvm_ir)  # warm
     times = []
     for _ in range(repeat):
         start = time.perf_counter()
-        emit_object(llvm_ir)
+        emit(llvm_ir)
         times.append(time.perf_counter() - start)
     return min(times) * 1e3
 
@@ -52,7 +54,9 @@ def main(model: str = "mlp") -> None:
     llvm_ir = compiled.dump("llvm").split("; ==== after LLVM optimization")[0]  # the IR we generated
     head, functions, tail = split_functions(llvm_ir)
     names = [re.search(r'@"?([\w.]+)"?\(', f).group(1) for f in functions]
-    print(f"{model}: whole module {best_ms(llvm_ir):.1f} ms")
+    parts = len(split_module(llvm_ir, codegen_jobs()))
+    print(f"{model}: whole module {best_ms(llvm_ir):.1f} ms; in {parts} part{'s' * (parts != 1)} at once "
+          f"(what a compile does) {best_ms(llvm_ir, emit=emit_objects):.1f} ms")
     empty = best_ms(head + "".join(map(declaration, functions)) + tail)
     costs = []
     for i, body in enumerate(functions):

@@ -139,8 +139,10 @@ def build(model: Any, features: tuple[int, ...], *, passes: list | None, speed_l
         compile_ms=(time.perf_counter() - start) * 1e3,
         draws=DropoutDraws(model, traced, plan.dropouts) if training else None, more_inputs=more_inputs,
     )
-    log("compile", "compiled %s for input (N, %s) in %.1f ms (cache key %s, %s)", type(model).__name__,
-        ", ".join(map(str, features)), artifact.compile_ms, key[:16], "cache hit" if hit else "built")
+    objects = len(engine.objects)
+    log("compile", "compiled %s for input (N, %s) in %.1f ms (cache key %s, %s, %d object file%s)",
+        type(model).__name__, ", ".join(map(str, features)), artifact.compile_ms, key[:16],
+        "cache hit" if hit else "built", objects, "" if objects == 1 else "s")
     if channel("llvm"):
         log("llvm", "LLVM IR:\n%s", llvm_ir(artifact))
     if channel("asm"):

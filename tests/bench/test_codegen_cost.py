@@ -13,7 +13,11 @@ SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "codegen_cost.py"
 def test_ranks_every_kernel_of_a_model():
     out = subprocess.run([sys.executable, str(SCRIPT), "tiny"], capture_output=True, text=True, timeout=120,
                          check=True).stdout.splitlines()
-    whole = float(re.fullmatch(r"tiny: whole module ([\d.]+) ms", out[0]).group(1))
+    head = re.fullmatch(r"tiny: whole module ([\d.]+) ms; in (\d+) parts? at once \(what a compile does\) ([\d.]+) ms",
+                        out[0])
+    assert head, out[0]
+    whole = float(head.group(1))
+    assert int(head.group(2)) >= 1 and float(head.group(3)) > 0
     costs = [(float(ms), name) for ms, name in (re.fullmatch(r"\s*(-?[\d.]+) ms  (\S+)", line).groups()
                                                 for line in out[1:])]
     names = [name for _, name in costs]
