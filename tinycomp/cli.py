@@ -254,13 +254,17 @@ def run_export(args: argparse.Namespace) -> int:
     more = [parse_other_input_shape(text, i) for i, text in enumerate(others, start=1)]
     result = export_model(model, args.out, input_shape=[(None, *shape[1:]), *more] if more else (None, *shape[1:]),
                           target=args.target, name=args.name,
-                          weights=args.weights)
+                          weights=args.weights, training=args.training)
     for path in result.files.values():
         print(path)
     where = "in the object" if args.weights == "embedded" else f"in {result.files['weights'].name}"
     print(f"{args.target}: object {result.object_bytes:,} bytes, weights {result.weights_bytes:,} bytes ({where}), "
           f"scratch {result.scratch_bytes(1):,} bytes at batch 1 ({result.scratch_bytes_per_row:,} per row "
           f"+ {result.scratch_bytes_fixed:,})")
+    if args.training:
+        layers = result.dropout_layers
+        print(f"training: {layers} Dropout layer{'s' * (layers != 1)} draw{'s' * (layers == 1)} masks from the "
+              f"entry's (seed, offset): seed = tinycomp.nn.dropout_key(s) for manual_seed(s), offset = the call number")
     return 0
 
 
@@ -293,6 +297,9 @@ def make_parser() -> argparse.ArgumentParser:
     export.add_argument("--name", default="model", help="prefix of the C symbols and file names (default: model)")
     export.add_argument("--weights", choices=WEIGHTS, default="embedded",
                         help="embedded in the object (default) or external, in <name>.bin")
+    export.add_argument("--training", action="store_true",
+                        help="keep dropout active: the entry takes (seed, offset) last and draws the masks eager "
+                             "training draws (layers numbered from the last manual_seed, as in this process)")
     sub.add_parser("bench", help="benchmark eager vs compiled (see `tinycomp bench --help`)", add_help=False)
     return parser
 

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from tests.cli.tiny_model import tiny
+from tests.cli.tiny_model import dropout_mlp, tiny
 from tests.export.runners import run_export, skip_unless_runnable
+from tests.test_compile_training import forward64, key_of
 from tinycomp.cli import main
-from tinycomp.nn import Tensor
+from tinycomp.frontend.streams import layer_id
+from tinycomp.ir.philox import DropoutStream
+from tinycomp.nn import Tensor, dropout_key
+from tinycomp.parity import check_parity
 
 TINY = f"{Path(__file__).parent / 'tiny_model.py'}:tiny"
 
@@ -57,3 +62,24 @@ def test_export_of_several_inputs(tmp_path, capsys):
     assert "#define MODEL_INPUT2_BATCHED 0" in header
     assert main(["export", spec, "--input-shape", "N,5", "--input-shape", "N,x", "--out", str(tmp_path)]) == 2
     assert "--input-shape #2 must be" in capsys.readouterr().err
+
+
+def test_export_training_draws_the_masks_eager_draws(tmp_path, capsys):
+    """--training: the entry takes (seed, offset) and drops what eager training drops on that call
+    (the factory seeds with manual_seed(7), so the layer ids are the same in both builds)."""
+    skip_unless_runnable("host")
+    spec = f"{Path(__file__).parent / 'tiny_model.py'}:dropout_mlp"
+    assert main(["export", spec, "--input-shape", "N,12", "--training", "--out", str(tmp_path)]) == 0
+    assert "training: 1 Dropout layer draws masks from the entry's (seed, offset)" in capsys.readouterr().out
+    assert "uint64_t seed, uint64_t offset);" in (tmp_path / "model.h").read_text()
+    model = dropout_mlp()
+    x = np.random.default_rng(2).standard_normal((6, 12)).astype(np.float32)
+    eager = [model(Tensor(x)).data.copy() for _ in range(2)]  # calls 0 and 1
+    for call in range(2):
+        got = run_export("host", tmp_path, x, [6], stream=(dropout_key(7), call))[6]
+        ref = forward64(model, x, [DropoutStream(*key_of(7), layer=layer_id(list(model)[2]), call=call)])
+        report = check_parity(got, eager[call], ref)
+        assert report.ok, f"call {call}: {report}"
+    assert not np.allclose(eager[0], eager[1])  # the two calls drop different units
+    assert main(["export", spec, "--input-shape", "N,12", "--out", str(tmp_path)]) == 0  # inference: no seed
+    assert "uint64_t seed" not in (tmp_path / "model.h").read_text()

@@ -23,3 +23,8 @@ def starts_with_relu():
 def nested():
     manual_seed(4)
     return Sequential(Sequential(Linear(9, 6), ReLU()), Linear(6, 2))
+
+
+def dropout_mlp():
+    manual_seed(7)
+    return Sequential(Linear(12, 16), ReLU(), Dropout(0.5), Linear(16, 5))
