@@ -36,6 +36,7 @@ LAYERS = [
     # vectors: 6 x 4 panels then a 6 x 1 / 6 x 2 / 6 x 3 tail panel (whole, or one lane of it).
     (64, 33, True, "relu"), (100, 48, False, None), (50, 80, True, "relu"), (130, 96, True, None),
     (300, 97, True, "relu"), (40, 112, False, None), (30, 257, True, None),
+    (2500, 40, True, "relu"),  # summed in chunks of 512 (gemm_kernels.LONG_SUM_K), the last of 452
 ]
 # Every leftover of the 6- and 8-row tiles (0..7), both paths, through the leftover kernels or one
 # overlapping full tile (gemm.OVERLAP_MIN_ROWS): the latter on the packed path (129, 131, 133, 137,
@@ -349,6 +350,26 @@ def test_narrow_accuracy_under_cancellation_is_numpys(narrow, K, N):
         for fn_out in (lambda A, W: c.run(layer, A, W, zero_b), in_slices):
             ratios = [cancellation_ratio(fn_out, K, N, seed) for seed in range(7)]
             assert np.median(ratios) <= 1.5 and max(ratios) <= 2.0, ratios
+
+
+@pytest.mark.parametrize("K", [4096, 8192, 32768])
+def test_long_sums_keep_to_the_parity_rule(K):
+    """A tile summing all K products in its registers erred up to 10x NumPy's blocked sums (K = 32768,
+    1.8e-5 against 1.6e-6) and failed the parity rule from K = 4096 on; in chunks of K_CHUNK it keeps
+    to it, in every tile and leftover kernel (rows 1 .. 13) and column layout (one vector, four)."""
+    from tinycomp.parity import check_parity
+
+    layers = [(K, 16, True, None), (K, 64, False, None)]
+    c = Compiled(layers)
+    for seed in range(3):
+        rng = np.random.default_rng(seed)
+        for layer in layers:
+            A, W, B = make_inputs(rng, 13, K, layer[1])
+            B = B if layer[2] else np.zeros_like(B)
+            ref = A.astype(np.float64) @ W.astype(np.float64) + B
+            for M in (1, 2, 3, 5, 8, 13):
+                report = check_parity(c.run(layer, A[:M], W, B), A[:M] @ W + B, ref[:M])
+                assert report.ok, f"{layer_name(*layer)} M={M} seed={seed}: {report}"
 
 
 def test_direct_path_sweeps_l2_sized_column_blocks():

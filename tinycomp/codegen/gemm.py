@@ -34,7 +34,7 @@ from llvmlite import ir
 from .cgutils import I32, I64, PTR, compile_as_glue, i64, paused_gc
 from .gemm_driver import CALL_TY, CONFIG_TY, PACK_TY, TILE_TY, driver_function, null_fn, pack_kernel
 from .gemm_epilogue import epilogue_function, kernel_activation
-from .gemm_kernels import TileShape, tile_kernel
+from .gemm_kernels import K_CHUNK, LONG_SUM_K, TileShape, tile_kernel
 from .gemm_narrow import NarrowShape, narrow_kernel, narrow_pack_kernel, narrow_small_kernel
 from .target import default_registers
 
@@ -112,19 +112,20 @@ def plan_gemm(K: int, N: int, width: int, registers: int | None = None) -> GemmP
     nv = tile_vectors(width, registers)
     nv_main = min(nv, vectors)
     nv1 = min(4 * nv, _pow2_at_least(vectors))
-    main = TileShape(MAIN3_ROWS if nv_main == 3 else 6, nv_main, width)
+    chunk = K_CHUNK if K > LONG_SUM_K else 0  # every kernel of the layer sums in the same chunks
+    main = TileShape(MAIN3_ROWS if nv_main == 3 else 6, nv_main, width, chunk=chunk)
     # The last panel of a layer whose vectors are not a multiple of the main tile's goes through a
     # 6-row tile just as wide (7 vectors = 4 + 3, 17 = 4 x 4 + 1) instead of computing whole
     # masked-off vectors; a layer of 3 vectors is one 8 x 3 panel. The tail's rows are the main
     # tile's (one row loop); the driver picks it for a panel of at most tail.nr columns, which only
     # the last panel of the last block can be. The leftover rows keep the power-of-two kernels.
     rest = vectors % nv_main
-    tail = TileShape(main.mr, rest, width) if vectors > nv_main and rest else None
-    one = TileShape(1, nv1, width, PREFETCH_ROWS, exact=N % (nv1 * width) == 0)
+    tail = TileShape(main.mr, rest, width, chunk=chunk) if vectors > nv_main and rest else None
+    one = TileShape(1, nv1, width, PREFETCH_ROWS, exact=N % (nv1 * width) == 0, chunk=chunk)
     if _pow2_at_least(vectors) < nv:  # narrow layers: the few leftover rows go one by one (1 x 1 or 1 x 2)
         leftover: tuple[TileShape, ...] = (one,)
     else:
-        leftover = (TileShape(4, nv, width), TileShape(2, 2 * nv, width, PREFETCH_ROWS), one)
+        leftover = (TileShape(4, nv, width, chunk=chunk), TileShape(2, 2 * nv, width, PREFETCH_ROWS, chunk=chunk), one)
     # Equal-sized blocks where possible.
     nr = main.nr
     panels = -(-N // nr)
