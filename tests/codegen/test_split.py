@@ -178,3 +178,16 @@ def test_a_global_variable_keeps_the_functions_that_name_it_with_it(monkeypatch)
     assert "ka" in definitions(parts[0]) and '@"table" =' in parts[0] and '@"table"' not in parts[1]
     assert "kb" in definitions(parts[1])
     _run([engine_module.emit_object(p) for p in parts])
+
+
+def test_a_part_llvm_refuses_leaves_the_module_whole(monkeypatch, caplog):
+    """split_module is an optimization: should a part not parse (a bug), the compile emits the whole
+    module and says so through logging, instead of failing."""
+    text = reference_mlp_ir()
+    good = split_module(text, 2)
+    monkeypatch.setattr(engine_module, "split_module", lambda ir_text, jobs: [good[0], good[1] + "\nnot llvm ir\n"])
+    with caplog.at_level("WARNING", logger="tinycomp.compile"):
+        objects = emit_objects(text)
+    assert len(objects) == 1
+    assert "emitting it whole" in caplog.text
+    assert JitEngine(objects=objects).address("tinycomp_forward")

@@ -9,6 +9,7 @@ A large module is emitted as several object files at once, one per core (`emit_o
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import platform
 import struct
@@ -20,6 +21,8 @@ from llvmlite.binding import ffi
 
 from ..codegen.split import split_module
 from ..codegen.target import host_backend_options, host_target_machine, optimize, parse_module
+
+_log = logging.getLogger("tinycomp.compile")
 
 # llvmlite takes a global lock per binding call anyway; this keeps our multi-step sequences
 # (parse -> optimize -> emit) from interleaving between threads compiling different models.
@@ -64,8 +67,19 @@ def emit_objects(llvm_ir: str, speed_level: int = 0, jobs: int | None = None) ->
     with _LLVM_LOCK:
         # One context per part: LLVM compiles modules of separate contexts on separate threads.
         contexts = [llvm.create_context() for _ in parts]
-        prepared = [_optimized_module(text, speed_level, ctx) for text, ctx in zip(parts, contexts, strict=True)]
+        prepared: list[tuple[llvm.ModuleRef, llvm.TargetMachine]] = []
         try:
+            for text, ctx in zip(parts, contexts, strict=True):
+                prepared.append(_optimized_module(text, speed_level, ctx))
+        except RuntimeError as exc:  # a part LLVM refuses is a bug of split_module: the whole still compiles
+            _log.warning("could not cut the module into parts for code generation (%s); emitting it whole",
+                         str(exc).strip().splitlines()[-1])
+            for mod, _ in prepared:  # before their contexts go
+                mod.close()
+            prepared.clear()
+        try:
+            if not prepared:
+                return [emit_object(llvm_ir, speed_level)]
             with host_backend_options():
                 return _emit_at_once(prepared)
         finally:
