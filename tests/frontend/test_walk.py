@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 import numpy as np
+import pytest
 
 from tinycomp.frontend.walk import resolve_path, walk_model
 from tinycomp.nn import Layer, Linear, ReLU, Sequential, manual_seed
@@ -61,4 +62,33 @@ def test_a_model_nested_250_deep_compiles_and_matches_eager():
     inner = resolve_path(model, ".".join(["0"] * 250))
     reference = x.astype(np.float64) @ inner.weight.data.astype(np.float64) + inner.bias.data
     np.testing.assert_allclose(tc.compile(model)(x).data, eager, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(eager, reference, rtol=1e-5, atol=1e-6)
+
+
+def test_a_model_too_deep_to_trace_is_a_clear_error_and_a_higher_limit_compiles_it():
+    """700 levels run eagerly under the default recursion limit, but the trace's extra frame per
+    level does not fit: a CompileError says so and how to raise the limit. Raised, the model compiles
+    although its deepest parameter paths are 1,400 characters long (LLVM cuts local value names at
+    1,024, which once made the weight's and the bias's names collide)."""
+    import tinycomp as tc
+    from tinycomp.errors import CompileError
+    from tinycomp.nn import Tensor
+
+    manual_seed(0)
+    model = Linear(3, 2)
+    for _ in range(700):
+        model = Sequential(model)
+    x = np.random.default_rng(1).standard_normal((4, 3)).astype(np.float32)
+    eager = model(Tensor(x)).data
+    with pytest.raises(CompileError, match=r"recursion limit \(\d+\).*sys.setrecursionlimit"):
+        tc.compile(model)(x)
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(4000)
+    try:
+        got = tc.compile(model)(x).data
+    finally:
+        sys.setrecursionlimit(limit)
+    inner = resolve_path(model, ".".join(["0"] * 700))
+    reference = x.astype(np.float64) @ inner.weight.data.astype(np.float64) + inner.bias.data
+    np.testing.assert_allclose(got, eager, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(eager, reference, rtol=1e-5, atol=1e-6)

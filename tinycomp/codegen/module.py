@@ -97,6 +97,18 @@ def _folded_everywhere(g: Graph, n: str) -> bool:
     return is_scalar_const(g, n) and all(LOWERINGS.get(g.op(u)) is lower_elementwise for u in g.users(n))
 
 
+MAX_VALUE_NAME = 120  # LLVM cuts local names at 1,024 characters, so two long ones could collide
+
+
+def _value_name(tag: str, i: int, node: str) -> str:
+    """`tag.node` for the IR dump, or for a node name too long to stay unique in LLVM (a parameter
+    path many layers deep) its start and end around the slot number i."""
+    name = f"{tag}.{node}".replace("%", "")
+    if len(name) <= MAX_VALUE_NAME:
+        return name
+    return f"{name[:MAX_VALUE_NAME // 2]}..{i}..{name[-MAX_VALUE_NAME // 2:]}"
+
+
 class _Emitter:
     """One lowering: the module, the entry's builder, and where every node's value lives."""
 
@@ -125,11 +137,11 @@ class _Emitter:
         self.ptr: dict[str, ir.Value] = {plan.inputs[0]: x}
         for i, n in enumerate(plan.inputs[1:]):  # several inputs: the others come in a table of pointers
             slot = self.b.gep(self.fn.args[-1], [i64(i)], source_etype=PTR, inbounds=True)
-            self.ptr[n] = self.b.load(slot, typ=PTR, name=f"in.{n}")
+            self.ptr[n] = self.b.load(slot, typ=PTR, name=_value_name("in", i, n))
         for i, n in enumerate(self.params + self.consts):
             tag = "p" if i < len(self.params) else "c"
             slot = self.b.gep(table, [i64(i)], source_etype=PTR, inbounds=True)
-            self.ptr[n] = self.b.load(slot, typ=PTR, name=f"{tag}.{n}".replace("%", ""))
+            self.ptr[n] = self.b.load(slot, typ=PTR, name=_value_name(tag, i, n))
         self._kernels: dict[tuple, ir.Function] = {}
 
     def pointer(self, n: str) -> ir.Value:

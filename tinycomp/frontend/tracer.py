@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import math
 import numbers
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -324,7 +325,14 @@ class Tracer:
         xs = [SymbolicTensor(self, self.graph.add("input", name=name, shape=shape, layer=""), shape)
               for name, shape in zip(names, input_shapes, strict=True)]
         with self.patched():
-            out = self.model(*xs)
+            try:
+                out = self.model(*xs)
+            except RecursionError as exc:
+                raise CompileError(
+                    f"tracing {type(self.model).__name__} went past Python's recursion limit "
+                    f"({sys.getrecursionlimit()}): the trace runs forward() with one more Python frame per "
+                    "nested layer than eager does, so a model nested nearly as deep as eager allows cannot "
+                    "be traced; raise the limit with sys.setrecursionlimit() before compiling") from exc
         if not isinstance(out, SymbolicTensor) or out._tracer is not self:
             got = "a Tensor that does not depend on the input" if isinstance(out, Tensor) else type(out).__name__
             raise CompileError(f"{self.where()}: forward() must return a Tensor computed from its input; got {got}")
