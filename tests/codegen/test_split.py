@@ -191,3 +191,16 @@ def test_a_part_llvm_refuses_leaves_the_module_whole(monkeypatch, caplog):
     assert len(objects) == 1
     assert "emitting it whole" in caplog.text
     assert JitEngine(objects=objects).address("tinycomp_forward")
+
+
+@pytest.mark.parametrize("header", ["", '; ModuleID = "m"\n'])
+def test_text_without_a_header_or_functions_is_read_right(monkeypatch, header):
+    """The first line may already define a function (hand-written IR, no ModuleID); text without any
+    function stays whole."""
+    monkeypatch.setattr(split, "MIN_PART_LINES", 1)
+    text = header + _split_test_module(with_table=False).split("\n", 3)[3].lstrip("\n")
+    assert text.startswith(header + "define") or text.startswith(header + "declare")
+    parts = split_module(text, 2)
+    assert len(parts) == 2 and sum(p.count('define void @"entry"') for p in parts) == 1
+    _run(emit_objects(text, jobs=2))
+    assert split_module("", 2) == [""] and split_module('; ModuleID = "m"\n', 2) == ['; ModuleID = "m"\n']

@@ -50,10 +50,12 @@ def split_module(llvm_ir: str, parts: int) -> list[str]:
     """llvm_ir as at most `parts` modules that together define what it defines (one: unchanged)."""
     if parts < 2:
         return [llvm_ir]
-    starts = [m.start() + 1 for m in _TOP_LEVEL.finditer(llvm_ir)]
-    head = llvm_ir[:starts[0]] if starts else llvm_ir
+    starts = [m.start() for m in _TOP_LEVEL.finditer("\n" + llvm_ir)]  # where each line starting one begins
+    if not starts:
+        return [llvm_ir]
+    head = llvm_ir[:starts[0]]
     pieces = [llvm_ir[a:b].rstrip("\n") + "\n" for a, b in zip(starts, [*starts[1:], len(llvm_ir)], strict=True)]
-    if not pieces or re.search(r"(?m)^(!|attributes |\$)", pieces[-1]) or "!" in head:
+    if re.search(r"(?m)^(!|attributes |\$)", pieces[-1]) or "!" in head:
         return [llvm_ir]
     declares = [p for p in pieces if p.startswith("declare ")]
     variables = {m.group(1): p for p in pieces if p.startswith("@") and (m := _SYMBOL.match(p))}
