@@ -50,6 +50,10 @@ def layer_norm() -> Sequential:  # reductions over the features (mean, variance)
     return model
 
 
+def long_sums() -> Sequential:  # K = 3000 > gemm_kernels.LONG_SUM_K: the tiles that sum in chunks
+    return Sequential(Linear(3000, 40), ReLU(), Linear(40, 5))
+
+
 def reference64(model: Sequential, x: np.ndarray) -> np.ndarray:
     """The model in float64: `sequential_reference`, with LayerNorm's formula where it appears."""
     for layer in model.layers:
@@ -63,7 +67,7 @@ def reference64(model: Sequential, x: np.ndarray) -> np.ndarray:
 
 
 MODELS = {"mlp": mlp, "odd_gelu": odd_gelu, "odd_tanh": odd_tanh, "odd_softmax": odd_softmax,
-          "layer_norm": layer_norm}
+          "layer_norm": layer_norm, "long_sums": long_sums}
 BATCHES = [1, 7]
 
 
