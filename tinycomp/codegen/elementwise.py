@@ -27,6 +27,7 @@ from .loops import (
     Chunk,
     accumulate_row,
     broadcast_load,
+    fold_run,
     for_each_chunk,
     for_each_flat_chunk,
     load_chunk,
@@ -282,12 +283,14 @@ def _softmax_three_pass(b: ir.IRBuilder, row: _Row, row_size: int, x_at, out_at)
         b, acc, load_chunk(b, x_at(c), c, fill=NEG_INF))])
     row.reduce_max(row_max)
 
-    def exp_and_sum(c: Chunk, acc: ir.Value) -> list[ir.Value]:
-        e = row.exp_shifted(load_chunk(b, x_at(c), c, fill=NEG_INF))
+    def exp_stored(c: Chunk) -> ir.Value:
+        e = row.exp_shifted(load_chunk(b, x_at(c), c, fill=NEG_INF))  # tail lanes: exp(-inf) = 0
         store_chunk(b, e, out_at(c), c)
-        return [b.fadd(acc, e)]
+        return e
 
-    [total] = accumulate_row(b, row_size, w, [splat(0.0, w)], exp_and_sum)
+    # Summed in blocks (`fold_run`), as the reductions and layer norm sum: one running sum per lane
+    # over a 300,000-wide row erred ~170 ulps and broke the parity rule against NumPy's pairwise sum.
+    total = fold_run(b, row_size, w, splat(0.0, w), exp_stored, b.fadd)
     scale = row.reduce_sum(total)
     for_each_chunk(b, row_size, w, lambda c: store_chunk(
         b, b.fmul(load_chunk(b, out_at(c), c), scale), out_at(c), c))

@@ -8,7 +8,7 @@ beta. These are the eager ops (`LayerNorm.forward`) in their order with their ro
 variance from the squared differences, not E[x^2] - E[x]^2; the divide per element, not a multiply
 by a reciprocal; no fused multiply-add -- so NaN and inf come out as eager's do: a NaN or inf in a
 row makes the whole row NaN, and a constant row gives beta (0 / sqrt(eps)). The sums are blocked as
-the `mean` kernel's (`reduce.fold_run`): lanes split the row and are folded pairwise at the end.
+the `mean` kernel's (`loops.fold_run`): lanes split the row and are folded pairwise at the end.
 """
 
 from __future__ import annotations
@@ -20,8 +20,7 @@ from llvmlite import ir
 from . import vecmath
 from .cgutils import F32, element_ptr, for_range, i64, splat
 from .elementwise import declare_kernel, horizontal
-from .loops import Chunk, for_each_chunk, load_chunk, store_chunk
-from .reduce import fold_run
+from .loops import Chunk, fold_run, for_each_chunk, load_chunk, store_chunk
 
 if TYPE_CHECKING:
     from .module import _Emitter

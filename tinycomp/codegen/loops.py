@@ -8,6 +8,7 @@ a mask computed from what is left. Also the sequential read that brings a batch 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -19,6 +20,7 @@ from .cgutils import (
     I32,
     I64,
     PTR,
+    as_i64,
     define_once,
     for_range,
     i64,
@@ -89,6 +91,50 @@ def accumulate_row(builder: ir.IRBuilder, row_size: int, width: int, init: list[
     if row_size % width:
         values = step(Chunk(i64(full), width, lanes_below(width, row_size % width)), *values)
     return values
+
+
+# ---------------------------------------------------------------- blocked sums
+
+BLOCK_MIN = 32  # levels up to this many terms are summed in one run
+Step = Callable[[ir.Value, ir.Value], ir.Value]  # (index, accumulator) -> accumulator
+
+
+def fold(b: ir.IRBuilder, count: int, init: ir.Value, step: Step, name: str = "k") -> ir.Value:
+    """acc = init; for i in range(count): acc = step(i, acc) -- a static count, the accumulator carried."""
+    if count == 0:
+        return init
+    with for_range(b, 0, count, name=name, carry=[init], nonempty=True) as loop:
+        loop.carry(step(loop.index, loop.carried[0]))
+    return loop.results[0]
+
+
+def blocked_fold(b: ir.IRBuilder, count: int, identity: ir.Value, term: Callable[[ir.Value], ir.Value],
+                 combine: Callable[[ir.Value, ir.Value], ir.Value], name: str = "k") -> ir.Value:
+    """combine(...combine(identity, term(0))..., term(count - 1)) in blocks of about sqrt(count),
+    each block folded from `identity` on its own and then combined into the total."""
+    def run(start: ir.Value | int, n: int, tag: str) -> ir.Value:
+        return fold(b, n, identity, lambda i, acc: combine(acc, term(b.add(i, as_i64(start), flags=["nsw"]))), tag)
+
+    if count <= BLOCK_MIN:
+        return run(0, count, name)
+    size = math.isqrt(count - 1) + 1
+    blocks, rest = divmod(count, size)
+    total = fold(b, blocks, identity, lambda j, acc: combine(acc, run(b.mul(j, i64(size)), size, f"{name}.in")),
+                 f"{name}.blk")
+    return combine(total, run(blocks * size, rest, f"{name}.rest")) if rest else total
+
+
+def fold_run(b: ir.IRBuilder, run: int, width: int, identity: ir.Value, term: Callable[[Chunk], ir.Value],
+             combine: Callable[[ir.Value, ir.Value], ir.Value]) -> ir.Value:
+    """Fold the vectors `term(chunk)` of a contiguous run of `run` floats into one vector: the full
+    ones blocked (`blocked_fold`), then the masked tail, whose masked-off lanes `term` must give as
+    the identity."""
+    full = run // width
+    acc = blocked_fold(b, full, identity, lambda i: term(Chunk(b.mul(i, i64(width), flags=["nsw"]), width)),
+                       combine, "run") if full else identity
+    if run % width:
+        acc = combine(acc, term(Chunk(i64(full * width), width, lanes_below(width, run % width))))
+    return acc
 
 
 def _lanes_left(builder: ir.IRBuilder, remaining: ir.Value, width: int) -> ir.Value:

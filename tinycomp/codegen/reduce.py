@@ -9,7 +9,7 @@ contiguous runs); when it is reduced, the lanes split the contiguous run and are
 end. Either way every sample is reduced on its own: the batch is never reduced over.
 
 Numerics: sums are blocked. Each loop level of a reduction starts a fresh accumulator and adds its
-result into the level above, and a level longer than BLOCK_MIN is cut into blocks of about sqrt(n):
+result into the level above, and a level longer than `loops.BLOCK_MIN` is cut into blocks of about sqrt(n):
 a sum of n terms goes through about 2 sqrt(n) additions per lane instead of n (NumPy's pairwise sum
 is better only on long contiguous runs, and sequential over other axes). Accumulators start at -0.0,
 the additive identity that keeps -0.0 + -0.0 = -0.0. max propagates NaN as np.max does. mean divides
@@ -26,51 +26,10 @@ from collections.abc import Callable, Sequence
 from llvmlite import ir
 
 from . import vecmath
-from .cgutils import F32, as_i64, element_ptr, for_range, i64, lanes_below, splat
+from .cgutils import F32, element_ptr, for_range, i64, splat
 from .elementwise import NEG_INF, declare_kernel, horizontal, max_ignoring_nan, softmax_divisor, softmax_shift
-from .loops import Chunk, for_each_chunk, load_chunk, store_chunk
+from .loops import Chunk, blocked_fold, fold, fold_run, for_each_chunk, load_chunk, store_chunk
 from .strided import contiguous_strides, nest_loops
-
-BLOCK_MIN = 32  # levels up to this many terms are summed in one run
-Step = Callable[[ir.Value, ir.Value], ir.Value]  # (index, accumulator) -> accumulator
-
-
-def fold(b: ir.IRBuilder, count: int, init: ir.Value, step: Step, name: str = "k") -> ir.Value:
-    """acc = init; for i in range(count): acc = step(i, acc) -- a static count, the accumulator carried."""
-    if count == 0:
-        return init
-    with for_range(b, 0, count, name=name, carry=[init], nonempty=True) as loop:
-        loop.carry(step(loop.index, loop.carried[0]))
-    return loop.results[0]
-
-
-def blocked_fold(b: ir.IRBuilder, count: int, identity: ir.Value, term: Callable[[ir.Value], ir.Value],
-                 combine: Callable[[ir.Value, ir.Value], ir.Value], name: str = "k") -> ir.Value:
-    """combine(...combine(identity, term(0))..., term(count - 1)) in blocks of about sqrt(count),
-    each block folded from `identity` on its own and then combined into the total."""
-    def run(start: ir.Value | int, n: int, tag: str) -> ir.Value:
-        return fold(b, n, identity, lambda i, acc: combine(acc, term(b.add(i, as_i64(start), flags=["nsw"]))), tag)
-
-    if count <= BLOCK_MIN:
-        return run(0, count, name)
-    size = math.isqrt(count - 1) + 1
-    blocks, rest = divmod(count, size)
-    total = fold(b, blocks, identity, lambda j, acc: combine(acc, run(b.mul(j, i64(size)), size, f"{name}.in")),
-                 f"{name}.blk")
-    return combine(total, run(blocks * size, rest, f"{name}.rest")) if rest else total
-
-
-def fold_run(b: ir.IRBuilder, run: int, width: int, identity: ir.Value, term: Callable[[Chunk], ir.Value],
-             combine: Callable[[ir.Value, ir.Value], ir.Value]) -> ir.Value:
-    """Fold the vectors `term(chunk)` of a contiguous run of `run` floats into one vector: the full
-    ones blocked (`blocked_fold`), then the masked tail, whose masked-off lanes `term` must give as
-    the identity."""
-    full = run // width
-    acc = blocked_fold(b, full, identity, lambda i: term(Chunk(b.mul(i, i64(width), flags=["nsw"]), width)),
-                       combine, "run") if full else identity
-    if run % width:
-        acc = combine(acc, term(Chunk(i64(full * width), width, lanes_below(width, run % width))))
-    return acc
 
 
 def max_keeping_nan(b: ir.IRBuilder, acc: ir.Value, x: ir.Value) -> ir.Value:
