@@ -37,6 +37,7 @@ LAYERS = [
     (64, 33, True, "relu"), (100, 48, False, None), (50, 80, True, "relu"), (130, 96, True, None),
     (300, 97, True, "relu"), (40, 112, False, None), (30, 257, True, None),
     (2500, 40, True, "relu"),  # summed in chunks of 512 (gemm_kernels.LONG_SUM_K), the last of 452
+    (1100, 37, False, "relu"),  # the 8 x 3 tile summing chunks of 512, 512 and 76
 ]
 # Every leftover of the 6- and 8-row tiles (0..7), both paths, through the leftover kernels or one
 # overlapping full tile (gemm.OVERLAP_MIN_ROWS): the latter on the packed path (129, 131, 133, 137,
@@ -352,7 +353,7 @@ def test_narrow_accuracy_under_cancellation_is_numpys(narrow, K, N):
             assert np.median(ratios) <= 1.5 and max(ratios) <= 2.0, ratios
 
 
-@pytest.mark.parametrize("K", [4096, 8192, 32768])
+@pytest.mark.parametrize("K", [1536, 2048, 4096, 8192, 32768])
 def test_long_sums_keep_to_the_parity_rule(K):
     """A tile summing all K products in its registers erred up to 10x NumPy's blocked sums (K = 32768,
     1.8e-5 against 1.6e-6) and failed the parity rule from K = 4096 on; in chunks of K_CHUNK it keeps

@@ -165,11 +165,12 @@ def _k_step(builder, shape: TileShape, ldb, ahead, masks, b_row, acc, a_rows, k)
 
 # Layers summing more than LONG_SUM_K products per output take tiles that sum in chunks of K_CHUNK:
 # one sequential sum over K in a register grows an error of up to ~K ulps, where NumPy's BLAS sums
-# in blocks of a few hundred. Whole-K sums failed the parity rule (twice NumPy's error) from K = 4096
-# on, up to 10x NumPy's error at K = 32768 (tests/codegen/test_gemm.py::test_long_sums_keep_to_the_parity_rule).
-# Shorter sums keep the one loop: the chunked loop cost the block and lnmlp ~2 % even as one chunk
-# (its running sums spill around the inner loop on every tile).
-LONG_SUM_K = 2048
+# in blocks of a few hundred. Whole-K sums failed the parity rule (twice NumPy's error) in 3 of 180
+# cases at K = 1536 and 2048, in most from K = 4096 on, up to 10x NumPy's error at K = 32768
+# (tests/codegen/test_gemm.py::test_long_sums_keep_to_the_parity_rule); none of 600 failed from
+# K = 900 to 4096 with this threshold. Shorter sums keep the one loop: the chunked loop cost the
+# block and lnmlp ~2 % even as one chunk (its running sums spill around the inner loop on every tile).
+LONG_SUM_K = 1024
 K_CHUNK = 512
 
 
