@@ -47,20 +47,26 @@ def test_a_model_nested_deeper_than_the_recursion_limit_is_walked():
     assert isinstance(resolve_path(model, deepest + ".weight").data, np.ndarray)
 
 
-def test_a_model_nested_250_deep_compiles_and_matches_eager():
-    """Swapping in the trace's guarded arrays (live_reads) took four Python frames per level; it now
-    runs on an explicit stack, so the trace's own frames (two per level) are the limit."""
-    import tinycomp as tc
+def nested_linear(depth: int, seed: int) -> tuple[Layer, np.ndarray, np.ndarray, np.ndarray]:
+    """Linear(3, 2) inside `depth` Sequentials: (model, x, eager output, float64 reference)."""
     from tinycomp.nn import Tensor
 
     manual_seed(0)
     model = Linear(3, 2)
-    for _ in range(250):
+    for _ in range(depth):
         model = Sequential(model)
-    x = np.random.default_rng(0).standard_normal((4, 3)).astype(np.float32)
-    eager = model(Tensor(x)).data
-    inner = resolve_path(model, ".".join(["0"] * 250))
+    x = np.random.default_rng(seed).standard_normal((4, 3)).astype(np.float32)
+    inner = resolve_path(model, ".".join(["0"] * depth))
     reference = x.astype(np.float64) @ inner.weight.data.astype(np.float64) + inner.bias.data
+    return model, x, model(Tensor(x)).data, reference
+
+
+def test_a_model_nested_250_deep_compiles_and_matches_eager():
+    """Swapping in the trace's guarded arrays (live_reads) took four Python frames per level; it now
+    runs on an explicit stack, so the trace's own frames (two per level) are the limit."""
+    import tinycomp as tc
+
+    model, x, eager, reference = nested_linear(250, seed=0)
     np.testing.assert_allclose(tc.compile(model)(x).data, eager, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(eager, reference, rtol=1e-5, atol=1e-6)
 
@@ -72,14 +78,8 @@ def test_a_model_too_deep_to_trace_is_a_clear_error_and_a_higher_limit_compiles_
     1,024, which once made the weight's and the bias's names collide)."""
     import tinycomp as tc
     from tinycomp.errors import CompileError
-    from tinycomp.nn import Tensor
 
-    manual_seed(0)
-    model = Linear(3, 2)
-    for _ in range(700):
-        model = Sequential(model)
-    x = np.random.default_rng(1).standard_normal((4, 3)).astype(np.float32)
-    eager = model(Tensor(x)).data
+    model, x, eager, reference = nested_linear(700, seed=1)
     with pytest.raises(CompileError, match=r"recursion limit \(\d+\).*sys.setrecursionlimit"):
         tc.compile(model)(x)
     limit = sys.getrecursionlimit()
@@ -88,7 +88,5 @@ def test_a_model_too_deep_to_trace_is_a_clear_error_and_a_higher_limit_compiles_
         got = tc.compile(model)(x).data
     finally:
         sys.setrecursionlimit(limit)
-    inner = resolve_path(model, ".".join(["0"] * 700))
-    reference = x.astype(np.float64) @ inner.weight.data.astype(np.float64) + inner.bias.data
     np.testing.assert_allclose(got, eager, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(eager, reference, rtol=1e-5, atol=1e-6)
