@@ -34,7 +34,7 @@ from llvmlite import ir
 from .cgutils import I32, I64, PTR, compile_as_glue, i64, paused_gc
 from .gemm_driver import CALL_TY, CONFIG_TY, PACK_TY, TILE_TY, driver_function, null_fn, pack_kernel
 from .gemm_epilogue import epilogue_function, kernel_activation
-from .gemm_kernels import K_CHUNK, LONG_SUM_K, TileShape, tile_kernel
+from .gemm_kernels import TileShape, k_chunk, tile_kernel
 from .gemm_narrow import NarrowShape, narrow_kernel, narrow_pack_kernel, narrow_small_kernel
 from .target import default_registers
 
@@ -112,7 +112,7 @@ def plan_gemm(K: int, N: int, width: int, registers: int | None = None) -> GemmP
     nv = tile_vectors(width, registers)
     nv_main = min(nv, vectors)
     nv1 = min(4 * nv, _pow2_at_least(vectors))
-    chunk = K_CHUNK if K > LONG_SUM_K else 0  # every kernel of the layer sums in the same chunks
+    chunk = k_chunk(K)  # every kernel of the layer sums in the same chunks
     main = TileShape(MAIN3_ROWS if nv_main == 3 else 6, nv_main, width, chunk=chunk)
     # The last panel of a layer whose vectors are not a multiple of the main tile's goes through a
     # 6-row tile just as wide (7 vectors = 4 + 3, 17 = 4 x 4 + 1) instead of computing whole

@@ -127,8 +127,8 @@ def _emit_tile(module: ir.Module, name: str, shape: TileShape, kind: str | None,
 
 def _k_loop(builder, shape: TileShape, K, a_rows, b, ldb, masks):
     """for k in 0..K (K >= 1): acc += A[:, k] (outer) B[k, :], the B row pointer and the tile
-    carried through the loop (or in chunks, `shape.chunk`: `_k_chunks`). Returns the tile as mr
-    lists of nv vectors.
+    carried through the loop (in chunks of `shape.chunk` rows of B where it is set: `_k_chunks`).
+    Returns the tile as mr lists of nv vectors.
 
     The loop is not unrolled (measured as fast as 2x/4x unrolling, half the IR). The B row pointer
     advances by `ldb` each step. With `shape.prefetch`, each step also prefetches the B row that
@@ -136,31 +136,33 @@ def _k_loop(builder, shape: TileShape, K, a_rows, b, ldb, masks):
     do not follow the stream. Without `masks` (an exact tile) B is read with plain loads.
     """
     ahead = builder.mul(ldb, i64(shape.prefetch)) if shape.prefetch else None
-    if shape.chunk:
-        return _k_chunks(builder, shape, K, a_rows, b, ldb, ahead, masks)
-    tile = [zeros(vector_type(shape.width))] * (shape.mr * shape.nv)
     # K >= 1: the driver never calls a kernel with K == 0
-    with for_range(builder, 0, K, name="k", carry=[b, *tile], nonempty=True) as loop:
-        b_row, *acc = loop.carried
-        loop.carry(*_k_step(builder, shape, ldb, ahead, masks, b_row, acc, a_rows, loop.index))
-    _, *acc = loop.results
+    if shape.chunk:
+        acc = _k_chunks(builder, shape, K, a_rows, b, ldb, ahead, masks)
+    else:
+        _, acc = _k_run(builder, shape, K, a_rows, b, ldb, ahead, masks)
     return [acc[i * shape.nv:(i + 1) * shape.nv] for i in range(shape.mr)]
 
 
-def _k_step(builder, shape: TileShape, ldb, ahead, masks, b_row, acc, a_rows, k) -> list:
-    """One step of the k-loop: the next B row pointer and acc + A[:, k] (outer) B[k, :], prefetching
-    the B row `ahead` floats on (None: none)."""
+def _k_run(builder, shape: TileShape, steps, a_rows, b, ldb, ahead, masks) -> tuple[ir.Value, list[ir.Value]]:
+    """(the B row pointer after, the mr * nv accumulators) of `steps` >= 1 steps from zero
+    accumulators, B's row k at b + k * ldb, A's at a_rows[i] + k, prefetching `ahead` floats on."""
     w, nv = shape.width, shape.nv
     fma = declare_vector_intrinsic(builder.module, "fma", w, 3)
-    if ahead is not None:
-        prefetch_for_read(builder, builder.gep(b_row, [ahead], source_etype=F32), nv, w)
-    bvec = [masked_load(builder, element_ptr(builder, b_row, v * w), masks[v] if masks else None, width=w)
-            for v in range(nv)]
-    new = []
-    for i, row in enumerate(a_rows):
-        a_ik = splat_f32(builder, builder.load(element_ptr(builder, row, k), typ=F32), w)
-        new += [builder.call(fma, [a_ik, bvec[v], acc[i * nv + v]]) for v in range(nv)]
-    return [builder.gep(b_row, [ldb], source_etype=F32, inbounds=True), *new]
+    tile = [zeros(vector_type(w))] * (shape.mr * nv)
+    with for_range(builder, 0, steps, name="k", carry=[b, *tile], nonempty=True) as loop:
+        b_row, *acc = loop.carried
+        if ahead is not None:
+            prefetch_for_read(builder, builder.gep(b_row, [ahead], source_etype=F32), nv, w)
+        bvec = [masked_load(builder, element_ptr(builder, b_row, v * w), masks[v] if masks else None, width=w)
+                for v in range(nv)]
+        new = []
+        for i, row in enumerate(a_rows):
+            a_ik = splat_f32(builder, builder.load(element_ptr(builder, row, loop.index), typ=F32), w)
+            new += [builder.call(fma, [a_ik, bvec[v], acc[i * nv + v]]) for v in range(nv)]
+        loop.carry(builder.gep(b_row, [ldb], source_etype=F32, inbounds=True), *new)
+    b_after, *acc = loop.results
+    return b_after, acc
 
 
 # Layers summing more than LONG_SUM_K products per output take tiles that sum in chunks of K_CHUNK:
@@ -168,27 +170,28 @@ def _k_step(builder, shape: TileShape, ldb, ahead, masks, b_row, acc, a_rows, k)
 # in blocks of a few hundred. Whole-K sums failed the parity rule (twice NumPy's error) in 3 of 180
 # cases at K = 1536 and 2048, in most from K = 4096 on, up to 10x NumPy's error at K = 32768
 # (tests/codegen/test_gemm.py::test_long_sums_keep_to_the_parity_rule); none of 600 failed from
-# K = 900 to 4096 with this threshold. Shorter sums keep the one loop: the chunked loop cost the
-# block and lnmlp ~2 % even as one chunk (its running sums spill around the inner loop on every tile).
+# K = 900 to 4096 with this threshold (one-off sweeps, RESULTS.md). Shorter sums keep the one loop:
+# the chunked loop cost the block and lnmlp ~2 % even as one chunk (its running sums spill around
+# the inner loop on every tile).
 LONG_SUM_K = 1024
 K_CHUNK = 512
 
 
-def _k_chunks(builder, shape: TileShape, K, a_rows, b, ldb, ahead, masks):
-    """The tile as the sum, in order, of the k-loop over each chunk of `shape.chunk` rows of B; the
-    A row pointers, the B row pointer and the running sums carried from chunk to chunk."""
-    tile = [zeros(vector_type(shape.width))] * (shape.mr * shape.nv)
-    mr = len(a_rows)
-    with for_range(builder, 0, K, shape.chunk, name="kc", carry=[b, *a_rows, *tile], nonempty=True) as chunk:
+def k_chunk(K: int) -> int:
+    """The chunk a layer summing K products per output sums in (`TileShape.chunk`; 0: one loop)."""
+    return K_CHUNK if K > LONG_SUM_K else 0
+
+
+def _k_chunks(builder, shape: TileShape, K, a_rows, b, ldb, ahead, masks) -> list[ir.Value]:
+    """The accumulators as the sum, in order, of `_k_run` over each chunk of `shape.chunk` rows of
+    B; the A row pointers, the B row pointer and the running sums carried from chunk to chunk."""
+    mr, sums = shape.mr, [zeros(vector_type(shape.width))] * (shape.mr * shape.nv)
+    with for_range(builder, 0, K, shape.chunk, name="kc", carry=[b, *a_rows, *sums], nonempty=True) as chunk:
         b_row, *rest = chunk.carried
         rows, sums = rest[:mr], rest[mr:]
         left = builder.sub(K, chunk.index)
         steps = builder.select(builder.icmp_signed("<", left, i64(shape.chunk)), left, i64(shape.chunk))
-        with for_range(builder, 0, steps, name="k", carry=[b_row, *tile], nonempty=True) as loop:
-            b_row, *acc = loop.carried
-            loop.carry(*_k_step(builder, shape, ldb, ahead, masks, b_row, acc, rows, loop.index))
-        b_row, *acc = loop.results
+        b_row, acc = _k_run(builder, shape, steps, rows, b_row, ldb, ahead, masks)
         chunk.carry(b_row, *[element_ptr(builder, row, shape.chunk) for row in rows],
                     *[builder.fadd(s, a) for s, a in zip(sums, acc, strict=True)])
-    acc = chunk.results[1 + mr:]
-    return [acc[i * shape.nv:(i + 1) * shape.nv] for i in range(shape.mr)]
+    return chunk.results[1 + mr:]

@@ -39,8 +39,7 @@ class _Function:
         return self.text.count("\n")
 
     def declaration(self) -> str:
-        prototype = self.text.split("\n", 1)[0]
-        return prototype.replace("define internal ", "declare ", 1).replace("define ", "declare ", 1) + "\n"
+        return re.sub(r"^define (internal )?", "declare ", self.text.split("\n", 1)[0]) + "\n"
 
     def exported(self) -> str:
         return self.text.replace("define internal ", "define ", 1) if self.internal else self.text

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import itertools
 import json
 import logging
 import os
@@ -224,7 +225,7 @@ def decode(blob: bytes, key: str, secret_key: bytes) -> tuple[dict, list[bytes]]
         if (not isinstance(meta, dict) or not isinstance(sizes, list) or not sizes
                 or not all(type(n) is int and n > 0 for n in sizes) or sum(sizes) != len(payload)):
             return None
-        ends = [sum(sizes[:i + 1]) for i in range(len(sizes))]
+        ends = list(itertools.accumulate(sizes))
         return meta, [payload[end - n:end] for n, end in zip(sizes, ends, strict=True)]
     except (ValueError, KeyError, TypeError, RecursionError):
         return None

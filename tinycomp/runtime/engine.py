@@ -58,35 +58,43 @@ def codegen_jobs() -> int:
 
 def emit_objects(llvm_ir: str, speed_level: int = 0, jobs: int | None = None) -> list[bytes]:
     """Host object code for llvm_ir: one object per part of `split_module`, the parts emitted on
-    `jobs` threads at once (default `codegen_jobs()`). The reference MLP's code generation takes
-    ~26 ms in two parts against ~43 ms whole on this host's two cores."""
+    `jobs` threads at once (default `codegen_jobs()`); the module whole where it stays one part.
+    The reference MLP's code generation takes ~26 ms in two parts against ~43 ms whole on this
+    host's two cores."""
     jobs = codegen_jobs() if jobs is None else jobs
     parts = split_module(llvm_ir, jobs if _EMIT_UNLOCKED is not None else 1)  # no way past llvmlite's lock: whole
-    if len(parts) == 1:
-        return [emit_object(llvm_ir, speed_level)]
-    with _LLVM_LOCK:
-        # One context per part: LLVM compiles modules of separate contexts on separate threads.
-        contexts = [llvm.create_context() for _ in parts]
-        prepared: list[tuple[llvm.ModuleRef, llvm.TargetMachine]] = []
-        try:
-            for text, ctx in zip(parts, contexts, strict=True):
-                prepared.append(_optimized_module(text, speed_level, ctx))
-        except RuntimeError as exc:  # a part LLVM refuses is a bug of split_module: the whole still compiles
-            _log.warning("could not cut the module into parts for code generation (%s); emitting it whole",
-                         str(exc).strip().splitlines()[-1])
-            for mod, _ in prepared:  # before their contexts go
-                mod.close()
-            prepared.clear()
-        try:
-            if not prepared:
-                return [emit_object(llvm_ir, speed_level)]
-            with host_backend_options():
-                return _emit_at_once(prepared)
-        finally:
-            for mod, _ in prepared:
-                mod.close()
-            for ctx in contexts:
-                ctx.close()
+    if len(parts) > 1:
+        with _LLVM_LOCK:
+            # One context per part: LLVM compiles modules of separate contexts on separate threads.
+            contexts = [llvm.create_context() for _ in parts]
+            prepared = _prepare_parts(parts, speed_level, contexts)
+            try:
+                if prepared:
+                    with host_backend_options():
+                        return _emit_at_once(prepared)
+            finally:
+                for mod, _ in prepared:  # before their contexts go
+                    mod.close()
+                for ctx in contexts:
+                    ctx.close()
+    return [emit_object(llvm_ir, speed_level)]
+
+
+def _prepare_parts(parts: list[str], speed_level: int,
+                   contexts: list[llvm.ContextRef]) -> list[tuple[llvm.ModuleRef, llvm.TargetMachine]]:
+    """Each part parsed and optimized in its context; none when LLVM refuses one (a bug of
+    split_module, said through logging: the whole module still compiles)."""
+    prepared: list[tuple[llvm.ModuleRef, llvm.TargetMachine]] = []
+    try:
+        for text, ctx in zip(parts, contexts, strict=True):
+            prepared.append(_optimized_module(text, speed_level, ctx))
+    except RuntimeError as exc:
+        _log.warning("could not cut the module into parts for code generation (%s); emitting it whole",
+                     str(exc).strip().splitlines()[-1])
+        for mod, _ in prepared:
+            mod.close()
+        return []
+    return prepared
 
 
 def _emit_at_once(prepared: list[tuple[llvm.ModuleRef, llvm.TargetMachine]]) -> list[bytes]:
@@ -107,7 +115,7 @@ def _emit_at_once(prepared: list[tuple[llvm.ModuleRef, llvm.TargetMachine]]) -> 
     for result in out:
         if isinstance(result, BaseException):
             raise result
-    return [bytes(r) for r in out if isinstance(r, bytes)]
+    return [r for r in out if isinstance(r, bytes)]
 
 
 def _join_all(workers: list[threading.Thread]) -> None:
