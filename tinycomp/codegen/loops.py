@@ -8,7 +8,6 @@ a mask computed from what is left. Also the sequential read that brings a batch 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -95,13 +94,17 @@ def accumulate_row(builder: ir.IRBuilder, row_size: int, width: int, init: list[
 
 # ---------------------------------------------------------------- blocked sums
 
-BLOCK_MIN = 32  # levels up to this many terms are summed in one run
+LEAF = 32  # terms per leaf of a blocked fold, folded into UNROLL accumulators
+UNROLL = 4
+FAN = 4  # leaves (or subtrees) under one node of the tree above the leaves
 Step = Callable[[ir.Value, ir.Value], ir.Value]  # (index, accumulator) -> accumulator
+Combine = Callable[[ir.Value, ir.Value], ir.Value]
 
 
-def fold(b: ir.IRBuilder, count: int, init: ir.Value, step: Step, name: str = "k") -> ir.Value:
-    """acc = init; for i in range(count): acc = step(i, acc) -- a static count, the accumulator carried."""
-    if count == 0:
+def fold(b: ir.IRBuilder, count: int | ir.Value, init: ir.Value, step: Step, name: str = "k") -> ir.Value:
+    """acc = init; for i in range(count): acc = step(i, acc) -- the accumulator carried. A count known
+    only at run time must be at least 1."""
+    if isinstance(count, int) and count == 0:
         return init
     with for_range(b, 0, count, name=name, carry=[init], nonempty=True) as loop:
         loop.carry(step(loop.index, loop.carried[0]))
@@ -109,25 +112,76 @@ def fold(b: ir.IRBuilder, count: int, init: ir.Value, step: Step, name: str = "k
 
 
 def blocked_fold(b: ir.IRBuilder, count: int, identity: ir.Value, term: Callable[[ir.Value], ir.Value],
-                 combine: Callable[[ir.Value, ir.Value], ir.Value], name: str = "k") -> ir.Value:
-    """combine(...combine(identity, term(0))..., term(count - 1)) in blocks of about sqrt(count),
-    each block folded from `identity` on its own and then combined into the total."""
-    def run(start: ir.Value | int, n: int, tag: str) -> ir.Value:
-        return fold(b, n, identity, lambda i, acc: combine(acc, term(b.add(i, as_i64(start), flags=["nsw"]))), tag)
+                 combine: Combine, name: str = "k") -> ir.Value:
+    """combine(...combine(identity, term(0))..., term(count - 1)) in the shape of NumPy's pairwise sum,
+    so that a rounding error grows with log(count), not with count as in one running sum:
 
-    if count <= BLOCK_MIN:
-        return run(0, count, name)
-    size = math.isqrt(count - 1) + 1
-    blocks, rest = divmod(count, size)
-    total = fold(b, blocks, identity, lambda j, acc: combine(acc, run(b.mul(j, i64(size)), size, f"{name}.in")),
-                 f"{name}.blk")
-    return combine(total, run(blocks * size, rest, f"{name}.rest")) if rest else total
+    - a leaf folds LEAF consecutive terms into UNROLL accumulators (term i into accumulator
+      i % UNROLL), combined pairwise at its end: LEAF / UNROLL + log2(UNROLL) roundings deep;
+    - the leaves are combined by a tree of FAN-way nodes, each node folding its children's totals
+      from `identity`: FAN roundings per level, log_FAN(count / LEAF) levels;
+    - the last count % LEAF terms are one more (short) leaf, combined into the tree's total.
+
+    The accumulators also split the dependency chain of the combines, so a leaf runs UNROLL at once.
+    The tree's loops have run-time trip counts (its last subtree at each level may be partial), so
+    the code is one loop nest whatever `count` is."""
+    if count <= LEAF:
+        return _leaf(b, 0, count, identity, term, combine, name)
+    leaves, rest = divmod(count, LEAF)
+    levels = 0
+    while FAN ** levels < leaves:
+        levels += 1
+
+    def node(level: int, first: ir.Value | int, n_leaves: ir.Value | int, tag: str) -> ir.Value:
+        """The total of `n_leaves` (>= 1) whole leaves from term `first`, under a node `level` above them."""
+        if level == 0:
+            return _leaf(b, first, LEAF, identity, term, combine, tag)
+        span = FAN ** (level - 1)  # leaves under each child
+        if isinstance(n_leaves, int):
+            trips: ir.Value | int = -(-n_leaves // span)
+        else:
+            trips = b.udiv(b.add(n_leaves, i64(span - 1), flags=["nuw"]), i64(span))
+
+        def child(j: ir.Value, acc: ir.Value) -> ir.Value:
+            done = b.mul(j, i64(span), flags=["nsw"])
+            left = b.sub(as_i64(n_leaves), done, flags=["nsw"])
+            n = b.select(b.icmp_signed("<", left, i64(span)), left, i64(span))
+            at = b.add(as_i64(first), b.mul(done, i64(LEAF), flags=["nsw"]), flags=["nsw"])
+            return combine(acc, node(level - 1, at, n, f"{tag}.in"))
+
+        return fold(b, trips, identity, child, f"{tag}.blk")
+
+    total = node(levels, 0, leaves, name)
+    return combine(total, _leaf(b, leaves * LEAF, rest, identity, term, combine, f"{name}.rest")) if rest else total
+
+
+def _leaf(b: ir.IRBuilder, first: ir.Value | int, count: int, identity: ir.Value,
+          term: Callable[[ir.Value], ir.Value], combine: Combine, name: str) -> ir.Value:
+    """Terms first .. first + count - 1 (count static, <= LEAF) folded into UNROLL accumulators, term i
+    into accumulator i % UNROLL, then the accumulators combined pairwise."""
+    if count == 0:
+        return identity
+    ways = min(UNROLL, count)
+    rounds, extra = divmod(count, ways)
+
+    def index(i: ir.Value | int) -> ir.Value:
+        return b.add(as_i64(i), as_i64(first), flags=["nsw"])
+
+    with for_range(b, 0, rounds * ways, step=ways, name=name, carry=[identity] * ways, nonempty=True) as loop:
+        loop.carry(*(combine(acc, term(b.add(index(loop.index), i64(k), flags=["nsw"])))
+                     for k, acc in enumerate(loop.carried)))
+    accs = list(loop.results)
+    for k in range(extra):
+        accs[k] = combine(accs[k], term(index(rounds * ways + k)))
+    while len(accs) > 1:
+        accs = [combine(accs[k], accs[k + 1]) if k + 1 < len(accs) else accs[k] for k in range(0, len(accs), 2)]
+    return accs[0]
 
 
 def fold_run(b: ir.IRBuilder, run: int, width: int, identity: ir.Value, term: Callable[[Chunk], ir.Value],
-             combine: Callable[[ir.Value, ir.Value], ir.Value]) -> ir.Value:
+             combine: Combine) -> ir.Value:
     """Fold the vectors `term(chunk)` of a contiguous run of `run` floats into one vector: the full
-    ones blocked (`blocked_fold`), then the masked tail, whose masked-off lanes `term` must give as
+    ones as a tree (`blocked_fold`), then the masked tail, whose masked-off lanes `term` must give as
     the identity."""
     full = run // width
     acc = blocked_fold(b, full, identity, lambda i: term(Chunk(b.mul(i, i64(width), flags=["nsw"]), width)),

@@ -9,9 +9,9 @@ contiguous runs); when it is reduced, the lanes split the contiguous run and are
 end. Either way every sample is reduced on its own: the batch is never reduced over.
 
 Numerics: sums are blocked. Each loop level of a reduction starts a fresh accumulator and adds its
-result into the level above, and a level longer than `loops.BLOCK_MIN` is cut into blocks of about sqrt(n):
-a sum of n terms goes through about 2 sqrt(n) additions per lane instead of n (NumPy's pairwise sum
-is better only on long contiguous runs, and sequential over other axes). Accumulators start at -0.0,
+result into the level above, and each level is summed as a tree (`loops.blocked_fold`): a sum of n
+terms goes through O(log n) additions per lane, as NumPy's pairwise sum does on contiguous runs
+(over other axes NumPy sums in order). Accumulators start at -0.0,
 the additive identity that keeps -0.0 + -0.0 = -0.0. max propagates NaN as np.max does. mean divides
 the sum by the count, as np.mean does. Softmax subtracts each slice's max (NaN-ignoring; a NaN still
 spreads through its exp) and an all -inf slice gives zeros, lane by lane, as `elementwise.emit_softmax`
