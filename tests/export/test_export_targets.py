@@ -152,6 +152,30 @@ def test_transformer_block_matches_eager(tmp_path, target):
         assert report.ok, f"batch {batch}: {report}"
 
 
+class Transposes(Layer):
+    """Transposes of two dimensions, next to each other and apart, read in tiles turned in
+    registers (`codegen/transpose_tiles.py`; on the Cortex-M4, one element at a time), with
+    partial tiles at both ends at every target's vector width."""
+
+    def forward(self, x):
+        side = x.reshape(-1, 6, 20).transpose(1, 2) * 2.0  # (N, 20, 6)
+        apart = x.reshape(-1, 2, 3, 20).transpose(1, 3)  # (N, 20, 3, 2)
+        return side.reshape(-1, 120) - apart.reshape(-1, 120).exp()
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_transposes_match_eager(tmp_path, target):
+    skip_unless_runnable(target)
+    model = Transposes()
+    x = np.random.default_rng(4).standard_normal((max(BATCHES), 120)).astype(np.float32)
+    tc.export(model, tmp_path, input_shape=(None, 120), target=target)
+    got = run_export(target, tmp_path, x, BATCHES)
+    graph = tc.trace(model, (None, 120))
+    for batch in BATCHES:
+        report = check_parity(got[batch], model(Tensor(x[:batch])).data, float64_reference(graph, x[:batch]))
+        assert report.ok, f"batch {batch}: {report}"
+
+
 @pytest.mark.parametrize("target", TARGETS)
 def test_external_weights_run(tmp_path, target):
     """weights="external": the object holds no weights; the harness binds the .bin it reads."""

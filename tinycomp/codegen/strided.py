@@ -6,8 +6,10 @@ The output is contiguous, M samples of `dims`; operand k is read at batch stride
 every sample) and stride s_kj along output dimension j (0: broadcast). `layout` turns operand shapes
 into these strides and merges dimensions the strides let run as one, so (N, 4, 64, 64) + (N, 1, 64, 64)
 becomes two loops, the inner one 4096 long. The innermost loop runs `width`-lane vectors with one
-masked tail when every operand's stride there is 0 or 1, and one element at a time otherwise (a
-transpose of the last two dimensions).
+masked tail when every operand's stride there is 0 or 1. An operand with another stride there (a
+transpose) is read in square tiles turned in registers where it is contiguous along another output
+dimension (`transpose_tiles.py`), and one element at a time otherwise (operands transposed along
+different dimensions, or vectors of one lane).
 
 This is the general path: `elementwise.py`'s kernels serve the common layouts (full rows, one row or
 column broadcast) faster, and the lowering tries them first.
@@ -24,6 +26,7 @@ from llvmlite import ir
 from .cgutils import element_ptr, for_range, i64
 from .elementwise import check_expr, declare_kernel, evaluate
 from .loops import Chunk, broadcast_load, for_each_chunk, load_chunk, store_chunk
+from .transpose_tiles import emit_tiled, tile_buffer, tile_dim
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,8 @@ def emit_strided(module: ir.Module, name: str, expr: tuple, dims: tuple[int, ...
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     walked = [Strides(math.prod(dims), contiguous_strides(dims)), *operands]  # the output first
     vector = all(op.dims[-1] in (0, 1) for op in operands)
+    tiled = None if vector else tile_dim(dims, operands, width)
+    tile = tile_buffer(b, operands, width) if tiled is not None else None
 
     def innermost(at: list[ir.Value]) -> None:
         _inner_loop(b, expr, dims[-1], width if vector else 1, out, at[0],
@@ -95,7 +100,10 @@ def emit_strided(module: ir.Module, name: str, expr: tuple, dims: tuple[int, ...
     with for_range(b, 0, n_rows, name="m") as loop:
         m = loop.index
         at = [b.mul(m, i64(op.batch), flags=["nsw"]) for op in walked]
-        nest_loops(b, dims[:-1], [op.dims for op in walked], at, innermost)
+        if tiled is None:
+            nest_loops(b, dims[:-1], [op.dims for op in walked], at, innermost)
+        else:
+            emit_tiled(b, expr, dims, walked, tiled, width, [out, *ptrs], at, tile)
     b.ret_void()
     return fn
 
