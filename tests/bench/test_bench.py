@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from tinycomp.bench import bench_main
+from tinycomp.bench.main import ALLOCATOR_TUNABLES, _child_env
 from tinycomp.bench.models import MODELS, numpy_function
 from tinycomp.bench.report import check_targets, summarize
 from tinycomp.nn import Tensor
@@ -19,7 +20,8 @@ TINY = ["--models", "tiny", "--batch", "1,4", "--engines", "numpy,eager,compiled
         "--no-compile-times", "--peak", "100"]
 
 
-def test_bench_runs_on_tiny_model_and_writes_json(tmp_path, capsys):
+def test_bench_runs_on_tiny_model_and_writes_json(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
     out = tmp_path / "bench.json"
     assert bench_main([*TINY, "--json", str(out)]) == 0
     data = json.loads(out.read_text())
@@ -29,8 +31,17 @@ def test_bench_runs_on_tiny_model_and_writes_json(tmp_path, capsys):
         assert r["model"] == "tiny" and r["median_us"] > 0 and r["p90_us"] >= r["median_us"]
         assert r["vs_numpy"] is not None
     assert data["environment"]["peak"]["gflops"] == 100
+    assert data["environment"]["allocator"] == ALLOCATOR_TUNABLES
     text = capsys.readouterr().out
-    assert "x NumPy" in text and "compiled" in text
+    assert "x NumPy" in text and "compiled" in text and f"GLIBC_TUNABLES={ALLOCATOR_TUNABLES}" in text
+
+
+def test_engine_processes_get_fixed_malloc_thresholds_unless_set(monkeypatch):
+    """glibc's dynamic thresholds made NumPy's block 14 or 22 ms by the order of the points."""
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    assert _child_env()["GLIBC_TUNABLES"] == ALLOCATOR_TUNABLES
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.trim_threshold=5")
+    assert _child_env()["GLIBC_TUNABLES"] == "glibc.malloc.trim_threshold=5"
 
 
 def test_wrong_kernel_fails_parity_loudly(monkeypatch, capsys, tmp_path):

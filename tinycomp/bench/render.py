@@ -22,6 +22,7 @@ def print_report(rows, targets, compile_times, env, notes, extras, elapsed) -> N
                   "process holds a core, so the all-cores rows understate what threads give)")
     print("Threads: 'thr' column; 1-thread rows pin BLAS to 1 thread with threadpoolctl; compiled-all is "
           "threads=None (the default policy). GFLOP/s counts 2 x Linear multiply-adds. x NumPy = time / NumPy time.")
+    print(_allocator_note(env))
     print()
     print(report.format_table(report.HEADER, report.table_cells(rows)))
     if compile_times:
@@ -39,6 +40,11 @@ def print_report(rows, targets, compile_times, env, notes, extras, elapsed) -> N
     print(f"({elapsed:.1f} s)")
 
 
+def _allocator_note(env: dict) -> str:
+    return (f"Every engine process runs with GLIBC_TUNABLES={env.get('allocator', '')} (fixed malloc thresholds: "
+            "glibc's dynamic ones made an engine's time depend on the points run before it in its process).")
+
+
 def _stream_note(stream: dict) -> str:
     return (f"Batch-1 floor: reading the reference MLP's {stream['bytes'] / 1e6:.2f} MB of weights once takes "
             f"{stream['us']:.1f} us on one core ({stream['gbps']:.0f} GB/s; {stream['method']}).")
@@ -48,7 +54,7 @@ def markdown(rows, targets, compile_times, env, notes, argv) -> str:
     peak = env["peak"]
     parts = [f"Command: `tinycomp bench {' '.join(argv)}`", "",
              f"CPU: {env['cpu']} (LLVM cpu `{env['llvm_cpu']}`, {env['cores']} cores); "
-             + ", ".join(f"{k} {v}" for k, v in env["versions"].items()), ""]
+             + ", ".join(f"{k} {v}" for k, v in env["versions"].items()), "", _allocator_note(env), ""]
     if peak:
         parts += [f"Measured FMA peak: {peak['gflops']:.1f} GFLOP/s per core ({peak.get('method', '')}).", ""]
         if peak.get("mlp_weight_stream"):
