@@ -2,7 +2,8 @@
 
 Two parts every GEMM path uses the same way:
 - `load_bias`: the bias lanes of a mask, -0.0 in the others and everywhere when the bias pointer is
-  null (adding -0.0 changes no value, -0 included), without touching memory outside the lanes;
+  null (adding -0.0 changes no value, -0 included), without touching memory outside the lanes or
+  naming an unmapped page;
 - `activation_step`: ReLU and "no activation" share one run-time-flag select (flag bit 0), so
   layers with either share their kernels; a costly activation (sigmoid, tanh, gelu) is one internal
   function per module (`activation_function`).
@@ -27,9 +28,11 @@ from .cgutils import (
     element_ptr,
     for_range,
     i64,
+    if_then,
     internal_kernel,
     masked_load,
     masked_store,
+    splat,
     splat_value,
     vector_constant,
     vector_type,
@@ -91,9 +94,17 @@ def bias_lanes(b: ir.IRBuilder, bias: ir.Value, width: int) -> ir.Value:
 
 def load_bias(b: ir.IRBuilder, ptr: ir.Value, mask: ir.Value, on: ir.Value) -> ir.Value:
     """The bias vector at `ptr` for the lanes of `mask`, -0.0 elsewhere or when `on` (from
-    `bias_lanes`) says there is no bias: nothing outside the lanes, and nothing at all from a
-    null pointer, is read."""
-    return masked_load(b, ptr, b.and_(mask, on), fill=-0.0)
+    `bias_lanes`) says there is no bias: nothing outside the lanes is read, and without a bias no
+    load is made at all.
+
+    A branch, not a load with every lane off: such a load reads nothing, but the core still checks
+    the page it names, and the null bias's page is not mapped: a microcode assist on every tile.
+    `x @ W` ran 1.33 x as long as `x @ W + b` (8192 x 64 by 64 x 64: 809 against 611 us, one
+    thread)."""
+    width = on.type.count
+    with if_then(b, b.extract_element(on, ir.Constant(I32, 0)), carry=[splat(-0.0, width)], name="bias") as branch:
+        branch.carry(masked_load(b, ptr, mask, fill=-0.0))
+    return branch.results[0]
 
 
 EPILOGUE_ARGS = (("rows", I64), ("c", PTR), ("ldc", I64), ("bias", PTR), ("cols", I64), ("flags", I64),
