@@ -13,7 +13,8 @@ from tinycomp.codegen import vecpow
 from tinycomp.ir.refs import power
 
 EXPONENTS = (2.0, 3.0, 7.0, -1.0, -2.0, -3.0, 0.0, 1.0, 0.5, -0.5, 1.5, 0.25, float(np.float32(1 / 3)), 2.2,
-             -1.7, 100.5, 1e-3, 1e10, 2.0**70, np.inf, -np.inf, np.nan)
+             -1.7, 100.5, 1e-3, 1e10, 2.0**70, np.inf, -np.inf, np.nan,
+             -2.5, 7.5, 63.5, -63.5)  # half integers: |x| ** k * sqrt|x| below vecpow.HALF_INTEGER_MAX
 WIDTHS = (16, 1)
 SPECIALS = np.array([0.0, -0.0, 1.0, -1.0, 2.0, -2.0, 0.5, -0.5, np.inf, -np.inf, np.nan, 2.0**-149, -(2.0**-149),
                      3.4e38, -3.4e38, 1e-38, 0.99999994, 1.0000001], np.float32)
