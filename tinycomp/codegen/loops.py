@@ -8,7 +8,7 @@ a mask computed from what is left. Also the sequential read that brings a batch 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from llvmlite import ir
@@ -189,6 +189,14 @@ def fold_run(b: ir.IRBuilder, run: int, width: int, identity: ir.Value, term: Ca
     if run % width:
         acc = combine(acc, term(Chunk(i64(full * width), width, lanes_below(width, run % width))))
     return acc
+
+
+def step_offsets(b: ir.IRBuilder, at: Sequence[ir.Value], strides: Sequence[Sequence[int]], level: int,
+                 i: ir.Value) -> list[ir.Value]:
+    """Each array's offset `at[k]` moved i steps along loop level `level` of its `strides[k]`
+    (unchanged where that stride is 0): the offsets of a loop nest over strided arrays."""
+    return [x if s[level] == 0 else b.add(x, b.mul(i, i64(s[level]), flags=["nsw"]), flags=["nsw"])
+            for x, s in zip(at, strides, strict=True)]
 
 
 def _lanes_left(builder: ir.IRBuilder, remaining: ir.Value, width: int) -> ir.Value:

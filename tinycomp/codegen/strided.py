@@ -25,7 +25,7 @@ from llvmlite import ir
 
 from .cgutils import element_ptr, for_range, i64
 from .elementwise import check_expr, declare_kernel, evaluate
-from .loops import Chunk, broadcast_load, for_each_chunk, load_chunk, store_chunk
+from .loops import Chunk, broadcast_load, for_each_chunk, load_chunk, step_offsets, store_chunk
 from .transpose_tiles import emit_tiled, tile_buffer, tile_dim
 
 
@@ -116,10 +116,7 @@ def nest_loops(b: ir.IRBuilder, sizes: Sequence[int], strides: Sequence[Sequence
         body(at)
         return
     with for_range(b, 0, sizes[level], name=f"d{level}") as loop:
-        i = loop.index
-        inner = [x if s[level] == 0 else b.add(x, b.mul(i, i64(s[level]), flags=["nsw"]), flags=["nsw"])
-                 for x, s in zip(at, strides, strict=True)]
-        nest_loops(b, sizes, strides, inner, body, level + 1)
+        nest_loops(b, sizes, strides, step_offsets(b, at, strides, level, loop.index), body, level + 1)
 
 
 def _inner_loop(b: ir.IRBuilder, expr: tuple, inner: int, width: int, out: ir.Value, out_at: ir.Value,

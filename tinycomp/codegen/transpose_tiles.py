@@ -20,7 +20,7 @@ from llvmlite import ir
 
 from .cgutils import I32, element_ptr, for_range, i64, vector_constant, vector_type
 from .elementwise import evaluate
-from .loops import Chunk, broadcast_load, for_each_chunk, load_chunk, store_chunk
+from .loops import Chunk, broadcast_load, for_each_chunk, load_chunk, step_offsets, store_chunk
 
 if TYPE_CHECKING:
     from .strided import Strides
@@ -63,14 +63,14 @@ def _shuffle_mask(lanes: list[int]) -> ir.Constant:
 def emit_tiled(b: ir.IRBuilder, expr: tuple, dims: tuple[int, ...], walked: Sequence[Strides], d: int, width: int,
                arrays: Sequence[ir.Value], at: list[ir.Value], tile: ir.Value) -> None:
     """One sample of a strided kernel in tiles over (d, last): `walked` and `arrays` are the output's
-    strides and pointer first, then each operand's; `at` their offsets at the sample; `tile` a stack
-    buffer of `width` vectors."""
+    strides and pointer first, then each operand's; `at` their offsets at the sample; `tile` the
+    stack buffer of `tile_buffer`: `width` vectors per transposed operand."""
     last = len(dims) - 1
     out_row = walked[0].dims[d]  # floats between the output rows of a tile
+    strides = [s.dims for s in walked]
 
     def shifted(at: list[ir.Value], level: int, i: ir.Value) -> list[ir.Value]:
-        return [x if s.dims[level] == 0 else b.add(x, b.mul(i, i64(s.dims[level]), flags=["nsw"]), flags=["nsw"])
-                for x, s in zip(at, walked, strict=True)]
+        return step_offsets(b, at, strides, level, i)
 
     def walk(level: int, at: list[ir.Value], rows: Chunk | None) -> None:
         if level == last:
