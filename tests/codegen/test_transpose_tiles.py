@@ -15,7 +15,7 @@ from llvmlite import ir
 from tests.codegen.jit_util import c_function, f32_ptr, jit, new_module
 from tinycomp.codegen.cgutils import PTR, vector_type
 from tinycomp.codegen.strided import Strides, contiguous_strides, emit_strided
-from tinycomp.codegen.transpose_tiles import tile_dim, transpose_square
+from tinycomp.codegen.transpose_tiles import tile_dim, tile_side, transpose_square
 
 WIDTHS = [4, 8, 16]
 
@@ -82,6 +82,14 @@ def test_a_transpose_of_dimensions_apart(width, shape):
     got, _ = run_kernel(("neg", ("in", 0)), out_dims, [(x, xs)], 2, width)
     assert tile_dim(out_dims, [xs], width) == 0
     np.testing.assert_array_equal(got, -np.swapaxes(x, 1, 3))
+
+
+@pytest.mark.parametrize("dims,width,side", [((64, 8), 16, 8), ((64, 3), 16, 4), ((5, 64), 16, 8), ((64, 64), 16, 16),
+                                             ((64, 8), 4, 4), ((2, 9, 40), 8, 2), ((40, 9, 17), 16, 16)])
+def test_tiles_shrink_to_a_short_tiled_dimension(dims, width, side):
+    """A tiled dimension shorter than a vector takes the least power-of-two side that holds it, so
+    (64, 8) runs 8 x 8 tiles instead of 16 x 16 ones half empty (the kernels above run them)."""
+    assert tile_side(dims, 0, width) == side
 
 
 def test_operands_crossing_along_different_dimensions_take_the_element_loop():

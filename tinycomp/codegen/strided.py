@@ -26,7 +26,7 @@ from llvmlite import ir
 from .cgutils import element_ptr, for_range, i64
 from .elementwise import check_expr, declare_kernel, evaluate
 from .loops import Chunk, broadcast_load, for_each_chunk, load_chunk, step_offsets, store_chunk
-from .transpose_tiles import emit_tiled, tile_buffer, tile_dim
+from .transpose_tiles import emit_tiled, tile_buffer, tile_dim, tile_side
 
 
 @dataclass(frozen=True)
@@ -91,7 +91,8 @@ def emit_strided(module: ir.Module, name: str, expr: tuple, dims: tuple[int, ...
     walked = [Strides(math.prod(dims), contiguous_strides(dims)), *operands]  # the output first
     vector = all(op.dims[-1] in (0, 1) for op in operands)
     tiled = None if vector else tile_dim(dims, operands, width)
-    tile = tile_buffer(b, operands, width) if tiled is not None else None
+    side = tile_side(dims, tiled, width) if tiled is not None else width
+    tile = tile_buffer(b, operands, side) if tiled is not None else None
 
     def innermost(at: list[ir.Value]) -> None:
         _inner_loop(b, expr, dims[-1], width if vector else 1, out, at[0],
@@ -103,7 +104,7 @@ def emit_strided(module: ir.Module, name: str, expr: tuple, dims: tuple[int, ...
         if tiled is None:
             nest_loops(b, dims[:-1], [op.dims for op in walked], at, innermost)
         else:
-            emit_tiled(b, expr, dims, walked, tiled, width, [out, *ptrs], at, tile)
+            emit_tiled(b, expr, dims, walked, tiled, side, [out, *ptrs], at, tile)
     b.ret_void()
     return fn
 

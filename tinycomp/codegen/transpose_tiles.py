@@ -36,6 +36,14 @@ def tile_dim(dims: tuple[int, ...], operands: Sequence[Strides], width: int) -> 
     return next((d for d in range(len(dims) - 1) if all(op.dims[d] == 1 for op in crossing)), None)
 
 
+def tile_side(dims: tuple[int, ...], d: int, width: int) -> int:
+    """The tiles' side: `width`, or the least power of two (at least 2) that holds the shorter of the
+    two tiled dimensions where that one is shorter than a vector -- (64, 8) tiles 8 x 8, not 16 x 16
+    half empty."""
+    short = min(dims[d], dims[-1])
+    return width if short >= width else max(2, 1 << (short - 1).bit_length())
+
+
 def transpose_square(b: ir.IRBuilder, rows: Sequence[ir.Value]) -> list[ir.Value]:
     """The transpose of the n x n matrix whose rows are the n-lane vectors `rows` (n a power of two).
 
