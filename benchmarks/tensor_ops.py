@@ -21,6 +21,7 @@ import tinycomp as tc
 from tinycomp.nn import GELU, Layer, LayerNorm, Linear, Sequential, Softmax, Tanh, Tensor
 
 MATRIX = Tensor(np.random.default_rng(1).standard_normal((64, 64)).astype(np.float32))
+BIAS = Tensor(np.zeros(64, np.float32))
 
 
 class Fn(Layer):
@@ -39,6 +40,9 @@ CASES: dict[str, tuple[Layer, tuple[int, ...], Callable | None]] = {
     "softmax last": (Fn(lambda x: Softmax()(x)), (256, 1024), None),
     "softmax middle": (Fn(lambda x: Softmax()(x, dim=1)), (64, 128, 64), None),
     "layer norm": (LayerNorm(1024), (256, 1024), None),
+    "layer norm 512": (LayerNorm(512), (256, 512), None),
+    "wide row sum": (Fn(lambda x: x.sum(axis=-1)), (8, 100_000), None),
+    "wide softmax": (Fn(lambda x: Softmax()(x)), (8, 100_000), None),
     "centre rows": (Fn(lambda x: x - x.mean(axis=-1, keepdims=True)), (256, 1024), None),
     "exp tanh chain": (Fn(lambda x: (x * 0.1).exp() * Tanh()(x) + x), (256, 4096), None),
     "pow 1.5": (Fn(lambda x: x.abs() ** 1.5), (256, 4096), None),
@@ -50,6 +54,7 @@ CASES: dict[str, tuple[Layer, tuple[int, ...], Callable | None]] = {
                         lambda x: np.ascontiguousarray(x.transpose(0, 3, 2, 1)) * np.float32(2)),
     "gram x @ x^T": (Fn(lambda x: x @ x.transpose(1, 2)), (32, 64, 64), None),
     "batched x @ W": (Fn(lambda x: x @ MATRIX), (32, 256, 64), None),
+    "batched x @ W + b": (Fn(lambda x: x @ MATRIX + BIAS), (32, 256, 64), None),  # the bias alone differs
     "linear 3-D + gelu": (Sequential(Linear(512, 512), GELU()), (32, 64, 512), None),
 }
 

@@ -19,7 +19,6 @@ from llvmlite import ir
 
 from .cgutils import (
     F32,
-    I1,
     I32,
     I64,
     PTR,
@@ -86,24 +85,21 @@ def activation_step(b: ir.IRBuilder, kind: str, flags: ir.Value, width: int) -> 
     return lambda x: b.call(fn_act, [x])
 
 
-def bias_lanes(b: ir.IRBuilder, bias: ir.Value, width: int) -> ir.Value:
-    """All lanes when `bias` is not null, none when it is (see `load_bias`)."""
-    has_bias = b.icmp_unsigned("!=", bias, ir.Constant(PTR, None))
-    return splat_value(b, has_bias, ir.VectorType(I1, width))
+def has_bias(b: ir.IRBuilder, bias: ir.Value) -> ir.Value:
+    """Whether the bias pointer is not null (null: no bias, see `load_bias`)."""
+    return b.icmp_unsigned("!=", bias, ir.Constant(PTR, None))
 
 
-def load_bias(b: ir.IRBuilder, ptr: ir.Value, mask: ir.Value, on: ir.Value) -> ir.Value:
-    """The bias vector at `ptr` for the lanes of `mask`, -0.0 elsewhere or when `on` (from
-    `bias_lanes`) says there is no bias: nothing outside the lanes is read, and without a bias no
-    load is made at all.
+def load_bias(b: ir.IRBuilder, ptr: ir.Value, mask: ir.Value | None, present: ir.Value, width: int) -> ir.Value:
+    """The bias vector at `ptr` for the lanes of `mask` (None: all), -0.0 elsewhere or when `present`
+    (from `has_bias`) is false: nothing outside the lanes is read, and without a bias no load is
+    made at all.
 
     A branch, not a load with every lane off: such a load reads nothing, but the core still checks
     the page it names, and the null bias's page is not mapped: a microcode assist on every tile.
-    `x @ W` ran 1.33 x as long as `x @ W + b` (8192 x 64 by 64 x 64: 809 against 611 us, one
-    thread)."""
-    width = on.type.count
-    with if_then(b, b.extract_element(on, ir.Constant(I32, 0)), carry=[splat(-0.0, width)], name="bias") as branch:
-        branch.carry(masked_load(b, ptr, mask, fill=-0.0))
+    `x @ W` ran 1.33 x as long as `x @ W + b` (benchmarks/RESULTS.md, "GEMMs without a bias")."""
+    with if_then(b, present, carry=[splat(-0.0, width)], name="bias") as branch:
+        branch.carry(masked_load(b, ptr, mask, width=width, fill=-0.0))
     return branch.results[0]
 
 
@@ -133,7 +129,7 @@ def _emit_epilogue(module: ir.Module, name: str, kind: str, width: int, residual
     rows, c, ldc, bias, cols, flags, res = fn.args
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     vt = vector_type(width)
-    bias_on = bias_lanes(b, bias, width)
+    bias_on = has_bias(b, bias)
     n_vec = b.udiv(b.add(cols, i64(width - 1)), i64(width))
     c_is_zero = b.icmp_signed("!=", b.and_(flags, i64(2)), i64(0))
 
@@ -142,7 +138,7 @@ def _emit_epilogue(module: ir.Module, name: str, kind: str, width: int, residual
         with for_range(b, 0, n_vec, name="v") as vloop:
             col = b.mul(vloop.index, i64(width))
             [mask] = column_masks(b, b.sub(cols, col), 1, width)
-            bvec = load_bias(b, element_ptr(b, bias, col), mask, bias_on) if with_bias else None
+            bvec = load_bias(b, element_ptr(b, bias, col), mask, bias_on, width) if with_bias else None
             # the row pointers are carried, not recomputed: the backend runs without loop strength
             # reduction (`target.HOST_LSR`)
             start = [element_ptr(b, c, col)] + ([element_ptr(b, res, col)] if add_residual else [])
@@ -208,8 +204,9 @@ def store_tile(b: ir.IRBuilder, tile: list[list[ir.Value]], c_rows: list[ir.Valu
     nv = len(tile[0])
     out_rows = tile
     if kind is not None:
-        on = bias_lanes(b, bias, width)
-        bias_v = [load_bias(b, b.gep(bias, [i64(v * width)], source_etype=F32), masks[v] if masks else on, on)
+        present = has_bias(b, bias)
+        bias_v = [load_bias(b, b.gep(bias, [i64(v * width)], source_etype=F32), masks[v] if masks else None, present,
+                            width)
                   for v in range(nv)]
         act = activation_step(b, kind, flags, width * (1 if kind == "lin" else ACT_VECTORS))
         out_rows = [_finish_row(b, [b.fadd(x, bv) for x, bv in zip(row, bias_v, strict=True)], act, kind, width)

@@ -30,7 +30,7 @@ from .cgutils import (
     vector_type,
     zeros,
 )
-from .gemm_epilogue import activation_step, bias_lanes, family_suffix, kernel_activation, load_bias, plus_residual
+from .gemm_epilogue import activation_step, family_suffix, has_bias, kernel_activation, load_bias, plus_residual
 from .gemm_kernels import splat_f32
 
 
@@ -169,7 +169,7 @@ def _narrow_epilogue(b: ir.IRBuilder, kind: str, flags, bias, N: int, w: int):
     """The activation as a function of a `<w x float>` and the bias of one row (-0.0, which changes
     no value, where absent or past N): the shared GEMM epilogue's two parts."""
     [row_mask] = column_masks(b, i64(N), 1, w)
-    bias1 = load_bias(b, bias, row_mask, bias_lanes(b, bias, w))
+    bias1 = load_bias(b, bias, row_mask, has_bias(b, bias), w)
     return activation_step(b, kind, flags, w), bias1
 
 

@@ -7,8 +7,8 @@ read it from L1): the sum of x, the sum of (x - mean)^2, then (x - mean) / sqrt(
 beta. These are the eager ops (`LayerNorm.forward`) in their order with their roundings -- the
 variance from the squared differences, not E[x^2] - E[x]^2; the divide per element, not a multiply
 by a reciprocal; no fused multiply-add -- so NaN and inf come out as eager's do: a NaN or inf in a
-row makes the whole row NaN, and a constant row gives beta (0 / sqrt(eps)). The sums are blocked as
-the `mean` kernel's (`loops.fold_run`): lanes split the row and are folded pairwise at the end.
+row makes the whole row NaN, and a constant row gives beta (0 / sqrt(eps)). The sums are trees log n
+deep, as the `mean` kernel's (`loops.fold_run`): lanes split the row and are folded pairwise at the end.
 """
 
 from __future__ import annotations

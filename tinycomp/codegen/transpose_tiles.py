@@ -77,18 +77,15 @@ def emit_tiled(b: ir.IRBuilder, expr: tuple, dims: tuple[int, ...], walked: Sequ
     out_row = walked[0].dims[d]  # floats between the output rows of a tile
     strides = [s.dims for s in walked]
 
-    def shifted(at: list[ir.Value], level: int, i: ir.Value) -> list[ir.Value]:
-        return step_offsets(b, at, strides, level, i)
-
     def walk(level: int, at: list[ir.Value], rows: Chunk | None) -> None:
         if level == last:
             assert rows is not None  # d < last
             for_each_chunk(b, dims[last], width, lambda cols: one_tile(at, rows, cols))
         elif level == d:
-            for_each_chunk(b, dims[d], width, lambda r: walk(level + 1, shifted(at, level, r.col), r))
+            for_each_chunk(b, dims[d], width, lambda r: walk(level + 1, step_offsets(b, at, strides, level, r.col), r))
         else:
             with for_range(b, 0, dims[level], name=f"d{level}") as loop:
-                walk(level + 1, shifted(at, level, loop.index), rows)
+                walk(level + 1, step_offsets(b, at, strides, level, loop.index), rows)
 
     def one_tile(at: list[ir.Value], rows: Chunk, cols: Chunk) -> None:
         """The tile of rows `rows` (along d) and columns `cols`: transposed operands into `tile`, then

@@ -21,6 +21,7 @@ from llvmlite.binding import ffi
 
 from ..codegen.split import split_module
 from ..codegen.target import host_backend_options, host_target_machine, optimize, parse_module
+from .threads import available_cores
 
 _log = logging.getLogger("tinycomp.compile")
 
@@ -53,7 +54,7 @@ def codegen_jobs() -> int:
         if not value.isdigit() or int(value) < 1:
             raise ValueError(f"TINYCOMP_CODEGEN_JOBS must be a whole number >= 1; it is {value!r}")
         return int(value)
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return available_cores()
 
 
 def emit_objects(llvm_ir: str, speed_level: int = 0, jobs: int | None = None) -> list[bytes]:
