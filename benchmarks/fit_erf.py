@@ -18,9 +18,13 @@ import numpy as np
 from tinycomp.codegen.vecerf import ERF_SMALL, ERFC_FROM, ERFC_MAX, ERFC_TAU_MID
 
 
-def lawson(points: np.ndarray, values: np.ndarray, degree: int, iterations: int = 80) -> tuple[np.ndarray, float]:
-    """Coefficients (lowest degree first) of a near-minimax polynomial fit, and its max error."""
+def lawson(points: np.ndarray, values: np.ndarray, degree: int, iterations: int = 80,
+           weight: np.ndarray | None = None) -> tuple[np.ndarray, float]:
+    """Coefficients (lowest degree first) of a near-minimax polynomial fit, and its max error
+    (of weight * (P - values) when a weight is given)."""
     basis = np.vander(points, degree + 1, increasing=True)
+    if weight is not None:
+        basis, values = basis * weight[:, None], values * weight
     weights = np.full(points.size, 1.0 / points.size)
     for _ in range(iterations):
         root = np.sqrt(weights)

@@ -1,14 +1,15 @@
 """Exhaustive accuracy of the vector math kernels: every float32 input, against float64.
 
-    PYTHONPATH=. python benchmarks/vecmath_ulp.py [--functions exp,sigmoid,tanh,gelu] [--stride 1]
+    PYTHONPATH=. python benchmarks/vecmath_ulp.py [--functions exp,sigmoid,tanh,gelu] [--stride 1] [--polynomial]
 
 For each function, runs the width-16 kernel (tests/codegen/test_vecmath.py's map kernel; every
 width computes the same lanes) over all 2**32 bit patterns (or every --stride-th one) and compares
-with the float64 reference of the same formula (test_vecmath.reference). Reports the worst error in
-ulp where the reference is a normal float32, the worst error in units of 2**-149 where it is
-subnormal, and how many non-finite or signed-zero results differ from the reference rounded to
-float32. Takes 3-5 minutes per function on one core; the worst cases it
-found are quoted in `tinycomp/codegen/vector_ops.py`.
+with the float64 reference of the same formula (test_vecmath.reference). On an AVX-512 host
+sigmoid, tanh and gelu take exp's table form (`vecmath.TABLE_FORM`); --polynomial checks the form
+every other target takes. Reports the worst error in ulp where the reference is a normal float32,
+the worst error in units of 2**-149 where it is subnormal, and how many non-finite or signed-zero
+results differ from the reference rounded to float32. Takes 3-5 minutes per function on one core;
+the worst cases it found are quoted in `tinycomp/codegen/vector_ops.py`.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests", "codegen"))
 from jit_util import emit_map_kernel, jit, new_module, run_map  # noqa: E402
 from test_vecmath import emitter, reference  # noqa: E402
+
+from tinycomp.codegen import vecmath  # noqa: E402
 
 FUNCS = ("exp", "sigmoid", "tanh", "gelu")
 
@@ -76,11 +79,13 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--functions", default="exp,sigmoid,tanh,gelu")
     p.add_argument("--stride", type=int, default=1, help="test every stride-th bit pattern")
+    p.add_argument("--polynomial", action="store_true", help="force the polynomial form of exp's reduction")
     args = p.parse_args()
     names = args.functions.split(",")
     unknown = set(names) - set(FUNCS)
     if unknown or args.stride < 1:
         raise SystemExit(f"--functions takes {', '.join(FUNCS)}; --stride >= 1 (got {args.functions}, {args.stride})")
+    vecmath.TABLE_FORM = not args.polynomial
     module = new_module("vecmath_ulp")
     for name in names:
         emit_map_kernel(module, name, 16, emitter(name))

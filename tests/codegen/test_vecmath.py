@@ -10,10 +10,11 @@ from jit_util import emit_map_kernel, jit, new_module, run_map
 from llvmlite import ir
 
 from tinycomp.codegen import vecmath
+from tinycomp.codegen.target import CROSS_TARGETS, host
 from tinycomp.codegen.vector_ops import MAX_ULP, emit_op
 from tinycomp.ir.ops import OPS, UNARY
 
-WIDTHS = (64, 16, 8, 1)  # 64: the GEMM epilogue's runs of ACT_VECTORS zmm vectors
+WIDTHS = (64, 40, 16, 8, 5, 1)  # 64: the GEMM epilogue's runs of ACT_VECTORS zmm vectors; 40, 5: odd pieces
 FUNCS = sorted(UNARY)  # every one-operand elementwise op of the registry, by its vector emitter
 
 
@@ -21,15 +22,26 @@ def emitter(name):
     return lambda b, m, x: emit_op(b, name, x)
 
 
-@pytest.fixture(scope="module")
-def kernels():
-    """One JIT engine holding every function at every width: {(name, width): address}."""
+HOST_HAS_TABLE = "+avx512f" in host().features
+
+
+@pytest.fixture(scope="module", params=["table", "polynomial"])
+def kernels(request):
+    """One JIT engine holding every function at every width: {(name, width): address}.
+
+    Both forms of exp's reduction: the table form sigmoid, tanh and gelu take on an AVX-512 host,
+    and the polynomial form every other target (and exp itself) takes, forced here on the host."""
+    if request.param == "table" and not HOST_HAS_TABLE:
+        pytest.skip("this host has no AVX-512, so no kernel takes the table form")
     module = new_module("vecmath_test")
     names = {}
-    for name in FUNCS:
-        for w in WIDTHS:
-            emit_map_kernel(module, f"{name}_{w}", w, emitter(name))
-            names[(name, w)] = f"{name}_{w}"
+    with pytest.MonkeyPatch.context() as mp:
+        if request.param == "polynomial":
+            mp.setattr(vecmath, "TABLE_FORM", False)
+        for name in FUNCS:
+            for w in WIDTHS:
+                emit_map_kernel(module, f"{name}_{w}", w, emitter(name))
+                names[(name, w)] = f"{name}_{w}"
     engine, addresses = jit(module, *names.values())
     yield engine, {key: addresses[n] for key, n in names.items()}
 
@@ -120,6 +132,40 @@ def test_max_ulp_error_within_documented_bound(kernels, name, width):
     assert err[worst] <= MAX_ULP[name], (
         f"{name} w={width}: {err[worst]:.2f} ulp at x={x[worst]!r} got={got[worst]!r}"
     )
+
+
+@pytest.mark.parametrize("name", FUNCS)
+def test_every_width_computes_the_same_bits(kernels, name):
+    """A lane's result does not depend on the vector width it is computed at (the elementwise
+    kernels' W, the GEMM epilogue's runs of 64, a 1-lane tail): the table lookup works on 16-lane
+    pieces of any width."""
+    x = sweep(name, 20_000)
+    want = run(kernels, name, x, 16).view(np.uint32)
+    for width in WIDTHS:
+        np.testing.assert_array_equal(run(kernels, name, x, width).view(np.uint32), want, err_msg=f"w={width}")
+
+
+def test_exp_table_is_two_to_the_sixteenths():
+    """hi + lo carries 2**(j/16) to far below a float32 ulp; hi is its float32 rounding."""
+    for j, (hi, lo) in enumerate(zip(vecmath.EXP_TABLE_HI, vecmath.EXP_TABLE_LO, strict=True)):
+        exact = 2.0 ** (j / 16)
+        assert hi == float(np.float32(exact)) and lo == float(np.float32(lo))
+        assert abs(hi + lo - exact) <= exact * 2.0**-46
+
+
+def lowered_text(triple: str) -> str:
+    module = new_module("form")
+    module.triple = triple
+    emit_map_kernel(module, "sigmoid", 16, emitter("sigmoid"))
+    return str(module)
+
+
+def test_only_avx512_targets_take_the_table_form():
+    """The lookup is vpermps: the host takes it where it has AVX-512; the export targets, without
+    a 16-float register permute, keep the polynomial."""
+    for target in CROSS_TARGETS.values():
+        assert "permvar" not in lowered_text(target.triple), target.name
+    assert ("permvar" in lowered_text(host().triple)) == HOST_HAS_TABLE
 
 
 def test_issue_16_bounds():

@@ -1,7 +1,8 @@
 """Vectorized float32 math on `<W x float>` values: relu, exp, log, sqrt, abs, sigmoid, tanh, gelu.
 
-Everything here is our own straight-line vector code (range reduction + polynomial), so it can run
-on GEMM accumulators still in registers, for any width W >= 1 (16, 8, 4, and 1 for tails).
+Everything here is our own straight-line vector code (range reduction + polynomial; on AVX-512
+also a 16-entry table held in a register), so it can run on GEMM accumulators still in registers,
+for any width W >= 1 (16, 8, 4, and 1 for tails); a lane's result does not depend on W.
 No fast-math flags: NaN/Inf follow the eager NumPy definitions (README, "Numerics and weights").
 
 Special values (all equal to the NumPy float32 formulas):
@@ -30,9 +31,11 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 from llvmlite import ir
 
-from .cgutils import I32, declare_vector_intrinsic, vector_constant
+from .cgutils import I32, declare_vector_intrinsic, define_once, vector_constant
+from .target import for_triple
 
 # Accuracy bounds per op: codegen/vector_ops.py (VECTOR_OPS, MAX_ULP).
 
@@ -42,11 +45,12 @@ EXP_HI = 89.0
 EXP_LO = -110.0
 # sigmoid and gelu carry e = exp(-|x|) scaled by 2**SIGMOID_SCALE, a normal float wherever it
 # matters: down to n = -158 (e = 2**-158 y, x = -109.5), past where sigmoid(x) and gelu(x) (x times
-# e, for x down to about -64) round to 0. Clamping at EXP_NONPOS_LO gives n = -159, whose scaled
+# e, for x down to about -64) round to 0. Clamping at EXP_NONPOS_LO gives n = -159 (in the table
+# form too, where n = -159 is the whole power of two 2**m: x = -109.9 gives 16 m + j = -2537), whose scaled
 # power of two 2**(n + 32) has exponent bits 0: exactly +0, so every lane below the clamp carries
 # e = 0 and gets sigmoid 0 and gelu -0, as the formulas do, instead of the value at the clamp.
 SIGMOID_SCALE = 32
-EXP_NONPOS_LO = -110.25
+EXP_NONPOS_LO = -109.9
 # tanh's large branch needs exp(-2a) only while it still changes 1 - e: below 2**-25 (a > 8.7)
 # tanh is exactly 1. Clamping -2a at -86 keeps n >= -124, so 2**n is a normal number built from bits.
 TANH_EXP_LO = -86.0
@@ -62,6 +66,21 @@ LN2_LO = -2.12194440e-4
 # least maximum relative error of the whole (Lawson's iteration in float64, coefficients then
 # rounded to float32): 3.8e-9 = 0.032 ulp of 1, against Cephes' degree-5 P at 0.009 ulp; an FMA less.
 EXP_POLY = (1.3814613e-3, 8.36871e-3, 4.166839e-2, 1.6666521e-1, 4.9999994e-1)
+
+# Where a lane can look its entry up in a register (AVX-512's vpermps: 16 floats), exp(x) is
+# 2**m * T[j] * exp(r) with n = 16 m + j = round(16 x / ln2) and |r| <= ln2 / 32 (Tang's method),
+# T[j] = 2**(j/16) carried as float32 hi + lo. The short range needs a degree-3 polynomial
+# instead of 6: exp(r) - 1 = r + r^2 (c2 + c3 r), 0.027 ulp of 1 (`benchmarks/fit_exp_table.py`).
+# sigmoid, tanh and gelu take it: a shorter chain and fewer multiply-adds, 2-10 % faster
+# (README, "Numerics and weights"). exp alone does not: there the two lookups cost more than they save.
+EXP_TABLE_BITS = 4
+EXP_TABLE_POLY = (1.6666721e-1, 5.0001615e-1)
+_EXP_TABLE = [2.0 ** (j / 2**EXP_TABLE_BITS) for j in range(2**EXP_TABLE_BITS)]
+EXP_TABLE_HI = tuple(float(np.float32(v)) for v in _EXP_TABLE)
+EXP_TABLE_LO = tuple(float(np.float32(v - hi)) for v, hi in zip(_EXP_TABLE, EXP_TABLE_HI, strict=True))
+TABLE_LANES = 16
+# False forces the polynomial form on every target (tests and benchmarks/vecmath_ulp.py check both).
+TABLE_FORM = True
 
 # Cephes tanhf: tanh(a) = a + a^3 * P(a^2) for a < 0.625, highest degree first.
 TANH_SMALL = 0.625
@@ -135,25 +154,68 @@ def _pow2_bits(builder: ir.IRBuilder, biased: ir.Value) -> ir.Value:
     return builder.bitcast(bits, ir.VectorType(ir.FloatType(), _width(biased)))
 
 
+def _has_table_lookup(module: ir.Module, x: ir.Value) -> bool:
+    """True where float32 lanes can look up a 16-entry table held in a register (AVX-512)."""
+    return TABLE_FORM and isinstance(x.type.element, ir.FloatType) and "+avx512f" in for_triple(module.triple).features
+
+
+def _lookup(builder: ir.IRBuilder, module: ir.Module, table: tuple[float, ...], index: ir.Value) -> ir.Value:
+    """table[index & 15] lane-wise by vpermps (which reads the low 4 bits of each index), on
+    16-lane pieces of a vector of any width (the last piece padded by repeating a lane)."""
+    width = index.type.count
+    lanes_t = ir.VectorType(ir.FloatType(), TABLE_LANES)
+    permute = define_once(module, "llvm.x86.avx512.permvar.sf.512", lambda name: ir.Function(
+        module, ir.FunctionType(lanes_t, [lanes_t, ir.VectorType(I32, TABLE_LANES)]), name))
+    entries = vector_constant(lanes_t, [ir.Constant(ir.FloatType(), v) for v in table])
+    pieces = []
+    for start in range(0, width, TABLE_LANES):
+        piece = index if width == TABLE_LANES else builder.shuffle_vector(
+            index, index, _lane_mask([min(start + i, width - 1) for i in range(TABLE_LANES)]))
+        pieces.append(builder.call(permute, [entries, piece]))
+    while len(pieces) > 1:  # concatenate pairwise (shufflevector joins two vectors of one type)
+        if len(pieces) % 2:
+            pieces.append(pieces[-1])
+        pieces = [builder.shuffle_vector(a, b, _lane_mask(list(range(2 * a.type.count))))
+                  for a, b in zip(pieces[::2], pieces[1::2], strict=True)]
+    whole = pieces[0]
+    if whole.type.count != width:
+        whole = builder.shuffle_vector(whole, whole, _lane_mask(list(range(width))))
+    return whole
+
+
+def _lane_mask(lanes: list[int]) -> ir.Constant:
+    return vector_constant(ir.VectorType(I32, len(lanes)), [ir.Constant(I32, j) for j in lanes])
+
+
 def _exp_reduced(builder: ir.IRBuilder, module: ir.Module, x: ir.Value, lo: float, hi: float | None,
-                 bias: int) -> tuple[ir.Value, ir.Value]:
-    """exp(x) = 2**n * y with n = round(x / ln2) and y = exp(r), r = x - n ln2 in [-ln2/2, ln2/2].
+                 bias: int, table: bool = False) -> tuple[ir.Value, ir.Value]:
+    """exp(x) = 2**n * y with integer n and y in [0.7, 2) rounded once.
 
-    Returns (t, y): t = ROUND_MAGIC + bias + n, whose low mantissa bits hold n + bias, and y rounded
-    once (Horner from the top: y = 1 + r (1 + r (c2 + ...)), so 1 + s is never rounded twice).
-    x is clamped to [lo, hi] first; `hi=None` skips the upper clamp for x that is never positive.
+    Returns (k, y): k is an integer vector whose low 9 bits hold n + bias (`_pow2_bits(k)` is
+    2**(n + bias - 127)). x is clamped to [lo, hi] first; `hi=None` skips the upper clamp for x
+    that is never positive.
+
+    Polynomial form: n = round(x / ln2), y = exp(r), r = x - n ln2 in [-ln2/2, ln2/2], Horner from
+    the top (y = 1 + r (1 + r (c2 + ...))), so 1 + s is never rounded twice. Table form (`table`,
+    only where `_has_table_lookup`): 16 n + j = round(16 x / ln2), r = x - (16 n + j) ln2 / 16 in
+    [-ln2/32, ln2/32] (the Cody-Waite product stays exact: LN2_HI / 16 has 9 bits, 16 n + j at
+    most 12), y = T[j] exp(r) = hi + (hi q + lo) with q = exp(r) - 1, rounded once in the last
+    addition.
     """
-    magic = _const(x, ROUND_MAGIC + bias)
+    steps = 2**EXP_TABLE_BITS if table else 1
+    magic = _const(x, ROUND_MAGIC + bias * steps)
     xc = _clamp(builder, x, lo, hi)
-    t = fma(builder, module, xc, _const(x, LOG2E), magic)
+    t = fma(builder, module, xc, _const(x, LOG2E * steps), magic)
     n = builder.fsub(t, magic)
-    r = fma(builder, module, n, _const(x, -LN2_HI), xc)
-    r = fma(builder, module, n, _const(x, -LN2_LO), r)
-    return t, _polynomial(builder, module, r, EXP_POLY + (1.0, 1.0))
-
-
-def _biased_exponent(builder: ir.IRBuilder, t: ir.Value) -> ir.Value:
-    return builder.bitcast(t, _int_vector(t))
+    r = fma(builder, module, n, _const(x, -LN2_HI / steps), xc)
+    r = fma(builder, module, n, _const(x, -LN2_LO / steps), r)
+    bits = builder.bitcast(t, _int_vector(t))
+    if not table:
+        return bits, _polynomial(builder, module, r, EXP_POLY + (1.0, 1.0))
+    q = fma(builder, module, builder.fmul(r, r), _polynomial(builder, module, r, EXP_TABLE_POLY), r)
+    t_hi = _lookup(builder, module, EXP_TABLE_HI, bits)
+    y = builder.fadd(t_hi, fma(builder, module, t_hi, q, _lookup(builder, module, EXP_TABLE_LO, bits)))
+    return builder.lshr(bits, _int_const(x, EXP_TABLE_BITS)), y
 
 
 def emit_exp(builder: ir.IRBuilder, module: ir.Module, x: ir.Value) -> ir.Value:
@@ -162,8 +224,8 @@ def emit_exp(builder: ir.IRBuilder, module: ir.Module, x: ir.Value) -> ir.Value:
     n spans [-159, 128]: two normal powers of two 2**n1 * 2**n2 = 2**n keep y * 2**n1 exact, so
     overflow gives inf and deep underflow rounds once into the subnormals. (Float multiplies, not
     integer adds into y's exponent: those would turn a NaN into a number.)"""
-    t, y = _exp_reduced(builder, module, x, EXP_LO, EXP_HI, 0)
-    n = builder.sub(_biased_exponent(builder, t), _int_const(x, ROUND_MAGIC_BITS))
+    k, y = _exp_reduced(builder, module, x, EXP_LO, EXP_HI, 0)
+    n = builder.sub(k, _int_const(x, ROUND_MAGIC_BITS))
     n1 = builder.ashr(n, _int_const(x, 1))
     p1 = _pow2_bits(builder, builder.add(n1, _int_const(x, 127)))
     p2 = _pow2_bits(builder, builder.add(builder.sub(n, n1), _int_const(x, 127)))
@@ -229,9 +291,9 @@ def _sigmoid_quotient(builder: ir.IRBuilder, module: ir.Module, x: ir.Value):
     Returns (q0, residual, den, neg) with neg = x < 0.
     """
     scale = _const(x, 2.0**SIGMOID_SCALE)
-    t, y = _exp_reduced(builder, module, builder.fneg(_call(builder, module, "fabs", x)),
-                        EXP_NONPOS_LO, None, 127 + SIGMOID_SCALE)
-    e = builder.fmul(y, _pow2_bits(builder, _biased_exponent(builder, t)))  # exp(-|x|) * S, exact
+    k, y = _exp_reduced(builder, module, builder.fneg(_call(builder, module, "fabs", x)),
+                        EXP_NONPOS_LO, None, 127 + SIGMOID_SCALE, _has_table_lookup(module, x))
+    e = builder.fmul(y, _pow2_bits(builder, k))  # exp(-|x|) * S, exact
     den = builder.fadd(scale, e)
     neg = builder.fcmp_ordered("<", x, _const(x, 0.0))
     num = builder.select(neg, e, scale)
@@ -261,8 +323,9 @@ def emit_tanh(builder: ir.IRBuilder, module: ir.Module, x: ir.Value) -> ir.Value
     q = builder.fmul(_polynomial(builder, module, z, TANH_POLY), z)
     small = fma(builder, module, q, a, a)
 
-    t, y = _exp_reduced(builder, module, builder.fmul(a, _const(x, -2.0)), TANH_EXP_LO, None, 127)
-    e = builder.fmul(y, _pow2_bits(builder, _biased_exponent(builder, t)))
+    k, y = _exp_reduced(builder, module, builder.fmul(a, _const(x, -2.0)), TANH_EXP_LO, None, 127,
+                        _has_table_lookup(module, x))
+    e = builder.fmul(y, _pow2_bits(builder, k))
     one = _const(x, 1.0)
     large = builder.fdiv(builder.fsub(one, e), builder.fadd(one, e))
 
