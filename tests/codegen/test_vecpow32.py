@@ -69,3 +69,27 @@ def test_an_exponent_counts_as_the_float32_it_rounds_to(c):
     with np.errstate(all="ignore"):
         want = power(x, np.float32(c))
     np.testing.assert_array_equal(got, want)
+
+
+def ulp_window(lo: float, hi: float, n: int) -> np.ndarray:
+    """n float32 values evenly spaced in their bit patterns from lo to hi (positive)."""
+    bits = np.linspace(np.float32(lo).view(np.int32), np.float32(hi).view(np.int32), n)
+    return bits.astype(np.int32).view(np.float32)
+
+
+@pytest.mark.parametrize("c", [255.0, -255.0, 200.0, 100.5, -100.5])
+def test_pow32_near_overflow_with_mantissas_near_sqrt2(c):
+    """Where log|x| is largest against its series (m near sqrt(2) and sqrt(1/2), where log m's cube
+    term is ~1 % of it) and c log|x| nears float32's overflow or underflow, any error in the log
+    pair is magnified by |c log x| (up to 88): 6.7 ulp at c = -255 when the cube term was a plain
+    float32. Also the whole range of x whose power is a finite non-zero float32."""
+    module = new_module("vecpow32_near_sqrt2")
+    emit_map_kernel(module, "k", 4, lambda b, m, x: vecpow.emit_pow(b, m, x, c, float64=False))
+    engine, addresses = jit(module, "k")
+    limit = 88.7 / abs(c)  # |log x| where x ** c leaves the float32 range
+    x = np.concatenate([ulp_window(1.3, 1.42, 100_000), ulp_window(0.69, 0.72, 100_000),
+                        ulp_window(np.exp(-limit), np.exp(limit), 100_000)])
+    got = run_map(addresses["k"], x, 4)
+    err = ulp_errors(got, reference(x, c))
+    worst = int(np.argmax(err))
+    assert err[worst] <= vecpow32.MAX_ULP, f"x ** {c}: {err[worst]:.3f} ulp at x={x[worst]!r}: {got[worst]!r}"

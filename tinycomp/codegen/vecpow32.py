@@ -4,9 +4,9 @@ routines there). Needs fused multiply-add (the M4F has it), which makes the erro
 
 |x| ** c = exp(c log|x|) with log|x| carried as a float32 pair (hi + lo, about 40 bits):
 - |x| = 2**e m, m in [sqrt(1/2), sqrt(2)); f = m - 1 exactly; s = f / (m + 1) as s_hi + s_lo
-  (m + 1 by Fast2Sum, the division's remainder by fma); log m = 2 s + s**3 (2/3 + 2/5 s**2 + ...),
-  the series tail (below 0.0035 of 2 s) in float32;
-- e ln2 with ln2 split so that e * LN2_HI is exact, added to 2 s_hi by TwoSum;
+  (m + 1 by Fast2Sum, the division's remainder by fma); log m = 2 s + (2/3) s**3 + s**5 (2/5 + ...),
+  2 s_hi plus the cube term carried as a pair (`_log_series`), the rest in float32;
+- e ln2 with ln2 split so that e * LN2_HI is exact, added to the series' hi by TwoSum;
 - y = c log|x| as y_hi + y_lo (the product's error by fma); exp(y) as vecmath's: n = round(y / ln2),
   r = y - n ln2 + y_lo, its polynomial, then 2**n in two exact steps (subnormal results round once).
 Measured against float64 (tests/codegen/test_vecpow32.py): within MAX_ULP. The sign of a negative x
@@ -22,18 +22,46 @@ from llvmlite import ir
 
 from .vecmath import EXP_POLY, LOG2E, ROUND_MAGIC, _call, _const, _int_const, _polynomial, _pow2_bits, fma
 
-MAX_ULP = 2.0  # the tested bound: measured 1.85 (at c = 100.5; it grows with |c log x|) over
-# test_vecpow.py's exponents and a 400,000-value sweep, 0.95 or less for |c| <= 10.5
-# Not a bound everywhere: the log pair carries ~29 bits near m = sqrt(2) (its float32 series tail),
-# which c log x magnifies near overflow: 2.3 ulp at x = 1.4116765, c = 100.5; 5.2 at 1.3928748, c = 255.
+# The tested bound: measured 1.02 over test_vecpow.py's exponents and a 400,000-value sweep, and
+# 1.07 (c = 2.2) over every 7th positive float32 for c in 255, -255, 100.5, -100.5, 37.25, 2.2, -1.7,
+# 1/3, 1e10, -7.3 (issue 16 asks for 2). It was 2 before the log series' cube term became a pair
+# (`_log_series`): 1.85 on the sweeps, 6.7 ulp at c = -255 with a mantissa near sqrt(2).
+MAX_ULP = 1.25
 _LN2_BITS = int(np.float32(math.log(2)).view(np.uint32)) & ~0xFFF
 LN2_HI = float(np.uint32(_LN2_BITS).view(np.float32))  # 12 bits: e * LN2_HI exact for |e| < 2**12
 LN2_LO = float(np.float32(math.log(2) - LN2_HI))
 SQRT2 = float(np.float32(math.sqrt(2)))
 MIN_NORMAL = 2.0**-126
-# log m = 2s + s^3 (2/3 + 2/5 s^2 + ... + 2/15 s^12), |s| <= 0.1716: the next term is below 2**-35 of 2s
-LOG_TAIL = tuple(2.0 / (2 * k + 1) for k in range(7, 0, -1))
+# log m = 2s + (2/3) s^3 + s^5 (2/5 + 2/7 s^2 + ... + 2/15 s^10), |s| <= 0.1716: the next term is
+# below 2**-35 of 2s. 2/3 as a float32 pair.
+LOG_TAIL = tuple(2.0 / (2 * k + 1) for k in range(7, 1, -1))
+TWO_THIRDS_HI = float(np.float32(2 / 3))
+TWO_THIRDS_LO = float(np.float32(2 / 3 - TWO_THIRDS_HI))
 EXP_Y_LO, EXP_Y_HI = -104.0, 89.0  # exp below rounds to 0, above to inf in float32
+
+
+def _log_series(b: ir.IRBuilder, s_hi: ir.Value, s_lo: ir.Value) -> tuple[ir.Value, ir.Value]:
+    """log m = 2s + (2/3) s**3 + s**5 P(s**2) for s = s_hi + s_lo, as hi + lo with lo within about
+    2**-24 of hi. The leading cube is ~1 % of 2s near m = sqrt(2): rounded as a float32 it would cost
+    the pair ~7 of its bits, which c log x magnifies (6.7 ulp at c = -255 before), so it is carried
+    as a pair (products' errors by fma) and added to 2 s_hi by Fast2Sum; s_lo enters through the
+    series' derivative 2 + 2 s**2, and the rest (below 1.3 % of the cube) is rounded once."""
+    m_ = b.module
+    s2 = b.fmul(s_hi, s_hi)
+    s2_err = fma(b, m_, s_hi, s_hi, b.fneg(s2))  # s_hi**2 = s2 + s2_err exactly
+    s3 = b.fmul(s_hi, s2)
+    s3_err = fma(b, m_, s_hi, s2_err, fma(b, m_, s_hi, s2, b.fneg(s3)))
+    third = _const(s_hi, TWO_THIRDS_HI)
+    cube = b.fmul(third, s3)
+    cube_err = fma(b, m_, third, s3, b.fneg(cube))  # exact
+    cube_err = fma(b, m_, third, s3_err, fma(b, m_, _const(s_hi, TWO_THIRDS_LO), s3, cube_err))
+    rest = b.fmul(b.fmul(s3, s2), _polynomial(b, m_, s2, LOG_TAIL))
+    two_s = b.fmul(s_hi, _const(s_hi, 2.0))
+    hi = b.fadd(two_s, cube)  # Fast2Sum: |2s| > 100 |cube|
+    hi_err = b.fsub(cube, b.fsub(hi, two_s))
+    slope = fma(b, m_, s2, _const(s_hi, 2.0), _const(s_hi, 2.0))
+    lo = b.fadd(hi_err, fma(b, m_, s_lo, slope, b.fadd(cube_err, rest)))
+    return hi, lo
 
 
 def _log_pair(b: ir.IRBuilder, a: ir.Value) -> tuple[ir.Value, ir.Value]:
@@ -55,10 +83,7 @@ def _log_pair(b: ir.IRBuilder, a: ir.Value) -> tuple[ir.Value, ir.Value]:
     s_hi = b.fdiv(f, d)
     rem = fma(b, m_, b.fsub(_const(a, 0.0), s_hi), d, f)  # f - s_hi d, exactly
     s_lo = b.fdiv(b.fsub(rem, b.fmul(s_hi, d_err)), d)  # f / (d + d_err) - s_hi, to first order
-    s2 = b.fmul(s_hi, s_hi)
-    tail = b.fmul(b.fmul(s_hi, s2), _polynomial(b, m_, s2, LOG_TAIL))
-    hi = b.fmul(s_hi, _const(a, 2.0))
-    lo = fma(b, m_, s_lo, _const(a, 2.0), tail)
+    hi, lo = _log_series(b, s_hi, s_lo)
     ef = b.sitofp(e, a.type)
     big = b.fmul(ef, _const(a, LN2_HI))  # exact
     total = b.fadd(big, hi)  # TwoSum(big, hi)
