@@ -62,8 +62,13 @@ def _read_features() -> str:
         return ""
 
 
+def enabled_features(features: str) -> frozenset[str]:
+    """The names a feature string turns on: "+avx512f,-avx512fp16" -> {"avx512f"}."""
+    return frozenset(f[1:] for f in features.split(",") if f.startswith("+"))
+
+
 def _lanes(features: str) -> int:
-    enabled = {f[1:] for f in features.split(",") if f.startswith("+")}
+    enabled = enabled_features(features)
     if "avx512f" in enabled:
         return 16
     if "avx2" in enabled and "fma" in enabled:

@@ -35,7 +35,7 @@ import numpy as np
 from llvmlite import ir
 
 from .cgutils import I32, declare_vector_intrinsic, define_once, vector_constant
-from .target import for_triple
+from .target import enabled_features, for_triple
 
 # Accuracy bounds per op: codegen/vector_ops.py (VECTOR_OPS, MAX_ULP).
 
@@ -52,7 +52,8 @@ EXP_LO = -110.0
 SIGMOID_SCALE = 32
 EXP_NONPOS_LO = -109.9
 # tanh's large branch needs exp(-2a) only while it still changes 1 - e: below 2**-25 (a > 8.7)
-# tanh is exactly 1. Clamping -2a at -86 keeps n >= -124, so 2**n is a normal number built from bits.
+# tanh is exactly 1. Clamping -2a at -86 keeps n >= -125 (-124 in the polynomial form), so 2**n
+# is a normal number built from bits.
 TANH_EXP_LO = -86.0
 LOG2E = 1.4426950408889634
 # 1.5 * 2**23: adding it rounds to an integer held in the low mantissa bits (no fptosi, whose
@@ -79,7 +80,9 @@ _EXP_TABLE = [2.0 ** (j / 2**EXP_TABLE_BITS) for j in range(2**EXP_TABLE_BITS)]
 EXP_TABLE_HI = tuple(float(np.float32(v)) for v in _EXP_TABLE)
 EXP_TABLE_LO = tuple(float(np.float32(v - hi)) for v, hi in zip(_EXP_TABLE, EXP_TABLE_HI, strict=True))
 TABLE_LANES = 16
-# False forces the polynomial form on every target (tests and benchmarks/vecmath_ulp.py check both).
+# False forces the polynomial form on every target: for tests and benchmarks/vecmath_ulp.py, which
+# emit kernels themselves. It is read when a kernel is emitted and is not part of the object
+# cache's key, so `tc.compile` may still load table-form code from the cache.
 TABLE_FORM = True
 
 # Cephes tanhf: tanh(a) = a + a^3 * P(a^2) for a < 0.625, highest degree first.
@@ -102,6 +105,9 @@ MIN_NORMAL = 2.0**-126
 FLOAT32_MAX = float.fromhex("0x1.fffffep127")
 
 assert math.isclose(LN2_HI + LN2_LO, math.log(2), rel_tol=1e-9)
+# The clamp must give n = -159 in both forms (see SIGMOID_SCALE): in (-110.232, -109.864] only.
+assert round(EXP_NONPOS_LO / math.log(2)) == -159
+assert math.floor(round(EXP_NONPOS_LO * 2**EXP_TABLE_BITS / math.log(2)) / 2**EXP_TABLE_BITS) == -159
 
 
 def _width(x: ir.Value) -> int:
@@ -156,23 +162,29 @@ def _pow2_bits(builder: ir.IRBuilder, biased: ir.Value) -> ir.Value:
 
 def _has_table_lookup(module: ir.Module, x: ir.Value) -> bool:
     """True where float32 lanes can look up a 16-entry table held in a register (AVX-512)."""
-    return TABLE_FORM and isinstance(x.type.element, ir.FloatType) and "+avx512f" in for_triple(module.triple).features
+    return (TABLE_FORM and isinstance(x.type.element, ir.FloatType)
+            and "avx512f" in enabled_features(for_triple(module.triple).features))
 
 
-def _lookup(builder: ir.IRBuilder, module: ir.Module, table: tuple[float, ...], index: ir.Value) -> ir.Value:
-    """table[index & 15] lane-wise by vpermps (which reads the low 4 bits of each index), on
-    16-lane pieces of a vector of any width (the last piece padded by repeating a lane)."""
+def _lookup(builder: ir.IRBuilder, module: ir.Module, tables: tuple[tuple[float, ...], ...],
+            index: ir.Value) -> list[ir.Value]:
+    """table[index & 15] lane-wise for each table, by vpermps (which reads the low 4 bits of each
+    index), on 16-lane pieces of a vector of any width (the last piece padded by repeating a lane)."""
     width = index.type.count
     lanes_t = ir.VectorType(ir.FloatType(), TABLE_LANES)
     permute = define_once(module, "llvm.x86.avx512.permvar.sf.512", lambda name: ir.Function(
         module, ir.FunctionType(lanes_t, [lanes_t, ir.VectorType(I32, TABLE_LANES)]), name))
-    entries = vector_constant(lanes_t, [ir.Constant(ir.FloatType(), v) for v in table])
-    pieces = []
-    for start in range(0, width, TABLE_LANES):
-        piece = index if width == TABLE_LANES else builder.shuffle_vector(
-            index, index, _lane_mask([min(start + i, width - 1) for i in range(TABLE_LANES)]))
-        pieces.append(builder.call(permute, [entries, piece]))
-    while len(pieces) > 1:  # concatenate pairwise (shufflevector joins two vectors of one type)
+    pieces = [index if width == TABLE_LANES else builder.shuffle_vector(
+        index, index, _lane_mask([min(start + i, width - 1) for i in range(TABLE_LANES)]))
+        for start in range(0, width, TABLE_LANES)]
+    return [_concatenate(builder, [builder.call(permute, [vector_constant(lanes_t, [
+        ir.Constant(ir.FloatType(), v) for v in table]), piece]) for piece in pieces], width)
+        for table in tables]
+
+
+def _concatenate(builder: ir.IRBuilder, pieces: list[ir.Value], width: int) -> ir.Value:
+    """The first `width` lanes of the pieces (vectors of one type) laid end to end."""
+    while len(pieces) > 1:  # pairwise: shufflevector joins two vectors of one type
         if len(pieces) % 2:
             pieces.append(pieces[-1])
         pieces = [builder.shuffle_vector(a, b, _lane_mask(list(range(2 * a.type.count))))
@@ -195,26 +207,26 @@ def _exp_reduced(builder: ir.IRBuilder, module: ir.Module, x: ir.Value, lo: floa
     2**(n + bias - 127)). x is clamped to [lo, hi] first; `hi=None` skips the upper clamp for x
     that is never positive.
 
-    Polynomial form: n = round(x / ln2), y = exp(r), r = x - n ln2 in [-ln2/2, ln2/2], Horner from
-    the top (y = 1 + r (1 + r (c2 + ...))), so 1 + s is never rounded twice. Table form (`table`,
-    only where `_has_table_lookup`): 16 n + j = round(16 x / ln2), r = x - (16 n + j) ln2 / 16 in
-    [-ln2/32, ln2/32] (the Cody-Waite product stays exact: LN2_HI / 16 has 9 bits, 16 n + j at
-    most 12), y = T[j] exp(r) = hi + (hi q + lo) with q = exp(r) - 1, rounded once in the last
-    addition.
+    Both forms round x to whole steps of ln2 / steps: N = round(steps x / ln2), r = x - N ln2 / steps
+    (Cody-Waite: N * LN2_HI / steps is exact, LN2_HI having 9 bits and |N| at most 12). Polynomial
+    form (steps = 1): n = N, y = exp(r) with r in [-ln2/2, ln2/2], Horner from the top
+    (y = 1 + r (1 + r (c2 + ...))), so 1 + s is never rounded twice. Table form (`table`, only where
+    `_has_table_lookup`; steps = 16): N = 16 n + j, r in [-ln2/32, ln2/32], y = T[j] exp(r) =
+    hi + (hi q + lo) with q = exp(r) - 1, rounded once in the last addition.
     """
     steps = 2**EXP_TABLE_BITS if table else 1
     magic = _const(x, ROUND_MAGIC + bias * steps)
     xc = _clamp(builder, x, lo, hi)
-    t = fma(builder, module, xc, _const(x, LOG2E * steps), magic)
-    n = builder.fsub(t, magic)
-    r = fma(builder, module, n, _const(x, -LN2_HI / steps), xc)
-    r = fma(builder, module, n, _const(x, -LN2_LO / steps), r)
+    t = fma(builder, module, xc, _const(x, LOG2E * steps), magic)  # low bits: N + bias * steps
+    whole_steps = builder.fsub(t, magic)  # N
+    r = fma(builder, module, whole_steps, _const(x, -LN2_HI / steps), xc)
+    r = fma(builder, module, whole_steps, _const(x, -LN2_LO / steps), r)
     bits = builder.bitcast(t, _int_vector(t))
     if not table:
         return bits, _polynomial(builder, module, r, EXP_POLY + (1.0, 1.0))
     q = fma(builder, module, builder.fmul(r, r), _polynomial(builder, module, r, EXP_TABLE_POLY), r)
-    t_hi = _lookup(builder, module, EXP_TABLE_HI, bits)
-    y = builder.fadd(t_hi, fma(builder, module, t_hi, q, _lookup(builder, module, EXP_TABLE_LO, bits)))
+    t_hi, t_lo = _lookup(builder, module, (EXP_TABLE_HI, EXP_TABLE_LO), bits)  # j: N's low 4 bits
+    y = builder.fadd(t_hi, fma(builder, module, t_hi, q, t_lo))
     return builder.lshr(bits, _int_const(x, EXP_TABLE_BITS)), y
 
 

@@ -40,12 +40,25 @@ TWO_THIRDS_LO = float(np.float32(2 / 3 - TWO_THIRDS_HI))
 EXP_Y_LO, EXP_Y_HI = -104.0, 89.0  # exp below rounds to 0, above to inf in float32
 
 
+def _fast_two_sum(b: ir.IRBuilder, big: ir.Value, small: ir.Value) -> tuple[ir.Value, ir.Value]:
+    """big + small as s + err exactly (Fast2Sum), for |big| >= |small| (or big's exponent at least small's)."""
+    total = b.fadd(big, small)
+    return total, b.fsub(small, b.fsub(total, big))
+
+
+def _two_sum(b: ir.IRBuilder, x: ir.Value, y: ir.Value) -> tuple[ir.Value, ir.Value]:
+    """x + y as s + err exactly (TwoSum), whichever is larger."""
+    total = b.fadd(x, y)
+    y_part = b.fsub(total, x)
+    return total, b.fadd(b.fsub(x, b.fsub(total, y_part)), b.fsub(y, y_part))
+
+
 def _log_series(b: ir.IRBuilder, s_hi: ir.Value, s_lo: ir.Value) -> tuple[ir.Value, ir.Value]:
     """log m = 2s + (2/3) s**3 + s**5 P(s**2) for s = s_hi + s_lo, as hi + lo with lo within about
     2**-24 of hi. The leading cube is ~1 % of 2s near m = sqrt(2): rounded as a float32 it would cost
     the pair ~7 of its bits, which c log x magnifies (6.7 ulp at c = -255 before), so it is carried
     as a pair (products' errors by fma) and added to 2 s_hi by Fast2Sum; s_lo enters through the
-    series' derivative 2 + 2 s**2, and the rest (below 1.3 % of the cube) is rounded once."""
+    series' derivative 2 + 2 s**2, and the rest (below 1.8 % of the cube) is rounded once."""
     m_ = b.module
     s2 = b.fmul(s_hi, s_hi)
     s2_err = fma(b, m_, s_hi, s_hi, b.fneg(s2))  # s_hi**2 = s2 + s2_err exactly
@@ -57,8 +70,7 @@ def _log_series(b: ir.IRBuilder, s_hi: ir.Value, s_lo: ir.Value) -> tuple[ir.Val
     cube_err = fma(b, m_, third, s3_err, fma(b, m_, _const(s_hi, TWO_THIRDS_LO), s3, cube_err))
     rest = b.fmul(b.fmul(s3, s2), _polynomial(b, m_, s2, LOG_TAIL))
     two_s = b.fmul(s_hi, _const(s_hi, 2.0))
-    hi = b.fadd(two_s, cube)  # Fast2Sum: |2s| > 100 |cube|
-    hi_err = b.fsub(cube, b.fsub(hi, two_s))
+    hi, hi_err = _fast_two_sum(b, two_s, cube)  # |2s| > 100 |cube|
     slope = fma(b, m_, s2, _const(s_hi, 2.0), _const(s_hi, 2.0))
     lo = b.fadd(hi_err, fma(b, m_, s_lo, slope, b.fadd(cube_err, rest)))
     return hi, lo
@@ -78,17 +90,14 @@ def _log_pair(b: ir.IRBuilder, a: ir.Value) -> tuple[ir.Value, ir.Value]:
     e = b.add(e, b.select(high, _int_const(bits, 1), _int_const(bits, 0)))
     one = _const(a, 1.0)
     f = b.fsub(m, one)  # exact (Sterbenz)
-    d = b.fadd(one, m)  # Fast2Sum: m's exponent is at most 1's
-    d_err = b.fsub(m, b.fsub(d, one))
+    d, d_err = _fast_two_sum(b, one, m)  # m's exponent is at most 1's
     s_hi = b.fdiv(f, d)
     rem = fma(b, m_, b.fsub(_const(a, 0.0), s_hi), d, f)  # f - s_hi d, exactly
     s_lo = b.fdiv(b.fsub(rem, b.fmul(s_hi, d_err)), d)  # f / (d + d_err) - s_hi, to first order
     hi, lo = _log_series(b, s_hi, s_lo)
     ef = b.sitofp(e, a.type)
     big = b.fmul(ef, _const(a, LN2_HI))  # exact
-    total = b.fadd(big, hi)  # TwoSum(big, hi)
-    bv = b.fsub(total, big)
-    err = b.fadd(b.fsub(big, b.fsub(total, bv)), b.fsub(hi, bv))
+    total, err = _two_sum(b, big, hi)
     return total, b.fadd(err, fma(b, m_, ef, _const(a, LN2_LO), lo))
 
 
@@ -126,8 +135,8 @@ def emit_pow32(b: ir.IRBuilder, x: ir.Value, c: float) -> ir.Value:
     cc = _const(x, c)
     y_hi = b.fmul(cc, l_hi)
     y_lo = fma(b, b.module, cc, l_lo, fma(b, b.module, cc, l_hi, b.fsub(zero, y_hi)))
-    y = b.fadd(y_hi, y_lo)  # Fast2Sum: lo holds the log series' tail, up to 1% of hi, so renormalize
-    result = _exp_pair(b, y, b.fadd(b.fsub(y_hi, y), y_lo))  # to keep the reduced argument in range
+    # renormalized (lo reaches ~2**-13 of hi through e * LN2_LO) to keep the reduced argument in range
+    result = _exp_pair(b, *_fast_two_sum(b, y_hi, y_lo))
     at_zero, at_inf = (0.0, math.inf) if c > 0 else (math.inf, 0.0)
     result = b.select(b.fcmp_ordered("==", a, zero), _const(x, at_zero), result)
     result = b.select(b.fcmp_ordered("==", a, inf), _const(x, at_inf), result)
