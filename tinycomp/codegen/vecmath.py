@@ -208,7 +208,7 @@ def _exp_reduced(builder: ir.IRBuilder, module: ir.Module, x: ir.Value, lo: floa
     that is never positive.
 
     Both forms round x to whole steps of ln2 / steps: N = round(steps x / ln2), r = x - N ln2 / steps
-    (Cody-Waite: N * LN2_HI / steps is exact, LN2_HI having 9 bits and |N| at most 12). Polynomial
+    (Cody-Waite: N * LN2_HI / steps is exact, LN2_HI having 9 bits and N at most 12 bits). Polynomial
     form (steps = 1): n = N, y = exp(r) with r in [-ln2/2, ln2/2], Horner from the top
     (y = 1 + r (1 + r (c2 + ...))), so 1 + s is never rounded twice. Table form (`table`, only where
     `_has_table_lookup`; steps = 16): N = 16 n + j, r in [-ln2/32, ln2/32], y = T[j] exp(r) =
