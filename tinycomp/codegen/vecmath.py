@@ -200,8 +200,9 @@ def _lane_mask(lanes: list[int]) -> ir.Constant:
 
 
 def _exp_reduced(builder: ir.IRBuilder, module: ir.Module, x: ir.Value, lo: float, hi: float | None,
-                 bias: int, table: bool = False) -> tuple[ir.Value, ir.Value]:
-    """exp(x) = 2**n * y with integer n and y in [0.7, 2) rounded once.
+                 bias: int, table: bool = False, x_low: ir.Value | None = None) -> tuple[ir.Value, ir.Value]:
+    """exp(x) = 2**n * y with integer n and y in [0.7, 2) rounded once; exp(x + x_low) where x
+    carries a low part much smaller than ln2 / 2 (added to the reduced argument, polynomial form).
 
     Returns (k, y): k is an integer vector whose low 9 bits hold n + bias (`_pow2_bits(k)` is
     2**(n + bias - 127)). x is clamped to [lo, hi] first; `hi=None` skips the upper clamp for x
@@ -221,6 +222,9 @@ def _exp_reduced(builder: ir.IRBuilder, module: ir.Module, x: ir.Value, lo: floa
     whole_steps = builder.fsub(t, magic)  # N
     r = fma(builder, module, whole_steps, _const(x, -LN2_HI / steps), xc)
     r = fma(builder, module, whole_steps, _const(x, -LN2_LO / steps), r)
+    if x_low is not None:
+        assert not table, "the table form takes no low part"
+        r = builder.fadd(r, x_low)
     bits = builder.bitcast(t, _int_vector(t))
     if not table:
         return bits, _polynomial(builder, module, r, EXP_POLY + (1.0, 1.0))
@@ -231,12 +235,18 @@ def _exp_reduced(builder: ir.IRBuilder, module: ir.Module, x: ir.Value, lo: floa
 
 
 def emit_exp(builder: ir.IRBuilder, module: ir.Module, x: ir.Value) -> ir.Value:
-    """exp(x) lane-wise: x = n ln2 + r, exp(r) by polynomial, scaled by 2**n in two steps.
+    """exp(x) lane-wise: x = n ln2 + r, exp(r) by polynomial, scaled by 2**n in two steps."""
+    return emit_exp_of_pair(builder, module, x, None)
+
+
+def emit_exp_of_pair(builder: ir.IRBuilder, module: ir.Module, x: ir.Value, x_low: ir.Value | None) -> ir.Value:
+    """exp(x + x_low) for a float pair (x_low None: exp(x)); a lane with x outside [EXP_LO, EXP_HI]
+    must have x_low 0.
 
     n spans [-159, 128]: two normal powers of two 2**n1 * 2**n2 = 2**n keep y * 2**n1 exact, so
     overflow gives inf and deep underflow rounds once into the subnormals. (Float multiplies, not
     integer adds into y's exponent: those would turn a NaN into a number.)"""
-    k, y = _exp_reduced(builder, module, x, EXP_LO, EXP_HI, 0)
+    k, y = _exp_reduced(builder, module, x, EXP_LO, EXP_HI, 0, x_low=x_low)
     n = builder.sub(k, _int_const(x, ROUND_MAGIC_BITS))
     n1 = builder.ashr(n, _int_const(x, 1))
     p1 = _pow2_bits(builder, builder.add(n1, _int_const(x, 127)))

@@ -7,8 +7,9 @@ routines there). Needs fused multiply-add (the M4F has it), which makes the erro
   (m + 1 by Fast2Sum, the division's remainder by fma); log m = 2 s + (2/3) s**3 + s**5 (2/5 + ...),
   2 s_hi plus the cube term carried as a pair (`_log_series`), the rest in float32;
 - e ln2 with ln2 split so that e * LN2_HI is exact, added to the series' hi by TwoSum;
-- y = c log|x| as y_hi + y_lo (the product's error by fma); exp(y) as vecmath's: n = round(y / ln2),
-  r = y - n ln2 + y_lo, its polynomial, then 2**n in two exact steps (subnormal results round once).
+- y = c log|x| as y_hi + y_lo (the product's error by fma); exp(y) by vecmath's exp
+  (`emit_exp_of_pair`): n = round(y / ln2), r = y - n ln2 + y_lo, its polynomial, then 2**n in two
+  exact steps (subnormal results round once).
 Measured against float64 (tests/codegen/test_vecpow32.py): within MAX_ULP. The sign of a negative x
 to an odd integer power, and C99 pow's zeros, infinities and NaN are selected explicitly.
 """
@@ -20,7 +21,7 @@ import math
 import numpy as np
 from llvmlite import ir
 
-from .vecmath import EXP_POLY, LOG2E, ROUND_MAGIC, _call, _const, _int_const, _polynomial, _pow2_bits, fma
+from .vecmath import EXP_HI, EXP_LO, _call, _const, _int_const, _polynomial, emit_exp_of_pair, fma
 
 # The tested bound: measured 1.02 over test_vecpow.py's exponents and a 400,000-value sweep, and
 # 1.07 (c = 2.2) over every 7th positive float32 for c in 255, -255, 100.5, -100.5, 37.25, 2.2, -1.7,
@@ -37,7 +38,6 @@ MIN_NORMAL = 2.0**-126
 LOG_TAIL = tuple(2.0 / (2 * k + 1) for k in range(7, 1, -1))
 TWO_THIRDS_HI = float(np.float32(2 / 3))
 TWO_THIRDS_LO = float(np.float32(2 / 3 - TWO_THIRDS_HI))
-EXP_Y_LO, EXP_Y_HI = -104.0, 89.0  # exp below rounds to 0, above to inf in float32
 
 
 def _fast_two_sum(b: ir.IRBuilder, big: ir.Value, small: ir.Value) -> tuple[ir.Value, ir.Value]:
@@ -102,25 +102,10 @@ def _log_pair(b: ir.IRBuilder, a: ir.Value) -> tuple[ir.Value, ir.Value]:
 
 
 def _exp_pair(b: ir.IRBuilder, y_hi: ir.Value, y_lo: ir.Value) -> ir.Value:
-    """exp(y_hi + y_lo), y_hi clamped to [-104, 89] (NaN passes through)."""
-    m_ = b.module
-    above = b.fcmp_ordered(">", y_hi, _const(y_hi, EXP_Y_HI))
-    below = b.fcmp_ordered("<", y_hi, _const(y_hi, EXP_Y_LO))
-    y = b.select(above, _const(y_hi, EXP_Y_HI), b.select(below, _const(y_hi, EXP_Y_LO), y_hi))
-    y_lo = b.select(b.or_(above, below), _const(y_lo, 0.0), y_lo)  # (a huge y_hi has a huge y_lo)
-    magic = _const(y, ROUND_MAGIC)
-    t = fma(b, m_, y, _const(y, LOG2E), magic)
-    n = b.fsub(t, magic)
-    r = fma(b, m_, n, _const(y, -LN2_HI), y)
-    r = fma(b, m_, n, _const(y, -LN2_LO), r)
-    r = b.fadd(r, y_lo)
-    p = _polynomial(b, m_, r, EXP_POLY + (1.0, 1.0))
-    ivt = ir.VectorType(ir.IntType(32), y.type.count)
-    ni = b.sub(b.bitcast(t, ivt), b.bitcast(magic, ivt))  # n in [-150, 129]
-    n1 = b.ashr(ni, _int_const(ni, 1))
-    n2 = b.sub(ni, n1)
-    p = b.fmul(p, _pow2_bits(b, b.add(n1, _int_const(ni, 127))))  # exact: stays normal
-    return b.fmul(p, _pow2_bits(b, b.add(n2, _int_const(ni, 127))))  # one rounding
+    """exp(y_hi + y_lo) by vecmath's exp with the low part in its reduced argument; y_lo is dropped
+    where y_hi is clamped (exp rounds to 0 or inf there, and a huge y_hi has a huge y_lo)."""
+    clamped = b.or_(b.fcmp_ordered(">", y_hi, _const(y_hi, EXP_HI)), b.fcmp_ordered("<", y_hi, _const(y_hi, EXP_LO)))
+    return emit_exp_of_pair(b, b.module, y_hi, b.select(clamped, _const(y_lo, 0.0), y_lo))
 
 
 def emit_pow32(b: ir.IRBuilder, x: ir.Value, c: float) -> ir.Value:
