@@ -54,14 +54,15 @@ def layer_calls(spec: str, rows: int, values: list[int], name: str, keep: list) 
     rng = np.random.default_rng(0)
     A, W = rng.standard_normal((rows, K), dtype=np.float32), rng.standard_normal((K, N), dtype=np.float32)
     B, C = np.zeros(N, np.float32), np.empty((rows, N), np.float32)
-    P = np.empty(max(1, gemm.pack_floats(K, N, width)), np.float32)
-    ptrs = [a.ctypes.data for a in (A, W, B, C, P)]
     calls = []
     for v in values:
         set_constant(name, v)
+        # the pack buffer's size depends on the plan, and so on the value (block sizes)
+        P = np.empty(max(1, gemm.pack_floats(K, N, width)), np.float32)
+        ptrs = [a.ctypes.data for a in (A, W, B, C, P)]
         engine, (fn,), _ = compile_layers([(K, N, act or None)], width)
         keep += [engine, A, W, B, C, P]
-        calls.append(lambda fn=fn: fn(rows, *ptrs))
+        calls.append(lambda fn=fn, ptrs=ptrs: fn(rows, *ptrs))
     return calls
 
 

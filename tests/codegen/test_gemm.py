@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import mmap
 import threading
 
 import numpy as np
@@ -15,6 +16,7 @@ from tinycomp.runtime.engine import JitEngine
 WIDTH = 16
 SIG = ctypes.CFUNCTYPE(None, ctypes.c_int64, *[ctypes.c_void_p] * 5)
 SIG_RESIDUAL = ctypes.CFUNCTYPE(None, ctypes.c_int64, *[ctypes.c_void_p] * 6)  # ... and R
+PROT_NONE = 0  # mprotect: no access (the mmap module names only PROT_READ, PROT_WRITE, PROT_EXEC)
 GUARD = 64  # floats of sentinel after every output / scratch buffer, to catch overruns
 
 REFERENCE_ACT = {
@@ -129,6 +131,36 @@ def test_a_row_does_not_depend_on_the_batch_around_it(compiled, layer):
     alone = np.concatenate([compiled.run(layer, A[i:i + 1], W, B) for i in range(A.shape[0])])
     for M in (5, 7, 62, 64, 67, 126, 128, 129, 131, 137, 140):
         np.testing.assert_array_equal(compiled.run(layer, A[:M], W, B), alone[:M], err_msg=f"M={M}")
+
+
+def ending_at_a_guard_page(values: np.ndarray, keep: list) -> np.ndarray:
+    """A copy of `values` whose last byte is the last before a page that may not be read: a
+    kernel reading one float past the array faults (`keep` holds the mapping)."""
+    page = mmap.PAGESIZE
+    size = -(-values.nbytes // page) * page + page
+    buf = mmap.mmap(-1, size, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+    base = ctypes.addressof(ctypes.c_char.from_buffer(buf))
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mprotect.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+    assert libc.mprotect(base + size - page, page, PROT_NONE) == 0, ctypes.get_errno()
+    keep.append(buf)
+    out = np.frombuffer(buf, np.float32, count=values.size, offset=size - page - values.nbytes).reshape(values.shape)
+    out[...] = values
+    return out
+
+
+@pytest.mark.parametrize("layer", [(784, 200, True, "relu"), (300, 97, True, "relu"), (30, 257, True, None),
+                                   (100, 48, False, None), (64, 100, True, "tanh")], ids=lambda ly: layer_name(*ly))
+def test_w_is_never_read_past_its_end(compiled, layer):
+    """The full row tiles read B's rows in whole vectors only from a zero-padded packed panel or a
+    panel of W as wide as the tile (flag WHOLE_B); a last, partial panel of W read in place takes
+    masked loads. W ends at an unreadable page, on the direct (6, 100 rows) and packed (200) paths."""
+    K, N, bias, act = layer
+    rng = np.random.default_rng(3)
+    keep: list = []
+    for M in (6, 13, 100, 200):
+        A, W, B = make_inputs(rng, M, K, N)
+        check(compiled.run(layer, A, ending_at_a_guard_page(W, keep), B), A, W, B, bias, act)
 
 
 @pytest.mark.parametrize("act", ["sigmoid", "tanh", "gelu"])

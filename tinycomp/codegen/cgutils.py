@@ -114,7 +114,8 @@ def for_range(builder: ir.IRBuilder, start: int | ir.Value, stop: int | ir.Value
         phi.add_incoming(v, end)
     builder.cbranch(builder.icmp_signed("<", nxt, stop), body, after)
     builder.position_at_end(after)
-    loop.results = list(loop.next or []) if nonempty else _merge(builder, [(carry, pre), (loop.next or [], end)])
+    loop.results = (list(loop.next or []) if nonempty
+                    else merge_incoming(builder, [(carry, pre), (loop.next or [], end)]))
 
 
 class Branch:
@@ -144,10 +145,10 @@ def if_then(builder: ir.IRBuilder, pred: ir.Value, *, carry: Sequence[ir.Value] 
     end = builder.block
     builder.branch(after)
     builder.position_at_end(after)
-    branch.results = _merge(builder, [(list(carry), pre), (branch.next, end)])
+    branch.results = merge_incoming(builder, [(list(carry), pre), (branch.next, end)])
 
 
-def _merge(builder: ir.IRBuilder, incoming: list[tuple[Sequence[ir.Value], ir.Block]]) -> list[ir.Value]:
+def merge_incoming(builder: ir.IRBuilder, incoming: Sequence[tuple[Sequence[ir.Value], ir.Block]]) -> list[ir.Value]:
     """One phi per value, from each (values, block) pair, in a block those blocks branch to."""
     merged = []
     for i in range(len(incoming[0][0])):

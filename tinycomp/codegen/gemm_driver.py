@@ -30,7 +30,7 @@ from .cgutils import (
     splat_value,
     vector_type,
 )
-from .gemm_kernels import TILE_ARGS, TileShape, prefetch_for_read
+from .gemm_kernels import TILE_ARGS, WHOLE_B, TileShape, prefetch_for_read
 
 # Rows of W the pack kernel prefetches ahead: W's rows are N floats apart (4 KB for 1024 columns), a
 # stride the hardware prefetchers do not follow. Measured with benchmarks/gemm_ab.py
@@ -180,9 +180,12 @@ class _Driver:
                 kern = b.select(use_tail, a["tail"], kern)
             epilogue = [rows, c_p, N, bias_p, cols_p, self.epi_flags, res_p]
             if may_pack:
+                # B's rows may be read in whole vectors from a packed panel (zero-padded) or a full one in place
+                whole = b.or_(self.packed, b.icmp_signed("==", cols_p, nr))
+                flags = b.or_(a["relu"], b.select(whole, i64(WHOLE_B), i64(0)))
                 with b.if_else(self.has_k) as (kernel, no_k):
                     with kernel:
-                        b.call(kern, [K, A, K, b_p, ldb, c_p, N, cols_p, bias_p, a["relu"], res_p])
+                        b.call(kern, [K, A, K, b_p, ldb, c_p, N, cols_p, bias_p, flags, res_p])
                     with no_k:
                         b.call(a["epi"], epilogue)
             else:
