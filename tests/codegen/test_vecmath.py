@@ -4,6 +4,8 @@ benchmarks/vecmath_ulp.py runs the same kernels and references over every float3
 
 from __future__ import annotations
 
+import ctypes
+
 import numpy as np
 import pytest
 from jit_util import emit_map_kernel, jit, new_module, run_map
@@ -248,3 +250,46 @@ def test_unknown_op_fails_loudly():
     x = ir.Constant(ir.VectorType(ir.FloatType(), 4), None)
     with pytest.raises(NotImplementedError, match="softplus"):
         emit_op(builder, "softplus", x)
+
+
+def mxcsr_functions(module: ir.Module) -> None:
+    """`void clear_fp_flags()` and `i32 fp_flags()`: the x86 MXCSR's sticky exception flags (bits 0-5)."""
+    i32, ptr = ir.IntType(32), ir.PointerType(ir.IntType(8))
+    st = ir.Function(module, ir.FunctionType(ir.VoidType(), [ptr]), "llvm.x86.sse.stmxcsr")
+    ld = ir.Function(module, ir.FunctionType(ir.VoidType(), [ptr]), "llvm.x86.sse.ldmxcsr")
+    for name in ("clear_fp_flags", "fp_flags"):
+        fn = ir.Function(module, ir.FunctionType(ir.VoidType() if name.startswith("clear") else i32, []), name)
+        b = ir.IRBuilder(fn.append_basic_block())
+        slot = b.alloca(i32)
+        b.call(st, [b.bitcast(slot, ptr)])
+        if name.startswith("clear"):
+            b.store(b.and_(b.load(slot), ir.Constant(i32, ~0x3F)), slot)
+            b.call(ld, [b.bitcast(slot, ptr)])
+            b.ret_void()
+        else:
+            b.ret(b.and_(b.load(slot), ir.Constant(i32, 0x3F)))
+
+
+@pytest.mark.skipif(not host().triple.startswith("x86_64"), reason="reads the x86 MXCSR")
+def test_exp_of_very_negative_inputs_is_zero_without_underflowing():
+    """Lanes whose exp rounds to +0 (below EXP_ZERO_BELOW: the masked scores of causal attention)
+    take +0 by a select: no operation underflows, which on Intel cores costs a microcode assist
+    per vector. MXCSR's underflow (0x10) and denormal (0x02) flags stay clear; exp(-103.9), a
+    subnormal, still sets the underflow flag (the flag check can fail)."""
+    module = new_module("mxcsr")
+    emit_map_kernel(module, "exp16", 16, emitter("exp"))
+    mxcsr_functions(module)
+    engine, addr = jit(module, "exp16", "clear_fp_flags", "fp_flags")
+    clear = ctypes.CFUNCTYPE(None)(addr["clear_fp_flags"])
+    flags = ctypes.CFUNCTYPE(ctypes.c_int32)(addr["fp_flags"])
+    x = np.array([-1e9, -np.inf, -200.0, -104.5, vecmath.EXP_ZERO_BELOW - 1e-5, -3.0e38] * 8, np.float32)
+
+    def run_and_flags(values):
+        clear()
+        run_map(addr["exp16"], values, 16)
+        return flags()
+
+    assert run_and_flags(x) & 0x12 == 0
+    np.testing.assert_array_equal(run_map(addr["exp16"], x, 16), np.zeros_like(x))
+    assert run_and_flags(np.full(16, -103.9, np.float32)) & 0x10
+    del engine
