@@ -247,17 +247,18 @@ def emit_exp(builder: ir.IRBuilder, module: ir.Module, x: ir.Value) -> ir.Value:
 
 
 def emit_exp_of_pair(builder: ir.IRBuilder, module: ir.Module, x: ir.Value, x_low: ir.Value | None) -> ir.Value:
-    """exp(x + x_low) for a float pair (x_low None: exp(x)); a lane with x outside [EXP_LO, EXP_HI]
-    must have x_low 0.
+    """exp(x + x_low) for a float pair (x_low None: exp(x)). x_low is dropped where exp(x) is +0
+    or inf (below EXP_ZERO_BELOW, above EXP_HI): a huge x carries a huge low part.
 
     n spans [-159, 128]: two normal powers of two 2**n1 * 2**n2 = 2**n keep y * 2**n1 exact, so
     overflow gives inf and deep underflow rounds once into the subnormals. (Float multiplies, not
     integer adds into y's exponent: those would turn a NaN into a number.) Lanes below
     EXP_ZERO_BELOW are +0 without underflowing."""
     zero = builder.fcmp_ordered("<", x, _const(x, EXP_ZERO_BELOW))
-    x = builder.select(zero, _const(x, 0.0), x)
     if x_low is not None:
-        x_low = builder.select(zero, _const(x, 0.0), x_low)
+        beyond = builder.or_(zero, builder.fcmp_ordered(">", x, _const(x, EXP_HI)))
+        x_low = builder.select(beyond, _const(x, 0.0), x_low)
+    x = builder.select(zero, _const(x, 0.0), x)
     k, y = _exp_reduced(builder, module, x, EXP_LO, EXP_HI, 0, x_low=x_low)
     n = builder.sub(k, _int_const(x, ROUND_MAGIC_BITS))
     n1 = builder.ashr(n, _int_const(x, 1))
