@@ -465,3 +465,43 @@ def test_tail_panel_with_new_weights_and_nan(compiled):
         A[5, 7] = np.nan
         out = compiled.run(layer, A, W, B, pack=pack)
         assert np.isnan(out[5]).all() and not np.isnan(np.delete(out, 5, axis=0)).any()
+
+
+def test_aliased_w_larger_than_l2_is_read_in_place_only_up_to_the_host_limit():
+    """A host limit (`Target.aliased_direct_max_rows`) applies to W larger than L2 whose rows are a
+    multiple of 4 KB apart, and only there; a host without one keeps DIRECT_MAX_ROWS everywhere."""
+    from tinycomp.codegen.gemm import DIRECT_MAX_ROWS, L2_BYTES, direct_max_rows, plan_gemm
+
+    assert 4 * 1024 * 1024 > L2_BYTES >= 4 * 256 * 1024  # the layers below sit on either side
+    assert direct_max_rows(1024, 1024, 16) == direct_max_rows(512, 2048, 16) == 16
+    assert plan_gemm(1024, 1024, WIDTH, aliased_max_rows=16).direct_max_rows == 16
+    for K, N in ((1024, 1000), (256, 1024), (2048, 512), (784, 256)):  # rows not 4 KB apart, or W within L2
+        assert direct_max_rows(K, N, 16) == DIRECT_MAX_ROWS
+    assert direct_max_rows(1024, 1024, 0) == plan_gemm(1024, 1024, WIDTH).direct_max_rows == DIRECT_MAX_ROWS
+
+
+@pytest.mark.parametrize("M", [6, 16, 17, 24, 67])
+def test_aliased_layer_packs_past_the_host_limit_and_matches_the_reference(M):
+    """With the limit set, a 1024 x 1024 layer reads W in place up to 16 rows (it never touches the
+    pack buffer) and packs it from 17 on (it fills it); both match float64 NumPy."""
+    layer = (1024, 1024, True, "relu")
+    mod = ir.Module(name="aliased")
+    emit_linear(mod, layer_name(*layer), K=1024, N=1024, bias=True, activation="relu", width=WIDTH,
+                aliased_max_rows=16)
+    c = Compiled.__new__(Compiled)
+    c.engine, c.width = JitEngine(str(mod)), WIDTH
+    c.fns = {layer_name(*layer): SIG(c.engine.address(layer_name(*layer)))}
+    A, W, B = make_inputs(np.random.default_rng(M), M, 1024, 1024)
+    pack = np.full((pack_floats(1024, 1024, WIDTH) if M > 16 else 0) + GUARD, 7.0, np.float32)
+    check(c.run(layer, A, W, B, pack=pack), A, W, B, True, "relu")
+    assert np.any(pack[:-GUARD] != 7.0) == (M > 16)
+
+
+def test_the_host_limit_is_part_of_the_cache_key():
+    import dataclasses
+
+    from tinycomp.codegen.target import host
+
+    h = host()
+    other = dataclasses.replace(h, aliased_direct_max_rows=h.aliased_direct_max_rows + 8)
+    assert h.cache_fields != other.cache_fields

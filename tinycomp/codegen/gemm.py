@@ -9,9 +9,10 @@ state between calls: W is re-packed on every call (weights may change; results a
 so several threads may run it at once on disjoint row ranges, each with its own `pack`.
 
 Two paths, chosen at run time from M:
-- batches up to DIRECT_MAX_ROWS read W in place (batch 1 is bound by streaming the weights once;
-  packing would read them twice), in blocks of columns of at most DIRECT_BLOCK_BYTES of W, each
-  swept by every full row tile while it is hot in L2;
+- batches up to DIRECT_MAX_ROWS (`direct_max_rows`: fewer for some W on some hosts) read W in
+  place (batch 1 is bound by streaming the weights once; packing would read them twice), in
+  blocks of columns of at most DIRECT_BLOCK_BYTES of W, each swept by every full row tile while it
+  is hot in L2;
 - larger batches copy W, one L2-sized block of columns at a time, into contiguous zero-padded
   panels, then sweep every row tile of A over those panels while they are hot in L2.
 Rows go through 6-row tiles of 4 vectors (8-row tiles for layers of exactly 3 vectors); the last
@@ -104,7 +105,14 @@ def tile_vectors(width: int, registers: int | None = None) -> int:
     return 4 if _has_32_registers(width, registers) else 2
 
 
-def plan_gemm(K: int, N: int, width: int, registers: int | None = None) -> GemmPlan:
+def direct_max_rows(K: int, N: int, aliased_max_rows: int = 0) -> int:
+    """The most rows for which the layer reads W in place (`Target.aliased_direct_max_rows`: the
+    host's limit for a W larger than L2 whose rows are a multiple of 4 KB apart, 0 for none)."""
+    aliased = (4 * N) % 4096 == 0 and 4 * K * N > L2_BYTES
+    return min(aliased_max_rows, DIRECT_MAX_ROWS) if aliased and aliased_max_rows else DIRECT_MAX_ROWS
+
+
+def plan_gemm(K: int, N: int, width: int, registers: int | None = None, aliased_max_rows: int = 0) -> GemmPlan:
     vectors = -(-N // width)
     # The leftover kernels keep about as many accumulators as the main tile with fewer rows:
     # 4 x nv, 2 x 2nv, 1 x 4nv (the one-row kernel narrowed to the layer, in powers of two so
@@ -130,9 +138,10 @@ def plan_gemm(K: int, N: int, width: int, registers: int | None = None) -> GemmP
     nr = main.nr
     panels = -(-N // nr)
     nc = _block_cols(panels, nr, K, L2_BLOCK_BYTES)
-    return GemmPlan(K, N, width, main, leftover, nc, direct_max_rows=DIRECT_MAX_ROWS,
+    direct_max = direct_max_rows(K, N, aliased_max_rows)
+    return GemmPlan(K, N, width, main, leftover, nc, direct_max_rows=direct_max,
                     direct_nc=_block_cols(panels, nr, K, DIRECT_BLOCK_BYTES),
-                    overlap_min_rows=OVERLAP_MIN_ROWS if 4 * K * N > L2_BYTES else DIRECT_MAX_ROWS + 1,
+                    overlap_min_rows=OVERLAP_MIN_ROWS if 4 * K * N > L2_BYTES else direct_max + 1,
                     tail=tail)
 
 
@@ -173,7 +182,7 @@ def narrow_small_rows(N: int, width: int) -> int:
 
 def pack_floats(K: int, N: int, width: int, registers: int | None = None, tiled: bool = True) -> int:
     """Size in floats of the `pack` scratch buffer `emit_linear` needs for this layer (`tiled`
-    False: on at most DIRECT_MAX_ROWS rows, where the tiled path reads W in place)."""
+    False: on at most `direct_max_rows` rows, where the tiled path reads W in place)."""
     if plan_narrow(K, N, width, registers) is not None:
         return 0 if N == 1 else N * _round_up(K, width)  # Wt; one output column is W itself
     if not tiled:
@@ -183,15 +192,15 @@ def pack_floats(K: int, N: int, width: int, registers: int | None = None, tiled:
 
 def emit_linear(
     module: ir.Module, name: str, *, K: int, N: int, bias: bool, activation: str | None, width: int,
-    registers: int | None = None, residual: bool = False,
+    registers: int | None = None, residual: bool = False, aliased_max_rows: int = 0,
 ) -> ir.Function:
     with paused_gc():  # also paused around whole-module lowering; here for direct callers (tests)
         return _emit_linear(module, name, K=K, N=N, bias=bias, activation=activation, width=width,
-                            registers=registers, residual=residual)
+                            registers=registers, residual=residual, aliased_max_rows=aliased_max_rows)
 
 
 def _emit_linear(module: ir.Module, name: str, *, K: int, N: int, bias: bool, activation: str | None,
-                 width: int, registers: int | None, residual: bool) -> ir.Function:
+                 width: int, registers: int | None, residual: bool, aliased_max_rows: int) -> ir.Function:
     """The layer's function is one call to the module's shared driver with the plan's constants
     and kernels: the loops exist once per module, not once per layer. With `residual` it takes
     one more pointer, R (M x N, not C's memory), and stores act(A @ W + B) + R."""
@@ -210,7 +219,7 @@ def _emit_linear(module: ir.Module, name: str, *, K: int, N: int, bias: bool, ac
     if narrow is not None:
         _emit_narrow(b, narrow, (M, A, W, B, C, pack, R), K=K, bias=bias, activation=activation, residual=residual)
         return fn
-    plan = plan_gemm(K, N, width, registers)
+    plan = plan_gemm(K, N, width, registers, aliased_max_rows)
     mod = module
     kind = kernel_activation(activation)
     leftover = {s.mr: tile_kernel(mod, s) for s in plan.leftover}

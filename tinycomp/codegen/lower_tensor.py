@@ -162,7 +162,8 @@ def lower_matmul(e: _Emitter, n: str) -> None:
     a, b = tuple(g.shape(x)), tuple(g.shape(w))
     lead, rows, k, j = matmul_dims(a, b)
     gemm_fn = e.kernel(("linear", k, j, False, None, e.width, e.registers), lambda name: inline_glue(gemm.emit_linear(
-        e.module, name, K=k, N=j, bias=False, activation=None, width=e.width, registers=e.registers)))
+        e.module, name, K=k, N=j, bias=False, activation=None, width=e.width, registers=e.registers,
+        aliased_max_rows=e.aliased_max_rows)))
     null = ir.Constant(PTR, None)
     if len(b) <= 2 and not is_batched(b):
         e.call(gemm_fn, e.row_count(x, k), e.pointer(x), e.pointer(w), null, e.pointer(n), e.pack_buffer())

@@ -116,6 +116,7 @@ class _Emitter:
         assert plan.buffers is not None
         self.g, self.width, self.buffers = g, target.vector_width, plan.buffers
         self.registers = target.vector_registers
+        self.aliased_max_rows = target.aliased_direct_max_rows  # the GEMM plans' host limit (`gemm.direct_max_rows`)
         self.module = ir.Module(name="tinycomp")
         self.module.triple = target.triple  # kernels that differ by target read it (`target.for_triple`)
         self.params, self.consts, self.dropouts = plan.params, plan.const_nodes, plan.dropouts
@@ -199,7 +200,7 @@ def lower_linear(e: _Emitter, n: str) -> None:
     key = ("linear", k, nout, b is not None, attrs.get("activation"), r is not None, e.width, e.registers)
     fn = e.kernel(key, lambda name: inline_glue(gemm.emit_linear(
         e.module, name, K=k, N=nout, bias=b is not None, activation=attrs.get("activation"), width=e.width,
-        registers=e.registers, residual=r is not None)))
+        registers=e.registers, residual=r is not None, aliased_max_rows=e.aliased_max_rows)))
     bias_ptr = ir.Constant(PTR, None) if b is None else e.pointer(b)
     e.call(fn, e.row_count(x, k), e.pointer(x), e.pointer(w), bias_ptr, e.pointer(n), e.pack_buffer(),
            *([] if r is None else [e.pointer(r)]))
@@ -386,8 +387,8 @@ def _stream_in_block(e: _Emitter, M: ir.Value, block: int) -> None:
 
 def _max_pack_floats(g: Graph, target: Target, block: int = 0) -> int:
     """The largest `pack` buffer a GEMM or attention kernel of g needs. When the entry runs in row
-    blocks of `block` rows, a GEMM none of whose calls exceeds DIRECT_MAX_ROWS rows reads W in place and never packs it:
-    only its narrow form needs the buffer (W transposed)."""
+    blocks of `block` rows, a GEMM none of whose calls exceeds `gemm.direct_max_rows` rows reads W
+    in place and never packs it: only its narrow form needs the buffer (W transposed)."""
     sizes = []
     for n in g.nodes():
         if g.op(n) == "attention":  # its transposed keys and score rows (attention.py)
@@ -401,6 +402,6 @@ def _max_pack_floats(g: Graph, target: Target, block: int = 0) -> int:
             call_rows = (block * per_sample if block else None) if is_batched(a) else per_sample
         else:  # one GEMM of rows x k by k x j per slice (`lower_tensor.lower_matmul`)
             call_rows = rows
-        tiled = call_rows is None or call_rows > gemm.DIRECT_MAX_ROWS
+        tiled = call_rows is None or call_rows > gemm.direct_max_rows(k, j, target.aliased_direct_max_rows)
         sizes.append(gemm.pack_floats(k, j, target.vector_width, target.vector_registers, tiled=tiled))
     return max(sizes, default=0)

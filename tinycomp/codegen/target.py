@@ -41,10 +41,14 @@ class Target:
     pointer_bits: int = 64
     float64_hardware: bool = True  # False: pow computes in float32 (codegen/vecpow32.py), no soft-float calls
     reloc: str = "pic"  # relocation model of exported objects
+    # GEMM: the most rows that still read a W larger than L2 in place when its rows lie a multiple
+    # of 4 KB apart (0: no such limit, `gemm.direct_max_rows`); set for the hosts where it was measured
+    aliased_direct_max_rows: int = 0
 
     @property
     def cache_fields(self) -> tuple[str, ...]:
-        return (self.triple, self.cpu, self.features, str(self.vector_width), str(self.vector_registers))
+        return (self.triple, self.cpu, self.features, str(self.vector_width), str(self.vector_registers),
+                str(self.aliased_direct_max_rows))
 
 
 HostTarget = Target  # the host's description is a Target like any other
@@ -76,6 +80,26 @@ def _lanes(features: str) -> int:
     return 4
 
 
+# Intel cores (measured on a Sapphire Rapids-class Xeon, 2 MB L2): W's rows 4 KB apart put every
+# row of a column block in the same few cache sets, so a 256 KB block of a 1024 x 1024 W no longer
+# stays in L2 while the row tiles sweep it, and reading W in place ran 2-3 x slower than packing it
+# from 24 rows on (RESULTS.md, eighth session). AMD Zen 4 read the same layer in place fastest up
+# to ~128 rows.
+INTEL_ALIASED_DIRECT_MAX_ROWS = 16
+
+
+def _cpu_vendor() -> str:
+    """The host CPU's vendor id ("GenuineIntel", "AuthenticAMD", ...), "" where Linux does not say."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return ""
+
+
 @functools.lru_cache(maxsize=1)
 def host() -> Target:
     features = _read_features()
@@ -94,6 +118,7 @@ def host() -> Target:
         vector_width=width,
         vector_registers=32 if arm64 else default_registers(width),
         pointer_bits=64 if "64" in triple.split("-")[0] else 32,
+        aliased_direct_max_rows=INTEL_ALIASED_DIRECT_MAX_ROWS if _cpu_vendor() == "GenuineIntel" else 0,
     )
 
 
