@@ -60,6 +60,12 @@ PREFETCH_ROWS = 4  # W rows the small-row kernels prefetch ahead (measured 4 ~ 8
 # W in L2 (`L2_BYTES 1048576,0`, which applies it there too): 784x256 at 64 / 128 rows 1.03 / 1.03,
 # the reference MLP's 128-row blocks at batch 128 / 512 1.04 / 1.02.
 OVERLAP_MIN_ROWS = 64
+# The full row tiles prefetch B this many rows ahead (`TileShape.prefetch`), packed panel or W in
+# place. On the Intel Xeon (benchmarks/gemm_ab.py MAIN_PREFETCH_ROWS 0,4,8,16, min time against 0):
+# lnmlp at 64 / 256 / 1024 rows 0.93 / 0.94 / 0.93, the reference MLP at 128 / 2048 0.94 / 0.95,
+# 1024x1024 at 512 rows 0.85 with 8; 4 and 16 gained less; the transformer block (K = 128, its
+# panels in L1) 1.00-1.05, within the noise. Not measured on Zen 4.
+MAIN_PREFETCH_ROWS = 8
 
 
 @dataclass(frozen=True)
@@ -121,7 +127,7 @@ def plan_gemm(K: int, N: int, width: int, registers: int | None = None, aliased_
     nv_main = min(nv, vectors)
     nv1 = min(4 * nv, _pow2_at_least(vectors))
     chunk = k_chunk(K)  # every kernel of the layer sums in the same chunks
-    main = TileShape(MAIN3_ROWS if nv_main == 3 else 6, nv_main, width, chunk=chunk)
+    main = TileShape(MAIN3_ROWS if nv_main == 3 else 6, nv_main, width, MAIN_PREFETCH_ROWS, chunk=chunk)
     # The last panel of a layer whose vectors are not a multiple of the main tile's goes through a
     # 6-row tile just as wide (7 vectors = 4 + 3, 17 = 4 x 4 + 1) instead of computing whole
     # masked-off vectors; a layer of 3 vectors is one 8 x 3 panel. The tail's rows are the main
