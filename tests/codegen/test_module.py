@@ -22,7 +22,7 @@ from tinycomp.codegen.module import (
     lower_graph,
     row_block,
 )
-from tinycomp.codegen.scratch import ROW_BLOCK_SCRATCH_BYTES, plan_buffers
+from tinycomp.codegen.scratch import plan_buffers, row_block_scratch_bytes
 from tinycomp.codegen.target import host
 from tinycomp.ir.graph import Graph
 from tinycomp.ir.interpret import interpret
@@ -390,11 +390,13 @@ def test_row_blocks_only_where_they_pay():
     assert row_block(wide, plan_buffers(wide)) == 0
     one = mlp_graph([20, 48])  # a single kernel
     assert row_block(one, plan_buffers(one)) == 0
-    # 8 KB of intermediates a row: a block holds 32 rows, within ROW_BLOCK_SCRATCH_BYTES
+    # 8 KB of intermediates a row: a block holds 32 rows, within a quarter of a 1 MB L2
     large = mlp_graph([16, 2048, 16])
     plan = plan_buffers(large)
     rows = row_block(large, plan)
-    assert 1 <= rows < ROW_BLOCK and rows * 4 * plan.per_row <= ROW_BLOCK_SCRATCH_BYTES < (rows + 1) * 4 * plan.per_row
+    budget = row_block_scratch_bytes(1 << 20)
+    assert 1 <= rows < ROW_BLOCK and rows * 4 * plan.per_row <= budget < (rows + 1) * 4 * plan.per_row
+    assert row_block(large, plan, 2 << 20) == 2 * rows  # twice the L2, twice the rows
     for batch in (1, rows + 1, 3 * rows + 2):
         assert_runs_like_interpreter(large, values(batch, 16))
     g = Graph()  # an unbatched computed value would be recomputed per block

@@ -323,7 +323,7 @@ def plan_frame(g: Graph, target: Target | int) -> ModulePlan:
             raise LoweringError(f"no native code rule for op {g.op(n)!r} (node {n}): {why}; "
                                 f"compiled ops: {sorted(LOWERINGS)}")
     buffers = plan_buffers(g, pack_floats=_max_pack_floats(g, target))
-    block = row_block(g, buffers)
+    block = row_block(g, buffers, target.l2_bytes)
     if block:  # GEMMs on one block's rows may never pack W (the reference MLP's scratch: 1.5 KB, not 400 KB)
         buffers = plan_buffers(g, pack_floats=_max_pack_floats(g, target, block))
     consts = [n for n in g.nodes("const") if not _folded_everywhere(g, n)]

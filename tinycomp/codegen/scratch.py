@@ -18,9 +18,10 @@ from ..ir.passes.fold_dropout import is_identity_dropout
 ALIGN = 16
 ROW_BLOCK = 128  # rows per block of the whole graph at most (see row_block); 0 runs each node on all rows
 ROW_BLOCK_MAX_WEIGHT = 1 << 20  # bytes: row blocks only when every layer's W fits L2 (1 MiB)
-# bytes: a block holds at most this much of the intermediates (a quarter of L2), fewer rows where a
-# row's are large (the transformer block's 256 KB a sample: 1 sample a block; see row_block)
-ROW_BLOCK_SCRATCH_BYTES = 256 * 1024
+# a block holds at most L2 / ROW_BLOCK_L2_SHARE bytes of the intermediates (`Target.l2_bytes`), fewer
+# rows where a row's are large (the transformer block's 256 KB a sample: 1 sample a block with a
+# 1 MB L2; see row_block)
+ROW_BLOCK_L2_SHARE = 4
 NO_CODE = (*sorted(LEAVES), "output")  # values that are arguments, or the result's place
 # Values that are their operand's memory as it is (a reshape; an eval-mode dropout that survived the
 # passes, e.g. with passes switched off) share its buffer; the output node is handled on its own.
@@ -102,7 +103,12 @@ def plan_buffers(g: Graph, pack_floats: int = 0) -> BufferPlan:
     return plan
 
 
-def row_block(g: Graph, buffers: BufferPlan) -> int:
+def row_block_scratch_bytes(l2_bytes: int) -> int:
+    """The most bytes of intermediates one row block holds on a core with `l2_bytes` of L2."""
+    return l2_bytes // ROW_BLOCK_L2_SHARE
+
+
+def row_block(g: Graph, buffers: BufferPlan, l2_bytes: int = 1 << 20) -> int:
     """Rows per block when the entry runs the whole graph block by block, 0 for one pass.
 
     Every op works row by row, so the entry may run all of them on ROW_BLOCK rows before moving
@@ -117,11 +123,14 @@ def row_block(g: Graph, buffers: BufferPlan) -> int:
     batch 512 / 2048 2131 / 8950 us against 2254 / 9570; 16 x 128x128 at 256 / 1024 1246 / 5047
     against 1299 / 5251; but 1024x1024 x 3 at 256 / 1024 22985 / 85623 against 18020 / 65273).
 
-    A block holds at most ROW_BLOCK_SCRATCH_BYTES of intermediates, so they stay in L2 beside the
-    weights (one thread, in-process medians, one-off script: the transformer block, 256 KB of
-    intermediates a sample, at batch 32 8.72 / 8.77 ms with 1 / 2 samples a block against 9.24 ms
-    with all 32 at once; lnmlp, 4 KB a row, at batch 256 5.09-5.11 ms with 64 rows against 5.25-5.28
-    with 128, and 5.14-5.28 with 48; the reference MLP, 1.5 KB a row, keeps 128)."""
+    A block holds at most a quarter of the core's L2 (`row_block_scratch_bytes`) of intermediates,
+    so they stay in L2 beside the weights. On Zen 4 (1 MB; one thread, in-process medians, one-off
+    script): the transformer block, 256 KB of intermediates a sample, at batch 32 8.72 / 8.77 ms
+    with 1 / 2 samples a block against 9.24 ms with all 32 at once; lnmlp, 4 KB a row, at batch 256
+    5.09-5.11 ms with 64 rows against 5.25-5.28 with 128, and 5.14-5.28 with 48; the reference MLP,
+    1.5 KB a row, keeps 128. On the Intel Xeon (2 MB; `benchmarks/gemm_ab.py ROW_BLOCK_L2_SHARE
+    8,4 --model lnmlp`, median time against 8): lnmlp with 128 rows a block instead of 64 at
+    128 / 256 / 1024 rows 0.95 / 0.93 / 0.93; the block unchanged with 2 samples a block."""
     computed = [n for n in g.nodes() if g.op(n) not in NO_CODE]
     if not ROW_BLOCK or not is_batched(g.shape(g.output)) or not buffers.per_row:
         return 0
@@ -130,4 +139,4 @@ def row_block(g: Graph, buffers: BufferPlan) -> int:
     weights = [g.shape(g.args(n)[1]) for n in computed if g.op(n) in ("linear", "matmul")]
     if len(computed) < 2 or any(4 * row_floats(w) > ROW_BLOCK_MAX_WEIGHT for w in weights):
         return 0
-    return max(1, min(ROW_BLOCK, ROW_BLOCK_SCRATCH_BYTES // (4 * buffers.per_row)))
+    return max(1, min(ROW_BLOCK, row_block_scratch_bytes(l2_bytes) // (4 * buffers.per_row)))

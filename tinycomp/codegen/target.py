@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -44,11 +45,12 @@ class Target:
     # GEMM: the most rows that still read a W larger than L2 in place when its rows lie a multiple
     # of 4 KB apart (0: no such limit, `gemm.direct_max_rows`); set for the hosts where it was measured
     aliased_direct_max_rows: int = 0
+    l2_bytes: int = 1 << 20  # per core: whole-graph row blocks are sized to stay in it (`scratch.row_block`)
 
     @property
     def cache_fields(self) -> tuple[str, ...]:
         return (self.triple, self.cpu, self.features, str(self.vector_width), str(self.vector_registers),
-                str(self.aliased_direct_max_rows))
+                str(self.aliased_direct_max_rows), str(self.l2_bytes))
 
 
 HostTarget = Target  # the host's description is a Target like any other
@@ -100,6 +102,24 @@ def _cpu_vendor() -> str:
     return ""
 
 
+def _l2_bytes(default: int = 1 << 20) -> int:
+    """The first core's level-2 cache in bytes, as Linux reports it (`default` where it does not):
+    1 MB on the Zen 4 of the first sessions, 2 MB on the Intel Xeon of the later ones."""
+    root = "/sys/devices/system/cpu/cpu0/cache"
+    try:
+        for index in sorted(os.listdir(root)):
+            with open(os.path.join(root, index, "level"), encoding="ascii") as f:
+                if f.read().strip() != "2":
+                    continue
+            with open(os.path.join(root, index, "size"), encoding="ascii") as f:
+                size = f.read().strip()
+            scale = {"K": 1 << 10, "M": 1 << 20}.get(size[-1:], 1)
+            return int(size.rstrip("KM")) * scale
+    except (OSError, ValueError):
+        pass
+    return default
+
+
 @functools.lru_cache(maxsize=1)
 def host() -> Target:
     features = _read_features()
@@ -119,6 +139,7 @@ def host() -> Target:
         vector_registers=32 if arm64 else default_registers(width),
         pointer_bits=64 if "64" in triple.split("-")[0] else 32,
         aliased_direct_max_rows=INTEL_ALIASED_DIRECT_MAX_ROWS if _cpu_vendor() == "GenuineIntel" else 0,
+        l2_bytes=_l2_bytes(),
     )
 
 
