@@ -460,6 +460,16 @@ def test_fingerprint_ignores_parameter_values_but_not_structure():
     assert graph_fingerprint(mlp_graph([12, 9, 4]), 8 if WIDTH == 16 else 16) != base
 
 
+def test_fingerprint_holds_the_exp_form(monkeypatch):
+    """vecmath.TABLE_FORM, switched at run time by tests and benchmarks, changes the key: a compile
+    with the polynomial form never loads table-form code from the cache."""
+    from tinycomp.codegen import vecmath
+
+    base = graph_fingerprint(mlp_graph([12, 9, 4], "tanh"), WIDTH)
+    monkeypatch.setattr(vecmath, "TABLE_FORM", not vecmath.TABLE_FORM)
+    assert graph_fingerprint(mlp_graph([12, 9, 4], "tanh"), WIDTH) != base
+
+
 def test_fingerprint_sees_constant_values():
     def graph(c: float) -> Graph:
         g = Graph()

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..ir.graph import Graph
+from . import vecmath
 
 
 @functools.lru_cache(maxsize=1)
@@ -31,7 +32,8 @@ def codegen_source_hash() -> str:
 
 def graph_fingerprint(g: Graph, width: int) -> str:
     """A hash of everything in g that shapes the generated code (not parameter values)."""
-    h = hashlib.sha256(f"width={width};codegen={codegen_source_hash()}".encode())
+    # TABLE_FORM: the one code-generation switch that is set at run time (tests, benchmarks)
+    h = hashlib.sha256(f"width={width};codegen={codegen_source_hash()};table={vecmath.TABLE_FORM}".encode())
     for n in g.nodes():
         attrs = sorted((k, repr(v)) for k, v in g.attrs(n).items())
         h.update(repr((n, g.op(n), g.shape(n), attrs, g.args(n))).encode())

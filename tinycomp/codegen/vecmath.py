@@ -87,9 +87,9 @@ _EXP_TABLE = [2.0 ** (j / 2**EXP_TABLE_BITS) for j in range(2**EXP_TABLE_BITS)]
 EXP_TABLE_HI = tuple(float(np.float32(v)) for v in _EXP_TABLE)
 EXP_TABLE_LO = tuple(float(np.float32(v - hi)) for v, hi in zip(_EXP_TABLE, EXP_TABLE_HI, strict=True))
 TABLE_LANES = 16
-# False forces the polynomial form on every target: for tests and benchmarks/vecmath_ulp.py, which
-# emit kernels themselves. It is read when a kernel is emitted and is not part of the object
-# cache's key, so `tc.compile` may still load table-form code from the cache.
+# False forces the polynomial form on every target: for tests and benchmarks/vecmath_ulp.py. It is
+# read when a kernel is emitted, and the object cache's key holds it (`fingerprint`), so a compile
+# with it off never loads table-form code from the cache.
 TABLE_FORM = True
 
 # Cephes tanhf: tanh(a) = a + a^3 * P(a^2) for a < 0.625, highest degree first.
