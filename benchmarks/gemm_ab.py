@@ -6,7 +6,9 @@
     PYTHONPATH=. python benchmarks/gemm_ab.py WEIGHT_OFFSET 0,16 --model mlp --rows 8,32,128
     PYTHONPATH=. python benchmarks/gemm_ab.py HOST_LSR 1,0 --model mlp --rows 1,8,128
 
-NAME is a constant of tinycomp.codegen.gemm, gemm_kernels, module or target, set before each build; or
+NAME is a constant of tinycomp.codegen.gemm, gemm_kernels, module or target, or gemm_micro's
+ALIASED_MAX_ROWS (the host limit a layer is built with: 0 builds it as a host without one), set
+before each build; or
 WEIGHT_OFFSET, which places the model's weights that many bytes past a cache line. A layer is timed
 through its kernel (`emit_linear`), a model through raw calls of its entry (no Python around them),
 one thread. Every value's callable runs in turn, round after round (`gemm_micro.compare`): on a
@@ -27,6 +29,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import gemm_micro  # noqa: E402
 from gemm_micro import compare, compile_layers  # noqa: E402
 
 import tinycomp  # noqa: E402
@@ -37,7 +40,7 @@ from tinycomp.codegen.target import host  # noqa: E402
 from tinycomp.nn import Linear, Tensor  # noqa: E402
 from tinycomp.runtime.buffers import data_pointer  # noqa: E402
 
-OWNERS = (gemm, gemm_driver, gemm_epilogue, gemm_kernels, module, scratch, target)
+OWNERS = (gemm, gemm_driver, gemm_epilogue, gemm_kernels, module, scratch, target, gemm_micro)
 
 
 def set_constant(name: str, value: int) -> None:

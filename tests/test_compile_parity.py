@@ -277,6 +277,22 @@ def test_linear_square(width, batch):
     assert_parity(model, sample(batch, width, seed=batch), sequential_reference(model))
 
 
+@pytest.fixture(scope="module")
+def wide_layers():
+    manual_seed(5)
+    model = Sequential(Linear(1024, 2048), GELU(), Linear(2048, 1024), ReLU(), Linear(1024, 1024))
+    return model, tc.compile(model)
+
+
+@pytest.mark.parametrize("batch", [1, 6, 11, 39, 40, 41, 64])
+def test_layers_with_rows_4_kb_apart(wide_layers, batch):
+    """Layers whose W is larger than L2 with rows a multiple of 4 KB apart: on an Intel host they
+    read W in place in K-chunks up to `Target.aliased_direct_max_rows` rows and pack it above
+    (elsewhere, in one piece up to DIRECT_MAX_ROWS); every path matches eager."""
+    model, fast = wide_layers
+    assert_parity(model, sample(batch, 1024, seed=batch), fast=fast)
+
+
 # ------------------------------------------------------------------ the zoo and custom layers
 
 def test_every_zoo_model_has_a_reference():

@@ -469,32 +469,60 @@ def test_tail_panel_with_new_weights_and_nan(compiled):
 
 def test_aliased_w_larger_than_l2_is_read_in_place_only_up_to_the_host_limit():
     """A host limit (`Target.aliased_direct_max_rows`) applies to W larger than L2 whose rows are a
-    multiple of 4 KB apart, and only there; a host without one keeps DIRECT_MAX_ROWS everywhere."""
-    from tinycomp.codegen.gemm import DIRECT_MAX_ROWS, L2_BYTES, direct_max_rows, plan_gemm
+    multiple of 4 KB apart, and only there, whose in-place path then sums in K-chunks; a host
+    without one keeps DIRECT_MAX_ROWS and whole sums everywhere."""
+    from tinycomp.codegen.gemm import DIRECT_BLOCK_BYTES, DIRECT_MAX_ROWS, L2_BYTES, direct_max_rows, plan_gemm
 
     assert 4 * 1024 * 1024 > L2_BYTES >= 4 * 256 * 1024  # the layers below sit on either side
     assert direct_max_rows(1024, 1024, 16) == direct_max_rows(512, 2048, 16) == 16
-    assert plan_gemm(1024, 1024, WIDTH, aliased_max_rows=16).direct_max_rows == 16
+    aliased = plan_gemm(1024, 1024, WIDTH, aliased_max_rows=16)
+    # in place it sums in K-chunks of DIRECT_BLOCK_BYTES, in blocks as wide as the one-row kernel
+    assert aliased.direct_max_rows == 16 and aliased.direct_nc == aliased.leftover[-1].nr == 256
+    assert 4 * aliased.direct_kc * aliased.direct_nc == DIRECT_BLOCK_BYTES
     for K, N in ((1024, 1000), (256, 1024), (2048, 512), (784, 256)):  # rows not 4 KB apart, or W within L2
         assert direct_max_rows(K, N, 16) == DIRECT_MAX_ROWS
+        assert plan_gemm(K, N, WIDTH, aliased_max_rows=16).direct_kc == 0
     assert direct_max_rows(1024, 1024, 0) == plan_gemm(1024, 1024, WIDTH).direct_max_rows == DIRECT_MAX_ROWS
+    assert plan_gemm(1024, 1024, WIDTH).direct_kc == 0
 
 
-@pytest.mark.parametrize("M", [6, 16, 17, 24, 67])
-def test_aliased_layer_packs_past_the_host_limit_and_matches_the_reference(M):
-    """With the limit set, a 1024 x 1024 layer reads W in place up to 16 rows (it never touches the
-    pack buffer) and packs it from 17 on (it fills it); both match float64 NumPy."""
-    layer = (1024, 1024, True, "relu")
+# Aliased layers (W larger than L2, rows a multiple of 4 KB apart) with a host limit: K-chunked
+# in-place path up to it, packed above. 1100 rows: a last K-chunk of 76; 2048 x 1024 with gelu
+# and a residual: the finishing epilogue after the chunks; 1024 x 2048 without a bias.
+ALIASED = [(1024, 1024, True, "relu"), (1100, 1024, True, None), (2048, 1024, True, "gelu"),
+           (1024, 2048, False, "relu")]
+
+
+@pytest.fixture(scope="module")
+def aliased():
     mod = ir.Module(name="aliased")
-    emit_linear(mod, layer_name(*layer), K=1024, N=1024, bias=True, activation="relu", width=WIDTH,
-                aliased_max_rows=16)
+    layers = ALIASED + [ALIASED[2] + (True,)]  # and the gelu layer + R
+    for K, N, bias, act, *res in layers:
+        emit_linear(mod, layer_name(K, N, bias, act, *res), K=K, N=N, bias=bias, activation=act, width=WIDTH,
+                    residual=bool(res), aliased_max_rows=16)
     c = Compiled.__new__(Compiled)
     c.engine, c.width = JitEngine(str(mod)), WIDTH
-    c.fns = {layer_name(*layer): SIG(c.engine.address(layer_name(*layer)))}
-    A, W, B = make_inputs(np.random.default_rng(M), M, 1024, 1024)
-    pack = np.full((pack_floats(1024, 1024, WIDTH) if M > 16 else 0) + GUARD, 7.0, np.float32)
-    check(c.run(layer, A, W, B, pack=pack), A, W, B, True, "relu")
+    c.fns = {layer_name(*ly): (SIG_RESIDUAL if ly[4:5] == (True,) else SIG)(c.engine.address(layer_name(*ly)))
+             for ly in layers}
+    return c
+
+
+@pytest.mark.parametrize("layer", ALIASED, ids=lambda ly: layer_name(*ly))
+@pytest.mark.parametrize("M", [1, 3, 5, 6, 7, 11, 16, 17, 24, 67])
+def test_aliased_layer_in_k_chunks_and_packed_matches_the_reference(aliased, layer, M):
+    """With the host limit set, an aliased layer reads W in place up to 16 rows, summing in
+    K-chunks (it never touches the pack buffer), and packs W from 17 on (it fills it); every
+    leftover of the 6-row tiles; both match float64 NumPy."""
+    K, N, bias, act = layer
+    rng = np.random.default_rng(M)
+    A, W, B = make_inputs(rng, M, K, N)
+    pack = np.full((pack_floats(K, N, WIDTH) if M > 16 else 0) + GUARD, 7.0, np.float32)
+    out = aliased.run(layer, A, W, B, pack=pack)
+    check(out, A, W, B, bias, act)
     assert np.any(pack[:-GUARD] != 7.0) == (M > 16)
+    if act == "gelu":  # + R: the same sums, R added last
+        R = rng.standard_normal((M, N), dtype=np.float32)
+        np.testing.assert_array_equal(aliased.run(layer + (True,), A, W, B, R=R), out + R)
 
 
 def test_the_host_limit_is_part_of_the_cache_key():

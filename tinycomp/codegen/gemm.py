@@ -81,6 +81,7 @@ class GemmPlan:
     overlap_min_rows: int  # from this many rows, leftover rows go through one overlapping full tile
     # (OVERLAP_MIN_ROWS when W is larger than L2, else the packed path's smallest batch)
     tail: TileShape | None = None  # the last, narrower panel of the full row tiles, if any
+    direct_kc: int = 0  # the direct path sums in K-chunks of this many rows of W (0: all K at once)
 
     @property
     def n_blocks(self) -> int:
@@ -111,11 +112,17 @@ def tile_vectors(width: int, registers: int | None = None) -> int:
     return 4 if _has_32_registers(width, registers) else 2
 
 
+def _aliased(K: int, N: int) -> bool:
+    """Is W larger than L2 with its rows a multiple of 4 KB apart (every row of a column block in
+    the same few cache sets)?"""
+    return (4 * N) % 4096 == 0 and 4 * K * N > L2_BYTES
+
+
 def direct_max_rows(K: int, N: int, aliased_max_rows: int = 0) -> int:
     """The most rows for which the layer reads W in place (`Target.aliased_direct_max_rows`: the
-    host's limit for a W larger than L2 whose rows are a multiple of 4 KB apart, 0 for none)."""
-    aliased = (4 * N) % 4096 == 0 and 4 * K * N > L2_BYTES
-    return min(aliased_max_rows, DIRECT_MAX_ROWS) if aliased and aliased_max_rows else DIRECT_MAX_ROWS
+    host's limit for an aliased W, `_aliased`, 0 for none; with one, the in-place path sums such a
+    layer in K-chunks: `GemmPlan.direct_kc`)."""
+    return min(aliased_max_rows, DIRECT_MAX_ROWS) if _aliased(K, N) and aliased_max_rows else DIRECT_MAX_ROWS
 
 
 def plan_gemm(K: int, N: int, width: int, registers: int | None = None, aliased_max_rows: int = 0) -> GemmPlan:
@@ -145,10 +152,15 @@ def plan_gemm(K: int, N: int, width: int, registers: int | None = None, aliased_
     panels = -(-N // nr)
     nc = _block_cols(panels, nr, K, L2_BLOCK_BYTES)
     direct_max = direct_max_rows(K, N, aliased_max_rows)
-    return GemmPlan(K, N, width, main, leftover, nc, direct_max_rows=direct_max,
-                    direct_nc=_block_cols(panels, nr, K, DIRECT_BLOCK_BYTES),
+    direct_nc, direct_kc = _block_cols(panels, nr, K, DIRECT_BLOCK_BYTES), 0
+    if aliased_max_rows and _aliased(K, N) and N % one.nr == 0 and tail is None:
+        # In K-chunks: blocks as wide as the one-row kernel (each row then spans 16 lines, and a
+        # block's rows fall in 16 x as many cache sets), DIRECT_BLOCK_BYTES of them a chunk.
+        direct_nc = one.nr
+        direct_kc = max(1, DIRECT_BLOCK_BYTES // (4 * direct_nc))
+    return GemmPlan(K, N, width, main, leftover, nc, direct_max_rows=direct_max, direct_nc=direct_nc,
                     overlap_min_rows=OVERLAP_MIN_ROWS if 4 * K * N > L2_BYTES else direct_max + 1,
-                    tail=tail)
+                    tail=tail, direct_kc=direct_kc)
 
 
 def _block_cols(panels: int, nr: int, K: int, budget: int) -> int:
@@ -228,14 +240,16 @@ def _emit_linear(module: ir.Module, name: str, *, K: int, N: int, bias: bool, ac
     plan = plan_gemm(K, N, width, registers, aliased_max_rows)
     mod = module
     kind = kernel_activation(activation)
-    leftover = {s.mr: tile_kernel(mod, s) for s in plan.leftover}
+    # a K-chunked layer's raw kernels add each chunk to C (`gemm_driver._emit_chunked`)
+    leftover = {s.mr: tile_kernel(mod, s, accumulate=plan.direct_kc > 0) for s in plan.leftover}
     nr = {s.mr: i64(s.nr) for s in plan.leftover}
     # Layers of one to three vectors of columns are never packed: a block would be their whole W,
     # read in place (100x37 at 256 / 2048 rows: packing into 3-vector panels measured no faster).
     pack_fn = pack_kernel(mod, plan.main) if plan.main.nv == tile_vectors(width, registers) else null_fn(PACK_TY)
     no_tile = null_fn(TILE_TY)
     config = [i64(K), i64(N), i64(int(activation == "relu")), i64(plan.nc), i64(plan.direct_nc),
-              i64(plan.direct_max_rows), i64(plan.overlap_min_rows),
+              i64(plan.direct_max_rows), i64(plan.overlap_min_rows), i64(plan.direct_kc),
+              tile_kernel(mod, plan.main, accumulate=True, plain_b=True) if plan.direct_kc else no_tile,
               tile_kernel(mod, plan.main, kind, residual), i64(plan.main.mr), i64(plan.main.nr), pack_fn,
               tile_kernel(mod, plan.tail, kind, residual) if plan.tail else no_tile,
               i64(plan.tail.nr if plan.tail else 0),
@@ -250,7 +264,7 @@ def _emit_linear(module: ir.Module, name: str, *, K: int, N: int, bias: bool, ac
     call = b.alloca(CALL_TY, name="call")
     for i, value in enumerate((M, A, W, B if bias else ir.Constant(PTR, None), C, pack, R)):
         b.store(value, b.gep(call, [ir.Constant(I32, 0), ir.Constant(I32, i)]))
-    b.call(driver_function(module, width), [call, cfg])
+    b.call(driver_function(module, width, chunked=plan.direct_kc > 0), [call, cfg])
     b.ret_void()
     return fn
 

@@ -30,7 +30,7 @@ from .cgutils import (
     splat_value,
     vector_type,
 )
-from .gemm_kernels import TILE_ARGS, WHOLE_B, TileShape, prefetch_for_read
+from .gemm_kernels import ACCUMULATE, TILE_ARGS, WHOLE_B, TileShape, prefetch_for_read
 
 # Rows of W the pack kernel prefetches ahead: W's rows are N floats apart (4 KB for 1024 columns), a
 # stride the hardware prefetchers do not follow. Measured with benchmarks/gemm_ab.py
@@ -44,7 +44,7 @@ PACK_TY = ir.FunctionType(ir.VoidType(), [I64, I64, PTR, I64, PTR])
 EPI_TY = ir.FunctionType(ir.VoidType(), [I64, PTR, I64, PTR, I64, I64, PTR])
 CALL_ARGS = (("M", I64), ("A", PTR), ("W", PTR), ("B", PTR), ("C", PTR), ("pack", PTR), ("R", PTR))
 CONFIG_ARGS = (("K", I64), ("N", I64), ("relu", I64), ("nc", I64), ("direct_nc", I64), ("direct_max", I64),
-               ("overlap_min", I64),
+               ("overlap_min", I64), ("direct_kc", I64), ("main_raw", ir.PointerType(TILE_TY)),
                ("main", ir.PointerType(TILE_TY)), ("main_rows", I64), ("main_nr", I64),
                ("pack_fn", ir.PointerType(PACK_TY)), ("tail", ir.PointerType(TILE_TY)), ("tail_nr", I64),
                ("k4", ir.PointerType(TILE_TY)), ("nr4", I64), ("k2", ir.PointerType(TILE_TY)), ("nr2", I64),
@@ -57,13 +57,16 @@ def null_fn(fnty: ir.FunctionType) -> ir.Constant:
     return ir.Constant(ir.PointerType(fnty), None)
 
 
-def driver_function(module: ir.Module, width: int) -> ir.Function:
+def driver_function(module: ir.Module, width: int, chunked: bool = False) -> ir.Function:
     """`void driver(ptr call, ptr config)`: the loops of every layer of the module (`_Driver`),
-    reading the call's pointers and the layer's plan from two structs."""
-    return define_once(module, f"tinycomp.gemm.driver.v{width}", lambda name: _emit_driver(module, name, width))
+    reading the call's pointers and the layer's plan from two structs. The layers whose plan sums
+    in K-chunks on the in-place path (`GemmPlan.direct_kc`) call a second one that also has those
+    loops: the others' modules do not compile them (the reference MLP: ~3 ms)."""
+    return define_once(module, f"tinycomp.gemm.driver{'.kc' if chunked else ''}.v{width}",
+                       lambda name: _emit_driver(module, name, width, chunked))
 
 
-def _emit_driver(module: ir.Module, name: str, width: int) -> ir.Function:
+def _emit_driver(module: ir.Module, name: str, width: int, chunked: bool) -> ir.Function:
     fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR, PTR]), name)
     fn.linkage = "internal"
     fn.attributes.add("nounwind")
@@ -76,7 +79,7 @@ def _emit_driver(module: ir.Module, name: str, width: int) -> ir.Function:
         for i, (nm, t) in enumerate(fields):
             at = builder.gep(struct, [ir.Constant(I32, 0), ir.Constant(I32, i)], source_etype=ty)
             args[nm] = builder.load(at, typ=t, name=nm)
-    _Driver(builder, args, width).emit()
+    _Driver(builder, args, width).emit(chunked)
     builder.ret_void()
     return fn
 
@@ -94,7 +97,21 @@ class _Driver:
         self.has_k = b.icmp_signed(">", args["K"], i64(0))
         self.epi_flags = b.or_(args["relu"], b.select(self.has_k, i64(0), i64(2)))
 
-    def emit(self) -> None:
+    def emit(self, chunked: bool) -> None:
+        """With `chunked`, the direct path in K-chunks where the plan has them (`_emit_chunked`);
+        everything else whole (`_emit_whole`)."""
+        if not chunked:
+            self._emit_whole()
+            return
+        b = self.b
+        chunked = b.and_(b.icmp_signed(">", self.a["direct_kc"], i64(0)), b.and_(b.not_(self.packed), self.has_k))
+        with b.if_else(chunked) as (in_chunks, whole):
+            with in_chunks:
+                self._emit_chunked()
+            with whole:
+                self._emit_whole()
+
+    def _emit_whole(self) -> None:
         """Full row tiles: for each L2-sized block of columns, pack it (packed path) or read it in
         place (direct path), and run every tile over it. Then the leftover rows (fewer than a tile).
 
@@ -126,6 +143,60 @@ class _Driver:
                     r0 = b.select(b.icmp_signed("<", t, n_tiles), b.mul(t, main_rows), b.sub(M, main_rows))
                     self._panels(a["main"], main_rows, a["main_nr"], r0, j0, cols, may_pack=True)
         self._leftover_rows(b.select(overlap, M, m_full))
+
+    def _emit_chunked(self) -> None:
+        """The direct path of a W whose rows are a multiple of 4 KB apart (`gemm.plan_gemm`): for
+        each block of `direct_nc` columns (as wide as the one-row kernel), for each K-chunk of
+        `direct_kc` rows, every row of the batch through the raw kernels (full tiles, then 4, 2
+        and 1 rows), each chunk's sums added to the ones before it in C (flag ACCUMULATE); then the
+        epilogue over the block. Each chunk of the block is read from memory once and stays in L2
+        while the row tiles sweep it: in one piece a 1024-deep panel 4 KB-strided did not, and
+        every row tile read it from L3 again. No overlapping last tile: it would add its rows' sums
+        twice."""
+        b, a = self.b, self.a
+        N, M, K, kc, nc = a["N"], a["M"], a["K"], a["direct_kc"], a["direct_nc"]
+        main_rows = a["main_rows"]
+        n_tiles = index_udiv(b, M, main_rows)
+        m_full = b.mul(n_tiles, main_rows)
+        n_chunks = index_udiv(b, b.add(K, b.sub(kc, i64(1))), kc)
+        with for_range(b, 0, index_udiv(b, N, nc), name="cb") as blocks:  # the plan has N % nc == 0
+            j0 = b.mul(blocks.index, nc)
+            with for_range(b, 0, n_chunks, name="kc") as chunks:
+                k0 = b.mul(chunks.index, kc)
+                left = b.sub(K, k0)
+                part = (k0, b.select(b.icmp_signed("<", left, kc), left, kc),
+                        b.select(b.icmp_signed(">", k0, i64(0)), i64(ACCUMULATE), i64(0)))
+                with for_range(b, 0, n_tiles, name="ct") as tiles:
+                    self._chunk_panels(a["main_raw"], main_rows, a["main_nr"], b.mul(tiles.index, main_rows), j0, part)
+                r0 = m_full
+                for rows, kern, nr in ((4, a["k4"], a["nr4"]), (2, a["k2"], a["nr2"])):
+                    step = b.and_(b.sub(M, r0), i64(rows))
+                    step = b.select(b.icmp_unsigned("!=", kern, null_fn(TILE_TY)), step, i64(0))
+                    with b.if_then(b.icmp_signed("!=", step, i64(0))):
+                        self._chunk_panels(kern, i64(rows), nr, r0, j0, part)
+                    r0 = b.add(r0, step)
+                with for_range(b, r0, M, name="cr1") as one:
+                    self._chunk_panels(a["k1"], i64(1), a["nr1"], one.index, j0, part)
+            bias = b.select(self.has_bias, b.gep(a["B"], [j0], source_etype=F32), ir.Constant(PTR, None))
+            b.call(a["epi"], [M, element_ptr(b, a["C"], j0), N, bias, nc, self.epi_flags,
+                              b.gep(a["R"], [j0], source_etype=F32)])  # R may be null: not `inbounds`
+
+    def _chunk_panels(self, kern, rows, nr, r0, j0, part) -> None:
+        """`kern` on rows r0..r0+rows, K-chunk `part` = (first row of W, rows, flags), over every
+        panel of nr columns of the block of `direct_nc` columns at j0."""
+        b, a = self.b, self.a
+        K, N = a["K"], a["N"]
+        k0, kk, flags = part
+        A = element_ptr(b, a["A"], b.add(b.mul(r0, K), k0))
+        w0 = element_ptr(b, a["W"], b.add(b.mul(k0, N), j0))
+        c = element_ptr(b, a["C"], b.add(b.mul(r0, N), j0))
+        with for_range(b, 0, index_udiv(b, b.add(a["direct_nc"], b.sub(nr, i64(1))), nr), name="cp") as panels:
+            col = b.mul(panels.index, nr)
+            left = b.sub(a["direct_nc"], col)
+            cols_p = b.select(b.icmp_signed("<", left, nr), left, nr)
+            whole = b.select(b.icmp_signed("==", cols_p, nr), i64(WHOLE_B), i64(0))
+            b.call(kern, [kk, A, K, element_ptr(b, w0, col), N, element_ptr(b, c, col), N, cols_p,
+                          ir.Constant(PTR, None), b.or_(flags, whole), ir.Constant(PTR, None)])
 
     def _leftover_rows(self, r0) -> None:
         """Rows r0..M (fewer than a tile): 4 and 2 rows through their kernels where the plan has

@@ -36,6 +36,7 @@ from .cgutils import (
     element_ptr,
     for_range,
     i64,
+    if_then,
     internal_kernel,
     masked_load,
     merge_incoming,
@@ -91,25 +92,33 @@ TILE_ARGS = (("K", I64), ("a", PTR), ("lda", I64), ("b", PTR), ("ldb", I64), ("c
              ("bias", PTR), ("flags", I64), ("res", PTR))
 
 
-def tile_kernel(module: ir.Module, shape: TileShape, kind: str | None = None, residual: bool = False) -> ir.Function:
+def tile_kernel(module: ir.Module, shape: TileShape, kind: str | None = None, residual: bool = False,
+                accumulate: bool = False, plain_b: bool = False) -> ir.Function:
     """The kernel for one tile shape and epilogue, emitted once per module and shared by every layer.
 
     `void tile(i64 K, ptr a, i64 lda, ptr b, ldb, ptr c, i64 ldc, i64 cols, ptr bias, i64 flags,
     ptr res)` with a, c and res at the tile origin; all `mr` rows are real, `cols` in
     1..nv*width, K >= 1. With `kind` None it stores the raw A @ B tile (`bias`, `flags` and `res`
-    unused), for `gemm_epilogue.epilogue_function` to finish; with an epilogue family
+    unused), for `gemm_epilogue.epilogue_function` to finish. For the K-chunked in-place path
+    (`gemm_driver._emit_chunked`) a raw kernel may add the tile to C where flag ACCUMULATE is set
+    (`accumulate`), and read B with plain loads where flag WHOLE_B is, as the finishing kernels do
+    (`plain_b`); only the layers that take that path get such kernels (compile time). With an epilogue family
     (`kernel_activation`), it stores act(A @ B + bias), + R where `residual` (R laid out as C at
     `res`), from registers (`gemm_epilogue.store_tile`). The driver gives the
     main row tiles, which do nearly all the work, the finishing kernels and the leftover rows the
     raw ones: each finishing kernel costs compile time (the kernels get the full code generator),
     so only the few that pay have one.
     """
-    suffix = shape.suffix() + (f".{family_suffix(kind, residual)}" if kind else "")
-    return define_once(module, f"tinycomp.gemm.tile{suffix}",
-                       lambda name: _emit_tile(module, name, shape, kind, residual and kind is not None))
+    if kind is None:
+        suffix = shape.suffix() + (".acc" if accumulate else "") + (".w" if plain_b else "")
+    else:
+        suffix, accumulate, plain_b = f"{shape.suffix()}.{family_suffix(kind, residual)}", False, True
+    return define_once(module, f"tinycomp.gemm.tile{suffix}", lambda name: _emit_tile(
+        module, name, shape, kind, residual and kind is not None, accumulate, plain_b))
 
 
-def _emit_tile(module: ir.Module, name: str, shape: TileShape, kind: str | None, residual: bool) -> ir.Function:
+def _emit_tile(module: ir.Module, name: str, shape: TileShape, kind: str | None, residual: bool,
+               accumulate: bool, plain_b: bool) -> ir.Function:
     fn = internal_kernel(module, name, TILE_ARGS)
     K, a, lda, b, ldb, c, ldc, cols, bias, flags, res = fn.args
     builder = ir.IRBuilder(fn.append_basic_block("entry"))
@@ -119,11 +128,14 @@ def _emit_tile(module: ir.Module, name: str, shape: TileShape, kind: str | None,
         """Where each of the tile's rows starts in a matrix at `base` with rows `ld` floats apart."""
         return [element_ptr(builder, base, builder.mul(i64(i), ld)) if i else base for i in range(shape.mr)]
 
-    # the finishing kernels (the full row tiles) read B's rows in whole vectors where flag WHOLE_B says so
-    whole_b = builder.icmp_signed("!=", builder.and_(flags, i64(WHOLE_B)), i64(0)) if kind else None
+    # the finishing kernels (the full row tiles) and `plain_b` ones read B in whole vectors where flag WHOLE_B says so
+    whole_b = builder.icmp_signed("!=", builder.and_(flags, i64(WHOLE_B)), i64(0)) if plain_b else None
     acc = _k_loop(builder, shape, K, rows_of(a, lda), b, ldb, masks, whole_b)
-    store_tile(builder, acc, rows_of(c, ldc), masks, bias, flags, kind, shape.width,
-               rows_of(res, ldc) if residual else None)
+    c_rows = rows_of(c, ldc)
+    if accumulate:
+        add = builder.icmp_signed("!=", builder.and_(flags, i64(ACCUMULATE)), i64(0))
+        acc = _plus_c(builder, acc, c_rows, masks, add)
+    store_tile(builder, acc, c_rows, masks, bias, flags, kind, shape.width, rows_of(res, ldc) if residual else None)
     builder.ret_void()
     return fn
 
@@ -131,6 +143,22 @@ def _emit_tile(module: ir.Module, name: str, shape: TileShape, kind: str | None,
 # Flag bit of the finishing tile kernels (besides the epilogue's bit 0, ReLU): every vector of B's
 # rows may be read whole (`_k_loop`).
 WHOLE_B = 16
+# Flag bit of the accumulating raw tile kernels: add the tile to what C holds (the K-chunks before).
+ACCUMULATE = 32
+
+
+def _plus_c(builder, tile: list[list[ir.Value]], c_rows: list[ir.Value], masks, add: ir.Value) -> list[list[ir.Value]]:
+    """The tile plus C's values under it where `add` (an i1) is true, the tile itself otherwise: C
+    is only read when it is added."""
+    w = tile[0][0].type.count
+    flat = [x for row in tile for x in row]
+    with if_then(builder, add, carry=flat, name="acc") as branch:
+        branch.carry(*[builder.fadd(masked_load(builder, element_ptr(builder, c_rows[i], v * w),
+                                                masks[v] if masks else None, width=w), x)
+                       for i, row in enumerate(tile) for v, x in enumerate(row)])
+    merged = branch.results
+    nv = len(tile[0])
+    return [merged[i * nv:(i + 1) * nv] for i in range(len(tile))]
 
 
 def _k_loop(builder, shape: TileShape, K, a_rows, b, ldb, masks, whole_b=None):
