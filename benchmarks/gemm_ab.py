@@ -6,9 +6,9 @@
     PYTHONPATH=. python benchmarks/gemm_ab.py WEIGHT_OFFSET 0,16 --model mlp --rows 8,32,128
     PYTHONPATH=. python benchmarks/gemm_ab.py HOST_LSR 1,0 --model mlp --rows 1,8,128
 
-NAME is a constant of tinycomp.codegen.gemm, gemm_kernels, module or target, or gemm_micro's
-ALIASED_MAX_ROWS (the host limit a layer is built with: 0 builds it as a host without one), set
-before each build; or
+NAME is a constant of tinycomp.codegen.gemm, gemm_kernels, module or target, or (--layer only)
+gemm_micro's ALIASED_MAX_ROWS (the host limit a layer is built with: 0 builds it as a host without
+one; a model takes the host Target's), set before each build; or
 WEIGHT_OFFSET, which places the model's weights that many bytes past a cache line. A layer is timed
 through its kernel (`emit_linear`), a model through raw calls of its entry (no Python around them),
 one thread. Every value's callable runs in turn, round after round (`gemm_micro.compare`): on a

@@ -281,7 +281,7 @@ def test_linear_square(width, batch):
 def wide_layers():
     manual_seed(5)
     model = Sequential(Linear(1024, 2048), GELU(), Linear(2048, 1024), ReLU(), Linear(1024, 1024))
-    return model, tc.compile(model)
+    return model, tc.compile(model, threads=1)  # one thread: each call is the whole batch
 
 
 @pytest.mark.parametrize("batch", [1, 6, 11, 39, 40, 41, 64])
@@ -291,6 +291,17 @@ def test_layers_with_rows_4_kb_apart(wide_layers, batch):
     (elsewhere, in one piece up to DIRECT_MAX_ROWS); every path matches eager."""
     model, fast = wide_layers
     assert_parity(model, sample(batch, 1024, seed=batch), fast=fast)
+
+
+def test_layers_with_rows_4_kb_apart_give_a_row_the_same_bits_in_any_batch(wide_layers):
+    """Alone, in a batch on either side of the in-place limit, and split across threads."""
+    model, fast = wide_layers
+    x = sample(64, 1024, seed=3)
+    alone = np.concatenate([fast(x[i:i + 1]).data for i in range(len(x))])
+    both_cores = tc.compile(model)
+    for rows in (7, 40, 41, 64):
+        np.testing.assert_array_equal(fast(x[:rows]).data, alone[:rows], err_msg=f"{rows} rows, one thread")
+        np.testing.assert_array_equal(both_cores(x[:rows]).data, alone[:rows], err_msg=f"{rows} rows, all cores")
 
 
 # ------------------------------------------------------------------ the zoo and custom layers

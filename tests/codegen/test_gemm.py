@@ -500,8 +500,10 @@ def aliased():
     for K, N, bias, act, *res in layers:
         emit_linear(mod, layer_name(K, N, bias, act, *res), K=K, N=N, bias=bias, activation=act, width=WIDTH,
                     residual=bool(res), aliased_max_rows=16)
+    llvm_ir = str(mod)
+    assert f"tinycomp.gemm.driver.kc.v{WIDTH}" in llvm_ir  # the driver with the K-chunked loops
     c = Compiled.__new__(Compiled)
-    c.engine, c.width = JitEngine(str(mod)), WIDTH
+    c.engine, c.width = JitEngine(llvm_ir), WIDTH
     c.fns = {layer_name(*ly): (SIG_RESIDUAL if ly[4:5] == (True,) else SIG)(c.engine.address(layer_name(*ly)))
              for ly in layers}
     return c
@@ -533,3 +535,18 @@ def test_the_host_limit_is_part_of_the_cache_key():
     h = host()
     other = dataclasses.replace(h, aliased_direct_max_rows=h.aliased_direct_max_rows + 8)
     assert h.cache_fields != other.cache_fields
+
+
+@pytest.mark.parametrize("layer", ALIASED, ids=lambda ly: layer_name(*ly))
+def test_an_aliased_row_does_not_depend_on_the_batch_around_it(aliased, layer):
+    """The K-chunked in-place path adds each chunk's sums to C in the order the packed path's
+    kernels add them in registers (`plan_gemm` gives every kernel of the layer its chunk): a row
+    is bit-identical alone, in a batch summed in K-chunks (up to the limit, 16 here) and in a
+    packed one."""
+    K, N, bias, act = layer
+    rng = np.random.default_rng(11)
+    A, W, B = make_inputs(rng, 45, K, N)
+    alone = np.concatenate([aliased.run(layer, A[i:i + 1], W, B) for i in range(A.shape[0])])
+    for M in (5, 7, 16, 17, 45):
+        np.testing.assert_array_equal(aliased.run(layer, A[:M], W, B), alone[:M], err_msg=f"M={M}")
+

@@ -12,7 +12,8 @@ Two paths, chosen at run time from M:
 - batches up to DIRECT_MAX_ROWS (`direct_max_rows`: fewer for some W on some hosts) read W in
   place (batch 1 is bound by streaming the weights once; packing would read them twice), in
   blocks of columns of at most DIRECT_BLOCK_BYTES of W, each swept by every full row tile while it
-  is hot in L2;
+  is hot in L2 (on a host with `Target.aliased_direct_max_rows`, a W larger than L2 with rows a
+  multiple of 4 KB apart in blocks of K-chunks: `GemmPlan.direct_kc`);
 - larger batches copy W, one L2-sized block of columns at a time, into contiguous zero-padded
   panels, then sweep every row tile of A over those panels while they are hot in L2.
 Rows go through 6-row tiles of 4 vectors (8-row tiles for layers of exactly 3 vectors); the last
@@ -20,9 +21,9 @@ panel of a layer whose vectors are not a multiple of the tile's goes through a 6
 its vectors (7 = 4 + 3, 17 = 4 x 4 + 1), so the full tiles never compute a wholly masked-off
 vector. The 0..7 leftover rows of a small batch go through a 4-, a 2- and a 1-row kernel as needed
 (5 = 4 + 1, ...); in a larger one, through one more full tile over the batch's last rows, which
-recomputes a few finished rows (`gemm_driver._Driver.emit`). The 1-row kernel is as wide as the layer (up
-to 16 vectors: long unit-stride runs of W, many independent accumulators) and prefetches W rows
-ahead. Panel counts, column counts and the tail masks are run-time values, so both paths share one
+recomputes a few finished rows (`gemm_driver._Driver._emit_whole`). The 1-row kernel is as wide
+as the layer (up to 16 vectors: long unit-stride runs of W, many independent accumulators) and
+prefetches W rows ahead. Panel counts, column counts and the tail masks are run-time values, so both paths share one
 copy of the loops and every layer of a module shares the same few kernels (`gemm_kernels`).
 """
 
@@ -39,7 +40,9 @@ from .gemm_kernels import TileShape, k_chunk, tile_kernel
 from .gemm_narrow import NarrowShape, narrow_kernel, narrow_pack_kernel, narrow_small_kernel
 from .target import default_registers
 
-L2_BYTES = 1 << 20  # per core on this machine (AMD Zen 4); the plans below are tuned for it
+# Per core on AMD Zen 4, where the plans below were tuned (the Intel Xeon of later sessions has 2 MB:
+# its differences are the host Target's, `aliased_direct_max_rows` and `l2_bytes`)
+L2_BYTES = 1 << 20
 # Packed W block budget: half of L2, leaving room for the A row panels and C.
 L2_BLOCK_BYTES = L2_BYTES // 2
 DIRECT_MAX_ROWS = 128  # measured: reading W in place beats pack + sweep up to ~128 rows (784x256, 1024x1024)
@@ -53,7 +56,7 @@ DIRECT_BLOCK_BYTES = 256 * 1024
 # 6 x 4 tile whose fourth vector was all masked-off lanes).
 MAIN3_ROWS = 8
 PREFETCH_ROWS = 4  # W rows the small-row kernels prefetch ahead (measured 4 ~ 8 > 0)
-# Leftover rows through one overlapping full tile (_Driver.emit) on the packed path, and on the
+# Leftover rows through one overlapping full tile (_Driver._emit_whole) on the packed path, and on the
 # direct path from this many rows when W does not fit L2. Measured with benchmarks/gemm_ab.py
 # (`OVERLAP_MIN_ROWS 100000,64 --layer 1024x1024`), min time with / without: 1024x1024 at 70 / 100 /
 # 128 / 256 / 512 rows 0.99 / 0.94 / 0.99 / 0.96 / 0.99, at 14 / 32 rows (threshold 12) 1.10 / 1.04;
@@ -133,15 +136,25 @@ def plan_gemm(K: int, N: int, width: int, registers: int | None = None, aliased_
     nv = tile_vectors(width, registers)
     nv_main = min(nv, vectors)
     nv1 = min(4 * nv, _pow2_at_least(vectors))
-    chunk = k_chunk(K)  # every kernel of the layer sums in the same chunks
+    rest = vectors % nv_main
+    has_tail = vectors > nv_main and rest > 0
+    # With a host limit for an aliased W (`direct_max_rows`), the in-place path runs in K-chunks
+    # (`gemm_driver._emit_chunked`): in blocks as wide as the one-row kernel (with AVX-512 each row
+    # then spans 16 lines, and a block's rows fall in 16 x as many cache sets as a 64-column
+    # panel's), DIRECT_BLOCK_BYTES of them a chunk.
+    in_chunks = bool(aliased_max_rows) and _aliased(K, N) and N % (nv1 * width) == 0 and not has_tail
+    direct_kc = max(1, DIRECT_BLOCK_BYTES // (4 * nv1 * width)) if in_chunks else 0
+    # Every kernel of the layer sums in the same chunks, on every path: a row's result never
+    # depends on the batch around it (its size picks the path; threads split it). The in-place
+    # K-chunks add each chunk's sum to C in the order `_k_chunks` adds them in registers.
+    chunk = direct_kc if direct_kc and K > direct_kc else k_chunk(K)
     main = TileShape(MAIN3_ROWS if nv_main == 3 else 6, nv_main, width, MAIN_PREFETCH_ROWS, chunk=chunk)
     # The last panel of a layer whose vectors are not a multiple of the main tile's goes through a
     # 6-row tile just as wide (7 vectors = 4 + 3, 17 = 4 x 4 + 1) instead of computing whole
     # masked-off vectors; a layer of 3 vectors is one 8 x 3 panel. The tail's rows are the main
     # tile's (one row loop); the driver picks it for a panel of at most tail.nr columns, which only
     # the last panel of the last block can be. The leftover rows keep the power-of-two kernels.
-    rest = vectors % nv_main
-    tail = TileShape(main.mr, rest, width, chunk=chunk) if vectors > nv_main and rest else None
+    tail = TileShape(main.mr, rest, width, chunk=chunk) if has_tail else None
     one = TileShape(1, nv1, width, PREFETCH_ROWS, exact=N % (nv1 * width) == 0, chunk=chunk)
     if _pow2_at_least(vectors) < nv:  # narrow layers: the few leftover rows go one by one (1 x 1 or 1 x 2)
         leftover: tuple[TileShape, ...] = (one,)
@@ -152,12 +165,7 @@ def plan_gemm(K: int, N: int, width: int, registers: int | None = None, aliased_
     panels = -(-N // nr)
     nc = _block_cols(panels, nr, K, L2_BLOCK_BYTES)
     direct_max = direct_max_rows(K, N, aliased_max_rows)
-    direct_nc, direct_kc = _block_cols(panels, nr, K, DIRECT_BLOCK_BYTES), 0
-    if aliased_max_rows and _aliased(K, N) and N % one.nr == 0 and tail is None:
-        # In K-chunks: blocks as wide as the one-row kernel (each row then spans 16 lines, and a
-        # block's rows fall in 16 x as many cache sets), DIRECT_BLOCK_BYTES of them a chunk.
-        direct_nc = one.nr
-        direct_kc = max(1, DIRECT_BLOCK_BYTES // (4 * direct_nc))
+    direct_nc = one.nr if in_chunks else _block_cols(panels, nr, K, DIRECT_BLOCK_BYTES)
     return GemmPlan(K, N, width, main, leftover, nc, direct_max_rows=direct_max, direct_nc=direct_nc,
                     overlap_min_rows=OVERLAP_MIN_ROWS if 4 * K * N > L2_BYTES else direct_max + 1,
                     tail=tail, direct_kc=direct_kc)

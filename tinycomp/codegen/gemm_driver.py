@@ -9,6 +9,9 @@ a module shares it: fewer functions is the main lever on compile time.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 from llvmlite import ir
 
 from .cgutils import (
@@ -104,8 +107,8 @@ class _Driver:
             self._emit_whole()
             return
         b = self.b
-        chunked = b.and_(b.icmp_signed(">", self.a["direct_kc"], i64(0)), b.and_(b.not_(self.packed), self.has_k))
-        with b.if_else(chunked) as (in_chunks, whole):
+        by_chunks = b.and_(b.icmp_signed(">", self.a["direct_kc"], i64(0)), b.and_(b.not_(self.packed), self.has_k))
+        with b.if_else(by_chunks) as (in_chunks, whole):
             with in_chunks:
                 self._emit_chunked()
             with whole:
@@ -166,17 +169,12 @@ class _Driver:
                 left = b.sub(K, k0)
                 part = (k0, b.select(b.icmp_signed("<", left, kc), left, kc),
                         b.select(b.icmp_signed(">", k0, i64(0)), i64(ACCUMULATE), i64(0)))
+                def rows_of_chunk(kern, rows, nr, r0) -> None:
+                    self._chunk_panels(kern, rows, nr, r0, j0, part)
+
                 with for_range(b, 0, n_tiles, name="ct") as tiles:
-                    self._chunk_panels(a["main_raw"], main_rows, a["main_nr"], b.mul(tiles.index, main_rows), j0, part)
-                r0 = m_full
-                for rows, kern, nr in ((4, a["k4"], a["nr4"]), (2, a["k2"], a["nr2"])):
-                    step = b.and_(b.sub(M, r0), i64(rows))
-                    step = b.select(b.icmp_unsigned("!=", kern, null_fn(TILE_TY)), step, i64(0))
-                    with b.if_then(b.icmp_signed("!=", step, i64(0))):
-                        self._chunk_panels(kern, i64(rows), nr, r0, j0, part)
-                    r0 = b.add(r0, step)
-                with for_range(b, r0, M, name="cr1") as one:
-                    self._chunk_panels(a["k1"], i64(1), a["nr1"], one.index, j0, part)
+                    rows_of_chunk(a["main_raw"], main_rows, a["main_nr"], b.mul(tiles.index, main_rows))
+                self._leftover_rows(m_full, rows_of_chunk)
             bias = b.select(self.has_bias, b.gep(a["B"], [j0], source_etype=F32), ir.Constant(PTR, None))
             b.call(a["epi"], [M, element_ptr(b, a["C"], j0), N, bias, nc, self.epi_flags,
                               b.gep(a["R"], [j0], source_etype=F32)])  # R may be null: not `inbounds`
@@ -190,27 +188,36 @@ class _Driver:
         A = element_ptr(b, a["A"], b.add(b.mul(r0, K), k0))
         w0 = element_ptr(b, a["W"], b.add(b.mul(k0, N), j0))
         c = element_ptr(b, a["C"], b.add(b.mul(r0, N), j0))
-        with for_range(b, 0, index_udiv(b, b.add(a["direct_nc"], b.sub(nr, i64(1))), nr), name="cp") as panels:
-            col = b.mul(panels.index, nr)
-            left = b.sub(a["direct_nc"], col)
-            cols_p = b.select(b.icmp_signed("<", left, nr), left, nr)
+        with self._each_panel(a["direct_nc"], nr) as (col, cols_p):
             whole = b.select(b.icmp_signed("==", cols_p, nr), i64(WHOLE_B), i64(0))
             b.call(kern, [kk, A, K, element_ptr(b, w0, col), N, element_ptr(b, c, col), N, cols_p,
                           ir.Constant(PTR, None), b.or_(flags, whole), ir.Constant(PTR, None)])
 
-    def _leftover_rows(self, r0) -> None:
+    @contextlib.contextmanager
+    def _each_panel(self, cols, nr) -> Iterator[tuple[ir.Value, ir.Value]]:
+        """for col in range(0, cols, nr): the body with (col, the panel's columns, at most nr)."""
+        b = self.b
+        with for_range(b, 0, index_udiv(b, b.add(cols, b.sub(nr, i64(1))), nr), name="jp") as panels:
+            col = b.mul(panels.index, nr)
+            left = b.sub(cols, col)
+            yield col, b.select(b.icmp_signed("<", left, nr), left, nr)
+
+    def _leftover_rows(self, r0, run=None) -> None:
         """Rows r0..M (fewer than a tile): 4 and 2 rows through their kernels where the plan has
-        them, then the rest one at a time."""
+        them, then the rest one at a time; each group by `run(kernel, rows, nr, first row)`
+        (default: in place over all N, K whole)."""
         b, a = self.b, self.a
+        if run is None:
+            def run(kern, rows, nr, first) -> None:
+                self._panels(kern, rows, nr, first, i64(0), a["N"], may_pack=False)
         for rows, kern, nr in ((4, a["k4"], a["nr4"]), (2, a["k2"], a["nr2"])):
             step = b.and_(b.sub(a["M"], r0), i64(rows))
             step = b.select(b.icmp_unsigned("!=", kern, null_fn(TILE_TY)), step, i64(0))
             with b.if_then(b.icmp_signed("!=", step, i64(0))):
-                self._panels(kern, i64(rows), nr, r0, i64(0), a["N"], may_pack=False)
+                run(kern, i64(rows), nr, r0)
             r0 = b.add(r0, step)
         with for_range(b, r0, a["M"], name="r1") as one:
-            r = one.index
-            self._panels(a["k1"], i64(1), a["nr1"], r, i64(0), a["N"], may_pack=False)
+            run(a["k1"], i64(1), a["nr1"], one.index)
 
     def _panels(self, kern, rows, nr, r0, j0, cols, *, may_pack: bool) -> None:
         """Call `kern` on rows r0..r0+rows (an i64 value), every panel of nr columns of the block.
@@ -227,16 +234,11 @@ class _Driver:
         # R (the residual, laid out as C) is null for a layer without one: not `inbounds`
         res = b.gep(a["R"], [at_tile], source_etype=F32)
         w_j0 = element_ptr(b, a["W"], j0)
-        n_panels = index_udiv(b, b.add(cols, b.sub(nr, i64(1))), nr)
-        with for_range(b, 0, n_panels, name="jp") as panels:
-            p = panels.index
-            col = b.mul(p, nr)
-            left = b.sub(cols, col)
-            cols_p = b.select(b.icmp_signed("<", left, nr), left, nr)
+        with self._each_panel(cols, nr) as (col, cols_p):
             b_p = element_ptr(b, w_j0, col)
             ldb = N
             if may_pack:
-                packed_b = element_ptr(b, a["pack"], b.mul(p, b.mul(K, nr)))
+                packed_b = element_ptr(b, a["pack"], b.mul(K, col))  # panel p = col / nr at p * K * nr
                 b_p = b.select(self.packed, packed_b, b_p)
                 padded = b.mul(b.udiv(b.add(cols_p, i64(w - 1)), i64(w)), i64(w))
                 ldb = b.select(self.packed, padded, ldb)

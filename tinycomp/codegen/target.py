@@ -84,11 +84,12 @@ def _lanes(features: str) -> int:
 
 # Intel cores (measured on a Sapphire Rapids-class Xeon, 2 MB L2): W's rows 4 KB apart put every
 # row of a column block in the same few cache sets, so a 256 KB block of a 1024 x 1024 W no longer
-# stayed in L2 while the row tiles swept it, and reading W in place ran 2-3 x slower than packing
-# it from 24 rows on. Such a layer now reads W in place in K-chunks (`gemm_driver._emit_chunked`),
-# which beat packing up to 40-56 rows (`benchmarks/gemm_ab.py ALIASED_MAX_ROWS 16,128 --layer
-# 1024x1024`; 512x2048 up to 32-48), and packs it above (RESULTS.md, eighth session). AMD Zen 4
-# read the same layer in place, in one piece, fastest up to ~128 rows.
+# stayed in L2 while the row tiles swept it: read in place in one piece it took 1.3 x as long as
+# packed at 32 rows, 1.8 x at 64 and 2.9 x at 128. Such a layer now reads W in place in K-chunks
+# (`gemm_driver._emit_chunked`), which beat packing up to 40-56 rows
+# (`benchmarks/gemm_ab.py ALIASED_MAX_ROWS 0,16,128 --layer 1024x1024`; 512x2048 up to 32-48),
+# and packs it above (benchmarks/RESULTS.md, eighth session). AMD Zen 4 read the same layer in
+# place, in one piece, fastest up to ~128 rows.
 INTEL_ALIASED_DIRECT_MAX_ROWS = 40
 
 
