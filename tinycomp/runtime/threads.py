@@ -131,8 +131,12 @@ def shared_pool() -> WorkerPool:
 # caller to notice the worker finished: ~100 us per call. With two cores the reference MLP broke even
 # at ~30-60 MFLOP (batch 64-128: 0.94x-1.31x on a quiet host) and gained 1.45x at 120 MFLOP
 # (batch 256); the deep model 0.82x at 34 MFLOP and 1.45x at 134 MFLOP. 64 MFLOP (~0.65 ms of
-# one-thread work at ~95 GFLOP/s) keeps every call that could lose on one thread.
-PARALLEL_MIN_FLOPS = 64_000_000
+# one-thread work at ~95 GFLOP/s) kept every call that could lose on one thread there. The Intel
+# Xeon of later sessions runs the GEMMs twice as fast, and its second vCPU is shared (parallel
+# efficiency 0.67-0.77 on a pure FMA loop): lnmlp at 32 rows (67 MFLOP, two chunks of 16 rows that
+# each stream all 4 MB of weights) ran 0.91-0.95 x one thread, at 64 rows (134 MFLOP) 1.19-1.24 x.
+# 100 MFLOP keeps such calls on one thread on both hosts.
+PARALLEL_MIN_FLOPS = 100_000_000
 # Rows per chunk never drop below this: smaller GEMM calls lose more to tails than a core gains.
 MIN_CHUNK_ROWS = 16
 ROW_MULTIPLE = 8  # chunks start at a multiple of this many GEMM rows
