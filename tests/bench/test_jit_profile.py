@@ -4,26 +4,16 @@ at the address the engine loaded it to."""
 from __future__ import annotations
 
 import ctypes
-import importlib.util
-from pathlib import Path
 
 import numpy as np
 
 import tinycomp as tc
+from tests.bench.scripts import load_script
 from tinycomp.bench.models import get_model
-
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "jit_profile.py"
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("jit_profile", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_the_map_names_every_function_where_the_engine_put_it():
-    jit_profile = load_script()
+    jit_profile = load_script("jit_profile")
     bm = get_model("mlp")
     fast = tc.compile(bm.build(), threads=1)
     fast(bm.sample(3))
@@ -41,7 +31,7 @@ def test_the_map_names_every_function_where_the_engine_put_it():
 
 
 def test_the_script_writes_the_map_and_times_the_model(tmp_path, capsys):
-    jit_profile = load_script()
+    jit_profile = load_script("jit_profile")
     target = tmp_path / "perf.map"
     jit_profile.main(["tiny", "4", "0.05", "--map", str(target)])
     lines = target.read_text().split("\n")
