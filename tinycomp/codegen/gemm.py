@@ -23,8 +23,9 @@ vector. The 0..7 leftover rows of a small batch go through a 4-, a 2- and a 1-ro
 (5 = 4 + 1, ...); in a larger one, through one more full tile over the batch's last rows, which
 recomputes a few finished rows (`gemm_driver._Driver._emit_whole`). The 1-row kernel is as wide
 as the layer (up to 16 vectors: long unit-stride runs of W, many independent accumulators) and
-prefetches W rows ahead. Panel counts, column counts and the tail masks are run-time values, so both paths share one
-copy of the loops and every layer of a module shares the same few kernels (`gemm_kernels`).
+prefetches W rows ahead. Panel counts, column counts and the tail masks are run-time values, so
+both paths share one copy of the loops and every layer of a module shares the same few kernels
+(`gemm_kernels`).
 """
 
 from __future__ import annotations
