@@ -31,6 +31,9 @@ NARROW = [(K, N, "relu") for K in (64, 784) for N in (1, 2, 3)]
 ODD = [(100, 37, "tanh"), (1024, 100, None), (784, 257, None)]
 
 
+ALIASED_MAX_ROWS = host().aliased_direct_max_rows  # a constant gemm_ab.py may vary
+
+
 def build(layers, width):
     """The layers as `tc.compile` plans them on this host (its `aliased_direct_max_rows`)."""
     mod = ir.Module(name="bench")
@@ -38,9 +41,6 @@ def build(layers, width):
         emit_linear(mod, f"lin{i}", K=K, N=N, bias=True, activation=act, width=width,
                     aliased_max_rows=ALIASED_MAX_ROWS)
     return str(mod)
-
-
-ALIASED_MAX_ROWS = host().aliased_direct_max_rows  # a constant gemm_ab.py may vary
 
 
 def compile_layers(layers, width):

@@ -5,13 +5,13 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
+from tests.bench.scripts import BENCHMARKS
 from tinycomp.codegen.target import host
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "tile_loop.py"
+SCRIPT = BENCHMARKS / "tile_loop.py"
 
 
 @pytest.mark.skipif(host().vector_width != 16, reason="the loop is written for 16-lane (AVX-512) vectors")

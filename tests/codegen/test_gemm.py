@@ -54,11 +54,11 @@ def layer_name(K, N, bias, act, residual=False):
 class Compiled:
     """All test layers in one module: one JIT compile for the whole file."""
 
-    def __init__(self, layers, width=WIDTH):
+    def __init__(self, layers, width=WIDTH, aliased_max_rows=0):
         mod = ir.Module(name="test_gemm")
         for K, N, bias, act, *res in layers:  # (K, N, bias, act[, residual])
             emit_linear(mod, layer_name(K, N, bias, act, *res), K=K, N=N, bias=bias, activation=act, width=width,
-                        residual=bool(res and res[0]))
+                        residual=bool(res and res[0]), aliased_max_rows=aliased_max_rows)
         self.llvm_ir = str(mod)
         self.engine = JitEngine(self.llvm_ir)
         self.width = width
@@ -495,17 +495,8 @@ ALIASED = [(1024, 1024, True, "relu"), (1100, 1024, True, None), (2048, 1024, Tr
 
 @pytest.fixture(scope="module")
 def aliased():
-    mod = ir.Module(name="aliased")
-    layers = ALIASED + [ALIASED[2] + (True,)]  # and the gelu layer + R
-    for K, N, bias, act, *res in layers:
-        emit_linear(mod, layer_name(K, N, bias, act, *res), K=K, N=N, bias=bias, activation=act, width=WIDTH,
-                    residual=bool(res), aliased_max_rows=16)
-    llvm_ir = str(mod)
-    assert f"tinycomp.gemm.driver.kc.v{WIDTH}" in llvm_ir  # the driver with the K-chunked loops
-    c = Compiled.__new__(Compiled)
-    c.engine, c.width = JitEngine(llvm_ir), WIDTH
-    c.fns = {layer_name(*ly): (SIG_RESIDUAL if ly[4:5] == (True,) else SIG)(c.engine.address(layer_name(*ly)))
-             for ly in layers}
+    c = Compiled(ALIASED + [ALIASED[2] + (True,)], aliased_max_rows=16)  # and the gelu layer + R
+    assert f"tinycomp.gemm.driver.kc.v{WIDTH}" in c.llvm_ir  # the driver with the K-chunked loops
     return c
 
 
@@ -549,4 +540,3 @@ def test_an_aliased_row_does_not_depend_on_the_batch_around_it(aliased, layer):
     alone = np.concatenate([aliased.run(layer, A[i:i + 1], W, B) for i in range(A.shape[0])])
     for M in (5, 7, 16, 17, 45):
         np.testing.assert_array_equal(aliased.run(layer, A[:M], W, B), alone[:M], err_msg=f"M={M}")
-

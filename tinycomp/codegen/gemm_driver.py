@@ -101,14 +101,13 @@ class _Driver:
         self.epi_flags = b.or_(args["relu"], b.select(self.has_k, i64(0), i64(2)))
 
     def emit(self, chunked: bool) -> None:
-        """With `chunked`, the direct path in K-chunks where the plan has them (`_emit_chunked`);
-        everything else whole (`_emit_whole`)."""
+        """With `chunked` (the driver only layers with K-chunks call: `driver_function`), the
+        direct path in K-chunks (`_emit_chunked`); everything else whole (`_emit_whole`)."""
         if not chunked:
             self._emit_whole()
             return
         b = self.b
-        by_chunks = b.and_(b.icmp_signed(">", self.a["direct_kc"], i64(0)), b.and_(b.not_(self.packed), self.has_k))
-        with b.if_else(by_chunks) as (in_chunks, whole):
+        with b.if_else(b.and_(b.not_(self.packed), self.has_k)) as (in_chunks, whole):
             with in_chunks:
                 self._emit_chunked()
             with whole:
@@ -169,6 +168,7 @@ class _Driver:
                 left = b.sub(K, k0)
                 part = (k0, b.select(b.icmp_signed("<", left, kc), left, kc),
                         b.select(b.icmp_signed(">", k0, i64(0)), i64(ACCUMULATE), i64(0)))
+
                 def rows_of_chunk(kern, rows, nr, r0) -> None:
                     self._chunk_panels(kern, rows, nr, r0, j0, part)
 
