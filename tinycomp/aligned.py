@@ -5,7 +5,14 @@ Generated kernels read weights in place at small batch sizes, a full 64-byte vec
 an address that is not a multiple of 64 each such load touches two cache lines; NumPy's own
 allocations are only 16-byte aligned. The reference MLP with its weights 16 bytes off a line, against
 on one (`benchmarks/gemm_ab.py WEIGHT_OFFSET 0,16 --model mlp --rows 1,8,32,128,512`, quiet host):
-+4 % at batch 1 and 8, +1 % at 32, within 0.5 % from 128.
++4 % at batch 1 and 8, +1 % at 32, within 0.5 % from 128. On the Intel Xeon of the later sessions
+the same offset costs +37 % at batch 1 and +22 % at 8.
+
+Tensor storage below `ALIGN_MIN_BYTES` is a plain NumPy copy: there a vector load split over two lines
+is a few of them per call, lost in the noise (the mlp's biases 16 or 48 bytes off a line, the large
+weights on one: `WEIGHT_OFFSET 0,16,48` with `place_weights` limited to arrays under 4 KB, within
+±1 % at 1, 8 and 32 rows), while the alignment itself (address, oversized buffer, offset view) costs
+four times the copy: 1.1 µs of every eager `Tensor(x)` at batch 1.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from typing import Any
 import numpy as np
 
 LINE = 64  # bytes: a cache line and one zmm register
+ALIGN_MIN_BYTES = 4096  # float32 copies from this size start on a line; smaller ones need not
 _FLOAT32 = np.dtype(np.float32)
 
 
@@ -47,7 +55,10 @@ def _address(raw: np.ndarray) -> int:
 
 
 def aligned_float32(values: np.ndarray) -> np.ndarray:
-    """A fresh, line-aligned float32 copy of `values` (cast as `np.array(values, np.float32)` does)."""
+    """A fresh C-contiguous float32 copy of `values` (cast as `np.array(values, np.float32)` does),
+    starting on a line if it holds `ALIGN_MIN_BYTES` or more."""
+    if values.size * 4 < ALIGN_MIN_BYTES:
+        return values.astype(_FLOAT32, order="C")  # always a copy
     out = aligned_empty(values.shape)
     if values.dtype is _FLOAT32:
         out[...] = values  # cheaper than copyto's keyword parsing, same copy
@@ -57,7 +68,7 @@ def aligned_float32(values: np.ndarray) -> np.ndarray:
 
 
 def float32_copy(data: Any) -> np.ndarray:
-    """A fresh, line-aligned float32 copy of numeric `data` (a number, nested lists, an array);
+    """A fresh float32 copy of numeric `data` (line-aligned as `aligned_float32` says) (a number, nested lists, an array);
     TypeError for strings, objects, ragged lists and other non-numbers."""
     if isinstance(data, (str, bytes)):
         raise TypeError(f"Tensor data must be numeric (a number, list or array); got {type(data).__name__}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from tinycomp.aligned import ALIGN_MIN_BYTES, LINE
 from tinycomp.frontend.tensor import apply_op
 from tinycomp.nn import GELU, Dropout, Layer, Linear, ReLU, Sequential, Sigmoid, Tanh, Tensor
 
@@ -116,9 +117,11 @@ def test_layer_call_passes_extra_arguments_on():
 
 def test_tensor_from_arrays_copies_aligned_float32():
     for source in (RNG.standard_normal((3, 5)), np.arange(6, dtype=np.int64).reshape(2, 3),
-                   np.asfortranarray(RNG.standard_normal((4, 3)).astype(np.float32)), np.array([True, False])):
+                   np.asfortranarray(RNG.standard_normal((4, 3)).astype(np.float32)), np.array([True, False]),
+                   RNG.standard_normal((40, 30))[::2, ::-1], np.arange(2048, dtype=np.int64).reshape(32, 64).T):
         t = Tensor(source)
-        assert t.data.dtype == np.float32 and t.data.flags.c_contiguous and t.data.ctypes.data % 64 == 0
+        assert t.data.dtype == np.float32 and t.data.flags.c_contiguous
+        assert t.data.nbytes < ALIGN_MIN_BYTES or t.data.ctypes.data % LINE == 0
         np.testing.assert_array_equal(t.data, source.astype(np.float32))
         assert not np.shares_memory(t.data, source)
     with pytest.raises(TypeError, match="numeric"):

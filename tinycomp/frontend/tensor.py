@@ -33,8 +33,8 @@ tracing = _Tracing()
 
 
 def to_float32(data: Any) -> np.ndarray:
-    """A fresh float32 copy of `data`, its first value on a cache line (compiled code reads weights
-    in place: `aligned.py`); TypeError for strings, objects and other non-numbers."""
+    """A fresh float32 copy of `data`, its first value on a cache line from 4 KB up (compiled code
+    reads weights in place: `aligned.py`); TypeError for strings, objects and other non-numbers."""
     return aligned_float32(data.data) if isinstance(data, Tensor) else float32_copy(data)
 
 
