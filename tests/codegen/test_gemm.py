@@ -518,13 +518,17 @@ def test_aliased_layer_in_k_chunks_and_packed_matches_the_reference(aliased, lay
         np.testing.assert_array_equal(aliased.run(layer + (True,), A, W, B, R=R), out + R)
 
 
-def test_the_host_limit_is_part_of_the_cache_key():
+@pytest.mark.parametrize("field", ["triple", "cpu", "features", "vector_width", "vector_registers",
+                                   "aliased_direct_max_rows", "l2_bytes"])
+def test_every_host_fact_the_plans_read_is_part_of_the_cache_key(field):
+    """Object code built for another L2 size or host limit (row blocks, K-chunks) must not load."""
     import dataclasses
 
     from tinycomp.codegen.target import host
 
     h = host()
-    other = dataclasses.replace(h, aliased_direct_max_rows=h.aliased_direct_max_rows + 8)
+    value = getattr(h, field)
+    other = dataclasses.replace(h, **{field: value + (8 if isinstance(value, int) else "-other")})
     assert h.cache_fields != other.cache_fields
 
 
