@@ -68,8 +68,8 @@ def aligned_float32(values: np.ndarray) -> np.ndarray:
 
 
 def float32_copy(data: Any) -> np.ndarray:
-    """A fresh float32 copy of numeric `data` (line-aligned as `aligned_float32` says) (a number, nested lists, an array);
-    TypeError for strings, objects, ragged lists and other non-numbers."""
+    """A fresh float32 copy of numeric `data` (a number, nested lists, an array), line-aligned as
+    `aligned_float32` says; TypeError for strings, objects, ragged lists and other non-numbers."""
     if isinstance(data, (str, bytes)):
         raise TypeError(f"Tensor data must be numeric (a number, list or array); got {type(data).__name__}")
     try:

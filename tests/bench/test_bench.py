@@ -12,7 +12,10 @@ import pytest
 from tinycomp.bench import bench_main
 from tinycomp.bench.main import ALLOCATOR_TUNABLES, _child_env
 from tinycomp.bench.models import MODELS, numpy_function
+from tinycomp.bench.peak import FLOP_PER_CYCLE, clocks_measurable
+from tinycomp.bench.render import _clock_note
 from tinycomp.bench.report import check_targets, summarize
+from tinycomp.bench.runner import CLOCK_BATCH, measure_mlp_clocks
 from tinycomp.nn import Tensor
 from tinycomp.runtime.threads import parallel_parts, split_rows
 
@@ -242,6 +245,25 @@ def test_ratio_targets_quote_the_fma_peak_bound():
     pts[("compiled", "mlp", 128)]["samples"] = [flops / 92e9] * 5
     [peak] = [t for t in check_targets(summarize(pts, 100.0), {}) if "peak" in t.required]
     assert not peak.met and peak.measured == "92 % (92.0 GFLOP/s)"
+
+
+def test_the_peak_target_quotes_the_most_a_gemm_reaches_at_its_clock():
+    flops = MODELS["mlp"].flops_per_sample * 128
+    pts = {("compiled", "mlp", 128): {"samples": [flops / 82e9] * 5, "threads": 1}}
+    [peak] = [t for t in check_targets(summarize(pts, 100.0), {}, gemm_bound=0.887) if "peak" in t.required]
+    assert not peak.met and peak.measured == "82 % (82.0 GFLOP/s; at its clock a GEMM reaches 89 % at most)"
+
+
+@pytest.mark.skipif(not clocks_measurable(), reason="the add chain is x86-64 assembly (AVX-512 hosts)")
+def test_mlp_clocks_are_measured_and_noted():
+    clocks = measure_mlp_clocks()
+    assert clocks is not None and clocks["model"] == "mlp" and clocks["batch"] == CLOCK_BATCH
+    for name in ("fma", "gemm"):
+        assert clocks[f"{name}_gflops"] > 0 and 0.3 < clocks[f"{name}_ghz"] < 10
+        assert 0 < clocks[f"{name}_flop_per_cycle"] < FLOP_PER_CYCLE * 1.2  # medians: a little noise either way
+    assert clocks["gemm_bound"] == pytest.approx(clocks["gemm_ghz"] * FLOP_PER_CYCLE / clocks["fma_gflops"])
+    note = _clock_note(clocks)
+    assert f"{clocks['gemm_ghz']:.2f} GHz after it" in note and f"{100 * clocks['gemm_bound']:.0f} %" in note
 
 
 def test_batch_1_targets_include_python_per_call_and_eager():

@@ -15,6 +15,8 @@ def print_report(rows, targets, compile_times, env, notes, extras, elapsed) -> N
               "% peak is of (threads x this)")
         if peak.get("mlp_weight_stream"):
             print(_stream_note(peak["mlp_weight_stream"]))
+        if peak.get("clocks"):
+            print(_clock_note(peak["clocks"]))
         if "parallel_efficiency" in peak:
             print(f"Same loop on all {peak['cores']} cores at once: {peak['all_cores_gflops']:.1f} GFLOP/s, parallel "
                   f"efficiency {peak['parallel_efficiency']:.2f} at the start, "
@@ -50,6 +52,14 @@ def _stream_note(stream: dict) -> str:
             f"{stream['us']:.1f} us on one core ({stream['gbps']:.0f} GB/s; {stream['method']}).")
 
 
+def _clock_note(clocks: dict) -> str:
+    return (f"Clock ({clocks['method']}, medians of {clocks['rounds']} rounds): the FMA loop "
+            f"{clocks['fma_gflops']:.1f} GFLOP/s, {clocks['fma_ghz']:.2f} GHz after it; the compiled {clocks['model']} "
+            f"at batch {clocks['batch']} {clocks['gemm_gflops']:.1f} GFLOP/s, {clocks['gemm_ghz']:.2f} GHz after it "
+            f"= {clocks['gemm_flop_per_cycle']:.1f} FLOP per cycle of the hardware's 64. At that clock a GEMM "
+            f"reaches at most {100 * clocks['gemm_bound']:.0f} % of the peak.")
+
+
 def markdown(rows, targets, compile_times, env, notes, argv) -> str:
     peak = env["peak"]
     parts = [f"Command: `tinycomp bench {' '.join(argv)}`", "",
@@ -59,6 +69,8 @@ def markdown(rows, targets, compile_times, env, notes, argv) -> str:
         parts += [f"Measured FMA peak: {peak['gflops']:.1f} GFLOP/s per core ({peak.get('method', '')}).", ""]
         if peak.get("mlp_weight_stream"):
             parts += [_stream_note(peak["mlp_weight_stream"]), ""]
+        if peak.get("clocks"):
+            parts += [_clock_note(peak["clocks"]), ""]
         if "parallel_efficiency" in peak:
             parts += [f"The same loop on all {peak['cores']} cores at once: {peak['all_cores_gflops']:.1f} GFLOP/s "
                       f"(parallel efficiency {peak['parallel_efficiency']:.2f} at the start of the run, "

@@ -216,6 +216,34 @@ def bare_native_call(fast: Any, x: np.ndarray) -> Callable[[], None] | None:
     return bare
 
 
+CLOCK_BATCH = 2048  # the reference MLP's batch for `measure_mlp_clocks`: GEMM-bound, as the large batches
+
+
+def measure_mlp_clocks() -> dict | None:
+    """The core's clock under the compiled reference MLP (one thread, batch CLOCK_BATCH, its bare
+    native call) against under the FMA-peak loop (`peak.measure_clocks`); None where the add chain
+    cannot run (not an x86-64 host with AVX-512)."""
+    from threadpoolctl import threadpool_limits
+
+    import tinycomp
+
+    from .models import MODELS
+    from .peak import clocks_measurable, measure_clocks
+
+    if not clocks_measurable():
+        return None
+    bm = MODELS["mlp"]
+    fast = tinycomp.compile(bm.build(0), input_shape=(None, *bm.in_shape), threads=1)
+    x = bm.sample(CLOCK_BATCH, 0)
+    fast(x)
+    fast(x)  # the second call leaves the parameter table for reuse
+    bare = bare_native_call(fast, x)
+    if bare is None:
+        return None
+    with threadpool_limits(1):
+        return {"model": "mlp", "batch": CLOCK_BATCH, **measure_clocks(bare, bm.flops_per_sample * CLOCK_BATCH)}
+
+
 def serve_points(spec: dict) -> int:
     """Build the engine for every model of the plan and parity-check it at every batch, then time
     points as the parent asks, one JSON command per stdin line, until stdin closes.
@@ -323,7 +351,9 @@ def main(argv: list[str]) -> int:
         from .peak import measure_fma_peak, measure_weight_stream
 
         stream = measure_weight_stream(MODELS["mlp"].weight_bytes) if spec.get("stream") else None
-        _emit({"type": "peak", **measure_fma_peak(spec.get("seconds", 0.3)), "mlp_weight_stream": stream})
+        clocks = measure_mlp_clocks() if spec.get("clocks") else None
+        _emit({"type": "peak", **measure_fma_peak(spec.get("seconds", 0.3)), "mlp_weight_stream": stream,
+               "clocks": clocks})
         return 0
     print(f"unknown runner mode {mode!r}", file=sys.stderr)
     return 2
