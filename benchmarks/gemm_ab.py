@@ -4,12 +4,14 @@
     PYTHONPATH=. python benchmarks/gemm_ab.py PACK_PREFETCH_ROWS 0,8 --model wide --rows 256
     PYTHONPATH=. python benchmarks/gemm_ab.py ACT_VECTORS 1,4 --layer 1024x1024:gelu --rows 256
     PYTHONPATH=. python benchmarks/gemm_ab.py WEIGHT_OFFSET 0,16 --model mlp --rows 8,32,128
+    PYTHONPATH=. python benchmarks/gemm_ab.py WEIGHT_OFFSET 0,16,48 --model odd --rows 1,8,32 --offset-below 4096
     PYTHONPATH=. python benchmarks/gemm_ab.py HOST_LSR 1,0 --model mlp --rows 1,8,128
 
 NAME is a constant of tinycomp.codegen.gemm, gemm_kernels, module or target, or (--layer only)
 gemm_micro's ALIASED_MAX_ROWS (the host limit a layer is built with: 0 builds it as a host without
 one; a model takes the host Target's), set before each build; or
-WEIGHT_OFFSET, which places the model's weights that many bytes past a cache line. A layer is timed
+WEIGHT_OFFSET, which places the model's weights (with --offset-below, only those smaller than that
+many bytes) that many bytes past a cache line. A layer is timed
 through its kernel (`emit_linear`), a model through raw calls of its entry (no Python around them),
 one thread. Every value's callable runs in turn, round after round (`gemm_micro.compare`): on a
 shared host whose speed moves within seconds, the variants then meet it in the same state. Prints
@@ -69,26 +71,30 @@ def layer_calls(spec: str, rows: int, values: list[int], name: str, keep: list) 
     return calls
 
 
-def place_weights(model, offset: int) -> None:
-    """Give every Linear's weight and bias a copy starting `offset` bytes past a cache line."""
+def place_weights(model, offset: int, below: int | None = None) -> None:
+    """Give every Linear's weight and bias (with `below`: those of fewer bytes) a copy starting
+    `offset` bytes past a cache line."""
     for layer in model.layers:
         if isinstance(layer, Linear):
             for attr in ("weight", "bias"):
                 data = getattr(layer, attr).data
+                if below is not None and data.nbytes >= below:
+                    continue
                 moved = aligned_empty((data.size + offset // 4 + 1,))[offset // 4: offset // 4 + data.size]
                 moved = moved.reshape(data.shape)
                 moved[...] = data
                 setattr(layer, attr, Tensor._adopt(moved))
 
 
-def model_calls(model_name: str, rows: int, values: list[int], name: str, keep: list) -> list:
+def model_calls(model_name: str, rows: int, values: list[int], name: str, keep: list,
+                offset_below: int | None = None) -> list:
     bm = MODELS[model_name]
     x = bm.sample(rows, 0)
     calls = []
     for v in values:
         model = bm.build(0)
         if name == "WEIGHT_OFFSET":
-            place_weights(model, v)
+            place_weights(model, v, offset_below)
         else:
             set_constant(name, v)
         fast = tinycomp.compile(model, input_shape=(rows, *bm.in_shape), threads=1)
@@ -113,6 +119,8 @@ def main() -> None:
     what.add_argument("--model", choices=sorted(MODELS))
     p.add_argument("--rows", default="32,128", help="comma list of batch sizes")
     p.add_argument("--rounds", type=int, default=21)
+    p.add_argument("--offset-below", type=int, metavar="BYTES",
+                   help="WEIGHT_OFFSET moves only the weights and biases of fewer bytes than this")
     args = p.parse_args()
     values = [int(v) for v in args.values.split(",")]
     if args.name == "WEIGHT_OFFSET" and not args.model:
@@ -120,7 +128,7 @@ def main() -> None:
     keep: list = []
     with threadpool_limits(1):
         for rows in (int(r) for r in args.rows.split(",")):
-            calls = (model_calls(args.model, rows, values, args.name, keep) if args.model
+            calls = (model_calls(args.model, rows, values, args.name, keep, args.offset_below) if args.model
                      else layer_calls(args.layer, rows, values, args.name, keep))
             res = compare(calls, rounds=args.rounds)
             pairs = zip(values, res, strict=True)

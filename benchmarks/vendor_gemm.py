@@ -98,13 +98,15 @@ def main(argv: list[str] | None = None) -> None:
 
     peak = measure_fma_peak()["gflops"]
     print(f"FMA peak {peak:.1f} GFLOP/s per core (tinycomp.bench.peak); one thread; best / median of {args.repeat}")
-    results = {}
+    results, skipped = {}, []
     for engine in ENGINES:
         if engine == "torch" and importlib.util.find_spec("torch") is None:
-            print("torch: not installed, skipped (pip install torch)")
+            skipped.append("torch: not installed, skipped (pip install torch)")
             continue
         child = subprocess.run([sys.executable, __file__, "--engine", engine, "--repeat", str(args.repeat),
-                                "--shapes", args.shapes], capture_output=True, text=True, check=True)
+                                "--shapes", args.shapes], capture_output=True, text=True)
+        if child.returncode != 0:
+            raise SystemExit(f"{engine} failed:\n{child.stderr}")
         results[engine] = json.loads(child.stdout.strip().splitlines()[-1])
     print(f"{'M x K x N':>18}  " + "  ".join(f"{e:>21}" for e in results))
     for M, K, N in shapes:
@@ -114,6 +116,8 @@ def main(argv: list[str] | None = None) -> None:
             best, median = 2 * M * K * N / min(t) / 1e9, 2 * M * K * N / float(np.median(t)) / 1e9
             cells.append(f"{best:6.1f} {best / peak:.2f} / {median / peak:.2f}")
         print(f"{f'{M} x {K} x {N}':>18}  " + "  ".join(f"{c:>21}" for c in cells))
+    for note in skipped:
+        print(note)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
-"""Cache-line-aligned arrays, in a leaf module so Tensor storage and the runtime's buffers share one
-allocator.
+"""Cache-line-aligned arrays, in a leaf module so Tensor storage (from `ALIGN_MIN_BYTES`) and the
+runtime's buffers share one allocator.
 
 Generated kernels read weights in place at small batch sizes, a full 64-byte vector per load. From
 an address that is not a multiple of 64 each such load touches two cache lines; NumPy's own
@@ -8,11 +8,13 @@ on one (`benchmarks/gemm_ab.py WEIGHT_OFFSET 0,16 --model mlp --rows 1,8,32,128,
 +4 % at batch 1 and 8, +1 % at 32, within 0.5 % from 128. On the Intel Xeon of the later sessions
 the same offset costs +37 % at batch 1 and +22 % at 8.
 
-Tensor storage below `ALIGN_MIN_BYTES` is a plain NumPy copy: there a vector load split over two lines
-is a few of them per call, lost in the noise (the mlp's biases 16 or 48 bytes off a line, the large
-weights on one: `WEIGHT_OFFSET 0,16,48` with `place_weights` limited to arrays under 4 KB, within
-±1 % at 1, 8 and 32 rows), while the alignment itself (address, oversized buffer, offset view) costs
-four times the copy: 1.1 µs of every eager `Tensor(x)` at batch 1.
+Tensor storage below `ALIGN_MIN_BYTES` is a plain NumPy copy: there the vector loads split over two
+lines are a few per call, lost in the noise, while the alignment itself (address, oversized buffer,
+offset view) costs four times the copy: 1.1 µs of every eager `Tensor(x)` at batch 1. Measured on
+the Xeon (`benchmarks/gemm_ab.py WEIGHT_OFFSET 0,16,48 --model M --rows 1,8,32 --offset-below
+4096`: only the weights and biases under 4 KB moved 16 or 48 bytes off a line): the reference MLP
+(its three biases), `deep` (sixteen 512-byte biases), `odd` (a 37x10 weight) and `tiny` (all of
+it) within the noise, ±5 % at most, as much as two runs of the same placement differ.
 """
 
 from __future__ import annotations
@@ -31,11 +33,11 @@ _FLOAT32 = np.dtype(np.float32)
 def aligned_empty(shape: tuple[int, ...], dtype: Any = np.float32) -> np.ndarray:
     """An uninitialized C-contiguous array whose data starts on a 64-byte boundary.
 
-    Every `Tensor(...)` allocates through here, so it is written for speed at small sizes (eager
-    batch-1 calls): math.prod, not np.prod (~30x slower on a tuple), and the address taken through
-    ctypes' buffer view (a quarter of the cost of `.ctypes.data` or the array interface). NumPy's
-    buffers are at least 16-byte aligned, so for float32 the offset is a whole number of elements
-    and no byte-view is needed."""
+    Every `Tensor(...)` of `ALIGN_MIN_BYTES` or more allocates through here, as do the runtime's
+    buffers per call, so it is written for speed: math.prod, not np.prod (~30x slower on a tuple),
+    and the address taken through ctypes' buffer view (a quarter of the cost of `.ctypes.data` or
+    the array interface). NumPy's buffers are at least 16-byte aligned, so for float32 the offset is
+    a whole number of elements and no byte-view is needed."""
     n = math.prod(shape)
     if dtype is np.float32:
         raw = np.empty(n + LINE // 4, np.float32)
@@ -58,7 +60,7 @@ def aligned_float32(values: np.ndarray) -> np.ndarray:
     """A fresh C-contiguous float32 copy of `values` (cast as `np.array(values, np.float32)` does),
     starting on a line if it holds `ALIGN_MIN_BYTES` or more."""
     if values.size * 4 < ALIGN_MIN_BYTES:
-        return values.astype(_FLOAT32, order="C")  # always a copy
+        return values.astype(_FLOAT32, order="C", subok=False)  # always a copy, a plain ndarray
     out = aligned_empty(values.shape)
     if values.dtype is _FLOAT32:
         out[...] = values  # cheaper than copyto's keyword parsing, same copy

@@ -20,14 +20,15 @@ def test_every_installed_engine_is_timed_on_every_shape():
     out = subprocess.run([sys.executable, str(SCRIPT), "--repeat", "3", "--shapes", shapes], capture_output=True,
                          text=True, timeout=300, cwd=SCRIPT.parents[1], env=env)
     assert out.returncode == 0, out.stderr
-    header = out.stdout.splitlines()[1].split()
+    header = next(line for line in out.stdout.splitlines() if line.strip().startswith("M x K x N")).split()
     engines = ["numpy", "tinycomp"] + (["torch"] if importlib.util.find_spec("torch") else [])
     assert sorted(header[header.index("N") + 1:]) == sorted(engines), out.stdout
     for shape in ("64 x 32 x 16", "30 x 70 x 50"):
         row = next(line for line in out.stdout.splitlines() if line.strip().startswith(shape))
         cells = re.findall(r"([\d.]+) ([\d.]+) / ([\d.]+)", row)
         assert len(cells) == len(engines), row
-        assert all(float(g) > 0 and 0 < float(med) <= float(best) < 2 for g, best, med in cells), row
+        # fractions print with two decimals: a loaded host may round a small shape's median to 0.00
+        assert all(float(g) > 0 and 0 <= float(med) <= float(best) < 2 for g, best, med in cells), row
 
 
 def test_a_child_reports_one_time_per_call_for_each_shape():

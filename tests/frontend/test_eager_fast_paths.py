@@ -118,14 +118,20 @@ def test_layer_call_passes_extra_arguments_on():
 def test_tensor_from_arrays_copies_aligned_float32():
     for source in (RNG.standard_normal((3, 5)), np.arange(6, dtype=np.int64).reshape(2, 3),
                    np.asfortranarray(RNG.standard_normal((4, 3)).astype(np.float32)), np.array([True, False]),
-                   RNG.standard_normal((40, 30))[::2, ::-1], np.arange(2048, dtype=np.int64).reshape(32, 64).T):
+                   RNG.standard_normal((40, 30))[::2, ::-1], np.arange(2048, dtype=np.int64).reshape(32, 64).T,
+                   np.ones(2048, bool)):
         t = Tensor(source)
-        assert t.data.dtype == np.float32 and t.data.flags.c_contiguous
+        assert type(t.data) is np.ndarray and t.data.dtype == np.float32 and t.data.flags.c_contiguous
+        # the float32 size decides: 2,048 bools are 2 KB given, 8 KB stored
         assert t.data.nbytes < ALIGN_MIN_BYTES or t.data.ctypes.data % LINE == 0
         np.testing.assert_array_equal(t.data, source.astype(np.float32))
         assert not np.shares_memory(t.data, source)
     with pytest.raises(TypeError, match="numeric"):
         Tensor(np.array(["a"]))
+    # a Tensor holding an ndarray subclass (adopted as it is) copies into a plain array, any size
+    for n in (5, 2048):
+        held = Tensor._adopt(np.ma.masked_array(np.ones(n, np.float32), mask=np.arange(n) == 1))
+        assert type(Tensor(held).data) is np.ndarray
 
 
 def test_grad_slots_default_per_tensor_and_stay_per_tensor():

@@ -159,8 +159,8 @@ def test_float64_parameter_is_converted_on_every_call_never_remembered(mlp):
 
 
 def test_in_place_resize_of_a_remembered_parameter_is_caught(mlp):
-    # Tensor storage is a line-aligned view, which NumPy cannot resize: give the bias an array of
-    # its own, as a user assigning `.data` would
+    # an array of the bias's own, as a user assigning `.data` would (a Tensor of 4 KB or more is a
+    # line-aligned view, which NumPy cannot resize; this 10-float bias is not, but may become one)
     mlp.layers[6].bias.data = mlp.layers[6].bias.data.copy()
     fast = compiled(mlp, threads=1)
     x = batch(2)

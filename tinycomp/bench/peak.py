@@ -14,13 +14,14 @@ the weights' size, kept hot in cache by running it back to back.
 Above batch 1 the bound is the peak itself, but a GEMM does not run at the peak loop's clock: it
 also loads, stores and moves data, draws more power, and a turbo clock drops with power.
 `measure_clocks` times a chain of dependent register adds (one cycle each) right after the peak loop
-and right after a GEMM: the clock each left the core at. A GEMM doing the hardware's full FMAs per
-cycle at its own clock reaches (its clock / the loop's) of the peak, and no more.
+and right after a GEMM: the clock each left the core at. A GEMM doing the FMA pipes' full FLOPs per
+cycle at its own clock reaches that clock times those FLOPs, and no more.
 """
 
 from __future__ import annotations
 
 import ctypes
+import math
 import statistics
 import threading
 import time
@@ -81,48 +82,48 @@ def _fma_loop_ir(width: int) -> str:
     return str(mod)
 
 
-def _fma_loop() -> tuple[JitEngine, Callable[[int], None], int]:
-    """(engine, run(iterations), FLOPs per iteration) of the peak loop on a buffer of its own."""
-    width = host().vector_width
-    engine = JitEngine(_fma_loop_ir(width), speed_level=0)
-    fn = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_void_p)(engine.address("fma_loop"))
-    buf = (ctypes.c_float * (2 * width))(*([1.0] * width + [0.999] * width))
+class _FmaLoop:
+    """The compiled peak loop: `run(iterations)` on a buffer of each thread's own."""
 
-    def run(iterations: int) -> None:
-        fn(iterations, ctypes.addressof(buf))
+    def __init__(self) -> None:
+        self.width = host().vector_width
+        self.engine = JitEngine(_fma_loop_ir(self.width), speed_level=0)
+        self.fn = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_void_p)(self.engine.address("fma_loop"))
+        self.flops_per_iteration = ACCUMULATORS * self.width * 2
+        self.buf = self.buffer()
 
-    run.keep = buf  # type: ignore[attr-defined]  # the buffer lives as long as the callable
-    return engine, run, ACCUMULATORS * width * 2
+    def buffer(self):
+        return (ctypes.c_float * (2 * self.width))(*([1.0] * self.width + [0.999] * self.width))
+
+    def run(self, iterations: int, buf=None) -> None:
+        self.fn(iterations, ctypes.addressof(self.buf if buf is None else buf))
 
 
 def measure_fma_peak(seconds: float = 0.3) -> dict:
     """GFLOP/s of one core running nothing but FMAs (best of several ~20 ms runs)."""
-    width = host().vector_width
-    engine = JitEngine(_fma_loop_ir(width), speed_level=0)
-    fn = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_void_p)(engine.address("fma_loop"))
-    buf = (ctypes.c_float * (2 * width))(*([1.0] * width + [0.999] * width))
+    loop = _FmaLoop()
     iters = 1_000_000
     best = 0.0
     deadline = time.perf_counter() + seconds
     while time.perf_counter() < deadline:
         t0 = time.perf_counter()
-        fn(iters, ctypes.addressof(buf))
+        loop.run(iters)
         dt = time.perf_counter() - t0
-        best = max(best, iters * ACCUMULATORS * width * 2 / dt / 1e9)
+        best = max(best, iters * loop.flops_per_iteration / dt / 1e9)
     cores = available_cores()
-    bufs = [(ctypes.c_float * (2 * width))(*([1.0] * width + [0.999] * width)) for _ in range(cores)]
+    bufs = [loop.buffer() for _ in range(cores)]
     t0 = time.perf_counter()
-    workers = [threading.Thread(target=fn, args=(iters, ctypes.addressof(b))) for b in bufs[1:]]
+    workers = [threading.Thread(target=loop.run, args=(iters, b)) for b in bufs[1:]]
     for w in workers:
         w.start()
-    fn(iters, ctypes.addressof(bufs[0]))
+    loop.run(iters, bufs[0])
     for w in workers:
         w.join()
-    all_cores = cores * iters * ACCUMULATORS * width * 2 / (time.perf_counter() - t0) / 1e9
+    all_cores = cores * iters * loop.flops_per_iteration / (time.perf_counter() - t0) / 1e9
     return {"gflops": best, "all_cores_gflops": all_cores, "cores": cores,
-            "parallel_efficiency": all_cores / (cores * best), "lanes": width, "accumulators": ACCUMULATORS,
+            "parallel_efficiency": all_cores / (cores * best), "lanes": loop.width, "accumulators": ACCUMULATORS,
             "cpu": host().cpu,
-            "method": f"llvmlite loop of {ACCUMULATORS} independent <{width} x float> FMAs, best run"}
+            "method": f"llvmlite loop of {ACCUMULATORS} independent <{loop.width} x float> FMAs, best run"}
 
 
 STREAM_ACCUMULATORS = 4
@@ -187,14 +188,13 @@ def measure_weight_stream(nbytes: int, seconds: float = 0.2) -> dict:
                       f"{reps} passes back to back, best run"}
 
 
-FLOP_PER_CYCLE = 64  # two 512-bit FMA pipes: 2 x 16 lanes x 2 FLOPs
 CHAIN = 100  # dependent adds per loop iteration: `add r, r` (a core may fold `add r, 1` chains away)
 CHAIN_ITERATIONS = 2000  # ~200,000 cycles: well under a millisecond, before the clock can move
 
 
 def clocks_measurable() -> bool:
-    """The add chain is x86-64 assembly; FLOP per cycle below assumes two 512-bit FMA pipes."""
-    return host().triple.startswith("x86_64") and host().vector_width == 16
+    """The add chain is x86-64 assembly."""
+    return host().triple.startswith("x86_64")
 
 
 def add_chain() -> tuple[JitEngine, Callable[[int], int]]:
@@ -220,6 +220,17 @@ def add_chain() -> tuple[JitEngine, Callable[[int], int]]:
     return engine, ctypes.CFUNCTYPE(ctypes.c_int64, ctypes.c_int64)(engine.address("add_chain"))
 
 
+def _clock_ghz(chain: Callable[[int], int]) -> float:
+    """The clock from the chain: CHAIN_ITERATIONS more iterations take this long (the difference of a
+    run of 2n and one of n iterations, so the call's own cost cancels out)."""
+    t0 = time.perf_counter()
+    chain(CHAIN_ITERATIONS)
+    t1 = time.perf_counter()
+    chain(2 * CHAIN_ITERATIONS)
+    t2 = time.perf_counter()
+    return CHAIN_ITERATIONS * CHAIN / max((t2 - t1) - (t1 - t0), 1e-9) / 1e9
+
+
 def _rate_then_clock(call: Callable[[], object], flops: float, seconds: float, chain) -> tuple[float, float]:
     """Run `call` back to back for `seconds`, then time the add chain: (GFLOP/s, GHz after)."""
     calls, t0 = 0, time.perf_counter()
@@ -227,22 +238,26 @@ def _rate_then_clock(call: Callable[[], object], flops: float, seconds: float, c
         call()
         calls += 1
     gflops = calls * flops / (time.perf_counter() - t0) / 1e9
-    t0 = time.perf_counter()
-    chain(CHAIN_ITERATIONS)
-    return gflops, CHAIN_ITERATIONS * CHAIN / (time.perf_counter() - t0) / 1e9
+    return gflops, _clock_ghz(chain)
 
 
 def measure_clocks(gemm: Callable[[], object], gemm_flops: float, rounds: int = 5, seconds: float = 0.1) -> dict:
     """Medians over `rounds` of: the peak loop's GFLOP/s and the clock right after it, the same for
-    `gemm` (doing `gemm_flops` per call), FLOP per cycle of each (the hardware's limit:
-    FLOP_PER_CYCLE), and `gemm_bound`, the fraction of the loop's GFLOP/s a GEMM at its clock can
-    reach."""
+    `gemm` (doing `gemm_flops` per call), and FLOP per cycle of each.
+
+    `flop_per_cycle_limit` is the loop's FLOP per cycle rounded to a power of two: what the core's
+    FMA pipes give at most (64 with two 512-bit pipes, 32 with one). `gemm_max_gflops` is that limit
+    at the GEMM's clock: the most any GEMM running the core at that clock can reach. Divided by the
+    run's FMA peak it is the bound on the peak fraction. It errs high rather than low: the clock
+    only recovers once the heavy work stops, so the chain right after reads it at or above the
+    GEMM's own."""
     _chain_engine, chain = add_chain()
-    _fma_engine, fma, per_iteration = _fma_loop()
+    loop = _FmaLoop()
     iterations = 100_000
     runs: dict[str, list[tuple[float, float]]] = {"fma": [], "gemm": []}
     for _ in range(rounds):
-        runs["fma"].append(_rate_then_clock(lambda: fma(iterations), iterations * per_iteration, seconds, chain))
+        runs["fma"].append(_rate_then_clock(lambda: loop.run(iterations), iterations * loop.flops_per_iteration,
+                                            seconds, chain))
         runs["gemm"].append(_rate_then_clock(gemm, gemm_flops, seconds, chain))
     out: dict = {"rounds": rounds, "seconds": seconds,
                  "method": f"a chain of {CHAIN} dependent register adds timed right after each workload"}
@@ -250,8 +265,6 @@ def measure_clocks(gemm: Callable[[], object], gemm_flops: float, rounds: int = 
         out[f"{name}_gflops"] = statistics.median(g for g, _ in samples)
         out[f"{name}_ghz"] = statistics.median(c for _, c in samples)
         out[f"{name}_flop_per_cycle"] = statistics.median(g / c for g, c in samples)
-    # The most of the peak a GEMM at its clock can reach. The loop's own clock is taken from its rate
-    # (it cannot beat 64 FLOP per cycle), the GEMM's from the chain after it (the clock only recovers
-    # once the heavy work stops): both err towards a higher bound, never a lower one.
-    out["gemm_bound"] = out["gemm_ghz"] * FLOP_PER_CYCLE / out["fma_gflops"]
+    out["flop_per_cycle_limit"] = 2 ** round(math.log2(out["fma_flop_per_cycle"]))
+    out["gemm_max_gflops"] = out["gemm_ghz"] * out["flop_per_cycle_limit"]
     return out

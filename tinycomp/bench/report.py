@@ -88,11 +88,11 @@ class Target:
 
 
 def check_targets(rows: list[Row], compile_times: dict[str, dict], floor_us: float | None = None,
-                  gemm_bound: float | None = None) -> list[Target]:
+                  gemm_max_fraction: float | None = None) -> list[Target]:
     """Every speed target this run can judge, each ratio with the bound no code can pass: at batch
     1 `floor_us`, the measured time to read the MLP's weights once; above it the FMA peak (the ratio
     of a kernel running at the peak is NumPy's fraction of it, `Row.pct_peak`), of which a GEMM at
-    the clock it runs the core at reaches at most `gemm_bound` (`peak.measure_clocks`)."""
+    the clock it runs the core at reaches at most `gemm_max_fraction` (`peak.measure_clocks`)."""
     by = {(r.model, r.batch, r.engine): r for r in rows}
     out: list[Target] = []
 
@@ -142,7 +142,8 @@ def check_targets(rows: list[Row], compile_times: dict[str, dict], floor_us: flo
             out.append(Target("mlp batch 1, eager", "eager / NumPy <= 1.50", f"{e.median_us / n.median_us:.2f}",
                               e.median_us <= 1.5 * n.median_us))
         if b >= 128 and c and c.pct_peak is not None:
-            bound = f"; at its clock a GEMM reaches {100 * gemm_bound:.0f} % at most" if gemm_bound else ""
+            bound = (f"; at its clock a GEMM reaches {100 * gemm_max_fraction:.0f} % at most"
+                     if gemm_max_fraction else "")
             out.append(Target(f"mlp batch {b}, 1 thread", ">= 93 % of the measured FMA peak",
                               f"{c.pct_peak:.0f} % ({c.gflops:.1f} GFLOP/s{bound})", c.pct_peak >= 93))
     for m in ("wide", "odd", "deep"):

@@ -219,10 +219,10 @@ def bare_native_call(fast: Any, x: np.ndarray) -> Callable[[], None] | None:
 CLOCK_BATCH = 2048  # the reference MLP's batch for `measure_mlp_clocks`: GEMM-bound, as the large batches
 
 
-def measure_mlp_clocks() -> dict | None:
+def measure_mlp_clocks(rounds: int = 5) -> dict | None:
     """The core's clock under the compiled reference MLP (one thread, batch CLOCK_BATCH, its bare
-    native call) against under the FMA-peak loop (`peak.measure_clocks`); None where the add chain
-    cannot run (not an x86-64 host with AVX-512)."""
+    native call) against under the FMA-peak loop (`peak.measure_clocks`, `rounds` rounds); None
+    where the add chain cannot run (not an x86-64 host)."""
     from threadpoolctl import threadpool_limits
 
     import tinycomp
@@ -241,7 +241,8 @@ def measure_mlp_clocks() -> dict | None:
     if bare is None:
         return None
     with threadpool_limits(1):
-        return {"model": "mlp", "batch": CLOCK_BATCH, **measure_clocks(bare, bm.flops_per_sample * CLOCK_BATCH)}
+        return {"model": "mlp", "batch": CLOCK_BATCH,
+                **measure_clocks(bare, bm.flops_per_sample * CLOCK_BATCH, rounds=rounds)}
 
 
 def serve_points(spec: dict) -> int:
@@ -350,10 +351,10 @@ def main(argv: list[str]) -> int:
         from .models import MODELS
         from .peak import measure_fma_peak, measure_weight_stream
 
+        peak = measure_fma_peak(spec.get("seconds", 0.3))  # first: on a core nothing else has just heated
         stream = measure_weight_stream(MODELS["mlp"].weight_bytes) if spec.get("stream") else None
-        clocks = measure_mlp_clocks() if spec.get("clocks") else None
-        _emit({"type": "peak", **measure_fma_peak(spec.get("seconds", 0.3)), "mlp_weight_stream": stream,
-               "clocks": clocks})
+        clocks = measure_mlp_clocks(spec["clocks"]) if spec.get("clocks") else None
+        _emit({"type": "peak", **peak, "mlp_weight_stream": stream, "clocks": clocks})
         return 0
     print(f"unknown runner mode {mode!r}", file=sys.stderr)
     return 2

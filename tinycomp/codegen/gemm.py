@@ -124,7 +124,7 @@ def _aliased(K: int, N: int) -> bool:
     the Intel Xeon's 2 MB L2 shares it with A, C and the other layers. There
     (`benchmarks/gemm_ab.py ALIASED_MAX_ROWS 40,0 --layer 512x1024 --rows 8,32,64`, min time without
     the host limit against with it) 512x1024 (2 MB) runs 1.18 / 1.37 / 1.44 x slower read in place
-    in one piece; 384x1024 (1.5 MB) 0.98 / 1.03."""
+    in one piece; 384x1024 (1.5 MB) 0.98 / 1.03 at 8 / 32 rows."""
     return (4 * N) % 4096 == 0 and 4 * K * N > L2_BYTES
 
 
