@@ -220,25 +220,35 @@ def add_chain() -> tuple[JitEngine, Callable[[int], int]]:
     return engine, ctypes.CFUNCTYPE(ctypes.c_int64, ctypes.c_int64)(engine.address("add_chain"))
 
 
-def _clock_ghz(chain: Callable[[int], int]) -> float:
-    """The clock from the chain: CHAIN_ITERATIONS more iterations take this long (the difference of a
-    run of 2n and one of n iterations, so the call's own cost cancels out)."""
+def _call_cost(chain: Callable[[int], int]) -> float:
+    """Seconds a call of the chain costs beyond its adds (ctypes, the timer): the best of short
+    calls, measured once, before any workload."""
+    best = float("inf")
+    for _ in range(50):
+        t0 = time.perf_counter()
+        chain(1)
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def _clock_ghz(chain: Callable[[int], int], call_cost: float) -> float:
+    """The clock from one run of the chain, less the call's own cost. One run, right after the
+    workload: the clock climbs back within a millisecond once heavy vector work stops, so a second,
+    longer run to difference against would read a later, higher clock (it did here: 4-5 GHz)."""
     t0 = time.perf_counter()
     chain(CHAIN_ITERATIONS)
-    t1 = time.perf_counter()
-    chain(2 * CHAIN_ITERATIONS)
-    t2 = time.perf_counter()
-    return CHAIN_ITERATIONS * CHAIN / max((t2 - t1) - (t1 - t0), 1e-9) / 1e9
+    return CHAIN_ITERATIONS * CHAIN / max(time.perf_counter() - t0 - call_cost, 1e-9) / 1e9
 
 
-def _rate_then_clock(call: Callable[[], object], flops: float, seconds: float, chain) -> tuple[float, float]:
+def _rate_then_clock(call: Callable[[], object], flops: float, seconds: float, chain,
+                     call_cost: float) -> tuple[float, float]:
     """Run `call` back to back for `seconds`, then time the add chain: (GFLOP/s, GHz after)."""
     calls, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
         call()
         calls += 1
     gflops = calls * flops / (time.perf_counter() - t0) / 1e9
-    return gflops, _clock_ghz(chain)
+    return gflops, _clock_ghz(chain, call_cost)
 
 
 def measure_clocks(gemm: Callable[[], object], gemm_flops: float, rounds: int = 5, seconds: float = 0.1) -> dict:
@@ -252,13 +262,14 @@ def measure_clocks(gemm: Callable[[], object], gemm_flops: float, rounds: int = 
     only recovers once the heavy work stops, so the chain right after reads it at or above the
     GEMM's own."""
     _chain_engine, chain = add_chain()
+    call_cost = _call_cost(chain)
     loop = _FmaLoop()
     iterations = 100_000
     runs: dict[str, list[tuple[float, float]]] = {"fma": [], "gemm": []}
     for _ in range(rounds):
         runs["fma"].append(_rate_then_clock(lambda: loop.run(iterations), iterations * loop.flops_per_iteration,
-                                            seconds, chain))
-        runs["gemm"].append(_rate_then_clock(gemm, gemm_flops, seconds, chain))
+                                            seconds, chain, call_cost))
+        runs["gemm"].append(_rate_then_clock(gemm, gemm_flops, seconds, chain, call_cost))
     out: dict = {"rounds": rounds, "seconds": seconds,
                  "method": f"a chain of {CHAIN} dependent register adds timed right after each workload"}
     for name, samples in runs.items():
