@@ -29,6 +29,11 @@ SHAPES = [(2048, 784, 256), (8192, 784, 256), (2048, 256, 128), (2048, 128, 128)
 ENGINES = ("numpy", "torch", "tinycomp")
 
 
+def scaled_weight(rng: np.random.Generator, K: int, N: int) -> np.ndarray:
+    """A K x N float32 weight of standard deviation 1/sqrt(K): outputs of the inputs' scale."""
+    return (rng.standard_normal((K, N), dtype=np.float32) / np.float32(np.sqrt(K))).astype(np.float32)
+
+
 def _times(call, repeat: int) -> list[float]:
     call()  # warm-up: pages touched, packed buffers allocated, the clock up
     out = []
@@ -53,33 +58,28 @@ def _torch_call(a: np.ndarray, b: np.ndarray):
     return lambda: torch.mm(ta, tb, out=tc)
 
 
-def _tinycomp_call(a: np.ndarray, b: np.ndarray):
-    import tinycomp
-    from tinycomp.bench.runner import bare_native_call
+def tinycomp_gemm_call(a: np.ndarray, b: np.ndarray):
+    """C = A @ B as a compiled `Linear` without bias, through its bare native call (also
+    `gemm_clock.py`'s GEMM)."""
+    from tinycomp.bench.runner import compiled_bare_call
     from tinycomp.nn import Linear, Tensor
 
     lin = Linear(*b.shape, bias=False)
     lin.weight = Tensor(b)
-    fast = tinycomp.compile(lin, input_shape=(None, b.shape[0]), threads=1)
-    fast(a)
-    fast(a)  # the second call leaves the parameter table for reuse
-    bare = bare_native_call(fast, a)
-    assert bare is not None, "no reusable parameter table after two calls"
-    return bare
+    return compiled_bare_call(lin, a)
 
 
 def run_engine(engine: str, repeat: int, shapes: list[tuple[int, int, int]]) -> dict:
     """Every shape on one engine, in this process: {"M,K,N": [seconds, ...]}."""
     from threadpoolctl import threadpool_limits
 
-    make = {"numpy": _numpy_call, "torch": _torch_call, "tinycomp": _tinycomp_call}[engine]
+    make = {"numpy": _numpy_call, "torch": _torch_call, "tinycomp": tinycomp_gemm_call}[engine]
     rng = np.random.default_rng(0)
     out = {}
     with threadpool_limits(1):
         for M, K, N in shapes:
             a = rng.standard_normal((M, K), dtype=np.float32)
-            b = (rng.standard_normal((K, N), dtype=np.float32) / np.sqrt(K)).astype(np.float32)
-            out[f"{M},{K},{N}"] = _times(make(a, b), repeat)
+            out[f"{M},{K},{N}"] = _times(make(a, scaled_weight(rng, K, N)), repeat)
     return out
 
 

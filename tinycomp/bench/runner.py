@@ -216,6 +216,22 @@ def bare_native_call(fast: Any, x: np.ndarray) -> Callable[[], None] | None:
     return bare
 
 
+def compiled_bare_call(model: Any, x: np.ndarray) -> Callable[[], None]:
+    """`model` compiled for one thread and x's rows, called twice (the second call leaves the
+    parameter table for reuse), then its native entry on x with nothing around it
+    (`bare_native_call`; the callable keeps the compiled model alive)."""
+    import tinycomp
+
+    fast = tinycomp.compile(model, input_shape=(None, *x.shape[1:]), threads=1)
+    fast(x)
+    fast(x)
+    bare = bare_native_call(fast, x)
+    if bare is None:
+        raise RuntimeError("the compiled model left no reusable parameter table after two calls")
+    bare.keep += (fast,)  # type: ignore[attr-defined]
+    return bare
+
+
 CLOCK_BATCH = 2048  # the reference MLP's batch for `measure_mlp_clocks`: GEMM-bound, as the large batches
 
 
@@ -225,21 +241,13 @@ def measure_mlp_clocks(rounds: int = 5) -> dict | None:
     where the add chain cannot run (not an x86-64 host)."""
     from threadpoolctl import threadpool_limits
 
-    import tinycomp
-
     from .models import MODELS
     from .peak import clocks_measurable, measure_clocks
 
     if not clocks_measurable():
         return None
     bm = MODELS["mlp"]
-    fast = tinycomp.compile(bm.build(0), input_shape=(None, *bm.in_shape), threads=1)
-    x = bm.sample(CLOCK_BATCH, 0)
-    fast(x)
-    fast(x)  # the second call leaves the parameter table for reuse
-    bare = bare_native_call(fast, x)
-    if bare is None:
-        return None
+    bare = compiled_bare_call(bm.build(0), bm.sample(CLOCK_BATCH, 0))
     with threadpool_limits(1):
         return {"model": "mlp", "batch": CLOCK_BATCH,
                 **measure_clocks(bare, bm.flops_per_sample * CLOCK_BATCH, rounds=rounds)}
