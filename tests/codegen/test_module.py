@@ -460,13 +460,13 @@ def test_fingerprint_ignores_parameter_values_but_not_structure():
     assert graph_fingerprint(mlp_graph([12, 9, 4]), 8 if WIDTH == 16 else 16) != base
 
 
-def test_fingerprint_holds_the_exp_form(monkeypatch):
-    """vecmath.TABLE_FORM, switched at run time by tests and benchmarks, changes the key: a compile
-    with the polynomial form never loads table-form code from the cache."""
+def test_fingerprint_holds_the_vecmath_form(monkeypatch):
+    """vecmath.AVX512_FORMS, switched at run time by tests and benchmarks, changes the key: a compile
+    with the portable forms never loads AVX-512-form code from the cache."""
     from tinycomp.codegen import vecmath
 
     base = graph_fingerprint(mlp_graph([12, 9, 4], "tanh"), WIDTH)
-    monkeypatch.setattr(vecmath, "TABLE_FORM", not vecmath.TABLE_FORM)
+    monkeypatch.setattr(vecmath, "AVX512_FORMS", not vecmath.AVX512_FORMS)
     assert graph_fingerprint(mlp_graph([12, 9, 4], "tanh"), WIDTH) != base
 
 

@@ -24,22 +24,23 @@ def emitter(name):
     return lambda b, m, x: emit_op(b, name, x)
 
 
-HOST_HAS_TABLE = "+avx512f" in host().features
+HOST_HAS_AVX512 = "+avx512f" in host().features
 
 
-@pytest.fixture(scope="module", params=["table", "polynomial"])
+@pytest.fixture(scope="module", params=["avx512", "portable"])
 def kernels(request):
     """One JIT engine holding every function at every width: {(name, width): address}.
 
-    Both forms of exp's reduction: the table form sigmoid, tanh and gelu take on an AVX-512 host,
-    and the polynomial form every other target (and exp itself) takes, forced here on the host."""
-    if request.param == "table" and not HOST_HAS_TABLE:
-        pytest.skip("this host has no AVX-512, so no kernel takes the table form")
+    Both forms (`vecmath.AVX512_FORMS`): the one sigmoid, tanh and gelu take on an AVX-512 host
+    (exp's table; sigmoid's and gelu's quotient from the reciprocal estimate), and the portable one
+    every other target (and exp itself) takes (polynomial exp, divides), forced here on the host."""
+    if request.param == "avx512" and not HOST_HAS_AVX512:
+        pytest.skip("this host has no AVX-512, so no kernel takes the AVX-512 forms")
     module = new_module("vecmath_test")
     names = {}
     with pytest.MonkeyPatch.context() as mp:
-        if request.param == "polynomial":
-            mp.setattr(vecmath, "TABLE_FORM", False)
+        if request.param == "portable":
+            mp.setattr(vecmath, "AVX512_FORMS", False)
         for name in FUNCS:
             for w in WIDTHS:
                 emit_map_kernel(module, f"{name}_{w}", w, emitter(name))
@@ -162,12 +163,14 @@ def lowered_text(triple: str) -> str:
     return str(module)
 
 
-def test_only_avx512_targets_take_the_table_form():
-    """The lookup is vpermps: the host takes it where it has AVX-512; the export targets, without
-    a 16-float register permute, keep the polynomial."""
+def test_only_avx512_targets_take_the_avx512_forms():
+    """The lookup is vpermps and the reciprocal estimate vrcp14ps: the host takes them where it has
+    AVX-512; the export targets, without either, keep the polynomial and the divide."""
     for target in CROSS_TARGETS.values():
-        assert "permvar" not in lowered_text(target.triple), target.name
-    assert ("permvar" in lowered_text(host().triple)) == HOST_HAS_TABLE
+        text = lowered_text(target.triple)
+        assert "permvar" not in text and "rcp14" not in text and "fdiv" in text, target.name
+    text = lowered_text(host().triple)
+    assert ("permvar" in text) == ("rcp14" in text) == ("fdiv" not in text) == HOST_HAS_AVX512
 
 
 def test_issue_16_bounds():

@@ -32,8 +32,8 @@ def codegen_source_hash() -> str:
 
 def graph_fingerprint(g: Graph, width: int) -> str:
     """A hash of everything in g that shapes the generated code (not parameter values)."""
-    # TABLE_FORM: the one code-generation switch that is set at run time (tests, benchmarks)
-    h = hashlib.sha256(f"width={width};codegen={codegen_source_hash()};table={vecmath.TABLE_FORM}".encode())
+    # AVX512_FORMS: the one code-generation switch that is set at run time (tests, benchmarks)
+    h = hashlib.sha256(f"width={width};codegen={codegen_source_hash()};avx512_forms={vecmath.AVX512_FORMS}".encode())
     for n in g.nodes():
         attrs = sorted((k, repr(v)) for k, v in g.attrs(n).items())
         h.update(repr((n, g.op(n), g.shape(n), attrs, g.args(n))).encode())

@@ -5,25 +5,32 @@
 Per row, three vector passes over the same row (a row of 512 floats is 2 KB, so passes two and three
 read it from L1): the sum of x, the sum of (x - mean)^2, then (x - mean) / sqrt(var + eps) * gamma +
 beta. These are the eager ops (`LayerNorm.forward`) in their order with their roundings -- the
-variance from the squared differences, not E[x^2] - E[x]^2; the divide per element, not a multiply
-by a reciprocal; no fused multiply-add -- so NaN and inf come out as eager's do: a NaN or inf in a
+variance from the squared differences, not E[x^2] - E[x]^2; no fused multiply-add; the quotient as
+the divide gives it (`corrected_quotient`) -- so NaN and inf come out as eager's do: a NaN or inf in a
 row makes the whole row NaN, and a constant row gives beta (0 / sqrt(eps)). The sums are trees log n
 deep, as the `mean` kernel's (`loops.fold_run`): lanes split the row and are folded pairwise at the end.
+
+Rows go ROW_GROUP at a time, stage by stage (every row's mean, then every variance, then the
+quotients): one row's chain of two horizontal sums, a square root and a divide is ~150 cycles long,
+and emitted row after row the core overlapped little of it.
 """
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 from llvmlite import ir
 
 from . import vecmath
-from .cgutils import F32, element_ptr, for_range, i64, splat
+from .cgutils import F32, define_once, element_ptr, for_range, i64, splat
 from .elementwise import declare_kernel, horizontal
 from .loops import Chunk, fold_run, for_each_chunk, load_chunk, store_chunk
 
 if TYPE_CHECKING:
     from .module import _Emitter
+
+ROW_GROUP = 4
 
 
 def emit_layer_norm(module: ir.Module, name: str, row_size: int, eps: float, width: int) -> ir.Function:
@@ -32,41 +39,103 @@ def emit_layer_norm(module: ir.Module, name: str, row_size: int, eps: float, wid
     fn = declare_kernel(module, name, 4)
     n_rows, out, x, gamma, beta = fn.args
     b = ir.IRBuilder(fn.append_basic_block("entry"))
-    zero = splat(-0.0, width)  # the additive identity, as the mean kernel's accumulators
-
-    def row_mean(total: ir.Value) -> ir.Value:
-        """The vector of lanes sum / row_size from a vector of partial sums."""
-        value = horizontal(b, lambda u, v: b.fadd(u, v), total)
-        return splat(b.fdiv(value, ir.Constant(F32, float(row_size))), width, b)
-
-    with for_range(b, 0, n_rows, name="row") as loop:
-        base = b.mul(loop.index, i64(row_size), flags=["nsw"])
-
-        def at(ptr: ir.Value, c: Chunk) -> ir.Value:
-            return element_ptr(b, ptr, b.add(base, c.col))
-
-        def x_chunk(c: Chunk) -> ir.Value:
-            return load_chunk(b, at(x, c), c, fill=-0.0)
-
-        mean = row_mean(fold_run(b, row_size, width, zero, x_chunk, b.fadd))
-
-        def square(c: Chunk) -> ir.Value:
-            diff = b.fsub(x_chunk(c), mean)
-            sq = b.fmul(diff, diff)
-            return sq if c.mask is None else b.select(c.mask, sq, zero)  # the tail's unread lanes add nothing
-
-        variance = row_mean(fold_run(b, row_size, width, zero, square, b.fadd))
-        root = vecmath.emit_sqrt(b, module, b.fadd(variance, splat(float(eps), width)))
-
-        def normalize(c: Chunk) -> None:
-            scaled = b.fdiv(b.fsub(x_chunk(c), mean), root)
-            g = load_chunk(b, element_ptr(b, gamma, c.col), c)
-            shift = load_chunk(b, element_ptr(b, beta, c.col), c)
-            store_chunk(b, b.fadd(b.fmul(scaled, g), shift), at(out, c), c)
-
-        for_each_chunk(b, row_size, width, normalize)
+    rows = _Rows(b, module, row_size, eps, width, out, x, gamma, beta)
+    grouped = b.mul(b.sdiv(n_rows, i64(ROW_GROUP)), i64(ROW_GROUP))
+    with for_range(b, 0, grouped, ROW_GROUP, name="rows") as group:
+        rows.normalize([b.add(group.index, i64(r)) for r in range(ROW_GROUP)])
+    with for_range(b, grouped, n_rows, name="row") as one:
+        rows.normalize([one.index])
     b.ret_void()
     return fn
+
+
+class _Rows:
+    """The code normalizing a group of rows, stage by stage across the group."""
+
+    def __init__(self, b: ir.IRBuilder, module: ir.Module, row_size: int, eps: float, width: int,
+                 out: ir.Value, x: ir.Value, gamma: ir.Value, beta: ir.Value):
+        self.b, self.module, self.row_size, self.eps, self.width = b, module, row_size, eps, width
+        self.out, self.x, self.gamma, self.beta = out, x, gamma, beta
+        self.zero = splat(-0.0, width)  # the additive identity, as the mean kernel's accumulators
+
+    def row_mean(self, terms) -> ir.Value:
+        """The scalar sum / row_size of the vectors `terms(chunk)` over a row."""
+        b = self.b
+        total = horizontal(b, b.fadd, fold_run(b, self.row_size, self.width, self.zero, terms, b.fadd))
+        return b.fdiv(total, ir.Constant(F32, float(self.row_size)))
+
+    def normalize(self, rows: list[ir.Value]) -> None:
+        b, w = self.b, self.width
+        bases = [b.mul(r, i64(self.row_size), flags=["nsw"]) for r in rows]
+
+        def x_at(base: ir.Value):
+            return lambda c: load_chunk(b, element_ptr(b, self.x, b.add(base, c.col)), c, fill=-0.0)
+
+        means = [splat(self.row_mean(x_at(base)), w, b) for base in bases]
+
+        def squares(base: ir.Value, mean: ir.Value):
+            def square(c: Chunk) -> ir.Value:
+                diff = b.fsub(x_at(base)(c), mean)
+                sq = b.fmul(diff, diff)
+                return sq if c.mask is None else b.select(c.mask, sq, self.zero)  # the tail's unread lanes add nothing
+            return square
+
+        sqrt = define_once(self.module, "llvm.sqrt.f32", lambda name: ir.Function(
+            self.module, ir.FunctionType(F32, [F32]), name))
+        roots = [b.call(sqrt, [b.fadd(self.row_mean(squares(base, mean)), ir.Constant(F32, self.eps))])
+                 for base, mean in zip(bases, means, strict=True)]
+
+        def store_rows(quotients) -> None:
+            """Each row's (x - mean) * gamma + beta with (x - mean) / root from `quotients(root)`,
+            a function of the difference emitted per chunk."""
+            for base, mean, root in zip(bases, means, roots, strict=True):
+                quotient = quotients(root)
+
+                def chunk(c: Chunk, base=base, mean=mean, quotient=quotient) -> None:
+                    scaled = quotient(b.fsub(x_at(base)(c), mean))
+                    g = load_chunk(b, element_ptr(b, self.gamma, c.col), c)
+                    shift = load_chunk(b, element_ptr(b, self.beta, c.col), c)
+                    store_chunk(b, b.fadd(b.fmul(scaled, g), shift), element_ptr(b, self.out, b.add(base, c.col)), c)
+                for_each_chunk(b, self.row_size, w, chunk)
+
+        # A root of 0, inf or nan (a constant row with eps 0, an overflowed variance, a nan) takes
+        # the divide itself: the correction would turn its special values into nan.
+        regular = [b.and_(b.fcmp_ordered(">", root, ir.Constant(F32, 0.0)),
+                          b.fcmp_ordered("<", root, ir.Constant(F32, math.inf))) for root in roots]
+        all_regular = regular[0]
+        for flag in regular[1:]:
+            all_regular = b.and_(all_regular, flag)
+        with b.if_else(all_regular) as (then, otherwise):
+            with then:
+                store_rows(self.corrected_quotients)
+            with otherwise:
+                store_rows(self.divided)
+
+    def divided(self, root: ir.Value):
+        """d -> d / root by the divide."""
+        root_vector = splat(root, self.width, self.b)
+        return lambda d: self.b.fdiv(d, root_vector)
+
+    def corrected_quotients(self, root: ir.Value):
+        """d -> d / root by `corrected_quotient`, its reciprocal of root divided once, here."""
+        b, w = self.b, self.width
+        root_vector, inverse = splat(root, w, b), splat(b.fdiv(ir.Constant(F32, 1.0), root), w, b)
+        return lambda d: corrected_quotient(b, self.module, d, root_vector, inverse)
+
+
+def corrected_quotient(b: ir.IRBuilder, module: ir.Module, d: ir.Value, root: ir.Value, inverse: ir.Value) -> ir.Value:
+    """d / root for a finite nonzero root, from inverse = 1 / root rounded: q0 = d * inverse (within
+    1.5 ulp), then q0 + (d - q0 root) * inverse with the residual from one FMA. That sum is within
+    2**-46 of the quotient before its one rounding, so it rounds as the divide does but for
+    quotients that close to a midpoint between floats (none showed in 4M; tests/codegen/
+    test_layer_norm.py). Where |d| < 2**-100 the residual itself underflows and rounds: there the
+    result is within one unit in the last place. A divide per vector occupied the divider ~9
+    cycles (vdivps on a zmm, Intel Xeon), more than the rest of the row's work. The last FMA is
+    taken negated, -(-r * inverse - q0), so that d = -0 gives -0 as the divide does (-0 + +0 would
+    round to +0)."""
+    q0 = b.fmul(d, inverse)
+    residual = vecmath.fma(b, module, b.fneg(q0), root, d)
+    return b.fneg(vecmath.fma(b, module, b.fneg(residual), inverse, b.fneg(q0)))
 
 
 def lower_layer_norm(e: _Emitter, n: str) -> None:

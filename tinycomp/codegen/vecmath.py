@@ -1,7 +1,8 @@
 """Vectorized float32 math on `<W x float>` values: relu, exp, log, sqrt, abs, sigmoid, tanh, gelu.
 
 Everything here is our own straight-line vector code (range reduction + polynomial; on AVX-512
-also a 16-entry table held in a register), so it can run on GEMM accumulators still in registers,
+also a 16-entry table held in a register and a reciprocal estimate in place of a divide), so it can
+run on GEMM accumulators still in registers,
 for any width W >= 1 (16, 8, 4, and 1 for tails); a lane's result does not depend on W.
 No fast-math flags: NaN/Inf follow the eager NumPy definitions (README, "Numerics and weights").
 
@@ -87,10 +88,12 @@ _EXP_TABLE = [2.0 ** (j / 2**EXP_TABLE_BITS) for j in range(2**EXP_TABLE_BITS)]
 EXP_TABLE_HI = tuple(float(np.float32(v)) for v in _EXP_TABLE)
 EXP_TABLE_LO = tuple(float(np.float32(v - hi)) for v, hi in zip(_EXP_TABLE, EXP_TABLE_HI, strict=True))
 TABLE_LANES = 16
-# False forces the polynomial form on every target: for tests and benchmarks/vecmath_ulp.py. It is
-# read when a kernel is emitted, and the object cache's key holds it (`fingerprint`), so a compile
-# with it off never loads table-form code from the cache.
-TABLE_FORM = True
+# The AVX-512 forms: exp's table (above) and, for the quotients of sigmoid, tanh and gelu, the
+# reciprocal estimate with a correction instead of a divide (`_quotient`). False forces the
+# portable forms every other target takes (polynomial exp, vdivps): for tests and
+# benchmarks/vecmath_ulp.py. It is read when a kernel is emitted, and the object cache's key holds
+# it (`fingerprint`), so a compile with it off never loads AVX-512-form code from the cache.
+AVX512_FORMS = True
 
 # Cephes tanhf: tanh(a) = a + a^3 * P(a^2) for a < 0.625, highest degree first.
 TANH_SMALL = 0.625
@@ -167,26 +170,54 @@ def _pow2_bits(builder: ir.IRBuilder, biased: ir.Value) -> ir.Value:
     return builder.bitcast(bits, ir.VectorType(ir.FloatType(), _width(biased)))
 
 
-def _has_table_lookup(module: ir.Module, x: ir.Value) -> bool:
-    """True where float32 lanes can look up a 16-entry table held in a register (AVX-512)."""
-    return (TABLE_FORM and isinstance(x.type.element, ir.FloatType)
+def _has_avx512_forms(module: ir.Module, x: ir.Value) -> bool:
+    """True where float32 lanes may take AVX-512's register forms (`AVX512_FORMS`): a 16-entry
+    table looked up in a register (vpermps) and the 14-bit reciprocal estimate (vrcp14ps)."""
+    return (AVX512_FORMS and isinstance(x.type.element, ir.FloatType)
             and "avx512f" in enabled_features(for_triple(module.triple).features))
+
+
+def _per_16_lanes(builder: ir.IRBuilder, x: ir.Value, apply) -> ir.Value:
+    """`apply` (a 16-lane vector to a 16-lane vector, lane by lane) over x of any width: x cut into
+    16-lane pieces, the last one padded by repeating x's last lane, the results laid end to end."""
+    width = x.type.count
+    pieces = [x if width == TABLE_LANES else builder.shuffle_vector(
+        x, x, _lane_mask([min(start + i, width - 1) for i in range(TABLE_LANES)]))
+        for start in range(0, width, TABLE_LANES)]
+    return _concatenate(builder, [apply(piece) for piece in pieces], width)
 
 
 def _lookup(builder: ir.IRBuilder, module: ir.Module, tables: tuple[tuple[float, ...], ...],
             index: ir.Value) -> list[ir.Value]:
     """table[index & 15] lane-wise for each table, by vpermps (which reads the low 4 bits of each
-    index), on 16-lane pieces of a vector of any width (the last piece padded by repeating a lane)."""
-    width = index.type.count
+    index)."""
     lanes_t = ir.VectorType(ir.FloatType(), TABLE_LANES)
     permute = define_once(module, "llvm.x86.avx512.permvar.sf.512", lambda name: ir.Function(
         module, ir.FunctionType(lanes_t, [lanes_t, ir.VectorType(I32, TABLE_LANES)]), name))
-    pieces = [index if width == TABLE_LANES else builder.shuffle_vector(
-        index, index, _lane_mask([min(start + i, width - 1) for i in range(TABLE_LANES)]))
-        for start in range(0, width, TABLE_LANES)]
-    return [_concatenate(builder, [builder.call(permute, [vector_constant(lanes_t, [
-        ir.Constant(ir.FloatType(), v) for v in table]), piece]) for piece in pieces], width)
-        for table in tables]
+    return [_per_16_lanes(builder, index, lambda piece, table=table: builder.call(permute, [vector_constant(
+        lanes_t, [ir.Constant(ir.FloatType(), v) for v in table]), piece])) for table in tables]
+
+
+def _reciprocal_estimate(builder: ir.IRBuilder, module: ir.Module, d: ir.Value) -> ir.Value:
+    """1 / d within a relative 2**-14 (vrcp14ps; exact for powers of two), for normal d only."""
+    lanes_t = ir.VectorType(ir.FloatType(), TABLE_LANES)
+    estimate = define_once(module, "llvm.x86.avx512.rcp14.ps.512", lambda name: ir.Function(
+        module, ir.FunctionType(lanes_t, [lanes_t, lanes_t, ir.IntType(16)]), name))
+    every_lane = ir.Constant(ir.IntType(16), -1)
+    return _per_16_lanes(builder, d, lambda piece: builder.call(estimate, [piece, piece, every_lane]))
+
+
+def _quotient(builder: ir.IRBuilder, module: ir.Module, n: ir.Value, d: ir.Value) -> tuple[ir.Value, ir.Value | None]:
+    """(q0, r): q0 approximates n / d and r, where given, 1 / d within 2**-14, for the caller's
+    correction q0 + (n - q0 d) r. With the AVX-512 forms q0 = n r from the estimate: vdivps on a
+    zmm occupies the divider ~9 cycles per vector (one-off loop on the Intel Xeon), half a sigmoid's
+    time; sigmoid and gelu took 0.89-0.94 x as long (benchmarks/vecmath_ab.py). Elsewhere q0 is the
+    rounded quotient and r None. tanh keeps its divide: there the estimate, the product and the
+    correction's two FMAs cost more than they saved at width 16 (1.04 x)."""
+    if not _has_avx512_forms(module, d):
+        return builder.fdiv(n, d), None
+    r = _reciprocal_estimate(builder, module, d)
+    return builder.fmul(n, r), r
 
 
 def _concatenate(builder: ir.IRBuilder, pieces: list[ir.Value], width: int) -> ir.Value:
@@ -219,7 +250,7 @@ def _exp_reduced(builder: ir.IRBuilder, module: ir.Module, x: ir.Value, lo: floa
     (Cody-Waite: N * LN2_HI / steps is exact, LN2_HI having 9 bits and N at most 12 bits). Polynomial
     form (steps = 1): n = N, y = exp(r) with r in [-ln2/2, ln2/2], Horner from the top
     (y = 1 + r (1 + r (c2 + ...))), so 1 + s is never rounded twice. Table form (`table`, only where
-    `_has_table_lookup`; steps = 16): N = 16 n + j, r in [-ln2/32, ln2/32], y = T[j] exp(r) =
+    `_has_avx512_forms`; steps = 16): N = 16 n + j, r in [-ln2/32, ln2/32], y = T[j] exp(r) =
     hi + (hi q + lo) with q = exp(r) - 1, rounded once in the last addition.
     """
     steps = 2**EXP_TABLE_BITS if table else 1
@@ -310,40 +341,44 @@ def emit_relu(builder: ir.IRBuilder, module: ir.Module, x: ir.Value) -> ir.Value
     return builder.select(builder.fcmp_unordered(">", x, zero), x, zero)
 
 
-def _sigmoid_quotient(builder: ir.IRBuilder, module: ir.Module, x: ir.Value):
+def _sigmoid_quotient(builder: ir.IRBuilder, module: ir.Module, x: ir.Value, magic: int):
     """sigmoid(x) = q0 + residual / den, all but the last rounding done exactly.
 
     With e = exp(-|x|) <= 1, sigmoid is 1 / (1 + e) for x >= 0 and e / (1 + e) for x < 0. Rounded
     plainly in float32 (e, 1 + e, the quotient) that is up to 2.5 ulp. Here the quotient q0's
     residual against the exact 1 + e, num - q0 S - q0 e, comes from two FMAs: the first is exact
     (S (1 - q0) for x >= 0, S (e - q0) for x < 0, differences of floats within a factor 2 of each
-    other as q0 lies in [1/2, 1] resp. [e/2, e]), the second rounds once. So q0 + residual / den is
-    off only by e's own error (< 1 ulp of e, damped by 1 / (1 + e)); the rounding error of den = 1 + e
+    other as q0 lies in [1/2, 1] resp. [e/2, e], give or take q0's own error), the second rounds
+    once. So q0 + residual / den is off only by e's own error (< 1 ulp of e, damped by 1 / (1 + e))
+    and by the error of the weight 1 / den times the residual; the rounding error of den = 1 + e
     never enters (no Fast2Sum: two additions fewer than splitting den exactly). Everything is
     scaled by S = 2**SIGMOID_SCALE (num = e S or S, den = S + e S), so e S is a normal float even
-    where sigmoid(x) is subnormal: the division rounds into the subnormals once, and
-    1 / den = 2**-32 / (1 + e).
-    Returns (q0, residual, den, neg) with neg = x < 0.
+    where sigmoid(x) is subnormal: q0 rounds into the subnormals once, and 1 / den = 2**-32 / (1 + e).
+
+    q0 is the rounded quotient, or with the AVX-512 forms num r from the estimate r of 1 / den
+    (`_quotient`). Returns (q0, residual, inverse), inverse the weight 1 / den: r (within 2**-14:
+    the residual is then up to 2**-14 of q0, so the sum is within 2**-28), else from den's bits,
+    `magic - bits(den)` (the residual is then within half an ulp of q0, and a weight within 12.5 %
+    is enough).
     """
     scale = _const(x, 2.0**SIGMOID_SCALE)
     k, y = _exp_reduced(builder, module, builder.fneg(_call(builder, module, "fabs", x)),
-                        EXP_NONPOS_LO, None, 127 + SIGMOID_SCALE, _has_table_lookup(module, x))
+                        EXP_NONPOS_LO, None, 127 + SIGMOID_SCALE, _has_avx512_forms(module, x))
     e = builder.fmul(y, _pow2_bits(builder, k))  # exp(-|x|) * S, exact
     den = builder.fadd(scale, e)
-    neg = builder.fcmp_ordered("<", x, _const(x, 0.0))
-    num = builder.select(neg, e, scale)
-    q0 = builder.fdiv(num, den)
+    num = builder.select(builder.fcmp_ordered("<", x, _const(x, 0.0)), e, scale)
+    q0, inverse = _quotient(builder, module, num, den)
     neg_q0 = builder.fneg(q0)
     residual = fma(builder, module, neg_q0, e, fma(builder, module, neg_q0, scale, num))
-    return q0, residual, den, neg
+    if inverse is None:
+        inverse = builder.bitcast(builder.sub(_int_const(x, magic), builder.bitcast(den, _int_vector(x))), x.type)
+    return q0, residual, inverse
 
 
 def emit_sigmoid(builder: ir.IRBuilder, module: ir.Module, x: ir.Value) -> ir.Value:
-    """Overflow-safe sigmoid rounded once at the end (see `_sigmoid_quotient`). The residual's
-    weight 1 / den comes from a straight line in den, independent of the division's result."""
-    q0, residual, den, _ = _sigmoid_quotient(builder, module, x)
-    inv_bits = builder.sub(_int_const(x, RECIPROCAL_MAGIC), builder.bitcast(den, _int_vector(x)))
-    return fma(builder, module, residual, builder.bitcast(inv_bits, x.type), q0)
+    """Overflow-safe sigmoid rounded once at the end (see `_sigmoid_quotient`)."""
+    q0, residual, inverse = _sigmoid_quotient(builder, module, x, RECIPROCAL_MAGIC)
+    return fma(builder, module, residual, inverse, q0)
 
 
 def emit_tanh(builder: ir.IRBuilder, module: ir.Module, x: ir.Value) -> ir.Value:
@@ -359,7 +394,7 @@ def emit_tanh(builder: ir.IRBuilder, module: ir.Module, x: ir.Value) -> ir.Value
     small = fma(builder, module, q, a, a)
 
     k, y = _exp_reduced(builder, module, builder.fmul(a, _const(x, -2.0)), TANH_EXP_LO, None, 127,
-                        _has_table_lookup(module, x))
+                        _has_avx512_forms(module, x))
     e = builder.fmul(y, _pow2_bits(builder, k))
     one = _const(x, 1.0)
     large = builder.fdiv(builder.fsub(one, e), builder.fadd(one, e))
@@ -372,12 +407,12 @@ def emit_gelu(builder: ir.IRBuilder, module: ir.Module, x: ir.Value) -> ir.Value
     """x * sigmoid(fl32(1.702 x)), the NumPy float32 formula (so gelu(-inf) is nan), with the
     sigmoid's correction folded into one FMA: x * q0 + x * residual / den rounds once.
 
-    1 / den comes from den's bits (RECIPROCAL_EXACT_POW2): within 12.5 % where the correction is
-    2**-24 of the result, and exact where it matters most, below x = -51: there the quotient q0 is
-    subnormal, the correction carries its lost bits, and den = 2**32 (1 + e) rounds to 2**32."""
-    q0, residual, den, _ = _sigmoid_quotient(builder, module, builder.fmul(x, _const(x, GELU_ALPHA)))
-    inv_bits = builder.sub(_int_const(x, RECIPROCAL_EXACT_POW2), builder.bitcast(den, _int_vector(x)))
-    inv_den = builder.bitcast(inv_bits, x.type)
+    The weight 1 / den must be exact where the correction matters most, below x = -51: there the
+    quotient q0 is subnormal, the correction carries its lost bits, and den = 2**32 (1 + e) rounds
+    to 2**32. The estimate (vrcp14ps) is exact for powers of two, as are den's bits taken from
+    RECIPROCAL_EXACT_POW2 (within 12.5 % in between)."""
+    q0, residual, inv_den = _sigmoid_quotient(builder, module, builder.fmul(x, _const(x, GELU_ALPHA)),
+                                              RECIPROCAL_EXACT_POW2)
     # x * residual is 0 * inf = nan at x = +inf, where the residual is 0: use the largest float
     # there, one vminps (at -inf, q0 = 0 makes the result nan anyway, as the formula does; a nan x
     # gives nan through x * q0 whatever the correction is).

@@ -1,0 +1,70 @@
+"""The bare native call of a compiled model (one thread; no Python around it): median and min µs.
+Models whose input is not 2-D (the block's (N, seq, embed)) have no bare call
+(`runner.bare_native_call`): they are timed through the compiled call, ~1 µs of Python more.
+
+    PYTHONPATH=. python benchmarks/bare_call.py block --batch 32
+    PYTHONPATH=. python benchmarks/bare_call.py layernorm:512 --batch 256
+
+MODEL is a bench model (`tinycomp.bench.models`) or `layernorm:WIDTH`, a lone LayerNorm over rows of
+WIDTH standard-normal floats. For an A/B of two revisions, run it alternately with PYTHONPATH set to
+each checkout: every process compiles its own (the disk cache is off here).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+os.environ["TINYCOMP_CACHE"] = "0"
+
+import numpy as np  # noqa: E402
+from threadpoolctl import threadpool_limits  # noqa: E402
+
+import tinycomp  # noqa: E402
+from tinycomp import nn  # noqa: E402
+from tinycomp.bench.models import get_model  # noqa: E402
+from tinycomp.bench.runner import compiled_bare_call  # noqa: E402
+
+
+def model_and_input(name: str, batch: int):
+    if name.startswith("layernorm:"):
+        width = int(name.partition(":")[2])
+        x = np.random.default_rng(0).standard_normal((batch, width)).astype(np.float32)
+        return nn.Sequential(nn.LayerNorm(width)), x
+    bm = get_model(name)
+    return bm.build(), bm.sample(batch)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--rounds", type=int, default=31)
+    p.add_argument("--seconds", type=float, default=0.05, help="time per round")
+    args = p.parse_args()
+    model, x = model_and_input(args.model, args.batch)
+    with threadpool_limits(1):
+        if x.ndim == 2:
+            call = compiled_bare_call(model, x)
+        else:
+            fast = tinycomp.compile(model, input_shape=(None, *x.shape[1:]), threads=1)
+
+            def call() -> None:
+                fast(x)
+        t0 = time.perf_counter()
+        call()
+        reps = max(1, int(args.seconds / max(time.perf_counter() - t0, 1e-7)))
+        times = []
+        for _ in range(args.rounds):
+            t0 = time.perf_counter()
+            for _ in range(reps):
+                call()
+            times.append((time.perf_counter() - t0) / reps)
+    how = "bare native call" if x.ndim == 2 else "compiled call"
+    print(f"{args.model} batch {args.batch} ({how}): median {np.median(times) * 1e6:.1f} us, "
+          f"min {min(times) * 1e6:.1f} us")
+
+
+if __name__ == "__main__":
+    main()
