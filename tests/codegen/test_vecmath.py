@@ -148,6 +148,24 @@ def test_every_width_computes_the_same_bits(kernels, name):
         np.testing.assert_array_equal(run(kernels, name, x, width).view(np.uint32), want, err_msg=f"w={width}")
 
 
+@pytest.mark.skipif(not HOST_HAS_AVX512, reason="this host has no AVX-512: one form only")
+def test_exp_is_the_same_bits_in_both_forms():
+    """exp scales by 2**n with vscalefps in the AVX-512 form and with two float multiplies in the
+    portable one: both round once, so every result, subnormals, zeros, inf and nan included, is the
+    same."""
+    forms = {}
+    for avx512 in (True, False):
+        module = new_module("exp_forms")
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(vecmath, "AVX512_FORMS", avx512)
+            emit_map_kernel(module, "exp", 16, emitter("exp"))
+        assert ("scalef" in str(module)) == avx512
+        forms[avx512] = jit(module, "exp")
+    x = np.concatenate([sweep("exp"), SPECIALS, np.linspace(-110, -80, 200_001, dtype=np.float32)])
+    got = {avx512: run_map(addresses["exp"], x, 16) for avx512, (_, addresses) in forms.items()}
+    np.testing.assert_array_equal(got[True].view(np.int32), got[False].view(np.int32))
+
+
 def test_exp_table_is_two_to_the_sixteenths():
     """hi + lo carries 2**(j/16) to far below a float32 ulp; hi is its float32 rounding."""
     for j, (hi, lo) in enumerate(zip(vecmath.EXP_TABLE_HI, vecmath.EXP_TABLE_LO, strict=True)):
@@ -160,17 +178,20 @@ def lowered_text(triple: str) -> str:
     module = new_module("form")
     module.triple = triple
     emit_map_kernel(module, "sigmoid", 16, emitter("sigmoid"))
+    emit_map_kernel(module, "exp", 16, emitter("exp"))
     return str(module)
 
 
 def test_only_avx512_targets_take_the_avx512_forms():
-    """The lookup is vpermps and the reciprocal estimate vrcp14ps: the host takes them where it has
-    AVX-512; the export targets, without either, keep the polynomial and the divide."""
+    """The lookup is vpermps, the reciprocal estimate vrcp14ps, exp's scaling vscalefps: the host
+    takes them where it has AVX-512; the export targets, without any, keep the polynomial, the
+    divide and the two multiplies."""
     for target in CROSS_TARGETS.values():
         text = lowered_text(target.triple)
-        assert "permvar" not in text and "rcp14" not in text and "fdiv" in text, target.name
+        assert not any(name in text for name in ("permvar", "rcp14", "scalef")), target.name
+        assert "fdiv" in text, target.name
     text = lowered_text(host().triple)
-    assert ("permvar" in text) == ("rcp14" in text) == ("fdiv" not in text) == HOST_HAS_AVX512
+    assert ("permvar" in text) == ("rcp14" in text) == ("scalef" in text) == ("fdiv" not in text) == HOST_HAS_AVX512
 
 
 def test_issue_16_bounds():

@@ -1,8 +1,8 @@
 """Vectorized float32 math on `<W x float>` values: relu, exp, log, sqrt, abs, sigmoid, tanh, gelu.
 
 Everything here is our own straight-line vector code (range reduction + polynomial; on AVX-512
-also a 16-entry table held in a register and a reciprocal estimate in place of a divide), so it can
-run on GEMM accumulators still in registers,
+also a 16-entry table held in a register, a reciprocal estimate in place of a divide and
+vscalefps), so it can run on GEMM accumulators still in registers,
 for any width W >= 1 (16, 8, 4, and 1 for tails); a lane's result does not depend on W.
 No fast-math flags: NaN/Inf follow the eager NumPy definitions (README, "Numerics and weights").
 
@@ -88,8 +88,9 @@ _EXP_TABLE = [2.0 ** (j / 2**EXP_TABLE_BITS) for j in range(2**EXP_TABLE_BITS)]
 EXP_TABLE_HI = tuple(float(np.float32(v)) for v in _EXP_TABLE)
 EXP_TABLE_LO = tuple(float(np.float32(v - hi)) for v, hi in zip(_EXP_TABLE, EXP_TABLE_HI, strict=True))
 TABLE_LANES = 16
-# The AVX-512 forms: exp's table (above) and, for the quotients of sigmoid, tanh and gelu, the
-# reciprocal estimate with a correction instead of a divide (`_quotient`). False forces the
+# The AVX-512 forms: exp's table (above) for sigmoid, tanh and gelu; for the quotients of sigmoid
+# and gelu the reciprocal estimate with a correction instead of a divide (`_quotient`); for exp's
+# scaling by 2**n one vscalefps (`_scale`). False forces the
 # portable forms every other target takes (polynomial exp, vdivps): for tests and
 # benchmarks/vecmath_ulp.py. It is read when a kernel is emitted, and the object cache's key holds
 # it (`fingerprint`), so a compile with it off never loads AVX-512-form code from the cache.
@@ -177,14 +178,18 @@ def _has_avx512_forms(module: ir.Module, x: ir.Value) -> bool:
             and "avx512f" in enabled_features(for_triple(module.triple).features))
 
 
-def _per_16_lanes(builder: ir.IRBuilder, x: ir.Value, apply) -> ir.Value:
-    """`apply` (a 16-lane vector to a 16-lane vector, lane by lane) over x of any width: x cut into
-    16-lane pieces, the last one padded by repeating x's last lane, the results laid end to end."""
-    width = x.type.count
-    pieces = [x if width == TABLE_LANES else builder.shuffle_vector(
-        x, x, _lane_mask([min(start + i, width - 1) for i in range(TABLE_LANES)]))
-        for start in range(0, width, TABLE_LANES)]
-    return _concatenate(builder, [apply(piece) for piece in pieces], width)
+def _per_16_lanes(builder: ir.IRBuilder, apply, *xs: ir.Value) -> ir.Value:
+    """`apply` (16-lane vectors to a 16-lane vector, lane by lane) over vectors xs of one width:
+    each cut into 16-lane pieces, the last one padded by repeating its last lane, the results laid
+    end to end."""
+    width = xs[0].type.count
+
+    def pieces(x: ir.Value) -> list[ir.Value]:
+        return [x if width == TABLE_LANES else builder.shuffle_vector(
+            x, x, _lane_mask([min(start + i, width - 1) for i in range(TABLE_LANES)]))
+            for start in range(0, width, TABLE_LANES)]
+
+    return _concatenate(builder, [apply(*parts) for parts in zip(*map(pieces, xs), strict=True)], width)
 
 
 def _lookup(builder: ir.IRBuilder, module: ir.Module, tables: tuple[tuple[float, ...], ...],
@@ -194,8 +199,18 @@ def _lookup(builder: ir.IRBuilder, module: ir.Module, tables: tuple[tuple[float,
     lanes_t = ir.VectorType(ir.FloatType(), TABLE_LANES)
     permute = define_once(module, "llvm.x86.avx512.permvar.sf.512", lambda name: ir.Function(
         module, ir.FunctionType(lanes_t, [lanes_t, ir.VectorType(I32, TABLE_LANES)]), name))
-    return [_per_16_lanes(builder, index, lambda piece, table=table: builder.call(permute, [vector_constant(
-        lanes_t, [ir.Constant(ir.FloatType(), v) for v in table]), piece])) for table in tables]
+    return [_per_16_lanes(builder, lambda piece, table=table: builder.call(permute, [vector_constant(
+        lanes_t, [ir.Constant(ir.FloatType(), v) for v in table]), piece]), index) for table in tables]
+
+
+def _scale(builder: ir.IRBuilder, module: ir.Module, y: ir.Value, n: ir.Value) -> ir.Value:
+    """y * 2**n for integer-valued float lanes n, rounded once (vscalefps: overflow gives inf, a
+    result below the normals rounds once into the subnormals, NaN stays NaN)."""
+    lanes_t = ir.VectorType(ir.FloatType(), TABLE_LANES)
+    scalef = define_once(module, "llvm.x86.avx512.mask.scalef.ps.512", lambda name: ir.Function(
+        module, ir.FunctionType(lanes_t, [lanes_t, lanes_t, lanes_t, ir.IntType(16), I32]), name))
+    every_lane, current_rounding = ir.Constant(ir.IntType(16), -1), ir.Constant(I32, 4)
+    return _per_16_lanes(builder, lambda a, b: builder.call(scalef, [a, b, a, every_lane, current_rounding]), y, n)
 
 
 def _reciprocal_estimate(builder: ir.IRBuilder, module: ir.Module, d: ir.Value) -> ir.Value:
@@ -204,7 +219,7 @@ def _reciprocal_estimate(builder: ir.IRBuilder, module: ir.Module, d: ir.Value) 
     estimate = define_once(module, "llvm.x86.avx512.rcp14.ps.512", lambda name: ir.Function(
         module, ir.FunctionType(lanes_t, [lanes_t, lanes_t, ir.IntType(16)]), name))
     every_lane = ir.Constant(ir.IntType(16), -1)
-    return _per_16_lanes(builder, d, lambda piece: builder.call(estimate, [piece, piece, every_lane]))
+    return _per_16_lanes(builder, lambda piece: builder.call(estimate, [piece, piece, every_lane]), d)
 
 
 def _quotient(builder: ir.IRBuilder, module: ir.Module, n: ir.Value, d: ir.Value) -> tuple[ir.Value, ir.Value | None]:
@@ -283,14 +298,19 @@ def emit_exp_of_pair(builder: ir.IRBuilder, module: ir.Module, x: ir.Value, x_lo
 
     n spans [-159, 128]: two normal powers of two 2**n1 * 2**n2 = 2**n keep y * 2**n1 exact, so
     overflow gives inf and deep underflow rounds once into the subnormals. (Float multiplies, not
-    integer adds into y's exponent: those would turn a NaN into a number.) Lanes below
-    EXP_ZERO_BELOW are +0 without underflowing."""
+    integer adds into y's exponent: those would turn a NaN into a number.) With the AVX-512 forms
+    one vscalefps does the same, rounding once: seven vector operations fewer, exp 0.71-0.73 x as
+    long per element (benchmarks/vecmath_ab.py --baseline a4fced3), the same bits (tested).
+    Lanes below EXP_ZERO_BELOW are +0 without underflowing."""
     zero = builder.fcmp_ordered("<", x, _const(x, EXP_ZERO_BELOW))
     if x_low is not None:
         beyond = builder.or_(zero, builder.fcmp_ordered(">", x, _const(x, EXP_HI)))
         x_low = builder.select(beyond, _const(x, 0.0), x_low)
     x = builder.select(zero, _const(x, 0.0), x)
     k, y = _exp_reduced(builder, module, x, EXP_LO, EXP_HI, 0, x_low=x_low)
+    if _has_avx512_forms(module, x):  # n as a float: the subtraction _exp_reduced made
+        scaled = _scale(builder, module, y, builder.fsub(builder.bitcast(k, x.type), _const(x, ROUND_MAGIC)))
+        return builder.select(zero, _const(x, 0.0), scaled)
     n = builder.sub(k, _int_const(x, ROUND_MAGIC_BITS))
     n1 = builder.ashr(n, _int_const(x, 1))
     p1 = _pow2_bits(builder, builder.add(n1, _int_const(x, 127)))
