@@ -5,8 +5,9 @@
 For each function, runs the width-16 kernel (tests/codegen/test_vecmath.py's map kernel; every
 width computes the same lanes) over all 2**32 bit patterns (or every --stride-th one) and compares
 with the float64 reference of the same formula (test_vecmath.reference). On an AVX-512 host
-sigmoid, tanh and gelu take exp's table form and sigmoid and gelu their quotient from vrcp14ps
-(`vecmath.AVX512_FORMS`); --polynomial checks the portable forms every other target takes.
+sigmoid, tanh and gelu take exp's table form, sigmoid and gelu their quotient from vrcp14ps and exp
+its scaling from vscalefps (`vecmath.AVX512_FORMS`); --polynomial checks the portable forms every
+other target takes.
 Reports the worst error in ulp where the reference is a normal float32, the worst error in units
 of 2**-149 where it is subnormal, and how many non-finite or signed-zero
 results differ from the reference rounded to float32. Takes 3-5 minutes per function on one core;

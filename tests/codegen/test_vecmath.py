@@ -31,9 +31,10 @@ HOST_HAS_AVX512 = "+avx512f" in host().features
 def kernels(request):
     """One JIT engine holding every function at every width: {(name, width): address}.
 
-    Both forms (`vecmath.AVX512_FORMS`): the one sigmoid, tanh and gelu take on an AVX-512 host
-    (exp's table; sigmoid's and gelu's quotient from the reciprocal estimate), and the portable one
-    every other target (and exp itself) takes (polynomial exp, divides), forced here on the host."""
+    Both forms (`vecmath.AVX512_FORMS`): the one an AVX-512 host takes (exp's table for sigmoid,
+    tanh and gelu; sigmoid's and gelu's quotient from the reciprocal estimate; exp's scaling by
+    vscalefps), and the portable one every other target takes (polynomial exp, divides, two
+    multiplies), forced here on the host."""
     if request.param == "avx512" and not HOST_HAS_AVX512:
         pytest.skip("this host has no AVX-512, so no kernel takes the AVX-512 forms")
     module = new_module("vecmath_test")

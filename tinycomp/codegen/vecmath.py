@@ -90,10 +90,10 @@ EXP_TABLE_LO = tuple(float(np.float32(v - hi)) for v, hi in zip(_EXP_TABLE, EXP_
 TABLE_LANES = 16
 # The AVX-512 forms: exp's table (above) for sigmoid, tanh and gelu; for the quotients of sigmoid
 # and gelu the reciprocal estimate with a correction instead of a divide (`_quotient`); for exp's
-# scaling by 2**n one vscalefps (`_scale`). False forces the
-# portable forms every other target takes (polynomial exp, vdivps): for tests and
-# benchmarks/vecmath_ulp.py. It is read when a kernel is emitted, and the object cache's key holds
-# it (`fingerprint`), so a compile with it off never loads AVX-512-form code from the cache.
+# scaling by 2**n one vscalefps (`_scale`). False forces the portable forms every other target
+# takes (polynomial exp, vdivps, two multiplies): for tests and benchmarks/vecmath_ulp.py. It is
+# read when a kernel is emitted, and the object cache's key holds it (`fingerprint`), so a compile
+# with it off never loads AVX-512-form code from the cache.
 AVX512_FORMS = True
 
 # Cephes tanhf: tanh(a) = a + a^3 * P(a^2) for a < 0.625, highest degree first.
@@ -172,8 +172,8 @@ def _pow2_bits(builder: ir.IRBuilder, biased: ir.Value) -> ir.Value:
 
 
 def _has_avx512_forms(module: ir.Module, x: ir.Value) -> bool:
-    """True where float32 lanes may take AVX-512's register forms (`AVX512_FORMS`): a 16-entry
-    table looked up in a register (vpermps) and the 14-bit reciprocal estimate (vrcp14ps)."""
+    """True where float32 lanes may take AVX-512's forms (`AVX512_FORMS`): a 16-entry table looked
+    up in a register (vpermps), the 14-bit reciprocal estimate (vrcp14ps), vscalefps."""
     return (AVX512_FORMS and isinstance(x.type.element, ir.FloatType)
             and "avx512f" in enabled_features(for_triple(module.triple).features))
 
@@ -210,7 +210,8 @@ def _scale(builder: ir.IRBuilder, module: ir.Module, y: ir.Value, n: ir.Value) -
     scalef = define_once(module, "llvm.x86.avx512.mask.scalef.ps.512", lambda name: ir.Function(
         module, ir.FunctionType(lanes_t, [lanes_t, lanes_t, lanes_t, ir.IntType(16), I32]), name))
     every_lane, current_rounding = ir.Constant(ir.IntType(16), -1), ir.Constant(I32, 4)
-    return _per_16_lanes(builder, lambda a, b: builder.call(scalef, [a, b, a, every_lane, current_rounding]), y, n)
+    return _per_16_lanes(builder, lambda piece, power: builder.call(
+        scalef, [piece, power, piece, every_lane, current_rounding]), y, n)
 
 
 def _reciprocal_estimate(builder: ir.IRBuilder, module: ir.Module, d: ir.Value) -> ir.Value:
