@@ -166,15 +166,44 @@ def test_corrected_quotient_is_the_divide():
     assert (np.signbit(got) == np.signbit(want)).all()
 
 
-@pytest.mark.filterwarnings("ignore::RuntimeWarning")
-def test_a_special_row_in_a_group_leaves_its_neighbours_right():
-    """Rows go four at a time; a group with a root of 0, inf or nan divides every row plainly. The
-    regular rows beside a special one, and the rows after the last whole group, still match."""
+@pytest.fixture(params=["avx512", "portable"])
+def form(request, monkeypatch):
+    """Both quotients: the corrected one an AVX-512 host takes and the divide (`vecmath.AVX512_FORMS`
+    off, as every other target); the object cache's key holds the switch."""
+    from tinycomp.codegen import vecmath
+
+    if request.param == "avx512" and "+avx512f" not in target_named("host").features:
+        pytest.skip("this host has no AVX-512: no kernel takes the corrected quotient")
+    monkeypatch.setattr(vecmath, "AVX512_FORMS", request.param == "avx512")
+    return request.param
+
+
+def test_the_corrected_quotient_is_taken_only_with_the_avx512_forms(form):
+    plan = lower_graph(run_pipeline(trace(norm(40), (None, 40))), target_named("host"))
+    assert ("llvm.fma" in plan.llvm_ir) == (form == "avx512")
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # eager's own 0 / 0 and d / 0
+def test_special_rows_in_a_group_and_after_it_come_out_as_eager(form):
+    """Rows go four at a time; a group holding a root of 0, inf or nan divides every row plainly.
+    Special rows inside groups of regular rows and in the rows after the last whole group: a
+    variance that overflows with every difference finite (root inf: the row is beta), one whose
+    squares underflow with eps 0 (root 0: +-inf), each alone among regular rows (the correction
+    would make them nan); a constant row (0 / 0: nan) and an inf, together. Their neighbours and
+    the rows of regular groups still match."""
     model = norm(40, eps=0.0)
-    x = rows(11, 40)
-    x[1] = 3.0  # root 0 with eps 0: nan
-    x[6, 3] = np.inf
+    x = rows(15, 40)
+    overflow = np.zeros(40, np.float32)
+    overflow[:2] = 3e19, -3e19
+    underflow = np.tile(np.float32([1e-25, -1e-25]), 20)
+    x[1], x[6], x[12], x[14] = overflow, underflow, overflow, underflow  # groups 0-3, 4-7; rows 12-14 alone
+    x[9] = 3.0
+    x[10, 3] = np.inf
     got = tc.compile(model, input_shape=(None, 40))(x).data
-    assert np.isnan(got[[1, 6]]).all()
-    regular = [0, 2, 3, 4, 5, 7, 8, 9, 10]
+    eager = model(Tensor(x)).data
+    special = [1, 6, 9, 10, 12, 14]
+    np.testing.assert_array_equal(got[special], eager[special])
+    np.testing.assert_array_equal(got[[1, 12]], np.broadcast_to(model.beta.data, (2, 40)))
+    assert np.isinf(got[[6, 14]]).all() and np.isnan(got[[9, 10]]).all()
+    regular = [0, 2, 3, 4, 5, 7, 8, 11, 13]
     assert_matches(got[regular], model, x[regular])

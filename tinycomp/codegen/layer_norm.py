@@ -5,16 +5,19 @@
 Per row, three vector passes over the same row (a row of 512 floats is 2 KB, so passes two and three
 read it from L1): the sum of x, the sum of (x - mean)^2, then (x - mean) / sqrt(var + eps) * gamma +
 beta. These are the eager ops (`LayerNorm.forward`) in their order with their roundings -- the
-variance from the squared differences, not E[x^2] - E[x]^2; no fused multiply-add; the quotient as
-the divide gives it (`corrected_quotient`) -- so NaN and inf come out as eager's do: a NaN or inf in a
-row makes the whole row NaN, and a constant row gives beta (0 / sqrt(eps)). The sums are trees log n
+variance from the squared differences, not E[x^2] - E[x]^2; no multiply-add fused into the
+formula; the quotient as the divide gives it -- so NaN and inf come out as eager's do: a NaN or inf
+in a row makes the whole row NaN, and a constant row gives beta (0 / sqrt(eps)). With the AVX-512
+forms (`vecmath.has_avx512_forms`) the quotient is `corrected_quotient`, whose two FMAs only
+reproduce the divide; elsewhere it is the divide. The sums are trees log n
 deep, as the `mean` kernel's (`loops.fold_run`): lanes split the row and are folded pairwise at the end.
 
 Rows go ROW_GROUP at a time, stage by stage (every row's mean, then every variance, then the
 quotients): one row is a chain of two horizontal sums, a square root and a divide (about 150
 cycles of latency), and emitted row after row the core overlapped little of it. With the corrected
 quotient, LayerNorm(128) over 512 rows took 10.5 us against 17.5 (Intel Xeon; benchmarks/RESULTS.md,
-tenth session; 2 / 8 rows a group: 14.0 / 12.1 us against 12.3 with 4).
+tenth session). In a sweep with another job on the host's other core, groups of 1 / 2 / 4 / 8 rows
+took 18.3 / 14.0 / 12.3 / 12.1 us.
 """
 
 from __future__ import annotations
@@ -100,6 +103,9 @@ class _Rows:
                     store_chunk(b, b.fadd(b.fmul(scaled, g), shift), element_ptr(b, self.out, b.add(base, c.col)), c)
                 for_each_chunk(b, self.row_size, w, chunk)
 
+        if not vecmath.has_avx512_forms(self.module, means[0]):
+            store_rows(self.divided)
+            return
         # A root of 0, inf or nan (a constant row with eps 0, an overflowed variance, a nan) takes
         # the divide itself: the correction would turn its special values into nan.
         regular = [b.and_(b.fcmp_ordered(">", root, ir.Constant(F32, 0.0)),
@@ -131,7 +137,9 @@ def corrected_quotient(b: ir.IRBuilder, module: ir.Module, d: ir.Value, root: ir
     2**-46 of the quotient before its one rounding, so it rounds as the divide does but for
     quotients that close to a midpoint between floats (none showed in 4M; tests/codegen/
     test_layer_norm.py). Where |d| < 2**-100 the residual itself underflows and rounds: there the
-    result is within one unit in the last place. A divide per vector occupied the divider ~9
+    result is within one unit in the last place (and may differ by that unit with the group a row
+    falls in, when a special row sends the group to the divide). Only with a fused FMA: a multiply
+    and an add would leave the residual inexact. A divide per vector occupied the divider ~9
     cycles (vdivps on a zmm, Intel Xeon), more than the rest of the row's work. The last FMA is
     taken negated, -(-r * inverse - q0), so that d = -0 gives -0 as the divide does (-0 + +0 would
     round to +0)."""

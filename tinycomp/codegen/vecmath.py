@@ -87,13 +87,14 @@ EXP_TABLE_POLY = (1.6666721e-1, 5.0001615e-1)
 _EXP_TABLE = [2.0 ** (j / 2**EXP_TABLE_BITS) for j in range(2**EXP_TABLE_BITS)]
 EXP_TABLE_HI = tuple(float(np.float32(v)) for v in _EXP_TABLE)
 EXP_TABLE_LO = tuple(float(np.float32(v - hi)) for v, hi in zip(_EXP_TABLE, EXP_TABLE_HI, strict=True))
-TABLE_LANES = 16
+ZMM_LANES = 16  # float32 lanes of one AVX-512 register: the width its intrinsics below take
+
 # The AVX-512 forms: exp's table (above) for sigmoid, tanh and gelu; for the quotients of sigmoid
 # and gelu the reciprocal estimate with a correction instead of a divide (`_quotient`); for exp's
-# scaling by 2**n one vscalefps (`_scale`). False forces the portable forms every other target
-# takes (polynomial exp, vdivps, two multiplies): for tests and benchmarks/vecmath_ulp.py. It is
-# read when a kernel is emitted, and the object cache's key holds it (`fingerprint`), so a compile
-# with it off never loads AVX-512-form code from the cache.
+# scaling by 2**n one vscalefps (`_scale`); layer norm's corrected quotient. False forces the
+# portable forms every other target takes (polynomial exp, vdivps, two multiplies): for tests and
+# benchmarks/vecmath_ulp.py. It is read when a kernel is emitted, and the object cache's key holds
+# it (`fingerprint`), so a compile with it off never loads AVX-512-form code from the cache.
 AVX512_FORMS = True
 
 # Cephes tanhf: tanh(a) = a + a^3 * P(a^2) for a < 0.625, highest degree first.
@@ -171,56 +172,60 @@ def _pow2_bits(builder: ir.IRBuilder, biased: ir.Value) -> ir.Value:
     return builder.bitcast(bits, ir.VectorType(ir.FloatType(), _width(biased)))
 
 
-def _has_avx512_forms(module: ir.Module, x: ir.Value) -> bool:
+def has_avx512_forms(module: ir.Module, x: ir.Value) -> bool:
     """True where float32 lanes may take AVX-512's forms (`AVX512_FORMS`): a 16-entry table looked
-    up in a register (vpermps), the 14-bit reciprocal estimate (vrcp14ps), vscalefps."""
+    up in a register (vpermps), the 14-bit reciprocal estimate (vrcp14ps), vscalefps; and layer
+    norm's corrected quotient (`layer_norm.corrected_quotient`)."""
     return (AVX512_FORMS and isinstance(x.type.element, ir.FloatType)
             and "avx512f" in enabled_features(for_triple(module.triple).features))
 
 
-def _per_16_lanes(builder: ir.IRBuilder, apply, *xs: ir.Value) -> ir.Value:
-    """`apply` (16-lane vectors to a 16-lane vector, lane by lane) over vectors xs of one width:
-    each cut into 16-lane pieces, the last one padded by repeating its last lane, the results laid
-    end to end."""
+def _per_zmm(builder: ir.IRBuilder, apply, *xs: ir.Value) -> ir.Value:
+    """`apply` (zmm vectors to a zmm vector, lane by lane) over vectors xs of one width: each cut
+    into ZMM_LANES-lane pieces, the last one padded by repeating its last lane, the results laid end
+    to end."""
     width = xs[0].type.count
 
     def pieces(x: ir.Value) -> list[ir.Value]:
-        return [x if width == TABLE_LANES else builder.shuffle_vector(
-            x, x, _lane_mask([min(start + i, width - 1) for i in range(TABLE_LANES)]))
-            for start in range(0, width, TABLE_LANES)]
+        return [x if width == ZMM_LANES else builder.shuffle_vector(
+            x, x, _lane_mask([min(start + i, width - 1) for i in range(ZMM_LANES)]))
+            for start in range(0, width, ZMM_LANES)]
 
     return _concatenate(builder, [apply(*parts) for parts in zip(*map(pieces, xs), strict=True)], width)
+
+
+ZMM = ir.VectorType(ir.FloatType(), ZMM_LANES)
+EVERY_LANE = ir.Constant(ir.IntType(16), -1)  # the write mask of the masked AVX-512 intrinsics
+
+
+def _zmm_intrinsic(module: ir.Module, name: str, *params: ir.Type) -> ir.Function:
+    """The AVX-512 intrinsic `llvm.x86.avx512.<name>`, returning a zmm of floats."""
+    return define_once(module, f"llvm.x86.avx512.{name}", lambda full: ir.Function(
+        module, ir.FunctionType(ZMM, list(params)), full))
 
 
 def _lookup(builder: ir.IRBuilder, module: ir.Module, tables: tuple[tuple[float, ...], ...],
             index: ir.Value) -> list[ir.Value]:
     """table[index & 15] lane-wise for each table, by vpermps (which reads the low 4 bits of each
     index)."""
-    lanes_t = ir.VectorType(ir.FloatType(), TABLE_LANES)
-    permute = define_once(module, "llvm.x86.avx512.permvar.sf.512", lambda name: ir.Function(
-        module, ir.FunctionType(lanes_t, [lanes_t, ir.VectorType(I32, TABLE_LANES)]), name))
-    return [_per_16_lanes(builder, lambda piece, table=table: builder.call(permute, [vector_constant(
-        lanes_t, [ir.Constant(ir.FloatType(), v) for v in table]), piece]), index) for table in tables]
+    permute = _zmm_intrinsic(module, "permvar.sf.512", ZMM, ir.VectorType(I32, ZMM_LANES))
+    return [_per_zmm(builder, lambda piece, table=table: builder.call(permute, [vector_constant(
+        ZMM, [ir.Constant(ir.FloatType(), v) for v in table]), piece]), index) for table in tables]
 
 
 def _scale(builder: ir.IRBuilder, module: ir.Module, y: ir.Value, n: ir.Value) -> ir.Value:
     """y * 2**n for integer-valued float lanes n, rounded once (vscalefps: overflow gives inf, a
     result below the normals rounds once into the subnormals, NaN stays NaN)."""
-    lanes_t = ir.VectorType(ir.FloatType(), TABLE_LANES)
-    scalef = define_once(module, "llvm.x86.avx512.mask.scalef.ps.512", lambda name: ir.Function(
-        module, ir.FunctionType(lanes_t, [lanes_t, lanes_t, lanes_t, ir.IntType(16), I32]), name))
-    every_lane, current_rounding = ir.Constant(ir.IntType(16), -1), ir.Constant(I32, 4)
-    return _per_16_lanes(builder, lambda piece, power: builder.call(
-        scalef, [piece, power, piece, every_lane, current_rounding]), y, n)
+    scalef = _zmm_intrinsic(module, "mask.scalef.ps.512", ZMM, ZMM, ZMM, ir.IntType(16), I32)
+    current_rounding = ir.Constant(I32, 4)
+    return _per_zmm(builder, lambda piece, power: builder.call(
+        scalef, [piece, power, piece, EVERY_LANE, current_rounding]), y, n)
 
 
 def _reciprocal_estimate(builder: ir.IRBuilder, module: ir.Module, d: ir.Value) -> ir.Value:
     """1 / d within a relative 2**-14 (vrcp14ps; exact for powers of two), for normal d only."""
-    lanes_t = ir.VectorType(ir.FloatType(), TABLE_LANES)
-    estimate = define_once(module, "llvm.x86.avx512.rcp14.ps.512", lambda name: ir.Function(
-        module, ir.FunctionType(lanes_t, [lanes_t, lanes_t, ir.IntType(16)]), name))
-    every_lane = ir.Constant(ir.IntType(16), -1)
-    return _per_16_lanes(builder, lambda piece: builder.call(estimate, [piece, piece, every_lane]), d)
+    estimate = _zmm_intrinsic(module, "rcp14.ps.512", ZMM, ZMM, ir.IntType(16))
+    return _per_zmm(builder, lambda piece: builder.call(estimate, [piece, piece, EVERY_LANE]), d)
 
 
 def _quotient(builder: ir.IRBuilder, module: ir.Module, n: ir.Value, d: ir.Value) -> tuple[ir.Value, ir.Value | None]:
@@ -230,7 +235,7 @@ def _quotient(builder: ir.IRBuilder, module: ir.Module, n: ir.Value, d: ir.Value
     time; sigmoid and gelu took 0.89-0.94 x as long (benchmarks/vecmath_ab.py). Elsewhere q0 is the
     rounded quotient and r None. tanh keeps its divide: there the estimate, the product and the
     correction's two FMAs cost more than they saved at width 16 (1.04 x)."""
-    if not _has_avx512_forms(module, d):
+    if not has_avx512_forms(module, d):
         return builder.fdiv(n, d), None
     r = _reciprocal_estimate(builder, module, d)
     return builder.fmul(n, r), r
@@ -266,7 +271,7 @@ def _exp_reduced(builder: ir.IRBuilder, module: ir.Module, x: ir.Value, lo: floa
     (Cody-Waite: N * LN2_HI / steps is exact, LN2_HI having 9 bits and N at most 12 bits). Polynomial
     form (steps = 1): n = N, y = exp(r) with r in [-ln2/2, ln2/2], Horner from the top
     (y = 1 + r (1 + r (c2 + ...))), so 1 + s is never rounded twice. Table form (`table`, only where
-    `_has_avx512_forms`; steps = 16): N = 16 n + j, r in [-ln2/32, ln2/32], y = T[j] exp(r) =
+    `has_avx512_forms`; steps = 16): N = 16 n + j, r in [-ln2/32, ln2/32], y = T[j] exp(r) =
     hi + (hi q + lo) with q = exp(r) - 1, rounded once in the last addition.
     """
     steps = 2**EXP_TABLE_BITS if table else 1
@@ -289,7 +294,8 @@ def _exp_reduced(builder: ir.IRBuilder, module: ir.Module, x: ir.Value, lo: floa
 
 
 def emit_exp(builder: ir.IRBuilder, module: ir.Module, x: ir.Value) -> ir.Value:
-    """exp(x) lane-wise: x = n ln2 + r, exp(r) by polynomial, scaled by 2**n in two steps."""
+    """exp(x) lane-wise: x = n ln2 + r, exp(r) by polynomial, scaled by 2**n (two multiplies, or
+    one vscalefps with the AVX-512 forms)."""
     return emit_exp_of_pair(builder, module, x, None)
 
 
@@ -309,7 +315,7 @@ def emit_exp_of_pair(builder: ir.IRBuilder, module: ir.Module, x: ir.Value, x_lo
         x_low = builder.select(beyond, _const(x, 0.0), x_low)
     x = builder.select(zero, _const(x, 0.0), x)
     k, y = _exp_reduced(builder, module, x, EXP_LO, EXP_HI, 0, x_low=x_low)
-    if _has_avx512_forms(module, x):  # n as a float: the subtraction _exp_reduced made
+    if has_avx512_forms(module, x):  # n as a float: the subtraction _exp_reduced made
         scaled = _scale(builder, module, y, builder.fsub(builder.bitcast(k, x.type), _const(x, ROUND_MAGIC)))
         return builder.select(zero, _const(x, 0.0), scaled)
     n = builder.sub(k, _int_const(x, ROUND_MAGIC_BITS))
@@ -384,7 +390,7 @@ def _sigmoid_quotient(builder: ir.IRBuilder, module: ir.Module, x: ir.Value, mag
     """
     scale = _const(x, 2.0**SIGMOID_SCALE)
     k, y = _exp_reduced(builder, module, builder.fneg(_call(builder, module, "fabs", x)),
-                        EXP_NONPOS_LO, None, 127 + SIGMOID_SCALE, _has_avx512_forms(module, x))
+                        EXP_NONPOS_LO, None, 127 + SIGMOID_SCALE, has_avx512_forms(module, x))
     e = builder.fmul(y, _pow2_bits(builder, k))  # exp(-|x|) * S, exact
     den = builder.fadd(scale, e)
     num = builder.select(builder.fcmp_ordered("<", x, _const(x, 0.0)), e, scale)
@@ -415,7 +421,7 @@ def emit_tanh(builder: ir.IRBuilder, module: ir.Module, x: ir.Value) -> ir.Value
     small = fma(builder, module, q, a, a)
 
     k, y = _exp_reduced(builder, module, builder.fmul(a, _const(x, -2.0)), TANH_EXP_LO, None, 127,
-                        _has_avx512_forms(module, x))
+                        has_avx512_forms(module, x))
     e = builder.fmul(y, _pow2_bits(builder, k))
     one = _const(x, 1.0)
     large = builder.fdiv(builder.fsub(one, e), builder.fadd(one, e))
