@@ -185,12 +185,12 @@ def test_the_corrected_quotient_is_taken_only_with_the_avx512_forms(form):
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")  # eager's own 0 / 0 and d / 0
 def test_special_rows_in_a_group_and_after_it_come_out_as_eager(form):
-    """Rows go four at a time; a group holding a root of 0, inf or nan divides every row plainly.
-    Special rows inside groups of regular rows and in the rows after the last whole group: a
-    variance that overflows with every difference finite (root inf: the row is beta), one whose
-    squares underflow with eps 0 (root 0: +-inf), each alone among regular rows (the correction
-    would make them nan); a constant row (0 / 0: nan) and an inf, together. Their neighbours and
-    the rows of regular groups still match."""
+    """A row whose root is 0, inf or nan takes d * (1 / root), which there is the divide (the
+    correction would make nan). Special rows inside groups of four regular rows and in the rows
+    after the last whole group: a variance that overflows with every difference finite (root inf:
+    the row is beta), one whose squares underflow with eps 0 (root 0: +-inf); a constant row
+    (0 / 0: nan) and an inf, together. Their neighbours and the rows of regular groups still
+    match."""
     model = norm(40, eps=0.0)
     x = rows(15, 40)
     overflow = np.zeros(40, np.float32)

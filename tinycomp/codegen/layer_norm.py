@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 from llvmlite import ir
 
 from . import vecmath
-from .cgutils import F32, define_once, element_ptr, for_range, i64, splat
+from .cgutils import F32, define_once, element_ptr, for_range, i64, splat, splat_value
 from .elementwise import declare_kernel, horizontal
 from .loops import Chunk, fold_run, for_each_chunk, load_chunk, store_chunk
 
@@ -90,34 +90,16 @@ class _Rows:
         roots = [b.call(sqrt, [b.fadd(self.row_mean(squares(base, mean)), ir.Constant(F32, self.eps))])
                  for base, mean in zip(bases, means, strict=True)]
 
-        def store_rows(quotients) -> None:
-            """Each row's (x - mean) * gamma + beta with (x - mean) / root from `quotients(root)`,
-            a function of the difference emitted per chunk."""
-            for base, mean, root in zip(bases, means, roots, strict=True):
-                quotient = quotients(root)
+        quotients = self.corrected_quotients if vecmath.has_avx512_forms(self.module, means[0]) else self.divided
+        for base, mean, root in zip(bases, means, roots, strict=True):
+            quotient = quotients(root)
 
-                def chunk(c: Chunk, base=base, mean=mean, quotient=quotient) -> None:
-                    scaled = quotient(b.fsub(x_at(base)(c), mean))
-                    g = load_chunk(b, element_ptr(b, self.gamma, c.col), c)
-                    shift = load_chunk(b, element_ptr(b, self.beta, c.col), c)
-                    store_chunk(b, b.fadd(b.fmul(scaled, g), shift), element_ptr(b, self.out, b.add(base, c.col)), c)
-                for_each_chunk(b, self.row_size, w, chunk)
-
-        if not vecmath.has_avx512_forms(self.module, means[0]):
-            store_rows(self.divided)
-            return
-        # A root of 0, inf or nan (a constant row with eps 0, an overflowed variance, a nan) takes
-        # the divide itself: the correction would turn its special values into nan.
-        regular = [b.and_(b.fcmp_ordered(">", root, ir.Constant(F32, 0.0)),
-                          b.fcmp_ordered("<", root, ir.Constant(F32, math.inf))) for root in roots]
-        all_regular = regular[0]
-        for flag in regular[1:]:
-            all_regular = b.and_(all_regular, flag)
-        with b.if_else(all_regular) as (then, otherwise):
-            with then:
-                store_rows(self.corrected_quotients)
-            with otherwise:
-                store_rows(self.divided)
+            def chunk(c: Chunk, base=base, mean=mean, quotient=quotient) -> None:
+                scaled = quotient(b.fsub(x_at(base)(c), mean))
+                g = load_chunk(b, element_ptr(b, self.gamma, c.col), c)
+                shift = load_chunk(b, element_ptr(b, self.beta, c.col), c)
+                store_chunk(b, b.fadd(b.fmul(scaled, g), shift), element_ptr(b, self.out, b.add(base, c.col)), c)
+            for_each_chunk(b, self.row_size, w, chunk)
 
     def divided(self, root: ir.Value):
         """d -> d / root by the divide."""
@@ -125,27 +107,36 @@ class _Rows:
         return lambda d: self.b.fdiv(d, root_vector)
 
     def corrected_quotients(self, root: ir.Value):
-        """d -> d / root by `corrected_quotient`, its reciprocal of root divided once, here."""
+        """d -> d / root by `corrected_quotient`, the reciprocal of root divided once, here; a root
+        of 0, inf or nan (a constant row with eps 0, an overflowed variance, a nan) takes d * (1 /
+        root), exactly the divide."""
         b, w = self.b, self.width
         root_vector, inverse = splat(root, w, b), splat(b.fdiv(ir.Constant(F32, 1.0), root), w, b)
-        return lambda d: corrected_quotient(b, self.module, d, root_vector, inverse)
+        regular = b.and_(b.fcmp_ordered(">", root, ir.Constant(F32, 0.0)),
+                         b.fcmp_ordered("<", root, ir.Constant(F32, math.inf)))
+        # a lane mask, not one i1: with a scalar condition LLVM branched around the correction in
+        # every vector (measured 5-8 % slower); a mask is one blend
+        lanes = splat_value(b, regular, ir.VectorType(ir.IntType(1), w))
+        return lambda d: corrected_quotient(b, self.module, d, root_vector, inverse, lanes)
 
 
-def corrected_quotient(b: ir.IRBuilder, module: ir.Module, d: ir.Value, root: ir.Value, inverse: ir.Value) -> ir.Value:
+def corrected_quotient(b: ir.IRBuilder, module: ir.Module, d: ir.Value, root: ir.Value, inverse: ir.Value,
+                       regular: ir.Value | None = None) -> ir.Value:
     """d / root for a finite nonzero root, from inverse = 1 / root rounded: q0 = d * inverse (within
     1.5 ulp), then q0 + (d - q0 root) * inverse with the residual from one FMA. That sum is within
     2**-46 of the quotient before its one rounding, so it rounds as the divide does but for
     quotients that close to a midpoint between floats (none showed in 4M; tests/codegen/
     test_layer_norm.py). Where |d| < 2**-100 the residual itself underflows and rounds: there the
-    result is within one unit in the last place (and may differ by that unit with the group a row
-    falls in, when a special row sends the group to the divide). Only with a fused FMA: a multiply
-    and an add would leave the residual inexact. A divide per vector occupied the divider ~9
+    result is within one unit in the last place. Only with a fused FMA: a multiply and an add
+    would leave the residual inexact. A divide per vector occupied the divider ~9
     cycles (vdivps on a zmm, Intel Xeon), more than the rest of the row's work. The last FMA is
     taken negated, -(-r * inverse - q0), so that d = -0 gives -0 as the divide does (-0 + +0 would
-    round to +0)."""
+    round to +0). Where `regular` (lane mask) is false, q0 itself: for a root of 0, inf or nan that is
+    exactly the divide, where the correction would make nan."""
     q0 = b.fmul(d, inverse)
     residual = vecmath.fma(b, module, b.fneg(q0), root, d)
-    return b.fneg(vecmath.fma(b, module, b.fneg(residual), inverse, b.fneg(q0)))
+    corrected = b.fneg(vecmath.fma(b, module, b.fneg(residual), inverse, b.fneg(q0)))
+    return corrected if regular is None else b.select(regular, corrected, q0)
 
 
 def lower_layer_norm(e: _Emitter, n: str) -> None:
