@@ -4,15 +4,18 @@ Models whose input is not 2-D (the block's (N, seq, embed)) have no bare call
 
     PYTHONPATH=. python benchmarks/bare_call.py block --batch 32
     PYTHONPATH=. python benchmarks/bare_call.py layernorm:512 --batch 256
+    PYTHONPATH=. python benchmarks/bare_call.py layernorm:128 --batch 512 --set layer_norm.ROW_GROUP=2
 
 MODEL is a bench model (`tinycomp.bench.models`) or `layernorm:WIDTH`, a lone LayerNorm over rows of
 WIDTH standard-normal floats. For an A/B of two revisions, run it alternately with PYTHONPATH set to
-each checkout: every process compiles its own (the disk cache is off here).
+each checkout: every process compiles its own (the disk cache is off here). `--set MODULE.NAME=VALUE`
+sets a constant of `tinycomp.codegen.MODULE` before the compile (an int or float, as it is).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import time
 
@@ -36,13 +39,26 @@ def model_and_input(name: str, batch: int):
     return bm.build(), bm.sample(batch)
 
 
-def main() -> None:
+def set_constant(assignment: str) -> None:
+    """`MODULE.NAME=VALUE`: tinycomp.codegen.MODULE.NAME set to VALUE, cast to the type it has."""
+    target, _, value = assignment.partition("=")
+    module_name, _, name = target.partition(".")
+    module = importlib.import_module(f"tinycomp.codegen.{module_name}")
+    if not value or not hasattr(module, name):
+        raise SystemExit(f"--set wants MODULE.NAME=VALUE naming a constant of tinycomp.codegen; got {assignment!r}")
+    setattr(module, name, type(getattr(module, name))(value))
+
+
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--rounds", type=int, default=31)
     p.add_argument("--seconds", type=float, default=0.05, help="time per round")
-    args = p.parse_args()
+    p.add_argument("--set", action="append", default=[], metavar="MODULE.NAME=VALUE")
+    args = p.parse_args(argv)
+    for assignment in args.set:
+        set_constant(assignment)
     model, x = model_and_input(args.model, args.batch)
     with threadpool_limits(1):
         if x.ndim == 2:

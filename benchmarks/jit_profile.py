@@ -3,6 +3,9 @@
     perf record -F 4999 -o perf.data python benchmarks/jit_profile.py block 32 8
     perf report -i perf.data --sort sym --stdio
 
+With `--map FILE --objects DIR`, benchmarks/perf_annotate.py spreads one function's samples over
+its instructions.
+
 Compiles the model (`tinycomp.bench.models`, one thread), writes `/tmp/perf-PID.map` (the
 format perf reads for code it finds no file for: "address size name" per line) with every
 function of the module's object code, internal kernels included, then calls the model on a
@@ -74,12 +77,20 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("batch", type=int)
     p.add_argument("seconds", type=float)
     p.add_argument("--map", default=None, help="where to write the map (default /tmp/perf-PID.map)")
+    p.add_argument("--objects", default=None, help="a folder to write the engine's object files to, "
+                   "for benchmarks/perf_annotate.py")
     args = p.parse_args(argv)
     bm = get_model(args.model)
     fast = tc.compile(bm.build(), threads=1)
     x = bm.sample(args.batch)
     fast(x)
-    lines = perf_map_lines(fast._require("perf map").engine)
+    engine = fast._require("perf map").engine
+    lines = perf_map_lines(engine)
+    if args.objects:
+        os.makedirs(args.objects, exist_ok=True)
+        for i, blob in enumerate(engine.objects):
+            with open(os.path.join(args.objects, f"obj{i}.o"), "wb") as f:
+                f.write(blob)
     where = args.map or f"/tmp/perf-{os.getpid()}.map"
     with open(where, "w", encoding="ascii") as f:
         f.write("\n".join(lines) + "\n")

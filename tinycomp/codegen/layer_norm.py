@@ -16,8 +16,8 @@ Rows go ROW_GROUP at a time, stage by stage (every row's mean, then every varian
 quotients): one row is a chain of two horizontal sums, a square root and a divide (about 150
 cycles of latency), and emitted row after row the core overlapped little of it. With the corrected
 quotient, LayerNorm(128) over 512 rows took 10.5 us against 17.5 (Intel Xeon; benchmarks/RESULTS.md,
-tenth session). In a sweep with another job on the host's other core, groups of 1 / 2 / 4 / 8 rows
-took 18.3 / 14.0 / 12.3 / 12.1 us.
+tenth session). Groups of 1 / 2 / 4 / 8 rows took 18.2-19.3 / 14.7-15.2 / 13.3-13.5 / 13.0-13.3 us
+(benchmarks/bare_call.py layernorm:128 --batch 512 --set layer_norm.ROW_GROUP=G).
 """
 
 from __future__ import annotations
@@ -128,9 +128,9 @@ def corrected_quotient(b: ir.IRBuilder, module: ir.Module, d: ir.Value, root: ir
     quotients that close to a midpoint between floats (none showed in 4M; tests/codegen/
     test_layer_norm.py). Where |d| < 2**-100 the residual itself underflows and rounds: there the
     result is within one unit in the last place. Only with a fused FMA: a multiply and an add
-    would leave the residual inexact. A divide per vector occupied the divider ~9
-    cycles (vdivps on a zmm, Intel Xeon), more than the rest of the row's work. The last FMA is
-    taken negated, -(-r * inverse - q0), so that d = -0 gives -0 as the divide does (-0 + +0 would
+    would leave the residual inexact. A divide per vector occupied the divider ~9 cycles (vdivps on
+    a zmm, Intel Xeon; benchmarks/divide_cost.py), more than the rest of the row's work. The last
+    FMA is taken negated, -(-r * inverse - q0), so that d = -0 gives -0 as the divide does (-0 + +0 would
     round to +0). Where `regular` (lane mask) is false, q0 itself: for a root of 0, inf or nan that is
     exactly the divide, where the correction would make nan."""
     q0 = b.fmul(d, inverse)

@@ -231,7 +231,7 @@ def _reciprocal_estimate(builder: ir.IRBuilder, module: ir.Module, d: ir.Value) 
 def _quotient(builder: ir.IRBuilder, module: ir.Module, n: ir.Value, d: ir.Value) -> tuple[ir.Value, ir.Value | None]:
     """(q0, r): q0 approximates n / d and r, where given, 1 / d within 2**-14, for the caller's
     correction q0 + (n - q0 d) r. With the AVX-512 forms q0 = n r from the estimate: vdivps on a
-    zmm occupies the divider ~9 cycles per vector (one-off loop on the Intel Xeon), half a sigmoid's
+    zmm occupies the divider ~9 cycles per vector (benchmarks/divide_cost.py, Intel Xeon), half a sigmoid's
     time; sigmoid and gelu took 0.89-0.94 x as long (benchmarks/vecmath_ab.py). Elsewhere q0 is the
     rounded quotient and r None. tanh keeps its divide: there the estimate, the product and the
     correction's two FMAs cost more than they saved at width 16 (1.04 x)."""
