@@ -11,7 +11,8 @@ import pytest
 from jit_util import emit_map_kernel, jit, new_module, run_map
 from llvmlite import ir
 
-from tinycomp.codegen import vecmath
+from tinycomp.codegen import vecerf, vecmath
+from tinycomp.codegen.cgutils import vector_constant
 from tinycomp.codegen.target import CROSS_TARGETS, host
 from tinycomp.codegen.vector_ops import MAX_ULP, emit_op
 from tinycomp.ir.ops import OPS, UNARY
@@ -295,26 +296,123 @@ def mxcsr_functions(module: ir.Module) -> None:
             b.ret(b.and_(b.load(slot), ir.Constant(i32, 0x3F)))
 
 
+class FlagProbe:
+    """Map kernels of the named ops at width 16, and a plain multiply, in one engine with MXCSR's
+    sticky flags: `flags(name, x)` runs one kernel on x from clear flags and returns them.
+    `portable`: the kernels take the portable forms (`vecmath.AVX512_FORMS` off)."""
+
+    def __init__(self, names, portable: bool = False):
+        module = new_module("mxcsr")
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(vecmath, "AVX512_FORMS", not portable)
+            for name in names:
+                emit_map_kernel(module, name, 16, emitter(name))
+        emit_map_kernel(module, "times_2^-140", 16, lambda b, m, v: b.fmul(v, vector_constant(v.type, 2.0**-140)))
+        mxcsr_functions(module)
+        self.engine, self.addr = jit(module, *names, "times_2^-140", "clear_fp_flags", "fp_flags")
+        self.clear = ctypes.CFUNCTYPE(None)(self.addr["clear_fp_flags"])
+        self.read = ctypes.CFUNCTYPE(ctypes.c_int32)(self.addr["fp_flags"])
+
+    def flags(self, name: str, x: np.ndarray) -> tuple[int, np.ndarray]:
+        self.clear()
+        out = run_map(self.addr[name], x, 16)
+        return self.read(), out
+
+
+UNDERFLOW, DENORMAL = 0x10, 0x02  # MXCSR: a result rounded into the subnormals; a subnormal operand
+
+
 @pytest.mark.skipif(not host().triple.startswith("x86_64"), reason="reads the x86 MXCSR")
 def test_exp_of_very_negative_inputs_is_zero_without_underflowing():
     """Lanes whose exp rounds to +0 (below EXP_ZERO_BELOW: the masked scores of causal attention)
     take +0 by a select: no operation underflows, which on Intel cores costs a microcode assist
-    per vector. MXCSR's underflow (0x10) and denormal (0x02) flags stay clear; exp(-103.9), a
-    subnormal, still sets the underflow flag (the flag check can fail)."""
-    module = new_module("mxcsr")
-    emit_map_kernel(module, "exp16", 16, emitter("exp"))
-    mxcsr_functions(module)
-    engine, addr = jit(module, "exp16", "clear_fp_flags", "fp_flags")
-    clear = ctypes.CFUNCTYPE(None)(addr["clear_fp_flags"])
-    flags = ctypes.CFUNCTYPE(ctypes.c_int32)(addr["fp_flags"])
+    per vector. MXCSR's underflow and denormal flags stay clear; a multiply whose results are
+    subnormal sets the underflow flag (the flag check can fail)."""
+    probe = FlagProbe(["exp"])
     x = np.array([-1e9, -np.inf, -200.0, -104.5, vecmath.EXP_ZERO_BELOW - 1e-5, -3.0e38] * 8, np.float32)
+    flags, out = probe.flags("exp", x)
+    assert flags & (UNDERFLOW | DENORMAL) == 0
+    np.testing.assert_array_equal(out, np.zeros_like(x))
+    assert probe.flags("times_2^-140", np.full(16, 1.1, np.float32))[0] & UNDERFLOW
 
-    def run_and_flags(values):
-        clear()
-        run_map(addr["exp16"], values, 16)
-        return flags()
 
-    assert run_and_flags(x) & 0x12 == 0
-    np.testing.assert_array_equal(run_map(addr["exp16"], x, 16), np.zeros_like(x))
-    assert run_and_flags(np.full(16, -103.9, np.float32)) & 0x10
+# Inputs whose results (or sigmoid's quotient) lie below the normals, down to where they are 0.
+TINY_RANGES = {"exp": (vecmath.EXP_ZERO_BELOW, vecmath.TINY_BELOW), "sigmoid": (-112.0, vecmath.SIGMOID_LIFT_BELOW),
+               "gelu": (-66.0, -vecmath.GELU_LIFT_ABOVE / vecmath.GELU_ALPHA),
+               "gelu_erf": (-15.0, -vecerf.GELU_ERF_LIFT_ABOVE)}
+
+
+def tiny_inputs(name: str) -> tuple[np.ndarray, np.ndarray]:
+    """(x, lanes): every fifth float32 of the op's TINY_RANGES (1-3 million) in the `lanes` of x,
+    the other lanes (each fourth) normal inputs in the same vectors."""
+    lo, hi = TINY_RANGES[name]
+    tiny = np.arange(np.float32(hi).view(np.int32), np.float32(lo).view(np.int32), 5, dtype=np.int32).view(np.float32)
+    x = np.resize(np.float32([-3.5, 0.25, 7.0, 60.0]), tiny.size * 4 // 3 // 16 * 16)
+    lanes = np.arange(x.size) % 4 != 3
+    x[lanes] = np.resize(tiny, int(lanes.sum()))
+    return x, lanes
+
+
+@pytest.mark.skipif(not host().triple.startswith("x86_64"), reason="reads the x86 MXCSR")
+@pytest.mark.parametrize("form", ["avx512", "portable"])
+@pytest.mark.parametrize("name", sorted(TINY_RANGES))
+def test_subnormal_results_take_no_underflowing_operation(name, form):
+    """exp, sigmoid, gelu and gelu_erf reach their subnormal results (and the subnormal quotients,
+    corrections and erfc on the way) without an operation that rounds into the subnormals or reads
+    one: on Intel cores each such vector operation costs a microcode assist (exp, sigmoid and gelu
+    took 21-36 x as long on such inputs). The range (`tiny_inputs`), with normal inputs in the same vectors (each fourth
+    lane: the lifted branch must leave them as the usual one computes them), stays within the
+    op's bound against float64, and the underflow and denormal flags stay clear."""
+    if form == "avx512" and not HOST_HAS_AVX512:
+        pytest.skip("this host has no AVX-512, so no kernel takes the AVX-512 forms")
+    x, mixed_lanes = tiny_inputs(name)
+    flags, got = FlagProbe([name], portable=form == "portable").flags(name, x)
+    assert flags & (UNDERFLOW | DENORMAL) == 0, f"{name}: MXCSR flags {flags:#x}"
+    err = ulp_errors(got, reference(name, x))
+    subnormal = (np.abs(got) < 2.0**-126) & (got != 0)
+    assert subnormal[mixed_lanes].any() and not subnormal[~mixed_lanes].any()
+    worst = int(np.argmax(err))
+    assert err[worst] <= MAX_ULP[name], f"{name}: {err[worst]:.2f} ulp at x={x[worst]!r} got={got[worst]!r}"
+
+
+# Thresholds that turn the lifted branch off: every vector takes the plain path.
+NO_LIFT = ((vecmath, "TINY_BELOW", -np.inf), (vecmath, "SIGMOID_LIFT_BELOW", -np.inf),
+           (vecmath, "GELU_LIFT_ABOVE", np.inf), (vecerf, "GELU_ERF_LIFT_ABOVE", np.inf))
+
+
+@pytest.mark.parametrize("form", ["avx512", "portable"])
+@pytest.mark.parametrize("name", sorted(TINY_RANGES))
+def test_lifted_branch_computes_what_the_plain_path_does(name, form):
+    """The lifted branch (`vecmath._unless_tiny`) against the same op with it turned off, over
+    the op's range (`tiny_inputs`): exp and sigmoid give the same bits, subnormals included (both
+    round the same value once). gelu's plain path rounds a subnormal quotient and carries its lost
+    bits in the correction, gelu_erf's a subnormal erfc; lifted, they keep all 24 bits, so the two
+    may differ by rounding there, but their worst error against float64 is no larger (normal and
+    subnormal results apart), on both sides of 0. gelu is compared down to the clamp only: the
+    plain path leaves the lanes below it to the lifted branch."""
+    if form == "avx512" and not HOST_HAS_AVX512:
+        pytest.skip("this host has no AVX-512, so no kernel takes the AVX-512 forms")
+    module = new_module("lift_ab")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(vecmath, "AVX512_FORMS", form == "avx512")
+        emit_map_kernel(module, "lifted", 16, emitter(name))
+        for module_, constant, value in NO_LIFT:
+            mp.setattr(module_, constant, value)
+        emit_map_kernel(module, "plain", 16, emitter(name))
+    engine, addr = jit(module, "lifted", "plain")
+    x, _ = tiny_inputs(name)
+    if name == "gelu":
+        x = np.concatenate([x[x * np.float32(vecmath.GELU_ALPHA) > vecmath.EXP_NONPOS_LO], -x])
+    elif name == "gelu_erf":
+        x = np.concatenate([x, -x])
+    lifted, plain = run_map(addr["lifted"], x, 16), run_map(addr["plain"], x, 16)
+    ref = reference(name, x)
+    normal = np.abs(ref) >= 2.0**-126
+    assert ((ref != 0) & ~normal).sum() > 100_000  # the range does reach the subnormals
+    if not name.startswith("gelu"):
+        np.testing.assert_array_equal(lifted.view(np.int32), plain.view(np.int32))
+    else:
+        lifted_err, plain_err = ulp_errors(lifted, ref), ulp_errors(plain, ref)
+        for part in (normal, ~normal):
+            assert lifted_err[part].max() <= plain_err[part].max()
     del engine

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from llvmlite import ir
 
-from .vecmath import _call, _clamp, _const, _polynomial, emit_exp, fma
+from .vecmath import _call, _clamp, _const, _polynomial, _unless_tiny, _unlift, exp_parts, fma
 
 ERF_MAX_ULP = 2.0
 GELU_ERF_MAX_ULP = 6.5  # the parity rule's estimate (ir/rounding.gelu_erf) allows 7
@@ -29,6 +29,10 @@ SQRT_HALF = 0.7071067811865476
 ERF_SMALL = 0.9
 ERFC_FROM = 0.5
 ERFC_MAX = 10.5
+# Beyond this |x| gelu's erfc (and below -it gelu) may lie below the normals: such vectors take the
+# lifted branch (`vecmath._unless_tiny`; a subnormal costs a microcode assist on Intel cores).
+# At 12.5, exp(-x^2/2) = 2**-112.7 and gelu(-12.5) ~ 2**-114.6: normal, with room.
+GELU_ERF_LIFT_ABOVE = 12.5
 ERF_POLY = (8.538961265003309e-05, -0.0008181955199688673, 0.005204438231885433, -0.026860753074288368,
             0.11283719539642334, -0.37612634897232056, 0.12837916612625122)
 ERFC_TAU_MID = 0.48  # Q is a polynomial in tau - 0.48 (tau in [0.16, 0.8]): small terms, little rounding
@@ -42,8 +46,10 @@ def _erf_small(builder: ir.IRBuilder, module: ir.Module, x: ir.Value) -> ir.Valu
     return fma(builder, module, x, _polynomial(builder, module, builder.fmul(x, x), ERF_POLY), x)
 
 
-def _erfc_large(builder: ir.IRBuilder, module: ir.Module, a: ir.Value, a2_hi: ir.Value, a2_lo: ir.Value) -> ir.Value:
-    """erfc(a) for a in [ERFC_FROM, ERFC_MAX], with a*a = a2_hi + a2_lo given exactly.
+def _erfc_large(builder: ir.IRBuilder, module: ir.Module, a: ir.Value, a2_hi: ir.Value, a2_lo: ir.Value):
+    """erfc(a) for a in [ERFC_FROM, ERFC_MAX], with a*a = a2_hi + a2_lo given exactly, as (tiny,
+    erfc): `erfc(lifted)` emits it times 2**LIFT_BITS in the `lifted` lanes (None: none), and
+    `tiny` marks the lanes whose exp factor may lie below the normals (`vecmath.exp_parts`).
 
     The exponent Q(tau) - a^2 is summed without rounding error (two-sum, then the fma remainder),
     and exp(s) * (1 + t) taken as one fma: rounding s alone would cost up to 60 ulp near a = 10."""
@@ -52,8 +58,13 @@ def _erfc_large(builder: ir.IRBuilder, module: ir.Module, a: ir.Value, a2_hi: ir
     s = builder.fsub(q, a2_hi)
     bb = builder.fsub(s, q)
     err = builder.fadd(builder.fsub(q, builder.fsub(s, bb)), builder.fsub(builder.fneg(a2_hi), bb))
-    e = emit_exp(builder, module, s)
-    return builder.fmul(tau, fma(builder, module, e, builder.fsub(err, a2_lo), e))
+    tiny, exp_scaled = exp_parts(builder, module, s)
+
+    def erfc(lifted: ir.Value | None) -> ir.Value:
+        e = exp_scaled(lifted)
+        return builder.fmul(tau, fma(builder, module, e, builder.fsub(err, a2_lo), e))
+
+    return tiny, erfc
 
 
 def _square(builder: ir.IRBuilder, module: ir.Module, a: ir.Value) -> tuple[ir.Value, ir.Value]:
@@ -68,7 +79,10 @@ def emit_erf(builder: ir.IRBuilder, module: ir.Module, x: ir.Value) -> ir.Value:
     erf(+-0) = +-0, erf(+-inf) = +-1, NaN stays NaN (it fails every ordered compare and propagates)."""
     a = _clamp(builder, _call(builder, module, "fabs", x), 0.0, ERFC_MAX)
     hi, lo = _square(builder, module, a)
-    large = builder.fsub(_const(x, 1.0), _erfc_large(builder, module, a, hi, lo))
+    tiny, erfc = _erfc_large(builder, module, a, hi, lo)
+    # 1 - erfc: a subnormal erfc (a > 9.3) cannot change it, but computing one costs an assist
+    large = _unless_tiny(builder, tiny, lambda: builder.fsub(_const(x, 1.0), erfc(None)), lambda: builder.fsub(
+        _const(x, 1.0), builder.fmul(erfc(tiny), builder.select(tiny, _const(x, 0.0), _const(x, 1.0)))))
     small = _erf_small(builder, module, x)
     return builder.select(builder.fcmp_ordered("<", a, _const(x, ERF_SMALL)), small,
                           _call(builder, module, "copysign", large, x))
@@ -82,11 +96,23 @@ def emit_gelu_erf(builder: ir.IRBuilder, module: ir.Module, x: ir.Value) -> ir.V
     a = builder.fmul(xa, _const(x, SQRT_HALF))  # rounded: only tau reads it, where it barely matters
     hi, lo = _square(builder, module, xa)
     half = _const(x, 0.5)
-    erfc = _erfc_large(builder, module, a, builder.fmul(hi, half), builder.fmul(lo, half))  # x^2/2, exact
+    _, erfc = _erfc_large(builder, module, a, builder.fmul(hi, half), builder.fmul(lo, half))  # x^2/2, exact
     negative = builder.fcmp_ordered("<", x, _const(x, 0.0))
-    large = builder.select(negative, erfc, builder.fsub(_const(x, 2.0), erfc))
     small = builder.fadd(_const(x, 1.0), _erf_small(builder, module, builder.fmul(x, _const(x, SQRT_HALF))))
     # the polynomial up to ERF_SMALL where 1 + erf adds, only up to ERFC_FROM where it cancels
     limit = builder.select(negative, _const(x, ERFC_FROM), _const(x, ERF_SMALL))
-    one_plus_erf = builder.select(builder.fcmp_ordered("<", a, limit), small, large)
-    return builder.fmul(builder.fmul(x, half), one_plus_erf)
+    polynomial = builder.fcmp_ordered("<", a, limit)
+    tiny = builder.fcmp_ordered(">", xa, _const(x, GELU_ERF_LIFT_ABOVE))
+
+    def finish(lifted: ir.Value | None) -> ir.Value:
+        """gelu, times 2**LIFT_BITS where x < 0 in the `lifted` lanes; there erfc is lifted and
+        for x > 0 taken as 0 (2 - erfc is 2: a subnormal erfc cannot change it)."""
+        tail = erfc(lifted)
+        two_minus = builder.fsub(_const(x, 2.0), tail)
+        if lifted is not None:
+            two_minus = builder.select(lifted, _const(x, 2.0), two_minus)
+        large = builder.select(negative, tail, two_minus)
+        return builder.fmul(builder.fmul(x, half), builder.select(polynomial, small, large))
+
+    lifted = builder.and_(tiny, negative)
+    return _unless_tiny(builder, tiny, lambda: finish(None), lambda: _unlift(builder, module, finish(tiny), lifted))

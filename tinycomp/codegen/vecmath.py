@@ -35,15 +35,15 @@ import math
 import numpy as np
 from llvmlite import ir
 
-from .cgutils import I32, declare_vector_intrinsic, define_once, vector_constant
+from .cgutils import I32, declare_vector_intrinsic, define_once, merge_incoming, vector_constant
 from .target import enabled_features, for_triple
 
 # Accuracy bounds per op: codegen/vector_ops.py (VECTOR_OPS, MAX_ULP).
 
-# exp: clamping keeps n within [-159, 128] so 2**n splits into two normal powers of two, while the
-# clamped results still round to 0 / overflow to inf exactly as exp of the original x does.
+# exp: clamping at EXP_HI keeps n <= 128 (below, the select at EXP_ZERO_BELOW keeps n >= -150), so
+# 2**n splits into two normal powers of two, while the clamped results still overflow to inf
+# exactly as exp of the original x does.
 EXP_HI = 89.0
-EXP_LO = -110.0
 # Below this exp(x) rounds to +0 (exp(-104) < 2**-150, half the least subnormal). Those lanes take
 # +0 by a select and compute from x = 0: left to the scaling, the multiply that underflows to 0
 # costs a microcode assist on Intel cores (FTZ is off) on every vector holding such a lane, as
@@ -51,14 +51,13 @@ EXP_LO = -110.0
 # the unmasked one on an Intel Xeon; on Zen 4 the two took the same time.
 EXP_ZERO_BELOW = -104.0
 assert math.exp(EXP_ZERO_BELOW) < 2.0**-150
-# sigmoid and gelu carry e = exp(-|x|) scaled by 2**SIGMOID_SCALE, a normal float wherever it
-# matters: down to n = -158 (e = 2**-158 y, x = -109.5), past where sigmoid(x) and gelu(x) (x times
-# e, for x down to about -64) round to 0. Clamping at EXP_NONPOS_LO gives n = -159 (in the table
-# form too, where n = -159 is the whole power of two 2**m: x = -109.9 gives 16 m + j = -2537), whose scaled
-# power of two 2**(n + 32) has exponent bits 0: exactly +0, so every lane below the clamp carries
-# e = 0 and gets sigmoid 0 and gelu -0, as the formulas do, instead of the value at the clamp.
+# sigmoid and gelu carry e = exp(-|x|) scaled by 2**SIGMOID_SCALE, a normal float in every lane:
+# clamping -|x| at EXP_NONPOS_LO keeps n >= -157 in both forms, so e >= 0.7 * 2**-125 (a subnormal
+# e would cost an assist: TINY_BELOW). Below the clamp sigmoid(x) < 2**-156 rounds to 0 all the
+# same; gelu's lifted branch gives those lanes e = 0 itself (x times the clamp's e would not be 0
+# for large |x|), so sigmoid there is 0 and gelu -0 (nan at -inf), as the formulas give.
 SIGMOID_SCALE = 32
-EXP_NONPOS_LO = -109.9
+EXP_NONPOS_LO = -108.7
 # tanh's large branch needs exp(-2a) only while it still changes 1 - e: below 2**-25 (a > 8.7)
 # tanh is exactly 1. Clamping -2a at -86 keeps n >= -125 (-124 in the polynomial form), so 2**n
 # is a normal number built from bits.
@@ -116,10 +115,34 @@ SQRT_HALF = 0.70710678118654752
 MIN_NORMAL = 2.0**-126
 FLOAT32_MAX = float.fromhex("0x1.fffffep127")
 
+# Results below the normals cost a microcode assist on Intel cores: every vector operation that
+# rounds a lane into the subnormals or reads one (FTZ and DAZ stay off: they would change results)
+# takes some 150 cycles more. exp, sigmoid and gelu on whole vectors of such lanes took 21, 30 and
+# 36 x as long as on normal inputs (256 x 1024 floats, Intel Xeon). So a vector with a lane where
+# something could round into the subnormals takes a branch (`_unless_tiny`) that computes the
+# same values with the small ones LIFTed by 2**64, all normal, and builds the subnormal results
+# from integer bits (`_unlift`). The test costs a compare and a mask test per vector. Where:
+# - exp(x) below TINY_BELOW (below EXP_ZERO_BELOW exp is +0 by a select);
+# - sigmoid(x) below SIGMOID_LIFT_BELOW: its residual's term q0 e (~ exp(2x) 2**32) underflows
+#   below x = -54.7, as does sigmoid itself below -87.3;
+# - gelu(x) where |1.702 x| exceeds GELU_LIFT_ABOVE: there the correction x residual / den
+#   (~ x exp(-3.4 |x|)) underflows.
+# Past those points the term q0 e is below 2**-60 of q0: the lifted branch drops it.
+TINY_BELOW = -87.0
+SIGMOID_LIFT_BELOW = -50.0
+GELU_LIFT_ABOVE = 42.0
+LIFT_BITS = 64
+assert math.exp(TINY_BELOW) > 1.01 * MIN_NORMAL  # above it every result is normal
+assert math.exp(2 * SIGMOID_LIFT_BELOW) * 2.0**SIGMOID_SCALE > 2.0**-120
+assert math.exp(-2 * GELU_LIFT_ABOVE) * GELU_LIFT_ABOVE / GELU_ALPHA > 2.0**-120
+assert math.exp(-GELU_LIFT_ABOVE) < 2.0**-60  # the dropped term q0 e, relative to q0
+
 assert math.isclose(LN2_HI + LN2_LO, math.log(2), rel_tol=1e-9)
-# The clamp must give n = -159 in both forms (see SIGMOID_SCALE): in (-110.232, -109.864] only.
-assert round(EXP_NONPOS_LO / math.log(2)) == -159
-assert math.floor(round(EXP_NONPOS_LO * 2**EXP_TABLE_BITS / math.log(2)) / 2**EXP_TABLE_BITS) == -159
+# The clamp must give n = -157 in both forms (see SIGMOID_SCALE), and in the table form an entry
+# above 1 (j = 3): y >= 2**(3/16) exp(-ln2/32) > 1.
+assert round(EXP_NONPOS_LO / math.log(2)) == -157
+assert divmod(round(EXP_NONPOS_LO * 2**EXP_TABLE_BITS / math.log(2)), 2**EXP_TABLE_BITS) == (-157, 3)
+assert math.exp(EXP_NONPOS_LO) < 2.0**-156
 
 
 def _width(x: ir.Value) -> int:
@@ -157,11 +180,12 @@ def _polynomial(builder, module, x: ir.Value, coeffs: tuple[float, ...]) -> ir.V
     return acc
 
 
-def _clamp(builder: ir.IRBuilder, x: ir.Value, lo: float, hi: float | None) -> ir.Value:
-    """min(max(x, lo), hi) that lets NaN through: ordered compares are false for NaN."""
+def _clamp(builder: ir.IRBuilder, x: ir.Value, lo: float | None, hi: float | None) -> ir.Value:
+    """min(max(x, lo), hi) that lets NaN through (ordered compares are false for NaN); a bound
+    of None is not applied."""
     if hi is not None:
         x = builder.select(builder.fcmp_ordered(">", x, _const(x, hi)), _const(x, hi), x)
-    return builder.select(builder.fcmp_ordered("<", x, _const(x, lo)), _const(x, lo), x)
+    return x if lo is None else builder.select(builder.fcmp_ordered("<", x, _const(x, lo)), _const(x, lo), x)
 
 
 def _pow2_bits(builder: ir.IRBuilder, biased: ir.Value) -> ir.Value:
@@ -222,23 +246,69 @@ def _scale(builder: ir.IRBuilder, module: ir.Module, y: ir.Value, n: ir.Value) -
         scalef, [piece, power, piece, EVERY_LANE, current_rounding]), y, n)
 
 
+def _any_lane(builder: ir.IRBuilder, mask: ir.Value) -> ir.Value:
+    """i1: is any lane of the i1 vector `mask` set (one mask test on AVX-512)."""
+    lanes = mask.type.count
+    return builder.icmp_unsigned("!=", builder.bitcast(mask, ir.IntType(lanes)), ir.Constant(ir.IntType(lanes), 0))
+
+
+def _unless_tiny(builder: ir.IRBuilder, tiny: ir.Value, fast, lifted) -> ir.Value:
+    """`fast()` when no lane of the i1 vector `tiny` is set, else `lifted()`, in a branch marked
+    unlikely: the fast code never runs on a vector whose results could round into the subnormals."""
+    ends = []
+    with builder.if_else(_any_lane(builder, tiny), likely=False) as (slow, usual):
+        for branch, emit in ((slow, lifted), (usual, fast)):
+            with branch:
+                value = emit()
+                ends.append(([value], builder.block))
+    return merge_incoming(builder, ends)[0]
+
+
+def _lift_factor(builder: ir.IRBuilder, lifted: ir.Value, like: ir.Value, zeroed: ir.Value | None = None) -> ir.Value:
+    """2**LIFT_BITS in the `lifted` lanes, 1 elsewhere, 0 in the `zeroed` ones (float lanes of
+    `like`'s type)."""
+    factor = builder.select(lifted, _const(like, 2.0**LIFT_BITS), _const(like, 1.0))
+    return factor if zeroed is None else builder.select(zeroed, _const(like, 0.0), factor)
+
+
+def _unlift(builder: ir.IRBuilder, module: ir.Module, v: ir.Value, lifted: ir.Value) -> ir.Value:
+    """v / 2**LIFT_BITS in the `lifted` lanes (v itself elsewhere), rounded to float32 once more,
+    without any operation producing a subnormal. v is a normal float, 0, inf or nan. Where the
+    quotient is below the normals it is built from bits: |v| 2**(149 - LIFT_BITS) (< 2**23)
+    rounded to an integer by adding 2**23 is the subnormal's bit pattern (2**23: the least
+    normal's), v's sign bit added. Elsewhere v times 2**-LIFT_BITS, exact."""
+    magnitude = _call(builder, module, "fabs", v)
+    tiny = builder.and_(lifted, builder.fcmp_ordered("<", magnitude, _const(v, MIN_NORMAL * 2.0**LIFT_BITS)))
+    shifted = builder.fadd(builder.select(tiny, builder.fmul(magnitude, _const(v, 2.0**(149 - LIFT_BITS))),
+                                          _const(v, 0.0)), _const(v, 2.0**23))
+    bits = builder.sub(builder.bitcast(shifted, _int_vector(v)), _int_const(v, 0x4B000000))
+    sign = builder.and_(builder.bitcast(v, _int_vector(v)), _int_const(v, -(2**31)))
+    subnormal = builder.bitcast(builder.or_(bits, sign), v.type)
+    # the tiny lanes multiply `shifted` (in [2**23, 2**24]): with a constant there LLVM would
+    # multiply v in every lane and select after, rounding those lanes into the subnormals
+    down = builder.fmul(builder.select(tiny, shifted, v), _const(v, 2.0**-LIFT_BITS))
+    return builder.select(tiny, subnormal, builder.select(lifted, down, v))
+
+
 def _reciprocal_estimate(builder: ir.IRBuilder, module: ir.Module, d: ir.Value) -> ir.Value:
     """1 / d within a relative 2**-14 (vrcp14ps; exact for powers of two), for normal d only."""
     estimate = _zmm_intrinsic(module, "rcp14.ps.512", ZMM, ZMM, ir.IntType(16))
     return _per_zmm(builder, lambda piece: builder.call(estimate, [piece, piece, EVERY_LANE]), d)
 
 
-def _quotient(builder: ir.IRBuilder, module: ir.Module, n: ir.Value, d: ir.Value) -> tuple[ir.Value, ir.Value | None]:
-    """(q0, r): q0 approximates n / d and r, where given, 1 / d within 2**-14, for the caller's
-    correction q0 + (n - q0 d) r. With the AVX-512 forms q0 = n r from the estimate: vdivps on a
-    zmm occupies the divider ~9 cycles per vector (benchmarks/divide_cost.py, Intel Xeon), half a sigmoid's
-    time; sigmoid and gelu took 0.89-0.94 x as long (benchmarks/vecmath_ab.py). Elsewhere q0 is the
-    rounded quotient and r None. tanh keeps its divide: there the estimate, the product and the
-    correction's two FMAs cost more than they saved at width 16 (1.04 x)."""
-    if not has_avx512_forms(module, d):
-        return builder.fdiv(n, d), None
-    r = _reciprocal_estimate(builder, module, d)
-    return builder.fmul(n, r), r
+def _quotient_weight(builder: ir.IRBuilder, module: ir.Module, d: ir.Value) -> ir.Value | None:
+    """With the AVX-512 forms r, 1 / d within 2**-14 from the estimate (vrcp14ps), for quotients
+    n / d taken as q0 = n r and corrected by the caller, q0 + (n - q0 d) r; elsewhere None: q0 is
+    the rounded quotient (`_quotient`). vdivps on a zmm occupies the divider ~9 cycles per vector
+    (benchmarks/divide_cost.py, Intel Xeon), half a sigmoid's time; sigmoid and gelu took
+    0.89-0.94 x as long (benchmarks/vecmath_ab.py). tanh keeps its divide: there the estimate, the
+    product and the correction's two FMAs cost more than they saved at width 16 (1.04 x)."""
+    return _reciprocal_estimate(builder, module, d) if has_avx512_forms(module, d) else None
+
+
+def _quotient(builder: ir.IRBuilder, n: ir.Value, d: ir.Value, r: ir.Value | None) -> ir.Value:
+    """q0, n / d: n r from the weight `_quotient_weight` gave, or the rounded quotient."""
+    return builder.fdiv(n, d) if r is None else builder.fmul(n, r)
 
 
 def _concatenate(builder: ir.IRBuilder, pieces: list[ir.Value], width: int) -> ir.Value:
@@ -258,14 +328,14 @@ def _lane_mask(lanes: list[int]) -> ir.Constant:
     return vector_constant(ir.VectorType(I32, len(lanes)), [ir.Constant(I32, j) for j in lanes])
 
 
-def _exp_reduced(builder: ir.IRBuilder, module: ir.Module, x: ir.Value, lo: float, hi: float | None,
+def _exp_reduced(builder: ir.IRBuilder, module: ir.Module, x: ir.Value, lo: float | None, hi: float | None,
                  bias: int, table: bool = False, x_low: ir.Value | None = None) -> tuple[ir.Value, ir.Value]:
     """exp(x) = 2**n * y with integer n and y in [0.7, 2) rounded once; exp(x + x_low) where x
     carries a low part much smaller than ln2 / 2 (added to the reduced argument, polynomial form).
 
     Returns (k, y): k is an integer vector whose low 9 bits hold n + bias (`_pow2_bits(k)` is
     2**(n + bias - 127)). x is clamped to [lo, hi] first; `hi=None` skips the upper clamp for x
-    that is never positive.
+    that is never positive, `lo=None` the lower one for x the caller keeps in range.
 
     Both forms round x to whole steps of ln2 / steps: N = round(steps x / ln2), r = x - N ln2 / steps
     (Cody-Waite: N * LN2_HI / steps is exact, LN2_HI having 9 bits and N at most 12 bits). Polynomial
@@ -303,26 +373,47 @@ def emit_exp_of_pair(builder: ir.IRBuilder, module: ir.Module, x: ir.Value, x_lo
     """exp(x + x_low) for a float pair (x_low None: exp(x)). x_low is dropped where exp(x) is +0
     or inf (below EXP_ZERO_BELOW, above EXP_HI): a huge x carries a huge low part.
 
-    n spans [-159, 128]: two normal powers of two 2**n1 * 2**n2 = 2**n keep y * 2**n1 exact, so
-    overflow gives inf and deep underflow rounds once into the subnormals. (Float multiplies, not
+    n spans [-150, 128]: two normal powers of two 2**n1 * 2**n2 = 2**n keep y * 2**n1 exact, so
+    overflow gives inf and a result below the normals would round once. (Float multiplies, not
     integer adds into y's exponent: those would turn a NaN into a number.) With the AVX-512 forms
     one vscalefps does the same, rounding once: seven vector operations fewer, exp 0.71-0.73 x as
     long per element (benchmarks/vecmath_ab.py --baseline a4fced3), the same bits (tested).
-    Lanes below EXP_ZERO_BELOW are +0 without underflowing."""
+    Lanes below EXP_ZERO_BELOW are +0 without underflowing; a vector with a lane below
+    TINY_BELOW takes the lifted branch (`_unless_tiny`), whose subnormals are the ones the scaling
+    would round into: y times a power of two rounded once, to the same bits (tested)."""
+    tiny, scaled = exp_parts(builder, module, x, x_low)
+    return _unless_tiny(builder, tiny, lambda: scaled(None), lambda: _unlift(builder, module, scaled(tiny), tiny))
+
+
+def exp_parts(builder: ir.IRBuilder, module: ir.Module, x: ir.Value, x_low: ir.Value | None = None):
+    """(tiny, scaled) for exp(x + x_low) (`emit_exp_of_pair`), for callers that branch on small
+    results themselves (vecerf's gelu): `tiny` marks the lanes below TINY_BELOW, and
+    `scaled(lifted)` emits exp times 2**LIFT_BITS in the `lifted` lanes (None: none), +0 below
+    EXP_ZERO_BELOW."""
     zero = builder.fcmp_ordered("<", x, _const(x, EXP_ZERO_BELOW))
     if x_low is not None:
         beyond = builder.or_(zero, builder.fcmp_ordered(">", x, _const(x, EXP_HI)))
         x_low = builder.select(beyond, _const(x, 0.0), x_low)
     x = builder.select(zero, _const(x, 0.0), x)
-    k, y = _exp_reduced(builder, module, x, EXP_LO, EXP_HI, 0, x_low=x_low)
-    if has_avx512_forms(module, x):  # n as a float: the subtraction _exp_reduced made
-        scaled = _scale(builder, module, y, builder.fsub(builder.bitcast(k, x.type), _const(x, ROUND_MAGIC)))
-        return builder.select(zero, _const(x, 0.0), scaled)
-    n = builder.sub(k, _int_const(x, ROUND_MAGIC_BITS))
-    n1 = builder.ashr(n, _int_const(x, 1))
-    p1 = _pow2_bits(builder, builder.add(n1, _int_const(x, 127)))
-    p2 = _pow2_bits(builder, builder.add(builder.sub(n, n1), _int_const(x, 127)))
-    return builder.select(zero, _const(x, 0.0), builder.fmul(builder.fmul(y, p1), p2))
+    k, y = _exp_reduced(builder, module, x, None, EXP_HI, 0, x_low=x_low)  # x >= -104 or nan
+
+    def scaled(lifted: ir.Value | None) -> ir.Value:
+        if has_avx512_forms(module, x):  # n as a float: the subtraction _exp_reduced made
+            n = builder.fsub(builder.bitcast(k, x.type), _const(x, ROUND_MAGIC))
+            if lifted is not None:
+                n = builder.fadd(n, builder.select(lifted, _const(x, LIFT_BITS), _const(x, 0.0)))
+            value = _scale(builder, module, y, n)
+        else:
+            n = builder.sub(k, _int_const(x, ROUND_MAGIC_BITS))
+            if lifted is not None:
+                n = builder.add(n, builder.select(lifted, _int_const(x, LIFT_BITS), _int_const(x, 0)))
+            n1 = builder.ashr(n, _int_const(x, 1))
+            p1 = _pow2_bits(builder, builder.add(n1, _int_const(x, 127)))
+            p2 = _pow2_bits(builder, builder.add(builder.sub(n, n1), _int_const(x, 127)))
+            value = builder.fmul(builder.fmul(y, p1), p2)
+        return builder.select(zero, _const(x, 0.0), value)
+
+    return builder.fcmp_ordered("<", x, _const(x, TINY_BELOW)), scaled
 
 
 def emit_log(builder: ir.IRBuilder, module: ir.Module, x: ir.Value) -> ir.Value:
@@ -380,32 +471,54 @@ def _sigmoid_quotient(builder: ir.IRBuilder, module: ir.Module, x: ir.Value, mag
     and by the error of the weight 1 / den times the residual; the rounding error of den = 1 + e
     never enters (no Fast2Sum: two additions fewer than splitting den exactly). Everything is
     scaled by S = 2**SIGMOID_SCALE (num = e S or S, den = S + e S), so e S is a normal float even
-    where sigmoid(x) is subnormal: q0 rounds into the subnormals once, and 1 / den = 2**-32 / (1 + e).
+    where sigmoid(x) is subnormal, and 1 / den = 2**-32 / (1 + e).
 
     q0 is the rounded quotient, or with the AVX-512 forms num r from the estimate r of 1 / den
-    (`_quotient`). Returns (q0, residual, inverse), inverse the weight 1 / den: r (within 2**-14:
-    the residual is then up to 2**-14 of q0, so the sum is within 2**-28), else from den's bits,
-    `magic - bits(den)` (the residual is then within half an ulp of q0, and a weight within 12.5 %
-    is enough).
+    (`_quotient_weight`). Returns (-|x|, x < 0, quotient): `quotient(lifted, dropped, zeroed)` emits
+    (q0, residual, inverse) with num, and so q0 and the residual, times 2**LIFT_BITS in the `lifted`
+    lanes (x < 0 ones: all normal then) and 0 in the `zeroed` ones, the residual's term q0 e left out in
+    the `dropped` ones (where it is negligible and may underflow), inverse the weight 1 / den: r
+    (within 2**-14: the residual is then up to 2**-14 of q0, so the sum is within 2**-28), else from
+    den's bits, `magic - bits(den)` (the residual is then within half an ulp of q0, and a weight
+    within 12.5 % is enough). The exp, den and r are emitted once, before the caller's
+    `_unless_tiny` branch.
     """
     scale = _const(x, 2.0**SIGMOID_SCALE)
-    k, y = _exp_reduced(builder, module, builder.fneg(_call(builder, module, "fabs", x)),
-                        EXP_NONPOS_LO, None, 127 + SIGMOID_SCALE, has_avx512_forms(module, x))
+    neg_abs = builder.fneg(_call(builder, module, "fabs", x))
+    k, y = _exp_reduced(builder, module, neg_abs, EXP_NONPOS_LO, None, 127 + SIGMOID_SCALE, has_avx512_forms(module, x))
     e = builder.fmul(y, _pow2_bits(builder, k))  # exp(-|x|) * S, exact
     den = builder.fadd(scale, e)
-    num = builder.select(builder.fcmp_ordered("<", x, _const(x, 0.0)), e, scale)
-    q0, inverse = _quotient(builder, module, num, den)
-    neg_q0 = builder.fneg(q0)
-    residual = fma(builder, module, neg_q0, e, fma(builder, module, neg_q0, scale, num))
-    if inverse is None:
-        inverse = builder.bitcast(builder.sub(_int_const(x, magic), builder.bitcast(den, _int_vector(x))), x.type)
-    return q0, residual, inverse
+    negative = builder.fcmp_ordered("<", x, _const(x, 0.0))
+    num = builder.select(negative, e, scale)
+    r = _quotient_weight(builder, module, den)
+    inverse = r if r is not None else builder.bitcast(
+        builder.sub(_int_const(x, magic), builder.bitcast(den, _int_vector(x))), x.type)
+
+    def quotient(lifted: ir.Value | None, dropped: ir.Value | None,
+                 zeroed: ir.Value | None = None) -> tuple[ir.Value, ir.Value, ir.Value]:
+        lifted_num = num if lifted is None else builder.fmul(num, _lift_factor(builder, lifted, x, zeroed))
+        q0 = _quotient(builder, lifted_num, den, r)
+        neg_q0 = builder.fneg(q0)
+        residual = fma(builder, module, neg_q0, scale, lifted_num)
+        if dropped is None:
+            return q0, fma(builder, module, neg_q0, e, residual), inverse
+        # a zero factor, not a select after the FMA: that FMA would still round the dropped lanes
+        return q0, fma(builder, module, neg_q0, builder.select(dropped, _const(x, 0.0), e), residual), inverse
+
+    return neg_abs, negative, quotient
 
 
 def emit_sigmoid(builder: ir.IRBuilder, module: ir.Module, x: ir.Value) -> ir.Value:
-    """Overflow-safe sigmoid rounded once at the end (see `_sigmoid_quotient`)."""
-    q0, residual, inverse = _sigmoid_quotient(builder, module, x, RECIPROCAL_MAGIC)
-    return fma(builder, module, residual, inverse, q0)
+    """Overflow-safe sigmoid rounded once at the end (see `_sigmoid_quotient`); a vector with a
+    lane below SIGMOID_LIFT_BELOW takes the lifted branch (`_unless_tiny`)."""
+    _, _, quotient = _sigmoid_quotient(builder, module, x, RECIPROCAL_MAGIC)
+    tiny = builder.fcmp_ordered("<", x, _const(x, SIGMOID_LIFT_BELOW))
+
+    def finish(lifted: ir.Value | None) -> ir.Value:
+        q0, residual, inverse = quotient(lifted, lifted)
+        return fma(builder, module, residual, inverse, q0)
+
+    return _unless_tiny(builder, tiny, lambda: finish(None), lambda: _unlift(builder, module, finish(tiny), tiny))
 
 
 def emit_tanh(builder: ir.IRBuilder, module: ir.Module, x: ir.Value) -> ir.Value:
@@ -434,15 +547,27 @@ def emit_gelu(builder: ir.IRBuilder, module: ir.Module, x: ir.Value) -> ir.Value
     """x * sigmoid(fl32(1.702 x)), the NumPy float32 formula (so gelu(-inf) is nan), with the
     sigmoid's correction folded into one FMA: x * q0 + x * residual / den rounds once.
 
-    The weight 1 / den must be exact where the correction matters most, below x = -51: there the
-    quotient q0 is subnormal, the correction carries its lost bits, and den = 2**32 (1 + e) rounds
-    to 2**32. The estimate (vrcp14ps) is exact for powers of two, as are den's bits taken from
-    RECIPROCAL_EXACT_POW2 (within 12.5 % in between)."""
-    q0, residual, inv_den = _sigmoid_quotient(builder, module, builder.fmul(x, _const(x, GELU_ALPHA)),
-                                              RECIPROCAL_EXACT_POW2)
+    A vector with a lane beyond +-GELU_LIFT_ABOVE / 1.702 takes the lifted branch (`_unless_tiny`):
+    x < 0 lanes with num, q0 and the residual times 2**LIFT_BITS (the lanes below the clamp with
+    num 0), all lanes without the residual's negligible term q0 e. The weight 1 / den is exact where
+    den = 2**32 (1 + e) rounds to 2**32: the estimate (vrcp14ps) is exact for powers of two, as are
+    den's bits taken from RECIPROCAL_EXACT_POW2 (within 12.5 % in between)."""
+    neg_abs, negative, quotient = _sigmoid_quotient(builder, module, builder.fmul(x, _const(x, GELU_ALPHA)),
+                                                    RECIPROCAL_EXACT_POW2)
+    tiny = builder.fcmp_ordered("<", neg_abs, _const(x, -GELU_LIFT_ABOVE))
     # x * residual is 0 * inf = nan at x = +inf, where the residual is 0: use the largest float
     # there, one vminps (at -inf, q0 = 0 makes the result nan anyway, as the formula does; a nan x
     # gives nan through x * q0 whatever the correction is).
     big = _const(x, FLOAT32_MAX)
     finite_x = builder.select(builder.fcmp_ordered("<", x, big), x, big)
-    return fma(builder, module, x, q0, builder.fmul(residual, builder.fmul(finite_x, inv_den)))
+
+    def finish(lifted: ir.Value | None) -> ir.Value:
+        if lifted is None:
+            q0, residual, inv_den = quotient(None, None)
+        else:
+            below_clamp = builder.and_(lifted, builder.fcmp_ordered("<", neg_abs, _const(x, EXP_NONPOS_LO)))
+            q0, residual, inv_den = quotient(lifted, tiny, below_clamp)
+        return fma(builder, module, x, q0, builder.fmul(residual, builder.fmul(finite_x, inv_den)))
+
+    lifted = builder.and_(tiny, negative)  # gelu(x) for x > 0 is x times at most 1: not lifted
+    return _unless_tiny(builder, tiny, lambda: finish(None), lambda: _unlift(builder, module, finish(lifted), lifted))
