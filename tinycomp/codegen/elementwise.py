@@ -265,7 +265,9 @@ def softmax_rows_in_registers(b: ir.IRBuilder, module: ir.Module, width: int,
         maxima.append(acc)
     for row, acc in zip(states, maxima, strict=True):
         row.reduce_max(acc)
-    exps = [[row.exp_shifted(v) for v in xs] for row, xs in zip(states, rows, strict=True)]
+    shifted = [b.fsub(v, row.shift) for row, xs in zip(states, rows, strict=True) for v in xs]
+    flat = iter(vecmath.emit_exps(b, module, shifted))  # one test for results below the normals
+    exps = [[next(flat) for _ in xs] for xs in rows]
     totals = []
     for es in exps:
         total = es[0]

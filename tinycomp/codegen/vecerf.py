@@ -76,22 +76,45 @@ def _square(builder: ir.IRBuilder, module: ir.Module, a: ir.Value) -> tuple[ir.V
 def emit_erf(builder: ir.IRBuilder, module: ir.Module, x: ir.Value) -> ir.Value:
     """erf(x) lane-wise within ERF_MAX_ULP: the odd polynomial below ERF_SMALL, 1 - erfc above.
 
-    erf(+-0) = +-0, erf(+-inf) = +-1, NaN stays NaN (it fails every ordered compare and propagates)."""
+    erf(+-0) = +-0, erf(+-inf) = +-1, NaN stays NaN (it fails every ordered compare and propagates).
+    A vector where erfc may be subnormal takes the lifted branch (`_erf_lifted`): 1 - erfc is 1
+    there, but computing a subnormal erfc costs an assist."""
+    a, tiny, erfc = _erf_parts(builder, module, x)
+    return _unless_tiny(builder, tiny, lambda: _erf_finish(builder, module, x, a, erfc(None)), "erf", _erf_lifted, x)
+
+
+def _erf_parts(builder: ir.IRBuilder, module: ir.Module, x: ir.Value):
     a = _clamp(builder, _call(builder, module, "fabs", x), 0.0, ERFC_MAX)
     hi, lo = _square(builder, module, a)
-    tiny, erfc = _erfc_large(builder, module, a, hi, lo)
-    # 1 - erfc: a subnormal erfc (a > 9.3) cannot change it, but computing one costs an assist
-    large = _unless_tiny(builder, tiny, lambda: builder.fsub(_const(x, 1.0), erfc(None)), lambda: builder.fsub(
-        _const(x, 1.0), builder.fmul(erfc(tiny), builder.select(tiny, _const(x, 0.0), _const(x, 1.0)))))
+    return (a, *_erfc_large(builder, module, a, hi, lo))
+
+
+def _erf_finish(builder: ir.IRBuilder, module: ir.Module, x: ir.Value, a: ir.Value, erfc: ir.Value) -> ir.Value:
+    large = builder.fsub(_const(x, 1.0), erfc)
     small = _erf_small(builder, module, x)
     return builder.select(builder.fcmp_ordered("<", a, _const(x, ERF_SMALL)), small,
                           _call(builder, module, "copysign", large, x))
 
 
+def _erf_lifted(builder: ir.IRBuilder, module: ir.Module, x: ir.Value) -> ir.Value:
+    """erf with erfc lifted where it may be subnormal, and taken as 0 there."""
+    a, tiny, erfc = _erf_parts(builder, module, x)
+    lifted = builder.fmul(erfc(tiny), builder.select(tiny, _const(x, 0.0), _const(x, 1.0)))
+    return _erf_finish(builder, module, x, a, lifted)
+
+
 def emit_gelu_erf(builder: ir.IRBuilder, module: ir.Module, x: ir.Value) -> ir.Value:
     """Exact GELU, x * (1 + erf(x / sqrt 2)) / 2, with 1 + erf(z) = erfc(-z) taken from the erfc form
     on the negative side (no cancellation: gelu(-8) is 2e-15, not 0). gelu(+inf) = inf, gelu(-inf) =
-    -inf * 0 = nan as in the NumPy reference, NaN stays NaN."""
+    -inf * 0 = nan as in the NumPy reference, NaN stays NaN. A vector with a lane beyond
+    GELU_ERF_LIFT_ABOVE takes the lifted branch (`_gelu_erf_lifted`)."""
+    parts = _gelu_erf_parts(builder, module, x)
+    return _unless_tiny(builder, parts[0], lambda: _gelu_erf_finish(builder, module, x, parts, False),
+                        "gelu_erf", _gelu_erf_lifted, x)
+
+
+def _gelu_erf_parts(builder: ir.IRBuilder, module: ir.Module, x: ir.Value):
+    """(tiny, erfc, x < 0, the polynomial's lanes, 1 + erf from it) for `_gelu_erf_finish`."""
     xa = _clamp(builder, _call(builder, module, "fabs", x), 0.0, ERFC_MAX / SQRT_HALF)
     a = builder.fmul(xa, _const(x, SQRT_HALF))  # rounded: only tau reads it, where it barely matters
     hi, lo = _square(builder, module, xa)
@@ -101,18 +124,23 @@ def emit_gelu_erf(builder: ir.IRBuilder, module: ir.Module, x: ir.Value) -> ir.V
     small = builder.fadd(_const(x, 1.0), _erf_small(builder, module, builder.fmul(x, _const(x, SQRT_HALF))))
     # the polynomial up to ERF_SMALL where 1 + erf adds, only up to ERFC_FROM where it cancels
     limit = builder.select(negative, _const(x, ERFC_FROM), _const(x, ERF_SMALL))
-    polynomial = builder.fcmp_ordered("<", a, limit)
     tiny = builder.fcmp_ordered(">", xa, _const(x, GELU_ERF_LIFT_ABOVE))
+    return tiny, erfc, negative, builder.fcmp_ordered("<", a, limit), small
 
-    def finish(lifted: ir.Value | None) -> ir.Value:
-        """gelu, times 2**LIFT_BITS where x < 0 in the `lifted` lanes; there erfc is lifted and
-        for x > 0 taken as 0 (2 - erfc is 2: a subnormal erfc cannot change it)."""
-        tail = erfc(lifted)
-        two_minus = builder.fsub(_const(x, 2.0), tail)
-        if lifted is not None:
-            two_minus = builder.select(lifted, _const(x, 2.0), two_minus)
-        large = builder.select(negative, tail, two_minus)
-        return builder.fmul(builder.fmul(x, half), builder.select(polynomial, small, large))
 
-    lifted = builder.and_(tiny, negative)
-    return _unless_tiny(builder, tiny, lambda: finish(None), lambda: _unlift(builder, module, finish(tiny), lifted))
+def _gelu_erf_finish(builder: ir.IRBuilder, module: ir.Module, x: ir.Value, parts, lifted: bool) -> ir.Value:
+    """gelu_erf from `_gelu_erf_parts`; `lifted`: erfc times 2**LIFT_BITS in the `tiny` lanes, where
+    2 - erfc is taken as 2 for x > 0 (a subnormal erfc cannot change it) and the result unlifted
+    for x < 0."""
+    tiny, erfc, negative, polynomial, small = parts
+    tail = erfc(tiny if lifted else None)
+    two_minus = builder.fsub(_const(x, 2.0), tail)
+    if lifted:
+        two_minus = builder.select(tiny, _const(x, 2.0), two_minus)
+    large = builder.select(negative, tail, two_minus)
+    value = builder.fmul(builder.fmul(x, _const(x, 0.5)), builder.select(polynomial, small, large))
+    return _unlift(builder, module, value, builder.and_(tiny, negative)) if lifted else value
+
+
+def _gelu_erf_lifted(builder: ir.IRBuilder, module: ir.Module, x: ir.Value) -> ir.Value:
+    return _gelu_erf_finish(builder, module, x, _gelu_erf_parts(builder, module, x), True)

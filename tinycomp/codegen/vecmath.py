@@ -252,16 +252,56 @@ def _any_lane(builder: ir.IRBuilder, mask: ir.Value) -> ir.Value:
     return builder.icmp_unsigned("!=", builder.bitcast(mask, ir.IntType(lanes)), ir.Constant(ir.IntType(lanes), 0))
 
 
-def _unless_tiny(builder: ir.IRBuilder, tiny: ir.Value, fast, lifted) -> ir.Value:
-    """`fast()` when no lane of the i1 vector `tiny` is set, else `lifted()`, in a branch marked
-    unlikely: the fast code never runs on a vector whose results could round into the subnormals."""
+def _unless_tiny(builder: ir.IRBuilder, tiny: ir.Value, fast, name: str, lifted, *args: ir.Value) -> ir.Value:
+    """`fast()` when no lane of the i1 vector `tiny` is set, else the module's function
+    `tinycomp.vecmath.<name>.v<W>` called on `args`: the fast code never runs on a vector whose
+    results could round into the subnormals. That function's body, `lifted(builder, module,
+    *args)`, computes the whole op from its arguments with small values lifted; out of line, it is
+    compiled once per module and width, not at every inlined use. It is `cold`, which tells LLVM
+    the branch to it is unlikely (no branch weights: their metadata would keep `codegen.split`
+    from splitting the module across cores)."""
+    return _unless_any_tiny(builder, [tiny], lambda: [fast()], name, lifted, [args])[0]
+
+
+def _unless_any_tiny(builder: ir.IRBuilder, tinies: list[ir.Value], fast, name: str, lifted,
+                     calls: list[tuple[ir.Value, ...]]) -> list[ir.Value]:
+    """`_unless_tiny` for several vectors under one branch: `fast()` (a list) when no lane of any
+    of `tinies` is set, else the lifted function called on each of `calls`."""
+    flags = [_any_lane(builder, t) for t in tinies]
+    any_tiny = flags[0]
+    for flag in flags[1:]:
+        any_tiny = builder.or_(any_tiny, flag)
     ends = []
-    with builder.if_else(_any_lane(builder, tiny), likely=False) as (slow, usual):
-        for branch, emit in ((slow, lifted), (usual, fast)):
-            with branch:
-                value = emit()
-                ends.append(([value], builder.block))
-    return merge_incoming(builder, ends)[0]
+    with builder.if_else(any_tiny) as (slow, usual):
+        with slow:
+            ends.append(([_call_lifted(builder, name, lifted, args) for args in calls], builder.block))
+        with usual:
+            values = fast()
+            ends.append((values, builder.block))
+    return merge_incoming(builder, ends)
+
+
+def _call_lifted(builder: ir.IRBuilder, name: str, lifted, args: tuple[ir.Value, ...]) -> ir.Value:
+    """The lifted function `name` on `args`; vectors of whole zmm registers go a zmm at a time, so
+    one width-16 function serves the module's 16- and 64-lane uses (~6 ms of compile time a copy)."""
+    width = _width(args[0])
+    if width > ZMM_LANES and width % ZMM_LANES == 0:
+        return _per_zmm(builder, lambda *pieces: _call_lifted(builder, name, lifted, pieces), *args)
+    module = builder.module
+    fn = define_once(module, f"tinycomp.vecmath.{name}.v{width}",
+                     lambda full: _lifted_function(module, full, lifted, args))
+    return builder.call(fn, list(args))
+
+
+def _lifted_function(module: ir.Module, name: str, lifted, args: tuple[ir.Value, ...]) -> ir.Function:
+    """`<W x float> name(args...)`, internal, cold and never inlined, returning `lifted`'s value."""
+    fn = ir.Function(module, ir.FunctionType(args[0].type, [a.type for a in args]), name)
+    fn.linkage = "internal"
+    for attribute in ("nounwind", "noinline", "cold"):
+        fn.attributes.add(attribute)
+    builder = ir.IRBuilder(fn.append_basic_block("entry"))
+    builder.ret(lifted(builder, module, *fn.args))
+    return fn
 
 
 def _lift_factor(builder: ir.IRBuilder, lifted: ir.Value, like: ir.Value, zeroed: ir.Value | None = None) -> ir.Value:
@@ -382,7 +422,24 @@ def emit_exp_of_pair(builder: ir.IRBuilder, module: ir.Module, x: ir.Value, x_lo
     TINY_BELOW takes the lifted branch (`_unless_tiny`), whose subnormals are the ones the scaling
     would round into: y times a power of two rounded once, to the same bits (tested)."""
     tiny, scaled = exp_parts(builder, module, x, x_low)
-    return _unless_tiny(builder, tiny, lambda: scaled(None), lambda: _unlift(builder, module, scaled(tiny), tiny))
+    args = (x,) if x_low is None else (x, x_low)
+    return _unless_tiny(builder, tiny, lambda: scaled(None), "exp" if x_low is None else "exp_pair", _exp_lifted, *args)
+
+
+def emit_exps(builder: ir.IRBuilder, module: ir.Module, xs: list[ir.Value]) -> list[ir.Value]:
+    """exp of each vector of `xs` (`emit_exp`) under one branch: the lifted function runs on all of
+    them if any has a lane below TINY_BELOW. For a softmax row block held in registers: one test
+    and branch instead of one per vector (the block's attention kernel compiled 1.5 x as long
+    with one each)."""
+    parts = [exp_parts(builder, module, x) for x in xs]
+    return _unless_any_tiny(builder, [tiny for tiny, _ in parts], lambda: [scaled(None) for _, scaled in parts],
+                            "exp", _exp_lifted, [(x,) for x in xs])
+
+
+def _exp_lifted(builder: ir.IRBuilder, module: ir.Module, x: ir.Value, x_low: ir.Value | None = None) -> ir.Value:
+    """exp(x + x_low), the lanes below TINY_BELOW lifted and their results built by `_unlift`."""
+    tiny, scaled = exp_parts(builder, module, x, x_low)
+    return _unlift(builder, module, scaled(tiny), tiny)
 
 
 def exp_parts(builder: ir.IRBuilder, module: ir.Module, x: ir.Value, x_low: ir.Value | None = None):
@@ -510,15 +567,23 @@ def _sigmoid_quotient(builder: ir.IRBuilder, module: ir.Module, x: ir.Value, mag
 
 def emit_sigmoid(builder: ir.IRBuilder, module: ir.Module, x: ir.Value) -> ir.Value:
     """Overflow-safe sigmoid rounded once at the end (see `_sigmoid_quotient`); a vector with a
-    lane below SIGMOID_LIFT_BELOW takes the lifted branch (`_unless_tiny`)."""
+    lane below SIGMOID_LIFT_BELOW takes the lifted branch (`_unless_tiny`, `_sigmoid_lifted`)."""
     _, _, quotient = _sigmoid_quotient(builder, module, x, RECIPROCAL_MAGIC)
     tiny = builder.fcmp_ordered("<", x, _const(x, SIGMOID_LIFT_BELOW))
+    return _unless_tiny(builder, tiny, lambda: _sigmoid_sum(builder, module, *quotient(None, None)),
+                        "sigmoid", _sigmoid_lifted, x)
 
-    def finish(lifted: ir.Value | None) -> ir.Value:
-        q0, residual, inverse = quotient(lifted, lifted)
-        return fma(builder, module, residual, inverse, q0)
 
-    return _unless_tiny(builder, tiny, lambda: finish(None), lambda: _unlift(builder, module, finish(tiny), tiny))
+def _sigmoid_sum(builder: ir.IRBuilder, module: ir.Module, q0: ir.Value, residual: ir.Value,
+                 inverse: ir.Value) -> ir.Value:
+    return fma(builder, module, residual, inverse, q0)
+
+
+def _sigmoid_lifted(builder: ir.IRBuilder, module: ir.Module, x: ir.Value) -> ir.Value:
+    """sigmoid with the lanes below SIGMOID_LIFT_BELOW lifted, their term q0 e dropped."""
+    _, _, quotient = _sigmoid_quotient(builder, module, x, RECIPROCAL_MAGIC)
+    tiny = builder.fcmp_ordered("<", x, _const(x, SIGMOID_LIFT_BELOW))
+    return _unlift(builder, module, _sigmoid_sum(builder, module, *quotient(tiny, tiny)), tiny)
 
 
 def emit_tanh(builder: ir.IRBuilder, module: ir.Module, x: ir.Value) -> ir.Value:
@@ -552,6 +617,13 @@ def emit_gelu(builder: ir.IRBuilder, module: ir.Module, x: ir.Value) -> ir.Value
     num 0), all lanes without the residual's negligible term q0 e. The weight 1 / den is exact where
     den = 2**32 (1 + e) rounds to 2**32: the estimate (vrcp14ps) is exact for powers of two, as are
     den's bits taken from RECIPROCAL_EXACT_POW2 (within 12.5 % in between)."""
+    parts = _gelu_parts(builder, module, x)
+    return _unless_tiny(builder, parts[0], lambda: _gelu_finish(builder, module, x, parts, False),
+                        "gelu", _gelu_lifted, x)
+
+
+def _gelu_parts(builder: ir.IRBuilder, module: ir.Module, x: ir.Value):
+    """(tiny, -|1.702 x|, 1.702 x < 0, quotient, x capped at the largest float) for `_gelu_finish`."""
     neg_abs, negative, quotient = _sigmoid_quotient(builder, module, builder.fmul(x, _const(x, GELU_ALPHA)),
                                                     RECIPROCAL_EXACT_POW2)
     tiny = builder.fcmp_ordered("<", neg_abs, _const(x, -GELU_LIFT_ABOVE))
@@ -559,15 +631,22 @@ def emit_gelu(builder: ir.IRBuilder, module: ir.Module, x: ir.Value) -> ir.Value
     # there, one vminps (at -inf, q0 = 0 makes the result nan anyway, as the formula does; a nan x
     # gives nan through x * q0 whatever the correction is).
     big = _const(x, FLOAT32_MAX)
-    finite_x = builder.select(builder.fcmp_ordered("<", x, big), x, big)
+    return tiny, neg_abs, negative, quotient, builder.select(builder.fcmp_ordered("<", x, big), x, big)
 
-    def finish(lifted: ir.Value | None) -> ir.Value:
-        if lifted is None:
-            q0, residual, inv_den = quotient(None, None)
-        else:
-            below_clamp = builder.and_(lifted, builder.fcmp_ordered("<", neg_abs, _const(x, EXP_NONPOS_LO)))
-            q0, residual, inv_den = quotient(lifted, tiny, below_clamp)
+
+def _gelu_finish(builder: ir.IRBuilder, module: ir.Module, x: ir.Value, parts, lifted: bool) -> ir.Value:
+    """gelu from `_gelu_parts`; `lifted`: the x < 0 lanes of `tiny` times 2**LIFT_BITS (num 0
+    below the clamp), every lane of `tiny` without the term q0 e, the result unlifted."""
+    tiny, neg_abs, negative, quotient, finite_x = parts
+    if not lifted:
+        q0, residual, inv_den = quotient(None, None)
         return fma(builder, module, x, q0, builder.fmul(residual, builder.fmul(finite_x, inv_den)))
+    up = builder.and_(tiny, negative)  # gelu(x) for x > 0 is x times at most 1: not lifted
+    below_clamp = builder.and_(up, builder.fcmp_ordered("<", neg_abs, _const(x, EXP_NONPOS_LO)))
+    q0, residual, inv_den = quotient(up, tiny, below_clamp)
+    value = fma(builder, module, x, q0, builder.fmul(residual, builder.fmul(finite_x, inv_den)))
+    return _unlift(builder, module, value, up)
 
-    lifted = builder.and_(tiny, negative)  # gelu(x) for x > 0 is x times at most 1: not lifted
-    return _unless_tiny(builder, tiny, lambda: finish(None), lambda: _unlift(builder, module, finish(lifted), lifted))
+
+def _gelu_lifted(builder: ir.IRBuilder, module: ir.Module, x: ir.Value) -> ir.Value:
+    return _gelu_finish(builder, module, x, _gelu_parts(builder, module, x), True)
