@@ -18,6 +18,10 @@ Special values (all equal to the NumPy float32 formulas):
   gelu(x)    = x * sigmoid(fl32(1.702 * x)), exactly the NumPy float32 formula; so gelu(-inf) =
                -inf * 0 = nan (as NumPy gives), gelu(+inf) = inf, gelu(-1e4) = -0.
 
+Results below the normals: no vector operation rounds a lane into the subnormals or reads one
+(each would cost a microcode assist on Intel cores, FTZ and DAZ being off): a vector where that
+could happen takes an out-of-line lifted branch (`_unless_tiny`, TINY_BELOW and after).
+
 Accuracy (`vector_ops.MAX_ULP`): max |got - ref| / ulp32(ref), where ref is the float64 evaluation of the same
 formula and ulp32(ref) the float32 spacing at |ref| (2**-149 in the subnormal range). For gelu the
 reference keeps the float32 rounding of 1.702*x (the formula does that in NumPy too), but not the

@@ -10,9 +10,10 @@ of |got - ref| / ulp32(ref) against a float64 evaluation of the op's NumPy formu
 ops, 0.5 for correctly rounded ones (IEEE add, sub, mul, div, sqrt). exp, sigmoid, tanh and gelu
 are bounded by 2 ulp wherever the result is a normal float32 (issue 16), and checked over every
 float32 input by benchmarks/vecmath_ulp.py: worst cases exp 0.91, sigmoid 1.50, tanh 1.51, gelu
-1.82 ulp in the polynomial form, sigmoid 1.50, tanh 1.50, gelu 1.68 in the AVX-512 forms (exp's
-table; sigmoid's and gelu's quotient from vrcp14ps: 1.4958 and 1.6783 measured with it, the same
-to two places as with vdivps) (subnormal results within 1.5 x 2**-149). log: measured 0.81 (3M points: random bits
+1.70 ulp in the polynomial form, sigmoid 1.50, tanh 1.50, gelu 1.49 in the AVX-512 forms (exp's
+table; sigmoid's and gelu's quotient from vrcp14ps). gelu was 1.82 / 1.68 before its lifted
+branch (`vecmath._unless_tiny`) kept the quotient below x = -24.7 from rounding into the
+subnormals. Subnormal results within 1.25 x 2**-149. log: measured 0.81 (3M points: random bits
 and [0.5, 2]), bound 1.0.
 """
 
