@@ -8,8 +8,11 @@ many times slower on such inputs. For exp, sigmoid, gelu (sigmoid form) and gelu
 one-layer model compiled with `tinycomp.compile` (one thread), this times the call on standard
 normal inputs and on inputs filled with one value from the ranges where results or intermediate
 values would be subnormal (and the saturated tails around them), and prints the median per call
-and its ratio to the normal inputs. Run it with PYTHONPATH at another checkout for the same
-table from that code (`vecmath._unless_tiny` and `_unlift` are what keeps the ratios near 1).
+and its ratio to the normal inputs. Then the transformer block of `tinycomp bench` at
+--block-batch with its query and key projections' weights scaled by 1, 3, 6 and 10 (the scores
+by the square): wide scores put exp(score - max) in the subnormals, where P @ V would read them
+(the fused attention takes them as 0: `AttentionSpec.flush_below`). Run it with PYTHONPATH at
+another checkout for the same tables from that code.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 import tinycomp as tc
+from tinycomp.bench.models import get_model
 from tinycomp.nn import GELU, Layer, Sequential, Sigmoid
 
 
@@ -53,6 +57,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rows", type=int, default=256)
     p.add_argument("--cols", type=int, default=1024)
     p.add_argument("--calls", type=int, default=31)
+    p.add_argument("--block-batch", type=int, default=32, help="batch of the block's table (0: no table)")
     args = p.parse_args(argv)
     normal = np.random.default_rng(0).standard_normal((args.rows, args.cols)).astype(np.float32)
     print(f"{args.rows} x {args.cols} floats, median of {args.calls} calls, one thread; us per call")
@@ -65,6 +70,26 @@ def main(argv: list[str] | None = None) -> None:
             for value in values:
                 t = median_us(model, np.full_like(normal, value), args.calls)
                 print(f"{name:>9} {value:9.1f} {t:9.1f} {t / base:9.2f}")
+        if args.block_batch:
+            block_table(args.block_batch, args.calls)
+
+
+QK_SCALES = (1.0, 3.0, 6.0, 10.0)
+
+
+def block_table(batch: int, calls: int) -> None:
+    bench_model = get_model("block")
+    x = bench_model.sample(batch, 0)
+    print(f"\nblock, batch {batch}, q and k projection weights times s; us per call")
+    print(f"{'s':>5} {'us':>9} {'x s=1':>7}")
+    base = None
+    for scale in QK_SCALES:
+        block = bench_model.build(0)
+        for projection in (block.attention.q_proj, block.attention.k_proj):
+            projection.weight.data[...] *= np.float32(scale)
+        t = median_us(tc.compile(block, threads=1), x, calls)
+        base = base or t
+        print(f"{scale:5.1f} {t:9.1f} {t / base:7.2f}")
 
 
 if __name__ == "__main__":

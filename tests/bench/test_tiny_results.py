@@ -1,4 +1,4 @@
-"""benchmarks/tiny_results.py runs: a row per op and input, each a positive time."""
+"""benchmarks/tiny_results.py runs: a row per op and input and per q/k scale of the block, each a positive time."""
 
 from __future__ import annotations
 
@@ -9,10 +9,14 @@ from tests.bench.scripts import load_script
 
 def test_every_op_is_timed_on_normal_and_on_each_filled_input(capsys):
     script = load_script("tiny_results")
-    script.main(["--rows", "4", "--cols", "64", "--calls", "3"])
-    rows = re.findall(r"^ *(\w+) +(\S+) +([\d.]+) +([\d.]+)$", capsys.readouterr().out, re.M)
+    script.main(["--rows", "4", "--cols", "64", "--calls", "3", "--block-batch", "1"])
+    out = capsys.readouterr().out
+    rows = re.findall(r"^ *([a-z_]+) +(\S+) +([\d.]+) +([\d.]+)$", out, re.M)
     expected = [(name, "normal") for name, _, _ in script.CASES]
     assert [(op, value) for op, value, _, _ in rows if value == "normal"] == expected
     assert [(op, float(value)) for op, value, _, _ in rows if value != "normal"] == [
         (name, value) for name, _, values in script.CASES for value in values]
     assert all(float(us) > 0 and float(ratio) > 0 for _, _, us, ratio in rows)
+    block = re.findall(r"^ *([\d.]+) +([\d.]+) +([\d.]+)$", out, re.M)
+    assert [float(scale) for scale, _, _ in block] == list(script.QK_SCALES)
+    assert all(float(us) > 0 for _, us, _ in block) and float(block[0][2]) == 1.0

@@ -60,4 +60,27 @@ def run_map(address: int, x: np.ndarray, width: int) -> np.ndarray:
     return out[: x.size]
 
 
-__all__ = ["F32", "c_function", "emit_map_kernel", "f32_ptr", "jit", "new_module", "run_map"]
+# MXCSR's sticky flags: a result rounded into the subnormals (underflow), a subnormal operand (denormal)
+UNDERFLOW_OR_DENORMAL = 0x10 | 0x02
+
+
+def mxcsr_functions(module: ir.Module) -> None:
+    """`void clear_fp_flags()` and `i32 fp_flags()`: the x86 MXCSR's sticky exception flags (bits 0-5)."""
+    i32, ptr = ir.IntType(32), ir.PointerType(ir.IntType(8))
+    st = ir.Function(module, ir.FunctionType(ir.VoidType(), [ptr]), "llvm.x86.sse.stmxcsr")
+    ld = ir.Function(module, ir.FunctionType(ir.VoidType(), [ptr]), "llvm.x86.sse.ldmxcsr")
+    for name in ("clear_fp_flags", "fp_flags"):
+        fn = ir.Function(module, ir.FunctionType(ir.VoidType() if name.startswith("clear") else i32, []), name)
+        b = ir.IRBuilder(fn.append_basic_block())
+        slot = b.alloca(i32)
+        b.call(st, [b.bitcast(slot, ptr)])
+        if name.startswith("clear"):
+            b.store(b.and_(b.load(slot), ir.Constant(i32, ~0x3F)), slot)
+            b.call(ld, [b.bitcast(slot, ptr)])
+            b.ret_void()
+        else:
+            b.ret(b.and_(b.load(slot), ir.Constant(i32, 0x3F)))
+
+
+__all__ = ["F32", "UNDERFLOW_OR_DENORMAL", "c_function", "emit_map_kernel", "f32_ptr", "jit", "mxcsr_functions",
+           "new_module", "run_map"]

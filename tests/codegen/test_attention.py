@@ -6,6 +6,7 @@ and NaN and infinity in the inputs: non-finite values must come out where eager 
 
 from __future__ import annotations
 
+import ctypes
 import math
 
 import numpy as np
@@ -14,11 +15,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import tinycomp as tc
-from tests.codegen.jit_util import c_function, f32_ptr, jit, new_module
+from tests.codegen.jit_util import UNDERFLOW_OR_DENORMAL, c_function, f32_ptr, jit, mxcsr_functions, new_module
 from tests.transformer_ref import attention64, causal_mask
 from tinycomp.codegen.attention import AttentionSpec, emit_attention
 from tinycomp.codegen.module import lower_graph
-from tinycomp.codegen.target import CROSS_TARGETS, target_named
+from tinycomp.codegen.target import CROSS_TARGETS, host, target_named
 from tinycomp.export.toolchain import emit_object
 from tinycomp.frontend.tensor import apply_op
 from tinycomp.frontend.tracer import trace
@@ -228,14 +229,53 @@ def test_every_cross_target_compiles_the_kernel(name):
 
 def run_kernel(spec: AttentionSpec, q, k, v, mask) -> np.ndarray:
     """The attention kernel of `spec` alone, JIT-compiled and called on (N, S, H*D) q, k, v."""
+    return run_kernel_with_flags(spec, q, k, v, mask)[0]
+
+
+def run_kernel_with_flags(spec: AttentionSpec, q, k, v, mask) -> tuple[np.ndarray, int]:
+    """`run_kernel`, and on x86 the MXCSR exception flags the call raised (else 0)."""
     module = new_module()
     emit_attention(module, "attention", spec)
-    engine, addresses = jit(module, "attention")
+    x86 = spec.width > 1 and host().triple.startswith("x86_64")
+    if x86:
+        mxcsr_functions(module)
+    engine, addresses = jit(module, "attention", *(("clear_fp_flags", "fp_flags") if x86 else ()))
     out = np.zeros((len(q), spec.sq, spec.heads * spec.dv), np.float32)
     work = np.zeros(spec.work_floats, np.float32)
+    if x86:
+        ctypes.CFUNCTYPE(None)(addresses["clear_fp_flags"])()
     c_function(addresses["attention"], 6)(len(q), *map(f32_ptr, (out, q, k, v, mask, work)))
+    flags = ctypes.CFUNCTYPE(ctypes.c_int32)(addresses["fp_flags"])() if x86 else 0
     del engine  # (kept alive until the call returned)
-    return out
+    return out, flags
+
+
+@pytest.mark.skipif(not host().triple.startswith("x86_64"), reason="reads the x86 MXCSR")
+@pytest.mark.parametrize("vectors", [4, 1])
+@pytest.mark.parametrize("sk", [40, 64, 100])
+def test_probabilities_below_the_normals_are_taken_as_zero(sk, vectors):
+    """Scores spread over hundreds: many exp(score - max) would be subnormal, and P @ V reading
+    them costs every FMA a microcode assist on Intel cores. Below `AttentionSpec.flush_below` they
+    are +0: no operation of the kernel rounds into the subnormals or reads one (MXCSR's flags stay
+    clear), in registers (vectors=4, Sk <= 64) and on the scratch block, and the output still
+    matches float64 as float32 scores of that size allow (a flushed p is below 2**-100)."""
+    heads, d, sq, n = 2, 8, 9, 3
+    rng = np.random.default_rng(sk)
+    q, k, v = (rng.standard_normal((n, s, heads * d)).astype(np.float32) for s in (sq, sk, sk))
+    scale = 12.0  # scores of std ~34: every row has keys in exp's subnormal range and below
+    spec = AttentionSpec(heads=heads, sq=sq, sk=sk, d=d, dv=d, q_row=heads * d, k_row=heads * d,
+                         v_row=heads * d, q_batch=sq * heads * d, k_batch=sk * heads * d,
+                         v_batch=sk * heads * d, mask=None, scale=scale, divide=False, mask_value=None,
+                         width=16, vectors=vectors)
+    out, flags = run_kernel_with_flags(spec, q, k, v, np.zeros(1, np.float32))
+    assert flags & UNDERFLOW_OR_DENORMAL == 0, f"MXCSR flags {flags:#x}"
+    ref = sdpa64(q, k, v, heads, scale=scale)
+    np.testing.assert_allclose(out, ref, rtol=2e-3, atol=1e-5)  # scores ~100: 2**-24 of them moves exp 1e-5
+    # the scores do reach exp's subnormal range: the flush has work to do
+    split = lambda t: t.astype(np.float64).reshape(n, -1, heads, d).transpose(0, 2, 1, 3)  # noqa: E731
+    s64 = np.einsum("nhqd,nhkd->nhqk", split(q), split(k)) * scale
+    shifted = s64 - s64.max(axis=-1, keepdims=True)
+    assert ((shifted < -87.3) & (shifted > -103)).sum() > 100
 
 
 @pytest.mark.parametrize("sk", [17, 40, 64])

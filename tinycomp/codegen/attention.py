@@ -12,7 +12,8 @@ microkernels), then per block of ROWS query rows (the last block overlapping the
    16) accumulated over D with vector FMAs, then scaled (times or divided by `scale`) and, with a
    mask, the term added exactly as eager rounds it:
    fl(fl(1 - m) * mask_value), or m itself; stored to a ROWS x Sk scratch block in `work`;
-2. softmax along each row (the same operations, NaN and -inf handling as the softmax kernel): when
+2. softmax along each row (the same operations, NaN and -inf handling as the softmax kernel, but
+   exp(score - max) is +0 below `AttentionSpec.flush_below`, so that no probability is subnormal): when
    every key fits one register tile (Sk <= 64 with 16 lanes) right on the tile before it is stored,
    the block's rows stage by stage together (`elementwise.softmax_rows_in_registers`) so their long
    dependency chains overlap; otherwise row by row in place on the stored block
@@ -25,6 +26,7 @@ sample runs on its own, so the runtime splits the batch across threads as for an
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -91,6 +93,16 @@ class AttentionSpec:
     def work_floats(self) -> int:
         return (self.d + ROWS) * self.padded_sk
 
+    @property
+    def flush_below(self) -> float:
+        """Where exp(score - row max) is taken as +0 (`softmax_rows_in_registers`): below
+        2**-100 Sk. A row's sum of exps is at most Sk (each at most 1), so every probability left
+        is at least 2**-100, and P @ V's products and sums stay normal for any |v| above 2**-26:
+        on Intel cores every FMA that rounds into the subnormals or reads one takes a microcode
+        assist (the block with scores 36 x wider ran 2.5 x as long). A flushed probability is
+        below 2**-100 where the largest is at least 1 / Sk: P @ V changes by less than
+        2**-100 Sk max|v|, some 2**-70 of a float32 rounding of the output."""
+        return math.log(2.0**-100 * max(self.sk, 1))
 
 def emit_attention(module: ir.Module, name: str, spec: AttentionSpec) -> ir.Function:
     fn = internal_kernel(module, name, [("M", I64), ("out", PTR), ("q", PTR), ("k", PTR), ("v", PTR),
@@ -206,7 +218,7 @@ class _Block:
                 def in_row(c: Chunk) -> ir.Value:
                     return element_ptr(b, row, c.col)
 
-                softmax_row(b, self.module, spec.sk, w, in_row, in_row)  # in place
+                softmax_row(b, self.module, spec.sk, w, in_row, in_row, spec.flush_below)  # in place
         for c0, vectors, lanes in _groups(spec.dv, w, spec.vectors):
             self.value_tile(r0, rows, c0, vectors, lanes)
 
@@ -251,7 +263,7 @@ class _Block:
             if last is not None:  # keys past Sk: -inf, as softmax_row loads them
                 for row in tile:
                     row[-1] = b.select(last, row[-1], splat(NEG_INF, w))
-            tile = softmax_rows_in_registers(b, self.module, w, tile)
+            tile = softmax_rows_in_registers(b, self.module, w, tile, spec.flush_below)
         for r, row in enumerate(tile):
             for j, s in enumerate(row):
                 masked_store(b, s, element_ptr(b, self.scores, r * spec.padded_sk + c0 + j * w),

@@ -223,8 +223,9 @@ class _Row:
     shift this leaves (finite, +inf or 0), so they never disturb the sum.
     """
 
-    def __init__(self, builder: ir.IRBuilder, module: ir.Module, width: int):
+    def __init__(self, builder: ir.IRBuilder, module: ir.Module, width: int, flush_below: float | None = None):
         self.builder, self.module, self.width = builder, module, width
+        self.flush_below = flush_below  # exp(x - max) is +0 below it (`vecmath.emit_exp_flushed`)
 
     def reduce_max(self, acc: ir.Value) -> None:
         b = self.builder
@@ -233,7 +234,10 @@ class _Row:
         self.shift = splat(shift, self.width, b)
 
     def exp_shifted(self, x: ir.Value) -> ir.Value:
-        return vecmath.emit_exp(self.builder, self.module, self.builder.fsub(x, self.shift))
+        shifted = self.builder.fsub(x, self.shift)
+        if self.flush_below is not None:
+            return vecmath.emit_exp_flushed(self.builder, self.module, shifted, self.flush_below)
+        return vecmath.emit_exp(self.builder, self.module, shifted)
 
     def reduce_sum(self, acc: ir.Value) -> ir.Value:
         """The vector 1 / divisor from the vector of partial sums."""
@@ -245,18 +249,19 @@ class _Row:
 
 def _softmax_in_registers(b: ir.IRBuilder, row: _Row, chunks: list[Chunk], x_at, out_at) -> None:
     xs = [load_chunk(b, x_at(c), c, fill=NEG_INF) for c in chunks]
-    [ps] = softmax_rows_in_registers(b, row.module, row.width, [xs])
+    [ps] = softmax_rows_in_registers(b, row.module, row.width, [xs], row.flush_below)
     for c, p in zip(chunks, ps, strict=True):
         store_chunk(b, p, out_at(c), c)
 
 
 def softmax_rows_in_registers(b: ir.IRBuilder, module: ir.Module, width: int,
-                              rows: list[list[ir.Value]]) -> list[list[ir.Value]]:
+                              rows: list[list[ir.Value]], flush_below: float | None = None) -> list[list[ir.Value]]:
     """The softmax of each row of vectors in `rows` (lanes past a row's end must hold -inf), the
     same operations in the same order per row as one row alone; emitted stage by stage across the
     rows (every max, then every exp, ...) so that the rows' long dependency chains (horizontal max,
-    exp, horizontal sum, divide) are independent neighbours the CPU overlaps."""
-    states = [_Row(b, module, width) for _ in rows]
+    exp, horizontal sum, divide) are independent neighbours the CPU overlaps. `flush_below`: exp
+    of x - max below it is +0 (`_Row`)."""
+    states = [_Row(b, module, width, flush_below) for _ in rows]
     maxima = []
     for xs in rows:
         acc = xs[0]
@@ -265,9 +270,12 @@ def softmax_rows_in_registers(b: ir.IRBuilder, module: ir.Module, width: int,
         maxima.append(acc)
     for row, acc in zip(states, maxima, strict=True):
         row.reduce_max(acc)
-    shifted = [b.fsub(v, row.shift) for row, xs in zip(states, rows, strict=True) for v in xs]
-    flat = iter(vecmath.emit_exps(b, module, shifted))  # one test for results below the normals
-    exps = [[next(flat) for _ in xs] for xs in rows]
+    if flush_below is not None:
+        exps = [[row.exp_shifted(v) for v in xs] for row, xs in zip(states, rows, strict=True)]
+    else:
+        shifted = [b.fsub(v, row.shift) for row, xs in zip(states, rows, strict=True) for v in xs]
+        flat = iter(vecmath.emit_exps(b, module, shifted))  # one test for results below the normals
+        exps = [[next(flat) for _ in xs] for xs in rows]
     totals = []
     for es in exps:
         total = es[0]
@@ -325,11 +333,13 @@ def emit_softmax(module: ir.Module, name: str, row_size: int, width: int) -> ir.
 
 
 def softmax_row(builder: ir.IRBuilder, module: ir.Module, row_size: int, width: int,
-                x_at: Callable[[Chunk], ir.Value], out_at: Callable[[Chunk], ir.Value]) -> None:
+                x_at: Callable[[Chunk], ir.Value], out_at: Callable[[Chunk], ir.Value],
+                flush_below: float | None = None) -> None:
     """Softmax of one row of `row_size` floats, chunk c read at `x_at(c)` and written at `out_at(c)`
     (the same place works: each chunk is read before it is written). Rows of up to REGISTER_CHUNKS
-    vectors stay in registers; longer ones take three passes. `_Row` says how NaN and -inf come out."""
-    row = _Row(builder, module, width)
+    vectors stay in registers; longer ones take three passes. `_Row` says how NaN and -inf come out
+    and what `flush_below` does."""
+    row = _Row(builder, module, width, flush_below)
     chunks = row_chunks(row_size, width)
     if len(chunks) <= REGISTER_CHUNKS:
         _softmax_in_registers(builder, row, chunks, x_at, out_at)

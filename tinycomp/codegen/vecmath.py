@@ -446,12 +446,21 @@ def _exp_lifted(builder: ir.IRBuilder, module: ir.Module, x: ir.Value, x_low: ir
     return _unlift(builder, module, scaled(tiny), tiny)
 
 
-def exp_parts(builder: ir.IRBuilder, module: ir.Module, x: ir.Value, x_low: ir.Value | None = None):
+def emit_exp_flushed(builder: ir.IRBuilder, module: ir.Module, x: ir.Value, zero_below: float) -> ir.Value:
+    """exp(x) with the lanes below `zero_below` (at least TINY_BELOW) taken as +0: no subnormal
+    results, so no lifted branch either. For intermediate values a caller can show to be
+    negligible there (the fused attention's probabilities)."""
+    assert zero_below >= TINY_BELOW, "below TINY_BELOW exp has subnormal results"
+    return exp_parts(builder, module, x, zero_below=zero_below)[1](None)
+
+
+def exp_parts(builder: ir.IRBuilder, module: ir.Module, x: ir.Value, x_low: ir.Value | None = None,
+              zero_below: float = EXP_ZERO_BELOW):
     """(tiny, scaled) for exp(x + x_low) (`emit_exp_of_pair`), for callers that branch on small
     results themselves (vecerf's gelu): `tiny` marks the lanes below TINY_BELOW, and
     `scaled(lifted)` emits exp times 2**LIFT_BITS in the `lifted` lanes (None: none), +0 below
-    EXP_ZERO_BELOW."""
-    zero = builder.fcmp_ordered("<", x, _const(x, EXP_ZERO_BELOW))
+    `zero_below`."""
+    zero = builder.fcmp_ordered("<", x, _const(x, zero_below))
     if x_low is not None:
         beyond = builder.or_(zero, builder.fcmp_ordered(">", x, _const(x, EXP_HI)))
         x_low = builder.select(beyond, _const(x, 0.0), x_low)
