@@ -11,8 +11,10 @@ values would be subnormal (and the saturated tails around them), and prints the 
 and its ratio to the normal inputs. Then the transformer block of `tinycomp bench` at
 --block-batch with its query and key projections' weights scaled by 1, 3, 6 and 10 (the scores
 by the square): wide scores put exp(score - max) in the subnormals, where P @ V would read them
-(the fused attention takes them as 0: `AttentionSpec.flush_below`). Run it with PYTHONPATH at
-another checkout for the same tables from that code.
+(the fused attention takes them as 0: `AttentionSpec.flush_below`). Last, a compiled
+Linear(512, 512) and NumPy's x @ W on --rows rows of N(0, 1) and of N(0, 1) * 1e-39 (subnormal
+inputs: every multiply-add reads one; left as it is). Run it with PYTHONPATH at another checkout
+for the same tables from that code.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from threadpoolctl import threadpool_limits
 
 import tinycomp as tc
 from tinycomp.bench.models import get_model
-from tinycomp.nn import GELU, Layer, Sequential, Sigmoid
+from tinycomp.nn import GELU, Layer, Linear, Sequential, Sigmoid
 
 
 class Exp(Layer):
@@ -72,6 +74,7 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"{name:>9} {value:9.1f} {t:9.1f} {t / base:9.2f}")
         if args.block_batch:
             block_table(args.block_batch, args.calls)
+        linear_table(args.rows, args.calls)
 
 
 QK_SCALES = (1.0, 3.0, 6.0, 10.0)
@@ -90,6 +93,18 @@ def block_table(batch: int, calls: int) -> None:
         t = median_us(tc.compile(block, threads=1), x, calls)
         base = base or t
         print(f"{scale:5.1f} {t:9.1f} {t / base:7.2f}")
+
+
+
+def linear_table(rows: int, calls: int) -> None:
+    layer = Linear(512, 512)
+    model = tc.compile(Sequential(layer), threads=1)
+    w = layer.weight.data
+    x = np.random.default_rng(1).standard_normal((rows, 512)).astype(np.float32)
+    print(f"\nLinear(512, 512), {rows} rows; us per call")
+    print(f"{'input':>16} {'compiled':>9} {'x @ W':>9}")
+    for label, inputs in (("N(0,1)", x), ("N(0,1)*1e-39", (x * np.float32(1e-39)).astype(np.float32))):
+        print(f"{label:>16} {median_us(model, inputs, calls):9.1f} {median_us(lambda a: a @ w, inputs, calls):9.1f}")
 
 
 if __name__ == "__main__":

@@ -20,3 +20,6 @@ def test_every_op_is_timed_on_normal_and_on_each_filled_input(capsys):
     block = re.findall(r"^ *([\d.]+) +([\d.]+) +([\d.]+)$", out, re.M)
     assert [float(scale) for scale, _, _ in block] == list(script.QK_SCALES)
     assert all(float(us) > 0 for _, us, _ in block) and float(block[0][2]) == 1.0
+    linear = re.findall(r"^ *(N\(0,1\)\S*) +([\d.]+) +([\d.]+)$", out, re.M)
+    assert [label for label, _, _ in linear] == ["N(0,1)", "N(0,1)*1e-39"]
+    assert all(float(a) > 0 and float(b) > 0 for _, a, b in linear)
