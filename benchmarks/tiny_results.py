@@ -13,8 +13,10 @@ and its ratio to the normal inputs. Then the transformer block of `tinycomp benc
 by the square): wide scores put exp(score - max) in the subnormals, where P @ V would read them
 (the fused attention takes them as 0: `AttentionSpec.flush_below`). Last, a compiled
 Linear(512, 512) and NumPy's x @ W on --rows rows of N(0, 1) and of N(0, 1) * 1e-39 (subnormal
-inputs: every multiply-add reads one; left as it is). Run it with PYTHONPATH at another checkout
-for the same tables from that code.
+inputs: every multiply-add reads one; left as it is), and a lone Softmax over rows of logits of
+standard deviation 1 to 60 with the share of its outputs that are subnormal (they are the user's
+result: kept exact, at the cost of assists in its sum and normalization; left as it is). Run it
+with PYTHONPATH at another checkout for the same tables from that code.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from threadpoolctl import threadpool_limits
 
 import tinycomp as tc
 from tinycomp.bench.models import get_model
-from tinycomp.nn import GELU, Layer, Linear, Sequential, Sigmoid
+from tinycomp.nn import GELU, Layer, Linear, Sequential, Sigmoid, Softmax
 
 
 class Exp(Layer):
@@ -75,6 +77,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.block_batch:
             block_table(args.block_batch, args.calls)
         linear_table(args.rows, args.calls)
+        softmax_table(args.rows, args.cols, args.calls)
 
 
 QK_SCALES = (1.0, 3.0, 6.0, 10.0)
@@ -105,6 +108,22 @@ def linear_table(rows: int, calls: int) -> None:
     print(f"{'input':>16} {'compiled':>9} {'x @ W':>9}")
     for label, inputs in (("N(0,1)", x), ("N(0,1)*1e-39", (x * np.float32(1e-39)).astype(np.float32))):
         print(f"{label:>16} {median_us(model, inputs, calls):9.1f} {median_us(lambda a: a @ w, inputs, calls):9.1f}")
+
+
+
+LOGIT_STDS = (1.0, 10.0, 30.0, 60.0)
+
+
+def softmax_table(rows: int, cols: int, calls: int) -> None:
+    model = tc.compile(Sequential(Softmax()), threads=1)
+    print(f"\nSoftmax over {rows} rows of {cols} logits; us per call")
+    print(f"{'std':>6} {'us':>9} {'subnormal out':>14}")
+    rng = np.random.default_rng(2)
+    for std in LOGIT_STDS:
+        logits = (rng.standard_normal((rows, cols)) * std).astype(np.float32)
+        out = model(logits).data
+        share = float(((out > 0) & (out < np.float32(2.0**-126))).mean())
+        print(f"{std:6.1f} {median_us(model, logits, calls):9.1f} {share:14.3%}")
 
 
 if __name__ == "__main__":

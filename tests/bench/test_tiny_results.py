@@ -23,3 +23,6 @@ def test_every_op_is_timed_on_normal_and_on_each_filled_input(capsys):
     linear = re.findall(r"^ *(N\(0,1\)\S*) +([\d.]+) +([\d.]+)$", out, re.M)
     assert [label for label, _, _ in linear] == ["N(0,1)", "N(0,1)*1e-39"]
     assert all(float(a) > 0 and float(b) > 0 for _, a, b in linear)
+    softmax = re.findall(r"^ *([\d.]+) +([\d.]+) +([\d.]+)%$", out, re.M)
+    assert [float(std) for std, _, _ in softmax] == list(script.LOGIT_STDS)
+    assert all(float(us) > 0 and 0 <= float(share) <= 100 for _, us, share in softmax)
