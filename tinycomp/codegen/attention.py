@@ -99,10 +99,12 @@ class AttentionSpec:
         2**-100 Sk. A row's sum of exps is at most Sk (each at most 1), so every probability left
         is at least 2**-100, and P @ V's products and sums stay normal for any |v| above 2**-26:
         on Intel cores every FMA that rounds into the subnormals or reads one takes a microcode
-        assist (the block with scores 36 x wider ran 2.5 x as long). A flushed probability is
+        assist (the block with scores 36 x wider ran 2.95 x as long: benchmarks/tiny_results.py,
+        its block table). A flushed probability is
         below 2**-100 where the largest is at least 1 / Sk: P @ V changes by less than
         2**-100 Sk max|v|, some 2**-70 of a float32 rounding of the output."""
         return math.log(2.0**-100 * max(self.sk, 1))
+
 
 def emit_attention(module: ir.Module, name: str, spec: AttentionSpec) -> ir.Function:
     fn = internal_kernel(module, name, [("M", I64), ("out", PTR), ("q", PTR), ("k", PTR), ("v", PTR),

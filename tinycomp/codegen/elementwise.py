@@ -241,7 +241,7 @@ class _Row:
         # would pay the assists of subnormal ones all the same, so the lifted branch (one per vector
         # in the unrolled sum) is not taken: it cost ordinary 1024-wide rows 10-25 % and spared a row
         # of logits of std 30 only half (benchmarks/tiny_results.py softmax table: 1.74 -> 0.83 ms).
-        return vecmath.exp_parts(self.builder, self.module, shifted)[1](None)
+        return vecmath.emit_exp_unlifted(self.builder, self.module, shifted)
 
     def reduce_sum(self, acc: ir.Value) -> ir.Value:
         """The vector 1 / divisor from the vector of partial sums."""

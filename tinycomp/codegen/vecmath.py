@@ -121,8 +121,8 @@ FLOAT32_MAX = float.fromhex("0x1.fffffep127")
 
 # Results below the normals cost a microcode assist on Intel cores: every vector operation that
 # rounds a lane into the subnormals or reads one (FTZ and DAZ stay off: they would change results)
-# takes some 150 cycles more. exp, sigmoid and gelu on whole vectors of such lanes took 21, 30 and
-# 36 x as long as on normal inputs (256 x 1024 floats, Intel Xeon). So a vector with a lane where
+# takes a microcode assist. exp, sigmoid and gelu on whole vectors of such lanes took 23, 35 and
+# 36 x as long as on normal inputs (benchmarks/tiny_results.py, Intel Xeon). So a vector with a lane where
 # something could round into the subnormals takes a branch (`_unless_tiny`) that computes the
 # same values with the small ones LIFTed by 2**64, all normal, and builds the subnormal results
 # from integer bits (`_unlift`). The test costs a compare and a mask test per vector. Where:
@@ -287,7 +287,8 @@ def _unless_any_tiny(builder: ir.IRBuilder, tinies: list[ir.Value], fast, name: 
 
 def _call_lifted(builder: ir.IRBuilder, name: str, lifted, args: tuple[ir.Value, ...]) -> ir.Value:
     """The lifted function `name` on `args`; vectors of whole zmm registers go a zmm at a time, so
-    one width-16 function serves the module's 16- and 64-lane uses (~6 ms of compile time a copy)."""
+    one width-16 function serves the module's 16- and 64-lane uses (a 64-lane copy of gelu's took
+    6.2 ms of code generation: benchmarks/codegen_cost.py block)."""
     width = _width(args[0])
     if width > ZMM_LANES and width % ZMM_LANES == 0:
         return _per_zmm(builder, lambda *pieces: _call_lifted(builder, name, lifted, pieces), *args)
@@ -433,8 +434,8 @@ def emit_exp_of_pair(builder: ir.IRBuilder, module: ir.Module, x: ir.Value, x_lo
 def emit_exps(builder: ir.IRBuilder, module: ir.Module, xs: list[ir.Value]) -> list[ir.Value]:
     """exp of each vector of `xs` (`emit_exp`) under one branch: the lifted function runs on all of
     them if any has a lane below TINY_BELOW. For a softmax row block held in registers: one test
-    and branch instead of one per vector (the block's attention kernel compiled 1.5 x as long
-    with one each)."""
+    and branch instead of one per vector (with one each, the block's attention kernel took 48 ms of
+    code generation against 33: benchmarks/codegen_cost.py block)."""
     parts = [exp_parts(builder, module, x) for x in xs]
     return _unless_any_tiny(builder, [tiny for tiny, _ in parts], lambda: [scaled(None) for _, scaled in parts],
                             "exp", _exp_lifted, [(x,) for x in xs])
@@ -451,6 +452,13 @@ def emit_exp_flushed(builder: ir.IRBuilder, module: ir.Module, x: ir.Value, zero
     results, so no lifted branch either. For intermediate values a caller can show to be
     negligible there (the fused attention's probabilities)."""
     assert zero_below >= TINY_BELOW, "below TINY_BELOW exp has subnormal results"
+    return emit_exp_unlifted(builder, module, x, zero_below)
+
+
+def emit_exp_unlifted(builder: ir.IRBuilder, module: ir.Module, x: ir.Value,
+                      zero_below: float = EXP_ZERO_BELOW) -> ir.Value:
+    """exp(x), +0 below `zero_below`, without the lifted branch: a result in the subnormals is
+    rounded into them, with the assists that costs (`emit_exp` avoids them)."""
     return exp_parts(builder, module, x, zero_below=zero_below)[1](None)
 
 
