@@ -112,18 +112,22 @@ def linear_table(rows: int, calls: int) -> None:
 
 
 LOGIT_STDS = (1.0, 10.0, 30.0, 60.0)
+MASKED = 0.0  # logits of std 1, half of them masked with -1e9 (exp exactly 0)
 
 
 def softmax_table(rows: int, cols: int, calls: int) -> None:
     model = tc.compile(Sequential(Softmax()), threads=1)
     print(f"\nSoftmax over {rows} rows of {cols} logits; us per call")
-    print(f"{'std':>6} {'us':>9} {'subnormal out':>14}")
+    print(f"{'std':>12} {'us':>9} {'subnormal out':>14}")
     rng = np.random.default_rng(2)
-    for std in LOGIT_STDS:
-        logits = (rng.standard_normal((rows, cols)) * std).astype(np.float32)
+    for std in LOGIT_STDS + (MASKED,):
+        logits = (rng.standard_normal((rows, cols)) * (1.0 if std == MASKED else std)).astype(np.float32)
+        if std == MASKED:
+            logits[rng.random(logits.shape) < 0.5] = np.float32(-1e9)
         out = model(logits).data
         share = float(((out > 0) & (out < np.float32(2.0**-126))).mean())
-        print(f"{std:6.1f} {median_us(model, logits, calls):9.1f} {share:14.3%}")
+        label = "1, half -1e9" if std == MASKED else f"{std:.1f}"
+        print(f"{label:>12} {median_us(model, logits, calls):9.1f} {share:14.3%}")
 
 
 if __name__ == "__main__":

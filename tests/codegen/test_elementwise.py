@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import ctypes
+
 import numpy as np
 import pytest
-from jit_util import c_function, f32_ptr, jit, new_module
+from jit_util import UNDERFLOW_OR_DENORMAL, c_function, f32_ptr, jit, mxcsr_functions, new_module
 
-from tinycomp.codegen.elementwise import KINDS, emit_elementwise, emit_softmax
+from tinycomp.codegen import vecmath
+from tinycomp.codegen.elementwise import KINDS, emit_elementwise, emit_softmax, lift_below
+from tinycomp.codegen.target import host
 from tinycomp.codegen.vector_ops import VECTOR_OPS
 from tinycomp.ir.ops import ELEMENTWISE, OPS
 
@@ -196,3 +200,62 @@ def test_softmax_edge_rows(softmax_kernels, r):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-30)  # nan positions must match
     assert np.isnan(got[[0, 1, 5]]).all()
     assert (got[2] == 0).all() and got[3, -1] == 1.0
+
+
+def wide_logit_rows(r: int, rng) -> np.ndarray:
+    """Rows whose softmax has results below the normals, next to the special rows that must come
+    out as before: logits of std 30; one logit at -95; -1e9 masks and -inf masks beside logits
+    at -95; NaN, +inf or all -inf among them."""
+    rows = (rng.standard_normal((9, r)) * 30).astype(np.float32)
+    rows[1] = 0.0
+    rows[1, r // 2] = -95.0
+    rows[2, ::2] = -1e9
+    rows[2, 1::4] = -95.0
+    rows[3, ::3] = -np.inf
+    rows[4, 0] = np.nan
+    rows[5, -1] = np.inf
+    rows[6] = -np.inf
+    rows[7] = np.float32(vecmath.EXP_ZERO_BELOW - 0.5)  # every exp exactly 0 after the shift, but the max's
+    rows[7, 0] = 0.0
+    rows[8] = np.linspace(0.0, -110.0, r, dtype=np.float32)  # through the whole lifted range
+    return rows
+
+
+@pytest.mark.skipif(not host().triple.startswith("x86_64"), reason="reads the x86 MXCSR")
+@pytest.mark.parametrize("portable", (False, True))
+@pytest.mark.parametrize("width", (16, 1))
+@pytest.mark.parametrize("r", (17, 64, 100, 1024))
+def test_softmax_results_below_the_normals_without_assists(r, width, portable, monkeypatch):
+    """Where e / sum falls below the normals (`elementwise._Row`), no operation of the kernel rounds
+    into the subnormals or reads one (on Intel cores each would cost a microcode assist; MXCSR's
+    flags stay clear), in registers (r <= 64) and in three passes; the subnormal results are within
+    3 * 2**-149 of the float64 softmax of the float32 shift x - max (which the kernel also rounds),
+    the normal ones as close as the other softmax tests ask; NaN and -inf rows as before. In both
+    forms of the vector math (`vecmath.AVX512_FORMS`)."""
+    monkeypatch.setattr(vecmath, "AVX512_FORMS", not portable)
+    module = new_module("softmax_mxcsr")
+    emit_softmax(module, "softmax", r, width)
+    mxcsr_functions(module)
+    engine, addr = jit(module, "softmax", "clear_fp_flags", "fp_flags")
+    rows = wide_logit_rows(r, np.random.default_rng(r))
+    ctypes.CFUNCTYPE(None)(addr["clear_fp_flags"])()
+    got = run(addr["softmax"], len(rows), r, [rows.ravel()])
+    flags = ctypes.CFUNCTYPE(ctypes.c_int32)(addr["fp_flags"])()
+    del engine
+    assert flags & UNDERFLOW_OR_DENORMAL == 0, f"MXCSR flags {flags:#x}"
+    with np.errstate(invalid="ignore"):
+        shifted = (rows - np.max(np.where(np.isnan(rows), -np.inf, rows), axis=1, keepdims=True)).astype(np.float64)
+    want = softmax_reference(shifted)  # its own shift is 0 (or -inf: row 6)
+    want[6] = 0.0
+    tiny = np.abs(want) < 2.0**-126
+    assert tiny[[0, 1, 2, 3, 8]].any(axis=1).all() and (got[tiny] > 0).sum() >= 3  # the care has work to do
+    np.testing.assert_allclose(got[~tiny], want[~tiny], rtol=1e-5)  # NaN where float64 has it
+    np.testing.assert_allclose(got[tiny], want[tiny], rtol=0, atol=3 * 2.0**-149)
+    assert np.isnan(got[[4, 5]]).all() and (got[6] == 0).all() and got[7, 0] == 1 and (got[7, 1:] == 0).all()
+
+
+def test_lift_below_keeps_every_quotient_normal():
+    """Above `lift_below(n)`, exp(x - max) divided by a sum of n such exps is a normal float32."""
+    for n in (1, 17, 1024, 2**20):
+        e = np.exp(np.float64(np.float32(lift_below(n))))
+        assert np.float32(e) / np.float32(n * (1 + 2.0**-20)) >= 2.0**-126

@@ -15,6 +15,7 @@ loader); anything without a rule raises NotImplementedError naming it before any
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 from llvmlite import ir
@@ -22,7 +23,7 @@ from llvmlite import ir
 from ..ir import ops
 from ..ir.ops import expr_nodes, map_leaves
 from . import vecmath
-from .cgutils import F32, I32, I64, PTR, element_ptr, for_range, i64, splat, vector_constant
+from .cgutils import F32, I1, I32, I64, PTR, element_ptr, for_range, i64, if_then, splat, vector_constant
 from .loops import (
     Chunk,
     accumulate_row,
@@ -221,6 +222,16 @@ class _Row:
     making every exp 0 and the sum 0; dividing by sum + 1 then gives zeros, and still NaN when a
     NaN hid behind the -inf max. Masked-off tail lanes load -inf, whose exp is exactly 0 for every
     shift this leaves (finite, +inf or 0), so they never disturb the sum.
+
+    Results below the normals: e / sum with e = exp(x - max) may be below the normals wherever
+    x - max < `lift_below(terms)`. Such e, the sum reading them and the products would each cost a
+    microcode assist on Intel cores (`vecmath`, TINY_BELOW): 256 rows of 1024 logits of std 30
+    took 1.7-1.8 ms against 0.09 for std 1 (benchmarks/tiny_results.py, its softmax table). A row
+    with such an x takes the careful steps (`careful_exps`): those lanes' exps lifted by
+    2**LIFT_BITS (`vecmath.mark_lifted`), left out of the sum and scaled by
+    `vecmath.scale_marked`, which builds their subnormal results from bits. The other lanes are
+    computed as in the usual steps; the sum leaving out terms below 1.01 * 2**-126 * terms each
+    moves by less than terms**2 * 2**-125 (it is at least 1), under its rounding but at a tie.
     """
 
     def __init__(self, builder: ir.IRBuilder, module: ir.Module, width: int, flush_below: float | None = None):
@@ -229,19 +240,22 @@ class _Row:
 
     def reduce_max(self, acc: ir.Value) -> None:
         b = self.builder
-        row_max = horizontal(b, lambda u, v: max_ignoring_nan(b, u, v), acc)
-        self.all_neg_inf, shift = softmax_shift(b, row_max, scalar_f32)
+        self.row_max = horizontal(b, lambda u, v: max_ignoring_nan(b, u, v), acc)
+        self.all_neg_inf, shift = softmax_shift(b, self.row_max, scalar_f32)
         self.shift = splat(shift, self.width, b)
 
     def exp_shifted(self, x: ir.Value) -> ir.Value:
         shifted = self.builder.fsub(x, self.shift)
         if self.flush_below is not None:
             return vecmath.emit_exp_flushed(self.builder, self.module, shifted, self.flush_below)
-        # Only the three-pass row takes this: its sum and its normalization read the exps again and
-        # would pay the assists of subnormal ones all the same, so the lifted branch (one per vector
-        # in the unrolled sum) is not taken: it cost ordinary 1024-wide rows 10-25 % and spared a row
-        # of logits of std 30 only half (benchmarks/tiny_results.py softmax table: 1.74 -> 0.83 ms).
+        # Lanes that would round into the subnormals are the careful steps' (`careful_exps`).
         return vecmath.emit_exp_unlifted(self.builder, self.module, shifted)
+
+    def careful_exps(self, x: ir.Value, lift_below: float) -> tuple[ir.Value, ir.Value]:
+        """(marked, summand) for exp(x - max) (`vecmath.mark_lifted`), lifted below `lift_below`."""
+        b = self.builder
+        tiny, scaled = vecmath.exp_parts(b, self.module, b.fsub(x, self.shift), tiny_below=lift_below)
+        return vecmath.mark_lifted(b, tiny, scaled)
 
     def reduce_sum(self, acc: ir.Value) -> ir.Value:
         """The vector 1 / divisor from the vector of partial sums."""
@@ -249,6 +263,14 @@ class _Row:
         total = horizontal(b, lambda u, v: b.fadd(u, v), acc)
         divisor = softmax_divisor(b, self.all_neg_inf, total, scalar_f32)
         return splat(b.fdiv(ir.Constant(F32, 1.0), divisor), self.width, b)
+
+
+def lift_below(terms: int) -> float:
+    """Below this x - max, e = exp(x - max) divided by a sum of at most `terms` exps (each at most 1,
+    the max's exactly 1) could fall below the normals: e < 1.01 * 2**-126 * terms. The lifted e,
+    at least 2**(LIFT_BITS - 150), stays normal divided by such a sum for any row that fits in memory."""
+    assert terms < 2**40
+    return vecmath.TINY_BELOW + math.log(terms)
 
 
 def _softmax_in_registers(b: ir.IRBuilder, row: _Row, chunks: list[Chunk], x_at, out_at) -> None:
@@ -264,7 +286,8 @@ def softmax_rows_in_registers(b: ir.IRBuilder, module: ir.Module, width: int,
     same operations in the same order per row as one row alone; emitted stage by stage across the
     rows (every max, then every exp, ...) so that the rows' long dependency chains (horizontal max,
     exp, horizontal sum, divide) are independent neighbours the CPU overlaps. `flush_below`: exp
-    of x - max below it is +0 (`_Row`)."""
+    of x - max below it is +0 (`_Row`); without it, one test on all the rows' exps picks the
+    careful steps (`_Row`) for all of them or none."""
     states = [_Row(b, module, width, flush_below) for _ in rows]
     maxima = []
     for xs in rows:
@@ -276,38 +299,120 @@ def softmax_rows_in_registers(b: ir.IRBuilder, module: ir.Module, width: int,
         row.reduce_max(acc)
     if flush_below is not None:
         exps = [[row.exp_shifted(v) for v in xs] for row, xs in zip(states, rows, strict=True)]
-    else:
-        shifted = [b.fsub(v, row.shift) for row, xs in zip(states, rows, strict=True) for v in xs]
-        flat = iter(vecmath.emit_exps(b, module, shifted))  # one test for results below the normals
-        exps = [[next(flat) for _ in xs] for xs in rows]
+        return _normalized(b, states, exps, exps, b.fmul)
+    below = lift_below(max(len(xs) for xs in rows) * width)
+    parts = [[vecmath.exp_parts(b, module, b.fsub(v, row.shift), tiny_below=below) for v in xs]
+             for row, xs in zip(states, rows, strict=True)]
+
+    def usual() -> list[ir.Value]:
+        exps = [[scaled(None) for _, scaled in ps] for ps in parts]
+        return _flat(_normalized(b, states, exps, exps, b.fmul))
+
+    def careful() -> list[ir.Value]:
+        pairs = [[vecmath.mark_lifted(b, tiny, scaled) for tiny, scaled in ps] for ps in parts]
+        return _flat(_normalized(b, states, [[m for m, _ in ms] for ms in pairs], [[s for _, s in ms] for ms in pairs],
+                                 lambda m, scale: vecmath.scale_marked(b, module, m, scale)))
+
+    flat = iter(vecmath.branch_on_tiny(b, [tiny for ps in parts for tiny, _ in ps], usual, careful))
+    return [[next(flat) for _ in xs] for xs in rows]
+
+
+def _flat(rows: list[list[ir.Value]]) -> list[ir.Value]:
+    return [v for vs in rows for v in vs]
+
+
+def _normalized(b: ir.IRBuilder, states: list[_Row], values: list[list[ir.Value]], summands: list[list[ir.Value]],
+                scale) -> list[list[ir.Value]]:
+    """Each row's `values` scaled (`scale(value, factor)`) by 1 / the sum of its `summands`."""
     totals = []
-    for es in exps:
-        total = es[0]
-        for e in es[1:]:
-            total = b.fadd(total, e)
+    for ss in summands:
+        total = ss[0]
+        for s in ss[1:]:
+            total = b.fadd(total, s)
         totals.append(total)
-    scales = [row.reduce_sum(total) for row, total in zip(states, totals, strict=True)]
-    return [[b.fmul(e, scale) for e in es] for es, scale in zip(exps, scales, strict=True)]
+    factors = [row.reduce_sum(total) for row, total in zip(states, totals, strict=True)]
+    return [[scale(v, factor) for v in vs] for vs, factor in zip(values, factors, strict=True)]
 
 
 def _softmax_three_pass(b: ir.IRBuilder, row: _Row, row_size: int, x_at, out_at) -> None:
-    """max over x; exp(x - max) stored to out while summing; out *= 1 / sum."""
-    w = row.width
-    [row_max] = accumulate_row(b, row_size, w, [splat(NEG_INF, w)], lambda c, acc: [max_ignoring_nan(
-        b, acc, load_chunk(b, x_at(c), c, fill=NEG_INF))])
-    row.reduce_max(row_max)
+    """max over x; exp(x - max) stored to out while summing; out *= 1 / sum.
 
+    Without `flush_below` the first pass also takes the least x (tail lanes +inf). Where it is
+    below max + `lift_below`, a scan of the row looks for an x - max from EXP_ZERO_BELOW up to
+    `lift_below` (below, exp is exactly 0: logits masked with -1e9 or -inf need no care); a row
+    with one takes the careful steps (`_Row`) in the other two passes."""
+    w = row.width
+    careful_rows = row.flush_below is None
+
+    def extremes(c: Chunk, *acc: ir.Value) -> list[ir.Value]:
+        x = load_chunk(b, x_at(c), c, fill=NEG_INF)
+        if not careful_rows:
+            return [max_ignoring_nan(b, acc[0], x)]
+        least = load_chunk(b, x_at(c), c, fill=float("inf"))  # the same load, but for a row's tail
+        return [max_ignoring_nan(b, acc[0], x), b.select(b.fcmp_ordered("<", least, acc[1]), least, acc[1])]
+
+    init = [splat(NEG_INF, w)] + ([splat(float("inf"), w)] if careful_rows else [])
+    row_max, *row_min = accumulate_row(b, row_size, w, init, extremes)
+    row.reduce_max(row_max)
+    if not careful_rows:
+        _plain_passes(b, row, row_size, x_at, out_at)
+        return
+    below = lift_below(row_size)
+    least = horizontal(b, lambda u, v: b.select(b.fcmp_ordered("<", v, u), v, u), row_min[0])
+    spread_out = b.fcmp_ordered("<", least, b.fadd(row.row_max, scalar_f32(below)))
+    with if_then(b, spread_out, carry=[ir.Constant(I1, 0)]) as spread:
+        spread.carry(_any_lifted(b, row, row_size, x_at, below))
+    [careful] = spread.results
+    with b.if_else(careful) as (lifted, usual):
+        with lifted:
+            _careful_passes(b, row, row_size, x_at, out_at, below)
+        with usual:
+            _plain_passes(b, row, row_size, x_at, out_at)
+
+
+def _any_lifted(b: ir.IRBuilder, row: _Row, row_size: int, x_at, below: float) -> ir.Value:
+    """i1: has the row an x - max from EXP_ZERO_BELOW up to `below` (`_Row.careful_exps` lifts it)?"""
+    w = row.width
+
+    def scan(c: Chunk, seen: ir.Value) -> list[ir.Value]:
+        s = b.fsub(load_chunk(b, x_at(c), c, fill=NEG_INF), row.shift)
+        window = b.and_(b.fcmp_ordered(">=", s, splat(vecmath.EXP_ZERO_BELOW, w)),
+                        b.fcmp_ordered("<", s, splat(below, w)))
+        return [b.or_(seen, window)]
+
+    [seen] = accumulate_row(b, row_size, w, [vector_constant(ir.VectorType(I1, w), [ir.Constant(I1, 0)] * w)], scan)
+    return b.icmp_unsigned("!=", b.bitcast(seen, ir.IntType(w)), ir.Constant(ir.IntType(w), 0))
+
+
+def _plain_passes(b: ir.IRBuilder, row: _Row, row_size: int, x_at, out_at) -> None:
+    """exp(x - max) stored to out while summing; out *= 1 / sum."""
     def exp_stored(c: Chunk) -> ir.Value:
         e = row.exp_shifted(load_chunk(b, x_at(c), c, fill=NEG_INF))  # tail lanes: exp(-inf) = 0
         store_chunk(b, e, out_at(c), c)
         return e
 
-    # Summed as a tree (`fold_run`), as the reductions and layer norm sum: one running sum per lane
-    # over a 300,000-wide row erred ~170 ulps and broke the parity rule against NumPy's pairwise sum.
-    total = fold_run(b, row_size, w, splat(0.0, w), exp_stored, b.fadd)
-    scale = row.reduce_sum(total)
-    for_each_chunk(b, row_size, w, lambda c: store_chunk(
-        b, b.fmul(load_chunk(b, out_at(c), c), scale), out_at(c), c))
+    factor = _summed(b, row, row_size, exp_stored)
+    for_each_chunk(b, row_size, row.width, lambda c: store_chunk(
+        b, b.fmul(load_chunk(b, out_at(c), c), factor), out_at(c), c))
+
+
+def _careful_passes(b: ir.IRBuilder, row: _Row, row_size: int, x_at, out_at, below: float) -> None:
+    """`_plain_passes` with the careful steps (`_Row`): marked exps stored, their summands summed."""
+    def exp_stored(c: Chunk) -> ir.Value:
+        marked, summand = row.careful_exps(load_chunk(b, x_at(c), c, fill=NEG_INF), below)
+        store_chunk(b, marked, out_at(c), c)
+        return summand
+
+    factor = _summed(b, row, row_size, exp_stored)
+    for_each_chunk(b, row_size, row.width, lambda c: store_chunk(
+        b, vecmath.scale_marked(b, row.module, load_chunk(b, out_at(c), c), factor), out_at(c), c))
+
+
+def _summed(b: ir.IRBuilder, row: _Row, row_size: int, term: Callable[[Chunk], ir.Value]) -> ir.Value:
+    """The factor 1 / the sum of `term` over the row's chunks (`_Row.reduce_sum`). Summed as a tree
+    (`fold_run`), as the reductions and layer norm sum: one running sum per lane over a 300,000-wide
+    row erred ~170 ulps and broke the parity rule against NumPy's pairwise sum."""
+    return row.reduce_sum(fold_run(b, row_size, row.width, splat(0.0, row.width), term, b.fadd))
 
 
 def emit_softmax(module: ir.Module, name: str, row_size: int, width: int) -> ir.Function:

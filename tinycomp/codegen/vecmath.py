@@ -264,24 +264,21 @@ def _unless_tiny(builder: ir.IRBuilder, tiny: ir.Value, fast, name: str, lifted,
     compiled once per module and width, not at every inlined use. It is `cold`, which tells LLVM
     the branch to it is unlikely (no branch weights: their metadata would keep `codegen.split`
     from splitting the module across cores)."""
-    return _unless_any_tiny(builder, [tiny], lambda: [fast()], name, lifted, [args])[0]
+    return branch_on_tiny(builder, [tiny], lambda: [fast()], lambda: [_call_lifted(builder, name, lifted, args)])[0]
 
 
-def _unless_any_tiny(builder: ir.IRBuilder, tinies: list[ir.Value], fast, name: str, lifted,
-                     calls: list[tuple[ir.Value, ...]]) -> list[ir.Value]:
-    """`_unless_tiny` for several vectors under one branch: `fast()` (a list) when no lane of any
-    of `tinies` is set, else the lifted function called on each of `calls`."""
-    flags = [_any_lane(builder, t) for t in tinies]
-    any_tiny = flags[0]
-    for flag in flags[1:]:
-        any_tiny = builder.or_(any_tiny, flag)
+def branch_on_tiny(builder: ir.IRBuilder, tinies: list[ir.Value], fast, careful) -> list[ir.Value]:
+    """The values `fast()` (a list) emits when no lane of any i1 vector of `tinies` is set, else
+    those of `careful()`: one test and branch for several vectors."""
+    any_tiny = _any_lane(builder, tinies[0])
+    for tiny in tinies[1:]:
+        any_tiny = builder.or_(any_tiny, _any_lane(builder, tiny))
     ends = []
     with builder.if_else(any_tiny) as (slow, usual):
         with slow:
-            ends.append(([_call_lifted(builder, name, lifted, args) for args in calls], builder.block))
+            ends.append((careful(), builder.block))
         with usual:
-            values = fast()
-            ends.append((values, builder.block))
+            ends.append((fast(), builder.block))
     return merge_incoming(builder, ends)
 
 
@@ -431,16 +428,6 @@ def emit_exp_of_pair(builder: ir.IRBuilder, module: ir.Module, x: ir.Value, x_lo
     return _unless_tiny(builder, tiny, lambda: scaled(None), "exp" if x_low is None else "exp_pair", _exp_lifted, *args)
 
 
-def emit_exps(builder: ir.IRBuilder, module: ir.Module, xs: list[ir.Value]) -> list[ir.Value]:
-    """exp of each vector of `xs` (`emit_exp`) under one branch: the lifted function runs on all of
-    them if any has a lane below TINY_BELOW. For a softmax row block held in registers: one test
-    and branch instead of one per vector (with one each, the block's attention kernel took 48 ms of
-    code generation against 33: benchmarks/codegen_cost.py block)."""
-    parts = [exp_parts(builder, module, x) for x in xs]
-    return _unless_any_tiny(builder, [tiny for tiny, _ in parts], lambda: [scaled(None) for _, scaled in parts],
-                            "exp", _exp_lifted, [(x,) for x in xs])
-
-
 def _exp_lifted(builder: ir.IRBuilder, module: ir.Module, x: ir.Value, x_low: ir.Value | None = None) -> ir.Value:
     """exp(x + x_low), the lanes below TINY_BELOW lifted and their results built by `_unlift`."""
     tiny, scaled = exp_parts(builder, module, x, x_low)
@@ -463,11 +450,13 @@ def emit_exp_unlifted(builder: ir.IRBuilder, module: ir.Module, x: ir.Value,
 
 
 def exp_parts(builder: ir.IRBuilder, module: ir.Module, x: ir.Value, x_low: ir.Value | None = None,
-              zero_below: float = EXP_ZERO_BELOW):
+              zero_below: float = EXP_ZERO_BELOW, tiny_below: float = TINY_BELOW):
     """(tiny, scaled) for exp(x + x_low) (`emit_exp_of_pair`), for callers that branch on small
-    results themselves (vecerf's gelu): `tiny` marks the lanes below TINY_BELOW, and
+    results themselves (vecerf's gelu, softmax): `tiny` marks the lanes from `zero_below` up to
+    `tiny_below` (at least TINY_BELOW, at most 0: lifted, exp stays below 2**LIFT_BITS), and
     `scaled(lifted)` emits exp times 2**LIFT_BITS in the `lifted` lanes (None: none), +0 below
     `zero_below`."""
+    assert TINY_BELOW <= tiny_below <= 0.0, tiny_below
     zero = builder.fcmp_ordered("<", x, _const(x, zero_below))
     if x_low is not None:
         beyond = builder.or_(zero, builder.fcmp_ordered(">", x, _const(x, EXP_HI)))
@@ -491,7 +480,26 @@ def exp_parts(builder: ir.IRBuilder, module: ir.Module, x: ir.Value, x_low: ir.V
             value = builder.fmul(builder.fmul(y, p1), p2)
         return builder.select(zero, _const(x, 0.0), value)
 
-    return builder.fcmp_ordered("<", x, _const(x, TINY_BELOW)), scaled
+    return builder.fcmp_ordered("<", x, _const(x, tiny_below)), scaled
+
+
+def mark_lifted(builder: ir.IRBuilder, tiny: ir.Value, scaled) -> tuple[ir.Value, ir.Value]:
+    """(marked, summand) from `exp_parts(...)`, for a caller that will multiply exp(x) by a factor
+    <= 1 that it learns later (softmax's 1 / sum), where the product could fall below the normals:
+    `marked` carries the `tiny` lanes as -(exp(x) * 2**LIFT_BITS), a negative normal float (exp
+    itself is never negative), the others as exp(x); `scale_marked` multiplies and undoes the lift.
+    `summand` is exp(x) with the tiny lanes +0, to sum without reading a subnormal."""
+    value = scaled(tiny)
+    return builder.select(tiny, builder.fneg(value), value), builder.select(tiny, _const(value, 0.0), value)
+
+
+def scale_marked(builder: ir.IRBuilder, module: ir.Module, marked: ir.Value, factor: ir.Value) -> ir.Value:
+    """`marked` (`mark_lifted`) times `factor`, the marked lanes unlifted: |marked| * factor /
+    2**LIFT_BITS rounded once more (`_unlift`: a subnormal result built from bits). factor must be
+    positive (or NaN) and keep |marked| * factor normal, i.e. above 2**(LIFT_BITS - 150) / |marked|'s
+    least 2**-86. About a dozen operations a vector: for vectors that may hold marked lanes."""
+    lifted = builder.fcmp_ordered("<", marked, _const(marked, 0.0))
+    return _unlift(builder, module, builder.fmul(_call(builder, module, "fabs", marked), factor), lifted)
 
 
 def emit_log(builder: ir.IRBuilder, module: ir.Module, x: ir.Value) -> ir.Value:
