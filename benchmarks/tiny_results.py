@@ -14,8 +14,8 @@ by the square): wide scores put exp(score - max) in the subnormals, where P @ V 
 (the fused attention takes them as 0: `AttentionSpec.flush_below`). Last, a compiled
 Linear(512, 512) and NumPy's x @ W on --rows rows of N(0, 1) and of N(0, 1) * 1e-39 (subnormal
 inputs: every multiply-add reads one; left as it is), and a lone Softmax over rows of logits of
-standard deviation 1 to 60 with the share of its outputs that are subnormal (they are the user's
-result: kept exact, at the cost of assists in its sum and normalization; left as it is). Run it
+standard deviation 1 to 60 (and along axis 1 of the same logits), with the share of its outputs
+that are subnormal (the user's result: kept exact, built without assists since `0d490d2`). Run it
 with PYTHONPATH at another checkout for the same tables from that code.
 """
 
@@ -115,19 +115,28 @@ LOGIT_STDS = (1.0, 10.0, 30.0, 60.0)
 MASKED = 0.0  # logits of std 1, half of them masked with -1e9 (exp exactly 0)
 
 
+class SoftmaxAlongAxis1(Layer):
+    def forward(self, x):
+        return Softmax()(x, dim=1)
+
+
 def softmax_table(rows: int, cols: int, calls: int) -> None:
-    model = tc.compile(Sequential(Softmax()), threads=1)
-    print(f"\nSoftmax over {rows} rows of {cols} logits; us per call")
-    print(f"{'std':>12} {'us':>9} {'subnormal out':>14}")
+    rows_model = tc.compile(Sequential(Softmax()), threads=1)
+    axis_model = tc.compile(SoftmaxAlongAxis1(), threads=1)
+    print(f"\nSoftmax over {rows} rows of {cols} logits, and along axis 1 of the same logits transposed, "
+          f"(1, {cols}, {rows}); us per call")
+    print(f"{'std':>12} {'rows':>9} {'axis 1':>9} {'subnormal out':>14}")
     rng = np.random.default_rng(2)
     for std in LOGIT_STDS + (MASKED,):
         logits = (rng.standard_normal((rows, cols)) * (1.0 if std == MASKED else std)).astype(np.float32)
         if std == MASKED:
             logits[rng.random(logits.shape) < 0.5] = np.float32(-1e9)
-        out = model(logits).data
+        out = rows_model(logits).data
         share = float(((out > 0) & (out < np.float32(2.0**-126))).mean())
         label = "1, half -1e9" if std == MASKED else f"{std:.1f}"
-        print(f"{label:>12} {median_us(model, logits, calls):9.1f} {share:14.3%}")
+        along = np.ascontiguousarray(logits.T)[None]
+        print(f"{label:>12} {median_us(rows_model, logits, calls):9.1f} {median_us(axis_model, along, calls):9.1f}"
+              f" {share:14.3%}")
 
 
 if __name__ == "__main__":

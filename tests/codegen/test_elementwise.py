@@ -10,6 +10,7 @@ from jit_util import UNDERFLOW_OR_DENORMAL, c_function, f32_ptr, jit, mxcsr_func
 
 from tinycomp.codegen import vecmath
 from tinycomp.codegen.elementwise import KINDS, emit_elementwise, emit_softmax, lift_below
+from tinycomp.codegen.reduce import emit_softmax_axis
 from tinycomp.codegen.target import host
 from tinycomp.codegen.vector_ops import VECTOR_OPS
 from tinycomp.ir.ops import ELEMENTWISE, OPS
@@ -221,7 +222,34 @@ def wide_logit_rows(r: int, rng) -> np.ndarray:
     return rows
 
 
-@pytest.mark.skipif(not host().triple.startswith("x86_64"), reason="reads the x86 MXCSR")
+def run_with_flags(module, m: int, r: int, inputs: list[np.ndarray]) -> tuple[np.ndarray, int]:
+    """`run` the module's kernel `softmax`, and the MXCSR exception flags the call raised."""
+    mxcsr_functions(module)
+    engine, addr = jit(module, "softmax", "clear_fp_flags", "fp_flags")
+    ctypes.CFUNCTYPE(None)(addr["clear_fp_flags"])()
+    got = run(addr["softmax"], m, r, inputs)
+    flags = ctypes.CFUNCTYPE(ctypes.c_int32)(addr["fp_flags"])()
+    del engine
+    return got, flags
+
+
+def check_wide_softmax(got: np.ndarray, rows: np.ndarray) -> None:
+    """`got`, the softmax of `wide_logit_rows`, against float64 (`test_softmax_results_below_...`)."""
+    with np.errstate(invalid="ignore"):
+        shifted = (rows - np.max(np.where(np.isnan(rows), -np.inf, rows), axis=1, keepdims=True)).astype(np.float64)
+    want = softmax_reference(shifted)  # its own shift is 0 (or -inf: row 6)
+    want[6] = 0.0
+    tiny = np.abs(want) < 2.0**-126
+    assert tiny[[0, 1, 2, 3, 8]].any(axis=1).all() and (got[tiny] > 0).sum() >= 3  # the care has work to do
+    np.testing.assert_allclose(got[~tiny], want[~tiny], rtol=1e-5)  # NaN where float64 has it
+    np.testing.assert_allclose(got[tiny], want[tiny], rtol=0, atol=3 * 2.0**-149)
+    assert np.isnan(got[[4, 5]]).all() and (got[6] == 0).all() and got[7, 0] == 1 and (got[7, 1:] == 0).all()
+
+
+X86 = host().triple.startswith("x86_64")
+
+
+@pytest.mark.skipif(not X86, reason="reads the x86 MXCSR")
 @pytest.mark.parametrize("portable", (False, True))
 @pytest.mark.parametrize("width", (16, 1))
 @pytest.mark.parametrize("r", (17, 64, 100, 1024))
@@ -235,23 +263,26 @@ def test_softmax_results_below_the_normals_without_assists(r, width, portable, m
     monkeypatch.setattr(vecmath, "AVX512_FORMS", not portable)
     module = new_module("softmax_mxcsr")
     emit_softmax(module, "softmax", r, width)
-    mxcsr_functions(module)
-    engine, addr = jit(module, "softmax", "clear_fp_flags", "fp_flags")
     rows = wide_logit_rows(r, np.random.default_rng(r))
-    ctypes.CFUNCTYPE(None)(addr["clear_fp_flags"])()
-    got = run(addr["softmax"], len(rows), r, [rows.ravel()])
-    flags = ctypes.CFUNCTYPE(ctypes.c_int32)(addr["fp_flags"])()
-    del engine
+    got, flags = run_with_flags(module, len(rows), r, [rows.ravel()])
     assert flags & UNDERFLOW_OR_DENORMAL == 0, f"MXCSR flags {flags:#x}"
-    with np.errstate(invalid="ignore"):
-        shifted = (rows - np.max(np.where(np.isnan(rows), -np.inf, rows), axis=1, keepdims=True)).astype(np.float64)
-    want = softmax_reference(shifted)  # its own shift is 0 (or -inf: row 6)
-    want[6] = 0.0
-    tiny = np.abs(want) < 2.0**-126
-    assert tiny[[0, 1, 2, 3, 8]].any(axis=1).all() and (got[tiny] > 0).sum() >= 3  # the care has work to do
-    np.testing.assert_allclose(got[~tiny], want[~tiny], rtol=1e-5)  # NaN where float64 has it
-    np.testing.assert_allclose(got[tiny], want[tiny], rtol=0, atol=3 * 2.0**-149)
-    assert np.isnan(got[[4, 5]]).all() and (got[6] == 0).all() and got[7, 0] == 1 and (got[7, 1:] == 0).all()
+    check_wide_softmax(got, rows)
+
+
+@pytest.mark.skipif(not X86, reason="reads the x86 MXCSR")
+@pytest.mark.parametrize("width", (16, 4))
+@pytest.mark.parametrize("axis", (17, 300))
+def test_softmax_along_an_axis_below_the_normals_without_assists(axis, width):
+    """The same for softmax along the middle axis of (outer, axis, inner) samples
+    (`reduce.emit_softmax_axis`), each `wide_logit_rows` row down one lane of `inner`."""
+    rows = wide_logit_rows(axis, np.random.default_rng(axis))
+    inner, outer = len(rows), 2
+    x = np.stack([rows.T, rows.T[::-1] * np.float32(0.5)])  # (outer, axis, inner); the second half as wide
+    module = new_module("softmax_axis_mxcsr")
+    emit_softmax_axis(module, "softmax", outer, axis, inner, width)
+    got, flags = run_with_flags(module, 1, x.size, [x.ravel()])
+    assert flags & UNDERFLOW_OR_DENORMAL == 0, f"MXCSR flags {flags:#x}"
+    check_wide_softmax(got.reshape(x.shape)[0].T, rows)
 
 
 def test_lift_below_keeps_every_quotient_normal():

@@ -195,6 +195,11 @@ def max_ignoring_nan(builder: ir.IRBuilder, acc: ir.Value, x: ir.Value) -> ir.Va
     return builder.select(builder.fcmp_ordered(">", x, acc), x, acc)
 
 
+def min_ignoring_nan(builder: ir.IRBuilder, acc: ir.Value, x: ir.Value) -> ir.Value:
+    """min that skips NaN lanes of x (a single vminps)."""
+    return builder.select(builder.fcmp_ordered("<", x, acc), x, acc)
+
+
 def scalar_f32(value: float) -> ir.Constant:
     return ir.Constant(F32, value)
 
@@ -251,11 +256,8 @@ class _Row:
         # Lanes that would round into the subnormals are the careful steps' (`careful_exps`).
         return vecmath.emit_exp_unlifted(self.builder, self.module, shifted)
 
-    def careful_exps(self, x: ir.Value, lift_below: float) -> tuple[ir.Value, ir.Value]:
-        """(marked, summand) for exp(x - max) (`vecmath.mark_lifted`), lifted below `lift_below`."""
-        b = self.builder
-        tiny, scaled = vecmath.exp_parts(b, self.module, b.fsub(x, self.shift), tiny_below=lift_below)
-        return vecmath.mark_lifted(b, tiny, scaled)
+    def careful_exps(self, x: ir.Value, below: float) -> tuple[ir.Value, ir.Value]:
+        return careful_exps(self.builder, self.module, self.builder.fsub(x, self.shift), below)
 
     def reduce_sum(self, acc: ir.Value) -> ir.Value:
         """The vector 1 / divisor from the vector of partial sums."""
@@ -263,6 +265,41 @@ class _Row:
         total = horizontal(b, lambda u, v: b.fadd(u, v), acc)
         divisor = softmax_divisor(b, self.all_neg_inf, total, scalar_f32)
         return splat(b.fdiv(ir.Constant(F32, 1.0), divisor), self.width, b)
+
+
+def careful_exps(b: ir.IRBuilder, module: ir.Module, shifted: ir.Value, below: float) -> tuple[ir.Value, ir.Value]:
+    """(marked, summand) for exp(x - max) given as `shifted` (`vecmath.mark_lifted`), the lanes
+    below `below` (`lift_below`) lifted."""
+    tiny, scaled = vecmath.exp_parts(b, module, shifted, tiny_below=below)
+    return vecmath.mark_lifted(b, tiny, scaled)
+
+
+def in_lift_window(b: ir.IRBuilder, shifted: ir.Value, below: float) -> ir.Value:
+    """i1 lanes: is x - max (`shifted`) from EXP_ZERO_BELOW up to `below`, where `careful_exps`
+    lifts it (further down exp is exactly 0: logits masked with -1e9 or -inf need no care)?"""
+    w = shifted.type.count
+    return b.and_(b.fcmp_ordered(">=", shifted, splat(vecmath.EXP_ZERO_BELOW, w)),
+                  b.fcmp_ordered("<", shifted, splat(below, w)))
+
+
+def any_set(b: ir.IRBuilder, lanes: ir.Value) -> ir.Value:
+    """i1: is any lane of the i1 vector `lanes` set?"""
+    w = lanes.type.count
+    return b.icmp_unsigned("!=", b.bitcast(lanes, ir.IntType(w)), ir.Constant(ir.IntType(w), 0))
+
+
+def choose_passes(b: ir.IRBuilder, spread_out: ir.Value, any_lifted: Callable[[], ir.Value],
+                  careful: Callable[[], None], plain: Callable[[], None]) -> None:
+    """The exp and scale passes of a softmax whose first pass found its max and its least x:
+    `careful()` if `spread_out` (least x < max + `lift_below`) and the scan `any_lifted()` finds
+    an x - max `in_lift_window`, else `plain()`. The scan runs only for rows spread that wide."""
+    with if_then(b, spread_out, carry=[ir.Constant(I1, 0)]) as spread:
+        spread.carry(any_lifted())
+    with b.if_else(spread.results[0]) as (lifted, usual):
+        with lifted:
+            careful()
+        with usual:
+            plain()
 
 
 def lift_below(terms: int) -> float:
@@ -337,10 +374,8 @@ def _normalized(b: ir.IRBuilder, states: list[_Row], values: list[list[ir.Value]
 def _softmax_three_pass(b: ir.IRBuilder, row: _Row, row_size: int, x_at, out_at) -> None:
     """max over x; exp(x - max) stored to out while summing; out *= 1 / sum.
 
-    Without `flush_below` the first pass also takes the least x (tail lanes +inf). Where it is
-    below max + `lift_below`, a scan of the row looks for an x - max from EXP_ZERO_BELOW up to
-    `lift_below` (below, exp is exactly 0: logits masked with -1e9 or -inf need no care); a row
-    with one takes the careful steps (`_Row`) in the other two passes."""
+    Without `flush_below` the first pass also takes the least x (tail lanes +inf), and the row
+    takes the careful steps (`_Row`) in the other two passes where `choose_passes` says so."""
     w = row.width
     careful_rows = row.flush_below is None
 
@@ -349,7 +384,7 @@ def _softmax_three_pass(b: ir.IRBuilder, row: _Row, row_size: int, x_at, out_at)
         if not careful_rows:
             return [max_ignoring_nan(b, acc[0], x)]
         least = load_chunk(b, x_at(c), c, fill=float("inf"))  # the same load, but for a row's tail
-        return [max_ignoring_nan(b, acc[0], x), b.select(b.fcmp_ordered("<", least, acc[1]), least, acc[1])]
+        return [max_ignoring_nan(b, acc[0], x), min_ignoring_nan(b, acc[1], least)]
 
     init = [splat(NEG_INF, w)] + ([splat(float("inf"), w)] if careful_rows else [])
     row_max, *row_min = accumulate_row(b, row_size, w, init, extremes)
@@ -358,30 +393,23 @@ def _softmax_three_pass(b: ir.IRBuilder, row: _Row, row_size: int, x_at, out_at)
         _plain_passes(b, row, row_size, x_at, out_at)
         return
     below = lift_below(row_size)
-    least = horizontal(b, lambda u, v: b.select(b.fcmp_ordered("<", v, u), v, u), row_min[0])
-    spread_out = b.fcmp_ordered("<", least, b.fadd(row.row_max, scalar_f32(below)))
-    with if_then(b, spread_out, carry=[ir.Constant(I1, 0)]) as spread:
-        spread.carry(_any_lifted(b, row, row_size, x_at, below))
-    [careful] = spread.results
-    with b.if_else(careful) as (lifted, usual):
-        with lifted:
-            _careful_passes(b, row, row_size, x_at, out_at, below)
-        with usual:
-            _plain_passes(b, row, row_size, x_at, out_at)
+    least = horizontal(b, lambda u, v: min_ignoring_nan(b, u, v), row_min[0])
+    choose_passes(b, b.fcmp_ordered("<", least, b.fadd(row.row_max, scalar_f32(below))),
+                  lambda: _any_lifted(b, row, row_size, x_at, below),
+                  lambda: _careful_passes(b, row, row_size, x_at, out_at, below),
+                  lambda: _plain_passes(b, row, row_size, x_at, out_at))
 
 
 def _any_lifted(b: ir.IRBuilder, row: _Row, row_size: int, x_at, below: float) -> ir.Value:
-    """i1: has the row an x - max from EXP_ZERO_BELOW up to `below` (`_Row.careful_exps` lifts it)?"""
+    """i1: has the row an x - max `in_lift_window`?"""
     w = row.width
 
     def scan(c: Chunk, seen: ir.Value) -> list[ir.Value]:
-        s = b.fsub(load_chunk(b, x_at(c), c, fill=NEG_INF), row.shift)
-        window = b.and_(b.fcmp_ordered(">=", s, splat(vecmath.EXP_ZERO_BELOW, w)),
-                        b.fcmp_ordered("<", s, splat(below, w)))
-        return [b.or_(seen, window)]
+        shifted = b.fsub(load_chunk(b, x_at(c), c, fill=NEG_INF), row.shift)
+        return [b.or_(seen, in_lift_window(b, shifted, below))]
 
     [seen] = accumulate_row(b, row_size, w, [vector_constant(ir.VectorType(I1, w), [ir.Constant(I1, 0)] * w)], scan)
-    return b.icmp_unsigned("!=", b.bitcast(seen, ir.IntType(w)), ir.Constant(ir.IntType(w), 0))
+    return any_set(b, seen)
 
 
 def _plain_passes(b: ir.IRBuilder, row: _Row, row_size: int, x_at, out_at) -> None:

@@ -26,8 +26,21 @@ from collections.abc import Callable, Sequence
 from llvmlite import ir
 
 from . import vecmath
-from .cgutils import F32, element_ptr, for_range, i64, splat
-from .elementwise import NEG_INF, declare_kernel, horizontal, max_ignoring_nan, softmax_divisor, softmax_shift
+from .cgutils import F32, I1, element_ptr, for_range, i64, splat, vector_constant
+from .elementwise import (
+    NEG_INF,
+    any_set,
+    careful_exps,
+    choose_passes,
+    declare_kernel,
+    horizontal,
+    in_lift_window,
+    lift_below,
+    max_ignoring_nan,
+    min_ignoring_nan,
+    softmax_divisor,
+    softmax_shift,
+)
 from .loops import Chunk, blocked_fold, fold, fold_run, for_each_chunk, load_chunk, store_chunk
 from .strided import contiguous_strides, nest_loops
 
@@ -115,12 +128,15 @@ def emit_reduce(module: ir.Module, name: str, op: str, groups: Sequence[tuple[in
 
 def emit_softmax_axis(module: ir.Module, name: str, outer: int, axis: int, inner: int, width: int) -> ir.Function:
     """Softmax along the middle of each sample viewed as (outer, axis, inner), inner > 1: each lane
-    takes one position of `inner` and runs the max, exp-and-sum and scale passes down the axis."""
+    takes one position of `inner` and runs the max (with the least x), exp-and-sum and scale passes
+    down the axis; a vector of lanes with results below the normals takes the careful steps
+    (`elementwise.choose_passes`, `elementwise._Row`)."""
     if min(outer, axis, inner) < 1:
         raise ValueError(f"softmax layout (outer, axis, inner) must be positive; got {(outer, axis, inner)}")
     fn = declare_kernel(module, name, 2)
     n_rows, out, x = fn.args
     b = ir.IRBuilder(fn.append_basic_block("entry"))
+    below = lift_below(axis)
 
     def lane_softmax(at: list[ir.Value]) -> None:
         def chunk_body(c: Chunk) -> None:
@@ -128,23 +144,44 @@ def emit_softmax_axis(module: ir.Module, name: str, outer: int, axis: int, inner
                 return element_ptr(b, base, b.add(b.add(at[0], c.col), b.mul(k, i64(inner), flags=["nsw"])))
 
             w = c.width
-            mx = fold(b, axis, splat(NEG_INF, w), lambda k, acc: max_ignoring_nan(
-                b, acc, load_chunk(b, ptr(x, k), c, NEG_INF)), "max")
+
             def lanes(value: float) -> ir.Value:
                 return splat(value, w)
+
+            def shifted(k: ir.Value) -> ir.Value:
+                return b.fsub(load_chunk(b, ptr(x, k), c, NEG_INF), shift)
+
+            with for_range(b, 0, axis, name="max", carry=[lanes(NEG_INF), lanes(math.inf)], nonempty=True) as loop:
+                k = loop.index
+                loop.carry(max_ignoring_nan(b, loop.carried[0], load_chunk(b, ptr(x, k), c, NEG_INF)),
+                           min_ignoring_nan(b, loop.carried[1], load_chunk(b, ptr(x, k), c, math.inf)))
+            mx, least = loop.results
             all_neg_inf, shift = softmax_shift(b, mx, lanes)
 
-            def exp_term(k: ir.Value) -> ir.Value:
-                e = vecmath.emit_exp(b, module, b.fsub(load_chunk(b, ptr(x, k), c, NEG_INF), shift))
-                store_chunk(b, e, ptr(out, k), c)
-                return e
+            def passes(exps: Callable[[ir.Value], tuple[ir.Value, ir.Value]], rescale: Callable) -> Callable[[], None]:
+                def emit() -> None:
+                    def exp_term(k: ir.Value) -> ir.Value:
+                        stored, summand = exps(shifted(k))
+                        store_chunk(b, stored, ptr(out, k), c)
+                        return summand
 
-            total = blocked_fold(b, axis, splat(-0.0, w), exp_term, lambda acc, e: b.fadd(acc, e), "sum")
-            divisor = softmax_divisor(b, all_neg_inf, total, lanes)
-            scale = b.fdiv(splat(1.0, w), divisor)
-            with for_range(b, 0, axis, name="scale") as loop:
-                k = loop.index
-                store_chunk(b, b.fmul(load_chunk(b, ptr(out, k), c), scale), ptr(out, k), c)
+                    total = blocked_fold(b, axis, lanes(-0.0), exp_term, lambda acc, e: b.fadd(acc, e), "sum")
+                    scale = b.fdiv(lanes(1.0), softmax_divisor(b, all_neg_inf, total, lanes))
+                    with for_range(b, 0, axis, name="scale") as loop:
+                        k = loop.index
+                        store_chunk(b, rescale(load_chunk(b, ptr(out, k), c), scale), ptr(out, k), c)
+                return emit
+
+            def any_lifted() -> ir.Value:
+                seen = fold(b, axis, vector_constant(ir.VectorType(I1, w), [ir.Constant(I1, 0)] * w),
+                            lambda k, acc: b.or_(acc, in_lift_window(b, shifted(k), below)), "scan")
+                return any_set(b, seen)
+
+            plain = passes(lambda s: (vecmath.emit_exp_unlifted(b, module, s),) * 2, b.fmul)
+            careful = passes(lambda s: careful_exps(b, module, s, below),
+                             lambda m, scale: vecmath.scale_marked(b, module, m, scale))
+            choose_passes(b, any_set(b, b.fcmp_ordered("<", least, b.fadd(mx, lanes(below)))), any_lifted,
+                          careful, plain)
         for_each_chunk(b, inner, width, chunk_body)
 
     with for_range(b, 0, n_rows, name="m") as loop:
