@@ -232,16 +232,20 @@ class _Row:
     x - max < `lift_below(terms)`. Such e, the sum reading them and the products would each cost a
     microcode assist on Intel cores (`vecmath`, TINY_BELOW): 256 rows of 1024 logits of std 30
     took 1.7-1.8 ms against 0.09 for std 1 (benchmarks/tiny_results.py, its softmax table). A row
-    with such an x takes the careful steps (`careful_exps`): those lanes' exps lifted by
-    2**LIFT_BITS (`vecmath.mark_lifted`), left out of the sum and scaled by
-    `vecmath.scale_marked`, which builds their subnormal results from bits. The other lanes are
-    computed as in the usual steps; the sum leaving out terms below 1.01 * 2**-126 * terms each
-    moves by less than terms**2 * 2**-125 (it is at least 1), under its rounding but at a tie.
+    with an x - max `in_lift_window` is careful: its exps below `lift_below` are left out of the
+    sum (taken as +0: `zero_below`), and its results there are computed from exps lifted by
+    2**LIFT_BITS (`vecmath.exp_lifted`), then scaled and unlifted (`vecmath.scale_lifted`, which
+    builds subnormal results from bits). The other lanes get what they get in any row; the sum
+    leaving out terms below 1.01 * 2**-126 * terms each moves by less than terms**2 * 2**-125 (it
+    is at least 1): under its rounding but at a tie.
     """
 
     def __init__(self, builder: ir.IRBuilder, module: ir.Module, width: int, flush_below: float | None = None):
         self.builder, self.module, self.width = builder, module, width
         self.flush_below = flush_below  # exp(x - max) is +0 below it (`vecmath.emit_exp_flushed`)
+        # exp(x - max) is +0 below it: flush_below, else where exp is 0 anyway, or in a careful row
+        # lift_below (a vector known at run time; the three-pass row sets it)
+        self.zero_below: float | ir.Value = vecmath.EXP_ZERO_BELOW if flush_below is None else flush_below
 
     def reduce_max(self, acc: ir.Value) -> None:
         b = self.builder
@@ -250,14 +254,7 @@ class _Row:
         self.shift = splat(shift, self.width, b)
 
     def exp_shifted(self, x: ir.Value) -> ir.Value:
-        shifted = self.builder.fsub(x, self.shift)
-        if self.flush_below is not None:
-            return vecmath.emit_exp_flushed(self.builder, self.module, shifted, self.flush_below)
-        # Lanes that would round into the subnormals are the careful steps' (`careful_exps`).
-        return vecmath.emit_exp_unlifted(self.builder, self.module, shifted)
-
-    def careful_exps(self, x: ir.Value, below: float) -> tuple[ir.Value, ir.Value]:
-        return careful_exps(self.builder, self.module, self.builder.fsub(x, self.shift), below)
+        return vecmath.emit_exp_unlifted(self.builder, self.module, self.builder.fsub(x, self.shift), self.zero_below)
 
     def reduce_sum(self, acc: ir.Value) -> ir.Value:
         """The vector 1 / divisor from the vector of partial sums."""
@@ -267,16 +264,18 @@ class _Row:
         return splat(b.fdiv(ir.Constant(F32, 1.0), divisor), self.width, b)
 
 
-def careful_exps(b: ir.IRBuilder, module: ir.Module, shifted: ir.Value, below: float) -> tuple[ir.Value, ir.Value]:
-    """(marked, summand) for exp(x - max) given as `shifted` (`vecmath.mark_lifted`), the lanes
-    below `below` (`lift_below`) lifted."""
-    tiny, scaled = vecmath.exp_parts(b, module, shifted, tiny_below=below)
-    return vecmath.mark_lifted(b, tiny, scaled)
+def lift_below(terms: int) -> float:
+    """Below this x - max, e = exp(x - max) divided by a sum of at most `terms` exps (each at most 1,
+    the max's exactly 1) could fall below the normals: e < 1.01 * 2**-126 * terms. The lifted e,
+    at least 2**(LIFT_BITS - 150), stays normal divided by such a sum for any row that fits in memory."""
+    assert terms < 2**40
+    return vecmath.TINY_BELOW + math.log(terms)
 
 
 def in_lift_window(b: ir.IRBuilder, shifted: ir.Value, below: float) -> ir.Value:
-    """i1 lanes: is x - max (`shifted`) from EXP_ZERO_BELOW up to `below`, where `careful_exps`
-    lifts it (further down exp is exactly 0: logits masked with -1e9 or -inf need no care)?"""
+    """i1 lanes: is x - max (`shifted`) from EXP_ZERO_BELOW up to `below` (`lift_below`), where
+    `vecmath.exp_lifted` lifts it? (Further down exp is exactly 0: logits masked with -1e9 or -inf
+    need no care.)"""
     w = shifted.type.count
     return b.and_(b.fcmp_ordered(">=", shifted, splat(vecmath.EXP_ZERO_BELOW, w)),
                   b.fcmp_ordered("<", shifted, splat(below, w)))
@@ -288,26 +287,21 @@ def any_set(b: ir.IRBuilder, lanes: ir.Value) -> ir.Value:
     return b.icmp_unsigned("!=", b.bitcast(lanes, ir.IntType(w)), ir.Constant(ir.IntType(w), 0))
 
 
-def choose_passes(b: ir.IRBuilder, spread_out: ir.Value, any_lifted: Callable[[], ir.Value],
-                  careful: Callable[[], None], plain: Callable[[], None]) -> None:
-    """The exp and scale passes of a softmax whose first pass found its max and its least x:
-    `careful()` if `spread_out` (least x < max + `lift_below`) and the scan `any_lifted()` finds
-    an x - max `in_lift_window`, else `plain()`. The scan runs only for rows spread that wide."""
+def careful_zero_below(b: ir.IRBuilder, spread_out: ir.Value, any_lifted: Callable[[], ir.Value],
+                       below: float, width: int) -> tuple[ir.Value, ir.Value]:
+    """(careful?, zero_below) for a softmax whose first pass found its max and its least x: careful
+    (`_Row`) if `spread_out` (least x < max + `below`) and then the scan `any_lifted()` finds an
+    x - max `in_lift_window`; zero_below, the splat `below` there, else EXP_ZERO_BELOW."""
     with if_then(b, spread_out, carry=[ir.Constant(I1, 0)]) as spread:
         spread.carry(any_lifted())
-    with b.if_else(spread.results[0]) as (lifted, usual):
-        with lifted:
-            careful()
-        with usual:
-            plain()
+    [careful] = spread.results
+    return careful, splat(b.select(careful, scalar_f32(below), scalar_f32(vecmath.EXP_ZERO_BELOW)), width, b)
 
 
-def lift_below(terms: int) -> float:
-    """Below this x - max, e = exp(x - max) divided by a sum of at most `terms` exps (each at most 1,
-    the max's exactly 1) could fall below the normals: e < 1.01 * 2**-126 * terms. The lifted e,
-    at least 2**(LIFT_BITS - 150), stays normal divided by such a sum for any row that fits in memory."""
-    assert terms < 2**40
-    return vecmath.TINY_BELOW + math.log(terms)
+def lifted_results(b: ir.IRBuilder, module: ir.Module, shifted: ir.Value, factor: ir.Value, below: float) -> ir.Value:
+    """exp(x - max) * factor for the vector x - max `shifted` of a careful row (`_Row`), or NaN."""
+    tiny, value = vecmath.exp_lifted(b, module, shifted, below)
+    return vecmath.scale_lifted(b, module, value, factor, tiny)
 
 
 def _softmax_in_registers(b: ir.IRBuilder, row: _Row, chunks: list[Chunk], x_at, out_at) -> None:
@@ -336,19 +330,20 @@ def softmax_rows_in_registers(b: ir.IRBuilder, module: ir.Module, width: int,
         row.reduce_max(acc)
     if flush_below is not None:
         exps = [[row.exp_shifted(v) for v in xs] for row, xs in zip(states, rows, strict=True)]
-        return _normalized(b, states, exps, exps, b.fmul)
+        return _normalized(b, states, exps, lambda i, j, factor: b.fmul(exps[i][j], factor))
     below = lift_below(max(len(xs) for xs in rows) * width)
     parts = [[vecmath.exp_parts(b, module, b.fsub(v, row.shift), tiny_below=below) for v in xs]
              for row, xs in zip(states, rows, strict=True)]
 
     def usual() -> list[ir.Value]:
         exps = [[scaled(None) for _, scaled in ps] for ps in parts]
-        return _flat(_normalized(b, states, exps, exps, b.fmul))
+        return _flat(_normalized(b, states, exps, lambda i, j, factor: b.fmul(exps[i][j], factor)))
 
     def careful() -> list[ir.Value]:
-        pairs = [[vecmath.mark_lifted(b, tiny, scaled) for tiny, scaled in ps] for ps in parts]
-        return _flat(_normalized(b, states, [[m for m, _ in ms] for ms in pairs], [[s for _, s in ms] for ms in pairs],
-                                 lambda m, scale: vecmath.scale_marked(b, module, m, scale)))
+        lifted = [[(tiny, scaled(tiny)) for tiny, scaled in ps] for ps in parts]
+        summands = [[b.select(tiny, splat(0.0, width), value) for tiny, value in ls] for ls in lifted]
+        return _flat(_normalized(b, states, summands, lambda i, j, factor: vecmath.scale_lifted(
+            b, module, lifted[i][j][1], factor, lifted[i][j][0])))
 
     flat = iter(vecmath.branch_on_tiny(b, [tiny for ps in parts for tiny, _ in ps], usual, careful))
     return [[next(flat) for _ in xs] for xs in rows]
@@ -358,9 +353,9 @@ def _flat(rows: list[list[ir.Value]]) -> list[ir.Value]:
     return [v for vs in rows for v in vs]
 
 
-def _normalized(b: ir.IRBuilder, states: list[_Row], values: list[list[ir.Value]], summands: list[list[ir.Value]],
-                scale) -> list[list[ir.Value]]:
-    """Each row's `values` scaled (`scale(value, factor)`) by 1 / the sum of its `summands`."""
+def _normalized(b: ir.IRBuilder, states: list[_Row], summands: list[list[ir.Value]],
+                result: Callable[[int, int, ir.Value], ir.Value]) -> list[list[ir.Value]]:
+    """`result(i, j, factor)` for vector j of row i, factor the vector 1 / the sum of row i's `summands`."""
     totals = []
     for ss in summands:
         total = ss[0]
@@ -368,14 +363,16 @@ def _normalized(b: ir.IRBuilder, states: list[_Row], values: list[list[ir.Value]
             total = b.fadd(total, s)
         totals.append(total)
     factors = [row.reduce_sum(total) for row, total in zip(states, totals, strict=True)]
-    return [[scale(v, factor) for v in vs] for vs, factor in zip(values, factors, strict=True)]
+    return [[result(i, j, factor) for j in range(len(ss))] for i, (ss, factor) in enumerate(zip(summands, factors,
+                                                                                                  strict=True))]
 
 
 def _softmax_three_pass(b: ir.IRBuilder, row: _Row, row_size: int, x_at, out_at) -> None:
     """max over x; exp(x - max) stored to out while summing; out *= 1 / sum.
 
-    Without `flush_below` the first pass also takes the least x (tail lanes +inf), and the row
-    takes the careful steps (`_Row`) in the other two passes where `choose_passes` says so."""
+    Without `flush_below` the first pass also takes the least x (tail lanes +inf), and in a careful
+    row (`_Row`, `careful_zero_below`) a last pass computes again the vectors that hold an x - max
+    `in_lift_window`; it reads x, so out must not be x there."""
     w = row.width
     careful_rows = row.flush_below is None
 
@@ -389,15 +386,25 @@ def _softmax_three_pass(b: ir.IRBuilder, row: _Row, row_size: int, x_at, out_at)
     init = [splat(NEG_INF, w)] + ([splat(float("inf"), w)] if careful_rows else [])
     row_max, *row_min = accumulate_row(b, row_size, w, init, extremes)
     row.reduce_max(row_max)
-    if not careful_rows:
-        _plain_passes(b, row, row_size, x_at, out_at)
-        return
     below = lift_below(row_size)
-    least = horizontal(b, lambda u, v: min_ignoring_nan(b, u, v), row_min[0])
-    choose_passes(b, b.fcmp_ordered("<", least, b.fadd(row.row_max, scalar_f32(below))),
-                  lambda: _any_lifted(b, row, row_size, x_at, below),
-                  lambda: _careful_passes(b, row, row_size, x_at, out_at, below),
-                  lambda: _plain_passes(b, row, row_size, x_at, out_at))
+    if careful_rows:
+        least = horizontal(b, lambda u, v: min_ignoring_nan(b, u, v), row_min[0])
+        careful, row.zero_below = careful_zero_below(
+            b, b.fcmp_ordered("<", least, b.fadd(row.row_max, scalar_f32(below))),
+            lambda: _any_lifted(b, row, row_size, x_at, below), below, w)
+
+    def exp_stored(c: Chunk) -> ir.Value:
+        e = row.exp_shifted(load_chunk(b, x_at(c), c, fill=NEG_INF))  # tail lanes: exp(-inf) = 0
+        store_chunk(b, e, out_at(c), c)
+        return e
+
+    # Summed as a tree (`fold_run`), as the reductions and layer norm sum: one running sum per lane
+    # over a 300,000-wide row erred ~170 ulps and broke the parity rule against NumPy's pairwise sum.
+    factor = row.reduce_sum(fold_run(b, row_size, w, splat(0.0, w), exp_stored, b.fadd))
+    for_each_chunk(b, row_size, w, lambda c: store_chunk(b, b.fmul(load_chunk(b, out_at(c), c), factor), out_at(c), c))
+    if careful_rows:
+        with if_then(b, careful):
+            for_each_chunk(b, row_size, w, lambda c: _lift_chunk(b, row, x_at, out_at, c, factor, below))
 
 
 def _any_lifted(b: ir.IRBuilder, row: _Row, row_size: int, x_at, below: float) -> ir.Value:
@@ -412,35 +419,11 @@ def _any_lifted(b: ir.IRBuilder, row: _Row, row_size: int, x_at, below: float) -
     return any_set(b, seen)
 
 
-def _plain_passes(b: ir.IRBuilder, row: _Row, row_size: int, x_at, out_at) -> None:
-    """exp(x - max) stored to out while summing; out *= 1 / sum."""
-    def exp_stored(c: Chunk) -> ir.Value:
-        e = row.exp_shifted(load_chunk(b, x_at(c), c, fill=NEG_INF))  # tail lanes: exp(-inf) = 0
-        store_chunk(b, e, out_at(c), c)
-        return e
-
-    factor = _summed(b, row, row_size, exp_stored)
-    for_each_chunk(b, row_size, row.width, lambda c: store_chunk(
-        b, b.fmul(load_chunk(b, out_at(c), c), factor), out_at(c), c))
-
-
-def _careful_passes(b: ir.IRBuilder, row: _Row, row_size: int, x_at, out_at, below: float) -> None:
-    """`_plain_passes` with the careful steps (`_Row`): marked exps stored, their summands summed."""
-    def exp_stored(c: Chunk) -> ir.Value:
-        marked, summand = row.careful_exps(load_chunk(b, x_at(c), c, fill=NEG_INF), below)
-        store_chunk(b, marked, out_at(c), c)
-        return summand
-
-    factor = _summed(b, row, row_size, exp_stored)
-    for_each_chunk(b, row_size, row.width, lambda c: store_chunk(
-        b, vecmath.scale_marked(b, row.module, load_chunk(b, out_at(c), c), factor), out_at(c), c))
-
-
-def _summed(b: ir.IRBuilder, row: _Row, row_size: int, term: Callable[[Chunk], ir.Value]) -> ir.Value:
-    """The factor 1 / the sum of `term` over the row's chunks (`_Row.reduce_sum`). Summed as a tree
-    (`fold_run`), as the reductions and layer norm sum: one running sum per lane over a 300,000-wide
-    row erred ~170 ulps and broke the parity rule against NumPy's pairwise sum."""
-    return row.reduce_sum(fold_run(b, row_size, row.width, splat(0.0, row.width), term, b.fadd))
+def _lift_chunk(b: ir.IRBuilder, row: _Row, x_at, out_at, c: Chunk, factor: ir.Value, below: float) -> None:
+    """Chunk c of a careful row's results again, from lifted exps, if it holds an x - max `in_lift_window`."""
+    shifted = b.fsub(load_chunk(b, x_at(c), c, fill=NEG_INF), row.shift)
+    with if_then(b, any_set(b, in_lift_window(b, shifted, below))):
+        store_chunk(b, lifted_results(b, row.module, shifted, factor, below), out_at(c), c)
 
 
 def emit_softmax(module: ir.Module, name: str, row_size: int, width: int) -> ir.Function:

@@ -26,16 +26,16 @@ from collections.abc import Callable, Sequence
 from llvmlite import ir
 
 from . import vecmath
-from .cgutils import F32, I1, element_ptr, for_range, i64, splat, vector_constant
+from .cgutils import F32, I1, element_ptr, for_range, i64, if_then, splat, vector_constant
 from .elementwise import (
     NEG_INF,
     any_set,
-    careful_exps,
-    choose_passes,
+    careful_zero_below,
     declare_kernel,
     horizontal,
     in_lift_window,
     lift_below,
+    lifted_results,
     max_ignoring_nan,
     min_ignoring_nan,
     softmax_divisor,
@@ -129,8 +129,9 @@ def emit_reduce(module: ir.Module, name: str, op: str, groups: Sequence[tuple[in
 def emit_softmax_axis(module: ir.Module, name: str, outer: int, axis: int, inner: int, width: int) -> ir.Function:
     """Softmax along the middle of each sample viewed as (outer, axis, inner), inner > 1: each lane
     takes one position of `inner` and runs the max (with the least x), exp-and-sum and scale passes
-    down the axis; a vector of lanes with results below the normals takes the careful steps
-    (`elementwise.choose_passes`, `elementwise._Row`)."""
+    down the axis; a vector of lanes with results below the normals is careful (`elementwise._Row`,
+    `careful_zero_below`), and a last pass computes again its positions that hold an x - max
+    `in_lift_window`."""
     if min(outer, axis, inner) < 1:
         raise ValueError(f"softmax layout (outer, axis, inner) must be positive; got {(outer, axis, inner)}")
     fn = declare_kernel(module, name, 2)
@@ -157,31 +158,28 @@ def emit_softmax_axis(module: ir.Module, name: str, outer: int, axis: int, inner
                            min_ignoring_nan(b, loop.carried[1], load_chunk(b, ptr(x, k), c, math.inf)))
             mx, least = loop.results
             all_neg_inf, shift = softmax_shift(b, mx, lanes)
+            careful, zero_below = careful_zero_below(
+                b, any_set(b, b.fcmp_ordered("<", least, b.fadd(mx, lanes(below)))),
+                lambda: any_set(b, fold(b, axis, vector_constant(ir.VectorType(I1, w), [ir.Constant(I1, 0)] * w),
+                                        lambda k, acc: b.or_(acc, in_lift_window(b, shifted(k), below)), "scan")),
+                below, w)
 
-            def passes(exps: Callable[[ir.Value], tuple[ir.Value, ir.Value]], rescale: Callable) -> Callable[[], None]:
-                def emit() -> None:
-                    def exp_term(k: ir.Value) -> ir.Value:
-                        stored, summand = exps(shifted(k))
-                        store_chunk(b, stored, ptr(out, k), c)
-                        return summand
+            def exp_term(k: ir.Value) -> ir.Value:
+                e = vecmath.emit_exp_unlifted(b, module, shifted(k), zero_below)
+                store_chunk(b, e, ptr(out, k), c)
+                return e
 
-                    total = blocked_fold(b, axis, lanes(-0.0), exp_term, lambda acc, e: b.fadd(acc, e), "sum")
-                    scale = b.fdiv(lanes(1.0), softmax_divisor(b, all_neg_inf, total, lanes))
-                    with for_range(b, 0, axis, name="scale") as loop:
-                        k = loop.index
-                        store_chunk(b, rescale(load_chunk(b, ptr(out, k), c), scale), ptr(out, k), c)
-                return emit
-
-            def any_lifted() -> ir.Value:
-                seen = fold(b, axis, vector_constant(ir.VectorType(I1, w), [ir.Constant(I1, 0)] * w),
-                            lambda k, acc: b.or_(acc, in_lift_window(b, shifted(k), below)), "scan")
-                return any_set(b, seen)
-
-            plain = passes(lambda s: (vecmath.emit_exp_unlifted(b, module, s),) * 2, b.fmul)
-            careful = passes(lambda s: careful_exps(b, module, s, below),
-                             lambda m, scale: vecmath.scale_marked(b, module, m, scale))
-            choose_passes(b, any_set(b, b.fcmp_ordered("<", least, b.fadd(mx, lanes(below)))), any_lifted,
-                          careful, plain)
+            total = blocked_fold(b, axis, lanes(-0.0), exp_term, lambda acc, e: b.fadd(acc, e), "sum")
+            divisor = softmax_divisor(b, all_neg_inf, total, lanes)
+            scale = b.fdiv(lanes(1.0), divisor)
+            with for_range(b, 0, axis, name="scale") as loop:
+                k = loop.index
+                store_chunk(b, b.fmul(load_chunk(b, ptr(out, k), c), scale), ptr(out, k), c)
+            with if_then(b, careful), for_range(b, 0, axis, name="lift") as loop:
+                k = loop.index
+                lifted = shifted(k)
+                with if_then(b, any_set(b, in_lift_window(b, lifted, below))):
+                    store_chunk(b, lifted_results(b, module, lifted, scale, below), ptr(out, k), c)
         for_each_chunk(b, inner, width, chunk_body)
 
     with for_range(b, 0, n_rows, name="m") as loop:

@@ -434,30 +434,31 @@ def _exp_lifted(builder: ir.IRBuilder, module: ir.Module, x: ir.Value, x_low: ir
     return _unlift(builder, module, scaled(tiny), tiny)
 
 
-def emit_exp_flushed(builder: ir.IRBuilder, module: ir.Module, x: ir.Value, zero_below: float) -> ir.Value:
-    """exp(x) with the lanes below `zero_below` (at least TINY_BELOW) taken as +0: no subnormal
-    results, so no lifted branch either. For intermediate values a caller can show to be
-    negligible there (the fused attention's probabilities)."""
-    assert zero_below >= TINY_BELOW, "below TINY_BELOW exp has subnormal results"
+def emit_exp_flushed(builder: ir.IRBuilder, module: ir.Module, x: ir.Value, zero_below: float | ir.Value) -> ir.Value:
+    """exp(x) with the lanes below `zero_below` (at least TINY_BELOW; a number, or a vector of x's
+    type known at run time) taken as +0: no subnormal results, so no lifted branch either. For
+    values a caller can show to be negligible there (the fused attention's probabilities) or
+    computes again (softmax's careful rows)."""
+    assert isinstance(zero_below, ir.Value) or zero_below >= TINY_BELOW, "below TINY_BELOW exp has subnormal results"
     return emit_exp_unlifted(builder, module, x, zero_below)
 
 
 def emit_exp_unlifted(builder: ir.IRBuilder, module: ir.Module, x: ir.Value,
-                      zero_below: float = EXP_ZERO_BELOW) -> ir.Value:
+                      zero_below: float | ir.Value = EXP_ZERO_BELOW) -> ir.Value:
     """exp(x), +0 below `zero_below`, without the lifted branch: a result in the subnormals is
     rounded into them, with the assists that costs (`emit_exp` avoids them)."""
     return exp_parts(builder, module, x, zero_below=zero_below)[1](None)
 
 
 def exp_parts(builder: ir.IRBuilder, module: ir.Module, x: ir.Value, x_low: ir.Value | None = None,
-              zero_below: float = EXP_ZERO_BELOW, tiny_below: float = TINY_BELOW):
+              zero_below: float | ir.Value = EXP_ZERO_BELOW, tiny_below: float = TINY_BELOW):
     """(tiny, scaled) for exp(x + x_low) (`emit_exp_of_pair`), for callers that branch on small
     results themselves (vecerf's gelu, softmax): `tiny` marks the lanes from `zero_below` up to
     `tiny_below` (at least TINY_BELOW, at most 0: lifted, exp stays below 2**LIFT_BITS), and
     `scaled(lifted)` emits exp times 2**LIFT_BITS in the `lifted` lanes (None: none), +0 below
-    `zero_below`."""
+    `zero_below` (a number, or a vector of x's type)."""
     assert TINY_BELOW <= tiny_below <= 0.0, tiny_below
-    zero = builder.fcmp_ordered("<", x, _const(x, zero_below))
+    zero = builder.fcmp_ordered("<", x, zero_below if isinstance(zero_below, ir.Value) else _const(x, zero_below))
     if x_low is not None:
         beyond = builder.or_(zero, builder.fcmp_ordered(">", x, _const(x, EXP_HI)))
         x_low = builder.select(beyond, _const(x, 0.0), x_low)
@@ -483,23 +484,22 @@ def exp_parts(builder: ir.IRBuilder, module: ir.Module, x: ir.Value, x_low: ir.V
     return builder.fcmp_ordered("<", x, _const(x, tiny_below)), scaled
 
 
-def mark_lifted(builder: ir.IRBuilder, tiny: ir.Value, scaled) -> tuple[ir.Value, ir.Value]:
-    """(marked, summand) from `exp_parts(...)`, for a caller that will multiply exp(x) by a factor
-    <= 1 that it learns later (softmax's 1 / sum), where the product could fall below the normals:
-    `marked` carries the `tiny` lanes as -(exp(x) * 2**LIFT_BITS), a negative normal float (exp
-    itself is never negative), the others as exp(x); `scale_marked` multiplies and undoes the lift.
-    `summand` is exp(x) with the tiny lanes +0, to sum without reading a subnormal."""
-    value = scaled(tiny)
-    return builder.select(tiny, builder.fneg(value), value), builder.select(tiny, _const(value, 0.0), value)
+def exp_lifted(builder: ir.IRBuilder, module: ir.Module, x: ir.Value, below: float) -> tuple[ir.Value, ir.Value]:
+    """(tiny, value) for a caller that multiplies exp(x) by a factor <= 1 it learns later (softmax's
+    1 / sum), where the product could fall below the normals: `tiny` marks the lanes from
+    EXP_ZERO_BELOW up to `below`, and `value` is exp(x), times 2**LIFT_BITS in those lanes (a
+    normal float there); `scale_lifted` multiplies and undoes the lift."""
+    tiny, scaled = exp_parts(builder, module, x, tiny_below=below)
+    return tiny, scaled(tiny)
 
 
-def scale_marked(builder: ir.IRBuilder, module: ir.Module, marked: ir.Value, factor: ir.Value) -> ir.Value:
-    """`marked` (`mark_lifted`) times `factor`, the marked lanes unlifted: |marked| * factor /
-    2**LIFT_BITS rounded once more (`_unlift`: a subnormal result built from bits). factor must be
-    positive (or NaN) and keep |marked| * factor normal, i.e. above 2**(LIFT_BITS - 150) / |marked|'s
-    least 2**-86. About a dozen operations a vector: for vectors that may hold marked lanes."""
-    lifted = builder.fcmp_ordered("<", marked, _const(marked, 0.0))
-    return _unlift(builder, module, builder.fmul(_call(builder, module, "fabs", marked), factor), lifted)
+def scale_lifted(builder: ir.IRBuilder, module: ir.Module, value: ir.Value, factor: ir.Value,
+                 tiny: ir.Value) -> ir.Value:
+    """`value` (`exp_lifted`) times `factor`, the `tiny` lanes divided by 2**LIFT_BITS again and
+    rounded once more (`_unlift`: a subnormal result built from bits); the other lanes' product as
+    it is. factor must be positive (or NaN) and keep the lifted lanes' product normal (at least
+    2**(LIFT_BITS - 150) times factor)."""
+    return _unlift(builder, module, builder.fmul(value, factor), tiny)
 
 
 def emit_log(builder: ir.IRBuilder, module: ir.Module, x: ir.Value) -> ir.Value:
