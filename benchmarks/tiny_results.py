@@ -15,7 +15,8 @@ by the square): wide scores put exp(score - max) in the subnormals, where P @ V 
 Linear(512, 512) and NumPy's x @ W on --rows rows of N(0, 1) and of N(0, 1) * 1e-39 (subnormal
 inputs: every multiply-add reads one; left as it is), and a lone Softmax over rows of logits of
 standard deviation 1 to 60 (and along axis 1 of the same logits), with the share of its outputs
-that are subnormal (the user's result: kept exact, built without assists since `0d490d2`). Run it
+that are subnormal (the user's result: kept exact, built without assists since `0d490d2`) and
+the rows' worst errors against float64. Run it
 with PYTHONPATH at another checkout for the same tables from that code.
 """
 
@@ -125,7 +126,7 @@ def softmax_table(rows: int, cols: int, calls: int) -> None:
     axis_model = tc.compile(SoftmaxAlongAxis1(), threads=1)
     print(f"\nSoftmax over {rows} rows of {cols} logits, and along axis 1 of the same logits transposed, "
           f"(1, {cols}, {rows}); us per call")
-    print(f"{'std':>12} {'rows':>9} {'axis 1':>9} {'subnormal out':>14}")
+    print(f"{'std':>12} {'rows':>9} {'axis 1':>9} {'subnormal out':>14} {'worst ulp':>10} {'subnormal':>10}")
     rng = np.random.default_rng(2)
     for std in LOGIT_STDS + (MASKED,):
         logits = (rng.standard_normal((rows, cols)) * (1.0 if std == MASKED else std)).astype(np.float32)
@@ -135,8 +136,21 @@ def softmax_table(rows: int, cols: int, calls: int) -> None:
         share = float(((out > 0) & (out < np.float32(2.0**-126))).mean())
         label = "1, half -1e9" if std == MASKED else f"{std:.1f}"
         along = np.ascontiguousarray(logits.T)[None]
+        normal, subnormal = worst_errors(out, logits)
         print(f"{label:>12} {median_us(rows_model, logits, calls):9.1f} {median_us(axis_model, along, calls):9.1f}"
-              f" {share:14.3%}")
+              f" {share:14.3%} {normal:10.2f} {subnormal:10.2f}")
+
+
+def worst_errors(out: np.ndarray, logits: np.ndarray) -> tuple[float, float]:
+    """The worst error of the normal results in ulp, and of the subnormal ones in units of 2**-149,
+    against the float64 softmax of the float32 x - max (the kernel rounds that shift too)."""
+    shifted = (logits - logits.max(axis=1, keepdims=True)).astype(np.float64)
+    e = np.exp(shifted)
+    want = e / e.sum(axis=1, keepdims=True)
+    tiny = want < 2.0**-126
+    error = np.abs(out.astype(np.float64) - want)
+    ulp = np.spacing(want.astype(np.float32)).astype(np.float64)
+    return float((error[~tiny] / ulp[~tiny]).max()), float(error[tiny].max() / 2.0**-149) if tiny.any() else 0.0
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ def test_every_op_is_timed_on_normal_and_on_each_filled_input(capsys):
     linear = re.findall(r"^ *(N\(0,1\)\S*) +([\d.]+) +([\d.]+)$", out, re.M)
     assert [label for label, _, _ in linear] == ["N(0,1)", "N(0,1)*1e-39"]
     assert all(float(a) > 0 and float(b) > 0 for _, a, b in linear)
-    softmax = re.findall(r"^ *([\d.]+|1, half -1e9) +([\d.]+) +([\d.]+) +([\d.]+)%$", out, re.M)
-    assert [std for std, _, _, _ in softmax] == [f"{std:.1f}" for std in script.LOGIT_STDS] + ["1, half -1e9"]
-    assert all(float(us) > 0 and float(along) > 0 and 0 <= float(share) <= 100 for _, us, along, share in softmax)
+    softmax = re.findall(r"^ *([\d.]+|1, half -1e9) +([\d.]+) +([\d.]+) +([\d.]+)% +([\d.]+) +([\d.]+)$", out, re.M)
+    assert [row[0] for row in softmax] == [f"{std:.1f}" for std in script.LOGIT_STDS] + ["1, half -1e9"]
+    assert all(float(us) > 0 and float(along) > 0 and 0 <= float(share) <= 100 and float(ulp) < 8 and float(sub) < 4
+               for _, us, along, share, ulp, sub in softmax)
