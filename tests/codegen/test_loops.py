@@ -1,6 +1,7 @@
 """loops.blocked_fold, the sum behind the reductions, layer norm and softmax: every term is taken
 exactly once whatever the count (the tree's partial subtrees and the short last leaf), and the
-rounding error grows with log(count), as NumPy's pairwise sum's does, not with count."""
+rounding error grows with log(count), as NumPy's pairwise sum's does, not with count. And
+loops.accumulate_row with UNROLL sets of accumulators takes every chunk of a row once."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ import pytest
 from llvmlite import ir
 
 from tests.codegen.jit_util import jit, new_module
-from tinycomp.codegen.cgutils import F32, PTR, element_ptr
-from tinycomp.codegen.loops import FAN, LEAF, UNROLL, blocked_fold
+from tinycomp.codegen.cgutils import F32, PTR, element_ptr, splat
+from tinycomp.codegen.loops import FAN, LEAF, UNROLL, accumulate_row, blocked_fold, load_chunk, store_chunk
 
 # Around every edge of the tree: the leaf's unrolled rounds, one leaf, a leaf and a rest, full and
 # partial subtrees at one, two and three levels, and a count with a partial subtree at every level.
@@ -71,3 +72,33 @@ def test_rounding_error_grows_with_log_count(count):
         for v in values:
             running = np.float32(running + v)
         assert abs(float(running) - exact) / exact > depth * 2.0 ** -24
+
+
+@pytest.mark.parametrize("width", [16, 4])
+@pytest.mark.parametrize("row_size", [1, 15, 16, 17, 48, 64, 65, 100, 257, 16 * 4 * 5 + 16 * 3 + 7])
+def test_accumulate_row_in_several_sets_takes_every_chunk_once(row_size, width):
+    """`accumulate_row` with a merge (UNROLL sets, leftover full vectors one into each, the tail into
+    the first): a kernel summing small integers and counting each element's visits."""
+    module = new_module()
+    fn = ir.Function(module, ir.FunctionType(F32, [PTR, PTR]), "row_sum")
+    x, visits = fn.args
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+
+    def step(c, acc):
+        seen = element_ptr(b, visits, c.col)
+        store_chunk(b, b.fadd(load_chunk(b, seen, c), splat(1.0, width)), seen, c)
+        return [b.fadd(acc, load_chunk(b, element_ptr(b, x, c.col), c))]
+
+    [total] = accumulate_row(b, row_size, width, [splat(0.0, width)], step, lambda u, v: [b.fadd(u[0], v[0])])
+    lanes = [b.extract_element(total, ir.Constant(ir.IntType(32), i)) for i in range(width)]
+    for lane in lanes[1:]:
+        lanes[0] = b.fadd(lanes[0], lane)
+    b.ret(lanes[0])
+    engine, addresses = jit(module, "row_sum")
+    values = np.random.default_rng(row_size).integers(-50, 50, row_size).astype(np.float32)
+    seen = np.zeros(row_size, np.float32)
+    got = ctypes.CFUNCTYPE(ctypes.c_float, ctypes.c_void_p, ctypes.c_void_p)(addresses["row_sum"])(
+        values.ctypes.data, seen.ctypes.data)
+    del engine
+    np.testing.assert_array_equal(seen, np.ones(row_size, np.float32))
+    assert got == float(values.astype(np.int64).sum())

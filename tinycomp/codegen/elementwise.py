@@ -383,8 +383,12 @@ def _softmax_three_pass(b: ir.IRBuilder, row: _Row, row_size: int, x_at, out_at)
         least = load_chunk(b, x_at(c), c, fill=float("inf"))  # the same load, but for a row's tail
         return [max_ignoring_nan(b, acc[0], x), min_ignoring_nan(b, acc[1], least)]
 
+    def merge(one: list[ir.Value], other: list[ir.Value]) -> list[ir.Value]:
+        least = [min_ignoring_nan(b, one[1], other[1])] if careful_rows else []
+        return [max_ignoring_nan(b, one[0], other[0]), *least]
+
     init = [splat(NEG_INF, w)] + ([splat(float("inf"), w)] if careful_rows else [])
-    row_max, *row_min = accumulate_row(b, row_size, w, init, extremes)
+    row_max, *row_min = accumulate_row(b, row_size, w, init, extremes, merge)
     row.reduce_max(row_max)
     below = lift_below(row_size)
     if careful_rows:
@@ -415,7 +419,8 @@ def _any_lifted(b: ir.IRBuilder, row: _Row, row_size: int, x_at, below: float) -
         shifted = b.fsub(load_chunk(b, x_at(c), c, fill=NEG_INF), row.shift)
         return [b.or_(seen, in_lift_window(b, shifted, below))]
 
-    [seen] = accumulate_row(b, row_size, w, [vector_constant(ir.VectorType(I1, w), [ir.Constant(I1, 0)] * w)], scan)
+    none = vector_constant(ir.VectorType(I1, w), [ir.Constant(I1, 0)] * w)
+    [seen] = accumulate_row(b, row_size, w, [none], scan, lambda one, other: [b.or_(one[0], other[0])])
     return any_set(b, seen)
 
 

@@ -76,20 +76,37 @@ def for_each_chunk(builder: ir.IRBuilder, row_size: int, width: int, body: Calla
 
 
 def accumulate_row(builder: ir.IRBuilder, row_size: int, width: int, init: list[ir.Value],
-                   step: Callable[..., list[ir.Value]]) -> list[ir.Value]:
+                   step: Callable[..., list[ir.Value]],
+                   merge: Callable[[list[ir.Value], list[ir.Value]], list[ir.Value]] | None = None) -> list[ir.Value]:
     """Fold `step(chunk, *values) -> new values` over a row's chunks, the values carried through the
-    loop over its full vectors (an accumulator stays in registers), then through the tail."""
-    values = list(init)
-    full = row_size - row_size % width
-    if full:
-        with for_range(builder, 0, full, step=width, name="col", carry=values, nonempty=True) as loop:
-            new = step(Chunk(loop.index, width), *loop.carried)
-            if values:
+    loop over its full vectors (an accumulator stays in registers), then through the tail.
+
+    With `merge(values, values) -> values`, for folds whose order does not change their result (max,
+    min, or): UNROLL sets of values, chunk i folded into set i % UNROLL, the sets merged pairwise at
+    the end, so that UNROLL dependency chains run at once instead of one."""
+    ways = UNROLL if merge is not None else 1
+    n = len(init)
+    sets = [list(init) for _ in range(ways)]
+    full = row_size // width
+    looped = full - full % ways
+    if looped:
+        with for_range(builder, 0, looped * width, step=ways * width, name="col",
+                       carry=[v for values in sets for v in values], nonempty=True) as loop:
+            new = []
+            for k in range(ways):
+                col = builder.add(loop.index, i64(k * width), flags=["nsw"]) if k else loop.index
+                new += step(Chunk(col, width), *loop.carried[k * n:(k + 1) * n])
+            if n:
                 loop.carry(*new)
-        values = loop.results
+        sets = [list(loop.results[k * n:(k + 1) * n]) for k in range(ways)]
+    for j in range(looped, full):  # the full vectors past the last whole round, one into each set
+        sets[j - looped] = step(Chunk(i64(j * width), width), *sets[j - looped])
     if row_size % width:
-        values = step(Chunk(i64(full), width, lanes_below(width, row_size % width)), *values)
-    return values
+        sets[0] = step(Chunk(i64(full * width), width, lanes_below(width, row_size % width)), *sets[0])
+    while len(sets) > 1:
+        assert merge is not None
+        sets = [merge(sets[k], sets[k + 1]) if k + 1 < len(sets) else sets[k] for k in range(0, len(sets), 2)]
+    return sets[0]
 
 
 # ---------------------------------------------------------------- blocked sums
