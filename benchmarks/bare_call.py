@@ -5,10 +5,12 @@ Models whose input is not 2-D (the block's (N, seq, embed)) have no bare call
     PYTHONPATH=. python benchmarks/bare_call.py block --batch 32
     PYTHONPATH=. python benchmarks/bare_call.py layernorm:512 --batch 256
     PYTHONPATH=. python benchmarks/bare_call.py layernorm:128 --batch 512 --set layer_norm.ROW_GROUP=2
+    PYTHONPATH=. python benchmarks/bare_call.py softmax:1024 --batch 256
 
-MODEL is a bench model (`tinycomp.bench.models`) or `layernorm:WIDTH`, a lone LayerNorm over rows of
-WIDTH standard-normal floats. For an A/B of two revisions, run it alternately with PYTHONPATH set to
-each checkout: every process compiles its own (the disk cache is off here). `--set MODULE.NAME=VALUE`
+MODEL is a bench model (`tinycomp.bench.models`), or `layernorm:WIDTH` or `softmax:WIDTH`, a lone
+LayerNorm or Softmax over rows of WIDTH standard-normal floats. For an A/B of two revisions, run it
+alternately with PYTHONPATH set to each checkout: every process compiles its own (the disk cache is
+off here). `--set MODULE.NAME=VALUE`
 sets a constant of `tinycomp.codegen.MODULE` before the compile (an int or float, as it is).
 """
 
@@ -31,10 +33,11 @@ from tinycomp.bench.runner import compiled_bare_call  # noqa: E402
 
 
 def model_and_input(name: str, batch: int):
-    if name.startswith("layernorm:"):
-        width = int(name.partition(":")[2])
-        x = np.random.default_rng(0).standard_normal((batch, width)).astype(np.float32)
-        return nn.Sequential(nn.LayerNorm(width)), x
+    lone = {"layernorm": nn.LayerNorm, "softmax": lambda width: nn.Softmax()}
+    kind, _, width = name.partition(":")
+    if kind in lone and width:
+        x = np.random.default_rng(0).standard_normal((batch, int(width))).astype(np.float32)
+        return nn.Sequential(lone[kind](int(width))), x
     bm = get_model(name)
     return bm.build(), bm.sample(batch)
 

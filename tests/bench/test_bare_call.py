@@ -1,5 +1,5 @@
-"""benchmarks/bare_call.py runs: a bench model through its compiled call, a lone LayerNorm through
-its bare native call, with a code-generation constant set for the compile."""
+"""benchmarks/bare_call.py runs: a bench model through its compiled call, a lone LayerNorm and a lone
+Softmax through their bare native calls, with a code-generation constant set for the compile."""
 
 from __future__ import annotations
 
@@ -24,7 +24,9 @@ def test_both_kinds_of_model_are_timed(bare_call, capsys, monkeypatch):
                     "--set", "layer_norm.ROW_GROUP=2"])
     assert layer_norm.ROW_GROUP == 2
     bare_call.main(["block-tiny", "--batch", "2", "--rounds", "2", "--seconds", "0.001"])
+    bare_call.main(["softmax:70", "--batch", "3", "--rounds", "2", "--seconds", "0.001"])
     out = capsys.readouterr().out
+    assert re.search(r"softmax:70 batch 3 \(bare native call\): median [\d.]+ us", out), out
     assert re.search(r"layernorm:40 batch 9 \(bare native call\): median [\d.]+ us", out), out
     assert re.search(r"block-tiny batch 2 \(compiled call\): median [\d.]+ us", out), out
 
