@@ -243,9 +243,9 @@ class _Row:
     def __init__(self, builder: ir.IRBuilder, module: ir.Module, width: int, flush_below: float | None = None):
         self.builder, self.module, self.width = builder, module, width
         self.flush_below = flush_below  # exp(x - max) is +0 below it (`vecmath.emit_exp_flushed`)
-        # exp(x - max) is +0 below it: flush_below, else where exp is 0 anyway, or in a careful row
-        # lift_below (a vector known at run time; the three-pass row sets it)
-        self.zero_below: float | ir.Value = vecmath.EXP_ZERO_BELOW if flush_below is None else flush_below
+        # exp(x - max) is +0 below it (None: where exp is 0 anyway); a careful three-pass row sets
+        # lift_below there (a vector chosen at run time: `careful_zero_below`)
+        self.zero_below: float | ir.Value | None = flush_below
 
     def reduce_max(self, acc: ir.Value) -> None:
         b = self.builder
@@ -254,7 +254,10 @@ class _Row:
         self.shift = splat(shift, self.width, b)
 
     def exp_shifted(self, x: ir.Value) -> ir.Value:
-        return vecmath.emit_exp_unlifted(self.builder, self.module, self.builder.fsub(x, self.shift), self.zero_below)
+        shifted = self.builder.fsub(x, self.shift)
+        if self.zero_below is None:
+            return vecmath.emit_exp_unlifted(self.builder, self.module, shifted)
+        return vecmath.emit_exp_flushed(self.builder, self.module, shifted, self.zero_below)
 
     def reduce_sum(self, acc: ir.Value) -> ir.Value:
         """The vector 1 / divisor from the vector of partial sums."""
@@ -299,7 +302,8 @@ def careful_zero_below(b: ir.IRBuilder, spread_out: ir.Value, any_lifted: Callab
 
 
 def lifted_results(b: ir.IRBuilder, module: ir.Module, shifted: ir.Value, factor: ir.Value, below: float) -> ir.Value:
-    """exp(x - max) * factor for the vector x - max `shifted` of a careful row (`_Row`), or NaN."""
+    """exp(x - max) * factor for the vector x - max `shifted` of a careful row (`_Row`), without an
+    operation that rounds into the subnormals or reads one."""
     tiny, value = vecmath.exp_lifted(b, module, shifted, below)
     return vecmath.scale_lifted(b, module, value, factor, tiny)
 

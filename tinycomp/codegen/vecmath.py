@@ -435,10 +435,10 @@ def _exp_lifted(builder: ir.IRBuilder, module: ir.Module, x: ir.Value, x_low: ir
 
 
 def emit_exp_flushed(builder: ir.IRBuilder, module: ir.Module, x: ir.Value, zero_below: float | ir.Value) -> ir.Value:
-    """exp(x) with the lanes below `zero_below` (at least TINY_BELOW; a number, or a vector of x's
-    type known at run time) taken as +0: no subnormal results, so no lifted branch either. For
-    values a caller can show to be negligible there (the fused attention's probabilities) or
-    computes again (softmax's careful rows)."""
+    """exp(x) with the lanes below `zero_below` taken as +0: at least TINY_BELOW, so no subnormal
+    results and no lifted branch either (a number, or a vector of x's type known at run time that
+    the caller keeps there). For values a caller can show to be negligible there (the fused
+    attention's probabilities) or computes again (softmax's careful rows: `elementwise._Row`)."""
     assert isinstance(zero_below, ir.Value) or zero_below >= TINY_BELOW, "below TINY_BELOW exp has subnormal results"
     return emit_exp_unlifted(builder, module, x, zero_below)
 
