@@ -9,7 +9,7 @@ import pytest
 from jit_util import emit_map_kernel, jit, new_module, run_map
 from test_vecmath import ulp_errors
 
-from tinycomp.codegen import vecpow
+from tinycomp.codegen import vecmath, vecpow
 from tinycomp.ir.refs import power
 
 EXPONENTS = (2.0, 3.0, 7.0, -1.0, -2.0, -3.0, 0.0, 1.0, 0.5, -0.5, 1.5, 0.25, float(np.float32(1 / 3)), 2.2,
@@ -33,9 +33,14 @@ def pow_kernels(name: str, widths: tuple[int, ...], float64: bool | None = None)
     return engine, {key: addresses[n] for key, n in names.items()}
 
 
-@pytest.fixture(scope="module")
-def kernels():
-    yield pow_kernels("pow", WIDTHS)
+@pytest.fixture(scope="module", params=["avx512", "portable"])
+def kernels(request):
+    """Both forms of the float64 log and exp (`vecmath.AVX512_FORMS`): the tables an AVX-512 host
+    takes (`vecpow.log_f64_table`, `exp_f64_table`) and the series every other target takes."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(vecmath, "AVX512_FORMS", request.param == "avx512")
+        built = pow_kernels("pow", WIDTHS)
+    yield built
 
 
 def run(kernels, i: int, x: np.ndarray, width: int) -> np.ndarray:

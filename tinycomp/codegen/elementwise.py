@@ -284,10 +284,9 @@ def in_lift_window(b: ir.IRBuilder, shifted: ir.Value, below: float) -> ir.Value
                   b.fcmp_ordered("<", shifted, splat(below, w)))
 
 
-def any_set(b: ir.IRBuilder, lanes: ir.Value) -> ir.Value:
-    """i1: is any lane of the i1 vector `lanes` set?"""
-    w = lanes.type.count
-    return b.icmp_unsigned("!=", b.bitcast(lanes, ir.IntType(w)), ir.Constant(ir.IntType(w), 0))
+def no_lanes(width: int) -> ir.Constant:
+    """The i1 vector with no lane set (what a scan for `in_lift_window` starts from)."""
+    return vector_constant(ir.VectorType(I1, width), ir.Constant(I1, 0))
 
 
 def careful_zero_below(b: ir.IRBuilder, spread_out: ir.Value, any_lifted: Callable[[], ir.Value],
@@ -423,15 +422,14 @@ def _any_lifted(b: ir.IRBuilder, row: _Row, row_size: int, x_at, below: float) -
         shifted = b.fsub(load_chunk(b, x_at(c), c, fill=NEG_INF), row.shift)
         return [b.or_(seen, in_lift_window(b, shifted, below))]
 
-    none = vector_constant(ir.VectorType(I1, w), [ir.Constant(I1, 0)] * w)
-    [seen] = accumulate_row(b, row_size, w, [none], scan, lambda one, other: [b.or_(one[0], other[0])])
-    return any_set(b, seen)
+    [seen] = accumulate_row(b, row_size, w, [no_lanes(w)], scan, lambda one, other: [b.or_(one[0], other[0])])
+    return vecmath.any_lane(b, seen)
 
 
 def _lift_chunk(b: ir.IRBuilder, row: _Row, x_at, out_at, c: Chunk, factor: ir.Value, below: float) -> None:
     """Chunk c of a careful row's results again, from lifted exps, if it holds an x - max `in_lift_window`."""
     shifted = b.fsub(load_chunk(b, x_at(c), c, fill=NEG_INF), row.shift)
-    with if_then(b, any_set(b, in_lift_window(b, shifted, below))):
+    with if_then(b, vecmath.any_lane(b, in_lift_window(b, shifted, below))):
         store_chunk(b, lifted_results(b, row.module, shifted, factor, below), out_at(c), c)
 
 

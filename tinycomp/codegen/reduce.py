@@ -26,10 +26,9 @@ from collections.abc import Callable, Sequence
 from llvmlite import ir
 
 from . import vecmath
-from .cgutils import F32, I1, element_ptr, for_range, i64, if_then, splat, vector_constant
+from .cgutils import F32, element_ptr, for_range, i64, if_then, splat
 from .elementwise import (
     NEG_INF,
-    any_set,
     careful_zero_below,
     declare_kernel,
     horizontal,
@@ -38,6 +37,7 @@ from .elementwise import (
     lifted_results,
     max_ignoring_nan,
     min_ignoring_nan,
+    no_lanes,
     softmax_divisor,
     softmax_shift,
 )
@@ -159,9 +159,9 @@ def emit_softmax_axis(module: ir.Module, name: str, outer: int, axis: int, inner
             mx, least = loop.results
             all_neg_inf, shift = softmax_shift(b, mx, lanes)
             careful, zero_below = careful_zero_below(
-                b, any_set(b, b.fcmp_ordered("<", least, b.fadd(mx, lanes(below)))),
-                lambda: any_set(b, fold(b, axis, vector_constant(ir.VectorType(I1, w), [ir.Constant(I1, 0)] * w),
-                                        lambda k, acc: b.or_(acc, in_lift_window(b, shifted(k), below)), "scan")),
+                b, vecmath.any_lane(b, b.fcmp_ordered("<", least, b.fadd(mx, lanes(below)))),
+                lambda: vecmath.any_lane(b, fold(b, axis, no_lanes(w), lambda k, acc: b.or_(
+                    acc, in_lift_window(b, shifted(k), below)), "scan")),
                 below, w)
 
             def exp_term(k: ir.Value) -> ir.Value:
@@ -178,7 +178,7 @@ def emit_softmax_axis(module: ir.Module, name: str, outer: int, axis: int, inner
             with if_then(b, careful), for_range(b, 0, axis, name="lift") as loop:
                 k = loop.index
                 lifted = shifted(k)
-                with if_then(b, any_set(b, in_lift_window(b, lifted, below))):
+                with if_then(b, vecmath.any_lane(b, in_lift_window(b, lifted, below))):
                     store_chunk(b, lifted_results(b, module, lifted, scale, below), ptr(out, k), c)
         for_each_chunk(b, inner, width, chunk_body)
 

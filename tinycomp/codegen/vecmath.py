@@ -204,20 +204,24 @@ def has_avx512_forms(module: ir.Module, x: ir.Value) -> bool:
     """True where float32 lanes may take AVX-512's forms (`AVX512_FORMS`): a 16-entry table looked
     up in a register (vpermps), the 14-bit reciprocal estimate (vrcp14ps), vscalefps; and layer
     norm's corrected quotient (`layer_norm.corrected_quotient`)."""
-    return (AVX512_FORMS and isinstance(x.type.element, ir.FloatType)
-            and "avx512f" in enabled_features(for_triple(module.triple).features))
+    return isinstance(x.type.element, ir.FloatType) and avx512_forms_enabled(module)
 
 
-def _per_zmm(builder: ir.IRBuilder, apply, *xs: ir.Value) -> ir.Value:
+def avx512_forms_enabled(module: ir.Module) -> bool:
+    """`AVX512_FORMS` on a module whose target has AVX-512 (float64 lanes ask this: `vecpow`)."""
+    return AVX512_FORMS and "avx512f" in enabled_features(for_triple(module.triple).features)
+
+
+def _per_zmm(builder: ir.IRBuilder, apply, *xs: ir.Value, lanes: int = ZMM_LANES) -> ir.Value:
     """`apply` (zmm vectors to a zmm vector, lane by lane) over vectors xs of one width: each cut
-    into ZMM_LANES-lane pieces, the last one padded by repeating its last lane, the results laid end
-    to end."""
+    into `lanes`-lane pieces (16 floats, or 8 doubles), the last one padded by repeating its last
+    lane, the results laid end to end."""
     width = xs[0].type.count
 
     def pieces(x: ir.Value) -> list[ir.Value]:
-        return [x if width == ZMM_LANES else builder.shuffle_vector(
-            x, x, _lane_mask([min(start + i, width - 1) for i in range(ZMM_LANES)]))
-            for start in range(0, width, ZMM_LANES)]
+        return [x if width == lanes else builder.shuffle_vector(
+            x, x, _lane_mask([min(start + i, width - 1) for i in range(lanes)]))
+            for start in range(0, width, lanes)]
 
     return _concatenate(builder, [apply(*parts) for parts in zip(*map(pieces, xs), strict=True)], width)
 
@@ -250,7 +254,7 @@ def _scale(builder: ir.IRBuilder, module: ir.Module, y: ir.Value, n: ir.Value) -
         scalef, [piece, power, piece, EVERY_LANE, current_rounding]), y, n)
 
 
-def _any_lane(builder: ir.IRBuilder, mask: ir.Value) -> ir.Value:
+def any_lane(builder: ir.IRBuilder, mask: ir.Value) -> ir.Value:
     """i1: is any lane of the i1 vector `mask` set (one mask test on AVX-512)."""
     lanes = mask.type.count
     return builder.icmp_unsigned("!=", builder.bitcast(mask, ir.IntType(lanes)), ir.Constant(ir.IntType(lanes), 0))
@@ -270,9 +274,9 @@ def _unless_tiny(builder: ir.IRBuilder, tiny: ir.Value, fast, name: str, lifted,
 def branch_on_tiny(builder: ir.IRBuilder, tinies: list[ir.Value], fast, careful) -> list[ir.Value]:
     """The values `fast()` (a list) emits when no lane of any i1 vector of `tinies` is set, else
     those of `careful()`: one test and branch for several vectors."""
-    any_tiny = _any_lane(builder, tinies[0])
+    any_tiny = any_lane(builder, tinies[0])
     for tiny in tinies[1:]:
-        any_tiny = builder.or_(any_tiny, _any_lane(builder, tiny))
+        any_tiny = builder.or_(any_tiny, any_lane(builder, tiny))
     ends = []
     with builder.if_else(any_tiny) as (slow, usual):
         with slow:

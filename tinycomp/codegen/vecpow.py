@@ -24,9 +24,9 @@ import numpy as np
 from llvmlite import ir
 
 from . import vecpow32
-from .cgutils import I64, vector_constant
+from .cgutils import I64, define_once, if_then, vector_constant
 from .target import for_triple
-from .vecmath import _call, _clamp, _const, _polynomial, fma
+from .vecmath import _call, _clamp, _const, _per_zmm, _polynomial, any_lane, avx512_forms_enabled, fma
 
 F64 = ir.DoubleType()
 MAX_ULP = 0.5 + 2.0**-20  # measured 0.5000 over the sweeps of tests/codegen/test_vecmath.py
@@ -77,6 +77,94 @@ def exp_f64(builder: ir.IRBuilder, y: ir.Value) -> ir.Value:
     return builder.fmul(p, scale)
 
 
+# With AVX-512 (`vecmath.AVX512_FORMS`), log and exp in float64 lanes take 16-entry tables held in
+# two registers (vpermi2pd), which shorten their series and drop log's divide (vdivpd on a zmm
+# occupies the divider ~16 cycles).
+# log: |x| = 2**e m1, m1 in [1, 2) (vgetmantpd, vgetexppd); m = m1, or m1 / 2 (k = e + 1) from
+# m1 >= FOLD_FROM on; j = round(16 m1) mod 16 picks a centre c_j of m (1 for j = 0, which serves m
+# just below and above 1, so log(1) = 0 exactly and x near 1 loses nothing to cancellation), and
+# LOG_TABLE_INV[j], 1 / c_j rounded to 12 bits, makes r = m LOG_TABLE_INV[j] - 1 exact (m has
+# float32's 24 bits): log|x| = k ln2 + LOG_TABLE_CENTRE[j] + log1p(r), |r| <= 2**-5, the centre's
+# log -log(LOG_TABLE_INV[j]) in float64. log1p(r) = r + r^2 P(r), P the Taylor series to r^10:
+# its truncation is below 2**-53 of r.
+FOLD_FROM = 1.46875  # 23.5 / 16: where round(16 m1) reaches 24, the first folded centre
+
+
+def _to_bits(value: float, bits: int) -> float:
+    """`value` rounded to `bits` significant bits."""
+    mantissa, exponent = math.frexp(value)
+    return math.ldexp(round(mantissa * 2**bits), exponent - bits)
+
+
+LOG_TABLE_INV = tuple(_to_bits(1 / (1 + j / 16 if j < 8 else 0.5 + j / 32), 12) for j in range(16))
+LOG_TABLE_CENTRE = tuple(0.0 - math.log(inv) for inv in LOG_TABLE_INV)  # +0 at j = 0
+LOG1P_SERIES = tuple((-1.0) ** (k + 1) / k for k in range(10, 1, -1))  # P(r), highest first
+# exp(y) = 2**(n / 16) exp(r), n = round(16 y / ln2), |r| <= ln2 / 32: 2**floor(n / 16) (vscalefpd)
+# times EXP_TABLE_POW2[n mod 16] times the Taylor series of exp(r) to r^6 (truncation below 2**-50).
+EXP_TABLE_POW2 = tuple(2.0 ** (j / 16) for j in range(16))
+EXP_TABLE_SERIES = tuple(1.0 / math.factorial(k) for k in range(6, -1, -1))
+D8 = 8  # float64 lanes of a zmm register
+
+
+def _zmm_f64(module: ir.Module, name: str, *params: ir.Type) -> ir.Function:
+    """The AVX-512 intrinsic `llvm.x86.avx512.<name>` returning a zmm of doubles."""
+    zmm = ir.VectorType(F64, D8)
+    return define_once(module, f"llvm.x86.avx512.{name}", lambda full: ir.Function(
+        module, ir.FunctionType(zmm, list(params)), full))
+
+
+def _table_f64(builder: ir.IRBuilder, table: tuple[float, ...], index: ir.Value) -> ir.Value:
+    """table[index & 15] lane-wise (vpermi2pd reads the low 4 bits of each i64 index)."""
+    zmm = ir.VectorType(F64, D8)
+    permute = _zmm_f64(builder.module, "vpermi2var.pd.512", zmm, ir.VectorType(I64, D8), zmm)
+    low, high = (vector_constant(zmm, [ir.Constant(F64, v) for v in table[h:h + D8]]) for h in (0, D8))
+    return _per_zmm(builder, lambda piece: builder.call(permute, [low, piece, high]), index, lanes=D8)
+
+
+def _mant_exp(builder: ir.IRBuilder, a: ir.Value) -> tuple[ir.Value, ir.Value]:
+    """(m1, e) with a = 2**e m1, m1 in [1, 2), e a float64 integer, for positive normal lanes."""
+    zmm = ir.VectorType(F64, D8)
+    i8, i32 = ir.IntType(8), ir.IntType(32)
+    getmant = _zmm_f64(builder.module, "mask.getmant.pd.512", zmm, i32, zmm, i8, i32)
+    getexp = _zmm_f64(builder.module, "mask.getexp.pd.512", zmm, zmm, i8, i32)
+    every, current = ir.Constant(i8, -1), ir.Constant(i32, 4)
+    m1 = _per_zmm(builder, lambda p: builder.call(getmant, [p, ir.Constant(i32, 0), p, every, current]), a, lanes=D8)
+    e = _per_zmm(builder, lambda p: builder.call(getexp, [p, p, every, current]), a, lanes=D8)
+    return m1, e
+
+
+def log_f64_table(builder: ir.IRBuilder, a: ir.Value) -> ir.Value:
+    """`log_f64` with the AVX-512 tables (above): no divide, a series of 9 terms instead of 12."""
+    module = builder.module
+    m1, e = _mant_exp(builder, a)
+    fold = builder.fcmp_ordered(">=", m1, _const(a, FOLD_FROM))
+    m = builder.select(fold, builder.fmul(m1, _const(a, 0.5)), m1)
+    k = builder.fadd(e, builder.select(fold, _const(a, 1.0), _const(a, 0.0)))
+    index = builder.bitcast(fma(builder, module, m1, _const(a, 16.0), _const(a, ROUND_MAGIC)),
+                            ir.VectorType(I64, a.type.count))  # round(16 m1) in the low bits
+    r = fma(builder, module, m, _table_f64(builder, LOG_TABLE_INV, index), _const(a, -1.0))  # exact
+    log1p = fma(builder, module, builder.fmul(r, r), _polynomial(builder, module, r, LOG1P_SERIES), r)
+    base = fma(builder, module, k, _const(a, LN2_HI), _table_f64(builder, LOG_TABLE_CENTRE, index))
+    return builder.fadd(base, fma(builder, module, k, _const(a, LN2_LO), log1p))
+
+
+def exp_f64_table(builder: ir.IRBuilder, y: ir.Value) -> ir.Value:
+    """`exp_f64` with the AVX-512 table (above): a series of 7 terms instead of 15, one vscalefpd."""
+    module = builder.module
+    y = _clamp(builder, y, EXP_ARG_LO, EXP_ARG_HI)
+    t = fma(builder, module, y, _const(y, 16 / LN2), _const(y, ROUND_MAGIC))
+    n = builder.fsub(t, _const(y, ROUND_MAGIC))
+    r = fma(builder, module, n, _const(y, -LN2_HI / 16), y)
+    r = fma(builder, module, n, _const(y, -LN2_LO / 16), r)
+    index = builder.bitcast(t, ir.VectorType(I64, y.type.count))  # n's low bits
+    value = builder.fmul(_polynomial(builder, module, r, EXP_TABLE_SERIES), _table_f64(builder, EXP_TABLE_POW2, index))
+    zmm = ir.VectorType(F64, D8)
+    scalef = _zmm_f64(module, "mask.scalef.pd.512", zmm, zmm, zmm, ir.IntType(8), ir.IntType(32))
+    every, current = ir.Constant(ir.IntType(8), -1), ir.Constant(ir.IntType(32), 4)
+    return _per_zmm(builder, lambda v, s: builder.call(scalef, [v, s, v, every, current]), value,
+                    builder.fmul(n, _const(y, 1 / 16)), lanes=D8)  # times 2**floor(n / 16)
+
+
 def _integer_power(builder: ir.IRBuilder, d: ir.Value, exponent: int) -> ir.Value:
     """d ** exponent in float64 by repeated squaring; 1 / d**|exponent| for a negative one."""
     result, base, k = None, d, abs(exponent)
@@ -92,11 +180,20 @@ def _integer_power(builder: ir.IRBuilder, d: ir.Value, exponent: int) -> ir.Valu
 
 
 def _general_power(builder: ir.IRBuilder, d: ir.Value, c: float) -> ir.Value:
-    """x ** c for finite non-integer c: exp(c log|x|), with C99 pow's special cases."""
+    """x ** c for finite non-integer c: exp(c log x) for positive finite x; C99 pow's special cases
+    (zeros, infinities, x < 0, NaN) by selects behind one test, for the vectors that hold one."""
+    log, exp = (log_f64_table, exp_f64_table) if avx512_forms_enabled(builder.module) else (log_f64, exp_f64)
+    ordinary = builder.and_(builder.fcmp_ordered(">", d, _const(d, 0.0)),
+                            builder.fcmp_ordered("<", d, _const(d, math.inf)))  # NaN neither
+    result = exp(builder, builder.fmul(_const(d, c), log(builder, builder.select(ordinary, d, _const(d, 1.0)))))
+    with if_then(builder, any_lane(builder, builder.not_(ordinary)), carry=[result]) as special:
+        special.carry(_special_power(builder, d, c, result))
+    return special.results[0]
+
+
+def _special_power(builder: ir.IRBuilder, d: ir.Value, c: float, result: ir.Value) -> ir.Value:
+    """`result` with C99 pow's values for a non-integer c where x is +-0, +-inf, negative or NaN."""
     a = _call(builder, builder.module, "fabs", d)
-    safe = builder.select(builder.fcmp_ordered("<", a, _const(d, math.inf)), a, _const(d, 1.0))  # log of 0 is
-    safe = builder.select(builder.fcmp_ordered(">", safe, _const(d, 0.0)), safe, _const(d, 1.0))  # selected away
-    result = exp_f64(builder, builder.fmul(_const(d, c), log_f64(builder, safe)))
     at_zero, at_inf = (0.0, math.inf) if c > 0 else (math.inf, 0.0)
     result = builder.select(builder.fcmp_ordered("==", a, _const(d, 0.0)), _const(d, at_zero), result)
     result = builder.select(builder.fcmp_ordered("==", a, _const(d, math.inf)), _const(d, at_inf), result)
