@@ -46,6 +46,8 @@ CASES: dict[str, tuple[Layer, tuple[int, ...], Callable | None]] = {
     "centre rows": (Fn(lambda x: x - x.mean(axis=-1, keepdims=True)), (256, 1024), None),
     "exp tanh chain": (Fn(lambda x: (x * 0.1).exp() * Tanh()(x) + x), (256, 4096), None),
     "pow 1.5": (Fn(lambda x: x.abs() ** 1.5), (256, 4096), None),
+    "pow 3.7": (Fn(lambda x: x.abs() ** 3.7), (256, 4096), None),
+    "pow -0.3": (Fn(lambda x: x.abs() ** -0.3), (256, 4096), None),
     "transpose last two": (Fn(lambda x: x.transpose(1, 2) + 1.0), (64, 256, 256),
                            lambda x: np.ascontiguousarray(x.transpose(0, 2, 1)) + np.float32(1)),
     "transpose small": (Fn(lambda x: x.transpose(1, 2) * 2.0), (256, 16, 64),
