@@ -6,6 +6,8 @@ import ctypes
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from jit_util import UNDERFLOW_OR_DENORMAL, c_function, f32_ptr, jit, mxcsr_functions, new_module
 
 from tinycomp.codegen import vecmath
@@ -290,3 +292,43 @@ def test_lift_below_keeps_every_quotient_normal():
     for n in (1, 17, 1024, 2**20):
         e = np.exp(np.float64(np.float32(lift_below(n))))
         assert np.float32(e) / np.float32(n * (1 + 2.0**-20)) >= 2.0**-126
+
+
+_FLAGGED_SOFTMAX: dict[tuple[int, int], tuple] = {}
+
+
+def flagged_softmax(r: int, width: int):
+    """(engine, address of `softmax`, clear, read): emit_softmax with MXCSR helpers, one per (r, width)."""
+    if (r, width) not in _FLAGGED_SOFTMAX:
+        module = new_module(f"softmax_{r}_{width}")
+        emit_softmax(module, "softmax", r, width)
+        mxcsr_functions(module)
+        engine, addr = jit(module, "softmax", "clear_fp_flags", "fp_flags")
+        _FLAGGED_SOFTMAX[(r, width)] = (engine, addr["softmax"], ctypes.CFUNCTYPE(None)(addr["clear_fp_flags"]),
+                                        ctypes.CFUNCTYPE(ctypes.c_int32)(addr["fp_flags"]))
+    return _FLAGGED_SOFTMAX[(r, width)]
+
+
+@pytest.mark.skipif(not X86, reason="reads the x86 MXCSR")
+@settings(max_examples=60, deadline=None)
+@given(st.one_of(st.integers(1, 300), st.sampled_from([1024, 1500])), st.sampled_from([16, 4]),
+       st.sampled_from([1.0, 10.0, 30.0, 100.0]), st.sampled_from([None, -1e9, -np.inf]),
+       st.floats(0.0, 0.9), st.integers(0, 2**16))
+def test_random_softmax_rows_match_float64_without_assists(r, width, scale, mask, masked, seed):
+    """Random rows (sizes in registers and in three passes, logits of std 1-100, some masked with
+    -1e9 or -inf): results as `test_softmax_results_below_the_normals_without_assists` asks, and
+    no operation rounds into the subnormals or reads one, whether a row takes the careful steps or not."""
+    rng = np.random.default_rng(seed)
+    rows = (rng.standard_normal((5, r)) * scale).astype(np.float32)
+    if mask is not None:
+        rows[rng.random(rows.shape) < masked] = np.float32(mask)
+    rows[:, rng.integers(0, r)] = np.float32(scale)  # one unmasked logit per row: no all -inf row
+    _, address, clear, read = flagged_softmax(r, width)
+    clear()
+    got = run(address, len(rows), r, [rows.ravel()])
+    assert read() & UNDERFLOW_OR_DENORMAL == 0
+    shifted = (rows - rows.max(axis=1, keepdims=True)).astype(np.float64)
+    want = softmax_reference(shifted)
+    tiny = want < 2.0**-126
+    np.testing.assert_allclose(got[~tiny], want[~tiny], rtol=1e-5)
+    np.testing.assert_allclose(got[tiny], want[tiny], rtol=0, atol=3 * 2.0**-149)
