@@ -1,6 +1,7 @@
 """What each function of a compiled model costs LLVM's code generator (the bulk of a cold compile).
 
     python benchmarks/codegen_cost.py [model]      # a `tinycomp bench` model, default mlp
+    python benchmarks/codegen_cost.py softmax:1024  # a lone layer, as benchmarks/bare_call.py names it
 
 Compiles the model with the cache off, then emits its module's object code once whole, once in the
 parts a compile emits at once (`codegen.split`, one per core) and once per
@@ -19,8 +20,9 @@ import time
 
 os.environ["TINYCOMP_CACHE"] = "0"
 
+from bare_call import model_and_input  # noqa: E402 - this folder's script: bench models and lone layers
+
 import tinycomp as tc  # noqa: E402 - the cache switch above must come first
-from tinycomp.bench.models import MODELS  # noqa: E402
 from tinycomp.codegen.split import split_module  # noqa: E402
 from tinycomp.runtime.engine import codegen_jobs, emit_object, emit_objects  # noqa: E402
 
@@ -49,8 +51,8 @@ def split_functions(llvm_ir: str) -> tuple[str, list[str], str]:
 
 
 def main(model: str = "mlp") -> None:
-    bm = MODELS[model]
-    compiled = tc.compile(bm.build(), threads=1, input_shape=(None, *bm.in_shape))
+    layers, x = model_and_input(model, 1)
+    compiled = tc.compile(layers, threads=1, input_shape=(None, *x.shape[1:]))
     llvm_ir = compiled.dump("llvm").split("; ==== after LLVM optimization")[0]  # the IR we generated
     head, functions, tail = split_functions(llvm_ir)
     names = [re.search(r'@"?([\w.]+)"?\(', f).group(1) for f in functions]

@@ -300,11 +300,14 @@ def careful_zero_below(b: ir.IRBuilder, spread_out: ir.Value, any_lifted: Callab
     return careful, splat(b.select(careful, scalar_f32(below), scalar_f32(vecmath.EXP_ZERO_BELOW)), width, b)
 
 
-def lifted_results(b: ir.IRBuilder, module: ir.Module, shifted: ir.Value, factor: ir.Value, below: float) -> ir.Value:
-    """exp(x - max) * factor for the vector x - max `shifted` of a careful row (`_Row`), without an
-    operation that rounds into the subnormals or reads one."""
-    tiny, value = vecmath.exp_lifted(b, module, shifted, below)
-    return vecmath.scale_lifted(b, module, value, factor, tiny)
+def store_lifted(b: ir.IRBuilder, module: ir.Module, shifted: ir.Value, factor: ir.Value, below: float,
+                 store: Callable[[ir.Value], None]) -> None:
+    """The last pass of a careful row (`_Row`) on one vector x - max, `shifted`: if it holds one
+    `in_lift_window`, `store` its results again, exp(x - max) * factor, without an operation that
+    rounds into the subnormals or reads one."""
+    with if_then(b, vecmath.any_lane(b, in_lift_window(b, shifted, below))):
+        tiny, value = vecmath.exp_lifted(b, module, shifted, below)
+        store(vecmath.scale_lifted(b, module, value, factor, tiny))
 
 
 def _softmax_in_registers(b: ir.IRBuilder, row: _Row, chunks: list[Chunk], x_at, out_at) -> None:
@@ -427,10 +430,9 @@ def _any_lifted(b: ir.IRBuilder, row: _Row, row_size: int, x_at, below: float) -
 
 
 def _lift_chunk(b: ir.IRBuilder, row: _Row, x_at, out_at, c: Chunk, factor: ir.Value, below: float) -> None:
-    """Chunk c of a careful row's results again, from lifted exps, if it holds an x - max `in_lift_window`."""
+    """`store_lifted` on chunk c of a careful row."""
     shifted = b.fsub(load_chunk(b, x_at(c), c, fill=NEG_INF), row.shift)
-    with if_then(b, vecmath.any_lane(b, in_lift_window(b, shifted, below))):
-        store_chunk(b, lifted_results(b, row.module, shifted, factor, below), out_at(c), c)
+    store_lifted(b, row.module, shifted, factor, below, lambda value: store_chunk(b, value, out_at(c), c))
 
 
 def emit_softmax(module: ir.Module, name: str, row_size: int, width: int) -> ir.Function:

@@ -34,12 +34,12 @@ from .elementwise import (
     horizontal,
     in_lift_window,
     lift_below,
-    lifted_results,
     max_ignoring_nan,
     min_ignoring_nan,
     no_lanes,
     softmax_divisor,
     softmax_shift,
+    store_lifted,
 )
 from .loops import Chunk, blocked_fold, fold, fold_run, for_each_chunk, load_chunk, store_chunk
 from .strided import contiguous_strides, nest_loops
@@ -177,9 +177,7 @@ def emit_softmax_axis(module: ir.Module, name: str, outer: int, axis: int, inner
                 store_chunk(b, b.fmul(load_chunk(b, ptr(out, k), c), scale), ptr(out, k), c)
             with if_then(b, careful), for_range(b, 0, axis, name="lift") as loop:
                 k = loop.index
-                lifted = shifted(k)
-                with if_then(b, vecmath.any_lane(b, in_lift_window(b, lifted, below))):
-                    store_chunk(b, lifted_results(b, module, lifted, scale, below), ptr(out, k), c)
+                store_lifted(b, module, shifted(k), scale, below, lambda value: store_chunk(b, value, ptr(out, k), c))
         for_each_chunk(b, inner, width, chunk_body)
 
     with for_range(b, 0, n_rows, name="m") as loop:

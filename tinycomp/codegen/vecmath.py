@@ -434,8 +434,8 @@ def emit_exp_of_pair(builder: ir.IRBuilder, module: ir.Module, x: ir.Value, x_lo
 
 def _exp_lifted(builder: ir.IRBuilder, module: ir.Module, x: ir.Value, x_low: ir.Value | None = None) -> ir.Value:
     """exp(x + x_low), the lanes below TINY_BELOW lifted and their results built by `_unlift`."""
-    tiny, scaled = exp_parts(builder, module, x, x_low)
-    return _unlift(builder, module, scaled(tiny), tiny)
+    tiny, value = exp_lifted(builder, module, x, TINY_BELOW, x_low)
+    return _unlift(builder, module, value, tiny)
 
 
 def emit_exp_flushed(builder: ir.IRBuilder, module: ir.Module, x: ir.Value, zero_below: float | ir.Value) -> ir.Value:
@@ -488,12 +488,14 @@ def exp_parts(builder: ir.IRBuilder, module: ir.Module, x: ir.Value, x_low: ir.V
     return builder.fcmp_ordered("<", x, _const(x, tiny_below)), scaled
 
 
-def exp_lifted(builder: ir.IRBuilder, module: ir.Module, x: ir.Value, below: float) -> tuple[ir.Value, ir.Value]:
-    """(tiny, value) for a caller that multiplies exp(x) by a factor <= 1 it learns later (softmax's
-    1 / sum), where the product could fall below the normals: `tiny` marks the lanes from
-    EXP_ZERO_BELOW up to `below`, and `value` is exp(x), times 2**LIFT_BITS in those lanes (a
-    normal float there); `scale_lifted` multiplies and undoes the lift."""
-    tiny, scaled = exp_parts(builder, module, x, tiny_below=below)
+def exp_lifted(builder: ir.IRBuilder, module: ir.Module, x: ir.Value, below: float,
+               x_low: ir.Value | None = None) -> tuple[ir.Value, ir.Value]:
+    """(tiny, value): `tiny` marks the lanes from EXP_ZERO_BELOW up to `below`, and `value` is
+    exp(x + x_low), times 2**LIFT_BITS in those lanes (a normal float there). For exp's lifted
+    branch (`_exp_lifted`), and for a caller that multiplies exp(x) by a factor <= 1 it learns later
+    (softmax's 1 / sum), where the product could fall below the normals: `scale_lifted` multiplies
+    and undoes the lift."""
+    tiny, scaled = exp_parts(builder, module, x, x_low, tiny_below=below)
     return tiny, scaled(tiny)
 
 
@@ -671,14 +673,14 @@ def _gelu_finish(builder: ir.IRBuilder, module: ir.Module, x: ir.Value, parts, l
     """gelu from `_gelu_parts`; `lifted`: the x < 0 lanes of `tiny` times 2**LIFT_BITS (num 0
     below the clamp), every lane of `tiny` without the term q0 e, the result unlifted."""
     tiny, neg_abs, negative, quotient, finite_x = parts
-    if not lifted:
+    up = builder.and_(tiny, negative) if lifted else None  # gelu(x) for x > 0 is x times at most 1: not lifted
+    if up is None:
         q0, residual, inv_den = quotient(None, None)
-        return fma(builder, module, x, q0, builder.fmul(residual, builder.fmul(finite_x, inv_den)))
-    up = builder.and_(tiny, negative)  # gelu(x) for x > 0 is x times at most 1: not lifted
-    below_clamp = builder.and_(up, builder.fcmp_ordered("<", neg_abs, _const(x, EXP_NONPOS_LO)))
-    q0, residual, inv_den = quotient(up, tiny, below_clamp)
+    else:
+        below_clamp = builder.and_(up, builder.fcmp_ordered("<", neg_abs, _const(x, EXP_NONPOS_LO)))
+        q0, residual, inv_den = quotient(up, tiny, below_clamp)
     value = fma(builder, module, x, q0, builder.fmul(residual, builder.fmul(finite_x, inv_den)))
-    return _unlift(builder, module, value, up)
+    return value if up is None else _unlift(builder, module, value, up)
 
 
 def _gelu_lifted(builder: ir.IRBuilder, module: ir.Module, x: ir.Value) -> ir.Value:
