@@ -8,49 +8,11 @@ import pytest
 onnx = pytest.importorskip("onnx", reason="onnx is not installed (pip install 'tinycomp[onnx]')")
 ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install 'tinycomp[onnx]')")
 from interop_helpers import BATCHES, assert_close_to_framework, check_imported  # noqa: E402
-from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+from onnx_graphs import Builder, runtime  # noqa: E402
 
 import tinycomp as tc  # noqa: E402
 from tinycomp.interop import GraphModel, from_onnx  # noqa: E402
 from tinycomp.nn import Sequential  # noqa: E402
-
-
-class Builder:
-    """A graph under construction: random float32 initializers, nodes, one input x and one output."""
-
-    def __init__(self, width: int, seed: int = 0):
-        self.width, self.rng = width, np.random.default_rng(seed)
-        self.nodes, self.inits, self.count = [], [], 0
-
-    def const(self, shape, value=None) -> str:
-        self.count += 1
-        name = f"c{self.count}"
-        data = self.rng.standard_normal(shape).astype(np.float32) * 0.5 if value is None else np.asarray(value)
-        self.inits.append(numpy_helper.from_array(data, name))
-        return name
-
-    def node(self, op: str, inputs: list[str], **attrs) -> str:
-        self.count += 1
-        out = f"v{self.count}"
-        self.nodes.append(helper.make_node(op, inputs, [out], name=f"{op.lower()}_{self.count}", **attrs))
-        return out
-
-    def model(self, out: str, out_width: int, opset: int = 20) -> bytes:
-        self.nodes.append(helper.make_node("Identity", [out], ["y"]))
-        graph = helper.make_graph(self.nodes, "test", [helper.make_tensor_value_info(
-            "x", TensorProto.FLOAT, ["N", self.width])], [helper.make_tensor_value_info(
-                "y", TensorProto.FLOAT, ["N", out_width])], initializer=self.inits)
-        proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-        proto.ir_version = min(proto.ir_version, 9)
-        onnx.checker.check_model(proto)
-        return proto.SerializeToString()
-
-
-def runtime(blob: bytes):
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    session = ort.InferenceSession(blob, options, providers=["CPUExecutionProvider"])
-    return lambda x: session.run(None, {"x": x})[0]
 
 
 def gemm_mlp() -> tuple[bytes, int]:

@@ -105,6 +105,43 @@ def test_training_flag_follows_the_module():
     assert isinstance(from_torch(module)[1], Dropout)
 
 
+def test_each_layer_keeps_its_own_modules_training_flag():
+    module = seeded(5, lambda: nn.Sequential(nn.Linear(6, 6), nn.Dropout(0.5), nn.Linear(6, 2))).train()
+    module[1].eval()  # torch runs this dropout as the identity although the model trains
+    model = from_torch(module)
+    assert model.training is True and model[1].training is False
+    x = np.random.default_rng(5).standard_normal((9, 6)).astype(np.float32)
+    with torch.no_grad():
+        want = module(torch.from_numpy(x)).numpy()
+    assert_close_to_framework(model(x).data, want, "eager, dropout in eval inside a training model")
+
+
+class KeywordCall(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(7, 5)
+        self.head = nn.Linear(5, 3)
+
+    def forward(self, x):
+        return self.head(input=torch.relu(self.fc(input=x)))
+
+
+class TwoArgumentCall(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Bilinear(4, 4, 2)
+
+    def forward(self, x):
+        return self.fc(x, x)
+
+
+def test_sub_module_called_with_a_keyword_argument():
+    module = seeded(7, KeywordCall)
+    check_imported(from_torch(module), run_torch(module), 7)
+    with pytest.raises(tc.CompileError, match="node '.*fc' of type call_module fc.*called with 2 arguments"):
+        from_torch(TwoArgumentCall())
+
+
 def test_float64_module_weights_become_float32():
     module = seeded(6, lambda: nn.Sequential(nn.Linear(5, 3))).double()
     model = from_torch(module)
@@ -139,16 +176,24 @@ def test_unsupported_function_names_the_node():
         from_torch(Branchy())
 
 
-def test_flatten_keeps_the_batch_first():
-    with pytest.raises(ValueError, match="start_dim"):
-        Flatten(0)
-    module = nn.Sequential(nn.Flatten(), nn.Linear(12, 2)).eval()
+@pytest.mark.parametrize("flatten", [nn.Flatten(), nn.Flatten(-2), nn.Flatten(1, -2)], ids=["1", "-2", "1..-2"])
+def test_flatten_keeps_the_batch_first(flatten):
+    module = nn.Sequential(flatten, nn.Linear(12 if flatten.end_dim == -1 else 4, 2)).eval()
     model = from_torch(module)
     x = np.random.default_rng(1).standard_normal((5, 3, 4)).astype(np.float32)
     with torch.no_grad():
         want = module(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(model(x).data, want, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(tc.compile(model)(x).data, want, rtol=1e-5, atol=1e-6)
+
+
+def test_flatten_of_the_batch_is_refused_naming_the_module():
+    with pytest.raises(ValueError, match="start_dim"):
+        Flatten(0)
+    with pytest.raises(tc.CompileError, match="module '1' of type Flatten.*dimension 0 is the batch"):
+        from_torch(nn.Sequential(nn.Linear(4, 4), nn.Flatten(0)))
+    with pytest.raises(ValueError, match=r"Flatten\(start_dim=-3\) on an input of 3 dimensions would merge the batch"):
+        Flatten(-3)(np.zeros((2, 3, 4), np.float32))
 
 
 def test_softmax_keeps_its_dim():

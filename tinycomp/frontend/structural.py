@@ -13,11 +13,13 @@ from .tensor import Tensor, as_tensor
 
 class Flatten(Layer):
     """Merge dimensions start_dim..end_dim into one, as `torch.nn.Flatten(start_dim=1, end_dim=-1)`:
-    (N, 3, 4, 5) -> (N, 60). The batch dimension (0) is never merged: start_dim must be 1 or more."""
+    (N, 3, 4, 5) -> (N, 60); a negative dimension counts from the last, as in torch (Flatten(-2) on
+    (N, 3, 4) gives (N, 12)). The batch dimension (0) is never merged."""
 
     def __init__(self, start_dim: int = 1, end_dim: int = -1):
-        if isinstance(start_dim, bool) or not isinstance(start_dim, numbers.Integral) or start_dim < 1:
-            raise ValueError(f"Flatten start_dim must be an int >= 1 (dimension 0 is the batch); got {start_dim!r}")
+        if isinstance(start_dim, bool) or not isinstance(start_dim, numbers.Integral) or start_dim == 0:
+            raise ValueError(f"Flatten start_dim must be a nonzero int (dimension 0 is the batch; a negative one "
+                             f"counts from the last); got {start_dim!r}")
         self.start_dim: int = int(start_dim)
         self.end_dim: int = int(end_dim)
 
@@ -25,14 +27,18 @@ class Flatten(Layer):
         """x with dimensions start_dim..end_dim merged; the batch dimension stays first."""
         x = as_tensor(x)
         shape: tuple[Any, ...] = tuple(x.shape)
+        start = self.start_dim + len(shape) if self.start_dim < 0 else self.start_dim
+        if start < 1:
+            raise ValueError(f"Flatten(start_dim={self.start_dim}) on an input of {len(shape)} dimensions would merge "
+                             f"the batch dimension (0)")
         end = self.end_dim % len(shape) if len(shape) else 0
-        if not self.start_dim <= end < len(shape):
-            if self.start_dim == end + 1 or len(shape) <= self.start_dim:  # nothing to merge, as torch
+        if not start <= end < len(shape):
+            if start == end + 1 or len(shape) <= start:  # nothing to merge, as torch
                 return x
             raise ValueError(f"Flatten(start_dim={self.start_dim}, end_dim={self.end_dim}) does not fit an input of "
                              f"{len(shape)} dimensions")
-        merged = math.prod(int(d) for d in shape[self.start_dim:end + 1])
-        return x.reshape(-1, *shape[1:self.start_dim], merged, *shape[end + 1:])
+        merged = math.prod(int(d) for d in shape[start:end + 1])
+        return x.reshape(-1, *shape[1:start], merged, *shape[end + 1:])
 
     def __repr__(self) -> str:
         return "Flatten()" if (self.start_dim, self.end_dim) == (1, -1) else \

@@ -26,17 +26,16 @@ def from_torch(module: Any) -> Layer:
     `module` is a `torch.nn.Module`: an `nn.Sequential` or a module tree of `Linear`, `ReLU`, `Sigmoid`,
     `Tanh`, `GELU` (exact and tanh forms, kept apart: `GELU(approximate="none")` compiles with
     tinycomp's erf kernel), `Softmax`, `Dropout`, `LayerNorm`, `Flatten`, `Identity`. Weights are
-    copied (as float32, Linear's transposed to tinycomp's (in, out)); the result's layers take the
-    module's training flag, so import a module in `eval()` mode for inference. Anything else raises
+    copied (as float32, Linear's transposed to tinycomp's (in, out)); each layer takes the training
+    flag of the module it comes from (a Dropout set to `eval()` in a training model stays off), so
+    import a module in `eval()` mode for inference. Anything else raises
     `CompileError` naming the module's path and type. Needs PyTorch (`pip install 'tinycomp[torch]'`).
     """
     torch = require("torch", "from_torch", "torch", "PyTorch")
     if not isinstance(module, torch.nn.Module):
         raise TypeError(f"from_torch expects a torch.nn.Module; got {type(module).__name__}")
     with torch.no_grad():
-        model = _convert(torch, module, "")
-    model.train(bool(module.training))
-    return model
+        return _convert(torch, module, "")
 
 
 def _array(t: Any) -> np.ndarray:
@@ -44,6 +43,12 @@ def _array(t: Any) -> np.ndarray:
 
 
 def _convert(torch: Any, m: Any, path: str) -> Layer:
+    layer = _convert_module(torch, m, path)
+    layer.training = bool(m.training)  # as torch runs it: a sub-module may be in eval() inside a training one
+    return layer
+
+
+def _convert_module(torch: Any, m: Any, path: str) -> Layer:
     nn = torch.nn
     if isinstance(m, nn.Sequential):
         return tnn.Sequential(*[_convert(torch, child, f"{path}.{name}" if path else name)
@@ -73,7 +78,10 @@ def _leaf(torch: Any, m: Any, path: str) -> Layer | None:
     if type(m) is nn.Dropout:
         return tnn.Dropout(float(m.p))
     if type(m) is nn.Flatten:
-        return tnn.Flatten(int(m.start_dim), int(m.end_dim))
+        try:
+            return tnn.Flatten(int(m.start_dim), int(m.end_dim))
+        except ValueError as exc:  # start_dim=0: tinycomp keeps the batch dimension its own
+            raise unsupported("module", path or TOP, "Flatten", MODULES, str(exc)) from exc
     if type(m) is nn.LayerNorm:
         return _layer_norm(m, path)
     return None
@@ -110,7 +118,7 @@ def _function_layer(torch: Any, node: Any) -> Layer | None:
     if target in (torch.flatten, "flatten"):
         start = extra[0] if extra else kwargs.get("start_dim", 0)
         end = extra[1] if len(extra) > 1 else kwargs.get("end_dim", -1)
-        return tnn.Flatten(int(start), int(end)) if isinstance(start, int) and start >= 1 else None
+        return tnn.Flatten(int(start), int(end)) if isinstance(start, int) and start != 0 else None
     return None
 
 
@@ -138,14 +146,19 @@ def _from_fx(torch: Any, m: Any, path: str) -> Layer:
         if node.op == "call_module":
             key = layer_key(str(node.target), layers)
             sub_path = f"{path}.{node.target}" if path else str(node.target)
+            arguments = (*node.args, *node.kwargs.values())  # self.fc(x) or self.fc(input=x)
+            if len(arguments) != 1 or not isinstance(arguments[0], torch.fx.Node):
+                raise unsupported("node", name, f"call_module {node.target}", MODULES,
+                                  f"called with {len(arguments)} arguments; a layer takes one tensor")
             layers[key] = _convert(torch, gm.get_submodule(node.target), sub_path)
-            steps.append(Step(node.name, (node.args[0].name,), layer=key))
+            steps.append(Step(node.name, (arguments[0].name,), layer=key))
         elif node.op in ("call_function", "call_method") and node.target in (operator.add, torch.add, "add") \
                 and len(node.args) == 2 and all(isinstance(a, torch.fx.Node) for a in node.args) and not node.kwargs:
             steps.append(Step(node.name, (node.args[0].name, node.args[1].name), op="add"))
         elif node.op in ("call_function", "call_method") and node.args and isinstance(node.args[0], torch.fx.Node) \
                 and (layer := _function_layer(torch, node)) is not None:
             key = layer_key(node.name, layers)
+            layer.training = bool(m.training)
             layers[key] = layer
             steps.append(Step(node.name, (node.args[0].name,), layer=key))
         else:

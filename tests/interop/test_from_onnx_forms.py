@@ -1,0 +1,121 @@
+"""from_onnx on the forms exporters write beside the plain ones: Softmax before opset 13 on 3-D values,
+Reshape with 0 and -1, a Gemm bias of shape (1, N), weights behind Identity, Constant nodes of ints;
+each against real ONNX Runtime, eager and compiled, or refused with an error naming the node."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx", reason="onnx is not installed (pip install 'tinycomp[onnx]')")
+ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install 'tinycomp[onnx]')")
+from interop_helpers import assert_close_to_framework, check_imported  # noqa: E402
+from onnx import helper  # noqa: E402
+from onnx_graphs import Builder, runtime  # noqa: E402
+
+import tinycomp as tc  # noqa: E402
+from tinycomp.interop import from_onnx  # noqa: E402
+from tinycomp.parity import check_parity, float64_reference  # noqa: E402
+
+SAMPLE = (3, 4)
+
+
+def check_samples(blob: bytes, sample: tuple[int, ...] = SAMPLE) -> None:
+    """Eager and compiled against ONNX Runtime on (rows, *sample) inputs; compiled against eager by the
+    parity rule."""
+    model, run = from_onnx(blob), runtime(blob)
+    fast = tc.compile(model, input_shape=(None, *sample))
+    for rows in (1, 2, 7):
+        x = np.random.default_rng(rows).standard_normal((rows, *sample)).astype(np.float32) * 2
+        eager, compiled = model(x).data, fast(x).data
+        assert_close_to_framework(eager, run(x), f"eager, batch {rows}")
+        assert_close_to_framework(compiled, run(x), f"compiled, batch {rows}")
+        report = check_parity(compiled, eager, float64_reference(fast.graph, x))
+        assert report.ok, f"batch {rows}: {report}"
+
+
+@pytest.mark.parametrize("axis", [None, 1, 2, -1, -2], ids=["default", "1", "2", "-1", "-2"])
+def test_softmax_before_opset_13_normalizes_from_its_axis_on(axis):
+    # before opset 13 the default axis is 1: on (N, 3, 4) each sample's 12 values sum to 1
+    b = Builder(4, seed=1, sample=SAMPLE)
+    h = b.node("Softmax", ["x"]) if axis is None else b.node("Softmax", ["x"], axis=axis)
+    check_samples(b.model(h, SAMPLE, opset=11))
+
+
+def test_softmax_before_opset_13_across_the_batch_is_refused():
+    b = Builder(4, sample=SAMPLE)
+    blob = b.model(b.node("Softmax", ["x"], axis=0), SAMPLE, opset=11)
+    with pytest.raises(tc.CompileError, match=r"node 'softmax_1' of type Softmax \(axis=0 .*across the batch"):
+        from_onnx(blob)
+
+
+@pytest.mark.parametrize("shape, out", [([0, -1], (12,)), ([0, 0, 2, 2], (3, 2, 2)), ([-1, 2, 6], (2, 6)),
+                                        ([0, 2, -1], (2, 6))], ids=["0,-1", "0,0,2,2", "-1,2,6", "0,2,-1"])
+def test_reshape_with_copied_and_inferred_sizes(shape, out):
+    b = Builder(4, seed=2, sample=SAMPLE)
+    h = b.node("Reshape", ["x", b.const(None, np.array(shape, np.int64))])
+    check_samples(b.model(b.node("Relu", [h]), out))
+
+
+def test_reshape_that_moves_the_batch_is_refused():
+    b = Builder(4, sample=SAMPLE)
+    blob = b.model(b.node("Reshape", ["x", b.const(None, np.array([3, -1], np.int64))]), (3, 4))
+    with pytest.raises(tc.CompileError, match=r"of type Reshape \(shape \[3, -1\]: the batch must stay first"):
+        from_onnx(blob)
+
+
+def test_layer_normalization_over_axis_1_of_a_matrix_is_the_last_axis():
+    b = Builder(10, seed=3)
+    h = b.node("LayerNormalization", ["x", b.const((10,)), b.const((10,))], axis=1)
+    blob = b.model(h, 10, opset=17)
+    check_imported(from_onnx(blob), runtime(blob), 10)
+
+
+@pytest.mark.parametrize("bias_shape", [(1, 6), (6,), (1,), ()], ids=["1xN", "N", "1", "scalar"])
+def test_gemm_bias_broadcast_over_the_batch(bias_shape):
+    b = Builder(5, seed=4)
+    blob = b.model(b.node("Gemm", ["x", b.const((5, 6)), b.const(bias_shape)], beta=0.5), 6)
+    check_imported(from_onnx(blob), runtime(blob), 5)
+
+
+def test_gemm_bias_that_varies_along_the_batch_is_refused():
+    b = Builder(5)
+    node = helper.make_node("Gemm", ["x", "w", "c"], ["y"], name="gemm")
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 5])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, 6])], initializer=[
+                                  onnx.numpy_helper.from_array(b.rng.standard_normal((5, 6)).astype(np.float32), "w"),
+                                  onnx.numpy_helper.from_array(np.ones((2, 6), np.float32), "c")])
+    with pytest.raises(tc.CompileError, match=r"node 'gemm' of type Gemm \(C of shape \(2, 6\): a bias must be"):
+        from_onnx(helper.make_model(graph))
+
+
+def test_weight_shared_through_identity():
+    b = Builder(5, seed=5)
+    w = b.const((5, 5))
+    tied = b.node("Identity", [w])  # how exporters often write a tied weight
+    h = b.node("MatMul", [b.node("MatMul", ["x", w]), tied])
+    blob = b.model(b.node("Add", [h, b.node("Dropout", [b.const((5,))])]), 5)
+    check_imported(from_onnx(blob), runtime(blob), 5)
+
+
+def test_constant_node_of_ints_gives_a_reshape_its_shape():
+    b = Builder(4, seed=6, sample=SAMPLE)
+    b.count += 1
+    b.nodes.append(helper.make_node("Constant", [], ["shape"], value_ints=[0, 12]))
+    check_samples(b.model(b.node("Tanh", [b.node("Reshape", ["x", "shape"])]), (12,)))
+
+
+def test_constant_node_of_strings_is_refused_naming_it():
+    b = Builder(4)
+    b.nodes.append(helper.make_node("Constant", [], ["s"], name="words", value_strings=[b"a"]))
+    blob = b.model(b.node("Relu", ["x"]), 4)
+    with pytest.raises(tc.CompileError, match=r"node 'words' of type Constant \(a constant given as value_strings"):
+        from_onnx(blob)
+
+
+def test_matmul_with_the_weight_on_the_left_says_so():
+    b = Builder(4)
+    w = b.const((4, 4))
+    blob = b.model(b.node("MatMul", [w, "x"]), 4)
+    with pytest.raises(tc.CompileError, match=f"2-D constant weight; the left operand '{w}' is the constant"):
+        from_onnx(blob)
