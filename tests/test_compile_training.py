@@ -120,6 +120,33 @@ def test_a_layer_called_twice_and_a_dropout_left_unused_draw_as_eager():
             np.testing.assert_array_equal(c, e)
 
 
+class AlwaysDrops(Layer):
+    """A forward that asks one Dropout for training mode whatever the model's mode; the other follows it."""
+
+    def __init__(self):
+        self.fc, self.forced, self.usual = Linear(13, 13), Dropout(0.5), Dropout(0.5)
+
+    def forward(self, x):
+        return self.usual(self.forced(self.fc(x), training=True))
+
+
+@pytest.mark.parametrize("check", [False, True])
+def test_dropout_called_with_training_true_draws_its_masks_in_an_inference_model(check):
+    manual_seed(5)
+    model = AlwaysDrops().eval()
+    fast = tc.compile(model, check=check)  # for inference: `usual` is folded away, `forced` draws
+    x = inputs(30) + 4
+    manual_seed(11)
+    eager = [model(Tensor(x)).data for _ in range(3)]
+    manual_seed(11)
+    compiled = [fast(x).data for _ in range(3)]
+    for e, c in zip(eager, compiled, strict=True):
+        assert (c == 0).mean() > 0.3  # half the values dropped
+        np.testing.assert_array_equal(c, e)
+    assert not np.array_equal(compiled[0], compiled[1])  # each call its own mask
+    assert fast.graph.op_counts()["dropout"] == 1
+
+
 def test_check_true_in_training_mode_replays_the_call_eagerly():
     manual_seed(0)
     model = odd_mlp()

@@ -10,7 +10,6 @@ with the eager model live here too, beside what they read.
 from __future__ import annotations
 
 import ctypes
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from .frontend.inputs import feature_shape  # noqa: F401 - export reads the comp
 from .frontend.tensor import Tensor
 from .frontend.tracer import trace
 from .ir.graph import Graph, paused_gc
+from .ir.leading import lead_mismatch
 from .ir.passes import run_pipeline
 from .ir.philox import DropoutStream
 from .ir.printer import format_graph
@@ -93,7 +93,8 @@ class Artifact:
     cache_hit: bool
     compile_ms: float
     lead_shapes: dict = field(default_factory=dict)  # leading dims of the input -> eager output shape
-    draws: DropoutDraws | None = None  # training mode: where each call's dropout masks come from
+    training: bool = False  # compiled with the layers in training mode
+    draws: DropoutDraws | None = None  # where each call's dropout masks come from, if it draws any
     more_inputs: tuple[tuple, ...] = ()  # forward(x, mask, ...): the shapes of the inputs after x (None: batch)
 
     def hot_table(self) -> tuple[Any, ctypes.Array] | None:
@@ -137,7 +138,9 @@ def build(model: Any, features: tuple[int, ...], *, passes: list | None, speed_l
         params=LiveParams(model, [optimized[p]["path"] for p in plan.params], shapes, kernel.pack),
         guard=StructureGuard(model), speed_level=speed_level, cache_hit=hit,
         compile_ms=(time.perf_counter() - start) * 1e3,
-        draws=DropoutDraws(model, traced, plan.dropouts) if training else None, more_inputs=more_inputs,
+        training=training, more_inputs=more_inputs,
+        # a forward may call a dropout with training=True whatever the mode: its masks are drawn too
+        draws=DropoutDraws(model, traced, plan.dropouts) if training or plan.dropouts else None,
     )
     objects = len(engine.objects)
     log("compile", "compiled %s for input (N, %s) in %.1f ms (cache key %s, %s, %d object file%s)",
@@ -218,23 +221,24 @@ def stage_text(art: Artifact, stage: str) -> str:
 def eager_out_shape(model: Any, art: Artifact, lead: tuple[int, ...]) -> tuple[int, ...]:
     """The output shape eager gives an input of shape (*lead, *features), lead not one batch dimension.
 
-    Rows are computed the same either way; only the shape can differ (a reshape(-1, ...) in the
-    model flattens leading dimensions), so it is traced once per leading shape and remembered."""
+    The native code computes prod(lead) rows as a batch. That is eager's result only where the
+    forward treats the leading dimensions as a batch (`ir.leading.lead_mismatch`: no positive dim
+    reaching into them, say); then only the shape can differ (a reshape(-1, ...) in the model
+    flattens leading dimensions). Traced once per leading shape and remembered."""
     known = art.lead_shapes.get(lead)
     if known is not None:
         return known
-    out_row = art.call.out_row
-    rows_out = math.prod(lead) * math.prod(out_row)
+    given, batch = (*lead, *art.features), f"pass a batch of shape (batch, {', '.join(map(str, art.features))})"
     try:
-        g = trace(model, (*lead, *art.features))
+        g = trace(model, given, training=art.training)
         shape = tuple(g.shape(g.args(g.nodes("output")[0])[0]))
     except Exception as exc:
-        raise ValueError(f"this model cannot take an input of shape {(*lead, *art.features)} ({exc}); "
-                         f"pass a batch of shape (batch, {', '.join(map(str, art.features))})") from None
-    if math.prod(shape) != rows_out:
-        raise ValueError(f"for an input of shape {(*lead, *art.features)} this model returns shape {shape}, "
-                         f"not {math.prod(lead)} rows of {out_row}; "
-                         f"pass a batch of shape (batch, {', '.join(map(str, art.features))})")
+        raise ValueError(f"this model cannot take an input of shape {given} ({exc}); {batch}") from None
+    why = lead_mismatch(art.traced, g, lead)
+    if why is not None:
+        one = ", e.g. x[None] for one sample" if not lead else ""
+        raise ValueError(f"for an input of shape {given} this model's forward does not compute each sample as it "
+                         f"does in a batch ({why}), so the compiled code would not give eager's result; {batch}{one}")
     if len(art.lead_shapes) < 64:  # bounded: a stream of odd shapes must not grow memory
         art.lead_shapes[lead] = shape
     return shape
@@ -249,7 +253,7 @@ def check_against_eager(model: Any, art: Artifact, arr: np.ndarray, compiled: np
     with the same masks; the caller holds the dropout streams' lock from the draw until now."""
     if compiled.size == 0:
         return
-    with layers_in_mode(model, art.draws is not None):
+    with layers_in_mode(model, art.training):
         if art.draws is not None and draws is not None:
             art.draws.rewind(draws[1])  # the eager run draws this call's masks again
         eager = np.asarray(model(Tensor(arr), *map(Tensor, more)).data)

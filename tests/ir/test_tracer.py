@@ -164,6 +164,24 @@ def test_a_reshape_wrong_at_every_batch_size_stays_the_eager_value_error():
         trace(R(), (None, 4))
 
 
+@pytest.mark.parametrize("sizes, out", [((-1,), (20,)), ((4, -1), (4, 5)), ((-1, 2), (10, 2))],
+                         ids=["batch,-1", "batch,4,-1", "batch,-1,2"])
+def test_reshape_to_the_batch_size_and_minus_one(sizes, out):
+    # x.reshape(x.shape[0], -1), the usual flatten: the -1 is what each sample has left
+    class R(Layer):
+        def forward(self, x):
+            return x.reshape(x.shape[0], *sizes) * 2
+
+    x = np.random.default_rng(0).standard_normal((3, 4, 5)).astype(np.float32)
+    assert trace(R(), (None, 4, 5)).shape("output") == (None, *out)
+    np.testing.assert_array_equal(tc.compile(R(), input_shape=(None, 4, 5))(x).data, R()(Tensor(x)).data)
+    with pytest.raises(ValueError, match=r"each sample's 20 elements do not make whole groups of 3"):
+        class Bad(Layer):
+            def forward(self, x):
+                return x.reshape(x.shape[0], 3, -1)
+        trace(Bad(), (None, 4, 5))
+
+
 def test_messages_name_a_traced_value_a_tensor():
     class Pow(Layer):
         def forward(self, x):
@@ -269,6 +287,21 @@ def test_misuse_in_the_top_level_forward():
 def test_forward_returning_non_tensor(result):
     with pytest.raises(CompileError, match="must return a Tensor computed from its input"):
         trace(Misbehaves(lambda x: result), (None, 4))
+
+
+def test_forward_returning_a_value_without_the_batch_is_a_compile_error():
+    # a Tensor computed from a parameter alone: eager returns shape (3,) at every batch size
+    class FromWeight(Layer):
+        def __init__(self):
+            self.w = Tensor(np.arange(3.0))
+
+        def forward(self, x):
+            return self.w * 2
+
+    with pytest.raises(CompileError, match=r"must return one row per sample.*shape \(3,\) for inputs \(N, 4\)"):
+        trace(FromWeight(), (None, 4))
+    with pytest.raises(CompileError, match="one row per sample"):
+        tc.compile(FromWeight())(np.zeros((2, 4), np.float32))
 
 
 def test_user_exceptions_pass_through_and_the_model_is_restored():

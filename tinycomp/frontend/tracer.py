@@ -149,7 +149,14 @@ class SymbolicTensor(Tensor):
         if marks and (marks != [0] or self._shape[:1] != (None,)):
             where = "for an unbatched value" if self._shape[:1] != (None,) else f"at position {marks[-1]}"
             raise self._tracer.batch._refuse(f"reshapes to {fmt_shape(shape)} with, {where},")
-        return super().reshape(*(-1 if i in marks else d for i, d in enumerate(shape)))
+        sizes = list(shape[1:] if marks else shape)
+        if marks and sizes.count(-1) == 1:  # x.reshape(x.shape[0], -1): the -1 is what each sample has left
+            rest, known = math.prod(self._shape[1:]), math.prod(int(d) for d in sizes if d != -1)
+            if known <= 0 or rest % known:
+                raise ValueError(f"cannot reshape {fmt_shape(self._shape)} to {fmt_shape(shape)}: each sample's "
+                                 f"{rest} elements do not make whole groups of {known}")
+            sizes[sizes.index(-1)] = rest // known
+        return super().reshape(*([-1] if marks else []), *sizes)
 
     def transpose(self, dim0: int | None = None, dim1: int | None = None) -> Tensor:
         if dim0 is None and dim1 is None and self.ndim < 2:
@@ -336,6 +343,11 @@ class Tracer:
         if not isinstance(out, SymbolicTensor) or out._tracer is not self:
             got = "a Tensor that does not depend on the input" if isinstance(out, Tensor) else type(out).__name__
             raise CompileError(f"{self.where()}: forward() must return a Tensor computed from its input; got {got}")
+        if any(shape[:1] == (None,) for shape in input_shapes) and out._shape[:1] != (None,):
+            # the compiled code writes one output row per sample
+            raise CompileError(f"{self.where()}: forward() must return one row per sample, the batch dimension N "
+                               f"first; it returns a value of shape {fmt_shape(out._shape)} for inputs "
+                               f"{', '.join(map(fmt_shape, input_shapes))}")
         self.graph.add("output", [out.node], name="output", layer="")
         self.graph.lint()
         return self.graph
