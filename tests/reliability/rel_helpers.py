@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import resource
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 
@@ -15,6 +20,34 @@ def rss_bytes() -> int:
     """Resident set size now, from /proc/self/statm (pages)."""
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * resource.getpagesize()
+
+
+@contextmanager
+def fifo_released_after(fifo: Path, seconds: float) -> Iterator[threading.Event]:
+    """Runs the block; if it is still running after `seconds`, keeps opening `fifo` for writing and
+    closing it, so a reader stuck in open() on it (waiting for a writer) reads end-of-file and goes
+    on. The event says whether that was needed: code that blocks on a FIFO fails the test instead of
+    hanging it."""
+    done, released = threading.Event(), threading.Event()
+
+    def release() -> None:
+        if done.wait(seconds):
+            return
+        released.set()
+        while not done.is_set():
+            try:
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+            except OSError:  # no reader in open() yet (ENXIO), or no longer a FIFO
+                pass
+            done.wait(0.05)
+
+    thread = threading.Thread(target=release, daemon=True)
+    thread.start()
+    try:
+        yield released
+    finally:
+        done.set()
+        thread.join()
 
 
 def float64_reference(model, x: np.ndarray) -> Reference:

@@ -17,7 +17,7 @@ import pytest
 from llvmlite import ir
 
 import tinycomp as tc
-from tests.reliability.rel_helpers import assert_matches_eager
+from tests.reliability.rel_helpers import assert_matches_eager, fifo_released_after
 from tinycomp.codegen.module import ENTRY, graph_fingerprint, lower_graph
 from tinycomp.codegen.target import host
 from tinycomp.frontend.tracer import trace
@@ -276,6 +276,23 @@ def test_key_readable_by_others_is_refused(dirs, warnings_seen):
     assert_compiled_fresh(m)
     [record] = warnings_seen
     assert str(cache.key_path()) in record.getMessage() and "0644" in record.getMessage()
+
+
+@pytest.mark.parametrize("make", [os.mkdir, os.mkfifo], ids=["folder", "fifo"])
+def test_key_that_is_not_a_regular_file_is_refused_with_one_warning(dirs, warnings_seen, make):
+    """A folder at the key path made compile() raise IsADirectoryError; a FIFO made it wait forever
+    for a writer. Either is refused like any unusable key: compile without the cache, warn once."""
+    key = cache.key_path()
+    key.parent.mkdir(mode=0o700, parents=True)
+    key.parent.chmod(0o700)
+    make(key, 0o600)
+    with fifo_released_after(key, seconds=30) as released:
+        for _ in range(2):
+            assert_compiled_fresh(model())
+    assert not released.is_set(), "compile() waited for a writer on the FIFO at the key path"
+    [record] = warnings_seen
+    assert str(key) in record.getMessage() and "not a regular file" in record.getMessage()
+    assert not list(dirs.glob("*.o")), "wrote entries without a usable key"
 
 
 def test_each_user_key_signs_its_own_entries(dirs, monkeypatch, tmp_path):

@@ -27,7 +27,10 @@ import logging
 import os
 import stat
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 import llvmlite
 import llvmlite.binding as llvm
@@ -125,19 +128,41 @@ def private_dir(path: Path) -> Path:
     return path
 
 
+class NotRegularFile(OSError):
+    """A folder, FIFO, device or socket where a key or an entry (a regular file) was expected."""
+
+
+@contextmanager
+def _open_regular(path: Path) -> Iterator[tuple[BinaryIO, os.stat_result]]:
+    """`path` opened for reading, with its fstat; NotRegularFile unless it is a regular file.
+
+    Non-blocking, since open() of a FIFO waits for a writer, maybe forever; the type is checked on
+    the opened descriptor, so nothing swapped in after a stat can slip past; no final symlink is
+    followed (the key is ours, not whatever a link points at)."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0))
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise NotRegularFile(f"{path} is not a regular file")
+        f = os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+    with f:
+        yield f, st
+
+
 def _read_secret(path: Path) -> bytes | None:
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        with _open_regular(path) as (f, st):
+            _check_private(st, f"the key {path}", 0o077)  # read by another, it could sign entries
+            secret = f.read(SECRET_BYTES + 1)
     except FileNotFoundError:
         return None
+    except NotRegularFile:
+        raise Refused(f"the key {path} is not a regular file") from None
     except OSError as exc:
         raise Refused(f"cannot read the key {path} ({exc.strerror or exc})") from None
-    with os.fdopen(fd, "rb") as f:
-        st = os.fstat(f.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            raise Refused(f"the key {path} is not a regular file")
-        _check_private(st, f"the key {path}", 0o077)  # read by another, it could sign entries
-        secret = f.read(SECRET_BYTES + 1)
     if len(secret) != SECRET_BYTES:
         raise Refused(f"the key {path} holds {len(secret)} bytes, not {SECRET_BYTES}; delete it to make a new one")
     return secret
