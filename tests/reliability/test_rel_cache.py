@@ -5,6 +5,8 @@ test_rel_cache_trust.py.)"""
 from __future__ import annotations
 
 import json
+import os
+import stat
 import subprocess
 import sys
 
@@ -13,6 +15,7 @@ import pytest
 
 import tinycomp as tc
 from tests.models import CASES
+from tests.reliability.rel_helpers import fifo_released_after
 from tinycomp.runtime import cache
 
 
@@ -106,6 +109,22 @@ def test_bad_entry_is_ignored_and_rebuilt(tmp_cache, fault):
     assert entry.read_bytes() == good  # rebuilt and written back whole
     third, _ = compile_one()
     assert third.stats.cache_hits == 1
+
+
+def test_fifo_in_place_of_an_entry_is_ignored_and_rebuilt(tmp_cache):
+    """load() read the entry with Path.read_bytes, which waits for a writer on a FIFO: compile() hung."""
+    fast, x = compile_one()
+    want = fast(x).data
+    [entry] = entries(tmp_cache)
+    entry.unlink()
+    os.mkfifo(entry, 0o600)
+    with fifo_released_after(entry, seconds=30) as released:
+        again, _ = compile_one()
+    assert not released.is_set(), "compile() waited for a writer on the FIFO named like the entry"
+    assert again.stats.cache_hits == 0
+    np.testing.assert_array_equal(again(x).data, want)
+    assert stat.S_ISREG(entry.lstat().st_mode)  # the rebuilt entry replaced the FIFO
+    assert compile_one()[0].stats.cache_hits == 1
 
 
 def test_every_source_that_shapes_object_code_is_in_the_key():

@@ -263,8 +263,9 @@ def load(key: str) -> tuple[dict, list[bytes]] | None:
         return None
     folder, secret_key = usable
     try:
-        blob = (folder / f"{key}.o").read_bytes()
-    except OSError:
+        with _open_regular(folder / f"{key}.o") as (f, _):
+            blob = f.read()
+    except OSError:  # absent, or a folder or FIFO in its place (NotRegularFile): rebuilt like a bad entry
         return None
     return decode(blob, key, secret_key)
 
