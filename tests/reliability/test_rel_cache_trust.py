@@ -295,6 +295,18 @@ def test_key_that_is_not_a_regular_file_is_refused_with_one_warning(dirs, warnin
     assert not list(dirs.glob("*.o")), "wrote entries without a usable key"
 
 
+def test_writable_key_folder_is_named_in_the_one_warning(dirs, warnings_seen):
+    """The warning blamed the cache folder ('the folder has mode 0775') though the key's folder was."""
+    m = model()
+    tc.compile(m, input_shape=(None, 8))
+    cache.key_path().parent.chmod(0o775)
+    assert_compiled_fresh(m)
+    [record] = warnings_seen
+    message = record.getMessage()
+    assert f"the key's folder {cache.key_path().parent} has mode 0775, open to group" in message
+    assert stat.S_IMODE(dirs.stat().st_mode) == 0o700  # the cache folder itself is private
+
+
 def test_each_user_key_signs_its_own_entries(dirs, monkeypatch, tmp_path):
     """The key lives outside the cache folder; another key (another user, a new key) verifies nothing."""
     m = model()

@@ -115,16 +115,17 @@ def _check_private(st: os.stat_result, what: str, others: int) -> None:
         raise Refused(f"{what} has mode {stat.S_IMODE(st.st_mode):04o}, open to {who}")
 
 
-def private_dir(path: Path) -> Path:
-    """`path`, created 0700 if absent; Refused unless it is a folder of ours no one else may write."""
+def private_dir(path: Path, what: str = "the folder") -> Path:
+    """`path`, created 0700 if absent; Refused unless it is a folder of ours no one else may write.
+    `what` names it in the reason: the warning names the cache folder, which may not be this one."""
     try:
         _make_private_dirs(path)
         st = os.stat(path)
     except OSError as exc:
-        raise Refused(f"cannot create or read it ({exc.strerror or exc})") from None
+        raise Refused(f"cannot create or read {what} ({exc.strerror or exc})") from None
     if not stat.S_ISDIR(st.st_mode):
-        raise Refused("it is not a folder")
-    _check_private(st, "the folder", 0o022)
+        raise Refused(f"{what} is not a folder")
+    _check_private(st, what, 0o022)
     return path
 
 
@@ -187,7 +188,7 @@ def _create_secret(path: Path) -> None:
 def secret() -> bytes:
     """The per-user key entries are signed with, made on first use; Refused if it is not private."""
     path = key_path()
-    private_dir(path.parent)
+    private_dir(path.parent, f"the key's folder {path.parent}")
     key = _read_secret(path)
     if key is None:
         try:
