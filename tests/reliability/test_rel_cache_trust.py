@@ -269,6 +269,19 @@ def test_folders_and_files_are_private_under_umask_000(tmp_path, monkeypatch):
     assert tc.compile(m, input_shape=(None, 8)).stats.cache_hits == 1
 
 
+@pytest.mark.parametrize("relative", ["relcache", ""], ids=["relative", "empty"])
+def test_relative_xdg_cache_home_is_ignored_like_xdg_config_home(tmp_path, monkeypatch, relative):
+    """A relative XDG_CACHE_HOME was used from the working directory (a cache per folder one runs in);
+    per the XDG spec, as for the key's XDG_CONFIG_HOME, it is ignored for ~/.cache."""
+    monkeypatch.delenv("TINYCOMP_CACHE_DIR", raising=False)
+    monkeypatch.delenv("TINYCOMP_CACHE", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("XDG_CACHE_HOME", relative)
+    monkeypatch.setenv("XDG_CONFIG_HOME", "relconfig")
+    assert cache.cache_dir() == tmp_path / "home" / ".cache" / "tinycomp"
+    assert cache.key_path() == tmp_path / "home" / ".config" / "tinycomp" / "cache.key"
+
+
 def test_key_readable_by_others_is_refused(dirs, warnings_seen):
     m = model()
     tc.compile(m, input_shape=(None, 8))

@@ -56,16 +56,21 @@ def cache_dir() -> Path | None:
         return None
     if os.environ.get("TINYCOMP_CACHE_DIR"):
         return Path(os.environ["TINYCOMP_CACHE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "tinycomp"
+    return _xdg_home("XDG_CACHE_HOME", ".cache") / "tinycomp"
 
 
 def key_path() -> Path:
     """Where the per-user secret lives: the user's config folder, never the cache folder."""
-    base = os.environ.get("XDG_CONFIG_HOME", "")
-    if not os.path.isabs(base):  # the XDG spec: a relative (or empty) value is ignored
-        base = os.path.join(os.path.expanduser("~"), ".config")
-    return Path(base) / "tinycomp" / "cache.key"
+    return _xdg_home("XDG_CONFIG_HOME", ".config") / "tinycomp" / "cache.key"
+
+
+def _xdg_home(variable: str, default_in_home: str) -> Path:
+    """The XDG base folder `variable` names, else ~/`default_in_home`. The XDG spec ignores a relative
+    (or empty) value: one would give every working directory a cache and key of its own."""
+    base = os.environ.get(variable, "")
+    if not os.path.isabs(base):
+        base = os.path.join(os.path.expanduser("~"), default_in_home)
+    return Path(base)
 
 
 def cache_key(graph_key: str, options: dict) -> str:
