@@ -132,6 +132,22 @@ def test_dataframe_edits_after_submission_are_not_scored(client):
     np.testing.assert_array_equal(future.result().to_numpy(), expected)
 
 
+def test_partitions_a_filter_emptied_score_to_empty_frames(client):
+    """An empty partition failed on its worker: y.reshape(0, -1) cannot infer the output width."""
+    dd = pytest.importorskip("dask.dataframe")
+    pd = pytest.importorskip("pandas")
+    model = Sequential(Linear(3, 7), Sigmoid(), Linear(7, 2))
+    x = np.random.default_rng(19).standard_normal((100, 3), dtype=np.float32)
+    pdf = pd.DataFrame(x, columns=list("abc")).assign(row=np.arange(100))
+    kept = dd.from_pandas(pdf, npartitions=4).query("row < 50")
+    sizes = tuple(kept.map_partitions(len).compute(scheduler="threads"))
+    assert sizes.count(0) == 2  # the last two partitions are empty
+    out = tcd.predict(model, kept, columns=list("abc"), output_columns=["p", "q"]).compute()
+    assert list(out.columns) == ["p", "q"] and (out.dtypes == np.float32).all()
+    assert (out.index == pdf.index[:50]).all()
+    np.testing.assert_array_equal(out.to_numpy(), in_process(model, x[:50], sizes))
+
+
 def test_edits_while_computing_never_mix_weights_within_one_result(client):
     model = Sequential(Linear(24, 16), ReLU(), Linear(16, 4))
     y = tcd.predict(model, slow_array(seed=2, chunks=24, rows=20, features=24, delay=0.05))

@@ -154,7 +154,8 @@ def score_frame(frame: Any, snapshot: Snapshot, columns: list, names: list[str],
 
     x = np.ascontiguousarray(frame[columns].to_numpy(dtype=np.float32))  # columns to rows: the one copy
     y = score_block(x, snapshot, batch_rows)
-    return pd.DataFrame(y.reshape(len(x), -1), index=frame.index, columns=names)
+    # the width from the names, not -1: NumPy cannot infer it for an empty partition (0 rows)
+    return pd.DataFrame(y.reshape(len(x), len(names)), index=frame.index, columns=names)
 
 
 def worker_stats(dask_worker: Any = None) -> dict[str, Any]:
