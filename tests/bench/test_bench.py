@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from tinycomp.bench import bench_main, runner
+from tinycomp.bench import main as bench_main_module
 from tinycomp.bench.main import ALLOCATOR_TUNABLES, _child_env, judges_the_peak_fraction
 from tinycomp.bench.models import MODELS, numpy_function
 from tinycomp.bench.peak import clocks_measurable
@@ -80,8 +81,15 @@ def test_plot_without_matplotlib_says_how_to_get_it(tmp_path, capsys, monkeypatc
     (["--budget", "nan"], "argument --budget"), (["--budget", "-1"], "argument --budget"),
     (["--peak", "0"], "argument --peak"), (["--peak", "inf"], "argument --peak"),
     (["--models", "tiny", "--json", "no/such/folder/out.json"], "--json no/such/folder/out.json: folder"),
+    ([*TINY, "--json", "."], "--json .: expected a file name, got a folder"),
+    ([*TINY, "--markdown", "."], "--markdown .: expected a file name, got a folder"),
+    ([*TINY, "--plot", "latency.txt"], "--plot latency.txt: matplotlib cannot write .txt files"),
 ])
-def test_nonsense_arguments_are_refused_before_any_run(args, message, capsys):
+def test_nonsense_arguments_are_refused_before_any_run(args, message, capsys, monkeypatch):
+    def measure(*_, **__):
+        raise AssertionError("measured before refusing the arguments")
+    monkeypatch.setattr(bench_main_module, "_run_child", measure)
+    monkeypatch.setattr(bench_main_module, "_run_round", measure)
     with pytest.raises(SystemExit) as stop:
         bench_main(args)
     assert stop.value.code == 2

@@ -90,11 +90,19 @@ def _names(text: str, what: str, known: Any) -> list[str]:
 
 
 def check_output_paths(args: argparse.Namespace) -> None:
-    """Refuse, before minutes of measuring, an output file whose folder does not exist."""
+    """Refuse, before minutes of measuring, an output file the run could not write at its end: a
+    folder's name, a file in a folder that does not exist, a plot in a format matplotlib cannot save."""
     for flag in ("json", "markdown", "plot"):
         path = getattr(args, flag)
-        if path is not None and not Path(path).resolve().parent.is_dir():
+        if path is None:
+            continue
+        if Path(path).is_dir():
+            usage_error(f"--{flag} {path}: expected a file name, got a folder")
+        if not Path(path).resolve().parent.is_dir():
             usage_error(f"--{flag} {path}: folder {Path(path).resolve().parent} does not exist")
+    why = None if args.plot is None else report.unplottable_format(args.plot)
+    if why:
+        usage_error(f"--plot {args.plot}: {why}")
 
 
 def _plan(args: argparse.Namespace) -> list[tuple[str, list[int]]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -203,6 +204,21 @@ def rows_as_dicts(rows: list[Row]) -> list[dict]:
 
 # ---------------------------------------------------------------- plot
 PLOT_HINT = "pip install 'tinycomp[bench]' (or: pip install matplotlib)"
+
+
+def unplottable_format(path: str) -> str | None:
+    """Why matplotlib would refuse to save a plot at `path`, judged by its extension as savefig judges
+    it (none: PNG), or None. None also when matplotlib is missing: plot() says so, and the run's
+    tables are worth having without the picture."""
+    try:
+        from matplotlib.backend_bases import FigureCanvasBase
+    except ImportError:
+        return None
+    suffix = os.path.splitext(path)[1][1:].lower()
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if suffix and suffix not in formats:
+        return f"matplotlib cannot write .{suffix} files; give a name ending in one of .{', .'.join(sorted(formats))}"
+    return None
 
 
 def plot(rows: list[Row], path: str) -> str | None:
