@@ -9,6 +9,7 @@ import importlib.util
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -311,18 +312,24 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     verbose = any(a in VERBOSE_FLAGS for a in argv)
     argv = [a for a in argv if a not in VERBOSE_FLAGS]  # -v means the same before or after the subcommand
-    if argv[:1] == ["bench"]:
+    if argv[:1] == ["bench"]:  # bench parses its own arguments (its --help is its own parser's)
         from .bench import bench_main  # type: ignore[attr-defined]
 
-        return bench_main(argv[1:])
+        return run_reported("bench", lambda: bench_main(argv[1:]), verbose)
     args = make_parser().parse_args(argv)
-    args.verbose = verbose
+    command = {"demo": run_demo, "dump": run_dump, "export": run_export}[args.command]
+    return run_reported(args.command, lambda: command(args), verbose)
+
+
+def run_reported(name: str, command: Callable[[], int], verbose: bool) -> int:
+    """Run a subcommand; an exception is one clear line for users (the whole story with --verbose):
+    exit code 2 for a UsageError, 1 for anything else. argparse's own refusals exit 2 by themselves."""
     try:
-        return {"demo": run_demo, "dump": run_dump, "export": run_export}[args.command](args)
-    except Exception as exc:  # one clear line for users; the whole story with --verbose
-        if args.verbose:
+        return command()
+    except Exception as exc:
+        if verbose:
             traceback.print_exc()
         else:
             kind = "" if isinstance(exc, UsageError) else f"{type(exc).__name__}: "
-            print(f"tinycomp {args.command}: error: {kind}{exc}", file=sys.stderr)
+            print(f"tinycomp {name}: error: {kind}{exc}", file=sys.stderr)
         return 2 if isinstance(exc, UsageError) else 1

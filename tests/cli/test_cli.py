@@ -121,6 +121,17 @@ def test_demo_refuses_a_thread_count_below_one():
     assert proc.stdout == ""  # refused before anything ran
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full, where every write fails")
+def test_bench_failing_after_its_run_is_one_clear_line(capsys):
+    """bench ran outside main()'s error handling: an output file that cannot be written (checked
+    before the run, it fails only at the write) ended the command with a traceback."""
+    code = main(["bench", "--models", "tiny", "--batch", "1", "--engines", "numpy", "--quick", "--no-compile-times",
+                 "--peak", "100", "--json", "/dev/full"])
+    assert code == 1
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "tinycomp bench: error: OSError: [Errno 28] No space left on device"]
+
+
 def test_verbose_shows_the_traceback():
     proc = run_cli("--verbose", "dump", f"{HERE / 'tiny_model.py'}:broken", "--input-shape", "N,12")
     assert proc.returncode != 0
