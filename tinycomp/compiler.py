@@ -130,10 +130,10 @@ class CompiledModel:
                 if art is None:
                     return self._compile(features, more)
             # another thread's first call compiled meanwhile, maybe for another width: checked below
-        if len(others) != len(art.more_inputs):
+        if len(others) != len(art.more_inputs) and self._pinned:  # unpinned, forward(x, mask=None) follows below
             names = art.plan.inputs
-            raise TypeError(f"this compiled model takes {len(names)} input(s) ({', '.join(names)}), as its forward() "
-                            f"was compiled for; got {1 + len(others)}")
+            raise TypeError(f"this compiled model takes {len(names)} input(s) ({', '.join(names)}), as compile() "
+                            f"was given input_shape={_input_shape(art)}; got {1 + len(others)}")
         follow = not self._pinned and (not _fits(art.features, arr.shape) or more != art.more_inputs)
         if not art.guard.unchanged():
             return self._recompile(art, "the structure of the model changed", features if follow else art.features,
