@@ -182,6 +182,15 @@ def test_reshape_to_the_batch_size_and_minus_one(sizes, out):
         trace(Bad(), (None, 4, 5))
 
 
+def test_a_bool_operand_is_the_number_it_is_eagerly():
+    class Shift(Layer):
+        def forward(self, x):
+            return (x + True) * False - x * True
+
+    x = np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)
+    np.testing.assert_array_equal(tc.compile(Shift())(x).data, Shift()(Tensor(x)).data)
+
+
 def test_messages_name_a_traced_value_a_tensor():
     class Pow(Layer):
         def forward(self, x):

@@ -257,7 +257,7 @@ class Tracer:
             return self.param(original)
         if isinstance(x, TracedArray) and x._reads is self.live:
             raise self.live.stale_error(x, f"passes to {op}")  # a view or copy of a model array
-        if isinstance(x, numbers.Real) and not isinstance(x, bool):
+        if isinstance(x, numbers.Real):  # a bool too: eager's Tensor takes True as 1.0
             value = np.array(x, dtype=np.float32)
             key = value.tobytes()  # the float32 bits: 0.0 and -0.0 stay two constants
             if key not in self.scalar_nodes:  # one node per number: `x * 0.999` in a loop adds no node per step
