@@ -11,6 +11,7 @@ import pytest
 import tinycomp as tc
 from tests.models import REFERENCE_MLP_IN, eager_eval, reference_mlp
 from tinycomp.codegen.target import host
+from tinycomp.ir.graph import LintError
 from tinycomp.nn import Linear, ReLU, Sequential, Sigmoid, Tensor, manual_seed
 from tinycomp.parity import check_parity
 
@@ -277,6 +278,56 @@ def test_bad_input_shape_is_a_value_error_naming_it(shape):
 def test_bad_passes_are_a_type_error_naming_them(passes):
     with pytest.raises(TypeError, match=r"passes must be a list of graph passes.*got"):
         tc.compile(Sequential(Linear(4, 2)), passes=passes)
+
+
+def _set_shape(g, op: str, shape: tuple) -> None:
+    for n in g.nodes(op):
+        g.nx.nodes[n]["shape"] = shape
+
+
+def widen_input_say_nothing(g):  # breaks the graph and forgets `return True`
+    _set_shape(g, "input", (None, 100000))
+
+
+def widen_every_value_say_nothing(g):  # a consistent graph, but not the model's inputs any more
+    _set_shape(g, "input", (None, 9))
+    g.nx.nodes["0.weight"]["shape"] = (9, 3)
+    return False
+
+
+@pytest.mark.parametrize("bad_pass, error, match", [
+    (widen_input_say_nothing, LintError, r"after pass widen_input_say_nothing: node %0 \(matmul\)"),
+    (widen_every_value_say_nothing, tc.CompileError,
+     r"the passes changed the graph's inputs from \[\('x', \(None, 8\)\)\] to \[\('x', \(None, 9\)\)\]"),
+], ids=["inconsistent", "other-inputs"])
+def test_a_user_pass_that_breaks_the_graph_is_refused_whatever_it_returns(bad_pass, error, match):
+    # before, a pass returning None or False was never linted: the first case crashed the process
+    model = Sequential(Linear(8, 3)).eval()
+    with pytest.raises(error, match=match):
+        tc.compile(model, passes=[bad_pass])(np.ones((200, 8), np.float32))
+
+
+@pytest.mark.parametrize("threads", [True, False, 0, -1, 1.0, "2"])
+def test_threads_must_be_none_or_a_whole_number_from_one(threads):
+    with pytest.raises(ValueError, match=f"threads must be None .* or an int >= 1; got {re.escape(repr(threads))}"):
+        tc.compile(Sequential(Linear(4, 2)), threads=threads)
+
+
+def test_threads_may_be_a_numpy_integer():
+    fast = tc.compile(Sequential(Linear(4, 2)), threads=np.int64(2), input_shape=(None, 4))
+    assert fast.threads == 2 and type(fast.threads) is int
+
+
+@pytest.mark.parametrize("model", [3, None, "model"])
+def test_compiling_what_is_not_a_model_says_so(model):
+    with pytest.raises(TypeError, match=f"compile\\(\\) expects a Layer \\(or callable model\\); got "
+                                        f"{type(model).__name__}"):
+        tc.compile(model)
+
+
+def test_a_builtin_function_compiles_as_a_model():
+    x = np.linspace(-2, 2, 12, dtype=np.float32).reshape(3, 4)
+    np.testing.assert_array_equal(tc.compile(abs)(x).data, np.abs(x))
 
 
 @pytest.mark.parametrize("level", [99, -1, "fast", 1.0, True, None])

@@ -17,6 +17,7 @@ from typing import Any
 
 from . import driver
 from .binding import native_watch
+from .checks import is_whole_number
 from .driver import Artifact
 from .errors import CompileError
 from .frontend import streams
@@ -75,11 +76,12 @@ class CompiledModel:
                  check: bool = False, passes: list | None = None, speed_level: int = 0, training: bool = False):
         if not callable(model):
             raise TypeError(f"compile() expects a Layer (or callable model); got {type(model).__name__}")
-        if threads is not None and (not isinstance(threads, int) or threads < 1):
+        if threads is not None and (not is_whole_number(threads) or threads < 1):
             raise ValueError(f"threads must be None (all cores where it pays) or an int >= 1; got {threads!r}")
         if not isinstance(training, bool):
             raise TypeError(f"training must be True or False; got {training!r}")
-        self.model, self.threads, self.check, self.training = model, threads, check, training
+        self.model, self.check, self.training = model, check, training
+        self.threads = None if threads is None else int(threads)
         self._passes, self._speed_level = driver.checked_passes(passes), driver.checked_speed_level(speed_level)
         self._pinned = input_shape is not None  # else a call of another input width recompiles for it
         self.stats = CompileStats()
@@ -363,7 +365,7 @@ def compile(model: Layer, *, input_shape: Any = None, training: bool = False, th
             of `tinycomp.nn.manual_seed`), so after the same seed and number of calls both match
             (README, "Training-mode dropout").
         threads: native threads for large batches. None (the default) splits a batch over all cores
-            where that pays (about 1 MFLOP of work per thread); 1 keeps every call on the calling thread.
+            where that pays (from 100 MFLOP of work in a call); 1 keeps every call on the calling thread.
         check: also run the eager model on every call and raise `tinycomp.ParityError` when the two
             differ beyond the parity rule. For debugging: it costs the eager model plus a float64 run
             of the graph per call: on the reference MLP 3.2 ms at batch 1 (about 250x the compiled
@@ -393,7 +395,7 @@ def compile(model: Layer, *, input_shape: Any = None, training: bool = False, th
         >>> bool(np.allclose(fast(x).data, model(x).data, atol=1e-4))
         True
     """
-    if not training:
+    if not training and callable(model):  # CompiledModel names what is not a model
         warn_if_dropout_active(model)
     return CompiledModel(model, input_shape=input_shape, threads=threads, check=check, passes=passes,
                          speed_level=speed_level, training=training)

@@ -164,7 +164,19 @@ def optimized_graph(model: Any, features: tuple[int, ...], *, passes: list | Non
         dumps = PassDumps(traced)
         if channel("graph"):
             log("graph", "traced graph of %s:\n%s", type(model).__name__, dumps[0][1])
-        return traced, run_pipeline(traced, passes, on_pass=dumps.after_pass), dumps
+        optimized = run_pipeline(traced, passes, on_pass=dumps.after_pass)
+        _check_interface(traced, optimized)
+        return traced, optimized, dumps
+
+
+def _check_interface(traced: Graph, optimized: Graph) -> None:
+    """The passes must keep the inputs and the output as traced: the native entry is called with
+    buffers of those shapes, so a pass that changed them would have it read or write past them."""
+    for role, nodes in (("inputs", lambda g: g.inputs), ("output", lambda g: g.nodes("output"))):
+        before, after = ([(n, g.shape(n)) for n in nodes(g)] for g in (traced, optimized))
+        if before != after:
+            raise CompileError(f"the passes changed the graph's {role} from {before} to {after}; a pass must keep "
+                               "what the model takes and returns")
 
 
 def lower(g: Graph, target: Target | int) -> ModulePlan:

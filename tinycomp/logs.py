@@ -12,6 +12,7 @@ import sys
 
 CHANNELS = ("graph", "passes", "llvm", "asm", "compile")
 _handler: logging.Handler | None = None
+_warned: set[str] = set()  # the TINYCOMP_LOGS values already warned about: once each, not per log call
 
 
 def enabled_channels() -> set[str]:
@@ -20,7 +21,8 @@ def enabled_channels() -> set[str]:
     if "all" in names:
         return set(CHANNELS)
     unknown = names - set(CHANNELS)
-    if unknown:
+    if unknown and raw not in _warned:
+        _warned.add(raw)
         logging.getLogger("tinycomp").warning(
             "TINYCOMP_LOGS: unknown channel(s) %s; channels are %s", ", ".join(sorted(unknown)), ", ".join(CHANNELS))
     return names & set(CHANNELS)

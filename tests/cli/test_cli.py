@@ -158,6 +158,14 @@ def test_logs_passes_print_each_pass_once_per_compile():
     assert "cache key" in proc.stderr
 
 
+def test_an_unknown_log_channel_is_named_once():
+    proc = subprocess.run([sys.executable, "-c", SNIPPET], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "TINYCOMP_LOGS": "graf,compile"})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.count("TINYCOMP_LOGS: unknown channel(s) graf; channels are graph") == 1
+    assert proc.stderr.count("[tinycomp.compile] compiled Sequential") == 2
+
+
 def test_logs_are_silent_when_unset():
     env = {k: v for k, v in os.environ.items() if k != "TINYCOMP_LOGS"}
     proc = subprocess.run([sys.executable, "-c", SNIPPET], capture_output=True, text=True, timeout=120, env=env)

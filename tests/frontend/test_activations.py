@@ -1,5 +1,6 @@
 """Activations against float64 formulas written here (DESIGN.md §1, §4; issue 2)."""
 
+import re
 import warnings
 
 import numpy as np
@@ -95,6 +96,15 @@ def test_softmax_dim_argument():
     x = X2[:4, :5]
     np.testing.assert_allclose(f64(Softmax().forward(Tensor(x), dim=0)), softmax64(x, axis=0), rtol=2e-6)
     np.testing.assert_allclose(f64(Softmax()(Tensor(x), dim=-1)), softmax64(x, axis=-1), rtol=2e-6)
+
+
+@pytest.mark.parametrize("dim", ["a", 1.5, None, True])
+def test_softmax_dim_must_be_an_int(dim):
+    with pytest.raises(TypeError, match=f"Softmax dim must be an int.*got {re.escape(repr(dim))}"):
+        Softmax(dim=dim)
+    with pytest.raises(TypeError, match="Softmax dim must be an int"):
+        Softmax()(Tensor(X2[:2, :3]), dim=dim if dim is not None else "b")
+    assert Softmax(dim=np.int64(0)).dim == 0
 
 
 def test_softmax_extreme_rows():

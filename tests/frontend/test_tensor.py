@@ -279,6 +279,24 @@ def test_transpose_explicit():
     np.testing.assert_array_equal(f64(Tensor(X).transpose(0, 1)), np.swapaxes(X, 0, 1))
 
 
+@pytest.mark.parametrize("view", [lambda t: t.reshape(-1), lambda t: t.transpose(), lambda t: t.transpose(0, 1),
+                                  lambda t: t.reshape(2, 12)], ids=["reshape", "transpose", "transpose01", "reshape2"])
+def test_a_reshape_or_transpose_is_its_own_array(view):
+    # as TinyTorch's ops: writing into a result leaves its operand (a layer's weight, say) as it was
+    t = Tensor(X)
+    r = view(t)
+    assert not np.shares_memory(r.data, t.data) and r.data.flags.c_contiguous
+    r.data[...] = 7
+    np.testing.assert_array_equal(t.data, X)
+
+
+def test_numpy_bools_are_numbers_as_python_bools_are():
+    t = Tensor(np.array([1.0, 2.0]))
+    for flag in (np.True_, np.False_, True, np.bool_(1)):
+        np.testing.assert_array_equal((t + flag).data, np.array([1.0, 2.0], np.float32) + float(flag))
+        np.testing.assert_array_equal((flag * t).data, float(flag) * np.array([1.0, 2.0], np.float32))
+
+
 @pytest.mark.parametrize("name", ["sum", "mean", "max"])
 @pytest.mark.parametrize("axis", [None, 0, 1, 2, -1])
 @pytest.mark.parametrize("keepdims", [False, True])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from ..checks import is_whole_number
 from ..ir.ops import op_def
 from .layers import Layer
 from .tensor import Tensor, apply_op, tracing, wrap_result
@@ -77,11 +78,17 @@ class Softmax(Layer):
     No parameters."""
 
     def __init__(self, dim: int = -1):
-        self.dim = dim
+        self.dim = _softmax_dim(dim)
 
     def forward(self, x: Tensor, dim: int | None = None) -> Tensor:
         """Softmax of x along `dim` (None: the layer's own, the last axis by default); slices sum to 1."""
-        return apply_op("softmax", x, dim=self.dim if dim is None else dim)
+        return apply_op("softmax", x, dim=self.dim if dim is None else _softmax_dim(dim))
 
     def __repr__(self) -> str:
         return "Softmax()" if self.dim == -1 else f"Softmax(dim={self.dim})"
+
+
+def _softmax_dim(dim: Any) -> int:
+    if not is_whole_number(dim):
+        raise TypeError(f"Softmax dim must be an int (a negative one counts from the last axis); got {dim!r}")
+    return int(dim)

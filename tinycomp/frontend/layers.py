@@ -68,7 +68,9 @@ def rng() -> np.random.Generator:
 
 def _children(obj: Any) -> Iterator[Any]:
     """Values held by a layer's attributes, list/tuple items and dict values."""
-    values = obj.values() if isinstance(obj, dict) else obj if isinstance(obj, (list, tuple)) else vars(obj).values()
+    # a plain function or builtin given as the model has no attributes
+    values = obj.values() if isinstance(obj, dict) else obj if isinstance(obj, (list, tuple)) else \
+        getattr(obj, "__dict__", {}).values()
     for v in values:
         if isinstance(v, (Layer, list, tuple, dict)):
             yield v

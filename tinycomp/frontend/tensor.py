@@ -66,7 +66,7 @@ def kind_of(x: Any) -> str:
 
 
 def _is_operand(x: Any) -> bool:
-    return isinstance(x, (Tensor, np.ndarray, numbers.Real))
+    return isinstance(x, (Tensor, np.ndarray, numbers.Real, np.bool_))  # NumPy's bool is no numbers.Real
 
 
 def _traced_parameter(t: Tensor) -> bool:
@@ -111,7 +111,10 @@ def apply_op(name: str, *operands: Operand, **attrs: Any) -> Tensor:
         raise TypeError(f"op {name!r} is a graph leaf, not something to apply to tensors")
     arrays = [x.data if type(x) is Tensor else _operand_array(x) for x in operands]
     _check_shapes(op, arrays, attrs)
-    return wrap_result(op.ref(*arrays, **attrs))
+    result = op.ref(*arrays, **attrs)
+    if op.kind == "view" and any(np.may_share_memory(result, a) for a in arrays):
+        result = np.array(result, np.float32, order="C")  # each op's result its own array, as TinyTorch's
+    return wrap_result(result)
 
 
 def wrap_result(array: Any) -> Tensor:

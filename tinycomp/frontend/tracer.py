@@ -122,11 +122,11 @@ class SymbolicTensor(Tensor):
     def __array_ufunc__(self, ufunc: Any, method: str, *inputs: Any, **kwargs: Any) -> Any:  # type: ignore[override]
         name = UFUNCS.get(ufunc)  # the registry's: `ndarray + symbolic` arrives here
         if name is None or method != "__call__" or kwargs:
-            raise self._refuse(f"calls np.{ufunc.__name__}, an op the op table lacks, on")
+            raise self._refuse(f"calls np.{ufunc.__name__}, an op the op table lacks, with the value")
         return apply_op(name, *inputs)
 
     def __array_function__(self, func: Any, types: Any, args: Any, kwargs: Any) -> Any:
-        raise self._refuse(f"calls np.{func.__name__}, an op the op table lacks, on")
+        raise self._refuse(f"calls np.{func.__name__}, an op the op table lacks, with the value")
 
     __bool__ = _refusing("converts to bool (e.g. `if tensor:`) the value")
     __float__ = _refusing("converts to float the value")
@@ -257,7 +257,7 @@ class Tracer:
             return self.param(original)
         if isinstance(x, TracedArray) and x._reads is self.live:
             raise self.live.stale_error(x, f"passes to {op}")  # a view or copy of a model array
-        if isinstance(x, numbers.Real):  # a bool too: eager's Tensor takes True as 1.0
+        if isinstance(x, (numbers.Real, np.bool_)):  # a bool too: eager's Tensor takes True as 1.0
             value = np.array(x, dtype=np.float32)
             key = value.tobytes()  # the float32 bits: 0.0 and -0.0 stay two constants
             if key not in self.scalar_nodes:  # one node per number: `x * 0.999` in a loop adds no node per step

@@ -35,8 +35,8 @@ def _children(obj: Any) -> Iterator[tuple[str, Any]]:
                                f"step (keys {steps}): use keys without dots whose str() differ")
     elif isinstance(obj, (list, tuple)):
         items = enumerate(obj)
-    else:
-        items = vars(obj).items()
+    else:  # a plain function or builtin given as the model has no attributes to walk
+        items = getattr(obj, "__dict__", {}).items()
     for key, value in items:
         if _walked(value):
             yield str(key), value

@@ -17,7 +17,7 @@ from .shapes import normalized_axis
 
 AXIS_ATTRS = frozenset({"dim", "axis", "dim0", "dim1", "newshape"})  # compared through shapes and axes
 REGROUPING = frozenset({"reshape", "output"})  # may regroup whole rows: C order keeps each row's values
-FLAT = "flat"  # a value whose rows a reshape merged: only a reshape or the output may read it
+FLAT = "flat"  # a value whose rows a reshape merged: read only by reshapes, the output, ops by numbers
 MISMATCH = "mismatch"  # a value not computed as in a batch
 
 

@@ -28,7 +28,9 @@ def run_pipeline(g: Graph, passes: Sequence[Pass] | None = None, *,
     for p in DEFAULT_PIPELINE if passes is None else passes:
         changed = p(g)
         try:
-            if changed:  # a pass that changed nothing left a linted graph as it was
+            # a pass of ours that changed nothing left a linted graph as it was; a user's pass may
+            # change the graph and still return False (a forgotten `return True`): lint it anyway
+            if changed or passes is not None:
                 g.lint()
         except LintError as exc:  # name the culprit: a lint failure is a bug in that pass
             raise LintError(f"after pass {p.__name__}: {exc}") from exc
