@@ -414,6 +414,20 @@ def test_check_true_raises_parity_error_when_outputs_differ():
         SCALE[0] = 2.0
 
 
+def test_check_true_excuses_what_float32_rounding_does_to_eager_too():
+    # float32 rounds eager (and compiled) far from float64 here, with the graph exactly the model's:
+    # a padding row whose scores + -1e9 all round to -1e9, and rows of 1000 + 0.01 N(0, 1) whose
+    # x - mean cancels; both were reported as "the traced graph no longer describes the model"
+    manual_seed(0)
+    attention = tc.nn.MultiHeadAttention(8, 2)
+    x = np.random.default_rng(1).standard_normal((2, 4, 8)).astype(np.float32) * 3
+    mask = np.tril(np.ones((4, 4), np.float32))[None].repeat(2, 0)
+    mask[1, -1, :] = 0  # sample 1's last query row sees no key
+    assert tc.compile(attention, check=True)(x, mask).shape == (2, 4, 8)
+    rows = (1000.0 + 0.01 * np.random.default_rng(0).standard_normal((4, 64))).astype(np.float32)
+    assert tc.compile(tc.nn.LayerNorm(64), input_shape=(None, 64), check=True)(rows).shape == (4, 64)
+
+
 class SkipBlock(tc.nn.Layer):
     """y = x + act(x @ W + b): a residual connection around one layer of `width` features."""
 

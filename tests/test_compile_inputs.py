@@ -158,6 +158,17 @@ def test_an_optional_input_given_or_not_follows_the_call():
         pinned(x)
 
 
+def test_a_shared_mask_without_input_shape_is_refused_saying_how_to_give_it():
+    manual_seed(0)
+    block = tc.nn.TransformerBlock(12, 3)
+    x, mask = np.float32(RNG.standard_normal((4, 6, 12))), np.tril(np.ones((6, 6), np.float32))
+    with pytest.raises(tc.CompileError, match=r"without input_shape every input is taken to carry the batch "
+                                              r"first, here \(N, 6, 12\), \(N, 6\); an input shared by every sample"):
+        tc.compile(block)(x, mask)
+    fast = tc.compile(block, input_shape=[(None, 6, 12), (6, 6)])
+    np.testing.assert_allclose(fast(x, mask).data, block(Tensor(x), Tensor(mask)).data, rtol=1e-4, atol=1e-4)
+
+
 def test_an_input_of_the_wrong_width_names_the_shapes():
     fast = tc.compile(Gated(), input_shape=[(None, 5), (None, 3)])
     with pytest.raises(ValueError, match=r"input 'mask' must have shape \(batch, 3\); got shape \(2, 4\)"):

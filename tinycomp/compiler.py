@@ -30,6 +30,7 @@ from .ir.ops import format_expr
 from .ir.passes import DEFAULT_PIPELINE, fuse_linear
 from .ir.passes import explain as explain_fusions
 from .ir.printer import html_table
+from .ir.shapes import fmt_shape
 from .logs import log
 from .runtime import native_guard
 from .runtime.buffers import ScratchPool, as_native_float32
@@ -109,8 +110,18 @@ class CompiledModel:
 
     # ---------------------------------------------------------------- compiling
     def _compile(self, features: tuple[int, ...], more: tuple[tuple, ...] = ()) -> Artifact:
-        art = driver.build(self.model, features, passes=self._passes, speed_level=self._speed_level,
-                           threads=self.threads, scratch=self._scratch, training=self.training, more_inputs=more)
+        try:
+            art = driver.build(self.model, features, passes=self._passes, speed_level=self._speed_level,
+                               threads=self.threads, scratch=self._scratch, training=self.training,
+                               more_inputs=more)
+        except CompileError as exc:
+            if self._pinned or not more:
+                raise
+            # the inputs after x were guessed to carry the batch: a mask shared by every sample does not
+            shapes = ", ".join(map(fmt_shape, [(None, *features), *more]))
+            raise CompileError(f"{exc}\n(without input_shape every input is taken to carry the batch first, here "
+                               f"{shapes}; an input shared by every sample, e.g. a (seq, seq) mask, needs "
+                               "compile(model, input_shape=[(None, ...), (seq, seq)]))") from exc
         self._artifact = art
         self._native = None  # armed again by the first call that runs the new code
         self.stats.compiles += 1

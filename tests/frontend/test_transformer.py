@@ -141,5 +141,9 @@ def test_block_as_tinytorch():
     assert repr(block) == "TransformerBlock(embed_dim=128, num_heads=8, ff_dim=256)"
     with pytest.raises(ValueError, match="mlp_ratio must be a positive number"):
         TransformerBlock(16, 4, mlp_ratio=0)
+    with pytest.raises(ValueError, match=r"mlp_ratio=0.01 leaves the MLP no hidden units: int\(10 \* 0.01\) = 0"):
+        TransformerBlock(10, 2, mlp_ratio=0.01)
+    with pytest.raises(ValueError, match="TransformerBlock ff_dim must be a positive integer; got 0"):
+        TransformerBlock(10, 2, ff_dim=0)
     x = Tensor(np.random.default_rng(0).standard_normal((2, 8, 128)))
     assert block(x).shape == (2, 8, 128) and block.forward(x, Tensor(causal_mask(2, 8))).shape == (2, 8, 128)

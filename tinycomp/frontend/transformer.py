@@ -144,10 +144,14 @@ class TransformerBlock(Layer):
         self.ln1 = LayerNorm(embed_dim)
         self.ln2 = LayerNorm(embed_dim)
         if ff_dim is None:
-            ratio_ok = isinstance(mlp_ratio, numbers.Real) and not isinstance(mlp_ratio, bool)
-            if not ratio_ok or int(embed_dim * mlp_ratio) <= 0:
+            if isinstance(mlp_ratio, bool) or not isinstance(mlp_ratio, numbers.Real) or not mlp_ratio > 0:
                 raise ValueError(f"TransformerBlock mlp_ratio must be a positive number; got {mlp_ratio!r}")
             ff_dim = int(embed_dim * mlp_ratio)
+            if ff_dim <= 0:
+                raise ValueError(f"TransformerBlock mlp_ratio={mlp_ratio!r} leaves the MLP no hidden units: "
+                                 f"int({embed_dim} * {mlp_ratio!r}) = {ff_dim}; give a larger ratio or ff_dim")
+        else:
+            ff_dim = positive_int("TransformerBlock", "ff_dim", ff_dim)
         self.mlp = MLP(embed_dim, ff_dim)
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
