@@ -7,7 +7,7 @@ on or off; batch 0-64. Each example compiles a fresh model, so the cache points 
 from __future__ import annotations
 
 import numpy as np
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
 import tinycomp as tc
@@ -15,7 +15,8 @@ from tests.models import build_sequential, sequential_specs
 from tests.program_fuzz import ProgramModel, programs
 from tests.reliability.rel_helpers import assert_program_matches_eager
 from tests.test_compile_parity import assert_parity, sample, sequential_reference
-from tinycomp.nn import Linear, manual_seed
+from tinycomp.nn import Linear, Tensor, manual_seed
+from tinycomp.parity import check_parity, reference_and_overflow
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -46,3 +47,33 @@ def test_random_programs_over_the_whole_op_set(program, batch, seed):
     rng = np.random.default_rng(seed)
     xs = [np.float32(rng.standard_normal((batch, *shape))) for shape in program.inputs]
     event(assert_program_matches_eager(ProgramModel(program), program, xs))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@given(programs(batch_axis_rate=0.0), st.sampled_from([(), (1,), (2, 3)]), st.integers(0, 2**16))
+def test_random_programs_on_one_sample_or_leading_dimensions(program, lead, seed):
+    """A compiled program called with one sample or with leading dimensions (ir/leading.py): the
+    rows it computes as a batch, in eager's shape, within the parity rule of eager on the same input;
+    or a ValueError saying why eager computes something else there (or cannot run it)."""
+    assume(len(program.inputs) == 1)
+    model, shape = ProgramModel(program), program.inputs[0]
+    fast = tc.compile(model, input_shape=(None, *shape))
+    x = np.float32(np.random.default_rng(seed).standard_normal((*lead, *shape)))
+    try:
+        out = fast(x).data
+    except ValueError as exc:
+        assert "does not compute each sample as it does in a batch" in str(exc) or \
+            "this model cannot take an input of shape" in str(exc), f"{exc}\n{program}"
+        event("refused")
+        return
+    rows = x.reshape(-1, *shape)
+    np.testing.assert_array_equal(out.reshape(-1), fast(rows).data.reshape(-1))
+    with np.errstate(all="ignore"):
+        eager = model(Tensor(x)).data
+        reference, overflow, rounding = reference_and_overflow(fast.graph, np.float64(rows))
+    assert out.shape == eager.shape, (out.shape, eager.shape, program)
+    n = len(rows)
+    report = check_parity(out.reshape(n, -1), eager.reshape(n, -1), reference.reshape(n, -1),
+                          overflow_rows=overflow, rounding=rounding.reshape(n, -1))
+    assert report.ok, f"{report.detail}\n{program}"
+    event("eager's result")

@@ -5,6 +5,8 @@ the native code computes prod(lead) rows as one batch and the result takes the s
 That is eager's result only where the forward treats the leading dimensions as it treats the
 batch: `Softmax(dim=1)` normalizes a sample's first axis in a batch, but the rows of a lone sample.
 `lead_mismatch` compares the graph traced at (*lead, *features) with the batch graph node by node.
+It is conservative: a forward whose differing intermediates cancel out (a transpose(1, 2) undone
+by another) is refused too; a batch of the same samples always runs.
 """
 
 from __future__ import annotations
