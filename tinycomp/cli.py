@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import importlib
 import importlib.util
+import os
 import sys
 import time
 import traceback
@@ -51,22 +52,23 @@ def _median_us(fn: Any, budget_s: float = 0.3) -> float:
     return float(np.median(reps)) * 1e6
 
 
-def _pin_blas_threads(n: int) -> Any:
-    """Pin NumPy's BLAS to n threads (when threadpoolctl is installed) so timings are comparable."""
+def _pin_blas_threads(n: int) -> tuple[Any, str]:
+    """(a context pinning NumPy's BLAS to n threads where threadpoolctl is installed, what it does)."""
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:
-        print("note: threadpoolctl is not installed; NumPy's BLAS uses its default thread count")
-        return contextlib.nullcontext()
-    return threadpool_limits(n)
+        return contextlib.nullcontext(), ("NumPy's BLAS on its default threads: threadpoolctl, which pins it, is "
+                                          "not installed (pip install 'tinycomp[bench]')")
+    return threadpool_limits(n), f"BLAS pinned to {n} thread{'s' if n > 1 else ''}"
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    with _pin_blas_threads(1):
-        return _demo(args)
+    pinned, blas = _pin_blas_threads(1)
+    with pinned:
+        return _demo(args, blas)
 
 
-def _demo(args: argparse.Namespace) -> int:
+def _demo(args: argparse.Namespace, blas: str) -> int:
     from .bench.models import MODELS, numpy_function
     from .frontend.tensor import Tensor
     from .parity import check_parity, float64_reference
@@ -95,7 +97,7 @@ def _demo(args: argparse.Namespace) -> int:
 
     threads = "all cores where it pays" if args.threads is None else args.threads
     numpy_mlp = numpy_function(MODELS["mlp"], MODELS["mlp"].weights(model))  # README's baseline
-    print(f"latency, median (BLAS pinned to 1 thread; compiled threads: {threads}); NumPy is the same MLP "
+    print(f"latency, median ({blas}; compiled threads: {threads}); NumPy is the same MLP "
           "written as NumPy expressions, as in README's table; x NumPy = compiled time / NumPy time")
     print(f"{'batch':>6} {'NumPy us':>10} {'eager us':>10} {'compiled us':>12} {'x NumPy':>8}")
     for batch in (1, 32, 512):
@@ -105,7 +107,8 @@ def _demo(args: argparse.Namespace) -> int:
         te = _median_us(lambda tb=tb: model(tb))
         tcm = _median_us(lambda xb=xb: fast(xb))
         print(f"{batch:>6} {tn:>10.1f} {te:>10.1f} {tcm:>12.1f} {tcm / tn:>8.2f}")
-    print("\n(`tinycomp bench` measures properly: each engine in its own process, medians, p90, ONNX Runtime "
+    print("\n(`tinycomp bench`, after pip install -e '.[bench]', measures properly: each engine in its own "
+          "process, medians, p90, ONNX Runtime "
           "and torch baselines)")
     return 0 if report.ok else 1
 
@@ -326,6 +329,9 @@ def run_reported(name: str, command: Callable[[], int], verbose: bool) -> int:
     exit code 2 for a UsageError, 1 for anything else. argparse's own refusals exit 2 by themselves."""
     try:
         return command()
+    except BrokenPipeError:  # `tinycomp dump ... | head` closed the pipe: stop quietly, as other tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
+        return 0
     except Exception as exc:
         if verbose:
             traceback.print_exc()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import sys
@@ -143,6 +144,17 @@ def test_the_block_is_judged_against_numpy_onnx_runtime_and_torch_at_batch_32():
 def test_unknown_model_is_a_usage_error():
     with pytest.raises(SystemExit):
         bench_main(["--models", "nope"])
+
+
+def test_without_threadpoolctl_bench_says_so_before_measuring(monkeypatch, capsys):
+    # it crashed with ModuleNotFoundError after measuring (the README's base install has no threadpoolctl)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "threadpoolctl" else
+                        real(name, *a))
+    with pytest.raises(SystemExit) as exit_info:
+        bench_main(["--models", "mlp", "--batch", "1", "--engines", "compiled", "--quick"])
+    assert exit_info.value.code == 2
+    assert "threadpoolctl, which is not installed" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("name", list(MODELS))

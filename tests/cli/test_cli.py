@@ -14,6 +14,7 @@ import pytest
 from tinycomp.cli import main
 
 HERE = Path(__file__).parent
+ROOT = HERE.parent.parent
 TINY = f"{HERE / 'tiny_model.py'}:tiny"
 
 
@@ -156,6 +157,13 @@ def test_logs_passes_print_each_pass_once_per_compile():
         assert proc.stderr.count(f"[tinycomp.passes] after {name}") == 2
     assert proc.stderr.count("[tinycomp.compile] compiled Sequential") == 2
     assert "cache key" in proc.stderr
+
+
+def test_dump_into_a_pipe_closed_early_stops_quietly():
+    # `tinycomp dump ... | head` printed "tinycomp dump: error: BrokenPipeError"
+    proc = subprocess.run(f"{sys.executable} -m tinycomp dump {TINY} --stage all | head -1", shell=True,
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.stdout == "==== traced ====\n" and proc.stderr == "", proc.stderr
 
 
 def test_an_unknown_log_channel_is_named_once():

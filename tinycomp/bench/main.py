@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import os
 import platform
@@ -339,6 +340,9 @@ def run(args: argparse.Namespace) -> int:
     plan = _plan(args)
     engines = _engines(args, notes)
     check_output_paths(args)
+    if importlib.util.find_spec("threadpoolctl") is None:  # checked before minutes of measuring
+        usage_error("pins NumPy's BLAS threads with threadpoolctl, which is not installed; without it the "
+                    "1-thread rows would time NumPy on every core: pip install 'tinycomp[bench]'")
     rounds = 1 if args.quick else args.rounds
     budget = min(args.budget, 0.05) if args.quick else args.budget
     repeat = min(args.repeat, 50) if args.quick else args.repeat
