@@ -23,6 +23,7 @@ from tinycomp.codegen.target import CROSS_TARGETS, host, target_named
 from tinycomp.export.toolchain import emit_object
 from tinycomp.frontend.tensor import apply_op
 from tinycomp.frontend.tracer import trace
+from tinycomp.frontend.transformer import scaled_dot_product_attention
 from tinycomp.ir.passes import run_pipeline
 from tinycomp.nn import Layer, MultiHeadAttention, Tensor, manual_seed
 from tinycomp.parity import check_parity
@@ -276,6 +277,34 @@ def test_probabilities_below_the_normals_are_taken_as_zero(sk, vectors):
     s64 = np.einsum("nhqd,nhkd->nhqk", split(q), split(k)) * scale
     shifted = s64 - s64.max(axis=-1, keepdims=True)
     assert ((shifted < -87.3) & (shifted > -103)).sum() > 100
+
+
+class PlainAttention(Layer):
+    def forward(self, q, k, v):
+        return scaled_dot_product_attention(q, k, v)[0]
+
+
+@pytest.mark.parametrize("sk", [5, 40, 100])
+def test_an_infinite_value_behind_a_tiny_probability_gives_infinity_as_eager(sk):
+    """A key whose probability is below the flush (2**-100 Sk) but not 0 (exp(-80) ~ 1e-35), with an
+    infinite value: eager's p * inf is inf; a flushed p gave 0 * inf = NaN. Heads whose V holds an
+    infinity keep every exp eager keeps; the others still flush."""
+    rng = np.random.default_rng(sk)
+    q = np.ones((3, 4, 1), np.float32)
+    k = np.float32(rng.uniform(-1, 1, (3, sk, 1)))
+    v = np.float32(rng.standard_normal((3, sk, 1)))
+    k[0, 1], v[0, 1] = -80.0, -np.inf  # sample 0: a tiny probability times -inf
+    k[1, 2], v[1, 2] = -110.0, np.inf  # sample 1: exp underflows to 0 in eager too: 0 * inf = NaN
+    k[2, 3] = -80.0  # sample 2: finite values, a flushed key (as before)
+    model = PlainAttention()
+    fast = tc.compile(model, input_shape=[(None, 4, 1), (None, sk, 1), (None, sk, 1)])
+    assert fast.graph.op_counts().get("attention") == 1
+    with np.errstate(all="ignore"):
+        eager = model(Tensor(q), Tensor(k), Tensor(v)).data
+    got = fast(q, k, v).data
+    assert np.isneginf(eager[0]).all() and np.isnan(eager[1]).all() and np.isfinite(eager[2]).all()
+    np.testing.assert_array_equal(got[:2], eager[:2])  # -inf and NaN where eager has them
+    np.testing.assert_allclose(got[2], eager[2], rtol=2e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize("sk", [17, 40, 64])

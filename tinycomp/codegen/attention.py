@@ -34,6 +34,7 @@ from llvmlite import ir
 
 from ..ir.graph import Graph
 from ..ir.shapes import attention_dims
+from . import vecmath
 from .cgutils import (
     F32,
     I64,
@@ -131,7 +132,7 @@ def emit_attention(module: ir.Module, name: str, spec: AttentionSpec) -> ir.Func
             oh = element_ptr(b, on, b.mul(h, i64(spec.dv)))
             mh = element_ptr(b, mn, b.mul(h, i64(spec.mask[1]))) if spec.mask else mn
             _transpose_keys(b, spec, kh, kt)
-            block = _Block(b, module, spec, qh, kt, vh, oh, mh, scores)
+            block = _Block(b, module, spec, qh, kt, vh, oh, mh, scores, _flush_threshold(b, module, spec, vh))
             # One block shape only (each is a lot of code to compile): the last block overlaps the one
             # before it, recomputing a few rows bit for bit, instead of a second, shorter variant.
             rows = min(ROWS, spec.sq)
@@ -140,6 +141,31 @@ def emit_attention(module: ir.Module, name: str, spec: AttentionSpec) -> ir.Func
                 block.emit(b.select(b.icmp_signed(">", blocks.index, last), last, blocks.index), rows)
     b.ret_void()
     return fn
+
+
+def _flush_threshold(b: ir.IRBuilder, module: ir.Module, spec: AttentionSpec, vh: ir.Value) -> ir.Value:
+    """Where this head's exp(score - max) is taken as +0, as a vector: `spec.flush_below`, unless
+    the head's V holds an infinity. There a flushed probability would give 0 * inf = NaN where
+    eager's tiny one gives +-inf, so the head keeps every exp eager keeps (EXP_ZERO_BELOW, its
+    subnormals at the assists they cost). One pass over V per sample and head: a compare and an
+    or per vector, against the 2 Sq Sk (D + Dv) FLOPs of the head."""
+    w = spec.width
+    mask_type = ir.VectorType(ir.IntType(1), w)
+    chunks = _groups(spec.dv, w, 1)
+    with for_range(b, 0, spec.sk, name="vkey", carry=[zeros(mask_type)], nonempty=True) as key:
+        row = element_ptr(b, vh, b.mul(key.index, i64(spec.v_row)))
+        found = key.carried[0]
+        for c0, _, lanes in chunks:
+            v = masked_load(b, element_ptr(b, row, c0), _tail_mask(w, lanes), width=w)
+            found = b.or_(found, b.fcmp_ordered("==", vecmath.emit_abs(b, module, v), splat(math.inf, w)))
+        key.carry(found)
+    infinite = vecmath.any_lane(b, key.results[0])
+    return splat(b.select(infinite, ir.Constant(F32, vecmath.EXP_ZERO_BELOW), ir.Constant(F32, spec.flush_below)),
+                 w, b)
+
+
+def _tail_mask(width: int, lanes: int) -> ir.Value | None:
+    return None if lanes == width else lanes_below(width, lanes)
 
 
 def _transpose_keys(b: ir.IRBuilder, spec: AttentionSpec, kh: ir.Value, kt: ir.Value) -> None:
@@ -198,13 +224,13 @@ class _Block:
     """The code of one block of `rows` query rows (rows static: full blocks, then the remainder)."""
 
     def __init__(self, b: ir.IRBuilder, module: ir.Module, spec: AttentionSpec, qh: ir.Value, kt: ir.Value,
-                 vh: ir.Value, oh: ir.Value, mh: ir.Value, scores: ir.Value):
-        self.b, self.module, self.spec = b, module, spec
+                 vh: ir.Value, oh: ir.Value, mh: ir.Value, scores: ir.Value, flush_below: ir.Value):
+        self.b, self.module, self.spec, self.flush_below = b, module, spec, flush_below
         self.qh, self.kt, self.vh, self.oh, self.mh, self.scores = qh, kt, vh, oh, mh, scores
         self.fma = declare_vector_intrinsic(module, "fma", spec.width, 3)
 
     def mask_of(self, lanes: int) -> ir.Value | None:
-        return None if lanes == self.spec.width else lanes_below(self.spec.width, lanes)
+        return _tail_mask(self.spec.width, lanes)
 
     def emit(self, r0: ir.Value, rows: int) -> None:
         b, w, spec = self.b, self.spec.width, self.spec
@@ -220,7 +246,7 @@ class _Block:
                 def in_row(c: Chunk) -> ir.Value:
                     return element_ptr(b, row, c.col)
 
-                softmax_row(b, self.module, spec.sk, w, in_row, in_row, spec.flush_below)  # in place
+                softmax_row(b, self.module, spec.sk, w, in_row, in_row, self.flush_below)  # in place
         for c0, vectors, lanes in _groups(spec.dv, w, spec.vectors):
             self.value_tile(r0, rows, c0, vectors, lanes)
 
@@ -265,7 +291,7 @@ class _Block:
             if last is not None:  # keys past Sk: -inf, as softmax_row loads them
                 for row in tile:
                     row[-1] = b.select(last, row[-1], splat(NEG_INF, w))
-            tile = softmax_rows_in_registers(b, self.module, w, tile, spec.flush_below)
+            tile = softmax_rows_in_registers(b, self.module, w, tile, self.flush_below)
         for r, row in enumerate(tile):
             for j, s in enumerate(row):
                 masked_store(b, s, element_ptr(b, self.scores, r * spec.padded_sk + c0 + j * w),

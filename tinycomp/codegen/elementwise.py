@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import TypeAlias
 
 from llvmlite import ir
 
@@ -175,6 +176,7 @@ def emit_elementwise(module: ir.Module, name: str, expr: tuple, operand_kinds, r
 
 REGISTER_CHUNKS = 4  # rows of up to 4 vectors stay in registers: no store/reload of exp(x - max)
 NEG_INF = float("-inf")
+Threshold: TypeAlias = float | ir.Value | None  # exp(x - max) is +0 below it: a number, or a vector at run time
 
 
 def horizontal(builder: ir.IRBuilder, combine, v: ir.Value) -> ir.Value:
@@ -240,7 +242,7 @@ class _Row:
     is at least 1): under its rounding but at a tie.
     """
 
-    def __init__(self, builder: ir.IRBuilder, module: ir.Module, width: int, flush_below: float | None = None):
+    def __init__(self, builder: ir.IRBuilder, module: ir.Module, width: int, flush_below: Threshold = None):
         self.builder, self.module, self.width = builder, module, width
         self.flush_below = flush_below  # exp(x - max) is +0 below it (`vecmath.emit_exp_flushed`)
         # exp(x - max) is +0 below it (None: where exp is 0 anyway); a careful three-pass row sets
@@ -318,7 +320,7 @@ def _softmax_in_registers(b: ir.IRBuilder, row: _Row, chunks: list[Chunk], x_at,
 
 
 def softmax_rows_in_registers(b: ir.IRBuilder, module: ir.Module, width: int,
-                              rows: list[list[ir.Value]], flush_below: float | None = None) -> list[list[ir.Value]]:
+                              rows: list[list[ir.Value]], flush_below: Threshold = None) -> list[list[ir.Value]]:
     """The softmax of each row of vectors in `rows` (lanes past a row's end must hold -inf), the
     same operations in the same order per row as one row alone; emitted stage by stage across the
     rows (every max, then every exp, ...) so that the rows' long dependency chains (horizontal max,
@@ -463,7 +465,7 @@ def emit_softmax(module: ir.Module, name: str, row_size: int, width: int) -> ir.
 
 def softmax_row(builder: ir.IRBuilder, module: ir.Module, row_size: int, width: int,
                 x_at: Callable[[Chunk], ir.Value], out_at: Callable[[Chunk], ir.Value],
-                flush_below: float | None = None) -> None:
+                flush_below: Threshold = None) -> None:
     """Softmax of one row of `row_size` floats, chunk c read at `x_at(c)` and written at `out_at(c)`
     (the same place works: each chunk is read before it is written). Rows of up to REGISTER_CHUNKS
     vectors stay in registers; longer ones take three passes. `_Row` says how NaN and -inf come out
