@@ -81,6 +81,39 @@ def test_an_overflowing_product_is_found_even_where_an_inf_input_hides_it():
     assert overflow.tolist() == [True, False, False]
 
 
+class RowSum(tc.nn.Layer):
+    def forward(self, x):
+        return x.sum(-1, keepdims=True) * 0.5
+
+
+def test_a_row_sum_whose_partial_sums_overflow_is_not_judged():
+    # float64's sum is 0; float32's partial sums reach inf, and end at inf, NaN or 0 by their order
+    x = np.zeros((3, 16), np.float32)
+    x[0, :4] = [F32_MAX, F32_MAX, -F32_MAX, -F32_MAX]
+    x[1, :2] = [1e38, -1e38]  # no order of the sum goes beyond FMAX: judged
+    x[2] = 1.0
+    assert reference_and_overflow(trace(RowSum(), (None, 16)), x).overflow_rows.tolist() == [True, False, False]
+    with np.errstate(all="ignore"):
+        out = tc.compile(RowSum(), input_shape=(None, 16), check=True)(x).data  # no ParityError
+    np.testing.assert_array_equal(out[1:], [[0.0], [8.0]])
+
+
+class UnderflowRoot(tc.nn.Layer):
+    def forward(self, x):
+        return (x * 1e-20).sqrt()
+
+
+def test_where_float64_leaves_float32s_domain_compiled_is_judged_against_eager():
+    # x = -1e-30: float32's x * 1e-20 underflows to -0, whose root is -0; float64's root is NaN
+    x = np.array([[-1e-30, 4.0]], np.float32)
+    reference = reference_and_overflow(trace(UnderflowRoot(), (None, 2)), x).values
+    assert np.isnan(reference[0, 0])
+    eager = UnderflowRoot()(tc.nn.Tensor(x)).data
+    assert check_parity(eager, eager, reference).ok  # was "error nan; allowed nan"
+    assert not check_parity(eager + [[1e-3, 0.0]], eager, reference).ok  # still judged, against eager
+    assert tc.compile(UnderflowRoot(), input_shape=(None, 2), check=True)(x).shape == (1, 2)
+
+
 def test_rounding_slack_is_per_element_and_scaled_by_cancelled_magnitude():
     reference = np.array([[0.5, 0.5]])
     eager = reference + np.array([[1e-8, 1e-8]])  # eager lucky on both

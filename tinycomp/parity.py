@@ -20,6 +20,7 @@ from .ir.graph import Graph
 from .ir.interpret import interpret
 from .ir.ops import op_def
 from .ir.philox import DropoutStream
+from .ir.shapes import reduced_axes
 
 ATOL = 1e-6  # times max(1, max |reference|)
 F32_MAX = float(np.finfo(np.float32).max)
@@ -73,7 +74,9 @@ def check_parity(compiled: np.ndarray, eager: np.ndarray, reference: np.ndarray,
         return ParityReport(False, np.inf, 0.0, 0.0, where, detail)
     if not finite.any():
         return ParityReport(True, 0.0, 0.0, 0.0, None, "all values non-finite and equal")
-    ref = np.where(finite, reference, 0.0)
+    # where the float64 run leaves float32's domain and eager does not ((x * 1e-20).sqrt() at x = -1e-30:
+    # float32's product underflows to -0, float64's stays negative, its root NaN), eager is the reference
+    ref = np.where(finite, np.where(np.isfinite(reference), reference, eager), 0.0)
     err_c = np.where(finite, np.abs(compiled - ref), 0.0)
     err_e = np.where(finite, np.abs(eager - ref), 0.0)
     scale = max(1.0, float(np.abs(ref).max()))
@@ -138,9 +141,9 @@ def reference_and_overflow(g: Graph, x: np.ndarray | Sequence[np.ndarray], param
             rounding[n] = rounding_magnitude(g.op(n), value, [values[a] for a in args],
                                              [rounding[a] for a in args], g.attrs(n))
             big = np.isfinite(value) & (np.abs(value) > F32_MAX)
-            if g.op(n) in ("matmul", "linear"):  # a partial sum may overflow in float32 too
-                a, w = (np.abs(np.where(np.isfinite(values[m]), values[m], 0.0)) for m in args[:2])
-                big = big | (np.matmul(a, w) > F32_MAX)
+            partial = _partial_sums_reach(g.op(n), [values[a] for a in args], g.attrs(n))
+            if partial is not None:  # a partial sum may overflow in float32 where the whole does not
+                big = big | (partial > F32_MAX)
         for arg in dict.fromkeys(args):
             unread[arg] -= 1
             if not unread[arg]:
@@ -152,8 +155,23 @@ def reference_and_overflow(g: Graph, x: np.ndarray | Sequence[np.ndarray], param
         else:  # a batch-independent value (from parameters alone) feeds every row
             rows[:] = True
 
-    out = interpret(g, *inputs, params=params, dtype=np.float64, on_value=watch, streams=streams)
+    with np.errstate(all="ignore"):  # NaN and inf are values here, judged as such: no warnings for them
+        out = interpret(g, *inputs, params=params, dtype=np.float64, on_value=watch, streams=streams)
     return Reference(out, rows, np.broadcast_to(rounding[g.output], out.shape))
+
+
+def _partial_sums_reach(op: str, operands: list[np.ndarray], attrs: dict) -> np.ndarray | None:
+    """The largest magnitude a float32 partial sum of op could reach, in any order (the sum of the
+    terms' magnitudes, infinities left out), for ops that sum: matmul and linear over K, sum and
+    mean over their axes ([FMAX, FMAX, -FMAX, -FMAX] sums to 0, but to inf or NaN on the way).
+    None for the others."""
+    finite = [np.abs(np.where(np.isfinite(a), a, 0.0)) for a in operands]
+    if op in ("matmul", "linear"):
+        return np.matmul(finite[0], finite[1])
+    if op in ("sum", "mean"):
+        axes = reduced_axes(finite[0].ndim, attrs.get("axis"))
+        return finite[0].sum(axis=axes, keepdims=bool(attrs.get("keepdims")))
+    return None
 
 
 def rounding_magnitude(op: str, v: np.ndarray, a: list[np.ndarray], m: list[np.ndarray],
