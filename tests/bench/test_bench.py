@@ -294,10 +294,15 @@ def test_the_peak_child_reports_the_clocks_it_was_asked_for(monkeypatch, capsys)
 
 @pytest.mark.skipif(not clocks_measurable(), reason="the add chain is x86-64 assembly")
 def test_mlp_clocks_are_measured_and_noted():
-    clocks = measure_mlp_clocks(rounds=2)
-    assert clocks is not None and clocks["model"] == "mlp" and clocks["batch"] == CLOCK_BATCH
+    lanes_limits = (2 * host().vector_width, 4 * host().vector_width)  # lanes x 2 FLOPs x 1 or 2 FMA pipes
+    for _ in range(3):  # another process on the core between the loop and the chain skews one measurement
+        clocks = measure_mlp_clocks(rounds=2)
+        assert clocks is not None
+        if clocks["flop_per_cycle_limit"] in lanes_limits:
+            break
+    assert clocks["model"] == "mlp" and clocks["batch"] == CLOCK_BATCH
     limit = clocks["flop_per_cycle_limit"]
-    assert limit in (2 * host().vector_width, 4 * host().vector_width)  # lanes x 2 FLOPs x 1 or 2 FMA pipes
+    assert limit in lanes_limits
     for name in ("fma", "gemm"):
         assert clocks[f"{name}_gflops"] > 0 and 0.3 < clocks[f"{name}_ghz"] < 10
         assert 0 < clocks[f"{name}_flop_per_cycle"] < limit * 1.2  # medians: a little noise either way
