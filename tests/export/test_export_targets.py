@@ -176,6 +176,32 @@ def test_transposes_match_eager(tmp_path, target):
         assert report.ok, f"batch {batch}: {report}"
 
 
+class PeriodicTables(Layer):
+    """Tables that repeat every 7 and 9 rows of a sample: the kernel reads them at row % 7 and row % 9,
+    which on a 32-bit target must be 32-bit remainders (a 64-bit one by 7 was a call to
+    __aeabi_uldivmod on the Cortex-M4F, and its export was refused)."""
+
+    def __init__(self):
+        self.seven = Tensor(np.arange(14, dtype=np.float32).reshape(7, 2) / 7)
+        self.nine = Tensor(np.linspace(-1, 1, 9, dtype=np.float32).reshape(9, 1))
+
+    def forward(self, x):
+        return (x.reshape(-1, 9, 7, 2) * self.seven + self.nine.reshape(9, 1, 1)).reshape(-1, 126)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_tables_repeating_every_p_rows_match_eager(tmp_path, target):
+    skip_unless_runnable(target)
+    model = PeriodicTables()
+    x = np.random.default_rng(7).standard_normal((max(BATCHES), 126)).astype(np.float32)
+    tc.export(model, tmp_path, input_shape=(None, 126), target=target)
+    got = run_export(target, tmp_path, x, BATCHES)
+    graph = tc.trace(model, (None, 126))
+    for batch in BATCHES:
+        report = check_parity(got[batch], model(Tensor(x[:batch])).data, float64_reference(graph, x[:batch]))
+        assert report.ok, f"batch {batch}: {report}"
+
+
 @pytest.mark.parametrize("target", TARGETS)
 def test_external_weights_run(tmp_path, target):
     """weights="external": the object holds no weights; the harness binds the .bin it reads."""

@@ -45,15 +45,24 @@ def fma_name(module: ir.Module) -> str:
 
 
 def index_udiv(builder: ir.IRBuilder, x: ir.Value, y: ir.Value) -> ir.Value:
-    """x // y of two non-negative i64 sizes or counts with a divisor known only at run time.
+    """x // y of two non-negative i64 sizes or counts (`_index_arithmetic`)."""
+    return _index_arithmetic(builder, builder.udiv, x, y)
 
-    On a 32-bit target a 64-bit division is a call into the compiler's runtime library
-    (`__udivdi3`), which exported objects must not need; there every size fits 32 bits (the
-    exported entry refuses batches whose buffers would not fit the address space), so the
-    quotient is taken in 32 bits."""
+
+def index_urem(builder: ir.IRBuilder, x: ir.Value, y: ir.Value) -> ir.Value:
+    """x % y of two non-negative i64 sizes or counts (`_index_arithmetic`)."""
+    return _index_arithmetic(builder, builder.urem, x, y)
+
+
+def _index_arithmetic(builder: ir.IRBuilder, op: Callable[[ir.Value, ir.Value], ir.Value], x: ir.Value,
+                      y: ir.Value) -> ir.Value:
+    """op(x, y) in 64 bits, or on a 32-bit target in 32 bits: there a 64-bit division or remainder
+    is a call into the compiler's runtime library (`__udivdi3`, `__aeabi_uldivmod`; for a remainder
+    by a constant too, by 7 say), which exported objects must not need. Every size fits 32 bits
+    there (the exported entry refuses batches whose buffers would not fit the address space)."""
     if for_triple(builder.module.triple).pointer_bits == 64:
-        return builder.udiv(x, y)
-    return builder.zext(builder.udiv(builder.trunc(x, I32), builder.trunc(y, I32)), I64)
+        return op(x, y)
+    return builder.zext(op(builder.trunc(x, I32), builder.trunc(y, I32)), I64)
 
 
 def vector_type(width: int) -> ir.VectorType:

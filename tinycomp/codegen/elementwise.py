@@ -24,7 +24,7 @@ from llvmlite import ir
 from ..ir import ops
 from ..ir.ops import expr_nodes, map_leaves
 from . import vecmath
-from .cgutils import F32, I1, I32, I64, PTR, element_ptr, for_range, i64, if_then, splat, vector_constant
+from .cgutils import F32, I1, I32, I64, PTR, element_ptr, for_range, i64, if_then, index_urem, splat, vector_constant
 from .loops import (
     Chunk,
     accumulate_row,
@@ -104,7 +104,7 @@ def _load_operand(builder, kind: str, ptr: ir.Value, row: ir.Value, row_base: ir
     """Operand lanes for `chunk` of row `row`, by broadcast kind."""
     base, period = kind_period(kind)
     if period:  # row % period of a P x R table (row%P) or of P values (col%P)
-        at = builder.urem(row, i64(period))
+        at = index_urem(builder, row, i64(period))
         if base == "row":
             return load_chunk(builder, element_ptr(builder, ptr, builder.add(builder.mul(at, i64(row_size)),
                                                                             chunk.col)), chunk)
