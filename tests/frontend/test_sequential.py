@@ -177,3 +177,23 @@ def test_mismatched_chain_raises():
         model(Tensor(np.zeros((32, 784))))
     assert MISMATCH in str(info.value)
     assert "shape mismatch" in str(info.value)
+
+
+def test_a_layer_class_made_per_model_goes_with_its_model():
+    # Sequential(x, training=...) asks each layer's class once whether forward takes `training`;
+    # that answer held every class (and what its closures hold) for the process's life
+    import gc
+    import weakref
+
+    def make():
+        class Scale(Layer):
+            def forward(self, x):
+                return x * 2.0
+        return Sequential(Linear(3, 3), Scale())
+
+    model = make()
+    model(Tensor(np.ones((2, 3))), training=False)
+    kind = weakref.ref(type(model.layers[1]))
+    del model
+    gc.collect()
+    assert kind() is None

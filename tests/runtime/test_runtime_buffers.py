@@ -7,7 +7,10 @@ import threading
 import numpy as np
 import pytest
 
+import tinycomp as tc
 from tinycomp.aligned import LINE, aligned_empty
+from tinycomp.nn import Linear, ReLU, Sequential, manual_seed
+from tinycomp.runtime import buffers
 from tinycomp.runtime.buffers import (
     ScratchPool,
     as_native_float32,
@@ -62,6 +65,40 @@ def test_scratch_is_per_thread_and_grows():
     worker.start()
     worker.join()
     assert seen[0] != pool.pointer(100)  # another thread never shares this thread's scratch
+
+
+def test_a_huge_scratch_is_given_back_to_a_far_smaller_call(monkeypatch):
+    # one huge batch kept +313 MB resident for the model's life (scratch only grew)
+    monkeypatch.setattr(buffers, "SHRINK_ABOVE_FLOATS", 1000)
+    pool = ScratchPool()
+    pool.pointer(400)
+    assert pool.get(450).size >= 450  # below the limit: kept and grown as before
+    big = pool.get(8000)
+    assert pool.get(2000) is big  # a quarter of it: kept (no reallocation for moderate swings)
+    small = pool.get(100)
+    assert small.size < 1000 and small is not big  # an eighth or less: the huge buffer is let go
+    pool.get(8000)
+    pool.trim()  # a split call's worker: gives a huge buffer back at once
+    assert pool.get(1).size == 1
+
+
+def test_a_split_calls_workers_do_not_keep_a_huge_scratch(monkeypatch):
+    monkeypatch.setattr(buffers, "SHRINK_ABOVE_FLOATS", 1000)
+    kept = []  # (thread name, what its slot holds after the part's trim), seen on that thread
+
+    def trim(self):
+        original_trim(self)
+        kept.append((threading.current_thread().name, self._local.slot))
+
+    original_trim = ScratchPool.trim
+    monkeypatch.setattr(ScratchPool, "trim", trim)
+    manual_seed(0)
+    model = Sequential(Linear(300, 256), ReLU(), Linear(256, 4))
+    x = np.random.default_rng(0).standard_normal((4096, 300)).astype(np.float32)
+    out = tc.compile(model, input_shape=(None, 300), threads=2)(x).data
+    np.testing.assert_array_equal(out, tc.compile(model, input_shape=(None, 300), threads=1)(x).data)
+    workers = [slot for name, slot in kept if name.startswith("tinycomp-worker")]
+    assert workers and all(slot is None for slot in workers), kept
 
 
 @pytest.mark.parametrize("meminfo, expected", [

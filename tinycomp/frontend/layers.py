@@ -228,7 +228,8 @@ class Dropout(Layer):
 
 
 _LAYER_CALL = Layer.__call__
-_ACCEPTS_TRAINING: dict[type, bool] = {}
+# weak: a class defined per model (a factory's) goes with its last model
+_ACCEPTS_TRAINING: weakref.WeakKeyDictionary[type, bool] = weakref.WeakKeyDictionary()
 
 
 def _accepts_training(cls: type) -> bool:

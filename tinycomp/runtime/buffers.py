@@ -100,8 +100,14 @@ class _ScratchSlot(threading.local):
     slot: tuple[np.ndarray, int] | None = None  # a class default: reading it is a plain attribute read
 
 
+SHRINK_ABOVE_FLOATS = 16 << 20  # 64 MB: a thread's scratch above it is given back to a call needing 1/8 of it
+
+
 class ScratchPool:
-    """One growing scratch buffer per thread, so concurrent callers never share scratch."""
+    """One scratch buffer per thread, so concurrent callers never share scratch. It grows with the
+    batches; past SHRINK_ABOVE_FLOATS it shrinks again for a call that needs less than an eighth of
+    it, so that one huge batch does not hold hundreds of MB for the model's life (a huge call after
+    a shrink allocates again: its pages cost a few % of its own work)."""
 
     def __init__(self) -> None:
         self._local = _ScratchSlot()
@@ -110,14 +116,24 @@ class ScratchPool:
         return self._slot(floats)[0]
 
     def pointer(self, floats: int) -> int:
-        """Address of this thread's scratch of at least `floats` floats (valid until it grows)."""
+        """Address of this thread's scratch of at least `floats` floats (valid until this thread's
+        next request)."""
         slot = self._local.slot  # the per-call case in one frame: batch-1 calls count every 0.1 us
-        if slot is not None and slot[0].size >= floats:
+        if slot is not None and floats <= slot[0].size <= SHRINK_ABOVE_FLOATS:
             return slot[1]
         return self._slot(floats)[1]
 
+    def trim(self) -> None:
+        """Give back this thread's scratch if it is above SHRINK_ABOVE_FLOATS: for the worker threads
+        of split calls, which may not run another call of this model to shrink it."""
+        slot = self._local.slot
+        if slot is not None and slot[0].size > SHRINK_ABOVE_FLOATS:
+            self._local.slot = None
+
     def _slot(self, floats: int) -> tuple[np.ndarray, int]:
         slot = self._local.slot
+        if slot is not None and slot[0].size > SHRINK_ABOVE_FLOATS and floats * 8 < slot[0].size:
+            self._local.slot = slot = None  # a call far smaller than the largest: give the memory back
         if slot is None or slot[0].size < floats:
             # grow geometrically so a slowly rising batch size does not reallocate every call
             size = max(floats, int(slot[0].size * 1.5) if slot is not None else 0, 1)

@@ -36,6 +36,7 @@ import llvmlite
 import llvmlite.binding as llvm
 
 from ..codegen.target import host
+from . import cache_sweep
 
 MAGIC = b"TINYCOMP-OBJ-4\n"
 FORMAT = 4
@@ -268,12 +269,16 @@ def load(key: str) -> tuple[dict, list[bytes]] | None:
     if usable is None:
         return None
     folder, secret_key = usable
+    entry = folder / f"{key}.o"
     try:
-        with _open_regular(folder / f"{key}.o") as (f, _):
+        with _open_regular(entry) as (f, _):
             blob = f.read()
     except OSError:  # absent, or a folder or FIFO in its place (NotRegularFile): rebuilt like a bad entry
         return None
-    return decode(blob, key, secret_key)
+    decoded = decode(blob, key, secret_key)
+    if decoded is not None:
+        cache_sweep.touch(entry)  # used: the size limit removes the least recently used entries first
+    return decoded
 
 
 def store(key: str, meta: dict, objects: list[bytes]) -> None:
@@ -294,4 +299,5 @@ def store(key: str, meta: dict, objects: list[bytes]) -> None:
             os.unlink(tmp)
             raise
     except OSError:
-        pass
+        return
+    cache_sweep.after_store(folder)

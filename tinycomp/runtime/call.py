@@ -178,6 +178,7 @@ class CompiledCall:
             kernel.call(hi - lo, x_ptr + lo * kernel.in_bytes, out_ptr + lo * kernel.out_bytes,
                         self.scratch.pointer(self.plan.scratch_floats(hi - lo)), table_ptr,
                         0 if held is None else held.ctypes.data, 0 if inputs is None else ctypes.addressof(inputs))
+            self.scratch.trim()  # a huge part's scratch is not kept on a thread that may not call again
 
         chunks = split_rows(rows, parts, self.chunk_multiple)
         shared_pool().run([functools.partial(chunk, lo, hi) for lo, hi in chunks])

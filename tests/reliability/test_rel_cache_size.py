@@ -1,0 +1,72 @@
+"""The object cache stays bounded: least recently used entries go past TINYCOMP_CACHE_MAX_MB,
+temporary files a killed writer left go after an hour, and nothing else in the folder is touched
+(runtime/cache_sweep.py)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+import numpy as np
+import pytest
+
+import tinycomp as tc
+from tinycomp.nn import Linear, Sequential, manual_seed
+from tinycomp.runtime import cache_sweep
+
+KEY = "ab" * 32
+
+
+def entry(folder, i: int, size: int, age: float):
+    path = folder / f"{i:064x}.o"
+    path.write_bytes(b"x" * size)
+    os.utime(path, (time.time() - age, time.time() - age))
+    return path
+
+
+def test_the_least_recently_used_entries_go_down_to_80_percent_of_the_limit(tmp_path):
+    paths = [entry(tmp_path, i, 1000, age=100 - i) for i in range(10)]  # entry 0 the oldest
+    cache_sweep.touch(paths[1])  # just used: kept although written second
+    assert cache_sweep.sweep(tmp_path, limit=6000) == 6  # 10,000 bytes -> at most 4,800
+    assert [p.exists() for p in paths] == [False, True, False, False, False, False, False, True, True, True]
+    assert cache_sweep.sweep(tmp_path, limit=6000) == 0  # under the limit: nothing more
+
+
+def test_only_stale_temporary_files_and_entries_are_removed(tmp_path):
+    stale = tmp_path / f".{KEY[:16]}.q8x1.tmp"
+    fresh = tmp_path / f".{KEY[:16]}.z9y2.tmp"
+    for path, age in ((stale, 7200), (fresh, 60)):
+        path.write_bytes(b"partial")
+        os.utime(path, (time.time() - age, time.time() - age))
+    old = entry(tmp_path, 1, 5000, age=1e6)
+    others = [tmp_path / "notes.txt", tmp_path / f"{KEY}.o.bak", tmp_path / ".hidden.tmp"]
+    for path in others:
+        path.write_bytes(b"y" * 5000)
+        os.utime(path, (0, 0))
+    (tmp_path / f"{2:064x}.o").mkdir()  # a folder named like an entry
+    (tmp_path / f"{3:064x}.o").symlink_to(others[0])  # a link named like an entry: never followed
+    assert cache_sweep.sweep(tmp_path, limit=100) == 2
+    assert not stale.exists() and not old.exists() and fresh.exists()
+    assert all(p.exists() for p in others) and (tmp_path / f"{2:064x}.o").is_dir()
+    assert (tmp_path / f"{3:064x}.o").is_symlink()
+
+
+def test_compiles_keep_the_cache_under_its_limit(tmp_cache, monkeypatch):
+    monkeypatch.setenv("TINYCOMP_CACHE_MAX_MB", "0.2")
+    monkeypatch.setattr(cache_sweep, "SWEEP_EVERY", 1)
+    sizes = []
+    for width in range(2, 40):  # 38 structures: 38 entries of ~10-25 KB, over 0.2 MB in all
+        manual_seed(width)
+        tc.compile(Sequential(Linear(width, 3)), input_shape=(None, width))(np.ones((2, width), np.float32))
+        sizes.append(sum(p.stat().st_size for p in tmp_cache.glob("*.o")))
+    assert max(sizes) <= 0.2 * (1 << 20) and len(list(tmp_cache.glob("*.o"))) >= 5
+    assert sizes[-1] < sum(sizes) / len(sizes) * 3  # bounded, not growing with every compile
+
+
+@pytest.mark.parametrize("value", ["lots", "-5", "0"])
+def test_a_bad_size_limit_is_named_and_the_default_used(monkeypatch, caplog, value):
+    monkeypatch.setenv("TINYCOMP_CACHE_MAX_MB", value)
+    with caplog.at_level(logging.WARNING, logger="tinycomp.cache"):
+        assert cache_sweep.max_bytes() == int(cache_sweep.DEFAULT_MAX_MB * (1 << 20))
+    assert f"TINYCOMP_CACHE_MAX_MB={value!r} is not a positive number of MB" in caplog.text

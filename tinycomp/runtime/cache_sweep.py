@@ -1,0 +1,97 @@
+"""Keeping the object cache bounded: once its entries pass a size limit, the least recently used go;
+temporary files a killed writer left behind go after an hour.
+
+Every entry's key holds a hash of tinycomp's own source, the graph and its constants, so an upgrade,
+or a model whose float attribute changes every step, leaves entries no compile will ask for again.
+`sweep` runs after a process's first store and every SWEEP_EVERY-th after it (`after_store`: a
+listing of the folder, a few ms for thousands of entries, against compiles of tens of ms); a hit
+marks its entry used (`touch`). Only files named as the cache names them are ever removed, none through a
+link: the folder is the private one `cache._usable` checked.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import re
+import stat
+import time
+from pathlib import Path
+
+DEFAULT_MAX_MB = 256.0
+STALE_TMP_SECONDS = 3600.0  # a writer holds its temporary file for milliseconds
+KEEP_FRACTION = 0.8  # a sweep over the limit goes down to 80 % of it: not one eviction per store
+ENTRY = re.compile(r"[0-9a-f]{64}\.o")
+TEMPORARY = re.compile(r"\.[0-9a-f]{16}\..*\.tmp")
+
+SWEEP_EVERY = 32
+
+_log = logging.getLogger("tinycomp.cache")
+_stores = itertools.count()
+
+
+def max_bytes() -> int:
+    """The entries' size limit: TINYCOMP_CACHE_MAX_MB (a positive number of MB), else 256 MB."""
+    raw = os.environ.get("TINYCOMP_CACHE_MAX_MB", "").strip()
+    try:
+        mb = float(raw) if raw else DEFAULT_MAX_MB
+    except ValueError:
+        mb = -1.0
+    if not mb > 0:
+        _log.warning("TINYCOMP_CACHE_MAX_MB=%r is not a positive number of MB; using %g", raw, DEFAULT_MAX_MB)
+        mb = DEFAULT_MAX_MB
+    return int(mb * (1 << 20))
+
+
+def after_store(folder: Path) -> None:
+    """Sweep after this process's first store, then after every SWEEP_EVERY-th."""
+    if next(_stores) % SWEEP_EVERY == 0:
+        sweep(folder)
+
+
+def touch(entry: Path) -> None:
+    """Mark an entry just used (its mtime): the sweep removes the least recently used first."""
+    try:
+        os.utime(entry, follow_symlinks=False)
+    except OSError:
+        pass
+
+
+def sweep(folder: Path, limit: int | None = None, now: float | None = None) -> int:
+    """Remove stale temporary files, then least recently used entries while the entries pass `limit`
+    bytes (down to KEEP_FRACTION of it). Returns how many files were removed."""
+    limit = max_bytes() if limit is None else limit
+    now = time.time() if now is None else now
+    entries, total, removed = [], 0, 0
+    try:
+        listing = list(os.scandir(folder))
+    except OSError:
+        return 0
+    for item in listing:
+        try:
+            st = item.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        if not stat.S_ISREG(st.st_mode):
+            continue
+        if TEMPORARY.fullmatch(item.name) and now - st.st_mtime > STALE_TMP_SECONDS:
+            removed += _remove(item.path)
+        elif ENTRY.fullmatch(item.name):
+            entries.append((st.st_mtime, st.st_size, item.path))
+            total += st.st_size
+    if total > limit:
+        for _, size, path in sorted(entries):  # least recently used first
+            if total <= limit * KEEP_FRACTION:
+                break
+            if _remove(path):
+                removed, total = removed + 1, total - size
+    return removed
+
+
+def _remove(path: str) -> int:
+    try:
+        os.unlink(path)
+    except OSError:  # another process removed it first
+        return 0
+    return 1
