@@ -143,10 +143,17 @@ def test_transformer_block_matches_eager(tmp_path, target):
     manual_seed(2)
     model = TinyTransformer()
     model.eval()
-    x = np.random.default_rng(9).standard_normal((max(BATCHES), 32)).astype(np.float32)
-    tc.export(model, tmp_path, input_shape=(None, 32), target=target)
+    assert_export_matches_eager(tmp_path, target, model, 32, seed=9)
+
+
+def assert_export_matches_eager(tmp_path, target: str, model: Layer, width: int, seed: int) -> None:
+    """Export `model` for (None, width), run it on `target` at every batch of BATCHES, and judge it
+    against eager by the parity rule, the float64 reference being the IR interpreter's run of the
+    traced graph."""
+    x = np.random.default_rng(seed).standard_normal((max(BATCHES), width)).astype(np.float32)
+    tc.export(model, tmp_path, input_shape=(None, width), target=target)
     got = run_export(target, tmp_path, x, BATCHES)
-    graph = tc.trace(model, (None, 32))  # the float64 reference: the IR interpreter on NumPy's float64
+    graph = tc.trace(model, (None, width))
     for batch in BATCHES:
         report = check_parity(got[batch], model(Tensor(x[:batch])).data, float64_reference(graph, x[:batch]))
         assert report.ok, f"batch {batch}: {report}"
@@ -166,14 +173,7 @@ class Transposes(Layer):
 @pytest.mark.parametrize("target", TARGETS)
 def test_transposes_match_eager(tmp_path, target):
     skip_unless_runnable(target)
-    model = Transposes()
-    x = np.random.default_rng(4).standard_normal((max(BATCHES), 120)).astype(np.float32)
-    tc.export(model, tmp_path, input_shape=(None, 120), target=target)
-    got = run_export(target, tmp_path, x, BATCHES)
-    graph = tc.trace(model, (None, 120))
-    for batch in BATCHES:
-        report = check_parity(got[batch], model(Tensor(x[:batch])).data, float64_reference(graph, x[:batch]))
-        assert report.ok, f"batch {batch}: {report}"
+    assert_export_matches_eager(tmp_path, target, Transposes(), 120, seed=4)
 
 
 class PeriodicTables(Layer):
@@ -192,14 +192,7 @@ class PeriodicTables(Layer):
 @pytest.mark.parametrize("target", TARGETS)
 def test_tables_repeating_every_p_rows_match_eager(tmp_path, target):
     skip_unless_runnable(target)
-    model = PeriodicTables()
-    x = np.random.default_rng(7).standard_normal((max(BATCHES), 126)).astype(np.float32)
-    tc.export(model, tmp_path, input_shape=(None, 126), target=target)
-    got = run_export(target, tmp_path, x, BATCHES)
-    graph = tc.trace(model, (None, 126))
-    for batch in BATCHES:
-        report = check_parity(got[batch], model(Tensor(x[:batch])).data, float64_reference(graph, x[:batch]))
-        assert report.ok, f"batch {batch}: {report}"
+    assert_export_matches_eager(tmp_path, target, PeriodicTables(), 126, seed=7)
 
 
 @pytest.mark.parametrize("target", TARGETS)
