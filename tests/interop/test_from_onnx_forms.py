@@ -119,3 +119,40 @@ def test_matmul_with_the_weight_on_the_left_says_so():
     blob = b.model(b.node("MatMul", [w, "x"]), 4)
     with pytest.raises(tc.CompileError, match=f"2-D constant weight; the left operand '{w}' is the constant"):
         from_onnx(blob)
+
+
+def exported_by_torch(module, width: int, opset: int) -> bytes:
+    """`module` as torch's TorchScript-based exporter writes it (a dynamic batch), at `opset`."""
+    torch = pytest.importorskip("torch", reason="PyTorch is not installed (pip install 'tinycomp[torch]')")
+    import io
+    import warnings
+
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():  # the exporter's deprecation notice
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module.eval(), (torch.zeros(2, width),), buffer, dynamo=False, opset_version=opset,
+                          input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "N"}, "y": {0: "N"}})
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("opset", [13, 17, 18])
+def test_exact_gelu_written_with_erf_imports_as_gelu(opset):
+    # below opset 20 torch writes nn.GELU() as x * (erf(x / sqrt 2) + 1) * 0.5; tinycomp has no erf op
+    torch = pytest.importorskip("torch", reason="PyTorch is not installed (pip install 'tinycomp[torch]')")
+    torch.manual_seed(opset)
+    module = torch.nn.Sequential(torch.nn.Linear(6, 9), torch.nn.GELU(), torch.nn.Linear(9, 4))
+    blob = exported_by_torch(module, 6, opset)
+    assert "Erf" in {n.op_type for n in onnx.load_from_string(blob).graph.node}
+    model = from_onnx(blob)
+    assert [type(layer).__name__ for layer in model] == ["Linear", "GELU", "Linear"]
+    assert model[1].approximate == "none"
+    check_imported(model, runtime(blob), 6, scale=2.0)
+
+
+def test_an_erf_chain_that_is_not_gelu_is_refused():
+    b = Builder(4)
+    h = b.node("Erf", [b.node("Div", ["x", b.const(None, np.float32(1.4142135))])])
+    h = b.node("Mul", ["x", b.node("Add", [h, b.const(None, np.float32(1.0))])])
+    blob = b.model(b.node("Mul", [h, b.const(None, np.float32(0.25))]), 4)  # 0.25, not 0.5
+    with pytest.raises(tc.CompileError, match="cannot import node .div_2. of type Div"):  # left as it is
+        from_onnx(blob)

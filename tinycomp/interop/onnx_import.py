@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -13,6 +14,7 @@ from .. import nn as tnn
 from ..errors import CompileError
 from ..frontend.layers import Layer
 from .common import AddConstant, Step, chain_or_graph, layer_key, linear_from, require, unsupported
+from .onnx_patterns import fuse_erf_gelu
 
 NODES = ("Gemm", "MatMul", "Add", "Relu", "Sigmoid", "Tanh", "Softmax", "Gelu", "LayerNormalization", "Reshape",
          "Flatten", "Dropout", "Identity", "Constant")
@@ -25,7 +27,8 @@ def from_onnx(model: Any) -> Layer:
     first dimension is the batch. Weights (initializers, or `Constant` nodes) are copied as float32.
     Supported nodes: Gemm (transA=0, a bias C that broadcasts over the batch), MatMul and Add with one
     constant operand (or Add of two computed values, a residual), Relu, Sigmoid, Tanh, Softmax (before
-    opset 13 over all dimensions from its axis on), Gelu (exact and tanh forms), LayerNormalization
+    opset 13 over all dimensions from its axis on), Gelu (exact and tanh forms; also the exact form's
+    Div/Erf/Add/Mul/Mul chain exporters write below opset 20: `onnx_patterns`), LayerNormalization
     (last axis), Reshape and Flatten that keep the batch first (Reshape's 0 and -1 resolved from ONNX
     shape inference), Dropout (inference: the identity), Identity (of a value or a weight) and
     Constant. Anything else raises `CompileError` naming the node and its op type.
@@ -41,11 +44,28 @@ def from_onnx(model: Any) -> Layer:
         raise CompileError(f"from_onnx takes a graph with one input and one output; this one has inputs {inputs} "
                            f"and outputs {[o.name for o in graph.output]}")
     importer = _Importer(onnx, consts, opset, _value_shapes(onnx, proto))
-    for node in graph.node:
+    nodes = fuse_erf_gelu(onnx, list(graph.node), _scalars(onnx, graph, consts), {o.name for o in graph.output})
+    for node in nodes:
         importer.add(node)
     model_out = chain_or_graph(importer.layers, importer.steps, inputs[0], importer.alias(graph.output[0].name))
     model_out.eval()
     return model_out
+
+
+def _scalars(onnx: Any, graph: Any, consts: dict[str, np.ndarray]) -> Callable[[str], float | None]:
+    """name -> the number an initializer or a Constant node of one value holds (None otherwise)."""
+    known = dict(consts)
+    for node in graph.node:
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        if node.op_type == "Constant" and "value" in attrs:
+            known[node.output[0]] = onnx.numpy_helper.to_array(attrs["value"])
+        elif node.op_type == "Constant" and "value_float" in attrs:
+            known[node.output[0]] = np.float32(attrs["value_float"])
+
+    def scalar(name: str) -> float | None:
+        value = known.get(name)
+        return None if value is None or np.size(value) != 1 else float(np.asarray(value).reshape(-1)[0])
+    return scalar
 
 
 def _load(onnx: Any, model: Any) -> Any:
