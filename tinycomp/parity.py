@@ -165,12 +165,14 @@ def _partial_sums_reach(op: str, operands: list[np.ndarray], attrs: dict) -> np.
     terms' magnitudes, infinities left out), for ops that sum: matmul and linear over K, sum and
     mean over their axes ([FMAX, FMAX, -FMAX, -FMAX] sums to 0, but to inf or NaN on the way).
     None for the others."""
-    finite = [np.abs(np.where(np.isfinite(a), a, 0.0)) for a in operands]
+    def magnitude(a: np.ndarray) -> np.ndarray:
+        return np.abs(np.where(np.isfinite(a), a, 0.0))
+
     if op in ("matmul", "linear"):
-        return np.matmul(finite[0], finite[1])
+        return np.matmul(magnitude(operands[0]), magnitude(operands[1]))
     if op in ("sum", "mean"):
-        axes = reduced_axes(finite[0].ndim, attrs.get("axis"))
-        return finite[0].sum(axis=axes, keepdims=bool(attrs.get("keepdims")))
+        axes = reduced_axes(operands[0].ndim, attrs.get("axis"))
+        return magnitude(operands[0]).sum(axis=axes, keepdims=bool(attrs.get("keepdims")))
     return None
 
 

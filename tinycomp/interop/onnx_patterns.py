@@ -22,13 +22,14 @@ def fuse_erf_gelu(onnx: Any, nodes: list, scalar: Callable[[str], float | None],
     is the value of a constant holding one number, else None; `outputs` are the graph's outputs
     (an intermediate value of the chain read elsewhere keeps the chain as it is)."""
     readers: dict[str, list] = {}
+    producers = {name: node for node in nodes for name in node.output}
     for node in nodes:
         for name in node.input:
             readers.setdefault(name, []).append(node)
     drop: set[int] = set()
     replace: dict[int, Any] = {}
     for erf in (n for n in nodes if n.op_type == "Erf"):
-        chain = _erf_gelu_chain(erf, nodes, readers, scalar, outputs)
+        chain = _erf_gelu_chain(erf, producers, readers, scalar, outputs)
         if chain is not None:
             x, members = chain
             last = members[-1]
@@ -38,12 +39,9 @@ def fuse_erf_gelu(onnx: Any, nodes: list, scalar: Callable[[str], float | None],
     return [replace.get(id(n), n) for n in nodes if id(n) not in drop]
 
 
-def _erf_gelu_chain(erf: Any, nodes: list, readers: dict, scalar: Callable[[str], float | None],
+def _erf_gelu_chain(erf: Any, producers: dict, readers: dict, scalar: Callable[[str], float | None],
                     outputs: set[str]) -> tuple[str, list] | None:
     """(x, the chain's nodes in order) if `erf` is the middle of an exact-GELU chain, else None."""
-    def producer(name: str) -> Any:
-        return next((n for n in nodes if name in n.output), None)
-
     def only_reader(node: Any) -> Any:
         out = node.output[0]
         found = readers.get(out, [])
@@ -53,7 +51,7 @@ def _erf_gelu_chain(erf: Any, nodes: list, readers: dict, scalar: Callable[[str]
         ins = list(node.input)
         return ins[1] if len(ins) == 2 and ins[0] == name else ins[0] if len(ins) == 2 and ins[1] == name else None
 
-    scaled = producer(erf.input[0])
+    scaled = producers.get(erf.input[0])
     if scaled is None or only_reader(scaled) is not erf or len(scaled.input) != 2:
         return None
     x, c = scaled.input

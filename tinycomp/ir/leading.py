@@ -15,7 +15,7 @@ import math
 
 from .graph import Graph
 from .ops import ELEMENTWISE, combined_axes
-from .shapes import normalized_axis
+from .shapes import fmt_shape, normalized_axis
 
 AXIS_ATTRS = frozenset({"dim", "axis", "dim0", "dim1", "newshape"})  # compared through shapes and axes
 REGROUPING = frozenset({"reshape", "output"})  # may regroup whole rows: C order keeps each row's values
@@ -34,8 +34,9 @@ def lead_mismatch(batch: Graph, led: Graph, lead: tuple[int, ...]) -> str | None
     shape; axes (softmax, reductions, transpose) the same counted from the last; every other
     attribute equal."""
     rows = math.prod(lead)
-    pairs = list(zip(batch.nodes(), led.nodes(), strict=False))
-    if len(batch.nodes()) != len(led.nodes()) or any(batch.op(b) != led.op(n) for b, n in pairs):
+    batch_nodes, led_nodes = batch.nodes(), led.nodes()
+    pairs = list(zip(batch_nodes, led_nodes, strict=False))
+    if len(batch_nodes) != len(led_nodes) or any(batch.op(b) != led.op(n) for b, n in pairs):
         return "its forward runs other operations for that input"
     twin = {n: b for b, n in pairs}
     parts: dict[str, tuple | str | None] = {}  # each led value's leading dimensions (`_lead_part`)
@@ -50,7 +51,7 @@ def lead_mismatch(batch: Graph, led: Graph, lead: tuple[int, ...]) -> str | None
             return f"{op} node {b} has attributes {_other_attrs(led, n)}, not {_other_attrs(batch, b)}"
         part = _lead_part(batch.shape(b), led.shape(n), rows)
         if part == MISMATCH:
-            return f"{op} node {b} has shape {led.shape(n)}, where a batch gives {_batched(batch.shape(b))}"
+            return f"{op} node {b} has shape {led.shape(n)}, where a batch gives {fmt_shape(batch.shape(b))}"
         parts[n] = part
         if op not in REGROUPING and not _rows_kept(led, n, parts):
             return f"{op} node {b} mixes values of shapes {[led.shape(a) for a in led.args(n)]} across samples"
@@ -99,6 +100,3 @@ def _axes_from_end(g: Graph, n: str) -> tuple[int, ...]:
 def _other_attrs(g: Graph, n: str) -> dict:
     return {k: v for k, v in g.attrs(n).items() if k not in AXIS_ATTRS}
 
-
-def _batched(shape: tuple) -> tuple:
-    return tuple("batch" if d is None else d for d in shape)
