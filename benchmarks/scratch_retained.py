@@ -13,14 +13,11 @@ from __future__ import annotations
 
 import argparse
 import gc
-import os
 
-os.environ.setdefault("TINYCOMP_CACHE", "0")
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-import tinycomp as tc  # noqa: E402
-from tinycomp.nn import Linear, ReLU, Sequential, manual_seed  # noqa: E402
+import tinycomp as tc
+from tinycomp.nn import Linear, ReLU, Sequential, manual_seed
 
 
 def rss_mb() -> float:
