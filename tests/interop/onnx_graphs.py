@@ -3,10 +3,19 @@ Import after `pytest.importorskip("onnx")` and `("onnxruntime")`."""
 
 from __future__ import annotations
 
+import io
+import warnings
+
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pytest
+from interop_helpers import assert_close_to_framework
 from onnx import TensorProto, helper, numpy_helper
+
+import tinycomp as tc
+from tinycomp.interop import from_onnx
+from tinycomp.parity import check_parity, float64_reference
 
 
 class Builder:
@@ -50,3 +59,30 @@ def runtime(blob: bytes):
     options.intra_op_num_threads = 1
     session = ort.InferenceSession(blob, options, providers=["CPUExecutionProvider"])
     return lambda x: session.run(None, {"x": x})[0]
+
+
+def check_samples(blob: bytes, sample: tuple[int, ...] = (3, 4), batches=(1, 2, 7), scale: float = 2.0) -> None:
+    """Eager and compiled against ONNX Runtime on (rows, *sample) inputs; compiled against eager by the
+    parity rule."""
+    model, run = from_onnx(blob), runtime(blob)
+    fast = tc.compile(model, input_shape=(None, *sample))
+    for rows in batches:
+        x = np.random.default_rng(rows).standard_normal((rows, *sample)).astype(np.float32) * scale
+        eager, compiled = model(x).data, fast(x).data
+        assert_close_to_framework(eager, run(x), f"eager, batch {rows}")
+        assert_close_to_framework(compiled, run(x), f"compiled, batch {rows}")
+        report = check_parity(compiled, eager, float64_reference(fast.graph, x))
+        assert report.ok, f"batch {rows}: {report}"
+
+
+def exported_by_torch(module, sample: tuple[int, ...], opset: int, batch: int | None = None) -> bytes:
+    """`module` as torch's TorchScript-based exporter writes it at `opset`, traced on (2, *sample):
+    a symbolic batch, or the fixed `batch` if one is given (torch then folds x.size(0) to it)."""
+    torch = pytest.importorskip("torch", reason="PyTorch is not installed (pip install 'tinycomp[torch]')")
+    buffer = io.BytesIO()
+    dynamic = None if batch else {"x": {0: "N"}, "y": {0: "N"}}
+    with warnings.catch_warnings():  # the exporter's deprecation notice
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module.eval(), (torch.zeros(batch or 2, *sample),), buffer, dynamo=False,
+                          opset_version=opset, input_names=["x"], output_names=["y"], dynamic_axes=dynamic)
+    return buffer.getvalue()

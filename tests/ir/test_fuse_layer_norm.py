@@ -44,6 +44,8 @@ class Norm(Layer):
         diff = x - mean
         if self.how == "E[x^2] - E[x]^2":
             variance = (x * x).mean(axis=self.axis, keepdims=True) - mean * mean
+        elif self.how in ("d ** 2", "d ** 4"):  # d ** 2 is the square as ONNX exporters write it
+            variance = (diff ** float(self.how[-1])).mean(axis=self.axis, keepdims=True)
         else:
             variance = (diff * diff).mean(axis=self.axis, keepdims=True)
         if self.how == "pow":
@@ -81,13 +83,15 @@ def test_both_norms_of_a_transformer_block_are_fused():
     assert "sqrt" not in h.op_counts()
 
 
-def test_gamma_and_beta_on_either_side_are_fused():
-    check_pass(fuse_layer_norm, trace(Norm("commuted"), (None, W)), x_of(3, W), pre=untouched, post=fused)
+@pytest.mark.parametrize("how", ["commuted", "d ** 2"])
+def test_gamma_and_beta_on_either_side_and_the_square_as_a_power_are_fused(how):
+    check_pass(fuse_layer_norm, trace(Norm(how), (None, W)), x_of(3, W), pre=untouched, post=fused)
 
 
 @pytest.mark.parametrize("how, shape, axis", [
     ("E[x^2] - E[x]^2", (W,), -1),  # another formula: other roundings
     ("pow", (W,), -1),  # ** 0.5 is not the sqrt op
+    ("d ** 4", (W,), -1),  # not the square
     ("eps param", (W,), -1),  # eps is not a constant
     ("NaN eps", (W,), -1),  # layer_norm refuses a NaN eps; the unfused ops compute it
     ("diff read again", (W,), -1),  # x - mean is needed outside

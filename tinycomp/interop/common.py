@@ -13,7 +13,8 @@ import numpy as np
 
 from ..errors import CompileError
 from ..frontend.layers import Layer, Linear, Sequential
-from ..frontend.tensor import Tensor
+from ..frontend.tensor import Tensor, as_tensor
+from .graph_layers import BINARY, UNARY
 
 
 def require(module: str, importer: str, extra: str, what: str) -> ModuleType:
@@ -46,35 +47,15 @@ def linear_from(weight_in_out: np.ndarray, bias: np.ndarray | None) -> Linear:
     return layer
 
 
-class AddConstant(Layer):
-    """x + value, `value` a parameter (an ONNX `Add` of an initializer, e.g. a bias after `MatMul`)."""
-
-    def __init__(self, value: Any):
-        self.value = Tensor(value)
-
-    def forward(self, x: Tensor) -> Tensor:
-        """x plus the constant, broadcast as NumPy does."""
-        return x + self.value
-
-    def parameters(self) -> list[Tensor]:
-        """`[value]`."""
-        return [self.value]
-
-    def __repr__(self) -> str:
-        return f"AddConstant(shape={self.value.shape})"
-
-
 @dataclass(frozen=True)
 class Step:
-    """One value of an imported graph: `layer` applied to `inputs`, or `op` ("add") of two values."""
+    """One value of an imported graph: `layer` applied to `inputs`, or `op` (a key of `graph_layers`'
+    BINARY for two values, UNARY for one) of them."""
 
     output: str
     inputs: tuple[str, ...]
     layer: str | None = None  # a key of GraphModel.layers
     op: str | None = None
-
-
-BINARY_OPS = {"add": lambda a, b: a + b}
 
 
 class GraphModel(Layer):
@@ -91,13 +72,13 @@ class GraphModel(Layer):
 
     def forward(self, x: Tensor) -> Tensor:
         """Run every step in order on the input; return the output value."""
-        values: dict[str, Any] = {self.input_name: x}
+        values: dict[str, Any] = {self.input_name: as_tensor(x)}  # steps call Tensor methods
         for step in self.steps:
             args = [values[name] for name in step.inputs]
             if step.layer is not None:
                 values[step.output] = self.layers[step.layer](*args)
             else:
-                values[step.output] = BINARY_OPS[step.op or ""](*args)
+                values[step.output] = (BINARY if len(args) == 2 else UNARY)[step.op or ""](*args)
         return values[self.output]
 
     def __repr__(self) -> str:

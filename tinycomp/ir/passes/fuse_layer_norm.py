@@ -1,16 +1,17 @@
 """Fuse `LayerNorm.forward` into one `layer_norm` node.
 
 `LayerNorm` traces to mean(x) -> sub -> mul(d, d) -> mean -> add eps -> sqrt -> div -> mul gamma ->
-add beta, the means over the last axis with keepdims. Run as traced, the row goes through memory
-six times (two reductions and fused elementwise passes); the `layer_norm` node normalizes each row
-in one kernel while it is in L1 (codegen/layer_norm.py), with the same operations in the same order.
+add beta, the means over the last axis with keepdims (ONNX exporters write the square as pow(d, 2),
+the same correctly rounded product). Run as traced, the row goes through memory six times (two
+reductions and fused elementwise passes); the `layer_norm` node normalizes each row in one kernel
+while it is in L1 (codegen/layer_norm.py), with the same operations in the same order.
 
 The rewrite only goes through when it is that computation exactly: both means over the last axis
-only, keeping it; the sub reads x and its mean in that order; the square is `mul(d, d)` and d is
-read by nothing else than it and the div; eps is a one-element constant; gamma and beta each hold
-one value per position of the last axis (shape (W,)), so they broadcast along it and nothing else;
-every intermediate is read once. mul and add are commutative in IEEE arithmetic, so gamma and beta
-(and eps) may be on either side.
+only, keeping it; the sub reads x and its mean in that order; the square is `mul(d, d)` or
+`pow(d, 2)` and d is read by nothing else than it and the div; eps is a one-element constant; gamma
+and beta each hold one value per position of the last axis (shape (W,)), so they broadcast along it
+and nothing else; every intermediate is read once. mul and add are commutative in IEEE arithmetic,
+so gamma and beta (and eps) may be on either side.
 """
 
 from __future__ import annotations
@@ -35,6 +36,13 @@ def other_operand(g: Graph, n: str, known: str) -> str | None:
     return b if a == known else a
 
 
+def is_square_of(g: Graph, n: str, d: str) -> bool:
+    """Is n d * d, or d ** 2 (the same correctly rounded product: ONNX exporters write Pow)?"""
+    if g.op(n) == "mul":
+        return g.args(n) == [d, d]
+    return g.op(n) == "pow" and g.args(n)[0] == d and number(g, g.args(n)[1], n) == 2.0
+
+
 def match(g: Graph, mean: str) -> tuple[str, str, str, float, str, list[str]] | None:
     """(x, gamma, beta, eps, the node the chain ends in, its nodes in order) of the layer norm whose
     first mean is `mean`, or None if the chain from it is not exactly one."""
@@ -43,12 +51,13 @@ def match(g: Graph, mean: str) -> tuple[str, str, str, float, str, list[str]] | 
     if not shape or shape[-1] is None or not last_axis_mean(g, mean):
         return None
     diff = sole_user(g, mean, "sub")
-    if diff is None or g.args(diff) != [x, mean] or tuple(g.shape(diff)) != shape or g.use_count(diff) != 3:
+    if diff is None or g.args(diff) != [x, mean] or tuple(g.shape(diff)) != shape:
         return None
     users = g.users(diff)
-    square = next((u for u in users if g.op(u) == "mul" and g.args(u) == [diff, diff]), None)
+    square = next((u for u in users if is_square_of(g, u, diff)), None)
     quotient = next((u for u in users if g.op(u) == "div" and g.args(u)[0] == diff), None)
-    if square is None or quotient is None or len(users) != 2:
+    if square is None or quotient is None or len(users) != 2 or \
+            g.use_count(diff) != (3 if g.op(square) == "mul" else 2):
         return None
     variance = sole_user(g, square, "mean")
     if variance is None or not last_axis_mean(g, variance):

@@ -1,0 +1,250 @@
+"""from_onnx on general graphs: elementwise math, reductions, transposes and batched products, the
+size arithmetic exporters write for reshapes (folded at import), and whole layers torch exports
+decomposed (attention, LayerNorm below opset 17, tanh GELU); each against ONNX Runtime, eager and
+compiled, or refused with an error naming the node and why."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx", reason="onnx is not installed (pip install 'tinycomp[onnx]')")
+ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install 'tinycomp[onnx]')")
+from interop_helpers import assert_close_to_framework  # noqa: E402
+from onnx import TensorProto, helper  # noqa: E402
+from onnx_graphs import Builder, check_samples, exported_by_torch, runtime  # noqa: E402
+
+import tinycomp as tc  # noqa: E402
+from tinycomp.interop import GraphModel, from_onnx  # noqa: E402
+from tinycomp.parity import check_parity, float64_reference  # noqa: E402
+
+SAMPLE = (3, 4)
+
+
+def scalar(b: Builder, value: float) -> str:
+    return b.const(None, np.float32(value))
+
+
+def with_constant(op: str, constant_first: bool, shape) -> bytes:
+    b = Builder(4, seed=len(op), sample=SAMPLE)
+    c = b.const(shape) if shape is not None else scalar(b, 3.0 if op == "Pow" else 1.7)
+    if op in ("Div", "Pow") and constant_first is False and shape is not None:
+        c = b.node("Abs", [c])  # folded: a divisor away from 0
+    inputs = [c, "x"] if constant_first else ["x", c]
+    return b.model(b.node(op, inputs), SAMPLE)
+
+
+@pytest.mark.parametrize("op, first, shape", [
+    ("Sub", False, None), ("Sub", True, (4,)), ("Mul", True, (3, 1)), ("Div", False, (4,)), ("Div", True, None),
+    ("Pow", False, None), ("Add", True, (1, 3, 4)),
+], ids=["x-c", "c-x", "c*x", "x/c", "c/x", "x**3", "c+x"])
+def test_elementwise_with_a_constant(op, first, shape):
+    check_samples(with_constant(op, first, shape))
+
+
+def test_unary_ops_and_ops_of_two_values():
+    b = Builder(4, seed=3, sample=SAMPLE)
+    pos = b.node("Add", [b.node("Abs", ["x"]), scalar(b, 0.5)])
+    h = b.node("Sub", [b.node("Log", [pos]), b.node("Sqrt", [pos])])
+    h = b.node("Mul", [h, b.node("Reciprocal", [pos])])
+    h = b.node("Div", [h, b.node("Exp", [b.node("Neg", [pos])])])
+    check_samples(b.model(b.node("Add", [h, "x"]), SAMPLE))
+
+
+@pytest.mark.parametrize("op, opset, axes, keepdims, out", [
+    ("ReduceMean", 13, [-1], 1, (3, 1)), ("ReduceMean", 18, [2], 0, (3,)), ("ReduceSum", 13, [1], 1, (1, 4)),
+    ("ReduceMax", 13, [1, 2], 0, ()), ("ReduceSum", 18, [], 1, SAMPLE),
+], ids=["mean-attr", "mean-input", "sum", "max-two-axes", "sum-noop"])
+def test_reductions(op, opset, axes, keepdims, out):
+    b = Builder(4, seed=4, sample=SAMPLE)
+    attrs = {"keepdims": keepdims}
+    if not axes:
+        attrs["noop_with_empty_axes"] = 1
+    axes_as_input = opset >= 18 or op == "ReduceSum"
+    inputs = ["x", b.const(None, np.array(axes, np.int64))] if axes_as_input and axes else ["x"]
+    if not axes_as_input:
+        attrs["axes"] = axes
+    h = b.node(op, inputs, **attrs)
+    check_samples(b.model(b.node("Tanh", [h]), out, opset=opset))
+
+
+def test_reduction_over_the_batch_is_refused():
+    b = Builder(4, sample=SAMPLE)
+    blob = b.model(b.node("ReduceMean", ["x"], axes=[0, 2], keepdims=1), (1, 3, 1)[1:], opset=13)
+    with pytest.raises(tc.CompileError, match=r"of type ReduceMean \(axes \[0, 2\]: a reduction over the batch"):
+        from_onnx(blob)
+
+
+def test_transposes_and_batched_products():
+    # (N, 3, 4) @ (N, 4, 3), a constant (2, 3) @ (N, 3, 4), and a constant (4, 5) taken as a Linear
+    b = Builder(4, seed=5, sample=SAMPLE)
+    h = b.node("MatMul", ["x", b.node("Transpose", ["x"], perm=[0, 2, 1])])
+    h = b.node("MatMul", [b.const((2, 3)), b.node("Sigmoid", [h])])
+    h = b.node("MatMul", [h, b.const((1, 3, 5))])
+    check_samples(b.model(h, (2, 5)))
+
+
+def test_transpose_that_moves_the_batch_is_refused():
+    b = Builder(4, sample=SAMPLE)
+    blob = b.model(b.node("Transpose", ["x"], perm=[1, 0, 2]), (4,))
+    with pytest.raises(tc.CompileError, match=r"of type Transpose \(perm \[1, 0, 2\] moves the batch"):
+        from_onnx(blob)
+
+
+@pytest.mark.parametrize("opset", [11, 13])
+def test_squeeze_and_unsqueeze_keep_the_batch(opset):
+    b = Builder(4, seed=6, sample=SAMPLE)
+    if opset < 13:
+        h = b.node("Unsqueeze", ["x"], axes=[2])
+        h = b.node("Squeeze", [b.node("Relu", [h])], axes=[2])
+    else:
+        h = b.node("Unsqueeze", ["x", b.const(None, np.array([-1], np.int64))])
+        h = b.node("Squeeze", [b.node("Relu", [h]), b.const(None, np.array([3], np.int64))])
+    check_samples(b.model(h, SAMPLE, opset=opset))
+
+
+def test_unsqueeze_before_the_batch_is_refused():
+    b = Builder(4, sample=SAMPLE)
+    blob = b.model(b.node("Unsqueeze", ["x", b.const(None, np.array([0], np.int64))]), (1, 3, 4)[1:])
+    with pytest.raises(tc.CompileError, match=r"of type Unsqueeze \(axes \[0\]: the batch .axis 0. must stay"):
+        from_onnx(blob)
+
+
+def test_size_arithmetic_on_the_input_shape_is_folded():
+    # the TorchScript exporter's x.view(x.size(0), -1): Shape -> Gather -> Unsqueeze -> Concat; and a
+    # Cast to float of the data, which is float already
+    b = Builder(4, seed=7, sample=SAMPLE)
+    size0 = b.node("Gather", [b.node("Shape", ["x"]), b.const(None, np.array(0, np.int64))], axis=0)
+    target = b.node("Concat", [b.node("Unsqueeze", [size0, b.const(None, np.array([0], np.int64))]),
+                               b.const(None, np.array([-1], np.int64))], axis=0)
+    h = b.node("Reshape", [b.node("Cast", ["x"], to=TensorProto.FLOAT), target])
+    blob = b.model(b.node("Relu", [h]), (12,))
+    assert [type(layer).__name__ for layer in from_onnx(blob)] == ["Reshape", "ReLU"]
+    check_samples(blob)
+
+
+def test_constants_of_constants_are_folded():
+    b = Builder(4, seed=8, sample=SAMPLE)
+    c = b.node("Add", [b.const((4,)), b.node("ConstantOfShape", [b.const(None, np.array([4], np.int64))],
+                                             value=helper.make_tensor("v", TensorProto.FLOAT, [1], [2.0]))])
+    check_samples(b.model(b.node("Mul", ["x", c]), SAMPLE))
+
+
+def test_reshape_that_merges_the_batch_is_refused():
+    # Shape(x)[0] * 3 as the first size: (N, 3, 4) -> (3N, 4)
+    b = Builder(4, sample=SAMPLE)
+    rows = b.node("Mul", [b.node("Slice", [b.node("Shape", ["x"]), b.const(None, np.array([0], np.int64)),
+                                           b.const(None, np.array([1], np.int64))]),
+                          b.const(None, np.array([3], np.int64))])
+    target = b.node("Concat", [rows, b.const(None, np.array([4], np.int64))], axis=0)
+    blob = b.model(b.node("Reshape", ["x", target]), (4,))
+    with pytest.raises(tc.CompileError, match=r"other than as the batch \(at two batch sizes: 291 / 303, 4 / 4\)"):
+        from_onnx(blob)
+
+
+@pytest.mark.parametrize("case, match", [
+    ("pow-of-data", r"of type Pow \(the exponent is computed data"),
+    ("cast-to-int", r"of type Cast \(a cast of data to INT64"),
+    ("random", r"of type RandomNormal \(RandomNormal draws random values"),
+    ("batch-sized-constant", r"of type Add \(input '\w+' is computed from the batch size"),
+    ("erf", r"node 'erf_1' of type Erf; supported: Gemm"),
+])
+def test_what_cannot_be_imported_is_named(case, match):
+    b = Builder(4, sample=SAMPLE)
+    if case == "pow-of-data":
+        h = b.node("Pow", ["x", b.node("Relu", ["x"])])
+    elif case == "cast-to-int":
+        h = b.node("Cast", ["x"], to=TensorProto.INT64)
+    elif case == "random":
+        h = b.node("Add", ["x", b.node("RandomNormal", [], shape=[4])])
+    elif case == "batch-sized-constant":
+        h = b.node("Add", ["x", b.node("ConstantOfShape", [b.node("Shape", ["x"])])])
+    else:
+        h = b.node("Erf", ["x"])
+    with pytest.raises(tc.CompileError, match=match):
+        from_onnx(b.model(h, SAMPLE))
+
+
+def torch_modules():
+    torch = pytest.importorskip("torch", reason="PyTorch is not installed (pip install 'tinycomp[torch]')")
+    nn = torch.nn
+
+    class Block(nn.Module):
+        """A pre-norm transformer block as a student writes it: views, transposes, q @ k^T."""
+
+        def __init__(self, embed: int = 16, heads: int = 2):
+            super().__init__()
+            self.heads = heads
+            self.q, self.k, self.v, self.o = (nn.Linear(embed, embed) for _ in range(4))
+            self.ln = nn.LayerNorm(embed)
+            self.ff = nn.Sequential(nn.Linear(embed, 4 * embed), nn.GELU(approximate="tanh"),
+                                    nn.Linear(4 * embed, embed))
+
+        def forward(self, x):
+            n, s, e = x.shape
+            y = self.ln(x)
+            q, k, v = (p(y).view(n, s, self.heads, e // self.heads).transpose(1, 2) for p in (self.q, self.k, self.v))
+            a = torch.softmax(q @ k.transpose(-2, -1) / (e // self.heads) ** 0.5, dim=-1) @ v
+            x = x + self.o(a.transpose(1, 2).reshape(n, s, e))
+            return x + self.ff(x)
+
+    class Flat(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(12, 5)
+
+        def forward(self, x):
+            return self.fc(x.view(x.size(0), -1))
+
+    class Rows(nn.Module):
+        def forward(self, x):
+            return torch.relu(x.reshape(-1, x.shape[-1]))  # (N, 3, 4) -> (3N, 4): rows of all samples
+
+    return torch, Block, Flat, Rows
+
+
+@pytest.mark.parametrize("opset", [14, 17])
+def test_transformer_block_exported_by_torch(opset):
+    # opset 14 writes LayerNorm as ReduceMean/Sub/Pow/.../Add and both write GELU's tanh form as
+    # Mul/Add/Tanh: tinycomp's passes fuse the layer norm and the attention back into one node each
+    torch, Block, _, _ = torch_modules()
+    torch.manual_seed(opset)
+    blob = exported_by_torch(Block(), (5, 16), opset)
+    kinds = {n.op_type for n in onnx.load_from_string(blob).graph.node}
+    assert {"Shape", "Gather", "Concat", "Transpose"} <= kinds and ("ReduceMean" in kinds) == (opset < 17)
+    assert isinstance(from_onnx(blob), GraphModel)
+    check_samples(blob, (5, 16), scale=1.0)
+    fast = tc.compile(from_onnx(blob), input_shape=(None, 5, 16))
+    ops = {fast.graph.op(n) for n in fast.graph.nodes()}
+    assert {"attention", "layer_norm"} <= ops and not {"transpose", "softmax", "mean"} & ops
+
+
+def test_view_of_size_0_exported_with_a_dynamic_batch():
+    torch, _, Flat, _ = torch_modules()
+    check_samples(exported_by_torch(Flat(), SAMPLE, 17))
+
+
+def test_view_of_size_0_exported_with_a_fixed_batch():
+    # with a fixed batch of 3 torch folds x.size(0) into Reshape [3, -1]: the graph's batch. ONNX
+    # Runtime runs batch 3 only; other batches are checked against the torch module itself
+    torch, _, Flat, _ = torch_modules()
+    module = Flat()
+    blob = exported_by_torch(module, SAMPLE, 17, batch=3)
+    model, run = from_onnx(blob), runtime(blob)
+    fast = tc.compile(model, input_shape=(None, *SAMPLE))
+    for rows in (3, 1, 8):
+        x = np.random.default_rng(rows).standard_normal((rows, *SAMPLE)).astype(np.float32)
+        eager, compiled = model(x).data, fast(x).data
+        with torch.no_grad():
+            want = run(x) if rows == 3 else module(torch.from_numpy(x)).numpy()
+        assert_close_to_framework(eager, want, f"eager, batch {rows}")
+        report = check_parity(compiled, eager, float64_reference(fast.graph, x))
+        assert report.ok, f"batch {rows}: {report}"
+
+
+def test_reshape_of_all_rows_exported_by_torch_is_refused():
+    torch, _, _, Rows = torch_modules()
+    blob = exported_by_torch(Rows(), SAMPLE, 17)
+    with pytest.raises(tc.CompileError, match=r"of type Reshape \(shape \[-1, 4\] on a value of sizes \[3, 4\] after "
+                                              r"the batch: the -1 would merge samples"):
+        from_onnx(blob)

@@ -1,0 +1,240 @@
+"""One function per ONNX op that reads data (the ones that compute only constants and sizes are
+folded: `onnx_fold`): each turns its node into a tinycomp layer or a graph step, or refuses it with
+a `CompileError` saying why. `HANDLERS` maps op types to them; `onnx_import` calls them with its
+`_Importer` as `imp`."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from .. import nn as tnn
+from .common import Step, linear_from
+from .graph_layers import ConstantOperand, Permute, Reduce
+from .onnx_fold import BATCH, batch_form, shape_pair
+
+COMMUTATIVE = ("add", "mul")
+
+
+def gemm(imp: Any, node: Any, ins: list[str], a: dict) -> None:
+    if a.get("transA", 0):
+        raise imp.refuse(node, "transA=1")
+    w = imp.const(node, ins[1])
+    w = (w.T if a.get("transB", 0) else w) * np.float32(a.get("alpha", 1.0))
+    bias = None
+    if len(ins) > 2 and ins[2]:
+        c = imp.const(node, ins[2]) * np.float32(a.get("beta", 1.0))
+        # C broadcasts to (batch, out): one value per output, or one in all, is a bias; a C that
+        # varies along the batch is not
+        if c.size not in (1, w.shape[1]) or (c.ndim == 2 and c.shape[0] != 1):
+            n = w.shape[1]
+            raise imp.refuse(node, f"C of shape {c.shape}: a bias must be (), ({n},) or (1, {n})")
+        bias = np.broadcast_to(c.reshape(-1), (w.shape[1],))
+    imp.layer(node, linear_from(w, bias), ins[0])
+
+
+def matmul(imp: Any, node: Any, ins: list[str], a: dict) -> None:
+    left, right = (imp.is_const(name) for name in ins)
+    if right and not left and imp.const(node, ins[1]).ndim == 2:
+        imp.layer(node, linear_from(imp.const(node, ins[1]), None), ins[0])  # data @ W: a Linear
+        return
+    # NumPy's matmul contracts the last axis of the left operand with the second-to-last of the
+    # right one: a 2-D value on the right (batch, k) would be contracted over the batch
+    if not right and len(imp.shape_of(node, ins[1], "a MatMul of data on the right")) < 3:
+        raise imp.refuse(node, f"the right operand {ins[1]!r} has the batch as its contracted axis: a matrix "
+                               "product across samples")
+    if not left and len(imp.shape_of(node, ins[0], "MatMul")) < 2:
+        raise imp.refuse(node, f"the left operand {ins[0]!r} is 1-D: its only axis, the batch, would be contracted")
+    binary(imp, node, ins, "matmul")
+
+
+def binary(imp: Any, node: Any, ins: list[str], op: str) -> None:
+    """x <op> y for two data values (a graph step), or one of them and a constant (`ConstantOperand`)."""
+    known = [imp.is_const(name) for name in ins]
+    if not any(known):
+        if op == "pow":
+            raise imp.refuse(node, "the exponent is computed data; tinycomp raises to constant powers only")
+        imp.steps.append(Step(node.output[0], (imp.alias(ins[0]), imp.alias(ins[1])), op=op))
+        return
+    value = imp.const(node, ins[0] if known[0] else ins[1])
+    data = ins[1] if known[0] else ins[0]
+    if value.ndim > len(imp.shape_of(node, data, op)):
+        raise imp.refuse(node, f"the constant of shape {value.shape} has more dimensions than the data: "
+                               "it would broadcast the batch away from the first axis")
+    first = known[0] and op not in COMMUTATIVE  # IEEE add and mul commute: data first, as a bias add reads
+    try:
+        layer = ConstantOperand(op, value, constant_first=first)
+    except ValueError as exc:
+        raise imp.refuse(node, str(exc)) from exc
+    imp.layer(node, layer, data)
+
+
+def binary_op(op: str) -> Callable[[Any, Any, list[str], dict], None]:
+    def handler(imp: Any, node: Any, ins: list[str], a: dict) -> None:
+        binary(imp, node, ins, op)
+    return handler
+
+
+def unary(op: str) -> Callable[[Any, Any, list[str], dict], None]:
+    def handler(imp: Any, node: Any, ins: list[str], a: dict) -> None:
+        imp.steps.append(Step(node.output[0], (imp.alias(ins[0]),), op=op))
+    return handler
+
+
+def layer_of(make: Callable[[], Any]) -> Callable[[Any, Any, list[str], dict], None]:
+    def handler(imp: Any, node: Any, ins: list[str], a: dict) -> None:
+        imp.layer(node, make(), ins[0])
+    return handler
+
+
+def reciprocal(imp: Any, node: Any, ins: list[str], a: dict) -> None:
+    imp.layer(node, ConstantOperand("div", 1.0, constant_first=True), ins[0])
+
+
+def cast(imp: Any, node: Any, ins: list[str], a: dict) -> None:
+    to = int(a.get("to", 0))
+    if to != imp.onnx.TensorProto.FLOAT:
+        name = imp.onnx.TensorProto.DataType.Name(to) if to in imp.onnx.TensorProto.DataType.values() else str(to)
+        raise imp.refuse(node, f"a cast of data to {name}; tinycomp computes in float32 (FLOAT) only")
+    imp.aliases[node.output[0]] = ins[0]  # the graph's data is float32 already
+
+
+def softmax(imp: Any, node: Any, ins: list[str], a: dict) -> None:
+    if imp.opset >= 13:
+        imp.layer(node, tnn.Softmax(dim=int(a.get("axis", -1))), ins[0])
+        return
+    # before opset 13 Softmax normalized over all dimensions from `axis` (default 1) on, as one row
+    axis = int(a.get("axis", 1))
+    shape = () if axis == -1 else imp.shape_of(node, ins[0], f"axis={axis} under opset {imp.opset}")
+    if axis != -1 and not -len(shape) <= axis < len(shape):
+        raise imp.refuse(node, f"axis={axis} on a value of rank {len(shape)}")
+    if axis == -1 or axis % len(shape) == len(shape) - 1:
+        imp.layer(node, tnn.Softmax(dim=-1), ins[0])
+        return
+    axis %= len(shape)
+    if axis == 0:
+        raise imp.refuse(node, f"axis=0 under opset {imp.opset} normalizes across the batch")
+    sample = imp.sample_sizes(node, ins[0], f"axis={axis} under opset {imp.opset}")
+    rows = tnn.Reshape(*sample[:axis - 1], math.prod(sample[axis - 1:]))
+    imp.layer(node, tnn.Sequential(rows, tnn.Softmax(dim=-1), tnn.Reshape(*sample)), ins[0])
+
+
+def gelu(imp: Any, node: Any, ins: list[str], a: dict) -> None:
+    form = a.get("approximate", "none")
+    form = form.decode() if isinstance(form, bytes) else form
+    imp.layer(node, tnn.GELU(approximate="tanh" if form == "tanh" else "none"), ins[0])
+
+
+def layer_normalization(imp: Any, node: Any, ins: list[str], a: dict) -> None:
+    axis = int(a.get("axis", -1))
+    rank = len(imp.shapes.get(ins[0], ())) or None
+    if axis != -1 and (rank is None or axis % rank != rank - 1):
+        raise imp.refuse(node, f"axis={axis} on a value of rank {rank or 'unknown'}: only the last axis")
+    gamma = imp.const(node, ins[1])
+    layer = tnn.LayerNorm(gamma.shape[-1], eps=float(a.get("epsilon", 1e-5)))
+    layer.gamma = tnn.Tensor(gamma)
+    if len(ins) > 2 and ins[2]:
+        layer.beta = tnn.Tensor(imp.const(node, ins[2]))
+    imp.layer(node, layer, ins[0])
+
+
+def reshape(imp: Any, node: Any, ins: list[str], a: dict) -> None:
+    shape = target_shape(imp, node, ins[1])
+    # the input's own batch size, computed from its shape, or written as a number in a graph that
+    # fixes it (exporters fold x.size(0) then): the batch
+    if shape and (shape[0] == BATCH or (imp.fixed_batch and shape[0] == imp.fixed_batch)):
+        shape[0] = 0
+    elif a.get("allowzero", 0) and 0 in shape:
+        raise imp.refuse(node, f"shape {shape} with allowzero=1: a size of 0, so no batch dimension")
+    if not shape or BATCH in shape or not (shape[0] == 0 or (shape[0] == -1 and -1 not in shape[1:])):
+        raise imp.refuse(node, f"shape {shape}: the batch must stay first (0 or -1)")
+    sample = [int(d) for d in shape[1:]]
+    if shape[0] == -1 or 0 in sample or -1 in sample:  # 0 copies the input's size there; -1 takes what is left
+        source = imp.sample_sizes(node, ins[0], f"shape {shape}")
+        if shape[0] == -1 and math.prod(sample) != math.prod(source):  # -1 would take the batch and more
+            raise imp.refuse(node, f"shape {shape} on a value of sizes {source} after the batch: the -1 would "
+                                   "merge samples into one another")
+        if 0 in sample[len(source):]:
+            raise imp.refuse(node, f"shape {shape} copies a size (0) a value of sizes {source} does not have")
+        sample = [source[i] if d == 0 else d for i, d in enumerate(sample)]
+        if -1 in sample:
+            given = math.prod(d for d in sample if d != -1)
+            whole = math.prod(source)
+            if given == 0 or whole % given:
+                raise imp.refuse(node, f"shape {shape} does not fit a value of sizes {source} after the batch")
+            sample[sample.index(-1)] = whole // given
+    imp.layer(node, tnn.Reshape(*sample), ins[0])
+
+
+def target_shape(imp: Any, node: Any, name: str) -> list[Any]:
+    """A Reshape's target: constant sizes, `BATCH` where the graph computed the input's batch size."""
+    if name in imp.pairs:
+        form = batch_form(imp.pairs[name])
+        if form is None:
+            at = ", ".join(f"{x} / {y}" for x, y in zip(*(v.tolist() for v in imp.pairs[name]), strict=False))
+            raise imp.refuse(node, f"its shape changes with the batch size other than as the batch (at two batch "
+                                   f"sizes: {at}): a reshape that merges or splits the batch")
+        return form
+    return [int(d) for d in imp.const(node, name).astype(np.int64).reshape(-1)]
+
+
+def flatten(imp: Any, node: Any, ins: list[str], a: dict) -> None:
+    if int(a.get("axis", 1)) != 1:
+        raise imp.refuse(node, f"axis={a['axis']}: only 1 keeps the batch dimension its own")
+    imp.layer(node, tnn.Flatten(), ins[0])
+
+
+def squeeze_or_unsqueeze(imp: Any, node: Any, ins: list[str], a: dict) -> None:
+    """Both only add or drop sizes of 1: a Reshape to the result's sample sizes, the batch kept first."""
+    axes = a.get("axes") if len(ins) < 2 or not ins[1] else imp.const(node, ins[1]).astype(np.int64).tolist()
+    rank = len(imp.shape_of(node, node.output[0] if node.op_type == "Unsqueeze" else ins[0], node.op_type))
+    if axes is None or any(int(x) % rank == 0 for x in axes):
+        raise imp.refuse(node, f"axes {axes}: the batch (axis 0) must stay where it is")
+    imp.layer(node, tnn.Reshape(*imp.sample_sizes(node, node.output[0], node.op_type)), ins[0])
+
+
+def transpose(imp: Any, node: Any, ins: list[str], a: dict) -> None:
+    rank = len(imp.shape_of(node, ins[0], "Transpose"))
+    perm = [int(p) for p in a.get("perm", range(rank - 1, -1, -1))]
+    if perm and perm[0] != 0:
+        raise imp.refuse(node, f"perm {perm} moves the batch (axis 0) away from the first axis")
+    imp.layer(node, Permute(perm), ins[0])
+
+
+def reduce(kind: str) -> Callable[[Any, Any, list[str], dict], None]:
+    def handler(imp: Any, node: Any, ins: list[str], a: dict) -> None:
+        axes = imp.const(node, ins[1]).astype(np.int64).tolist() if len(ins) > 1 and ins[1] else a.get("axes")
+        if not axes and a.get("noop_with_empty_axes", 0):
+            imp.aliases[node.output[0]] = ins[0]
+            return
+        rank = len(imp.shape_of(node, ins[0], node.op_type))
+        if not axes or any(int(x) % rank == 0 for x in axes):
+            raise imp.refuse(node, f"axes {list(axes) if axes else 'all'}: a reduction over the batch (axis 0)")
+        imp.layer(node, Reduce(kind, axes, bool(a.get("keepdims", 1))), ins[0])
+    return handler
+
+
+def shape(imp: Any, node: Any, ins: list[str], a: dict) -> None:
+    """Shape of a data value: its sizes from ONNX shape inference, the batch as a size pair (`onnx_fold`)."""
+    try:
+        value = shape_pair(imp.shape_of(node, ins[0], "Shape"), int(a.get("start", 0)), a.get("end"))
+    except ValueError as exc:
+        raise imp.refuse(node, str(exc)) from exc
+    (imp.pairs if isinstance(value, tuple) else imp.consts)[node.output[0]] = value
+
+
+HANDLERS: dict[str, Callable[[Any, Any, list[str], dict], None]] = {
+    "Gemm": gemm, "MatMul": matmul,
+    "Add": binary_op("add"), "Sub": binary_op("sub"), "Mul": binary_op("mul"), "Div": binary_op("div"),
+    "Pow": binary_op("pow"),
+    "Neg": unary("neg"), "Exp": unary("exp"), "Log": unary("log"), "Sqrt": unary("sqrt"), "Abs": unary("abs"),
+    "Reciprocal": reciprocal,
+    "Relu": layer_of(tnn.ReLU), "Sigmoid": layer_of(tnn.Sigmoid), "Tanh": layer_of(tnn.Tanh),
+    "Softmax": softmax, "Gelu": gelu, "LayerNormalization": layer_normalization,
+    "Reshape": reshape, "Flatten": flatten, "Squeeze": squeeze_or_unsqueeze, "Unsqueeze": squeeze_or_unsqueeze,
+    "Transpose": transpose, "Cast": cast, "Shape": shape,
+    "ReduceSum": reduce("sum"), "ReduceMean": reduce("mean"), "ReduceMax": reduce("max"),
+}
