@@ -93,7 +93,7 @@ def test_matmul_that_contracts_over_the_batch_is_refused():
     b = Builder(4)
     h = b.node("Relu", ["x"])
     blob = b.model(b.node("MatMul", ["x", h]), 4)
-    with pytest.raises(tc.CompileError, match="of type MatMul.*'v1' has the batch as its contracted axis"):
+    with pytest.raises(tc.CompileError, match="of type MatMul.*'v1' is 2-D data: its contracted axis is the batch"):
         from_onnx(blob)
 
 

@@ -102,7 +102,7 @@ def test_matmul_with_the_weight_on_the_left_contracts_over_the_batch_and_is_refu
     b = Builder(4)
     w = b.const((4, 4))
     blob = b.model(b.node("MatMul", [w, "x"]), 4)
-    with pytest.raises(tc.CompileError, match="the right operand 'x' has the batch as its contracted axis"):
+    with pytest.raises(tc.CompileError, match="the right operand 'x' is 2-D data: its contracted axis is the batch"):
         from_onnx(blob)
 
 

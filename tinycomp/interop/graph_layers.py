@@ -4,6 +4,7 @@ Each `forward` is plain Tensor code, so eager runs it and `tinycomp.compile` tra
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -100,3 +101,70 @@ class Reduce(Layer):
 
     def __repr__(self) -> str:
         return f"Reduce({self.kind}, axes={self.axes}, keepdims={self.keepdims})"
+
+
+# ---- what each importer may turn into these layers: ValueError(detail) where it may not; the
+# importer puts the detail into its refusal naming the node
+
+BATCH = "batch"  # in a reshape's target: the input's own batch size
+BATCHES = (97, 101)  # two batch sizes the importers run size arithmetic at: any two distinct ones serve
+
+
+def with_constant(op: str, value: np.ndarray, constant_first: bool, data_rank: int) -> ConstantOperand:
+    """The layer for `data <op> value` (`value <op> data` if constant_first) on data of `data_rank` dims."""
+    if value.ndim > data_rank:
+        raise ValueError(f"the constant of shape {value.shape} has more dimensions than the data: it would "
+                         "broadcast the batch away from the first axis")
+    first = constant_first and op not in ("add", "mul")  # IEEE add and mul commute: data first, as a bias add reads
+    return ConstantOperand(op, value, constant_first=first)
+
+
+def check_matmul(left_rank: int | None, right_rank: int | None, names: Sequence[str] = ("", "")) -> None:
+    """Refuse a product of data (rank given; None for a constant) that would contract over the batch:
+    NumPy's matmul contracts the left's last axis with the right's second-to-last. `names` name the
+    operands in the message."""
+    left, right = (f" {name!r}" if name else "" for name in names)
+    if right_rank is not None and right_rank < 3:
+        raise ValueError(f"the right operand{right} is {right_rank}-D data: its contracted axis is the batch, a "
+                         "matrix product across samples")
+    if left_rank is not None and left_rank < 2:
+        raise ValueError(f"the left operand{left} is 1-D data: its only axis, the batch, would be contracted")
+
+
+def reshape_sample(target: Sequence[int | str], source: Sequence[int] | None) -> list[int]:
+    """The per-sample sizes of a reshape to `target` (ONNX's rule: 0 copies the input's size there,
+    -1 takes what is left; `BATCH` is the batch) on a value of sample sizes `source` (None if
+    unknown). The batch must stay first: `BATCH`, 0, or a -1 that leaves the sample's size whole."""
+    shape = list(target)
+    if not shape or BATCH in shape[1:] or not (shape[0] in (BATCH, 0) or (shape[0] == -1 and -1 not in shape[1:])):
+        raise ValueError(f"shape {shape}: the batch must stay first")
+    sample = [int(d) for d in shape[1:]]
+    if shape[0] == -1 or 0 in sample or -1 in sample:
+        if source is None:
+            raise ValueError(f"shape {shape} needs the sizes of its input after the batch, which are not known")
+        if 0 in sample[len(source):]:
+            raise ValueError(f"shape {shape} copies a size (0) a value of sizes {list(source)} does not have")
+        sample = [source[i] if d == 0 else d for i, d in enumerate(sample)]
+        if shape[0] == -1 and math.prod(sample) != math.prod(source):
+            raise ValueError(f"shape {shape} on a value of sizes {list(source)} after the batch: the -1 would "
+                             "merge samples into one another")
+        if -1 in sample:
+            given, whole = math.prod(d for d in sample if d != -1), math.prod(source)
+            if given == 0 or whole % given:
+                raise ValueError(f"shape {shape} does not fit a value of sizes {list(source)} after the batch")
+            sample[sample.index(-1)] = whole // given
+    return sample
+
+
+def reduction(kind: str, axes: Sequence[int] | None, keepdims: bool, rank: int) -> Reduce:
+    """`Reduce` over `axes` (None or empty: all) of a value of `rank` dims, refused over the batch."""
+    if not axes or any(int(a) % rank == 0 for a in axes):
+        raise ValueError(f"axes {list(axes) if axes else 'all'}: a reduction over the batch (axis 0)")
+    return Reduce(kind, axes, keepdims)
+
+
+def permutation(perm: Sequence[int]) -> Permute:
+    """`Permute(perm)`, refused if it moves the batch."""
+    if perm and perm[0] != 0:
+        raise ValueError(f"perm {list(perm)} moves the batch (axis 0) away from the first axis")
+    return Permute(perm)

@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-BATCHES = (97, 101)  # two batch sizes to run size arithmetic at; any two distinct ones serve
-BATCH = "batch"  # batch_form's mark for an element that is the batch size
+from .graph_layers import BATCH, BATCHES
+
 MAX_FOLDED = 1 << 22  # elements: a batch-sized constant larger than this is data, not a size
 NOT_FOLDED = ("RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Bernoulli", "Multinomial")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -16,6 +16,7 @@ from .onnx_fold import FoldError, Pair, fold_pair
 from .onnx_nodes import HANDLERS
 from .onnx_patterns import fuse_erf_gelu
 
+T = TypeVar("T")
 NODES = (*HANDLERS, "Dropout", "Identity", "and any node of constants and sizes only (folded at import)")
 
 
@@ -123,6 +124,13 @@ class _Importer:
 
     def refuse(self, node: Any, detail: str = "") -> CompileError:
         return unsupported("node", node.name or node.output[0], node.op_type, NODES, detail)
+
+    def check(self, node: Any, rule: Callable[..., T], *args: Any) -> T:
+        """rule(*args) (one of `graph_layers`' rules), its ValueError made a refusal of `node`."""
+        try:
+            return rule(*args)
+        except ValueError as exc:
+            raise self.refuse(node, str(exc)) from exc
 
     def is_const(self, name: str) -> bool:
         return name in self.consts

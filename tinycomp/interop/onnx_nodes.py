@@ -13,10 +13,8 @@ import numpy as np
 
 from .. import nn as tnn
 from .common import Step, linear_from
-from .graph_layers import ConstantOperand, Permute, Reduce
-from .onnx_fold import BATCH, batch_form, shape_pair
-
-COMMUTATIVE = ("add", "mul")
+from .graph_layers import BATCH, ConstantOperand, check_matmul, permutation, reduction, reshape_sample, with_constant
+from .onnx_fold import batch_form, shape_pair
 
 
 def gemm(imp: Any, node: Any, ins: list[str], a: dict) -> None:
@@ -41,18 +39,14 @@ def matmul(imp: Any, node: Any, ins: list[str], a: dict) -> None:
     if right and not left and imp.const(node, ins[1]).ndim == 2:
         imp.layer(node, linear_from(imp.const(node, ins[1]), None), ins[0])  # data @ W: a Linear
         return
-    # NumPy's matmul contracts the last axis of the left operand with the second-to-last of the
-    # right one: a 2-D value on the right (batch, k) would be contracted over the batch
-    if not right and len(imp.shape_of(node, ins[1], "a MatMul of data on the right")) < 3:
-        raise imp.refuse(node, f"the right operand {ins[1]!r} has the batch as its contracted axis: a matrix "
-                               "product across samples")
-    if not left and len(imp.shape_of(node, ins[0], "MatMul")) < 2:
-        raise imp.refuse(node, f"the left operand {ins[0]!r} is 1-D: its only axis, the batch, would be contracted")
+    ranks = [None if known else len(imp.shape_of(node, name, "MatMul")) for name, known in zip(ins, (left, right),
+                                                                                                 strict=True)]
+    imp.check(node, check_matmul, *ranks, ins)
     binary(imp, node, ins, "matmul")
 
 
 def binary(imp: Any, node: Any, ins: list[str], op: str) -> None:
-    """x <op> y for two data values (a graph step), or one of them and a constant (`ConstantOperand`)."""
+    """x <op> y for two data values (a graph step), or one of them and a constant (`with_constant`)."""
     known = [imp.is_const(name) for name in ins]
     if not any(known):
         if op == "pow":
@@ -61,15 +55,7 @@ def binary(imp: Any, node: Any, ins: list[str], op: str) -> None:
         return
     value = imp.const(node, ins[0] if known[0] else ins[1])
     data = ins[1] if known[0] else ins[0]
-    if value.ndim > len(imp.shape_of(node, data, op)):
-        raise imp.refuse(node, f"the constant of shape {value.shape} has more dimensions than the data: "
-                               "it would broadcast the batch away from the first axis")
-    first = known[0] and op not in COMMUTATIVE  # IEEE add and mul commute: data first, as a bias add reads
-    try:
-        layer = ConstantOperand(op, value, constant_first=first)
-    except ValueError as exc:
-        raise imp.refuse(node, str(exc)) from exc
-    imp.layer(node, layer, data)
+    imp.layer(node, imp.check(node, with_constant, op, value, known[0], len(imp.shape_of(node, data, op))), data)
 
 
 def binary_op(op: str) -> Callable[[Any, Any, list[str], dict], None]:
@@ -145,28 +131,13 @@ def reshape(imp: Any, node: Any, ins: list[str], a: dict) -> None:
     shape = target_shape(imp, node, ins[1])
     # the input's own batch size, computed from its shape, or written as a number in a graph that
     # fixes it (exporters fold x.size(0) then): the batch
-    if shape and (shape[0] == BATCH or (imp.fixed_batch and shape[0] == imp.fixed_batch)):
-        shape[0] = 0
-    elif a.get("allowzero", 0) and 0 in shape:
+    if shape and imp.fixed_batch and shape[0] == imp.fixed_batch:
+        shape[0] = BATCH
+    if a.get("allowzero", 0) and 0 in shape:
         raise imp.refuse(node, f"shape {shape} with allowzero=1: a size of 0, so no batch dimension")
-    if not shape or BATCH in shape or not (shape[0] == 0 or (shape[0] == -1 and -1 not in shape[1:])):
-        raise imp.refuse(node, f"shape {shape}: the batch must stay first (0 or -1)")
-    sample = [int(d) for d in shape[1:]]
-    if shape[0] == -1 or 0 in sample or -1 in sample:  # 0 copies the input's size there; -1 takes what is left
-        source = imp.sample_sizes(node, ins[0], f"shape {shape}")
-        if shape[0] == -1 and math.prod(sample) != math.prod(source):  # -1 would take the batch and more
-            raise imp.refuse(node, f"shape {shape} on a value of sizes {source} after the batch: the -1 would "
-                                   "merge samples into one another")
-        if 0 in sample[len(source):]:
-            raise imp.refuse(node, f"shape {shape} copies a size (0) a value of sizes {source} does not have")
-        sample = [source[i] if d == 0 else d for i, d in enumerate(sample)]
-        if -1 in sample:
-            given = math.prod(d for d in sample if d != -1)
-            whole = math.prod(source)
-            if given == 0 or whole % given:
-                raise imp.refuse(node, f"shape {shape} does not fit a value of sizes {source} after the batch")
-            sample[sample.index(-1)] = whole // given
-    imp.layer(node, tnn.Reshape(*sample), ins[0])
+    source = imp.shapes.get(ins[0])
+    known = None if source is None or None in source[1:] else [int(d) for d in source[1:] if d is not None]
+    imp.layer(node, tnn.Reshape(*imp.check(node, reshape_sample, shape, known)), ins[0])
 
 
 def target_shape(imp: Any, node: Any, name: str) -> list[Any]:
@@ -198,10 +169,7 @@ def squeeze_or_unsqueeze(imp: Any, node: Any, ins: list[str], a: dict) -> None:
 
 def transpose(imp: Any, node: Any, ins: list[str], a: dict) -> None:
     rank = len(imp.shape_of(node, ins[0], "Transpose"))
-    perm = [int(p) for p in a.get("perm", range(rank - 1, -1, -1))]
-    if perm and perm[0] != 0:
-        raise imp.refuse(node, f"perm {perm} moves the batch (axis 0) away from the first axis")
-    imp.layer(node, Permute(perm), ins[0])
+    imp.layer(node, imp.check(node, permutation, [int(p) for p in a.get("perm", range(rank - 1, -1, -1))]), ins[0])
 
 
 def reduce(kind: str) -> Callable[[Any, Any, list[str], dict], None]:
@@ -211,9 +179,7 @@ def reduce(kind: str) -> Callable[[Any, Any, list[str], dict], None]:
             imp.aliases[node.output[0]] = ins[0]
             return
         rank = len(imp.shape_of(node, ins[0], node.op_type))
-        if not axes or any(int(x) % rank == 0 for x in axes):
-            raise imp.refuse(node, f"axes {list(axes) if axes else 'all'}: a reduction over the batch (axis 0)")
-        imp.layer(node, Reduce(kind, axes, bool(a.get("keepdims", 1))), ins[0])
+        imp.layer(node, imp.check(node, reduction, kind, axes, bool(a.get("keepdims", 1)), rank), ins[0])
     return handler
 
 

@@ -1,0 +1,189 @@
+"""from_torch on forwards written with tensor operations (read through torch.fx with `input_shape`):
+parameters used directly, arithmetic with numbers and parameters, views with sizes read from
+x.shape, transposes, products of computed tensors (a student's attention), reductions; against real
+PyTorch, eager and compiled, or refused with an error naming the node and why."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="PyTorch is not installed (pip install 'tinycomp[torch]')")
+nn = torch.nn
+F = nn.functional
+
+from interop_helpers import assert_close_to_framework, check_imported  # noqa: E402
+
+import tinycomp as tc  # noqa: E402
+from tinycomp.interop import GraphModel, from_torch  # noqa: E402
+from tinycomp.parity import check_parity, float64_reference  # noqa: E402
+
+
+def run_torch(module):
+    def run(x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return module(torch.from_numpy(x)).numpy()
+    return run
+
+
+def check_against_torch(module, sample: tuple[int, ...], scale: float = 1.0):
+    """Eager and compiled against the module itself at batches 1, 2 and 7; compiled against eager by the
+    parity rule. Returns the compiled model."""
+    module.eval()
+    model = from_torch(module, input_shape=(None, *sample))
+    fast = tc.compile(model, input_shape=(None, *sample))
+    for rows in (1, 2, 7):
+        x = (np.random.default_rng(rows).standard_normal((rows, *sample)) * scale).astype(np.float32)
+        want = run_torch(module)(x)
+        eager, compiled = model(x).data, fast(x).data
+        assert_close_to_framework(eager, want, f"eager, batch {rows}")
+        assert_close_to_framework(compiled, want, f"compiled, batch {rows}")
+        report = check_parity(compiled, eager, float64_reference(fast.graph, x))
+        assert report.ok, f"batch {rows}: {report}"
+    return fast
+
+
+class Affine(nn.Module):
+    """Parameters used directly: x @ w + b and F.linear, numbers on either side."""
+
+    def __init__(self, how: str):
+        super().__init__()
+        self.how = how
+        self.w = nn.Parameter(torch.randn(6, 5) * 0.5)
+        self.b = nn.Parameter(torch.randn(5))
+
+    def forward(self, x):
+        if self.how == "matmul":
+            return torch.tanh(x @ self.w + self.b) * 2 - 1
+        if self.how == "linear":
+            return 1 - F.linear(x, self.w.t(), self.b) / 3
+        return F.relu(F.linear(x, self.w.T))
+
+
+@pytest.mark.parametrize("how", ["matmul", "linear", "linear-no-bias"])
+def test_parameters_used_directly(how):
+    torch.manual_seed(1)
+    module = Affine(how).eval()
+    check_imported(from_torch(module, input_shape=(None, 6)), run_torch(module), 6, scale=2.0)
+
+
+class Block(nn.Module):
+    """A pre-norm transformer block as a student writes it."""
+
+    def __init__(self, embed: int = 16, heads: int = 2):
+        super().__init__()
+        self.heads = heads
+        self.q, self.k, self.v, self.o = (nn.Linear(embed, embed) for _ in range(4))
+        self.ln1, self.ln2 = nn.LayerNorm(embed), nn.LayerNorm(embed)
+        self.up, self.down = nn.Linear(embed, 4 * embed), nn.Linear(4 * embed, embed)
+
+    def forward(self, x):
+        n, s, e = x.shape
+        y = self.ln1(x)
+        q, k, v = (p(y).view(n, s, self.heads, e // self.heads).transpose(1, 2) for p in (self.q, self.k, self.v))
+        a = torch.softmax(q @ k.transpose(-2, -1) / (e // self.heads) ** 0.5, dim=-1) @ v
+        x = x + self.o(a.transpose(1, 2).reshape(n, s, e))
+        return x + self.down(F.gelu(self.up(self.ln2(x)), approximate="tanh"))
+
+
+def test_transformer_block_as_a_student_writes_it():
+    torch.manual_seed(2)
+    fast = check_against_torch(Block(), (5, 16))
+    ops = {fast.graph.op(n) for n in fast.graph.nodes()}
+    assert {"attention", "layer_norm"} <= ops and not {"transpose", "softmax", "mean"} & ops
+
+
+class Forms(nn.Module):
+    def __init__(self, how: str):
+        super().__init__()
+        self.how = how
+        self.scale = nn.Parameter(torch.rand(4) + 0.5)
+        self.gamma, self.beta = nn.Parameter(torch.randn(4)), nn.Parameter(torch.randn(4))
+
+    def forward(self, x):  # x: (N, 3, 4)
+        how = self.how
+        if how == "arithmetic":
+            return (2 - x) / self.scale + x ** 2 - (-x).exp().abs()
+        if how == "roots":
+            return torch.rsqrt(x * x + 1) + (x.abs() + 1).log() + torch.sqrt(x.abs()) + (x * x + 1).reciprocal()
+        if how == "reductions":
+            return x - x.mean(-1, keepdim=True) + torch.amax(x, dim=-1, keepdim=True) + x.sum(dim=1, keepdim=True)
+        if how == "views":
+            return x.unsqueeze(2).squeeze(2).permute(0, 2, 1).contiguous().reshape(x.size(0), -1)
+        if how == "layer-norm":
+            return F.dropout(F.layer_norm(x, (4,), self.gamma, self.beta, 1e-3), 0.3, self.training)
+        raise AssertionError(how)
+
+
+@pytest.mark.parametrize("how", ["arithmetic", "roots", "reductions", "views", "layer-norm"])
+def test_tensor_operations_in_a_forward(how):
+    torch.manual_seed(3)
+    check_against_torch(Forms(how), (3, 4))
+
+
+class Reshaped(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(12, 3)
+
+    def forward(self, x):
+        return self.fc(x.view(x.size(0), -1))
+
+
+def test_a_module_inside_a_sequential_gets_its_own_input_shape():
+    # the Sequential's input is (N, 6); Reshaped sees (N, 3, 4) after the Linear and the Unflatten-like view
+    torch.manual_seed(4)
+    check_against_torch(nn.Sequential(nn.Linear(6, 12), Reshaped()), (6,))
+
+
+def dropouts(model) -> list[bool]:
+    layers = model.layers.values() if isinstance(model, GraphModel) else list(model)
+    return [layer.training for layer in layers if isinstance(layer, tc.nn.Dropout)]
+
+
+def test_dropout_function_keeps_the_training_flag_it_is_given():
+    assert dropouts(from_torch(Forms("layer-norm").train(), input_shape=(None, 3, 4))) == [True]
+    assert dropouts(from_torch(Forms("layer-norm").eval(), input_shape=(None, 3, 4))) == [False]
+
+
+class Refused(nn.Module):
+    def __init__(self, how: str):
+        super().__init__()
+        self.how = how
+
+    def forward(self, x):  # x: (N, 3, 4)
+        if self.how == "size-as-number":
+            return x - x.size(0)
+        if self.how == "merge-batch":
+            return x.reshape(-1, 4)
+        if self.how == "move-batch":
+            return x.transpose(0, 1)
+        if self.how == "reduce-batch":
+            return x.mean(0, keepdim=True)
+        return x[:, 0]
+
+
+@pytest.mark.parametrize("how, match", [
+    ("size-as-number", r"node sub' of type call_function sub \(an operand changes with the batch size"),
+    ("merge-batch", r"node reshape' of type call_method reshape \(shape \[-1, 4\] on a value of sizes \[3, 4\]"),
+    ("move-batch", r"node transpose' of type call_method transpose \(perm \[1, 0, 2\] moves the batch"),
+    ("reduce-batch", r"of type call_method mean \(axes \[0\]: a reduction over the batch"),
+    ("index", r"node getitem' of type call_function getitem; supported"),
+])
+def test_what_cannot_be_imported_is_named(how, match):
+    with pytest.raises(tc.CompileError, match=match):
+        from_torch(Refused(how), input_shape=(None, 3, 4))
+
+
+def test_sizes_without_input_shape_ask_for_it():
+    with pytest.raises(tc.CompileError, match=r"node getattr_1' .*reads the input's sizes: pass the input's shape, "
+                                              r"from_torch\(module, input_shape=\(None, ...\)\)"):
+        from_torch(Block())
+    with pytest.raises(tc.CompileError, match=r"node matmul' .*pass the input's shape"):
+        from_torch(Affine("matmul"))
+
+
+@pytest.mark.parametrize("shape", [(), (None, 0), (None, 2.5), 7])
+def test_bad_input_shape_is_a_value_error(shape):
+    with pytest.raises((ValueError, TypeError), match="input_shape must be"):
+        from_torch(Block(), input_shape=shape)

@@ -1,0 +1,426 @@
+"""`from_torch` for modules other than `nn.Sequential`: their forward read through `torch.fx`.
+
+Sub-module calls, the activation functions and the adding of two tensors need nothing but the
+graph. Anything else a forward writes with tensors — parameters used directly (`F.linear(x, self.w)`,
+`x @ self.w`), arithmetic with numbers and parameters, `view`/`reshape` with sizes read from
+`x.shape`, `transpose`/`permute`, products of two computed tensors (attention), `mean`/`sum` —
+needs each value's shape and the sizes the forward computes. With `input_shape` given, the traced
+graph runs on random inputs at two batch sizes (`BATCHES`, as `onnx_fold` runs ONNX size
+arithmetic): a node whose result is a tensor and reads the input is data; any other node is fixed
+(a parameter, `self.w.t()`, `e // heads`) where both runs agree, a size where they differ by the
+batch (`x.size(0)`: the batch), and refused where it is read otherwise.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .. import nn as tnn
+from ..errors import CompileError
+from ..frontend.layers import Layer
+from .common import Step, chain_or_graph, layer_key, linear_from, unsupported
+from .graph_layers import (
+    BATCH,
+    BATCHES,
+    ConstantOperand,
+    check_matmul,
+    permutation,
+    reduction,
+    reshape_sample,
+    with_constant,
+)
+
+TOP = "(the top module)"  # how errors name the module passed in, which has no path
+NODES = ("calls of supported modules", "relu/sigmoid/tanh/gelu/softmax/flatten", "+ - * / ** @ with tensors, "
+         "numbers and parameters", "F.linear", "F.layer_norm", "F.dropout", "exp/log/sqrt/rsqrt/abs/neg/reciprocal",
+         "view/reshape/transpose/permute/unsqueeze/squeeze/contiguous that keep the batch first",
+         "mean/sum/amax not over the batch", "sizes read from x.shape / x.size()")
+BINARY = ("add", "sub", "mul", "div", "matmul", "pow")
+UNARY = ("neg", "exp", "log", "sqrt", "abs")
+ALIASES = ("contiguous", "clone", "detach", "float")  # no change to a float32 value
+
+
+@dataclass(frozen=True)
+class Data:
+    """A value computed from the input: the name of its step in the imported graph."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class Sized:
+    """An int that changes with the batch size: its value at each of BATCHES."""
+
+    values: tuple[int, int]
+
+
+VARIES = object()  # a fixed-looking value that changes with the batch otherwise (a tensor of batch size)
+
+
+def canonical_name(torch: Any, node: Any) -> str:
+    """What a call_function or call_method node does, as one name ("add", "view", "linear", ...)."""
+    if node.op == "call_method":
+        return {"subtract": "sub", "multiply": "mul", "divide": "div", "true_divide": "div", "bmm": "matmul",
+                "mm": "matmul"}.get(node.target, node.target)
+    F = torch.nn.functional
+    names = {
+        operator.add: "add", operator.iadd: "add", torch.add: "add", operator.sub: "sub", operator.isub: "sub",
+        torch.sub: "sub", torch.subtract: "sub", operator.mul: "mul", operator.imul: "mul", torch.mul: "mul",
+        torch.multiply: "mul", operator.truediv: "div", operator.itruediv: "div", torch.div: "div",
+        torch.true_divide: "div", torch.divide: "div", operator.matmul: "matmul", torch.matmul: "matmul",
+        torch.bmm: "matmul", torch.mm: "matmul", operator.pow: "pow", torch.pow: "pow", operator.neg: "neg",
+        torch.neg: "neg", torch.exp: "exp", torch.log: "log", torch.sqrt: "sqrt", torch.abs: "abs",
+        torch.rsqrt: "rsqrt", torch.reciprocal: "reciprocal", F.linear: "linear", F.layer_norm: "layer_norm",
+        F.dropout: "dropout", torch.transpose: "transpose", torch.permute: "permute", torch.reshape: "reshape",
+        torch.mean: "mean", torch.sum: "sum", torch.amax: "amax", torch.unsqueeze: "unsqueeze",
+        torch.squeeze: "squeeze",
+    }
+    try:
+        return names.get(node.target, getattr(node.target, "__name__", str(node.target)))
+    except TypeError:  # an unhashable target
+        return str(node.target)
+
+
+class FxImporter:
+    """Turns the nodes of a traced forward, in order, into layers and steps (`GraphModel`)."""
+
+    def __init__(self, torch: Any, gm: Any, where: str, convert: Callable[[Any, str], Layer],
+                 runs: tuple[dict[str, Any], dict[str, Any]] | None, training: bool):
+        self.torch, self.gm, self.where, self.convert, self.runs = torch, gm, where, convert, runs
+        self.training = training
+        self.values: dict[str, Any] = {}  # node name -> Data, a fixed value, a Sized or VARIES
+        self.layers: dict[str, Layer] = {}
+        self.steps: list[Step] = []
+
+    def refuse(self, node: Any, detail: str = "") -> CompileError:
+        target = getattr(node.target, "__name__", str(node.target))
+        return unsupported("node", f"{self.where}: node {node.name}", f"{node.op} {target}", NODES, detail)
+
+    def check(self, node: Any, rule: Callable[..., Any], *args: Any) -> Any:
+        try:
+            return rule(*args)
+        except ValueError as exc:
+            raise self.refuse(node, str(exc)) from exc
+
+    def resolve(self, arg: Any) -> Any:
+        if isinstance(arg, self.torch.fx.Node):
+            return self.values[arg.name]
+        if isinstance(arg, (tuple, list)):
+            return type(arg)(self.resolve(a) for a in arg)
+        if isinstance(arg, dict):
+            return {k: self.resolve(v) for k, v in arg.items()}
+        return arg
+
+    def shape(self, node: Any, value: Data) -> tuple[int, ...]:
+        """The shape of a data value at the first of BATCHES (the batch first)."""
+        if self.runs is None:
+            raise self.refuse(node, "its operands' shapes are needed: pass the input's shape, "
+                                    "from_torch(module, input_shape=(None, ...))")
+        return tuple(self.runs[0][value.name].shape)
+
+    def sample(self, node: Any, value: Data) -> list[int]:
+        return list(self.shape(node, value)[1:])
+
+    def layer(self, node: Any, layer: Layer, source: Data) -> None:
+        key = layer_key(node.name, self.layers)
+        self.layers[key] = layer
+        self.steps.append(Step(node.name, (source.name,), layer=key))
+        self.values[node.name] = Data(node.name)
+
+    def step(self, node: Any, op: str, *sources: Data) -> None:
+        self.steps.append(Step(node.name, tuple(s.name for s in sources), op=op))
+        self.values[node.name] = Data(node.name)
+
+    def constant(self, node: Any, value: Any) -> np.ndarray:
+        """A fixed operand as a float32 array, or a refusal saying what it is instead."""
+        if isinstance(value, Sized) or value is VARIES:
+            raise self.refuse(node, "an operand changes with the batch size (a size read from the input used as "
+                                    "a number, or a tensor made from one)")
+        if isinstance(value, self.torch.Tensor):
+            value = value.detach().cpu().double().numpy()
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.ndarray, np.number)):
+            raise self.refuse(node, f"an operand of type {type(value).__name__}; a number or a tensor was expected")
+        return np.asarray(value, np.float32)
+
+    # ------------------------------------------------------------------ nodes
+    def add(self, node: Any) -> None:
+        if node.op == "placeholder":
+            self.values[node.name] = Data(node.name)
+        elif node.op == "get_attr":
+            self.values[node.name] = fetch_attr(self.gm, node.target)
+        elif node.op == "call_module":
+            self.call_module(node)
+        else:
+            operands = [a for a in flatten_args((node.args, node.kwargs)) if isinstance(a, self.torch.fx.Node)]
+            reads_data = any(isinstance(self.values[a.name], Data) for a in operands)
+            name = canonical_name(self.torch, node)
+            if self.runs is None and reads_data and name in ("getattr", "size", "dim", "numel"):
+                raise self.refuse(node, "it reads the input's sizes: pass the input's shape, "
+                                        "from_torch(module, input_shape=(None, ...))")
+            if not reads_data or (self.runs is not None and not isinstance(self.runs[0][node.name], self.torch.Tensor)):
+                self.values[node.name] = self.fixed(node)  # a size, or arithmetic on parameters and numbers
+            else:
+                self.call(node, name)
+
+    def fixed(self, node: Any) -> Any:
+        """A node that computes no data: its value where both runs agree (or the graph alone gives it)."""
+        if self.runs is not None:
+            return fixed_value(self.torch, self.runs[0][node.name], self.runs[1][node.name])
+        args, kwargs = self.resolve(node.args), self.resolve(node.kwargs)
+        if any(isinstance(a, (Data, Sized)) or a is VARIES for a in flatten_args((args, kwargs))):
+            raise self.refuse(node, "it reads the input's sizes: pass the input's shape, "
+                                    "from_torch(module, input_shape=(None, ...))")
+        with self.torch.no_grad():
+            if node.op == "call_method":
+                return getattr(args[0], node.target)(*args[1:], **kwargs)
+            return node.target(*args, **kwargs)
+
+    def call_module(self, node: Any) -> None:
+        arguments = (*node.args, *node.kwargs.values())  # self.fc(x) or self.fc(input=x)
+        if len(arguments) != 1 or not isinstance(self.resolve(arguments[0]), Data):
+            raise self.refuse(node, f"called with {len(arguments)} arguments; a layer takes one computed tensor")
+        path = f"{self.where}.{node.target}" if self.where != TOP else str(node.target)
+        self.layer(node, self.convert(self.gm.get_submodule(node.target), path), self.resolve(arguments[0]))
+
+    def call(self, node: Any, name: str) -> None:
+        args, kwargs = self.resolve(node.args), self.resolve(node.kwargs)
+        x = args[0] if args else kwargs.get("input")
+        activation = function_layer(self.torch, node)
+        if activation is not None and isinstance(x, Data):
+            activation.training = self.training
+            self.layer(node, activation, x)
+        elif name in BINARY and len(args) == 2 and not kwargs:
+            self.binary(node, name, *args)
+        elif name in UNARY and len(args) == 1 and not kwargs:
+            self.step(node, name, x)
+        elif name in ("rsqrt", "reciprocal") and len(args) == 1 and not kwargs:
+            if name == "rsqrt":
+                self.steps.append(Step(f"{node.name}_sqrt", (x.name,), op="sqrt"))
+                x = Data(f"{node.name}_sqrt")
+            self.layer(node, ConstantOperand("div", 1.0, constant_first=True), x)
+        elif name in ALIASES and len(args) == 1 and not kwargs:
+            self.values[node.name] = x
+        elif name in SHAPED and isinstance(x, Data):
+            SHAPED[name](self, node, x, list(args[1:]), kwargs)
+        else:
+            raise self.refuse(node)
+
+    def binary(self, node: Any, op: str, a: Any, b: Any) -> None:
+        if isinstance(a, Data) and isinstance(b, Data):
+            if op == "pow":
+                raise self.refuse(node, "the exponent is computed data; tinycomp raises to constant powers only")
+            if op == "matmul":
+                self.check(node, check_matmul, len(self.shape(node, a)), len(self.shape(node, b)))
+            self.step(node, op, a, b)
+            return
+        data, value, first = (b, a, True) if isinstance(b, Data) else (a, b, False)
+        constant = self.constant(node, value)
+        if self.runs is None and (constant.ndim > 0 or op == "matmul"):
+            raise self.refuse(node, "an operand is a tensor; its rank against the data's is needed: pass the "
+                                    "input's shape, from_torch(module, input_shape=(None, ...))")
+        rank = len(self.shape(node, data)) if self.runs is not None else 1
+        if op == "matmul":
+            self.check(node, check_matmul, None if first else rank, rank if first else None)
+        self.layer(node, self.check(node, with_constant, op, constant, first, rank), data)
+
+
+def fetch_attr(gm: Any, target: str) -> Any:
+    value = gm
+    for part in target.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def flatten_args(args: Any) -> list[Any]:
+    if isinstance(args, (tuple, list)):
+        return [x for a in args for x in flatten_args(a)]
+    if isinstance(args, dict):
+        return [x for a in args.values() for x in flatten_args(a)]
+    return [args]
+
+
+def fixed_value(torch: Any, a: Any, b: Any) -> Any:
+    """The value of a node that computes no data from its results at the two batch sizes."""
+    if isinstance(a, torch.Tensor):
+        return a if isinstance(b, torch.Tensor) and a.shape == b.shape and bool(torch.equal(a, b)) else VARIES
+    if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)) and len(a) == len(b):
+        return tuple(fixed_value(torch, x, y) for x, y in zip(a, b, strict=True))
+    if type(a) is int and type(b) is int and a != b:
+        return Sized((a, b))
+    if a == b or (isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b)):
+        return a
+    return VARIES
+
+
+def function_layer(torch: Any, node: Any) -> Layer | None:
+    """The layer for an fx call_function / call_method node of an activation on one tensor, or None."""
+    F = torch.nn.functional
+    target, kwargs = node.target, dict(node.kwargs)
+    extra = node.args[1:]
+    if target in (torch.relu, F.relu, "relu") and not extra:
+        return tnn.ReLU()
+    if target in (torch.sigmoid, F.sigmoid, "sigmoid") and not extra:
+        return tnn.Sigmoid()
+    if target in (torch.tanh, F.tanh, "tanh") and not extra:
+        return tnn.Tanh()
+    if target is F.gelu and not extra:
+        return tnn.GELU(approximate="tanh" if kwargs.get("approximate") == "tanh" else "none")
+    if target in (F.softmax, torch.softmax, "softmax"):
+        dim = extra[0] if extra else kwargs.get("dim")
+        return tnn.Softmax(dim=int(dim)) if isinstance(dim, int) else None
+    if target in (torch.flatten, "flatten"):
+        start = extra[0] if extra else kwargs.get("start_dim", 0)
+        end = extra[1] if len(extra) > 1 else kwargs.get("end_dim", -1)
+        return tnn.Flatten(int(start), int(end)) if isinstance(start, int) and start != 0 else None
+    return None
+
+
+# ---------------------------------------------------------------------- ops that need shapes
+def linear(imp: FxImporter, node: Any, x: Data, args: list, kwargs: dict) -> None:
+    weight = args[0] if args else kwargs.get("weight")
+    bias = args[1] if len(args) > 1 else kwargs.get("bias")
+    if isinstance(weight, Data) or isinstance(bias, Data):
+        raise imp.refuse(node, "a weight or bias computed from the input")
+    imp.layer(node, linear_from(imp.constant(node, weight).T, None if bias is None else imp.constant(node, bias)), x)
+
+
+def layer_norm(imp: FxImporter, node: Any, x: Data, args: list, kwargs: dict) -> None:
+    names = ("normalized_shape", "weight", "bias", "eps")
+    given = dict(zip(names, args, strict=False)) | kwargs
+    shape = tuple(given.get("normalized_shape", ()))
+    if len(shape) != 1:
+        raise imp.refuse(node, f"normalized_shape {shape}: only the last axis")
+    layer = tnn.LayerNorm(int(shape[0]), eps=float(given.get("eps", 1e-5)))
+    if given.get("weight") is not None:
+        layer.gamma = tnn.Tensor(imp.constant(node, given["weight"]))
+    if given.get("bias") is not None:
+        layer.beta = tnn.Tensor(imp.constant(node, given["bias"]))
+    imp.layer(node, layer, x)
+
+
+def dropout(imp: FxImporter, node: Any, x: Data, args: list, kwargs: dict) -> None:
+    given = dict(zip(("p", "training"), args, strict=False)) | kwargs
+    layer = tnn.Dropout(float(given.get("p", 0.5)))
+    layer.training = bool(given.get("training", True))  # F.dropout's own default
+    imp.layer(node, layer, x)
+
+
+def reshape(imp: FxImporter, node: Any, x: Data, args: list, kwargs: dict) -> None:
+    sizes = args[0] if len(args) == 1 and isinstance(args[0], (tuple, list)) else args
+    sizes = list(kwargs.get("shape", sizes))
+    target: list[int | str] = []
+    for d in sizes:
+        if isinstance(d, Sized) and d.values == BATCHES:
+            target.append(BATCH)
+        elif isinstance(d, int) and d >= -1 and d != 0:  # torch has no 0 meaning "copy": a 0 is a size of 0
+            target.append(d)
+        else:
+            shown = [s.values[0] if isinstance(s, Sized) else s for s in sizes]
+            raise imp.refuse(node, f"sizes {shown} at batch size {BATCHES[0]}: the batch must be the first size, "
+                                   "or -1 leaving each sample whole")
+    imp.layer(node, tnn.Reshape(*imp.check(node, reshape_sample, target, imp.sample(node, x))), x)
+
+
+def transpose(imp: FxImporter, node: Any, x: Data, args: list, kwargs: dict) -> None:
+    rank = len(imp.shape(node, x))
+    if canonical_name(imp.torch, node) == "t":
+        dims = [0, 1] if rank > 1 else [0, 0]
+    else:
+        dims = [int(d) % rank for d in (args or [kwargs.get("dim0"), kwargs.get("dim1")])]
+    perm = list(range(rank))
+    perm[dims[0]], perm[dims[1]] = perm[dims[1]], perm[dims[0]]
+    imp.layer(node, imp.check(node, permutation, perm), x)
+
+
+def permute(imp: FxImporter, node: Any, x: Data, args: list, kwargs: dict) -> None:
+    dims = args[0] if len(args) == 1 and isinstance(args[0], (tuple, list)) else args
+    rank = len(imp.shape(node, x))
+    imp.layer(node, imp.check(node, permutation, [int(d) % rank for d in kwargs.get("dims", dims)]), x)
+
+
+def squeeze_or_unsqueeze(imp: FxImporter, node: Any, x: Data, args: list, kwargs: dict) -> None:
+    dim = args[0] if args else kwargs.get("dim")
+    rank = len(imp.shape(node, x)) + (canonical_name(imp.torch, node) == "unsqueeze")
+    if not isinstance(dim, int) or dim % rank == 0:
+        raise imp.refuse(node, f"dim {dim}: one dimension other than the batch (0) must be given")
+    assert imp.runs is not None  # shape() above needs them
+    imp.layer(node, tnn.Reshape(*imp.runs[0][node.name].shape[1:]), x)
+
+
+def reduce(kind: str) -> Callable[[FxImporter, Any, Data, list, dict], None]:
+    def handler(imp: FxImporter, node: Any, x: Data, args: list, kwargs: dict) -> None:
+        given = dict(zip(("dim", "keepdim"), args, strict=False)) | kwargs
+        dim = given.get("dim")
+        axes = None if dim is None else [dim] if isinstance(dim, int) else list(dim)
+        rank = len(imp.shape(node, x))
+        imp.layer(node, imp.check(node, reduction, kind, axes, bool(given.get("keepdim", False)), rank), x)
+    return handler
+
+
+SHAPED: dict[str, Callable[[FxImporter, Any, Data, list, dict], None]] = {
+    "linear": linear, "layer_norm": layer_norm, "dropout": dropout, "view": reshape, "reshape": reshape,
+    "transpose": transpose, "t": transpose, "permute": permute, "unsqueeze": squeeze_or_unsqueeze,
+    "squeeze": squeeze_or_unsqueeze, "mean": reduce("mean"), "sum": reduce("sum"), "amax": reduce("max"),
+}
+
+
+def example_runs(torch: Any, gm: Any, sample: tuple[int, ...]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Every node's value when the traced forward runs on random inputs of (b, *sample), b each of BATCHES."""
+    dtype = next((p.dtype for p in gm.parameters() if p.is_floating_point()), torch.float32)
+
+    class Recorder(torch.fx.Interpreter):
+        def run_node(self, n: Any) -> Any:
+            result = super().run_node(n)
+            self.seen[n.name] = result
+            return result
+
+    runs = []
+    generator = torch.Generator().manual_seed(0)
+    for batch in BATCHES:
+        recorder = Recorder(gm)
+        recorder.seen = {}
+        with torch.no_grad():
+            recorder.run(torch.randn(batch, *sample, generator=generator, dtype=dtype))
+        runs.append(recorder.seen)
+    return runs[0], runs[1]
+
+
+def from_fx(torch: Any, m: Any, path: str, convert: Callable[[Any, str], Layer],
+            sample: tuple[int, ...] | None) -> Layer:
+    """The `tinycomp.nn` model of module `m`'s traced forward; `sample` is its input's shape after the
+    batch, if known."""
+    where = path or TOP
+    try:
+        gm = torch.fx.symbolic_trace(m)
+    except Exception as exc:
+        raise CompileError(f"cannot import module {where!r} of type {type(m).__name__}: torch.fx cannot trace its "
+                           f"forward ({type(exc).__name__}: {exc})") from exc
+    inputs = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    if len(inputs) != 1:
+        raise CompileError(f"cannot import module {where!r} of type {type(m).__name__}: its forward takes "
+                           f"{len(inputs)} tensors, tinycomp models take one")
+    runs = None
+    if sample is not None:
+        try:
+            runs = example_runs(torch, gm, sample)
+        except Exception as exc:
+            raise CompileError(f"cannot import module {where!r} of type {type(m).__name__}: its forward fails on "
+                               f"an input of shape (N, {', '.join(map(str, sample))}) ({type(exc).__name__}: "
+                               f"{exc})") from exc
+    importer = FxImporter(torch, gm, where, convert, runs, bool(m.training))
+    output = None
+    for node in gm.graph.nodes:
+        if node.op == "output":
+            output = importer.resolve(node.args[0])
+            break
+        importer.add(node)
+    if not isinstance(output, Data):
+        raise CompileError(f"cannot import module {where!r} of type {type(m).__name__}: its forward must return "
+                           f"one tensor computed from its input; it returns {type(output).__name__}")
+    return chain_or_graph(importer.layers, importer.steps, inputs[0].name, output.name)
