@@ -187,3 +187,23 @@ def test_sizes_without_input_shape_ask_for_it():
 def test_bad_input_shape_is_a_value_error(shape):
     with pytest.raises((ValueError, TypeError), match="input_shape must be"):
         from_torch(Block(), input_shape=shape)
+
+
+class Noisy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.drop, self.fc = nn.Dropout(0.5), nn.Linear(4, 4)
+
+    def forward(self, x):
+        return self.fc(self.drop(x)).view(x.size(0), -1)
+
+
+def test_importing_leaves_torchs_random_stream_alone():
+    # the import runs the forward (dropout in training mode draws); the user's next draws stay the same
+    module = Noisy().train()
+    for make in (lambda: module, lambda: nn.Sequential(nn.Dropout(0.5), module).train()):
+        torch.manual_seed(0)
+        want = torch.rand(3)
+        torch.manual_seed(0)
+        from_torch(make(), input_shape=(None, 4))
+        assert torch.equal(torch.rand(3), want)

@@ -13,6 +13,7 @@ batch (`x.size(0)`: the batch), and refused where it is read otherwise.
 
 from __future__ import annotations
 
+import copy
 import math
 import operator
 from collections.abc import Callable
@@ -382,10 +383,11 @@ def example_runs(torch: Any, gm: Any, sample: tuple[int, ...]) -> tuple[dict[str
 
     runs = []
     generator = torch.Generator().manual_seed(0)
+    gm = copy.deepcopy(gm)  # a run must leave the user's module as it was (running statistics, say)
     for batch in BATCHES:
         recorder = Recorder(gm)
         recorder.seen = {}
-        with torch.no_grad():
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):  # nor move torch's random stream (dropout)
             recorder.run(torch.randn(batch, *sample, generator=generator, dtype=dtype))
         runs.append(recorder.seen)
     return runs[0], runs[1]

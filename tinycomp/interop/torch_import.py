@@ -4,6 +4,7 @@ with sub-modules is read through `torch.fx` (its forward's dataflow, residual ad
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import numpy as np
@@ -86,7 +87,8 @@ def _output_sample(torch: Any, m: Any, sample: tuple[int, ...] | None) -> tuple[
     if sample is None:
         return None
     dtype = next((p.dtype for p in m.parameters() if p.is_floating_point()), torch.float32)
-    return tuple(m(torch.zeros(2, *sample, dtype=dtype)).shape[1:])
+    with torch.random.fork_rng(devices=[]):  # leave torch's random stream where it was (dropout draws)
+        return tuple(copy.deepcopy(m)(torch.zeros(2, *sample, dtype=dtype)).shape[1:])
 
 
 def _leaf(torch: Any, m: Any, path: str) -> Layer | None:
