@@ -207,3 +207,111 @@ def test_importing_leaves_torchs_random_stream_alone():
         torch.manual_seed(0)
         from_torch(make(), input_shape=(None, 4))
         assert torch.equal(torch.rand(3), want)
+
+
+# ---- forms a bug hunt found imported wrong, crashing or refused without cause (each failed before)
+class Residual(nn.Sequential):
+    """A Sequential subclass with a forward of its own: read through fx, not layer by layer."""
+
+    def forward(self, x):
+        return x + super().forward(x)
+
+
+class InPlace(nn.Module):
+    """Activations written into their operand: later readers of the operand see the result."""
+
+    def __init__(self, how: str):
+        super().__init__()
+        self.how = how
+        self.fc1, self.fc2, self.act = nn.Linear(6, 6), nn.Linear(6, 6), nn.ReLU(inplace=True)
+
+    def forward(self, x):
+        h = self.fc1(x)
+        shortcut = h
+        a = self.act(h) if self.how == "module" else F.relu(h, inplace=True)
+        return self.fc2(a) + shortcut
+
+
+class Defaults(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc, self.p = nn.Linear(6, 6), nn.Parameter(torch.randn(1))
+
+    def forward(self, x, scale: float = 2.0, mask=None):
+        h = self.fc(x) * scale if mask is None else self.fc(x) + mask
+        return F.softmax(h, dim=h.dim() - 1) + (h.unsqueeze(-1) @ self.p)  # x @ a one-element vector
+
+
+@pytest.mark.parametrize("make", [
+    lambda: Residual(nn.Linear(6, 6), nn.Tanh()), lambda: nn.Sequential(Residual(nn.Linear(6, 6)), nn.ReLU()),
+    lambda: InPlace("module"), lambda: InPlace("function"), Defaults,
+], ids=["sequential-subclass", "nested-subclass", "inplace-module", "inplace-function", "defaults"])
+@pytest.mark.parametrize("shaped", [True, False], ids=["input_shape", "no-shape"])
+def test_forms_that_imported_wrong_or_not_at_all(make, shaped):
+    torch.manual_seed(5)
+    module = make().eval()
+    if shaped:
+        check_against_torch(module, (6,))
+    elif isinstance(module, Defaults):
+        with pytest.raises(tc.CompileError, match="pass the input's shape"):  # it reads h.dim()
+            from_torch(module)
+    else:
+        check_imported(from_torch(module), run_torch(module), 6)
+
+
+class Aliased(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(6, 6)
+
+    def forward(self, x):
+        h = self.fc(x)
+        r = h
+        h += 1  # torch.fx records a new value; in torch r changes too
+        return h * r
+
+
+def test_what_fx_does_not_record_is_caught_by_running_both():
+    with pytest.raises(tc.CompileError, match=r"imported from Aliased computes other values than the module .*in "
+                                              r"place through another name"):
+        from_torch(Aliased().eval(), input_shape=(None, 6))
+
+
+def test_modules_with_forward_hooks_are_refused_naming_them():
+    module = nn.Sequential(nn.Linear(6, 6), nn.ReLU())
+    module[0].register_forward_hook(lambda m, args, out: out * 2)
+    with pytest.raises(tc.CompileError, match=r"module '0' of type Linear \(it has forward hooks"):
+        from_torch(module)
+
+
+@pytest.mark.parametrize("module, match", [
+    (nn.Sequential(nn.Linear(5, 3), nn.ReLU()), r"fails on an input of shape \(N, 4\) \(RuntimeError: mat1"),
+    (Reshaped(), r"its forward fails on an input of shape \(N, 4\)"),
+])
+def test_an_input_shape_the_module_cannot_take_is_a_compile_error(module, match):
+    with pytest.raises(tc.CompileError, match=match):
+        from_torch(module, input_shape=(None, 4))
+
+
+class Several(nn.Module):
+    def __init__(self, how: str):
+        super().__init__()
+        self.how = how
+
+    def forward(self, x):
+        if self.how == "chunk":
+            a, b = x.chunk(2, -1)
+            return a * torch.sigmoid(b)
+        if self.how == "flatten":
+            return x.flatten(-2)  # on (N, 6): the batch too
+        return torch.add(x, x.exp(), alpha=0.5)
+
+
+@pytest.mark.parametrize("how, match", [
+    ("chunk", r"node chunk' of type call_method chunk \(it returns several tensors"),
+    ("flatten", r"node flatten' of type call_method flatten \(start_dim -2 on a 2-D value is the batch"),
+    ("alpha", r"node add' of type call_function add \(with keyword arguments alpha\)"),
+])
+def test_refusals_say_why(how, match):
+    with pytest.raises(tc.CompileError, match=match):
+        from_torch(Several(how), input_shape=(None, 6))

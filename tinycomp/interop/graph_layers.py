@@ -33,16 +33,16 @@ UNARY = {
 class ConstantOperand(Layer):
     """x <op> value, or value <op> x when `constant_first`: `op` one of `BINARY`. A constant of one
     element and at most one dimension is kept as a number (it changes no shape: the kernel takes it
-    as an immediate, as it does the numbers written in a forward); any other is a parameter,
-    `value`. pow takes a number only."""
+    as an immediate, as it does the numbers written in a forward), except for matmul; any other is
+    a parameter, `value`. pow takes a number only."""
 
     def __init__(self, op: str, value: Any, constant_first: bool = False):
         if op not in BINARY:
             raise ValueError(f"ConstantOperand op must be one of {', '.join(BINARY)}; got {op!r}")
         array = np.asarray(value, np.float32)
         self.op, self.constant_first = op, bool(constant_first)
-        self.value: Tensor | float = float(array.reshape(-1)[0]) if array.size == 1 and array.ndim <= 1 \
-            else Tensor(array)
+        number = array.size == 1 and array.ndim <= 1 and op != "matmul"  # x @ (a 1-element vector) is not x * c
+        self.value: Tensor | float = float(array.reshape(-1)[0]) if number else Tensor(array)
         if op == "pow" and (constant_first or isinstance(self.value, Tensor)):
             raise ValueError(f"ConstantOperand pow takes x ** (a number); got value of shape {array.shape}"
                              + (" as the base" if constant_first else ""))

@@ -14,6 +14,7 @@ batch (`x.size(0)`: the batch), and refused where it is read otherwise.
 from __future__ import annotations
 
 import copy
+import inspect
 import math
 import operator
 from collections.abc import Callable
@@ -151,8 +152,8 @@ class FxImporter:
 
     # ------------------------------------------------------------------ nodes
     def add(self, node: Any) -> None:
-        if node.op == "placeholder":
-            self.values[node.name] = Data(node.name)
+        if node.op == "placeholder":  # the input; or an argument traced at its default (fx's concrete_args)
+            self.values[node.name] = node.args[0] if node.args else Data(node.name)
         elif node.op == "get_attr":
             self.values[node.name] = fetch_attr(self.gm, node.target)
         elif node.op == "call_module":
@@ -164,7 +165,12 @@ class FxImporter:
             if self.runs is None and reads_data and name in ("getattr", "size", "dim", "numel"):
                 raise self.refuse(node, "it reads the input's sizes: pass the input's shape, "
                                         "from_torch(module, input_shape=(None, ...))")
-            if not reads_data or (self.runs is not None and not isinstance(self.runs[0][node.name], self.torch.Tensor)):
+            result = None if self.runs is None else self.runs[0][node.name]
+            if reads_data and isinstance(result, (tuple, list)) and \
+                    any(isinstance(r, self.torch.Tensor) for r in flatten_args(result)):
+                raise self.refuse(node, "it returns several tensors (as chunk, split, or max with a dim do); "
+                                        "tinycomp ops return one")
+            if not reads_data or (self.runs is not None and not isinstance(result, self.torch.Tensor)):
                 self.values[node.name] = self.fixed(node)  # a size, or arithmetic on parameters and numbers
             else:
                 self.call(node, name)
@@ -187,15 +193,28 @@ class FxImporter:
         if len(arguments) != 1 or not isinstance(self.resolve(arguments[0]), Data):
             raise self.refuse(node, f"called with {len(arguments)} arguments; a layer takes one computed tensor")
         path = f"{self.where}.{node.target}" if self.where != TOP else str(node.target)
-        self.layer(node, self.convert(self.gm.get_submodule(node.target), path), self.resolve(arguments[0]))
+        sub = self.gm.get_submodule(node.target)
+        self.layer(node, self.convert(sub, path), self.resolve(arguments[0]))
+        self.in_place(node, arguments[0], bool(getattr(sub, "inplace", False)))
+
+    def in_place(self, node: Any, source: Any, inplace: bool) -> None:
+        """After an op that wrote its result into its operand (inplace=True), the operand's later
+        readers see the result, as in torch."""
+        if inplace and isinstance(source, self.torch.fx.Node):
+            self.values[source.name] = self.values[node.name]
 
     def call(self, node: Any, name: str) -> None:
         args, kwargs = self.resolve(node.args), self.resolve(node.kwargs)
         x = args[0] if args else kwargs.get("input")
-        activation = function_layer(self.torch, node)
+        activation = function_layer(self.torch, node.target, args[1:], kwargs)
         if activation is not None and isinstance(x, Data):
             activation.training = self.training
+            if isinstance(activation, tnn.Flatten) and self.runs is not None and \
+                    activation.start_dim % len(self.shape(node, x)) == 0:
+                raise self.refuse(node, f"start_dim {activation.start_dim} on a {len(self.shape(node, x))}-D value "
+                                        "is the batch")
             self.layer(node, activation, x)
+            self.in_place(node, node.args[0] if node.args else node.kwargs.get("input"), kwargs.get("inplace", False))
         elif name in BINARY and len(args) == 2 and not kwargs:
             self.binary(node, name, *args)
         elif name in UNARY and len(args) == 1 and not kwargs:
@@ -210,7 +229,7 @@ class FxImporter:
         elif name in SHAPED and isinstance(x, Data):
             SHAPED[name](self, node, x, list(args[1:]), kwargs)
         else:
-            raise self.refuse(node)
+            raise self.refuse(node, f"with keyword arguments {', '.join(kwargs)}" if kwargs else "")
 
     def binary(self, node: Any, op: str, a: Any, b: Any) -> None:
         if isinstance(a, Data) and isinstance(b, Data):
@@ -259,11 +278,10 @@ def fixed_value(torch: Any, a: Any, b: Any) -> Any:
     return VARIES
 
 
-def function_layer(torch: Any, node: Any) -> Layer | None:
-    """The layer for an fx call_function / call_method node of an activation on one tensor, or None."""
+def function_layer(torch: Any, target: Any, extra: tuple, kwargs: dict) -> Layer | None:
+    """The layer for an activation function or method on one tensor (`extra`: its other arguments,
+    resolved), or None."""
     F = torch.nn.functional
-    target, kwargs = node.target, dict(node.kwargs)
-    extra = node.args[1:]
     if target in (torch.relu, F.relu, "relu") and not extra:
         return tnn.ReLU()
     if target in (torch.sigmoid, F.sigmoid, "sigmoid") and not extra:
@@ -371,6 +389,15 @@ SHAPED: dict[str, Callable[[FxImporter, Any, Data, list, dict], None]] = {
 }
 
 
+def runnable_copy(m: Any) -> Any:
+    """A copy of module `m` to run at import, so that a run leaves the user's module as it was (running
+    statistics, say); `m` itself where it cannot be copied (a tensor attribute that is not a leaf)."""
+    try:
+        return copy.deepcopy(m)
+    except Exception:  # deepcopy refuses non-leaf tensors; the supported layers keep no running state
+        return m
+
+
 def example_runs(torch: Any, gm: Any, sample: tuple[int, ...]) -> tuple[dict[str, Any], dict[str, Any]]:
     """Every node's value when the traced forward runs on random inputs of (b, *sample), b each of BATCHES."""
     dtype = next((p.dtype for p in gm.parameters() if p.is_floating_point()), torch.float32)
@@ -383,7 +410,7 @@ def example_runs(torch: Any, gm: Any, sample: tuple[int, ...]) -> tuple[dict[str
 
     runs = []
     generator = torch.Generator().manual_seed(0)
-    gm = copy.deepcopy(gm)  # a run must leave the user's module as it was (running statistics, say)
+    gm = runnable_copy(gm)
     for batch in BATCHES:
         recorder = Recorder(gm)
         recorder.seen = {}
@@ -398,15 +425,18 @@ def from_fx(torch: Any, m: Any, path: str, convert: Callable[[Any, str], Layer],
     """The `tinycomp.nn` model of module `m`'s traced forward; `sample` is its input's shape after the
     batch, if known."""
     where = path or TOP
-    try:
-        gm = torch.fx.symbolic_trace(m)
+    try:  # arguments after the input that have defaults are traced at them (mask=None, scale=2.0)
+        defaults = {name: p.default for name, p in list(inspect.signature(m.forward).parameters.items())[1:]
+                    if p.default is not inspect.Parameter.empty}
+        gm = torch.fx.symbolic_trace(m, concrete_args=defaults or None)
     except Exception as exc:
         raise CompileError(f"cannot import module {where!r} of type {type(m).__name__}: torch.fx cannot trace its "
                            f"forward ({type(exc).__name__}: {exc})") from exc
-    inputs = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    inputs = [n for n in gm.graph.nodes if n.op == "placeholder" and not n.args]
     if len(inputs) != 1:
         raise CompileError(f"cannot import module {where!r} of type {type(m).__name__}: its forward takes "
-                           f"{len(inputs)} tensors, tinycomp models take one")
+                           f"{len(inputs)} arguments without defaults ({', '.join(n.name for n in inputs)}); "
+                           "tinycomp models take one tensor")
     runs = None
     if sample is not None:
         try:

@@ -4,16 +4,18 @@ with sub-modules is read through `torch.fx` (its forward's dataflow, residual ad
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import numpy as np
 
 from .. import nn as tnn
+from ..errors import CompileError
 from ..frontend.layers import Layer
 from .common import linear_from, require, unsupported
-from .torch_fx import TOP, from_fx
+from .graph_layers import BATCHES
+from .torch_fx import TOP, from_fx, runnable_copy
 
+TOLERANCE = 1e-3  # _verify's bound on |imported - torch| over the output's scale: float32 rounding is ~1e-6
 MODULES = ("Sequential", "Linear", "ReLU", "Sigmoid", "Tanh", "GELU", "Softmax", "Dropout", "LayerNorm", "Flatten",
            "Identity", "a Module whose forward torch.fx can trace, calling these and tensor operations "
            "(see from_torch)")
@@ -41,8 +43,54 @@ def from_torch(module: Any, input_shape: tuple | None = None) -> Layer:
     if not isinstance(module, torch.nn.Module):
         raise TypeError(f"from_torch expects a torch.nn.Module; got {type(module).__name__}")
     sample = _sample_shape(input_shape)
+    _refuse_hooks(torch, module)
     with torch.no_grad():
-        return _convert(torch, module, "", sample)
+        model = _convert(torch, module, "", sample)
+    if sample is not None:
+        _verify(torch, module, model, sample)
+    return model
+
+
+def _refuse_hooks(torch: Any, module: Any) -> None:
+    """Forward hooks change what a module computes outside its forward (weight_norm's pre-hook
+    recomputes the weight): an import that reads the forward and the weights would miss them."""
+    hooks = torch.nn.modules.module
+    if hooks._global_forward_hooks or hooks._global_forward_pre_hooks:
+        raise CompileError("cannot import while global forward hooks are registered "
+                           "(torch.nn.modules.module.register_module_forward_hook): they change what modules compute")
+    for name, sub in module.named_modules():
+        if sub._forward_hooks or sub._forward_pre_hooks:
+            raise unsupported("module", name or TOP, type(sub).__name__, MODULES,
+                              "it has forward hooks (register_forward_hook, or weight_norm's pre-hook), which change "
+                              "what it computes outside its forward")
+
+
+def _verify(torch: Any, module: Any, model: Layer, sample: tuple[int, ...]) -> None:
+    """Run the module and the imported model on the same random input: anything torch.fx does not
+    record (a tensor changed in place through another name, say) shows as different values. Skipped
+    for a module with a sub-module in training mode, whose dropout draws differ."""
+    if any(sub.training for sub in module.modules()):
+        return
+    dtype = next((p.dtype for p in module.parameters() if p.is_floating_point()), torch.float32)
+    x = torch.randn(BATCHES[0], *sample, generator=torch.Generator().manual_seed(1), dtype=dtype)
+    with torch.no_grad():
+        want = runnable_copy(module)(x)
+    try:
+        got = model(x.float().numpy()).data
+    except Exception as exc:
+        raise CompileError(f"the model imported from {type(module).__name__} cannot run on an input of shape "
+                           f"(N, {', '.join(map(str, sample))}) ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(want, torch.Tensor) or tuple(want.shape) != got.shape:
+        raise CompileError(f"the model imported from {type(module).__name__} returns shape {got.shape} where the "
+                           f"module returns {getattr(want, 'shape', type(want).__name__)}")
+    want_np = want.double().numpy()
+    scale = max(1.0, float(np.max(np.abs(want_np)))) if want_np.size else 1.0
+    err = float(np.max(np.abs(got - want_np))) if want_np.size else 0.0
+    if not err <= TOLERANCE * scale:
+        raise CompileError(f"the model imported from {type(module).__name__} computes other values than the module "
+                           f"(max |difference| {err:.3g}, output scale {scale:.3g}, on a random input of shape "
+                           f"({BATCHES[0]}, {', '.join(map(str, sample))})): its forward may change a tensor in "
+                           "place through another name (h += ..., inplace ops), which torch.fx does not record")
 
 
 def _sample_shape(input_shape: tuple | None) -> tuple[int, ...] | None:
@@ -67,7 +115,7 @@ def _convert(torch: Any, m: Any, path: str, sample: tuple[int, ...] | None = Non
 
 def _convert_module(torch: Any, m: Any, path: str, sample: tuple[int, ...] | None) -> Layer:
     nn = torch.nn
-    if isinstance(m, nn.Sequential):
+    if isinstance(m, nn.Sequential) and type(m).forward is nn.Sequential.forward:  # a subclass's own forward: fx
         layers = []
         for name, child in m.named_children():
             layers.append(_convert(torch, child, f"{path}.{name}" if path else name, sample))
@@ -87,8 +135,12 @@ def _output_sample(torch: Any, m: Any, sample: tuple[int, ...] | None) -> tuple[
     if sample is None:
         return None
     dtype = next((p.dtype for p in m.parameters() if p.is_floating_point()), torch.float32)
-    with torch.random.fork_rng(devices=[]):  # leave torch's random stream where it was (dropout draws)
-        return tuple(copy.deepcopy(m)(torch.zeros(2, *sample, dtype=dtype)).shape[1:])
+    try:
+        with torch.random.fork_rng(devices=[]):  # leave torch's random stream where it was (dropout draws)
+            return tuple(runnable_copy(m)(torch.zeros(2, *sample, dtype=dtype)).shape[1:])
+    except Exception as exc:
+        raise CompileError(f"cannot import module of type {type(m).__name__}: it fails on an input of shape "
+                           f"(N, {', '.join(map(str, sample))}) ({type(exc).__name__}: {exc})") from exc
 
 
 def _leaf(torch: Any, m: Any, path: str) -> Layer | None:
