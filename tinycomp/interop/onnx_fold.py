@@ -12,6 +12,7 @@ that reads it is refused by the importer. Values with no batch in them are plain
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -21,7 +22,27 @@ from .graph_layers import BATCH, BATCHES
 MAX_FOLDED = 1 << 22  # elements: a batch-sized constant larger than this is data, not a size
 NOT_FOLDED = ("RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Bernoulli", "Multinomial")
 
-Pair = tuple[np.ndarray, np.ndarray]  # a value at each of BATCHES
+SELECTING = {  # op -> the positions of its inputs whose elements it only moves (the rest say how)
+    "Gather": (0,), "Slice": (0,), "Unsqueeze": (0,), "Squeeze": (0,), "Reshape": (0,), "Flatten": (0,),
+    "Transpose": (0,), "Expand": (0,), "Tile": (0,), "Identity": (0,), "Concat": None,  # None: all
+}
+ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "Mod", "Pow", "Neg", "Abs", "Cast", "Equal", "Less", "Greater",
+               "LessOrEqual", "GreaterOrEqual", "And", "Or", "Xor", "Not", "Max", "Min", "Sqrt", "Floor", "Ceil",
+               "Round", "Sign", "Where", "Clip", "Reciprocal", "Exp", "Log", "Relu"}
+
+
+@dataclass(frozen=True)
+class Pair:
+    """A value computed from the batch size: its value at each of BATCHES, and which elements depend
+    on the batch (`tainted`). An element that does not is a fixed number; one that does stays
+    batch-dependent even where both runs agree (batch == 1 is False at 97 and 101 alike)."""
+
+    first: np.ndarray
+    second: np.ndarray
+    tainted: np.ndarray  # bool, the shape of `first`
+
+    def at(self, k: int) -> np.ndarray:
+        return self.first if k == 0 else self.second
 
 
 class FoldError(ValueError):
@@ -56,35 +77,63 @@ def shape_pair(shape: tuple[int | None, ...], start: int = 0, end: int | None = 
         raise ValueError(f"its sizes after the batch must be known; ONNX shape inference gives {shape}")
     if 0 not in taken:
         return np.array([shape[i] for i in taken], np.int64)
-    return tuple(np.array([b if i == 0 else shape[i] for i in taken], np.int64) for b in BATCHES)  # type: ignore
+    first, second = (np.array([b if i == 0 else shape[i] for i in taken], np.int64) for b in BATCHES)
+    return Pair(first, second, np.array([i == 0 for i in taken]))
 
 
 def fold_pair(onnx: Any, node: Any, opset: int, inputs: list[Any]) -> list[np.ndarray | Pair]:
     """Outputs of `node` whose inputs are constants or Pairs: run once if none is a Pair, else at each
-    batch size, each output then a constant where both runs agree and a Pair where they differ."""
-    if not any(isinstance(v, tuple) for v in inputs):
+    batch size, each output then a constant where no element depends on the batch (`taint`)."""
+    if not any(isinstance(v, Pair) for v in inputs):
         return list(run_node(onnx, node, opset, inputs))
-    runs = [run_node(onnx, node, opset, [v[k] if isinstance(v, tuple) else v for v in inputs])
+    runs = [run_node(onnx, node, opset, [v.at(k) if isinstance(v, Pair) else v for v in inputs])
             for k in range(len(BATCHES))]
     outputs: list[np.ndarray | Pair] = []
-    for first, second in zip(*runs, strict=True):
+    for i, (first, second) in enumerate(zip(*runs, strict=True)):
         if max(first.size, second.size) > MAX_FOLDED:
             raise FoldError(f"it makes a value of shape {first.shape} at batch size {BATCHES[0]}: data that "
                             "grows with the batch, not a size")
-        same = first.shape == second.shape and bool(np.array_equal(first, second, equal_nan=first.dtype.kind == "f"))
-        outputs.append(first if same else (first, second))
+        tainted = taint(onnx, node, opset, inputs, first, i) if first.shape == second.shape \
+            else np.ones(first.shape, bool)
+        outputs.append(Pair(first, second, tainted) if tainted.any() else first)
     return outputs
+
+
+def taint(onnx: Any, node: Any, opset: int, inputs: list[Any], out: np.ndarray, index: int) -> np.ndarray:
+    """Which elements of output `index` of `node` depend on the batch, from which of its inputs' do:
+    an elementwise op's element on the elements it reads, a selecting op's (Gather, Concat, ...)
+    on the elements it moves (the op run on the inputs' taint masks), any other's on all of them."""
+    masks = [v.tainted if isinstance(v, Pair) else None for v in inputs]
+    if node.op_type in ELEMENTWISE:
+        result = np.zeros(out.shape, bool)
+        for mask in masks:
+            if mask is not None:
+                result |= np.broadcast_to(mask, out.shape)
+        return result
+    moved = SELECTING.get(node.op_type, ())
+    positions = range(len(inputs)) if moved is None else moved
+    if node.op_type in SELECTING and all(m is None for k, m in enumerate(masks) if k not in positions):
+        marked = [(v.first if isinstance(v, Pair) else v) if k not in positions  # how: as it is (not tainted)
+                  else np.zeros(np.shape(v), bool) if masks[k] is None else masks[k] for k, v in enumerate(inputs)]
+        try:
+            result = run_node(onnx, node, opset, marked)[index]
+            if result.shape == out.shape and result.dtype == bool:
+                return result
+        except FoldError:
+            pass  # the op does not take booleans there: every element then
+    return np.ones(out.shape, bool)
 
 
 def batch_form(value: Pair) -> list[int | str] | None:
     """A 1-D Pair of sizes as a list of ints with `BATCH` where the element is the batch; None if an
-    element changes with the batch otherwise (batch × 64, say) or the value is not a 1-D int vector."""
-    first, second = value
+    element depends on the batch otherwise (batch × 64, batch == 1, say) or the value is not a 1-D
+    int vector."""
+    first, second = value.first, value.second
     if first.ndim != 1 or first.shape != second.shape or first.dtype.kind not in "iu":
         return None
     form: list[int | str] = []
-    for a, b in zip(first.tolist(), second.tolist(), strict=True):
-        if a == b:
+    for a, b, tainted in zip(first.tolist(), second.tolist(), value.tainted.tolist(), strict=True):
+        if not tainted:
             form.append(int(a))
         elif (a, b) == BATCHES:
             form.append(BATCH)

@@ -11,12 +11,15 @@ import numpy as np
 
 from ..errors import CompileError
 from ..frontend.layers import Layer
+from ..frontend.tensor import Tensor
 from .common import Step, chain_or_graph, layer_key, require, unsupported
+from .graph_layers import BINARY, UNARY
 from .onnx_fold import FoldError, Pair, fold_pair
 from .onnx_nodes import HANDLERS
 from .onnx_patterns import fuse_erf_gelu
 
 T = TypeVar("T")
+EXAMPLE_BATCH = 2  # rows of the example input the importer runs each step on, for shapes
 NODES = (*HANDLERS, "Dropout", "Identity", "and any node of constants and sizes only (folded at import)")
 
 
@@ -51,11 +54,15 @@ def from_onnx(model: Any) -> Layer:
                            f"and outputs {[o.name for o in graph.output]}")
     shapes = _value_shapes(onnx, proto)
     importer = _Importer(onnx, consts, opset, shapes)
-    importer.fixed_batch = (shapes.get(inputs[0]) or (None,))[0]
+    importer.start(inputs[0])
     nodes = fuse_erf_gelu(onnx, list(graph.node), _scalars(onnx, graph, consts), {o.name for o in graph.output})
     for node in nodes:
         importer.add(node)
-    model_out = chain_or_graph(importer.layers, importer.steps, inputs[0], importer.alias(graph.output[0].name))
+    output = importer.alias(graph.output[0].name)
+    if output not in importer.produced:
+        raise CompileError(f"the graph's output {graph.output[0].name!r} is computed from constants and sizes only, "
+                           "not from the input: a tinycomp model returns data")
+    model_out = chain_or_graph(importer.layers, importer.steps, inputs[0], output)
     model_out.eval()
     return model_out
 
@@ -113,6 +120,29 @@ class _Importer:
         self.steps: list[Step] = []
         self.aliases: dict[str, str] = {}  # Identity/Dropout/Cast outputs -> the value they pass on
         self.fixed_batch: int | None = None  # the input's batch size if the graph fixes it
+        self.produced: set[str] = set()  # the data values made so far: the input and the steps' outputs
+        # each data value at an example input of batch EXAMPLE_BATCH: the shapes ONNX shape inference
+        # leaves unknown (after a Reshape to computed sizes, say) are read from it
+        self.examples: dict[str, np.ndarray] = {}
+
+    def start(self, input_name: str) -> None:
+        shape = self.shapes.get(input_name) or (None,)
+        self.fixed_batch = shape[0]
+        self.produced.add(input_name)
+        sizes = [d for d in shape[1:] if isinstance(d, int)]
+        if len(sizes) == len(shape) - 1:
+            self.examples[input_name] = np.zeros((EXAMPLE_BATCH, *sizes), np.float32)
+
+    def add_step(self, step: Step) -> None:
+        """Append `step` and run it on the example values of its inputs (where they are all known)."""
+        self.steps.append(step)
+        self.produced.add(step.output)
+        if all(name in self.examples for name in step.inputs):
+            args = [Tensor(self.examples[name]) for name in step.inputs]
+            fn = self.layers[step.layer] if step.layer is not None else \
+                (BINARY if len(args) == 2 else UNARY)[step.op or ""]
+            with np.errstate(all="ignore"):  # zeros through log or a division: only the shape is read
+                self.examples[step.output] = np.asarray(fn(*args).data)
 
     def alias(self, name: str) -> str:
         while name in self.aliases:
@@ -150,6 +180,9 @@ class _Importer:
     def shape_of(self, node: Any, name: str, why: str) -> Shape:
         """The shape of value `name`, or a refusal saying that `why` needs at least its rank."""
         shape = self.shapes.get(name)
+        example = self.examples.get(self.alias(name))
+        if example is not None and (shape is None or None in shape[1:]):
+            shape = (None, *example.shape[1:])
         if shape is None:
             raise self.refuse(node, f"{why} needs the rank of {name!r}, which ONNX shape inference does not give")
         return shape
@@ -165,7 +198,7 @@ class _Importer:
     def layer(self, node: Any, layer: Layer, source: str) -> None:
         key = layer_key(node.name or node.output[0], self.layers)
         self.layers[key] = layer
-        self.steps.append(Step(node.output[0], (self.alias(source),), layer=key))
+        self.add_step(Step(node.output[0], (self.alias(source),), layer=key))
 
     def add(self, node: Any) -> None:
         op, ins, a = node.op_type, list(node.input), self.attrs(node)
@@ -176,6 +209,11 @@ class _Importer:
         if all(not name or name in self.consts or name in self.pairs for name in ins):
             self._fold(node, ins)
             return
+        unmade = [name for name in ins if name and name not in self.consts and name not in self.pairs and
+                  self.alias(name) not in self.produced]
+        if unmade:  # e.g. LayerNormalization's Mean output: tinycomp computes a node's first output only
+            raise self.refuse(node, f"input {unmade[0]!r} is an output tinycomp does not compute (a node's second "
+                                    "or later output)")
         sized = [name for name in (ins[:1] if op == "Reshape" else ins) if name in self.pairs]
         if sized:  # sizes that change with the batch can only be a Reshape's target
             raise self.refuse(node, f"input {sized[0]!r} is computed from the batch size; only a Reshape's "
@@ -195,7 +233,7 @@ class _Importer:
         except FoldError as exc:
             raise self.refuse(node, str(exc)) from exc
         for name, value in zip([n for n in node.output if n], outputs, strict=True):
-            if isinstance(value, tuple):
+            if isinstance(value, Pair):
                 self.pairs[name] = value
             else:
                 self.consts[name] = value

@@ -14,7 +14,7 @@ import numpy as np
 from .. import nn as tnn
 from .common import Step, linear_from
 from .graph_layers import BATCH, ConstantOperand, check_matmul, permutation, reduction, reshape_sample, with_constant
-from .onnx_fold import batch_form, shape_pair
+from .onnx_fold import Pair, batch_form, shape_pair
 
 
 def gemm(imp: Any, node: Any, ins: list[str], a: dict) -> None:
@@ -51,7 +51,7 @@ def binary(imp: Any, node: Any, ins: list[str], op: str) -> None:
     if not any(known):
         if op == "pow":
             raise imp.refuse(node, "the exponent is computed data; tinycomp raises to constant powers only")
-        imp.steps.append(Step(node.output[0], (imp.alias(ins[0]), imp.alias(ins[1])), op=op))
+        imp.add_step(Step(node.output[0], (imp.alias(ins[0]), imp.alias(ins[1])), op=op))
         return
     value = imp.const(node, ins[0] if known[0] else ins[1])
     data = ins[1] if known[0] else ins[0]
@@ -66,7 +66,7 @@ def binary_op(op: str) -> Callable[[Any, Any, list[str], dict], None]:
 
 def unary(op: str) -> Callable[[Any, Any, list[str], dict], None]:
     def handler(imp: Any, node: Any, ins: list[str], a: dict) -> None:
-        imp.steps.append(Step(node.output[0], (imp.alias(ins[0]),), op=op))
+        imp.add_step(Step(node.output[0], (imp.alias(ins[0]),), op=op))
     return handler
 
 
@@ -119,11 +119,15 @@ def layer_normalization(imp: Any, node: Any, ins: list[str], a: dict) -> None:
     rank = len(imp.shapes.get(ins[0], ())) or None
     if axis != -1 and (rank is None or axis % rank != rank - 1):
         raise imp.refuse(node, f"axis={axis} on a value of rank {rank or 'unknown'}: only the last axis")
-    gamma = imp.const(node, ins[1])
-    layer = tnn.LayerNorm(gamma.shape[-1], eps=float(a.get("epsilon", 1e-5)))
-    layer.gamma = tnn.Tensor(gamma)
-    if len(ins) > 2 and ins[2]:
-        layer.beta = tnn.Tensor(imp.const(node, ins[2]))
+    width = imp.sample_sizes(node, ins[0], "LayerNormalization")[-1]
+    layer = tnn.LayerNorm(width, eps=float(a.get("epsilon", 1e-5)))
+    for name, attr in zip(ins[1:3], ("gamma", "beta"), strict=False):
+        if name:  # Scale and B broadcast along the last axis: one value per position, or one in all
+            value = imp.const(node, name)
+            if value.size not in (1, width) or (value.size == width and value.shape[-1] != width):
+                raise imp.refuse(node, f"{attr} of shape {value.shape} on rows of {width}: one value per position "
+                                       "of the last axis, or one value")
+            setattr(layer, attr, tnn.Tensor(np.broadcast_to(value.reshape(-1), (width,))))
     imp.layer(node, layer, ins[0])
 
 
@@ -135,7 +139,8 @@ def reshape(imp: Any, node: Any, ins: list[str], a: dict) -> None:
         shape[0] = BATCH
     if a.get("allowzero", 0) and 0 in shape:
         raise imp.refuse(node, f"shape {shape} with allowzero=1: a size of 0, so no batch dimension")
-    source = imp.shapes.get(ins[0])
+    source = imp.shapes.get(ins[0]) if ins[0] not in imp.examples and imp.alias(ins[0]) not in imp.examples \
+        else imp.shape_of(node, ins[0], "Reshape")
     known = None if source is None or None in source[1:] else [int(d) for d in source[1:] if d is not None]
     imp.layer(node, tnn.Reshape(*imp.check(node, reshape_sample, shape, known)), ins[0])
 
@@ -145,7 +150,9 @@ def target_shape(imp: Any, node: Any, name: str) -> list[Any]:
     if name in imp.pairs:
         form = batch_form(imp.pairs[name])
         if form is None:
-            at = ", ".join(f"{x} / {y}" for x, y in zip(*(v.tolist() for v in imp.pairs[name]), strict=False))
+            pair = imp.pairs[name]
+            at = ", ".join(f"{x} / {y}" for x, y in zip(pair.first.reshape(-1).tolist(),
+                                                         pair.second.reshape(-1).tolist(), strict=False))
             raise imp.refuse(node, f"its shape changes with the batch size other than as the batch (at two batch "
                                    f"sizes: {at}): a reshape that merges or splits the batch")
         return form
@@ -189,7 +196,10 @@ def shape(imp: Any, node: Any, ins: list[str], a: dict) -> None:
         value = shape_pair(imp.shape_of(node, ins[0], "Shape"), int(a.get("start", 0)), a.get("end"))
     except ValueError as exc:
         raise imp.refuse(node, str(exc)) from exc
-    (imp.pairs if isinstance(value, tuple) else imp.consts)[node.output[0]] = value
+    if isinstance(value, Pair):
+        imp.pairs[node.output[0]] = value
+    else:
+        imp.consts[node.output[0]] = value
 
 
 HANDLERS: dict[str, Callable[[Any, Any, list[str], dict], None]] = {

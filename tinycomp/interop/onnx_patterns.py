@@ -2,7 +2,8 @@
 
 Below opset 20 ONNX has no Gelu node, so both torch exporters write the exact GELU as
 x * (erf(x / sqrt 2) + 1) * 0.5 — Div (or Mul by 1 / sqrt 2), Erf, Add 1, and the two Muls by x and
-by 0.5 in either order — and tinycomp has no erf op of its own to import Erf with.
+by 0.5 in either order (or a Div by 2), or BERT's x * 0.5 * (1 + erf(x / sqrt 2)) with x * 0.5 its
+own Mul — and tinycomp has no erf op of its own to import Erf with.
 `fuse_erf_gelu` replaces each such chain by one `Gelu` node (approximate "none").
 """
 
@@ -66,14 +67,29 @@ def _erf_gelu_chain(erf: Any, producers: dict, readers: dict, scalar: Callable[[
     first = only_reader(plus_one)
     if first is None or first.op_type != "Mul":
         return None
-    second = only_reader(first)
-    if second is None or second.op_type != "Mul":
+    by = other(first, plus_one.output[0])
+    head = [scaled, erf, plus_one]
+    if by == x or _near(scalar(by or ""), 0.5):  # (x * E) then * 0.5 or / 2; or (0.5 * E) then * x
+        second = only_reader(first)
+        rest = other(second, first.output[0]) if second is not None else None
+        done = second is not None and ((by == x and _halves(second, rest, scalar)) or
+                                       (by != x and second.op_type == "Mul" and rest == x))
+        return (x, [*head, first, second]) if done else None
+    half_x = producers.get(by or "")  # E * (x * 0.5), the BERT form: x * 0.5 * (1 + erf(x / sqrt 2))
+    if half_x is None or only_reader(half_x) is not first or len(half_x.input) != 2 or x not in half_x.input:
         return None
-    by_first, by_second = other(first, plus_one.output[0]), other(second, first.output[0])
-    half = by_second if by_first == x else by_first if by_second == x else None  # x and 0.5, in either order
-    if half is None or not _near(scalar(half), 0.5):
+    if not _halves(half_x, other(half_x, x), scalar):
         return None
-    return x, [scaled, erf, plus_one, first, second]
+    return x, [*head, half_x, first]
+
+
+def _halves(node: Any, operand: str | None, scalar: Callable[[str], float | None]) -> bool:
+    """Is `node` a Mul by 0.5 or a Div by 2, `operand` its constant?"""
+    if node is None or operand is None:
+        return False
+    if node.op_type == "Mul":
+        return _near(scalar(operand), 0.5)
+    return node.op_type == "Div" and list(node.input)[1] == operand and _near(scalar(operand), 2.0)
 
 
 def _near(value: float | None, want: float) -> bool:
