@@ -154,6 +154,8 @@ class Refused(nn.Module):
     def forward(self, x):  # x: (N, 3, 4)
         if self.how == "size-as-number":
             return x - x.size(0)
+        if self.how == "size-mod":  # 1 at batch 97 and 101 alike, 2 at batch 2: still the batch's
+            return x + x.size(0) % 4
         if self.how == "merge-batch":
             return x.reshape(-1, 4)
         if self.how == "move-batch":
@@ -165,6 +167,7 @@ class Refused(nn.Module):
 
 @pytest.mark.parametrize("how, match", [
     ("size-as-number", r"node sub' of type call_function sub \(an operand changes with the batch size"),
+    ("size-mod", r"node add' of type call_function add \(an operand changes with the batch size"),
     ("merge-batch", r"node reshape' of type call_method reshape \(shape \[-1, 4\] on a value of sizes \[3, 4\]"),
     ("move-batch", r"node transpose' of type call_method transpose \(perm \[1, 0, 2\] moves the batch"),
     ("reduce-batch", r"of type call_method mean \(axes \[0\]: a reduction over the batch"),

@@ -176,11 +176,20 @@ class FxImporter:
                 self.call(node, name)
 
     def fixed(self, node: Any) -> Any:
-        """A node that computes no data: its value where both runs agree (or the graph alone gives it)."""
+        """A node that computes no data: a size of a data value where the runs differ by the batch; a
+        value computed from such a size stays one (batch % 4 is 1 at 97 and 101 alike, not a
+        number: `Sized`), except what only picks elements out of a tuple of sizes; anything else is
+        its value where both runs agree (or as the graph alone gives it)."""
+        args, kwargs = self.resolve(node.args), self.resolve(node.kwargs)
+        operands = flatten_args((args, kwargs))
+        if self.runs is not None and any(isinstance(a, Sized) or a is VARIES for a in operands):
+            if node.target is operator.getitem and isinstance(args[0], (tuple, list)) or \
+                    node.target is operator.add and all(isinstance(a, (tuple, list)) for a in args):
+                return node.target(*args)  # x.shape[1], x.size()[:-1] + (h, d): the sizes picked
+            return tainted_value(self.torch, self.runs[0][node.name], self.runs[1][node.name])
         if self.runs is not None:
             return fixed_value(self.torch, self.runs[0][node.name], self.runs[1][node.name])
-        args, kwargs = self.resolve(node.args), self.resolve(node.kwargs)
-        if any(isinstance(a, (Data, Sized)) or a is VARIES for a in flatten_args((args, kwargs))):
+        if any(isinstance(a, (Data, Sized)) or a is VARIES for a in operands):
             raise self.refuse(node, "it reads the input's sizes: pass the input's shape, "
                                     "from_torch(module, input_shape=(None, ...))")
         with self.torch.no_grad():
@@ -275,6 +284,16 @@ def fixed_value(torch: Any, a: Any, b: Any) -> Any:
         return Sized((a, b))
     if a == b or (isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b)):
         return a
+    return VARIES
+
+
+def tainted_value(torch: Any, a: Any, b: Any) -> Any:
+    """The value of a node computed from sizes that depend on the batch: ints stay `Sized` even
+    where both runs agree, anything else is `VARIES`."""
+    if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)) and len(a) == len(b):
+        return tuple(tainted_value(torch, x, y) for x, y in zip(a, b, strict=True))
+    if type(a) is int and type(b) is int:
+        return Sized((a, b))
     return VARIES
 
 
