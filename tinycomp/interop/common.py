@@ -4,10 +4,10 @@ and `GraphModel` for imported graphs whose values branch and join (residual adds
 from __future__ import annotations
 
 import importlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -30,6 +30,24 @@ def unsupported(kind: str, name: str, type_name: str, known: Sequence[str], deta
     """The error for a node or module an importer has no rule for: which one, its type, what is known."""
     more = f" ({detail})" if detail else ""
     return CompileError(f"cannot import {kind} {name!r} of type {type_name}{more}; supported: {', '.join(known)}")
+
+
+T = TypeVar("T")
+
+
+class NodeImporter:
+    """What both graph readers (ONNX nodes, torch.fx nodes) share: `refuse` (each its own: how it names
+    a node) and `check`, which applies one of `graph_layers`' rules."""
+
+    def refuse(self, node: Any, detail: str = "") -> CompileError:
+        raise NotImplementedError
+
+    def check(self, node: Any, rule: Callable[..., T], *args: Any) -> T:
+        """rule(*args), its ValueError made a refusal of `node`."""
+        try:
+            return rule(*args)
+        except ValueError as exc:
+            raise self.refuse(node, str(exc)) from exc
 
 
 def linear_from(weight_in_out: np.ndarray, bias: np.ndarray | None) -> Linear:

@@ -5,20 +5,19 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 
 from ..errors import CompileError
 from ..frontend.layers import Layer
 from ..frontend.tensor import Tensor
-from .common import Step, chain_or_graph, layer_key, require, unsupported
+from .common import NodeImporter, Step, chain_or_graph, layer_key, require, unsupported
 from .graph_layers import BINARY, UNARY
 from .onnx_fold import FoldError, Pair, fold_pair
 from .onnx_nodes import HANDLERS
 from .onnx_patterns import fuse_erf_gelu
 
-T = TypeVar("T")
 EXAMPLE_BATCH = 2  # rows of the example input the importer runs each step on, for shapes
 NODES = (*HANDLERS, "Dropout", "Identity", "and any node of constants and sizes only (folded at import)")
 
@@ -109,7 +108,7 @@ def _value_shapes(onnx: Any, proto: Any) -> dict[str, Shape]:
     return shapes
 
 
-class _Importer:
+class _Importer(NodeImporter):
     """Turns nodes, in the graph's (topological) order, into layers and steps; folds the nodes that
     compute only constants and sizes (`onnx_fold`)."""
 
@@ -154,13 +153,6 @@ class _Importer:
 
     def refuse(self, node: Any, detail: str = "") -> CompileError:
         return unsupported("node", node.name or node.output[0], node.op_type, NODES, detail)
-
-    def check(self, node: Any, rule: Callable[..., T], *args: Any) -> T:
-        """rule(*args) (one of `graph_layers`' rules), its ValueError made a refusal of `node`."""
-        try:
-            return rule(*args)
-        except ValueError as exc:
-            raise self.refuse(node, str(exc)) from exc
 
     def is_const(self, name: str) -> bool:
         return name in self.consts

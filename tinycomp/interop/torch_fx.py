@@ -26,7 +26,7 @@ import numpy as np
 from .. import nn as tnn
 from ..errors import CompileError
 from ..frontend.layers import Layer
-from .common import Step, chain_or_graph, layer_key, linear_from, unsupported
+from .common import NodeImporter, Step, chain_or_graph, layer_key, linear_from, unsupported
 from .graph_layers import (
     BATCH,
     BATCHES,
@@ -89,7 +89,7 @@ def canonical_name(torch: Any, node: Any) -> str:
         return str(node.target)
 
 
-class FxImporter:
+class FxImporter(NodeImporter):
     """Turns the nodes of a traced forward, in order, into layers and steps (`GraphModel`)."""
 
     def __init__(self, torch: Any, gm: Any, where: str, convert: Callable[[Any, str], Layer],
@@ -103,12 +103,6 @@ class FxImporter:
     def refuse(self, node: Any, detail: str = "") -> CompileError:
         target = getattr(node.target, "__name__", str(node.target))
         return unsupported("node", f"{self.where}: node {node.name}", f"{node.op} {target}", NODES, detail)
-
-    def check(self, node: Any, rule: Callable[..., Any], *args: Any) -> Any:
-        try:
-            return rule(*args)
-        except ValueError as exc:
-            raise self.refuse(node, str(exc)) from exc
 
     def resolve(self, arg: Any) -> Any:
         if isinstance(arg, self.torch.fx.Node):
