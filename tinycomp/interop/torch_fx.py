@@ -8,7 +8,8 @@ needs each value's shape and the sizes the forward computes. With `input_shape` 
 graph runs on random inputs at two batch sizes (`BATCHES`, as `onnx_fold` runs ONNX size
 arithmetic): a node whose result is a tensor and reads the input is data; any other node is fixed
 (a parameter, `self.w.t()`, `e // heads`) where both runs agree, a size where they differ by the
-batch (`x.size(0)`: the batch), and refused where it is read otherwise.
+batch (`x.size(0)`: the batch; a number computed from it stays the batch's even where the runs
+agree, as `x.size(0) % 4` does), and refused where it is read otherwise.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import inspect
 import math
 import operator
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -26,17 +26,9 @@ import numpy as np
 from .. import nn as tnn
 from ..errors import CompileError
 from ..frontend.layers import Layer
-from .common import NodeImporter, Step, chain_or_graph, layer_key, linear_from, unsupported
-from .graph_layers import (
-    BATCH,
-    BATCHES,
-    ConstantOperand,
-    check_matmul,
-    permutation,
-    reduction,
-    reshape_sample,
-    with_constant,
-)
+from .common import NodeImporter, Step, chain_or_graph, layer_key, unsupported
+from .graph_layers import BATCHES, ConstantOperand, check_matmul, with_constant
+from .torch_ops import SHAPED, VARIES, Data, Sized, canonical_name, function_layer
 
 TOP = "(the top module)"  # how errors name the module passed in, which has no path
 NODES = ("calls of supported modules", "relu/sigmoid/tanh/gelu/softmax/flatten", "+ - * / ** @ with tensors, "
@@ -46,47 +38,6 @@ NODES = ("calls of supported modules", "relu/sigmoid/tanh/gelu/softmax/flatten",
 BINARY = ("add", "sub", "mul", "div", "matmul", "pow")
 UNARY = ("neg", "exp", "log", "sqrt", "abs")
 ALIASES = ("contiguous", "clone", "detach", "float")  # no change to a float32 value
-
-
-@dataclass(frozen=True)
-class Data:
-    """A value computed from the input: the name of its step in the imported graph."""
-
-    name: str
-
-
-@dataclass(frozen=True)
-class Sized:
-    """An int that changes with the batch size: its value at each of BATCHES."""
-
-    values: tuple[int, int]
-
-
-VARIES = object()  # a fixed-looking value that changes with the batch otherwise (a tensor of batch size)
-
-
-def canonical_name(torch: Any, node: Any) -> str:
-    """What a call_function or call_method node does, as one name ("add", "view", "linear", ...)."""
-    if node.op == "call_method":
-        return {"subtract": "sub", "multiply": "mul", "divide": "div", "true_divide": "div", "bmm": "matmul",
-                "mm": "matmul"}.get(node.target, node.target)
-    F = torch.nn.functional
-    names = {
-        operator.add: "add", operator.iadd: "add", torch.add: "add", operator.sub: "sub", operator.isub: "sub",
-        torch.sub: "sub", torch.subtract: "sub", operator.mul: "mul", operator.imul: "mul", torch.mul: "mul",
-        torch.multiply: "mul", operator.truediv: "div", operator.itruediv: "div", torch.div: "div",
-        torch.true_divide: "div", torch.divide: "div", operator.matmul: "matmul", torch.matmul: "matmul",
-        torch.bmm: "matmul", torch.mm: "matmul", operator.pow: "pow", torch.pow: "pow", operator.neg: "neg",
-        torch.neg: "neg", torch.exp: "exp", torch.log: "log", torch.sqrt: "sqrt", torch.abs: "abs",
-        torch.rsqrt: "rsqrt", torch.reciprocal: "reciprocal", F.linear: "linear", F.layer_norm: "layer_norm",
-        F.dropout: "dropout", torch.transpose: "transpose", torch.permute: "permute", torch.reshape: "reshape",
-        torch.mean: "mean", torch.sum: "sum", torch.amax: "amax", torch.unsqueeze: "unsqueeze",
-        torch.squeeze: "squeeze",
-    }
-    try:
-        return names.get(node.target, getattr(node.target, "__name__", str(node.target)))
-    except TypeError:  # an unhashable target
-        return str(node.target)
 
 
 class FxImporter(NodeImporter):
@@ -291,115 +242,6 @@ def tainted_value(torch: Any, a: Any, b: Any) -> Any:
     return VARIES
 
 
-def function_layer(torch: Any, target: Any, extra: tuple, kwargs: dict) -> Layer | None:
-    """The layer for an activation function or method on one tensor (`extra`: its other arguments,
-    resolved), or None."""
-    F = torch.nn.functional
-    if target in (torch.relu, F.relu, "relu") and not extra:
-        return tnn.ReLU()
-    if target in (torch.sigmoid, F.sigmoid, "sigmoid") and not extra:
-        return tnn.Sigmoid()
-    if target in (torch.tanh, F.tanh, "tanh") and not extra:
-        return tnn.Tanh()
-    if target is F.gelu and not extra:
-        return tnn.GELU(approximate="tanh" if kwargs.get("approximate") == "tanh" else "none")
-    if target in (F.softmax, torch.softmax, "softmax"):
-        dim = extra[0] if extra else kwargs.get("dim")
-        return tnn.Softmax(dim=int(dim)) if isinstance(dim, int) else None
-    if target in (torch.flatten, "flatten"):
-        start = extra[0] if extra else kwargs.get("start_dim", 0)
-        end = extra[1] if len(extra) > 1 else kwargs.get("end_dim", -1)
-        return tnn.Flatten(int(start), int(end)) if isinstance(start, int) and start != 0 else None
-    return None
-
-
-# ---------------------------------------------------------------------- ops that need shapes
-def linear(imp: FxImporter, node: Any, x: Data, args: list, kwargs: dict) -> None:
-    weight = args[0] if args else kwargs.get("weight")
-    bias = args[1] if len(args) > 1 else kwargs.get("bias")
-    if isinstance(weight, Data) or isinstance(bias, Data):
-        raise imp.refuse(node, "a weight or bias computed from the input")
-    imp.layer(node, linear_from(imp.constant(node, weight).T, None if bias is None else imp.constant(node, bias)), x)
-
-
-def layer_norm(imp: FxImporter, node: Any, x: Data, args: list, kwargs: dict) -> None:
-    names = ("normalized_shape", "weight", "bias", "eps")
-    given = dict(zip(names, args, strict=False)) | kwargs
-    shape = tuple(given.get("normalized_shape", ()))
-    if len(shape) != 1:
-        raise imp.refuse(node, f"normalized_shape {shape}: only the last axis")
-    layer = tnn.LayerNorm(int(shape[0]), eps=float(given.get("eps", 1e-5)))
-    if given.get("weight") is not None:
-        layer.gamma = tnn.Tensor(imp.constant(node, given["weight"]))
-    if given.get("bias") is not None:
-        layer.beta = tnn.Tensor(imp.constant(node, given["bias"]))
-    imp.layer(node, layer, x)
-
-
-def dropout(imp: FxImporter, node: Any, x: Data, args: list, kwargs: dict) -> None:
-    given = dict(zip(("p", "training"), args, strict=False)) | kwargs
-    layer = tnn.Dropout(float(given.get("p", 0.5)))
-    layer.training = bool(given.get("training", True))  # F.dropout's own default
-    imp.layer(node, layer, x)
-
-
-def reshape(imp: FxImporter, node: Any, x: Data, args: list, kwargs: dict) -> None:
-    sizes = args[0] if len(args) == 1 and isinstance(args[0], (tuple, list)) else args
-    sizes = list(kwargs.get("shape", sizes))
-    target: list[int | str] = []
-    for d in sizes:
-        if isinstance(d, Sized) and d.values == BATCHES:
-            target.append(BATCH)
-        elif isinstance(d, int) and d >= -1 and d != 0:  # torch has no 0 meaning "copy": a 0 is a size of 0
-            target.append(d)
-        else:
-            shown = [s.values[0] if isinstance(s, Sized) else s for s in sizes]
-            raise imp.refuse(node, f"sizes {shown} at batch size {BATCHES[0]}: the batch must be the first size, "
-                                   "or -1 leaving each sample whole")
-    imp.layer(node, tnn.Reshape(*imp.check(node, reshape_sample, target, imp.sample(node, x))), x)
-
-
-def transpose(imp: FxImporter, node: Any, x: Data, args: list, kwargs: dict) -> None:
-    rank = len(imp.shape(node, x))
-    if canonical_name(imp.torch, node) == "t":
-        dims = [0, 1] if rank > 1 else [0, 0]
-    else:
-        dims = [int(d) % rank for d in (args or [kwargs.get("dim0"), kwargs.get("dim1")])]
-    perm = list(range(rank))
-    perm[dims[0]], perm[dims[1]] = perm[dims[1]], perm[dims[0]]
-    imp.layer(node, imp.check(node, permutation, perm), x)
-
-
-def permute(imp: FxImporter, node: Any, x: Data, args: list, kwargs: dict) -> None:
-    dims = args[0] if len(args) == 1 and isinstance(args[0], (tuple, list)) else args
-    rank = len(imp.shape(node, x))
-    imp.layer(node, imp.check(node, permutation, [int(d) % rank for d in kwargs.get("dims", dims)]), x)
-
-
-def squeeze_or_unsqueeze(imp: FxImporter, node: Any, x: Data, args: list, kwargs: dict) -> None:
-    dim = args[0] if args else kwargs.get("dim")
-    rank = len(imp.shape(node, x)) + (canonical_name(imp.torch, node) == "unsqueeze")
-    if not isinstance(dim, int) or dim % rank == 0:
-        raise imp.refuse(node, f"dim {dim}: one dimension other than the batch (0) must be given")
-    assert imp.runs is not None  # shape() above needs them
-    imp.layer(node, tnn.Reshape(*imp.runs[0][node.name].shape[1:]), x)
-
-
-def reduce(kind: str) -> Callable[[FxImporter, Any, Data, list, dict], None]:
-    def handler(imp: FxImporter, node: Any, x: Data, args: list, kwargs: dict) -> None:
-        given = dict(zip(("dim", "keepdim"), args, strict=False)) | kwargs
-        dim = given.get("dim")
-        axes = None if dim is None else [dim] if isinstance(dim, int) else list(dim)
-        rank = len(imp.shape(node, x))
-        imp.layer(node, imp.check(node, reduction, kind, axes, bool(given.get("keepdim", False)), rank), x)
-    return handler
-
-
-SHAPED: dict[str, Callable[[FxImporter, Any, Data, list, dict], None]] = {
-    "linear": linear, "layer_norm": layer_norm, "dropout": dropout, "view": reshape, "reshape": reshape,
-    "transpose": transpose, "t": transpose, "permute": permute, "unsqueeze": squeeze_or_unsqueeze,
-    "squeeze": squeeze_or_unsqueeze, "mean": reduce("mean"), "sum": reduce("sum"), "amax": reduce("max"),
-}
 
 
 def runnable_copy(m: Any) -> Any:

@@ -1,0 +1,167 @@
+"""The torch operations `torch_fx` reads: what a traced node does (`canonical_name`), the activation
+functions as layers (`function_layer`), and one handler per operation that needs its operands'
+shapes (`SHAPED`: F.linear, view, transpose, mean, ...), each turning its node into a layer of the
+imported graph or refusing it. `imp` is torch_fx's `FxImporter`."""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .. import nn as tnn
+from ..frontend.layers import Layer
+from .common import linear_from
+from .graph_layers import BATCH, BATCHES, permutation, reduction, reshape_sample
+
+
+@dataclass(frozen=True)
+class Data:
+    """A value computed from the input: the name of its step in the imported graph."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class Sized:
+    """An int that changes with the batch size: its value at each of BATCHES."""
+
+    values: tuple[int, int]
+
+
+VARIES = object()  # a fixed-looking value that changes with the batch otherwise (a tensor of batch size)
+
+
+def canonical_name(torch: Any, node: Any) -> str:
+    """What a call_function or call_method node does, as one name ("add", "view", "linear", ...)."""
+    if node.op == "call_method":
+        return {"subtract": "sub", "multiply": "mul", "divide": "div", "true_divide": "div", "bmm": "matmul",
+                "mm": "matmul"}.get(node.target, node.target)
+    F = torch.nn.functional
+    names = {
+        operator.add: "add", operator.iadd: "add", torch.add: "add", operator.sub: "sub", operator.isub: "sub",
+        torch.sub: "sub", torch.subtract: "sub", operator.mul: "mul", operator.imul: "mul", torch.mul: "mul",
+        torch.multiply: "mul", operator.truediv: "div", operator.itruediv: "div", torch.div: "div",
+        torch.true_divide: "div", torch.divide: "div", operator.matmul: "matmul", torch.matmul: "matmul",
+        torch.bmm: "matmul", torch.mm: "matmul", operator.pow: "pow", torch.pow: "pow", operator.neg: "neg",
+        torch.neg: "neg", torch.exp: "exp", torch.log: "log", torch.sqrt: "sqrt", torch.abs: "abs",
+        torch.rsqrt: "rsqrt", torch.reciprocal: "reciprocal", F.linear: "linear", F.layer_norm: "layer_norm",
+        F.dropout: "dropout", torch.transpose: "transpose", torch.permute: "permute", torch.reshape: "reshape",
+        torch.mean: "mean", torch.sum: "sum", torch.amax: "amax", torch.unsqueeze: "unsqueeze",
+        torch.squeeze: "squeeze",
+    }
+    try:
+        return names.get(node.target, getattr(node.target, "__name__", str(node.target)))
+    except TypeError:  # an unhashable target
+        return str(node.target)
+
+
+def function_layer(torch: Any, target: Any, extra: tuple, kwargs: dict) -> Layer | None:
+    """The layer for an activation function or method on one tensor (`extra`: its other arguments,
+    resolved), or None."""
+    F = torch.nn.functional
+    if target in (torch.relu, F.relu, "relu") and not extra:
+        return tnn.ReLU()
+    if target in (torch.sigmoid, F.sigmoid, "sigmoid") and not extra:
+        return tnn.Sigmoid()
+    if target in (torch.tanh, F.tanh, "tanh") and not extra:
+        return tnn.Tanh()
+    if target is F.gelu and not extra:
+        return tnn.GELU(approximate="tanh" if kwargs.get("approximate") == "tanh" else "none")
+    if target in (F.softmax, torch.softmax, "softmax"):
+        dim = extra[0] if extra else kwargs.get("dim")
+        return tnn.Softmax(dim=int(dim)) if isinstance(dim, int) else None
+    if target in (torch.flatten, "flatten"):
+        start = extra[0] if extra else kwargs.get("start_dim", 0)
+        end = extra[1] if len(extra) > 1 else kwargs.get("end_dim", -1)
+        return tnn.Flatten(int(start), int(end)) if isinstance(start, int) and start != 0 else None
+    return None
+
+
+def linear(imp: Any, node: Any, x: Data, args: list, kwargs: dict) -> None:
+    weight = args[0] if args else kwargs.get("weight")
+    bias = args[1] if len(args) > 1 else kwargs.get("bias")
+    if isinstance(weight, Data) or isinstance(bias, Data):
+        raise imp.refuse(node, "a weight or bias computed from the input")
+    imp.layer(node, linear_from(imp.constant(node, weight).T, None if bias is None else imp.constant(node, bias)), x)
+
+
+def layer_norm(imp: Any, node: Any, x: Data, args: list, kwargs: dict) -> None:
+    names = ("normalized_shape", "weight", "bias", "eps")
+    given = dict(zip(names, args, strict=False)) | kwargs
+    shape = tuple(given.get("normalized_shape", ()))
+    if len(shape) != 1:
+        raise imp.refuse(node, f"normalized_shape {shape}: only the last axis")
+    layer = tnn.LayerNorm(int(shape[0]), eps=float(given.get("eps", 1e-5)))
+    if given.get("weight") is not None:
+        layer.gamma = tnn.Tensor(imp.constant(node, given["weight"]))
+    if given.get("bias") is not None:
+        layer.beta = tnn.Tensor(imp.constant(node, given["bias"]))
+    imp.layer(node, layer, x)
+
+
+def dropout(imp: Any, node: Any, x: Data, args: list, kwargs: dict) -> None:
+    given = dict(zip(("p", "training"), args, strict=False)) | kwargs
+    layer = tnn.Dropout(float(given.get("p", 0.5)))
+    layer.training = bool(given.get("training", True))  # F.dropout's own default
+    imp.layer(node, layer, x)
+
+
+def reshape(imp: Any, node: Any, x: Data, args: list, kwargs: dict) -> None:
+    sizes = args[0] if len(args) == 1 and isinstance(args[0], (tuple, list)) else args
+    sizes = list(kwargs.get("shape", sizes))
+    target: list[int | str] = []
+    for d in sizes:
+        if isinstance(d, Sized) and d.values == BATCHES:
+            target.append(BATCH)
+        elif isinstance(d, int) and d >= -1 and d != 0:  # torch has no 0 meaning "copy": a 0 is a size of 0
+            target.append(d)
+        else:
+            shown = [s.values[0] if isinstance(s, Sized) else s for s in sizes]
+            raise imp.refuse(node, f"sizes {shown} at batch size {BATCHES[0]}: the batch must be the first size, "
+                                   "or -1 leaving each sample whole")
+    imp.layer(node, tnn.Reshape(*imp.check(node, reshape_sample, target, imp.sample(node, x))), x)
+
+
+def transpose(imp: Any, node: Any, x: Data, args: list, kwargs: dict) -> None:
+    rank = len(imp.shape(node, x))
+    if canonical_name(imp.torch, node) == "t":
+        dims = [0, 1] if rank > 1 else [0, 0]
+    else:
+        dims = [int(d) % rank for d in (args or [kwargs.get("dim0"), kwargs.get("dim1")])]
+    perm = list(range(rank))
+    perm[dims[0]], perm[dims[1]] = perm[dims[1]], perm[dims[0]]
+    imp.layer(node, imp.check(node, permutation, perm), x)
+
+
+def permute(imp: Any, node: Any, x: Data, args: list, kwargs: dict) -> None:
+    dims = args[0] if len(args) == 1 and isinstance(args[0], (tuple, list)) else args
+    rank = len(imp.shape(node, x))
+    imp.layer(node, imp.check(node, permutation, [int(d) % rank for d in kwargs.get("dims", dims)]), x)
+
+
+def squeeze_or_unsqueeze(imp: Any, node: Any, x: Data, args: list, kwargs: dict) -> None:
+    dim = args[0] if args else kwargs.get("dim")
+    rank = len(imp.shape(node, x)) + (canonical_name(imp.torch, node) == "unsqueeze")
+    if not isinstance(dim, int) or dim % rank == 0:
+        raise imp.refuse(node, f"dim {dim}: one dimension other than the batch (0) must be given")
+    assert imp.runs is not None  # shape() above needs them
+    imp.layer(node, tnn.Reshape(*imp.runs[0][node.name].shape[1:]), x)
+
+
+def reduce(kind: str) -> Callable[[Any, Any, Data, list, dict], None]:
+    def handler(imp: Any, node: Any, x: Data, args: list, kwargs: dict) -> None:
+        given = dict(zip(("dim", "keepdim"), args, strict=False)) | kwargs
+        dim = given.get("dim")
+        axes = None if dim is None else [dim] if isinstance(dim, int) else list(dim)
+        rank = len(imp.shape(node, x))
+        imp.layer(node, imp.check(node, reduction, kind, axes, bool(given.get("keepdim", False)), rank), x)
+    return handler
+
+
+SHAPED: dict[str, Callable[[Any, Any, Data, list, dict], None]] = {
+    "linear": linear, "layer_norm": layer_norm, "dropout": dropout, "view": reshape, "reshape": reshape,
+    "transpose": transpose, "t": transpose, "permute": permute, "unsqueeze": squeeze_or_unsqueeze,
+    "squeeze": squeeze_or_unsqueeze, "mean": reduce("mean"), "sum": reduce("sum"), "amax": reduce("max"),
+}
