@@ -300,6 +300,7 @@ class Several(nn.Module):
     def __init__(self, how: str):
         super().__init__()
         self.how = how
+        self.attention = nn.MultiheadAttention(6, 2, batch_first=True)
 
     def forward(self, x):
         if self.how == "chunk":
@@ -307,6 +308,10 @@ class Several(nn.Module):
             return a * torch.sigmoid(b)
         if self.how == "flatten":
             return x.flatten(-2)  # on (N, 6): the batch too
+        if self.how == "silu":  # fx fills in silu's inplace=False: not the reason it is refused
+            return F.silu(x)
+        if self.how == "attention-module":
+            return self.attention(x, x, x, need_weights=False)[0]
         return torch.add(x, x.exp(), alpha=0.5)
 
 
@@ -314,6 +319,8 @@ class Several(nn.Module):
     ("chunk", r"node chunk' of type call_method chunk \(it returns several tensors"),
     ("flatten", r"node flatten' of type call_method flatten \(start_dim -2 on a 2-D value is the batch"),
     ("alpha", r"node add' of type call_function add \(with keyword arguments alpha\)"),
+    ("silu", r"node silu' of type call_function silu; supported"),
+    ("attention-module", r"module 'attention' of type MultiheadAttention; supported"),
 ])
 def test_refusals_say_why(how, match):
     with pytest.raises(tc.CompileError, match=match):

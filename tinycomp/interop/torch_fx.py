@@ -144,11 +144,12 @@ class FxImporter(NodeImporter):
 
     def call_module(self, node: Any) -> None:
         arguments = (*node.args, *node.kwargs.values())  # self.fc(x) or self.fc(input=x)
-        if len(arguments) != 1 or not isinstance(self.resolve(arguments[0]), Data):
-            raise self.refuse(node, f"called with {len(arguments)} arguments; a layer takes one computed tensor")
         path = f"{self.where}.{node.target}" if self.where != TOP else str(node.target)
         sub = self.gm.get_submodule(node.target)
-        self.layer(node, self.convert(sub, path), self.resolve(arguments[0]))
+        layer = self.convert(sub, path)  # first: a module tinycomp has no rule for is refused as that
+        if len(arguments) != 1 or not isinstance(self.resolve(arguments[0]), Data):
+            raise self.refuse(node, f"called with {len(arguments)} arguments; a layer takes one computed tensor")
+        self.layer(node, layer, self.resolve(arguments[0]))
         self.in_place(node, arguments[0], bool(getattr(sub, "inplace", False)))
 
     def in_place(self, node: Any, source: Any, inplace: bool) -> None:
@@ -183,7 +184,8 @@ class FxImporter(NodeImporter):
         elif name in SHAPED and isinstance(x, Data):
             SHAPED[name](self, node, x, list(args[1:]), kwargs)
         else:
-            raise self.refuse(node, f"with keyword arguments {', '.join(kwargs)}" if kwargs else "")
+            known = name in (*BINARY, *UNARY, *ALIASES, *SHAPED, "rsqrt", "reciprocal")
+            raise self.refuse(node, f"with keyword arguments {', '.join(kwargs)}" if kwargs and known else "")
 
     def binary(self, node: Any, op: str, a: Any, b: Any) -> None:
         if isinstance(a, Data) and isinstance(b, Data):
