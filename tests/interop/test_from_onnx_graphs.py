@@ -338,3 +338,16 @@ def test_exact_gelu_as_bert_writes_it_imports_as_gelu(form):
     model = from_onnx(blob)
     assert [type(layer).__name__ for layer in model] == ["GELU"] and model[0].approximate == "none"
     check_samples(blob, (6,))
+
+
+def test_leaky_relu_log_softmax_and_batch_normalization():
+    b = Builder(4, seed=10, sample=SAMPLE)
+    mean, var = b.const((3,)), b.node("Add", [b.node("Abs", [b.const((3,))]), scalar(b, 0.5)])
+    h = b.node("BatchNormalization", ["x", b.const((3,)), b.const((3,)), mean, var], epsilon=1e-3)
+    h = b.node("LogSoftmax", [b.node("LeakyRelu", [h], alpha=0.3)], axis=1)
+    check_samples(b.model(h, SAMPLE, opset=15))
+
+
+def test_log_softmax_before_opset_13_normalizes_from_its_axis_on():
+    b = Builder(4, seed=11, sample=SAMPLE)
+    check_samples(b.model(b.node("LogSoftmax", ["x"], axis=1), SAMPLE, opset=11))

@@ -308,8 +308,8 @@ class Several(nn.Module):
             return a * torch.sigmoid(b)
         if self.how == "flatten":
             return x.flatten(-2)  # on (N, 6): the batch too
-        if self.how == "silu":  # fx fills in silu's inplace=False: not the reason it is refused
-            return F.silu(x)
+        if self.how == "elu":  # fx fills in elu's alpha and inplace: not the reason it is refused
+            return F.elu(x)
         if self.how == "attention-module":
             return self.attention(x, x, x, need_weights=False)[0]
         return torch.add(x, x.exp(), alpha=0.5)
@@ -319,9 +319,53 @@ class Several(nn.Module):
     ("chunk", r"node chunk' of type call_method chunk \(it returns several tensors"),
     ("flatten", r"node flatten' of type call_method flatten \(start_dim -2 on a 2-D value is the batch"),
     ("alpha", r"node add' of type call_function add \(with keyword arguments alpha\)"),
-    ("silu", r"node silu' of type call_function silu; supported"),
+    ("elu", r"node elu' of type call_function elu; supported"),
     ("attention-module", r"module 'attention' of type MultiheadAttention; supported"),
 ])
 def test_refusals_say_why(how, match):
     with pytest.raises(tc.CompileError, match=match):
         from_torch(Several(how), input_shape=(None, 6))
+
+
+# ---- layers common in models people import: SiLU, LeakyReLU, LogSoftmax, BatchNorm in eval mode
+class Classifier(nn.Module):
+    def __init__(self, how: str):
+        super().__init__()
+        self.how = how
+        self.fc1, self.fc2 = nn.Linear(6, 8), nn.Linear(8, 4)
+        self.norm = nn.BatchNorm1d(8)
+        self.act = {"modules": nn.SiLU(), "leaky": nn.LeakyReLU(0.2)}.get(how, nn.Identity())
+        with torch.no_grad():  # statistics as a trained model has them
+            self.norm.running_mean.uniform_(-1, 1)
+            self.norm.running_var.uniform_(0.5, 2)
+            self.norm.weight.uniform_(0.5, 1.5)
+            self.norm.bias.uniform_(-0.5, 0.5)
+
+    def forward(self, x):
+        h = self.norm(self.fc1(x))
+        if self.how == "functions":
+            return F.log_softmax(self.fc2(F.silu(h) + F.leaky_relu(h, 0.1)), dim=-1)
+        return torch.log_softmax(self.fc2(self.act(h)), -1)
+
+
+@pytest.mark.parametrize("how", ["modules", "leaky", "functions"])
+def test_silu_leaky_relu_log_softmax_and_batch_norm(how):
+    torch.manual_seed(6)
+    module = Classifier(how).eval()
+    check_imported(from_torch(module), run_torch(module), 6, scale=2.0)
+    check_against_torch(module, (6,), scale=2.0)
+
+
+def test_batch_norm_over_channels_of_a_3d_input():
+    torch.manual_seed(7)
+    module = nn.Sequential(nn.BatchNorm1d(3), nn.Flatten(), nn.Linear(12, 2))
+    with torch.no_grad():
+        module[0].running_mean.uniform_(-1, 1)
+        module[0].running_var.uniform_(0.5, 2)
+    check_against_torch(module, (3, 4))
+
+
+def test_batch_norm_in_training_mode_is_refused():
+    with pytest.raises(tc.CompileError, match=r"module '0' of type BatchNorm1d \(in training mode.*import the model "
+                                              r"in eval\(\)"):
+        from_torch(nn.Sequential(nn.BatchNorm1d(4)).train())

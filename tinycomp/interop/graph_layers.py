@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from ..frontend.activations import ReLU, Sigmoid
 from ..frontend.layers import Layer
 from ..frontend.tensor import Tensor, as_tensor
 
@@ -101,6 +102,82 @@ class Reduce(Layer):
 
     def __repr__(self) -> str:
         return f"Reduce({self.kind}, axes={self.axes}, keepdims={self.keepdims})"
+
+
+class SiLU(Layer):
+    """x * sigmoid(x) (torch's SiLU, "swish"), as exporters write it."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x times its sigmoid."""
+        x = as_tensor(x)
+        return x * Sigmoid()(x)
+
+    def __repr__(self) -> str:
+        return "SiLU()"
+
+
+class LeakyReLU(Layer):
+    """x where x > 0, else slope * x, written relu(x) - slope * relu(-x): each branch is that value
+    exactly (0 - slope * -x is one rounding of slope * x), with the infinities and NaN as x * slope
+    gives them."""
+
+    def __init__(self, slope: float = 0.01):
+        self.slope = float(slope)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Leaky ReLU of x."""
+        x = as_tensor(x)
+        return ReLU()(x) - self.slope * ReLU()(-x)
+
+    def __repr__(self) -> str:
+        return f"LeakyReLU({self.slope:g})"
+
+
+class LogSoftmax(Layer):
+    """log(softmax(x)) along `dim`, as torch computes it: (x - max) - log(sum(exp(x - max)))."""
+
+    def __init__(self, dim: int = -1):
+        self.dim = int(dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """The log of x's softmax along dim."""
+        shifted = as_tensor(x) - as_tensor(x).max(axis=self.dim, keepdims=True)
+        return shifted - shifted.exp().sum(axis=self.dim, keepdims=True).log()
+
+    def __repr__(self) -> str:
+        return f"LogSoftmax(dim={self.dim})"
+
+
+class ChannelAffine(Layer):
+    """x * scale + shift with one scale and shift per channel (axis 1): batch normalization in
+    inference, its statistics folded in (as torch and ONNX Runtime run it)."""
+
+    def __init__(self, scale: Any, shift: Any):
+        self.scale, self.shift = Tensor(np.asarray(scale).reshape(-1)), Tensor(np.asarray(shift).reshape(-1))
+
+    @classmethod
+    def from_statistics(cls, mean: Any, var: Any, eps: float, weight: Any = None, bias: Any = None) -> ChannelAffine:
+        """The layer for (x - mean) / sqrt(var + eps) * weight + bias, its constants in float64 first."""
+        mean, var = np.asarray(mean, np.float64), np.asarray(var, np.float64)
+        scale = (1.0 if weight is None else np.asarray(weight, np.float64)) / np.sqrt(var + eps)
+        shift = (0.0 if bias is None else np.asarray(bias, np.float64)) - mean * scale
+        return cls(np.broadcast_to(scale, mean.shape), np.broadcast_to(shift, mean.shape))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x scaled and shifted per channel."""
+        x = as_tensor(x)
+        if x.ndim < 2 or x.shape[1] != self.scale.shape[0]:
+            raise ValueError(f"ChannelAffine of {self.scale.shape[0]} channels takes (N, {self.scale.shape[0]}, ...); "
+                             f"got shape {x.shape}")
+        column = (self.scale.shape[0], *[1] * (x.ndim - 2))  # along axis 1, broadcast over the rest
+        return x * self.scale.reshape(column) + self.shift.reshape(column)
+
+    def parameters(self) -> list[Tensor]:
+        """`[scale, shift]`."""
+        return [self.scale, self.shift]
+
+    def __repr__(self) -> str:
+        return f"ChannelAffine({self.scale.shape[0]})"
 
 
 # ---- what each importer may turn into these layers: ValueError(detail) where it may not; the

@@ -13,7 +13,18 @@ import numpy as np
 
 from .. import nn as tnn
 from .common import Step, linear_from
-from .graph_layers import BATCH, ConstantOperand, check_matmul, permutation, reduction, reshape_sample, with_constant
+from .graph_layers import (
+    BATCH,
+    ChannelAffine,
+    ConstantOperand,
+    LeakyReLU,
+    LogSoftmax,
+    check_matmul,
+    permutation,
+    reduction,
+    reshape_sample,
+    with_constant,
+)
 from .onnx_fold import Pair, batch_form, shape_pair
 
 
@@ -89,8 +100,10 @@ def cast(imp: Any, node: Any, ins: list[str], a: dict) -> None:
 
 
 def softmax(imp: Any, node: Any, ins: list[str], a: dict) -> None:
+    """Softmax or LogSoftmax (same axis rules)."""
+    make = (lambda dim: tnn.Softmax(dim=dim)) if node.op_type == "Softmax" else LogSoftmax
     if imp.opset >= 13:
-        imp.layer(node, tnn.Softmax(dim=int(a.get("axis", -1))), ins[0])
+        imp.layer(node, make(int(a.get("axis", -1))), ins[0])
         return
     # before opset 13 Softmax normalized over all dimensions from `axis` (default 1) on, as one row
     axis = int(a.get("axis", 1))
@@ -98,14 +111,14 @@ def softmax(imp: Any, node: Any, ins: list[str], a: dict) -> None:
     if axis != -1 and not -len(shape) <= axis < len(shape):
         raise imp.refuse(node, f"axis={axis} on a value of rank {len(shape)}")
     if axis == -1 or axis % len(shape) == len(shape) - 1:
-        imp.layer(node, tnn.Softmax(dim=-1), ins[0])
+        imp.layer(node, make(-1), ins[0])
         return
     axis %= len(shape)
     if axis == 0:
         raise imp.refuse(node, f"axis=0 under opset {imp.opset} normalizes across the batch")
     sample = imp.sample_sizes(node, ins[0], f"axis={axis} under opset {imp.opset}")
     rows = tnn.Reshape(*sample[:axis - 1], math.prod(sample[axis - 1:]))
-    imp.layer(node, tnn.Sequential(rows, tnn.Softmax(dim=-1), tnn.Reshape(*sample)), ins[0])
+    imp.layer(node, tnn.Sequential(rows, make(-1), tnn.Reshape(*sample)), ins[0])
 
 
 def gelu(imp: Any, node: Any, ins: list[str], a: dict) -> None:
@@ -129,6 +142,17 @@ def layer_normalization(imp: Any, node: Any, ins: list[str], a: dict) -> None:
                                        "of the last axis, or one value")
             setattr(layer, attr, tnn.Tensor(np.broadcast_to(value.reshape(-1), (width,))))
     imp.layer(node, layer, ins[0])
+
+
+def batch_normalization(imp: Any, node: Any, ins: list[str], a: dict) -> None:
+    if a.get("training_mode", 0):
+        raise imp.refuse(node, "training_mode=1: it normalizes by the batch's own statistics")
+    scale, bias, mean, var = (imp.const(node, name) for name in ins[1:5])
+    imp.layer(node, ChannelAffine.from_statistics(mean, var, float(a.get("epsilon", 1e-5)), scale, bias), ins[0])
+
+
+def leaky_relu(imp: Any, node: Any, ins: list[str], a: dict) -> None:
+    imp.layer(node, LeakyReLU(float(a.get("alpha", 0.01))), ins[0])
 
 
 def reshape(imp: Any, node: Any, ins: list[str], a: dict) -> None:
@@ -209,7 +233,8 @@ HANDLERS: dict[str, Callable[[Any, Any, list[str], dict], None]] = {
     "Neg": unary("neg"), "Exp": unary("exp"), "Log": unary("log"), "Sqrt": unary("sqrt"), "Abs": unary("abs"),
     "Reciprocal": reciprocal,
     "Relu": layer_of(tnn.ReLU), "Sigmoid": layer_of(tnn.Sigmoid), "Tanh": layer_of(tnn.Tanh),
-    "Softmax": softmax, "Gelu": gelu, "LayerNormalization": layer_normalization,
+    "Softmax": softmax, "LogSoftmax": softmax, "Gelu": gelu, "LayerNormalization": layer_normalization,
+    "BatchNormalization": batch_normalization, "LeakyRelu": leaky_relu,
     "Reshape": reshape, "Flatten": flatten, "Squeeze": squeeze_or_unsqueeze, "Unsqueeze": squeeze_or_unsqueeze,
     "Transpose": transpose, "Cast": cast, "Shape": shape,
     "ReduceSum": reduce("sum"), "ReduceMean": reduce("mean"), "ReduceMax": reduce("max"),

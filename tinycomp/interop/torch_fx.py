@@ -31,8 +31,9 @@ from .graph_layers import BATCHES, ConstantOperand, check_matmul, with_constant
 from .torch_ops import SHAPED, VARIES, Data, Sized, canonical_name, function_layer
 
 TOP = "(the top module)"  # how errors name the module passed in, which has no path
-NODES = ("calls of supported modules", "relu/sigmoid/tanh/gelu/softmax/flatten", "+ - * / ** @ with tensors, "
-         "numbers and parameters", "F.linear", "F.layer_norm", "F.dropout", "exp/log/sqrt/rsqrt/abs/neg/reciprocal",
+NODES = ("calls of supported modules", "relu/sigmoid/tanh/gelu/softmax/log_softmax/silu/leaky_relu/flatten",
+         "+ - * / ** @ with tensors, numbers and parameters", "F.linear", "F.layer_norm", "F.batch_norm (eval)",
+         "F.dropout", "exp/log/sqrt/rsqrt/abs/neg/reciprocal",
          "view/reshape/transpose/permute/unsqueeze/squeeze/contiguous that keep the batch first",
          "mean/sum/amax not over the batch", "sizes read from x.shape / x.size()")
 BINARY = ("add", "sub", "mul", "div", "matmul", "pow")

@@ -12,13 +12,13 @@ from .. import nn as tnn
 from ..errors import CompileError
 from ..frontend.layers import Layer
 from .common import linear_from, require, unsupported
-from .graph_layers import BATCHES
+from .graph_layers import BATCHES, ChannelAffine, LeakyReLU, LogSoftmax, SiLU
 from .torch_fx import TOP, from_fx, runnable_copy
 
 TOLERANCE = 1e-3  # _verify's bound on |imported - torch| over the output's scale: float32 rounding is ~1e-6
 MODULES = ("Sequential", "Linear", "ReLU", "Sigmoid", "Tanh", "GELU", "Softmax", "Dropout", "LayerNorm", "Flatten",
-           "Identity", "a Module whose forward torch.fx can trace, calling these and tensor operations "
-           "(see from_torch)")
+           "Identity", "SiLU", "LeakyReLU", "LogSoftmax", "BatchNorm1d/2d/3d (eval)",
+           "a Module whose forward torch.fx can trace, calling these and tensor operations (see from_torch)")
 
 
 def from_torch(module: Any, input_shape: tuple | None = None) -> Layer:
@@ -26,7 +26,9 @@ def from_torch(module: Any, input_shape: tuple | None = None) -> Layer:
 
     `module` is a `torch.nn.Module`: an `nn.Sequential` or a module tree of `Linear`, `ReLU`, `Sigmoid`,
     `Tanh`, `GELU` (exact and tanh forms, kept apart: `GELU(approximate="none")` compiles with
-    tinycomp's erf kernel), `Softmax`, `Dropout`, `LayerNorm`, `Flatten`, `Identity`. Any other
+    tinycomp's erf kernel), `Softmax`, `Dropout`, `LayerNorm`, `Flatten`, `Identity`, `SiLU`,
+    `LeakyReLU`, `LogSoftmax`, `BatchNorm1d/2d/3d` in eval mode (a per-channel scale and shift from
+    its running statistics). Any other
     module is read through `torch.fx`: its forward may call those, relu/sigmoid/tanh/gelu/softmax/
     flatten functions and add tensors; given `input_shape` (the batch first, as `None`: as
     `tinycomp.compile` takes it) it may also use parameters directly (`F.linear(x, self.w)`,
@@ -166,7 +168,28 @@ def _leaf(torch: Any, m: Any, path: str) -> Layer | None:
             raise unsupported("module", path or TOP, "Flatten", MODULES, str(exc)) from exc
     if type(m) is nn.LayerNorm:
         return _layer_norm(m, path)
+    if type(m) is nn.SiLU:
+        return SiLU()
+    if type(m) is nn.LeakyReLU:
+        return LeakyReLU(float(m.negative_slope))
+    if type(m) is nn.LogSoftmax:
+        if m.dim is None:
+            raise unsupported("module", path or TOP, "LogSoftmax", MODULES, "dim=None: give the axis")
+        return LogSoftmax(int(m.dim))
+    if type(m) in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d):
+        return _batch_norm(m, path)
     return None
+
+
+def _batch_norm(m: Any, path: str) -> Layer:
+    """A batch norm in eval mode with running statistics: a per-channel scale and shift."""
+    if m.training or m.running_mean is None:
+        raise unsupported("module", path or TOP, type(m).__name__, MODULES,
+                          "in training mode, or without running statistics, it normalizes by the batch's own; "
+                          "import the model in eval()")
+    return ChannelAffine.from_statistics(_array(m.running_mean), _array(m.running_var), float(m.eps),
+                                         None if m.weight is None else _array(m.weight),
+                                         None if m.bias is None else _array(m.bias))
 
 
 def _layer_norm(m: Any, path: str) -> Layer:

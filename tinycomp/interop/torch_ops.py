@@ -13,7 +13,17 @@ from typing import Any
 from .. import nn as tnn
 from ..frontend.layers import Layer
 from .common import linear_from
-from .graph_layers import BATCH, BATCHES, permutation, reduction, reshape_sample
+from .graph_layers import (
+    BATCH,
+    BATCHES,
+    ChannelAffine,
+    LeakyReLU,
+    LogSoftmax,
+    SiLU,
+    permutation,
+    reduction,
+    reshape_sample,
+)
 
 
 @dataclass(frozen=True)
@@ -47,7 +57,8 @@ def canonical_name(torch: Any, node: Any) -> str:
         torch.bmm: "matmul", torch.mm: "matmul", operator.pow: "pow", torch.pow: "pow", operator.neg: "neg",
         torch.neg: "neg", torch.exp: "exp", torch.log: "log", torch.sqrt: "sqrt", torch.abs: "abs",
         torch.rsqrt: "rsqrt", torch.reciprocal: "reciprocal", F.linear: "linear", F.layer_norm: "layer_norm",
-        F.dropout: "dropout", torch.transpose: "transpose", torch.permute: "permute", torch.reshape: "reshape",
+        F.batch_norm: "batch_norm", F.dropout: "dropout", torch.transpose: "transpose", torch.permute: "permute",
+        torch.reshape: "reshape",
         torch.mean: "mean", torch.sum: "sum", torch.amax: "amax", torch.unsqueeze: "unsqueeze",
         torch.squeeze: "squeeze",
     }
@@ -69,9 +80,16 @@ def function_layer(torch: Any, target: Any, extra: tuple, kwargs: dict) -> Layer
         return tnn.Tanh()
     if target is F.gelu and not extra:
         return tnn.GELU(approximate="tanh" if kwargs.get("approximate") == "tanh" else "none")
-    if target in (F.softmax, torch.softmax, "softmax"):
+    if target in (F.softmax, torch.softmax, "softmax", F.log_softmax, torch.log_softmax, "log_softmax"):
         dim = extra[0] if extra else kwargs.get("dim")
-        return tnn.Softmax(dim=int(dim)) if isinstance(dim, int) else None
+        if not isinstance(dim, int):
+            return None
+        return tnn.Softmax(dim=dim) if target in (F.softmax, torch.softmax, "softmax") else LogSoftmax(dim)
+    if target in (F.silu, "silu") and not extra:
+        return SiLU()
+    if target in (F.leaky_relu, "leaky_relu") and len(extra) <= 1:
+        slope = extra[0] if extra else kwargs.get("negative_slope", 0.01)
+        return LeakyReLU(float(slope)) if isinstance(slope, (int, float)) else None
     if target in (torch.flatten, "flatten"):
         start = extra[0] if extra else kwargs.get("start_dim", 0)
         end = extra[1] if len(extra) > 1 else kwargs.get("end_dim", -1)
@@ -99,6 +117,16 @@ def layer_norm(imp: Any, node: Any, x: Data, args: list, kwargs: dict) -> None:
     if given.get("bias") is not None:
         layer.beta = tnn.Tensor(imp.constant(node, given["bias"]))
     imp.layer(node, layer, x)
+
+
+def batch_norm(imp: Any, node: Any, x: Data, args: list, kwargs: dict) -> None:
+    names = ("running_mean", "running_var", "weight", "bias", "training", "momentum", "eps")
+    given = dict(zip(names, args, strict=False)) | kwargs
+    if given.get("training", False) or given.get("running_mean") is None:
+        raise imp.refuse(node, "training=True or no running statistics: it normalizes by the batch's own")
+    mean, var = (imp.constant(node, given[k]) for k in ("running_mean", "running_var"))
+    weight, bias = (None if given.get(k) is None else imp.constant(node, given[k]) for k in ("weight", "bias"))
+    imp.layer(node, ChannelAffine.from_statistics(mean, var, float(given.get("eps", 1e-5)), weight, bias), x)
 
 
 def dropout(imp: Any, node: Any, x: Data, args: list, kwargs: dict) -> None:
@@ -161,7 +189,8 @@ def reduce(kind: str) -> Callable[[Any, Any, Data, list, dict], None]:
 
 
 SHAPED: dict[str, Callable[[Any, Any, Data, list, dict], None]] = {
-    "linear": linear, "layer_norm": layer_norm, "dropout": dropout, "view": reshape, "reshape": reshape,
-    "transpose": transpose, "t": transpose, "permute": permute, "unsqueeze": squeeze_or_unsqueeze,
-    "squeeze": squeeze_or_unsqueeze, "mean": reduce("mean"), "sum": reduce("sum"), "amax": reduce("max"),
+    "linear": linear, "layer_norm": layer_norm, "batch_norm": batch_norm, "dropout": dropout, "view": reshape,
+    "reshape": reshape, "transpose": transpose, "t": transpose, "permute": permute,
+    "unsqueeze": squeeze_or_unsqueeze, "squeeze": squeeze_or_unsqueeze, "mean": reduce("mean"), "sum": reduce("sum"),
+    "amax": reduce("max"),
 }
