@@ -351,3 +351,52 @@ def test_leaky_relu_log_softmax_and_batch_normalization():
 def test_log_softmax_before_opset_13_normalizes_from_its_axis_on():
     b = Builder(4, seed=11, sample=SAMPLE)
     check_samples(b.model(b.node("LogSoftmax", ["x"], axis=1), SAMPLE, opset=11))
+
+
+# ---- found by a fuzzer of imported graphs: each failed before its fix
+def test_flatten_of_a_1d_value_gives_one_column():
+    # (N, 5) -> ReduceSum keepdims=0 -> (N,) -> Flatten -> (N, 1) -> Gemm: tnn.Flatten left (N,) as it was
+    b = Builder(5, seed=12)
+    h = b.node("Flatten", [b.node("ReduceSum", ["x", b.const(None, np.array([1], np.int64))], keepdims=0)], axis=1)
+    check_samples(b.model(b.node("Gemm", [h, b.const((1, 2))]), 2, opset=17), (5,))
+
+
+@pytest.mark.parametrize("last", ["Unsqueeze", "Squeeze"])
+def test_squeeze_and_unsqueeze_after_a_reshape_to_computed_sizes(last):
+    # shape inference leaves the Reshape's sizes unknown; the importer knows them
+    b = Builder(4, seed=13, sample=SAMPLE)
+    size0 = b.node("Gather", [b.node("Shape", ["x"]), b.const(None, np.array(0, np.int64))], axis=0)
+    target = b.node("Concat", [b.node("Unsqueeze", [size0, b.const(None, np.array([0], np.int64))]),
+                               b.const(None, np.array([1, -1], np.int64))], axis=0)
+    h = b.node("Reshape", ["x", target])  # (N, 1, 12)
+    axes = b.const(None, np.array([1], np.int64))
+    out = b.node(last, [h, axes])
+    check_samples(b.model(out, (1, 1, 12) if last == "Unsqueeze" else (12,), opset=17))
+
+
+@pytest.mark.parametrize("case, match", [
+    ("layer-norm-of-1d", r"of type LayerNormalization \(a value of shape \(None,\): its last axis is the batch"),
+    ("constant-along-batch", r"of type Add \(the constant of shape \(3, 4\) varies along the batch axis"),
+    ("matmul-constant-along-batch", r"of type MatMul \(the constant of shape \(2, 4, 4\) varies along the batch"),
+    ("ranks-differ", r"of type Add \(two computed values of ranks 1 and 2"),
+    ("gelu-constant-of-rank-3", r"node '\w+' of type Erf"),  # not fused: the (1, 1, 1) constant broadcasts
+])
+def test_graphs_whose_values_would_mix_samples_are_refused(case, match):
+    b = Builder(4, sample=SAMPLE)
+    if case == "layer-norm-of-1d":
+        flat = b.node("ReduceSum", ["x", b.const(None, np.array([1, 2], np.int64))], keepdims=0)
+        h = b.node("LayerNormalization", [flat, b.const(None, np.float32(1.0))])
+    elif case == "constant-along-batch":
+        h = b.node("Add", [b.node("ReduceSum", ["x", b.const(None, np.array([1], np.int64))], keepdims=0),
+                           b.const((3, 4))])
+    elif case == "matmul-constant-along-batch":
+        h = b.node("MatMul", ["x", b.const((2, 4, 4))])
+    elif case == "ranks-differ":
+        flat = b.node("ReduceSum", ["x", b.const(None, np.array([1, 2], np.int64))], keepdims=0)  # (N,)
+        h = b.node("Add", [flat, b.node("Reshape", [flat, b.const(None, np.array([0, 1], np.int64))])])  # + (N, 1)
+    else:
+        erf = b.node("Erf", [b.node("Div", ["x", b.const(None, np.float32(2 ** 0.5))])])
+        h = b.node("Mul", [b.node("Mul", ["x", b.node("Add", [erf, b.const(None, np.float32(1.0))])]),
+                           b.const(None, np.full((1, 1, 1), 0.5, np.float32))])
+    with pytest.raises(tc.CompileError, match=match):
+        from_onnx(b.model(h, SAMPLE, opset=18))

@@ -192,8 +192,22 @@ def with_constant(op: str, value: np.ndarray, constant_first: bool, data_rank: i
     if value.ndim > data_rank:
         raise ValueError(f"the constant of shape {value.shape} has more dimensions than the data: it would "
                          "broadcast the batch away from the first axis")
+    # a constant of the data's rank meets the batch with its first axis, which must then be 1; in a
+    # matmul only the axes before the last two broadcast (x (N, K) @ W (K, M) has none)
+    meets_batch = value.ndim == data_rank and (op != "matmul" or data_rank >= 3)
+    if meets_batch and value.shape[0] != 1:
+        raise ValueError(f"the constant of shape {value.shape} varies along the batch axis (its first of "
+                         f"{data_rank}); a constant may hold 1 there")
     first = constant_first and op not in ("add", "mul")  # IEEE add and mul commute: data first, as a bias add reads
     return ConstantOperand(op, value, constant_first=first)
+
+
+def check_ranks(left_rank: int, right_rank: int) -> None:
+    """Refuse an elementwise op of two data values of different ranks: NumPy aligns axes from the
+    last, so the lower-rank value's batch axis would meet another axis of the other (samples mixed)."""
+    if left_rank != right_rank:
+        raise ValueError(f"two computed values of ranks {left_rank} and {right_rank}: broadcast from the last "
+                         "axis, the batch axis of one would meet another axis of the other")
 
 
 def check_matmul(left_rank: int | None, right_rank: int | None, names: Sequence[str] = ("", "")) -> None:
@@ -206,6 +220,9 @@ def check_matmul(left_rank: int | None, right_rank: int | None, names: Sequence[
                          "matrix product across samples")
     if left_rank is not None and left_rank < 2:
         raise ValueError(f"the left operand{left} is 1-D data: its only axis, the batch, would be contracted")
+    if left_rank is not None and right_rank is not None and left_rank != right_rank:
+        raise ValueError(f"operands{left} and{right} of ranks {left_rank} and {right_rank}: their batch axes "
+                         "would not meet")
 
 
 def reshape_sample(target: Sequence[int | str], source: Sequence[int] | None) -> list[int]:

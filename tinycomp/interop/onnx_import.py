@@ -76,9 +76,10 @@ def _scalars(onnx: Any, graph: Any, consts: dict[str, np.ndarray]) -> Callable[[
         elif node.op_type == "Constant" and "value_float" in attrs:
             known[node.output[0]] = np.float32(attrs["value_float"])
 
-    def scalar(name: str) -> float | None:
+    def scalar(name: str) -> float | None:  # (1, 1, 1) is not a number: it broadcasts the data's rank up
         value = known.get(name)
-        return None if value is None or np.size(value) != 1 else float(np.asarray(value).reshape(-1)[0])
+        return None if value is None or np.size(value) != 1 or np.ndim(value) > 1 else \
+            float(np.asarray(value).reshape(-1)[0])
     return scalar
 
 

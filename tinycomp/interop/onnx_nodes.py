@@ -20,6 +20,7 @@ from .graph_layers import (
     LeakyReLU,
     LogSoftmax,
     check_matmul,
+    check_ranks,
     permutation,
     reduction,
     reshape_sample,
@@ -62,6 +63,8 @@ def binary(imp: Any, node: Any, ins: list[str], op: str) -> None:
     if not any(known):
         if op == "pow":
             raise imp.refuse(node, "the exponent is computed data; tinycomp raises to constant powers only")
+        if op != "matmul":
+            imp.check(node, check_ranks, *(len(imp.shape_of(node, name, op)) for name in ins))
         imp.add_step(Step(node.output[0], (imp.alias(ins[0]), imp.alias(ins[1])), op=op))
         return
     value = imp.const(node, ins[0] if known[0] else ins[1])
@@ -132,7 +135,11 @@ def layer_normalization(imp: Any, node: Any, ins: list[str], a: dict) -> None:
     rank = len(imp.shapes.get(ins[0], ())) or None
     if axis != -1 and (rank is None or axis % rank != rank - 1):
         raise imp.refuse(node, f"axis={axis} on a value of rank {rank or 'unknown'}: only the last axis")
-    width = imp.sample_sizes(node, ins[0], "LayerNormalization")[-1]
+    sample = imp.sample_sizes(node, ins[0], "LayerNormalization")
+    if not sample:
+        raise imp.refuse(node, f"a value of shape {imp.shape_of(node, ins[0], 'LayerNormalization')}: its last "
+                               "axis is the batch")
+    width = sample[-1]
     layer = tnn.LayerNorm(width, eps=float(a.get("epsilon", 1e-5)))
     for name, attr in zip(ins[1:3], ("gamma", "beta"), strict=False):
         if name:  # Scale and B broadcast along the last axis: one value per position, or one in all
@@ -186,16 +193,25 @@ def target_shape(imp: Any, node: Any, name: str) -> list[Any]:
 def flatten(imp: Any, node: Any, ins: list[str], a: dict) -> None:
     if int(a.get("axis", 1)) != 1:
         raise imp.refuse(node, f"axis={a['axis']}: only 1 keeps the batch dimension its own")
-    imp.layer(node, tnn.Flatten(), ins[0])
+    # (N, ...) -> (N, the product of the rest): (N,) becomes (N, 1), which tnn.Flatten leaves as it is
+    imp.layer(node, tnn.Reshape(math.prod(imp.sample_sizes(node, ins[0], "Flatten"))), ins[0])
 
 
 def squeeze_or_unsqueeze(imp: Any, node: Any, ins: list[str], a: dict) -> None:
     """Both only add or drop sizes of 1: a Reshape to the result's sample sizes, the batch kept first."""
     axes = a.get("axes") if len(ins) < 2 or not ins[1] else imp.const(node, ins[1]).astype(np.int64).tolist()
-    rank = len(imp.shape_of(node, node.output[0] if node.op_type == "Unsqueeze" else ins[0], node.op_type))
-    if axes is None or any(int(x) % rank == 0 for x in axes):
-        raise imp.refuse(node, f"axes {axes}: the batch (axis 0) must stay where it is")
-    imp.layer(node, tnn.Reshape(*imp.sample_sizes(node, node.output[0], node.op_type)), ins[0])
+    sizes = [None, *imp.sample_sizes(node, ins[0], node.op_type)]  # the input's, the batch first
+    unsqueeze = node.op_type == "Unsqueeze"
+    rank = len(sizes) + (len(axes) if unsqueeze and axes else 0)  # the rank the axes count in
+    axes = None if axes is None else sorted(int(x) % rank for x in axes)
+    if not axes or 0 in axes or (not unsqueeze and any(sizes[x] != 1 for x in axes)):
+        raise imp.refuse(node, f"axes {axes}: the batch (axis 0) must stay where it is, and only sizes of 1 "
+                               "go (a Squeeze without axes drops every size of 1)")
+    for x in axes:  # in increasing order: each insertion at its final place
+        sizes = sizes[:x] + [1] + sizes[x:] if unsqueeze else sizes
+    if not unsqueeze:
+        sizes = [d for i, d in enumerate(sizes) if i not in axes]
+    imp.layer(node, tnn.Reshape(*sizes[1:]), ins[0])
 
 
 def transpose(imp: Any, node: Any, ins: list[str], a: dict) -> None:

@@ -27,7 +27,7 @@ from .. import nn as tnn
 from ..errors import CompileError
 from ..frontend.layers import Layer
 from .common import NodeImporter, Step, chain_or_graph, layer_key, unsupported
-from .graph_layers import BATCHES, ConstantOperand, check_matmul, with_constant
+from .graph_layers import BATCHES, ConstantOperand, check_matmul, check_ranks, with_constant
 from .torch_ops import SHAPED, VARIES, Data, Sized, canonical_name, function_layer
 
 TOP = "(the top module)"  # how errors name the module passed in, which has no path
@@ -192,8 +192,9 @@ class FxImporter(NodeImporter):
         if isinstance(a, Data) and isinstance(b, Data):
             if op == "pow":
                 raise self.refuse(node, "the exponent is computed data; tinycomp raises to constant powers only")
-            if op == "matmul":
-                self.check(node, check_matmul, len(self.shape(node, a)), len(self.shape(node, b)))
+            if self.runs is not None:  # without shapes, as before: the graph's own adds of two values
+                ranks = (len(self.shape(node, a)), len(self.shape(node, b)))
+                self.check(node, check_matmul if op == "matmul" else check_ranks, *ranks)
             self.step(node, op, a, b)
             return
         data, value, first = (b, a, True) if isinstance(b, Data) else (a, b, False)
