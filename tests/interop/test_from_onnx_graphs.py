@@ -380,6 +380,7 @@ def test_squeeze_and_unsqueeze_after_a_reshape_to_computed_sizes(last):
     ("matmul-constant-along-batch", r"of type MatMul \(the constant of shape \(2, 4, 4\) varies along the batch"),
     ("ranks-differ", r"of type Add \(two computed values of ranks 1 and 2"),
     ("gelu-constant-of-rank-3", r"node '\w+' of type Erf"),  # not fused: the (1, 1, 1) constant broadcasts
+    ("softmax-over-batch", r"of type Softmax \(axis=0 normalizes across the batch"),
 ])
 def test_graphs_whose_values_would_mix_samples_are_refused(case, match):
     b = Builder(4, sample=SAMPLE)
@@ -389,6 +390,8 @@ def test_graphs_whose_values_would_mix_samples_are_refused(case, match):
     elif case == "constant-along-batch":
         h = b.node("Add", [b.node("ReduceSum", ["x", b.const(None, np.array([1], np.int64))], keepdims=0),
                            b.const((3, 4))])
+    elif case == "softmax-over-batch":
+        h = b.node("Softmax", ["x"], axis=0)
     elif case == "matmul-constant-along-batch":
         h = b.node("MatMul", ["x", b.const((2, 4, 4))])
     elif case == "ranks-differ":

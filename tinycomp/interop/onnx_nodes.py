@@ -106,7 +106,10 @@ def softmax(imp: Any, node: Any, ins: list[str], a: dict) -> None:
     """Softmax or LogSoftmax (same axis rules)."""
     make = (lambda dim: tnn.Softmax(dim=dim)) if node.op_type == "Softmax" else LogSoftmax
     if imp.opset >= 13:
-        imp.layer(node, make(int(a.get("axis", -1))), ins[0])
+        axis = int(a.get("axis", -1))
+        if axis % len(imp.shape_of(node, ins[0], node.op_type)) == 0:
+            raise imp.refuse(node, f"axis={axis} normalizes across the batch")
+        imp.layer(node, make(axis), ins[0])
         return
     # before opset 13 Softmax normalized over all dimensions from `axis` (default 1) on, as one row
     axis = int(a.get("axis", 1))
