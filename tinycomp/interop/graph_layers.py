@@ -1,6 +1,9 @@
-"""Layers for the nodes of imported graphs that are single Tensor operations with something fixed
-about them: an operand that is a constant of the graph, an axis permutation, a reduction's axes.
-Each `forward` is plain Tensor code, so eager runs it and `tinycomp.compile` traces it."""
+"""Layers for the nodes of imported graphs: single Tensor operations with something fixed about them
+(an operand that is a constant of the graph, an axis permutation, a reduction's axes), and the
+layers models bring that `tinycomp.nn` has no class for (SiLU, LeakyReLU, LogSoftmax, batch norm in
+inference as `ChannelAffine`). Each `forward` is plain Tensor code, so eager runs it and
+`tinycomp.compile` traces it. Below them, the rules both importers apply before making one (which
+graphs would mix samples), each raising ValueError with the reason."""
 
 from __future__ import annotations
 
