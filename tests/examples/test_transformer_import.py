@@ -1,0 +1,31 @@
+"""examples/transformer_import.py as a user runs it: a torch block in through from_torch and through
+ONNX, each compiled to the fused kernels and matching torch."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch", reason="PyTorch is not installed (pip install 'tinycomp[torch]')")
+pytest.importorskip("onnx", reason="onnx is not installed (pip install 'tinycomp[onnx]')")
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_transformer_import_example_matches_torch_and_fuses(capsys):
+    proc = subprocess.run([sys.executable, str(ROOT / "examples" / "transformer_import.py")], capture_output=True,
+                          text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    with capsys.disabled():  # the figures in the test log
+        print("\n" + out)
+    for way in ("from_torch", "from_onnx"):
+        line = re.search(rf"^{way}: imported .*$", out, re.M)
+        assert line, out
+        assert float(re.search(r"max \|difference from torch\| ([\d.e+-]+)", line.group(0)).group(1)) < 1e-4
+        assert "1 attention, 2 layer_norm, 6 linear" in line.group(0)
+        assert re.search(rf"^{way}: compiled [\d.]+ ms = [\d.]+ x torch eager$", out, re.M)
