@@ -369,3 +369,110 @@ def test_batch_norm_in_training_mode_is_refused():
     with pytest.raises(tc.CompileError, match=r"module '0' of type BatchNorm1d \(in training mode.*import the model "
                                               r"in eval\(\)"):
         from_torch(nn.Sequential(nn.BatchNorm1d(4)).train())
+
+
+# ---- a second hunt: each failed before its fix
+class ViewAlias(nn.Module):
+    """ReLU(inplace=True) on a view of y writes into y itself: torch.fx records a new value."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc, self.act = nn.Linear(6, 6), nn.ReLU(inplace=True)
+
+    def forward(self, x):
+        y = self.fc(x)
+        self.act(y.view(y.size(0), 2, 3))
+        return y
+
+
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_the_check_against_the_module_runs_in_training_mode_too(mode):
+    module = ViewAlias().train(mode == "train")
+    with pytest.raises(tc.CompileError, match=r"computes other values than the module .*both in eval mode"):
+        from_torch(module, input_shape=(None, 6))
+
+
+class DropInPlace(nn.Module):
+    def forward(self, x):
+        return x + F.dropout(x, 0.5, self.training, inplace=True)  # in torch: twice the dropped x
+
+
+def test_dropout_in_place_is_seen_by_later_readers():
+    model = from_torch(DropInPlace().train(), input_shape=(None, 64))
+    x = np.random.default_rng(0).uniform(1, 2, (8, 64)).astype(np.float32)
+    ratios = set(np.round(model(x).data / x, 4).ravel().tolist())
+    assert ratios == {0.0, 4.0}, ratios  # dropped, or kept and scaled by 2, then added to itself
+
+
+class Stateful(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(6, 4)
+        self.register_buffer("calls", torch.zeros(()))
+        self.last_hidden = None
+
+    def forward(self, x):
+        self.calls += 1
+        h = self.fc(x)
+        self.last_hidden = h
+        return h.relu()
+
+
+def test_importing_leaves_the_module_as_it_was():
+    module = Stateful().eval()
+    from_torch(module, input_shape=(None, 6))
+    assert module.calls.item() == 0 and module.last_hidden is None
+    __import__("pickle").dumps(module)
+
+
+class Random(nn.Module):
+    def __init__(self, how: str):
+        super().__init__()
+        self.how, self.fc = how, nn.Linear(6, 6)
+
+    def forward(self, x):
+        if self.how == "noise":
+            return self.fc(x) + torch.randn(6)
+        return F.dropout(self.fc(x), 0.3)  # F.dropout's default: training=True, in eval too
+
+
+@pytest.mark.parametrize("how, mode, match", [
+    ("noise", "train", r"computes other values than the module .*or draw random numbers"),
+    ("noise", "eval", r"computes other values than the module .*or draw random numbers"),
+    ("default-dropout", "eval", r"node dropout' .*\(training=True in a module in eval mode \(F.dropout's default\)"),
+])
+def test_random_numbers_drawn_in_forward_are_refused(how, mode, match):
+    with pytest.raises(tc.CompileError, match=match):
+        from_torch(Random(how).train(mode == "train"), input_shape=(None, 6))
+
+
+def test_modules_on_the_meta_device_and_inputs_too_large_to_run_are_compile_errors():
+    with pytest.raises(tc.CompileError, match="on the meta device"):
+        from_torch(nn.Sequential(nn.Linear(6, 6, device="meta")))
+    with pytest.raises(tc.CompileError, match=r"fails on an input of shape \(N, 100000000000\) \(RuntimeError"):
+        from_torch(nn.Sequential(nn.ReLU()), input_shape=(None, 10 ** 11))
+
+
+class SumAxis(nn.Module):
+    def forward(self, x):
+        return x.sum(axis=1, keepdim=True) + x
+
+
+def test_bfloat16_modules_numpy_axis_and_torch_compile_wrappers_import():
+    torch.manual_seed(8)
+    module = nn.Sequential(nn.Linear(6, 4), nn.Tanh()).to(torch.bfloat16).eval()  # checked at bfloat16's rounding
+    x = np.random.default_rng(8).standard_normal((5, 6)).astype(np.float32)
+    with torch.no_grad():
+        want = module(torch.from_numpy(x).to(torch.bfloat16)).float().numpy()
+    assert_close_to_framework(from_torch(module, input_shape=(None, 6))(x).data, want, "bfloat16", rtol=3e-2)
+    check_against_torch(SumAxis(), (6,))
+    module = nn.Sequential(nn.Linear(6, 4), nn.ReLU()).eval()
+    with __import__("warnings").catch_warnings():  # torch.compile's import warns about torch.jit
+        __import__("warnings").simplefilter("ignore")
+        compiled = torch.compile(module)  # a wrapper; nothing is compiled until it is called
+    check_imported(from_torch(compiled, input_shape=(None, 6)), run_torch(module), 6)
+
+
+def test_input_shape_batch_entry_must_be_none_or_a_size():
+    with pytest.raises(ValueError, match="input_shape must be"):
+        from_torch(nn.Sequential(nn.Linear(6, 4)), input_shape=("b", 6))

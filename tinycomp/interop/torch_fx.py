@@ -89,7 +89,7 @@ class FxImporter(NodeImporter):
         """A fixed operand as a float32 array, or a refusal saying what it is instead."""
         if isinstance(value, Sized) or value is VARIES:
             raise self.refuse(node, "an operand changes with the batch size (a size read from the input used as "
-                                    "a number, or a tensor made from one)")
+                                    "a number, or a tensor made from one) or between runs (random numbers)")
         if isinstance(value, self.torch.Tensor):
             value = value.detach().cpu().double().numpy()
         if isinstance(value, bool) or not isinstance(value, (int, float, np.ndarray, np.number)):
@@ -270,12 +270,14 @@ def example_runs(torch: Any, gm: Any, sample: tuple[int, ...]) -> tuple[dict[str
     runs = []
     generator = torch.Generator().manual_seed(0)
     gm = runnable_copy(gm)
-    for batch in BATCHES:
-        recorder = Recorder(gm)
-        recorder.seen = {}
-        with torch.no_grad(), torch.random.fork_rng(devices=[]):  # nor move torch's random stream (dropout)
+    # one fork for both runs: torch's random stream is left as it was, and a number drawn in forward
+    # differs between the runs, so it is never taken for a constant
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        for batch in BATCHES:
+            recorder = Recorder(gm)
+            recorder.seen = {}
             recorder.run(torch.randn(batch, *sample, generator=generator, dtype=dtype))
-        runs.append(recorder.seen)
+            runs.append(recorder.seen)
     return runs[0], runs[1]
 
 
@@ -287,7 +289,7 @@ def from_fx(torch: Any, m: Any, path: str, convert: Callable[[Any, str], Layer],
     try:  # arguments after the input that have defaults are traced at them (mask=None, scale=2.0)
         defaults = {name: p.default for name, p in list(inspect.signature(m.forward).parameters.items())[1:]
                     if p.default is not inspect.Parameter.empty}
-        gm = torch.fx.symbolic_trace(m, concrete_args=defaults or None)
+        gm = torch.fx.symbolic_trace(runnable_copy(m), concrete_args=defaults or None)  # tracing runs forward
     except Exception as exc:
         raise CompileError(f"cannot import module {where!r} of type {type(m).__name__}: torch.fx cannot trace its "
                            f"forward ({type(exc).__name__}: {exc})") from exc

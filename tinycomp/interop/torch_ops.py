@@ -130,10 +130,17 @@ def batch_norm(imp: Any, node: Any, x: Data, args: list, kwargs: dict) -> None:
 
 
 def dropout(imp: Any, node: Any, x: Data, args: list, kwargs: dict) -> None:
-    given = dict(zip(("p", "training"), args, strict=False)) | kwargs
+    """F.dropout(x, p, training): a Dropout whose flag is `training` as traced (the idiom passes
+    self.training, so the layer then follows the model's train() and eval() as the module does)."""
+    given = dict(zip(("p", "training", "inplace"), args, strict=False)) | kwargs
+    training = bool(given.get("training", True))  # F.dropout's own default
+    if training and not imp.training:
+        raise imp.refuse(node, "training=True in a module in eval mode (F.dropout's default): it drops at "
+                               "inference too; pass training=self.training")
     layer = tnn.Dropout(float(given.get("p", 0.5)))
-    layer.training = bool(given.get("training", True))  # F.dropout's own default
+    layer.training = training
     imp.layer(node, layer, x)
+    imp.in_place(node, node.args[0] if node.args else node.kwargs.get("input"), bool(given.get("inplace", False)))
 
 
 def reshape(imp: Any, node: Any, x: Data, args: list, kwargs: dict) -> None:
@@ -181,7 +188,7 @@ def squeeze_or_unsqueeze(imp: Any, node: Any, x: Data, args: list, kwargs: dict)
 def reduce(kind: str) -> Callable[[Any, Any, Data, list, dict], None]:
     def handler(imp: Any, node: Any, x: Data, args: list, kwargs: dict) -> None:
         given = dict(zip(("dim", "keepdim"), args, strict=False)) | kwargs
-        dim = given.get("dim")
+        dim = given.get("dim", given.get("axis"))  # torch takes NumPy's axis= too
         axes = None if dim is None else [dim] if isinstance(dim, int) else list(dim)
         rank = len(imp.shape(node, x))
         imp.layer(node, imp.check(node, reduction, kind, axes, bool(given.get("keepdim", False)), rank), x)
