@@ -403,3 +403,11 @@ def test_graphs_whose_values_would_mix_samples_are_refused(case, match):
                            b.const(None, np.full((1, 1, 1), 0.5, np.float32))])
     with pytest.raises(tc.CompileError, match=match):
         from_onnx(b.model(h, SAMPLE, opset=18))
+
+
+def test_a_node_whose_operands_do_not_fit_is_a_compile_error():
+    # (N, 3, 4) @ (N, 3, 4): ONNX Runtime refuses the graph; the import says which value fails
+    b = Builder(4, sample=SAMPLE)
+    blob = b.model(b.node("MatMul", ["x", "x"]), (3, 4))
+    with pytest.raises(tc.CompileError, match=r"node making 'v1': on an example input of 2 rows it fails"):
+        from_onnx(blob)

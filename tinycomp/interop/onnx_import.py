@@ -34,9 +34,10 @@ def from_onnx(model: Any) -> Layer:
     broadcasts over the batch), MatMul (with a constant on either side, or of two values whose
     contracted axes are not the batch: batched products, attention), Add, Sub, Mul, Div (a value and
     a constant, or two values), Pow (by a constant number), Neg, Exp, Log, Sqrt, Abs, Reciprocal,
-    Relu, Sigmoid, Tanh, Softmax (before opset 13 over all dimensions from its axis on), Gelu (exact
-    and tanh forms; also the exact form's Div/Erf/Add/Mul/Mul chain exporters write below opset 20:
-    `onnx_patterns`), LayerNormalization (last axis), ReduceSum/ReduceMean/ReduceMax (not over the
+    Relu, LeakyRelu, Sigmoid, Tanh, Softmax and LogSoftmax (before opset 13 over all dimensions from
+    their axis on; never over the batch), Gelu (exact and tanh forms; also the exact form's erf chains
+    exporters write below opset 20: `onnx_patterns`), LayerNormalization (last axis),
+    BatchNormalization (inference), ReduceSum/ReduceMean/ReduceMax (not over the
     batch), Transpose, Reshape, Flatten, Squeeze and Unsqueeze that keep the batch first (Reshape's 0
     and -1 resolved from ONNX shape inference), Cast to float, Dropout (inference: the identity),
     Identity. Anything else raises `CompileError` naming the node and its op type.
@@ -141,8 +142,12 @@ class _Importer(NodeImporter):
             args = [Tensor(self.examples[name]) for name in step.inputs]
             fn = self.layers[step.layer] if step.layer is not None else \
                 (BINARY if len(args) == 2 else UNARY)[step.op or ""]
-            with np.errstate(all="ignore"):  # zeros through log or a division: only the shape is read
-                self.examples[step.output] = np.asarray(fn(*args).data)
+            try:
+                with np.errstate(all="ignore"):  # zeros through log or a division: only the shape is read
+                    self.examples[step.output] = np.asarray(fn(*args).data)
+            except (ValueError, TypeError) as exc:  # operands whose shapes do not fit: ONNX Runtime refuses too
+                raise CompileError(f"cannot import the node making {step.output!r}: on an example input of "
+                                   f"{EXAMPLE_BATCH} rows it fails ({type(exc).__name__}: {exc})") from exc
 
     def alias(self, name: str) -> str:
         while name in self.aliases:
