@@ -122,6 +122,30 @@ def test_header_compiles_strictly(tmp_path, weights):
     assert "Linear(in_features=6, out_features=9, bias=True)" in header and "Parameters: 93 float32" in header
 
 
+class Named(Layer):
+    """A model whose repr (copied into the header's comment) holds C comment markers, as an
+    imported model's value names can (a torch ModuleDict key "*proj" exports as "/*proj/Gemm")."""
+
+    def __init__(self):
+        self.fc = Linear(6, 3)
+
+    def forward(self, x):
+        return self.fc(x)
+
+    def __repr__(self) -> str:
+        return "Named(/*proj/Gemm_output_0 = fc(x) */)"
+
+
+def test_header_comment_with_c_comment_markers_compiles_strictly(tmp_path):
+    cc = shutil.which("cc") or pytest.skip("no C compiler (cc)")
+    tc.export(Named(), tmp_path, input_shape=(None, 6), target="thumbv7em-none-eabihf")
+    use = tmp_path / "use.c"
+    use.write_text('#include "model.h"\nint use(void);\nint use(void) { return MODEL_INPUT_DIM1; }\n')
+    subprocess.run([cc, "-std=c99", "-Wall", "-Wextra", "-Werror", "-c", str(use), "-o", str(tmp_path / "use.o")],
+                   check=True)
+    assert "proj/Gemm_output_0" in (tmp_path / "model.h").read_text()
+
+
 def test_header_compiles_for_cortex_m(tmp_path):
     gcc = shutil.which("arm-none-eabi-gcc") or pytest.skip("arm-none-eabi-gcc is not installed")
     tc.export(small_model(), tmp_path, input_shape=(None, 6), target="thumbv7em-none-eabihf")

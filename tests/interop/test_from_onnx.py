@@ -60,7 +60,11 @@ def test_chain_is_sequential_and_residual_a_graph_model(tmp_path):
     path.write_bytes(blob)
     assert isinstance(from_onnx(path), Sequential)  # a path, bytes or a ModelProto
     assert isinstance(from_onnx(str(path)), Sequential)
-    assert isinstance(from_onnx(onnx.load_from_string(residual()[0])), GraphModel)
+    model = from_onnx(onnx.load_from_string(residual()[0]))
+    assert isinstance(model, GraphModel)
+    # its parameters are its layers' (the base class's empty list before)
+    assert [p.shape for p in model.parameters()] == [p.shape for layer in model.layers.values()
+                                                      for p in layer.parameters()] != []
 
 
 def test_exact_gelu_compiles_with_the_erf_kernel():

@@ -476,3 +476,17 @@ def test_bfloat16_modules_numpy_axis_and_torch_compile_wrappers_import():
 def test_input_shape_batch_entry_must_be_none_or_a_size():
     with pytest.raises(ValueError, match="input_shape must be"):
         from_torch(nn.Sequential(nn.Linear(6, 4)), input_shape=("b", 6))
+
+
+def test_a_batch_norm_scale_rebound_to_an_array_is_read_live():
+    # as any parameter may be: the compiled model follows, and a recompile accepts it
+    torch.manual_seed(9)
+    module = nn.Sequential(nn.Linear(6, 4), nn.BatchNorm1d(4), nn.LeakyReLU()).eval()
+    model = from_torch(module, input_shape=(None, 6))
+    fast = tc.compile(model, input_shape=(None, 6))
+    x = np.random.default_rng(9).standard_normal((5, 6)).astype(np.float32)
+    model[1].scale = np.full(4, 2.0, np.float32)
+    assert_close_to_framework(fast(x).data, model(x).data, "after the rebinding")
+    model[2].slope = 0.2  # a change that recompiles
+    assert_close_to_framework(fast(x).data, model(x).data, "recompiled")
+    assert_close_to_framework(tc.compile(model, input_shape=(None, 6))(x).data, model(x).data, "a fresh compile")

@@ -31,8 +31,9 @@ class HeaderInfo:
 
 
 def _comment(text: str) -> str:
-    """Text safe inside a C block comment (no `*/`), one ` * ` line per line."""
-    return "\n".join(f" * {line}".rstrip() for line in text.replace("*/", "* /").splitlines())
+    """Text safe inside a C block comment (no `*/`, nor a `/*` -Wcomment warns of), one ` * ` line per line."""
+    safe = text.replace("*/", "* /").replace("/*", "/ *")
+    return "\n".join(f" * {line}".rstrip() for line in safe.splitlines())
 
 
 def _shape_macros(prefix: str, what: str, row: tuple[int, ...]) -> list[str]:

@@ -8,7 +8,7 @@ import numbers
 import os
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -243,6 +243,18 @@ def _accepts_training(cls: type) -> bool:
     return _ACCEPTS_TRAINING[cls]
 
 
+def parameters_of(layers: Iterable[Any]) -> list[Tensor]:
+    """The parameters of `layers` in order, each shared tensor once (a container's `parameters()`)."""
+    seen: set[int] = set()
+    out = []
+    for layer in layers:
+        for p in layer.parameters() if hasattr(layer, "parameters") else []:
+            if id(p) not in seen:
+                seen.add(id(p))
+                out.append(p)
+    return out
+
+
 class Sequential(Layer):
     """Layers applied in order: `Sequential(Linear(784, 256), ReLU(), Linear(256, 10))` or from one list.
 
@@ -274,14 +286,7 @@ class Sequential(Layer):
 
     def parameters(self) -> list[Tensor]:
         """Every layer's parameters in order, each shared tensor once."""
-        seen: set[int] = set()
-        out = []
-        for layer in self.layers:
-            for p in layer.parameters() if hasattr(layer, "parameters") else []:
-                if id(p) not in seen:
-                    seen.add(id(p))
-                    out.append(p)
-        return out
+        return parameters_of(self.layers)
 
     def __len__(self) -> int:
         return len(self.layers)

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from ..errors import CompileError
-from ..frontend.layers import Layer, Linear, Sequential
+from ..frontend.layers import Layer, Linear, Sequential, parameters_of
 from ..frontend.tensor import Tensor, as_tensor
 from .graph_layers import BINARY, UNARY
 
@@ -87,6 +87,10 @@ class GraphModel(Layer):
         self.layers = dict(layers)
         self.steps = tuple(steps)
         self.input_name, self.output = input_name, output
+
+    def parameters(self) -> list[Tensor]:
+        """Every layer's parameters, in the layers' order, each shared tensor once."""
+        return parameters_of(self.layers.values())
 
     def forward(self, x: Tensor) -> Tensor:
         """Run every step in order on the input; return the output value."""

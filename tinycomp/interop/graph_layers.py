@@ -173,7 +173,8 @@ class ChannelAffine(Layer):
             raise ValueError(f"ChannelAffine of {self.scale.shape[0]} channels takes (N, {self.scale.shape[0]}, ...); "
                              f"got shape {x.shape}")
         column = (self.scale.shape[0], *[1] * (x.ndim - 2))  # along axis 1, broadcast over the rest
-        return x * self.scale.reshape(column) + self.shift.reshape(column)
+        # as_tensor: a scale or shift rebound to an array is read live, as any parameter
+        return x * as_tensor(self.scale).reshape(column) + as_tensor(self.shift).reshape(column)
 
     def parameters(self) -> list[Tensor]:
         """`[scale, shift]`."""
