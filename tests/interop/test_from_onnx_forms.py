@@ -127,3 +127,49 @@ def test_an_erf_chain_that_is_not_gelu_is_refused():
     blob = b.model(b.node("Mul", [h, b.const(None, np.float32(0.25))]), 4)  # 0.25, not 0.5
     with pytest.raises(tc.CompileError, match="cannot import node .erf_3. of type Erf"):  # the rest imports
         from_onnx(blob)
+
+
+# ---- old opsets and odd but valid graphs (a hunt found each; each failed before its fix)
+def graph_of(nodes, sample, opset, inits=(), sparse=(), in_shape=True) -> bytes:
+    x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", *sample] if in_shape else None)
+    g = helper.make_graph(nodes, "g", [x], [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
+                          initializer=list(inits), sparse_initializer=list(sparse))
+    proto = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+    proto.ir_version = 3 if opset < 7 else 8
+    return proto.SerializeToString()
+
+
+def test_reshape_with_its_shape_as_an_attribute_before_opset_5():
+    check_samples(graph_of([helper.make_node("Reshape", ["x"], ["y"], shape=[0, 12])], SAMPLE, 4), SAMPLE)
+
+
+def test_nodes_out_of_order_and_sparse_initializers():
+    # ONNX Runtime sorts the nodes; a sparse initializer is zeros but at its indices
+    sparse = helper.make_sparse_tensor(helper.make_tensor("v", onnx.TensorProto.FLOAT, [2], [5.0, 7.0]),
+                                       helper.make_tensor("i", onnx.TensorProto.INT64, [2], [1, 3]), [4])
+    nodes = [helper.make_node("Add", ["h", "c"], ["y"]), helper.make_node("Add", ["x", "v"], ["h"]),
+             helper.make_node("Constant", [], ["c"], value=onnx.numpy_helper.from_array(np.float32([1, 2, 3, 4])))]
+    check_samples(graph_of(nodes, (4,), 13, sparse=[sparse]), (4,))
+
+
+def test_flatten_axis_minus_one_of_a_matrix_is_axis_one():
+    check_samples(graph_of([helper.make_node("Flatten", ["x"], ["y"], axis=-1)], (4,), 13), (4,))
+
+
+@pytest.mark.parametrize("case, match", [
+    ("batch-norm-outputs", r"of type BatchNormalization \(in training mode .*running statistics as outputs"),
+    ("batch-norm-spatial", r"of type BatchNormalization \(spatial=0: statistics per position"),
+    ("no-input-shape", r"of type Flatten \(Flatten needs the rank of 'x'"),
+])
+def test_old_forms_that_compute_something_else_are_refused(case, match):
+    stats = [onnx.numpy_helper.from_array(np.float32([1, 0.5, 2])[:3], n) for n in ("s", "b", "m", "v")]
+    if case == "batch-norm-outputs":  # opset 9 writes a training-mode batch norm as 5 outputs
+        blob = graph_of([helper.make_node("BatchNormalization", ["x", "s", "b", "m", "v"],
+                                          ["y", "m2", "v2", "sm", "sv"])], (3, 4), 9, inits=stats)
+    elif case == "batch-norm-spatial":
+        blob = graph_of([helper.make_node("BatchNormalization", ["x", "s", "b", "m", "v"], ["y"], spatial=0)],
+                        (3, 4), 7, inits=stats)
+    else:  # an input with no shape: its rank is unknown, not 1
+        blob = graph_of([helper.make_node("Flatten", ["x"], ["y"])], (3, 4), 13, in_shape=False)
+    with pytest.raises(tc.CompileError, match=match):
+        from_onnx(blob)

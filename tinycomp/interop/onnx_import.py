@@ -48,6 +48,7 @@ def from_onnx(model: Any) -> Layer:
     graph = proto.graph
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 13)
     consts = {init.name: onnx.numpy_helper.to_array(init) for init in graph.initializer}
+    consts |= {sparse.values.name: _dense(onnx, sparse) for sparse in graph.sparse_initializer}
     inputs = [i.name for i in graph.input if i.name not in consts]
     if len(inputs) != 1 or len(graph.output) != 1:
         raise CompileError(f"from_onnx takes a graph with one input and one output; this one has inputs {inputs} "
@@ -55,7 +56,8 @@ def from_onnx(model: Any) -> Layer:
     shapes = _value_shapes(onnx, proto)
     importer = _Importer(onnx, consts, opset, shapes)
     importer.start(inputs[0])
-    nodes = fuse_erf_gelu(onnx, list(graph.node), _scalars(onnx, graph, consts), {o.name for o in graph.output})
+    ordered = _topological(list(graph.node), {*consts, *inputs})
+    nodes = fuse_erf_gelu(onnx, ordered, _scalars(onnx, graph, consts), {o.name for o in graph.output})
     for node in nodes:
         importer.add(node)
     output = importer.alias(graph.output[0].name)
@@ -65,6 +67,35 @@ def from_onnx(model: Any) -> Layer:
     model_out = chain_or_graph(importer.layers, importer.steps, inputs[0], output)
     model_out.eval()
     return model_out
+
+
+def _topological(nodes: list, known: set[str]) -> list:
+    """`nodes` in an order where each comes after the nodes making its inputs (the ONNX standard asks
+    for that order; ONNX Runtime sorts graphs that do not keep it, so tinycomp does too)."""
+    done, ordered, pending = set(known), [], list(nodes)
+    while pending:
+        ready = [n for n in pending if all(not name or name in done for name in n.input)]
+        if not ready:
+            missing = sorted({name for n in pending for name in n.input if name and name not in done})
+            raise CompileError(f"the graph reads values no node makes, or its nodes form a cycle: {missing[:5]}")
+        for n in ready:
+            ordered.append(n)
+            done.update(name for name in n.output if name)
+        taken = {id(n) for n in ready}
+        pending = [n for n in pending if id(n) not in taken]
+    return ordered
+
+
+def _dense(onnx: Any, sparse: Any) -> np.ndarray:
+    """A sparse initializer (values at linear or coordinate indices, zeros elsewhere) as an array."""
+    values = onnx.numpy_helper.to_array(sparse.values)
+    indices = onnx.numpy_helper.to_array(sparse.indices)
+    dense = np.zeros(tuple(sparse.dims), values.dtype)
+    if indices.ndim == 1:
+        dense.reshape(-1)[indices] = values
+    else:
+        dense[tuple(indices.T)] = values
+    return dense
 
 
 def _scalars(onnx: Any, graph: Any, consts: dict[str, np.ndarray]) -> Callable[[str], float | None]:
@@ -127,11 +158,11 @@ class _Importer(NodeImporter):
         self.examples: dict[str, np.ndarray] = {}
 
     def start(self, input_name: str) -> None:
-        shape = self.shapes.get(input_name) or (None,)
-        self.fixed_batch = shape[0]
+        shape = self.shapes.get(input_name)  # None: an input with no shape, whose rank is not known either
+        self.fixed_batch = shape[0] if shape else None
         self.produced.add(input_name)
-        sizes = [d for d in shape[1:] if isinstance(d, int)]
-        if len(sizes) == len(shape) - 1:
+        sizes = [d for d in (shape or ())[1:] if isinstance(d, int)]
+        if shape and len(sizes) == len(shape) - 1:
             self.examples[input_name] = np.zeros((EXAMPLE_BATCH, *sizes), np.float32)
 
     def add_step(self, step: Step) -> None:

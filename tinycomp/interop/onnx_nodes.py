@@ -155,8 +155,11 @@ def layer_normalization(imp: Any, node: Any, ins: list[str], a: dict) -> None:
 
 
 def batch_normalization(imp: Any, node: Any, ins: list[str], a: dict) -> None:
-    if a.get("training_mode", 0):
-        raise imp.refuse(node, "training_mode=1: it normalizes by the batch's own statistics")
+    if a.get("training_mode", 0) or len([o for o in node.output if o]) > 1:  # below opset 14: the outputs say
+        raise imp.refuse(node, "in training mode (training_mode=1, or the running statistics as outputs): it "
+                               "normalizes by the batch's own statistics")
+    if not a.get("spatial", 1):
+        raise imp.refuse(node, "spatial=0: statistics per position, not per channel")
     scale, bias, mean, var = (imp.const(node, name) for name in ins[1:5])
     imp.layer(node, ChannelAffine.from_statistics(mean, var, float(a.get("epsilon", 1e-5)), scale, bias), ins[0])
 
@@ -166,7 +169,8 @@ def leaky_relu(imp: Any, node: Any, ins: list[str], a: dict) -> None:
 
 
 def reshape(imp: Any, node: Any, ins: list[str], a: dict) -> None:
-    shape = target_shape(imp, node, ins[1])
+    # before opset 5 the target is an attribute
+    shape = target_shape(imp, node, ins[1]) if len(ins) > 1 else [int(d) for d in a.get("shape", ())]
     # the input's own batch size, computed from its shape, or written as a number in a graph that
     # fixes it (exporters fold x.size(0) then): the batch
     if shape and imp.fixed_batch and shape[0] == imp.fixed_batch:
@@ -194,8 +198,9 @@ def target_shape(imp: Any, node: Any, name: str) -> list[Any]:
 
 
 def flatten(imp: Any, node: Any, ins: list[str], a: dict) -> None:
-    if int(a.get("axis", 1)) != 1:
-        raise imp.refuse(node, f"axis={a['axis']}: only 1 keeps the batch dimension its own")
+    axis = int(a.get("axis", 1))
+    if axis != 1 and (axis >= 0 or axis % len(imp.shape_of(node, ins[0], "Flatten")) != 1):
+        raise imp.refuse(node, f"axis={axis}: only 1 keeps the batch dimension its own")
     # (N, ...) -> (N, the product of the rest): (N,) becomes (N, 1), which tnn.Flatten leaves as it is
     imp.layer(node, tnn.Reshape(math.prod(imp.sample_sizes(node, ins[0], "Flatten"))), ins[0])
 
