@@ -490,3 +490,36 @@ def test_a_batch_norm_scale_rebound_to_an_array_is_read_live():
     model[2].slope = 0.2  # a change that recompiles
     assert_close_to_framework(fast(x).data, model(x).data, "recompiled")
     assert_close_to_framework(tc.compile(model, input_shape=(None, 6))(x).data, model(x).data, "a fresh compile")
+
+
+# ---- a fuzzer of random torch forwards: each failed before its fix
+class Specials(nn.Module):
+    def __init__(self, how: str):
+        super().__init__()
+        self.how = how
+
+    def forward(self, x):
+        if self.how == "nan":  # NaN where x < 0, in torch and in the import alike
+            return x.sqrt() + 1
+        if self.how == "input-in-place":  # writes into the input, then reads it
+            return F.leaky_relu(x, 0.1, inplace=True) * 2 + x
+        v = x.permute(0, 2, 1)  # a view of the input: writing into it changes x
+        F.relu(v, inplace=True)
+        return x * -2.0
+
+
+@pytest.mark.parametrize("how", ["nan", "input-in-place"])
+def test_the_check_against_the_module_takes_nan_and_inputs_written_in_place(how):
+    # the check compared NaN with NaN as a difference, and ran the import on the input torch had changed
+    module = Specials(how).eval()
+    model = from_torch(module, input_shape=(None, 3, 2))
+    x = np.random.default_rng(3).standard_normal((4, 3, 2)).astype(np.float32)
+    want = run_torch(module)(x.copy())
+    got = model(x.copy()).data
+    assert np.array_equal(np.isnan(got), np.isnan(want)) and np.isnan(want).any() == (how == "nan")
+    assert_close_to_framework(np.nan_to_num(got), np.nan_to_num(want), how)
+
+
+def test_writing_into_a_view_of_the_input_is_refused():
+    with pytest.raises(tc.CompileError, match="computes other values than the module"):
+        from_torch(Specials("view-in-place").eval(), input_shape=(None, 3, 2))
