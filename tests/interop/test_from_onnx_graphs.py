@@ -169,38 +169,13 @@ def torch_modules():
     torch = pytest.importorskip("torch", reason="PyTorch is not installed (pip install 'tinycomp[torch]')")
     nn = torch.nn
 
-    class Block(nn.Module):
-        """A pre-norm transformer block as a student writes it: views, transposes, q @ k^T."""
-
-        def __init__(self, embed: int = 16, heads: int = 2):
-            super().__init__()
-            self.heads = heads
-            self.q, self.k, self.v, self.o = (nn.Linear(embed, embed) for _ in range(4))
-            self.ln = nn.LayerNorm(embed)
-            self.ff = nn.Sequential(nn.Linear(embed, 4 * embed), nn.GELU(approximate="tanh"),
-                                    nn.Linear(4 * embed, embed))
-
-        def forward(self, x):
-            n, s, e = x.shape
-            y = self.ln(x)
-            q, k, v = (p(y).view(n, s, self.heads, e // self.heads).transpose(1, 2) for p in (self.q, self.k, self.v))
-            a = torch.softmax(q @ k.transpose(-2, -1) / (e // self.heads) ** 0.5, dim=-1) @ v
-            x = x + self.o(a.transpose(1, 2).reshape(n, s, e))
-            return x + self.ff(x)
-
-    class Flat(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.fc = nn.Linear(12, 5)
-
-        def forward(self, x):
-            return self.fc(x.view(x.size(0), -1))
-
     class Rows(nn.Module):
         def forward(self, x):
             return torch.relu(x.reshape(-1, x.shape[-1]))  # (N, 3, 4) -> (3N, 4): rows of all samples
 
-    return torch, Block, Flat, Rows
+    from torch_models import FlattenThenLinear, StudentBlock
+
+    return torch, StudentBlock, FlattenThenLinear, Rows
 
 
 @pytest.mark.parametrize("opset", [14, 17])

@@ -13,6 +13,7 @@ nn = torch.nn
 F = nn.functional
 
 from interop_helpers import assert_close_to_framework, check_imported  # noqa: E402
+from torch_models import FlattenThenLinear, StudentBlock  # noqa: E402
 
 import tinycomp as tc  # noqa: E402
 from tinycomp.interop import GraphModel, from_torch  # noqa: E402
@@ -67,28 +68,9 @@ def test_parameters_used_directly(how):
     check_imported(from_torch(module, input_shape=(None, 6)), run_torch(module), 6, scale=2.0)
 
 
-class Block(nn.Module):
-    """A pre-norm transformer block as a student writes it."""
-
-    def __init__(self, embed: int = 16, heads: int = 2):
-        super().__init__()
-        self.heads = heads
-        self.q, self.k, self.v, self.o = (nn.Linear(embed, embed) for _ in range(4))
-        self.ln1, self.ln2 = nn.LayerNorm(embed), nn.LayerNorm(embed)
-        self.up, self.down = nn.Linear(embed, 4 * embed), nn.Linear(4 * embed, embed)
-
-    def forward(self, x):
-        n, s, e = x.shape
-        y = self.ln1(x)
-        q, k, v = (p(y).view(n, s, self.heads, e // self.heads).transpose(1, 2) for p in (self.q, self.k, self.v))
-        a = torch.softmax(q @ k.transpose(-2, -1) / (e // self.heads) ** 0.5, dim=-1) @ v
-        x = x + self.o(a.transpose(1, 2).reshape(n, s, e))
-        return x + self.down(F.gelu(self.up(self.ln2(x)), approximate="tanh"))
-
-
 def test_transformer_block_as_a_student_writes_it():
     torch.manual_seed(2)
-    fast = check_against_torch(Block(), (5, 16))
+    fast = check_against_torch(StudentBlock(), (5, 16))
     ops = {fast.graph.op(n) for n in fast.graph.nodes()}
     assert {"attention", "layer_norm"} <= ops and not {"transpose", "softmax", "mean"} & ops
 
@@ -121,19 +103,10 @@ def test_tensor_operations_in_a_forward(how):
     check_against_torch(Forms(how), (3, 4))
 
 
-class Reshaped(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.fc = nn.Linear(12, 3)
-
-    def forward(self, x):
-        return self.fc(x.view(x.size(0), -1))
-
-
 def test_a_module_inside_a_sequential_gets_its_own_input_shape():
-    # the Sequential's input is (N, 6); Reshaped sees (N, 3, 4) after the Linear and the Unflatten-like view
+    # the Sequential's input is (N, 6); FlattenThenLinear sees (N, 3, 4) after the Linear and the Unflatten-like view
     torch.manual_seed(4)
-    check_against_torch(nn.Sequential(nn.Linear(6, 12), Reshaped()), (6,))
+    check_against_torch(nn.Sequential(nn.Linear(6, 12), FlattenThenLinear()), (6,))
 
 
 def dropouts(model) -> list[bool]:
@@ -181,7 +154,7 @@ def test_what_cannot_be_imported_is_named(how, match):
 def test_sizes_without_input_shape_ask_for_it():
     with pytest.raises(tc.CompileError, match=r"node getattr_1' .*reads the input's sizes: pass the input's shape, "
                                               r"from_torch\(module, input_shape=\(None, ...\)\)"):
-        from_torch(Block())
+        from_torch(StudentBlock())
     with pytest.raises(tc.CompileError, match=r"node matmul' .*pass the input's shape"):
         from_torch(Affine("matmul"))
 
@@ -189,7 +162,7 @@ def test_sizes_without_input_shape_ask_for_it():
 @pytest.mark.parametrize("shape", [(), (None, 0), (None, 2.5), 7])
 def test_bad_input_shape_is_a_value_error(shape):
     with pytest.raises((ValueError, TypeError), match="input_shape must be"):
-        from_torch(Block(), input_shape=shape)
+        from_torch(StudentBlock(), input_shape=shape)
 
 
 class Noisy(nn.Module):
@@ -289,7 +262,7 @@ def test_modules_with_forward_hooks_are_refused_naming_them():
 
 @pytest.mark.parametrize("module, match", [
     (nn.Sequential(nn.Linear(5, 3), nn.ReLU()), r"fails on an input of shape \(N, 4\) \(RuntimeError: mat1"),
-    (Reshaped(), r"its forward fails on an input of shape \(N, 4\)"),
+    (FlattenThenLinear(), r"its forward fails on an input of shape \(N, 4\)"),
 ])
 def test_an_input_shape_the_module_cannot_take_is_a_compile_error(module, match):
     with pytest.raises(tc.CompileError, match=match):

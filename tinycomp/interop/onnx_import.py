@@ -206,12 +206,25 @@ class _Importer(NodeImporter):
             raise self.refuse(node, f"input {name!r} holds {what}, not numbers")
         return value.astype(np.float32)
 
-    def shape_of(self, node: Any, name: str, why: str) -> Shape:
-        """The shape of value `name`, or a refusal saying that `why` needs at least its rank."""
+    def known_shape(self, name: str) -> Shape | None:
+        """The shape of value `name` as ONNX shape inference gives it, or from the example run where
+        inference leaves it unknown or partly unknown; None if neither knows it."""
         shape = self.shapes.get(name)
         example = self.examples.get(self.alias(name))
         if example is not None and (shape is None or None in shape[1:]):
             shape = (None, *example.shape[1:])
+        return shape
+
+    def set_value(self, name: str, value: np.ndarray | Pair) -> None:
+        """Record a folded value: a constant, or sizes computed from the batch size."""
+        if isinstance(value, Pair):
+            self.pairs[name] = value
+        else:
+            self.consts[name] = value
+
+    def shape_of(self, node: Any, name: str, why: str) -> Shape:
+        """The shape of value `name`, or a refusal saying that `why` needs at least its rank."""
+        shape = self.known_shape(name)
         if shape is None:
             raise self.refuse(node, f"{why} needs the rank of {name!r}, which ONNX shape inference does not give")
         return shape
@@ -262,7 +275,4 @@ class _Importer(NodeImporter):
         except FoldError as exc:
             raise self.refuse(node, str(exc)) from exc
         for name, value in zip([n for n in node.output if n], outputs, strict=True):
-            if isinstance(value, Pair):
-                self.pairs[name] = value
-            else:
-                self.consts[name] = value
+            self.set_value(name, value)

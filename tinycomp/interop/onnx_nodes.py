@@ -26,7 +26,7 @@ from .graph_layers import (
     reshape_sample,
     with_constant,
 )
-from .onnx_fold import Pair, batch_form, shape_pair
+from .onnx_fold import batch_form, shape_pair
 
 
 def gemm(imp: Any, node: Any, ins: list[str], a: dict) -> None:
@@ -177,8 +177,7 @@ def reshape(imp: Any, node: Any, ins: list[str], a: dict) -> None:
         shape[0] = BATCH
     if a.get("allowzero", 0) and 0 in shape:
         raise imp.refuse(node, f"shape {shape} with allowzero=1: a size of 0, so no batch dimension")
-    source = imp.shapes.get(ins[0]) if ins[0] not in imp.examples and imp.alias(ins[0]) not in imp.examples \
-        else imp.shape_of(node, ins[0], "Reshape")
+    source = imp.known_shape(ins[0])
     known = None if source is None or None in source[1:] else [int(d) for d in source[1:] if d is not None]
     imp.layer(node, tnn.Reshape(*imp.check(node, reshape_sample, shape, known)), ins[0])
 
@@ -215,9 +214,10 @@ def squeeze_or_unsqueeze(imp: Any, node: Any, ins: list[str], a: dict) -> None:
     if not axes or 0 in axes or (not unsqueeze and any(sizes[x] != 1 for x in axes)):
         raise imp.refuse(node, f"axes {axes}: the batch (axis 0) must stay where it is, and only sizes of 1 "
                                "go (a Squeeze without axes drops every size of 1)")
-    for x in axes:  # in increasing order: each insertion at its final place
-        sizes = sizes[:x] + [1] + sizes[x:] if unsqueeze else sizes
-    if not unsqueeze:
+    if unsqueeze:
+        for x in axes:  # in increasing order: each insertion at its final place
+            sizes.insert(x, 1)
+    else:
         sizes = [d for i, d in enumerate(sizes) if i not in axes]
     imp.layer(node, tnn.Reshape(*sizes[1:]), ins[0])
 
@@ -244,10 +244,7 @@ def shape(imp: Any, node: Any, ins: list[str], a: dict) -> None:
         value = shape_pair(imp.shape_of(node, ins[0], "Shape"), int(a.get("start", 0)), a.get("end"))
     except ValueError as exc:
         raise imp.refuse(node, str(exc)) from exc
-    if isinstance(value, Pair):
-        imp.pairs[node.output[0]] = value
-    else:
-        imp.consts[node.output[0]] = value
+    imp.set_value(node.output[0], value)
 
 
 HANDLERS: dict[str, Callable[[Any, Any, list[str], dict], None]] = {

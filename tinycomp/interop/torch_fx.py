@@ -26,6 +26,7 @@ import numpy as np
 from .. import nn as tnn
 from ..errors import CompileError
 from ..frontend.layers import Layer
+from ..ir.shapes import fmt_shape
 from .common import NodeImporter, Step, chain_or_graph, layer_key, unsupported
 from .graph_layers import BATCHES, ConstantOperand, check_matmul, check_ranks, with_constant
 from .torch_ops import SHAPED, VARIES, Data, Sized, canonical_name, function_layer
@@ -39,6 +40,7 @@ NODES = ("calls of supported modules", "relu/sigmoid/tanh/gelu/softmax/log_softm
 BINARY = ("add", "sub", "mul", "div", "matmul", "pow")
 UNARY = ("neg", "exp", "log", "sqrt", "abs")
 ALIASES = ("contiguous", "clone", "detach", "float")  # no change to a float32 value
+PASS_SHAPE = "pass the input's shape, from_torch(module, input_shape=(None, ...))"
 
 
 class FxImporter(NodeImporter):
@@ -68,8 +70,7 @@ class FxImporter(NodeImporter):
     def shape(self, node: Any, value: Data) -> tuple[int, ...]:
         """The shape of a data value at the first of BATCHES (the batch first)."""
         if self.runs is None:
-            raise self.refuse(node, "its operands' shapes are needed: pass the input's shape, "
-                                    "from_torch(module, input_shape=(None, ...))")
+            raise self.refuse(node, f"its operands' shapes are needed: {PASS_SHAPE}")
         return tuple(self.runs[0][value.name].shape)
 
     def sample(self, node: Any, value: Data) -> list[int]:
@@ -101,7 +102,7 @@ class FxImporter(NodeImporter):
         if node.op == "placeholder":  # the input; or an argument traced at its default (fx's concrete_args)
             self.values[node.name] = node.args[0] if node.args else Data(node.name)
         elif node.op == "get_attr":
-            self.values[node.name] = fetch_attr(self.gm, node.target)
+            self.values[node.name] = operator.attrgetter(node.target)(self.gm)  # a parameter or buffer
         elif node.op == "call_module":
             self.call_module(node)
         else:
@@ -109,8 +110,7 @@ class FxImporter(NodeImporter):
             reads_data = any(isinstance(self.values[a.name], Data) for a in operands)
             name = canonical_name(self.torch, node)
             if self.runs is None and reads_data and name in ("getattr", "size", "dim", "numel"):
-                raise self.refuse(node, "it reads the input's sizes: pass the input's shape, "
-                                        "from_torch(module, input_shape=(None, ...))")
+                raise self.refuse(node, f"it reads the input's sizes: {PASS_SHAPE}")
             result = None if self.runs is None else self.runs[0][node.name]
             if reads_data and isinstance(result, (tuple, list)) and \
                     any(isinstance(r, self.torch.Tensor) for r in flatten_args(result)):
@@ -136,8 +136,7 @@ class FxImporter(NodeImporter):
         if self.runs is not None:
             return fixed_value(self.torch, self.runs[0][node.name], self.runs[1][node.name])
         if any(isinstance(a, (Data, Sized)) or a is VARIES for a in operands):
-            raise self.refuse(node, "it reads the input's sizes: pass the input's shape, "
-                                    "from_torch(module, input_shape=(None, ...))")
+            raise self.refuse(node, f"it reads the input's sizes: {PASS_SHAPE}")
         with self.torch.no_grad():
             if node.op == "call_method":
                 return getattr(args[0], node.target)(*args[1:], **kwargs)
@@ -151,11 +150,13 @@ class FxImporter(NodeImporter):
         if len(arguments) != 1 or not isinstance(self.resolve(arguments[0]), Data):
             raise self.refuse(node, f"called with {len(arguments)} arguments; a layer takes one computed tensor")
         self.layer(node, layer, self.resolve(arguments[0]))
-        self.in_place(node, arguments[0], bool(getattr(sub, "inplace", False)))
+        self.in_place(node, bool(getattr(sub, "inplace", False)))
 
-    def in_place(self, node: Any, source: Any, inplace: bool) -> None:
+    def in_place(self, node: Any, inplace: bool) -> None:
         """After an op that wrote its result into its operand (inplace=True), the operand's later
-        readers see the result, as in torch."""
+        readers see the result, as in torch. The operand: the first argument, given by position or
+        by name (input=...)."""
+        source = node.args[0] if node.args else next(iter(node.kwargs.values()), None)
         if inplace and isinstance(source, self.torch.fx.Node):
             self.values[source.name] = self.values[node.name]
 
@@ -170,7 +171,7 @@ class FxImporter(NodeImporter):
                 raise self.refuse(node, f"start_dim {activation.start_dim} on a {len(self.shape(node, x))}-D value "
                                         "is the batch")
             self.layer(node, activation, x)
-            self.in_place(node, node.args[0] if node.args else node.kwargs.get("input"), kwargs.get("inplace", False))
+            self.in_place(node, kwargs.get("inplace", False))
         elif name in BINARY and len(args) == 2 and not kwargs:
             self.binary(node, name, *args)
         elif name in UNARY and len(args) == 1 and not kwargs:
@@ -200,19 +201,11 @@ class FxImporter(NodeImporter):
         data, value, first = (b, a, True) if isinstance(b, Data) else (a, b, False)
         constant = self.constant(node, value)
         if self.runs is None and (constant.ndim > 0 or op == "matmul"):
-            raise self.refuse(node, "an operand is a tensor; its rank against the data's is needed: pass the "
-                                    "input's shape, from_torch(module, input_shape=(None, ...))")
+            raise self.refuse(node, f"an operand is a tensor; its rank against the data's is needed: {PASS_SHAPE}")
         rank = len(self.shape(node, data)) if self.runs is not None else 1
         if op == "matmul":
             self.check(node, check_matmul, None if first else rank, rank if first else None)
         self.layer(node, self.check(node, with_constant, op, constant, first, rank), data)
-
-
-def fetch_attr(gm: Any, target: str) -> Any:
-    value = gm
-    for part in target.split("."):
-        value = getattr(value, part)
-    return value
 
 
 def flatten_args(args: Any) -> list[Any]:
@@ -257,9 +250,14 @@ def runnable_copy(m: Any) -> Any:
         return m
 
 
+def float_dtype(torch: Any, m: Any) -> Any:
+    """The dtype an input to module `m` takes: its first floating parameter's, else float32."""
+    return next((p.dtype for p in m.parameters() if p.is_floating_point()), torch.float32)
+
+
 def example_runs(torch: Any, gm: Any, sample: tuple[int, ...]) -> tuple[dict[str, Any], dict[str, Any]]:
     """Every node's value when the traced forward runs on random inputs of (b, *sample), b each of BATCHES."""
-    dtype = next((p.dtype for p in gm.parameters() if p.is_floating_point()), torch.float32)
+    dtype = float_dtype(torch, gm)
 
     class Recorder(torch.fx.Interpreter):
         def run_node(self, n: Any) -> Any:
@@ -304,7 +302,7 @@ def from_fx(torch: Any, m: Any, path: str, convert: Callable[[Any, str], Layer],
             runs = example_runs(torch, gm, sample)
         except Exception as exc:
             raise CompileError(f"cannot import module {where!r} of type {type(m).__name__}: its forward fails on "
-                               f"an input of shape (N, {', '.join(map(str, sample))}) ({type(exc).__name__}: "
+                               f"an input of shape {fmt_shape((None, *sample))} ({type(exc).__name__}: "
                                f"{exc})") from exc
     importer = FxImporter(torch, gm, where, convert, runs, bool(m.training))
     output = None

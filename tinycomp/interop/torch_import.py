@@ -12,9 +12,10 @@ import numpy as np
 from .. import nn as tnn
 from ..errors import CompileError
 from ..frontend.layers import Layer
+from ..ir.shapes import fmt_shape
 from .common import linear_from, require, unsupported
 from .graph_layers import BATCHES, ChannelAffine, LeakyReLU, LogSoftmax, SiLU
-from .torch_fx import TOP, from_fx, runnable_copy
+from .torch_fx import TOP, float_dtype, from_fx, runnable_copy
 
 TOLERANCE = 1e-3  # _verify's bound on |imported - torch| over the output's scale: float32 rounding is ~1e-6
 MODULES = ("Sequential", "Linear", "ReLU", "Sigmoid", "Tanh", "GELU", "Softmax", "Dropout", "LayerNorm", "Flatten",
@@ -76,8 +77,8 @@ def _verify(torch: Any, module: Any, model: Layer, sample: tuple[int, ...]) -> N
     """Run the module and the imported model, each in eval mode (copies: the user's stay as they
     are), on the same random input: anything torch.fx does not record (a tensor changed in place
     through another name, say) shows as different values."""
-    dtype = next((p.dtype for p in module.parameters() if p.is_floating_point()), torch.float32)
-    shown = f"({BATCHES[0]}, {', '.join(map(str, sample))})"
+    dtype = float_dtype(torch, module)
+    shown = fmt_shape((BATCHES[0], *sample))
     reference, imported = runnable_copy(module).eval(), copy.deepcopy(model)
     imported.eval()
     try:
@@ -151,13 +152,12 @@ def _output_sample(torch: Any, m: Any, sample: tuple[int, ...] | None) -> tuple[
     Sequential: a module there read through torch.fx may need it)."""
     if sample is None:
         return None
-    dtype = next((p.dtype for p in m.parameters() if p.is_floating_point()), torch.float32)
     try:
         with torch.random.fork_rng(devices=[]):  # leave torch's random stream where it was (dropout draws)
-            return tuple(runnable_copy(m)(torch.zeros(2, *sample, dtype=dtype)).shape[1:])
+            return tuple(runnable_copy(m)(torch.zeros(2, *sample, dtype=float_dtype(torch, m))).shape[1:])
     except Exception as exc:
         raise CompileError(f"cannot import module of type {type(m).__name__}: it fails on an input of shape "
-                           f"(N, {', '.join(map(str, sample))}) ({type(exc).__name__}: {exc})") from exc
+                           f"{fmt_shape((None, *sample))} ({type(exc).__name__}: {exc})") from exc
 
 
 def _leaf(torch: Any, m: Any, path: str) -> Layer | None:

@@ -97,17 +97,21 @@ def function_layer(torch: Any, target: Any, extra: tuple, kwargs: dict) -> Layer
     return None
 
 
+def named(args: list, kwargs: dict, *names: str) -> dict:
+    """A call's arguments after the tensor by name: the positional ones under `names`, then the keywords."""
+    return dict(zip(names, args, strict=False)) | kwargs
+
+
 def linear(imp: Any, node: Any, x: Data, args: list, kwargs: dict) -> None:
-    weight = args[0] if args else kwargs.get("weight")
-    bias = args[1] if len(args) > 1 else kwargs.get("bias")
+    given = named(args, kwargs, "weight", "bias")
+    weight, bias = given.get("weight"), given.get("bias")
     if isinstance(weight, Data) or isinstance(bias, Data):
         raise imp.refuse(node, "a weight or bias computed from the input")
     imp.layer(node, linear_from(imp.constant(node, weight).T, None if bias is None else imp.constant(node, bias)), x)
 
 
 def layer_norm(imp: Any, node: Any, x: Data, args: list, kwargs: dict) -> None:
-    names = ("normalized_shape", "weight", "bias", "eps")
-    given = dict(zip(names, args, strict=False)) | kwargs
+    given = named(args, kwargs, "normalized_shape", "weight", "bias", "eps")
     shape = tuple(given.get("normalized_shape", ()))
     if len(shape) != 1:
         raise imp.refuse(node, f"normalized_shape {shape}: only the last axis")
@@ -120,8 +124,7 @@ def layer_norm(imp: Any, node: Any, x: Data, args: list, kwargs: dict) -> None:
 
 
 def batch_norm(imp: Any, node: Any, x: Data, args: list, kwargs: dict) -> None:
-    names = ("running_mean", "running_var", "weight", "bias", "training", "momentum", "eps")
-    given = dict(zip(names, args, strict=False)) | kwargs
+    given = named(args, kwargs, "running_mean", "running_var", "weight", "bias", "training", "momentum", "eps")
     if given.get("training", False) or given.get("running_mean") is None:
         raise imp.refuse(node, "training=True or no running statistics: it normalizes by the batch's own")
     mean, var = (imp.constant(node, given[k]) for k in ("running_mean", "running_var"))
@@ -132,7 +135,7 @@ def batch_norm(imp: Any, node: Any, x: Data, args: list, kwargs: dict) -> None:
 def dropout(imp: Any, node: Any, x: Data, args: list, kwargs: dict) -> None:
     """F.dropout(x, p, training): a Dropout whose flag is `training` as traced (the idiom passes
     self.training, so the layer then follows the model's train() and eval() as the module does)."""
-    given = dict(zip(("p", "training", "inplace"), args, strict=False)) | kwargs
+    given = named(args, kwargs, "p", "training", "inplace")
     training = bool(given.get("training", True))  # F.dropout's own default
     if training and not imp.training:
         raise imp.refuse(node, "training=True in a module in eval mode (F.dropout's default): it drops at "
@@ -140,7 +143,7 @@ def dropout(imp: Any, node: Any, x: Data, args: list, kwargs: dict) -> None:
     layer = tnn.Dropout(float(given.get("p", 0.5)))
     layer.training = training
     imp.layer(node, layer, x)
-    imp.in_place(node, node.args[0] if node.args else node.kwargs.get("input"), bool(given.get("inplace", False)))
+    imp.in_place(node, bool(given.get("inplace", False)))
 
 
 def reshape(imp: Any, node: Any, x: Data, args: list, kwargs: dict) -> None:
@@ -187,7 +190,7 @@ def squeeze_or_unsqueeze(imp: Any, node: Any, x: Data, args: list, kwargs: dict)
 
 def reduce(kind: str) -> Callable[[Any, Any, Data, list, dict], None]:
     def handler(imp: Any, node: Any, x: Data, args: list, kwargs: dict) -> None:
-        given = dict(zip(("dim", "keepdim"), args, strict=False)) | kwargs
+        given = named(args, kwargs, "dim", "keepdim")
         dim = given.get("dim", given.get("axis"))  # torch takes NumPy's axis= too
         axes = None if dim is None else [dim] if isinstance(dim, int) else list(dim)
         rank = len(imp.shape(node, x))

@@ -1,0 +1,39 @@
+"""torch modules more than one importer test brings in (from_torch directly, and through a torch
+ONNX export). Import after `pytest.importorskip("torch")`."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+class StudentBlock(nn.Module):
+    """A pre-norm transformer block as a student writes it: views with sizes read from x.shape,
+    transposes, q @ k^T, softmax, a tanh-GELU MLP, residual adds."""
+
+    def __init__(self, embed: int = 16, heads: int = 2):
+        super().__init__()
+        self.heads = heads
+        self.q, self.k, self.v, self.o = (nn.Linear(embed, embed) for _ in range(4))
+        self.ln1, self.ln2 = nn.LayerNorm(embed), nn.LayerNorm(embed)
+        self.up, self.down = nn.Linear(embed, 4 * embed), nn.Linear(4 * embed, embed)
+
+    def forward(self, x):
+        n, s, e = x.shape
+        y = self.ln1(x)
+        q, k, v = (p(y).view(n, s, self.heads, e // self.heads).transpose(1, 2) for p in (self.q, self.k, self.v))
+        a = torch.softmax(q @ k.transpose(-2, -1) / (e // self.heads) ** 0.5, dim=-1) @ v
+        x = x + self.o(a.transpose(1, 2).reshape(n, s, e))
+        return x + self.down(F.gelu(self.up(self.ln2(x)), approximate="tanh"))
+
+
+class FlattenThenLinear(nn.Module):
+    """x.view(x.size(0), -1) then a Linear: (N, 3, 4) -> (N, 3)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(12, 3)
+
+    def forward(self, x):
+        return self.fc(x.view(x.size(0), -1))
