@@ -148,6 +148,10 @@ def test_reshape_that_merges_the_batch_is_refused():
     ("random", r"of type RandomNormal \(RandomNormal draws random values"),
     ("batch-sized-constant", r"of type Add \(input '\w+' is computed from the batch size"),
     ("erf", r"node 'erf_1' of type Erf; supported: Gemm"),
+    ("max-of-three", r"of type Max \(3 inputs; tinycomp imports Max of one or two"),
+    ("clip-to-data", r"of type Clip \(a bound computed from the data"),
+    ("clip-to-tensor", r"of type Clip \(bounds of shapes \[\(4,\), None\]; ONNX's Clip takes scalars"),
+    ("mask-from-data", r"of type Greater; supported"),
 ])
 def test_what_cannot_be_imported_is_named(case, match):
     b = Builder(4, sample=SAMPLE)
@@ -159,10 +163,41 @@ def test_what_cannot_be_imported_is_named(case, match):
         h = b.node("Add", ["x", b.node("RandomNormal", [], shape=[4])])
     elif case == "batch-sized-constant":
         h = b.node("Add", ["x", b.node("ConstantOfShape", [b.node("Shape", ["x"])])])
+    elif case == "max-of-three":
+        h = b.node("Max", ["x", b.node("Neg", ["x"]), b.node("Exp", ["x"])])
+    elif case == "clip-to-data":
+        h = b.node("Clip", ["x", b.node("Neg", ["x"])])
+    elif case == "clip-to-tensor":
+        h = b.node("Clip", ["x", b.const((4,))])
+    elif case == "mask-from-data":
+        h = b.node("Where", [b.node("Greater", ["x", scalar(b, 0.0)]), "x", scalar(b, 0.0)])
     else:
         h = b.node("Erf", ["x"])
     with pytest.raises(tc.CompileError, match=match):
         from_onnx(b.model(h, SAMPLE))
+
+
+def test_where_max_min_and_clip():
+    b = Builder(4, seed=6, sample=SAMPLE)
+    keep = b.const(SAMPLE, np.random.default_rng(6).random(SAMPLE) < 0.5)  # a bool initializer
+    h = b.node("Where", [b.node("Not", [keep]), scalar(b, -np.inf), "x"])  # the condition folded at import
+    h = b.node("Softmax", [h], axis=-1)
+    h = b.node("Max", [h, b.node("Neg", ["x"])])
+    h = b.node("Min", [b.const((4,)), h])
+    h = b.node("Clip", [h, scalar(b, -0.5), scalar(b, 0.7)])
+    h = b.node("Clip", [h, "", scalar(b, 0.6)])
+    h = b.node("Where", [b.node("Equal", [b.const((3, 1)), scalar(b, 0.0)]), "x", h])  # two data operands
+    check_samples(b.model(b.node("Add", [h, b.node("Max", ["x"])]), SAMPLE))
+
+
+@pytest.mark.parametrize("opset", [6, 11])
+def test_clip_bounds_as_attributes_and_as_inputs(opset):
+    b = Builder(4, seed=7, sample=SAMPLE)
+    if opset < 11:
+        h = b.node("Clip", ["x"], min=-0.25, max=1.5)
+    else:
+        h = b.node("Clip", ["x", scalar(b, -0.25), scalar(b, 1.5)])
+    check_samples(b.model(b.node("Clip", [h]) if opset >= 11 else h, SAMPLE, opset=opset))
 
 
 def torch_modules():
@@ -192,6 +227,15 @@ def test_transformer_block_exported_by_torch(opset):
     fast = tc.compile(from_onnx(blob), input_shape=(None, 5, 16))
     ops = {fast.graph.op(n) for n in fast.graph.nodes()}
     assert {"attention", "layer_norm"} <= ops and not {"transpose", "softmax", "mean"} & ops
+
+
+def test_causal_block_exported_by_torch():
+    """masked_fill of a buffer cut to the input's length: Slice, Equal and Where, the mask folded."""
+    torch, Block, _, _ = torch_modules()
+    torch.manual_seed(3)
+    blob = exported_by_torch(Block(causal=True), (5, 16), 17)
+    assert {"Where", "Equal", "Slice"} <= {n.op_type for n in onnx.load_from_string(blob).graph.node}
+    check_samples(blob, (5, 16), scale=1.0)
 
 
 def test_view_of_size_0_exported_with_a_dynamic_batch():

@@ -75,6 +75,43 @@ def test_transformer_block_as_a_student_writes_it():
     assert {"attention", "layer_norm"} <= ops and not {"transpose", "softmax", "mean"} & ops
 
 
+def test_causal_block_masked_from_a_buffer_cut_to_the_input():
+    torch.manual_seed(4)
+    module = StudentBlock(causal=True)
+    model = from_torch(module.eval(), input_shape=(None, 5, 16))
+    assert "Where(shape=(1, 1, 5, 5), -inf, data)" in repr(model)  # the mask cut to 5 at import, a constant
+    check_against_torch(module, (5, 16))
+
+
+class Bounded(nn.Module):
+    """Clamps, ReLU6 and Hardtanh, torch.where with a fixed condition, maximum/minimum of computed tensors."""
+
+    def __init__(self, how: str):
+        super().__init__()
+        self.how = how
+        self.relu6, self.hardtanh = nn.ReLU6(), nn.Hardtanh(-0.5, 0.25)
+        self.low = nn.Parameter(torch.randn(4) * 0.3 - 0.5)
+        self.register_buffer("keep", torch.rand(3, 4) < 0.5)
+
+    def forward(self, x):  # x: (N, 3, 4)
+        how = self.how
+        if how == "clamp":
+            return x.clamp(-1, 0.5) + torch.clamp(x, min=self.low) + x.clip(max=0.1) + x.clamp_min(0) - x.clamp_max(0)
+        if how == "modules":
+            return self.relu6(x * 4) + self.hardtanh(x) + F.relu6(-x * 4) + F.hardtanh(x, -0.1, 0.2)
+        if how == "where":
+            return torch.where(self.keep, x, x.exp()) + x.masked_fill(~self.keep, 0.5) + torch.where(self.keep, 1.0, -x)
+        if how == "extremes":
+            return torch.maximum(x, x * x - 1) - torch.minimum(torch.tanh(x), x / 2) + torch.maximum(self.low, x)
+        raise AssertionError(how)
+
+
+@pytest.mark.parametrize("how", ["clamp", "modules", "where", "extremes"])
+def test_clamps_selections_and_extremes(how):
+    torch.manual_seed(5)
+    check_against_torch(Bounded(how), (3, 4), scale=2.0)
+
+
 class Forms(nn.Module):
     def __init__(self, how: str):
         super().__init__()
@@ -285,6 +322,10 @@ class Several(nn.Module):
             return F.elu(x)
         if self.how == "attention-module":
             return self.attention(x, x, x, need_weights=False)[0]
+        if self.how == "mask-from-data":
+            return x.masked_fill(x > 0, 0.0)
+        if self.how == "computed-bound":
+            return x.clamp(min=x.mean(-1, keepdim=True))
         return torch.add(x, x.exp(), alpha=0.5)
 
 
@@ -294,6 +335,8 @@ class Several(nn.Module):
     ("alpha", r"node add' of type call_function add \(with keyword arguments alpha\)"),
     ("elu", r"node elu' of type call_function elu; supported"),
     ("attention-module", r"module 'attention' of type MultiheadAttention; supported"),
+    ("mask-from-data", r"node gt' of type call_function gt; supported"),
+    ("computed-bound", r"node clamp' of type call_method clamp \(a bound computed from the input"),
 ])
 def test_refusals_say_why(how, match):
     with pytest.raises(tc.CompileError, match=match):

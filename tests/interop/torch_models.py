@@ -10,11 +10,14 @@ from torch.nn import functional as F
 
 class StudentBlock(nn.Module):
     """A pre-norm transformer block as a student writes it: views with sizes read from x.shape,
-    transposes, q @ k^T, softmax, a tanh-GELU MLP, residual adds."""
+    transposes, q @ k^T, softmax (with `causal`, after masked_fill from a buffer), a tanh-GELU MLP,
+    residual adds."""
 
-    def __init__(self, embed: int = 16, heads: int = 2):
+    def __init__(self, embed: int = 16, heads: int = 2, causal: bool = False, context: int = 8):
         super().__init__()
-        self.heads = heads
+        self.heads, self.causal = heads, causal
+        if causal:  # as nanoGPT writes it: a buffer for the longest context, cut to the input's length
+            self.register_buffer("mask", torch.tril(torch.ones(context, context)).view(1, 1, context, context))
         self.q, self.k, self.v, self.o = (nn.Linear(embed, embed) for _ in range(4))
         self.ln1, self.ln2 = nn.LayerNorm(embed), nn.LayerNorm(embed)
         self.up, self.down = nn.Linear(embed, 4 * embed), nn.Linear(4 * embed, embed)
@@ -23,7 +26,10 @@ class StudentBlock(nn.Module):
         n, s, e = x.shape
         y = self.ln1(x)
         q, k, v = (p(y).view(n, s, self.heads, e // self.heads).transpose(1, 2) for p in (self.q, self.k, self.v))
-        a = torch.softmax(q @ k.transpose(-2, -1) / (e // self.heads) ** 0.5, dim=-1) @ v
+        scores = q @ k.transpose(-2, -1) / (e // self.heads) ** 0.5
+        if self.causal:
+            scores = scores.masked_fill(self.mask[:, :, :s, :s] == 0, float("-inf"))
+        a = torch.softmax(scores, dim=-1) @ v
         x = x + self.o(a.transpose(1, 2).reshape(n, s, e))
         return x + self.down(F.gelu(self.up(self.ln2(x)), approximate="tanh"))
 

@@ -71,7 +71,7 @@ def test_registry_entries_are_consistent():
         assert op.name == name and op.kind in KINDS, name
         assert op.ref is not None or op.kind == "leaf", f"{name} has no NumPy reference"
         if op.kind == "elementwise":
-            assert op.arity in (1, 2), name
+            assert op.arity in (1, 2, 3), name
             assert name in VECTOR_OPS, f"elementwise op {name} has no vector emitter in codegen/vector_ops.py"
     assert set(ACTIVATIONS) <= ELEMENTWISE
     assert all(OPS[op].ufunc is ufunc for ufunc, op in UFUNCS.items())

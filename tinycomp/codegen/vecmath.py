@@ -551,6 +551,21 @@ def emit_relu(builder: ir.IRBuilder, module: ir.Module, x: ir.Value) -> ir.Value
     return builder.select(builder.fcmp_unordered(">", x, zero), x, zero)
 
 
+def emit_extremum(builder: ir.IRBuilder, x: ir.Value, y: ir.Value, *, larger: bool) -> ir.Value:
+    """np.maximum / np.minimum: NaN if either is NaN, else the larger (smaller) one, y where the two
+    compare equal (so maximum(-0, +0) is +0 and maximum(+0, -0) is -0, as NumPy gives). The first
+    select is vmaxps / vminps itself (y unless x wins: y also where either is NaN); the second puts a
+    NaN x back."""
+    wins = builder.fcmp_ordered(">" if larger else "<", x, y)
+    picked = builder.select(wins, x, y)
+    return builder.select(builder.fcmp_unordered("uno", x, x), x, picked)
+
+
+def emit_where(builder: ir.IRBuilder, cond: ir.Value, x: ir.Value, y: ir.Value) -> ir.Value:
+    """x where cond != 0 (unordered: a NaN cond picks x, as NumPy's `cond != 0` is True for NaN), else y."""
+    return builder.select(builder.fcmp_unordered("!=", cond, _const(cond, 0.0)), x, y)
+
+
 def _sigmoid_quotient(builder: ir.IRBuilder, module: ir.Module, x: ir.Value, magic: int):
     """sigmoid(x) = q0 + residual / den, all but the last rounding done exactly.
 

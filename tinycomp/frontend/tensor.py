@@ -69,6 +69,13 @@ def _is_operand(x: Any) -> bool:
     return isinstance(x, (Tensor, np.ndarray, numbers.Real, np.bool_))  # NumPy's bool is no numbers.Real
 
 
+def check_operands(op: str, **operands: Any) -> None:
+    """TypeError naming the first operand of `op` that is not a Tensor, array or number."""
+    for name, x in operands.items():
+        if not _is_operand(x):
+            raise TypeError(f"{op}() takes Tensors, NumPy arrays or numbers; got {kind_of(x)} as {name}")
+
+
 def _traced_parameter(t: Tensor) -> bool:
     """Is t a tensor of the model being traced on this thread (a `param` node, read live)?"""
     tracer = tracing.tracer
@@ -259,6 +266,15 @@ class Tensor:
 
     def __abs__(self) -> Tensor:
         return self.abs()
+
+    def clip(self, min: Operand = None, max: Operand = None) -> Tensor:  # noqa: A002 - NumPy's and torch's names
+        """Each element limited to [min, max], as `np.clip`: maximum with min, then minimum with max
+        (so max wins where min > max), NaN stays NaN; either bound may be None (no limit), not both."""
+        if min is None and max is None:
+            raise ValueError("clip() needs min or max (or both); got neither")
+        check_operands("clip", **{k: v for k, v in (("min", min), ("max", max)) if v is not None})
+        out = self if min is None else apply_op("maximum", self, min)
+        return out if max is None else apply_op("minimum", out, max)
 
     # ------------------------------------------------------------ matmul
     def _validate_matmul_shapes(self, other: Any) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..frontend.activations import ReLU, Sigmoid
+from ..frontend.functions import maximum, minimum, where
 from ..frontend.layers import Layer
 from ..frontend.tensor import Tensor, as_tensor
 
@@ -24,6 +25,8 @@ BINARY = {
     "div": lambda a, b: a / b,
     "pow": lambda a, b: a ** b,
     "matmul": lambda a, b: a @ b,
+    "maximum": maximum,
+    "minimum": minimum,
 }
 UNARY = {
     "neg": lambda a: -a,
@@ -32,6 +35,14 @@ UNARY = {
     "sqrt": lambda a: a.sqrt(),
     "abs": lambda a: a.abs(),
 }
+
+
+def fixed_operand(value: Any, *, number_ok: bool = True) -> Tensor | float:
+    """A constant operand as a layer keeps it: a number where it has one element and at most one
+    dimension (it changes no shape; the kernel takes it as an immediate, as it does the numbers written
+    in a forward), else a float32 Tensor, a parameter of the layer."""
+    array = np.asarray(value, np.float32)
+    return float(array.reshape(-1)[0]) if number_ok and array.size == 1 and array.ndim <= 1 else Tensor(array)
 
 
 class ConstantOperand(Layer):
@@ -43,12 +54,10 @@ class ConstantOperand(Layer):
     def __init__(self, op: str, value: Any, constant_first: bool = False):
         if op not in BINARY:
             raise ValueError(f"ConstantOperand op must be one of {', '.join(BINARY)}; got {op!r}")
-        array = np.asarray(value, np.float32)
         self.op, self.constant_first = op, bool(constant_first)
-        number = array.size == 1 and array.ndim <= 1 and op != "matmul"  # x @ (a 1-element vector) is not x * c
-        self.value: Tensor | float = float(array.reshape(-1)[0]) if number else Tensor(array)
+        self.value = fixed_operand(value, number_ok=op != "matmul")  # x @ (a 1-element vector) is not x * c
         if op == "pow" and (constant_first or isinstance(self.value, Tensor)):
-            raise ValueError(f"ConstantOperand pow takes x ** (a number); got value of shape {array.shape}"
+            raise ValueError(f"ConstantOperand pow takes x ** (a number); got value of shape {np.shape(value)}"
                              + (" as the base" if constant_first else ""))
 
     def forward(self, x: Tensor) -> Tensor:
@@ -63,6 +72,54 @@ class ConstantOperand(Layer):
     def __repr__(self) -> str:
         value = f"shape={self.value.shape}" if isinstance(self.value, Tensor) else f"{self.value:g}"
         return f"ConstantOperand({self.op}, {value}" + (", first)" if self.constant_first else ")")
+
+
+class Where(Layer):
+    """`tinycomp.nn.where(cond, x, y)` with some operands fixed: each of cond, x and y is a constant (a
+    number, or an array kept as a parameter; a bool mask becomes 0s and 1s) or None, which forward
+    fills with its data inputs in that order. `masked_fill(t, mask, v)` is `Where(mask, v, None)`."""
+
+    def __init__(self, cond: Any = None, x: Any = None, y: Any = None):
+        self.cond, self.x, self.y = (None if v is None else fixed_operand(v) for v in (cond, x, y))
+        self.takes = sum(v is None for v in (cond, x, y))
+
+    def forward(self, *data: Tensor) -> Tensor:
+        """where(cond, x, y), the operands left None taken from `data` in order."""
+        if len(data) != self.takes:
+            raise ValueError(f"{self!r} takes {self.takes} data input(s); got {len(data)}")
+        given = iter(data)
+        return where(*(as_tensor(next(given)) if v is None else v for v in (self.cond, self.x, self.y)))
+
+    def parameters(self) -> list[Tensor]:
+        """The operands held as tensors."""
+        return [v for v in (self.cond, self.x, self.y) if isinstance(v, Tensor)]
+
+    def __repr__(self) -> str:
+        shown = ("data" if v is None else f"shape={v.shape}" if isinstance(v, Tensor) else f"{v:g}"
+                 for v in (self.cond, self.x, self.y))
+        return "Where({})".format(", ".join(shown))
+
+
+class Clip(Layer):
+    """x limited to [low, high] (`Tensor.clip`; None: no bound there), as ONNX Clip, torch.clamp,
+    ReLU6 and Hardtanh; NaN stays NaN. A bound is a number or an array kept as a parameter."""
+
+    def __init__(self, low: Any = None, high: Any = None):
+        if low is None and high is None:
+            raise ValueError("Clip needs a low or a high bound; got neither")
+        self.low, self.high = (None if v is None else fixed_operand(v) for v in (low, high))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x clipped."""
+        return as_tensor(x).clip(self.low, self.high)
+
+    def parameters(self) -> list[Tensor]:
+        """The bounds held as tensors."""
+        return [v for v in (self.low, self.high) if isinstance(v, Tensor)]
+
+    def __repr__(self) -> str:
+        return "Clip({})".format(", ".join("none" if v is None else f"shape={v.shape}" if isinstance(v, Tensor)
+                                           else f"{v:g}" for v in (self.low, self.high)))
 
 
 class Permute(Layer):
@@ -191,8 +248,8 @@ BATCH = "batch"  # in a reshape's target: the input's own batch size
 BATCHES = (97, 101)  # two batch sizes the importers run size arithmetic at: any two distinct ones serve
 
 
-def with_constant(op: str, value: np.ndarray, constant_first: bool, data_rank: int) -> ConstantOperand:
-    """The layer for `data <op> value` (`value <op> data` if constant_first) on data of `data_rank` dims."""
+def check_constant(value: np.ndarray, data_rank: int, op: str = "") -> None:
+    """Refuse a constant that would broadcast against data of `data_rank` dims across the batch."""
     if value.ndim > data_rank:
         raise ValueError(f"the constant of shape {value.shape} has more dimensions than the data: it would "
                          "broadcast the batch away from the first axis")
@@ -202,8 +259,33 @@ def with_constant(op: str, value: np.ndarray, constant_first: bool, data_rank: i
     if meets_batch and value.shape[0] != 1:
         raise ValueError(f"the constant of shape {value.shape} varies along the batch axis (its first of "
                          f"{data_rank}); a constant may hold 1 there")
+
+
+def with_constant(op: str, value: np.ndarray, constant_first: bool, data_rank: int) -> ConstantOperand:
+    """The layer for `data <op> value` (`value <op> data` if constant_first) on data of `data_rank` dims."""
+    check_constant(value, data_rank, op)
     first = constant_first and op not in ("add", "mul")  # IEEE add and mul commute: data first, as a bias add reads
     return ConstantOperand(op, value, constant_first=first)
+
+
+def selection(operands: Sequence[np.ndarray | None], data_ranks: Sequence[int]) -> Where:
+    """`Where` for (cond, x, y), each a constant or None for data, the data of `data_ranks` dims."""
+    if not data_ranks:
+        raise ValueError("all three operands are constants: nothing computed to select from")
+    for rank in data_ranks[1:]:
+        check_ranks(data_ranks[0], rank)
+    for value in operands:
+        if value is not None:
+            check_constant(np.asarray(value), data_ranks[0])
+    return Where(*operands)
+
+
+def clipping(low: np.ndarray | None, high: np.ndarray | None, data_rank: int) -> Clip:
+    """`Clip(low, high)` on data of `data_rank` dims (None: no bound)."""
+    for value in (low, high):
+        if value is not None:
+            check_constant(np.asarray(value), data_rank)
+    return Clip(low, high)
 
 
 def check_ranks(left_rank: int, right_rank: int) -> None:

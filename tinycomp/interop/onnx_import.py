@@ -237,10 +237,10 @@ class _Importer(NodeImporter):
             raise self.refuse(node, f"{why} on a value of shape {shape}: its sizes after the batch must be known")
         return sizes
 
-    def layer(self, node: Any, layer: Layer, source: str) -> None:
+    def layer(self, node: Any, layer: Layer, *sources: str) -> None:
         key = layer_key(node.name or node.output[0], self.layers)
         self.layers[key] = layer
-        self.add_step(Step(node.output[0], (self.alias(source),), layer=key))
+        self.add_step(Step(node.output[0], tuple(self.alias(s) for s in sources), layer=key))
 
     def add(self, node: Any) -> None:
         op, ins, a = node.op_type, list(node.input), self.attrs(node)

@@ -21,9 +21,11 @@ from .graph_layers import (
     LogSoftmax,
     check_matmul,
     check_ranks,
+    clipping,
     permutation,
     reduction,
     reshape_sample,
+    selection,
     with_constant,
 )
 from .onnx_fold import batch_form, shape_pair
@@ -88,6 +90,45 @@ def layer_of(make: Callable[[], Any]) -> Callable[[Any, Any, list[str], dict], N
     def handler(imp: Any, node: Any, ins: list[str], a: dict) -> None:
         imp.layer(node, make(), ins[0])
     return handler
+
+
+def extremum(op: str) -> Callable[[Any, Any, list[str], dict], None]:
+    """Max or Min of one value (itself) or two (a binary op; more are refused, not chained)."""
+    def handler(imp: Any, node: Any, ins: list[str], a: dict) -> None:
+        if len(ins) == 1:
+            imp.aliases[node.output[0]] = ins[0]
+        elif len(ins) == 2:
+            binary(imp, node, ins, op)
+        else:
+            raise imp.refuse(node, f"{len(ins)} inputs; tinycomp imports {node.op_type} of one or two")
+    return handler
+
+
+def where(imp: Any, node: Any, ins: list[str], a: dict) -> None:
+    """Where(cond, x, y): a `Where` holding the constant operands (a folded mask, -inf) and taking the others."""
+    fixed = [imp.const(node, name) if imp.is_const(name) else None for name in ins]
+    data = [name for name, value in zip(ins, fixed, strict=True) if value is None]
+    ranks = [len(imp.shape_of(node, name, "Where")) for name in data]
+    imp.layer(node, imp.check(node, selection, fixed, ranks), *data)
+
+
+def clip(imp: Any, node: Any, ins: list[str], a: dict) -> None:
+    """Clip: its bounds are inputs from opset 11, attributes before; both must be constants."""
+    if imp.opset < 11:
+        bounds = [a.get("min"), a.get("max")]
+    else:
+        given = [*ins[1:3], "", ""][:2]
+        if any(name and not imp.is_const(name) for name in given):
+            raise imp.refuse(node, "a bound computed from the data; tinycomp clips to constant bounds (use Max/Min)")
+        bounds = [imp.const(node, name) if name else None for name in given]
+        if any(b is not None and b.size != 1 for b in bounds):
+            shapes = [None if b is None else b.shape for b in bounds]
+            raise imp.refuse(node, f"bounds of shapes {shapes}; ONNX's Clip takes scalars (Max/Min broadcast tensors)")
+    rank = len(imp.shape_of(node, ins[0], "Clip"))
+    if all(b is None for b in bounds):
+        imp.aliases[node.output[0]] = ins[0]  # no bound: the identity
+        return
+    imp.layer(node, imp.check(node, clipping, *bounds, rank), ins[0])
 
 
 def reciprocal(imp: Any, node: Any, ins: list[str], a: dict) -> None:
@@ -250,7 +291,7 @@ def shape(imp: Any, node: Any, ins: list[str], a: dict) -> None:
 HANDLERS: dict[str, Callable[[Any, Any, list[str], dict], None]] = {
     "Gemm": gemm, "MatMul": matmul,
     "Add": binary_op("add"), "Sub": binary_op("sub"), "Mul": binary_op("mul"), "Div": binary_op("div"),
-    "Pow": binary_op("pow"),
+    "Pow": binary_op("pow"), "Max": extremum("maximum"), "Min": extremum("minimum"), "Where": where, "Clip": clip,
     "Neg": unary("neg"), "Exp": unary("exp"), "Log": unary("log"), "Sqrt": unary("sqrt"), "Abs": unary("abs"),
     "Reciprocal": reciprocal,
     "Relu": layer_of(tnn.ReLU), "Sigmoid": layer_of(tnn.Sigmoid), "Tanh": layer_of(tnn.Tanh),

@@ -29,15 +29,16 @@ from ..frontend.layers import Layer
 from ..ir.shapes import fmt_shape
 from .common import NodeImporter, Step, chain_or_graph, layer_key, unsupported
 from .graph_layers import BATCHES, ConstantOperand, check_matmul, check_ranks, with_constant
-from .torch_ops import SHAPED, VARIES, Data, Sized, canonical_name, function_layer
+from .torch_ops import SHAPED, VARIES, Data, Sized, canonical_name, function_layer, select
 
 TOP = "(the top module)"  # how errors name the module passed in, which has no path
 NODES = ("calls of supported modules", "relu/sigmoid/tanh/gelu/softmax/log_softmax/silu/leaky_relu/flatten",
          "+ - * / ** @ with tensors, numbers and parameters", "F.linear", "F.layer_norm", "F.batch_norm (eval)",
-         "F.dropout", "exp/log/sqrt/rsqrt/abs/neg/reciprocal",
+         "F.dropout", "exp/log/sqrt/rsqrt/abs/neg/reciprocal", "torch.maximum/minimum",
+         "clamp/clip/F.relu6/F.hardtanh to fixed bounds", "torch.where/masked_fill",
          "view/reshape/transpose/permute/unsqueeze/squeeze/contiguous that keep the batch first",
          "mean/sum/amax not over the batch", "sizes read from x.shape / x.size()")
-BINARY = ("add", "sub", "mul", "div", "matmul", "pow")
+BINARY = ("add", "sub", "mul", "div", "matmul", "pow", "maximum", "minimum")
 UNARY = ("neg", "exp", "log", "sqrt", "abs")
 ALIASES = ("contiguous", "clone", "detach", "float")  # no change to a float32 value
 PASS_SHAPE = "pass the input's shape, from_torch(module, input_shape=(None, ...))"
@@ -76,10 +77,10 @@ class FxImporter(NodeImporter):
     def sample(self, node: Any, value: Data) -> list[int]:
         return list(self.shape(node, value)[1:])
 
-    def layer(self, node: Any, layer: Layer, source: Data) -> None:
+    def layer(self, node: Any, layer: Layer, *sources: Data) -> None:
         key = layer_key(node.name, self.layers)
         self.layers[key] = layer
-        self.steps.append(Step(node.name, (source.name,), layer=key))
+        self.steps.append(Step(node.name, tuple(s.name for s in sources), layer=key))
         self.values[node.name] = Data(node.name)
 
     def step(self, node: Any, op: str, *sources: Data) -> None:
@@ -185,8 +186,10 @@ class FxImporter(NodeImporter):
             self.values[node.name] = x
         elif name in SHAPED and isinstance(x, Data):
             SHAPED[name](self, node, x, list(args[1:]), kwargs)
+        elif name in ("where", "masked_fill"):
+            select(self, node, name, list(args), kwargs)
         else:
-            known = name in (*BINARY, *UNARY, *ALIASES, *SHAPED, "rsqrt", "reciprocal")
+            known = name in (*BINARY, *UNARY, *ALIASES, *SHAPED, "rsqrt", "reciprocal", "where", "masked_fill")
             raise self.refuse(node, f"with keyword arguments {', '.join(kwargs)}" if kwargs and known else "")
 
     def binary(self, node: Any, op: str, a: Any, b: Any) -> None:
@@ -241,6 +244,16 @@ def tainted_value(torch: Any, a: Any, b: Any) -> Any:
 
 
 
+def symbolic_trace(torch: Any, m: Any, concrete_args: dict[str, Any] | None) -> Any:
+    """`torch.fx.symbolic_trace`, but buffers read through `self` are traced as get_attr nodes too:
+    then `self.mask[:T, :T]` with T read from x.size() is recorded (a buffer as a plain tensor cannot
+    be sliced by a traced size), and is fixed where both example runs agree."""
+    tracer = torch.fx.Tracer()
+    tracer.proxy_buffer_attributes = True
+    graph = tracer.trace(m, concrete_args)
+    return torch.fx.GraphModule(tracer.root, graph, type(m).__name__)
+
+
 def runnable_copy(m: Any) -> Any:
     """A copy of module `m` to run at import, so that a run leaves the user's module as it was (running
     statistics, say); `m` itself where it cannot be copied (a tensor attribute that is not a leaf)."""
@@ -287,7 +300,7 @@ def from_fx(torch: Any, m: Any, path: str, convert: Callable[[Any, str], Layer],
     try:  # arguments after the input that have defaults are traced at them (mask=None, scale=2.0)
         defaults = {name: p.default for name, p in list(inspect.signature(m.forward).parameters.items())[1:]
                     if p.default is not inspect.Parameter.empty}
-        gm = torch.fx.symbolic_trace(runnable_copy(m), concrete_args=defaults or None)  # tracing runs forward
+        gm = symbolic_trace(torch, runnable_copy(m), defaults or None)  # tracing runs forward
     except Exception as exc:
         raise CompileError(f"cannot import module {where!r} of type {type(m).__name__}: torch.fx cannot trace its "
                            f"forward ({type(exc).__name__}: {exc})") from exc

@@ -14,12 +14,12 @@ from ..errors import CompileError
 from ..frontend.layers import Layer
 from ..ir.shapes import fmt_shape
 from .common import linear_from, require, unsupported
-from .graph_layers import BATCHES, ChannelAffine, LeakyReLU, LogSoftmax, SiLU
+from .graph_layers import BATCHES, ChannelAffine, Clip, LeakyReLU, LogSoftmax, SiLU
 from .torch_fx import TOP, float_dtype, from_fx, runnable_copy
 
 TOLERANCE = 1e-3  # _verify's bound on |imported - torch| over the output's scale: float32 rounding is ~1e-6
 MODULES = ("Sequential", "Linear", "ReLU", "Sigmoid", "Tanh", "GELU", "Softmax", "Dropout", "LayerNorm", "Flatten",
-           "Identity", "SiLU", "LeakyReLU", "LogSoftmax", "BatchNorm1d/2d/3d (eval)",
+           "Identity", "SiLU", "LeakyReLU", "ReLU6", "Hardtanh", "LogSoftmax", "BatchNorm1d/2d/3d (eval)",
            "a Module whose forward torch.fx can trace, calling these and tensor operations (see from_torch)")
 
 
@@ -187,6 +187,8 @@ def _leaf(torch: Any, m: Any, path: str) -> Layer | None:
         return SiLU()
     if type(m) is nn.LeakyReLU:
         return LeakyReLU(float(m.negative_slope))
+    if type(m) in (nn.ReLU6, nn.Hardtanh):
+        return Clip(float(m.min_val), float(m.max_val))
     if type(m) is nn.LogSoftmax:
         if m.dim is None:
             raise unsupported("module", path or TOP, "LogSoftmax", MODULES, "dim=None: give the axis")

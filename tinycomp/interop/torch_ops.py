@@ -20,9 +20,11 @@ from .graph_layers import (
     LeakyReLU,
     LogSoftmax,
     SiLU,
+    clipping,
     permutation,
     reduction,
     reshape_sample,
+    selection,
 )
 
 
@@ -198,9 +200,52 @@ def reduce(kind: str) -> Callable[[Any, Any, Data, list, dict], None]:
     return handler
 
 
+def select(imp: Any, node: Any, name: str, args: list, kwargs: dict) -> None:
+    """torch.where(condition, input, other) and input.masked_fill(mask, value): a `Where` holding the
+    fixed operands (a mask made from a buffer, -inf) and taking the computed ones."""
+    if name == "masked_fill":
+        given = named(args, kwargs, "input", "mask", "value")
+        operands = [given.get("mask"), given.get("value"), given.get("input")]
+    else:
+        given = named(args, kwargs, "condition", "input", "other")
+        operands = [given.get("condition"), given.get("input"), given.get("other")]
+    if any(v is None for v in operands):
+        raise imp.refuse(node, f"{name} needs all three operands (the one-argument torch.where returns indices)")
+    data = [v for v in operands if isinstance(v, Data)]
+    fixed = [None if isinstance(v, Data) else imp.constant(node, v) for v in operands]
+    ranks = [len(imp.shape(node, d)) for d in data]
+    imp.layer(node, imp.check(node, selection, fixed, ranks), *data)
+
+
+CLAMPS = {"clamp": ("min", "max"), "clip": ("min", "max"), "clamp_min": ("min",), "clamp_max": ("max",),
+          "hardtanh": ("min_val", "max_val", "inplace"), "relu6": ("inplace",)}
+
+
+def clamp(imp: Any, node: Any, x: Data, args: list, kwargs: dict) -> None:
+    """clamp/clip/clamp_min/clamp_max, F.hardtanh and F.relu6: a `Clip` to fixed bounds."""
+    name = canonical_name(imp.torch, node)
+    names = CLAMPS[name]
+    given = named(args, kwargs, *names)
+    bounds: list[Any]
+    if name == "relu6":
+        bounds = [0.0, 6.0]
+    elif name == "hardtanh":
+        bounds = [given.get("min_val", -1.0), given.get("max_val", 1.0)]
+    else:
+        bounds = [given.get("min"), given.get("max")]
+    if any(isinstance(b, Data) for b in bounds):
+        raise imp.refuse(node, "a bound computed from the input; tinycomp clamps to fixed bounds (torch.maximum and "
+                               "torch.minimum take two computed tensors)")
+    low, high = (None if b is None else imp.constant(node, b) for b in bounds)
+    tensors = any(b is not None and b.ndim > 0 for b in (low, high))
+    rank = len(imp.shape(node, x)) if tensors else 1  # a number fits data of any rank; a tensor needs it
+    imp.layer(node, imp.check(node, clipping, low, high, rank), x)
+    imp.in_place(node, bool(given.get("inplace", False)))
+
+
 SHAPED: dict[str, Callable[[Any, Any, Data, list, dict], None]] = {
     "linear": linear, "layer_norm": layer_norm, "batch_norm": batch_norm, "dropout": dropout, "view": reshape,
     "reshape": reshape, "transpose": transpose, "t": transpose, "permute": permute,
     "unsqueeze": squeeze_or_unsqueeze, "squeeze": squeeze_or_unsqueeze, "mean": reduce("mean"), "sum": reduce("sum"),
-    "amax": reduce("max"),
+    "amax": reduce("max"), **dict.fromkeys(CLAMPS, clamp),
 }

@@ -68,6 +68,12 @@ def relu(x: np.ndarray) -> np.ndarray:
     return np.maximum(x, _ZERO)
 
 
+def where(cond: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """x where cond is nonzero (NaN included: it is not 0), else y; a float mask of 0s and 1s is the
+    usual cond, as every tensor here is float."""
+    return np.where(cond != 0, x, y)
+
+
 def keep_dtype(fn: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
     """Keep float32 in float32 (NumPy would promote a float32 array with a Python float scalar)."""
     def ref(*args: np.ndarray, **attrs: object) -> np.ndarray:

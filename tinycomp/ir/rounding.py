@@ -22,6 +22,7 @@ from .shapes import reduced_axes
 
 Arrays = Sequence[np.ndarray]
 RoundingRule = Callable[[np.ndarray, Arrays, Arrays, dict], np.ndarray]
+EPS32 = float(np.finfo(np.float32).eps)  # the unit of every estimate
 OWN_ULPS = 4  # what one of our vector functions adds of its own, in ulps of its result
 
 
@@ -53,6 +54,22 @@ def div(v, a, m, attrs):
 def power(v, a, m, attrs):
     """|d(x^c)/dx| = |c v / x|; the kernel rounds once."""
     return m[0] * np.abs(a[1] * v / a[0]) + np.abs(v)
+
+
+def extremum(v, a, m, attrs):
+    """maximum/minimum pick one operand: its error; where two lie within their errors of each other
+    the other may be picked, which is no further off than the larger of the two estimates."""
+    return np.maximum(m[0], m[1])
+
+
+def where(v, a, m, attrs):
+    """The picked operand's error; where the condition's own error could carry it to or from 0 the
+    other operand may be picked instead, off by |x - y|."""
+    cond, x, y = a
+    picked = np.where(cond != 0, m[1], m[2])
+    with np.errstate(invalid="ignore", over="ignore"):
+        unsure = (m[0] > 0) & (np.abs(cond) <= m[0] * EPS32)
+        return picked + np.where(unsure, np.abs(x - y) / EPS32, 0.0)
 
 
 def matmul(v, a, m, attrs):

@@ -38,6 +38,14 @@ def broadcast_shapes(a: Shape, b: Shape) -> Shape:
     return tuple(reversed(out))
 
 
+def broadcast_all(*shapes: Shape) -> Shape:
+    """The broadcast shape of any number of operands (`where`'s three)."""
+    out = shapes[0]
+    for shape in shapes[1:]:
+        out = broadcast_shapes(out, shape)
+    return tuple(out)
+
+
 def matmul_shape(a: Shape, b: Shape) -> Shape:
     """NumPy's matmul shape rule (1-D operands promoted, leading dims broadcast). The messages carry
     TinyTorch's wording (`at least 1D`, `Inner dimensions don't match: 2 vs 3`) and DESIGN §1's."""

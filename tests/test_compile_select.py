@@ -1,0 +1,107 @@
+"""where, maximum, minimum and Tensor.clip: eager as NumPy, compiled as eager (special values bit for
+bit, signed zeros included), both against float64 formulas written here, at batch 0, 1, 7 and 129."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+import tinycomp as tc
+from tests.test_compile_tensor_ops import Fn, check_every_batch, inputs
+from tinycomp.ir import rounding
+from tinycomp.nn import Softmax, Tensor, maximum, minimum, where
+
+F64 = np.float64
+ROW = np.linspace(-1.5, 1.5, 13)  # a constant operand broadcast along the rows
+MASK = np.random.default_rng(5).random((3, 13)) < 0.5  # a NumPy bool mask: a constant
+
+
+def softmax64(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+CASES = {
+    "where-data": (lambda x: where(x.abs() - 1, x * 2, -x), lambda x: np.where(np.abs(x) != 1, x * 2, -x)),
+    "where-mask": (lambda x: where(MASK, x, 0.5), lambda x: np.where(MASK, x, 0.5)),
+    "masked-softmax": (lambda x: Softmax()(where(MASK, x, -np.inf)),
+                       lambda x: softmax64(np.where(MASK, x, -np.inf))),
+    "where-row-cond": (lambda x: where(Tensor(ROW) - 0.25, x, x.exp()),
+                       lambda x: np.where(ROW != 0.25, x, np.exp(x))),
+    "where-transposed": (lambda x: where(x.transpose(1, 2).transpose(1, 2), x.sum(axis=-1, keepdims=True), x),
+                         lambda x: np.where(x != 0, x.sum(axis=-1, keepdims=True), x)),
+    "maximum": (lambda x: maximum(x, x * x - 1), lambda x: np.maximum(x, x * x - 1)),
+    "minimum-row": (lambda x: minimum(Tensor(ROW), x), lambda x: np.minimum(ROW, x)),
+    "maximum-number": (lambda x: maximum(x, 0.25) + minimum(-0.5, x),
+                       lambda x: np.maximum(x, 0.25) + np.minimum(-0.5, x)),
+    "clip": (lambda x: x.clip(-1, 0.5), lambda x: np.clip(x, -1, 0.5)),
+    "clip-max-only": (lambda x: x.clip(max=Tensor(ROW)), lambda x: np.minimum(x, ROW)),
+    "clip-crossed": (lambda x: x.clip(1, -1), lambda x: np.full_like(x, -1.0)),  # NumPy's rule: max wins
+}
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_selection_parity(name):
+    fn, ref = CASES[name]
+    fast = check_every_batch(Fn(fn), (3, 13), ref)
+    assert re.search(r"\b(where|maximum|minimum)\(", fast.dump("optimized")), "compiled, not folded away"
+
+
+SPECIALS = np.array([0.0, -0.0, np.nan, np.inf, -np.inf, 1.0, -1.0, 1e-45, -3e38], np.float32)
+
+
+def pairs() -> tuple[np.ndarray, np.ndarray]:
+    """Every pair of SPECIALS, as (1, 81) rows (and 17 lanes wide in the compiled kernel's tails)."""
+    a, b = np.meshgrid(SPECIALS, SPECIALS)
+    return a.reshape(1, -1), b.reshape(1, -1)
+
+
+def bits(a: np.ndarray) -> np.ndarray:
+    """The float32 bits, NaN payloads made one (NumPy's and our NaN differ only there)."""
+    a = np.where(np.isnan(a), np.float32(np.nan), a).astype(np.float32)
+    return a.view(np.uint32)
+
+
+@pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning")  # -3e38 * 2
+@pytest.mark.parametrize("op", ["maximum", "minimum", "where", "clip"])
+def test_special_values_match_numpy_bit_for_bit(op):
+    a, b = pairs()
+
+    class Two(Fn):
+        def forward(self, x):
+            return {"maximum": lambda: maximum(x, self.table), "minimum": lambda: minimum(x, self.table),
+                    "where": lambda: where(x, self.table, x * 2),
+                    "clip": lambda: x.clip(-1, self.table)}[op]()
+
+    model = Two(None, b[0])
+    want = {"maximum": np.maximum(a, b), "minimum": np.minimum(a, b), "where": np.where(a != 0, b, a * 2),
+            "clip": np.minimum(np.maximum(a, np.float32(-1)), b)}[op]
+    eager = model(Tensor(a)).data
+    got = tc.compile(model)(a).data
+    np.testing.assert_array_equal(bits(eager), bits(want))
+    np.testing.assert_array_equal(bits(got), bits(want))  # -0 against +0 included: y where they compare equal
+
+
+def test_eager_follows_numpy_and_refuses_what_is_not_an_operand():
+    x = inputs(4, (5,), 1)
+    np.testing.assert_array_equal(where(x > 0, x, 0).data, np.where(x > 0, x, 0))  # a NumPy bool mask
+    np.testing.assert_array_equal(Tensor(x).clip(-0.5).data, np.maximum(x, np.float32(-0.5)))
+    with pytest.raises(ValueError, match="min or max"):
+        Tensor(x).clip()
+    with pytest.raises(TypeError, match=r"where\(\) takes Tensors.*got str as y"):
+        where(x, x, "0")
+    with pytest.raises(TypeError, match="clip.*got list as max"):
+        Tensor(x).clip(max=[1, 2])
+    with pytest.raises(ValueError, match="shape mismatch"):
+        maximum(Tensor(x), np.ones(3, np.float32))
+
+
+def test_where_rounding_counts_a_condition_that_may_flip():
+    """The parity rule's estimate: the picked operand's, plus |x - y| where the condition's own error
+    reaches 0 (in units of float32 epsilon)."""
+    cond, x, y = np.array([1e-9, 1.0, 0.0]), np.array([3.0, 3.0, 3.0]), np.array([1.0, 1.0, 1.0])
+    m = [np.array([10.0, 10.0, 0.0]), np.array([2.0, 2.0, 2.0]), np.array([5.0, 5.0, 5.0])]
+    est = rounding.where(np.where(cond != 0, x, y), [cond, x, y], m, {})
+    np.testing.assert_allclose(est, [2.0 + 2.0 / rounding.EPS32, 2.0, 5.0])

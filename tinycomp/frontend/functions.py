@@ -1,0 +1,31 @@
+"""Elementwise functions of several tensors, NumPy's names and rules: `where`, `maximum`, `minimum`.
+
+Each is one op of the table (`ir/ops.py`) through `apply_op`, so eager runs and traces agree; the
+operands are Tensors, NumPy arrays or numbers, broadcast as NumPy does, and the result is a Tensor.
+"""
+
+from __future__ import annotations
+
+from .tensor import Operand, Tensor, apply_op, check_operands
+
+
+def where(cond: Operand, x: Operand, y: Operand) -> Tensor:
+    """x where `cond` is nonzero, else y (`np.where(cond != 0, x, y)`; a NaN in cond picks x).
+
+    Tensors are float32, so a mask is a tensor of 0s and 1s, or a NumPy bool array (a constant).
+    `masked_fill(scores, mask, -inf)` is `where(mask, -inf, scores)`.
+    """
+    check_operands("where", cond=cond, x=x, y=y)
+    return apply_op("where", cond, x, y)
+
+
+def maximum(a: Operand, b: Operand) -> Tensor:
+    """The larger of a and b elementwise, as `np.maximum`: NaN where either is NaN."""
+    check_operands("maximum", a=a, b=b)
+    return apply_op("maximum", a, b)
+
+
+def minimum(a: Operand, b: Operand) -> Tensor:
+    """The smaller of a and b elementwise, as `np.minimum`: NaN where either is NaN."""
+    check_operands("minimum", a=a, b=b)
+    return apply_op("minimum", a, b)
