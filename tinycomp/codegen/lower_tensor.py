@@ -17,7 +17,7 @@ import numpy as np
 from llvmlite import ir
 
 from ..ir.layout import is_batched, is_scalar_const
-from ..ir.ops import broadcast_shapes, combined_axes, fmt_shape, map_leaves, reduced_axes
+from ..ir.ops import broadcast_shapes, combined_axes, fmt_shape, map_leaves, normalized_axis, reduced_axes
 from . import elementwise, gemm, reduce
 from .cgutils import I64, PTR, compile_as_glue, element_ptr, for_range, i64, inline_glue, internal_kernel
 from .elementwise import kernel_key
@@ -41,24 +41,27 @@ def check_samples_apart(e: _Emitter, n: str) -> None:
                             "would depend on the others, and compiled code runs every sample on its own")
 
 
-def lower_strided(e: _Emitter, n: str, expr: tuple, args: list[str], strides: list[Strides]) -> None:
-    """`expr` over graph operands `args` read with `strides`; one-element constants become immediates."""
+def lower_strided(e: _Emitter, n: str, expr: tuple, args: list[str], strides: list[Strides],
+                  offsets: list[int] | None = None) -> None:
+    """`expr` over graph operands `args` read with `strides`, each from `offsets` floats into its
+    samples (a slice's start; 0 if not given); one-element constants become immediates."""
     leaves: list[tuple] = []
-    kept: list[tuple[str, Strides]] = []
-    for a, s in zip(args, strides, strict=True):
+    kept: list[tuple[str, Strides, int]] = []
+    for a, s, at in zip(args, strides, offsets or [0] * len(args), strict=True):
         if is_scalar_const(e.g, a):
             leaves.append(("const", float(np.asarray(e.g[a]["value"]).reshape(-1)[0])))
         else:
             leaves.append(("in", len(kept)))
-            kept.append((a, s))
+            kept.append((a, s, at))
     expr = map_leaves(expr, lambda leaf: leaves[leaf[1]] if leaf[0] == "in" else leaf)
-    dims, walked = coalesce(sample_dims(e.g.shape(n)), [s for _, s in kept])
+    dims, walked = coalesce(sample_dims(e.g.shape(n)), [s for _, s, _ in kept])
     key = ("strided", kernel_key(expr), dims, tuple(walked), e.width)
     try:
         fn = e.kernel(key, lambda name: emit_strided(e.module, name, expr, dims, walked, e.width))
     except NotImplementedError as exc:
         raise LoweringError(f"{e.g.op(n)} {n}: {exc}") from None
-    e.call(fn, samples(e, n), e.pointer(n), *(e.pointer(a) for a, _ in kept))
+    e.call(fn, samples(e, n), e.pointer(n), *(element_ptr(e.b, e.pointer(a), i64(at)) if at else e.pointer(a)
+                                             for a, _, at in kept))
 
 
 def lower_broadcast(e: _Emitter, n: str, expr: tuple) -> None:
@@ -84,6 +87,24 @@ def lower_transpose(e: _Emitter, n: str) -> None:
     own = contiguous_strides(sample_dims(shape))
     strides = Strides(math.prod(sample_dims(shape)) if lead else 0, tuple(own[p] for p in perm))
     lower_strided(e, n, ("in", 0), [x], [strides])
+
+
+def lower_slice(e: _Emitter, n: str) -> None:
+    """A copy that reads the operand from its slice's first element, along the axis `step` apart."""
+    g = e.g
+    (x,) = g.args(n)
+    shape, attrs = tuple(g.shape(x)), g.attrs(n)
+    lead = int(is_batched(shape))
+    axis = normalized_axis(len(shape), int(attrs["axis"])) - lead
+    if axis < 0:
+        raise LoweringError(f"slice {n} runs along the batch axis of {fmt_shape(shape)}")
+    if math.prod(sample_dims(g.shape(n))) == 0:
+        return  # an empty slice: nothing to copy
+    own = contiguous_strides(sample_dims(shape))
+    start = range(*slice(attrs["start"], attrs["stop"], attrs["step"]).indices(shape[axis + lead]))[0]
+    read = tuple(s * int(attrs["step"]) if k == axis else s for k, s in enumerate(own))
+    strides = Strides(math.prod(sample_dims(shape)) if lead else 0, read)
+    lower_strided(e, n, ("in", 0), [x], [strides], [start * own[axis]])
 
 
 def reduce_groups(dims: tuple[int, ...], axes: set[int]) -> list[tuple[int, bool]]:

@@ -288,6 +288,7 @@ LOWERINGS: dict[str, Callable[[_Emitter, str], None]] = {
     "mean": lower_tensor.lower_reduce,
     "max": lower_tensor.lower_reduce,
     "transpose": lower_tensor.lower_transpose,
+    "slice": lower_tensor.lower_slice,
     "reshape": lower_view,
     "dropout": lower_dropout,
     "elementwise": lower_elementwise,

@@ -18,6 +18,7 @@ from ..aligned import aligned_float32, float32_copy
 from ..errors import CompileError
 from ..ir.ops import op_def
 from ..ir.shapes import matmul_shape
+from .indexing import AdvancedIndex, index_plan, key_text
 
 Operand = Any  # Tensor | np.ndarray | Python/NumPy scalar
 _FLOAT32 = np.dtype(np.float32)
@@ -335,12 +336,28 @@ class Tensor:
         return apply_op("max", self, axis=_axis_attr(axis), keepdims=bool(keepdims))
 
     def __getitem__(self, key: Any) -> Tensor:
-        if _traced_parameter(self):  # a copy made now would not follow later changes to the parameter
-            tracer = tracing.tracer
-            raise CompileError(f"{tracer.where()} indexes the parameter '{tracer.path_of(self)}'; "
-                               "indexing is not in the op table, so it cannot be compiled (make the slice a "
-                               "parameter of its own, outside forward())")
+        """NumPy's indexing; in a traced forward only basic indexing (ints, slices with a positive
+        step, `...`, None), recorded as `slice` ops: of a parameter, they follow later changes to it."""
+        if _traced_parameter(self):
+            return self._index(key, tracing.tracer)
         return Tensor(self.data[key])
+
+    def _index(self, key: Any, tracer: Any) -> Tensor:
+        """self[key] as slice ops and a reshape (frontend/indexing.py), refused with `tracer`'s place."""
+        shape = tuple(d if isinstance(d, int) else None for d in self.shape)  # the traced batch: None
+        try:
+            cuts, out = index_plan(shape, key)
+        except AdvancedIndex as exc:
+            raise CompileError(f"{tracer.where()} indexes [{key_text(key)}] with {exc}: compiled code takes ints, "
+                               "slices with a positive step, ... and None (basic indexing)") from None
+        except ValueError as exc:
+            raise CompileError(f"{tracer.where()} indexes [{key_text(key)}]: {exc}") from None
+        t = self
+        for axis, start, stop, step in cuts:
+            t = apply_op("slice", t, axis=axis, start=start, stop=stop, step=step)
+        if tuple(d if isinstance(d, int) else None for d in t.shape) != out:
+            t = t.reshape(*(-1 if d is None else d for d in out))
+        return t
 
 
 _new = Tensor.__new__

@@ -135,7 +135,7 @@ class SymbolicTensor(Tensor):
     __len__ = _refusing("takes len()")
 
     def __getitem__(self, key: Any) -> Tensor:
-        raise self._refuse(f"indexes [{key!r}] (indexing is not in the op table)")
+        return self._index(key, self._tracer)
 
     def __iter__(self) -> Iterator[Tensor]:
         raise self._refuse("iterates over the rows")

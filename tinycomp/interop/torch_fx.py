@@ -245,13 +245,20 @@ def tainted_value(torch: Any, a: Any, b: Any) -> Any:
 
 
 def symbolic_trace(torch: Any, m: Any, concrete_args: dict[str, Any] | None) -> Any:
-    """`torch.fx.symbolic_trace`, but buffers read through `self` are traced as get_attr nodes too:
-    then `self.mask[:T, :T]` with T read from x.size() is recorded (a buffer as a plain tensor cannot
-    be sliced by a traced size), and is fixed where both example runs agree."""
-    tracer = torch.fx.Tracer()
-    tracer.proxy_buffer_attributes = True
-    graph = tracer.trace(m, concrete_args)
-    return torch.fx.GraphModule(tracer.root, graph, type(m).__name__)
+    """`torch.fx.symbolic_trace` of a copy of `m`, its buffers read through `self` traced as get_attr
+    nodes where that works: then `self.mask[:T, :T]` with T read from x.size() is recorded (a buffer as
+    a plain tensor cannot be sliced by a traced size) and is fixed where both example runs agree. A
+    forward that assigns to a buffer (`self.calls += 1`) is traced as fx does by default."""
+    try:
+        tracer = torch.fx.Tracer()
+        tracer.proxy_buffer_attributes = True
+        graph = tracer.trace(runnable_copy(m), concrete_args)
+        # a buffer the forward assigned to holds a traced value now, not a tensor
+        if all(not isinstance(b, torch.fx.Proxy) for b in tracer.root.buffers()):
+            return torch.fx.GraphModule(tracer.root, graph, type(m).__name__)
+    except Exception:
+        pass
+    return torch.fx.symbolic_trace(runnable_copy(m), concrete_args=concrete_args)
 
 
 def runnable_copy(m: Any) -> Any:
@@ -300,7 +307,7 @@ def from_fx(torch: Any, m: Any, path: str, convert: Callable[[Any, str], Layer],
     try:  # arguments after the input that have defaults are traced at them (mask=None, scale=2.0)
         defaults = {name: p.default for name, p in list(inspect.signature(m.forward).parameters.items())[1:]
                     if p.default is not inspect.Parameter.empty}
-        gm = symbolic_trace(torch, runnable_copy(m), defaults or None)  # tracing runs forward
+        gm = symbolic_trace(torch, m, defaults or None)  # tracing runs forward: on copies
     except Exception as exc:
         raise CompileError(f"cannot import module {where!r} of type {type(m).__name__}: torch.fx cannot trace its "
                            f"forward ({type(exc).__name__}: {exc})") from exc

@@ -92,6 +92,8 @@ def _axes_from_end(g: Graph, n: str) -> tuple[int, ...]:
     ndim, attrs = len(g.shape(args[0])), g.attrs(n)
     if g.op(n) == "transpose":
         axes: tuple[int, ...] = (normalized_axis(ndim, attrs["dim0"]), normalized_axis(ndim, attrs["dim1"]))
+    elif g.op(n) == "slice":
+        axes = (normalized_axis(ndim, attrs["axis"]),)
     else:
         axes = combined_axes(g.op(n), ndim, attrs)
     return tuple(a - ndim for a in axes)

@@ -42,6 +42,7 @@ from .shapes import (  # noqa: F401 - fmt_shape, dim_text: re-exported for the m
     reduced_axes,
     reshape_shape,
     same_shape,
+    slice_shape,
     softmax_shape,
     transpose_shape,
 )
@@ -273,6 +274,8 @@ OPS: dict[str, OpDef] = {
               aliases=True, example=Example(((None, 6),), {"newshape": (-1, 2, 3)})),
         OpDef("transpose", "view", 1, transpose_shape, lambda x, *, dim0, dim1: np.swapaxes(x, dim0, dim1), 0,
               rounding.transpose, example=Example(((None, 2, 3),), {"dim0": -2, "dim1": -1})),
+        OpDef("slice", "view", 1, slice_shape, refs.slice_axis, 0, rounding.slice_axis,
+              example=Example(((None, 7),), {"axis": -1, "start": 1, "stop": 6, "step": 2})),
         _reduction("sum", np.sum),
         _reduction("mean", np.mean),
         _reduction("max", np.max),

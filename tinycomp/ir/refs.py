@@ -74,6 +74,13 @@ def where(cond: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.where(cond != 0, x, y)
 
 
+def slice_axis(x: np.ndarray, *, axis: int, start: int, stop: int, step: int) -> np.ndarray:
+    """x[start:stop:step] along `axis` (a view; eager copies it)."""
+    key = [slice(None)] * x.ndim
+    key[axis] = slice(start, stop, step)
+    return x[tuple(key)]
+
+
 def keep_dtype(fn: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
     """Keep float32 in float32 (NumPy would promote a float32 array with a Python float scalar)."""
     def ref(*args: np.ndarray, **attrs: object) -> np.ndarray:

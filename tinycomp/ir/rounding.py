@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from . import refs
 from .refs import attention_scores, layer_norm_steps, merge_heads, split_heads
 from .refs import softmax as softmax_ref
 from .shapes import reduced_axes
@@ -124,6 +125,11 @@ def reduction(op: str) -> RoundingRule:
 
 def reshape(v, a, m, attrs):
     return np.reshape(m[0], v.shape)
+
+
+def slice_axis(v, a, m, attrs):
+    """The picked elements' errors (an estimate that broadcast is made whole first)."""
+    return refs.slice_axis(np.broadcast_to(m[0], a[0].shape), **attrs)
 
 
 def transpose(v, a, m, attrs):

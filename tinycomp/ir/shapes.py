@@ -127,6 +127,18 @@ def normalized_axis(ndim: int, axis: int) -> int:
     return axis % ndim
 
 
+def slice_shape(x: Shape, *, axis: int, start: int, stop: int, step: int) -> Shape:
+    """x[start:stop:step] along `axis`: Python's slice rules, a positive step (no reversing)."""
+    i = normalized_axis(len(x), axis)
+    if step < 1:
+        raise ValueError(f"slice step must be a positive int; got {step}")
+    if x[i] is None:
+        raise BatchLayoutError(f"a slice along the batch axis of {fmt_shape(x)} (the batch stays whole)")
+    out = list(x)
+    out[i] = len(range(*slice(start, stop, step).indices(x[i])))
+    return tuple(out)
+
+
 def transpose_shape(x: Shape, *, dim0: int, dim1: int) -> Shape:
     out = list(x)
     i, j = normalized_axis(len(x), dim0), normalized_axis(len(x), dim1)

@@ -1,0 +1,96 @@
+"""Basic indexing (`x[:, 1:5]`, `x[..., 0]`, `x[:, None]`) as ops of the table, so it can be traced.
+
+A key of ints, slices with a positive step, `...` and `None` is a `slice` op per axis it cuts (an int
+is a slice of one, its axis then dropped) and, where the shape changes otherwise, one `reshape`
+(`Tensor._index`). Eager tensors index with NumPy directly (the same values); this plan serves
+traced tensors and a traced model's own parameters, whose slices must follow later changes to them.
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Any
+
+from ..ir.shapes import fmt_shape
+
+Cut = tuple[int, int, int, int]  # (axis, start, stop, step), start and stop within the axis
+
+
+class AdvancedIndex(Exception):
+    """The key holds something other than ints, slices, ... and None (an array, a mask, a Tensor)."""
+
+
+def _as_int(k: Any) -> int | None:
+    if isinstance(k, bool):
+        return None
+    try:
+        return operator.index(k)
+    except TypeError:
+        return None
+
+
+def _shown(k: slice) -> str:
+    """A slice as written: `1:`, `::2`."""
+    text = "".join(("" if v is None else str(v)) + sep for v, sep in ((k.start, ":"), (k.stop, "")))
+    return text + ("" if k.step is None else f":{k.step}")
+
+
+def key_text(key: Any) -> str:
+    """An index as written between the brackets: `:, 1:5`, `..., 0`."""
+    parts = key if isinstance(key, tuple) else (key,)
+    return ", ".join(_shown(k) if isinstance(k, slice) else "..." if k is Ellipsis else repr(k) for k in parts)
+
+
+def _expand(key: Any, ndim: int) -> tuple:
+    """The key with its `...` (or the missing trailing axes) spelled out as full slices."""
+    key = key if isinstance(key, tuple) else (key,)
+    if sum(k is Ellipsis for k in key) > 1:
+        raise IndexError("an index can only have a single ellipsis ('...')")
+    used = sum(k is not None and k is not Ellipsis for k in key)
+    if used > ndim:
+        raise IndexError(f"too many indices for tensor: tensor is {ndim}-dimensional, but {used} were indexed")
+    fill = (slice(None),) * (ndim - used)
+    if Ellipsis in key:
+        at = key.index(Ellipsis)
+        return key[:at] + fill + key[at + 1:]
+    return key + fill
+
+
+def index_plan(shape: tuple, key: Any) -> tuple[list[Cut], tuple]:
+    """The cuts a basic-index `key` makes on a value of `shape` (None: the batch) and the result's
+    shape; AdvancedIndex for other keys, IndexError as NumPy raises it, ValueError for what cannot
+    be compiled (cutting the batch, a negative step)."""
+    cuts: list[Cut] = []
+    out: list[int | None] = []
+    axis = 0
+    for k in _expand(key, len(shape)):
+        if k is None:
+            out.append(1)
+            continue
+        size, i = shape[axis], _as_int(k)
+        if isinstance(k, slice):
+            if size is None:
+                if k != slice(None) and k.indices(2 ** 62) != (0, 2 ** 62, 1):
+                    raise ValueError(f"{_shown(k)} cuts the batch axis of {fmt_shape(shape)}; compiled code "
+                                     "keeps each batch whole")
+                out.append(None)
+            else:
+                start, stop, step = k.indices(size)
+                if step < 1:
+                    raise ValueError(f"a slice with step {step}: only positive steps are in the op table")
+                if (start, stop, step) != (0, size, 1):
+                    cuts.append((axis, start, stop, step))
+                out.append(len(range(start, stop, step)))
+        elif i is not None:
+            if size is None:
+                raise ValueError(f"index {i} picks one sample of the batch axis of {fmt_shape(shape)}; compiled "
+                                 "code keeps each batch whole")
+            if not -size <= i < size:
+                raise IndexError(f"index {i} is out of bounds for axis {axis} with size {size}")
+            cuts.append((axis, i % size, i % size + 1, 1))
+        else:
+            raise AdvancedIndex(f"an index of type {type(k).__name__}")
+        axis += 1
+    if None in shape and out.index(None) != 0:
+        raise ValueError(f"a new axis before the batch axis of {fmt_shape(shape)}: the batch stays first")
+    return cuts, tuple(out)
