@@ -98,8 +98,6 @@ def lower_slice(e: _Emitter, n: str) -> None:
     axis = normalized_axis(len(shape), int(attrs["axis"])) - lead
     if axis < 0:
         raise LoweringError(f"slice {n} runs along the batch axis of {fmt_shape(shape)}")
-    if math.prod(sample_dims(g.shape(n))) == 0:
-        return  # an empty slice: nothing to copy
     own = contiguous_strides(sample_dims(shape))
     start = range(*slice(attrs["start"], attrs["stop"], attrs["step"]).indices(shape[axis + lead]))[0]
     read = tuple(s * int(attrs["step"]) if k == axis else s for k, s in enumerate(own))
@@ -132,6 +130,12 @@ def sample_operand(e: _Emitter, n: str) -> tuple[str, tuple, int]:
 def lower_reduce(e: _Emitter, n: str) -> None:
     g = e.g
     x, shape, lead = sample_operand(e, n)
+    if math.prod(sample_dims(shape)) == 0:  # over no elements: NumPy's sum 0, mean NaN; max has no value
+        if g.op(n) == "max":
+            raise LoweringError(f"max {n} of {fmt_shape(shape)} runs over no elements and has no value "
+                                "(NumPy raises there too)")
+        lower_strided(e, n, ("const", 0.0 if g.op(n) == "sum" else math.nan), [], [])
+        return
     axes = {a - lead for a in reduced_axes(len(shape), g.attrs(n).get("axis"))}
     groups = reduce_groups(sample_dims(shape), axes)
     if not any(r for _, r in groups):  # only size-1 axes: sum, mean and max of one element are that element

@@ -16,6 +16,7 @@ Codegen is an interpreter over the graph that emits one kernel call per node (au
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -350,10 +351,22 @@ def _lower_graph(g: Graph, target: Target) -> ModulePlan:
     return plan
 
 
+def _elements(shape: tuple) -> int:
+    """Elements per sample (all of them for a value without the batch)."""
+    return math.prod(d for d in shape if d is not None)
+
+
 def _emit_nodes(e: _Emitter) -> None:
-    for n in e.g.nodes():
-        if e.g.op(n) not in LEAF_OPS:
-            LOWERINGS[e.g.op(n)](e, n)
+    g = e.g
+    for n in g.nodes():
+        if g.op(n) in LEAF_OPS or _elements(g.shape(n)) == 0:  # an empty value (a slice of nothing): no work
+            continue
+        factors = g.args(n)[:2]
+        if g.op(n) in ("matmul", "linear", "attention") and any(_elements(g.shape(a)) == 0 for a in factors):
+            shapes = " and ".join(fmt_shape(g.shape(a)) for a in factors)
+            raise LoweringError(f"{g.op(n)} {n} multiplies {shapes}: a product over an axis of size 0 (an empty "
+                                "slice?), which compiled code does not run")
+        LOWERINGS[g.op(n)](e, n)
     if e.buffers.output_root in e.ptr:
         copy_to_output(e, e.buffers.output_root)
 

@@ -1,0 +1,82 @@
+"""Basic indexing in a compiled forward: slices (any positive step), ints, ..., None, of inputs and of
+parameters, against eager NumPy indexing and float64, at batch 0, 1, 7 and 129; what cannot be
+compiled is refused naming the key."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import tinycomp as tc
+from tests.test_compile_tensor_ops import Fn, check_every_batch, inputs
+from tinycomp.errors import CompileError
+from tinycomp.nn import Layer, Linear, Tensor
+
+TABLE = np.random.default_rng(9).standard_normal((5, 13)).astype(np.float32)
+T64 = TABLE.astype(np.float64)
+
+CASES = {  # (forward of x (N, 3, 13) and a (5, 13) table, the same in NumPy on float64 x)
+    "columns": (lambda x, t: x[:, :, 2:9], lambda x: x[:, :, 2:9]),
+    "stepped": (lambda x, t: x[..., 1::3] * 2, lambda x: x[..., 1::3] * 2),
+    "middle-axis": (lambda x, t: x[:, 1:], lambda x: x[:, 1:]),
+    "int-drops-axis": (lambda x, t: x[:, 0] - x[:, 2], lambda x: x[:, 0] - x[:, 2]),
+    "last-element": (lambda x, t: x[..., -1], lambda x: x[..., -1]),
+    "new-axis": (lambda x, t: x[:, None, 1, ::2], lambda x: x[:, None, 1, ::2]),
+    "table-row": (lambda x, t: x + t[2], lambda x: x + T64[2]),
+    "table-block": (lambda x, t: x[:, 1:3, :4] @ t[1:5, 3:7], lambda x: x[:, 1:3, :4] @ T64[1:5, 3:7]),
+    "empty-sum": (lambda x, t: x[:, :, 5:5].sum(axis=-1) + x[:, :, 0], lambda x: x[:, :, 0]),
+    "empty-mean": (lambda x, t: x[:, 1:1].exp().mean(axis=1) + x[:, 0], lambda x: np.full_like(x[:, 0], np.nan)),
+    "whole": (lambda x, t: x[:, :, :] + x[...], lambda x: 2 * x),
+}
+
+
+@pytest.mark.filterwarnings("ignore:Mean of empty slice:RuntimeWarning", "ignore:invalid value:RuntimeWarning")
+@pytest.mark.parametrize("name", CASES)
+def test_indexing_parity(name):
+    fn, ref = CASES[name]
+    fast = check_every_batch(Fn(fn, TABLE), (3, 13), ref)
+    if name != "whole":
+        assert fast.graph.nodes("slice"), "a slice node was compiled"
+
+
+def test_slices_of_a_parameter_follow_later_changes():
+    class FirstHalf(Layer):
+        def __init__(self):
+            self.fc = Linear(6, 8)
+
+        def forward(self, x):
+            return x @ self.fc.weight[:, :4] + self.fc.weight[0, 4:]
+
+    model = FirstHalf()
+    fast = tc.compile(model)
+    x = inputs(3, (6,), 2)
+    model.fc.weight.data *= -3.0  # after compiling
+    np.testing.assert_allclose(fast(x).data, model(Tensor(x)).data, rtol=1e-5, atol=1e-6)
+
+
+def test_leading_dimensions_follow_the_slice_axis():
+    """A compiled model also takes one sample, or more leading dimensions: a slice counted from the
+    end stays right; one counted from the front would slice another axis there and is refused."""
+    from_end = tc.compile(Fn(lambda x: x[..., 1:4]), input_shape=(None, 6))
+    one = inputs(1, (6,), 3)[0]
+    np.testing.assert_array_equal(from_end(one).data, one[1:4])
+    np.testing.assert_array_equal(from_end(np.stack([[one] * 2])).data, np.stack([[one] * 2])[..., 1:4])
+    from_front = tc.compile(Fn(lambda x: x[:, 1:4]), input_shape=(None, 6))
+    with pytest.raises(ValueError, match="slice node"):
+        from_front(np.zeros((2, 3, 6), np.float32))
+
+
+@pytest.mark.parametrize("forward, match", [
+    (lambda x: x[0], r"indexes \[0\]: index 0 picks one sample of the batch axis"),
+    (lambda x: x[1:], r"indexes \[1:\]: 1: cuts the batch axis of \(N, 6\)"),
+    (lambda x: x[:, ::-1], r"indexes \[:, ::-1\]: a slice with step -1"),
+    (lambda x: x[:, [0, 2]], r"indexes \[:, \[0, 2\]\] with an index of type list"),
+    (lambda x: x[None], r"a new axis before the batch axis"),
+    (lambda x: x[:, 6], r"index 6 is out of bounds for axis 1 with size 6"),
+    (lambda x: x[:, :, 0], r"too many indices for tensor: tensor is 2-dimensional, but 3 were indexed"),
+    (lambda x: x[:, 2:2].max(axis=-1), r"max %\d+ of \(N, 0\) runs over no elements"),
+    (lambda x: x[:, 2:2] @ Tensor(np.ones((0, 3))), r"a product over an axis of size 0"),
+])
+def test_what_cannot_be_compiled_is_named(forward, match):
+    with pytest.raises((CompileError, IndexError), match=match):
+        tc.compile(Fn(forward), input_shape=(None, 6))
