@@ -200,6 +200,57 @@ def test_clip_bounds_as_attributes_and_as_inputs(opset):
     check_samples(b.model(b.node("Clip", [h]) if opset >= 11 else h, SAMPLE, opset=opset))
 
 
+def ints(b: Builder, values) -> str:
+    return b.const(None, np.array(values, np.int64))
+
+
+@pytest.mark.parametrize("opset", [9, 11, 13, 18])
+def test_slice_split_and_gather(opset):
+    """Slice (attributes before opset 10; inputs with axes, steps and INT64_MAX ends after), Split (an
+    attribute, an input, num_outputs at 18) and Gather of one position."""
+    b = Builder(4, seed=8, sample=(3, 8))
+    if opset < 10:
+        cut = b.node("Slice", ["x"], starts=[0, 1], ends=[2 ** 62, 7], axes=[0, 2])
+    else:
+        cut = b.node("Slice", ["x", ints(b, [1, 0]), ints(b, [7, 2 ** 63 - 1]), ints(b, [2, 0]), ints(b, [2, 1])])
+    parts = [f"part{i}" for i in range(2)]
+    sizes = {"split": [5, 3]} if opset < 13 else {"num_outputs": 2} if opset >= 18 else {}
+    extra = [ints(b, [3, 5])] if 13 <= opset < 18 else []
+    b.nodes.append(helper.make_node("Split", ["x", *extra], parts, axis=-1, **sizes))
+    last = b.node("Gather", [parts[1], ints(b, -1)], axis=2)
+    summed = b.node("ReduceSum", [cut], axes=[2], keepdims=1) if opset < 13 else \
+        b.node("ReduceSum", [cut, ints(b, [2])], keepdims=1)
+    column = b.node("Unsqueeze", [last], axes=[2]) if opset < 13 else b.node("Unsqueeze", [last, ints(b, [2])])
+    most = b.node("ReduceMax", [parts[0]], axes=[2], keepdims=1) if opset < 18 else \
+        b.node("ReduceMax", [parts[0], ints(b, [2])], keepdims=1)
+    h = b.node("Add", [b.node("Add", [summed, column]), most])
+    check_samples(b.model(h, (3, 1), opset=opset), (3, 8))
+
+
+@pytest.mark.parametrize("case, match", [
+    ("batch-cut", r"of type Slice \(starts 1, ends 9223372036854775807, steps 1 along the batch axis"),
+    ("backwards", r"of type Slice \(a slice with step -1: only positive steps"),
+    ("gather-list", r"of type Gather \(indices of shape \(2,\): tinycomp gathers one position"),
+    ("gather-batch", r"of type Gather \(index 1 picks one sample of the batch axis of \(N, 3, 4\)"),
+    ("split-batch", r"of type Split \(axis 0 of a value of shape"),
+])
+def test_cuts_that_cannot_be_imported(case, match):
+    b = Builder(4, sample=SAMPLE)
+    if case == "batch-cut":
+        h = b.node("Slice", ["x", ints(b, [1]), ints(b, [2 ** 63 - 1]), ints(b, [0])])
+    elif case == "backwards":
+        h = b.node("Slice", ["x", ints(b, [-1]), ints(b, [-2 ** 63]), ints(b, [1]), ints(b, [-1])])
+    elif case == "gather-list":
+        h = b.node("Gather", ["x", ints(b, [0, 2])], axis=1)
+    elif case == "gather-batch":
+        h = b.node("Gather", ["x", ints(b, 1)], axis=0)
+    else:
+        b.nodes.append(helper.make_node("Split", ["x"], ["h", "rest"], axis=0, num_outputs=2))
+        h = "h"
+    with pytest.raises(tc.CompileError, match=match):
+        from_onnx(b.model(h, SAMPLE, opset=18))
+
+
 def torch_modules():
     torch = pytest.importorskip("torch", reason="PyTorch is not installed (pip install 'tinycomp[torch]')")
     nn = torch.nn
@@ -235,6 +286,20 @@ def test_causal_block_exported_by_torch():
     torch.manual_seed(3)
     blob = exported_by_torch(Block(causal=True), (5, 16), 17)
     assert {"Where", "Equal", "Slice"} <= {n.op_type for n in onnx.load_from_string(blob).graph.node}
+    check_samples(blob, (5, 16), scale=1.0)
+
+
+@pytest.mark.parametrize("last", [False, True], ids=["all-positions", "last-position"])
+def test_nanogpt_attention_exported_by_torch(last):
+    """Split (or Slice) of one projection, masked_fill of a buffer cut to the input, the last position
+    read out with Gather."""
+    torch = pytest.importorskip("torch", reason="PyTorch is not installed (pip install 'tinycomp[torch]')")
+    from torch_models import NanoGPTAttention
+
+    torch.manual_seed(8)
+    blob = exported_by_torch(NanoGPTAttention(last=last), (5, 16), 17)
+    kinds = {n.op_type for n in onnx.load_from_string(blob).graph.node}
+    assert {"Where", "Split" if "Split" in kinds else "Slice"} <= kinds and ("Gather" in kinds or not last)
     check_samples(blob, (5, 16), scale=1.0)
 
 

@@ -13,7 +13,7 @@ nn = torch.nn
 F = nn.functional
 
 from interop_helpers import assert_close_to_framework, check_imported  # noqa: E402
-from torch_models import FlattenThenLinear, StudentBlock  # noqa: E402
+from torch_models import FlattenThenLinear, NanoGPTAttention, StudentBlock  # noqa: E402
 
 import tinycomp as tc  # noqa: E402
 from tinycomp.interop import GraphModel, from_torch  # noqa: E402
@@ -81,6 +81,42 @@ def test_causal_block_masked_from_a_buffer_cut_to_the_input():
     model = from_torch(module.eval(), input_shape=(None, 5, 16))
     assert "Where(shape=(1, 1, 5, 5), -inf, data)" in repr(model)  # the mask cut to 5 at import, a constant
     check_against_torch(module, (5, 16))
+
+
+@pytest.mark.parametrize("last", [False, True], ids=["all-positions", "last-position"])
+def test_nanogpt_attention_split_and_masked(last):
+    torch.manual_seed(6)
+    check_against_torch(NanoGPTAttention(last=last), (5, 16))
+
+
+class Parts(nn.Module):
+    """Indexing and the ways torch cuts a tensor into parts."""
+
+    def __init__(self, how: str):
+        super().__init__()
+        self.how = how
+        self.w = nn.Parameter(torch.randn(4, 6))
+
+    def forward(self, x):  # x: (N, 3, 6)
+        how = self.how
+        if how == "getitem":
+            return x[:, 1:, ::2] * x[:, 0:1, 1:4] + x[:, 1:, -1:] + self.w[1, :3]
+        if how == "ints-and-none":
+            return x[:, 2][:, None] + x[:, :, 0, None] @ self.w[:1, :]
+        if how == "split":
+            a, b = x.split([2, 4], dim=-1)
+            c, d, e = torch.chunk(x, 3, 2)
+            return a.sum(-1, keepdim=True) * b + c.sum(-1, keepdim=True) - d.mean(-1, keepdim=True) * e[..., :1]
+        if how == "unbind-narrow-select":
+            first, second, third = x.unbind(1)
+            return first * second - third + x.narrow(2, 1, 3).sum(-1)[:, :1] + x.select(1, 2)
+        raise AssertionError(how)
+
+
+@pytest.mark.parametrize("how", ["getitem", "ints-and-none", "split", "unbind-narrow-select"])
+def test_indexing_and_parts(how):
+    torch.manual_seed(7)
+    check_against_torch(Parts(how), (3, 6))
 
 
 class Bounded(nn.Module):

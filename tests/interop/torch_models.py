@@ -43,3 +43,26 @@ class FlattenThenLinear(nn.Module):
 
     def forward(self, x):
         return self.fc(x.view(x.size(0), -1))
+
+
+class NanoGPTAttention(nn.Module):
+    """nanoGPT's CausalSelfAttention as it is written: one projection split into q, k and v, a causal
+    buffer cut to the input's length and applied with masked_fill, the last position read out."""
+
+    def __init__(self, embed: int = 16, heads: int = 2, context: int = 8, last: bool = False):
+        super().__init__()
+        self.c_attn, self.c_proj = nn.Linear(embed, 3 * embed), nn.Linear(embed, embed)
+        self.heads, self.embed, self.last = heads, embed, last
+        self.register_buffer("bias", torch.tril(torch.ones(context, context)).view(1, 1, context, context))
+
+    def forward(self, x):
+        B, T, C = x.size()
+        q, k, v = self.c_attn(x).split(self.embed, dim=2)
+        k = k.view(B, T, self.heads, C // self.heads).transpose(1, 2)
+        q = q.view(B, T, self.heads, C // self.heads).transpose(1, 2)
+        v = v.view(B, T, self.heads, C // self.heads).transpose(1, 2)
+        att = (q @ k.transpose(-2, -1)) * (1.0 / (k.size(-1) ** 0.5))
+        att = att.masked_fill(self.bias[:, :, :T, :T] == 0, float("-inf"))
+        y = (F.softmax(att, dim=-1) @ v).transpose(1, 2).contiguous().view(B, T, C)
+        y = self.c_proj(y)
+        return y[:, -1, :] if self.last else y

@@ -15,6 +15,7 @@ import numpy as np
 
 from ..frontend.activations import ReLU, Sigmoid
 from ..frontend.functions import maximum, minimum, where
+from ..frontend.indexing import AdvancedIndex, index_plan, key_text
 from ..frontend.layers import Layer
 from ..frontend.tensor import Tensor, as_tensor
 
@@ -120,6 +121,21 @@ class Clip(Layer):
     def __repr__(self) -> str:
         return "Clip({})".format(", ".join("none" if v is None else f"shape={v.shape}" if isinstance(v, Tensor)
                                            else f"{v:g}" for v in (self.low, self.high)))
+
+
+class Index(Layer):
+    """x[key] for a basic index: ints, slices, ... and None (`Tensor` indexing, which a traced forward
+    records as slice ops). Slices and splits of imported graphs."""
+
+    def __init__(self, key: Any):
+        self.key = key if isinstance(key, tuple) else (key,)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x[key]."""
+        return as_tensor(x)[self.key]
+
+    def __repr__(self) -> str:
+        return f"Index[{key_text(self.key)}]"
 
 
 class Permute(Layer):
@@ -286,6 +302,21 @@ def clipping(low: np.ndarray | None, high: np.ndarray | None, data_rank: int) ->
         if value is not None:
             check_constant(np.asarray(value), data_rank)
     return Clip(low, high)
+
+
+def indexing(key: tuple, shape: Sequence[int | None]) -> Index:
+    """`Index(key)` on a value of `shape` (None: the batch), refused where compiled code cannot take it
+    (the batch cut, a negative step, an index out of range)."""
+    try:
+        index_plan(tuple(shape), key)
+    except (IndexError, AdvancedIndex) as exc:
+        raise ValueError(f"[{key_text(key)}] on a value of shape {tuple(shape)}: {exc}") from None
+    return Index(key)
+
+
+def axis_key(rank: int, axis: int, part: slice | int) -> tuple:
+    """The index that takes `part` (a slice, or one position) of `axis` and all of the other axes."""
+    return (slice(None),) * (axis % rank) + (part,)
 
 
 def check_ranks(left_rank: int, right_rank: int) -> None:

@@ -194,8 +194,9 @@ class _Importer(NodeImporter):
     def is_const(self, name: str) -> bool:
         return name in self.consts
 
-    def const(self, node: Any, name: str) -> np.ndarray:
-        """Constant `name` as float32, or a refusal saying why `node` cannot have it."""
+    def const(self, node: Any, name: str, dtype: Any = np.float32) -> np.ndarray:
+        """Constant `name` as float32 (or `dtype`: int64 for positions and sizes, which float32 would
+        round), or a refusal saying why `node` cannot have it."""
         if name in self.pairs:
             raise self.refuse(node, f"input {name!r} is computed from the batch size; here it must be a constant")
         if name not in self.consts:
@@ -204,7 +205,7 @@ class _Importer(NodeImporter):
         if value.dtype.kind not in "fiub":
             what = "strings" if value.dtype.kind in "USO" else f"{value.dtype} values"
             raise self.refuse(node, f"input {name!r} holds {what}, not numbers")
-        return value.astype(np.float32)
+        return value.astype(dtype)
 
     def known_shape(self, name: str) -> Shape | None:
         """The shape of value `name` as ONNX shape inference gives it, or from the example run where
@@ -237,10 +238,11 @@ class _Importer(NodeImporter):
             raise self.refuse(node, f"{why} on a value of shape {shape}: its sizes after the batch must be known")
         return sizes
 
-    def layer(self, node: Any, layer: Layer, *sources: str) -> None:
-        key = layer_key(node.name or node.output[0], self.layers)
+    def layer(self, node: Any, layer: Layer, *sources: str, output: int = 0) -> None:
+        """`layer` makes the node's output (the `output`-th) from `sources`."""
+        key = layer_key(node.name or node.output[output], self.layers)
         self.layers[key] = layer
-        self.add_step(Step(node.output[0], tuple(self.alias(s) for s in sources), layer=key))
+        self.add_step(Step(node.output[output], tuple(self.alias(s) for s in sources), layer=key))
 
     def add(self, node: Any) -> None:
         op, ins, a = node.op_type, list(node.input), self.attrs(node)

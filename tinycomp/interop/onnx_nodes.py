@@ -19,9 +19,11 @@ from .graph_layers import (
     ConstantOperand,
     LeakyReLU,
     LogSoftmax,
+    axis_key,
     check_matmul,
     check_ranks,
     clipping,
+    indexing,
     permutation,
     reduction,
     reshape_sample,
@@ -129,6 +131,69 @@ def clip(imp: Any, node: Any, ins: list[str], a: dict) -> None:
         imp.aliases[node.output[0]] = ins[0]  # no bound: the identity
         return
     imp.layer(node, imp.check(node, clipping, *bounds, rank), ins[0])
+
+
+WHOLE = 2 ** 62  # an end at or beyond this is "to the end", a start at or below -WHOLE "from the first"
+
+
+def slice_(imp: Any, node: Any, ins: list[str], a: dict) -> None:
+    """Slice: starts, ends, axes and steps constants (inputs from opset 10, attributes before); the
+    batch axis only whole."""
+    if imp.opset < 10:
+        starts, ends, axes, steps = a.get("starts", []), a.get("ends", []), a.get("axes"), None
+    else:
+        given = [imp.const(node, name, np.int64) if name else None for name in [*ins[1:5], "", ""][:4]]
+        starts, ends, axes, steps = given
+    shape = imp.shape_of(node, ins[0], "Slice")
+    rank = len(shape)
+    axes = range(len(starts)) if axes is None else axes
+    steps = [1] * len(starts) if steps is None else steps
+    key = [slice(None)] * rank
+    for axis, start, end, step in zip(axes, starts, ends, steps, strict=True):
+        axis, start, end, step = int(axis) % rank, int(start), int(end), int(step)
+        if axis == 0:
+            if (start == 0 or start <= -WHOLE) and end >= 2 ** 31 - 1 and step == 1:
+                continue  # the whole batch
+            raise imp.refuse(node, f"starts {start}, ends {end}, steps {step} along the batch axis: it stays whole")
+        key[axis] = slice(start, end, step)
+    imp.layer(node, imp.check(node, indexing, tuple(key), shape), ins[0])
+
+
+def split(imp: Any, node: Any, ins: list[str], a: dict) -> None:
+    """Split along a sample axis: one slice per output, sizes from `split` (an input from opset 13, an
+    attribute before), else `num_outputs` parts (the last smaller, opset 18) or equal ones."""
+    shape = imp.shape_of(node, ins[0], "Split")
+    axis = int(a.get("axis", 0)) % len(shape)
+    if axis == 0 or shape[axis] is None:
+        raise imp.refuse(node, f"axis {axis} of a value of shape {shape}: only along a known axis after the batch")
+    size, parts = int(shape[axis]), len(node.output)
+    given = imp.const(node, ins[1], np.int64) if len(ins) > 1 and ins[1] else a.get("split")
+    if given is not None:
+        sizes = [int(d) for d in np.asarray(given).reshape(-1)]
+    elif "num_outputs" in a:
+        step = -(-size // parts)
+        sizes = [min(step, size - i * step) for i in range(parts)]
+    elif size % parts == 0:
+        sizes = [size // parts] * parts
+    else:
+        raise imp.refuse(node, f"{size} along axis {axis} does not split into {parts} equal parts")
+    if len(sizes) != parts or sum(sizes) != size or min(sizes) < 0:
+        raise imp.refuse(node, f"split sizes {sizes} for {parts} outputs of {size} along axis {axis}")
+    start = 0
+    for i, d in enumerate(sizes):
+        key = axis_key(len(shape), axis, slice(start, start + d))
+        imp.layer(node, imp.check(node, indexing, key, shape), ins[0], output=i)
+        start += d
+
+
+def gather(imp: Any, node: Any, ins: list[str], a: dict) -> None:
+    """Gather of one constant position along a sample axis (x[:, 0] as torch exports it)."""
+    indices = imp.const(node, ins[1], np.int64)
+    shape = imp.shape_of(node, ins[0], "Gather")
+    if indices.ndim != 0:
+        raise imp.refuse(node, f"indices of shape {indices.shape}: tinycomp gathers one position (a scalar index)")
+    key = axis_key(len(shape), int(a.get("axis", 0)), int(indices))
+    imp.layer(node, imp.check(node, indexing, key, shape), ins[0])
 
 
 def reciprocal(imp: Any, node: Any, ins: list[str], a: dict) -> None:
@@ -298,6 +363,6 @@ HANDLERS: dict[str, Callable[[Any, Any, list[str], dict], None]] = {
     "Softmax": softmax, "LogSoftmax": softmax, "Gelu": gelu, "LayerNormalization": layer_normalization,
     "BatchNormalization": batch_normalization, "LeakyRelu": leaky_relu,
     "Reshape": reshape, "Flatten": flatten, "Squeeze": squeeze_or_unsqueeze, "Unsqueeze": squeeze_or_unsqueeze,
-    "Transpose": transpose, "Cast": cast, "Shape": shape,
+    "Transpose": transpose, "Cast": cast, "Shape": shape, "Slice": slice_, "Split": split, "Gather": gather,
     "ReduceSum": reduce("sum"), "ReduceMean": reduce("mean"), "ReduceMax": reduce("max"),
 }

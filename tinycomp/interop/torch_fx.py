@@ -29,13 +29,14 @@ from ..frontend.layers import Layer
 from ..ir.shapes import fmt_shape
 from .common import NodeImporter, Step, chain_or_graph, layer_key, unsupported
 from .graph_layers import BATCHES, ConstantOperand, check_matmul, check_ranks, with_constant
-from .torch_ops import SHAPED, VARIES, Data, Sized, canonical_name, function_layer, select
+from .torch_ops import PIECES, SHAPED, VARIES, Data, Sized, canonical_name, function_layer, select
 
 TOP = "(the top module)"  # how errors name the module passed in, which has no path
 NODES = ("calls of supported modules", "relu/sigmoid/tanh/gelu/softmax/log_softmax/silu/leaky_relu/flatten",
          "+ - * / ** @ with tensors, numbers and parameters", "F.linear", "F.layer_norm", "F.batch_norm (eval)",
          "F.dropout", "exp/log/sqrt/rsqrt/abs/neg/reciprocal", "torch.maximum/minimum",
          "clamp/clip/F.relu6/F.hardtanh to fixed bounds", "torch.where/masked_fill",
+         "indexing with ints, slices, ... and None", "split/chunk/unbind/narrow/select along a sample axis",
          "view/reshape/transpose/permute/unsqueeze/squeeze/contiguous that keep the batch first",
          "mean/sum/amax not over the batch", "sizes read from x.shape / x.size()")
 BINARY = ("add", "sub", "mul", "div", "matmul", "pow", "maximum", "minimum")
@@ -66,6 +67,8 @@ class FxImporter(NodeImporter):
             return type(arg)(self.resolve(a) for a in arg)
         if isinstance(arg, dict):
             return {k: self.resolve(v) for k, v in arg.items()}
+        if isinstance(arg, slice):  # x[:, :n] with n read from x.size()
+            return slice(self.resolve(arg.start), self.resolve(arg.stop), self.resolve(arg.step))
         return arg
 
     def shape(self, node: Any, value: Data) -> tuple[int, ...]:
@@ -77,11 +80,14 @@ class FxImporter(NodeImporter):
     def sample(self, node: Any, value: Data) -> list[int]:
         return list(self.shape(node, value)[1:])
 
-    def layer(self, node: Any, layer: Layer, *sources: Data) -> None:
-        key = layer_key(node.name, self.layers)
+    def layer(self, node: Any, layer: Layer, *sources: Data, output: Data | None = None) -> None:
+        """`layer` makes node's value (or `output`, one of several it has) from `sources`."""
+        made = output or Data(node.name)
+        key = layer_key(made.name, self.layers)
         self.layers[key] = layer
-        self.steps.append(Step(node.name, tuple(s.name for s in sources), layer=key))
-        self.values[node.name] = Data(node.name)
+        self.steps.append(Step(made.name, tuple(s.name for s in sources), layer=key))
+        if output is None:
+            self.values[node.name] = made
 
     def step(self, node: Any, op: str, *sources: Data) -> None:
         self.steps.append(Step(node.name, tuple(s.name for s in sources), op=op))
@@ -108,11 +114,18 @@ class FxImporter(NodeImporter):
             self.call_module(node)
         else:
             operands = [a for a in flatten_args((node.args, node.kwargs)) if isinstance(a, self.torch.fx.Node)]
-            reads_data = any(isinstance(self.values[a.name], Data) for a in operands)
+            reads_data = any(isinstance(v, Data) for a in operands for v in flatten_args(self.values[a.name]))
             name = canonical_name(self.torch, node)
             if self.runs is None and reads_data and name in ("getattr", "size", "dim", "numel"):
                 raise self.refuse(node, f"it reads the input's sizes: {PASS_SHAPE}")
+            pieces = self.resolve(node.args[0]) if node.args else None
+            if name == "getitem" and isinstance(pieces, tuple) and reads_data:  # q, k, v = x.split(e, -1)
+                self.values[node.name] = pieces[node.args[1]]
+                return
             result = None if self.runs is None else self.runs[0][node.name]
+            if reads_data and name in PIECES and isinstance(pieces, Data):
+                PIECES[name](self, node, pieces, list(node.args[1:]), self.resolve(node.kwargs))
+                return
             if reads_data and isinstance(result, (tuple, list)) and \
                     any(isinstance(r, self.torch.Tensor) for r in flatten_args(result)):
                 raise self.refuse(node, "it returns several tensors (as chunk, split, or max with a dim do); "

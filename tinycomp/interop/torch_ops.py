@@ -20,7 +20,9 @@ from .graph_layers import (
     LeakyReLU,
     LogSoftmax,
     SiLU,
+    axis_key,
     clipping,
+    indexing,
     permutation,
     reduction,
     reshape_sample,
@@ -243,9 +245,67 @@ def clamp(imp: Any, node: Any, x: Data, args: list, kwargs: dict) -> None:
     imp.in_place(node, bool(given.get("inplace", False)))
 
 
+def index_key(imp: Any, node: Any, key: Any) -> tuple:
+    """A getitem key with the sizes it reads resolved: ints, slices of ints, ... and None."""
+    parts = key if isinstance(key, tuple) else (key,)
+    for k in parts:
+        bounds = (k.start, k.stop, k.step) if isinstance(k, slice) else (k,)
+        if any(isinstance(b, Sized) or b is VARIES for b in bounds):
+            raise imp.refuse(node, "an index computed from the batch size")
+        if any(isinstance(b, Data) for b in bounds):
+            raise imp.refuse(node, "an index that is a computed tensor (advanced indexing)")
+    return tuple(parts)
+
+
+def getitem(imp: Any, node: Any, x: Data, args: list, kwargs: dict) -> None:
+    """x[key] for a basic index: an `Index`."""
+    shape = (None, *imp.sample(node, x))
+    imp.layer(node, imp.check(node, indexing, index_key(imp, node, args[0]), shape), x)
+
+
+def narrow_or_select(imp: Any, node: Any, x: Data, args: list, kwargs: dict) -> None:
+    """x.narrow(dim, start, length) and x.select(dim, index): one part of one axis."""
+    rank = len(imp.shape(node, x))
+    if canonical_name(imp.torch, node) == "narrow":
+        given = named(args, kwargs, "dim", "start", "length")
+        part: slice | int = slice(given["start"], given["start"] + given["length"])
+    else:
+        given = named(args, kwargs, "dim", "index")
+        part = given["index"]
+    key = index_key(imp, node, axis_key(rank, given["dim"], part))
+    imp.layer(node, imp.check(node, indexing, key, (None, *imp.sample(node, x))), x)
+
+
+def pieces(imp: Any, node: Any, x: Data, args: list, kwargs: dict) -> None:
+    """split, chunk, unbind: the parts along one axis, each an `Index` of its own (the parts' sizes
+    from the example run), recorded as a tuple that later getitem nodes pick from."""
+    name = canonical_name(imp.torch, node)
+    given = named(args, kwargs, *(("dim",) if name == "unbind" else ("split_size_or_sections", "dim")))
+    dim = given.get("dim", 0)
+    shape = imp.shape(node, x)
+    if not isinstance(dim, int) or dim % len(shape) == 0:
+        raise imp.refuse(node, f"dim {dim}: the parts must be taken along an axis after the batch")
+    parts, start, made = imp.runs[0][node.name], 0, []
+    for i, part in enumerate(parts):
+        size = int(part.shape[dim]) if name != "unbind" else 1
+        cut: slice | int = start if name == "unbind" else slice(start, start + size)
+        key = axis_key(len(shape), dim, cut)
+        step = Data(f"{node.name}.{i}")  # fx names nodes as identifiers: no clash
+        for run in imp.runs:  # the part's example values, for the shapes later nodes ask for
+            run[step.name] = run[node.name][i]
+        imp.layer(node, imp.check(node, indexing, key, (None, *shape[1:])), x, output=step)
+        made.append(step)
+        start += size
+    imp.values[node.name] = tuple(made)
+
+
+PIECES = {"split": pieces, "chunk": pieces, "unbind": pieces}
+
+
 SHAPED: dict[str, Callable[[Any, Any, Data, list, dict], None]] = {
     "linear": linear, "layer_norm": layer_norm, "batch_norm": batch_norm, "dropout": dropout, "view": reshape,
     "reshape": reshape, "transpose": transpose, "t": transpose, "permute": permute,
     "unsqueeze": squeeze_or_unsqueeze, "squeeze": squeeze_or_unsqueeze, "mean": reduce("mean"), "sum": reduce("sum"),
-    "amax": reduce("max"), **dict.fromkeys(CLAMPS, clamp),
+    "amax": reduce("max"), **dict.fromkeys(CLAMPS, clamp), "getitem": getitem, "narrow": narrow_or_select,
+    "select": narrow_or_select,
 }
