@@ -11,7 +11,7 @@ import pytest
 import tinycomp as tc
 from tests.test_compile_tensor_ops import Fn, check_every_batch, inputs
 from tinycomp.ir import rounding
-from tinycomp.nn import Softmax, Tensor, maximum, minimum, where
+from tinycomp.nn import Layer, Softmax, Tensor, maximum, minimum, where
 
 F64 = np.float64
 ROW = np.linspace(-1.5, 1.5, 13)  # a constant operand broadcast along the rows
@@ -105,3 +105,47 @@ def test_where_rounding_counts_a_condition_that_may_flip():
     m = [np.array([10.0, 10.0, 0.0]), np.array([2.0, 2.0, 2.0]), np.array([5.0, 5.0, 5.0])]
     est = rounding.where(np.where(cond != 0, x, y), [cond, x, y], m, {})
     np.testing.assert_allclose(est, [2.0 + 2.0 / rounding.EPS32, 2.0, 5.0])
+
+
+class MaskedFillAttention(Layer):
+    """Attention as a masked_fill writes it: where(mask, scores, fill) (or the mask inverted)."""
+
+    def __init__(self, mask: np.ndarray, fill: float, fill_at: str, heads: int = 2):
+        self.mask, self.blocked, self.fill, self.fill_at, self.heads = mask, ~mask, fill, fill_at, heads
+
+    def forward(self, q, k, v):
+        def split(t):
+            return t.reshape(-1, t.shape[1], self.heads, t.shape[2] // self.heads).transpose(1, 2)
+
+        scores = split(q) @ split(k).transpose(-2, -1) * 0.5
+        scores = where(self.mask, scores, self.fill) if self.fill_at == "zero" else \
+            where(self.blocked, self.fill, scores)
+        out = Softmax()(scores) @ split(v)
+        return out.transpose(1, 2).reshape(-1, out.shape[2], q.shape[2])
+
+
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning", "ignore:overflow:RuntimeWarning")
+@pytest.mark.parametrize("sk", [7, 64, 100])  # scores in registers (<= 64 keys) and on the scratch block
+@pytest.mark.parametrize("fill, fill_at", [(-np.inf, "zero"), (-1e9, "nonzero"), (0.0, "zero")])
+def test_masked_fill_attention_is_fused_and_matches_eager_bit_for_bit_on_specials(sk, fill, fill_at):
+    """The fused kernel selects the fill where eager's where does, so a NaN or infinite score at a
+    masked position is replaced there too (an added mask would keep the NaN), rows with every key
+    masked included; elsewhere it matches eager as the parity rule asks and float64 closely."""
+    sq, d = 5, 8
+    rng = np.random.default_rng(sk)
+    mask = rng.random((sq, sk)) < 0.6
+    mask[2] = False  # a row with every key masked
+    q, k, v = (rng.standard_normal((4, s, 2 * d)).astype(np.float32) for s in (sq, sk, sk))
+    blocked = np.argwhere(~mask[0])[0, 0]
+    k[1, blocked, :d] = np.nan  # a NaN score only where row 0 is masked: eager fills it
+    k[2, blocked, d:] = np.inf
+    model = MaskedFillAttention(mask, fill, fill_at)
+    fast = tc.compile(model, input_shape=[(None, sq, 2 * d), (None, sk, 2 * d), (None, sk, 2 * d)], check=True)
+    assert fast.graph.op_counts().get("attention") == 1 and "where" not in fast.graph.op_counts()
+    eager = model(Tensor(q), Tensor(k), Tensor(v)).data
+    got = fast(q, k, v).data
+    specials = ~np.isfinite(eager)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(eager))
+    np.testing.assert_array_equal(got[specials & ~np.isnan(eager)], eager[specials & ~np.isnan(eager)])
+    assert np.isfinite(eager[1, 0]).all(), "the NaN score sits where row 0 is masked: eager's where removes it"
+    np.testing.assert_allclose(got[~specials], eager[~specials], rtol=2e-5, atol=2e-6)

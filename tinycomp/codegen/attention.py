@@ -11,7 +11,8 @@ microkernels), then per block of ROWS query rows (the last block overlapping the
 1. scores: ROWS x (up to `vectors` vectors of keys: the GEMM's tile, 4 with 32 registers, 2 with
    16) accumulated over D with vector FMAs, then scaled (times or divided by `scale`) and, with a
    mask, the term added exactly as eager rounds it:
-   fl(fl(1 - m) * mask_value), or m itself; stored to a ROWS x Sk scratch block in `work`;
+   fl(fl(1 - m) * mask_value), or m itself (or, from a masked_fill, `mask_fill` selected where m is
+   nonzero, or zero); stored to a ROWS x Sk scratch block in `work`;
 2. softmax along each row (the same operations, NaN and -inf handling as the softmax kernel, but
    exp(score - max) is +0 below `AttentionSpec.flush_below`, so that no probability is subnormal): when
    every key fits one register tile (Sk <= 64 with 16 lanes) right on the tile before it is stored,
@@ -84,6 +85,8 @@ class AttentionSpec:
     mask_value: float | None
     width: int
     vectors: int  # vectors of keys (or of value columns) per row of a register tile
+    mask_fill: float | None = None  # instead of a term: this number where the mask is nonzero (or zero)
+    fill_at_zero: bool = False
 
     @property
     def padded_sk(self) -> int:
@@ -285,7 +288,7 @@ class _Block:
             for j in range(vectors):
                 s = b.fdiv(acc[r][j], scale) if spec.divide else b.fmul(acc[r][j], scale)
                 if spec.mask:
-                    s = b.fadd(s, self.mask_term(b.add(r0, i64(r)), c0 + j * w))
+                    s = self.masked(s, b.add(r0, i64(r)), c0 + j * w)
                 tile[-1].append(s)
         if softmax:
             if last is not None:  # keys past Sk: -inf, as softmax_row loads them
@@ -297,8 +300,20 @@ class _Block:
                 masked_store(b, s, element_ptr(b, self.scores, r * spec.padded_sk + c0 + j * w),
                              last if j == vectors - 1 else None)
 
-    def mask_term(self, row: ir.Value, col: int) -> ir.Value:
-        """What eager adds to the scores at (row, col..col+width): fl(fl(1 - m) * mask_value), or m."""
+    def masked(self, s: ir.Value, row: ir.Value, col: int) -> ir.Value:
+        """Scores s at (row, col..col+width) masked as eager does: + fl(fl(1 - m) * mask_value), + m, or
+        mask_fill where m != 0 (where m == 0 with fill_at_zero; a NaN m is nonzero, as in `where`)."""
+        b, spec, w = self.b, self.spec, self.spec.width
+        m = self.mask_at(row, col)
+        if spec.mask_fill is None:
+            return b.fadd(s, m if spec.mask_value is None else
+                          b.fmul(b.fsub(splat(1.0, w), m), splat(spec.mask_value, w)))
+        nonzero = b.fcmp_unordered("!=", m, splat(0.0, w))
+        fill = splat(spec.mask_fill, w)
+        return b.select(nonzero, s, fill) if spec.fill_at_zero else b.select(nonzero, fill, s)
+
+    def mask_at(self, row: ir.Value, col: int) -> ir.Value:
+        """The mask's values at (row, col..col+width)."""
         b, spec, w = self.b, self.spec, self.spec.width
         _, _, row_stride, key_stride = spec.mask  # type: ignore[misc]
         at = element_ptr(b, self.mh, b.add(b.mul(row, i64(row_stride)), i64(col * key_stride)))
@@ -306,9 +321,7 @@ class _Block:
             m = masked_load(b, at, self.mask_of(min(w, spec.sk - col)), width=w)
         else:
             m = broadcast_load(b, at, w)
-        if spec.mask_value is None:
-            return m
-        return b.fmul(b.fsub(splat(1.0, w), m), splat(spec.mask_value, w))
+        return m
 
     def value_tile(self, r0: ir.Value, rows: int, c0: int, vectors: int, lanes: int) -> None:
         b, spec, w = self.b, self.spec, self.spec.width
@@ -339,10 +352,11 @@ def attention_spec(g: Graph, n: str, width: int, registers: int) -> AttentionSpe
     if mask:
         st = broadcast_strides(tuple(g.shape(mask[0])), (*lead, heads, sq, sk))
         mask_strides = (st.batch, st.dims[0], st.dims[1], st.dims[2])
-    mv = attrs.get("mask_value")
+    mv, fill = attrs.get("mask_value"), attrs.get("mask_fill")
     return AttentionSpec(heads, sq, sk, d, dv, q_row, k_row, v_row, q_batch, k_batch, v_batch,
                          mask_strides, float(attrs.get("scale", 1.0)), bool(attrs.get("divide", False)),
-                         None if mv is None else float(mv), width, tile_vectors(width, registers))
+                         None if mv is None else float(mv), width, tile_vectors(width, registers),
+                         None if fill is None else float(fill), attrs.get("fill_at", "nonzero") == "zero")
 
 
 def lower_attention(e: _Emitter, n: str) -> None:

@@ -222,7 +222,7 @@ def attention_cost(operands: list[Shape], attrs: dict) -> tuple[int, int]:
     lead, sq, sk, d, dv, h = attention_dims(operands[0], operands[1], operands[2], attrs["heads"])
     scores = math.prod(lead) * h * sq * sk
     macs = scores * (d + dv)
-    mask_ops = 0 if len(operands) < 4 else 1 if attrs.get("mask_value") is None else 3
+    mask_ops = 0 if len(operands) < 4 else 1 if attrs.get("mask_value") is None else 3  # a fill: 1 select
     return macs, 2 * macs + scores * (1 + mask_ops + OPS["softmax"].flops)
 
 

@@ -113,13 +113,20 @@ def merge_heads(t: np.ndarray) -> np.ndarray:
 
 
 def attention_scores(q: np.ndarray, k: np.ndarray, mask: np.ndarray | None, *, heads: int, scale: float,
-                     divide: bool, mask_value: float | None) -> list[np.ndarray]:
+                     divide: bool, mask_value: float | None, mask_fill: float | None = None,
+                     fill_at: str = "nonzero") -> list[np.ndarray]:
     """The steps before the softmax, as eager runs them: [q k^T, scaled, (1 - mask), the mask term, sum]
-    (the mask steps only with a mask; (1 - mask) only with a mask_value)."""
+    (the mask steps only with a mask; (1 - mask) only with a mask_value); with a `mask_fill` the last
+    step instead puts that number where the mask is nonzero (`fill_at` "nonzero") or zero ("zero"), as
+    `where(mask, fill, scores)` and `where(mask, scores, fill)` do."""
     s = np.matmul(split_heads(q, heads), np.swapaxes(split_heads(k, heads), -1, -2))
     c = np.asarray(scale, s.dtype)
     steps = [s, s / c if divide else s * c]
-    if mask is not None:
+    if mask is not None and mask_fill is not None:
+        fill = np.asarray(mask_fill, s.dtype)
+        picked = (mask != 0) if fill_at == "nonzero" else (mask == 0)
+        steps.append(np.where(picked, fill, steps[1]).astype(s.dtype, copy=False))
+    elif mask is not None:
         if mask_value is not None:
             one_minus = np.asarray(1, mask.dtype) - mask
             steps += [one_minus, one_minus * np.asarray(mask_value, mask.dtype)]
@@ -130,11 +137,14 @@ def attention_scores(q: np.ndarray, k: np.ndarray, mask: np.ndarray | None, *, h
 
 
 def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray | None = None, *, heads: int,
-              scale: float = 1.0, divide: bool = False, mask_value: float | None = None) -> np.ndarray:
-    """softmax(q k^T * scale (or / scale) [+ (1 - mask) * mask_value, or + mask]) v per head, q, k, v
-    read as (..., S, heads * D) and the result written the same way: what `MultiHeadAttention`
-    computes between its projections, op by op as eager runs it."""
-    scores = attention_scores(q, k, mask, heads=heads, scale=scale, divide=divide, mask_value=mask_value)[-1]
+              scale: float = 1.0, divide: bool = False, mask_value: float | None = None,
+              mask_fill: float | None = None, fill_at: str = "nonzero") -> np.ndarray:
+    """softmax(q k^T * scale (or / scale) [+ (1 - mask) * mask_value, + mask, or mask_fill where the
+    mask is nonzero / zero]) v per head, q, k, v read as (..., S, heads * D) and the result written the
+    same way: what `MultiHeadAttention` (or a masked_fill) computes between the projections, op by op
+    as eager runs it."""
+    scores = attention_scores(q, k, mask, heads=heads, scale=scale, divide=divide, mask_value=mask_value,
+                              mask_fill=mask_fill, fill_at=fill_at)[-1]
     return merge_heads(np.matmul(softmax(scores, -1), split_heads(v, heads)))
 
 

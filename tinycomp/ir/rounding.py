@@ -143,13 +143,17 @@ def attention(v, a, m, attrs):
     q, k, vv = (split_heads(x, heads) for x in a[:3])
     mq, mk, mv = (split_heads(x, heads) for x in m[:3])
     kt, mkt = np.swapaxes(k, -1, -2), np.swapaxes(mk, -1, -2)
+    fill = {"mask_fill": attrs.get("mask_fill"), "fill_at": attrs.get("fill_at", "nonzero")}
     steps = attention_scores(a[0], a[1], a[3] if len(a) > 3 else None, heads=heads, scale=attrs.get("scale", 1.0),
-                             divide=divide, mask_value=mask_value)
+                             divide=divide, mask_value=mask_value, **fill)
     est = matmul(steps[0], [q, kt], [mq, mkt], {})
     scale = np.asarray(attrs.get("scale", 1.0), steps[0].dtype)
     zero = np.zeros(())
     est = (div if divide else mul)(steps[1], [steps[0], scale], [est, zero], {})
-    if len(a) > 3:
+    if len(a) > 3 and fill["mask_fill"] is not None:  # a filled score is exact: where's rule, the mask exact
+        mask = a[3] != 0 if fill["fill_at"] == "nonzero" else a[3] == 0
+        est = np.where(mask, 0.0, est)
+    elif len(a) > 3:
         term_est = m[3]
         if mask_value is not None:
             one_minus, term = steps[2], steps[3]

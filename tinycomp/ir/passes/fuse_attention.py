@@ -2,7 +2,7 @@
 
 `MultiHeadAttention` traces to: per projection reshape (N, S, H, D) -> transpose to (N, H, S, D);
 K transposed once more; `matmul(q, k^T)`; `mul` by the 1/sqrt(D) constant; with a mask,
-`add` of `mul(sub(1, mask), MASK_VALUE)`; `softmax` over the last axis; `matmul` with V; transpose
+`add` of `mul(sub(1, mask), MASK_VALUE)` (or a `where` that fills, as masked_fill); `softmax` over the last axis; `matmul` with V; transpose
 and reshape back to (N, S, H*Dv). Run as traced, every transpose copies and the whole
 (N, H, S, S) score tensor lives in memory. The `attention` node reads q, k and v as (N, S, H*D),
 head h in columns h*D..h*D+D, where the projections wrote them, and writes (N, S, H*Dv) for the
@@ -15,7 +15,9 @@ The rewrite only goes through when the result is the same computation, op for op
   output's chain of reshapes and transposes lays it out as (N, S, H*Dv): both checked by running
   the chains on index arrays (N = 2), so any spelling of the same rearrangement matches;
 - a mask term `(1 - m) * c` (c a one-element constant) is folded in as `mask_value`, so the kernel
-  reads m itself and rounds as eager does; any other term is added as it is.
+  reads m itself and rounds as eager does; any other term is added as it is;
+- a masked_fill instead of a term, `where(m, c, scores)` or `where(m, scores, c)`, is folded in as
+  `mask_fill` = c and `fill_at` ("nonzero" or "zero"): the kernel selects, reading m itself.
 """
 
 from __future__ import annotations
@@ -118,6 +120,8 @@ def match_scores(g: Graph, soft: str) -> Scores | None:
     """(the q @ k^T matmul, the node's scale and mask attributes, the mask operand, the nodes folded)
     of the chain into softmax `soft`, or None if it is not one the node computes exactly."""
     x = g.args(soft)[0]
+    if g.op(x) == "where" and g.use_count(x) == 1:
+        return match_fill(g, x)
     if g.op(x) != "add" or g.use_count(x) != 1:
         return match_scale(g, x, {}, None, [])
     a, b = g.args(x)
@@ -129,6 +133,19 @@ def match_scores(g: Graph, soft: str) -> Scores | None:
         found = match_scale(g, scores, attrs, mask, [x, *term_nodes])
         if found is not None:
             return found
+    return None
+
+
+def match_fill(g: Graph, x: str) -> Scores | None:
+    """`where(m, c, scores)` or `where(m, scores, c)` (masked_fill) with c a one-element constant: the
+    node puts c where m is nonzero (resp. zero), reading m itself."""
+    mask, a, b = g.args(x)
+    for scores, fill, at in ((b, a, "nonzero"), (a, b, "zero")):
+        value = number(g, fill, x)
+        if value is not None and g.shape(scores) == g.shape(x):
+            found = match_scale(g, scores, {"mask_fill": value, "fill_at": at}, mask, [x])
+            if found is not None:
+                return found
     return None
 
 
