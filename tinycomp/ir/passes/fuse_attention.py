@@ -1,12 +1,13 @@
 """Fuse scaled dot-product attention into one `attention` node.
 
-`MultiHeadAttention` traces to: per projection reshape (N, S, H, D) -> transpose to (N, H, S, D);
-K transposed once more; `matmul(q, k^T)`; `mul` by the 1/sqrt(D) constant; with a mask,
-`add` of `mul(sub(1, mask), MASK_VALUE)` (or a `where` that fills, as masked_fill); `softmax` over the last axis; `matmul` with V; transpose
-and reshape back to (N, S, H*Dv). Run as traced, every transpose copies and the whole
-(N, H, S, S) score tensor lives in memory. The `attention` node reads q, k and v as (N, S, H*D),
-head h in columns h*D..h*D+D, where the projections wrote them, and writes (N, S, H*Dv) for the
-output projection: no transpose is ever copied (codegen/attention.py runs it per row block).
+`MultiHeadAttention` traces to: per projection reshape (N, S, H, D) -> transpose to (N, H, S, D); K
+transposed once more; `matmul(q, k^T)`; `mul` by the 1/sqrt(D) constant; with a mask, `add` of
+`mul(sub(1, mask), MASK_VALUE)` (or a `where` that fills, as masked_fill); `softmax` over the last
+axis; `matmul` with V; transpose and reshape back to (N, S, H*Dv). Run as traced, every transpose
+copies and the whole (N, H, S, S) score tensor lives in memory. The `attention` node reads q, k and
+v as (N, S, H*D), head h in columns h*D..h*D+D, where the projections wrote them, and writes (N, S,
+H*Dv) for the output projection: no transpose is ever copied (codegen/attention.py runs it per row
+block).
 
 The rewrite only goes through when the result is the same computation, op for op:
 - the score chain is matmul -> [mul or div by a one-element constant] -> [add a term that
