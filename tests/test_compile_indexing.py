@@ -1,6 +1,6 @@
-"""Basic indexing in a compiled forward: slices (any positive step), ints, ..., None, of inputs and of
-parameters, against eager NumPy indexing and float64, at batch 0, 1, 7 and 129; what cannot be
-compiled is refused naming the key."""
+"""Basic indexing and concat in a compiled forward: slices (any positive step), ints, ..., None, of
+inputs and of parameters, and their parts joined again, against eager NumPy and float64, at batch 0,
+1, 7 and 129; what cannot be compiled is refused naming the key or the shapes."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import tinycomp as tc
 from tests.test_compile_tensor_ops import Fn, check_every_batch, inputs
 from tinycomp.errors import CompileError
-from tinycomp.nn import Layer, Linear, Tensor
+from tinycomp.nn import Layer, Linear, Tensor, concat
 
 TABLE = np.random.default_rng(9).standard_normal((5, 13)).astype(np.float32)
 T64 = TABLE.astype(np.float64)
@@ -28,6 +28,49 @@ CASES = {  # (forward of x (N, 3, 13) and a (5, 13) table, the same in NumPy on 
     "empty-mean": (lambda x, t: x[:, 1:1].exp().mean(axis=1) + x[:, 0], lambda x: np.full_like(x[:, 0], np.nan)),
     "whole": (lambda x, t: x[:, :, :] + x[...], lambda x: 2 * x),
 }
+
+
+CONCATS = {  # (forward, NumPy): parts joined along each axis after the batch
+    "last-axis": (lambda x, t: concat([x[..., 5:], x.exp(), x[..., :5] * 2], axis=-1),
+                  lambda x: np.concatenate([x[..., 5:], np.exp(x), x[..., :5] * 2], axis=-1)),
+    "middle-axis": (lambda x, t: concat([x, -x[:, 1:]], axis=1), lambda x: np.concatenate([x, -x[:, 1:]], axis=1)),
+    "columns-of-one": (lambda x, t: concat([x[..., i:i + 1] for i in (3, 0, 12)], axis=2),
+                       lambda x: x[..., [3, 0, 12]]),
+    "with-empty-and-table": (lambda x, t: concat([x[:, :, :0], x + concat([t, t], 0)[4:7]], axis=-1),
+                             lambda x: x + np.concatenate([T64, T64])[4:7]),
+    "one-part": (lambda x, t: concat([x * 3], axis=-2), lambda x: x * 3),
+}
+
+
+@pytest.mark.parametrize("name", CONCATS)
+def test_concat_parity(name):
+    fn, ref = CONCATS[name]
+    fast = check_every_batch(Fn(fn, TABLE), (3, 13), ref)
+    assert fast.graph.nodes("concat"), "a concat node was compiled"
+
+
+@pytest.mark.parametrize("parts, axis, error, match", [
+    ([(None, 3), (None, 3)], 0, CompileError, r"a concat along the batch axis of \(N, 3\)"),
+    ([(None, 3), (None, 2, 3)], 1, ValueError, r"shapes \(N, 3\), \(N, 2, 3\) differ elsewhere than along that axis"),
+    ([(None, 3), (None, 4)], 0, ValueError, r"shapes \(N, 3\), \(N, 4\) differ elsewhere"),
+    ([(None, 2, 3), (None, 3, 3)], -1, ValueError, r"differ elsewhere than along that axis"),
+])
+def test_concat_that_cannot_be_compiled_is_named(parts, axis, error, match):
+    class Join(Layer):
+        def forward(self, *xs):
+            return concat(list(xs), axis=axis)
+
+    with pytest.raises(error, match=match):
+        tc.compile(Join(), input_shape=parts)
+
+
+def test_concat_takes_a_list_of_operands():
+    x = Tensor(np.ones((2, 3)))
+    with pytest.raises(TypeError, match="concat\\(\\) takes a list or tuple of tensors; got Tensor"):
+        concat(x)
+    with pytest.raises(TypeError, match=r"concat\(\) takes Tensors, NumPy arrays or numbers; got str as tensors\[1\]"):
+        concat([x, "x"])
+    np.testing.assert_array_equal(concat([x, np.zeros((1, 3))]).data, np.concatenate([np.ones((2, 3)), np.zeros((1, 3))]))
 
 
 @pytest.mark.filterwarnings("ignore:Mean of empty slice:RuntimeWarning", "ignore:invalid value:RuntimeWarning")

@@ -251,6 +251,24 @@ def test_cuts_that_cannot_be_imported(case, match):
         from_onnx(b.model(h, SAMPLE, opset=18))
 
 
+def test_concat_of_computed_values():
+    b = Builder(4, seed=9, sample=SAMPLE)
+    h = b.node("Concat", [b.node("Exp", ["x"]), "x", b.node("Neg", ["x"])], axis=-1)
+    h = b.node("Concat", [h, h], axis=1)
+    check_samples(b.model(b.node("ReduceSum", [h, ints(b, [1])], keepdims=0), (12,), opset=18))
+
+
+@pytest.mark.parametrize("inputs, axis, match", [
+    (["x", "c"], 1, r"of type Concat \(a constant among the inputs"),
+    (["x", "x"], 0, r"of type Concat \(axis 0 of 3-D values: they are joined along an axis after the batch"),
+])
+def test_concat_that_cannot_be_imported(inputs, axis, match):
+    b = Builder(4, sample=SAMPLE)
+    names = [b.const((1, 3, 4)) if name == "c" else name for name in inputs]
+    with pytest.raises(tc.CompileError, match=match):
+        from_onnx(b.model(b.node("Concat", names, axis=axis), SAMPLE))
+
+
 def torch_modules():
     torch = pytest.importorskip("torch", reason="PyTorch is not installed (pip install 'tinycomp[torch]')")
     nn = torch.nn
@@ -301,6 +319,17 @@ def test_nanogpt_attention_exported_by_torch(last):
     kinds = {n.op_type for n in onnx.load_from_string(blob).graph.node}
     assert {"Where", "Split" if "Split" in kinds else "Slice"} <= kinds and ("Gather" in kinds or not last)
     check_samples(blob, (5, 16), scale=1.0)
+
+
+def test_lets_build_gpt_block_exported_by_torch():
+    torch = pytest.importorskip("torch", reason="PyTorch is not installed (pip install 'tinycomp[torch]')")
+    from torch_models import KarpathyBlock
+
+    torch.manual_seed(10)
+    blob = exported_by_torch(KarpathyBlock(), (5, 16), 17)
+    assert {"Concat", "Where"} <= {n.op_type for n in onnx.load_from_string(blob).graph.node}
+    check_samples(blob, (5, 16), scale=1.0)
+    assert tc.compile(from_onnx(blob), input_shape=(None, 5, 16)).graph.op_counts().get("attention") == 4
 
 
 def test_view_of_size_0_exported_with_a_dynamic_batch():

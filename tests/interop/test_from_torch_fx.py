@@ -13,7 +13,7 @@ nn = torch.nn
 F = nn.functional
 
 from interop_helpers import assert_close_to_framework, check_imported  # noqa: E402
-from torch_models import FlattenThenLinear, NanoGPTAttention, StudentBlock  # noqa: E402
+from torch_models import FlattenThenLinear, KarpathyBlock, NanoGPTAttention, StudentBlock  # noqa: E402
 
 import tinycomp as tc  # noqa: E402
 from tinycomp.interop import GraphModel, from_torch  # noqa: E402
@@ -87,6 +87,13 @@ def test_causal_block_masked_from_a_buffer_cut_to_the_input():
 def test_nanogpt_attention_split_and_masked(last):
     torch.manual_seed(6)
     check_against_torch(NanoGPTAttention(last=last), (5, 16))
+
+
+def test_heads_joined_with_cat_as_in_lets_build_gpt():
+    torch.manual_seed(9)
+    fast = check_against_torch(nn.Sequential(KarpathyBlock(), KarpathyBlock()), (5, 16))
+    counts = fast.graph.op_counts()
+    assert counts.get("attention") == 8 and counts.get("concat") == 2 and "where" not in counts
 
 
 class Parts(nn.Module):

@@ -66,3 +66,38 @@ class NanoGPTAttention(nn.Module):
         y = (F.softmax(att, dim=-1) @ v).transpose(1, 2).contiguous().view(B, T, C)
         y = self.c_proj(y)
         return y[:, -1, :] if self.last else y
+
+
+class Head(nn.Module):
+    """One head of the attention of Karpathy's "Let's build GPT": a causal buffer cut to the input's
+    length, masked_fill, softmax, dropout."""
+
+    def __init__(self, embed: int, size: int, context: int):
+        super().__init__()
+        self.key, self.query, self.value = (nn.Linear(embed, size, bias=False) for _ in range(3))
+        self.register_buffer("tril", torch.tril(torch.ones(context, context)))
+        self.dropout = nn.Dropout(0.1)
+
+    def forward(self, x):
+        B, T, C = x.shape
+        k, q = self.key(x), self.query(x)
+        wei = q @ k.transpose(-2, -1) * k.shape[-1] ** -0.5
+        wei = wei.masked_fill(self.tril[:T, :T] == 0, float("-inf"))
+        wei = self.dropout(F.softmax(wei, dim=-1))
+        return wei @ self.value(x)
+
+
+class KarpathyBlock(nn.Module):
+    """The block of "Let's build GPT": heads joined with torch.cat, a projection, a ReLU MLP, pre-norm."""
+
+    def __init__(self, embed: int = 16, heads: int = 4, context: int = 8):
+        super().__init__()
+        self.heads = nn.ModuleList([Head(embed, embed // heads, context) for _ in range(heads)])
+        self.proj = nn.Linear(embed, embed)
+        self.ffwd = nn.Sequential(nn.Linear(embed, 4 * embed), nn.ReLU(), nn.Linear(4 * embed, embed), nn.Dropout(0.1))
+        self.ln1, self.ln2 = nn.LayerNorm(embed), nn.LayerNorm(embed)
+
+    def forward(self, x):
+        h = self.ln1(x)
+        x = x + self.proj(torch.cat([head(h) for head in self.heads], dim=-1))
+        return x + self.ffwd(self.ln2(x))

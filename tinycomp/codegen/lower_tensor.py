@@ -105,6 +105,34 @@ def lower_slice(e: _Emitter, n: str) -> None:
     lower_strided(e, n, ("in", 0), [x], [strides], [start * own[axis]])
 
 
+def lower_concat(e: _Emitter, n: str) -> None:
+    """One strided copy per operand into its part of the output: the output's strides, from the
+    part's first element."""
+    g = e.g
+    out_shape = tuple(g.shape(n))
+    lead = int(is_batched(out_shape))
+    axis = normalized_axis(len(out_shape), int(g.attrs(n)["axis"])) - lead
+    out_dims = sample_dims(out_shape)
+    out_strides = contiguous_strides(out_dims)
+    start = 0
+    for x in g.args(n):
+        dims = sample_dims(g.shape(x))
+        if math.prod(dims) > 0:
+            write = Strides(math.prod(out_dims) if lead else 0, out_strides)
+            read = Strides(math.prod(dims) if lead else 0, contiguous_strides(dims))
+            fn = copy_kernel(e, *coalesce(dims, [write, read]))
+            at = element_ptr(e.b, e.pointer(n), i64(start * out_strides[axis])) if start else e.pointer(n)
+            e.call(fn, samples(e, n), at, e.pointer(x))
+        start += dims[axis]
+
+
+def copy_kernel(e: _Emitter, dims: tuple[int, ...], strides: list[Strides]) -> ir.Function:
+    """The kernel copying a value read with strides[1] to where strides[0] write it."""
+    write, read = strides
+    return e.kernel(("copy_part", dims, write, read, e.width),
+                    lambda name: emit_strided(e.module, name, ("in", 0), dims, [read], e.width, out=write))
+
+
 def reduce_groups(dims: tuple[int, ...], axes: set[int]) -> list[tuple[int, bool]]:
     """The sample's dimensions as (size, reduced?) groups: size-1 dimensions dropped, neighbours with
     the same role merged (they are one contiguous run of the other)."""

@@ -290,6 +290,7 @@ LOWERINGS: dict[str, Callable[[_Emitter, str], None]] = {
     "max": lower_tensor.lower_reduce,
     "transpose": lower_tensor.lower_transpose,
     "slice": lower_tensor.lower_slice,
+    "concat": lower_tensor.lower_concat,
     "reshape": lower_view,
     "dropout": lower_dropout,
     "elementwise": lower_elementwise,

@@ -80,22 +80,24 @@ def coalesce(dims: Sequence[int], operands: Sequence[Strides]) -> tuple[tuple[in
 
 
 def emit_strided(module: ir.Module, name: str, expr: tuple, dims: tuple[int, ...], operands: Sequence[Strides],
-                 width: int) -> ir.Function:
-    """Define the kernel for `expr` over operands read with `operands`' strides (see the module doc)."""
+                 width: int, out: Strides | None = None) -> ir.Function:
+    """Define the kernel for `expr` over operands read with `operands`' strides (see the module doc),
+    written contiguously, or with the strides `out` (a part of a concat's output)."""
     check_expr(expr, len(operands))
-    if not dims or any(d < 1 for d in dims) or any(len(op.dims) != len(dims) for op in operands):
-        raise ValueError(f"strided kernel needs positive dims and one stride per dim; got {dims}, {operands}")
+    written = [*operands, *([out] if out else [])]
+    if not dims or any(d < 1 for d in dims) or any(len(op.dims) != len(dims) for op in written):
+        raise ValueError(f"strided kernel needs positive dims and one stride per dim; got {dims}, {written}")
     fn = declare_kernel(module, name, 1 + len(operands))
-    n_rows, out, ptrs = fn.args[0], fn.args[1], list(fn.args[2:])
+    n_rows, out_ptr, ptrs = fn.args[0], fn.args[1], list(fn.args[2:])
     b = ir.IRBuilder(fn.append_basic_block("entry"))
-    walked = [Strides(math.prod(dims), contiguous_strides(dims)), *operands]  # the output first
-    vector = all(op.dims[-1] in (0, 1) for op in operands)
-    tiled = None if vector else tile_dim(dims, operands, width)
+    walked = [out or Strides(math.prod(dims), contiguous_strides(dims)), *operands]  # the output first
+    vector = all(op.dims[-1] in (0, 1) for op in operands) and walked[0].dims[-1] == 1
+    tiled = None if vector or out else tile_dim(dims, operands, width)
     side = tile_side(dims, tiled, width) if tiled is not None else width
     tile = tile_buffer(b, operands, side) if tiled is not None else None
 
     def innermost(at: list[ir.Value]) -> None:
-        _inner_loop(b, expr, dims[-1], width if vector else 1, out, at[0],
+        _inner_loop(b, expr, dims[-1], width if vector else 1, (out_ptr, walked[0].dims[-1], at[0]),
                     [(p, op.dims[-1], x) for p, op, x in zip(ptrs, operands, at[1:], strict=True)])
 
     with for_range(b, 0, n_rows, name="m") as loop:
@@ -104,7 +106,7 @@ def emit_strided(module: ir.Module, name: str, expr: tuple, dims: tuple[int, ...
         if tiled is None:
             nest_loops(b, dims[:-1], [op.dims for op in walked], at, innermost)
         else:
-            emit_tiled(b, expr, dims, walked, tiled, side, [out, *ptrs], at, tile)
+            emit_tiled(b, expr, dims, walked, tiled, side, [out_ptr, *ptrs], at, tile)
     b.ret_void()
     return fn
 
@@ -120,9 +122,12 @@ def nest_loops(b: ir.IRBuilder, sizes: Sequence[int], strides: Sequence[Sequence
         nest_loops(b, sizes, strides, step_offsets(b, at, strides, level, loop.index), body, level + 1)
 
 
-def _inner_loop(b: ir.IRBuilder, expr: tuple, inner: int, width: int, out: ir.Value, out_at: ir.Value,
+def _inner_loop(b: ir.IRBuilder, expr: tuple, inner: int, width: int, out: tuple[ir.Value, int, ir.Value],
                 operands: list[tuple[ir.Value, int, ir.Value]]) -> None:
-    """The innermost dimension in chunks of `width` (stride 0 or 1 everywhere) or of 1 (any stride)."""
+    """The innermost dimension in chunks of `width` (stride 0 or 1 everywhere, the output's 1) or of 1
+    (any stride). `out` and each operand: (pointer, stride along the dimension, offset)."""
+    out_ptr, out_stride, out_at = out
+
     def chunk_body(chunk: Chunk) -> None:
         loaded: dict[int, ir.Value] = {}
 
@@ -136,6 +141,7 @@ def _inner_loop(b: ir.IRBuilder, expr: tuple, inner: int, width: int, out: ir.Va
                     loaded[i] = load_chunk(b, element_ptr(b, ptr, b.add(base, col)), chunk)
             return loaded[i]
 
-        store_chunk(b, evaluate(b, expr, leaf, chunk.width), element_ptr(b, out, b.add(out_at, chunk.col)), chunk)
+        col = chunk.col if out_stride == 1 else b.mul(chunk.col, i64(out_stride), flags=["nsw"])
+        store_chunk(b, evaluate(b, expr, leaf, chunk.width), element_ptr(b, out_ptr, b.add(out_at, col)), chunk)
 
     for_each_chunk(b, inner, width, chunk_body)

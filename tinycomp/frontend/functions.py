@@ -1,10 +1,15 @@
-"""Elementwise functions of several tensors, NumPy's names and rules: `where`, `maximum`, `minimum`.
+"""Functions of several tensors, NumPy's names and rules: `where`, `maximum`, `minimum` (elementwise)
+and `concat`.
 
 Each is one op of the table (`ir/ops.py`) through `apply_op`, so eager runs and traces agree; the
-operands are Tensors, NumPy arrays or numbers, broadcast as NumPy does, and the result is a Tensor.
+operands are Tensors, NumPy arrays or numbers (broadcast as NumPy does, elementwise), and the result
+is a Tensor.
 """
 
 from __future__ import annotations
+
+import operator
+from collections.abc import Sequence
 
 from .tensor import Operand, Tensor, apply_op, check_operands
 
@@ -29,3 +34,15 @@ def minimum(a: Operand, b: Operand) -> Tensor:
     """The smaller of a and b elementwise, as `np.minimum`: NaN where either is NaN."""
     check_operands("minimum", a=a, b=b)
     return apply_op("minimum", a, b)
+
+
+def concat(tensors: Sequence[Operand], axis: int = 0) -> Tensor:
+    """The tensors joined along `axis`, as `np.concat` (torch.cat): one rank, equal sizes elsewhere."""
+    if isinstance(tensors, (Tensor, str, bytes)) or not isinstance(tensors, Sequence):
+        raise TypeError(f"concat() takes a list or tuple of tensors; got {type(tensors).__name__}")
+    check_operands("concat", **{f"tensors[{i}]": t for i, t in enumerate(tensors)})
+    try:
+        axis = operator.index(axis)
+    except TypeError:
+        raise TypeError(f"concat() takes an int axis; got {axis!r}") from None
+    return apply_op("concat", *tensors, axis=axis)

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..frontend.activations import ReLU, Sigmoid
-from ..frontend.functions import maximum, minimum, where
+from ..frontend.functions import concat, maximum, minimum, where
 from ..frontend.indexing import AdvancedIndex, index_plan, key_text
 from ..frontend.layers import Layer
 from ..frontend.tensor import Tensor, as_tensor
@@ -136,6 +136,20 @@ class Index(Layer):
 
     def __repr__(self) -> str:
         return f"Index[{key_text(self.key)}]"
+
+
+class Concat(Layer):
+    """Its data inputs joined along `axis` (`tinycomp.nn.concat`: torch.cat, ONNX Concat)."""
+
+    def __init__(self, axis: int):
+        self.axis = int(axis)
+
+    def forward(self, *data: Tensor) -> Tensor:
+        """The inputs joined along the axis."""
+        return concat([as_tensor(x) for x in data], axis=self.axis)
+
+    def __repr__(self) -> str:
+        return f"Concat(axis={self.axis})"
 
 
 class Permute(Layer):
@@ -312,6 +326,15 @@ def indexing(key: tuple, shape: Sequence[int | None]) -> Index:
     except (IndexError, AdvancedIndex) as exc:
         raise ValueError(f"[{key_text(key)}] on a value of shape {tuple(shape)}: {exc}") from None
     return Index(key)
+
+
+def joining(axis: int, ranks: Sequence[int]) -> Concat:
+    """`Concat(axis)` of data values of `ranks` dims: one rank, joined along an axis after the batch."""
+    for rank in ranks[1:]:
+        check_ranks(ranks[0], rank)
+    if not -ranks[0] <= axis < ranks[0] or axis % ranks[0] == 0:
+        raise ValueError(f"axis {axis} of {ranks[0]}-D values: they are joined along an axis after the batch")
+    return Concat(axis)
 
 
 def axis_key(rank: int, axis: int, part: slice | int) -> tuple:

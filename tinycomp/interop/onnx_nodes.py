@@ -24,6 +24,7 @@ from .graph_layers import (
     check_ranks,
     clipping,
     indexing,
+    joining,
     permutation,
     reduction,
     reshape_sample,
@@ -184,6 +185,14 @@ def split(imp: Any, node: Any, ins: list[str], a: dict) -> None:
         key = axis_key(len(shape), axis, slice(start, start + d))
         imp.layer(node, imp.check(node, indexing, key, shape), ins[0], output=i)
         start += d
+
+
+def concat(imp: Any, node: Any, ins: list[str], a: dict) -> None:
+    """Concat of data values along an axis after the batch (a constant has no batch to join with)."""
+    if any(imp.is_const(name) for name in ins):
+        raise imp.refuse(node, "a constant among the inputs: it has no batch axis to join the data's along")
+    ranks = [len(imp.shape_of(node, name, "Concat")) for name in ins]
+    imp.layer(node, imp.check(node, joining, int(a.get("axis", 0)), ranks), *ins)
 
 
 def gather(imp: Any, node: Any, ins: list[str], a: dict) -> None:
@@ -364,5 +373,6 @@ HANDLERS: dict[str, Callable[[Any, Any, list[str], dict], None]] = {
     "BatchNormalization": batch_normalization, "LeakyRelu": leaky_relu,
     "Reshape": reshape, "Flatten": flatten, "Squeeze": squeeze_or_unsqueeze, "Unsqueeze": squeeze_or_unsqueeze,
     "Transpose": transpose, "Cast": cast, "Shape": shape, "Slice": slice_, "Split": split, "Gather": gather,
+    "Concat": concat,
     "ReduceSum": reduce("sum"), "ReduceMean": reduce("mean"), "ReduceMax": reduce("max"),
 }

@@ -29,7 +29,7 @@ from ..frontend.layers import Layer
 from ..ir.shapes import fmt_shape
 from .common import NodeImporter, Step, chain_or_graph, layer_key, unsupported
 from .graph_layers import BATCHES, ConstantOperand, check_matmul, check_ranks, with_constant
-from .torch_ops import PIECES, SHAPED, VARIES, Data, Sized, canonical_name, function_layer, select
+from .torch_ops import PIECES, SHAPED, VARIES, Data, Sized, canonical_name, cat, function_layer, select
 
 TOP = "(the top module)"  # how errors name the module passed in, which has no path
 NODES = ("calls of supported modules", "relu/sigmoid/tanh/gelu/softmax/log_softmax/silu/leaky_relu/flatten",
@@ -37,6 +37,7 @@ NODES = ("calls of supported modules", "relu/sigmoid/tanh/gelu/softmax/log_softm
          "F.dropout", "exp/log/sqrt/rsqrt/abs/neg/reciprocal", "torch.maximum/minimum",
          "clamp/clip/F.relu6/F.hardtanh to fixed bounds", "torch.where/masked_fill",
          "indexing with ints, slices, ... and None", "split/chunk/unbind/narrow/select along a sample axis",
+         "torch.cat of computed tensors",
          "view/reshape/transpose/permute/unsqueeze/squeeze/contiguous that keep the batch first",
          "mean/sum/amax not over the batch", "sizes read from x.shape / x.size()")
 BINARY = ("add", "sub", "mul", "div", "matmul", "pow", "maximum", "minimum")
@@ -201,8 +202,10 @@ class FxImporter(NodeImporter):
             SHAPED[name](self, node, x, list(args[1:]), kwargs)
         elif name in ("where", "masked_fill"):
             select(self, node, name, list(args), kwargs)
+        elif name in ("cat", "concat", "concatenate"):
+            cat(self, node, name, list(args), kwargs)
         else:
-            known = name in (*BINARY, *UNARY, *ALIASES, *SHAPED, "rsqrt", "reciprocal", "where", "masked_fill")
+            known = name in (*BINARY, *UNARY, *ALIASES, *SHAPED, "rsqrt", "reciprocal", "where", "masked_fill", "cat")
             raise self.refuse(node, f"with keyword arguments {', '.join(kwargs)}" if kwargs and known else "")
 
     def binary(self, node: Any, op: str, a: Any, b: Any) -> None:

@@ -23,6 +23,7 @@ from .graph_layers import (
     axis_key,
     clipping,
     indexing,
+    joining,
     permutation,
     reduction,
     reshape_sample,
@@ -297,6 +298,18 @@ def pieces(imp: Any, node: Any, x: Data, args: list, kwargs: dict) -> None:
         made.append(step)
         start += size
     imp.values[node.name] = tuple(made)
+
+
+def cat(imp: Any, node: Any, name: str, args: list, kwargs: dict) -> None:
+    """torch.cat / concat / concatenate of computed tensors along a dim after the batch."""
+    given = named(args, kwargs, "tensors", "dim")
+    tensors, dim = list(given.get("tensors", [])), given.get("dim", given.get("axis", 0))
+    if not tensors or not all(isinstance(t, Data) for t in tensors):
+        raise imp.refuse(node, "a tensor among them not computed from the input: it has no batch axis to join along")
+    if not isinstance(dim, int):
+        raise imp.refuse(node, f"dim {dim!r}: an int was expected")
+    ranks = [len(imp.shape(node, t)) for t in tensors]
+    imp.layer(node, imp.check(node, joining, dim, ranks), *tensors)
 
 
 PIECES = {"split": pieces, "chunk": pieces, "unbind": pieces}

@@ -92,7 +92,7 @@ def _axes_from_end(g: Graph, n: str) -> tuple[int, ...]:
     ndim, attrs = len(g.shape(args[0])), g.attrs(n)
     if g.op(n) == "transpose":
         axes: tuple[int, ...] = (normalized_axis(ndim, attrs["dim0"]), normalized_axis(ndim, attrs["dim1"]))
-    elif g.op(n) == "slice":
+    elif g.op(n) in ("slice", "concat"):
         axes = (normalized_axis(ndim, attrs["axis"]),)
     else:
         axes = combined_axes(g.op(n), ndim, attrs)

@@ -31,6 +31,7 @@ from .shapes import (  # noqa: F401 - fmt_shape, dim_text: re-exported for the m
     attention_shape,
     broadcast_all,
     broadcast_shapes,
+    concat_shape,
     dim_text,
     fmt_shape,
     layer_norm_shape,
@@ -276,6 +277,8 @@ OPS: dict[str, OpDef] = {
               rounding.transpose, example=Example(((None, 2, 3),), {"dim0": -2, "dim1": -1})),
         OpDef("slice", "view", 1, slice_shape, refs.slice_axis, 0, rounding.slice_axis,
               example=Example(((None, 7),), {"axis": -1, "start": 1, "stop": 6, "step": 2})),
+        OpDef("concat", "view", -1, concat_shape, keep_dtype(refs.concat), 0, rounding.concat,
+              example=Example(((None, 2, 3),), {"axis": -1})),  # one operand: a user's concat needs data twice
         _reduction("sum", np.sum),
         _reduction("mean", np.mean),
         _reduction("max", np.max),

@@ -81,6 +81,11 @@ def slice_axis(x: np.ndarray, *, axis: int, start: int, stop: int, step: int) ->
     return x[tuple(key)]
 
 
+def concat(*xs: np.ndarray, axis: int) -> np.ndarray:
+    """The operands joined along `axis` (np.concat), in the operands' common dtype."""
+    return np.concatenate(xs, axis=axis)
+
+
 def keep_dtype(fn: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
     """Keep float32 in float32 (NumPy would promote a float32 array with a Python float scalar)."""
     def ref(*args: np.ndarray, **attrs: object) -> np.ndarray:

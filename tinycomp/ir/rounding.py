@@ -132,6 +132,11 @@ def slice_axis(v, a, m, attrs):
     return refs.slice_axis(np.broadcast_to(m[0], a[0].shape), **attrs)
 
 
+def concat(v, a, m, attrs):
+    """Each element keeps its operand's error."""
+    return np.concatenate([np.broadcast_to(e, x.shape) for e, x in zip(m, a, strict=True)], axis=attrs["axis"])
+
+
 def transpose(v, a, m, attrs):
     return np.swapaxes(m[0], attrs["dim0"], attrs["dim1"])
 

@@ -139,6 +139,22 @@ def slice_shape(x: Shape, *, axis: int, start: int, stop: int, step: int) -> Sha
     return tuple(out)
 
 
+def concat_shape(*shapes: Shape, axis: int) -> Shape:
+    """Operands of one rank, equal but along `axis`, joined along it (np.concat); never the batch axis."""
+    if not shapes:
+        raise ValueError("concat needs at least one tensor; got none")
+    first = tuple(shapes[0])
+    i = normalized_axis(len(first), axis)
+    for shape in shapes[1:]:
+        if len(shape) != len(first) or any(a != b for k, (a, b) in enumerate(zip(shape, first, strict=True)) if k != i):
+            raise ValueError(f"concat along axis {axis}: shapes {', '.join(fmt_shape(s) for s in shapes)} differ "
+                             "elsewhere than along that axis (or in rank)")
+    sizes = [s[i] for s in shapes]
+    if None in sizes:
+        raise BatchLayoutError(f"a concat along the batch axis of {fmt_shape(first)} (the batch stays one)")
+    return (*first[:i], sum(sizes), *first[i + 1:])
+
+
 def transpose_shape(x: Shape, *, dim0: int, dim1: int) -> Shape:
     out = list(x)
     i, j = normalized_axis(len(x), dim0), normalized_axis(len(x), dim1)
