@@ -70,7 +70,8 @@ def test_concat_takes_a_list_of_operands():
         concat(x)
     with pytest.raises(TypeError, match=r"concat\(\) takes Tensors, NumPy arrays or numbers; got str as tensors\[1\]"):
         concat([x, "x"])
-    np.testing.assert_array_equal(concat([x, np.zeros((1, 3))]).data, np.concatenate([np.ones((2, 3)), np.zeros((1, 3))]))
+    joined = concat([x, np.zeros((1, 3))]).data
+    np.testing.assert_array_equal(joined, np.concatenate([np.ones((2, 3)), np.zeros((1, 3))]))
 
 
 @pytest.mark.filterwarnings("ignore:Mean of empty slice:RuntimeWarning", "ignore:invalid value:RuntimeWarning")
