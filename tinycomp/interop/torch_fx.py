@@ -1,15 +1,16 @@
 """`from_torch` for modules other than `nn.Sequential`: their forward read through `torch.fx`.
 
-Sub-module calls, the activation functions and the adding of two tensors need nothing but the
-graph. Anything else a forward writes with tensors — parameters used directly (`F.linear(x, self.w)`,
-`x @ self.w`), arithmetic with numbers and parameters, `view`/`reshape` with sizes read from
-`x.shape`, `transpose`/`permute`, products of two computed tensors (attention), `mean`/`sum` —
-needs each value's shape and the sizes the forward computes. With `input_shape` given, the traced
-graph runs on random inputs at two batch sizes (`BATCHES`, as `onnx_fold` runs ONNX size
-arithmetic): a node whose result is a tensor and reads the input is data; any other node is fixed
-(a parameter, `self.w.t()`, `e // heads`) where both runs agree, a size where they differ by the
-batch (`x.size(0)`: the batch; a number computed from it stays the batch's even where the runs
-agree, as `x.size(0) % 4` does), and refused where it is read otherwise.
+Sub-module calls, the activation functions and the adding of two tensors need nothing but the graph.
+Anything else a forward writes with tensors — parameters used directly (`F.linear(x, self.w)`, `x @
+self.w`), arithmetic with numbers and parameters, `view`/`reshape` with sizes read from `x.shape`,
+`transpose`/`permute`, products of two computed tensors (attention), `mean`/`sum`, indexing and
+splits, `torch.cat`, `masked_fill` with a buffer's mask (traced as get_attr nodes, so `self.mask[:T,
+:T]` is recorded) — needs each value's shape and the sizes the forward computes. With `input_shape`
+given, the traced graph runs on random inputs at two batch sizes (`BATCHES`, as `onnx_fold` runs
+ONNX size arithmetic): a node whose result is a tensor and reads the input is data; any other node
+is fixed (a parameter, `self.w.t()`, `e // heads`) where both runs agree, a size where they differ
+by the batch (`x.size(0)`: the batch; a number computed from it stays the batch's even where the
+runs agree, as `x.size(0) % 4` does), and refused where it is read otherwise.
 """
 
 from __future__ import annotations

@@ -29,15 +29,17 @@ def from_torch(module: Any, input_shape: tuple | None = None) -> Layer:
     `module` is a `torch.nn.Module`: an `nn.Sequential` or a module tree of `Linear`, `ReLU`, `Sigmoid`,
     `Tanh`, `GELU` (exact and tanh forms, kept apart: `GELU(approximate="none")` compiles with
     tinycomp's erf kernel), `Softmax`, `Dropout`, `LayerNorm`, `Flatten`, `Identity`, `SiLU`,
-    `LeakyReLU`, `LogSoftmax`, `BatchNorm1d/2d/3d` in eval mode (a per-channel scale and shift from
-    its running statistics). Any other
+    `LeakyReLU`, `ReLU6`, `Hardtanh`, `LogSoftmax`, `BatchNorm1d/2d/3d` in eval mode (a per-channel
+    scale and shift from its running statistics). Any other
     module is read through `torch.fx`: its forward may call those, relu/sigmoid/tanh/gelu/softmax/
     flatten functions and add tensors; given `input_shape` (the batch first, as `None`: as
     `tinycomp.compile` takes it) it may also use parameters directly (`F.linear(x, self.w)`,
     `x @ self.w + self.b`), `F.layer_norm`, `F.dropout`, + - * / ** with numbers and parameters,
     products of computed tensors (attention), exp/log/sqrt/rsqrt/abs/neg/reciprocal, `view`/
     `reshape` with sizes read from `x.shape`, `transpose`/`permute`/`unsqueeze`/`squeeze` that keep
-    the batch first, and `mean`/`sum`/`amax` not over it (`torch_fx`). Weights are
+    the batch first, `mean`/`sum`/`amax` not over it, basic indexing, `split`/`chunk`/`unbind`/
+    `narrow`/`select` and `torch.cat` along an axis after the batch, `masked_fill`/`torch.where` with
+    a fixed condition, `clamp` to fixed bounds and `torch.maximum`/`minimum` (`torch_fx`). Weights are
     copied (as float32, Linear's transposed to tinycomp's (in, out)); each layer takes the training
     flag of the module it comes from (a Dropout set to `eval()` in a training model stays off), so
     import a module in `eval()` mode for inference. Anything else raises
