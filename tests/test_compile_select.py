@@ -11,7 +11,7 @@ import pytest
 import tinycomp as tc
 from tests.test_compile_tensor_ops import Fn, check_every_batch, inputs
 from tinycomp.ir import rounding
-from tinycomp.nn import Layer, Softmax, Tensor, maximum, minimum, where
+from tinycomp.nn import Layer, Softmax, Tensor, equal, maximum, minimum, not_equal, where
 
 F64 = np.float64
 ROW = np.linspace(-1.5, 1.5, 13)  # a constant operand broadcast along the rows
@@ -36,6 +36,11 @@ CASES = {
     "minimum-row": (lambda x: minimum(Tensor(ROW), x), lambda x: np.minimum(ROW, x)),
     "maximum-number": (lambda x: maximum(x, 0.25) + minimum(-0.5, x),
                        lambda x: np.maximum(x, 0.25) + np.minimum(-0.5, x)),
+    "compare-data": (lambda x: where(x > 0, x, x * 0.01) + (x <= 0.5) * 3 - (0.25 < x),
+                     lambda x: np.where(x > 0, x, x * 0.01) + (x <= 0.5) * 3 - (0.25 < x)),
+    "compare-row": (lambda x: (x >= Tensor(ROW)) + (x < Tensor(ROW)) * 2, lambda x: (x >= ROW) + (x < ROW) * 2.0),
+    "equal-masks": (lambda x: equal(x.abs().sum(axis=-1, keepdims=True) > 6, 0) * not_equal(x, 0.5),
+                    lambda x: ((np.abs(x).sum(axis=-1, keepdims=True) > 6) == 0) * (x != 0.5)),
     "clip": (lambda x: x.clip(-1, 0.5), lambda x: np.clip(x, -1, 0.5)),
     "clip-max-only": (lambda x: x.clip(max=Tensor(ROW)), lambda x: np.minimum(x, ROW)),
     "clip-crossed": (lambda x: x.clip(1, -1), lambda x: np.full_like(x, -1.0)),  # NumPy's rule: max wins
@@ -46,7 +51,7 @@ CASES = {
 def test_selection_parity(name):
     fn, ref = CASES[name]
     fast = check_every_batch(Fn(fn), (3, 13), ref)
-    assert re.search(r"\b(where|maximum|minimum)\(", fast.dump("optimized")), "compiled, not folded away"
+    assert re.search(r"\b(where|maximum|minimum|greater|less|equal)", fast.dump("optimized")), "compiled, not folded"
 
 
 SPECIALS = np.array([0.0, -0.0, np.nan, np.inf, -np.inf, 1.0, -1.0, 1e-45, -3e38], np.float32)
@@ -64,20 +69,27 @@ def bits(a: np.ndarray) -> np.ndarray:
     return a.view(np.uint32)
 
 
+COMPARED = {"greater": (lambda x, t: x > t, np.greater), "greater_equal": (lambda x, t: x >= t, np.greater_equal),
+            "less": (lambda x, t: x < t, np.less), "less_equal": (lambda x, t: x <= t, np.less_equal),
+            "equal": (equal, np.equal), "not_equal": (not_equal, np.not_equal)}
+
+
 @pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning")  # -3e38 * 2
-@pytest.mark.parametrize("op", ["maximum", "minimum", "where", "clip"])
+@pytest.mark.parametrize("op", ["maximum", "minimum", "where", "clip", *COMPARED])
 def test_special_values_match_numpy_bit_for_bit(op):
     a, b = pairs()
+    ops = {"maximum": (maximum, np.maximum), "minimum": (minimum, np.minimum),
+           "where": (lambda x, t: where(x, t, x * 2), lambda x, t: np.where(x != 0, t, x * 2)),
+           "clip": (lambda x, t: x.clip(-1, t), lambda x, t: np.minimum(np.maximum(x, np.float32(-1)), t)),
+           **COMPARED}
+    ours, numpy_op = ops[op]
 
     class Two(Fn):
         def forward(self, x):
-            return {"maximum": lambda: maximum(x, self.table), "minimum": lambda: minimum(x, self.table),
-                    "where": lambda: where(x, self.table, x * 2),
-                    "clip": lambda: x.clip(-1, self.table)}[op]()
+            return ours(x, self.table)
 
     model = Two(None, b[0])
-    want = {"maximum": np.maximum(a, b), "minimum": np.minimum(a, b), "where": np.where(a != 0, b, a * 2),
-            "clip": np.minimum(np.maximum(a, np.float32(-1)), b)}[op]
+    want = numpy_op(a, b).astype(np.float32)
     eager = model(Tensor(a)).data
     got = tc.compile(model)(a).data
     np.testing.assert_array_equal(bits(eager), bits(want))
@@ -96,6 +108,21 @@ def test_eager_follows_numpy_and_refuses_what_is_not_an_operand():
         Tensor(x).clip(max=[1, 2])
     with pytest.raises(ValueError, match="shape mismatch"):
         maximum(Tensor(x), np.ones(3, np.float32))
+
+
+def test_comparisons_are_tensor_operators_and_keep_python_equality():
+    x = inputs(3, (4,), 7)
+    t = Tensor(x)
+    np.testing.assert_array_equal((t > 0).data, (x > 0).astype(np.float32))
+    np.testing.assert_array_equal((x[0] < t).data, (x[0] < x).astype(np.float32))  # reflected from NumPy
+    np.testing.assert_array_equal((0.5 >= t).data, (0.5 >= x).astype(np.float32))
+    assert (t == t) is True and (t != Tensor(x)) is True and t in [t] and {t: 1}[t] == 1  # identity, as before
+
+
+def test_comparison_rounding_counts_a_result_that_may_flip():
+    a, b = np.array([1.0, 1.0, 1.0]), np.array([1.0 + 1e-9, 2.0, 1.0])
+    est = rounding.comparison(np.array([0.0, 0.0, 0.0]), [a, b], [np.array([4.0, 4.0, 0.0]), np.zeros(3)], {})
+    np.testing.assert_array_equal(est, [1 / rounding.EPS32, 0.0, 0.0])
 
 
 def test_where_rounding_counts_a_condition_that_may_flip():

@@ -151,7 +151,7 @@ def test_reshape_that_merges_the_batch_is_refused():
     ("max-of-three", r"of type Max \(3 inputs; tinycomp imports Max of one or two"),
     ("clip-to-data", r"of type Clip \(a bound computed from the data"),
     ("clip-to-tensor", r"of type Clip \(bounds of shapes \[\(4,\), None\]; ONNX's Clip takes scalars"),
-    ("mask-from-data", r"of type Greater; supported"),
+    ("mask-to-int", r"of type Cast \(a cast of data to INT64"),
 ])
 def test_what_cannot_be_imported_is_named(case, match):
     b = Builder(4, sample=SAMPLE)
@@ -169,8 +169,8 @@ def test_what_cannot_be_imported_is_named(case, match):
         h = b.node("Clip", ["x", b.node("Neg", ["x"])])
     elif case == "clip-to-tensor":
         h = b.node("Clip", ["x", b.const((4,))])
-    elif case == "mask-from-data":
-        h = b.node("Where", [b.node("Greater", ["x", scalar(b, 0.0)]), "x", scalar(b, 0.0)])
+    elif case == "mask-to-int":
+        h = b.node("Cast", [b.node("Greater", ["x", scalar(b, 0.0)])], to=TensorProto.INT64)
     else:
         h = b.node("Erf", ["x"])
     with pytest.raises(tc.CompileError, match=match):
@@ -188,6 +188,19 @@ def test_where_max_min_and_clip():
     h = b.node("Clip", [h, "", scalar(b, 0.6)])
     h = b.node("Where", [b.node("Equal", [b.const((3, 1)), scalar(b, 0.0)]), "x", h])  # two data operands
     check_samples(b.model(b.node("Add", [h, b.node("Max", ["x"])]), SAMPLE))
+
+
+def test_masks_computed_from_data():
+    """Comparisons of data, the logic of masks, a cast to bool and back: a mask made from the data."""
+    b = Builder(4, seed=11, sample=SAMPLE)
+    positive = b.node("Greater", ["x", scalar(b, 0.0)])
+    small = b.node("LessOrEqual", [b.node("Abs", ["x"]), b.const((4,))])
+    keep = b.node("Or", [b.node("And", [positive, small]), b.node("Not", [b.node("Less", [scalar(b, -1.0), "x"])])])
+    keep = b.node("Xor", [keep, b.node("Equal", ["x", b.node("Neg", ["x"])])])
+    nonzero = b.node("Cast", [b.node("Cast", [b.node("GreaterOrEqual", ["x", scalar(b, 0.5)])], to=TensorProto.BOOL)],
+                     to=TensorProto.FLOAT)
+    h = b.node("Add", [b.node("Where", [keep, "x", b.node("Exp", ["x"])]), nonzero])
+    check_samples(b.model(h, SAMPLE))
 
 
 @pytest.mark.parametrize("opset", [6, 11])

@@ -144,12 +144,17 @@ class Bounded(nn.Module):
             return self.relu6(x * 4) + self.hardtanh(x) + F.relu6(-x * 4) + F.hardtanh(x, -0.1, 0.2)
         if how == "where":
             return torch.where(self.keep, x, x.exp()) + x.masked_fill(~self.keep, 0.5) + torch.where(self.keep, 1.0, -x)
+        if how == "masks-from-data":
+            pad = x.abs().sum(-1, keepdim=True) == 0
+            y = torch.where(x > 0, x, 0.01 * x) + (x <= 0.5).float() * 3 + x.masked_fill(~(x >= -0.25), -1.0)
+            y = y.masked_fill(pad, 0.0) + (x != x * 2).float() + torch.logical_not(x < 1).float()
+            return y + x.gt(0.3) * x.lt(0.6)
         if how == "extremes":
             return torch.maximum(x, x * x - 1) - torch.minimum(torch.tanh(x), x / 2) + torch.maximum(self.low, x)
         raise AssertionError(how)
 
 
-@pytest.mark.parametrize("how", ["clamp", "modules", "where", "extremes"])
+@pytest.mark.parametrize("how", ["clamp", "modules", "where", "masks-from-data", "extremes"])
 def test_clamps_selections_and_extremes(how):
     torch.manual_seed(5)
     check_against_torch(Bounded(how), (3, 4), scale=2.0)
@@ -215,7 +220,9 @@ class Refused(nn.Module):
             return x.transpose(0, 1)
         if self.how == "reduce-batch":
             return x.mean(0, keepdim=True)
-        return x[:, 0]
+        if self.how == "index-batch":
+            return x[1:]
+        return x[:, [0, 2]]
 
 
 @pytest.mark.parametrize("how, match", [
@@ -224,7 +231,8 @@ class Refused(nn.Module):
     ("merge-batch", r"node reshape' of type call_method reshape \(shape \[-1, 4\] on a value of sizes \[3, 4\]"),
     ("move-batch", r"node transpose' of type call_method transpose \(perm \[1, 0, 2\] moves the batch"),
     ("reduce-batch", r"of type call_method mean \(axes \[0\]: a reduction over the batch"),
-    ("index", r"node getitem' of type call_function getitem; supported"),
+    ("index-batch", r"node getitem' of type call_function getitem \(1: cuts the batch axis of \(N, 3, 4\)"),
+    ("index-list", r"node getitem' of type call_function getitem \(\[:, \[0, 2\]\] on a value .*an index of type list"),
 ])
 def test_what_cannot_be_imported_is_named(how, match):
     with pytest.raises(tc.CompileError, match=match):
@@ -356,29 +364,26 @@ class Several(nn.Module):
         self.attention = nn.MultiheadAttention(6, 2, batch_first=True)
 
     def forward(self, x):
-        if self.how == "chunk":
-            a, b = x.chunk(2, -1)
-            return a * torch.sigmoid(b)
+        if self.how == "max-with-dim":
+            values, _ = x.max(dim=-1, keepdim=True)
+            return x - values
         if self.how == "flatten":
             return x.flatten(-2)  # on (N, 6): the batch too
         if self.how == "elu":  # fx fills in elu's alpha and inplace: not the reason it is refused
             return F.elu(x)
         if self.how == "attention-module":
             return self.attention(x, x, x, need_weights=False)[0]
-        if self.how == "mask-from-data":
-            return x.masked_fill(x > 0, 0.0)
         if self.how == "computed-bound":
             return x.clamp(min=x.mean(-1, keepdim=True))
         return torch.add(x, x.exp(), alpha=0.5)
 
 
 @pytest.mark.parametrize("how, match", [
-    ("chunk", r"node chunk' of type call_method chunk \(it returns several tensors"),
+    ("max-with-dim", r"node max_1' of type call_method max \(it returns several tensors \(as max with a dim"),
     ("flatten", r"node flatten' of type call_method flatten \(start_dim -2 on a 2-D value is the batch"),
     ("alpha", r"node add' of type call_function add \(with keyword arguments alpha\)"),
     ("elu", r"node elu' of type call_function elu; supported"),
     ("attention-module", r"module 'attention' of type MultiheadAttention; supported"),
-    ("mask-from-data", r"node gt' of type call_function gt; supported"),
     ("computed-bound", r"node clamp' of type call_method clamp \(a bound computed from the input"),
 ])
 def test_refusals_say_why(how, match):

@@ -561,6 +561,17 @@ def emit_extremum(builder: ir.IRBuilder, x: ir.Value, y: ir.Value, *, larger: bo
     return builder.select(builder.fcmp_unordered("uno", x, x), x, picked)
 
 
+# fcmp predicates of the comparison ops: ordered (false where either is NaN), but not_equal, which
+# NumPy makes true there
+PREDICATES = {"greater": ">", "greater_equal": ">=", "less": "<", "less_equal": "<=", "equal": "==", "not_equal": "!="}
+
+
+def emit_comparison(builder: ir.IRBuilder, name: str, x: ir.Value, y: ir.Value) -> ir.Value:
+    """1.0 where x <op> y holds, else 0.0 (NumPy's comparison as float)."""
+    compare = builder.fcmp_unordered if name == "not_equal" else builder.fcmp_ordered
+    return builder.select(compare(PREDICATES[name], x, y), _const(x, 1.0), _const(x, 0.0))
+
+
 def emit_where(builder: ir.IRBuilder, cond: ir.Value, x: ir.Value, y: ir.Value) -> ir.Value:
     """x where cond != 0 (unordered: a NaN cond picks x, as NumPy's `cond != 0` is True for NaN), else y."""
     return builder.select(builder.fcmp_unordered("!=", cond, _const(cond, 0.0)), x, y)

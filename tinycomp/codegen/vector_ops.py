@@ -47,6 +47,8 @@ VECTOR_OPS: dict[str, VectorOp] = {
     "maximum": VectorOp(lambda b, x, y: vecmath.emit_extremum(b, x, y, larger=True), 0.0),
     "minimum": VectorOp(lambda b, x, y: vecmath.emit_extremum(b, x, y, larger=False), 0.0),
     "where": VectorOp(vecmath.emit_where, 0.0),
+    **{name: VectorOp(lambda b, x, y, name=name: vecmath.emit_comparison(b, name, x, y), 0.0)
+       for name in vecmath.PREDICATES},
     "neg": VectorOp(lambda b, x: b.fneg(x), 0.0),
     "exp": VectorOp(_unary(vecmath.emit_exp), 2.0),
     "log": VectorOp(_unary(vecmath.emit_log), 1.0),

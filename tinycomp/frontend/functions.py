@@ -1,5 +1,5 @@
-"""Functions of several tensors, NumPy's names and rules: `where`, `maximum`, `minimum` (elementwise)
-and `concat`.
+"""Functions of several tensors, NumPy's names and rules: `where`, `maximum`, `minimum`, `equal`,
+`not_equal` (elementwise; `<`, `<=`, `>`, `>=` are Tensor operators) and `concat`.
 
 Each is one op of the table (`ir/ops.py`) through `apply_op`, so eager runs and traces agree; the
 operands are Tensors, NumPy arrays or numbers (broadcast as NumPy does, elementwise), and the result
@@ -46,3 +46,15 @@ def concat(tensors: Sequence[Operand], axis: int = 0) -> Tensor:
     except TypeError:
         raise TypeError(f"concat() takes an int axis; got {axis!r}") from None
     return apply_op("concat", *tensors, axis=axis)
+
+
+def equal(a: Operand, b: Operand) -> Tensor:
+    """1.0 where a == b, else 0.0 (`np.equal`; NaN equals nothing). Tensor's == stays Python's."""
+    check_operands("equal", a=a, b=b)
+    return apply_op("equal", a, b)
+
+
+def not_equal(a: Operand, b: Operand) -> Tensor:
+    """1.0 where a != b (NaN included), else 0.0 (`np.not_equal`)."""
+    check_operands("not_equal", a=a, b=b)
+    return apply_op("not_equal", a, b)

@@ -89,7 +89,7 @@ def index_plan(shape: tuple, key: Any) -> tuple[list[Cut], tuple]:
                 raise IndexError(f"index {i} is out of bounds for axis {axis} with size {size}")
             cuts.append((axis, i % size, i % size + 1, 1))
         else:
-            raise AdvancedIndex(f"an index of type {type(k).__name__}")
+            raise AdvancedIndex(f"an index of type {'list' if isinstance(k, list) else type(k).__name__}")
         axis += 1
     if None in shape and out.index(None) != 0:
         raise ValueError(f"a new axis before the batch axis of {fmt_shape(shape)}: the batch stays first")

@@ -238,6 +238,20 @@ class Tensor:
     def __rtruediv__(self, other: Operand) -> Tensor:
         return self._binary("div", other, reflected=True)
 
+    # comparisons give 1.0 where they hold and 0.0 elsewhere (a mask for `where`); == and != stay
+    # Python's identity tests (Tensors are dict keys and list members): tinycomp.nn.equal/not_equal
+    def __lt__(self, other: Operand) -> Tensor:
+        return self._binary("less", other)
+
+    def __le__(self, other: Operand) -> Tensor:
+        return self._binary("less_equal", other)
+
+    def __gt__(self, other: Operand) -> Tensor:
+        return self._binary("greater", other)
+
+    def __ge__(self, other: Operand) -> Tensor:
+        return self._binary("greater_equal", other)
+
     def __neg__(self) -> Tensor:
         return apply_op("neg", self)
 

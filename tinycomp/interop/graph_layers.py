@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..frontend.activations import ReLU, Sigmoid
-from ..frontend.functions import concat, maximum, minimum, where
+from ..frontend.functions import concat, equal, maximum, minimum, not_equal, where
 from ..frontend.indexing import AdvancedIndex, index_plan, key_text
 from ..frontend.layers import Layer
 from ..frontend.tensor import Tensor, as_tensor
@@ -28,6 +28,12 @@ BINARY = {
     "matmul": lambda a, b: a @ b,
     "maximum": maximum,
     "minimum": minimum,
+    "greater": lambda a, b: a > b,
+    "greater_equal": lambda a, b: a >= b,
+    "less": lambda a, b: a < b,
+    "less_equal": lambda a, b: a <= b,
+    "equal": equal,
+    "not_equal": not_equal,
 }
 UNARY = {
     "neg": lambda a: -a,
@@ -35,6 +41,7 @@ UNARY = {
     "log": lambda a: a.log(),
     "sqrt": lambda a: a.sqrt(),
     "abs": lambda a: a.abs(),
+    "logical_not": lambda a: equal(a, 0.0),  # of a mask (0s and 1s, as comparisons give)
 }
 
 

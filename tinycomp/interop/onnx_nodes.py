@@ -211,6 +211,9 @@ def reciprocal(imp: Any, node: Any, ins: list[str], a: dict) -> None:
 
 def cast(imp: Any, node: Any, ins: list[str], a: dict) -> None:
     to = int(a.get("to", 0))
+    if to == imp.onnx.TensorProto.BOOL:  # data as a mask: nonzero
+        imp.layer(node, ConstantOperand("not_equal", 0.0), ins[0])
+        return
     if to != imp.onnx.TensorProto.FLOAT:
         name = imp.onnx.TensorProto.DataType.Name(to) if to in imp.onnx.TensorProto.DataType.values() else str(to)
         raise imp.refuse(node, f"a cast of data to {name}; tinycomp computes in float32 (FLOAT) only")
@@ -365,7 +368,12 @@ def shape(imp: Any, node: Any, ins: list[str], a: dict) -> None:
 HANDLERS: dict[str, Callable[[Any, Any, list[str], dict], None]] = {
     "Gemm": gemm, "MatMul": matmul,
     "Add": binary_op("add"), "Sub": binary_op("sub"), "Mul": binary_op("mul"), "Div": binary_op("div"),
-    "Pow": binary_op("pow"), "Max": extremum("maximum"), "Min": extremum("minimum"), "Where": where, "Clip": clip,
+    "Pow": binary_op("pow"), "Greater": binary_op("greater"), "GreaterOrEqual": binary_op("greater_equal"),
+    "Less": binary_op("less"), "LessOrEqual": binary_op("less_equal"), "Equal": binary_op("equal"),
+    # the logic of masks, which comparisons give as 0s and 1s
+    "Not": unary("logical_not"), "And": binary_op("minimum"), "Or": binary_op("maximum"),
+    "Xor": binary_op("not_equal"),
+    "Max": extremum("maximum"), "Min": extremum("minimum"), "Where": where, "Clip": clip,
     "Neg": unary("neg"), "Exp": unary("exp"), "Log": unary("log"), "Sqrt": unary("sqrt"), "Abs": unary("abs"),
     "Reciprocal": reciprocal,
     "Relu": layer_of(tnn.ReLU), "Sigmoid": layer_of(tnn.Sigmoid), "Tanh": layer_of(tnn.Tanh),

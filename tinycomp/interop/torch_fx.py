@@ -36,13 +36,14 @@ TOP = "(the top module)"  # how errors name the module passed in, which has no p
 NODES = ("calls of supported modules", "relu/sigmoid/tanh/gelu/softmax/log_softmax/silu/leaky_relu/flatten",
          "+ - * / ** @ with tensors, numbers and parameters", "F.linear", "F.layer_norm", "F.batch_norm (eval)",
          "F.dropout", "exp/log/sqrt/rsqrt/abs/neg/reciprocal", "torch.maximum/minimum",
-         "clamp/clip/F.relu6/F.hardtanh to fixed bounds", "torch.where/masked_fill",
+         "clamp/clip/F.relu6/F.hardtanh to fixed bounds", "torch.where/masked_fill", "comparisons and ~ of masks",
          "indexing with ints, slices, ... and None", "split/chunk/unbind/narrow/select along a sample axis",
          "torch.cat of computed tensors",
          "view/reshape/transpose/permute/unsqueeze/squeeze/contiguous that keep the batch first",
          "mean/sum/amax not over the batch", "sizes read from x.shape / x.size()")
-BINARY = ("add", "sub", "mul", "div", "matmul", "pow", "maximum", "minimum")
-UNARY = ("neg", "exp", "log", "sqrt", "abs")
+BINARY = ("add", "sub", "mul", "div", "matmul", "pow", "maximum", "minimum", "greater", "greater_equal", "less",
+          "less_equal", "equal", "not_equal")
+UNARY = ("neg", "exp", "log", "sqrt", "abs", "logical_not")
 ALIASES = ("contiguous", "clone", "detach", "float")  # no change to a float32 value
 PASS_SHAPE = "pass the input's shape, from_torch(module, input_shape=(None, ...))"
 
@@ -130,8 +131,8 @@ class FxImporter(NodeImporter):
                 return
             if reads_data and isinstance(result, (tuple, list)) and \
                     any(isinstance(r, self.torch.Tensor) for r in flatten_args(result)):
-                raise self.refuse(node, "it returns several tensors (as chunk, split, or max with a dim do); "
-                                        "tinycomp ops return one")
+                raise self.refuse(node, "it returns several tensors (as max with a dim, sort or topk do; "
+                                        "of split, chunk and unbind the parts are read)")
             if not reads_data or (self.runs is not None and not isinstance(result, self.torch.Tensor)):
                 self.values[node.name] = self.fixed(node)  # a size, or arithmetic on parameters and numbers
             else:

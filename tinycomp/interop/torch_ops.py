@@ -48,11 +48,18 @@ class Sized:
 VARIES = object()  # a fixed-looking value that changes with the batch otherwise (a tensor of batch size)
 
 
+# torch's names of the comparisons and of logical_not (`~mask`), as tinycomp's ops
+COMPARED = {"gt": "greater", "ge": "greater_equal", "lt": "less", "le": "less_equal", "eq": "equal",
+            "ne": "not_equal", "greater": "greater", "greater_equal": "greater_equal", "less": "less",
+            "less_equal": "less_equal", "not_equal": "not_equal", "logical_not": "logical_not",
+            "bitwise_not": "logical_not"}
+
+
 def canonical_name(torch: Any, node: Any) -> str:
     """What a call_function or call_method node does, as one name ("add", "view", "linear", ...)."""
     if node.op == "call_method":
         return {"subtract": "sub", "multiply": "mul", "divide": "div", "true_divide": "div", "bmm": "matmul",
-                "mm": "matmul"}.get(node.target, node.target)
+                "mm": "matmul", **COMPARED}.get(node.target, node.target)
     F = torch.nn.functional
     names = {
         operator.add: "add", operator.iadd: "add", torch.add: "add", operator.sub: "sub", operator.isub: "sub",
@@ -67,6 +74,9 @@ def canonical_name(torch: Any, node: Any) -> str:
         torch.mean: "mean", torch.sum: "sum", torch.amax: "amax", torch.unsqueeze: "unsqueeze",
         torch.squeeze: "squeeze",
     }
+    names |= {operator.gt: "greater", operator.ge: "greater_equal", operator.lt: "less", operator.le: "less_equal",
+              operator.eq: "equal", operator.ne: "not_equal", operator.invert: "logical_not"}
+    names |= {getattr(torch, name): COMPARED[name] for name in COMPARED if hasattr(torch, name)}
     try:
         return names.get(node.target, getattr(node.target, "__name__", str(node.target)))
     except TypeError:  # an unhashable target

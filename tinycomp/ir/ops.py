@@ -237,6 +237,12 @@ def _reduction(name, ref) -> OpDef:
                  example=Example(((None, 2, 5),), {"axis": -1, "keepdims": False}))
 
 
+# 1.0 where the comparison holds, 0.0 elsewhere; the ones Tensor's < <= > >= reach carry their ufunc
+# (`array < x` calls np.less); equal and not_equal have no operator (Tensor keeps Python's ==).
+COMPARISONS = [("greater", np.greater, np.greater), ("greater_equal", np.greater_equal, np.greater_equal),
+               ("less", np.less, np.less), ("less_equal", np.less_equal, np.less_equal),
+               ("equal", np.equal, None), ("not_equal", np.not_equal, None)]
+
 OPS: dict[str, OpDef] = {
     op.name: op
     for op in [
@@ -253,6 +259,8 @@ OPS: dict[str, OpDef] = {
                      example=Example(((None, 5), 3.0))),
         _elementwise("maximum", 2, keep_dtype(np.maximum), 1, rounding.extremum),
         _elementwise("minimum", 2, keep_dtype(np.minimum), 1, rounding.extremum),
+        *(_elementwise(name, 2, refs.comparison(ufunc), 1, rounding.comparison, ufunc=operator_ufunc)
+          for name, ufunc, operator_ufunc in COMPARISONS),
         OpDef("where", "elementwise", 3, broadcast_all, keep_dtype(refs.where), 1, rounding.where,
               example=Example(((None, 5), (5,), 0.0))),
         _elementwise("neg", 1, np.negative, 1, rounding.passes_through, ufunc=np.negative),

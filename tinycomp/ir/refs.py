@@ -74,6 +74,14 @@ def where(cond: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.where(cond != 0, x, y)
 
 
+def comparison(ufunc: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
+    """A NumPy comparison giving 1.0 where it holds and 0.0 elsewhere, in the operands' float dtype."""
+    def ref(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return ufunc(a, b).astype(np.result_type(a, b, np.float32), copy=False)
+    ref.__name__ = ufunc.__name__
+    return ref
+
+
 def slice_axis(x: np.ndarray, *, axis: int, start: int, stop: int, step: int) -> np.ndarray:
     """x[start:stop:step] along `axis` (a view; eager copies it)."""
     key = [slice(None)] * x.ndim

@@ -63,6 +63,14 @@ def extremum(v, a, m, attrs):
     return np.maximum(m[0], m[1])
 
 
+def comparison(v, a, m, attrs):
+    """Exact, except where the operands lie within their errors of each other: there the 0 or 1 may
+    flip, an error of 1."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        unsure = np.abs(a[0] - a[1]) <= (m[0] + m[1]) * EPS32
+        return np.where(unsure & ((m[0] > 0) | (m[1] > 0)), 1.0 / EPS32, 0.0)
+
+
 def where(v, a, m, attrs):
     """The picked operand's error; where the condition's own error could carry it to or from 0 the
     other operand may be picked instead, off by |x - y|."""
