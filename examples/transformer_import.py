@@ -3,7 +3,10 @@ softmax, a GELU MLP, pre-norm residuals), brought into tinycomp two ways — rea
 `from_torch`, and exported to ONNX by torch then read with `from_onnx` — compiled, checked
 against torch, and timed.
 
-    pip install -e '.[torch,onnx]' && python examples/transformer_import.py
+    pip install -e '.[torch,onnx]' && python examples/transformer_import.py [--style nanogpt]
+
+`--style nanogpt` writes the block as nanoGPT does instead: one projection split into q, k and v,
+a causal mask buffer cut to the input's length and applied with masked_fill.
 
 Prints, for each way in: the largest difference from torch's output, which fused kernels the
 compiled model runs (one attention, two layer norms: tinycomp's passes find them in the imported
@@ -12,6 +15,7 @@ graph), and the median time of a batch against torch eager (one thread each).
 
 from __future__ import annotations
 
+import argparse
 import io
 import time
 import warnings
@@ -44,6 +48,32 @@ class Block(nn.Module):
         return x + self.down(torch.nn.functional.gelu(self.up(self.ln2(x))))
 
 
+class NanoGPTBlock(nn.Module):
+    """nanoGPT's Block: CausalSelfAttention (c_attn split into q, k, v; masked_fill of the `bias`
+    buffer cut to T), then the MLP, each after a LayerNorm."""
+
+    def __init__(self, embed: int, heads: int, context: int = 1024):
+        super().__init__()
+        self.heads, self.embed = heads, embed
+        self.ln_1, self.ln_2 = nn.LayerNorm(embed), nn.LayerNorm(embed)
+        self.c_attn, self.c_proj = nn.Linear(embed, 3 * embed), nn.Linear(embed, embed)
+        self.c_fc, self.mlp_proj = nn.Linear(embed, 4 * embed), nn.Linear(4 * embed, embed)
+        self.register_buffer("bias", torch.tril(torch.ones(context, context)).view(1, 1, context, context))
+
+    def attention(self, x):
+        B, T, C = x.size()
+        q, k, v = self.c_attn(x).split(self.embed, dim=2)
+        q, k, v = (t.view(B, T, self.heads, C // self.heads).transpose(1, 2) for t in (q, k, v))
+        att = (q @ k.transpose(-2, -1)) * (1.0 / (k.size(-1) ** 0.5))
+        att = att.masked_fill(self.bias[:, :, :T, :T] == 0, float("-inf"))
+        y = torch.softmax(att, dim=-1) @ v
+        return self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C))
+
+    def forward(self, x):
+        x = x + self.attention(self.ln_1(x))
+        return x + self.mlp_proj(torch.nn.functional.gelu(self.c_fc(self.ln_2(x))))
+
+
 def median_ms(fn, x, budget_s: float = 1.0) -> float:
     fn(x)
     times = []
@@ -64,10 +94,14 @@ def onnx_bytes(module: nn.Module, sample: tuple[int, ...]) -> bytes:
     return buffer.getvalue()
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--style", choices=("student", "nanogpt"), default="student",
+                        help="how the torch block is written (default: student)")
+    style = parser.parse_args(argv).style
     torch.manual_seed(0)
     torch.set_num_threads(1)
-    module = Block(EMBED, HEADS).eval()
+    module = (Block if style == "student" else NanoGPTBlock)(EMBED, HEADS).eval()
     sample = (SEQ, EMBED)
     x = np.random.default_rng(0).standard_normal((BATCH, *sample)).astype(np.float32)
     with torch.no_grad():
@@ -77,7 +111,7 @@ def main() -> int:
         with torch.no_grad():
             return module(torch.from_numpy(a)).numpy()
 
-    print(f"Block(embed {EMBED}, {HEADS} heads) on ({BATCH}, {SEQ}, {EMBED}), one thread")
+    print(f"{type(module).__name__}(embed {EMBED}, {HEADS} heads) on ({BATCH}, {SEQ}, {EMBED}), one thread")
     with threadpool_limits(limits=1):
         torch_ms = median_ms(torch_eager, x)
         print(f"torch eager: {torch_ms:.2f} ms")
