@@ -137,27 +137,33 @@ def test_where_rounding_counts_a_condition_that_may_flip():
 class MaskedFillAttention(Layer):
     """Attention as a masked_fill writes it: where(mask, scores, fill) (or the mask inverted)."""
 
-    def __init__(self, mask: np.ndarray, fill: float, fill_at: str, heads: int = 2):
+    def __init__(self, mask: np.ndarray, fill: float, fill_at: str, heads: int = 2, scale_after: str = ""):
         self.mask, self.blocked, self.fill, self.fill_at, self.heads = mask, ~mask, fill, fill_at, heads
+        self.scale_after = scale_after  # "", "mul" or "div": the scale after the fill, not before it
 
     def forward(self, q, k, v):
         def split(t):
             return t.reshape(-1, t.shape[1], self.heads, t.shape[2] // self.heads).transpose(1, 2)
 
-        scores = split(q) @ split(k).transpose(-2, -1) * 0.5
+        scores = split(q) @ split(k).transpose(-2, -1)
+        scores = scores if self.scale_after else scores * 0.5
         scores = where(self.mask, scores, self.fill) if self.fill_at == "zero" else \
             where(self.blocked, self.fill, scores)
+        if self.scale_after:
+            scores = 0.3 * scores if self.scale_after == "mul" else scores / 3.0
         out = Softmax()(scores) @ split(v)
         return out.transpose(1, 2).reshape(-1, out.shape[2], q.shape[2])
 
 
 @pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning", "ignore:overflow:RuntimeWarning")
 @pytest.mark.parametrize("sk", [7, 64, 100])  # scores in registers (<= 64 keys) and on the scratch block
-@pytest.mark.parametrize("fill, fill_at", [(-np.inf, "zero"), (-1e9, "nonzero"), (0.0, "zero")])
-def test_masked_fill_attention_is_fused_and_matches_eager_bit_for_bit_on_specials(sk, fill, fill_at):
+@pytest.mark.parametrize("fill, fill_at, scale_after", [(-np.inf, "zero", ""), (-1e9, "nonzero", ""), (0.0, "zero", ""),
+                                                      (-1e9, "zero", "div"), (7.0, "nonzero", "mul")])
+def test_masked_fill_attention_is_fused_and_matches_eager_bit_for_bit_on_specials(sk, fill, fill_at, scale_after):
     """The fused kernel selects the fill where eager's where does, so a NaN or infinite score at a
     masked position is replaced there too (an added mask would keep the NaN), rows with every key
-    masked included; elsewhere it matches eager as the parity rule asks and float64 closely."""
+    masked included; elsewhere it matches eager as the parity rule asks and float64 closely. A scale
+    after the fill is the same node, its fill scaled once as eager scales it."""
     sq, d = 5, 8
     rng = np.random.default_rng(sk)
     mask = rng.random((sq, sk)) < 0.6
@@ -166,7 +172,7 @@ def test_masked_fill_attention_is_fused_and_matches_eager_bit_for_bit_on_special
     blocked = np.argwhere(~mask[0])[0, 0]
     k[1, blocked, :d] = np.nan  # a NaN score only where row 0 is masked: eager fills it
     k[2, blocked, d:] = np.inf
-    model = MaskedFillAttention(mask, fill, fill_at)
+    model = MaskedFillAttention(mask, fill, fill_at, scale_after=scale_after)
     fast = tc.compile(model, input_shape=[(None, sq, 2 * d), (None, sk, 2 * d), (None, sk, 2 * d)], check=True)
     assert fast.graph.op_counts().get("attention") == 1 and "where" not in fast.graph.op_counts()
     eager = model(Tensor(q), Tensor(k), Tensor(v)).data

@@ -231,6 +231,9 @@ def test_slice_split_and_gather(opset):
     extra = [ints(b, [3, 5])] if 13 <= opset < 18 else []
     b.nodes.append(helper.make_node("Split", ["x", *extra], parts, axis=-1, **sizes))
     last = b.node("Gather", [parts[1], ints(b, -1)], axis=2)
+    runs = b.node("Gather", [b.node("Gather", [cut, ints(b, [-1])], axis=1), ints(b, [0, 2])], axis=-1)  # (N, 1, 2)
+    last = b.node("Add", [last, b.node("ReduceSum", [runs], axes=[2], keepdims=0) if opset < 13 else
+                          b.node("ReduceSum", [runs, ints(b, [2])], keepdims=0)])
     summed = b.node("ReduceSum", [cut], axes=[2], keepdims=1) if opset < 13 else \
         b.node("ReduceSum", [cut, ints(b, [2])], keepdims=1)
     column = b.node("Unsqueeze", [last], axes=[2]) if opset < 13 else b.node("Unsqueeze", [last, ints(b, [2])])
@@ -243,7 +246,11 @@ def test_slice_split_and_gather(opset):
 @pytest.mark.parametrize("case, match", [
     ("batch-cut", r"of type Slice \(starts 1, ends 9223372036854775807, steps 1 along the batch axis"),
     ("backwards", r"of type Slice \(a slice with step -1: only positive steps"),
-    ("gather-list", r"of type Gather \(indices of shape \(2,\): tinycomp gathers one position"),
+    ("gather-list", r"of type Gather \(\[:, \[2, 0\]\] .*positions \[2, 0\], which are not an increasing"),
+    ("gather-matrix", r"of type Gather \(indices of shape \(1, 2\): tinycomp gathers one position or a list"),
+    ("slice-lengths", r"of type Slice \(starts, ends, axes and steps of lengths 2, 1, 2, 2: they must be equal"),
+    ("slice-axis", r"of type Slice \(axis 5 of a value of rank 3"),
+    ("split-axis", r"of type Split \(axis -4 of a value of rank 3"),
     ("gather-batch", r"of type Gather \(index 1 picks one sample of the batch axis of \(N, 3, 4\)"),
     ("split-batch", r"of type Split \(axis 0 of a value of shape"),
 ])
@@ -254,7 +261,16 @@ def test_cuts_that_cannot_be_imported(case, match):
     elif case == "backwards":
         h = b.node("Slice", ["x", ints(b, [-1]), ints(b, [-2 ** 63]), ints(b, [1]), ints(b, [-1])])
     elif case == "gather-list":
-        h = b.node("Gather", ["x", ints(b, [0, 2])], axis=1)
+        h = b.node("Gather", ["x", ints(b, [2, 0])], axis=1)
+    elif case == "gather-matrix":
+        h = b.node("Gather", ["x", ints(b, [[0, 1]])], axis=1)
+    elif case == "slice-lengths":
+        h = b.node("Slice", ["x", ints(b, [0, 1]), ints(b, [2]), ints(b, [1, 2]), ints(b, [1, 1])])
+    elif case == "slice-axis":
+        h = b.node("Slice", ["x", ints(b, [0]), ints(b, [2]), ints(b, [5])])
+    elif case == "split-axis":
+        b.nodes.append(helper.make_node("Split", ["x"], ["h", "rest"], axis=-4, num_outputs=2))
+        h = "h"
     elif case == "gather-batch":
         h = b.node("Gather", ["x", ints(b, 1)], axis=0)
     else:

@@ -120,6 +120,88 @@ class Parts(nn.Module):
         raise AssertionError(how)
 
 
+class Hunted(nn.Module):
+    """Forms a hunt over real models found imported wrong or refused (each failed before its fix)."""
+
+    def __init__(self, how: str):
+        super().__init__()
+        self.how = how
+        self.register_buffer("keep", torch.rand(4, 6) < 0.5)
+        self.register_buffer("tril", torch.tril(torch.ones(8, 8)))
+
+    def forward(self, x):  # x: (N, 4, 6)
+        how = self.how
+        if how == "narrow-from-the-end":
+            return x.narrow(1, -2, 2) * 2
+        if how == "parts-picked-by-sizes":
+            parts = x.chunk(3, x.dim() - 1)  # the dim given positionally, computed
+            return torch.cat(parts[: x.shape[1] // 2], -1) + parts[x.shape[1] - 4].sum(-1, keepdim=True)
+        if how == "in-place":
+            a = (x * 2).masked_fill_(self.keep, -1e9).clamp_(-5, 5)
+            e = x.clone()
+            e.mul_(2).add_(1)  # e is written through the node mul_ returned
+            return a + F.hardtanh_(x * 1.5, -0.5, 0.5) + (x + 1).relu_() + e + (x * 1).clamp_min_(0.2)
+        if how == "max-of-two":
+            return torch.max(x, -x) + x.min(x * 2)
+        if how == "list-index":
+            return x[:, [-1], :] + x[:, [0, 2], ::2].sum(-1, keepdim=True)
+        if how == "mask-before-scale":
+            T = x.size(1)
+            att = (x @ x.transpose(-2, -1)).masked_fill(self.tril[:T, :T] == 0, float("-inf")) / 6 ** 0.5
+            return F.softmax(att, dim=-1) @ x
+        raise AssertionError(how)
+
+
+@pytest.mark.parametrize("how", ["narrow-from-the-end", "parts-picked-by-sizes", "in-place", "max-of-two",
+                                 "list-index", "mask-before-scale"])
+def test_forms_a_hunt_found(how):
+    torch.manual_seed(11)
+    fast = check_against_torch(Hunted(how), (4, 6))
+    if how == "mask-before-scale":
+        assert fast.graph.op_counts().get("attention") == 1
+
+
+class MinGPTBlock(nn.Module):
+    """minGPT keeps its MLP as a lambda over the module's own ModuleDict: a copy's lambda still calls
+    the original's modules, so the forward is traced on the module itself, its state put back."""
+
+    def __init__(self):
+        super().__init__()
+        self.mlp = nn.ModuleDict(dict(c_fc=nn.Linear(8, 32), c_proj=nn.Linear(32, 8)))
+        m = self.mlp
+        self.mlpf = lambda x: m.c_proj(F.gelu(m.c_fc(x)))
+        self.register_buffer("calls", torch.zeros(()))
+
+    def forward(self, x):
+        self.last = x
+        return x + self.mlpf(x)
+
+
+def test_a_forward_that_calls_its_own_modules_through_a_closure():
+    torch.manual_seed(12)
+    module = MinGPTBlock().eval()
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    from_torch(module, input_shape=(None, 4, 8))
+    assert not hasattr(module, "last") and set(vars(module)) == set(vars(MinGPTBlock()))  # as it was
+    assert all(torch.equal(before[k], v) for k, v in module.state_dict().items())
+    check_against_torch(module, (4, 8))
+
+
+def test_the_first_tracing_error_is_the_one_reported():
+    class FinfoFill(nn.Module):  # torch.finfo of a traced dtype: fx cannot trace it
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("tril", torch.tril(torch.ones(8, 8)))
+
+        def forward(self, x):
+            T = x.size(1)
+            s = x @ x.transpose(1, 2)
+            return s.masked_fill(self.tril[:T, :T] == 0, torch.finfo(s.dtype).min)
+
+    with pytest.raises(tc.CompileError, match=r"torch.fx cannot trace its forward \(TypeError: torch.finfo\(\)"):
+        from_torch(FinfoFill().eval(), input_shape=(None, 5, 8))
+
+
 @pytest.mark.parametrize("how", ["getitem", "ints-and-none", "split", "unbind-narrow-select"])
 def test_indexing_and_parts(how):
     torch.manual_seed(7)

@@ -95,8 +95,12 @@ def test_a_split_calls_workers_do_not_keep_a_huge_scratch(monkeypatch):
     manual_seed(0)
     model = Sequential(Linear(300, 256), ReLU(), Linear(256, 4))
     x = np.random.default_rng(0).standard_normal((4096, 300)).astype(np.float32)
-    out = tc.compile(model, input_shape=(None, 300), threads=2)(x).data
-    np.testing.assert_array_equal(out, tc.compile(model, input_shape=(None, 300), threads=1)(x).data)
+    fast = tc.compile(model, input_shape=(None, 300), threads=2)
+    want = tc.compile(model, input_shape=(None, 300), threads=1)(x).data
+    for _ in range(50):  # the caller runs every part itself when no worker wakes in time (a busy machine)
+        np.testing.assert_array_equal(fast(x).data, want)
+        if any(name.startswith("tinycomp-worker") for name, _ in kept):
+            break
     workers = [slot for name, slot in kept if name.startswith("tinycomp-worker")]
     assert workers and all(slot is None for slot in workers), kept
 

@@ -41,6 +41,28 @@ def key_text(key: Any) -> str:
     return ", ".join(_shown(k) if isinstance(k, slice) else "..." if k is Ellipsis else repr(k) for k in parts)
 
 
+def _positions(k: Any) -> list[int] | None:
+    """The ints of a list (or 1-D integer array) index, or None for any other index."""
+    if isinstance(k, list) or (hasattr(k, "ndim") and getattr(k, "ndim", None) == 1 and
+                               getattr(getattr(k, "dtype", None), "kind", "") in "iu"):
+        ints = [_as_int(v) for v in k]
+        return [v for v in ints if v is not None] if ints and None not in ints else None
+    return None
+
+
+def _run_of(positions: list[int], size: int, axis: int) -> tuple[int, int, int]:
+    """(start, stop, step) of positions that are an increasing, evenly spaced run; IndexError for a
+    position out of range, AdvancedIndex for any other list (a gather tinycomp has no op for)."""
+    for p in positions:
+        if not -size <= p < size:
+            raise IndexError(f"index {p} is out of bounds for axis {axis} with size {size}")
+    at = [p % size for p in positions]
+    step = at[1] - at[0] if len(at) > 1 else 1
+    if step < 1 or any(b - a != step for a, b in zip(at, at[1:], strict=False)):
+        raise AdvancedIndex(f"positions {positions}, which are not an increasing, evenly spaced run")
+    return at[0], at[-1] + 1, step
+
+
 def _expand(key: Any, ndim: int) -> tuple:
     """The key with its `...` (or the missing trailing axes) spelled out as full slices."""
     key = key if isinstance(key, tuple) else (key,)
@@ -50,10 +72,8 @@ def _expand(key: Any, ndim: int) -> tuple:
     if used > ndim:
         raise IndexError(f"too many indices for tensor: tensor is {ndim}-dimensional, but {used} were indexed")
     fill = (slice(None),) * (ndim - used)
-    if Ellipsis in key:
-        at = key.index(Ellipsis)
-        return key[:at] + fill + key[at + 1:]
-    return key + fill
+    at = next((i for i, k in enumerate(key) if k is Ellipsis), None)  # by identity: `in` would compare arrays
+    return key + fill if at is None else key[:at] + fill + key[at + 1:]
 
 
 def index_plan(shape: tuple, key: Any) -> tuple[list[Cut], tuple]:
@@ -63,11 +83,14 @@ def index_plan(shape: tuple, key: Any) -> tuple[list[Cut], tuple]:
     cuts: list[Cut] = []
     out: list[int | None] = []
     axis = 0
-    for k in _expand(key, len(shape)):
+    parts = _expand(key, len(shape))
+    if sum(_positions(k) is not None for k in parts) > 1:  # NumPy broadcasts such lists together
+        raise AdvancedIndex("several lists of positions")
+    for k in parts:
         if k is None:
             out.append(1)
             continue
-        size, i = shape[axis], _as_int(k)
+        size, i, positions = shape[axis], _as_int(k), _positions(k)
         if isinstance(k, slice):
             if size is None:
                 if k != slice(None) and k.indices(2 ** 62) != (0, 2 ** 62, 1):
@@ -81,6 +104,13 @@ def index_plan(shape: tuple, key: Any) -> tuple[list[Cut], tuple]:
                 if (start, stop, step) != (0, size, 1):
                     cuts.append((axis, start, stop, step))
                 out.append(len(range(start, stop, step)))
+        elif positions is not None:  # x[:, [-1]], x[:, [0, 2, 4]]: an evenly spaced run is a slice
+            if size is None:
+                raise ValueError(f"positions {positions} pick samples of the batch axis of {fmt_shape(shape)}; "
+                                 "compiled code keeps each batch whole")
+            start, stop, step = _run_of(positions, size, axis)
+            cuts.append((axis, start, stop, step))
+            out.append(len(range(start, stop, step)))
         elif i is not None:
             if size is None:
                 raise ValueError(f"index {i} picks one sample of the batch axis of {fmt_shape(shape)}; compiled "

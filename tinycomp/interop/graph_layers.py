@@ -344,7 +344,7 @@ def joining(axis: int, ranks: Sequence[int]) -> Concat:
     return Concat(axis)
 
 
-def axis_key(rank: int, axis: int, part: slice | int) -> tuple:
+def axis_key(rank: int, axis: int, part: slice | int | list[int]) -> tuple:
     """The index that takes `part` (a slice, or one position) of `axis` and all of the other axes."""
     return (slice(None),) * (axis % rank) + (part,)
 

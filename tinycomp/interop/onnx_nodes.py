@@ -149,9 +149,12 @@ def slice_(imp: Any, node: Any, ins: list[str], a: dict) -> None:
     rank = len(shape)
     axes = range(len(starts)) if axes is None else axes
     steps = [1] * len(starts) if steps is None else steps
+    if not len(starts) == len(ends) == len(axes) == len(steps):
+        raise imp.refuse(node, f"starts, ends, axes and steps of lengths {len(starts)}, {len(ends)}, {len(axes)}, "
+                               f"{len(steps)}: they must be equal")
     key = [slice(None)] * rank
     for axis, start, end, step in zip(axes, starts, ends, steps, strict=True):
-        axis, start, end, step = int(axis) % rank, int(start), int(end), int(step)
+        axis, start, end, step = axis_of(imp, node, int(axis), rank), int(start), int(end), int(step)
         if axis == 0:
             if (start == 0 or start <= -WHOLE) and end >= 2 ** 31 - 1 and step == 1:
                 continue  # the whole batch
@@ -164,7 +167,7 @@ def split(imp: Any, node: Any, ins: list[str], a: dict) -> None:
     """Split along a sample axis: one slice per output, sizes from `split` (an input from opset 13, an
     attribute before), else `num_outputs` parts (the last smaller, opset 18) or equal ones."""
     shape = imp.shape_of(node, ins[0], "Split")
-    axis = int(a.get("axis", 0)) % len(shape)
+    axis = axis_of(imp, node, int(a.get("axis", 0)), len(shape))
     if axis == 0 or shape[axis] is None:
         raise imp.refuse(node, f"axis {axis} of a value of shape {shape}: only along a known axis after the batch")
     size, parts = int(shape[axis]), len(node.output)
@@ -196,13 +199,22 @@ def concat(imp: Any, node: Any, ins: list[str], a: dict) -> None:
 
 
 def gather(imp: Any, node: Any, ins: list[str], a: dict) -> None:
-    """Gather of one constant position along a sample axis (x[:, 0] as torch exports it)."""
+    """Gather of constant positions along a sample axis: one (x[:, 0] as torch exports it), or an evenly
+    spaced run of them (x[:, [-1]]), as indexing takes them."""
     indices = imp.const(node, ins[1], np.int64)
     shape = imp.shape_of(node, ins[0], "Gather")
-    if indices.ndim != 0:
-        raise imp.refuse(node, f"indices of shape {indices.shape}: tinycomp gathers one position (a scalar index)")
-    key = axis_key(len(shape), int(a.get("axis", 0)), int(indices))
-    imp.layer(node, imp.check(node, indexing, key, shape), ins[0])
+    if indices.ndim > 1:
+        raise imp.refuse(node, f"indices of shape {indices.shape}: tinycomp gathers one position or a list of them")
+    axis = axis_of(imp, node, int(a.get("axis", 0)), len(shape))
+    part = int(indices) if indices.ndim == 0 else [int(i) for i in indices]
+    imp.layer(node, imp.check(node, indexing, axis_key(len(shape), axis, part), shape), ins[0])
+
+
+def axis_of(imp: Any, node: Any, axis: int, rank: int) -> int:
+    """`axis` of a value of `rank` dims counted from 0, or a refusal where there is no such axis."""
+    if not -rank <= axis < rank:
+        raise imp.refuse(node, f"axis {axis} of a value of rank {rank}")
+    return axis % rank
 
 
 def reciprocal(imp: Any, node: Any, ins: list[str], a: dict) -> None:

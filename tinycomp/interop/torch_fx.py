@@ -15,11 +15,12 @@ runs agree, as `x.size(0) % 4` does), and refused where it is read otherwise.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
 import math
 import operator
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -30,7 +31,18 @@ from ..frontend.layers import Layer
 from ..ir.shapes import fmt_shape
 from .common import NodeImporter, Step, chain_or_graph, layer_key, unsupported
 from .graph_layers import BATCHES, ConstantOperand, check_matmul, check_ranks, with_constant
-from .torch_ops import PIECES, SHAPED, VARIES, Data, Sized, canonical_name, cat, function_layer, select
+from .torch_ops import (
+    PIECES,
+    SHAPED,
+    VARIES,
+    Data,
+    Sized,
+    canonical_name,
+    cat,
+    function_layer,
+    out_of_place,
+    select,
+)
 
 TOP = "(the top module)"  # how errors name the module passed in, which has no path
 NODES = ("calls of supported modules", "relu/sigmoid/tanh/gelu/softmax/log_softmax/silu/leaky_relu/flatten",
@@ -58,6 +70,7 @@ class FxImporter(NodeImporter):
         self.values: dict[str, Any] = {}  # node name -> Data, a fixed value, a Sized or VARIES
         self.layers: dict[str, Layer] = {}
         self.steps: list[Step] = []
+        self.same_tensor: dict[str, set[str]] = {}  # node -> the nodes that are one tensor (in-place results)
 
     def refuse(self, node: Any, detail: str = "") -> CompileError:
         target = getattr(node.target, "__name__", str(node.target))
@@ -121,13 +134,14 @@ class FxImporter(NodeImporter):
             name = canonical_name(self.torch, node)
             if self.runs is None and reads_data and name in ("getattr", "size", "dim", "numel"):
                 raise self.refuse(node, f"it reads the input's sizes: {PASS_SHAPE}")
-            pieces = self.resolve(node.args[0]) if node.args else None
+            args = self.resolve(node.args)
+            pieces = args[0] if args else None
             if name == "getitem" and isinstance(pieces, tuple) and reads_data:  # q, k, v = x.split(e, -1)
-                self.values[node.name] = pieces[node.args[1]]
+                self.values[node.name] = self.pick(node, pieces, args[1])
                 return
             result = None if self.runs is None else self.runs[0][node.name]
             if reads_data and name in PIECES and isinstance(pieces, Data):
-                PIECES[name](self, node, pieces, list(node.args[1:]), self.resolve(node.kwargs))
+                PIECES[name](self, node, pieces, list(args[1:]), self.resolve(node.kwargs))
                 return
             if reads_data and isinstance(result, (tuple, list)) and \
                     any(isinstance(r, self.torch.Tensor) for r in flatten_args(result)):
@@ -137,6 +151,16 @@ class FxImporter(NodeImporter):
                 self.values[node.name] = self.fixed(node)  # a size, or arithmetic on parameters and numbers
             else:
                 self.call(node, name)
+
+    def pick(self, node: Any, parts: tuple, key: Any) -> Any:
+        """parts[key] for the parts of a split: an int or a slice (read from sizes that are not the batch)."""
+        bounds = (key.start, key.stop, key.step) if isinstance(key, slice) else (key,)
+        if any(isinstance(b, Sized) or b is VARIES for b in bounds):
+            raise self.refuse(node, "it picks parts by a number computed from the batch size")
+        try:
+            return parts[key]
+        except (TypeError, IndexError) as exc:
+            raise self.refuse(node, f"it picks parts [{key!r}] of {len(parts)} ({exc})") from None
 
     def fixed(self, node: Any) -> Any:
         """A node that computes no data: a size of a data value where the runs differ by the batch; a
@@ -171,16 +195,28 @@ class FxImporter(NodeImporter):
 
     def in_place(self, node: Any, inplace: bool) -> None:
         """After an op that wrote its result into its operand (inplace=True), the operand's later
-        readers see the result, as in torch. The operand: the first argument, given by position or
-        by name (input=...)."""
+        readers see the result, as in torch: under every name of that tensor, as in-place ops return
+        their operand (`e.mul_(2).add_(1)` writes e through the node mul_ returned). The operand: the
+        first argument, given by position or by name (input=...)."""
         source = node.args[0] if node.args else next(iter(node.kwargs.values()), None)
         if inplace and isinstance(source, self.torch.fx.Node):
-            self.values[source.name] = self.values[node.name]
+            names = self.same_tensor.get(source.name, {source.name}) | {node.name}
+            for name in names:
+                self.values[name] = self.values[node.name]
+                self.same_tensor[name] = names
 
     def call(self, node: Any, name: str) -> None:
+        """The layer or step for a call on data; an in-place form (`masked_fill_`, `F.hardtanh_`) as the
+        op it does, its result then read where the operand was."""
+        target, inplace = out_of_place(self.torch, node.target)
+        self.call_out_of_place(node, name, target)
+        if inplace:
+            self.in_place(node, True)
+
+    def call_out_of_place(self, node: Any, name: str, target: Any) -> None:
         args, kwargs = self.resolve(node.args), self.resolve(node.kwargs)
         x = args[0] if args else kwargs.get("input")
-        activation = function_layer(self.torch, node.target, args[1:], kwargs)
+        activation = function_layer(self.torch, target, args[1:], kwargs)
         if activation is not None and isinstance(x, Data):
             activation.training = self.training
             if isinstance(activation, tnn.Flatten) and self.runs is not None and \
@@ -191,6 +227,8 @@ class FxImporter(NodeImporter):
             self.in_place(node, kwargs.get("inplace", False))
         elif name in BINARY and len(args) == 2 and not kwargs:
             self.binary(node, name, *args)
+        elif name in ("max", "min") and len(args) == 2 and not kwargs and not isinstance(args[1], int):
+            self.binary(node, {"max": "maximum", "min": "minimum"}[name], *args)  # torch.max(a, b): elementwise
         elif name in UNARY and len(args) == 1 and not kwargs:
             self.step(node, name, x)
         elif name in ("rsqrt", "reciprocal") and len(args) == 1 and not kwargs:
@@ -263,20 +301,54 @@ def tainted_value(torch: Any, a: Any, b: Any) -> Any:
 
 
 def symbolic_trace(torch: Any, m: Any, concrete_args: dict[str, Any] | None) -> Any:
-    """`torch.fx.symbolic_trace` of a copy of `m`, its buffers read through `self` traced as get_attr
-    nodes where that works: then `self.mask[:T, :T]` with T read from x.size() is recorded (a buffer as
-    a plain tensor cannot be sliced by a traced size) and is fixed where both example runs agree. A
-    forward that assigns to a buffer (`self.calls += 1`) is traced as fx does by default."""
+    """`torch.fx.symbolic_trace` of `m`'s forward, tried three ways, the first error raised if none works:
+    - on a copy, its buffers read through `self` traced as get_attr nodes: then `self.mask[:T, :T]` with
+      T read from x.size() is recorded (a buffer as a plain tensor cannot be sliced by a traced size)
+      and is fixed where both example runs agree;
+    - on a copy, as fx does by default: a forward that assigns to a buffer (`self.calls += 1`) would
+      put a traced value in it the first way;
+    - on `m` itself, buffers traced, its state put back afterwards: a helper that closes over `m`'s own
+      modules (minGPT's `self.mlpf = lambda x: m.c_proj(...)`) calls modules a copy does not hold."""
+    first: Exception | None = None
+    for proxy_buffers, on_copy in ((True, True), (False, True), (True, False)):
+        try:
+            root = runnable_copy(m) if on_copy else m
+            with state_kept(torch, m, on=not on_copy):
+                tracer = torch.fx.Tracer()
+                tracer.proxy_buffer_attributes = proxy_buffers
+                graph = tracer.trace(root, concrete_args)
+                if not any(isinstance(b, torch.fx.Proxy) for b in tracer.root.buffers()):
+                    return torch.fx.GraphModule(tracer.root, graph, type(m).__name__)
+        except Exception as exc:
+            first = first or exc
+    raise first or TypeError("its forward writes traced values into its buffers")
+
+
+@contextlib.contextmanager
+def state_kept(torch: Any, m: Any, on: bool) -> Iterator[None]:
+    """Put back what tracing `m` itself may change (when `on`): each module's attributes, and the
+    values of its parameters and buffers."""
+    if not on:
+        yield
+        return
+    attributes = [(mod, dict(mod.__dict__), {k: dict(v) for k, v in mod.__dict__.items() if k in OWN})
+                  for mod in m.modules()]
+    values = [(t, t.detach().clone()) for t in (*m.parameters(), *m.buffers())]
     try:
-        tracer = torch.fx.Tracer()
-        tracer.proxy_buffer_attributes = True
-        graph = tracer.trace(runnable_copy(m), concrete_args)
-        # a buffer the forward assigned to holds a traced value now, not a tensor
-        if all(not isinstance(b, torch.fx.Proxy) for b in tracer.root.buffers()):
-            return torch.fx.GraphModule(tracer.root, graph, type(m).__name__)
-    except Exception:
-        pass
-    return torch.fx.symbolic_trace(runnable_copy(m), concrete_args=concrete_args)
+        yield
+    finally:
+        for mod, saved, own in attributes:
+            mod.__dict__.clear()
+            mod.__dict__.update(saved)
+            for k, v in own.items():
+                mod.__dict__[k].clear()
+                mod.__dict__[k].update(v)
+        with torch.no_grad():
+            for t, value in values:
+                t.copy_(value)
+
+
+OWN = ("_parameters", "_buffers", "_modules")  # a Module's registries: dicts changed in place
 
 
 def runnable_copy(m: Any) -> Any:

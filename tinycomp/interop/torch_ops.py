@@ -55,11 +55,25 @@ COMPARED = {"gt": "greater", "ge": "greater_equal", "lt": "less", "le": "less_eq
             "bitwise_not": "logical_not"}
 
 
+def out_of_place(torch: Any, target: Any) -> tuple[Any, bool]:
+    """(the op an in-place call does out of place, whether it was in place): `x.masked_fill_(...)` ->
+    ("masked_fill", True), `F.hardtanh_` -> (F.hardtanh, True); any other target as it is."""
+    name = target if isinstance(target, str) else getattr(target, "__name__", "")
+    if not isinstance(name, str) or not name.endswith("_") or name.endswith("__") or name.startswith("_"):
+        return target, False
+    if isinstance(target, str):
+        return name[:-1], True
+    base = getattr(torch.nn.functional, name[:-1], None) or getattr(torch, name[:-1], None)
+    return (base, True) if base is not None else (target, False)
+
+
 def canonical_name(torch: Any, node: Any) -> str:
-    """What a call_function or call_method node does, as one name ("add", "view", "linear", ...)."""
+    """What a call_function or call_method node does, as one name ("add", "view", "linear", ...); an
+    in-place form as the op it does (`add_`: "add")."""
+    target, _ = out_of_place(torch, node.target)
     if node.op == "call_method":
         return {"subtract": "sub", "multiply": "mul", "divide": "div", "true_divide": "div", "bmm": "matmul",
-                "mm": "matmul", **COMPARED}.get(node.target, node.target)
+                "mm": "matmul", **COMPARED}.get(target, target)
     F = torch.nn.functional
     names = {
         operator.add: "add", operator.iadd: "add", torch.add: "add", operator.sub: "sub", operator.isub: "sub",
@@ -78,7 +92,7 @@ def canonical_name(torch: Any, node: Any) -> str:
               operator.eq: "equal", operator.ne: "not_equal", operator.invert: "logical_not"}
     names |= {getattr(torch, name): COMPARED[name] for name in COMPARED if hasattr(torch, name)}
     try:
-        return names.get(node.target, getattr(node.target, "__name__", str(node.target)))
+        return names.get(target, getattr(target, "__name__", str(target)))
     except TypeError:  # an unhashable target
         return str(node.target)
 
@@ -279,7 +293,8 @@ def narrow_or_select(imp: Any, node: Any, x: Data, args: list, kwargs: dict) -> 
     rank = len(imp.shape(node, x))
     if canonical_name(imp.torch, node) == "narrow":
         given = named(args, kwargs, "dim", "start", "length")
-        part: slice | int = slice(given["start"], given["start"] + given["length"])
+        start, stop = given["start"], given["start"] + given["length"]
+        part: slice | int = slice(start, None if start < 0 <= stop else stop)  # narrow(1, -2, 2): the last two
     else:
         given = named(args, kwargs, "dim", "index")
         part = given["index"]

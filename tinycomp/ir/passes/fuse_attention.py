@@ -123,6 +123,9 @@ def match_scores(g: Graph, soft: str) -> Scores | None:
     x = g.args(soft)[0]
     if g.op(x) == "where" and g.use_count(x) == 1:
         return match_fill(g, x)
+    filled = match_scaled_fill(g, x)
+    if filled is not None:
+        return filled
     if g.op(x) != "add" or g.use_count(x) != 1:
         return match_scale(g, x, {}, None, [])
     a, b = g.args(x)
@@ -147,6 +150,29 @@ def match_fill(g: Graph, x: str) -> Scores | None:
             found = match_scale(g, scores, {"mask_fill": value, "fill_at": at}, mask, [x])
             if found is not None:
                 return found
+    return None
+
+
+def match_scaled_fill(g: Graph, x: str) -> Scores | None:
+    """`where(m, c, q @ k^T) * s` (or / s): the fill before the scale, as `(q @ k^T).masked_fill(...) /
+    sqrt(d)` writes it. The same as scaling first and filling with fl(c * s) (fl(c / s)): each element
+    is either the fill, scaled once, or a score, scaled once."""
+    if g.op(x) not in ("mul", "div") or g.use_count(x) != 1:
+        return None
+    a, b = g.args(x)
+    for inner, c in ((a, b),) if g.op(x) == "div" else ((a, b), (b, a)):
+        scale = number(g, c, x)
+        if scale is None or g.op(inner) != "where" or g.use_count(inner) != 1 or g.shape(inner) != g.shape(x):
+            continue
+        found = match_fill(g, inner)
+        if found is None or found[1]["scale"] != 1.0:  # a scale on both sides of the fill: not one node's
+            continue
+        matmul, attrs, mask, folded = found
+        fill, s = np.float32(attrs["mask_fill"]), np.float32(scale)
+        with np.errstate(all="ignore"):  # an infinite fill stays infinite; NaN stays NaN
+            scaled = fill / s if g.op(x) == "div" else fill * s
+        attrs = {**attrs, "scale": scale, "mask_fill": float(scaled), **({"divide": True} if g.op(x) == "div" else {})}
+        return matmul, attrs, mask, [x, *folded]
     return None
 
 
