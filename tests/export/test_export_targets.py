@@ -22,7 +22,11 @@ from tinycomp.nn import (
     Tanh,
     Tensor,
     TransformerBlock,
+    concat,
     manual_seed,
+    maximum,
+    minimum,
+    where,
 )
 from tinycomp.parity import check_parity, float64_reference
 
@@ -206,3 +210,28 @@ def test_external_weights_run(tmp_path, target):
     assert result.object_bytes < result.weights_bytes + 64 * 1024
     got = run_export(target, tmp_path, x, BATCHES, weights=result.files["weights"])
     check_against_eager(model, x, got)
+
+
+class CutsAndMasks(Layer):
+    """The ops of indexing, concat, selection and comparison on every target's vectors and tails:
+    slices with steps, columns joined back, where/maximum/minimum/clip with NaN-exact selects, and a
+    causal masked_fill attention fused into the attention kernel (its mask selected, not added)."""
+
+    def __init__(self):
+        self.blocked = np.triu(np.ones((5, 5), dtype=bool), 1)
+
+    def forward(self, x):  # x: (N, 5 tokens x 9 features)
+        t = x.reshape(-1, 5, 9)
+        parts = concat([t[..., 1::2], maximum(t[..., :3], 0.25), t[..., -1:].clip(-0.5, 0.5)], axis=-1)  # (N, 5, 8)
+        scores = where(self.blocked, -np.inf, parts @ parts.transpose(-2, -1) * 0.35)
+        y = Softmax()(scores) @ parts
+        signs = (t[:, 0, :8] >= 0) - (t[:, 0, :8] < -0.5)  # (N, 8) of 1, 0 and -1
+        return where(y > 0, y, minimum(y, -0.1) * 0.5).reshape(-1, 40) + concat([signs] * 5, axis=-1)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_cuts_selections_and_masked_attention_match_eager(tmp_path, target):
+    skip_unless_runnable(target)
+    model = CutsAndMasks()
+    assert tc.compile(model, input_shape=(None, 45)).graph.op_counts().get("attention") == 1
+    assert_export_matches_eager(tmp_path, target, model, 45, seed=11)
