@@ -4,10 +4,12 @@ A `Program` is a list of steps over values of known sample shapes: its inputs (o
 (batch, *shape)), then one new value per step. A step is an elementwise op (every unary op, `**`, a
 scalar, a table that broadcasts between sample dimensions, another value), a reduction over a tuple
 of axes with or without keepdims, softmax along an axis, a transpose of two axes, a reshape that
-keeps the batch first, a Linear-style matmul, a matrix times batched values, or a batched matmul of
-a value with its own transpose. Now and then a reduction, softmax or transpose runs over the batch
-axis: the program is then marked `crosses_batch`, the one thing the compiler must refuse.
-`ProgramModel` runs a program as a Layer whose tables are its parameters (read live).
+keeps the batch first, a Linear-style matmul, a matrix times batched values, a batched matmul of a
+value with its own transpose, a selection of two values (where, maximum, minimum, clip, a
+comparison), a slice or an int index along a sample axis, or a concat of two values. Now and then a
+reduction, softmax or transpose runs over the batch axis: the program is then marked
+`crosses_batch`, the one thing the compiler must refuse. `ProgramModel` runs a program as a Layer
+whose tables are its parameters (read live).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any
 import numpy as np
 from hypothesis import strategies as st
 
-from tinycomp.nn import GELU, Layer, ReLU, Sigmoid, Softmax, Tanh, Tensor
+from tinycomp.nn import GELU, Layer, ReLU, Sigmoid, Softmax, Tanh, Tensor, concat, equal, maximum, minimum, where
 
 UNARY = {
     "relu": lambda v: ReLU()(v), "sigmoid": lambda v: Sigmoid()(v), "tanh": lambda v: Tanh()(v),
@@ -32,6 +34,8 @@ SCALAR = {"add": lambda v, c: v + c, "rsub": lambda v, c: c - v, "mul": lambda v
           "div": lambda v, c: v / c}
 BINARY = {"add": lambda a, b: a + b, "sub": lambda a, b: a - b, "mul": lambda a, b: a * b,
           "div": lambda a, b: a / (b.abs() + 1)}
+SELECT = {"where": lambda a, b: where(a > 0, a, b), "maximum": maximum, "minimum": minimum,
+          "clip": lambda a, b: a.clip(-0.5, 0.75), "compare": lambda a, b: (a <= b) - equal(a, b) * 0.5}
 DIMS = st.sampled_from([1, 2, 3, 4, 5, 7, 9, 16, 17])
 MAX_FLOATS = 1500  # per sample, per value: keeps a program's compile and float64 run short
 
@@ -82,6 +86,12 @@ def run_step(step: Step, values: list, tables: list[Tensor]) -> Tensor:
         return BINARY[a["op"]](v, tables[a["table"]])
     if kind == "binary":
         return BINARY[a["op"]](v, values[step.args[1]])
+    if kind == "select":
+        return SELECT[a["op"]](v, values[step.args[1]])
+    if kind == "slice":
+        return v[(slice(None),) * a["axis"] + (a["part"],)]
+    if kind == "concat":
+        return concat([v, values[step.args[1]]], axis=a["axis"])
     if kind in ("sum", "mean", "max"):
         return getattr(v, kind)(axis=a["axis"], keepdims=a["keepdims"])
     if kind == "softmax":
@@ -147,7 +157,7 @@ def _add_step(draw, p: Program, across_batch: bool) -> None:
     shape = p.shapes[i]
     nd = len(shape) + 1  # with the batch axis
     kinds = ["unary", "scalar", "table", "binary", "reduce", "softmax", "transpose", "reshape", "matmul",
-             "left_matmul", "gram"]
+             "left_matmul", "gram", "select", "slice", "concat"]
     kind = draw(st.sampled_from(kinds))
     if across_batch:
         kind = draw(st.sampled_from(["reduce", "softmax", "transpose"]))
@@ -169,6 +179,26 @@ def _add_step(draw, p: Program, across_batch: bool) -> None:
             a == b or a == 1 for a, b in zip(s, shape, strict=True)))]
         j = draw(st.sampled_from(same))
         step, out = Step("binary", (i, j), {"op": draw(st.sampled_from(sorted(BINARY)))}), shape
+    elif kind in ("select", "concat") and (kind == "select" or shape):
+        alike = [j for j, s in enumerate(p.shapes) if s == shape]
+        j = draw(st.sampled_from(alike))
+        if kind == "select":
+            step, out = Step("select", (i, j), {"op": draw(st.sampled_from(sorted(SELECT)))}), shape
+        else:
+            axis = draw(st.integers(1, nd - 1))
+            step = Step("concat", (i, j), {"axis": axis if draw(st.booleans()) else axis - nd})
+            out = tuple(d * 2 if k + 1 == axis else d for k, d in enumerate(shape))
+    elif kind == "slice" and shape:
+        axis = draw(st.integers(1, nd - 1))
+        size = shape[axis - 1]
+        if len(shape) > 1 and draw(st.booleans()):  # an int: the axis dropped
+            part: Any = draw(st.integers(-size, size - 1))
+            out = shape[:axis - 1] + shape[axis:]
+        else:
+            start = draw(st.integers(0, size - 1))
+            part = slice(start, draw(st.integers(start + 1, size)), draw(st.integers(1, 3)))
+            out = tuple(len(range(*part.indices(size))) if k + 1 == axis else d for k, d in enumerate(shape))
+        step = Step("slice", (i,), {"axis": axis, "part": part})
     elif kind == "reduce":
         keepdims = draw(st.booleans())
         axes = sorted(draw(st.sets(st.integers(1, nd - 1), min_size=1, max_size=nd - 1))) if nd > 1 else []
