@@ -27,6 +27,8 @@ CASES = {  # (forward of x (N, 3, 13) and a (5, 13) table, the same in NumPy on 
     "empty-sum": (lambda x, t: x[:, :, 5:5].sum(axis=-1) + x[:, :, 0], lambda x: x[:, :, 0]),
     "empty-mean": (lambda x, t: x[:, 1:1].exp().mean(axis=1) + x[:, 0], lambda x: np.full_like(x[:, 0], np.nan)),
     "whole": (lambda x, t: x[:, :, :] + x[...], lambda x: 2 * x),
+    "list-runs": (lambda x, t: x[:, [-1]] + x[:, :, [0, 4, 8]].sum(axis=-1, keepdims=True),
+                  lambda x: x[:, [-1]] + x[:, :, [0, 4, 8]].sum(axis=-1, keepdims=True)),
 }
 
 
@@ -114,7 +116,8 @@ def test_leading_dimensions_follow_the_slice_axis():
     (lambda x: x[0], r"indexes \[0\]: index 0 picks one sample of the batch axis"),
     (lambda x: x[1:], r"indexes \[1:\]: 1: cuts the batch axis of \(N, 6\)"),
     (lambda x: x[:, ::-1], r"indexes \[:, ::-1\]: a slice with step -1"),
-    (lambda x: x[:, [0, 2]], r"indexes \[:, \[0, 2\]\] with an index of type list"),
+    (lambda x: x[:, [2, 0]], r"indexes \[:, \[2, 0\]\] with positions \[2, 0\], which are not an increasing"),
+    (lambda x: x[:, [True, False] * 3], r"with an index of type list"),
     (lambda x: x[None], r"a new axis before the batch axis"),
     (lambda x: x[:, 6], r"index 6 is out of bounds for axis 1 with size 6"),
     (lambda x: x[:, :, 0], r"too many indices for tensor: tensor is 2-dimensional, but 3 were indexed"),
