@@ -85,6 +85,15 @@ def test_indexing_parity(name):
         assert fast.graph.nodes("slice"), "a slice node was compiled"
 
 
+def test_an_empty_index_result_is_checked_and_referenced():
+    """x[:, 3:3, None] traces to a reshape (-1, 0, 1), whose -1 NumPy cannot infer beside a 0: the
+    float64 reference (check=True) raised a raw ValueError where eager and compiled ran."""
+    model = Fn(lambda x: x[:, 3:3, None].sum(axis=(1, 2)) + x[:, 0])
+    fast = tc.compile(model, check=True)
+    x = inputs(2, (13,), 4)
+    np.testing.assert_array_equal(fast(x).data, x[:, 0])
+
+
 def test_slices_of_a_parameter_follow_later_changes():
     class FirstHalf(Layer):
         def __init__(self):

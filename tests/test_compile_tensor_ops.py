@@ -123,6 +123,18 @@ def test_reductions_keep_special_values_as_eager():
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.filterwarnings("ignore:divide by zero:RuntimeWarning")
+def test_sums_of_negative_zeros_are_positive_zero_as_numpy_gives():
+    """NumPy 2 sums from its identity +0: a sum (or mean) of -0s is +0, so 1 / it is +inf. Compiled
+    sums started at -0.0 and gave -inf (a fuzzer's case); along rows, down columns, over two axes."""
+    model = Fn(lambda x: 1.0 / x.sum(axis=-1) + 1.0 / x.mean(axis=1).sum(axis=-1, keepdims=True)
+               + 1.0 / x.sum(axis=(1, 2))[:, None])
+    x = np.full((3, 4, 5), -0.0, np.float32)
+    want = model(Tensor(x)).data
+    assert np.isposinf(want).all(), "NumPy's own rule, which the compiled sums follow"
+    np.testing.assert_array_equal(tc.compile(model)(x).data, want)
+
+
 @pytest.mark.parametrize("forward", [lambda x: x.sum(axis=0), lambda x: x.mean(), lambda x: x.max(axis=(0, 1)),
                                      lambda x: Softmax()(x, dim=0)])
 def test_a_reduction_over_the_batch_axis_is_refused(forward):

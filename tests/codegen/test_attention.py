@@ -307,6 +307,22 @@ def test_an_infinite_value_behind_a_tiny_probability_gives_infinity_as_eager(sk)
     np.testing.assert_allclose(got[2], eager[2], rtol=2e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("sk", [2, 40, 100])
+def test_a_tiny_probability_of_a_huge_finite_value_counts_as_in_eager(sk):
+    """exp(-80) is below the flush, but times a v of 3e38 it is 5e3: a head whose |v| reaches
+    FLUSH_V_BELOW keeps every exp eager keeps (a fuzzer found compiled 1.0 against eager 5415.55)."""
+    q = np.ones((2, 3, 1), np.float32)
+    k = np.float32(np.random.default_rng(sk).uniform(-1, 0, (2, sk, 1)))
+    v = np.float32(np.random.default_rng(sk + 1).standard_normal((2, sk, 1)))
+    k[:, 1], v[0, 1], v[1, 1] = -80.0, 3e38, 2.0**40  # sample 1: just at the bound
+    model = PlainAttention()
+    fast = tc.compile(model, input_shape=[(None, 3, 1), (None, sk, 1), (None, sk, 1)])
+    assert fast.graph.op_counts().get("attention") == 1
+    eager = model(Tensor(q), Tensor(k), Tensor(v)).data
+    assert eager[0].min() > 50, "the tiny probability's share is what eager computes"
+    np.testing.assert_allclose(fast(q, k, v).data, eager, rtol=1e-5)
+
+
 @pytest.mark.parametrize("sk", [17, 40, 64])
 @pytest.mark.parametrize("mask_value", [-1e9, None])
 def test_scores_softmaxed_in_registers_match_the_scratch_block_bit_for_bit(sk, mask_value):

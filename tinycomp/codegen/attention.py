@@ -106,7 +106,8 @@ class AttentionSpec:
         assist (the block with scores 36 x wider ran 2.95 x as long: benchmarks/tiny_results.py,
         its block table). A flushed probability is
         below 2**-100 where the largest is at least 1 / Sk: P @ V changes by less than
-        2**-100 Sk max|v|, some 2**-70 of a float32 rounding of the output."""
+        2**-100 Sk max|v|, and only heads whose |v| stays below FLUSH_V_BELOW flush
+        (`_flush_threshold`)."""
         return math.log(2.0**-100 * max(self.sk, 1))
 
 
@@ -146,12 +147,18 @@ def emit_attention(module: ir.Module, name: str, spec: AttentionSpec) -> ir.Func
     return fn
 
 
+FLUSH_V_BELOW = 2.0**40  # V of a head whose probabilities are flushed is smaller than this (`_flush_threshold`)
+
+
 def _flush_threshold(b: ir.IRBuilder, module: ir.Module, spec: AttentionSpec, vh: ir.Value) -> ir.Value:
     """Where this head's exp(score - max) is taken as +0, as a vector: `spec.flush_below`, unless
-    the head's V holds an infinity. There a flushed probability would give 0 * inf = NaN where
-    eager's tiny one gives +-inf, so the head keeps every exp eager keeps (EXP_ZERO_BELOW, its
-    subnormals at the assists they cost). One pass over V per sample and head: a compare and an
-    or per vector, against the 2 Sq Sk (D + Dv) FLOPs of the head."""
+    the head's V holds a value of magnitude FLUSH_V_BELOW or more (an infinity included). A flushed
+    probability is below 2**-100 Sk, so with |v| < 2**40 P @ V moves by less than Sk**2 2**-60, under
+    2**-36 for Sk up to 4096: far inside the parity rule's absolute slack. A larger v could make a
+    tiny probability count (e**-80 * 3e38 = 5e3: a fuzzer's case), and an infinite one gives
+    0 * inf = NaN where eager's tiny probability gives +-inf; such a head keeps every exp eager keeps
+    (EXP_ZERO_BELOW, its subnormals at the assists they cost). One pass over V per sample and head:
+    a compare and an or per vector, against the 2 Sq Sk (D + Dv) FLOPs of the head."""
     w = spec.width
     mask_type = ir.VectorType(ir.IntType(1), w)
     chunks = _groups(spec.dv, w, 1)
@@ -160,10 +167,10 @@ def _flush_threshold(b: ir.IRBuilder, module: ir.Module, spec: AttentionSpec, vh
         found = key.carried[0]
         for c0, _, lanes in chunks:
             v = masked_load(b, element_ptr(b, row, c0), _tail_mask(w, lanes), width=w)
-            found = b.or_(found, b.fcmp_ordered("==", vecmath.emit_abs(b, module, v), splat(math.inf, w)))
+            found = b.or_(found, b.fcmp_ordered(">=", vecmath.emit_abs(b, module, v), splat(FLUSH_V_BELOW, w)))
         key.carry(found)
-    infinite = vecmath.any_lane(b, key.results[0])
-    return splat(b.select(infinite, ir.Constant(F32, vecmath.EXP_ZERO_BELOW), ir.Constant(F32, spec.flush_below)),
+    large = vecmath.any_lane(b, key.results[0])
+    return splat(b.select(large, ir.Constant(F32, vecmath.EXP_ZERO_BELOW), ir.Constant(F32, spec.flush_below)),
                  w, b)
 
 

@@ -11,8 +11,8 @@ end. Either way every sample is reduced on its own: the batch is never reduced o
 Numerics: sums are blocked. Each loop level of a reduction starts a fresh accumulator and adds its
 result into the level above, and each level is summed as a tree (`loops.blocked_fold`): a sum of n
 terms goes through O(log n) additions per lane, as NumPy's pairwise sum does on contiguous runs
-(over other axes NumPy sums in order). Accumulators start at -0.0,
-the additive identity that keeps -0.0 + -0.0 = -0.0. max propagates NaN as np.max does. mean divides
+(over other axes NumPy sums in order). Accumulators start at +0.0, as NumPy 2's sum does (its
+identity: a sum of -0s is +0; a sum of nothing, 0). max propagates NaN as np.max does. mean divides
 the sum by the count, as np.mean does. Softmax subtracts each slice's max (NaN-ignoring; a NaN still
 spreads through its exp) and an all -inf slice gives zeros, lane by lane, as `elementwise.emit_softmax`
 does along rows.
@@ -58,7 +58,7 @@ class _Reduction:
         if op not in ("sum", "mean", "max"):
             raise NotImplementedError(f"reduction codegen has no rule for op {op!r}")
         self.b, self.op, self.count = b, op, count
-        self.fill = NEG_INF if op == "max" else -0.0
+        self.fill = NEG_INF if op == "max" else 0.0  # +0: NumPy 2's sum of -0s is +0 (its identity)
 
     def combine(self, acc: ir.Value, x: ir.Value) -> ir.Value:
         return max_keeping_nan(self.b, acc, x) if self.op == "max" else self.b.fadd(acc, x)

@@ -82,6 +82,14 @@ def comparison(ufunc: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
     return ref
 
 
+def reshape(x: np.ndarray, *, newshape: tuple) -> np.ndarray:
+    """x.reshape(newshape); a leading -1 (the batch, as the tracer writes it) beside a size-0 dimension,
+    where NumPy cannot infer it, is x's own first dimension."""
+    if newshape and newshape[0] == -1 and 0 in newshape[1:] and x.ndim:
+        newshape = (x.shape[0], *newshape[1:])
+    return x.reshape(newshape)
+
+
 def slice_axis(x: np.ndarray, *, axis: int, start: int, stop: int, step: int) -> np.ndarray:
     """x[start:stop:step] along `axis` (a view; eager copies it)."""
     key = [slice(None)] * x.ndim
