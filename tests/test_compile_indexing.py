@@ -10,7 +10,7 @@ import pytest
 import tinycomp as tc
 from tests.test_compile_tensor_ops import Fn, check_every_batch, inputs
 from tinycomp.errors import CompileError
-from tinycomp.nn import Layer, Linear, Tensor, concat
+from tinycomp.nn import Layer, Linear, Tensor, concat, stack
 
 TABLE = np.random.default_rng(9).standard_normal((5, 13)).astype(np.float32)
 T64 = TABLE.astype(np.float64)
@@ -41,6 +41,10 @@ CONCATS = {  # (forward, NumPy): parts joined along each axis after the batch
     "with-empty-and-table": (lambda x, t: concat([x[:, :, :0], x + concat([t, t], 0)[4:7]], axis=-1),
                              lambda x: x + np.concatenate([T64, T64])[4:7]),
     "one-part": (lambda x, t: concat([x * 3], axis=-2), lambda x: x * 3),
+    "stack-middle": (lambda x, t: stack([x[:, 0], x[:, 2].exp()], axis=1).sum(axis=1, keepdims=True),
+                     lambda x: np.stack([x[:, 0], np.exp(x[:, 2])], axis=1).sum(axis=1, keepdims=True)),
+    "stack-last": (lambda x, t: stack([x, -x, x * 2], axis=-1).reshape(-1, 3, 39),
+                   lambda x: np.stack([x, -x, x * 2], axis=-1).reshape(-1, 3, 39)),
 }
 
 
@@ -64,6 +68,16 @@ def test_concat_that_cannot_be_compiled_is_named(parts, axis, error, match):
 
     with pytest.raises(error, match=match):
         tc.compile(Join(), input_shape=parts)
+
+
+def test_stack_refuses_what_numpy_refuses():
+    x = Tensor(np.ones((2, 3)))
+    with pytest.raises(ValueError, match="stack axis 3 is out of range for 2-D tensors"):
+        stack([x, x], axis=3)
+    with pytest.raises(TypeError, match="stack\\(\\) takes a non-empty list"):
+        stack([])
+    want = np.stack([np.ones((2, 3)), np.full((2, 3), 2.0)], -1)
+    np.testing.assert_array_equal(stack([x, x * 2], axis=-1).data, want)
 
 
 def test_concat_takes_a_list_of_operands():

@@ -1,7 +1,7 @@
 """The user-facing layer API: `from tinycomp.nn import Tensor, Linear, ReLU, ...`."""
 
 from .frontend.activations import GELU, ReLU, Sigmoid, Softmax, Tanh
-from .frontend.functions import concat, equal, maximum, minimum, not_equal, where
+from .frontend.functions import concat, equal, maximum, minimum, not_equal, stack, where
 from .frontend.layers import (
     INIT_SCALE_FACTOR,
     Dropout,
@@ -20,5 +20,5 @@ __all__ = [
     "GELU", "INIT_SCALE_FACTOR", "MLP", "Dropout", "Flatten", "Identity", "Layer", "LayerNorm", "Linear",
     "MultiHeadAttention", "ReLU", "Reshape", "Sequential", "Sigmoid", "Softmax", "Tanh", "Tensor", "TransformerBlock",
     "concat", "dropout_key", "equal", "manual_seed", "maximum", "minimum", "not_equal", "scaled_dot_product_attention",
-    "set_training_mode", "where",
+    "set_training_mode", "stack", "where",
 ]

@@ -114,6 +114,9 @@ class Parts(nn.Module):
             a, b = x.split([2, 4], dim=-1)
             c, d, e = torch.chunk(x, 3, 2)
             return a.sum(-1, keepdim=True) * b + c.sum(-1, keepdim=True) - d.mean(-1, keepdim=True) * e[..., :1]
+        if how == "stack":
+            a, b, c = x.unbind(1)
+            return torch.stack([c, a * 2, b], dim=1) + torch.stack((a, b, c), -1).transpose(1, 2)
         if how == "unbind-narrow-select":
             first, second, third = x.unbind(1)
             return first * second - third + x.narrow(2, 1, 3).sum(-1)[:, :1] + x.select(1, 2)
@@ -202,7 +205,7 @@ def test_the_first_tracing_error_is_the_one_reported():
         from_torch(FinfoFill().eval(), input_shape=(None, 5, 8))
 
 
-@pytest.mark.parametrize("how", ["getitem", "ints-and-none", "split", "unbind-narrow-select"])
+@pytest.mark.parametrize("how", ["getitem", "ints-and-none", "split", "stack", "unbind-narrow-select"])
 def test_indexing_and_parts(how):
     torch.manual_seed(7)
     check_against_torch(Parts(how), (3, 6))

@@ -1,5 +1,5 @@
 """Functions of several tensors, NumPy's names and rules: `where`, `maximum`, `minimum`, `equal`,
-`not_equal` (elementwise; `<`, `<=`, `>`, `>=` are Tensor operators) and `concat`.
+`not_equal` (elementwise; `<`, `<=`, `>`, `>=` are Tensor operators), `concat` and `stack`.
 
 Each is one op of the table (`ir/ops.py`) through `apply_op`, so eager runs and traces agree; the
 operands are Tensors, NumPy arrays or numbers (broadcast as NumPy does, elementwise), and the result
@@ -46,6 +46,24 @@ def concat(tensors: Sequence[Operand], axis: int = 0) -> Tensor:
     except TypeError:
         raise TypeError(f"concat() takes an int axis; got {axis!r}") from None
     return apply_op("concat", *tensors, axis=axis)
+
+
+def stack(tensors: Sequence[Operand], axis: int = 0) -> Tensor:
+    """The tensors, of one shape, joined along a new axis `axis` (np.stack, torch.stack): each given that
+    axis (`t[..., None, ...]`), then `concat`."""
+    if isinstance(tensors, (Tensor, str, bytes)) or not isinstance(tensors, Sequence) or not tensors:
+        raise TypeError(f"stack() takes a non-empty list or tuple of tensors; got {tensors!r:.60}")
+    check_operands("stack", **{f"tensors[{i}]": t for i, t in enumerate(tensors)})
+    parts = [t if isinstance(t, Tensor) else Tensor(t) for t in tensors]
+    try:
+        axis = operator.index(axis)
+    except TypeError:
+        raise TypeError(f"stack() takes an int axis; got {axis!r}") from None
+    ndim = parts[0].ndim + 1
+    if not -ndim <= axis < ndim:
+        raise ValueError(f"stack axis {axis} is out of range for {ndim - 1}-D tensors")
+    key = (slice(None),) * (axis % ndim) + (None,)
+    return concat([t[key] for t in parts], axis=axis)
 
 
 def equal(a: Operand, b: Operand) -> Tensor:

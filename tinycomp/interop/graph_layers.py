@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..frontend.activations import ReLU, Sigmoid
-from ..frontend.functions import concat, equal, maximum, minimum, not_equal, where
+from ..frontend.functions import concat, equal, maximum, minimum, not_equal, stack, where
 from ..frontend.indexing import AdvancedIndex, index_plan, key_text
 from ..frontend.layers import Layer
 from ..frontend.tensor import Tensor, as_tensor
@@ -146,17 +146,18 @@ class Index(Layer):
 
 
 class Concat(Layer):
-    """Its data inputs joined along `axis` (`tinycomp.nn.concat`: torch.cat, ONNX Concat)."""
+    """Its data inputs joined along `axis` (`tinycomp.nn.concat`: torch.cat, ONNX Concat), or along a new
+    axis there with `new_axis` (`tinycomp.nn.stack`: torch.stack)."""
 
-    def __init__(self, axis: int):
-        self.axis = int(axis)
+    def __init__(self, axis: int, new_axis: bool = False):
+        self.axis, self.new_axis = int(axis), bool(new_axis)
 
     def forward(self, *data: Tensor) -> Tensor:
         """The inputs joined along the axis."""
-        return concat([as_tensor(x) for x in data], axis=self.axis)
+        return (stack if self.new_axis else concat)([as_tensor(x) for x in data], axis=self.axis)
 
     def __repr__(self) -> str:
-        return f"Concat(axis={self.axis})"
+        return f"Concat(axis={self.axis}" + (", new_axis)" if self.new_axis else ")")
 
 
 class Permute(Layer):
@@ -335,13 +336,15 @@ def indexing(key: tuple, shape: Sequence[int | None]) -> Index:
     return Index(key)
 
 
-def joining(axis: int, ranks: Sequence[int]) -> Concat:
-    """`Concat(axis)` of data values of `ranks` dims: one rank, joined along an axis after the batch."""
+def joining(axis: int, ranks: Sequence[int], new_axis: bool = False) -> Concat:
+    """`Concat(axis, new_axis)` of data values of `ranks` dims: one rank, joined along an axis after the
+    batch (a new one with `new_axis`)."""
     for rank in ranks[1:]:
         check_ranks(ranks[0], rank)
-    if not -ranks[0] <= axis < ranks[0] or axis % ranks[0] == 0:
-        raise ValueError(f"axis {axis} of {ranks[0]}-D values: they are joined along an axis after the batch")
-    return Concat(axis)
+    rank = ranks[0] + new_axis
+    if not -rank <= axis < rank or axis % rank == 0:
+        raise ValueError(f"axis {axis} of {rank}-D values: they are joined along an axis after the batch")
+    return Concat(axis, new_axis)
 
 
 def axis_key(rank: int, axis: int, part: slice | int | list[int]) -> tuple:

@@ -50,7 +50,7 @@ NODES = ("calls of supported modules", "relu/sigmoid/tanh/gelu/softmax/log_softm
          "F.dropout", "exp/log/sqrt/rsqrt/abs/neg/reciprocal", "torch.maximum/minimum",
          "clamp/clip/F.relu6/F.hardtanh to fixed bounds", "torch.where/masked_fill", "comparisons and ~ of masks",
          "indexing with ints, slices, ... and None", "split/chunk/unbind/narrow/select along a sample axis",
-         "torch.cat of computed tensors",
+         "torch.cat/stack of computed tensors",
          "view/reshape/transpose/permute/unsqueeze/squeeze/contiguous that keep the batch first",
          "mean/sum/amax not over the batch", "sizes read from x.shape / x.size()")
 BINARY = ("add", "sub", "mul", "div", "matmul", "pow", "maximum", "minimum", "greater", "greater_equal", "less",
@@ -242,10 +242,11 @@ class FxImporter(NodeImporter):
             SHAPED[name](self, node, x, list(args[1:]), kwargs)
         elif name in ("where", "masked_fill"):
             select(self, node, name, list(args), kwargs)
-        elif name in ("cat", "concat", "concatenate"):
+        elif name in ("cat", "concat", "concatenate", "stack"):
             cat(self, node, name, list(args), kwargs)
         else:
-            known = name in (*BINARY, *UNARY, *ALIASES, *SHAPED, "rsqrt", "reciprocal", "where", "masked_fill", "cat")
+            known = name in (*BINARY, *UNARY, *ALIASES, *SHAPED, "rsqrt", "reciprocal", "where", "masked_fill", "cat",
+                             "stack")
             raise self.refuse(node, f"with keyword arguments {', '.join(kwargs)}" if kwargs and known else "")
 
     def binary(self, node: Any, op: str, a: Any, b: Any) -> None:

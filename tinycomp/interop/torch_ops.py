@@ -326,7 +326,8 @@ def pieces(imp: Any, node: Any, x: Data, args: list, kwargs: dict) -> None:
 
 
 def cat(imp: Any, node: Any, name: str, args: list, kwargs: dict) -> None:
-    """torch.cat / concat / concatenate of computed tensors along a dim after the batch."""
+    """torch.cat / concat / concatenate (and torch.stack: along a new dim) of computed tensors along a
+    dim after the batch."""
     given = named(args, kwargs, "tensors", "dim")
     tensors, dim = list(given.get("tensors", [])), given.get("dim", given.get("axis", 0))
     if not tensors or not all(isinstance(t, Data) for t in tensors):
@@ -334,7 +335,7 @@ def cat(imp: Any, node: Any, name: str, args: list, kwargs: dict) -> None:
     if not isinstance(dim, int):
         raise imp.refuse(node, f"dim {dim!r}: an int was expected")
     ranks = [len(imp.shape(node, t)) for t in tensors]
-    imp.layer(node, imp.check(node, joining, dim, ranks), *tensors)
+    imp.layer(node, imp.check(node, joining, dim, ranks, name == "stack"), *tensors)
 
 
 PIECES = {"split": pieces, "chunk": pieces, "unbind": pieces}
