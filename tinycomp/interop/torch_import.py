@@ -38,7 +38,7 @@ def from_torch(module: Any, input_shape: tuple | None = None) -> Layer:
     products of computed tensors (attention), exp/log/sqrt/rsqrt/abs/neg/reciprocal, `view`/
     `reshape` with sizes read from `x.shape`, `transpose`/`permute`/`unsqueeze`/`squeeze` that keep
     the batch first, `mean`/`sum`/`amax` not over it, basic indexing, `split`/`chunk`/`unbind`/
-    `narrow`/`select` and `torch.cat` along an axis after the batch, `masked_fill`/`torch.where`,
+    `narrow`/`select`, `torch.cat` and `torch.stack` along an axis after the batch, `masked_fill`/`torch.where`,
     comparisons and `~` of masks, `clamp` to fixed bounds and `torch.maximum`/`minimum` (`torch_fx`).
     Weights are
     copied (as float32, Linear's transposed to tinycomp's (in, out)); each layer takes the training
