@@ -82,7 +82,7 @@ def test_stack_refuses_what_numpy_refuses():
 
 def test_concat_takes_a_list_of_operands():
     x = Tensor(np.ones((2, 3)))
-    with pytest.raises(TypeError, match="concat\\(\\) takes a list or tuple of tensors; got Tensor"):
+    with pytest.raises(TypeError, match="concat\\(\\) takes a non-empty list or tuple of tensors; got Tensor"):
         concat(x)
     with pytest.raises(TypeError, match=r"concat\(\) takes Tensors, NumPy arrays or numbers; got str as tensors\[1\]"):
         concat([x, "x"])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Sequence
+from typing import Any
 
 from .tensor import Operand, Tensor, apply_op, check_operands
 
@@ -26,53 +27,55 @@ def where(cond: Operand, x: Operand, y: Operand) -> Tensor:
 
 def maximum(a: Operand, b: Operand) -> Tensor:
     """The larger of a and b elementwise, as `np.maximum`: NaN where either is NaN."""
-    check_operands("maximum", a=a, b=b)
-    return apply_op("maximum", a, b)
+    return _of_two("maximum", a, b)
 
 
 def minimum(a: Operand, b: Operand) -> Tensor:
     """The smaller of a and b elementwise, as `np.minimum`: NaN where either is NaN."""
-    check_operands("minimum", a=a, b=b)
-    return apply_op("minimum", a, b)
+    return _of_two("minimum", a, b)
+
+
+def equal(a: Operand, b: Operand) -> Tensor:
+    """1.0 where a == b, else 0.0 (`np.equal`; NaN equals nothing). Tensor's == stays Python's."""
+    return _of_two("equal", a, b)
+
+
+def not_equal(a: Operand, b: Operand) -> Tensor:
+    """1.0 where a != b (NaN included), else 0.0 (`np.not_equal`)."""
+    return _of_two("not_equal", a, b)
+
+
+def _of_two(op: str, a: Operand, b: Operand) -> Tensor:
+    check_operands(op, a=a, b=b)
+    return apply_op(op, a, b)
 
 
 def concat(tensors: Sequence[Operand], axis: int = 0) -> Tensor:
     """The tensors joined along `axis`, as `np.concat` (torch.cat): one rank, equal sizes elsewhere."""
-    if isinstance(tensors, (Tensor, str, bytes)) or not isinstance(tensors, Sequence):
-        raise TypeError(f"concat() takes a list or tuple of tensors; got {type(tensors).__name__}")
-    check_operands("concat", **{f"tensors[{i}]": t for i, t in enumerate(tensors)})
-    try:
-        axis = operator.index(axis)
-    except TypeError:
-        raise TypeError(f"concat() takes an int axis; got {axis!r}") from None
-    return apply_op("concat", *tensors, axis=axis)
+    return apply_op("concat", *_tensor_list("concat", tensors), axis=_int_axis("concat", axis))
 
 
 def stack(tensors: Sequence[Operand], axis: int = 0) -> Tensor:
     """The tensors, of one shape, joined along a new axis `axis` (np.stack, torch.stack): each given that
     axis (`t[..., None, ...]`), then `concat`."""
-    if isinstance(tensors, (Tensor, str, bytes)) or not isinstance(tensors, Sequence) or not tensors:
-        raise TypeError(f"stack() takes a non-empty list or tuple of tensors; got {tensors!r:.60}")
-    check_operands("stack", **{f"tensors[{i}]": t for i, t in enumerate(tensors)})
-    parts = [t if isinstance(t, Tensor) else Tensor(t) for t in tensors]
-    try:
-        axis = operator.index(axis)
-    except TypeError:
-        raise TypeError(f"stack() takes an int axis; got {axis!r}") from None
-    ndim = parts[0].ndim + 1
+    parts = [t if isinstance(t, Tensor) else Tensor(t) for t in _tensor_list("stack", tensors)]
+    axis, ndim = _int_axis("stack", axis), parts[0].ndim + 1
     if not -ndim <= axis < ndim:
         raise ValueError(f"stack axis {axis} is out of range for {ndim - 1}-D tensors")
     key = (slice(None),) * (axis % ndim) + (None,)
     return concat([t[key] for t in parts], axis=axis)
 
 
-def equal(a: Operand, b: Operand) -> Tensor:
-    """1.0 where a == b, else 0.0 (`np.equal`; NaN equals nothing). Tensor's == stays Python's."""
-    check_operands("equal", a=a, b=b)
-    return apply_op("equal", a, b)
+def _tensor_list(fn: str, tensors: Any) -> list[Operand]:
+    """`tensors` as a list, TypeError unless it is a non-empty list or tuple of operands."""
+    if isinstance(tensors, (Tensor, str, bytes)) or not isinstance(tensors, Sequence) or not tensors:
+        raise TypeError(f"{fn}() takes a non-empty list or tuple of tensors; got {type(tensors).__name__}")
+    check_operands(fn, **{f"tensors[{i}]": t for i, t in enumerate(tensors)})
+    return list(tensors)
 
 
-def not_equal(a: Operand, b: Operand) -> Tensor:
-    """1.0 where a != b (NaN included), else 0.0 (`np.not_equal`)."""
-    check_operands("not_equal", a=a, b=b)
-    return apply_op("not_equal", a, b)
+def _int_axis(fn: str, axis: Any) -> int:
+    try:
+        return operator.index(axis)
+    except TypeError:
+        raise TypeError(f"{fn}() takes an int axis; got {axis!r}") from None
