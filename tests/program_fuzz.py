@@ -90,8 +90,9 @@ def run_step(step: Step, values: list, tables: list[Tensor]) -> Tensor:
         return SELECT[a["op"]](v, values[step.args[1]])
     if kind == "slice":
         return v[(slice(None),) * a["axis"] + (a["part"],)]
-    if kind == "concat":
-        return concat([v, values[step.args[1]]], axis=a["axis"])
+    if kind == "concat":  # the other value, or a part of it along the axis: parts of two sizes
+        other = values[step.args[1]]
+        return concat([v, other[(slice(None),) * a["axis"] + (slice(a["cut"]),)]], axis=a["axis"])
     if kind in ("sum", "mean", "max"):
         return getattr(v, kind)(axis=a["axis"], keepdims=a["keepdims"])
     if kind == "softmax":
@@ -186,8 +187,9 @@ def _add_step(draw, p: Program, across_batch: bool) -> None:
             step, out = Step("select", (i, j), {"op": draw(st.sampled_from(sorted(SELECT)))}), shape
         else:
             axis = draw(st.integers(1, nd - 1))
-            step = Step("concat", (i, j), {"axis": axis if draw(st.booleans()) else axis - nd})
-            out = tuple(d * 2 if k + 1 == axis else d for k, d in enumerate(shape))
+            cut = draw(st.integers(1, shape[axis - 1]))
+            step = Step("concat", (i, j), {"axis": axis, "cut": cut})
+            out = tuple(d + cut if k + 1 == axis else d for k, d in enumerate(shape))
     elif kind == "slice" and shape:
         axis = draw(st.integers(1, nd - 1))
         size = shape[axis - 1]

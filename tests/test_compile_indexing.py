@@ -141,6 +141,9 @@ def test_leading_dimensions_follow_the_slice_axis():
     (lambda x: x[:, ::-1], r"indexes \[:, ::-1\]: a slice with step -1"),
     (lambda x: x[:, [2, 0]], r"indexes \[:, \[2, 0\]\] with positions \[2, 0\], which are not an increasing"),
     (lambda x: x[:, [True, False] * 3], r"with an index of type list"),
+    # NumPy moves the axes of an int and a list apart to the front: (2, N) here, not (N, 2)
+    (lambda x: x.reshape(-1, 1, 2, 3)[:, 0, :, [0, 1]], r"a list of positions beside an int"),
+    (lambda x: x[:, 1.5:], r"a slice bound that is not an int"),
     (lambda x: x[None], r"a new axis before the batch axis"),
     (lambda x: x[:, 6], r"index 6 is out of bounds for axis 1 with size 6"),
     (lambda x: x[:, :, 0], r"too many indices for tensor: tensor is 2-dimensional, but 3 were indexed"),

@@ -128,7 +128,7 @@ def test_sums_of_negative_zeros_are_positive_zero_as_numpy_gives():
     """NumPy 2 sums from its identity +0: a sum (or mean) of -0s is +0, so 1 / it is +inf. Compiled
     sums started at -0.0 and gave -inf (a fuzzer's case); along rows, down columns, over two axes."""
     model = Fn(lambda x: 1.0 / x.sum(axis=-1) + 1.0 / x.mean(axis=1).sum(axis=-1, keepdims=True)
-               + 1.0 / x.sum(axis=(1, 2))[:, None])
+               + 1.0 / x.sum(axis=(1, 2))[:, None] + 1.0 / x[:, :1, :1].sum(axis=(1, 2))[:, None])  # one term
     x = np.full((3, 4, 5), -0.0, np.float32)
     want = model(Tensor(x)).data
     assert np.isposinf(want).all(), "NumPy's own rule, which the compiled sums follow"

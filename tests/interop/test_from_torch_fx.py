@@ -173,7 +173,6 @@ class MinGPTBlock(nn.Module):
         self.mlp = nn.ModuleDict(dict(c_fc=nn.Linear(8, 32), c_proj=nn.Linear(32, 8)))
         m = self.mlp
         self.mlpf = lambda x: m.c_proj(F.gelu(m.c_fc(x)))
-        self.register_buffer("calls", torch.zeros(()))
 
     def forward(self, x):
         self.last = x

@@ -18,11 +18,21 @@ from llvmlite import ir
 
 from ..ir.layout import is_batched, is_scalar_const
 from ..ir.ops import broadcast_shapes, combined_axes, fmt_shape, map_leaves, normalized_axis, reduced_axes
+from ..ir.shapes import sliced
 from . import elementwise, gemm, reduce
 from .cgutils import I64, PTR, compile_as_glue, element_ptr, for_range, i64, inline_glue, internal_kernel
 from .elementwise import kernel_key
 from .errors import LoweringError
-from .strided import Strides, broadcast_strides, coalesce, contiguous_strides, emit_strided, nest_loops, sample_dims
+from .strided import (
+    Strides,
+    broadcast_strides,
+    coalesce,
+    contiguous_strides,
+    emit_strided,
+    nest_loops,
+    sample_dims,
+    whole,
+)
 
 if TYPE_CHECKING:
     from .module import _Emitter
@@ -99,7 +109,7 @@ def lower_slice(e: _Emitter, n: str) -> None:
     if axis < 0:
         raise LoweringError(f"slice {n} runs along the batch axis of {fmt_shape(shape)}")
     own = contiguous_strides(sample_dims(shape))
-    start = range(*slice(attrs["start"], attrs["stop"], attrs["step"]).indices(shape[axis + lead]))[0]
+    start = sliced(shape[axis + lead], attrs["start"], attrs["stop"], attrs["step"])[0]
     read = tuple(s * int(attrs["step"]) if k == axis else s for k, s in enumerate(own))
     strides = Strides(math.prod(sample_dims(shape)) if lead else 0, read)
     lower_strided(e, n, ("in", 0), [x], [strides], [start * own[axis]])
@@ -118,9 +128,8 @@ def lower_concat(e: _Emitter, n: str) -> None:
     for x in g.args(n):
         dims = sample_dims(g.shape(x))
         if math.prod(dims) > 0:
-            write = Strides(math.prod(out_dims) if lead else 0, out_strides)
-            read = Strides(math.prod(dims) if lead else 0, contiguous_strides(dims))
-            fn = copy_kernel(e, *coalesce(dims, [write, read]))
+            write = Strides(math.prod(out_dims) if lead else 0, out_strides)  # the whole output's rows
+            fn = copy_kernel(e, *coalesce(dims, [write, whole(dims, bool(lead))]))
             at = element_ptr(e.b, e.pointer(n), i64(start * out_strides[axis])) if start else e.pointer(n)
             e.call(fn, samples(e, n), at, e.pointer(x))
         start += dims[axis]
@@ -167,8 +176,9 @@ def lower_reduce(e: _Emitter, n: str) -> None:
     axes = {a - lead for a in reduced_axes(len(shape), g.attrs(n).get("axis"))}
     groups = reduce_groups(sample_dims(shape), axes)
     if not any(r for _, r in groups):  # only size-1 axes: sum, mean and max of one element are that element
-        out = sample_dims(g.shape(n))  # the same values in the same order
-        lower_strided(e, n, ("in", 0), [x], [Strides(math.prod(out) if lead else 0, contiguous_strides(out))])
+        out = sample_dims(g.shape(n))  # the same values in the same order; a sum from +0, as NumPy 2's
+        expr = ("in", 0) if g.op(n) == "max" else ("add", ("in", 0), ("const", 0.0))  # (-0 + +0 is +0)
+        lower_strided(e, n, expr, [x], [whole(out, bool(lead))])
         return
     key = ("reduce", g.op(n), tuple(groups), e.width)
     fn = e.kernel(key, lambda name: reduce.emit_reduce(e.module, name, g.op(n), groups, e.width))

@@ -45,6 +45,11 @@ def contiguous_strides(shape: Sequence[int]) -> tuple[int, ...]:
     return tuple(reversed(out))
 
 
+def whole(dims: Sequence[int], batched: bool) -> Strides:
+    """How a value of sample `dims` laid out contiguously is read: samples one after another."""
+    return Strides(math.prod(dims) if batched else 0, contiguous_strides(dims))
+
+
 def sample_dims(shape: tuple) -> tuple[int, ...]:
     """The dimensions of one sample: the shape without its leading batch dimension."""
     return tuple(shape[1:]) if shape[:1] == (None,) else tuple(shape)

@@ -59,6 +59,8 @@ def stack(tensors: Sequence[Operand], axis: int = 0) -> Tensor:
     """The tensors, of one shape, joined along a new axis `axis` (np.stack, torch.stack): each given that
     axis (`t[..., None, ...]`), then `concat`."""
     parts = [t if isinstance(t, Tensor) else Tensor(t) for t in _tensor_list("stack", tensors)]
+    if len({tuple(map(str, t.shape)) for t in parts}) > 1:  # str: a traced batch size is N
+        raise ValueError(f"stack takes tensors of one shape; got shapes {', '.join(str(t.shape) for t in parts)}")
     axis, ndim = _int_axis("stack", axis), parts[0].ndim + 1
     if not -ndim <= axis < ndim:
         raise ValueError(f"stack axis {axis} is out of range for {ndim - 1}-D tensors")

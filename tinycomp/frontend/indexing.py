@@ -1,7 +1,9 @@
 """Basic indexing (`x[:, 1:5]`, `x[..., 0]`, `x[:, None]`) as ops of the table, so it can be traced.
 
-A key of ints, slices with a positive step, `...` and `None` is a `slice` op per axis it cuts (an int
-is a slice of one, its axis then dropped) and, where the shape changes otherwise, one `reshape`
+A key of ints, slices with a positive step, `...` and `None` (and one list of positions that is an
+increasing, evenly spaced run, `x[:, [-1]]`, without ints beside it: then NumPy's result is that
+slice's) is a `slice` op per axis it cuts (an int is a slice of one, its axis then dropped) and,
+where the shape changes otherwise, one `reshape`
 (`Tensor._index`). Eager tensors index with NumPy directly (the same values); this plan serves
 traced tensors and a traced model's own parameters, whose slices must follow later changes to them.
 """
@@ -11,7 +13,7 @@ from __future__ import annotations
 import operator
 from typing import Any
 
-from ..ir.shapes import fmt_shape
+from ..ir.shapes import fmt_shape, sliced
 
 Cut = tuple[int, int, int, int]  # (axis, start, stop, step), start and stop within the axis
 
@@ -84,33 +86,38 @@ def index_plan(shape: tuple, key: Any) -> tuple[list[Cut], tuple]:
     out: list[int | None] = []
     axis = 0
     parts = _expand(key, len(shape))
-    if sum(_positions(k) is not None for k in parts) > 1:  # NumPy broadcasts such lists together
+    lists = sum(_positions(k) is not None for k in parts)
+    if lists > 1:  # NumPy broadcasts such lists together
         raise AdvancedIndex("several lists of positions")
+    if lists and any(_as_int(k) is not None for k in parts):  # with a list an int is advanced too: NumPy
+        raise AdvancedIndex("a list of positions beside an int")  # may move their axes to the front
     for k in parts:
         if k is None:
             out.append(1)
             continue
         size, i, positions = shape[axis], _as_int(k), _positions(k)
         if isinstance(k, slice):
+            if any(b is not None and _as_int(b) is None for b in (k.start, k.stop, k.step)):
+                raise AdvancedIndex(f"a slice bound that is not an int ({_shown(k)})")
             if size is None:
                 if k != slice(None) and k.indices(2 ** 62) != (0, 2 ** 62, 1):
                     raise ValueError(f"{_shown(k)} cuts the batch axis of {fmt_shape(shape)}; compiled code "
                                      "keeps each batch whole")
                 out.append(None)
             else:
-                start, stop, step = k.indices(size)
-                if step < 1:
-                    raise ValueError(f"a slice with step {step}: only positive steps are in the op table")
-                if (start, stop, step) != (0, size, 1):
-                    cuts.append((axis, start, stop, step))
-                out.append(len(range(start, stop, step)))
+                taken = sliced(size, k.start, k.stop, k.step)
+                if taken.step < 1:
+                    raise ValueError(f"a slice with step {taken.step}: only positive steps are in the op table")
+                if taken != range(size):
+                    cuts.append((axis, taken.start, taken.stop, taken.step))
+                out.append(len(taken))
         elif positions is not None:  # x[:, [-1]], x[:, [0, 2, 4]]: an evenly spaced run is a slice
             if size is None:
                 raise ValueError(f"positions {positions} pick samples of the batch axis of {fmt_shape(shape)}; "
                                  "compiled code keeps each batch whole")
             start, stop, step = _run_of(positions, size, axis)
             cuts.append((axis, start, stop, step))
-            out.append(len(range(start, stop, step)))
+            out.append(len(sliced(size, start, stop, step)))
         elif i is not None:
             if size is None:
                 raise ValueError(f"index {i} picks one sample of the batch axis of {fmt_shape(shape)}; compiled "

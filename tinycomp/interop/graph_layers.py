@@ -1,13 +1,12 @@
 """Layers for the nodes of imported graphs: single Tensor operations with something fixed about them
-(an operand that is a constant of the graph, an axis permutation, a reduction's axes), and the
-layers models bring that `tinycomp.nn` has no class for (SiLU, LeakyReLU, LogSoftmax, batch norm in
-inference as `ChannelAffine`). Each `forward` is plain Tensor code, so eager runs it and
-`tinycomp.compile` traces it. Below them, the rules both importers apply before making one (which
-graphs would mix samples), each raising ValueError with the reason."""
+(an operand that is a constant of the graph, the constants of a `Where` or a `Clip`, an index, an
+axis permutation, a reduction's axes, the axis of a `Concat`), and the layers models bring that
+`tinycomp.nn` has no class for (SiLU, LeakyReLU, LogSoftmax, batch norm in inference as
+`ChannelAffine`). Each `forward` is plain Tensor code, so eager runs it and `tinycomp.compile`
+traces it. The rules both importers apply before making one are in `graph_rules`."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,7 +14,7 @@ import numpy as np
 
 from ..frontend.activations import ReLU, Sigmoid
 from ..frontend.functions import concat, equal, maximum, minimum, not_equal, stack, where
-from ..frontend.indexing import AdvancedIndex, index_plan, key_text
+from ..frontend.indexing import key_text
 from ..frontend.layers import Layer
 from ..frontend.tensor import Tensor, as_tensor
 
@@ -43,6 +42,16 @@ UNARY = {
     "abs": lambda a: a.abs(),
     "logical_not": lambda a: equal(a, 0.0),  # of a mask (0s and 1s, as comparisons give)
 }
+
+
+def shown(value: Tensor | float | None, absent: str) -> str:
+    """How a layer's repr shows a fixed operand: its shape if a tensor, the number, or `absent`."""
+    return absent if value is None else f"shape={value.shape}" if isinstance(value, Tensor) else f"{value:g}"
+
+
+def tensors_of(*values: Any) -> list[Tensor]:
+    """The values that are tensors: a layer's parameters among its fixed operands."""
+    return [v for v in values if isinstance(v, Tensor)]
 
 
 def fixed_operand(value: Any, *, number_ok: bool = True) -> Tensor | float:
@@ -75,11 +84,10 @@ class ConstantOperand(Layer):
 
     def parameters(self) -> list[Tensor]:
         """`[value]` when it is a tensor; a number is not a parameter."""
-        return [self.value] if isinstance(self.value, Tensor) else []
+        return tensors_of(self.value)
 
     def __repr__(self) -> str:
-        value = f"shape={self.value.shape}" if isinstance(self.value, Tensor) else f"{self.value:g}"
-        return f"ConstantOperand({self.op}, {value}" + (", first)" if self.constant_first else ")")
+        return f"ConstantOperand({self.op}, {shown(self.value, '')}" + (", first)" if self.constant_first else ")")
 
 
 class Where(Layer):
@@ -100,12 +108,10 @@ class Where(Layer):
 
     def parameters(self) -> list[Tensor]:
         """The operands held as tensors."""
-        return [v for v in (self.cond, self.x, self.y) if isinstance(v, Tensor)]
+        return tensors_of(self.cond, self.x, self.y)
 
     def __repr__(self) -> str:
-        shown = ("data" if v is None else f"shape={v.shape}" if isinstance(v, Tensor) else f"{v:g}"
-                 for v in (self.cond, self.x, self.y))
-        return "Where({})".format(", ".join(shown))
+        return "Where({})".format(", ".join(shown(v, "data") for v in (self.cond, self.x, self.y)))
 
 
 class Clip(Layer):
@@ -123,16 +129,16 @@ class Clip(Layer):
 
     def parameters(self) -> list[Tensor]:
         """The bounds held as tensors."""
-        return [v for v in (self.low, self.high) if isinstance(v, Tensor)]
+        return tensors_of(self.low, self.high)
 
     def __repr__(self) -> str:
-        return "Clip({})".format(", ".join("none" if v is None else f"shape={v.shape}" if isinstance(v, Tensor)
-                                           else f"{v:g}" for v in (self.low, self.high)))
+        return f"Clip({shown(self.low, 'none')}, {shown(self.high, 'none')})"
 
 
 class Index(Layer):
-    """x[key] for a basic index: ints, slices, ... and None (`Tensor` indexing, which a traced forward
-    records as slice ops). Slices and splits of imported graphs."""
+    """x[key] for a basic index: ints, slices, ... and None, or one evenly spaced list of positions
+    (`Tensor` indexing, which a traced forward records as slice ops). Slices, splits and gathers of
+    imported graphs."""
 
     def __init__(self, key: Any):
         self.key = key if isinstance(key, tuple) else (key,)
@@ -277,138 +283,3 @@ class ChannelAffine(Layer):
 
     def __repr__(self) -> str:
         return f"ChannelAffine({self.scale.shape[0]})"
-
-
-# ---- what each importer may turn into these layers: ValueError(detail) where it may not; the
-# importer puts the detail into its refusal naming the node
-
-BATCH = "batch"  # in a reshape's target: the input's own batch size
-BATCHES = (97, 101)  # two batch sizes the importers run size arithmetic at: any two distinct ones serve
-
-
-def check_constant(value: np.ndarray, data_rank: int, op: str = "") -> None:
-    """Refuse a constant that would broadcast against data of `data_rank` dims across the batch."""
-    if value.ndim > data_rank:
-        raise ValueError(f"the constant of shape {value.shape} has more dimensions than the data: it would "
-                         "broadcast the batch away from the first axis")
-    # a constant of the data's rank meets the batch with its first axis, which must then be 1; in a
-    # matmul only the axes before the last two broadcast (x (N, K) @ W (K, M) has none)
-    meets_batch = value.ndim == data_rank and (op != "matmul" or data_rank >= 3)
-    if meets_batch and value.shape[0] != 1:
-        raise ValueError(f"the constant of shape {value.shape} varies along the batch axis (its first of "
-                         f"{data_rank}); a constant may hold 1 there")
-
-
-def with_constant(op: str, value: np.ndarray, constant_first: bool, data_rank: int) -> ConstantOperand:
-    """The layer for `data <op> value` (`value <op> data` if constant_first) on data of `data_rank` dims."""
-    check_constant(value, data_rank, op)
-    first = constant_first and op not in ("add", "mul")  # IEEE add and mul commute: data first, as a bias add reads
-    return ConstantOperand(op, value, constant_first=first)
-
-
-def selection(operands: Sequence[np.ndarray | None], data_ranks: Sequence[int]) -> Where:
-    """`Where` for (cond, x, y), each a constant or None for data, the data of `data_ranks` dims."""
-    if not data_ranks:
-        raise ValueError("all three operands are constants: nothing computed to select from")
-    for rank in data_ranks[1:]:
-        check_ranks(data_ranks[0], rank)
-    for value in operands:
-        if value is not None:
-            check_constant(np.asarray(value), data_ranks[0])
-    return Where(*operands)
-
-
-def clipping(low: np.ndarray | None, high: np.ndarray | None, data_rank: int) -> Clip:
-    """`Clip(low, high)` on data of `data_rank` dims (None: no bound)."""
-    for value in (low, high):
-        if value is not None:
-            check_constant(np.asarray(value), data_rank)
-    return Clip(low, high)
-
-
-def indexing(key: tuple, shape: Sequence[int | None]) -> Index:
-    """`Index(key)` on a value of `shape` (None: the batch), refused where compiled code cannot take it
-    (the batch cut, a negative step, an index out of range)."""
-    try:
-        index_plan(tuple(shape), key)
-    except (IndexError, AdvancedIndex) as exc:
-        raise ValueError(f"[{key_text(key)}] on a value of shape {tuple(shape)}: {exc}") from None
-    return Index(key)
-
-
-def joining(axis: int, ranks: Sequence[int], new_axis: bool = False) -> Concat:
-    """`Concat(axis, new_axis)` of data values of `ranks` dims: one rank, joined along an axis after the
-    batch (a new one with `new_axis`)."""
-    for rank in ranks[1:]:
-        check_ranks(ranks[0], rank)
-    rank = ranks[0] + new_axis
-    if not -rank <= axis < rank or axis % rank == 0:
-        raise ValueError(f"axis {axis} of {rank}-D values: they are joined along an axis after the batch")
-    return Concat(axis, new_axis)
-
-
-def axis_key(rank: int, axis: int, part: slice | int | list[int]) -> tuple:
-    """The index that takes `part` (a slice, or one position) of `axis` and all of the other axes."""
-    return (slice(None),) * (axis % rank) + (part,)
-
-
-def check_ranks(left_rank: int, right_rank: int) -> None:
-    """Refuse an elementwise op of two data values of different ranks: NumPy aligns axes from the
-    last, so the lower-rank value's batch axis would meet another axis of the other (samples mixed)."""
-    if left_rank != right_rank:
-        raise ValueError(f"two computed values of ranks {left_rank} and {right_rank}: broadcast from the last "
-                         "axis, the batch axis of one would meet another axis of the other")
-
-
-def check_matmul(left_rank: int | None, right_rank: int | None, names: Sequence[str] = ("", "")) -> None:
-    """Refuse a product of data (rank given; None for a constant) that would contract over the batch:
-    NumPy's matmul contracts the left's last axis with the right's second-to-last. `names` name the
-    operands in the message."""
-    left, right = (f" {name!r}" if name else "" for name in names)
-    if right_rank is not None and right_rank < 3:
-        raise ValueError(f"the right operand{right} is {right_rank}-D data: its contracted axis is the batch, a "
-                         "matrix product across samples")
-    if left_rank is not None and left_rank < 2:
-        raise ValueError(f"the left operand{left} is 1-D data: its only axis, the batch, would be contracted")
-    if left_rank is not None and right_rank is not None and left_rank != right_rank:
-        raise ValueError(f"operands{left} and{right} of ranks {left_rank} and {right_rank}: their batch axes "
-                         "would not meet")
-
-
-def reshape_sample(target: Sequence[int | str], source: Sequence[int] | None) -> list[int]:
-    """The per-sample sizes of a reshape to `target` (ONNX's rule: 0 copies the input's size there,
-    -1 takes what is left; `BATCH` is the batch) on a value of sample sizes `source` (None if
-    unknown). The batch must stay first: `BATCH`, 0, or a -1 that leaves the sample's size whole."""
-    shape = list(target)
-    if not shape or BATCH in shape[1:] or not (shape[0] in (BATCH, 0) or (shape[0] == -1 and -1 not in shape[1:])):
-        raise ValueError(f"shape {shape}: the batch must stay first")
-    sample = [int(d) for d in shape[1:]]
-    if shape[0] == -1 or 0 in sample or -1 in sample:
-        if source is None:
-            raise ValueError(f"shape {shape} needs the sizes of its input after the batch, which are not known")
-        if 0 in sample[len(source):]:
-            raise ValueError(f"shape {shape} copies a size (0) a value of sizes {list(source)} does not have")
-        sample = [source[i] if d == 0 else d for i, d in enumerate(sample)]
-        if shape[0] == -1 and math.prod(sample) != math.prod(source):
-            raise ValueError(f"shape {shape} on a value of sizes {list(source)} after the batch: the -1 would "
-                             "merge samples into one another")
-        if -1 in sample:
-            given, whole = math.prod(d for d in sample if d != -1), math.prod(source)
-            if given == 0 or whole % given:
-                raise ValueError(f"shape {shape} does not fit a value of sizes {list(source)} after the batch")
-            sample[sample.index(-1)] = whole // given
-    return sample
-
-
-def reduction(kind: str, axes: Sequence[int] | None, keepdims: bool, rank: int) -> Reduce:
-    """`Reduce` over `axes` (None or empty: all) of a value of `rank` dims, refused over the batch."""
-    if not axes or any(int(a) % rank == 0 for a in axes):
-        raise ValueError(f"axes {list(axes) if axes else 'all'}: a reduction over the batch (axis 0)")
-    return Reduce(kind, axes, keepdims)
-
-
-def permutation(perm: Sequence[int]) -> Permute:
-    """`Permute(perm)`, refused if it moves the batch."""
-    if perm and perm[0] != 0:
-        raise ValueError(f"perm {list(perm)} moves the batch (axis 0) away from the first axis")
-    return Permute(perm)

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .graph_layers import BATCH, BATCHES
+from .graph_rules import BATCH, BATCHES
 
 MAX_FOLDED = 1 << 22  # elements: a batch-sized constant larger than this is data, not a size
 NOT_FOLDED = ("RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Bernoulli", "Multinomial")

@@ -29,21 +29,20 @@ def from_onnx(model: Any) -> Layer:
     first dimension is the batch (symbolic, or a fixed size the graph's reshapes then name for it).
     Weights (initializers, `Constant` nodes) are copied as float32. Nodes that compute only constants
     and sizes (Shape, Gather, Concat, Cast, ... on constants or on the input's shape: what exporters
-    write for `x.view(x.size(0), -1)`) are run at import by ONNX's reference implementation; the
-    sizes may hold the batch size only as the batch. Data nodes: Gemm (transA=0, a bias C that
-    broadcasts over the batch), MatMul (with a constant on either side, or of two values whose
-    contracted axes are not the batch: batched products, attention), Add, Sub, Mul, Div (a value and
-    a constant, or two values), Pow (by a constant number), Neg, Exp, Log, Sqrt, Abs, Reciprocal,
-    Relu, LeakyRelu, Sigmoid, Tanh, Softmax and LogSoftmax (before opset 13 over all dimensions from
-    their axis on; never over the batch), Gelu (exact and tanh forms; also the exact form's erf chains
-    exporters write below opset 20: `onnx_patterns`), LayerNormalization (last axis),
-    BatchNormalization (inference), ReduceSum/ReduceMean/ReduceMax (not over the
-    batch), Transpose, Reshape, Flatten, Squeeze and Unsqueeze that keep the batch first (Reshape's 0
-    and -1 resolved from ONNX shape inference), Slice, Split, Gather of one position and Concat of
-    values along an axis after the batch, Where, the comparisons (Greater, Less, Equal, ...) and Not/
-    And/Or/Xor of the masks they give, Max/Min of one or two, Clip to constant bounds, Cast to float
-    or bool, Dropout (inference: the identity), Identity. Anything else raises `CompileError` naming
-    the node and its op type.
+    write for `x.view(x.size(0), -1)`) are run at import by ONNX's reference implementation; the sizes
+    may hold the batch size only as the batch. Data nodes: Gemm (transA=0, a bias C that broadcasts over
+    the batch), MatMul (with a constant on either side, or of two values whose contracted axes are not
+    the batch: batched products, attention), Add, Sub, Mul, Div (a value and a constant, or two values),
+    Pow (by a constant number), Neg, Exp, Log, Sqrt, Abs, Reciprocal, Relu, LeakyRelu, Sigmoid, Tanh,
+    Softmax and LogSoftmax (before opset 13 over all dimensions from their axis on; never over the
+    batch), Gelu (exact and tanh forms; also the exact form's erf chains exporters write below opset 20:
+    `onnx_patterns`), LayerNormalization (last axis), BatchNormalization (inference),
+    ReduceSum/ReduceMean/ReduceMax (not over the batch), Transpose, Reshape, Flatten, Squeeze and
+    Unsqueeze that keep the batch first (Reshape's 0 and -1 resolved from ONNX shape inference), Slice,
+    Split, Gather (one position, or an evenly spaced run) and Concat of values along an axis after the
+    batch, Where, the comparisons (Greater, Less, Equal, ...) and Not/ And/Or/Xor of the masks they
+    give, Max/Min of one or two, Clip to constant bounds, Cast to float or bool, Dropout (inference: the
+    identity), Identity. Anything else raises `CompileError` naming the node and its op type.
     Needs the `onnx` package (`pip install 'tinycomp[onnx]'`).
     """
     onnx = require("onnx", "from_onnx", "onnx", "the onnx package")

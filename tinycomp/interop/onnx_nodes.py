@@ -13,12 +13,9 @@ import numpy as np
 
 from .. import nn as tnn
 from .common import Step, linear_from
-from .graph_layers import (
+from .graph_layers import ChannelAffine, ConstantOperand, LeakyReLU, LogSoftmax
+from .graph_rules import (
     BATCH,
-    ChannelAffine,
-    ConstantOperand,
-    LeakyReLU,
-    LogSoftmax,
     axis_key,
     check_matmul,
     check_ranks,
@@ -134,7 +131,9 @@ def clip(imp: Any, node: Any, ins: list[str], a: dict) -> None:
     imp.layer(node, imp.check(node, clipping, *bounds, rank), ins[0])
 
 
-WHOLE = 2 ** 62  # an end at or beyond this is "to the end", a start at or below -WHOLE "from the first"
+# Along the batch a Slice must take everything: a start of 0, or at or below -FIRST (exporters write
+# -2**63), to an end at or beyond TO_END (exporters write INT32_MAX or INT64_MAX), step 1
+FIRST, TO_END = 2 ** 62, 2 ** 31 - 1
 
 
 def slice_(imp: Any, node: Any, ins: list[str], a: dict) -> None:
@@ -156,7 +155,7 @@ def slice_(imp: Any, node: Any, ins: list[str], a: dict) -> None:
     for axis, start, end, step in zip(axes, starts, ends, steps, strict=True):
         axis, start, end, step = axis_of(imp, node, int(axis), rank), int(start), int(end), int(step)
         if axis == 0:
-            if (start == 0 or start <= -WHOLE) and end >= 2 ** 31 - 1 and step == 1:
+            if (start == 0 or start <= -FIRST) and end >= TO_END and step == 1:
                 continue  # the whole batch
             raise imp.refuse(node, f"starts {start}, ends {end}, steps {step} along the batch axis: it stays whole")
         key[axis] = slice(start, end, step)

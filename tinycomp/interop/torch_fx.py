@@ -15,12 +15,10 @@ runs agree, as `x.size(0) % 4` does), and refused where it is read otherwise.
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import inspect
 import math
 import operator
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -29,8 +27,10 @@ from .. import nn as tnn
 from ..errors import CompileError
 from ..frontend.layers import Layer
 from ..ir.shapes import fmt_shape
+from . import graph_layers
 from .common import NodeImporter, Step, chain_or_graph, layer_key, unsupported
-from .graph_layers import BATCHES, ConstantOperand, check_matmul, check_ranks, with_constant
+from .graph_layers import ConstantOperand
+from .graph_rules import check_matmul, check_ranks, with_constant
 from .torch_ops import (
     PIECES,
     SHAPED,
@@ -40,9 +40,11 @@ from .torch_ops import (
     canonical_name,
     cat,
     function_layer,
+    index_key,
     out_of_place,
     select,
 )
+from .torch_trace import example_runs, symbolic_trace
 
 TOP = "(the top module)"  # how errors name the module passed in, which has no path
 NODES = ("calls of supported modules", "relu/sigmoid/tanh/gelu/softmax/log_softmax/silu/leaky_relu/flatten",
@@ -53,9 +55,7 @@ NODES = ("calls of supported modules", "relu/sigmoid/tanh/gelu/softmax/log_softm
          "torch.cat/stack of computed tensors",
          "view/reshape/transpose/permute/unsqueeze/squeeze/contiguous that keep the batch first",
          "mean/sum/amax not over the batch", "sizes read from x.shape / x.size()")
-BINARY = ("add", "sub", "mul", "div", "matmul", "pow", "maximum", "minimum", "greater", "greater_equal", "less",
-          "less_equal", "equal", "not_equal")
-UNARY = ("neg", "exp", "log", "sqrt", "abs", "logical_not")
+BINARY, UNARY = tuple(graph_layers.BINARY), tuple(graph_layers.UNARY)  # the steps GraphModel runs
 ALIASES = ("contiguous", "clone", "detach", "float")  # no change to a float32 value
 PASS_SHAPE = "pass the input's shape, from_torch(module, input_shape=(None, ...))"
 
@@ -154,9 +154,7 @@ class FxImporter(NodeImporter):
 
     def pick(self, node: Any, parts: tuple, key: Any) -> Any:
         """parts[key] for the parts of a split: an int or a slice (read from sizes that are not the batch)."""
-        bounds = (key.start, key.stop, key.step) if isinstance(key, slice) else (key,)
-        if any(isinstance(b, Sized) or b is VARIES for b in bounds):
-            raise self.refuse(node, "it picks parts by a number computed from the batch size")
+        index_key(self, node, key)
         try:
             return parts[key]
         except (TypeError, IndexError) as exc:
@@ -245,8 +243,7 @@ class FxImporter(NodeImporter):
         elif name in ("cat", "concat", "concatenate", "stack"):
             cat(self, node, name, list(args), kwargs)
         else:
-            known = name in (*BINARY, *UNARY, *ALIASES, *SHAPED, "rsqrt", "reciprocal", "where", "masked_fill", "cat",
-                             "stack")
+            known = name in (*BINARY, *UNARY, *ALIASES, *SHAPED, "rsqrt", "reciprocal")
             raise self.refuse(node, f"with keyword arguments {', '.join(kwargs)}" if kwargs and known else "")
 
     def binary(self, node: Any, op: str, a: Any, b: Any) -> None:
@@ -299,95 +296,6 @@ def tainted_value(torch: Any, a: Any, b: Any) -> Any:
     return VARIES
 
 
-
-
-def symbolic_trace(torch: Any, m: Any, concrete_args: dict[str, Any] | None) -> Any:
-    """`torch.fx.symbolic_trace` of `m`'s forward, tried three ways, the first error raised if none works:
-    - on a copy, its buffers read through `self` traced as get_attr nodes: then `self.mask[:T, :T]` with
-      T read from x.size() is recorded (a buffer as a plain tensor cannot be sliced by a traced size)
-      and is fixed where both example runs agree;
-    - on a copy, as fx does by default: a forward that assigns to a buffer (`self.calls += 1`) would
-      put a traced value in it the first way;
-    - on `m` itself, buffers traced, its state put back afterwards: a helper that closes over `m`'s own
-      modules (minGPT's `self.mlpf = lambda x: m.c_proj(...)`) calls modules a copy does not hold."""
-    first: Exception | None = None
-    for proxy_buffers, on_copy in ((True, True), (False, True), (True, False)):
-        try:
-            root = runnable_copy(m) if on_copy else m
-            with state_kept(torch, m, on=not on_copy):
-                tracer = torch.fx.Tracer()
-                tracer.proxy_buffer_attributes = proxy_buffers
-                graph = tracer.trace(root, concrete_args)
-                if not any(isinstance(b, torch.fx.Proxy) for b in tracer.root.buffers()):
-                    return torch.fx.GraphModule(tracer.root, graph, type(m).__name__)
-        except Exception as exc:
-            first = first or exc
-    raise first or TypeError("its forward writes traced values into its buffers")
-
-
-@contextlib.contextmanager
-def state_kept(torch: Any, m: Any, on: bool) -> Iterator[None]:
-    """Put back what tracing `m` itself may change (when `on`): each module's attributes, and the
-    values of its parameters and buffers."""
-    if not on:
-        yield
-        return
-    attributes = [(mod, dict(mod.__dict__), {k: dict(v) for k, v in mod.__dict__.items() if k in OWN})
-                  for mod in m.modules()]
-    values = [(t, t.detach().clone()) for t in (*m.parameters(), *m.buffers())]
-    try:
-        yield
-    finally:
-        for mod, saved, own in attributes:
-            mod.__dict__.clear()
-            mod.__dict__.update(saved)
-            for k, v in own.items():
-                mod.__dict__[k].clear()
-                mod.__dict__[k].update(v)
-        with torch.no_grad():
-            for t, value in values:
-                t.copy_(value)
-
-
-OWN = ("_parameters", "_buffers", "_modules")  # a Module's registries: dicts changed in place
-
-
-def runnable_copy(m: Any) -> Any:
-    """A copy of module `m` to run at import, so that a run leaves the user's module as it was (running
-    statistics, say); `m` itself where it cannot be copied (a tensor attribute that is not a leaf)."""
-    try:
-        return copy.deepcopy(m)
-    except Exception:  # deepcopy refuses non-leaf tensors; the supported layers keep no running state
-        return m
-
-
-def float_dtype(torch: Any, m: Any) -> Any:
-    """The dtype an input to module `m` takes: its first floating parameter's, else float32."""
-    return next((p.dtype for p in m.parameters() if p.is_floating_point()), torch.float32)
-
-
-def example_runs(torch: Any, gm: Any, sample: tuple[int, ...]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Every node's value when the traced forward runs on random inputs of (b, *sample), b each of BATCHES."""
-    dtype = float_dtype(torch, gm)
-
-    class Recorder(torch.fx.Interpreter):
-        def run_node(self, n: Any) -> Any:
-            result = super().run_node(n)
-            self.seen[n.name] = result
-            return result
-
-    runs = []
-    generator = torch.Generator().manual_seed(0)
-    gm = runnable_copy(gm)
-    # one fork for both runs: torch's random stream is left as it was, and a number drawn in forward
-    # differs between the runs, so it is never taken for a constant
-    with torch.no_grad(), torch.random.fork_rng(devices=[]):
-        for batch in BATCHES:
-            recorder = Recorder(gm)
-            recorder.seen = {}
-            recorder.run(torch.randn(batch, *sample, generator=generator, dtype=dtype))
-            runs.append(recorder.seen)
-    return runs[0], runs[1]
 
 
 def from_fx(torch: Any, m: Any, path: str, convert: Callable[[Any, str], Layer],

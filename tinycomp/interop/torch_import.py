@@ -14,8 +14,10 @@ from ..errors import CompileError
 from ..frontend.layers import Layer
 from ..ir.shapes import fmt_shape
 from .common import linear_from, require, unsupported
-from .graph_layers import BATCHES, ChannelAffine, Clip, LeakyReLU, LogSoftmax, SiLU
-from .torch_fx import TOP, float_dtype, from_fx, runnable_copy
+from .graph_layers import ChannelAffine, Clip, LeakyReLU, LogSoftmax, SiLU
+from .graph_rules import BATCHES
+from .torch_fx import TOP, from_fx
+from .torch_trace import float_dtype, runnable_copy
 
 TOLERANCE = 1e-3  # _verify's bound on |imported - torch| over the output's scale: float32 rounding is ~1e-6
 MODULES = ("Sequential", "Linear", "ReLU", "Sigmoid", "Tanh", "GELU", "Softmax", "Dropout", "LayerNorm", "Flatten",

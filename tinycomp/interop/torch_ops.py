@@ -13,13 +13,10 @@ from typing import Any
 from .. import nn as tnn
 from ..frontend.layers import Layer
 from .common import linear_from
-from .graph_layers import (
+from .graph_layers import ChannelAffine, LeakyReLU, LogSoftmax, SiLU
+from .graph_rules import (
     BATCH,
     BATCHES,
-    ChannelAffine,
-    LeakyReLU,
-    LogSoftmax,
-    SiLU,
     axis_key,
     clipping,
     indexing,
@@ -48,11 +45,13 @@ class Sized:
 VARIES = object()  # a fixed-looking value that changes with the batch otherwise (a tensor of batch size)
 
 
-# torch's names of the comparisons and of logical_not (`~mask`), as tinycomp's ops
+# torch's names of the comparisons and of the logic of masks (`~m`, `a & b`: their values are the 0s
+# and 1s comparisons give, so and/or/xor are minimum/maximum/not_equal), as tinycomp's ops
 COMPARED = {"gt": "greater", "ge": "greater_equal", "lt": "less", "le": "less_equal", "eq": "equal",
             "ne": "not_equal", "greater": "greater", "greater_equal": "greater_equal", "less": "less",
             "less_equal": "less_equal", "not_equal": "not_equal", "logical_not": "logical_not",
-            "bitwise_not": "logical_not"}
+            "bitwise_not": "logical_not", "logical_and": "minimum", "bitwise_and": "minimum",
+            "logical_or": "maximum", "bitwise_or": "maximum", "logical_xor": "not_equal", "bitwise_xor": "not_equal"}
 
 
 def out_of_place(torch: Any, target: Any) -> tuple[Any, bool]:
@@ -89,7 +88,8 @@ def canonical_name(torch: Any, node: Any) -> str:
         torch.squeeze: "squeeze",
     }
     names |= {operator.gt: "greater", operator.ge: "greater_equal", operator.lt: "less", operator.le: "less_equal",
-              operator.eq: "equal", operator.ne: "not_equal", operator.invert: "logical_not"}
+              operator.eq: "equal", operator.ne: "not_equal", operator.invert: "logical_not",
+              operator.and_: "minimum", operator.or_: "maximum", operator.xor: "not_equal"}
     names |= {getattr(torch, name): COMPARED[name] for name in COMPARED if hasattr(torch, name)}
     try:
         return names.get(target, getattr(target, "__name__", str(target)))
@@ -271,7 +271,8 @@ def clamp(imp: Any, node: Any, x: Data, args: list, kwargs: dict) -> None:
 
 
 def index_key(imp: Any, node: Any, key: Any) -> tuple:
-    """A getitem key with the sizes it reads resolved: ints, slices of ints, ... and None."""
+    """A getitem key (of data, or of the parts of a split) as a tuple, refused where it reads the batch
+    size or is a computed tensor (advanced indexing)."""
     parts = key if isinstance(key, tuple) else (key,)
     for k in parts:
         bounds = (k.start, k.stop, k.step) if isinstance(k, slice) else (k,)

@@ -286,7 +286,8 @@ OPS: dict[str, OpDef] = {
         OpDef("slice", "view", 1, slice_shape, refs.slice_axis, 0, rounding.slice_axis,
               example=Example(((None, 7),), {"axis": -1, "start": 1, "stop": 6, "step": 2})),
         OpDef("concat", "view", -1, concat_shape, keep_dtype(refs.concat), 0, rounding.concat,
-              example=Example(((None, 2, 3),), {"axis": -1})),  # one operand: a user's concat needs data twice
+              # one operand: the example's others are parameters, and a parameter has no batch axis to join
+              example=Example(((None, 2, 3),), {"axis": -1})),
         _reduction("sum", np.sum),
         _reduction("mean", np.mean),
         _reduction("max", np.max),

@@ -145,8 +145,7 @@ def attention_scores(q: np.ndarray, k: np.ndarray, mask: np.ndarray | None, *, h
     steps = [s, s / c if divide else s * c]
     if mask is not None and mask_fill is not None:
         fill = np.asarray(mask_fill, s.dtype)
-        picked = (mask != 0) if fill_at == "nonzero" else (mask == 0)
-        steps.append(np.where(picked, fill, steps[1]).astype(s.dtype, copy=False))
+        steps.append(np.where(filled(mask, fill_at), fill, steps[1]).astype(s.dtype, copy=False))
     elif mask is not None:
         if mask_value is not None:
             one_minus = np.asarray(1, mask.dtype) - mask
@@ -155,6 +154,11 @@ def attention_scores(q: np.ndarray, k: np.ndarray, mask: np.ndarray | None, *, h
             steps.append(mask)
         steps.append((steps[1] + steps[-1]).astype(s.dtype, copy=False))
     return steps
+
+
+def filled(mask: np.ndarray, fill_at: str) -> np.ndarray:
+    """Where an attention node's `mask_fill` goes: where the mask is nonzero, or zero."""
+    return (mask != 0) if fill_at == "nonzero" else (mask == 0)
 
 
 def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray | None = None, *, heads: int,

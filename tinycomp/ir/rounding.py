@@ -164,8 +164,7 @@ def attention(v, a, m, attrs):
     zero = np.zeros(())
     est = (div if divide else mul)(steps[1], [steps[0], scale], [est, zero], {})
     if len(a) > 3 and fill["mask_fill"] is not None:  # a filled score is exact: where's rule, the mask exact
-        mask = a[3] != 0 if fill["fill_at"] == "nonzero" else a[3] == 0
-        est = np.where(mask, 0.0, est)
+        est = np.where(refs.filled(a[3], fill["fill_at"]), 0.0, est)
     elif len(a) > 3:
         term_est = m[3]
         if mask_value is not None:

@@ -127,6 +127,11 @@ def normalized_axis(ndim: int, axis: int) -> int:
     return axis % ndim
 
 
+def sliced(size: int, start: int | None, stop: int | None, step: int | None = None) -> range:
+    """The positions x[start:stop:step] takes of an axis of `size`, by Python's slice rules."""
+    return range(*slice(start, stop, step).indices(size))
+
+
 def slice_shape(x: Shape, *, axis: int, start: int, stop: int, step: int) -> Shape:
     """x[start:stop:step] along `axis`: Python's slice rules, a positive step (no reversing)."""
     i = normalized_axis(len(x), axis)
@@ -135,7 +140,7 @@ def slice_shape(x: Shape, *, axis: int, start: int, stop: int, step: int) -> Sha
     if x[i] is None:
         raise BatchLayoutError(f"a slice along the batch axis of {fmt_shape(x)} (the batch stays whole)")
     out = list(x)
-    out[i] = len(range(*slice(start, stop, step).indices(x[i])))
+    out[i] = len(sliced(x[i], start, stop, step))
     return tuple(out)
 
 

@@ -18,7 +18,8 @@ The rewrite only goes through when the result is the same computation, op for op
 - a mask term `(1 - m) * c` (c a one-element constant) is folded in as `mask_value`, so the kernel
   reads m itself and rounds as eager does; any other term is added as it is;
 - a masked_fill instead of a term, `where(m, c, scores)` or `where(m, scores, c)`, is folded in as
-  `mask_fill` = c and `fill_at` ("nonzero" or "zero"): the kernel selects, reading m itself.
+  `mask_fill` = c and `fill_at` ("nonzero" or "zero"): the kernel selects, reading m itself; the
+  fill may also come before the scale (`where(m, c, q @ k^T) / s`): the node's fill is then fl(c / s).
 """
 
 from __future__ import annotations
@@ -153,16 +154,22 @@ def match_fill(g: Graph, x: str) -> Scores | None:
     return None
 
 
+def scaled(g: Graph, x: str) -> list[tuple[str, float]]:
+    """(operand, scale) for each way x is that operand times or divided by a one-element constant
+    that keeps its shape (a mul either way round); none where x is read elsewhere too."""
+    if g.op(x) not in ("mul", "div") or g.use_count(x) != 1:
+        return []
+    a, b = g.args(x)
+    orders = ((a, b),) if g.op(x) == "div" else ((a, b), (b, a))
+    return [(v, c) for v, c in ((v, number(g, c, x)) for v, c in orders) if c is not None and g.shape(v) == g.shape(x)]
+
+
 def match_scaled_fill(g: Graph, x: str) -> Scores | None:
     """`where(m, c, q @ k^T) * s` (or / s): the fill before the scale, as `(q @ k^T).masked_fill(...) /
     sqrt(d)` writes it. The same as scaling first and filling with fl(c * s) (fl(c / s)): each element
     is either the fill, scaled once, or a score, scaled once."""
-    if g.op(x) not in ("mul", "div") or g.use_count(x) != 1:
-        return None
-    a, b = g.args(x)
-    for inner, c in ((a, b),) if g.op(x) == "div" else ((a, b), (b, a)):
-        scale = number(g, c, x)
-        if scale is None or g.op(inner) != "where" or g.use_count(inner) != 1 or g.shape(inner) != g.shape(x):
+    for inner, scale in scaled(g, x):
+        if g.op(inner) != "where" or g.use_count(inner) != 1:
             continue
         found = match_fill(g, inner)
         if found is None or found[1]["scale"] != 1.0:  # a scale on both sides of the fill: not one node's
@@ -170,8 +177,9 @@ def match_scaled_fill(g: Graph, x: str) -> Scores | None:
         matmul, attrs, mask, folded = found
         fill, s = np.float32(attrs["mask_fill"]), np.float32(scale)
         with np.errstate(all="ignore"):  # an infinite fill stays infinite; NaN stays NaN
-            scaled = fill / s if g.op(x) == "div" else fill * s
-        attrs = {**attrs, "scale": scale, "mask_fill": float(scaled), **({"divide": True} if g.op(x) == "div" else {})}
+            scaled_fill = fill / s if g.op(x) == "div" else fill * s
+        attrs = {**attrs, "scale": scale, "mask_fill": float(scaled_fill),
+                 **({"divide": True} if g.op(x) == "div" else {})}
         return matmul, attrs, mask, [x, *folded]
     return None
 
@@ -179,16 +187,13 @@ def match_scaled_fill(g: Graph, x: str) -> Scores | None:
 def match_scale(g: Graph, x: str, attrs: dict, mask: str | None, folded: list[str]) -> Scores | None:
     """The rest of `match_scores` from x: [mul or div by a one-element constant] of the matmul."""
     attrs = {"scale": 1.0, **attrs}
-    if g.op(x) in ("mul", "div") and g.use_count(x) == 1:
-        a, b = g.args(x)
-        for scores, c in ((a, b),) if g.op(x) == "div" else ((a, b), (b, a)):
-            value = number(g, c, x)
-            if g.op(scores) == "matmul" and value is not None and g.shape(scores) == g.shape(x):
-                attrs["scale"] = value
-                if g.op(x) == "div":
-                    attrs["divide"] = True
-                folded, x = [*folded, x], scores
-                break
+    for scores, value in scaled(g, x):
+        if g.op(scores) == "matmul":
+            attrs["scale"] = value
+            if g.op(x) == "div":
+                attrs["divide"] = True
+            folded, x = [*folded, x], scores
+            break
     if g.op(x) != "matmul" or g.use_count(x) != 1:
         return None
     return x, attrs, mask, [*folded, x]

@@ -1,0 +1,101 @@
+"""How `from_torch` runs a module's forward at import: traced by torch.fx (three ways, the module left
+as it was), and run by the traced graph on random inputs at the two batch sizes of `BATCHES`, on
+copies, with torch's random stream left where it was."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Iterator
+from typing import Any
+
+from .graph_rules import BATCHES
+
+
+def symbolic_trace(torch: Any, m: Any, concrete_args: dict[str, Any] | None) -> Any:
+    """`torch.fx.symbolic_trace` of `m`'s forward, tried three ways, the first error raised if none works:
+    - on a copy, its buffers read through `self` traced as get_attr nodes: then `self.mask[:T, :T]` with
+      T read from x.size() is recorded (a buffer as a plain tensor cannot be sliced by a traced size)
+      and is fixed where both example runs agree;
+    - on a copy, as fx does by default: a forward that assigns to a buffer (`self.calls += 1`) would
+      put a traced value in it the first way;
+    - on `m` itself, buffers traced, its state put back afterwards: a helper that closes over `m`'s own
+      modules (minGPT's `self.mlpf = lambda x: m.c_proj(...)`) calls modules a copy does not hold."""
+    first: Exception | None = None
+    for proxy_buffers, on_copy in ((True, True), (False, True), (True, False)):
+        try:
+            root = runnable_copy(m) if on_copy else m
+            with state_kept(torch, m, on=not on_copy):
+                tracer = torch.fx.Tracer()
+                tracer.proxy_buffer_attributes = proxy_buffers
+                graph = tracer.trace(root, concrete_args)
+                if not any(isinstance(b, torch.fx.Proxy) for b in tracer.root.buffers()):
+                    return torch.fx.GraphModule(tracer.root, graph, type(m).__name__)
+        except Exception as exc:
+            first = first or exc
+    raise first or TypeError("its forward writes traced values into its buffers")
+
+
+@contextlib.contextmanager
+def state_kept(torch: Any, m: Any, on: bool) -> Iterator[None]:
+    """Put back what tracing `m` itself may change (when `on`): each module's attributes, and the
+    values of its parameters and buffers."""
+    if not on:
+        yield
+        return
+    attributes = [(mod, dict(mod.__dict__), {k: dict(v) for k, v in mod.__dict__.items() if k in OWN})
+                  for mod in m.modules()]
+    values = [(t, t.detach().clone()) for t in (*m.parameters(), *m.buffers())]
+    try:
+        yield
+    finally:
+        for mod, saved, own in attributes:
+            mod.__dict__.clear()
+            mod.__dict__.update(saved)
+            for k, v in own.items():
+                mod.__dict__[k].clear()
+                mod.__dict__[k].update(v)
+        with torch.no_grad():
+            for t, value in values:
+                t.copy_(value)
+
+
+OWN = ("_parameters", "_buffers", "_modules")  # a Module's registries: dicts changed in place
+
+
+def runnable_copy(m: Any) -> Any:
+    """A copy of module `m` to run at import, so that a run leaves the user's module as it was (running
+    statistics, say); `m` itself where it cannot be copied (a tensor attribute that is not a leaf)."""
+    try:
+        return copy.deepcopy(m)
+    except Exception:  # deepcopy refuses non-leaf tensors; the supported layers keep no running state
+        return m
+
+
+def float_dtype(torch: Any, m: Any) -> Any:
+    """The dtype an input to module `m` takes: its first floating parameter's, else float32."""
+    return next((p.dtype for p in m.parameters() if p.is_floating_point()), torch.float32)
+
+
+def example_runs(torch: Any, gm: Any, sample: tuple[int, ...]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Every node's value when the traced forward runs on random inputs of (b, *sample), b each of BATCHES."""
+    dtype = float_dtype(torch, gm)
+
+    class Recorder(torch.fx.Interpreter):
+        def run_node(self, n: Any) -> Any:
+            result = super().run_node(n)
+            self.seen[n.name] = result
+            return result
+
+    runs = []
+    generator = torch.Generator().manual_seed(0)
+    gm = runnable_copy(gm)
+    # one fork for both runs: torch's random stream is left as it was, and a number drawn in forward
+    # differs between the runs, so it is never taken for a constant
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        for batch in BATCHES:
+            recorder = Recorder(gm)
+            recorder.seen = {}
+            recorder.run(torch.randn(batch, *sample, generator=generator, dtype=dtype))
+            runs.append(recorder.seen)
+    return runs[0], runs[1]
