@@ -26,7 +26,7 @@ from tinycomp.frontend.tracer import trace
 from tinycomp.frontend.transformer import scaled_dot_product_attention
 from tinycomp.ir.passes import run_pipeline
 from tinycomp.nn import Layer, MultiHeadAttention, Tensor, manual_seed
-from tinycomp.parity import check_parity
+from tinycomp.parity import check_parity, float64_reference
 from tinycomp.runtime.engine import JitEngine
 from tinycomp.runtime.kernel import NativeKernel
 
@@ -305,6 +305,24 @@ def test_an_infinite_value_behind_a_tiny_probability_gives_infinity_as_eager(sk)
     assert np.isneginf(eager[0]).all() and np.isnan(eager[1]).all() and np.isfinite(eager[2]).all()
     np.testing.assert_array_equal(got[:2], eager[:2])  # -inf and NaN where eager has them
     np.testing.assert_allclose(got[2], eager[2], rtol=2e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("sk, value", [(100, 123.0), (333, 123.0), (1000, 0.7), (1000, -3.0)])
+def test_long_key_sequences_sum_their_values_in_runs(sk, value):
+    """Uniform weights over V of one value: every term's rounding goes one way, so one FMA chain over
+    the keys piled them up (123.000137 against eager's 123 at Sk = 100, past the parity rule; 3-12 x
+    eager's error up to 1,000 keys). Runs of TERMS_PER_SUM keys summed from zero stay within it."""
+    shapes = [(None, 4, 4), (None, sk, 4), (None, sk, 4)]
+    q, k = np.zeros((2, 4, 4), np.float32), np.zeros((2, sk, 4), np.float32)
+    v = np.full((2, sk, 4), value, np.float32)
+    model = PlainAttention()
+    fast = tc.compile(model, input_shape=shapes)
+    assert fast.graph.op_counts().get("attention") == 1
+    got = fast(q, k, v).data
+    report = check_parity(got, model(Tensor(q), Tensor(k), Tensor(v)).data,
+                          float64_reference(tc.trace(model, shapes), [q, k, v]))
+    assert report.ok, str(report)
+    assert np.abs(got - value).max() <= 4 * abs(value) * 2.0 ** -23  # a handful of roundings, not sk of them
 
 
 @pytest.mark.parametrize("sk", [2, 40, 100])

@@ -189,6 +189,64 @@ def test_a_forward_that_calls_its_own_modules_through_a_closure():
     check_against_torch(module, (4, 8))
 
 
+class Uncopyable(nn.Module):
+    """deepcopy refuses its non-leaf tensor attribute, so the import runs the module itself; its
+    batch norm in training mode updates running statistics when run, and its forward keeps a list."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc, self.bn = nn.Linear(4, 4), nn.BatchNorm1d(4)
+        self.s = torch.ones(4, requires_grad=True) * 2  # not a leaf: deepcopy raises
+        self.seen = []
+
+    def forward(self, x):
+        self.seen.append(x)
+        return self.bn(self.fc(x)) * self.s.detach()
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_the_users_module_is_left_as_it_was_even_when_it_cannot_be_copied(mode):
+    """A hunt found an import flipping such a module to eval, counting two batches in its batch norm
+    (and moving its statistics), and leaving a traced value in its list; refused or not."""
+    module = Uncopyable().train(mode == "train")
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    if mode == "train":
+        with pytest.raises(tc.CompileError, match="BatchNorm1d"):
+            from_torch(module, input_shape=(None, 4))
+    else:
+        check_imported(from_torch(module, input_shape=(None, 4)), run_torch(module), 4)
+        module.seen.clear()  # check_imported's own torch runs appended to it
+    assert module.training == (mode == "train") and module.bn.training == (mode == "train")
+    assert all(torch.equal(before[k], v) for k, v in module.state_dict().items()) and module.seen == []
+
+
+def test_a_softmax_of_rows_all_masked_is_refused_naming_why():
+    """torch's softmax of a row that is all -inf is NaN, tinycomp's (TinyTorch's) zeros: the check
+    against the module says so, not 'in place through another name'."""
+    class AllMasked(nn.Module):
+        def forward(self, x):
+            return torch.softmax(x.masked_fill(x > -5, float("-inf")), -1)
+
+    with pytest.raises(tc.CompileError, match=r"torch gives NaN at \d+ places where the import gives numbers: a "
+                                              r"softmax of a row that is all -inf"):
+        from_torch(AllMasked().eval(), input_shape=(None, 4))
+
+
+def test_in_place_writes_through_detach_show_in_the_tensor():
+    class Detached(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, x):
+            a = self.fc(x)
+            a.detach().add_(1)  # a shares its storage with what detach returns
+            return a
+
+    module = Detached().eval()
+    check_imported(from_torch(module), run_torch(module), 4)  # without input_shape: no check against torch
+
+
 def test_the_first_tracing_error_is_the_one_reported():
     class FinfoFill(nn.Module):  # torch.finfo of a traced dtype: fx cannot trace it
         def __init__(self):

@@ -74,7 +74,8 @@ def joining(axis: int, ranks: Sequence[int], new_axis: bool = False) -> Concat:
         check_ranks(ranks[0], rank)
     rank = ranks[0] + new_axis
     if not -rank <= axis < rank or axis % rank == 0:
-        raise ValueError(f"axis {axis} of {rank}-D values: they are joined along an axis after the batch")
+        joined = f"{ranks[0]}-D values stacked ({rank}-D)" if new_axis else f"{rank}-D values"
+        raise ValueError(f"axis {axis} of {joined}: they are joined along an axis after the batch")
     return Concat(axis, new_axis)
 
 

@@ -198,10 +198,15 @@ class FxImporter(NodeImporter):
         first argument, given by position or by name (input=...)."""
         source = node.args[0] if node.args else next(iter(node.kwargs.values()), None)
         if inplace and isinstance(source, self.torch.fx.Node):
-            names = self.same_tensor.get(source.name, {source.name}) | {node.name}
-            for name in names:
+            for name in self.join(node.name, source.name):
                 self.values[name] = self.values[node.name]
-                self.same_tensor[name] = names
+
+    def join(self, a: str, b: str) -> set[str]:
+        """Record that nodes a and b are one tensor (with every node either already was); the names."""
+        names = self.same_tensor.get(a, {a}) | self.same_tensor.get(b, {b})
+        for name in names:
+            self.same_tensor[name] = names
+        return names
 
     def call(self, node: Any, name: str) -> None:
         """The layer or step for a call on data; an in-place form (`masked_fill_`, `F.hardtanh_`) as the
@@ -236,6 +241,8 @@ class FxImporter(NodeImporter):
             self.layer(node, ConstantOperand("div", 1.0, constant_first=True), x)
         elif name in ALIASES and len(args) == 1 and not kwargs:
             self.values[node.name] = x
+            if name != "clone":  # detach, contiguous, float: the same tensor, so in-place writes show in both
+                self.join(node.name, node.args[0].name)
         elif name in SHAPED and isinstance(x, Data):
             SHAPED[name](self, node, x, list(args[1:]), kwargs)
         elif name in ("where", "masked_fill"):

@@ -17,7 +17,7 @@ from .common import linear_from, require, unsupported
 from .graph_layers import ChannelAffine, Clip, LeakyReLU, LogSoftmax, SiLU
 from .graph_rules import BATCHES
 from .torch_fx import TOP, from_fx
-from .torch_trace import float_dtype, runnable_copy
+from .torch_trace import float_dtype, runnable
 
 TOLERANCE = 1e-3  # _verify's bound on |imported - torch| over the output's scale: float32 rounding is ~1e-6
 MODULES = ("Sequential", "Linear", "ReLU", "Sigmoid", "Tanh", "GELU", "Softmax", "Dropout", "LayerNorm", "Flatten",
@@ -84,13 +84,14 @@ def _verify(torch: Any, module: Any, model: Layer, sample: tuple[int, ...]) -> N
     through another name, say) shows as different values."""
     dtype = float_dtype(torch, module)
     shown = fmt_shape((BATCHES[0], *sample))
-    reference, imported = runnable_copy(module).eval(), copy.deepcopy(model)
+    imported = copy.deepcopy(model)
     imported.eval()
     try:
         x = torch.randn(BATCHES[0], *sample, generator=torch.Generator().manual_seed(1), dtype=dtype)
         given = x.float().numpy().copy()  # before the module runs: a forward may write into its input
-        with torch.no_grad(), torch.random.fork_rng(devices=[]):  # leave torch's random stream where it was
-            want = reference(x)
+        # leave torch's random stream where it was, and the user's module as it is
+        with torch.no_grad(), torch.random.fork_rng(devices=[]), runnable(torch, module) as reference:
+            want = reference.eval()(x)
         with np.errstate(all="ignore"):  # NaN or inf where the module's own forward makes them
             got = imported(given).data
     except Exception as exc:
@@ -107,10 +108,14 @@ def _verify(torch: Any, module: Any, model: Layer, sample: tuple[int, ...]) -> N
         np.array_equal(got[np.isinf(want_np)], want_np[np.isinf(want_np)])  # NaN where torch has NaN, same infinities
     bound = max(TOLERANCE, 16 * float(torch.finfo(dtype).eps))  # a bfloat16 module rounds at 2^-8
     if not (specials_match and err <= bound * scale):
+        nan_only_in_torch = int((np.isnan(want_np) & ~np.isnan(got)).sum())
+        why = (f"torch gives NaN at {nan_only_in_torch} places where the import gives numbers: a softmax of a row "
+               "that is all -inf (every key masked) is NaN in torch and zeros in tinycomp" if nan_only_in_torch else
+               "its forward may change a tensor in place through another name (h += ..., inplace ops), which "
+               "torch.fx does not record, or draw random numbers")
         raise CompileError(f"the model imported from {type(module).__name__} computes other values than the module "
                            f"(max |difference| {err:.3g}, output scale {scale:.3g}, on a random input of shape "
-                           f"{shown}, both in eval mode): its forward may change a tensor in place through another "
-                           "name (h += ..., inplace ops), which torch.fx does not record, or draw random numbers")
+                           f"{shown}, both in eval mode): {why}")
 
 
 def _sample_shape(input_shape: tuple | None) -> tuple[int, ...] | None:
@@ -158,8 +163,9 @@ def _output_sample(torch: Any, m: Any, sample: tuple[int, ...] | None) -> tuple[
     if sample is None:
         return None
     try:
-        with torch.random.fork_rng(devices=[]):  # leave torch's random stream where it was (dropout draws)
-            return tuple(runnable_copy(m)(torch.zeros(2, *sample, dtype=float_dtype(torch, m))).shape[1:])
+        # leave torch's random stream where it was (dropout draws), and the user's module as it is
+        with torch.random.fork_rng(devices=[]), runnable(torch, m) as run:
+            return tuple(run(torch.zeros(2, *sample, dtype=float_dtype(torch, m))).shape[1:])
     except Exception as exc:
         raise CompileError(f"cannot import module of type {type(m).__name__}: it fails on an input of shape "
                            f"{fmt_shape((None, *sample))} ({type(exc).__name__}: {exc})") from exc

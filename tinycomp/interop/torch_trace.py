@@ -24,8 +24,7 @@ def symbolic_trace(torch: Any, m: Any, concrete_args: dict[str, Any] | None) -> 
     first: Exception | None = None
     for proxy_buffers, on_copy in ((True, True), (False, True), (True, False)):
         try:
-            root = runnable_copy(m) if on_copy else m
-            with state_kept(torch, m, on=not on_copy):
+            with (runnable(torch, m) if on_copy else state_kept(torch, m)) as root:
                 tracer = torch.fx.Tracer()
                 tracer.proxy_buffer_attributes = proxy_buffers
                 graph = tracer.trace(root, concrete_args)
@@ -37,39 +36,42 @@ def symbolic_trace(torch: Any, m: Any, concrete_args: dict[str, Any] | None) -> 
 
 
 @contextlib.contextmanager
-def state_kept(torch: Any, m: Any, on: bool) -> Iterator[None]:
-    """Put back what tracing `m` itself may change (when `on`): each module's attributes, and the
-    values of its parameters and buffers."""
-    if not on:
-        yield
-        return
-    attributes = [(mod, dict(mod.__dict__), {k: dict(v) for k, v in mod.__dict__.items() if k in OWN})
-                  for mod in m.modules()]
+def state_kept(torch: Any, m: Any) -> Iterator[Any]:
+    """`m`, and afterwards back as it was whatever running or tracing it changed: each module's
+    attributes (its training flag among them) and the contents of the lists, dicts and sets they hold
+    (a forward that appends to `self.seen`), and the values of its parameters and buffers (running
+    statistics)."""
+    attributes = [(mod, dict(mod.__dict__)) for mod in m.modules()]
+    contents = [(c, copy.copy(c)) for _, saved in attributes for c in saved.values()
+                if type(c) in (list, dict, set)] + \
+        [(c, copy.copy(c)) for mod, _ in attributes for c in (mod._parameters, mod._buffers, mod._modules)]
     values = [(t, t.detach().clone()) for t in (*m.parameters(), *m.buffers())]
     try:
-        yield
+        yield m
     finally:
-        for mod, saved, own in attributes:
+        for mod, saved in attributes:
             mod.__dict__.clear()
             mod.__dict__.update(saved)
-            for k, v in own.items():
-                mod.__dict__[k].clear()
-                mod.__dict__[k].update(v)
+        for container, saved_contents in contents:
+            container.clear()
+            container.update(saved_contents) if not isinstance(container, list) else container.extend(saved_contents)
         with torch.no_grad():
             for t, value in values:
                 t.copy_(value)
 
 
-OWN = ("_parameters", "_buffers", "_modules")  # a Module's registries: dicts changed in place
-
-
-def runnable_copy(m: Any) -> Any:
-    """A copy of module `m` to run at import, so that a run leaves the user's module as it was (running
-    statistics, say); `m` itself where it cannot be copied (a tensor attribute that is not a leaf)."""
+@contextlib.contextmanager
+def runnable(torch: Any, m: Any) -> Iterator[Any]:
+    """Module `m` to run at import without changing the user's module: a copy, or where it cannot be
+    copied (deepcopy refuses a tensor attribute that is not a leaf) `m` itself, put back afterwards."""
     try:
-        return copy.deepcopy(m)
-    except Exception:  # deepcopy refuses non-leaf tensors; the supported layers keep no running state
-        return m
+        m_copy = copy.deepcopy(m)
+    except Exception:
+        with state_kept(torch, m):
+            yield m
+        return
+    yield m_copy
+
 
 
 def float_dtype(torch: Any, m: Any) -> Any:
@@ -89,10 +91,9 @@ def example_runs(torch: Any, gm: Any, sample: tuple[int, ...]) -> tuple[dict[str
 
     runs = []
     generator = torch.Generator().manual_seed(0)
-    gm = runnable_copy(gm)
     # one fork for both runs: torch's random stream is left as it was, and a number drawn in forward
     # differs between the runs, so it is never taken for a constant
-    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+    with torch.no_grad(), torch.random.fork_rng(devices=[]), runnable(torch, gm) as gm:
         for batch in BATCHES:
             recorder = Recorder(gm)
             recorder.seen = {}
