@@ -203,6 +203,21 @@ def test_masks_computed_from_data():
     check_samples(b.model(h, SAMPLE))
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # log of negatives, 1 / 0: the NaN and inf tested
+@pytest.mark.parametrize("positive, negative", [(1, 1), (1, 0), (0, 1)])
+def test_is_nan_and_is_inf_on_special_values(positive, negative):
+    b = Builder(4, sample=(6,))
+    log = b.node("Log", ["x"])
+    clean = b.node("Where", [b.node("IsNaN", [log]), scalar(b, 0.0), log])
+    inf = b.node("IsInf", [b.node("Div", [scalar(b, 1.0), "x"])], detect_positive=positive, detect_negative=negative)
+    blob = b.model(b.node("Add", [clean, b.node("Cast", [inf], to=TensorProto.FLOAT)]), (6,))
+    x = np.array([[0.0, -0.0, -1.0, 2.0, np.inf, np.nan], [1e-45, -3.0, 0.5, -np.inf, 7.0, 0.0]], np.float32)
+    model, want = from_onnx(blob), runtime(blob)(x)
+    fast = tc.compile(model, input_shape=(None, 6))
+    np.testing.assert_array_equal(model(x).data, want)
+    np.testing.assert_array_equal(fast(x).data, want)
+
+
 @pytest.mark.parametrize("opset", [6, 11])
 def test_clip_bounds_as_attributes_and_as_inputs(opset):
     b = Builder(4, seed=7, sample=SAMPLE)
@@ -348,6 +363,17 @@ def test_nanogpt_attention_exported_by_torch(last):
     kinds = {n.op_type for n in onnx.load_from_string(blob).graph.node}
     assert {"Where", "Split" if "Split" in kinds else "Slice"} <= kinds and ("Gather" in kinds or not last)
     check_samples(blob, (5, 16), scale=1.0)
+
+
+@pytest.mark.parametrize("mode", ["causal", "bool-mask"])
+def test_scaled_dot_product_attention_exported_by_torch(mode):
+    """torch writes F.scaled_dot_product_attention out in ONNX ops (q and k each scaled by a root of
+    the scale, a causal mask built from the sizes): it imports and matches ONNX Runtime."""
+    torch = pytest.importorskip("torch", reason="PyTorch is not installed (pip install 'tinycomp[torch]')")
+    from torch_models import FlashAttention
+
+    torch.manual_seed(14)
+    check_samples(exported_by_torch(FlashAttention(mode=mode), (5, 16), 17), (5, 16), scale=1.0)
 
 
 def test_lets_build_gpt_block_exported_by_torch():

@@ -13,7 +13,13 @@ nn = torch.nn
 F = nn.functional
 
 from interop_helpers import assert_close_to_framework, check_imported  # noqa: E402
-from torch_models import FlattenThenLinear, KarpathyBlock, NanoGPTAttention, StudentBlock  # noqa: E402
+from torch_models import (  # noqa: E402
+    FlashAttention,
+    FlattenThenLinear,
+    KarpathyBlock,
+    NanoGPTAttention,
+    StudentBlock,
+)
 
 import tinycomp as tc  # noqa: E402
 from tinycomp.interop import GraphModel, from_torch  # noqa: E402
@@ -94,6 +100,27 @@ def test_heads_joined_with_cat_as_in_lets_build_gpt():
     fast = check_against_torch(nn.Sequential(KarpathyBlock(), KarpathyBlock()), (5, 16))
     counts = fast.graph.op_counts()
     assert counts.get("attention") == 8 and counts.get("concat") == 2 and "where" not in counts
+
+
+@pytest.mark.parametrize("mode", ["causal", "bool-mask", "float-mask", "data-mask"])
+def test_scaled_dot_product_attention_is_the_fused_kernel(mode):
+    torch.manual_seed(13)
+    fast = check_against_torch(FlashAttention(mode=mode), (5, 16))
+    assert fast.graph.op_counts().get("attention") == 1
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda q, k, v: F.scaled_dot_product_attention(q, k, v, dropout_p=0.1), r"dropout_p > 0 \(it drops at inference"),
+    (lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=q[..., :1] > 0, is_causal=True),
+     r"is_causal=True with an attn_mask"),
+])
+def test_scaled_dot_product_attention_refusals(call, match):
+    class Call(nn.Module):
+        def forward(self, x):
+            return call(x, x, x)
+
+    with pytest.raises(tc.CompileError, match=match):
+        from_torch(Call().eval(), input_shape=(None, 2, 5, 4))
 
 
 class Parts(nn.Module):

@@ -101,3 +101,31 @@ class KarpathyBlock(nn.Module):
         h = self.ln1(x)
         x = x + self.proj(torch.cat([head(h) for head in self.heads], dim=-1))
         return x + self.ffwd(self.ln2(x))
+
+
+class FlashAttention(nn.Module):
+    """nanoGPT's attention on its flash path: F.scaled_dot_product_attention, causal (as nanoGPT calls
+    it), or with a bool mask cut from a buffer, a float mask (added) and its own scale, or a bool
+    mask computed from the input."""
+
+    def __init__(self, embed: int = 16, heads: int = 2, mode: str = "causal"):
+        super().__init__()
+        self.c_attn, self.c_proj = nn.Linear(embed, 3 * embed), nn.Linear(embed, embed)
+        self.heads, self.embed, self.mode = heads, embed, mode
+        self.register_buffer("keep", (torch.rand(8, 8) < 0.7) | torch.eye(8, dtype=torch.bool))
+        self.register_buffer("bias", torch.randn(8, 8))
+
+    def forward(self, x):
+        B, T, C = x.size()
+        q, k, v = self.c_attn(x).split(self.embed, dim=2)
+        q, k, v = (t.view(B, T, self.heads, C // self.heads).transpose(1, 2) for t in (q, k, v))
+        if self.mode == "causal":
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p=0.1 if self.training else 0,
+                                               is_causal=True)
+        elif self.mode == "bool-mask":
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=self.keep[:T, :T])
+        elif self.mode == "float-mask":
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=self.bias[:T, :T], scale=0.3)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=(x.sum(-1) > -3)[:, None, None, :])
+        return self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C))

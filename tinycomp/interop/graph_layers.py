@@ -7,12 +7,13 @@ traces it. The rules both importers apply before making one are in `graph_rules`
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from ..frontend.activations import ReLU, Sigmoid
+from ..frontend.activations import ReLU, Sigmoid, Softmax
 from ..frontend.functions import concat, equal, maximum, minimum, not_equal, stack, where
 from ..frontend.indexing import key_text
 from ..frontend.layers import Layer
@@ -164,6 +165,43 @@ class Concat(Layer):
 
     def __repr__(self) -> str:
         return f"Concat(axis={self.axis}" + (", new_axis)" if self.new_axis else ")")
+
+
+class Attention(Layer):
+    """softmax(q @ k^T * scale, masked) @ v: torch's F.scaled_dot_product_attention without dropout, in
+    the ops tinycomp fuses back into one attention kernel. `scale` None: 1 / sqrt(q's last size).
+    `causal`: a query sees the keys up to its own position (torch's tril, top-left aligned). A mask
+    `selects` (a bool mask: keep where true, -inf elsewhere) or is added (a float mask); it is `mask`
+    (a constant, kept as a parameter) or, when `mask_given`, forward's fourth input."""
+
+    def __init__(self, scale: float | None = None, causal: bool = False, mask: Any = None, selects: bool = True,
+                 mask_given: bool = False):
+        self.scale, self.causal, self.selects, self.mask_given = scale, bool(causal), bool(selects), bool(mask_given)
+        self.mask = None if mask is None else Tensor(np.asarray(mask, np.float32))
+
+    def forward(self, q: Tensor, k: Tensor, v: Tensor, *mask: Tensor) -> Tensor:
+        """The attention of q over k and v."""
+        q, k, v = as_tensor(q), as_tensor(k), as_tensor(v)
+        scale = self.scale if self.scale is not None else 1.0 / math.sqrt(q.shape[-1])
+        scores = q @ k.transpose(-2, -1) * scale
+        if self.causal:
+            scores = where(np.tril(np.ones((q.shape[-2], k.shape[-2]), dtype=bool)), scores, -math.inf)
+        given = mask[0] if self.mask_given else self.mask
+        if given is not None:
+            scores = where(given, scores, -math.inf) if self.selects else scores + given
+        return Softmax()(scores) @ v
+
+    def parameters(self) -> list[Tensor]:
+        """The mask, when it is a constant."""
+        return tensors_of(self.mask)
+
+    def __repr__(self) -> str:
+        mask = ""
+        if self.mask_given or self.mask is not None:
+            mask = ("mask input" if self.mask_given else "mask " + shown(self.mask, "")) + \
+                (" selects" if self.selects else " added")
+        parts = [f"scale={self.scale:g}" if self.scale is not None else "", "causal" if self.causal else "", mask]
+        return "Attention({})".format(", ".join(p for p in parts if p))
 
 
 class Permute(Layer):

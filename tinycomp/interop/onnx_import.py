@@ -40,9 +40,10 @@ def from_onnx(model: Any) -> Layer:
     ReduceSum/ReduceMean/ReduceMax (not over the batch), Transpose, Reshape, Flatten, Squeeze and
     Unsqueeze that keep the batch first (Reshape's 0 and -1 resolved from ONNX shape inference), Slice,
     Split, Gather (one position, or an evenly spaced run) and Concat of values along an axis after the
-    batch, Where, the comparisons (Greater, Less, Equal, ...) and Not/ And/Or/Xor of the masks they
-    give, Max/Min of one or two, Clip to constant bounds, Cast to float or bool, Dropout (inference: the
-    identity), Identity. Anything else raises `CompileError` naming the node and its op type.
+    batch, Where, the comparisons (Greater, Less, Equal, ..., IsNaN, IsInf) and Not/And/Or/Xor of the
+    masks they give, Max/Min of one or two, Clip to constant bounds, Cast to float or bool, Dropout
+    (inference: the identity), Identity. Anything else raises `CompileError` naming the node and its op
+    type.
     Needs the `onnx` package (`pip install 'tinycomp[onnx]'`).
     """
     onnx = require("onnx", "from_onnx", "onnx", "the onnx package")

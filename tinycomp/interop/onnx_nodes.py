@@ -216,6 +216,23 @@ def axis_of(imp: Any, node: Any, axis: int, rank: int) -> int:
     return axis % rank
 
 
+def is_nan(imp: Any, node: Any, ins: list[str], a: dict) -> None:
+    """IsNaN: x != x, the one value unequal to itself (torch's export guards a masked softmax so)."""
+    imp.add_step(Step(node.output[0], (imp.alias(ins[0]), imp.alias(ins[0])), op="not_equal"))
+
+
+def is_inf(imp: Any, node: Any, ins: list[str], a: dict) -> None:
+    """IsInf: |x| == inf, or x == +inf / -inf alone as detect_positive / detect_negative say."""
+    positive, negative = int(a.get("detect_positive", 1)), int(a.get("detect_negative", 1))
+    if positive and negative:
+        imp.add_step(Step(f"{node.output[0]}#abs", (imp.alias(ins[0]),), op="abs"))
+        imp.layer(node, ConstantOperand("equal", math.inf), f"{node.output[0]}#abs")
+    elif positive or negative:
+        imp.layer(node, ConstantOperand("equal", math.inf if positive else -math.inf), ins[0])
+    else:
+        raise imp.refuse(node, "detect_positive=0 and detect_negative=0: it detects nothing")
+
+
 def reciprocal(imp: Any, node: Any, ins: list[str], a: dict) -> None:
     imp.layer(node, ConstantOperand("div", 1.0, constant_first=True), ins[0])
 
@@ -386,7 +403,7 @@ HANDLERS: dict[str, Callable[[Any, Any, list[str], dict], None]] = {
     "Xor": binary_op("not_equal"),
     "Max": extremum("maximum"), "Min": extremum("minimum"), "Where": where, "Clip": clip,
     "Neg": unary("neg"), "Exp": unary("exp"), "Log": unary("log"), "Sqrt": unary("sqrt"), "Abs": unary("abs"),
-    "Reciprocal": reciprocal,
+    "Reciprocal": reciprocal, "IsNaN": is_nan, "IsInf": is_inf,
     "Relu": layer_of(tnn.ReLU), "Sigmoid": layer_of(tnn.Sigmoid), "Tanh": layer_of(tnn.Tanh),
     "Softmax": softmax, "LogSoftmax": softmax, "Gelu": gelu, "LayerNormalization": layer_normalization,
     "BatchNormalization": batch_normalization, "LeakyRelu": leaky_relu,

@@ -37,6 +37,7 @@ from .torch_ops import (
     VARIES,
     Data,
     Sized,
+    attention,
     canonical_name,
     cat,
     function_layer,
@@ -52,7 +53,7 @@ NODES = ("calls of supported modules", "relu/sigmoid/tanh/gelu/softmax/log_softm
          "F.dropout", "exp/log/sqrt/rsqrt/abs/neg/reciprocal", "torch.maximum/minimum",
          "clamp/clip/F.relu6/F.hardtanh to fixed bounds", "torch.where/masked_fill", "comparisons and ~ of masks",
          "indexing with ints, slices, ... and None", "split/chunk/unbind/narrow/select along a sample axis",
-         "torch.cat/stack of computed tensors",
+         "torch.cat/stack of computed tensors", "F.scaled_dot_product_attention (no dropout)",
          "view/reshape/transpose/permute/unsqueeze/squeeze/contiguous that keep the batch first",
          "mean/sum/amax not over the batch", "sizes read from x.shape / x.size()")
 BINARY, UNARY = tuple(graph_layers.BINARY), tuple(graph_layers.UNARY)  # the steps GraphModel runs
@@ -249,6 +250,8 @@ class FxImporter(NodeImporter):
             select(self, node, name, list(args), kwargs)
         elif name in ("cat", "concat", "concatenate", "stack"):
             cat(self, node, name, list(args), kwargs)
+        elif name == "scaled_dot_product_attention":
+            attention(self, node, name, list(args), kwargs)
         else:
             known = name in (*BINARY, *UNARY, *ALIASES, *SHAPED, "rsqrt", "reciprocal")
             raise self.refuse(node, f"with keyword arguments {', '.join(kwargs)}" if kwargs and known else "")

@@ -13,11 +13,12 @@ from typing import Any
 from .. import nn as tnn
 from ..frontend.layers import Layer
 from .common import linear_from
-from .graph_layers import ChannelAffine, LeakyReLU, LogSoftmax, SiLU
+from .graph_layers import Attention, ChannelAffine, LeakyReLU, LogSoftmax, SiLU
 from .graph_rules import (
     BATCH,
     BATCHES,
     axis_key,
+    check_matmul,
     clipping,
     indexing,
     joining,
@@ -337,6 +338,29 @@ def cat(imp: Any, node: Any, name: str, args: list, kwargs: dict) -> None:
         raise imp.refuse(node, f"dim {dim!r}: an int was expected")
     ranks = [len(imp.shape(node, t)) for t in tensors]
     imp.layer(node, imp.check(node, joining, dim, ranks, name == "stack"), *tensors)
+
+
+def attention(imp: Any, node: Any, name: str, args: list, kwargs: dict) -> None:
+    """F.scaled_dot_product_attention of computed q, k and v: an `Attention` layer (the fused kernel's
+    ops); its mask a constant or computed, bool (selects) or float (added); no dropout at inference."""
+    given = named(args, kwargs, "query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
+    q, k, v, mask = (given.get(n) for n in ("query", "key", "value", "attn_mask"))
+    if not all(isinstance(t, Data) for t in (q, k, v)):
+        raise imp.refuse(node, "q, k and v must be computed from the input")
+    if given.get("dropout_p", 0.0) or given.get("enable_gqa", False):
+        raise imp.refuse(node, "dropout_p > 0 (it drops at inference too: pass dropout_p=p if self.training else 0) "
+                               "or enable_gqa=True")
+    if given.get("is_causal", False) and mask is not None:
+        raise imp.refuse(node, "is_causal=True with an attn_mask (torch refuses it too)")
+    ranks = [len(imp.shape(node, t)) for t in (q, k, v)]
+    imp.check(node, check_matmul, ranks[0], ranks[1])
+    imp.check(node, check_matmul, ranks[0], ranks[2])
+    example = mask if not isinstance(mask, Data) else imp.runs[0][mask.name]
+    selects = example is None or example.dtype == imp.torch.bool
+    layer = Attention(given.get("scale"), bool(given.get("is_causal", False)),
+                      None if mask is None or isinstance(mask, Data) else imp.constant(node, mask), selects,
+                      mask_given=isinstance(mask, Data))
+    imp.layer(node, layer, q, k, v, *([mask] if isinstance(mask, Data) else []))
 
 
 PIECES = {"split": pieces, "chunk": pieces, "unbind": pieces}
