@@ -3,10 +3,11 @@ softmax, a GELU MLP, pre-norm residuals), brought into tinycomp two ways — rea
 `from_torch`, and exported to ONNX by torch then read with `from_onnx` — compiled, checked
 against torch, and timed.
 
-    pip install -e '.[torch,onnx]' && python examples/transformer_import.py [--style nanogpt]
+    pip install -e '.[torch,onnx]' && python examples/transformer_import.py [--style nanogpt|nanogpt-flash]
 
 `--style nanogpt` writes the block as nanoGPT does instead: one projection split into q, k and v,
-a causal mask buffer cut to the input's length and applied with masked_fill.
+a causal mask buffer cut to the input's length and applied with masked_fill; `nanogpt-flash` is
+nanoGPT's path on torch 2, F.scaled_dot_product_attention(..., is_causal=True).
 
 Prints, for each way in: the largest difference from torch's output, which fused kernels the
 compiled model runs (one attention, two layer norms: tinycomp's passes find them in the imported
@@ -52,9 +53,9 @@ class NanoGPTBlock(nn.Module):
     """nanoGPT's Block: CausalSelfAttention (c_attn split into q, k, v; masked_fill of the `bias`
     buffer cut to T), then the MLP, each after a LayerNorm."""
 
-    def __init__(self, embed: int, heads: int, context: int = 1024):
+    def __init__(self, embed: int, heads: int, context: int = 1024, flash: bool = False):
         super().__init__()
-        self.heads, self.embed = heads, embed
+        self.heads, self.embed, self.flash = heads, embed, flash
         self.ln_1, self.ln_2 = nn.LayerNorm(embed), nn.LayerNorm(embed)
         self.c_attn, self.c_proj = nn.Linear(embed, 3 * embed), nn.Linear(embed, embed)
         self.c_fc, self.mlp_proj = nn.Linear(embed, 4 * embed), nn.Linear(4 * embed, embed)
@@ -64,9 +65,12 @@ class NanoGPTBlock(nn.Module):
         B, T, C = x.size()
         q, k, v = self.c_attn(x).split(self.embed, dim=2)
         q, k, v = (t.view(B, T, self.heads, C // self.heads).transpose(1, 2) for t in (q, k, v))
-        att = (q @ k.transpose(-2, -1)) * (1.0 / (k.size(-1) ** 0.5))
-        att = att.masked_fill(self.bias[:, :, :T, :T] == 0, float("-inf"))
-        y = torch.softmax(att, dim=-1) @ v
+        if self.flash:
+            y = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=True)
+        else:
+            att = (q @ k.transpose(-2, -1)) * (1.0 / (k.size(-1) ** 0.5))
+            att = att.masked_fill(self.bias[:, :, :T, :T] == 0, float("-inf"))
+            y = torch.softmax(att, dim=-1) @ v
         return self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C))
 
     def forward(self, x):
@@ -96,12 +100,13 @@ def onnx_bytes(module: nn.Module, sample: tuple[int, ...]) -> bytes:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--style", choices=("student", "nanogpt"), default="student",
+    parser.add_argument("--style", choices=("student", "nanogpt", "nanogpt-flash"), default="student",
                         help="how the torch block is written (default: student)")
     style = parser.parse_args(argv).style
     torch.manual_seed(0)
     torch.set_num_threads(1)
-    module = (Block if style == "student" else NanoGPTBlock)(EMBED, HEADS).eval()
+    module = Block(EMBED, HEADS) if style == "student" else NanoGPTBlock(EMBED, HEADS, flash=style == "nanogpt-flash")
+    module.eval()
     sample = (SEQ, EMBED)
     x = np.random.default_rng(0).standard_normal((BATCH, *sample)).astype(np.float32)
     with torch.no_grad():
