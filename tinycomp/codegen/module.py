@@ -35,7 +35,6 @@ from .errors import LoweringError
 from .fingerprint import codegen_source_hash, graph_fingerprint  # noqa: F401 - part of this module's API
 from .loops import stream_in_kernel
 from .scratch import NO_CODE, ROW_BLOCK, BufferPlan, plan_buffers, row_block  # noqa: F401 - ROW_BLOCK: API
-from .strided import sample_dims
 from .target import Target, with_width
 
 ENTRY = "tinycomp_forward"
@@ -354,8 +353,9 @@ def _lower_graph(g: Graph, target: Target) -> ModulePlan:
 
 
 def _elements(shape: tuple) -> int:
-    """Elements per sample (all of them for a value without the batch)."""
-    return math.prod(sample_dims(shape))
+    """Elements per sample (all of them for a value without the batch; a batch axis elsewhere, which
+    the op's own lowering refuses by name, counts as 1 here)."""
+    return math.prod(d for d in shape if d is not None)
 
 
 def _emit_nodes(e: _Emitter) -> None:
