@@ -306,8 +306,6 @@ def tainted_value(torch: Any, a: Any, b: Any) -> Any:
     return VARIES
 
 
-
-
 def from_fx(torch: Any, m: Any, path: str, convert: Callable[[Any, str], Layer],
             sample: tuple[int, ...] | None) -> Layer:
     """The `tinycomp.nn` model of module `m`'s traced forward; `sample` is its input's shape after the
