@@ -224,10 +224,12 @@ class Uncopyable(nn.Module):
         super().__init__()
         self.fc, self.bn = nn.Linear(4, 4), nn.BatchNorm1d(4)
         self.s = torch.ones(4, requires_grad=True) * 2  # not a leaf: deepcopy raises
-        self.seen = []
+        self.seen, self.log, self.n = [], {"calls": []}, torch.zeros(1)
 
     def forward(self, x):
         self.seen.append(x)
+        self.log["calls"].append(1)  # a list inside a dict
+        self.n += 1  # a plain tensor attribute, not a buffer
         return self.bn(self.fc(x)) * self.s.detach()
 
 
@@ -243,8 +245,11 @@ def test_the_users_module_is_left_as_it_was_even_when_it_cannot_be_copied(mode):
     else:
         check_imported(from_torch(module, input_shape=(None, 4)), run_torch(module), 4)
         module.seen.clear()  # check_imported's own torch runs appended to it
+        module.log["calls"].clear()
+        module.n.zero_()
     assert module.training == (mode == "train") and module.bn.training == (mode == "train")
     assert all(torch.equal(before[k], v) for k, v in module.state_dict().items()) and module.seen == []
+    assert module.log == {"calls": []} and module.n.item() == 0
 
 
 def test_a_softmax_of_rows_all_masked_is_refused_naming_why():

@@ -38,14 +38,18 @@ def symbolic_trace(torch: Any, m: Any, concrete_args: dict[str, Any] | None) -> 
 @contextlib.contextmanager
 def state_kept(torch: Any, m: Any) -> Iterator[Any]:
     """`m`, and afterwards back as it was whatever running or tracing it changed: each module's
-    attributes (its training flag among them) and the contents of the lists, dicts and sets they hold
-    (a forward that appends to `self.seen`), and the values of its parameters and buffers (running
-    statistics)."""
+    attributes (its training flag among them) and the contents of the lists, dicts and sets they hold,
+    nested too (a forward that appends to `self.seen`), and the values of its parameters, buffers
+    (running statistics) and other tensor attributes (`self.n += 1`). Modules held outside `m`'s
+    module tree (in a plain list) are not covered."""
     attributes = [(mod, dict(mod.__dict__)) for mod in m.modules()]
-    contents = [(c, copy.copy(c)) for _, saved in attributes for c in saved.values()
-                if type(c) in (list, dict, set)] + \
-        [(c, copy.copy(c)) for mod, _ in attributes for c in (mod._parameters, mod._buffers, mod._modules)]
-    values = [(t, t.detach().clone()) for t in (*m.parameters(), *m.buffers())]
+    contents: list[tuple[Any, Any]] = []
+    for mod, saved in attributes:
+        for held in (*saved.values(), mod._parameters, mod._buffers, mod._modules):
+            containers_in(held, contents)
+    tensors = {id(t): t for t in (*m.parameters(), *m.buffers())}
+    tensors |= {id(t): t for _, saved in attributes for t in saved.values() if isinstance(t, torch.Tensor)}
+    values = [(t, t.detach().clone()) for t in tensors.values()]
     try:
         yield m
     finally:
@@ -58,6 +62,16 @@ def state_kept(torch: Any, m: Any) -> Iterator[Any]:
         with torch.no_grad():
             for t, value in values:
                 t.copy_(value)
+
+
+def containers_in(value: Any, out: list[tuple[Any, Any]], depth: int = 0) -> None:
+    """(container, a shallow copy) for `value` and the lists, dicts and sets nested in it (`self.log =
+    {"calls": []}`), to put their contents back after a run."""
+    if type(value) not in (list, dict, set) or depth > 8:
+        return
+    out.append((value, copy.copy(value)))
+    for item in (value.values() if isinstance(value, dict) else value):
+        containers_in(item, out, depth + 1)
 
 
 @contextlib.contextmanager

@@ -112,8 +112,12 @@ def gelu_erf(v, a, m, attrs):
 
 
 def softmax(v, a, m, attrs):
+    """Each weight moves with its logit's error and the row's weighted errors. A weight of exactly 0
+    (a -inf logit: a masked key, whose estimate is inf) carries none: 0 * inf would make the whole
+    row's estimate NaN, and the parity rule would lose its slack there."""
     dim = attrs.get("dim", -1)
-    return v * (m[0] + np.sum(v * m[0], axis=dim, keepdims=True)) + OWN_ULPS * np.abs(v)
+    mx = np.where(v == 0, 0.0, m[0])
+    return v * (mx + np.sum(v * mx, axis=dim, keepdims=True)) + OWN_ULPS * np.abs(v)
 
 
 def reduction(op: str) -> RoundingRule:
