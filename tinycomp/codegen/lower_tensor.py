@@ -94,9 +94,8 @@ def lower_transpose(e: _Emitter, n: str) -> None:
     lead = int(is_batched(shape))
     perm = list(range(ndim - lead))
     perm[i - lead], perm[j - lead] = perm[j - lead], perm[i - lead]
-    own = contiguous_strides(sample_dims(shape))
-    strides = Strides(math.prod(sample_dims(shape)) if lead else 0, tuple(own[p] for p in perm))
-    lower_strided(e, n, ("in", 0), [x], [strides])
+    own = whole(sample_dims(shape), bool(lead))
+    lower_strided(e, n, ("in", 0), [x], [Strides(own.batch, tuple(own.dims[p] for p in perm))])
 
 
 def lower_slice(e: _Emitter, n: str) -> None:
@@ -108,11 +107,10 @@ def lower_slice(e: _Emitter, n: str) -> None:
     axis = normalized_axis(len(shape), int(attrs["axis"])) - lead
     if axis < 0:
         raise LoweringError(f"slice {n} runs along the batch axis of {fmt_shape(shape)}")
-    own = contiguous_strides(sample_dims(shape))
+    own = whole(sample_dims(shape), bool(lead))
     start = sliced(shape[axis + lead], attrs["start"], attrs["stop"], attrs["step"])[0]
-    read = tuple(s * int(attrs["step"]) if k == axis else s for k, s in enumerate(own))
-    strides = Strides(math.prod(sample_dims(shape)) if lead else 0, read)
-    lower_strided(e, n, ("in", 0), [x], [strides], [start * own[axis]])
+    read = tuple(s * int(attrs["step"]) if k == axis else s for k, s in enumerate(own.dims))
+    lower_strided(e, n, ("in", 0), [x], [Strides(own.batch, read)], [start * own.dims[axis]])
 
 
 def lower_concat(e: _Emitter, n: str) -> None:
@@ -122,15 +120,13 @@ def lower_concat(e: _Emitter, n: str) -> None:
     out_shape = tuple(g.shape(n))
     lead = int(is_batched(out_shape))
     axis = normalized_axis(len(out_shape), int(g.attrs(n)["axis"])) - lead
-    out_dims = sample_dims(out_shape)
-    out_strides = contiguous_strides(out_dims)
+    write = whole(sample_dims(out_shape), bool(lead))  # every part is written with the whole output's rows
     start = 0
     for x in g.args(n):
         dims = sample_dims(g.shape(x))
         if math.prod(dims) > 0:
-            write = Strides(math.prod(out_dims) if lead else 0, out_strides)  # the whole output's rows
             fn = copy_kernel(e, *coalesce(dims, [write, whole(dims, bool(lead))]))
-            at = element_ptr(e.b, e.pointer(n), i64(start * out_strides[axis])) if start else e.pointer(n)
+            at = element_ptr(e.b, e.pointer(n), i64(start * write.dims[axis])) if start else e.pointer(n)
             e.call(fn, samples(e, n), at, e.pointer(x))
         start += dims[axis]
 

@@ -12,7 +12,7 @@ import operator
 from collections.abc import Sequence
 from typing import Any
 
-from .tensor import Operand, Tensor, apply_op, check_operands
+from .tensor import Operand, Tensor, apply_op, as_tensor, check_operands
 
 
 def where(cond: Operand, x: Operand, y: Operand) -> Tensor:
@@ -58,7 +58,7 @@ def concat(tensors: Sequence[Operand], axis: int = 0) -> Tensor:
 def stack(tensors: Sequence[Operand], axis: int = 0) -> Tensor:
     """The tensors, of one shape, joined along a new axis `axis` (np.stack, torch.stack): each given that
     axis (`t[..., None, ...]`), then `concat`."""
-    parts = [t if isinstance(t, Tensor) else Tensor(t) for t in _tensor_list("stack", tensors)]
+    parts = [as_tensor(t) for t in _tensor_list("stack", tensors)]
     if len({tuple(map(str, t.shape)) for t in parts}) > 1:  # str: a traced batch size is N
         raise ValueError(f"stack takes tensors of one shape; got shapes {', '.join(str(t.shape) for t in parts)}")
     axis, ndim = _int_axis("stack", axis), parts[0].ndim + 1

@@ -358,9 +358,8 @@ class Tensor:
 
     def _index(self, key: Any, tracer: Any) -> Tensor:
         """self[key] as slice ops and a reshape (frontend/indexing.py), refused with `tracer`'s place."""
-        shape = tuple(d if isinstance(d, int) else None for d in self.shape)  # the traced batch: None
         try:
-            cuts, out = index_plan(shape, key)
+            cuts, out = index_plan(_graph_shape(self), key)
         except AdvancedIndex as exc:
             raise CompileError(f"{tracer.where()} indexes [{key_text(key)}] with {exc}: compiled code takes ints, "
                                "slices with a positive step, ... and None (basic indexing)") from None
@@ -369,9 +368,14 @@ class Tensor:
         t = self
         for axis, start, stop, step in cuts:
             t = apply_op("slice", t, axis=axis, start=start, stop=stop, step=step)
-        if tuple(d if isinstance(d, int) else None for d in t.shape) != out:
+        if _graph_shape(t) != out:
             t = t.reshape(*(-1 if d is None else d for d in out))
         return t
+
+
+def _graph_shape(t: Tensor) -> tuple:
+    """t's shape as the graph writes it: None for a traced batch size."""
+    return tuple(d if isinstance(d, int) else None for d in t.shape)
 
 
 _new = Tensor.__new__

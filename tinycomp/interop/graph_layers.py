@@ -55,12 +55,19 @@ def tensors_of(*values: Any) -> list[Tensor]:
     return [v for v in values if isinstance(v, Tensor)]
 
 
+def number_of(value: Any) -> float | None:
+    """The number a constant of one element and at most one dimension is (it changes no shape: a
+    (1, 1, 1) one broadcasts the data's rank up), else None."""
+    return float(np.asarray(value).reshape(-1)[0]) if np.size(value) == 1 and np.ndim(value) <= 1 else None
+
+
 def fixed_operand(value: Any, *, number_ok: bool = True) -> Tensor | float:
-    """A constant operand as a layer keeps it: a number where it has one element and at most one
-    dimension (it changes no shape; the kernel takes it as an immediate, as it does the numbers written
-    in a forward), else a float32 Tensor, a parameter of the layer."""
+    """A constant operand as a layer keeps it: a number where `number_of` gives one (the kernel takes
+    it as an immediate, as it does the numbers written in a forward), else a float32 Tensor, a
+    parameter of the layer."""
     array = np.asarray(value, np.float32)
-    return float(array.reshape(-1)[0]) if number_ok and array.size == 1 and array.ndim <= 1 else Tensor(array)
+    number = number_of(array) if number_ok else None
+    return Tensor(array) if number is None else number
 
 
 class ConstantOperand(Layer):
@@ -98,7 +105,11 @@ class Where(Layer):
 
     def __init__(self, cond: Any = None, x: Any = None, y: Any = None):
         self.cond, self.x, self.y = (None if v is None else fixed_operand(v) for v in (cond, x, y))
-        self.takes = sum(v is None for v in (cond, x, y))
+
+    @property
+    def takes(self) -> int:
+        """How many data inputs forward takes: one per operand not fixed."""
+        return sum(v is None for v in (self.cond, self.x, self.y))
 
     def forward(self, *data: Tensor) -> Tensor:
         """where(cond, x, y), the operands left None taken from `data` in order."""

@@ -43,18 +43,21 @@ def selection(operands: Sequence[np.ndarray | None], data_ranks: Sequence[int]) 
         raise ValueError("all three operands are constants: nothing computed to select from")
     for rank in data_ranks[1:]:
         check_ranks(data_ranks[0], rank)
-    for value in operands:
-        if value is not None:
-            check_constant(np.asarray(value), data_ranks[0])
+    check_constants(operands, data_ranks[0])
     return Where(*operands)
 
 
 def clipping(low: np.ndarray | None, high: np.ndarray | None, data_rank: int) -> Clip:
     """`Clip(low, high)` on data of `data_rank` dims (None: no bound)."""
-    for value in (low, high):
+    check_constants((low, high), data_rank)
+    return Clip(low, high)
+
+
+def check_constants(values: Sequence[np.ndarray | None], data_rank: int) -> None:
+    """`check_constant` of each value given (None: a data operand, or no bound)."""
+    for value in values:
         if value is not None:
             check_constant(np.asarray(value), data_rank)
-    return Clip(low, high)
 
 
 def indexing(key: tuple, shape: Sequence[int | None]) -> Index:

@@ -13,7 +13,7 @@ from ..errors import CompileError
 from ..frontend.layers import Layer
 from ..frontend.tensor import Tensor
 from .common import NodeImporter, Step, chain_or_graph, layer_key, require, unsupported
-from .graph_layers import BINARY, UNARY
+from .graph_layers import BINARY, UNARY, number_of
 from .onnx_fold import FoldError, Pair, fold_pair
 from .onnx_nodes import HANDLERS
 from .onnx_patterns import fuse_erf_gelu
@@ -111,10 +111,9 @@ def _scalars(onnx: Any, graph: Any, consts: dict[str, np.ndarray]) -> Callable[[
         elif node.op_type == "Constant" and "value_float" in attrs:
             known[node.output[0]] = np.float32(attrs["value_float"])
 
-    def scalar(name: str) -> float | None:  # (1, 1, 1) is not a number: it broadcasts the data's rank up
+    def scalar(name: str) -> float | None:
         value = known.get(name)
-        return None if value is None or np.size(value) != 1 or np.ndim(value) > 1 else \
-            float(np.asarray(value).reshape(-1)[0])
+        return None if value is None else number_of(value)
     return scalar
 
 

@@ -42,9 +42,8 @@ def from_torch(module: Any, input_shape: tuple | None = None) -> Layer:
     the batch first, `mean`/`sum`/`amax` not over it, basic indexing, `split`/`chunk`/`unbind`/
     `narrow`/`select`, `torch.cat` and `torch.stack` along an axis after the batch, `masked_fill`/`torch.where`,
     comparisons and `~` of masks, `clamp` to fixed bounds, `torch.maximum`/`minimum` and
-    `F.scaled_dot_product_attention` without dropout (`torch_fx`).
-    Weights are
-    copied (as float32, Linear's transposed to tinycomp's (in, out)); each layer takes the training
+    `F.scaled_dot_product_attention` without dropout (`torch_fx`). Weights are copied (as float32,
+    Linear's transposed to tinycomp's (in, out)); each layer takes the training
     flag of the module it comes from (a Dropout set to `eval()` in a training model stays off), so
     import a module in `eval()` mode for inference. Anything else raises
     `CompileError` naming the module's path and type. Needs PyTorch (`pip install 'tinycomp[torch]'`).

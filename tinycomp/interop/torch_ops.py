@@ -286,8 +286,12 @@ def index_key(imp: Any, node: Any, key: Any) -> tuple:
 
 def getitem(imp: Any, node: Any, x: Data, args: list, kwargs: dict) -> None:
     """x[key] for a basic index: an `Index`."""
-    shape = (None, *imp.sample(node, x))
-    imp.layer(node, imp.check(node, indexing, index_key(imp, node, args[0]), shape), x)
+    index_layer(imp, node, x, args[0])
+
+
+def index_layer(imp: Any, node: Any, x: Data, key: Any) -> None:
+    """The `Index` of x[key] as node's value, refused where compiled code cannot take the key."""
+    imp.layer(node, imp.check(node, indexing, index_key(imp, node, key), (None, *imp.sample(node, x))), x)
 
 
 def narrow_or_select(imp: Any, node: Any, x: Data, args: list, kwargs: dict) -> None:
@@ -300,8 +304,7 @@ def narrow_or_select(imp: Any, node: Any, x: Data, args: list, kwargs: dict) -> 
     else:
         given = named(args, kwargs, "dim", "index")
         part = given["index"]
-    key = index_key(imp, node, axis_key(rank, given["dim"], part))
-    imp.layer(node, imp.check(node, indexing, key, (None, *imp.sample(node, x))), x)
+    index_layer(imp, node, x, axis_key(rank, given["dim"], part))
 
 
 def pieces(imp: Any, node: Any, x: Data, args: list, kwargs: dict) -> None:

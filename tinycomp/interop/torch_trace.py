@@ -87,7 +87,6 @@ def runnable(torch: Any, m: Any) -> Iterator[Any]:
     yield m_copy
 
 
-
 def float_dtype(torch: Any, m: Any) -> Any:
     """The dtype an input to module `m` takes: its first floating parameter's, else float32."""
     return next((p.dtype for p in m.parameters() if p.is_floating_point()), torch.float32)
