@@ -15,7 +15,6 @@ from tinycomp.codegen import module
 from tinycomp.codegen.module import (
     ENTRY,
     ROW_BLOCK,
-    STREAM_IN_MIN_BYTES,
     LoweringError,
     ModulePlan,
     graph_fingerprint,
@@ -493,33 +492,6 @@ def test_only_glue_is_compiled_without_optimization():
     assert inlined == {"k0_linear", "k1_linear", "k2_linear"}
     assert all(f'define internal void @"{name}"' in text for name in inlined)
     assert any(name.startswith("tinycomp.gemm.tile") for name in attrs.keys() - glue)
-
-
-def test_large_batches_read_each_block_in_first_and_still_run_right():
-    g = mlp_graph([2048, 16, 4])  # 8 KB input rows: the stream-in pass starts at 256 rows
-    assert "tinycomp.stream_in" in lower_graph(g, WIDTH).llvm_ir
-    threshold = STREAM_IN_MIN_BYTES // (4 * 2048)
-    for rows in (threshold - 1, threshold, threshold + 2 * ROW_BLOCK + 3):
-        assert_runs_like_interpreter(g, values(rows, 2048))
-
-
-@pytest.mark.parametrize("n", [1, 15, 16, 17, 1000])
-def test_stream_in_reads_one_word_per_line_within_the_buffer(n):
-    import ctypes
-
-    from llvmlite import ir
-
-    from tinycomp.codegen.loops import stream_in_kernel
-
-    module = ir.Module(name="t")
-    fn = stream_in_kernel(module)
-    fn.linkage = "external"
-    engine = JitEngine(str(module))
-    call = ctypes.CFUNCTYPE(ctypes.c_uint32, ctypes.c_void_p, ctypes.c_int64)(engine.address(fn.name))
-    words = np.random.default_rng(n).integers(0, 2**32, size=n, dtype=np.uint32)
-    expected = np.bitwise_or.reduce(words[::16])
-    assert call(words.ctypes.data, n) == expected
-    assert call(words.ctypes.data, 0) == 0
 
 
 def _run_with_guard(g: Graph, plan: ModulePlan, x: np.ndarray) -> np.ndarray:

@@ -30,7 +30,7 @@ both paths share one copy of the loops and every layer of a module shares the sa
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from llvmlite import ir
 
@@ -70,6 +70,8 @@ OVERLAP_MIN_ROWS = 64
 # 1024x1024 at 512 rows 0.85 with 8; 4 and 16 gained less; the transformer block (K = 128, its
 # panels in L1) 1.00-1.05, within the noise. Not measured on Zen 4.
 MAIN_PREFETCH_ROWS = 8
+# The full row tiles prefetch the next row tile's A in their first pass over it (`TileShape.next_a`).
+MAIN_PREFETCH_NEXT_A = True
 
 
 @dataclass(frozen=True)
@@ -155,7 +157,8 @@ def plan_gemm(K: int, N: int, width: int, registers: int | None = None, aliased_
     # depends on the batch around it (its size picks the path; threads split it). The in-place
     # K-chunks add each chunk's sum to C in the order `_k_chunks` adds them in registers.
     chunk = direct_kc if direct_kc and K > direct_kc else k_chunk(K)
-    main = TileShape(MAIN3_ROWS if nv_main == 3 else 6, nv_main, width, MAIN_PREFETCH_ROWS, chunk=chunk)
+    main = TileShape(MAIN3_ROWS if nv_main == 3 else 6, nv_main, width, MAIN_PREFETCH_ROWS, chunk=chunk,
+                     next_a=MAIN_PREFETCH_NEXT_A)
     # The last panel of a layer whose vectors are not a multiple of the main tile's goes through a
     # 6-row tile just as wide (7 vectors = 4 + 3, 17 = 4 x 4 + 1) instead of computing whole
     # masked-off vectors; a layer of 3 vectors is one 8 x 3 panel. The tail's rows are the main
@@ -264,7 +267,8 @@ def _emit_linear(module: ir.Module, name: str, *, K: int, N: int, bias: bool, ac
     no_tile = null_fn(TILE_TY)
     config = [i64(K), i64(N), i64(int(activation == "relu")), i64(plan.nc), i64(plan.direct_nc),
               i64(plan.direct_max_rows), i64(plan.overlap_min_rows), i64(plan.direct_kc),
-              tile_kernel(mod, plan.main, accumulate=True, plain_b=True) if plan.direct_kc else no_tile,
+              tile_kernel(mod, replace(plan.main, next_a=False), accumulate=True, plain_b=True)
+              if plan.direct_kc else no_tile,
               tile_kernel(mod, plan.main, kind, residual), i64(plan.main.mr), i64(plan.main.nr), pack_fn,
               tile_kernel(mod, plan.tail, kind, residual) if plan.tail else no_tile,
               i64(plan.tail.nr if plan.tail else 0),

@@ -33,7 +33,7 @@ from .cgutils import (
     splat_value,
     vector_type,
 )
-from .gemm_kernels import ACCUMULATE, TILE_ARGS, WHOLE_B, TileShape, prefetch_for_read
+from .gemm_kernels import ACCUMULATE, NEXT_A, TILE_ARGS, WHOLE_B, TileShape, prefetch_for_read
 
 # Rows of W the pack kernel prefetches ahead: W's rows are N floats apart (4 KB for 1024 columns), a
 # stride the hardware prefetchers do not follow. Measured with benchmarks/gemm_ab.py
@@ -143,7 +143,8 @@ class _Driver:
                 with for_range(b, 0, last, name="r") as tiles:
                     t = tiles.index
                     r0 = b.select(b.icmp_signed("<", t, n_tiles), b.mul(t, main_rows), b.sub(M, main_rows))
-                    self._panels(a["main"], main_rows, a["main_nr"], r0, j0, cols, may_pack=True)
+                    self._panels(a["main"], main_rows, a["main_nr"], r0, j0, cols, may_pack=True,
+                                 first_pass=b.icmp_signed("==", jb, i64(0)))
         self._leftover_rows(b.select(overlap, M, m_full))
 
     def _emit_chunked(self) -> None:
@@ -219,13 +220,17 @@ class _Driver:
         with for_range(b, r0, a["M"], name="r1") as one:
             run(a["k1"], i64(1), a["nr1"], one.index)
 
-    def _panels(self, kern, rows, nr, r0, j0, cols, *, may_pack: bool) -> None:
+    def _panels(self, kern, rows, nr, r0, j0, cols, *, may_pack: bool, first_pass: ir.Value | None = None) -> None:
         """Call `kern` on rows r0..r0+rows (an i64 value), every panel of nr columns of the block.
         The full row tiles (`may_pack`) have kernels that add the bias and apply the activation
         themselves, and a panel of at most `tail_nr` columns (the layer's last) goes to the tail
         kernel; the leftover rows' kernels store the raw tile, and the epilogue finishes it (as it
         does every tile when K == 0, where no kernel runs). Packed panel p sits at pack + p*K*nr, its rows
-        nr apart (the last: its padded width); in place, at W + j0 + p*nr with rows N apart."""
+        nr apart (the last: its padded width); in place, at W + j0 + p*nr with rows N apart.
+        `first_pass` (an i1; full row tiles only) is true in the first block of columns: its first
+        panel's tile prefetches the next tile's rows of A (flag NEXT_A), which then stay in cache
+        for the other panels and blocks or, in a batch too large for that, are fetched again by the
+        hardware's prefetchers as the tiles sweep a warm cache."""
         b, a, w = self.b, self.a, self.width
         K, N = a["K"], a["N"]
         A = element_ptr(b, a["A"], b.mul(r0, K))
@@ -256,6 +261,9 @@ class _Driver:
                 # B's rows may be read in whole vectors from a packed panel (zero-padded) or a full one in place
                 whole = b.or_(self.packed, b.icmp_signed("==", cols_p, nr))
                 flags = b.or_(a["relu"], b.select(whole, i64(WHOLE_B), i64(0)))
+                if first_pass is not None:
+                    first = b.and_(first_pass, b.icmp_signed("==", col, i64(0)))
+                    flags = b.or_(flags, b.select(first, i64(NEXT_A), i64(0)))
                 with b.if_else(self.has_k) as (kernel, no_k):
                     with kernel:
                         b.call(kern, [K, A, K, b_p, ldb, c_p, N, cols_p, bias_p, flags, res_p])

@@ -61,6 +61,7 @@ class TileShape:
     prefetch: int = 0
     exact: bool = False  # every call has cols == nv * width: plain loads and stores, no masks
     chunk: int = 0  # sum K in chunks of this many rows of B (`_k_chunks`); 0: one sum in registers
+    next_a: bool = False  # prefetch the next row tile's A where flag NEXT_A says so (`_k_run`)
 
     @property
     def nr(self) -> int:
@@ -68,7 +69,7 @@ class TileShape:
 
     def suffix(self) -> str:
         return (f"{self.mr}x{self.nv}" + (f"p{self.prefetch}" if self.prefetch else "") + ("x" if self.exact else "")
-                + (f"c{self.chunk}" if self.chunk else ""))
+                + (f"c{self.chunk}" if self.chunk else "") + ("n" if self.next_a else ""))
 
 
 def prefetch_for_read(builder: ir.IRBuilder, ptr: ir.Value, vectors: int, width: int) -> None:
@@ -130,7 +131,11 @@ def _emit_tile(module: ir.Module, name: str, shape: TileShape, kind: str | None,
 
     # the finishing kernels (the full row tiles) and `plain_b` ones read B in whole vectors where flag WHOLE_B says so
     whole_b = builder.icmp_signed("!=", builder.and_(flags, i64(WHOLE_B)), i64(0)) if plain_b else None
-    acc = _k_loop(builder, shape, K, rows_of(a, lda), b, ldb, masks, whole_b)
+    # where flag NEXT_A asks for it, a copy of the plain loop prefetches the next row tile's A
+    next_a = None
+    if shape.next_a and whole_b is not None:
+        next_a = (builder.icmp_signed("!=", builder.and_(flags, i64(NEXT_A)), i64(0)), builder.mul(lda, i64(shape.mr)))
+    acc = _k_loop(builder, shape, K, rows_of(a, lda), b, ldb, masks, whole_b, next_a)
     c_rows = rows_of(c, ldc)
     if accumulate:
         add = builder.icmp_signed("!=", builder.and_(flags, i64(ACCUMULATE)), i64(0))
@@ -145,6 +150,8 @@ def _emit_tile(module: ir.Module, name: str, shape: TileShape, kind: str | None,
 WHOLE_B = 16
 # Flag bit of the accumulating raw tile kernels: add the tile to what C holds (the K-chunks before).
 ACCUMULATE = 32
+# Flag bit of the kernels with `TileShape.next_a`: prefetch the next row tile's A (`_k_run`).
+NEXT_A = 64
 
 
 def _plus_c(builder, tile: list[list[ir.Value]], c_rows: list[ir.Value], masks, add: ir.Value) -> list[list[ir.Value]]:
@@ -161,7 +168,7 @@ def _plus_c(builder, tile: list[list[ir.Value]], c_rows: list[ir.Value], masks, 
     return [merged[i * nv:(i + 1) * nv] for i in range(len(tile))]
 
 
-def _k_loop(builder, shape: TileShape, K, a_rows, b, ldb, masks, whole_b=None):
+def _k_loop(builder, shape: TileShape, K, a_rows, b, ldb, masks, whole_b=None, next_a=None):
     """for k in 0..K (K >= 1): acc += A[:, k] (outer) B[k, :], the B row pointer and the tile
     carried through the loop (in chunks of `shape.chunk` rows of B where it is set: `_k_chunks`).
     Returns the tile as mr lists of nv vectors.
@@ -177,30 +184,56 @@ def _k_loop(builder, shape: TileShape, K, a_rows, b, ldb, masks, whole_b=None):
     advances by `ldb` each step. With `shape.prefetch`, each step also prefetches the B row that
     many rows ahead: when B is W read in place with rows a page apart, the hardware prefetchers
     do not follow the stream; on the Intel Xeon the full row tiles gained 5-15 % by it on panels
-    that stream from L2 (`gemm.MAIN_PREFETCH_ROWS`). Without `masks` (an exact tile) B is read with plain loads.
+    that stream from L2 (`gemm.MAIN_PREFETCH_ROWS`). With `next_a` (an i1 and an i64 of floats),
+    where the i1 is true a third copy of the loop, plain loads, also prefetches every A row's
+    element that far on (`_k_run`): the other copies keep the registers the prefetch addresses
+    would take (as one loop with a zero distance when not asked for, lnmlp at 256 rows ran 1-2 %
+    slower). Without `masks` (an exact tile) B is read with plain loads.
     """
     ahead = builder.mul(ldb, i64(shape.prefetch)) if shape.prefetch else None
 
-    def loop(masks) -> list[ir.Value]:  # K >= 1: the driver never calls a kernel with K == 0
+    def loop(masks, a_ahead=None) -> list[ir.Value]:  # K >= 1: the driver never calls a kernel with K == 0
         if shape.chunk:
-            return _k_chunks(builder, shape, K, a_rows, b, ldb, ahead, masks)
-        return _k_run(builder, shape, K, a_rows, b, ldb, ahead, masks)[1]
+            return _k_chunks(builder, shape, K, a_rows, b, ldb, (ahead, a_ahead), masks)
+        return _k_run(builder, shape, K, a_rows, b, ldb, (ahead, a_ahead), masks)[1]
 
     if masks is None or whole_b is None:
         acc = loop(masks)
     else:
         ends = []
         with builder.if_else(whole_b) as (plain, masked):
-            for branch, branch_masks in ((plain, None), (masked, masks)):
-                with branch:
-                    ends.append((loop(branch_masks), builder.block))
+            with plain:
+                if next_a is None:
+                    ends.append((loop(None), builder.block))
+                else:
+                    inner = []
+                    with builder.if_else(next_a[0]) as (fetching, not_fetching):
+                        for branch, a_ahead in ((fetching, next_a[1]), (not_fetching, None)):
+                            with branch:
+                                inner.append((loop(None, a_ahead), builder.block))
+                    ends.append((merge_incoming(builder, inner), builder.block))
+            with masked:
+                ends.append((loop(masks), builder.block))
         acc = merge_incoming(builder, ends)
     return [acc[i * shape.nv:(i + 1) * shape.nv] for i in range(shape.mr)]
 
 
-def _k_run(builder, shape: TileShape, steps, a_rows, b, ldb, ahead, masks) -> tuple[ir.Value, list[ir.Value]]:
+def _k_run(builder, shape: TileShape, steps, a_rows, b, ldb, aheads, masks) -> tuple[ir.Value, list[ir.Value]]:
     """(the B row pointer after, the mr * nv accumulators) of `steps` >= 1 steps from zero
-    accumulators, B's row k at b + k * ldb, A's at a_rows[i] + k, prefetching `ahead` floats on."""
+    accumulators, B's row k at b + k * ldb, A's at a_rows[i] + k, prefetching B `ahead` floats
+    on and each A element `a_ahead` floats on (`aheads`: either may be None).
+
+    A's prefetch is for the next row tile, whose rows this tile's steps cover element by element
+    (a line every 16 steps); the driver asks for it in the first pass over A (`gemm_driver`
+    `_panels`). When the batch streams in from L3, the next tile's six rows, each starting at once,
+    would each wait out its latency: the hardware prefetchers restart at every 4 KB page. On the
+    Emerald Rapids Xeon (`benchmarks/bare_call.py`, processes alternated twice with the code
+    before, which read each row block of a large batch in one sequential pass first instead), the
+    reference MLP at batch 2048 took 5,707 / 5,738 us at best against 5,941 / 5,952, at 8192
+    23.0 / 23.1 ms (medians) against 24.8 / 25.1; in one process against no prefetch, batch 512
+    and wide at 2048 0.99 x, lnmlp, the transformer block and wide at 256 1.00 +- 0.01.
+    """
+    ahead, a_ahead = aheads
     w, nv = shape.width, shape.nv
     fma = declare_vector_intrinsic(builder.module, "fma", w, 3)
     tile = [zeros(vector_type(w))] * (shape.mr * nv)
@@ -212,7 +245,10 @@ def _k_run(builder, shape: TileShape, steps, a_rows, b, ldb, ahead, masks) -> tu
                 for v in range(nv)]
         new = []
         for i, row in enumerate(a_rows):
-            a_ik = splat_f32(builder, builder.load(element_ptr(builder, row, loop.index), typ=F32), w)
+            at = element_ptr(builder, row, loop.index)
+            if a_ahead is not None:
+                prefetch_for_read(builder, builder.gep(at, [a_ahead], source_etype=F32), 1, w)
+            a_ik = splat_f32(builder, builder.load(at, typ=F32), w)
             new += [builder.call(fma, [a_ik, bvec[v], acc[i * nv + v]]) for v in range(nv)]
         loop.carry(builder.gep(b_row, [ldb], source_etype=F32, inbounds=True), *new)
     b_after, *acc = loop.results
@@ -236,7 +272,7 @@ def k_chunk(K: int) -> int:
     return K_CHUNK if K > LONG_SUM_K else 0
 
 
-def _k_chunks(builder, shape: TileShape, K, a_rows, b, ldb, ahead, masks) -> list[ir.Value]:
+def _k_chunks(builder, shape: TileShape, K, a_rows, b, ldb, aheads, masks) -> list[ir.Value]:
     """The accumulators as the sum, in order, of `_k_run` over each chunk of `shape.chunk` rows of
     B; the A row pointers, the B row pointer and the running sums carried from chunk to chunk."""
     mr, sums = shape.mr, [zeros(vector_type(shape.width))] * (shape.mr * shape.nv)
@@ -245,7 +281,7 @@ def _k_chunks(builder, shape: TileShape, K, a_rows, b, ldb, ahead, masks) -> lis
         rows, sums = rest[:mr], rest[mr:]
         left = builder.sub(K, chunk.index)
         steps = builder.select(builder.icmp_signed("<", left, i64(shape.chunk)), left, i64(shape.chunk))
-        b_row, acc = _k_run(builder, shape, steps, rows, b_row, ldb, ahead, masks)
+        b_row, acc = _k_run(builder, shape, steps, rows, b_row, ldb, aheads, masks)
         chunk.carry(b_row, *[element_ptr(builder, row, shape.chunk) for row in rows],
                     *[builder.fadd(s, a) for s, a in zip(sums, acc, strict=True)])
     return chunk.results[1 + mr:]

@@ -16,14 +16,10 @@ from llvmlite import ir
 from .cgutils import (
     ALIGN,
     F32,
-    I32,
     I64,
-    PTR,
     as_i64,
-    define_once,
     for_range,
     i64,
-    internal_kernel,
     lanes_below,
     masked_load,
     masked_store,
@@ -31,8 +27,6 @@ from .cgutils import (
     splat_value,
     vector_constant,
 )
-
-LINE_FLOATS = 16  # floats per 64-byte cache line
 
 
 @dataclass(frozen=True)
@@ -230,22 +224,3 @@ def for_each_flat_chunk(builder: ir.IRBuilder, total: ir.Value, width: int, body
     remaining = builder.sub(total, full)
     with builder.if_then(builder.icmp_signed(">", remaining, i64(0))):
         body(Chunk(full, width, _lanes_left(builder, remaining, width)))
-
-
-def stream_in_kernel(module: ir.Module) -> ir.Function:
-    """`i32 stream_in(ptr a, i64 n)`: read the n floats at a, one 32-bit word per cache line, as one
-    sequential stream (the hardware prefetcher follows it at full speed), so the code that runs next
-    finds them in cache. The words are OR-ed into the result so the loads are not dead code; the
-    caller ignores it."""
-    return define_once(module, "tinycomp.stream_in", lambda name: _emit_stream_in(module, name))
-
-
-def _emit_stream_in(module: ir.Module, name: str) -> ir.Function:
-    fn = internal_kernel(module, name, (("a", PTR), ("n", I64)), returns=I32)
-    a, n = fn.args
-    b = ir.IRBuilder(fn.append_basic_block("entry"))
-    with for_range(b, 0, n, step=LINE_FLOATS, name="line", carry=[ir.Constant(I32, 0)]) as loop:
-        word = b.load(b.gep(a, [loop.index], source_etype=I32, inbounds=True), typ=I32)
-        loop.carry(b.or_(loop.carried[0], word))
-    b.ret(loop.results[0])
-    return fn

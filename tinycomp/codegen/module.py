@@ -33,12 +33,10 @@ from .cgutils import I32, I64, PTR, compile_as_glue, element_ptr, for_range, i64
 from .elementwise import kernel_key
 from .errors import LoweringError
 from .fingerprint import codegen_source_hash, graph_fingerprint  # noqa: F401 - part of this module's API
-from .loops import stream_in_kernel
 from .scratch import NO_CODE, ROW_BLOCK, BufferPlan, plan_buffers, row_block  # noqa: F401 - ROW_BLOCK: API
 from .target import Target, with_width
 
 ENTRY = "tinycomp_forward"
-STREAM_IN_MIN_BYTES = 2 << 20  # batches with more input than this read each block in first (_stream_in_block)
 
 
 @dataclass
@@ -382,23 +380,8 @@ def _row_blocks(e: _Emitter, block: int) -> None:
         left = b.sub(M, r0)
         e.rows = b.select(b.icmp_signed("<", left, i64(block)), left, i64(block))
         e.r0 = r0
-        _stream_in_block(e, M, block)
         _emit_nodes(e)
     e.rows, e.r0 = M, None
-
-
-def _stream_in_block(e: _Emitter, M: ir.Value, block: int) -> None:
-    """Before each block of a batch whose input is much larger than L2, read the block's input rows
-    in one sequential pass: such a batch streams in from L3 or memory, and the first layer's row
-    tiles, each starting six short streams at once, would wait on it. Measured on the reference
-    MLP, one thread, three interleaved runs each: batch 2048 9,243 against 9,851 us, 8192 36,885
-    against 39,848 us; but batch 256 and 512, whose input stays cached between calls, lost 4-6 %,
-    hence STREAM_IN_MIN_BYTES."""
-    x = e.g.inputs[0]
-    row = row_floats(e.g.shape(x))
-    min_rows = max(block + 1, -(-STREAM_IN_MIN_BYTES // (4 * row)))  # several blocks, over the byte threshold
-    with e.b.if_then(e.b.icmp_signed(">=", M, i64(min_rows))):
-        e.b.call(stream_in_kernel(e.module), [e.pointer(x), e.b.mul(e.rows, i64(row))])
 
 
 def _max_pack_floats(g: Graph, target: Target, block: int = 0) -> int:

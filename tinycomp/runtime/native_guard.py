@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 from llvmlite import ir
 
-from ..codegen.loops import I32, I64, PTR
+from ..codegen.cgutils import I32, I64, PTR
 from .engine import JitEngine
 
 # CPython 3.x object layout: PyObject_HEAD is two words; a dict's version tag follows `ma_used`;
