@@ -25,7 +25,7 @@ from tinycomp.frontend.tensor import apply_op
 from tinycomp.frontend.tracer import trace
 from tinycomp.frontend.transformer import scaled_dot_product_attention
 from tinycomp.ir.passes import run_pipeline
-from tinycomp.nn import Layer, MultiHeadAttention, Tensor, manual_seed
+from tinycomp.nn import Layer, Linear, MultiHeadAttention, Tensor, manual_seed
 from tinycomp.parity import check_parity, float64_reference
 from tinycomp.runtime.engine import JitEngine
 from tinycomp.runtime.kernel import NativeKernel
@@ -146,6 +146,66 @@ def test_cross_attention_with_a_bias_and_either_scale(divide):
         ref = sdpa64(x, mem, mem, heads, scale=3.0 if divide else 0.25, divide=divide,
                      bias=model.bias.data.astype(np.float64))
         assert_parity(fast(x, mem), model(Tensor(x), Tensor(mem)), ref)
+
+
+class SplitProjection(Layer):
+    """nanoGPT's attention: one projection's columns cut into q, k and v (in `order`, at odd offsets
+    when `width` is odd), `also` adding q to the output (then q is read by something else too)."""
+
+    def __init__(self, heads, width, order="qkv", also=False):
+        manual_seed(width)
+        self.heads, self.width, self.order, self.also = heads, width, order, also
+        self.proj = Linear(width, 3 * width)
+
+    def forward(self, x):
+        seq, w = x.shape[1], self.width
+        h = self.proj(x)
+        parts = {name: h[:, :, i * w:(i + 1) * w] for i, name in enumerate(self.order)}
+        q, k, v = (parts[c].reshape(-1, seq, self.heads, w // self.heads).transpose(1, 2) for c in "qkv")
+        scores = q.matmul(k.transpose(-2, -1)) * 0.5
+        out = apply_op("softmax", scores, dim=-1).matmul(v).transpose(1, 2).reshape(-1, seq, w)
+        return out + parts["q"] if self.also else out
+
+
+def split_reference(model, x):
+    h = np.asarray(x, np.float64) @ model.proj.weight.data.astype(np.float64) + model.proj.bias.data
+    w = model.width
+    parts = {name: h[..., i * w:(i + 1) * w] for i, name in enumerate(model.order)}
+    out = sdpa64(parts["q"], parts["k"], parts["v"], model.heads, scale=0.5)
+    return out + parts["q"] if model.also else out
+
+
+@pytest.mark.parametrize("heads, width, order", [(4, 32, "qkv"), (3, 15, "kvq"), (1, 5, "vqk")])
+def test_q_k_and_v_cut_from_one_projection_are_read_where_it_wrote_them(heads, width, order):
+    """The three column slices of the projection are never copied: each shares the projection's
+    buffer and the attention reads it there, rows 3 x width floats apart, from its first column."""
+    from tinycomp.codegen.scratch import columns_read_in_place, plan_buffers
+
+    model = SplitProjection(heads, width, order)
+    seq = 7
+    fast = tc.compile(model, input_shape=(None, seq, width))
+    g = fast.graph
+    slices = g.nodes("slice")
+    assert g.op_counts().get("attention") == 1 and len(slices) == 3
+    assert sorted(columns_read_in_place(g, n) for n in slices) == [0, width, 2 * width]
+    plan = plan_buffers(g)
+    assert all(plan.alias_root(n) == g.args(n)[0] for n in slices) and not set(slices) & set(plan.offsets)
+    for batch in (*BATCHES, 40):  # 40: row blocks and, on two cores, a split batch
+        x = inputs(batch, seq, width, seed=batch)
+        assert_parity(fast(x), model(Tensor(x)), split_reference(model, x))
+
+
+def test_a_slice_something_else_reads_too_is_copied():
+    model = SplitProjection(2, 8, also=True)
+    fast = tc.compile(model, input_shape=(None, 5, 8))
+    from tinycomp.codegen.scratch import columns_read_in_place
+
+    q_slice = next(n for n in fast.graph.nodes("slice") if fast.graph.attrs(n)["start"] == 0)
+    assert columns_read_in_place(fast.graph, q_slice) is None
+    assert [columns_read_in_place(fast.graph, n) for n in fast.graph.nodes("slice") if n != q_slice] == [8, 16]
+    for batch in BATCHES:
+        x = inputs(batch, 5, 8, seed=batch)
+        assert_parity(fast(x), model(Tensor(x)), split_reference(model, x))
 
 
 def test_nan_and_infinity_come_out_where_eager_has_them():

@@ -56,6 +56,7 @@ from .elementwise import NEG_INF, softmax_row, softmax_rows_in_registers
 from .gemm import tile_vectors
 from .loops import Chunk, broadcast_load
 from .lower_tensor import samples
+from .scratch import columns_read_in_place
 from .strided import broadcast_strides
 
 if TYPE_CHECKING:
@@ -372,6 +373,10 @@ def attention_spec(g: Graph, n: str, width: int, registers: int) -> AttentionSpe
     lead, sq, sk, d, dv, heads = attention_dims(g.shape(q), g.shape(k), g.shape(v), attrs["heads"])
 
     def rows_and_batch(x: str) -> tuple[int, int]:
+        """Floats between x's rows and between its samples where the kernel reads it: a slice of
+        whole columns is read inside its operand's rows (`lower_attention` adds the first column)."""
+        if columns_read_in_place(g, x) is not None:
+            x = g.args(x)[0]
         shape = g.shape(x)
         return shape[-1], (shape[-2] * shape[-1] if len(shape) == 3 else 0)
 
@@ -392,4 +397,9 @@ def lower_attention(e: _Emitter, n: str) -> None:
     fn = e.kernel(("attention", spec), lambda name: emit_attention(e.module, name, spec))
     q, k, v, *mask = e.g.args(n)
     mask_ptr = e.pointer(mask[0]) if mask else ir.Constant(PTR, None)
-    e.call(fn, samples(e, n), e.pointer(n), e.pointer(q), e.pointer(k), e.pointer(v), mask_ptr, e.pack_buffer())
+
+    def operand(x: str) -> ir.Value:
+        column = columns_read_in_place(e.g, x)
+        return e.pointer(x) if column is None else element_ptr(e.b, e.pointer(x), column)
+
+    e.call(fn, samples(e, n), e.pointer(n), operand(q), operand(k), operand(v), mask_ptr, e.pack_buffer())

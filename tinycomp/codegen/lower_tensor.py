@@ -99,7 +99,10 @@ def lower_transpose(e: _Emitter, n: str) -> None:
 
 
 def lower_slice(e: _Emitter, n: str) -> None:
-    """A copy that reads the operand from its slice's first element, along the axis `step` apart."""
+    """A copy that reads the operand from its slice's first element, along the axis `step` apart;
+    no code for a slice its attentions read in place (`scratch.columns_read_in_place`)."""
+    if n in e.buffers.aliases:
+        return
     g = e.g
     (x,) = g.args(n)
     shape, attrs = tuple(g.shape(x)), g.attrs(n)

@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 
 from ..ir.graph import Graph
 from ..ir.layout import is_batched, row_floats
-from ..ir.ops import ALIASING, LEAVES
+from ..ir.ops import ALIASING, LEAVES, normalized_axis
 from ..ir.passes.fold_dropout import is_identity_dropout
+from ..ir.shapes import sliced
 
 ALIGN = 16
 ROW_BLOCK = 128  # rows per block of the whole graph at most (see row_block); 0 runs each node on all rows
@@ -31,6 +32,24 @@ PASS_THROUGH = ALIASING - {"output"}
 def is_pass_through(g: Graph, n: str) -> bool:
     """Does n share its operand's buffer? A training-mode dropout computes a value of its own."""
     return g.op(n) in PASS_THROUGH and not (g.op(n) == "dropout" and not is_identity_dropout(g, n))
+
+
+def columns_read_in_place(g: Graph, n: str) -> int | None:
+    """The first column of slice n if every node reading it is an attention that reads it where it
+    lies, inside its operand's rows (a run of whole columns, step 1, of an (N, S, W) or (S, W) value:
+    the row stride stays W), else None. nanoGPT's q, k and v are such slices of one projection;
+    their attention then takes no copies of them (`attention.attention_spec`), and the slice shares
+    its operand's buffer (`plan_buffers`) and runs no code."""
+    if g.op(n) != "slice" or g.output == n:
+        return None
+    attrs, shape = g.attrs(n), tuple(g.shape(g.args(n)[0]))
+    last_axis = normalized_axis(len(shape), int(attrs["axis"])) == len(shape) - 1
+    if len(shape) not in (2, 3) or int(attrs["step"]) != 1 or not last_axis:
+        return None
+    users = g.users(n)
+    if not users or any(g.op(u) != "attention" or n in g.args(u)[3:] for u in users):
+        return None  # a mask is read with its own broadcast strides: only q, k and v
+    return sliced(shape[-1], attrs["start"], attrs["stop"], attrs["step"])[0]
 
 
 def _round_up(n: int) -> int:
@@ -76,7 +95,7 @@ class BufferPlan:
 
 def plan_buffers(g: Graph, pack_floats: int = 0) -> BufferPlan:
     order = g.nodes()
-    aliases = {n: g.args(n)[0] for n in order if is_pass_through(g, n)}
+    aliases = {n: g.args(n)[0] for n in order if is_pass_through(g, n) or columns_read_in_place(g, n) is not None}
     plan = BufferPlan({}, aliases, output_root="")
     plan.output_root = plan.alias_root(g.args(g.output)[0])
     last_use: dict[str, int] = {}
