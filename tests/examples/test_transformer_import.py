@@ -17,11 +17,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 # torch exports F.scaled_dot_product_attention with q and k each scaled by the scale's root before
-# their product: not the fused node's computation op for op, so through ONNX that one stays unfused
+# their product: the fused node then reads q and k so scaled (fuse_attention.prescaled)
 @pytest.mark.parametrize("style, kernels", [("student", ["1 attention, 2 layer_norm, 6 linear"] * 2),
                                             ("nanogpt", ["1 attention, 2 layer_norm, 4 linear"] * 2),
-                                            ("nanogpt-flash", ["1 attention, 2 layer_norm, 4 linear",
-                                                               "2 layer_norm, 4 linear"])])
+                                            ("nanogpt-flash", ["1 attention, 2 layer_norm, 4 linear"] * 2)])
 def test_transformer_import_example_matches_torch_and_fuses(capsys, style, kernels):
     proc = subprocess.run([sys.executable, str(ROOT / "examples" / "transformer_import.py"), "--style", style],
                           capture_output=True, text=True, timeout=600, cwd=ROOT)

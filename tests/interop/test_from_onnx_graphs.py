@@ -368,12 +368,17 @@ def test_nanogpt_attention_exported_by_torch(last):
 @pytest.mark.parametrize("mode", ["causal", "bool-mask"])
 def test_scaled_dot_product_attention_exported_by_torch(mode):
     """torch writes F.scaled_dot_product_attention out in ONNX ops (q and k each scaled by a root of
-    the scale, a causal mask built from the sizes): it imports and matches ONNX Runtime."""
+    the scale, a causal mask built from the sizes): it imports and matches ONNX Runtime. The causal
+    form compiles to the fused kernel (q and k scaled before it); with a bool mask torch also
+    replaces the softmax's NaNs by zeros (IsNaN), which the kernel does not do for a NaN score."""
     torch = pytest.importorskip("torch", reason="PyTorch is not installed (pip install 'tinycomp[torch]')")
     from torch_models import FlashAttention
 
     torch.manual_seed(14)
-    check_samples(exported_by_torch(FlashAttention(mode=mode), (5, 16), 17), (5, 16), scale=1.0)
+    blob = exported_by_torch(FlashAttention(mode=mode), (5, 16), 17)
+    check_samples(blob, (5, 16), scale=1.0)
+    ops = tc.compile(from_onnx(blob), input_shape=(None, 5, 16)).graph.op_counts()
+    assert ops.get("attention") == (1 if mode == "causal" else None) and ("softmax" in ops) == (mode != "causal")
 
 
 def test_lets_build_gpt_block_exported_by_torch():

@@ -120,6 +120,38 @@ def test_other_spellings_of_the_same_views_and_cross_attention(split_k_like_q):
     assert h.args(node) == ["x", "memory", "memory"] and h.shape(node) == (None, SEQ, 6)
 
 
+class Prescaled(Layer):
+    """torch's ONNX export of scaled_dot_product_attention: q and k^T each multiplied by a constant
+    (the scale's root) before their product, no scale after it; `per_column` multiplies q by a
+    tensor of one value per head column instead, which the node does not compute."""
+
+    def __init__(self, per_column=False):
+        self.c = Tensor(np.full(3, 0.6)) if per_column else 0.6
+
+    def forward(self, x, memory):
+        n, s = x.shape[0], x.shape[1]
+        q = x.reshape(-1, s, 2, 3).transpose(1, 2) * self.c
+        kt = memory.reshape(-1, 7, 2, 3).transpose(1, 2).transpose(2, 3) * 0.6
+        v = memory.reshape(-1, 7, 2, 3).transpose(1, 2)
+        w = apply_op("softmax", q.matmul(kt), dim=-1)
+        return w.matmul(v).transpose(1, 2).reshape(n, s, 6)
+
+
+def test_q_and_k_scaled_before_their_product_are_scaled_before_the_views():
+    g = trace(Prescaled(), [(None, SEQ, 6), (None, 7, 6)])
+    h = check_pass(fuse_attention, g, x_of(width=6), x_of(seq=7, width=6, seed=1), pre=untouched, post=fused)
+    [node] = h.nodes("attention")
+    q, k, v = h.args(node)
+    assert (h.op(q), h.args(q)[0], h.op(k), h.args(k)[0], v) == ("mul", "x", "mul", "memory", "memory")
+    assert h.shape(q) == (None, SEQ, 6) and h.shape(k) == (None, 7, 6) and h.attrs(node).get("scale", 1.0) == 1.0
+
+
+def test_q_scaled_by_a_tensor_of_several_values_is_left_alone():
+    g = trace(Prescaled(per_column=True), [(None, SEQ, 6), (None, 7, 6)])
+    check_pass(fuse_attention, g, x_of(width=6), x_of(seq=7, width=6, seed=1), pre=untouched, post=untouched,
+               changes=False)
+
+
 class Variant(Layer):
     """MultiHeadAttention's math with one thing changed that the node does not compute."""
 

@@ -19,7 +19,11 @@ The rewrite only goes through when the result is the same computation, op for op
   reads m itself and rounds as eager does; any other term is added as it is;
 - a masked_fill instead of a term, `where(m, c, scores)` or `where(m, scores, c)`, is folded in as
   `mask_fill` = c and `fill_at` ("nonzero" or "zero"): the kernel selects, reading m itself; the
-  fill may also come before the scale (`where(m, c, q @ k^T) / s`): the node's fill is then fl(c / s).
+  fill may also come before the scale (`where(m, c, q @ k^T) / s`): the node's fill is then fl(c / s);
+- q or k^T multiplied by a one-element constant on its way to the product (torch's ONNX export of
+  scaled_dot_product_attention scales both by the scale's root) is that product taken of the
+  (N, S, H*D) value instead (`prescaled`): each element meets the same constant in the same
+  multiply, whatever the views put it, so the numbers are the graph's.
 """
 
 from __future__ import annotations
@@ -94,6 +98,29 @@ def source_of(g: Graph, n: str, heads: int, length: int, order: tuple[int, ...])
         if np.array_equal(got.reshape(want.shape), want):
             return chain[i], (None if tuple(base) == layout else (-1, *layout[1:]))
     return None
+
+
+def prescaled(g: Graph, n: str, heads: int, length: int, order: tuple[int, ...]) -> tuple[Source, str] | None:
+    """(the source, c) where n = source viewed per head (`source_of`) times c, a one-element
+    constant on either side that does not widen the source; None otherwise."""
+    if g.op(n) != "mul":
+        return None
+    a, b = g.args(n)
+    for x, c in ((a, b), (b, a)):
+        source = source_of(g, x, heads, length, order)
+        if source is not None and number(g, c, source[0]) is not None:
+            return source, c
+    return None
+
+
+Operand = tuple[Source, str | None]  # what the node reads: a source, times a constant or not
+
+
+def operand(g: Graph, n: str, heads: int, length: int, order: tuple[int, ...]) -> Operand | None:
+    """What the node reads for n: its source through views (`source_of`), or such a source times
+    the constant n multiplies it by (`prescaled`); None if neither."""
+    source = source_of(g, n, heads, length, order)
+    return (source, None) if source is not None else prescaled(g, n, heads, length, order)
 
 
 def merged_output(g: Graph, m: str) -> str | None:
@@ -235,15 +262,17 @@ def fuse_one(g: Graph, soft: str) -> bool:
     heads, sq, sk = (shape[1] if len(shape) == 4 else 1), shape[-2], shape[-1]
     end = merged_output(g, out_mm)
     q_in, kt_in = g.args(scores_mm)
-    sources = [source_of(g, q_in, heads, sq, (0, 2, 1, 3)), source_of(g, kt_in, heads, sk, (0, 2, 3, 1)),
-               source_of(g, g.args(out_mm)[1], heads, sk, (0, 2, 1, 3))]
-    if end is None or None in sources or soft == g.args(out_mm)[1]:
+    v_source = source_of(g, g.args(out_mm)[1], heads, sk, (0, 2, 1, 3))
+    reads = [operand(g, q_in, heads, sq, (0, 2, 1, 3)), operand(g, kt_in, heads, sk, (0, 2, 3, 1)),
+             None if v_source is None else (v_source, None)]
+    if end is None or None in reads or soft == g.args(out_mm)[1]:
         return False
-    made: dict[Source, str] = {}  # q, k and v often read one value: view it once
-    for s in sources:
-        if s is not None and s not in made:
-            made[s] = viewed(g, s)
-    operands = [made[s] for s in sources if s is not None]
+    made: dict[Operand, str] = {}  # q, k and v often read one value: view it once
+    for read in reads:
+        if read is not None and read not in made:
+            source, c = read
+            made[read] = viewed(g, source) if c is None else g.add("mul", [viewed(g, source), c])
+    operands = [made[read] for read in reads if read is not None]
     if mask is not None:  # one head written without a head axis: the mask gets one
         operands.append(viewed(g, (mask, (-1, 1, *g.shape(mask)[1:]) if len(shape) == 3 and
                                    g.shape(mask)[:1] == (None,) else None)))
