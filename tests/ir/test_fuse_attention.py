@@ -122,27 +122,33 @@ def test_other_spellings_of_the_same_views_and_cross_attention(split_k_like_q):
 
 class Prescaled(Layer):
     """torch's ONNX export of scaled_dot_product_attention: q and k^T each multiplied by a constant
-    (the scale's root) before their product, no scale after it; `per_column` multiplies q by a
-    tensor of one value per head column instead, which the node does not compute."""
+    (the scale's root) before their product, no scale after it. `where` moves k's multiply before
+    its transpose, or puts one on v; `per_column` multiplies q by a tensor of one value per head
+    column instead, which the node does not compute."""
 
-    def __init__(self, per_column=False):
-        self.c = Tensor(np.full(3, 0.6)) if per_column else 0.6
+    def __init__(self, where="q and k^T", per_column=False):
+        self.where, self.c = where, Tensor(np.full(3, 0.6)) if per_column else 0.6
 
     def forward(self, x, memory):
         n, s = x.shape[0], x.shape[1]
         q = x.reshape(-1, s, 2, 3).transpose(1, 2) * self.c
-        kt = memory.reshape(-1, 7, 2, 3).transpose(1, 2).transpose(2, 3) * 0.6
+        k = memory.reshape(-1, 7, 2, 3).transpose(1, 2)
+        kt = (k * 0.6).transpose(2, 3) if self.where == "k before its transpose" else k.transpose(2, 3) * 0.6
         v = memory.reshape(-1, 7, 2, 3).transpose(1, 2)
+        if self.where == "v too":
+            v = 1.5 * v
         w = apply_op("softmax", q.matmul(kt), dim=-1)
         return w.matmul(v).transpose(1, 2).reshape(n, s, 6)
 
 
-def test_q_and_k_scaled_before_their_product_are_scaled_before_the_views():
-    g = trace(Prescaled(), [(None, SEQ, 6), (None, 7, 6)])
+@pytest.mark.parametrize("where", ["q and k^T", "k before its transpose", "v too"])
+def test_operands_scaled_among_their_views_are_scaled_before_them(where):
+    g = trace(Prescaled(where), [(None, SEQ, 6), (None, 7, 6)])
     h = check_pass(fuse_attention, g, x_of(width=6), x_of(seq=7, width=6, seed=1), pre=untouched, post=fused)
     [node] = h.nodes("attention")
     q, k, v = h.args(node)
-    assert (h.op(q), h.args(q)[0], h.op(k), h.args(k)[0], v) == ("mul", "x", "mul", "memory", "memory")
+    assert (h.op(q), h.args(q)[0], h.op(k), h.args(k)[0]) == ("mul", "x", "mul", "memory")
+    assert (h.op(v), h.args(v)[0]) == ("mul", "memory") if where == "v too" else v == "memory"
     assert h.shape(q) == (None, SEQ, 6) and h.shape(k) == (None, 7, 6) and h.attrs(node).get("scale", 1.0) == 1.0
 
 
@@ -150,6 +156,23 @@ def test_q_scaled_by_a_tensor_of_several_values_is_left_alone():
     g = trace(Prescaled(per_column=True), [(None, SEQ, 6), (None, 7, 6)])
     check_pass(fuse_attention, g, x_of(width=6), x_of(seq=7, width=6, seed=1), pre=untouched, post=untouched,
                changes=False)
+
+
+class FourAxisConstant(Layer):
+    """Per-head views of 4-D inputs, q times a (1, 1, 1, 1) constant: multiplying the (N, S, H*D)
+    value by it instead would add an axis, so the graph is left as it is (a hunt's case: that
+    multiply broadcast to (1, N, S, W) and the compile failed)."""
+
+    def forward(self, x, memory):
+        q = x.transpose(1, 2) * Tensor(np.full((1, 1, 1, 1), 0.6, np.float32))
+        w = apply_op("softmax", q.matmul(memory.transpose(1, 2).transpose(2, 3)), dim=-1)
+        return w.matmul(memory.transpose(1, 2)).transpose(1, 2).reshape(-1, SEQ, 6)
+
+
+def test_a_constant_that_would_add_an_axis_is_left_alone():
+    g = trace(FourAxisConstant(), [(None, SEQ, 2, 3), (None, 7, 2, 3)])
+    x, memory = x_of(width=6).reshape(3, SEQ, 2, 3), x_of(seq=7, width=6, seed=1).reshape(3, 7, 2, 3)
+    check_pass(fuse_attention, g, x, memory, pre=untouched, post=untouched, changes=False)
 
 
 class Variant(Layer):

@@ -20,10 +20,11 @@ The rewrite only goes through when the result is the same computation, op for op
 - a masked_fill instead of a term, `where(m, c, scores)` or `where(m, scores, c)`, is folded in as
   `mask_fill` = c and `fill_at` ("nonzero" or "zero"): the kernel selects, reading m itself; the
   fill may also come before the scale (`where(m, c, q @ k^T) / s`): the node's fill is then fl(c / s);
-- q or k^T multiplied by a one-element constant on its way to the product (torch's ONNX export of
-  scaled_dot_product_attention scales both by the scale's root) is that product taken of the
-  (N, S, H*D) value instead (`prescaled`): each element meets the same constant in the same
-  multiply, whatever the views put it, so the numbers are the graph's.
+- q, k^T or v multiplied by a one-element constant anywhere among its views (torch's ONNX export
+  of scaled_dot_product_attention scales q and k^T by the scale's root; a hand-written
+  `(k * c).transpose(-2, -1)` scales k before its transpose) is that product taken of the (N, S,
+  H*D) value instead (`view_chain`): each element meets the same constant in the same multiply,
+  whatever the views put it, so the numbers are the graph's.
 """
 
 from __future__ import annotations
@@ -74,53 +75,52 @@ def heads_layout(shape: tuple, heads: int, order: tuple[int, ...]) -> np.ndarray
 
 
 Source = tuple[str, tuple | None]  # a node, and the shape to view it as (None: as it is)
+Operand = tuple[Source, str | None]  # what the node reads: a source, times a one-element constant or not
 
 
-def source_of(g: Graph, n: str, heads: int, length: int, order: tuple[int, ...]) -> Source | None:
+def view_chain(g: Graph, n: str) -> tuple[list[str], str | None, int]:
+    """n and the values below it through views and at most one multiply by a one-element constant
+    of at most three axes (which commutes with any view: every element meets the same constant):
+    (the chain from n down, the constant or None, the index in the chain of the multiply's operand;
+    0 without one)."""
+    chain, const, below = [n], None, 0
+    while True:
+        x = chain[-1]
+        if g.op(x) in VIEWS:
+            chain.append(g.args(x)[0])
+            continue
+        if g.op(x) == "mul" and const is None:
+            a, b = g.args(x)
+            for y, c in ((a, b), (b, a)):
+                if is_scalar_const(g, c) and len(g.shape(c)) <= 3 and g.shape(y) == g.shape(x):
+                    const, below = c, len(chain) - 1
+                    chain[-1] = y  # the multiply is left out of the views the chain runs
+                    break
+            if const is not None:
+                continue
+        return chain, const, below
+
+
+def source_of(g: Graph, n: str, heads: int, length: int, order: tuple[int, ...]) -> Operand | None:
     """The highest value above n through reshapes and transposes that n reads as the per-head view
-    `order` of an (N, length, heads*D) layout, and the reshape to that layout it needs; None if
-    there is none."""
+    `order` of an (N, length, heads*D) layout, the reshape to that layout it needs, and the
+    one-element constant a multiply on the way scales it by (None: none); None if there is none."""
     if g.shape(n)[:1] != (None,):
         return None
-    chain = [n]
-    while g.op(chain[-1]) in VIEWS:
-        chain.append(g.args(chain[-1])[0])
+    chain, const, below = view_chain(g, n)
     want_shape = concrete(g.shape(n))
     if len(want_shape) == 3:  # one head: (N, S, D) is (N, 1, S, D) without its head axis
         want_shape = (want_shape[0], 1, *want_shape[1:])
     layout = (None, length, heads * want_shape[3 if order[-1] == 3 else 2])
     want = heads_layout(layout, heads, order)
-    for i in range(len(chain) - 1, -1, -1):
+    for i in range(len(chain) - 1, below - 1, -1):  # a source below the multiply, if any
         base = g.shape(chain[i])
         if base[:1] != (None,) or int(np.prod(concrete(base))) != want.size or want.shape != want_shape:
             continue
         got = run_views(g, chain[i - 1::-1] if i else [], np.arange(want.size).reshape(concrete(base)))
         if np.array_equal(got.reshape(want.shape), want):
-            return chain[i], (None if tuple(base) == layout else (-1, *layout[1:]))
+            return (chain[i], (None if tuple(base) == layout else (-1, *layout[1:]))), const
     return None
-
-
-def prescaled(g: Graph, n: str, heads: int, length: int, order: tuple[int, ...]) -> tuple[Source, str] | None:
-    """(the source, c) where n = source viewed per head (`source_of`) times c, a one-element
-    constant on either side that does not widen the source; None otherwise."""
-    if g.op(n) != "mul":
-        return None
-    a, b = g.args(n)
-    for x, c in ((a, b), (b, a)):
-        source = source_of(g, x, heads, length, order)
-        if source is not None and number(g, c, source[0]) is not None:
-            return source, c
-    return None
-
-
-Operand = tuple[Source, str | None]  # what the node reads: a source, times a constant or not
-
-
-def operand(g: Graph, n: str, heads: int, length: int, order: tuple[int, ...]) -> Operand | None:
-    """What the node reads for n: its source through views (`source_of`), or such a source times
-    the constant n multiplies it by (`prescaled`); None if neither."""
-    source = source_of(g, n, heads, length, order)
-    return (source, None) if source is not None else prescaled(g, n, heads, length, order)
 
 
 def merged_output(g: Graph, m: str) -> str | None:
@@ -262,9 +262,8 @@ def fuse_one(g: Graph, soft: str) -> bool:
     heads, sq, sk = (shape[1] if len(shape) == 4 else 1), shape[-2], shape[-1]
     end = merged_output(g, out_mm)
     q_in, kt_in = g.args(scores_mm)
-    v_source = source_of(g, g.args(out_mm)[1], heads, sk, (0, 2, 1, 3))
-    reads = [operand(g, q_in, heads, sq, (0, 2, 1, 3)), operand(g, kt_in, heads, sk, (0, 2, 3, 1)),
-             None if v_source is None else (v_source, None)]
+    reads = [source_of(g, q_in, heads, sq, (0, 2, 1, 3)), source_of(g, kt_in, heads, sk, (0, 2, 3, 1)),
+             source_of(g, g.args(out_mm)[1], heads, sk, (0, 2, 1, 3))]
     if end is None or None in reads or soft == g.args(out_mm)[1]:
         return False
     made: dict[Operand, str] = {}  # q, k and v often read one value: view it once
