@@ -235,3 +235,36 @@ def test_cuts_selections_and_masked_attention_match_eager(tmp_path, target):
     model = CutsAndMasks()
     assert tc.compile(model, input_shape=(None, 45)).graph.op_counts().get("attention") == 1
     assert_export_matches_eager(tmp_path, target, model, 45, seed=11)
+
+
+class SplitAttention(Layer):
+    """nanoGPT's attention on every target: one projection's columns cut into q, k and v (read in
+    place by the kernel, rows 3 x 6 floats apart from columns 0, 6 and 12), a causal masked_fill;
+    `prescaled`: q and k^T each scaled by a constant before their product, as torch's ONNX export
+    of scaled_dot_product_attention writes it (then only v is read in place)."""
+
+    def __init__(self, prescaled):
+        manual_seed(12)
+        self.proj, self.prescaled = Linear(6, 18), prescaled
+        self.blocked = np.triu(np.ones((5, 5), dtype=bool), 1)
+
+    def forward(self, x):  # x: (N, 5 tokens x 6 features)
+        h = self.proj(x.reshape(-1, 5, 6))
+        q, k, v = (h[..., i:i + 6].reshape(-1, 5, 2, 3).transpose(1, 2) for i in (0, 6, 12))
+        kt = k.transpose(-2, -1)
+        scores = (q * 0.75) @ (kt * 0.75) if self.prescaled else q @ kt * 0.5625
+        return (Softmax()(where(self.blocked, -np.inf, scores)) @ v).transpose(1, 2).reshape(-1, 30)
+
+
+@pytest.mark.parametrize("prescaled", [False, True])
+@pytest.mark.parametrize("target", TARGETS)
+def test_q_k_v_cut_from_one_projection_match_eager(tmp_path, target, prescaled):
+    from tinycomp.codegen.scratch import columns_read_in_place
+
+    skip_unless_runnable(target)
+    model = SplitAttention(prescaled)
+    g = tc.compile(model, input_shape=(None, 30)).graph
+    assert g.op_counts().get("attention") == 1
+    in_place = sorted(c for n in g.nodes("slice") if (c := columns_read_in_place(g, n)) is not None)
+    assert in_place == ([12] if prescaled else [0, 6, 12])
+    assert_export_matches_eager(tmp_path, target, model, 30, seed=12)
