@@ -9,18 +9,20 @@ with the eager model live here too, beside what they read.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from llvmlite import ir
 
 from .binding import DropoutDraws, LiveParams, StructureGuard, layers_in_mode
 from .checks import is_whole_number
 from .codegen.fingerprint import graph_fingerprint
-from .codegen.module import LoweringError, ModulePlan, lower_graph
+from .codegen.module import LoweringError, ModulePlan, lower_graph, lowered_module
 from .codegen.target import Target, host
 from .errors import CompileError, ParityError
 from .frontend.inputs import feature_shape  # noqa: F401 - export reads the compiled input shape here
@@ -181,8 +183,21 @@ def _check_interface(traced: Graph, optimized: Graph) -> None:
 
 def lower(g: Graph, target: Target | int) -> ModulePlan:
     """The module for g (`codegen.module.lower_graph`); what it cannot compile is a CompileError."""
-    try:
+    with _compile_errors():
         return lower_graph(g, target)
+
+
+@contextlib.contextmanager
+def lowered(g: Graph, target: Target | int) -> Iterator[tuple[ModulePlan, ir.Module]]:
+    """`lower`, llvmlite's module not yet printed (`codegen.module.lowered_module`)."""
+    with _compile_errors(), lowered_module(g, target) as plan_and_module:
+        yield plan_and_module
+
+
+@contextlib.contextmanager
+def _compile_errors() -> Iterator[None]:
+    try:
+        yield
     except LoweringError as exc:
         raise CompileError(str(exc)) from exc
 
@@ -202,8 +217,8 @@ def codegen(g: Graph, speed_level: int) -> tuple[ModulePlan, JitEngine, str, boo
             log("compile", "cache entry %s unusable (%s); rebuilding", key[:16], exc)
         else:
             return plan, engine, key, True
-    plan = lower(g, width)
-    engine = JitEngine(plan.llvm_ir, speed_level=speed_level)
+    with lowered(g, width) as (plan, module):  # printed in parts, each compiled as soon as printed
+        engine = JitEngine(module, speed_level=speed_level)
     cache.store(key, plan.to_meta(), engine.objects)
     return plan, engine, key, False
 

@@ -1,11 +1,14 @@
 """Splitting a module for parallel code generation (codegen/split.py, runtime.engine.emit_objects):
 every part parses on its own, the parts define each function once (inline helpers in each part that
-calls them), and a model emitted in parts computes exactly what it computes emitted whole."""
+calls them), and a model emitted in parts computes exactly what it computes emitted whole. llvmlite's
+module, split before it is printed, gives the parts its printed text gives, each printed only when
+the engine asks for it."""
 
 from __future__ import annotations
 
 import ctypes
 import re
+import threading
 
 import numpy as np
 import pytest
@@ -14,10 +17,11 @@ from llvmlite import ir
 import tinycomp as tc
 from tests.models import REFERENCE_MLP_IN, reference_mlp
 from tests.reliability.rel_helpers import assert_matches_eager
+from tinycomp.bench.models import get_model
 from tinycomp.codegen import split
 from tinycomp.codegen.cgutils import F32, I64, PTR, element_ptr, for_range
-from tinycomp.codegen.module import lower_graph
-from tinycomp.codegen.split import split_module
+from tinycomp.codegen.module import lower_graph, lowered_module
+from tinycomp.codegen.split import split_ir_module, split_module
 from tinycomp.codegen.target import host, host_target_machine, parse_module
 from tinycomp.frontend.tracer import trace
 from tinycomp.ir.passes import run_pipeline
@@ -32,9 +36,12 @@ def definitions(text: str) -> dict[str, bool]:
     return {m.group(2): m.group(1) is not None for m in DEFINED.finditer(text)}
 
 
+def reference_mlp_graph():
+    return run_pipeline(trace(reference_mlp(), (None, REFERENCE_MLP_IN)))
+
+
 def reference_mlp_ir() -> str:
-    g = run_pipeline(trace(reference_mlp(), (None, REFERENCE_MLP_IN)))
-    return lower_graph(g, host().vector_width).llvm_ir
+    return lower_graph(reference_mlp_graph(), host().vector_width).llvm_ir
 
 
 def test_reference_mlp_splits_into_parts_that_each_parse_and_define_each_function_once():
@@ -123,6 +130,11 @@ def _split_test_module(with_table: bool) -> str:
     """`entry(n, x, a, b)`: a = 2x + 1 + 10 by kernel `ka`, b = 2x + 1 + 20 by `kb`, both through the
     alwaysinline `helper`; with_table: ka reads its 10 from a global constant."""
     module = ir.Module(name="split")
+    _split_test_module_in(module, with_table)
+    return str(module)
+
+
+def _split_test_module_in(module: ir.Module, with_table: bool) -> None:
     helper = ir.Function(module, ir.FunctionType(F32, [F32]), "helper")
     helper.linkage = "internal"
     helper.attributes.add("alwaysinline")
@@ -141,7 +153,6 @@ def _split_test_module(with_table: bool) -> str:
     b.call(ka, [n, x, a])
     b.call(kb, [n, x, out_b])
     b.ret_void()
-    return str(module)
 
 
 def _run(objects: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
@@ -204,3 +215,77 @@ def test_text_without_a_header_or_functions_is_read_right(monkeypatch, header):
     assert len(parts) == 2 and sum(p.count('define void @"entry"') for p in parts) == 1
     _run(emit_objects(text, jobs=2))
     assert split_module("", 2) == [""] and split_module('; ModuleID = "m"\n', 2) == ['; ModuleID = "m"\n']
+
+
+# ---------------------------------------------------------------- llvmlite's module, split unprinted
+
+@pytest.mark.parametrize("name", ["mlp", "block", "lnmlp", "wide"])
+@pytest.mark.parametrize("jobs", [2, 3])
+def test_the_unprinted_module_splits_into_the_parts_of_its_text(name, jobs):
+    """Costs, calls, linkage and the header read from llvmlite's objects are what the text shows."""
+    bench = get_model(name)
+    g = run_pipeline(trace(bench.build(0), (None, *bench.in_shape)))
+    with lowered_module(g, host().vector_width) as (_, module):
+        text = str(module)
+        printed = [p() for p in split_ir_module(module, jobs, print_share=0.0)]
+    assert printed == split_module(text, jobs)
+    assert len(printed) > 1
+
+
+def test_parts_are_printed_only_when_asked_for_and_the_first_carries_the_printing(monkeypatch):
+    monkeypatch.setattr(split, "MIN_PART_LINES", 1)
+    printed: list[str] = []
+    real = split._printed
+    monkeypatch.setattr(split, "_printed", lambda fn: printed.append(fn.name) or real(fn))
+    module = ir.Module(name="m")
+    _split_test_module_in(module, with_table=False)
+    even = split_ir_module(module, 2, print_share=0.0)
+    assert printed == []
+    assert 'define void @"entry"' in even[0]() and printed
+    printed.clear()
+    text = even[1]()
+    assert set(printed) <= set(definitions(text)) | {"helper"}
+
+
+def test_the_first_part_is_lighter_by_the_printing_its_thread_does():
+    """The thread that prints every part compiles the first: with printing as dear as compiling, the
+    entry's part keeps one of four equal kernels, against two when printing costs nothing."""
+    def fn(name: str, lines: int, internal: bool = True) -> split._Function:
+        return split._Function(name, lambda: "", internal, inline=False, calls=set(), lines=lines)
+
+    functions = {f.name: f for f in [fn("entry", 100, internal=False), *(fn(f"k{i}", 1000) for i in range(4))]}
+    even = split._balance(functions, {}, 2, print_share=0.0)
+    heavy = split._balance(functions, {}, 2, print_share=1.0)
+    assert even is not None and heavy is not None
+    assert [len(a - {"entry"}) for a in even] == [2, 2]
+    assert [len(a - {"entry"}) for a in heavy] == [1, 3] and "entry" in heavy[0]
+
+
+def test_a_part_llvm_refuses_of_the_unprinted_module_leaves_it_whole(monkeypatch, caplog):
+    def broken(module, jobs):
+        parts = real(module, jobs)
+        return [parts[0], lambda: parts[1]() + "\nnot llvm ir\n"]
+
+    real = engine_module.split_ir_module
+    monkeypatch.setattr(engine_module, "split_ir_module", broken)
+    with lowered_module(reference_mlp_graph(), host().vector_width) as (_, module), \
+            caplog.at_level("WARNING", logger="tinycomp.compile"):
+        objects = emit_objects(module, jobs=2)
+    assert len(objects) == 1 and "emitting it whole" in caplog.text
+    assert JitEngine(objects=objects).address("tinycomp_forward")
+
+
+def test_an_error_while_printing_reaches_the_caller_after_the_other_parts_finish(monkeypatch):
+    """The parts already handed to threads are waited for (their modules and contexts are freed only
+    then); the error itself is raised, not taken for a refused part."""
+    def failing(module, jobs):
+        parts = real(module, jobs)
+        return [lambda: (_ for _ in ()).throw(KeyError("printer")), *parts[1:]]
+
+    real = engine_module.split_ir_module
+    monkeypatch.setattr(engine_module, "split_ir_module", failing)
+    before = threading.active_count()
+    with lowered_module(reference_mlp_graph(), host().vector_width) as (_, module), \
+            pytest.raises(KeyError, match="printer"):
+        emit_objects(module, jobs=2)
+    assert threading.active_count() == before

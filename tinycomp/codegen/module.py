@@ -16,8 +16,9 @@ Codegen is an interpreter over the graph that emits one kernel call per node (au
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -306,9 +307,22 @@ def _as_target(target: Target | int) -> Target:
 
 def lower_graph(g: Graph, target: Target | int) -> ModulePlan:
     """Emit the module for graph g (one input, one output) for `target` (an int: the host with
-    vectors of that many lanes)."""
+    vectors of that many lanes); its text is `plan.llvm_ir`."""
+    with lowered_module(g, target) as (plan, module):
+        plan.llvm_ir = str(module)
+        return plan
+
+
+@contextlib.contextmanager
+def lowered_module(g: Graph, target: Target | int) -> Iterator[tuple[ModulePlan, ir.Module]]:
+    """g's plan (`llvm_ir` left empty) and its llvmlite module, for a caller that prints the module
+    in parts (`runtime.engine.emit_objects`); the module is unusable after the block."""
     with paused_gc():
-        return _lower_graph(g, _as_target(target))
+        plan, module = _emit_module(g, _as_target(target))
+        try:
+            yield plan, module
+        finally:
+            release_module(module)
 
 
 def plan_frame(g: Graph, target: Target | int) -> ModulePlan:
@@ -335,7 +349,7 @@ def plan_frame(g: Graph, target: Target | int) -> ModulePlan:
                       inputs=g.inputs)
 
 
-def _lower_graph(g: Graph, target: Target) -> ModulePlan:
+def _emit_module(g: Graph, target: Target) -> tuple[ModulePlan, ir.Module]:
     plan = plan_frame(g, target)
     e = _Emitter(g, target, plan)
     compile_as_glue(e.fn)  # it only computes buffer addresses and calls the kernels
@@ -344,10 +358,8 @@ def _lower_graph(g: Graph, target: Target) -> ModulePlan:
     else:
         _emit_nodes(e)
     e.b.ret_void()
-    plan.llvm_ir = str(e.module)
-    release_module(e.module)
     plan.kernels = [f.name for f in e._kernels.values()]
-    return plan
+    return plan, e.module
 
 
 def _elements(shape: tuple) -> int:

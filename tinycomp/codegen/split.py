@@ -9,34 +9,53 @@ A part holds whole function definitions: the module's header and every declarati
 part, its global variables and the exported entry into the first. A function that another part
 calls loses its `internal` linkage there and is declared where it is called; an `alwaysinline`
 helper is copied into every part that calls it, so it is still inlined. Parts are balanced by
-their lines of IR (about one instruction each). Anything this reading of llvmlite's printed IR
-does not expect (metadata, attribute groups, other linkages) leaves the module whole: splitting
-is an optimization, never a requirement.
+their lines of IR (about one instruction each). Anything this reading does not expect (metadata,
+attribute groups, other linkages) leaves the module whole: splitting is an optimization, never a
+requirement.
+
+A module is read either as printed text (`split_module`) or as llvmlite's `ir.Module` before it is
+printed (`split_ir_module`). Printing is llvmlite's Python, ~7 µs a line: the second form prints
+each part only when it is asked for, so that one part can compile on another core while this
+thread prints the next (`runtime.engine`). Both read the same module into the same parts.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
+import time
+from collections.abc import Callable
+
+from llvmlite import ir
 
 _TOP_LEVEL = re.compile(r"\n(?=define |declare |@)")  # a newline first: scanning for it is fast
 _SYMBOL = re.compile(r'@"([^"]+)"')
 _DEFINE = re.compile(r'define (internal )?[^@]*@"([^"]+)"')
 
 MIN_PART_LINES = 500  # a part costs LLVM ~1.2 ms of fixed work: smaller modules stay whole
+# Printing a line of IR with llvmlite costs about this share of what parsing, optimizing and emitting
+# it costs LLVM (the reference MLP: 14 ms against ~60 ms of CPU time). The thread that prints every
+# part compiles the first, so the first part is made that much lighter.
+PRINT_SHARE = 0.24
+
+Printer = Callable[[], str]
 
 
 @dataclasses.dataclass
 class _Function:
     name: str
-    text: str
+    printer: Printer  # its definition's text, printed on first use
     internal: bool
     inline: bool  # internal and alwaysinline: copied into each part that calls it
     calls: set[str]  # the symbols its body names
+    lines: int
+    _text: str | None = None
 
     @property
-    def lines(self) -> int:
-        return self.text.count("\n")
+    def text(self) -> str:
+        if self._text is None:
+            self._text = self.printer()
+        return self._text
 
     def declaration(self) -> str:
         return re.sub(r"^define (internal )?", "declare ", self.text.split("\n", 1)[0]) + "\n"
@@ -45,17 +64,43 @@ class _Function:
         return self.text.replace("define internal ", "define ", 1) if self.internal else self.text
 
 
+@dataclasses.dataclass
+class _Reading:
+    """A module in the pieces a part is written from."""
+    head: str  # the header lines and type declarations
+    declares: list[str]
+    variables: dict[str, str]  # name: the global variable's text
+    functions: dict[str, _Function]  # the definitions, in module order
+
+
 def split_module(llvm_ir: str, parts: int) -> list[str]:
     """llvm_ir as at most `parts` modules that together define what it defines (one: unchanged)."""
-    if parts < 2:
-        return [llvm_ir]
+    reading = _read_text(llvm_ir) if parts >= 2 else None
+    printers = _split(reading, parts, print_share=0.0) if reading else None
+    return [p() for p in printers] if printers else [llvm_ir]
+
+
+def split_ir_module(module: ir.Module, parts: int, print_share: float = PRINT_SHARE) -> list[Printer]:
+    """`module` as at most `parts` modules like `split_module`'s, each printed when its printer is
+    called; the first part made lighter by `print_share` of the whole, the share of the work its
+    thread spends printing every part. One part: the whole module's text."""
+    reading = _read_ir(module) if parts >= 2 else None
+    return (_split(reading, parts, print_share) if reading else None) or [lambda: str(module)]
+
+
+def _split(reading: _Reading, parts: int, print_share: float) -> list[Printer] | None:
+    assignment = _balance(reading.functions, reading.variables, parts, print_share)
+    return None if assignment is None else _write_parts(reading, assignment)
+
+
+def _read_text(llvm_ir: str) -> _Reading | None:
     starts = [m.start() for m in _TOP_LEVEL.finditer("\n" + llvm_ir)]  # where each line starting one begins
     if not starts:
-        return [llvm_ir]
+        return None
     head = llvm_ir[:starts[0]]
     pieces = [llvm_ir[a:b].rstrip("\n") + "\n" for a, b in zip(starts, [*starts[1:], len(llvm_ir)], strict=True)]
     if re.search(r"(?m)^(!|attributes |\$)", pieces[-1]) or "!" in head:
-        return [llvm_ir]
+        return None
     declares = [p for p in pieces if p.startswith("declare ")]
     variables = {m.group(1): p for p in pieces if p.startswith("@") and (m := _SYMBOL.match(p))}
     functions = {}
@@ -63,14 +108,11 @@ def split_module(llvm_ir: str, parts: int) -> list[str]:
         if p.startswith("define "):
             fn = _read_function(p)
             if fn is None:
-                return [llvm_ir]
+                return None
             functions[fn.name] = fn
     if len(variables) + len(declares) + len(functions) != len(pieces):
-        return [llvm_ir]
-    assignment = _balance(functions, variables, parts)
-    if assignment is None:
-        return [llvm_ir]
-    return _write_parts(head, declares, variables, functions, assignment) or [llvm_ir]
+        return None
+    return _Reading(head, declares, variables, functions)
 
 
 def _read_function(text: str) -> _Function | None:
@@ -81,7 +123,58 @@ def _read_function(text: str) -> _Function | None:
     name, internal = m.group(2), m.group(1) is not None
     calls = set(_SYMBOL.findall(text)) - {name}
     # Only an internal helper may be copied: two exported definitions of one name would not link.
-    return _Function(name, text, internal, inline=internal and " alwaysinline" in prototype, calls=calls)
+    return _Function(name, lambda: text, internal, inline=internal and " alwaysinline" in prototype, calls=calls,
+                     lines=text.count("\n"), _text=text)
+
+
+def _read_ir(module: ir.Module) -> _Reading | None:
+    if module.metadata or module.namedmetadata:
+        return None
+    # what llvmlite's Module.__repr__ writes before the first global
+    head = "\n".join([f'; ModuleID = "{module.name}"', f'target triple = "{module.triple}"',
+                      f'target datalayout = "{module.data_layout}"', "",
+                      *(t.get_declaration() for t in module.get_identified_types().values())]) + "\n"
+    declares, variables, functions = [], {}, {}
+    for value in module.globals.values():
+        if isinstance(value, ir.Function) and value.is_declaration:
+            declares.append(str(value).rstrip("\n") + "\n")
+        elif isinstance(value, ir.Function):
+            if value.linkage not in ("", "internal"):
+                return None
+            functions[value.name] = _function_of(value)
+        elif isinstance(value, ir.GlobalVariable):
+            variables[value.name] = str(value).rstrip("\n") + "\n"
+        else:
+            return None
+    return _Reading(head, declares, variables, functions)
+
+
+def _function_of(fn: ir.Function) -> _Function:
+    internal = fn.linkage == "internal"
+    lines = sum(len(block.instructions) + 1 for block in fn.blocks) + 3  # with prototype, braces, labels
+    return _Function(fn.name, lambda: _printed(fn), internal, inline=internal and "alwaysinline" in fn.attributes,
+                     calls=_named_symbols(fn) - {fn.name}, lines=lines)
+
+
+def _printed(fn: ir.Function) -> str:
+    text = str(fn)
+    time.sleep(0)  # lets go of the GIL: a thread compiling a part printed before may be waiting for it
+    return text
+
+
+def _named_symbols(fn: ir.Function) -> set[str]:
+    """The global names fn's body uses, as its text would show them. A constant that may hold one in
+    its text (an aggregate or a constant expression) is read from its text; llvmlite has no use lists."""
+    names: set[str] = set()
+    for block in fn.blocks:
+        for instr in block.instructions:
+            values = [v for v, _ in instr.incomings] if isinstance(instr, ir.PhiInstr) else instr.operands
+            for v in values:
+                if isinstance(v, ir.GlobalValue):
+                    names.add(v.name)
+                elif isinstance(v, ir.Constant) and isinstance(v.constant, (str, list, tuple, bytearray)):
+                    names.update(_SYMBOL.findall(str(v)))
+    return names
 
 
 def _inlined_closure(names: set[str], functions: dict[str, _Function]) -> set[str]:
@@ -96,10 +189,12 @@ def _inlined_closure(names: set[str], functions: dict[str, _Function]) -> set[st
     return found
 
 
-def _balance(functions: dict[str, _Function], variables: dict[str, str], parts: int) -> list[set[str]] | None:
+def _balance(functions: dict[str, _Function], variables: dict[str, str], parts: int,
+             print_share: float) -> list[set[str]] | None:
     """Which functions (not counting copied inline helpers) each part defines, or None when the module
     should stay whole. The first part takes the exported functions and every function that names a
-    global variable (the variables live there); the rest go, largest first, to the lightest part."""
+    global variable (the variables live there), and carries `print_share` of the whole; the rest go,
+    largest first, to the part they leave lightest, a part after the first paying its own printing."""
     units = [n for n, f in functions.items() if not f.inline]
     cost = {n: sum(functions[m].lines for m in {n} | _inlined_closure(functions[n].calls, functions)) for n in units}
     pinned = {n for n in units if not functions[n].internal or functions[n].calls & variables.keys()}
@@ -107,18 +202,19 @@ def _balance(functions: dict[str, _Function], variables: dict[str, str], parts: 
     if parts < 2:
         return None
     assignment: list[set[str]] = [set(pinned)] + [set() for _ in range(parts - 1)]
-    loads = [sum(cost[n] for n in pinned)] + [0] * (parts - 1)
+    loads = [sum(cost[n] for n in pinned) + print_share * sum(cost.values())] + [0.0] * (parts - 1)
+    weight = [1.0] + [1.0 + print_share] * (parts - 1)
     for n in sorted(set(units) - pinned, key=lambda n: (-cost[n], n)):
-        i = loads.index(min(loads))
+        i = min(range(parts), key=lambda i: loads[i] + weight[i] * cost[n])
         assignment[i].add(n)
-        loads[i] += cost[n]
+        loads[i] += weight[i] * cost[n]
     if any(not a for a in assignment):
         return None
     return assignment
 
 
-def _write_parts(head: str, declares: list[str], variables: dict[str, str], functions: dict[str, _Function],
-                 assignment: list[set[str]]) -> list[str] | None:
+def _write_parts(reading: _Reading, assignment: list[set[str]]) -> list[Printer] | None:
+    functions, variables = reading.functions, reading.variables
     defined_in: dict[str, int] = {n: i for i, names in enumerate(assignment) for n in names}
     variable_calls = set().union(*(_SYMBOL.findall(v) for v in variables.values())) - variables.keys()
     members = []
@@ -130,11 +226,14 @@ def _write_parts(head: str, declares: list[str], variables: dict[str, str], func
     if any(needed[i] & variables.keys() for i in range(1, len(members))):
         return None  # a global variable named outside the first part: keep the module whole
     exported = {n for i, need in enumerate(needed) for n in need if n in defined_in and defined_in[n] != i}
-    texts = []
-    for i, m in enumerate(members):
-        elsewhere = sorted(n for n in needed[i] if n in defined_in and n not in m)
-        body = [functions[n].exported() if n in exported else functions[n].text
-                for n in functions if n in m]
-        texts.append(head + "".join(declares) + "".join(functions[n].declaration() for n in elsewhere)
-                     + ("".join(variables.values()) if i == 0 else "") + "".join(body))
-    return texts
+
+    def printer(i: int) -> Printer:
+        def text() -> str:
+            m = members[i]
+            elsewhere = sorted(n for n in needed[i] if n in defined_in and n not in m)
+            body = [functions[n].exported() if n in exported else functions[n].text for n in functions if n in m]
+            return (reading.head + "".join(reading.declares) + "".join(functions[n].declaration() for n in elsewhere)
+                    + ("".join(variables.values()) if i == 0 else "") + "".join(body))
+        return text
+
+    return [printer(i) for i in range(len(members))]

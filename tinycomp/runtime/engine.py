@@ -9,6 +9,7 @@ A large module is emitted as several object files at once, one per core (`emit_o
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import os
 import platform
@@ -17,9 +18,10 @@ import threading
 from collections.abc import Sequence
 
 import llvmlite.binding as llvm
+from llvmlite import ir
 from llvmlite.binding import ffi
 
-from ..codegen.split import split_module
+from ..codegen.split import Printer, split_ir_module, split_module
 from ..codegen.target import host_backend_options, host_target_machine, optimize, parse_module
 from .threads import available_cores
 
@@ -57,66 +59,74 @@ def codegen_jobs() -> int:
     return available_cores()
 
 
-def emit_objects(llvm_ir: str, speed_level: int = 0, jobs: int | None = None) -> list[bytes]:
-    """Host object code for llvm_ir: one object per part of `split_module`, the parts emitted on
-    `jobs` threads at once (default `codegen_jobs()`); the module whole where it stays one part.
-    The reference MLP's code generation takes ~26 ms in two parts against ~43 ms whole on this
-    host's two cores."""
+def emit_objects(source: str | ir.Module, speed_level: int = 0, jobs: int | None = None) -> list[bytes]:
+    """Host object code for a module, its text or llvmlite's module before printing: one object per
+    part of `split_module` / `split_ir_module`, the parts compiled on `jobs` threads at once (default
+    `codegen_jobs()`); the module whole where it stays one part. On two cores, the reference MLP's
+    printing and code generation take ~46 ms in two parts this way, ~49 ms printed whole first, and
+    ~70 ms whole."""
     jobs = codegen_jobs() if jobs is None else jobs
-    parts = split_module(llvm_ir, jobs if _EMIT_UNLOCKED is not None else 1)  # no way past llvmlite's lock: whole
+    jobs = jobs if _EMIT_UNLOCKED is not None else 1  # no way past llvmlite's lock: whole
+    parts: list[Printer] = [functools.partial(str, text) for text in split_module(source, jobs)] \
+        if isinstance(source, str) else split_ir_module(source, jobs)
     if len(parts) > 1:
-        with _LLVM_LOCK:
-            # One context per part: LLVM compiles modules of separate contexts on separate threads.
-            contexts = [llvm.create_context() for _ in parts]
-            prepared = _prepare_parts(parts, speed_level, contexts)
+        objects = _emit_in_parts(parts, speed_level)
+        if objects is not None:
+            return objects
+    return [emit_object(str(source) if len(parts) > 1 else parts[0](), speed_level)]
+
+
+class _Refused(Exception):
+    """LLVM did not take a part's text (a bug of the split)."""
+
+
+def _emit_in_parts(parts: list[Printer], speed_level: int) -> list[bytes] | None:
+    """Each part's object code, or None when LLVM refuses a part (said through logging: the caller
+    emits the module whole). The parts after the first are printed one by one, each then parsed,
+    optimized and emitted on a thread of its own while this thread prints the next; the first part
+    (the entry and the global variables) is compiled last, on this thread. Printing is llvmlite's
+    Python and holds the GIL, LLVM's work lets go of it: a part compiles while the next is printed."""
+    out: list[bytes | BaseException | None] = [None] * len(parts)
+    with _LLVM_LOCK, host_backend_options():
+        # One context per part: LLVM compiles modules of separate contexts on separate threads.
+        contexts = [llvm.create_context() for _ in parts]
+
+        def compile_part(i: int, text: str) -> None:
             try:
-                if prepared:
-                    with host_backend_options():
-                        return _emit_at_once(prepared)
-            finally:
-                for mod, _ in prepared:  # before their contexts go
-                    mod.close()
-                for ctx in contexts:
-                    ctx.close()
-    return [emit_object(llvm_ir, speed_level)]
+                out[i] = _compile_part(text, speed_level, contexts[i])
+            except BaseException as exc:  # handed to the caller's thread below
+                out[i] = exc
 
-
-def _prepare_parts(parts: list[str], speed_level: int,
-                   contexts: list[llvm.ContextRef]) -> list[tuple[llvm.ModuleRef, llvm.TargetMachine]]:
-    """Each part parsed and optimized in its context; none when LLVM refuses one (a bug of
-    split_module, said through logging: the whole module still compiles)."""
-    prepared: list[tuple[llvm.ModuleRef, llvm.TargetMachine]] = []
-    try:
-        for text, ctx in zip(parts, contexts, strict=True):
-            prepared.append(_optimized_module(text, speed_level, ctx))
-    except RuntimeError as exc:
-        _log.warning("could not cut the module into parts for code generation (%s); emitting it whole",
-                     str(exc).strip().splitlines()[-1])
-        for mod, _ in prepared:
-            mod.close()
-        return []
-    return prepared
-
-
-def _emit_at_once(prepared: list[tuple[llvm.ModuleRef, llvm.TargetMachine]]) -> list[bytes]:
-    """Each module's object code, the first on this thread and the others on one thread each."""
-    out: list[bytes | BaseException | None] = [None] * len(prepared)
-
-    def emit(i: int) -> None:
+        workers: list[threading.Thread] = []
         try:
-            out[i] = _emit_without_lock(*prepared[i])
-        except BaseException as exc:  # handed to the caller's thread below
-            out[i] = exc
-
-    workers = [threading.Thread(target=emit, args=(i,), name=f"tinycomp-codegen-{i}") for i in range(1, len(prepared))]
-    for w in workers:
-        w.start()
-    emit(0)
-    _join_all(workers)
+            for i in range(1, len(parts)):
+                text = parts[i]()
+                workers.append(threading.Thread(target=compile_part, args=(i, text), name=f"tinycomp-codegen-{i}"))
+                workers[-1].start()
+            compile_part(0, parts[0]())
+        finally:
+            _join_all(workers)  # before their contexts go
+            for ctx in contexts:
+                ctx.close()
+    refused = [r for r in out if isinstance(r, _Refused)]
+    if refused:
+        _log.warning("could not cut the module into parts for code generation (%s); emitting it whole", refused[0])
+        return None
     for result in out:
         if isinstance(result, BaseException):
             raise result
     return [r for r in out if isinstance(r, bytes)]
+
+
+def _compile_part(text: str, speed_level: int, context: llvm.ContextRef) -> bytes:
+    try:
+        mod, tm = _optimized_module(text, speed_level, context)
+    except RuntimeError as exc:
+        raise _Refused(str(exc).strip().splitlines()[-1]) from exc
+    try:
+        return _emit_without_lock(mod, tm)
+    finally:
+        mod.close()
 
 
 def _join_all(workers: list[threading.Thread]) -> None:
@@ -197,10 +207,12 @@ def check_object_code(blob: bytes) -> None:
 
 class JitEngine:
     """Loads object code into its own execution engine and hands out function addresses: code
-    emitted from `llvm_ir` (`emit_objects`) or `objects` read from the disk cache, which are checked
-    first. The objects of one module call each other by name; MCJIT links them on loading."""
+    emitted from `llvm_ir`, a module's text or llvmlite's module (`emit_objects`), or `objects` read
+    from the disk cache, which are checked first. The objects of one module call each other by name;
+    MCJIT links them on loading."""
 
-    def __init__(self, llvm_ir: str | None = None, *, speed_level: int = 0, objects: Sequence[bytes] | None = None):
+    def __init__(self, llvm_ir: str | ir.Module | None = None, *, speed_level: int = 0,
+                 objects: Sequence[bytes] | None = None):
         if objects is None:
             if llvm_ir is None:
                 raise ValueError("JitEngine needs LLVM IR text or object code")
