@@ -224,7 +224,7 @@ def codegen(g: Graph, speed_level: int) -> tuple[ModulePlan, JitEngine, str, boo
 
 
 def llvm_ir(art: Artifact) -> str:
-    if not art.plan.llvm_ir:  # loaded from the cache: lower again to show the IR
+    if not art.plan.llvm_ir:  # printed in parts at compile time, or loaded from the cache: lower again to show it
         art.plan.llvm_ir = lower_graph(art.optimized, host().vector_width).llvm_ir
     return art.plan.llvm_ir
 

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import ctypes
 import re
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -247,6 +250,22 @@ def test_parts_are_printed_only_when_asked_for_and_the_first_carries_the_printin
     assert set(printed) <= set(definitions(text)) | {"helper"}
 
 
+def test_a_block_address_names_its_function_as_in_the_text(monkeypatch):
+    """llvmlite's BlockAddress is neither a global nor a constant: it still names its function."""
+    monkeypatch.setattr(split, "MIN_PART_LINES", 1)
+    module = ir.Module(name="m")
+    _split_test_module_in(module, with_table=False)
+    target = module.get_global("kb")
+    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR]), "addresses")
+    fn.linkage = "internal"
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    b.store(ir.BlockAddress(target, target.blocks[-1]), fn.args[0])
+    b.ret_void()
+    assert "kb" in split._named_symbols(fn)
+    for jobs in (2, 3):
+        assert [p() for p in split_ir_module(module, jobs, print_share=0.0)] == split_module(str(module), jobs)
+
+
 def test_the_first_part_is_lighter_by_the_printing_its_thread_does():
     """The thread that prints every part compiles the first: with printing as dear as compiling, the
     entry's part keeps one of four equal kernels, against two when printing costs nothing."""
@@ -288,4 +307,53 @@ def test_an_error_while_printing_reaches_the_caller_after_the_other_parts_finish
     with lowered_module(reference_mlp_graph(), host().vector_width) as (_, module), \
             pytest.raises(KeyError, match="printer"):
         emit_objects(module, jobs=2)
+    assert threading.active_count() == before
+
+
+_VERIFIER_REFUSES = '\ndefine void @"self_ref"() {\nentry:\n  %x = add i32 %x, 1\n  ret void\n}\n'  # parses
+
+
+def test_a_part_the_verifier_refuses_leaves_the_module_whole_and_frees_it_in_time():
+    """LLVM's module of a refused part is freed before its context: freed later (when a traceback
+    that held it was collected) it crashed the process. Run apart, so that a crash fails the test."""
+    script = f"""
+import gc, logging
+from tests.codegen.test_split import reference_mlp_ir
+from tinycomp.runtime import engine
+real = engine.split_module
+engine.split_module = lambda text, jobs: (lambda parts: [parts[0], parts[1] + {_VERIFIER_REFUSES!r}])(real(text, jobs))
+logging.basicConfig(level=logging.WARNING)
+objects = engine.emit_objects(reference_mlp_ir(), jobs=2)
+gc.collect()
+assert len(objects) == 1 and engine.JitEngine(objects=objects).address("tinycomp_forward")
+print("whole and alive")
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          cwd=Path(__file__).resolve().parents[2])
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "whole and alive" in done.stdout
+    # the verifier's reason is quoted, not the instruction after it
+    assert "Only PHI nodes may reference their own value!); emitting it whole" in done.stderr
+
+
+def test_an_error_on_one_part_is_raised_even_when_another_part_is_refused(monkeypatch):
+    """A refused part makes the compile emit the module whole; an interrupt or another error on
+    another part is not cured by that, so it reaches the caller."""
+    real_compile = engine_module._compile_part
+
+    def compile_part(text, speed_level, context):
+        if threading.current_thread() is threading.main_thread():
+            raise KeyboardInterrupt  # Ctrl-C while this thread compiles the first part
+        return real_compile(text, speed_level, context)
+
+    def split_badly(text, jobs):
+        parts = real_split(text, jobs)
+        return [parts[0], parts[1] + "\nnot llvm ir\n"]
+
+    real_split = engine_module.split_module
+    monkeypatch.setattr(engine_module, "split_module", split_badly)
+    monkeypatch.setattr(engine_module, "_compile_part", compile_part)
+    before = threading.active_count()
+    with pytest.raises(KeyboardInterrupt):
+        emit_objects(reference_mlp_ir(), jobs=2)
     assert threading.active_count() == before

@@ -172,6 +172,8 @@ def _named_symbols(fn: ir.Function) -> set[str]:
             for v in values:
                 if isinstance(v, ir.GlobalValue):
                     names.add(v.name)
+                elif isinstance(v, ir.BlockAddress):
+                    names.add(v.function.name)
                 elif isinstance(v, ir.Constant) and isinstance(v.constant, (str, list, tuple, bytearray)):
                     names.update(_SYMBOL.findall(str(v)))
     return names

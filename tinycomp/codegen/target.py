@@ -244,9 +244,13 @@ def parse_module(llvm_ir: str, tm: llvm.TargetMachine, context: llvm.ContextRef 
     """Parse and verify textual IR, stamped with the target's triple and data layout (in `context`,
     by default LLVM's global one)."""
     mod = llvm.parse_assembly(llvm_ir, context)
-    mod.triple = tm.triple
-    mod.data_layout = str(tm.target_data)
-    mod.verify()
+    try:
+        mod.triple = tm.triple
+        mod.data_layout = str(tm.target_data)
+        mod.verify()
+    except BaseException:
+        mod.close()  # now, not when a traceback holding it is collected, perhaps after its context went
+        raise
     return mod
 
 

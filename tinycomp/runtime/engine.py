@@ -36,7 +36,11 @@ def _optimized_module(llvm_ir: str, speed_level: int,
                       context: llvm.ContextRef | None = None) -> tuple[llvm.ModuleRef, llvm.TargetMachine]:
     tm = host_target_machine()
     mod = parse_module(llvm_ir, tm, context)
-    optimize(mod, tm, speed_level)
+    try:
+        optimize(mod, tm, speed_level)
+    except BaseException:
+        mod.close()  # now, while its context lives (`parse_module`)
+        raise
     return mod, tm
 
 
@@ -108,13 +112,13 @@ def _emit_in_parts(parts: list[Printer], speed_level: int) -> list[bytes] | None
             _join_all(workers)  # before their contexts go
             for ctx in contexts:
                 ctx.close()
+    for result in out:  # an interrupt or another error first: it is not cured by emitting whole
+        if isinstance(result, BaseException) and not isinstance(result, _Refused):
+            raise result
     refused = [r for r in out if isinstance(r, _Refused)]
     if refused:
         _log.warning("could not cut the module into parts for code generation (%s); emitting it whole", refused[0])
         return None
-    for result in out:
-        if isinstance(result, BaseException):
-            raise result
     return [r for r in out if isinstance(r, bytes)]
 
 
@@ -122,11 +126,20 @@ def _compile_part(text: str, speed_level: int, context: llvm.ContextRef) -> byte
     try:
         mod, tm = _optimized_module(text, speed_level, context)
     except RuntimeError as exc:
-        raise _Refused(str(exc).strip().splitlines()[-1]) from exc
-    try:
-        return _emit_without_lock(mod, tm)
-    finally:
-        mod.close()
+        reason = _llvm_reason(str(exc))
+    else:
+        try:
+            return _emit_without_lock(mod, tm)
+        finally:
+            mod.close()
+    raise _Refused(reason)  # outside the handler: LLVM's error and its frames are gone by now
+
+
+def _llvm_reason(message: str) -> str:
+    """The line of an LLVM error message that says what is wrong: the parser's "error:" line (not the
+    caret under the text), else the first (the verifier's reason, before the instruction)."""
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    return next((line for line in lines if "error:" in line), lines[0] if lines else "no reason given")
 
 
 def _join_all(workers: list[threading.Thread]) -> None:
