@@ -235,7 +235,7 @@ def test_the_unprinted_module_splits_into_the_parts_of_its_text(name, jobs):
     assert len(printed) > 1
 
 
-def test_parts_are_printed_only_when_asked_for_and_the_first_carries_the_printing(monkeypatch):
+def test_parts_are_printed_only_when_asked_for(monkeypatch):
     monkeypatch.setattr(split, "MIN_PART_LINES", 1)
     printed: list[str] = []
     real = split._printed

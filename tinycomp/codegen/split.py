@@ -124,7 +124,7 @@ def _read_function(text: str) -> _Function | None:
     calls = set(_SYMBOL.findall(text)) - {name}
     # Only an internal helper may be copied: two exported definitions of one name would not link.
     return _Function(name, lambda: text, internal, inline=internal and " alwaysinline" in prototype, calls=calls,
-                     lines=text.count("\n"), _text=text)
+                     lines=text.count("\n"))
 
 
 def _read_ir(module: ir.Module) -> _Reading | None:
@@ -137,16 +137,21 @@ def _read_ir(module: ir.Module) -> _Reading | None:
     declares, variables, functions = [], {}, {}
     for value in module.globals.values():
         if isinstance(value, ir.Function) and value.is_declaration:
-            declares.append(str(value).rstrip("\n") + "\n")
+            declares.append(_line(value))
         elif isinstance(value, ir.Function):
             if value.linkage not in ("", "internal"):
                 return None
             functions[value.name] = _function_of(value)
         elif isinstance(value, ir.GlobalVariable):
-            variables[value.name] = str(value).rstrip("\n") + "\n"
+            variables[value.name] = _line(value)
         else:
             return None
     return _Reading(head, declares, variables, functions)
+
+
+def _line(value: ir.GlobalValue) -> str:
+    """A declaration's or a variable's text as a piece of the printed module: one line, ending in one."""
+    return str(value).rstrip("\n") + "\n"
 
 
 def _function_of(fn: ir.Function) -> _Function:

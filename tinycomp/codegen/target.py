@@ -244,14 +244,22 @@ def parse_module(llvm_ir: str, tm: llvm.TargetMachine, context: llvm.ContextRef 
     """Parse and verify textual IR, stamped with the target's triple and data layout (in `context`,
     by default LLVM's global one)."""
     mod = llvm.parse_assembly(llvm_ir, context)
-    try:
+    with closed_on_error(mod):
         mod.triple = tm.triple
         mod.data_layout = str(tm.target_data)
         mod.verify()
-    except BaseException:
-        mod.close()  # now, not when a traceback holding it is collected, perhaps after its context went
-        raise
     return mod
+
+
+@contextlib.contextmanager
+def closed_on_error(mod: llvm.ModuleRef) -> Iterator[llvm.ModuleRef]:
+    """Close `mod` at once if the block raises: left to the traceback that holds it, it would be
+    freed whenever that is collected, perhaps after its context is gone (a crash)."""
+    try:
+        yield mod
+    except BaseException:
+        mod.close()
+        raise
 
 
 def optimize(mod: llvm.ModuleRef, tm: llvm.TargetMachine, speed_level: int = 0) -> None:

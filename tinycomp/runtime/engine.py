@@ -22,7 +22,7 @@ from llvmlite import ir
 from llvmlite.binding import ffi
 
 from ..codegen.split import Printer, split_ir_module, split_module
-from ..codegen.target import host_backend_options, host_target_machine, optimize, parse_module
+from ..codegen.target import closed_on_error, host_backend_options, host_target_machine, optimize, parse_module
 from .threads import available_cores
 
 _log = logging.getLogger("tinycomp.compile")
@@ -36,11 +36,8 @@ def _optimized_module(llvm_ir: str, speed_level: int,
                       context: llvm.ContextRef | None = None) -> tuple[llvm.ModuleRef, llvm.TargetMachine]:
     tm = host_target_machine()
     mod = parse_module(llvm_ir, tm, context)
-    try:
+    with closed_on_error(mod):
         optimize(mod, tm, speed_level)
-    except BaseException:
-        mod.close()  # now, while its context lives (`parse_module`)
-        raise
     return mod, tm
 
 
@@ -66,9 +63,8 @@ def codegen_jobs() -> int:
 def emit_objects(source: str | ir.Module, speed_level: int = 0, jobs: int | None = None) -> list[bytes]:
     """Host object code for a module, its text or llvmlite's module before printing: one object per
     part of `split_module` / `split_ir_module`, the parts compiled on `jobs` threads at once (default
-    `codegen_jobs()`); the module whole where it stays one part. On two cores, the reference MLP's
-    printing and code generation take ~46 ms in two parts this way, ~49 ms printed whole first, and
-    ~70 ms whole."""
+    `codegen_jobs()`); the module whole where it stays one part (what this saves, measured with
+    `benchmarks/compile_timeline.py`: benchmarks/RESULTS.md, seventeenth session)."""
     jobs = codegen_jobs() if jobs is None else jobs
     jobs = jobs if _EMIT_UNLOCKED is not None else 1  # no way past llvmlite's lock: whole
     parts: list[Printer] = [functools.partial(str, text) for text in split_module(source, jobs)] \
