@@ -34,6 +34,7 @@ from .cgutils import I32, I64, PTR, compile_as_glue, element_ptr, for_range, i64
 from .elementwise import kernel_key
 from .errors import LoweringError
 from .fingerprint import codegen_source_hash, graph_fingerprint  # noqa: F401 - part of this module's API
+from .ir_text import module_text
 from .scratch import NO_CODE, ROW_BLOCK, BufferPlan, plan_buffers, row_block  # noqa: F401 - ROW_BLOCK: API
 from .target import Target, with_width
 
@@ -309,7 +310,7 @@ def lower_graph(g: Graph, target: Target | int) -> ModulePlan:
     """Emit the module for graph g (one input, one output) for `target` (an int: the host with
     vectors of that many lanes); its text is `plan.llvm_ir`."""
     with lowered_module(g, target) as (plan, module):
-        plan.llvm_ir = str(module)
+        plan.llvm_ir = module_text(module)
         return plan
 
 

@@ -14,9 +14,9 @@ attribute groups, other linkages) leaves the module whole: splitting is an optim
 requirement.
 
 A module is read either as printed text (`split_module`) or as llvmlite's `ir.Module` before it is
-printed (`split_ir_module`). Printing is llvmlite's Python, ~7 µs a line: the second form prints
-each part only when it is asked for, so that one part can compile on another core while this
-thread prints the next (`runtime.engine`). Both read the same module into the same parts.
+printed (`split_ir_module`). Printing is Python (`ir_text`, ~4 µs a line): the second form prints
+each part only when it is asked for, so that one part can compile on another core while this thread
+prints the next (`runtime.engine`). Both read the same module into the same parts.
 """
 
 from __future__ import annotations
@@ -28,15 +28,17 @@ from collections.abc import Callable
 
 from llvmlite import ir
 
+from .ir_text import function_text, module_text
+
 _TOP_LEVEL = re.compile(r"\n(?=define |declare |@)")  # a newline first: scanning for it is fast
 _SYMBOL = re.compile(r'@"([^"]+)"')
 _DEFINE = re.compile(r'define (internal )?[^@]*@"([^"]+)"')
 
 MIN_PART_LINES = 500  # a part costs LLVM ~1.2 ms of fixed work: smaller modules stay whole
-# Printing a line of IR with llvmlite costs about this share of what parsing, optimizing and emitting
-# it costs LLVM (the reference MLP: 14 ms against ~60 ms of CPU time). The thread that prints every
+# Printing a line of IR (`ir_text`) costs about this share of what parsing, optimizing and emitting
+# it costs LLVM (the reference MLP: 8.8 ms against ~60 ms of CPU time). The thread that prints every
 # part compiles the first, so the first part is made that much lighter.
-PRINT_SHARE = 0.24
+PRINT_SHARE = 0.15
 
 Printer = Callable[[], str]
 
@@ -85,7 +87,7 @@ def split_ir_module(module: ir.Module, parts: int, print_share: float = PRINT_SH
     called; the first part made lighter by `print_share` of the whole, the share of the work its
     thread spends printing every part. One part: the whole module's text."""
     reading = _read_ir(module) if parts >= 2 else None
-    return (_split(reading, parts, print_share) if reading else None) or [lambda: str(module)]
+    return (_split(reading, parts, print_share) if reading else None) or [lambda: module_text(module)]
 
 
 def _split(reading: _Reading, parts: int, print_share: float) -> list[Printer] | None:
@@ -162,7 +164,7 @@ def _function_of(fn: ir.Function) -> _Function:
 
 
 def _printed(fn: ir.Function) -> str:
-    text = str(fn)
+    text = function_text(fn)
     time.sleep(0)  # lets go of the GIL: a thread compiling a part printed before may be waiting for it
     return text
 

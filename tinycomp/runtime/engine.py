@@ -84,7 +84,7 @@ def _emit_in_parts(parts: list[Printer], speed_level: int) -> list[bytes] | None
     """Each part's object code, or None when LLVM refuses a part (said through logging: the caller
     emits the module whole). The parts after the first are printed one by one, each then parsed,
     optimized and emitted on a thread of its own while this thread prints the next; the first part
-    (the entry and the global variables) is compiled last, on this thread. Printing is llvmlite's
+    (the entry and the global variables) is compiled last, on this thread. Printing (`codegen.ir_text`) is
     Python and holds the GIL, LLVM's work lets go of it: a part compiles while the next is printed."""
     out: list[bytes | BaseException | None] = [None] * len(parts)
     with _LLVM_LOCK, host_backend_options():
