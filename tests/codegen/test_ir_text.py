@@ -43,6 +43,7 @@ def _every_builder_form() -> ir.Module:
     b.gep(p, [ir.Constant(I64, 3), ir.Constant(I32, 1)], source_etype=ir.ArrayType(F32, 4))
     x = b.load(q, typ=F32, name="x")
     b.load(q, typ=V8, align=32)
+    b.load(q, typ=F32, align=4.0)  # llvmlite writes any number with %d
     b.store(x, q)
     b.store(v, q, align=4)
     s = b.fadd(x, ir.Constant(F32, 1.5))

@@ -5,8 +5,10 @@ instruction, through nested `str.format` calls and a method per operand (`codege
 the first part to compile on the critical path). The instructions our code generator emits take a
 few forms; each is written here with one f-string. An instruction with anything else (metadata,
 flags, call attributes or a calling convention, a class not listed) is printed by llvmlite itself,
-so the text is always llvmlite's. tests/codegen/test_ir_text.py compares the two for every builder
-method and every model the tests compile.
+so the text is always llvmlite's. (That is llvmlite's text of a module printed once it is built, as
+ours always is: llvmlite keeps an instruction's text from its first print, and some edits after it,
+such as a phi's new incoming value, do not clear that.) tests/codegen/test_ir_text.py compares the
+two for every builder method and every model the tests compile.
 """
 
 from __future__ import annotations
@@ -68,7 +70,7 @@ def _cast(i: llvm.CastInstr) -> str:
 
 
 def _align(i: llvm.LoadInstr | llvm.StoreInstr) -> str:
-    return "" if i.align is None else f", align {i.align:d}"
+    return "" if i.align is None else ", align %d" % i.align  # noqa: UP031 - llvmlite's %d: any number, not only an int
 
 
 def _load(i: llvm.LoadInstr) -> str:
