@@ -261,17 +261,20 @@ def test_ratio_targets_quote_the_fma_peak_bound():
     targets = check_targets(summarize(pts, 100.0), {})
     [ratio, peak] = [t for t in targets if "NumPy" in t.required or "peak" in t.required]
     assert ratio.met and ratio.measured == "0.84 (at the FMA peak: 0.80)"
-    assert peak.met and peak.measured == "95 % (95.0 GFLOP/s)"
+    assert peak.met and peak.measured == "95.0 % (95.0 GFLOP/s)"
     pts[("compiled", "mlp", 128)]["samples"] = [flops / 92e9] * 5
     [peak] = [t for t in check_targets(summarize(pts, 100.0), {}) if "peak" in t.required]
-    assert not peak.met and peak.measured == "92 % (92.0 GFLOP/s)"
+    assert not peak.met and peak.measured == "92.0 % (92.0 GFLOP/s)"
+    pts[("compiled", "mlp", 128)]["samples"] = [flops / 92.6e9] * 5  # not "93 %" beside a target not met
+    [peak] = [t for t in check_targets(summarize(pts, 100.0), {}) if "peak" in t.required]
+    assert not peak.met and peak.measured == "92.6 % (92.6 GFLOP/s)"
 
 
 def test_the_peak_target_quotes_the_most_a_gemm_reaches_at_its_clock():
     flops = MODELS["mlp"].flops_per_sample * 128
     pts = {("compiled", "mlp", 128): {"samples": [flops / 82e9] * 5, "threads": 1}}
     [peak] = [t for t in check_targets(summarize(pts, 100.0), {}, gemm_max_fraction=0.887) if "peak" in t.required]
-    assert not peak.met and peak.measured == "82 % (82.0 GFLOP/s; at its clock a GEMM reaches 89 % at most)"
+    assert not peak.met and peak.measured == "82.0 % (82.0 GFLOP/s; at its clock a GEMM reaches 89 % at most)"
 
 
 def test_only_a_run_that_judges_the_peak_fraction_measures_the_clocks():
@@ -291,7 +294,7 @@ def test_the_peak_child_reports_the_clocks_it_was_asked_for(monkeypatch, capsys)
     assert all(m["type"] == "peak" and m["gflops"] > 0 for m in messages)
 
 
-@pytest.mark.skipif(not clocks_measurable(), reason="the add chain is x86-64 assembly")
+@pytest.mark.skipif(not clocks_measurable(), reason="the add chain is x86-64 assembly timed by a constant-rate counter")
 def test_mlp_clocks_are_measured_and_noted():
     """The measurement runs and its figures hang together. How plausible they are (at most 64 FLOP
     per cycle here) is the bench's to report, not a test's: on a shared host a job preempting the
@@ -302,10 +305,11 @@ def test_mlp_clocks_are_measured_and_noted():
     assert limit >= 2 and limit & (limit - 1) == 0  # the FMA loop's FLOP per cycle, to a power of two
     for name in ("fma", "gemm"):
         assert clocks[f"{name}_gflops"] > 0 and clocks[f"{name}_ghz"] > 0 and clocks[f"{name}_flop_per_cycle"] > 0
-    assert clocks["gemm_max_gflops"] == pytest.approx(clocks["gemm_ghz"] * limit)
+    assert clocks["gemm_clock_ratio"] == pytest.approx(clocks["gemm_ghz"] / clocks["fma_ghz"])
     note = _clock_note(clocks, 100.0)
     assert f"{clocks['gemm_ghz']:.2f} GHz after it" in note
-    assert f"{clocks['gemm_max_gflops']:.0f} GFLOP/s, {clocks['gemm_max_gflops']:.0f} % of the peak" in note
+    ratio = clocks["gemm_clock_ratio"]
+    assert f"at most {ratio:.2f} of the loop's GFLOP/s, {100 * ratio:.0f} % of the peak" in note
 
 
 def test_batch_1_targets_include_python_per_call_and_eager():

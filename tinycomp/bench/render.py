@@ -53,12 +53,13 @@ def _stream_note(stream: dict) -> str:
 
 
 def _clock_note(clocks: dict, peak_gflops: float) -> str:
-    limit, most = clocks["flop_per_cycle_limit"], clocks["gemm_max_gflops"]
+    limit, ratio = clocks["flop_per_cycle_limit"], clocks["gemm_clock_ratio"]
     return (f"Clock ({clocks['method']}, medians of {clocks['rounds']} rounds): the FMA loop "
-            f"{clocks['fma_gflops']:.1f} GFLOP/s, {clocks['fma_ghz']:.2f} GHz after it; the compiled {clocks['model']} "
-            f"at batch {clocks['batch']} {clocks['gemm_gflops']:.1f} GFLOP/s, {clocks['gemm_ghz']:.2f} GHz after it "
-            f"= {clocks['gemm_flop_per_cycle']:.1f} FLOP per cycle of the FMA pipes' {limit}. At that clock a GEMM "
-            f"reaches at most {most:.0f} GFLOP/s, {100 * most / peak_gflops:.0f} % of the peak.")
+            f"{clocks['fma_gflops']:.1f} GFLOP/s, {clocks['fma_ghz']:.2f} GHz after it "
+            f"= {clocks['fma_flop_per_cycle']:.1f} FLOP per cycle of the FMA pipes' {limit}; the compiled "
+            f"{clocks['model']} at batch {clocks['batch']} {clocks['gemm_gflops']:.1f} GFLOP/s, "
+            f"{clocks['gemm_ghz']:.2f} GHz after it. At that clock a GEMM reaches at most {ratio:.2f} of the "
+            f"loop's GFLOP/s, {100 * ratio:.0f} % of the peak.")
 
 
 def markdown(rows, targets, compile_times, env, notes, argv) -> str:

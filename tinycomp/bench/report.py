@@ -146,7 +146,7 @@ def check_targets(rows: list[Row], compile_times: dict[str, dict], floor_us: flo
             bound = (f"; at its clock a GEMM reaches {100 * gemm_max_fraction:.0f} % at most"
                      if gemm_max_fraction else "")
             out.append(Target(f"mlp batch {b}, 1 thread", ">= 93 % of the measured FMA peak",
-                              f"{c.pct_peak:.0f} % ({c.gflops:.1f} GFLOP/s{bound})", c.pct_peak >= 93))
+                              f"{c.pct_peak:.1f} % ({c.gflops:.1f} GFLOP/s{bound})", c.pct_peak >= 93))
     for m in ("wide", "odd", "deep"):
         ratio_target(m, 256, 0.90, f"{m} batch 256, 1 thread")
     ratio_target("lnmlp", 256, 0.72, "lnmlp batch 256, 1 thread")
