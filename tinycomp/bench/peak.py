@@ -251,7 +251,7 @@ def _ticks_per_second(chain: Callable[[int], int]) -> float:
 def _clock_ghz(chain: Callable[[int], int], ticks_per_second: float) -> float:
     """The clock from one run of the chain. One run, right after the workload: the clock climbs
     back within a millisecond once heavy vector work stops, so a second, longer run to difference
-    against would read a later, higher clock (it did on the seventh session's Xeon: 4-5 GHz)."""
+    against would read a later, higher clock (it did on the previous Xeon: 4-5 GHz)."""
     ticks = chain(CHAIN_ITERATIONS)
     return CHAIN_ITERATIONS * CHAIN / max(ticks / ticks_per_second, 1e-9) / 1e9
 

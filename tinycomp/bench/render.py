@@ -16,7 +16,7 @@ def print_report(rows, targets, compile_times, env, notes, extras, elapsed) -> N
         if peak.get("mlp_weight_stream"):
             print(_stream_note(peak["mlp_weight_stream"]))
         if peak.get("clocks"):
-            print(_clock_note(peak["clocks"], peak["gflops"]))
+            print(_clock_note(peak["clocks"]))
         if "parallel_efficiency" in peak:
             print(f"Same loop on all {peak['cores']} cores at once: {peak['all_cores_gflops']:.1f} GFLOP/s, parallel "
                   f"efficiency {peak['parallel_efficiency']:.2f} at the start, "
@@ -52,7 +52,7 @@ def _stream_note(stream: dict) -> str:
             f"{stream['us']:.1f} us on one core ({stream['gbps']:.0f} GB/s; {stream['method']}).")
 
 
-def _clock_note(clocks: dict, peak_gflops: float) -> str:
+def _clock_note(clocks: dict) -> str:
     limit, ratio = clocks["flop_per_cycle_limit"], clocks["gemm_clock_ratio"]
     return (f"Clock ({clocks['method']}, medians of {clocks['rounds']} rounds): the FMA loop "
             f"{clocks['fma_gflops']:.1f} GFLOP/s, {clocks['fma_ghz']:.2f} GHz after it "
@@ -72,7 +72,7 @@ def markdown(rows, targets, compile_times, env, notes, argv) -> str:
         if peak.get("mlp_weight_stream"):
             parts += [_stream_note(peak["mlp_weight_stream"]), ""]
         if peak.get("clocks"):
-            parts += [_clock_note(peak["clocks"], peak["gflops"]), ""]
+            parts += [_clock_note(peak["clocks"]), ""]
         if "parallel_efficiency" in peak:
             parts += [f"The same loop on all {peak['cores']} cores at once: {peak['all_cores_gflops']:.1f} GFLOP/s "
                       f"(parallel efficiency {peak['parallel_efficiency']:.2f} at the start of the run, "
