@@ -289,17 +289,10 @@ def environment(peak: dict | None, blas: Any) -> dict:
     import llvmlite.binding as llvm
     import numpy as np
 
-    from ..codegen.target import host
+    from ..codegen.target import cpuinfo, host
     from ..runtime.threads import available_cores
 
-    cpu_model = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu_model = cpuinfo("model name") or platform.processor()
     versions = {"python": platform.python_version(), "numpy": np.__version__, "llvmlite": llvmlite.__version__,
                 "llvm": ".".join(map(str, llvm.llvm_version_info))}
     for mod in ("onnxruntime", "onnx", "torch", "threadpoolctl"):

@@ -30,7 +30,7 @@ from collections.abc import Callable
 import llvmlite.binding as llvm
 from llvmlite import ir
 
-from ..codegen.target import host
+from ..codegen.target import cpuinfo, host
 from ..runtime.buffers import aligned_empty, data_pointer
 from ..runtime.engine import JitEngine
 from ..runtime.threads import available_cores
@@ -196,14 +196,8 @@ CALIBRATION_ITERATIONS = 100_000  # ~10 M cycles: the time stamp counter's rate 
 def clocks_measurable() -> bool:
     """The add chain is x86-64 assembly, timed by the time stamp counter, which must tick at one
     rate whatever the clock (Linux's `constant_tsc` and `nonstop_tsc`)."""
-    if not host().triple.startswith("x86_64"):
-        return False
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
-    except OSError:
-        return False
-    return "constant_tsc" in flags and "nonstop_tsc" in flags
+    flags = cpuinfo("flags").split()
+    return host().triple.startswith("x86_64") and "constant_tsc" in flags and "nonstop_tsc" in flags
 
 
 def add_chain() -> tuple[JitEngine, Callable[[int], int]]:

@@ -117,11 +117,16 @@ def function_text(fn: ir.Function) -> str:
     return "".join(buf)
 
 
+def module_head(module: ir.Module) -> list[str]:
+    """The lines llvmlite's `Module.__repr__` writes before the first global: the header and the
+    type declarations."""
+    return [f'; ModuleID = "{module.name}"', f'target triple = "{module.triple}"',
+            f'target datalayout = "{module.data_layout}"', "",
+            *(t.get_declaration() for t in module.get_identified_types().values())]
+
+
 def module_text(module: ir.Module) -> str:
     """`str(module)`: llvmlite's `Module.__repr__` with our function printer."""
-    lines = [f'; ModuleID = "{module.name}"', f'target triple = "{module.triple}"',
-             f'target datalayout = "{module.data_layout}"', "",
-             *(t.get_declaration() for t in module.get_identified_types().values()),
-             *(function_text(v) if isinstance(v, ir.Function) else str(v) for v in module.globals.values()),
-             *module._get_metadata_lines()]
-    return "\n".join(lines)
+    return "\n".join([*module_head(module),
+                      *(function_text(v) if isinstance(v, ir.Function) else str(v) for v in module.globals.values()),
+                      *module._get_metadata_lines()])

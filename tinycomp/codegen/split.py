@@ -28,7 +28,7 @@ from collections.abc import Callable
 
 from llvmlite import ir
 
-from .ir_text import function_text, module_text
+from .ir_text import function_text, module_head, module_text
 
 _TOP_LEVEL = re.compile(r"\n(?=define |declare |@)")  # a newline first: scanning for it is fast
 _SYMBOL = re.compile(r'@"([^"]+)"')
@@ -132,10 +132,7 @@ def _read_function(text: str) -> _Function | None:
 def _read_ir(module: ir.Module) -> _Reading | None:
     if module.metadata or module.namedmetadata:
         return None
-    # what llvmlite's Module.__repr__ writes before the first global
-    head = "\n".join([f'; ModuleID = "{module.name}"', f'target triple = "{module.triple}"',
-                      f'target datalayout = "{module.data_layout}"', "",
-                      *(t.get_declaration() for t in module.get_identified_types().values())]) + "\n"
+    head = "\n".join(module_head(module)) + "\n"
     declares, variables, functions = [], {}, {}
     for value in module.globals.values():
         if isinstance(value, ir.Function) and value.is_declaration:

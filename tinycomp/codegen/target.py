@@ -93,13 +93,15 @@ def _lanes(features: str) -> int:
 INTEL_ALIASED_DIRECT_MAX_ROWS = 40
 
 
-def _cpu_vendor() -> str:
-    """The host CPU's vendor id ("GenuineIntel", "AuthenticAMD", ...), "" where Linux does not say."""
+def cpuinfo(key: str) -> str:
+    """The first CPU's `key` in /proc/cpuinfo ("vendor_id", "model name", "flags", ...), "" where
+    Linux does not say."""
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
             for line in f:
-                if line.startswith("vendor_id"):
-                    return line.partition(":")[2].strip()
+                name, _, value = line.partition(":")
+                if name.strip() == key:
+                    return value.strip()
     except OSError:
         pass
     return ""
@@ -141,7 +143,7 @@ def host() -> Target:
         vector_width=width,
         vector_registers=32 if arm64 else default_registers(width),
         pointer_bits=64 if "64" in triple.split("-")[0] else 32,
-        aliased_direct_max_rows=INTEL_ALIASED_DIRECT_MAX_ROWS if _cpu_vendor() == "GenuineIntel" else 0,
+        aliased_direct_max_rows=INTEL_ALIASED_DIRECT_MAX_ROWS if cpuinfo("vendor_id") == "GenuineIntel" else 0,
         l2_bytes=_l2_bytes(),
     )
 

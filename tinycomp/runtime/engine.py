@@ -21,6 +21,7 @@ import llvmlite.binding as llvm
 from llvmlite import ir
 from llvmlite.binding import ffi
 
+from ..codegen.ir_text import module_text
 from ..codegen.split import Printer, split_ir_module, split_module
 from ..codegen.target import closed_on_error, host_backend_options, host_target_machine, optimize, parse_module
 from .threads import available_cores
@@ -73,7 +74,7 @@ def emit_objects(source: str | ir.Module, speed_level: int = 0, jobs: int | None
         objects = _emit_in_parts(parts, speed_level)
         if objects is not None:
             return objects
-    return [emit_object(str(source) if len(parts) > 1 else parts[0](), speed_level)]
+    return [emit_object(source if isinstance(source, str) else module_text(source), speed_level)]
 
 
 class _Refused(Exception):
