@@ -456,15 +456,16 @@ def test_tiles_match_the_layer_width():
 
 def test_only_the_full_row_tiles_prefetch_the_next_tiles_a_in_a_loop_of_their_own():
     """The main tile runs three copies of its k-loop: masked B, whole B, and whole B prefetching
-    the next row tile's six rows of A (flag NEXT_A, the first pass over A), each copy prefetching
-    B's four vectors ahead; the leftover kernels never prefetch A (the 2- and 1-row ones B)."""
+    the next row tile's six rows of A (flag NEXT_A, the first pass over A; one prefetch a step walks
+    them), each copy prefetching B's four vectors ahead; the leftover kernels never prefetch A (the
+    2- and 1-row ones B)."""
     import re
 
     mlp = Compiled([(784, 256, True, "relu")])
     bodies = dict(re.findall(r'define internal void @"(tinycomp\.gemm\.tile[^"]+)"\(.*?\)[^{]*\{(.*?)\n\}', mlp.llvm_ir,
                              re.S))
     prefetches = {name: body.count('call void @"llvm.prefetch.p0"') for name, body in bodies.items()}
-    assert prefetches["tinycomp.gemm.tile6x4p8n.lin"] == 3 * 4 + 6
+    assert prefetches["tinycomp.gemm.tile6x4p8n.lin"] == 3 * 4 + 1  # one walks the next tile's A
     assert prefetches["tinycomp.gemm.tile2x8p4"] == 8  # B's eight vectors, one loop
     assert prefetches["tinycomp.gemm.tile1x16p4x"] == 16
     assert prefetches["tinycomp.gemm.tile4x4"] == 0

@@ -134,7 +134,8 @@ def _emit_tile(module: ir.Module, name: str, shape: TileShape, kind: str | None,
     # where flag NEXT_A asks for it, a copy of the plain loop prefetches the next row tile's A
     next_a = None
     if shape.next_a and whole_b is not None:
-        next_a = (builder.icmp_signed("!=", builder.and_(flags, i64(NEXT_A)), i64(0)), builder.mul(lda, i64(shape.mr)))
+        next_a = (builder.icmp_signed("!=", builder.and_(flags, i64(NEXT_A)), i64(0)),
+                  element_ptr(builder, a, builder.mul(lda, i64(shape.mr))))
     acc = _k_loop(builder, shape, K, rows_of(a, lda), b, ldb, masks, whole_b, next_a)
     c_rows = rows_of(c, ldc)
     if accumulate:
@@ -150,7 +151,8 @@ def _emit_tile(module: ir.Module, name: str, shape: TileShape, kind: str | None,
 WHOLE_B = 16
 # Flag bit of the accumulating raw tile kernels: add the tile to what C holds (the K-chunks before).
 ACCUMULATE = 32
-# Flag bit of the kernels with `TileShape.next_a`: prefetch the next row tile's A (`_k_run`).
+# Flag bit of the kernels with `TileShape.next_a`: prefetch the next row tile's A (`_k_run`), which
+# lies right after the tile's own: the driver sets it only where A's rows are K floats apart.
 NEXT_A = 64
 
 
@@ -184,18 +186,18 @@ def _k_loop(builder, shape: TileShape, K, a_rows, b, ldb, masks, whole_b=None, n
     advances by `ldb` each step. With `shape.prefetch`, each step also prefetches the B row that
     many rows ahead: when B is W read in place with rows a page apart, the hardware prefetchers
     do not follow the stream; on the Intel Xeon the full row tiles gained 5-15 % by it on panels
-    that stream from L2 (`gemm.MAIN_PREFETCH_ROWS`). With `next_a` (an i1 and an i64 of floats),
-    where the i1 is true a third copy of the loop, plain loads, also prefetches every A row's
-    element that far on (`_k_run`): the other copies keep the registers the prefetch addresses
-    would take (as one loop with a zero distance when not asked for, lnmlp at 256 rows ran 1-2 %
-    slower). Without `masks` (an exact tile) B is read with plain loads.
+    that stream from L2 (`gemm.MAIN_PREFETCH_ROWS`). With `next_a` (an i1 and where the next
+    row tile's A starts), where the i1 is true a third copy of the loop, plain loads, also
+    prefetches that tile's A (`_k_run`): the other copies keep the register its address takes
+    (with the old per-row prefetch as one loop with a zero distance when not asked for, lnmlp at
+    256 rows ran 1-2 % slower). Without `masks` (an exact tile) B is read with plain loads.
     """
     ahead = builder.mul(ldb, i64(shape.prefetch)) if shape.prefetch else None
 
-    def loop(masks, a_ahead=None) -> list[ir.Value]:  # K >= 1: the driver never calls a kernel with K == 0
+    def loop(masks, a_next=None) -> list[ir.Value]:  # K >= 1: the driver never calls a kernel with K == 0
         if shape.chunk:
-            return _k_chunks(builder, shape, K, a_rows, b, ldb, (ahead, a_ahead), masks)
-        return _k_run(builder, shape, K, a_rows, b, ldb, (ahead, a_ahead), masks)[1]
+            return _k_chunks(builder, shape, K, a_rows, b, ldb, (ahead, a_next), masks)
+        return _k_run(builder, shape, K, a_rows, b, ldb, (ahead, a_next), masks)[2]
 
     if masks is None or whole_b is None:
         acc = loop(masks)
@@ -208,9 +210,9 @@ def _k_loop(builder, shape: TileShape, K, a_rows, b, ldb, masks, whole_b=None, n
                 else:
                     inner = []
                     with builder.if_else(next_a[0]) as (fetching, not_fetching):
-                        for branch, a_ahead in ((fetching, next_a[1]), (not_fetching, None)):
+                        for branch, a_next in ((fetching, next_a[1]), (not_fetching, None)):
                             with branch:
-                                inner.append((loop(None, a_ahead), builder.block))
+                                inner.append((loop(None, a_next), builder.block))
                     ends.append((merge_incoming(builder, inner), builder.block))
             with masked:
                 ends.append((loop(masks), builder.block))
@@ -218,41 +220,48 @@ def _k_loop(builder, shape: TileShape, K, a_rows, b, ldb, masks, whole_b=None, n
     return [acc[i * shape.nv:(i + 1) * shape.nv] for i in range(shape.mr)]
 
 
-def _k_run(builder, shape: TileShape, steps, a_rows, b, ldb, aheads, masks) -> tuple[ir.Value, list[ir.Value]]:
-    """(the B row pointer after, the mr * nv accumulators) of `steps` >= 1 steps from zero
-    accumulators, B's row k at b + k * ldb, A's at a_rows[i] + k, prefetching B `ahead` floats
-    on and each A element `a_ahead` floats on (`aheads`: either may be None).
+def _k_run(builder, shape: TileShape, steps, a_rows, b, ldb, aheads, masks) -> tuple[ir.Value, ir.Value | None,
+                                                                                list[ir.Value]]:
+    """(the B row pointer after, the A prefetch pointer after or None, the mr * nv accumulators) of
+    `steps` >= 1 steps from zero accumulators, B's row k at b + k * ldb, A's at a_rows[i] + k,
+    prefetching B `ahead` floats on and A from `a_next` on (`aheads`: either may be None).
 
-    A's prefetch is for the next row tile, whose rows this tile's steps cover element by element
-    (a line every 16 steps); the driver asks for it in the first pass over A (`gemm_driver`
-    `_panels`). When the batch streams in from L3, the next tile's six rows, each starting at once,
-    would each wait out its latency: the hardware prefetchers restart at every 4 KB page. On the
-    Emerald Rapids Xeon (`benchmarks/bare_call.py`, processes alternated twice with the code
-    before, which read each row block of a large batch in one sequential pass first instead), the
-    reference MLP at batch 2048 took 5,707 / 5,738 us at best against 5,941 / 5,952, at 8192
-    23.0 / 23.1 ms (medians) against 24.8 / 25.1; in one process against no prefetch, batch 512
-    and wide at 2048 0.99 x, lnmlp, the transformer block and wide at 256 1.00 +- 0.01.
+    A's prefetch is for the next row tile, whose rows follow this tile's in memory (mr * K floats
+    from `a_next`, where the driver asks for it: the first pass over A, `gemm_driver._panels`). One
+    prefetch a step walks them mr floats a step, so the last line is asked for by the tile's last
+    step. When the batch streams in from L3, the next tile's rows would otherwise each wait out its
+    latency: the hardware prefetchers restart at every 4 KB page. On the Emerald Rapids Xeon
+    (`benchmarks/bare_call.py`, processes alternated twice with the code before, which read each
+    row block of a large batch in one sequential pass first instead), the reference MLP at batch
+    2048 took 5,707 / 5,738 us at best against 5,941 / 5,952, at 8192 23.0 / 23.1 ms (medians)
+    against 24.8 / 25.1; in one process against no prefetch, batch 512 and wide at 2048 0.99 x,
+    lnmlp, the transformer block and wide at 256 1.00 +- 0.01. (That prefetch took one a step for
+    each of the six rows, element k of each; the walk's one a step measured the same,
+    `benchmarks/gemm_ab.py` on the reference MLP at batch 512 / 2048 / 8192: 0.99 / 1.00 / 1.00.)
     """
-    ahead, a_ahead = aheads
+    ahead, a_next = aheads
     w, nv = shape.width, shape.nv
     fma = declare_vector_intrinsic(builder.module, "fma", w, 3)
     tile = [zeros(vector_type(w))] * (shape.mr * nv)
-    with for_range(builder, 0, steps, name="k", carry=[b, *tile], nonempty=True) as loop:
+    walk = [] if a_next is None else [a_next]
+    with for_range(builder, 0, steps, name="k", carry=[b, *walk, *tile], nonempty=True) as loop:
         b_row, *acc = loop.carried
+        if walk:
+            a_at, *acc = acc
+            prefetch_for_read(builder, a_at, 1, w)
+            walk = [builder.gep(a_at, [i64(shape.mr)], source_etype=F32)]
         if ahead is not None:
             prefetch_for_read(builder, builder.gep(b_row, [ahead], source_etype=F32), nv, w)
         bvec = [masked_load(builder, element_ptr(builder, b_row, v * w), masks[v] if masks else None, width=w)
                 for v in range(nv)]
         new = []
         for i, row in enumerate(a_rows):
-            at = element_ptr(builder, row, loop.index)
-            if a_ahead is not None:
-                prefetch_for_read(builder, builder.gep(at, [a_ahead], source_etype=F32), 1, w)
-            a_ik = splat_f32(builder, builder.load(at, typ=F32), w)
+            a_ik = splat_f32(builder, builder.load(element_ptr(builder, row, loop.index), typ=F32), w)
             new += [builder.call(fma, [a_ik, bvec[v], acc[i * nv + v]]) for v in range(nv)]
-        loop.carry(builder.gep(b_row, [ldb], source_etype=F32, inbounds=True), *new)
+        loop.carry(builder.gep(b_row, [ldb], source_etype=F32, inbounds=True), *walk, *new)
     b_after, *acc = loop.results
-    return b_after, acc
+    a_after = acc.pop(0) if walk else None
+    return b_after, a_after, acc
 
 
 # Layers summing more than LONG_SUM_K products per output take tiles that sum in chunks of K_CHUNK:
@@ -274,14 +283,18 @@ def k_chunk(K: int) -> int:
 
 def _k_chunks(builder, shape: TileShape, K, a_rows, b, ldb, aheads, masks) -> list[ir.Value]:
     """The accumulators as the sum, in order, of `_k_run` over each chunk of `shape.chunk` rows of
-    B; the A row pointers, the B row pointer and the running sums carried from chunk to chunk."""
+    B; the A row pointers, the B row pointer, A's prefetch pointer (if any) and the running sums
+    carried from chunk to chunk."""
     mr, sums = shape.mr, [zeros(vector_type(shape.width))] * (shape.mr * shape.nv)
-    with for_range(builder, 0, K, shape.chunk, name="kc", carry=[b, *a_rows, *sums], nonempty=True) as chunk:
+    ahead, a_next = aheads
+    walk = [] if a_next is None else [a_next]
+    with for_range(builder, 0, K, shape.chunk, name="kc", carry=[b, *walk, *a_rows, *sums], nonempty=True) as chunk:
         b_row, *rest = chunk.carried
+        a_at = rest.pop(0) if walk else None
         rows, sums = rest[:mr], rest[mr:]
         left = builder.sub(K, chunk.index)
         steps = builder.select(builder.icmp_signed("<", left, i64(shape.chunk)), left, i64(shape.chunk))
-        b_row, acc = _k_run(builder, shape, steps, rows, b_row, ldb, aheads, masks)
-        chunk.carry(b_row, *[element_ptr(builder, row, shape.chunk) for row in rows],
+        b_row, a_at, acc = _k_run(builder, shape, steps, rows, b_row, ldb, (ahead, a_at), masks)
+        chunk.carry(b_row, *([a_at] if walk else []), *[element_ptr(builder, row, shape.chunk) for row in rows],
                     *[builder.fadd(s, a) for s, a in zip(sums, acc, strict=True)])
-    return chunk.results[1 + mr:]
+    return chunk.results[1 + len(walk) + mr:]
