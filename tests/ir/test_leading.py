@@ -73,3 +73,40 @@ def test_forwards_that_reach_into_leading_dimensions_are_refused(name, lead):
     assert not np.allclose(y.reshape(eager.shape) if y.size == eager.size else y.reshape(-1)[:1], eager)
     with pytest.raises(ValueError, match=f"does not compute each sample as it does in a batch \\({why}"):
         fast(x)
+
+
+SHAPE_NUMBERS = {  # numbers the forward takes from the input's shape: constants of the trace
+    "x.shape[-2] ** -0.5": lambda m, x: m.fc(x) * float(x.shape[-2]) ** -0.5,
+    "x.ndim": lambda m, x: m.fc(x) * float(x.ndim),
+}
+
+
+@pytest.mark.parametrize("lead", [(), (2, 5)], ids=["one sample", "2x5"])
+@pytest.mark.parametrize("name", list(SHAPE_NUMBERS))
+def test_a_number_taken_from_the_input_shape_is_compared(name, lead):
+    """A constant that differs between the batch trace and the (*lead, *features) one is refused by
+    name; where it comes out the same (x.shape[-2] is a feature axis), the call runs and matches."""
+    model = Forward(SHAPE_NUMBERS[name])
+    x = np.random.default_rng(3).standard_normal((*lead, *FEATURES)).astype(np.float32)
+    fast = tc.compile(model, input_shape=(None, *FEATURES))
+    mismatch = lead_mismatch(trace(model, (None, *FEATURES)), trace(model, x.shape), lead)
+    if name == "x.ndim":
+        assert mismatch is not None and "const node" in mismatch
+        with pytest.raises(ValueError, match=r"const node \S+ is \d\.0 for that input but 3\.0 for a batch"):
+            fast(x)
+        return
+    assert mismatch is None
+    eager, out = model(Tensor(x)).data, fast(x).data
+    assert check_parity(out.reshape(-1), eager.reshape(-1),
+                        float64_reference(fast.graph, x.reshape(-1, *FEATURES)).reshape(-1)).ok
+
+
+def test_constants_compare_by_value_sign_and_nan():
+    """+0 and -0 differ (a divide tells them apart); NaN equals NaN; dtypes must match."""
+    from tinycomp.ir.leading import _same_value
+
+    f = np.float32
+    assert _same_value(np.array(f("nan")), np.array(f("nan")))
+    assert not _same_value(np.array(f(0.0)), np.array(f(-0.0)))
+    assert not _same_value(np.array(2.0, f), np.array(2.0, np.float64))
+    assert _same_value(np.array([1, 2]), np.array([1, 2])) and not _same_value(np.array([1, 2]), np.array([1, 3]))

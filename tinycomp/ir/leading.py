@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from .graph import Graph
 from .ops import ELEMENTWISE, combined_axes
 from .shapes import fmt_shape, normalized_axis
@@ -32,7 +34,8 @@ def lead_mismatch(batch: Graph, led: Graph, lead: tuple[int, ...]) -> str | None
     reshape may regroup the leading dimensions; one that merges rows into r feeds only reshapes,
     elementwise ops by single numbers and the output: `_rows_kept`); every other value the same
     shape; axes (softmax, reductions, transpose) the same counted from the last; every other
-    attribute equal."""
+    attribute equal; every constant the same value (a number the forward took from the input's
+    shape, `x.shape[1] ** 0.5`, `x.ndim`, is a constant of the trace)."""
     rows = math.prod(lead)
     batch_nodes, led_nodes = batch.nodes(), led.nodes()
     pairs = list(zip(batch_nodes, led_nodes, strict=False))
@@ -49,6 +52,9 @@ def lead_mismatch(batch: Graph, led: Graph, lead: tuple[int, ...]) -> str | None
                     f"leading dimensions: use a negative one)")
         if _other_attrs(batch, b) != _other_attrs(led, n):
             return f"{op} node {b} has attributes {_other_attrs(led, n)}, not {_other_attrs(batch, b)}"
+        if op == "const" and not _same_value(batch[b]["value"], led[n]["value"]):
+            return (f"const node {b} is {_brief(led[n]['value'])} for that input but "
+                    f"{_brief(batch[b]['value'])} for a batch: a number taken from the input's shape?")
         part = _lead_part(batch.shape(b), led.shape(n), rows)
         if part == MISMATCH:
             return f"{op} node {b} has shape {led.shape(n)}, where a batch gives {fmt_shape(batch.shape(b))}"
@@ -56,6 +62,21 @@ def lead_mismatch(batch: Graph, led: Graph, lead: tuple[int, ...]) -> str | None
         if op not in REGROUPING and not _rows_kept(led, n, parts):
             return f"{op} node {b} mixes values of shapes {[led.shape(a) for a in led.args(n)]} across samples"
     return None
+
+
+def _same_value(a: np.ndarray, b: np.ndarray) -> bool:
+    """The same dtype, shape and values, NaN where NaN (+0 and -0 differ: a divide tells them apart)."""
+    a, b = np.asarray(a), np.asarray(b)
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    if a.dtype.kind == "f":
+        return bool(np.array_equal(np.signbit(a), np.signbit(b)) and np.array_equal(a, b, equal_nan=True))
+    return bool(np.array_equal(a, b))
+
+
+def _brief(value: np.ndarray) -> str:
+    value = np.asarray(value)
+    return repr(value.item()) if value.size == 1 else f"an array of shape {value.shape}"
 
 
 def _rows_kept(led: Graph, n: str, parts: dict) -> bool:
