@@ -71,13 +71,22 @@ class StructureGuard:
     holds (parameters are read live by path) and the `training` flags, but sees a replaced or added
     sub-layer, a grown `Sequential`, a rebound constant or attribute, and a change in which slots
     share one Tensor (tied weights).
+
+    The layers' classes (and their bases) are watched too: the trace reads a class-level `eps = 1e-5`
+    or `forward` as it reads an instance's, so rebinding one (`Scale.factor = 3.0`, `Sigmoid.forward =
+    ...`) recompiles. There every value counts by identity, a Tensor too: a class attribute is traced
+    as a constant, not read live.
     """
 
     def __init__(self, model: Any):
         self.model = model  # its lock guards the slow check: tracing and check=True change what it reads
         objs = list(reachable(model))
-        # live views (dict values, lists, tuples) of every container the tracer could walk
+        self.classes = layer_classes(objs)
+        # live views (dict values, lists, tuples) of every container the tracer could walk, then of
+        # the layers' class dicts (`class_views_from` on)
         self.views: list[Any] = [v for v in map(_container_view, objs) if v is not None]
+        self.class_views_from = len(self.views)
+        self.views += [vars(cls).values() for cls in self.classes]
         # the mutable ones themselves (attribute dicts, dicts, lists), for the native hot call's watch
         self.containers: list[Any] = [vars(o) if isinstance(o, Layer) else o for o in objs
                                       if isinstance(o, (Layer, dict, list))]
@@ -101,9 +110,12 @@ class StructureGuard:
     def slow_signature(self) -> tuple:
         tensors: dict[int, int] = {}
         sig: list[Any] = []
-        for view in self.views:
+        for i, view in enumerate(self.views):
             items = view.mapping.items() if isinstance(view, type({}.values())) else enumerate(view)
             entry: list[tuple] = []
+            if i >= self.class_views_from:  # a class: every value by identity (none is read live)
+                sig.append(tuple(sorted((str(key), id(value)) for key, value in items if key not in LAZY_CLASS_KEYS)))
+                continue
             for key, value in items:
                 if key == "training" and isinstance(value, bool):
                     continue
@@ -127,19 +139,35 @@ class StructureGuard:
 
 def native_watch(guard: StructureGuard, hot: HotTable) -> tuple[list[int], tuple]:
     """What the native hot call must find unchanged to reuse `hot` (LiveParams.hot_table's tuple,
-    just checked together with `guard`): every container the guard watches, and each parameter
-    slot's Tensor attributes and array layout. Returns (the words' addresses, what keeps the
-    objects they lie in alive)."""
+    just checked together with `guard`): every container the guard watches, the layers' class
+    dicts, and each parameter slot's Tensor attributes and array layout. Returns (the words'
+    addresses, what keeps the objects they lie in alive)."""
     words: list[int] = []
     for c in guard.containers:
         words += native_guard.dict_words(c) if isinstance(c, dict) else native_guard.list_words(c)
+    for cls in guard.classes:  # a class dict is read only through a proxy: its version word is the dict's
+        words += native_guard.dict_words(native_guard.class_dict(cls))
     tensor_dicts = []
     for slot, array in zip(hot[1], hot[2], strict=True):
         if type(slot) is Tensor:  # `t.data = ...` rebinds the array: the Tensor's own dict changes
             tensor_dicts.append(vars(slot))
             words += native_guard.dict_words(tensor_dicts[-1])
         words += native_guard.array_words(array)
-    return words, (guard.containers, guard.held, hot, tensor_dicts)
+    return words, (guard.containers, guard.classes, guard.held, hot, tensor_dicts)
+
+
+# Keys CPython adds to a class dict when they are first read (`cls.__annotations__`, 3.10 on): no
+# change of what the class computes
+LAZY_CLASS_KEYS = frozenset({"__annotations__"})
+
+
+def layer_classes(objs: Iterable[Any]) -> list[type]:
+    """The classes of the Layers among objs and their bases but `object`, each once, in order."""
+    classes: dict[type, None] = {}
+    for obj in objs:
+        if isinstance(obj, Layer):
+            classes.update(dict.fromkeys(type(obj).__mro__[:-1]))
+    return list(classes)
 
 
 def _container_view(obj: Any) -> Iterable[Any] | None:

@@ -160,6 +160,61 @@ def test_rebinding_a_traced_constant_recompiles():
     assert fast.stats.compiles == 2
 
 
+def scaled_class():
+    """A fresh Layer class with a class-level number and forward (each test patches its own)."""
+    class ClassScaled(Layer):
+        factor = 2.0
+
+        def __init__(self):
+            manual_seed(4)
+            self.fc = Linear(4, 3)
+
+        def forward(self, x):
+            return self.fc(x) * self.factor
+
+    return ClassScaled
+
+
+@pytest.mark.parametrize("batch", [1, 5], ids=["native hot call", "python path"])
+def test_rebinding_a_class_attribute_or_method_recompiles(batch):
+    """The trace reads a class-level number or forward as it reads an instance's: rebinding one on
+    the class is seen at the next call, on the batch-1 native step too (one call arms it)."""
+    cls = scaled_class()
+    model = cls()
+    fast = tc.compile(model)
+    x = X[:batch, :4]
+    for _ in range(2):
+        assert_matches_eager(fast(x).data, model, x)
+    cls.factor = 3.0
+    assert_matches_eager(fast(x).data, model, x)
+    assert fast.stats.compiles == 2
+    fast(x)
+    cls.forward = lambda self, x: ReLU()(self.fc(x)) - self.factor
+    assert_matches_eager(fast(x).data, model, x)
+    assert fast.stats.compiles == 3
+
+
+def test_rebinding_a_method_of_a_library_layer_class_recompiles(monkeypatch):
+    """A library layer's class is watched like the user's (`Sigmoid.forward` patched for a test)."""
+    model = Sequential(Linear(6, 3), Sigmoid())
+    fast = tc.compile(model)
+    check(fast, model)
+    monkeypatch.setattr(Sigmoid, "forward", lambda self, x: x * 5)
+    check(fast, model)
+    assert fast.stats.compiles == 2
+
+
+def test_reading_a_class_annotations_does_not_recompile():
+    """CPython adds `__annotations__` to a class dict when it is first read: no change of the model."""
+    cls = scaled_class()
+    model = cls()
+    fast = tc.compile(model)
+    fast(X[:1, :4])
+    assert cls.__annotations__ == {}
+    assert_matches_eager(fast(X[:1, :4]).data, model, X[:1, :4])
+    assert fast.stats.compiles == 1
+
+
 class Tied(Layer):
     def __init__(self):
         self.a = Linear(5, 5)

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import gc
 import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -60,6 +61,14 @@ def _int32(address: int) -> int:
     return ctypes.c_int32.from_address(address).value
 
 
+def class_dict(cls: type) -> dict:
+    """The dict behind `vars(cls)` (a read-only proxy): the one `setattr(cls, ...)` changes."""
+    held = gc.get_referents(vars(cls))
+    if len(held) != 1 or type(held[0]) is not dict:
+        raise TypeError(f"the attribute proxy of {cls.__name__} holds {held!r}, not one dict")
+    return held[0]
+
+
 def _probe() -> bool:
     """Do this interpreter's dicts, lists and NumPy's arrays look and behave as assumed above?"""
     if sys.implementation.name != "cpython" or ctypes.sizeof(ctypes.c_void_p) != 8:
@@ -79,6 +88,14 @@ def _probe() -> bool:
         tags.append(_word(id(d) + DICT_VERSION))
     _ = obj.a, d["a"]  # reads change nothing
     if len(set(tags)) != len(tags) or _word(id(d) + DICT_VERSION) != tags[-1]:
+        return False
+    try:  # a class's dict, behind its proxy, takes a new tag when the class is given an attribute
+        cd = class_dict(Probe)
+    except TypeError:
+        return False
+    before = _word(id(cd) + DICT_VERSION)
+    Probe.c = 1  # type: ignore[attr-defined]
+    if _word(id(cd) + DICT_VERSION) == before:
         return False
     items = ["x", "y", "z"]
     if _word(id(items) + LIST_SIZE) != 3 or _word(_word(id(items) + LIST_ITEMS) + 8) != id(items[1]):
