@@ -158,6 +158,39 @@ def test_an_optional_input_given_or_not_follows_the_call():
         pinned(x)
 
 
+class TwoOptional(Layer):
+    def __init__(self):
+        manual_seed(5)
+        self.fc = Linear(5, 3)
+
+    def forward(self, x, mask=None, shift=None, *, scale=1.0):
+        y = self.fc(x) * scale
+        y = y if mask is None else y * mask
+        return y if shift is None else y + shift
+
+
+def test_inputs_given_by_name_run_as_forward_orders_them():
+    """`fast(x, mask=m)` is `fast(x, m)`, as the eager call takes it; a gap before a given input or
+    a keyword-only argument is a TypeError naming forward()'s signature."""
+    model = TwoOptional()
+    fast = tc.compile(model)
+    x, mask, shift = (np.float32(RNG.standard_normal(s)) for s in ((4, 5), (4, 3), (4, 3)))
+    cases = [((), {"mask": mask}, (mask,)), ((), {"shift": shift, "mask": mask}, (mask, shift)),
+             ((mask,), {"shift": shift}, (mask, shift))]
+    for args, named, in_order in cases:
+        eager = model(Tensor(x), *map(Tensor, args), **{k: Tensor(v) for k, v in named.items()}).data
+        np.testing.assert_allclose(fast(x, *args, **named).data, eager, rtol=1e-6, atol=1e-6)
+        np.testing.assert_array_equal(fast(x, *args, **named).data, fast(x, *in_order).data)
+    with pytest.raises(TypeError, match=r"TwoOptional.forward\(x, mask=None, shift=None, \*, scale=1.0\) was given "
+                                        r"x, shift but not mask: a compiled model takes its inputs in forward\(\)'s "
+                                        r"order"):
+        fast(x, shift=shift)
+    with pytest.raises(TypeError, match=r"was given scale by keyword only"):
+        fast(x, mask, scale=2.0)
+    with pytest.raises(TypeError, match=r"TwoOptional.forward\(.*\): got an unexpected keyword argument 'bias'"):
+        fast(x, bias=shift)
+
+
 def test_a_shared_mask_without_input_shape_is_refused_saying_how_to_give_it():
     manual_seed(0)
     block = tc.nn.TransformerBlock(12, 3)
@@ -167,6 +200,22 @@ def test_a_shared_mask_without_input_shape_is_refused_saying_how_to_give_it():
         tc.compile(block)(x, mask)
     fast = tc.compile(block, input_shape=[(None, 6, 12), (6, 6)])
     np.testing.assert_allclose(fast(x, mask).data, block(Tensor(x), Tensor(mask)).data, rtol=1e-4, atol=1e-4)
+
+
+def test_a_mask_added_after_compiling_names_the_inputs_not_a_changed_model():
+    """The model compiled for x alone, then called with x and a shared mask: the error says which
+    inputs were compiled for and which were passed (the model itself did not change)."""
+    manual_seed(0)
+    block = tc.nn.TransformerBlock(12, 3)
+    x, mask = np.float32(RNG.standard_normal((4, 6, 12))), np.tril(np.ones((6, 6), np.float32))
+    fast = tc.compile(block)
+    np.testing.assert_allclose(fast(x).data, block(Tensor(x)).data, rtol=1e-4, atol=1e-4)
+    with pytest.raises(tc.CompileError, match=r"^compiled model takes 1 input\(s\) of shapes \(N, 6, 12\) \(N: the "
+                                              r"batch\) as compiled before; this call passes 2 of shapes \(N, 6, 12\), "
+                                              r"\(N, 6\), and the model cannot be compiled for those: ") as err:
+        fast(x, mask)
+    assert "changed since it was compiled" not in str(err.value)
+    np.testing.assert_allclose(fast(x).data, block(Tensor(x)).data, rtol=1e-4, atol=1e-4)  # still runs x alone
 
 
 def test_an_input_of_the_wrong_width_names_the_shapes():

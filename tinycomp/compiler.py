@@ -21,7 +21,7 @@ from .checks import is_whole_number
 from .driver import Artifact
 from .errors import CompileError
 from .frontend import streams
-from .frontend.inputs import compile_input_spec
+from .frontend.inputs import compile_input_spec, positional_inputs
 from .frontend.layers import Layer, model_lock
 from .frontend.tensor import Tensor
 from .frontend.walk import warn_if_dropout_active
@@ -118,10 +118,9 @@ class CompiledModel:
             if self._pinned or not more:
                 raise
             # the inputs after x were guessed to carry the batch: a mask shared by every sample does not
-            shapes = ", ".join(map(fmt_shape, [(None, *features), *more]))
             raise CompileError(f"{exc}\n(without input_shape every input is taken to carry the batch first, here "
-                               f"{shapes}; an input shared by every sample, e.g. a (seq, seq) mask, needs "
-                               "compile(model, input_shape=[(None, ...), (seq, seq)]))") from exc
+                               f"{_shapes(features, more)}; an input shared by every sample, e.g. a (seq, seq) "
+                               "mask, needs compile(model, input_shape=[(None, ...), (seq, seq)]))") from exc
         self._artifact = art
         self._native = None  # armed again by the first call that runs the new code
         self.stats.compiles += 1
@@ -178,10 +177,11 @@ class CompiledModel:
     def _no_longer_fits(self, art: Artifact, features: tuple[int, ...], more: tuple[tuple, ...], given: tuple,
                         exc: Exception) -> str:
         """Why recompiling failed, naming the width compiled for and the input's."""
-        if art.more_inputs and more != art.more_inputs:
-            return (f"compiled model expects inputs of shapes {_input_shape(art)} (None: the batch) as compiled "
-                    f"before; the inputs have shapes {[tuple(given), *more]} (batch as None), and the model cannot "
-                    f"take those either: {exc}")
+        if more != art.more_inputs:  # other inputs than before (one more, a mask of another shape)
+            return (f"compiled model takes {1 + len(art.more_inputs)} input(s) of shapes "
+                    f"{_shapes(art.features, art.more_inputs)} (N: the batch) as compiled before; this call passes "
+                    f"{1 + len(more)} of shapes {_shapes(features, more)}, and the model cannot be compiled for "
+                    f"those: {exc}")
         if features == art.features:
             pinned = ", which was given to compile()" if self._pinned else ""
             return (f"the model changed since it was compiled and no longer takes input_shape=(None, "
@@ -203,8 +203,11 @@ class CompiledModel:
                              "without it to follow the input's shape") from None
 
     # ---------------------------------------------------------------- calling
-    def __call__(self, x: Any, *more: Any) -> Tensor:
-        """`fast(x)`, or `fast(x, mask)` for a forward() of several Tensor inputs."""
+    def __call__(self, x: Any, *more: Any, **named: Any) -> Tensor:
+        """`fast(x)`, or `fast(x, mask)` / `fast(x, mask=mask)` for a forward() of several Tensor inputs."""
+        if named:
+            x, *rest = positional_inputs(self.model, x, more, named)
+            more = tuple(rest)
         native = self._native  # armed for inference code of one input only (`_arm`)
         if native is not None and not self.check and not more:  # check=True compares with eager on every call
             out = native(x.data if type(x) is Tensor else x)
@@ -330,6 +333,11 @@ def _input_shape(art: Artifact) -> Any:
     """The input_shape the artifact was compiled for, as compile() takes it."""
     first = (None, *art.features)
     return [first, *art.more_inputs] if art.more_inputs else first
+
+
+def _shapes(features: tuple[int, ...], more: tuple[tuple, ...]) -> str:
+    """The inputs' shapes, batch first as N: `(N, 5, 8), (5, 5)`."""
+    return ", ".join(map(fmt_shape, [(None, *features), *more]))
 
 
 def _dims(features: tuple[int, ...]) -> str:

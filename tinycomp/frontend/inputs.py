@@ -33,6 +33,34 @@ def input_names(model: Any, count: int) -> list[str]:
     return [n if n not in ("output",) and names.count(n) == 1 else f"input{i}" for i, n in enumerate(names)]
 
 
+def positional_inputs(model: Any, x: Any, more: tuple, named: dict[str, Any]) -> list[Any]:
+    """x, *more and the inputs given by name (`fast(x, mask=m)`), in forward()'s order: a compiled
+    model takes its inputs by position. A TypeError names forward()'s signature where they do not
+    bind, skip an input before a given one, or are keyword-only."""
+    forward = getattr(model, "forward", model)
+    what = f"{type(model).__name__}.forward"
+    try:
+        sig = inspect.signature(forward)
+    except (TypeError, ValueError):
+        raise TypeError(f"{what} has no signature to place the inputs given by name ({', '.join(named)}) by; "
+                        "pass them by position") from None
+    try:
+        bound = sig.bind(x, *more, **named)
+    except TypeError as exc:
+        raise TypeError(f"{what}{sig}: {exc}") from None
+    order = [p.name for p in sig.parameters.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    given = [n for n in order if n in bound.arguments]
+    if given != order[:len(given)]:
+        skipped = next(n for n in order if n not in bound.arguments)
+        raise TypeError(f"{what}{sig} was given {', '.join(given)} but not {skipped}: a compiled model takes its "
+                        "inputs in forward()'s order, with none left out before the last one given")
+    others = [n for n in bound.arguments if n not in order]
+    if others:
+        raise TypeError(f"{what}{sig} was given {', '.join(others)} by keyword only: a compiled model takes "
+                        "forward()'s positional inputs")
+    return [bound.arguments[n] for n in given]
+
+
 def input_shapes(input_shape: Any) -> list[tuple]:
     """One input shape, `(None, 784)`, or one per input of forward(): `[(None, 64, 128), (None, 64, 64)]`,
     as `trace` takes them: sizes >= 0, None (the dynamic batch) first only."""
