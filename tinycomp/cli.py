@@ -145,14 +145,29 @@ def load_factory(spec: str) -> Any:
     return factory
 
 
+INPUT_SHAPE_HELP = ("batch,features..., e.g. N,784; repeat it once per input of a forward() of several, in its "
+                    "order (--input-shape N,16 --input-shape N,4), an input after the first without N being one "
+                    "array shared by every row (e.g. 8,8)")
+
+
 def parse_input_shape(text: str) -> tuple:
     try:
         dims = [None if d.strip().upper() in ("N", "NONE", "?") else int(d) for d in text.split(",")]
     except ValueError:
         raise UsageError(f"--input-shape must be comma-separated sizes like N,784; got {text!r}") from None
-    if len(dims) < 2 or any(d is not None and d <= 0 for d in dims) or None in dims[1:]:
+    if len(dims) < 2 or any(d is None or d <= 0 for d in dims[1:]):
         raise UsageError(f"--input-shape must be batch,features... with positive features (e.g. N,784); got {text!r}")
+    if dims[0] is not None and dims[0] <= 0:
+        raise UsageError(f"--input-shape must start with the batch as N or a positive size (e.g. N,784); got {text!r}")
     return tuple(dims)
+
+
+def parse_input_shapes(texts: list[str]) -> tuple | list[tuple]:
+    """compile()'s input_shape from the repeated --input-shape: (None, features...) for one input;
+    for a forward() of several, one shape per input in its order, one without N shared by every row."""
+    first, *others = texts
+    shape = (None, *parse_input_shape(first)[1:])
+    return [shape, *(parse_other_input_shape(text, i) for i, text in enumerate(others, start=1))] if others else shape
 
 
 def parse_other_input_shape(text: str, index: int) -> tuple:
@@ -207,9 +222,9 @@ def infer_input_shape(model: Layer) -> tuple:
 
 def run_dump(args: argparse.Namespace) -> int:
     model = build_model(args.model)
-    shape = parse_input_shape(args.input_shape) if args.input_shape else infer_input_shape(model)
+    input_shape = parse_input_shapes(args.input_shape) if args.input_shape else infer_input_shape(model)
     model.eval()  # what an inference compile shows; a freshly built model is in training mode
-    fast = compile_model(model, input_shape=(None, *shape[1:]))
+    fast = compile_model(model, input_shape=input_shape)
     stage = args.stage or ("all" if args.out else "optimized")
     stages = ("traced", "optimized", "llvm", "asm") if stage == "all" else (stage,)
     if args.out is None:
@@ -253,12 +268,8 @@ def _write(path: Path, text: str) -> Path:
 
 def run_export(args: argparse.Namespace) -> int:
     model = build_model(args.model)
-    first, *others = args.input_shape  # repeated: one per input of forward(), in its order
-    shape = parse_input_shape(first)
-    more = [parse_other_input_shape(text, i) for i, text in enumerate(others, start=1)]
-    result = export_model(model, args.out, input_shape=[(None, *shape[1:]), *more] if more else (None, *shape[1:]),
-                          target=args.target, name=args.name,
-                          weights=args.weights, training=args.training)
+    result = export_model(model, args.out, input_shape=parse_input_shapes(args.input_shape), target=args.target,
+                          name=args.name, weights=args.weights, training=args.training)
     for path in result.files.values():
         print(path)
     where = "in the object" if args.weights == "embedded" else f"in {result.files['weights'].name}"
@@ -284,18 +295,15 @@ def make_parser() -> argparse.ArgumentParser:
                       help="native threads (default: all cores where it pays)")
     dump = sub.add_parser("dump", help="write the IR of every stage of a model")
     dump.add_argument("model", help="module:factory or path/to/file.py:factory returning a Layer")
-    dump.add_argument("--input-shape", help="batch,features..., e.g. N,784 (default: the in_features of a "
-                                            "Sequential's first Linear)")
+    dump.add_argument("--input-shape", action="append", help=INPUT_SHAPE_HELP + " (default: the in_features of a "
+                                                                             "Sequential's first Linear)")
     dump.add_argument("--stage", choices=STAGE_CHOICES, default=None,
                       help="what to show (default: optimized; with --out: all)")
     dump.add_argument("--out", help="folder for one file per stage and pass (01-traced.txt, model.ll, ...)")
     dump.add_argument("--dot", action="store_true", help="also write Graphviz DOT (and SVG when `dot` exists)")
     export = sub.add_parser("export", help="compile a model ahead of time into a C library (.o, .h) for a target")
     export.add_argument("model", help="module:factory or path/to/file.py:factory returning a Layer")
-    export.add_argument("--input-shape", required=True, action="append",
-                        help="batch,features..., e.g. N,784; repeat it once per input of a forward() of several, "
-                             "in its order (--input-shape N,16 --input-shape N,4), an input after the first "
-                             "without N being one array shared by every row (e.g. 8,8)")
+    export.add_argument("--input-shape", required=True, action="append", help=INPUT_SHAPE_HELP)
     export.add_argument("--target", choices=TARGET_NAMES, default="host", help="what the code runs on (default: host)")
     export.add_argument("--out", required=True, help="folder for <name>.o, <name>.h and the rest")
     export.add_argument("--name", default="model", help="prefix of the C symbols and file names (default: model)")

@@ -58,7 +58,19 @@ def test_dump_to_stdout_one_stage(capsys):
     assert "==== traced ====" in text and "matmul(%x, %0.weight)" in text
 
 
+def test_dump_of_several_inputs(capsys):
+    """--input-shape once per input of forward(), as export takes it: one input node each."""
+    spec = f"{HERE.parent / 'export' / 'test_export_inputs.py'}:Gated"
+    assert main(["dump", spec, "--input-shape", "N,5", "--input-shape", "N,3", "--input-shape", "7",
+                 "--stage", "traced"]) == 0
+    text = capsys.readouterr().out
+    for line in ("%x = input : f32[N,5]", "%mask = input : f32[N,3]", "%shift = input : f32[7]",
+                 "%6 = add(%5, %shift) : f32[N,7]"):
+        assert line in text
+
+
 @pytest.mark.parametrize("args, message", [
+    (["dump", TINY, "--input-shape", "0,12"], "--input-shape must start with the batch as N or a positive size"),
     (["dump", "no/such/file.py:tiny", "--input-shape", "N,12"], "model file not found"),
     (["dump", f"{HERE / 'tiny_model.py'}:not_a_layer", "--input-shape", "N,12"], "must return a tinycomp Layer"),
     (["dump", f"{HERE / 'tiny_model.py'}:missing", "--input-shape", "N,12"], "has no attribute 'missing'"),
