@@ -101,8 +101,9 @@ def warn_if_dropout_active(model: Any) -> None:
     more = f" and {len(active) - 3} more" if len(active) > 3 else ""
     warnings.warn(
         f"compiling {type(model).__name__} for inference while {len(active)} of its Dropout layers "
-        f"({names}{more}) are in training mode: the compiled model leaves dropout out (as eval mode "
-        f"does), while calling the model itself drops activations at random, so the two differ. To "
+        f"({names}{more}) are in training mode: the compiled model leaves their dropout out (as eval mode "
+        f"does; only a call with an explicit training=True keeps it), while calling the model itself drops "
+        f"activations at random, so the two differ. To "
         f"compare them, call model.eval() first, or compile(model, training=True) to keep dropout (its masks "
         f"then match the eager model's after the same tinycomp.nn.manual_seed and number of calls).",
         UserWarning, stacklevel=3)
