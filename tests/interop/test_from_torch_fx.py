@@ -396,6 +396,8 @@ class Refused(nn.Module):
             return x.mean(0, keepdim=True)
         if self.how == "index-batch":
             return x[1:]
+        if self.how == "softmax-no-dim":
+            return F.softmax(x)  # torch picks an axis from the rank, with a deprecation warning
         return x[:, [2, 0]]
 
 
@@ -406,6 +408,8 @@ class Refused(nn.Module):
     ("move-batch", r"node transpose' of type call_method transpose \(perm \[1, 0, 2\] moves the batch"),
     ("reduce-batch", r"of type call_method mean \(axes \[0\]: a reduction over the batch"),
     ("index-batch", r"node getitem' of type call_function getitem \(1: cuts the batch axis of \(N, 3, 4\)"),
+    ("softmax-no-dim", r"node softmax' of type call_function softmax \(dim=None: give the axis, e.g. "
+                       r"softmax\(x, dim=-1\); torch picks one"),
     ("index-list", r"node getitem' of type call_function getitem \(\[:, \[2, 0\]\] on a value .*positions \[2, 0\], "
                    r"which are not an increasing, evenly spaced run"),
 ])
@@ -499,21 +503,59 @@ def test_forms_that_imported_wrong_or_not_at_all(make, shaped):
 
 
 class Aliased(nn.Module):
+    """An augmented assignment on a tensor another name also holds: in torch `r` sees the write."""
+
+    def __init__(self, how: str):
+        super().__init__()
+        self.how = how
+        self.fc, self.other = nn.Linear(6, 6), nn.Linear(6, 6)
+
+    def forward(self, x):
+        h = self.fc(x)
+        r, kept = h, [h]
+        if self.how == "+=":
+            h += self.other(x)
+        elif self.how == "-=":
+            h -= 1
+        elif self.how == "*=":
+            h *= 3
+        elif self.how == "/=":
+            kept[0] /= 4
+        else:
+            h **= 2
+        return torch.tanh(r) + kept[0]
+
+
+class SizeCounter(nn.Module):
+    """`n += 1` on a traced size is Python's sum: `m`, the size before, is unchanged."""
+
     def __init__(self):
         super().__init__()
         self.fc = nn.Linear(6, 6)
 
     def forward(self, x):
-        h = self.fc(x)
-        r = h
-        h += 1  # torch.fx records a new value; in torch r changes too
-        return h * r
+        n = x.shape[-1]
+        m = n
+        n += 1
+        return self.fc(x) * m + n
 
 
-def test_what_fx_does_not_record_is_caught_by_running_both():
-    with pytest.raises(tc.CompileError, match=r"imported from Aliased computes other values than the module .*in "
-                                              r"place through another name"):
-        from_torch(Aliased().eval(), input_shape=(None, 6))
+@pytest.mark.parametrize("how", ["+=", "-=", "*=", "/=", "**="])
+@pytest.mark.parametrize("shaped", [True, False], ids=["input_shape", "no-shape"])
+def test_augmented_assignments_write_in_place_as_in_torch(how, shaped):
+    """torch.fx's own Proxy records `h += y` as `h = h + y`, so every other name of h kept the old
+    value (silently without input_shape); the importer's tracer records it as the in-place op."""
+    torch.manual_seed(6)
+    module = Aliased(how).eval()
+    if shaped:
+        check_against_torch(module, (6,))
+    else:
+        check_imported(from_torch(module), run_torch(module), 6)
+
+
+def test_an_augmented_assignment_on_a_size_is_a_plain_sum():
+    torch.manual_seed(7)
+    check_against_torch(SizeCounter().eval(), (6,))
 
 
 def test_modules_with_forward_hooks_are_refused_naming_them():

@@ -32,6 +32,7 @@ from .common import NodeImporter, Step, chain_or_graph, layer_key, unsupported
 from .graph_layers import ConstantOperand
 from .graph_rules import check_matmul, check_ranks, with_constant
 from .torch_ops import (
+    AUGMENTED,
     PIECES,
     SHAPED,
     VARIES,
@@ -214,12 +215,20 @@ class FxImporter(NodeImporter):
         op it does, its result then read where the operand was."""
         target, inplace = out_of_place(self.torch, node.target)
         self.call_out_of_place(node, name, target)
-        if inplace:
+        if inplace and (node.target not in AUGMENTED or self.is_tensor(node.args[0])):
             self.in_place(node, True)
+
+    def is_tensor(self, arg: Any) -> bool:
+        """Is a node's argument a tensor (computed, a parameter or a buffer), not a Python number?"""
+        value = self.resolve(arg)
+        return isinstance(value, Data) or self.torch.is_tensor(value)
 
     def call_out_of_place(self, node: Any, name: str, target: Any) -> None:
         args, kwargs = self.resolve(node.args), self.resolve(node.kwargs)
         x = args[0] if args else kwargs.get("input")
+        if name in ("softmax", "log_softmax") and (args[1] if len(args) > 1 else kwargs.get("dim")) is None:
+            raise self.refuse(node, f"dim=None: give the axis, e.g. {name}(x, dim=-1); torch picks one from the "
+                                    "input's rank, with a deprecation warning")
         activation = function_layer(self.torch, target, args[1:], kwargs)
         if activation is not None and isinstance(x, Data):
             activation.training = self.training

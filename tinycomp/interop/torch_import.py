@@ -111,8 +111,8 @@ def _verify(torch: Any, module: Any, model: Layer, sample: tuple[int, ...]) -> N
         nan_only_in_torch = int((np.isnan(want_np) & ~np.isnan(got)).sum())
         why = (f"torch gives NaN at {nan_only_in_torch} places where the import gives numbers: a softmax of a row "
                "that is all -inf (every key masked) is NaN in torch and zeros in tinycomp" if nan_only_in_torch else
-               "its forward may change a tensor in place through another name (h += ..., inplace ops), which "
-               "torch.fx does not record, or draw random numbers")
+               "its forward may change a tensor in place in a way torch.fx does not record (a write into a "
+               "view or through .data), or draw random numbers")
         raise CompileError(f"the model imported from {type(module).__name__} computes other values than the module "
                            f"(max |difference| {err:.3g}, output scale {scale:.3g}, on a random input of shape "
                            f"{shown}, both in eval mode): {why}")

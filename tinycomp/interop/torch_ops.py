@@ -55,9 +55,18 @@ COMPARED = {"gt": "greater", "ge": "greater_equal", "lt": "less", "le": "less_eq
             "logical_or": "maximum", "bitwise_or": "maximum", "logical_xor": "not_equal", "bitwise_xor": "not_equal"}
 
 
+# `h += y` on a tensor is `h.add_(y)`: every other name of h sees the sum (on a Python number it
+# rebinds h alone: `FxImporter.call` checks the operand)
+AUGMENTED = {operator.iadd: operator.add, operator.isub: operator.sub, operator.imul: operator.mul,
+             operator.itruediv: operator.truediv, operator.ipow: operator.pow}
+
+
 def out_of_place(torch: Any, target: Any) -> tuple[Any, bool]:
     """(the op an in-place call does out of place, whether it was in place): `x.masked_fill_(...)` ->
-    ("masked_fill", True), `F.hardtanh_` -> (F.hardtanh, True); any other target as it is."""
+    ("masked_fill", True), `F.hardtanh_` -> (F.hardtanh, True), `operator.iadd` -> (operator.add,
+    True); any other target as it is."""
+    if target in AUGMENTED:
+        return AUGMENTED[target], True
     name = target if isinstance(target, str) else getattr(target, "__name__", "")
     if not isinstance(name, str) or not name.endswith("_") or name.endswith("__") or name.startswith("_"):
         return target, False

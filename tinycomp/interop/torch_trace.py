@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import operator
 from collections.abc import Iterator
 from typing import Any
 
@@ -25,7 +26,7 @@ def symbolic_trace(torch: Any, m: Any, concrete_args: dict[str, Any] | None) -> 
     for proxy_buffers, on_copy in ((True, True), (False, True), (True, False)):
         try:
             with (runnable(torch, m) if on_copy else state_kept(torch, m)) as root:
-                tracer = torch.fx.Tracer()
+                tracer = augmented_tracer(torch)
                 tracer.proxy_buffer_attributes = proxy_buffers
                 graph = tracer.trace(root, concrete_args)
                 if not any(isinstance(b, torch.fx.Proxy) for b in tracer.root.buffers()):
@@ -33,6 +34,24 @@ def symbolic_trace(torch: Any, m: Any, concrete_args: dict[str, Any] | None) -> 
         except Exception as exc:
             first = first or exc
     raise first or TypeError("its forward writes traced values into its buffers")
+
+
+# Augmented assignments fx's Proxy has no method for: Python falls back to `h = h + y`, a new value,
+# where on a tensor `h += y` writes h itself, and every other name of h (`skip = h`) sees the sum.
+AUGMENTED = (("__iadd__", operator.iadd), ("__isub__", operator.isub), ("__imul__", operator.imul),
+             ("__itruediv__", operator.itruediv), ("__ipow__", operator.ipow))
+
+
+def augmented_tracer(torch: Any) -> Any:
+    """A `torch.fx.Tracer` whose proxies record `h += y` as a call of `operator.iadd` (and -=, *=, /=, **=),
+    which the importer reads as the in-place op it is on a tensor (`torch_ops.out_of_place`); on
+    a traced size it is the plain sum, as in Python. The graph module runs it as written."""
+    def method(op: Any) -> Any:
+        return lambda self, other: self.tracer.create_proxy("call_function", op, (self, other), {})
+
+    proxy_type = type("AugmentedProxy", (torch.fx.Proxy,), {name: method(op) for name, op in AUGMENTED})
+    tracer_type = type("AugmentedTracer", (torch.fx.Tracer,), {"proxy": lambda self, node: proxy_type(node, self)})
+    return tracer_type()
 
 
 @contextlib.contextmanager
