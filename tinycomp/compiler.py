@@ -38,6 +38,9 @@ from .runtime.call import as_input_array
 from .runtime.native_guard import NativeHotCall
 
 STAGES = driver.STAGES
+# Compiles one call may run when its parameters no longer fit the code: one for a layer resized in
+# place, more while another thread keeps editing the model (each compile then found it changed).
+RECOMPILES_PER_CALL = 3
 _new_tensor = Tensor.__new__
 
 
@@ -239,9 +242,14 @@ class CompiledModel:
             return
         words, keep = native_watch(art.guard, hot)
         call = art.call
-        self._native = NativeHotCall(
+        armed = NativeHotCall(
             art.engine.address(art.plan.entry), hot[-1], call.features, call.out_row, call.hot_rows, call.scratch,
             art.plan.scratch_per_row, art.plan.scratch_fixed, words, keep, armed_for=art)
+        # The words' values were just read (the call compares against them): checked again now, so
+        # that a thread rebinding a weight since the check above cannot arm the old table with the
+        # new values. A change after this second check moves a word, and the call falls back.
+        if art.guard.same() and art.params.hot_table(art.guard.held) is hot:
+            self._native = armed
 
     def _call(self, x: Any, *more: Any) -> Tensor:
         """Every call the hot path does not take: any input shape or type, first calls, recompiles,
@@ -252,13 +260,19 @@ class CompiledModel:
         held = art.guard.held  # as checked just now: the parameter table is offered to the hot path with it
         rows, out_shape = self._rows(art, arr, others)
         params = art.params.table()
-        if params is None:  # a parameter was given another shape: the code must be generated again
+        compiles = 0
+        while params is None:  # a parameter was given another shape, or another thread is editing the model
+            if compiles == RECOMPILES_PER_CALL:
+                raise RuntimeError(f"{type(self.model).__name__} changed again while each of {compiles} compiles "
+                                   "for this call ran: another thread is editing its layers; call it again once "
+                                   "the edits are done")
             art = self._recompile(art, "a parameter changed shape", art.features, arr.shape)
+            compiles += 1
             held = art.guard.held
             rows, out_shape = self._rows(art, arr, others)
-            art.params.arrays(strict=True)  # names the parameter if it still does not fit
             params = art.params.table()
-            assert params is not None
+            if params is None and art.guard.unchanged():
+                art.params.arrays(strict=True)  # the model as it stands does not fit: name the parameter
         x32, out = art.call.buffers(arr, rows)
         more32 = [as_native_float32(a) for a in others]
         table, used = params  # `used` keeps every array the table points into alive during the call

@@ -129,6 +129,9 @@ def build(model: Any, features: tuple[int, ...], *, passes: list | None, speed_l
     caller holds the model's lock. A forward() of several inputs takes the shapes of the others in
     `more_inputs`."""
     start = time.perf_counter()
+    # Before the trace: a model another thread edits meanwhile is then found changed at the next
+    # call and compiled again. Taken after, it would hold the edited model as what was compiled.
+    guard = StructureGuard(model)
     traced, optimized, dumps = optimized_graph(model, features, passes=passes, training=training,
                                                more_inputs=more_inputs)
     plan, engine, key, hit = codegen(optimized, speed_level)
@@ -138,7 +141,7 @@ def build(model: Any, features: tuple[int, ...], *, passes: list | None, speed_l
         features=features, traced=traced, optimized=optimized, pass_dumps=dumps, plan=plan, engine=engine,
         call=CompiledCall(kernel, features, flops_per_row(optimized), threads, scratch),
         params=LiveParams(model, [optimized[p]["path"] for p in plan.params], shapes, kernel.pack),
-        guard=StructureGuard(model), speed_level=speed_level, cache_hit=hit,
+        guard=guard, speed_level=speed_level, cache_hit=hit,
         compile_ms=(time.perf_counter() - start) * 1e3,
         training=training, more_inputs=more_inputs,
         # a forward may call a dropout with training=True whatever the mode: its masks are drawn too

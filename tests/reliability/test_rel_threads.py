@@ -337,3 +337,90 @@ def test_a_child_forked_while_a_thread_holds_a_model_lock_can_compile():
     holder.join()
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def _edit_once_during(monkeypatch, owner, name: str, edit) -> list:
+    """Patch owner.name so that its next call first runs `edit`, as another thread could at that
+    moment; returns a list that records each edit made."""
+    original, done = getattr(owner, name), []
+
+    def patched(*args, **kwargs):
+        if not done:
+            done.append(edit())
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, patched)
+    return done
+
+
+def test_a_model_edited_while_it_compiles_is_compiled_again(monkeypatch):
+    """Another thread appends a layer while the first call traces the model: that call runs the
+    model as traced or as edited, and the next call runs the edited one (the guard is taken before
+    the trace; taken after, it held the edited model as compiled and never recompiled)."""
+    from tinycomp import driver
+    from tinycomp.nn import Linear, ReLU, Sequential, Tanh, manual_seed
+
+    manual_seed(0)
+    model = Sequential(Linear(8, 8), ReLU(), Linear(8, 4))
+    fast = tc.compile(model)
+    x = np.random.default_rng(2).standard_normal((5, 8)).astype(np.float32)
+    done = _edit_once_during(monkeypatch, driver, "optimized_graph", lambda: model.layers.append(Tanh()))
+    first = fast(x).data
+    assert done and model.layers[-1].__class__ is Tanh
+    assert first.shape == (5, 4)
+    assert_matches_eager(fast(x).data, model, x)
+    assert fast.stats.compiles == 2
+
+
+def test_a_weight_rebound_while_the_native_call_is_armed_is_used_next(monkeypatch):
+    """Another thread rebinds a weight between the arming call's checks and the native step's
+    record of the words it watches: the step must not run the old table against the new words."""
+    from tests.models import eager_eval
+    from tinycomp import compiler
+    from tinycomp.nn import Linear, ReLU, Sequential, Tensor, manual_seed
+    from tinycomp.runtime import native_guard
+
+    if not native_guard.AVAILABLE:
+        pytest.skip("no native hot call on this interpreter or NumPy")
+    manual_seed(1)
+    model = Sequential(Linear(8, 8), ReLU(), Linear(8, 4))
+    fast = tc.compile(model, threads=1)
+    x = np.random.default_rng(3).standard_normal((1, 8)).astype(np.float32)
+    fast(x)
+    fast._native = None  # the next call arms it again
+    new = Tensor((model.layers[0].weight.data * -2).astype(np.float32))
+    done = _edit_once_during(monkeypatch, compiler, "native_watch",
+                             lambda: setattr(model.layers[0], "weight", new))
+    fast(x)
+    assert done
+    for _ in range(3):  # the native step (if armed at all) or the Python path: the new weight either way
+        np.testing.assert_allclose(fast(x).data, eager_eval(model, x), rtol=1e-5, atol=1e-6)
+
+
+def test_a_model_edited_during_every_compile_of_a_call_says_so(monkeypatch):
+    """Another thread swaps a layer for one of another width during each compile a call starts: a
+    RuntimeError says so (not the error for a model resized by its user); the next call after the
+    edits stop runs the model as it stands."""
+    from tinycomp import driver
+    from tinycomp.nn import Linear, ReLU, Sequential, manual_seed
+
+    manual_seed(2)
+    a, b = Linear(8, 4), Linear(8, 6)
+    model = Sequential(Linear(8, 8), ReLU(), a)
+    fast = tc.compile(model, threads=1)
+    x = np.random.default_rng(4).standard_normal((5, 8)).astype(np.float32)
+    fast(x)
+    model.layers[2] = b  # the call below compiles for b, and the edits keep swapping during each compile
+    original = driver.optimized_graph
+
+    def swapping(*args, **kwargs):
+        traced = original(*args, **kwargs)
+        model.layers[2] = a if model.layers[2] is b else b
+        return traced
+
+    monkeypatch.setattr(driver, "optimized_graph", swapping)
+    with pytest.raises(RuntimeError, match=r"^Sequential changed again while each of 3 compiles for this call ran: "
+                                           r"another thread is editing its layers"):
+        fast(x)
+    monkeypatch.setattr(driver, "optimized_graph", original)
+    assert_matches_eager(fast(x).data, model, x)
