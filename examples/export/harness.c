@@ -138,6 +138,11 @@ int main(int argc, char **argv) {
 #ifdef MODEL_WEIGHTS_EXTERNAL
     long w_bytes = 0;
     void *w = weights ? read_file(weights, &w_bytes) : NULL;
+    if (w && w_bytes != MODEL_WEIGHTS_BYTES) {  /* model_bind_weights reads that many bytes: it takes no length */
+        fprintf(stderr, "%s has %ld bytes; this model's weights file has %ld\n", weights, w_bytes,
+                (long)MODEL_WEIGHTS_BYTES);
+        return 3;
+    }
     if (model_bind_weights(w) != MODEL_OK) {
         fprintf(stderr, "model_bind_weights refused %s (%ld bytes)\n", weights ? weights : "no file", w_bytes);
         return 3;

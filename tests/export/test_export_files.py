@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import tinycomp as tc
-from tests.export.runners import M4_FLAGS, TARGETS, WASM_LD
+from tests.export.runners import M4_FLAGS, TARGETS, WASM_LD, build, skip_unless_runnable
 from tinycomp.export import entry
 from tinycomp.export.toolchain import ToolMissing
 from tinycomp.nn import GELU, Dropout, Layer, Linear, ReLU, Sequential, Softmax, Tensor, manual_seed
@@ -146,6 +146,30 @@ def test_header_comment_with_c_comment_markers_compiles_strictly(tmp_path):
     assert "proj/Gemm_output_0" in (tmp_path / "model.h").read_text()
 
 
+class Trigraph(Layer):
+    """A model whose repr ends in `??/`, which -std=c99 reads as a backslash (-Wtrigraphs)."""
+
+    def __init__(self):
+        manual_seed(3)
+        self.fc = Linear(6, 3)
+
+    def forward(self, x):
+        return self.fc(x)
+
+    def __repr__(self) -> str:
+        return "Trigraph(what??/"
+
+
+def test_header_comment_with_a_trigraph_compiles_strictly(tmp_path):
+    cc = shutil.which("cc") or pytest.skip("no C compiler (cc)")
+    tc.export(Trigraph(), tmp_path, input_shape=(None, 6), target="thumbv7em-none-eabihf")
+    use = tmp_path / "use.c"
+    use.write_text('#include "model.h"\nint use(void);\nint use(void) { return MODEL_INPUT_DIM1; }\n')
+    subprocess.run([cc, "-std=c99", "-Wall", "-Wextra", "-Werror", "-c", str(use), "-o", str(tmp_path / "use.o")],
+                   check=True)
+    assert "Trigraph(what? ?/" in (tmp_path / "model.h").read_text()
+
+
 def test_header_compiles_for_cortex_m(tmp_path):
     gcc = shutil.which("arm-none-eabi-gcc") or pytest.skip("arm-none-eabi-gcc is not installed")
     tc.export(small_model(), tmp_path, input_shape=(None, 6), target="thumbv7em-none-eabihf")
@@ -213,6 +237,24 @@ def test_external_weights_bind_only_their_layout(tmp_path):
     assert lib.model_forward(_ptr(x), _ptr(y), 2, _ptr(scratch)) == entry.OK
     model.eval()
     np.testing.assert_allclose(y, model(Tensor(x)).data, rtol=1e-5, atol=1e-6)
+
+
+def test_the_harness_refuses_a_weights_file_of_another_size(tmp_path):
+    """model_bind_weights reads MODEL_WEIGHTS_BYTES from its pointer (it takes no length): the
+    harness checks the file's size first, so a truncated file is an error, not a read past its end."""
+    skip_unless_runnable("host")
+    result = tc.export(small_model(), tmp_path, input_shape=(None, 6), weights="external")
+    command = build("host", tmp_path)
+    np.ones((2, 6), np.float32).tofile(tmp_path / "input.f32")
+    blob = result.files["weights"].read_bytes()
+    (tmp_path / "cut.bin").write_bytes(blob[:100])
+    done = subprocess.run([*command, "input.f32", "-w", "cut.bin", "2"], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=60, check=False)
+    assert done.returncode == 3, (done.returncode, done.stderr)
+    assert f"cut.bin has 100 bytes; this model's weights file has {len(blob)}" in done.stderr
+    ok = subprocess.run([*command, "input.f32", "-w", result.files["weights"].name, "2"], capture_output=True,
+                        text=True, cwd=tmp_path, timeout=60, check=False)
+    assert ok.returncode == 0 and ok.stdout.rstrip().endswith("done"), ok.stderr
 
 
 def test_two_exports_link_into_one_program(tmp_path):

@@ -4,6 +4,7 @@ temporary files a killed writer left go after an hour, and nothing else in the f
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import time
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 
 import tinycomp as tc
-from tinycomp.nn import Linear, Sequential, manual_seed
+from tinycomp.nn import Linear, Sequential, Tensor, manual_seed
 from tinycomp.runtime import cache_sweep
 
 KEY = "ab" * 32
@@ -64,9 +65,20 @@ def test_compiles_keep_the_cache_under_its_limit(tmp_cache, monkeypatch):
     assert sizes[-1] < sum(sizes) / len(sizes) * 3  # bounded, not growing with every compile
 
 
-@pytest.mark.parametrize("value", ["lots", "-5", "0"])
+@pytest.mark.parametrize("value", ["lots", "-5", "0", "inf", "1e400", "nan", "1e-9"])
 def test_a_bad_size_limit_is_named_and_the_default_used(monkeypatch, caplog, value):
     monkeypatch.setenv("TINYCOMP_CACHE_MAX_MB", value)
     with caplog.at_level(logging.WARNING, logger="tinycomp.cache"):
         assert cache_sweep.max_bytes() == int(cache_sweep.DEFAULT_MAX_MB * (1 << 20))
-    assert f"TINYCOMP_CACHE_MAX_MB={value!r} is not a positive number of MB" in caplog.text
+    assert f"TINYCOMP_CACHE_MAX_MB={value!r} is not a finite number of MB of at least one byte" in caplog.text
+
+
+def test_an_infinite_size_limit_never_fails_a_compile(monkeypatch, tmp_cache):
+    """`inf` once made the sweep after a store raise OverflowError out of the user's compile."""
+    monkeypatch.setenv("TINYCOMP_CACHE_MAX_MB", "inf")
+    monkeypatch.setattr(cache_sweep, "_stores", itertools.count())  # this store sweeps, as a process's first
+    manual_seed(1)
+    model = Sequential(Linear(5, 3))
+    x = np.ones((2, 5), np.float32)
+    np.testing.assert_allclose(tc.compile(model, input_shape=(None, 5))(x).data, model(Tensor(x)).data, rtol=1e-6)
+    assert list(tmp_cache.glob("*.o"))

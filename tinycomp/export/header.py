@@ -31,8 +31,9 @@ class HeaderInfo:
 
 
 def _comment(text: str) -> str:
-    """Text safe inside a C block comment (no `*/`, nor a `/*` -Wcomment warns of), one ` * ` line per line."""
-    safe = text.replace("*/", "* /").replace("/*", "/ *")
+    """Text safe inside a C block comment (no `*/`, nor a `/*` -Wcomment warns of, nor a `??` trigraph
+    -std=c99 reads as another character, which -Wtrigraphs warns of), one ` * ` line per line."""
+    safe = text.replace("*/", "* /").replace("/*", "/ *").replace("??", "? ?")
     return "\n".join(f" * {line}".rstrip() for line in safe.splitlines())
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import os
 import re
 import stat
@@ -32,14 +33,16 @@ _stores = itertools.count()
 
 
 def max_bytes() -> int:
-    """The entries' size limit: TINYCOMP_CACHE_MAX_MB (a positive number of MB), else 256 MB."""
+    """The entries' size limit: TINYCOMP_CACHE_MAX_MB (a finite number of MB, at least a byte), else
+    256 MB. Anything else is warned of (`inf` too: a store must never fail on its sweep)."""
     raw = os.environ.get("TINYCOMP_CACHE_MAX_MB", "").strip()
     try:
         mb = float(raw) if raw else DEFAULT_MAX_MB
     except ValueError:
         mb = -1.0
-    if not mb > 0:
-        _log.warning("TINYCOMP_CACHE_MAX_MB=%r is not a positive number of MB; using %g", raw, DEFAULT_MAX_MB)
+    if not (math.isfinite(mb) and mb * (1 << 20) >= 1):
+        _log.warning("TINYCOMP_CACHE_MAX_MB=%r is not a finite number of MB of at least one byte; using %g",
+                     raw, DEFAULT_MAX_MB)
         mb = DEFAULT_MAX_MB
     return int(mb * (1 << 20))
 
