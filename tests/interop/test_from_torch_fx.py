@@ -413,6 +413,7 @@ class Refused(nn.Module):
     ("index-list", r"node getitem' of type call_function getitem \(\[:, \[2, 0\]\] on a value .*positions \[2, 0\], "
                    r"which are not an increasing, evenly spaced run"),
 ])
+@pytest.mark.filterwarnings("ignore:Implicit dimension choice:UserWarning")  # torch's, on F.softmax(x)
 def test_what_cannot_be_imported_is_named(how, match):
     with pytest.raises(tc.CompileError, match=match):
         from_torch(Refused(how), input_shape=(None, 3, 4))
