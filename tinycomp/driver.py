@@ -129,11 +129,13 @@ def build(model: Any, features: tuple[int, ...], *, passes: list | None, speed_l
     caller holds the model's lock. A forward() of several inputs takes the shapes of the others in
     `more_inputs`."""
     start = time.perf_counter()
-    # Before the trace: a model another thread edits meanwhile is then found changed at the next
-    # call and compiled again. Taken after, it would hold the edited model as what was compiled.
-    guard = StructureGuard(model)
     traced, optimized, dumps = optimized_graph(model, features, passes=passes, training=training,
                                                more_inputs=more_inputs)
+    # The model as traced, its forward's own writes included (a call counter, a list it appends to:
+    # taken before the trace, those would recompile every call), taken before the code generation:
+    # a model another thread edits during it (tens of ms) is found changed at the next call and
+    # compiled again. Only an edit during the trace itself can still be taken for what was traced.
+    guard = StructureGuard(model)
     plan, engine, key, hit = codegen(optimized, speed_level)
     shapes = [tuple(optimized.shape(p)) for p in plan.params]
     kernel = NativeKernel(engine, plan, features, shapes, more_inputs)
