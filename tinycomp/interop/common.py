@@ -53,8 +53,8 @@ class NodeImporter:
 def linear_from(weight_in_out: np.ndarray, bias: np.ndarray | None) -> Linear:
     """A Linear holding a float32 copy of `weight_in_out` (shape (in, out), tinycomp's layout) and bias."""
     w = np.asarray(weight_in_out, np.float32)
-    if w.ndim != 2:
-        raise CompileError(f"a Linear weight must be 2-D (in, out); got shape {w.shape}")
+    if w.ndim != 2 or 0 in w.shape:
+        raise CompileError(f"a Linear weight must be 2-D (in, out) with both sizes positive; got shape {w.shape}")
     layer = Linear(w.shape[0], w.shape[1], bias=bias is not None)
     layer.weight = Tensor(w)
     if bias is not None:

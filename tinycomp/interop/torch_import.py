@@ -174,6 +174,9 @@ def _output_sample(torch: Any, m: Any, sample: tuple[int, ...] | None) -> tuple[
 def _leaf(torch: Any, m: Any, path: str) -> Layer | None:
     nn = torch.nn
     if type(m) is nn.Linear:
+        if not (m.in_features and m.out_features):
+            raise unsupported("module", path or TOP, "Linear", MODULES,
+                              f"{m.in_features} in, {m.out_features} out: a layer of no inputs or outputs")
         return linear_from(_array(m.weight).T, None if m.bias is None else _array(m.bias))
     simple = {nn.ReLU: tnn.ReLU, nn.Sigmoid: tnn.Sigmoid, nn.Tanh: tnn.Tanh, nn.Identity: tnn.Identity}
     if type(m) in simple:
