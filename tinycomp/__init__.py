@@ -14,6 +14,7 @@ from typing import Any
 from .compiler import CompiledModel, compile
 from .errors import CompileError, ParityError
 from .export import ExportResult, export
+from .frontend.inputs import first_layer, inferred_input_shape
 from .frontend.tensor import Tensor
 from .frontend.tracer import trace
 from .ir.graph import Graph
@@ -22,13 +23,14 @@ from .ir.summary import Summary, summarize
 __version__ = "0.1.0"
 
 
-def summary(model: Any, input_shape: Any = (1, 784)) -> Summary:
+def summary(model: Any, input_shape: Any = None) -> Summary:
     """Per-node shapes, parameters, bytes, MACs and FLOPs of `model` (or a Graph) at a batch size.
 
     Args:
         model: a `tinycomp.nn` model (traced in eval mode) or a `Graph` (e.g. `fast.graph`).
         input_shape: (batch, features...); the batch size only scales activations, MACs and FLOPs.
-            A forward() of several inputs takes one such shape per input, in a list.
+            A forward() of several inputs takes one such shape per input, in a list. Default:
+            batch 1 and the width of the model's first Linear (a Graph: its own shapes).
 
     Returns:
         A `Summary`: `print()` it for a table, read totals from `.parameters`, `.param_bytes`,
@@ -39,6 +41,12 @@ def summary(model: Any, input_shape: Any = (1, 784)) -> Summary:
         >>> s.parameters, s.macs                                             # doctest: +SKIP
         (235146, 7512064)
     """
+    if input_shape is None:
+        inferred = (None, 1) if isinstance(model, Graph) else inferred_input_shape(model)
+        if inferred is None:
+            raise ValueError(f"summary needs input_shape=(batch, features...) for this {type(model).__name__}: its "
+                             f"first layer is {type(first_layer(model)).__name__}, not a Linear whose width it takes")
+        input_shape = (1, *inferred[1:])
     shapes = [tuple(s) for s in input_shape] if input_shape and isinstance(input_shape[0], (tuple, list)) else \
         [tuple(input_shape)]  # a forward() of several inputs: one (batch, features...) per input
     shape = shapes[0]

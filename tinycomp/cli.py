@@ -21,7 +21,8 @@ from .checks import positive_number
 from .codegen.target import TARGET_NAMES
 from .export import WEIGHTS
 from .export import export as export_model
-from .frontend.layers import Layer, Linear, Sequential
+from .frontend.inputs import first_layer, inferred_input_shape
+from .frontend.layers import Layer, Sequential
 from .ir.printer import GraphvizNotFound, render_dot, to_dot
 
 STAGE_CHOICES = ("traced", "optimized", "llvm", "asm", "all")
@@ -211,13 +212,12 @@ def build_model(spec: str) -> Layer:
 
 def infer_input_shape(model: Layer) -> tuple:
     """(None, width) for a model whose first layer is a Linear (also inside nested Sequentials)."""
-    first: Any = model
-    while isinstance(first, Sequential) and first.layers:
-        first = first.layers[0]
-    if isinstance(first, Linear):
-        return (None, int(np.shape(first.weight)[0]))
-    raise UsageError(f"cannot infer the input width of this {type(model).__name__}: its first layer is "
-                     f"{type(first).__name__}, not a Linear; pass --input-shape N,FEATURES (e.g. N,784)")
+    shape = inferred_input_shape(model)
+    if shape is None:
+        raise UsageError(f"cannot infer the input width of this {type(model).__name__}: its first layer is "
+                         f"{type(first_layer(model)).__name__}, not a Linear; pass --input-shape N,FEATURES "
+                         "(e.g. N,784)")
+    return shape
 
 
 def run_dump(args: argparse.Namespace) -> int:

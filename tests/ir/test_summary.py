@@ -43,3 +43,20 @@ def test_dynamic_batch_needs_a_batch(graphs):
     with pytest.raises(ValueError, match="batch"):
         summarize(graphs[0])
     assert summarize(trace(reference_mlp(), (8, 784))).macs == 7_512_064 // 4
+
+
+def test_summary_without_input_shape_takes_the_first_linears_width():
+    """`tc.summary(model)`: batch 1 and the first Linear's width (784 was the default for every model,
+    so another model's error named a width its user never wrote); no Linear first: ask for the shape."""
+    import tinycomp as tc
+    from tinycomp.nn import Linear, ReLU, Sequential
+
+    manual_seed(0)
+    narrow = Sequential(Sequential(Linear(12, 5)), ReLU(), Linear(5, 2))
+    s = tc.summary(narrow)
+    assert s.macs == 12 * 5 + 5 * 2 and s.parameters == 12 * 5 + 5 + 5 * 2 + 2 and "batch 1" in str(s)
+    assert tc.summary(reference_mlp()).macs == 7_512_064 // 32
+    with pytest.raises(ValueError, match=r"summary needs input_shape=\(batch, features\.\.\.\) for this Sequential: "
+                                         r"its first layer is ReLU, not a Linear"):
+        tc.summary(Sequential(ReLU(), Linear(5, 2)))
+    assert tc.summary(tc.compile(narrow, input_shape=(None, 12)).graph).macs == s.macs

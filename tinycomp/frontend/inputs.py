@@ -10,7 +10,24 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
+import numpy as np
+
 from ..checks import is_whole_number
+from .layers import Linear, Sequential
+
+
+def first_layer(model: Any) -> Any:
+    """The layer a model's input meets first, looking into nested Sequentials."""
+    first = model
+    while isinstance(first, Sequential) and first.layers:
+        first = first.layers[0]
+    return first
+
+
+def inferred_input_shape(model: Any) -> tuple | None:
+    """(None, width) for a model whose first layer is a Linear, else None (the caller asks for one)."""
+    first = first_layer(model)
+    return (None, int(np.shape(first.weight)[0])) if isinstance(first, Linear) else None
 
 
 def input_names(model: Any, count: int) -> list[str]:
