@@ -164,6 +164,47 @@ def test_two_layers_and_a_copy_draw_different_masks():
     assert not np.array_equal(masks[0], masks[1]) and not np.array_equal(masks[0], masks[2])
 
 
+@pytest.mark.parametrize("copy_of", ["deepcopy", "pickle"])
+def test_a_copy_is_numbered_when_made_so_a_reseed_replays_it(copy_of):
+    """A copied or unpickled layer takes its id when it is made, as a built one does: seeding
+    before and after its first call gives the same masks (numbered at its first draw, it took the
+    id of that moment, and the second seed renumbered it)."""
+    import copy
+    import pickle
+
+    layer = Dropout(0.5)
+    made = copy.deepcopy(layer) if copy_of == "deepcopy" else pickle.loads(pickle.dumps(layer))
+    x = Tensor(np.ones((40, 40), np.float32))
+    manual_seed(13)
+    first = made(x, training=True).data
+    manual_seed(13)
+    np.testing.assert_array_equal(made(x, training=True).data, first)
+
+
+class Reversed(Layer):
+    """Two Dropouts built in the other order than forward() calls them."""
+
+    def __init__(self):
+        self.second, self.first = Dropout(0.3), Dropout(0.5)
+
+    def forward(self, x):
+        return self.second(self.first(x))
+
+
+def test_a_model_unpickled_after_a_seed_numbers_its_layers_in_build_order():
+    """Unpickled after manual_seed, a model's Dropouts take the ids they had when built after that
+    seed, whatever order forward() calls them in."""
+    import pickle
+
+    x = Tensor(np.ones((8, 8), np.float32))
+    manual_seed(14)
+    built = Reversed()
+    want = built(x).data
+    blob = pickle.dumps(built)
+    manual_seed(14)
+    np.testing.assert_array_equal(pickle.loads(blob)(x).data, want)
+
+
 def test_draws_from_many_threads_take_each_call_once():
     """Concurrent calls each take a distinct call number: the masks are those of a serial run."""
     import threading

@@ -195,6 +195,14 @@ class Dropout(Layer):
         self.p: float = float(p)
         streams.register(self)
 
+    def __setstate__(self, state: dict) -> None:
+        """A copy (pickle, deepcopy) is a new layer, numbered when it is made, as one built is: then
+        `manual_seed(s)` before and after its first call gives it the same id, and a model unpickled
+        after a seed numbers its layers in the order they were built, not the order forward() calls
+        them (registered at its first draw, it took the id of that moment)."""
+        self.__dict__.update(state)
+        streams.register(self)
+
     def _should_apply_dropout(self, training: bool | None) -> bool:
         training = self.training if training is None else training
         return bool(training) and self.p > 0

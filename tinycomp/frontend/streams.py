@@ -14,7 +14,8 @@ and after `manual_seed(s)` the n-th call of a layer gives the same mask in every
 
 The state lives here, keyed weakly by layer object, not on the layers: a compiled model watches
 its layers' attributes and would take a changing counter for a changed model. Copies of a layer
-(pickle, deepcopy) are new layers with ids of their own.
+(pickle, deepcopy) are new layers with ids of their own, given when they are made
+(`Dropout.__setstate__`).
 """
 
 from __future__ import annotations
