@@ -69,6 +69,20 @@ def test_batch_rows_scores_each_chunk_in_slices():
     sliced = local(tcd.predict(model, da.from_array(x, chunks=(150, 784)), batch_rows=64))
     np.testing.assert_array_equal(sliced, in_process(model, x, (64, 64, 22) * 2))  # slices of 64 in each chunk
     assert_matches_eager(sliced, model, x)
+    as_numpy_int = local(tcd.predict(model, da.from_array(x, chunks=(150, 784)), batch_rows=np.int64(64)))
+    np.testing.assert_array_equal(as_numpy_int, sliced)  # a NumPy integer is a row count too
+
+
+def test_a_training_mode_model_warns_that_its_masks_depend_on_the_cluster():
+    from tinycomp.nn import Dropout
+
+    fast = tc.compile(Sequential(Linear(8, 8), Dropout(0.5)).train(), training=True)
+    with pytest.warns(UserWarning, match=r"predict\(\) of a training-mode model: each worker draws dropout masks "
+                                         r"from its own stream"):
+        tcd.predict(fast, da.ones((10, 8), chunks=(5, 8), dtype="float32"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an inference compile of the same model: no warning
+        tcd.predict(tc.compile(Sequential(Linear(8, 8), Dropout(0.5)).eval()), da.ones((10, 8), chunks=(5, 8)))
 
 
 def test_dataframe_columns_by_name_in_the_given_order_keeping_the_index():

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from .. import CompiledModel, trace
+from ..checks import is_whole_number
 from .snapshot import ModelRef, take_snapshot
 from .worker import score_block, score_frame, worker_stats
 
@@ -50,15 +51,24 @@ def predict(fast_or_model: Any, data: Any, *, batch_rows: int | None = None, col
       value (`output_columns`, by default y0, y1, ...).
     - `batch_rows`: score each chunk in slices of at most this many rows (default: whole chunks).
 
-    The weights are those the model has when the computation starts (compute(), persist(), or the
-    submission to a cluster), taken once for the whole result: edits made before that are scored,
-    edits made while it runs are not, and the result never mixes the two. Computing the same
-    result again scores the same weights; call predict() again to score the model as it is then.
+    The weights are taken once for the whole result, by its snapshot task: on a cluster when the
+    graph is submitted (compute(), persist()); on a local scheduler when that task runs, which
+    Dask may order after other work of the same computation (slow loading, say). Edits made
+    before that are scored, later ones are not, and the result never mixes the two. Computing the
+    same result again scores the same weights; call predict() again to score the model as it is then.
+
+    A training-mode model (`compile(..., training=True)`) draws its dropout masks from each
+    worker's own stream: they depend on the cluster and are neither reproducible from a seed nor
+    distinct between workers seeded alike (a UserWarning says so).
     """
     model, options, compiled_features = _model_and_options(fast_or_model)
-    if batch_rows is not None and (not isinstance(batch_rows, int) or isinstance(batch_rows, bool)
-                                   or batch_rows < 1):
+    if batch_rows is not None and (not is_whole_number(batch_rows) or batch_rows < 1):
         raise ValueError(f"batch_rows must be None (whole chunks) or an int >= 1; got {batch_rows!r}")
+    if options.get("training"):
+        warnings.warn("predict() of a training-mode model: each worker draws dropout masks from its own stream, "
+                      "so they depend on the cluster, are not reproducible from tinycomp.nn.manual_seed, and "
+                      "repeat between workers seeded alike; score a model compiled for inference for results "
+                      "that do not", UserWarning, stacklevel=2)
     dd = sys.modules.get("dask.dataframe")  # imported by whoever made a dask DataFrame
     if dd is not None and isinstance(data, dd.DataFrame):
         return _predict_frame(model, options, compiled_features, data, columns, output_columns, batch_rows)
