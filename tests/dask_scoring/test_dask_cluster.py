@@ -114,6 +114,20 @@ def test_model_edited_between_predict_and_compute_uses_the_edited_weights(client
     np.testing.assert_array_equal(y.compute(), edited)  # the same result again: the same weights
 
 
+def test_a_model_whose_rows_changed_before_submission_raises_its_own_error(client):
+    """The refusal reaches the user as the ValueError it is, as on a local scheduler (raised while
+    distributed pickled the graph, it came back as a serialization TypeError)."""
+    from tinycomp.nn import Linear, Sequential
+
+    model = Sequential(Linear(7, 5), Linear(5, 2))
+    y = tcd.predict(model, da.ones((20, 7), chunks=(10, 7), dtype="float32"))
+    model.layers.append(Linear(2, 3))
+    with pytest.raises(ValueError, match=r"output rows changed from \(2,\) to \(3,\) .* call predict\(\) again"):
+        y.compute()
+    y = tcd.predict(model, da.ones((20, 7), chunks=(10, 7), dtype="float32"))  # as the error says
+    np.testing.assert_array_equal(y.compute(), in_process(model, np.ones((20, 7), np.float32), y.chunks[0]))
+
+
 def test_dataframe_edits_after_submission_are_not_scored(client):
     # On a LocalCluster the scheduler shares this process, and dask's DataFrame expressions come
     # back to it as the very objects submitted: the model must already be frozen inside them.

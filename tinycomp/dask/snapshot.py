@@ -131,8 +131,14 @@ class ModelRef:
 
     def __reduce__(self) -> tuple:
         # distributed pickles the graph when it is submitted, in the caller's thread: freeze then,
-        # so a scheduler or worker never receives (or later pickles) the live model
-        return (_unwrap, (self.freeze(),))
+        # so a scheduler or worker never receives (or later pickles) the live model. A model that
+        # cannot be frozen (its output rows changed since predict()) pickles to its error, which
+        # the snapshot task raises where it runs: raised here, distributed would hand the user a
+        # serialization TypeError with the error two causes down.
+        try:
+            return (_unwrap, (self.freeze(),))
+        except Exception as exc:  # every error reaches the user, as the task's own
+            return (Refused, (type(exc), str(exc)))
 
     def __dask_tokenize__(self) -> tuple:
         return ("tinycomp.dask.ModelRef", self.name)  # never pickled to make a token (that would freeze it)
@@ -145,7 +151,16 @@ def _unwrap(snapshot: Snapshot) -> Snapshot:
     return snapshot
 
 
-def take_snapshot(ref: ModelRef | Snapshot) -> Snapshot:
+class Refused:
+    """What a ModelRef that could not be frozen at submission pickles to: the error, to raise."""
+
+    def __init__(self, kind: type, message: str):
+        self.kind, self.message = kind, message
+
+
+def take_snapshot(ref: ModelRef | Snapshot | Refused) -> Snapshot:
     """The graph's snapshot task: on a local scheduler it receives the live ref; through distributed,
-    the snapshot the submission froze."""
+    the snapshot the submission froze, or the error freezing raised there."""
+    if isinstance(ref, Refused):
+        raise ref.kind(ref.message)
     return ref.freeze() if isinstance(ref, ModelRef) else ref
