@@ -220,7 +220,25 @@ def infer_input_shape(model: Layer) -> tuple:
     return shape
 
 
+@contextlib.contextmanager
+def _one_shape_per_input(texts: list[str] | None) -> Any:
+    """A forward() of several inputs given one --input-shape fails in its trace with Python's own
+    TypeError (a missing positional argument): say how to give the others."""
+    try:
+        yield
+    except TypeError as exc:
+        if "required positional argument" not in str(exc) or len(texts or ()) > 1:
+            raise
+        raise UsageError(f"{exc}: a forward() of several inputs takes --input-shape once per input, in its "
+                         "order (e.g. --input-shape N,16 --input-shape N,4)") from exc
+
+
 def run_dump(args: argparse.Namespace) -> int:
+    with _one_shape_per_input(args.input_shape):
+        return _dump(args)
+
+
+def _dump(args: argparse.Namespace) -> int:
     model = build_model(args.model)
     input_shape = parse_input_shapes(args.input_shape) if args.input_shape else infer_input_shape(model)
     model.eval()  # what an inference compile shows; a freshly built model is in training mode
@@ -267,6 +285,11 @@ def _write(path: Path, text: str) -> Path:
 # --------------------------------------------------------------------------- export
 
 def run_export(args: argparse.Namespace) -> int:
+    with _one_shape_per_input(args.input_shape):
+        return _export(args)
+
+
+def _export(args: argparse.Namespace) -> int:
     model = build_model(args.model)
     result = export_model(model, args.out, input_shape=parse_input_shapes(args.input_shape), target=args.target,
                           name=args.name, weights=args.weights, training=args.training)

@@ -95,7 +95,8 @@ def run(target: str, command: list[str], args: list[str], cwd: Path | None = Non
         word, *rest = line.split()
         if word == "out":
             bits = np.array([int(h, 16) for h in rest[1:]], dtype=np.uint32)
-            results[int(rest[0])] = bits.view(np.float32).reshape(int(rest[0]), -1)
+            rows = int(rest[0])  # "out 0": an empty batch, no values
+            results[rows] = bits.view(np.float32).reshape(rows, bits.size // rows if rows else 0)
         elif word == "us_per_call":
             results["us_per_call"] = float(rest[0])
     return results
