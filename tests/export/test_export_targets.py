@@ -97,6 +97,20 @@ def test_export_matches_eager(tmp_path, target, name):
     check_against_eager(model, x, got)
 
 
+@pytest.mark.parametrize("target", TARGETS)
+def test_an_empty_batch_runs_on_every_target(tmp_path, target):
+    """Batch 0: the entry returns MODEL_OK without touching a buffer; the harness prints `out 0`."""
+    skip_unless_runnable(target)
+    manual_seed(3)
+    model = MODELS["odd_gelu"]()
+    width = model.layers[0].weight.shape[0]
+    x = np.random.default_rng(8).standard_normal((1, width)).astype(np.float32)
+    tc.export(model, tmp_path, input_shape=(None, width), target=target)
+    got = run_export(target, tmp_path, x, [0, 1])
+    model.eval()
+    assert got[0].size == 0 and got[1].shape == model(Tensor(x)).data.shape
+
+
 class ElementwiseOps(Layer):
     """exp, abs, sqrt, log (and with `power`, x ** 1.7 and x ** 3) after a Linear."""
 
