@@ -41,8 +41,10 @@ def summary(model: Any, input_shape: Any = None) -> Summary:
         >>> s.parameters, s.macs                                             # doctest: +SKIP
         (235146, 7512064)
     """
+    if input_shape is None and isinstance(model, Graph):
+        return summarize(model, 1)
     if input_shape is None:
-        inferred = (None, 1) if isinstance(model, Graph) else inferred_input_shape(model)
+        inferred = inferred_input_shape(model)
         if inferred is None:
             raise ValueError(f"summary needs input_shape=(batch, features...) for this {type(model).__name__}: its "
                              f"first layer is {type(first_layer(model)).__name__}, not a Linear whose width it takes")

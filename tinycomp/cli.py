@@ -234,11 +234,6 @@ def _one_shape_per_input(texts: list[str] | None) -> Any:
 
 
 def run_dump(args: argparse.Namespace) -> int:
-    with _one_shape_per_input(args.input_shape):
-        return _dump(args)
-
-
-def _dump(args: argparse.Namespace) -> int:
     model = build_model(args.model)
     input_shape = parse_input_shapes(args.input_shape) if args.input_shape else infer_input_shape(model)
     model.eval()  # what an inference compile shows; a freshly built model is in training mode
@@ -285,11 +280,6 @@ def _write(path: Path, text: str) -> Path:
 # --------------------------------------------------------------------------- export
 
 def run_export(args: argparse.Namespace) -> int:
-    with _one_shape_per_input(args.input_shape):
-        return _export(args)
-
-
-def _export(args: argparse.Namespace) -> int:
     model = build_model(args.model)
     result = export_model(model, args.out, input_shape=parse_input_shapes(args.input_shape), target=args.target,
                           name=args.name, weights=args.weights, training=args.training)
@@ -352,7 +342,13 @@ def main(argv: list[str] | None = None) -> int:
         return run_reported("bench", lambda: bench_main(argv[1:]), verbose)
     args = make_parser().parse_args(argv)
     command = {"demo": run_demo, "dump": run_dump, "export": run_export}[args.command]
-    return run_reported(args.command, lambda: command(args), verbose)
+
+    def run() -> int:
+        shaped = hasattr(args, "input_shape")  # dump and export take shapes
+        with _one_shape_per_input(args.input_shape) if shaped else contextlib.nullcontext():
+            return command(args)
+
+    return run_reported(args.command, run, verbose)
 
 
 def run_reported(name: str, command: Callable[[], int], verbose: bool) -> int:

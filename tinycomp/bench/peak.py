@@ -268,7 +268,7 @@ def measure_clocks(gemm: Callable[[], object], gemm_flops: float, rounds: int = 
     `gemm_clock_ratio` is the GEMM's clock over the loop's: the most of the loop's GFLOP/s a GEMM
     running the core at that clock can reach. It errs high rather than low: the clock only recovers
     once the heavy work stops, so the chain right after reads it at or above the work's own. (On
-    this session's Xeon it reads the same after both, ~1.0: no bound below the peak.)
+    the Emerald Rapids Xeon it reads the same after both, 1.00-1.04: no bound below the peak.)
     `flop_per_cycle_limit` is the loop's FLOP per cycle rounded to a power of two: what the core's
     FMA pipes give at most (64 with two 512-bit pipes, 32 with one)."""
     _chain_engine, chain = add_chain()

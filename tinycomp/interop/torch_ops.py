@@ -85,9 +85,9 @@ def canonical_name(torch: Any, node: Any) -> str:
                 "mm": "matmul", **COMPARED}.get(target, target)
     F = torch.nn.functional
     names = {
-        operator.add: "add", operator.iadd: "add", torch.add: "add", operator.sub: "sub", operator.isub: "sub",
-        torch.sub: "sub", torch.subtract: "sub", operator.mul: "mul", operator.imul: "mul", torch.mul: "mul",
-        torch.multiply: "mul", operator.truediv: "div", operator.itruediv: "div", torch.div: "div",
+        operator.add: "add", torch.add: "add", operator.sub: "sub",  # += and its kin: `out_of_place`
+        torch.sub: "sub", torch.subtract: "sub", operator.mul: "mul", torch.mul: "mul",
+        torch.multiply: "mul", operator.truediv: "div", torch.div: "div",
         torch.true_divide: "div", torch.divide: "div", operator.matmul: "matmul", torch.matmul: "matmul",
         torch.bmm: "matmul", torch.mm: "matmul", operator.pow: "pow", torch.pow: "pow", operator.neg: "neg",
         torch.neg: "neg", torch.exp: "exp", torch.log: "log", torch.sqrt: "sqrt", torch.abs: "abs",

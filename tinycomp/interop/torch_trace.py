@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import operator
 from collections.abc import Iterator
 from typing import Any
 
 from .graph_rules import BATCHES
+from .torch_ops import AUGMENTED
 
 
 def symbolic_trace(torch: Any, m: Any, concrete_args: dict[str, Any] | None) -> Any:
@@ -36,20 +36,18 @@ def symbolic_trace(torch: Any, m: Any, concrete_args: dict[str, Any] | None) -> 
     raise first or TypeError("its forward writes traced values into its buffers")
 
 
-# Augmented assignments fx's Proxy has no method for: Python falls back to `h = h + y`, a new value,
-# where on a tensor `h += y` writes h itself, and every other name of h (`skip = h`) sees the sum.
-AUGMENTED = (("__iadd__", operator.iadd), ("__isub__", operator.isub), ("__imul__", operator.imul),
-             ("__itruediv__", operator.itruediv), ("__ipow__", operator.ipow))
-
-
 def augmented_tracer(torch: Any) -> Any:
-    """A `torch.fx.Tracer` whose proxies record `h += y` as a call of `operator.iadd` (and -=, *=, /=, **=),
-    which the importer reads as the in-place op it is on a tensor (`torch_ops.out_of_place`); on
-    a traced size it is the plain sum, as in Python. The graph module runs it as written."""
+    """A `torch.fx.Tracer` whose proxies record `h += y` as a call of `operator.iadd` (and -=, *=, /=,
+    **=: `torch_ops.AUGMENTED`). fx's own Proxy has no such methods, so Python falls back to `h = h
+    + y`, a new value, where on a tensor `h += y` writes h itself and every other name of h (`skip =
+    h`) sees the sum. The importer reads the call as the in-place op it is on a tensor
+    (`torch_ops.out_of_place`); on a traced size it is the plain sum, as in Python. The graph module
+    runs it as written."""
     def method(op: Any) -> Any:
         return lambda self, other: self.tracer.create_proxy("call_function", op, (self, other), {})
 
-    proxy_type = type("AugmentedProxy", (torch.fx.Proxy,), {name: method(op) for name, op in AUGMENTED})
+    methods = {f"__{op.__name__}__": method(op) for op in AUGMENTED}  # operator.iadd -> __iadd__
+    proxy_type = type("AugmentedProxy", (torch.fx.Proxy,), methods)
     tracer_type = type("AugmentedTracer", (torch.fx.Tracer,), {"proxy": lambda self, node: proxy_type(node, self)})
     return tracer_type()
 
