@@ -60,6 +60,22 @@ def test_one_model_eight_threads_bitwise_equal_to_serial(threads, calls=500):
     assert fast.stats.compiles == 1
 
 
+def test_thread_count_never_changes_a_bit():
+    """A row's result is the same bits on one thread or split across two, and in any batch: a layer
+    narrower than a vector (64 -> 5) once summed the few rows a thread's share left over in another
+    order than many (batch 7185 differed in 5 outputs)."""
+    from tinycomp.nn import Linear, ReLU, Sequential
+
+    model = Sequential(Linear(512, 64), ReLU(), Linear(64, 5))
+    model.eval()
+    one, two = tc.compile(model, threads=1), tc.compile(model, threads=2)
+    x = np.random.default_rng(3).standard_normal((7185, 512)).astype(np.float32)
+    whole = one(x).data
+    for rows in (7185, 7169, 4099, 2051, 1003):
+        np.testing.assert_array_equal(two(x[:rows]).data, whole[:rows], err_msg=f"batch {rows}")
+    np.testing.assert_array_equal(one(x[5:6]).data, whole[5:6])
+
+
 def test_first_call_from_many_threads_compiles_once():
     c = CASES["softmax_head"]
     model = c.build()

@@ -302,7 +302,7 @@ def _emit_narrow(b: ir.IRBuilder, shape: NarrowShape, args, *, K: int, bias: boo
     else:
         with b.if_else(b.icmp_signed("<", M, i64(small))) as (then, otherwise):
             with then:
-                b.call(narrow_small_kernel(b.module, shape.N, shape.width, activation, residual),
+                b.call(narrow_small_kernel(b.module, shape, activation, residual),
                        [M, i64(K), A, W, B, C, relu, R])
             with otherwise:
                 b.call(narrow_pack_kernel(b.module, shape.N), [i64(K), W, i64(ldw), pack])

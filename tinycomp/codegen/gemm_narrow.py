@@ -173,62 +173,97 @@ def _narrow_epilogue(b: ir.IRBuilder, kind: str, flags, bias, N: int, w: int):
     return activation_step(b, kind, flags, w), bias1
 
 
-SMALL_UNROLL = 8  # accumulators over K (k mod 8) of the in-place small-batch narrow kernel
-
-
-def narrow_small_kernel(module: ir.Module, N: int, width: int, activation: str | None,
+def narrow_small_kernel(module: ir.Module, shape: NarrowShape, activation: str | None,
                         residual: bool = False) -> ir.Function:
     """`void small(i64 M, i64 K, ptr A, ptr W, ptr bias, ptr C, i64 flags, ptr R)`: the narrow layer
     for small batches (+ R, laid out as C, with `residual`), W read in place (no transpose: for a
     few rows copying W costs more than the product). Row by row, C[m, :] = sum over k of
-    A[m, k] * W[k, :] as one masked `<width x float>` (N lanes), accumulated in SMALL_UNROLL
-    independent partial sums over k mod SMALL_UNROLL (short sequential sums and no FMA latency
-    chain), summed pairwise at the end."""
+    A[m, k] * W[k, :] as one masked `<width x float>` (N lanes).
+
+    Every output is summed in the dot kernel's order (`_narrow_dot`, `hsum_slots`), so a row's
+    result does not depend on how many rows come with it, nor on how the batch is split between
+    threads: the partial sum c (of unroll * width) takes the columns k = c mod unroll * width, k in
+    order, the partials of one lane are summed over the unroll pairwise, then the lanes as
+    hsum_slots' tree (lane t + lane t + width/2, ...). Only the lanes' roles differ: here one
+    register holds a partial sum of all N outputs, there one output's partial sums."""
     kind = kernel_activation(activation)
-    return define_once(module, f"tinycomp.gemm.narrowsmall{N}v{width}.{family_suffix(kind, residual)}",
-                       lambda name: _emit_narrow_small(module, name, N, width, kind, residual))
+    return define_once(module, f"tinycomp.gemm.narrowsmall{shape.N}u{shape.unroll}v{shape.width}."
+                       f"{family_suffix(kind, residual)}",
+                       lambda name: _emit_narrow_small(module, name, shape, kind, residual))
 
 
-def _emit_narrow_small(module: ir.Module, name: str, N: int, width: int, kind: str, residual: bool) -> ir.Function:
+def _emit_narrow_small(module: ir.Module, name: str, shape: NarrowShape, kind: str, residual: bool) -> ir.Function:
     fn = internal_kernel(module, name, (("M", I64), ("K", I64), ("A", PTR), ("W", PTR), ("bias", PTR), ("C", PTR),
                                         ("flags", I64), ("R", PTR)))
     M, K, A, W, bias, C, flags, R = fn.args
     b = ir.IRBuilder(fn.append_basic_block("entry"))
-    w, U = width, SMALL_UNROLL
+    N, w = shape.N, shape.width
+    step = w * shape.unroll
     act, bias1 = _narrow_epilogue(b, kind, flags, bias, N, w)
     [mask] = column_masks(b, i64(N), 1, w)
     fma = declare_vector_intrinsic(module, "fma", w, 3)
-    steps = b.udiv(K, i64(U))
-    k_tail = b.mul(steps, i64(U))
+    steps = b.udiv(K, i64(step))
+    k_tail = b.mul(steps, i64(step))
+    rem = b.sub(K, k_tail)
 
-    def term(a_at, w_at, u, acc):
-        """acc + A[k + u] * W[k + u, :], a_at and w_at pointing at A[k] and W[k, :]."""
-        a = splat_f32(b, b.load(element_ptr(b, a_at, u), typ=F32), w)
-        return b.call(fma, [a, masked_load(b, element_ptr(b, w_at, u * N), mask), acc])
+    def term(a: ir.Value, w_at: ir.Value, acc: ir.Value, w_mask: ir.Value = mask) -> ir.Value:
+        """acc + a * W[k, :], w_at pointing at W[k, :]."""
+        return b.call(fma, [splat_f32(b, a, w), masked_load(b, w_at, w_mask), acc])
 
     # The loops carry their A and W pointers from one step to the next (the code generator runs
     # without loop strength reduction, `target.HOST_LSR`: an index would cost a multiply per load).
     with for_range(b, 0, M, name="r") as rows:
         a_row = element_ptr(b, A, b.mul(rows.index, K))
-        with for_range(b, 0, steps, name="ns", carry=[a_row, W, *[zeros(vector_type(w))] * U]) as loop:
-            a_at, w_at, *accs = loop.carried
-            loop.carry(element_ptr(b, a_at, U), element_ptr(b, w_at, U * N),
-                       *[term(a_at, w_at, u, accs[u]) for u in range(U)])
-        # The last K % U columns, one at a time into the first partial sum.
-        start = [element_ptr(b, a_row, k_tail), element_ptr(b, W, b.mul(k_tail, i64(N)))]
-        with for_range(b, k_tail, K, name="nt", carry=[*start, loop.results[2]]) as tail:
-            a_at, w_at, acc = tail.carried
-            tail.carry(element_ptr(b, a_at, 1), element_ptr(b, w_at, N), term(a_at, w_at, 0, acc))
-        parts = [tail.results[2], *loop.results[3:]]
-        while len(parts) > 1:
-            parts = [b.fadd(parts[i], parts[i + 1]) for i in range(0, len(parts), 2)]
-        out = act(b.fadd(parts[0], bias1))
+        acc: list[ir.Value] = []
+        for u in range(shape.unroll):  # partial sums u*w .. u*w + w-1, one pass each: w registers
+            start = [element_ptr(b, a_row, u * w), element_ptr(b, W, u * w * N), *[zeros(vector_type(w))] * w]
+            with for_range(b, 0, steps, name=f"ns{u}", carry=start) as loop:
+                a_at, w_at, *accs = loop.carried
+                loop.carry(element_ptr(b, a_at, step), element_ptr(b, w_at, step * N),
+                           *[term(b.load(element_ptr(b, a_at, j), typ=F32), element_ptr(b, w_at, j * N), accs[j])
+                             for j in range(w)])
+            acc += loop.results[2:]
+        acc = _narrow_small_tail(b, shape, (a_row, W, k_tail, rem), acc, mask, term)
+        lanes = [_pairwise(b, acc[j::w]) for j in range(w)]  # over the unroll, as _narrow_dot
+        while len(lanes) > 1:  # hsum_slots' tree
+            half = len(lanes) // 2
+            lanes = [b.fadd(lanes[t], lanes[t + half]) for t in range(half)]
+        out = act(b.fadd(lanes[0], bias1))
         at_row = b.mul(rows.index, i64(N))
         if residual:
             out = plus_residual(b, out, element_ptr(b, R, at_row), mask)
         masked_store(b, out, element_ptr(b, C, at_row), mask)
     b.ret_void()
     return fn
+
+
+def _narrow_small_tail(b: ir.IRBuilder, shape: NarrowShape, at, acc: list[ir.Value], mask: ir.Value, term):
+    """The partial sums after the last K % (unroll * width) columns, column k_tail + c into partial
+    sum c, as the dot kernel's masked last step; the partials past K add 0 * 0 there, which changes
+    no sum (one that starts at +0 is never -0), so here they are left alone."""
+    a_row, W, k_tail, rem = at
+    w, N = shape.width, shape.N
+    no_lanes = ir.Constant(mask.type, [0] * w)
+    with if_then(b, b.icmp_signed(">", rem, i64(0)), carry=acc, name="nt") as tail:
+        a_masks = column_masks(b, rem, shape.unroll, w)
+        a_tail = [masked_load(b, element_ptr(b, a_row, b.add(k_tail, i64(u * w))), a_masks[u])
+                  for u in range(shape.unroll)]
+        new = []
+        for c in range(len(acc)):
+            live = b.icmp_signed("<", i64(c), rem)
+            k = b.select(live, b.add(k_tail, i64(c)), i64(0))  # W[0, :], unread, for the others
+            a = b.extract_element(a_tail[c // w], ir.Constant(I32, c % w))
+            new.append(term(a, element_ptr(b, W, b.mul(k, i64(N))), acc[c], b.select(live, mask, no_lanes)))
+        tail.carry(*new)
+    return tail.results
+
+
+def _pairwise(b: ir.IRBuilder, parts: list[ir.Value]) -> ir.Value:
+    """parts[0] + parts[1], parts[2] + parts[3], ... then again, until one is left (an odd one out
+    moves up unchanged)."""
+    while len(parts) > 1:
+        parts = [b.fadd(parts[i], parts[i + 1]) if i + 1 < len(parts) else parts[i] for i in range(0, len(parts), 2)]
+    return parts[0]
 
 
 def _narrow_dot(b, shape: NarrowShape, rows: int, unroll: int, K, a_rows, wt_rows):
@@ -269,9 +304,5 @@ def _narrow_dot(b, shape: NarrowShape, rows: int, unroll: int, K, a_rows, wt_row
     result = [[None] * N for _ in range(rows)]
     for r in range(rows):
         for n in range(N):
-            parts = [acc[slot[u, r, n]] for u in range(unroll)]
-            while len(parts) > 1:
-                parts = [b.fadd(parts[i], parts[i + 1]) if i + 1 < len(parts) else parts[i]
-                         for i in range(0, len(parts), 2)]
-            result[r][n] = parts[0]
+            result[r][n] = _pairwise(b, [acc[slot[u, r, n]] for u in range(unroll)])
     return result
