@@ -173,6 +173,22 @@ def test_p_zero_and_one_in_training(p):
     np.testing.assert_array_equal(model(Tensor(x)).data, want)
 
 
+@pytest.mark.parametrize("p", [-0.5, float("nan"), 1.5])
+@pytest.mark.parametrize("check", [False, True])
+def test_a_p_set_out_of_range_after_construction_does_what_eager_does(p, check):
+    """The constructor refuses such a p, but an attribute set later was taken for p = 1 (zeros) where
+    eager passes x through (`not p > 0`); compiled and check=True now follow eager (`dropout_effect`)."""
+    model = Sequential(Linear(5, 5), Dropout(0.5))
+    model[1].p = p
+    x = inputs(3, width=5)
+    manual_seed(1)
+    want = model(Tensor(x)).data
+    identity = not p >= 1
+    np.testing.assert_array_equal(want, model[0](Tensor(x)).data if identity else np.zeros_like(want))
+    manual_seed(1)
+    np.testing.assert_array_equal(tc.compile(model, training=True, check=check)(x).data, want)
+
+
 def test_several_leading_dimensions_number_elements_as_eager():
     manual_seed(1)
     model = Sequential(Linear(13, 9), Dropout(0.4))

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..checks import positive_int
 from ..errors import CompileError
-from ..ir.philox import dropout_mask
+from ..ir.philox import dropout_effect, dropout_mask
 from . import streams
 from .tensor import Tensor, apply_op, tracing, wrap_result
 
@@ -205,7 +205,7 @@ class Dropout(Layer):
 
     def _should_apply_dropout(self, training: bool | None) -> bool:
         training = self.training if training is None else training
-        return bool(training) and self.p > 0
+        return dropout_effect(bool(training), self.p) != "identity"
 
     def _generate_dropout_mask(self, shape: tuple[int, ...]) -> Tensor:
         """The mask of this layer's next call (each call draws a new one)."""
@@ -219,7 +219,7 @@ class Dropout(Layer):
         training = self.training if training is None else bool(training)
         tracer = getattr(x, "_tracer", None)
         if tracer is not None:  # tracing records the node; passes decide what it becomes
-            if training and 0 < self.p < 1 and tracer.stack[-1][0] is not self:
+            if dropout_effect(training, self.p) == "mask" and tracer.stack[-1][0] is not self:
                 raise CompileError(
                     f"{tracer.where()} calls a Dropout in training mode that is not one of the model's layers "
                     "(made inside forward()?); masks are drawn per layer and call, so keep the Dropout as an "
@@ -227,7 +227,7 @@ class Dropout(Layer):
             return apply_op("dropout", x, p=self.p, training=training)
         if not self._should_apply_dropout(training):
             return x
-        if self.p >= 1:  # real zeros: x * 0 would turn inf and nan into nan
+        if dropout_effect(True, self.p) == "zeros":
             return Tensor._wrap(np.zeros(x.shape, np.float32))
         return x * self._generate_dropout_mask(x.shape)
 

@@ -25,6 +25,16 @@ ROUNDS = 10
 MASK32 = 0xFFFFFFFF
 
 
+def dropout_effect(training: bool, p: float) -> str:
+    """What one dropout call does, as eager `Dropout` decides it: "identity" unless in training
+    with p > 0 (so a p set below 0, or to NaN, after the constructor checked it passes x through
+    everywhere, as it does eagerly), "zeros" from p = 1 on (real zeros: x * 0 would turn inf and
+    nan into nan), else "mask"."""
+    if not training or not p > 0:
+        return "identity"
+    return "zeros" if p >= 1 else "mask"
+
+
 class DropoutStream(NamedTuple):
     """Where one dropout call's mask comes from: the generator key (set by `manual_seed`), the layer
     and the layer's call number. Each is a 32-bit unsigned integer."""

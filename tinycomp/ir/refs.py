@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .philox import DropoutStream, dropout_mask
+from .philox import DropoutStream, dropout_effect, dropout_mask
 
 F32 = np.float32
 
@@ -52,9 +52,10 @@ def softmax(x: np.ndarray, dim: int = -1) -> np.ndarray:
 
 def dropout(x: np.ndarray, *, p: float, training: bool, stream: DropoutStream | None = None) -> np.ndarray:
     """Inverted dropout with the Philox mask of one call (`stream`: key, layer, call; ir/philox.py)."""
-    if not training or p == 0:
+    effect = dropout_effect(training, p)
+    if effect == "identity":
         return x
-    if p >= 1:  # real zeros, as eager: x * 0 would turn inf and nan into nan
+    if effect == "zeros":
         return np.zeros_like(x)
     if stream is None:
         raise ValueError("a training-mode dropout needs the DropoutStream of its call (key, layer, call)")

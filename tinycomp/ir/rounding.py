@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from . import refs
+from .philox import dropout_effect
 from .refs import attention_scores, layer_norm_steps, merge_heads, split_heads
 from .refs import softmax as softmax_ref
 from .shapes import reduced_axes
@@ -35,7 +36,7 @@ def passes_through(v: np.ndarray, a: Arrays, m: Arrays, attrs: dict) -> np.ndarr
 def dropout(v, a, m, attrs):
     """Eval mode (or p = 0) passes through; in training the kept values are scaled, one rounding more."""
     p = attrs.get("p", 0)
-    if not attrs.get("training") or not 0 < p < 1:
+    if dropout_effect(bool(attrs.get("training")), p) != "mask":
         return m[0]
     return m[0] / (1 - p) + np.abs(v)
 

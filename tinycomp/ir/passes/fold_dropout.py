@@ -1,21 +1,25 @@
-"""Remove dropout that is the identity: eval mode (`training=False`) or `p == 0`."""
+"""Remove dropout that is the identity: eval mode (`training=False`), or p = 0 (`dropout_effect`)."""
 
 from __future__ import annotations
 
 from ..graph import Graph
+from ..philox import dropout_effect
+
+
+def _effect(g: Graph, n: str) -> str:
+    attrs = g.attrs(n)
+    return dropout_effect(bool(attrs.get("training", False)), attrs.get("p", 0.0))
 
 
 def is_identity_dropout(g: Graph, n: str) -> bool:
-    attrs = g.attrs(n)
-    return not attrs.get("training", False) or attrs.get("p", 0.0) == 0
+    return _effect(g, n) == "identity"
 
 
 def draws_mask(g: Graph, n: str) -> bool:
-    """A training-mode dropout that draws a random mask (0 < p < 1; p = 1 gives zeros)."""
+    """A training-mode dropout that draws a random mask (0 < p < 1; p >= 1 gives zeros)."""
     if g.op(n) != "dropout":  # asked of every node by the interpreter: no attrs() dict for the rest
         return False
-    attrs = g.attrs(n)
-    return bool(attrs.get("training")) and 0 < attrs.get("p", 0.0) < 1
+    return _effect(g, n) == "mask"
 
 
 def fold_dropout(g: Graph) -> bool:
