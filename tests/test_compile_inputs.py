@@ -191,6 +191,21 @@ def test_inputs_given_by_name_run_as_forward_orders_them():
         fast(x, bias=shift)
 
 
+def test_none_for_an_input_defaulting_to_none_is_the_call_without_it():
+    """`fast(x, None)` / `fast(x, mask=None)` are `fast(x)`, as `model(x, None)` is `model(x)`
+    (the None reached as_input_array: "got NoneType"); a None before a given input is refused."""
+    model = TwoOptional()
+    fast = tc.compile(model)
+    x, shift = np.float32(RNG.standard_normal((4, 5))), np.float32(RNG.standard_normal((4, 3)))
+    alone = fast(x).data
+    for args, named in [((None,), {}), ((None, None), {}), ((), {"mask": None}), ((), {"shift": None, "mask": None})]:
+        np.testing.assert_array_equal(fast(x, *args, **named).data, alone)
+    assert fast.stats.compiles == 1
+    with pytest.raises(TypeError, match=r"TwoOptional.forward\(x, mask=None, shift=None, \*, scale=1.0\) was given "
+                                        r"None for mask: a compiled model takes None only for its last inputs"):
+        fast(x, None, shift)
+
+
 def test_a_shared_mask_without_input_shape_is_refused_saying_how_to_give_it():
     manual_seed(0)
     block = tc.nn.TransformerBlock(12, 3)

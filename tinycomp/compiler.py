@@ -21,7 +21,7 @@ from .checks import is_whole_number
 from .driver import Artifact
 from .errors import CompileError
 from .frontend import streams
-from .frontend.inputs import compile_input_spec, positional_inputs
+from .frontend.inputs import compile_input_spec, given_inputs, positional_inputs
 from .frontend.layers import Layer, model_lock
 from .frontend.tensor import Tensor
 from .frontend.walk import warn_if_dropout_active
@@ -211,6 +211,8 @@ class CompiledModel:
         if named:
             x, *rest = positional_inputs(self.model, x, more, named)
             more = tuple(rest)
+        if more and any(m is None for m in more):  # `fast(x, None)`: the call without it, as eager's
+            more = given_inputs(self.model, more)
         native = self._native  # armed for inference code of one input only (`_arm`)
         if native is not None and not self.check and not more:  # check=True compares with eager on every call
             out = native(x.data if type(x) is Tensor else x)

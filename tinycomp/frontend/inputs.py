@@ -78,6 +78,30 @@ def positional_inputs(model: Any, x: Any, more: tuple, named: dict[str, Any]) ->
     return [bound.arguments[n] for n in given]
 
 
+def given_inputs(model: Any, more: tuple) -> tuple:
+    """`more` (the inputs after the first) without its trailing Nones for inputs forward() defaults to
+    None: `fast(x, None)` is `fast(x)`, as `model(x, None)` is `model(x)`. A None left over (for an
+    input without that default, or before one given) is a TypeError naming the input: a compiled
+    model traces its inputs as tensors."""
+    forward = getattr(model, "forward", model)
+    try:
+        sig = inspect.signature(forward)
+    except (TypeError, ValueError):
+        sig = None
+    params = [p for p in sig.parameters.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)] \
+        if sig is not None else []
+    n = len(more)
+    while n and more[n - 1] is None and n < len(params) and params[n].default is None:
+        n -= 1
+    if any(m is None for m in more[:n]):
+        i = more.index(None) + 1
+        name = params[i].name if i < len(params) else f"input {i + 1}"
+        where = f"{type(model).__name__}.forward{sig if sig is not None else '()'}"
+        raise TypeError(f"{where} was given None for {name}: a compiled model takes None only for its last inputs, "
+                        "and only where forward() defaults them to None (then it is the call without them)")
+    return more[:n]
+
+
 def input_shapes(input_shape: Any) -> list[tuple]:
     """One input shape, `(None, 784)`, or one per input of forward(): `[(None, 64, 128), (None, 64, 64)]`,
     as `trace` takes them: sizes >= 0, None (the dynamic batch) first only."""
