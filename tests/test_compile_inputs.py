@@ -217,6 +217,20 @@ def test_a_shared_mask_without_input_shape_is_refused_saying_how_to_give_it():
     np.testing.assert_allclose(fast(x, mask).data, block(Tensor(x), Tensor(mask)).data, rtol=1e-4, atol=1e-4)
 
 
+def test_a_per_sample_2d_mask_is_named_as_eager_names_it():
+    """A (batch, seq) mask, which no attention form takes: the trace reported comparing the batch size
+    N; it now lists the mask forms, as eager's ValueError does, and the input_shape hint follows."""
+    manual_seed(0)
+    block = tc.nn.TransformerBlock(12, 3)
+    x, mask = np.float32(RNG.standard_normal((4, 6, 12))), np.ones((4, 6), np.float32)
+    forms = r"attention mask must have shape \(6, 6\), \(batch, 6, 6\) or \(batch, heads, 6, 6\); got "
+    with pytest.raises(ValueError, match=forms + r"\(4, 6\)"):
+        block(Tensor(x), Tensor(mask))
+    with pytest.raises(tc.CompileError, match=forms + r"\(N, 6\), a 2-D mask traced with the batch first\n"
+                                              r"\(without input_shape every input"):
+        tc.compile(block)(x, mask)
+
+
 def test_a_mask_added_after_compiling_names_the_inputs_not_a_changed_model():
     """The model compiled for x alone, then called with x and a shared mask: the error says which
     inputs were compiled for and which were passed (the model itself did not change)."""

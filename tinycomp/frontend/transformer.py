@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..checks import positive_int
+from ..errors import CompileError
 from .activations import GELU
 from .layers import Layer, Linear
 from .tensor import Tensor, apply_op, as_tensor
@@ -119,9 +120,12 @@ class MultiHeadAttention(Layer):
         if mask is None:
             return None
         mask = as_tensor(mask)
+        forms = f"({seq_len}, {seq_len}), (batch, {seq_len}, {seq_len}) or (batch, heads, {seq_len}, {seq_len})"
+        if mask.ndim == 2 and not isinstance(mask.shape[0], int):  # traced with the batch N where a seq must be
+            raise CompileError(f"attention mask must have shape {forms}; got {tuple(mask.shape)}, a 2-D mask traced "
+                               "with the batch first")
         if not 2 <= mask.ndim <= 4 or tuple(mask.shape[-2:]) != (seq_len, seq_len):
-            raise ValueError(f"attention mask must have shape ({seq_len}, {seq_len}), (batch, {seq_len}, {seq_len}) "
-                             f"or (batch, heads, {seq_len}, {seq_len}); got {tuple(mask.shape)}")
+            raise ValueError(f"attention mask must have shape {forms}; got {tuple(mask.shape)}")
         if mask.ndim == 3:  # one mask per sample, shared by its heads
             return mask.reshape(batch_size, 1, seq_len, seq_len)
         return mask
