@@ -57,6 +57,24 @@ def test_readme_quick_start_calls_eval_and_matches_eager():
     assert float(first_line) < 1e-5, f"quick start's eager vs compiled difference: {first_line}"
 
 
+def test_export_of_a_model_in_training_mode_warns_as_compile_does(tmp_path):
+    """tc.export folded a training-mode model's dropout away without a word (compile warns)."""
+    manual_seed(0)
+    model = Sequential(Linear(6, 5), Dropout(0.5))
+    with pytest.warns(UserWarning) as record:
+        tc.export(model, tmp_path, input_shape=(None, 6), target="thumbv7em-none-eabihf")
+    [warned] = record
+    message = str(warned.message)
+    assert message.startswith("exporting Sequential for inference while 1 of its Dropout layers ('1' Dropout(p=0.5)) "
+                              "are in training mode: the exported code leaves their dropout out")
+    assert "export(model, ..., training=True)" in message and warned.filename == __file__
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tc.export(model, tmp_path / "kept", input_shape=(None, 6), target="thumbv7em-none-eabihf", training=True)
+        model.eval()
+        tc.export(model, tmp_path / "eval", input_shape=(None, 6), target="thumbv7em-none-eabihf")
+
+
 def test_readme_says_why_eval():
     text = (ROOT / "README.md").read_text()
     assert "Why `model.eval()`" in text and "training mode" in text

@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import importlib
 import importlib.util
+import inspect
 import os
 import sys
 import time
@@ -21,7 +22,7 @@ from .checks import positive_number
 from .codegen.target import TARGET_NAMES
 from .export import WEIGHTS
 from .export import export as export_model
-from .frontend.inputs import first_layer, inferred_input_shape
+from .frontend.inputs import first_layer, inferred_input_shape, input_signature
 from .frontend.layers import Layer, Sequential
 from .ir.printer import GraphvizNotFound, render_dot, to_dot
 
@@ -204,10 +205,26 @@ def _model_folder_on_path(spec: str) -> Any:
 def build_model(spec: str) -> Layer:
     with _model_folder_on_path(spec):
         factory = load_factory(spec)
-        model = factory() if callable(factory) and not isinstance(factory, Layer) else factory
+        if callable(factory) and not isinstance(factory, Layer):
+            _check_takes_no_arguments(spec, factory)
+            model = factory()
+        else:
+            model = factory
     if not isinstance(model, Layer):
         raise UsageError(f"{spec} must return a tinycomp Layer; it returned {type(model).__name__}")
     return model
+
+
+def _check_takes_no_arguments(spec: str, factory: Callable) -> None:
+    try:
+        sig = inspect.signature(factory)
+    except (TypeError, ValueError):  # no signature to read (a builtin): calling it will tell
+        return
+    try:
+        sig.bind()
+    except TypeError:
+        raise UsageError(f"{spec} must be a Layer, or a function or class called with no arguments that returns "
+                         f"one; it takes {sig}") from None
 
 
 def infer_input_shape(model: Layer) -> tuple:
@@ -220,21 +237,24 @@ def infer_input_shape(model: Layer) -> tuple:
     return shape
 
 
-@contextlib.contextmanager
-def _one_shape_per_input(texts: list[str] | None) -> Any:
-    """A forward() of several inputs given one --input-shape fails in its trace with Python's own
-    TypeError (a missing positional argument): say how to give the others."""
-    try:
-        yield
-    except TypeError as exc:
-        if "required positional argument" not in str(exc) or len(texts or ()) > 1:
-            raise
-        raise UsageError(f"{exc}: a forward() of several inputs takes --input-shape once per input, in its "
-                         "order (e.g. --input-shape N,16 --input-shape N,4)") from exc
+def check_shape_count(model: Layer, texts: list[str] | None) -> None:
+    """A forward() of several required inputs given fewer --input-shape: say how to give the others
+    (its trace would end in Python's bare TypeError for the missing argument)."""
+    sig = input_signature(model)
+    if sig is None:
+        return
+    required = [p.name for p in sig.parameters.values()
+                if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty]
+    given = len(texts or ()) or 1  # none given: dump infers one
+    if len(required) > given:
+        raise UsageError(f"{type(model).__name__}.forward{sig} takes {len(required)} inputs ({', '.join(required)}) "
+                         f"and was given {given} --input-shape: a forward() of several inputs takes --input-shape "
+                         "once per input, in its order (e.g. --input-shape N,16 --input-shape N,4)")
 
 
 def run_dump(args: argparse.Namespace) -> int:
     model = build_model(args.model)
+    check_shape_count(model, args.input_shape)
     input_shape = parse_input_shapes(args.input_shape) if args.input_shape else infer_input_shape(model)
     model.eval()  # what an inference compile shows; a freshly built model is in training mode
     fast = compile_model(model, input_shape=input_shape)
@@ -281,6 +301,9 @@ def _write(path: Path, text: str) -> Path:
 
 def run_export(args: argparse.Namespace) -> int:
     model = build_model(args.model)
+    check_shape_count(model, args.input_shape)
+    if not args.training:
+        model.eval()  # an inference export, as dump shows it; a freshly built model is in training mode
     result = export_model(model, args.out, input_shape=parse_input_shapes(args.input_shape), target=args.target,
                           name=args.name, weights=args.weights, training=args.training)
     for path in result.files.values():
@@ -343,12 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     command = {"demo": run_demo, "dump": run_dump, "export": run_export}[args.command]
 
-    def run() -> int:
-        shaped = hasattr(args, "input_shape")  # dump and export take shapes
-        with _one_shape_per_input(args.input_shape) if shaped else contextlib.nullcontext():
-            return command(args)
-
-    return run_reported(args.command, run, verbose)
+    return run_reported(args.command, lambda: command(args), verbose)
 
 
 def run_reported(name: str, command: Callable[[], int], verbose: bool) -> int:

@@ -77,6 +77,13 @@ def test_dump_of_several_inputs(capsys):
     (["dump", TINY, "--input-shape", "N,abc"], "--input-shape must be"),
     (["dump", TINY, "--input-shape", "N,13"], "Inner dimensions must match"),
     (["dump", "tinycomp_no_such_module:f", "--input-shape", "N,12"], "cannot import module"),
+    # a factory taking an argument was told "a forward() of several inputs takes --input-shape once per input"
+    (["dump", f"{HERE / 'tiny_model.py'}:sized", "--input-shape", "N,12"],
+     "tiny_model.py:sized must be a Layer, or a function or class called with no arguments that returns one; "
+     "it takes (width)"),
+    # Sequential's forward(x, training=None) took a second shape as its training flag, traced as a tensor
+    (["dump", TINY, "--input-shape", "N,12", "--input-shape", "N,3"],
+     "TypeError: Sequential.forward(x) does not take 2 positional inputs"),
 ])
 def test_dump_bad_input_is_one_clear_line(args, message, capsys):
     # In this process (a subprocess each cost 1.5-4 s under load): an exception escaping main() fails

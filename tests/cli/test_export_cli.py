@@ -64,8 +64,8 @@ def test_export_of_several_inputs(tmp_path, capsys):
     assert "--input-shape #2 must be" in capsys.readouterr().err
     assert main(["export", spec, "--input-shape", "N,5", "--out", str(tmp_path / "one")]) == 2  # one shape for two
     err = capsys.readouterr().err
-    assert "missing 1 required positional argument: 'mask': a forward() of several inputs takes --input-shape " \
-           "once per input, in its order" in err
+    assert "Gated.forward(x, mask, shift=None) takes 2 inputs (x, mask) and was given 1 --input-shape: a forward() " \
+           "of several inputs takes --input-shape once per input, in its order" in err
 
 
 def test_export_training_draws_the_masks_eager_draws(tmp_path, capsys):

@@ -28,3 +28,8 @@ def nested():
 def dropout_mlp():
     manual_seed(7)
     return Sequential(Linear(12, 16), ReLU(), Dropout(0.5), Linear(16, 5))
+
+
+def sized(width):
+    """A factory that needs an argument: the CLI cannot call it."""
+    return Sequential(Linear(width, 4))

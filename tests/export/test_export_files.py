@@ -196,6 +196,32 @@ def test_shared_library_checks_arguments(tmp_path):
     assert forward(None, None, 0, None) == entry.OK  # an empty batch needs no buffers
 
 
+def test_no_call_runs_in_place(tmp_path):
+    """y over x (a 256 -> 256 layer in place erred by 3.3: its GEMM read rows it had written), y or
+    scratch over any part of an input or of each other: ERR_ARGS, y untouched. Buffers that only
+    touch end to end are fine."""
+    if not shutil.which("cc"):
+        pytest.skip("no C compiler (cc) for the host's shared library")
+    model = Sequential(Linear(256, 256))
+    model.eval()
+    result = tc.export(model, tmp_path, input_shape=(None, 256))
+    forward = _load(result).model_forward
+    rows, block = 5, 5 * 256
+    scratch_floats = result.scratch_bytes(rows) // 4
+    buf = np.random.default_rng(1).standard_normal(3 * block + scratch_floats).astype(np.float32)
+    want = model(Tensor(buf[:block].reshape(rows, 256))).data
+    x, y, s = 0, block, 2 * block  # float offsets into buf: x | y | scratch, end to end
+    overlapping = [(x, x, s), (x, 1, s), (block - 1, 0, s)]
+    assert scratch_floats  # W is packed: scratch is checked too
+    overlapping += [(x, y, y + block - 1), (x, y, x + 255), (x, s - 1, s), (s - 1, y, s)]
+    before = buf.copy()
+    for xo, yo, so in overlapping:
+        assert forward(_ptr(buf, 4 * xo), _ptr(buf, 4 * yo), rows, _ptr(buf, 4 * so)) == entry.ERR_ARGS, (xo, yo, so)
+    np.testing.assert_array_equal(buf, before)
+    assert forward(_ptr(buf, 4 * x), _ptr(buf, 4 * y), rows, _ptr(buf, 4 * s)) == entry.OK
+    np.testing.assert_allclose(buf[y:y + block].reshape(rows, 256), want, rtol=1e-5, atol=1e-5)
+
+
 def test_external_weights_bind_only_their_layout(tmp_path):
     if not shutil.which("cc"):
         pytest.skip("no C compiler (cc) for the host's shared library")

@@ -3,6 +3,7 @@ order), runs on every target and computes what the eager model does, judged agai
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 
 import numpy as np
@@ -76,6 +77,34 @@ def test_several_inputs_header_and_argument_checks(tmp_path):
     subprocess.run(["cc", *C_FLAGS, "-pedantic", f"-I{tmp_path}", str(src), str(result.files["object"]), "-o",
                     str(exe)], check=True, capture_output=True, text=True)
     assert subprocess.run([str(exe)], check=False).returncode == 0
+
+
+class KeywordNames(Layer):
+    """Inputs named as C++ and C23 keywords and as the prototype's own type."""
+
+    def __init__(self):
+        self.a = Linear(4, 4)
+
+    def forward(self, x, new, int64_t, bool, this):
+        return self.a(x) * new + int64_t * bool - this
+
+
+@pytest.mark.parametrize("compiler", ["c++", "cc"])
+def test_input_names_that_are_keywords_elsewhere_are_numbered(tmp_path, compiler):
+    """forward()'s names went into the prototype unless C99 keywords: `new` broke the header under
+    C++, `bool` under C23, `int64_t` everywhere (it hid the type of `int64_t batch`)."""
+    if not shutil.which(compiler):
+        pytest.skip(f"no {compiler} to compile the header with")
+    manual_seed(4)
+    tc.export(KeywordNames(), tmp_path, input_shape=[(None, 4)] * 5)
+    header = (tmp_path / "model.h").read_text()
+    assert ("int model_forward(const float *x, const float *x1, const float *x2, const float *x3, const float *x4, "
+            "float *y, int64_t batch, void *scratch);") in header
+    src = tmp_path / ("use.cpp" if compiler == "c++" else "use.c")
+    src.write_text('#include "model.h"\nint rows(void) { return MODEL_INPUTS; }\n')
+    flags = ["-std=c++17"] if compiler == "c++" else ["-std=c99"]
+    subprocess.run([compiler, *flags, "-Wall", "-Wextra", "-Werror", "-pedantic", f"-I{tmp_path}", "-c", str(src),
+                    "-o", str(tmp_path / "use.o")], check=True)
 
 
 @pytest.mark.parametrize("shapes, match", [

@@ -25,6 +25,7 @@ from ..errors import CompileError
 from ..frontend import streams
 from ..frontend.inputs import compile_input_spec
 from ..frontend.layers import model_lock
+from ..frontend.walk import warn_if_dropout_active
 from ..ir.graph import Graph
 from ..ir.printer import format_graph
 from . import entry, toolchain
@@ -35,6 +36,17 @@ C_KEYWORDS = frozenset(
     "auto break case char const continue default do double else enum extern float for goto if inline int long "
     "register restrict return short signed sizeof static struct switch typedef union unsigned void volatile while "
     "_Bool _Complex _Imaginary".split())
+# What an input's C parameter name must also not be: the later C standards' and C++'s keywords (the
+# header is for both), and the type names the prototype itself uses (a parameter named int64_t hides
+# the type of `int64_t batch` after it).
+NOT_PARAMETER_NAMES = C_KEYWORDS | frozenset(
+    "_Alignas _Alignof _Atomic _Generic _Noreturn _Static_assert _Thread_local _BitInt _Decimal32 _Decimal64 "
+    "_Decimal128 alignas alignof bool constexpr false nullptr static_assert thread_local true typeof "
+    "typeof_unqual and and_eq asm bitand bitor catch char8_t char16_t char32_t class co_await co_return "
+    "co_yield compl concept const_cast consteval constinit decltype delete dynamic_cast explicit export "
+    "friend mutable namespace new noexcept not not_eq operator or or_eq private protected public "
+    "reinterpret_cast requires static_cast template this throw try typeid typename using virtual wchar_t xor "
+    "xor_eq int64_t uint64_t NULL".split())
 
 
 @dataclass
@@ -91,6 +103,8 @@ def export(model: Any, path: Any, *, input_shape: Any, target: str = "host", nam
     if not callable(model):
         raise TypeError(f"export() expects a Layer (or callable model); got {type(model).__name__}")
     features, more = compile_input_spec(input_shape)
+    if not training:
+        warn_if_dropout_active(model, "export")
     # the tools first: nothing is written for an export that cannot be finished
     if t.name == "host":
         toolchain.find_tool(toolchain.HOST_CC, "the host shared library", "apt-get install gcc")
@@ -108,8 +122,11 @@ def export(model: Any, path: Any, *, input_shape: Any, target: str = "host", nam
     exported = [f"{name}_forward"] + ([f"{name}_bind_weights"] if weights == "external" else [])
     batched = [math.prod(features)] + [math.prod(s[1:]) for s in more if s[:1] == (None,)]
     limit = entry.max_batch(t, max(*batched, math.prod(out_row), plan.scratch_per_row), plan.scratch_fixed)
+    extents = [entry.Extent(math.prod(features)),
+               *(entry.Extent(math.prod(s[1:])) if s[:1] == (None,) else entry.Extent(0, math.prod(s)) for s in more),
+               entry.Extent(math.prod(out_row)), entry.Extent(plan.scratch_per_row, plan.scratch_fixed, plan.row_block)]
     wrapper = entry.entry_module(t, plan.entry, layout, name=name, blob=blob if weights == "embedded" else None,
-                                 batch_limit=limit, needs_scratch=plan.scratch_floats(1) > 0,
+                                 batch_limit=limit, extents=extents,
                                  more_inputs=len(more), dropouts=dropouts,
                                  training=training)
     obj = toolchain.emit_object(t, [plan.llvm_ir, wrapper], exported)
@@ -160,9 +177,10 @@ def dropout_streams(model: Any, traced: Graph, nodes: list[str]) -> list[tuple[i
 
 def c_input_names(nodes: list[str]) -> list[str]:
     """C parameter names of the entry's inputs: the input nodes' (forward()'s own names) where they
-    are C identifiers clashing with nothing else the entry takes, else x1, x2... by position."""
+    are C identifiers clashing with nothing else the entry takes, nor with a keyword of C or C++ or a
+    macro (a name in capitals may be one: INT64_MAX, MODEL_OK), else x1, x2... by position."""
     taken = {"y", "batch", "scratch", "seed", "offset"}
-    names = [n if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,30}", n) and n not in C_KEYWORDS and n not in taken
+    names = [n if re.fullmatch(r"[a-z][A-Za-z0-9_]{0,30}", n) and n not in NOT_PARAMETER_NAMES and n not in taken
              else ("x" if i == 0 else f"x{i}") for i, n in enumerate(nodes)]
     return names if len(set(names)) == len(names) else ["x"] + [f"x{i}" for i in range(1, len(names))]
 

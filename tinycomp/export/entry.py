@@ -39,6 +39,23 @@ I8 = ir.IntType(8)
 
 
 @dataclass(frozen=True)
+class Extent:
+    """The floats one pointer of the entry spans on a call of `batch` rows: `per_row` times the rows
+    (min(batch, row_block) with a row block: scratch holds one block), plus `fixed`."""
+
+    per_row: int
+    fixed: int = 0
+    row_block: int = 0
+
+    def bytes(self, b: ir.IRBuilder, batch: ir.Value) -> ir.Value:
+        rows = batch
+        if self.row_block:
+            block = i64(self.row_block)
+            rows = b.select(b.icmp_signed("<", batch, block), batch, block)
+        return b.add(b.mul(rows, i64(4 * self.per_row)), i64(4 * self.fixed))
+
+
+@dataclass(frozen=True)
 class WeightsLayout:
     """Where each array of the entry's pointer table sits in the weights blob."""
 
@@ -84,9 +101,10 @@ def max_batch(target: Target, row_floats: int, fixed_floats: int) -> int:
 
 
 def entry_module(target: Target, entry: str, layout: WeightsLayout, *, name: str, blob: bytes | None,
-                 batch_limit: int, needs_scratch: bool, more_inputs: int = 0,
+                 batch_limit: int, extents: Sequence[Extent], more_inputs: int = 0,
                  dropouts: Sequence[tuple[int, int, int]] = (), training: bool = False) -> str:
     """IR of `<name>_forward` (and `<name>_bind_weights` when `blob` is None: external weights);
+    `extents`: what x, the inputs after it, y and scratch span (a scratch of no bytes may be NULL);
     `more_inputs`: how many inputs the model takes after x (the lowered entry's `inputs` table);
     `dropouts`: per training dropout node (layer id, the layer's calls per forward, which call);
     `training`: the entry takes the stream position (seed, offset), even where no dropout draws."""
@@ -103,7 +121,7 @@ def entry_module(target: Target, entry: str, layout: WeightsLayout, *, name: str
         weights.initializer = ir.Constant(PTR, None)
         _bind_weights(module, weights, layout, name)
     _forward(module, lowered, weights, layout, name=name, embedded=blob is not None, batch_limit=batch_limit,
-             needs_scratch=needs_scratch, more_inputs=more_inputs, dropouts=dropouts, training=training)
+             extents=extents, more_inputs=more_inputs, dropouts=dropouts, training=training)
     return str(module)
 
 
@@ -125,13 +143,28 @@ def _misaligned(b: ir.IRBuilder, *ptrs: ir.Value) -> ir.Value:
     return b.icmp_unsigned("!=", b.and_(low, i64(3)), i64(0))
 
 
+def _overlapping(b: ir.IRBuilder, ptrs: Sequence[ir.Value], extents: Sequence[Extent], batch: ir.Value) -> ir.Value:
+    """Whether y or scratch (the last two: written) shares a byte with another pointer's span. The
+    kernels take every pointer as noalias: a GEMM writing y over x would read its own output."""
+    starts = [b.ptrtoint(p, I64) for p in ptrs]
+    spans = [(s, b.add(s, e.bytes(b, batch))) for s, e in zip(starts, extents, strict=True)]
+    empty = [e.per_row == 0 and e.fixed == 0 for e in extents]
+    hit: ir.Value = ir.Constant(ir.IntType(1), 0)
+    for w in (len(ptrs) - 2, len(ptrs) - 1):
+        for j in range(w):
+            if not (empty[w] or empty[j]):
+                (ws, we), (js, je) = spans[w], spans[j]
+                hit = b.or_(hit, b.and_(b.icmp_unsigned("<", ws, je), b.icmp_unsigned("<", js, we)))
+    return hit
+
+
 def _return_if(b: ir.IRBuilder, cond: ir.Value, code: int) -> None:
     with b.if_then(cond, likely=False):
         b.ret(ir.Constant(I32, code))
 
 
 def _forward(module: ir.Module, lowered: ir.Function, weights: ir.GlobalVariable, layout: WeightsLayout, *,
-             name: str, embedded: bool, batch_limit: int, needs_scratch: bool, more_inputs: int,
+             name: str, embedded: bool, batch_limit: int, extents: Sequence[Extent], more_inputs: int,
              dropouts: Sequence[tuple[int, int, int]], training: bool) -> None:
     names = ("x", *(f"x{i}" for i in range(1, 1 + more_inputs)), "y", "batch", "scratch")
     stream = ("seed", "offset") if training else ()  # the documented signature, masks drawn or not
@@ -146,8 +179,9 @@ def _forward(module: ir.Module, lowered: ir.Function, weights: ir.GlobalVariable
     bad = b.icmp_unsigned("==", y, null)
     for ptr in (x, *others):
         bad = b.or_(bad, b.icmp_unsigned("==", ptr, null))
-    if needs_scratch:
+    if extents[-1].per_row or extents[-1].fixed:
         bad = b.or_(bad, b.icmp_unsigned("==", scratch, null))
+    bad = b.or_(bad, _overlapping(b, [x, *others, y, scratch], extents, batch))
     _return_if(b, b.or_(bad, _misaligned(b, x, *others, y, scratch)), ERR_ARGS)
     base: ir.Value = weights
     if not embedded:

@@ -111,7 +111,8 @@ def header_text(info: HeaderInfo) -> str:
         f"memory of {p}_SCRATCH_BYTES(batch) bytes (any alignment a float has). No heap, no threads,",
         "nothing kept between calls: calls on different scratch buffers may run concurrently.",
         f"Returns {p}_OK, or {p}_ERR_ARGS (batch < 0 or > {p}_MAX_BATCH, a NULL or misaligned",
-        f"pointer) or {p}_ERR_WEIGHTS (no weights bound) without touching y.",
+        "pointer, or y or scratch sharing memory with another buffer: no call runs in place) or",
+        f"{p}_ERR_WEIGHTS (no weights bound) without touching y.",
         *training,
     ])
     block = info.row_block

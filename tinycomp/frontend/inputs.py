@@ -30,21 +30,31 @@ def inferred_input_shape(model: Any) -> tuple | None:
     return (None, int(np.shape(first.weight)[0])) if isinstance(first, Linear) else None
 
 
+def input_signature(model: Any) -> inspect.Signature | None:
+    """forward()'s signature without `training`, the mode flag a Layer's caller passes (Sequential's
+    forward(x, training=None)), never a tensor input; None where there is none to read (a builtin).
+    Without annotations: messages print it."""
+    try:
+        sig = inspect.signature(getattr(model, "forward", model))
+    except (TypeError, ValueError):
+        return None
+    inputs = [p.replace(annotation=p.empty) for p in sig.parameters.values() if p.name != "training"]
+    return sig.replace(parameters=inputs, return_annotation=sig.empty)
+
+
 def input_names(model: Any, count: int) -> list[str]:
     """Names of the input nodes: `x` for a model of one input; with several, forward()'s own names for
     them (`x`, `mask`), checked against its signature so that a wrong count is a clear TypeError."""
     if count == 1:
         return ["x"]
-    forward = getattr(model, "forward", model)
-    try:
-        params = list(inspect.signature(forward).parameters.values())
-    except (TypeError, ValueError):  # no signature to read (a builtin): number them
+    sig = input_signature(model)
+    if sig is None:  # no signature to read: number them
         return [f"x{i}" for i in range(count)]
+    params = list(sig.parameters.values())
     try:
-        inspect.signature(forward).bind(*range(count))
+        sig.bind(*range(count))
     except TypeError:
-        raise TypeError(f"{type(model).__name__}.forward{inspect.signature(forward)} does not take {count} "
-                        f"positional inputs") from None
+        raise TypeError(f"{type(model).__name__}.forward{sig} does not take {count} positional inputs") from None
     positional = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     names = positional[:count] + [f"x{i}" for i in range(len(positional), count)]  # *args: numbered
     return [n if n not in ("output",) and names.count(n) == 1 else f"input{i}" for i, n in enumerate(names)]
@@ -54,13 +64,11 @@ def positional_inputs(model: Any, x: Any, more: tuple, named: dict[str, Any]) ->
     """x, *more and the inputs given by name (`fast(x, mask=m)`), in forward()'s order: a compiled
     model takes its inputs by position. A TypeError names forward()'s signature where they do not
     bind, skip an input before a given one, or are keyword-only."""
-    forward = getattr(model, "forward", model)
     what = f"{type(model).__name__}.forward"
-    try:
-        sig = inspect.signature(forward)
-    except (TypeError, ValueError):
+    sig = input_signature(model)
+    if sig is None:
         raise TypeError(f"{what} has no signature to place the inputs given by name ({', '.join(named)}) by; "
-                        "pass them by position") from None
+                        "pass them by position")
     try:
         bound = sig.bind(x, *more, **named)
     except TypeError as exc:
@@ -83,11 +91,7 @@ def given_inputs(model: Any, more: tuple) -> tuple:
     None: `fast(x, None)` is `fast(x)`, as `model(x, None)` is `model(x)`. A None left over (for an
     input without that default, or before one given) is a TypeError naming the input: a compiled
     model traces its inputs as tensors."""
-    forward = getattr(model, "forward", model)
-    try:
-        sig = inspect.signature(forward)
-    except (TypeError, ValueError):
-        sig = None
+    sig = input_signature(model)
     params = [p for p in sig.parameters.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)] \
         if sig is not None else []
     n = len(more)

@@ -85,10 +85,10 @@ def resolve_path(model: Any, path: str) -> Any:
     return obj
 
 
-def warn_if_dropout_active(model: Any) -> None:
-    """One UserWarning when an inference compile meets Dropout layers in training mode: the eager
-    model then drops activations on every call and the two results differ, which looks like a
-    compiler bug to whoever compares them."""
+def warn_if_dropout_active(model: Any, doing: str = "compile") -> None:
+    """One UserWarning when an inference compile (or export: `doing`) meets Dropout layers in training
+    mode: the eager model then drops activations on every call and the two results differ, which
+    looks like a compiler bug to whoever compares them."""
     try:
         layers = walk_model(model)[1]
     except CompileError:  # a model tracing will refuse, with its own message: nothing to add here
@@ -99,11 +99,16 @@ def warn_if_dropout_active(model: Any) -> None:
         return
     names = ", ".join(f"'{path}' {layer!r}" if path else repr(layer) for layer, path in active[:3])
     more = f" and {len(active) - 3} more" if len(active) > 3 else ""
+    if doing == "compile":
+        result = ("the compiled model leaves their dropout out (as eval mode does; only a call with an explicit "
+                  "training=True keeps it)")
+        keep = "compile(model, training=True)"
+    else:
+        result, keep = "the exported code leaves their dropout out", f"{doing}(model, ..., training=True)"
     warnings.warn(
-        f"compiling {type(model).__name__} for inference while {len(active)} of its Dropout layers "
-        f"({names}{more}) are in training mode: the compiled model leaves their dropout out (as eval mode "
-        f"does; only a call with an explicit training=True keeps it), while calling the model itself drops "
-        f"activations at random, so the two differ. To "
-        f"compare them, call model.eval() first, or compile(model, training=True) to keep dropout (its masks "
-        f"then match the eager model's after the same tinycomp.nn.manual_seed and number of calls).",
+        f"{doing.removesuffix('e')}ing {type(model).__name__} for inference while {len(active)} of its Dropout "
+        f"layers ({names}{more}) are in training mode: {result}, while calling the model itself drops "
+        f"activations at random, so the two differ. To compare them, call model.eval() first, or "
+        f"{keep} to keep dropout (its masks then match the eager model's after the "
+        "same tinycomp.nn.manual_seed and number of calls).",
         UserWarning, stacklevel=3)
