@@ -267,6 +267,8 @@ def run_dump(args: argparse.Namespace) -> int:
             print(to_dot(fast.graph))
         return 0
     out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out must be a folder (dump writes a file per stage into it); {args.out} is a file")
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for i, (name, text) in enumerate(fast.pass_dumps(), start=1):  # optimized: how each pass got there

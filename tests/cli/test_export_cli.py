@@ -50,6 +50,17 @@ def test_export_errors_are_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
         main(["export", TINY, "--input-shape", "N,12", "--out", str(tmp_path), "--target", "riscv"])
     assert info.value.code == 2
+    assert main(["export", TINY, "--input-shape", "N,12", "--out", str(tmp_path), "--name", "a" * 64]) == 1
+    assert "name must be a C identifier of at most 63 characters" in capsys.readouterr().err
+    afile = tmp_path / "afile"
+    afile.write_text("kept")
+    # --out naming a file ended in FileExistsError, after the whole compile
+    assert main(["export", TINY, "--input-shape", "N,12", "--out", str(afile)]) == 1
+    assert f"'{afile}' is a file" in capsys.readouterr().err
+    assert main(["dump", TINY, "--input-shape", "N,12", "--out", str(afile)]) == 2
+    assert f"--out must be a folder (dump writes a file per stage into it); {afile} is a file" \
+        in capsys.readouterr().err
+    assert afile.read_text() == "kept"
 
 
 def test_export_of_several_inputs(tmp_path, capsys):

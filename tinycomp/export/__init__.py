@@ -93,8 +93,9 @@ def export(model: Any, path: Any, *, input_shape: Any, target: str = "host", nam
     """
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,62}", name) or name in C_KEYWORDS \
             or keyword.iskeyword(name):
-        raise ValueError(f"name must be a C identifier (letters, digits, _; not a keyword), used as the "
-                         f"prefix of the exported symbols; got {name!r}")
+        raise ValueError(f"name must be a C identifier of at most 63 characters (letters, digits, _; not a keyword), "
+                         f"used as the prefix of the exported symbols and, in capitals, of the header's macros "
+                         f"(so two names in one program must differ by more than case); got {name!r}")
     if not isinstance(training, bool):
         raise TypeError(f"training must be True or False; got {training!r}")
     if weights not in WEIGHTS:
@@ -103,6 +104,9 @@ def export(model: Any, path: Any, *, input_shape: Any, target: str = "host", nam
     if not callable(model):
         raise TypeError(f"export() expects a Layer (or callable model); got {type(model).__name__}")
     features, more = compile_input_spec(input_shape)
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"export() writes its files into the folder path; {str(folder)!r} is a file")
     if not training:
         warn_if_dropout_active(model, "export")
     # the tools first: nothing is written for an export that cannot be finished
@@ -132,7 +136,6 @@ def export(model: Any, path: Any, *, input_shape: Any, target: str = "host", nam
     obj = toolchain.emit_object(t, [plan.llvm_ir, wrapper], exported)
     _check_self_contained(obj, t)
 
-    folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
     files = {"object": folder / f"{name}.o", "header": folder / f"{name}.h"}
     files["object"].write_bytes(obj)
