@@ -206,6 +206,45 @@ def test_none_for_an_input_defaulting_to_none_is_the_call_without_it():
         fast(x, None, shift)
 
 
+class Scaled(Layer):
+    def __init__(self):
+        self.w = Tensor(np.ones(3, np.float32))
+
+    def forward(self, x, scale=2.0):
+        return x * self.w * scale
+
+
+def test_a_number_for_an_input_is_named_and_one_shape_for_two_inputs_says_so():
+    """`fast(x, 3.0)` said "got a 0-D value array(3., dtype=float32)" without naming the input;
+    input_shape of one shape for forward(x, mask) ended in Python's bare TypeError."""
+    fast = tc.compile(Scaled())
+    x = np.ones((2, 3), np.float32)
+    for call in (lambda: fast(x, 3.0), lambda: fast(x, scale=np.float32(3))):
+        with pytest.raises(TypeError, match=r"^Scaled.forward\(x, scale=2.0\) was given the number 3.0 for scale: a "
+                                            r"compiled model's inputs are arrays with the batch first; a number that "
+                                            r"configures the model belongs in a layer attribute"):
+            call()
+    np.testing.assert_array_equal(fast(x).data, np.full((2, 3), 2.0, np.float32))
+    with pytest.raises(TypeError, match=r"^Gated.forward\(x, mask\) missing 1 required positional argument: 'mask': "
+                                        r"a call passes each input \(fast\(x, mask\)\), and compile\(\)'s input_shape "
+                                        r"one shape per input"):
+        tc.compile(Gated(), input_shape=(None, 5))
+
+
+def test_a_parameter_that_no_longer_fits_is_not_blamed_on_an_input_shape():
+    """Compiled without input_shape, then a weight of another shape: the message advised compiling
+    "with the input shape the model takes now", which the user never gave and which cannot help."""
+    model = Scaled()
+    fast = tc.compile(model)
+    x = np.ones((2, 3), np.float32)
+    fast(x)
+    model.w = Tensor(np.ones(4, np.float32))
+    with pytest.raises(ValueError, match=r"^the model changed since it was compiled and no longer runs on its input "
+                                         r"of shape \(2, 3\) \(as the eager model would not\): ") as err:
+        fast(x)
+    assert "input_shape" not in str(err.value)
+
+
 def test_a_shared_mask_without_input_shape_is_refused_saying_how_to_give_it():
     manual_seed(0)
     block = tc.nn.TransformerBlock(12, 3)

@@ -220,3 +220,27 @@ def test_attention_compiles_with_the_batch_marker_reshape():
     unfused = [p for p in DEFAULT_PIPELINE if p is not fuse_attention]  # the ops one by one
     ops = check_every_batch(model, (7, 12), attention64(model), passes=unfused).graph.op_counts()
     assert ops["matmul"] == 2 and ops["transpose"] >= 4 and "reshape" in ops
+
+
+@pytest.mark.parametrize("fn", [lambda x: 2 ** x, lambda x: tc.nn.concat(x, 1), lambda x: x.T],
+                         ids=["int ** x", "concat(x)", "x.T"])
+def test_a_traced_tensor_is_a_tensor_in_error_messages(fn):
+    """Python's own messages named the tracer's class: "'int' and 'SymbolicTensor'", "got SymbolicTensor"."""
+    x = np.ones((2, 3), np.float32)
+    with pytest.raises(Exception) as eager:
+        Fn(fn)(Tensor(x))
+    with pytest.raises(type(eager.value)) as compiled:
+        tc.compile(Fn(fn))(x)
+    assert str(compiled.value) == str(eager.value) and "Tensor" in str(eager.value)
+
+
+def test_refusals_name_what_the_user_wrote():
+    """stack(.., 0) was refused as "indexes [None]" (its own indexing), reshape(2, -1) with the
+    example x.reshape(-1, 784) whatever the shape."""
+    x = np.ones((2, 3, 4), np.float32)
+    with pytest.raises(tc.CompileError, match=r"stacks tensors of shape \(N, 3, 4\) along axis 0, a new axis before "
+                                              r"the batch axis N: compiled code keeps the batch first"):
+        tc.compile(Fn(lambda t: tc.nn.stack([t, t], 0)))(x)
+    with pytest.raises(tc.CompileError, match=r"cannot reshape \(N, 3, 4\) to \(2, -1\): the batch dimension N must "
+                                              r"stay first, written as -1 \(e.g. x.reshape\(-1, 12\)\)"):
+        tc.compile(Fn(lambda t: t.reshape(2, -1)))(x)

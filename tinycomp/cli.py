@@ -22,7 +22,7 @@ from .checks import positive_number
 from .codegen.target import TARGET_NAMES
 from .export import WEIGHTS
 from .export import export as export_model
-from .frontend.inputs import first_layer, inferred_input_shape, input_signature
+from .frontend.inputs import first_layer, inferred_input_shape, input_signature, required_inputs
 from .frontend.layers import Layer, Sequential
 from .ir.printer import GraphvizNotFound, render_dot, to_dot
 
@@ -243,8 +243,7 @@ def check_shape_count(model: Layer, texts: list[str] | None) -> None:
     sig = input_signature(model)
     if sig is None:
         return
-    required = [p.name for p in sig.parameters.values()
-                if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty]
+    required = required_inputs(sig)
     given = len(texts or ()) or 1  # none given: dump infers one
     if len(required) > given:
         raise UsageError(f"{type(model).__name__}.forward{sig} takes {len(required)} inputs ({', '.join(required)}) "

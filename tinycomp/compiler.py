@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import html
+import numbers
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -185,11 +186,13 @@ class CompiledModel:
                     f"{_shapes(art.features, art.more_inputs)} (N: the batch) as compiled before; this call passes "
                     f"{1 + len(more)} of shapes {_shapes(features, more)}, and the model cannot be compiled for "
                     f"those: {exc}")
-        if features == art.features:
-            pinned = ", which was given to compile()" if self._pinned else ""
+        if features == art.features and self._pinned:
             return (f"the model changed since it was compiled and no longer takes input_shape=(None, "
-                    f"{_dims(features)}){pinned}: {exc}; the input has shape {tuple(given)}: compile again with "
-                    f"the input shape the model takes now" + (" (or without input_shape)" if self._pinned else ""))
+                    f"{_dims(features)}), which was given to compile(): {exc}; the input has shape {tuple(given)}: "
+                    "compile again with the input shape the model takes now (or without input_shape)")
+        if features == art.features:  # the input is as before: the model itself no longer runs on it
+            return (f"the model changed since it was compiled and no longer runs on its input of shape "
+                    f"{tuple(given)} (as the eager model would not): {exc}")
         return (f"compiled model expects input of shape (batch, {_dims(art.features)}) as compiled before; the input "
                 f"has shape {tuple(given)}, and the model cannot take that either: {exc}")
 
@@ -211,7 +214,7 @@ class CompiledModel:
         if named:
             x, *rest = positional_inputs(self.model, x, more, named)
             more = tuple(rest)
-        if more and any(m is None for m in more):  # `fast(x, None)`: the call without it, as eager's
+        if more and any(m is None or isinstance(m, numbers.Number) for m in more):  # `fast(x, None)`: without it
             more = given_inputs(self.model, more)
         native = self._native  # armed for inference code of one input only (`_arm`)
         if native is not None and not self.check and not more:  # check=True compares with eager on every call

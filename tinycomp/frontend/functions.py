@@ -12,7 +12,8 @@ import operator
 from collections.abc import Sequence
 from typing import Any
 
-from .tensor import Operand, Tensor, apply_op, as_tensor, check_operands
+from ..errors import CompileError
+from .tensor import Operand, Tensor, apply_op, as_tensor, check_operands, kind_of
 
 
 def where(cond: Operand, x: Operand, y: Operand) -> Tensor:
@@ -64,6 +65,11 @@ def stack(tensors: Sequence[Operand], axis: int = 0) -> Tensor:
     axis, ndim = _int_axis("stack", axis), parts[0].ndim + 1
     if not -ndim <= axis < ndim:
         raise ValueError(f"stack axis {axis} is out of range for {ndim - 1}-D tensors")
+    tracer = parts[0]._tracer
+    if axis % ndim == 0 and tracer is not None and not isinstance(parts[0].shape[0], int):  # `t[None]` would refuse
+        raise CompileError(f"{tracer.where()} stacks tensors of shape {parts[0].shape} along axis {axis}, a new axis "
+                           "before the batch axis N: compiled code keeps the batch first (stack along a feature "
+                           "axis, e.g. axis=1)")
     key = (slice(None),) * (axis % ndim) + (None,)
     return concat([t[key] for t in parts], axis=axis)
 
@@ -71,7 +77,7 @@ def stack(tensors: Sequence[Operand], axis: int = 0) -> Tensor:
 def _tensor_list(fn: str, tensors: Any) -> list[Operand]:
     """`tensors` as a list, TypeError unless it is a non-empty list or tuple of operands."""
     if isinstance(tensors, (Tensor, str, bytes)) or not isinstance(tensors, Sequence) or not tensors:
-        raise TypeError(f"{fn}() takes a non-empty list or tuple of tensors; got {type(tensors).__name__}")
+        raise TypeError(f"{fn}() takes a non-empty list or tuple of tensors; got {kind_of(tensors)}")
     check_operands(fn, **{f"tensors[{i}]": t for i, t in enumerate(tensors)})
     return list(tensors)
 

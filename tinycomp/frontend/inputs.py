@@ -8,6 +8,7 @@ forward() names it.
 from __future__ import annotations
 
 import inspect
+import numbers
 from typing import Any
 
 import numpy as np
@@ -42,12 +43,25 @@ def input_signature(model: Any) -> inspect.Signature | None:
     return sig.replace(parameters=inputs, return_annotation=sig.empty)
 
 
+def required_inputs(sig: inspect.Signature) -> list[str]:
+    """The inputs forward() cannot be called without (no default)."""
+    return [p.name for p in sig.parameters.values()
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty]
+
+
 def input_names(model: Any, count: int) -> list[str]:
     """Names of the input nodes: `x` for a model of one input; with several, forward()'s own names for
     them (`x`, `mask`), checked against its signature so that a wrong count is a clear TypeError."""
-    if count == 1:
-        return ["x"]
     sig = input_signature(model)
+    if count == 1:
+        required = required_inputs(sig) if sig is not None else []
+        if len(required) > 1:
+            missing = required[1:]  # as Python words it for the eager call
+            raise TypeError(f"{type(model).__name__}.forward{sig} missing {len(missing)} required positional "
+                            f"argument{'s' * (len(missing) > 1)}: {', '.join(map(repr, missing))}: a call passes each "
+                            "input (fast(x, mask)), and compile()'s input_shape one shape per input, e.g. "
+                            "[(None, 16), (None, 4)]")
+        return ["x"]
     if sig is None:  # no signature to read: number them
         return [f"x{i}" for i in range(count)]
     params = list(sig.parameters.values())
@@ -89,20 +103,26 @@ def positional_inputs(model: Any, x: Any, more: tuple, named: dict[str, Any]) ->
 def given_inputs(model: Any, more: tuple) -> tuple:
     """`more` (the inputs after the first) without its trailing Nones for inputs forward() defaults to
     None: `fast(x, None)` is `fast(x)`, as `model(x, None)` is `model(x)`. A None left over (for an
-    input without that default, or before one given) is a TypeError naming the input: a compiled
-    model traces its inputs as tensors."""
+    input without that default, or before one given) or a Python number is a TypeError naming the
+    input: a compiled model traces its inputs as tensors."""
     sig = input_signature(model)
     params = [p for p in sig.parameters.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)] \
         if sig is not None else []
     n = len(more)
     while n and more[n - 1] is None and n < len(params) and params[n].default is None:
         n -= 1
+    where = f"{type(model).__name__}.forward{sig if sig is not None else '()'}"
     if any(m is None for m in more[:n]):
-        i = more.index(None) + 1
+        i = next(i for i, m in enumerate(more[:n], 1) if m is None)
         name = params[i].name if i < len(params) else f"input {i + 1}"
-        where = f"{type(model).__name__}.forward{sig if sig is not None else '()'}"
         raise TypeError(f"{where} was given None for {name}: a compiled model takes None only for its last inputs, "
                         "and only where forward() defaults them to None (then it is the call without them)")
+    number = next((i for i, m in enumerate(more[:n], 1) if isinstance(m, numbers.Number)), None)
+    if number is not None:
+        name = params[number].name if number < len(params) else f"input {number + 1}"
+        raise TypeError(f"{where} was given the number {more[number - 1]} for {name}: a compiled model's inputs are "
+                        "arrays with the batch first; a number that configures the model belongs in a layer "
+                        "attribute (read live on every call)")
     return more[:n]
 
 

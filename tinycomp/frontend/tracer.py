@@ -175,6 +175,12 @@ def _describe(layer: Any, path: str) -> str:
     return f"{name} at '{path}'" if path else f"{name} (the top-level model)"
 
 
+# Python's own messages name a type by its __name__ ("unsupported operand type(s) for **: 'int' and
+# 'SymbolicTensor'", "'SymbolicTensor' object has no attribute 'T'"): to the user it is a Tensor, as
+# eager's messages say.
+SymbolicTensor.__name__ = SymbolicTensor.__qualname__ = "Tensor"
+
+
 class Tracer:
     def __init__(self, model: Any, training: bool):
         self.model = model

@@ -90,7 +90,7 @@ def reshape_shape(x: Shape, *, newshape: Sequence[int]) -> Shape:
         if not newshape or newshape[0] != -1 or -1 in newshape[1:]:
             raise BatchLayoutError(
                 f"cannot reshape {fmt_shape(x)} to {newshape}: the batch dimension N must stay "
-                "first, written as -1 (e.g. x.reshape(-1, 784))"
+                f"first, written as -1 (e.g. x.reshape(-1, {math.prod(x[1:])}))"
             )
         rest = reshape_shape(tuple(x[1:]), newshape=(math.prod(x[1:]),))[0]
         if len(newshape) == 1 and rest != 1:  # eager x.reshape(-1) merges the batch's samples into one axis
