@@ -74,6 +74,8 @@ def float32_copy(data: Any) -> np.ndarray:
     `aligned_float32` says; TypeError for strings, objects, ragged lists and other non-numbers."""
     if isinstance(data, (str, bytes)):
         raise TypeError(f"Tensor data must be numeric (a number, list or array); got {type(data).__name__}")
+    if type(data).__module__.startswith("torch") and callable(getattr(data, "detach", None)):
+        data = data.detach().cpu()  # one that requires grad refuses np.asarray; the values are what is read
     try:
         arr = np.asarray(data)
     except (ValueError, TypeError) as exc:  # ragged nested lists

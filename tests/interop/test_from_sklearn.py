@@ -53,6 +53,14 @@ def test_binary_classifier_gives_both_columns():
     np.testing.assert_array_equal(tc.compile(model)(x).data.argmax(axis=1), est.predict(x))
 
 
+def test_a_classifier_fitted_on_one_class_gives_both_columns():
+    """predict_proba is [1 - p, p] for any one output column (sklearn's own rule): a classifier fitted
+    on a single class gave the p column alone."""
+    est = fitted(MLPClassifier(hidden_layer_sizes=(5,), max_iter=20, random_state=0), classes=1)
+    assert len(est.classes_) == 1 and est.predict_proba(np.zeros((1, 10))).shape == (1, 2)
+    check_imported(from_sklearn(est), rows_or_empty(est.predict_proba, 2), 10)
+
+
 def test_multilabel_classifier():
     est = fitted(MLPClassifier(hidden_layer_sizes=(8,), max_iter=20, random_state=2), classes=2, outputs=3)
     check_imported(from_sklearn(est), rows_or_empty(est.predict_proba, 3), 10)

@@ -806,3 +806,58 @@ def test_the_check_against_the_module_takes_nan_and_inputs_written_in_place(how)
 def test_writing_into_a_view_of_the_input_is_refused():
     with pytest.raises(tc.CompileError, match="computes other values than the module"):
         from_torch(Specials("view-in-place").eval(), input_shape=(None, 3, 2))
+
+
+class PassThrough(nn.Module):
+    def forward(self, x):
+        return F.dropout(x, 0.1, self.training)
+
+
+class KeywordsUnread(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x, **kwargs):  # the Hugging Face style: no keyword given, none read
+        return self.fc(x)
+
+
+@pytest.mark.parametrize("module", [PassThrough(), nn.Identity(), nn.Sequential(nn.Identity()), KeywordsUnread()],
+                         ids=["dropout-only", "Identity", "Sequential(Identity)", "forward(x, **kwargs)"])
+def test_pass_through_and_unread_keyword_forwards_import(module):
+    """With input_shape, a model returning its input failed its own check with a raw TypeError (the
+    eager model hands the array back, not a Tensor); forward(x, **kwargs) was refused as taking 2
+    arguments without defaults ('_kwargs', fx's name)."""
+    check_against_torch(module, (8,))
+
+
+class Packed(KeywordsUnread):
+    def forward(self, *inputs):
+        return self.fc(inputs[0])
+
+
+class KeywordsRead(KeywordsUnread):
+    def forward(self, x, **kwargs):
+        return self.fc(x) * kwargs.get("scale", 1.0)
+
+
+@pytest.mark.parametrize("module, match", [
+    (Packed(), r"its forward takes \*inputs; tinycomp models take one tensor: write forward\(self, x\)"),
+    (KeywordsRead(), r"its forward reads \*\*kwargs; tinycomp models take one tensor"),
+])
+@pytest.mark.parametrize("input_shape", [None, (None, 8)])
+def test_packed_arguments_are_refused_by_name(module, match, input_shape):
+    """forward(self, *inputs) with input_shape ended in AttributeError: 'list' object has no attribute 'shape'."""
+    with pytest.raises(tc.CompileError, match=match):
+        from_torch(module.eval(), input_shape=input_shape)
+
+
+def test_a_torch_input_that_requires_grad_is_read_as_its_values():
+    """torch refuses np.asarray of a tensor that requires grad: eager and compiled calls ended in
+    torch's RuntimeError from deep inside the input conversion."""
+    module = nn.Sequential(nn.Linear(8, 4)).eval()
+    model = from_torch(module)
+    x = torch.randn(3, 8, requires_grad=True)
+    want = module(x).detach().numpy()
+    np.testing.assert_allclose(model(x).data, want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(tc.compile(model)(x).data, want, rtol=1e-5, atol=1e-6)

@@ -19,11 +19,12 @@ def from_sklearn(estimator: Any) -> Layer:
     (output: `predict`, always 2-D: (n, n_outputs)).
 
     The layers are `Linear(coefs_[i], intercepts_[i])` with the estimator's hidden activation between
-    them and its output activation last: Softmax for several classes; for two classes a Sigmoid and a
-    fixed Linear(1, 2) giving [1 - p, p], the two columns of predict_proba; Sigmoid alone for
-    multi-label. scikit-learn computes in float64 when fitted on float64; the model computes in
-    float32, so probabilities agree within float32 rounding. Anything else raises `CompileError`
-    naming the estimator's type. Needs scikit-learn (`pip install 'tinycomp[sklearn]'`).
+    them and its output activation last: Softmax for several classes; for one output column (two
+    classes, or one: a classifier fitted on a single class) a Sigmoid and a fixed Linear(1, 2) giving
+    [1 - p, p], the two columns of predict_proba; Sigmoid alone for multi-label. scikit-learn
+    computes in float64 when fitted on float64; the model computes in float32, so probabilities agree
+    within float32 rounding. Anything else raises `CompileError` naming the estimator's type. Needs
+    scikit-learn (`pip install 'tinycomp[sklearn]'`).
     """
     neural = require("sklearn.neural_network", "from_sklearn", "sklearn", "scikit-learn")
     if not isinstance(estimator, (neural.MLPClassifier, neural.MLPRegressor)):
@@ -52,7 +53,7 @@ def _output_layers(estimator: Any) -> list[Layer]:
     if out == "softmax":
         return [tnn.Softmax(dim=-1)]
     if out == "logistic":
-        if estimator.n_outputs_ == 1 and len(getattr(estimator, "classes_", ())) == 2:
+        if estimator.n_outputs_ == 1:  # predict_proba's own rule: one output column is [1 - p, p]
             both = linear_from(np.array([[-1.0, 1.0]]), np.array([1.0, 0.0]))  # p -> [1 - p, p]
             return [tnn.Sigmoid(), both]
         return [tnn.Sigmoid()]

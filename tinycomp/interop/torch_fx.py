@@ -320,14 +320,25 @@ def from_fx(torch: Any, m: Any, path: str, convert: Callable[[Any, str], Layer],
     """The `tinycomp.nn` model of module `m`'s traced forward; `sample` is its input's shape after the
     batch, if known."""
     where = path or TOP
+    params = list(inspect.signature(m.forward).parameters.values())
+    packed = next((p for p in params if p.kind is p.VAR_POSITIONAL), None)
+    if packed is not None:
+        raise CompileError(f"cannot import module {where!r} of type {type(m).__name__}: its forward takes "
+                           f"*{packed.name}; tinycomp models take one tensor: write forward(self, x)")
+    keywords = next((p.name for p in params if p.kind is p.VAR_KEYWORD), None)
     try:  # arguments after the input that have defaults are traced at them (mask=None, scale=2.0)
-        defaults = {name: p.default for name, p in list(inspect.signature(m.forward).parameters.items())[1:]
-                    if p.default is not inspect.Parameter.empty}
+        defaults = {p.name: p.default for p in params[1:] if p.default is not inspect.Parameter.empty}
         gm = symbolic_trace(torch, m, defaults or None)  # tracing runs forward: on copies
     except Exception as exc:
         raise CompileError(f"cannot import module {where!r} of type {type(m).__name__}: torch.fx cannot trace its "
                            f"forward ({type(exc).__name__}: {exc})") from exc
     inputs = [n for n in gm.graph.nodes if n.op == "placeholder" and not n.args]
+    if keywords is not None:  # fx's placeholder for **kwargs: a call passes none, so it must go unread
+        [kw] = [n for n in inputs if n.target == f"**{keywords}"] or [None]
+        if kw is not None and kw.users:
+            raise CompileError(f"cannot import module {where!r} of type {type(m).__name__}: its forward reads "
+                               f"**{keywords}; tinycomp models take one tensor")
+        inputs = [n for n in inputs if n is not kw]
     if len(inputs) != 1:
         raise CompileError(f"cannot import module {where!r} of type {type(m).__name__}: its forward takes "
                            f"{len(inputs)} arguments without defaults ({', '.join(n.name for n in inputs)}); "
