@@ -101,9 +101,17 @@ def test_matmul_that_contracts_over_the_batch_is_refused():
         from_onnx(blob)
 
 
-def test_not_a_model_is_a_type_error():
+def test_not_a_model_is_a_type_error(tmp_path):
     with pytest.raises(TypeError, match="path, bytes or onnx.ModelProto"):
         from_onnx(42)
+    wrong = tmp_path / "model.pt"  # another file, or a truncated download: protobuf's DecodeError before
+    wrong.write_bytes(b"garbage\x00\x01\x02 not an onnx model")
+    with pytest.raises(tc.CompileError, match=r"'.*model.pt' is not an ONNX model \(protobuf could not read it: "):
+        from_onnx(wrong)
+    with pytest.raises(tc.CompileError, match=r"^28 bytes is not an ONNX model"):
+        from_onnx(wrong.read_bytes())
+    with pytest.raises(FileNotFoundError):
+        from_onnx(tmp_path / "missing.onnx")
 
 
 def layer_norm_graph() -> tuple[bytes, int]:

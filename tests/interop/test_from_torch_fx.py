@@ -861,3 +861,34 @@ def test_a_torch_input_that_requires_grad_is_read_as_its_values():
     want = module(x).detach().numpy()
     np.testing.assert_allclose(model(x).data, want, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(tc.compile(model)(x).data, want, rtol=1e-5, atol=1e-6)
+
+
+class MatrixTranspose(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(5, 6)
+
+    def forward(self, x):
+        return self.fc(x.mT)
+
+
+class WholeTranspose(MatrixTranspose):
+    def forward(self, x):
+        return self.fc(x).T
+
+
+class PowerOfTwo(MatrixTranspose):
+    def forward(self, x):
+        return torch.pow(2.0, x)
+
+
+def test_matrix_transpose_attribute_imports_and_whole_transpose_says_why():
+    """x.mT is transpose(-2, -1); both it and x.T were refused as 'node getattr_1 of type call_function
+    getattr' without a reason. 2 ** x named the internal ConstantOperand."""
+    check_against_torch(MatrixTranspose(), (5, 5))
+    with pytest.raises(tc.CompileError, match=r"getattr \(perm \[1, 0\] moves the batch \(axis 0\) away from the "
+                                              r"first axis\)"):
+        from_torch(WholeTranspose().eval(), input_shape=(None, 5))
+    with pytest.raises(tc.CompileError, match=r"\(only x \*\* \(a number\) is supported; here the base is a constant "
+                                              r"and the exponent the computed tensor\)"):
+        from_torch(PowerOfTwo().eval(), input_shape=(None, 5))

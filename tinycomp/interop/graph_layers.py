@@ -82,8 +82,9 @@ class ConstantOperand(Layer):
         self.op, self.constant_first = op, bool(constant_first)
         self.value = fixed_operand(value, number_ok=op != "matmul")  # x @ (a 1-element vector) is not x * c
         if op == "pow" and (constant_first or isinstance(self.value, Tensor)):
-            raise ValueError(f"ConstantOperand pow takes x ** (a number); got value of shape {np.shape(value)}"
-                             + (" as the base" if constant_first else ""))
+            raise ValueError("only x ** (a number) is supported; here " + (
+                "the base is a constant and the exponent the computed tensor" if constant_first else
+                f"the exponent is a constant of shape {np.shape(value)}, not one number"))
 
     def forward(self, x: Tensor) -> Tensor:
         """x <op> value (value <op> x if the constant comes first)."""

@@ -118,10 +118,17 @@ def _scalars(onnx: Any, graph: Any, consts: dict[str, np.ndarray]) -> Callable[[
 
 
 def _load(onnx: Any, model: Any) -> Any:
-    if isinstance(model, (str, os.PathLike)):
-        return onnx.load(os.fspath(model))
-    if isinstance(model, (bytes, bytearray)):
-        return onnx.load_from_string(bytes(model))
+    try:
+        if isinstance(model, (str, os.PathLike)):
+            return onnx.load(os.fspath(model))
+        if isinstance(model, (bytes, bytearray)):
+            return onnx.load_from_string(bytes(model))
+    except OSError:
+        raise
+    except Exception as exc:  # protobuf's DecodeError: another file, or a truncated download
+        what = repr(os.fspath(model)) if isinstance(model, (str, os.PathLike)) else f"{len(model)} bytes"
+        raise CompileError(f"{what} is not an ONNX model (protobuf could not read it: {type(exc).__name__}: "
+                           f"{exc})") from exc
     if isinstance(model, onnx.ModelProto):
         return model
     raise TypeError(f"from_onnx expects a path, bytes or onnx.ModelProto; got {type(model).__name__}")

@@ -55,7 +55,7 @@ NODES = ("calls of supported modules", "relu/sigmoid/tanh/gelu/softmax/log_softm
          "clamp/clip/F.relu6/F.hardtanh to fixed bounds", "torch.where/masked_fill", "comparisons and ~ of masks",
          "indexing with ints, slices, ... and None", "split/chunk/unbind/narrow/select along a sample axis",
          "torch.cat/stack of computed tensors", "F.scaled_dot_product_attention (no dropout)",
-         "view/reshape/transpose/permute/unsqueeze/squeeze/contiguous that keep the batch first",
+         "view/reshape/transpose/permute/.mT/unsqueeze/squeeze/contiguous that keep the batch first",
          "mean/sum/amax not over the batch", "sizes read from x.shape / x.size()")
 BINARY, UNARY = tuple(graph_layers.BINARY), tuple(graph_layers.UNARY)  # the steps GraphModel runs
 ALIASES = ("contiguous", "clone", "detach", "float")  # no change to a float32 value

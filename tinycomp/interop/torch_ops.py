@@ -212,6 +212,18 @@ def transpose(imp: Any, node: Any, x: Data, args: list, kwargs: dict) -> None:
     imp.layer(node, imp.check(node, permutation, perm), x)
 
 
+def transposed_view(imp: Any, node: Any, x: Data, args: list, kwargs: dict) -> None:
+    """`x.mT` (and `x.mH`, the same of a real tensor): the last two dims swapped; `x.T` / `x.H`: all
+    of them reversed (which moves the batch: refused as permute is)."""
+    rank = len(imp.shape(node, x))
+    if args[0] in ("mT", "mH"):
+        transpose(imp, node, x, [-2, -1], {})
+    elif args[0] in ("T", "H"):
+        imp.layer(node, imp.check(node, permutation, list(range(rank))[::-1]), x)
+    else:
+        raise imp.refuse(node, f"it reads .{args[0]} of a computed tensor")
+
+
 def permute(imp: Any, node: Any, x: Data, args: list, kwargs: dict) -> None:
     dims = args[0] if len(args) == 1 and isinstance(args[0], (tuple, list)) else args
     rank = len(imp.shape(node, x))
@@ -380,7 +392,7 @@ PIECES = {"split": pieces, "chunk": pieces, "unbind": pieces}
 
 SHAPED: dict[str, Callable[[Any, Any, Data, list, dict], None]] = {
     "linear": linear, "layer_norm": layer_norm, "batch_norm": batch_norm, "dropout": dropout, "view": reshape,
-    "reshape": reshape, "transpose": transpose, "t": transpose, "permute": permute,
+    "reshape": reshape, "transpose": transpose, "t": transpose, "permute": permute, "getattr": transposed_view,
     "unsqueeze": squeeze_or_unsqueeze, "squeeze": squeeze_or_unsqueeze, "mean": reduce("mean"), "sum": reduce("sum"),
     "amax": reduce("max"), **dict.fromkeys(CLAMPS, clamp), "getitem": getitem, "narrow": narrow_or_select,
     "select": narrow_or_select,
