@@ -327,3 +327,79 @@ def test_each_user_key_signs_its_own_entries(dirs, monkeypatch, tmp_path):
     assert dirs not in cache.key_path().parents
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "new-config"))
     assert_compiled_fresh(m)
+
+
+# ---------------------------------------------------------------- settings and folders, named clearly
+
+def test_a_symlinked_key_is_named_as_a_link(dirs, warnings_seen, tmp_path):
+    """O_NOFOLLOW's ELOOP read 'Too many levels of symbolic links' (dotfile managers link files)."""
+    tc.compile(model(), input_shape=(None, 8))
+    key = cache.key_path()
+    moved = tmp_path / "dotfiles" / "cache.key"
+    moved.parent.mkdir()
+    key.rename(moved)
+    key.symlink_to(moved)
+    assert_compiled_fresh(model())
+    [record] = warnings_seen
+    assert f"the key {key} is a symbolic link, which is not followed" in record.getMessage()
+
+
+def test_a_cache_dir_that_is_a_file_or_relative_is_named_and_tilde_expands(dirs, warnings_seen, tmp_path,
+                                                                          monkeypatch):
+    """A file: 'the folder is not a folder'. A relative TINYCOMP_CACHE_DIR was used from the working
+    directory, and '~/x' (quoted, as in a unit file) made a folder named '~' there."""
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    monkeypatch.setenv("TINYCOMP_CACHE_DIR", str(afile))
+    assert_compiled_fresh(model())
+    monkeypatch.setenv("TINYCOMP_CACHE_DIR", "relcache")
+    monkeypatch.chdir(tmp_path)
+    assert_compiled_fresh(model())
+    assert not (tmp_path / "relcache").exists()
+    assert [r.getMessage() for r in warnings_seen] == [
+        f"tinycomp: not using the object cache {afile}: it is not a folder; compiling without the disk cache",
+        "tinycomp: not using the object cache relcache: TINYCOMP_CACHE_DIR is a relative path (each working "
+        "directory would have a cache of its own); give an absolute one; compiling without the disk cache"]
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("TINYCOMP_CACHE_DIR", "~/tc-cache")
+    assert cache.cache_dir() == tmp_path / "home" / "tc-cache"
+
+
+def test_a_store_that_fails_is_said_once_and_an_unknown_switch_too(dirs, warnings_seen, monkeypatch):
+    """A read-only or full disk, or a folder at an entry's path, stored nothing without a word;
+    TINYCOMP_CACHE=none left the cache on silently."""
+    m = model(hidden=16)
+    fast = tc.compile(m, input_shape=(None, 8))
+    fast(X)
+    entry = only_entry(dirs)
+    entry.unlink()
+    entry.mkdir()  # os.replace cannot put the new entry there
+    for _ in range(2):
+        assert_compiled_fresh(m)
+    monkeypatch.setenv("TINYCOMP_CACHE", "none")
+    assert cache.cache_dir() == dirs and cache.cache_dir() == dirs
+    messages = [r.getMessage() for r in warnings_seen]
+    assert len(messages) == 2
+    assert messages[0].startswith(f"tinycomp: cannot store compiled code in the object cache {dirs} (")
+    assert messages[1] == ("tinycomp: TINYCOMP_CACHE='none' is none of 0, false, no, off (off) or 1, true, yes, on "
+                           "(on); the cache stays on")
+
+
+def test_an_entry_larger_than_the_cache_may_be_is_not_read(dirs, monkeypatch):
+    """A sparse file of 512 MB at an entry's path was read whole (1.7 GB peak) before its tag was
+    checked: one that the size limit could not have let stay is not read in."""
+    import tracemalloc
+
+    m = model(hidden=24)
+    tc.compile(m, input_shape=(None, 8))
+    entry = only_entry(dirs)
+    with entry.open("r+b") as f:
+        f.truncate(64 << 20)
+    monkeypatch.setenv("TINYCOMP_CACHE_MAX_MB", "8")
+    tracemalloc.start()
+    try:
+        assert_compiled_fresh(m)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 32 << 20, f"{peak / 2**20:.0f} MB allocated while compiling"

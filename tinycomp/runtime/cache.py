@@ -51,12 +51,22 @@ class Refused(Exception):
     """A folder or key file that must not be used; the message says why."""
 
 
+OFF, ON = ("0", "false", "no", "off"), ("", "1", "true", "yes", "on")
+
+
 def cache_dir() -> Path | None:
-    """The configured cache folder, or None when TINYCOMP_CACHE=0 turns the cache off."""
-    if os.environ.get("TINYCOMP_CACHE", "1").strip().lower() in ("0", "false", "no", "off"):
+    """The configured cache folder, or None when TINYCOMP_CACHE=0 turns the cache off (another value
+    than those of OFF and ON is warned of, once, and leaves it on). TINYCOMP_CACHE_DIR may start with
+    ~; a relative one is refused by `_usable`, as the XDG spec ignores one: every working directory
+    would get a cache of its own."""
+    switch = os.environ.get("TINYCOMP_CACHE", "1").strip().lower()
+    if switch in OFF:
         return None
+    if switch not in ON:
+        _warn_once(Path("TINYCOMP_CACHE"), f"TINYCOMP_CACHE={switch!r} is none of {', '.join(OFF[:4])} (off) or "
+                                            f"{', '.join(ON[1:])} (on); the cache stays on", plain=True)
     if os.environ.get("TINYCOMP_CACHE_DIR"):
-        return Path(os.environ["TINYCOMP_CACHE_DIR"])
+        return Path(os.path.expanduser(os.environ["TINYCOMP_CACHE_DIR"]))
     return _xdg_home("XDG_CACHE_HOME", ".cache") / "tinycomp"
 
 
@@ -88,10 +98,15 @@ def cache_key(graph_key: str, options: dict) -> str:
 
 # ---------------------------------------------------------------- private folders and the secret
 
-def _warn_once(path: Path, reason: str) -> None:
+def _warn_once(path: Path, reason: str, plain: bool = False) -> None:
+    """One warning per (path, reason) and process; `plain`: the reason is the whole message."""
     if (str(path), reason) not in _warned:
         _warned.add((str(path), reason))
-        _log.warning("tinycomp: not using the object cache %s: %s; compiling without the disk cache", path, reason)
+        if plain:
+            _log.warning("tinycomp: %s", reason)
+        else:
+            _log.warning("tinycomp: not using the object cache %s: %s; compiling without the disk cache", path,
+                         reason)
 
 
 def _make_private_dirs(path: Path) -> None:
@@ -121,7 +136,7 @@ def _check_private(st: os.stat_result, what: str, others: int) -> None:
         raise Refused(f"{what} has mode {stat.S_IMODE(st.st_mode):04o}, open to {who}")
 
 
-def private_dir(path: Path, what: str = "the folder") -> Path:
+def private_dir(path: Path, what: str = "it") -> Path:
     """`path`, created 0700 if absent; Refused unless it is a folder of ours no one else may write.
     `what` names it in the reason: the warning names the cache folder, which may not be this one."""
     try:
@@ -169,6 +184,9 @@ def _read_secret(path: Path) -> bytes | None:
     except NotRegularFile:
         raise Refused(f"the key {path} is not a regular file") from None
     except OSError as exc:
+        if os.path.islink(path):  # O_NOFOLLOW's ELOOP: no loop, a link, which is never followed
+            raise Refused(f"the key {path} is a symbolic link, which is not followed: put the key file "
+                          "itself there") from None
         raise Refused(f"cannot read the key {path} ({exc.strerror or exc})") from None
     if len(secret) != SECRET_BYTES:
         raise Refused(f"the key {path} holds {len(secret)} bytes, not {SECRET_BYTES}; delete it to make a new one")
@@ -211,6 +229,10 @@ def _usable() -> tuple[Path, bytes] | None:
     """(cache folder, secret), or None: the cache is off, or refused (warned about once)."""
     folder = cache_dir()
     if folder is None:
+        return None
+    if not folder.is_absolute():
+        _warn_once(folder, "TINYCOMP_CACHE_DIR is a relative path (each working directory would have a cache of "
+                           "its own); give an absolute one")
         return None
     try:
         private_dir(folder)
@@ -271,9 +293,11 @@ def load(key: str) -> tuple[dict, list[bytes]] | None:
     folder, secret_key = usable
     entry = folder / f"{key}.o"
     try:
-        with _open_regular(entry) as (f, _):
+        with _open_regular(entry) as (f, st):
+            if st.st_size > cache_sweep.max_bytes():  # larger than the whole cache may be: not read in
+                return None
             blob = f.read()
-    except OSError:  # absent, or a folder or FIFO in its place (NotRegularFile): rebuilt like a bad entry
+    except (OSError, MemoryError):  # absent, or a folder or FIFO in its place (NotRegularFile): rebuilt
         return None
     decoded = decode(blob, key, secret_key)
     if decoded is not None:
@@ -298,6 +322,8 @@ def store(key: str, meta: dict, objects: list[bytes]) -> None:
         except BaseException:
             os.unlink(tmp)
             raise
-    except OSError:
+    except OSError as exc:  # a read-only or full disk, a folder at the entry's path: said once, then skipped
+        _warn_once(folder, f"cannot store compiled code in the object cache {folder} ({exc.strerror or exc}); "
+                           "compiled code is not stored there (entries already there are still used)", plain=True)
         return
     cache_sweep.after_store(folder)

@@ -30,19 +30,23 @@ SWEEP_EVERY = 32
 
 _log = logging.getLogger("tinycomp.cache")
 _stores = itertools.count()
+_warned: set[str] = set()  # values of TINYCOMP_CACHE_MAX_MB already warned of: once per process
 
 
 def max_bytes() -> int:
-    """The entries' size limit: TINYCOMP_CACHE_MAX_MB (a finite number of MB, at least a byte), else
-    256 MB. Anything else is warned of (`inf` too: a store must never fail on its sweep)."""
+    """The entries' size limit: TINYCOMP_CACHE_MAX_MB (a finite number of MB, at least a byte, whose
+    bytes are finite too: 1e303 MB is not), else 256 MB. Anything else is warned of, once (`inf`
+    too: a store must never fail on its sweep)."""
     raw = os.environ.get("TINYCOMP_CACHE_MAX_MB", "").strip()
     try:
         mb = float(raw) if raw else DEFAULT_MAX_MB
     except ValueError:
         mb = -1.0
-    if not (math.isfinite(mb) and mb * (1 << 20) >= 1):
-        _log.warning("TINYCOMP_CACHE_MAX_MB=%r is not a finite number of MB of at least one byte; using %g",
-                     raw, DEFAULT_MAX_MB)
+    if not (math.isfinite(mb * (1 << 20)) and mb * (1 << 20) >= 1):
+        if raw not in _warned:
+            _warned.add(raw)
+            _log.warning("TINYCOMP_CACHE_MAX_MB=%r is not a finite number of MB of at least one byte; using %g",
+                         raw, DEFAULT_MAX_MB)
         mb = DEFAULT_MAX_MB
     return int(mb * (1 << 20))
 
