@@ -28,7 +28,7 @@ from .ir.graph import Graph
 from .ir.passes.fold_dropout import draws_mask
 from .ir.philox import MASK32, DropoutStream
 from .runtime import native_guard
-from .runtime.buffers import as_native_float32, data_pointer
+from .runtime.buffers import as_native_float32, data_pointer, pointer_view
 
 
 def eval_mode(model: Layer) -> contextlib.AbstractContextManager[None]:
@@ -183,7 +183,8 @@ def _container_view(obj: Any) -> Iterable[Any] | None:
 
 # (the guard's held tuple, the parameter slots, the array in each, the arrays' layouts then, their
 # pointer table: last, where callers take it): see LiveParams.hot_table
-HotTable = tuple[tuple, list[Any], list[np.ndarray], list[tuple], ctypes.Array]
+# (the guard's held objects, slots, arrays, their layouts, their pointer views and pointers, the table)
+HotTable = tuple[tuple, list[Any], list[np.ndarray], list[tuple], tuple[list[Any], list[Any]], ctypes.Array]
 
 
 class LiveParams:
@@ -210,7 +211,8 @@ class LiveParams:
         # every owner a plain attribute holder: the slots are read with one map(getattr, ...)
         self._plain = all(type(owner) not in _CONTAINERS for owner, _ in self.owners)
         self._objs, self._steps = [o for o, _ in self.owners], [s for _, s in self.owners]
-        self._seen: list[tuple[Any, int, tuple]] = [(None, 0, ())] * len(paths)  # (array, pointer, layout)
+        # (array, pointer, layout, view of its pointer) of each slot as last validated
+        self._seen: list[tuple[Any, int, tuple, Any]] = [(None, 0, (), None)] * len(paths)
         self._hot: HotTable | None = None  # see hot_table
 
     def current(self) -> list[Any]:
@@ -247,8 +249,9 @@ class LiveParams:
         if hot is None or hot[0] is not held:
             return None
         now = list(map(_DATA, hot[1]))
-        if not all(map(operator.is_, now, hot[2])) or list(map(_LAYOUT, now)) != hot[3]:
-            return None  # another array, or this one's dtype, shape or strides changed in place
+        if not all(map(operator.is_, now, hot[2])) or list(map(_LAYOUT, now)) != hot[3] or \
+                list(map(_VALUE, hot[4][0])) != hot[4][1]:
+            return None  # another array, or this one's dtype, shape, strides or memory changed in place
         return hot
 
     def remember(self, held: tuple, table: ctypes.Array, used: list[np.ndarray]) -> None:
@@ -257,7 +260,8 @@ class LiveParams:
         that rebound a parameter during the call has a newer table, and this one is stale."""
         slots = [v if type(v) is Tensor else _ArraySlot(v) for v in self.current()]
         if all(map(operator.is_, map(_DATA, slots), used)):
-            self._hot = (held, slots, used, list(map(_LAYOUT, used)), table)
+            views = list(map(pointer_view, used))
+            self._hot = (held, slots, used, list(map(_LAYOUT, used)), (views, list(map(_VALUE, views))), table)
 
     def table(self) -> tuple[ctypes.Array, list[np.ndarray]] | None:
         """(pointer table, the array behind each pointer), or None if a shape changed. The caller
@@ -269,8 +273,9 @@ class LiveParams:
         now = self.current()
         for i, value in enumerate(now):
             data = value.data if isinstance(value, Tensor) else value
-            known, ptr, layout = seen[i]
-            if data is known and _LAYOUT(data) == layout:  # validated when first seen, not changed in place since
+            known, ptr, layout, view = seen[i]
+            # validated when first seen, not changed in place since (a.resize() moves the memory of the same array)
+            if data is known and _LAYOUT(data) == layout and (view.value or 0) == ptr:
                 ptrs.append(ptr)
                 used.append(data)
                 continue
@@ -279,13 +284,14 @@ class LiveParams:
                 return None
             array = arrays[i]
             if array is data:  # natively readable as it stands: remember it
-                seen[i] = (data, data_pointer(data), _LAYOUT(data))
+                seen[i] = (data, data_pointer(data), _LAYOUT(data), pointer_view(data))
             ptrs.append(data_pointer(array))
             used.append(array)
         return self.pack(ptrs), used
 
 
 _DATA = operator.attrgetter("data")
+_VALUE = operator.attrgetter("value")
 # What an array can change in place (`a.shape = `, `a.dtype = np.int32`, `a.strides = `) while
 # staying the same object: the native code must not read it as the float32 array it was.
 _LAYOUT = operator.attrgetter("shape", "dtype", "strides")

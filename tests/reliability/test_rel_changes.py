@@ -278,3 +278,29 @@ def test_guard_pins_what_it_compares_so_a_freed_id_cannot_come_back():
     gc.collect()
     assert old() is not None
     assert not guard.unchanged()
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native step", "python paths"])
+@pytest.mark.parametrize("width", [64, 1024])
+def test_a_weight_whose_memory_moves_in_place_is_read_where_it_now_is(width, native, monkeypatch):
+    """`w.resize(...)` twice reallocates w's memory while w stays the same object, shape, dtype and
+    strides: the cached pointer then read freed memory (a segfault at 4096 x 4096, garbage at 64)."""
+    from tinycomp.runtime import native_guard
+
+    if not native:
+        monkeypatch.setattr(native_guard, "AVAILABLE", False)
+    model = Sequential(Linear(width, width))
+    model.eval()
+    fast = tc.compile(model)
+    x = np.random.default_rng(0).standard_normal((3, width)).astype(np.float32)
+    model[0].weight.data = np.random.default_rng(1).standard_normal((width, width)).astype(np.float32)
+    for _ in range(3):  # the first call validates the array; later ones take the remembered pointer
+        fast(x)
+    w = model[0].weight.data
+    before = w.ctypes.data
+    w.resize((64 * width, width), refcheck=False)  # far larger: realloc moves the data
+    w.resize((width, width), refcheck=False)  # back: the same object, shape, dtype and strides
+    assert w.ctypes.data != before
+    w[:] = 0.5
+    for _ in range(2):
+        assert_matches_eager(fast(x).data, model, x)

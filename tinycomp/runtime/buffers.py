@@ -44,6 +44,29 @@ def data_pointer(a: np.ndarray) -> int:
     return ctypes.c_void_p.from_address(id(a) + _DATA_OFFSET).value or 0
 
 
+class _InterfacePointer:
+    """`.value`: an array's data pointer through `__array_interface__` (where the struct is not read)."""
+
+    __slots__ = ("array",)
+
+    def __init__(self, a: np.ndarray):
+        self.array = a
+
+    @property
+    def value(self) -> int:
+        return _interface_pointer(self.array)
+
+
+def pointer_view(a: np.ndarray) -> ctypes.c_void_p | _InterfacePointer:
+    """Something whose `.value` is a's data pointer as it is now (None or 0 for none): a ctypes view
+    of the array struct's field, read again in ~50 ns, so a check can see `a.resize()` move the
+    memory of an array that stays the same object, shape, dtype and strides. The caller keeps `a`
+    alive while it reads the view."""
+    if _DATA_OFFSET is None or type(a) is not np.ndarray:
+        return _InterfacePointer(a)
+    return ctypes.c_void_p.from_address(id(a) + _DATA_OFFSET)
+
+
 def is_native_float32(a: np.ndarray) -> bool:
     """Can generated code read `a` as packed float32 values? (the dtype test also rules out byte-swapped)"""
     return a.dtype == _F32 and a.flags.c_contiguous and a.flags.aligned
