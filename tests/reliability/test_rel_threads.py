@@ -4,6 +4,7 @@ threads compiling different models at once are safe."""
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -353,6 +354,45 @@ def test_a_child_forked_while_a_thread_holds_a_model_lock_can_compile():
     holder.join()
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_children_forked_while_a_thread_compiles_can_compile(monkeypatch):
+    """A fork while another thread held the LLVM lock (a compile) or llvmlite's own (an engine
+    disposed of) left it held in the child for good: 8 of 10 children hung in their first compile.
+    The fork now waits for both (engine._hold_llvm_for_fork)."""
+    import os
+    import signal
+
+    from tinycomp.nn import Linear, ReLU, Sequential
+
+    monkeypatch.setenv("TINYCOMP_CACHE", "0")  # every compile does LLVM work, and drops engines
+    stop = threading.Event()
+
+    def compile_forever() -> None:
+        width = 8
+        while not stop.is_set():
+            width = 8 + (width + 1) % 40
+            tc.compile(Sequential(Linear(width, 16), ReLU()))(np.ones((1, width), np.float32))
+
+    worker = threading.Thread(target=compile_forever)
+    worker.start()
+    try:
+        codes = []
+        for _ in range(6):
+            time.sleep(0.05)
+            pid = os.fork()
+            if pid == 0:  # the child: compile one model, or be killed by the alarm
+                signal.alarm(30)
+                try:
+                    tc.compile(Linear(3, 2))(np.ones((2, 3), np.float32))
+                    os._exit(0)
+                except BaseException:
+                    os._exit(1)
+            codes.append(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+    finally:
+        stop.set()
+        worker.join()
+    assert codes == [0] * 6, f"children's exit codes {codes} (-14: hung until the alarm)"
 
 
 def _edit_once_during(monkeypatch, owner, name: str, edit) -> list:
