@@ -82,6 +82,9 @@ class StructureGuard:
         self.model = model  # its lock guards the slow check: tracing and check=True change what it reads
         objs = list(reachable(model))
         self.classes = layer_classes(objs)
+        # each layer's class as traced: `layer.__class__ = Other` changes neither its dict nor its identity
+        self.layers = [o for o in objs if isinstance(o, Layer)]
+        self.types = tuple(map(type, self.layers))
         # live views (dict values, lists, tuples) of every container the tracer could walk, then of
         # the layers' class dicts (`class_views_from` on)
         self.views: list[Any] = [v for v in map(_container_view, objs) if v is not None]
@@ -105,7 +108,8 @@ class StructureGuard:
     def same(self) -> bool:
         """Every container still has its length and holds the very objects it held (~0.6 us)."""
         return (tuple(map(len, self.views)) == self.lengths
-                and all(map(operator.is_, itertools.chain.from_iterable(self.views), self.held)))
+                and all(map(operator.is_, itertools.chain.from_iterable(self.views), self.held))
+                and all(map(operator.is_, map(type, self.layers), self.types)))
 
     def slow_signature(self) -> tuple:
         tensors: dict[int, int] = {}
@@ -131,7 +135,7 @@ class StructureGuard:
         if self.same():
             return True
         with model_lock(self.model):  # not while another thread traces the model or checks a call
-            if self.slow_signature() != self.slow:
+            if self.slow_signature() != self.slow or tuple(map(type, self.layers)) != self.types:
                 return False
             self._refresh_fast()  # only weights or flags moved: make the next call fast again
             return True
@@ -147,18 +151,21 @@ def native_watch(guard: StructureGuard, hot: HotTable) -> tuple[list[int], tuple
         words += native_guard.dict_words(c) if isinstance(c, dict) else native_guard.list_words(c)
     for cls in guard.classes:  # a class dict is read only through a proxy: its version word is the dict's
         words += native_guard.dict_words(native_guard.class_dict(cls))
+    for layer in guard.layers:
+        words += native_guard.type_words(layer)
     tensor_dicts = []
     for slot, array in zip(hot[1], hot[2], strict=True):
         if type(slot) is Tensor:  # `t.data = ...` rebinds the array: the Tensor's own dict changes
             tensor_dicts.append(vars(slot))
             words += native_guard.dict_words(tensor_dicts[-1])
         words += native_guard.array_words(array)
-    return words, (guard.containers, guard.classes, guard.held, hot, tensor_dicts)
+    return words, (guard.containers, guard.classes, guard.layers, guard.held, hot, tensor_dicts)
 
 
-# Keys CPython adds to a class dict when they are first read (`cls.__annotations__`, 3.10 on): no
+# Keys CPython adds to a class dict when they are first read (`cls.__annotations__`, 3.10 on;
+# `__slotnames__`, which copyreg caches there the first time pickle or deepcopy meets the class): no
 # change of what the class computes
-LAZY_CLASS_KEYS = frozenset({"__annotations__"})
+LAZY_CLASS_KEYS = frozenset({"__annotations__", "__slotnames__"})
 
 
 def layer_classes(objs: Iterable[Any]) -> list[type]:

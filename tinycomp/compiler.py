@@ -67,7 +67,8 @@ class CompiledModel:
       a sub-layer or non-Tensor attribute replaced, tied weights untied) are noticed at the next call,
       which recompiles (`stats.compiles` goes up). A layer's plain NumPy arrays are read live like
       parameters; what a trace could only freeze is refused (README: "What is read live").
-      Changing a layer's class or its class's `forward` after compiling is not seen: compile again.
+      A layer given another class (`layer.__class__ = Other`), or a class attribute or method of a
+      layer's class rebound (`Scale.factor = 3.0`, `Sigmoid.forward = ...`), recompiles too.
     - Input: a Tensor, array or list of numbers of shape (batch, *features) or one sample (*features);
       any number dtype is cast to float32 as `Tensor` does; any strides, alignment or read-only flag.
       Bad input raises TypeError/ValueError naming what was expected and what was given; a batch too

@@ -304,3 +304,40 @@ def test_a_weight_whose_memory_moves_in_place_is_read_where_it_now_is(width, nat
     w[:] = 0.5
     for _ in range(2):
         assert_matches_eager(fast(x).data, model, x)
+
+
+class _Doubled(Linear):
+    def forward(self, x):
+        return super().forward(x) * 2
+
+
+class _Plain(Linear):
+    pass
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native step", "python paths"])
+def test_a_layer_given_another_class_recompiles_and_pickling_does_not(native, monkeypatch):
+    """`layer.__class__ = Other` changes neither the layer's dict nor its identity: the compiled model
+    kept the old class's forward. Pickling a model (copyreg caches __slotnames__ in each class dict)
+    made the next call recompile although nothing had changed."""
+    import copy
+    import pickle
+
+    from tinycomp.runtime import native_guard
+
+    if not native:
+        monkeypatch.setattr(native_guard, "AVAILABLE", False)
+    model = Sequential(_Plain(4, 4), ReLU(), Linear(4, 3))
+    model.eval()
+    fast = tc.compile(model)
+    x = np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)
+    for _ in range(3):
+        fast(x)
+    pickle.dumps(model)
+    copy.deepcopy(fast)
+    assert_matches_eager(fast(x).data, model, x)
+    assert fast.stats.compiles == 1
+    model[0].__class__ = _Doubled
+    for _ in range(2):
+        assert_matches_eager(fast(x).data, model, x)
+    assert fast.stats.compiles == 2

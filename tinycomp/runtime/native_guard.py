@@ -42,10 +42,10 @@ from llvmlite import ir
 from ..codegen.cgutils import I32, I64, PTR
 from .engine import JitEngine
 
-# CPython 3.x object layout: PyObject_HEAD is two words; a dict's version tag follows `ma_used`;
-# a list's `ob_size` (PyVarObject) then `ob_item`. NumPy's PyArrayObject_fields: data, nd,
-# dimensions, strides, base, descr, flags after the head.
-DICT_VERSION, LIST_SIZE, LIST_ITEMS = 24, 16, 24
+# CPython 3.x object layout: PyObject_HEAD is two words (the refcount, then the type); a dict's
+# version tag follows `ma_used`; a list's `ob_size` (PyVarObject) then `ob_item`. NumPy's
+# PyArrayObject_fields: data, nd, dimensions, strides, base, descr, flags after the head.
+OBJECT_TYPE, DICT_VERSION, LIST_SIZE, LIST_ITEMS = 8, 24, 16, 24
 ARRAY_DATA, ARRAY_ND, ARRAY_DIMS, ARRAY_STRIDES, ARRAY_DESCR, ARRAY_FLAGS = 16, 24, 32, 40, 56, 64
 C_CONTIGUOUS_ALIGNED = 0x0001 | 0x0100  # NPY_ARRAY_C_CONTIGUOUS | NPY_ARRAY_ALIGNED
 
@@ -97,6 +97,14 @@ def _probe() -> bool:
     Probe.c = 1  # type: ignore[attr-defined]
     if _word(id(cd) + DICT_VERSION) == before:
         return False
+    class Other(Probe):
+        pass
+
+    if _word(id(obj) + OBJECT_TYPE) != id(Probe):
+        return False
+    obj.__class__ = Other
+    if _word(id(obj) + OBJECT_TYPE) != id(Other):
+        return False
     items = ["x", "y", "z"]
     if _word(id(items) + LIST_SIZE) != 3 or _word(_word(id(items) + LIST_ITEMS) + 8) != id(items[1]):
         return False
@@ -113,6 +121,11 @@ AVAILABLE = _probe()
 
 
 # ---------------------------------------------------------------- what to watch
+
+def type_words(obj: Any) -> list[int]:
+    """The object's type pointer: `obj.__class__ = Other` changes it and nothing else."""
+    return [id(obj) + OBJECT_TYPE]
+
 
 def dict_words(d: dict) -> list[int]:
     return [id(d) + DICT_VERSION]
