@@ -325,6 +325,28 @@ def test_compiling_what_is_not_a_model_says_so(model):
         tc.compile(model)
 
 
+def test_a_class_a_compiled_model_a_bad_batch_and_a_non_bool_check_are_refused_up_front():
+    """compile(Linear) failed at its first call with a message about forward()'s arguments;
+    compile(fast) and summary(fast) with 'reads .data of a traced tensor'; input_shape=(-1, 784) or
+    (32.5, 784) were taken (summary printed negative FLOPs), check='yes' was taken for True."""
+    model = Sequential(Linear(4, 2))
+    fast = tc.compile(model)
+    with pytest.raises(TypeError, match=r"got the class Linear: pass an instance, e.g. Linear\(...\)"):
+        tc.compile(Linear)
+    with pytest.raises(TypeError, match=r"got a CompiledModel: compile its model \(fast.model\), or call it"):
+        tc.compile(fast)
+    for shape in ((-1, 4), (2.5, 4)):
+        for fn in (tc.compile, tc.summary):
+            with pytest.raises(ValueError, match=r"dimension 0 must be a non-negative int or None \(the dynamic "
+                                                 r"batch\)"):
+                fn(model, input_shape=shape)
+    with pytest.raises(ValueError, match=r"input_shape must be a non-empty tuple like \(None, 784\); got 'abc'"):
+        tc.summary(model, input_shape="abc")
+    with pytest.raises(TypeError, match=r"check must be True or False; got 'yes'"):
+        tc.compile(model, check="yes")
+    assert tc.summary(fast, input_shape=(8, 4)).parameters == tc.summary(model, input_shape=(8, 4)).parameters == 10
+
+
 def test_a_builtin_function_compiles_as_a_model():
     x = np.linspace(-2, 2, 12, dtype=np.float32).reshape(3, 4)
     np.testing.assert_array_equal(tc.compile(abs)(x).data, np.abs(x))

@@ -14,7 +14,7 @@ from typing import Any
 from .compiler import CompiledModel, compile
 from .errors import CompileError, ParityError
 from .export import ExportResult, export
-from .frontend.inputs import first_layer, inferred_input_shape
+from .frontend.inputs import first_layer, inferred_input_shape, input_shapes
 from .frontend.tensor import Tensor
 from .frontend.tracer import trace
 from .ir.graph import Graph
@@ -41,6 +41,8 @@ def summary(model: Any, input_shape: Any = None) -> Summary:
         >>> s.parameters, s.macs                                             # doctest: +SKIP
         (235146, 7512064)
     """
+    if isinstance(model, CompiledModel):  # what it was compiled from
+        model = model.model
     if input_shape is None and isinstance(model, Graph):
         return summarize(model, 1)
     if input_shape is None:
@@ -49,8 +51,7 @@ def summary(model: Any, input_shape: Any = None) -> Summary:
             raise ValueError(f"summary needs input_shape=(batch, features...) for this {type(model).__name__}: its "
                              f"first layer is {type(first_layer(model)).__name__}, not a Linear whose width it takes")
         input_shape = (1, *inferred[1:])
-    shapes = [tuple(s) for s in input_shape] if input_shape and isinstance(input_shape[0], (tuple, list)) else \
-        [tuple(input_shape)]  # a forward() of several inputs: one (batch, features...) per input
+    shapes = input_shapes(input_shape)  # a forward() of several inputs: one (batch, features...) per input
     shape = shapes[0]
     batch = shape[0] if shape and shape[0] is not None else 1
     traced = [(None, *s[1:]) for s in shapes]

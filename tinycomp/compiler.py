@@ -80,12 +80,17 @@ class CompiledModel:
 
     def __init__(self, model: Layer, *, input_shape: Any = None, threads: int | None = None,
                  check: bool = False, passes: list | None = None, speed_level: int = 0, training: bool = False):
-        if not callable(model):
-            raise TypeError(f"compile() expects a Layer (or callable model); got {type(model).__name__}")
+        if not callable(model) or isinstance(model, (type, CompiledModel)):
+            what = f"the class {model.__name__}: pass an instance, e.g. {model.__name__}(...)" \
+                if isinstance(model, type) else \
+                "a CompiledModel: compile its model (fast.model), or call it" if isinstance(model, CompiledModel) else \
+                type(model).__name__
+            raise TypeError(f"compile() expects a Layer (or callable model); got {what}")
         if threads is not None and (not is_whole_number(threads) or threads < 1):
             raise ValueError(f"threads must be None (all cores where it pays) or an int >= 1; got {threads!r}")
-        if not isinstance(training, bool):
-            raise TypeError(f"training must be True or False; got {training!r}")
+        for name, flag in (("training", training), ("check", check)):
+            if not isinstance(flag, bool):
+                raise TypeError(f"{name} must be True or False; got {flag!r}")
         self.model, self.check, self.training = model, check, training
         self.threads = None if threads is None else int(threads)
         self._passes, self._speed_level = driver.checked_passes(passes), driver.checked_speed_level(speed_level)

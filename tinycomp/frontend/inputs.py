@@ -138,6 +138,8 @@ def compile_input_spec(input_shape: Any) -> tuple[tuple[int, ...], tuple[tuple, 
     positive feature sizes; an input after the first given without the leading None is the same for
     every sample (a shared mask)."""
     first, *others = split_input_shape(input_shape)
+    if isinstance(first, (tuple, list)) and first:
+        check_input_shape(first, dims=1)  # the batch: None, or a size (-1 or 32.5 is no batch)
     more = []
     for i, s in enumerate(others, 1):
         s = tuple(s)
@@ -168,10 +170,12 @@ def feature_shape(input_shape: Any) -> tuple[int, ...]:
     return tuple(int(d) for d in shape[1:])
 
 
-def check_input_shape(input_shape: Any) -> tuple:
+def check_input_shape(input_shape: Any, dims: int | None = None) -> tuple:
+    """`input_shape` with every dimension (or the first `dims`) checked: None (the dynamic batch)
+    first only, else sizes >= 0."""
     if not isinstance(input_shape, (tuple, list)) or not input_shape:
         raise ValueError(f"input_shape must be a non-empty tuple like (None, 784); got {input_shape!r}")
-    for i, d in enumerate(input_shape):
+    for i, d in enumerate(input_shape[:dims]):
         ok = (d is None and i == 0) or (is_whole_number(d) and int(d) >= 0)
         if not ok:
             raise ValueError(
