@@ -71,6 +71,10 @@ def test_batch_rows_scores_each_chunk_in_slices():
     assert_matches_eager(sliced, model, x)
     as_numpy_int = local(tcd.predict(model, da.from_array(x, chunks=(150, 784)), batch_rows=np.int64(64)))
     np.testing.assert_array_equal(as_numpy_int, sliced)  # a NumPy integer is a row count too
+    # a small one wrapped around in the slicing: np.uint8(200) lost 100 of 300 rows, np.int8(100) overflowed
+    for small in (np.uint8(200), np.int8(100)):
+        got = local(tcd.predict(model, da.from_array(x, chunks=(300, 784)), batch_rows=small))
+        np.testing.assert_array_equal(got, in_process(model, x, (int(small), 300 - int(small))))
 
 
 def test_a_training_mode_model_warns_that_its_masks_depend_on_the_cluster():
@@ -83,6 +87,13 @@ def test_a_training_mode_model_warns_that_its_masks_depend_on_the_cluster():
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # an inference compile of the same model: no warning
         tcd.predict(tc.compile(Sequential(Linear(8, 8), Dropout(0.5)).eval()), da.ones((10, 8), chunks=(5, 8)))
+    # a model left in training mode, scored for inference: said once, in the caller (on a cluster the
+    # workers' own compiles warned only in their logs), not again by the workers' compiles
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        local(tcd.predict(Sequential(Linear(8, 8), Dropout(0.5)), da.ones((10, 8), chunks=(5, 8))))
+    assert [str(w.message)[:60] for w in seen] == ["scoring Sequential for inference while 1 of its Dropout laye"]
+    assert seen[0].filename == __file__
 
 
 def test_dataframe_columns_by_name_in_the_given_order_keeping_the_index():
@@ -159,6 +170,11 @@ def test_layers_changed_between_predict_and_compute():
     model.layers.append(Linear(3, 2))  # the result was laid out for rows of 3: refused, not mis-shaped
     with pytest.raises(ValueError, match=r"output rows changed from \(3,\) to \(2,\) .* call predict\(\) again"):
         local(y)
+    y = tcd.predict(model, da.from_array(x, chunks=10))
+    model.layers[0] = Linear(7, 4)  # rows of 6 no longer fit: was the tracer's bare matmul error
+    with pytest.raises(ValueError, match=r"^the model changed between predict\(\) and the computation and no longer "
+                                         r"takes rows of shape \(6,\): .*call predict\(\) again"):
+        local(y)
 
 
 def test_edits_while_computing_never_mix_weights_within_one_result():
@@ -225,6 +241,24 @@ def test_bad_arguments_are_named():
             tcd.predict(model, x, batch_rows=bad)
     with pytest.raises(TypeError, match="columns= and output_columns= are for a dask DataFrame"):
         tcd.predict(model, x, columns=["a"])
+
+
+class _Gated(Layer):
+    def __init__(self):
+        self.fc = Linear(5, 3)
+
+    def forward(self, x, mask):
+        return self.fc(x) * mask
+
+
+def test_a_model_of_several_inputs_is_refused_by_name():
+    """It got compile()'s advice to pass each input, which predict() cannot; compiled with one shape
+    per input, its shapes were garbled into 'rows of shape ((None, 3),)'."""
+    x = da.ones((4, 5), chunks=(2, 5))
+    for model in (_Gated(), tc.compile(_Gated(), input_shape=[(None, 5), (None, 3)])):
+        with pytest.raises(TypeError, match=r"^predict\(\) scores models of one input \(rows of data\); "
+                                            r"_Gated.forward\(x, mask\) takes x, mask$"):
+            tcd.predict(model, x)
 
 
 def test_bad_dataframe_arguments_are_named():

@@ -32,6 +32,8 @@ import numpy as np
 
 from .. import CompiledModel, trace
 from ..checks import is_whole_number
+from ..frontend.inputs import input_signature, required_inputs, split_input_shape
+from ..frontend.walk import warn_if_dropout_active
 from .snapshot import ModelRef, take_snapshot
 from .worker import score_block, score_frame, worker_stats
 
@@ -64,7 +66,10 @@ def predict(fast_or_model: Any, data: Any, *, batch_rows: int | None = None, col
     model, options, compiled_features = _model_and_options(fast_or_model)
     if batch_rows is not None and (not is_whole_number(batch_rows) or batch_rows < 1):
         raise ValueError(f"batch_rows must be None (whole chunks) or an int >= 1; got {batch_rows!r}")
-    if options.get("training"):
+    batch_rows = None if batch_rows is None else int(batch_rows)  # np.uint8(200): slices wrapped around, rows lost
+    if not options.get("training"):  # here: on a cluster the workers' own compiles warn only in their logs
+        warn_if_dropout_active(model, "predict")
+    else:
         warnings.warn("predict() of a training-mode model: each worker draws dropout masks from its own stream, "
                       "so they depend on the cluster, are not reproducible from tinycomp.nn.manual_seed, and "
                       "repeat between workers seeded alike; score a model compiled for inference for results "
@@ -86,13 +91,25 @@ def _model_and_options(fast_or_model: Any) -> tuple[Any, dict, tuple[int, ...] |
     if isinstance(fast_or_model, CompiledModel):
         state = fast_or_model.__getstate__()  # what pickling keeps: the model and its options
         shape = state["input_shape"]
+        if shape is not None and len(split_input_shape(shape)) > 1:
+            _refuse_several_inputs(state["model"])
         pinned = tuple(shape[1:]) if shape is not None and state.get("pinned", True) else None
         options = {k: state[k] for k in ("check", "passes", "speed_level", "training") if k in state}
         return state["model"], options, pinned
     if not callable(fast_or_model):
         raise TypeError(f"predict() expects a tinycomp CompiledModel or a model (a Layer); "
                         f"got {type(fast_or_model).__name__}")
+    sig = input_signature(fast_or_model)
+    if sig is not None and len(required_inputs(sig)) > 1:
+        _refuse_several_inputs(fast_or_model)
     return fast_or_model, {}, None
+
+
+def _refuse_several_inputs(model: Any) -> None:
+    sig = input_signature(model)
+    names = ", ".join(required_inputs(sig)) if sig is not None else "several"
+    raise TypeError(f"predict() scores models of one input (rows of data); {type(model).__name__}.forward"
+                    f"{sig if sig is not None else ''} takes {names}")
 
 
 def _output_row(model: Any, features: tuple[int, ...], compiled: tuple[int, ...] | None,

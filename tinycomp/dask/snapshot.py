@@ -25,6 +25,7 @@ import cloudpickle  # a dependency of dask: pickles models whose classes live in
 import numpy as np
 
 from .. import trace
+from ..errors import CompileError
 
 _PARAM = "tinycomp-param"  # the tag of a parameter reference in a pickled structure
 
@@ -48,7 +49,12 @@ class Snapshot:
              out_row: tuple[int, ...] | None = None) -> Snapshot:
         """Copy the model now; `out_row`: the output row shape the result's chunks were laid out for."""
         # The parameters are what the compiled code reads: the tensors the tracer binds to `param` nodes.
-        graph = trace(model, (None, *features))
+        try:
+            graph = trace(model, (None, *features))
+        except (ValueError, CompileError) as exc:  # the layers changed so that rows of `features` no longer fit
+            raise type(exc)(f"the model changed between predict() and the computation and no longer takes rows of "
+                            f"shape {features}: {exc}; call predict() again after changing the model's "
+                            "layers") from None
         now = tuple(graph.shape(graph.output))
         if out_row is not None and now[1:] != out_row:
             raise ValueError(f"the model's output rows changed from {out_row} to {now[1:]} between predict() and "

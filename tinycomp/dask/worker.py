@@ -36,6 +36,8 @@ class WorkerModel:
 
     def __init__(self, snapshot: Snapshot, threads: int):
         model, options, self.arrays = snapshot.thaw()  # the model reads these arrays live
+        if not options.get("training"):
+            model.eval()  # a copy, scored for inference: predict() warned of active dropout in the caller
         self.fast = compile_model(model, input_shape=(None, *snapshot.features), threads=threads, **options)
         self.threads, self.token = threads, snapshot.token
         self.weight_loads, self.calls, self.rows, self.seconds = 1, 0, 0, 0.0

@@ -85,10 +85,24 @@ def resolve_path(model: Any, path: str) -> Any:
     return obj
 
 
+# For each caller of `warn_if_dropout_active`: what it is doing, what its result leaves out, how to keep it
+_SAME_MASKS = ("to keep dropout (its masks then match the eager model's after the same tinycomp.nn.manual_seed and "
+               "number of calls)")
+DROPOUT_TEXTS = {
+    "compile": ("compiling", "the compiled model leaves their dropout out (as eval mode does; only a call with "
+                "an explicit training=True keeps it)", f"compile(model, training=True) {_SAME_MASKS}"),
+    "export": ("exporting", "the exported code leaves their dropout out",
+               f"export(model, ..., training=True) {_SAME_MASKS}"),
+    "predict": ("scoring", "predict() leaves their dropout out",
+                "predict(tc.compile(model, training=True), ...) to keep dropout (with masks from each worker's "
+                "own stream)"),
+}
+
+
 def warn_if_dropout_active(model: Any, doing: str = "compile") -> None:
-    """One UserWarning when an inference compile (or export: `doing`) meets Dropout layers in training
-    mode: the eager model then drops activations on every call and the two results differ, which
-    looks like a compiler bug to whoever compares them."""
+    """One UserWarning when an inference compile (or export, or Dask predict: `doing`) meets Dropout
+    layers in training mode: the eager model then drops activations on every call and the two results
+    differ, which looks like a compiler bug to whoever compares them."""
     try:
         layers = walk_model(model)[1]
     except CompileError:  # a model tracing will refuse, with its own message: nothing to add here
@@ -99,16 +113,9 @@ def warn_if_dropout_active(model: Any, doing: str = "compile") -> None:
         return
     names = ", ".join(f"'{path}' {layer!r}" if path else repr(layer) for layer, path in active[:3])
     more = f" and {len(active) - 3} more" if len(active) > 3 else ""
-    if doing == "compile":
-        result = ("the compiled model leaves their dropout out (as eval mode does; only a call with an explicit "
-                  "training=True keeps it)")
-        keep = "compile(model, training=True)"
-    else:
-        result, keep = "the exported code leaves their dropout out", f"{doing}(model, ..., training=True)"
+    verb, result, keep = DROPOUT_TEXTS[doing]
     warnings.warn(
-        f"{doing.removesuffix('e')}ing {type(model).__name__} for inference while {len(active)} of its Dropout "
+        f"{verb} {type(model).__name__} for inference while {len(active)} of its Dropout "
         f"layers ({names}{more}) are in training mode: {result}, while calling the model itself drops "
-        f"activations at random, so the two differ. To compare them, call model.eval() first, or "
-        f"{keep} to keep dropout (its masks then match the eager model's after the "
-        "same tinycomp.nn.manual_seed and number of calls).",
+        f"activations at random, so the two differ. To compare them, call model.eval() first, or {keep}.",
         UserWarning, stacklevel=3)
