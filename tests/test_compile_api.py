@@ -504,3 +504,19 @@ def test_residual_adds_of_views_fuse_and_broadcasts_do_not(other, fused):
         x = rng.standard_normal((batch, 17, 17) if other == "transpose" else (batch, 17)).astype(np.float32)
         np.testing.assert_allclose(fast(x).data, eager_eval(model, x), rtol=1e-5, atol=1e-5)
     assert ("+ residual add" in fast.explain()) is fused, fast.explain()
+
+
+def test_editing_fast_graph_changes_no_dump():
+    """`fast.graph` was the artifact's own graph: setting a node's activation or removing the output
+    node changed what dump('optimized') and explain() reported, not what the native code computes."""
+    model = Sequential(Linear(4, 3), ReLU())
+    fast = tc.compile(model, input_shape=(None, 4))
+    before = fast.dump("optimized"), fast.explain()
+    g = fast.graph
+    for n in g.nodes("linear"):
+        g.nx.nodes[n]["activation"] = "sigmoid"
+    g.nx.remove_node(g.output)
+    assert (fast.dump("optimized"), fast.explain()) == before
+    assert fast.graph.nodes("linear") and fast.graph.output in fast.graph.nx
+    x = np.linspace(-1, 1, 8, dtype=np.float32).reshape(2, 4)
+    np.testing.assert_allclose(fast(x).data, model(Tensor(x)).data, rtol=1e-6, atol=1e-6)

@@ -304,8 +304,10 @@ class CompiledModel:
     # ---------------------------------------------------------------- inspecting
     @property
     def graph(self) -> Graph:
-        """The optimized graph the native code was generated from (after the first call or input_shape)."""
-        return self._require("graph").optimized
+        """The optimized graph the native code was generated from (after the first call or input_shape):
+        a copy, so that editing it changes neither the dumps nor `explain()` (parameter values stay the
+        model's live tensors)."""
+        return self._require("graph").optimized.copy()
 
     def _require(self, what: str) -> Artifact:
         if self._artifact is None:
