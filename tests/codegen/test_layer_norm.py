@@ -95,6 +95,26 @@ def test_constant_rows_with_eps_zero_are_nan_as_eager():
     assert_matches(got[1:], model, x[1:])
 
 
+@pytest.mark.parametrize("width", [5, 7, 17, 128, 768])
+def test_every_constant_row_gives_beta_or_nan_with_eps_zero(width):
+    """2.5 and 0 above are exact in any summation order; most values are not: the row's sum rounded
+    in the tree's order, the mean missed x by an ulp, and 5.402531 * 5 gave -1.5e-4 (eps 1e-5), and
+    with eps 0 -1 or nan by the value (22-48 % of rows off eager's nan). The formula gives beta, and
+    0 / 0 with eps 0, for every constant row; eager does where NumPy's own sum rounds back to x."""
+    values = np.random.default_rng(width).uniform(0.01, 100, 2000).astype(np.float32)
+    x = np.repeat(values[:, None], width, axis=1)
+    for eps in (1e-5, 0.0):
+        model = norm(width, eps=eps)
+        got = tc.compile(model, input_shape=(None, width))(x).data
+        if eps:
+            np.testing.assert_array_equal(got, np.broadcast_to(model.beta.data, x.shape))
+        else:
+            assert np.isnan(got).all()
+        with np.errstate(invalid="ignore", divide="ignore"):
+            want = layer_norm64(model, x)
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+
+
 def test_rows_of_a_3d_input_and_two_threads():
     model = norm(33)
     fast = tc.compile(model, input_shape=(None, 4, 33), threads=2)

@@ -3,11 +3,15 @@
     emit_layer_norm -> void name(i64 M, ptr out, ptr x, ptr gamma, ptr beta)   rows of `row_size` floats
 
 Per row, three vector passes over the same row (a row of 512 floats is 2 KB, so passes two and three
-read it from L1): the sum of x, the sum of (x - mean)^2, then (x - mean) / sqrt(var + eps) * gamma +
-beta. These are the eager ops (`LayerNorm.forward`) in their order with their roundings -- the
-variance from the squared differences, not E[x^2] - E[x]^2; no multiply-add fused into the
-formula; the quotient as the divide gives it -- so NaN and inf come out as eager's do: a NaN or inf
-in a row makes the whole row NaN, and a constant row gives beta (0 / sqrt(eps)). With the AVX-512
+read it from L1): the sum of x; the sums of d = x - mean and of d^2, in one pass; then
+(x - center) / sqrt(var + eps) * gamma + beta, with center = mean + mean(d) and var = mean(d^2) -
+mean(d)^2 (the corrected two-pass algorithm: a constant row's center is x itself and its variance
+0 whatever rounding its sum met, so it gives beta, and nan with eps 0, as the formula does; a plain
+mean missed x by an ulp in a third of such rows and gave -1.5e-4 or, with eps 0, -1). Otherwise the
+eager ops (`LayerNorm.forward`) with their roundings -- the variance from the differences, not
+E[x^2] - E[x]^2; no multiply-add fused into the formula; the quotient as the divide gives it -- so
+NaN and inf come out as eager's do: a NaN or inf in a row makes the whole row NaN. The two sums of
+pass two cost LayerNorm(512) over 256 rows ~28 -> ~30 us (Intel Xeon, two helpers' load). With the AVX-512
 forms (`vecmath.has_avx512_forms`) the quotient is `corrected_quotient`, whose two FMAs only
 reproduce the divide; elsewhere it is the divide. The sums are trees log n
 deep, as the `mean` kernel's (`loops.fold_run`): lanes split the row and are folded pairwise at the end.
@@ -28,7 +32,7 @@ from typing import TYPE_CHECKING
 from llvmlite import ir
 
 from . import vecmath
-from .cgutils import F32, define_once, element_ptr, for_range, i64, splat, splat_value
+from .cgutils import F32, I32, define_once, element_ptr, for_range, i64, splat, splat_value, vector_constant
 from .elementwise import declare_kernel, horizontal
 from .loops import Chunk, fold_run, for_each_chunk, load_chunk, store_chunk
 
@@ -69,6 +73,18 @@ class _Rows:
         total = horizontal(b, b.fadd, fold_run(b, self.row_size, self.width, self.zero, terms, b.fadd))
         return b.fdiv(total, ir.Constant(F32, float(self.row_size)))
 
+    def row_means(self, terms) -> tuple[ir.Value, ir.Value]:
+        """The two scalar means of `terms(chunk)`, a pair of vectors, over a row in one pass: each
+        pair joined into one vector of twice the width (two registers), folded as `row_mean` folds."""
+        b, w = self.b, self.width
+        halves = [vector_constant(ir.VectorType(I32, w), list(range(h * w, (h + 1) * w))) for h in (0, 1)]
+        joined = vector_constant(ir.VectorType(I32, 2 * w), list(range(2 * w)))
+        total = fold_run(b, self.row_size, w, splat(-0.0, 2 * w), lambda c: b.shuffle_vector(*terms(c), joined),
+                         b.fadd)
+        n = ir.Constant(F32, float(self.row_size))
+        sums = [horizontal(b, b.fadd, b.shuffle_vector(total, total, half)) for half in halves]
+        return b.fdiv(sums[0], n), b.fdiv(sums[1], n)
+
     def normalize(self, rows: list[ir.Value]) -> None:
         b, w = self.b, self.width
         bases = [b.mul(r, i64(self.row_size), flags=["nsw"]) for r in rows]
@@ -78,17 +94,29 @@ class _Rows:
 
         means = [splat(self.row_mean(x_at(base)), w, b) for base in bases]
 
-        def squares(base: ir.Value, mean: ir.Value):
-            def square(c: Chunk) -> ir.Value:
+        def differences(base: ir.Value, mean: ir.Value):
+            def terms(c: Chunk) -> tuple[ir.Value, ir.Value]:
                 diff = b.fsub(x_at(base)(c), mean)
-                sq = b.fmul(diff, diff)
-                return sq if c.mask is None else b.select(c.mask, sq, self.zero)  # the tail's unread lanes add nothing
-            return square
+                pair = diff, b.fmul(diff, diff)
+                # the tail's unread lanes add nothing
+                return pair if c.mask is None else tuple(b.select(c.mask, v, self.zero) for v in pair)  # type: ignore
+            return terms
 
+        # The mean corrected by the mean of the differences (the corrected two-pass algorithm): in a
+        # constant row the differences are all x - mean, a few units of x's last place and exact, so
+        # the correction makes the center x itself and the variance 0, whatever rounding the sum met
+        # (a plain mean is x only where the sum's order happens to round back to it: -1.5e-4 for
+        # 5.402531 * 5 with eps 1e-5, where eager, whose NumPy sum rounded otherwise, gave beta).
         sqrt = define_once(self.module, "llvm.sqrt.f32", lambda name: ir.Function(
             self.module, ir.FunctionType(F32, [F32]), name))
-        roots = [b.call(sqrt, [b.fadd(self.row_mean(squares(base, mean)), ir.Constant(F32, self.eps))])
-                 for base, mean in zip(bases, means, strict=True)]
+        corrections, roots = [], []
+        for base, mean in zip(bases, means, strict=True):
+            c, mean_square = self.row_means(differences(base, mean))
+            corrections.append(c)
+            variance = b.fsub(mean_square, b.fmul(c, c))
+            variance = b.select(b.fcmp_ordered("<", variance, ir.Constant(F32, 0.0)), ir.Constant(F32, 0.0), variance)
+            roots.append(b.call(sqrt, [b.fadd(variance, ir.Constant(F32, self.eps))]))
+        means = [b.fadd(mean, splat(c, w, b)) for mean, c in zip(means, corrections, strict=True)]
 
         quotients = self.corrected_quotients if vecmath.has_avx512_forms(self.module, means[0]) else self.divided
         for base, mean, root in zip(bases, means, roots, strict=True):
