@@ -60,7 +60,7 @@ def _pin_blas_threads(n: int) -> tuple[Any, str]:
         from threadpoolctl import threadpool_limits
     except ImportError:
         return contextlib.nullcontext(), ("NumPy's BLAS on its default threads: threadpoolctl, which pins it, is "
-                                          "not installed (pip install 'tinycomp[bench]')")
+                                          "not installed (pip install -e '.[bench]')")
     return threadpool_limits(n), f"BLAS pinned to {n} thread{'s' if n > 1 else ''}"
 
 
@@ -337,7 +337,9 @@ def make_parser() -> argparse.ArgumentParser:
     dump.add_argument("--stage", choices=STAGE_CHOICES, default=None,
                       help="what to show (default: optimized; with --out: all)")
     dump.add_argument("--out", help="folder for one file per stage and pass (01-traced.txt, model.ll, ...)")
-    dump.add_argument("--dot", action="store_true", help="also write Graphviz DOT (and SVG when `dot` exists)")
+    dump.add_argument("--dot", action="store_true",
+                      help="also Graphviz DOT (and SVG when `dot` exists) of the traced or optimized stage asked "
+                           "for: printed, or written into --out (--stage all, the default there, writes them anyway)")
     export = sub.add_parser("export", help="compile a model ahead of time into a C library (.o, .h) for a target")
     export.add_argument("model", help="module:factory or path/to/file.py:factory returning a Layer")
     export.add_argument("--input-shape", required=True, action="append", help=INPUT_SHAPE_HELP)

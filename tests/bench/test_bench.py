@@ -69,7 +69,7 @@ def test_plot_without_matplotlib_says_how_to_get_it(tmp_path, capsys, monkeypatc
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` raise ImportError
     png = tmp_path / "tiny.png"
     assert bench_main([*TINY, "--engines", "numpy", "--plot", str(png)]) == 0  # one engine: the plot is never drawn
-    assert "pip install 'tinycomp[bench]'" in capsys.readouterr().err
+    assert "pip install -e '.[bench]'" in capsys.readouterr().err
     assert not png.exists()
 
 

@@ -33,7 +33,7 @@ def test_points_of_several_runs_take_the_median_of_their_medians_and_ratios(tmp_
 
 
 def test_the_merged_picture_is_drawn(tmp_path):
-    pytest.importorskip("matplotlib", reason="the picture needs matplotlib (tinycomp[bench])")
+    pytest.importorskip("matplotlib", reason="the picture needs matplotlib (the bench extra)")
     runs = [write_run(tmp_path / "a.json", [row("block", b, e, b * 100.0 * (0.5 if e == "compiled" else 1),
                                                   0.5 if e == "compiled" else 1.0)
                                               for b in (8, 32) for e in ("numpy", "compiled")])]

@@ -87,14 +87,14 @@ def test_gelu_erf_max_ulp(kernels, width):
     assert worst <= MAX_ULP["gelu_erf"], f"max {worst:.3f} ulp at x={x[~tiny][np.argmax(err[~tiny])]!r}"
     assert np.abs(got[tiny] - ref[tiny]).max() <= 2.0**-140
     positive = (x >= 0) & ~tiny
-    assert err[positive].max() <= 2.0  # no cancellation on this side
+    assert err[positive].max() <= 1.75  # no cancellation on this side: README's bound (1.69 at x = 0.3836581)
 
 
 def test_gelu_erf_special_values_and_tail(kernels):
     x = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, -8.0, -14.0, -15.0, 20.0], np.float32)
     got = run(kernels, "gelu_erf", x)
     assert got[0] == 0 and np.signbit(got[1]) and got[2] == np.inf and np.isnan(got[3]) and np.isnan(got[4])
-    assert got[5] == pytest.approx(gelu64(x[5:6])[0], rel=1e-6) and got[5] < 0  # -5.05e-15, not 0
+    assert got[5] == pytest.approx(gelu64(x[5:6])[0], rel=1e-6) and got[5] < 0  # -4.98e-15, not 0
     assert got[6] < 0 and got[7] == 0 and got[8] == 20
 
 
@@ -117,3 +117,11 @@ def test_erf_on_every_positive_float32_below_four(kernels):
         x = np.arange(start, min(start + 20_000_000, top), dtype=np.uint32).view(np.float32)
         worst = max(worst, float(ulps(run(kernels, "erf", x), ERF64(x.astype(np.float64)).astype(np.float64)).max()))
     assert worst <= vecerf.ERF_MAX_ULP
+
+
+def test_gelu_erf_worst_points_keep_the_readme_bounds(kernels):
+    """The largest errors a QA sweep found over whole binades: 1.692 ulp at 0.38365811 and 1.654 at
+    1.1401091 (x >= 0; README said 1.6), 5.97 at -3.6490192 (x < 0; README said 5.5 measured)."""
+    x = np.array([0x3EC46ED6, 0x3F91EF18, 0xC0698988], np.uint32).view(np.float32)
+    err = ulps(run(kernels, "gelu_erf", x), gelu64(x))
+    assert err[:2].max() <= 1.75 and err[2] <= vecerf.GELU_ERF_MAX_ULP, err

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 distributed = pytest.importorskip("distributed", reason="the cluster tests need the dask extra: "
-                                                        "pip install 'tinycomp[dask]'")
+                                                        "pip install -e '.[dask]'")
 da = pytest.importorskip("dask.array", reason="tinycomp.dask needs the dask extra")
 tcd = pytest.importorskip("tinycomp.dask", reason="tinycomp.dask needs the dask extra")
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("sklearn", reason="scikit-learn is not installed (pip install 'tinycomp[sklearn]')")
+pytest.importorskip("sklearn", reason="scikit-learn is not installed (pip install -e '.[sklearn]')")
 
 ROOT = Path(__file__).resolve().parents[2]
 

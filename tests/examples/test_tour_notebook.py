@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-nbformat = pytest.importorskip("nbformat", reason="nbformat is not installed (pip install 'tinycomp[notebook]')")
-pytest.importorskip("nbconvert", reason="nbconvert is not installed (pip install 'tinycomp[notebook]')")
-pytest.importorskip("ipykernel", reason="ipykernel is not installed (pip install 'tinycomp[notebook]')")
+nbformat = pytest.importorskip("nbformat", reason="nbformat is not installed (pip install -e '.[notebook]')")
+pytest.importorskip("nbconvert", reason="nbconvert is not installed (pip install -e '.[notebook]')")
+pytest.importorskip("ipykernel", reason="ipykernel is not installed (pip install -e '.[notebook]')")
 
 ROOT = Path(__file__).resolve().parents[2]
 

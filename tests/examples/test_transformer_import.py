@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("torch", reason="PyTorch is not installed (pip install 'tinycomp[torch]')")
-pytest.importorskip("onnx", reason="onnx is not installed (pip install 'tinycomp[onnx]')")
+pytest.importorskip("torch", reason="PyTorch is not installed (pip install -e '.[torch]')")
+pytest.importorskip("onnx", reason="onnx is not installed (pip install -e '.[onnx]')")
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -78,7 +78,7 @@ def check_samples(blob: bytes, sample: tuple[int, ...] = (3, 4), batches=(1, 2, 
 def exported_by_torch(module, sample: tuple[int, ...], opset: int, batch: int | None = None) -> bytes:
     """`module` as torch's TorchScript-based exporter writes it at `opset`, traced on (2, *sample):
     a symbolic batch, or the fixed `batch` if one is given (torch then folds x.size(0) to it)."""
-    torch = pytest.importorskip("torch", reason="PyTorch is not installed (pip install 'tinycomp[torch]')")
+    torch = pytest.importorskip("torch", reason="PyTorch is not installed (pip install -e '.[torch]')")
     buffer = io.BytesIO()
     dynamic = None if batch else {"x": {0: "N"}, "y": {0: "N"}}
     with warnings.catch_warnings():  # the exporter's deprecation notice

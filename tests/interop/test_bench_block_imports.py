@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-onnx = pytest.importorskip("onnx", reason="onnx is not installed (pip install 'tinycomp[onnx]')")
-ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install 'tinycomp[onnx]')")
-torch = pytest.importorskip("torch", reason="PyTorch is not installed (pip install 'tinycomp[torch]')")
+onnx = pytest.importorskip("onnx", reason="onnx is not installed (pip install -e '.[onnx]')")
+ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install -e '.[onnx]')")
+torch = pytest.importorskip("torch", reason="PyTorch is not installed (pip install -e '.[torch]')")
 from interop_helpers import assert_close_to_framework  # noqa: E402
 from onnx_graphs import runtime  # noqa: E402
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-onnx = pytest.importorskip("onnx", reason="onnx is not installed (pip install 'tinycomp[onnx]')")
-ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install 'tinycomp[onnx]')")
+onnx = pytest.importorskip("onnx", reason="onnx is not installed (pip install -e '.[onnx]')")
+ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install -e '.[onnx]')")
 from interop_helpers import BATCHES, assert_close_to_framework, check_imported  # noqa: E402
 from onnx_graphs import Builder, runtime  # noqa: E402
 

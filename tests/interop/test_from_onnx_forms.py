@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-onnx = pytest.importorskip("onnx", reason="onnx is not installed (pip install 'tinycomp[onnx]')")
-ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install 'tinycomp[onnx]')")
+onnx = pytest.importorskip("onnx", reason="onnx is not installed (pip install -e '.[onnx]')")
+ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install -e '.[onnx]')")
 from interop_helpers import check_imported  # noqa: E402
 from onnx import helper  # noqa: E402
 from onnx_graphs import Builder, check_samples, exported_by_torch, runtime  # noqa: E402
@@ -109,7 +109,7 @@ def test_matmul_with_the_weight_on_the_left_contracts_over_the_batch_and_is_refu
 @pytest.mark.parametrize("opset", [13, 17, 18])
 def test_exact_gelu_written_with_erf_imports_as_gelu(opset):
     # below opset 20 torch writes nn.GELU() as x * (erf(x / sqrt 2) + 1) * 0.5; tinycomp has no erf op
-    torch = pytest.importorskip("torch", reason="PyTorch is not installed (pip install 'tinycomp[torch]')")
+    torch = pytest.importorskip("torch", reason="PyTorch is not installed (pip install -e '.[torch]')")
     torch.manual_seed(opset)
     module = torch.nn.Sequential(torch.nn.Linear(6, 9), torch.nn.GELU(), torch.nn.Linear(9, 4))
     blob = exported_by_torch(module, (6,), opset)

@@ -8,8 +8,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-onnx = pytest.importorskip("onnx", reason="onnx is not installed (pip install 'tinycomp[onnx]')")
-ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install 'tinycomp[onnx]')")
+onnx = pytest.importorskip("onnx", reason="onnx is not installed (pip install -e '.[onnx]')")
+ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install -e '.[onnx]')")
 from interop_helpers import assert_close_to_framework  # noqa: E402
 from onnx import TensorProto, helper  # noqa: E402
 from onnx_graphs import Builder, check_samples, exported_by_torch, runtime  # noqa: E402
@@ -314,7 +314,7 @@ def test_concat_that_cannot_be_imported(inputs, axis, match):
 
 
 def torch_modules():
-    torch = pytest.importorskip("torch", reason="PyTorch is not installed (pip install 'tinycomp[torch]')")
+    torch = pytest.importorskip("torch", reason="PyTorch is not installed (pip install -e '.[torch]')")
     nn = torch.nn
 
     class Rows(nn.Module):
@@ -355,7 +355,7 @@ def test_causal_block_exported_by_torch():
 def test_nanogpt_attention_exported_by_torch(last):
     """Split (or Slice) of one projection, masked_fill of a buffer cut to the input, the last position
     read out with Gather."""
-    torch = pytest.importorskip("torch", reason="PyTorch is not installed (pip install 'tinycomp[torch]')")
+    torch = pytest.importorskip("torch", reason="PyTorch is not installed (pip install -e '.[torch]')")
     from torch_models import NanoGPTAttention
 
     torch.manual_seed(8)
@@ -371,7 +371,7 @@ def test_scaled_dot_product_attention_exported_by_torch(mode):
     the scale, a causal mask built from the sizes): it imports and matches ONNX Runtime. The causal
     form compiles to the fused kernel (q and k scaled before it); with a bool mask torch also
     replaces the softmax's NaNs by zeros (IsNaN), which the kernel does not do for a NaN score."""
-    torch = pytest.importorskip("torch", reason="PyTorch is not installed (pip install 'tinycomp[torch]')")
+    torch = pytest.importorskip("torch", reason="PyTorch is not installed (pip install -e '.[torch]')")
     from torch_models import FlashAttention
 
     torch.manual_seed(14)
@@ -382,7 +382,7 @@ def test_scaled_dot_product_attention_exported_by_torch(mode):
 
 
 def test_lets_build_gpt_block_exported_by_torch():
-    torch = pytest.importorskip("torch", reason="PyTorch is not installed (pip install 'tinycomp[torch]')")
+    torch = pytest.importorskip("torch", reason="PyTorch is not installed (pip install -e '.[torch]')")
     from torch_models import KarpathyBlock
 
     torch.manual_seed(10)

@@ -7,7 +7,7 @@ import warnings
 import numpy as np
 import pytest
 
-pytest.importorskip("sklearn", reason="scikit-learn is not installed (pip install 'tinycomp[sklearn]')")
+pytest.importorskip("sklearn", reason="scikit-learn is not installed (pip install -e '.[sklearn]')")
 from interop_helpers import check_imported  # noqa: E402
 from sklearn.exceptions import ConvergenceWarning  # noqa: E402
 from sklearn.linear_model import LogisticRegression  # noqa: E402

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch", reason="PyTorch is not installed (pip install 'tinycomp[torch]')")
+torch = pytest.importorskip("torch", reason="PyTorch is not installed (pip install -e '.[torch]')")
 nn = torch.nn
 
 from interop_helpers import BATCHES, assert_close_to_framework, check_imported  # noqa: E402

@@ -335,7 +335,7 @@ def run(args: argparse.Namespace) -> int:
     check_output_paths(args)
     if importlib.util.find_spec("threadpoolctl") is None:  # checked before minutes of measuring
         usage_error("pins NumPy's BLAS threads with threadpoolctl, which is not installed; without it the "
-                    "1-thread rows would time NumPy on every core: pip install 'tinycomp[bench]'")
+                    "1-thread rows would time NumPy on every core: pip install -e '.[bench]'")
     rounds = 1 if args.quick else args.rounds
     budget = min(args.budget, 0.05) if args.quick else args.budget
     repeat = min(args.repeat, 50) if args.quick else args.repeat

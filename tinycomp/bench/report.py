@@ -203,7 +203,7 @@ def rows_as_dicts(rows: list[Row]) -> list[dict]:
 
 
 # ---------------------------------------------------------------- plot
-PLOT_HINT = "pip install 'tinycomp[bench]' (or: pip install matplotlib)"
+PLOT_HINT = "pip install -e '.[bench]' (or: pip install matplotlib)"
 
 
 def unplottable_format(path: str) -> str | None:

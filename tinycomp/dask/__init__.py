@@ -9,7 +9,7 @@ workers of a `distributed.Client` (a LocalCluster or a multi-node cluster). Each
 receives the model once per computation and compiles it once per structure (`worker.py`); the
 weights are taken once, when the computation starts (`snapshot.py`).
 
-Needs the optional dependencies: pip install 'tinycomp[dask]'.
+Needs the optional dependencies: pip install -e '.[dask]'.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ try:
     import dask.array as da
 except ImportError as exc:  # the one place that names the extra
     raise ImportError(f"tinycomp.dask needs Dask, which is not installed here ({exc}); install tinycomp's "
-                      "dask extra: pip install 'tinycomp[dask]' (dask[distributed,dataframe] and pyarrow)") from None
+                      "dask extra: pip install -e '.[dask]' (dask[distributed,dataframe] and pyarrow)") from None
 
 import math
 import sys
@@ -94,7 +94,10 @@ def _model_and_options(fast_or_model: Any) -> tuple[Any, dict, tuple[int, ...] |
         if shape is not None and len(split_input_shape(shape)) > 1:
             _refuse_several_inputs(state["model"])
         pinned = tuple(shape[1:]) if shape is not None and state.get("pinned", True) else None
-        options = {k: state[k] for k in ("check", "passes", "speed_level", "training") if k in state}
+        # the options compile()'s defaults do not give: predict(model) and predict(tc.compile(model)) then
+        # make one structure key, so each worker compiles the model once, not once for each
+        defaults = {"check": False, "passes": None, "speed_level": 0, "training": False}
+        options = {k: state[k] for k in defaults if k in state and state[k] != defaults[k]}
         return state["model"], options, pinned
     if not callable(fast_or_model):
         raise TypeError(f"predict() expects a tinycomp CompiledModel or a model (a Layer); "

@@ -9,8 +9,8 @@
 Each returns a `tinycomp.nn` model (a `Sequential` for a chain of layers, a `GraphModel` when values
 branch and join) whose eager output matches the source framework within float32 rounding. The
 frameworks are optional dependencies, imported only when their importer is called
-(`pip install 'tinycomp[torch]'`, `'tinycomp[onnx]'`, `'tinycomp[sklearn]'`, or all three as
-`'tinycomp[interop]'`). Anything the importer does not know raises `tinycomp.CompileError` naming
+(`pip install -e '.[torch]'`, `'.[onnx]'`, `'.[sklearn]'`, or all three as `'.[interop]'`, from
+the tinycomp checkout). Anything the importer does not know raises `tinycomp.CompileError` naming
 the node or module and its type.
 """
 

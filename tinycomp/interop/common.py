@@ -23,7 +23,7 @@ def require(module: str, importer: str, extra: str, what: str) -> ModuleType:
         return importlib.import_module(module)
     except ImportError as exc:
         raise ImportError(f"{importer} needs {what} (`import {module}` failed: {exc}); install it with "
-                          f"pip install 'tinycomp[{extra}]'") from exc
+                          f"pip install -e '.[{extra}]' in the tinycomp checkout") from exc
 
 
 def unsupported(kind: str, name: str, type_name: str, known: Sequence[str], detail: str = "") -> CompileError:

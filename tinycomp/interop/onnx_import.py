@@ -44,7 +44,7 @@ def from_onnx(model: Any) -> Layer:
     masks they give, Max/Min of one or two, Clip to constant bounds, Cast to float or bool, Dropout
     (inference: the identity), Identity. Anything else raises `CompileError` naming the node and its op
     type.
-    Needs the `onnx` package (`pip install 'tinycomp[onnx]'`).
+    Needs the `onnx` package (`pip install -e '.[onnx]'`).
     """
     onnx = require("onnx", "from_onnx", "onnx", "the onnx package")
     proto = _load(onnx, model)

@@ -24,7 +24,7 @@ def from_sklearn(estimator: Any) -> Layer:
     [1 - p, p], the two columns of predict_proba; Sigmoid alone for multi-label. scikit-learn
     computes in float64 when fitted on float64; the model computes in float32, so probabilities agree
     within float32 rounding. Anything else raises `CompileError` naming the estimator's type. Needs
-    scikit-learn (`pip install 'tinycomp[sklearn]'`).
+    scikit-learn (`pip install -e '.[sklearn]'`).
     """
     neural = require("sklearn.neural_network", "from_sklearn", "sklearn", "scikit-learn")
     if not isinstance(estimator, (neural.MLPClassifier, neural.MLPRegressor)):

@@ -47,7 +47,7 @@ def from_torch(module: Any, input_shape: tuple | None = None) -> Layer:
     Linear's transposed to tinycomp's (in, out)); each layer takes the training
     flag of the module it comes from (a Dropout set to `eval()` in a training model stays off), so
     import a module in `eval()` mode for inference. Anything else raises
-    `CompileError` naming the module's path and type. Needs PyTorch (`pip install 'tinycomp[torch]'`).
+    `CompileError` naming the module's path and type. Needs PyTorch (`pip install -e '.[torch]'`).
     """
     torch = require("torch", "from_torch", "torch", "PyTorch")
     if not isinstance(module, torch.nn.Module):
