@@ -15,7 +15,8 @@ from tinycomp.interop import from_onnx, from_sklearn, from_torch
 ])
 def test_a_missing_framework_names_the_pip_extra(monkeypatch, importer, module, extra):
     monkeypatch.setitem(sys.modules, module, None)  # `import module` now raises ImportError
-    with pytest.raises(ImportError, match=rf"{importer.__name__} needs .*pip install -e '\.\[{extra}\]' in the tinycomp checkout"):
+    with pytest.raises(ImportError,
+                       match=rf"{importer.__name__} needs .*pip install -e '\.\[{extra}\]' in the tinycomp checkout"):
         importer(object())
 
 
