@@ -56,22 +56,22 @@ def test_aligned_empty_starts_on_a_cache_line(shape):
 
 def test_scratch_is_per_thread_and_grows():
     pool = ScratchPool()
-    first = pool.pointer(100)
-    assert pool.pointer(50) == first  # reused while big enough
+    first = pool.lease(100)[1]
+    assert pool.lease(50)[1] == first  # reused while big enough
     assert pool.get(10_000).size >= 10_000
-    assert pool.pointer(10_000) % LINE == 0
+    assert pool.lease(10_000)[1] % LINE == 0
     seen = []
-    worker = threading.Thread(target=lambda: seen.append(pool.pointer(100)))
+    worker = threading.Thread(target=lambda: seen.append(pool.lease(100)[1]))
     worker.start()
     worker.join()
-    assert seen[0] != pool.pointer(100)  # another thread never shares this thread's scratch
+    assert seen[0] != pool.lease(100)[1]  # another thread never shares this thread's scratch
 
 
 def test_a_huge_scratch_is_given_back_to_a_far_smaller_call(monkeypatch):
     # one huge batch kept +313 MB resident for the model's life (scratch only grew)
     monkeypatch.setattr(buffers, "SHRINK_ABOVE_FLOATS", 1000)
     pool = ScratchPool()
-    pool.pointer(400)
+    pool.lease(400)[1]
     assert pool.get(450).size >= 450  # below the limit: kept and grown as before
     big = pool.get(8000)
     assert pool.get(2000) is big  # a quarter of it: kept (no reallocation for moderate swings)
@@ -122,3 +122,46 @@ def test_available_memory_is_unknown_rather_than_zero_without_mem_available(monk
     monkeypatch.setattr(builtins, "open", lambda path, *a, **k: real_open(fake if path == "/proc/meminfo" else path,
                                                                            *a, **k))
     assert buffers.available_bytes() == expected
+
+
+def test_a_call_made_between_the_scratch_lease_and_the_native_call_frees_nothing_in_use():
+    """A gc callback (or a signal handler, a finalizer) calling the model again on this thread just
+    after a call took its scratch address made the pool replace the buffer: the outer call then
+    wrote into freed memory (a segfault). The lease keeps the buffer alive until the call returns."""
+    import gc
+    import sys
+
+    import tinycomp as tc
+    from tinycomp.nn import Layer
+
+    class Outer(Layer):
+        def forward(self, x):
+            return (x * x.reshape(-1, 1, x.shape[1])).sum(axis=-1)  # an (S, S) scratch per sample
+
+    fast = tc.compile(Outer(), threads=1)
+    small = np.random.default_rng(0).random((1, 3000, 1))  # float64: the Python hot path
+    big = np.random.default_rng(1).random((1, 4000, 1)).astype(np.float32)
+    want = fast(small).data.copy()
+    fired: list[str] = []
+
+    def reenter(phase, info) -> None:
+        if fired or phase != "start":
+            return
+        frame = sys._getframe(1)
+        while frame is not None:
+            if frame.f_code.co_name in ("hot", "run") and "scratch" in frame.f_locals:
+                fired.append(frame.f_code.co_name)
+                fast(big)  # another width: a recompile and a larger scratch on this thread
+                return
+            frame = frame.f_back
+
+    gc.callbacks.append(reenter)
+    threshold = gc.get_threshold()
+    gc.set_threshold(1)
+    try:
+        got = fast(small).data
+    finally:
+        gc.callbacks.remove(reenter)
+        gc.set_threshold(*threshold)
+    assert fired, "the callback never ran inside the window"
+    np.testing.assert_array_equal(got, want)

@@ -138,13 +138,15 @@ class ScratchPool:
     def get(self, floats: int) -> np.ndarray:
         return self._slot(floats)[0]
 
-    def pointer(self, floats: int) -> int:
-        """Address of this thread's scratch of at least `floats` floats (valid until this thread's
-        next request)."""
+    def lease(self, floats: int) -> tuple[np.ndarray, int]:
+        """(this thread's scratch of at least `floats` floats, its address). The caller holds the
+        pair until its native call returns: code that runs in between (a gc callback, a signal
+        handler, a finalizer) may call the model again on this thread and have the pool replace
+        the buffer, which the pair then keeps alive (the address alone pointed into freed memory)."""
         slot = self._local.slot  # the per-call case in one frame: batch-1 calls count every 0.1 us
         if slot is not None and floats <= slot[0].size <= SHRINK_ABOVE_FLOATS:
-            return slot[1]
-        return self._slot(floats)[1]
+            return slot
+        return self._slot(floats)
 
     def trim(self) -> None:
         """Give back this thread's scratch if it is above SHRINK_ABOVE_FLOATS: for the worker threads

@@ -93,8 +93,8 @@ class CompiledCall:
         if hot is None:
             return None
         out = np.empty((rows, *self.out_row), _F32)
-        scratch = self.scratch.pointer(self.plan.scratch_floats(rows))
-        self.kernel.call(rows, data_pointer(arr), data_pointer(out), scratch, ctypes.addressof(hot[1]))
+        scratch = self.scratch.lease(self.plan.scratch_floats(rows))  # held until the call returns
+        self.kernel.call(rows, data_pointer(arr), data_pointer(out), scratch[1], ctypes.addressof(hot[1]))
         return out
 
     def rows(self, arr: np.ndarray, out_shape_for: Callable[[tuple[int, ...]], tuple[int, ...]]) -> tuple[int, tuple]:
@@ -169,14 +169,15 @@ class CompiledCall:
         parts = parallel_parts(rows, self.flops_per_row, self.threads, self.rows_per_sample)
         if parts <= 1:
             held, inputs = self._draws_table(draws, 0), kernel.inputs_table(more, 0)  # held until the call returns
-            kernel.call(rows, x_ptr, out_ptr, self.scratch.pointer(self.plan.scratch_floats(rows)), table_ptr,
+            scratch = self.scratch.lease(self.plan.scratch_floats(rows))  # held too
+            kernel.call(rows, x_ptr, out_ptr, scratch[1], table_ptr,
                         0 if held is None else held.ctypes.data, 0 if inputs is None else ctypes.addressof(inputs))
             return
 
         def chunk(lo: int, hi: int) -> None:  # rows lo..hi, each thread with its own scratch
             held, inputs = self._draws_table(draws, lo), kernel.inputs_table(more, lo)
-            kernel.call(hi - lo, x_ptr + lo * kernel.in_bytes, out_ptr + lo * kernel.out_bytes,
-                        self.scratch.pointer(self.plan.scratch_floats(hi - lo)), table_ptr,
+            scratch = self.scratch.lease(self.plan.scratch_floats(hi - lo))
+            kernel.call(hi - lo, x_ptr + lo * kernel.in_bytes, out_ptr + lo * kernel.out_bytes, scratch[1], table_ptr,
                         0 if held is None else held.ctypes.data, 0 if inputs is None else ctypes.addressof(inputs))
             self.scratch.trim()  # a huge part's scratch is not kept on a thread that may not call again
 

@@ -291,9 +291,10 @@ class NativeHotCall:
         if not 0 < rows <= self.hot_rows:
             return None
         out = np.empty(self._one_row if rows == 1 else (rows, *self.out_shape_tail), _F32)
-        scratch = 0 if rows <= self._stack_rows else self.scratch.pointer(
+        # the lease is held until the call returns (`ScratchPool.lease`)
+        scratch = None if rows <= self._stack_rows else self.scratch.lease(
             rows * self.scratch_per_row + self.scratch_fixed)
-        status = self._fn(self._ctx_address, id(a), id(out), rows, scratch)
+        status = self._fn(self._ctx_address, id(a), id(out), rows, 0 if scratch is None else scratch[1])
         if status == 0:
             return out
         if status == CHANGED:
