@@ -520,3 +520,26 @@ def test_editing_fast_graph_changes_no_dump():
     assert fast.graph.nodes("linear") and fast.graph.output in fast.graph.nx
     x = np.linspace(-1, 1, 8, dtype=np.float32).reshape(2, 4)
     np.testing.assert_allclose(fast(x).data, model(Tensor(x)).data, rtol=1e-6, atol=1e-6)
+
+
+def test_a_pass_that_leaves_a_const_of_another_shape_is_refused():
+    """lint() never looked at a const's value: a pass that shrank one to a single float made the kernel
+    read 64 MB from a 4-byte array (a segfault; heap garbage when smaller)."""
+    from tinycomp.ir.passes import DEFAULT_PIPELINE
+
+    width = 1 << 16
+
+    class Scaled(tc.nn.Layer):
+        def forward(self, x):
+            return x * np.linspace(0, 1, width, dtype=np.float32)
+
+    def shrink_const(g):
+        for n in g.nodes("const"):
+            if g.nx.nodes[n]["value"].size > 1:
+                g.nx.nodes[n]["value"] = np.ones(1, np.float32)
+                return True
+        return False
+
+    with pytest.raises(LintError, match=r"after pass shrink_const: const node %\d+ holds a value of shape \(1,\), "
+                                        r"dtype float32 where its shape is \(65536,\)"):
+        tc.compile(Scaled(), passes=[shrink_const, *DEFAULT_PIPELINE])(np.ones((1, width), np.float32))

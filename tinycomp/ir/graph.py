@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import networkx as nx
+import numpy as np
 
 from .ops import LEAVES, check_expr, op_def
 
@@ -226,6 +227,20 @@ class Graph:
         for n in self.nx.nodes:
             self._lint_node(n)
 
+    @staticmethod
+    def _lint_const(n: str, data: dict) -> None:
+        """A const's value is numbers of exactly its node's shape: code is generated from the shape and
+        reads the value's memory (a pass that left a smaller value made it read past it)."""
+        value = data.get("value")
+        try:
+            array = np.asarray(value)
+        except Exception:  # noqa: BLE001 - whatever it is, it is no array of numbers
+            array = None
+        if array is None or array.dtype.kind not in "biuf" or array.shape != tuple(data["shape"]):
+            what = f"shape {array.shape}, dtype {array.dtype}" if array is not None else type(value).__name__
+            raise LintError(f"const node {n} holds a value of {what} where its shape is {tuple(data['shape'])}: a "
+                            "const must hold numbers of exactly its shape")
+
     def _lint_node(self, n: str) -> None:
         data = self.nx._node[n]
         missing = CORE_KEYS - data.keys()
@@ -249,6 +264,8 @@ class Graph:
                 check_expr(data.get("expr"), len(positions))
             except ValueError as exc:
                 raise LintError(f"elementwise node {n} has a bad expression: {exc}") from None
+        if data["op"] == "const":
+            self._lint_const(n, data)
         if data["op"] in LEAVES:
             return
         if data["op"] == "output" and self.nx._succ[n]:
