@@ -543,3 +543,19 @@ def test_a_pass_that_leaves_a_const_of_another_shape_is_refused():
     with pytest.raises(LintError, match=r"after pass shrink_const: const node %\d+ holds a value of shape \(1,\), "
                                         r"dtype float32 where its shape is \(65536,\)"):
         tc.compile(Scaled(), passes=[shrink_const, *DEFAULT_PIPELINE])(np.ones((1, width), np.float32))
+
+
+def test_a_forward_that_calls_its_own_compiled_model_while_it_compiles_is_refused():
+    """The first call's compile holds the compiled model's lock while tracing runs forward(): a
+    forward() that called the compiled model waited for itself for ever."""
+    holder = {}
+
+    class Consults(tc.nn.Layer):
+        def forward(self, x):
+            holder["fast"](np.ones((1, 4), np.float32))
+            return x * 2.0
+
+    holder["fast"] = fast = tc.compile(Consults())
+    with pytest.raises(RuntimeError, match=r"^Consults's forward\(\) called its own compiled model while that model "
+                                           r"is being compiled \(tracing runs forward\(\)\): call the eager model"):
+        fast(np.ones((2, 4), np.float32))

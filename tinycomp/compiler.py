@@ -11,8 +11,10 @@ import contextlib
 import functools
 import html
 import numbers
+import os
 import threading
-from collections.abc import Sequence
+import weakref
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +27,7 @@ from .frontend import streams
 from .frontend.inputs import compile_input_spec, given_inputs, positional_inputs
 from .frontend.layers import Layer, model_lock
 from .frontend.tensor import Tensor
+from .frontend.tracer import PATCHING
 from .frontend.walk import warn_if_dropout_active
 from .ir.graph import Graph
 from .ir.ops import format_expr
@@ -36,12 +39,39 @@ from .logs import log
 from .runtime import native_guard
 from .runtime.buffers import ScratchPool, as_native_float32
 from .runtime.call import as_input_array
+from .runtime.engine import hold_llvm_for_fork, release_llvm_after_fork
 from .runtime.native_guard import NativeHotCall
 
 STAGES = driver.STAGES
 # Compiles one call may run when its parameters no longer fit the code: one for a layer resized in
 # place, more while another thread keeps editing the model (each compile then found it changed).
 RECOMPILES_PER_CALL = 3
+_COMPILED: weakref.WeakSet[CompiledModel] = weakref.WeakSet()  # every live one: their locks, after a fork
+
+
+def _before_fork() -> None:
+    """Fork at a quiet moment: no model patched by a trace (the trace would never undo it in the
+    child), no thread in LLVM (its lock would stay held there). Traces first: one may compile
+    another model, which takes LLVM's lock."""
+    PATCHING.hold()
+    hold_llvm_for_fork()
+
+
+def _after_fork_in_parent() -> None:
+    release_llvm_after_fork()
+    PATCHING.release()
+
+
+def _after_fork_in_child() -> None:
+    """The locks another thread held while it compiled stay held in the child, whose compiles
+    then waited for ever (8 of 10 children): fresh ones for every compiled model (the model locks:
+    frontend/layers.py)."""
+    _after_fork_in_parent()
+    for fast in list(_COMPILED):
+        fast._lock, fast._compiling = threading.Lock(), None
+
+
+os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child)
 _new_tensor = Tensor.__new__
 
 
@@ -99,6 +129,8 @@ class CompiledModel:
         self._artifact: Artifact | None = None
         self._native: NativeHotCall | None = None  # the one-step batch-1 call, once a call armed it
         self._lock = threading.Lock()
+        self._compiling: int | None = None  # the thread compiling now, holding _lock (`_compile_lock`)
+        _COMPILED.add(self)
         self._scratch = ScratchPool()
         if input_shape is not None:
             features, more = compile_input_spec(input_shape)
@@ -147,7 +179,7 @@ class CompiledModel:
         art = self._artifact
         if art is None:
             _check_compilable(arr, others)
-            with model_lock(self.model), self._lock:  # two threads making the first call compile once
+            with self._compile_lock():  # two threads making the first call compile once
                 art = self._artifact
                 if art is None:
                     return self._compile(features, more)
@@ -167,11 +199,26 @@ class CompiledModel:
                                    features, arr.shape, more)
         return art
 
+    @contextlib.contextmanager
+    def _compile_lock(self) -> Iterator[None]:
+        """The model's lock, then this compiled model's, for a compile. A forward() that calls its own
+        compiled model while that compiles (tracing runs forward()) would wait for itself for ever:
+        refused instead."""
+        if self._compiling == threading.get_ident():
+            raise RuntimeError(f"{type(self.model).__name__}'s forward() called its own compiled model while that "
+                               "model is being compiled (tracing runs forward()): call the eager model there")
+        with model_lock(self.model), self._lock:
+            self._compiling = threading.get_ident()
+            try:
+                yield
+            finally:
+                self._compiling = None
+
     def _recompile(self, art: Artifact, why: str, features: tuple[int, ...], given: tuple = (),
                    more: tuple[tuple, ...] | None = None) -> Artifact:
         more = art.more_inputs if more is None else more
         # the model's lock first, as tracing takes it: one order everywhere, so no two threads wait on each other
-        with model_lock(self.model), self._lock:  # several threads noticing one change recompile once
+        with self._compile_lock():  # several threads noticing one change recompile once
             current = self._artifact
             if current is not art and current is not None and (current.features, current.more_inputs) == (features,
                                                                                                             more):

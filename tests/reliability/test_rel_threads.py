@@ -395,6 +395,36 @@ def test_children_forked_while_a_thread_compiles_can_compile(monkeypatch):
     assert codes == [0] * 6, f"children's exit codes {codes} (-14: hung until the alarm)"
 
 
+@pytest.mark.parametrize("delay", [0.002, 0.02, 0.06])
+def test_a_child_forked_while_a_thread_compiles_the_same_model_can_call_it(monkeypatch, delay):
+    """The compiling thread held the model's and the compiled model's locks (and the model patched
+    for its trace) at the fork: the child's first call waited for ever. A fork now waits for traces
+    in progress and for LLVM, and the child starts with fresh locks."""
+    import os
+    import signal
+
+    from tinycomp.nn import Linear, Sequential, Tensor
+
+    monkeypatch.setenv("TINYCOMP_CACHE", "0")  # a cold compile, ~0.1 s: the fork lands inside it
+    model = Sequential(*[Linear(64, 64) for _ in range(30)])
+    model.eval()
+    fast = tc.compile(model)
+    x = np.random.default_rng(0).standard_normal((2, 64)).astype(np.float32)
+    want = model(Tensor(x)).data
+    worker = threading.Thread(target=fast, args=(x,))
+    worker.start()
+    time.sleep(delay)
+    pid = os.fork()
+    if pid == 0:  # the child: call the model, compare, or be killed by the alarm
+        signal.alarm(30)
+        try:
+            os._exit(0 if np.allclose(fast(x).data, want, rtol=1e-5, atol=1e-5) else 2)
+        except BaseException:
+            os._exit(1)
+    worker.join()
+    assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+
+
 def _edit_once_during(monkeypatch, owner, name: str, edit) -> list:
     """Patch owner.name so that its next call first runs `edit`, as another thread could at that
     moment; returns a list that records each edit made."""

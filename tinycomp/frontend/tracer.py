@@ -13,6 +13,7 @@ import contextlib
 import math
 import numbers
 import sys
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -310,6 +311,10 @@ class Tracer:
     def patched(self) -> Iterator[None]:
         """Layers see `training` and report their path; the user's model is restored afterwards
         (`trace` holds the model's lock throughout)."""
+        with PATCHING.one():
+            yield from self._patched()
+
+    def _patched(self) -> Iterator[None]:
         missing = object()
         stack = contextlib.ExitStack()
         saved = [(layer, vars(layer).get("training", missing), vars(layer).get("forward", missing))
@@ -357,6 +362,41 @@ class Tracer:
         self.graph.add("output", [out.node], name="output", layer="")
         self.graph.lint()
         return self.graph
+
+
+class Patching:
+    """The traces that have a model patched (arrays swapped, forwards wrapped) right now. A fork waits
+    until none but the forking thread's own has (`hold`, then `release` on both sides): a child forked
+    mid-trace would keep the patches for good, their undoing thread gone."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._count = 0
+        self._mine = threading.local()
+
+    @contextlib.contextmanager
+    def one(self) -> Iterator[None]:
+        with self._cond:
+            self._count += 1
+            self._mine.count = getattr(self._mine, "count", 0) + 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._count -= 1
+                self._mine.count -= 1
+                self._cond.notify_all()
+
+    def hold(self) -> None:
+        self._cond.acquire()  # no trace starts or ends while held; wait() lets them end meanwhile
+        while self._count > getattr(self._mine, "count", 0):
+            self._cond.wait()
+
+    def release(self) -> None:
+        self._cond.release()
+
+
+PATCHING = Patching()
 
 
 def trace(model: Any, input_shape: Any, *, training: bool = False) -> Graph:

@@ -34,25 +34,24 @@ LLVM_LOCK = _LLVM_LOCK = threading.RLock()  # public: exports (tinycomp.export) 
 
 
 
-def _hold_llvm_for_fork() -> None:
+def hold_llvm_for_fork() -> None:
     """A fork waits for the compile in progress and for any call into llvmlite (a dropped engine
     disposes of itself under llvmlite's own lock, ours not held): a child forked while another
     thread held either lock had it held for good (no such thread there) and LLVM's state half
     changed, and every compile in it hung. The forking thread holds both across the fork, ours
-    first as every compile takes them, and lets go on both sides."""
+    first as every compile takes them, and lets go on both sides (`release_llvm_after_fork`);
+    compiler.py registers the fork hooks, after a wait for traces in progress."""
     _LLVM_LOCK.acquire()
     _FFI_LOCK.acquire()
 
 
-def _release_llvm_after_fork() -> None:
+def release_llvm_after_fork() -> None:
     _FFI_LOCK.release()
     _LLVM_LOCK.release()
 
 
 # llvmlite's RLock around every call into LLVM (0.50's layout; a fresh lock, held by no one, elsewhere)
 _FFI_LOCK = getattr(getattr(ffi.lib, "_lock", None), "_lock", None) or threading.RLock()
-os.register_at_fork(before=_hold_llvm_for_fork, after_in_parent=_release_llvm_after_fork,
-                    after_in_child=_release_llvm_after_fork)
 
 
 def _optimized_module(llvm_ir: str, speed_level: int,
