@@ -559,3 +559,20 @@ def test_a_forward_that_calls_its_own_compiled_model_while_it_compiles_is_refuse
     with pytest.raises(RuntimeError, match=r"^Consults's forward\(\) called its own compiled model while that model "
                                            r"is being compiled \(tracing runs forward\(\)\): call the eager model"):
         fast(np.ones((2, 4), np.float32))
+
+
+def test_compiling_a_softmax_over_a_huge_row_takes_no_memory_per_element():
+    """The softmax kernel listed a chunk (an llvmlite constant) per vector of the row only to count
+    them: a (None, 2**31 + 1) softmax was killed for memory before any batch existed (2**28: 17 s,
+    4.2 GB)."""
+    import tracemalloc
+
+    from tinycomp.nn import Softmax
+
+    tracemalloc.start()
+    try:
+        fast = tc.compile(Softmax(), input_shape=(None, 2**27 + 1))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert fast.graph.op_counts().get("softmax") == 1 and peak < 64 << 20, f"{peak / 2**20:.0f} MB"

@@ -471,8 +471,7 @@ def softmax_row(builder: ir.IRBuilder, module: ir.Module, row_size: int, width: 
     vectors stay in registers; longer ones take three passes. `_Row` says how NaN and -inf come out
     and what `flush_below` does."""
     row = _Row(builder, module, width, flush_below)
-    chunks = row_chunks(row_size, width)
-    if len(chunks) <= REGISTER_CHUNKS:
-        _softmax_in_registers(builder, row, chunks, x_at, out_at)
+    if -(-row_size // width) <= REGISTER_CHUNKS:  # counted, not listed: a row may be 2**31 floats
+        _softmax_in_registers(builder, row, row_chunks(row_size, width), x_at, out_at)
     else:
         _softmax_three_pass(builder, row, row_size, x_at, out_at)
