@@ -250,3 +250,23 @@ def test_weight_shape_changed_in_place_is_a_clear_error_or_recompiles():
     array_model.a.shape = (1, 4)  # still broadcasts: recompiled for the new shape
     assert_matches_eager(fast(X).data, array_model, X)
     assert fast.stats.compiles == 2
+
+
+def test_a_layer_attribute_kept_in_slots_is_refused_by_name():
+    """A Tensor or sub-layer in a Layer's __slots__ was traced as a constant and never watched: in-place
+    edits, rebinding, even a shape that breaks the model were ignored (eager raised)."""
+    from tinycomp.nn import Layer, Linear
+
+    class Slotted(Layer):
+        __slots__ = ("w", "inner")
+
+        def __init__(self):
+            self.w = Tensor(np.ones((4, 3), np.float32))
+            self.inner = Linear(3, 2)
+
+        def forward(self, x):
+            return self.inner(x @ self.w)
+
+    with pytest.raises(tc.CompileError, match=r"^Slotted \(the top-level model\) keeps 'w', 'inner' in __slots__: "
+                                              r"tinycomp reads a layer's attributes from its __dict__"):
+        tc.compile(Slotted())(np.ones((2, 4), np.float32))

@@ -64,10 +64,29 @@ def walk_model(model: Any) -> tuple[dict[int, str], list[tuple[Layer, str]]]:
             tensors[id(obj)] = path
             continue
         if isinstance(obj, Layer):
+            _refuse_filled_slots(obj, path)
             layers.append((obj, path))
         steps = [(value, f"{path}.{step}" if path else step) for step, value in _children(obj)]
         stack.extend(reversed(steps))  # the first child on top: visited (and so named) first
     return tensors, layers
+
+
+def _refuse_filled_slots(layer: Layer, path: str) -> None:
+    """A layer attribute kept in `__slots__` is neither walked (its Tensors would be traced as
+    constants) nor watched for changes (the compiled model would keep it as traced): refused."""
+    filled = [name for klass in type(layer).__mro__ for name in _slots(klass) if hasattr(layer, name)]
+    if filled:
+        where = f"at '{path}'" if path else "(the top-level model)"
+        raise CompileError(f"{type(layer).__name__} {where} keeps {', '.join(map(repr, filled))} in __slots__: "
+                           "tinycomp reads a layer's attributes from its __dict__, live and watched for changes, so "
+                           "a slot's value would be frozen into the compiled code; make it an ordinary attribute "
+                           "(drop it from __slots__)")
+
+
+def _slots(klass: type) -> tuple[str, ...]:
+    """The data slots a class itself declares (`__slots__ = "w"` is one)."""
+    slots = vars(klass).get("__slots__", ())
+    return tuple(s for s in ((slots,) if isinstance(slots, str) else slots) if s not in ("__dict__", "__weakref__"))
 
 
 def resolve_path(model: Any, path: str) -> Any:
