@@ -85,6 +85,7 @@ class StructureGuard:
         # each layer's class as traced: `layer.__class__ = Other` changes neither its dict nor its identity
         self.layers = [o for o in objs if isinstance(o, Layer)]
         self.types = tuple(map(type, self.layers))
+        self.dicts = tuple(map(vars, self.layers))  # `layer.__dict__ = {...}` leaves the views above on the old one
         # live views (dict values, lists, tuples) of every container the tracer could walk, then of
         # the layers' class dicts (`class_views_from` on)
         self.views: list[Any] = [v for v in map(_container_view, objs) if v is not None]
@@ -109,7 +110,8 @@ class StructureGuard:
         """Every container still has its length and holds the very objects it held (~0.6 us)."""
         return (tuple(map(len, self.views)) == self.lengths
                 and all(map(operator.is_, itertools.chain.from_iterable(self.views), self.held))
-                and all(map(operator.is_, map(type, self.layers), self.types)))
+                and all(map(operator.is_, map(type, self.layers), self.types))
+                and all(map(operator.is_, map(vars, self.layers), self.dicts)))
 
     def slow_signature(self) -> tuple:
         tensors: dict[int, int] = {}
@@ -135,25 +137,32 @@ class StructureGuard:
         if self.same():
             return True
         with model_lock(self.model):  # not while another thread traces the model or checks a call
-            if self.slow_signature() != self.slow or tuple(map(type, self.layers)) != self.types:
+            if self.slow_signature() != self.slow or tuple(map(type, self.layers)) != self.types or \
+                    not all(map(operator.is_, map(vars, self.layers), self.dicts)):
                 return False
             self._refresh_fast()  # only weights or flags moved: make the next call fast again
             return True
 
 
-def native_watch(guard: StructureGuard, hot: HotTable) -> tuple[list[int], tuple]:
+def native_watch(guard: StructureGuard, hot: HotTable) -> tuple[list[int], tuple] | None:
     """What the native hot call must find unchanged to reuse `hot` (LiveParams.hot_table's tuple,
     just checked together with `guard`): every container the guard watches, the layers' class
     dicts, and each parameter slot's Tensor attributes and array layout. Returns (the words'
-    addresses, what keeps the objects they lie in alive)."""
+    addresses, what keeps the objects they lie in alive), or None where an object's __dict__ pointer
+    cannot be watched on this interpreter (the Python paths then serve every call)."""
     words: list[int] = []
     for c in guard.containers:
         words += native_guard.dict_words(c) if isinstance(c, dict) else native_guard.list_words(c)
     for cls in guard.classes:  # a class dict is read only through a proxy: its version word is the dict's
         words += native_guard.dict_words(native_guard.class_dict(cls))
+    tensor_dicts = []
+    for obj in [*guard.layers, *(slot for slot in hot[1] if type(slot) is Tensor)]:
+        pointer = native_guard.dict_pointer_words(obj)  # `obj.__dict__ = {...}`
+        if pointer is None:
+            return None
+        words += pointer
     for layer in guard.layers:
         words += native_guard.type_words(layer)
-    tensor_dicts = []
     for slot, array in zip(hot[1], hot[2], strict=True):
         if type(slot) is Tensor:  # `t.data = ...` rebinds the array: the Tensor's own dict changes
             tensor_dicts.append(vars(slot))

@@ -298,7 +298,10 @@ class CompiledModel:
         hot = art.params.hot_table(art.guard.held) if art.guard.same() else None
         if hot is None:
             return
-        words, keep = native_watch(art.guard, hot)
+        watch = native_watch(art.guard, hot)
+        if watch is None:
+            return
+        words, keep = watch
         call = art.call
         armed = NativeHotCall(
             art.engine.address(art.plan.entry), hot[-1], call.features, call.out_row, call.hot_rows, call.scratch,

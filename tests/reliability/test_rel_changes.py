@@ -341,3 +341,27 @@ def test_a_layer_given_another_class_recompiles_and_pickling_does_not(native, mo
     for _ in range(2):
         assert_matches_eager(fast(x).data, model, x)
     assert fast.stats.compiles == 2
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native step", "python paths"])
+def test_a_layer_or_tensor_given_a_new_dict_is_read_from_it(native, monkeypatch):
+    """`obj.__dict__ = {...}` swaps the dict an object holds without touching the old one, whose
+    version tag and contents the guards watched: the compiled model kept the old weights (5.1 off)."""
+    from tinycomp.runtime import native_guard
+
+    if not native:
+        monkeypatch.setattr(native_guard, "AVAILABLE", False)
+    model = Sequential(Linear(8, 3))
+    model.eval()
+    fast = tc.compile(model)
+    x = np.random.default_rng(0).standard_normal((4, 8)).astype(np.float32)
+    for batch in (1, 4):
+        for _ in range(3):
+            fast(x[:batch])
+        layer = model[0]
+        layer.__dict__ = {**vars(layer), "weight": Tensor(np.random.default_rng(batch).standard_normal((8, 3)))}
+        assert_matches_eager(fast(x[:batch]).data, model, x[:batch])
+        for _ in range(2):
+            fast(x[:batch])
+        layer.weight.__dict__ = {"data": np.full((8, 3), 0.25 * batch, np.float32)}
+        assert_matches_eager(fast(x[:batch]).data, model, x[:batch])

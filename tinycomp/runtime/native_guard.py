@@ -46,6 +46,9 @@ from .engine import JitEngine
 # version tag follows `ma_used`; a list's `ob_size` (PyVarObject) then `ob_item`. NumPy's
 # PyArrayObject_fields: data, nd, dimensions, strides, base, descr, flags after the head.
 OBJECT_TYPE, DICT_VERSION, LIST_SIZE, LIST_ITEMS = 8, 24, 16, 24
+# CPython 3.11/3.12 keep the __dict__ of an instance of a class without __slots__ ("managed dict",
+# Py_TPFLAGS_MANAGED_DICT) in the word three before the object
+MANAGED_DICT_FLAG, MANAGED_DICT_AT = 1 << 4, -24
 ARRAY_DATA, ARRAY_ND, ARRAY_DIMS, ARRAY_STRIDES, ARRAY_DESCR, ARRAY_FLAGS = 16, 24, 32, 40, 56, 64
 C_CONTIGUOUS_ALIGNED = 0x0001 | 0x0100  # NPY_ARRAY_C_CONTIGUOUS | NPY_ARRAY_ALIGNED
 
@@ -67,6 +70,20 @@ def class_dict(cls: type) -> dict:
     if len(held) != 1 or type(held[0]) is not dict:
         raise TypeError(f"the attribute proxy of {cls.__name__} holds {held!r}, not one dict")
     return held[0]
+
+
+def dict_pointer_words(obj: Any) -> list[int] | None:
+    """The word holding obj's __dict__ pointer: `obj.__dict__ = {...}` moves it and nothing else (the
+    old dict's version tag stays). None where this interpreter keeps it somewhere else."""
+    t = type(obj)
+    d = vars(obj)  # made now if the object had none yet: then the word holds it
+    if t.__flags__ & MANAGED_DICT_FLAG:
+        address = id(obj) + MANAGED_DICT_AT
+    elif t.__dictoffset__ > 0:
+        address = id(obj) + t.__dictoffset__
+    else:
+        return None
+    return [address] if _word(address) == id(d) else None
 
 
 def _probe() -> bool:
@@ -99,6 +116,12 @@ def _probe() -> bool:
         return False
     class Other(Probe):
         pass
+
+    if dict_pointer_words(obj) != [id(obj) + MANAGED_DICT_AT]:
+        return False
+    obj.__dict__ = dict(vars(obj))  # a new dict: the pointer word follows it
+    if _word(id(obj) + MANAGED_DICT_AT) != id(vars(obj)):
+        return False
 
     if _word(id(obj) + OBJECT_TYPE) != id(Probe):
         return False
