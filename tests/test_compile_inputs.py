@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import tinycomp as tc
-from tinycomp.nn import Layer, Linear, Softmax, Tensor, manual_seed
+from tinycomp.nn import Layer, Linear, Sequential, Softmax, Tensor, manual_seed
 from tinycomp.parity import check_parity
 
 F64 = np.float64
@@ -243,6 +243,19 @@ def test_a_parameter_that_no_longer_fits_is_not_blamed_on_an_input_shape():
                                          r"of shape \(2, 3\) \(as the eager model would not\): ") as err:
         fast(x)
     assert "input_shape" not in str(err.value)
+
+
+def test_sequential_training_argument_is_not_an_input():
+    """Sequential.forward(x, training=None): `fast(x, None)` is `fast(x)` as `model(x, None)` is, and
+    `fast(x, training=True)` says a compiled model's mode is fixed when compiled."""
+    model = Sequential(Linear(5, 3))
+    model.eval()
+    fast = tc.compile(model)
+    x = np.float32(RNG.standard_normal((4, 5)))
+    np.testing.assert_array_equal(fast(x, None).data, fast(x).data)
+    with pytest.raises(TypeError, match=r"was given training=True: a compiled model's mode is fixed when it is "
+                                        r"compiled \(compile\(model, training=True\) keeps dropout\)"):
+        fast(x, training=True)
 
 
 def test_a_shared_mask_without_input_shape_is_refused_saying_how_to_give_it():

@@ -110,7 +110,12 @@ class StructureGuard:
         """Every container still has its length and holds the very objects it held (~0.6 us)."""
         return (tuple(map(len, self.views)) == self.lengths
                 and all(map(operator.is_, itertools.chain.from_iterable(self.views), self.held))
-                and all(map(operator.is_, map(type, self.layers), self.types))
+                and self._same_classes_and_dicts())
+
+    def _same_classes_and_dicts(self) -> bool:
+        """Each layer still of its class and holding its dict: neither `layer.__class__ = Other` nor
+        `layer.__dict__ = {...}` changes what the views above see."""
+        return (all(map(operator.is_, map(type, self.layers), self.types))
                 and all(map(operator.is_, map(vars, self.layers), self.dicts)))
 
     def slow_signature(self) -> tuple:
@@ -137,8 +142,7 @@ class StructureGuard:
         if self.same():
             return True
         with model_lock(self.model):  # not while another thread traces the model or checks a call
-            if self.slow_signature() != self.slow or tuple(map(type, self.layers)) != self.types or \
-                    not all(map(operator.is_, map(vars, self.layers), self.dicts)):
+            if self.slow_signature() != self.slow or not self._same_classes_and_dicts():
                 return False
             self._refresh_fast()  # only weights or flags moved: make the next call fast again
             return True

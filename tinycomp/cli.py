@@ -244,11 +244,12 @@ def check_shape_count(model: Layer, texts: list[str] | None) -> None:
     if sig is None:
         return
     required = required_inputs(sig)
-    given = len(texts or ()) or 1  # none given: dump infers one
-    if len(required) > given:
+    given = len(texts or ())
+    if len(required) > max(given, 1):  # none given: dump infers one
+        shapes = f"was given {given} --input-shape" if given else "was given no --input-shape (one is inferred)"
         raise UsageError(f"{type(model).__name__}.forward{sig} takes {len(required)} inputs ({', '.join(required)}) "
-                         f"and was given {given} --input-shape: a forward() of several inputs takes --input-shape "
-                         "once per input, in its order (e.g. --input-shape N,16 --input-shape N,4)")
+                         f"and {shapes}: a forward() of several inputs takes --input-shape once per input, in its "
+                         "order (e.g. --input-shape N,16 --input-shape N,4)")
 
 
 def run_dump(args: argparse.Namespace) -> int:

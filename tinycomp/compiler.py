@@ -67,8 +67,10 @@ def _after_fork_in_child() -> None:
     then waited for ever (8 of 10 children): fresh ones for every compiled model (the model locks:
     frontend/layers.py)."""
     _after_fork_in_parent()
+    me = threading.get_ident()  # the forking thread, the child's only one: its own compile goes on
     for fast in list(_COMPILED):
-        fast._lock, fast._compiling = threading.Lock(), None
+        if fast._compiling != me:
+            fast._lock, fast._compiling = threading.Lock(), None
 
 
 os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child)

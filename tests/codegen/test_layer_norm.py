@@ -115,6 +115,19 @@ def test_every_constant_row_gives_beta_or_nan_with_eps_zero(width):
         np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
 
 
+@pytest.mark.parametrize("width", [4, 64, 512])
+def test_rows_whose_squares_overflow_give_beta_as_eager(width):
+    """With the corrected center the variance was mean(d^2) - c^2: where both overflowed (|c| past
+    1.8e19, rows ~1e27), inf - inf made whole rows nan where eager gives beta."""
+    model = norm(width)
+    x = (np.random.default_rng(width).standard_normal((256, width)) * 1e28).astype(np.float32)
+    got = tc.compile(model, input_shape=(None, width))(x).data
+    with np.errstate(over="ignore", invalid="ignore"):
+        eager = model(Tensor(x)).data
+    assert not np.isnan(got).any()
+    np.testing.assert_array_equal(got, eager)
+
+
 def test_rows_of_a_3d_input_and_two_threads():
     model = norm(33)
     fast = tc.compile(model, input_shape=(None, 4, 33), threads=2)

@@ -425,6 +425,39 @@ def test_a_child_forked_while_a_thread_compiles_the_same_model_can_call_it(monke
     assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
 
 
+def test_a_fork_never_waits_for_ever_on_a_trace_that_waits_for_the_forker():
+    """A fork waits for other threads' traces to end (a child must not keep a model patched); a
+    trace whose forward() waited for the forking thread, which waited for the trace, hung both."""
+    import os
+
+    from tinycomp.nn import Layer
+
+    forked = threading.Event()
+
+    class WaitsForTheForker(Layer):
+        def forward(self, x):
+            forked.wait(120)
+            return x * 2.0
+
+    fast = tc.compile(WaitsForTheForker())
+    tracer = threading.Thread(target=fast, args=(np.ones((2, 3), np.float32),), daemon=True)
+    tracer.start()
+    time.sleep(0.2)  # the trace is inside forward()
+
+    def fork_then_set() -> None:
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        os.waitpid(pid, 0)
+        forked.set()
+
+    forker = threading.Thread(target=fork_then_set, daemon=True)
+    forker.start()
+    forker.join(15)
+    tracer.join(15)
+    assert not forker.is_alive() and not tracer.is_alive() and forked.is_set()
+
+
 def _edit_once_during(monkeypatch, owner, name: str, edit) -> list:
     """Patch owner.name so that its next call first runs `edit`, as another thread could at that
     moment; returns a list that records each edit made."""

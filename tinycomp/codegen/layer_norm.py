@@ -7,10 +7,11 @@ read it from L1): the sum of x; the sums of d = x - mean and of d^2, in one pass
 (x - center) / sqrt(var + eps) * gamma + beta, with center = mean + mean(d) and var = mean(d^2) -
 mean(d)^2 (the corrected two-pass algorithm: a constant row's center is x itself and its variance
 0 whatever rounding its sum met, so it gives beta, and nan with eps 0, as the formula does; a plain
-mean missed x by an ulp in a third of such rows and gave -1.5e-4 or, with eps 0, -1). Otherwise the
-eager ops (`LayerNorm.forward`) with their roundings -- the variance from the differences, not
-E[x^2] - E[x]^2; no multiply-add fused into the formula; the quotient as the divide gives it -- so
-NaN and inf come out as eager's do: a NaN or inf in a row makes the whole row NaN. The two sums of
+mean missed x by an ulp in a third of such rows and gave -1.5e-4 or, with eps 0, -1). Otherwise as
+the eager ops (`LayerNorm.forward`) round, but for that center: the variance from the
+differences, not E[x^2] - E[x]^2 (inf where the squares overflow, as eager's); no multiply-add
+fused into the formula; the quotient as the divide gives it -- so NaN and inf come out as eager's
+do: a NaN or inf in a row makes the whole row NaN, a row whose squares overflow gives beta. The two sums of
 pass two cost LayerNorm(512) over 256 rows ~28 -> ~30 us (Intel Xeon, two helpers' load). With the AVX-512
 forms (`vecmath.has_avx512_forms`) the quotient is `corrected_quotient`, whose two FMAs only
 reproduce the divide; elsewhere it is the divide. The sums are trees log n
@@ -115,6 +116,9 @@ class _Rows:
             corrections.append(c)
             variance = b.fsub(mean_square, b.fmul(c, c))
             variance = b.select(b.fcmp_ordered("<", variance, ir.Constant(F32, 0.0)), ir.Constant(F32, 0.0), variance)
+            # d^2 overflowed (|d| past 1.8e19): the variance is inf, as eager's, not inf - c^2 = nan
+            infinite = b.fcmp_ordered("==", mean_square, ir.Constant(F32, math.inf))
+            variance = b.select(infinite, mean_square, variance)
             roots.append(b.call(sqrt, [b.fadd(variance, ir.Constant(F32, self.eps))]))
         means = [b.fadd(mean, splat(c, w, b)) for mean, c in zip(means, corrections, strict=True)]
 

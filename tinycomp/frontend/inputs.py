@@ -49,6 +49,13 @@ def required_inputs(sig: inspect.Signature) -> list[str]:
             if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty]
 
 
+def _takes_training(model: Any) -> bool:
+    try:
+        return "training" in inspect.signature(getattr(model, "forward", model)).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def input_names(model: Any, count: int) -> list[str]:
     """Names of the input nodes: `x` for a model of one input; with several, forward()'s own names for
     them (`x`, `mask`), checked against its signature so that a wrong count is a clear TypeError."""
@@ -79,6 +86,9 @@ def positional_inputs(model: Any, x: Any, more: tuple, named: dict[str, Any]) ->
     model takes its inputs by position. A TypeError names forward()'s signature where they do not
     bind, skip an input before a given one, or are keyword-only."""
     what = f"{type(model).__name__}.forward"
+    if "training" in named:
+        raise TypeError(f"{what} was given training={named['training']!r}: a compiled model's mode is fixed when it "
+                        "is compiled (compile(model, training=True) keeps dropout), not chosen per call")
     sig = input_signature(model)
     if sig is None:
         raise TypeError(f"{what} has no signature to place the inputs given by name ({', '.join(named)}) by; "
@@ -109,6 +119,9 @@ def given_inputs(model: Any, more: tuple) -> tuple:
     params = [p for p in sig.parameters.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)] \
         if sig is not None else []
     n = len(more)
+    # a None past the tensor inputs is forward()'s `training` left as it is (Sequential's forward(x, training=None))
+    if n == len(params) and more[-1] is None and _takes_training(model):
+        n -= 1
     while n and more[n - 1] is None and n < len(params) and params[n].default is None:
         n -= 1
     where = f"{type(model).__name__}.forward{sig if sig is not None else '()'}"

@@ -14,6 +14,7 @@ import math
 import numbers
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -367,7 +368,9 @@ class Tracer:
 class Patching:
     """The traces that have a model patched (arrays swapped, forwards wrapped) right now. A fork waits
     until none but the forking thread's own has (`hold`, then `release` on both sides): a child forked
-    mid-trace would keep the patches for good, their undoing thread gone."""
+    mid-trace would keep the patches for good, their undoing thread gone. The wait is bounded
+    (HOLD_SECONDS): a trace may wait for the forking thread itself (its forward() waiting for a
+    result the forker makes, or forking too), and a fork must never hang for it."""
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
@@ -389,13 +392,17 @@ class Patching:
 
     def hold(self) -> None:
         self._cond.acquire()  # no trace starts or ends while held; wait() lets them end meanwhile
+        deadline = time.monotonic() + HOLD_SECONDS
         while self._count > getattr(self._mine, "count", 0):
-            self._cond.wait()
+            left = deadline - time.monotonic()
+            if left <= 0 or not self._cond.wait(left):
+                break
 
     def release(self) -> None:
         self._cond.release()
 
 
+HOLD_SECONDS = 2.0  # traces take milliseconds
 PATCHING = Patching()
 
 

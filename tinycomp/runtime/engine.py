@@ -33,7 +33,6 @@ _log = logging.getLogger("tinycomp.compile")
 LLVM_LOCK = _LLVM_LOCK = threading.RLock()  # public: exports (tinycomp.export) take it too
 
 
-
 def hold_llvm_for_fork() -> None:
     """A fork waits for the compile in progress and for any call into llvmlite (a dropped engine
     disposes of itself under llvmlite's own lock, ours not held): a child forked while another

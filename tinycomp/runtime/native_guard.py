@@ -117,10 +117,11 @@ def _probe() -> bool:
     class Other(Probe):
         pass
 
-    if dict_pointer_words(obj) != [id(obj) + MANAGED_DICT_AT]:
+    pointer = dict_pointer_words(obj)  # where this interpreter keeps it: managed (3.11+) or at __dictoffset__
+    if pointer is None:
         return False
     obj.__dict__ = dict(vars(obj))  # a new dict: the pointer word follows it
-    if _word(id(obj) + MANAGED_DICT_AT) != id(vars(obj)):
+    if _word(pointer[0]) != id(vars(obj)):
         return False
 
     if _word(id(obj) + OBJECT_TYPE) != id(Probe):
