@@ -70,7 +70,7 @@ def _after_fork_in_child() -> None:
     me = threading.get_ident()  # the forking thread, the child's only one: its own compile goes on
     for fast in list(_COMPILED):
         if fast._compiling != me:
-            fast._lock, fast._compiling = threading.Lock(), None
+            fast._lock, fast._compiling = threading.RLock(), None
 
 
 os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child)
@@ -130,7 +130,7 @@ class CompiledModel:
         self.stats = CompileStats()
         self._artifact: Artifact | None = None
         self._native: NativeHotCall | None = None  # the one-step batch-1 call, once a call armed it
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # re-entrant: a signal handler may land just after a compile took it
         self._compiling: int | None = None  # the thread compiling now, holding _lock (`_compile_lock`)
         _COMPILED.add(self)
         self._scratch = ScratchPool()
@@ -203,13 +203,15 @@ class CompiledModel:
 
     @contextlib.contextmanager
     def _compile_lock(self) -> Iterator[None]:
-        """The model's lock, then this compiled model's, for a compile. A forward() that calls its own
-        compiled model while that compiles (tracing runs forward()) would wait for itself for ever:
-        refused instead."""
-        if self._compiling == threading.get_ident():
-            raise RuntimeError(f"{type(self.model).__name__}'s forward() called its own compiled model while that "
-                               "model is being compiled (tracing runs forward()): call the eager model there")
+        """The model's lock, then this compiled model's, for a compile. A call on the thread that is
+        compiling (from the model's forward(), which tracing runs, or a signal handler or gc callback
+        landing in the compile) would wait for itself for ever: refused instead. The locks are
+        re-entrant, so one landing before the compile began runs whole first."""
         with model_lock(self.model), self._lock:
+            if self._compiling == threading.get_ident():
+                raise RuntimeError(f"{type(self.model).__name__}'s compiled model was called on the thread compiling "
+                                   "it (from its forward(), which tracing runs, or a signal handler or gc callback): "
+                                   "call the eager model there")
             self._compiling = threading.get_ident()
             try:
                 yield

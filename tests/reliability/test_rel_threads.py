@@ -458,6 +458,73 @@ def test_a_fork_never_waits_for_ever_on_a_trace_that_waits_for_the_forker():
     assert not forker.is_alive() and not tracer.is_alive() and forked.is_set()
 
 
+SIGNAL_REENTRY = """
+import signal, time, numpy as np, tinycomp as tc
+from tinycomp.nn import Sequential, Linear, ReLU, Tanh
+m = Sequential(Linear(16, 8), ReLU(), Linear(8, 4)); m.eval()
+f = tc.compile(m)
+x1, x3 = np.ones((1, 16), np.float32), np.ones((3, 16), np.float32)
+busy = []
+def handler(sig, frame):
+    if busy: return
+    busy.append(1)
+    try: f(x1)
+    except RuntimeError: pass  # landed inside the compile: refused, never waited for
+    finally: busy.clear()
+signal.signal(signal.SIGALRM, handler)
+signal.setitimer(signal.ITIMER_REAL, 0.0001, 0.0001)
+t0, n = time.time(), 0
+while time.time() - t0 < 3:
+    m.layers[1] = ReLU() if n % 2 else Tanh()  # each call re-checks the model under its locks
+    f(x3); n += 1
+signal.setitimer(signal.ITIMER_REAL, 0)
+print("calls", n)
+"""
+
+SIGNAL_FORK = """
+import os, signal, numpy as np, tinycomp as tc
+from tinycomp.nn import Sequential, Linear, ReLU
+child, kids = [], []
+def handler(sig, frame):
+    if child: return
+    pid = os.fork()
+    if pid == 0:
+        child.append(1); signal.setitimer(signal.ITIMER_REAL, 0)
+    else:
+        kids.append(pid)
+signal.signal(signal.SIGALRM, handler)
+for i in range(8):
+    m = Sequential(Linear(300 + i, 256), ReLU(), Linear(256, 128), ReLU(), Linear(128, 10)); m.eval()
+    x = np.random.default_rng(i).random((3, 300 + i), dtype=np.float32)
+    signal.setitimer(signal.ITIMER_REAL, 0.005 + 0.007 * (i % 5), 0)
+    ok = np.allclose(tc.compile(m)(x).data, m(x).data, rtol=1e-4, atol=1e-5)
+    signal.setitimer(signal.ITIMER_REAL, 0)
+    if child: os._exit(0 if ok else 7)
+    assert ok
+codes = [os.waitstatus_to_exitcode(os.waitpid(p, 0)[1]) for p in kids]
+print("children", codes)
+"""
+
+
+@pytest.mark.parametrize("script", [SIGNAL_REENTRY, SIGNAL_FORK], ids=["reentry", "fork"])
+def test_signal_handlers_that_call_or_fork_during_calls_and_compiles(script, tmp_path):
+    """A handler calling the model on the slow path waited for itself (the model-lock table's guard,
+    then the window just after a compile took its lock); a handler forking during code generation
+    left the child without a part still compiling on another thread: a segfault in 3-4 of 12
+    children. Each script runs in its own process: a hang there is a timeout here."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TINYCOMP_CACHE": "0"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=240, env=env,
+                          cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    if script is SIGNAL_FORK:
+        assert done.stdout.strip().startswith("children [") and "-" not in done.stdout and " 7" not in done.stdout, \
+            done.stdout
+
+
 def _edit_once_during(monkeypatch, owner, name: str, edit) -> list:
     """Patch owner.name so that its next call first runs `edit`, as another thread could at that
     moment; returns a list that records each edit made."""

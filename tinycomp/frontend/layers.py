@@ -20,7 +20,8 @@ from . import streams
 from .tensor import Tensor, apply_op, tracing, wrap_result
 
 _model_locks: weakref.WeakKeyDictionary[Any, threading.RLock] = weakref.WeakKeyDictionary()
-_model_locks_guard = threading.Lock()
+# re-entrant: a signal handler or gc callback calling a model may land inside the guarded lookup
+_model_locks_guard = threading.RLock()
 _UNWEAKREFABLE_LOCK = threading.RLock()  # for the rare model object that takes no weak reference
 
 
@@ -44,7 +45,7 @@ def model_lock(model: Any) -> threading.RLock:
 def _fresh_model_locks_after_fork() -> None:
     # A lock held by a thread that did not survive the fork would block the child for ever.
     global _model_locks, _model_locks_guard
-    _model_locks, _model_locks_guard = weakref.WeakKeyDictionary(), threading.Lock()
+    _model_locks, _model_locks_guard = weakref.WeakKeyDictionary(), threading.RLock()
 
 
 os.register_at_fork(after_in_child=_fresh_model_locks_after_fork)

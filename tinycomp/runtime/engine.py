@@ -41,6 +41,11 @@ def hold_llvm_for_fork() -> None:
     first as every compile takes them, and lets go on both sides (`release_llvm_after_fork`);
     compiler.py registers the fork hooks, after a wait for traces in progress."""
     _LLVM_LOCK.acquire()
+    # A signal handler forking on the compiling thread itself re-enters the lock at once while that
+    # compile's part threads still emit code (without llvmlite's lock): the child would have lost
+    # them. Wait for them first (they take llvmlite's lock, so before it), for a while.
+    with _PARTS:
+        _PARTS.wait_for(lambda: not _running_parts[0], timeout=PARTS_WAIT_SECONDS)
     _FFI_LOCK.acquire()
 
 
@@ -49,6 +54,9 @@ def release_llvm_after_fork() -> None:
     _LLVM_LOCK.release()
 
 
+_PARTS = threading.Condition()  # the part threads of `_emit_in_parts` running now, in _running_parts[0]
+_running_parts = [0]
+PARTS_WAIT_SECONDS = 30.0
 # llvmlite's RLock around every call into LLVM (0.50's layout; a fresh lock, held by no one, elsewhere)
 _FFI_LOCK = getattr(getattr(ffi.lib, "_lock", None), "_lock", None) or threading.RLock()
 
@@ -118,17 +126,38 @@ def _emit_in_parts(parts: list[Printer], speed_level: int) -> list[bytes] | None
             except BaseException as exc:  # handed to the caller's thread below
                 out[i] = exc
 
+        def compile_part_on_thread(i: int, text: str) -> None:
+            try:
+                compile_part(i, text)
+            finally:
+                with _PARTS:
+                    _running_parts[0] -= 1
+                    _PARTS.notify_all()
+
         workers: list[threading.Thread] = []
         try:
             for i in range(1, len(parts)):
                 text = parts[i]()
-                workers.append(threading.Thread(target=compile_part, args=(i, text), name=f"tinycomp-codegen-{i}"))
-                workers[-1].start()
+                workers.append(threading.Thread(target=compile_part_on_thread, args=(i, text),
+                                                name=f"tinycomp-codegen-{i}"))
+                with _PARTS:
+                    _running_parts[0] += 1
+                try:
+                    workers[-1].start()
+                except BaseException:
+                    workers.pop()
+                    with _PARTS:
+                        _running_parts[0] -= 1
+                    raise
             compile_part(0, parts[0]())
         finally:
             _join_all(workers)  # before their contexts go
             for ctx in contexts:
                 ctx.close()
+    if any(r is None for r in out):  # a part's thread never finished here: this process was forked from it
+        _log.warning("a part of the module's code generation did not finish in this process (forked while it "
+                     "compiled on another thread); emitting the module whole")
+        return None
     for result in out:  # an interrupt or another error first: it is not cured by emitting whole
         if isinstance(result, BaseException) and not isinstance(result, _Refused):
             raise result
