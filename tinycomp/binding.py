@@ -159,18 +159,19 @@ def native_watch(guard: StructureGuard, hot: HotTable) -> tuple[list[int], tuple
         words += native_guard.dict_words(c) if isinstance(c, dict) else native_guard.list_words(c)
     for cls in guard.classes:  # a class dict is read only through a proxy: its version word is the dict's
         words += native_guard.dict_words(native_guard.class_dict(cls))
-    tensor_dicts = []
-    for obj in [*guard.layers, *(slot for slot in hot[1] if type(slot) is Tensor)]:
-        pointer = native_guard.dict_pointer_words(obj)  # `obj.__dict__ = {...}`
+    for layer in guard.layers:  # `layer.__dict__ = {...}`, `layer.__class__ = Other`
+        pointer = native_guard.dict_pointer_words(layer)
         if pointer is None:
             return None
-        words += pointer
-    for layer in guard.layers:
-        words += native_guard.type_words(layer)
+        words += pointer + native_guard.type_words(layer)
+    tensor_dicts = []
     for slot, array in zip(hot[1], hot[2], strict=True):
         if type(slot) is Tensor:  # `t.data = ...` rebinds the array: the Tensor's own dict changes
+            pointer = native_guard.dict_pointer_words(slot)  # `t.__dict__ = {...}` swaps that dict
+            if pointer is None:
+                return None
             tensor_dicts.append(vars(slot))
-            words += native_guard.dict_words(tensor_dicts[-1])
+            words += pointer + native_guard.dict_words(tensor_dicts[-1])
         words += native_guard.array_words(array)
     return words, (guard.containers, guard.classes, guard.layers, guard.held, hot, tensor_dicts)
 
@@ -201,9 +202,9 @@ def _container_view(obj: Any) -> Iterable[Any] | None:
     return None
 
 
-# (the guard's held tuple, the parameter slots, the array in each, the arrays' layouts then, their
-# pointer table: last, where callers take it): see LiveParams.hot_table
-# (the guard's held objects, slots, arrays, their layouts, their pointer views and pointers, the table)
+# (the guard's held tuple, the parameter slots, the array in each, the arrays' layouts then, views of
+# their data pointers and those pointers then, their pointer table: last, where callers take it): see
+# LiveParams.hot_table
 HotTable = tuple[tuple, list[Any], list[np.ndarray], list[tuple], tuple[list[Any], list[Any]], ctypes.Array]
 
 

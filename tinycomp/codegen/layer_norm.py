@@ -11,11 +11,12 @@ mean missed x by an ulp in a third of such rows and gave -1.5e-4 or, with eps 0,
 the eager ops (`LayerNorm.forward`) round, but for that center: the variance from the
 differences, not E[x^2] - E[x]^2 (inf where the squares overflow, as eager's); no multiply-add
 fused into the formula; the quotient as the divide gives it -- so NaN and inf come out as eager's
-do: a NaN or inf in a row makes the whole row NaN, a row whose squares overflow gives beta. The two sums of
-pass two cost LayerNorm(512) over 256 rows ~28 -> ~30 us (Intel Xeon, two helpers' load). With the AVX-512
-forms (`vecmath.has_avx512_forms`) the quotient is `corrected_quotient`, whose two FMAs only
-reproduce the divide; elsewhere it is the divide. The sums are trees log n
-deep, as the `mean` kernel's (`loops.fold_run`): lanes split the row and are folded pairwise at the end.
+do: a NaN or inf in a row makes the whole row NaN, a row whose squares overflow gives beta. The two
+sums of pass two cost LayerNorm(512) over 256 rows 27.3-27.8 -> 28.4-31.1 us (benchmarks/RESULTS.md,
+twentieth session). With the AVX-512 forms (`vecmath.has_avx512_forms`) the quotient is
+`corrected_quotient`, whose two FMAs only reproduce the divide; elsewhere it is the divide. The sums
+are trees log n deep, as the `mean` kernel's (`loops.fold_run`): lanes split the row and are folded
+pairwise at the end.
 
 Rows go ROW_GROUP at a time, stage by stage (every row's mean, then every variance, then the
 quotients): one row is a chain of two horizontal sums, a square root and a divide (about 150

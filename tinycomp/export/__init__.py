@@ -124,11 +124,11 @@ def export(model: Any, path: Any, *, input_shape: Any, target: str = "host", nam
     layout = entry.WeightsLayout.of([a.shape for a in params] + [c.shape for c in plan.consts])
     blob = layout.blob(params + plan.consts)
     exported = [f"{name}_forward"] + ([f"{name}_bind_weights"] if weights == "external" else [])
-    batched = [math.prod(features)] + [math.prod(s[1:]) for s in more if s[:1] == (None,)]
-    limit = entry.max_batch(t, max(*batched, math.prod(out_row), plan.scratch_per_row), plan.scratch_fixed)
+    # what x, the inputs after it (a shared one: a fixed size), y and scratch span for a batch
     extents = [entry.Extent(math.prod(features)),
                *(entry.Extent(math.prod(s[1:])) if s[:1] == (None,) else entry.Extent(0, math.prod(s)) for s in more),
                entry.Extent(math.prod(out_row)), entry.Extent(plan.scratch_per_row, plan.scratch_fixed, plan.row_block)]
+    limit = entry.max_batch(t, max(e.per_row for e in extents), plan.scratch_fixed)
     wrapper = entry.entry_module(t, plan.entry, layout, name=name, blob=blob if weights == "embedded" else None,
                                  batch_limit=limit, extents=extents,
                                  more_inputs=len(more), dropouts=dropouts,

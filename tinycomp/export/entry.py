@@ -47,6 +47,10 @@ class Extent:
     fixed: int = 0
     row_block: int = 0
 
+    @property
+    def empty(self) -> bool:
+        return self.per_row == 0 and self.fixed == 0
+
     def bytes(self, b: ir.IRBuilder, batch: ir.Value) -> ir.Value:
         rows = batch
         if self.row_block:
@@ -148,11 +152,10 @@ def _overlapping(b: ir.IRBuilder, ptrs: Sequence[ir.Value], extents: Sequence[Ex
     kernels take every pointer as noalias: a GEMM writing y over x would read its own output."""
     starts = [b.ptrtoint(p, I64) for p in ptrs]
     spans = [(s, b.add(s, e.bytes(b, batch))) for s, e in zip(starts, extents, strict=True)]
-    empty = [e.per_row == 0 and e.fixed == 0 for e in extents]
     hit: ir.Value = ir.Constant(ir.IntType(1), 0)
     for w in (len(ptrs) - 2, len(ptrs) - 1):
         for j in range(w):
-            if not (empty[w] or empty[j]):
+            if not (extents[w].empty or extents[j].empty):
                 (ws, we), (js, je) = spans[w], spans[j]
                 hit = b.or_(hit, b.and_(b.icmp_unsigned("<", ws, je), b.icmp_unsigned("<", js, we)))
     return hit
@@ -179,7 +182,7 @@ def _forward(module: ir.Module, lowered: ir.Function, weights: ir.GlobalVariable
     bad = b.icmp_unsigned("==", y, null)
     for ptr in (x, *others):
         bad = b.or_(bad, b.icmp_unsigned("==", ptr, null))
-    if extents[-1].per_row or extents[-1].fixed:
+    if not extents[-1].empty:  # a scratch of no bytes may be NULL
         bad = b.or_(bad, b.icmp_unsigned("==", scratch, null))
     bad = b.or_(bad, _overlapping(b, [x, *others, y, scratch], extents, batch))
     _return_if(b, b.or_(bad, _misaligned(b, x, *others, y, scratch)), ERR_ARGS)

@@ -31,29 +31,38 @@ def inferred_input_shape(model: Any) -> tuple | None:
     return (None, int(np.shape(first.weight)[0])) if isinstance(first, Linear) else None
 
 
+def _forward_signature(model: Any) -> inspect.Signature | None:
+    """forward()'s own signature (the model's, for a plain callable), None where there is none to read."""
+    try:
+        return inspect.signature(getattr(model, "forward", model))
+    except (TypeError, ValueError):
+        return None
+
+
 def input_signature(model: Any) -> inspect.Signature | None:
     """forward()'s signature without `training`, the mode flag a Layer's caller passes (Sequential's
     forward(x, training=None)), never a tensor input; None where there is none to read (a builtin).
     Without annotations: messages print it."""
-    try:
-        sig = inspect.signature(getattr(model, "forward", model))
-    except (TypeError, ValueError):
+    sig = _forward_signature(model)
+    if sig is None:
         return None
     inputs = [p.replace(annotation=p.empty) for p in sig.parameters.values() if p.name != "training"]
     return sig.replace(parameters=inputs, return_annotation=sig.empty)
 
 
+def _positional(sig: inspect.Signature) -> list[inspect.Parameter]:
+    """The parameters a call may give by position."""
+    return [p for p in sig.parameters.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+
+
 def required_inputs(sig: inspect.Signature) -> list[str]:
     """The inputs forward() cannot be called without (no default)."""
-    return [p.name for p in sig.parameters.values()
-            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty]
+    return [p.name for p in _positional(sig) if p.default is p.empty]
 
 
 def _takes_training(model: Any) -> bool:
-    try:
-        return "training" in inspect.signature(getattr(model, "forward", model)).parameters
-    except (TypeError, ValueError):
-        return False
+    sig = _forward_signature(model)
+    return sig is not None and "training" in sig.parameters
 
 
 def input_names(model: Any, count: int) -> list[str]:
@@ -71,12 +80,11 @@ def input_names(model: Any, count: int) -> list[str]:
         return ["x"]
     if sig is None:  # no signature to read: number them
         return [f"x{i}" for i in range(count)]
-    params = list(sig.parameters.values())
     try:
         sig.bind(*range(count))
     except TypeError:
         raise TypeError(f"{type(model).__name__}.forward{sig} does not take {count} positional inputs") from None
-    positional = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    positional = [p.name for p in _positional(sig)]
     names = positional[:count] + [f"x{i}" for i in range(len(positional), count)]  # *args: numbered
     return [n if n not in ("output",) and names.count(n) == 1 else f"input{i}" for i, n in enumerate(names)]
 
@@ -97,7 +105,7 @@ def positional_inputs(model: Any, x: Any, more: tuple, named: dict[str, Any]) ->
         bound = sig.bind(x, *more, **named)
     except TypeError as exc:
         raise TypeError(f"{what}{sig}: {exc}") from None
-    order = [p.name for p in sig.parameters.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    order = [p.name for p in _positional(sig)]
     given = [n for n in order if n in bound.arguments]
     if given != order[:len(given)]:
         skipped = next(n for n in order if n not in bound.arguments)
@@ -116,8 +124,7 @@ def given_inputs(model: Any, more: tuple) -> tuple:
     input without that default, or before one given) or a Python number is a TypeError naming the
     input: a compiled model traces its inputs as tensors."""
     sig = input_signature(model)
-    params = [p for p in sig.parameters.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)] \
-        if sig is not None else []
+    params = _positional(sig) if sig is not None else []
     n = len(more)
     # a None past the tensor inputs is forward()'s `training` left as it is (Sequential's forward(x, training=None))
     if n == len(params) and more[-1] is None and _takes_training(model):

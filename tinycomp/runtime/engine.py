@@ -15,6 +15,7 @@ import os
 import platform
 import struct
 import threading
+import time
 from collections.abc import Sequence
 
 import llvmlite.binding as llvm
@@ -44,8 +45,9 @@ def hold_llvm_for_fork() -> None:
     # A signal handler forking on the compiling thread itself re-enters the lock at once while that
     # compile's part threads still emit code (without llvmlite's lock): the child would have lost
     # them. Wait for them first (they take llvmlite's lock, so before it), for a while.
-    with _PARTS:
-        _PARTS.wait_for(lambda: not _running_parts[0], timeout=PARTS_WAIT_SECONDS)
+    deadline = time.monotonic() + PARTS_WAIT_SECONDS
+    for part in [t for t in threading.enumerate() if t.name.startswith(PART_THREAD)]:
+        part.join(max(0.0, deadline - time.monotonic()))
     _FFI_LOCK.acquire()
 
 
@@ -54,8 +56,7 @@ def release_llvm_after_fork() -> None:
     _LLVM_LOCK.release()
 
 
-_PARTS = threading.Condition()  # the part threads of `_emit_in_parts` running now, in _running_parts[0]
-_running_parts = [0]
+PART_THREAD = "tinycomp-codegen-"  # the name of `_emit_in_parts`' threads, then the part's number
 PARTS_WAIT_SECONDS = 30.0
 # llvmlite's RLock around every call into LLVM (0.50's layout; a fresh lock, held by no one, elsewhere)
 _FFI_LOCK = getattr(getattr(ffi.lib, "_lock", None), "_lock", None) or threading.RLock()
@@ -126,29 +127,12 @@ def _emit_in_parts(parts: list[Printer], speed_level: int) -> list[bytes] | None
             except BaseException as exc:  # handed to the caller's thread below
                 out[i] = exc
 
-        def compile_part_on_thread(i: int, text: str) -> None:
-            try:
-                compile_part(i, text)
-            finally:
-                with _PARTS:
-                    _running_parts[0] -= 1
-                    _PARTS.notify_all()
-
         workers: list[threading.Thread] = []
         try:
             for i in range(1, len(parts)):
                 text = parts[i]()
-                workers.append(threading.Thread(target=compile_part_on_thread, args=(i, text),
-                                                name=f"tinycomp-codegen-{i}"))
-                with _PARTS:
-                    _running_parts[0] += 1
-                try:
-                    workers[-1].start()
-                except BaseException:
-                    workers.pop()
-                    with _PARTS:
-                        _running_parts[0] -= 1
-                    raise
+                workers.append(threading.Thread(target=compile_part, args=(i, text), name=f"{PART_THREAD}{i}"))
+                workers[-1].start()
             compile_part(0, parts[0]())
         finally:
             _join_all(workers)  # before their contexts go

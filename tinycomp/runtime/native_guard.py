@@ -114,15 +114,15 @@ def _probe() -> bool:
     Probe.c = 1  # type: ignore[attr-defined]
     if _word(id(cd) + DICT_VERSION) == before:
         return False
-    class Other(Probe):
-        pass
-
     pointer = dict_pointer_words(obj)  # where this interpreter keeps it: managed (3.11+) or at __dictoffset__
     if pointer is None:
         return False
     obj.__dict__ = dict(vars(obj))  # a new dict: the pointer word follows it
     if _word(pointer[0]) != id(vars(obj)):
         return False
+
+    class Other(Probe):
+        pass
 
     if _word(id(obj) + OBJECT_TYPE) != id(Probe):
         return False
