@@ -1,10 +1,12 @@
 """Tensor (DESIGN.md §1, issue 2): float32 copies, arithmetic, matmul and its errors, shape ops."""
 
+import re
+
 import numpy as np
 import pytest
 
 from tinycomp.aligned import ALIGN_MIN_BYTES, LINE
-from tinycomp.nn import Tensor
+from tinycomp.nn import Linear, Tensor
 
 MISMATCH = (
     "Cannot perform matrix multiplication: (32, 128) @ (256, 10). Inner dimensions must match: 128 ≠ 256"
@@ -122,6 +124,39 @@ def test_list_of_strings_raises_type_error():
 def test_ragged_list_raises_type_error():
     with pytest.raises(TypeError):
         Tensor([[1, 2], [3]])
+
+
+@pytest.mark.parametrize("data", [np.full((2, 3), 1 + 5j), np.ones((2, 3), object), np.zeros((2, 3), "M8[s]")],
+                         ids=["complex", "object", "datetime"])
+def test_an_ndarray_operand_is_checked_as_tensor_data(data):
+    """x + array and a model called on an array refuse what Tensor(array) refuses (no silent
+    dropping of an imaginary part)."""
+    with pytest.raises(TypeError, match=re.escape(str(data.dtype))):
+        Tensor(np.ones((2, 3))) + data
+    with pytest.raises(TypeError, match=re.escape(str(data.dtype))):
+        Linear(3, 2)(data)
+
+
+@pytest.mark.filterwarnings("ignore:the matrix subclass:PendingDeprecationWarning")
+def test_an_ndarray_subclass_operand_is_read_as_tensor_reads_it():
+    masked = np.ma.masked_array(np.arange(6.0).reshape(2, 3), mask=np.eye(2, 3, dtype=bool))
+    layer = Linear(3, 2)
+    np.testing.assert_array_equal(layer(masked).data, layer(Tensor(masked)).data)
+    matrix = np.matrix(np.arange(6.0).reshape(2, 3))
+    got = Tensor(np.ones((2, 3))) * matrix  # elementwise, as for Tensor(matrix), not matrix's product
+    np.testing.assert_array_equal(got.data, np.asarray(matrix, np.float32))
+    assert type(got.data) is np.ndarray
+
+
+def test_np_array_of_a_tensor_is_a_copy_as_for_an_ndarray():
+    t = Tensor(A)
+    for copied in (np.array(t), np.array(t, copy=True), np.array(t, dtype=np.float64)):
+        assert not np.shares_memory(copied, t.data)
+        copied[...] = -1
+    np.testing.assert_array_equal(f64(t), A.astype(np.float32))
+    assert np.shares_memory(np.asarray(t), t.data)  # asarray does not copy, as for an ndarray
+    with pytest.raises(ValueError, match="copy=False"):
+        np.asarray(t, dtype=np.float64, copy=False)
 
 
 # ---------------------------------------------------------------- arithmetic

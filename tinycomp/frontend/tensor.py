@@ -42,8 +42,10 @@ def to_float32(data: Any) -> np.ndarray:
 def _operand_array(x: Operand) -> np.ndarray:
     if isinstance(x, Tensor):
         return x.data
-    if isinstance(x, np.ndarray):
+    if type(x) is np.ndarray and x.dtype.kind in "biuf":
         return x.astype(np.float32, copy=False)
+    if isinstance(x, np.ndarray):  # a subclass (masked, matrix) or a non-number: as Tensor(x) takes it
+        return float32_copy(x)
     return np.float32(x)
 
 
@@ -198,7 +200,12 @@ class Tensor:
         tracer = tracing.tracer
         if tracer is not None:  # np.asarray(parameter) while tracing: a plain array the trace would freeze
             tracer.live.check_conversion(self)
-        return self.data if dtype is None else self.data.astype(dtype)
+        if dtype is not None and np.dtype(dtype) != self.data.dtype:
+            if copy is False:
+                raise ValueError(f"a float32 Tensor cannot become a {np.dtype(dtype)} array without a copy "
+                                 "(copy=False was given)")
+            return self.data.astype(dtype)
+        return self.data.copy() if copy else self.data  # np.array(t) copies, as for an ndarray
 
     def __len__(self) -> int:
         return len(self.data)
