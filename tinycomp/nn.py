@@ -12,12 +12,12 @@ from .frontend.layers import (
     set_training_mode,
 )
 from .frontend.streams import dropout_key
-from .frontend.structural import Flatten, Identity, Reshape
+from .frontend.structural import Flatten, Identity, InputShape, Reshape
 from .frontend.tensor import Tensor
 from .frontend.transformer import MLP, LayerNorm, MultiHeadAttention, TransformerBlock, scaled_dot_product_attention
 
 __all__ = [
-    "GELU", "INIT_SCALE_FACTOR", "MLP", "Dropout", "Flatten", "Identity", "Layer", "LayerNorm", "Linear",
+    "GELU", "INIT_SCALE_FACTOR", "MLP", "Dropout", "Flatten", "Identity", "InputShape", "Layer", "LayerNorm", "Linear",
     "MultiHeadAttention", "ReLU", "Reshape", "Sequential", "Sigmoid", "Softmax", "Tanh", "Tensor", "TransformerBlock",
     "concat", "dropout_key", "equal", "manual_seed", "maximum", "minimum", "not_equal", "scaled_dot_product_attention",
     "set_training_mode", "stack", "where",

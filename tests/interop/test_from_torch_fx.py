@@ -892,3 +892,38 @@ def test_matrix_transpose_attribute_imports_and_whole_transpose_says_why():
     with pytest.raises(tc.CompileError, match=r"\(only x \*\* \(a number\) is supported; here the base is a constant "
                                               r"and the exponent the computed tensor\)"):
         from_torch(PowerOfTwo().eval(), input_shape=(None, 5))
+
+
+class MeanByHand(nn.Module):
+    """Sizes read from x.shape: a mean over the sequence and a cut to its first half."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.fc(x.sum(1) / x.shape[1]) + x[:, : x.size(1) // 2].sum(1)[:, :3]
+
+
+def test_the_input_shape_an_import_read_sizes_from_is_kept():
+    """Another sequence length would run with the sizes read at import (a mean divided by 5, a cut to
+    2 rows) and give wrong values; the imported model refuses it, eager and compiled, naming both."""
+    model = from_torch(MeanByHand().eval(), input_shape=(None, 5, 8))
+    check = model.layers[model.steps[0].layer]
+    assert isinstance(check, tc.nn.InputShape) and check.sample_shape == (5, 8)
+    fast = tc.compile(model)
+    x = np.random.default_rng(0).standard_normal((3, 5, 8)).astype(np.float32)
+    np.testing.assert_allclose(fast(x).data, model(x).data, rtol=1e-5, atol=1e-6)
+    longer = np.zeros((3, 7, 8), np.float32)
+    for call in (model, fast, tc.compile(model)):
+        with pytest.raises(ValueError, match=r"inputs of shape \(N, 5, 8\) .*got an input of shape \(\S+, 7, 8\)"):
+            call(longer)
+    assert tc.summary(model).parameters == 8 * 3 + 3  # the shape it needs is the one it keeps
+
+
+def test_a_graph_model_keeps_its_input_shape_as_its_first_step():
+    model = from_torch(StudentBlock().eval(), input_shape=(None, 4, 16))
+    assert isinstance(model, GraphModel)
+    assert model.steps[0].layer == "input_shape" and model.steps[0].output == model.input_name
+    with pytest.raises(ValueError, match=r"inputs of shape \(N, 4, 16\)"):
+        model(np.zeros((2, 5, 16), np.float32))

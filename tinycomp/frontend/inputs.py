@@ -15,19 +15,28 @@ import numpy as np
 
 from ..checks import is_whole_number
 from .layers import Linear, Sequential
+from .structural import InputShape
 
 
 def first_layer(model: Any) -> Any:
-    """The layer a model's input meets first, looking into nested Sequentials."""
+    """The layer a model's input meets first, looking into nested Sequentials and into models that
+    name theirs (`first_layer`: an imported GraphModel)."""
     first = model
-    while isinstance(first, Sequential) and first.layers:
-        first = first.layers[0]
-    return first
+    while True:
+        if isinstance(first, Sequential) and first.layers:
+            first = first.layers[0]
+        elif isinstance(getattr(type(first), "first_layer", None), property) and first.first_layer is not None:
+            first = first.first_layer
+        else:
+            return first
 
 
 def inferred_input_shape(model: Any) -> tuple | None:
-    """(None, width) for a model whose first layer is a Linear, else None (the caller asks for one)."""
+    """(None, width) for a model whose first layer is a Linear, (None, *sizes) for one that starts
+    with an InputShape (an imported model), else None (the caller asks for one)."""
     first = first_layer(model)
+    if isinstance(first, InputShape):
+        return (None, *first.sample_shape)
     return (None, int(np.shape(first.weight)[0])) if isinstance(first, Linear) else None
 
 

@@ -1,5 +1,6 @@
-"""Layers that only move data: `Flatten`, `Reshape`, `Identity` (what imported models are made of
-besides Linear and the activations). Written with Tensor ops, so they trace and compile."""
+"""Layers that only move data: `Flatten`, `Reshape`, `Identity`, and `InputShape`, which checks it (what
+imported models are made of besides Linear and the activations). Written with Tensor ops, so they trace
+and compile."""
 
 from __future__ import annotations
 
@@ -7,6 +8,9 @@ import math
 import numbers
 from typing import Any
 
+import numpy as np
+
+from ..ir.shapes import fmt_shape
 from .layers import Layer
 from .tensor import Tensor, as_tensor
 
@@ -67,3 +71,28 @@ class Identity(Layer):
     def forward(self, x: Tensor) -> Tensor:
         """x itself."""
         return x
+
+
+class InputShape(Layer):
+    """Returns its input unchanged, after checking that each sample has the shape `sample_shape` (the
+    sizes after the batch); another is a ValueError naming both. An imported model starts with one
+    where its computation fixed those sizes at import (a mean divided by the length it read, a slice
+    to half of it): it would give wrong values for another shape, and is refused as ONNX Runtime
+    refuses an input that does not match the graph's static shape."""
+
+    def __init__(self, *sample_shape: int):
+        if len(sample_shape) == 1 and isinstance(sample_shape[0], (tuple, list)):
+            sample_shape = tuple(sample_shape[0])
+        self.sample_shape = tuple(int(d) for d in sample_shape)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x itself, when its shape after the batch is `sample_shape`."""
+        shape = tuple(x.shape if isinstance(x, (Tensor, np.ndarray)) else np.shape(x))  # np.shape: a list
+        if shape[1:] != self.sample_shape:
+            raise ValueError(f"this model takes inputs of shape {fmt_shape((None, *self.sample_shape))} (its sizes "
+                             f"after the batch were fixed when it was made); got an input of shape "
+                             f"{fmt_shape(shape)}")
+        return x
+
+    def __repr__(self) -> str:
+        return f"InputShape{fmt_shape((None, *self.sample_shape))}"

@@ -13,6 +13,7 @@ import numpy as np
 
 from ..errors import CompileError
 from ..frontend.layers import Layer, Linear, Sequential, parameters_of
+from ..frontend.structural import InputShape
 from ..frontend.tensor import Tensor, as_tensor
 from .graph_layers import BINARY, UNARY
 
@@ -92,6 +93,13 @@ class GraphModel(Layer):
         """Every layer's parameters, in the layers' order, each shared tensor once."""
         return parameters_of(self.layers.values())
 
+    @property
+    def first_layer(self) -> Layer | None:
+        """The layer of the first step when it takes the input alone (what `tc.summary` and the CLI
+        read the input's shape from), else None."""
+        first = self.steps[0] if self.steps else None
+        return self.layers[first.layer] if first and first.layer and first.inputs == (self.input_name,) else None
+
     def forward(self, x: Tensor) -> Tensor:
         """Run every step in order on the input; return the output value."""
         values: dict[str, Any] = {self.input_name: as_tensor(x)}  # steps call Tensor methods
@@ -130,3 +138,22 @@ def layer_key(name: str, taken: dict[str, Layer]) -> str:
     while key in taken:
         key, i = f"{base}_{i}", i + 1
     return key
+
+
+def pinned(model: Layer, sample: tuple[int, ...] | None) -> Layer:
+    """`model` starting with an `InputShape(*sample)` check: an importer that fixed sizes read from the
+    input's shape (after the batch) returns a model that refuses any other shape instead of computing
+    with the sizes of the import. The check is the first layer of a Sequential, or the first step of a
+    GraphModel; the layers keep their names (parameter paths) otherwise."""
+    if sample is None:
+        return model
+    check = InputShape(*sample)
+    check.training = model.training
+    if isinstance(model, GraphModel):
+        key = layer_key("input_shape", model.layers)
+        model.layers = {key: check, **model.layers}
+        model.steps = (Step(model.input_name, (model.input_name,), key), *model.steps)
+        return model
+    out = Sequential(check, *(model.layers if type(model) is Sequential else [model]))
+    out.training = model.training
+    return out

@@ -12,7 +12,7 @@ import numpy as np
 from ..errors import CompileError
 from ..frontend.layers import Layer
 from ..frontend.tensor import Tensor
-from .common import NodeImporter, Step, chain_or_graph, layer_key, require, unsupported
+from .common import NodeImporter, Step, chain_or_graph, layer_key, pinned, require, unsupported
 from .graph_layers import BINARY, UNARY, number_of
 from .onnx_fold import FoldError, Pair, fold_pair
 from .onnx_nodes import HANDLERS
@@ -67,7 +67,7 @@ def from_onnx(model: Any) -> Layer:
     if output not in importer.produced:
         raise CompileError(f"the graph's output {graph.output[0].name!r} is computed from constants and sizes only, "
                            "not from the input: a tinycomp model returns data")
-    model_out = chain_or_graph(importer.layers, importer.steps, inputs[0], output)
+    model_out = pinned(chain_or_graph(importer.layers, importer.steps, inputs[0], output), importer.sample)
     model_out.eval()
     return model_out
 
@@ -161,6 +161,7 @@ class _Importer(NodeImporter):
         self.steps: list[Step] = []
         self.aliases: dict[str, str] = {}  # Identity/Dropout/Cast outputs -> the value they pass on
         self.fixed_batch: int | None = None  # the input's batch size if the graph fixes it
+        self.sample: tuple[int, ...] | None = None  # the sizes after it, where the graph declares them all
         self.produced: set[str] = set()  # the data values made so far: the input and the steps' outputs
         # each data value at an example input of batch EXAMPLE_BATCH: the shapes ONNX shape inference
         # leaves unknown (after a Reshape to computed sizes, say) are read from it
@@ -173,6 +174,7 @@ class _Importer(NodeImporter):
         sizes = [d for d in (shape or ())[1:] if isinstance(d, int)]
         if shape and len(sizes) == len(shape) - 1:
             self.examples[input_name] = np.zeros((EXAMPLE_BATCH, *sizes), np.float32)
+            self.sample = tuple(sizes)  # the static shape the graph declares, which its nodes may read
 
     def add_step(self, step: Step) -> None:
         """Append `step` and run it on the example values of its inputs (where they are all known)."""

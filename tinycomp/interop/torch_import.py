@@ -14,7 +14,7 @@ from ..errors import CompileError
 from ..frontend.layers import Layer
 from ..frontend.tensor import Tensor
 from ..ir.shapes import fmt_shape
-from .common import linear_from, require, unsupported
+from .common import linear_from, pinned, require, unsupported
 from .graph_layers import ChannelAffine, Clip, LeakyReLU, LogSoftmax, SiLU
 from .graph_rules import BATCHES
 from .torch_fx import TOP, from_fx
@@ -59,7 +59,7 @@ def from_torch(module: Any, input_shape: tuple | None = None) -> Layer:
     if meta:
         raise CompileError(f"cannot import a module whose tensors are on the meta device (no values): {meta[0]!r}")
     with torch.no_grad():
-        model = _convert(torch, module, "", sample)
+        model = pinned(_convert(torch, module, "", sample), sample)  # its sizes were read at that shape
     if sample is not None:
         _verify(torch, module, model, sample)
     return model
