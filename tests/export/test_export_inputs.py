@@ -85,24 +85,26 @@ class KeywordNames(Layer):
     def __init__(self):
         self.a = Linear(4, 4)
 
-    def forward(self, x, new, int64_t, bool, this):
-        return self.a(x) * new + int64_t * bool - this
+    def forward(self, x, new, int64_t, bool, this, linux, complex, stdin):
+        return self.a(x) * new + int64_t * bool - this + linux * complex * stdin
 
 
 @pytest.mark.parametrize("compiler", ["c++", "cc"])
 def test_input_names_that_are_keywords_elsewhere_are_numbered(tmp_path, compiler):
     """forward()'s names went into the prototype unless C99 keywords: `new` broke the header under
-    C++, `bool` under C23, `int64_t` everywhere (it hid the type of `int64_t batch`)."""
+    C++, `bool` under C23, `int64_t` everywhere (it hid the type of `int64_t batch`), `linux` under
+    gcc's default GNU dialect, `complex` after <complex.h>, `stdin` after newlib's <stdio.h>."""
     if not shutil.which(compiler):
         pytest.skip(f"no {compiler} to compile the header with")
     manual_seed(4)
-    tc.export(KeywordNames(), tmp_path, input_shape=[(None, 4)] * 5)
+    tc.export(KeywordNames(), tmp_path, input_shape=[(None, 4)] * 8)
     header = (tmp_path / "model.h").read_text()
-    assert ("int model_forward(const float *x, const float *x1, const float *x2, const float *x3, const float *x4, "
-            "float *y, int64_t batch, void *scratch);") in header
+    numbered = ", ".join(f"const float *x{i}" for i in range(1, 8))
+    assert f"int model_forward(const float *x, {numbered}, float *y, int64_t batch, void *scratch);" in header
     src = tmp_path / ("use.cpp" if compiler == "c++" else "use.c")
-    src.write_text('#include "model.h"\nint rows(void) { return MODEL_INPUTS; }\n')
-    flags = ["-std=c++17"] if compiler == "c++" else ["-std=c99"]
+    includes = "#include <stdio.h>\n" + ("#include <complex.h>\n" if compiler == "cc" else "")
+    src.write_text(includes + '#include "model.h"\nint rows(void) { return MODEL_INPUTS; }\n')
+    flags = ["-std=c++17"] if compiler == "c++" else ["-std=gnu99"]  # gnu: `linux` is a macro there
     subprocess.run([compiler, *flags, "-Wall", "-Wextra", "-Werror", "-pedantic", f"-I{tmp_path}", "-c", str(src),
                     "-o", str(tmp_path / "use.o")], check=True)
 

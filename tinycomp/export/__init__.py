@@ -46,7 +46,11 @@ NOT_PARAMETER_NAMES = C_KEYWORDS | frozenset(
     "co_yield compl concept const_cast consteval constinit decltype delete dynamic_cast explicit export "
     "friend mutable namespace new noexcept not not_eq operator or or_eq private protected public "
     "reinterpret_cast requires static_cast template this throw try typeid typename using virtual wchar_t xor "
-    "xor_eq int64_t uint64_t NULL".split())
+    "xor_eq int64_t uint64_t NULL "
+    # lowercase object-like macros: gcc's and clang's in their default GNU modes, and the C library's
+    # (<complex.h>, <stdio.h>, <errno.h>, <stdnoreturn.h>, <math.h>) that a program includes beside ours
+    "linux unix i386 mips sparc sun vax complex imaginary stdin stdout stderr errno noreturn "
+    "math_errhandling".split())
 
 
 @dataclass
@@ -181,7 +185,8 @@ def dropout_streams(model: Any, traced: Graph, nodes: list[str]) -> list[tuple[i
 def c_input_names(nodes: list[str]) -> list[str]:
     """C parameter names of the entry's inputs: the input nodes' (forward()'s own names) where they
     are C identifiers clashing with nothing else the entry takes, nor with a keyword of C or C++ or a
-    macro (a name in capitals may be one: INT64_MAX, MODEL_OK), else x1, x2... by position."""
+    macro (a name in capitals may be one: INT64_MAX, MODEL_OK; the lowercase ones compilers and C
+    libraries define are listed: linux, complex, stdin...), else x1, x2... by position."""
     taken = {"y", "batch", "scratch", "seed", "offset"}
     names = [n if re.fullmatch(r"[a-z][A-Za-z0-9_]{0,30}", n) and n not in NOT_PARAMETER_NAMES and n not in taken
              else ("x" if i == 0 else f"x{i}") for i, n in enumerate(nodes)]
