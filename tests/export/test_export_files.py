@@ -233,6 +233,7 @@ def test_external_weights_bind_only_their_layout(tmp_path):
     y = np.zeros((2, 3), np.float32)
     scratch = np.zeros(result.scratch_bytes(2) // 4 + 1, np.float32)
     assert lib.model_forward(_ptr(x), _ptr(y), 2, _ptr(scratch)) == entry.ERR_WEIGHTS  # nothing bound yet
+    assert lib.model_forward(None, None, 0, None) == entry.ERR_WEIGHTS  # an empty call says so too
     blob = np.frombuffer(result.files["weights"].read_bytes(), np.uint8).copy()
     other = tc.export(Sequential(Linear(6, 4), ReLU(), Linear(4, 3)), tmp_path / "other", input_shape=(None, 6),
                       weights="external")
@@ -245,6 +246,30 @@ def test_external_weights_bind_only_their_layout(tmp_path):
     assert lib.model_forward(_ptr(x), _ptr(y), 2, _ptr(scratch)) == entry.OK
     model.eval()
     np.testing.assert_allclose(y, model(Tensor(x)).data, rtol=1e-5, atol=1e-6)
+
+
+def test_no_call_writes_into_the_bound_weights(tmp_path):
+    """y or scratch inside the bound weights returned OK and changed every later call's answer."""
+    if not shutil.which("cc"):
+        pytest.skip("no C compiler (cc) for the host's shared library")
+    model = Sequential(Linear(256, 256))
+    model.eval()
+    result = tc.export(model, tmp_path, input_shape=(None, 256), weights="external")
+    lib = _load(result)
+    lib.model_bind_weights.argtypes = [ctypes.c_void_p]
+    blob = np.frombuffer(result.files["weights"].read_bytes(), np.uint8).copy()
+    assert lib.model_bind_weights(_ptr(blob)) == entry.OK
+    bound, end = entry.HEADER_BYTES, blob.size  # where the floats sit in the blob
+    x = np.ones((2, 256), np.float32)
+    y = np.zeros((2, 256), np.float32)
+    scratch = np.zeros(result.scratch_bytes(2) // 4 + 1, np.float32)
+    before = blob.copy()
+    for y_at, s_at in [(_ptr(blob, bound), _ptr(scratch)), (_ptr(blob, end - 4), _ptr(scratch)),
+                       (_ptr(y), _ptr(blob, bound + 1024))]:
+        assert lib.model_forward(_ptr(x), y_at, 2, s_at) == entry.ERR_ARGS
+    np.testing.assert_array_equal(blob, before)
+    assert lib.model_forward(_ptr(x), _ptr(y), 2, _ptr(scratch)) == entry.OK
+    np.testing.assert_allclose(y, model(Tensor(x)).data, rtol=1e-5, atol=1e-5)
 
 
 def test_the_harness_refuses_a_weights_file_of_another_size(tmp_path):

@@ -147,17 +147,20 @@ def _misaligned(b: ir.IRBuilder, *ptrs: ir.Value) -> ir.Value:
     return b.icmp_unsigned("!=", b.and_(low, i64(3)), i64(0))
 
 
-def _overlapping(b: ir.IRBuilder, ptrs: Sequence[ir.Value], extents: Sequence[Extent], batch: ir.Value) -> ir.Value:
-    """Whether y or scratch (the last two: written) shares a byte with another pointer's span. The
-    kernels take every pointer as noalias: a GEMM writing y over x would read its own output."""
-    starts = [b.ptrtoint(p, I64) for p in ptrs]
-    spans = [(s, b.add(s, e.bytes(b, batch))) for s, e in zip(starts, extents, strict=True)]
+def _overlapping(b: ir.IRBuilder, read: Sequence[tuple[ir.Value, Extent]], written: Sequence[tuple[ir.Value, Extent]],
+                 batch: ir.Value) -> ir.Value:
+    """Whether a written buffer (y, scratch) shares a byte with a buffer read (the inputs, bound
+    weights) or with another written one. The kernels take every pointer as noalias: a GEMM writing
+    y over x would read its own output, one writing over the bound weights would change them for good."""
+    def span(ptr: ir.Value, extent: Extent) -> tuple[ir.Value, ir.Value]:
+        start = b.ptrtoint(ptr, I64)
+        return start, b.add(start, extent.bytes(b, batch))
     hit: ir.Value = ir.Constant(ir.IntType(1), 0)
-    for w in (len(ptrs) - 2, len(ptrs) - 1):
-        for j in range(w):
-            if not (extents[w].empty or extents[j].empty):
-                (ws, we), (js, je) = spans[w], spans[j]
-                hit = b.or_(hit, b.and_(b.icmp_unsigned("<", ws, je), b.icmp_unsigned("<", js, we)))
+    for i, (w, w_extent) in enumerate(written):
+        for other, o_extent in (*read, *written[:i]):
+            if not (w_extent.empty or o_extent.empty):
+                (ws, we), (os_, oe) = span(w, w_extent), span(other, o_extent)
+                hit = b.or_(hit, b.and_(b.icmp_unsigned("<", ws, oe), b.icmp_unsigned("<", os_, we)))
     return hit
 
 
@@ -175,21 +178,23 @@ def _forward(module: ir.Module, lowered: ir.Function, weights: ir.GlobalVariable
                    names + stream)
     x, *others, y, batch, scratch = fn.args[:len(names)]
     b = ir.IRBuilder(fn.append_basic_block("entry"))
-    _return_if(b, b.icmp_unsigned(">", batch, i64(batch_limit)), ERR_ARGS)  # negative batches too
-    with b.if_then(b.icmp_signed("==", batch, i64(0))):
-        b.ret(ir.Constant(I32, OK))
     null = ir.Constant(PTR, None)
+    _return_if(b, b.icmp_unsigned(">", batch, i64(batch_limit)), ERR_ARGS)  # negative batches too
+    base: ir.Value = weights
+    read = list(zip((x, *others), extents, strict=False))
+    if not embedded:  # checked at any batch: a program's empty first call learns it bound nothing
+        base = b.load(weights, typ=PTR, name="bound")
+        _return_if(b, b.icmp_unsigned("==", base, null), ERR_WEIGHTS)
+        read.append((base, Extent(per_row=0, fixed=layout.floats)))
+    with b.if_then(b.icmp_signed("==", batch, i64(0))):  # an empty batch reads no buffer: they may be NULL
+        b.ret(ir.Constant(I32, OK))
     bad = b.icmp_unsigned("==", y, null)
     for ptr in (x, *others):
         bad = b.or_(bad, b.icmp_unsigned("==", ptr, null))
     if not extents[-1].empty:  # a scratch of no bytes may be NULL
         bad = b.or_(bad, b.icmp_unsigned("==", scratch, null))
-    bad = b.or_(bad, _overlapping(b, [x, *others, y, scratch], extents, batch))
+    bad = b.or_(bad, _overlapping(b, read, [(y, extents[-2]), (scratch, extents[-1])], batch))
     _return_if(b, b.or_(bad, _misaligned(b, x, *others, y, scratch)), ERR_ARGS)
-    base: ir.Value = weights
-    if not embedded:
-        base = b.load(weights, typ=PTR, name="bound")
-        _return_if(b, b.icmp_unsigned("==", base, null), ERR_WEIGHTS)
     table: ir.Value = null
     if layout.offsets:
         table = b.alloca(ir.ArrayType(PTR, len(layout.offsets)), name="table")

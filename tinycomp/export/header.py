@@ -111,8 +111,10 @@ def header_text(info: HeaderInfo) -> str:
         f"memory of {p}_SCRATCH_BYTES(batch) bytes (any alignment a float has). No heap, no threads,",
         "nothing kept between calls: calls on different scratch buffers may run concurrently.",
         f"Returns {p}_OK, or {p}_ERR_ARGS (batch < 0 or > {p}_MAX_BATCH, a NULL or misaligned",
-        "pointer, or y or scratch sharing memory with another buffer: no call runs in place) or",
-        f"{p}_ERR_WEIGHTS (no weights bound) without touching y.",
+        "pointer, or y or scratch sharing memory with another buffer or with the bound weights: no call",
+        f"runs in place) or {p}_ERR_WEIGHTS (no weights bound, also at batch 0) without touching y.",
+        "A batch of 0 reads no buffer (its pointers may be NULL); scratch may be NULL when",
+        f"{p}_SCRATCH_BYTES(batch) is 0.",
         *training,
     ])
     block = info.row_block
