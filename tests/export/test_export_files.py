@@ -5,6 +5,7 @@ model, and clear errors for what cannot be exported."""
 from __future__ import annotations
 
 import ctypes
+import os
 import shutil
 import subprocess
 import textwrap
@@ -347,3 +348,25 @@ def test_missing_linker_is_named(tmp_path, monkeypatch):
     with pytest.raises(ToolMissing, match="wasm-ld.*lld-19"):
         tc.export(small_model(), tmp_path / "out", input_shape=(None, 6), target="wasm32")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_failed_link_leaves_the_folder_as_it_was(tmp_path, monkeypatch):
+    """The header and object were written before the link ran: a failed link left a new folder
+    half made, or an old library beside a new header that named other sizes."""
+    if not shutil.which("cc"):
+        pytest.skip("no C compiler (cc) for the host's shared library")
+    first = tc.export(small_model(), tmp_path / "out", input_shape=(None, 6))
+    before = {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()}
+    assert set(before) == {"model.o", "model.h", "libmodel.so"} and first.files["header"].parent == tmp_path / "out"
+    bad_cc = tmp_path / "bin" / "cc"
+    bad_cc.parent.mkdir()
+    bad_cc.write_text("#!/bin/sh\necho 'ld: cannot link' >&2\nexit 1\n")
+    bad_cc.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bad_cc.parent}:{os.environ['PATH']}")
+    wider = Sequential(Linear(6, 5))
+    for folder in (tmp_path / "out", tmp_path / "new"):
+        with pytest.raises(RuntimeError, match="linking the shared library failed"):
+            tc.export(wider, folder, input_shape=(None, 6))
+    assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == before
+    assert not (tmp_path / "new").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bin", "out"]  # no staging folder left

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import keyword
 import math
+import os
 import re
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -140,27 +142,42 @@ def export(model: Any, path: Any, *, input_shape: Any, target: str = "host", nam
     obj = toolchain.emit_object(t, [plan.llvm_ir, wrapper], exported)
     _check_self_contained(obj, t)
 
-    folder.mkdir(parents=True, exist_ok=True)
-    files = {"object": folder / f"{name}.o", "header": folder / f"{name}.h"}
-    files["object"].write_bytes(obj)
-    if weights == "external":
-        files["weights"] = folder / f"{name}.bin"
-        files["weights"].write_bytes(layout.header() + blob)
     result = ExportResult(
-        target=t, files=files, object_bytes=len(obj), weights_bytes=len(blob),
+        target=t, files={}, object_bytes=len(obj), weights_bytes=len(blob),
         scratch_bytes_per_row=4 * plan.scratch_per_row, scratch_bytes_fixed=4 * plan.scratch_fixed,
         row_block=plan.row_block, max_batch=limit, in_row=features, out_row=out_row,
         parameters=sum(a.size for a in params), exported_symbols=exported, more_inputs=more,
         dropout_layers=len({layer for layer, _, _ in dropouts}))
-    files["header"].write_text(header_text(_header_info(result, model, graph, name, weights, plan.inputs,
-                                                                       training)))
+    header = header_text(_header_info(result, model, graph, name, weights, plan.inputs, training))
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    # every file is made in a staging folder beside `folder` and moved in once all are: a link that
+    # fails leaves the folder as it was, not a new header beside an old library
+    with tempfile.TemporaryDirectory(prefix=f".{folder.name}-export-", dir=folder.parent) as staging:
+        staged = _write_files(Path(staging), name, t, obj, header, exported,
+                              layout.header() + blob if weights == "external" else None)
+        folder.mkdir(exist_ok=True)
+        for key, file in staged.items():
+            result.files[key] = folder / file.name
+            os.replace(file, result.files[key])
+    return result
+
+
+def _write_files(into: Path, name: str, t: Target, obj: bytes, header: str, exported: list[str],
+                 weights: bytes | None) -> dict[str, Path]:
+    """The export's files in folder `into`, by kind: the object, header, weights and linked library."""
+    files = {"object": into / f"{name}.o", "header": into / f"{name}.h"}
+    files["object"].write_bytes(obj)
+    files["header"].write_text(header)
+    if weights is not None:
+        files["weights"] = into / f"{name}.bin"
+        files["weights"].write_bytes(weights)
     if t.name == "host":
-        files["shared_library"] = folder / f"lib{name}.so"
+        files["shared_library"] = into / f"lib{name}.so"
         toolchain.link_shared_library(files["object"], files["shared_library"])
     elif t.name == "wasm32":
-        files["wasm"] = folder / f"{name}.wasm"
+        files["wasm"] = into / f"{name}.wasm"
         toolchain.link_wasm(files["object"], files["wasm"], exported)
-    return result
+    return files
 
 
 def _check_self_contained(obj: bytes, t: Target) -> None:
