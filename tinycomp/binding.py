@@ -242,10 +242,12 @@ class LiveParams:
             return list(map(getattr, self._objs, self._steps))
         return [getattr(o, s) if type(o) not in _CONTAINERS else resolve_path(o, s) for o, s in self.owners]
 
-    def arrays(self, strict: bool = False) -> list[np.ndarray] | None:
-        """The current float32 arrays; None if one changed shape (ValueError instead when `strict`)."""
+    def arrays(self, strict: bool = False, values: list[Any] | None = None) -> list[np.ndarray] | None:
+        """The float32 arrays of `values` (what the slots hold: `current()` by default); None if one
+        changed shape (ValueError instead when `strict`)."""
         out = []
-        for value, path, shape in zip(self.current(), self.paths, self.shapes, strict=True):
+        for value, path, shape in zip(self.current() if values is None else values, self.paths, self.shapes,
+                                      strict=True):
             data = value.data if isinstance(value, Tensor) else np.asarray(value)
             if data.shape != shape:
                 if strict:
@@ -292,6 +294,7 @@ class LiveParams:
         used: list[np.ndarray] = []
         seen = self._seen
         now = self.current()
+        arrays: list[np.ndarray] | None = None
         for i, value in enumerate(now):
             data = value.data if isinstance(value, Tensor) else value
             known, ptr, layout, view = seen[i]
@@ -300,9 +303,10 @@ class LiveParams:
                 ptrs.append(ptr)
                 used.append(data)
                 continue
-            arrays = self.arrays()  # the slow path names any problem and converts what it must
-            if arrays is None:
-                return None
+            if arrays is None:  # the slow path, once a call: it names any problem and converts what it must
+                arrays = self.arrays(values=now)
+                if arrays is None:
+                    return None
             array = arrays[i]
             if array is data:  # natively readable as it stands: remember it
                 seen[i] = (data, data_pointer(data), _LAYOUT(data), pointer_view(data))
