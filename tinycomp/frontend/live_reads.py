@@ -127,7 +127,14 @@ class LiveReads:
         self._pinned: list[Any] = []  # keeps those ids unique while the trace runs
 
     def active(self) -> bool:
-        return tensor_module.tracing.tracer is self.tracer
+        return self.tracer is not None and tensor_module.tracing.tracer is self.tracer
+
+    def close(self) -> None:
+        """The trace is over: an array of it kept past the trace (a view a forward stored) is plain
+        NumPy from now on, and holds neither the tracer nor the other arrays."""
+        self.tracer = None
+        self.origin.clear()
+        self._pinned.clear()
 
     def original(self, x: Any) -> Any:
         """The model's Tensor or array that x is (or stands for), or None."""

@@ -45,6 +45,18 @@ def paused_gc() -> Iterator[None]:
             gc.enable()
 
 
+class _DAG(nx.MultiDiGraph):
+    """A MultiDiGraph that does not keep its edge and degree views: networkx caches them on the
+    graph, and they refer back to it. That cycle kept every dropped IR graph (whose params hold the
+    model's weight Tensors) alive until Python's cycle collector ran, and with it the weights of a
+    model the user had dropped. The views are made anew on each use instead (what they cost is why
+    the readers below use the adjacency dicts)."""
+
+
+for _view in ("edges", "out_edges", "in_edges", "degree", "in_degree", "out_degree"):
+    setattr(_DAG, _view, property(getattr(nx.MultiDiGraph, _view).func, doc=getattr(nx.MultiDiGraph, _view).__doc__))
+
+
 class LintError(AssertionError):
     """The graph breaks an IR invariant; always a compiler bug, never a user error."""
 
@@ -60,7 +72,7 @@ class Graph:
     """
 
     def __init__(self) -> None:
-        self.nx: nx.MultiDiGraph = nx.MultiDiGraph()
+        self.nx: nx.MultiDiGraph = _DAG()
         self._counter = 0
 
     # ------------------------------------------------------------ building
