@@ -54,8 +54,8 @@ def test_only_stale_temporary_files_and_entries_are_removed(tmp_path):
 
 
 def test_compiles_keep_the_cache_under_its_limit(tmp_cache, monkeypatch):
+    """Not only at the sweeps every SWEEP_EVERY stores: between them the folder grew to 4 x its limit."""
     monkeypatch.setenv("TINYCOMP_CACHE_MAX_MB", "0.2")
-    monkeypatch.setattr(cache_sweep, "SWEEP_EVERY", 1)
     sizes = []
     for width in range(2, 40):  # 38 structures: 38 entries of ~10-25 KB, over 0.2 MB in all
         manual_seed(width)
@@ -63,6 +63,14 @@ def test_compiles_keep_the_cache_under_its_limit(tmp_cache, monkeypatch):
         sizes.append(sum(p.stat().st_size for p in tmp_cache.glob("*.o")))
     assert max(sizes) <= 0.2 * (1 << 20) and len(list(tmp_cache.glob("*.o"))) >= 5
     assert sizes[-1] < sum(sizes) / len(sizes) * 3  # bounded, not growing with every compile
+
+
+def test_an_entry_larger_than_the_limit_is_not_stored(tmp_cache, monkeypatch):
+    """It would never be read in (a read refuses entries over the limit): writing it only evicted others."""
+    monkeypatch.setenv("TINYCOMP_CACHE_MAX_MB", "0.001")
+    manual_seed(2)
+    tc.compile(Sequential(Linear(5, 3)), input_shape=(None, 5))(np.ones((2, 5), np.float32))
+    assert not list(tmp_cache.glob("*.o"))
 
 
 @pytest.mark.parametrize("value", ["lots", "-5", "0", "inf", "1e400", "1e303", "nan", "1e-9"])

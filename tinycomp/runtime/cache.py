@@ -312,6 +312,8 @@ def store(key: str, meta: dict, objects: list[bytes]) -> None:
         return
     folder, secret_key = usable
     blob = encode(key, meta, objects, secret_key)
+    if len(blob) > cache_sweep.max_bytes():  # larger than the whole cache may be: it would never be read
+        return
     try:
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{key[:16]}.", suffix=".tmp")  # 0600
         try:
@@ -326,4 +328,4 @@ def store(key: str, meta: dict, objects: list[bytes]) -> None:
         _warn_once(folder, f"cannot store compiled code in the object cache {folder} ({exc.strerror or exc}); "
                            "compiled code is not stored there (entries already there are still used)", plain=True)
         return
-    cache_sweep.after_store(folder)
+    cache_sweep.after_store(folder, len(blob))

@@ -3,10 +3,12 @@ temporary files a killed writer left behind go after an hour.
 
 Every entry's key holds a hash of tinycomp's own source, the graph and its constants, so an upgrade,
 or a model whose float attribute changes every step, leaves entries no compile will ask for again.
-`sweep` runs after a process's first store and every SWEEP_EVERY-th after it (`after_store`: a
-listing of the folder, a few ms for thousands of entries, against compiles of tens of ms); a hit
-marks its entry used (`touch`). Only files named as the cache names them are ever removed, none through a
-link: the folder is the private one `cache._usable` checked.
+`sweep` runs after a process's first store, then whenever its stores since the last sweep would
+take the folder past the limit, and after every SWEEP_EVERY-th store in any case, for what other
+processes stored (`after_store`: a listing of the folder, a few ms for thousands of entries,
+against compiles of tens of ms); a hit marks its entry used (`touch`). Only files named as the
+cache names them are ever removed, none through a link: the folder is the private one
+`cache._usable` checked.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ SWEEP_EVERY = 32
 
 _log = logging.getLogger("tinycomp.cache")
 _stores = itertools.count()
+_estimate: dict[str, int] = {}  # per folder: its entries' bytes at the last sweep plus this process's stores since
 _warned: set[str] = set()  # values of TINYCOMP_CACHE_MAX_MB already warned of: once per process
 
 
@@ -51,9 +54,14 @@ def max_bytes() -> int:
     return int(mb * (1 << 20))
 
 
-def after_store(folder: Path) -> None:
-    """Sweep after this process's first store, then after every SWEEP_EVERY-th."""
-    if next(_stores) % SWEEP_EVERY == 0:
+def after_store(folder: Path, size: int) -> None:
+    """Sweep after this process's first store, after one that takes the folder past the limit as
+    far as this process knows, and after every SWEEP_EVERY-th."""
+    key = str(folder)
+    known = _estimate.get(key)
+    if known is not None:
+        _estimate[key] = known + size
+    if next(_stores) % SWEEP_EVERY == 0 or known is None or known + size > max_bytes():
         sweep(folder)
 
 
@@ -93,6 +101,7 @@ def sweep(folder: Path, limit: int | None = None, now: float | None = None) -> i
                 break
             if _remove(path):
                 removed, total = removed + 1, total - size
+    _estimate[str(folder)] = total
     return removed
 
 
