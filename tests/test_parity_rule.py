@@ -7,8 +7,8 @@ import numpy as np
 import tinycomp as tc
 from tests.reliability.rel_helpers import assert_matches_eager
 from tinycomp.frontend.tracer import trace
-from tinycomp.nn import Linear, Sequential, Sigmoid, manual_seed
-from tinycomp.parity import check_parity, reference_and_overflow
+from tinycomp.nn import Layer, LayerNorm, Linear, Sequential, Sigmoid, Tensor, manual_seed
+from tinycomp.parity import check_parity, float64_reference, reference_and_overflow
 
 F32_MAX = np.finfo(np.float32).max
 
@@ -132,3 +132,38 @@ def test_rounding_magnitude_of_a_dot_product_is_sqrt_k_times_its_terms():
     ref = reference_and_overflow(trace(model, (None, 64)), x)
     terms = np.abs(x.astype(np.float64)) @ np.abs(model.layers[0].weight.data.astype(np.float64))
     np.testing.assert_allclose(ref.rounding, 8.0 * terms)
+
+
+def test_one_samples_large_values_do_not_excuse_anothers_error():
+    """The tolerance was one for the whole output: a value near float32's max in one sample let a
+    compiled 1e30 pass where the reference is 1 in another."""
+    reference = np.array([[1.0, 2.0], [3.4e38, 0.0]])
+    eager = reference.astype(np.float32).astype(np.float64)
+    compiled = eager.copy()
+    compiled[0, 0] = 1e30
+    report = check_parity(compiled, eager, reference)
+    assert not report.ok and report.worst_index == (0, 0)
+    compiled[0, 0] = 1.0 + 1e-6  # within the sample's own 1e-6 x max(1, |reference|)
+    assert check_parity(compiled, eager, reference).ok
+
+
+def test_a_result_rounded_into_the_subnormals_is_no_divergence_under_check():
+    """x * 1e-30 at x = 2.1e-15 is 1.4e-45 in float32, 2.1e-45 in float64: the log after it is off by 0.4
+    in eager and compiled alike, and check=True called the graph stale."""
+    class LogOfTiny(Layer):
+        def forward(self, x):
+            return (x * 1e-30).log()
+    x = np.array([[2.1e-15, 1e-8]], np.float32)
+    y = tc.compile(LogOfTiny(), check=True)(x).data
+    np.testing.assert_allclose(y, LogOfTiny()(Tensor(x)).data, rtol=1e-6)
+    assert abs(float(y[0, 0]) - np.log(2.1e-45)) > 0.3  # float32 itself is that far off here
+
+
+def test_layer_norm_at_eps_0_of_a_constant_row_is_nan_and_passes_check():
+    """0 / 0 in float64; eager's float32 mean misses the row by an ulp and gives -1 or 1."""
+    x = np.full((2, 64), 88.7, np.float32)
+    x[1] = np.linspace(-1, 1, 64)
+    y = tc.compile(LayerNorm(64, eps=0.0), check=True)(x).data
+    assert np.isnan(y[0]).all() and np.isfinite(y[1]).all()
+    reference = float64_reference(trace(LayerNorm(64, eps=0.0), (None, 64)), x)
+    assert np.isnan(reference[0]).all()

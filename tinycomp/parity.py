@@ -64,14 +64,19 @@ def check_parity(compiled: np.ndarray, eager: np.ndarray, reference: np.ndarray,
     if overflow_rows is not None:  # unjudged rows become zeros everywhere: indices stay meaningful
         skip = np.asarray(overflow_rows, dtype=bool)
         compiled[skip], eager[skip], reference[skip] = 0.0, 0.0, 0.0
-    finite = np.isfinite(eager)
-    same_special = np.array_equal(compiled[~finite], eager[~finite], equal_nan=True)
-    if not same_special or not np.isfinite(compiled[finite]).all():
-        bad = np.argwhere((~finite & ~((compiled == eager) | (np.isnan(compiled) & np.isnan(eager))))
-                          | (finite & ~np.isfinite(compiled)))
-        where = tuple(int(i) for i in bad[0]) if len(bad) else None
+    # non-finite values match eager's; or float64's, where eager's rounding made a number of what is
+    # NaN or inf exactly (layer norm at eps 0 of a constant row: 0 / 0, where eager's mean misses by an
+    # ulp); where float64 finds a number and both float32 runs none, float32's range was left (a
+    # variance underflowing to 0), and which of NaN, +inf, -inf comes out depends on the order
+    special = ~np.isfinite(eager) | ~np.isfinite(compiled)
+    matched = _same(compiled, eager) | (~np.isfinite(reference) & _same(compiled, reference)) | \
+        (np.isfinite(reference) & ~np.isfinite(eager) & ~np.isfinite(compiled))
+    bad = np.argwhere(special & ~matched)
+    if len(bad):
+        where = tuple(int(i) for i in bad[0])
         detail = f"non-finite values differ at {where}: compiled {compiled[where]:g}, eager {eager[where]:g}"
         return ParityReport(False, np.inf, 0.0, 0.0, where, detail)
+    finite = ~special
     if not finite.any():
         return ParityReport(True, 0.0, 0.0, 0.0, None, "all values non-finite and equal")
     # where the float64 run leaves float32's domain and eager does not ((x * 1e-20).sqrt() at x = -1e-30:
@@ -79,30 +84,46 @@ def check_parity(compiled: np.ndarray, eager: np.ndarray, reference: np.ndarray,
     ref = np.where(finite, np.where(np.isfinite(reference), reference, eager), 0.0)
     err_c = np.where(finite, np.abs(compiled - ref), 0.0)
     err_e = np.where(finite, np.abs(eager - ref), 0.0)
-    scale = max(1.0, float(np.abs(ref).max()))
-    tol = 2 * float(err_e.max()) + ATOL * scale
+    # per sample (row of the batch): samples are computed apart, and one sample's large values or
+    # large eager error must not excuse another's error
+    scale = _row_max(np.abs(ref), 1.0)
+    tol = 2 * _row_max(err_e, 0.0) + ATOL * scale
     if rounding is None:
         slack = np.zeros_like(err_c)
     else:  # NaN estimates (inf * 0 around a saturated activation) add nothing
         slack = ROUNDING_SLACK * EPS32 * np.nan_to_num(np.where(finite, rounding, 0.0), nan=0.0, posinf=np.inf)
-    excess = err_c - slack
+    excess = err_c - slack - tol
     worst = tuple(int(i) for i in np.unravel_index(int(np.argmax(excess)), excess.shape))
-    ok = float(excess.max()) <= tol
+    ok = float(excess.max()) <= 0.0
     # float32's own rounding (cancellation, absorption) moves eager too: only what exceeds it says
     # the graph no longer describes the model
-    eager_excess = err_e - slack
-    if max_eager_error is not None and float(eager_excess.max()) > max_eager_error * scale:
+    eager_excess = err_e - slack - max_eager_error * scale if max_eager_error is not None else None
+    if eager_excess is not None and float(eager_excess.max()) > 0.0:
         where = tuple(int(i) for i in np.unravel_index(int(np.argmax(eager_excess)), err_e.shape))
-        return ParityReport(False, float(err_c.max()), float(err_e.max()), tol, where,
+        return ParityReport(False, float(err_c.max()), float(err_e.max()), float(tol[where]), where,
                             f"the eager model is {err_e.max():.3g} away from the float64 reference of the "
                             f"compiled graph at index {where} (eager {eager[where]:.9g}, compiled "
                             f"{compiled[where]:.9g}): the traced graph no longer describes the model "
                             "(does forward() read globals or take another Python branch?)")
-    detail = (f"max |compiled - float64 reference| = {err_c.max():.3g} at index {worst} "
+    row = worst[:1]
+    detail = (f"|compiled - float64 reference| = {err_c[worst]:.3g} at index {worst} "
               f"(compiled {compiled[worst]:.9g}, eager {eager[worst]:.9g}, reference {ref[worst]:.9g}); "
-              f"eager float32 error {err_e.max():.3g}; allowed {tol:.3g}"
+              f"eager float32 error in that sample {err_e[row].max():.3g}; allowed {tol[worst]:.3g}"
               + (f" + rounding slack {slack[worst]:.3g} there" if rounding is not None else ""))
-    return ParityReport(ok, float(err_c.max()), float(err_e.max()), tol, worst, detail)
+    return ParityReport(ok, float(err_c.max()), float(err_e.max()), float(tol[worst]), worst, detail)
+
+
+def _same(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Equal, NaN counting as equal to NaN."""
+    return (a == b) | (np.isnan(a) & np.isnan(b))
+
+
+def _row_max(values: np.ndarray, floor: float) -> np.ndarray:
+    """The largest value of each sample (all axes but the first), at least `floor`, broadcast back."""
+    if values.ndim < 2:
+        return np.maximum(values, floor)
+    rows = values.reshape(len(values), -1).max(axis=1)  # check_parity returned before on an empty output
+    return np.broadcast_to(np.maximum(rows, floor).reshape(-1, *[1] * (values.ndim - 1)), values.shape)
 
 
 class Reference(NamedTuple):

@@ -26,6 +26,15 @@ Arrays = Sequence[np.ndarray]
 RoundingRule = Callable[[np.ndarray, Arrays, Arrays, dict], np.ndarray]
 EPS32 = float(np.finfo(np.float32).eps)  # the unit of every estimate
 OWN_ULPS = 4  # what one of our vector functions adds of its own, in ulps of its result
+# Half the spacing of float32's subnormals (2^-150), in units of EPS32: a result rounded into them is
+# off by up to that however small it is, far more than an epsilon of it (x * 1e-30 at x = 2.1e-15 is
+# 1.4e-45 in float32 against 2.1e-45; a log after it is off by 0.4)
+SUBNORMAL = 2.0 ** -150 / EPS32
+
+
+def own(v: np.ndarray) -> np.ndarray:
+    """What rounding v to float32 once adds: an epsilon of |v|, or half a subnormal step where that is more."""
+    return np.abs(v) + SUBNORMAL
 
 
 def passes_through(v: np.ndarray, a: Arrays, m: Arrays, attrs: dict) -> np.ndarray:
@@ -38,24 +47,24 @@ def dropout(v, a, m, attrs):
     p = attrs.get("p", 0)
     if dropout_effect(bool(attrs.get("training")), p) != "mask":
         return m[0]
-    return m[0] / (1 - p) + np.abs(v)
+    return m[0] / (1 - p) + own(v)
 
 
 def add_sub(v, a, m, attrs):
-    return m[0] + m[1] + np.abs(v)
+    return m[0] + m[1] + own(v)
 
 
 def mul(v, a, m, attrs):
-    return m[0] * np.abs(a[1]) + np.abs(a[0]) * m[1] + np.abs(v)
+    return m[0] * np.abs(a[1]) + np.abs(a[0]) * m[1] + own(v)
 
 
 def div(v, a, m, attrs):
-    return m[0] / np.abs(a[1]) + np.abs(a[0]) * m[1] / (a[1] * a[1]) + np.abs(v)
+    return m[0] / np.abs(a[1]) + np.abs(a[0]) * m[1] / (a[1] * a[1]) + own(v)
 
 
 def power(v, a, m, attrs):
     """|d(x^c)/dx| = |c v / x|; the kernel rounds once."""
-    return m[0] * np.abs(a[1] * v / a[0]) + np.abs(v)
+    return m[0] * np.abs(a[1] * v / a[0]) + own(v)
 
 
 def extremum(v, a, m, attrs):
@@ -91,7 +100,7 @@ def matmul(v, a, m, attrs):
 def derivative(slope: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> RoundingRule:
     """The rule of a unary function whose |f'(x)| is `slope(v, x)` (from its output v and input x)."""
     def rule(v, a, m, attrs):
-        return m[0] * slope(v, a[0]) + OWN_ULPS * np.abs(v)
+        return m[0] * slope(v, a[0]) + OWN_ULPS * own(v)
     return rule
 
 
@@ -109,7 +118,7 @@ def gelu_erf_slope(v: np.ndarray, x: np.ndarray) -> np.ndarray:
 
 def gelu_erf(v, a, m, attrs):
     """Exact GELU: its vector kernel is within 6.5 ulp (below zero; 2 above), more than OWN_ULPS."""
-    return m[0] * gelu_erf_slope(v, a[0]) + 7 * np.abs(v)
+    return m[0] * gelu_erf_slope(v, a[0]) + 7 * own(v)
 
 
 def softmax(v, a, m, attrs):
@@ -118,7 +127,7 @@ def softmax(v, a, m, attrs):
     row's estimate NaN, and the parity rule would lose its slack there."""
     dim = attrs.get("dim", -1)
     mx = np.where(v == 0, 0.0, m[0])
-    return v * (mx + np.sum(v * mx, axis=dim, keepdims=True)) + OWN_ULPS * np.abs(v)
+    return v * (mx + np.sum(v * mx, axis=dim, keepdims=True)) + OWN_ULPS * own(v)
 
 
 def reduction(op: str) -> RoundingRule:
