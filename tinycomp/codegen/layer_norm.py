@@ -120,8 +120,9 @@ class _Rows:
             # d^2 overflowed (|d| past 1.8e19): the variance is inf, as eager's, not inf - c^2 = nan
             infinite = b.fcmp_ordered("==", mean_square, ir.Constant(F32, math.inf))
             variance = b.select(infinite, mean_square, variance)
-            roots.append(b.call(sqrt, [b.fadd(variance, ir.Constant(F32, self.eps))]))
-        means = [b.fadd(mean, splat(c, w, b)) for mean, c in zip(means, corrections, strict=True)]
+            roots.append(_plain_nan(b, b.call(sqrt, [b.fadd(variance, ir.Constant(F32, self.eps))])))
+        means = [splat(_plain_nan(b, b.fadd(b.extract_element(mean, i64(0)), c)), w, b)
+                 for mean, c in zip(means, corrections, strict=True)]
 
         quotients = self.corrected_quotients if vecmath.has_avx512_forms(self.module, means[0]) else self.divided
         for base, mean, root in zip(bases, means, roots, strict=True):
@@ -151,6 +152,14 @@ class _Rows:
         # every vector (measured 5-8 % slower); a mask is one blend
         lanes = splat_value(b, regular, ir.VectorType(ir.IntType(1), w))
         return lambda d: corrected_quotient(b, self.module, d, root_vector, inverse, lanes)
+
+
+def _plain_nan(b: ir.IRBuilder, value: ir.Value) -> ir.Value:
+    """value, or NumPy's NaN (0x7fc00000) where it is any NaN. A row's mean and root are NaN for a row
+    holding NaN or opposite infinities, with a sign bit that depends on which NaN each sum met first:
+    on the order LLVM gave the group's rows' scalar sums, which differs between a group of ROW_GROUP
+    rows and a leftover row, so a row's NaN bits depended on its place in the batch and the threads."""
+    return b.select(b.fcmp_unordered("uno", value, value), ir.Constant(F32, math.nan), value)
 
 
 def corrected_quotient(b: ir.IRBuilder, module: ir.Module, d: ir.Value, root: ir.Value, inverse: ir.Value,
