@@ -203,4 +203,8 @@ def rounding_magnitude(op: str, v: np.ndarray, a: list[np.ndarray], m: list[np.n
     op's rounding rule from the registry (`ir/rounding.py` says how each is estimated). Leaves are
     exact; an op without a rule contributes nothing, so the parity rule stays strict there."""
     rule = op_def(op).rounding
-    return rule(v, a, m, attrs) if rule is not None else np.zeros_like(v)
+    if rule is None:
+        return np.zeros_like(v)
+    # NaN is inf * 0: an operand's unbounded estimate through a slope of 0 (1 / x at x = inf is 0
+    # exactly). Kept, a later dot product or sum spread it over the row, which lost all its slack.
+    return np.nan_to_num(rule(v, a, m, attrs), nan=0.0, posinf=np.inf)
