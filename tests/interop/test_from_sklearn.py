@@ -1,4 +1,5 @@
-"""from_sklearn against real scikit-learn: fitted MLPs, random data, batch 0/1/7/129."""
+"""from_sklearn against real scikit-learn: fitted MLPs, linear models and pipelines with scalers, random data,
+batch 0/1/7/129."""
 
 from __future__ import annotations
 
@@ -9,9 +10,21 @@ import pytest
 
 pytest.importorskip("sklearn", reason="scikit-learn is not installed (pip install -e '.[sklearn]')")
 from interop_helpers import check_imported  # noqa: E402
+from sklearn.decomposition import PCA  # noqa: E402
 from sklearn.exceptions import ConvergenceWarning  # noqa: E402
-from sklearn.linear_model import LogisticRegression  # noqa: E402
+from sklearn.linear_model import (  # noqa: E402
+    ElasticNet,
+    HuberRegressor,
+    Lasso,
+    LinearRegression,
+    LogisticRegression,
+    PoissonRegressor,
+    Ridge,
+    SGDRegressor,
+)
 from sklearn.neural_network import MLPClassifier, MLPRegressor  # noqa: E402
+from sklearn.pipeline import Pipeline, make_pipeline  # noqa: E402
+from sklearn.preprocessing import MaxAbsScaler, MinMaxScaler, StandardScaler  # noqa: E402
 
 import tinycomp as tc  # noqa: E402
 from tinycomp.interop import from_sklearn  # noqa: E402
@@ -73,8 +86,64 @@ def test_regressor(outputs):
                    rtol=1e-4)
 
 
+@pytest.mark.parametrize("classes", [2, 3])
+def test_logistic_regression_probabilities(classes):
+    est = fitted(LogisticRegression(max_iter=200), classes=classes)
+    check_imported(from_sklearn(est), rows_or_empty(est.predict_proba, classes), 10, scale=2.0)
+
+
+@pytest.mark.parametrize("make, outputs", [
+    (lambda: LinearRegression(), 1), (lambda: LinearRegression(fit_intercept=False), 3), (lambda: Ridge(alpha=2.0), 3),
+    (lambda: Lasso(alpha=0.01), 1), (lambda: ElasticNet(alpha=0.01), 1), (lambda: SGDRegressor(random_state=0), 1),
+    (lambda: HuberRegressor(), 1),
+], ids=["linear", "linear-no-intercept", "ridge", "lasso", "elasticnet", "sgd", "huber"])
+def test_linear_regressors(make, outputs):
+    est = fitted(make(), classes=None, outputs=outputs)
+    check_imported(from_sklearn(est), rows_or_empty(lambda x: est.predict(x).reshape(len(x), outputs), outputs), 10,
+                   rtol=1e-4)
+
+
+SCALERS = {"standard": lambda: StandardScaler(), "standard-no-mean": lambda: StandardScaler(with_mean=False),
+           "minmax": lambda: MinMaxScaler(), "minmax-clip": lambda: MinMaxScaler(feature_range=(-1, 2), clip=True),
+           "maxabs": lambda: MaxAbsScaler()}
+
+
+@pytest.mark.parametrize("scaler", list(SCALERS))
+def test_a_pipeline_of_a_scaler_and_a_classifier(scaler):
+    """In scikit-learn an MLP is fitted on scaled features: the scaler is part of the model. Features
+    far from unit scale, so that a missing or wrong scaling shows."""
+    rng = np.random.default_rng(5)
+    offset, spread = rng.uniform(-50, 50, 10), rng.uniform(0.1, 20, 10)
+    x = rng.standard_normal((300, 10)) * spread + offset
+    y = (x[:, 0] - offset[0] > 0).astype(int) + (x[:, 1] - offset[1] > 0)
+    est = make_pipeline(SCALERS[scaler](), MLPClassifier(hidden_layer_sizes=(12,), max_iter=50, random_state=0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est.fit(x, y)
+    model = from_sklearn(est)
+    fast = tc.compile(model)
+    probe = (rng.standard_normal((64, 10)) * spread * 1.5 + offset).astype(np.float32)  # some past the fitted range
+    want = est.predict_proba(probe)
+    np.testing.assert_allclose(model(probe).data, want, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(fast(probe).data, want, rtol=1e-4, atol=1e-5)
+
+
+def test_nested_pipelines_and_passthrough_steps():
+    est = fitted(Pipeline([("a", Pipeline([("s", StandardScaler()), ("skip", "passthrough")])),
+                           ("m", MaxAbsScaler()), ("r", Ridge())]), classes=None, outputs=2)
+    check_imported(from_sklearn(est), rows_or_empty(lambda x: est.predict(x).reshape(len(x), 2), 2), 10, rtol=1e-4)
+
+
 def test_unfitted_and_foreign_estimators_are_compile_errors():
     with pytest.raises(tc.CompileError, match="MLPClassifier is not fitted"):
         from_sklearn(MLPClassifier())
-    with pytest.raises(tc.CompileError, match="estimator of type LogisticRegression"):
+    with pytest.raises(tc.CompileError, match="LogisticRegression is not fitted"):
         from_sklearn(LogisticRegression())
+    with pytest.raises(tc.CompileError, match="StandardScaler is not fitted"):
+        from_sklearn(make_pipeline(StandardScaler(), Ridge()))
+    with pytest.raises(tc.CompileError, match="estimator of type PoissonRegressor"):  # exp of a linear score
+        from_sklearn(PoissonRegressor().fit(np.eye(4, 2), np.arange(4.0)))
+    with pytest.raises(tc.CompileError, match="Pipeline step of type PCA"):
+        from_sklearn(fitted(make_pipeline(PCA(3), Ridge()), classes=None))
+    with pytest.raises(tc.CompileError, match="estimator of type str"):
+        from_sklearn("model")

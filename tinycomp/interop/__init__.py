@@ -3,7 +3,7 @@
     from tinycomp.interop import from_torch, from_onnx, from_sklearn
     model = from_torch(torch_module)        # nn.Sequential / nn.Module of Linear, ReLU, GELU, ...
     model = from_onnx("model.onnx")         # Gemm, MatMul, Add, Relu, Softmax, Gelu, ...
-    model = from_sklearn(fitted_mlp)        # MLPClassifier (predict_proba) / MLPRegressor (predict)
+    model = from_sklearn(fitted_mlp)        # MLPs, linear models, Pipelines of scalers and one of them
     fast = tinycomp.compile(model)
 
 Each returns a `tinycomp.nn` model (a `Sequential` for a chain of layers, a `GraphModel` when values

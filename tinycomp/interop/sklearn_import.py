@@ -1,4 +1,12 @@
-"""`from_sklearn`: a fitted scikit-learn `MLPClassifier` or `MLPRegressor` -> a `tinycomp.nn` model."""
+"""`from_sklearn`: a fitted scikit-learn model -> a `tinycomp.nn` model computing its `predict_proba`
+(classifiers) or `predict` (regressors).
+
+Models: `MLPClassifier`, `MLPRegressor`, `LogisticRegression`, and the linear regressors (`LinearRegression`,
+`Ridge`, `Lasso`, `ElasticNet`, ...: `LINEAR_REGRESSORS`), alone or as
+the last step of a `Pipeline` whose other steps are the feature scalers (`StandardScaler`,
+`MinMaxScaler`, `MaxAbsScaler`) or "passthrough": in scikit-learn an MLP is nearly always fitted on
+scaled features, and the scaler is part of the model.
+"""
 
 from __future__ import annotations
 
@@ -10,28 +18,105 @@ from .. import nn as tnn
 from ..errors import CompileError
 from ..frontend.layers import Layer
 from .common import linear_from, require
+from .graph_layers import Clip, ConstantOperand
 
 HIDDEN = {"relu": tnn.ReLU, "logistic": tnn.Sigmoid, "tanh": tnn.Tanh, "identity": None}
+# the linear_model regressors whose predict is x @ coef_.T + intercept_ (not the GLMs: Poisson, Gamma,
+# Tweedie apply an inverse link)
+LINEAR_REGRESSORS = ("LinearRegression", "Ridge", "RidgeCV", "Lasso", "LassoCV", "ElasticNet", "ElasticNetCV", "Lars",
+                     "LarsCV", "LassoLars", "LassoLarsCV", "LassoLarsIC", "BayesianRidge", "ARDRegression",
+                     "HuberRegressor", "SGDRegressor", "TheilSenRegressor", "OrthogonalMatchingPursuit",
+                     "OrthogonalMatchingPursuitCV", "QuantileRegressor", "MultiTaskLasso", "MultiTaskElasticNet",
+                     "MultiTaskLassoCV", "MultiTaskElasticNetCV")
+SUPPORTED = ("MLPClassifier, MLPRegressor, LogisticRegression, linear regressors (LinearRegression, Ridge, Lasso, "
+             "ElasticNet, ...), and a Pipeline of StandardScaler/MinMaxScaler/MaxAbsScaler steps ending in one of "
+             "them (fitted)")
 
 
 def from_sklearn(estimator: Any) -> Layer:
-    """A `tinycomp.nn` model of a fitted `MLPClassifier` (output: `predict_proba`) or `MLPRegressor`
-    (output: `predict`, always 2-D: (n, n_outputs)).
+    """A `tinycomp.nn` model of a fitted scikit-learn model: its `predict_proba` for a classifier, its
+    `predict` for a regressor (always 2-D: (n, n_outputs)).
 
-    The layers are `Linear(coefs_[i], intercepts_[i])` with the estimator's hidden activation between
-    them and its output activation last: Softmax for several classes; for one output column (two
-    classes, or one: a classifier fitted on a single class) a Sigmoid and a fixed Linear(1, 2) giving
-    [1 - p, p], the two columns of predict_proba; Sigmoid alone for multi-label. scikit-learn
-    computes in float64 when fitted on float64; the model computes in float32, so probabilities agree
-    within float32 rounding. Anything else raises `CompileError` naming the estimator's type. Needs
-    scikit-learn (`pip install -e '.[sklearn]'`).
+    - `MLPClassifier`/`MLPRegressor`: `Linear(coefs_[i], intercepts_[i])` with the estimator's hidden
+      activation between them and its output activation last: Softmax for several classes; for one
+      output column (two classes, or one: a classifier fitted on a single class) a Sigmoid and a
+      fixed Linear(1, 2) giving [1 - p, p], the two columns of predict_proba; Sigmoid alone for
+      multi-label.
+    - `LogisticRegression`: one Linear, then the same outputs (its multinomial softmax, or [1 - p, p]
+      for two classes).
+    - Linear regressors (`LinearRegression`, `Ridge`, `Lasso`, `ElasticNet`, ...): one Linear.
+    - `Pipeline`: its scaling steps first, each as scikit-learn computes it (`StandardScaler`:
+      (x - mean) / scale; `MinMaxScaler`: x * scale + min, clipped with `clip=True`; `MaxAbsScaler`:
+      x / scale), then the model of its last step; "passthrough" steps are skipped.
+
+    scikit-learn computes in float64 when fitted on float64; the model computes in float32, so results
+    agree within float32 rounding. Anything else raises `CompileError` naming the estimator's type.
+    Needs scikit-learn (`pip install -e '.[sklearn]'`).
     """
-    neural = require("sklearn.neural_network", "from_sklearn", "sklearn", "scikit-learn")
-    if not isinstance(estimator, (neural.MLPClassifier, neural.MLPRegressor)):
-        raise CompileError(f"cannot import estimator of type {type(estimator).__name__}; supported: MLPClassifier, "
-                           "MLPRegressor (fitted)")
-    if not hasattr(estimator, "coefs_"):
-        raise CompileError(f"this {type(estimator).__name__} is not fitted (no coefs_): call fit() first")
+    require("sklearn", "from_sklearn", "sklearn", "scikit-learn")
+    *scalers, last = _steps(estimator)
+    layers = [layer for step in scalers for layer in _scaler_layers(step)] + _model_layers(last)
+    return tnn.Sequential(*layers).eval()
+
+
+def _steps(estimator: Any) -> list[Any]:
+    """The estimators a (nested) Pipeline applies in order, "passthrough" and None steps left out;
+    [estimator] for one that is not a Pipeline."""
+    from sklearn.pipeline import Pipeline
+    if not isinstance(estimator, Pipeline):
+        return [estimator]
+    steps = [s for _, step in estimator.steps if step not in (None, "passthrough") for s in _steps(step)]
+    if not steps:
+        raise CompileError("cannot import a Pipeline of passthrough steps only: it computes nothing")
+    return steps
+
+
+def _fitted(estimator: Any) -> None:
+    from sklearn.exceptions import NotFittedError
+    from sklearn.utils.validation import check_is_fitted
+    try:
+        check_is_fitted(estimator)
+    except NotFittedError:
+        raise CompileError(f"this {type(estimator).__name__} is not fitted: call fit() first") from None
+    except TypeError:  # not an estimator at all: _model_layers names it
+        pass
+
+
+def _scaler_layers(step: Any) -> list[Layer]:
+    from sklearn import preprocessing as pre
+    _fitted(step)
+    kind = type(step)
+    if kind is pre.StandardScaler:
+        layers: list[Layer] = []  # as its transform: mean_ is kept with with_mean=False, but not subtracted
+        if step.with_mean:
+            layers.append(ConstantOperand("sub", step.mean_))
+        if step.with_std:
+            layers.append(ConstantOperand("div", step.scale_))
+        return layers
+    if kind is pre.MinMaxScaler:
+        layers = [ConstantOperand("mul", step.scale_), ConstantOperand("add", step.min_)]
+        return layers + ([Clip(*step.feature_range)] if step.clip else [])
+    if kind is pre.MaxAbsScaler:
+        return [ConstantOperand("div", step.scale_)]
+    raise CompileError(f"cannot import Pipeline step of type {kind.__name__}: only the last step may be a model, and "
+                       f"the steps before it StandardScaler, MinMaxScaler, MaxAbsScaler or 'passthrough'; supported: "
+                       f"{SUPPORTED}")
+
+
+def _model_layers(estimator: Any) -> list[Layer]:
+    from sklearn import linear_model, neural_network
+    _fitted(estimator)
+    if isinstance(estimator, (neural_network.MLPClassifier, neural_network.MLPRegressor)):
+        return _mlp_layers(estimator)
+    if isinstance(estimator, linear_model.LogisticRegression):
+        return _logistic_layers(estimator)
+    if isinstance(estimator, tuple(getattr(linear_model, name) for name in LINEAR_REGRESSORS)):
+        coef = np.atleast_2d(np.asarray(estimator.coef_, np.float64))  # (targets, features)
+        return [linear_from(coef.T, np.broadcast_to(np.asarray(estimator.intercept_, np.float64), len(coef)))]
+    raise CompileError(f"cannot import estimator of type {type(estimator).__name__}; supported: {SUPPORTED}")
+
+
+def _mlp_layers(estimator: Any) -> list[Layer]:
     hidden = HIDDEN.get(estimator.activation)
     if estimator.activation not in HIDDEN:
         raise CompileError(f"cannot import {type(estimator).__name__} with activation {estimator.activation!r}; "
@@ -42,19 +127,31 @@ def from_sklearn(estimator: Any) -> Layer:
         layers.append(linear_from(w, b))
         if i < n - 1 and hidden is not None:
             layers.append(hidden())
-    layers += _output_layers(estimator)
-    return tnn.Sequential(*layers).eval()
-
-
-def _output_layers(estimator: Any) -> list[Layer]:
     out = estimator.out_activation_
     if out == "identity":
-        return []
+        return layers
     if out == "softmax":
-        return [tnn.Softmax(dim=-1)]
+        return [*layers, tnn.Softmax(dim=-1)]
     if out == "logistic":
-        if estimator.n_outputs_ == 1:  # predict_proba's own rule: one output column is [1 - p, p]
-            both = linear_from(np.array([[-1.0, 1.0]]), np.array([1.0, 0.0]))  # p -> [1 - p, p]
-            return [tnn.Sigmoid(), both]
-        return [tnn.Sigmoid()]
+        return layers + _sigmoid_outputs(estimator.n_outputs_)
     raise CompileError(f"cannot import {type(estimator).__name__} with output activation {out!r}")
+
+
+def _logistic_layers(estimator: Any) -> list[Layer]:
+    """predict_proba of a LogisticRegression: a softmax over the classes' scores, or for two classes
+    (one row of coef_) the sigmoid of the one score as [1 - p, p]."""
+    multi_class = getattr(estimator, "multi_class", "deprecated")
+    coef = np.asarray(estimator.coef_, np.float64)
+    if len(coef) > 1 and multi_class == "ovr":
+        raise CompileError("cannot import a LogisticRegression fitted with multi_class='ovr' on more than two "
+                           "classes (its probabilities are normalized one-vs-rest scores); fit it multinomial")
+    layers: list[Layer] = [linear_from(coef.T, np.asarray(estimator.intercept_, np.float64))]
+    return layers + (_sigmoid_outputs(1) if len(coef) == 1 else [tnn.Softmax(dim=-1)])
+
+
+def _sigmoid_outputs(outputs: int) -> list[Layer]:
+    """Sigmoid per output; one output column is [1 - p, p], as predict_proba gives it."""
+    if outputs == 1:
+        both = linear_from(np.array([[-1.0, 1.0]]), np.array([1.0, 0.0]))  # p -> [1 - p, p]
+        return [tnn.Sigmoid(), both]
+    return [tnn.Sigmoid()]
