@@ -111,9 +111,14 @@ def _model_layers(estimator: Any) -> list[Layer]:
     if isinstance(estimator, linear_model.LogisticRegression):
         return _logistic_layers(estimator)
     if isinstance(estimator, tuple(getattr(linear_model, name) for name in LINEAR_REGRESSORS)):
-        coef = np.atleast_2d(np.asarray(estimator.coef_, np.float64))  # (targets, features)
-        return [linear_from(coef.T, np.broadcast_to(np.asarray(estimator.intercept_, np.float64), len(coef)))]
+        return [_linear_regression(estimator)]
     raise CompileError(f"cannot import estimator of type {type(estimator).__name__}; supported: {SUPPORTED}")
+
+
+def _linear_regression(estimator: Any) -> Layer:
+    """x @ coef_.T + intercept_, as (n, targets) also for one target."""
+    coef = np.atleast_2d(np.asarray(estimator.coef_, np.float64))  # (targets, features)
+    return linear_from(coef.T, np.broadcast_to(np.asarray(estimator.intercept_, np.float64), len(coef)))
 
 
 def _mlp_layers(estimator: Any) -> list[Layer]:
