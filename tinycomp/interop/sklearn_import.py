@@ -53,7 +53,8 @@ def from_sklearn(estimator: Any) -> Layer:
     agree within float32 rounding. Anything else raises `CompileError` naming the estimator's type.
     Needs scikit-learn (`pip install -e '.[sklearn]'`).
     """
-    require("sklearn", "from_sklearn", "sklearn", "scikit-learn")
+    for module in ("sklearn.neural_network", "sklearn.linear_model", "sklearn.pipeline", "sklearn.preprocessing"):
+        require(module, "from_sklearn", "sklearn", "scikit-learn")
     *scalers, last = _steps(estimator)
     layers = [layer for step in scalers for layer in _scaler_layers(step)] + _model_layers(last)
     return tnn.Sequential(*layers).eval()
