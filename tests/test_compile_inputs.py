@@ -239,8 +239,8 @@ def test_a_parameter_that_no_longer_fits_is_not_blamed_on_an_input_shape():
     x = np.ones((2, 3), np.float32)
     fast(x)
     model.w = Tensor(np.ones(4, np.float32))
-    with pytest.raises(ValueError, match=r"^the model changed since it was compiled and no longer runs on its input "
-                                         r"of shape \(2, 3\) \(as the eager model would not\): ") as err:
+    with pytest.raises(ValueError, match=r"^the model changed since it was compiled and can no longer be compiled "
+                                         r"for its input of shape \(2, 3\): ") as err:
         fast(x)
     assert "input_shape" not in str(err.value)
 
@@ -275,7 +275,7 @@ def test_a_per_sample_2d_mask_is_named_as_eager_names_it():
     manual_seed(0)
     block = tc.nn.TransformerBlock(12, 3)
     x, mask = np.float32(RNG.standard_normal((4, 6, 12))), np.ones((4, 6), np.float32)
-    forms = r"attention mask must have shape \(6, 6\), \(batch, 6, 6\) or \(batch, heads, 6, 6\); got "
+    forms = r"attention mask must have shape \(6, 6\), \(batch or 1, 6, 6\) or \(batch or 1, heads or 1, 6, 6\); got "
     with pytest.raises(ValueError, match=forms + r"\(4, 6\)"):
         block(Tensor(x), Tensor(mask))
     with pytest.raises(tc.CompileError, match=forms + r"\(N, 6\), a 2-D mask traced with the batch first\n"

@@ -248,7 +248,8 @@ class LiveParams:
         out = []
         for value, path, shape in zip(self.current() if values is None else values, self.paths, self.shapes,
                                       strict=True):
-            data = value.data if isinstance(value, Tensor) else np.asarray(value)
+            # np.asarray: `t.data = Tensor(...)` runs eagerly (TinyTorch once allowed it), so it is read too
+            data = np.asarray(value.data if isinstance(value, Tensor) else value)
             if data.shape != shape:
                 if strict:
                     raise ValueError(f"parameter {path!r} now has shape {data.shape}, but the model was compiled "

@@ -248,8 +248,8 @@ class CompiledModel:
                     f"{_dims(features)}), which was given to compile(): {exc}; the input has shape {tuple(given)}: "
                     "compile again with the input shape the model takes now (or without input_shape)")
         if features == art.features:  # the input is as before: the model itself no longer runs on it
-            return (f"the model changed since it was compiled and no longer runs on its input of shape "
-                    f"{tuple(given)} (as the eager model would not): {exc}")
+            return (f"the model changed since it was compiled and can no longer be compiled for its input of shape "
+                    f"{tuple(given)}: {exc}")
         return (f"compiled model expects input of shape (batch, {_dims(art.features)}) as compiled before; the input "
                 f"has shape {tuple(given)}, and the model cannot take that either: {exc}")
 

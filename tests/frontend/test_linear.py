@@ -94,3 +94,27 @@ def test_numpy_integer_sizes_are_accepted():
     layer = Linear(np.int64(3), np.int32(2))
     assert layer.weight.shape == (3, 2)
     assert type(layer.in_features) is int
+
+
+def test_array_weights_and_an_array_input_give_a_float32_tensor():
+    """A bias-free Linear with its weight rebound to an array, called on an array, returned NumPy's
+    float64 ndarray (both operands plain arrays)."""
+    layer = Linear(3, 2, bias=False)
+    layer.weight = np.arange(6.0).reshape(3, 2)
+    y = layer(np.ones((4, 3)))
+    assert type(y) is Tensor and y.dtype == np.float32
+    np.testing.assert_array_equal(y.data, np.full((4, 2), [6.0, 9.0], np.float32))
+
+
+def test_weight_data_assigned_a_tensor_is_read_compiled_as_eager():
+    """TinyTorch once let `t.data = Tensor(...)`; eager ran it, compiled failed inside with
+    'Tensor' object has no attribute 'flags'."""
+    import tinycomp as tc
+    layer = Linear(4, 2)
+    fast = tc.compile(layer)
+    x = np.ones((3, 4), np.float32)
+    fast(x)
+    layer.weight.data = Tensor(np.full((4, 2), 2.0))
+    for call in (fast, tc.compile(layer)):
+        np.testing.assert_allclose(call(x).data, layer(Tensor(x)).data, rtol=1e-6)
+        np.testing.assert_allclose(call(x).data, np.broadcast_to(8.0 + layer.bias.data, (3, 2)), rtol=1e-6)

@@ -197,3 +197,18 @@ def test_a_layer_class_made_per_model_goes_with_its_model():
     del model
     gc.collect()
     assert kind() is None
+
+
+def test_training_goes_to_forward_as_in_tinytorchs_sequential():
+    """TinyTorch's layers define __call__(self, x) and forward(self, x, training=...): Sequential passed
+    `training` to __call__, a TypeError; it goes to forward, as TinyTorch's Sequential passes it."""
+    class Doubling(Layer):
+        def forward(self, x, training=True):
+            return x * 2.0 if training else x
+
+        def __call__(self, x):
+            return self.forward(x)
+    model = Sequential(Doubling())
+    x = Tensor(np.ones((1, 3)))
+    np.testing.assert_array_equal(model.forward(x, training=False).data, x.data)
+    np.testing.assert_array_equal(model.forward(x, training=True).data, 2 * x.data)

@@ -115,6 +115,23 @@ def test_attention_as_tinytorch_and_its_errors():
         mha(Tensor(np.zeros((2, 3, 64))), Tensor(np.ones((2, 3, 4))))
 
 
+def test_a_causal_mask_made_once_for_every_sample_as_tinytorch_makes_it():
+    """TinyTorch's create_causal_mask(S) is (1, S, S), passed to every block at any batch: eager said
+    "cannot reshape (1, 5, 5) to (2, 1, 5, 5)", never naming the mask; compiled blamed tinycomp's own
+    reshape. A (1, S, S) mask now means the same mask for every sample, as a (S, S) one."""
+    import tinycomp as tc
+    manual_seed(3)
+    mha = MultiHeadAttention(16, 4)
+    x = x_of(2, 5, 16)
+    one = np.tril(np.ones((5, 5), np.float32))[None]
+    want = mha(Tensor(x), Tensor(one[0])).data
+    np.testing.assert_array_equal(mha(Tensor(x), Tensor(one)).data, want)
+    fast = tc.compile(mha, input_shape=[(None, 5, 16), (1, 5, 5)])
+    np.testing.assert_allclose(fast(x, one).data, want, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match=r"attention mask must have shape .*got \(3, 5, 5\) for a batch of 2"):
+        mha(Tensor(x), Tensor(np.ones((3, 5, 5))))
+
+
 # ---------------------------------------------------------------- TransformerBlock
 
 @pytest.mark.parametrize("batch", [0, 1, 7])
@@ -145,5 +162,13 @@ def test_block_as_tinytorch():
         TransformerBlock(10, 2, mlp_ratio=0.01)
     with pytest.raises(ValueError, match="TransformerBlock ff_dim must be a positive integer; got 0"):
         TransformerBlock(10, 2, ff_dim=0)
+    # TinyTorch's signatures: (embed_dim, num_heads, mlp_ratio=4, dropout_prob=0.1), MLP(embed_dim,
+    # hidden_dim=None, dropout_prob=0.1); its blocks apply no dropout with it, nor do these
+    tiny = TransformerBlock(16, 4, 2, 0.1)
+    assert tiny.mlp.hidden_dim == 32 and tiny.dropout_prob == 0.1 and MLP(8, 16, dropout_prob=0.2).dropout_prob == 0.2
+    y = Tensor(x_of(2, 3, 16))
+    np.testing.assert_array_equal(tiny(y).data, tiny(y).data)  # no dropout drawn
+    with pytest.raises(ValueError, match=r"TransformerBlock dropout_prob must be a number in \[0, 1\]; got 1.5"):
+        TransformerBlock(16, 4, 4, 1.5)
     x = Tensor(np.random.default_rng(0).standard_normal((2, 8, 128)))
     assert block(x).shape == (2, 8, 128) and block.forward(x, Tensor(causal_mask(2, 8))).shape == (2, 8, 128)

@@ -165,8 +165,8 @@ class Linear(Layer):
                     return wrap_result(y)
             except (ValueError, TypeError):
                 pass
-        if not isinstance(x, (Tensor, np.ndarray)):  # a list, as compiled models take
-            x = Tensor(x)
+        if not isinstance(x, Tensor):  # an array or list, as compiled models take: then y is a Tensor even
+            x = Tensor(x)              # with an array weight
         y = x @ self.weight
         return y + self.bias if self.bias is not None else y
 
@@ -287,8 +287,8 @@ class Sequential(Layer):
                 x = layer.forward(x) if type(layer).__call__ is _LAYER_CALL else layer(x)
             return x
         for layer in self.layers:
-            if _accepts_training(type(layer)):
-                x = layer(x, training=training)
+            if _accepts_training(type(layer)):  # to forward, as TinyTorch's Sequential: its layers' own
+                x = layer.forward(x, training=training)  # __call__(self, x) takes no `training`
             else:
                 x = layer(x)
         return x

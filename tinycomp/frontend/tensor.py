@@ -189,7 +189,8 @@ class Tensor:
 
     @property
     def dtype(self) -> np.dtype:
-        """Always float32."""
+        """float32: what every Tensor op makes; `.data` assigned an array of another dtype shows that one
+        (ops and compiled models read it as float32)."""
         return self.data.dtype
 
     def numpy(self) -> np.ndarray:

@@ -49,10 +49,20 @@ class LayerNorm(Layer):
         return f"LayerNorm(normalized_shape={self.normalized_shape}, eps={self.eps:g})"
 
 
-class MLP(Layer):
-    """The transformer feed-forward network: linear1 -> GELU -> linear2 (hidden_dim: 4 x embed_dim)."""
+def dropout_probability(owner: str, p: Any) -> float:
+    """TinyTorch's MLP and TransformerBlock take `dropout_prob` and apply no dropout with it; so do
+    these (a model ported from TinyTorch computes what it computed there). Checked as Dropout's p."""
+    if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0.0 <= float(p) <= 1.0:
+        raise ValueError(f"{owner} dropout_prob must be a number in [0, 1]; got {p!r}")
+    return float(p)
 
-    def __init__(self, embed_dim: int, hidden_dim: int | None = None):
+
+class MLP(Layer):
+    """The transformer feed-forward network: linear1 -> GELU -> linear2 (hidden_dim: 4 x embed_dim).
+    `dropout_prob` is TinyTorch's argument, kept and unused as there (`dropout_probability`)."""
+
+    def __init__(self, embed_dim: int, hidden_dim: int | None = None, dropout_prob: float = 0.1):
+        self.dropout_prob = dropout_probability("MLP", dropout_prob)
         self.embed_dim = positive_int("MLP", "embed_dim", embed_dim)
         self.hidden_dim = 4 * self.embed_dim if hidden_dim is None else positive_int("MLP", "hidden_dim", hidden_dim)
         self.linear1 = Linear(self.embed_dim, self.hidden_dim)
@@ -120,14 +130,19 @@ class MultiHeadAttention(Layer):
         if mask is None:
             return None
         mask = as_tensor(mask)
-        forms = f"({seq_len}, {seq_len}), (batch, {seq_len}, {seq_len}) or (batch, heads, {seq_len}, {seq_len})"
+        forms = (f"({seq_len}, {seq_len}), (batch or 1, {seq_len}, {seq_len}) or (batch or 1, heads or 1, {seq_len}, "
+                 f"{seq_len})")
         if mask.ndim == 2 and not isinstance(mask.shape[0], int):  # traced with the batch N where a seq must be
             raise CompileError(f"attention mask must have shape {forms}; got {tuple(mask.shape)}, a 2-D mask traced "
                                "with the batch first")
         if not 2 <= mask.ndim <= 4 or tuple(mask.shape[-2:]) != (seq_len, seq_len):
             raise ValueError(f"attention mask must have shape {forms}; got {tuple(mask.shape)}")
-        if mask.ndim == 3:  # one mask per sample, shared by its heads
-            return mask.reshape(batch_size, 1, seq_len, seq_len)
+        if mask.ndim == 3:  # one mask per sample, shared by its heads; (1, S, S) for every sample, as
+            first = mask.shape[0]  # TinyTorch's create_causal_mask makes it
+            if isinstance(first, int) and isinstance(batch_size, int) and first not in (1, batch_size):
+                raise ValueError(f"attention mask must have shape {forms}; got {tuple(mask.shape)} for a batch "
+                                 f"of {batch_size}")
+            return mask.reshape(-1, 1, seq_len, seq_len)
         return mask
 
     def parameters(self) -> list[Tensor]:
@@ -139,9 +154,12 @@ class MultiHeadAttention(Layer):
 
 class TransformerBlock(Layer):
     """Pre-norm block: h = x + attention(ln1(x), mask); out = h + mlp(ln2(h)). The MLP's hidden width
-    is `ff_dim`, or int(embed_dim * mlp_ratio)."""
+    is `ff_dim`, or int(embed_dim * mlp_ratio). The positional arguments are TinyTorch's;
+    `dropout_prob` is kept and unused as there (`dropout_probability`)."""
 
-    def __init__(self, embed_dim: int, num_heads: int, mlp_ratio: float = 4, ff_dim: int | None = None):
+    def __init__(self, embed_dim: int, num_heads: int, mlp_ratio: float = 4, dropout_prob: float = 0.1, *,
+                 ff_dim: int | None = None):
+        self.dropout_prob = dropout_probability("TransformerBlock", dropout_prob)
         self.embed_dim = positive_int("TransformerBlock", "embed_dim", embed_dim)
         self.num_heads = num_heads
         self.attention = MultiHeadAttention(embed_dim, num_heads)

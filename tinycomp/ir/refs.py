@@ -43,7 +43,7 @@ def softmax(x: np.ndarray, dim: int = -1) -> np.ndarray:
     """Row-max-subtracted softmax; a slice that is all -inf gives zeros (not NaN)."""
     m = np.max(x, axis=dim, keepdims=True) if x.size else x
     all_neg_inf = np.isneginf(m)
-    with np.errstate(invalid="ignore", under="ignore"):
+    with np.errstate(invalid="ignore", under="ignore", over="ignore"):  # 3e38 - -3e38 is inf: its exp is 0
         e = np.exp(x - np.where(all_neg_inf, 0, m))
         s = np.sum(e, axis=dim, keepdims=True)
         out = e / np.where(all_neg_inf, 1, s)
