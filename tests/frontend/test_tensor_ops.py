@@ -5,7 +5,7 @@ error wording TinyTorch's own tests look for. Our tests of the same behaviours, 
 import numpy as np
 import pytest
 
-from tinycomp.nn import Linear, Tensor
+from tinycomp.nn import Layer, Linear, Tensor
 
 RNG = np.random.default_rng(15)
 X4 = RNG.standard_normal((2, 3, 4, 5))
@@ -157,3 +157,37 @@ def test_half_power_is_sqrt_as_numpy_computes_it():
 def test_pow_exponent_must_be_a_number(exponent):
     with pytest.raises(TypeError, match="exponent"):
         Tensor([1.0, 2.0]) ** exponent
+
+
+def test_tinytorch_tensor_names_numel_view_contiguous_masked_fill_memory_footprint():
+    """TinyTorch's module-01 Tensor has them (its unit tests call numel(); module 12 masks with
+    masked_fill): they raised AttributeError here."""
+    t = Tensor(np.arange(6.0).reshape(2, 3))
+    assert t.numel() == 6 and t.memory_footprint() == 24
+    np.testing.assert_array_equal(t.view(3, 2).data, t.reshape(3, 2).data)
+    assert t.transpose().contiguous().shape == (3, 2)
+    mask = np.array([[True, False, False], [False, False, True]])
+    np.testing.assert_array_equal(t.masked_fill(mask, -np.inf).data, np.where(mask, -np.inf, t.data))
+
+
+def test_list_operands_and_a_list_of_0d_tensors_as_tinytorch_takes_them():
+    t = Tensor([[1.0, 2.0], [3.0, 4.0]])
+    np.testing.assert_array_equal((t + [1, 2]).data, [[2, 4], [4, 6]])
+    np.testing.assert_array_equal(([1, 2] * t).data, [[1, 4], [3, 8]])
+    np.testing.assert_array_equal((t - (1, 2)).data, [[0, 0], [2, 2]])
+    losses = [Tensor(3.0), Tensor(1.5)]
+    np.testing.assert_array_equal(Tensor(losses).data, [3.0, 1.5])
+    np.testing.assert_array_equal(Tensor([[Tensor(1.0), 2.0]]).data, [[1.0, 2.0]])
+
+
+def test_the_tinytorch_names_compile():
+    import tinycomp as tc
+
+    class Masked(Layer):
+        def forward(self, x):
+            scores = x.view(-1, 4, 3).transpose(1, 2).contiguous()
+            return scores.masked_fill(np.triu(np.ones((3, 4)), 1) > 0, -1e9) + [1.0, 2.0, 3.0, 4.0]
+
+    model = Masked()
+    x = np.random.default_rng(0).standard_normal((5, 12)).astype(np.float32)
+    np.testing.assert_array_equal(tc.compile(model)(x).data, model(Tensor(x)).data)

@@ -36,7 +36,15 @@ tracing = _Tracing()
 def to_float32(data: Any) -> np.ndarray:
     """A fresh float32 copy of `data`, its first value on a cache line from 4 KB up (compiled code
     reads weights in place: `aligned.py`); TypeError for strings, objects and other non-numbers."""
-    return aligned_float32(data.data) if isinstance(data, Tensor) else float32_copy(data)
+    return aligned_float32(data.data) if isinstance(data, Tensor) else float32_copy(_without_tensors(data))
+
+
+def _without_tensors(data: Any) -> Any:
+    """Nested lists with each Tensor in them as its array: `Tensor([loss1, loss2])` of 0-D Tensors, as
+    TinyTorch takes it (NumPy cannot tell a 0-D Tensor's number from a sequence)."""
+    if isinstance(data, (list, tuple)) and any(isinstance(v, (Tensor, list, tuple)) for v in data):
+        return [v.data if isinstance(v, Tensor) else _without_tensors(v) for v in data]
+    return data
 
 
 def _operand_array(x: Operand) -> np.ndarray:
@@ -197,6 +205,14 @@ class Tensor:
         """The underlying float32 array (not a copy)."""
         return self.data
 
+    def numel(self) -> int:
+        """The number of elements (TinyTorch's and torch's name for `size`)."""
+        return self.size
+
+    def memory_footprint(self) -> int:
+        """The bytes the elements take (TinyTorch's name for `data.nbytes`)."""
+        return int(self.data.nbytes)
+
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         tracer = tracing.tracer
         if tracer is not None:  # np.asarray(parameter) while tracing: a plain array the trace would freeze
@@ -218,6 +234,8 @@ class Tensor:
 
     # ------------------------------------------------------------ arithmetic
     def _binary(self, name: str, other: Operand, reflected: bool = False) -> Tensor:
+        if isinstance(other, (list, tuple)):  # `t + [1, 2]`: TinyTorch makes a Tensor of any other operand
+            other = to_float32(other)
         if not _is_operand(other):
             return NotImplemented
         return apply_op(name, other, self) if reflected else apply_op(name, self, other)
@@ -334,6 +352,21 @@ class Tensor:
         except TypeError:
             raise TypeError(f"reshape sizes must be integers; got {shape}") from None
         return apply_op("reshape", self, newshape=newshape)
+
+    def view(self, *shape: Any) -> Tensor:
+        """`reshape`, by torch's name (TinyTorch's Tensor has both)."""
+        return self.reshape(*shape)
+
+    def contiguous(self) -> Tensor:
+        """The tensor itself: every op's result is its own C-ordered array (torch's name, which
+        attention code calls after a transpose)."""
+        return self
+
+    def masked_fill(self, mask: Operand, value: Operand) -> Tensor:
+        """`value` where `mask` is nonzero, else this tensor's element (torch's and TinyTorch's
+        masked_fill; `tinycomp.nn.where(mask, value, self)`)."""
+        check_operands("masked_fill", mask=mask, value=value)
+        return apply_op("where", mask, value, self)
 
     def transpose(self, dim0: int | None = None, dim1: int | None = None) -> Tensor:
         """Swap axes dim0 and dim1 (default: the last two; a 0-D or 1-D tensor is returned as a copy)."""
