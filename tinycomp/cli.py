@@ -260,11 +260,17 @@ def run_dump(args: argparse.Namespace) -> int:
     fast = compile_model(model, input_shape=input_shape)
     stage = args.stage or ("all" if args.out else "optimized")
     stages = ("traced", "optimized", "llvm", "asm") if stage == "all" else (stage,)
+    if args.dot and not {"traced", "optimized"} & set(stages):
+        raise UsageError(f"--dot draws the traced or optimized graph; --stage {stage} has none to draw")
     if args.out is None:
         for stage in stages:
             print(f"==== {stage} ====\n{fast.dump(stage)}")
-        if args.dot:
-            print(to_dot(fast.graph))
+        if args.dot:  # the DOT of each graph stage asked for: the traced graph's, the optimized one's
+            for stage in stages:
+                if stage == "traced":
+                    print(to_dot(fast._require("dot").traced, name="traced"))
+                elif stage == "optimized":
+                    print(to_dot(fast.graph, name="optimized"))
         return 0
     out = Path(args.out)
     if out.exists() and not out.is_dir():

@@ -52,6 +52,19 @@ def test_dot_output_is_valid_graphviz(tmp_path):
     assert (out / "graph.svg").read_text().lstrip().startswith(("<?xml", "<svg"))
 
 
+@pytest.mark.parametrize("stage, has, lacks", [("traced", "dropout", "linear"), ("optimized", "linear", "dropout")])
+def test_dot_to_stdout_draws_the_stage_asked_for(capsys, stage, has, lacks):
+    """`--stage traced --dot` printed the optimized graph's DOT."""
+    assert main(["dump", TINY, "--input-shape", "N,12", "--stage", stage, "--dot"]) == 0
+    dot = capsys.readouterr().out.split("digraph", 1)[1]
+    assert f'"{stage}"' in dot.splitlines()[0] and has in dot and lacks not in dot
+
+
+def test_dot_of_a_stage_with_no_graph_is_refused(capsys):
+    assert main(["dump", TINY, "--input-shape", "N,12", "--stage", "llvm", "--dot"]) == 2
+    assert "--dot draws the traced or optimized graph; --stage llvm has none" in capsys.readouterr().err
+
+
 def test_dump_to_stdout_one_stage(capsys):
     assert main(["dump", TINY, "--input-shape", "N,12", "--stage", "traced"]) == 0
     text = capsys.readouterr().out
