@@ -29,7 +29,8 @@ def summary(model: Any, input_shape: Any = None) -> Summary:
     Args:
         model: a `tinycomp.nn` model (traced in eval mode) or a `Graph` (e.g. `fast.graph`).
         input_shape: (batch, features...); the batch size only scales activations, MACs and FLOPs.
-            A forward() of several inputs takes one such shape per input, in a list. Default:
+            A forward() of several inputs takes one such shape per input, in a list; an input after the
+            first whose first size is neither None nor the batch is shared by every sample. Default:
             batch 1 and the width of the model's first Linear (a Graph: its own shapes).
 
     Returns:
@@ -54,7 +55,9 @@ def summary(model: Any, input_shape: Any = None) -> Summary:
     shapes = input_shapes(input_shape)  # a forward() of several inputs: one (batch, features...) per input
     shape = shapes[0]
     batch = shape[0] if shape and shape[0] is not None else 1
-    traced = [(None, *s[1:]) for s in shapes]
+    # as compile() takes them: an input after the first is batched where its first size is None or the
+    # batch, else one array shared by every sample (a (seq, seq) mask)
+    traced = [(None, *s[1:]) if i == 0 or s[:1] in ((None,), shape[:1]) else s for i, s in enumerate(shapes)]
     graph = model if isinstance(model, Graph) else trace(model, traced if len(traced) > 1 else traced[0])
     return summarize(graph, batch)
 

@@ -60,3 +60,15 @@ def test_summary_without_input_shape_takes_the_first_linears_width():
                                          r"its first layer is ReLU, not a Linear"):
         tc.summary(Sequential(ReLU(), Linear(5, 2)))
     assert tc.summary(tc.compile(narrow, input_shape=(None, 12)).graph).macs == s.macs
+
+
+@pytest.mark.parametrize("first", [32, None])
+def test_summary_takes_an_input_shared_by_every_sample_as_compile_does(first):
+    """[(32, 8, 16), (8, 8)]: the (8, 8) mask was traced as (N, 8), which no attention takes."""
+    import tinycomp as tc
+    from tinycomp.nn import TransformerBlock
+    block = TransformerBlock(16, 4)
+    s = tc.summary(block, [(first, 8, 16), (8, 8)])
+    per_sample = tc.summary(block, [(first, 8, 16), (first, 8, 8)])
+    assert s.parameters == per_sample.parameters == sum(p.data.size for p in block.parameters())
+    assert s.macs == per_sample.macs > 0
