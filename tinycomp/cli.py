@@ -150,6 +150,8 @@ def load_factory(spec: str) -> Any:
 INPUT_SHAPE_HELP = ("batch,features..., e.g. N,784; repeat it once per input of a forward() of several, in its "
                     "order (--input-shape N,16 --input-shape N,4), an input after the first without N being one "
                     "array shared by every row (e.g. 8,8)")
+INFERRED_SHAPE_HELP = (" (default: the in_features of a Sequential's first Linear, or the shape of an imported model's "
+                       "InputShape)")
 
 
 def parse_input_shape(text: str) -> tuple:
@@ -312,7 +314,8 @@ def run_export(args: argparse.Namespace) -> int:
     check_shape_count(model, args.input_shape)
     if not args.training:
         model.eval()  # an inference export, as dump shows it; a freshly built model is in training mode
-    result = export_model(model, args.out, input_shape=parse_input_shapes(args.input_shape), target=args.target,
+    input_shape = parse_input_shapes(args.input_shape) if args.input_shape else infer_input_shape(model)
+    result = export_model(model, args.out, input_shape=input_shape, target=args.target,
                           name=args.name, weights=args.weights, training=args.training)
     for path in result.files.values():
         print(path)
@@ -339,8 +342,7 @@ def make_parser() -> argparse.ArgumentParser:
                       help="native threads (default: all cores where it pays)")
     dump = sub.add_parser("dump", help="write the IR of every stage of a model")
     dump.add_argument("model", help="module:factory or path/to/file.py:factory returning a Layer")
-    dump.add_argument("--input-shape", action="append", help=INPUT_SHAPE_HELP + " (default: the in_features of a "
-                                                                             "Sequential's first Linear)")
+    dump.add_argument("--input-shape", action="append", help=INPUT_SHAPE_HELP + INFERRED_SHAPE_HELP)
     dump.add_argument("--stage", choices=STAGE_CHOICES, default=None,
                       help="what to show (default: optimized; with --out: all)")
     dump.add_argument("--out", help="folder for one file per stage and pass (01-traced.txt, model.ll, ...)")
@@ -349,7 +351,8 @@ def make_parser() -> argparse.ArgumentParser:
                            "for: printed, or written into --out (--stage all, the default there, writes them anyway)")
     export = sub.add_parser("export", help="compile a model ahead of time into a C library (.o, .h) for a target")
     export.add_argument("model", help="module:factory or path/to/file.py:factory returning a Layer")
-    export.add_argument("--input-shape", required=True, action="append", help=INPUT_SHAPE_HELP)
+    export.add_argument("--input-shape", action="append",
+                        help=INPUT_SHAPE_HELP + INFERRED_SHAPE_HELP)
     export.add_argument("--target", choices=TARGET_NAMES, default="host", help="what the code runs on (default: host)")
     export.add_argument("--out", required=True, help="folder for <name>.o, <name>.h and the rest")
     export.add_argument("--name", default="model", help="prefix of the C symbols and file names (default: model)")

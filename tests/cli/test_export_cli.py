@@ -43,6 +43,15 @@ def test_export_external_weights_and_name(tmp_path, capsys):
     assert "int tiny_bind_weights(const void *weights);" in (tmp_path / "tiny.h").read_text()
 
 
+def test_export_takes_the_input_shape_from_the_model_as_dump_does(tmp_path, capsys):
+    """README: --input-shape may be left out for a Sequential starting with a Linear, or a model an
+    importer made (InputShape); export required it."""
+    assert main(["export", TINY, "--out", str(tmp_path)]) == 0
+    assert "#define MODEL_INPUT_DIM1 12" in (tmp_path / "model.h").read_text()
+    assert main(["export", "tinycomp.nn:ReLU", "--out", str(tmp_path / "relu")]) == 2
+    assert "cannot infer the input width of this ReLU" in capsys.readouterr().err
+
+
 def test_export_errors_are_one_line(tmp_path, capsys):
     assert main(["export", TINY, "--input-shape", "N,12", "--out", str(tmp_path), "--name", "9lives"]) == 1
     err = capsys.readouterr().err
