@@ -125,6 +125,25 @@ def test_missing_core_attribute():
         g.lint()
 
 
+def test_a_node_without_attributes_or_an_edge_without_its_position():
+    """A user pass adding a bare node (g.nx.add_node) or dropping an edge's `arg` met a KeyError before
+    the check: run_pipeline could not say which pass broke the graph."""
+    g = small_graph()
+    g.nx.add_node("junk")
+    with pytest.raises(LintError, match=r"node junk lacks \['dtype', 'op', 'shape'\]"):
+        g.lint()
+    g = small_graph()
+    del g.nx.edges["x", "mm", 0]["arg"]
+    with pytest.raises(LintError, match="the edge x -> mm lacks 'arg', its operand position"):
+        g.lint()
+
+    def bare(graph: Graph) -> bool:
+        graph.nx.add_node("junk")
+        return True
+    with pytest.raises(LintError, match="after pass bare: node junk lacks"):
+        run_pipeline(small_graph(), [bare])
+
+
 def test_unknown_op():
     g = small_graph()
     g["act"]["op"] = "frobnicate"

@@ -231,6 +231,13 @@ class Graph:
     # ------------------------------------------------------------ invariants
     def lint(self) -> None:
         """Check every IR invariant; raise LintError naming the first broken one."""
+        for n, data in self.nx._node.items():  # first: every other check reads these keys
+            missing = CORE_KEYS - data.keys()
+            if missing:
+                raise LintError(f"node {n} lacks {sorted(missing)}")
+        for src, dst, data in self.nx.edges(data=True):
+            if "arg" not in data:
+                raise LintError(f"the edge {src} -> {dst} lacks 'arg', its operand position")
         try:
             self.nodes()
         except nx.NetworkXUnfeasible:
@@ -255,9 +262,6 @@ class Graph:
 
     def _lint_node(self, n: str) -> None:
         data = self.nx._node[n]
-        missing = CORE_KEYS - data.keys()
-        if missing:
-            raise LintError(f"node {n} lacks {sorted(missing)}")
         try:
             opdef = op_def(data["op"])
         except KeyError as exc:
