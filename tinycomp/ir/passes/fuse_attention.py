@@ -276,25 +276,28 @@ def fuse_one(g: Graph, soft: str) -> bool:
         operands.append(viewed(g, (mask, (-1, 1, *g.shape(mask)[1:]) if len(shape) == 3 and
                                    g.shape(mask)[:1] == (None,) else None)))
     fused = " + ".join(f"{g.op(n)} {n}" for n in [*reversed(chain), soft, out_mm])
-    transposes = len(g.nodes("transpose"))
     node = g.add("attention", operands, heads=heads, **attrs, layer=g[scores_mm].get("layer"))
     if g.shape(end) != g.shape(node):
         node = g.add("reshape", [node], newshape=(-1, *g.shape(end)[1:]))
     g.replace_uses(end, node)
-    remove_unused(g, [end])
+    removed = remove_unused(g, [end])  # the fusion adds no transpose: those removed are the ones not copied
     g[g.args(node)[0] if g.op(node) == "reshape" else node]["explain"] = \
-        f"fused {fused}; {transposes - len(g.nodes('transpose'))} transposes not copied"
+        f"fused {fused}; {removed.count('transpose')} transposes not copied"
     return True
 
 
-def remove_unused(g: Graph, todo: list[str]) -> None:
-    """Remove the nodes of `todo` nobody reads, then their operands that became unused (inputs stay)."""
+def remove_unused(g: Graph, todo: list[str]) -> list[str]:
+    """Remove the nodes of `todo` nobody reads, then their operands that became unused (inputs stay);
+    return the ops of the nodes removed."""
+    removed = []
     while todo:
         n = todo.pop()
         if n in g and not g.users(n) and g.op(n) not in ("input", "output"):
             args = g.args(n)
+            removed.append(g.op(n))
             g.remove(n)
             todo += args
+    return removed
 
 
 def fuse_attention(g: Graph) -> bool:
