@@ -513,11 +513,31 @@ def test_aliased_w_larger_than_l2_is_read_in_place_only_up_to_the_host_limit():
     # in place it sums in K-chunks of DIRECT_BLOCK_BYTES, in blocks as wide as the one-row kernel
     assert aliased.direct_max_rows == 16 and aliased.direct_nc == aliased.leftover[-1].nr == 256
     assert 4 * aliased.direct_kc * aliased.direct_nc == DIRECT_BLOCK_BYTES
-    for K, N in ((1024, 1000), (256, 1024), (2048, 512), (784, 256)):  # rows not 4 KB apart, or W within L2
+    for K, N in ((1024, 1000), (256, 1024), (1100, 256), (784, 256)):  # rows not 4 KB apart, or W within L2
         assert direct_max_rows(K, N, 16) == DIRECT_MAX_ROWS
         assert plan_gemm(K, N, WIDTH, aliased_max_rows=16).direct_kc == 0
     assert direct_max_rows(1024, 1024, 0) == plan_gemm(1024, 1024, WIDTH).direct_max_rows == DIRECT_MAX_ROWS
     assert plan_gemm(1024, 1024, WIDTH).direct_kc == 0
+
+
+def test_w_whose_panels_outgrow_l2_is_packed_from_a_few_dozen_rows():
+    """Read in place, a W larger than L2 whose K x 64 panels are too large to stay in it (or rows
+    2 KB apart) was re-read from L3 by every row tile: Linear(8000, 8000) at 128 rows took 345 ms,
+    184 ms packed (NumPy ~130). The small layers of the benchmark models keep DIRECT_MAX_ROWS."""
+    from tinycomp.codegen.gemm import DIRECT_MAX_ROWS, STREAMED_MAX_ROWS, direct_max_rows, plan_gemm
+
+    for K, N in ((3000, 3000), (2000, 2000), (8000, 8000), (1536, 1536), (2048, 512), (4096, 128)):
+        assert direct_max_rows(K, N) == plan_gemm(K, N, WIDTH).direct_max_rows == STREAMED_MAX_ROWS
+    for K, N in ((784, 256), (256, 128), (512, 512), (128, 512), (512, 128), (2048, 64), (2500, 100)):
+        assert direct_max_rows(K, N) == DIRECT_MAX_ROWS
+    import tinycomp as tc
+    from tinycomp.nn import Linear, Tensor
+    layer = Linear(2048, 512)
+    fast = tc.compile(layer, threads=1)
+    x = np.random.default_rng(0).standard_normal((40, 2048)).astype(np.float32)
+    packed, alone = fast(x).data, fast(x[:1]).data  # 40 rows packed, 1 read in place: the same sums
+    np.testing.assert_array_equal(packed[:1], alone)
+    np.testing.assert_allclose(packed, layer(Tensor(x)).data, rtol=1e-4, atol=1e-4)
 
 
 # Aliased layers (W larger than L2, rows a multiple of 4 KB apart) with a host limit: K-chunked

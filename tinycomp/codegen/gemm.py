@@ -47,6 +47,7 @@ L2_BYTES = 1 << 20
 # Packed W block budget: half of L2, leaving room for the A row panels and C.
 L2_BLOCK_BYTES = L2_BYTES // 2
 DIRECT_MAX_ROWS = 128  # measured: reading W in place beats pack + sweep up to ~128 rows (784x256, 1024x1024)
+STREAMED_MAX_ROWS = 32  # the same for a W whose panels outgrow L2 (`_panels_outgrow_l2`)
 # In-place W block budget: all row tiles sweep one block of columns before the next, so a block is
 # read from L3 once per call, not once per tile. A quarter of L2: in a model the other layers'
 # weights and the activations share L2 (784x256 in a whole MLP at 32 / 64 / 128 rows: 148 / 284 /
@@ -130,11 +131,29 @@ def _aliased(K: int, N: int) -> bool:
     return (4 * N) % 4096 == 0 and 4 * K * N > L2_BYTES
 
 
-def direct_max_rows(K: int, N: int, aliased_max_rows: int = 0) -> int:
-    """The most rows for which the layer reads W in place (`Target.aliased_direct_max_rows`: the
+def _panels_outgrow_l2(K: int, N: int, nr: int) -> bool:
+    """Is W larger than L2 and read in place in panels (K rows of nr floats, 4N bytes apart) too large
+    to stay in it while every row tile sweeps them: over 1.5 x DIRECT_BLOCK_BYTES, or over it with
+    rows a multiple of 2 KB apart (their lines then share a few cache sets)? The one-panel block
+    `_block_cols` allows them then misses its budget, and every tile re-reads the panel from L3.
+    Measured on the Intel Xeon (`benchmarks/gemm_ab.py DIRECT_MAX_ROWS 128,32 --layer KxN --rows
+    48,64,128`, packed time over in place): 3000x3000 0.73 / 0.70 at 64 / 128 rows, 2000x2000
+    0.88 / 0.82, 1536x1536 0.45 / 0.39, 2048x512 0.37 / 0.32, 4096x128 0.64 / 0.53; left in place,
+    1280x1280 1.03 / 0.92, 1100x256 1.10 / 1.05, 2500x100 1.14 / 1.05, 2048x64 1.18 / 1.07."""
+    panel = 4 * K * nr
+    return 4 * K * N > L2_BYTES and (2 * panel > 3 * DIRECT_BLOCK_BYTES or
+                                     (panel > DIRECT_BLOCK_BYTES and (4 * N) % 2048 == 0))
+
+
+def direct_max_rows(K: int, N: int, aliased_max_rows: int = 0, width: int = 16, registers: int | None = None) -> int:
+    """The most rows for which the layer reads W in place: DIRECT_MAX_ROWS, STREAMED_MAX_ROWS where its
+    panels outgrow L2 (`_panels_outgrow_l2`), and at most `Target.aliased_direct_max_rows` (the
     host's limit for an aliased W, `_aliased`, 0 for none; with one, the in-place path sums such a
     layer in K-chunks: `GemmPlan.direct_kc`)."""
-    return min(aliased_max_rows, DIRECT_MAX_ROWS) if _aliased(K, N) and aliased_max_rows else DIRECT_MAX_ROWS
+    rows = DIRECT_MAX_ROWS
+    if _panels_outgrow_l2(K, N, min(tile_vectors(width, registers), -(-N // width)) * width):
+        rows = STREAMED_MAX_ROWS
+    return min(aliased_max_rows, rows) if _aliased(K, N) and aliased_max_rows else rows
 
 
 def plan_gemm(K: int, N: int, width: int, registers: int | None = None, aliased_max_rows: int = 0) -> GemmPlan:
@@ -174,7 +193,7 @@ def plan_gemm(K: int, N: int, width: int, registers: int | None = None, aliased_
     nr = main.nr
     panels = -(-N // nr)
     nc = _block_cols(panels, nr, K, L2_BLOCK_BYTES)
-    direct_max = direct_max_rows(K, N, aliased_max_rows)
+    direct_max = direct_max_rows(K, N, aliased_max_rows, width, registers)
     direct_nc = one.nr if in_chunks else _block_cols(panels, nr, K, DIRECT_BLOCK_BYTES)
     return GemmPlan(K, N, width, main, leftover, nc, direct_max_rows=direct_max, direct_nc=direct_nc,
                     overlap_min_rows=OVERLAP_MIN_ROWS if 4 * K * N > L2_BYTES else direct_max + 1,

@@ -414,6 +414,7 @@ def _max_pack_floats(g: Graph, target: Target, block: int = 0) -> int:
             call_rows = (block * per_sample if block else None) if is_batched(a) else per_sample
         else:  # one GEMM of rows x k by k x j per slice (`lower_tensor.lower_matmul`)
             call_rows = rows
-        tiled = call_rows is None or call_rows > gemm.direct_max_rows(k, j, target.aliased_direct_max_rows)
+        tiled = call_rows is None or call_rows > gemm.direct_max_rows(k, j, target.aliased_direct_max_rows,
+                                                                      target.vector_width, target.vector_registers)
         sizes.append(gemm.pack_floats(k, j, target.vector_width, target.vector_registers, tiled=tiled))
     return max(sizes, default=0)
