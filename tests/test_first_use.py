@@ -97,6 +97,28 @@ def test_active_dropout_gives_one_warning_saying_what_and_how():
     np.testing.assert_allclose(fast(x).data, model(x).data, rtol=1e-5, atol=1e-6)
 
 
+def test_a_plain_class_model_is_told_how_to_leave_training_mode():
+    """TinyTorch writes its blocks as plain classes, without eval(): the advice named a method the
+    model lacks."""
+    class Plain:
+        def __init__(self):
+            self.fc, self.drop = Linear(6, 3), Dropout(0.5)
+
+        def forward(self, x):
+            return self.drop(self.fc(x))
+
+        def __call__(self, x):
+            return self.forward(x)
+    model = Plain()
+    with pytest.warns(UserWarning, match=r"call tinycomp.nn.set_training_mode\(model, False\) first") as record:
+        tc.compile(model, input_shape=(None, 6))
+    assert "model.eval()" not in str(record[0].message)
+    nn.set_training_mode(model, False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tc.compile(model, input_shape=(None, 6))
+
+
 @pytest.mark.parametrize("make", [
     lambda: Sequential(Linear(6, 3), ReLU(), Dropout(0.5)).eval(),
     lambda: Sequential(Linear(6, 3), Dropout(0.0)),

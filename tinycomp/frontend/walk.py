@@ -133,8 +133,12 @@ def warn_if_dropout_active(model: Any, doing: str = "compile") -> None:
     names = ", ".join(f"'{path}' {layer!r}" if path else repr(layer) for layer, path in active[:3])
     more = f" and {len(active) - 3} more" if len(active) > 3 else ""
     verb, result, keep = DROPOUT_TEXTS[doing]
+    # a model of TinyTorch's plain classes has no eval(): the function sets the flags all the same
+    to_eval = "model.eval()" if callable(getattr(model, "eval", None)) else \
+        "tinycomp.nn.set_training_mode(model, False)"
     warnings.warn(
         f"{verb} {type(model).__name__} for inference while {len(active)} of its Dropout "
         f"layers ({names}{more}) are in training mode: {result}, while calling the model itself drops "
-        f"activations at random, so the two differ. To compare them, call model.eval() first, or {keep}.",
+        f"activations at random (unless its forward passes training=False to them), so the two differ. "
+        f"To compare them, call {to_eval} first, or {keep}.",
         UserWarning, stacklevel=3)
