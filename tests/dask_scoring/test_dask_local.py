@@ -257,7 +257,7 @@ def test_a_model_of_several_inputs_is_refused_by_name():
     """It got compile()'s advice to pass each input, which predict() cannot; compiled with one shape
     per input, its shapes were garbled into 'rows of shape ((None, 3),)'."""
     x = da.ones((4, 5), chunks=(2, 5))
-    for model in (_Gated(), tc.compile(_Gated(), input_shape=[(None, 5), (None, 3)])):
+    for model in (_Gated(), tc.compile(_Gated(), input_shape=[(None, 5), (None, 3)]), tc.compile(_Gated())):
         with pytest.raises(TypeError, match=r"^predict\(\) scores models of one input \(rows of data\); "
                                             r"_Gated.forward\(x, mask\) takes x, mask$"):
             tcd.predict(model, x)

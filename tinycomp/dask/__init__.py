@@ -91,7 +91,9 @@ def _model_and_options(fast_or_model: Any) -> tuple[Any, dict, tuple[int, ...] |
     if isinstance(fast_or_model, CompiledModel):
         state = fast_or_model.__getstate__()  # what pickling keeps: the model and its options
         shape = state["input_shape"]
-        if shape is not None and len(split_input_shape(shape)) > 1:
+        sig = input_signature(state["model"])  # before its first call a compiled model has no shape yet
+        if (shape is not None and len(split_input_shape(shape)) > 1) or \
+                (shape is None and sig is not None and len(required_inputs(sig)) > 1):
             _refuse_several_inputs(state["model"])
         pinned = tuple(shape[1:]) if shape is not None and state.get("pinned", True) else None
         # the options compile()'s defaults do not give: predict(model) and predict(tc.compile(model)) then
