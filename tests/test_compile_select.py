@@ -140,7 +140,7 @@ def test_an_added_minus_inf_mask_keeps_the_rows_rounding_slack():
     logits = np.array([[0.5, -np.inf, 1.0]])
     weights = np.exp(logits - 1.0) / np.exp(logits - 1.0).sum()
     est = rounding.softmax(weights, [logits], [np.array([[1.0, np.inf, 1.0]])], {"dim": -1})
-    assert np.isfinite(est).all() and est[0, 1] == rounding.OWN_ULPS * rounding.SUBNORMAL  # no more than any 0 carries
+    assert np.isfinite(est).all() and est[0, 1] == 0
 
 
 def test_comparison_rounding_counts_a_result_that_may_flip():

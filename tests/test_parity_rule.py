@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 import tinycomp as tc
 from tests.reliability.rel_helpers import assert_matches_eager
@@ -187,3 +188,25 @@ def test_an_inf_through_a_slope_of_zero_keeps_the_rows_rounding_slack():
     model = InverseSums()
     ref = reference_and_overflow(trace(model, (None, 5, 65)), x.astype(np.float32))
     assert np.isfinite(ref.rounding).all() and (ref.rounding > 0).all()
+
+
+@pytest.mark.filterwarnings("ignore:divide by zero encountered in log:RuntimeWarning")  # eager's own log(0)
+def test_check_still_catches_a_stale_graph_whose_output_is_non_finite():
+    """A graph gone stale (a global changed after compiling) whose log(0) is -inf where eager now gives
+    numbers: the reference comes from that graph, and -inf there is exact (x * 0), so it is no excuse."""
+    scale = [0.0]
+
+    class Stale(Layer):
+        def __init__(self):
+            self.fc = Linear(4, 3)
+
+        def forward(self, x):
+            return (self.fc(x).abs() * scale[0]).log()
+    model = Stale()
+    model.eval()
+    fast = tc.compile(model, check=True)
+    x = np.random.default_rng(0).standard_normal((5, 4)).astype(np.float32)
+    fast(x)
+    scale[0] = 1.0
+    with pytest.raises(tc.ParityError, match="non-finite values differ"):
+        fast(x)

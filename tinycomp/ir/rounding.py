@@ -33,8 +33,19 @@ SUBNORMAL = 2.0 ** -150 / EPS32
 
 
 def own(v: np.ndarray) -> np.ndarray:
-    """What rounding v to float32 once adds: an epsilon of |v|, or half a subnormal step where that is more."""
-    return np.abs(v) + SUBNORMAL
+    """What rounding v to float32 once adds: an epsilon of |v|, or half a subnormal step where that is
+    more; nothing for an exact 0 (x * 0: its operands' errors, carried by the rule, are all it has),
+    nor for an inf or NaN, which is no rounding of a number."""
+    with np.errstate(invalid="ignore"):
+        return np.where(np.isfinite(v), np.abs(v) + np.where(v != 0, SUBNORMAL, 0.0), 0.0)
+
+
+def term(m: np.ndarray, factor: np.ndarray) -> np.ndarray:
+    """An operand's error m carried through `factor` (a slope): none from an exact operand or through
+    a slope of 0, however large the other (1 / x at x = inf is 0 exactly; log of an exact 0 is -inf
+    exactly), where m * factor would be 0 * inf, a NaN spreading over the row."""
+    with np.errstate(invalid="ignore"):
+        return np.where((m == 0) | (factor == 0), 0.0, m * factor)
 
 
 def passes_through(v: np.ndarray, a: Arrays, m: Arrays, attrs: dict) -> np.ndarray:
@@ -55,16 +66,16 @@ def add_sub(v, a, m, attrs):
 
 
 def mul(v, a, m, attrs):
-    return m[0] * np.abs(a[1]) + np.abs(a[0]) * m[1] + own(v)
+    return term(m[0], np.abs(a[1])) + term(m[1], np.abs(a[0])) + own(v)
 
 
 def div(v, a, m, attrs):
-    return m[0] / np.abs(a[1]) + np.abs(a[0]) * m[1] / (a[1] * a[1]) + own(v)
+    return term(m[0], 1 / np.abs(a[1])) + term(m[1], np.abs(a[0]) / (a[1] * a[1])) + own(v)
 
 
 def power(v, a, m, attrs):
     """|d(x^c)/dx| = |c v / x|; the kernel rounds once."""
-    return m[0] * np.abs(a[1] * v / a[0]) + own(v)
+    return term(m[0], np.abs(a[1] * v / a[0])) + own(v)
 
 
 def extremum(v, a, m, attrs):
@@ -100,7 +111,7 @@ def matmul(v, a, m, attrs):
 def derivative(slope: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> RoundingRule:
     """The rule of a unary function whose |f'(x)| is `slope(v, x)` (from its output v and input x)."""
     def rule(v, a, m, attrs):
-        return m[0] * slope(v, a[0]) + OWN_ULPS * own(v)
+        return term(m[0], slope(v, a[0])) + OWN_ULPS * own(v)
     return rule
 
 
@@ -118,7 +129,7 @@ def gelu_erf_slope(v: np.ndarray, x: np.ndarray) -> np.ndarray:
 
 def gelu_erf(v, a, m, attrs):
     """Exact GELU: its vector kernel is within 6.5 ulp (below zero; 2 above), more than OWN_ULPS."""
-    return m[0] * gelu_erf_slope(v, a[0]) + 7 * own(v)
+    return term(m[0], gelu_erf_slope(v, a[0])) + 7 * own(v)
 
 
 def softmax(v, a, m, attrs):
