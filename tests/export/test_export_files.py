@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -370,3 +371,19 @@ def test_a_failed_link_leaves_the_folder_as_it_was(tmp_path, monkeypatch):
     assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == before
     assert not (tmp_path / "new").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bin", "out"]  # no staging folder left
+
+
+def test_the_files_are_staged_inside_the_folder(tmp_path, monkeypatch):
+    """Staged beside the folder, an export into a mount point (a container's volume) failed: the
+    move crossed file systems (EXDEV). Every move now stays inside the folder."""
+    import tinycomp.export as export_module
+    moves = []
+    real = os.replace
+
+    def watched(src, dst):
+        moves.append((Path(src), Path(dst)))
+        return real(src, dst)
+    monkeypatch.setattr(export_module.os, "replace", watched)
+    tc.export(small_model(), tmp_path / "vol", input_shape=(None, 6), target="thumbv7em-none-eabihf")
+    assert moves and all(src.parent.parent == dst.parent == tmp_path / "vol" for src, dst in moves)
+    assert not [p for p in (tmp_path / "vol").iterdir() if p.name.startswith(".")]

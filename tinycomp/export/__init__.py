@@ -9,6 +9,7 @@ lowering, for the target's triple, CPU, vector width and register budget (`codeg
 
 from __future__ import annotations
 
+import contextlib
 import keyword
 import math
 import os
@@ -149,16 +150,23 @@ def export(model: Any, path: Any, *, input_shape: Any, target: str = "host", nam
         parameters=sum(a.size for a in params), exported_symbols=exported, more_inputs=more,
         dropout_layers=len({layer for layer, _, _ in dropouts}))
     header = header_text(_header_info(result, model, graph, name, weights, plan.inputs, training))
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    # every file is made in a staging folder beside `folder` and moved in once all are: a link that
-    # fails leaves the folder as it was, not a new header beside an old library
-    with tempfile.TemporaryDirectory(prefix=f".{folder.name}-export-", dir=folder.parent) as staging:
-        staged = _write_files(Path(staging), name, t, obj, header, exported,
-                              layout.header() + blob if weights == "external" else None)
-        folder.mkdir(exist_ok=True)
-        for key, file in staged.items():
-            result.files[key] = folder / file.name
-            os.replace(file, result.files[key])
+    made = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    # every file is made in a staging folder inside `folder` (the same file system, also where the
+    # folder is a mount point) and moved in once all are: a link that fails leaves the folder as it
+    # was, not a new header beside an old library
+    try:
+        with tempfile.TemporaryDirectory(prefix=f".{name}-export-", dir=folder) as staging:
+            staged = _write_files(Path(staging), name, t, obj, header, exported,
+                                  layout.header() + blob if weights == "external" else None)
+            for key, file in staged.items():
+                result.files[key] = folder / file.name
+                os.replace(file, result.files[key])
+    except BaseException:
+        if made:  # a folder this export made and could not fill: not left behind empty
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
     return result
 
 
