@@ -376,7 +376,8 @@ def test_a_failed_link_leaves_the_folder_as_it_was(tmp_path, monkeypatch):
 def test_the_files_are_staged_inside_the_folder(tmp_path, monkeypatch):
     """Staged beside the folder, an export into a mount point (a container's volume) failed: the
     move crossed file systems (EXDEV). Every move now stays inside the folder."""
-    import tinycomp.export as export_module
+    import importlib
+    export_module = importlib.import_module("tinycomp.export")  # the package: tc.export is its function
     moves = []
     real = os.replace
 
