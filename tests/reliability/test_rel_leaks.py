@@ -12,7 +12,7 @@ import pytest
 import tinycomp as tc
 from tests.models import CASES
 from tests.reliability.rel_helpers import rss_bytes
-from tinycomp.nn import Linear, ReLU, Sequential, manual_seed
+from tinycomp.nn import Layer, Linear, ReLU, Sequential, manual_seed
 
 MB = 1 << 20
 
@@ -146,3 +146,20 @@ def test_compile_and_drop_500_models_without_cache(monkeypatch):
 @pytest.mark.slow
 def test_100000_calls(tmp_cache):
     _leak_calls(100_000, bound_mb=5)
+
+
+def test_a_traced_tensor_kept_on_the_model_still_answers_after_the_trace():
+    """A forward keeping a traced value (attention weights to plot): after the trace its shape read
+    'Tracer has no attribute batch' and .data an IndexError, once the trace let go of itself."""
+    class Keeps(Layer):
+        def __init__(self):
+            self.fc = Linear(4, 3)
+
+        def forward(self, x):
+            self.last = self.fc(x)
+            return self.last
+    model = Keeps()
+    tc.trace(model, (None, 4))
+    assert str(model.last.shape) == "(N, 3)"
+    with pytest.raises(tc.CompileError, match="reads .data of a traced tensor"):
+        model.last.data  # noqa: B018

@@ -18,6 +18,7 @@ NumPy results from the views.
 from __future__ import annotations
 
 import contextlib
+import weakref
 from collections.abc import Callable, Generator, Iterator
 from typing import Any
 
@@ -122,17 +123,24 @@ class LiveReads:
     """One trace's swapped arrays and the stand-ins it made: which model array each one is."""
 
     def __init__(self, tracer: Any):
-        self.tracer = tracer  # the owner: its tensor_paths name what the model holds
+        # the owner (its tensor_paths name what the model holds), held weakly: it holds this object,
+        # and the cycle would keep a dropped model's arrays until Python's cycle collector ran
+        self._tracer = weakref.ref(tracer)
+        self.closed = False
         self.origin: dict[int, Any] = {}  # id(view or stand-in) -> the model's Tensor or array
         self._pinned: list[Any] = []  # keeps those ids unique while the trace runs
 
+    @property
+    def tracer(self) -> Any:
+        return self._tracer()
+
     def active(self) -> bool:
-        return self.tracer is not None and tensor_module.tracing.tracer is self.tracer
+        return not self.closed and tensor_module.tracing.tracer is self.tracer
 
     def close(self) -> None:
         """The trace is over: an array of it kept past the trace (a view a forward stored) is plain
-        NumPy from now on, and holds neither the tracer nor the other arrays."""
-        self.tracer = None
+        NumPy from now on, and holds none of the other arrays (they and it referred to each other)."""
+        self.closed = True
         self.origin.clear()
         self._pinned.clear()
 

@@ -15,6 +15,7 @@ import numbers
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -47,11 +48,13 @@ class BatchSize:
     placeholder would take (`if x.shape[0] == 1:` with None is always false)."""
 
     def __init__(self, tracer: Tracer):
-        self._tracer = tracer
+        self._tracer = weakref.ref(tracer)  # the tracer holds this object: no cycle (Tracer.close)
 
     def _refuse(self, what: str) -> CompileError:
+        tracer = self._tracer()
+        where = tracer.where() if tracer is not None else "forward()"
         return CompileError(
-            f"{self._tracer.where()} {what} the batch size N, which is not known while tracing (compiled "
+            f"{where} {what} the batch size N, which is not known while tracing (compiled "
             "code runs for every batch size): branch on feature sizes only, and write -1 for N in reshape")
 
     def __eq__(self, other: object) -> bool:
@@ -199,12 +202,12 @@ class Tracer:
         return _describe(*self.stack[-1])
 
     def close(self) -> None:
-        """Drop what refers back to this tracer (its LiveReads, its BatchSize) and the model: the cycles
-        would keep a dropped model's weights alive until Python's cycle collector ran (5 dead 64 MB
-        models at once in a compile loop)."""
+        """The trace is over: its swapped-in arrays let go of each other (`LiveReads.close`). With the
+        weak back-references of LiveReads and BatchSize, nothing of the trace then refers to itself in a
+        cycle, which kept a dropped model's weights alive until Python's cycle collector ran (5 dead
+        64 MB models at once in a compile loop). A traced tensor a forward kept on the model still
+        answers as during the trace (its shape, or the error saying what it is)."""
         self.live.close()
-        del self.live, self.batch
-        self.model, self.stack = None, []
 
     # ------------------------------------------------------------ recording
     def record(self, name: str, operands: tuple, attrs: dict[str, Any]) -> SymbolicTensor:
