@@ -230,12 +230,13 @@ def _check_takes_no_arguments(spec: str, factory: Callable) -> None:
 
 
 def infer_input_shape(model: Layer) -> tuple:
-    """(None, width) for a model whose first layer is a Linear (also inside nested Sequentials)."""
+    """(None, width) for a model whose first layer is a Linear (also inside nested Sequentials), the
+    shape of an imported model's input check (InputShape)."""
     shape = inferred_input_shape(model)
     if shape is None:
         raise UsageError(f"cannot infer the input width of this {type(model).__name__}: its first layer is "
-                         f"{type(first_layer(model)).__name__}, not a Linear; pass --input-shape N,FEATURES "
-                         "(e.g. N,784)")
+                         f"{type(first_layer(model)).__name__}, not a Linear or an imported model's InputShape; "
+                         "pass --input-shape N,FEATURES (e.g. N,784)")
     return shape
 
 

@@ -119,7 +119,7 @@ def test_size_arithmetic_on_the_input_shape_is_folded():
                                b.const(None, np.array([-1], np.int64))], axis=0)
     h = b.node("Reshape", [b.node("Cast", ["x"], to=TensorProto.FLOAT), target])
     blob = b.model(b.node("Relu", [h]), (12,))
-    assert [type(layer).__name__ for layer in from_onnx(blob)] == ["InputShape", "Reshape", "ReLU"]
+    assert [type(layer).__name__ for layer in from_onnx(blob)] == ["Reshape", "ReLU"]
     check_samples(blob)
 
 
@@ -509,7 +509,7 @@ def test_exact_gelu_as_bert_writes_it_imports_as_gelu(form):
     blob = exported_by_torch(BertGelu(form), (6,), 17)
     assert "Erf" in {n.op_type for n in onnx.load_from_string(blob).graph.node}
     model = from_onnx(blob)
-    assert [type(layer).__name__ for layer in model] == ["InputShape", "GELU"] and model[1].approximate == "none"
+    assert [type(layer).__name__ for layer in model] == ["GELU"] and model[0].approximate == "none"
     check_samples(blob, (6,))
 
 
@@ -593,7 +593,7 @@ def test_the_graphs_static_input_shape_is_kept():
     blob = b.model(b.node("Div", [b.node("ReduceSum", ["x", b.const(None, np.array([1], np.int64))], keepdims=0),
                                   scalar(b, 3.0)]), (4,))
     model = from_onnx(blob)
-    assert isinstance(model[0], tc.nn.InputShape) and model[0].sample_shape == SAMPLE
+    assert model.input_check.sample_shape == SAMPLE
     check_samples(blob)
     longer = np.zeros((2, SAMPLE[0] + 1, *SAMPLE[1:]), np.float32)
     with pytest.raises(Exception, match="dimensions"):

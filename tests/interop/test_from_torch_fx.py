@@ -909,8 +909,7 @@ def test_the_input_shape_an_import_read_sizes_from_is_kept():
     """Another sequence length would run with the sizes read at import (a mean divided by 5, a cut to
     2 rows) and give wrong values; the imported model refuses it, eager and compiled, naming both."""
     model = from_torch(MeanByHand().eval(), input_shape=(None, 5, 8))
-    check = model.layers[model.steps[0].layer]
-    assert isinstance(check, tc.nn.InputShape) and check.sample_shape == (5, 8)
+    assert isinstance(model.input_check, tc.nn.InputShape) and model.input_check.sample_shape == (5, 8)
     fast = tc.compile(model)
     x = np.random.default_rng(0).standard_normal((3, 5, 8)).astype(np.float32)
     np.testing.assert_allclose(fast(x).data, model(x).data, rtol=1e-5, atol=1e-6)
@@ -921,9 +920,15 @@ def test_the_input_shape_an_import_read_sizes_from_is_kept():
     assert tc.summary(model).parameters == 8 * 3 + 3  # the shape it needs is the one it keeps
 
 
-def test_a_graph_model_keeps_its_input_shape_as_its_first_step():
+def test_the_input_check_leaves_the_layers_and_their_paths_as_imported():
+    """The check is an attribute, not a first layer or step: model[0] and the parameter paths are the
+    import's own (a check as layer 0 renamed 0.weight to 1.weight)."""
     model = from_torch(StudentBlock().eval(), input_shape=(None, 4, 16))
-    assert isinstance(model, GraphModel)
-    assert model.steps[0].layer == "input_shape" and model.steps[0].output == model.input_name
+    assert isinstance(model, GraphModel) and model.input_check.sample_shape == (4, 16)
     with pytest.raises(ValueError, match=r"inputs of shape \(N, 4, 16\)"):
         model(np.zeros((2, 5, 16), np.float32))
+    chain = from_torch(nn.Sequential(nn.Linear(4, 3), nn.ReLU()).eval(), input_shape=(None, 4))
+    assert type(chain[0]).__name__ == "Linear" and isinstance(chain, tc.nn.Sequential)
+    params = tc.trace(chain, (None, 4)).nodes("param")
+    assert params == ["0.weight", "0.bias"]
+    assert tc.summary(chain).parameters == 15 and "InputShape(N, 4)" in repr(chain)

@@ -181,7 +181,7 @@ def _forward(module: ir.Module, lowered: ir.Function, weights: ir.GlobalVariable
     null = ir.Constant(PTR, None)
     _return_if(b, b.icmp_unsigned(">", batch, i64(batch_limit)), ERR_ARGS)  # negative batches too
     base: ir.Value = weights
-    read = list(zip((x, *others), extents, strict=False))
+    read = list(zip((x, *others), extents[:-2], strict=True))  # the inputs; y and scratch are written
     if not embedded:  # checked at any batch: a program's empty first call learns it bound nothing
         base = b.load(weights, typ=PTR, name="bound")
         _return_if(b, b.icmp_unsigned("==", base, null), ERR_WEIGHTS)

@@ -20,13 +20,13 @@ from .structural import InputShape
 
 def first_layer(model: Any) -> Any:
     """The layer a model's input meets first, looking into nested Sequentials and into models that
-    name theirs (`first_layer`: an imported GraphModel)."""
+    name theirs (`first_layer`: an imported GraphModel or Sequential's input check)."""
     first = model
     while True:
-        if isinstance(first, Sequential) and first.layers:
+        if isinstance(getattr(type(first), "first_layer", None), property) and first.first_layer is not None:
+            first = first.first_layer  # before the Sequential rule: an imported one's input check
+        elif isinstance(first, Sequential) and first.layers:
             first = first.layers[0]
-        elif isinstance(getattr(type(first), "first_layer", None), property) and first.first_layer is not None:
-            first = first.first_layer
         else:
             return first
 

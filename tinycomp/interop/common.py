@@ -88,6 +88,7 @@ class GraphModel(Layer):
         self.layers = dict(layers)
         self.steps = tuple(steps)
         self.input_name, self.output = input_name, output
+        self.input_check: InputShape | None = None  # set by an importer that fixed the input's sizes (`pinned`)
 
     def parameters(self) -> list[Tensor]:
         """Every layer's parameters, in the layers' order, each shared tensor once."""
@@ -95,13 +96,18 @@ class GraphModel(Layer):
 
     @property
     def first_layer(self) -> Layer | None:
-        """The layer of the first step when it takes the input alone (what `tc.summary` and the CLI
-        read the input's shape from), else None."""
+        """`input_check`, or the layer of the first step when it takes the input alone (what
+        `tc.summary` and the CLI read the input's shape from), else None."""
+        if self.input_check is not None:
+            return self.input_check
         first = self.steps[0] if self.steps else None
         return self.layers[first.layer] if first and first.layer and first.inputs == (self.input_name,) else None
 
     def forward(self, x: Tensor) -> Tensor:
-        """Run every step in order on the input; return the output value."""
+        """Run every step in order on the input (once `input_check`, if set, has found its shape the
+        import's); return the output value."""
+        if self.input_check is not None:
+            x = self.input_check(x)
         values: dict[str, Any] = {self.input_name: as_tensor(x)}  # steps call Tensor methods
         for step in self.steps:
             args = [values[name] for name in step.inputs]
@@ -114,7 +120,8 @@ class GraphModel(Layer):
     def __repr__(self) -> str:
         lines = [f"  {s.output} = {s.layer or s.op}({', '.join(s.inputs)})"
                  + (f"  # {self.layers[s.layer]!r}" if s.layer else "") for s in self.steps]
-        return "GraphModel(\n" + "\n".join(lines) + f"\n  return {self.output}\n)"
+        check = f"  # {self.input_check!r}" if self.input_check is not None else ""
+        return f"GraphModel({check}\n" + "\n".join(lines) + f"\n  return {self.output}\n)"
 
 
 def chain_or_graph(layers: dict[str, Layer], steps: list[Step], input_name: str, output: str) -> Layer:
@@ -141,19 +148,38 @@ def layer_key(name: str, taken: dict[str, Layer]) -> str:
 
 
 def pinned(model: Layer, sample: tuple[int, ...] | None) -> Layer:
-    """`model` starting with an `InputShape(*sample)` check: an importer that fixed sizes read from the
-    input's shape (after the batch) returns a model that refuses any other shape instead of computing
-    with the sizes of the import. The check is the first layer of a Sequential, or the first step of a
-    GraphModel; the layers keep their names (parameter paths) otherwise."""
+    """`model` checking each input with an `InputShape(*sample)` first: an importer that fixed sizes read
+    from the input's shape (after the batch) returns a model that refuses any other shape instead of
+    computing with the sizes of the import. The check is the model's `input_check` attribute, not one
+    of its layers or steps: `model[0]`, the steps and the parameter paths are the import's own."""
     if sample is None:
         return model
     check = InputShape(*sample)
     check.training = model.training
     if isinstance(model, GraphModel):
-        key = layer_key("input_shape", model.layers)
-        model.layers = {key: check, **model.layers}
-        model.steps = (Step(model.input_name, (model.input_name,), key), *model.steps)
+        model.input_check = check
         return model
-    out = Sequential(check, *(model.layers if type(model) is Sequential else [model]))
+    out = ImportedSequential(*(model.layers if type(model) is Sequential else [model]), input_check=check)
     out.training = model.training
     return out
+
+
+class ImportedSequential(Sequential):
+    """A `Sequential` an importer made at an input shape: `input_check` (an `InputShape`) checks each
+    input before the layers run (`pinned`)."""
+
+    def __init__(self, *layers: Any, input_check: InputShape):
+        super().__init__(*layers)
+        self.input_check = input_check
+
+    @property
+    def first_layer(self) -> Layer:
+        """The check: what `tc.summary` and the CLI read the input's shape from."""
+        return self.input_check
+
+    def forward(self, x: Any, training: bool | None = None) -> Any:
+        """The layers on x, once `input_check` has found its shape the import's."""
+        return super().forward(self.input_check(x), training)
+
+    def __repr__(self) -> str:
+        return super().__repr__().replace("Sequential(", f"Sequential(  # {self.input_check!r}", 1)
