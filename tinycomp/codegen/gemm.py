@@ -146,14 +146,15 @@ def _panels_outgrow_l2(K: int, N: int, nr: int) -> bool:
 
 
 def direct_max_rows(K: int, N: int, aliased_max_rows: int = 0, width: int = 16, registers: int | None = None) -> int:
-    """The most rows for which the layer reads W in place: DIRECT_MAX_ROWS, STREAMED_MAX_ROWS where its
-    panels outgrow L2 (`_panels_outgrow_l2`), and at most `Target.aliased_direct_max_rows` (the
-    host's limit for an aliased W, `_aliased`, 0 for none; with one, the in-place path sums such a
-    layer in K-chunks: `GemmPlan.direct_kc`)."""
-    rows = DIRECT_MAX_ROWS
+    """The most rows for which the layer reads W in place: `Target.aliased_direct_max_rows` for an
+    aliased W (`_aliased`; the host's limit, 0 for none: with one, the in-place path sums such a layer
+    in K-chunks, `GemmPlan.direct_kc`), else STREAMED_MAX_ROWS where its panels outgrow L2
+    (`_panels_outgrow_l2`), else DIRECT_MAX_ROWS."""
+    if _aliased(K, N) and aliased_max_rows:  # its K-chunked in-place path has the host's own measured limit
+        return min(aliased_max_rows, DIRECT_MAX_ROWS)
     if _panels_outgrow_l2(K, N, min(tile_vectors(width, registers), -(-N // width)) * width):
-        rows = STREAMED_MAX_ROWS
-    return min(aliased_max_rows, rows) if _aliased(K, N) and aliased_max_rows else rows
+        return STREAMED_MAX_ROWS
+    return DIRECT_MAX_ROWS
 
 
 def plan_gemm(K: int, N: int, width: int, registers: int | None = None, aliased_max_rows: int = 0) -> GemmPlan:
