@@ -344,3 +344,16 @@ def test_trace_and_compile_read_input_shape_alike(input_shape):
 def test_compile_refuses_what_it_cannot_run_naming_the_shape(input_shape, words):
     with pytest.raises(ValueError, match=words):
         tc.compile(Gated(), input_shape=input_shape)
+
+
+def test_a_shared_mask_at_another_batch_is_told_the_input_shape_that_takes_it():
+    """TinyTorch's create_causal_mask is (1, S, S), for every sample: compiled without input_shape
+    every input carries the batch, and the message now spells out the input_shape to give."""
+    manual_seed(1)
+    block = tc.nn.TransformerBlock(16, 4)
+    x, mask = np.float32(RNG.standard_normal((3, 6, 16))), np.triu(np.ones((6, 6), np.float32), 1)[None]
+    hint = r"to give 'mask' as one array for every sample, compile with input_shape=\[\(None, 6, 16\), \(1, 6, 6\)\]"
+    with pytest.raises(ValueError, match=r"input 'mask' has 1 rows, input 'x' 3 .*" + hint):
+        tc.compile(block)(x, mask)
+    fast = tc.compile(block, input_shape=[(None, 6, 16), (1, 6, 6)])
+    np.testing.assert_allclose(fast(x, mask).data, block(Tensor(x), Tensor(mask)).data, rtol=1e-5, atol=1e-5)
