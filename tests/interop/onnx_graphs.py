@@ -75,12 +75,15 @@ def check_samples(blob: bytes, sample: tuple[int, ...] = (3, 4), batches=(1, 2, 
         assert report.ok, f"batch {rows}: {report}"
 
 
-def exported_by_torch(module, sample: tuple[int, ...], opset: int, batch: int | None = None) -> bytes:
+def exported_by_torch(module, sample: tuple[int, ...], opset: int, batch: int | None = None,
+                      dynamic_axis: int | None = None) -> bytes:
     """`module` as torch's TorchScript-based exporter writes it at `opset`, traced on (2, *sample):
-    a symbolic batch, or the fixed `batch` if one is given (torch then folds x.size(0) to it)."""
+    a symbolic batch, or the fixed `batch` if one is given (torch then folds x.size(0) to it);
+    `dynamic_axis` symbolic too (a sequence axis: S)."""
     torch = pytest.importorskip("torch", reason="PyTorch is not installed (pip install -e '.[torch]')")
     buffer = io.BytesIO()
-    dynamic = None if batch else {"x": {0: "N"}, "y": {0: "N"}}
+    axes = {0: "N", **({dynamic_axis: "S"} if dynamic_axis else {})}
+    dynamic = None if batch else {"x": axes, "y": axes}
     with warnings.catch_warnings():  # the exporter's deprecation notice
         warnings.simplefilter("ignore")
         torch.onnx.export(module.eval(), (torch.zeros(batch or 2, *sample),), buffer, dynamo=False,

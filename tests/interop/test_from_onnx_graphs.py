@@ -601,3 +601,19 @@ def test_the_graphs_static_input_shape_is_kept():
     for call in (model, tc.compile(model)):
         with pytest.raises(ValueError, match=r"inputs of shape \(N, 3, 4\)"):
             call(longer)
+
+
+@pytest.mark.parametrize("opset", [13, 17])
+def test_layer_norm_over_tokens_of_a_dynamic_sequence(opset):
+    """From opset 17 torch writes one LayerNormalization node; with a dynamic sequence axis it was refused
+    ("its sizes after the batch must be known"), though it reads only the last, known size."""
+    torch = pytest.importorskip("torch", reason="PyTorch is not installed (pip install -e '.[torch]')")
+    torch.manual_seed(opset)
+    module = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.LayerNorm(16))
+    blob = exported_by_torch(module, (5, 8), opset, dynamic_axis=1)
+    model = from_onnx(blob)
+    for seq in (3, 7):
+        x = np.random.default_rng(seq).standard_normal((2, seq, 8)).astype(np.float32)
+        want = runtime(blob)(x)
+        assert_close_to_framework(model(x).data, want, f"eager, seq {seq}", 1e-5)
+        assert_close_to_framework(tc.compile(model)(x).data, want, f"compiled, seq {seq}", 1e-5)

@@ -284,11 +284,12 @@ def layer_normalization(imp: Any, node: Any, ins: list[str], a: dict) -> None:
     rank = len(imp.shapes.get(ins[0], ())) or None
     if axis != -1 and (rank is None or axis % rank != rank - 1):
         raise imp.refuse(node, f"axis={axis} on a value of rank {rank or 'unknown'}: only the last axis")
-    sample = imp.sample_sizes(node, ins[0], "LayerNormalization")
-    if not sample:
-        raise imp.refuse(node, f"a value of shape {imp.shape_of(node, ins[0], 'LayerNormalization')}: its last "
-                               "axis is the batch")
-    width = sample[-1]
+    shape = imp.shape_of(node, ins[0], "LayerNormalization")  # only its last size is read: the others may vary
+    if len(shape) < 2:
+        raise imp.refuse(node, f"a value of shape {shape}: its last axis is the batch")
+    width = shape[-1]
+    if width is None:
+        raise imp.refuse(node, f"a value of shape {shape}: the size of its last axis must be known")
     layer = tnn.LayerNorm(width, eps=float(a.get("epsilon", 1e-5)))
     for name, attr in zip(ins[1:3], ("gamma", "beta"), strict=False):
         if name:  # Scale and B broadcast along the last axis: one value per position, or one in all
