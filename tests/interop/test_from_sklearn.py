@@ -134,6 +134,20 @@ def test_nested_pipelines_and_passthrough_steps():
     check_imported(from_sklearn(est), rows_or_empty(lambda x: est.predict(x).reshape(len(x), 2), 2), 10, rtol=1e-4)
 
 
+def test_the_width_it_was_fitted_on_is_checked():
+    """A scaler's per-feature constants broadcast over one column as readily as over three: a pipeline
+    fitted on 3 features gave numbers for (4, 1) inputs where scikit-learn refuses them."""
+    est = fitted(make_pipeline(StandardScaler(), Ridge()), classes=None, width=3)
+    model = from_sklearn(est)
+    assert model.input_check.sample_shape == (3,) and tc.summary(model).parameters == 3 + 3 + 3 + 1
+    narrow = np.ones((4, 1), np.float32)
+    for call in (model, tc.compile(model)):
+        with pytest.raises(ValueError, match=r"takes inputs of shape \(N, 3\)"):
+            call(narrow)
+    with pytest.raises(tc.CompileError, match="a Pipeline whose last step is not a model"):
+        from_sklearn(fitted(Pipeline([("s", StandardScaler()), ("m", "passthrough")]), classes=None))
+
+
 def test_unfitted_and_foreign_estimators_are_compile_errors():
     with pytest.raises(tc.CompileError, match="MLPClassifier is not fitted"):
         from_sklearn(MLPClassifier())

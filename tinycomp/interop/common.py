@@ -151,15 +151,16 @@ def pinned(model: Layer, sample: tuple[int, ...] | None) -> Layer:
     """`model` checking each input with an `InputShape(*sample)` first: an importer that fixed sizes read
     from the input's shape (after the batch) returns a model that refuses any other shape instead of
     computing with the sizes of the import. The check is the model's `input_check` attribute, not one
-    of its layers or steps: `model[0]`, the steps and the parameter paths are the import's own."""
-    if sample is None:
+    of its layers or steps: `model[0]`, the steps and the parameter paths are the import's own. A lone
+    layer (an imported `nn.Linear`) is returned as it is: it read no size of the input but its own."""
+    if sample is None or not isinstance(model, (GraphModel, Sequential)):
         return model
     check = InputShape(*sample)
     check.training = model.training
     if isinstance(model, GraphModel):
         model.input_check = check
         return model
-    out = ImportedSequential(*(model.layers if type(model) is Sequential else [model]), input_check=check)
+    out = ImportedSequential(*model.layers, input_check=check)
     out.training = model.training
     return out
 

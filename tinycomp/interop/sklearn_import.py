@@ -17,9 +17,10 @@ import numpy as np
 from .. import nn as tnn
 from ..errors import CompileError
 from ..frontend.layers import Layer
-from .common import linear_from, require
+from .common import linear_from, pinned, require
 from .graph_layers import Clip, ConstantOperand
 
+SCALERS = ("StandardScaler", "MinMaxScaler", "MaxAbsScaler")
 HIDDEN = {"relu": tnn.ReLU, "logistic": tnn.Sigmoid, "tanh": tnn.Tanh, "identity": None}
 # the linear_model regressors whose predict is x @ coef_.T + intercept_ (not the GLMs: Poisson, Gamma,
 # Tweedie apply an inverse link)
@@ -57,7 +58,9 @@ def from_sklearn(estimator: Any) -> Layer:
         require(module, "from_sklearn", "sklearn", "scikit-learn")
     *scalers, last = _steps(estimator)
     layers = [layer for step in scalers for layer in _scaler_layers(step)] + _model_layers(last)
-    return tnn.Sequential(*layers).eval()
+    # the width it was fitted on, checked: a scaler's per-feature constants broadcast over one column
+    # as readily as over the width they were fitted on, and gave numbers where scikit-learn refuses
+    return pinned(tnn.Sequential(*layers).eval(), (int(estimator.n_features_in_),))
 
 
 def _steps(estimator: Any) -> list[Any]:
@@ -113,6 +116,9 @@ def _model_layers(estimator: Any) -> list[Layer]:
         return _logistic_layers(estimator)
     if isinstance(estimator, tuple(getattr(linear_model, name) for name in LINEAR_REGRESSORS)):
         return [_linear_regression(estimator)]
+    if type(estimator).__name__ in SCALERS:
+        raise CompileError(f"cannot import a {type(estimator).__name__} alone, or a Pipeline whose last step is not a "
+                           f"model (its last steps here are scalers or 'passthrough'); supported: {SUPPORTED}")
     raise CompileError(f"cannot import estimator of type {type(estimator).__name__}; supported: {SUPPORTED}")
 
 
