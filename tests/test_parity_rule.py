@@ -8,7 +8,7 @@ import pytest
 import tinycomp as tc
 from tests.reliability.rel_helpers import assert_matches_eager
 from tinycomp.frontend.tracer import trace
-from tinycomp.nn import Layer, LayerNorm, Linear, Sequential, Sigmoid, Tensor, manual_seed
+from tinycomp.nn import Layer, LayerNorm, Linear, ReLU, Sequential, Sigmoid, Tanh, Tensor, manual_seed
 from tinycomp.parity import check_parity, float64_reference, reference_and_overflow
 
 F32_MAX = np.finfo(np.float32).max
@@ -210,3 +210,42 @@ def test_check_still_catches_a_stale_graph_whose_output_is_non_finite():
     scale[0] = 1.0
     with pytest.raises(tc.ParityError, match="non-finite values differ"):
         fast(x)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_check_catches_a_stale_infinite_output_that_float32_could_not_resolve():
+    """x * a - x * 0.5 is 0 at a = 0.5 but counts as rounded: log's infinite slope made its element
+    'unresolved', and a stale graph's -inf passed because it equalled its own float64 run."""
+    a = [0.5]
+
+    class LogDiff(Layer):
+        def forward(self, x):
+            return (x * a[0] - x * 0.5).log()
+    fast = tc.compile(LogDiff(), check=True)
+    x = np.array([[0.3, 1.0, 2.5], [4.0, 0.7, 1.1]], np.float32)
+    fast(x)
+    a[0] = 0.6
+    with pytest.raises(tc.ParityError, match="non-finite values differ"):
+        fast(x)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_check_accepts_what_float32_cannot_resolve_either_way():
+    """False alarms of a fuzzer: a sum that cancels to exactly 0 (eager 1 / 0 = inf, compiled's order
+    leaves an ulp); a layer norm at eps 0 of a constant row (0 / 0 in float64) followed by a Linear,
+    whose NaN estimate had become 0; an underflow both runs share (compiled = eager bit for bit), which
+    was blamed on a stale graph."""
+    class InverseSum(Layer):
+        def forward(self, x):
+            return 1.0 / x.sum(axis=-1, keepdims=True)
+    x = np.random.default_rng(2).standard_normal((200, 9)).astype(np.float32) * 1e4
+    x[:, -1] = -x[:, :-1].sum(-1)
+    tc.compile(InverseSum(), threads=1, check=True)(x)
+    manual_seed(0)
+    tc.compile(Sequential(LayerNorm(7, eps=0.0), Linear(7, 2)), check=True)(np.full((1, 7), 0.1, np.float32))
+    norm = LayerNorm(2, eps=0.0)
+    norm.gamma.data[...], norm.beta.data[...] = 0.5, -1.0
+    model = Sequential(norm, ReLU(), Tanh())
+    x = np.array([[1e-20, 1.00001e-20]], np.float32)
+    y = tc.compile(model, check=True)(x).data
+    np.testing.assert_array_equal(y, model(Tensor(x)).data)

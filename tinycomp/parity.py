@@ -91,7 +91,10 @@ def check_parity(compiled: np.ndarray, eager: np.ndarray, reference: np.ndarray,
     ok = float(excess.max()) <= 0.0
     # float32's own rounding (cancellation, absorption) moves eager too: only what exceeds it says
     # the graph no longer describes the model
-    eager_excess = err_e - slack - max_eager_error * scale if max_eager_error is not None else None
+    # where compiled is eager bit for bit it computes what the model does, stale graph or not: only
+    # the others can show one (an underflow both runs share is no sign of it)
+    eager_excess = np.where(compiled != eager, err_e - slack - max_eager_error * scale, 0.0) \
+        if max_eager_error is not None else None
     if eager_excess is not None and float(eager_excess.max()) > 0.0:
         where = tuple(int(i) for i in np.unravel_index(int(np.argmax(eager_excess)), err_e.shape))
         return ParityReport(False, float(err_c.max()), float(err_e.max()), float(tol[where]), where,
@@ -109,12 +112,15 @@ def check_parity(compiled: np.ndarray, eager: np.ndarray, reference: np.ndarray,
 
 def _specials_match(compiled: np.ndarray, eager: np.ndarray, reference: np.ndarray,
                     rounding: np.ndarray | None) -> np.ndarray:
-    """Where the non-finite values agree: compiled's is eager's, or, on an element float32 cannot
-    resolve (its rounding estimate is infinite or as large as the reference itself), float64's where
-    eager's rounding made a number of a NaN or inf (layer norm at eps 0 of a constant row: 0 / 0, where
-    eager's mean misses by an ulp), and any where float64 finds a number and both float32 runs none
-    (a variance underflowing to 0: which of NaN, +inf, -inf comes out depends on the order). Without
-    an estimate, or where one is small (a graph gone stale whose log(0) is -inf), eager's only."""
+    """Where the non-finite values agree: compiled's is eager's; or, on an element float32 cannot
+    resolve (its rounding estimate infinite or as large as the reference), compiled's NaN is float64's
+    (0 / 0: layer norm at eps 0 of a constant row, where eager's mean misses by an ulp and gives +-1),
+    or float64 finds a number and either float32 run none (a variance underflowing to 0), or compiled
+    finds a number where the others do not (a sum cancelling to exactly 0 before a division, which
+    compiled's order leaves at an ulp): which of NaN, +-inf or a number comes out depends on the order.
+    A stale graph's compiled value is its own float64 run's, so none of these excuse one.
+    Without an estimate, or where it is small, eager's only: a stale graph's exact log(0) = -inf, or
+    its +-inf anywhere, is no rounding."""
     same = _same(compiled, eager)
     if rounding is None:
         return same
@@ -122,9 +128,8 @@ def _specials_match(compiled: np.ndarray, eager: np.ndarray, reference: np.ndarr
                                                       posinf=np.inf)
     with np.errstate(invalid="ignore"):
         unresolved = ~np.isfinite(estimate) | (estimate >= np.abs(reference))
-    finite_ref = np.isfinite(reference)
-    return same | (unresolved & ((~finite_ref & _same(compiled, reference)) |
-                                 (finite_ref & ~np.isfinite(eager) & ~np.isfinite(compiled))))
+    return same | (unresolved & ((np.isnan(reference) & np.isnan(compiled)) | np.isfinite(reference) |
+                                 np.isfinite(compiled)))
 
 
 def _same(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -219,6 +224,9 @@ def rounding_magnitude(op: str, v: np.ndarray, a: list[np.ndarray], m: list[np.n
     rule = op_def(op).rounding
     if rule is None:
         return np.zeros_like(v)
-    # NaN is inf * 0: an operand's unbounded estimate through a slope of 0 (1 / x at x = inf is 0
-    # exactly). Kept, a later dot product or sum spread it over the row, which lost all its slack.
-    return np.nan_to_num(rule(v, a, m, attrs), nan=0.0, posinf=np.inf)
+    # A NaN estimate of a number is inf * 0, an unbounded estimate through a slope of 0 (1 / x at x = inf
+    # is 0 exactly): none. Kept, a later dot product or sum spread it over the row, which lost all its
+    # slack. Of a NaN value (a NaN through a Linear) it is unbounded.
+    estimate = rule(v, a, m, attrs)
+    with np.errstate(invalid="ignore"):
+        return np.where(np.isnan(estimate), np.where(np.isnan(v), np.inf, 0.0), estimate)
