@@ -111,6 +111,27 @@ def test_an_empty_batch_runs_on_every_target(tmp_path, target):
     assert got[0].size == 0 and got[1].shape == model(Tensor(x)).data.shape
 
 
+class SignedZeros(Layer):
+    """maximum/minimum/clip against a constant +-0: NumPy gives the constant where the two compare equal."""
+
+    def forward(self, x):
+        return concat([maximum(x, -0.0), maximum(x, 0.0), minimum(x, 0.0), minimum(x, -0.0), x.clip(0.0, 1.0),
+                       x.clip(-1.0, -0.0)], axis=-1)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_extrema_against_a_signed_zero_keep_numpys_zero(tmp_path, target):
+    """On aarch64 LLVM made the selects against a constant -0 fmaxnm, which orders -0 below +0:
+    maximum(+0, -0.0) was +0 where NumPy gives -0 (so 1 / it was +inf, not -inf)."""
+    skip_unless_runnable(target)
+    x = np.array([[0.0, -0.0, 1.0, -1.0, np.nan]], np.float32)
+    tc.export(SignedZeros(), tmp_path, input_shape=(None, 5), target=target)
+    got = run_export(target, tmp_path, x, [1])[1]
+    want = SignedZeros()(Tensor(x)).data
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(np.signbit(got), np.signbit(want))
+
+
 class ElementwiseOps(Layer):
     """exp, abs, sqrt, log (and with `power`, x ** 1.7 and x ** 3) after a Linear."""
 

@@ -556,9 +556,25 @@ def emit_extremum(builder: ir.IRBuilder, x: ir.Value, y: ir.Value, *, larger: bo
     compare equal (so maximum(-0, +0) is +0 and maximum(+0, -0) is -0, as NumPy gives). The first
     select is vmaxps / vminps itself (y unless x wins: y also where either is NaN); the second puts a
     NaN x back."""
+    if _is_constant_without_nan(y) and builder.module.triple.startswith("aarch64"):
+        # one select, x where it wins or is NaN: the same values, but there the pair of selects against
+        # a constant +-0 became fmaxnm / fminnm, which order -0 below +0 (NumPy's maximum(+0, -0.0) is
+        # -0; the aarch64 export gave +0). Not elsewhere: for wasm32 the one select became f32x4.max,
+        # with the same fault, and the pair is kept there (the x86 and Cortex-M code is right both ways)
+        return builder.select(builder.fcmp_unordered(">" if larger else "<", x, y), x, y)
     wins = builder.fcmp_ordered(">" if larger else "<", x, y)
     picked = builder.select(wins, x, y)
     return builder.select(builder.fcmp_unordered("uno", x, x), x, picked)
+
+
+def _is_constant_without_nan(y: ir.Value) -> bool:
+    """Is y a constant (a number, or a vector of them) none of whose values is NaN?"""
+    if not isinstance(y, ir.Constant):
+        return False
+    value = y.constant
+    values = value if isinstance(value, list) else [value]
+    numbers = [v.constant if isinstance(v, ir.Constant) else v for v in values]
+    return all(isinstance(v, (int, float)) and not math.isnan(v) for v in numbers)
 
 
 # fcmp predicates of the comparison ops: ordered (false where either is NaN), but not_equal, which
