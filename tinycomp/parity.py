@@ -64,8 +64,12 @@ def check_parity(compiled: np.ndarray, eager: np.ndarray, reference: np.ndarray,
     if overflow_rows is not None:  # unjudged rows become zeros everywhere: indices stay meaningful
         skip = np.asarray(overflow_rows, dtype=bool)
         compiled[skip], eager[skip], reference[skip] = 0.0, 0.0, 0.0
+    # per element: how far float32's rounding may carry it (ROUNDING_SLACK epsilons of its rounding
+    # magnitude; NaN estimates, inf * 0 around a saturated activation, add nothing)
+    allowance = None if rounding is None else ROUNDING_SLACK * EPS32 * np.nan_to_num(
+        np.broadcast_to(rounding, reference.shape), nan=0.0, posinf=np.inf)
     special = ~np.isfinite(eager) | ~np.isfinite(compiled)
-    bad = np.argwhere(special & ~_specials_match(compiled, eager, reference, rounding))
+    bad = np.argwhere(special & ~_specials_match(compiled, eager, reference, allowance))
     if len(bad):
         where = tuple(int(i) for i in bad[0])
         detail = f"non-finite values differ at {where}: compiled {compiled[where]:g}, eager {eager[where]:g}"
@@ -82,10 +86,7 @@ def check_parity(compiled: np.ndarray, eager: np.ndarray, reference: np.ndarray,
     # large eager error must not excuse another's error
     scale = _row_max(np.abs(ref), 1.0)
     tol = 2 * _row_max(err_e, 0.0) + ATOL * scale
-    if rounding is None:
-        slack = np.zeros_like(err_c)
-    else:  # NaN estimates (inf * 0 around a saturated activation) add nothing
-        slack = ROUNDING_SLACK * EPS32 * np.nan_to_num(np.where(finite, rounding, 0.0), nan=0.0, posinf=np.inf)
+    slack = np.zeros_like(err_c) if allowance is None else np.where(finite, allowance, 0.0)
     excess = err_c - slack - tol
     worst = tuple(int(i) for i in np.unravel_index(int(np.argmax(excess)), excess.shape))
     ok = float(excess.max()) <= 0.0
@@ -111,9 +112,9 @@ def check_parity(compiled: np.ndarray, eager: np.ndarray, reference: np.ndarray,
 
 
 def _specials_match(compiled: np.ndarray, eager: np.ndarray, reference: np.ndarray,
-                    rounding: np.ndarray | None) -> np.ndarray:
+                    allowance: np.ndarray | None) -> np.ndarray:
     """Where the non-finite values agree: compiled's is eager's; or, on an element float32 cannot
-    resolve (its rounding estimate infinite or as large as the reference), compiled's NaN is float64's
+    resolve (its rounding `allowance` infinite or as large as the reference), compiled's NaN is float64's
     (0 / 0: layer norm at eps 0 of a constant row, where eager's mean misses by an ulp and gives +-1),
     or float64 finds a number and either float32 run none (a variance underflowing to 0), or compiled
     finds a number where the others do not (a sum cancelling to exactly 0 before a division, which
@@ -122,12 +123,10 @@ def _specials_match(compiled: np.ndarray, eager: np.ndarray, reference: np.ndarr
     Without an estimate, or where it is small, eager's only: a stale graph's exact log(0) = -inf, or
     its +-inf anywhere, is no rounding."""
     same = _same(compiled, eager)
-    if rounding is None:
+    if allowance is None:
         return same
-    estimate = ROUNDING_SLACK * EPS32 * np.nan_to_num(np.broadcast_to(rounding, reference.shape), nan=0.0,
-                                                      posinf=np.inf)
     with np.errstate(invalid="ignore"):
-        unresolved = ~np.isfinite(estimate) | (estimate >= np.abs(reference))
+        unresolved = ~np.isfinite(allowance) | (allowance >= np.abs(reference))
     return same | (unresolved & ((np.isnan(reference) & np.isnan(compiled)) | np.isfinite(reference) |
                                  np.isfinite(compiled)))
 

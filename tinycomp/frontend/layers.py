@@ -17,7 +17,7 @@ from ..checks import positive_int
 from ..errors import CompileError
 from ..ir.philox import dropout_effect, dropout_mask
 from . import streams
-from .tensor import Tensor, apply_op, tracing, wrap_result
+from .tensor import Tensor, apply_op, as_tensor, tracing, wrap_result
 
 _model_locks: weakref.WeakKeyDictionary[Any, threading.RLock] = weakref.WeakKeyDictionary()
 # re-entrant: a signal handler or gc callback calling a model may land inside the guarded lookup
@@ -165,8 +165,8 @@ class Linear(Layer):
                     return wrap_result(y)
             except (ValueError, TypeError):
                 pass
-        if not isinstance(x, Tensor):  # an array or list, as compiled models take: then y is a Tensor even
-            x = Tensor(x)              # with an array weight
+        if not isinstance(x, (Tensor, np.ndarray)) or not isinstance(w, Tensor):
+            x = as_tensor(x)  # a list, as compiled models take; or beside an array weight, so y is a Tensor
         y = x @ self.weight
         return y + self.bias if self.bias is not None else y
 
