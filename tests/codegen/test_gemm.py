@@ -600,19 +600,46 @@ def test_an_aliased_row_does_not_depend_on_the_batch_around_it(aliased, layer):
         np.testing.assert_array_equal(aliased.run(layer, A[:M], W, B), alone[:M], err_msg=f"M={M}")
 
 
-def test_a_narrow_tiles_activation_runs_across_its_rows():
-    """A tile one vector wide (N <= 16) padded each row to a run of ACT_VECTORS vectors for a costly
-    activation: 4 x the work, Linear(4, 1) + tanh 8 x slower than eager at 65,536 rows. Its 6 rows
-    now take two calls of the run (4 + 2 vectors), not six; the values are eager's."""
-    import re
+# Layers narrower than a vector whose sums are too short for the dot-product kernels (`plan_narrow`),
+# with costly activations: their full row tiles store x + bias and `finish` applies the activation
+# to 16 tiles' rows at once (96 rows of the 6-row tile), the overlapping last tile's on their own.
+FINISHED_LAYERS = [(4, 1, True, "tanh"), (3, 5, True, "sigmoid"), (10, 15, False, "gelu"), (12, 4, True, "tanh"),
+                   (0, 5, True, "sigmoid")]
+FINISHED_MS = [0, 1, 5, 6, 7, 95, 96, 97, 101, 128, 129, 133, 192, 193, 1000, 1001]
 
-    import tinycomp as tc
-    from tinycomp.nn import Linear, Sequential, Tanh, Tensor
-    model = Sequential(Linear(4, 1), Tanh())
-    model.eval()
-    fast = tc.compile(model, threads=1)
-    x = np.random.default_rng(0).standard_normal((64, 4)).astype(np.float32)
-    np.testing.assert_allclose(fast(x).data, model(Tensor(x)).data, rtol=1e-6, atol=1e-7)
-    ll = fast.dump("llvm")
-    body = ll.split('@"tinycomp.gemm.tile6x1p8n.tanh"(', 1)[1].split("\n}\n", 1)[0]
-    assert len(re.findall(r'call [^\n]*@"tinycomp.gemm.tanh', body)) == 2
+
+@pytest.fixture(scope="module")
+def finished():
+    return Compiled([ly + (res,) for ly in FINISHED_LAYERS for res in (False, True)])
+
+
+def test_narrow_tiles_leave_a_costly_activation_to_finish(finished):
+    """A tile one vector wide gave the activation each row's vector, N of its 16 lanes used:
+    Linear(4, 1) + tanh took 8 x eager's time at 65,536 rows."""
+    for K, N, *_ in FINISHED_LAYERS:
+        assert plan_narrow(K, N, WIDTH) is None
+    tile = finished.llvm_ir.split('@"tinycomp.gemm.tile6x1p8n.lin"(', 1)[1].split("\n}\n", 1)[0]
+    assert "tinycomp.gemm.tanh" not in tile and "tinycomp.gemm.sigmoid" not in tile
+    for act in ("tanh", "sigmoid", "gelu"):
+        assert f'define internal void @"tinycomp.gemm.finish.{act}.v16"' in finished.llvm_ir
+
+
+@pytest.mark.parametrize("layer", FINISHED_LAYERS, ids=lambda ly: layer_name(*ly))
+def test_finished_narrow_tiles_match_the_reference_in_any_batch(finished, layer):
+    """Whether a row's activation ran in a group of tiles, after the overlapping tile or in the
+    leftover rows' epilogue, it is the float64 reference's within rounding and bit-identical to
+    the row computed alone; + R is exactly the layer plus R; a NaN stays in its row."""
+    K, N, bias, act = layer
+    rng = np.random.default_rng(K + 31 * N)
+    A, W, B = make_inputs(rng, max(FINISHED_MS), K, N)
+    alone = np.concatenate([finished.run(layer + (False,), A[i:i + 1], W, B) for i in range(200)])
+    for M in FINISHED_MS:
+        out = finished.run(layer + (False,), A[:M], W, B)
+        check(out, A[:M], W, B, bias, act)
+        np.testing.assert_array_equal(out[:200], alone[:M], err_msg=f"M={M}")
+        R = rng.standard_normal((M, N), dtype=np.float32)
+        np.testing.assert_array_equal(finished.run(layer + (True,), A[:M], W, B, R=R), out + R, err_msg=f"M={M}")
+    if K:
+        A[150, 0] = np.nan
+        out = finished.run(layer + (False,), A[:193], W, B)
+        assert np.isnan(out[150]).all() and not np.isnan(np.delete(out, 150, axis=0)).any()

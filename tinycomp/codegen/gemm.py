@@ -35,8 +35,8 @@ from dataclasses import dataclass, replace
 from llvmlite import ir
 
 from .cgutils import I32, I64, PTR, compile_as_glue, i64, paused_gc
-from .gemm_driver import CALL_TY, CONFIG_TY, PACK_TY, TILE_TY, driver_function, null_fn, pack_kernel
-from .gemm_epilogue import epilogue_function, kernel_activation
+from .gemm_driver import CALL_TY, CONFIG_TY, FINISH_TY, PACK_TY, TILE_TY, driver_function, null_fn, pack_kernel
+from .gemm_epilogue import epilogue_function, finish_function, kernel_activation
 from .gemm_kernels import TileShape, k_chunk, tile_kernel
 from .gemm_narrow import NarrowShape, narrow_kernel, narrow_pack_kernel, narrow_small_kernel
 from .target import default_registers
@@ -73,6 +73,12 @@ OVERLAP_MIN_ROWS = 64
 MAIN_PREFETCH_ROWS = 8
 # The full row tiles prefetch the next row tile's A in their first pass over it (`TileShape.next_a`).
 MAIN_PREFETCH_NEXT_A = True
+# Full row tiles per call of `finish` on a layer narrower than a vector with a costly activation
+# (`gemm_driver._Driver._finish_tiles`): a power of two. Measured with benchmarks/gemm_ab.py
+# (`FINISH_TILES 0,4,8,16,32 --rows 512,65536`), min time against 0 (each tile's vectors to the
+# activation): 4x1:tanh 0.48 / 0.43 / 0.44 / 0.42 and 0.40 / 0.35 / 0.36 / 0.34, 12x4:sigmoid
+# 0.68 / 0.64 / 0.65 / 0.65 and 0.64 / 0.59 / 0.61 / 0.61, 10x15:gelu (15 of 16 lanes used) 0.94-0.97.
+FINISH_TILES = 16
 
 
 @dataclass(frozen=True)
@@ -285,16 +291,22 @@ def _emit_linear(module: ir.Module, name: str, *, K: int, N: int, bias: bool, ac
     # read in place (100x37 at 256 / 2048 rows: packing into 3-vector panels measured no faster).
     pack_fn = pack_kernel(mod, plan.main) if plan.main.nv == tile_vectors(width, registers) else null_fn(PACK_TY)
     no_tile = null_fn(TILE_TY)
+    # A costly activation on a layer narrower than a vector: the full row tiles store x + bias and
+    # `finish` applies it to FINISH_TILES of them at once (`gemm_driver._Driver._finish_tiles`)
+    finish_tiles = FINISH_TILES if kind != "lin" and N < width and not plan.direct_kc else 0
+    tiles_kind, tiles_residual = ("lin", False) if finish_tiles else (kind, residual)
     config = [i64(K), i64(N), i64(int(activation == "relu")), i64(plan.nc), i64(plan.direct_nc),
               i64(plan.direct_max_rows), i64(plan.overlap_min_rows), i64(plan.direct_kc),
               tile_kernel(mod, replace(plan.main, next_a=False), accumulate=True, plain_b=True)
               if plan.direct_kc else no_tile,
-              tile_kernel(mod, plan.main, kind, residual), i64(plan.main.mr), i64(plan.main.nr), pack_fn,
-              tile_kernel(mod, plan.tail, kind, residual) if plan.tail else no_tile,
+              tile_kernel(mod, plan.main, tiles_kind, tiles_residual), i64(plan.main.mr), i64(plan.main.nr), pack_fn,
+              tile_kernel(mod, plan.tail, tiles_kind, tiles_residual) if plan.tail else no_tile,
               i64(plan.tail.nr if plan.tail else 0),
               leftover.get(4, no_tile), nr.get(4, i64(0)),
               leftover.get(2, no_tile), nr.get(2, i64(0)),
-              leftover[1], nr[1], epilogue_function(mod, activation, width, residual)]
+              leftover[1], nr[1], epilogue_function(mod, activation, width, residual),
+              finish_function(mod, activation, width, residual) if finish_tiles else null_fn(FINISH_TY),
+              i64(finish_tiles)]
     cfg = ir.GlobalVariable(module, CONFIG_TY, f"{name}.config")
     cfg.linkage, cfg.global_constant = "internal", True
     cfg.initializer = ir.Constant(CONFIG_TY, config)

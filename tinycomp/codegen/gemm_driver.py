@@ -45,13 +45,15 @@ PACK_PREFETCH_ROWS = 8
 TILE_TY = ir.FunctionType(ir.VoidType(), [t for _, t in TILE_ARGS])
 PACK_TY = ir.FunctionType(ir.VoidType(), [I64, I64, PTR, I64, PTR])
 EPI_TY = ir.FunctionType(ir.VoidType(), [I64, PTR, I64, PTR, I64, I64, PTR])
+FINISH_TY = ir.FunctionType(ir.VoidType(), [I64, PTR, PTR])
 CALL_ARGS = (("M", I64), ("A", PTR), ("W", PTR), ("B", PTR), ("C", PTR), ("pack", PTR), ("R", PTR))
 CONFIG_ARGS = (("K", I64), ("N", I64), ("relu", I64), ("nc", I64), ("direct_nc", I64), ("direct_max", I64),
                ("overlap_min", I64), ("direct_kc", I64), ("main_raw", ir.PointerType(TILE_TY)),
                ("main", ir.PointerType(TILE_TY)), ("main_rows", I64), ("main_nr", I64),
                ("pack_fn", ir.PointerType(PACK_TY)), ("tail", ir.PointerType(TILE_TY)), ("tail_nr", I64),
                ("k4", ir.PointerType(TILE_TY)), ("nr4", I64), ("k2", ir.PointerType(TILE_TY)), ("nr2", I64),
-               ("k1", ir.PointerType(TILE_TY)), ("nr1", I64), ("epi", ir.PointerType(EPI_TY)))
+               ("k1", ir.PointerType(TILE_TY)), ("nr1", I64), ("epi", ir.PointerType(EPI_TY)),
+               ("finish", ir.PointerType(FINISH_TY)), ("finish_tiles", I64))
 CALL_TY = ir.LiteralStructType([t for _, t in CALL_ARGS])
 CONFIG_TY = ir.LiteralStructType([t for _, t in CONFIG_ARGS])
 
@@ -145,7 +147,28 @@ class _Driver:
                     r0 = b.select(b.icmp_signed("<", t, n_tiles), b.mul(t, main_rows), b.sub(M, main_rows))
                     self._panels(a["main"], main_rows, a["main_nr"], r0, j0, cols, may_pack=True,
                                  first_pass=b.icmp_signed("==", jb, i64(0)))
+                    self._finish_tiles(t, r0, n_tiles)
         self._leftover_rows(b.select(overlap, M, m_full))
+
+    def _finish_tiles(self, t, r0, n_tiles) -> None:
+        """A costly activation on a layer narrower than a vector (`finish_tiles`, a power of two, > 0:
+        see `gemm.FINISH_TILES`): its full row tiles store x + bias, which lie back to back in C, and
+        after every `finish_tiles` of them `finish` applies the activation (and adds R) to their
+        rows in whole vectors, where a tile would give it every row's vector, most lanes masked
+        off. The overlapping tile (t == n_tiles) re-stored finished rows: its rows are a group of
+        their own. With K == 0 no kernel ran and the tiles were finished already (`_panels`)."""
+        b, a = self.b, self.a
+        on = b.and_(b.icmp_signed(">", a["finish_tiles"], i64(0)), self.has_k)
+        # a power of two: a mask, not a remainder (on 32-bit ARM, a call into a runtime library)
+        low = b.sub(b.select(on, a["finish_tiles"], i64(1)), i64(1))
+        t1 = b.add(t, i64(1))
+        ends = b.or_(b.icmp_signed(">=", t1, n_tiles), b.icmp_signed("==", b.and_(t1, low), i64(0)))
+        with b.if_then(b.and_(on, ends)):
+            main_rows, N = a["main_rows"], a["N"]
+            first = b.select(b.icmp_signed("<", t, n_tiles), b.mul(b.and_(t, b.not_(low)), main_rows), r0)
+            at = b.mul(first, N)
+            b.call(a["finish"], [b.mul(b.sub(b.add(r0, main_rows), first), N), element_ptr(b, a["C"], at),
+                                 b.gep(a["R"], [at], source_etype=F32)])  # R may be null: not `inbounds`
 
     def _emit_chunked(self) -> None:
         """The direct path of a W whose rows are a multiple of 4 KB apart (`gemm.plan_gemm`): for

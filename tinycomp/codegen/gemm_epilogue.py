@@ -162,27 +162,51 @@ def _emit_epilogue(module: ir.Module, name: str, kind: str, width: int, residual
     # as wide as C (cols == ldc) is one contiguous run of rows * cols floats, so the masked-off
     # lanes of each row's last vector are not computed (100x37 tanh); a column panel is one run per row.
     tile_pass(with_bias=True)
-    wide = width * ACT_VECTORS
-    act = activation_step(b, kind, flags, wide)
-
-    def act_run(start, n) -> None:
-        """act over the n floats at start (a run of one row or of whole rows)."""
-        with for_range(b, 0, b.udiv(b.add(n, i64(wide - 1)), i64(wide)), name="q") as q:
-            off = b.mul(q.index, i64(wide))
-            [mask] = column_masks(b, b.sub(n, off), 1, wide)
-            p = element_ptr(b, start, off)
-            masked_store(b, act(masked_load(b, p, mask)), p, mask)
-
+    act = activation_step(b, kind, flags, width * ACT_VECTORS)
     with b.if_else(b.icmp_signed("==", cols, ldc)) as (whole, part):
         with whole:
-            act_run(c, b.mul(rows, cols))
+            act_in_place(b, act, c, b.mul(rows, cols), width)
         with part:
             with for_range(b, 0, rows, name="r") as r:
-                act_run(element_ptr(b, c, b.mul(r.index, ldc)), cols)
+                act_in_place(b, act, element_ptr(b, c, b.mul(r.index, ldc)), cols, width)
     if residual:
         tile_pass(with_bias=False, add_residual=True)
     b.ret_void()
     return fn
+
+
+def act_in_place(b: ir.IRBuilder, act, start: ir.Value, n: ir.Value, width: int, res: ir.Value | None = None) -> None:
+    """x = act(x) (+ the float at the same place in `res`) for the n floats x at `start` (a run of
+    one row or of whole rows), in runs of ACT_VECTORS vectors of `width` (`act` takes a run), the
+    last one masked."""
+    wide = width * ACT_VECTORS
+    with for_range(b, 0, b.udiv(b.add(n, i64(wide - 1)), i64(wide)), name="q") as q:
+        off = b.mul(q.index, i64(wide))
+        [mask] = column_masks(b, b.sub(n, off), 1, wide)
+        p = element_ptr(b, start, off)
+        x = act(masked_load(b, p, mask))
+        if res is not None:
+            x = plus_residual(b, x, element_ptr(b, res, off), mask)
+        masked_store(b, x, p, mask)
+
+
+FINISH_ARGS = (("n", I64), ("c", PTR), ("res", PTR))
+
+
+def finish_function(module: ir.Module, activation: str, width: int, residual: bool = False) -> ir.Function:
+    """`void finish(i64 n, ptr c, ptr res)`: c[i] = act(c[i]) (+ res[i] with `residual`; unread
+    without) for i < n, in runs of ACT_VECTORS vectors. For the tiles of a layer narrower than a
+    vector, whose rows (bias added) lie back to back in C (`gemm_driver._Driver._finish_tiles`)."""
+    kind = kernel_activation(activation)
+
+    def build(name: str) -> ir.Function:
+        fn = internal_kernel(module, name, FINISH_ARGS)
+        n, c, res = fn.args
+        b = ir.IRBuilder(fn.append_basic_block("entry"))
+        act_in_place(b, activation_step(b, kind, i64(0), width * ACT_VECTORS), c, n, width, res if residual else None)
+        b.ret_void()
+        return fn
+    return define_once(module, f"tinycomp.gemm.finish.{family_suffix(kind, residual)}.v{width}", build)
 
 
 def store_tile(b: ir.IRBuilder, tile: list[list[ir.Value]], c_rows: list[ir.Value], masks: list[ir.Value] | None,
