@@ -305,7 +305,7 @@ def _emit_linear(module: ir.Module, name: str, *, K: int, N: int, bias: bool, ac
               leftover.get(4, no_tile), nr.get(4, i64(0)),
               leftover.get(2, no_tile), nr.get(2, i64(0)),
               leftover[1], nr[1], epilogue_function(mod, activation, width, residual),
-              finish_function(mod, activation, width, residual) if finish_tiles else null_fn(FINISH_TY),
+              finish_function(mod, kind, width, residual) if finish_tiles else null_fn(FINISH_TY),
               i64(finish_tiles)]
     cfg = ir.GlobalVariable(module, CONFIG_TY, f"{name}.config")
     cfg.linkage, cfg.global_constant = "internal", True
