@@ -104,6 +104,9 @@ def test_symbolic_tensor_is_a_tensor():
 @pytest.mark.parametrize("use", [
     lambda n: n == 1, lambda n: n != 8, lambda n: n > 1, lambda n: n is not None and bool(n), lambda n: int(n),
     lambda n: n * 2, lambda n: range(n), lambda n: np.zeros((n, 3)),
+    # a set or dict lookup hashes first: `n in {1}` was always false, never calling __eq__
+    lambda n: n in {1}, lambda n: {1: True}.get(n), lambda n: n ** 0, lambda n: -n, lambda n: abs(n),
+    lambda n: round(n), lambda n: n // 2, lambda n: n & 1,
 ])
 def test_using_the_batch_size_while_tracing_is_a_compile_error(use):
     """`if x.shape[0] == 1:` would take one branch at trace time for every batch: refused, naming it."""

@@ -65,15 +65,21 @@ class BatchSize:
     def __ne__(self, other: object) -> bool:
         return not self.__eq__(other)
 
-    __hash__ = object.__hash__
+    # a set or dict lookup compares by hash first: `n in {1}` or a cache keyed by the batch size
+    # would miss every time, one branch baked in, without ever calling __eq__
+    __hash__ = _refusing("looks up (a set member or dict key)")  # type: ignore[assignment]
 
     __lt__ = __le__ = __gt__ = __ge__ = _refusing("compares")
     __index__ = _refusing("uses as a size")
     __int__ = _refusing("converts to int")
     __float__ = _refusing("converts to float")
     __bool__ = _refusing("tests the truth of")
+    __round__ = __trunc__ = __floor__ = __ceil__ = _refusing("rounds")
     __add__ = __radd__ = __sub__ = __rsub__ = __mul__ = __rmul__ = _refusing("computes with")
     __truediv__ = __rtruediv__ = __floordiv__ = __rfloordiv__ = __mod__ = __rmod__ = __add__
+    __divmod__ = __rdivmod__ = __pow__ = __rpow__ = __neg__ = __pos__ = __abs__ = __invert__ = __add__
+    __and__ = __rand__ = __or__ = __ror__ = __xor__ = __rxor__ = __lshift__ = __rlshift__ = __add__
+    __rshift__ = __rrshift__ = __matmul__ = __rmatmul__ = __add__
 
     def __repr__(self) -> str:
         return "N"
