@@ -561,6 +561,34 @@ def test_a_forward_that_calls_its_own_compiled_model_while_it_compiles_is_refuse
         fast(np.ones((2, 4), np.float32))
 
 
+def test_a_compiled_model_inside_a_compiled_forward_says_to_call_its_model():
+    """The message blamed the outer model for "reads .data of a traced tensor", which the inner
+    compiled model's call did."""
+    inner = Sequential(Linear(4, 4), ReLU())
+
+    class Outer(tc.nn.Layer):
+        def __init__(self, body):
+            self.body, self.head = body, Linear(4, 2)
+
+        def forward(self, x):
+            return self.head(self.body(x))
+
+    x = batch(3, 4)
+    with pytest.raises(tc.CompileError, match=r"^Outer \(the top-level model\) calls a compiled model \(Sequential\) "
+                                              r"on a traced tensor: .* call the model itself \(fast.model\)"):
+        tc.compile(Outer(tc.compile(inner)))(x)
+    model = Outer(inner)
+    np.testing.assert_allclose(tc.compile(model)(x).data, eager_eval(model, x), rtol=1e-6, atol=1e-6)
+
+
+def test_a_compiled_models_model_cannot_be_swapped():
+    """`fast.model = other` kept running the old model's code, guard and weights."""
+    fast = tc.compile(Sequential(Linear(4, 2)))
+    with pytest.raises(AttributeError, match=r"follows the model it was given \(Sequential\); to run another, "
+                                             r"compile it"):
+        fast.model = Sequential(Linear(4, 3))
+
+
 def test_compiling_a_softmax_over_a_huge_row_takes_no_memory_per_element():
     """The softmax kernel listed a chunk (an llvmlite constant) per vector of the row only to count
     them: a (None, 2**31 + 1) softmax was killed for memory before any batch existed (2**28: 17 s,

@@ -269,6 +269,26 @@ def test_a_shared_mask_without_input_shape_is_refused_saying_how_to_give_it():
     np.testing.assert_allclose(fast(x, mask).data, block(Tensor(x), Tensor(mask)).data, rtol=1e-4, atol=1e-4)
 
 
+def test_a_shared_input_that_fails_a_shape_rule_gets_the_same_hint():
+    """A (4,) scale shared by every sample, multiplied in: the trace's broadcasting ValueError came
+    without the hint the CompileError path gives."""
+    class Scaled(tc.nn.Layer):
+        def __init__(self):
+            self.lin = Linear(8, 4)
+
+        def forward(self, x, scale=None):
+            y = self.lin(x)
+            return y if scale is None else y * scale
+
+    model = Scaled()
+    x, scale = np.float32(RNG.standard_normal((3, 8))), np.float32([1, 2, 3, 4])
+    with pytest.raises(ValueError, match=r"cannot broadcast (.|\n)*without input_shape every input is taken to carry "
+                                         r"the batch first, here \(N, 8\), \(N,\)"):
+        tc.compile(model)(x, scale)
+    fast = tc.compile(model, input_shape=[(None, 8), (4,)])
+    np.testing.assert_allclose(fast(x, scale).data, model(Tensor(x), Tensor(scale)).data, rtol=1e-5, atol=1e-6)
+
+
 def test_a_per_sample_2d_mask_is_named_as_eager_names_it():
     """A (batch, seq) mask, which no attention form takes: the trace reported comparing the batch size
     N; it now lists the mask forms, as eager's ValueError does, and the input_shape hint follows."""

@@ -27,7 +27,7 @@ from .frontend import streams
 from .frontend.inputs import compile_input_spec, given_inputs, positional_inputs
 from .frontend.layers import Layer, model_lock
 from .frontend.tensor import Tensor
-from .frontend.tracer import PATCHING
+from .frontend.tracer import PATCHING, SymbolicTensor
 from .frontend.walk import warn_if_dropout_active
 from .ir.graph import Graph
 from .ir.ops import format_expr
@@ -123,7 +123,7 @@ class CompiledModel:
         for name, flag in (("training", training), ("check", check)):
             if not isinstance(flag, bool):
                 raise TypeError(f"{name} must be True or False; got {flag!r}")
-        self.model, self.check, self.training = model, check, training
+        self._model, self.check, self.training = model, check, training
         self.threads = None if threads is None else int(threads)
         self._passes, self._speed_level = driver.checked_passes(passes), driver.checked_speed_level(speed_level)
         self._pinned = input_shape is not None  # else a call of another input width recompiles for it
@@ -138,6 +138,17 @@ class CompiledModel:
             features, more = compile_input_spec(input_shape)
             with model_lock(model):  # compiling walks the model: as on every other path
                 self._compile(features, more)
+
+    @property
+    def model(self) -> Layer:
+        """The model this compiles (and reads live: its weights, its layers)."""
+        return self._model
+
+    @model.setter
+    def model(self, other: Any) -> None:
+        # the code, its guard and its live parameters all follow the model given to compile()
+        raise AttributeError(f"a compiled model follows the model it was given ({type(self._model).__name__}); "
+                             f"to run another, compile it: tc.compile(model)")
 
     # ---------------------------------------------------------------- pickling: model + options, no code
     def __getstate__(self) -> dict:
@@ -158,11 +169,11 @@ class CompiledModel:
             art = driver.build(self.model, features, passes=self._passes, speed_level=self._speed_level,
                                threads=self.threads, scratch=self._scratch, training=self.training,
                                more_inputs=more)
-        except CompileError as exc:
+        except (CompileError, ValueError) as exc:  # ValueError: the trace's shape rules (broadcasting)
             if self._pinned or not more:
                 raise
             # the inputs after x were guessed to carry the batch: a mask shared by every sample does not
-            raise CompileError(f"{exc}\n(without input_shape every input is taken to carry the batch first, here "
+            raise type(exc)(f"{exc}\n(without input_shape every input is taken to carry the batch first, here "
                                f"{_shapes(features, more)}; an input shared by every sample, e.g. a (seq, seq) "
                                "mask, needs compile(model, input_shape=[(None, ...), (seq, seq)]))") from exc
         self._artifact = art
@@ -319,6 +330,11 @@ class CompiledModel:
     def _call(self, x: Any, *more: Any) -> Tensor:
         """Every call the hot path does not take: any input shape or type, first calls, recompiles,
         several inputs."""
+        for t in (x, *more):
+            if isinstance(t, SymbolicTensor):  # its .data would say "reads .data", which the user's code never did
+                raise CompileError(f"{t.where()} calls a compiled model ({type(self.model).__name__}) on a traced "
+                                   "tensor: inside a forward() being compiled, call the model itself (fast.model), "
+                                   "which the trace then follows")
         arr = as_input_array(x.data if isinstance(x, Tensor) else x)
         others = [as_input_array(m.data if isinstance(m, Tensor) else m) for m in more]
         art = self._ensure_compiled(arr, others)

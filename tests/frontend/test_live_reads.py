@@ -270,3 +270,33 @@ def test_a_layer_attribute_kept_in_slots_is_refused_by_name():
     with pytest.raises(tc.CompileError, match=r"^Slotted \(the top-level model\) keeps 'w', 'inner' in __slots__: "
                                               r"tinycomp reads a layer's attributes from its __dict__"):
         tc.compile(Slotted())(np.ones((2, 4), np.float32))
+
+
+class LazyHead(Layer):
+    """Builds its head on the first forward() (a lazy layer) and caches a scale there too: before
+    the trace's walk of the model could see either."""
+
+    def __init__(self):
+        self.body, self.head, self.scale = Linear(4, 6), None, None
+
+    def forward(self, x):
+        if self.head is None:
+            self.head = Linear(x.shape[1] + 2, 3)
+            self.scale = Tensor(np.full(3, 0.5, np.float32))
+        return self.head(self.body(x)) * self.scale
+
+
+def test_layers_a_forward_builds_on_its_first_run_are_read_live():
+    """Their weights were traced as constants while the compiled model took them for live reads:
+    an edit to them never showed (27.4 away from eager). The trace runs again, seeing them."""
+    manual_seed(5)
+    model = LazyHead()
+    fast = tc.compile(model)
+    assert_matches_eager(fast(X).data, model, X)
+    model.head.weight.data[:] = 5.0
+    model.scale.data[:] = 10.0
+    assert_matches_eager(fast(X).data, model, X)
+    model.head.weight = Tensor(np.full((6, 3), -1.0, np.float32))
+    assert_matches_eager(fast(X).data, model, X)
+    assert fast.stats.compiles == 1
+    assert fast.graph.nodes("const") == []

@@ -3,7 +3,9 @@ compiling many models and calling one many times keeps RSS flat."""
 
 from __future__ import annotations
 
+import copy
 import gc
+import pickle
 import weakref
 
 import numpy as np
@@ -163,3 +165,8 @@ def test_a_traced_tensor_kept_on_the_model_still_answers_after_the_trace():
     assert str(model.last.shape) == "(N, 3)"
     with pytest.raises(tc.CompileError, match="reads .data of a traced tensor"):
         model.last.data  # noqa: B018
+    # pickle said "it's not the same object as tinycomp.frontend.tracer.Tensor"; a copy copies the rest
+    with pytest.raises(TypeError, match=r"a traced tensor \(node '%\d+'\) cannot be pickled: a forward\(\) kept it"):
+        pickle.dumps({"kept": model.last})
+    twin = copy.deepcopy(model)
+    assert twin.fc is not model.fc and str(twin.last.shape) == "(N, 3)"

@@ -97,9 +97,25 @@ class SymbolicTensor(Tensor):
 
     def _refuse(self, what: str) -> CompileError:
         return CompileError(
-            f"{self._tracer.where()} {what} of a traced tensor; a compiled forward() may only use "
+            f"{self.where()} {what} of a traced tensor; a compiled forward() may only use "
             "Tensor operations (its values are not known while tracing)"
         )
+
+    def where(self) -> str:
+        """The layer whose forward() the trace is in, for messages."""
+        return self._tracer.where()
+
+    def __reduce__(self) -> Any:
+        # pickle would say "it's not the same object as tinycomp.frontend.tracer.Tensor" (the class's name)
+        raise TypeError(f"a traced tensor (node {self.node!r}) cannot be pickled: a forward() kept it on the model "
+                        "while it was traced (`self.last = y`); run the model eagerly once, or delete that attribute, "
+                        "first")
+
+    def __copy__(self) -> SymbolicTensor:
+        return self  # a placeholder holds no values to copy: a copied model's answers as the original's
+
+    def __deepcopy__(self, memo: dict) -> SymbolicTensor:
+        return self
 
     @property
     def data(self) -> np.ndarray:  # type: ignore[override]
@@ -433,8 +449,25 @@ def trace(model: Any, input_shape: Any, *, training: bool = False) -> Graph:
         raise TypeError(f"trace() needs a Layer or callable model; got {type(model).__name__}")
     shapes = input_shapes(input_shape)
     with model_lock(model), paused_gc():  # the walk and the patched run see (and leave) no other thread's changes
-        tracer = Tracer(model, training)
-        try:
-            return tracer.run(shapes)
-        finally:
-            tracer.close()
+        graph, known = _trace_once(model, training, shapes)
+        if _arrays_added(model, known):
+            # a forward that builds layers on its first run (`if self.head is None: self.head = Linear(...)`):
+            # traced before the walk could see them, their weights became constants, not live reads
+            graph, _ = _trace_once(model, training, shapes)
+        return graph
+
+
+def _trace_once(model: Any, training: bool, shapes: list[tuple]) -> tuple[Graph, dict[int, str]]:
+    """The graph of one run of forward() and the model's arrays the trace read live (id -> path)."""
+    tracer = Tracer(model, training)
+    try:
+        return tracer.run(shapes), tracer.tensor_paths
+    finally:
+        tracer.close()
+
+
+def _arrays_added(model: Any, known: dict[int, str]) -> bool:
+    """Whether the model holds a Tensor or array now that it did not hold before the trace (the
+    traced values a forward keeps on the model aside)."""
+    now, _ = walk_model(model)
+    return any(not isinstance(resolve_path(model, path), SymbolicTensor) for i, path in now.items() if i not in known)
