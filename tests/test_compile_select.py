@@ -161,9 +161,11 @@ def test_where_rounding_counts_a_condition_that_may_flip():
 class MaskedFillAttention(Layer):
     """Attention as a masked_fill writes it: where(mask, scores, fill) (or the mask inverted)."""
 
-    def __init__(self, mask: np.ndarray, fill: float, fill_at: str, heads: int = 2, scale_after: str = ""):
+    def __init__(self, mask: np.ndarray, fill: float, fill_at: str, heads: int = 2, scale_after: str = "",
+                 before: str = ""):
         self.mask, self.blocked, self.fill, self.fill_at, self.heads = mask, ~mask, fill, fill_at, heads
         self.scale_after = scale_after  # "", "mul" or "div": the scale after the fill, not before it
+        self.before = before  # with scale_after: "" or "div" / "mul" by 1.0 before the fill (a temperature of 1)
 
     def forward(self, q, k, v):
         def split(t):
@@ -171,12 +173,34 @@ class MaskedFillAttention(Layer):
 
         scores = split(q) @ split(k).transpose(-2, -1)
         scores = scores if self.scale_after else scores * 0.5
+        scores = scores / 1.0 if self.before == "div" else scores * 1.0 if self.before == "mul" else scores
         scores = where(self.mask, scores, self.fill) if self.fill_at == "zero" else \
             where(self.blocked, self.fill, scores)
         if self.scale_after:
             scores = 0.3 * scores if self.scale_after == "mul" else scores / 3.0
         out = Softmax()(scores) @ split(v)
         return out.transpose(1, 2).reshape(-1, out.shape[2], q.shape[2])
+
+
+@pytest.mark.parametrize("before, after", [("div", "mul"), ("div", "div"), ("mul", "mul"), ("mul", "div")])
+def test_a_scale_after_the_fill_is_the_nodes_whatever_the_one_before_it(before, after):
+    """`scores / 1.0` (a temperature of 1), masked_fill, then `* 0.3`: the node kept the inner
+    division's `divide` with the outer multiply's scale, dividing the scores by 0.3."""
+    rng = np.random.default_rng(1)
+    mask = np.tril(np.ones((6, 6), bool))
+    q, k, v = (rng.standard_normal((3, 6, 8)).astype(np.float32) for _ in range(3))
+    model = MaskedFillAttention(mask, -np.inf, "nonzero", scale_after=after, before=before)
+    fast = tc.compile(model, input_shape=[(None, 6, 8)] * 3)
+    assert fast.graph.op_counts().get("attention") == 1
+    s64 = np.einsum("nhqd,nhkd->nhqk", *(t.astype(np.float64).reshape(3, 6, 2, 4).transpose(0, 2, 1, 3)
+                                         for t in (q, k)))
+    s64 = np.where(mask, s64, -np.inf) * 0.3 if after == "mul" else np.where(mask, s64, -np.inf) / 3.0
+    p = np.exp(s64 - s64.max(-1, keepdims=True))
+    ref = (p / p.sum(-1, keepdims=True)) @ v.astype(np.float64).reshape(3, 6, 2, 4).transpose(0, 2, 1, 3)
+    ref = ref.transpose(0, 2, 1, 3).reshape(3, 6, 8)
+    eager = model(Tensor(q), Tensor(k), Tensor(v)).data
+    np.testing.assert_allclose(eager, ref, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(fast(q, k, v).data, eager, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning", "ignore:overflow:RuntimeWarning")

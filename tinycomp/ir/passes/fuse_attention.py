@@ -205,7 +205,8 @@ def match_scaled_fill(g: Graph, x: str) -> Scores | None:
         fill, s = np.float32(attrs["mask_fill"]), np.float32(scale)
         with np.errstate(all="ignore"):  # an infinite fill stays infinite; NaN stays NaN
             scaled_fill = fill / s if g.op(x) == "div" else fill * s
-        attrs = {**attrs, "scale": scale, "mask_fill": float(scaled_fill),
+        # the scale is the outer one's: an inner `/ 1.0` (exact, so dropped) must not leave its `divide`
+        attrs = {**{k: v for k, v in attrs.items() if k != "divide"}, "scale": scale, "mask_fill": float(scaled_fill),
                  **({"divide": True} if g.op(x) == "div" else {})}
         return matmul, attrs, mask, [x, *folded]
     return None
