@@ -377,3 +377,7 @@ def test_a_shared_mask_at_another_batch_is_told_the_input_shape_that_takes_it():
         tc.compile(block)(x, mask)
     fast = tc.compile(block, input_shape=[(None, 6, 16), (1, 6, 6)])
     np.testing.assert_allclose(fast(x, mask).data, block(Tensor(x), Tensor(mask)).data, rtol=1e-5, atol=1e-5)
+    # a mask of another batch is not one for every sample: that input_shape would fail to trace
+    with pytest.raises(ValueError, match=r"input 'mask' has 4 rows, input 'x' 3 \(every input \(batch, 6, 6\) "
+                                         r"carries the batch first\)$"):
+        tc.compile(block)(x, np.repeat(mask, 4, axis=0))

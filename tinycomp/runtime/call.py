@@ -129,13 +129,15 @@ class CompiledCall:
                 raise ValueError(f"compiled model input {name!r} must have shape {want}; got shape {a.shape}")
             if shape[:1] == (None,):
                 if rows is not None and a.shape[0] != rows:
-                    # the input_shape that would take this call: the other inputs shared as given
-                    given = [(None, *self.features)] + [tuple(b.shape) if b is a else s for b, s in
-                                                        zip(arrays[1:], self.kernel.more_inputs, strict=True)]
+                    hint = ""
+                    if a.shape[0] == 1:  # one array for every sample, as eager broadcasts it: say how to compile that
+                        given = [(None, *self.features)] + [tuple(b.shape) if b is a else s for b, s in
+                                                            zip(arrays[1:], self.kernel.more_inputs, strict=True)]
+                        hint = (f"; to give {name!r} as one array for every sample, compile with "
+                                f"input_shape={given}")
                     raise ValueError(f"compiled model inputs must have the same batch size: input {name!r} has "
                                      f"{a.shape[0]} rows, input {names[0]!r} {rows} (every input {want} carries "
-                                     f"the batch first; to give {name!r} as one array for every sample, compile "
-                                     f"with input_shape={given})")
+                                     f"the batch first{hint})")
                 rows = a.shape[0] if rows is None else rows
         assert rows is not None  # the first input always carries the batch
         return rows
