@@ -19,7 +19,7 @@ from llvmlite import ir
 from ..ir.layout import is_batched, is_scalar_const
 from ..ir.ops import broadcast_shapes, combined_axes, fmt_shape, map_leaves, normalized_axis, reduced_axes
 from ..ir.shapes import sliced
-from . import elementwise, gemm, reduce
+from . import elementwise, gemm, reduce, small_matmul
 from .cgutils import I64, PTR, compile_as_glue, element_ptr, for_range, i64, inline_glue, internal_kernel
 from .elementwise import kernel_key
 from .errors import LoweringError
@@ -223,15 +223,19 @@ def lower_matmul(e: _Emitter, n: str) -> None:
     x, w = g.args(n)
     a, b = tuple(g.shape(x)), tuple(g.shape(w))
     lead, rows, k, j = matmul_dims(a, b)
-    gemm_fn = e.kernel(("linear", k, j, False, None, e.width, e.registers), lambda name: inline_glue(gemm.emit_linear(
-        e.module, name, K=k, N=j, bias=False, activation=None, width=e.width, registers=e.registers,
-        aliased_max_rows=e.aliased_max_rows)))
-    null = ir.Constant(PTR, None)
+
+    def gemm_fn() -> ir.Function:
+        return e.kernel(("linear", k, j, False, None, e.width, e.registers), lambda name: inline_glue(
+            gemm.emit_linear(e.module, name, K=k, N=j, bias=False, activation=None, width=e.width,
+                             registers=e.registers, aliased_max_rows=e.aliased_max_rows)))
     if len(b) <= 2 and not is_batched(b):
-        e.call(gemm_fn, e.row_count(x, k), e.pointer(x), e.pointer(w), null, e.pointer(n), e.pack_buffer())
+        e.call(gemm_fn(), e.row_count(x, k), e.pointer(x), e.pointer(w), ir.Constant(PTR, None), e.pointer(n),
+               e.pack_buffer())
         return
     if rows < 0:
         raise LoweringError(f"matmul {n}: {fmt_shape(a)} @ {fmt_shape(b)} multiplies along the batch axis")
+    small = rows > 0 and small_matmul.is_small(k, j, e.width, e.registers)
+    product = small_matmul.small_matmul(e.module, rows, k, j, e.width, e.registers) if small else gemm_fn()
     a2, b2 = _as_matrices(a, b)
     dims = sample_dims(lead)
     sa = broadcast_strides((*a2[:-2], 1), (*lead, 1))  # one stride unit per leading index, then scaled
@@ -240,15 +244,16 @@ def lower_matmul(e: _Emitter, n: str) -> None:
               Strides(s.batch * k * j, tuple(d * k * j for d in s.dims[:-1])) for i, s in enumerate((sa, sb))]
     walked = [Strides(math.prod(dims) * rows * j, tuple(c * rows * j for c in contiguous_strides(dims))), *slices]
     dims, walked = coalesce(dims, walked)
-    key = ("bmm", dims, tuple(walked), rows, k, j, e.width)
-    fn = e.kernel(key, lambda name: emit_batched_matmul(e.module, name, gemm_fn, dims, walked, rows))
+    key = ("bmm", dims, tuple(walked), rows, k, j, e.width, small)
+    fn = e.kernel(key, lambda name: emit_batched_matmul(e.module, name, product, dims, walked, rows, small))
     e.call(fn, samples(e, n), e.pointer(n), e.pointer(x), e.pointer(w), e.pack_buffer())
 
 
-def emit_batched_matmul(module: ir.Module, name: str, gemm_fn: ir.Function, dims: tuple[int, ...],
-                        walked: list[Strides], rows: int) -> ir.Function:
+def emit_batched_matmul(module: ir.Module, name: str, product: ir.Function, dims: tuple[int, ...],
+                        walked: list[Strides], rows: int, small: bool) -> ir.Function:
     """`void name(i64 M, ptr out, ptr a, ptr b, ptr pack)`: for every sample and leading index, the
-    GEMM `gemm_fn` on the slices at the strides `walked` (output, a, b)."""
+    matrix product on the slices at the strides `walked` (output, a, b): `product` is the GEMM of
+    `rows` rows, or with `small` the `small_matmul` of (a, b, c)."""
     fn = internal_kernel(module, name, [("M", I64), ("out", PTR), ("a", PTR), ("b", PTR), ("pack", PTR)])
     compile_as_glue(fn)  # loops of addresses around the GEMM calls
     n_rows, out, a, b, pack = fn.args
@@ -256,7 +261,7 @@ def emit_batched_matmul(module: ir.Module, name: str, gemm_fn: ir.Function, dims
 
     def call(at: list[ir.Value]) -> None:
         c, x, w = (element_ptr(builder, p, off) for p, off in zip((out, a, b), at, strict=True))
-        builder.call(gemm_fn, [i64(rows), x, w, ir.Constant(PTR, None), c, pack])
+        builder.call(product, [x, w, c] if small else [i64(rows), x, w, ir.Constant(PTR, None), c, pack])
 
     with for_range(builder, 0, n_rows, name="m") as loop:
         at = [builder.mul(loop.index, i64(s.batch), flags=["nsw"]) for s in walked]

@@ -47,6 +47,17 @@ def as_input_array(x: Any) -> np.ndarray:
     return arr
 
 
+def _hot_float32(arr: np.ndarray) -> np.ndarray | None:
+    """`arr` as the native float32 the hot path hands to native code (numbers cast as Tensor casts
+    them; the hot batch sizes allow the copy), or None for what the full path must handle."""
+    if arr.dtype is not _F32:  # e.g. float64 from np.random
+        if arr.dtype.kind not in "biuf":
+            return None
+        arr = np.ascontiguousarray(arr, _F32)
+    flags = arr.flags
+    return arr if flags.c_contiguous and flags.aligned else None
+
+
 class HotTables(Protocol):
     def hot_table(self) -> tuple[Any, ctypes.Array] | None:
         """(what keeps the weights alive, the last call's pointer table) if the model and its
@@ -72,29 +83,35 @@ class CompiledCall:
         self.hot_rows = one_part_rows(flops_per_row, threads, (CHECK_ABOVE - 1) // self.bytes_per_row,
                                       self.rows_per_sample)
 
-    def hot(self, arr: Any, tables: HotTables) -> np.ndarray | None:
-        """The common call: a C-contiguous batch of numbers (cast to float32) of the compiled feature
-        shape, small enough for one thread and no memory check, with the model's structure and
-        parameter arrays as last time. Anything else returns None and takes the full path, which
-        handles (and names) every other case; both run the same native code on the same checks."""
+    def hot(self, arr: Any, tables: HotTables, more: Sequence[Any] = ()) -> np.ndarray | None:
+        """The common call: C-contiguous arrays of numbers (cast to float32) of the compiled shapes
+        (`more`: the inputs after the first, as many as compiled), a batch small enough for one
+        thread and no memory check, with the model's structure and parameter arrays as last time.
+        Anything else returns None and takes the full path, which handles (and names) every other
+        case; both run the same native code on the same checks."""
         if type(arr) is not np.ndarray or arr.shape[1:] != self.features:
             return None
         rows = arr.shape[0]
         if not (0 < rows <= self.hot_rows and arr.ndim == self.ndim):
             return None
-        if arr.dtype is not _F32:  # e.g. float64 from np.random: cast as Tensor does (hot_rows allows the copy)
-            if arr.dtype.kind not in "biuf":
-                return None
-            arr = np.ascontiguousarray(arr, _F32)
-        flags = arr.flags
-        if not (flags.c_contiguous and flags.aligned):
+        arr = _hot_float32(arr)
+        if arr is None:
             return None
+        inputs = None
+        if more:
+            more = [_hot_float32(a) if type(a) is np.ndarray and a.shape == (
+                (rows, *shape[1:]) if shape[:1] == (None,) else shape) else None
+                for a, shape in zip(more, self.kernel.more_inputs, strict=True)]  # the caller passes as many
+            if any(a is None for a in more):
+                return None
+            inputs = self.kernel.inputs_table(more, 0)  # held until the call returns, with `more`
         hot = tables.hot_table()  # held until the call returns: it keeps the weights alive
         if hot is None:
             return None
         out = np.empty((rows, *self.out_row), _F32)
         scratch = self.scratch.lease(self.plan.scratch_floats(rows))  # held until the call returns
-        self.kernel.call(rows, data_pointer(arr), data_pointer(out), scratch[1], ctypes.addressof(hot[1]))
+        self.kernel.call(rows, data_pointer(arr), data_pointer(out), scratch[1], ctypes.addressof(hot[1]),
+                         0, 0 if inputs is None else ctypes.addressof(inputs))
         return out
 
     def rows(self, arr: np.ndarray, out_shape_for: Callable[[tuple[int, ...]], tuple[int, ...]]) -> tuple[int, tuple]:

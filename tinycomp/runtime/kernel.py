@@ -12,6 +12,7 @@ with several inputs a last one, `inputs` (see `inputs_table`).
 from __future__ import annotations
 
 import ctypes
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -45,6 +46,8 @@ class NativeKernel:
             raise ValueError(f"native call: the module takes {len(plan.inputs)} inputs; "
                              f"got shapes for {1 + len(self.more_inputs)}")
         self._inputs_table = ctypes.c_void_p * len(self.more_inputs)
+        # bytes per batch row of each input after the first (0: compiled without the batch, never moved)
+        self._more_row_bytes = [4 * math.prod(s[1:]) if s[:1] == (None,) else 0 for s in self.more_inputs]
         n_args = 4 + bool(self.draws) + bool(self.more_inputs)
         proto = ctypes.CFUNCTYPE(None, ctypes.c_int64, *([ctypes.c_void_p] * n_args))
         self._fn = proto(engine.address(plan.entry))  # ctypes releases the GIL around the call
@@ -70,9 +73,8 @@ class NativeKernel:
         `first_row` (keep the arrays and the table alive while calling)."""
         if not self.more_inputs:
             return None
-        ptrs = [data_pointer(a) + (first_row * 4 * int(np.prod(shape[1:], dtype=np.int64)) if shape[:1] == (None,)
-                                   else 0) for a, shape in zip(arrays, self.more_inputs, strict=True)]
-        return self._inputs_table(*ptrs)
+        return self._inputs_table(*[data_pointer(a) + first_row * row_bytes
+                                    for a, row_bytes in zip(arrays, self._more_row_bytes, strict=True)])
 
     def draws_table(self, key: tuple[int, int], first_row: int, streams: Sequence[tuple[int, int]]) -> np.ndarray:
         """The `draws` argument: the generator key, the batch row of this call's row 0, and (layer id,
