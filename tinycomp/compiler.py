@@ -342,19 +342,24 @@ class CompiledModel:
         held = art.guard.held  # as checked just now: the parameter table is offered to the hot path with it
         rows, out_shape = self._rows(art, arr, others)
         params = art.params.table()
-        compiles = 0
+        compiles, misfit = 0, ""
         while params is None:  # a parameter was given another shape, or another thread is editing the model
             if compiles == RECOMPILES_PER_CALL:
                 raise RuntimeError(f"{type(self.model).__name__} changed again while each of {compiles} compiles "
                                    "for this call ran: another thread is editing its layers; call it again once "
-                                   "the edits are done")
+                                   f"the edits are done{misfit}")
             art = self._recompile(art, "a parameter changed shape", art.features, arr.shape)
             compiles += 1
             held = art.guard.held
             rows, out_shape = self._rows(art, arr, others)
             params = art.params.table()
             if params is None and art.guard.unchanged():
-                art.params.arrays(strict=True)  # the model as it stands does not fit: name the parameter
+                # Just compiled from the model as it stands, yet a parameter does not fit: another thread
+                # changed it since, even if the guard saw the same objects (layers swapped back and forth)
+                try:
+                    art.params.arrays(strict=True)
+                except ValueError as exc:
+                    misfit = f" (the last: {str(exc).split(';')[0]})"  # not its advice: this call compiles again
         x32, out = art.call.buffers(arr, rows)
         more32 = [as_native_float32(a) for a in others]
         table, used = params  # `used` keeps every array the table points into alive during the call

@@ -3,6 +3,8 @@ threads compiling different models at once are safe."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -324,6 +326,31 @@ def test_a_forward_that_waits_on_a_thread_calling_another_compiled_model_does_no
     assert finished == [(2, 4)]
 
 
+SMALL_STACK_CALL = """
+import sys, threading
+import numpy as np
+import tinycomp as tc
+from tinycomp.nn import Linear, ReLU, Sequential
+model = Sequential(Linear(784, 256), ReLU(), Linear(256, 10)).eval()
+fast = tc.compile(model, input_shape=(None, 784))
+x = np.random.default_rng(0).random((1, 784), dtype=np.float32)
+fast(x), fast(x)  # compiled, and the native hot call armed
+threading.stack_size(32 << 10)  # the smallest stack Python gives a thread
+out = []
+worker = threading.Thread(target=lambda: out.append(fast(x).data))
+worker.start(), worker.join()
+sys.exit(0 if np.allclose(out[0], model(x).data, rtol=1e-5, atol=1e-6) else 2)
+"""
+
+
+def test_a_thread_with_the_smallest_stack_python_allows_can_call():
+    """The native hot call kept 32 KB of its own stack for batch-1 scratch: a thread given Python's
+    smallest stack (32 KiB) crashed in it (SIGSEGV, about 9 runs in 10)."""
+    for _ in range(3):
+        done = subprocess.run([sys.executable, "-c", SMALL_STACK_CALL], timeout=120)
+        assert done.returncode == 0
+
+
 def test_a_child_forked_while_a_thread_holds_a_model_lock_can_compile():
     import os
 
@@ -348,6 +375,42 @@ def test_a_child_forked_while_a_thread_holds_a_model_lock_can_compile():
         try:
             tc.compile(model, input_shape=(None, 4))
             os._exit(0)
+        except BaseException:
+            os._exit(1)
+    release.set()
+    holder.join()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_a_child_forked_while_a_thread_draws_initial_weights_builds_layers_with_the_same_stream():
+    """The weight generator's own lock, held at the fork by a thread building a Linear, blocked the
+    child's first Linear() for ever; the child continues the parent's stream where it stood."""
+    import os
+
+    from tinycomp.frontend import layers
+    from tinycomp.nn import Linear, manual_seed
+
+    manual_seed(21)
+    bits = layers.rng().bit_generator
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with bits.lock:
+            held.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    held.wait(10)
+    expected = np.random.Generator(type(bits)(21)).standard_normal((3, 2)) / np.sqrt(3)
+    pid = os.fork()
+    if pid == 0:
+        import signal
+        signal.alarm(60)
+        try:
+            w = Linear(3, 2).weight.data
+            os._exit(0 if np.allclose(w, expected.astype(np.float32)) else 2)
         except BaseException:
             os._exit(1)
     release.set()
@@ -631,3 +694,40 @@ def test_a_model_edited_during_every_compile_of_a_call_says_so(monkeypatch):
         fast(x)
     monkeypatch.setattr(driver, "codegen", original)
     assert_matches_eager(fast(x).data, model, x)
+
+
+def test_layers_swapped_back_and_forth_during_every_compile_say_so_too(monkeypatch):
+    """Swapped back before the guard looked and forth again before the parameters were read (the
+    guard saw the objects it was compiled with): the call named the parameter and told the user to
+    compile again, which the call does itself; it now says the model kept changing, and why."""
+    from tinycomp import binding, driver
+    from tinycomp.nn import Linear, ReLU, Sequential, manual_seed
+
+    manual_seed(2)
+    a, b = Linear(8, 4), Linear(8, 6)
+    model = Sequential(Linear(8, 8), ReLU(), a)
+    fast = tc.compile(model, threads=1)
+    x = np.random.default_rng(4).standard_normal((5, 8)).astype(np.float32)
+    fast(x)
+    model.layers[2] = b
+    original = driver.codegen
+
+    traced = []
+    unchanged = binding.StructureGuard.unchanged
+
+    def swapping(*args, **kwargs):  # after the trace and the guard, before the parameters are bound
+        traced.append(model.layers[2])
+        model.layers[2] = a if model.layers[2] is b else b
+        return original(*args, **kwargs)
+
+    def swapped_back(self):  # the layer the trace saw, by the time the guard looks
+        if traced:
+            model.layers[2] = traced[-1]
+        return unchanged(self)
+
+    monkeypatch.setattr(driver, "codegen", swapping)
+    monkeypatch.setattr(binding.StructureGuard, "unchanged", swapped_back)
+    with pytest.raises(RuntimeError, match=r"^Sequential changed again while each of 3 compiles for this call ran: "
+                                           r".* \(the last: parameter '2.weight' now has shape \(8, \d\), but the "
+                                           r"model was compiled with \(8, \d\)\)$"):
+        fast(x)

@@ -55,6 +55,19 @@ _rng = np.random.default_rng()
 _FLOAT32 = np.dtype(np.float32)
 
 
+def _fresh_rng_after_fork() -> None:
+    # The generator's own lock, held by a thread that did not survive the fork (a layer being built
+    # draws its weights under it), would block the child's first Linear() for ever: the same
+    # stream, under a new lock. Reading the state takes no lock.
+    global _rng
+    bits = type(_rng.bit_generator)()
+    bits.state = _rng.bit_generator.state
+    _rng = np.random.Generator(bits)
+
+
+os.register_at_fork(after_in_child=_fresh_rng_after_fork)
+
+
 def manual_seed(seed: int) -> None:
     """Reseed weight init and the dropout generator, for reproducible runs: after `manual_seed(s)`
     the n-th call of a Dropout layer draws the same mask eagerly and compiled (frontend/streams.py)."""

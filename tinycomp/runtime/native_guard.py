@@ -175,8 +175,10 @@ def array_words(a: np.ndarray) -> list[int]:
 # PyEval_RestoreThread, the float32 descriptor, the input's rank, then its dimensions after the first
 CTX_FIXED = 9
 # A null scratch pointer asks for this much of the helper's own stack instead (64-byte aligned):
-# batch-1 calls then skip the per-thread scratch lookup. Small enough for any thread's stack.
-STACK_SCRATCH = 32 << 10
+# batch-1 calls then skip the per-thread scratch lookup (the reference MLP's needs 1.5 KB). Small
+# enough for any thread's stack: 32 KB crashed threads given Python's smallest stack (32 KiB,
+# `threading.stack_size`), whose own frames use ~12 KB of it by the time of the native call.
+STACK_SCRATCH = 8 << 10
 
 
 def _emit_helper() -> str:
