@@ -35,6 +35,17 @@ def positive_number(kind: type) -> Callable[[str], Any]:
     return parse
 
 
+def seed_number(text: str) -> int:
+    """An argparse type: a whole number >= 0 (a seed, as `tinycomp.nn.manual_seed` takes it)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0; got {text!r}")
+    return value
+
+
 def positive_ints(text: str) -> list[int]:
     """An argparse type: a comma list of whole numbers above 0 (batch sizes)."""
     try:

@@ -130,7 +130,8 @@ def load_factory(spec: str) -> Any:
     path = _model_file(target)
     if path is not None:
         if not path.is_file():
-            raise UsageError(f"model file not found: {path}")
+            raise UsageError(f"model file {path} is a folder, not a Python file" if path.is_dir()
+                             else f"model file not found: {path}")
         loader_spec = importlib.util.spec_from_file_location(path.stem, path)
         if loader_spec is None or loader_spec.loader is None:
             raise UsageError(f"cannot load {path} as Python source: a model file must end in .py")
@@ -161,8 +162,9 @@ def parse_input_shape(text: str) -> tuple:
         raise UsageError(f"--input-shape must be comma-separated sizes like N,784; got {text!r}") from None
     if len(dims) < 2 or any(d is None or d <= 0 for d in dims[1:]):
         raise UsageError(f"--input-shape must be batch,features... with positive features (e.g. N,784); got {text!r}")
-    if dims[0] is not None and dims[0] <= 0:
-        raise UsageError(f"--input-shape must start with the batch as N or a positive size (e.g. N,784); got {text!r}")
+    if dims[0] is not None:  # it was taken and then ignored: the dump showed, the header took, (N, ...)
+        raise UsageError(f"--input-shape must start with the batch as N, which the compiled code takes at run time "
+                         f"(e.g. N,784); got {text!r}")
     return tuple(dims)
 
 
@@ -191,12 +193,14 @@ def parse_other_input_shape(text: str, index: int) -> tuple:
 @contextlib.contextmanager
 def _model_folder_on_path(spec: str) -> Any:
     """While a model file loads and its factory runs, its folder is first on sys.path: it imports
-    its sibling modules as under `python file.py`, also lazily inside the factory."""
+    its sibling modules as under `python file.py`, also lazily inside the factory. A module name is
+    looked up from the working directory first, as `python -m tinycomp` does (the `tinycomp`
+    script's own folder is the venv's bin/)."""
     path = _model_file(spec.rpartition(":")[0])
-    if path is None or not path.is_file():
+    if path is not None and not path.is_file():
         yield
         return
-    folder = str(path.resolve().parent)
+    folder = str(path.resolve().parent) if path is not None else os.getcwd()
     sys.path.insert(0, folder)
     try:
         yield
@@ -266,14 +270,15 @@ def run_dump(args: argparse.Namespace) -> int:
     if args.dot and not {"traced", "optimized"} & set(stages):
         raise UsageError(f"--dot draws the traced or optimized graph; --stage {stage} has none to draw")
     if args.out is None:
-        for stage in stages:
-            print(f"==== {stage} ====\n{fast.dump(stage)}")
-        if args.dot:  # the DOT of each graph stage asked for: the traced graph's, the optimized one's
+        if args.dot:  # only the DOT, for `| dot -Tsvg`: of each graph stage asked for
             for stage in stages:
                 if stage == "traced":
                     print(to_dot(fast._require("dot").traced, name="traced"))
                 elif stage == "optimized":
                     print(to_dot(fast.graph, name="optimized"))
+            return 0
+        for stage in stages:
+            print(f"==== {stage} ====\n{fast.dump(stage)}")
         return 0
     out = Path(args.out)
     if out.exists() and not out.is_dir():
@@ -311,6 +316,8 @@ def _write(path: Path, text: str) -> Path:
 # --------------------------------------------------------------------------- export
 
 def run_export(args: argparse.Namespace) -> int:
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise UsageError(f"--out must be a folder (export writes its files into it); {args.out} is a file")
     model = build_model(args.model)
     check_shape_count(model, args.input_shape)
     if not args.training:
@@ -348,8 +355,9 @@ def make_parser() -> argparse.ArgumentParser:
                       help="what to show (default: optimized; with --out: all)")
     dump.add_argument("--out", help="folder for one file per stage and pass (01-traced.txt, model.ll, ...)")
     dump.add_argument("--dot", action="store_true",
-                      help="also Graphviz DOT (and SVG when `dot` exists) of the traced or optimized stage asked "
-                           "for: printed, or written into --out (--stage all, the default there, writes them anyway)")
+                      help="Graphviz DOT (and SVG when `dot` exists) of the traced or optimized stage asked for: "
+                           "printed alone (pipe it to `dot -Tsvg`), or written into --out beside the text (--stage "
+                           "all, the default there, writes them anyway)")
     export = sub.add_parser("export", help="compile a model ahead of time into a C library (.o, .h) for a target")
     export.add_argument("model", help="module:factory or path/to/file.py:factory returning a Layer")
     export.add_argument("--input-shape", action="append",

@@ -54,10 +54,16 @@ def test_dot_output_is_valid_graphviz(tmp_path):
 
 @pytest.mark.parametrize("stage, has, lacks", [("traced", "dropout", "linear"), ("optimized", "linear", "dropout")])
 def test_dot_to_stdout_draws_the_stage_asked_for(capsys, stage, has, lacks):
-    """`--stage traced --dot` printed the optimized graph's DOT."""
+    """`--stage traced --dot` printed the optimized graph's DOT; and the text IR came first, so
+    `| dot -Tsvg` failed on its first line."""
     assert main(["dump", TINY, "--input-shape", "N,12", "--stage", stage, "--dot"]) == 0
-    dot = capsys.readouterr().out.split("digraph", 1)[1]
+    out = capsys.readouterr().out
+    assert out.startswith("digraph")
+    dot = out.split("digraph", 1)[1]
     assert f'"{stage}"' in dot.splitlines()[0] and has in dot and lacks not in dot
+    if shutil.which("dot"):
+        check = subprocess.run(["dot", "-Tsvg"], input=out, capture_output=True, text=True)
+        assert check.returncode == 0 and "<svg" in check.stdout, check.stderr
 
 
 def test_dot_of_a_stage_with_no_graph_is_refused(capsys):
@@ -83,7 +89,10 @@ def test_dump_of_several_inputs(capsys):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["dump", TINY, "--input-shape", "0,12"], "--input-shape must start with the batch as N or a positive size"),
+    (["dump", TINY, "--input-shape", "0,12"], "--input-shape must start with the batch as N"),
+    # a fixed batch was taken, then ignored: the dump (and an export's header) showed (N, 12)
+    (["dump", TINY, "--input-shape", "4,12"], "--input-shape must start with the batch as N, which the compiled code "
+                                              "takes at run time (e.g. N,784); got '4,12'"),
     (["dump", "no/such/file.py:tiny", "--input-shape", "N,12"], "model file not found"),
     (["dump", f"{HERE / 'tiny_model.py'}:not_a_layer", "--input-shape", "N,12"], "must return a tinycomp Layer"),
     (["dump", f"{HERE / 'tiny_model.py'}:missing", "--input-shape", "N,12"], "has no attribute 'missing'"),
@@ -122,6 +131,26 @@ def test_dump_model_file_that_is_not_python_is_one_clear_line(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         f"tinycomp dump: error: cannot load {model} as Python source: a model file must end in .py"]
+
+
+def test_a_folder_named_as_the_model_file_is_called_a_folder(tmp_path, capsys):
+    (tmp_path / "models.py").mkdir()
+    assert main(["dump", f"{tmp_path / 'models.py'}:tiny", "--input-shape", "N,12"]) == 2
+    assert f"model file {tmp_path / 'models.py'} is a folder, not a Python file" in capsys.readouterr().err
+
+
+def test_the_tinycomp_script_finds_a_module_in_the_working_folder(tmp_path):
+    """`python -m tinycomp` looks modules up from the working folder; the `tinycomp` script, whose
+    sys.path starts with the venv's bin/, said `No module named 'mymodels'`."""
+    (tmp_path / "mymodels.py").write_text((HERE / "tiny_model.py").read_text())
+    script = Path(sys.executable).with_name("tinycomp")
+    if not script.exists():
+        pytest.skip(f"no `tinycomp` script beside {sys.executable} (tinycomp not installed with pip)")
+    for command in ([str(script)], [sys.executable, "-m", "tinycomp"]):
+        done = subprocess.run([*command, "dump", "mymodels:tiny", "--input-shape", "N,12", "--stage", "traced"],
+                              capture_output=True, text=True, cwd=tmp_path, timeout=300)
+        assert done.returncode == 0, done.stderr
+        assert "matmul(%x, %0.weight)" in done.stdout
 
 
 def test_dump_model_file_imports_its_sibling_modules(tmp_path, capsys):

@@ -63,9 +63,10 @@ def test_export_errors_are_one_line(tmp_path, capsys):
     assert "name must be a C identifier of at most 63 characters" in capsys.readouterr().err
     afile = tmp_path / "afile"
     afile.write_text("kept")
-    # --out naming a file ended in FileExistsError, after the whole compile
-    assert main(["export", TINY, "--input-shape", "N,12", "--out", str(afile)]) == 1
-    assert f"'{afile}' is a file" in capsys.readouterr().err
+    # --out naming a file ended in FileExistsError, after the whole compile; then a ValueError naming
+    # export()'s Python parameter, exit code 1: now the usage error dump gives
+    assert main(["export", TINY, "--input-shape", "N,12", "--out", str(afile)]) == 2
+    assert f"--out must be a folder (export writes its files into it); {afile} is a file" in capsys.readouterr().err
     assert main(["dump", TINY, "--input-shape", "N,12", "--out", str(afile)]) == 2
     assert f"--out must be a folder (dump writes a file per stage into it); {afile} is a file" \
         in capsys.readouterr().err

@@ -134,6 +134,19 @@ def test_nested_pipelines_and_passthrough_steps():
     check_imported(from_sklearn(est), rows_or_empty(lambda x: est.predict(x).reshape(len(x), 2), 2), 10, rtol=1e-4)
 
 
+@pytest.mark.parametrize("skip", ["passthrough", None])
+def test_a_pipeline_that_starts_with_a_skipped_step(skip):
+    """A Pipeline's n_features_in_ is its first step's: a leading "passthrough" (or None) has none,
+    and from_sklearn failed with AttributeError: 'str' object has no attribute 'n_features_in_'."""
+    est = fitted(Pipeline([("skip", skip), ("s", StandardScaler()), ("r", Ridge())]), classes=None, outputs=2)
+    model = from_sklearn(est)
+    assert model.input_check.sample_shape == (10,)
+    check_imported(model, rows_or_empty(lambda x: est.predict(x).reshape(len(x), 2), 2), 10, rtol=1e-4)
+    alone = fitted(Pipeline([("skip", skip), ("r", Ridge())]), classes=None, outputs=2)
+    check_imported(from_sklearn(alone), rows_or_empty(lambda x: alone.predict(x).reshape(len(x), 2), 2), 10,
+                   rtol=1e-4)
+
+
 def test_the_width_it_was_fitted_on_is_checked():
     """A scaler's per-feature constants broadcast over one column as readily as over three: a pipeline
     fitted on 3 features gave numbers for (4, 1) inputs where scikit-learn refuses them."""

@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
-from ..checks import positive_ints, positive_number
+from ..checks import positive_ints, positive_number, seed_number
 from . import render, report
 from .models import MODELS
 from .runner import ENGINES, PARITY_EXIT, unavailable_reason
@@ -61,7 +61,7 @@ def make_parser() -> argparse.ArgumentParser:
                    help="seconds of timed calls per point and round")
     p.add_argument("--rounds", type=positive_number(int), default=5,
                    help="rounds over the points; each round every engine times each point in turn")
-    p.add_argument("--seed", type=int, default=0, help="weights and inputs seed (same in every process)")
+    p.add_argument("--seed", type=seed_number, default=0, help="weights and inputs seed (same in every process)")
     p.add_argument("--json", metavar="FILE", help="write every row, the targets and the environment as JSON")
     p.add_argument("--markdown", metavar="FILE", help="write the tables as Markdown (for benchmarks/RESULTS.md)")
     p.add_argument("--plot", metavar="FILE.png", help="latency and speed-up vs batch size (needs matplotlib)")

@@ -68,7 +68,9 @@ def markdown(rows, targets, compile_times, env, notes, argv) -> str:
              f"CPU: {env['cpu']} (LLVM cpu `{env['llvm_cpu']}`, {env['cores']} cores); "
              + ", ".join(f"{k} {v}" for k, v in env["versions"].items()), "", _allocator_note(env), ""]
     if peak:
-        parts += [f"Measured FMA peak: {peak['gflops']:.1f} GFLOP/s per core ({peak.get('method', '')}).", ""]
+        given = peak.get("method") == "given with --peak"
+        parts += [f"{'FMA peak' if given else 'Measured FMA peak'}: {peak['gflops']:.1f} GFLOP/s per core "
+                  f"({peak.get('method', '')}).", ""]
         if peak.get("mlp_weight_stream"):
             parts += [_stream_note(peak["mlp_weight_stream"]), ""]
         if peak.get("clocks"):

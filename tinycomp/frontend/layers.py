@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ..checks import positive_int
+from ..checks import is_whole_number, positive_int
 from ..errors import CompileError
 from ..ir.philox import dropout_effect, dropout_mask
 from . import streams
@@ -72,6 +72,8 @@ def manual_seed(seed: int) -> None:
     """Reseed weight init and the dropout generator, for reproducible runs: after `manual_seed(s)`
     the n-th call of a Dropout layer draws the same mask eagerly and compiled (frontend/streams.py)."""
     global _rng
+    if not is_whole_number(seed) or seed < 0:  # NumPy's own message named neither the call nor the rule
+        raise ValueError(f"manual_seed expects a whole number >= 0; got {seed!r}")
     _rng = np.random.default_rng(seed)
     streams.reseed(seed)
 

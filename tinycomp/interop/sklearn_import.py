@@ -60,7 +60,8 @@ def from_sklearn(estimator: Any) -> Layer:
     layers = [layer for step in scalers for layer in _scaler_layers(step)] + _model_layers(last)
     # the width it was fitted on, checked: a scaler's per-feature constants broadcast over one column
     # as readily as over the width they were fitted on, and gave numbers where scikit-learn refuses
-    return pinned(tnn.Sequential(*layers).eval(), (int(estimator.n_features_in_),))
+    # (a Pipeline's own n_features_in_ is its first step's, which a leading "passthrough" does not have)
+    return pinned(tnn.Sequential(*layers).eval(), (int((scalers or [last])[0].n_features_in_),))
 
 
 def _steps(estimator: Any) -> list[Any]:

@@ -104,6 +104,8 @@ class OpDef:
             return 0, math.prod(operands[0]) * self.flops
         if self.kind == "fused":
             return 0, size * expr_flops(attrs["expr"])
+        if self.name == "dropout" and not attrs.get("training"):
+            return 0, 0  # the identity at inference (fold_dropout removes it)
         return 0, size * self.flops
 
 
