@@ -22,6 +22,7 @@ from .errors import CompileError
 from .frontend import streams
 from .frontend.layers import Dropout, Layer, Sequential, model_lock, reachable
 from .frontend.live_reads import is_numeric_array
+from .frontend.modes import in_mode
 from .frontend.tensor import Tensor
 from .frontend.walk import resolve_path
 from .ir.graph import Graph
@@ -38,24 +39,11 @@ def eval_mode(model: Layer) -> contextlib.AbstractContextManager[None]:
 
 @contextlib.contextmanager
 def layers_in_mode(model: Layer, training: bool) -> Iterator[None]:
-    """Run the eager model with every layer's `training` set, then restore each layer's own flag
-    (one thread at a time: another would save this one's value and restore it last)."""
-    with model_lock(model):
-        layers = [obj for obj in reachable(model) if isinstance(obj, Layer)]
-        saved = [(layer, vars(layer).get("training", _UNSET)) for layer in layers]
-        for layer in layers:
-            layer.training = training
-        try:
-            yield
-        finally:
-            for layer, flag in saved:
-                if flag is _UNSET:
-                    vars(layer).pop("training", None)
-                else:
-                    layer.training = flag
-
-
-_UNSET = object()
+    """Run the eager model with every layer in mode `training` on this thread (`modes.in_mode`:
+    other threads see the layers' own flags; one thread at a time, as for a layer whose class set
+    a flag of its own, set and restored)."""
+    with model_lock(model), in_mode([obj for obj in reachable(model) if isinstance(obj, Layer)], training):
+        yield
 
 
 _TENSOR = "tensor"  # a structure signature records that a Tensor sits here, not which one

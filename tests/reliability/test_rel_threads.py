@@ -731,3 +731,57 @@ def test_layers_swapped_back_and_forth_during_every_compile_say_so_too(monkeypat
                                            r".* \(the last: parameter '2.weight' now has shape \(8, \d\), but the "
                                            r"model was compiled with \(8, \d\)\)$"):
         fast(x)
+
+
+class _Probe(tc.nn.Layer):
+    """Dropout after a Linear; while `during` is set, its forward first runs `during()` (once)."""
+
+    def __init__(self):
+        self.fc, self.drop, self.during = tc.nn.Linear(4, 4), tc.nn.Dropout(0.5), None
+
+    def forward(self, x):
+        during, self.during = self.during, None
+        if during is not None:
+            during()
+        return self.drop(self.fc(x))
+
+
+def _from_another_thread(model) -> list:
+    """What another thread sees of the model's flags, and its model.eval(), mid-run."""
+    seen = []
+
+    def other() -> None:
+        seen.append((model.training, model.drop.training))
+        model.eval()
+
+    def during() -> None:
+        worker = threading.Thread(target=other)
+        worker.start()
+        worker.join(30)
+    model.during = during
+    return seen
+
+
+def test_compiling_changes_no_flag_another_thread_sees():
+    """The trace ran the layers in eval mode by setting their flags: another thread's eager
+    training-mode calls ran without dropout meanwhile, and its model.eval() was undone by the restore."""
+    model = _Probe().train()
+    seen = _from_another_thread(model)
+    with pytest.warns(UserWarning, match="dropout"):
+        tc.compile(model, input_shape=(None, 4))
+    assert seen == [(True, True)]
+    assert not model.training and not model.drop.training
+
+
+def test_a_checked_call_changes_no_flag_another_thread_sees():
+    from tinycomp.nn import Tensor
+
+    model = _Probe().train()
+    with pytest.warns(UserWarning, match="dropout"):
+        fast = tc.compile(model, input_shape=(None, 4), check=True)
+    x = np.ones((3, 4), np.float32)
+    seen = _from_another_thread(model)
+    fast(x)  # its eager run, in eval mode like the compiled code, sees `during`
+    assert seen == [(True, True)]
+    assert not model.drop.training
+    np.testing.assert_allclose(fast(x).data, model(Tensor(x)).data, rtol=1e-6, atol=1e-6)

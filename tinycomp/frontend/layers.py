@@ -17,6 +17,7 @@ from ..checks import is_whole_number, positive_int
 from ..errors import CompileError
 from ..ir.philox import dropout_effect, dropout_mask
 from . import streams
+from .modes import TrainingFlag
 from .tensor import Tensor, apply_op, as_tensor, tracing, wrap_result
 
 _model_locks: weakref.WeakKeyDictionary[Any, threading.RLock] = weakref.WeakKeyDictionary()
@@ -118,7 +119,7 @@ class Layer:
     runs eagerly (NumPy) and compiles with `tinycomp.compile`. A new layer is in training mode
     (`training = True`): call `eval()` before comparing it with a compiled model."""
 
-    training = True
+    training = TrainingFlag()  # a plain bool per layer, but a trace or check on another thread leaves it be
 
     def forward(self, x: Any, *args: Any, **kwargs: Any) -> Any:
         """The layer's computation on a Tensor; subclasses must implement it."""

@@ -29,6 +29,7 @@ from . import tensor as tensor_module
 from .inputs import input_names, input_shapes
 from .layers import Layer, Sequential, model_lock
 from .live_reads import LiveReads, TracedArray
+from .modes import in_mode
 from .tensor import Tensor, apply_op
 from .walk import resolve_path, walk_model
 
@@ -351,25 +352,23 @@ class Tracer:
     def _patched(self) -> Iterator[None]:
         missing = object()
         stack = contextlib.ExitStack()
-        saved = [(layer, vars(layer).get("training", missing), vars(layer).get("forward", missing))
-                 for layer, _ in self.layers]
+        saved = [(layer, vars(layer).get("forward", missing)) for layer, _ in self.layers]
         outer, tensor_module.tracing.tracer = tensor_module.tracing.tracer, self
         try:
             stack.enter_context(self.live.swapped(self.model))
+            stack.enter_context(in_mode([layer for layer, _ in self.layers], self.training))  # this thread's only
             for layer, path in self.layers:
-                layer.training = self.training
                 if path:  # the root's frame is the bottom of the stack already
                     setattr(layer, "forward", self.wrap_forward(layer, path))  # noqa: B010 - per instance
             yield
         finally:
             stack.close()
             tensor_module.tracing.tracer = outer
-            for layer, training, forward in saved:
-                for attr, old in (("training", training), ("forward", forward)):
-                    if old is missing:
-                        vars(layer).pop(attr, None)
-                    else:
-                        setattr(layer, attr, old)
+            for layer, forward in saved:
+                if forward is missing:
+                    vars(layer).pop("forward", None)
+                else:
+                    setattr(layer, "forward", forward)  # noqa: B010 - per instance
 
     def run(self, input_shapes: list[tuple]) -> Graph:
         """Trace forward() on one symbolic tensor per input shape (one `input` node each)."""
