@@ -98,6 +98,19 @@ def test_gelu_erf_special_values_and_tail(kernels):
     assert got[6] < 0 and got[7] == 0 and got[8] == 20
 
 
+@pytest.mark.parametrize("width", WIDTHS)
+def test_gelu_erf_keeps_the_least_subnormal_down_to_where_the_true_value_leaves_float32(kernels, width):
+    """Every float32 in [-14.5, -14.2]: zero exactly where float64 rounds to zero, within 2**-149
+    elsewhere. erfc's exp factor was cut at exp(-104): -0 from x = -14.346 on, where the true value
+    (-1e-45 in float32, as eager gives) lasts to x = -14.356."""
+    lo, hi = np.float32(-14.5).view(np.uint32), np.float32(-14.2).view(np.uint32)
+    x = np.arange(hi, lo + 1, 1 if width == 16 else 7, dtype=np.uint32).view(np.float32)
+    ref = gelu64(x)
+    got = run(kernels, "gelu_erf", x, width)
+    np.testing.assert_array_equal(got == 0, ref.astype(np.float32) == 0)
+    assert np.abs(got - ref).max() <= 2.0**-149
+
+
 def test_numpy_reference_is_float64_exact_gelu():
     x = np.linspace(-20, 20, 200_001).astype(np.float32)
     got = gelu_erf(x)

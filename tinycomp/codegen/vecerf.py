@@ -4,7 +4,7 @@
                rounds to +-1 from |x| = 3.9192 on (as float64 erf rounded to float32 does).
   gelu_erf(x): exact GELU, x * (1 + erf(x / sqrt 2)) / 2; gelu_erf(+inf) = inf, gelu_erf(-inf) = nan
                (-inf * 0, as the float64 formula of the NumPy reference gives), tiny (not 0) down to
-               x = -14.5, where the true value leaves float32's range.
+               x = -14.356, where the true value leaves float32's range.
 
 How: |x| < ERF_SMALL: erf(x) = x + x * P(x^2) (no cancellation, exact at +-0). Otherwise erfc(a) =
 tau * exp(-a^2 + Q(tau - 0.48)), tau = 1 / (1 + a/2), and erf = 1 - erfc. Q is fitted from
@@ -33,6 +33,10 @@ ERFC_MAX = 10.5
 # lifted branch (`vecmath._unless_tiny`; a subnormal costs a microcode assist on Intel cores).
 # At 12.5, exp(-x^2/2) = 2**-112.7 and gelu(-12.5) ~ 2**-114.6: normal, with room.
 GELU_ERF_LIFT_ABOVE = 12.5
+# erfc's exp factor is kept down to exp(-105) = 2**-151.5, not cut at exp's own -104: gelu_erf(x) =
+# x/2 * tau * exp(s) with x/2 * tau up to 1.19, so a factor below 2**-150 can still give a result
+# that rounds to the least subnormal (down to x = -14.356; cut at -104, -0 from x = -14.346 on).
+ERFC_EXP_ZERO_BELOW = -105.0
 ERF_POLY = (8.538961265003309e-05, -0.0008181955199688673, 0.005204438231885433, -0.026860753074288368,
             0.11283719539642334, -0.37612634897232056, 0.12837916612625122)
 ERFC_TAU_MID = 0.48  # Q is a polynomial in tau - 0.48 (tau in [0.16, 0.8]): small terms, little rounding
@@ -58,7 +62,7 @@ def _erfc_large(builder: ir.IRBuilder, module: ir.Module, a: ir.Value, a2_hi: ir
     s = builder.fsub(q, a2_hi)
     bb = builder.fsub(s, q)
     err = builder.fadd(builder.fsub(q, builder.fsub(s, bb)), builder.fsub(builder.fneg(a2_hi), bb))
-    tiny, exp_scaled = exp_parts(builder, module, s)
+    tiny, exp_scaled = exp_parts(builder, module, s, zero_below=ERFC_EXP_ZERO_BELOW)
 
     def erfc(lifted: ir.Value | None) -> ir.Value:
         e = exp_scaled(lifted)
