@@ -176,6 +176,31 @@ def test_too_large_batch_is_a_clear_memory_error(mlp):
     assert fast(sample(3)).shape == (3, 10)
 
 
+def test_the_memory_check_counts_scratch_for_one_row_block_per_thread(monkeypatch):
+    """A call's scratch holds one row block per thread, but the check counted it for every row: a
+    batch needing ~26 MB was refused as needing over 800 MB (24 GiB on a 23 GiB host for
+    Linear(8, 4096) at 1.6M rows). With 100 MB free it runs; a float64 input, which needs a
+    float32 copy too, and a batch whose output alone is too large are refused, naming the sizes."""
+    from tinycomp.nn import Linear, ReLU, Sequential
+    from tinycomp.runtime import buffers
+
+    model = Sequential(Linear(8, 512), ReLU(), Linear(512, 8)).eval()
+    fast = tc.compile(model, threads=1)
+    x = np.random.default_rng(3).standard_normal((400_000, 8)).astype(np.float32)
+    fast(x[:2])
+    monkeypatch.setattr(buffers, "CHECK_ABOVE", 1 << 20)  # checked from 256 MB: this batch at MB scale
+    monkeypatch.setattr(buffers, "available_bytes", lambda: 100 << 20)
+    y = fast(x).data
+    np.testing.assert_allclose(y[-3:], eager_eval(model, x[-3:]), rtol=1e-5, atol=1e-5)
+    monkeypatch.setattr(buffers, "available_bytes", lambda: 20 << 20)
+    fast(x)  # the output, 12.2 MiB, and the scratch
+    with pytest.raises(MemoryError, match=r"a batch of 400,000 rows .* needs 24.\d MiB .* but only 20.0 MiB"):
+        fast(x.astype(np.float64))  # and the float32 copy of the input
+    monkeypatch.setattr(buffers, "available_bytes", lambda: 10 << 20)
+    with pytest.raises(MemoryError, match=r"needs 12.\d MiB"):
+        fast(x)
+
+
 def test_too_large_batch_leaves_the_process_alive(tmp_cache):
     """In a child process, so a crash would show as a signal instead of killing the test run."""
     code = (

@@ -20,7 +20,7 @@ import numpy as np
 
 from ..aligned import float32_copy
 from ..ir.philox import DropoutStream
-from .buffers import CHECK_ABOVE, ScratchPool, as_native_float32, check_allocation, data_pointer
+from .buffers import CHECK_ABOVE, ScratchPool, as_native_float32, check_allocation, data_pointer, is_native_float32
 from .kernel import NativeKernel
 from .threads import ROW_MULTIPLE, one_part_rows, parallel_parts, samples_for_rows, shared_pool, split_rows
 
@@ -75,6 +75,7 @@ class CompiledCall:
         self.ndim = 1 + len(self.features)
         # memory a call needs per batch row: output, scratch, and a converted copy of the input
         more = sum(math.prod(s[1:]) for s in kernel.more_inputs if s[:1] == (None,))  # other inputs' copies
+        self.more_floats_per_row = more
         self.bytes_per_row = 4 * (math.prod(self.out_row) + self.plan.scratch_per_row + math.prod(self.features) + more)
         # the hot path runs on the calling thread and checks no memory: batches `run` would too
         # GEMM rows per sample: a (S, E) sample is S rows of its kernels, which the thread policy counts
@@ -163,8 +164,8 @@ class CompiledCall:
         """(the input as native float32, an output of `rows` rows to fill): a batch too large for
         memory is a MemoryError before either is allocated."""
         if rows * self.bytes_per_row >= CHECK_ABOVE:  # /proc/meminfo only for big batches: batch 1 is hot
-            need = rows * self.bytes_per_row + 4 * self.plan.scratch_fixed
-            check_allocation(need, f"a batch of {rows:,} rows (output {(rows, *self.out_row)}, scratch and input copy)")
+            check_allocation(self._bytes_needed(arr, rows),
+                             f"a batch of {rows:,} rows (output {(rows, *self.out_row)}, scratch and input copy)")
         try:
             x32 = as_native_float32(arr)
             out = np.empty((rows, *self.out_row), np.float32)  # kernels need float, not line, alignment
@@ -173,6 +174,17 @@ class CompiledCall:
                               f"({4 * rows * math.prod(self.out_row):,} bytes) for a batch of {rows:,} rows; "
                               "split the batch into smaller ones") from None
         return x32, out
+
+    def _bytes_needed(self, arr: np.ndarray, rows: int) -> int:
+        """What a call on `rows` rows allocates: the output, the input's float32 copy if it needs one,
+        the other inputs' (at most), and each thread's scratch, which holds one row block of its
+        part (`ModulePlan.scratch_floats`). `bytes_per_row` counts scratch for every row: deep or
+        attention models were refused batches needing a tenth of the memory it named."""
+        floats = rows * (math.prod(self.out_row) + self.more_floats_per_row)
+        if not is_native_float32(arr):
+            floats += rows * math.prod(self.features)
+        parts = max(1, min(rows, parallel_parts(rows, self.flops_per_row, self.threads, self.rows_per_sample)))
+        return 4 * (floats + parts * self.plan.scratch_floats(-(-rows // parts)))
 
     def run(self, x32: np.ndarray, table: ctypes.Array, out: np.ndarray,
             draws: Sequence[DropoutStream] | None = None, more: Sequence[np.ndarray] = ()) -> None:
