@@ -289,6 +289,24 @@ def test_a_shared_input_that_fails_a_shape_rule_gets_the_same_hint():
     np.testing.assert_allclose(fast(x, scale).data, model(Tensor(x), Tensor(scale)).data, rtol=1e-5, atol=1e-6)
 
 
+def test_a_shared_1_s_s_mask_keeps_the_row_blocks_of_an_s_s_one():
+    """TinyTorch's (1, S, S) causal mask is reshaped for the heads, a view without the batch: it
+    counted as a value every row block would compute again, so the entry ran the whole batch at
+    once, its scratch growing with the batch (1000 MiB at batch 4,000 against 0.6)."""
+    manual_seed(2)
+    block = tc.nn.TransformerBlock(16, 4)
+    x, causal = np.float32(RNG.standard_normal((9, 6, 16))), np.tril(np.ones((6, 6), np.float32))
+    plans, outs = [], []
+    for mask in (causal, causal[None]):
+        fast = tc.compile(block, input_shape=[(None, 6, 16), mask.shape], threads=1)
+        outs.append(fast(x, mask).data)
+        plans.append(fast._require("plan").plan)
+    assert plans[1].row_block == plans[0].row_block > 0
+    assert plans[1].scratch_floats(4000) == plans[0].scratch_floats(4000)
+    np.testing.assert_array_equal(outs[1], outs[0])
+    np.testing.assert_allclose(outs[1], block(Tensor(x), Tensor(causal[None])).data, rtol=1e-5, atol=1e-5)
+
+
 def test_a_per_sample_2d_mask_is_named_as_eager_names_it():
     """A (batch, seq) mask, which no attention form takes: the trace reported comparing the batch size
     N; it now lists the mask forms, as eager's ValueError does, and the input_shape hint follows."""

@@ -153,7 +153,8 @@ def row_block(g: Graph, buffers: BufferPlan, l2_bytes: int = 1 << 20) -> int:
     computed = [n for n in g.nodes() if g.op(n) not in NO_CODE]
     if not ROW_BLOCK or not is_batched(g.shape(g.output)) or not buffers.per_row:
         return 0
-    if any(not is_batched(g.shape(n)) for n in computed):
+    # (a view of a value without the batch is no code: a (1, S, S) mask reshaped for the heads)
+    if any(not is_batched(g.shape(n)) and not is_pass_through(g, n) for n in computed):
         return 0
     weights = [g.shape(g.args(n)[1]) for n in computed if g.op(n) in ("linear", "matmul")]
     if len(computed) < 2 or any(4 * row_floats(w) > ROW_BLOCK_MAX_WEIGHT for w in weights):
