@@ -44,10 +44,12 @@ const scratchBytes = (batch) =>
 
 const { instance } = await WebAssembly.instantiate(readFileSync(wasmPath), {});
 const { memory, __heap_base, model_forward, model_bind_weights } = instance.exports;
-let top = (Number(__heap_base.value) + 63) & ~63;
-function alloc(bytes) {  // a bump allocator in the module's memory, 64-byte aligned
+// 64-byte alignment in plain arithmetic: JS bitwise operators wrap to int32, negative past 2 GiB
+const align64 = (n) => Math.ceil(n / 64) * 64;
+let top = align64(Number(__heap_base.value));
+function alloc(bytes) {  // a bump allocator in the module's memory (wasm32: up to 4 GiB)
   const at = top;
-  top = (top + bytes + 63) & ~63;
+  top = align64(top + bytes);
   const need = top - memory.buffer.byteLength;
   if (need > 0) memory.grow(Math.ceil(need / 65536));
   return at;
