@@ -436,6 +436,49 @@ def test_check_true_raises_parity_error_when_outputs_differ():
         SCALE[0] = 2.0
 
 
+def test_check_true_judges_a_large_batch_in_slices_naming_the_row_in_the_batch(monkeypatch):
+    """The float64 run and the judgement of a whole batch took ~32 x its input in memory: they go
+    in slices of rows now (each sample is computed and judged on its own), and the error names the
+    row in the whole batch."""
+    from tinycomp import driver
+
+    manual_seed(4)
+    model = ImpureScale(6, 3)
+    fast = tc.compile(model, check=True)
+    monkeypatch.setattr(driver, "CHECK_CHUNK_BYTES", 16 * 8 * (6 + 3))  # about 8 rows a slice
+    x = batch(50, 6)
+    fast(x)  # every slice passes
+    x[:37], x[38:] = 0.0, 0.0  # only row 37 changes when SCALE does: x * SCALE is 0 elsewhere
+    SCALE[0] = 2.5
+    try:
+        with pytest.raises(tc.ParityError, match=r"at index \(37, \d\)"):
+            fast(x)
+    finally:
+        SCALE[0] = 2.0
+
+
+def test_check_true_takes_a_few_times_the_input_in_memory_not_dozens(monkeypatch):
+    """Beside eager's run and a float64 copy of each output, check=True's float64 run and judgement
+    take a slice of rows at a time: CHECK_CHUNK_BYTES (here 4 MB, against 8 MB of input)."""
+    import tracemalloc
+
+    from tinycomp import driver
+
+    monkeypatch.setattr(driver, "CHECK_CHUNK_BYTES", 4 << 20)
+    manual_seed(5)
+    model = Sequential(Linear(400, 400), ReLU(), Linear(400, 400)).eval()
+    fast = tc.compile(model, check=True, threads=1)
+    x = batch(5000, 400)
+    fast(x[:2])
+    tracemalloc.start()
+    try:
+        fast(x)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 10 * x.nbytes, f"{peak / x.nbytes:.1f} x the input"  # 31 x before the slices
+
+
 def test_check_true_excuses_what_float32_rounding_does_to_eager_too():
     # float32 rounds eager (and compiled) far from float64 here, with the graph exactly the model's:
     # a padding row whose scores + -1e9 all round to -1e9, and rows of 1000 + 0.01 N(0, 1) whose

@@ -43,7 +43,7 @@ class ParityReport:
 
 def check_parity(compiled: np.ndarray, eager: np.ndarray, reference: np.ndarray, *,
                  max_eager_error: float | None = None, overflow_rows: np.ndarray | None = None,
-                 rounding: np.ndarray | None = None) -> ParityReport:
+                 rounding: np.ndarray | None = None, first_row: int = 0) -> ParityReport:
     """Judge compiled against eager by the parity rule, both measured against `reference`.
 
     With `max_eager_error`, the eager result must itself lie within that (times the output scale) of
@@ -53,7 +53,13 @@ def check_parity(compiled: np.ndarray, eager: np.ndarray, reference: np.ndarray,
     the order of the sums. `rounding` (per element, from `Reference.rounding`) widens each element's
     allowance by ROUNDING_SLACK float32 epsilons of the magnitudes its sums cancel: under heavy
     cancellation one order's luck on one element is not a bug in another order.
+
+    Every judgement is per sample (row of the first axis), so a batch may be judged in slices of
+    rows: `first_row` is the slice's place in the batch, for the indices the report gives.
     """
+    def at(index: tuple[int, ...]) -> tuple[int, ...]:
+        return (index[0] + first_row, *index[1:]) if index else index
+
     compiled, eager = np.array(compiled, np.float64), np.array(eager, np.float64)
     reference = np.array(reference, np.float64)
     if compiled.shape != eager.shape:
@@ -72,8 +78,8 @@ def check_parity(compiled: np.ndarray, eager: np.ndarray, reference: np.ndarray,
     bad = np.argwhere(special & ~_specials_match(compiled, eager, reference, allowance))
     if len(bad):
         where = tuple(int(i) for i in bad[0])
-        detail = f"non-finite values differ at {where}: compiled {compiled[where]:g}, eager {eager[where]:g}"
-        return ParityReport(False, np.inf, 0.0, 0.0, where, detail)
+        detail = f"non-finite values differ at {at(where)}: compiled {compiled[where]:g}, eager {eager[where]:g}"
+        return ParityReport(False, np.inf, 0.0, 0.0, at(where), detail)
     finite = ~special
     if not finite.any():
         return ParityReport(True, 0.0, 0.0, 0.0, None, "all values non-finite and equal")
@@ -98,17 +104,17 @@ def check_parity(compiled: np.ndarray, eager: np.ndarray, reference: np.ndarray,
         if max_eager_error is not None else None
     if eager_excess is not None and float(eager_excess.max()) > 0.0:
         where = tuple(int(i) for i in np.unravel_index(int(np.argmax(eager_excess)), err_e.shape))
-        return ParityReport(False, float(err_c.max()), float(err_e.max()), float(tol[where]), where,
+        return ParityReport(False, float(err_c.max()), float(err_e.max()), float(tol[where]), at(where),
                             f"the eager model is {err_e.max():.3g} away from the float64 reference of the "
-                            f"compiled graph at index {where} (eager {eager[where]:.9g}, compiled "
+                            f"compiled graph at index {at(where)} (eager {eager[where]:.9g}, compiled "
                             f"{compiled[where]:.9g}): the traced graph no longer describes the model "
                             "(does forward() read globals or take another Python branch?)")
     row = worst[:1]
-    detail = (f"|compiled - float64 reference| = {err_c[worst]:.3g} at index {worst} "
+    detail = (f"|compiled - float64 reference| = {err_c[worst]:.3g} at index {at(worst)} "
               f"(compiled {compiled[worst]:.9g}, eager {eager[worst]:.9g}, reference {ref[worst]:.9g}); "
               f"eager float32 error in that sample {err_e[row].max():.3g}; allowed {tol[worst]:.3g}"
               + (f" + rounding slack {slack[worst]:.3g} there" if rounding is not None else ""))
-    return ParityReport(ok, float(err_c.max()), float(err_e.max()), float(tol[worst]), worst, detail)
+    return ParityReport(ok, float(err_c.max()), float(err_e.max()), float(tol[worst]), at(worst), detail)
 
 
 def _specials_match(compiled: np.ndarray, eager: np.ndarray, reference: np.ndarray,
