@@ -215,6 +215,28 @@ def test_transposes_match_eager(tmp_path, target):
     assert_export_matches_eager(tmp_path, target, Transposes(), 120, seed=4)
 
 
+class SmallProducts(Layer):
+    """Batched products of small matrices (`codegen/small_matmul.py`: rows in tiles, a last partial
+    vector of columns at every target's width), and a narrow layer whose tiles leave a costly
+    activation to the finish kernel (`gemm_driver._Driver._finish_tiles`, on a 16-lane target)."""
+
+    def __init__(self):
+        self.head = Linear(12, 3)
+
+    def forward(self, x):
+        a = x.reshape(-1, 9, 12)
+        gram = a.matmul(a.transpose(-2, -1))  # (N, 9, 9)
+        mixed = gram.matmul(a) * 0.1  # (N, 9, 12)
+        return Tanh()(self.head(mixed)).reshape(-1, 27)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_small_batched_products_and_narrow_finishes_match_eager(tmp_path, target):
+    skip_unless_runnable(target)
+    manual_seed(6)
+    assert_export_matches_eager(tmp_path, target, SmallProducts(), 108, seed=8)
+
+
 class PeriodicTables(Layer):
     """Tables that repeat every 7 and 9 rows of a sample: the kernel reads them at row % 7 and row % 9,
     which on a 32-bit target must be 32-bit remainders (a 64-bit one by 7 was a call to
