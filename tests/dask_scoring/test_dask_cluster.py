@@ -27,7 +27,7 @@ from tests.models import CASES  # noqa: E402
 from tests.reliability.rel_helpers import assert_matches_eager  # noqa: E402
 from tinycomp.bench.models import get_model  # noqa: E402
 from tinycomp.dask.snapshot import Snapshot  # noqa: E402
-from tinycomp.nn import Linear, ReLU, Sequential, Sigmoid, Tanh, Tensor  # noqa: E402
+from tinycomp.nn import Layer, Linear, ReLU, Sequential, Sigmoid, Tanh, Tensor  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -221,3 +221,24 @@ def test_the_example_scores_parquet_on_a_running_cluster_like_the_in_process_mod
     np.testing.assert_array_equal(y.to_numpy(), in_process(model, x, (1000, 1000, 500)))
     y_numpy = pd.read_parquet(tmp_path / "predictions-numpy.parquet").to_numpy()
     assert_matches_eager(y_numpy, model, x)
+
+
+def test_a_class_changed_and_changed_back_between_computations_is_scored_as_it_stands(client):
+    """A class pickled by value (here a local one; a __main__ one in a script) is one object in a
+    worker, which unpickling the `gain = 100` structure set in place: the `gain = 1` structure's
+    compiled model then saw `gain = 100`, compiled it, and scored it for the third computation."""
+    class Gained(Layer):
+        gain = 1.0
+
+        def __init__(self):
+            self.fc = Linear(4, 3)
+
+        def forward(self, x):
+            return self.fc(x) * self.gain
+
+    x = np.random.default_rng(21).standard_normal((40, 4)).astype(np.float32)
+    model = Gained()
+    for gain in (1.0, 100.0, 1.0, 100.0):
+        Gained.gain = gain
+        got = tcd.predict(model, da.from_array(x, chunks=(10, 4))).compute()
+        np.testing.assert_allclose(got, model(Tensor(x)).data, rtol=1e-6, atol=1e-6, err_msg=f"gain {gain}")

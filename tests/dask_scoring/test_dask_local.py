@@ -253,6 +253,29 @@ class _Gated(Layer):
         return self.fc(x) * mask
 
 
+def test_a_plain_function_scores_and_a_class_is_refused_as_compile_refuses_it():
+    """A callable without eval() (a function, compiled or not) failed on every chunk with
+    'function' object has no attribute 'eval'; passing the class said its forward took (self, x)."""
+    def double(x):
+        return x * 2.0
+
+    x = np.arange(12, dtype=np.float32).reshape(6, 2)
+    for model in (double, tc.compile(double)):
+        np.testing.assert_array_equal(local(tcd.predict(model, da.from_array(x, chunks=(2, 2)))), x * 2)
+    with pytest.raises(TypeError, match=r"got the class Linear: pass an instance, e.g. Linear\(...\)"):
+        tcd.predict(Linear, da.from_array(x, chunks=(2, 2)))
+
+
+def test_a_chunk_of_other_rows_than_its_array_declares_is_named():
+    """A map_blocks chunk of 8 columns in an array declared 9 wide got compile()'s advice to compile
+    without input_shape, which predict() cannot take."""
+    model = Sequential(Linear(9, 2))
+    x = da.ones((6, 9), chunks=(3, 9)).map_blocks(lambda b: b[:, :8] if b[0, 0] == 1 else b, dtype=np.float32)
+    with pytest.raises(ValueError, match=r"predict\(\) was built for rows of shape \(9,\); a chunk of 3 rows has "
+                                         r"rows of shape \(8,\)"):
+        local(tcd.predict(model, x))
+
+
 def test_a_model_of_several_inputs_is_refused_by_name():
     """It got compile()'s advice to pass each input, which predict() cannot; compiled with one shape
     per input, its shapes were garbled into 'rows of shape ((None, 3),)'."""
@@ -274,6 +297,10 @@ def test_bad_dataframe_arguments_are_named():
         tcd.predict(model, ddf, columns=["a", "b", "z"])
     with pytest.raises(ValueError, match="distinct"):
         tcd.predict(model, ddf, columns=["a", "a", "b"])
+    twice = dd.from_pandas(pd.DataFrame([[1.0, 2.0, 3.0]], columns=["a", "a", "b"]), npartitions=1)
+    with pytest.raises(ValueError, match="the DataFrame has several columns named 'a'; rename them apart first"):
+        tcd.predict(Sequential(Linear(2, 2)), twice, columns=["a", "b"])  # said 'DataFrame' has no 'dtype'
+
     with pytest.raises(TypeError, match="column 's' has dtype object|column 's' has dtype"):
         tcd.predict(model, ddf, columns=["a", "b", "s"])
     with pytest.raises(ValueError, match=r"cannot take rows of shape \(2,\)"):

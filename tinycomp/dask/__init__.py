@@ -101,6 +101,9 @@ def _model_and_options(fast_or_model: Any) -> tuple[Any, dict, tuple[int, ...] |
         defaults = {"check": False, "passes": None, "speed_level": 0, "training": False}
         options = {k: state[k] for k in defaults if k in state and state[k] != defaults[k]}
         return state["model"], options, pinned
+    if isinstance(fast_or_model, type):
+        raise TypeError(f"predict() expects a tinycomp CompiledModel or a model (a Layer); got the class "
+                        f"{fast_or_model.__name__}: pass an instance, e.g. {fast_or_model.__name__}(...)")
     if not callable(fast_or_model):
         raise TypeError(f"predict() expects a tinycomp CompiledModel or a model (a Layer); "
                         f"got {type(fast_or_model).__name__}")
@@ -179,6 +182,10 @@ def _predict_frame(model: Any, options: dict, compiled: tuple[int, ...] | None, 
                         f"reads them; got columns={columns!r}")
     columns = list(columns)
     meta = data._meta
+    repeated = sorted({str(c) for c in meta.columns if list(meta.columns).count(c) > 1} & set(map(str, columns)))
+    if repeated:  # frame[c] would be a DataFrame of every column of that name
+        raise ValueError(f"predict() reads each feature column by its name, and the DataFrame has several columns "
+                         f"named {repeated[0]!r}; rename them apart first")
     missing = [c for c in columns if c not in meta.columns]
     if not columns or missing or len(set(columns)) != len(columns):
         shown = f"{list(meta.columns)[:8]}{' ...' if len(meta.columns) > 8 else ''}"

@@ -36,7 +36,7 @@ class WorkerModel:
 
     def __init__(self, snapshot: Snapshot, threads: int):
         model, options, self.arrays = snapshot.thaw()  # the model reads these arrays live
-        if not options.get("training"):
+        if not options.get("training") and callable(getattr(model, "eval", None)):
             model.eval()  # a copy, scored for inference: predict() warned of active dropout in the caller
         self.fast = compile_model(model, input_shape=(None, *snapshot.features), threads=threads, **options)
         self.threads, self.token = threads, snapshot.token
@@ -82,11 +82,13 @@ class WorkerModel:
 
 _models: OrderedDict[tuple[str, int], WorkerModel] = OrderedDict()
 _models_lock = threading.Lock()
+_last_thawed: str | None = None  # the structure whose class state this process holds (see worker_model)
 _blas_threads: int | None = None  # what this process pinned BLAS to (0: could not)
 
 
 def worker_model(snapshot: Snapshot, threads: int) -> WorkerModel:
     """This process's compiled model for the snapshot's structure: compiled on first use only."""
+    global _last_thawed
     key = (snapshot.key, threads)
     with _models_lock:  # compiling under it: two threads wanting one model compile it once
         wm = _models.get(key)
@@ -96,6 +98,13 @@ def worker_model(snapshot: Snapshot, threads: int) -> WorkerModel:
                 _models.popitem(last=False)
         else:
             _models.move_to_end(key)
+            if _last_thawed != snapshot.key:
+                # A class pickled by value (defined in __main__) is one object in this process, which
+                # unpickling another structure set to that structure's state (cloudpickle updates it in
+                # place): `Net.gain` changed and changed back, the first model's guard saw the second's
+                # value and compiled it. Unpickling this structure again sets its state back.
+                snapshot.thaw()
+        _last_thawed = snapshot.key
         return wm
 
 
@@ -146,6 +155,10 @@ def score_block(block: np.ndarray, snapshot: Snapshot, batch_rows: int | None) -
     threads = thread_share(snapshot.shares)
     pin_blas(threads)
     wm = worker_model(snapshot, threads)
+    if block.shape[1:] != snapshot.features:  # a chunk other than its array's declared shape (map_blocks)
+        raise ValueError(f"predict() was built for rows of shape {snapshot.features}; a chunk of {len(block):,} rows "
+                         f"has rows of shape {block.shape[1:]}: chunks of a dask array must hold the rows the array's "
+                         "shape declares")
     with wm.weights_of(snapshot):
         return wm.run(block, batch_rows)
 
