@@ -269,13 +269,13 @@ def run_dump(args: argparse.Namespace) -> int:
     stages = ("traced", "optimized", "llvm", "asm") if stage == "all" else (stage,)
     if args.dot and not {"traced", "optimized"} & set(stages):
         raise UsageError(f"--dot draws the traced or optimized graph; --stage {stage} has none to draw")
+    if args.dot and args.out is None and len(stages) > 1:  # two digraphs in a row are no one DOT document
+        raise UsageError("--dot without --out prints one graph: give --stage traced or --stage optimized, "
+                         "or --out DIR for every stage's")
     if args.out is None:
-        if args.dot:  # only the DOT, for `| dot -Tsvg`: of each graph stage asked for
-            for stage in stages:
-                if stage == "traced":
-                    print(to_dot(fast._require("dot").traced, name="traced"))
-                elif stage == "optimized":
-                    print(to_dot(fast.graph, name="optimized"))
+        if args.dot:  # only the DOT of the one graph stage, for `| dot -Tsvg`
+            graph = fast._require("dot").traced if stage == "traced" else fast.graph
+            print(to_dot(graph, name=stage))
             return 0
         for stage in stages:
             print(f"==== {stage} ====\n{fast.dump(stage)}")

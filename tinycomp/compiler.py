@@ -173,9 +173,15 @@ class CompiledModel:
             if self._pinned or not more:
                 raise
             # the inputs after x were guessed to carry the batch: a mask shared by every sample does not
-            raise type(exc)(f"{exc}\n(without input_shape every input is taken to carry the batch first, here "
-                               f"{_shapes(features, more)}; an input shared by every sample, e.g. a (seq, seq) "
-                               "mask, needs compile(model, input_shape=[(None, ...), (seq, seq)]))") from exc
+            hint = (f"(without input_shape every input is taken to carry the batch first, here "
+                    f"{_shapes(features, more)}; an input shared by every sample, e.g. a (seq, seq) mask, needs "
+                    "compile(model, input_shape=[(None, ...), (seq, seq)]))")
+            if type(exc) not in (CompileError, ValueError):  # the user's own exception: kept, with a note
+                add_note = getattr(exc, "add_note", None)  # Python 3.11+
+                if add_note is not None:
+                    add_note(hint)
+                raise
+            raise type(exc)(f"{exc}\n{hint}") from exc
         self._artifact = art
         self._native = None  # armed again by the first call that runs the new code
         self.stats.compiles += 1
@@ -346,8 +352,8 @@ class CompiledModel:
         while params is None:  # a parameter was given another shape, or another thread is editing the model
             if compiles == RECOMPILES_PER_CALL:
                 raise RuntimeError(f"{type(self.model).__name__} changed again while each of {compiles} compiles "
-                                   "for this call ran: another thread is editing its layers; call it again once "
-                                   f"the edits are done{misfit}")
+                                   "for this call ran: another thread is editing its layers (or its forward() "
+                                   f"changes them each time it runs); call it again once the edits are done{misfit}")
             art = self._recompile(art, "a parameter changed shape", art.features, arr.shape)
             compiles += 1
             held = art.guard.held

@@ -35,7 +35,7 @@ from .ir.philox import DropoutStream
 from .ir.printer import format_graph
 from .ir.summary import flops_per_row
 from .logs import channel, log
-from .parity import check_parity, reference_and_overflow
+from .parity import check_parity, live_floats_per_row, reference_and_overflow
 from .runtime import cache
 from .runtime.buffers import ScratchPool
 from .runtime.call import CompiledCall
@@ -315,9 +315,10 @@ def check_against_eager(model: Any, art: Artifact, arr: np.ndarray, compiled: np
 
 def _check_slice_rows(art: Artifact, rows: np.ndarray, compiled: np.ndarray, streams: dict | None) -> int:
     """Rows check=True runs and judges at a time: every sample is computed and judged on its own,
-    so slices of about CHECK_CHUNK_BYTES of float64 intermediates; a training-mode call's masks are
-    numbered from the batch's first element, so its whole batch at once."""
+    so slices of about CHECK_CHUNK_BYTES of float64 values and estimates of the traced graph (not
+    the fused one: its attention scores are there); a training-mode call's masks are numbered from
+    the batch's first element, so its whole batch at once."""
     if streams:
         return len(rows)
-    per_row = 16 * (art.plan.scratch_per_row + (rows.size + compiled.size) // len(rows))
+    per_row = 16 * (live_floats_per_row(art.traced) + (rows.size + compiled.size) // len(rows))
     return max(1, CHECK_CHUNK_BYTES // per_row)

@@ -18,6 +18,7 @@ import numpy as np
 
 from .ir.graph import Graph
 from .ir.interpret import interpret
+from .ir.layout import is_batched, row_floats
 from .ir.ops import op_def
 from .ir.philox import DropoutStream
 from .ir.shapes import reduced_axes
@@ -156,6 +157,22 @@ class Reference(NamedTuple):
     values: np.ndarray  # the graph's output in float64
     overflow_rows: np.ndarray  # per input row: did some value or dot product leave float32's range
     rounding: np.ndarray  # per output element: its rounding magnitude (see `rounding_magnitude`)
+
+
+def live_floats_per_row(g: Graph) -> int:
+    """The most values per sample `reference_and_overflow` holds at once, each dropped after its
+    last reader (its rounding estimates as many again): what a slice of rows of it costs."""
+    unread = {n: len(g.users(n)) for n in g.nx}
+    size = {n: row_floats(g.shape(n)) if is_batched(g.shape(n)) else 0 for n in g.nx}
+    live = peak = 0
+    for n in g.nodes():
+        live += size[n]
+        peak = max(peak, live)
+        for arg in dict.fromkeys(g.args(n)):
+            unread[arg] -= 1
+            if not unread[arg]:
+                live -= size[arg]
+    return peak
 
 
 def float64_reference(g: Graph, x: np.ndarray, params: dict[str, np.ndarray] | None = None) -> np.ndarray:

@@ -69,6 +69,9 @@ def test_dot_to_stdout_draws_the_stage_asked_for(capsys, stage, has, lacks):
 def test_dot_of_a_stage_with_no_graph_is_refused(capsys):
     assert main(["dump", TINY, "--input-shape", "N,12", "--stage", "llvm", "--dot"]) == 2
     assert "--dot draws the traced or optimized graph; --stage llvm has none" in capsys.readouterr().err
+    # two digraphs back to back made `| dot -Tsvg` write two SVG documents in one file
+    assert main(["dump", TINY, "--input-shape", "N,12", "--stage", "all", "--dot"]) == 2
+    assert "--dot without --out prints one graph: give --stage traced or --stage optimized" in capsys.readouterr().err
 
 
 def test_dump_to_stdout_one_stage(capsys):

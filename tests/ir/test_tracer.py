@@ -456,3 +456,47 @@ def test_dict_keys_of_values_the_walk_does_not_enter_are_fine():
             return self.fc(x) * self.cfg["model.dim"]
 
     assert trace(Config(), (None, 4)).params == ["fc.weight", "fc.bias"]
+
+
+class _Frozen(Layer):
+    training = property(lambda self: False)  # never trains: a read-only flag
+
+    def forward(self, x):
+        return x
+
+
+class _Gate(Layer):
+    """`training` as a property with a setter, kept in `_mode`."""
+
+    def __init__(self):
+        self.fc, self._mode = Linear(4, 4), True
+
+    @property
+    def training(self):
+        return self._mode
+
+    @training.setter
+    def training(self, value):
+        self._mode = value
+
+    def forward(self, x):
+        return self.fc(x) * (2.0 if self.training else 1.0)
+
+
+def test_a_trace_that_fails_setting_a_flag_leaves_every_layer_in_its_own_mode():
+    """The per-thread mode was installed before the flags were set: a read-only `training`
+    property failed the trace and left this thread's Dropout in eval mode for good."""
+    drop = Dropout(0.5)
+    model = Sequential(Linear(4, 4), drop, _Frozen())
+    with pytest.raises(AttributeError, match="has no setter"):
+        trace(model, (None, 4))
+    assert drop.training and (model(np.ones((1000, 4), np.float32)).data == 0).any()
+
+
+def test_a_training_property_with_a_setter_is_restored_after_the_trace():
+    gate = _Gate()
+    x = np.ones((2, 4), np.float32)
+    before = gate(x).data
+    trace(gate, (None, 4))
+    assert gate.training and gate._mode
+    np.testing.assert_array_equal(gate(x).data, before)

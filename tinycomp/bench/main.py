@@ -348,7 +348,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         peak = None
         if args.peak is not None:
-            peak = {"gflops": args.peak, "method": "given with --peak"}
+            peak = {"gflops": args.peak, "method": render.PEAK_GIVEN}
         else:
             clock_rounds = (1 if args.quick else 5) if judges_the_peak_fraction(plan, engines) else 0
             for msg in _run_child({"mode": "peak", "seconds": 0.1 if args.quick else 0.5, "stream": True,

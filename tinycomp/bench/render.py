@@ -62,13 +62,16 @@ def _clock_note(clocks: dict) -> str:
             f"loop's GFLOP/s, {100 * ratio:.0f} % of the peak.")
 
 
+PEAK_GIVEN = "given with --peak"  # the peak's `method` when the user gave it, not measured
+
+
 def markdown(rows, targets, compile_times, env, notes, argv) -> str:
     peak = env["peak"]
     parts = [f"Command: `tinycomp bench {' '.join(argv)}`", "",
              f"CPU: {env['cpu']} (LLVM cpu `{env['llvm_cpu']}`, {env['cores']} cores); "
              + ", ".join(f"{k} {v}" for k, v in env["versions"].items()), "", _allocator_note(env), ""]
     if peak:
-        given = peak.get("method") == "given with --peak"
+        given = peak.get("method") == PEAK_GIVEN
         parts += [f"{'FMA peak' if given else 'Measured FMA peak'}: {peak['gflops']:.1f} GFLOP/s per core "
                   f"({peak.get('method', '')}).", ""]
         if peak.get("mlp_weight_stream"):

@@ -79,6 +79,7 @@ MAIN_PREFETCH_NEXT_A = True
 # activation): 4x1:tanh 0.48 / 0.43 / 0.44 / 0.42 and 0.40 / 0.35 / 0.36 / 0.34, 12x4:sigmoid
 # 0.68 / 0.64 / 0.65 / 0.65 and 0.64 / 0.59 / 0.61 / 0.61, 10x15:gelu (15 of 16 lanes used) 0.94-0.97.
 FINISH_TILES = 16
+assert FINISH_TILES & (FINISH_TILES - 1) == 0, "the driver groups tiles with a mask"
 
 
 @dataclass(frozen=True)

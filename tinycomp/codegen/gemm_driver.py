@@ -246,9 +246,10 @@ class _Driver:
     def _panels(self, kern, rows, nr, r0, j0, cols, *, may_pack: bool, first_pass: ir.Value | None = None) -> None:
         """Call `kern` on rows r0..r0+rows (an i64 value), every panel of nr columns of the block.
         The full row tiles (`may_pack`) have kernels that add the bias and apply the activation
-        themselves, and a panel of at most `tail_nr` columns (the layer's last) goes to the tail
-        kernel; the leftover rows' kernels store the raw tile, and the epilogue finishes it (as it
-        does every tile when K == 0, where no kernel runs). Packed panel p sits at pack + p*K*nr, its rows
+        themselves (but a narrow layer's costly one: `_finish_tiles`), and a panel of at most
+        `tail_nr` columns (the layer's last) goes to the tail kernel; the leftover rows' kernels
+        store the raw tile, and the epilogue finishes it (as it does every tile when K == 0, where
+        no kernel runs). Packed panel p sits at pack + p*K*nr, its rows
         nr apart (the last: its padded width); in place, at W + j0 + p*nr with rows N apart.
         `first_pass` (an i1; full row tiles only) is true in the first block of columns: its first
         panel's tile prefetches the next tile's rows of A (flag NEXT_A), which then stay in cache

@@ -193,12 +193,11 @@ def act_in_place(b: ir.IRBuilder, act, start: ir.Value, n: ir.Value, width: int,
 FINISH_ARGS = (("n", I64), ("c", PTR), ("res", PTR))
 
 
-def finish_function(module: ir.Module, activation: str, width: int, residual: bool = False) -> ir.Function:
+def finish_function(module: ir.Module, kind: str, width: int, residual: bool = False) -> ir.Function:
     """`void finish(i64 n, ptr c, ptr res)`: c[i] = act(c[i]) (+ res[i] with `residual`; unread
-    without) for i < n, in runs of ACT_VECTORS vectors. For the tiles of a layer narrower than a
-    vector, whose rows (bias added) lie back to back in C (`gemm_driver._Driver._finish_tiles`)."""
-    kind = kernel_activation(activation)
-
+    without) for i < n, in runs of ACT_VECTORS vectors, `kind` a costly activation's epilogue family
+    (`kernel_activation`). For the tiles of a layer narrower than a vector, whose rows (bias added)
+    lie back to back in C (`gemm_driver._Driver._finish_tiles`)."""
     def build(name: str) -> ir.Function:
         fn = internal_kernel(module, name, FINISH_ARGS)
         n, c, res = fn.args

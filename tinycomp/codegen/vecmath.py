@@ -467,7 +467,7 @@ def exp_parts(builder: ir.IRBuilder, module: ir.Module, x: ir.Value, x_low: ir.V
         beyond = builder.or_(zero, builder.fcmp_ordered(">", x, _const(x, EXP_HI)))
         x_low = builder.select(beyond, _const(x, 0.0), x_low)
     x = builder.select(zero, _const(x, 0.0), x)
-    k, y = _exp_reduced(builder, module, x, None, EXP_HI, 0, x_low=x_low)  # x >= -104 or nan
+    k, y = _exp_reduced(builder, module, x, None, EXP_HI, 0, x_low=x_low)  # x >= zero_below (>= -105) or nan
 
     def scaled(lifted: ir.Value | None) -> ir.Value:
         if has_avx512_forms(module, x):  # n as a float: the subtraction _exp_reduced made

@@ -58,17 +58,32 @@ def in_mode(layers: Iterable[Any], training: bool) -> Iterator[None]:
         flag = inspect.getattr_static(type(layer), "training", None)
         (own if isinstance(flag, TrainingFlag) else plain).append(layer)
     outer = _MODES.by_layer
-    _MODES.by_layer = {**(outer or {}), **{id(layer): bool(training) for layer in own}}
-    missing = object()
-    saved = [(layer, vars(layer).get("training", missing)) for layer in plain]
-    for layer in plain:
-        layer.training = training
-    try:
+    saved: list[tuple[Any, Any]] = []
+    try:  # everything set inside: a setter that raises must not leave this thread in the mode
+        _MODES.by_layer = {**(outer or {}), **{id(layer): bool(training) for layer in own}}
+        for layer in plain:
+            saved.append((layer, _own_flag(layer)))
+            layer.training = training
         yield
     finally:
         _MODES.by_layer = outer
-        for layer, flag in saved:
-            if flag is missing:
-                vars(layer).pop("training", None)
-            else:
-                layer.training = flag
+        for layer, flag in reversed(saved):
+            _restore_flag(layer, flag)
+
+
+_MISSING = object()
+
+
+def _own_flag(layer: Any) -> Any:
+    """What to restore a plain layer's `training` to: its instance attribute (_MISSING: none, the
+    class's shows), or, behind a property of the class, the value the property gives."""
+    if isinstance(inspect.getattr_static(type(layer), "training", None), property):
+        return layer.training
+    return vars(layer).get("training", _MISSING)
+
+
+def _restore_flag(layer: Any, flag: Any) -> None:
+    if flag is _MISSING:
+        vars(layer).pop("training", None)
+    else:
+        layer.training = flag
