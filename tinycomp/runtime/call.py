@@ -21,7 +21,7 @@ import numpy as np
 from ..aligned import float32_copy
 from ..ir.philox import DropoutStream
 from .buffers import CHECK_ABOVE, ScratchPool, as_native_float32, check_allocation, data_pointer, is_native_float32
-from .kernel import NativeKernel
+from .kernel import NativeKernel, with_rows
 from .threads import ROW_MULTIPLE, one_part_rows, parallel_parts, samples_for_rows, shared_pool, split_rows
 
 _F32 = np.dtype(np.float32)
@@ -100,9 +100,8 @@ class CompiledCall:
             return None
         inputs = None
         if more:
-            more = [_hot_float32(a) if type(a) is np.ndarray and a.shape == (
-                (rows, *shape[1:]) if shape[:1] == (None,) else shape) else None
-                for a, shape in zip(more, self.kernel.more_inputs, strict=True)]  # the caller passes as many
+            more = [_hot_float32(a) if type(a) is np.ndarray and a.shape == with_rows(shape, rows) else None
+                    for a, shape in zip(more, self.kernel.more_inputs, strict=True)]  # the caller passes as many
             if any(a is None for a in more):
                 return None
             inputs = self.kernel.inputs_table(more, 0)  # held until the call returns, with `more`

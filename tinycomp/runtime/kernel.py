@@ -22,6 +22,11 @@ from .buffers import data_pointer, is_native_float32
 from .engine import JitEngine
 
 
+def with_rows(shape: Sequence[int | None], rows: int) -> tuple[int, ...]:
+    """An input's compiled shape (None: the batch) for a call on `rows` rows."""
+    return tuple(rows if d is None else d for d in shape)
+
+
 def _check(name: str, a: np.ndarray, shape: tuple[int, ...]) -> None:
     if not is_native_float32(a) or a.shape != shape:
         raise ValueError(
@@ -66,7 +71,7 @@ class NativeKernel:
         if len(arrays) != len(self.more_inputs):
             raise ValueError(f"native call: expected {len(self.more_inputs)} more inputs, got {len(arrays)}")
         for i, (a, shape) in enumerate(zip(arrays, self.more_inputs, strict=True)):
-            _check(f"input {i + 1}", a, tuple(rows if d is None else d for d in shape))
+            _check(f"input {i + 1}", a, with_rows(shape, rows))
 
     def inputs_table(self, arrays: Sequence[np.ndarray], first_row: int) -> ctypes.Array | None:
         """The `inputs` argument: a pointer per input after the first, a batched one moved to
