@@ -351,17 +351,16 @@ def test_a_thread_with_the_smallest_stack_python_allows_can_call():
         assert done.returncode == 0
 
 
-def test_a_child_forked_while_a_thread_holds_a_model_lock_can_compile():
+def _exit_code_of_a_child_forked_while_held(lock, child) -> int:
+    """Fork while another thread holds `lock`; the child runs `child()` (its exit code; any error 1,
+    60 s at most), the thread releases the lock once the child exists. The child's exit code."""
     import os
+    import signal
 
-    from tinycomp.frontend.layers import model_lock
-    from tinycomp.nn import Linear
-
-    model = Linear(4, 4)
     held, release = threading.Event(), threading.Event()
 
     def hold() -> None:
-        with model_lock(model):
+        with lock:
             held.set()
             release.wait(30)
 
@@ -370,53 +369,42 @@ def test_a_child_forked_while_a_thread_holds_a_model_lock_can_compile():
     held.wait(10)
     pid = os.fork()
     if pid == 0:  # the child: the holder thread is gone, its lock must not be
-        import signal
         signal.alarm(60)
         try:
-            tc.compile(model, input_shape=(None, 4))
-            os._exit(0)
+            os._exit(child())
         except BaseException:
             os._exit(1)
     release.set()
     holder.join()
     _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
+    return os.waitstatus_to_exitcode(status)
+
+
+def test_a_child_forked_while_a_thread_holds_a_model_lock_can_compile():
+    from tinycomp.frontend.layers import model_lock
+    from tinycomp.nn import Linear
+
+    model = Linear(4, 4)
+
+    def compiles() -> int:
+        tc.compile(model, input_shape=(None, 4))
+        return 0
+    assert _exit_code_of_a_child_forked_while_held(model_lock(model), compiles) == 0
 
 
 def test_a_child_forked_while_a_thread_draws_initial_weights_builds_layers_with_the_same_stream():
     """The weight generator's own lock, held at the fork by a thread building a Linear, blocked the
     child's first Linear() for ever; the child continues the parent's stream where it stood."""
-    import os
-
     from tinycomp.frontend import layers
     from tinycomp.nn import Linear, manual_seed
 
     manual_seed(21)
     bits = layers.rng().bit_generator
-    held, release = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        with bits.lock:
-            held.set()
-            release.wait(30)
-
-    holder = threading.Thread(target=hold)
-    holder.start()
-    held.wait(10)
     expected = np.random.Generator(type(bits)(21)).standard_normal((3, 2)) / np.sqrt(3)
-    pid = os.fork()
-    if pid == 0:
-        import signal
-        signal.alarm(60)
-        try:
-            w = Linear(3, 2).weight.data
-            os._exit(0 if np.allclose(w, expected.astype(np.float32)) else 2)
-        except BaseException:
-            os._exit(1)
-    release.set()
-    holder.join()
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
+
+    def builds() -> int:
+        return 0 if np.allclose(Linear(3, 2).weight.data, expected.astype(np.float32)) else 2
+    assert _exit_code_of_a_child_forked_while_held(bits.lock, builds) == 0
 
 
 def test_children_forked_while_a_thread_compiles_can_compile(monkeypatch):
