@@ -219,6 +219,38 @@ def test_a_dropout_made_inside_forward_draws_nothing_compiled_can_repeat():
     np.testing.assert_array_equal(fast(np.ones((2, 4), np.float32)).data, np.ones((2, 4)))
 
 
+class DropConnect(Layer):
+    """Dropout on a weight (DropConnect): the Dropout's operand is a parameter, not the input."""
+
+    def __init__(self, forced: bool = False):
+        self.fc, self.drop, self.forced = Linear(24, 16), Dropout(0.5), forced
+
+    def forward(self, x):
+        weight = self.drop(self.fc.weight, training=True) if self.forced else self.drop(self.fc.weight)
+        return x.matmul(weight) + self.fc.bias
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("forced", [False, True])
+def test_dropout_on_a_parameter_draws_a_mask_every_call(threads, forced):
+    """A Dropout whose operand is not the traced input ran eagerly while tracing: one mask drawn at
+    compile time, frozen into the graph as a constant, every later call repeating it (and an
+    export's entry, with no Dropout to draw, ignoring its offset)."""
+    manual_seed(4)
+    model = DropConnect(forced)
+    model.train(not forced)  # forced: an eval-mode model whose forward asks for dropout anyway
+    x = np.random.default_rng(2).standard_normal((3000, 24)).astype(np.float32)
+    fast = tc.compile(model, training=not forced, threads=threads, check=True)
+    manual_seed(8)
+    compiled = [fast(x).data for _ in range(3)]
+    manual_seed(8)
+    eager = [model(Tensor(x)).data for _ in range(3)]
+    for got, want in zip(compiled, eager, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    assert not np.array_equal(compiled[0], compiled[1])
+    assert fast.graph.op_counts().get("dropout") == 1
+
+
 def test_training_flag_survives_pickling_and_is_checked():
     manual_seed(0)
     model = Sequential(Dropout(0.5))

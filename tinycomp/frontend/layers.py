@@ -234,7 +234,9 @@ class Dropout(Layer):
         if training is None and not self.training and type(x) is Tensor and x._tracer is None:
             return x  # the eval-mode call of every inference run, without the general path's steps
         training = self.training if training is None else bool(training)
-        tracer = getattr(x, "_tracer", None)
+        # the trace on this thread, also for a parameter or constant operand (dropout on a weight):
+        # run eagerly there, its mask was drawn once and frozen into the graph
+        tracer = getattr(x, "_tracer", None) or tracing.tracer
         if tracer is not None:  # tracing records the node; passes decide what it becomes
             if dropout_effect(training, self.p) == "mask" and tracer.stack[-1][0] is not self:
                 raise CompileError(
