@@ -11,7 +11,7 @@ import numpy as np
 
 from .. import nn as tnn
 from ..errors import CompileError
-from ..frontend.layers import Layer
+from ..frontend.layers import Dropout, Layer, reachable
 from ..frontend.tensor import Tensor
 from ..ir.shapes import fmt_shape
 from .common import linear_from, pinned, require, unsupported
@@ -114,7 +114,9 @@ def _verify(torch: Any, module: Any, model: Layer, sample: tuple[int, ...]) -> N
         why = (f"torch gives NaN at {nan_only_in_torch} places where the import gives numbers: a softmax of a row "
                "that is all -inf (every key masked) is NaN in torch and zeros in tinycomp" if nan_only_in_torch else
                "its forward may change a tensor in place in a way torch.fx does not record (a write into a "
-               "view or through .data), or draw random numbers")
+               "view or through .data), or draw random numbers"
+               + (" (an F.dropout(..., training=True) drops in eval mode too: pass training=self.training)"
+                  if module.training and any(isinstance(layer, Dropout) for layer in reachable(model)) else ""))
         raise CompileError(f"the model imported from {type(module).__name__} computes other values than the module "
                            f"(max |difference| {err:.3g}, output scale {scale:.3g}, on a random input of shape "
                            f"{shown}, both in eval mode): {why}")
