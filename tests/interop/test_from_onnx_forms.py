@@ -63,6 +63,29 @@ def test_gemm_bias_broadcast_over_the_batch(bias_shape):
     check_imported(from_onnx(blob), runtime(blob), 5)
 
 
+def test_gemm_with_beta_zero_leaves_c_out():
+    """C * 0 is NaN where C holds inf or NaN: ONNX Runtime and ONNX's reference leave C out."""
+    b = Builder(5, seed=4)
+    blob = b.model(b.node("Gemm", ["x", b.const((5, 3)), b.const(None, np.array([np.inf, 1.0, np.nan], np.float32))],
+                          beta=0.0), 3)
+    check_imported(from_onnx(blob), runtime(blob), 5)
+
+
+@pytest.mark.parametrize("op", ["Slice", "Gather"])
+def test_a_cut_of_an_axis_of_unknown_size_names_that_axis(op):
+    """An input declared (N, ?), as exporters write dynamic axes: a cut of axis 1 was refused as
+    cutting "the batch axis of (N, N)"."""
+    inits = [onnx.numpy_helper.from_array(np.array(v, np.int64), n)
+             for n, v in (("s", [1]), ("e", [3]), ("a", [1]), ("i", 1))]
+    node = helper.make_node("Slice", ["x", "s", "e", "a"], ["y"], name="cut") if op == "Slice" else \
+        helper.make_node("Gather", ["x", "i"], ["y"], name="cut", axis=1)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", None])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)], initializer=inits)
+    with pytest.raises(tc.CompileError, match=r"axis 1 of \(N, N\), whose size is not known: only the batch axis "
+                                              r"may be"):
+        from_onnx(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+
+
 def test_gemm_bias_that_varies_along_the_batch_is_refused():
     b = Builder(5)
     node = helper.make_node("Gemm", ["x", "w", "c"], ["y"], name="gemm")

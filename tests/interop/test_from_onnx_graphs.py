@@ -106,7 +106,8 @@ def test_squeeze_and_unsqueeze_keep_the_batch(opset):
 def test_unsqueeze_before_the_batch_is_refused():
     b = Builder(4, sample=SAMPLE)
     blob = b.model(b.node("Unsqueeze", ["x", b.const(None, np.array([0], np.int64))]), (1, 3, 4)[1:])
-    with pytest.raises(tc.CompileError, match=r"of type Unsqueeze \(axes \[0\]: the batch .axis 0. must stay"):
+    with pytest.raises(tc.CompileError, match=r"of type Unsqueeze \(axes \[0\]: the batch .axis 0. must stay where it "
+                                              r"is, so no axis goes in before it\)"):
         from_onnx(blob)
 
 

@@ -101,8 +101,7 @@ def index_plan(shape: tuple, key: Any) -> tuple[list[Cut], tuple]:
                 raise AdvancedIndex(f"a slice bound that is not an int ({_shown(k)})")
             if size is None:
                 if k != slice(None) and k.indices(2 ** 62) != (0, 2 ** 62, 1):
-                    raise ValueError(f"{_shown(k)} cuts the batch axis of {fmt_shape(shape)}; compiled code "
-                                     "keeps each batch whole")
+                    raise _unknown_size(axis, shape, f"{_shown(k)} cuts", f"{_shown(k)} cuts")
                 out.append(None)
             else:
                 taken = sliced(size, k.start, k.stop, k.step)
@@ -113,15 +112,14 @@ def index_plan(shape: tuple, key: Any) -> tuple[list[Cut], tuple]:
                 out.append(len(taken))
         elif positions is not None:  # x[:, [-1]], x[:, [0, 2, 4]]: an evenly spaced run is a slice
             if size is None:
-                raise ValueError(f"positions {positions} pick samples of the batch axis of {fmt_shape(shape)}; "
-                                 "compiled code keeps each batch whole")
+                raise _unknown_size(axis, shape, f"positions {positions} pick samples of",
+                                    f"positions {positions} pick from")
             start, stop, step = _run_of(positions, size, axis)
             cuts.append((axis, start, stop, step))
             out.append(len(sliced(size, start, stop, step)))
         elif i is not None:
             if size is None:
-                raise ValueError(f"index {i} picks one sample of the batch axis of {fmt_shape(shape)}; compiled "
-                                 "code keeps each batch whole")
+                raise _unknown_size(axis, shape, f"index {i} picks one sample of", f"index {i} picks from")
             if not -size <= i < size:
                 raise IndexError(f"index {i} is out of bounds for axis {axis} with size {size}")
             cuts.append((axis, i % size, i % size + 1, 1))
@@ -131,3 +129,12 @@ def index_plan(shape: tuple, key: Any) -> tuple[list[Cut], tuple]:
     if None in shape and out.index(None) != 0:
         raise ValueError(f"a new axis before the batch axis of {fmt_shape(shape)}: the batch stays first")
     return cuts, tuple(out)
+
+
+def _unknown_size(axis: int, shape: tuple, of_batch: str, of_other: str) -> ValueError:
+    """The refusal of a cut of an axis of unknown size: the batch (axis 0), or, in an imported graph
+    whose input declares a size after the batch as unknown, that axis (printed N too)."""
+    if axis == 0:
+        return ValueError(f"{of_batch} the batch axis of {fmt_shape(shape)}; compiled code keeps each batch whole")
+    return ValueError(f"{of_other} axis {axis} of {fmt_shape(shape)}, whose size is not known: only the batch axis "
+                      "may be (declare the input's sizes after the batch)")

@@ -37,7 +37,8 @@ def gemm(imp: Any, node: Any, ins: list[str], a: dict) -> None:
     w = imp.const(node, ins[1])
     w = (w.T if a.get("transB", 0) else w) * np.float32(a.get("alpha", 1.0))
     bias = None
-    if len(ins) > 2 and ins[2]:
+    # beta = 0 leaves C out (ONNX Runtime and ONNX's reference do; 0 * an inf or NaN in C would be NaN)
+    if len(ins) > 2 and ins[2] and float(a.get("beta", 1.0)) != 0.0:
         c = imp.const(node, ins[2]) * np.float32(a.get("beta", 1.0))
         # C broadcasts to (batch, out): one value per output, or one in all, is a bias; a C that
         # varies along the batch is not
@@ -359,8 +360,9 @@ def squeeze_or_unsqueeze(imp: Any, node: Any, ins: list[str], a: dict) -> None:
     rank = len(sizes) + (len(axes) if unsqueeze and axes else 0)  # the rank the axes count in
     axes = None if axes is None else sorted(int(x) % rank for x in axes)
     if not axes or 0 in axes or (not unsqueeze and any(sizes[x] != 1 for x in axes)):
-        raise imp.refuse(node, f"axes {axes}: the batch (axis 0) must stay where it is, and only sizes of 1 "
-                               "go (a Squeeze without axes drops every size of 1)")
+        raise imp.refuse(node, f"axes {axes}: the batch (axis 0) must stay where it is, " + (
+            "so no axis goes in before it" if unsqueeze else
+            "and only sizes of 1 go (a Squeeze without axes drops every size of 1)"))
     if unsqueeze:
         for x in axes:  # in increasing order: each insertion at its final place
             sizes.insert(x, 1)
