@@ -264,6 +264,18 @@ def test_a_softmax_of_rows_all_masked_is_refused_naming_why():
         from_torch(AllMasked().eval(), input_shape=(None, 4))
 
 
+def test_nan_torch_makes_without_a_softmax_is_not_blamed_on_one():
+    """log of a mean of a layer norm (rounding noise, its sign the sums' order): the refusal named an
+    all -inf softmax the model does not have."""
+    class LogOfNoise(nn.Module):
+        def forward(self, x):
+            return torch.log(F.layer_norm(x, (17,)).mean(-1, keepdim=True))
+
+    with pytest.raises(tc.CompileError, match=r"torch gives NaN at \d+ places where the import gives numbers: a NaN "
+                                              r"one of them makes and the other does not"):
+        from_torch(LogOfNoise().eval(), input_shape=(None, 17))
+
+
 def test_in_place_writes_through_detach_show_in_the_tensor():
     class Detached(nn.Module):
         def __init__(self):

@@ -13,6 +13,7 @@ from .. import nn as tnn
 from ..errors import CompileError
 from ..frontend.layers import Dropout, Layer, reachable
 from ..frontend.tensor import Tensor
+from ..frontend.tracer import trace
 from ..ir.shapes import fmt_shape
 from .common import linear_from, pinned, require, unsupported
 from .graph_layers import ChannelAffine, Clip, LeakyReLU, LogSoftmax, SiLU
@@ -111,8 +112,11 @@ def _verify(torch: Any, module: Any, model: Layer, sample: tuple[int, ...]) -> N
     bound = max(TOLERANCE, 16 * float(torch.finfo(dtype).eps))  # a bfloat16 module rounds at 2^-8
     if not (specials_match and err <= bound * scale):
         nan_only_in_torch = int((np.isnan(want_np) & ~np.isnan(got)).sum())
-        why = (f"torch gives NaN at {nan_only_in_torch} places where the import gives numbers: a softmax of a row "
-               "that is all -inf (every key masked) is NaN in torch and zeros in tinycomp" if nan_only_in_torch else
+        why = (f"torch gives NaN at {nan_only_in_torch} places where the import gives numbers: "
+               + ("a softmax of a row that is all -inf (every key masked) is NaN in torch and zeros in tinycomp"
+                  if _has_softmax(model, sample) else "a NaN one of them makes and the other does not (a log or "
+                  "square root of a value near 0, whose sign depends on the order of the sums?)")
+               if nan_only_in_torch else
                "its forward may change a tensor in place in a way torch.fx does not record (a write into a "
                "view or through .data), or draw random numbers"
                + (" (an F.dropout(..., training=True) drops in eval mode too: pass training=self.training)"
@@ -120,6 +124,12 @@ def _verify(torch: Any, module: Any, model: Layer, sample: tuple[int, ...]) -> N
         raise CompileError(f"the model imported from {type(module).__name__} computes other values than the module "
                            f"(max |difference| {err:.3g}, output scale {scale:.3g}, on a random input of shape "
                            f"{shown}, both in eval mode): {why}")
+
+
+def _has_softmax(model: Layer, sample: tuple[int, ...]) -> bool:
+    """Whether the imported model computes a softmax (where an all -inf row gives zeros, not NaN)."""
+    ops = trace(model, (None, *sample)).op_counts()
+    return "softmax" in ops or "attention" in ops
 
 
 def _sample_shape(input_shape: tuple | None) -> tuple[int, ...] | None:
