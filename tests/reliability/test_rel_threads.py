@@ -656,69 +656,65 @@ def test_a_weight_rebound_while_the_native_call_is_armed_is_used_next(monkeypatc
         np.testing.assert_allclose(fast(x).data, eager_eval(model, x), rtol=1e-5, atol=1e-6)
 
 
+class _SwappedDuringEveryCompile:
+    """A model whose last layer another thread swaps (for one of another width) during each compile
+    a call starts, after the trace and the guard, before the parameters are bound; compiled and
+    called once before, then given the other layer."""
+
+    def __init__(self, monkeypatch):
+        from tinycomp import driver
+        from tinycomp.nn import Linear, ReLU, Sequential, manual_seed
+
+        manual_seed(2)
+        self.a, self.b = Linear(8, 4), Linear(8, 6)
+        self.model = Sequential(Linear(8, 8), ReLU(), self.a)
+        self.fast = tc.compile(self.model, threads=1)
+        self.x = np.random.default_rng(4).standard_normal((5, 8)).astype(np.float32)
+        self.fast(self.x)
+        self.model.layers[2] = self.b  # the next call compiles for b, and the edits swap during each compile
+        self.traced: list = []
+        original = self.codegen = driver.codegen
+
+        def swapping(*args, **kwargs):
+            layers = self.model.layers
+            self.traced.append(layers[2])
+            layers[2] = self.a if layers[2] is self.b else self.b
+            return original(*args, **kwargs)
+        monkeypatch.setattr(driver, "codegen", swapping)
+
+
 def test_a_model_edited_during_every_compile_of_a_call_says_so(monkeypatch):
-    """Another thread swaps a layer for one of another width during each compile a call starts: a
-    RuntimeError says so (not the error for a model resized by its user); the next call after the
+    """A RuntimeError says so (not the error for a model resized by its user); the next call after the
     edits stop runs the model as it stands."""
     from tinycomp import driver
-    from tinycomp.nn import Linear, ReLU, Sequential, manual_seed
 
-    manual_seed(2)
-    a, b = Linear(8, 4), Linear(8, 6)
-    model = Sequential(Linear(8, 8), ReLU(), a)
-    fast = tc.compile(model, threads=1)
-    x = np.random.default_rng(4).standard_normal((5, 8)).astype(np.float32)
-    fast(x)
-    model.layers[2] = b  # the call below compiles for b, and the edits keep swapping during each compile
-    original = driver.codegen
-
-    def swapping(*args, **kwargs):
-        model.layers[2] = a if model.layers[2] is b else b
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(driver, "codegen", swapping)
+    edited = _SwappedDuringEveryCompile(monkeypatch)
     with pytest.raises(RuntimeError, match=r"^Sequential changed again while each of 3 compiles for this call ran: "
                                            r"another thread is editing its layers"):
-        fast(x)
-    monkeypatch.setattr(driver, "codegen", original)
-    assert_matches_eager(fast(x).data, model, x)
+        edited.fast(edited.x)
+    monkeypatch.setattr(driver, "codegen", edited.codegen)
+    assert_matches_eager(edited.fast(edited.x).data, edited.model, edited.x)
 
 
 def test_layers_swapped_back_and_forth_during_every_compile_say_so_too(monkeypatch):
     """Swapped back before the guard looked and forth again before the parameters were read (the
     guard saw the objects it was compiled with): the call named the parameter and told the user to
     compile again, which the call does itself; it now says the model kept changing, and why."""
-    from tinycomp import binding, driver
-    from tinycomp.nn import Linear, ReLU, Sequential, manual_seed
+    from tinycomp import binding
 
-    manual_seed(2)
-    a, b = Linear(8, 4), Linear(8, 6)
-    model = Sequential(Linear(8, 8), ReLU(), a)
-    fast = tc.compile(model, threads=1)
-    x = np.random.default_rng(4).standard_normal((5, 8)).astype(np.float32)
-    fast(x)
-    model.layers[2] = b
-    original = driver.codegen
-
-    traced = []
+    edited = _SwappedDuringEveryCompile(monkeypatch)
     unchanged = binding.StructureGuard.unchanged
 
-    def swapping(*args, **kwargs):  # after the trace and the guard, before the parameters are bound
-        traced.append(model.layers[2])
-        model.layers[2] = a if model.layers[2] is b else b
-        return original(*args, **kwargs)
-
     def swapped_back(self):  # the layer the trace saw, by the time the guard looks
-        if traced:
-            model.layers[2] = traced[-1]
+        if edited.traced:
+            edited.model.layers[2] = edited.traced[-1]
         return unchanged(self)
 
-    monkeypatch.setattr(driver, "codegen", swapping)
     monkeypatch.setattr(binding.StructureGuard, "unchanged", swapped_back)
     with pytest.raises(RuntimeError, match=r"^Sequential changed again while each of 3 compiles for this call ran: "
                                            r".* \(the last: parameter '2.weight' now has shape \(8, \d\), but the "
                                            r"model was compiled with \(8, \d\)\)$"):
-        fast(x)
+        edited.fast(edited.x)
 
 
 class _Probe(tc.nn.Layer):
