@@ -302,7 +302,7 @@ class CompiledModel:
         # check=True compares with eager; a training-mode call draws its masks: both always _call
         if art is not None and not self.check and art.draws is None and len(more) == len(art.more_inputs):
             out = art.call.hot(x.data if type(x) is Tensor else x, art,
-                               [m.data if type(m) is Tensor else m for m in more])
+                               [m.data if type(m) is Tensor else m for m in more] if more else ())
             if out is not None:
                 self.stats.calls += 1
                 self._arm(art)

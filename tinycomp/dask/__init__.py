@@ -182,7 +182,7 @@ def _predict_frame(model: Any, options: dict, compiled: tuple[int, ...] | None, 
                         f"reads them; got columns={columns!r}")
     columns = list(columns)
     meta = data._meta
-    repeated = sorted({str(c) for c in meta.columns if list(meta.columns).count(c) > 1} & set(map(str, columns)))
+    repeated = [c for c in dict.fromkeys(meta.columns[meta.columns.duplicated()]) if c in columns]
     if repeated:  # frame[c] would be a DataFrame of every column of that name
         raise ValueError(f"predict() reads each feature column by its name, and the DataFrame has several columns "
                          f"named {repeated[0]!r}; rename them apart first")

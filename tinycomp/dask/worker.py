@@ -154,11 +154,11 @@ def score_block(block: np.ndarray, snapshot: Snapshot, batch_rows: int | None) -
     """One chunk of rows through the compiled model (a task of `predict` on a dask array)."""
     threads = thread_share(snapshot.shares)
     pin_blas(threads)
-    wm = worker_model(snapshot, threads)
     if block.shape[1:] != snapshot.features:  # a chunk other than its array's declared shape (map_blocks)
         raise ValueError(f"predict() was built for rows of shape {snapshot.features}; a chunk of {len(block):,} rows "
                          f"has rows of shape {block.shape[1:]}: chunks of a dask array must hold the rows the array's "
                          "shape declares")
+    wm = worker_model(snapshot, threads)  # compiled only for a chunk it can run
     with wm.weights_of(snapshot):
         return wm.run(block, batch_rows)
 

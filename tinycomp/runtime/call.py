@@ -74,9 +74,10 @@ class CompiledCall:
         self.out_row = tuple(kernel.plan.out_shape[1:])
         self.ndim = 1 + len(self.features)
         # memory a call needs per batch row: output, scratch, and a converted copy of the input
-        more = sum(math.prod(s[1:]) for s in kernel.more_inputs if s[:1] == (None,))  # other inputs' copies
-        self.more_floats_per_row = more
-        self.bytes_per_row = 4 * (math.prod(self.out_row) + self.plan.scratch_per_row + math.prod(self.features) + more)
+        # other inputs' copies
+        self.more_floats_per_row = sum(math.prod(s[1:]) for s in kernel.more_inputs if s[:1] == (None,))
+        self.bytes_per_row = 4 * (math.prod(self.out_row) + self.plan.scratch_per_row + math.prod(self.features)
+                                  + self.more_floats_per_row)
         # the hot path runs on the calling thread and checks no memory: batches `run` would too
         # GEMM rows per sample: a (S, E) sample is S rows of its kernels, which the thread policy counts
         self.rows_per_sample = math.prod(self.features[:-1])
