@@ -290,9 +290,11 @@ class CompiledModel:
             more = tuple(rest)
         if more and any(m is None or isinstance(m, numbers.Number) for m in more):  # `fast(x, None)`: without it
             more = given_inputs(self.model, more)
-        native = self._native  # armed for inference code of one input only (`_arm`)
-        if native is not None and not self.check and not more:  # check=True compares with eager on every call
-            out = native(x.data if type(x) is Tensor else x)
+        native = self._native  # armed for inference code only (`_arm`)
+        if native is not None and not self.check:  # check=True compares with eager on every call
+            if more:
+                more = tuple([m.data if type(m) is Tensor else m for m in more])
+            out = native(x.data if type(x) is Tensor else x, more)
             if out is not None:
                 self.stats.calls += 1
                 y = _new_tensor(Tensor)  # Tensor._adopt inlined: a batch-1 call counts every 0.1 us
@@ -314,9 +316,10 @@ class CompiledModel:
         model as compiled and its parameter arrays unchanged. Re-armed after anything it watches
         moved, once a call on the Python paths has checked the model again."""
         native = self._native
-        if self.check or art.draws is not None or art.call.kernel.draws or art.more_inputs or \
-                not native_guard.AVAILABLE or (native is not None and native.armed_for is art and not native.stale):
-            return  # check=True, training-mode calls (they draw masks) and several inputs always take _call
+        if self.check or art.draws is not None or art.call.kernel.draws or \
+                len(art.more_inputs) > native_guard.MAX_MORE_INPUTS or not native_guard.AVAILABLE or \
+                (native is not None and native.armed_for is art and not native.stale):
+            return  # check=True and training-mode calls (they draw masks) always take _call
         hot = art.params.hot_table(art.guard.held) if art.guard.same() else None
         if hot is None:
             return
@@ -327,7 +330,8 @@ class CompiledModel:
         call = art.call
         armed = NativeHotCall(
             art.engine.address(art.plan.entry), hot[-1], call.features, call.out_row, call.hot_rows, call.scratch,
-            art.plan.scratch_per_row, art.plan.scratch_fixed, words, keep, armed_for=art)
+            art.plan.scratch_per_row, art.plan.scratch_fixed, words, keep, armed_for=art,
+            more_inputs=art.call.kernel.more_inputs)
         # The words' values were just read (the call compares against them): checked again now, so
         # that a thread rebinding a weight since the check above cannot arm the old table with the
         # new values. A change after this second check moves a word, and the call falls back.

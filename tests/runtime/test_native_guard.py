@@ -13,8 +13,9 @@ import pytest
 from tests.models import REFERENCE_MLP_IN, eager_eval
 from tests.runtime.test_hot_path import assert_eager, batch, no_disk_cache  # noqa: F401  # an autouse fixture
 from tinycomp.compiler import CompiledModel
-from tinycomp.nn import Linear, ReLU, Sequential, Tensor
+from tinycomp.nn import Layer, Linear, ReLU, Sequential, Tensor
 from tinycomp.runtime import native_guard
+from tinycomp.runtime.call import CompiledCall
 
 pytestmark = pytest.mark.skipif(not native_guard.AVAILABLE,
                                 reason="this interpreter or NumPy lays objects out otherwise: no native hot call")
@@ -204,3 +205,107 @@ def test_a_recompile_disarms_until_the_new_code_ran(mlp):
     mlp.layers.append(Linear(10, 4))
     assert f(batch(1)).shape == (1, 4)
     assert f._native is not None and f._native.armed_for is f._artifact
+
+
+class ScaledShift(Layer):
+    """forward(x, y, shift): three inputs, one of them compiled without the batch."""
+
+    def __init__(self):
+        self.fc = Linear(8, 5)
+
+    def forward(self, x, y, shift):
+        return self.fc(x) * y + shift
+
+
+@pytest.fixture
+def python_calls(monkeypatch):
+    """How many calls reached the Python paths (the hot path's or the full one)."""
+    count = [0]
+
+    def counted(real):
+        def spy(*args, **kwargs):
+            count[0] += 1
+            return real(*args, **kwargs)
+        return spy
+
+    monkeypatch.setattr(CompiledCall, "hot", counted(CompiledCall.hot))
+    monkeypatch.setattr(CompiledModel, "_call", counted(CompiledModel._call))
+    return count
+
+
+def _three_inputs(rows, seed=0):
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal((rows, 8), dtype=np.float32), rng.standard_normal((rows, 5), dtype=np.float32),
+            rng.standard_normal(5, dtype=np.float32))
+
+
+def _eager_three(model, x, y, shift):
+    w, b = (np.asarray(t.data, np.float64) for t in (model.fc.weight, model.fc.bias))
+    return (x @ w + b) * y + shift
+
+
+def test_several_inputs_run_natively_with_the_same_bits_as_the_python_paths(python_calls):
+    model = ScaledShift()
+    fast = CompiledModel(model, input_shape=[(None, 8), (None, 5), (5,)], threads=1)
+    fast(*_three_inputs(1))  # the first call (Python) arms the native hot call
+    assert fast._native is not None and fast._native.n_more == 2
+    for rows in (1, 3, 2):
+        inputs = _three_inputs(rows, seed=rows)
+        python = CompiledModel(model, input_shape=[(None, 8), (None, 5), (5,)], threads=1, check=True)(*inputs).data
+        fast(*inputs)  # check=True ran eager in eval mode, setting and restoring flags: re-arm
+        calls = python_calls[0]
+        got = fast(*inputs).data
+        assert python_calls[0] == calls  # natively
+        assert got.tobytes() == python.tobytes()
+        np.testing.assert_allclose(got, _eager_three(model, *inputs), rtol=2e-5, atol=2e-5)
+        assert fast(*(Tensor(a) for a in inputs)).data.tobytes() == python.tobytes()
+        assert python_calls[0] == calls
+
+
+@pytest.mark.parametrize("make", [
+    lambda x, y, s: (x, y.astype(np.float64), s),                      # converted on the Python hot path
+    lambda x, y, s: (x, np.asfortranarray(np.repeat(y, 2, axis=0))[::2], s),   # strided
+    lambda x, y, s: (x, y, s.astype(">f4")),                           # byte-swapped float32
+    lambda x, y, s: (x, np.frombuffer(b"\0" + y.tobytes(), np.float32, offset=1).reshape(y.shape), s),  # unaligned
+    lambda x, y, s: (x, y.tolist(), s),
+    lambda x, y, s: (x, y, s.tolist()),
+    lambda x, y, s: (x, np.broadcast_to(y[:1], y.shape), s),           # a zero stride
+    lambda x, y, s: (x, y.view(np.ndarray), np.ma.masked_array(s)),    # an ndarray subclass
+])
+def test_other_inputs_it_cannot_take_go_to_the_python_paths_and_agree_with_eager(python_calls, make):
+    model = ScaledShift()
+    fast = CompiledModel(model, input_shape=[(None, 8), (None, 5), (5,)], threads=1)
+    fast(*_three_inputs(3))
+    assert fast._native is not None
+    inputs = make(*_three_inputs(3, seed=4))
+    calls = python_calls[0]
+    got = fast(*inputs).data
+    assert python_calls[0] > calls
+    np.testing.assert_allclose(got, _eager_three(model, *(np.asarray(a, np.float32) for a in inputs)),
+                               rtol=2e-5, atol=2e-5)
+
+
+def test_other_inputs_of_another_shape_are_refused_as_before():
+    fast = CompiledModel(ScaledShift(), input_shape=[(None, 8), (None, 5), (5,)], threads=1)
+    x, y, s = _three_inputs(2)
+    fast(x, y, s)
+    assert fast._native is not None
+    for bad in ((x, y[:, :4], s), (x, y, s[:4]), (x, y[:1], s), (x, y, np.tile(s, (2, 1)))):
+        with pytest.raises(ValueError, match="input"):
+            fast(*bad)
+    with pytest.raises(TypeError):
+        fast(x, y)
+    np.testing.assert_allclose(fast(x, y, s).data, _eager_three(fast.model, x, y, s), rtol=2e-5, atol=2e-5)
+
+
+def test_a_change_of_the_model_reaches_a_several_input_call(python_calls):
+    model = ScaledShift()
+    fast = CompiledModel(model, input_shape=[(None, 8), (None, 5), (5,)], threads=1)
+    inputs = _three_inputs(2)
+    fast(*inputs)
+    model.fc.bias = Tensor(np.full(5, 2.0, np.float32))
+    calls = python_calls[0]
+    np.testing.assert_allclose(fast(*inputs).data, _eager_three(model, *inputs), rtol=2e-5, atol=2e-5)
+    assert python_calls[0] == calls + 2  # the hot path saw the change, the full path re-armed
+    fast(*inputs)
+    assert python_calls[0] == calls + 2

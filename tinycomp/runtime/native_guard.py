@@ -1,4 +1,4 @@
-"""The batch-1 call in one native step: check the input, check that nothing the compiled code depends
+"""The batch-1 call in one native step: check the inputs, check that nothing the compiled code depends
 on changed, then run the entry, all in one ctypes call.
 
 A compiled model's guarantee is that results are never stale: every call must notice a rebound
@@ -172,100 +172,159 @@ def array_words(a: np.ndarray) -> list[int]:
 # ---------------------------------------------------------------- the helper
 
 # ctx words: entry, parameter table, watched addresses, their values, how many, PyEval_SaveThread,
-# PyEval_RestoreThread, the float32 descriptor, the input's rank, then its dimensions after the first
-CTX_FIXED = 9
+# PyEval_RestoreThread, the float32 descriptor, the ndarray type, the input's rank; for a model of
+# several inputs then: how many more, their ranks (an int64 array), how many dimensions to check and
+# those checks (an int64 array of (input, dimension, size) triples, size -1: the batch); and last the
+# first input's dimensions after the first.
+CTX_FIXED = 14
+CTX_ENTRY, CTX_TABLE, CTX_WORDS, CTX_EXPECT, CTX_NWORDS, CTX_SAVE, CTX_RESTORE, CTX_F32, CTX_NDARRAY, CTX_NDIM, \
+    CTX_NMORE, CTX_RANKS, CTX_NDIMCHECKS, CTX_DIMCHECKS = range(CTX_FIXED)
+# A model of up to this many inputs after the first is offered the native call: their data pointers
+# go in a table on the helper's stack.
+MAX_MORE_INPUTS = 32
 # A null scratch pointer asks for this much of the helper's own stack instead (64-byte aligned):
 # batch-1 calls then skip the per-thread scratch lookup (the reference MLP's needs 1.5 KB). Small
 # enough for any thread's stack: 32 KB crashed threads given Python's smallest stack (32 KiB,
 # `threading.stack_size`), whose own frames use ~12 KB of it by the time of the native call.
 STACK_SCRATCH = 8 << 10
+TUPLE_SIZE, TUPLE_ITEMS = 16, 24  # PyTupleObject: ob_size, then the item pointers inline
 
 
 def _emit_helper() -> str:
-    """`i32 tinycomp.hot_call(ptr ctx, ptr x, ptr out, i64 rows, ptr scratch)`: x and out are
-    PyArrayObject pointers (the arrays' `id`)."""
+    """Two functions over the same checks (x, out and each item of `more` are the objects' `id`):
+    `i32 tinycomp.hot_call(ptr ctx, ptr x, ptr out, i64 rows, ptr scratch)` for a model of one input,
+    and `tinycomp.hot_call_more(..., ptr more)` for one of several, the inputs after the first in a
+    tuple."""
     mod = ir.Module(name="tinycomp_hot_call")
-    fn = ir.Function(mod, ir.FunctionType(I32, [PTR, PTR, PTR, I64, PTR]), "tinycomp.hot_call")
-    ctx, x, out, rows, scratch = fn.args
+    _emit_hot_call(mod, "tinycomp.hot_call", several=False)
+    _emit_hot_call(mod, "tinycomp.hot_call_more", several=True)
+    return str(mod)
+
+
+def _emit_hot_call(mod: ir.Module, name: str, several: bool) -> None:
+    fn = ir.Function(mod, ir.FunctionType(I32, [PTR, PTR, PTR, I64, PTR] + [PTR] * several), name)
+    ctx, x, out, rows, scratch = fn.args[:5]
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     stack = b.alloca(ir.ArrayType(ir.IntType(8), STACK_SCRATCH))  # in the entry block: a fixed frame slot
     stack.align = 64
+    # several inputs: their data pointers, the entry's `inputs` table
+    inputs = b.alloca(ir.ArrayType(PTR, MAX_MORE_INPUTS)) if several else None
     changed, not_native = (fn.append_basic_block(n) for n in ("changed", "not_native"))
 
-    def at(base: ir.Value, offset: int, typ: ir.Type) -> ir.Value:
-        return b.load(b.gep(base, [ir.Constant(I64, offset)], source_etype=ir.IntType(8)), typ=typ)
+    def at(base: ir.Value, offset: int | ir.Value, typ: ir.Type) -> ir.Value:
+        off = ir.Constant(I64, offset) if isinstance(offset, int) else offset
+        return b.load(b.gep(base, [off], source_etype=ir.IntType(8)), typ=typ)
 
-    def ctx_word(i: int, typ: ir.Type = I64) -> ir.Value:
-        """Word i of ctx; a function pointer is loaded as a typed pointer, which the builder can call."""
-        return b.load(b.gep(ctx, [ir.Constant(I64, i)], source_etype=I64), typ=typ)
+    def item(base: ir.Value, i: ir.Value | int, typ: ir.Type = I64) -> ir.Value:
+        """Word i of the word array at `base`; a function pointer is loaded typed, which the builder can call."""
+        index = ir.Constant(I64, i) if isinstance(i, int) else i
+        return b.load(b.gep(base, [index], source_etype=I64), typ=typ)
 
     def check(cond: ir.Value, fail: ir.Block) -> None:
-        ok = fn.append_basic_block("ok")
-        b.cbranch(cond, ok, fail)
-        b.position_at_end(ok)
+        _check(b, fn, cond, fail)
+
+    def native_array(a: ir.Value, ndim: ir.Value) -> ir.Value:
+        """Is array `a` float32 of rank `ndim`, C-contiguous and aligned? (its type checked before)"""
+        flags = b.and_(at(a, ARRAY_FLAGS, I32), ir.Constant(I32, C_CONTIGUOUS_ALIGNED))
+        return b.and_(b.and_(b.icmp_unsigned("==", at(a, ARRAY_DESCR, I64), item(ctx, CTX_F32)),
+                             b.icmp_signed("==", b.sext(at(a, ARRAY_ND, I32), I64), ndim)),
+                      b.icmp_unsigned("==", flags, ir.Constant(I32, C_CONTIGUOUS_ALIGNED)))
 
     # the input: float32, the compiled rank and feature dimensions, `rows` rows, C-contiguous, aligned
-    check(b.icmp_unsigned("==", at(x, ARRAY_DESCR, I64), ctx_word(7)), not_native)
-    ndim = ctx_word(8)
-    check(b.icmp_signed("==", b.sext(at(x, ARRAY_ND, I32), I64), ndim), not_native)
-    flags = b.and_(at(x, ARRAY_FLAGS, I32), ir.Constant(I32, C_CONTIGUOUS_ALIGNED))
-    check(b.icmp_unsigned("==", flags, ir.Constant(I32, C_CONTIGUOUS_ALIGNED)), not_native)
+    # (its type is checked by the caller, `NativeHotCall.__call__`)
+    ndim = item(ctx, CTX_NDIM)
+    check(native_array(x, ndim), not_native)
     dims = at(x, ARRAY_DIMS, PTR)
     check(b.icmp_signed("==", b.load(dims, typ=I64), rows), not_native)
     _loop(b, fn, ir.Constant(I64, 1), ndim, lambda i: b.icmp_signed(
-        "==", b.load(b.gep(dims, [i], source_etype=I64), typ=I64),
-        b.load(b.gep(ctx, [b.add(i, ir.Constant(I64, CTX_FIXED - 1))], source_etype=I64), typ=I64)), not_native)
+        "==", item(dims, i), item(ctx, b.add(i, ir.Constant(I64, CTX_FIXED - 1)))), not_native)
+
+    if several:  # each of the tuple's items an ndarray as compiled, its data pointer in a table
+        more = fn.args[5]
+        n_more = item(ctx, CTX_NMORE)
+        check(b.icmp_signed("==", at(more, TUPLE_SIZE, I64), n_more), not_native)
+
+        def more_item(i: ir.Value) -> ir.Value:
+            return at(more, b.add(ir.Constant(I64, TUPLE_ITEMS), b.mul(i, ir.Constant(I64, 8))), PTR)
+
+        # the type first: the array fields are read only from what is an ndarray
+        _loop(b, fn, ir.Constant(I64, 0), n_more, lambda i: b.icmp_unsigned(
+            "==", at(more_item(i), OBJECT_TYPE, I64), item(ctx, CTX_NDARRAY)), not_native)
+        ranks = item(ctx, CTX_RANKS, PTR)
+        _loop(b, fn, ir.Constant(I64, 0), n_more, lambda i: native_array(more_item(i), item(ranks, i)), not_native)
+        checks = item(ctx, CTX_DIMCHECKS, PTR)
+
+        def dim_as_compiled(c: ir.Value) -> ir.Value:
+            at3 = b.mul(c, ir.Constant(I64, 3))
+            a, d, size = (item(checks, b.add(at3, ir.Constant(I64, k))) for k in range(3))
+            want = b.select(b.icmp_signed("<", size, ir.Constant(I64, 0)), rows, size)
+            return b.icmp_signed("==", item(at(more_item(a), ARRAY_DIMS, PTR), d), want)
+
+        _loop(b, fn, ir.Constant(I64, 0), item(ctx, CTX_NDIMCHECKS), dim_as_compiled, not_native)
+
+        _for(b, fn, ir.Constant(I64, 0), n_more, lambda i: b.store(
+            at(more_item(i), ARRAY_DATA, PTR), b.gep(inputs, [ir.Constant(I64, 0), i])))
 
     # every watched word as it was
-    words, expect = ctx_word(2, PTR), ctx_word(3, PTR)
-    _loop(b, fn, ir.Constant(I64, 0), ctx_word(4), lambda i: b.icmp_unsigned(
+    words, expect = item(ctx, CTX_WORDS, PTR), item(ctx, CTX_EXPECT, PTR)
+    _loop(b, fn, ir.Constant(I64, 0), item(ctx, CTX_NWORDS), lambda i: b.icmp_unsigned(
         "==", b.load(b.load(b.gep(words, [i], source_etype=PTR), typ=PTR), typ=I64),
         b.load(b.gep(expect, [i], source_etype=I64), typ=I64)), changed)
 
     # run the entry without the GIL, as a plain ctypes call would
     save_ty = ir.FunctionType(PTR, [])
     restore_ty = ir.FunctionType(ir.VoidType(), [PTR])
-    entry_ty = ir.FunctionType(ir.VoidType(), [I64, PTR, PTR, PTR, PTR])
-    state = b.call(ctx_word(5, ir.PointerType(save_ty)), [])
-    b.call(ctx_word(0, ir.PointerType(entry_ty)),
-           [rows, at(x, ARRAY_DATA, PTR), at(out, ARRAY_DATA, PTR),
-            b.select(b.icmp_unsigned("==", scratch, ir.Constant(PTR, None)), stack, scratch), ctx_word(1, PTR)])
-    b.call(ctx_word(6, ir.PointerType(restore_ty)), [state])
+    entry_ty = ir.FunctionType(ir.VoidType(), [I64, PTR, PTR, PTR, PTR] + [PTR] * several)
+    state = b.call(item(ctx, CTX_SAVE, ir.PointerType(save_ty)), [])
+    args = [rows, at(x, ARRAY_DATA, PTR), at(out, ARRAY_DATA, PTR),
+            b.select(b.icmp_unsigned("==", scratch, ir.Constant(PTR, None)), stack, scratch), item(ctx, CTX_TABLE, PTR)]
+    b.call(item(ctx, CTX_ENTRY, ir.PointerType(entry_ty)), args + ([inputs] if inputs is not None else []))
+    b.call(item(ctx, CTX_RESTORE, ir.PointerType(restore_ty)), [state])
     b.ret(ir.Constant(I32, 0))
 
     for block, status in ((changed, CHANGED), (not_native, INPUT_NOT_NATIVE)):
         b.position_at_end(block)
         b.ret(ir.Constant(I32, status))
-    return str(mod)
 
 
-def _loop(b: ir.IRBuilder, fn: ir.Function, start: ir.Value, stop: ir.Value, ok: Any, fail: ir.Block) -> None:
-    """`for i in range(start, stop): if not ok(i): goto fail`; the builder ends after the loop."""
-    pre, head, body, done = b.block, *(fn.append_basic_block(n) for n in ("head", "body", "done"))
+def _for(b: ir.IRBuilder, fn: ir.Function, start: ir.Value, stop: ir.Value, body: Any) -> None:
+    """`for i in range(start, stop): body(i)`, body emitting at the builder; the builder ends after the loop."""
+    pre, head, first, done = b.block, *(fn.append_basic_block(n) for n in ("head", "body", "done"))
     b.branch(head)
     b.position_at_end(head)
     i = b.phi(I64)
     i.add_incoming(start, pre)
-    b.cbranch(b.icmp_signed("<", i, stop), body, done)
-    b.position_at_end(body)
-    nxt = fn.append_basic_block("next")
-    b.cbranch(ok(i), nxt, fail)
-    b.position_at_end(nxt)
-    i.add_incoming(b.add(i, ir.Constant(I64, 1)), nxt)
+    b.cbranch(b.icmp_signed("<", i, stop), first, done)
+    b.position_at_end(first)
+    body(i)
+    i.add_incoming(b.add(i, ir.Constant(I64, 1)), b.block)
     b.branch(head)
     b.position_at_end(done)
 
 
-HOT_CALL = ctypes.PYFUNCTYPE(ctypes.c_int32, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
-                             ctypes.c_void_p)
+def _check(b: ir.IRBuilder, fn: ir.Function, cond: ir.Value, fail: ir.Block) -> None:
+    """`if not cond: goto fail`; the builder goes on where it holds."""
+    ok = fn.append_basic_block("ok")
+    b.cbranch(cond, ok, fail)
+    b.position_at_end(ok)
+
+
+def _loop(b: ir.IRBuilder, fn: ir.Function, start: ir.Value, stop: ir.Value, ok: Any, fail: ir.Block) -> None:
+    """`for i in range(start, stop): if not ok(i): goto fail`; the builder ends after the loop."""
+    _for(b, fn, start, stop, lambda i: _check(b, fn, ok(i), fail))
+
+
+_HOT_ARGS = (ctypes.c_int32, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p)
+HOT_CALL, HOT_CALL_MORE = ctypes.PYFUNCTYPE(*_HOT_ARGS), ctypes.PYFUNCTYPE(*_HOT_ARGS, ctypes.c_void_p)
 
 
 @functools.lru_cache(maxsize=1)
-def helper() -> tuple[JitEngine, Any]:
-    """The process's hot-call helper (its engine, kept alive here, and a ctypes callable that keeps
-    the GIL: the helper releases it itself around the entry)."""
+def helper() -> tuple[JitEngine, Any, Any]:
+    """The process's hot-call helpers (their engine, kept alive here, and ctypes callables that keep
+    the GIL: the helper releases it itself around the entry), for one input and for several."""
     engine = JitEngine(_emit_helper())
-    return engine, HOT_CALL(engine.address("tinycomp.hot_call"))
+    return (engine, HOT_CALL(engine.address("tinycomp.hot_call")),
+            HOT_CALL_MORE(engine.address("tinycomp.hot_call_more")))
 
 
 def _c_address(fn: Any) -> int:
@@ -283,10 +342,14 @@ class NativeHotCall:
 
     def __init__(self, entry: int, table: ctypes.Array, features: Sequence[int], out_row: Sequence[int],
                  hot_rows: int, scratch: Any, scratch_per_row: int, scratch_fixed: int,
-                 watched: Iterable[int], keep: Any, armed_for: Any = None):
+                 watched: Iterable[int], keep: Any, armed_for: Any = None, more_inputs: Sequence[tuple] = ()):
+        if len(more_inputs) > MAX_MORE_INPUTS:
+            raise ValueError(f"the native hot call takes up to {MAX_MORE_INPUTS} inputs after the first; "
+                             f"got {len(more_inputs)}")
         self._keep = (keep, table)
         self.armed_for, self.stale = armed_for, False  # stale: a watched word moved since arming
-        self._engine, self._fn = helper()
+        self._engine, one, several = helper()
+        self._fn, self.n_more = (several if more_inputs else one), len(more_inputs)
         words = list(watched)
         self._words = (ctypes.c_void_p * max(1, len(words)))(*words)
         self._expect = (ctypes.c_uint64 * max(1, len(words)))(*(_word(w) for w in words))
@@ -296,19 +359,27 @@ class NativeHotCall:
         self._stack_rows = (STACK_SCRATCH // 4 - scratch_fixed) // max(1, scratch_per_row)
         self.hot_rows, self.scratch = hot_rows, scratch
         self.scratch_per_row, self.scratch_fixed = scratch_per_row, scratch_fixed
+        # the inputs after the first: each one's rank, and (input, dimension, size) per dimension (-1: the batch)
+        self._ranks = (ctypes.c_int64 * max(1, self.n_more))(*(len(s) for s in more_inputs))
+        checks = [w for i, s in enumerate(more_inputs) for d, n in enumerate(s) for w in (i, d, -1 if n is None else n)]
+        self._dim_checks = (ctypes.c_int64 * max(1, len(checks)))(*checks)
         ctx = [entry, ctypes.addressof(table), ctypes.addressof(self._words), ctypes.addressof(self._expect),
                len(words), _c_address(ctypes.pythonapi.PyEval_SaveThread),
-               _c_address(ctypes.pythonapi.PyEval_RestoreThread), id(np.dtype(np.float32)),
-               1 + len(self.features), *self.features]
+               _c_address(ctypes.pythonapi.PyEval_RestoreThread), id(np.dtype(np.float32)), id(np.ndarray),
+               1 + len(self.features), self.n_more, ctypes.addressof(self._ranks), len(checks) // 3,
+               ctypes.addressof(self._dim_checks), *self.features]
+        assert len(ctx) == CTX_FIXED + len(self.features)
         self._ctx = (ctypes.c_uint64 * len(ctx))(*ctx)
         self._ctx_address = ctypes.addressof(self._ctx)
 
-    def __call__(self, a: Any) -> np.ndarray | None:
-        """The model on batch `a` (float32, C-contiguous, (rows, *features), 0 < rows <= hot_rows),
-        or None: another input, or something the compiled code depends on changed. The helper
-        checks the input's dtype, layout and feature dimensions; only what allocating the output
-        needs is looked at here."""
-        if type(a) is not np.ndarray:  # the helper reads `a` as a NumPy array struct
+    def __call__(self, a: Any, more: tuple = ()) -> np.ndarray | None:
+        """The model on batch `a` (float32, C-contiguous, (rows, *features), 0 < rows <= hot_rows)
+        and, for a model of several inputs, the tuple `more` of the others (arrays as compiled, of
+        `rows` rows where batched), or None: another input, or something the compiled code depends on
+        changed. The helper checks the inputs' types (but the first's), dtypes, layouts and
+        dimensions; only what allocating the output needs is looked at here."""
+        # the helper reads `a` as a NumPy array struct, `more` as a tuple
+        if type(a) is not np.ndarray or len(more) != self.n_more or type(more) is not tuple:
             return None
         try:
             rows = len(a)  # the rank and every dimension are the helper's to check
@@ -320,7 +391,8 @@ class NativeHotCall:
         # the lease is held until the call returns (`ScratchPool.lease`)
         scratch = None if rows <= self._stack_rows else self.scratch.lease(
             rows * self.scratch_per_row + self.scratch_fixed)
-        status = self._fn(self._ctx_address, id(a), id(out), rows, 0 if scratch is None else scratch[1])
+        args = (self._ctx_address, id(a), id(out), rows, 0 if scratch is None else scratch[1])
+        status = self._fn(*args, id(more)) if self.n_more else self._fn(*args)
         if status == 0:
             return out
         if status == CHANGED:
