@@ -41,6 +41,19 @@ def test_bench_runs_on_tiny_model_and_writes_json(tmp_path, capsys, monkeypatch)
     assert "x NumPy" in text and "compiled" in text and f"GLIBC_TUNABLES={ALLOCATOR_TUNABLES}" in text
 
 
+@pytest.mark.parametrize("flag", ["--json", "--markdown"])
+def test_dash_writes_the_file_to_stdout_and_the_report_to_stderr(flag, capsys):
+    assert bench_main([*TINY, flag, "-"]) == 0
+    out, err = capsys.readouterr()
+    if flag == "--json":
+        rows = json.loads(out)["rows"]  # stdout holds the JSON alone
+        assert {(r["engine"], r["batch"]) for r in rows} == {(e, b) for e in ("numpy", "eager", "compiled")
+                                                             for b in (1, 4)}
+    else:
+        assert out.startswith("Command: `tinycomp bench") and "| tiny | 4 | compiled |" in out
+    assert "Threads: 'thr' column" in err and "Threads: 'thr' column" not in out  # the printed report
+
+
 def test_engine_processes_get_fixed_malloc_thresholds_unless_set(monkeypatch):
     """glibc's dynamic thresholds made NumPy's block 14 or 22 ms by the order of the points."""
     monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
@@ -84,6 +97,8 @@ def test_plot_without_matplotlib_says_how_to_get_it(tmp_path, capsys, monkeypatc
     ([*TINY, "--json", "."], "--json .: expected a file name, got a folder"),
     ([*TINY, "--markdown", "."], "--markdown .: expected a file name, got a folder"),
     ([*TINY, "--plot", "latency.txt"], "--plot latency.txt: matplotlib cannot write .txt files"),
+    ([*TINY, "--json", "-", "--markdown", "-"], "only one of them can go to stdout"),
+    ([*TINY, "--plot", "-"], "--plot -: expected a file name"),
 ])
 def test_nonsense_arguments_are_refused_before_any_run(args, message, capsys, monkeypatch):
     def measure(*_, **__):

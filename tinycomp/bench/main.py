@@ -33,6 +33,7 @@ SUITE = [("mlp", [1, 8, 32, 128, 512, 2048, 8192]), ("wide", [256]), ("odd", [25
 QUICK_SUITE = [("mlp", [1, 32, 512]), ("wide", [256]), ("odd", [256]), ("deep", [256])]
 OTHER_BATCHES = {"block": [1, 8, 32], "block-causal": [1, 8, 32]}  # models outside the suite: their default batches
 DEFAULT_ENGINES = ["numpy", "eager", "compiled", "compiled-all", "onnxruntime", "torch", "torch.compile"]
+STDOUT = "-"  # --json - / --markdown -: the file goes to stdout
 
 
 class BenchFailure(Exception):
@@ -62,8 +63,10 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=positive_number(int), default=5,
                    help="rounds over the points; each round every engine times each point in turn")
     p.add_argument("--seed", type=seed_number, default=0, help="weights and inputs seed (same in every process)")
-    p.add_argument("--json", metavar="FILE", help="write every row, the targets and the environment as JSON")
-    p.add_argument("--markdown", metavar="FILE", help="write the tables as Markdown (for benchmarks/RESULTS.md)")
+    p.add_argument("--json", metavar="FILE", help="write every row, the targets and the environment as JSON "
+                                                   "(-: to stdout, the report then to stderr)")
+    p.add_argument("--markdown", metavar="FILE", help="write the tables as Markdown (for benchmarks/RESULTS.md; "
+                                                       "-: to stdout, the report then to stderr)")
     p.add_argument("--plot", metavar="FILE.png", help="latency and speed-up vs batch size (needs matplotlib)")
     p.add_argument("--quick", action="store_true",
                    help="short run: fewer batch sizes, 1 round, small time budget, short peak and compile runs")
@@ -93,9 +96,13 @@ def _names(text: str, what: str, known: Any) -> list[str]:
 def check_output_paths(args: argparse.Namespace) -> None:
     """Refuse, before minutes of measuring, an output file the run could not write at its end: a
     folder's name, a file in a folder that does not exist, a plot in a format matplotlib cannot save."""
+    if args.json == args.markdown == STDOUT:
+        usage_error("--json - and --markdown -: only one of them can go to stdout")
+    if args.plot == STDOUT:
+        usage_error("--plot -: expected a file name (FILE.png), got - (a picture is not written to stdout)")
     for flag in ("json", "markdown", "plot"):
         path = getattr(args, flag)
-        if path is None:
+        if path is None or path == STDOUT:
             continue
         if Path(path).is_dir():
             usage_error(f"--{flag} {path}: expected a file name, got a folder")
@@ -373,15 +380,17 @@ def run(args: argparse.Namespace) -> int:
     targets = report.check_targets(rows, compile_times, stream["us"] if stream else None,
                                    clocks["gemm_clock_ratio"] if clocks else None)
     env = environment(peak, blas)
-    render.print_report(rows, targets, compile_times, env, notes, extras, elapsed)
+    # a JSON or Markdown file written to stdout keeps it to itself: the report goes to stderr then
+    with contextlib.redirect_stdout(sys.stderr) if STDOUT in (args.json, args.markdown) else contextlib.nullcontext():
+        render.print_report(rows, targets, compile_times, env, notes, extras, elapsed)
     if args.json:
-        Path(args.json).write_text(json.dumps({
+        _write(args.json, json.dumps({
             "command": "tinycomp bench " + " ".join(args.argv), "environment": env, "notes": notes,
             "rows": report.rows_as_dicts(rows), "targets": [t.__dict__ for t in targets],
             "compile_times": compile_times,
             "engine_info": {f"{e}/{m}": v for (e, m), v in extras.items()}, "seconds": elapsed}, indent=1))
     if args.markdown:
-        Path(args.markdown).write_text(render.markdown(rows, targets, compile_times, env, notes, args.argv))
+        _write(args.markdown, render.markdown(rows, targets, compile_times, env, notes, args.argv))
     if args.plot:
         why_not = report.plot(rows, args.plot)
         if why_not:
@@ -389,6 +398,14 @@ def run(args: argparse.Namespace) -> int:
         else:
             print(f"plot written to {args.plot}")
     return 0
+
+
+def _write(path: str, text: str) -> None:
+    """`text` to the file `path`, or to stdout for `-`."""
+    if path == STDOUT:
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    else:
+        Path(path).write_text(text)
 
 
 def bench_main(argv: list[str]) -> int:
