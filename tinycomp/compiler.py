@@ -9,71 +9,41 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import html
 import numbers
-import os
-import threading
-import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from . import driver
 from .binding import native_watch
 from .checks import is_whole_number
+from .compile_lock import CompileLock
 from .driver import Artifact
 from .errors import CompileError
 from .frontend import streams
-from .frontend.inputs import compile_input_spec, given_inputs, positional_inputs
+from .frontend.inputs import (
+    check_compilable,
+    compile_input_spec,
+    dims_text,
+    fits_features,
+    given_inputs,
+    positional_inputs,
+    shapes_text,
+)
 from .frontend.layers import Layer, model_lock
 from .frontend.tensor import Tensor
-from .frontend.tracer import PATCHING, SymbolicTensor
+from .frontend.tracer import SymbolicTensor
 from .frontend.walk import warn_if_dropout_active
-from .ir.graph import Graph
-from .ir.ops import format_expr
-from .ir.passes import DEFAULT_PIPELINE, fuse_linear
-from .ir.passes import explain as explain_fusions
-from .ir.printer import html_table
-from .ir.shapes import fmt_shape
+from .inspecting import ShowsCompilation
 from .logs import log
 from .runtime import native_guard
 from .runtime.buffers import ScratchPool, as_native_float32
 from .runtime.call import as_input_array
-from .runtime.engine import hold_llvm_for_fork, release_llvm_after_fork
 from .runtime.native_guard import NativeHotCall
 
-STAGES = driver.STAGES
 # Compiles one call may run when its parameters no longer fit the code: one for a layer resized in
 # place, more while another thread keeps editing the model (each compile then found it changed).
 RECOMPILES_PER_CALL = 3
-_COMPILED: weakref.WeakSet[CompiledModel] = weakref.WeakSet()  # every live one: their locks, after a fork
-
-
-def _before_fork() -> None:
-    """Fork at a quiet moment: no model patched by a trace (the trace would never undo it in the
-    child), no thread in LLVM (its lock would stay held there). Traces first: one may compile
-    another model, which takes LLVM's lock."""
-    PATCHING.hold()
-    hold_llvm_for_fork()
-
-
-def _after_fork_in_parent() -> None:
-    release_llvm_after_fork()
-    PATCHING.release()
-
-
-def _after_fork_in_child() -> None:
-    """The locks another thread held while it compiled stay held in the child, whose compiles
-    then waited for ever (8 of 10 children): fresh ones for every compiled model (the model locks:
-    frontend/layers.py)."""
-    _after_fork_in_parent()
-    me = threading.get_ident()  # the forking thread, the child's only one: its own compile goes on
-    for fast in list(_COMPILED):
-        if fast._compiling != me:
-            fast._lock, fast._compiling = threading.RLock(), None
-
-
-os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child)
 _new_tensor = Tensor.__new__
 
 
@@ -85,7 +55,7 @@ class CompileStats:
     cache_hits: int = 0
 
 
-class CompiledModel:
+class CompiledModel(ShowsCompilation):
     """A model compiled to native code. Call it like the model: `fast(x)` -> Tensor.
 
     - An inference model by default: dropout is folded away as in eval mode. With `training=True`
@@ -130,9 +100,7 @@ class CompiledModel:
         self.stats = CompileStats()
         self._artifact: Artifact | None = None
         self._native: NativeHotCall | None = None  # the one-step batch-1 call, once a call armed it
-        self._lock = threading.RLock()  # re-entrant: a signal handler may land just after a compile took it
-        self._compiling: int | None = None  # the thread compiling now, holding _lock (`_compile_lock`)
-        _COMPILED.add(self)
+        self._compile_lock = CompileLock()
         self._scratch = ScratchPool()
         if input_shape is not None:
             features, more = compile_input_spec(input_shape)
@@ -174,7 +142,7 @@ class CompiledModel:
                 raise
             # the inputs after x were guessed to carry the batch: a mask shared by every sample does not
             hint = (f"(without input_shape every input is taken to carry the batch first, here "
-                    f"{_shapes(features, more)}; an input shared by every sample, e.g. a (seq, seq) mask, needs "
+                    f"{shapes_text(features, more)}; an input shared by every sample, e.g. a (seq, seq) mask, needs "
                     "compile(model, input_shape=[(None, ...), (seq, seq)]))")
             if type(exc) not in (CompileError, ValueError):  # the user's own exception: kept, with a note
                 add_note = getattr(exc, "add_note", None)  # Python 3.11+
@@ -197,8 +165,8 @@ class CompiledModel:
         more = tuple((None, *a.shape[1:]) for a in others)
         art = self._artifact
         if art is None:
-            _check_compilable(arr, others)
-            with self._compile_lock():  # two threads making the first call compile once
+            check_compilable(arr, others)
+            with self._compile_lock.held(self.model):  # two threads making the first call compile once
                 art = self._artifact
                 if art is None:
                     return self._compile(features, more)
@@ -207,39 +175,22 @@ class CompiledModel:
             names = art.plan.inputs
             raise TypeError(f"this compiled model takes {len(names)} input(s) ({', '.join(names)}), as compile() "
                             f"was given input_shape={_input_shape(art)}; got {1 + len(others)}")
-        follow = not self._pinned and (not _fits(art.features, arr.shape) or more != art.more_inputs)
+        follow = not self._pinned and (not fits_features(art.features, arr.shape) or more != art.more_inputs)
         if not art.guard.unchanged():
             return self._recompile(art, "the structure of the model changed", features if follow else art.features,
                                    arr.shape, more if follow else art.more_inputs)
         if follow:
-            _check_compilable(arr, others, f"it runs inputs of {_input_shape(art)}; ")
+            check_compilable(arr, others, f"it runs inputs of {_input_shape(art)}; ")
             return self._recompile(art, f"the input shape changed from {_input_shape(art)} to "
                                         f"{tuple(arr.shape)}" + "".join(f", {a.shape}" for a in others),
                                    features, arr.shape, more)
         return art
 
-    @contextlib.contextmanager
-    def _compile_lock(self) -> Iterator[None]:
-        """The model's lock, then this compiled model's, for a compile. A call on the thread that is
-        compiling (from the model's forward(), which tracing runs, or a signal handler or gc callback
-        landing in the compile) would wait for itself for ever: refused instead. The locks are
-        re-entrant, so one landing before the compile began runs whole first."""
-        with model_lock(self.model), self._lock:
-            if self._compiling == threading.get_ident():
-                raise RuntimeError(f"{type(self.model).__name__}'s compiled model was called on the thread compiling "
-                                   "it (from its forward(), which tracing runs, or a signal handler or gc callback): "
-                                   "call the eager model there")
-            self._compiling = threading.get_ident()
-            try:
-                yield
-            finally:
-                self._compiling = None
-
     def _recompile(self, art: Artifact, why: str, features: tuple[int, ...], given: tuple = (),
                    more: tuple[tuple, ...] | None = None) -> Artifact:
         more = art.more_inputs if more is None else more
         # the model's lock first, as tracing takes it: one order everywhere, so no two threads wait on each other
-        with self._compile_lock():  # several threads noticing one change recompile once
+        with self._compile_lock.held(self.model):  # several threads noticing one change recompile once
             current = self._artifact
             if current is not art and current is not None and (current.features, current.more_inputs) == (features,
                                                                                                             more):
@@ -257,18 +208,18 @@ class CompiledModel:
         """Why recompiling failed, naming the width compiled for and the input's."""
         if more != art.more_inputs:  # other inputs than before (one more, a mask of another shape)
             return (f"compiled model takes {1 + len(art.more_inputs)} input(s) of shapes "
-                    f"{_shapes(art.features, art.more_inputs)} (N: the batch) as compiled before; this call passes "
-                    f"{1 + len(more)} of shapes {_shapes(features, more)}, and the model cannot be compiled for "
+                    f"{shapes_text(art.features, art.more_inputs)} (N: the batch) as compiled before; this call passes "
+                    f"{1 + len(more)} of shapes {shapes_text(features, more)}, and the model cannot be compiled for "
                     f"those: {exc}")
         if features == art.features and self._pinned:
             return (f"the model changed since it was compiled and no longer takes input_shape=(None, "
-                    f"{_dims(features)}), which was given to compile(): {exc}; the input has shape {tuple(given)}: "
+                    f"{dims_text(features)}), which was given to compile(): {exc}; the input has shape {tuple(given)}: "
                     "compile again with the input shape the model takes now (or without input_shape)")
         if features == art.features:  # the input is as before: the model itself no longer runs on it
             return (f"the model changed since it was compiled and can no longer be compiled for its input of shape "
                     f"{tuple(given)}: {exc}")
-        return (f"compiled model expects input of shape (batch, {_dims(art.features)}) as compiled before; the input "
-                f"has shape {tuple(given)}, and the model cannot take that either: {exc}")
+        return (f"compiled model expects input of shape (batch, {dims_text(art.features)}) as compiled before; "
+                f"the input has shape {tuple(given)}, and the model cannot take that either: {exc}")
 
     def _rows(self, art: Artifact, arr: Any, others: Sequence[Any]) -> tuple[int, tuple]:
         try:
@@ -387,56 +338,6 @@ class CompiledModel:
                 driver.check_against_eager(self.model, art, x32, y, draws, more32)
         return Tensor._wrap(y)
 
-    # ---------------------------------------------------------------- inspecting
-    @property
-    def graph(self) -> Graph:
-        """The optimized graph the native code was generated from (after the first call or input_shape):
-        a copy, so that editing it changes neither the dumps nor `explain()` (parameter values stay the
-        model's live tensors)."""
-        return self._require("graph").optimized.copy()
-
-    def _require(self, what: str) -> Artifact:
-        if self._artifact is None:
-            raise RuntimeError(f"{what} is not available before the first call: the model compiles on "
-                               "its first input, or pass input_shape=(None, features) to compile()")
-        return self._artifact
-
-    def dump(self, stage: str = "optimized") -> str:
-        """Text of one stage: 'traced', 'optimized', 'llvm' (before and after LLVM passes), 'asm'."""
-        if stage not in STAGES:
-            raise ValueError(f"unknown dump stage {stage!r}; stages are {', '.join(STAGES)}")
-        return driver.stage_text(self._require(f"dump({stage!r})"), stage)
-
-    def pass_dumps(self) -> list[tuple[str, str]]:
-        """(stage name, graph text) for the traced graph and after every pass, in order."""
-        return list(self._require("pass_dumps()").pass_dumps)
-
-    def explain(self) -> str:
-        """One line per matmul: what was fused into one `linear` node (bias add, activation) and, where
-        something was not, why."""
-        fused = fuse_linear in (DEFAULT_PIPELINE if self._passes is None else self._passes)
-        return "\n".join(explain_fusions(self._require("explain()").optimized, compiled=not fused))
-
-    def _repr_html_(self) -> str:
-        """A notebook's view: input and output shapes, compile time, what fused, each optimized node."""
-        name = html.escape(type(self.model).__name__)
-        art = self._artifact
-        if art is None:
-            return (f"<p><b>CompiledModel</b> of {name}: not compiled yet (it compiles on its first call, "
-                    "or give compile() input_shape=(None, features))</p>")
-        g = art.optimized
-        shape = lambda n: "(" + ", ".join("N" if d is None else str(d) for d in g.shape(n)) + ")"  # noqa: E731
-        source = "object code from the on-disk cache" if art.cache_hit else "built"
-        head = (f"<p><b>CompiledModel</b> of {name}: input {shape(g.inputs[0])} &rarr; output {shape(g.output)}; "
-                f"compiled in {art.compile_ms:.1f} ms ({source}, speed_level={art.speed_level}); "
-                f"{self.stats.calls:,} calls, {self.stats.compiles} compiles</p>")
-        fused = "".join(f"<li>{html.escape(line)}</li>" for line in self.explain().splitlines())
-        rows = [(n, g.op(n), ", ".join(f"{k}={v}" for k, v in g.attrs(n).items() if k != "expr")
-                 or (format_expr(g[n]["expr"]) if g.op(n) == "elementwise" else ""), shape(n))
-                for n in g.nodes() if g.op(n) not in ("param", "const")]
-        table = html_table(("node", "op", "attributes", "shape"), rows, caption="optimized graph")
-        return f"<div>{head}<p>What fused:</p><ul>{fused}</ul>{table}</div>"
-
     def __repr__(self) -> str:
         state = f"features={self._artifact.features}" if self._artifact else "not compiled yet"
         return f"CompiledModel({type(self.model).__name__}, {state}, calls={self.stats.calls})"
@@ -446,30 +347,6 @@ def _input_shape(art: Artifact) -> Any:
     """The input_shape the artifact was compiled for, as compile() takes it."""
     first = (None, *art.features)
     return [first, *art.more_inputs] if art.more_inputs else first
-
-
-def _shapes(features: tuple[int, ...], more: tuple[tuple, ...]) -> str:
-    """The inputs' shapes, batch first as N: `(N, 5, 8), (5, 5)`."""
-    return ", ".join(map(fmt_shape, [(None, *features), *more]))
-
-
-def _dims(features: tuple[int, ...]) -> str:
-    return ", ".join(map(str, features))
-
-
-def _fits(features: tuple[int, ...], shape: tuple[int, ...]) -> bool:
-    """Does an input of `shape` run on code compiled for `features` (a batch, one sample, or leading dims)?"""
-    nf = len(features)
-    return len(shape) >= nf and tuple(shape[len(shape) - nf:]) == features
-
-
-def _check_compilable(arr: Any, others: Sequence[Any], now: str = "") -> None:
-    """Inputs a model may compile for: as compile(input_shape=...), positive sizes after the batch
-    (`now`: what the model runs at present, for the message)."""
-    for a in (arr, *others):
-        if 0 in (a.shape[1:] if a.ndim > 1 else a.shape):
-            raise ValueError(f"a compiled model's inputs need positive sizes after the batch dimension, "
-                             f"(batch, features...); {now}got an input of shape {tuple(a.shape)}")
 
 
 def compile(model: Layer, *, input_shape: Any = None, training: bool = False, threads: int | None = None,

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import inspect
 import numbers
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from ..checks import is_whole_number
+from ..ir.shapes import fmt_shape
 from .layers import Linear, Sequential
 from .structural import InputShape
 
@@ -211,3 +213,27 @@ def check_input_shape(input_shape: Any, dims: int | None = None) -> tuple:
                 f"input_shape {tuple(input_shape)!r}: dimension {i} must be a non-negative int"
                 + (" or None (the dynamic batch)" if i == 0 else ""))
     return tuple(None if d is None else int(d) for d in input_shape)
+
+
+def shapes_text(features: tuple[int, ...], more: tuple[tuple, ...]) -> str:
+    """The inputs' shapes, batch first as N: `(N, 5, 8), (5, 5)`."""
+    return ", ".join(map(fmt_shape, [(None, *features), *more]))
+
+
+def dims_text(features: tuple[int, ...]) -> str:
+    return ", ".join(map(str, features))
+
+
+def fits_features(features: tuple[int, ...], shape: tuple[int, ...]) -> bool:
+    """Does an input of `shape` run on code compiled for `features` (a batch, one sample, or leading dims)?"""
+    nf = len(features)
+    return len(shape) >= nf and tuple(shape[len(shape) - nf:]) == features
+
+
+def check_compilable(arr: Any, others: Sequence[Any], now: str = "") -> None:
+    """Inputs a model may compile for: as compile(input_shape=...), positive sizes after the batch
+    (`now`: what the model runs at present, for the message)."""
+    for a in (arr, *others):
+        if 0 in (a.shape[1:] if a.ndim > 1 else a.shape):
+            raise ValueError(f"a compiled model's inputs need positive sizes after the batch dimension, "
+                             f"(batch, features...); {now}got an input of shape {tuple(a.shape)}")
