@@ -69,6 +69,9 @@ def aligned_float32(values: np.ndarray) -> np.ndarray:
     return out
 
 
+_NUMPY_FLOATS = ("torch.float16", "torch.float32", "torch.float64")
+
+
 def float32_copy(data: Any) -> np.ndarray:
     """A fresh float32 copy of numeric `data` (a number, nested lists, an array), line-aligned as
     `aligned_float32` says; TypeError for strings, objects, ragged lists and other non-numbers."""
@@ -76,10 +79,14 @@ def float32_copy(data: Any) -> np.ndarray:
         raise TypeError(f"Tensor data must be numeric (a number, list or array); got {type(data).__name__}")
     if type(data).__module__.startswith("torch") and callable(getattr(data, "detach", None)):
         data = data.detach().cpu()  # one that requires grad refuses np.asarray; the values are what is read
+        if data.is_floating_point() and str(data.dtype) not in _NUMPY_FLOATS:
+            data = data.float()  # bfloat16, float8: NumPy has no such dtype; every value is a float32
     try:
         arr = np.asarray(data)
-    except (ValueError, TypeError) as exc:  # ragged nested lists
+    except ValueError as exc:  # ragged nested lists
         raise TypeError(f"Tensor data must be a rectangular numeric array; got {type(data).__name__}: {exc}") from None
+    except TypeError as exc:
+        raise TypeError(f"Tensor data must be numbers NumPy can read; got {type(data).__name__}: {exc}") from None
     if arr.dtype.kind not in "biuf":
         raise TypeError(
             f"Tensor data must be numeric (bool, int or float); got {type(data).__name__} "

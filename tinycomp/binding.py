@@ -122,7 +122,7 @@ class StructureGuard:
                     entry.append((key, _TENSOR, tensors.setdefault(id(value), len(tensors))))
                 else:
                     entry.append((key, id(value)))
-            sig.append(tuple(sorted(entry, key=lambda e: str(e[0]))))
+            sig.append(tuple(entry))  # in order: a forward() iterating a dict follows its order
         return tuple(sig)
 
     def unchanged(self) -> bool:
@@ -144,7 +144,9 @@ def native_watch(guard: StructureGuard, hot: HotTable) -> tuple[list[int], tuple
     cannot be watched on this interpreter (the Python paths then serve every call)."""
     words: list[int] = []
     for c in guard.containers:
-        words += native_guard.dict_words(c) if isinstance(c, dict) else native_guard.list_words(c)
+        if type(c) not in (dict, list):  # OrderedDict.move_to_end reorders without a new version tag
+            return None
+        words += native_guard.dict_words(c) if type(c) is dict else native_guard.list_words(c)
     for cls in guard.classes:  # a class dict is read only through a proxy: its version word is the dict's
         words += native_guard.dict_words(native_guard.class_dict(cls))
     for layer in guard.layers:  # `layer.__dict__ = {...}`, `layer.__class__ = Other`

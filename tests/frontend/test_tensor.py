@@ -360,3 +360,21 @@ def test_getitem():
         assert got.dtype == np.float32
         np.testing.assert_array_equal(f64(got), X[key])
     assert float(t[1, 2, 3].data) == X[1, 2, 3]
+
+
+def test_a_torch_tensor_of_a_dtype_numpy_lacks_is_read_as_float32():
+    """bfloat16 was refused as "not a rectangular array"; every bfloat16 value is a float32."""
+    torch = pytest.importorskip("torch", reason="torch is optional (pip install torch==2.13.0)")
+    t = torch.tensor([[1.5, -2.25], [3e38, 1e-40]], dtype=torch.bfloat16)
+    want = t.float().numpy()
+    assert np.array_equal(Tensor(t).data, want) and Tensor(t).data.dtype == np.float32
+
+
+def test_data_numpy_cannot_read_is_named_as_such():
+    class Opaque:
+        def __array__(self, dtype=None, copy=None):
+            raise TypeError("no buffer for you")
+
+    with pytest.raises(TypeError, match="numbers NumPy can read; got Opaque: no buffer for you"):
+        Tensor(Opaque())
+

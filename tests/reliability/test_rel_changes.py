@@ -6,6 +6,7 @@ from __future__ import annotations
 import gc
 import timeit
 import weakref
+from collections import OrderedDict
 
 import numpy as np
 import pytest
@@ -139,6 +140,49 @@ def test_list_and_dict_children_are_watched():
     model.branches["left"] = Linear(6, 3)
     assert_matches_eager(fast(x).data, model, x)
     assert fast.stats.compiles == 3
+
+
+class DictChain(Layer):
+    """Applies the layers of a dict in the dict's order."""
+
+    def __init__(self, kind):
+        self.blocks = kind(a=Linear(4, 4), b=Linear(4, 4))
+        self.act = ReLU()
+
+    def forward(self, x):
+        for layer in self.blocks.values():
+            x = self.act(layer(x))
+        return x
+
+
+def _reinsert_first(blocks):
+    blocks["a"] = blocks.pop("a")
+
+
+def _move_first_to_end(blocks):
+    blocks.move_to_end("a")
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native step", "python paths"])
+@pytest.mark.parametrize("kind, reorder", [(dict, _reinsert_first), (OrderedDict, _reinsert_first),
+                                           (OrderedDict, _move_first_to_end)])
+def test_reordering_a_dict_of_layers_recompiles(kind, reorder, native, monkeypatch):
+    """The structure's signature sorted a dict's entries by key, and OrderedDict.move_to_end leaves the
+    dict's version tag: the old order's results came back, stale."""
+    from tinycomp.runtime import native_guard
+
+    if not native:
+        monkeypatch.setattr(native_guard, "AVAILABLE", False)
+    model = DictChain(kind)
+    fast = tc.compile(model)
+    x = np.random.default_rng(1).standard_normal((2, 4)).astype(np.float32)
+    before = fast(x).data
+    fast(x)  # armed the hot paths
+    reorder(model.blocks)
+    assert not np.allclose(eager_eval(model, x), before)
+    for _ in range(2):
+        assert_matches_eager(fast(x).data, model, x)
+    assert fast.stats.compiles == 2
 
 
 class Scaled(Layer):

@@ -10,7 +10,7 @@ import pytest
 from tests.models import REFERENCE_MLP_IN, eager_eval
 from tinycomp import nn as tc_nn
 from tinycomp.compiler import CompiledModel
-from tinycomp.nn import Linear, ReLU, Sequential, Tensor, manual_seed
+from tinycomp.nn import Layer, Linear, ReLU, Sequential, Tensor, manual_seed
 from tinycomp.runtime.threads import one_part_rows, parallel_parts
 
 
@@ -86,6 +86,28 @@ def test_other_inputs_take_the_full_path_and_agree_with_eager(mlp, make):
     assert fast.full_calls == before + 1
     ref = eager_eval(mlp, np.asarray(value, np.float32))
     np.testing.assert_allclose(y, ref, rtol=2e-4, atol=2e-5)
+
+
+class SampleOf2D(Layer):
+    def __init__(self):
+        self.fc = Linear(4, 6)
+
+    def forward(self, x):
+        return self.fc(x)
+
+
+@pytest.mark.filterwarnings("ignore:the matrix subclass:PendingDeprecationWarning")
+@pytest.mark.parametrize("make", [np.asmatrix, np.ma.masked_array, lambda a: a.view(np.recarray)],
+                         ids=["matrix", "masked", "recarray"])
+def test_ndarray_subclasses_are_read_as_their_data(make):
+    """A float32 np.matrix sample of a (None, 3, 4) model stayed 2-D through reshape and was refused as
+    a bad native buffer."""
+    model = SampleOf2D()
+    fast = CompiledModel(model, input_shape=(None, 3, 4), threads=1)
+    sample = np.random.default_rng(2).standard_normal((3, 4)).astype(np.float32)
+    want = eager_eval(model, sample[None])[0]
+    for value in (make(sample), make(np.ascontiguousarray(sample.astype(np.float64)))):
+        np.testing.assert_allclose(fast(value).data, want, rtol=2e-5, atol=2e-6)
 
 
 def test_big_batches_that_split_across_threads_take_the_full_path(mlp):

@@ -30,8 +30,10 @@ _F32 = np.dtype(np.float32)
 def as_input_array(x: Any) -> np.ndarray:
     """The input (an ndarray or nested lists of numbers) as an ndarray of a number dtype, not yet
     converted or copied: the caller checks sizes first."""
-    if isinstance(x, np.ndarray):
+    if type(x) is np.ndarray:
         arr = x
+    elif isinstance(x, np.ndarray):  # np.matrix stays 2-D through reshape, a masked array keeps its mask: their data
+        arr = np.asarray(x)
     else:
         try:
             arr = float32_copy(x)  # raises TypeError for strings, objects, ragged lists
