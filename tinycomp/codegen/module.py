@@ -110,6 +110,32 @@ def _value_name(tag: str, i: int, node: str) -> str:
     return f"{name[:MAX_VALUE_NAME // 2]}..{i}..{name[-MAX_VALUE_NAME // 2:]}"
 
 
+class _ArgumentPointers:
+    """The pointers a function of the entry reads off its arguments: the first input (`x`), the
+    other inputs (a table), the parameters and constants (a table). Each table slot is loaded on
+    first use, in the function's first block, so it is live throughout and loaded once."""
+
+    def __init__(self, fn: ir.Function, inputs: list[str], tabled: list[str], params: int, inputs_arg: int | None):
+        self.fn = fn
+        self.loaded: dict[str, ir.Value] = {inputs[0]: fn.args[1]}
+        self.slots: dict[str, tuple[int, int, str]] = {}  # node: (argument, slot, name tag)
+        if inputs_arg is not None:
+            self.slots.update({n: (inputs_arg, i, "in") for i, n in enumerate(inputs[1:])})
+        self.slots.update({n: (4, i, "p" if i < params else "c") for i, n in enumerate(tabled)})
+        self._b = ir.IRBuilder()
+
+    def __contains__(self, n: str) -> bool:
+        return n in self.loaded or n in self.slots
+
+    def __getitem__(self, n: str) -> ir.Value:
+        if n not in self.loaded:
+            arg, i, tag = self.slots[n]
+            self._b.position_before(self.fn.entry_basic_block.terminator)
+            slot = self._b.gep(self.fn.args[arg], [i64(i)], source_etype=PTR, inbounds=True)
+            self.loaded[n] = self._b.load(slot, typ=PTR, name=_value_name(tag, i, n))
+        return self.loaded[n]
+
+
 class _Emitter:
     """One lowering: the module, the entry's builder, and where every node's value lives."""
 
@@ -131,20 +157,23 @@ class _Emitter:
         for a in self.fn.args[1:4]:
             a.add_attribute("noalias")
         self.fn.attributes.add("nounwind")  # no unwind tables (on ARM they would need the EHABI runtime)
-        self.b = ir.IRBuilder(self.fn.append_basic_block("entry"))
-        self.rows = self.fn.args[0]  # rows of the current row block (all M without blocking)
-        self.scratch_rows: ir.Value = self.rows  # batched scratch buffers hold this many rows
-        self.r0: ir.Value | None = None  # first row of the current block (None: no blocking)
-        x, self.out, self.scratch, table = self.fn.args[1:5]
-        self.ptr: dict[str, ir.Value] = {plan.inputs[0]: x}
-        for i, n in enumerate(plan.inputs[1:]):  # several inputs: the others come in a table of pointers
-            slot = self.b.gep(self.fn.args[-1], [i64(i)], source_etype=PTR, inbounds=True)
-            self.ptr[n] = self.b.load(slot, typ=PTR, name=_value_name("in", i, n))
-        for i, n in enumerate(self.params + self.consts):
-            tag = "p" if i < len(self.params) else "c"
-            slot = self.b.gep(table, [i64(i)], source_etype=PTR, inbounds=True)
-            self.ptr[n] = self.b.load(slot, typ=PTR, name=_value_name(tag, i, n))
+        self.arg_count = len(names)  # the entry's own; a part of it takes the row block's too (`_emit_part`)
+        self.inputs = plan.inputs
+        self._enter(self.fn, self.fn.args[0], None)
         self._kernels: dict[tuple, ir.Function] = {}
+
+    def _enter(self, fn: ir.Function, scratch_rows: ir.Value, r0: ir.Value | None) -> None:
+        """Emit into `fn` (the entry, or a part of it) from its first block on: its first
+        arguments are the entry's, `fn.args[0]` the rows to run."""
+        # the first block loads the table slots the function reads (`_ArgumentPointers`), then goes on
+        ir.IRBuilder(fn.append_basic_block("args")).branch(start := fn.append_basic_block("entry"))
+        self.fn, self.b = fn, ir.IRBuilder(start)
+        self.rows = fn.args[0]  # rows of the current row block (all M without blocking)
+        self.scratch_rows: ir.Value = scratch_rows  # batched scratch buffers hold this many rows
+        self.r0: ir.Value | None = r0  # first row of the current block (None: no blocking)
+        self.out, self.scratch = fn.args[2:4]
+        self.ptr = _ArgumentPointers(fn, self.inputs, self.params + self.consts, len(self.params),
+                                     inputs_arg=self.arg_count - 1 if len(self.inputs) > 1 else None)
 
     def pointer(self, n: str) -> ir.Value:
         """Where node n's value lives: an argument, `out`, or its slice of scratch."""
@@ -369,8 +398,16 @@ def _elements(shape: tuple) -> int:
     return math.prod(d for d in shape if d is not None)
 
 
-def _emit_nodes(e: _Emitter) -> None:
-    g = e.g
+# Nodes of work per function of the entry. A graph with more runs them in parts, internal functions
+# the entry calls in turn: LLVM's code generation of one function grows faster than its length (one
+# entry for 150 TransformerBlocks took 2.4 s), and the parts compile on several cores
+# (`split.py`). Each part loads only the parameter pointers its nodes read.
+PART_NODES = 64
+
+
+def _work_nodes(g: Graph) -> list[str]:
+    """The nodes that emit code, in order."""
+    work = []
     for n in g.nodes():
         if g.op(n) in LEAF_OPS or _elements(g.shape(n)) == 0:  # an empty value (a slice of nothing): no work
             continue
@@ -379,9 +416,42 @@ def _emit_nodes(e: _Emitter) -> None:
             shapes = " and ".join(fmt_shape(g.shape(a)) for a in factors)
             raise LoweringError(f"{g.op(n)} {n} multiplies {shapes}: a product over an axis of size 0 (an empty "
                                 "slice?), which compiled code does not run")
-        LOWERINGS[g.op(n)](e, n)
+        work.append(n)
+    return work
+
+
+def _emit_nodes(e: _Emitter) -> None:
+    work = _work_nodes(e.g)
+    if len(work) <= PART_NODES:
+        for n in work:
+            LOWERINGS[e.g.op(n)](e, n)
+    else:
+        for i in range(0, len(work), PART_NODES):
+            _emit_part(e, i // PART_NODES, work[i:i + PART_NODES])
     if e.buffers.output_root in e.ptr:
         copy_to_output(e, e.buffers.output_root)
+
+
+def _emit_part(e: _Emitter, index: int, nodes: list[str]) -> None:
+    """`nodes` in a function of their own, called here with the entry's arguments (the rows of the
+    current block first) and, in row blocks, the block's first row and its scratch rows."""
+    blocked = e.r0 is not None
+    entry_args = e.fn.args[:e.arg_count]
+    types = [a.type for a in entry_args] + [I64, I64] * blocked
+    part = ir.Function(e.module, ir.FunctionType(ir.VoidType(), types), f"{ENTRY}.part{index}")
+    part.linkage = "internal"
+    part.attributes.add("nounwind")
+    compile_as_glue(part)
+    for a, outer in zip(part.args, entry_args, strict=False):
+        a.name = outer.name
+    args = [e.rows, *entry_args[1:]] + ([e.r0, e.scratch_rows] if blocked else [])
+    e.call(part, *args)
+    caller = (e.fn, e.b, e.rows, e.scratch_rows, e.r0, e.out, e.scratch, e.ptr)
+    e._enter(part, part.args[-1] if blocked else part.args[0], part.args[-2] if blocked else None)
+    for n in nodes:
+        LOWERINGS[e.g.op(n)](e, n)
+    e.b.ret_void()
+    e.fn, e.b, e.rows, e.scratch_rows, e.r0, e.out, e.scratch, e.ptr = caller
 
 
 def _row_blocks(e: _Emitter, block: int) -> None:
