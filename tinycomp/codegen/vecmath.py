@@ -176,6 +176,30 @@ def fma(builder: ir.IRBuilder, module: ir.Module, a, b, c) -> ir.Value:
     return _call(builder, module, "fma", a, b, c)
 
 
+VELTKAMP_SPLIT = 4097.0  # 2**12 + 1: splits a float32 into two halves of 12 bits, whose products are exact
+
+
+def two_product(builder: ir.IRBuilder, module: ir.Module, a: ir.Value, b: ir.Value) -> tuple[ir.Value, ir.Value]:
+    """a * b as hi + lo, lo the rounding error of hi (exact for products away from overflow and
+    underflow): the fma remainder, or Dekker's product of Veltkamp halves where the target has no
+    fused multiply-add (WebAssembly, where `fma` rounds twice and the remainder came out 0). There
+    lo is 0 where the split overflows (|a| or |b| over 2**115) or an operand is not finite: hi alone."""
+    hi = builder.fmul(a, b)
+    if for_triple(module.triple).fused_multiply_add:
+        return hi, fma(builder, module, a, b, builder.fneg(hi))
+
+    def halves(v: ir.Value) -> tuple[ir.Value, ir.Value]:
+        c = builder.fmul(v, _const(v, VELTKAMP_SPLIT))
+        high = builder.fsub(c, builder.fsub(c, v))
+        return high, builder.fsub(v, high)
+
+    (ah, al), (bh, bl) = halves(a), halves(b)
+    lo = builder.fsub(builder.fmul(ah, bh), hi)
+    lo = builder.fadd(builder.fadd(builder.fadd(lo, builder.fmul(ah, bl)), builder.fmul(al, bh)),
+                      builder.fmul(al, bl))
+    return hi, builder.select(builder.fcmp_ordered("==", lo, lo), lo, _const(lo, 0.0))  # not NaN
+
+
 def _polynomial(builder, module, x: ir.Value, coeffs: tuple[float, ...]) -> ir.Value:
     """Horner evaluation with FMAs; coefficients highest degree first."""
     acc = _const(x, coeffs[0])
@@ -721,7 +745,12 @@ def _gelu_finish(builder: ir.IRBuilder, module: ir.Module, x: ir.Value, parts, l
     else:
         below_clamp = builder.and_(up, builder.fcmp_ordered("<", neg_abs, _const(x, EXP_NONPOS_LO)))
         q0, residual, inv_den = quotient(up, tiny, below_clamp)
-    value = fma(builder, module, x, q0, builder.fmul(residual, builder.fmul(finite_x, inv_den)))
+    correction = builder.fmul(residual, builder.fmul(finite_x, inv_den))
+    if for_triple(module.triple).fused_multiply_add:
+        value = fma(builder, module, x, q0, correction)
+    else:  # x * q0 + correction rounded once all the same: 2.2 ulp with two roundings
+        hi, lo = two_product(builder, module, x, q0)
+        value = builder.fadd(hi, builder.fadd(lo, correction))
     return value if up is None else _unlift(builder, module, value, up)
 
 
