@@ -388,3 +388,20 @@ def test_the_files_are_staged_inside_the_folder(tmp_path, monkeypatch):
     tc.export(small_model(), tmp_path / "vol", input_shape=(None, 6), target="thumbv7em-none-eabihf")
     assert moves and all(src.parent.parent == dst.parent == tmp_path / "vol" for src, dst in moves)
     assert not [p for p in (tmp_path / "vol").iterdir() if p.name.startswith(".")]
+
+
+def test_an_export_for_another_target_removes_the_files_it_does_not_write(tmp_path):
+    """A wasm32 export, then a host one into the same folder, left model.wasm beside the new header:
+    run_wasm.mjs ran the old model with the new header's sizes, without an error."""
+    skip_unless_runnable("wasm32")
+    if not shutil.which("cc"):
+        pytest.skip("no C compiler (cc) for the host's shared library")
+    out = tmp_path / "out"
+    tc.export(small_model(), out, input_shape=(None, 6), target="wasm32", weights="external")
+    assert {"model.wasm", "model.bin"} <= {p.name for p in out.iterdir()}
+    tc.export(Sequential(Linear(6, 5)), out, input_shape=(None, 6), target="host")
+    assert sorted(p.name for p in out.iterdir()) == ["libmodel.so", "model.h", "model.o"]
+    (out / "keep.txt").write_text("the user's own")
+    result = tc.export(small_model(), out, input_shape=(None, 6), target="wasm32", name="model")
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt", "model.h", "model.o", "model.wasm"]
+    assert set(result.files) == {"object", "header", "wasm"}

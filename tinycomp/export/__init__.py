@@ -96,7 +96,9 @@ def export(model: Any, path: Any, *, input_shape: Any, target: str = "host", nam
     `uint64_t seed, uint64_t offset` last, the Philox key (`tinycomp.nn.dropout_key(s)` is the key
     `manual_seed(s)` sets) and the forward call number, and draws the masks eager and compiled
     training draw on that call of every Dropout layer (layer ids as numbered when exporting).
-    The weights are those of `model` now: export again after training.
+    The weights are those of `model` now: export again after training. Exporting again into the
+    same folder under the same name replaces the files, and removes this name's files the new
+    export does not write (another target's `lib<name>.so` or `<name>.wasm`, external weights).
     """
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,62}", name) or name in C_KEYWORDS \
             or keyword.iskeyword(name):
@@ -162,6 +164,9 @@ def export(model: Any, path: Any, *, input_shape: Any, target: str = "host", nam
             for key, file in staged.items():
                 result.files[key] = folder / file.name
                 os.replace(file, result.files[key])
+            for key, file_name in _optional_files(name).items():  # an earlier export's, for another target
+                if key not in staged:
+                    (folder / file_name).unlink(missing_ok=True)
     except BaseException:
         if made:  # a folder this export made and could not fill: not left behind empty
             with contextlib.suppress(OSError):
@@ -170,20 +175,28 @@ def export(model: Any, path: Any, *, input_shape: Any, target: str = "host", nam
     return result
 
 
+def _optional_files(name: str) -> dict[str, str]:
+    """The files an export writes only for some targets or options, by kind. An export removes those
+    it does not write: another target's library left beside a new header would run silently with
+    the old model's sizes."""
+    return {"weights": f"{name}.bin", "shared_library": f"lib{name}.so", "wasm": f"{name}.wasm"}
+
+
 def _write_files(into: Path, name: str, t: Target, obj: bytes, header: str, exported: list[str],
                  weights: bytes | None) -> dict[str, Path]:
     """The export's files in folder `into`, by kind: the object, header, weights and linked library."""
+    optional = _optional_files(name)
     files = {"object": into / f"{name}.o", "header": into / f"{name}.h"}
     files["object"].write_bytes(obj)
     files["header"].write_text(header)
     if weights is not None:
-        files["weights"] = into / f"{name}.bin"
+        files["weights"] = into / optional["weights"]
         files["weights"].write_bytes(weights)
     if t.name == "host":
-        files["shared_library"] = into / f"lib{name}.so"
+        files["shared_library"] = into / optional["shared_library"]
         toolchain.link_shared_library(files["object"], files["shared_library"])
     elif t.name == "wasm32":
-        files["wasm"] = into / f"{name}.wasm"
+        files["wasm"] = into / optional["wasm"]
         toolchain.link_wasm(files["object"], files["wasm"], exported)
     return files
 
