@@ -405,3 +405,20 @@ def test_an_export_for_another_target_removes_the_files_it_does_not_write(tmp_pa
     result = tc.export(small_model(), out, input_shape=(None, 6), target="wasm32", name="model")
     assert sorted(p.name for p in out.iterdir()) == ["keep.txt", "model.h", "model.o", "model.wasm"]
     assert set(result.files) == {"object", "header", "wasm"}
+
+
+def test_the_cortex_m_heap_ends_with_the_boards_ram(tmp_path):
+    """newlib's _sbrk took QEMU's reported 32 MB heap for the 4 MB board, whose RAM QEMU mirrors:
+    a 2.3 MB input file (its read buffer doubles to 4 MB) overwrote the model's scratch and every
+    128th output row came out wrong, without an error. Now the harness runs out of memory, loudly."""
+    skip_unless_runnable("thumbv7em-none-eabihf")
+    from tests.export.runners import run_export
+
+    manual_seed(6)
+    model = Sequential(Linear(64, 256), ReLU(), Linear(256, 64))
+    x = np.random.default_rng(0).standard_normal((9000, 64)).astype(np.float32)
+    tc.export(model, tmp_path, input_shape=(None, 64), target="thumbv7em-none-eabihf")
+    small = run_export("thumbv7em-none-eabihf", tmp_path, x[:1000], [1000])[1000]
+    np.testing.assert_allclose(small, model(Tensor(x[:1000])).data, rtol=1e-4, atol=1e-5)
+    with pytest.raises(AssertionError, match="out of memory reading input.f32"):
+        run_export("thumbv7em-none-eabihf", tmp_path, x, [1000])
