@@ -23,6 +23,7 @@ from .errors import CompileError
 from .frontend import streams
 from .frontend.inputs import (
     check_compilable,
+    check_input_names,
     compile_input_spec,
     dims_text,
     fits_features,
@@ -297,6 +298,7 @@ class CompiledModel(ShowsCompilation):
                 raise CompileError(f"{t.where()} calls a compiled model ({type(self.model).__name__}) on a traced "
                                    "tensor: inside a forward() being compiled, call the model itself (fast.model), "
                                    "which the trace then follows")
+        check_input_names(self.model, x)  # a DataFrame is read by position: its columns must be the fitted ones
         arr = as_input_array(x.data if isinstance(x, Tensor) else x)
         others = [as_input_array(m.data if isinstance(m, Tensor) else m) for m in more]
         art = self._ensure_compiled(arr, others)

@@ -115,6 +115,25 @@ def test_dataframe_columns_by_name_in_the_given_order_keeping_the_index():
     assert list(default.columns) == [f"y{k}" for k in range(7)]
 
 
+def test_a_model_fitted_on_named_columns_takes_those_names_in_order():
+    """An imported scikit-learn model fitted on a DataFrame reads its columns in the fitted order."""
+    dd = pytest.importorskip("dask.dataframe")
+    pd = pytest.importorskip("pandas")
+    pytest.importorskip("sklearn", reason="scikit-learn is not installed (pip install -e '.[sklearn]')")
+    from sklearn.linear_model import Ridge
+
+    from tinycomp.interop import from_sklearn
+
+    rng = np.random.default_rng(2)
+    pdf = pd.DataFrame(rng.standard_normal((60, 3)), columns=["a", "b", "c"])
+    model = from_sklearn(Ridge().fit(pdf, pdf.a - 2 * pdf.c))
+    ddf = dd.from_pandas(pdf, npartitions=2)
+    with pytest.raises(ValueError, match="columns 'a', 'b', 'c' in that order .* columns= gives 'c', 'b', 'a'"):
+        tcd.predict(model, ddf, columns=["c", "b", "a"])
+    got = tcd.predict(model, ddf, columns=["a", "b", "c"]).compute(scheduler="threads")
+    np.testing.assert_allclose(got.to_numpy()[:, 0], model(pdf).data[:, 0], rtol=1e-6, atol=1e-6)
+
+
 def test_a_compiled_model_keeps_its_options_and_compiled_shape():
     c = CASES["residual_net"]
     model, x = c.build(seed=7), c.sample(64, seed=8)

@@ -18,6 +18,7 @@ from sklearn.linear_model import (  # noqa: E402
     Lasso,
     LinearRegression,
     LogisticRegression,
+    LogisticRegressionCV,
     PoissonRegressor,
     Ridge,
     SGDRegressor,
@@ -174,3 +175,56 @@ def test_unfitted_and_foreign_estimators_are_compile_errors():
         from_sklearn(fitted(make_pipeline(PCA(3), Ridge()), classes=None))
     with pytest.raises(tc.CompileError, match="estimator of type str"):
         from_sklearn("model")
+
+
+def test_a_poisson_mlp_regressor_ends_in_exp():
+    est = fitted(MLPRegressor(hidden_layer_sizes=(12,), loss="poisson", max_iter=30, random_state=4), classes=None)
+    assert est.out_activation_ == "exp"
+    check_imported(from_sklearn(est), rows_or_empty(lambda x: est.predict(x).reshape(len(x), 1), 1), 10, rtol=1e-4)
+
+
+def test_a_dataframe_of_other_columns_is_refused_as_scikit_learn_refuses_it():
+    """A model fitted on a DataFrame read any DataFrame by position: columns given c, b, a gave another
+    model's numbers where scikit-learn raises."""
+    pd = pytest.importorskip("pandas", reason="pandas is not installed")
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame(rng.standard_normal((40, 3)), columns=["a", "b", "c"])
+    est = make_pipeline(StandardScaler(), Ridge()).fit(df, df.a * 3 - df.c)
+    model = from_sklearn(est)
+    fast = tc.compile(model)
+    want = est.predict(df.head(4)).reshape(4, 1)
+    for call in (model, fast):
+        np.testing.assert_allclose(call(df.head(4)).data, want, rtol=1e-5, atol=1e-6)
+        with pytest.raises(ValueError, match="columns 'a', 'b', 'c' in that order .* columns are 'c', 'b', 'a'"):
+            call(df[["c", "b", "a"]].head(4))
+    with pytest.raises(ValueError):
+        est.predict(df[["c", "b", "a"]])  # what scikit-learn does
+    array = df.to_numpy(np.float32)[:4]  # an array has no names: read by position
+    np.testing.assert_allclose(fast(array).data, want, rtol=1e-5, atol=1e-6)
+
+
+class ClippedRidge(Ridge):
+    def predict(self, X):
+        return np.maximum(super().predict(X), 0.0)
+
+
+def test_refusals_name_what_was_given():
+    with pytest.raises(tc.CompileError, match="got the class MLPClassifier: fit an instance first"):
+        from_sklearn(MLPClassifier)
+    with pytest.raises(tc.CompileError, match="ClippedRidge, a subclass of Ridge: it may compute"):
+        from_sklearn(fitted(ClippedRidge(), classes=None))
+    huge = fitted(Ridge(), classes=None, width=3)
+    huge.coef_ = huge.coef_ + 2e40  # as a fit on features near 1e-40 leaves it
+    with pytest.raises(tc.CompileError, match=r"Ridge.coef_ holds 2e\+40, beyond float32's range"):
+        from_sklearn(huge)
+    with pytest.raises(tc.CompileError, match=r"StandardScaler.mean_ holds 5e\+39, beyond float32"):
+        from_sklearn(make_pipeline(StandardScaler(), Ridge()).fit(np.array([[0.0], [1e40]]), np.arange(2.0)))
+    odd = fitted(Ridge(), classes=None, width=3)
+    odd.coef_ = np.ones(5)  # OrthogonalMatchingPursuit leaves such a coef_ for 1 feature and 3 targets
+    with pytest.raises(tc.CompileError, match=r"coef_ has shape \(5,\), not \(targets, 3\)"):
+        from_sklearn(odd)
+
+
+def test_logistic_regression_cv_imports():
+    est = fitted(LogisticRegressionCV(max_iter=200, cv=3), classes=3)
+    check_imported(from_sklearn(est), rows_or_empty(est.predict_proba, 3), 10, scale=2.0)

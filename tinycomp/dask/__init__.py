@@ -32,7 +32,8 @@ import numpy as np
 
 from .. import CompiledModel, trace
 from ..checks import is_whole_number
-from ..frontend.inputs import input_signature, required_inputs, split_input_shape
+from ..frontend.inputs import first_layer, input_signature, required_inputs, split_input_shape
+from ..frontend.structural import InputShape, check_feature_names
 from ..frontend.walk import warn_if_dropout_active
 from .snapshot import ModelRef, take_snapshot
 from .worker import score_block, score_frame, worker_stats
@@ -191,6 +192,9 @@ def _predict_frame(model: Any, options: dict, compiled: tuple[int, ...] | None, 
         shown = f"{list(meta.columns)[:8]}{' ...' if len(meta.columns) > 8 else ''}"
         raise ValueError(f"columns= must name distinct columns of the DataFrame; missing {missing}, given "
                          f"{len(columns)} names, {len(set(columns))} distinct; the DataFrame has {shown}")
+    check = first_layer(model)  # a model fitted on named columns (scikit-learn's) reads them in its order
+    if isinstance(check, InputShape) and check.feature_names is not None:
+        check_feature_names(check.feature_names, [str(c) for c in columns], "columns= gives")
     bad = [(c, meta[c].dtype) for c in columns if meta[c].dtype.kind not in "biuf"]
     if bad:
         raise TypeError(f"predict() scores numeric feature columns; column {bad[0][0]!r} has dtype {bad[0][1]}")

@@ -237,3 +237,14 @@ def check_compilable(arr: Any, others: Sequence[Any], now: str = "") -> None:
         if 0 in (a.shape[1:] if a.ndim > 1 else a.shape):
             raise ValueError(f"a compiled model's inputs need positive sizes after the batch dimension, "
                              f"(batch, features...); {now}got an input of shape {tuple(a.shape)}")
+
+
+def check_input_names(model: Any, x: Any) -> None:
+    """A DataFrame given to a model fitted on named columns (an imported scikit-learn model's input
+    check holds them) must have those columns, in order: it is read by position."""
+    if getattr(x, "columns", None) is None or isinstance(x, np.ndarray):
+        return
+    check = first_layer(model)
+    if isinstance(check, InputShape):
+        check.check_names(x)
+

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -80,13 +81,17 @@ class InputShape(Layer):
     to half of it): it would give wrong values for another shape, and is refused as ONNX Runtime
     refuses an input that does not match the graph's static shape."""
 
-    def __init__(self, *sample_shape: int):
+    def __init__(self, *sample_shape: int, feature_names: Sequence[str] | None = None):
         if len(sample_shape) == 1 and isinstance(sample_shape[0], (tuple, list)):
             sample_shape = tuple(sample_shape[0])
         self.sample_shape = tuple(int(d) for d in sample_shape)
+        # the columns a model fitted on a DataFrame reads, in order (scikit-learn's feature_names_in_)
+        self.feature_names = None if feature_names is None else tuple(map(str, feature_names))
 
     def forward(self, x: Tensor) -> Tensor:
-        """x itself, when its shape after the batch is `sample_shape`."""
+        """x itself, when its shape after the batch is `sample_shape` (and a DataFrame's columns are
+        `feature_names`, where the model has them)."""
+        self.check_names(x)
         shape = tuple(x.shape if isinstance(x, (Tensor, np.ndarray)) else np.shape(x))  # np.shape: a list
         if shape[1:] != self.sample_shape:
             raise ValueError(f"this model takes inputs of shape {fmt_shape((None, *self.sample_shape))} (its sizes "
@@ -94,5 +99,23 @@ class InputShape(Layer):
                              f"{fmt_shape(shape)}")
         return x
 
+    def check_names(self, x: Any) -> None:
+        """A DataFrame (anything with `columns`) is read by position: refuse one whose columns are not
+        the model's `feature_names` in order, as scikit-learn does."""
+        columns = getattr(x, "columns", None)
+        if self.feature_names is None or columns is None or isinstance(x, (Tensor, np.ndarray)):
+            return
+        check_feature_names(self.feature_names, [str(c) for c in columns], "the DataFrame's columns are")
+
     def __repr__(self) -> str:
         return f"InputShape{fmt_shape((None, *self.sample_shape))}"
+
+
+def check_feature_names(expected: Sequence[str], given: Sequence[str], given_as: str) -> None:
+    """ValueError unless `given` names the features `expected`, in that order (`given_as`: how the
+    message introduces them)."""
+    if list(given) != list(expected):
+        shown = ", ".join(map(repr, expected[:12])) + (" ..." if len(expected) > 12 else "")
+        got = ", ".join(map(repr, given[:12])) + (" ..." if len(given) > 12 else "")
+        raise ValueError(f"this model reads the feature columns {shown} in that order (the names it was fitted "
+                         f"with); {given_as} {got}: select them in that order, e.g. df[names]")

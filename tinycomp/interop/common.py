@@ -51,15 +51,29 @@ class NodeImporter:
             raise self.refuse(node, str(exc)) from exc
 
 
-def linear_from(weight_in_out: np.ndarray, bias: np.ndarray | None) -> Linear:
+def float32_values(values: Any, what: str) -> np.ndarray:
+    """`values` as float32, refusing numbers beyond float32's range: they would be infinities, and the
+    model's outputs inf or NaN where the original's are finite."""
+    wide = np.asarray(values)
+    with np.errstate(over="ignore"):
+        narrow = wide.astype(np.float32)
+    overflow = np.isinf(narrow) & np.isfinite(wide) if wide.dtype.kind == "f" else np.zeros(narrow.shape, bool)
+    if overflow.any():
+        biggest = float(np.abs(wide[overflow]).max())
+        raise CompileError(f"{what} holds {biggest:.3g}, beyond float32's range (3.4e38), in which tinycomp "
+                           "computes: the model would give inf or NaN where the original gives numbers")
+    return narrow
+
+
+def linear_from(weight_in_out: np.ndarray, bias: np.ndarray | None, what: str = "a weight") -> Linear:
     """A Linear holding a float32 copy of `weight_in_out` (shape (in, out), tinycomp's layout) and bias."""
-    w = np.asarray(weight_in_out, np.float32)
+    w = float32_values(weight_in_out, what)
     if w.ndim != 2 or 0 in w.shape:
         raise CompileError(f"a Linear weight must be 2-D (in, out) with both sizes positive; got shape {w.shape}")
     layer = Linear(w.shape[0], w.shape[1], bias=bias is not None)
     layer.weight = Tensor(w)
     if bias is not None:
-        b = np.asarray(bias, np.float32).reshape(-1)
+        b = float32_values(bias, f"the bias of {what}").reshape(-1)
         if b.shape != (w.shape[1],):
             raise CompileError(f"a Linear bias must have {w.shape[1]} values (out); got shape {b.shape}")
         layer.bias = Tensor(b)
@@ -147,15 +161,16 @@ def layer_key(name: str, taken: dict[str, Layer]) -> str:
     return key
 
 
-def pinned(model: Layer, sample: tuple[int, ...] | None) -> Layer:
+def pinned(model: Layer, sample: tuple[int, ...] | None, feature_names: Any = None) -> Layer:
     """`model` checking each input with an `InputShape(*sample)` first: an importer that fixed sizes read
     from the input's shape (after the batch) returns a model that refuses any other shape instead of
     computing with the sizes of the import. The check is the model's `input_check` attribute, not one
     of its layers or steps: `model[0]`, the steps and the parameter paths are the import's own. A lone
-    layer (an imported `nn.Linear`) is returned as it is: it read no size of the input but its own."""
+    layer (an imported `nn.Linear`) is returned as it is: it read no size of the input but its own.
+    `feature_names`: the columns, in order, a DataFrame given to the model must have."""
     if sample is None or not isinstance(model, (GraphModel, Sequential)):
         return model
-    check = InputShape(*sample)
+    check = InputShape(*sample, feature_names=feature_names)
     check.training = model.training
     if isinstance(model, GraphModel):
         model.input_check = check

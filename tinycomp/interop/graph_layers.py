@@ -270,6 +270,17 @@ class SiLU(Layer):
         return "SiLU()"
 
 
+class Exp(Layer):
+    """e ** x elementwise (scikit-learn's Poisson MLPRegressor's output activation)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        """e to the power of each element."""
+        return as_tensor(x).exp()
+
+    def __repr__(self) -> str:
+        return "Exp()"
+
+
 class LeakyReLU(Layer):
     """x where x > 0, else slope * x, written relu(x) - slope * relu(-x): each branch is that value
     exactly (0 - slope * -x is one rounding of slope * x), with the infinities and NaN as x * slope
