@@ -124,8 +124,9 @@ def test_inputs_are_cast_like_tensors():
     (lambda: (np.ones((3, 5)),), TypeError, r"missing 1 required positional argument: 'mask'"),  # as eager
     (lambda: (np.ones((3, 5)), np.ones((3, 3)), np.ones(3)), TypeError, "does not take 3 positional inputs"),
     (lambda: (np.ones((3, 5)), np.ones((4, 3))), ValueError, "input 'mask' has 4 rows, input 'x' 3"),
-    (lambda: (np.ones((3, 5)), "mask"), TypeError, "str"),
-    (lambda: (np.ones((3, 5)), np.array([["a"] * 3] * 3, object)), TypeError, "dtype object"),
+    (lambda: (np.ones((3, 5)), "mask"), TypeError, "input 'mask' must be a Tensor, .* str"),
+    (lambda: (np.ones((3, 5)), np.array([["a"] * 3] * 3, object)), TypeError, "input 'mask' must hold .* dtype object"),
+    (lambda: (np.ones((3, 5), complex), np.ones((3, 3))), TypeError, "input 'x' must hold .* dtype complex128"),
 ])
 def test_every_input_is_checked_like_x(inputs, error, match):
     fast = tc.compile(Gated())

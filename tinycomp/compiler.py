@@ -28,6 +28,7 @@ from .frontend.inputs import (
     dims_text,
     fits_features,
     given_inputs,
+    input_names,
     positional_inputs,
     shapes_text,
 )
@@ -299,8 +300,17 @@ class CompiledModel(ShowsCompilation):
                                    "tensor: inside a forward() being compiled, call the model itself (fast.model), "
                                    "which the trace then follows")
         check_input_names(self.model, x)  # a DataFrame is read by position: its columns must be the fitted ones
-        arr = as_input_array(x.data if isinstance(x, Tensor) else x)
-        others = [as_input_array(m.data if isinstance(m, Tensor) else m) for m in more]
+        arrays = []
+        for i, t in enumerate((x, *more)):
+            try:
+                arrays.append(as_input_array(t.data if isinstance(t, Tensor) else t))
+            except (TypeError, ValueError) as exc:
+                if not more:
+                    raise
+                name = _input_name(self.model, 1 + len(more), i)  # which of several is wrong
+                raise type(exc)(str(exc).replace("compiled model input", f"compiled model input {name}", 1)) \
+                    from None
+        arr, *others = arrays
         art = self._ensure_compiled(arr, others)
         held = art.guard.held  # as checked just now: the parameter table is offered to the hot path with it
         rows, out_shape = self._rows(art, arr, others)
@@ -343,6 +353,14 @@ class CompiledModel(ShowsCompilation):
     def __repr__(self) -> str:
         state = f"features={self._artifact.features}" if self._artifact else "not compiled yet"
         return f"CompiledModel({type(self.model).__name__}, {state}, calls={self.stats.calls})"
+
+
+def _input_name(model: Any, count: int, i: int) -> str:
+    """Input i of `count` as forward() names it, quoted ('mask'), or by position where it cannot say."""
+    try:
+        return repr(input_names(model, count)[i])
+    except TypeError:
+        return f"{i + 1} of {count}"
 
 
 def _input_shape(art: Artifact) -> Any:
