@@ -110,3 +110,17 @@ def test_an_export_in_parts_runs_and_matches_eager(monkeypatch, tmp_path):
     for batch in (1, 6):
         report = check_parity(got[batch], model(Tensor(x[:batch])).data, ref[:batch])
         assert report.ok, f"batch {batch}: {report}"
+
+
+def test_a_module_in_parts_still_splits_for_parallel_code_generation(monkeypatch):
+    """The parts read the GEMM drivers' config variables through inlined glue: the module splitter
+    refused to place them outside the first part and left the whole module to one thread."""
+    from tinycomp.codegen.split import split_ir_module
+    from tinycomp.ir.passes import run_pipeline
+
+    monkeypatch.setattr(module, "PART_NODES", 4)
+    g = tc.trace(Masked(), [(None, 8, 16), (8, 8)])
+    run_pipeline(g)
+    with module.lowered_module(g, 16) as (_, mod):
+        assert len([f for f in mod.functions if f.name.startswith("tinycomp_forward.part")]) >= 3
+        assert len(split_ir_module(mod, 2)) == 2

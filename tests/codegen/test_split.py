@@ -129,15 +129,16 @@ def _kernel(module: ir.Module, name: str, helper: ir.Function, offset) -> ir.Fun
     return fn
 
 
-def _split_test_module(with_table: bool) -> str:
+def _split_test_module(with_table: bool, table_through_helper: bool = False) -> str:
     """`entry(n, x, a, b)`: a = 2x + 1 + 10 by kernel `ka`, b = 2x + 1 + 20 by `kb`, both through the
-    alwaysinline `helper`; with_table: ka reads its 10 from a global constant."""
+    alwaysinline `helper`; with_table: ka reads its 10 from a global constant (through an alwaysinline
+    function of its own with `table_through_helper`)."""
     module = ir.Module(name="split")
-    _split_test_module_in(module, with_table)
+    _split_test_module_in(module, with_table, table_through_helper)
     return str(module)
 
 
-def _split_test_module_in(module: ir.Module, with_table: bool) -> None:
+def _split_test_module_in(module: ir.Module, with_table: bool, table_through_helper: bool = False) -> None:
     helper = ir.Function(module, ir.FunctionType(F32, [F32]), "helper")
     helper.linkage = "internal"
     helper.attributes.add("alwaysinline")
@@ -148,6 +149,13 @@ def _split_test_module_in(module: ir.Module, with_table: bool) -> None:
         table = ir.GlobalVariable(module, F32, "table")
         table.linkage, table.global_constant, table.initializer = "internal", True, ir.Constant(F32, 10.0)
         ten = lambda b: b.load(table, typ=F32)  # noqa: E731
+        if table_through_helper:
+            reader = ir.Function(module, ir.FunctionType(F32, []), "read_table")
+            reader.linkage = "internal"
+            reader.attributes.add("alwaysinline")
+            rb = ir.IRBuilder(reader.append_basic_block("entry"))
+            rb.ret(rb.load(table, typ=F32))
+            ten = lambda b: b.call(reader, [])  # noqa: E731
     ka = _kernel(module, "ka", helper, ten)
     kb = _kernel(module, "kb", helper, lambda b: ir.Constant(F32, 20.0))
     entry = ir.Function(module, ir.FunctionType(ir.VoidType(), [I64, PTR, PTR, PTR]), "entry")
@@ -188,6 +196,18 @@ def test_inline_helpers_are_copied_into_each_part_and_called_kernels_exported(mo
 def test_a_global_variable_keeps_the_functions_that_name_it_with_it(monkeypatch):
     monkeypatch.setattr(split, "MIN_PART_LINES", 1)
     parts = split_module(_split_test_module(with_table=True), 2)
+    assert len(parts) == 2
+    assert "ka" in definitions(parts[0]) and '@"table" =' in parts[0] and '@"table"' not in parts[1]
+    assert "kb" in definitions(parts[1])
+    _run([engine_module.emit_object(p) for p in parts])
+
+
+def test_a_variable_read_through_an_inlined_helper_pins_its_caller_not_the_whole_module(monkeypatch):
+    """The entry's parts read the GEMM drivers' config variables through the layers' inlined glue:
+    placed in another part, they were refused there, and with them the whole split (one thread
+    compiled the module)."""
+    monkeypatch.setattr(split, "MIN_PART_LINES", 1)
+    parts = split_module(_split_test_module(with_table=True, table_through_helper=True), 2)
     assert len(parts) == 2
     assert "ka" in definitions(parts[0]) and '@"table" =' in parts[0] and '@"table"' not in parts[1]
     assert "kb" in definitions(parts[1])

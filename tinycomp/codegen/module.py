@@ -20,6 +20,7 @@ import contextlib
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from llvmlite import ir
@@ -115,9 +116,10 @@ class _ArgumentPointers:
     other inputs (a table), the parameters and constants (a table). Each table slot is loaded on
     first use, in the function's first block, so it is live throughout and loaded once."""
 
-    def __init__(self, fn: ir.Function, inputs: list[str], tabled: list[str], params: int, inputs_arg: int | None):
-        self.fn = fn
-        self.loaded: dict[str, ir.Value] = {inputs[0]: fn.args[1]}
+    def __init__(self, fn: ir.Function, args: list[ir.Value], inputs: list[str], tabled: list[str], params: int,
+                 inputs_arg: int | None):
+        self.fn, self.args = fn, args  # args: the entry's arguments as this function has them
+        self.loaded: dict[str, ir.Value] = {inputs[0]: args[1]}
         self.slots: dict[str, tuple[int, int, str]] = {}  # node: (argument, slot, name tag)
         if inputs_arg is not None:
             self.slots.update({n: (inputs_arg, i, "in") for i, n in enumerate(inputs[1:])})
@@ -131,7 +133,7 @@ class _ArgumentPointers:
         if n not in self.loaded:
             arg, i, tag = self.slots[n]
             self._b.position_before(self.fn.entry_basic_block.terminator)
-            slot = self._b.gep(self.fn.args[arg], [i64(i)], source_etype=PTR, inbounds=True)
+            slot = self._b.gep(self.args[arg], [i64(i)], source_etype=PTR, inbounds=True)
             self.loaded[n] = self._b.load(slot, typ=PTR, name=_value_name(tag, i, n))
         return self.loaded[n]
 
@@ -157,23 +159,25 @@ class _Emitter:
         for a in self.fn.args[1:4]:
             a.add_attribute("noalias")
         self.fn.attributes.add("nounwind")  # no unwind tables (on ARM they would need the EHABI runtime)
-        self.arg_count = len(names)  # the entry's own; a part of it takes the row block's too (`_emit_part`)
         self.inputs = plan.inputs
-        self._enter(self.fn, self.fn.args[0], None)
+        self._frame: ir.Value | None = None  # the entry's arguments for its parts (`_emit_part`)
+        self._enter(self.fn, lambda _: (list(self.fn.args), self.fn.args[0], None))
         self._kernels: dict[tuple, ir.Function] = {}
 
-    def _enter(self, fn: ir.Function, scratch_rows: ir.Value, r0: ir.Value | None) -> None:
-        """Emit into `fn` (the entry, or a part of it) from its first block on: its first
-        arguments are the entry's, `fn.args[0]` the rows to run."""
-        # the first block loads the table slots the function reads (`_ArgumentPointers`), then goes on
-        ir.IRBuilder(fn.append_basic_block("args")).branch(start := fn.append_basic_block("entry"))
+    def _enter(self, fn: ir.Function, arguments: Callable[[ir.IRBuilder], tuple[list, ir.Value, Any]]) -> None:
+        """Emit into `fn` (the entry, or a part of it) from its first block on. `arguments(builder)`
+        gives, emitting at the first block, the entry's arguments as `fn` has them (the rows to run
+        first), the batched scratch buffers' rows and the row block's first row (None: no blocks)."""
+        # the first block reads the arguments and the table slots the function reads
+        # (`_ArgumentPointers`), then goes on
+        first = ir.IRBuilder(fn.append_basic_block("args"))
+        self.args, self.scratch_rows, self.r0 = arguments(first)  # r0: None without row blocks
+        first.branch(start := fn.append_basic_block("entry"))
         self.fn, self.b = fn, ir.IRBuilder(start)
-        self.rows = fn.args[0]  # rows of the current row block (all M without blocking)
-        self.scratch_rows: ir.Value = scratch_rows  # batched scratch buffers hold this many rows
-        self.r0: ir.Value | None = r0  # first row of the current block (None: no blocking)
-        self.out, self.scratch = fn.args[2:4]
-        self.ptr = _ArgumentPointers(fn, self.inputs, self.params + self.consts, len(self.params),
-                                     inputs_arg=self.arg_count - 1 if len(self.inputs) > 1 else None)
+        self.rows = self.args[0]  # rows of the current row block (all M without blocking)
+        self.out, self.scratch = self.args[2:4]
+        self.ptr = _ArgumentPointers(fn, self.args, self.inputs, self.params + self.consts, len(self.params),
+                                     inputs_arg=len(self.args) - 1 if len(self.inputs) > 1 else None)
 
     def pointer(self, n: str) -> ir.Value:
         """Where node n's value lives: an argument, `out`, or its slice of scratch."""
@@ -284,7 +288,7 @@ def lower_dropout(e: _Emitter, n: str) -> None:
         return
     p = float(g.attrs(n)["p"])
     fn = e.kernel(("dropout", p, e.width), lambda name: philox.emit_dropout(e.module, name, p, e.width))
-    b, draws = e.b, e.fn.args[5]
+    b, draws = e.b, e.args[5]
 
     def word(i: int) -> ir.Value:
         return b.load(b.gep(draws, [i64(i)], source_etype=I64, inbounds=True), typ=I64)
@@ -433,25 +437,47 @@ def _emit_nodes(e: _Emitter) -> None:
 
 
 def _emit_part(e: _Emitter, index: int, nodes: list[str]) -> None:
-    """`nodes` in a function of their own, called here with the entry's arguments (the rows of the
-    current block first) and, in row blocks, the block's first row and its scratch rows."""
-    blocked = e.r0 is not None
-    entry_args = e.fn.args[:e.arg_count]
-    types = [a.type for a in entry_args] + [I64, I64] * blocked
-    part = ir.Function(e.module, ir.FunctionType(ir.VoidType(), types), f"{ENTRY}.part{index}")
+    """`nodes` in a function of their own, `part(rows, frame)`: `frame` holds the entry's other
+    arguments, then the row block's first row and its scratch rows. Two arguments, not nine: a
+    glue function with more arguments than registers takes LLVM's slow instruction selector
+    (`compile_as_glue`), which made parts slower to compile than the one entry they replace."""
+    frame_type = _frame_type(e)
+    if e._frame is None:  # once, in the entry's first block: the arguments do not change
+        first = ir.IRBuilder()
+        first.position_before(e.fn.entry_basic_block.terminator)
+        e._frame = first.alloca(frame_type, name="frame")
+        for i, value in enumerate(e.args[1:]):
+            first.store(value, first.gep(e._frame, [ir.Constant(I32, 0), ir.Constant(I32, i)]))
+    n_args = len(e.args) - 1
+    r0 = e.r0 if e.r0 is not None else i64(0)
+    for i, value in enumerate((r0, e.scratch_rows)):  # this block's
+        e.b.store(value, e.b.gep(e._frame, [ir.Constant(I32, 0), ir.Constant(I32, n_args + i)]))
+    part = ir.Function(e.module, ir.FunctionType(ir.VoidType(), [I64, PTR]), f"{ENTRY}.part{index}")
     part.linkage = "internal"
     part.attributes.add("nounwind")
     compile_as_glue(part)
-    for a, outer in zip(part.args, entry_args, strict=False):
-        a.name = outer.name
-    args = [e.rows, *entry_args[1:]] + ([e.r0, e.scratch_rows] if blocked else [])
-    e.call(part, *args)
-    caller = (e.fn, e.b, e.rows, e.scratch_rows, e.r0, e.out, e.scratch, e.ptr)
-    e._enter(part, part.args[-1] if blocked else part.args[0], part.args[-2] if blocked else None)
+    part.args[0].name, part.args[1].name = "M", "frame"
+    e.call(part, e.rows, e._frame)
+    blocked = e.r0 is not None
+    names = [a.name for a in e.fn.args[1:]]
+
+    def arguments(b: ir.IRBuilder) -> tuple[list, ir.Value, Any]:
+        words = [b.load(b.gep(part.args[1], [ir.Constant(I32, 0), ir.Constant(I32, i)], source_etype=frame_type),
+                        typ=frame_type.elements[i], name=name)
+                 for i, name in enumerate([*names, "r0", "scratch_rows"])]
+        return [part.args[0], *words[:n_args]], words[-1], words[-2] if blocked else None
+
+    caller = (e.fn, e.b, e.args, e.rows, e.scratch_rows, e.r0, e.out, e.scratch, e.ptr)
+    e._enter(part, arguments)
     for n in nodes:
         LOWERINGS[e.g.op(n)](e, n)
     e.b.ret_void()
-    e.fn, e.b, e.rows, e.scratch_rows, e.r0, e.out, e.scratch, e.ptr = caller
+    e.fn, e.b, e.args, e.rows, e.scratch_rows, e.r0, e.out, e.scratch, e.ptr = caller
+
+
+def _frame_type(e: _Emitter) -> ir.LiteralStructType:
+    """The entry's arguments after the rows, then a row block's first row and scratch rows."""
+    return ir.LiteralStructType([a.type for a in e.fn.args[1:]] + [I64, I64])
 
 
 def _row_blocks(e: _Emitter, block: int) -> None:

@@ -202,8 +202,12 @@ def _balance(functions: dict[str, _Function], variables: dict[str, str], parts: 
     global variable (the variables live there), and carries `print_share` of the whole; the rest go,
     largest first, to the part they leave lightest, a part after the first paying its own printing."""
     units = [n for n, f in functions.items() if not f.inline]
-    cost = {n: sum(functions[m].lines for m in {n} | _inlined_closure(functions[n].calls, functions)) for n in units}
-    pinned = {n for n in units if not functions[n].internal or functions[n].calls & variables.keys()}
+    closure = {n: {n} | _inlined_closure(functions[n].calls, functions) for n in units}
+    cost = {n: sum(functions[m].lines for m in closure[n]) for n in units}
+    # a function naming a variable, itself or through a helper inlined into it (`_write_parts` would
+    # refuse it anywhere else, and with it the whole split)
+    pinned = {n for n in units if not functions[n].internal
+              or any(functions[m].calls & variables.keys() for m in closure[n])}
     parts = min(parts, sum(cost.values()) // MIN_PART_LINES, len(units) - len(pinned) + (1 if pinned else 0))
     if parts < 2:
         return None
