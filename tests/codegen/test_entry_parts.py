@@ -114,7 +114,8 @@ def test_an_export_in_parts_runs_and_matches_eager(monkeypatch, tmp_path):
 
 def test_a_module_in_parts_still_splits_for_parallel_code_generation(monkeypatch):
     """The parts read the GEMM drivers' config variables through inlined glue: the module splitter
-    refused to place them outside the first part and left the whole module to one thread."""
+    refused to place them outside the first part and left the whole module to one thread, then kept
+    them all in the first part; each part now holds copies of the configs it reads."""
     from tinycomp.codegen.split import split_ir_module
     from tinycomp.ir.passes import run_pipeline
 
@@ -123,4 +124,8 @@ def test_a_module_in_parts_still_splits_for_parallel_code_generation(monkeypatch
     run_pipeline(g)
     with module.lowered_module(g, 16) as (_, mod):
         assert len([f for f in mod.functions if f.name.startswith("tinycomp_forward.part")]) >= 3
-        assert len(split_ir_module(mod, 2)) == 2
+        texts = [printer() for printer in split_ir_module(mod, 2)]
+    assert len(texts) == 2
+    defined = [set(re.findall(r'define (?:internal )?void @"(tinycomp_forward\.part\d+)"', t)) for t in texts]
+    assert all(defined), defined  # both threads compile some of the entry's parts
+    assert '_linear.config" = internal constant' in texts[1]  # those reading a GEMM's config too

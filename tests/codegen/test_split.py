@@ -129,16 +129,17 @@ def _kernel(module: ir.Module, name: str, helper: ir.Function, offset) -> ir.Fun
     return fn
 
 
-def _split_test_module(with_table: bool, table_through_helper: bool = False) -> str:
+def _split_test_module(with_table: bool, table_through_helper: bool = False, constant: bool = True) -> str:
     """`entry(n, x, a, b)`: a = 2x + 1 + 10 by kernel `ka`, b = 2x + 1 + 20 by `kb`, both through the
-    alwaysinline `helper`; with_table: ka reads its 10 from a global constant (through an alwaysinline
-    function of its own with `table_through_helper`)."""
+    alwaysinline `helper`; with_table: ka reads its 10 from a global variable, a constant unless not
+    `constant` (through an alwaysinline function of its own with `table_through_helper`)."""
     module = ir.Module(name="split")
-    _split_test_module_in(module, with_table, table_through_helper)
+    _split_test_module_in(module, with_table, table_through_helper, constant)
     return str(module)
 
 
-def _split_test_module_in(module: ir.Module, with_table: bool, table_through_helper: bool = False) -> None:
+def _split_test_module_in(module: ir.Module, with_table: bool, table_through_helper: bool = False,
+                          constant: bool = True) -> None:
     helper = ir.Function(module, ir.FunctionType(F32, [F32]), "helper")
     helper.linkage = "internal"
     helper.attributes.add("alwaysinline")
@@ -147,7 +148,7 @@ def _split_test_module_in(module: ir.Module, with_table: bool, table_through_hel
     ten = lambda b: ir.Constant(F32, 10.0)  # noqa: E731
     if with_table:
         table = ir.GlobalVariable(module, F32, "table")
-        table.linkage, table.global_constant, table.initializer = "internal", True, ir.Constant(F32, 10.0)
+        table.linkage, table.global_constant, table.initializer = "internal", constant, ir.Constant(F32, 10.0)
         ten = lambda b: b.load(table, typ=F32)  # noqa: E731
         if table_through_helper:
             reader = ir.Function(module, ir.FunctionType(F32, []), "read_table")
@@ -193,24 +194,29 @@ def test_inline_helpers_are_copied_into_each_part_and_called_kernels_exported(mo
     _run(objects)
 
 
-def test_a_global_variable_keeps_the_functions_that_name_it_with_it(monkeypatch):
+@pytest.mark.parametrize("through_helper", [False, True], ids=["directly", "through an inlined helper"])
+def test_a_global_variable_keeps_the_functions_that_name_it_with_it(monkeypatch, through_helper):
+    """A variable lives in the first part, and so does every function naming it, itself or through a
+    helper inlined into it (placed elsewhere, such a function was refused there, and with it the
+    whole split: one thread compiled the module)."""
     monkeypatch.setattr(split, "MIN_PART_LINES", 1)
-    parts = split_module(_split_test_module(with_table=True), 2)
+    parts = split_module(_split_test_module(with_table=True, table_through_helper=through_helper, constant=False), 2)
     assert len(parts) == 2
     assert "ka" in definitions(parts[0]) and '@"table" =' in parts[0] and '@"table"' not in parts[1]
     assert "kb" in definitions(parts[1])
     _run([engine_module.emit_object(p) for p in parts])
 
 
-def test_a_variable_read_through_an_inlined_helper_pins_its_caller_not_the_whole_module(monkeypatch):
-    """The entry's parts read the GEMM drivers' config variables through the layers' inlined glue:
-    placed in another part, they were refused there, and with them the whole split (one thread
-    compiled the module)."""
+@pytest.mark.parametrize("through_helper", [False, True], ids=["directly", "through an inlined helper"])
+def test_an_internal_constant_is_copied_into_each_part_that_names_it(monkeypatch, through_helper):
+    """The entry's parts read the GEMM drivers' configs (internal constants) through the layers'
+    glue: each part that names one holds a copy, so the functions naming it go anywhere."""
     monkeypatch.setattr(split, "MIN_PART_LINES", 1)
-    parts = split_module(_split_test_module(with_table=True, table_through_helper=True), 2)
+    parts = split_module(_split_test_module(with_table=True, table_through_helper=through_helper), 2)
     assert len(parts) == 2
-    assert "ka" in definitions(parts[0]) and '@"table" =' in parts[0] and '@"table"' not in parts[1]
-    assert "kb" in definitions(parts[1])
+    holder = next(p for p in parts if "ka" in definitions(p))
+    assert '@"table" = internal constant' in holder
+    assert sum('@"table" =' in p for p in parts) == 1 + (holder is not parts[0])
     _run([engine_module.emit_object(p) for p in parts])
 
 

@@ -91,8 +91,23 @@ def split_ir_module(module: ir.Module, parts: int, print_share: float = PRINT_SH
 
 
 def _split(reading: _Reading, parts: int, print_share: float) -> list[Printer] | None:
-    assignment = _balance(reading.functions, reading.variables, parts, print_share)
-    return None if assignment is None else _write_parts(reading, assignment)
+    copyable = _copyable_constants(reading)
+    placed = {n: v for n, v in reading.variables.items() if n not in copyable}  # live in the first part only
+    assignment = _balance(reading.functions, placed, parts, print_share)
+    return None if assignment is None else _write_parts(reading, assignment, copyable)
+
+
+_INTERNAL_CONSTANT = re.compile(r'@"[^"]+" = (internal|private) (unnamed_addr )?constant ')
+
+
+def _copyable_constants(reading: _Reading) -> set[str]:
+    """The internal constants a part may hold a copy of (the GEMM drivers' configs, which the entry's
+    glue reads): nothing takes their address to compare it, and the functions they name are defined
+    once, in some part, and declared where a copy names them. Not one naming an alwaysinline helper
+    (it has no symbol of its own) or another variable."""
+    functions = reading.functions
+    return {n for n, text in reading.variables.items() if _INTERNAL_CONSTANT.match(text)
+            and all(m in functions and not functions[m].inline for m in set(_SYMBOL.findall(text)) - {n})}
 
 
 def _read_text(llvm_ir: str) -> _Reading | None:
@@ -204,8 +219,9 @@ def _balance(functions: dict[str, _Function], variables: dict[str, str], parts: 
     units = [n for n, f in functions.items() if not f.inline]
     closure = {n: {n} | _inlined_closure(functions[n].calls, functions) for n in units}
     cost = {n: sum(functions[m].lines for m in closure[n]) for n in units}
-    # a function naming a variable, itself or through a helper inlined into it (`_write_parts` would
-    # refuse it anywhere else, and with it the whole split)
+    # a function naming a variable (`variables`: those not copied into the parts that name them),
+    # itself or through a helper inlined into it (`_write_parts` would refuse it anywhere else, and
+    # with it the whole split)
     pinned = {n for n in units if not functions[n].internal
               or any(functions[m].calls & variables.keys() for m in closure[n])}
     parts = min(parts, sum(cost.values()) // MIN_PART_LINES, len(units) - len(pinned) + (1 if pinned else 0))
@@ -223,7 +239,7 @@ def _balance(functions: dict[str, _Function], variables: dict[str, str], parts: 
     return assignment
 
 
-def _write_parts(reading: _Reading, assignment: list[set[str]]) -> list[Printer] | None:
+def _write_parts(reading: _Reading, assignment: list[set[str]], copyable: set[str]) -> list[Printer] | None:
     functions, variables = reading.functions, reading.variables
     defined_in: dict[str, int] = {n: i for i, names in enumerate(assignment) for n in names}
     variable_calls = set().union(*(_SYMBOL.findall(v) for v in variables.values())) - variables.keys()
@@ -233,7 +249,10 @@ def _write_parts(reading: _Reading, assignment: list[set[str]]) -> list[Printer]
         members.append(names | _inlined_closure(set().union(roots, *(functions[n].calls for n in names)), functions))
     needed = [set().union(*(functions[n].calls for n in m)) | (variable_calls if i == 0 else set())
               for i, m in enumerate(members)]
-    if any(needed[i] & variables.keys() for i in range(1, len(members))):
+    copies: list[set[str]] = [set()] + [needed[i] & copyable for i in range(1, len(members))]
+    for i, names in enumerate(copies):  # a copy names its functions where it is
+        needed[i] |= set().union(*(_SYMBOL.findall(variables[n]) for n in names)) - {*names}
+    if any((needed[i] & variables.keys()) - copies[i] for i in range(1, len(members))):
         return None  # a global variable named outside the first part: keep the module whole
     exported = {n for i, need in enumerate(needed) for n in need if n in defined_in and defined_in[n] != i}
 
@@ -242,8 +261,9 @@ def _write_parts(reading: _Reading, assignment: list[set[str]]) -> list[Printer]
             m = members[i]
             elsewhere = sorted(n for n in needed[i] if n in defined_in and n not in m)
             body = [functions[n].exported() if n in exported else functions[n].text for n in functions if n in m]
+            held = variables.values() if i == 0 else [variables[n] for n in variables if n in copies[i]]
             return (reading.head + "".join(reading.declares) + "".join(functions[n].declaration() for n in elsewhere)
-                    + ("".join(variables.values()) if i == 0 else "") + "".join(body))
+                    + "".join(held) + "".join(body))
         return text
 
     return [printer(i) for i in range(len(members))]
