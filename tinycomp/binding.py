@@ -13,6 +13,7 @@ import contextlib
 import ctypes
 import itertools
 import operator
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -144,9 +145,9 @@ def native_watch(guard: StructureGuard, hot: HotTable) -> tuple[list[int], tuple
     cannot be watched on this interpreter (the Python paths then serve every call)."""
     words: list[int] = []
     for c in guard.containers:
-        if type(c) not in (dict, list):  # OrderedDict.move_to_end reorders without a new version tag
+        if isinstance(c, OrderedDict):  # move_to_end reorders it without a new version tag
             return None
-        words += native_guard.dict_words(c) if type(c) is dict else native_guard.list_words(c)
+        words += native_guard.dict_words(c) if isinstance(c, dict) else native_guard.list_words(c)
     for cls in guard.classes:  # a class dict is read only through a proxy: its version word is the dict's
         words += native_guard.dict_words(native_guard.class_dict(cls))
     for layer in guard.layers:  # `layer.__dict__ = {...}`, `layer.__class__ = Other`

@@ -238,10 +238,14 @@ def llvm_ir(art: Artifact) -> str:
     return art.plan.llvm_ir
 
 
-def stage_text(art: Artifact, stage: str) -> str:
-    """Text of one stage: 'traced', 'optimized', 'llvm' (before and after LLVM passes), 'asm'."""
+def check_stage(stage: str) -> None:
     if stage not in STAGES:
         raise ValueError(f"unknown dump stage {stage!r}; stages are {', '.join(STAGES)}")
+
+
+def stage_text(art: Artifact, stage: str) -> str:
+    """Text of one stage: 'traced', 'optimized', 'llvm' (before and after LLVM passes), 'asm'."""
+    check_stage(stage)
     if stage == "traced":
         return format_graph(art.traced)
     if stage == "optimized":

@@ -40,8 +40,7 @@ class ShowsCompilation:
 
     def dump(self, stage: str = "optimized") -> str:
         """Text of one stage: 'traced', 'optimized', 'llvm' (before and after LLVM passes), 'asm'."""
-        if stage not in STAGES:
-            raise ValueError(f"unknown dump stage {stage!r}; stages are {', '.join(STAGES)}")
+        driver.check_stage(stage)  # before _require: a wrong name is the first thing to say
         return driver.stage_text(self._require(f"dump({stage!r})"), stage)
 
     def pass_dumps(self) -> list[tuple[str, str]]:

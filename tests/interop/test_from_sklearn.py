@@ -226,5 +226,7 @@ def test_refusals_name_what_was_given():
 
 
 def test_logistic_regression_cv_imports():
+    """A guard: the importer takes its classes exactly now, and LogisticRegressionCV (a subclass of
+    LogisticRegression, imported as one before) is listed by name."""
     est = fitted(LogisticRegressionCV(max_iter=200, cv=3), classes=3)
     check_imported(from_sklearn(est), rows_or_empty(est.predict_proba, 3), 10, scale=2.0)

@@ -101,7 +101,7 @@ class SampleOf2D(Layer):
                          ids=["matrix", "masked", "recarray"])
 def test_ndarray_subclasses_are_read_as_their_data(make):
     """A float32 np.matrix sample of a (None, 3, 4) model stayed 2-D through reshape and was refused as
-    a bad native buffer."""
+    a bad native buffer (the masked array and recarray cases passed before: guards)."""
     model = SampleOf2D()
     fast = CompiledModel(model, input_shape=(None, 3, 4), threads=1)
     sample = np.random.default_rng(2).standard_normal((3, 4)).astype(np.float32)

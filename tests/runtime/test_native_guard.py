@@ -309,3 +309,38 @@ def test_a_change_of_the_model_reaches_a_several_input_call(python_calls):
     assert python_calls[0] == calls + 2  # the hot path saw the change, the full path re-armed
     fast(*inputs)
     assert python_calls[0] == calls + 2
+
+
+class Blocks(list):
+    pass
+
+
+class Named(dict):
+    pass
+
+
+class Chain(Layer):
+    def __init__(self, holder):
+        self.layers = holder
+
+    def forward(self, x):
+        for layer in (self.layers.values() if isinstance(self.layers, dict) else self.layers):
+            x = layer(x)
+        return x
+
+
+@pytest.mark.parametrize("holder, native", [
+    (lambda a, b: Blocks([a, b]), True), (lambda a, b: Named(a=a, b=b), True),
+    (lambda a, b: __import__("collections").OrderedDict(a=a, b=b), False),  # move_to_end keeps its version tag
+], ids=["list subclass", "dict subclass", "OrderedDict"])
+def test_containers_of_layers_are_watched_natively_unless_they_reorder_unseen(holder, native):
+    model = Chain(holder(Linear(4, 4), Linear(4, 4)))
+    fast = CompiledModel(model, input_shape=(None, 4), threads=1)
+    x = np.random.default_rng(3).standard_normal((2, 4)).astype(np.float32)
+    fast(x)
+    assert (fast._native is not None) is native
+    if isinstance(model.layers, dict):
+        model.layers["a"] = model.layers.pop("a")  # reordered: a new version tag, or the Python paths
+    else:
+        model.layers.reverse()
+    np.testing.assert_allclose(fast(x).data, eager_eval(model, x), rtol=2e-5, atol=2e-6)

@@ -183,7 +183,8 @@ def two_product(builder: ir.IRBuilder, module: ir.Module, a: ir.Value, b: ir.Val
     """a * b as hi + lo, lo the rounding error of hi (exact for products away from overflow and
     underflow): the fma remainder, or Dekker's product of Veltkamp halves where the target has no
     fused multiply-add (WebAssembly, where `fma` rounds twice and the remainder came out 0). There
-    lo is 0 where the split overflows (|a| or |b| over 2**115) or an operand is not finite: hi alone."""
+    lo is 0 where the split overflows (|a| or |b| over FLT_MAX / 4097, about 2**116) or an operand
+    is not finite: hi alone."""
     hi = builder.fmul(a, b)
     if for_triple(module.triple).fused_multiply_add:
         return hi, fma(builder, module, a, b, builder.fneg(hi))

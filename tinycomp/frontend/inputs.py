@@ -242,9 +242,6 @@ def check_compilable(arr: Any, others: Sequence[Any], now: str = "") -> None:
 def check_input_names(model: Any, x: Any) -> None:
     """A DataFrame given to a model fitted on named columns (an imported scikit-learn model's input
     check holds them) must have those columns, in order: it is read by position."""
-    if getattr(x, "columns", None) is None or isinstance(x, np.ndarray):
-        return
-    check = first_layer(model)
-    if isinstance(check, InputShape):
+    if getattr(x, "columns", None) is not None and isinstance(check := first_layer(model), InputShape):
         check.check_names(x)
 
