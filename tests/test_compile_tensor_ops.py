@@ -244,3 +244,32 @@ def test_refusals_name_what_the_user_wrote():
     with pytest.raises(tc.CompileError, match=r"cannot reshape \(N, 3, 4\) to \(2, -1\): the batch dimension N must "
                                               r"stay first, written as -1 \(e.g. x.reshape\(-1, 12\)\)"):
         tc.compile(Fn(lambda t: t.reshape(2, -1)))(x)
+
+
+class Swap(Layer):
+    """x.transpose(dim0, dim1), times 2 unless `alone` (then the transpose is the output itself)."""
+
+    def __init__(self, dim0, dim1, alone=False):
+        self.dims, self.alone = (dim0, dim1), alone
+
+    def forward(self, x):
+        y = x.transpose(*self.dims)
+        return y if self.alone else y * 2.0
+
+
+@pytest.mark.parametrize("sample, dims, view", [
+    ((1, 1000), (1, 2), True), ((1000, 1), (1, 2), True), ((1, 8, 128), (1, 2), True),
+    ((1, 1, 5), (1, 3), True), ((5, 1, 1), (1, 3), True), ((2, 1, 3), (1, 3), False), ((2, 3), (1, 2), False),
+    ((1, 4), (-1, -2), True),
+])
+@pytest.mark.parametrize("alone", [False, True], ids=["then scaled", "as the output"])
+def test_a_transpose_of_axes_of_size_one_is_a_view(sample, dims, view, alone):
+    """(64, 1, 1000).transpose(1, 2) lies in memory as its operand does: it was copied by the strided
+    kernel, 2 x NumPy's time for `x.transpose(1, 2) + 1`; now it shares the operand's buffer."""
+    model = Swap(*dims, alone=alone)
+    fast = tc.compile(model)
+    x = np.random.default_rng(4).standard_normal((3, *sample)).astype(np.float32)
+    want = np.swapaxes(x, *dims) * (1.0 if alone else 2.0)
+    got = fast(x).data
+    assert got.shape == want.shape and np.array_equal(got, want)
+    assert ("strided" in fast.dump("llvm")) is not view

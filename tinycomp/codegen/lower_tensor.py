@@ -83,7 +83,10 @@ def lower_broadcast(e: _Emitter, n: str, expr: tuple) -> None:
 
 
 def lower_transpose(e: _Emitter, n: str) -> None:
-    """A copy that reads the operand with two of its strides swapped."""
+    """A copy that reads the operand with two of its strides swapped; no code for one that only
+    moves axes of size 1 (`scratch.keeps_order`: it shares its operand's buffer)."""
+    if n in e.buffers.aliases:
+        return
     g = e.g
     (x,) = g.args(n)
     shape = tuple(g.shape(x))

@@ -30,8 +30,20 @@ PASS_THROUGH = ALIASING - {"output"}
 
 
 def is_pass_through(g: Graph, n: str) -> bool:
-    """Does n share its operand's buffer? A training-mode dropout computes a value of its own."""
-    return g.op(n) in PASS_THROUGH and not (g.op(n) == "dropout" and not is_identity_dropout(g, n))
+    """Does n share its operand's buffer? A training-mode dropout computes a value of its own; a
+    transpose that only moves axes of size 1 is a reshape (`keeps_order`)."""
+    op = g.op(n)
+    if op == "transpose":
+        return keeps_order(g, n)
+    return op in PASS_THROUGH and not (op == "dropout" and not is_identity_dropout(g, n))
+
+
+def keeps_order(g: Graph, n: str) -> bool:
+    """Is transpose n a reshape: do the axes it swaps and those between them hold at most one of a
+    size other than 1 (a (64, 1, 1000) array read as (64, 1000, 1) lies the same in memory)?"""
+    shape = tuple(g.shape(g.args(n)[0]))
+    i, j = sorted(normalized_axis(len(shape), int(g.attrs(n)[k])) for k in ("dim0", "dim1"))
+    return sum(d != 1 for d in shape[i:j + 1]) <= 1  # the batch (None) counts as more than 1
 
 
 def columns_read_in_place(g: Graph, n: str) -> int | None:
