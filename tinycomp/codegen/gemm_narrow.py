@@ -133,36 +133,38 @@ def _emit_narrow(module: ir.Module, name: str, shape: NarrowShape, kind: str, re
     wt_rows = [element_ptr(b, Wt, b.mul(ldw, i64(n))) if n else Wt for n in range(N)]
 
     R = shape.rows
-    last = b.sub(M, i64(1))
-    with for_range(b, 0, M, R, name="rb") as block:
+    whole = b.mul(b.udiv(M, i64(R)), i64(R))  # rows in whole blocks of R
+    with for_range(b, 0, whole, R, name="rb") as block:
         r0 = block.index
-        # Rows r0..r0+R; past M (the last block of a batch that is not a multiple of R) the
-        # block recomputes row M-1 and stores nothing for it: one copy of the code for any M.
-        a_rows = [A]
-        for r in range(1, R):
-            row = b.add(r0, i64(r))
-            row = b.select(b.icmp_signed("<", row, M), row, last)
-            a_rows.append(element_ptr(b, A, b.mul(row, K)))
-        a_rows[0] = element_ptr(b, A, b.mul(r0, K))
-        acc = _narrow_dot(b, shape, R, shape.unroll, K, a_rows, wt_rows)
-        # The block's R*N outputs are contiguous in C: they leave the tree `width` at a time as
-        # whole vectors, each with one bias add, activation and (masked) store.
-        slots = [acc[r][n] for r in range(R) for n in range(N)]
-        c = element_ptr(b, C, b.mul(r0, i64(N)))
-        valid = b.mul(b.sub(M, r0), i64(N))  # outputs left in C from this block's start
-        for j0 in range(0, len(slots), w):
-            lanes = min(w, len(slots) - j0)
-            bias_v = bias1 if j0 == 0 and lanes <= N else b.shuffle_vector(bias1, bias1, vector_constant(
-                ir.VectorType(I32, w), [(j0 + j) % N if j < lanes else N for j in range(w)]))
-            out = act(b.fadd(hsum_slots(b, slots[j0:j0 + lanes], w), bias_v))
-            left = b.sub(valid, i64(j0))
-            left = b.select(b.icmp_signed("<", left, i64(lanes)), left, i64(lanes))
-            [mask] = column_masks(b, left, 1, w)
-            if residual:
-                out = plus_residual(b, out, element_ptr(b, res, b.add(b.mul(r0, i64(N)), i64(j0))), mask)
-            masked_store(b, out, element_ptr(b, c, j0), mask)
+        a_rows = [element_ptr(b, A, b.mul(b.add(r0, i64(r)), K)) for r in range(R)]
+        _store_rows(b, shape, _narrow_dot(b, shape, R, shape.unroll, K, a_rows, wt_rows), (act, bias1),
+                    (C, res if residual else None), r0)
+    if R > 1:  # the rows left, one at a time (the same sums: a row's do not depend on its block)
+        with for_range(b, whole, M, name="r1") as row:
+            a_row = element_ptr(b, A, b.mul(row.index, K))
+            _store_rows(b, shape, _narrow_dot(b, shape, 1, shape.unroll, K, [a_row], wt_rows), (act, bias1),
+                        (C, res if residual else None), row.index)
     b.ret_void()
     return fn
+
+
+def _store_rows(b: ir.IRBuilder, shape: NarrowShape, acc, epilogue, out, r0: ir.Value) -> None:
+    """The outputs of rows r0.. (`acc[r][n]`, `_narrow_dot`'s) through the epilogue into C (+ R).
+    They are contiguous in C: they leave the tree `width` at a time as whole vectors, each with one
+    bias add, activation and (masked) store."""
+    (act, bias1), (C, res) = epilogue, out
+    N, w = shape.N, shape.width
+    slots = [acc[r][n] for r in range(len(acc)) for n in range(N)]
+    for j0 in range(0, len(slots), w):
+        lanes = min(w, len(slots) - j0)
+        bias_v = bias1 if j0 == 0 and lanes <= N else b.shuffle_vector(bias1, bias1, vector_constant(
+            ir.VectorType(I32, w), [(j0 + j) % N if j < lanes else N for j in range(w)]))
+        out_v = act(b.fadd(hsum_slots(b, slots[j0:j0 + lanes], w), bias_v))
+        [mask] = column_masks(b, i64(lanes), 1, w)
+        at = b.add(b.mul(r0, i64(N)), i64(j0))
+        if res is not None:
+            out_v = plus_residual(b, out_v, element_ptr(b, res, at), mask)
+        masked_store(b, out_v, element_ptr(b, C, at), mask)
 
 
 def _narrow_epilogue(b: ir.IRBuilder, kind: str, flags, bias, N: int, w: int):
