@@ -237,6 +237,18 @@ def test_small_batched_products_and_narrow_finishes_match_eager(tmp_path, target
     assert_export_matches_eager(tmp_path, target, SmallProducts(), 108, seed=8)
 
 
+@pytest.mark.parametrize("target", TARGETS)
+def test_layers_of_two_outputs_read_in_place_match_eager(tmp_path, target):
+    """A layer of two outputs reads W's (k, 0), (k, 1) pairs in place on every vector width, in whole
+    steps and a masked last one (K = 37 and 100)."""
+    skip_unless_runnable(target)
+    manual_seed(11)
+    model = Sequential(Linear(100, 37), Tanh(), Linear(37, 2), Sigmoid())
+    assert_export_matches_eager(tmp_path, target, model, 100, seed=9)
+    manual_seed(12)
+    assert_export_matches_eager(tmp_path, target, Sequential(Linear(100, 2)), 100, seed=10)
+
+
 class PeriodicTables(Layer):
     """Tables that repeat every 7 and 9 rows of a sample: the kernel reads them at row % 7 and row % 9,
     which on a 32-bit target must be 32-bit remainders (a 64-bit one by 7 was a call to

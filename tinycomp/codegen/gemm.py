@@ -231,7 +231,7 @@ def plan_narrow(K: int, N: int, width: int, registers: int | None = None) -> Nar
         return None
     budget = 24 if _has_32_registers(width, registers) else 12
     rows, unroll = next(((r, u) for r in (4, 2, 1) for u in (2, 1) if r * N * u <= budget), (1, 1))
-    return NarrowShape(N, width, rows, unroll, tail=K % (width * unroll) != 0)
+    return NarrowShape(N, width, rows, unroll, tail=K % (width * unroll) != 0, pairs=N == 2)
 
 
 def narrow_small_rows(N: int, width: int) -> int:
@@ -246,8 +246,9 @@ def narrow_small_rows(N: int, width: int) -> int:
 def pack_floats(K: int, N: int, width: int, registers: int | None = None, tiled: bool = True) -> int:
     """Size in floats of the `pack` scratch buffer `emit_linear` needs for this layer (`tiled`
     False: on at most `direct_max_rows` rows, where the tiled path reads W in place)."""
-    if plan_narrow(K, N, width, registers) is not None:
-        return 0 if N == 1 else N * _round_up(K, width)  # Wt; one output column is W itself
+    narrow = plan_narrow(K, N, width, registers)
+    if narrow is not None:  # Wt; W of one column is its own, of two read in place (`NarrowShape.pairs`)
+        return 0 if N == 1 or narrow.pairs else N * _round_up(K, width)
     if not tiled:
         return 0
     return K * min(plan_gemm(K, N, width, registers).nc, _round_up(N, width))
@@ -324,13 +325,14 @@ def _emit_linear(module: ir.Module, name: str, *, K: int, N: int, bias: bool, ac
 def _emit_narrow(b: ir.IRBuilder, shape: NarrowShape, args, *, K: int, bias: bool, activation: str | None,
                  residual: bool) -> None:
     """Narrow layers: W transposed into `pack` on every call (never stale; with one column W is
-    already its own transpose), then the dot-product kernel over all rows."""
+    already its own transpose, two are read in place as pairs), then the dot-product kernel over
+    all rows; a small batch of more columns takes the in-place kernel instead."""
     M, A, W, B, C, pack, R = args
     ldw = _round_up(K, shape.width)  # Wt rows start on vector boundaries
     B = B if bias else ir.Constant(PTR, None)
     relu = i64(int(activation == "relu"))
     small = narrow_small_rows(shape.N, shape.width)
-    if shape.N == 1:  # W is its own transpose
+    if shape.N == 1 or shape.pairs:  # W is its own transpose, or read in place as pairs
         b.call(narrow_kernel(b.module, shape, activation, residual), [M, i64(K), A, W, i64(ldw), B, C, relu, R])
     else:
         with b.if_else(b.icmp_signed("<", M, i64(small))) as (then, otherwise):

@@ -7,6 +7,7 @@ output is a dot product over K in `<width x float>` partial sums, reduced by a p
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from llvmlite import ir
@@ -49,9 +50,12 @@ class NarrowShape:
     rows: int
     unroll: int
     tail: bool = True  # K may leave a partial step of unroll * width columns (else: no code for it)
+    # two outputs: W read in place, its (k, 0), (k, 1) pairs split into the two outputs' vectors by
+    # two shuffles, instead of transposed into Wt on every call (as W of one column is its own Wt)
+    pairs: bool = False
 
     def suffix(self) -> str:
-        return f"{self.N}r{self.rows}u{self.unroll}v{self.width}" + ("t" if self.tail else "")
+        return f"{self.N}r{self.rows}u{self.unroll}v{self.width}" + ("t" if self.tail else "") + ("p" * self.pairs)
 
 
 def hsum_slots(builder: ir.IRBuilder, slots: list[ir.Value], width: int) -> ir.Value:
@@ -130,19 +134,20 @@ def _emit_narrow(module: ir.Module, name: str, shape: NarrowShape, kind: str, re
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     N, w = shape.N, shape.width
     act, bias1 = _narrow_epilogue(b, kind, flags, bias, N, w)
-    wt_rows = [element_ptr(b, Wt, b.mul(ldw, i64(n))) if n else Wt for n in range(N)]
+    weights = _pairs_of(Wt, w) if shape.pairs else \
+        _rows_of([element_ptr(b, Wt, b.mul(ldw, i64(n))) if n else Wt for n in range(N)], w)
 
     R = shape.rows
     whole = b.mul(b.udiv(M, i64(R)), i64(R))  # rows in whole blocks of R
     with for_range(b, 0, whole, R, name="rb") as block:
         r0 = block.index
         a_rows = [element_ptr(b, A, b.mul(b.add(r0, i64(r)), K)) for r in range(R)]
-        _store_rows(b, shape, _narrow_dot(b, shape, R, shape.unroll, K, a_rows, wt_rows), (act, bias1),
+        _store_rows(b, shape, _narrow_dot(b, shape, R, shape.unroll, K, a_rows, weights), (act, bias1),
                     (C, res if residual else None), r0)
     if R > 1:  # the rows left, one at a time (the same sums: a row's do not depend on its block)
         with for_range(b, whole, M, name="r1") as row:
             a_row = element_ptr(b, A, b.mul(row.index, K))
-            _store_rows(b, shape, _narrow_dot(b, shape, 1, shape.unroll, K, [a_row], wt_rows), (act, bias1),
+            _store_rows(b, shape, _narrow_dot(b, shape, 1, shape.unroll, K, [a_row], weights), (act, bias1),
                         (C, res if residual else None), row.index)
     b.ret_void()
     return fn
@@ -268,11 +273,40 @@ def _pairwise(b: ir.IRBuilder, parts: list[ir.Value]) -> ir.Value:
     return parts[0]
 
 
-def _narrow_dot(b, shape: NarrowShape, rows: int, unroll: int, K, a_rows, wt_rows):
-    """acc[r][n] = A[r, 0:K] . Wt[n, 0:K] for a block of rows, each as `unroll` vector accumulators
+# The weights of one step's columns: `load(builder, k, u, rem)` gives each output's vector of the
+# columns k .. k+width-1 (the u-th vector of a step); `rem` (None but in a step past the last whole
+# one) the real columns left from the step's start, the lanes past them masked to 0.
+Weights = Callable[[ir.IRBuilder, ir.Value, int, ir.Value | None], list[ir.Value]]
+
+
+def _rows_of(wt_rows: list[ir.Value], w: int) -> Weights:
+    """From Wt's rows, one per output."""
+    def load(b: ir.IRBuilder, k: ir.Value, u: int, rem: ir.Value | None) -> list[ir.Value]:
+        mask = None if rem is None else column_masks(b, rem, u + 1, w)[u]
+        return [masked_load(b, element_ptr(b, row, k), mask, width=w) for row in wt_rows]
+    return load
+
+
+def _pairs_of(W: ir.Value, w: int) -> Weights:
+    """From W of two columns in place: the 2 * width floats of the step's columns, split into the
+    even lanes (output 0) and the odd ones (output 1)."""
+    evens = vector_constant(ir.VectorType(I32, w), list(range(0, 2 * w, 2)))
+    odds = vector_constant(ir.VectorType(I32, w), list(range(1, 2 * w, 2)))
+
+    def load(b: ir.IRBuilder, k: ir.Value, u: int, rem: ir.Value | None) -> list[ir.Value]:
+        masks = [None, None] if rem is None else column_masks(b, b.mul(rem, i64(2)), 2 * u + 2, w)[2 * u:]
+        at = element_ptr(b, W, b.mul(k, i64(2)))
+        lo, hi = (masked_load(b, element_ptr(b, at, h * w), masks[h], width=w) for h in (0, 1))
+        return [b.shuffle_vector(lo, hi, evens), b.shuffle_vector(lo, hi, odds)]
+    return load
+
+
+def _narrow_dot(b, shape: NarrowShape, rows: int, unroll: int, K, a_rows, weights: Weights):
+    """acc[r][n] = A[r, 0:K] . W[0:K, n] for a block of rows, each as `unroll` vector accumulators
     over interleaved K chunks (chunk c into accumulator c % unroll), summed pairwise at the end.
     Full steps of unroll*width columns run in a loop with plain loads; the last partial step once
-    with masked loads of A and Wt (masked-off lanes are 0 * 0), so no memory past K is touched."""
+    with masked loads of A and the weights (masked-off lanes are 0 * 0), so no memory past K is
+    touched. Either source of the weights (`_rows_of`, `_pairs_of`) gives the same vectors."""
     w, N = shape.width, shape.N
     fma = declare_vector_intrinsic(b.module, "fma", w, 3)
     step = w * unroll
@@ -282,13 +316,15 @@ def _narrow_dot(b, shape: NarrowShape, rows: int, unroll: int, K, a_rows, wt_row
     # the accumulators, carried as one list: slot[u, r, n] is the position of (u, r, n) in it
     slot = {key: i for i, key in enumerate((u, r, n) for u in range(unroll) for r in range(rows) for n in range(N))}
 
-    def body(k0, accs, masks):
-        """The accumulators after one step of unroll*width columns from k0."""
+    def body(k0, accs, rem):
+        """The accumulators after one step of unroll*width columns from k0 (`rem`: the columns left
+        in a last partial step, else None)."""
         out = list(accs)
+        masks = None if rem is None else column_masks(b, rem, unroll, w)
         for u in range(unroll):
             k = b.add(k0, i64(u * w))
             mask = masks[u] if masks else None
-            wv = [masked_load(b, element_ptr(b, wt_rows[n], k), mask, width=w) for n in range(N)]
+            wv = weights(b, k, u, rem)
             av = [masked_load(b, element_ptr(b, a_rows[r], k), mask, width=w) for r in range(rows)]
             for r in range(rows):
                 for n in range(N):
@@ -301,7 +337,7 @@ def _narrow_dot(b, shape: NarrowShape, rows: int, unroll: int, K, a_rows, wt_row
     acc = loop.results
     if shape.tail:  # else K is a multiple of the step: the loop is all
         with if_then(b, b.icmp_signed(">", rem, i64(0)), carry=acc, name="nd.tail") as tail:
-            tail.carry(*body(k_tail, acc, column_masks(b, rem, unroll, w)))
+            tail.carry(*body(k_tail, acc, rem))
         acc = tail.results
     result = [[None] * N for _ in range(rows)]
     for r in range(rows):
