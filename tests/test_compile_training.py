@@ -93,6 +93,36 @@ def test_eager_and_compiled_calls_share_each_layers_call_count():
         np.testing.assert_array_equal(a, b)
 
 
+def test_hot_and_full_path_calls_each_draw_once(monkeypatch):
+    """Training-mode calls take the hot path now (they took the full one, 20-30 us of Python): it
+    draws the masks only once the call is sure to run there, so calls it hands on (a strided input,
+    a batch split across threads) draw once too, and the sequence is eager's."""
+    from tinycomp.runtime.call import CompiledCall
+
+    hot_runs = []
+    real_hot = CompiledCall.hot
+
+    def counted(self, *args, **kwargs):
+        out = real_hot(self, *args, **kwargs)
+        hot_runs.append(out is not None)
+        return out
+
+    monkeypatch.setattr(CompiledCall, "hot", counted)
+    manual_seed(4)
+    model = Sequential(Linear(7, 7), Dropout(0.5), Dropout(0.25))
+    fast = tc.compile(model, training=True, threads=2)
+    x = inputs(3, width=7) + 4
+    calls = [x, np.asfortranarray(x), x, inputs(5000, width=7) + 4, x, x.tolist(), x]
+    manual_seed(8)
+    eager = [model(Tensor(np.asarray(c, np.float32))).data for c in calls]
+    manual_seed(8)
+    compiled = [fast(c).data for c in calls]
+    for i, (e, c) in enumerate(zip(eager, compiled, strict=True)):
+        np.testing.assert_allclose(c, e, rtol=2e-6, atol=2e-6, err_msg=f"call {i}")
+        assert np.array_equal(c == 0, e == 0), f"call {i}: another mask"
+    assert hot_runs.count(True) >= 3 and hot_runs.count(False) >= 2  # both paths took part
+
+
 class TwiceAndUnused(Layer):
     """One Dropout called twice, and a second one whose result is thrown away (dead code)."""
 

@@ -254,10 +254,9 @@ class CompiledModel(ShowsCompilation):
                 y.data, y.requires_grad, y.grad = out, False, None
                 return y
         art = self._artifact
-        # check=True compares with eager; a training-mode call draws its masks: both always _call
-        if art is not None and not self.check and art.draws is None and len(more) == len(art.more_inputs):
+        if art is not None and not self.check and len(more) == len(art.more_inputs):  # check=True: always _call
             out = art.call.hot(x.data if type(x) is Tensor else x, art,
-                               [m.data if type(m) is Tensor else m for m in more] if more else ())
+                               [m.data if type(m) is Tensor else m for m in more] if more else (), art.draws)
             if out is not None:
                 self.stats.calls += 1
                 self._arm(art)

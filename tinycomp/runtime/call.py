@@ -60,6 +60,11 @@ def _hot_float32(arr: np.ndarray) -> np.ndarray | None:
     return arr if flags.c_contiguous and flags.aligned else None
 
 
+class Draws(Protocol):
+    def draw(self) -> tuple[Sequence[DropoutStream], Any]:
+        """(each dropout node's stream for this call, ...), advancing every layer's call count."""
+
+
 class HotTables(Protocol):
     def hot_table(self) -> tuple[Any, ctypes.Array] | None:
         """(what keeps the weights alive, the last call's pointer table) if the model and its
@@ -87,10 +92,12 @@ class CompiledCall:
         self.hot_rows = one_part_rows(flops_per_row, threads, (CHECK_ABOVE - 1) // self.bytes_per_row,
                                       self.rows_per_sample)
 
-    def hot(self, arr: Any, tables: HotTables, more: Sequence[Any] = ()) -> np.ndarray | None:
+    def hot(self, arr: Any, tables: HotTables, more: Sequence[Any] = (),
+            draws: Draws | None = None) -> np.ndarray | None:
         """The common call: C-contiguous arrays of numbers (cast to float32) of the compiled shapes
         (`more`: the inputs after the first, as many as compiled), a batch small enough for one
         thread and no memory check, with the model's structure and parameter arrays as last time.
+        A training-mode module draws its masks from `draws`, once the call is sure to run here.
         Anything else returns None and takes the full path, which handles (and names) every other
         case; both run the same native code on the same checks."""
         if type(arr) is not np.ndarray or arr.shape[1:] != self.features:
@@ -111,10 +118,12 @@ class CompiledCall:
         hot = tables.hot_table()  # held until the call returns: it keeps the weights alive
         if hot is None:
             return None
+        # every check passed: the layers' next masks are this call's (drawn once; the full path draws its own)
+        held = None if draws is None else self._draws_table(draws.draw()[0], 0)  # held until the call returns
         out = np.empty((rows, *self.out_row), _F32)
         scratch = self.scratch.lease(self.plan.scratch_floats(rows))  # held until the call returns
         self.kernel.call(rows, data_pointer(arr), data_pointer(out), scratch[1], ctypes.addressof(hot[1]),
-                         0, 0 if inputs is None else ctypes.addressof(inputs))
+                         0 if held is None else held.ctypes.data, 0 if inputs is None else ctypes.addressof(inputs))
         return out
 
     def rows(self, arr: np.ndarray, out_shape_for: Callable[[tuple[int, ...]], tuple[int, ...]]) -> tuple[int, tuple]:
