@@ -106,10 +106,12 @@ class AttentionSpec:
         on Intel cores every FMA that rounds into the subnormals or reads one takes a microcode
         assist (the block with scores 36 x wider ran 2.95 x as long: benchmarks/tiny_results.py,
         its block table). A flushed probability is
-        below 2**-100 where the largest is at least 1 / Sk: P @ V changes by less than
-        2**-100 Sk max|v|, and only heads whose |v| stays below FLUSH_V_BELOW flush
-        (`_flush_threshold`)."""
-        return math.log(2.0**-100 * max(self.sk, 1))
+        below 2**-100 Sk where the largest is at least 1 / Sk: P @ V changes by less than
+        2**-100 Sk**2 max|v|, and only heads whose |v| stays below FLUSH_V_BELOW flush
+        (`_flush_threshold`). Past FLUSH_SEQ_CAP keys the threshold stops growing with Sk (the
+        change would pass the parity rule's 1e-6 from about 2**20 keys: a fuzzer's 0 for 1.2e-6 at
+        1.2 million); the probabilities left may then be subnormal, at an assist each."""
+        return math.log(2.0**-100 * min(max(self.sk, 1), FLUSH_SEQ_CAP))
 
 
 def emit_attention(module: ir.Module, name: str, spec: AttentionSpec) -> ir.Function:
@@ -150,13 +152,15 @@ def emit_attention(module: ir.Module, name: str, spec: AttentionSpec) -> ir.Func
 
 TERMS_PER_SUM = 32  # `_Block.tile` sums runs of this many terms from zero, then adds them up
 FLUSH_V_BELOW = 2.0**40  # V of a head whose probabilities are flushed is smaller than this (`_flush_threshold`)
+FLUSH_SEQ_CAP = 1 << 15  # keys past which the flush threshold stays (`AttentionSpec.flush_below`)
 
 
 def _flush_threshold(b: ir.IRBuilder, module: ir.Module, spec: AttentionSpec, vh: ir.Value) -> ir.Value:
     """Where this head's exp(score - max) is taken as +0, as a vector: `spec.flush_below`, unless
     the head's V holds a value of magnitude FLUSH_V_BELOW or more (an infinity included). A flushed
-    probability is below 2**-100 Sk, so with |v| < 2**40 P @ V moves by less than Sk**2 2**-60, under
-    2**-36 for Sk up to 4096: far inside the parity rule's absolute slack. A larger v could make a
+    probability is below 2**-100 min(Sk, FLUSH_SEQ_CAP), so with |v| < 2**40 P @ V moves by less
+    than Sk min(Sk, 2**15) 2**-60: under 2**-36 for Sk up to 4096, 2**-20 (the parity rule's
+    absolute slack) up to 2**25 keys. A larger v could make a
     tiny probability count (e**-80 * 3e38 = 5e3: a fuzzer's case), and an infinite one gives
     0 * inf = NaN where eager's tiny probability gives +-inf; such a head keeps every exp eager keeps
     (EXP_ZERO_BELOW, its subnormals at the assists they cost). One pass over V per sample and head:
