@@ -72,7 +72,8 @@ def compiled_mha(heads, head_dim, seq, mask_shape=None):
 SIZES = [(1, 1), (3, 5), (2, 32), (1, 20)]  # (heads, head dim); 20: whole 16 x 16 squares of K and leftovers
 
 
-@pytest.mark.parametrize("seq", [1, 7, 65])
+# 200 and 256 keys: whole tiles of keys in a loop (3 and a partial one, 4)
+@pytest.mark.parametrize("seq", [1, 7, 65, 200, 256])
 @pytest.mark.parametrize("heads, head_dim", SIZES)
 def test_multi_head_attention_without_a_mask(heads, head_dim, seq):
     mha, fast = compiled_mha(heads, head_dim, seq)
@@ -81,7 +82,7 @@ def test_multi_head_attention_without_a_mask(heads, head_dim, seq):
         assert_parity(fast(x), mha(Tensor(x)), attention64(mha, x.astype(np.float64)))
 
 
-@pytest.mark.parametrize("seq", [1, 7, 65])
+@pytest.mark.parametrize("seq", [1, 7, 65, 200])
 @pytest.mark.parametrize("heads, head_dim", SIZES)
 def test_per_sample_masks_with_blocked_rows(heads, head_dim, seq):
     """Also the row blocks: 6 rows each, the last one overlapping the one before (seq 7, 65)."""
@@ -449,3 +450,21 @@ def test_flushed_probabilities_move_the_output_within_the_parity_slack(sk):
                          v_batch=sk, mask=None, scale=1.0, divide=False, mask_value=None, width=16, vectors=1)
     assert sk * math.exp(spec.flush_below) * FLUSH_V_BELOW <= 1e-6
     assert spec.flush_below <= math.log(2.0**-100 * sk)  # never above the old threshold: no new flushing
+
+
+def test_the_code_of_the_scores_does_not_grow_with_the_keys():
+    """Every tile of keys had its own copy of the code: a million keys took a minute to compile."""
+    from tinycomp.codegen.attention import emit_attention
+    from tinycomp.codegen.ir_text import module_text
+
+    def lines(sk: int) -> int:
+        module = new_module()
+        spec = AttentionSpec(heads=1, sq=4, sk=sk, d=8, dv=8, q_row=8, k_row=8, v_row=8, q_batch=32,
+                             k_batch=8 * sk, v_batch=8 * sk, mask=(0, 0, sk, 1), scale=1.0, divide=False,
+                             mask_value=-1e9, width=16, vectors=4)
+        emit_attention(module, "attention", spec)
+        return module_text(module).count("\n")
+
+    few = lines(64 * 3 + 8)  # other parts differ by the keys' count (its remainders), not grow with it
+    assert lines(64 * 100 + 8) < 1.5 * few and lines(64 * 1000 + 8) < 1.5 * few
+

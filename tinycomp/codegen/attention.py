@@ -254,6 +254,14 @@ class _Block:
         if len(groups) == 1:  # every key in one register tile: softmax the scores right there
             self.score_tile(r0, rows, *groups[0], softmax=True)
         elif groups:  # (no keys: no scores, and P @ V is zeros)
+            # the whole tiles in one loop (unrolled, the code grew with the keys: a minute of code
+            # generation for a million), the last, partial one after it
+            whole = [g for g in groups if g[1:] == (spec.vectors, w)]
+            step = spec.vectors * w
+            if len(whole) > 1:
+                with for_range(b, 0, len(whole) * step, step, name="tile", nonempty=True) as tile:
+                    self.score_tile(r0, rows, tile.index, spec.vectors, w)
+                groups = groups[len(whole):]
             for c0, vectors, lanes in groups:
                 self.score_tile(r0, rows, c0, vectors, lanes)
             with for_range(b, 0, rows, name="row", nonempty=True) as r:
@@ -306,11 +314,14 @@ class _Block:
             loop.carry(element_ptr(b, at, stride), *new)
         return list(loop.results[1:])
 
-    def score_tile(self, r0: ir.Value, rows: int, c0: int, vectors: int, lanes: int, softmax: bool = False) -> None:
-        """Scores of `rows` rows x `vectors` vectors of keys from c0, scaled and masked, stored to the
-        scratch block; with `softmax` (the tile holds every key) their softmax instead, taken in
-        registers: the rows in flight together, no store and reload of the scores in between."""
+    def score_tile(self, r0: ir.Value, rows: int, c0: int | ir.Value, vectors: int, lanes: int,
+                   softmax: bool = False) -> None:
+        """Scores of `rows` rows x `vectors` vectors of keys from c0 (a run-time value in the loop
+        over whole tiles), scaled and masked, stored to the scratch block; with `softmax` (the tile
+        holds every key) their softmax instead, taken in registers: the rows in flight together, no
+        store and reload of the scores in between."""
         b, spec, w = self.b, self.spec, self.spec.width
+        c0 = i64(c0) if isinstance(c0, int) else c0
         last = self.mask_of(lanes)
         queries = [element_ptr(b, self.qh, b.mul(b.add(r0, i64(r)), i64(spec.q_row))) for r in range(rows)]
         acc = self.tile(spec.d, queries, element_ptr(b, self.kt, c0), spec.padded_sk, vectors, last)
@@ -321,7 +332,7 @@ class _Block:
             for j in range(vectors):
                 s = b.fdiv(acc[r][j], scale) if spec.divide else b.fmul(acc[r][j], scale)
                 if spec.mask:
-                    s = self.masked(s, b.add(r0, i64(r)), c0 + j * w)
+                    s = self.masked(s, b.add(r0, i64(r)), b.add(c0, i64(j * w)), lanes if j == vectors - 1 else w)
                 tile[-1].append(s)
         if softmax:
             if last is not None:  # keys past Sk: -inf, as softmax_row loads them
@@ -330,14 +341,15 @@ class _Block:
             tile = softmax_rows_in_registers(b, self.module, w, tile, self.flush_below)
         for r, row in enumerate(tile):
             for j, s in enumerate(row):
-                masked_store(b, s, element_ptr(b, self.scores, r * spec.padded_sk + c0 + j * w),
+                masked_store(b, s, element_ptr(b, self.scores, b.add(c0, i64(r * spec.padded_sk + j * w))),
                              last if j == vectors - 1 else None)
 
-    def masked(self, s: ir.Value, row: ir.Value, col: int) -> ir.Value:
+    def masked(self, s: ir.Value, row: ir.Value, col: ir.Value, lanes: int) -> ir.Value:
         """Scores s at (row, col..col+width) masked as eager does: + fl(fl(1 - m) * mask_value), + m, or
-        mask_fill where m != 0 (where m == 0 with fill_at_zero; a NaN m is nonzero, as in `where`)."""
+        mask_fill where m != 0 (where m == 0 with fill_at_zero; a NaN m is nonzero, as in `where`);
+        `lanes` of them real keys."""
         b, spec, w = self.b, self.spec, self.spec.width
-        m = self.mask_at(row, col)
+        m = self.mask_at(row, col, lanes)
         if spec.mask_fill is None:
             return b.fadd(s, m if spec.mask_value is None else
                           b.fmul(b.fsub(splat(1.0, w), m), splat(spec.mask_value, w)))
@@ -345,13 +357,13 @@ class _Block:
         fill = splat(spec.mask_fill, w)
         return b.select(nonzero, s, fill) if spec.fill_at_zero else b.select(nonzero, fill, s)
 
-    def mask_at(self, row: ir.Value, col: int) -> ir.Value:
-        """The mask's values at (row, col..col+width)."""
+    def mask_at(self, row: ir.Value, col: ir.Value, lanes: int) -> ir.Value:
+        """The mask's values at (row, col..col+width), `lanes` of them real keys."""
         b, spec, w = self.b, self.spec, self.spec.width
         _, _, row_stride, key_stride = spec.mask  # type: ignore[misc]
-        at = element_ptr(b, self.mh, b.add(b.mul(row, i64(row_stride)), i64(col * key_stride)))
+        at = element_ptr(b, self.mh, b.add(b.mul(row, i64(row_stride)), b.mul(col, i64(key_stride))))
         if key_stride:  # lanes past Sk read nothing: their scores are never stored
-            m = masked_load(b, at, self.mask_of(min(w, spec.sk - col)), width=w)
+            m = masked_load(b, at, self.mask_of(lanes), width=w)
         else:
             m = broadcast_load(b, at, w)
         return m
