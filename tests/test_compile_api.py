@@ -493,6 +493,20 @@ def test_check_true_excuses_what_float32_rounding_does_to_eager_too():
     assert tc.compile(tc.nn.LayerNorm(64), input_shape=(None, 64), check=True)(rows).shape == (4, 64)
 
 
+class CancelThenExp(tc.nn.Layer):
+    def forward(self, x):
+        return (x.sum(axis=-1, keepdims=True) - 1e8).exp()
+
+
+def test_check_true_names_rounding_too_when_eager_is_the_one_far_off():
+    """[5, 1e8, 5] sums to 1e8 + 16 left to right (eager) and to 1e8 + 8 (compiled; exactly 1e8 + 10):
+    exp makes eager 400 x further from float64 than compiled. The graph is current; the message
+    said only that it no longer described the model."""
+    x = np.array([[5.0, 1e8, 5.0]], np.float32)
+    with pytest.raises(tc.ParityError, match="no longer describes the model .* or eager's float32 rounding grew"):
+        tc.compile(CancelThenExp(), check=True)(x)
+
+
 class SkipBlock(tc.nn.Layer):
     """y = x + act(x @ W + b): a residual connection around one layer of `width` features."""
 

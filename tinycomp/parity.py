@@ -109,7 +109,9 @@ def check_parity(compiled: np.ndarray, eager: np.ndarray, reference: np.ndarray,
                             f"the eager model is {err_e.max():.3g} away from the float64 reference of the "
                             f"compiled graph at index {at(where)} (eager {eager[where]:.9g}, compiled "
                             f"{compiled[where]:.9g}): the traced graph no longer describes the model "
-                            "(does forward() read globals or take another Python branch?)")
+                            "(does forward() read globals or take another Python branch?), or eager's float32 "
+                            "rounding grew past what a first-order estimate allows (a sum that cancels, then "
+                            "exp: the float64 model settles which)")
     row = worst[:1]
     detail = (f"|compiled - float64 reference| = {err_c[worst]:.3g} at index {at(worst)} "
               f"(compiled {compiled[worst]:.9g}, eager {eager[worst]:.9g}, reference {ref[worst]:.9g}); "
