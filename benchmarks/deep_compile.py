@@ -4,7 +4,7 @@
 
 Each compile runs in a fresh process (no code or LLVM state carried over), input (None, 16, 64);
 prints the median wall time of the compile and the time per block. LLVM's code generation of one
-function grows faster than its length: entries of more than `codegen.module.PART_NODES` nodes run
+function grows faster than its length: entries of more than `codegen.entry_parts.PART_NODES` nodes run
 them in parts, which this shows as time per block staying flat.
 """
 

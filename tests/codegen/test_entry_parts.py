@@ -1,4 +1,4 @@
-"""An entry of more than `module.PART_NODES` nodes runs them in parts, internal functions it calls in
+"""An entry of more than `entry_parts.PART_NODES` nodes runs them in parts, internal functions it calls in
 turn (one function of 150 TransformerBlocks took LLVM 2.4 s to emit). The parts call the same
 kernels in the same order: every model gives the bits it gives unsplit, whatever its arguments
 (row blocks, several inputs, training-mode draws, an output that is an input)."""
@@ -13,7 +13,7 @@ import pytest
 import tinycomp as tc
 from tests.export.runners import run_export, skip_unless_runnable
 from tests.models import CATALOGUE, eager_eval
-from tinycomp.codegen import module
+from tinycomp.codegen import entry_parts, module
 from tinycomp.frontend.transformer import TransformerBlock
 from tinycomp.nn import Dropout, Layer, Linear, ReLU, Sequential, Tensor, manual_seed
 from tinycomp.parity import check_parity
@@ -28,7 +28,7 @@ def _both(monkeypatch, build, *inputs, part_nodes=1, **options):
     """(output unsplit, output in parts of `part_nodes` nodes, the split compiled model)."""
     whole = tc.compile(build(), threads=1, **options)
     want = whole(*inputs).data
-    monkeypatch.setattr(module, "PART_NODES", part_nodes)
+    monkeypatch.setattr(entry_parts, "PART_NODES", part_nodes)
     split = tc.compile(build(), threads=1, **options)
     return want, split(*inputs).data, split
 
@@ -95,7 +95,7 @@ def test_an_output_that_is_the_input_is_copied_after_the_parts(monkeypatch):
 
 def test_an_export_in_parts_runs_and_matches_eager(monkeypatch, tmp_path):
     skip_unless_runnable("host")
-    monkeypatch.setattr(module, "PART_NODES", 2)
+    monkeypatch.setattr(entry_parts, "PART_NODES", 2)
     manual_seed(2)
     model = Sequential(Linear(5, 9), ReLU(), Linear(9, 9), ReLU(), Linear(9, 3))
     tc.export(model, tmp_path, input_shape=(None, 5), target="host")
@@ -119,7 +119,7 @@ def test_a_module_in_parts_still_splits_for_parallel_code_generation(monkeypatch
     from tinycomp.codegen.split import split_ir_module
     from tinycomp.ir.passes import run_pipeline
 
-    monkeypatch.setattr(module, "PART_NODES", 4)
+    monkeypatch.setattr(entry_parts, "PART_NODES", 4)
     g = tc.trace(Masked(), [(None, 8, 16), (8, 8)])
     run_pipeline(g)
     with module.lowered_module(g, 16) as (_, mod):

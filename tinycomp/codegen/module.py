@@ -30,7 +30,7 @@ from ..ir.layout import elementwise_layout, is_batched, is_scalar_const, row_flo
 from ..ir.ops import ELEMENTWISE, linear_extras, map_leaves
 from ..ir.passes.fold_dropout import draws_mask, is_identity_dropout
 from ..ir.shapes import fmt_shape
-from . import attention, elementwise, gemm, layer_norm, lower_tensor, philox
+from . import attention, elementwise, entry_parts, gemm, layer_norm, lower_tensor, philox
 from .cgutils import I32, I64, PTR, compile_as_glue, element_ptr, for_range, i64, inline_glue, paused_gc, release_module
 from .elementwise import kernel_key
 from .errors import LoweringError
@@ -99,45 +99,6 @@ def _folded_everywhere(g: Graph, n: str) -> bool:
     return is_scalar_const(g, n) and all(LOWERINGS.get(g.op(u)) is lower_elementwise for u in g.users(n))
 
 
-MAX_VALUE_NAME = 120  # LLVM cuts local names at 1,024 characters, so two long ones could collide
-
-
-def _value_name(tag: str, i: int, node: str) -> str:
-    """`tag.node` for the IR dump, or for a node name too long to stay unique in LLVM (a parameter
-    path many layers deep) its start and end around the slot number i."""
-    name = f"{tag}.{node}".replace("%", "")
-    if len(name) <= MAX_VALUE_NAME:
-        return name
-    return f"{name[:MAX_VALUE_NAME // 2]}..{i}..{name[-MAX_VALUE_NAME // 2:]}"
-
-
-class _ArgumentPointers:
-    """The pointers a function of the entry reads off its arguments: the first input (`x`), the
-    other inputs (a table), the parameters and constants (a table). Each table slot is loaded on
-    first use, in the function's first block, so it is live throughout and loaded once."""
-
-    def __init__(self, fn: ir.Function, args: list[ir.Value], inputs: list[str], tabled: list[str], params: int,
-                 inputs_arg: int | None):
-        self.fn, self.args = fn, args  # args: the entry's arguments as this function has them
-        self.loaded: dict[str, ir.Value] = {inputs[0]: args[1]}
-        self.slots: dict[str, tuple[int, int, str]] = {}  # node: (argument, slot, name tag)
-        if inputs_arg is not None:
-            self.slots.update({n: (inputs_arg, i, "in") for i, n in enumerate(inputs[1:])})
-        self.slots.update({n: (4, i, "p" if i < params else "c") for i, n in enumerate(tabled)})
-        self._b = ir.IRBuilder()
-
-    def __contains__(self, n: str) -> bool:
-        return n in self.loaded or n in self.slots
-
-    def __getitem__(self, n: str) -> ir.Value:
-        if n not in self.loaded:
-            arg, i, tag = self.slots[n]
-            self._b.position_before(self.fn.entry_basic_block.terminator)
-            slot = self._b.gep(self.args[arg], [i64(i)], source_etype=PTR, inbounds=True)
-            self.loaded[n] = self._b.load(slot, typ=PTR, name=_value_name(tag, i, n))
-        return self.loaded[n]
-
-
 class _Emitter:
     """One lowering: the module, the entry's builder, and where every node's value lives."""
 
@@ -160,11 +121,11 @@ class _Emitter:
             a.add_attribute("noalias")
         self.fn.attributes.add("nounwind")  # no unwind tables (on ARM they would need the EHABI runtime)
         self.inputs = plan.inputs
-        self._frame: ir.Value | None = None  # the entry's arguments for its parts (`_emit_part`)
-        self._enter(self.fn, lambda _: (list(self.fn.args), self.fn.args[0], None))
+        self.frame: ir.Value | None = None  # the entry's arguments for its parts (`entry_parts`)
+        self.enter(self.fn, lambda _: (list(self.fn.args), self.fn.args[0], None))
         self._kernels: dict[tuple, ir.Function] = {}
 
-    def _enter(self, fn: ir.Function, arguments: Callable[[ir.IRBuilder], tuple[list, ir.Value, Any]]) -> None:
+    def enter(self, fn: ir.Function, arguments: Callable[[ir.IRBuilder], tuple[list, ir.Value, Any]]) -> None:
         """Emit into `fn` (the entry, or a part of it) from its first block on. `arguments(builder)`
         gives, emitting at the first block, the entry's arguments as `fn` has them (the rows to run
         first), the batched scratch buffers' rows and the row block's first row (None: no blocks)."""
@@ -176,7 +137,7 @@ class _Emitter:
         self.fn, self.b = fn, ir.IRBuilder(start)
         self.rows = self.args[0]  # rows of the current row block (all M without blocking)
         self.out, self.scratch = self.args[2:4]
-        self.ptr = _ArgumentPointers(fn, self.args, self.inputs, self.params + self.consts, len(self.params),
+        self.ptr = entry_parts.ArgumentPointers(fn, self.args, self.inputs, self.params + self.consts, len(self.params),
                                      inputs_arg=len(self.args) - 1 if len(self.inputs) > 1 else None)
 
     def pointer(self, n: str) -> ir.Value:
@@ -402,13 +363,6 @@ def _elements(shape: tuple) -> int:
     return math.prod(d for d in shape if d is not None)
 
 
-# Nodes of work per function of the entry. A graph with more runs them in parts, internal functions
-# the entry calls in turn: LLVM's code generation of one function grows faster than its length (one
-# entry for 150 TransformerBlocks took 2.4 s), and the parts compile on several cores
-# (`split.py`). Each part loads only the parameter pointers its nodes read.
-PART_NODES = 64
-
-
 def _work_nodes(g: Graph) -> list[str]:
     """The nodes that emit code, in order."""
     work = []
@@ -426,58 +380,17 @@ def _work_nodes(g: Graph) -> list[str]:
 
 def _emit_nodes(e: _Emitter) -> None:
     work = _work_nodes(e.g)
-    if len(work) <= PART_NODES:
+    if len(work) <= entry_parts.PART_NODES:
         for n in work:
-            LOWERINGS[e.g.op(n)](e, n)
+            _lower(e, n)
     else:
-        for i in range(0, len(work), PART_NODES):
-            _emit_part(e, i // PART_NODES, work[i:i + PART_NODES])
+        entry_parts.emit_in_parts(e, ENTRY, work, _lower)
     if e.buffers.output_root in e.ptr:
         copy_to_output(e, e.buffers.output_root)
 
 
-def _emit_part(e: _Emitter, index: int, nodes: list[str]) -> None:
-    """`nodes` in a function of their own, `part(rows, frame)`: `frame` holds the entry's other
-    arguments, then the row block's first row and its scratch rows. Two arguments, not nine: a
-    glue function with more arguments than registers takes LLVM's slow instruction selector
-    (`compile_as_glue`), which made parts slower to compile than the one entry they replace."""
-    frame_type = _frame_type(e)
-    if e._frame is None:  # once, in the entry's first block: the arguments do not change
-        first = ir.IRBuilder()
-        first.position_before(e.fn.entry_basic_block.terminator)
-        e._frame = first.alloca(frame_type, name="frame")
-        for i, value in enumerate(e.args[1:]):
-            first.store(value, first.gep(e._frame, [ir.Constant(I32, 0), ir.Constant(I32, i)]))
-    n_args = len(e.args) - 1
-    r0 = e.r0 if e.r0 is not None else i64(0)
-    for i, value in enumerate((r0, e.scratch_rows)):  # this block's
-        e.b.store(value, e.b.gep(e._frame, [ir.Constant(I32, 0), ir.Constant(I32, n_args + i)]))
-    part = ir.Function(e.module, ir.FunctionType(ir.VoidType(), [I64, PTR]), f"{ENTRY}.part{index}")
-    part.linkage = "internal"
-    part.attributes.add("nounwind")
-    compile_as_glue(part)
-    part.args[0].name, part.args[1].name = "M", "frame"
-    e.call(part, e.rows, e._frame)
-    blocked = e.r0 is not None
-    names = [a.name for a in e.fn.args[1:]]
-
-    def arguments(b: ir.IRBuilder) -> tuple[list, ir.Value, Any]:
-        words = [b.load(b.gep(part.args[1], [ir.Constant(I32, 0), ir.Constant(I32, i)], source_etype=frame_type),
-                        typ=frame_type.elements[i], name=name)
-                 for i, name in enumerate([*names, "r0", "scratch_rows"])]
-        return [part.args[0], *words[:n_args]], words[-1], words[-2] if blocked else None
-
-    caller = (e.fn, e.b, e.args, e.rows, e.scratch_rows, e.r0, e.out, e.scratch, e.ptr)
-    e._enter(part, arguments)
-    for n in nodes:
-        LOWERINGS[e.g.op(n)](e, n)
-    e.b.ret_void()
-    e.fn, e.b, e.args, e.rows, e.scratch_rows, e.r0, e.out, e.scratch, e.ptr = caller
-
-
-def _frame_type(e: _Emitter) -> ir.LiteralStructType:
-    """The entry's arguments after the rows, then a row block's first row and scratch rows."""
-    return ir.LiteralStructType([a.type for a in e.fn.args[1:]] + [I64, I64])
+def _lower(e: _Emitter, n: str) -> None:
+    LOWERINGS[e.g.op(n)](e, n)
 
 
 def _row_blocks(e: _Emitter, block: int) -> None:
