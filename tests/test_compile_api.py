@@ -499,10 +499,10 @@ class CancelThenExp(tc.nn.Layer):
 
 
 def test_check_true_names_rounding_too_when_eager_is_the_one_far_off():
-    """[5, 1e8, 5] sums to 1e8 + 16 left to right (eager) and to 1e8 + 8 (compiled; exactly 1e8 + 10):
-    exp makes eager 400 x further from float64 than compiled. The graph is current; the message
-    said only that it no longer described the model."""
-    x = np.array([[5.0, 1e8, 5.0]], np.float32)
+    """[5, 1e8, 5, 0, 0, 0, 0, 0] sums to 1e8 + 16 in NumPy's pairs (eager) and to 1e8 + 8 in the
+    lanes' (compiled; exactly 1e8 + 10): exp makes eager 400 x further from float64 than compiled.
+    The graph is current; the message said only that it no longer described the model."""
+    x = np.array([[5.0, 1e8, 5.0, 0, 0, 0, 0, 0]], np.float32)
     with pytest.raises(tc.ParityError, match="no longer describes the model .* or eager's float32 rounding grew"):
         tc.compile(CancelThenExp(), check=True)(x)
 

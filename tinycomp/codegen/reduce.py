@@ -11,7 +11,8 @@ end. Either way every sample is reduced on its own: the batch is never reduced o
 Numerics: sums are blocked. Each loop level of a reduction starts a fresh accumulator and adds its
 result into the level above, and each level is summed as a tree (`loops.blocked_fold`): a sum of n
 terms goes through O(log n) additions per lane, as NumPy's pairwise sum does on contiguous runs
-(over other axes NumPy sums in order). Accumulators start at +0.0, as NumPy 2's sum does (its
+(over other axes NumPy sums in order; a row shorter than SUM_IN_ORDER_BELOW, in order as NumPy does
+too). Accumulators start at +0.0, as NumPy 2's sum does (its
 identity: a sum of -0s is +0; a sum of nothing, 0). max propagates NaN as np.max does. mean divides
 the sum by the count, as np.mean does. Softmax subtracts each slice's max (NaN-ignoring; a NaN still
 spreads through its exp) and an all -inf slice gives zeros, lane by lane, as `elementwise.emit_softmax`
@@ -43,6 +44,11 @@ from .elementwise import (
 )
 from .loops import Chunk, blocked_fold, fold, fold_run, for_each_chunk, load_chunk, store_chunk
 from .strided import contiguous_strides, nest_loops
+
+# A row this short is summed left to right from +0, as NumPy sums a contiguous run of fewer than 8
+# (its pairwise sum's base case): the same bits as eager. Lanes paired (x0 + x2) + x1 instead, and a
+# sum that cancels 1e8 before exp was far from eager's (a helper's [5, 5, 1e8]).
+SUM_IN_ORDER_BELOW = 8
 
 
 def max_keeping_nan(b: ir.IRBuilder, acc: ir.Value, x: ir.Value) -> ir.Value:
@@ -106,6 +112,11 @@ def emit_reduce(module: ir.Module, name: str, op: str, groups: Sequence[tuple[in
 
     def lanes_along_run(at: list[ir.Value]) -> None:  # the last group is reduced: lanes split the run
         run = reduced[-1][0]
+        if len(reduced) == 1 and run < SUM_IN_ORDER_BELOW and op != "max":  # a short row: NumPy's order
+            total = fold(b, run, ir.Constant(F32, red.fill), lambda i, acc: b.fadd(
+                acc, b.load(element_ptr(b, x, b.add(at[0], i)), typ=F32)), "k")
+            b.store(red.finish(total), element_ptr(b, out, at[1]))
+            return
 
         def contiguous(off: ir.Value) -> ir.Value:
             return fold_run(b, run, width, red.identity(width), lambda c: load_chunk(
