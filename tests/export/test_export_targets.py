@@ -238,15 +238,16 @@ def test_small_batched_products_and_narrow_finishes_match_eager(tmp_path, target
 
 
 @pytest.mark.parametrize("target", TARGETS)
-def test_layers_of_two_outputs_read_in_place_match_eager(tmp_path, target):
-    """A layer of two outputs reads W's (k, 0), (k, 1) pairs in place on every vector width, in whole
-    steps and a masked last one (K = 37 and 100)."""
+@pytest.mark.parametrize("outputs", [2, 3, 4])
+def test_narrow_layers_read_in_place_match_eager(tmp_path, target, outputs):
+    """A small batch of a layer of 2 to 4 outputs reads W's rows of N in place, split into the outputs'
+    vectors by shuffles, on every vector width, in whole steps and a masked last one (K = 37 and 100)."""
     skip_unless_runnable(target)
     manual_seed(11)
-    model = Sequential(Linear(100, 37), Tanh(), Linear(37, 2), Sigmoid())
+    model = Sequential(Linear(100, 37), Tanh(), Linear(37, outputs), Sigmoid())
     assert_export_matches_eager(tmp_path, target, model, 100, seed=9)
     manual_seed(12)
-    assert_export_matches_eager(tmp_path, target, Sequential(Linear(100, 2)), 100, seed=10)
+    assert_export_matches_eager(tmp_path, target, Sequential(Linear(100, outputs)), 100, seed=10)
 
 
 class PeriodicTables(Layer):

@@ -38,7 +38,7 @@ from .cgutils import I32, I64, PTR, compile_as_glue, i64, paused_gc
 from .gemm_driver import CALL_TY, CONFIG_TY, FINISH_TY, PACK_TY, TILE_TY, driver_function, null_fn, pack_kernel
 from .gemm_epilogue import epilogue_function, finish_function, kernel_activation
 from .gemm_kernels import TileShape, k_chunk, tile_kernel
-from .gemm_narrow import NarrowShape, narrow_kernel, narrow_pack_kernel, narrow_small_kernel
+from .gemm_narrow import IN_PLACE_MAX_N, NarrowShape, narrow_kernel, narrow_pack_kernel, narrow_small_kernel
 from .target import default_registers
 
 # Per core on AMD Zen 4, where the plans below were tuned (the Intel Xeon of later sessions has 2 MB:
@@ -231,7 +231,15 @@ def plan_narrow(K: int, N: int, width: int, registers: int | None = None) -> Nar
         return None
     budget = 24 if _has_32_registers(width, registers) else 12
     rows, unroll = next(((r, u) for r in (4, 2, 1) for u in (2, 1) if r * N * u <= budget), (1, 1))
-    return NarrowShape(N, width, rows, unroll, tail=K % (width * unroll) != 0, pairs=N == 2)
+    return NarrowShape(N, width, rows, unroll, tail=K % (width * unroll) != 0,
+                       in_place=2 <= N <= IN_PLACE_MAX_N)
+
+
+# Batches below this many rows of a layer of 2 to IN_PLACE_MAX_N outputs read W in place (two to
+# four shuffles a vector of W); from it on W is transposed first, once a call: at 4,096 rows of 64 x 3
+# the shuffles made the layer 1.4 x slower than the transpose (one-off script; 1 row of 65536 x 3:
+# 10.5 us in place, 42 with the old in-place kernel, 3 of 16 lanes).
+IN_PLACE_ROWS = 32
 
 
 def narrow_small_rows(N: int, width: int) -> int:
@@ -247,8 +255,8 @@ def pack_floats(K: int, N: int, width: int, registers: int | None = None, tiled:
     """Size in floats of the `pack` scratch buffer `emit_linear` needs for this layer (`tiled`
     False: on at most `direct_max_rows` rows, where the tiled path reads W in place)."""
     narrow = plan_narrow(K, N, width, registers)
-    if narrow is not None:  # Wt; W of one column is its own, of two read in place (`NarrowShape.pairs`)
-        return 0 if N == 1 or narrow.pairs else N * _round_up(K, width)
+    if narrow is not None:  # Wt; W of one column is its own
+        return 0 if N == 1 else N * _round_up(K, width)
     if not tiled:
         return 0
     return K * min(plan_gemm(K, N, width, registers).nc, _round_up(N, width))
@@ -325,22 +333,28 @@ def _emit_linear(module: ir.Module, name: str, *, K: int, N: int, bias: bool, ac
 def _emit_narrow(b: ir.IRBuilder, shape: NarrowShape, args, *, K: int, bias: bool, activation: str | None,
                  residual: bool) -> None:
     """Narrow layers: W transposed into `pack` on every call (never stale; with one column W is
-    already its own transpose, two are read in place as pairs), then the dot-product kernel over
-    all rows; a small batch of more columns takes the in-place kernel instead."""
+    already its own transpose), then the dot-product kernel over all rows. A small batch reads W
+    in place instead: the dot kernel itself for up to IN_PLACE_MAX_N columns (the same sums), the
+    in-place kernel for more."""
     M, A, W, B, C, pack, R = args
     ldw = _round_up(K, shape.width)  # Wt rows start on vector boundaries
     B = B if bias else ir.Constant(PTR, None)
     relu = i64(int(activation == "relu"))
-    small = narrow_small_rows(shape.N, shape.width)
-    if shape.N == 1 or shape.pairs:  # W is its own transpose, or read in place as pairs
+    if shape.N == 1:  # W is its own transpose
         b.call(narrow_kernel(b.module, shape, activation, residual), [M, i64(K), A, W, i64(ldw), B, C, relu, R])
     else:
+        packed = replace(shape, in_place=False)
+        small = IN_PLACE_ROWS if shape.in_place else narrow_small_rows(shape.N, shape.width)
         with b.if_else(b.icmp_signed("<", M, i64(small))) as (then, otherwise):
             with then:
-                b.call(narrow_small_kernel(b.module, shape, activation, residual),
-                       [M, i64(K), A, W, B, C, relu, R])
+                if shape.in_place:
+                    b.call(narrow_kernel(b.module, shape, activation, residual),
+                           [M, i64(K), A, W, i64(ldw), B, C, relu, R])
+                else:
+                    b.call(narrow_small_kernel(b.module, shape, activation, residual),
+                           [M, i64(K), A, W, B, C, relu, R])
             with otherwise:
                 b.call(narrow_pack_kernel(b.module, shape.N), [i64(K), W, i64(ldw), pack])
-                b.call(narrow_kernel(b.module, shape, activation, residual),
+                b.call(narrow_kernel(b.module, packed, activation, residual),
                        [M, i64(K), A, pack, i64(ldw), B, C, relu, R])
     b.ret_void()

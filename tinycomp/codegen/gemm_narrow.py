@@ -50,12 +50,15 @@ class NarrowShape:
     rows: int
     unroll: int
     tail: bool = True  # K may leave a partial step of unroll * width columns (else: no code for it)
-    # two outputs: W read in place, its (k, 0), (k, 1) pairs split into the two outputs' vectors by
-    # two shuffles, instead of transposed into Wt on every call (as W of one column is its own Wt)
-    pairs: bool = False
+    # 2 to IN_PLACE_MAX_N outputs: W read in place, its rows of N split into the outputs' vectors
+    # by shuffles, instead of transposed into Wt on every call (as W of one column is its own Wt)
+    in_place: bool = False
 
     def suffix(self) -> str:
-        return f"{self.N}r{self.rows}u{self.unroll}v{self.width}" + ("t" if self.tail else "") + ("p" * self.pairs)
+        return f"{self.N}r{self.rows}u{self.unroll}v{self.width}" + ("t" if self.tail else "") + ("i" * self.in_place)
+
+
+IN_PLACE_MAX_N = 4  # outputs whose weights the dot kernel reads in place (`_interleaved`)
 
 
 def hsum_slots(builder: ir.IRBuilder, slots: list[ir.Value], width: int) -> ir.Value:
@@ -134,7 +137,7 @@ def _emit_narrow(module: ir.Module, name: str, shape: NarrowShape, kind: str, re
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     N, w = shape.N, shape.width
     act, bias1 = _narrow_epilogue(b, kind, flags, bias, N, w)
-    weights = _pairs_of(Wt, w) if shape.pairs else \
+    weights = _interleaved(Wt, N, w) if shape.in_place else \
         _rows_of([element_ptr(b, Wt, b.mul(ldw, i64(n))) if n else Wt for n in range(N)], w)
 
     R = shape.rows
@@ -287,17 +290,24 @@ def _rows_of(wt_rows: list[ir.Value], w: int) -> Weights:
     return load
 
 
-def _pairs_of(W: ir.Value, w: int) -> Weights:
-    """From W of two columns in place: the 2 * width floats of the step's columns, split into the
-    even lanes (output 0) and the odd ones (output 1)."""
-    evens = vector_constant(ir.VectorType(I32, w), list(range(0, 2 * w, 2)))
-    odds = vector_constant(ir.VectorType(I32, w), list(range(1, 2 * w, 2)))
+def _interleaved(W: ir.Value, N: int, w: int) -> Weights:
+    """From W of N (2 to 4) columns in place: the N * width floats of the step's columns (row k of W
+    is N floats), each output's lanes gathered by one shuffle: n, n + N, n + 2N, ..."""
+    idx = ir.VectorType(I32, w)
+    gathers = [vector_constant(idx, list(range(n, N * w, N))) for n in range(N)]
+    both = vector_constant(ir.VectorType(I32, 2 * w), list(range(2 * w)))  # two vectors as one of 2w lanes
+    zero = zeros(vector_type(w))
 
     def load(b: ir.IRBuilder, k: ir.Value, u: int, rem: ir.Value | None) -> list[ir.Value]:
-        masks = [None, None] if rem is None else column_masks(b, b.mul(rem, i64(2)), 2 * u + 2, w)[2 * u:]
-        at = element_ptr(b, W, b.mul(k, i64(2)))
-        lo, hi = (masked_load(b, element_ptr(b, at, h * w), masks[h], width=w) for h in (0, 1))
-        return [b.shuffle_vector(lo, hi, evens), b.shuffle_vector(lo, hi, odds)]
+        masks = [None] * N if rem is None else column_masks(b, b.mul(rem, i64(N)), N * u + N, w)[N * u:]
+        at = element_ptr(b, W, b.mul(k, i64(N)))
+        parts = [masked_load(b, element_ptr(b, at, h * w), masks[h], width=w) for h in range(N)]
+        if N == 2:
+            low, high = parts
+        else:  # four vectors' lanes (the fourth zeros for N = 3) as two of 2w
+            low = b.shuffle_vector(parts[0], parts[1], both)
+            high = b.shuffle_vector(parts[2], parts[3] if N == 4 else zero, both)
+        return [b.shuffle_vector(low, high, g) for g in gathers]
     return load
 
 
@@ -306,7 +316,7 @@ def _narrow_dot(b, shape: NarrowShape, rows: int, unroll: int, K, a_rows, weight
     over interleaved K chunks (chunk c into accumulator c % unroll), summed pairwise at the end.
     Full steps of unroll*width columns run in a loop with plain loads; the last partial step once
     with masked loads of A and the weights (masked-off lanes are 0 * 0), so no memory past K is
-    touched. Either source of the weights (`_rows_of`, `_pairs_of`) gives the same vectors."""
+    touched. Either source of the weights (`_rows_of`, `_interleaved`) gives the same vectors."""
     w, N = shape.width, shape.N
     fma = declare_vector_intrinsic(b.module, "fma", w, 3)
     step = w * unroll
