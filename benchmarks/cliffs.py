@@ -4,7 +4,7 @@
 
 One thread (BLAS pinned with threadpoolctl, `threads=1`), the three engines timed in turn in one
 process, each for about 10 ms a round; prints medians in us and compiled / NumPy. The cases: layers
-of one and two outputs over 65,536 inputs at small batches, a transpose of axes of size 1, and
+of one to four outputs over 65,536 inputs at small batches, a transpose of axes of size 1, and
 training-mode dropout at batch 1.
 """
 
@@ -49,7 +49,7 @@ def time_engines(engines: dict[str, Callable[[], object]], rounds: int) -> dict[
 def cases() -> list[tuple[str, Layer, np.ndarray, Callable[[np.ndarray], np.ndarray], dict]]:
     rng = np.random.default_rng(0)
     out = []
-    for n_out, rows in ((1, 1), (2, 1), (2, 2), (2, 8)):
+    for n_out, rows in ((1, 1), (2, 1), (2, 2), (2, 8), (3, 1), (4, 1)):
         layer = Linear(65536, n_out)
         w, b = layer.weight.data, layer.bias.data
         out.append((f"Linear(65536, {n_out}), batch {rows}", layer,
