@@ -10,6 +10,7 @@ import pytest
 
 import tinycomp as tc
 from tests.models import REFERENCE_MLP_IN, eager_eval, reference_mlp
+from tests.reliability.rel_helpers import peak_traced
 from tinycomp.codegen.target import host
 from tinycomp.ir.graph import LintError
 from tinycomp.nn import Linear, ReLU, Sequential, Sigmoid, Tensor, manual_seed
@@ -460,8 +461,6 @@ def test_check_true_judges_a_large_batch_in_slices_naming_the_row_in_the_batch(m
 def test_check_true_takes_a_few_times_the_input_in_memory_not_dozens(monkeypatch):
     """Beside eager's run and a float64 copy of each output, check=True's float64 run and judgement
     take a slice of rows at a time: CHECK_CHUNK_BYTES (here 4 MB, against 8 MB of input)."""
-    import tracemalloc
-
     from tinycomp import driver
 
     monkeypatch.setattr(driver, "CHECK_CHUNK_BYTES", 4 << 20)
@@ -470,12 +469,7 @@ def test_check_true_takes_a_few_times_the_input_in_memory_not_dozens(monkeypatch
     fast = tc.compile(model, check=True, threads=1)
     x = batch(5000, 400)
     fast(x[:2])
-    tracemalloc.start()
-    try:
-        fast(x)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    _, peak = peak_traced(lambda: fast(x))
     assert peak < 10 * x.nbytes, f"{peak / x.nbytes:.1f} x the input"  # 31 x before the slices
 
 
@@ -650,14 +644,7 @@ def test_compiling_a_softmax_over_a_huge_row_takes_no_memory_per_element():
     """The softmax kernel listed a chunk (an llvmlite constant) per vector of the row only to count
     them: a (None, 2**31 + 1) softmax was killed for memory before any batch existed (2**28: 17 s,
     4.2 GB)."""
-    import tracemalloc
-
     from tinycomp.nn import Softmax
 
-    tracemalloc.start()
-    try:
-        fast = tc.compile(Softmax(), input_shape=(None, 2**27 + 1))
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    fast, peak = peak_traced(lambda: tc.compile(Softmax(), input_shape=(None, 2**27 + 1)))
     assert fast.graph.op_counts().get("softmax") == 1 and peak < 64 << 20, f"{peak / 2**20:.0f} MB"

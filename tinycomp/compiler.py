@@ -241,13 +241,14 @@ class CompiledModel(ShowsCompilation):
         if named:
             x, *rest = positional_inputs(self.model, x, more, named)
             more = tuple(rest)
-        if more and any(m is None or isinstance(m, numbers.Number) for m in more):  # `fast(x, None)`: without it
-            more = given_inputs(self.model, more)
+        if more:
+            if any(m is None or isinstance(m, numbers.Number) for m in more):  # `fast(x, None)`: without it
+                more = given_inputs(self.model, more)
+            more = tuple([m.data if type(m) is Tensor else m for m in more])  # the arrays, for every path
+        a = x.data if type(x) is Tensor else x
         native = self._native  # armed for inference code only (`_arm`)
         if native is not None and not self.check:  # check=True compares with eager on every call
-            if more:
-                more = tuple([m.data if type(m) is Tensor else m for m in more])
-            out = native(x.data if type(x) is Tensor else x, more)
+            out = native(a, more)
             if out is not None:
                 self.stats.calls += 1
                 y = _new_tensor(Tensor)  # Tensor._adopt inlined: a batch-1 call counts every 0.1 us
@@ -255,8 +256,7 @@ class CompiledModel(ShowsCompilation):
                 return y
         art = self._artifact
         if art is not None and not self.check and len(more) == len(art.more_inputs):  # check=True: always _call
-            out = art.call.hot(x.data if type(x) is Tensor else x, art,
-                               [m.data if type(m) is Tensor else m for m in more] if more else (), art.draws)
+            out = art.call.hot(a, art, more, art.draws)
             if out is not None:
                 self.stats.calls += 1
                 self._arm(art)

@@ -5,15 +5,28 @@ from __future__ import annotations
 import os
 import resource
 import threading
-from collections.abc import Iterator
+import tracemalloc
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
 from tests.models import eager_eval
 from tinycomp.frontend.tracer import trace
 from tinycomp.parity import Reference, check_parity, reference_and_overflow
+
+T = TypeVar("T")
+
+
+def peak_traced(fn: Callable[[], T]) -> tuple[T, int]:
+    """(fn(), the most bytes Python's allocators held at once while it ran, as tracemalloc sees them)."""
+    tracemalloc.start()
+    try:
+        return fn(), tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
 
 
 def rss_bytes() -> int:

@@ -17,7 +17,7 @@ import pytest
 from llvmlite import ir
 
 import tinycomp as tc
-from tests.reliability.rel_helpers import assert_matches_eager, fifo_released_after
+from tests.reliability.rel_helpers import assert_matches_eager, fifo_released_after, peak_traced
 from tinycomp.codegen.module import ENTRY, graph_fingerprint, lower_graph
 from tinycomp.codegen.target import host
 from tinycomp.frontend.tracer import trace
@@ -388,18 +388,11 @@ def test_a_store_that_fails_is_said_once_and_an_unknown_switch_too(dirs, warning
 def test_an_entry_larger_than_the_cache_may_be_is_not_read(dirs, monkeypatch):
     """A sparse file of 512 MB at an entry's path was read whole (1.7 GB peak) before its tag was
     checked: one that the size limit could not have let stay is not read in."""
-    import tracemalloc
-
     m = model(hidden=24)
     tc.compile(m, input_shape=(None, 8))
     entry = only_entry(dirs)
     with entry.open("r+b") as f:
         f.truncate(64 << 20)
     monkeypatch.setenv("TINYCOMP_CACHE_MAX_MB", "8")
-    tracemalloc.start()
-    try:
-        assert_compiled_fresh(m)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    _, peak = peak_traced(lambda: assert_compiled_fresh(m))
     assert peak < 32 << 20, f"{peak / 2**20:.0f} MB allocated while compiling"

@@ -276,16 +276,16 @@ def _pairwise(b: ir.IRBuilder, parts: list[ir.Value]) -> ir.Value:
     return parts[0]
 
 
-# The weights of one step's columns: `load(builder, k, u, rem)` gives each output's vector of the
-# columns k .. k+width-1 (the u-th vector of a step); `rem` (None but in a step past the last whole
-# one) the real columns left from the step's start, the lanes past them masked to 0.
-Weights = Callable[[ir.IRBuilder, ir.Value, int, ir.Value | None], list[ir.Value]]
+# The weights of one step's columns: `load(builder, k, u, rem, mask)` gives each output's vector of
+# the columns k .. k+width-1 (the u-th vector of a step); in a last, partial step `rem` is the real
+# columns left from the step's start and `mask` the u-th vector's lanes among them (else both None),
+# the lanes past them loaded as 0.
+Weights = Callable[[ir.IRBuilder, ir.Value, int, ir.Value | None, ir.Value | None], list[ir.Value]]
 
 
 def _rows_of(wt_rows: list[ir.Value], w: int) -> Weights:
     """From Wt's rows, one per output."""
-    def load(b: ir.IRBuilder, k: ir.Value, u: int, rem: ir.Value | None) -> list[ir.Value]:
-        mask = None if rem is None else column_masks(b, rem, u + 1, w)[u]
+    def load(b: ir.IRBuilder, k: ir.Value, u: int, rem: ir.Value | None, mask: ir.Value | None) -> list[ir.Value]:
         return [masked_load(b, element_ptr(b, row, k), mask, width=w) for row in wt_rows]
     return load
 
@@ -298,7 +298,7 @@ def _interleaved(W: ir.Value, N: int, w: int) -> Weights:
     both = vector_constant(ir.VectorType(I32, 2 * w), list(range(2 * w)))  # two vectors as one of 2w lanes
     zero = zeros(vector_type(w))
 
-    def load(b: ir.IRBuilder, k: ir.Value, u: int, rem: ir.Value | None) -> list[ir.Value]:
+    def load(b: ir.IRBuilder, k: ir.Value, u: int, rem: ir.Value | None, mask: ir.Value | None) -> list[ir.Value]:
         masks = [None] * N if rem is None else column_masks(b, b.mul(rem, i64(N)), N * u + N, w)[N * u:]
         at = element_ptr(b, W, b.mul(k, i64(N)))
         parts = [masked_load(b, element_ptr(b, at, h * w), masks[h], width=w) for h in range(N)]
@@ -334,7 +334,7 @@ def _narrow_dot(b, shape: NarrowShape, rows: int, unroll: int, K, a_rows, weight
         for u in range(unroll):
             k = b.add(k0, i64(u * w))
             mask = masks[u] if masks else None
-            wv = weights(b, k, u, rem)
+            wv = weights(b, k, u, rem, mask)
             av = [masked_load(b, element_ptr(b, a_rows[r], k), mask, width=w) for r in range(rows)]
             for r in range(rows):
                 for n in range(N):

@@ -10,6 +10,7 @@ scaled features, and the scaler is part of the model.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -125,16 +126,14 @@ def _scaler_layers(step: Any) -> list[Layer]:
 def _model_layers(estimator: Any) -> list[Layer]:
     from sklearn import linear_model, neural_network
     _fitted(estimator)
+    importers: dict[type, Callable[[Any], list[Layer]]] = {
+        neural_network.MLPClassifier: _mlp_layers, neural_network.MLPRegressor: _mlp_layers,
+        linear_model.LogisticRegression: _logistic_layers, linear_model.LogisticRegressionCV: _logistic_layers,
+        **{getattr(linear_model, name): lambda est: [_linear_regression(est)] for name in LINEAR_REGRESSORS}}
     kind = type(estimator)  # exactly: a subclass may compute its predictions otherwise
-    if kind in (neural_network.MLPClassifier, neural_network.MLPRegressor):
-        return _mlp_layers(estimator)
-    if kind in (linear_model.LogisticRegression, linear_model.LogisticRegressionCV):
-        return _logistic_layers(estimator)
-    regressors = tuple(getattr(linear_model, name) for name in LINEAR_REGRESSORS)
-    if kind in regressors:
-        return [_linear_regression(estimator)]
-    base = next((c for c in (neural_network.MLPClassifier, neural_network.MLPRegressor,
-                             linear_model.LogisticRegression, *regressors) if isinstance(estimator, c)), None)
+    if kind in importers:
+        return importers[kind](estimator)
+    base = next((c for c in importers if isinstance(estimator, c)), None)
     if base is not None:
         raise CompileError(f"cannot import {kind.__name__}, a subclass of {base.__name__}: it may compute its "
                            f"predictions otherwise; import a {base.__name__} itself (supported: {SUPPORTED})")

@@ -82,7 +82,7 @@ class CompiledCall:
         self.ndim = 1 + len(self.features)
         # memory a call needs per batch row: output, scratch, and a converted copy of the input
         # other inputs' copies
-        self.more_floats_per_row = sum(math.prod(s[1:]) for s in kernel.more_inputs if s[:1] == (None,))
+        self.more_floats_per_row = sum(kernel.more_row_bytes) // 4
         self.bytes_per_row = 4 * (math.prod(self.out_row) + self.plan.scratch_per_row + math.prod(self.features)
                                   + self.more_floats_per_row)
         # the hot path runs on the calling thread and checks no memory: batches `run` would too

@@ -52,7 +52,7 @@ class NativeKernel:
                              f"got shapes for {1 + len(self.more_inputs)}")
         self._inputs_table = ctypes.c_void_p * len(self.more_inputs)
         # bytes per batch row of each input after the first (0: compiled without the batch, never moved)
-        self._more_row_bytes = [4 * math.prod(s[1:]) if s[:1] == (None,) else 0 for s in self.more_inputs]
+        self.more_row_bytes = [4 * math.prod(s[1:]) if s[:1] == (None,) else 0 for s in self.more_inputs]
         n_args = 4 + bool(self.draws) + bool(self.more_inputs)
         proto = ctypes.CFUNCTYPE(None, ctypes.c_int64, *([ctypes.c_void_p] * n_args))
         self._fn = proto(engine.address(plan.entry))  # ctypes releases the GIL around the call
@@ -79,7 +79,7 @@ class NativeKernel:
         if not self.more_inputs:
             return None
         return self._inputs_table(*[data_pointer(a) + first_row * row_bytes
-                                    for a, row_bytes in zip(arrays, self._more_row_bytes, strict=True)])
+                                    for a, row_bytes in zip(arrays, self.more_row_bytes, strict=True)])
 
     def draws_table(self, key: tuple[int, int], first_row: int, streams: Sequence[tuple[int, int]]) -> np.ndarray:
         """The `draws` argument: the generator key, the batch row of this call's row 0, and (layer id,

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 from llvmlite import ir
 
-from ..codegen.cgutils import I32, I64, PTR
+from ..codegen.cgutils import I32, I64, PTR, as_i64, for_range, i64
 from .engine import JitEngine
 
 # CPython 3.x object layout: PyObject_HEAD is two words (the refcount, then the type); a dict's
@@ -212,13 +212,11 @@ def _emit_hot_call(mod: ir.Module, name: str, several: bool) -> None:
     changed, not_native = (fn.append_basic_block(n) for n in ("changed", "not_native"))
 
     def at(base: ir.Value, offset: int | ir.Value, typ: ir.Type) -> ir.Value:
-        off = ir.Constant(I64, offset) if isinstance(offset, int) else offset
-        return b.load(b.gep(base, [off], source_etype=ir.IntType(8)), typ=typ)
+        return b.load(b.gep(base, [as_i64(offset)], source_etype=ir.IntType(8)), typ=typ)
 
     def item(base: ir.Value, i: ir.Value | int, typ: ir.Type = I64) -> ir.Value:
         """Word i of the word array at `base`; a function pointer is loaded typed, which the builder can call."""
-        index = ir.Constant(I64, i) if isinstance(i, int) else i
-        return b.load(b.gep(base, [index], source_etype=I64), typ=typ)
+        return b.load(b.gep(base, [as_i64(i)], source_etype=I64), typ=typ)
 
     def check(cond: ir.Value, fail: ir.Block) -> None:
         _check(b, fn, cond, fail)
@@ -236,8 +234,8 @@ def _emit_hot_call(mod: ir.Module, name: str, several: bool) -> None:
     check(native_array(x, ndim), not_native)
     dims = at(x, ARRAY_DIMS, PTR)
     check(b.icmp_signed("==", b.load(dims, typ=I64), rows), not_native)
-    _loop(b, fn, ir.Constant(I64, 1), ndim, lambda i: b.icmp_signed(
-        "==", item(dims, i), item(ctx, b.add(i, ir.Constant(I64, CTX_FIXED - 1)))), not_native)
+    _loop(b, fn, i64(1), ndim, lambda i: b.icmp_signed(
+        "==", item(dims, i), item(ctx, b.add(i, i64(CTX_FIXED - 1)))), not_native)
 
     if several:  # each of the tuple's items an ndarray as compiled, its data pointer in a table
         more = fn.args[5]
@@ -245,29 +243,29 @@ def _emit_hot_call(mod: ir.Module, name: str, several: bool) -> None:
         check(b.icmp_signed("==", at(more, TUPLE_SIZE, I64), n_more), not_native)
 
         def more_item(i: ir.Value) -> ir.Value:
-            return at(more, b.add(ir.Constant(I64, TUPLE_ITEMS), b.mul(i, ir.Constant(I64, 8))), PTR)
+            return at(more, b.add(i64(TUPLE_ITEMS), b.mul(i, i64(8))), PTR)
 
         # the type first: the array fields are read only from what is an ndarray
-        _loop(b, fn, ir.Constant(I64, 0), n_more, lambda i: b.icmp_unsigned(
+        _loop(b, fn, i64(0), n_more, lambda i: b.icmp_unsigned(
             "==", at(more_item(i), OBJECT_TYPE, I64), item(ctx, CTX_NDARRAY)), not_native)
         ranks = item(ctx, CTX_RANKS, PTR)
-        _loop(b, fn, ir.Constant(I64, 0), n_more, lambda i: native_array(more_item(i), item(ranks, i)), not_native)
+        _loop(b, fn, i64(0), n_more, lambda i: native_array(more_item(i), item(ranks, i)), not_native)
         checks = item(ctx, CTX_DIMCHECKS, PTR)
 
         def dim_as_compiled(c: ir.Value) -> ir.Value:
-            at3 = b.mul(c, ir.Constant(I64, 3))
-            a, d, size = (item(checks, b.add(at3, ir.Constant(I64, k))) for k in range(3))
-            want = b.select(b.icmp_signed("<", size, ir.Constant(I64, 0)), rows, size)
+            at3 = b.mul(c, i64(3))
+            a, d, size = (item(checks, b.add(at3, i64(k))) for k in range(3))
+            want = b.select(b.icmp_signed("<", size, i64(0)), rows, size)
             return b.icmp_signed("==", item(at(more_item(a), ARRAY_DIMS, PTR), d), want)
 
-        _loop(b, fn, ir.Constant(I64, 0), item(ctx, CTX_NDIMCHECKS), dim_as_compiled, not_native)
+        _loop(b, fn, i64(0), item(ctx, CTX_NDIMCHECKS), dim_as_compiled, not_native)
 
-        _for(b, fn, ir.Constant(I64, 0), n_more, lambda i: b.store(
-            at(more_item(i), ARRAY_DATA, PTR), b.gep(inputs, [ir.Constant(I64, 0), i])))
+        with for_range(b, 0, n_more, name="data") as loop:
+            b.store(at(more_item(loop.index), ARRAY_DATA, PTR), b.gep(inputs, [i64(0), loop.index]))
 
     # every watched word as it was
     words, expect = item(ctx, CTX_WORDS, PTR), item(ctx, CTX_EXPECT, PTR)
-    _loop(b, fn, ir.Constant(I64, 0), item(ctx, CTX_NWORDS), lambda i: b.icmp_unsigned(
+    _loop(b, fn, i64(0), item(ctx, CTX_NWORDS), lambda i: b.icmp_unsigned(
         "==", b.load(b.load(b.gep(words, [i], source_etype=PTR), typ=PTR), typ=I64),
         b.load(b.gep(expect, [i], source_etype=I64), typ=I64)), changed)
 
@@ -287,21 +285,6 @@ def _emit_hot_call(mod: ir.Module, name: str, several: bool) -> None:
         b.ret(ir.Constant(I32, status))
 
 
-def _for(b: ir.IRBuilder, fn: ir.Function, start: ir.Value, stop: ir.Value, body: Any) -> None:
-    """`for i in range(start, stop): body(i)`, body emitting at the builder; the builder ends after the loop."""
-    pre, head, first, done = b.block, *(fn.append_basic_block(n) for n in ("head", "body", "done"))
-    b.branch(head)
-    b.position_at_end(head)
-    i = b.phi(I64)
-    i.add_incoming(start, pre)
-    b.cbranch(b.icmp_signed("<", i, stop), first, done)
-    b.position_at_end(first)
-    body(i)
-    i.add_incoming(b.add(i, ir.Constant(I64, 1)), b.block)
-    b.branch(head)
-    b.position_at_end(done)
-
-
 def _check(b: ir.IRBuilder, fn: ir.Function, cond: ir.Value, fail: ir.Block) -> None:
     """`if not cond: goto fail`; the builder goes on where it holds."""
     ok = fn.append_basic_block("ok")
@@ -311,7 +294,8 @@ def _check(b: ir.IRBuilder, fn: ir.Function, cond: ir.Value, fail: ir.Block) -> 
 
 def _loop(b: ir.IRBuilder, fn: ir.Function, start: ir.Value, stop: ir.Value, ok: Any, fail: ir.Block) -> None:
     """`for i in range(start, stop): if not ok(i): goto fail`; the builder ends after the loop."""
-    _for(b, fn, start, stop, lambda i: _check(b, fn, ok(i), fail))
+    with for_range(b, start, stop, name="check") as loop:
+        _check(b, fn, ok(loop.index), fail)
 
 
 _HOT_ARGS = (ctypes.c_int32, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p)
