@@ -4,6 +4,7 @@ at batch 0, 1, 7 and 129 with odd feature widths, one kernel serving every batch
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import numpy as np
@@ -275,23 +276,36 @@ def test_a_transpose_of_axes_of_size_one_is_a_view(sample, dims, view, alone):
     assert ("strided" in fast.dump("llvm")) is not view
 
 
-class RowSum(Layer):
-    def __init__(self, op):
-        self.op = op
+class Reduce(Layer):
+    def __init__(self, op, axis):
+        self.op, self.axis = op, axis
 
     def forward(self, x):
-        return getattr(x, self.op)(axis=-1, keepdims=True)
+        return getattr(x, self.op)(axis=self.axis, keepdims=True)
+
+
+ROW_LENGTHS = [1, 2, 3, 7, 8, 9, 15, 17, 64, 127, 128, 129, 136, 250, 256, 1000, 1025, 4099, 70000]
+LAYOUTS = [((30, 5), 1), ((30, 17), 1), ((9, 4, 20), (1, 3)), ((9, 4, 20), (1, 2)), ((9, 4, 20), 2),
+           ((12, 1, 40), (1, 3)), ((3, 4, 5, 6), (1, 3)), ((7, 4, 9, 6), (1, 2, 4)), ((3, 20, 2, 20), (1, 3)),
+           ((1000, 3), 1), ((2, 130), (1, 2))]
 
 
 @pytest.mark.parametrize("op", ["sum", "mean"])
-@pytest.mark.parametrize("n", range(1, 8))
-def test_a_short_row_sums_in_numpys_order(op, n):
-    """NumPy sums a contiguous run of fewer than 8 left to right from +0: so does compiled code now,
-    bit for bit. The lanes paired (x0 + x2) + x1, and [5, 5, 1e8] summed to 1e8 + 16 against eager's
-    1e8 + 8, which exp turned into 8.9e6 against 2,981 (a helper's parity failure)."""
-    rng = np.random.default_rng(n)
-    x = (rng.standard_normal((200, n)) * 10.0 ** rng.integers(-3, 9, (200, n))).astype(np.float32)
-    x[0, :3] = [5, 5, 1e8] if n >= 3 else x[0, :3]
-    fast = tc.compile(RowSum(op))
-    assert np.array_equal(fast(x).data, RowSum(op)(Tensor(x)).data)
-
+@pytest.mark.parametrize("sample, axis", [((n,), -1) for n in ROW_LENGTHS] + LAYOUTS,
+                         ids=[f"row{n}" for n in ROW_LENGTHS] + [f"{s}over{a}" for s, a in LAYOUTS])
+def test_sums_add_in_numpys_order(op, sample, axis):
+    """sum and mean add as np.sum does on C-contiguous data (pairwise along the contiguous run, in
+    order over the other reduced axes), so compiled gives eager's bits. The lanes' order before
+    summed [5, 5, 1e8] to 1e8 + 16 against eager's 1e8 + 8, which exp turned into 8.9e6 against
+    2,981 (a helper's parity failure); terms of magnitudes 1e-4 to 1e8 make any other order show."""
+    rng = np.random.default_rng(len(sample) * 1000 + math.prod(sample))
+    rows = 3 if math.prod(sample) > 10_000 else 40
+    x = (rng.standard_normal((rows, *sample)) * 10.0 ** rng.integers(-4, 9, (rows, *sample))).astype(np.float32)
+    x.reshape(rows, -1)[0, :3] = [5, 5, 1e8][:x[0].size]
+    model = Reduce(op, axis)
+    got = tc.compile(model)(x).data
+    assert np.array_equal(got.view(np.int32), model(Tensor(x)).data.view(np.int32))
+    exact = getattr(np, op)(x.astype(np.float64), axis=axis, keepdims=True)  # and within float32's bound
+    terms = np.sum(np.abs(x.astype(np.float64)), axis=axis, keepdims=True)
+    count = x[0].size // got[0].size
+    assert np.all(np.abs(got - exact) <= (count + 1) * 2.0 ** -24 * terms / (count if op == "mean" else 1))

@@ -132,6 +132,29 @@ def test_extrema_against_a_signed_zero_keep_numpys_zero(tmp_path, target):
     np.testing.assert_array_equal(np.signbit(got), np.signbit(want))
 
 
+class Sums(Layer):
+    """sum and mean of a row of 2,100 (split in halves down to blocks of 128), of its first 300
+    (straight-line), of its first 5, and down the 21 rows of 100 it reshapes to (in order)."""
+
+    def forward(self, x):
+        return concat([x.sum(axis=-1, keepdims=True), x[:, :300].mean(axis=-1, keepdims=True),
+                       x[:, :5].sum(axis=-1, keepdims=True), x.reshape(-1, 21, 100).sum(axis=1)], axis=-1)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_sums_give_eagers_bits_on_every_target(tmp_path, target):
+    """sum and mean add in np.sum's order: every target's float32 adds give eager's bits."""
+    skip_unless_runnable(target)
+    rng = np.random.default_rng(6)
+    x = (rng.standard_normal((max(BATCHES), 2100)) * 10.0 ** rng.integers(-4, 9, (max(BATCHES), 2100))).astype(
+        np.float32)
+    tc.export(Sums(), tmp_path, input_shape=(None, 2100), target=target)
+    got = run_export(target, tmp_path, x, BATCHES)
+    for batch in BATCHES:
+        want = Sums()(Tensor(x[:batch])).data
+        assert np.array_equal(got[batch].view(np.int32), want.view(np.int32)), f"batch {batch}"
+
+
 class ElementwiseOps(Layer):
     """exp, abs, sqrt, log (and with `power`, x ** 1.7 and x ** 3) after a Linear."""
 

@@ -8,12 +8,12 @@ one group). When the last group is kept, each vector lane reduces its own column
 contiguous runs); when it is reduced, the lanes split the contiguous run and are folded pairwise at the
 end. Either way every sample is reduced on its own: the batch is never reduced over.
 
-Numerics: sums are blocked. Each loop level of a reduction starts a fresh accumulator and adds its
-result into the level above, and each level is summed as a tree (`loops.blocked_fold`): a sum of n
-terms goes through O(log n) additions per lane, as NumPy's pairwise sum does on contiguous runs
-(over other axes NumPy sums in order; a row shorter than SUM_IN_ORDER_BELOW, in order as NumPy does
-too). Accumulators start at +0.0, as NumPy 2's sum does (its
-identity: a sum of -0s is +0; a sum of nothing, 0). max propagates NaN as np.max does. mean divides
+Numerics: sums add in NumPy's order, so that a compiled sum or mean has eager's bits (`np.sum` on a
+C-contiguous array; numpy/_core/src/umath/loops_utils.h.src). A reduced run that is contiguous
+(the last group) is NumPy's pairwise sum (`pairwise_sum`); the reduced levels outside it add their
+terms into one accumulator from +0.0 (NumPy 2's identity: a sum of -0s is +0; a sum of nothing, 0)
+in index order, as NumPy's iterator visits them. Lanes over columns run their columns side by side,
+each in that order. max propagates NaN as np.max does. mean divides
 the sum by the count, as np.mean does. Softmax subtracts each slice's max (NaN-ignoring; a NaN still
 spreads through its exp) and an all -inf slice gives zeros, lane by lane, as `elementwise.emit_softmax`
 does along rows.
@@ -27,7 +27,19 @@ from collections.abc import Callable, Sequence
 from llvmlite import ir
 
 from . import vecmath
-from .cgutils import F32, element_ptr, for_range, i64, if_then, splat
+from .cgutils import (
+    F32,
+    I32,
+    PTR,
+    define_once,
+    element_ptr,
+    for_range,
+    i64,
+    if_then,
+    internal_kernel,
+    splat,
+    vector_constant,
+)
 from .elementwise import (
     NEG_INF,
     careful_zero_below,
@@ -45,10 +57,98 @@ from .elementwise import (
 from .loops import Chunk, blocked_fold, fold, fold_run, for_each_chunk, load_chunk, store_chunk
 from .strided import contiguous_strides, nest_loops
 
-# A row this short is summed left to right from +0, as NumPy sums a contiguous run of fewer than 8
-# (its pairwise sum's base case): the same bits as eager. Lanes paired (x0 + x2) + x1 instead, and a
-# sum that cancels 1e8 before exp was far from eager's (a helper's [5, 5, 1e8]).
-SUM_IN_ORDER_BELOW = 8
+# NumPy's pairwise sum: a run of fewer than 8 left to right; one of at most PAIRWISE_BLOCK in 8
+# accumulators (element i into i % 8), folded ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7)), and
+# its last n % 8 left to right; a longer run split after n // 2 rounded down to a multiple of 8. The
+# lanes' own order before had [5, 5, 1e8] sum to 1e8 + 16 against eager's 1e8 + 8, which exp turned
+# into 8.9e6 against 2,981 (a helper's parity failure); any other order can do the same.
+PAIRWISE_ACCUMULATORS = 8
+PAIRWISE_BLOCK = 128
+# A run up to this long is straight-line code, its blocks' accumulators interleaved: each block is
+# one chain of adds, and a loop per block (a call per block) ran them one after another, 4.7 x the
+# old tree's time over runs of 4,096. Longer runs call the functions of their halves.
+UNROLLED_RUN = 1024
+
+
+def pairwise_sum(module: ir.Module, n: int) -> ir.Function:
+    """`float pairwise_sum.n(ptr x)`: NumPy's pairwise sum of x[0], ..., x[n - 1], bit for bit; one
+    function per run length (a long run's halves call the functions of theirs)."""
+    return define_once(module, f"pairwise_sum.{n}", lambda name: _emit_pairwise_sum(module, name, n))
+
+
+def _split(n: int) -> int:
+    """Where NumPy's pairwise sum splits a run of n > PAIRWISE_BLOCK."""
+    return n // 2 - n // 2 % PAIRWISE_ACCUMULATORS
+
+
+def _emit_pairwise_sum(module: ir.Module, name: str, n: int) -> ir.Function:
+    fn = internal_kernel(module, name, [("x", PTR)], returns=F32)
+    (x,) = fn.args
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    if n > UNROLLED_RUN:
+        half = _split(n)
+        low = b.call(pairwise_sum(module, half), [x])
+        high = b.call(pairwise_sum(module, n - half), [element_ptr(b, x, i64(half))])
+        b.ret(b.fadd(low, high))
+    else:
+        b.ret(_unrolled_pairwise_sum(b, x, n))
+    return fn
+
+
+def _unrolled_pairwise_sum(b: ir.IRBuilder, x: ir.Value, n: int) -> ir.Value:
+    ways = PAIRWISE_ACCUMULATORS
+
+    def element(i: int) -> ir.Value:
+        return b.load(element_ptr(b, x, i64(i)), typ=F32)
+
+    def block(i: int) -> ir.Value:
+        return load_chunk(b, element_ptr(b, x, i64(i)), Chunk(i64(0), ways))
+
+    if n < ways:  # from -0.0, as NumPy's base case: it keeps a run of -0s -0
+        total: ir.Value = ir.Constant(F32, -0.0)
+        for i in range(n):
+            total = b.fadd(total, element(i))
+        return total
+    blocks: list[tuple[int, int]] = []  # (first, length) of each block, in order
+
+    def find_blocks(first: int, length: int) -> None:
+        if length <= PAIRWISE_BLOCK:
+            blocks.append((first, length))
+        else:
+            find_blocks(first, _split(length))
+            find_blocks(first + _split(length), length - _split(length))
+
+    find_blocks(0, n)
+    accs = [block(first) for first, _ in blocks]
+    for step in range(1, PAIRWISE_BLOCK // ways):  # the blocks' chains side by side
+        for k, (first, length) in enumerate(blocks):
+            if step < length // ways:
+                accs[k] = b.fadd(accs[k], block(first + step * ways))
+    totals = {first: _block_total(b, acc, [element(i) for i in range(first + length - length % ways, first + length)])
+              for acc, (first, length) in zip(accs, blocks, strict=True)}
+
+    def combined(first: int, length: int) -> ir.Value:
+        if length <= PAIRWISE_BLOCK:
+            return totals[first]
+        half = _split(length)
+        return b.fadd(combined(first, half), combined(first + half, length - half))
+
+    return combined(0, n)
+
+
+def _block_total(b: ir.IRBuilder, accs: ir.Value, rest: list[ir.Value]) -> ir.Value:
+    """A block's accumulators folded (r0 + r1), (r2 + r3), ... then the pairs of those; then `rest`
+    (its last elements) added left to right."""
+    while accs.type.count > 1:
+        half = accs.type.count // 2
+        lanes = ir.VectorType(I32, half)
+        evens, odds = (b.shuffle_vector(accs, accs, vector_constant(lanes, list(range(k, 2 * half, 2))))
+                       for k in (0, 1))
+        accs = b.fadd(evens, odds)
+    total = b.extract_element(accs, ir.Constant(I32, 0))
+    for value in rest:
+        total = b.fadd(total, value)
+    return total
 
 
 def max_keeping_nan(b: ir.IRBuilder, acc: ir.Value, x: ir.Value) -> ir.Value:
@@ -96,33 +196,47 @@ def emit_reduce(module: ir.Module, name: str, op: str, groups: Sequence[tuple[in
 
     def over(levels: list[tuple[int, int]], at: ir.Value, innermost: Callable[[ir.Value], ir.Value],
              w: int) -> ir.Value:
-        """Reduce the strided levels around `innermost(offset)`, each level from a fresh accumulator."""
+        """The max over the strided levels around `innermost(offset)`, each level a tree from a fresh
+        accumulator: any order gives max's value, and a tree's branches run side by side."""
         if not levels:
             return innermost(at)
         (count, stride), rest = levels[0], levels[1:]
         return blocked_fold(b, count, red.identity(w), lambda i: over(
             rest, b.add(at, b.mul(i, i64(stride), flags=["nsw"]), flags=["nsw"]), innermost, w), red.combine)
 
+    def in_order(levels: list[tuple[int, int]], at: ir.Value, term: Callable[[ir.Value], ir.Value],
+                 acc: ir.Value) -> ir.Value:
+        """`acc` plus term(offset) of every offset of the strided levels, one after another in index
+        order: NumPy's order for the levels outside a contiguous run."""
+        if not levels:
+            return red.combine(acc, term(at))
+        (count, stride), rest = levels[0], levels[1:]
+        return fold(b, count, acc, lambda i, carried: in_order(
+            rest, b.add(at, b.mul(i, i64(stride), flags=["nsw"]), flags=["nsw"]), term, carried))
+
     def lanes_over_columns(at: list[ir.Value]) -> None:  # the last group is kept: a lane per column
         def chunk_body(c: Chunk) -> None:
-            value = over(reduced, b.add(at[0], c.col), lambda off: load_chunk(b, element_ptr(b, x, off), c, red.fill),
-                         c.width)
+            def column(off: ir.Value) -> ir.Value:
+                return load_chunk(b, element_ptr(b, x, off), c, red.fill)
+
+            start = b.add(at[0], c.col)
+            value = over(reduced, start, column, c.width) if op == "max" else in_order(
+                reduced, start, column, red.identity(c.width))
             store_chunk(b, red.finish(value), element_ptr(b, out, b.add(at[1], c.col)), c)
         for_each_chunk(b, kept[-1][0], width, chunk_body)
 
-    def lanes_along_run(at: list[ir.Value]) -> None:  # the last group is reduced: lanes split the run
+    def lanes_along_run(at: list[ir.Value]) -> None:  # the last group is reduced: a contiguous run
         run = reduced[-1][0]
-        if len(reduced) == 1 and run < SUM_IN_ORDER_BELOW and op != "max":  # a short row: NumPy's order
-            total = fold(b, run, ir.Constant(F32, red.fill), lambda i, acc: b.fadd(
-                acc, b.load(element_ptr(b, x, b.add(at[0], i)), typ=F32)), "k")
-            b.store(red.finish(total), element_ptr(b, out, at[1]))
-            return
+        if op == "max":  # lanes split the run, folded pairwise at the end
+            def contiguous(off: ir.Value) -> ir.Value:
+                return fold_run(b, run, width, red.identity(width), lambda c: load_chunk(
+                    b, element_ptr(b, x, b.add(off, c.col)), c, red.fill), red.combine)
 
-        def contiguous(off: ir.Value) -> ir.Value:
-            return fold_run(b, run, width, red.identity(width), lambda c: load_chunk(
-                b, element_ptr(b, x, b.add(off, c.col)), c, red.fill), red.combine)
-
-        total = horizontal(b, red.combine, over(reduced[:-1], at[0], contiguous, width))
+            total = horizontal(b, red.combine, over(reduced[:-1], at[0], contiguous, width))
+        else:  # NumPy's pairwise sum of each run, the runs added in order
+            sum_run = pairwise_sum(module, run)
+            total = in_order(reduced[:-1], at[0], lambda off: b.call(sum_run, [element_ptr(b, x, off)]),
+                             ir.Constant(F32, red.fill))
         b.store(red.finish(total), element_ptr(b, out, at[1]))
 
     with for_range(b, 0, n_rows, name="m") as loop:
