@@ -36,6 +36,8 @@ class Fn(Layer):
 CASES: dict[str, tuple[Layer, tuple[int, ...], Callable | None]] = {
     "sum last": (Fn(lambda x: x.sum(axis=-1)), (256, 1024), None),
     "sum middle": (Fn(lambda x: x.sum(axis=1)), (64, 128, 64), None),
+    "sum planes": (Fn(lambda x: x.sum(axis=(1, 2))), (64, 32, 128), None),
+    "sum long columns": (Fn(lambda x: x.sum(axis=1)), (64, 1000, 16), None),
     "max last": (Fn(lambda x: x.max(axis=-1)), (256, 1024), None),
     "softmax last": (Fn(lambda x: Softmax()(x)), (256, 1024), None),
     "softmax middle": (Fn(lambda x: Softmax()(x, dim=1)), (64, 128, 64), None),

@@ -69,6 +69,23 @@ def for_each_chunk(builder: ir.IRBuilder, row_size: int, width: int, body: Calla
     accumulate_row(builder, row_size, width, [], step)
 
 
+def for_each_chunk_group(builder: ir.IRBuilder, row_size: int, width: int, group: int,
+                         body: Callable[[list[Chunk]], None]) -> None:
+    """Call `body` with `group` full vectors of a row at a time (a loop), then once with the rest:
+    the full vectors left over and the masked tail."""
+    full = row_size // width
+    looped = full - full % group
+    if looped:
+        with for_range(builder, 0, looped * width, step=group * width, name="cols", nonempty=True) as loop:
+            body([Chunk(builder.add(loop.index, i64(k * width), flags=["nsw"]) if k else loop.index, width)
+                  for k in range(group)])
+    rest = [Chunk(i64(j * width), width) for j in range(looped, full)]
+    if row_size % width:
+        rest.append(Chunk(i64(full * width), width, lanes_below(width, row_size % width)))
+    if rest:
+        body(rest)
+
+
 def accumulate_row(builder: ir.IRBuilder, row_size: int, width: int, init: list[ir.Value],
                    step: Callable[..., list[ir.Value]],
                    merge: Callable[[list[ir.Value], list[ir.Value]], list[ir.Value]] | None = None) -> list[ir.Value]:

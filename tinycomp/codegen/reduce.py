@@ -54,7 +54,7 @@ from .elementwise import (
     softmax_shift,
     store_lifted,
 )
-from .loops import Chunk, blocked_fold, fold, fold_run, for_each_chunk, load_chunk, store_chunk
+from .loops import Chunk, blocked_fold, fold, fold_run, for_each_chunk, for_each_chunk_group, load_chunk, store_chunk
 from .strided import contiguous_strides, nest_loops
 
 # NumPy's pairwise sum: a run of fewer than 8 left to right; one of at most PAIRWISE_BLOCK in 8
@@ -68,6 +68,9 @@ PAIRWISE_BLOCK = 128
 # one chain of adds, and a loop per block (a call per block) ran them one after another, 4.7 x the
 # old tree's time over runs of 4,096. Longer runs call the functions of their halves.
 UNROLLED_RUN = 1024
+# Column vectors summed side by side, in one loop down the reduced axes: each is one chain of adds (in
+# NumPy's order), and a chain per loop left the core idle between adds.
+COLUMN_CHAINS = 4
 
 
 def pairwise_sum(module: ir.Module, n: int) -> ir.Function:
@@ -204,26 +207,31 @@ def emit_reduce(module: ir.Module, name: str, op: str, groups: Sequence[tuple[in
         return blocked_fold(b, count, red.identity(w), lambda i: over(
             rest, b.add(at, b.mul(i, i64(stride), flags=["nsw"]), flags=["nsw"]), innermost, w), red.combine)
 
-    def in_order(levels: list[tuple[int, int]], at: ir.Value, term: Callable[[ir.Value], ir.Value],
-                 acc: ir.Value) -> ir.Value:
-        """`acc` plus term(offset) of every offset of the strided levels, one after another in index
+    def in_order(levels: list[tuple[int, int]], at: ir.Value, terms: Callable[[ir.Value], list[ir.Value]],
+                 accs: list[ir.Value]) -> list[ir.Value]:
+        """`accs` plus terms(offset) of every offset of the strided levels, one after another in index
         order: NumPy's order for the levels outside a contiguous run."""
         if not levels:
-            return red.combine(acc, term(at))
+            return [red.combine(acc, term) for acc, term in zip(accs, terms(at), strict=True)]
         (count, stride), rest = levels[0], levels[1:]
-        return fold(b, count, acc, lambda i, carried: in_order(
-            rest, b.add(at, b.mul(i, i64(stride), flags=["nsw"]), flags=["nsw"]), term, carried))
+        with for_range(b, 0, count, name="r", carry=accs, nonempty=True) as loop:
+            loop.carry(*in_order(rest, b.add(at, b.mul(loop.index, i64(stride), flags=["nsw"]), flags=["nsw"]),
+                                 terms, list(loop.carried)))
+        return list(loop.results)
 
     def lanes_over_columns(at: list[ir.Value]) -> None:  # the last group is kept: a lane per column
-        def chunk_body(c: Chunk) -> None:
-            def column(off: ir.Value) -> ir.Value:
-                return load_chunk(b, element_ptr(b, x, off), c, red.fill)
+        def columns(chunks: list[Chunk]) -> None:
+            def loader(c: Chunk) -> Callable[[ir.Value], ir.Value]:
+                return lambda off: load_chunk(b, element_ptr(b, x, b.add(off, c.col)), c, red.fill)
 
-            start = b.add(at[0], c.col)
-            value = over(reduced, start, column, c.width) if op == "max" else in_order(
-                reduced, start, column, red.identity(c.width))
-            store_chunk(b, red.finish(value), element_ptr(b, out, b.add(at[1], c.col)), c)
-        for_each_chunk(b, kept[-1][0], width, chunk_body)
+            if op == "max":
+                values = [over(reduced, at[0], loader(c), c.width) for c in chunks]
+            else:
+                values = in_order(reduced, at[0], lambda off: [loader(c)(off) for c in chunks],
+                                  [red.identity(c.width) for c in chunks])
+            for c, value in zip(chunks, values, strict=True):
+                store_chunk(b, red.finish(value), element_ptr(b, out, b.add(at[1], c.col)), c)
+        for_each_chunk_group(b, kept[-1][0], width, COLUMN_CHAINS, columns)
 
     def lanes_along_run(at: list[ir.Value]) -> None:  # the last group is reduced: a contiguous run
         run = reduced[-1][0]
@@ -235,8 +243,8 @@ def emit_reduce(module: ir.Module, name: str, op: str, groups: Sequence[tuple[in
             total = horizontal(b, red.combine, over(reduced[:-1], at[0], contiguous, width))
         else:  # NumPy's pairwise sum of each run, the runs added in order
             sum_run = pairwise_sum(module, run)
-            total = in_order(reduced[:-1], at[0], lambda off: b.call(sum_run, [element_ptr(b, x, off)]),
-                             ir.Constant(F32, red.fill))
+            (total,) = in_order(reduced[:-1], at[0], lambda off: [b.call(sum_run, [element_ptr(b, x, off)])],
+                                [ir.Constant(F32, red.fill)])
         b.store(red.finish(total), element_ptr(b, out, at[1]))
 
     with for_range(b, 0, n_rows, name="m") as loop:
