@@ -215,8 +215,14 @@ def codegen(g: Graph, speed_level: int) -> tuple[ModulePlan, JitEngine, str, boo
     """Lower and JIT-compile g, or load its object code from the on-disk cache: (plan, engine, cache
     key, whether the cache had it)."""
     width = host().vector_width
-    key = cache.cache_key(graph_fingerprint(g, width), {"speed_level": speed_level})
-    hit = cache.load(key)
+    fingerprint = graph_fingerprint(g, width)
+    if fingerprint is None:
+        cache.refuse("tinycomp's code generator has no source or bytecode files to fingerprint (it was "
+                     "loaded some other way), so cache keys could not tell its versions apart")
+        key, hit = "(not cached)", None
+    else:
+        key = cache.cache_key(fingerprint, {"speed_level": speed_level})
+        hit = cache.load(key)
     if hit is not None:
         meta, objects = hit
         try:
@@ -228,7 +234,8 @@ def codegen(g: Graph, speed_level: int) -> tuple[ModulePlan, JitEngine, str, boo
             return plan, engine, key, True
     with lowered(g, width) as (plan, module):  # printed in parts, each compiled as soon as printed
         engine = JitEngine(module, speed_level=speed_level)
-    cache.store(key, plan.to_meta(), engine.objects)
+    if fingerprint is not None:
+        cache.store(key, plan.to_meta(), engine.objects)
     return plan, engine, key, False
 
 

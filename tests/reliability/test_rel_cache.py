@@ -4,11 +4,15 @@ test_rel_cache_trust.py.)"""
 
 from __future__ import annotations
 
+import compileall
+import hashlib
 import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +20,7 @@ import pytest
 import tinycomp as tc
 from tests.models import CASES
 from tests.reliability.rel_helpers import fifo_released_after
+from tinycomp.codegen import fingerprint
 from tinycomp.runtime import cache
 
 
@@ -127,37 +132,81 @@ def test_fifo_in_place_of_an_entry_is_ignored_and_rebuilt(tmp_cache):
     assert compile_one()[0].stats.cache_hits == 1
 
 
-def test_every_source_that_shapes_object_code_is_in_the_key():
+def test_every_source_that_shapes_object_code_is_in_the_key(monkeypatch):
     """Editing the LLVM pipeline (runtime/engine.py), the target (codegen/target.py) or the op table
     (ir/ops.py) changes the object code as much as editing a kernel: the key covers all of it, and
     not the command line, whose edits would only throw users' caches away."""
-    from pathlib import Path
+    root = Path(tc.__file__).resolve().parent
+    before = fingerprint.hash_code_files(root)
+    assert before == fingerprint.codegen_source_hash()
+    real_read = Path.read_bytes
+    for rel in ("runtime/engine.py", "codegen/target.py", "ir/ops.py", "codegen/gemm.py", "cli.py"):
+        path = root / rel
+        monkeypatch.setattr(Path, "read_bytes",
+                            lambda self, path=path: real_read(self) + (b"#" if self == path else b""))
+        assert (fingerprint.hash_code_files(root) != before) is (rel != "cli.py"), rel
 
-    import tinycomp.codegen.module as module
 
-    module.codegen_source_hash.cache_clear()
-    try:
-        before = module.codegen_source_hash()
-        for rel in ("runtime/engine.py", "codegen/target.py", "ir/ops.py", "codegen/gemm.py"):
-            path = Path(tc.__file__).resolve().parent / rel
-            text = path.read_bytes()
-            real_read = Path.read_bytes
+STALE_PROCESS = """
+import sys
+from pathlib import Path
+sys.path.insert(0, {copy!r})
+import tinycomp as tc
+from tinycomp.codegen import fingerprint
+vecmath = Path(tc.__file__).parent / "codegen" / "vecmath.py"
+vecmath.write_text(vecmath.read_text() + "# upgraded after this process imported tinycomp\\n")
+print(fingerprint.codegen_source_hash(), fingerprint.hash_code_files(Path(tc.__file__).parent))
+"""
 
-            def edited(self, path=path, text=text, real_read=real_read):
-                return text + b"\n# edited\n" if self == path else real_read(self)
 
-            with pytest.MonkeyPatch.context() as mp:
-                mp.setattr(Path, "read_bytes", edited)
-                module.codegen_source_hash.cache_clear()
-                assert module.codegen_source_hash() != before, rel
-        cli = Path(tc.__file__).resolve().parent / "cli.py"
-        with pytest.MonkeyPatch.context() as mp:
-            real_read = Path.read_bytes
-            mp.setattr(Path, "read_bytes", lambda self: real_read(self) + (b"#" if self == cli else b""))
-            module.codegen_source_hash.cache_clear()
-            assert module.codegen_source_hash() == before
-    finally:
-        module.codegen_source_hash.cache_clear()
+def test_the_key_is_of_the_code_the_process_imported(tmp_path):
+    """The source was hashed at the first compile, not at import: a process that imported the code
+    before an upgrade stored its objects under the new code's key, and the next process, running
+    the new code, loaded them (a helper's planted relu bug came back from the cache)."""
+    copy = tmp_path / "site"
+    shutil.copytree(Path(tc.__file__).resolve().parent, copy / "tinycomp",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    imported = fingerprint.hash_code_files(copy / "tinycomp")
+    out = subprocess.run([sys.executable, "-c", STALE_PROCESS.format(copy=str(copy))], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    key_source, on_disk = out.stdout.split()
+    assert key_source == imported != on_disk
+
+
+def test_an_install_without_sources_is_keyed_by_its_bytecode(tmp_path):
+    """Byte-compiled beside the modules (`compileall -b`) and the .py files deleted, as frozen apps
+    ship, every version hashed to sha256 of nothing: a fixed version loaded the old one's code."""
+    site = tmp_path / "tinycomp"
+    shutil.copytree(Path(tc.__file__).resolve().parent, site, ignore=shutil.ignore_patterns("__pycache__"))
+    assert compileall.compile_dir(site, quiet=1, legacy=True)
+    for source in site.rglob("*.py"):
+        source.unlink()
+    first = fingerprint.hash_code_files(site)
+    assert first is not None and first != hashlib.sha256().hexdigest()
+    pyc = site / "codegen" / "vecmath.pyc"
+    pyc.write_bytes(pyc.read_bytes() + b"\0")
+    assert fingerprint.hash_code_files(site) not in (first, None)
+    for code in site.rglob("*.pyc"):
+        code.unlink()
+    assert fingerprint.hash_code_files(site) is None
+
+
+def test_without_a_fingerprint_nothing_is_cached(tmp_cache, monkeypatch, caplog):
+    """A code generator with no files to hash cannot be told from another version: compiled code is
+    neither loaded from nor stored in the cache, and that is said once."""
+    monkeypatch.setattr(fingerprint, "_SOURCE_HASH", None)
+    monkeypatch.setattr(cache, "_warned", set())
+    with caplog.at_level("WARNING", logger="tinycomp.cache"):
+        for _ in range(2):
+            fast, x = compile_one()
+            assert fast.stats.cache_hits == 0
+            fast(x)
+    assert not tmp_cache.exists() or not entries(tmp_cache)
+    assert [r.getMessage() for r in caplog.records if "fingerprint" in r.getMessage()] == [
+        "tinycomp: not using the object cache: tinycomp's code generator has no source or bytecode files to "
+        "fingerprint (it was loaded some other way), so cache keys could not tell its versions apart; compiling "
+        "without the disk cache"]
 
 
 def test_foreign_llvm_version_is_a_different_key(monkeypatch):

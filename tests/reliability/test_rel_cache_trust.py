@@ -282,6 +282,38 @@ def test_relative_xdg_cache_home_is_ignored_like_xdg_config_home(tmp_path, monke
     assert cache.key_path() == tmp_path / "home" / ".config" / "tinycomp" / "cache.key"
 
 
+@pytest.mark.parametrize("xdg_set", [False, True], ids=["cache from HOME", "cache from XDG_CACHE_HOME"])
+def test_a_relative_home_is_refused_and_named(tmp_path, monkeypatch, warnings_seen, xdg_set):
+    """HOME=relhome put the key at <cwd>/relhome/.config/...: a key per working directory, so the
+    same model missed and was rebuilt from another one; and with no TINYCOMP_CACHE_DIR the warning
+    blamed TINYCOMP_CACHE_DIR, which the user never set."""
+    monkeypatch.delenv("TINYCOMP_CACHE", raising=False)
+    monkeypatch.delenv("TINYCOMP_CACHE_DIR", raising=False)
+    monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
+    if xdg_set:
+        monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
+    else:
+        monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.setenv("HOME", "relhome")
+    monkeypatch.chdir(tmp_path)
+    assert_compiled_fresh(model())
+    assert not (tmp_path / "relhome").exists()
+    [record] = warnings_seen
+    message = record.getMessage()
+    assert "HOME ('relhome') is a relative path" in message and "TINYCOMP_CACHE_DIR" not in message
+
+
+def test_a_long_key_is_reported_at_its_size(dirs, warnings_seen):
+    """A key file of 4,096 bytes was said to hold 33 (the bytes read to tell it is too long)."""
+    key = cache.key_path()
+    key.parent.mkdir(mode=0o700, parents=True)
+    key.write_bytes(b"k" * 4096)
+    key.chmod(0o600)
+    assert_compiled_fresh(model())
+    [record] = warnings_seen
+    assert f"the key {key} holds 4096 bytes, not 32" in record.getMessage()
+
+
 def test_key_readable_by_others_is_refused(dirs, warnings_seen):
     m = model()
     tc.compile(m, input_shape=(None, 8))
@@ -358,8 +390,8 @@ def test_a_cache_dir_that_is_a_file_or_relative_is_named_and_tilde_expands(dirs,
     assert not (tmp_path / "relcache").exists()
     assert [r.getMessage() for r in warnings_seen] == [
         f"tinycomp: not using the object cache {afile}: it is not a folder; compiling without the disk cache",
-        "tinycomp: not using the object cache relcache: TINYCOMP_CACHE_DIR is a relative path (each working "
-        "directory would have a cache of its own); give an absolute one; compiling without the disk cache"]
+        "tinycomp: not using the object cache relcache: TINYCOMP_CACHE_DIR is a relative path (relcache): each "
+        "working directory would have a cache of its own; give an absolute one; compiling without the disk cache"]
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.setenv("TINYCOMP_CACHE_DIR", "~/tc-cache")
     assert cache.cache_dir() == tmp_path / "home" / "tc-cache"
@@ -380,9 +412,23 @@ def test_a_store_that_fails_is_said_once_and_an_unknown_switch_too(dirs, warning
     assert cache.cache_dir() == dirs and cache.cache_dir() == dirs
     messages = [r.getMessage() for r in warnings_seen]
     assert len(messages) == 2
-    assert messages[0].startswith(f"tinycomp: cannot store compiled code in the object cache {dirs} (")
+    assert messages[0].startswith(f"tinycomp: cannot store compiled code at {entry} (")  # the entry, not the folder
+    assert messages[0].endswith("this model's code is not stored in the object cache until that path is removed")
     assert messages[1] == ("tinycomp: TINYCOMP_CACHE='none' is none of 0, false, no, off (off) or 1, true, yes, on "
                            "(on); the cache stays on")
+
+
+def test_a_file_that_is_not_an_entry_is_not_read_past_its_first_bytes(dirs):
+    """A 255 MB file of zeros at an entry's path (under the size limit) was read whole, 230 MB more
+    memory and a second, before its first bytes showed it is no entry."""
+    m = model(hidden=20)
+    tc.compile(m, input_shape=(None, 8))
+    entry = only_entry(dirs)
+    entry.write_bytes(b"")
+    with entry.open("r+b") as f:
+        f.truncate(200 << 20)
+    _, peak = peak_traced(lambda: assert_compiled_fresh(m))
+    assert peak < 32 << 20, f"{peak / 2**20:.0f} MB allocated while compiling"
 
 
 def test_an_entry_larger_than_the_cache_may_be_is_not_read(dirs, monkeypatch):

@@ -77,11 +77,23 @@ def key_path() -> Path:
 
 def _xdg_home(variable: str, default_in_home: str) -> Path:
     """The XDG base folder `variable` names, else ~/`default_in_home`. The XDG spec ignores a relative
-    (or empty) value: one would give every working directory a cache and key of its own."""
+    (or empty) value: one would give every working directory a cache and key of its own; so is a
+    relative home refused (`_relative_reason`)."""
     base = os.environ.get(variable, "")
     if not os.path.isabs(base):
         base = os.path.join(os.path.expanduser("~"), default_in_home)
     return Path(base)
+
+
+def _relative_reason(path: Path, setting: str) -> str:
+    """Why a relative cache folder or key path is refused, naming the setting it came from."""
+    return (f"{setting} is a relative path ({path}): each working directory would have a cache of its own; "
+            f"give an absolute one")
+
+
+def _home_setting(variable: str) -> str:
+    """The environment variable a folder under `variable`'s XDG base came from."""
+    return variable if os.path.isabs(os.environ.get(variable, "")) else f"HOME ({os.path.expanduser('~')!r})"
 
 
 def cache_key(graph_key: str, options: dict) -> str:
@@ -97,6 +109,13 @@ def cache_key(graph_key: str, options: dict) -> str:
 
 
 # ---------------------------------------------------------------- private folders and the secret
+
+def refuse(reason: str) -> None:
+    """Say once, if the cache is on, that it is not used, and why."""
+    if cache_dir() is not None:
+        _warn_once(Path("object cache"), f"not using the object cache: {reason}; compiling without the disk "
+                                         "cache", plain=True)
+
 
 def _warn_once(path: Path, reason: str, plain: bool = False) -> None:
     """One warning per (path, reason) and process; `plain`: the reason is the whole message."""
@@ -178,7 +197,7 @@ def _read_secret(path: Path) -> bytes | None:
     try:
         with _open_regular(path) as (f, st):
             _check_private(st, f"the key {path}", 0o077)  # read by another, it could sign entries
-            secret = f.read(SECRET_BYTES + 1)
+            secret, size = f.read(SECRET_BYTES + 1), st.st_size
     except FileNotFoundError:
         return None
     except NotRegularFile:
@@ -189,7 +208,8 @@ def _read_secret(path: Path) -> bytes | None:
                           "itself there") from None
         raise Refused(f"cannot read the key {path} ({exc.strerror or exc})") from None
     if len(secret) != SECRET_BYTES:
-        raise Refused(f"the key {path} holds {len(secret)} bytes, not {SECRET_BYTES}; delete it to make a new one")
+        raise Refused(f"the key {path} holds {max(size, len(secret))} bytes, not {SECRET_BYTES}; delete it to make "
+                      "a new one")
     return secret
 
 
@@ -212,6 +232,8 @@ def _create_secret(path: Path) -> None:
 def secret() -> bytes:
     """The per-user key entries are signed with, made on first use; Refused if it is not private."""
     path = key_path()
+    if not path.is_absolute():
+        raise Refused(_relative_reason(path, _home_setting("XDG_CONFIG_HOME")))
     private_dir(path.parent, f"the key's folder {path.parent}")
     key = _read_secret(path)
     if key is None:
@@ -231,8 +253,8 @@ def _usable() -> tuple[Path, bytes] | None:
     if folder is None:
         return None
     if not folder.is_absolute():
-        _warn_once(folder, "TINYCOMP_CACHE_DIR is a relative path (each working directory would have a cache of "
-                           "its own); give an absolute one")
+        setting = "TINYCOMP_CACHE_DIR" if os.environ.get("TINYCOMP_CACHE_DIR") else _home_setting("XDG_CACHE_HOME")
+        _warn_once(folder, _relative_reason(folder, setting))
         return None
     try:
         private_dir(folder)
@@ -296,7 +318,10 @@ def load(key: str) -> tuple[dict, list[bytes]] | None:
         with _open_regular(entry) as (f, st):
             if st.st_size > cache_sweep.max_bytes():  # larger than the whole cache may be: not read in
                 return None
-            blob = f.read()
+            head = f.read(len(MAGIC))
+            if head != MAGIC:  # not an entry: not read further (a 2 GB file of zeros was read whole)
+                return None
+            blob = head + f.read()
     except (OSError, MemoryError):  # absent, or a folder or FIFO in its place (NotRegularFile): rebuilt
         return None
     decoded = decode(blob, key, secret_key)
@@ -314,18 +339,25 @@ def store(key: str, meta: dict, objects: list[bytes]) -> None:
     blob = encode(key, meta, objects, secret_key)
     if len(blob) > cache_sweep.max_bytes():  # larger than the whole cache may be: it would never be read
         return
+    entry = folder / f"{key}.o"
     try:
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{key[:16]}.", suffix=".tmp")  # 0600
         try:
             with os.fdopen(fd, "wb") as f:
                 os.fchmod(f.fileno(), 0o600)
                 f.write(blob)
-            os.replace(tmp, folder / f"{key}.o")  # readers see the old entry or the whole new one
         except BaseException:
             os.unlink(tmp)
             raise
-    except OSError as exc:  # a read-only or full disk, a folder at the entry's path: said once, then skipped
+    except OSError as exc:  # a read-only or full disk: said once, then skipped
         _warn_once(folder, f"cannot store compiled code in the object cache {folder} ({exc.strerror or exc}); "
                            "compiled code is not stored there (entries already there are still used)", plain=True)
+        return
+    try:
+        os.replace(tmp, entry)  # readers see the old entry or the whole new one
+    except OSError as exc:  # something else at this entry's path (a folder): this model is not stored
+        os.unlink(tmp)
+        _warn_once(entry, f"cannot store compiled code at {entry} ({exc.strerror or exc}); this model's code is "
+                          "not stored in the object cache until that path is removed", plain=True)
         return
     cache_sweep.after_store(folder, len(blob))
