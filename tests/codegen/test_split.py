@@ -233,6 +233,21 @@ def test_a_part_llvm_refuses_leaves_the_module_whole(monkeypatch, caplog):
     assert JitEngine(objects=objects).address("tinycomp_forward")
 
 
+def test_a_part_thread_that_cannot_start_compiles_on_the_callers_thread(monkeypatch):
+    """Under an address-space limit a part's thread may not start: 'can't start new thread' failed
+    the compile (and a thread that did start could abort the process on LLVM's bad_alloc). The part
+    compiles on the calling thread instead, into the same object code."""
+    text = reference_mlp_ir()
+    monkeypatch.setattr(engine_module, "split_module", lambda ir_text, jobs: split_module(ir_text, 2))
+    threaded = emit_objects(text, jobs=2)
+
+    def no_thread(self):
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(threading.Thread, "start", no_thread)
+    assert emit_objects(text, jobs=2) == threaded and len(threaded) == 2
+
+
 @pytest.mark.parametrize("header", ["", '; ModuleID = "m"\n'])
 def test_text_without_a_header_or_functions_is_read_right(monkeypatch, header):
     """The first line may already define a function (hand-written IR, no ModuleID); text without any

@@ -392,6 +392,27 @@ def test_a_child_forked_while_a_thread_holds_a_model_lock_can_compile():
     assert _exit_code_of_a_child_forked_while_held(model_lock(model), compiles) == 0
 
 
+def test_a_child_forked_while_a_thread_builds_a_graph_collects_cycles():
+    """A compile pauses the cycle collector, which is one switch for the whole process: a child
+    forked during another thread's pause kept it off for ever (25 of 30 children, a helper's server
+    that compiles in a thread and forks workers). The child has it back; the parent, after the pause."""
+    import gc
+
+    from tinycomp.ir.graph import paused_gc
+
+    assert gc.isenabled()
+
+    def collects() -> int:
+        return 0 if gc.isenabled() else 3
+    assert _exit_code_of_a_child_forked_while_held(paused_gc(), collects) == 0
+    assert gc.isenabled()
+    with paused_gc():  # and pauses nest: on again only after the outer one
+        with paused_gc():
+            pass
+        assert not gc.isenabled()
+    assert gc.isenabled()
+
+
 def test_a_child_forked_while_a_thread_draws_initial_weights_builds_layers_with_the_same_stream():
     """The weight generator's own lock, held at the fork by a thread building a Linear, blocked the
     child's first Linear() for ever; the child continues the parent's stream where it stood."""

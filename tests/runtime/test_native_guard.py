@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from tests.models import REFERENCE_MLP_IN, eager_eval
+from tests.reliability.rel_helpers import peak_traced
 from tests.runtime.test_hot_path import assert_eager, batch, no_disk_cache  # noqa: F401  # an autouse fixture
 from tinycomp.compiler import CompiledModel
 from tinycomp.nn import Layer, Linear, ReLU, Sequential, Tensor
@@ -60,6 +61,23 @@ def test_armed_call_runs_natively_with_the_same_bits(fast, mlp):
     fast(big)  # re-arm after check=True's eval mode
     calls = fast.python_calls
     assert np.array_equal(fast(big).data, want) and fast.python_calls == calls
+
+
+def test_a_large_batch_leases_the_scratch_of_one_row_block():
+    """The native call leased scratch for every row, not the row block a call holds at once: 50,000
+    rows reserved 220 MB for a plan that uses 0.5 MB, and under an address-space limit failed with
+    NumPy's bare MemoryError where 200,000 rows (the full path) ran."""
+    model = Sequential(Linear(64, 1024), ReLU(), Linear(1024, 128), ReLU(), Linear(128, 10))
+    model.eval()
+    fast = Counting(model, input_shape=(None, 64), threads=1)
+    fast(batch(2)[:, :64].copy())
+    plan = fast._artifact.plan
+    assert fast._native is not None and 0 < plan.row_block < 50_000
+    x = np.random.default_rng(3).standard_normal((50_000, 64)).astype(np.float32)
+    y, peak = peak_traced(lambda: fast(x).data)
+    assert fast.python_calls == 1  # the first call: this one was native
+    assert peak < y.nbytes + 4 * plan.scratch_floats(50_000) + (1 << 20), f"{peak / 2**20:.0f} MB at once"
+    np.testing.assert_array_equal(y, CompiledModel(model, input_shape=(None, 64), threads=1)._call(x).data)
 
 
 @pytest.mark.parametrize("make", [

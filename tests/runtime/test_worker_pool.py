@@ -20,6 +20,27 @@ def test_every_task_runs_once_across_caller_and_workers():
     assert sorted(ran) == list(range(50))
 
 
+def test_threads_that_cannot_start_leave_fewer_workers_and_calls_still_run(monkeypatch, caplog):
+    """Under an address-space limit a thread's stack may not be had: Thread.start raised 'can't start
+    new thread' out of the first split call. The pool keeps the workers it got (here one of three)."""
+    real_start, started = threading.Thread.start, []
+
+    def start(self):
+        if started:
+            raise RuntimeError("can't start new thread")
+        started.append(self)
+        real_start(self)
+
+    monkeypatch.setattr(threading.Thread, "start", start)
+    with caplog.at_level("WARNING", logger="tinycomp.threads"):
+        pool = WorkerPool(3)
+    assert pool.workers == 1
+    assert "started 1 of 3 worker threads (can't start new thread)" in caplog.text
+    ran: list[int] = []
+    pool.run([lambda i=i: ran.append(i) for i in range(20)])
+    assert sorted(ran) == list(range(20))
+
+
 def test_a_failing_task_is_raised_in_the_caller_and_the_pool_still_works():
     pool = WorkerPool(1)
 

@@ -11,15 +11,13 @@ read several times by every pass, and the views cost microseconds per call.
 
 from __future__ import annotations
 
-import gc
 import heapq
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import networkx as nx
 import numpy as np
 
+from .collector import paused_gc as paused_gc  # re-exported: building a graph pauses the collector
 from .ops import LEAVES, check_expr, op_def
 
 CORE_KEYS = frozenset({"op", "shape", "dtype"})
@@ -27,22 +25,6 @@ CORE_KEYS = frozenset({"op", "shape", "dtype"})
 # what fuse_linear did (or why it did not) for `explain()`.
 META_KEYS = frozenset({"value", "path", "layer", "explain"})
 _NOT_ATTRS = CORE_KEYS | META_KEYS
-
-
-@contextmanager
-def paused_gc() -> Iterator[None]:
-    """Building a graph or LLVM IR allocates many small objects and no cycles: collections only
-    cost time there, and more the bigger the heap (measured: the first reference-MLP IR build took
-    38 ms with the collector on, 7 ms off; tracing a 10,000-step chain spent most of its time in
-    collections). Release an llvmlite module (`codegen.cgutils.release_module`) before the pause ends,
-    or the first collection after it walks every IR object."""
-    was_on = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_on:
-            gc.enable()
 
 
 class _DAG(nx.MultiDiGraph):

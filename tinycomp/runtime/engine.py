@@ -131,8 +131,13 @@ def _emit_in_parts(parts: list[Printer], speed_level: int) -> list[bytes] | None
         try:
             for i in range(1, len(parts)):
                 text = parts[i]()
-                workers.append(threading.Thread(target=compile_part, args=(i, text), name=f"{PART_THREAD}{i}"))
-                workers[-1].start()
+                worker = threading.Thread(target=compile_part, args=(i, text), name=f"{PART_THREAD}{i}")
+                try:
+                    worker.start()
+                except RuntimeError:  # no thread to be had (a memory limit): the part compiles here
+                    compile_part(i, text)
+                else:
+                    workers.append(worker)
             compile_part(0, parts[0]())
         finally:
             _join_all(workers)  # before their contexts go

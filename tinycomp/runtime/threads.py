@@ -8,10 +8,13 @@ releases the GIL, so the workers really run in parallel.
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import queue
 import threading
 from collections.abc import Callable
+
+_log = logging.getLogger("tinycomp.threads")
 
 Task = Callable[[], None]
 
@@ -86,10 +89,18 @@ class _Batch:
 
 class WorkerPool:
     def __init__(self, workers: int):
+        """Up to `workers` helper threads: as many as can be started (under a memory limit a thread's
+        stack may not be had; the calls then run on fewer, or on the caller alone)."""
         self._queue: queue.SimpleQueue[_Batch] = queue.SimpleQueue()
-        self.workers = workers
+        self.workers = 0
         for i in range(workers):
-            threading.Thread(target=self._work, name=f"tinycomp-worker-{i}", daemon=True).start()
+            try:
+                threading.Thread(target=self._work, name=f"tinycomp-worker-{i}", daemon=True).start()
+            except RuntimeError as exc:  # "can't start new thread"
+                _log.warning("tinycomp: started %d of %d worker threads (%s); calls split across fewer threads",
+                             self.workers, workers, exc)
+                break
+            self.workers += 1
 
     def _work(self) -> None:
         while True:
