@@ -12,6 +12,7 @@ import tinycomp as tc
 from tests.models import REFERENCE_MLP_IN, eager_eval, reference_mlp
 from tests.reliability.rel_helpers import peak_traced
 from tinycomp.codegen.target import host
+from tinycomp.driver import CHECK_EAGER_SLACK
 from tinycomp.ir.graph import LintError
 from tinycomp.nn import Linear, ReLU, Sequential, Sigmoid, Tensor, manual_seed
 from tinycomp.parity import check_parity
@@ -487,18 +488,17 @@ def test_check_true_excuses_what_float32_rounding_does_to_eager_too():
     assert tc.compile(tc.nn.LayerNorm(64), input_shape=(None, 64), check=True)(rows).shape == (4, 64)
 
 
-class CancelThenExp(tc.nn.Layer):
-    def forward(self, x):
-        return (x.sum(axis=-1, keepdims=True) - 1e8).exp()
-
-
 def test_check_true_names_rounding_too_when_eager_is_the_one_far_off():
-    """[5, 1e8, 5, 0, 0, 0, 0, 0] sums to 1e8 + 16 in NumPy's pairs (eager) and to 1e8 + 8 in the
-    lanes' (compiled; exactly 1e8 + 10): exp makes eager 400 x further from float64 than compiled.
-    The graph is current; the message said only that it no longer described the model."""
-    x = np.array([[5.0, 1e8, 5.0, 0, 0, 0, 0, 0]], np.float32)
-    with pytest.raises(tc.ParityError, match="no longer describes the model .* or eager's float32 rounding grew"):
-        tc.compile(CancelThenExp(), check=True)(x)
+    """Eager far from the float64 run of the compiled graph, compiled close to it: the graph may be
+    stale, or eager's own rounding may have grown past the first-order estimate. A helper's case was
+    a row [5, 1e8, 5, 0, ...] whose sum minus 1e8 fed exp: eager 2,981, float64 22,026; the message
+    said only that the graph no longer described the model. Sums now add in NumPy's order (the same
+    bits), but a GEMM's products still add in another order than the BLAS's, so the case stands:
+    judged here on those numbers, as check=True judges them."""
+    report = check_parity(np.float32([[22026.5]]), np.float32([[2980.958]]), np.float64([[22026.4658]]),
+                          max_eager_error=CHECK_EAGER_SLACK)
+    assert not report.ok
+    assert re.search("no longer describes the model .* or eager's float32 rounding grew", report.detail)
 
 
 class SkipBlock(tc.nn.Layer):

@@ -309,3 +309,18 @@ def test_sums_add_in_numpys_order(op, sample, axis):
     terms = np.sum(np.abs(x.astype(np.float64)), axis=axis, keepdims=True)
     count = x[0].size // got[0].size
     assert np.all(np.abs(got - exact) <= (count + 1) * 2.0 ** -24 * terms / (count if op == "mean" else 1))
+
+
+@pytest.mark.parametrize("sample, axis", [((2**24 + 1,), -1), ((3, 5_592_407), (1, 2)), ((5_592_407, 3), 1)],
+                         ids=["row", "plane", "columns"])
+def test_a_mean_over_more_than_2_24_elements_divides_as_numpy(sample, axis):
+    """np.mean divides the float32 sum by its integer count in float64: float32 cannot hold a count
+    past 2**24 (16,777,217 is 16,777,216 there), and dividing by it came out an ulp off eager's mean."""
+    x = np.random.default_rng(0).standard_normal((1, *sample)).astype(np.float32) + 3.0
+    model = Reduce("mean", axis)
+    got, want = tc.compile(model)(x).data, model(Tensor(x)).data
+    assert np.array_equal(got.view(np.int32), want.view(np.int32))
+    count = x.size // got.size  # and within float32's bound of float64 (a column adds in order: loose)
+    exact = np.mean(x.astype(np.float64), axis=axis, keepdims=True)
+    terms = np.mean(np.abs(x.astype(np.float64)), axis=axis, keepdims=True)
+    assert np.all(np.abs(got - exact) <= (count + 1) * 2.0**-24 * terms)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 
+import numpy as np
 from llvmlite import ir
 
 from . import vecmath
@@ -64,18 +65,33 @@ from .strided import contiguous_strides, nest_loops
 # into 8.9e6 against 2,981 (a helper's parity failure); any other order can do the same.
 PAIRWISE_ACCUMULATORS = 8
 PAIRWISE_BLOCK = 128
-# A run up to this long is straight-line code, its blocks' accumulators interleaved: each block is
-# one chain of adds, and a loop per block (a call per block) ran them one after another, 4.7 x the
-# old tree's time over runs of 4,096. Longer runs call the functions of their halves.
-UNROLLED_RUN = 1024
+# A run up to this long is summed where it is needed, its blocks' accumulators side by side in one
+# loop: each block is one chain of adds, and a loop (or a call) per block ran them one after another,
+# 4.7 x the old tree's time over runs of 4,096; a call per short run cost 3-6 x (LLVM's level-0
+# pipeline inlines nothing), and straight-line blocks 12-17 x the code on the Cortex-M. Longer runs
+# call the functions of their halves (`pairwise_sum`).
+INLINE_RUN = 1024
 # Column vectors summed side by side, in one loop down the reduced axes: each is one chain of adds (in
 # NumPy's order), and a chain per loop left the core idle between adds.
 COLUMN_CHAINS = 4
+# Samples summed side by side where one output's adds are one chain (in NumPy's order) and a sample
+# has too few of them to keep the core busy: runs of a few elements added down a long outer axis
+# (64 x (300, 2, 5) over (1, 3): 1.6 x the old tree's time), or a narrow column down one ((64, 1000, 3)
+# over 1: 1.75 x).
+SAMPLE_CHAINS = 4
+
+
+def run_sum(module: ir.Module, b: ir.IRBuilder, x: ir.Value, n: int) -> ir.Value:
+    """NumPy's pairwise sum of x[0], ..., x[n - 1], bit for bit: emitted here up to INLINE_RUN,
+    else a call of `pairwise_sum`."""
+    if n <= INLINE_RUN:
+        return _blocks_sum(b, x, n)
+    return b.call(pairwise_sum(module, n), [x])
 
 
 def pairwise_sum(module: ir.Module, n: int) -> ir.Function:
-    """`float pairwise_sum.n(ptr x)`: NumPy's pairwise sum of x[0], ..., x[n - 1], bit for bit; one
-    function per run length (a long run's halves call the functions of theirs)."""
+    """`float pairwise_sum.n(ptr x)` for a run longer than INLINE_RUN: its halves' sums (`run_sum`)
+    added; one function per run length."""
     return define_once(module, f"pairwise_sum.{n}", lambda name: _emit_pairwise_sum(module, name, n))
 
 
@@ -88,24 +104,21 @@ def _emit_pairwise_sum(module: ir.Module, name: str, n: int) -> ir.Function:
     fn = internal_kernel(module, name, [("x", PTR)], returns=F32)
     (x,) = fn.args
     b = ir.IRBuilder(fn.append_basic_block("entry"))
-    if n > UNROLLED_RUN:
-        half = _split(n)
-        low = b.call(pairwise_sum(module, half), [x])
-        high = b.call(pairwise_sum(module, n - half), [element_ptr(b, x, i64(half))])
-        b.ret(b.fadd(low, high))
-    else:
-        b.ret(_unrolled_pairwise_sum(b, x, n))
+    half = _split(n)
+    b.ret(b.fadd(run_sum(module, b, x, half), run_sum(module, b, element_ptr(b, x, i64(half)), n - half)))
     return fn
 
 
-def _unrolled_pairwise_sum(b: ir.IRBuilder, x: ir.Value, n: int) -> ir.Value:
+def _blocks_sum(b: ir.IRBuilder, x: ir.Value, n: int) -> ir.Value:
+    """The pairwise sum of a run of n <= INLINE_RUN: its blocks' 8 accumulators side by side in one
+    loop (the longer blocks' last steps after it), then each block's total and their tree."""
     ways = PAIRWISE_ACCUMULATORS
 
     def element(i: int) -> ir.Value:
         return b.load(element_ptr(b, x, i64(i)), typ=F32)
 
-    def block(i: int) -> ir.Value:
-        return load_chunk(b, element_ptr(b, x, i64(i)), Chunk(i64(0), ways))
+    def block(at: ir.Value) -> ir.Value:
+        return load_chunk(b, element_ptr(b, x, at), Chunk(i64(0), ways))
 
     if n < ways:  # from -0.0, as NumPy's base case: it keeps a run of -0s -0
         total: ir.Value = ir.Constant(F32, -0.0)
@@ -122,11 +135,18 @@ def _unrolled_pairwise_sum(b: ir.IRBuilder, x: ir.Value, n: int) -> ir.Value:
             find_blocks(first + _split(length), length - _split(length))
 
     find_blocks(0, n)
-    accs = [block(first) for first, _ in blocks]
-    for step in range(1, PAIRWISE_BLOCK // ways):  # the blocks' chains side by side
-        for k, (first, length) in enumerate(blocks):
-            if step < length // ways:
-                accs[k] = b.fadd(accs[k], block(first + step * ways))
+    steps = [length // ways for _, length in blocks]
+    accs = [block(i64(first)) for first, _ in blocks]
+    if min(steps) > 1:
+        with for_range(b, 1, min(steps), name="pw", carry=accs, nonempty=True) as loop:
+            at = b.mul(loop.index, i64(ways), flags=["nsw"])
+            loop.carry(*(b.fadd(acc, block(b.add(at, i64(first), flags=["nsw"])))
+                         for acc, (first, _) in zip(loop.carried, blocks, strict=True)))
+        accs = list(loop.results)
+    for step in range(min(steps), max(steps)):
+        for k, (first, _) in enumerate(blocks):
+            if step < steps[k]:
+                accs[k] = b.fadd(accs[k], block(i64(first + step * ways)))
     totals = {first: _block_total(b, acc, [element(i) for i in range(first + length - length % ways, first + length)])
               for acc, (first, length) in zip(accs, blocks, strict=True)}
 
@@ -176,10 +196,18 @@ class _Reduction:
         return splat(self.fill, width)
 
     def finish(self, v: ir.Value) -> ir.Value:
+        """mean: the sum over the count, as np.mean divides: in float64, rounded to float32 (the same
+        as float32's divide where float32 holds the count; past 2**24 it may not: a row of 16,777,217
+        came out an ulp off eager)."""
         if self.op != "mean":
             return v
-        count = ir.Constant(F32, float(self.count)) if v.type == F32 else splat(float(self.count), v.type.count)
-        return self.b.fdiv(v, count)
+        lanes = v.type.count if isinstance(v.type, ir.VectorType) else 0
+        if float(np.float32(self.count)) == self.count:
+            return self.b.fdiv(v, splat(float(self.count), lanes) if lanes else ir.Constant(F32, float(self.count)))
+        wide = ir.VectorType(ir.DoubleType(), lanes) if lanes else ir.DoubleType()
+        count = vector_constant(wide, ir.Constant(ir.DoubleType(), float(self.count))) if lanes else \
+            ir.Constant(wide, float(self.count))
+        return self.b.fptrunc(self.b.fdiv(self.b.fpext(v, wide), count), v.type)
 
 
 def emit_reduce(module: ir.Module, name: str, op: str, groups: Sequence[tuple[int, bool]], width: int) -> ir.Function:
@@ -219,42 +247,61 @@ def emit_reduce(module: ir.Module, name: str, op: str, groups: Sequence[tuple[in
                                  terms, list(loop.carried)))
         return list(loop.results)
 
-    def lanes_over_columns(at: list[ir.Value]) -> None:  # the last group is kept: a lane per column
-        def columns(chunks: list[Chunk]) -> None:
-            def loader(c: Chunk) -> Callable[[ir.Value], ir.Value]:
-                return lambda off: load_chunk(b, element_ptr(b, x, b.add(off, c.col)), c, red.fill)
+    in_size, out_size = math.prod(sizes), math.prod(s for s, _ in kept)
 
+    def sample(at: ir.Value, k: int, size: int) -> ir.Value:
+        """Offset `at` moved k samples of `size` on (samples side by side are consecutive)."""
+        return b.add(at, i64(k * size), flags=["nsw"]) if k else at
+
+    def lanes_over_columns(at: list[ir.Value], together: int) -> None:  # the last group is kept: a lane per column
+        def columns(chunks: list[Chunk]) -> None:
+            def loader(c: Chunk, k: int) -> Callable[[ir.Value], ir.Value]:
+                return lambda off: load_chunk(b, element_ptr(b, x, b.add(sample(off, k, in_size), c.col)), c, red.fill)
+
+            lanes = [(c, k) for k in range(together) for c in chunks]
             if op == "max":
-                values = [over(reduced, at[0], loader(c), c.width) for c in chunks]
+                values = [over(reduced, at[0], loader(c, k), c.width) for c, k in lanes]
             else:
-                values = in_order(reduced, at[0], lambda off: [loader(c)(off) for c in chunks],
-                                  [red.identity(c.width) for c in chunks])
-            for c, value in zip(chunks, values, strict=True):
-                store_chunk(b, red.finish(value), element_ptr(b, out, b.add(at[1], c.col)), c)
+                values = in_order(reduced, at[0], lambda off: [loader(c, k)(off) for c, k in lanes],
+                                  [red.identity(c.width) for c, _ in lanes])
+            for (c, k), value in zip(lanes, values, strict=True):
+                store_chunk(b, red.finish(value), element_ptr(b, out, b.add(sample(at[1], k, out_size), c.col)), c)
         for_each_chunk_group(b, kept[-1][0], width, COLUMN_CHAINS, columns)
 
-    def lanes_along_run(at: list[ir.Value]) -> None:  # the last group is reduced: a contiguous run
+    def lanes_along_run(at: list[ir.Value], together: int) -> None:  # the last group is reduced: a contiguous run
         run = reduced[-1][0]
         if op == "max":  # lanes split the run, folded pairwise at the end
             def contiguous(off: ir.Value) -> ir.Value:
                 return fold_run(b, run, width, red.identity(width), lambda c: load_chunk(
                     b, element_ptr(b, x, b.add(off, c.col)), c, red.fill), red.combine)
 
-            total = horizontal(b, red.combine, over(reduced[:-1], at[0], contiguous, width))
+            totals = [horizontal(b, red.combine, over(reduced[:-1], at[0], contiguous, width))]
         else:  # NumPy's pairwise sum of each run, the runs added in order
-            sum_run = pairwise_sum(module, run)
-            (total,) = in_order(reduced[:-1], at[0], lambda off: [b.call(sum_run, [element_ptr(b, x, off)])],
-                                [ir.Constant(F32, red.fill)])
-        b.store(red.finish(total), element_ptr(b, out, at[1]))
+            totals = in_order(reduced[:-1], at[0], lambda off: [
+                run_sum(module, b, element_ptr(b, x, sample(off, k, in_size)), run) for k in range(together)],
+                [ir.Constant(F32, red.fill)] * together)
+        for k, total in enumerate(totals):
+            b.store(red.finish(total), element_ptr(b, out, sample(at[1], k, out_size)))
 
-    with for_range(b, 0, n_rows, name="m") as loop:
-        m = loop.index
-        at = [b.mul(m, i64(math.prod(sizes)), flags=["nsw"]), b.mul(m, i64(math.prod(s for s, _ in kept)))]
-        if groups[-1][1]:
-            nest_loops(b, [s for s, _ in kept], [[st for _, st in kept], list(out_strides)], at, lanes_along_run)
-        else:
-            nest_loops(b, [s for s, _ in kept[:-1]], [[st for _, st in kept[:-1]], list(out_strides[:-1])], at,
-                       lanes_over_columns)
+    if groups[-1][1]:
+        levels, body = kept, lanes_along_run
+        # a sum's outer levels add each run in order: one chain per output; short runs leave it the work
+        together = SAMPLE_CHAINS if op != "max" and len(reduced) > 1 and reduced[-1][0] <= PAIRWISE_BLOCK else 1
+    else:
+        levels, body = kept[:-1], lanes_over_columns
+        together = 1 if op == "max" else max(1, min(SAMPLE_CHAINS, COLUMN_CHAINS // -(-kept[-1][0] // width)))
+
+    def samples(start: ir.Value | int, stop: ir.Value, step: int) -> None:
+        """Samples start, start + step, ... below stop, `step` of them side by side."""
+        with for_range(b, start, stop, step=step, name=f"m{step}") as loop:
+            at = [b.mul(loop.index, i64(in_size), flags=["nsw"]), b.mul(loop.index, i64(out_size), flags=["nsw"])]
+            nest_loops(b, [s for s, _ in levels], [[st for _, st in levels], list(out_strides[:len(levels)])], at,
+                       lambda offsets: body(offsets, step))
+
+    whole = b.and_(n_rows, i64(-together)) if together > 1 else n_rows
+    samples(0, whole, together)
+    if together > 1:
+        samples(whole, n_rows, 1)
     b.ret_void()
     return fn
 
