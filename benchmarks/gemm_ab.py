@@ -46,10 +46,14 @@ OWNERS = (gemm, gemm_driver, gemm_epilogue, gemm_kernels, module, scratch, targe
 
 
 def set_constant(name: str, value: int) -> None:
-    owner = next((m for m in OWNERS if hasattr(m, name)), None)
-    if owner is None:
+    """Set `name` in every module of OWNERS that has it: a module that imported it from another holds
+    its own binding (module.ROW_BLOCK is scratch's, re-exported), and setting only the first module's
+    left the code reading the other unchanged (an A/B of identical builds)."""
+    owners = [m for m in OWNERS if hasattr(m, name)]
+    if not owners:
         raise SystemExit(f"no constant {name} in {', '.join(m.__name__ for m in OWNERS)}")
-    setattr(owner, name, type(getattr(owner, name))(value))
+    for owner in owners:
+        setattr(owner, name, type(getattr(owner, name))(value))
 
 
 def layer_calls(spec: str, rows: int, values: list[int], name: str, keep: list) -> list:

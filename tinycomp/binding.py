@@ -3,8 +3,8 @@
 `StructureGuard` notices (cheaply, on every call) that the layer tree changed, so the model is
 recompiled instead of running stale code; `LiveParams` reads the parameters live on every call;
 `DropoutDraws` draws a training-mode call's dropout masks from the model's own Dropout layers;
-`eval_mode` / `layers_in_mode` run the eager model for `check=True` without touching its own
-training flags.
+`layers_in_mode` runs the eager model for `check=True` in the mode it was compiled for without
+touching its own training flags (`eval_mode`: in eval mode).
 """
 
 from __future__ import annotations

@@ -97,3 +97,5 @@ def test_bench_help_has_no_internal_words():
                           timeout=120)
     assert proc.returncode == 0
     assert "issue" not in proc.stdout.lower() and "standard suite" in proc.stdout
+    # each model says what it is (the descriptions were written and never shown)
+    assert "block = TransformerBlock: embed 128, 4 heads" in " ".join(proc.stdout.split())

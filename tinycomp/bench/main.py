@@ -51,7 +51,8 @@ def make_parser() -> argparse.ArgumentParser:
                     "installed). Each engine runs in its own process with BLAS threads pinned; every "
                     "result is parity-checked before it is timed. Without --models/--batch: the standard suite (the "
                     "reference MLP at batch 1 to 8192, the wide, odd and deep models at batch 256).")
-    p.add_argument("--models", help=f"comma list of models ({', '.join(MODELS)}); default: the suite's")
+    p.add_argument("--models", help="comma list of models: " + "; ".join(f"{name} = {m.description}" for name, m in
+                                                                     MODELS.items()) + ". Default: the suite's")
     p.add_argument("--batch", type=positive_ints,
                    help="comma list of batch sizes for every model (default: each model's in the suite)")
     p.add_argument("--engines", help=f"comma list of engines (default: {','.join(DEFAULT_ENGINES)}; also "

@@ -410,7 +410,7 @@ def _softmax_three_pass(b: ir.IRBuilder, row: _Row, row_size: int, x_at, out_at)
         store_chunk(b, e, out_at(c), c)
         return e
 
-    # Summed as a tree (`fold_run`), as the reductions and layer norm sum: one running sum per lane
+    # Summed as a tree (`fold_run`), as layer norm sums: one running sum per lane
     # over a 300,000-wide row erred ~170 ulps and broke the parity rule against NumPy's pairwise sum.
     factor = row.reduce_sum(fold_run(b, row_size, w, splat(0.0, w), exp_stored, b.fadd))
     for_each_chunk(b, row_size, w, lambda c: store_chunk(b, b.fmul(load_chunk(b, out_at(c), c), factor), out_at(c), c))

@@ -40,10 +40,10 @@ class NarrowShape:
     """A narrow layer (N < width outputs) computed as K-vectorized dot products.
 
     Each output C[m, n] is the dot product of row m of A with row n of Wt (W transposed, packed per
-    call): `unroll` independent `<width x float>` accumulators per output over K, then a pairwise
-    tree over their lanes. Rows go `rows` at a time (their outputs, contiguous in C, leave the tree
-    as whole vectors: one epilogue and one store per `width` outputs); the last block of a batch
-    recomputes its last row in place of the missing ones."""
+    call; with `in_place`, W itself, its rows of N split by shuffles): `unroll` independent
+    `<width x float>` accumulators per output over K, then a pairwise tree over their lanes. Rows go
+    `rows` at a time (their outputs, contiguous in C, leave the tree as whole vectors: one epilogue
+    and one store per `width` outputs); the rows after the last whole block, one at a time."""
 
     N: int
     width: int
@@ -124,8 +124,9 @@ def narrow_kernel(module: ir.Module, shape: NarrowShape, activation: str | None,
     """`void narrow(i64 M, i64 K, ptr A, ptr Wt, i64 ldw, ptr bias, ptr C, i64 flags, ptr R)`:
     C = act(A @ Wt^T + bias) (+ R, laid out as C, with `residual`; R unread without) for an
     N-column layer, Wt holding W transposed (row n at Wt + n*ldw, K floats; nothing past K is
-    read). `bias` may be null; flag bit 0 picks ReLU in the plain epilogue. K and M are run-time
-    values (either may be 0), so layers of the same width and activation family share the kernel."""
+    read), or with `shape.in_place` W itself (K rows of N floats; ldw unread). `bias` may be null;
+    flag bit 0 picks ReLU in the plain epilogue. K and M are run-time values (either may be 0), so
+    layers of the same width and activation family share the kernel."""
     kind = kernel_activation(activation)
     return define_once(module, f"tinycomp.gemm.narrow{shape.suffix()}.{family_suffix(kind, residual)}",
                        lambda name: _emit_narrow(module, name, shape, kind, residual))

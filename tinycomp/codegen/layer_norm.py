@@ -15,8 +15,8 @@ do: a NaN or inf in a row makes the whole row NaN, a row whose squares overflow 
 sums of pass two cost LayerNorm(512) over 256 rows 27.3-27.8 -> 28.4-31.1 us (benchmarks/RESULTS.md,
 twentieth session). With the AVX-512 forms (`vecmath.has_avx512_forms`) the quotient is
 `corrected_quotient`, whose two FMAs only reproduce the divide; elsewhere it is the divide. The sums
-are trees log n deep, as the `mean` kernel's (`loops.fold_run`): lanes split the row and are folded
-pairwise at the end.
+are trees log n deep, as softmax's (`loops.fold_run`): lanes split the row and are folded pairwise
+at the end (the `sum` and `mean` kernels add in NumPy's own order instead: `reduce.run_sum`).
 
 Rows go ROW_GROUP at a time, stage by stage (every row's mean, then every variance, then the
 quotients): one row is a chain of two horizontal sums, a square root and a divide (about 150

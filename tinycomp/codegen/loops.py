@@ -3,7 +3,8 @@
 A row of R values is R // width full vectors (a loop) and, when R % width > 0, one masked vector for
 the tail (`llvm.masked.load/store` with a constant mask), so every R >= 1 runs the same code with no
 scalar remainder loop. A run whose length is only known at run time (`for_each_flat_chunk`) ends in
-a mask computed from what is left. Also the sequential read that brings a batch into cache.
+a mask computed from what is left. Also the blocked sums (`blocked_fold`, `fold_run`) of softmax,
+layer norm and max.
 """
 
 from __future__ import annotations

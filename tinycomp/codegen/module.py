@@ -130,7 +130,7 @@ class _Emitter:
         gives, emitting at the first block, the entry's arguments as `fn` has them (the rows to run
         first), the batched scratch buffers' rows and the row block's first row (None: no blocks)."""
         # the first block reads the arguments and the table slots the function reads
-        # (`_ArgumentPointers`), then goes on
+        # (`entry_parts.ArgumentPointers`), then goes on
         first = ir.IRBuilder(fn.append_basic_block("args"))
         self.args, self.scratch_rows, self.r0 = arguments(first)  # r0: None without row blocks
         first.branch(start := fn.append_basic_block("entry"))

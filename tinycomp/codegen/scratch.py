@@ -8,7 +8,7 @@ rounded to 16 floats so every buffer starts on a 64-byte line when scratch does.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ..ir.graph import Graph
 from ..ir.layout import is_batched, row_floats
@@ -97,7 +97,6 @@ class BufferPlan:
     per_row: int = 0
     fixed: int = 0
     pack_offset: int = 0
-    lifetimes: dict[str, int] = field(default_factory=dict)
 
     def alias_root(self, n: str) -> str:
         while n in self.aliases:
@@ -130,7 +129,6 @@ def plan_buffers(g: Graph, pack_floats: int = 0) -> BufferPlan:
                 off, b = plan.offsets[a]
                 (batched if b else fixed).give(off, row_floats(g.shape(a)))
     plan.per_row, plan.fixed = batched.size, fixed.size
-    plan.lifetimes = last_use
     return plan
 
 

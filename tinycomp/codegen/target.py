@@ -53,9 +53,6 @@ class Target:
                 str(self.aliased_direct_max_rows), str(self.l2_bytes))
 
 
-HostTarget = Target  # the host's description is a Target like any other
-
-
 def default_registers(width: int) -> int:
     """The register budget of an x86 host with this vector width: 32 zmm with AVX-512, else 16."""
     return 32 if width >= 16 else 16

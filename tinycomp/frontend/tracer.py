@@ -286,9 +286,6 @@ class Tracer:
                 name, obj = f"{name}.{step}" if name else step, getattr(obj, step)
         return _describe(layer, at), name
 
-    def path_of(self, x: Any) -> str:
-        return self.tensor_paths[id(self.live.original(x))]
-
     def operand(self, x: Any, op: str) -> str:
         if isinstance(x, SymbolicTensor):
             if x._tracer is not self:

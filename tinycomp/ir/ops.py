@@ -326,10 +326,8 @@ ELEMENTWISE = _group(lambda op: op.kind == "elementwise")
 UNARY = _group(lambda op: op.kind == "elementwise" and op.arity == 1)
 BINARY = _group(lambda op: op.kind == "elementwise" and op.arity == 2)
 LEAVES = _group(lambda op: op.kind == "leaf")
-VIEW_OPS = _group(lambda op: op.kind == "view")
 ALIASING = _group(lambda op: op.aliases)
 REDUCTIONS = _group(lambda op: op.kind == "reduction")
-CONTRACTIONS = _group(lambda op: op.kind == "contraction")
 FUSIBLE_ACTIVATIONS = _group(lambda op: op.activation)
 ACTIVATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     name: op.ref for name, op in OPS.items() if op.activation and op.ref is not None}
