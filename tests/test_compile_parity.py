@@ -16,6 +16,7 @@ import pytest
 
 import tinycomp as tc
 from tests.models import CASES, CATALOGUE, REFERENCE_MLP_IN, eager_eval, reference_mlp
+from tinycomp.binding import eval_mode
 from tinycomp.nn import (
     GELU,
     Dropout,
@@ -29,7 +30,7 @@ from tinycomp.nn import (
     Tensor,
     manual_seed,
 )
-from tinycomp.parity import check_parity
+from tinycomp.parity import check_parity, reference_and_overflow
 
 F64 = np.float64
 Reference = Callable[[np.ndarray], np.ndarray]
@@ -118,7 +119,9 @@ def reference_for(name: str, model: Layer) -> Reference:
 
 def assert_parity(model: Layer, x: np.ndarray, reference: Reference | None = None,
                   fast: tc.CompiledModel | None = None) -> np.ndarray:
-    """fast(x) vs eager model(x) in eval mode vs float64; returns the compiled output."""
+    """fast(x) vs eager model(x) in eval mode vs float64, by the parity rule with its allowance for
+    sums that cancel (as check=True judges: a chain of narrow Linears failed hypothesis on one
+    element 44 ulps off float64, 1.32e-6 against 1.31e-6); returns the compiled output."""
     fast = fast if fast is not None else tc.compile(model)
     reference = reference if reference is not None else sequential_reference(model)
     out = fast(x)
@@ -126,7 +129,10 @@ def assert_parity(model: Layer, x: np.ndarray, reference: Reference | None = Non
     eager = eager_eval(model, x)
     ref = np.asarray(reference(np.asarray(x, F64)), F64)
     assert out.shape == eager.shape == ref.shape, (out.shape, eager.shape, ref.shape)
-    report = check_parity(out.data, eager, ref)
+    with eval_mode(model):  # the traced graph: the optimized one's fused linears hide the cancelling sums
+        graph = tc.trace(model, (None, *np.shape(x)[1:]))
+    rounding = reference_and_overflow(graph, np.asarray(x, F64)).rounding.reshape(ref.shape)
+    report = check_parity(out.data, eager, ref, rounding=rounding)
     assert report.ok, str(report)
     # A wrong reference would inflate the tolerance (2x eager error) and let anything pass.
     scale = max(1.0, float(np.abs(ref[np.isfinite(ref)]).max(initial=0.0)))
