@@ -386,8 +386,48 @@ def test_the_files_are_staged_inside_the_folder(tmp_path, monkeypatch):
         return real(src, dst)
     monkeypatch.setattr(export_module.os, "replace", watched)
     tc.export(small_model(), tmp_path / "vol", input_shape=(None, 6), target="thumbv7em-none-eabihf")
-    assert moves and all(src.parent.parent == dst.parent == tmp_path / "vol" for src, dst in moves)
+    assert moves and all(tmp_path / "vol" in src.parents and tmp_path / "vol" in dst.parents for src, dst in moves)
     assert not [p for p in (tmp_path / "vol").iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize("after", [1, 3, 4], ids=["an old file moved out", "a new file moved in", "two moved in"])
+def test_an_interrupt_while_the_files_move_in_leaves_the_old_export(tmp_path, monkeypatch, after):
+    """The files moved in one replace after another: a Ctrl-C between two left a new model.o beside
+    the old model.h and libmodel.so, which a C program built against that header would misuse."""
+    import importlib
+    export_module = importlib.import_module("tinycomp.export")
+    out = tmp_path / "out"
+    tc.export(small_model(), out, input_shape=(None, 6), target="wasm32")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    real, moves = os.replace, []
+
+    def interrupted(src, dst):
+        real(src, dst)
+        moves.append(dst)
+        if len(moves) == after:
+            raise KeyboardInterrupt
+    monkeypatch.setattr(export_module.os, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        tc.export(Sequential(Linear(6, 5)), out, input_shape=(None, 6), target="thumbv7em-none-eabihf",
+                  weights="external")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # and no staging folder left
+
+
+def test_a_full_disk_is_named_with_the_folder_and_leaves_it_as_it_was(tmp_path, monkeypatch):
+    """On a full disk the export raised a bare '[Errno 28] No space left on device', naming no folder."""
+    import errno
+    out = tmp_path / "out"
+    tc.export(small_model(), out, input_shape=(None, 6), target="wasm32")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def full(self, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self))
+    monkeypatch.setattr(Path, "write_bytes", full)
+    with pytest.raises(OSError, match=f"could not write the export into {out}: No space left on device") as caught:
+        tc.export(Sequential(Linear(6, 5)), out, input_shape=(None, 6), target="wasm32")
+    assert caught.value.errno == errno.ENOSPC
+    monkeypatch.undo()
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
 def test_an_export_for_another_target_removes_the_files_it_does_not_write(tmp_path):

@@ -303,6 +303,33 @@ def test_a_relative_home_is_refused_and_named(tmp_path, monkeypatch, warnings_se
     assert "HOME ('relhome') is a relative path" in message and "TINYCOMP_CACHE_DIR" not in message
 
 
+@pytest.mark.parametrize("home, cache_dir, said", [
+    ("relhome", "~/c", "HOME ('relhome') is a relative path (relhome/c, from TINYCOMP_CACHE_DIR='~/c')"),
+    ("", None, "HOME is empty (.cache/tinycomp)"),
+    ("", "~/c", "HOME is empty (~/c, from TINYCOMP_CACHE_DIR='~/c')"),
+    ("/home/x", "~nosuchuser/x", "TINYCOMP_CACHE_DIR ('~nosuchuser/x') starts with ~nosuchuser, but there is no user "
+                                 "'nosuchuser'"),
+], ids=["cache dir under a relative HOME", "empty HOME", "cache dir under an empty HOME", "unknown user"])
+def test_a_cache_folder_from_a_bad_home_is_refused_naming_the_cause(tmp_path, monkeypatch, warnings_seen, home,
+                                                                    cache_dir, said):
+    """TINYCOMP_CACHE_DIR='~/c' under HOME=relhome was blamed on TINYCOMP_CACHE_DIR; an empty HOME
+    put the cache and key in the root's .cache and .config without a word (expanduser makes '' '/');
+    '~nosuchuser/x' was called a relative path."""
+    monkeypatch.delenv("TINYCOMP_CACHE", raising=False)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    monkeypatch.setenv("HOME", home)
+    if cache_dir is None:
+        monkeypatch.delenv("TINYCOMP_CACHE_DIR", raising=False)
+    else:
+        monkeypatch.setenv("TINYCOMP_CACHE_DIR", cache_dir)
+    monkeypatch.chdir(tmp_path)
+    assert_compiled_fresh(model())
+    [record] = warnings_seen
+    assert said in record.getMessage()
+    assert not any(tmp_path.glob("*/tinycomp")) and not (tmp_path / "c").exists()
+
+
 def test_a_long_key_is_reported_at_its_size(dirs, warnings_seen):
     """A key file of 4,096 bytes was said to hold 33 (the bytes read to tell it is too long)."""
     key = cache.key_path()

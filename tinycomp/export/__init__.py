@@ -159,18 +159,18 @@ def export(model: Any, path: Any, *, input_shape: Any, target: str = "host", nam
     # was, not a new header beside an old library
     try:
         with tempfile.TemporaryDirectory(prefix=f".{name}-export-", dir=folder) as staging:
-            staged = _write_files(Path(staging), name, t, obj, header, exported,
+            staged = _write_files(Path(staging) / "new", name, t, obj, header, exported,
                                   layout.header() + blob if weights == "external" else None)
-            for key, file in staged.items():
-                result.files[key] = folder / file.name
-                os.replace(file, result.files[key])
-            for key, file_name in _optional_files(name).items():  # an earlier export's, for another target
-                if key not in staged:
-                    (folder / file_name).unlink(missing_ok=True)
-    except BaseException:
+            # an earlier export's files for another target go too
+            gone = [file_name for key, file_name in _optional_files(name).items() if key not in staged]
+            result.files = _move_in(staged, folder, Path(staging) / "old", gone)
+    except BaseException as exc:
         if made:  # a folder this export made and could not fill: not left behind empty
             with contextlib.suppress(OSError):
                 folder.rmdir()
+        if isinstance(exc, OSError):  # a full disk said "No space left on device" and not where
+            raise OSError(exc.errno, f"could not write the export into {folder}: {exc.strerror or exc}",
+                          exc.filename) from exc
         raise
     return result
 
@@ -182,9 +182,37 @@ def _optional_files(name: str) -> dict[str, str]:
     return {"weights": f"{name}.bin", "shared_library": f"lib{name}.so", "wasm": f"{name}.wasm"}
 
 
+def _move_in(staged: dict[str, Path], folder: Path, saved: Path, gone: list[str]) -> dict[str, Path]:
+    """Move the `staged` files (by kind) into `folder` and the files named `gone` out of it: all of
+    it, or on an error or interrupt midway none of it (the files it replaced are moved back from
+    `saved`). One replace after another, a Ctrl-C between two left a new model.o beside the old
+    model.h and library."""
+    saved.mkdir()
+    moved_out: list[Path] = []
+    moved_in: list[Path] = []
+    try:  # each move noted before it is made: an interrupt may land just after one
+        for there in [folder / file.name for file in staged.values()] + [folder / n for n in gone]:
+            if there.is_symlink() or there.exists():
+                moved_out.append(there)
+                os.replace(there, saved / there.name)
+        for file in staged.values():
+            moved_in.append(folder / file.name)
+            os.replace(file, folder / file.name)
+    except BaseException:
+        for there in moved_in:
+            there.unlink(missing_ok=True)
+        for there in moved_out:
+            if (saved / there.name).is_symlink() or (saved / there.name).exists():
+                os.replace(saved / there.name, there)
+        raise
+    return {key: folder / file.name for key, file in staged.items()}
+
+
 def _write_files(into: Path, name: str, t: Target, obj: bytes, header: str, exported: list[str],
                  weights: bytes | None) -> dict[str, Path]:
-    """The export's files in folder `into`, by kind: the object, header, weights and linked library."""
+    """The export's files in a new folder `into`, by kind: the object, header, weights and linked
+    library."""
+    into.mkdir()
     optional = _optional_files(name)
     files = {"object": into / f"{name}.o", "header": into / f"{name}.h"}
     files["object"].write_bytes(obj)

@@ -66,7 +66,7 @@ def cache_dir() -> Path | None:
         _warn_once(Path("TINYCOMP_CACHE"), f"TINYCOMP_CACHE={switch!r} is none of {', '.join(OFF[:4])} (off) or "
                                             f"{', '.join(ON[1:])} (on); the cache stays on", plain=True)
     if os.environ.get("TINYCOMP_CACHE_DIR"):
-        return Path(os.path.expanduser(os.environ["TINYCOMP_CACHE_DIR"]))
+        return Path(_expand(os.environ["TINYCOMP_CACHE_DIR"]))
     return _xdg_home("XDG_CACHE_HOME", ".cache") / "tinycomp"
 
 
@@ -78,22 +78,39 @@ def key_path() -> Path:
 def _xdg_home(variable: str, default_in_home: str) -> Path:
     """The XDG base folder `variable` names, else ~/`default_in_home`. The XDG spec ignores a relative
     (or empty) value: one would give every working directory a cache and key of its own; so is a
-    relative home refused (`_relative_reason`)."""
+    relative or empty home refused (`_not_absolute`)."""
     base = os.environ.get(variable, "")
     if not os.path.isabs(base):
-        base = os.path.join(os.path.expanduser("~"), default_in_home)
+        base = os.path.join(_home(), default_in_home)
     return Path(base)
 
 
-def _relative_reason(path: Path, setting: str) -> str:
-    """Why a relative cache folder or key path is refused, naming the setting it came from."""
-    return (f"{setting} is a relative path ({path}): each working directory would have a cache of its own; "
-            f"give an absolute one")
+def _home() -> str:
+    """The user's home as ~ expands, but '' where HOME is set and empty: expanduser made that '/',
+    and the cache and key went to the root's folders without a word."""
+    return "" if os.environ.get("HOME") == "" else os.path.expanduser("~")
 
 
-def _home_setting(variable: str) -> str:
-    """The environment variable a folder under `variable`'s XDG base came from."""
-    return variable if os.path.isabs(os.environ.get(variable, "")) else f"HOME ({os.path.expanduser('~')!r})"
+def _expand(path: str) -> str:
+    """`path` with a leading ~ or ~user expanded (left as it is where that cannot be done)."""
+    if path == "~" or path.startswith("~/"):
+        return _home() + path[1:] if _home() else path
+    return os.path.expanduser(path)
+
+
+def _not_absolute(path: Path, variable: str) -> str:
+    """Why a cache folder or key path that is not absolute is refused, naming what made it so: the
+    variable `variable` (TINYCOMP_CACHE_DIR, or the XDG one whose default under HOME was taken)."""
+    raw = os.environ.get(variable, "") if variable == "TINYCOMP_CACHE_DIR" else ""  # XDG values are never expanded
+    if raw and not raw.startswith("~"):
+        cause = f"TINYCOMP_CACHE_DIR is a relative path ({path})"
+    elif raw.startswith("~") and not (raw == "~" or raw.startswith("~/")):
+        user = raw[1:].split("/")[0]
+        return f"{variable} ({raw!r}) starts with ~{user}, but there is no user {user!r}; give an absolute path"
+    else:
+        cause = "HOME is empty" if os.environ.get("HOME") == "" else f"HOME ({_home()!r}) is a relative path"
+        cause += f" ({path}{f', from {variable}={raw!r}' if raw.startswith('~') else ''})"
+    return f"{cause}: each working directory would have a cache of its own; give an absolute one"
 
 
 def cache_key(graph_key: str, options: dict) -> str:
@@ -233,7 +250,7 @@ def secret() -> bytes:
     """The per-user key entries are signed with, made on first use; Refused if it is not private."""
     path = key_path()
     if not path.is_absolute():
-        raise Refused(_relative_reason(path, _home_setting("XDG_CONFIG_HOME")))
+        raise Refused(_not_absolute(path, "XDG_CONFIG_HOME"))
     private_dir(path.parent, f"the key's folder {path.parent}")
     key = _read_secret(path)
     if key is None:
@@ -253,8 +270,8 @@ def _usable() -> tuple[Path, bytes] | None:
     if folder is None:
         return None
     if not folder.is_absolute():
-        setting = "TINYCOMP_CACHE_DIR" if os.environ.get("TINYCOMP_CACHE_DIR") else _home_setting("XDG_CACHE_HOME")
-        _warn_once(folder, _relative_reason(folder, setting))
+        _warn_once(folder, _not_absolute(folder, "TINYCOMP_CACHE_DIR" if os.environ.get("TINYCOMP_CACHE_DIR")
+                                          else "XDG_CACHE_HOME"))
         return None
     try:
         private_dir(folder)
