@@ -114,6 +114,19 @@ def test_not_a_model_is_a_type_error(tmp_path):
         from_onnx(tmp_path / "missing.onnx")
 
 
+def test_a_model_shape_inference_refuses_is_a_compile_error(monkeypatch):
+    """onnx 1.15's shape inference raised its own InferenceError on graphs newer releases accept, and
+    it came out of from_onnx as it was: now tinycomp's refusal, quoting onnx's reason."""
+    b = Builder(4)
+    blob = b.model(b.node("Relu", ["x"]), 4)
+
+    def refuses(proto, *args, **kwargs):
+        raise onnx.shape_inference.InferenceError("[TypeInferenceError] Inferred elem type differs (1) vs (7)")
+    monkeypatch.setattr(onnx.shape_inference, "infer_shapes", refuses)
+    with pytest.raises(tc.CompileError, match=r"ONNX's shape inference refused it \(\[TypeInferenceError\] Inferred"):
+        from_onnx(blob)
+
+
 def layer_norm_graph() -> tuple[bytes, int]:
     b = Builder(12, seed=4)
     h = b.node("Gemm", ["x", b.const((12, 24)), b.const((24,))])

@@ -141,7 +141,10 @@ def _value_shapes(onnx: Any, proto: Any) -> dict[str, Shape]:
     """Each value's shape as ONNX shape inference gives it, None for a dimension it leaves symbolic
     (the batch); a value it cannot shape is absent. Nodes whose meaning depends on the input's rank
     (Softmax before opset 13, Reshape with 0 or -1) read it here."""
-    graph = onnx.shape_inference.infer_shapes(proto).graph  # not strict: what it cannot infer stays unknown
+    try:  # not strict: what it cannot infer stays unknown
+        graph = onnx.shape_inference.infer_shapes(proto).graph
+    except Exception as exc:  # onnx's InferenceError on a graph it finds inconsistent (older onnx: more of them)
+        raise CompileError(f"cannot import this ONNX model: ONNX's shape inference refused it ({exc})") from None
     shapes = {}
     for info in (*graph.input, *graph.value_info, *graph.output):
         tensor = info.type.tensor_type
