@@ -37,12 +37,21 @@ from gemm_micro import compare, compile_layers  # noqa: E402
 import tinycomp  # noqa: E402
 from tinycomp.aligned import aligned_empty  # noqa: E402
 from tinycomp.bench.models import MODELS  # noqa: E402
-from tinycomp.codegen import gemm, gemm_driver, gemm_epilogue, gemm_kernels, module, scratch, target  # noqa: E402
+from tinycomp.codegen import (  # noqa: E402
+    gemm,
+    gemm_driver,
+    gemm_epilogue,
+    gemm_kernels,
+    module,
+    scratch,
+    small_matmul,
+    target,
+)
 from tinycomp.codegen.target import host  # noqa: E402
 from tinycomp.nn import Linear, Tensor  # noqa: E402
 from tinycomp.runtime.buffers import data_pointer  # noqa: E402
 
-OWNERS = (gemm, gemm_driver, gemm_epilogue, gemm_kernels, module, scratch, target, gemm_micro)
+OWNERS = (gemm, gemm_driver, gemm_epilogue, gemm_kernels, module, scratch, small_matmul, target, gemm_micro)
 
 
 def set_constant(name: str, value: int) -> None:
