@@ -5,18 +5,19 @@
 
 A sample's dimensions come in coalesced groups (neighbouring axes that are all reduced or all kept are
 one group). When the last group is kept, each vector lane reduces its own column (strided loads of
-contiguous runs); when it is reduced, the lanes split the contiguous run and are folded pairwise at the
-end. Either way every sample is reduced on its own: the batch is never reduced over.
+contiguous runs), up to COLUMN_CHAINS vectors of columns side by side; when it is reduced, a sum
+adds each contiguous run as NumPy does (`run_sum`) and max splits it across the lanes, folded
+pairwise at the end. Either way every sample is reduced on its own (the batch is never reduced
+over), and where a sample's outputs are too few chains of adds, SAMPLE_CHAINS samples go side by side.
 
 Numerics: sums add in NumPy's order, so that a compiled sum or mean has eager's bits (`np.sum` on a
 C-contiguous array; numpy/_core/src/umath/loops_utils.h.src). A reduced run that is contiguous
-(the last group) is NumPy's pairwise sum (`pairwise_sum`); the reduced levels outside it add their
+(the last group) is NumPy's pairwise sum (`run_sum`); the reduced levels outside it add their
 terms into one accumulator from +0.0 (NumPy 2's identity: a sum of -0s is +0; a sum of nothing, 0)
-in index order, as NumPy's iterator visits them. Lanes over columns run their columns side by side,
-each in that order. max propagates NaN as np.max does. mean divides
-the sum by the count, as np.mean does. Softmax subtracts each slice's max (NaN-ignoring; a NaN still
-spreads through its exp) and an all -inf slice gives zeros, lane by lane, as `elementwise.emit_softmax`
-does along rows.
+in index order, as NumPy's iterator visits them. max propagates NaN as np.max does. mean divides
+the sum by the count, as np.mean does (in float64 where float32 cannot hold the count). Softmax
+subtracts each slice's max (NaN-ignoring; a NaN still spreads through its exp) and an all -inf
+slice gives zeros, lane by lane, as `elementwise.emit_softmax` does along rows.
 """
 
 from __future__ import annotations
