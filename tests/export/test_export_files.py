@@ -430,6 +430,20 @@ def test_a_full_disk_is_named_with_the_folder_and_leaves_it_as_it_was(tmp_path, 
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
+class RowMean(Layer):
+    def forward(self, x):
+        return x.mean(axis=-1, keepdims=True)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_a_mean_over_a_count_float32_cannot_hold_exports_to_every_target(tmp_path, target):
+    """mean divides by such a count in float64, as np.mean does; the Cortex-M4F has no float64
+    hardware and an export links no soft-float library: 'would call __aeabi_ddiv' refused the export
+    there. It divides by the count's nearest float32 (a sample of 2**24 floats fits no such board)."""
+    result = tc.export(RowMean(), tmp_path, input_shape=(None, 2**24 + 1), target=target)
+    assert result.files["object"].exists()
+
+
 def test_an_export_for_another_target_removes_the_files_it_does_not_write(tmp_path):
     """A wasm32 export, then a host one into the same folder, left model.wasm beside the new header:
     run_wasm.mjs ran the old model with the new header's sizes, without an error."""

@@ -58,6 +58,7 @@ from .elementwise import (
 )
 from .loops import Chunk, blocked_fold, fold, fold_run, for_each_chunk, for_each_chunk_group, load_chunk, store_chunk
 from .strided import contiguous_strides, nest_loops
+from .target import for_triple
 
 # NumPy's pairwise sum: a run of fewer than 8 left to right; one of at most PAIRWISE_BLOCK in 8
 # accumulators (element i into i % 8), folded ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7)), and
@@ -199,11 +200,13 @@ class _Reduction:
     def finish(self, v: ir.Value) -> ir.Value:
         """mean: the sum over the count, as np.mean divides: in float64, rounded to float32 (the same
         as float32's divide where float32 holds the count; past 2**24 it may not: a row of 16,777,217
-        came out an ulp off eager)."""
+        came out an ulp off eager). A target without float64 hardware (the Cortex-M4F: an export
+        links no soft-float library) divides by the count's nearest float32, within an ulp of eager;
+        a sample of 2**24 floats is 64 MB, past any such board's memory anyway."""
         if self.op != "mean":
             return v
         lanes = v.type.count if isinstance(v.type, ir.VectorType) else 0
-        if float(np.float32(self.count)) == self.count:
+        if float(np.float32(self.count)) == self.count or not for_triple(self.b.module.triple).float64_hardware:
             return self.b.fdiv(v, splat(float(self.count), lanes) if lanes else ir.Constant(F32, float(self.count)))
         wide = ir.VectorType(ir.DoubleType(), lanes) if lanes else ir.DoubleType()
         count = vector_constant(wide, ir.Constant(ir.DoubleType(), float(self.count))) if lanes else \
