@@ -4,6 +4,7 @@ snapshot of the weights, and the errors. The cluster tests are in test_dask_clus
 from __future__ import annotations
 
 import os
+import pickle
 import subprocess
 import sys
 import threading
@@ -193,6 +194,69 @@ def test_layers_changed_between_predict_and_compute():
     model.layers[0] = Linear(7, 4)  # rows of 6 no longer fit: was the tracer's bare matmul error
     with pytest.raises(ValueError, match=r"^the model changed between predict\(\) and the computation and no longer "
                                          r"takes rows of shape \(6,\): .*call predict\(\) again"):
+        local(y)
+
+
+class RangeError(ValueError):
+    def __init__(self, what: str, limit: float):
+        super().__init__(f"{what} exceeds {limit}")
+
+
+class Checked(Layer):
+    """A layer whose forward() refuses a setting with an error class of two arguments."""
+
+    def __init__(self):
+        self.fc, self.scale = Linear(4, 2), 1.0
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.scale > 10:
+            raise RangeError("scale", 10)
+        return self.fc(x) * self.scale
+
+
+def test_a_forward_that_fails_after_predict_says_so_with_its_own_error_as_the_cause():
+    """Rebuilt from its text as its own class, an error whose constructor takes two arguments became
+    'RangeError.__init__() missing 1 required positional argument'; the model's error was lost."""
+    model = Checked()
+    x = np.random.default_rng(5).standard_normal((8, 4), dtype=np.float32)
+    y = tcd.predict(model, da.from_array(x, chunks=4))
+    model.scale = 20.0
+    with pytest.raises(ValueError, match=r"takes rows of shape \(4,\): RangeError: scale exceeds 10") as caught:
+        local(y)
+    assert isinstance(caught.value.__cause__, RangeError)
+
+
+@pytest.mark.parametrize("error, kind, text", [
+    (RangeError("scale", 10), ValueError, "test_dask_local.RangeError: scale exceeds 10"),
+    (KeyError("mode"), KeyError, "'mode'"),
+    (tc.CompileError("refused"), tc.CompileError, "refused"),
+], ids=["its own class", "KeyError", "tinycomp's"])
+def test_an_error_of_the_submitting_process_is_raised_where_the_task_runs(error, kind, text):
+    """Through distributed, a snapshot that failed at submission travels as its error's class and
+    text: a class of two arguments failed to rebuild, a KeyError's text came back quoted twice. Now
+    the class itself where Python's or tinycomp's rebuilds, else its nearest such base."""
+    from tinycomp.dask.snapshot import Refused, _portable, take_snapshot
+
+    refused = pickle.loads(pickle.dumps(Refused(*_portable(error))))
+    with pytest.raises(kind) as caught:
+        take_snapshot(refused)
+    assert type(caught.value) is kind and str(caught.value).endswith(text)
+
+
+class Locked(Layer):
+    def __init__(self):
+        self.fc, self.lock = Linear(4, 2), threading.Lock()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(x)
+
+
+def test_a_model_that_cannot_be_pickled_is_named_with_the_attribute():
+    """pickle's bare "cannot pickle '_thread.lock' object" named no model and no attribute."""
+    x = np.random.default_rng(6).standard_normal((8, 4), dtype=np.float32)
+    y = tcd.predict(Locked(), da.from_array(x, chunks=4))
+    with pytest.raises(TypeError, match=r"copies the model for the workers by pickling it, and Locked\.lock cannot "
+                                        r"be pickled: cannot pickle '_thread.lock' object"):
         local(y)
 
 

@@ -52,9 +52,12 @@ class Snapshot:
         try:
             graph = trace(model, (None, *features))
         except (ValueError, CompileError) as exc:  # the layers changed so that rows of `features` no longer fit
-            raise type(exc)(f"the model changed between predict() and the computation and no longer takes rows of "
-                            f"shape {features}: {exc}; call predict() again after changing the model's "
-                            "layers") from None
+            # the class of the error, not its own: a subclass may not take one message (its
+            # constructor's TypeError hid the model's error)
+            raise (CompileError if isinstance(exc, CompileError) else ValueError)(
+                f"the model changed between predict() and the computation and no longer takes rows of shape "
+                f"{features}: {type(exc).__name__}: {exc}; call predict() again after changing the model's "
+                "layers") from exc
         now = tuple(graph.shape(graph.output))
         if out_row is not None and now[1:] != out_row:
             raise ValueError(f"the model's output rows changed from {out_row} to {now[1:]} between predict() and "
@@ -63,7 +66,11 @@ class Snapshot:
                   if isinstance(a, np.ndarray)}
         buf = io.BytesIO()
         pickler = _StructurePickler(buf, params)
-        pickler.dump((model, options))
+        try:
+            pickler.dump((model, options))
+        except Exception as exc:  # pickle names a type ("cannot pickle '_thread.lock' object"), not where it is
+            raise TypeError(f"tinycomp.dask copies the model for the workers by pickling it, and "
+                            f"{_unpicklable(model, params)} cannot be pickled: {exc}") from exc
         return cls(buf.getvalue(), tuple(pickler.weights), features, shares)
 
     def thaw(self) -> tuple[Any, dict, list[np.ndarray]]:
@@ -74,6 +81,33 @@ class Snapshot:
         if any(a is None for a in arrays):
             raise pickle.UnpicklingError("a tinycomp model snapshot does not reference all of its parameters")
         return model, options, arrays  # type: ignore[return-value]
+
+
+def _unpicklable(model: Any, params: dict[int, np.ndarray], depth: int = 4) -> str:
+    """Where in `model` the value that does not pickle is held, as `Class.attribute.attribute`,
+    found by pickling its attributes one by one (a few levels down); the class alone if none is."""
+    def fails(value: Any) -> bool:
+        try:
+            _StructurePickler(io.BytesIO(), params).dump(value)
+        except Exception:
+            return True
+        return False
+
+    path, obj = type(model).__name__, model
+    for _ in range(depth):
+        if isinstance(obj, dict):
+            items, step = list(obj.items()), "[{!r}]"
+        elif isinstance(obj, (list, tuple)):
+            items, step = list(enumerate(obj)), "[{}]"
+        elif hasattr(obj, "__dict__"):
+            items, step = list(vars(obj).items()), ".{}"
+        else:
+            break
+        culprit = next(((key, value) for key, value in items if fails(value)), None)
+        if culprit is None:
+            break
+        path, obj = path + step.format(culprit[0]), culprit[1]
+    return path
 
 
 def _array_of(value: Any) -> Any:
@@ -144,7 +178,7 @@ class ModelRef:
         try:
             return (_unwrap, (self.freeze(),))
         except Exception as exc:  # every error reaches the user, as the task's own
-            return (Refused, (type(exc), str(exc)))
+            return (Refused, _portable(exc))
 
     def __dask_tokenize__(self) -> tuple:
         return ("tinycomp.dask.ModelRef", self.name)  # never pickled to make a token (that would freeze it)
@@ -160,13 +194,33 @@ def _unwrap(snapshot: Snapshot) -> Snapshot:
 class Refused:
     """What a ModelRef that could not be frozen at submission pickles to: the error, to raise."""
 
-    def __init__(self, kind: type, message: str):
-        self.kind, self.message = kind, message
+    def __init__(self, kind: type[BaseException], args: tuple):
+        self.kind, self.args = kind, args
+
+
+def _portable(exc: BaseException) -> tuple[type[BaseException], tuple]:
+    """The error as a class every process can import and build from `args`: its own where it is
+    Python's or tinycomp's and rebuilds so, else the nearest such base class with a message naming
+    it (a model's own error class may not exist on a worker, nor take one message: rebuilt from its
+    text, it raised its constructor's TypeError; a KeyError's text came back quoted twice)."""
+    kind = type(exc)
+    if _portable_class(kind):
+        try:
+            if type(pickle.loads(pickle.dumps(kind(*exc.args)))) is kind:
+                return kind, exc.args
+        except Exception:  # noqa: S110 - it does not rebuild from its args: the base class below does
+            pass
+    base = next(b for b in kind.__mro__ if _portable_class(b) and b is not kind)
+    return base, (f"{kind.__module__}.{kind.__qualname__}: {exc}",)
+
+
+def _portable_class(kind: type) -> bool:
+    return kind.__module__ == "builtins" or kind.__module__.split(".")[0] == "tinycomp"
 
 
 def take_snapshot(ref: ModelRef | Snapshot | Refused) -> Snapshot:
     """The graph's snapshot task: on a local scheduler it receives the live ref; through distributed,
     the snapshot the submission froze, or the error freezing raised there."""
     if isinstance(ref, Refused):
-        raise ref.kind(ref.message)
+        raise ref.kind(*ref.args)
     return ref.freeze() if isinstance(ref, ModelRef) else ref
