@@ -431,7 +431,7 @@ def test_check_true_raises_parity_error_when_outputs_differ():
     fast(x)
     SCALE[0] = 2.5  # eager now computes something the compiled code (traced with 2.0) does not
     try:
-        with pytest.raises(tc.ParityError, match="no longer describes the model"):
+        with pytest.raises(tc.ParityError, match="no longer describes the model .* or eager's float32 rounding grew"):
             fast(x)
         assert tc.compile(model)(x).shape == (5, 3)  # without check, no error (and no eager run)
     finally:

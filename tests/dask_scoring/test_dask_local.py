@@ -226,26 +226,37 @@ def test_a_forward_that_fails_after_predict_says_so_with_its_own_error_as_the_ca
     assert isinstance(caught.value.__cause__, RangeError)
 
 
+class MissingLayer(KeyError):
+    pass
+
+
 @pytest.mark.parametrize("error, kind, text", [
     (RangeError("scale", 10), ValueError, "test_dask_local.RangeError: scale exceeds 10"),
     (KeyError("mode"), KeyError, "'mode'"),
+    (MissingLayer("mode"), KeyError, "test_dask_local.MissingLayer: mode'"),
+    (FileNotFoundError(2, "No such file or directory", "/data/table.npy"), FileNotFoundError, "'/data/table.npy'"),
     (tc.CompileError("refused"), tc.CompileError, "refused"),
-], ids=["its own class", "KeyError", "tinycomp's"])
+], ids=["its own class", "KeyError", "a KeyError of its own", "an OSError's file name", "tinycomp's"])
 def test_an_error_of_the_submitting_process_is_raised_where_the_task_runs(error, kind, text):
     """Through distributed, a snapshot that failed at submission travels as its error's class and
     text: a class of two arguments failed to rebuild, a KeyError's text came back quoted twice. Now
     the class itself where Python's or tinycomp's rebuilds, else its nearest such base."""
     from tinycomp.dask.snapshot import Refused, _portable, take_snapshot
 
-    refused = pickle.loads(pickle.dumps(Refused(*_portable(error))))
+    refused = pickle.loads(pickle.dumps(Refused(_portable(error))))
     with pytest.raises(kind) as caught:
         take_snapshot(refused)
-    assert type(caught.value) is kind and str(caught.value).endswith(text)
+    assert type(caught.value) is kind and str(caught.value).endswith(text) and not str(caught.value).startswith('"')
+
+
+class Hook:
+    def __init__(self, owner):
+        self.owner = owner
 
 
 class Locked(Layer):
-    def __init__(self):
-        self.fc, self.lock = Linear(4, 2), threading.Lock()
+    def __init__(self):  # a back-reference first: it fails to pickle too, through the model
+        self.hook, self.fc, self.lock = Hook(self), Linear(4, 2), threading.Lock()
 
     def forward(self, x: Tensor) -> Tensor:
         return self.fc(x)

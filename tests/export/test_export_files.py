@@ -390,7 +390,8 @@ def test_the_files_are_staged_inside_the_folder(tmp_path, monkeypatch):
     assert not [p for p in (tmp_path / "vol").iterdir() if p.name.startswith(".")]
 
 
-@pytest.mark.parametrize("after", [1, 3, 4], ids=["an old file moved out", "a new file moved in", "two moved in"])
+@pytest.mark.parametrize("after", [1, 3, 4, 5], ids=["an old file moved out", "every old file moved out",
+                                                     "a new file moved in", "two moved in"])
 def test_an_interrupt_while_the_files_move_in_leaves_the_old_export(tmp_path, monkeypatch, after):
     """The files moved in one replace after another: a Ctrl-C between two left a new model.o beside
     the old model.h and libmodel.so, which a C program built against that header would misuse."""
@@ -411,6 +412,20 @@ def test_an_interrupt_while_the_files_move_in_leaves_the_old_export(tmp_path, mo
         tc.export(Sequential(Linear(6, 5)), out, input_shape=(None, 6), target="thumbv7em-none-eabihf",
                   weights="external")
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # and no staging folder left
+
+
+def test_a_folder_where_an_export_file_goes_is_refused_and_kept(tmp_path):
+    """Moved aside with the files an export replaces, a user's folder named libmodel.so went when the
+    staging folder was removed; before the all-or-nothing move, os.replace refused it."""
+    if not shutil.which("cc"):
+        pytest.skip("no C compiler (cc) for the host's shared library")
+    out = tmp_path / "out"
+    (out / "libmodel.so").mkdir(parents=True)
+    (out / "libmodel.so" / "precious.txt").write_text("the user's own")
+    with pytest.raises(IsADirectoryError, match=r"the export would replace .*libmodel.so, which is not a file"):
+        tc.export(small_model(), out, input_shape=(None, 6))
+    assert (out / "libmodel.so" / "precious.txt").read_text() == "the user's own"
+    assert sorted(p.name for p in out.iterdir()) == ["libmodel.so"]
 
 
 def test_a_full_disk_is_named_with_the_folder_and_leaves_it_as_it_was(tmp_path, monkeypatch):

@@ -85,7 +85,9 @@ class Snapshot:
 
 def _unpicklable(model: Any, params: dict[int, np.ndarray], depth: int = 4) -> str:
     """Where in `model` the value that does not pickle is held, as `Class.attribute.attribute`,
-    found by pickling its attributes one by one (a few levels down); the class alone if none is."""
+    found by pickling its attributes one by one (a few levels down, plain values before objects and
+    containers, nothing visited twice: a back-reference to the model fails to pickle too, and led
+    the search round the cycle); the class alone if none is."""
     def fails(value: Any) -> bool:
         try:
             _StructurePickler(io.BytesIO(), params).dump(value)
@@ -93,7 +95,10 @@ def _unpicklable(model: Any, params: dict[int, np.ndarray], depth: int = 4) -> s
             return True
         return False
 
-    path, obj = type(model).__name__, model
+    def composite(value: Any) -> bool:
+        return isinstance(value, (dict, list, tuple)) or hasattr(value, "__dict__")
+
+    path, obj, seen = type(model).__name__, model, {id(model)}
     for _ in range(depth):
         if isinstance(obj, dict):
             items, step = list(obj.items()), "[{!r}]"
@@ -103,10 +108,12 @@ def _unpicklable(model: Any, params: dict[int, np.ndarray], depth: int = 4) -> s
             items, step = list(vars(obj).items()), ".{}"
         else:
             break
+        items = sorted((item for item in items if id(item[1]) not in seen), key=lambda item: composite(item[1]))
         culprit = next(((key, value) for key, value in items if fails(value)), None)
         if culprit is None:
             break
         path, obj = path + step.format(culprit[0]), culprit[1]
+        seen.add(id(obj))
     return path
 
 
@@ -178,7 +185,7 @@ class ModelRef:
         try:
             return (_unwrap, (self.freeze(),))
         except Exception as exc:  # every error reaches the user, as the task's own
-            return (Refused, _portable(exc))
+            return (Refused, (_portable(exc),))
 
     def __dask_tokenize__(self) -> tuple:
         return ("tinycomp.dask.ModelRef", self.name)  # never pickled to make a token (that would freeze it)
@@ -194,24 +201,26 @@ def _unwrap(snapshot: Snapshot) -> Snapshot:
 class Refused:
     """What a ModelRef that could not be frozen at submission pickles to: the error, to raise."""
 
-    def __init__(self, kind: type[BaseException], args: tuple):
-        self.kind, self.args = kind, args
+    def __init__(self, error: BaseException):
+        self.error = error
 
 
-def _portable(exc: BaseException) -> tuple[type[BaseException], tuple]:
-    """The error as a class every process can import and build from `args`: its own where it is
-    Python's or tinycomp's and rebuilds so, else the nearest such base class with a message naming
-    it (a model's own error class may not exist on a worker, nor take one message: rebuilt from its
-    text, it raised its constructor's TypeError; a KeyError's text came back quoted twice)."""
+def _portable(exc: BaseException) -> BaseException:
+    """The error as one every process can unpickle: itself where its class is Python's or tinycomp's
+    and it pickles whole (an OSError keeps its file name), else its nearest such base class with a
+    message naming it (a model's own error class may not exist on a worker, nor take one message:
+    rebuilt from its text, it raised its constructor's TypeError; a KeyError's text came back quoted
+    twice)."""
     kind = type(exc)
     if _portable_class(kind):
         try:
-            if type(pickle.loads(pickle.dumps(kind(*exc.args)))) is kind:
-                return kind, exc.args
-        except Exception:  # noqa: S110 - it does not rebuild from its args: the base class below does
+            if type(pickle.loads(pickle.dumps(exc))) is kind:
+                return exc
+        except Exception:  # it does not pickle whole: the base class below does
             pass
     base = next(b for b in kind.__mro__ if _portable_class(b) and b is not kind)
-    return base, (f"{kind.__module__}.{kind.__qualname__}: {exc}",)
+    text = exc.args[0] if isinstance(exc, KeyError) and len(exc.args) == 1 else exc  # a KeyError's str() quotes
+    return base(f"{kind.__module__}.{kind.__qualname__}: {text}")
 
 
 def _portable_class(kind: type) -> bool:
@@ -222,5 +231,5 @@ def take_snapshot(ref: ModelRef | Snapshot | Refused) -> Snapshot:
     """The graph's snapshot task: on a local scheduler it receives the live ref; through distributed,
     the snapshot the submission froze, or the error freezing raised there."""
     if isinstance(ref, Refused):
-        raise ref.kind(*ref.args)
+        raise ref.error
     return ref.freeze() if isinstance(ref, ModelRef) else ref

@@ -10,6 +10,7 @@ lowering, for the target's triple, CPU, vector width and register budget (`codeg
 from __future__ import annotations
 
 import contextlib
+import errno
 import keyword
 import math
 import os
@@ -190,8 +191,13 @@ def _move_in(staged: dict[str, Path], folder: Path, saved: Path, gone: list[str]
     saved.mkdir()
     moved_out: list[Path] = []
     moved_in: list[Path] = []
+    taken = [folder / file.name for file in staged.values()] + [folder / n for n in gone]
+    for there in taken:  # a user's folder there is not ours to move (it went with the staging folder)
+        if there.exists() and not there.is_symlink() and not there.is_file():
+            raise IsADirectoryError(errno.EISDIR, f"the export would replace {there}, which is not a file; move it "
+                                                  "away first", str(there))
     try:  # each move noted before it is made: an interrupt may land just after one
-        for there in [folder / file.name for file in staged.values()] + [folder / n for n in gone]:
+        for there in taken:
             if there.is_symlink() or there.exists():
                 moved_out.append(there)
                 os.replace(there, saved / there.name)

@@ -100,7 +100,8 @@ def _expand(path: str) -> str:
 
 def _not_absolute(path: Path, variable: str) -> str:
     """Why a cache folder or key path that is not absolute is refused, naming what made it so: the
-    variable `variable` (TINYCOMP_CACHE_DIR, or the XDG one whose default under HOME was taken)."""
+    variable `variable` (TINYCOMP_CACHE_DIR, or the XDG one whose default under HOME was taken:
+    XDG_CONFIG_HOME for the key)."""
     raw = os.environ.get(variable, "") if variable == "TINYCOMP_CACHE_DIR" else ""  # XDG values are never expanded
     if raw and not raw.startswith("~"):
         cause = f"TINYCOMP_CACHE_DIR is a relative path ({path})"
@@ -110,6 +111,9 @@ def _not_absolute(path: Path, variable: str) -> str:
     else:
         cause = "HOME is empty" if os.environ.get("HOME") == "" else f"HOME ({_home()!r}) is a relative path"
         cause += f" ({path}{f', from {variable}={raw!r}' if raw.startswith('~') else ''})"
+        if variable == "XDG_CONFIG_HOME":
+            return (f"{cause}: each working directory would have a key of its own; give HOME or XDG_CONFIG_HOME "
+                    "an absolute path")
     return f"{cause}: each working directory would have a cache of its own; give an absolute one"
 
 

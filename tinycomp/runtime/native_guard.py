@@ -33,7 +33,7 @@ import ctypes
 import functools
 import gc
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -327,7 +327,7 @@ class NativeHotCall:
     def __init__(self, entry: int, table: ctypes.Array, features: Sequence[int], out_row: Sequence[int],
                  hot_rows: int, scratch: Any, scratch_per_row: int, scratch_fixed: int,
                  watched: Iterable[int], keep: Any, armed_for: Any = None, more_inputs: Sequence[tuple] = (),
-                 row_block: int = 0):
+                 scratch_floats: Callable[[int], int] | None = None):
         if len(more_inputs) > MAX_MORE_INPUTS:
             raise ValueError(f"the native hot call takes up to {MAX_MORE_INPUTS} inputs after the first; "
                              f"got {len(more_inputs)}")
@@ -338,14 +338,13 @@ class NativeHotCall:
         words = list(watched)
         self._words = (ctypes.c_void_p * max(1, len(words)))(*words)
         self._expect = (ctypes.c_uint64 * max(1, len(words)))(*(_word(w) for w in words))
-        self.scratch_per_row, self.scratch_fixed = scratch_per_row, scratch_fixed
         self.features, self.out_shape_tail = tuple(features), tuple(out_row)
         self._one_row = (1, *self.out_shape_tail)
-        # A call's scratch holds `row_block` rows at most (`ModulePlan.scratch_floats`; 0: all rows).
+        # The scratch a call of `rows` needs (`ModulePlan.scratch_floats`: one row block's at most).
         # Leased for every row, 50,000 rows reserved 220 MB for a plan that uses 0.5 MB.
-        self._held_rows = min(row_block or hot_rows, hot_rows)
+        self._scratch_floats = scratch_floats or (lambda rows: rows * scratch_per_row + scratch_fixed)
         # batches whose scratch fits the helper's stack buffer pass a null scratch pointer
-        self._stack_rows = hot_rows if self._scratch_floats(self._held_rows) <= STACK_SCRATCH // 4 else \
+        self._stack_rows = hot_rows if self._scratch_floats(hot_rows) <= STACK_SCRATCH // 4 else \
             (STACK_SCRATCH // 4 - scratch_fixed) // max(1, scratch_per_row)
         self.hot_rows, self.scratch = hot_rows, scratch
         # the inputs after the first: each one's rank, and (input, dimension, size) per dimension (-1: the batch)
@@ -360,9 +359,6 @@ class NativeHotCall:
         assert len(ctx) == CTX_FIXED + len(self.features)
         self._ctx = (ctypes.c_uint64 * len(ctx))(*ctx)
         self._ctx_address = ctypes.addressof(self._ctx)
-
-    def _scratch_floats(self, rows: int) -> int:
-        return min(rows, self._held_rows) * self.scratch_per_row + self.scratch_fixed
 
     def __call__(self, a: Any, more: tuple = ()) -> np.ndarray | None:
         """The model on batch `a` (float32, C-contiguous, (rows, *features), 0 < rows <= hot_rows)
