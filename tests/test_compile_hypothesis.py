@@ -70,7 +70,7 @@ def test_random_programs_on_one_sample_or_leading_dimensions(program, lead, seed
     np.testing.assert_array_equal(out.reshape(-1), fast(rows).data.reshape(-1))
     with np.errstate(all="ignore"):
         eager = model(Tensor(x)).data
-        reference, overflow, rounding = reference_and_overflow(fast.graph, np.float64(rows))
+        reference, overflow, rounding = reference_and_overflow(fast.graph, rows.astype(np.float64))
     assert out.shape == eager.shape, (out.shape, eager.shape, program)
     n = len(rows)
     report = check_parity(out.reshape(n, -1), eager.reshape(n, -1), reference.reshape(n, -1),

@@ -109,7 +109,7 @@ def assert_program_matches_eager(model, program, xs: list[np.ndarray]) -> str:
     with np.errstate(all="ignore"):
         eager = model(*map(Tensor, xs)).data
         g = trace(model, [(None, *x.shape[1:]) for x in xs] if len(xs) > 1 else (None, *xs[0].shape[1:]))
-        reference, overflow, rounding = reference_and_overflow(g, [np.float64(x) for x in xs])
+        reference, overflow, rounding = reference_and_overflow(g, [x.astype(np.float64) for x in xs])
     assert out.shape == eager.shape, (out.shape, eager.shape, program)
     if not out.size:
         return "compiled (empty batch)"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numbers
 import operator
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -47,7 +48,7 @@ def _without_tensors(data: Any) -> Any:
     return data
 
 
-def _operand_array(x: Operand) -> np.ndarray:
+def _operand_array(x: Operand) -> np.ndarray | np.float32:
     if isinstance(x, Tensor):
         return x.data
     if type(x) is np.ndarray and x.dtype.kind in "biuf":
@@ -98,7 +99,7 @@ def _traced_parameter(t: Tensor) -> bool:
 _valid_signatures: set[tuple] = set()
 
 
-def _check_shapes(op: Any, arrays: list[np.ndarray], attrs: dict[str, Any]) -> None:
+def _check_shapes(op: Any, arrays: Sequence[np.ndarray | np.float32], attrs: dict[str, Any]) -> None:
     """Run op's shape rule (the eager errors are the shape rule's errors), once per signature."""
     shapes = tuple(a.shape for a in arrays)
     try:

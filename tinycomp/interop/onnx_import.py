@@ -103,7 +103,7 @@ def _dense(onnx: Any, sparse: Any) -> np.ndarray:
 
 def _scalars(onnx: Any, graph: Any, consts: dict[str, np.ndarray]) -> Callable[[str], float | None]:
     """name -> the number an initializer or a Constant node of one value holds (None otherwise)."""
-    known = dict(consts)
+    known: dict[str, np.ndarray | np.float32] = dict(consts)
     for node in graph.node:
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
         if node.op_type == "Constant" and "value" in attrs:
