@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import textwrap
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ import pytest
 
 import tinycomp as tc
 from tests.export.runners import M4_FLAGS, TARGETS, WASM_LD, build, skip_unless_runnable
-from tinycomp.export import entry
+from tinycomp.export import entry, files
 from tinycomp.export.toolchain import ToolMissing
 from tinycomp.nn import GELU, Dropout, Layer, Linear, ReLU, Sequential, Softmax, Tensor, manual_seed
 
@@ -365,7 +366,7 @@ def test_a_failed_link_leaves_the_folder_as_it_was(tmp_path, monkeypatch):
     bad_cc.chmod(0o755)
     monkeypatch.setenv("PATH", f"{bad_cc.parent}:{os.environ['PATH']}")
     wider = Sequential(Linear(6, 5))
-    for folder in (tmp_path / "out", tmp_path / "new"):
+    for folder in (tmp_path / "out", tmp_path / "new" / "deeper"):  # the folders it made go too
         with pytest.raises(RuntimeError, match="linking the shared library failed"):
             tc.export(wider, folder, input_shape=(None, 6))
     assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == before
@@ -376,15 +377,13 @@ def test_a_failed_link_leaves_the_folder_as_it_was(tmp_path, monkeypatch):
 def test_the_files_are_staged_inside_the_folder(tmp_path, monkeypatch):
     """Staged beside the folder, an export into a mount point (a container's volume) failed: the
     move crossed file systems (EXDEV). Every move now stays inside the folder."""
-    import importlib
-    export_module = importlib.import_module("tinycomp.export")  # the package: tc.export is its function
     moves = []
     real = os.replace
 
     def watched(src, dst):
         moves.append((Path(src), Path(dst)))
         return real(src, dst)
-    monkeypatch.setattr(export_module.os, "replace", watched)
+    monkeypatch.setattr(files.os, "replace", watched)
     tc.export(small_model(), tmp_path / "vol", input_shape=(None, 6), target="thumbv7em-none-eabihf")
     assert moves and all(tmp_path / "vol" in src.parents and tmp_path / "vol" in dst.parents for src, dst in moves)
     assert not [p for p in (tmp_path / "vol").iterdir() if p.name.startswith(".")]
@@ -395,8 +394,6 @@ def test_the_files_are_staged_inside_the_folder(tmp_path, monkeypatch):
 def test_an_interrupt_while_the_files_move_in_leaves_the_old_export(tmp_path, monkeypatch, after):
     """The files moved in one replace after another: a Ctrl-C between two left a new model.o beside
     the old model.h and libmodel.so, which a C program built against that header would misuse."""
-    import importlib
-    export_module = importlib.import_module("tinycomp.export")
     out = tmp_path / "out"
     tc.export(small_model(), out, input_shape=(None, 6), target="wasm32")
     before = {p.name: p.read_bytes() for p in out.iterdir()}
@@ -407,7 +404,7 @@ def test_an_interrupt_while_the_files_move_in_leaves_the_old_export(tmp_path, mo
         moves.append(dst)
         if len(moves) == after:
             raise KeyboardInterrupt
-    monkeypatch.setattr(export_module.os, "replace", interrupted)
+    monkeypatch.setattr(files.os, "replace", interrupted)
     with pytest.raises(KeyboardInterrupt):
         tc.export(Sequential(Linear(6, 5)), out, input_shape=(None, 6), target="thumbv7em-none-eabihf",
                   weights="external")
@@ -426,6 +423,68 @@ def test_a_folder_where_an_export_file_goes_is_refused_and_kept(tmp_path):
         tc.export(small_model(), out, input_shape=(None, 6))
     assert (out / "libmodel.so" / "precious.txt").read_text() == "the user's own"
     assert sorted(p.name for p in out.iterdir()) == ["libmodel.so"]
+
+
+def test_a_second_interrupt_while_moving_back_still_leaves_the_old_export(tmp_path, monkeypatch):
+    """The moving back ran once: a second Ctrl-C there left the old files in the staging folder, which
+    went with it (a helper's folder ended with only the user's notes.txt)."""
+    out = tmp_path / "out"
+    tc.export(small_model(), out, input_shape=(None, 6), target="wasm32", weights="external")
+    (out / "notes.txt").write_text("the user's own")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    real, calls = os.replace, []
+
+    def interrupted_twice(src, dst):
+        calls.append(dst)
+        if len(calls) in (4, 5):  # the fourth file moved aside, then the first moved back
+            raise KeyboardInterrupt
+        real(src, dst)
+    monkeypatch.setattr(files.os, "replace", interrupted_twice)
+    with pytest.raises(KeyboardInterrupt):
+        tc.export(Sequential(Linear(6, 5)), out, input_shape=(None, 6), target="thumbv7em-none-eabihf")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_two_exports_into_one_folder_take_turns(tmp_path):
+    """Two exports moving their files into one folder at once mixed them (one's header beside the
+    other's object), both reporting success: the folder is locked while one puts its files there."""
+    out = tmp_path / "out"
+    tc.export(small_model(), out, input_shape=(None, 6), target="wasm32")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    done = threading.Event()
+    with files._locked(out):
+        worker = threading.Thread(target=lambda: (tc.export(Sequential(Linear(6, 5)), out, input_shape=(None, 6),
+                                                            target="thumbv7em-none-eabihf"), done.set()))
+        worker.start()
+        worker.join(timeout=3.0)
+        assert not done.is_set() and {p.name: p.read_bytes() for p in out.iterdir()} == before
+    worker.join(timeout=60)
+    assert done.is_set() and sorted(p.name for p in out.iterdir()) == ["model.h", "model.o"]
+    assert b"#define MODEL_OUTPUT_DIM1 5\n" in (out / "model.h").read_bytes()
+
+
+def test_a_staging_folder_left_by_an_interrupted_export_is_removed_by_the_next(tmp_path):
+    out = tmp_path / "out"
+    (out / ".model-export-left" / "old").mkdir(parents=True)
+    (out / ".model-export-left" / "old" / "model.o").write_bytes(b"an old object")
+    tc.export(small_model(), out, input_shape=(None, 6), target="wasm32")
+    assert sorted(p.name for p in out.iterdir()) == ["model.h", "model.o", "model.wasm"]
+
+
+def test_a_dangling_link_as_the_folder_or_a_fifo_where_a_file_goes_is_named(tmp_path):
+    """A dangling symbolic link as the folder failed after the whole compile with mkdir's bare "File
+    exists"; a FIFO where the header goes was refused as a directory."""
+    link = tmp_path / "build"
+    link.symlink_to(tmp_path / "missing")
+    with pytest.raises(FileNotFoundError, match=r"the export folder .*build is a symbolic link to .*missing, which "
+                                                r"does not exist"):
+        tc.export(small_model(), link, input_shape=(None, 6), target="wasm32")
+    out = tmp_path / "out"
+    out.mkdir()
+    os.mkfifo(out / "model.h")
+    with pytest.raises(FileExistsError, match=r"the export would replace .*model.h, which is not a file"):
+        tc.export(small_model(), out, input_shape=(None, 6), target="wasm32")
+    assert sorted(p.name for p in out.iterdir()) == ["model.h"]
 
 
 def test_a_full_disk_is_named_with_the_folder_and_leaves_it_as_it_was(tmp_path, monkeypatch):

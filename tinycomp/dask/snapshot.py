@@ -51,9 +51,10 @@ class Snapshot:
         # The parameters are what the compiled code reads: the tensors the tracer binds to `param` nodes.
         try:
             graph = trace(model, (None, *features))
-        except (ValueError, CompileError) as exc:  # the layers changed so that rows of `features` no longer fit
+        except Exception as exc:  # it traced at predict(): the model changed so that rows of `features` no longer fit
             # the class of the error, not its own: a subclass may not take one message (its
-            # constructor's TypeError hid the model's error)
+            # constructor's TypeError hid the model's error); an IndexError or the model's own
+            # error class came out bare, not saying the model had changed
             raise (CompileError if isinstance(exc, CompileError) else ValueError)(
                 f"the model changed between predict() and the computation and no longer takes rows of shape "
                 f"{features}: {type(exc).__name__}: {exc}; call predict() again after changing the model's "

@@ -9,13 +9,9 @@ lowering, for the target's triple, CPU, vector width and register budget (`codeg
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import keyword
 import math
-import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +28,7 @@ from ..frontend.layers import model_lock
 from ..frontend.walk import warn_if_dropout_active
 from ..ir.graph import Graph
 from ..ir.printer import format_graph
-from . import entry, toolchain
+from . import entry, files, toolchain
 from .header import HeaderInfo, header_text
 
 WEIGHTS = ("embedded", "external")
@@ -115,8 +111,7 @@ def export(model: Any, path: Any, *, input_shape: Any, target: str = "host", nam
         raise TypeError(f"export() expects a Layer (or callable model); got {type(model).__name__}")
     features, more = compile_input_spec(input_shape)
     folder = Path(path)
-    if folder.exists() and not folder.is_dir():
-        raise ValueError(f"export() writes its files into the folder path; {str(folder)!r} is a file")
+    files.check_folder(folder)  # before the compile, not after it
     if not training:
         warn_if_dropout_active(model, "export")
     # the tools first: nothing is written for an export that cannot be finished
@@ -153,26 +148,9 @@ def export(model: Any, path: Any, *, input_shape: Any, target: str = "host", nam
         parameters=sum(a.size for a in params), exported_symbols=exported, more_inputs=more,
         dropout_layers=len({layer for layer, _, _ in dropouts}))
     header = header_text(_header_info(result, model, graph, name, weights, plan.inputs, training))
-    made = not folder.exists()
-    folder.mkdir(parents=True, exist_ok=True)
-    # every file is made in a staging folder inside `folder` (the same file system, also where the
-    # folder is a mount point) and moved in once all are: a link that fails leaves the folder as it
-    # was, not a new header beside an old library
-    try:
-        with tempfile.TemporaryDirectory(prefix=f".{name}-export-", dir=folder) as staging:
-            staged = _write_files(Path(staging) / "new", name, t, obj, header, exported,
-                                  layout.header() + blob if weights == "external" else None)
-            # an earlier export's files for another target go too
-            gone = [file_name for key, file_name in _optional_files(name).items() if key not in staged]
-            result.files = _move_in(staged, folder, Path(staging) / "old", gone)
-    except BaseException as exc:
-        if made:  # a folder this export made and could not fill: not left behind empty
-            with contextlib.suppress(OSError):
-                folder.rmdir()
-        if isinstance(exc, OSError):  # a full disk said "No space left on device" and not where
-            raise OSError(exc.errno, f"could not write the export into {folder}: {exc.strerror or exc}",
-                          exc.filename) from exc
-        raise
+    result.files = files.publish(folder, name, lambda into: _write_files(
+        into, name, t, obj, header, exported, layout.header() + blob if weights == "external" else None),
+        _optional_files(name))
     return result
 
 
@@ -181,37 +159,6 @@ def _optional_files(name: str) -> dict[str, str]:
     it does not write: another target's library left beside a new header would run silently with
     the old model's sizes."""
     return {"weights": f"{name}.bin", "shared_library": f"lib{name}.so", "wasm": f"{name}.wasm"}
-
-
-def _move_in(staged: dict[str, Path], folder: Path, saved: Path, gone: list[str]) -> dict[str, Path]:
-    """Move the `staged` files (by kind) into `folder` and the files named `gone` out of it: all of
-    it, or on an error or interrupt midway none of it (the files it replaced are moved back from
-    `saved`). One replace after another, a Ctrl-C between two left a new model.o beside the old
-    model.h and library."""
-    saved.mkdir()
-    moved_out: list[Path] = []
-    moved_in: list[Path] = []
-    taken = [folder / file.name for file in staged.values()] + [folder / n for n in gone]
-    for there in taken:  # a user's folder there is not ours to move (it went with the staging folder)
-        if there.exists() and not there.is_symlink() and not there.is_file():
-            raise IsADirectoryError(errno.EISDIR, f"the export would replace {there}, which is not a file; move it "
-                                                  "away first", str(there))
-    try:  # each move noted before it is made: an interrupt may land just after one
-        for there in taken:
-            if there.is_symlink() or there.exists():
-                moved_out.append(there)
-                os.replace(there, saved / there.name)
-        for file in staged.values():
-            moved_in.append(folder / file.name)
-            os.replace(file, folder / file.name)
-    except BaseException:
-        for there in moved_in:
-            there.unlink(missing_ok=True)
-        for there in moved_out:
-            if (saved / there.name).is_symlink() or (saved / there.name).exists():
-                os.replace(saved / there.name, there)
-        raise
-    return {key: folder / file.name for key, file in staged.items()}
 
 
 def _write_files(into: Path, name: str, t: Target, obj: bytes, header: str, exported: list[str],

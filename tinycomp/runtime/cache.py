@@ -114,6 +114,8 @@ def _not_absolute(path: Path, variable: str) -> str:
         if variable == "XDG_CONFIG_HOME":
             return (f"{cause}: each working directory would have a key of its own; give HOME or XDG_CONFIG_HOME "
                     "an absolute path")
+        return (f"{cause}: each working directory would have a cache of its own; give HOME an absolute path, or "
+                "TINYCOMP_CACHE_DIR an absolute one")
     return f"{cause}: each working directory would have a cache of its own; give an absolute one"
 
 
@@ -276,6 +278,9 @@ def _usable() -> tuple[Path, bytes] | None:
     if not folder.is_absolute():
         _warn_once(folder, _not_absolute(folder, "TINYCOMP_CACHE_DIR" if os.environ.get("TINYCOMP_CACHE_DIR")
                                           else "XDG_CACHE_HOME"))
+        return None
+    if not key_path().is_absolute():  # refused before the cache folder is made, not after
+        _warn_once(folder, _not_absolute(key_path(), "XDG_CONFIG_HOME"))
         return None
     try:
         private_dir(folder)
