@@ -63,11 +63,7 @@ def row_chunks(row_size: int, width: int) -> list[Chunk]:
 
 def for_each_chunk(builder: ir.IRBuilder, row_size: int, width: int, body: Callable[[Chunk], None]) -> None:
     """Call `body` for the full vectors of a row (a loop) and then the masked tail (once)."""
-    def step(chunk: Chunk) -> list[ir.Value]:
-        body(chunk)
-        return []
-
-    accumulate_row(builder, row_size, width, [], step)
+    for_each_chunk_group(builder, row_size, width, 1, lambda chunks: body(*chunks))
 
 
 def for_each_chunk_group(builder: ir.IRBuilder, row_size: int, width: int, group: int,

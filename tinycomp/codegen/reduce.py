@@ -229,6 +229,9 @@ def emit_reduce(module: ir.Module, name: str, op: str, groups: Sequence[tuple[in
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     red = _Reduction(b, op, math.prod(s for s, _ in reduced))
 
+    def step(at: ir.Value, i: ir.Value, stride: int) -> ir.Value:
+        return b.add(at, b.mul(i, i64(stride), flags=["nsw"]), flags=["nsw"])
+
     def over(levels: list[tuple[int, int]], at: ir.Value, innermost: Callable[[ir.Value], ir.Value],
              w: int) -> ir.Value:
         """The max over the strided levels around `innermost(offset)`, each level a tree from a fresh
@@ -236,8 +239,8 @@ def emit_reduce(module: ir.Module, name: str, op: str, groups: Sequence[tuple[in
         if not levels:
             return innermost(at)
         (count, stride), rest = levels[0], levels[1:]
-        return blocked_fold(b, count, red.identity(w), lambda i: over(
-            rest, b.add(at, b.mul(i, i64(stride), flags=["nsw"]), flags=["nsw"]), innermost, w), red.combine)
+        return blocked_fold(b, count, red.identity(w), lambda i: over(rest, step(at, i, stride), innermost, w),
+                            red.combine)
 
     def in_order(levels: list[tuple[int, int]], at: ir.Value, terms: Callable[[ir.Value], list[ir.Value]],
                  accs: list[ir.Value]) -> list[ir.Value]:
@@ -247,8 +250,7 @@ def emit_reduce(module: ir.Module, name: str, op: str, groups: Sequence[tuple[in
             return [red.combine(acc, term) for acc, term in zip(accs, terms(at), strict=True)]
         (count, stride), rest = levels[0], levels[1:]
         with for_range(b, 0, count, name="r", carry=accs, nonempty=True) as loop:
-            loop.carry(*in_order(rest, b.add(at, b.mul(loop.index, i64(stride), flags=["nsw"]), flags=["nsw"]),
-                                 terms, list(loop.carried)))
+            loop.carry(*in_order(rest, step(at, loop.index, stride), terms, list(loop.carried)))
         return list(loop.results)
 
     in_size, out_size = math.prod(sizes), math.prod(s for s, _ in kept)

@@ -94,7 +94,8 @@ def _home() -> str:
 def _expand(path: str) -> str:
     """`path` with a leading ~ or ~user expanded (left as it is where that cannot be done)."""
     if path == "~" or path.startswith("~/"):
-        return _home() + path[1:] if _home() else path
+        home = _home()
+        return home + path[1:] if home else path
     return os.path.expanduser(path)
 
 
@@ -103,20 +104,18 @@ def _not_absolute(path: Path, variable: str) -> str:
     variable `variable` (TINYCOMP_CACHE_DIR, or the XDG one whose default under HOME was taken:
     XDG_CONFIG_HOME for the key)."""
     raw = os.environ.get(variable, "") if variable == "TINYCOMP_CACHE_DIR" else ""  # XDG values are never expanded
-    if raw and not raw.startswith("~"):
-        cause = f"TINYCOMP_CACHE_DIR is a relative path ({path})"
-    elif raw.startswith("~") and not (raw == "~" or raw.startswith("~/")):
+    if raw.startswith("~") and not (raw == "~" or raw.startswith("~/")):
         user = raw[1:].split("/")[0]
         return f"{variable} ({raw!r}) starts with ~{user}, but there is no user {user!r}; give an absolute path"
+    what = "key" if variable == "XDG_CONFIG_HOME" else "cache"
+    if raw and not raw.startswith("~"):
+        cause, fix = f"TINYCOMP_CACHE_DIR is a relative path ({path})", "give an absolute one"
     else:
         cause = "HOME is empty" if os.environ.get("HOME") == "" else f"HOME ({_home()!r}) is a relative path"
-        cause += f" ({path}{f', from {variable}={raw!r}' if raw.startswith('~') else ''})"
-        if variable == "XDG_CONFIG_HOME":
-            return (f"{cause}: each working directory would have a key of its own; give HOME or XDG_CONFIG_HOME "
-                    "an absolute path")
-        return (f"{cause}: each working directory would have a cache of its own; give HOME an absolute path, or "
-                "TINYCOMP_CACHE_DIR an absolute one")
-    return f"{cause}: each working directory would have a cache of its own; give an absolute one"
+        cause += f" ({path}{f', from {variable}={raw!r}' if raw else ''})"
+        fix = "give HOME or XDG_CONFIG_HOME an absolute path" if what == "key" else \
+            "give HOME an absolute path, or TINYCOMP_CACHE_DIR an absolute one"
+    return f"{cause}: each working directory would have a {what} of its own; {fix}"
 
 
 def cache_key(graph_key: str, options: dict) -> str:
@@ -279,8 +278,9 @@ def _usable() -> tuple[Path, bytes] | None:
         _warn_once(folder, _not_absolute(folder, "TINYCOMP_CACHE_DIR" if os.environ.get("TINYCOMP_CACHE_DIR")
                                           else "XDG_CACHE_HOME"))
         return None
-    if not key_path().is_absolute():  # refused before the cache folder is made, not after
-        _warn_once(folder, _not_absolute(key_path(), "XDG_CONFIG_HOME"))
+    key = key_path()
+    if not key.is_absolute():  # refused before the cache folder is made, not after
+        _warn_once(folder, _not_absolute(key, "XDG_CONFIG_HOME"))
         return None
     try:
         private_dir(folder)

@@ -325,9 +325,8 @@ class NativeHotCall:
     """
 
     def __init__(self, entry: int, table: ctypes.Array, features: Sequence[int], out_row: Sequence[int],
-                 hot_rows: int, scratch: Any, scratch_per_row: int, scratch_fixed: int,
-                 watched: Iterable[int], keep: Any, armed_for: Any = None, more_inputs: Sequence[tuple] = (),
-                 scratch_floats: Callable[[int], int] | None = None):
+                 hot_rows: int, scratch: Any, scratch_floats: Callable[[int], int],
+                 watched: Iterable[int], keep: Any, armed_for: Any = None, more_inputs: Sequence[tuple] = ()):
         if len(more_inputs) > MAX_MORE_INPUTS:
             raise ValueError(f"the native hot call takes up to {MAX_MORE_INPUTS} inputs after the first; "
                              f"got {len(more_inputs)}")
@@ -342,10 +341,12 @@ class NativeHotCall:
         self._one_row = (1, *self.out_shape_tail)
         # The scratch a call of `rows` needs (`ModulePlan.scratch_floats`: one row block's at most).
         # Leased for every row, 50,000 rows reserved 220 MB for a plan that uses 0.5 MB.
-        self._scratch_floats = scratch_floats or (lambda rows: rows * scratch_per_row + scratch_fixed)
-        # batches whose scratch fits the helper's stack buffer pass a null scratch pointer
-        self._stack_rows = hot_rows if self._scratch_floats(hot_rows) <= STACK_SCRATCH // 4 else \
-            (STACK_SCRATCH // 4 - scratch_fixed) // max(1, scratch_per_row)
+        self._scratch_floats = scratch_floats
+        # batches whose scratch fits the helper's stack buffer pass a null scratch pointer (below a
+        # row block, the scratch grows by the same floats a row)
+        fixed, per_row = scratch_floats(0), scratch_floats(1) - scratch_floats(0)
+        self._stack_rows = hot_rows if scratch_floats(hot_rows) <= STACK_SCRATCH // 4 else \
+            (STACK_SCRATCH // 4 - fixed) // max(1, per_row)
         self.hot_rows, self.scratch = hot_rows, scratch
         # the inputs after the first: each one's rank, and (input, dimension, size) per dimension (-1: the batch)
         self._ranks = (ctypes.c_int64 * max(1, self.n_more))(*(len(s) for s in more_inputs))
