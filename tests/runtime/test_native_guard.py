@@ -106,6 +106,18 @@ def test_wrong_feature_size_and_zero_rows_are_refused_as_before(fast):
         fast(np.float32(1.0))
 
 
+def test_the_builtin_runs_nothing_on_arguments_it_was_not_made_for(fast):
+    """The helper is a Python builtin reading its arguments as arrays: called with another count, or
+    an output whose rows are not the input's, it returns INPUT_NOT_NATIVE and leaves `out` unwritten."""
+    x, fn = batch(2), fast._native._fn
+    out = np.full((2, 10), 7.0, np.float32)
+    assert fn(x, out, None) == 0 and not (out == 7.0).all()
+    out[:] = 7.0
+    for args in ((x, out), (x, out, None, ()), (x, np.full((3, 10), 7.0, np.float32), None), ()):
+        assert fn(*args) == native_guard.INPUT_NOT_NATIVE
+    assert (out == 7.0).all()
+
+
 def _setattr_same_shape(m):
     m.layers[6].weight = Tensor(m.layers[6].weight.data * 2)
 
