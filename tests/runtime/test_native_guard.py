@@ -5,6 +5,7 @@ cannot take and after every change of what the compiled code depends on, however
 from __future__ import annotations
 
 import contextlib
+import gc
 import threading
 
 import numpy as np
@@ -107,15 +108,46 @@ def test_wrong_feature_size_and_zero_rows_are_refused_as_before(fast):
 
 
 def test_the_builtin_runs_nothing_on_arguments_it_was_not_made_for(fast):
-    """The helper is a Python builtin reading its arguments as arrays: called with another count, or
-    an output whose rows are not the input's, it returns INPUT_NOT_NATIVE and leaves `out` unwritten."""
-    x, fn = batch(2), fast._native._fn
+    """The helper is a Python builtin reading its arguments as arrays; whatever it is called with, it
+    returns INPUT_NOT_NATIVE without writing unless every argument is what the Python side passes:
+    an output or scratch of another type (a list, bytes and an int had it read them as arrays), a
+    scratch too small for the rows, None (its stack) for more rows than the stack holds."""
+    native = fast._native
+    x, fn = batch(2), native._fn
     out = np.full((2, 10), 7.0, np.float32)
     assert fn(x, out, None) == 0 and not (out == 7.0).all()
+    big = batch(native._stack_rows + 1, seed=5)
+    big_out = np.full((len(big), 10), 7.0, np.float32)
+    need = native._scratch_floats(len(big))
     out[:] = 7.0
-    for args in ((x, out), (x, out, None, ()), (x, np.full((3, 10), 7.0, np.float32), None), ()):
-        assert fn(*args) == native_guard.INPUT_NOT_NATIVE
-    assert (out == 7.0).all()
+    for args in ((x, out), (x, out, None, ()), (x, np.full((3, 10), 7.0, np.float32), None), (),
+                 (x.tolist(), out, None), (x, [0.0] * 20, None), (x, b"abc" * 40, None), (x, out, 0),
+                 (x, out.astype(np.float64), None), (x, np.full((2, 11), 7.0, np.float32), None),
+                 (x, out, [0.0] * 1000), (big, big_out, None), (big, big_out, np.zeros(need - 1, np.float32)),
+                 (big, big_out, np.zeros((need, 1), np.float32)), (x[:0], out[:0], None)):
+        assert fn(*args) == native_guard.INPUT_NOT_NATIVE, args
+    assert (out == 7.0).all() and (big_out == 7.0).all()
+    assert fn(big, big_out, np.zeros(need, np.float32)) == 0 and not (big_out == 7.0).any()
+
+
+def test_the_builtin_keeps_what_it_points_into(mlp):
+    """Its method definition lived only in `helper()`'s cache: clearing it (or reloading the module,
+    as an autoreloading notebook does) and then calling an armed model crashed the process; a builtin
+    kept after its model was deleted read freed tables and code."""
+    fast = CompiledModel(mlp, input_shape=(None, REFERENCE_MLP_IN), threads=1)
+    x = batch(1, seed=9)
+    want = fast(x).data
+    native_guard.helper.cache_clear()
+    gc.collect()
+    junk = [bytes(range(i % 200, i % 200 + 40)) for i in range(100_000)]  # reuse freed blocks
+    assert np.array_equal(fast(x).data, want) and fast._native is not None
+    fn = fast._native._fn
+    del fast, junk
+    gc.collect()
+    junk = [bytes(range(i % 200, i % 200 + 40)) for i in range(100_000)]
+    out = np.empty((1, 10), np.float32)
+    assert len(junk) == 100_000  # held while the builtin runs
+    assert fn(x, out, None) == 0 and np.array_equal(out, want)
 
 
 def _setattr_same_shape(m):

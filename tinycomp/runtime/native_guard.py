@@ -59,6 +59,14 @@ CHANGED, INPUT_NOT_NATIVE = 1, 2  # statuses besides 0 = ran
 _F32 = np.dtype(np.float32)
 
 
+class Words(bytes):
+    """An armed call's words (the builtin's `self`, read by the helper at BYTES_DATA) holding what
+    they point into: the builtin then keeps its method definition, the helper's code and the
+    call's tables alive for as long as anything can call it."""
+
+    keep: Any
+
+
 def _word(address: int) -> int:
     return ctypes.c_uint64.from_address(address).value
 
@@ -135,8 +143,9 @@ def _probe() -> bool:
     items = ["x", "y", "z"]
     if _word(id(items) + LIST_SIZE) != 3 or _word(_word(id(items) + LIST_ITEMS) + 8) != id(items[1]):
         return False
-    words = bytes(range(1, 25))
-    if ctypes.string_at(id(words) + BYTES_DATA, len(words)) != words:
+    words = Words(bytes(range(1, 25)))
+    words.keep = None
+    if ctypes.string_at(id(words) + BYTES_DATA, len(words)) != bytes(range(1, 25)):
         return False
     a = np.zeros((3, 5), np.float32)[:, 1:]
     dims, strides = _word(id(a) + ARRAY_DIMS), _word(id(a) + ARRAY_STRIDES)
@@ -181,11 +190,15 @@ def array_words(a: np.ndarray) -> list[int]:
 # values, how many, PyEval_SaveThread, PyEval_RestoreThread, the float32 descriptor, the ndarray type,
 # the input's rank; for a model of several inputs then: how many more, their ranks (an int64 array),
 # how many dimensions to check and those checks (an int64 array of (input, dimension, size) triples,
-# size -1: the batch); then None and PyLong_FromLong (the status returned); and last the first
-# input's dimensions after the first.
-CTX_FIXED = 16
+# size -1: the batch); then None, PyLong_FromLong (the status returned) and the tuple type; the most
+# rows a call takes, and on the helper's stack; the scratch a call of r rows needs, min(r, cap) *
+# per_row + fixed floats, as (fixed, per_row, cap); the output's rank; and last the first input's
+# dimensions after the first, then the output's.
+CTX_FIXED = 24
 CTX_ENTRY, CTX_TABLE, CTX_WORDS, CTX_EXPECT, CTX_NWORDS, CTX_SAVE, CTX_RESTORE, CTX_F32, CTX_NDARRAY, CTX_NDIM, \
-    CTX_NMORE, CTX_RANKS, CTX_NDIMCHECKS, CTX_DIMCHECKS, CTX_NONE, CTX_LONG = range(CTX_FIXED)
+    CTX_NMORE, CTX_RANKS, CTX_NDIMCHECKS, CTX_DIMCHECKS, CTX_NONE, CTX_LONG, CTX_TUPLE, CTX_HOT_ROWS, \
+    CTX_STACK_ROWS, CTX_SCRATCH_FIXED, CTX_SCRATCH_PER_ROW, CTX_SCRATCH_CAP, CTX_OUT_NDIM, \
+    CTX_OUT_DIMS = range(CTX_FIXED)
 # A model of up to this many inputs after the first is offered the native call: their data pointers
 # go in a table on the helper's stack.
 MAX_MORE_INPUTS = 32
@@ -240,20 +253,54 @@ def _emit_hot_call(mod: ir.Module, name: str, several: bool) -> None:
                              b.icmp_signed("==", b.sext(at(a, ARRAY_ND, I32), I64), ndim)),
                       b.icmp_unsigned("==", flags, ir.Constant(I32, C_CONTIGUOUS_ALIGNED)))
 
+    def is_array(a: ir.Value) -> ir.Value:
+        return b.icmp_unsigned("==", at(a, OBJECT_TYPE, I64), item(ctx, CTX_NDARRAY))
+
+    def dims_match(a: ir.Value, ndim: ir.Value, first: ir.Value) -> None:
+        """Dimensions 1.. of array `a` (of rank `ndim`) are ctx's words from `first` on."""
+        dims = at(a, ARRAY_DIMS, PTR)
+        _loop(b, fn, i64(1), ndim, lambda i: b.icmp_signed(
+            "==", item(dims, i), item(ctx, b.add(i, b.sub(first, i64(1))))), not_native)
+
+    # Whatever a caller passes is checked before anything is read through it (the Python side,
+    # `NativeHotCall.__call__`, passes what it checked and made; a builtin can be called otherwise).
     check(b.icmp_signed("==", nargs, i64(4 if several else 3)), not_native)
     x, out, scratch = (b.load(b.gep(argv, [i64(i)], source_etype=PTR), typ=PTR) for i in range(3))
-    # the input: float32, the compiled rank and feature dimensions, C-contiguous, aligned (its type is
-    # checked by the caller, `NativeHotCall.__call__`, which made `out` for its rows)
+    # the input: an ndarray, float32, of the compiled rank and feature dimensions, C-contiguous,
+    # aligned, of 1 to hot_rows rows
     ndim = item(ctx, CTX_NDIM)
+    check(is_array(x), not_native)
     check(native_array(x, ndim), not_native)
-    dims = at(x, ARRAY_DIMS, PTR)
-    rows = b.load(dims, typ=I64)
+    rows = b.load(at(x, ARRAY_DIMS, PTR), typ=I64)
+    check(b.and_(b.icmp_signed(">", rows, i64(0)), b.icmp_signed("<=", rows, item(ctx, CTX_HOT_ROWS))), not_native)
+    dims_match(x, ndim, i64(CTX_FIXED))
+    # the output: the same of the compiled output row, of `rows` rows
+    out_ndim = item(ctx, CTX_OUT_NDIM)
+    check(is_array(out), not_native)
+    check(native_array(out, out_ndim), not_native)
     check(b.icmp_signed("==", b.load(at(out, ARRAY_DIMS, PTR), typ=I64), rows), not_native)
-    _loop(b, fn, i64(1), ndim, lambda i: b.icmp_signed(
-        "==", item(dims, i), item(ctx, b.add(i, i64(CTX_FIXED - 1)))), not_native)
+    dims_match(out, out_ndim, item(ctx, CTX_OUT_DIMS))
+    # the scratch: None (the helper's stack, for up to stack_rows rows) or a float32 vector of what
+    # `rows` rows need
+    on_stack = b.icmp_unsigned("==", b.ptrtoint(scratch, I64), item(ctx, CTX_NONE))
+    with b.if_else(on_stack) as (stack_case, array_case):
+        with stack_case:
+            check(b.icmp_signed("<=", rows, item(ctx, CTX_STACK_ROWS)), not_native)
+            stack_end = b.block
+        with array_case:
+            check(is_array(scratch), not_native)
+            check(native_array(scratch, i64(1)), not_native)
+            held = b.select(b.icmp_signed("<", rows, item(ctx, CTX_SCRATCH_CAP)), rows, item(ctx, CTX_SCRATCH_CAP))
+            need = b.add(b.mul(held, item(ctx, CTX_SCRATCH_PER_ROW)), item(ctx, CTX_SCRATCH_FIXED))
+            check(b.icmp_signed(">=", b.load(at(scratch, ARRAY_DIMS, PTR), typ=I64), need), not_native)
+            array_data, array_end = at(scratch, ARRAY_DATA, PTR), b.block
+    scratch_data = b.phi(PTR)
+    scratch_data.add_incoming(stack, stack_end)
+    scratch_data.add_incoming(array_data, array_end)
 
     if several:  # each of the tuple's items an ndarray as compiled, its data pointer in a table
         more = b.load(b.gep(argv, [i64(3)], source_etype=PTR), typ=PTR)
+        check(b.icmp_unsigned("==", at(more, OBJECT_TYPE, I64), item(ctx, CTX_TUPLE)), not_native)
         n_more = item(ctx, CTX_NMORE)
         check(b.icmp_signed("==", at(more, TUPLE_SIZE, I64), n_more), not_native)
 
@@ -289,8 +336,6 @@ def _emit_hot_call(mod: ir.Module, name: str, several: bool) -> None:
     restore_ty = ir.FunctionType(ir.VoidType(), [PTR])
     entry_ty = ir.FunctionType(ir.VoidType(), [I64, PTR, PTR, PTR, PTR] + [PTR] * several)
     state = b.call(item(ctx, CTX_SAVE, ir.PointerType(save_ty)), [])
-    on_stack = b.icmp_unsigned("==", b.ptrtoint(scratch, I64), item(ctx, CTX_NONE))
-    scratch_data = b.select(on_stack, stack, at(scratch, ARRAY_DATA, PTR))
     args = [rows, at(x, ARRAY_DATA, PTR), at(out, ARRAY_DATA, PTR), scratch_data, item(ctx, CTX_TABLE, PTR)]
     b.call(item(ctx, CTX_ENTRY, ir.PointerType(entry_ty)), args + ([inputs] if inputs is not None else []))
     b.call(item(ctx, CTX_RESTORE, ir.PointerType(restore_ty)), [state])
@@ -338,9 +383,11 @@ def helper() -> tuple[JitEngine, _MethodDef, _MethodDef]:
     return engine, method("tinycomp.hot_call"), method("tinycomp.hot_call_more")
 
 
-def builtin(method: _MethodDef, words: Sequence[int]) -> Callable[..., int]:
+def builtin(method: _MethodDef, words: Sequence[int], keep: Any) -> Callable[..., int]:
     """The helper `method` as a Python builtin whose `self` is `words` packed as 64-bit words."""
-    return _new_builtin(ctypes.addressof(method), bytes((ctypes.c_uint64 * len(words))(*words)), None)
+    packed = Words(bytes((ctypes.c_uint64 * len(words))(*words)))
+    packed.keep = (method, helper(), keep)
+    return _new_builtin(ctypes.addressof(method), packed, None)
 
 
 def _c_address(fn: Any) -> int:
@@ -379,6 +426,7 @@ class NativeHotCall:
         self._stack_rows = hot_rows if scratch_floats(hot_rows) <= STACK_SCRATCH // 4 else \
             (STACK_SCRATCH // 4 - fixed) // max(1, per_row)
         self.hot_rows, self.scratch = hot_rows, scratch
+        scratch_cap = (scratch_floats(hot_rows) - fixed) // per_row if per_row else 0  # rows a row block holds
         # the inputs after the first: each one's rank, and (input, dimension, size) per dimension (-1: the batch)
         self._ranks = (ctypes.c_int64 * max(1, self.n_more))(*(len(s) for s in more_inputs))
         checks = [w for i, s in enumerate(more_inputs) for d, n in enumerate(s) for w in (i, d, -1 if n is None else n)]
@@ -387,11 +435,15 @@ class NativeHotCall:
                len(words), _c_address(ctypes.pythonapi.PyEval_SaveThread),
                _c_address(ctypes.pythonapi.PyEval_RestoreThread), id(np.dtype(np.float32)), id(np.ndarray),
                1 + len(self.features), self.n_more, ctypes.addressof(self._ranks), len(checks) // 3,
-               ctypes.addressof(self._dim_checks), id(None), _c_address(ctypes.pythonapi.PyLong_FromLong),
-               *self.features]
-        assert len(ctx) == CTX_FIXED + len(self.features)
-        self._engine, one, several = helper()
-        self._fn = builtin(several if more_inputs else one, ctx)
+               ctypes.addressof(self._dim_checks), id(None), _c_address(ctypes.pythonapi.PyLong_FromLong), id(tuple),
+               hot_rows, self._stack_rows, fixed, per_row, scratch_cap, 1 + len(self.out_shape_tail),
+               CTX_FIXED + len(self.features), *self.features, *self.out_shape_tail]
+        assert len(ctx) == CTX_FIXED + len(self.features) + len(self.out_shape_tail)
+        _, one, several = helper()
+        # the builtin keeps what its words point into: the entry's code (armed_for, the compiled
+        # artifact), the parameter table and watched objects, and this call's word arrays
+        self._fn = builtin(several if more_inputs else one, ctx,
+                           (armed_for, self._keep, self._words, self._expect, self._ranks, self._dim_checks))
 
     def __call__(self, a: Any, more: tuple = ()) -> np.ndarray | None:
         """The model on batch `a` (float32, C-contiguous, (rows, *features), 0 < rows <= hot_rows)
