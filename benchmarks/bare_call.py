@@ -8,10 +8,10 @@ Models whose input is not 2-D (the block's (N, seq, embed)) have no bare call
     PYTHONPATH=. python benchmarks/bare_call.py softmax:1024 --batch 256
 
 MODEL is a bench model (`tinycomp.bench.models`), or `layernorm:WIDTH` or `softmax:WIDTH`, a lone
-LayerNorm or Softmax over rows of WIDTH standard-normal floats. For an A/B of two revisions, run it
-alternately with PYTHONPATH set to each checkout: every process compiles its own (the disk cache is
-off here). `--set MODULE.NAME=VALUE`
-sets a constant of `tinycomp.codegen.MODULE` before the compile (an int or float, as it is).
+LayerNorm or Softmax over rows of WIDTH standard-normal floats, or `linear:KxN`, a lone Linear(K, N).
+For an A/B of two revisions, run it alternately with PYTHONPATH set to each checkout: every process
+compiles its own (the disk cache is off here). `--set MODULE.NAME=VALUE` sets a constant of
+`tinycomp.codegen.MODULE` before the compile (an int or float, as it is).
 """
 
 from __future__ import annotations
@@ -35,6 +35,11 @@ from tinycomp.bench.runner import compiled_bare_call  # noqa: E402
 def model_and_input(name: str, batch: int):
     lone = {"layernorm": nn.LayerNorm, "softmax": lambda width: nn.Softmax()}
     kind, _, width = name.partition(":")
+    if kind == "linear" and width:  # linear:KxN
+        k, n = (int(d) for d in width.split("x"))
+        nn.manual_seed(0)
+        x = np.random.default_rng(0).standard_normal((batch, k)).astype(np.float32)
+        return nn.Sequential(nn.Linear(k, n)), x
     if kind in lone and width:
         x = np.random.default_rng(0).standard_normal((batch, int(width))).astype(np.float32)
         return nn.Sequential(lone[kind](int(width))), x

@@ -2,6 +2,7 @@
 
     python benchmarks/codegen_cost.py [model]      # a `tinycomp bench` model, default mlp
     python benchmarks/codegen_cost.py softmax:1024  # a lone layer, as benchmarks/bare_call.py names it
+    python benchmarks/codegen_cost.py linear:128x10  # the reference MLP's last layer (narrow kernels)
 
 Compiles the model with the cache off, then emits its module's object code once whole, once in the
 parts a compile emits at once (`codegen.split`, one per core) and once per

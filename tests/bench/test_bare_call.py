@@ -25,8 +25,10 @@ def test_both_kinds_of_model_are_timed(bare_call, capsys, monkeypatch):
     assert layer_norm.ROW_GROUP == 2
     bare_call.main(["block-tiny", "--batch", "2", "--rounds", "2", "--seconds", "0.001"])
     bare_call.main(["softmax:70", "--batch", "3", "--rounds", "2", "--seconds", "0.001"])
+    bare_call.main(["linear:40x3", "--batch", "5", "--rounds", "2", "--seconds", "0.001"])
     out = capsys.readouterr().out
     assert re.search(r"softmax:70 batch 3 \(bare native call\): median [\d.]+ us", out), out
+    assert re.search(r"linear:40x3 batch 5 \(bare native call\): median [\d.]+ us", out), out
     assert re.search(r"layernorm:40 batch 9 \(bare native call\): median [\d.]+ us", out), out
     assert re.search(r"block-tiny batch 2 \(compiled call\): median [\d.]+ us", out), out
 

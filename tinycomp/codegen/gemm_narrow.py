@@ -141,26 +141,29 @@ def _emit_narrow(module: ir.Module, name: str, shape: NarrowShape, kind: str, re
     weights = _interleaved(Wt, N, w) if shape.in_place else \
         _rows_of([element_ptr(b, Wt, b.mul(ldw, i64(n))) if n else Wt for n in range(N)], w)
 
+    # Blocks of R rows, the last one too: its rows past M read row M - 1 again and are not stored (a
+    # row's sums do not depend on its block). A second copy of the dot loop and tree for the rows
+    # left one at a time was a third of this kernel's code-generation time.
     R = shape.rows
-    whole = b.mul(b.udiv(M, i64(R)), i64(R))  # rows in whole blocks of R
-    with for_range(b, 0, whole, R, name="rb") as block:
+    last = b.sub(M, i64(1))
+    with for_range(b, 0, M, R, name="rb") as block:
         r0 = block.index
-        a_rows = [element_ptr(b, A, b.mul(b.add(r0, i64(r)), K)) for r in range(R)]
+        a_rows = [element_ptr(b, A, b.mul(_smaller(b, b.add(r0, i64(r)), last), K)) for r in range(R)]
+        stored = b.mul(_smaller(b, b.sub(M, r0), i64(R)), i64(N))
         _store_rows(b, shape, _narrow_dot(b, shape, R, shape.unroll, K, a_rows, weights), (act, bias1),
-                    (C, res if residual else None), r0)
-    if R > 1:  # the rows left, one at a time (the same sums: a row's do not depend on its block)
-        with for_range(b, whole, M, name="r1") as row:
-            a_row = element_ptr(b, A, b.mul(row.index, K))
-            _store_rows(b, shape, _narrow_dot(b, shape, 1, shape.unroll, K, [a_row], weights), (act, bias1),
-                        (C, res if residual else None), row.index)
+                    (C, res if residual else None), r0, stored)
     b.ret_void()
     return fn
 
 
-def _store_rows(b: ir.IRBuilder, shape: NarrowShape, acc, epilogue, out, r0: ir.Value) -> None:
-    """The outputs of rows r0.. (`acc[r][n]`, `_narrow_dot`'s) through the epilogue into C (+ R).
-    They are contiguous in C: they leave the tree `width` at a time as whole vectors, each with one
-    bias add, activation and (masked) store."""
+def _smaller(b: ir.IRBuilder, x: ir.Value, y: ir.Value) -> ir.Value:
+    return b.select(b.icmp_signed("<", x, y), x, y)
+
+
+def _store_rows(b: ir.IRBuilder, shape: NarrowShape, acc, epilogue, out, r0: ir.Value, stored: ir.Value) -> None:
+    """The first `stored` outputs of rows r0.. (`acc[r][n]`, `_narrow_dot`'s) through the epilogue
+    into C (+ R). They are contiguous in C: they leave the tree `width` at a time as whole vectors,
+    each with one bias add, activation and masked store."""
     (act, bias1), (C, res) = epilogue, out
     N, w = shape.N, shape.width
     slots = [acc[r][n] for r in range(len(acc)) for n in range(N)]
@@ -169,7 +172,7 @@ def _store_rows(b: ir.IRBuilder, shape: NarrowShape, acc, epilogue, out, r0: ir.
         bias_v = bias1 if j0 == 0 and lanes <= N else b.shuffle_vector(bias1, bias1, vector_constant(
             ir.VectorType(I32, w), [(j0 + j) % N if j < lanes else N for j in range(w)]))
         out_v = act(b.fadd(hsum_slots(b, slots[j0:j0 + lanes], w), bias_v))
-        [mask] = column_masks(b, i64(lanes), 1, w)
+        [mask] = column_masks(b, _smaller(b, b.sub(stored, i64(j0)), i64(lanes)), 1, w)  # none below 0
         at = b.add(b.mul(r0, i64(N)), i64(j0))
         if res is not None:
             out_v = plus_residual(b, out_v, element_ptr(b, res, at), mask)
@@ -198,7 +201,8 @@ def narrow_small_kernel(module: ir.Module, shape: NarrowShape, activation: str |
     hsum_slots' tree (lane t + lane t + width/2, ...). Only the lanes' roles differ: here one
     register holds a partial sum of all N outputs, there one output's partial sums."""
     kind = kernel_activation(activation)
-    return define_once(module, f"tinycomp.gemm.narrowsmall{shape.N}u{shape.unroll}v{shape.width}."
+    tail = "t" if shape.tail else ""  # a layer whose K is whole steps has no code for a last partial one
+    return define_once(module, f"tinycomp.gemm.narrowsmall{shape.N}u{shape.unroll}v{shape.width}{tail}."
                        f"{family_suffix(kind, residual)}",
                        lambda name: _emit_narrow_small(module, name, shape, kind, residual))
 
@@ -234,7 +238,8 @@ def _emit_narrow_small(module: ir.Module, name: str, shape: NarrowShape, kind: s
                            *[term(b.load(element_ptr(b, a_at, j), typ=F32), element_ptr(b, w_at, j * N), accs[j])
                              for j in range(w)])
             acc += loop.results[2:]
-        acc = _narrow_small_tail(b, shape, (a_row, W, k_tail, rem), acc, mask, term)
+        if shape.tail:  # the tail's masked loads were half this kernel's code-generation time
+            acc = _narrow_small_tail(b, shape, (a_row, W, k_tail, rem), acc, mask, term)
         lanes = [_pairwise(b, acc[j::w]) for j in range(w)]  # over the unroll, as _narrow_dot
         while len(lanes) > 1:  # hsum_slots' tree
             half = len(lanes) // 2
