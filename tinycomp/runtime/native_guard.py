@@ -21,10 +21,11 @@ through a pointer that moved. Any difference returns "changed": the caller then 
 (which re-checks everything in Python, recompiles if it must, and arms a new hot call).
 
 The helper (`tinycomp.hot_call`, compiled once per process) is a Python builtin (METH_FASTCALL, its
-`self` a bytes object holding the armed call's words): a ctypes call converting five arguments cost
-~0.5 us of the batch-1 call, a builtin's ~0.05. It is called with the GIL held, so no other thread
-can change what it reads while it reads; it releases the GIL itself around the entry, as a plain
-ctypes call does, so compiled code still runs in parallel threads.
+`self` a `Words`: the armed call's words as bytes, holding everything they point into): a ctypes
+call converting five arguments cost ~0.5 us of the batch-1 call, a builtin's ~0.05. It checks each
+argument before reading through it, whoever calls it. It is called with the GIL held, so no other
+thread can change what it reads while it reads; it releases the GIL itself around the entry, as a
+plain ctypes call does, so compiled code still runs in parallel threads.
 The struct offsets and the version-tag behaviour are probed at import on this interpreter and NumPy;
 if anything differs the native hot call is simply not offered (`AVAILABLE` is False).
 """
