@@ -43,7 +43,8 @@ class NarrowShape:
     call; with `in_place`, W itself, its rows of N split by shuffles): `unroll` independent
     `<width x float>` accumulators per output over K, then a pairwise tree over their lanes. Rows go
     `rows` at a time (their outputs, contiguous in C, leave the tree as whole vectors: one epilogue
-    and one store per `width` outputs); the rows after the last whole block, one at a time."""
+    and one store per `width` outputs); a last, partial block re-reads row M - 1 for the rows past M
+    and stores only its own rows' outputs."""
 
     N: int
     width: int
