@@ -187,7 +187,7 @@ def array_words(a: np.ndarray) -> list[int]:
 
 # ---------------------------------------------------------------- the helper
 
-# ctx words (the builtin's `self`, a bytes object): entry, parameter table, watched addresses, their
+# ctx words (the builtin's `self`, a `Words`): entry, parameter table, watched addresses, their
 # values, how many, PyEval_SaveThread, PyEval_RestoreThread, the float32 descriptor, the ndarray type,
 # the input's rank; for a model of several inputs then: how many more, their ranks (an int64 array),
 # how many dimensions to check and those checks (an int64 array of (input, dimension, size) triples,
@@ -450,9 +450,8 @@ class NativeHotCall:
         """The model on batch `a` (float32, C-contiguous, (rows, *features), 0 < rows <= hot_rows)
         and, for a model of several inputs, the tuple `more` of the others (arrays as compiled, of
         `rows` rows where batched), or None: another input, or something the compiled code depends on
-        changed. The helper checks the inputs' types (but the first's), dtypes, layouts and
-        dimensions; only what allocating the output needs is looked at here."""
-        # the helper reads `a` as a NumPy array struct, `more` as a tuple
+        changed. The helper checks every argument's type, dtype, layout and dimensions; only what
+        allocating the output and choosing the scratch need is looked at here."""
         if type(a) is not np.ndarray or len(more) != self.n_more or type(more) is not tuple:
             return None
         try:
