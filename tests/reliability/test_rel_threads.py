@@ -428,6 +428,30 @@ def test_a_child_forked_while_a_thread_draws_initial_weights_builds_layers_with_
     assert _exit_code_of_a_child_forked_while_held(bits.lock, builds) == 0
 
 
+def test_a_fork_while_a_part_thread_is_starting_holds_both_llvm_locks(monkeypatch):
+    """A SIGALRM handler forked while the compiling thread was inside Thread.start() of a part: the
+    part was listed but not running, join() raised "cannot join thread before it is started", the
+    fork went on holding our lock without llvmlite's, and a child hung for good in its compile (one
+    CI run in three). The fork now waits for such a part until it runs, and holds both locks."""
+    from tinycomp.runtime import engine
+
+    starting = threading.Thread(target=lambda: None, name=engine.PART_THREAD + "9")  # listed, never started
+    monkeypatch.setattr(engine.threading, "enumerate", lambda: [threading.current_thread(), starting])
+    monkeypatch.setattr(engine, "PARTS_WAIT_SECONDS", 0.05)
+    engine.hold_llvm_for_fork()
+    try:
+        held = []
+        other = threading.Thread(target=lambda: held.append((engine._FFI_LOCK.acquire(blocking=False),
+                                                             engine._LLVM_LOCK.acquire(blocking=False))))
+        other.start()
+        other.join()
+        assert held == [(False, False)]  # both held by this thread
+    finally:
+        engine.release_llvm_after_fork()
+    assert engine._FFI_LOCK.acquire(blocking=False)  # and both released
+    engine._FFI_LOCK.release()
+
+
 def test_children_forked_while_a_thread_compiles_can_compile(monkeypatch):
     """A fork while another thread held the LLVM lock (a compile) or llvmlite's own (an engine
     disposed of) left it held in the child for good: 8 of 10 children hung in their first compile.

@@ -42,13 +42,28 @@ def hold_llvm_for_fork() -> None:
     first as every compile takes them, and lets go on both sides (`release_llvm_after_fork`);
     compiler.py registers the fork hooks, after a wait for traces in progress."""
     _LLVM_LOCK.acquire()
-    # A signal handler forking on the compiling thread itself re-enters the lock at once while that
-    # compile's part threads still emit code (without llvmlite's lock): the child would have lost
-    # them. Wait for them first (they take llvmlite's lock, so before it), for a while.
-    deadline = time.monotonic() + PARTS_WAIT_SECONDS
+    try:
+        _wait_for_parts(time.monotonic() + PARTS_WAIT_SECONDS)
+    finally:  # whatever happens, the fork goes on: both locks held, as release_llvm_after_fork expects
+        _FFI_LOCK.acquire()
+
+
+def _wait_for_parts(deadline: float) -> None:
+    """A signal handler forking on the compiling thread itself re-enters the lock at once while that
+    compile's part threads still emit code (without llvmlite's lock): the child would have lost
+    them. Wait for them first (they take llvmlite's lock, so before it), until `deadline`. A part
+    whose start() the handler interrupted is not running yet, and join() refuses it ("cannot join
+    thread before it is started", which left the fork without llvmlite's lock and a child that
+    hung): it is waited for until it runs."""
     for part in [t for t in threading.enumerate() if t.name.startswith(PART_THREAD)]:
-        part.join(max(0.0, deadline - time.monotonic()))
-    _FFI_LOCK.acquire()
+        while True:
+            try:
+                part.join(max(0.0, deadline - time.monotonic()))
+                break
+            except RuntimeError:
+                if time.monotonic() >= deadline:
+                    break
+                time.sleep(0.0005)
 
 
 def release_llvm_after_fork() -> None:
