@@ -20,10 +20,11 @@ import numpy as np  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 
 from tinycomp import nn  # noqa: E402
+from tinycomp.bench.models import MODELS  # noqa: E402
 from tinycomp.bench.runner import compiled_bare_call  # noqa: E402
 from tinycomp.checks import positive_number  # noqa: E402
 
-WIDTH, LAYERS = 512, 4
+WIDTH, LAYERS = MODELS["lnmlp"].width, MODELS["lnmlp"].depth  # the bench model's
 PARTS = {"linear": (False, False), "+gelu": (False, True), "+layer norm": (True, False), "lnmlp": (True, True)}
 
 

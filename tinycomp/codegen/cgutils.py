@@ -44,6 +44,11 @@ def fma_name(module: ir.Module) -> str:
     return "fma" if for_triple(module.triple).fused_multiply_add else "fmuladd"
 
 
+def index_min(builder: ir.IRBuilder, x: ir.Value, y: ir.Value) -> ir.Value:
+    """The smaller of two signed integers (a count left against a block's size, ...)."""
+    return builder.select(builder.icmp_signed("<", x, y), x, y)
+
+
 def index_udiv(builder: ir.IRBuilder, x: ir.Value, y: ir.Value) -> ir.Value:
     """x // y of two non-negative i64 sizes or counts (`_index_arithmetic`)."""
     return _index_arithmetic(builder, builder.udiv, x, y)

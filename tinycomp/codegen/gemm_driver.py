@@ -26,6 +26,7 @@ from .cgutils import (
     element_ptr,
     for_range,
     i64,
+    index_min,
     index_udiv,
     internal_kernel,
     masked_load,
@@ -138,7 +139,7 @@ class _Driver:
                 jb = blocks.index
                 j0 = b.mul(jb, block_cols)
                 cols = b.sub(N, j0)
-                cols = b.select(b.icmp_signed("<", cols, block_cols), cols, block_cols)
+                cols = index_min(b, cols, block_cols)
                 with b.if_then(self.packed):
                     b.call(a["pack_fn"], [a["K"], N, element_ptr(b, a["W"], j0), cols, a["pack"]])
                 last = b.select(overlap, b.add(n_tiles, i64(1)), n_tiles)
@@ -190,7 +191,7 @@ class _Driver:
             with for_range(b, 0, n_chunks, name="kc") as chunks:
                 k0 = b.mul(chunks.index, kc)
                 left = b.sub(K, k0)
-                part = (k0, b.select(b.icmp_signed("<", left, kc), left, kc),
+                part = (k0, index_min(b, left, kc),
                         b.select(b.icmp_signed(">", k0, i64(0)), i64(ACCUMULATE), i64(0)))
 
                 def rows_of_chunk(kern, rows, nr, r0) -> None:
@@ -224,7 +225,7 @@ class _Driver:
         with for_range(b, 0, index_udiv(b, b.add(cols, b.sub(nr, i64(1))), nr), name="jp") as panels:
             col = b.mul(panels.index, nr)
             left = b.sub(cols, col)
-            yield col, b.select(b.icmp_signed("<", left, nr), left, nr)
+            yield col, index_min(b, left, nr)
 
     def _leftover_rows(self, r0, run=None) -> None:
         """Rows r0..M (fewer than a tile): 4 and 2 rows through their kernels where the plan has

@@ -37,6 +37,7 @@ from .cgutils import (
     for_range,
     i64,
     if_then,
+    index_min,
     internal_kernel,
     masked_load,
     merge_incoming,
@@ -293,7 +294,7 @@ def _k_chunks(builder, shape: TileShape, K, a_rows, b, ldb, aheads, masks) -> li
         a_at = rest.pop(0) if walk else None
         rows, sums = rest[:mr], rest[mr:]
         left = builder.sub(K, chunk.index)
-        steps = builder.select(builder.icmp_signed("<", left, i64(shape.chunk)), left, i64(shape.chunk))
+        steps = index_min(builder, left, i64(shape.chunk))
         b_row, a_at, acc = _k_run(builder, shape, steps, rows, b_row, ldb, (ahead, a_at), masks)
         chunk.carry(b_row, *([a_at] if walk else []), *[element_ptr(builder, row, shape.chunk) for row in rows],
                     *[builder.fadd(s, a) for s, a in zip(sums, acc, strict=True)])

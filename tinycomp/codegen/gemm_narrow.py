@@ -24,6 +24,7 @@ from .cgutils import (
     for_range,
     i64,
     if_then,
+    index_min,
     internal_kernel,
     masked_load,
     masked_store,
@@ -149,16 +150,12 @@ def _emit_narrow(module: ir.Module, name: str, shape: NarrowShape, kind: str, re
     last = b.sub(M, i64(1))
     with for_range(b, 0, M, R, name="rb") as block:
         r0 = block.index
-        a_rows = [element_ptr(b, A, b.mul(_smaller(b, b.add(r0, i64(r)), last), K)) for r in range(R)]
-        stored = b.mul(_smaller(b, b.sub(M, r0), i64(R)), i64(N))
+        a_rows = [element_ptr(b, A, b.mul(index_min(b, b.add(r0, i64(r)), last), K)) for r in range(R)]
+        stored = b.mul(index_min(b, b.sub(M, r0), i64(R)), i64(N))
         _store_rows(b, shape, _narrow_dot(b, shape, R, shape.unroll, K, a_rows, weights), (act, bias1),
                     (C, res if residual else None), r0, stored)
     b.ret_void()
     return fn
-
-
-def _smaller(b: ir.IRBuilder, x: ir.Value, y: ir.Value) -> ir.Value:
-    return b.select(b.icmp_signed("<", x, y), x, y)
 
 
 def _store_rows(b: ir.IRBuilder, shape: NarrowShape, acc, epilogue, out, r0: ir.Value, stored: ir.Value) -> None:
@@ -173,7 +170,7 @@ def _store_rows(b: ir.IRBuilder, shape: NarrowShape, acc, epilogue, out, r0: ir.
         bias_v = bias1 if j0 == 0 and lanes <= N else b.shuffle_vector(bias1, bias1, vector_constant(
             ir.VectorType(I32, w), [(j0 + j) % N if j < lanes else N for j in range(w)]))
         out_v = act(b.fadd(hsum_slots(b, slots[j0:j0 + lanes], w), bias_v))
-        [mask] = column_masks(b, _smaller(b, b.sub(stored, i64(j0)), i64(lanes)), 1, w)  # none below 0
+        [mask] = column_masks(b, index_min(b, b.sub(stored, i64(j0)), i64(lanes)), 1, w)  # none below 0
         at = b.add(b.mul(r0, i64(N)), i64(j0))
         if res is not None:
             out_v = plus_residual(b, out_v, element_ptr(b, res, at), mask)

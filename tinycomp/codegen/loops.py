@@ -21,6 +21,7 @@ from .cgutils import (
     as_i64,
     for_range,
     i64,
+    index_min,
     lanes_below,
     masked_load,
     masked_store,
@@ -170,7 +171,7 @@ def blocked_fold(b: ir.IRBuilder, count: int, identity: ir.Value, term: Callable
         def child(j: ir.Value, acc: ir.Value) -> ir.Value:
             done = b.mul(j, i64(span), flags=["nsw"])
             left = b.sub(as_i64(n_leaves), done, flags=["nsw"])
-            n = b.select(b.icmp_signed("<", left, i64(span)), left, i64(span))
+            n = index_min(b, left, i64(span))
             at = b.add(as_i64(first), b.mul(done, i64(LEAF), flags=["nsw"]), flags=["nsw"])
             return combine(acc, node(level - 1, at, n, f"{tag}.in"))
 

@@ -31,7 +31,19 @@ from ..ir.ops import ELEMENTWISE, linear_extras, map_leaves
 from ..ir.passes.fold_dropout import draws_mask, is_identity_dropout
 from ..ir.shapes import fmt_shape
 from . import attention, elementwise, entry_parts, gemm, layer_norm, lower_tensor, philox
-from .cgutils import I32, I64, PTR, compile_as_glue, element_ptr, for_range, i64, inline_glue, paused_gc, release_module
+from .cgutils import (
+    I32,
+    I64,
+    PTR,
+    compile_as_glue,
+    element_ptr,
+    for_range,
+    i64,
+    index_min,
+    inline_glue,
+    paused_gc,
+    release_module,
+)
 from .elementwise import kernel_key
 from .errors import LoweringError
 from .fingerprint import codegen_source_hash, graph_fingerprint  # noqa: F401 - part of this module's API
@@ -396,7 +408,7 @@ def _lower(e: _Emitter, n: str) -> None:
 def _row_blocks(e: _Emitter, block: int) -> None:
     """for r0 in range(0, M, block): run every node on rows r0..min(r0 + block, M)."""
     b, M = e.b, e.rows
-    e.scratch_rows = b.select(b.icmp_signed("<", M, i64(block)), M, i64(block))
+    e.scratch_rows = index_min(b, M, i64(block))
     with for_range(b, 0, M, block, name="rb") as blocks:
         r0 = blocks.index
         left = b.sub(M, r0)

@@ -83,7 +83,7 @@ def _move_in(staged: dict[str, Path], folder: Path, saved: Path, gone: list[str]
     `saved`; then the staged ones into `folder`. On an error or a Ctrl-C, undo it (`_move_back`)."""
     taken = [folder / file.name for file in staged.values()] + [folder / n for n in gone]
     for there in taken:
-        if (there.exists() or there.is_symlink()) and not (there.is_symlink() or there.is_file()):
+        if _present(there) and not (there.is_symlink() or there.is_file()):
             kind = IsADirectoryError if there.is_dir() else FileExistsError
             raise kind(errno.EISDIR if there.is_dir() else errno.EEXIST,
                        f"the export would replace {there}, which is not a file; move it away first", str(there))
@@ -92,7 +92,7 @@ def _move_in(staged: dict[str, Path], folder: Path, saved: Path, gone: list[str]
     moved_in: list[Path] = []
     try:  # each move noted before it is made: an interrupt may land just after one
         for there in taken:
-            if there.is_symlink() or there.exists():
+            if _present(there):
                 moved_out.append(there)
                 os.replace(there, saved / there.name)
         for file in staged.values():
@@ -114,7 +114,7 @@ def _move_back(moved_in: list[Path], moved_out: list[Path], saved: Path) -> None
                 moved_in.pop()
             while moved_out:
                 there = moved_out[-1]
-                if (saved / there.name).is_symlink() or (saved / there.name).exists():
+                if _present(saved / there.name):
                     os.replace(saved / there.name, there)
                 moved_out.pop()
         except KeyboardInterrupt:
@@ -122,6 +122,11 @@ def _move_back(moved_in: list[Path], moved_out: list[Path], saved: Path) -> None
         except OSError as exc:
             raise _Stranded(exc.errno, f"the export failed, and moving the files it replaced back failed too "
                                        f"({exc.strerror or exc}): they are in {saved}") from exc
+
+
+def _present(path: Path) -> bool:
+    """Is anything at `path`, a dangling symbolic link included?"""
+    return path.is_symlink() or path.exists()
 
 
 @contextlib.contextmanager

@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 from llvmlite import ir
 
-from ..codegen.cgutils import I32, I64, PTR, as_i64, for_range, i64
+from ..codegen.cgutils import I32, I64, PTR, as_i64, for_range, i64, index_min
 from .engine import JitEngine
 
 # CPython 3.x object layout: PyObject_HEAD is two words (the refcount, then the type); a dict's
@@ -291,7 +291,7 @@ def _emit_hot_call(mod: ir.Module, name: str, several: bool) -> None:
         with array_case:
             check(is_array(scratch), not_native)
             check(native_array(scratch, i64(1)), not_native)
-            held = b.select(b.icmp_signed("<", rows, item(ctx, CTX_SCRATCH_CAP)), rows, item(ctx, CTX_SCRATCH_CAP))
+            held = index_min(b, rows, item(ctx, CTX_SCRATCH_CAP))
             need = b.add(b.mul(held, item(ctx, CTX_SCRATCH_PER_ROW)), item(ctx, CTX_SCRATCH_FIXED))
             check(b.icmp_signed(">=", b.load(at(scratch, ARRAY_DIMS, PTR), typ=I64), need), not_native)
             array_data, array_end = at(scratch, ARRAY_DATA, PTR), b.block
@@ -385,9 +385,10 @@ def helper() -> tuple[JitEngine, _MethodDef, _MethodDef]:
 
 
 def builtin(method: _MethodDef, words: Sequence[int], keep: Any) -> Callable[..., int]:
-    """The helper `method` as a Python builtin whose `self` is `words` packed as 64-bit words."""
+    """The helper `method` as a Python builtin whose `self` is `words` packed as 64-bit words,
+    holding `method` and `keep` (what the method's code and the words point into)."""
     packed = Words(bytes((ctypes.c_uint64 * len(words))(*words)))
-    packed.keep = (method, helper(), keep)
+    packed.keep = (method, keep)
     return _new_builtin(ctypes.addressof(method), packed, None)
 
 
@@ -410,7 +411,6 @@ class NativeHotCall:
         if len(more_inputs) > MAX_MORE_INPUTS:
             raise ValueError(f"the native hot call takes up to {MAX_MORE_INPUTS} inputs after the first; "
                              f"got {len(more_inputs)}")
-        self._keep = (keep, table)
         self.armed_for, self.stale = armed_for, False  # stale: a watched word moved since arming
         self.n_more = len(more_inputs)
         words = list(watched)
@@ -421,7 +421,7 @@ class NativeHotCall:
         # The scratch a call of `rows` needs (`ModulePlan.scratch_floats`: one row block's at most).
         # Leased for every row, 50,000 rows reserved 220 MB for a plan that uses 0.5 MB.
         self._scratch_floats = scratch_floats
-        # batches whose scratch fits the helper's stack buffer pass a null scratch pointer (below a
+        # batches whose scratch fits the helper's stack buffer pass None for the scratch (below a
         # row block, the scratch grows by the same floats a row)
         fixed, per_row = scratch_floats(0), scratch_floats(1) - scratch_floats(0)
         self._stack_rows = hot_rows if scratch_floats(hot_rows) <= STACK_SCRATCH // 4 else \
@@ -440,11 +440,12 @@ class NativeHotCall:
                hot_rows, self._stack_rows, fixed, per_row, scratch_cap, 1 + len(self.out_shape_tail),
                CTX_FIXED + len(self.features), *self.features, *self.out_shape_tail]
         assert len(ctx) == CTX_FIXED + len(self.features) + len(self.out_shape_tail)
-        _, one, several = helper()
-        # the builtin keeps what its words point into: the entry's code (armed_for, the compiled
-        # artifact), the parameter table and watched objects, and this call's word arrays
-        self._fn = builtin(several if more_inputs else one, ctx,
-                           (armed_for, self._keep, self._words, self._expect, self._ranks, self._dim_checks))
+        helpers = helper()
+        # the builtin keeps what its code and words point into: the helper's engine, the entry's
+        # code (armed_for, the compiled artifact), the parameter table and watched objects, and this
+        # call's word arrays
+        self._fn = builtin(helpers[2] if more_inputs else helpers[1], ctx,
+                           (helpers, armed_for, keep, table, self._words, self._expect, self._ranks, self._dim_checks))
 
     def __call__(self, a: Any, more: tuple = ()) -> np.ndarray | None:
         """The model on batch `a` (float32, C-contiguous, (rows, *features), 0 < rows <= hot_rows)
@@ -463,8 +464,8 @@ class NativeHotCall:
         out = np.empty(self._one_row if rows == 1 else (rows, *self.out_shape_tail), _F32)
         # the lease is held until the call returns (`ScratchPool.lease`)
         scratch = None if rows <= self._stack_rows else self.scratch.lease(self._scratch_floats(rows))
-        status = self._fn(a, out, None if scratch is None else scratch[0], more) if self.n_more else \
-            self._fn(a, out, None if scratch is None else scratch[0])
+        buffer = None if scratch is None else scratch[0]
+        status = self._fn(a, out, buffer, more) if self.n_more else self._fn(a, out, buffer)
         if status == 0:
             return out
         if status == CHANGED:
