@@ -475,18 +475,23 @@ def test_tiles_match_the_layer_width():
 def test_only_the_full_row_tiles_prefetch_the_next_tiles_a_in_a_loop_of_their_own():
     """The main tile runs three copies of its k-loop: masked B, whole B, and whole B prefetching
     the next row tile's six rows of A (flag NEXT_A, the first pass over A; one prefetch a step walks
-    them), each copy prefetching B's four vectors ahead; the leftover kernels never prefetch A (the
-    2- and 1-row ones B)."""
+    them), each copy prefetching B's four vectors ahead; an exact one (every panel whole: 256
+    columns) has no masked copy. The leftover kernels never prefetch A (the 2- and 1-row ones B)."""
     import re
 
-    mlp = Compiled([(784, 256, True, "relu")])
-    bodies = dict(re.findall(r'define internal void @"(tinycomp\.gemm\.tile[^"]+)"\(.*?\)[^{]*\{(.*?)\n\}', mlp.llvm_ir,
-                             re.S))
-    prefetches = {name: body.count('call void @"llvm.prefetch.p0"') for name, body in bodies.items()}
-    assert prefetches["tinycomp.gemm.tile6x4p8n.lin"] == 3 * 4 + 1  # one walks the next tile's A
-    assert prefetches["tinycomp.gemm.tile2x8p4"] == 8  # B's eight vectors, one loop
-    assert prefetches["tinycomp.gemm.tile1x16p4x"] == 16
-    assert prefetches["tinycomp.gemm.tile4x4"] == 0
+    def prefetches(layer) -> dict[str, int]:
+        bodies = dict(re.findall(r'define internal void @"(tinycomp\.gemm\.tile[^"]+)"\(.*?\)[^{]*\{(.*?)\n\}',
+                                 Compiled([layer]).llvm_ir, re.S))
+        return {name: body.count('call void @"llvm.prefetch.p0"') for name, body in bodies.items()}
+
+    assert prefetches((784, 250, True, "relu")) == {
+        "tinycomp.gemm.tile6x4p8n.lin": 3 * 4 + 1,  # one walks the next tile's A
+        "tinycomp.gemm.tile2x8p4": 8,  # B's eight vectors, one loop
+        "tinycomp.gemm.tile1x16p4": 16,
+        "tinycomp.gemm.tile4x4": 0}
+    assert prefetches((784, 256, True, "relu")) == {
+        "tinycomp.gemm.tile6x4p8xn.lin": 2 * 4 + 1, "tinycomp.gemm.tile2x8p4x": 8, "tinycomp.gemm.tile1x16p4x": 16,
+        "tinycomp.gemm.tile4x4x": 0}
 
 
 def test_tail_panel_with_new_weights_and_nan(compiled):

@@ -73,6 +73,12 @@ OVERLAP_MIN_ROWS = 64
 MAIN_PREFETCH_ROWS = 8
 # The full row tiles prefetch the next row tile's A in their first pass over it (`TileShape.next_a`).
 MAIN_PREFETCH_NEXT_A = True
+# Row tiles whose every panel is whole are `exact` (`_exact_where_whole`): LLVM's code generation
+# of the reference MLP, lnmlp and the transformer block took 10 / 7 / 8 % fewer instructions
+# (benchmarks/codegen_instructions.py: 299.7 -> 269.6, 407.9 -> 379.2, 939.3 -> 864.1 M); their run
+# times, alternated in one process (benchmarks/gemm_ab.py EXACT_TILES 0,1), moved within the
+# host's noise (0.98-1.05 x either way).
+EXACT_TILES = True
 # Full row tiles per call of `finish` on a layer narrower than a vector with a costly activation
 # (`gemm_driver._Driver._finish_tiles`): a power of two. Measured with benchmarks/gemm_ab.py
 # (`FINISH_TILES 0,4,8,16,32 --rows 512,65536`), min time against 0 (each tile's vectors to the
@@ -203,9 +209,18 @@ def plan_gemm(K: int, N: int, width: int, registers: int | None = None, aliased_
     nc = _block_cols(panels, nr, K, L2_BLOCK_BYTES)
     direct_max = direct_max_rows(K, N, aliased_max_rows, width, registers)
     direct_nc = one.nr if in_chunks else _block_cols(panels, nr, K, DIRECT_BLOCK_BYTES)
+    # A tile whose every panel is whole (the layer's columns and each block's in whole tiles) is
+    # `exact`: no lane masks, and the main tile has no masked copy of its k-loop (EXACT_TILES).
+    main = _exact_where_whole(main, N, nc, direct_nc)
+    leftover = tuple(_exact_where_whole(s, N, direct_nc if in_chunks else N) for s in leftover)
     return GemmPlan(K, N, width, main, leftover, nc, direct_max_rows=direct_max, direct_nc=direct_nc,
                     overlap_min_rows=OVERLAP_MIN_ROWS if 4 * K * N > L2_BYTES else direct_max + 1,
                     tail=tail, direct_kc=direct_kc)
+
+
+def _exact_where_whole(shape: TileShape, *spans: int) -> TileShape:
+    """`shape` made `exact` where every span of columns its panels cover is whole tiles of it."""
+    return replace(shape, exact=True) if EXACT_TILES and all(n % shape.nr == 0 for n in spans) else shape
 
 
 def _block_cols(panels: int, nr: int, K: int, budget: int) -> int:

@@ -53,8 +53,8 @@ class TileShape:
     """`mr` rows by `nv` vectors of `width` lanes (`prefetch`: rows of B to prefetch ahead, 0 = off).
 
     Unless `exact`, loads of B and stores of C are masked to the run-time `cols`: a masked load
-    cannot fold into the FMA, which costs the memory-bound one-row kernel ~8%, so that kernel is
-    `exact` where the layer allows it."""
+    cannot fold into the FMA, which costs the memory-bound one-row kernel ~8%, so a kernel is
+    `exact` where the layer allows it (`gemm._exact_where_whole`): also less code to compile."""
 
     mr: int
     nv: int
@@ -131,10 +131,10 @@ def _emit_tile(module: ir.Module, name: str, shape: TileShape, kind: str | None,
         return [element_ptr(builder, base, builder.mul(i64(i), ld)) if i else base for i in range(shape.mr)]
 
     # the finishing kernels (the full row tiles) and `plain_b` ones read B in whole vectors where flag WHOLE_B says so
-    whole_b = builder.icmp_signed("!=", builder.and_(flags, i64(WHOLE_B)), i64(0)) if plain_b else None
+    whole_b = builder.icmp_signed("!=", builder.and_(flags, i64(WHOLE_B)), i64(0)) if plain_b and masks else None
     # where flag NEXT_A asks for it, a copy of the plain loop prefetches the next row tile's A
     next_a = None
-    if shape.next_a and whole_b is not None:
+    if shape.next_a and plain_b:
         next_a = (builder.icmp_signed("!=", builder.and_(flags, i64(NEXT_A)), i64(0)),
                   element_ptr(builder, a, builder.mul(lda, i64(shape.mr))))
     acc = _k_loop(builder, shape, K, rows_of(a, lda), b, ldb, masks, whole_b, next_a)
@@ -188,10 +188,10 @@ def _k_loop(builder, shape: TileShape, K, a_rows, b, ldb, masks, whole_b=None, n
     many rows ahead: when B is W read in place with rows a page apart, the hardware prefetchers
     do not follow the stream; on the Intel Xeon the full row tiles gained 5-15 % by it on panels
     that stream from L2 (`gemm.MAIN_PREFETCH_ROWS`). With `next_a` (an i1 and where the next
-    row tile's A starts), where the i1 is true a third copy of the loop, plain loads, also
-    prefetches that tile's A (`_k_run`): the other copies keep the register its address takes
-    (with the old per-row prefetch as one loop with a zero distance when not asked for, lnmlp at
-    256 rows ran 1-2 % slower). Without `masks` (an exact tile) B is read with plain loads.
+    row tile's A starts), where the i1 is true another copy of the plain loop also prefetches
+    that tile's A (`_k_run`): the other copies keep the register its address takes (with the old
+    per-row prefetch as one loop with a zero distance when not asked for, lnmlp at 256 rows ran
+    1-2 % slower). Without `masks` (an exact tile) there is no masked copy: B is always read whole.
     """
     ahead = builder.mul(ldb, i64(shape.prefetch)) if shape.prefetch else None
 
@@ -200,21 +200,25 @@ def _k_loop(builder, shape: TileShape, K, a_rows, b, ldb, masks, whole_b=None, n
             return _k_chunks(builder, shape, K, a_rows, b, ldb, (ahead, a_next), masks)
         return _k_run(builder, shape, K, a_rows, b, ldb, (ahead, a_next), masks)[2]
 
-    if masks is None or whole_b is None:
+    def plain() -> list[ir.Value]:  # B's rows read in whole vectors
+        if next_a is None:
+            return loop(None)
+        inner = []
+        with builder.if_else(next_a[0]) as (fetching, not_fetching):
+            for branch, a_next in ((fetching, next_a[1]), (not_fetching, None)):
+                with branch:
+                    inner.append((loop(None, a_next), builder.block))
+        return merge_incoming(builder, inner)
+
+    if masks is None:
+        acc = plain()
+    elif whole_b is None:
         acc = loop(masks)
     else:
         ends = []
-        with builder.if_else(whole_b) as (plain, masked):
-            with plain:
-                if next_a is None:
-                    ends.append((loop(None), builder.block))
-                else:
-                    inner = []
-                    with builder.if_else(next_a[0]) as (fetching, not_fetching):
-                        for branch, a_next in ((fetching, next_a[1]), (not_fetching, None)):
-                            with branch:
-                                inner.append((loop(None, a_next), builder.block))
-                    ends.append((merge_incoming(builder, inner), builder.block))
+        with builder.if_else(whole_b) as (whole, masked):
+            with whole:
+                ends.append((plain(), builder.block))
             with masked:
                 ends.append((loop(masks), builder.block))
         acc = merge_incoming(builder, ends)

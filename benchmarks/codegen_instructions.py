@@ -1,0 +1,86 @@
+"""Instructions LLVM executes to generate a bench model's machine code: a compile-time measure that
+the host's noise does not move.
+
+    python benchmarks/codegen_instructions.py [model ...]     # default mlp; needs valgrind
+
+On the shared hosts these benchmarks run on, the same module's emit time moves by up to ~50 %
+between minutes (benchmarks/RESULTS.md, twenty-sixth session), more than most changes to the code
+we generate. This compiles each model with the cache off (as `benchmarks/codegen_cost.py` does),
+then emits its module whole, once, in a child process under valgrind's callgrind with collection
+switched on only inside llvmlite's object emission (`LLVMPY_TargetMachineEmitToMemory`: LLVM's code
+generator, most of a cold compile's LLVM time; parsing and the level-0 pipeline run outside it, as
+in `runtime.engine`). The child targets the host's CPU by name and features, not by what it detects:
+valgrind's virtual CPU has no AVX-512. The count is the same from run to run on the same code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+
+os.environ["TINYCOMP_CACHE"] = "0"
+
+
+def save_module(model: str, path: str) -> None:
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from bare_call import model_and_input
+
+    import tinycomp as tc
+    from tinycomp.codegen.target import host
+
+    layers, x = model_and_input(model, 1)
+    compiled = tc.compile(layers, threads=1, input_shape=(None, *x.shape[1:]))
+    llvm_ir = compiled.dump("llvm").split("; ==== after LLVM optimization")[0]  # the IR we generated
+    h = host()
+    with open(path, "w") as f:
+        json.dump({"ir": llvm_ir, "cpu": h.cpu, "features": h.features, "triple": h.triple}, f)
+
+
+def emit_saved(path: str) -> None:
+    """The child: the module's object code for the saved CPU, as `runtime.engine.emit_object` makes it."""
+    import llvmlite.binding as llvm
+
+    from tinycomp.codegen.target import CODEGEN_OPT, host_backend_options, optimize
+
+    with open(path) as f:
+        saved = json.load(f)
+    tm = llvm.Target.from_triple(saved["triple"]).create_target_machine(
+        cpu=saved["cpu"], features=saved["features"], opt=CODEGEN_OPT, reloc="default", codemodel="jitdefault",
+        jit=True)
+    mod = llvm.parse_assembly(saved["ir"])
+    mod.triple, mod.data_layout = saved["triple"], str(tm.target_data)
+    optimize(mod, tm)
+    with host_backend_options():
+        tm.emit_object(mod)
+
+
+def count(path: str) -> int:
+    out = subprocess.run(
+        ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", "--collect-atstart=no",
+         "--toggle-collect=*TargetMachineEmitToMemory*", sys.executable, __file__, "--emit", path],
+        capture_output=True, text=True, check=True)
+    return int(re.search(r"Collected : (\d+)", out.stderr).group(1))
+
+
+def main(models: list[str]) -> None:
+    if shutil.which("valgrind") is None:
+        sys.exit("valgrind is not installed (apt-get install valgrind)")
+    with tempfile.TemporaryDirectory() as tmp:
+        for model in models or ["mlp"]:
+            path = os.path.join(tmp, f"{model.replace(':', '_')}.json")
+            save_module(model, path)
+            with open(path) as f:
+                lines = json.load(f)["ir"].count("\n")
+            print(f"{model}: {count(path) / 1e6:.1f} M instructions to emit its {lines} lines of IR")
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--emit"]:
+        emit_saved(sys.argv[2])
+    else:
+        main(sys.argv[1:])
