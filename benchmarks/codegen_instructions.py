@@ -2,6 +2,7 @@
 the host's noise does not move.
 
     python benchmarks/codegen_instructions.py [model ...]     # default mlp; needs valgrind
+    python benchmarks/codegen_instructions.py --per-function mlp  # and each function's share
 
 On the shared hosts these benchmarks run on, the same module's emit time moves by up to ~50 %
 between minutes (benchmarks/RESULTS.md, twenty-sixth session), more than most changes to the code
@@ -9,7 +10,9 @@ we generate. This compiles each model with the cache off (as `benchmarks/codegen
 then emits its module whole, once, in a child process under valgrind's callgrind with collection
 switched on only inside llvmlite's object emission (`LLVMPY_TargetMachineEmitToMemory`: LLVM's code
 generator, most of a cold compile's LLVM time; parsing and the level-0 pipeline run outside it, as
-in `runtime.engine`). The child targets the host's CPU by name and features, not by what it detects:
+in `runtime.engine`). With `--per-function`, also each function's count as `codegen_cost.py` takes
+its time: its module with that body alone (the others declared) less the module with no bodies. The
+child targets the host's CPU by name and features, not by what it detects:
 valgrind's virtual CPU has no AVX-512. The count is the same from run to run on the same code.
 """
 
@@ -67,16 +70,46 @@ def count(path: str) -> int:
     return int(re.search(r"Collected : (\d+)", out.stderr).group(1))
 
 
-def main(models: list[str]) -> None:
+def per_function(path: str) -> list[tuple[int, str]]:
+    """(instructions, name) of each function of the saved module, most first (`codegen_cost.py`'s
+    split: a body alone with every other function declared, less the module of declarations)."""
+    from codegen_cost import declaration, split_functions
+
+    with open(path) as f:
+        saved = json.load(f)
+    head, functions, tail = split_functions(saved["ir"])
+
+    def instructions(text: str) -> int:
+        with open(path, "w") as f:
+            json.dump({**saved, "ir": text}, f)
+        return count(path)
+
+    empty = instructions(head + "".join(map(declaration, functions)) + tail)
+    costs = []
+    for i, body in enumerate(functions):
+        others = "".join(declaration(f) for j, f in enumerate(functions) if j != i)
+        name = re.search(r'@"?([\w.]+)"?\(', body).group(1)
+        try:  # a layer's wrapper refers to its own config global by name: it needs the layer function
+            costs.append((instructions(head + others + body.replace("define internal", "define", 1) + tail) - empty,
+                          name))
+        except subprocess.CalledProcessError:
+            continue
+    return sorted(costs, reverse=True)
+
+
+def main(args: list[str]) -> None:
     if shutil.which("valgrind") is None:
         sys.exit("valgrind is not installed (apt-get install valgrind)")
+    each = "--per-function" in args
     with tempfile.TemporaryDirectory() as tmp:
-        for model in models or ["mlp"]:
+        for model in [a for a in args if a != "--per-function"] or ["mlp"]:
             path = os.path.join(tmp, f"{model.replace(':', '_')}.json")
             save_module(model, path)
             with open(path) as f:
                 lines = json.load(f)["ir"].count("\n")
             print(f"{model}: {count(path) / 1e6:.1f} M instructions to emit its {lines} lines of IR")
+            for n, name in per_function(path) if each else ():
+                print(f"  {n / 1e6:7.1f} M  {name}")
 
 
 if __name__ == "__main__":

@@ -94,6 +94,21 @@ def test_a_model_emitted_in_parts_equals_the_model_emitted_whole(monkeypatch, jo
     assert_matches_eager(got, model, x)
 
 
+def test_kept_target_machines_emit_the_same_objects_as_new_ones(monkeypatch):
+    """Each part's target machine is kept from compile to compile (`emit_target_machine`): one per
+    part, the same one again, and what it emits is byte for byte what a new machine emits."""
+    from tinycomp.codegen import target
+
+    monkeypatch.setenv("TINYCOMP_CODEGEN_JOBS", "2")
+    llvm_ir = reference_mlp_ir()
+    target._EMIT_MACHINES.clear()
+    new = emit_objects(llvm_ir)
+    machines = [target.emit_target_machine(i) for i in range(2)]
+    assert machines[0] is not machines[1] and machines == [target.emit_target_machine(i) for i in range(2)]
+    assert len(new) == 2 and emit_objects(llvm_ir) == new
+    assert [target.emit_target_machine(i) for i in range(2)] == machines
+
+
 def test_a_model_in_parts_round_trips_through_the_disk_cache(tmp_cache, monkeypatch):
     monkeypatch.setenv("TINYCOMP_CODEGEN_JOBS", "2")
     model, x = reference_mlp(), np.random.default_rng(6).standard_normal((9, REFERENCE_MLP_IN)).astype(np.float32)
@@ -382,10 +397,10 @@ def test_an_error_on_one_part_is_raised_even_when_another_part_is_refused(monkey
     another part is not cured by that, so it reaches the caller."""
     real_compile = engine_module._compile_part
 
-    def compile_part(text, speed_level, context):
+    def compile_part(text, speed_level, context, part):
         if threading.current_thread() is threading.main_thread():
             raise KeyboardInterrupt  # Ctrl-C while this thread compiles the first part
-        return real_compile(text, speed_level, context)
+        return real_compile(text, speed_level, context, part)
 
     def split_badly(text, jobs):
         parts = real_split(text, jobs)

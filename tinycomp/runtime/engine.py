@@ -24,7 +24,14 @@ from llvmlite.binding import ffi
 
 from ..codegen.ir_text import module_text
 from ..codegen.split import Printer, split_ir_module, split_module
-from ..codegen.target import closed_on_error, host_backend_options, host_target_machine, optimize, parse_module
+from ..codegen.target import (
+    closed_on_error,
+    emit_target_machine,
+    host_backend_options,
+    host_target_machine,
+    optimize,
+    parse_module,
+)
 from .threads import available_cores
 
 _log = logging.getLogger("tinycomp.compile")
@@ -77,9 +84,9 @@ PARTS_WAIT_SECONDS = 30.0
 _FFI_LOCK = getattr(getattr(ffi.lib, "_lock", None), "_lock", None) or threading.RLock()
 
 
-def _optimized_module(llvm_ir: str, speed_level: int,
-                      context: llvm.ContextRef | None = None) -> tuple[llvm.ModuleRef, llvm.TargetMachine]:
-    tm = host_target_machine()
+def _optimized_module(llvm_ir: str, speed_level: int, context: llvm.ContextRef | None = None,
+                      part: int = 0) -> tuple[llvm.ModuleRef, llvm.TargetMachine]:
+    tm = emit_target_machine(part)
     mod = parse_module(llvm_ir, tm, context)
     with closed_on_error(mod):
         optimize(mod, tm, speed_level)
@@ -138,7 +145,7 @@ def _emit_in_parts(parts: list[Printer], speed_level: int) -> list[bytes] | None
 
         def compile_part(i: int, text: str) -> None:
             try:
-                out[i] = _compile_part(text, speed_level, contexts[i])
+                out[i] = _compile_part(text, speed_level, contexts[i], i)
             except BaseException as exc:  # handed to the caller's thread below
                 out[i] = exc
 
@@ -172,9 +179,9 @@ def _emit_in_parts(parts: list[Printer], speed_level: int) -> list[bytes] | None
     return [r for r in out if isinstance(r, bytes)]
 
 
-def _compile_part(text: str, speed_level: int, context: llvm.ContextRef) -> bytes:
+def _compile_part(text: str, speed_level: int, context: llvm.ContextRef, part: int) -> bytes:
     try:
-        mod, tm = _optimized_module(text, speed_level, context)
+        mod, tm = _optimized_module(text, speed_level, context, part)
     except RuntimeError as exc:
         reason = _llvm_reason(str(exc))
     else:
