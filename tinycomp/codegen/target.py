@@ -232,6 +232,18 @@ def host_target_machine(opt: int = CODEGEN_OPT) -> llvm.TargetMachine:
 # its first emit the subtarget parsed from the host's ~115 features: a trivial module emitted in
 # 1.85 ms with a new machine, 1.04 with one used before).
 _EMIT_MACHINES: dict[tuple[int, tuple[str, ...]], llvm.TargetMachine] = {}
+_FORKED_MACHINES: list[llvm.TargetMachine] = []
+
+
+def _fresh_machines_after_fork() -> None:
+    """A child makes machines of its own: it may have been forked while a part's thread emitted with
+    one (a fork waits for them only so long, `engine.PARTS_WAIT_SECONDS`). The parent's are kept,
+    never disposed of: LLVM's state in one may be half changed."""
+    _FORKED_MACHINES.extend(_EMIT_MACHINES.values())
+    _EMIT_MACHINES.clear()
+
+
+os.register_at_fork(after_in_child=_fresh_machines_after_fork)
 
 
 def emit_target_machine(part: int = 0) -> llvm.TargetMachine:
