@@ -494,6 +494,25 @@ def test_only_the_full_row_tiles_prefetch_the_next_tiles_a_in_a_loop_of_their_ow
         "tinycomp.gemm.tile4x4x": 0}
 
 
+@pytest.mark.parametrize("width", [16, 8, 4])
+def test_a_module_compiles_each_tile_once_exact_or_masked(width):
+    """A tile whose panels are all whole is exact (no lane masks) unless another GEMM of the module
+    needs it masked: then the masked kernel serves both (`gemm.masked_tiles`). With 8 lanes the
+    reference MLP's 10-column head is a GEMM whose 6 x 2 main tile is masked; the 256- and 128-column
+    layers share it instead of compiling an exact copy."""
+    import re
+
+    from tests.codegen.test_split import reference_mlp_graph
+    from tinycomp.codegen.module import lower_graph
+
+    llvm_ir = lower_graph(reference_mlp_graph(), width).llvm_ir
+    tiles = re.findall(r'define internal void @"tinycomp\.gemm\.tile([^"]+)"', llvm_ir)
+    shapes = [re.sub(r"x(?=[.a-z]|$)", "", t) for t in tiles]  # the name less the exact mark
+    assert len(shapes) == len(set(shapes)), tiles
+    if width == 16:  # its head is narrow (dot products): the GEMMs' tiles are all whole
+        assert {"6x4p8xn.lin", "4x4x", "2x8p4x"} <= set(tiles)
+
+
 def test_tail_panel_with_new_weights_and_nan(compiled):
     """The tail panel (packed and in place) reads the current W and keeps a NaN in its own row."""
     layer = (300, 97, True, "relu")

@@ -30,6 +30,7 @@ both paths share one copy of the loops and every layer of a module shares the sa
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 from llvmlite import ir
@@ -170,7 +171,8 @@ def direct_max_rows(K: int, N: int, aliased_max_rows: int = 0, width: int = 16, 
     return DIRECT_MAX_ROWS
 
 
-def plan_gemm(K: int, N: int, width: int, registers: int | None = None, aliased_max_rows: int = 0) -> GemmPlan:
+def plan_gemm(K: int, N: int, width: int, registers: int | None = None, aliased_max_rows: int = 0,
+              masked: frozenset[TileShape] = frozenset()) -> GemmPlan:
     vectors = -(-N // width)
     # The leftover kernels keep about as many accumulators as the main tile with fewer rows:
     # 4 x nv, 2 x 2nv, 1 x 4nv (the one-row kernel narrowed to the layer, in powers of two so
@@ -210,17 +212,35 @@ def plan_gemm(K: int, N: int, width: int, registers: int | None = None, aliased_
     direct_max = direct_max_rows(K, N, aliased_max_rows, width, registers)
     direct_nc = one.nr if in_chunks else _block_cols(panels, nr, K, DIRECT_BLOCK_BYTES)
     # A tile whose every panel is whole (the layer's columns and each block's in whole tiles) is
-    # `exact`: no lane masks, and the main tile has no masked copy of its k-loop (EXACT_TILES).
-    main = _exact_where_whole(main, N, nc, direct_nc)
-    leftover = tuple(_exact_where_whole(s, N, direct_nc if in_chunks else N) for s in leftover)
+    # `exact`: no lane masks, and the main tile has no masked copy of its k-loop (EXACT_TILES),
+    # unless the module compiles that tile masked for another layer (`masked`, `masked_tiles`).
+    main = _exact_where_whole(main, masked, N, nc, direct_nc)
+    leftover = tuple(_exact_where_whole(s, masked, direct_nc if in_chunks else N) for s in leftover)
     return GemmPlan(K, N, width, main, leftover, nc, direct_max_rows=direct_max, direct_nc=direct_nc,
                     overlap_min_rows=OVERLAP_MIN_ROWS if 4 * K * N > L2_BYTES else direct_max + 1,
                     tail=tail, direct_kc=direct_kc)
 
 
-def _exact_where_whole(shape: TileShape, *spans: int) -> TileShape:
-    """`shape` made `exact` where every span of columns its panels cover is whole tiles of it."""
-    return replace(shape, exact=True) if EXACT_TILES and all(n % shape.nr == 0 for n in spans) else shape
+def _exact_where_whole(shape: TileShape, masked: frozenset[TileShape], *spans: int) -> TileShape:
+    """`shape` made `exact` where every span of columns its panels cover is whole tiles of it, and
+    the module does not compile it masked anyway (in `masked`): a masked kernel serves whole panels too."""
+    whole = EXACT_TILES and shape not in masked and all(n % shape.nr == 0 for n in spans)
+    return replace(shape, exact=True) if whole else shape
+
+
+def masked_tiles(sizes: Iterable[tuple[int, int]], width: int, registers: int | None = None,
+                 aliased_max_rows: int = 0) -> frozenset[TileShape]:
+    """The tile shapes that the GEMMs of K x N in `sizes` (a module's) compile with lane masks: the
+    module's other GEMMs then take those kernels for whole panels too (`plan_gemm`'s `masked`),
+    rather than compiling an exact copy of each. Without this, an AVX2 host's reference MLP compiled
+    the 6 x 2 main tile and two leftover tiles twice (its 10-column head is a GEMM there), and the
+    exact kernels cost 35 % more instructions a compile than none (callgrind, valgrind's Haswell)."""
+    shapes: set[TileShape] = set()
+    for K, N in sizes:
+        if N >= 1 and plan_narrow(K, N, width, registers) is None:  # no columns: no code
+            plan = plan_gemm(K, N, width, registers, aliased_max_rows)
+            shapes.update(s for s in (plan.main, plan.tail, *plan.leftover) if s is not None and not s.exact)
+    return frozenset(shapes)
 
 
 def _block_cols(panels: int, nr: int, K: int, budget: int) -> int:
@@ -280,14 +300,17 @@ def pack_floats(K: int, N: int, width: int, registers: int | None = None, tiled:
 def emit_linear(
     module: ir.Module, name: str, *, K: int, N: int, bias: bool, activation: str | None, width: int,
     registers: int | None = None, residual: bool = False, aliased_max_rows: int = 0,
+    masked: frozenset[TileShape] = frozenset(),
 ) -> ir.Function:
     with paused_gc():  # also paused around whole-module lowering; here for direct callers (tests)
         return _emit_linear(module, name, K=K, N=N, bias=bias, activation=activation, width=width,
-                            registers=registers, residual=residual, aliased_max_rows=aliased_max_rows)
+                            registers=registers, residual=residual, aliased_max_rows=aliased_max_rows,
+                            masked=masked)
 
 
 def _emit_linear(module: ir.Module, name: str, *, K: int, N: int, bias: bool, activation: str | None,
-                 width: int, registers: int | None, residual: bool, aliased_max_rows: int) -> ir.Function:
+                 width: int, registers: int | None, residual: bool, aliased_max_rows: int,
+                 masked: frozenset[TileShape]) -> ir.Function:
     """The layer's function is one call to the module's shared driver with the plan's constants
     and kernels: the loops exist once per module, not once per layer. With `residual` it takes
     one more pointer, R (M x N, not C's memory), and stores act(A @ W + B) + R."""
@@ -306,7 +329,7 @@ def _emit_linear(module: ir.Module, name: str, *, K: int, N: int, bias: bool, ac
     if narrow is not None:
         _emit_narrow(b, narrow, (M, A, W, B, C, pack, R), K=K, bias=bias, activation=activation, residual=residual)
         return fn
-    plan = plan_gemm(K, N, width, registers, aliased_max_rows)
+    plan = plan_gemm(K, N, width, registers, aliased_max_rows, masked)
     mod = module
     kind = kernel_activation(activation)
     # a K-chunked layer's raw kernels add each chunk to C (`gemm_driver._emit_chunked`)

@@ -119,6 +119,9 @@ class _Emitter:
         self.g, self.width, self.buffers = g, target.vector_width, plan.buffers
         self.registers = target.vector_registers
         self.aliased_max_rows = target.aliased_direct_max_rows  # the GEMM plans' host limit (`gemm.direct_max_rows`)
+        # the tiles some GEMM of the module compiles masked, which its others then share (`gemm.masked_tiles`)
+        self.masked_tiles = gemm.masked_tiles([(k, j) for _, _, _, k, j in _gemms(g)], self.width, self.registers,
+                                              self.aliased_max_rows)
         self.module = ir.Module(name="tinycomp")
         self.module.triple = target.triple  # kernels that differ by target read it (`target.for_triple`)
         self.params, self.consts, self.dropouts = plan.params, plan.const_nodes, plan.dropouts
@@ -207,7 +210,7 @@ def lower_linear(e: _Emitter, n: str) -> None:
     key = ("linear", k, nout, b is not None, attrs.get("activation"), r is not None, e.width, e.registers)
     fn = e.kernel(key, lambda name: inline_glue(gemm.emit_linear(
         e.module, name, K=k, N=nout, bias=b is not None, activation=attrs.get("activation"), width=e.width,
-        registers=e.registers, residual=r is not None, aliased_max_rows=e.aliased_max_rows)))
+        registers=e.registers, residual=r is not None, aliased_max_rows=e.aliased_max_rows, masked=e.masked_tiles)))
     bias_ptr = ir.Constant(PTR, None) if b is None else e.pointer(b)
     e.call(fn, e.row_count(x, k), e.pointer(x), e.pointer(w), bias_ptr, e.pointer(n), e.pack_buffer(),
            *([] if r is None else [e.pointer(r)]))
@@ -418,18 +421,23 @@ def _row_blocks(e: _Emitter, block: int) -> None:
     e.rows, e.r0 = M, None
 
 
+def _gemms(g: Graph) -> Iterator[tuple[tuple, tuple, int, int, int]]:
+    """(a's shape, b's shape, rows, k, j) of each product of g (`linear`, `matmul`: a @ b, rows x k by
+    k x j a slice, `lower_tensor.matmul_dims`)."""
+    for n in g.nodes():
+        if g.op(n) in ("linear", "matmul"):
+            a, b = (tuple(g.shape(v)) for v in g.args(n)[:2])
+            _, rows, k, j = lower_tensor.matmul_dims(a, b)
+            yield a, b, rows, k, j
+
+
 def _max_pack_floats(g: Graph, target: Target, block: int = 0) -> int:
     """The largest `pack` buffer a GEMM or attention kernel of g needs. When the entry runs in row
     blocks of `block` rows, a GEMM none of whose calls exceeds `gemm.direct_max_rows` rows reads W
     in place and never packs it: only its narrow form needs the buffer (W transposed)."""
-    sizes = []
-    for n in g.nodes():
-        if g.op(n) == "attention":  # its transposed keys and score rows (attention.py)
-            sizes.append(attention.attention_spec(g, n, target.vector_width, target.vector_registers).work_floats)
-        if g.op(n) not in ("linear", "matmul"):
-            continue
-        a, b = (tuple(g.shape(v)) for v in g.args(n)[:2])
-        _, rows, k, j = lower_tensor.matmul_dims(a, b)
+    sizes = [attention.attention_spec(g, n, target.vector_width, target.vector_registers).work_floats
+             for n in g.nodes("attention")]  # its transposed keys and score rows (attention.py)
+    for a, b, rows, k, j in _gemms(g):
         if len(b) <= 2 and not is_batched(b):  # one GEMM over every row of a (`lower_linear`)
             per_sample = row_floats(a) // max(k, 1)
             call_rows = (block * per_sample if block else None) if is_batched(a) else per_sample
