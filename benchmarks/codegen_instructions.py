@@ -11,9 +11,11 @@ then emits its module whole, once, in a child process under valgrind's callgrind
 switched on only inside llvmlite's object emission (`LLVMPY_TargetMachineEmitToMemory`: LLVM's code
 generator, most of a cold compile's LLVM time; parsing and the level-0 pipeline run outside it, as
 in `runtime.engine`). With `--per-function`, also each function's count as `codegen_cost.py` takes
-its time: its module with that body alone (the others declared) less the module with no bodies. The
-child targets the host's CPU by name and features, not by what it detects:
-valgrind's virtual CPU has no AVX-512. The count is the same from run to run on the same code.
+its time: its module with that body alone (the others declared) less the module with no bodies
+(each figure then includes the ~10 M LLVM spends once on any module with a body: the subtarget from
+the host's features, the pass pipeline; they rank, they do not add up). The child targets the
+host's CPU by name and features, not by what it detects: valgrind's virtual CPU has no AVX-512.
+The count is the same from run to run on the same code.
 """
 
 from __future__ import annotations
@@ -80,9 +82,10 @@ def per_function(path: str) -> list[tuple[int, str]]:
     head, functions, tail = split_functions(saved["ir"])
 
     def instructions(text: str) -> int:
-        with open(path, "w") as f:
+        part = path + ".part.json"
+        with open(part, "w") as f:
             json.dump({**saved, "ir": text}, f)
-        return count(path)
+        return count(part)
 
     empty = instructions(head + "".join(map(declaration, functions)) + tail)
     costs = []
