@@ -76,7 +76,7 @@ MAIN_PREFETCH_ROWS = 8
 MAIN_PREFETCH_NEXT_A = True
 # Row tiles whose every panel is whole are `exact` (`_exact_where_whole`): LLVM's code generation
 # of the reference MLP, lnmlp and the transformer block took 10 / 7 / 8 % fewer instructions
-# (benchmarks/codegen_instructions.py: 299.7 -> 269.6, 407.9 -> 379.2, 939.3 -> 864.1 M); their run
+# (benchmarks/codegen_instructions.py: 299.8 -> 269.7, 408.2 -> 379.5, 938.7 -> 863.7 M); their run
 # times, alternated in one process (benchmarks/gemm_ab.py EXACT_TILES 0,1), moved within the
 # host's noise (0.98-1.05 x either way).
 EXACT_TILES = True
