@@ -28,18 +28,26 @@ import subprocess
 import sys
 import tempfile
 
-os.environ["TINYCOMP_CACHE"] = "0"
-
 
 def save_module(model: str, path: str) -> None:
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from bare_call import model_and_input
+    """Compile `model` (a bench model or a lone layer, as `bare_call.py` names them) with the disk
+    cache off for this compile only, and save its module's IR with the host's CPU to `path`."""
+    was = os.environ.get("TINYCOMP_CACHE")  # bare_call turns the cache off as it is imported
+    try:
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        from bare_call import model_and_input
 
-    import tinycomp as tc
-    from tinycomp.codegen.target import host
+        import tinycomp as tc
+        from tinycomp.codegen.target import host
 
-    layers, x = model_and_input(model, 1)
-    compiled = tc.compile(layers, threads=1, input_shape=(None, *x.shape[1:]))
+        layers, x = model_and_input(model, 1)
+        os.environ["TINYCOMP_CACHE"] = "0"  # a module loaded from the cache has no IR to save
+        compiled = tc.compile(layers, threads=1, input_shape=(None, *x.shape[1:]))
+    finally:
+        if was is None:
+            os.environ.pop("TINYCOMP_CACHE", None)
+        else:
+            os.environ["TINYCOMP_CACHE"] = was
     llvm_ir = compiled.dump("llvm").split("; ==== after LLVM optimization")[0]  # the IR we generated
     h = host()
     with open(path, "w") as f:
