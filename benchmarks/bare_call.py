@@ -47,6 +47,15 @@ def model_and_input(name: str, batch: int):
     return bm.build(), bm.sample(batch)
 
 
+def generated_ir(name: str) -> str:
+    """The LLVM IR tinycomp generates for `name` (as `model_and_input` takes it), before LLVM
+    optimizes it: compiled for any batch, one thread (the disk cache must be off: a module loaded
+    from it has no IR)."""
+    layers, x = model_and_input(name, 1)
+    compiled = tinycomp.compile(layers, threads=1, input_shape=(None, *x.shape[1:]))
+    return compiled.dump("llvm").split("; ==== after LLVM optimization")[0]
+
+
 def set_constant(assignment: str) -> None:
     """`MODULE.NAME=VALUE`: tinycomp.codegen.MODULE.NAME set to VALUE, cast to the type it has."""
     target, _, value = assignment.partition("=")

@@ -21,9 +21,8 @@ import time
 
 os.environ["TINYCOMP_CACHE"] = "0"
 
-from bare_call import model_and_input  # noqa: E402 - this folder's script: bench models and lone layers
+from bare_call import generated_ir  # noqa: E402 - this folder's script: bench models and lone layers
 
-import tinycomp as tc  # noqa: E402 - the cache switch above must come first
 from tinycomp.codegen.split import split_module  # noqa: E402
 from tinycomp.runtime.engine import codegen_jobs, emit_object, emit_objects  # noqa: E402
 
@@ -52,9 +51,7 @@ def split_functions(llvm_ir: str) -> tuple[str, list[str], str]:
 
 
 def main(model: str = "mlp") -> None:
-    layers, x = model_and_input(model, 1)
-    compiled = tc.compile(layers, threads=1, input_shape=(None, *x.shape[1:]))
-    llvm_ir = compiled.dump("llvm").split("; ==== after LLVM optimization")[0]  # the IR we generated
+    llvm_ir = generated_ir(model)
     head, functions, tail = split_functions(llvm_ir)
     names = [re.search(r'@"?([\w.]+)"?\(', f).group(1) for f in functions]
     parts = len(split_module(llvm_ir, codegen_jobs()))

@@ -110,14 +110,17 @@ def test_kept_target_machines_emit_the_same_objects_as_new_ones(monkeypatch):
     assert [target.emit_target_machine(i) for i in range(2)] == machines
     if hasattr(os, "fork"):  # a child makes its own (the parent's may be half used), and emits the same
         read, write = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            fresh = target.emit_target_machine(0) not in machines
-            os.write(write, b"1" if fresh and emit_objects(llvm_ir) == new else b"0")
-            os._exit(0)
-        os.waitpid(pid, 0)
-        assert os.read(read, 1) == b"1"
-        os.close(read), os.close(write)
+        try:
+            pid = os.fork()
+            if pid == 0:
+                fresh = target.emit_target_machine(0) not in machines
+                os.write(write, b"1" if fresh and emit_objects(llvm_ir) == new else b"0")
+                os._exit(0)
+            os.waitpid(pid, 0)
+            assert os.read(read, 1) == b"1"
+        finally:
+            os.close(read)
+            os.close(write)
 
 
 def test_a_model_in_parts_round_trips_through_the_disk_cache(tmp_cache, monkeypatch):

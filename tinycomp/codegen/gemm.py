@@ -234,7 +234,8 @@ def masked_tiles(sizes: Iterable[tuple[int, int]], width: int, registers: int | 
     module's other GEMMs then take those kernels for whole panels too (`plan_gemm`'s `masked`),
     rather than compiling an exact copy of each. Without this, an AVX2 host's reference MLP compiled
     the 6 x 2 main tile and two leftover tiles twice (its 10-column head is a GEMM there), and the
-    exact kernels cost 35 % more instructions a compile than none (callgrind, valgrind's Haswell)."""
+    exact kernels cost 35 % more instructions a compile than none (callgrind of whole compiles under
+    valgrind's Haswell: RESULTS.md, twenty-sixth session)."""
     shapes: set[TileShape] = set()
     for K, N in sizes:
         if N >= 1 and plan_narrow(K, N, width, registers) is None:  # no columns: no code
