@@ -5,8 +5,9 @@ compiles on which thread.
 
 Compiles the model (`tinycomp.bench.models`, default mlp) N times (default 12) with the disk cache
 off, each after `gc.collect()` as the bench's cold cell does, and prints the median of compiles 3 to
-N in all and per stage: tracing and passes, building the IR, reading it into parts, printing and
-compiling the parts, and the engine in all (with loading). Then one compile's timeline: when each
+N in all and per stage: tracing and passes, building the IR (which now prints and hands over the
+parts cut while it is built), reading it into parts, printing and compiling the parts (the rest),
+and the engine in all (with loading). Then one compile's timeline: when each
 part starts and ends compiling (ms from the compile's start), on which thread ("main" or the
 codegen thread's number), and its lines of IR. `--print-share` runs with another
 `codegen.split.PRINT_SHARE`. A stage the code does not have is left out, so the total also times
@@ -34,8 +35,12 @@ from tinycomp.codegen import module as codegen_module  # noqa: E402
 from tinycomp.codegen import split  # noqa: E402
 from tinycomp.runtime import engine  # noqa: E402
 
-STAGES = [(driver, "optimized_graph", "tracing and passes"), (codegen_module, "_emit_module", "building the IR"),
+# Older code compiled every part after the build (`_emit_in_parts`); since the twenty-seventh session
+# parts are cut and compiled while the IR is built (`PartPipeline`), and only the rest after it.
+STAGES = [(driver, "optimized_graph", "tracing and passes"),
+          (codegen_module, "_emit_module", "building the IR (and cutting parts meanwhile)"),
           (split, "_read_ir", "reading it into parts"), (engine, "_emit_in_parts", "printing and compiling the parts"),
+          (getattr(engine, "PartPipeline", None), "objects", "printing and compiling the rest"),
           (engine.JitEngine, "__init__", "the engine in all")]
 
 

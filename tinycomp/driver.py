@@ -21,6 +21,7 @@ from llvmlite import ir
 
 from .binding import DropoutDraws, LiveParams, StructureGuard, layers_in_mode
 from .checks import is_whole_number
+from .codegen.cgutils import FinishedListener
 from .codegen.fingerprint import graph_fingerprint
 from .codegen.module import LoweringError, ModulePlan, lower_graph, lowered_module
 from .codegen.target import Target, host
@@ -39,7 +40,7 @@ from .parity import check_parity, live_floats_per_row, reference_and_overflow
 from .runtime import cache
 from .runtime.buffers import ScratchPool
 from .runtime.call import CompiledCall
-from .runtime.engine import JitEngine, assembly, optimized_ir
+from .runtime.engine import JitEngine, PartPipeline, assembly, optimized_ir
 from .runtime.kernel import NativeKernel
 
 STAGES = ("traced", "optimized", "llvm", "asm")
@@ -197,9 +198,10 @@ def lower(g: Graph, target: Target | int) -> ModulePlan:
 
 
 @contextlib.contextmanager
-def lowered(g: Graph, target: Target | int) -> Iterator[tuple[ModulePlan, ir.Module]]:
+def lowered(g: Graph, target: Target | int,
+            finished: FinishedListener | None = None) -> Iterator[tuple[ModulePlan, ir.Module]]:
     """`lower`, llvmlite's module not yet printed (`codegen.module.lowered_module`)."""
-    with _compile_errors(), lowered_module(g, target) as plan_and_module:
+    with _compile_errors(), lowered_module(g, target, finished) as plan_and_module:
         yield plan_and_module
 
 
@@ -232,8 +234,10 @@ def codegen(g: Graph, speed_level: int) -> tuple[ModulePlan, JitEngine, str, boo
             log("compile", "cache entry %s unusable (%s); rebuilding", key[:16], exc)
         else:
             return plan, engine, key, True
-    with lowered(g, width) as (plan, module):  # printed in parts, each compiled as soon as printed
-        engine = JitEngine(module, speed_level=speed_level)
+    # printed in parts, each compiled as soon as printed, the first while the rest is still being built
+    with PartPipeline(speed_level) as pipeline, lowered(g, width, pipeline.finished) as (plan, module):
+        objects = pipeline.objects(module)
+    engine = JitEngine(objects=objects)
     if fingerprint is not None:
         cache.store(key, plan.to_meta(), engine.objects)
     return plan, engine, key, False

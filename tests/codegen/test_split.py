@@ -89,7 +89,8 @@ def test_a_model_emitted_in_parts_equals_the_model_emitted_whole(monkeypatch, jo
     monkeypatch.setenv("TINYCOMP_CODEGEN_JOBS", jobs)
     parts = tc.compile(model, threads=1, input_shape=(None, REFERENCE_MLP_IN))
     assert len(whole._artifact.engine.objects) == 1
-    assert len(parts._artifact.engine.objects) == len(split_module(reference_mlp_ir(), int(jobs))) > 1
+    # how many: as the threads kept up with the build (`PartPipeline`), never one
+    assert len(parts._artifact.engine.objects) > 1
     got = parts(x).data
     np.testing.assert_array_equal(got, whole(x).data)  # the same instructions, only in other objects
     assert_matches_eager(got, model, x)
@@ -129,7 +130,7 @@ def test_a_model_in_parts_round_trips_through_the_disk_cache(tmp_cache, monkeypa
     first = tc.compile(model, threads=1, input_shape=(None, REFERENCE_MLP_IN))
     again = tc.compile(model, threads=1, input_shape=(None, REFERENCE_MLP_IN))
     assert again.stats.cache_hits == 1
-    assert len(again._artifact.engine.objects) == 2
+    assert again._artifact.engine.objects == first._artifact.engine.objects and len(first._artifact.engine.objects) > 1
     np.testing.assert_array_equal(again(x).data, first(x).data)
     assert_matches_eager(again(x).data, model, x)
 
@@ -412,8 +413,8 @@ def test_an_error_on_one_part_is_raised_even_when_another_part_is_refused(monkey
     real_compile = engine_module._compile_part
 
     def compile_part(text, speed_level, context, part):
-        if threading.current_thread() is threading.main_thread():
-            raise KeyboardInterrupt  # Ctrl-C while this thread compiles the first part
+        if 'define void @"tinycomp_forward"' in text:
+            raise KeyboardInterrupt  # Ctrl-C while the first part compiles (on whichever thread took it)
         return real_compile(text, speed_level, context, part)
 
     def split_badly(text, jobs):

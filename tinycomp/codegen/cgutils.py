@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 
 from llvmlite import ir
 
@@ -180,7 +181,41 @@ def define_once(module: ir.Module, name: str, build: Callable[[str], ir.Function
     and declarations shared by every layer of a module exist once in it."""
     if name in module.globals:
         return module.globals[name]
-    return build(name)
+    fn = build(name)
+    report_finished(module, [name])
+    return fn
+
+
+# Who hears of the functions a module being built has finished: (that module, the listener). Set by
+# `runtime.engine.PartPipeline` through `codegen.module.lowered_module`, so that a finished kernel
+# can compile on another core while the rest of the module is still being built.
+FinishedListener = Callable[[ir.Module, list[str]], None]
+_LISTENER: ContextVar[tuple[ir.Module, FinishedListener] | None] = ContextVar("tinycomp_finished", default=None)
+
+
+@contextmanager
+def finished_functions_to(module: ir.Module, listener: FinishedListener | None) -> Iterator[None]:
+    """Within the block, tell `listener` the names of `module`'s functions as each is finished: no
+    later code adds to or changes them (`define_once` as it returns; the module's emitter at every
+    node for the rest)."""
+    token = _LISTENER.set((module, listener) if listener is not None else None)
+    try:
+        yield
+    finally:
+        _LISTENER.reset(token)
+
+
+def hears_finished(module: ir.Module) -> bool:
+    """Whether someone listens for `module`'s finished functions (`finished_functions_to`)."""
+    heard = _LISTENER.get()
+    return heard is not None and heard[0] is module
+
+
+def report_finished(module: ir.Module, names: list[str]) -> None:
+    """Tell the listener of `module`, if any, that the functions `names` are finished."""
+    heard = _LISTENER.get()
+    if heard is not None and heard[0] is module and names:
+        heard[1](module, names)
 
 
 def internal_kernel(module: ir.Module, name: str, args: Sequence[tuple[str, ir.Type]],

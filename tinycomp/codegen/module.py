@@ -35,14 +35,18 @@ from .cgutils import (
     I32,
     I64,
     PTR,
+    FinishedListener,
     compile_as_glue,
     element_ptr,
+    finished_functions_to,
     for_range,
+    hears_finished,
     i64,
     index_min,
     inline_glue,
     paused_gc,
     release_module,
+    report_finished,
 )
 from .elementwise import kernel_key
 from .errors import LoweringError
@@ -324,11 +328,14 @@ def lower_graph(g: Graph, target: Target | int) -> ModulePlan:
 
 
 @contextlib.contextmanager
-def lowered_module(g: Graph, target: Target | int) -> Iterator[tuple[ModulePlan, ir.Module]]:
+def lowered_module(g: Graph, target: Target | int,
+                   finished: FinishedListener | None = None) -> Iterator[tuple[ModulePlan, ir.Module]]:
     """g's plan (`llvm_ir` left empty) and its llvmlite module, for a caller that prints the module
-    in parts (`runtime.engine.emit_objects`); the module is unusable after the block."""
+    in parts (`runtime.engine.PartPipeline`); the module is unusable after the block. `finished`, if
+    given, hears the names of the module's functions as each is finished while it is built
+    (`cgutils.finished_functions_to`)."""
     with paused_gc():
-        plan, module = _emit_module(g, _as_target(target))
+        plan, module = _emit_module(g, _as_target(target), finished)
         try:
             yield plan, module
         finally:
@@ -359,14 +366,15 @@ def plan_frame(g: Graph, target: Target | int) -> ModulePlan:
                       inputs=g.inputs)
 
 
-def _emit_module(g: Graph, target: Target) -> tuple[ModulePlan, ir.Module]:
+def _emit_module(g: Graph, target: Target, finished: FinishedListener | None = None) -> tuple[ModulePlan, ir.Module]:
     plan = plan_frame(g, target)
     e = _Emitter(g, target, plan)
     compile_as_glue(e.fn)  # it only computes buffer addresses and calls the kernels
-    if plan.row_block:
-        _row_blocks(e, plan.row_block)
-    else:
-        _emit_nodes(e)
+    with finished_functions_to(e.module, finished):
+        if plan.row_block:
+            _row_blocks(e, plan.row_block)
+        else:
+            _emit_nodes(e)
     e.b.ret_void()
     plan.kernels = [f.name for f in e._kernels.values()]
     return plan, e.module
@@ -406,6 +414,9 @@ def _emit_nodes(e: _Emitter) -> None:
 
 def _lower(e: _Emitter, n: str) -> None:
     LOWERINGS[e.g.op(n)](e, n)
+    if hears_finished(e.module):  # between nodes every function is finished but the entry's (and its part's)
+        done = [f.name for f in e.module.functions if f.blocks and f is not e.fn and f.name != ENTRY]
+        report_finished(e.module, done)
 
 
 def _row_blocks(e: _Emitter, block: int) -> None:

@@ -90,11 +90,118 @@ def split_ir_module(module: ir.Module, parts: int, print_share: float = PRINT_SH
     return (_split(reading, parts, print_share) if reading else None) or [lambda: module_text(module)]
 
 
-def _split(reading: _Reading, parts: int, print_share: float) -> list[Printer] | None:
+def _split(reading: _Reading, parts: int, print_share: float, cut: EarlyParts | None = None,
+           busy: list[float] | None = None) -> list[Printer] | None:
+    """The printers of reading's parts; with `cut`, of those defining what its parts do not (at least
+    one part, then)."""
     copyable = _copyable_constants(reading)
     placed = {n: v for n, v in reading.variables.items() if n not in copyable}  # live in the first part only
-    assignment = _balance(reading.functions, placed, parts, print_share)
-    return None if assignment is None else _write_parts(reading, assignment, copyable)
+    taken = cut.taken if cut is not None else {}
+    left = {n: f for n, f in reading.functions.items() if n not in taken}
+    assignment = _balance(left, placed, parts, print_share, busy or [])
+    if assignment is None and cut is not None:
+        assignment = [{n for n, f in left.items() if not f.inline}]
+    return None if assignment is None else _write_parts(reading, assignment, copyable, cut)
+
+
+class EarlyParts:
+    """Parts cut off a module while it is still being built (`runtime.engine.PartPipeline`), so that
+    they compile on other cores meanwhile. The builder reports each function as it is finished
+    (`finished`); `cut` makes a part of those ready, `rest` parts of the module once it is built, as
+    `split_ir_module` would of what the parts cut before do not define.
+
+    A part cut early holds its functions exported, since code built later may call any of them, and
+    declares what they call; an internal `alwaysinline` helper is copied into it as into any part.
+    A copyable constant (`_copyable_constants`) is copied into each part that names it; a function
+    naming another global variable, or calling an inline helper not finished yet, waits for the rest
+    (the variables live in its first part)."""
+
+    def __init__(self, module: ir.Module):
+        self.module = module
+        self.ready: dict[str, _Function] = {}  # finished, read, in no part yet (inline helpers stay here)
+        self.taken: dict[str, _Function] = {}  # defined in a part cut already
+        self.called: set[str] = set()  # what those parts call: defined elsewhere, exported there
+        self._constants: dict[str, str] = {}  # the text of each constant a part may copy (`_copyable`)
+
+    def finished(self, names: list[str]) -> None:
+        for name in names:
+            fn = self.module.globals.get(name)
+            if name not in self.ready and name not in self.taken and isinstance(fn, ir.Function) and fn.blocks \
+                    and fn.linkage in ("", "internal"):
+                self.ready[name] = _function_of(fn)
+
+    def cut(self, min_lines: int) -> tuple[Printer, int] | None:
+        """A part defining the finished functions that can be placed now and its lines of IR, if they
+        come to `min_lines` with their inline helpers."""
+        units = [n for n, f in self.ready.items() if f.internal and not f.inline]
+        closures = [c for c in map(self._placeable, units) if c is not None]
+        members = set().union(*closures)
+        lines = sum(self.ready[n].lines for n in members)
+        if not closures or lines < min_lines:
+            return None
+        named = set().union(*(self.ready[n].calls for n in members)) - members
+        constants = sorted(n for n in named if n in self._constants)
+        named |= set().union(*(_SYMBOL.findall(self._constants[n]) for n in constants)) - members - set(constants)
+        elsewhere = sorted(n for n in named if isinstance(f := self.module.globals.get(n), ir.Function) and f.blocks)
+        self.called |= set(elsewhere)
+        head = "\n".join(module_head(self.module)) + "\n"
+        declares = [_line(f) for f in self.module.functions if not f.blocks]
+        heads = [_declaration(self.module.globals[n]) for n in elsewhere] + [self._constants[n] for n in constants]
+        bodies = []
+        for name in [n for n in self.ready if n in members]:  # in the order they were finished
+            fn = self.ready[name]
+            if not fn.inline:
+                self.taken[name] = self.ready.pop(name)
+            bodies.append(fn if fn.inline else _Exported(fn))
+        return (lambda: head + "".join(declares) + "".join(heads) + "".join(f.text for f in bodies)), lines
+
+    def _placeable(self, name: str) -> set[str] | None:
+        """`name` and the inline helpers it pulls in, or None if one of them names a global variable
+        that is not a constant a part may copy, or calls an inline helper not finished yet."""
+        members = {name} | _inlined_closure(self.ready[name].calls, self.ready)
+        for callee in set().union(*(self.ready[m].calls for m in members)):
+            value = self.module.globals.get(callee)
+            if isinstance(value, ir.GlobalVariable) and not self._copyable(value):
+                return None
+            if isinstance(value, ir.Function) and "alwaysinline" in value.attributes and callee not in self.ready:
+                return None
+        return members
+
+    def _copyable(self, variable: ir.GlobalVariable) -> bool:
+        """Whether parts may each hold a copy of `variable` (`_copyable_constants`' rule): its text is
+        kept in `_constants` if so. The GEMM configs a part of the entry reads are such constants."""
+        if variable.name not in self._constants:
+            text = _line(variable)
+            named = set(_SYMBOL.findall(text)) - {variable.name}
+            if not _INTERNAL_CONSTANT.match(text) or not all(
+                    isinstance(f := self.module.globals.get(n), ir.Function) and "alwaysinline" not in f.attributes
+                    for n in named):
+                return False
+            self._constants[variable.name] = text
+        return True
+
+    def rest(self, parts: int, print_share: float, busy: list[float]) -> list[Printer] | None:
+        """At most `parts` parts defining what the parts cut before do not, once the module is built;
+        None if it cannot be read so (`split_ir_module`: then only the whole module will do). The
+        parts after the first go to threads busy for `busy` lines of IR still, and are lighter by it."""
+        reading = _read_ir(self.module, known={**self.ready, **self.taken})
+        return None if reading is None else _split(reading, parts, print_share, self, busy)
+
+
+@dataclasses.dataclass
+class _Exported:
+    function: _Function
+
+    @property
+    def text(self) -> str:
+        return self.function.exported()
+
+
+def _declaration(fn: ir.Function) -> str:
+    """A declaration of fn, defined in another part, from its prototype alone (fn may be unfinished)."""
+    prototype: list[str] = []
+    fn.descr_prototype(prototype)
+    return re.sub(r"^define (internal )?", "declare ", prototype[0])
 
 
 _INTERNAL_CONSTANT = re.compile(r'@"[^"]+" = (internal|private) (unnamed_addr )?constant ')
@@ -144,7 +251,9 @@ def _read_function(text: str) -> _Function | None:
                      lines=text.count("\n"))
 
 
-def _read_ir(module: ir.Module) -> _Reading | None:
+def _read_ir(module: ir.Module, known: dict[str, _Function] | None = None) -> _Reading | None:
+    """module in pieces; `known`: functions read already (`EarlyParts`), not read again."""
+    known = known or {}
     if module.metadata or module.namedmetadata:
         return None
     head = "\n".join(module_head(module)) + "\n"
@@ -155,7 +264,7 @@ def _read_ir(module: ir.Module) -> _Reading | None:
         elif isinstance(value, ir.Function):
             if value.linkage not in ("", "internal"):
                 return None
-            functions[value.name] = _function_of(value)
+            functions[value.name] = known.get(value.name) or _function_of(value)
         elif isinstance(value, ir.GlobalVariable):
             variables[value.name] = _line(value)
         else:
@@ -211,11 +320,12 @@ def _inlined_closure(names: set[str], functions: dict[str, _Function]) -> set[st
 
 
 def _balance(functions: dict[str, _Function], variables: dict[str, str], parts: int,
-             print_share: float) -> list[set[str]] | None:
+             print_share: float, busy: list[float] | None = None) -> list[set[str]] | None:
     """Which functions (not counting copied inline helpers) each part defines, or None when the module
     should stay whole. The first part takes the exported functions and every function that names a
     global variable (the variables live there), and carries `print_share` of the whole; the rest go,
-    largest first, to the part they leave lightest, a part after the first paying its own printing."""
+    largest first, to the part they leave lightest, a part after the first paying its own printing,
+    and part i + 1 starting from `busy[i]` lines (its thread's work on parts cut before)."""
     units = [n for n, f in functions.items() if not f.inline]
     closure = {n: {n} | _inlined_closure(functions[n].calls, functions) for n in units}
     cost = {n: sum(functions[m].lines for m in closure[n]) for n in units}
@@ -228,7 +338,8 @@ def _balance(functions: dict[str, _Function], variables: dict[str, str], parts: 
     if parts < 2:
         return None
     assignment: list[set[str]] = [set(pinned)] + [set() for _ in range(parts - 1)]
-    loads = [sum(cost[n] for n in pinned) + print_share * sum(cost.values())] + [0.0] * (parts - 1)
+    busy = [*(busy or []), *[0.0] * parts][:parts - 1]
+    loads = [sum(cost[n] for n in pinned) + print_share * sum(cost.values()), *busy]
     weight = [1.0] + [1.0 + print_share] * (parts - 1)
     for n in sorted(set(units) - pinned, key=lambda n: (-cost[n], n)):
         i = min(range(parts), key=lambda i: loads[i] + weight[i] * cost[n])
@@ -239,9 +350,12 @@ def _balance(functions: dict[str, _Function], variables: dict[str, str], parts: 
     return assignment
 
 
-def _write_parts(reading: _Reading, assignment: list[set[str]], copyable: set[str]) -> list[Printer] | None:
+def _write_parts(reading: _Reading, assignment: list[set[str]], copyable: set[str],
+                 cut: EarlyParts | None = None) -> list[Printer] | None:
     functions, variables = reading.functions, reading.variables
-    defined_in: dict[str, int] = {n: i for i, names in enumerate(assignment) for n in names}
+    # a function defined in a part cut before the module was built: declared wherever it is called
+    defined_in: dict[str, int] = dict.fromkeys(cut.taken if cut else (), -1)
+    defined_in |= {n: i for i, names in enumerate(assignment) for n in names}
     variable_calls = set().union(*(_SYMBOL.findall(v) for v in variables.values())) - variables.keys()
     members = []
     for i, names in enumerate(assignment):
@@ -255,6 +369,7 @@ def _write_parts(reading: _Reading, assignment: list[set[str]], copyable: set[st
     if any((needed[i] & variables.keys()) - copies[i] for i in range(1, len(members))):
         return None  # a global variable named outside the first part: keep the module whole
     exported = {n for i, need in enumerate(needed) for n in need if n in defined_in and defined_in[n] != i}
+    exported |= cut.called if cut else set()  # what the parts cut before call
 
     def printer(i: int) -> Printer:
         def text() -> str:

@@ -8,22 +8,24 @@ A large module is emitted as several object files at once, one per core (`emit_o
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import logging
 import os
 import platform
 import struct
+import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import llvmlite.binding as llvm
 from llvmlite import ir
 from llvmlite.binding import ffi
 
 from ..codegen.ir_text import module_text
-from ..codegen.split import Printer, split_ir_module, split_module
+from ..codegen.split import MIN_PART_LINES, PRINT_SHARE, EarlyParts, Printer, split_ir_module, split_module
 from ..codegen.target import (
     closed_on_error,
     emit_target_machine,
@@ -78,7 +80,7 @@ def release_llvm_after_fork() -> None:
     _LLVM_LOCK.release()
 
 
-PART_THREAD = "tinycomp-codegen-"  # the name of `_emit_in_parts`' threads, then the part's number
+PART_THREAD = "tinycomp-codegen-"  # the name of `PartPipeline`'s threads, then their slot
 PARTS_WAIT_SECONDS = 30.0
 # llvmlite's RLock around every call into LLVM (0.50's layout; a fresh lock, held by no one, elsewhere)
 _FFI_LOCK = getattr(getattr(ffi.lib, "_lock", None), "_lock", None) or threading.RLock()
@@ -117,66 +119,185 @@ def emit_objects(source: str | ir.Module, speed_level: int = 0, jobs: int | None
     part of `split_module` / `split_ir_module`, the parts compiled on `jobs` threads at once (default
     `codegen_jobs()`); the module whole where it stays one part (what this saves, measured with
     `benchmarks/compile_timeline.py`: benchmarks/RESULTS.md, seventeenth session)."""
-    jobs = codegen_jobs() if jobs is None else jobs
-    jobs = jobs if _EMIT_UNLOCKED is not None else 1  # no way past llvmlite's lock: whole
-    parts: list[Printer] = [functools.partial(str, text) for text in split_module(source, jobs)] \
-        if isinstance(source, str) else split_ir_module(source, jobs)
-    if len(parts) > 1:
-        objects = _emit_in_parts(parts, speed_level)
-        if objects is not None:
-            return objects
-    return [emit_object(source if isinstance(source, str) else module_text(source), speed_level)]
+    with PartPipeline(speed_level, jobs) as pipeline:
+        return pipeline.objects(source)
 
 
 class _Refused(Exception):
     """LLVM did not take a part's text (a bug of the split)."""
 
 
-def _emit_in_parts(parts: list[Printer], speed_level: int) -> list[bytes] | None:
-    """Each part's object code, or None when LLVM refuses a part (said through logging: the caller
-    emits the module whole). The parts after the first are printed one by one, each then parsed,
-    optimized and emitted on a thread of its own while this thread prints the next; the first part
-    (the entry and the global variables) is compiled last, on this thread. Printing (`codegen.ir_text`) is
-    Python and holds the GIL, LLVM's work lets go of it: a part compiles while the next is printed."""
-    out: list[bytes | BaseException | None] = [None] * len(parts)
-    with _LLVM_LOCK, host_backend_options():
-        # One context per part: LLVM compiles modules of separate contexts on separate threads.
-        contexts = [llvm.create_context() for _ in parts]
+GIL_SWITCH_SECONDS = 0.0002  # the interpreter's thread switch interval while parts compile (5 ms by default)
+EARLY_PART_LINES = MIN_PART_LINES  # the least a part cut while the module is built holds
 
-        def compile_part(i: int, text: str) -> None:
-            try:
-                out[i] = _compile_part(text, speed_level, contexts[i], i)
-            except BaseException as exc:  # handed to the caller's thread below
-                out[i] = exc
 
-        workers: list[threading.Thread] = []
+class PartPipeline:
+    """Object code for a module in parts, each parsed, optimized and emitted by LLVM on a thread of
+    its own as soon as it is printed (`emit_objects`).
+
+    Given to `codegen.module.lowered_module` as the listener of finished functions (`finished`), it
+    also cuts parts off the module while it is still being built, whenever a thread is idle, so that
+    the other cores compile kernels while this thread builds the rest; `objects` then splits what is
+    left, lightening the parts for threads still busy (`codegen.split.EarlyParts`).
+
+    Up to jobs - 1 threads take the parts printed, largest first; once every part is printed this
+    thread takes them too. Building and printing are Python and hold the GIL, LLVM lets go of it; a
+    part's thread needs the GIL back between LLVM's calls (a dozen a part), so while parts compile
+    the interpreter switches threads every GIL_SWITCH_SECONDS, not every 5 ms. LLVM_LOCK is held
+    from the first part printed to the last compiled: the parts emit without llvmlite's lock."""
+
+    def __init__(self, speed_level: int = 0, jobs: int | None = None):
+        jobs = codegen_jobs() if jobs is None else jobs
+        self.jobs = jobs if _EMIT_UNLOCKED is not None else 1  # no way past llvmlite's lock: whole
+        self.speed_level = speed_level
+        self._early: EarlyParts | None = None
+        self._texts: list[str | None] = []  # by part: its text until a thread takes it
+        self._lines: list[int] = []
+        self._out: list[bytes | BaseException | None] = []
+        self._contexts: list[llvm.ContextRef] = []  # one per part: LLVM compiles separate contexts at once
+        self._queue: list[int] = []  # parts printed that no thread has taken
+        self._started: dict[int, float] = {}  # part: when a thread took it
+        self._idle = list(range(self.jobs - 1, 0, -1))  # the slots (target machines) of threads not running
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+        self._printed = [0, 0.0]  # lines and seconds of this thread's printing
+        self._held: contextlib.ExitStack | None = None
+
+    def __enter__(self) -> PartPipeline:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
         try:
-            for i in range(1, len(parts)):
-                text = parts[i]()
-                worker = threading.Thread(target=compile_part, args=(i, text), name=f"{PART_THREAD}{i}")
-                try:
-                    worker.start()
-                except RuntimeError:  # no thread to be had (a memory limit): the part compiles here
-                    compile_part(i, text)
-                else:
-                    workers.append(worker)
-            compile_part(0, parts[0]())
+            _join_all(self._threads)  # before their contexts go
         finally:
-            _join_all(workers)  # before their contexts go
-            for ctx in contexts:
+            for ctx in self._contexts:
                 ctx.close()
-    if any(r is None for r in out):  # a part's thread never finished here: this process was forked from it
-        _log.warning("a part of the module's code generation did not finish in this process (forked while it "
-                     "compiled on another thread); emitting the module whole")
-        return None
-    for result in out:  # an interrupt or another error first: it is not cured by emitting whole
-        if isinstance(result, BaseException) and not isinstance(result, _Refused):
-            raise result
-    refused = [r for r in out if isinstance(r, _Refused)]
-    if refused:
-        _log.warning("could not cut the module into parts for code generation (%s); emitting it whole", refused[0])
-        return None
-    return [r for r in out if isinstance(r, bytes)]
+            if self._held is not None:
+                self._held.close()
+
+    def finished(self, module: ir.Module, names: list[str]) -> None:
+        """Hear that `names` of `module` are finished (`cgutils.finished_functions_to`); cut them off
+        as a part if a thread is idle and they are enough for one."""
+        if self.jobs < 2:
+            return
+        if self._early is None:
+            self._early = EarlyParts(module)
+        self._early.finished(names)
+        with self._lock:
+            if not self._idle or self._queue:
+                return  # cut later, and more, when a thread can take it at once
+        cut = self._early.cut(EARLY_PART_LINES)
+        if cut is not None:
+            self._queue_part(*self._print(cut[0], cut[1]))
+
+    def objects(self, source: str | ir.Module) -> list[bytes]:
+        """The object code of `source`, once built: whatever parts cut before it was finished did not
+        define, in parts; the module whole if LLVM refuses a part (said through logging)."""
+        rest = self._rest(source)
+        if rest is not None and (len(rest) > 1 or self._texts):
+            for printer in [*rest[1:], rest[0]]:  # the first, with the entry, last (`split._balance`)
+                self._queue_part(*self._print(printer))
+            self._work(0)
+            _join_all(self._threads)
+            objects = self._results()
+            if objects is not None:
+                return objects
+        return [emit_object(source if isinstance(source, str) else module_text(source), self.speed_level)]
+
+    def _rest(self, source: str | ir.Module) -> list[Printer] | None:
+        if isinstance(source, str):
+            return [functools.partial(str, text) for text in split_module(source, self.jobs)]
+        if self._early is None or not self._early.taken:
+            return split_ir_module(source, self.jobs)
+        return self._early.rest(self.jobs, PRINT_SHARE, self._busy_lines())
+
+    def _busy_lines(self) -> list[float]:
+        """What each thread still has to compile of the parts cut before, in lines of IR: of a part
+        taken, what LLVM has not done at a rate PRINT_SHARE of this thread's printing."""
+        lines, seconds = self._printed
+        rate = PRINT_SHARE * lines / seconds if seconds > 0 else 0.0  # lines a second
+        now = time.perf_counter()
+        with self._lock:
+            left = [max(0.0, self._lines[i] - rate * (now - t)) for i, t in self._started.items()
+                    if self._out[i] is None]
+            left += [self._lines[i] for i in self._queue]
+        return sorted(left, reverse=True)
+
+    def _print(self, printer: Printer, lines: int | None = None) -> tuple[str, int]:
+        start = time.perf_counter()
+        text = printer()
+        lines = text.count("\n") if lines is None else lines
+        self._printed[0] += lines
+        self._printed[1] += time.perf_counter() - start
+        return text, lines
+
+    def _queue_part(self, text: str, lines: int) -> None:
+        if self._held is None:
+            self._held = contextlib.ExitStack()
+            self._held.enter_context(_LLVM_LOCK)
+            self._held.enter_context(host_backend_options())
+            self._held.enter_context(_switching_often())
+        self._contexts.append(llvm.create_context())
+        with self._lock:
+            part = len(self._texts)
+            self._texts.append(text)
+            self._lines.append(lines)
+            self._out.append(None)
+            self._queue.append(part)
+            slot = self._idle.pop() if self._idle else None
+        if slot is None:
+            return
+        worker = threading.Thread(target=self._work, args=(slot,), name=f"{PART_THREAD}{slot}")
+        try:
+            worker.start()
+        except RuntimeError:  # no thread to be had (a memory limit): this thread compiles the part
+            with self._lock:
+                self._idle.append(slot)
+        else:
+            self._threads.append(worker)
+
+    def _work(self, slot: int) -> None:
+        """Compile the parts queued, largest first, until none is left (slot 0: this thread)."""
+        while True:
+            with self._lock:
+                if not self._queue:
+                    if slot:
+                        self._idle.append(slot)
+                    return
+                part = max(self._queue, key=self._lines.__getitem__)
+                self._queue.remove(part)
+                self._started[part] = time.perf_counter()
+                text, self._texts[part] = self._texts[part], None
+            assert text is not None
+            try:
+                self._out[part] = _compile_part(text, self.speed_level, self._contexts[part], slot)
+            except BaseException as exc:  # handed to the caller's thread (`_results`)
+                self._out[part] = exc
+
+    def _results(self) -> list[bytes] | None:
+        out = self._out
+        if any(r is None for r in out):  # a part's thread never finished here: this process was forked from it
+            _log.warning("a part of the module's code generation did not finish in this process (forked while it "
+                         "compiled on another thread); emitting the module whole")
+            return None
+        for result in out:  # an interrupt or another error first: it is not cured by emitting whole
+            if isinstance(result, BaseException) and not isinstance(result, _Refused):
+                raise result
+        refused = [r for r in out if isinstance(r, _Refused)]
+        if refused:
+            _log.warning("could not cut the module into parts for code generation (%s); emitting it whole", refused[0])
+            return None
+        return [r for r in out if isinstance(r, bytes)]
+
+
+@contextlib.contextmanager
+def _switching_often() -> Iterator[None]:
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(GIL_SWITCH_SECONDS)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(before)
 
 
 def _compile_part(text: str, speed_level: int, context: llvm.ContextRef, part: int) -> bytes:
