@@ -41,7 +41,7 @@ STAGES = [(driver, "optimized_graph", "tracing and passes"),
           (codegen_module, "_emit_module", "building the IR (and cutting parts meanwhile)"),
           (split, "_read_ir", "reading it into parts"), (engine, "_emit_in_parts", "printing and compiling the parts"),
           (getattr(engine, "PartPipeline", None), "objects", "printing and compiling the rest"),
-          (engine.JitEngine, "__init__", "the engine in all")]
+          (engine.JitEngine, "__init__", "the engine in all")]  # since PartPipeline: loading the objects
 
 
 def timed(owner, name: str, key: str, times: dict[str, list[float]]) -> None:
@@ -68,6 +68,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.print_share is not None and hasattr(engine, "split_ir_module"):
         engine.split_ir_module = functools.partial(split.split_ir_module, print_share=args.print_share)
+        engine.PRINT_SHARE = args.print_share  # the rest of a module parts were cut from (`PartPipeline`)
     times: dict[str, list[float]] = defaultdict(list)
     for owner, name, key in STAGES:
         timed(owner, name, key, times)
