@@ -69,6 +69,12 @@ def emit_saved() -> None:
         tm.emit_object(mod)
 
 
+# The child runs one thread: BLAS threads started as NumPy is imported made the count depend on how
+# valgrind scheduled them (67.66-67.70 M with two busy processes beside it, 67.81 M without), and a
+# fixed hash seed keeps Python's own allocations the same from run to run.
+ONE_THREAD = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
+
+
 def count(path: str) -> int:
     """The instructions of emitting the module saved at `path`. The module goes to the child on stdin:
     its command line is then the same for every module, and so, in one environment, is its memory
@@ -78,7 +84,7 @@ def count(path: str) -> int:
         out = subprocess.run(
             ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", "--collect-atstart=no",
              "--toggle-collect=*TargetMachineEmitToMemory*", sys.executable, __file__, "--emit"],
-            stdin=f, capture_output=True, text=True, check=True)
+            stdin=f, capture_output=True, text=True, check=True, env={**os.environ, **ONE_THREAD})
     return int(re.search(r"Collected : (\d+)", out.stderr).group(1))
 
 
