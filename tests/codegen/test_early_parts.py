@@ -265,3 +265,35 @@ def test_a_function_naming_a_global_variable_waits_for_the_rest():
     early = split.EarlyParts(module)
     early.finished(["reader"])
     assert early.cut(1) is None and not early.taken
+
+
+def test_a_thread_busy_when_the_module_is_built_prints_its_next_part_itself(monkeypatch):
+    """Once the module is built, the parts meant for a thread still compiling an early part are
+    queued unprinted: whichever thread takes one prints it, after this one has printed its own part
+    and started compiling it; the model still gives its bits."""
+    monkeypatch.setenv("TINYCOMP_CODEGEN_JOBS", "1")
+    model = reference_mlp()
+    x = np.random.default_rng(8).standard_normal((6, REFERENCE_MLP_IN)).astype(np.float32)
+    want = tc.compile(model, threads=1, input_shape=(None, REFERENCE_MLP_IN))(x).data
+    monkeypatch.setenv("TINYCOMP_CODEGEN_JOBS", "2")
+    real_compile, real_rest = engine._compile_part, split.EarlyParts.rest
+    events: list[str] = []
+
+    def slow_first(text, *args):
+        events.append("compile the entry's part" if f'define void @"{codegen_module.ENTRY}"' in text else "compile")
+        if events.count("compile") == 1:  # the early part: its thread is still busy when the module is built
+            threading.Event().wait(0.3)
+        return real_compile(text, *args)
+
+    def recorded_rest(self, *args):
+        printers = real_rest(self, *args)
+        return printers and [printers[0], *(lambda p=p: events.append("print another") or p() for p in printers[1:])]
+
+    monkeypatch.setattr(engine, "_compile_part", slow_first)
+    monkeypatch.setattr(split.EarlyParts, "rest", recorded_rest)
+    monkeypatch.setattr(split, "MIN_PART_LINES", 100)  # the rest in two parts, whatever the busy thread's share
+    fast = tc.compile(model, threads=1, input_shape=(None, REFERENCE_MLP_IN))
+    assert fast(x).data.tobytes() == want.tobytes()
+    assert "print another" in events, events
+    assert events.index("compile the entry's part") < events.index("print another"), events
+    assert engine._LLVM_RATE[0] > 0  # measured on the parts compiled

@@ -151,7 +151,8 @@ class PartPipeline:
         self.jobs = jobs if _EMIT_UNLOCKED is not None else 1  # no way past llvmlite's lock: whole
         self.speed_level = speed_level
         self._early: EarlyParts | None = None
-        self._texts: list[str | None] = []  # by part: its text until a thread takes it
+        # by part: its text (or, printed by the thread that takes it, its printer) until a thread takes it
+        self._texts: list[str | Printer | None] = []
         self._lines: list[int] = []
         self._out: list[bytes | BaseException | None] = []
         self._contexts: list[llvm.ContextRef] = []  # one per part: LLVM compiles separate contexts at once
@@ -195,8 +196,11 @@ class PartPipeline:
         define, in parts; the module whole if LLVM refuses a part (said through logging)."""
         rest = self._rest(source)
         if rest is not None and (len(rest) > 1 or self._texts):
-            for printer in [*rest[1:], rest[0]]:  # the first, with the entry, last (`split._balance`)
-                self._queue_part(*self._print(printer))
+            with self._lock:
+                busy = not self._idle  # then a thread still compiling an early part prints its next itself
+            for printer in rest[1:]:
+                self._queue_part(*((printer, 0) if busy else self._print(printer)))
+            self._queue_part(*self._print(rest[0]))  # the first, with the entry, last (`split._balance`)
             self._work(0)
             _join_all(self._threads)
             objects = self._results()
@@ -213,9 +217,10 @@ class PartPipeline:
 
     def _busy_lines(self) -> list[float]:
         """What each thread still has to compile of the parts cut before, in lines of IR: of a part
-        taken, what LLVM has not done at a rate PRINT_SHARE of this thread's printing."""
+        taken, what LLVM has not done at the rate it compiled the parts before (`_LLVM_RATE`); in a
+        process's first compile, PRINT_SHARE of this thread's rate of printing."""
         lines, seconds = self._printed
-        rate = PRINT_SHARE * lines / seconds if seconds > 0 else 0.0  # lines a second
+        rate = _LLVM_RATE[0] or (PRINT_SHARE * lines / seconds if seconds > 0 else 0.0)  # lines a second
         now = time.perf_counter()
         with self._lock:
             left = [max(0.0, self._lines[i] - rate * (now - t)) for i, t in self._started.items()
@@ -231,7 +236,10 @@ class PartPipeline:
         self._printed[1] += time.perf_counter() - start
         return text, lines
 
-    def _queue_part(self, text: str, lines: int) -> None:
+    def _queue_part(self, text: str | Printer, lines: int) -> None:
+        """Queue a part, its text or its printer (printed by the thread that takes it: the module is
+        built by then) and lines (by which threads take the largest first); start a thread for it if
+        one is idle."""
         if self._held is None:
             self._held = contextlib.ExitStack()
             self._held.enter_context(_LLVM_LOCK)
@@ -270,7 +278,9 @@ class PartPipeline:
                 text, self._texts[part] = self._texts[part], None
             assert text is not None
             try:
+                text = text if isinstance(text, str) else text()
                 self._out[part] = _compile_part(text, self.speed_level, self._contexts[part], slot)
+                _measured_rate(text.count("\n"), time.perf_counter() - self._started[part])
             except BaseException as exc:  # handed to the caller's thread (`_results`)
                 self._out[part] = exc
 
@@ -288,6 +298,17 @@ class PartPipeline:
             _log.warning("could not cut the module into parts for code generation (%s); emitting it whole", refused[0])
             return None
         return [r for r in out if isinstance(r, bytes)]
+
+
+# Lines of IR a second LLVM parsed, optimized and emitted in this process's last parts (an average
+# over them, the latest weighing half): how `PartPipeline` tells how long a busy thread will be.
+_LLVM_RATE: list[float] = [0.0]
+
+
+def _measured_rate(lines: int, seconds: float) -> None:
+    if lines >= MIN_PART_LINES and seconds > 0:
+        rate = lines / seconds
+        _LLVM_RATE[0] = rate if not _LLVM_RATE[0] else (_LLVM_RATE[0] + rate) / 2
 
 
 @contextlib.contextmanager
