@@ -297,3 +297,56 @@ def test_a_thread_busy_when_the_module_is_built_prints_its_next_part_itself(monk
     assert "print another" in events, events
     assert events.index("compile the entry's part") < events.index("print another"), events
     assert engine._LLVM_RATE[0] > 0  # measured on the parts compiled
+
+
+# ------------------------------------------------------------ interrupts (found by a review helper)
+
+def _three_part_text() -> str:
+    """A module of three 600-line internal functions and an exported caller: three parts on 3 jobs."""
+    body = "".join(f"  %v{j} = add i64 %x, {j}\n" for j in range(600))
+    kernels = "".join(f'define internal i64 @"f{i}"(i64 %x) {{\nentry:\n{body}  ret i64 %x\n}}\n' for i in range(3))
+    calls = "".join(f'  %c{i} = call i64 @"f{i}"(i64 %x)\n' for i in range(3))
+    return kernels + f'define i64 @"main"(i64 %x) {{\nentry:\n{calls}  ret i64 %c2\n}}\n'
+
+
+def test_an_interrupt_while_the_contexts_close_still_lets_go_of_the_lock(monkeypatch):
+    """A second Ctrl-C as the parts' contexts are closed: the lock, LLVM's options and the switch
+    interval are let go of all the same (before, the lock stayed held and every compile hung)."""
+    real_create = engine.llvm.create_context
+
+    class InterruptedOnClose:
+        def __init__(self):
+            self.real = real_create()
+
+        def close(self):
+            self.real.close()
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine.llvm, "create_context", InterruptedOnClose)
+    switch = sys.getswitchinterval()
+    with pytest.raises(KeyboardInterrupt):
+        emit_objects(_three_part_text(), jobs=3)
+    assert _lock_is_free() and sys.getswitchinterval() == switch
+
+
+def test_an_interrupt_on_this_thread_stops_it_taking_parts_and_joins_the_rest_first(monkeypatch):
+    """Ctrl-C while this thread compiles its part of the rest: it takes none of the parts still
+    queued (the busy thread's, unprinted), and every thread is done before the error reaches the
+    caller, who then frees the module they print from."""
+    monkeypatch.setenv("TINYCOMP_CODEGEN_JOBS", "2")
+    monkeypatch.setattr(split, "MIN_PART_LINES", 100)  # the rest in more parts than threads
+    real_compile = engine._compile_part
+    on_this_thread: list[str] = []
+
+    def interrupted(text, *args):
+        if threading.current_thread() is threading.main_thread():
+            on_this_thread.append("compile")
+            raise KeyboardInterrupt
+        threading.Event().wait(0.3)  # the other thread stays busy with the early part
+        return real_compile(text, *args)
+
+    monkeypatch.setattr(engine, "_compile_part", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        tc.compile(reference_mlp(), threads=1, input_shape=(None, REFERENCE_MLP_IN))
+    assert on_this_thread == ["compile"]
+    assert not [t for t in threading.enumerate() if t.name.startswith(engine.PART_THREAD)]

@@ -162,7 +162,10 @@ class PartPipeline:
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
         self._printed = [0, 0.0]  # lines and seconds of this thread's printing
-        self._held: contextlib.ExitStack | None = None
+        self._failed = False  # a part raised (not refused): no thread takes another
+        # From the first part queued: LLVM_LOCK, LLVM's options, the switch interval, then each part's
+        # context, all let go of in reverse order whatever happens (a second Ctrl-C included)
+        self._held = contextlib.ExitStack()
 
     def __enter__(self) -> PartPipeline:
         return self
@@ -171,10 +174,7 @@ class PartPipeline:
         try:
             _join_all(self._threads)  # before their contexts go
         finally:
-            for ctx in self._contexts:
-                ctx.close()
-            if self._held is not None:
-                self._held.close()
+            self._held.close()
 
     def finished(self, module: ir.Module, names: list[str]) -> None:
         """Hear that `names` of `module` are finished (`cgutils.finished_functions_to`); cut them off
@@ -193,19 +193,24 @@ class PartPipeline:
 
     def objects(self, source: str | ir.Module) -> list[bytes]:
         """The object code of `source`, once built: whatever parts cut before it was finished did not
-        define, in parts; the module whole if LLVM refuses a part (said through logging)."""
-        rest = self._rest(source)
-        if rest is not None and (len(rest) > 1 or self._texts):
-            with self._lock:
-                busy = not self._idle  # then a thread still compiling an early part prints its next itself
-            for printer in rest[1:]:
-                self._queue_part(*((printer, 0) if busy else self._print(printer)))
-            self._queue_part(*self._print(rest[0]))  # the first, with the entry, last (`split._balance`)
-            self._work(0)
+        define, in parts; the module whole if LLVM refuses a part (said through logging). Every thread
+        is done when this returns or raises: the caller frees the module they print from."""
+        in_parts = False
+        try:
+            rest = self._rest(source)
+            if rest is not None and (len(rest) > 1 or self._texts):
+                with self._lock:
+                    busy = not self._idle  # then a thread still compiling an early part prints its next itself
+                for printer in rest[1:]:
+                    self._queue_part(*((printer, 0) if busy else self._print(printer)))
+                self._queue_part(*self._print(rest[0]))  # the first, with the entry, last (`split._balance`)
+                in_parts = True
+                self._work(0)
+        finally:
             _join_all(self._threads)
-            objects = self._results()
-            if objects is not None:
-                return objects
+        objects = self._results() if in_parts else None
+        if objects is not None:
+            return objects
         return [emit_object(source if isinstance(source, str) else module_text(source), self.speed_level)]
 
     def _rest(self, source: str | ir.Module) -> list[Printer] | None:
@@ -240,12 +245,12 @@ class PartPipeline:
         """Queue a part, its text or its printer (printed by the thread that takes it: the module is
         built by then) and lines (by which threads take the largest first); start a thread for it if
         one is idle."""
-        if self._held is None:
-            self._held = contextlib.ExitStack()
+        if not self._contexts:
             self._held.enter_context(_LLVM_LOCK)
             self._held.enter_context(host_backend_options())
             self._held.enter_context(_switching_often())
         self._contexts.append(llvm.create_context())
+        self._held.callback(self._contexts[-1].close)
         with self._lock:
             part = len(self._texts)
             self._texts.append(text)
@@ -256,19 +261,19 @@ class PartPipeline:
         if slot is None:
             return
         worker = threading.Thread(target=self._work, args=(slot,), name=f"{PART_THREAD}{slot}")
+        self._threads.append(worker)  # first: an interrupt inside start() may leave it running
         try:
             worker.start()
         except RuntimeError:  # no thread to be had (a memory limit): this thread compiles the part
+            self._threads.remove(worker)
             with self._lock:
                 self._idle.append(slot)
-        else:
-            self._threads.append(worker)
 
     def _work(self, slot: int) -> None:
         """Compile the parts queued, largest first, until none is left (slot 0: this thread)."""
         while True:
             with self._lock:
-                if not self._queue:
+                if not self._queue or self._failed:
                     if slot:
                         self._idle.append(slot)
                     return
@@ -283,16 +288,17 @@ class PartPipeline:
                 _measured_rate(text.count("\n"), time.perf_counter() - self._started[part])
             except BaseException as exc:  # handed to the caller's thread (`_results`)
                 self._out[part] = exc
+                self._failed |= not isinstance(exc, _Refused)  # an interrupt: no more parts
 
     def _results(self) -> list[bytes] | None:
         out = self._out
+        for result in out:  # an interrupt or another error first: it is not cured by emitting whole
+            if isinstance(result, BaseException) and not isinstance(result, _Refused):
+                raise result
         if any(r is None for r in out):  # a part's thread never finished here: this process was forked from it
             _log.warning("a part of the module's code generation did not finish in this process (forked while it "
                          "compiled on another thread); emitting the module whole")
             return None
-        for result in out:  # an interrupt or another error first: it is not cured by emitting whole
-            if isinstance(result, BaseException) and not isinstance(result, _Refused):
-                raise result
         refused = [r for r in out if isinstance(r, _Refused)]
         if refused:
             _log.warning("could not cut the module into parts for code generation (%s); emitting it whole", refused[0])
