@@ -1,7 +1,7 @@
 """Cold compiles with parts cut while the module is built (`runtime.engine.PartPipeline`) against
 the schedule before it, paired in one process.
 
-    python benchmarks/early_parts_ab.py [model ...] [--rounds N]
+    python benchmarks/early_parts_ab.py [model ...] [--rounds N] [--lines 500,250,1000]
 
 A model is a bench model (`tinycomp.bench.models`, default mlp, block and lnmlp) or `deep:N`, N
 TransformerBlock(64, 4)s in a Sequential as in `deep_compile.py`. Each round compiles it twice with
@@ -9,7 +9,8 @@ the disk cache off, each after `gc.collect()`: once with `engine.EARLY_PART_LINE
 part is cut before the module is built (the old schedule: the whole module split and printed after
 it), once as the code stands, in alternating order; the first round is not counted. On these shared
 hosts the time of one compile moves by a third within minutes, so the figure to read is the median
-of each round's ratio (pipelined / old), not of the times.
+of each round's ratio (pipelined / old), not of the times. `--lines` compares values of
+EARLY_PART_LINES instead, each against the first.
 """
 
 from __future__ import annotations
@@ -50,32 +51,42 @@ def compile_ms(model, input_shape: tuple, early_lines: int) -> float:
     return elapsed
 
 
-def paired(name: str, rounds: int) -> tuple[float, float, float]:
-    """(median ms of the old schedule, of the pipelined one, median of their ratio per round)."""
+def paired(name: str, rounds: int, values: list[int] | None = None) -> list[tuple[int, float, float]]:
+    """(EARLY_PART_LINES, median ms, median of its ratio per round to the first value's) for each of
+    `values` (default: the old schedule, NEVER, then the code's own), each round in another order."""
     model, input_shape = model_of(name)
     current = engine.EARLY_PART_LINES
-    times: dict[int, list[float]] = {NEVER: [], current: []}
+    values = values or [NEVER, current]
+    times: dict[int, list[float]] = {v: [] for v in values}
     try:
         for r in range(rounds + 1):
-            for lines in ((NEVER, current) if r % 2 else (current, NEVER)):
+            for lines in (values if r % 2 else values[::-1]):
                 ms = compile_ms(model, input_shape, lines)
                 if r:
                     times[lines].append(ms)
     finally:
         engine.EARLY_PART_LINES = current
-    old, new = np.array(times[NEVER]), np.array(times[current])
-    return float(np.median(old)), float(np.median(new)), float(np.median(new / old))
+    base = np.array(times[values[0]])
+    return [(v, float(np.median(times[v])), float(np.median(np.array(times[v]) / base))) for v in values]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("models", nargs="*", default=["mlp", "block", "lnmlp"])
     ap.add_argument("--rounds", type=int, default=20)
+    ap.add_argument("--lines", default=None,
+                    help="EARLY_PART_LINES values to compare instead, the first the baseline (e.g. 500,250,1000)")
     args = ap.parse_args()
+    values = [int(v) for v in args.lines.split(",")] if args.lines else None
     for name in args.models:
-        old, new, ratio = paired(name, args.rounds)
-        print(f"{name}: old schedule {old:.1f} ms, parts cut while building {new:.1f} ms, "
-              f"paired ratio {ratio:.3f} ({args.rounds} rounds)")
+        results = paired(name, args.rounds, values)
+        if values is None:
+            (_, old, _), (_, new, ratio) = results
+            print(f"{name}: old schedule {old:.1f} ms, parts cut while building {new:.1f} ms, "
+                  f"paired ratio {ratio:.3f} ({args.rounds} rounds)")
+        else:
+            print(f"{name}: " + ", ".join(f"EARLY_PART_LINES {v}: {ms:.1f} ms, {ratio:.3f}" for v, ms, ratio in results)
+                  + f" (paired ratios to {values[0]}, {args.rounds} rounds)")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,10 @@ def test_it_times_both_schedules():
     for name, line in zip(["deep:2", "mlp"], out, strict=True):
         assert re.fullmatch(rf"{name}: old schedule [\d.]+ ms, parts cut while building [\d.]+ ms, "
                             r"paired ratio [\d.]+ \(2 rounds\)", line), line
+    out = subprocess.run([sys.executable, str(SCRIPT), "mlp", "--rounds", "2", "--lines", "500,250"],
+                         capture_output=True, text=True, timeout=300, check=True).stdout.splitlines()
+    assert re.fullmatch(r"mlp: EARLY_PART_LINES 500: [\d.]+ ms, 1.000, EARLY_PART_LINES 250: [\d.]+ ms, [\d.]+ "
+                        r"\(paired ratios to 500, 2 rounds\)", out[0]), out
 
 
 def test_the_old_schedule_it_stands_for_cuts_nothing_before_the_module_is_built(monkeypatch):
