@@ -65,6 +65,28 @@ def test_a_function_reported_finished_never_changes_afterwards(monkeypatch, name
         assert any(".part" in n for n in seen)
 
 
+@pytest.mark.parametrize("name", ["mlp", "block", "lnmlp"])
+def test_a_finished_function_read_from_its_text_is_what_walking_it_reads(name):
+    """`EarlyParts.finished` reads a function from its text (as `split_module` does), not by walking
+    its operands (`split._function_of`): the same linkage, inlining, symbols named and lines."""
+    read: list[tuple[split._Function, split._Function]] = []
+
+    def listener(module: ir.Module, names: list[str]) -> None:
+        for n in names:
+            fn = module.globals[n]
+            if fn.blocks:
+                text = split._read_function(function_text(fn))
+                assert text is not None
+                read.append((text, split._function_of(fn)))
+
+    with lowered_module(_graph(name), host().vector_width, listener):
+        pass
+    assert read
+    for by_text, by_walk in read:
+        assert (by_text.name, by_text.internal, by_text.inline, by_text.calls, by_text.lines) == \
+            (by_walk.name, by_walk.internal, by_walk.inline, by_walk.calls, by_walk.lines), by_walk.name
+
+
 def _cut_at_every_chance(monkeypatch) -> None:
     """Cut a part whenever a finished function can be placed: threads always idle, no least size."""
     monkeypatch.setenv("TINYCOMP_CODEGEN_JOBS", "64")

@@ -161,7 +161,7 @@ class PartPipeline:
         self._idle = list(range(self.jobs - 1, 0, -1))  # the slots (target machines) of threads not running
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
-        self._printed = [0, 0.0]  # lines and seconds of this thread's printing
+        self._printed = [0, 0.0]  # lines and seconds of this thread's printing of parts (`EarlyParts` has its own)
         self._failed = False  # a part raised (not refused): no thread takes another
         # From the first part queued: LLVM_LOCK, LLVM's options, the switch interval, then each part's
         # context, all let go of in reverse order whatever happens (a second Ctrl-C included)
@@ -224,7 +224,8 @@ class PartPipeline:
         """What each thread still has to compile of the parts cut before, in lines of IR: of a part
         taken, what LLVM has not done at the rate it compiled the parts before (`_LLVM_RATE`); in a
         process's first compile, PRINT_SHARE of this thread's rate of printing."""
-        lines, seconds = self._printed
+        assert self._early is not None
+        lines, seconds = (a + b for a, b in zip(self._printed, self._early.printing, strict=True))
         rate = _LLVM_RATE[0] or (PRINT_SHARE * lines / seconds if seconds > 0 else 0.0)  # lines a second
         now = time.perf_counter()
         with self._lock:
