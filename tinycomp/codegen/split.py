@@ -99,7 +99,7 @@ def _split(reading: _Reading, parts: int, print_share: float, cut: EarlyParts | 
     taken = cut.taken if cut is not None else {}
     left = {n: f for n, f in reading.functions.items() if n not in taken}
     assignment = _balance(left, placed, parts, print_share, busy or [])
-    if assignment is None and cut is not None:
+    if assignment is None and cut is not None:  # one part, of what no part cut before defines
         assignment = [{n for n, f in left.items() if not f.inline}]
     return None if assignment is None else _write_parts(reading, assignment, copyable, cut)
 

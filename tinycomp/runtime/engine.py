@@ -198,7 +198,9 @@ class PartPipeline:
         in_parts = False
         try:
             rest = self._rest(source)
-            if rest is not None and (len(rest) > 1 or self._texts):
+            if rest is not None and len(rest) == 1 and not self._texts:  # one part: the module whole, here
+                return [emit_object(rest[0](), self.speed_level)]
+            if rest is not None:
                 with self._lock:
                     busy = not self._idle  # then a thread still compiling an early part prints its next itself
                 for printer in rest[1:]:
@@ -216,9 +218,9 @@ class PartPipeline:
     def _rest(self, source: str | ir.Module) -> list[Printer] | None:
         if isinstance(source, str):
             return [functools.partial(str, text) for text in split_module(source, self.jobs)]
-        if self._early is None or not self._early.taken:
+        if self._early is None:
             return split_ir_module(source, self.jobs)
-        return self._early.rest(self.jobs, PRINT_SHARE, self._busy_lines())
+        return self._early.rest(self.jobs, PRINT_SHARE, self._busy_lines())  # its functions read as finished
 
     def _busy_lines(self) -> list[float]:
         """What each thread still has to compile of the parts cut before, in lines of IR: of a part
