@@ -17,6 +17,10 @@ A module is read either as printed text (`split_module`) or as llvmlite's `ir.Mo
 printed (`split_ir_module`). Printing is Python (`ir_text`, ~4 µs a line): the second form prints
 each part only when it is asked for, so that one part can compile on another core while this thread
 prints the next (`runtime.engine`). Both read the same module into the same parts.
+
+`EarlyParts` cuts parts off a module still being built, from the functions its builder reports
+finished (`cgutils.finished_functions_to`), so that they compile while the rest is built; once it
+is, the rest is split as above (`runtime.engine.PartPipeline`).
 """
 
 from __future__ import annotations
@@ -181,10 +185,10 @@ class EarlyParts:
         kept in `_constants` if so. The GEMM configs a part of the entry reads are such constants."""
         if variable.name not in self._constants:
             text = _line(variable)
-            named = set(_SYMBOL.findall(text)) - {variable.name}
-            if not _INTERNAL_CONSTANT.match(text) or not all(
-                    isinstance(f := self.module.globals.get(n), ir.Function) and "alwaysinline" not in f.attributes
-                    for n in named):
+            def plain_function(n: str) -> bool:
+                return isinstance(f := self.module.globals.get(n), ir.Function) and "alwaysinline" not in f.attributes
+
+            if not _copyable_text(variable.name, text, plain_function):
                 return False
             self._constants[variable.name] = text
         return True
@@ -222,8 +226,15 @@ def _copyable_constants(reading: _Reading) -> set[str]:
     once, in some part, and declared where a copy names them. Not one naming an alwaysinline helper
     (it has no symbol of its own) or another variable."""
     functions = reading.functions
-    return {n for n, text in reading.variables.items() if _INTERNAL_CONSTANT.match(text)
-            and all(m in functions and not functions[m].inline for m in set(_SYMBOL.findall(text)) - {n})}
+    return {n for n, text in reading.variables.items()
+            if _copyable_text(n, text, lambda m: m in functions and not functions[m].inline)}
+
+
+def _copyable_text(name: str, text: str, plain_function: Callable[[str], bool]) -> bool:
+    """Whether the global `name` printed as `text` is a constant a part may copy
+    (`_copyable_constants`): internal, naming only functions that `plain_function` says are not
+    alwaysinline helpers."""
+    return bool(_INTERNAL_CONSTANT.match(text)) and all(map(plain_function, set(_SYMBOL.findall(text)) - {name}))
 
 
 def _read_text(llvm_ir: str) -> _Reading | None:
