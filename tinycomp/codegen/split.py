@@ -64,7 +64,7 @@ class _Function:
         return self._text
 
     def declaration(self) -> str:
-        return re.sub(r"^define (internal )?", "declare ", self.text.split("\n", 1)[0]) + "\n"
+        return _declared(self.text.split("\n", 1)[0] + "\n")
 
     def exported(self) -> str:
         return self.text.replace("define internal ", "define ", 1) if self.internal else self.text
@@ -214,7 +214,12 @@ def _declaration(fn: ir.Function) -> str:
     """A declaration of fn, defined in another part, from its prototype alone (fn may be unfinished)."""
     prototype: list[str] = []
     fn.descr_prototype(prototype)
-    return re.sub(r"^define (internal )?", "declare ", prototype[0])
+    return _declared(prototype[0])
+
+
+def _declared(prototype: str) -> str:
+    """A definition's prototype line as the declaration a part that only calls it holds."""
+    return re.sub(r"^define (internal )?", "declare ", prototype)
 
 
 _INTERNAL_CONSTANT = re.compile(r'@"[^"]+" = (internal|private) (unnamed_addr )?constant ')

@@ -161,7 +161,6 @@ class PartPipeline:
         self._idle = list(range(self.jobs - 1, 0, -1))  # the slots (target machines) of threads not running
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
-        self._printed = [0, 0.0]  # lines and seconds of this thread's printing of parts (`EarlyParts` has its own)
         self._failed = False  # a part raised (not refused): no thread takes another
         # From the first part queued: LLVM_LOCK, LLVM's options, the switch interval, then each part's
         # context, all let go of in reverse order whatever happens (a second Ctrl-C included)
@@ -189,7 +188,7 @@ class PartPipeline:
                 return  # cut later, and more, when a thread can take it at once
         cut = self._early.cut(EARLY_PART_LINES)
         if cut is not None:
-            self._queue_part(*self._print(cut[0], cut[1]))
+            self._queue_part(cut[0](), cut[1])
 
     def objects(self, source: str | ir.Module) -> list[bytes]:
         """The object code of `source`, once built: whatever parts cut before it was finished did not
@@ -204,8 +203,8 @@ class PartPipeline:
                 with self._lock:
                     busy = not self._idle  # then a thread still compiling an early part prints its next itself
                 for printer in rest[1:]:
-                    self._queue_part(*((printer, 0) if busy else self._print(printer)))
-                self._queue_part(*self._print(rest[0]))  # the first, with the entry, last (`split._balance`)
+                    self._queue_part(*((printer, 0) if busy else _printed(printer)))
+                self._queue_part(*_printed(rest[0]))  # the first, with the entry, last (`split._balance`)
                 in_parts = True
                 self._work(0)
         finally:
@@ -225,9 +224,9 @@ class PartPipeline:
     def _busy_lines(self) -> list[float]:
         """What each thread still has to compile of the parts cut before, in lines of IR: of a part
         taken, what LLVM has not done at the rate it compiled the parts before (`_LLVM_RATE`); in a
-        process's first compile, PRINT_SHARE of this thread's rate of printing."""
+        process's first compile, PRINT_SHARE of this thread's rate of printing its functions."""
         assert self._early is not None
-        lines, seconds = (a + b for a, b in zip(self._printed, self._early.printing, strict=True))
+        lines, seconds = self._early.printing
         rate = _LLVM_RATE[0] or (PRINT_SHARE * lines / seconds if seconds > 0 else 0.0)  # lines a second
         now = time.perf_counter()
         with self._lock:
@@ -235,14 +234,6 @@ class PartPipeline:
                     if self._out[i] is None]
             left += [self._lines[i] for i in self._queue]
         return sorted(left, reverse=True)
-
-    def _print(self, printer: Printer, lines: int | None = None) -> tuple[str, int]:
-        start = time.perf_counter()
-        text = printer()
-        lines = text.count("\n") if lines is None else lines
-        self._printed[0] += lines
-        self._printed[1] += time.perf_counter() - start
-        return text, lines
 
     def _queue_part(self, text: str | Printer, lines: int) -> None:
         """Queue a part, its text or its printer (printed by the thread that takes it: the module is
@@ -318,6 +309,12 @@ def _measured_rate(lines: int, seconds: float) -> None:
     if lines >= MIN_PART_LINES and seconds > 0:
         rate = lines / seconds
         _LLVM_RATE[0] = rate if not _LLVM_RATE[0] else (_LLVM_RATE[0] + rate) / 2
+
+
+def _printed(printer: Printer) -> tuple[str, int]:
+    """A part's text and lines."""
+    text = printer()
+    return text, text.count("\n")
 
 
 @contextlib.contextmanager
