@@ -170,9 +170,14 @@ def test_dropout_called_with_training_true_draws_its_masks_in_an_inference_model
     eager = [model(Tensor(x)).data for _ in range(3)]
     manual_seed(11)
     compiled = [fast(x).data for _ in range(3)]
+    linear64 = x.astype(np.float64) @ model.fc.weight.data.astype(np.float64) + model.fc.bias.data
     for e, c in zip(eager, compiled, strict=True):
         assert (c == 0).mean() > 0.3  # half the values dropped
-        np.testing.assert_array_equal(c, e)
+        np.testing.assert_array_equal(c == 0, e == 0)  # the same mask
+        # the kept values judged against float64: the linear's sums need not add in the order of
+        # NumPy's BLAS, whose kernel varies with the CPU
+        report = check_parity(c, e, np.where(e == 0, 0.0, 2 * linear64))
+        assert report.ok, report
     assert not np.array_equal(compiled[0], compiled[1])  # each call its own mask
     assert fast.graph.op_counts()["dropout"] == 1
 

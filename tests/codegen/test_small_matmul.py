@@ -8,6 +8,7 @@ import pytest
 
 import tinycomp as tc
 from tinycomp.codegen.small_matmul import is_small
+from tinycomp.codegen.target import host
 from tinycomp.nn import Layer, Tensor
 
 
@@ -26,14 +27,18 @@ class SharedProduct(Layer):
         return x.matmul(self.w)
 
 
-SHAPES = [(1, 1, 1), (4, 8, 4), (3, 7, 15), (9, 16, 16), (13, 33, 17), (8, 64, 64), (5, 20, 40), (2, 15, 1)]
+WIDTH = host().vector_width
+# In the host's vectors (W lanes): one lane, part of one vector, one whole, one past, two and a
+# half, the four-vector limit, a J that is not a multiple of the vector, a one-column B.
+SHAPES = [(1, 1, 1), (4, 8, 4), (3, 7, WIDTH - 1), (9, WIDTH, WIDTH), (13, 2 * WIDTH + 1, WIDTH + 1),
+          (8, 4 * WIDTH, 4 * WIDTH), (5, WIDTH + 4, 2 * WIDTH + WIDTH // 2), (2, WIDTH - 1, 1)]
 
 
 @pytest.mark.parametrize("I, K, J", SHAPES)
 def test_small_products_match_float64_and_the_layer_gemm_bit_for_bit(I, K, J):
     """Every sample's product within float32 rounding of float64, and the very bits the GEMM of
     `x @ W` gives those rows (sums over k in the same order, from +0, one FMA per k)."""
-    assert is_small(K, J, 16)
+    assert is_small(K, J, WIDTH)
     rng = np.random.default_rng(I * 100 + K + J)
     w = rng.standard_normal((K, J)).astype(np.float32)
     a = rng.standard_normal((6, I, K)).astype(np.float32)
@@ -46,11 +51,11 @@ def test_small_products_match_float64_and_the_layer_gemm_bit_for_bit(I, K, J):
     np.testing.assert_array_equal(got, tc.compile(SharedProduct(w), threads=1)(a).data)
 
 
-@pytest.mark.parametrize("K, J", [(65, 4), (16, 65), (32, 3), (100, 100)])
+@pytest.mark.parametrize("K, J", [(4 * WIDTH + 1, 4), (WIDTH, 4 * WIDTH + 1), (32, 3), (100, 100)])
 def test_large_and_narrow_layer_shapes_keep_the_gemm(K, J):
-    """K or J past 4 vectors, and a narrow layer's shape (J < 16 with K >= 32: the GEMM's dot products
+    """K or J past 4 vectors, and a narrow layer's shape (J under a vector with K >= 32: the GEMM's dot products
     sum in a pairwise tree, more accurate under cancellation than one sum in a lane)."""
-    assert not is_small(K, J, 16)
+    assert not is_small(K, J, WIDTH)
     rng = np.random.default_rng(K + J)
     a, b = rng.standard_normal((3, 5, K)).astype(np.float32), rng.standard_normal((3, K, J)).astype(np.float32)
     fast = tc.compile(BatchedProduct(), threads=1)

@@ -111,9 +111,12 @@ def test_bad_entry_is_ignored_and_rebuilt(tmp_cache, fault):
     again, _ = compile_one()
     assert again.stats.cache_hits == 0, "a damaged entry was loaded"
     np.testing.assert_array_equal(again(x).data, want)
-    assert entry.read_bytes() == good  # rebuilt and written back whole
+    # rebuilt and written back whole: the next compile loads it. (Not always `good`'s bytes: how a
+    # cold compile cuts the module into objects follows its threads' timing, `runtime.engine.PartPipeline`.)
+    assert entry.read_bytes() != fault(good)
     third, _ = compile_one()
     assert third.stats.cache_hits == 1
+    np.testing.assert_array_equal(third(x).data, want)
 
 
 def test_fifo_in_place_of_an_entry_is_ignored_and_rebuilt(tmp_cache):

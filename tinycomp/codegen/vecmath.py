@@ -355,9 +355,13 @@ def _unlift(builder: ir.IRBuilder, module: ir.Module, v: ir.Value, lifted: ir.Va
     bits = builder.sub(builder.bitcast(shifted, _int_vector(v)), _int_const(v, 0x4B000000))
     sign = builder.and_(builder.bitcast(v, _int_vector(v)), _int_const(v, -(2**31)))
     subnormal = builder.bitcast(builder.or_(bits, sign), v.type)
-    # the tiny lanes multiply `shifted` (in [2**23, 2**24]): with a constant there LLVM would
-    # multiply v in every lane and select after, rounding those lanes into the subnormals
-    down = builder.fmul(builder.select(tiny, shifted, v), _const(v, 2.0**-LIFT_BITS))
+    # Only the lifted lanes left normal multiply v; the others multiply `shifted` (in [2**23,
+    # 2**24]): a lane not lifted may hold a small normal v (exp(-87) is 2**-125.5), and without
+    # AVX-512's masked multiply every lane is multiplied before the select, so v 2**-LIFT_BITS would
+    # round into the subnormals there. With a constant in their place LLVM would multiply v in
+    # every lane and select after.
+    down_lanes = builder.and_(lifted, builder.not_(tiny))
+    down = builder.fmul(builder.select(down_lanes, v, shifted), _const(v, 2.0**-LIFT_BITS))
     return builder.select(tiny, subnormal, builder.select(lifted, down, v))
 
 
