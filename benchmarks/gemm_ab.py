@@ -13,9 +13,10 @@ one; a model takes the host Target's), set before each build; or
 WEIGHT_OFFSET, which places the model's weights (with --offset-below, only those smaller than that
 many bytes) that many bytes past a cache line. A layer is timed
 through its kernel (`emit_linear`), a model through raw calls of its entry (no Python around them),
-one thread. Every value's callable runs in turn, round after round (`gemm_micro.compare`): on a
+one thread. Every value's callable runs in turn, round after round (`gemm_micro.compare_samples`): on a
 shared host whose speed moves within seconds, the variants then meet it in the same state. Prints
-min / median µs per value and their ratios to the first value's.
+min / median µs per value and their ratios to the first value's (min, median, and the median of
+each round's ratio).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import gemm_micro  # noqa: E402
-from gemm_micro import compare, compile_layers  # noqa: E402
+from gemm_micro import compare_samples, compile_layers  # noqa: E402
 
 import tinycomp  # noqa: E402
 from tinycomp.aligned import aligned_empty  # noqa: E402
@@ -123,6 +124,12 @@ def model_calls(model_name: str, rows: int, values: list[int], name: str, keep: 
     return calls
 
 
+def paired_ratio(times: list[float], baseline: list[float]) -> float:
+    """The median over rounds of each round's time over the baseline's in that round: on a host
+    whose speed moves from second to second, steadier than the ratio of the two medians."""
+    return float(np.median([t / b for t, b in zip(times, baseline, strict=True)]))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("name", help="constant to vary, or WEIGHT_OFFSET (--model only)")
@@ -143,12 +150,14 @@ def main() -> None:
         for rows in (int(r) for r in args.rows.split(",")):
             calls = (model_calls(args.model, rows, values, args.name, keep, args.offset_below) if args.model
                      else layer_calls(args.layer, rows, values, args.name, keep))
-            res = compare(calls, rounds=args.rounds)
+            samples = compare_samples(calls, rounds=args.rounds)
+            res = [(min(s), float(np.median(s))) for s in samples]
             pairs = zip(values, res, strict=True)
             times = "  ".join(f"{v}: {lo * 1e6:.1f} / {med * 1e6:.1f}" for v, (lo, med) in pairs)
-            ratios = "  ".join(f"{lo / res[0][0]:.3f} / {med / res[0][1]:.3f}" for lo, med in res[1:])
+            ratios = "  ".join(f"{lo / res[0][0]:.3f} / {med / res[0][1]:.3f} / {paired_ratio(s, samples[0]):.3f}"
+                               for (lo, med), s in zip(res[1:], samples[1:], strict=True))
             print(f"{args.layer or args.model} rows={rows}  {args.name} min / median us  {times}  "
-                  f"ratio to {values[0]}: {ratios}", flush=True)
+                  f"ratio to {values[0]}: {ratios} (min / median / median of each round's)", flush=True)
 
 
 if __name__ == "__main__":

@@ -75,6 +75,12 @@ def median_time(f, min_time=0.05, reps=7):
 
 def compare(fns, rounds=15, target_s=2e-4):
     """Time several callables interleaved; (min, median) seconds per call of each."""
+    return [(min(s), float(np.median(s))) for s in compare_samples(fns, rounds, target_s)]
+
+
+def compare_samples(fns, rounds=15, target_s=2e-4) -> list[list[float]]:
+    """Time several callables interleaved: each one's seconds per call, round by round (the same
+    round of two callables met the shared host in about the same state)."""
     counts = []
     for f in fns:
         n = 1
@@ -93,7 +99,7 @@ def compare(fns, rounds=15, target_s=2e-4):
             for _ in range(n):
                 f()
             out.append((time.perf_counter() - t0) / n)
-    return [(min(s), float(np.median(s))) for s in samples]
+    return samples
 
 
 def bench_layer(fn, K, N, Ms, width, rng, act=None):

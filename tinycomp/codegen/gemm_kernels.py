@@ -73,15 +73,48 @@ class TileShape:
                 + (f"c{self.chunk}" if self.chunk else "") + ("n" if self.next_a else ""))
 
 
+# A's rows of a tile are addressed from every third row's pointer, the group's head: row 3g + j at
+# head g plus j * lda floats, an x86 index register scaled by 4 or 8 (element_ptr with the multiply
+# in the loop's own block, where instruction selection folds it). With one pointer per row, indexed
+# by k, LLVM rebuilt the rows' addresses every step as a chain of adds (a lea and five adds a step
+# in the 6 x 2 tile); the heads take one add a step each.
+ROW_GROUP = 3
+
+
+@dataclass(frozen=True)
+class ARows:
+    """The `mr` rows of A a tile reads: the group heads (`ROW_GROUP`) and A's row stride in floats."""
+
+    heads: tuple[ir.Value, ...]
+    lda: ir.Value
+
+    @staticmethod
+    def of(builder: ir.IRBuilder, a: ir.Value, lda: ir.Value, mr: int) -> ARows:
+        return ARows(tuple(element_ptr(builder, a, builder.mul(lda, i64(g))) if g else a
+                           for g in range(0, mr, ROW_GROUP)), lda)
+
+    def row(self, builder: ir.IRBuilder, i: int) -> ir.Value:
+        """Row i's pointer, emitted where it is used."""
+        head, j = self.heads[i // ROW_GROUP], i % ROW_GROUP
+        return element_ptr(builder, head, builder.mul(self.lda, i64(j))) if j else head
+
+    def advanced(self, builder: ir.IRBuilder, by: ir.Value | int) -> ARows:
+        return ARows(tuple(element_ptr(builder, h, by) for h in self.heads), self.lda)
+
+
+LINE_FLOATS = 16  # floats per 64-byte cache line
+
+
 def prefetch_for_read(builder: ir.IRBuilder, ptr: ir.Value, vectors: int, width: int) -> None:
     """Prefetch the `vectors` vectors of `width` floats from `ptr` for reading, into every cache level
-    (`llvm.prefetch`, locality 3; one per vector, a cache line for 16 floats). The addresses may lie
-    past the buffer's end (prefetches never fault), so their GEPs are not `inbounds`."""
+    (`llvm.prefetch`, locality 3; one per cache line of 16 floats: with 8 lanes a second prefetch of
+    the same line would only take an issue slot). The addresses may lie past the buffer's end
+    (prefetches never fault), so their GEPs are not `inbounds`."""
     module = builder.module
     fn = define_once(module, "llvm.prefetch.p0", lambda name: ir.Function(
         module, ir.FunctionType(ir.VoidType(), [PTR, I32, I32, I32]), name))
-    for v in range(vectors):
-        at = builder.gep(ptr, [i64(v * width)], source_etype=F32)
+    for start in range(0, vectors * width, max(width, LINE_FLOATS)):
+        at = builder.gep(ptr, [i64(start)], source_etype=F32)
         builder.call(fn, [at, ir.Constant(I32, 0), ir.Constant(I32, 3), ir.Constant(I32, 1)])
 
 
@@ -137,7 +170,7 @@ def _emit_tile(module: ir.Module, name: str, shape: TileShape, kind: str | None,
     if shape.next_a and plain_b:
         next_a = (builder.icmp_signed("!=", builder.and_(flags, i64(NEXT_A)), i64(0)),
                   element_ptr(builder, a, builder.mul(lda, i64(shape.mr))))
-    acc = _k_loop(builder, shape, K, rows_of(a, lda), b, ldb, masks, whole_b, next_a)
+    acc = _k_loop(builder, shape, K, ARows.of(builder, a, lda, shape.mr), b, ldb, masks, whole_b, next_a)
     c_rows = rows_of(c, ldc)
     if accumulate:
         add = builder.icmp_signed("!=", builder.and_(flags, i64(ACCUMULATE)), i64(0))
@@ -198,7 +231,7 @@ def _k_loop(builder, shape: TileShape, K, a_rows, b, ldb, masks, whole_b=None, n
     def loop(masks, a_next=None) -> list[ir.Value]:  # K >= 1: the driver never calls a kernel with K == 0
         if shape.chunk:
             return _k_chunks(builder, shape, K, a_rows, b, ldb, (ahead, a_next), masks)
-        return _k_run(builder, shape, K, a_rows, b, ldb, (ahead, a_next), masks)[2]
+        return _k_run(builder, shape, K, a_rows, b, ldb, (ahead, a_next), masks)[3]
 
     def plain() -> list[ir.Value]:  # B's rows read in whole vectors
         if next_a is None:
@@ -225,11 +258,12 @@ def _k_loop(builder, shape: TileShape, K, a_rows, b, ldb, masks, whole_b=None, n
     return [acc[i * shape.nv:(i + 1) * shape.nv] for i in range(shape.mr)]
 
 
-def _k_run(builder, shape: TileShape, steps, a_rows, b, ldb, aheads, masks) -> tuple[ir.Value, ir.Value | None,
-                                                                                list[ir.Value]]:
-    """(the B row pointer after, the A prefetch pointer after or None, the mr * nv accumulators) of
-    `steps` >= 1 steps from zero accumulators, B's row k at b + k * ldb, A's at a_rows[i] + k,
-    prefetching B `ahead` floats on and A from `a_next` on (`aheads`: either may be None).
+def _k_run(builder, shape: TileShape, steps, a_rows: ARows, b, ldb, aheads, masks) -> tuple[
+        ir.Value, ir.Value | None, ARows, list[ir.Value]]:
+    """(the B row pointer after, the A prefetch pointer after or None, A's rows after, the mr * nv
+    accumulators) of `steps` >= 1 steps from zero accumulators, B's row k at b + k * ldb, A's
+    element k of row i at a_rows.row(i) + k, prefetching B `ahead` floats on and A from `a_next` on
+    (`aheads`: either may be None).
 
     A's prefetch is for the next row tile, whose rows follow this tile's in memory (mr * K floats
     from `a_next`, where the driver asks for it: the first pass over A, `gemm_driver._panels`). One
@@ -249,24 +283,27 @@ def _k_run(builder, shape: TileShape, steps, a_rows, b, ldb, aheads, masks) -> t
     fma = declare_vector_intrinsic(builder.module, "fma", w, 3)
     tile = [zeros(vector_type(w))] * (shape.mr * nv)
     walk = [] if a_next is None else [a_next]
-    with for_range(builder, 0, steps, name="k", carry=[b, *walk, *tile], nonempty=True) as loop:
+    heads = len(a_rows.heads)
+    with for_range(builder, 0, steps, name="k", carry=[b, *walk, *a_rows.heads, *tile], nonempty=True) as loop:
         b_row, *acc = loop.carried
         if walk:
             a_at, *acc = acc
             prefetch_for_read(builder, a_at, 1, w)
             walk = [builder.gep(a_at, [i64(shape.mr)], source_etype=F32)]
+        rows, acc = ARows(tuple(acc[:heads]), a_rows.lda), acc[heads:]
         if ahead is not None:
             prefetch_for_read(builder, builder.gep(b_row, [ahead], source_etype=F32), nv, w)
         bvec = [masked_load(builder, element_ptr(builder, b_row, v * w), masks[v] if masks else None, width=w)
                 for v in range(nv)]
         new = []
-        for i, row in enumerate(a_rows):
-            a_ik = splat_f32(builder, builder.load(element_ptr(builder, row, loop.index), typ=F32), w)
+        for i in range(shape.mr):
+            a_ik = splat_f32(builder, builder.load(rows.row(builder, i), typ=F32), w)
             new += [builder.call(fma, [a_ik, bvec[v], acc[i * nv + v]]) for v in range(nv)]
-        loop.carry(builder.gep(b_row, [ldb], source_etype=F32, inbounds=True), *walk, *new)
+        loop.carry(builder.gep(b_row, [ldb], source_etype=F32, inbounds=True), *walk,
+                   *rows.advanced(builder, 1).heads, *new)
     b_after, *acc = loop.results
     a_after = acc.pop(0) if walk else None
-    return b_after, a_after, acc
+    return b_after, a_after, ARows(tuple(acc[:heads]), a_rows.lda), acc[heads:]
 
 
 # Layers summing more than LONG_SUM_K products per output take tiles that sum in chunks of K_CHUNK:
@@ -286,20 +323,21 @@ def k_chunk(K: int) -> int:
     return K_CHUNK if K > LONG_SUM_K else 0
 
 
-def _k_chunks(builder, shape: TileShape, K, a_rows, b, ldb, aheads, masks) -> list[ir.Value]:
+def _k_chunks(builder, shape: TileShape, K, a_rows: ARows, b, ldb, aheads, masks) -> list[ir.Value]:
     """The accumulators as the sum, in order, of `_k_run` over each chunk of `shape.chunk` rows of
-    B; the A row pointers, the B row pointer, A's prefetch pointer (if any) and the running sums
+    B; A's row group heads, the B row pointer, A's prefetch pointer (if any) and the running sums
     carried from chunk to chunk."""
-    mr, sums = shape.mr, [zeros(vector_type(shape.width))] * (shape.mr * shape.nv)
+    heads, sums = len(a_rows.heads), [zeros(vector_type(shape.width))] * (shape.mr * shape.nv)
     ahead, a_next = aheads
     walk = [] if a_next is None else [a_next]
-    with for_range(builder, 0, K, shape.chunk, name="kc", carry=[b, *walk, *a_rows, *sums], nonempty=True) as chunk:
+    with for_range(builder, 0, K, shape.chunk, name="kc", carry=[b, *walk, *a_rows.heads, *sums],
+                   nonempty=True) as chunk:
         b_row, *rest = chunk.carried
         a_at = rest.pop(0) if walk else None
-        rows, sums = rest[:mr], rest[mr:]
+        rows, sums = ARows(tuple(rest[:heads]), a_rows.lda), rest[heads:]
         left = builder.sub(K, chunk.index)
         steps = index_min(builder, left, i64(shape.chunk))
-        b_row, a_at, acc = _k_run(builder, shape, steps, rows, b_row, ldb, (ahead, a_at), masks)
-        chunk.carry(b_row, *([a_at] if walk else []), *[element_ptr(builder, row, shape.chunk) for row in rows],
+        b_row, a_at, rows, acc = _k_run(builder, shape, steps, rows, b_row, ldb, (ahead, a_at), masks)
+        chunk.carry(b_row, *([a_at] if walk else []), *rows.heads,
                     *[builder.fadd(s, a) for s, a in zip(sums, acc, strict=True)])
-    return chunk.results[1 + len(walk) + mr:]
+    return chunk.results[1 + len(walk) + heads:]
