@@ -16,18 +16,17 @@ from tinycomp.codegen.target import host
 X86 = [("haswell", 8, 16), ("znver3", 8, 16), ("skylake-avx512", 16, 32)]
 
 
-def loop_body(cpu: str, width: int, registers: int) -> str:
-    """The assembly of the peak loop's body, compiled for `cpu`."""
+def loop_body(cpu: str, width: int, count: int) -> str:
+    """The assembly of the peak loop's body with `count` accumulators, compiled for `cpu`."""
     tm = llvm.Target.from_triple("x86_64-unknown-linux-gnu").create_target_machine(cpu=cpu, opt=2)
-    mod = llvm.parse_assembly(_fma_loop_ir(width, accumulators(registers)))
-    asm = tm.emit_assembly(mod)
+    asm = tm.emit_assembly(llvm.parse_assembly(_fma_loop_ir(width, count)))
     return asm[asm.index(".LBB0_1:"):asm.index("jl\t.LBB0_1")]
 
 
 @pytest.mark.skipif(not host().triple.startswith("x86_64"), reason="compiles for x86-64 CPUs")
 @pytest.mark.parametrize("cpu, width, registers", X86)
 def test_the_peak_loop_keeps_its_accumulators_in_registers(cpu, width, registers):
-    body = loop_body(cpu, width, registers)
+    body = loop_body(cpu, width, accumulators(registers))
     fmas = re.findall(r"vfmadd\w+", body)
     assert len(fmas) == accumulators(registers) >= 8  # enough chains for two pipes of 4-cycle FMAs
     assert "rsp" not in body, f"the loop spills on {cpu}:\n{body}"
@@ -36,9 +35,7 @@ def test_the_peak_loop_keeps_its_accumulators_in_registers(cpu, width, registers
 @pytest.mark.skipif(not host().triple.startswith("x86_64"), reason="compiles for x86-64 CPUs")
 def test_16_accumulators_spill_with_16_registers():
     """The check above can fail: the loop as it was before (16 accumulators) spills on AVX2."""
-    tm = llvm.Target.from_triple("x86_64-unknown-linux-gnu").create_target_machine(cpu="znver3", opt=2)
-    asm = tm.emit_assembly(llvm.parse_assembly(_fma_loop_ir(8, 16)))
-    assert "rsp" in asm[asm.index(".LBB0_1:"):asm.index("jl\t.LBB0_1")]
+    assert "rsp" in loop_body("znver3", 8, 16)
 
 
 def test_the_measured_peak_reports_its_loop():

@@ -3,10 +3,10 @@ batch-1 floor: how long one core takes just to read a model's weights once.
 
 Independent `<W x float>` accumulators (W = the host's float32 lanes; 16 of them, 12 where the host
 has 16 vector registers) hide the FMA latency on both FMA pipes; each iteration does accumulators x
-W x 2 FLOPs and nothing else. The best of a few timed runs
-is the peak this core can sustain right now (it drops when the shared host is busy). The same loop
-on every core at once gives the parallel efficiency: near 1.0 only when no other process holds a
-core, which is what the all-cores rows of a benchmark need to mean anything.
+W x 2 FLOPs and nothing else. The best of a few timed runs is the peak this core can sustain right
+now (it drops when the shared host is busy). The same loop on every core at once gives the parallel
+efficiency: near 1.0 only when no other process holds a core, which is what the all-cores rows of a
+benchmark need to mean anything.
 
 At batch 1 every weight is read once per call and used for one multiply-add, so no engine can be
 faster than reading them: `measure_weight_stream` times a loop that only loads and adds a buffer of

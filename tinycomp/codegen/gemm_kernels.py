@@ -108,8 +108,9 @@ def prefetch_for_read(builder: ir.IRBuilder, ptr: ir.Value, vectors: int, width:
     past the buffer's end (prefetches never fault), so their GEPs are not `inbounds`.
 
     With 8 lanes two vectors share a line where the row starts on one, but a weight matrix's rows
-    need not: one prefetch per line instead (AMD Zen 3, the reference MLP, processes alternated four
-    times) ran 1.09-1.33 x as long as one per vector at 128 to 2048 rows."""
+    need not: one prefetch per line instead (AMD Zen 3, `benchmarks/bare_call.py mlp --batch B` at
+    128 / 512 / 2048 rows, the two revisions alternated four rounds) ran a median 1.15 x as long as
+    one per vector (RESULTS.md, twenty-eighth session)."""
     module = builder.module
     fn = define_once(module, "llvm.prefetch.p0", lambda name: ir.Function(
         module, ir.FunctionType(ir.VoidType(), [PTR, I32, I32, I32]), name))
