@@ -282,7 +282,7 @@ class CompiledModel(ShowsCompilation):
         call = art.call
         armed = NativeHotCall(
             art.engine.address(art.plan.entry), hot[-1], call.features, call.out_row, call.hot_rows, call.scratch,
-            art.plan.scratch_floats, words, keep, armed_for=art, more_inputs=art.call.kernel.more_inputs)
+            art.plan.scratch, words, keep, armed_for=art, more_inputs=art.call.kernel.more_inputs)
         # The words' values were just read (the call compares against them): checked again now, so
         # that a thread rebinding a weight since the check above cannot arm the old table with the
         # new values. A change after this second check moves a word, and the call falls back.

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from llvmlite import ir
 
-from tinycomp.codegen.gemm import emit_linear, narrow_small_rows, pack_floats, plan_narrow
+from tinycomp.codegen.gemm import emit_linear, narrow_small_rows, pack_floats, pack_min_rows, plan_narrow
 from tinycomp.codegen.target import Target, host
 from tinycomp.runtime.engine import JitEngine
 
@@ -307,6 +307,34 @@ def test_narrow_plan_covers_exactly_the_layers_below_one_vector():
     assert pack_floats(784, 1, 16) == 0  # one column: W is read in place
     assert pack_floats(784, 10, 16) == 10 * 784 and pack_floats(33, 5, 16) == 5 * 48
     assert pack_floats(33, 3, 16) == 3 * 48  # (a small batch reads W of up to 4 columns in place)
+
+
+# packing and never-packing tiled layers (1 to 3 vectors of columns), narrow ones transposing W
+# from IN_PLACE_ROWS or from narrow_small_rows, and one column (never)
+PACK_LAYERS = [(784, 256, True, "relu"), (100, 37, True, "relu"), (37, 17, False, "sigmoid"), (64, 3, True, "relu"),
+               (128, 10, True, None), (96, 15, True, "relu"), (784, 1, True, "relu")]
+
+
+@pytest.mark.parametrize("layer", PACK_LAYERS, ids=lambda ly: layer_name(*ly))
+def test_pack_is_written_from_pack_min_rows_on_only(compiled, narrow, layer):
+    """A call on fewer than `pack_min_rows` rows never touches `pack` (a module then passes a pointer
+    past its scratch's end: `ModulePlan.scratch_floats`); one on that many writes it, so the bound
+    is also as small as it can be. Results match float64 on both sides."""
+    K, N, bias, act = layer
+    fns = compiled if plan_narrow(K, N, WIDTH) is None else narrow
+    least = pack_min_rows(K, N, WIDTH)
+    rng = np.random.default_rng(K * N)
+    no_pack = np.full(GUARD, 7.0, np.float32)  # only the guard
+    if least is None:
+        A, W, B = make_inputs(rng, 300, K, N)
+        check(fns.run(layer, A, W, B, pack=no_pack), A, W, B, bias, act)
+        return
+    A, W, B = make_inputs(rng, least - 1, K, N)
+    check(fns.run(layer, A, W, B, pack=no_pack), A, W, B, bias, act)
+    pack = np.full(pack_floats(K, N, WIDTH) + GUARD, 7.0, np.float32)
+    A, W, B = make_inputs(rng, least, K, N)
+    check(fns.run(layer, A, W, B, pack=pack), A, W, B, bias, act)
+    assert (pack[:-GUARD] != 7.0).any()
 
 
 @pytest.mark.parametrize("layer", NARROW_LAYERS, ids=lambda ly: layer_name(*ly))

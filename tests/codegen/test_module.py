@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from llvmlite import ir
 
-from tinycomp.codegen import module
+from tinycomp.codegen import gemm, module
 from tinycomp.codegen.module import (
     ENTRY,
     ROW_BLOCK,
@@ -518,14 +518,16 @@ def test_row_blocks_use_one_block_of_scratch(rows):
     plan = lower_graph(g, WIDTH)
     assert plan.row_block == ROW_BLOCK
     narrow_wt = 10 * 48 if WIDTH > 10 else 0
-    assert plan.scratch_fixed <= narrow_wt + 16
-    assert plan.scratch_floats(rows) == min(rows, ROW_BLOCK) * plan.scratch_per_row + plan.scratch_fixed
+    assert plan.scratch_fixed == 0 and plan.scratch_pack == narrow_wt
+    wt = narrow_wt if rows >= plan.pack_rows else 0  # (the narrow layer's small batches read W in place)
+    assert plan.scratch_floats(rows) == min(rows, ROW_BLOCK) * plan.scratch_per_row + wt
     _run_with_guard(g, plan, values(rows, 96))
 
 
 def test_row_blocks_keep_the_pack_buffer_of_gemms_on_more_rows():
     """A Linear over (N, 3, 40) multiplies 3 rows per sample: a block of 128 samples is 384 GEMM rows,
-    past the in-place path, so that GEMM packs W and its buffer stays in scratch."""
+    past the in-place path, so that GEMM packs W and its buffer stays in scratch, for the calls that
+    reach it: the entry runs with exactly the scratch it plans at one sample fewer and at that many."""
     g = Graph()
     v = g.add("input", name="x", shape=(None, 3, 40))
     for i, (k, n) in enumerate([(40, 64), (64, 8)]):
@@ -533,5 +535,22 @@ def test_row_blocks_keep_the_pack_buffer_of_gemms_on_more_rows():
         v = g.add("linear", [v, w, b], bias=True, activation="relu")
     g.add("output", [v], name="output")
     plan = lower_graph(g, WIDTH)
-    assert plan.row_block == ROW_BLOCK and plan.scratch_fixed >= 40 * 16
-    _run_with_guard(g, plan, values(3 * ROW_BLOCK + 5, 3, 40))
+    assert plan.row_block == ROW_BLOCK and plan.scratch_pack >= 40 * 16 and plan.pack_rows > 1
+    for rows in (1, plan.pack_rows - 1, plan.pack_rows, 3 * ROW_BLOCK + 5):
+        _run_with_guard(g, plan, values(rows, 3, 40))
+
+
+def test_calls_too_small_to_pack_need_no_pack_buffer():
+    """A W past 1 MB runs without row blocks; its GEMM packs W only on more rows than it reads in
+    place (`gemm.direct_max_rows`). The pack buffer lies last in scratch, so a batch-1 call needs
+    a few KB, not the packed block: the entry runs with exactly the scratch it plans, just below
+    and at the first row count that packs, and writes nothing past it."""
+    g = mlp_graph([640, 512, 64])
+    plan = lower_graph(g, WIDTH)
+    assert plan.row_block == 0 and plan.scratch_pack >= 640 * 2 * WIDTH
+    assert plan.pack_rows == gemm.direct_max_rows(640, 512, 0, WIDTH) + 1
+    assert plan.scratch_floats(plan.pack_rows - 1) < plan.scratch_pack
+    assert plan.scratch_floats(plan.pack_rows) == plan.scratch_floats(plan.pack_rows - 1) + plan.scratch_per_row \
+        + plan.scratch_pack
+    for rows in (1, plan.pack_rows - 1, plan.pack_rows):
+        _run_with_guard(g, plan, values(rows, 640))

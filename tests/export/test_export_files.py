@@ -213,14 +213,15 @@ def test_shared_library_checks_arguments(tmp_path):
 def test_no_call_runs_in_place(tmp_path):
     """y over x (a 256 -> 256 layer in place erred by 3.3: its GEMM read rows it had written), y or
     scratch over any part of an input or of each other: ERR_ARGS, y untouched. Buffers that only
-    touch end to end are fine."""
+    touch end to end are fine. (At the first batch whose GEMM packs W: below it, scratch has no bytes.)"""
     if not shutil.which("cc"):
         pytest.skip("no C compiler (cc) for the host's shared library")
     model = Sequential(Linear(256, 256))
     model.eval()
     result = tc.export(model, tmp_path, input_shape=(None, 256))
     forward = _load(result).model_forward
-    rows, block = 5, 5 * 256
+    rows = result.pack_rows
+    block = rows * 256
     scratch_floats = result.scratch_bytes(rows) // 4
     buf = np.random.default_rng(1).standard_normal(3 * block + scratch_floats).astype(np.float32)
     want = model(Tensor(buf[:block].reshape(rows, 256))).data
@@ -234,6 +235,43 @@ def test_no_call_runs_in_place(tmp_path):
     np.testing.assert_array_equal(buf, before)
     assert forward(_ptr(buf, 4 * x), _ptr(buf, 4 * y), rows, _ptr(buf, 4 * s)) == entry.OK
     np.testing.assert_allclose(buf[y:y + block].reshape(rows, 256), want, rtol=1e-5, atol=1e-5)
+
+
+def test_scratch_grows_by_the_pack_buffer_where_the_gemm_packs(tmp_path):
+    """The packed W lies last in scratch and only batches of `pack_rows` rows or more need it: the
+    header's SCRATCH_BYTES(batch) says so (compiled and evaluated by C), a smaller batch runs with
+    exactly its bytes (a NaN guard after them stays), a NULL scratch where that is 0, and the entry
+    refuses a NULL one from `pack_rows` on. Results match eager and float64."""
+    cc = shutil.which("cc") or pytest.skip("no C compiler (cc) for the host's shared library")
+    model = Sequential(Linear(640, 512), ReLU(), Linear(512, 200))  # W past 1 MB: no row blocks
+    model.eval()
+    result = tc.export(model, tmp_path, input_shape=(None, 640))
+    least = result.pack_rows
+    assert not result.row_block and least > 1 and result.scratch_bytes_pack >= 4 * 640 * 16
+    probe = tmp_path / "probe.c"
+    probe.write_text('#include <stdio.h>\n#include "model.h"\nint main(void) { printf("%lld %lld %lld\\n", '
+                     f'(long long)MODEL_SCRATCH_BYTES(1), (long long)MODEL_SCRATCH_BYTES({least - 1}), '
+                     f'(long long)MODEL_SCRATCH_BYTES({least})); return 0; }}\n')
+    subprocess.run([cc, "-std=c99", "-Wall", "-Werror", str(probe), "-o", str(tmp_path / "probe")], check=True)
+    said = subprocess.run([str(tmp_path / "probe")], check=True, capture_output=True, text=True).stdout.split()
+    assert [int(v) for v in said] == [result.scratch_bytes(r) for r in (1, least - 1, least)]
+    assert result.scratch_bytes(least) - result.scratch_bytes(least - 1) >= result.scratch_bytes_pack
+    forward = _load(result).model_forward
+    x = np.random.default_rng(2).standard_normal((least + 7, 640)).astype(np.float32)
+    want64 = np.maximum(x.astype(np.float64) @ model[0].weight.data + model[0].bias.data, 0) @ model[2].weight.data \
+        + model[2].bias.data
+    for rows in (1, least - 1, least, least + 7):
+        need = result.scratch_bytes(rows) // 4
+        scratch = np.full(need + 64, np.nan, np.float32)
+        y = np.full((rows, 200), 7.0, np.float32)
+        if need == 0:
+            assert forward(_ptr(x), _ptr(y), rows, None) == entry.OK
+        else:
+            assert forward(_ptr(x), _ptr(y), rows, None) == entry.ERR_ARGS and (y == 7.0).all()
+            assert forward(_ptr(x), _ptr(y), rows, _ptr(scratch)) == entry.OK
+        assert np.isnan(scratch[need:]).all()  # nothing written past SCRATCH_BYTES(rows)
+        np.testing.assert_allclose(y, model(Tensor(x[:rows])).data, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(y, want64[:rows], rtol=1e-4, atol=1e-4)
 
 
 def test_external_weights_bind_only_their_layout(tmp_path):
@@ -274,15 +312,16 @@ def test_no_call_writes_into_the_bound_weights(tmp_path):
     blob = np.frombuffer(result.files["weights"].read_bytes(), np.uint8).copy()
     assert lib.model_bind_weights(_ptr(blob)) == entry.OK
     bound, end = entry.HEADER_BYTES, blob.size  # where the floats sit in the blob
-    x = np.ones((2, 256), np.float32)
-    y = np.zeros((2, 256), np.float32)
-    scratch = np.zeros(result.scratch_bytes(2) // 4 + 1, np.float32)
+    rows = result.pack_rows  # (fewer rows need no scratch: the layer then reads W in place)
+    x = np.ones((rows, 256), np.float32)
+    y = np.zeros((rows, 256), np.float32)
+    scratch = np.zeros(result.scratch_bytes(rows) // 4 + 1, np.float32)
     before = blob.copy()
     for y_at, s_at in [(_ptr(blob, bound), _ptr(scratch)), (_ptr(blob, end - 4), _ptr(scratch)),
                        (_ptr(y), _ptr(blob, bound + 1024))]:
-        assert lib.model_forward(_ptr(x), y_at, 2, s_at) == entry.ERR_ARGS
+        assert lib.model_forward(_ptr(x), y_at, rows, s_at) == entry.ERR_ARGS
     np.testing.assert_array_equal(blob, before)
-    assert lib.model_forward(_ptr(x), _ptr(y), 2, _ptr(scratch)) == entry.OK
+    assert lib.model_forward(_ptr(x), _ptr(y), rows, _ptr(scratch)) == entry.OK
     np.testing.assert_allclose(y, model(Tensor(x)).data, rtol=1e-5, atol=1e-5)
 
 

@@ -189,7 +189,8 @@ BAD_HEADERS = {
     "out_shape-wider": ("out_shape", [None, 8]),
     "scratch_per_row-smaller": ("scratch_per_row", 4),
     "scratch_per_row-larger": ("scratch_per_row", 4096),
-    "scratch_fixed-smaller": ("scratch_fixed", 0),
+    "scratch_pack-smaller": ("scratch_pack", 0),
+    "pack_rows-larger": ("pack_rows", 1 << 20),  # calls below it would pass no room for the packed W
     "params-reordered": ("params", ["2.bias", "2.weight", "0.bias", "0.weight"]),
     "params-dropped": ("params", ["0.weight"]),
 }

@@ -81,6 +81,29 @@ def test_a_large_batch_leases_the_scratch_of_one_row_block():
     np.testing.assert_array_equal(y, CompiledModel(model, input_shape=(None, 64), threads=1)._call(x).data)
 
 
+def test_calls_too_small_to_pack_run_on_the_helpers_stack():
+    """A W past 1 MB runs without row blocks and packs W on large batches: its plan's pack buffer
+    (hundreds of KB) is needed only from `pack_rows` rows on, so a batch-1 call still fits the
+    helper's stack. The helper refuses a scratch one float short, either side of `pack_rows`."""
+    model = Sequential(Linear(640, 512), ReLU(), Linear(512, 10))
+    model.eval()
+    fast = Counting(model, input_shape=(None, 640), threads=1)
+    x = np.random.default_rng(4).standard_normal((400, 640)).astype(np.float32)
+    fast(x[:1])
+    plan, native = fast._artifact.plan, fast._native
+    assert native is not None and plan.row_block == 0 and 4 * plan.scratch_pack > native_guard.STACK_SCRATCH
+    assert 1 <= native._stack_rows < plan.pack_rows <= native.hot_rows
+    want = eager_eval(model, x)
+    for rows in (1, native._stack_rows + 1, plan.pack_rows - 1, plan.pack_rows, len(x)):
+        need = plan.scratch_floats(rows)
+        out = np.full((rows, 10), 7.0, np.float32)
+        if rows > native._stack_rows:
+            assert native._fn(x[:rows], out, np.zeros(need - 1, np.float32)) == native_guard.INPUT_NOT_NATIVE
+            assert (out == 7.0).all()
+        np.testing.assert_allclose(fast(x[:rows]).data, want[:rows], rtol=2e-4, atol=2e-5)
+    assert fast.python_calls == 1  # only the first
+
+
 @pytest.mark.parametrize("make", [
     lambda x: x.astype(np.float64),                               # converted on the Python hot path
     lambda x: np.asfortranarray(np.repeat(x, 2, axis=0))[::2],   # strided
@@ -118,7 +141,7 @@ def test_the_builtin_runs_nothing_on_arguments_it_was_not_made_for(fast):
     assert fn(x, out, None) == 0 and not (out == 7.0).all()
     big = batch(native._stack_rows + 1, seed=5)
     big_out = np.full((len(big), 10), 7.0, np.float32)
-    need = native._scratch_floats(len(big))
+    need = native._scratch.floats(len(big))
     out[:] = 7.0
     for args in ((x, out), (x, out, None, ()), (x, np.full((3, 10), 7.0, np.float32), None), (),
                  (x.tolist(), out, None), (x, [0.0] * 20, None), (x, b"abc" * 40, None), (x, out, 0),

@@ -287,15 +287,35 @@ def narrow_small_rows(N: int, width: int) -> int:
     return -(-N * width // (2 * width - N)) if N > 1 else 0
 
 
-def pack_floats(K: int, N: int, width: int, registers: int | None = None, tiled: bool = True) -> int:
-    """Size in floats of the `pack` scratch buffer `emit_linear` needs for this layer (`tiled`
-    False: on at most `direct_max_rows` rows, where the tiled path reads W in place)."""
+def pack_floats(K: int, N: int, width: int, registers: int | None = None) -> int:
+    """Size in floats of the `pack` scratch buffer `emit_linear` needs for this layer on calls of
+    `pack_min_rows` rows or more (0 if it never packs)."""
     narrow = plan_narrow(K, N, width, registers)
     if narrow is not None:  # Wt; W of one column is its own
         return 0 if N == 1 else N * _round_up(K, width)
-    if not tiled:
-        return 0
-    return K * min(plan_gemm(K, N, width, registers).nc, _round_up(N, width))
+    plan = plan_gemm(K, N, width, registers)
+    return K * min(plan.nc, _round_up(N, width)) if _packs(plan, width, registers) else 0
+
+
+def pack_min_rows(K: int, N: int, width: int, registers: int | None = None, aliased_max_rows: int = 0) -> int | None:
+    """The fewest rows M on which `emit_linear`'s function writes its `pack` buffer, None if it
+    never does: a call on fewer rows may pass a pointer past the end of its scratch
+    (`ModulePlan.scratch_floats`). Narrow layers transpose W from `_emit_narrow`'s threshold on;
+    the others pack it on the tiled path (M > direct_max_rows), if their main tile packs at all."""
+    narrow = plan_narrow(K, N, width, registers)
+    if narrow is not None:
+        if N == 1:  # W is its own transpose
+            return None
+        return IN_PLACE_ROWS if narrow.in_place else narrow_small_rows(N, width)
+    plan = plan_gemm(K, N, width, registers, aliased_max_rows)
+    return plan.direct_max_rows + 1 if _packs(plan, width, registers) else None
+
+
+def _packs(plan: GemmPlan, width: int, registers: int | None) -> bool:
+    """Does the layer's tiled path pack W? Layers of one to three vectors of columns are never
+    packed: a block would be their whole W, read in place (100x37 at 256 / 2048 rows: packing into
+    3-vector panels measured no faster)."""
+    return plan.main.nv == tile_vectors(width, registers)
 
 
 def emit_linear(
@@ -336,9 +356,7 @@ def _emit_linear(module: ir.Module, name: str, *, K: int, N: int, bias: bool, ac
     # a K-chunked layer's raw kernels add each chunk to C (`gemm_driver._emit_chunked`)
     leftover = {s.mr: tile_kernel(mod, s, accumulate=plan.direct_kc > 0) for s in plan.leftover}
     nr = {s.mr: i64(s.nr) for s in plan.leftover}
-    # Layers of one to three vectors of columns are never packed: a block would be their whole W,
-    # read in place (100x37 at 256 / 2048 rows: packing into 3-vector panels measured no faster).
-    pack_fn = pack_kernel(mod, plan.main) if plan.main.nv == tile_vectors(width, registers) else null_fn(PACK_TY)
+    pack_fn = pack_kernel(mod, plan.main) if _packs(plan, width, registers) else null_fn(PACK_TY)
     no_tile = null_fn(TILE_TY)
     # A costly activation on a layer narrower than a vector: the full row tiles store x + bias and
     # `finish` applies it to FINISH_TILES of them at once (`gemm_driver._Driver._finish_tiles`)

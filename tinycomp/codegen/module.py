@@ -52,7 +52,7 @@ from .elementwise import kernel_key
 from .errors import LoweringError
 from .fingerprint import codegen_source_hash, graph_fingerprint  # noqa: F401 - part of this module's API
 from .ir_text import module_text
-from .scratch import NO_CODE, ROW_BLOCK, BufferPlan, plan_buffers, row_block  # noqa: F401 - ROW_BLOCK: API
+from .scratch import NO_CODE, ROW_BLOCK, BufferPlan, Extent, plan_buffers, row_block  # noqa: F401 - ROW_BLOCK: API
 from .target import Target, with_width
 
 ENTRY = "tinycomp_forward"
@@ -75,18 +75,26 @@ class ModulePlan:
     dropouts: list[str] = field(default_factory=list)  # training dropout nodes, in `draws` order
     row_block: int = 0  # rows the entry runs at a time (`row_block`), 0: all at once
     inputs: list[str] = field(default_factory=list)  # input nodes: the first is `x`, the others in `inputs`
+    scratch_pack: int = 0  # floats of the GEMMs' and attention's work buffer, after the fixed ones
+    pack_rows: int = 0  # the fewest rows of a call on which a kernel writes that buffer (`_pack_need`)
+
+    @property
+    def scratch(self) -> Extent:
+        """What the scratch of a call spans: batched buffers hold one row block at most; the pack
+        buffer only calls of `pack_rows` rows or more need."""
+        return Extent(self.scratch_per_row, self.scratch_fixed, self.row_block, self.scratch_pack, self.pack_rows)
 
     def scratch_floats(self, rows: int) -> int:
-        """Scratch a call on `rows` rows needs: batched buffers hold one row block at most."""
-        held = min(rows, self.row_block) if self.row_block else rows
-        return held * self.scratch_per_row + self.scratch_fixed
+        """Scratch a call on `rows` rows needs (`scratch`)."""
+        return self.scratch.floats(rows)
 
     def to_meta(self) -> dict:
         """What a cache entry must remember to run its object code without lowering again."""
         return {"entry": self.entry, "params": self.params, "const_nodes": self.const_nodes,
                 "out_shape": list(self.out_shape), "scratch_per_row": self.scratch_per_row,
                 "scratch_fixed": self.scratch_fixed, "kernels": self.kernels, "dropouts": self.dropouts,
-                "row_block": self.row_block, "inputs": self.inputs}
+                "row_block": self.row_block, "inputs": self.inputs, "scratch_pack": self.scratch_pack,
+                "pack_rows": self.pack_rows}
 
     @classmethod
     def from_meta(cls, meta: dict, g: Graph, width: int) -> ModulePlan:
@@ -354,16 +362,18 @@ def plan_frame(g: Graph, target: Target | int) -> ModulePlan:
             why = REFUSED.get(g.op(n), "the code generator has no lowering registered for it")
             raise LoweringError(f"no native code rule for op {g.op(n)!r} (node {n}): {why}; "
                                 f"compiled ops: {sorted(LOWERINGS)}")
-    buffers = plan_buffers(g, pack_floats=_max_pack_floats(g, target))
+    pack = _pack_need(g, target)
+    buffers = plan_buffers(g, pack_floats=pack[0])
     block = row_block(g, buffers, target.l2_bytes)
-    if block:  # GEMMs on one block's rows may never pack W (the reference MLP's scratch: 1.5 KB, not 400 KB)
-        buffers = plan_buffers(g, pack_floats=_max_pack_floats(g, target, block))
+    if block:  # GEMMs on one block's rows may never pack W
+        pack = _pack_need(g, target, block)
+        buffers = plan_buffers(g, pack_floats=pack[0])
     consts = [n for n in g.nodes("const") if not _folded_everywhere(g, n)]
     return ModulePlan(llvm_ir="", entry=ENTRY, params=g.params, const_nodes=consts, consts=_const_arrays(g, consts),
                       out_shape=tuple(g.shape(g.output)), scratch_per_row=buffers.per_row,
                       scratch_fixed=buffers.fixed, kernels=[], buffers=buffers,
                       dropouts=[n for n in g.nodes("dropout") if draws_mask(g, n)], row_block=block,
-                      inputs=g.inputs)
+                      inputs=g.inputs, scratch_pack=buffers.pack, pack_rows=pack[1] if buffers.pack else 0)
 
 
 def _emit_module(g: Graph, target: Target, finished: FinishedListener | None = None) -> tuple[ModulePlan, ir.Module]:
@@ -442,19 +452,27 @@ def _gemms(g: Graph) -> Iterator[tuple[tuple, tuple, int, int, int]]:
             yield a, b, rows, k, j
 
 
-def _max_pack_floats(g: Graph, target: Target, block: int = 0) -> int:
-    """The largest `pack` buffer a GEMM or attention kernel of g needs. When the entry runs in row
-    blocks of `block` rows, a GEMM none of whose calls exceeds `gemm.direct_max_rows` rows reads W
-    in place and never packs it: only its narrow form needs the buffer (W transposed)."""
-    sizes = [attention.attention_spec(g, n, target.vector_width, target.vector_registers).work_floats
-             for n in g.nodes("attention")]  # its transposed keys and score rows (attention.py)
+def _pack_need(g: Graph, target: Target, block: int = 0) -> tuple[int, int]:
+    """(floats, rows): the largest `pack` buffer a GEMM or attention kernel of g writes, and the
+    fewest rows of an entry call on which one does (`ModulePlan.pack_rows`). The reference MLP's
+    GEMMs read W in place up to `gemm.direct_max_rows` rows: a batch-1 call then needs 1.5 KB of
+    scratch, not the 400 KB of a packed block. When the entry runs in row blocks of `block` rows, a
+    GEMM none of whose calls reaches its `gemm.pack_min_rows` never packs."""
+    width, registers = target.vector_width, target.vector_registers
+    needs = [(attention.attention_spec(g, n, width, registers).work_floats, 0)  # its transposed keys and score rows
+             for n in g.nodes("attention")]
     for a, b, rows, k, j in _gemms(g):
-        if len(b) <= 2 and not is_batched(b):  # one GEMM over every row of a (`lower_linear`)
+        floats = gemm.pack_floats(k, j, width, registers)
+        least = gemm.pack_min_rows(k, j, width, registers, target.aliased_direct_max_rows)
+        if not floats or least is None:
+            continue
+        if len(b) <= 2 and not is_batched(b) and is_batched(a):  # one GEMM over every row of a (`lower_linear`)
             per_sample = row_floats(a) // max(k, 1)
-            call_rows = (block * per_sample if block else None) if is_batched(a) else per_sample
-        else:  # one GEMM of rows x k by k x j per slice (`lower_tensor.lower_matmul`)
-            call_rows = rows
-        tiled = call_rows is None or call_rows > gemm.direct_max_rows(k, j, target.aliased_direct_max_rows,
-                                                                      target.vector_width, target.vector_registers)
-        sizes.append(gemm.pack_floats(k, j, target.vector_width, target.vector_registers, tiled=tiled))
-    return max(sizes, default=0)
+            most = block * per_sample if block else None
+            if per_sample and (most is None or most >= least):
+                needs.append((floats, -(-least // per_sample)))
+        elif rows >= least:  # the same rows on every call: one GEMM, or one per slice (`lower_tensor.lower_matmul`)
+            needs.append((floats, 0))
+    if not needs:
+        return 0, 0
+    return max(f for f, _ in needs), min(r for _, r in needs)

@@ -2,23 +2,27 @@
 batch rows a block of the whole graph runs on (`row_block`).
 
 Batched values take `M * size` floats and sit in the first part of scratch at `M * offset`; values
-without a batch dimension and the GEMM packing buffer sit after them at a fixed offset. Offsets are
-rounded to 16 floats so every buffer starts on a 64-byte line when scratch does.
+without a batch dimension sit after them at a fixed offset, and the GEMM packing buffer last, so a
+call too small to pack needs no room for it (`Extent`). Offsets are rounded to 16 floats so every
+buffer starts on a 64-byte line when scratch does.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from llvmlite import ir
+
 from ..ir.graph import Graph
 from ..ir.layout import is_batched, row_floats
 from ..ir.ops import ALIASING, LEAVES, normalized_axis
 from ..ir.passes.fold_dropout import is_identity_dropout
 from ..ir.shapes import sliced
+from .cgutils import i64, index_min
 
 ALIGN = 16
 ROW_BLOCK = 128  # rows per block of the whole graph at most (see row_block); 0 runs each node on all rows
-ROW_BLOCK_MAX_WEIGHT = 1 << 20  # bytes: row blocks only when every layer's W fits L2 (1 MiB)
+ROW_BLOCK_MAX_WEIGHT = 1 << 20  # bytes: row blocks only when every layer's W fits L2 (1 MiB, or the host's less)
 # a block holds at most L2 / ROW_BLOCK_L2_SHARE bytes of the intermediates (`Target.l2_bytes`), fewer
 # rows where a row's are large (the transformer block's 256 KB a sample: 1 sample a block with a
 # 1 MB L2; see row_block)
@@ -89,14 +93,56 @@ class _Arena:
         self.free.sort()
 
 
+@dataclass(frozen=True)
+class Extent:
+    """The floats a buffer of an entry call on `batch` rows spans: `per_row` for each row it holds
+    (min(batch, row_block) with row blocks), `fixed`, and from `pack_rows` rows on `pack` more (a
+    scratch's GEMM packing buffer, which lies last: smaller calls never write it)."""
+
+    per_row: int
+    fixed: int = 0
+    row_block: int = 0
+    pack: int = 0
+    pack_rows: int = 0
+
+    @property
+    def empty(self) -> bool:
+        return self.per_row == 0 and self.fixed == 0 and self.pack == 0
+
+    @property
+    def most_fixed(self) -> int:
+        """The floats that do not grow with the batch, the pack buffer's included."""
+        return self.fixed + self.pack
+
+    def floats(self, batch: int) -> int:
+        held = min(batch, self.row_block) if self.row_block else batch
+        return held * self.per_row + self.fixed + (self.pack if batch >= self.pack_rows else 0)
+
+    def emit_bytes(self, b: ir.IRBuilder, batch: ir.Value) -> ir.Value:
+        """IR of 4 * floats(batch)."""
+        cap = i64(self.row_block) if self.row_block else None
+        words = (i64(self.per_row), i64(self.fixed), i64(self.pack), i64(self.pack_rows))
+        return b.mul(emit_floats(b, batch, cap, *words), i64(4))
+
+
+def emit_floats(b: ir.IRBuilder, batch: ir.Value, cap: ir.Value | None, per_row: ir.Value, fixed: ir.Value,
+                pack: ir.Value, pack_rows: ir.Value) -> ir.Value:
+    """IR of `Extent.floats` from run-time values (the native hot call reads them from its words)
+    with `cap` the row block, None for none."""
+    held = batch if cap is None else index_min(b, batch, cap)
+    extra = b.select(b.icmp_signed(">=", batch, pack_rows), pack, i64(0))
+    return b.add(b.add(b.mul(held, per_row), fixed), extra)
+
+
 @dataclass
 class BufferPlan:
     offsets: dict[str, tuple[int, bool]]  # node -> (offset in floats, batched?)
     aliases: dict[str, str]  # view node -> the node whose buffer it shares
     output_root: str  # the node that writes the model's output (straight into `out`)
     per_row: int = 0
-    fixed: int = 0
-    pack_offset: int = 0
+    fixed: int = 0  # floats of the values without a batch dimension
+    pack_offset: int = 0  # after them (`fixed`)
+    pack: int = 0  # floats
 
     def alias_root(self, n: str) -> str:
         while n in self.aliases:
@@ -114,9 +160,6 @@ def plan_buffers(g: Graph, pack_floats: int = 0) -> BufferPlan:
         for a in g.args(n):
             last_use[plan.alias_root(a)] = i
     batched, fixed = _Arena(), _Arena()
-    # Every linear uses the pack buffer, so it is live for the whole call: reserve it before any
-    # value (taking it last could hand it a block freed late while that value was still live).
-    plan.pack_offset = fixed.take(pack_floats) if pack_floats else 0
     for i, n in enumerate(order):
         if g.op(n) in NO_CODE or n in aliases or n == plan.output_root:
             pass
@@ -128,7 +171,10 @@ def plan_buffers(g: Graph, pack_floats: int = 0) -> BufferPlan:
             if last_use.get(a) == i and a in plan.offsets:
                 off, b = plan.offsets[a]
                 (batched if b else fixed).give(off, row_floats(g.shape(a)))
+    # Every linear may use the pack buffer, so it is live for the whole call: it lies past every
+    # value, where a call that never packs need not have room for it.
     plan.per_row, plan.fixed = batched.size, fixed.size
+    plan.pack_offset, plan.pack = fixed.size, _round_up(pack_floats) if pack_floats else 0
     return plan
 
 
@@ -147,10 +193,16 @@ def row_block(g: Graph, buffers: BufferPlan, l2_bytes: int = 1 << 20) -> int:
     gains nothing.
 
     Each block reads every weight matrix again, so only models whose every W fits L2
-    (ROW_BLOCK_MAX_WEIGHT): a block of ROW_BLOCK rows takes the GEMM's in-place path, which wants W
-    hot in L2 (measured, 1 thread, rows 128 at a time against all rows at once: reference MLP at
-    batch 512 / 2048 2131 / 8950 us against 2254 / 9570; 16 x 128x128 at 256 / 1024 1246 / 5047
-    against 1299 / 5251; but 1024x1024 x 3 at 256 / 1024 22985 / 85623 against 18020 / 65273).
+    (ROW_BLOCK_MAX_WEIGHT, or the host's `l2_bytes` if smaller): a block of ROW_BLOCK rows takes
+    the GEMM's in-place path, which wants W hot in L2 (measured, 1 thread, rows 128 at a time
+    against all rows at once: reference MLP at batch 512 / 2048 2131 / 8950 us against 2254 /
+    9570; 16 x 128x128 at 256 / 1024 1246 / 5047 against 1299 / 5251; but 1024x1024 x 3 at 256 /
+    1024 22985 / 85623 against 18020 / 65273). On AMD Zen 3 (512 KB L2) the reference MLP's
+    784x256 W (784 KB) and lnmlp's 512x512 (1 MB) outgrow it: in one pass, against row blocks,
+    the MLP took 0.88-0.93 / 0.85-1.07 / 0.91-0.97 of the time at 256 / 512 / 2048 rows and lnmlp
+    0.78-0.84 / 0.73-0.95 at 256 / 1024 (`benchmarks/bare_call.py`, medians of alternating
+    processes, two or three rounds, twenty-ninth session). A pass over all rows packs W, which only
+    calls of `ModulePlan.pack_rows` rows need room for: batch 1 keeps its small scratch.
 
     A block holds at most a quarter of the core's L2 (`row_block_scratch_bytes`) of intermediates,
     so they stay in L2 beside the weights. On Zen 4 (1 MB; one thread, in-process medians, one-off
@@ -167,6 +219,6 @@ def row_block(g: Graph, buffers: BufferPlan, l2_bytes: int = 1 << 20) -> int:
     if any(not is_batched(g.shape(n)) and not is_pass_through(g, n) for n in computed):
         return 0
     weights = [g.shape(g.args(n)[1]) for n in computed if g.op(n) in ("linear", "matmul")]
-    if len(computed) < 2 or any(4 * row_floats(w) > ROW_BLOCK_MAX_WEIGHT for w in weights):
+    if len(computed) < 2 or any(4 * row_floats(w) > min(ROW_BLOCK_MAX_WEIGHT, l2_bytes) for w in weights):
         return 0
     return max(1, min(ROW_BLOCK, row_block_scratch_bytes(l2_bytes) // (4 * buffers.per_row)))

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..binding import DropoutDraws
+from ..codegen.scratch import Extent
 from ..codegen.target import Target, target_named
 from ..driver import lower, optimized_graph
 from ..errors import CompileError
@@ -73,11 +74,13 @@ class ExportResult:
     more_inputs: tuple[tuple, ...] = ()
     dropout_layers: int = 0  # training=True: the Dropout layers whose masks the entry draws (seed, offset)
     exported_symbols: list[str] = field(default_factory=list)
+    scratch_bytes_pack: int = 0  # the GEMMs' packing buffer, which calls of `pack_rows` rows or more need
+    pack_rows: int = 0
 
     def scratch_bytes(self, batch: int) -> int:
         """Bytes of scratch a call on `batch` rows needs (`<NAME>_SCRATCH_BYTES(batch)` in the header)."""
-        rows = min(batch, self.row_block) if self.row_block else batch
-        return rows * self.scratch_bytes_per_row + self.scratch_bytes_fixed
+        return Extent(self.scratch_bytes_per_row, self.scratch_bytes_fixed, self.row_block, self.scratch_bytes_pack,
+                      self.pack_rows).floats(batch)  # (an Extent counts in any unit: bytes here)
 
 
 def export(model: Any, path: Any, *, input_shape: Any, target: str = "host", name: str = "model",
@@ -132,8 +135,8 @@ def export(model: Any, path: Any, *, input_shape: Any, target: str = "host", nam
     # what x, the inputs after it (a shared one: a fixed size), y and scratch span for a batch
     extents = [entry.Extent(math.prod(features)),
                *(entry.Extent(math.prod(s[1:])) if s[:1] == (None,) else entry.Extent(0, math.prod(s)) for s in more),
-               entry.Extent(math.prod(out_row)), entry.Extent(plan.scratch_per_row, plan.scratch_fixed, plan.row_block)]
-    limit = entry.max_batch(t, max(e.per_row for e in extents), plan.scratch_fixed)
+               entry.Extent(math.prod(out_row)), plan.scratch]
+    limit = entry.max_batch(t, max(e.per_row for e in extents), plan.scratch.most_fixed)
     wrapper = entry.entry_module(t, plan.entry, layout, name=name, blob=blob if weights == "embedded" else None,
                                  batch_limit=limit, extents=extents,
                                  more_inputs=len(more), dropouts=dropouts,
@@ -144,7 +147,8 @@ def export(model: Any, path: Any, *, input_shape: Any, target: str = "host", nam
     result = ExportResult(
         target=t, files={}, object_bytes=len(obj), weights_bytes=len(blob),
         scratch_bytes_per_row=4 * plan.scratch_per_row, scratch_bytes_fixed=4 * plan.scratch_fixed,
-        row_block=plan.row_block, max_batch=limit, in_row=features, out_row=out_row,
+        row_block=plan.row_block, scratch_bytes_pack=4 * plan.scratch_pack, pack_rows=plan.pack_rows,
+        max_batch=limit, in_row=features, out_row=out_row,
         parameters=sum(a.size for a in params), exported_symbols=exported, more_inputs=more,
         dropout_layers=len({layer for layer, _, _ in dropouts}))
     header = header_text(_header_info(result, model, graph, name, weights, plan.inputs, training))
@@ -224,6 +228,7 @@ def _header_info(result: ExportResult, model: Any, graph: Graph, name: str, weig
         more_inputs=result.more_inputs, input_names=c_input_names(input_nodes),
         dropout_layers=result.dropout_layers, training=training,
         scratch_per_row=result.scratch_bytes_per_row, scratch_fixed=result.scratch_bytes_fixed,
-        row_block=result.row_block, max_batch=result.max_batch,
+        row_block=result.row_block, max_batch=result.max_batch, scratch_pack=result.scratch_bytes_pack,
+        pack_rows=result.pack_rows,
         weights_bytes=result.weights_bytes + (entry.HEADER_BYTES if weights == "external" else 0),
         weights_file=f"{name}.bin" if weights == "external" else None)

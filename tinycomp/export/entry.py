@@ -28,6 +28,7 @@ import numpy as np
 from llvmlite import ir
 
 from ..codegen.cgutils import I32, I64, PTR, compile_as_glue, i64
+from ..codegen.scratch import Extent
 from ..codegen.target import Target
 
 ALIGN_FLOATS = 16  # every array on a 64-byte line
@@ -36,27 +37,6 @@ FORMAT = 1
 HEADER_BYTES = 64  # magic, format (u32), header size (u32), float count (u64), fingerprint (u64), zeros
 OK, ERR_ARGS, ERR_WEIGHTS = 0, -1, -2
 I8 = ir.IntType(8)
-
-
-@dataclass(frozen=True)
-class Extent:
-    """The floats one pointer of the entry spans on a call of `batch` rows: `per_row` times the rows
-    (min(batch, row_block) with a row block: scratch holds one block), plus `fixed`."""
-
-    per_row: int
-    fixed: int = 0
-    row_block: int = 0
-
-    @property
-    def empty(self) -> bool:
-        return self.per_row == 0 and self.fixed == 0
-
-    def bytes(self, b: ir.IRBuilder, batch: ir.Value) -> ir.Value:
-        rows = batch
-        if self.row_block:
-            block = i64(self.row_block)
-            rows = b.select(b.icmp_signed("<", batch, block), batch, block)
-        return b.add(b.mul(rows, i64(4 * self.per_row)), i64(4 * self.fixed))
 
 
 @dataclass(frozen=True)
@@ -151,16 +131,18 @@ def _overlapping(b: ir.IRBuilder, read: Sequence[tuple[ir.Value, Extent]], writt
                  batch: ir.Value) -> ir.Value:
     """Whether a written buffer (y, scratch) shares a byte with a buffer read (the inputs, bound
     weights) or with another written one. The kernels take every pointer as noalias: a GEMM writing
-    y over x would read its own output, one writing over the bound weights would change them for good."""
+    y over x would read its own output, one writing over the bound weights would change them for good.
+    A span of no bytes at this batch (a scratch smaller calls need no pack buffer in) shares none."""
     def span(ptr: ir.Value, extent: Extent) -> tuple[ir.Value, ir.Value]:
         start = b.ptrtoint(ptr, I64)
-        return start, b.add(start, extent.bytes(b, batch))
+        return start, b.add(start, extent.emit_bytes(b, batch))
     hit: ir.Value = ir.Constant(ir.IntType(1), 0)
     for i, (w, w_extent) in enumerate(written):
         for other, o_extent in (*read, *written[:i]):
             if not (w_extent.empty or o_extent.empty):
                 (ws, we), (os_, oe) = span(w, w_extent), span(other, o_extent)
-                hit = b.or_(hit, b.and_(b.icmp_unsigned("<", ws, oe), b.icmp_unsigned("<", os_, we)))
+                shared = b.and_(b.icmp_unsigned("<", ws, oe), b.icmp_unsigned("<", os_, we))
+                hit = b.or_(hit, b.and_(shared, b.and_(b.icmp_unsigned("<", ws, we), b.icmp_unsigned("<", os_, oe))))
     return hit
 
 
@@ -191,8 +173,9 @@ def _forward(module: ir.Module, lowered: ir.Function, weights: ir.GlobalVariable
     bad = b.icmp_unsigned("==", y, null)
     for ptr in (x, *others):
         bad = b.or_(bad, b.icmp_unsigned("==", ptr, null))
-    if not extents[-1].empty:  # a scratch of no bytes may be NULL
-        bad = b.or_(bad, b.icmp_unsigned("==", scratch, null))
+    if not extents[-1].empty:  # a scratch of no bytes (at this batch) may be NULL
+        needed = b.icmp_signed(">", extents[-1].emit_bytes(b, batch), i64(0))
+        bad = b.or_(bad, b.and_(needed, b.icmp_unsigned("==", scratch, null)))
     bad = b.or_(bad, _overlapping(b, read, [(y, extents[-2]), (scratch, extents[-1])], batch))
     _return_if(b, b.or_(bad, _misaligned(b, x, *others, y, scratch)), ERR_ARGS)
     table: ir.Value = null

@@ -28,6 +28,8 @@ class HeaderInfo:
     input_names: list[str] | None = None  # the entry's input parameters (default x, x1, ...)
     training: bool = False  # dropout active: the entry takes the stream position (seed, offset)
     dropout_layers: int = 0
+    scratch_pack: int = 0  # bytes of the GEMMs' packing buffer, after the rest: calls of pack_rows rows or more
+    pack_rows: int = 0
 
 
 def _comment(text: str) -> str:
@@ -119,7 +121,8 @@ def header_text(info: HeaderInfo) -> str:
     ])
     block = info.row_block
     rows = f"((batch) < {block} ? (batch) : {block})" if block else "(batch)"
-    scratch = f"((int64_t){rows} * {p}_SCRATCH_BYTES_PER_ROW + {p}_SCRATCH_BYTES_FIXED)"
+    pack = f" + ((batch) >= {p}_SCRATCH_PACK_ROWS ? {p}_SCRATCH_BYTES_PACK : 0)" if info.scratch_pack else ""
+    scratch = f"((int64_t){rows} * {p}_SCRATCH_BYTES_PER_ROW + {p}_SCRATCH_BYTES_FIXED{pack})"
     lines = [
         "/*", _comment(about), " */", f"#ifndef {guard}", f"#define {guard}", "", "#include <stdint.h>", "",
         "#ifdef __cplusplus", 'extern "C" {', "#endif", "",
@@ -130,6 +133,9 @@ def header_text(info: HeaderInfo) -> str:
         f"#define {p}_SCRATCH_BYTES_PER_ROW {info.scratch_per_row}",
         f"#define {p}_SCRATCH_BYTES_FIXED {info.scratch_fixed}",
     ]
+    if info.scratch_pack:
+        lines += [f"#define {p}_SCRATCH_BYTES_PACK {info.scratch_pack}  /* the packed weights, from: */",
+                  f"#define {p}_SCRATCH_PACK_ROWS {info.pack_rows}  /* smaller batches never pack */"]
     if block:
         lines.append(f"#define {p}_ROW_BLOCK {block}  /* rows per block: scratch never holds more */")
     lines += [

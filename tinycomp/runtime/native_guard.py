@@ -42,7 +42,8 @@ from typing import Any
 import numpy as np
 from llvmlite import ir
 
-from ..codegen.cgutils import I32, I64, PTR, as_i64, for_range, i64, index_min
+from ..codegen.cgutils import I32, I64, PTR, as_i64, for_range, i64
+from ..codegen.scratch import Extent, emit_floats
 from .engine import JitEngine
 
 # CPython 3.x object layout: PyObject_HEAD is two words (the refcount, then the type); a dict's
@@ -193,13 +194,14 @@ def array_words(a: np.ndarray) -> list[int]:
 # how many dimensions to check and those checks (an int64 array of (input, dimension, size) triples,
 # size -1: the batch); then None, PyLong_FromLong (the status returned) and the tuple type; the most
 # rows a call takes, and on the helper's stack; the scratch a call of r rows needs, min(r, cap) *
-# per_row + fixed floats, as (fixed, per_row, cap); the output's rank; and last the first input's
+# per_row + fixed floats and pack more from pack_rows rows on (`codegen.scratch.Extent`), as
+# (fixed, per_row, cap, pack, pack_rows); the output's rank; and last the first input's
 # dimensions after the first, then the output's.
-CTX_FIXED = 24
+CTX_FIXED = 26
 CTX_ENTRY, CTX_TABLE, CTX_WORDS, CTX_EXPECT, CTX_NWORDS, CTX_SAVE, CTX_RESTORE, CTX_F32, CTX_NDARRAY, CTX_NDIM, \
     CTX_NMORE, CTX_RANKS, CTX_NDIMCHECKS, CTX_DIMCHECKS, CTX_NONE, CTX_LONG, CTX_TUPLE, CTX_HOT_ROWS, \
-    CTX_STACK_ROWS, CTX_SCRATCH_FIXED, CTX_SCRATCH_PER_ROW, CTX_SCRATCH_CAP, CTX_OUT_NDIM, \
-    CTX_OUT_DIMS = range(CTX_FIXED)
+    CTX_STACK_ROWS, CTX_SCRATCH_FIXED, CTX_SCRATCH_PER_ROW, CTX_SCRATCH_CAP, CTX_SCRATCH_PACK, CTX_PACK_ROWS, \
+    CTX_OUT_NDIM, CTX_OUT_DIMS = range(CTX_FIXED)
 # A model of up to this many inputs after the first is offered the native call: their data pointers
 # go in a table on the helper's stack.
 MAX_MORE_INPUTS = 32
@@ -291,8 +293,8 @@ def _emit_hot_call(mod: ir.Module, name: str, several: bool) -> None:
         with array_case:
             check(is_array(scratch), not_native)
             check(native_array(scratch, i64(1)), not_native)
-            held = index_min(b, rows, item(ctx, CTX_SCRATCH_CAP))
-            need = b.add(b.mul(held, item(ctx, CTX_SCRATCH_PER_ROW)), item(ctx, CTX_SCRATCH_FIXED))
+            need = emit_floats(b, rows, *(item(ctx, w) for w in (CTX_SCRATCH_CAP, CTX_SCRATCH_PER_ROW,
+                                                                  CTX_SCRATCH_FIXED, CTX_SCRATCH_PACK, CTX_PACK_ROWS)))
             check(b.icmp_signed(">=", b.load(at(scratch, ARRAY_DIMS, PTR), typ=I64), need), not_native)
             array_data, array_end = at(scratch, ARRAY_DATA, PTR), b.block
     scratch_data = b.phi(PTR)
@@ -392,6 +394,16 @@ def builtin(method: _MethodDef, words: Sequence[int], keep: Any) -> Callable[...
     return _new_builtin(ctypes.addressof(method), packed, None)
 
 
+def _most_rows_within(size: Extent, floats: int, most: int) -> int:
+    """The most rows, up to `most`, whose scratch (`size.floats`, which never shrinks as rows grow)
+    fits `floats`: 0 if not even one row's does."""
+    lo, hi = 0, most
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if size.floats(mid) <= floats else (lo, mid - 1)
+    return lo
+
+
 def _c_address(fn: Any) -> int:
     return ctypes.cast(fn, ctypes.c_void_p).value or 0
 
@@ -406,7 +418,7 @@ class NativeHotCall:
     """
 
     def __init__(self, entry: int, table: ctypes.Array, features: Sequence[int], out_row: Sequence[int],
-                 hot_rows: int, scratch: Any, scratch_floats: Callable[[int], int],
+                 hot_rows: int, scratch: Any, scratch_size: Extent,
                  watched: Iterable[int], keep: Any, armed_for: Any = None, more_inputs: Sequence[tuple] = ()):
         if len(more_inputs) > MAX_MORE_INPUTS:
             raise ValueError(f"the native hot call takes up to {MAX_MORE_INPUTS} inputs after the first; "
@@ -418,16 +430,13 @@ class NativeHotCall:
         self._expect = (ctypes.c_uint64 * max(1, len(words)))(*(_word(w) for w in words))
         self.features, self.out_shape_tail = tuple(features), tuple(out_row)
         self._one_row = (1, *self.out_shape_tail)
-        # The scratch a call of `rows` needs (`ModulePlan.scratch_floats`: one row block's at most).
-        # Leased for every row, 50,000 rows reserved 220 MB for a plan that uses 0.5 MB.
-        self._scratch_floats = scratch_floats
-        # batches whose scratch fits the helper's stack buffer pass None for the scratch (below a
-        # row block, the scratch grows by the same floats a row)
-        fixed, per_row = scratch_floats(0), scratch_floats(1) - scratch_floats(0)
-        self._stack_rows = hot_rows if scratch_floats(hot_rows) <= STACK_SCRATCH // 4 else \
-            (STACK_SCRATCH // 4 - fixed) // max(1, per_row)
+        # The scratch a call of `rows` needs (`ModulePlan.scratch`: one row block's at most, the
+        # pack buffer only from its rows on). Leased for every row, 50,000 rows reserved 220 MB for
+        # a plan that uses 0.5 MB.
+        self._scratch = scratch_size
+        # batches whose scratch fits the helper's stack buffer pass None for the scratch
+        self._stack_rows = _most_rows_within(scratch_size, STACK_SCRATCH // 4, hot_rows)
         self.hot_rows, self.scratch = hot_rows, scratch
-        scratch_cap = (scratch_floats(hot_rows) - fixed) // per_row if per_row else 0  # rows a row block holds
         # the inputs after the first: each one's rank, and (input, dimension, size) per dimension (-1: the batch)
         self._ranks = (ctypes.c_int64 * max(1, self.n_more))(*(len(s) for s in more_inputs))
         checks = [w for i, s in enumerate(more_inputs) for d, n in enumerate(s) for w in (i, d, -1 if n is None else n)]
@@ -437,7 +446,8 @@ class NativeHotCall:
                _c_address(ctypes.pythonapi.PyEval_RestoreThread), id(np.dtype(np.float32)), id(np.ndarray),
                1 + len(self.features), self.n_more, ctypes.addressof(self._ranks), len(checks) // 3,
                ctypes.addressof(self._dim_checks), id(None), _c_address(ctypes.pythonapi.PyLong_FromLong), id(tuple),
-               hot_rows, self._stack_rows, fixed, per_row, scratch_cap, 1 + len(self.out_shape_tail),
+               hot_rows, self._stack_rows, scratch_size.fixed, scratch_size.per_row, scratch_size.row_block or hot_rows,
+               scratch_size.pack, scratch_size.pack_rows, 1 + len(self.out_shape_tail),
                CTX_FIXED + len(self.features), *self.features, *self.out_shape_tail]
         assert len(ctx) == CTX_FIXED + len(self.features) + len(self.out_shape_tail)
         helpers = helper()
@@ -463,7 +473,7 @@ class NativeHotCall:
             return None
         out = np.empty(self._one_row if rows == 1 else (rows, *self.out_shape_tail), _F32)
         # the lease is held until the call returns (`ScratchPool.lease`)
-        scratch = None if rows <= self._stack_rows else self.scratch.lease(self._scratch_floats(rows))
+        scratch = None if rows <= self._stack_rows else self.scratch.lease(self._scratch.floats(rows))
         buffer = None if scratch is None else scratch[0]
         status = self._fn(a, out, buffer, more) if self.n_more else self._fn(a, out, buffer)
         if status == 0:
