@@ -6,11 +6,14 @@ import re
 
 import pytest
 
-from tinycomp.codegen.gemm import plan_gemm, plan_narrow, tile_vectors
+from tinycomp.codegen.gemm import direct_max_rows, plan_gemm, plan_narrow, tile_vectors
 from tinycomp.codegen.module import lower_graph
 from tinycomp.codegen.target import (
     CROSS_TARGETS,
     TARGET_NAMES,
+    _l2_bytes,
+    aliased_direct_max_rows,
+    cpuinfo,
     host,
     host_target_machine,
     parse_module,
@@ -119,3 +122,18 @@ def test_host_backend_options_apply_to_our_emits_only():
     # with LSR the loop steps a pointer by 40 bytes; without, the index is scaled in the loop
     assert "$40" in loop_body(before)
     assert "$40" not in loop_body(ours)
+
+
+def test_a_w_with_rows_4_kb_apart_is_packed_early_where_it_was_measured_slow_in_place():
+    """Intel cores, and AMD cores with less than 1 MB of L2 (Zen 3), read a 1024 x 1024 W in place
+    only up to their measured limit, then pack it; Zen 4's 1 MB L2 read it in place up to the usual
+    128 rows. The host's Target follows its own vendor and L2."""
+    limits = {(v, l2): aliased_direct_max_rows(v, l2) for v in ("GenuineIntel", "AuthenticAMD")
+              for l2 in (512 << 10, 1 << 20, 2 << 20)}
+    assert all(limits[("GenuineIntel", l2)] == 40 for l2 in (512 << 10, 1 << 20, 2 << 20))
+    assert limits[("AuthenticAMD", 512 << 10)] == 16
+    assert limits[("AuthenticAMD", 1 << 20)] == limits[("AuthenticAMD", 2 << 20)] == 0
+    for vendor_l2, limit in limits.items():  # the GEMM's in-place bound for such a W, 512x1024 too
+        for k, n in ((1024, 1024), (512, 1024)):
+            assert direct_max_rows(k, n, limit, 8) == (limit or 128), (vendor_l2, k, n)
+    assert host().aliased_direct_max_rows == aliased_direct_max_rows(cpuinfo("vendor_id"), _l2_bytes())

@@ -89,6 +89,20 @@ def _lanes(features: str) -> int:
 # and packs it above (benchmarks/RESULTS.md, eighth session). AMD Zen 4 read the same layer in
 # place, in one piece, fastest up to ~128 rows.
 INTEL_ALIASED_DIRECT_MAX_ROWS = 40
+# Cores with less than 1 MB of L2 (AMD Zen 3: 512 KB, 8-way, 1,024 sets): a 1024 x 1024 W read in
+# place took 2.0 x as long as packed at 32 rows, 2.6 x at 64 and 2.8 x at 128; in K-chunks at 16
+# rows as long as in one piece (`benchmarks/gemm_ab.py ALIASED_MAX_ROWS 0,16,40 --layer 1024x1024
+# --rows 16,32,64,128`, twenty-ninth session). There a two-thread call of the `wide` model, 128 rows
+# a thread, read its Ws in place, and ran 0.88-0.90 x as fast as one thread on 256 rows (packed).
+SMALL_L2_ALIASED_DIRECT_MAX_ROWS = 16
+
+
+def aliased_direct_max_rows(vendor: str, l2_bytes: int) -> int:
+    """The host's limit for a W whose rows are a multiple of 4 KB apart (`gemm.direct_max_rows`),
+    0 for none: measured on Intel, and on AMD cores with less L2 than Zen 4's 1 MB."""
+    if vendor == "GenuineIntel":
+        return INTEL_ALIASED_DIRECT_MAX_ROWS
+    return SMALL_L2_ALIASED_DIRECT_MAX_ROWS if l2_bytes < 1 << 20 else 0
 
 
 def cpuinfo(key: str) -> str:
@@ -141,7 +155,7 @@ def host() -> Target:
         vector_width=width,
         vector_registers=32 if arm64 else default_registers(width),
         pointer_bits=64 if "64" in triple.split("-")[0] else 32,
-        aliased_direct_max_rows=INTEL_ALIASED_DIRECT_MAX_ROWS if cpuinfo("vendor_id") == "GenuineIntel" else 0,
+        aliased_direct_max_rows=aliased_direct_max_rows(cpuinfo("vendor_id"), _l2_bytes()),
         l2_bytes=_l2_bytes(),
     )
 
