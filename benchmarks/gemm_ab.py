@@ -33,7 +33,7 @@ from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import gemm_micro  # noqa: E402
-from gemm_micro import compare_samples, compile_layers  # noqa: E402
+from gemm_micro import compare_samples, compile_layers, min_median  # noqa: E402
 
 import tinycomp  # noqa: E402
 from tinycomp.aligned import aligned_empty  # noqa: E402
@@ -151,7 +151,7 @@ def main() -> None:
             calls = (model_calls(args.model, rows, values, args.name, keep, args.offset_below) if args.model
                      else layer_calls(args.layer, rows, values, args.name, keep))
             samples = compare_samples(calls, rounds=args.rounds)
-            res = [(min(s), float(np.median(s))) for s in samples]
+            res = min_median(samples)
             pairs = zip(values, res, strict=True)
             times = "  ".join(f"{v}: {lo * 1e6:.1f} / {med * 1e6:.1f}" for v, (lo, med) in pairs)
             ratios = "  ".join(f"{lo / res[0][0]:.3f} / {med / res[0][1]:.3f} / {paired_ratio(s, samples[0]):.3f}"

@@ -75,7 +75,12 @@ def median_time(f, min_time=0.05, reps=7):
 
 def compare(fns, rounds=15, target_s=2e-4):
     """Time several callables interleaved; (min, median) seconds per call of each."""
-    return [(min(s), float(np.median(s))) for s in compare_samples(fns, rounds, target_s)]
+    return min_median(compare_samples(fns, rounds, target_s))
+
+
+def min_median(samples: list[list[float]]) -> list[tuple[float, float]]:
+    """(min, median) of each callable's samples."""
+    return [(min(s), float(np.median(s))) for s in samples]
 
 
 def compare_samples(fns, rounds=15, target_s=2e-4) -> list[list[float]]:

@@ -362,18 +362,16 @@ def plan_frame(g: Graph, target: Target | int) -> ModulePlan:
             why = REFUSED.get(g.op(n), "the code generator has no lowering registered for it")
             raise LoweringError(f"no native code rule for op {g.op(n)!r} (node {n}): {why}; "
                                 f"compiled ops: {sorted(LOWERINGS)}")
-    pack = _pack_need(g, target)
-    buffers = plan_buffers(g, pack_floats=pack[0])
-    block = row_block(g, buffers, target.l2_bytes)
-    if block:  # GEMMs on one block's rows may never pack W
-        pack = _pack_need(g, target, block)
-        buffers = plan_buffers(g, pack_floats=pack[0])
+    buffers = plan_buffers(g)
+    block = row_block(g, buffers, target.l2_bytes)  # (the values' rows alone: the pack buffer lies after them)
+    pack_floats, pack_rows = _pack_need(g, target, block)  # GEMMs on one block's rows may never pack W
+    buffers = buffers.with_pack(pack_floats)
     consts = [n for n in g.nodes("const") if not _folded_everywhere(g, n)]
     return ModulePlan(llvm_ir="", entry=ENTRY, params=g.params, const_nodes=consts, consts=_const_arrays(g, consts),
                       out_shape=tuple(g.shape(g.output)), scratch_per_row=buffers.per_row,
                       scratch_fixed=buffers.fixed, kernels=[], buffers=buffers,
                       dropouts=[n for n in g.nodes("dropout") if draws_mask(g, n)], row_block=block,
-                      inputs=g.inputs, scratch_pack=buffers.pack, pack_rows=pack[1] if buffers.pack else 0)
+                      inputs=g.inputs, scratch_pack=buffers.pack, pack_rows=pack_rows)
 
 
 def _emit_module(g: Graph, target: Target, finished: FinishedListener | None = None) -> tuple[ModulePlan, ir.Module]:

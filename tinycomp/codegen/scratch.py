@@ -9,7 +9,7 @@ buffer starts on a 64-byte line when scratch does.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from llvmlite import ir
 
@@ -141,8 +141,17 @@ class BufferPlan:
     output_root: str  # the node that writes the model's output (straight into `out`)
     per_row: int = 0
     fixed: int = 0  # floats of the values without a batch dimension
-    pack_offset: int = 0  # after them (`fixed`)
-    pack: int = 0  # floats
+    pack: int = 0  # floats of the pack buffer, which lies after them
+
+    @property
+    def pack_offset(self) -> int:
+        return self.fixed
+
+    def with_pack(self, floats: int) -> BufferPlan:
+        """This plan with a pack buffer of `floats` (rounded up to whole lines) after every value:
+        where a call that never packs need not have room for it. Every linear may use it, so it is
+        live for the whole call; past the values, it shares no block with any."""
+        return replace(self, pack=_round_up(floats) if floats else 0)
 
     def alias_root(self, n: str) -> str:
         while n in self.aliases:
@@ -171,11 +180,8 @@ def plan_buffers(g: Graph, pack_floats: int = 0) -> BufferPlan:
             if last_use.get(a) == i and a in plan.offsets:
                 off, b = plan.offsets[a]
                 (batched if b else fixed).give(off, row_floats(g.shape(a)))
-    # Every linear may use the pack buffer, so it is live for the whole call: it lies past every
-    # value, where a call that never packs need not have room for it.
     plan.per_row, plan.fixed = batched.size, fixed.size
-    plan.pack_offset, plan.pack = fixed.size, _round_up(pack_floats) if pack_floats else 0
-    return plan
+    return plan.with_pack(pack_floats)
 
 
 def row_block_scratch_bytes(l2_bytes: int) -> int:

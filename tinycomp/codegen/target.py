@@ -147,6 +147,7 @@ def host() -> Target:
         features += ",-prefer-256-bit"
     triple = llvm.get_process_triple()
     arm64 = triple.startswith(("aarch64", "arm64"))  # 32 NEON registers
+    l2_bytes = _l2_bytes()
     return Target(
         name="host",
         triple=triple,
@@ -155,8 +156,8 @@ def host() -> Target:
         vector_width=width,
         vector_registers=32 if arm64 else default_registers(width),
         pointer_bits=64 if "64" in triple.split("-")[0] else 32,
-        aliased_direct_max_rows=aliased_direct_max_rows(cpuinfo("vendor_id"), _l2_bytes()),
-        l2_bytes=_l2_bytes(),
+        aliased_direct_max_rows=aliased_direct_max_rows(cpuinfo("vendor_id"), l2_bytes),
+        l2_bytes=l2_bytes,
     )
 
 

@@ -133,9 +133,9 @@ def export(model: Any, path: Any, *, input_shape: Any, target: str = "host", nam
     blob = layout.blob(params + plan.consts)
     exported = [f"{name}_forward"] + ([f"{name}_bind_weights"] if weights == "external" else [])
     # what x, the inputs after it (a shared one: a fixed size), y and scratch span for a batch
-    extents = [entry.Extent(math.prod(features)),
-               *(entry.Extent(math.prod(s[1:])) if s[:1] == (None,) else entry.Extent(0, math.prod(s)) for s in more),
-               entry.Extent(math.prod(out_row)), plan.scratch]
+    extents = [Extent(math.prod(features)),
+               *(Extent(math.prod(s[1:])) if s[:1] == (None,) else Extent(0, math.prod(s)) for s in more),
+               Extent(math.prod(out_row)), plan.scratch]
     limit = entry.max_batch(t, max(e.per_row for e in extents), plan.scratch.most_fixed)
     wrapper = entry.entry_module(t, plan.entry, layout, name=name, blob=blob if weights == "embedded" else None,
                                  batch_limit=limit, extents=extents,
