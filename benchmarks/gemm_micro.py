@@ -18,7 +18,7 @@ from llvmlite import ir
 from threadpoolctl import threadpool_limits
 
 from tinycomp.codegen.gemm import emit_linear, pack_floats
-from tinycomp.codegen.target import host
+from tinycomp.codegen.target import CacheLimits, host
 from tinycomp.runtime.engine import JitEngine
 
 LINEAR_SIG = ctypes.CFUNCTYPE(None, ctypes.c_int64, *[ctypes.c_void_p] * 5)
@@ -39,7 +39,7 @@ def build(layers, width):
     mod = ir.Module(name="bench")
     for i, (K, N, act) in enumerate(layers):
         emit_linear(mod, f"lin{i}", K=K, N=N, bias=True, activation=act, width=width,
-                    aliased_max_rows=ALIASED_MAX_ROWS)
+                    cache=CacheLimits(ALIASED_MAX_ROWS, host().l2_bytes))
     return str(mod)
 
 

@@ -283,29 +283,38 @@ def test_linear_square(width, batch):
     assert_parity(model, sample(batch, width, seed=batch), sequential_reference(model))
 
 
-@pytest.fixture(scope="module")
-def wide_layers():
+# Layers whose W is larger than L2 with rows a multiple of 4 KB apart, and (2 KB apart, aliased on a
+# core with less L2 than 1 MB, `gemm._aliased`) 512 x 512 and 1024 x 512.
+ALIASED_MODELS = {
+    "4kb": lambda: Sequential(Linear(1024, 2048), GELU(), Linear(2048, 1024), ReLU(), Linear(1024, 1024)),
+    "2kb": lambda: Sequential(Linear(512, 512), GELU(), Linear(512, 1024), ReLU(), Linear(1024, 512)),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(ALIASED_MODELS))
+def wide_layers(request):
     manual_seed(5)
-    model = Sequential(Linear(1024, 2048), GELU(), Linear(2048, 1024), ReLU(), Linear(1024, 1024))
+    model = ALIASED_MODELS[request.param]()
     return model, tc.compile(model, threads=1)  # one thread: each call is the whole batch
 
 
-@pytest.mark.parametrize("batch", [1, 6, 11, 39, 40, 41, 64])
-def test_layers_with_rows_4_kb_apart(wide_layers, batch):
-    """Layers whose W is larger than L2 with rows a multiple of 4 KB apart: on an Intel host they
-    read W in place in K-chunks up to `Target.aliased_direct_max_rows` rows and pack it above
-    (elsewhere, in one piece up to DIRECT_MAX_ROWS); every path matches eager."""
+@pytest.mark.parametrize("batch", [1, 6, 11, 16, 17, 39, 40, 41, 64])
+def test_layers_with_aliased_rows(wide_layers, batch):
+    """Layers whose W is larger than L2 with rows a multiple of 4 KB apart (or 2 KB, on a core with
+    less than 1 MB of L2): on an Intel host, or an AMD one with such an L2, they read W in place in
+    K-chunks up to `Target.aliased_direct_max_rows` rows and pack it above (elsewhere, in one piece
+    up to DIRECT_MAX_ROWS); every path matches eager."""
     model, fast = wide_layers
-    assert_parity(model, sample(batch, 1024, seed=batch), fast=fast)
+    assert_parity(model, sample(batch, model.layers[0].weight.shape[0], seed=batch), fast=fast)
 
 
-def test_layers_with_rows_4_kb_apart_give_a_row_the_same_bits_in_any_batch(wide_layers):
+def test_layers_with_aliased_rows_give_a_row_the_same_bits_in_any_batch(wide_layers):
     """Alone, in a batch on either side of the in-place limit, and split across threads."""
     model, fast = wide_layers
-    x = sample(64, 1024, seed=3)
+    x = sample(64, model.layers[0].weight.shape[0], seed=3)
     alone = np.concatenate([fast(x[i:i + 1]).data for i in range(len(x))])
     both_cores = tc.compile(model)
-    for rows in (7, 40, 41, 64):
+    for rows in (7, 16, 17, 40, 41, 64):
         np.testing.assert_array_equal(fast(x[:rows]).data, alone[:rows], err_msg=f"{rows} rows, one thread")
         np.testing.assert_array_equal(both_cores(x[:rows]).data, alone[:rows], err_msg=f"{rows} rows, all cores")
 

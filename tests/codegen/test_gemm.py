@@ -12,7 +12,7 @@ import pytest
 from llvmlite import ir
 
 from tinycomp.codegen.gemm import emit_linear, narrow_small_rows, pack_floats, pack_min_rows, plan_narrow
-from tinycomp.codegen.target import Target, host
+from tinycomp.codegen.target import NO_LIMITS, CacheLimits, Target, host
 from tinycomp.runtime.engine import JitEngine
 
 WIDTH = 16
@@ -56,11 +56,11 @@ def layer_name(K, N, bias, act, residual=False):
 class Compiled:
     """All test layers in one module: one JIT compile for the whole file."""
 
-    def __init__(self, layers, width=WIDTH, aliased_max_rows=0):
+    def __init__(self, layers, width=WIDTH, cache=NO_LIMITS):
         mod = ir.Module(name="test_gemm")
         for K, N, bias, act, *res in layers:  # (K, N, bias, act[, residual])
             emit_linear(mod, layer_name(K, N, bias, act, *res), K=K, N=N, bias=bias, activation=act, width=width,
-                        residual=bool(res and res[0]), aliased_max_rows=aliased_max_rows)
+                        residual=bool(res and res[0]), cache=cache)
         self.llvm_ir = str(mod)
         self.engine = JitEngine(self.llvm_ir)
         self.width = width
@@ -563,15 +563,16 @@ def test_aliased_w_larger_than_l2_is_read_in_place_only_up_to_the_host_limit():
     from tinycomp.codegen.gemm import DIRECT_BLOCK_BYTES, DIRECT_MAX_ROWS, L2_BYTES, direct_max_rows, plan_gemm
 
     assert 4 * 1024 * 1024 > L2_BYTES >= 4 * 256 * 1024  # the layers below sit on either side
-    assert direct_max_rows(1024, 1024, 16) == direct_max_rows(512, 2048, 16) == 16
-    aliased = plan_gemm(1024, 1024, WIDTH, aliased_max_rows=16)
+    limit = CacheLimits(16)
+    assert direct_max_rows(1024, 1024, limit) == direct_max_rows(512, 2048, limit) == 16
+    aliased = plan_gemm(1024, 1024, WIDTH, cache=limit)
     # in place it sums in K-chunks of DIRECT_BLOCK_BYTES, in blocks as wide as the one-row kernel
     assert aliased.direct_max_rows == 16 and aliased.direct_nc == aliased.leftover[-1].nr == 256
     assert 4 * aliased.direct_kc * aliased.direct_nc == DIRECT_BLOCK_BYTES
     for K, N in ((1024, 1000), (256, 1024), (1100, 256), (784, 256)):  # rows not 4 KB apart, or W within L2
-        assert direct_max_rows(K, N, 16) == DIRECT_MAX_ROWS
-        assert plan_gemm(K, N, WIDTH, aliased_max_rows=16).direct_kc == 0
-    assert direct_max_rows(1024, 1024, 0) == plan_gemm(1024, 1024, WIDTH).direct_max_rows == DIRECT_MAX_ROWS
+        assert direct_max_rows(K, N, limit) == DIRECT_MAX_ROWS
+        assert plan_gemm(K, N, WIDTH, cache=limit).direct_kc == 0
+    assert direct_max_rows(1024, 1024) == plan_gemm(1024, 1024, WIDTH).direct_max_rows == DIRECT_MAX_ROWS
     assert plan_gemm(1024, 1024, WIDTH).direct_kc == 0
 
 
@@ -595,16 +596,37 @@ def test_w_whose_panels_outgrow_l2_is_packed_from_a_few_dozen_rows():
     np.testing.assert_allclose(packed, layer(Tensor(x)).data, rtol=1e-4, atol=1e-4)
 
 
-# Aliased layers (W larger than L2, rows a multiple of 4 KB apart) with a host limit: K-chunked
-# in-place path up to it, packed above. 1100 rows: a last K-chunk of 76; 2048 x 1024 with gelu
-# and a residual: the finishing epilogue after the chunks; 1024 x 2048 without a bias.
+def test_a_core_with_less_l2_also_limits_w_with_rows_2_kb_apart():
+    """On a core with less L2 than L2_BYTES (Zen 3's 512 KB), a W larger than that L2 with rows a
+    multiple of SMALL_L2_ALIASED_STRIDE (2 KB) apart is aliased too: lnmlp's 512 x 512 and 256 x 1024
+    (1 MB). A W within that L2, or with rows 1 KB or 3 KB apart, keeps DIRECT_MAX_ROWS; and the
+    same layers on a core with 1 MB keep it as well."""
+    from tinycomp.codegen.gemm import DIRECT_MAX_ROWS, SMALL_L2_ALIASED_STRIDE, direct_max_rows, plan_gemm
+
+    assert SMALL_L2_ALIASED_STRIDE == 2048
+    small, large = CacheLimits(16, 512 * 1024), CacheLimits(16, 1 << 20)
+    for K, N in ((512, 512), (256, 1024), (1024, 512), (512, 1536), (2048, 512)):
+        assert direct_max_rows(K, N, small) == plan_gemm(K, N, WIDTH, cache=small).direct_max_rows == 16
+        assert plan_gemm(K, N, WIDTH, cache=small).direct_kc > 0
+        assert direct_max_rows(K, N, CacheLimits(0, 512 * 1024)) != 16  # no host limit: no K-chunks
+    for K, N in ((512, 512), (256, 1024), (1024, 512)):
+        assert direct_max_rows(K, N, large) == DIRECT_MAX_ROWS and plan_gemm(K, N, WIDTH, cache=large).direct_kc == 0
+    for K, N in ((256, 512), (784, 256), (1024, 256), (1024, 768)):  # within 512 KB, or 1 KB / 3 KB apart
+        assert direct_max_rows(K, N, small) == DIRECT_MAX_ROWS and plan_gemm(K, N, WIDTH, cache=small).direct_kc == 0
+
+
+# Aliased layers (W larger than L2, rows a multiple of 4 KB apart; on the 512 KB L2 these layers are
+# planned for, also 2 KB) with a host limit: K-chunked in-place path up to it, packed above. 1100
+# rows: a last K-chunk of 76; 2048 x 1024 with gelu and a residual: the finishing epilogue after the
+# chunks; 1024 x 2048 without a bias; 512 x 512 and 256 x 1024: aliased only on the small L2.
 ALIASED = [(1024, 1024, True, "relu"), (1100, 1024, True, None), (2048, 1024, True, "gelu"),
-           (1024, 2048, False, "relu")]
+           (1024, 2048, False, "relu"), (512, 512, True, "gelu"), (256, 1024, False, None)]
 
 
 @pytest.fixture(scope="module")
 def aliased():
-    c = Compiled(ALIASED + [ALIASED[2] + (True,)], aliased_max_rows=16)  # and the gelu layer + R
+    with_r = [ly + (True,) for ly in ALIASED if ly[3] == "gelu"]  # and the gelu layers + R
+    c = Compiled(ALIASED + with_r, cache=CacheLimits(16, 512 * 1024))
     assert f"tinycomp.gemm.driver.kc.v{WIDTH}" in c.llvm_ir  # the driver with the K-chunked loops
     return c
 

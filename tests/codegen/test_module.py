@@ -548,7 +548,7 @@ def test_calls_too_small_to_pack_need_no_pack_buffer():
     g = mlp_graph([640, 512, 64])
     plan = lower_graph(g, WIDTH)
     assert plan.row_block == 0 and plan.scratch_pack >= 640 * 2 * WIDTH
-    assert plan.pack_rows == gemm.direct_max_rows(640, 512, 0, WIDTH) + 1
+    assert plan.pack_rows == gemm.direct_max_rows(640, 512, host().cache_limits, WIDTH) + 1
     assert plan.scratch_floats(plan.pack_rows - 1) < plan.scratch_pack
     assert plan.scratch_floats(plan.pack_rows) == plan.scratch_floats(plan.pack_rows - 1) + plan.scratch_per_row \
         + plan.scratch_pack

@@ -11,6 +11,7 @@ from tinycomp.codegen.module import lower_graph
 from tinycomp.codegen.target import (
     CROSS_TARGETS,
     TARGET_NAMES,
+    CacheLimits,
     _l2_bytes,
     aliased_direct_max_rows,
     cpuinfo,
@@ -133,7 +134,8 @@ def test_a_w_with_rows_4_kb_apart_is_packed_early_where_it_was_measured_slow_in_
     assert all(limits[("GenuineIntel", l2)] == 40 for l2 in (512 << 10, 1 << 20, 2 << 20))
     assert limits[("AuthenticAMD", 512 << 10)] == 16
     assert limits[("AuthenticAMD", 1 << 20)] == limits[("AuthenticAMD", 2 << 20)] == 0
-    for vendor_l2, limit in limits.items():  # the GEMM's in-place bound for such a W, 512x1024 too
+    for (vendor, l2), limit in limits.items():  # the GEMM's in-place bound for such a W, 512x1024 too
         for k, n in ((1024, 1024), (512, 1024)):
-            assert direct_max_rows(k, n, limit, 8) == (limit or 128), (vendor_l2, k, n)
+            assert direct_max_rows(k, n, CacheLimits(limit, l2), 8) == (limit or 128), (vendor, l2, k, n)
     assert host().aliased_direct_max_rows == aliased_direct_max_rows(cpuinfo("vendor_id"), _l2_bytes())
+    assert host().cache_limits == CacheLimits(host().aliased_direct_max_rows, host().l2_bytes)

@@ -13,7 +13,7 @@ Two paths, chosen at run time from M:
   place (batch 1 is bound by streaming the weights once; packing would read them twice), in
   blocks of columns of at most DIRECT_BLOCK_BYTES of W, each swept by every full row tile while it
   is hot in L2 (on a host with `Target.aliased_direct_max_rows`, a W larger than L2 with rows a
-  multiple of 4 KB apart in blocks of K-chunks: `GemmPlan.direct_kc`);
+  multiple of 4 KB apart, or 2 KB on a core with less L2, in blocks of K-chunks: `GemmPlan.direct_kc`);
 - larger batches copy W, one L2-sized block of columns at a time, into contiguous zero-padded
   panels, then sweep every row tile of A over those panels while they are hot in L2.
 Rows go through 6-row tiles of 4 vectors (8-row tiles for layers of exactly 3 vectors); the last
@@ -40,13 +40,23 @@ from .gemm_driver import CALL_TY, CONFIG_TY, FINISH_TY, PACK_TY, TILE_TY, driver
 from .gemm_epilogue import epilogue_function, finish_function, kernel_activation
 from .gemm_kernels import TileShape, k_chunk, tile_kernel
 from .gemm_narrow import IN_PLACE_MAX_N, NarrowShape, narrow_kernel, narrow_pack_kernel, narrow_small_kernel
-from .target import default_registers
+from .target import NO_LIMITS, CacheLimits, default_registers
 
 # Per core on AMD Zen 4, where the plans below were tuned (the Intel Xeon of later sessions has 2 MB:
 # its differences are the host Target's, `aliased_direct_max_rows` and `l2_bytes`)
 L2_BYTES = 1 << 20
 # Packed W block budget: half of L2, leaving room for the A row panels and C.
 L2_BLOCK_BYTES = L2_BYTES // 2
+# A core with less L2 (Zen 3: 512 KB, 8-way, 64 KB of addresses a way) also loses a W larger than
+# its L2 with rows this many bytes apart to a few cache sets (`_aliased`; 0: only the 4 KB rule). On
+# Zen 3 (`benchmarks/gemm_ab.py SMALL_L2_ALIASED_STRIDE 0,2048,0,2048 --layer KxN --rows 8,32,64,128`,
+# median of each round's ratio to 0, thirtieth session): 512x512 with gelu 0.94-0.95 / 0.96 / 0.80-0.81
+# / 0.85-0.86, 256x1024 0.99-1.00 / 0.60-0.62 / 0.61 / 0.45, 1024x512 0.90-0.96 / 0.85 / 0.73-0.74 / 0.68-0.69,
+# 512x1536 0.95-0.97 / 0.91-0.92 / 0.74-0.75 / 0.67, 2048x512 0.88-0.90 / 0.71 / 0.52-0.53 / 0.53-0.54; lnmlp
+# (`--model lnmlp --rows 1,8,...,256`) 1.00 at 1 row, 0.81-0.85 at 8 to 32, 0.87-0.89 at 64, 0.78-0.79
+# at 128, 1.00 at 256. Rows 1 KB apart (1024) helped layers alone too (784x256 0.73 at 128 rows) but
+# slowed the reference MLP at 8 and 32 rows (1.07-1.15).
+SMALL_L2_ALIASED_STRIDE = 2048
 DIRECT_MAX_ROWS = 128  # measured: reading W in place beats pack + sweep up to ~128 rows (784x256, 1024x1024)
 STREAMED_MAX_ROWS = 32  # the same for a W whose panels outgrow L2 (`_panels_outgrow_l2`)
 # In-place W block budget: all row tiles sweep one block of columns before the next, so a block is
@@ -133,16 +143,26 @@ def tile_vectors(width: int, registers: int | None = None) -> int:
     return 4 if _has_32_registers(width, registers) else 2
 
 
-def _aliased(K: int, N: int) -> bool:
+def _aliased(K: int, N: int, l2_bytes: int = L2_BYTES) -> bool:
     """Is W larger than L2 with its rows a multiple of 4 KB apart (every row of a column block in
-    the same few cache sets)?
+    the same few cache sets)? On a core with less L2 than L2_BYTES, also a W larger than that L2
+    with rows a multiple of SMALL_L2_ALIASED_STRIDE bytes apart.
 
     "L2" is Zen 4's 1 MB (L2_BYTES), also on a host with more (`Target.l2_bytes`): a W as large as
     the Intel Xeon's 2 MB L2 shares it with A, C and the other layers. There
     (`benchmarks/gemm_ab.py ALIASED_MAX_ROWS 40,0 --layer 512x1024 --rows 8,32,64`, min time without
     the host limit against with it) 512x1024 (2 MB) runs 1.18 / 1.37 / 1.44 x slower read in place
     in one piece; 384x1024 (1.5 MB) 0.98 / 1.03 at 8 / 32 rows."""
-    return (4 * N) % 4096 == 0 and 4 * K * N > L2_BYTES
+    size, stride = 4 * K * N, 4 * N
+    if stride % 4096 == 0 and size > L2_BYTES:
+        return True
+    small = SMALL_L2_ALIASED_STRIDE and l2_bytes < L2_BYTES
+    return bool(small) and stride % SMALL_L2_ALIASED_STRIDE == 0 and size > l2_bytes
+
+
+def _host_limited(K: int, N: int, cache: CacheLimits) -> bool:
+    """Does the host limit an aliased W's in-place rows, and is this layer's W one?"""
+    return bool(cache.aliased_max_rows) and _aliased(K, N, cache.l2_bytes)
 
 
 def _panels_outgrow_l2(K: int, N: int, nr: int) -> bool:
@@ -159,19 +179,20 @@ def _panels_outgrow_l2(K: int, N: int, nr: int) -> bool:
                                      (panel > DIRECT_BLOCK_BYTES and (4 * N) % 2048 == 0))
 
 
-def direct_max_rows(K: int, N: int, aliased_max_rows: int = 0, width: int = 16, registers: int | None = None) -> int:
-    """The most rows for which the layer reads W in place: `Target.aliased_direct_max_rows` for an
-    aliased W (`_aliased`; the host's limit, 0 for none: with one, the in-place path sums such a layer
-    in K-chunks, `GemmPlan.direct_kc`), else STREAMED_MAX_ROWS where its panels outgrow L2
+def direct_max_rows(K: int, N: int, cache: CacheLimits = NO_LIMITS, width: int = 16,
+                    registers: int | None = None) -> int:
+    """The most rows for which the layer reads W in place: `cache.aliased_max_rows` for an
+    aliased W (`_aliased` on `cache.l2_bytes`; the host's limit, 0 for none: with one, the in-place
+    path sums such a layer in K-chunks, `GemmPlan.direct_kc`), else STREAMED_MAX_ROWS where its panels outgrow L2
     (`_panels_outgrow_l2`), else DIRECT_MAX_ROWS."""
-    if _aliased(K, N) and aliased_max_rows:  # its K-chunked in-place path has the host's own measured limit
-        return min(aliased_max_rows, DIRECT_MAX_ROWS)
+    if _host_limited(K, N, cache):  # its K-chunked in-place path has the host's own measured limit
+        return min(cache.aliased_max_rows, DIRECT_MAX_ROWS)
     if _panels_outgrow_l2(K, N, min(tile_vectors(width, registers), -(-N // width)) * width):
         return STREAMED_MAX_ROWS
     return DIRECT_MAX_ROWS
 
 
-def plan_gemm(K: int, N: int, width: int, registers: int | None = None, aliased_max_rows: int = 0,
+def plan_gemm(K: int, N: int, width: int, registers: int | None = None, cache: CacheLimits = NO_LIMITS,
               masked: frozenset[TileShape] = frozenset()) -> GemmPlan:
     vectors = -(-N // width)
     # The leftover kernels keep about as many accumulators as the main tile with fewer rows:
@@ -186,7 +207,7 @@ def plan_gemm(K: int, N: int, width: int, registers: int | None = None, aliased_
     # (`gemm_driver._emit_chunked`): in blocks as wide as the one-row kernel (with AVX-512 each row
     # then spans 16 lines, and a block's rows fall in 16 x as many cache sets as a 64-column
     # panel's), DIRECT_BLOCK_BYTES of them a chunk.
-    in_chunks = bool(aliased_max_rows) and _aliased(K, N) and N % (nv1 * width) == 0 and not has_tail
+    in_chunks = _host_limited(K, N, cache) and N % (nv1 * width) == 0 and not has_tail
     direct_kc = max(1, DIRECT_BLOCK_BYTES // (4 * nv1 * width)) if in_chunks else 0
     # Every kernel of the layer sums in the same chunks, on every path: a row's result never
     # depends on the batch around it (its size picks the path; threads split it). The in-place
@@ -209,7 +230,7 @@ def plan_gemm(K: int, N: int, width: int, registers: int | None = None, aliased_
     nr = main.nr
     panels = -(-N // nr)
     nc = _block_cols(panels, nr, K, L2_BLOCK_BYTES)
-    direct_max = direct_max_rows(K, N, aliased_max_rows, width, registers)
+    direct_max = direct_max_rows(K, N, cache, width, registers)
     direct_nc = one.nr if in_chunks else _block_cols(panels, nr, K, DIRECT_BLOCK_BYTES)
     # A tile whose every panel is whole (the layer's columns and each block's in whole tiles) is
     # `exact`: no lane masks, and the main tile has no masked copy of its k-loop (EXACT_TILES),
@@ -229,7 +250,7 @@ def _exact_where_whole(shape: TileShape, masked: frozenset[TileShape], *spans: i
 
 
 def masked_tiles(sizes: Iterable[tuple[int, int]], width: int, registers: int | None = None,
-                 aliased_max_rows: int = 0) -> frozenset[TileShape]:
+                 cache: CacheLimits = NO_LIMITS) -> frozenset[TileShape]:
     """The tile shapes that the GEMMs of K x N in `sizes` (a module's) compile with lane masks: the
     module's other GEMMs then take those kernels for whole panels too (`plan_gemm`'s `masked`),
     rather than compiling an exact copy of each. Without this, an AVX2 host's reference MLP compiled
@@ -239,7 +260,7 @@ def masked_tiles(sizes: Iterable[tuple[int, int]], width: int, registers: int | 
     shapes: set[TileShape] = set()
     for K, N in sizes:
         if N >= 1 and plan_narrow(K, N, width, registers) is None:  # no columns: no code
-            plan = plan_gemm(K, N, width, registers, aliased_max_rows)
+            plan = plan_gemm(K, N, width, registers, cache)
             shapes.update(s for s in (plan.main, plan.tail, *plan.leftover) if s is not None and not s.exact)
     return frozenset(shapes)
 
@@ -297,7 +318,8 @@ def pack_floats(K: int, N: int, width: int, registers: int | None = None) -> int
     return K * min(plan.nc, _round_up(N, width)) if _packs(plan, width, registers) else 0
 
 
-def pack_min_rows(K: int, N: int, width: int, registers: int | None = None, aliased_max_rows: int = 0) -> int | None:
+def pack_min_rows(K: int, N: int, width: int, registers: int | None = None,
+                  cache: CacheLimits = NO_LIMITS) -> int | None:
     """The fewest rows M on which `emit_linear`'s function writes its `pack` buffer, None if it
     never does: a call on fewer rows may pass a pointer past the end of its scratch
     (`ModulePlan.scratch_floats`). Narrow layers transpose W from `_emit_narrow`'s threshold on;
@@ -307,7 +329,7 @@ def pack_min_rows(K: int, N: int, width: int, registers: int | None = None, alia
         if N == 1:  # W is its own transpose
             return None
         return IN_PLACE_ROWS if narrow.in_place else narrow_small_rows(N, width)
-    plan = plan_gemm(K, N, width, registers, aliased_max_rows)
+    plan = plan_gemm(K, N, width, registers, cache)
     return plan.direct_max_rows + 1 if _packs(plan, width, registers) else None
 
 
@@ -320,17 +342,17 @@ def _packs(plan: GemmPlan, width: int, registers: int | None) -> bool:
 
 def emit_linear(
     module: ir.Module, name: str, *, K: int, N: int, bias: bool, activation: str | None, width: int,
-    registers: int | None = None, residual: bool = False, aliased_max_rows: int = 0,
+    registers: int | None = None, residual: bool = False, cache: CacheLimits = NO_LIMITS,
     masked: frozenset[TileShape] = frozenset(),
 ) -> ir.Function:
     with paused_gc():  # also paused around whole-module lowering; here for direct callers (tests)
         return _emit_linear(module, name, K=K, N=N, bias=bias, activation=activation, width=width,
-                            registers=registers, residual=residual, aliased_max_rows=aliased_max_rows,
+                            registers=registers, residual=residual, cache=cache,
                             masked=masked)
 
 
 def _emit_linear(module: ir.Module, name: str, *, K: int, N: int, bias: bool, activation: str | None,
-                 width: int, registers: int | None, residual: bool, aliased_max_rows: int,
+                 width: int, registers: int | None, residual: bool, cache: CacheLimits,
                  masked: frozenset[TileShape]) -> ir.Function:
     """The layer's function is one call to the module's shared driver with the plan's constants
     and kernels: the loops exist once per module, not once per layer. With `residual` it takes
@@ -350,7 +372,7 @@ def _emit_linear(module: ir.Module, name: str, *, K: int, N: int, bias: bool, ac
     if narrow is not None:
         _emit_narrow(b, narrow, (M, A, W, B, C, pack, R), K=K, bias=bias, activation=activation, residual=residual)
         return fn
-    plan = plan_gemm(K, N, width, registers, aliased_max_rows, masked)
+    plan = plan_gemm(K, N, width, registers, cache, masked)
     mod = module
     kind = kernel_activation(activation)
     # a K-chunked layer's raw kernels add each chunk to C (`gemm_driver._emit_chunked`)

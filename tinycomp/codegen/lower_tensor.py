@@ -230,7 +230,7 @@ def lower_matmul(e: _Emitter, n: str) -> None:
     def gemm_fn() -> ir.Function:
         return e.kernel(("linear", k, j, False, None, e.width, e.registers), lambda name: inline_glue(
             gemm.emit_linear(e.module, name, K=k, N=j, bias=False, activation=None, width=e.width,
-                             registers=e.registers, aliased_max_rows=e.aliased_max_rows, masked=e.masked_tiles)))
+                             registers=e.registers, cache=e.cache, masked=e.masked_tiles)))
     if len(b) <= 2 and not is_batched(b):
         e.call(gemm_fn(), e.row_count(x, k), e.pointer(x), e.pointer(w), ir.Constant(PTR, None), e.pointer(n),
                e.pack_buffer())

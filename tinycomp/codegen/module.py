@@ -130,10 +130,10 @@ class _Emitter:
         assert plan.buffers is not None
         self.g, self.width, self.buffers = g, target.vector_width, plan.buffers
         self.registers = target.vector_registers
-        self.aliased_max_rows = target.aliased_direct_max_rows  # the GEMM plans' host limit (`gemm.direct_max_rows`)
+        self.cache = target.cache_limits
         # the tiles some GEMM of the module compiles masked, which its others then share (`gemm.masked_tiles`)
         self.masked_tiles = gemm.masked_tiles([(k, j) for _, _, _, k, j in _gemms(g)], self.width, self.registers,
-                                              self.aliased_max_rows)
+                                              self.cache)
         self.module = ir.Module(name="tinycomp")
         self.module.triple = target.triple  # kernels that differ by target read it (`target.for_triple`)
         self.params, self.consts, self.dropouts = plan.params, plan.const_nodes, plan.dropouts
@@ -222,7 +222,7 @@ def lower_linear(e: _Emitter, n: str) -> None:
     key = ("linear", k, nout, b is not None, attrs.get("activation"), r is not None, e.width, e.registers)
     fn = e.kernel(key, lambda name: inline_glue(gemm.emit_linear(
         e.module, name, K=k, N=nout, bias=b is not None, activation=attrs.get("activation"), width=e.width,
-        registers=e.registers, residual=r is not None, aliased_max_rows=e.aliased_max_rows, masked=e.masked_tiles)))
+        registers=e.registers, residual=r is not None, cache=e.cache, masked=e.masked_tiles)))
     bias_ptr = ir.Constant(PTR, None) if b is None else e.pointer(b)
     e.call(fn, e.row_count(x, k), e.pointer(x), e.pointer(w), bias_ptr, e.pointer(n), e.pack_buffer(),
            *([] if r is None else [e.pointer(r)]))
@@ -461,7 +461,7 @@ def _pack_need(g: Graph, target: Target, block: int = 0) -> tuple[int, int]:
              for n in g.nodes("attention")]
     for a, b, rows, k, j in _gemms(g):
         floats = gemm.pack_floats(k, j, width, registers)
-        least = gemm.pack_min_rows(k, j, width, registers, target.aliased_direct_max_rows)
+        least = gemm.pack_min_rows(k, j, width, registers, target.cache_limits)
         if not floats or least is None:
             continue
         if len(b) <= 2 and not is_batched(b) and is_batched(a):  # one GEMM over every row of a (`lower_linear`)

@@ -28,6 +28,20 @@ llvm.initialize_native_asmprinter()
 
 
 @dataclass(frozen=True)
+class CacheLimits:
+    """What the GEMM plans take from the host (`Target.cache_limits`): its row limit for an aliased W
+    (`Target.aliased_direct_max_rows`, 0 for none: `gemm.direct_max_rows`) and its L2 per core
+    (`gemm._aliased`). One value, so that every plan made of a layer (its kernel's, its pack
+    buffer's rows) comes from the same host."""
+
+    aliased_max_rows: int = 0
+    l2_bytes: int = 1 << 20
+
+
+NO_LIMITS = CacheLimits()
+
+
+@dataclass(frozen=True)
 class Target:
     """What the code generator needs to know about the CPU it emits code for."""
 
@@ -44,7 +58,8 @@ class Target:
     float64_hardware: bool = True  # False: pow computes in float32 (codegen/vecpow32.py), no soft-float calls
     reloc: str = "pic"  # relocation model of exported objects
     # GEMM: the most rows that still read a W larger than L2 in place when its rows lie a multiple
-    # of 4 KB apart (0: no such limit, `gemm.direct_max_rows`); set for the hosts where it was measured
+    # of 4 KB apart (or 2 KB with less L2, `gemm._aliased`; 0: no such limit, `gemm.direct_max_rows`);
+    # set for the hosts where it was measured
     aliased_direct_max_rows: int = 0
     l2_bytes: int = 1 << 20  # per core: whole-graph row blocks are sized to stay in it (`scratch.row_block`)
 
@@ -52,6 +67,10 @@ class Target:
     def cache_fields(self) -> tuple[str, ...]:
         return (self.triple, self.cpu, self.features, str(self.vector_width), str(self.vector_registers),
                 str(self.aliased_direct_max_rows), str(self.l2_bytes))
+
+    @property
+    def cache_limits(self) -> CacheLimits:
+        return CacheLimits(self.aliased_direct_max_rows, self.l2_bytes)
 
 
 def default_registers(width: int) -> int:
