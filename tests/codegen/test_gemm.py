@@ -505,7 +505,7 @@ def test_only_the_full_row_tiles_prefetch_the_next_tiles_a_in_a_loop_of_their_ow
     the next row tile's six rows of A (flag NEXT_A, the first pass over A; one prefetch a step walks
     them), each copy prefetching B's four vectors ahead; an exact one (every panel whole: 256
     columns) has no masked copy. The leftover kernels never prefetch A; each prefetches B in its one
-    loop (the 4-row one FOUR_ROW_PREFETCH rows ahead: without it, batch 4 took longer than batch 6)."""
+    loop, PREFETCH_ROWS ahead (the 4-row one too: without it, batch 4 took longer than batch 6)."""
     import re
 
     def prefetches(layer) -> dict[str, int]:
@@ -515,11 +515,11 @@ def test_only_the_full_row_tiles_prefetch_the_next_tiles_a_in_a_loop_of_their_ow
 
     assert prefetches((784, 250, True, "relu")) == {
         "tinycomp.gemm.tile6x4p8n.lin": 3 * 4 + 1,  # one walks the next tile's A
-        "tinycomp.gemm.tile2x8p4": 8,  # B's eight vectors, one loop
-        "tinycomp.gemm.tile1x16p4": 16,
+        "tinycomp.gemm.tile2x8p8": 8,  # B's eight vectors, one loop
+        "tinycomp.gemm.tile1x16p8": 16,
         "tinycomp.gemm.tile4x4p8": 4}
     assert prefetches((784, 256, True, "relu")) == {
-        "tinycomp.gemm.tile6x4p8xn.lin": 2 * 4 + 1, "tinycomp.gemm.tile2x8p4x": 8, "tinycomp.gemm.tile1x16p4x": 16,
+        "tinycomp.gemm.tile6x4p8xn.lin": 2 * 4 + 1, "tinycomp.gemm.tile2x8p8x": 8, "tinycomp.gemm.tile1x16p8x": 16,
         "tinycomp.gemm.tile4x4p8x": 4}
 
 
@@ -539,7 +539,7 @@ def test_a_module_compiles_each_tile_once_exact_or_masked(width):
     shapes = [re.sub(r"x(?=[.a-z]|$)", "", t) for t in tiles]  # the name less the exact mark
     assert len(shapes) == len(set(shapes)), tiles
     if width == 16:  # its head is narrow (dot products): the GEMMs' tiles are all whole
-        assert {"6x4p8xn.lin", "4x4p8x", "2x8p4x"} <= set(tiles)
+        assert {"6x4p8xn.lin", "4x4p8x", "2x8p8x"} <= set(tiles)
 
 
 def test_tail_panel_with_new_weights_and_nan(compiled):

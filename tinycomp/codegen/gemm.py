@@ -68,16 +68,20 @@ DIRECT_BLOCK_BYTES = 256 * 1024
 # the 32 registers; 100x37 at 256 rows: 8 x 3 ~2-3% faster than 6 x 3, both ~25% faster than the
 # 6 x 4 tile whose fourth vector was all masked-off lanes).
 MAIN3_ROWS = 8
-PREFETCH_ROWS = 4  # W rows the 2- and 1-row kernels prefetch ahead (measured 4 ~ 8 > 0)
-# W rows the 4-row kernel prefetches ahead. Without a prefetch it read W in place on the hardware prefetchers alone,
-# and on AMD Zen 3 the reference MLP at batch 4 took longer than at batch 6 (one full tile). There
-# (`benchmarks/gemm_ab.py FOUR_ROW_PREFETCH 0,4,8,0,4,8 --model mlp --rows 4,5,6,10,11`, median of
+# W rows the leftover (4-, 2- and 1-row) kernels prefetch ahead. Without a prefetch the 4-row kernel
+# read W in place on the hardware prefetchers alone, and on AMD Zen 3 the reference MLP at batch 4
+# took longer than at batch 6 (one full tile). There (`benchmarks/gemm_ab.py FOUR_ROW_PREFETCH
+# 0,4,8,0,4,8 --model mlp --rows 4,5,6,10,11`, a constant of the 4-row kernel alone then; median of
 # each round's ratio to 0, thirtieth session) 8 rows ahead took 0.76-0.78 of the time at 4 rows,
 # 0.78-0.81 at 5, 0.83-0.87 at 10 and 0.89-0.97 at 11 (4 ahead: 0.79-0.84, 0.81-0.96, 0.90-0.91,
-# 0.95-0.98); at 6 rows (no 4-row kernel) 0.92-1.03. lnmlp at 4 rows 0.71-0.72 (8) and 0.82-0.83
-# (4); lnmlp at 100 rows and the transformer block at 8 and 32 samples 0.98-1.02.
-# (On an AVX-512 host of an earlier session a prefetching 4-row kernel measured within 2 %.)
-FOUR_ROW_PREFETCH = 8
+# 0.95-0.98); at 6 rows (no 4-row kernel) 0.92-1.03; lnmlp at 4 rows 0.71-0.72 (8) and 0.82-0.83
+# (4); lnmlp at 100 rows and the transformer block at 8 and 32 samples 0.98-1.02. The 2- and 1-row
+# kernels, 4 rows ahead before (`gemm_ab.py PREFETCH_ROWS 4,8,4,8 --model mlp --rows 1,2,3,8`, then
+# `--model lnmlp --rows 1,2,8`): 8 ahead 1.00-1.01 at 1 row, 0.91-0.96 at 2, 0.89-0.91 at 3, 0.99-1.00
+# at 8; lnmlp 0.93-0.95 / 0.84-0.87 / 0.89-0.91. 16 ahead against 8 was mixed (the MLP at 1 row
+# 1.02-1.10, lnmlp at 2 rows 0.81-0.88). (Earlier hosts measured 4 ~ 8 > 0 for the 2- and 1-row
+# kernels, and a prefetching 4-row kernel within 2 % on AVX-512.)
+PREFETCH_ROWS = 8
 # Leftover rows through one overlapping full tile (_Driver._emit_whole) on the packed path, and on the
 # direct path from this many rows when W does not fit L2. Measured with benchmarks/gemm_ab.py
 # (`OVERLAP_MIN_ROWS 100000,64 --layer 1024x1024`), min time with / without: 1024x1024 at 70 / 100 /
@@ -234,7 +238,7 @@ def plan_gemm(K: int, N: int, width: int, registers: int | None = None, cache: C
     if _pow2_at_least(vectors) < nv:  # narrow layers: the few leftover rows go one by one (1 x 1 or 1 x 2)
         leftover: tuple[TileShape, ...] = (one,)
     else:
-        leftover = (TileShape(4, nv, width, FOUR_ROW_PREFETCH, chunk=chunk),
+        leftover = (TileShape(4, nv, width, PREFETCH_ROWS, chunk=chunk),
                     TileShape(2, 2 * nv, width, PREFETCH_ROWS, chunk=chunk), one)
     # Equal-sized blocks where possible.
     nr = main.nr
