@@ -40,11 +40,11 @@ from .gemm_driver import CALL_TY, CONFIG_TY, FINISH_TY, PACK_TY, TILE_TY, driver
 from .gemm_epilogue import epilogue_function, finish_function, kernel_activation
 from .gemm_kernels import TileShape, k_chunk, tile_kernel
 from .gemm_narrow import IN_PLACE_MAX_N, NarrowShape, narrow_kernel, narrow_pack_kernel, narrow_small_kernel
-from .target import NO_LIMITS, CacheLimits, default_registers
+from .target import NO_LIMITS, TUNED_L2_BYTES, CacheLimits, default_registers
 
 # Per core on AMD Zen 4, where the plans below were tuned (the Intel Xeon of later sessions has 2 MB:
 # its differences are the host Target's, `aliased_direct_max_rows` and `l2_bytes`)
-L2_BYTES = 1 << 20
+L2_BYTES = TUNED_L2_BYTES
 # Packed W block budget: half of L2, leaving room for the A row panels and C.
 L2_BLOCK_BYTES = L2_BYTES // 2
 # A core with less L2 (Zen 3: 512 KB, 8-way, 64 KB of addresses a way) also loses a W larger than
@@ -156,7 +156,7 @@ def tile_vectors(width: int, registers: int | None = None) -> int:
     return 4 if _has_32_registers(width, registers) else 2
 
 
-def _aliased(K: int, N: int, l2_bytes: int = L2_BYTES) -> bool:
+def _aliased(K: int, N: int, l2_bytes: int) -> bool:
     """Is W larger than L2 with its rows a multiple of 4 KB apart (every row of a column block in
     the same few cache sets)? On a core with less L2 than L2_BYTES, also a W larger than that L2
     with rows a multiple of SMALL_L2_ALIASED_STRIDE bytes apart.
@@ -169,8 +169,8 @@ def _aliased(K: int, N: int, l2_bytes: int = L2_BYTES) -> bool:
     size, stride = 4 * K * N, 4 * N
     if stride % 4096 == 0 and size > L2_BYTES:
         return True
-    small = SMALL_L2_ALIASED_STRIDE and l2_bytes < L2_BYTES
-    return bool(small) and stride % SMALL_L2_ALIASED_STRIDE == 0 and size > l2_bytes
+    small_l2 = bool(SMALL_L2_ALIASED_STRIDE) and l2_bytes < L2_BYTES
+    return small_l2 and stride % SMALL_L2_ALIASED_STRIDE == 0 and size > l2_bytes
 
 
 def _host_limited(K: int, N: int, cache: CacheLimits) -> bool:

@@ -27,6 +27,12 @@ llvm.initialize_native_target()
 llvm.initialize_native_asmprinter()
 
 
+# Per core on AMD Zen 4, where the GEMM plans were tuned (`gemm.L2_BYTES`): the L2 a Target assumes
+# unless the host reports its own, and the size below which a core's L2 counts as small
+# (`aliased_direct_max_rows`, `gemm._aliased`).
+TUNED_L2_BYTES = 1 << 20
+
+
 @dataclass(frozen=True)
 class CacheLimits:
     """What the GEMM plans take from the host (`Target.cache_limits`): its row limit for an aliased W
@@ -35,7 +41,7 @@ class CacheLimits:
     buffer's rows) comes from the same host."""
 
     aliased_max_rows: int = 0
-    l2_bytes: int = 1 << 20
+    l2_bytes: int = TUNED_L2_BYTES
 
 
 NO_LIMITS = CacheLimits()
@@ -61,7 +67,7 @@ class Target:
     # of 4 KB apart (or 2 KB with less L2, `gemm._aliased`; 0: no such limit, `gemm.direct_max_rows`);
     # set for the hosts where it was measured
     aliased_direct_max_rows: int = 0
-    l2_bytes: int = 1 << 20  # per core: whole-graph row blocks are sized to stay in it (`scratch.row_block`)
+    l2_bytes: int = TUNED_L2_BYTES  # per core: whole-graph row blocks are sized to stay in it (`scratch.row_block`)
 
     @property
     def cache_fields(self) -> tuple[str, ...]:
@@ -121,7 +127,7 @@ def aliased_direct_max_rows(vendor: str, l2_bytes: int) -> int:
     0 for none: measured on Intel, and on AMD cores with less L2 than Zen 4's 1 MB."""
     if vendor == "GenuineIntel":
         return INTEL_ALIASED_DIRECT_MAX_ROWS
-    return SMALL_L2_ALIASED_DIRECT_MAX_ROWS if l2_bytes < 1 << 20 else 0
+    return SMALL_L2_ALIASED_DIRECT_MAX_ROWS if l2_bytes < TUNED_L2_BYTES else 0
 
 
 def cpuinfo(key: str) -> str:
@@ -138,7 +144,7 @@ def cpuinfo(key: str) -> str:
     return ""
 
 
-def _l2_bytes(default: int = 1 << 20) -> int:
+def _l2_bytes(default: int = TUNED_L2_BYTES) -> int:
     """The first core's level-2 cache in bytes, as Linux reports it (`default` where it does not):
     1 MB on the Zen 4 of the first sessions, 2 MB on the Intel Xeon of the later ones."""
     root = "/sys/devices/system/cpu/cpu0/cache"
